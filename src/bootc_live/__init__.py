@@ -1,0 +1,1 @@
+"""bootc-live: boot machines live, from RAM, from bootc images."""

@@ -1,0 +1,5 @@
+"""`python -m bootc_live` runs the host command line."""
+
+from bootc_live.cli import main
+
+raise SystemExit(main())

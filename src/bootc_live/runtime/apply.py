@@ -1,0 +1,418 @@
+"""Layer application: OCI changeset semantics onto a directory, never writing outside it.
+
+Every path is resolved component by component from a descriptor of the root, reading symlinks
+ourselves and resolving them inside the root (as `openat2(RESOLVE_IN_ROOT)` would), so no entry of
+an untrusted layer can write, link, chmod or delete anything outside the root, whatever symlinks
+earlier layers planted. The final component of an entry is never followed.
+
+Decisions where runtimes differ (SPEC.md §3):
+- whiteouts (`.wh.NAME`, `.wh..wh..opq`) hide lower layers only: what the same layer adds, before
+  or after the whiteout in tar order, stays;
+- a hardlink to a path that does not exist is an error (containerd's naive applier too), never a
+  silent copy; a hardlink to a symlink links the symlink itself; hardlink entries carry no
+  metadata of their own (the inode's is the target's);
+- an existing directory redefined by a directory entry keeps its contents and takes the entry's
+  mode, owner, xattrs (the old xattrs are cleared first) and mtime, as umoci does;
+- a directory's mtime is applied when its layer is done, and a directory a layer only adds to
+  keeps its earlier mtime, so the tree does not depend on when it was unpacked;
+- `security.selinux` and `trusted.overlay.*` are never applied (the booted system labels itself;
+  overlay metadata from a build host must not steer our mounts).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from typing import Callable
+
+from .errors import LayerError, SpaceError
+from .tarstream import (
+    BLOCKDEV,
+    CHAR,
+    DIRECTORY,
+    FIFO,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    Stream,
+    TarEntry,
+    read_entries,
+)
+
+Key = tuple[bytes, ...]  # lexical path inside the root, as a tuple of bytes components
+
+WHITEOUT = b".wh."
+OPAQUE = b".wh..wh..opq"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_SYMLINKS = 40
+_CACHE_SIZE = 64
+_COPY = 1 << 20
+_SKIPPED_XATTRS = ("security.selinux", "trusted.overlay.")
+
+
+def clean(name: bytes) -> Key:
+    """Lexically clean a tar name into components; `..` cannot climb above the root."""
+    parts: list[bytes] = []
+    for part in name.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def _show(key: Key) -> str:
+    return "/" + b"/".join(key).decode("utf-8", "backslashreplace")
+
+
+def _lstat(name: bytes, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _rmtree(dir_fd: int, name: bytes) -> None:
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as it:
+            for child in it:
+                child_name = os.fsencode(child.name)
+                if child.is_dir(follow_symlinks=False):
+                    _rmtree(fd, child_name)
+                else:
+                    os.unlink(child_name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+class Applier:
+    """Applies layer tar streams, in order, onto the directory `root`."""
+
+    def __init__(self, root: str, warn: Callable[[str], None]) -> None:
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self._warn = warn
+        self._warned: set[str] = set()
+        self._dirs: OrderedDict[Key, int] = OrderedDict()
+        self._stale: list[int] = []  # forgotten descriptors, closed once no caller holds them
+        self.entries = 0
+        self.bytes_written = 0
+        self._touched: set[Key] = set()  # entries of this layer and their ancestors
+        self._dir_times: dict[Key, int] = {}  # mtimes to set when the layer is done
+
+    def close(self) -> None:
+        self._forget_dirs()
+        self._close_stale()
+        os.close(self.root_fd)
+
+    # -- the layer ------------------------------------------------------------------------
+
+    def apply_layer(self, stream: Stream) -> None:
+        """Apply one layer's uncompressed tar stream."""
+        self._touched = set()
+        self._dir_times = {}
+        for entry in read_entries(stream):
+            key = clean(entry.name)
+            self._close_stale()
+            try:
+                self._apply(entry, key, stream)
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    raise SpaceError(
+                        f"the root filesystem is full while writing {_show(key)} "
+                        f"({self.bytes_written >> 20} MiB written)",
+                        "the image is larger than the space given to it: "
+                        "add RAM or use bootc.zram=",
+                    ) from None
+                raise LayerError(f"cannot apply {_show(key)}: {err.strerror or err}") from None
+            self.entries += 1
+        self._set_dir_times()
+
+    def _apply(self, entry: TarEntry, key: Key, stream: Stream) -> None:
+        if key and key[-1].startswith(WHITEOUT):
+            if entry.kind == REGULAR:
+                stream.skip(entry.size)
+            self._whiteout(key)
+            return
+        for i in range(len(key) + 1):
+            self._touched.add(key[:i])
+        if not key:
+            if entry.kind != DIRECTORY:
+                raise LayerError(f"layer entry {entry.name!r} would replace the root itself")
+            self._define_dir(self.root_fd, entry, key)
+            return
+        parent = self._dir(key[:-1], create=True)
+        self._note_parent(key[:-1], parent)
+        name = key[-1]
+        existing = _lstat(name, parent)
+        if entry.kind == DIRECTORY:
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                os.unlink(name, dir_fd=parent)
+                existing = None
+            if existing is None:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            try:
+                self._define_dir(fd, entry, key, clear_xattrs=existing is not None)
+            finally:
+                os.close(fd)
+        elif entry.kind == HARDLINK:
+            self._hardlink(entry, key, parent, existing)
+        else:
+            if existing is not None:
+                self._remove(parent, name, existing)
+            if entry.kind == REGULAR:
+                self._regular(entry, key, parent, stream)
+            else:
+                self._special(entry, parent, name)
+
+    # -- entry kinds ----------------------------------------------------------------------
+
+    def _define_dir(self, fd: int, entry: TarEntry, key: Key, clear_xattrs: bool = False) -> None:
+        if clear_xattrs:
+            for attr in os.listxattr(fd):
+                if not attr.startswith(_SKIPPED_XATTRS):
+                    os.removexattr(fd, attr)
+        os.chown(fd, entry.uid, entry.gid)
+        os.chmod(fd, entry.mode)
+        self._set_xattrs(fd, entry, key)
+        self._dir_times[key] = entry.mtime_ns
+
+    def _regular(self, entry: TarEntry, key: Key, parent: int, stream: Stream) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(key[-1], flags, 0o600, dir_fd=parent)
+        try:
+            if entry.sparse is None:
+                self._copy(stream, fd, entry.size)
+            else:
+                self._copy_sparse(entry, key, stream, fd)
+            os.chown(fd, entry.uid, entry.gid)
+            os.chmod(fd, entry.mode)
+            self._set_xattrs(fd, entry, key)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def _copy(self, stream: Stream, fd: int, size: int) -> None:
+        while size:
+            data = stream.read_some(min(size, _COPY))
+            size -= len(data)
+            while data:
+                written = os.write(fd, data)
+                data = data[written:]
+                self.bytes_written += written
+
+    def _copy_sparse(self, entry: TarEntry, key: Key, stream: Stream, fd: int) -> None:
+        assert entry.sparse is not None
+        if sum(length for _, length in entry.sparse) != entry.size or any(
+            offset < 0 or length < 0 or offset + length > entry.real_size
+            for offset, length in entry.sparse
+        ):
+            raise LayerError(f"layer entry {_show(key)}: inconsistent sparse map")
+        for offset, length in entry.sparse:
+            os.lseek(fd, offset, os.SEEK_SET)
+            self._copy(stream, fd, length)
+        os.ftruncate(fd, entry.real_size)
+
+    def _special(self, entry: TarEntry, parent: int, name: bytes) -> None:
+        if entry.kind == SYMLINK:
+            os.symlink(entry.linkname, name, dir_fd=parent)
+        else:
+            kind = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}[entry.kind]
+            device = os.makedev(entry.devmajor, entry.devminor) if kind != stat.S_IFIFO else 0
+            os.mknod(name, kind | 0o600, device, dir_fd=parent)
+        os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        if entry.kind != SYMLINK:
+            os.chmod(name, entry.mode, dir_fd=parent)
+        # Path-based xattr calls have no dir_fd; /proc/self/fd/N names the resolved parent.
+        self._set_xattrs(b"/proc/self/fd/%d/%s" % (parent, name), entry, ())
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def _hardlink(
+        self, entry: TarEntry, key: Key, parent: int, existing: os.stat_result | None
+    ) -> None:
+        target = clean(entry.linkname)
+        missing = LayerError(
+            f"layer entry {_show(key)} is a hardlink to {_show(target)}, which does not exist"
+        )
+        if not target:
+            raise LayerError(f"layer entry {_show(key)} is a hardlink to the root directory")
+        if target == key:
+            if existing is None:
+                raise missing
+            return  # a link to itself: nothing to do
+        try:
+            target_parent = self._dir(target[:-1], create=False)
+        except FileNotFoundError:
+            raise missing from None
+        target_stat = _lstat(target[-1], target_parent)
+        if target_stat is None:
+            raise missing
+        if stat.S_ISDIR(target_stat.st_mode):
+            raise LayerError(f"layer entry {_show(key)} is a hardlink to a directory")
+        if existing is not None:
+            if (existing.st_dev, existing.st_ino) == (target_stat.st_dev, target_stat.st_ino):
+                return  # already the same inode
+            self._remove(parent, key[-1], existing)
+        os.link(
+            target[-1], key[-1], src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False
+        )
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def _set_xattrs(self, where: int | bytes, entry: TarEntry, key: Key) -> None:
+        for attr, value in entry.xattrs.items():
+            if attr.startswith(_SKIPPED_XATTRS):
+                self._warn_once(attr, f"not applying {attr} xattrs from the image")
+                continue
+            try:
+                os.setxattr(where, attr, value, follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                namespace = attr.split(".", 1)[0]
+                self._warn_once(
+                    namespace,
+                    f"the root filesystem does not take {namespace}.* xattrs "
+                    f"({err.strerror}); {attr} of {_show(key) if key else 'a node'} and others "
+                    "are dropped",
+                )
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            self._warn(message)
+
+    def _note_parent(self, key: Key, fd: int) -> None:
+        """Remember a directory's mtime before this layer changes its contents."""
+        if key not in self._dir_times:
+            self._dir_times[key] = os.fstat(fd).st_mtime_ns
+
+    def _set_dir_times(self) -> None:
+        for key, mtime_ns in self._dir_times.items():
+            self._close_stale()
+            try:
+                fd = self._dir(key, create=False)
+            except (FileNotFoundError, LayerError):
+                continue  # removed later in the same layer
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+    # -- whiteouts and removal ------------------------------------------------------------
+
+    def _whiteout(self, key: Key) -> None:
+        parent_key, name = key[:-1], key[-1]
+        if name != OPAQUE:
+            name = name[len(WHITEOUT) :]
+            if name in (b"", b".", b".."):
+                raise LayerError(f"layer has an invalid whiteout {_show(key)}")
+        try:
+            parent = self._dir(parent_key, create=False)
+        except (FileNotFoundError, LayerError):
+            return  # whiting out below something that is not a directory: nothing to hide
+        self._note_parent(parent_key, parent)
+        if name == OPAQUE:
+            for child in os.listdir(parent):
+                child_name = os.fsencode(child)
+                self._remove_lower(parent, child_name, (*parent_key, child_name))
+        else:
+            self._remove_lower(parent, name, (*parent_key, name))
+
+    def _remove_lower(self, dir_fd: int, name: bytes, key: Key) -> None:
+        """Remove what lower layers put at `name`, keeping what this layer added."""
+        existing = _lstat(name, dir_fd)
+        if existing is None:
+            return
+        if key not in self._touched:
+            self._remove(dir_fd, name, existing)
+        elif stat.S_ISDIR(existing.st_mode):
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            try:
+                for child in os.listdir(fd):
+                    child_name = os.fsencode(child)
+                    self._remove_lower(fd, child_name, (*key, child_name))
+            finally:
+                os.close(fd)
+
+    def _remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
+        if stat.S_ISDIR(existing.st_mode):
+            self._forget_dirs()
+            _rmtree(dir_fd, name)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+    # -- resolution inside the root -------------------------------------------------------
+
+    def _forget_dirs(self) -> None:
+        """Drop the cache after a directory removal: cached paths may now resolve elsewhere."""
+        self._stale.extend(self._dirs.values())
+        self._dirs.clear()
+
+    def _close_stale(self) -> None:
+        for fd in self._stale:
+            os.close(fd)
+        self._stale.clear()
+
+    def _dir(self, key: Key, create: bool) -> int:
+        """A descriptor of directory `key`, resolved inside the root (cached; do not close)."""
+        if not key:
+            return self.root_fd
+        fd = self._dirs.get(key)
+        if fd is not None:
+            self._dirs.move_to_end(key)
+            return fd
+        fd = self._walk(key, create)
+        self._dirs[key] = fd
+        if len(self._dirs) > _CACHE_SIZE:
+            self._stale.append(self._dirs.popitem(last=False)[1])
+        return fd
+
+    def _walk(self, key: Key, create: bool) -> int:
+        stack = [self.root_fd]  # descriptors from the root down to the current directory
+        todo = list(reversed(key))
+        links = 0
+        try:
+            while todo:
+                part = todo.pop()
+                if part in (b"", b"."):
+                    continue
+                if part == b"..":
+                    if len(stack) > 1:
+                        os.close(stack.pop())
+                    continue
+                cur = stack[-1]
+                try:
+                    stack.append(os.open(part, _DIR_FLAGS, dir_fd=cur))
+                    continue
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=cur)
+                    fd = os.open(part, _DIR_FLAGS, dir_fd=cur)
+                    os.chown(fd, 0, 0)
+                    os.chmod(fd, 0o755)  # implied parents: 0755 root:root, whatever the umask
+                    stack.append(fd)
+                    continue
+                except OSError as err:
+                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                st = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise LayerError(f"{_show(key)}: a parent is not a directory")
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise LayerError(f"{_show(key)}: too many levels of symbolic links")
+                target = os.readlink(part, dir_fd=cur)
+                if target.startswith(b"/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                todo.extend(reversed(target.split(b"/")))
+            return os.dup(stack[-1]) if len(stack) == 1 else stack.pop()
+        finally:
+            for fd in stack[1:]:
+                os.close(fd)

@@ -1,0 +1,122 @@
+"""Descriptors, and readers that verify a blob's digest and size while it streams."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from .errors import ImageError, VerificationError
+
+_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
+
+
+def check_digest(digest: object, what: str) -> str:
+    """Return `digest` if it is a well-formed sha256/sha512 digest, else raise ImageError."""
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ImageError(f"{what}: invalid digest {digest!r}")
+    return digest
+
+
+def short(digest: str) -> str:
+    """`sha256:0123456789ab…` for messages."""
+    algorithm, _, hex_ = digest.partition(":")
+    return f"{algorithm}:{hex_[:12]}…"
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    platform: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, obj: Any, what: str) -> Descriptor:
+        """Validate and convert a descriptor object from a manifest or index."""
+        if not isinstance(obj, dict):
+            raise ImageError(f"{what}: descriptor is not an object")
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ImageError(f"{what}: descriptor has no valid size")
+        annotations = obj.get("annotations") or {}
+        platform = obj.get("platform")
+        if not isinstance(annotations, dict) or (
+            platform is not None and not isinstance(platform, dict)
+        ):
+            raise ImageError(f"{what}: malformed descriptor")
+        return cls(
+            media_type=str(obj.get("mediaType", "")),
+            digest=check_digest(obj.get("digest"), what),
+            size=size,
+            annotations=annotations,
+            platform=platform,
+        )
+
+
+def new_hash(digest: str) -> Any:
+    """A hashlib object for the algorithm of `digest`."""
+    return hashlib.new(digest.partition(":")[0])
+
+
+class VerifyingReader:
+    """Reads a blob and checks, at its end, that its size and digest match the descriptor.
+
+    Reading past the descriptor's size is an error at once, so a lying server or archive cannot
+    feed more than it declared. `finish()` drains the rest and judges the digest.
+    """
+
+    def __init__(self, raw: BinaryIO, desc: Descriptor, label: str) -> None:
+        self._raw = raw
+        self._desc = desc
+        self._label = label
+        self._hash = new_hash(desc.digest)
+        self.done = 0
+
+    def read(self, n: int = -1) -> bytes:
+        """Read up to n bytes (all remaining bytes when n < 0)."""
+        remaining = self._desc.size - self.done
+        # Ask for one byte more than is left, so excess data is caught at once.
+        data = self._raw.read(remaining + 1 if n < 0 or n > remaining else n)
+        if len(data) > remaining:
+            raise VerificationError(
+                f"{self._label} {short(self._desc.digest)} is larger than its descriptor's "
+                f"{self._desc.size} bytes",
+                "the image is corrupt or the source changed",
+            )
+        self._hash.update(data)
+        self.done += len(data)
+        return data
+
+    def finish(self) -> None:
+        """Drain the blob to its end, then check size and digest."""
+        while self.read(1 << 20):
+            pass
+        if self.done != self._desc.size:
+            raise VerificationError(
+                f"{self._label} {short(self._desc.digest)} is truncated: "
+                f"{self.done} of {self._desc.size} bytes",
+                "the image is corrupt or the transfer was cut short",
+            )
+        actual = f"{self._desc.digest.partition(':')[0]}:{self._hash.hexdigest()}"
+        if actual != self._desc.digest:
+            raise VerificationError(
+                f"{self._label} {short(self._desc.digest)} digest mismatch "
+                f"(expected {self._desc.digest}, got {actual})",
+                "the image on the server changed or is corrupt",
+            )
+
+
+def read_verified(raw: BinaryIO, desc: Descriptor, label: str, limit: int = 16 << 20) -> bytes:
+    """Read a whole small blob (manifest, config, index) and verify it."""
+    if desc.size > limit:
+        raise ImageError(f"{label} {short(desc.digest)} is implausibly large ({desc.size} bytes)")
+    reader = VerifyingReader(raw, desc, label)
+    data = reader.read(desc.size)
+    reader.finish()
+    return data

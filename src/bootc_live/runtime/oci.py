@@ -1,0 +1,234 @@
+"""OCI image resolution: index.json → (nested) index → manifest → config, all verified."""
+
+from __future__ import annotations
+
+import json
+import platform as _platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .blobs import Descriptor, check_digest, read_verified, short
+from .errors import ImageError
+from .sources import ImageSource
+
+REF_NAME = "org.opencontainers.image.ref.name"
+DEFAULT_LABEL = "latest"
+
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+MANIFEST_TYPES = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+SCHEMA1_TYPES = {
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+}
+_MACHINE_TO_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "i686": "386",
+    "i386": "386",
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OCI platform: os/architecture[/variant]."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.split("/")
+        if not 2 <= len(parts) <= 3 or not all(parts):
+            raise ValueError(f"platform {text!r} is not OS/ARCH[/VARIANT]")
+        return cls(*parts)
+
+    @classmethod
+    def host(cls) -> Platform:
+        machine = _platform.machine()
+        return cls("linux", _MACHINE_TO_ARCH.get(machine, machine))
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        if obj.get("os") != self.os or obj.get("architecture") != self.architecture:
+            return False
+        return not self.variant or obj.get("variant", "") == self.variant
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A resolved, verified image: the manifest's layers and the config's diff_ids."""
+
+    source: ImageSource
+    manifest_digest: str
+    config_digest: str
+    config: Mapping[str, Any]
+    layers: Sequence[Descriptor]
+    diff_ids: Sequence[str]
+    annotations: Mapping[str, str]
+
+    @property
+    def compressed_size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+
+def _parse_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ImageError(f"{what} is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return obj
+
+
+def _kind(media_type: str, obj: Mapping[str, Any], what: str) -> str:
+    """'index' or 'manifest', from the media type, or the content when the type is absent."""
+    media_type = media_type or str(obj.get("mediaType", ""))
+    if media_type in SCHEMA1_TYPES or obj.get("schemaVersion") == 1:
+        raise ImageError(
+            f"{what} is a Docker schema 1 manifest, which is not supported",
+            "push the image again with a current tool (it then gets a schema 2 or OCI manifest)",
+        )
+    if media_type in INDEX_TYPES or (not media_type and "manifests" in obj):
+        return "index"
+    if media_type in MANIFEST_TYPES or (not media_type and "layers" in obj):
+        return "manifest"
+    raise ImageError(f"{what} has unsupported media type {media_type!r}")
+
+
+def _descriptors(index: Mapping[str, Any], what: str) -> list[Descriptor]:
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise ImageError(f"{what} has no manifests list")
+    return [Descriptor.from_json(m, f"{what} entry {i}") for i, m in enumerate(manifests)]
+
+
+def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[Descriptor]:
+    names = sorted({d.annotations.get(REF_NAME, "") for d in descs} - {""})
+    wanted = label if label is not None else DEFAULT_LABEL
+    chosen = [d for d in descs if d.annotations.get(REF_NAME) == wanted]
+    if chosen:
+        return chosen
+    if label is None and len(descs) == 1:
+        return descs  # a single image needs no name
+    if not descs:
+        raise ImageError(f"{where} holds no image")
+    available = ", ".join(names) if names else "none"
+    if label is None:
+        raise ImageError(
+            f"{where} holds {len(descs)} images and none is tagged {DEFAULT_LABEL!r} "
+            f"(tags: {available})",
+            "name one with bootclabel= (or SOURCE:TAG)",
+        )
+    raise ImageError(
+        f"{where} has no image tagged {label!r} (tags: {available})",
+        "fix bootclabel= (or SOURCE:TAG)",
+    )
+
+
+def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descriptor:
+    if len(descs) == 1 and descs[0].platform is None:
+        return descs[0]
+    matching = [d for d in descs if d.platform is None or plat.matches(d.platform)]
+    if not matching:
+        offered = ", ".join(
+            str(
+                Platform(
+                    d.platform.get("os", "?"),
+                    d.platform.get("architecture", "?"),
+                    d.platform.get("variant", ""),
+                )
+            )
+            for d in descs
+            if d.platform
+        )
+        raise ImageError(
+            f"{where} has no image for platform {plat} (offers: {offered or 'none'})",
+            "choose one with bootc.platform=OS/ARCH",
+        )
+    # Prefer an exact platform match over an unlabelled descriptor.
+    matching.sort(key=lambda d: d.platform is None)
+    return matching[0]
+
+
+def resolve(
+    source: ImageSource,
+    label: str | None = None,
+    platform: Platform | None = None,
+    digest: str | None = None,
+) -> Image:
+    """Find the image in `source` by label and platform, verifying every document on the way."""
+    plat = platform or Platform.host()
+    if digest is not None:
+        check_digest(digest, "bootc.digest")
+    where = source.description
+    index = _parse_json(source.index_json(), f"{where}: index.json")
+    _kind("application/vnd.oci.image.index.v1+json", index, f"{where}: index.json")
+    candidates = _pick_label(_descriptors(index, f"{where}: index.json"), label, where)
+    desc = _pick_platform(candidates, plat, where)
+    seen = [desc.digest]
+    for _depth in range(8):
+        with source.open_blob(desc) as raw:
+            data = read_verified(raw, desc, "manifest")
+        what = f"{where}: {short(desc.digest)}"
+        obj = _parse_json(data, what)
+        if _kind(desc.media_type, obj, what) == "manifest":
+            break
+        desc = _pick_platform(_descriptors(obj, what), plat, what)
+        seen.append(desc.digest)
+    else:
+        raise ImageError(f"{where}: indexes nested too deeply")
+    if digest is not None and digest not in seen:
+        raise ImageError(
+            f"{where}: image digest is {seen[-1]}, not the pinned {digest}",
+            "the image changed: update bootc.digest= or rebuild the boot entry",
+        )
+    return _image_from_manifest(source, desc, obj, what)
+
+
+def _image_from_manifest(
+    source: ImageSource, desc: Descriptor, manifest: Mapping[str, Any], what: str
+) -> Image:
+    config_desc = Descriptor.from_json(manifest.get("config"), f"{what} config")
+    layer_objs = manifest.get("layers")
+    if not isinstance(layer_objs, list):
+        raise ImageError(f"{what}: manifest has no layers list")
+    layers = [
+        Descriptor.from_json(obj, f"{what} layer {i + 1}") for i, obj in enumerate(layer_objs)
+    ]
+    with source.open_blob(config_desc) as raw:
+        config = _parse_json(read_verified(raw, config_desc, "config"), f"{what} config")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{what}: config has no rootfs.diff_ids")
+    if len(diff_ids) != len(layers):
+        raise ImageError(f"{what}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers")
+    for i, diff_id in enumerate(diff_ids):
+        check_digest(diff_id, f"{what} diff_id {i + 1}")
+    annotations = manifest.get("annotations") or {}
+    return Image(
+        source=source,
+        manifest_digest=desc.digest,
+        config_digest=config_desc.digest,
+        config=config,
+        layers=tuple(layers),
+        diff_ids=tuple(diff_ids),
+        annotations=annotations if isinstance(annotations, dict) else {},
+    )

@@ -1,0 +1,137 @@
+"""Image sources: where an image's blobs come from (OCI layout directory, oci-archive file).
+
+A source only hands out raw, unverified byte streams; verification is the caller's job
+(`blobs.VerifyingReader`), so every source gets it the same way. URL and registry sources
+implement the same interface.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Protocol
+
+from .blobs import Descriptor
+from .errors import ImageError, LayerError
+from .streams import FileStream
+from .tarstream import REGULAR, read_entries
+
+
+class ImageSource(Protocol):
+    """Where an image's index and blobs are read from."""
+
+    description: str
+
+    def index_json(self) -> bytes:
+        """The top-level `index.json`."""
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        """A raw stream of the blob's bytes (unverified); the caller closes it."""
+
+    def close(self) -> None:
+        """Release files and connections."""
+
+
+def blob_path(digest: str) -> str:
+    """The path of a blob inside an OCI layout: blobs/ALG/HEX."""
+    algorithm, _, hex_ = digest.partition(":")
+    return f"blobs/{algorithm}/{hex_}"
+
+
+class LayoutSource:
+    """An OCI image layout directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.description = f"oci:{path}"
+        if not os.path.isfile(os.path.join(path, "index.json")):
+            raise ImageError(
+                f"{path} is not an OCI image layout (no index.json)",
+                "give the directory that holds oci-layout, index.json and blobs/",
+            )
+
+    def index_json(self) -> bytes:
+        with open(os.path.join(self.path, "index.json"), "rb") as f:
+            return f.read(16 << 20)
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        try:
+            return open(os.path.join(self.path, blob_path(desc.digest)), "rb")
+        except FileNotFoundError:
+            raise ImageError(f"{self.description}: blob {desc.digest} is missing") from None
+
+    def close(self) -> None:
+        pass
+
+
+class _Slice:
+    """A read-only window [offset, offset+size) of a file, with its own position."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file.seek(offset)
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._file.read(n)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Slice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArchiveSource:
+    """An oci-archive file read in place: member offsets are indexed once, nothing is extracted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.description = f"oci-archive:{path}"
+        self._members: dict[str, tuple[int, int]] = {}
+        try:
+            with open(path, "rb") as f:
+                stream = FileStream(f)
+                for entry in read_entries(stream):
+                    if entry.kind == REGULAR:
+                        name = os.path.normpath(b"/" + entry.name).lstrip(b"/")
+                        self._members[name.decode("utf-8", "surrogateescape")] = (
+                            f.tell(),
+                            entry.size,
+                        )
+                        stream.skip(entry.size)
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(
+                f"{path} is a directory", "use oci:DIR for an OCI layout directory"
+            ) from None
+        except LayerError as err:
+            raise ImageError(f"{path} is not a valid oci-archive: {err}") from None
+        if "index.json" not in self._members:
+            raise ImageError(
+                f"{path} is not an oci-archive (no index.json inside)",
+                "make it with skopeo copy … oci-archive:PATH or bootc-live build",
+            )
+
+    def _member(self, name: str) -> _Slice:
+        offset, size = self._members[name]
+        return _Slice(self.path, offset, size)
+
+    def index_json(self) -> bytes:
+        with self._member("index.json") as f:
+            return f.read(16 << 20)
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        name = blob_path(desc.digest)
+        if name not in self._members:
+            raise ImageError(f"{self.description}: blob {desc.digest} is missing")
+        return self._member(name)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        pass

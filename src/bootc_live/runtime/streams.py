@@ -1,0 +1,90 @@
+"""Byte streams the tar reader consumes: a seekable file, or chunks handed over by a thread."""
+
+from __future__ import annotations
+
+import queue
+from typing import BinaryIO, Union
+
+from .errors import LayerError
+
+Chunk = Union[bytes, memoryview]
+
+
+class FileStream:
+    """The tar reader's view of a seekable file (used to index an oci-archive)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def read_exact(self, n: int) -> bytes:
+        data = self._f.read(n)
+        if len(data) != n:
+            raise LayerError("unexpected end of tar data")
+        return data
+
+    def read_some(self, n: int) -> memoryview:
+        data = self._f.read(n)
+        if not data:
+            raise LayerError("unexpected end of tar data")
+        return memoryview(data)
+
+    def skip(self, n: int) -> None:
+        if n:
+            self._f.seek(n, 1)
+
+
+END = None  # marks the end of a stream in a ChunkStream's queue
+
+
+class ChunkStream:
+    """The tar reader's view of chunks that a producer thread puts into a queue.
+
+    The producer puts bytes chunks, then END; or an exception, which is raised here.
+    """
+
+    def __init__(self, chunks: queue.Queue[object]) -> None:
+        self._queue = chunks
+        self._buf = memoryview(b"")
+        self._ended = False
+
+    def _next(self) -> bool:
+        if self._ended:
+            return False
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        if item is END:
+            self._ended = True
+            return False
+        assert isinstance(item, bytes)
+        self._buf = memoryview(item)
+        return True
+
+    def read_some(self, n: int) -> memoryview:
+        while not self._buf:
+            if not self._next():
+                raise LayerError("the layer ends in the middle of a tar entry (truncated)")
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def read_exact(self, n: int) -> bytes:
+        if len(self._buf) >= n:
+            data, self._buf = self._buf[:n], self._buf[n:]
+            return data.tobytes()
+        parts = []
+        while n:
+            part = self.read_some(n)
+            parts.append(part.tobytes())
+            n -= len(part)
+        return b"".join(parts)
+
+    def skip(self, n: int) -> None:
+        while n:
+            n -= len(self.read_some(n))
+
+    def drain(self) -> None:
+        """Consume the rest up to END (tar padding after the end-of-archive marker)."""
+        self._buf = memoryview(b"")
+        while self._next():
+            pass

@@ -1,0 +1,164 @@
+"""The unpack pipeline: verified blobs → decompression → tar → layer application.
+
+Two threads share the work so both cores are used: a feeder reads each layer blob, hashes it,
+decompresses it and hashes the tar stream (zlib, isal, zstandard and hashlib all release the
+GIL), while the caller's thread parses the tar and writes the tree. The feeder runs ahead by a
+bounded queue, across layer boundaries, so the next layer is decompressed while this one is
+applied. Application stays in layer order.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .apply import Applier
+from .blobs import VerifyingReader, new_hash, short
+from .decompress import decoded_chunks
+from .errors import BootcLiveError, VerificationError
+from .oci import Image
+from .streams import END, ChunkStream
+
+QUEUE_CHUNKS = 16  # ~16 MiB of decompressed data in flight at most
+
+
+@dataclass
+class Stats:
+    """What an unpack did."""
+
+    layers: int
+    entries: int
+    bytes_written: int
+    compressed_bytes: int
+    seconds: float
+
+
+class Progress:
+    """A progress line at most every `interval` seconds: layer i/N, MiB done of total, rate, ETA."""
+
+    def __init__(
+        self,
+        total: int,
+        layers: int,
+        interval: float = 2.0,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
+        self.total = total
+        self.layers = layers
+        self.interval = interval
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.start = time.monotonic()
+        self._last = self.start
+
+    def update(self, layer: int, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        rate = done / max(now - self.start, 1e-6)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        self.write(
+            f"bootc-live: layer {layer}/{self.layers}  {done >> 20}/{self.total >> 20} MiB  "
+            f"{rate / (1 << 20):.1f} MiB/s  ETA {eta:.0f}s"
+        )
+
+
+class _Feeder(threading.Thread):
+    """Reads, verifies and decompresses the image's layers, in order, into a queue."""
+
+    def __init__(self, image: Image, progress: Progress | None) -> None:
+        super().__init__(name="layer-feeder", daemon=True)
+        self.image = image
+        self.progress = progress
+        self.chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self.stopped = threading.Event()  # the consumer is gone: stop at once
+        self.abandoned = threading.Event()  # the consumer failed: only verify what is left
+        self.compressed_bytes = 0
+
+    def _put(self, item: object) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for index in range(len(self.image.layers)):
+                self._feed_layer(index)
+                if not self._put(END) or self.abandoned.is_set():
+                    return
+        except BaseException as err:  # handed to the consumer, which raises it
+            self._put(err)
+
+    def _feed_layer(self, index: int) -> None:
+        desc = self.image.layers[index]
+        count = len(self.image.layers)
+        label = f"layer {index + 1}/{count}"
+        diff_id = self.image.diff_ids[index]
+        diff_hash = new_hash(diff_id)
+        with self.image.source.open_blob(desc) as raw:
+            reader = VerifyingReader(raw, desc, label)
+            for chunk in decoded_chunks(reader.read):
+                if self.abandoned.is_set():
+                    break
+                diff_hash.update(chunk)
+                if not self._put(chunk):
+                    return
+                if self.progress:
+                    self.progress.update(index + 1, self.compressed_bytes + reader.done)
+            reader.finish()
+        self.compressed_bytes += desc.size
+        if self.abandoned.is_set():
+            return
+        actual = f"{diff_id.partition(':')[0]}:{diff_hash.hexdigest()}"
+        if actual != diff_id:
+            raise VerificationError(
+                f"{label} {short(desc.digest)} content does not match the config's diff_id "
+                f"(expected {diff_id}, got {actual})",
+                "the image is corrupt or was built wrongly",
+            )
+
+
+def unpack_image(
+    image: Image,
+    dest: str,
+    *,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Stats:
+    """Apply all layers of `image` onto the directory `dest`, verifying everything."""
+    start = time.monotonic()
+    applier = Applier(dest, warn or (lambda msg: print(f"bootc-live: {msg}", file=sys.stderr)))
+    feeder = _Feeder(image, progress)
+    feeder.start()
+    try:
+        for index, desc in enumerate(image.layers):
+            stream = ChunkStream(feeder.chunks)
+            try:
+                applier.apply_layer(stream)
+            except BootcLiveError as err:
+                # A digest mismatch explains a broken tar better: judge the blob first.
+                feeder.abandoned.set()
+                stream.drain()
+                raise type(err)(
+                    f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint
+                ) from None
+            stream.drain()
+    finally:
+        feeder.stopped.set()
+        feeder.join()
+        applier.close()
+    return Stats(
+        layers=len(image.layers),
+        entries=applier.entries,
+        bytes_written=applier.bytes_written,
+        compressed_bytes=feeder.compressed_bytes,
+        seconds=time.monotonic() - start,
+    )
