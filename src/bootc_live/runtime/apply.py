@@ -272,7 +272,10 @@ class Applier:
                 self._warn_once(attr, f"not applying {attr} xattrs from the image")
                 continue
             try:
-                os.setxattr(where, attr, value, follow_symlinks=False)
+                if isinstance(where, int):
+                    os.setxattr(where, attr, value)
+                else:
+                    os.setxattr(where, attr, value, follow_symlinks=False)
             except OSError as err:
                 if err.errno not in (errno.EOPNOTSUPP, errno.EPERM):
                     raise

@@ -76,6 +76,7 @@ class VerifyingReader:
         self._desc = desc
         self._label = label
         self._hash = new_hash(desc.digest)
+        self._oversized: VerificationError | None = None
         self.done = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -84,11 +85,13 @@ class VerifyingReader:
         # Ask for one byte more than is left, so excess data is caught at once.
         data = self._raw.read(remaining + 1 if n < 0 or n > remaining else n)
         if len(data) > remaining:
-            raise VerificationError(
+            self._oversized = VerificationError(
                 f"{self._label} {short(self._desc.digest)} is larger than its descriptor's "
                 f"{self._desc.size} bytes",
                 "the image is corrupt or the source changed",
             )
+        if self._oversized:
+            raise self._oversized
         self._hash.update(data)
         self.done += len(data)
         return data

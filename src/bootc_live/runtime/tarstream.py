@@ -95,7 +95,10 @@ def _cstring(field_: bytes) -> bytes:
 
 
 def _checksum_ok(block: bytes) -> bool:
-    stored = _number(block[148:156], "checksum")
+    try:
+        stored = _number(block[148:156], "checksum")
+    except LayerError:
+        return False
     unsigned = sum(block[:148]) + 256 + sum(block[156:])
     if stored == unsigned:
         return True

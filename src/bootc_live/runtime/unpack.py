@@ -78,6 +78,7 @@ class _Feeder(threading.Thread):
         self.stopped = threading.Event()  # the consumer is gone: stop at once
         self.abandoned = threading.Event()  # the consumer failed: only verify what is left
         self.compressed_bytes = 0
+        self.failure: BaseException | None = None
 
     def _put(self, item: object) -> bool:
         while not self.stopped.is_set():
@@ -95,6 +96,7 @@ class _Feeder(threading.Thread):
                 if not self._put(END) or self.abandoned.is_set():
                     return
         except BaseException as err:  # handed to the consumer, which raises it
+            self.failure = err
             self._put(err)
 
     def _feed_layer(self, index: int) -> None:
@@ -105,14 +107,20 @@ class _Feeder(threading.Thread):
         diff_hash = new_hash(diff_id)
         with self.image.source.open_blob(desc) as raw:
             reader = VerifyingReader(raw, desc, label)
-            for chunk in decoded_chunks(reader.read):
-                if self.abandoned.is_set():
-                    break
-                diff_hash.update(chunk)
-                if not self._put(chunk):
-                    return
-                if self.progress:
-                    self.progress.update(index + 1, self.compressed_bytes + reader.done)
+            try:
+                for chunk in decoded_chunks(reader.read):
+                    if self.abandoned.is_set():
+                        break
+                    diff_hash.update(chunk)
+                    if not self._put(chunk):
+                        return
+                    if self.progress:
+                        self.progress.update(index + 1, self.compressed_bytes + reader.done)
+            except VerificationError:
+                raise
+            except BootcLiveError as err:
+                reader.finish()  # a digest mismatch explains broken compression better
+                raise type(err)(f"{label} {short(desc.digest)}: {err}", err.hint) from None
             reader.finish()
         self.compressed_bytes += desc.size
         if self.abandoned.is_set():
@@ -144,6 +152,8 @@ def unpack_image(
             try:
                 applier.apply_layer(stream)
             except BootcLiveError as err:
+                if err is feeder.failure:
+                    raise  # verification or decompression: labelled by the feeder
                 # A digest mismatch explains a broken tar better: judge the blob first.
                 feeder.abandoned.set()
                 stream.drain()

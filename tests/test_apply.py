@@ -1,0 +1,364 @@
+"""Layer application rules (SPEC.md §3), on in-memory layers applied to a temporary directory."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime.apply import Applier, clean
+from bootc_live.runtime.errors import LayerError
+from bootc_live.runtime.streams import FileStream
+from imagegen import block, char, d, f, fifo, global_header, hard, layer_tar, opq, sparse, sym, wh
+from treewalk import has_holes, snapshot
+from unpackers import need
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need(os.geteuid() == 0, "layer application sets owners and creates devices: needs root")
+
+
+class Tree:
+    """A root directory beside an `outside` directory that no layer may touch."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "root"
+        self.outside = tmp / "outside"
+        self.root.mkdir()
+        self.outside.mkdir()
+        (self.outside / "secret").write_text("untouched")
+        self.warnings: list[str] = []
+
+    def apply(self, *layers: list) -> Path:  # type: ignore[type-arg]
+        applier = Applier(str(self.root), self.warnings.append)
+        try:
+            for entries in layers:
+                applier.apply_layer(FileStream(io.BytesIO(layer_tar(entries))))
+        finally:
+            applier.close()
+        return self.root
+
+    def outside_intact(self) -> bool:
+        return sorted(os.listdir(self.outside)) == ["secret"] and (
+            (self.outside / "secret").read_text() == "untouched"
+        )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    return Tree(tmp_path)
+
+
+def test_clean_never_climbs_above_root() -> None:
+    assert clean(b"./a/../../../b//c/.") == (b"b", b"c")
+    assert clean(b"/etc/passwd") == (b"etc", b"passwd")
+    assert clean(b"..") == ()
+
+
+def test_all_kinds_with_metadata(tree: Tree) -> None:
+    root = tree.apply(
+        [
+            d("bin", mode=0o755),
+            f("bin/su", b"#!su", mode=0o4755, uid=0, gid=0),
+            f("bin/wall", b"w", mode=0o2755, gid=5),
+            d("tmp", mode=0o1777),
+            f("data", b"x" * 100_000, mode=0o640, uid=123_456, gid=2_097_152),
+            sym("link", "data", uid=7, gid=8),
+            hard("data2", "data"),
+            char("null", 1, 3, mode=0o666),
+            block("sda", 8, 0, mode=0o660, gid=6),
+            fifo("pipe", mode=0o600),
+            f("nanos", b"n", mtime="1600000000.123456789"),
+        ]
+    )
+    snap = snapshot(root)
+    assert stat.S_IMODE(snap[b"bin/su"].mode) == 0o4755
+    assert stat.S_IMODE(snap[b"bin/wall"].mode) == 0o2755
+    assert stat.S_IMODE(snap[b"tmp"].mode) == 0o1777
+    assert (snap[b"data"].uid, snap[b"data"].gid, snap[b"data"].size) == (
+        123_456,
+        2_097_152,
+        100_000,
+    )
+    assert stat.S_IMODE(snap[b"data"].mode) == 0o640
+    assert snap[b"link"].target == b"data" and (snap[b"link"].uid, snap[b"link"].gid) == (7, 8)
+    assert snap[b"data"].links == snap[b"data2"].links == (b"data", b"data2")
+    assert snap[b"null"].type == "char" and snap[b"null"].rdev == (1, 3)
+    assert snap[b"sda"].type == "block" and snap[b"sda"].rdev == (8, 0) and snap[b"sda"].gid == 6
+    assert snap[b"pipe"].type == "fifo" and stat.S_IMODE(snap[b"pipe"].mode) == 0o600
+    assert snap[b"nanos"].mtime_ns == 1_600_000_000_123_456_789
+
+
+def test_implied_parents_are_0755_root(tree: Tree) -> None:
+    root = tree.apply([f("a/b/c/file", b"x", uid=5, gid=5)])
+    for path in ("a", "a/b", "a/b/c"):
+        st = os.lstat(root / path)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, 0, 0)
+
+
+def test_xattrs_byte_exact_and_capability_after_chown(tree: Tree) -> None:
+    cap = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw, v2
+    root = tree.apply(
+        [
+            f(
+                "ping",
+                b"elf",
+                mode=0o755,
+                uid=1000,
+                gid=1000,
+                xattrs={"security.capability": cap, "user.raw": b"\xff\x00\xfe"},
+            ),
+            f(
+                "labelled",
+                b"",
+                xattrs={
+                    "security.selinux": b"system_u:object_r:bin_t:s0",
+                    "trusted.overlay.opaque": b"y",
+                    "trusted.keep": b"1",
+                },
+            ),
+        ]
+    )
+    assert os.getxattr(root / "ping", "security.capability") == cap
+    assert os.getxattr(root / "ping", "user.raw") == b"\xff\x00\xfe"
+    assert os.stat(root / "ping").st_uid == 1000
+    names = os.listxattr(root / "labelled")
+    assert "trusted.keep" in names
+    assert "trusted.overlay.opaque" not in names
+    assert "security.selinux" not in names or os.getxattr(
+        root / "labelled", "security.selinux"
+    ) != (b"system_u:object_r:bin_t:s0")
+    assert len([w for w in tree.warnings if "security.selinux" in w]) == 1
+
+
+def test_pax_global_headers_are_ignored(tree: Tree) -> None:
+    root = tree.apply(
+        [
+            global_header({"uid": "4242", "path": "hijacked", "SCHILY.xattr.user.g": "1"}),
+            f("a", b"a", uid=1, pax={"comment": "local"}),
+            f("b", b"b", uid=2),
+        ]
+    )
+    assert sorted(os.listdir(root)) == ["a", "b"]
+    assert (os.stat(root / "a").st_uid, os.stat(root / "b").st_uid) == (1, 2)
+    assert "user.g" not in os.listxattr(root / "a")
+
+
+def test_whiteouts_remove_lower_files_and_dirs(tree: Tree) -> None:
+    root = tree.apply(
+        [f("etc/a", b"a"), f("etc/b", b"b"), f("opt/x/y/z", b"z")],
+        [wh("etc/a"), wh("opt/x"), wh("never/existed"), wh("etc/missing")],
+    )
+    assert sorted(os.listdir(root / "etc")) == ["b"]
+    assert os.listdir(root / "opt") == []
+    assert not (root / "never").exists()
+
+
+@pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh..."])
+def test_degenerate_whiteouts_are_errors(tree: Tree, name: str) -> None:
+    with pytest.raises(LayerError, match="invalid whiteout"):
+        tree.apply([f("keep", b"k")], [f(f"dir/{name}")])
+    assert (tree.root / "keep").exists()
+
+
+@pytest.mark.parametrize("whiteout_first", [True, False])
+def test_whiteouts_never_hide_the_same_layer(tree: Tree, whiteout_first: bool) -> None:
+    upper = [f("etc/a", b"new"), f("d/new", b"n")]
+    whiteouts = [wh("etc/a"), opq("d")]
+    root = tree.apply(
+        [f("etc/a", b"old"), f("d/old", b"o"), f("d/sub/deep", b"o")],
+        whiteouts + upper if whiteout_first else upper + whiteouts,
+    )
+    assert (root / "etc/a").read_bytes() == b"new"
+    assert sorted(os.listdir(root / "d")) == ["new"]
+
+
+def test_opaque_keeps_redefined_subdirs_but_hides_their_lower_content(tree: Tree) -> None:
+    root = tree.apply(
+        [f("d/sub/old", b"o"), f("d/other", b"o")],
+        [d("d/sub", mode=0o700), f("d/sub/new", b"n"), opq("d")],
+    )
+    assert sorted(os.listdir(root / "d")) == ["sub"]
+    assert sorted(os.listdir(root / "d/sub")) == ["new"]
+    assert stat.S_IMODE(os.stat(root / "d/sub").st_mode) == 0o700
+
+
+def test_file_and_directory_replace_each_other(tree: Tree) -> None:
+    root = tree.apply(
+        [f("was-file", b"f"), f("was-dir/a/b", b"b"), sym("was-link", "/etc")],
+        [
+            d("was-file", mode=0o750),
+            f("was-file/inside", b"i"),
+            f("was-dir", b"now a file"),
+            d("was-link"),
+        ],
+    )
+    assert (root / "was-file/inside").read_bytes() == b"i"
+    assert stat.S_IMODE(os.stat(root / "was-file").st_mode) == 0o750
+    assert (root / "was-dir").read_bytes() == b"now a file"
+    assert (root / "was-link").is_dir() and not (root / "was-link").is_symlink()
+
+
+def test_directory_entry_redefines_mode_owner_and_xattrs(tree: Tree) -> None:
+    root = tree.apply(
+        [d("srv", mode=0o755, xattrs={"user.old": b"1"}), f("srv/keep", b"k")],
+        [d("srv", mode=0o700, uid=33, gid=33, xattrs={"user.new": b"2"}, mtime="1700000000.5")],
+    )
+    st = os.stat(root / "srv")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, 33, 33)
+    assert os.listxattr(root / "srv") == ["user.new"]
+    assert (root / "srv/keep").read_bytes() == b"k"
+    assert st.st_mtime_ns == 1_700_000_000_500_000_000
+
+
+def test_directory_mtimes_survive_their_contents(tree: Tree) -> None:
+    root = tree.apply(
+        [d("a", mtime=1_000_000_000), f("a/x", b"x")],
+        [f("a/y", b"y")],
+    )
+    assert os.stat(root / "a").st_mtime_ns == 1_000_000_000 * 10**9
+
+
+def test_hardlinks_to_lower_layers_and_to_symlinks(tree: Tree) -> None:
+    root = tree.apply(
+        [f("usr/bin/python3.11", b"py"), sym("usr/bin/py", "python3.11")],
+        [hard("usr/bin/python3", "usr/bin/python3.11"), hard("usr/bin/py-again", "usr/bin/py")],
+    )
+    assert os.stat(root / "usr/bin/python3").st_ino == os.stat(root / "usr/bin/python3.11").st_ino
+    link = os.lstat(root / "usr/bin/py-again")
+    assert stat.S_ISLNK(link.st_mode) and link.st_ino == os.lstat(root / "usr/bin/py").st_ino
+
+
+def test_hardlink_to_missing_target_is_an_error(tree: Tree) -> None:
+    with pytest.raises(LayerError, match="does not exist"):
+        tree.apply([hard("a", "nothing/here")])
+    with pytest.raises(LayerError, match="does not exist"):
+        tree.apply([hard("b", "also-missing")])
+
+
+def test_hardlink_to_directory_is_an_error(tree: Tree) -> None:
+    with pytest.raises(LayerError, match="directory"):
+        tree.apply([d("dir"), hard("link", "dir")])
+
+
+@pytest.mark.parametrize("fmt", ["pax", "gnu"])
+def test_sparse_files_keep_their_holes(tree: Tree, fmt: str) -> None:
+    size = 4 << 20
+    segments = [
+        (0, b"head".ljust(512, b"h")),
+        (1 << 20, b"middle".ljust(1024, b"m")),
+        (size - 512, b"end".rjust(512, b"e")),
+    ]
+    applier = Applier(str(tree.root), tree.warnings.append)
+    try:
+        layer = layer_tar([sparse("disk.img", size, segments)], fmt=fmt)
+        applier.apply_layer(FileStream(io.BytesIO(layer)))
+    finally:
+        applier.close()
+    data = (tree.root / "disk.img").read_bytes()
+    expected = bytearray(size)
+    for offset, chunk in segments:
+        expected[offset : offset + len(chunk)] = chunk
+    assert data == bytes(expected)
+    assert has_holes(tree.root / "disk.img")
+
+
+def test_long_and_non_utf8_names(tree: Tree) -> None:
+    long_dir = "d" * 120
+    long_name = "n" * 250
+    root = tree.apply(
+        [
+            f(f"{long_dir}/{long_name}", b"long"),
+            f(b"caf\xe9-\xff", b"latin1"),
+            sym(b"to-\xff", b"caf\xe9-\xff"),
+            hard("x" * 200, b"caf\xe9-\xff"),
+        ]
+    )
+    assert (root / long_dir / long_name).read_bytes() == b"long"
+    assert os.readlink(os.fsencode(root) + b"/to-\xff") == b"caf\xe9-\xff"
+    assert (root / ("x" * 200)).read_bytes() == b"latin1"
+
+
+# -- escapes ---------------------------------------------------------------------------------
+
+
+def test_dotdot_and_absolute_names_stay_inside(tree: Tree) -> None:
+    root = tree.apply(
+        [f("../outside/secret", b"pwned"), f("/abs/file", b"a"), f("a/../../../../b", b"b")]
+    )
+    assert tree.outside_intact()
+    assert (root / "outside/secret").read_bytes() == b"pwned"
+    assert (root / "abs/file").exists() and (root / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "lands_in"),
+    [
+        ("../outside", "outside"),
+        ("../../outside", "outside"),
+        ("/", "."),
+        ("../..", "."),
+        ("ABSOLUTE", "ABSOLUTE"),
+    ],
+)
+def test_symlinked_parents_resolve_inside_the_root(tree: Tree, target: str, lands_in: str) -> None:
+    absolute = os.fspath(tree.outside)
+    target = target.replace("ABSOLUTE", absolute)
+    lands_in = lands_in.replace("ABSOLUTE", absolute.lstrip("/"))
+    root = tree.apply(
+        [sym("escape", target)],
+        [f("escape/secret", b"pwned"), f("escape/new", b"new")],
+    )
+    assert tree.outside_intact()
+    assert (root / lands_in / "secret").read_bytes() == b"pwned"
+    assert (root / lands_in / "new").read_bytes() == b"new"
+
+
+def test_chains_of_symlinks_and_loops(tree: Tree) -> None:
+    root = tree.apply(
+        [sym("a", "b/c"), sym("b", "/x/../y"), d("y/c")],
+        [f("a/file", b"through two links")],
+    )
+    assert (root / "y/c/file").read_bytes() == b"through two links"
+    with pytest.raises(LayerError, match="symbolic links"):
+        tree.apply([sym("l1", "l2"), sym("l2", "l1")], [f("l1/x", b"x")])
+    assert tree.outside_intact()
+
+
+def test_hardlinks_and_whiteouts_through_symlinks_stay_inside(tree: Tree) -> None:
+    outside = os.fspath(tree.outside)
+    with pytest.raises(LayerError, match="does not exist"):
+        tree.apply([sym("out", outside)], [hard("stolen", "out/secret")])
+    assert not (tree.root / "stolen").exists()
+    root = tree.apply(
+        [sym("rel", "../outside"), f("outside/secret", b"inside copy")],
+        [wh("rel/secret"), wh("../outside/secret")],
+    )
+    assert tree.outside_intact()
+    assert not (root / "outside/secret").exists()
+
+
+def test_entry_replacing_a_symlink_does_not_follow_it(tree: Tree) -> None:
+    outside = os.fspath(tree.outside)
+    root = tree.apply([sym("victim", f"{outside}/secret")], [f("victim", b"replaced")])
+    assert tree.outside_intact()
+    assert (root / "victim").read_bytes() == b"replaced" and not (root / "victim").is_symlink()
+
+
+def test_parent_that_is_a_file_is_an_error(tree: Tree) -> None:
+    with pytest.raises(LayerError, match="not a directory"):
+        tree.apply([f("file", b"f")], [f("file/child", b"c")])
+
+
+def test_truncated_layer_is_an_error(tree: Tree) -> None:
+    data = layer_tar([f("big", b"x" * 10_000)])[:3000]
+    applier = Applier(str(tree.root), tree.warnings.append)
+    try:
+        with pytest.raises(LayerError, match="unexpected end"):
+            applier.apply_layer(FileStream(io.BytesIO(data)))
+    finally:
+        applier.close()

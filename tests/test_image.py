@@ -1,0 +1,272 @@
+"""Image resolution, verification and decompression, through the unpack pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime.errors import ImageError, LayerError, VerificationError
+from bootc_live.runtime.oci import Platform, resolve
+from bootc_live.runtime.sources import ArchiveSource, LayoutSource
+from bootc_live.runtime.unpack import unpack_image
+from imagegen import (
+    add_nested_index,
+    build_layout,
+    compress,
+    d,
+    f,
+    layer_tar,
+    sha256,
+    write_blob,
+    write_oci_archive,
+)
+from unpackers import need
+
+LAYERS = [
+    layer_tar([d("etc"), f("etc/os-release", b"ID=test\n"), f("big", os.urandom(3 << 20))]),
+    layer_tar([f("etc/hostname", b"live\n"), f("zeros", bytes(8 << 20))]),
+]
+
+
+def unpack(layout: Path, dest: Path, **kw: object) -> Path:
+    dest.mkdir()
+    image = resolve(LayoutSource(str(layout)), **kw)  # type: ignore[arg-type]
+    unpack_image(image, str(dest), warn=lambda _msg: None)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need(os.geteuid() == 0, "unpacking sets owners: needs root")
+
+
+@pytest.mark.parametrize(
+    ("compression", "kw"),
+    [
+        ("gzip", {}),
+        ("gzip", {"members": 5}),
+        ("zstd", {}),
+        ("zstd", {"members": 4, "skippable": "middle"}),
+        ("zstd", {"skippable": "start"}),
+        ("none", {}),
+    ],
+)
+def test_compressions_detected_by_magic(tmp_path: Path, compression: str, kw: dict) -> None:  # type: ignore[type-arg]
+    # The declared media type lies on purpose: detection is by magic bytes.
+    build_layout(
+        tmp_path / "img",
+        LAYERS,
+        compression=compression,
+        compress_kw=kw,
+        media_type_override="application/vnd.oci.image.layer.v1.tar",
+    )
+    root = unpack(tmp_path / "img", tmp_path / "root")
+    assert (root / "etc/os-release").read_bytes() == b"ID=test\n"
+    assert (root / "zeros").stat().st_size == 8 << 20
+
+
+def test_zstd_without_the_module_uses_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootc_live.runtime import decompress
+
+    monkeypatch.setattr(decompress, "_zstandard", None)
+    build_layout(tmp_path / "img", LAYERS, compression="zstd", compress_kw={"members": 3})
+    assert (unpack(tmp_path / "img", tmp_path / "root") / "etc/hostname").read_bytes() == b"live\n"
+
+
+def test_gzip_without_isal_uses_zlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    from bootc_live.runtime import decompress
+
+    monkeypatch.setattr(decompress, "_gzip_impl", zlib)
+    build_layout(tmp_path / "img", LAYERS, compression="gzip", compress_kw={"members": 2})
+    assert (unpack(tmp_path / "img", tmp_path / "root") / "etc/hostname").exists()
+
+
+def test_archive_read_in_place_matches_layout(tmp_path: Path) -> None:
+    build_layout(tmp_path / "img", LAYERS, tag="v1")
+    archive = write_oci_archive(tmp_path / "img", tmp_path / "img.tar")
+    dest = tmp_path / "from-archive"
+    dest.mkdir()
+    unpack_image(resolve(ArchiveSource(str(archive)), label="v1"), str(dest))
+    assert (dest / "etc/hostname").read_bytes() == b"live\n"
+    assert (dest / "big").read_bytes() == (
+        unpack(tmp_path / "img", tmp_path / "from-layout", label="v1") / "big"
+    ).read_bytes()
+
+
+# -- choosing the image ----------------------------------------------------------------------
+
+
+def test_label_rules(tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    build_layout(single, LAYERS[:1], tag=None)
+    assert resolve(LayoutSource(str(single))).layers  # one unnamed image needs no label
+
+    named = tmp_path / "named"
+    a = build_layout(named, LAYERS[:1], tag="stable")
+    b = build_layout(named, LAYERS, tag="latest")
+    assert resolve(LayoutSource(str(named))).manifest_digest == b.manifest_digest
+    assert resolve(LayoutSource(str(named)), label="stable").manifest_digest == a.manifest_digest
+    with pytest.raises(ImageError, match=r"no image tagged 'nope' \(tags: latest, stable\)"):
+        resolve(LayoutSource(str(named)), label="nope")
+
+    two = tmp_path / "two"
+    build_layout(two, LAYERS[:1], tag="a")
+    build_layout(two, LAYERS, tag="b")
+    with pytest.raises(ImageError, match="holds 2 images and none is tagged 'latest'"):
+        resolve(LayoutSource(str(two)))
+
+
+def test_nested_index_and_platforms(tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    amd = build_layout(
+        layout, [layer_tar([f("arch", b"amd64")])], tag=None, platform=("linux", "amd64")
+    )
+    arm = build_layout(
+        layout, [layer_tar([f("arch", b"arm64")])], tag=None, platform=("linux", "arm64", "v8")
+    )
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    outer = add_nested_index(layout, [amd, arm], tag="multi", depth=2)
+    src = LayoutSource(str(layout))
+    amd64 = Platform("linux", "amd64")
+    assert resolve(src, label="multi", platform=amd64).manifest_digest == amd.manifest_digest
+    assert resolve(
+        src, label="multi", platform=Platform.parse("linux/arm64/v8")
+    ).manifest_digest == (arm.manifest_digest)
+    with pytest.raises(
+        ImageError,
+        match=r"no image for platform linux/s390x \(offers: linux/amd64, linux/arm64/v8\)",
+    ):
+        resolve(src, label="multi", platform=Platform.parse("linux/s390x"))
+    # A pinned digest may name the index the reference points at, or the manifest itself.
+    assert (
+        resolve(src, label="multi", platform=amd64, digest=outer).manifest_digest
+        == amd.manifest_digest
+    )
+    with pytest.raises(ImageError, match="not the pinned"):
+        resolve(src, label="multi", platform=amd64, digest=arm.manifest_digest)
+    root = unpack(layout, tmp_path / "root", label="multi", platform=Platform.parse("linux/arm64"))
+    assert (root / "arch").read_bytes() == b"arm64"
+
+
+def test_schema1_is_refused(tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1])
+    blob = write_blob(
+        layout, json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []}).encode()
+    )
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                "digest": blob.digest,
+                "size": blob.size,
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageError, match="schema 1"):
+        resolve(LayoutSource(str(layout)))
+
+
+def test_diff_id_count_must_match(tmp_path: Path) -> None:
+    build_layout(
+        tmp_path / "img", LAYERS, config_extra={"rootfs": {"type": "layers", "diff_ids": []}}
+    )
+    with pytest.raises(ImageError, match="0 diff_ids for 2 layers"):
+        resolve(LayoutSource(str(tmp_path / "img")))
+
+
+# -- verification ----------------------------------------------------------------------------
+
+
+def test_corrupt_layer_blob_names_layer_and_digests(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "img", LAYERS, compression="none")
+    path = info.layer_paths[1]
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 0xFF  # inside file data: the tar still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(VerificationError) as err:
+        unpack(tmp_path / "img", tmp_path / "root")
+    message = err.value.line()
+    assert message.startswith(f"layer 2/2 sha256:{info.layer_digests[1][7:19]}… digest mismatch")
+    assert f"expected {info.layer_digests[1]}, got sha256:" in message
+    assert "changed or is corrupt" in message
+
+
+def test_corrupt_compressed_blob_reports_the_digest_not_the_symptom(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "img", LAYERS, compression="gzip")
+    path = info.layer_paths[0]
+    data = bytearray(path.read_bytes())
+    data[100:200] = bytes(100)  # breaks the deflate stream early
+    path.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match="layer 1/2 .* digest mismatch"):
+        unpack(tmp_path / "img", tmp_path / "root")
+
+
+def test_truncated_and_oversized_blobs(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "img", LAYERS)
+    original = info.layer_paths[0].read_bytes()
+    info.layer_paths[0].write_bytes(original[:-10])
+    with pytest.raises(VerificationError, match="layer 1/2 .* truncated"):
+        unpack(tmp_path / "img", tmp_path / "root1")
+    info.layer_paths[0].write_bytes(original + b"extra")
+    with pytest.raises(VerificationError, match="larger than its descriptor"):
+        unpack(tmp_path / "img", tmp_path / "root2")
+
+
+def test_wrong_diff_id(tmp_path: Path) -> None:
+    wrong = [sha256(b"something else"), sha256(LAYERS[1])]
+    build_layout(
+        tmp_path / "img", LAYERS, config_extra={"rootfs": {"type": "layers", "diff_ids": wrong}}
+    )
+    with pytest.raises(VerificationError, match="layer 1/2 .* does not match the config's diff_id"):
+        unpack(tmp_path / "img", tmp_path / "root")
+
+
+def test_tampered_manifest_and_missing_blob(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "img", LAYERS)
+    info.config_path.write_bytes(info.config_path.read_bytes().replace(b"amd64", b"arm64"))
+    with pytest.raises(VerificationError, match="config .* digest mismatch"):
+        resolve(LayoutSource(str(tmp_path / "img")))
+    info2 = build_layout(tmp_path / "img2", LAYERS)
+    info2.layer_paths[1].unlink()
+    with pytest.raises(ImageError, match=f"blob {info2.layer_digests[1]} is missing"):
+        unpack(tmp_path / "img2", tmp_path / "root")
+
+
+def test_gzip_trailing_garbage_and_bad_tar(tmp_path: Path) -> None:
+    garbage = compress(LAYERS[0], "gzip") + b"not gzip at all"
+    # Re-point the image at a blob with garbage after the gzip member.
+    info = build_layout(tmp_path / "g", [LAYERS[0]])
+    info.layer_paths[0].write_bytes(garbage)
+    manifest = json.loads(info.manifest_path.read_bytes())
+    blob = write_blob(tmp_path / "g", garbage)
+    manifest["layers"][0].update(digest=blob.digest, size=blob.size)
+    mblob = write_blob(tmp_path / "g", json.dumps(manifest).encode())
+    (tmp_path / "g/index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": mblob.digest,
+                        "size": mblob.size,
+                    }
+                ],
+            }
+        )
+    )
+    with pytest.raises(LayerError, match="trailing garbage"):
+        unpack(tmp_path / "g", tmp_path / "root")
+    build_layout(tmp_path / "bad", [b"this is not a tar archive".ljust(1024, b"!")])
+    with pytest.raises(LayerError, match="layer 1/1 .*: tar header checksum mismatch"):
+        unpack(tmp_path / "bad", tmp_path / "root2")
