@@ -207,7 +207,7 @@ def test_corrupt_compressed_blob_reports_the_digest_not_the_symptom(tmp_path: Pa
     data = bytearray(path.read_bytes())
     data[100:200] = bytes(100)  # breaks the deflate stream early
     path.write_bytes(bytes(data))
-    with pytest.raises(VerificationError, match="layer 1/2 .* digest mismatch"):
+    with pytest.raises(VerificationError, match=r"layer 1/2 .* digest mismatch"):
         unpack(tmp_path / "img", tmp_path / "root")
 
 
@@ -215,7 +215,7 @@ def test_truncated_and_oversized_blobs(tmp_path: Path) -> None:
     info = build_layout(tmp_path / "img", LAYERS)
     original = info.layer_paths[0].read_bytes()
     info.layer_paths[0].write_bytes(original[:-10])
-    with pytest.raises(VerificationError, match="layer 1/2 .* truncated"):
+    with pytest.raises(VerificationError, match=r"layer 1/2 .* truncated"):
         unpack(tmp_path / "img", tmp_path / "root1")
     info.layer_paths[0].write_bytes(original + b"extra")
     with pytest.raises(VerificationError, match="larger than its descriptor"):
@@ -227,14 +227,16 @@ def test_wrong_diff_id(tmp_path: Path) -> None:
     build_layout(
         tmp_path / "img", LAYERS, config_extra={"rootfs": {"type": "layers", "diff_ids": wrong}}
     )
-    with pytest.raises(VerificationError, match="layer 1/2 .* does not match the config's diff_id"):
+    with pytest.raises(
+        VerificationError, match=r"layer 1/2 .* does not match the config's diff_id"
+    ):
         unpack(tmp_path / "img", tmp_path / "root")
 
 
 def test_tampered_manifest_and_missing_blob(tmp_path: Path) -> None:
     info = build_layout(tmp_path / "img", LAYERS)
     info.config_path.write_bytes(info.config_path.read_bytes().replace(b"amd64", b"arm64"))
-    with pytest.raises(VerificationError, match="config .* digest mismatch"):
+    with pytest.raises(VerificationError, match=r"config .* digest mismatch"):
         resolve(LayoutSource(str(tmp_path / "img")))
     info2 = build_layout(tmp_path / "img2", LAYERS)
     info2.layer_paths[1].unlink()
@@ -268,5 +270,5 @@ def test_gzip_trailing_garbage_and_bad_tar(tmp_path: Path) -> None:
     with pytest.raises(LayerError, match="trailing garbage"):
         unpack(tmp_path / "g", tmp_path / "root")
     build_layout(tmp_path / "bad", [b"this is not a tar archive".ljust(1024, b"!")])
-    with pytest.raises(LayerError, match="layer 1/1 .*: tar header checksum mismatch"):
+    with pytest.raises(LayerError, match=r"layer 1/1 .*: tar header checksum mismatch"):
         unpack(tmp_path / "bad", tmp_path / "root2")

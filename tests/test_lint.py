@@ -1,0 +1,60 @@
+"""Linters are tests: formatting, lint, types, the runtime's Python 3.9 floor and its isolation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(*argv: str) -> None:
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("ruff", "format", "--check", "src", "tests", "bench"),
+        ("ruff", "check", "src", "tests", "bench"),
+        ("mypy",),
+        (
+            "vermin",
+            "--target=3.9-",
+            "--no-tips",
+            "--violations",
+            "--eval-annotations",
+            "src/bootc_live/runtime",
+        ),
+    ],
+    ids=lambda argv: argv[0] + ("-" + argv[1] if argv[0] == "ruff" else ""),
+)
+def test_linter(argv: tuple[str, ...]) -> None:
+    run(str(BIN / argv[0]), *argv[1:])
+
+
+def test_runtime_imports_only_stdlib_and_itself() -> None:
+    """The boot-time runtime runs where nothing else exists: stdlib and optional accelerators."""
+    probe = (
+        "import sys, pkgutil, importlib, bootc_live.runtime as r\n"
+        "for m in pkgutil.iter_modules(r.__path__):\n"
+        "    importlib.import_module('bootc_live.runtime.' + m.name)\n"
+        "bad = sorted({n.split('.')[0] for n in sys.modules} - set(sys.stdlib_module_names)"
+        " - {'bootc_live', 'isal', 'zstandard', '_cffi_backend', '__main__'})\n"
+        "host = sorted(n for n in sys.modules if n.startswith('bootc_live.')"
+        " and not n.startswith('bootc_live.runtime'))\n"
+        "print(bad, host)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        cwd=REPO / "src",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "[] []"
