@@ -59,6 +59,7 @@ def _prepare_dest(dest: str) -> bool:
             raise UsageError(f"{dest} is not empty", "give a new or empty directory")
         return False
     os.makedirs(dest)
+    os.chmod(dest, 0o755)  # what the root is when the image does not say, whatever the umask
     return True
 
 

@@ -145,7 +145,7 @@ class Applier:
         if not key:
             if entry.kind != DIRECTORY:
                 raise LayerError(f"layer entry {entry.name!r} would replace the root itself")
-            self._define_dir(self.root_fd, entry, key)
+            self._define_dir(self.root_fd, entry, key, clear_xattrs=True)
             return
         parent = self._dir(key[:-1], create=True)
         self._note_parent(key[:-1], parent)

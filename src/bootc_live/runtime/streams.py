@@ -32,6 +32,12 @@ class FileStream:
         if n:
             self._f.seek(n, 1)
 
+    def at_end(self) -> bool:
+        if self._f.read(1):
+            self._f.seek(-1, 1)
+            return False
+        return True
+
 
 END = None  # marks the end of a stream in a ChunkStream's queue
 
@@ -82,6 +88,12 @@ class ChunkStream:
     def skip(self, n: int) -> None:
         while n:
             n -= len(self.read_some(n))
+
+    def at_end(self) -> bool:
+        while not self._buf:
+            if not self._next():
+                return True
+        return False
 
     def drain(self) -> None:
         """Consume the rest up to END (tar padding after the end-of-archive marker)."""

@@ -52,6 +52,9 @@ class Stream(Protocol):
     def skip(self, n: int) -> None:
         """Discard exactly n bytes."""
 
+    def at_end(self) -> bool:
+        """Whether the stream has no more bytes."""
+
 
 @dataclass
 class TarEntry:
@@ -170,6 +173,8 @@ def read_entries(stream: Stream) -> Iterator[TarEntry]:
     """
     pending = _Pending()
     while True:
+        if stream.at_end() and not (pending.pax or pending.longname or pending.longlink):
+            return  # no end-of-archive marker: Go's reader (umoci, containerd) accepts this too
         block = stream.read_exact(BLOCK)
         if block == bytes(BLOCK):
             return  # end of archive (a second zero block may follow; the caller drains)

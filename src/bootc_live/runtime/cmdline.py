@@ -1,0 +1,485 @@
+"""The kernel command line, parsed once into a typed BootSpec (SPEC.md §2).
+
+Rules follow dracut: options from /etc/cmdline.d/*.conf come first, the kernel's command line
+last; the last occurrence of an option wins; a bare boolean `name` is true, `name=0|no|off|false`
+false and `name=1|yes|on|true` true. Every option is validated here, so an invalid value stops
+the boot before anything is fetched, with a message that names the option and the value.
+The table OPTIONS is also the source of docs/cmdline.md (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import BootcLiveError
+from .oci import Platform
+
+ROOT_PREFIX = "bootc-live:"
+_TRUE = {"", "1", "yes", "on", "true"}
+_FALSE = {"0", "no", "off", "false"}
+_URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
+_SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class CmdlineError(BootcLiveError):
+    """An option on the kernel command line has an invalid value."""
+
+
+@dataclass(frozen=True)
+class Root:
+    """Where the image comes from: `root=bootc-live:…`."""
+
+    kind: str  # "path", "url", "docker" or "block"
+    location: str  # PATH, URL or REF
+    device: str = ""  # for "block": LABEL=…, UUID=…, PARTUUID=… or /dev/…
+
+    def __str__(self) -> str:
+        if self.kind == "block":
+            return f"{ROOT_PREFIX}block:{self.device}:{self.location}"
+        if self.kind == "docker":
+            return f"{ROOT_PREFIX}docker://{self.location}"
+        return ROOT_PREFIX + self.location
+
+
+@dataclass(frozen=True)
+class ZramSize:
+    """`bootc.zram=`: a size in bytes, or a percentage of RAM."""
+
+    value: int
+    percent: bool
+
+    def bytes_for(self, mem_total: int) -> int:
+        return mem_total * self.value // 100 if self.percent else self.value
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything the runtime needs to know from the command line."""
+
+    root: Root | None = None
+    label: str | None = None
+    digest: str | None = None
+    platform: Platform | None = None
+    registry_unsecure: bool = False
+    registry_mirrors: tuple[str, ...] = ()
+    registry_auth: str | None = None
+    kexec: bool = False
+    kexec_kver: str | None = None
+    kexec_reuse_image: bool = True
+    zram: ZramSize | None = None
+    zram_algorithm: str | None = None
+    erofs: bool = False
+    erofs_compress: str | None = None
+    rw: bool = False
+    rootflags: tuple[str, ...] = ()
+    etc_rw: bool = True
+    var_rw: bool = True
+    quiet: bool = False
+    retries: int | None = None
+    timeout: float | None = None
+    wait_any_if: bool = False
+    # Options given but not ours (for kexec: the next stage gets them unchanged).
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+# -- value parsers ---------------------------------------------------------------------------
+
+
+def parse_bool(value: str) -> bool:
+    low = value.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected 1|yes|on|true or 0|no|off|false")
+
+
+def parse_root(value: str) -> Root | None:
+    if not value.startswith(ROOT_PREFIX):
+        return None  # not ours: another module handles this root
+    rest = value[len(ROOT_PREFIX) :]
+    if rest.startswith("docker://"):
+        ref = rest[len("docker://") :]
+        if not ref or " " in ref:
+            raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
+        return Root("docker", ref)
+    if rest.startswith(_URL_SCHEMES):
+        return Root("url", rest)
+    if rest.startswith("block:"):
+        device, sep, path = rest[len("block:") :].rpartition(":")
+        if not sep or not device or not path.startswith("/"):
+            raise ValueError("expected block:DEV:/PATH")
+        if not device.startswith(("LABEL=", "UUID=", "PARTUUID=", "PARTLABEL=", "/dev/")):
+            raise ValueError("DEV must be LABEL=…, UUID=…, PARTUUID=… or /dev/…")
+        return Root("block", path, device)
+    if rest.startswith("/"):
+        return Root("path", rest)
+    raise ValueError(
+        "expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://…, docker://REF or block:DEV:/PATH"
+    )
+
+
+def parse_digest(value: str) -> str:
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+        raise ValueError("expected sha256: and 64 lowercase hex digits")
+    return value
+
+
+def parse_platform(value: str) -> Platform:
+    return Platform.parse(value)
+
+
+def parse_zram(value: str) -> ZramSize:
+    if value.endswith("%"):
+        percent = int(value[:-1]) if value[:-1].isdigit() else -1
+        if not 1 <= percent <= 400:
+            raise ValueError("expected a percentage of RAM from 1% to 400%")
+        return ZramSize(percent, True)
+    return ZramSize(parse_size(value), False)
+
+
+def parse_size(value: str) -> int:
+    m = _SIZE.fullmatch(value)
+    if not m or int(m.group(1)) == 0:
+        raise ValueError("expected a size such as 512M or 8G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def parse_count(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError("expected a whole number")
+    return int(value)
+
+
+def parse_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not seconds > 0:
+        raise ValueError("expected a positive number of seconds")
+    return seconds
+
+
+def parse_word(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
+        raise ValueError("expected a single word")
+    return value
+
+
+def parse_text(value: str) -> str:
+    if not value:
+        raise ValueError("expected a value")
+    return value
+
+
+def parse_hosts(value: str) -> tuple[str, ...]:
+    hosts = tuple(h for h in value.split(",") if h)
+    if not hosts or any("/" in h.split("://", 1)[-1].rstrip("/") for h in hosts):
+        raise ValueError("expected HOST[:PORT][,HOST[:PORT]…]")
+    return hosts
+
+
+def parse_flags(value: str) -> tuple[str, ...]:
+    return tuple(flag for flag in value.split(",") if flag)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: its name, where it goes in BootSpec, and how it is parsed."""
+
+    name: str
+    attr: str
+    parse: Callable[[str], Any]
+    usage: str
+    help: str
+    default: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "root",
+        "root",
+        parse_root,
+        "root=bootc-live:/PATH",
+        "Image inside the initramfs at PATH: an oci-archive file, an OCI layout directory or "
+        "the split layout of `bootc-live build` (embedded, or appended by PXE).",
+    ),
+    Option(
+        "root",
+        "root",
+        parse_root,
+        "root=bootc-live:URL",
+        "oci-archive from http://, https://, ftp://, tftp:// or nfs://.",
+    ),
+    Option(
+        "root",
+        "root",
+        parse_root,
+        "root=bootc-live:docker://REF",
+        "Pull from an OCI registry: HOST[:PORT]/PATH[:TAG][@sha256:…]; Docker Hub short "
+        "names are normalised.",
+    ),
+    Option(
+        "root",
+        "root",
+        parse_root,
+        "root=bootc-live:block:DEV:/PATH",
+        "Archive or layout at PATH on a local filesystem; DEV is LABEL=, UUID=, PARTUUID= or "
+        "/dev/…",
+    ),
+    Option(
+        "bootclabel",
+        "label",
+        parse_text,
+        "bootclabel=TAG",
+        "Which image of an archive or layout (org.opencontainers.image.ref.name); an index "
+        "holding one unnamed image needs none.",
+        "latest",
+    ),
+    Option(
+        "bootc.digest",
+        "digest",
+        parse_digest,
+        "bootc.digest=sha256:HEX",
+        "The manifest (or index) digest the image must have; anything else stops the boot.",
+    ),
+    Option(
+        "bootc.registry.unsecure",
+        "registry_unsecure",
+        parse_bool,
+        "bootc.registry.unsecure[=1]",
+        "Allow plain http and unverified TLS for the registry.",
+        "0",
+    ),
+    Option(
+        "bootc.registry.mirror",
+        "registry_mirrors",
+        parse_hosts,
+        "bootc.registry.mirror=HOST[,HOST…]",
+        "Registry mirrors tried in order before the named registry; a mirror never receives "
+        "the named registry's credentials.",
+    ),
+    Option(
+        "bootc.registry.auth",
+        "registry_auth",
+        parse_text,
+        "bootc.registry.auth=PATH",
+        "A containers auth.json inside the initramfs (bootc-live build --auth-file).",
+    ),
+    Option(
+        "bootc.platform",
+        "platform",
+        parse_platform,
+        "bootc.platform=OS/ARCH[/VARIANT]",
+        "Platform to pick from a multi-platform index.",
+        "this machine",
+    ),
+    Option(
+        "bootc.kexec",
+        "kexec",
+        parse_bool,
+        "bootc.kexec[=1]",
+        "Find the kernel and initramfs in the image and kexec into them.",
+        "0",
+    ),
+    Option(
+        "bootc.kexec.kver",
+        "kexec_kver",
+        parse_word,
+        "bootc.kexec.kver=KVER",
+        "Which of the image's kernels to kexec into.",
+        "the highest version",
+    ),
+    Option(
+        "bootc.kexec.reuse-image",
+        "kexec_reuse_image",
+        parse_bool,
+        "bootc.kexec.reuse-image=0",
+        "Do not hand the obtained image to the kexec'd stage (it fetches it again).",
+        "1",
+    ),
+    Option(
+        "bootc.zram",
+        "zram",
+        parse_zram,
+        "bootc.zram=SIZE|N%",
+        "Keep the root on a compressed zram device of SIZE (8G, 512M) or N% of RAM.",
+    ),
+    Option(
+        "bootc.zram.algorithm",
+        "zram_algorithm",
+        parse_word,
+        "bootc.zram.algorithm=ALG",
+        "The zram compressor (lz4, zstd, …).",
+        "the kernel's default",
+    ),
+    Option(
+        "bootc.live.erofs",
+        "erofs",
+        parse_bool,
+        "bootc.live.erofs[=1]",
+        "Build a reproducible EROFS image of the root and mount it.",
+        "0",
+    ),
+    Option(
+        "bootc.live.erofs.compress",
+        "erofs_compress",
+        parse_word,
+        "bootc.live.erofs.compress=ALG",
+        "Compress the EROFS image (lz4, lz4hc, lzma, …).",
+    ),
+    Option(
+        "rw",
+        "rw",
+        parse_bool,
+        "rw / rw=0",
+        "Mount the root read-write / cancel an earlier rw. `ro` is ignored.",
+        "0",
+    ),
+    Option(
+        "rootflags",
+        "rootflags",
+        parse_flags,
+        "rootflags=OPT[,OPT…]",
+        "Extra mount options for the root.",
+    ),
+    Option(
+        "bootc.live.etc.rw",
+        "etc_rw",
+        parse_bool,
+        "bootc.live.etc.rw=0",
+        "Keep /etc read-only.",
+        "1",
+    ),
+    Option(
+        "bootc.live.var.rw",
+        "var_rw",
+        parse_bool,
+        "bootc.live.var.rw=0",
+        "Keep /var read-only.",
+        "1",
+    ),
+    Option(
+        "bootc.quiet",
+        "quiet",
+        parse_bool,
+        "bootc.quiet",
+        "Only errors and a one-line summary on the console.",
+        "0",
+    ),
+    Option(
+        "bootc.retries",
+        "retries",
+        parse_count,
+        "bootc.retries=N",
+        "Bound on fetch retries.",
+        "retry with backoff for 10 minutes",
+    ),
+    Option(
+        "bootc.timeout",
+        "timeout",
+        parse_seconds,
+        "bootc.timeout=SECONDS",
+        "Per-connection stall timeout.",
+    ),
+    Option(
+        "rd.net.wait-any-if",
+        "wait_any_if",
+        parse_bool,
+        "rd.net.wait-any-if",
+        "Wait for any one network interface instead of all.",
+        "0",
+    ),
+)
+_BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+def split(text: str) -> list[str]:
+    """Split a command line as the kernel does: spaces separate, double quotes group."""
+    args: list[str] = []
+    current: list[str] = []
+    quoted = False
+    started = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+            started = True
+        elif char.isspace() and not quoted:
+            if started:
+                args.append("".join(current))
+                current, started = [], False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        args.append("".join(current))
+    return args
+
+
+def parse(args: Iterable[str]) -> BootSpec:
+    """Parse command-line arguments (in order; the last occurrence wins) into a BootSpec."""
+    given: dict[str, str] = {}
+    extra: dict[str, str] = {}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if name == "ro":
+            continue
+        if name in _BY_NAME:
+            given[name] = value if sep else ""
+        else:
+            extra[name] = value
+    values: dict[str, Any] = {"extra": extra}
+    for name, value in given.items():
+        opt = _BY_NAME[name]
+        if not value and opt.parse not in (parse_bool, parse_flags, parse_root):
+            raise CmdlineError(f"{name}= needs a value", f"use {opt.usage}")
+        try:
+            values[opt.attr] = opt.parse(value)
+        except ValueError as err:
+            raise CmdlineError(
+                f"invalid {name}={value}: {err}", "fix the kernel command line"
+            ) from None
+    return BootSpec(**values)
+
+
+def read(proc_cmdline: str = "/proc/cmdline", conf_dir: str = "/etc/cmdline.d") -> BootSpec:
+    """The BootSpec of the running system: /etc/cmdline.d/*.conf first, then the kernel's."""
+    args: list[str] = []
+    for conf in sorted(glob.glob(f"{conf_dir}/*.conf")):
+        with open(conf, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.lstrip().startswith("#"):
+                    args += split(line)
+    with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
+        args += split(f.read())
+    return parse(args)
+
+
+def reference() -> str:
+    """The kernel command-line reference (docs/cmdline.md), generated from OPTIONS."""
+    lines = [
+        "# Kernel command line",
+        "",
+        "Generated from `src/bootc_live/runtime/cmdline.py` (`bootc-live cmdline-reference`); a "
+        "test keeps the two equal.",
+        "",
+        "Options also come from `/etc/cmdline.d/*.conf` in the initramfs (the kernel's command "
+        "line wins). The last occurrence of an option wins; a bare boolean `name` is true, "
+        "`name=0|no|off|false` is false. An invalid value stops the boot with a message naming "
+        "the option.",
+        "",
+        "| option | meaning | default |",
+        "|---|---|---|",
+    ]
+    for opt in OPTIONS:
+        lines.append(f"| `{opt.usage}` | {opt.help} | {opt.default} |")
+    return "\n".join(lines) + "\n"
