@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .runtime import cmdline
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Platform, resolve
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
@@ -144,6 +145,13 @@ def parser() -> argparse.ArgumentParser:
     )
     unpack.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     unpack.set_defaults(func=cmd_unpack)
+    ref = sub.add_parser(
+        "cmdline-reference",
+        help="print the kernel command-line reference (docs/cmdline.md)",
+        description="Print the reference of the kernel command-line options, generated from the "
+        "runtime's parser.",
+    )
+    ref.set_defaults(func=lambda _args: print(cmdline.reference(), end="") or 0)
     return top
 
 

@@ -1,0 +1,127 @@
+"""The kernel command line parser: one place, one typed BootSpec, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import cmdline
+from bootc_live.runtime.cmdline import BootSpec, CmdlineError, Root, ZramSize, parse, split
+from bootc_live.runtime.oci import Platform
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_split_like_the_kernel() -> None:
+    assert split('a=1  b="two words" "c=x y"\n d') == ["a=1", "b=two words", "c=x y", "d"]
+
+
+def test_defaults() -> None:
+    spec = parse(["root=bootc-live:/image", "quiet"])
+    assert spec == BootSpec(root=Root("path", "/image"), extra={"quiet": ""})
+    assert (spec.rw, spec.etc_rw, spec.var_rw, spec.kexec_reuse_image) == (False, True, True, True)
+
+
+@pytest.mark.parametrize(
+    ("value", "root"),
+    [
+        ("bootc-live:/run/image.oci", Root("path", "/run/image.oci")),
+        ("bootc-live:https://h/x.oci", Root("url", "https://h/x.oci")),
+        ("bootc-live:tftp://10.0.2.2/r.oci", Root("url", "tftp://10.0.2.2/r.oci")),
+        (
+            "bootc-live:docker://quay.io/a/b:1@sha256:" + "a" * 64,
+            Root("docker", "quay.io/a/b:1@sha256:" + "a" * 64),
+        ),
+        ("bootc-live:block:LABEL=IMAGES:/img.oci", Root("block", "/img.oci", "LABEL=IMAGES")),
+        ("bootc-live:block:/dev/vdb1:/x", Root("block", "/x", "/dev/vdb1")),
+        ("/dev/sda1", None),
+    ],
+)
+def test_root_forms(value: str, root: Root | None) -> None:
+    assert parse([f"root={value}"]).root == root
+    if root is not None:
+        assert str(root) == value
+
+
+def test_last_occurrence_wins_and_booleans() -> None:
+    spec = parse(
+        [
+            "rw",
+            "ro",
+            "bootc.live.etc.rw=0",
+            "bootc.kexec",
+            "bootc.kexec=off",
+            "bootc.quiet=yes",
+            "bootc.live.var.rw=false",
+            "rw=0",
+            "rw",
+        ]
+    )
+    assert spec.rw and not spec.etc_rw and not spec.var_rw and not spec.kexec and spec.quiet
+    assert not parse(["rw", "rw=0"]).rw
+
+
+def test_typed_values() -> None:
+    spec = parse(
+        [
+            "bootclabel=stable",
+            "bootc.digest=sha256:" + "0" * 64,
+            "bootc.platform=linux/arm64/v8",
+            "bootc.registry.mirror=m1:5000,m2",
+            "bootc.zram=50%",
+            "bootc.zram.algorithm=zstd",
+            "rootflags=size=2g,nr_inodes=1m",
+            "bootc.retries=3",
+            "bootc.timeout=2.5",
+            "bootc.live.erofs",
+            "bootc.live.erofs.compress=lz4hc",
+            "rd.net.wait-any-if",
+        ]
+    )
+    assert spec.label == "stable" and spec.digest == "sha256:" + "0" * 64
+    assert spec.platform == Platform("linux", "arm64", "v8")
+    assert spec.registry_mirrors == ("m1:5000", "m2")
+    assert spec.zram == ZramSize(50, True) and spec.zram.bytes_for(4 << 30) == 2 << 30
+    assert parse(["bootc.zram=512M"]).zram == ZramSize(512 << 20, False)
+    assert spec.rootflags == ("size=2g", "nr_inodes=1m") and parse(["rootflags="]).rootflags == ()
+    assert (spec.retries, spec.timeout, spec.erofs, spec.erofs_compress) == (3, 2.5, True, "lz4hc")
+    assert spec.wait_any_if and spec.zram_algorithm == "zstd"
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("bootc.zram=lots", "invalid bootc.zram=lots"),
+        ("bootc.zram=0%", "invalid bootc.zram=0%"),
+        ("bootc.digest=sha256:abc", "invalid bootc.digest=sha256:abc"),
+        ("bootc.kexec=maybe", "invalid bootc.kexec=maybe"),
+        ("bootc.platform=amd64", "invalid bootc.platform=amd64"),
+        ("bootc.retries=-1", "invalid bootc.retries=-1"),
+        ("bootc.timeout=0", "invalid bootc.timeout=0"),
+        ("root=bootc-live:relative/path", "invalid root=bootc-live:relative/path"),
+        ("root=bootc-live:block:LABEL=x", "invalid root=bootc-live:block:LABEL=x"),
+        ("bootclabel=", "bootclabel= needs a value"),
+    ],
+)
+def test_invalid_values_name_the_option(arg: str, message: str) -> None:
+    with pytest.raises(CmdlineError) as err:
+        parse([arg])
+    assert str(err.value).startswith(message)
+
+
+def test_conf_files_come_first(tmp_path: Path) -> None:
+    conf = tmp_path / "cmdline.d"
+    conf.mkdir()
+    (conf / "10-bootc.conf").write_text("# comment\nroot=bootc-live:/a bootclabel=conf rw\n")
+    proc = tmp_path / "cmdline"
+    proc.write_text("bootclabel=kernel console=ttyS0\n")
+    spec = cmdline.read(str(proc), str(conf))
+    assert spec.root == Root("path", "/a") and spec.label == "kernel" and spec.rw
+    assert spec.extra == {"console": "ttyS0"}
+
+
+def test_docs_reference_is_generated_from_the_parser() -> None:
+    assert (REPO / "docs/cmdline.md").read_text() == cmdline.reference(), (
+        "docs/cmdline.md is stale: run bootc-live cmdline-reference > docs/cmdline.md"
+    )
