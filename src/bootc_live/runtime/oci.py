@@ -75,12 +75,21 @@ class Image:
     """A resolved, verified image: the manifest's layers and the config's diff_ids."""
 
     source: ImageSource
-    manifest_digest: str
-    config_digest: str
+    manifest: Descriptor
+    config_descriptor: Descriptor
     config: Mapping[str, Any]
     layers: Sequence[Descriptor]
     diff_ids: Sequence[str]
     annotations: Mapping[str, str]
+    index_annotations: Mapping[str, str]  # of the image's entry in index.json
+
+    @property
+    def manifest_digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def config_digest(self) -> str:
+        return self.config_descriptor.digest
 
     @property
     def compressed_size(self) -> int:
@@ -182,6 +191,7 @@ def resolve(
     _kind("application/vnd.oci.image.index.v1+json", index, f"{where}: index.json")
     candidates = _pick_label(_descriptors(index, f"{where}: index.json"), label, where)
     desc = _pick_platform(candidates, plat, where)
+    index_annotations = desc.annotations
     seen = [desc.digest]
     for _depth in range(8):
         with source.open_blob(desc) as raw:
@@ -199,11 +209,15 @@ def resolve(
             f"{where}: image digest is {seen[-1]}, not the pinned {digest}",
             "the image changed: update bootc.digest= or rebuild the boot entry",
         )
-    return _image_from_manifest(source, desc, obj, what)
+    return _image_from_manifest(source, desc, obj, what, index_annotations)
 
 
 def _image_from_manifest(
-    source: ImageSource, desc: Descriptor, manifest: Mapping[str, Any], what: str
+    source: ImageSource,
+    desc: Descriptor,
+    manifest: Mapping[str, Any],
+    what: str,
+    index_annotations: Mapping[str, str],
 ) -> Image:
     config_desc = Descriptor.from_json(manifest.get("config"), f"{what} config")
     layer_objs = manifest.get("layers")
@@ -225,10 +239,11 @@ def _image_from_manifest(
     annotations = manifest.get("annotations") or {}
     return Image(
         source=source,
-        manifest_digest=desc.digest,
-        config_digest=config_desc.digest,
+        manifest=desc,
+        config_descriptor=config_desc,
         config=config,
         layers=tuple(layers),
         diff_ids=tuple(diff_ids),
         annotations=annotations if isinstance(annotations, dict) else {},
+        index_annotations=index_annotations,
     )

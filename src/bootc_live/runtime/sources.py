@@ -27,6 +27,9 @@ class ImageSource(Protocol):
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         """A raw stream of the blob's bytes (unverified); the caller closes it."""
 
+    def release(self, desc: Descriptor) -> None:
+        """The blob is no longer needed: free its memory if the source can."""
+
     def close(self) -> None:
         """Release files and connections."""
 
@@ -38,10 +41,16 @@ def blob_path(digest: str) -> str:
 
 
 class LayoutSource:
-    """An OCI image layout directory."""
+    """An OCI image layout directory.
 
-    def __init__(self, path: str) -> None:
+    A blob may also be stored in parts `HEX.0`, `HEX.1`, … (the split layout of `bootc-live
+    build`, whose cpio members are limited to 4 GiB). With `consume`, a blob is deleted once
+    released: its layer has been applied, and in an initramfs that gives the memory back.
+    """
+
+    def __init__(self, path: str, consume: bool = False) -> None:
         self.path = path
+        self.consume = consume
         self.description = f"oci:{path}"
         if not os.path.isfile(os.path.join(path, "index.json")):
             raise ImageError(
@@ -53,14 +62,60 @@ class LayoutSource:
         with open(os.path.join(self.path, "index.json"), "rb") as f:
             return f.read(16 << 20)
 
+    def _files(self, desc: Descriptor) -> list[str]:
+        whole = os.path.join(self.path, blob_path(desc.digest))
+        if os.path.exists(whole):
+            return [whole]
+        parts: list[str] = []
+        while os.path.exists(f"{whole}.{len(parts)}"):
+            parts.append(f"{whole}.{len(parts)}")
+        return parts
+
     def open_blob(self, desc: Descriptor) -> BinaryIO:
-        try:
-            return open(os.path.join(self.path, blob_path(desc.digest)), "rb")
-        except FileNotFoundError:
-            raise ImageError(f"{self.description}: blob {desc.digest} is missing") from None
+        files = self._files(desc)
+        if not files:
+            raise ImageError(f"{self.description}: blob {desc.digest} is missing")
+        if len(files) == 1:
+            return open(files[0], "rb")
+        return _Parts(files)  # type: ignore[return-value]
+
+    def release(self, desc: Descriptor) -> None:
+        if self.consume:
+            for name in self._files(desc):
+                os.unlink(name)
 
     def close(self) -> None:
         pass
+
+
+class _Parts:
+    """The concatenation of several files, read once from start to end."""
+
+    def __init__(self, files: list[str]) -> None:
+        self._files = files
+        self._current: BinaryIO | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            if self._current is None:
+                if not self._files:
+                    return b""
+                self._current = open(self._files.pop(0), "rb")  # noqa: SIM115
+            data = self._current.read(n)
+            if data or n == 0:
+                return data
+            self._current.close()
+            self._current = None
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+    def __enter__(self) -> _Parts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Slice:
@@ -132,6 +187,9 @@ class ArchiveSource:
         if name not in self._members:
             raise ImageError(f"{self.description}: blob {desc.digest} is missing")
         return self._member(name)  # type: ignore[return-value]
+
+    def release(self, desc: Descriptor) -> None:
+        pass  # an archive file is freed as a whole
 
     def close(self) -> None:
         pass

@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -100,38 +101,57 @@ class _Feeder(threading.Thread):
             self._put(err)
 
     def _feed_layer(self, index: int) -> None:
-        desc = self.image.layers[index]
-        count = len(self.image.layers)
-        label = f"layer {index + 1}/{count}"
-        diff_id = self.image.diff_ids[index]
-        diff_hash = new_hash(diff_id)
-        with self.image.source.open_blob(desc) as raw:
-            reader = VerifyingReader(raw, desc, label)
-            try:
-                for chunk in decoded_chunks(reader.read):
-                    if self.abandoned.is_set():
-                        break
-                    diff_hash.update(chunk)
-                    if not self._put(chunk):
-                        return
-                    if self.progress:
-                        self.progress.update(index + 1, self.compressed_bytes + reader.done)
-            except VerificationError:
-                raise
-            except BootcLiveError as err:
-                reader.finish()  # a digest mismatch explains broken compression better
-                raise type(err)(f"{label} {short(desc.digest)}: {err}", err.hint) from None
-            reader.finish()
-        self.compressed_bytes += desc.size
-        if self.abandoned.is_set():
-            return
-        actual = f"{diff_id.partition(':')[0]}:{diff_hash.hexdigest()}"
-        if actual != diff_id:
-            raise VerificationError(
-                f"{label} {short(desc.digest)} content does not match the config's diff_id "
-                f"(expected {diff_id}, got {actual})",
-                "the image is corrupt or was built wrongly",
-            )
+        def read(done: int) -> None:
+            if self.progress:
+                self.progress.update(index + 1, self.compressed_bytes + done)
+
+        for chunk in layer_chunks(self.image, index, self.abandoned.is_set, read):
+            if not self._put(chunk):
+                return
+        self.compressed_bytes += self.image.layers[index].size
+
+
+def layer_chunks(
+    image: Image,
+    index: int,
+    abandoned: Callable[[], bool] = lambda: False,
+    on_read: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
+    """Yield layer `index` decompressed; at its end, verify the blob's digest and the diff_id."""
+    desc = image.layers[index]
+    label = f"layer {index + 1}/{len(image.layers)}"
+    diff_id = image.diff_ids[index]
+    diff_hash = new_hash(diff_id)
+    with image.source.open_blob(desc) as raw:
+        reader = VerifyingReader(raw, desc, label)
+        try:
+            for chunk in decoded_chunks(reader.read):
+                if abandoned():
+                    break
+                diff_hash.update(chunk)
+                yield chunk
+                if on_read:
+                    on_read(reader.done)
+        except VerificationError:
+            raise
+        except BootcLiveError as err:
+            reader.finish()  # a digest mismatch explains broken compression better
+            raise type(err)(f"{label} {short(desc.digest)}: {err}", err.hint) from None
+        reader.finish()
+    if abandoned():
+        return
+    actual = f"{diff_id.partition(':')[0]}:{diff_hash.hexdigest()}"
+    if actual != diff_id:
+        raise VerificationError(
+            f"{label} {short(desc.digest)} content does not match the config's diff_id "
+            f"(expected {diff_id}, got {actual})",
+            "the image is corrupt or was built wrongly",
+        )
+
+
+def layer_sizes(image: Image) -> list[int]:
+    """Verify every layer and return the size of each uncompressed tar stream."""
+    return [sum(len(c) for c in layer_chunks(image, i)) for i in range(len(image.layers))]
 
 
 def unpack_image(
@@ -161,6 +181,7 @@ def unpack_image(
                     f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint
                 ) from None
             stream.drain()
+            image.source.release(desc)
     finally:
         feeder.stopped.set()
         feeder.join()

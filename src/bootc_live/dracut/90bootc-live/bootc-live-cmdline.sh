@@ -1,0 +1,14 @@
+#!/bin/sh
+# cmdline hook: claim root=bootc-live:… so dracut waits for no block device.
+# Validating the options is the runtime's job (one parser); it runs in the mount hook.
+
+# shellcheck source=/dev/null
+type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+
+case "$(getarg root=)" in
+    bootc-live:*)
+        root=$(getarg root=)
+        rootok=1
+        export root rootok
+        ;;
+esac

@@ -1,0 +1,16 @@
+#!/bin/sh
+# mount hook: the runtime obtains, verifies and unpacks the image and mounts it at $NEWROOT.
+# On failure it leaves nothing mounted and we stop with its one-line message.
+
+# shellcheck source=/dev/null
+type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+
+case "$(getarg root=)" in
+    bootc-live:*)
+        if ! ismounted "$NEWROOT"; then
+            if ! /usr/bin/python3 -S -E /usr/lib/bootc-live/bootc-live-boot "$NEWROOT"; then
+                die "$(cat /run/bootc-live/error 2> /dev/null || echo 'bootc-live: the live root could not be set up')"
+            fi
+        fi
+        ;;
+esac

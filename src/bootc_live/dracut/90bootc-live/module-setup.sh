@@ -1,0 +1,50 @@
+#!/bin/bash
+# dracut module bootc-live: boot live, from RAM, from a bootc (OCI) image.
+# The work is done by a stdlib-only Python runtime; this file only installs it.
+
+# shellcheck disable=SC2154  # dracut provides moddir, initdir and the inst_* helpers
+
+check() {
+    require_binaries python3 mount umount || return 1
+    return 255 # only when asked for (dracut -a bootc-live)
+}
+
+depends() {
+    echo base
+}
+
+# The real interpreter behind python3 (never a shim or a venv wrapper).
+_bootc_live_python() {
+    local py
+    py=$(command -v python3) || return 1
+    py=$(readlink -f "$py")
+    "$py" -c 'import sys; sys.exit(sys.prefix != sys.base_prefix)' || return 1
+    echo "$py"
+}
+
+install() {
+    local py
+    py=$(_bootc_live_python) || {
+        derror "bootc-live: no usable python3 in $dracutsysrootdir/usr/bin"
+        return 1
+    }
+    inst_binary "$py" /usr/bin/python3
+    inst_multiple mount umount
+    inst_multiple -o zstd
+
+    # The runtime, and just the part of the standard library it imports: found by importing it.
+    inst_dir /usr/lib/bootc-live
+    cp -a "$moddir/python/." "$initdir/usr/lib/bootc-live/"
+    inst_simple "$moddir/bootc-live-boot" /usr/lib/bootc-live/bootc-live-boot
+    local file
+    while IFS= read -r file; do
+        case "$file" in
+            *.so) inst_library "$file" ;;
+            *) inst_simple "$file" ;;
+        esac
+    done < <("$py" -S -E "$moddir/stdlib-files.py" "$moddir/python")
+    "$py" -S -E -m compileall -q "$initdir/usr/lib/bootc-live" > /dev/null
+
+    inst_hook cmdline 90 "$moddir/bootc-live-cmdline.sh"
+    inst_hook mount 90 "$moddir/bootc-live-mount.sh"
+}

@@ -1,0 +1,27 @@
+"""Print the standard-library files the bootc-live runtime needs: import it and list them."""
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+
+sys.path.insert(0, sys.argv[1])
+import bootc_live.runtime as runtime
+
+for info in pkgutil.iter_modules(runtime.__path__):
+    importlib.import_module(f"{runtime.__name__}.{info.name}")
+importlib.import_module("encodings.utf_8")
+importlib.import_module("encodings.ascii")
+
+files = set()
+for name, module in list(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if not path or name.startswith("bootc_live") or name == "__main__":
+        continue
+    files.add(path)
+    if path.endswith(".py"):
+        files.add(importlib.util.cache_from_source(path))
+for path in sorted(files):
+    if os.path.exists(path):
+        print(path)

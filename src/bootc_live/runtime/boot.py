@@ -1,0 +1,153 @@
+"""The boot-time entry point, run by dracut's mount hook: obtain, verify, unpack, mount.
+
+    python3 -S -E /usr/lib/bootc-live/bootc-live-boot NEWROOT
+
+Exit 0 with the live root mounted at NEWROOT, or exit 1 with one message on stderr and in
+/run/bootc-live/error, nothing left mounted at NEWROOT (dracut then stops in its emergency path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from . import cmdline, memory, mounts
+from .cmdline import BootSpec
+from .errors import BootcLiveError
+from .oci import Image, resolve
+from .sources import ArchiveSource, ImageSource, LayoutSource
+from .unpack import Progress, unpack_image
+
+STATUS_DIR = "/run/bootc-live"
+
+
+class NotSupportedYet(BootcLiveError):
+    """A valid option whose feature this runtime does not have."""
+
+
+class Console:
+    """Messages to the console; with bootc.quiet only errors and the summary."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"bootc-live: {message}", file=sys.stderr, flush=True)
+
+    def summary(self, message: str) -> None:
+        print(f"bootc-live: {message}", file=sys.stderr, flush=True)
+
+
+def write_status(state: str, **fields: Any) -> None:
+    """The machine-readable status: /run/bootc-live/status.json."""
+    os.makedirs(STATUS_DIR, exist_ok=True)
+    tmp = os.path.join(STATUS_DIR, ".status.json")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"state": state, "time": time.time(), **fields}, f)
+    os.replace(tmp, os.path.join(STATUS_DIR, "status.json"))
+
+
+def open_source(spec: BootSpec) -> ImageSource:
+    """The image source named by root=bootc-live:…."""
+    assert spec.root is not None
+    if spec.root.kind != "path":
+        raise NotSupportedYet(
+            f"{spec.root} is not supported by this initramfs yet",
+            "use root=bootc-live:/PATH with an image inside the initramfs",
+        )
+    path = spec.root.location
+    if os.path.isdir(path):
+        # Blobs inside the initramfs are deleted as their layers are applied: memory comes back.
+        return LayoutSource(path, consume=True)
+    if os.path.isfile(path):
+        return ArchiveSource(path)
+    raise BootcLiveError(
+        f"no image at {path} in the initramfs",
+        "append rootfs.img from bootc-live build as an extra initrd, or fix root=",
+    )
+
+
+def refuse_later_features(spec: BootSpec) -> None:
+    for given, option in (
+        (spec.kexec, "bootc.kexec"),
+        (spec.zram is not None, "bootc.zram"),
+        (spec.erofs, "bootc.live.erofs"),
+    ):
+        if given:
+            raise NotSupportedYet(
+                f"{option} is not supported by this initramfs yet", f"remove {option}"
+            )
+
+
+def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
+    """The whole job, step by step."""
+    refuse_later_features(spec)
+    source = open_source(spec)
+    write_status("resolving", root=str(spec.root))
+    image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
+    mem = memory.Memory.read()
+    consumable = isinstance(source, LayoutSource) and source.consume
+    est = memory.check(image, mem, blobs_freed=consumable)
+    console.say(
+        f"image {image.manifest_digest}: {len(image.layers)} layers, "
+        f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB unpacked "
+        f"({est.how}); {mem.available >> 20} MiB available"
+    )
+    write_status("unpacking", manifest=image.manifest_digest, layers=len(image.layers))
+    mounts.mount_tmpfs(newroot, mem.total, spec.rootflags)
+    try:
+        stats = unpack_image(
+            image,
+            newroot,
+            progress=None if console.quiet else Progress(image.compressed_size, len(image.layers)),
+            warn=console.say,
+        )
+        mounts.finish_root(newroot, mounts.MountPlan(spec.rw, spec.etc_rw, spec.var_rw))
+    except BaseException:
+        mounts.umount(newroot)  # never leave a partial root for dracut to boot
+        raise
+    finally:
+        source.close()
+    console.summary(
+        f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
+        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s"
+    )
+    write_status(
+        "ready",
+        manifest=image.manifest_digest,
+        entries=stats.entries,
+        bytes=stats.bytes_written,
+        seconds=round(stats.seconds, 3),
+    )
+    return image
+
+
+def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:
+    newroot = argv[1] if len(argv) > 1 else os.environ.get("NEWROOT", "/sysroot")
+    try:
+        spec = read_spec()
+        if spec.root is None:
+            return 0  # not a bootc-live root
+        live_boot(spec, newroot, Console(spec.quiet))
+        return 0
+    except BootcLiveError as err:
+        message = f"bootc-live: {err.line()}"
+    except Exception as err:  # a bug: still one clear line, and never a partial boot
+        message = f"bootc-live: internal error: {type(err).__name__}: {err}; please report it"
+    print(message, file=sys.stderr, flush=True)
+    try:
+        os.makedirs(STATUS_DIR, exist_ok=True)
+        with open(os.path.join(STATUS_DIR, "error"), "w", encoding="utf-8") as f:
+            f.write(message + "\n")
+        write_status("failed", message=message)
+    except OSError:
+        pass
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,55 @@
+"""Mounts of the live root: the tmpfs it is unpacked into and the final read-only layout."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .run import run
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """How the root is mounted at $NEWROOT."""
+
+    rw: bool
+    etc_rw: bool
+    var_rw: bool
+
+
+def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
+    """An explicitly sized tmpfs that allows setuid binaries and device nodes."""
+    options = ["mode=0755", f"size={size}", "suid", "dev", *extra]
+    run(["mount", "-t", "tmpfs", "-o", ",".join(options), "bootc-live", target])
+
+
+def umount(target: str) -> None:
+    run(["umount", "-R", target])
+
+
+def is_mounted(target: str) -> bool:
+    real = os.path.realpath(target)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def _remount_bind(target: str, rw: bool) -> None:
+    run(["mount", "-o", "remount,bind," + ("rw" if rw else "ro"), target])
+
+
+def finish_root(newroot: str, plan: MountPlan) -> None:
+    """Make the unpacked root read-only (unless rw), keeping /etc and /var as asked."""
+    for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
+        if writable == plan.rw:
+            continue  # it follows the root
+        path = os.path.join(newroot, name)
+        if os.path.islink(path):
+            continue  # it follows what it points to, inside the root
+        if not os.path.isdir(path):
+            if not writable:
+                continue  # nothing there to protect
+            os.mkdir(path, 0o755)
+        run(["mount", "--bind", path, path])
+        _remount_bind(path, writable)
+    if not plan.rw:
+        _remount_bind(newroot, False)

@@ -1,0 +1,54 @@
+"""The one door to external commands: argv lists, stdin from /dev/null, one clear failure."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+from .errors import BootcLiveError
+
+DEBUG = bool(os.environ.get("BOOTC_LIVE_DEBUG"))
+
+
+class CommandError(BootcLiveError):
+    """An external command failed."""
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    capture: bool = False,
+    env: Mapping[str, str] | None = None,
+    hint: str = "",
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; log it as `+ cmd` when debugging; raise CommandError if it fails."""
+    args = [os.fspath(a) for a in argv]
+    if DEBUG:
+        print("+ " + shlex.join(args), file=sys.stderr, flush=True)
+    try:
+        result = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env=None if env is None else dict(env),
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise CommandError(f"{args[0]}: command not found", hint) from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{shlex.join(args)} timed out after {timeout:.0f}s", hint) from None
+    if result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()
+        last = detail[-1] if detail else f"exit status {result.returncode}"
+        raise CommandError(f"{shlex.join(args)} failed: {last}", hint)
+    if result.stderr and DEBUG:
+        sys.stderr.write(result.stderr)
+    return result
