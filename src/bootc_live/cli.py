@@ -1,4 +1,4 @@
-"""The host command line: `bootc-live unpack` (build, pull, inspect, vm and demo come next)."""
+"""The host command line: build, inspect, vm, demo, unpack."""
 
 from __future__ import annotations
 
@@ -8,45 +8,18 @@ import shutil
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
+from . import build, demo, describe, dracut, vm
+from .images import SourceRef, UsageError
 from .runtime import cmdline
+from .runtime import run as run_module
 from .runtime.errors import BootcLiveError
-from .runtime.oci import Platform, resolve
-from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
+from .runtime.oci import Platform, all_manifests, resolve
+from .runtime.sources import ImageSource
 from .runtime.unpack import Progress, unpack_image
 
-
-class UsageError(BootcLiveError):
-    """The command line itself is wrong."""
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """A parsed SOURCE argument: transport, path and optional tag."""
-
-    transport: str
-    path: str
-    tag: str | None
-
-    @classmethod
-    def parse(cls, text: str) -> SourceRef:
-        transport, sep, rest = text.partition(":")
-        if not sep or transport not in ("oci", "oci-archive") or not rest:
-            raise UsageError(
-                f"unsupported image source {text!r}",
-                "use oci-archive:PATH[:TAG] or oci:DIR[:TAG]",
-            )
-        path, tag = rest, None
-        head, sep, tail = rest.rpartition(":")
-        if sep and head and tail and "/" not in tail and not os.path.exists(rest):
-            path, tag = head, tail
-        return cls(transport, path, tag)
-
-    def open(self) -> ImageSource:
-        if self.transport == "oci":
-            return LayoutSource(self.path)
-        return ArchiveSource(self.path)
+MIB = 1 << 20
 
 
 def _prepare_dest(dest: str) -> bool:
@@ -78,11 +51,7 @@ def _discard(dest: str, created: bool) -> None:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise UsageError(
-            "bootc-live unpack must run as root to set owners and create device nodes",
-            "run it with sudo",
-        )
+    _need_root("unpack")
     ref = SourceRef.parse(args.source)
     source = ref.open()
     image = resolve(source, label=ref.tag, platform=args.platform, digest=args.digest)
@@ -108,6 +77,97 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    _need_root("build")
+    out = build.build(
+        build.BuildConfig(
+            SourceRef.parse(args.source),
+            Path(args.output),
+            host=args.host,
+            kver=args.kver,
+            flavour=args.flavour,
+        )
+    )
+    for name in sorted(p.name for p in out.iterdir()):
+        size = (out / name).stat().st_size
+        print(f"{out / name}  {size / (1 << 20):.1f} MiB")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    ref = SourceRef.parse(args.source)
+    source = ref.open()
+    image = resolve(source, label=ref.tag, platform=args.platform)
+    facts = describe.describe(image)
+    print(f"image     {image.manifest_digest}")
+    platforms = ", ".join(platform_list(source)) or "unspecified"
+    print(f"platforms {platforms}")
+    print(f"config    {image.config_digest}")
+    for i, (layer, size) in enumerate(zip(image.layers, facts.layer_sizes), 1):
+        print(
+            f"layer {i}/{len(image.layers)} {layer.digest}  {layer.size / MIB:.1f} MiB "
+            f"compressed, {size / MIB:.1f} MiB unpacked"
+        )
+    print(
+        f"total     {image.compressed_size / MIB:.1f} MiB compressed, "
+        f"{sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
+    )
+    print(f"kernels   {', '.join(facts.kernels) or 'none'}")
+    print(
+        f"RAM       about {facts.estimate.unpacked / MIB:.0f} MiB for the live root (tmpfs) "
+        f"+ the largest blob while an embedded image is unpacked"
+    )
+    return 0
+
+
+def platform_list(source: ImageSource) -> list[str]:
+    """The platforms the source's index offers (nested indexes included)."""
+    seen: list[str] = []
+    try:
+        for desc in all_manifests(source):
+            if desc.platform:
+                seen.append(
+                    str(
+                        Platform(
+                            desc.platform.get("os", "?"),
+                            desc.platform.get("architecture", "?"),
+                            desc.platform.get("variant", ""),
+                        )
+                    )
+                )
+    except BootcLiveError:
+        pass
+    return sorted(set(seen))
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    config = vm.VmConfig(
+        Path(args.artifacts),
+        append=" ".join(args.append),
+        mem=args.mem,
+        pxe=args.pxe,
+        accel=args.accel,
+    )
+    result = vm.boot(config, timeout=args.timeout)
+    return 0 if result.ended in ("exit", "marker") else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _need_root("demo")
+    return demo.run_demo(Path(args.workdir), args.mem, args.flavour, args.verbose)
+
+
+def cmd_dracut_modules(args: argparse.Namespace) -> int:
+    for path in dracut.export_modules(Path(args.dest)):
+        print(path)
+    return 0
+
+
+def _need_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(f"bootc-live {command} must run as root", "run it with sudo")
+
+
 def _platform(text: str) -> Platform:
     try:
         return Platform.parse(text)
@@ -118,10 +178,83 @@ def _platform(text: str) -> Platform:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="bootc-live",
-        description="Boot machines live, from RAM, from bootc (bootable container) images.",
+        description="Boot machines live, from RAM, from bootc (bootable container) images. "
+        "SOURCE is oci-archive:PATH[:TAG] or oci:DIR[:TAG].",
     )
-    top.add_argument("--debug", action="store_true", help="show tracebacks")
+    top.add_argument("--debug", action="store_true", help="show tracebacks and every command run")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "build",
+        help="make the boot artifacts of an image",
+        description="Write vmlinuz, initrd.img, rootfs.img, initrd-full.img, "
+        "root.oci, cmdline.txt and boot.ipxe into DIR (atomically). By default the "
+        "initramfs is built by dracut inside the image's own userland, with its "
+        "kernel, modules and Python.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="use the host's dracut, /boot/vmlinuz-KVER and modules instead",
+    )
+    p.add_argument("--kver", metavar="KVER", help="kernel version (needed with --host)")
+    p.add_argument(
+        "--flavour",
+        choices=dracut.FLAVOURS,
+        default="systemd",
+        help="systemd initrd (default) or dracut's classic shell initrd",
+    )
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show an image's platforms, layers, sizes, kernels, RAM",
+        description="Verify an image and print its platforms, layers and sizes, "
+        "the kernels it carries and the RAM a live boot needs.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "vm",
+        help="boot artifacts in QEMU on the serial console",
+        description="Boot the artifacts of bootc-live build in QEMU (KVM when "
+        "usable, TCG otherwise) with the console on this terminal.",
+    )
+    p.add_argument("artifacts", metavar="DIR")
+    p.add_argument(
+        "--append",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="extra kernel arguments (repeatable)",
+    )
+    p.add_argument("--mem", type=int, default=1024, metavar="MiB")
+    p.add_argument(
+        "--pxe",
+        action="store_true",
+        help="load initrd.img and rootfs.img as two initrds, as iPXE does",
+    )
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS")
+    p.set_defaults(func=cmd_vm)
+
+    p = sub.add_parser(
+        "demo",
+        help="build a small image from this host's parts and boot it live",
+        description="Build a busybox image from this host's parts, make its "
+        "artifacts with the host's kernel and dracut, boot it live in QEMU and "
+        "print what the live system saw. Exit 0 only if it came up.",
+    )
+    p.add_argument("--workdir", default="/var/tmp/bootc-live-demo", metavar="DIR")
+    p.add_argument("--mem", type=int, default=512, metavar="MiB")
+    p.add_argument("--flavour", choices=dracut.FLAVOURS, default="systemd")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the whole console")
+    p.set_defaults(func=cmd_demo)
+
     unpack = sub.add_parser(
         "unpack",
         help="write an image's root filesystem into a directory",
@@ -145,6 +278,16 @@ def parser() -> argparse.ArgumentParser:
     )
     unpack.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     unpack.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser(
+        "dracut-modules",
+        help="write the bootc-live dracut modules into a directory",
+        description="Write the bootc-live dracut modules, runtime included, into "
+        "DIR (e.g. /usr/lib/dracut/modules.d in an image).",
+    )
+    p.add_argument("dest", metavar="DIR")
+    p.set_defaults(func=cmd_dracut_modules)
+
     ref = sub.add_parser(
         "cmdline-reference",
         help="print the kernel command-line reference (docs/cmdline.md)",
@@ -157,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.debug:
+        os.environ["BOOTC_LIVE_DEBUG"] = "1"
+        run_module.DEBUG = True
     try:
         return int(args.func(args))
     except BootcLiveError as err:

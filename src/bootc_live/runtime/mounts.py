@@ -18,9 +18,16 @@ class MountPlan:
 
 
 def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
-    """An explicitly sized tmpfs that allows setuid binaries and device nodes."""
-    options = ["mode=0755", f"size={size}", "suid", "dev", *extra]
-    run(["mount", "-t", "tmpfs", "-o", ",".join(options), "bootc-live", target])
+    """An explicitly sized tmpfs that allows setuid binaries and device nodes.
+
+    In the systemd initrd, sysroot.mount (from our generator) has mounted it already, empty:
+    it is then sized and given rootflags= by a remount.
+    """
+    options = [f"size={size}", "suid", "dev", *extra]
+    if is_mounted(target) and not os.listdir(target):
+        run(["mount", "-o", ",".join(["remount", *options]), target])
+    else:
+        run(["mount", "-t", "tmpfs", "-o", ",".join(["mode=0755", *options]), "bootc-live", target])
 
 
 def umount(target: str) -> None:

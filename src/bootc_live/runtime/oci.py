@@ -212,6 +212,26 @@ def resolve(
     return _image_from_manifest(source, desc, obj, what, index_annotations)
 
 
+def all_manifests(source: ImageSource) -> list[Descriptor]:
+    """Every manifest descriptor the source's index reaches, nested indexes followed."""
+    where = source.description
+    todo = _descriptors(_parse_json(source.index_json(), f"{where}: index.json"), where)
+    found = []
+    for _ in range(1000):
+        if not todo:
+            break
+        desc = todo.pop(0)
+        with source.open_blob(desc) as raw:
+            obj = _parse_json(
+                read_verified(raw, desc, "manifest"), f"{where}: {short(desc.digest)}"
+            )
+        if _kind(desc.media_type, obj, where) == "index":
+            todo += _descriptors(obj, where)
+        else:
+            found.append(desc)
+    return found
+
+
 def _image_from_manifest(
     source: ImageSource,
     desc: Descriptor,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import queue
-from typing import BinaryIO, Union
+from collections.abc import Iterator
+from typing import BinaryIO, Callable, Union
 
 from .errors import LayerError
 
@@ -43,20 +44,24 @@ END = None  # marks the end of a stream in a ChunkStream's queue
 
 
 class ChunkStream:
-    """The tar reader's view of chunks that a producer thread puts into a queue.
+    """The tar reader's view of a sequence of chunks: from a queue a producer thread fills, or
+    from an iterator.
 
     The producer puts bytes chunks, then END; or an exception, which is raised here.
     """
 
-    def __init__(self, chunks: queue.Queue[object]) -> None:
-        self._queue = chunks
+    def __init__(self, chunks: queue.Queue[object] | Iterator[bytes]) -> None:
+        if isinstance(chunks, queue.Queue):
+            self._get: Callable[[], object] = chunks.get
+        else:
+            self._get = lambda: next(chunks, END)
         self._buf = memoryview(b"")
         self._ended = False
 
     def _next(self) -> bool:
         if self._ended:
             return False
-        item = self._queue.get()
+        item = self._get()
         if isinstance(item, BaseException):
             self._ended = True
             raise item

@@ -46,5 +46,13 @@ install() {
     "$py" -S -E -m compileall -q "$initdir/usr/lib/bootc-live" > /dev/null
 
     inst_hook cmdline 90 "$moddir/bootc-live-cmdline.sh"
-    inst_hook mount 90 "$moddir/bootc-live-mount.sh"
+    if dracut_module_included "systemd"; then
+        # systemd initrd: /sysroot is our tmpfs, filled by a service before initrd-root-fs.target
+        inst_simple "$moddir/bootc-live.service" "$systemdsystemunitdir/bootc-live.service"
+        inst_script "$moddir/bootc-live-generator.sh" \
+            "$systemdutildir/system-generators/bootc-live-generator"
+    else
+        # classic shell initrd: a mount hook
+        inst_hook mount 90 "$moddir/bootc-live-mount.sh"
+    fi
 }

@@ -1,0 +1,223 @@
+"""`bootc-live build`: boot artifacts from an image (SPEC.md §4)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import dracut
+from .images import SourceRef
+from .runtime.blobs import Descriptor, VerifyingReader
+from .runtime.cpio import MAX_MEMBER, CpioWriter
+from .runtime.errors import BootcLiveError
+from .runtime.memory import SIZES_ANNOTATION
+from .runtime.oci import REF_NAME, Image, resolve
+from .runtime.sources import blob_path
+from .runtime.unpack import layer_sizes, unpack_image
+
+IMAGE_DIR = "bootc-live/image"  # where rootfs.img puts the image inside the initramfs
+PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+class BuildError(BootcLiveError):
+    """The artifacts cannot be built."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    source: SourceRef
+    output: Path
+    host: bool = False
+    kver: str | None = None
+    flavour: str = "systemd"
+
+
+def build(config: BuildConfig) -> Path:
+    """Write all artifacts into config.output, atomically (DIR.new, then rename)."""
+    image = resolve(config.source.open(), label=config.source.tag)
+    label = config.source.tag or "latest"
+    tmp = config.output.with_name(config.output.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        sizes = layer_sizes(image)  # verifies every blob and diff_id once, up front
+        index = index_json(image, label, sizes)
+        with open(tmp / "rootfs.img", "wb") as out:
+            write_split_layout(image, index, out)
+        write_oci_archive(image, index, tmp / "root.oci")
+        with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
+            kver = make_kernel_and_initramfs(config, image, tmp, Path(work))
+        concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
+        arguments = kernel_arguments(label)
+        (tmp / "cmdline.txt").write_text(arguments + "\n")
+        (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver))
+        publish(tmp, config.output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return config.output
+
+
+def kernel_arguments(label: str) -> str:
+    return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
+
+
+def index_json(image: Image, label: str, sizes: list[int]) -> bytes:
+    """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes."""
+    descriptor = {
+        "mediaType": image.manifest.media_type or "application/vnd.oci.image.manifest.v1+json",
+        "digest": image.manifest.digest,
+        "size": image.manifest.size,
+        "annotations": {REF_NAME: label, SIZES_ANNOTATION: ",".join(map(str, sizes))},
+    }
+    if image.manifest.platform:
+        descriptor["platform"] = dict(image.manifest.platform)
+    return json.dumps({"schemaVersion": 2, "manifests": [descriptor]}, indent=1).encode()
+
+
+def _blobs(image: Image) -> list[Descriptor]:
+    seen: dict[str, Descriptor] = {}
+    for desc in (image.manifest, image.config_descriptor, *image.layers):
+        seen.setdefault(desc.digest, desc)
+    return list(seen.values())
+
+
+@contextmanager
+def _verified(image: Image, desc: Descriptor) -> Iterator[VerifyingReader]:
+    with image.source.open_blob(desc) as raw:
+        reader = VerifyingReader(raw, desc, "blob")
+        yield reader
+        reader.finish()
+
+
+def write_split_layout(image: Image, index: bytes, out: io.BufferedWriter) -> None:
+    """rootfs.img: a cpio holding an OCI layout with one member per blob (parts above 4 GiB)."""
+    cpio = CpioWriter(out)
+    parts = IMAGE_DIR.split("/")
+    for i in range(len(parts)):
+        cpio.add_dir("/".join(parts[: i + 1]))
+    for sub in ("blobs", "blobs/sha256"):
+        cpio.add_dir(f"{IMAGE_DIR}/{sub}")
+    cpio.add_bytes(f"{IMAGE_DIR}/oci-layout", OCI_LAYOUT)
+    cpio.add_bytes(f"{IMAGE_DIR}/index.json", index)
+    for desc in _blobs(image):
+        name = f"{IMAGE_DIR}/{blob_path(desc.digest)}"
+        with _verified(image, desc) as reader:
+            if desc.size <= MAX_MEMBER:
+                cpio.add_file(name, reader, desc.size)  # type: ignore[arg-type]
+                continue
+            for part, offset in enumerate(range(0, desc.size, PART_SIZE)):
+                size = min(PART_SIZE, desc.size - offset)
+                cpio.add_file(f"{name}.{part}", reader, size)  # type: ignore[arg-type]
+    cpio.close()
+
+
+def write_oci_archive(image: Image, index: bytes, path: Path) -> None:
+    """root.oci: an oci-archive of the one image, for URL boot."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, size: int, data: io.RawIOBase | io.BytesIO | VerifyingReader) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            info.mode = 0o644
+            tar.addfile(info, data)
+
+        for name in ("blobs", "blobs/sha256"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+        add("oci-layout", len(OCI_LAYOUT), io.BytesIO(OCI_LAYOUT))
+        add("index.json", len(index), io.BytesIO(index))
+        for desc in _blobs(image):
+            with _verified(image, desc) as reader:
+                add(blob_path(desc.digest), desc.size, reader)
+
+
+def _version_key(kver: str) -> list[tuple[int, str]]:
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~]", kver)]
+
+
+def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
+    """The image's kernel: /usr/lib/modules/KVER/vmlinuz (or /boot/vmlinuz-KVER); highest wins."""
+    found: dict[str, Path] = {}
+    for modules in (root / "usr/lib/modules", root / "lib/modules"):
+        if modules.is_dir() and not modules.is_symlink():
+            for entry in modules.iterdir():
+                for candidate in (entry / "vmlinuz", root / "boot" / f"vmlinuz-{entry.name}"):
+                    if candidate.is_file():
+                        found.setdefault(entry.name, candidate)
+    if kver is not None:
+        if kver not in found:
+            raise BuildError(
+                f"the image has no kernel {kver} (it has: {', '.join(found) or 'none'})"
+            )
+        return kver, found[kver]
+    if not found:
+        raise BuildError(
+            "the image has no kernel in /usr/lib/modules/KVER/vmlinuz",
+            "install one in the image, or use --host --kver KVER",
+        )
+    best = max(found, key=_version_key)
+    return best, found[best]
+
+
+def make_kernel_and_initramfs(config: BuildConfig, image: Image, out: Path, work: Path) -> str:
+    """vmlinuz and initrd.img: from the image's own userland, or from the host (--host)."""
+    if config.host:
+        if not config.kver:
+            raise BuildError("--host needs --kver KVER", "e.g. --kver $(uname -r)")
+        kernel = Path("/boot") / f"vmlinuz-{config.kver}"
+        if not kernel.is_file():
+            raise BuildError(f"no host kernel {kernel}", "install linux-image-amd64")
+        shutil.copy2(kernel, out / "vmlinuz")
+        dracut.build_with_host(config.kver, config.flavour, out / "initrd.img", work)
+        return config.kver
+    root = work / "root"
+    root.mkdir()
+    unpack_image(image, str(root), warn=lambda _m: None)
+    kver, kernel = find_kernel(root, config.kver)
+    shutil.copy2(kernel, out / "vmlinuz")
+    dracut.build_in_image(root, kver, config.flavour, out / "initrd.img")
+    return kver
+
+
+def concatenate(target: Path, *parts: Path) -> None:
+    """Initrds back to back, each starting 4-byte aligned, as the kernel (and iPXE) needs."""
+    with open(target, "wb") as out:
+        for part in parts:
+            out.write(b"\0" * (-out.tell() % 4))
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+
+def ipxe_script(arguments: str, image: Image, kver: str) -> str:
+    return (
+        "#!ipxe\n"
+        f"# bootc-live: {image.manifest_digest} (kernel {kver})\n"
+        "# PXE: the initramfs and the image as two initrds (iPXE concatenates them).\n"
+        "kernel vmlinuz initrd=initrd.img initrd=rootfs.img " + arguments + "\n"
+        "initrd initrd.img\n"
+        "initrd rootfs.img\n"
+        "boot\n"
+    )
+
+
+def publish(tmp: Path, output: Path) -> None:
+    """Replace output with tmp in one rename, so a failed build leaves the old artifacts."""
+    old = output.with_name(output.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if output.exists():
+        os.rename(output, old)
+    os.rename(tmp, output)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""`bootc-live inspect`: what an image holds, and what it needs to boot live."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .runtime import memory
+from .runtime.apply import OPAQUE, WHITEOUT, clean
+from .runtime.oci import Image
+from .runtime.streams import ChunkStream
+from .runtime.tarstream import REGULAR, read_entries
+from .runtime.unpack import layer_chunks
+
+_KERNEL = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/vmlinuz")
+
+
+@dataclass
+class Description:
+    """The facts `bootc-live inspect` prints."""
+
+    layer_sizes: list[int]
+    kernels: list[str]
+    estimate: memory.Estimate
+
+
+def describe(image: Image) -> Description:
+    """Read every layer once (verifying it): unpacked sizes and the kernels of the merged tree."""
+    kernels: dict[bytes, str] = {}  # vmlinuz path → kernel version, in the merged tree
+    sizes = []
+    for index in range(len(image.layers)):
+        size = 0
+
+        def counted(index: int = index) -> object:
+            nonlocal size
+            for chunk in layer_chunks(image, index):
+                size += len(chunk)
+                yield chunk
+
+        stream = ChunkStream(counted())  # type: ignore[arg-type]
+        added: dict[bytes, str] = {}
+        for entry in read_entries(stream):
+            if entry.kind == REGULAR:
+                stream.skip(entry.size)
+            key = clean(entry.name)
+            name = key[-1] if key else b""
+            if name.startswith(WHITEOUT):
+                parent = b"/".join(key[:-1])
+                gone = parent if name == OPAQUE else b"/".join((*key[:-1], name[len(WHITEOUT) :]))
+                for path in [p for p in kernels if p == gone or p.startswith(gone + b"/")]:
+                    del kernels[path]
+                continue
+            path = b"/".join(key)
+            m = _KERNEL.fullmatch(path)
+            if m and entry.kind == REGULAR:
+                added[path] = m.group(1).decode("utf-8", "replace")
+        stream.drain()
+        kernels.update(added)
+        sizes.append(size)
+    annotated = {**image.index_annotations, memory.SIZES_ANNOTATION: ",".join(map(str, sizes))}
+    estimate = memory.estimate(replace(image, index_annotations=annotated))
+    return Description(sizes, sorted(set(kernels.values())), estimate)

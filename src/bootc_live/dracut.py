@@ -1,0 +1,107 @@
+"""The dracut side of the host: export our modules and build an initramfs with them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .runtime.run import run
+
+PACKAGE = Path(__file__).resolve().parent
+MODULES = ("90bootc-live",)
+FLAVOURS = ("systemd", "shell")
+SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
+HOST_DRACUT = Path("/usr/lib/dracut")
+
+
+def export_modules(dest: Path) -> list[Path]:
+    """Write self-contained dracut module directories (runtime included) into `dest`."""
+    out = []
+    for name in MODULES:
+        target = dest / name
+        shutil.copytree(PACKAGE / "dracut" / name, target, dirs_exist_ok=True)
+        python = target / "python" / "bootc_live"
+        (python / "runtime").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PACKAGE / "__init__.py", python / "__init__.py")
+        for source in sorted((PACKAGE / "runtime").glob("*.py")):
+            shutil.copy2(source, python / "runtime" / source.name)
+        out.append(target)
+    return out
+
+
+def dracut_argv(kver: str, flavour: str, output: str, *, minimal: bool) -> list[str]:
+    """The dracut command line for an initramfs with the bootc-live modules.
+
+    `minimal` (used with the host's dracut) includes only what a live boot needs; otherwise the
+    image's own dracut configuration decides the rest and bootc-live is added to it.
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown initramfs flavour {flavour!r}")
+    argv = ["dracut", "--force", "--no-hostonly", "--kver", kver]
+    if minimal:
+        modules = [*SYSTEMD_MODULES, "bootc-live"] if flavour == "systemd" else ["bootc-live"]
+        argv += ["--modules", " ".join(modules)]
+    else:
+        argv += ["--add", "bootc-live"]
+        if flavour == "shell":
+            argv += ["--omit", " ".join(SYSTEMD_MODULES)]
+    return [*argv, output]
+
+
+def host_dracut_tree(workdir: Path) -> Path:
+    """A dracut base directory: the host's, with our modules added (the host is not changed)."""
+    base = workdir / "dracut"
+    (base / "modules.d").mkdir(parents=True)
+    for entry in HOST_DRACUT.iterdir():
+        if entry.name != "modules.d":
+            (base / entry.name).symlink_to(entry)
+    for module in (HOST_DRACUT / "modules.d").iterdir():
+        if module.name not in MODULES:
+            (base / "modules.d" / module.name).symlink_to(module)
+    export_modules(base / "modules.d")
+    return base
+
+
+def build_with_host(kver: str, flavour: str, output: Path, workdir: Path) -> None:
+    """Build the initramfs with the host's dracut, kernel modules and Python."""
+    if not (Path("/lib/modules") / kver).is_dir():
+        raise FileNotFoundError(f"/lib/modules/{kver}")
+    base = host_dracut_tree(workdir)
+    env = {**os.environ, "dracutbasedir": str(base)}
+    run(
+        dracut_argv(kver, flavour, str(output), minimal=True),
+        env=env,
+        hint="see the dracut output above; install dracut and the kernel's modules",
+    )
+
+
+def build_in_image(root: Path, kver: str, flavour: str, output: Path) -> None:
+    """Build the initramfs with the image's own dracut, kernel modules and Python (chroot)."""
+    export_modules(root / "usr/lib/dracut/modules.d")
+    inside = "/var/tmp/bootc-live-initrd.img"
+    script = (
+        'set -e; r="$1"; shift; '
+        'mount --rbind /dev "$r/dev"; mount -t proc proc "$r/proc"; '
+        'mount -t sysfs sysfs "$r/sys"; mount -t tmpfs tmpfs "$r/run"; '
+        'exec chroot "$r" "$@"'
+    )
+    for name in ("dev", "proc", "sys", "run", "var/tmp"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(root),
+            *dracut_argv(kver, flavour, inside, minimal=False),
+        ],
+        hint="the image needs dracut, python3 and its kernel's modules to build its initramfs; "
+        "or use --host --kver KVER",
+    )
+    shutil.move(str(root / inside.lstrip("/")), output)

@@ -1,0 +1,235 @@
+"""`bootc-live vm`: boot the artifacts in QEMU on the serial console."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .build import concatenate
+from .runtime import run as _run
+from .runtime.errors import BootcLiveError
+
+QEMU = "qemu-system-x86_64"
+KVM_PROBE_CACHE = Path("/run/bootc-live-kvm-usable")
+# What the console shows when a boot has ended without reaching the verdict.
+FAILURE_ENDS = (
+    "dracut: Refusing to continue",
+    "Kernel panic - not syncing",
+    "reboot: System halted",
+    "reboot: Power down",
+)
+
+
+class VmError(BootcLiveError):
+    """QEMU could not run the artifacts."""
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    artifacts: Path
+    append: str = ""
+    mem: int = 1024  # MiB
+    pxe: bool = False  # initrd.img and rootfs.img as two initrds, as iPXE does
+    accel: str = "auto"
+    cpus: int = 2
+    extra: tuple[str, ...] = ()
+
+
+@dataclass
+class Boot:
+    """What one boot printed, and how it ended."""
+
+    output: str
+    ended: str  # "marker", "failure", "exit" or "timeout"
+    seconds: float
+    markers: dict[str, str] = field(default_factory=dict)
+
+
+def kernel_command_line(config: VmConfig) -> str:
+    arguments = (config.artifacts / "cmdline.txt").read_text().strip()
+    return " ".join(
+        a
+        for a in (
+            "console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff",
+            arguments,
+            config.append,
+        )
+        if a
+    )
+
+
+def qemu_argv(config: VmConfig, initrd: Path, accel: str) -> list[str]:
+    """The QEMU command line: direct kernel boot, serial console, no devices we do not need."""
+    return [
+        QEMU,
+        "-machine", "q35",
+        "-accel", accel,
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-smp", str(config.cpus),
+        "-m", str(config.mem),
+        "-nodefaults", "-no-reboot", "-nographic",
+        "-serial", "stdio",
+        "-kernel", str(config.artifacts / "vmlinuz"),
+        "-initrd", str(initrd),
+        "-append", kernel_command_line(config),
+        *config.extra,
+    ]  # fmt: skip
+
+
+def kvm_usable() -> bool:
+    """Whether KVM really runs a guest here: /dev/kvm can exist and still fail (probed once)."""
+    if KVM_PROBE_CACHE.exists():
+        return KVM_PROBE_CACHE.read_text().strip() == "yes"
+    usable = False
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    if os.access("/dev/kvm", os.R_OK | os.W_OK) and kernels and shutil.which(QEMU):
+        argv = [
+            QEMU,
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-reboot",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-kernel",
+            str(kernels[-1]),
+            "-append",
+            "console=ttyS0 panic=-1 init=/none",
+        ]
+        boot = watch(argv, timeout=15, markers=("Linux version",), echo=None)
+        usable = boot.ended == "marker"
+    with contextlib.suppress(OSError):
+        KVM_PROBE_CACHE.write_text("yes\n" if usable else "no\n")
+    return usable
+
+
+def choose_accel(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "kvm" if kvm_usable() else "tcg"
+
+
+def watch(
+    argv: list[str],
+    *,
+    timeout: float,
+    markers: tuple[str, ...] = (),
+    echo: IO[str] | None = sys.stdout,
+    log: Path | None = None,
+) -> Boot:
+    """Run QEMU, tee its console, and stop at the first marker, a failure end, or the timeout.
+
+    A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
+    """
+    if _run.DEBUG:
+        print("+ " + " ".join(argv), file=sys.stderr)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    chunks: list[str] = []
+    found: dict[str, str] = {}
+    pending = ""
+    ended = "exit"
+    logf = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115
+    try:
+        while True:
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                ended = "timeout"
+                break
+            if not sel.select(min(left, 1.0)):
+                if proc.poll() is not None:
+                    break
+                continue
+            data = proc.stdout.read()
+            if not data:
+                if proc.poll() is not None:
+                    break
+                continue
+            text = data.decode("utf-8", "replace")
+            chunks.append(text)
+            if echo:
+                echo.write(text)
+                echo.flush()
+            if logf:
+                logf.write(text)
+                logf.flush()
+            pending += text
+            lines = pending.split("\n")
+            pending = lines.pop()
+            ended = _scan(lines, markers, found) or ended
+            if ended in ("marker", "failure"):
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if logf:
+            logf.close()
+    return Boot("".join(chunks), ended, time.monotonic() - start, found)
+
+
+def _scan(lines: list[str], markers: tuple[str, ...], found: dict[str, str]) -> str | None:
+    for raw in lines:
+        line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).strip("\r")
+        for marker in markers:
+            pos = line.find(marker)
+            if pos >= 0:
+                found[marker] = line[pos + len(marker) :].strip()
+                return "marker"
+        if any(end in line for end in FAILURE_ENDS):
+            return "failure"
+    return None
+
+
+def boot(
+    config: VmConfig,
+    *,
+    timeout: float,
+    markers: tuple[str, ...] = (),
+    echo: IO[str] | None = sys.stdout,
+    log: Path | None = None,
+) -> Boot:
+    """Boot the artifacts in config.artifacts and watch the console."""
+    for name in ("vmlinuz", "initrd.img", "rootfs.img", "initrd-full.img", "cmdline.txt"):
+        if not (config.artifacts / name).is_file():
+            raise VmError(
+                f"{config.artifacts / name} is missing",
+                "make the artifacts with bootc-live build SOURCE -o DIR",
+            )
+    if shutil.which(QEMU) is None:
+        raise VmError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
+    initrd = config.artifacts / "initrd-full.img"
+    tmp: Path | None = None
+    if config.pxe:
+        # iPXE loads both initrds back to back; QEMU takes one file, so do the same here.
+        tmp = config.artifacts / ".pxe-initrds.img"
+        concatenate(tmp, config.artifacts / "initrd.img", config.artifacts / "rootfs.img")
+        initrd = tmp
+    try:
+        argv = qemu_argv(config, initrd, choose_accel(config.accel))
+        return watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
