@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .runtime.errors import BootcLiveError
 from .runtime.run import run
 
 PACKAGE = Path(__file__).resolve().parent
@@ -30,22 +31,26 @@ def export_modules(dest: Path) -> list[Path]:
     return out
 
 
-def dracut_argv(kver: str, flavour: str, output: str, *, minimal: bool) -> list[str]:
+def dracut_argv(
+    kver: str, flavour: str, output: str, *, minimal: bool, confdir: str = ""
+) -> list[str]:
     """The dracut command line for an initramfs with the bootc-live modules.
 
-    `minimal` (used with the host's dracut) includes only what a live boot needs; otherwise the
-    image's own dracut configuration decides the rest and bootc-live is added to it.
+    `minimal` (used with the host's dracut) includes only what a live boot needs and ignores the
+    host's configuration (`confdir` is an empty directory); otherwise the image's own dracut
+    configuration decides the rest and bootc-live is added to it.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown initramfs flavour {flavour!r}")
     argv = ["dracut", "--force", "--no-hostonly", "--kver", kver]
     if minimal:
+        # The host's dracut.conf.d is about the host's own boot: ignore it.
         modules = [*SYSTEMD_MODULES, "bootc-live"] if flavour == "systemd" else ["bootc-live"]
-        argv += ["--modules", " ".join(modules)]
+        argv += ["--conf", "/dev/null", "--confdir", confdir, "--modules", " ".join(modules)]
     else:
         argv += ["--add", "bootc-live"]
-        if flavour == "shell":
-            argv += ["--omit", " ".join(SYSTEMD_MODULES)]
+    if flavour == "shell":
+        argv += ["--omit", " ".join(SYSTEMD_MODULES)]
     return [*argv, output]
 
 
@@ -66,11 +71,16 @@ def host_dracut_tree(workdir: Path) -> Path:
 def build_with_host(kver: str, flavour: str, output: Path, workdir: Path) -> None:
     """Build the initramfs with the host's dracut, kernel modules and Python."""
     if not (Path("/lib/modules") / kver).is_dir():
-        raise FileNotFoundError(f"/lib/modules/{kver}")
+        raise BootcLiveError(
+            f"no modules for kernel {kver} in /lib/modules",
+            "install the kernel package, or give another --kver",
+        )
     base = host_dracut_tree(workdir)
+    confdir = workdir / "dracut.conf.d"
+    confdir.mkdir()
     env = {**os.environ, "dracutbasedir": str(base)}
     run(
-        dracut_argv(kver, flavour, str(output), minimal=True),
+        dracut_argv(kver, flavour, str(output), minimal=True, confdir=str(confdir)),
         env=env,
         hint="see the dracut output above; install dracut and the kernel's modules",
     )
