@@ -20,8 +20,8 @@ def run(*argv: str) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ("ruff", "format", "--check", "src", "tests", "bench"),
-        ("ruff", "check", "src", "tests", "bench"),
+        ("ruff", "format", "--check", "src", "tests", "bench", "bench/unpack"),
+        ("ruff", "check", "src", "tests", "bench", "bench/unpack"),
         ("mypy",),
         (
             "vermin",
