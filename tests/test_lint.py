@@ -38,6 +38,13 @@ def test_linter(argv: tuple[str, ...]) -> None:
     run(str(BIN / argv[0]), *argv[1:])
 
 
+def test_shellcheck_dracut_scripts() -> None:
+    module = REPO / "src/bootc_live/dracut/90bootc-live"
+    run("shellcheck", "-s", "bash", str(module / "module-setup.sh"))
+    run("shellcheck", "-s", "sh", *sorted(str(p) for p in module.glob("bootc-live-*.sh")))
+    run("shellcheck", "-s", "bash", "setup", "run-tests", ".ci/run")
+
+
 def test_runtime_imports_only_stdlib_and_itself() -> None:
     """The boot-time runtime runs where nothing else exists: stdlib and optional accelerators."""
     probe = (

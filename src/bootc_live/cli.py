@@ -251,7 +251,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", default="/var/tmp/bootc-live-demo", metavar="DIR")
     p.add_argument("--mem", type=int, default=512, metavar="MiB")
-    p.add_argument("--flavour", choices=dracut.FLAVOURS, default="systemd")
+    p.add_argument(
+        "--flavour",
+        choices=dracut.FLAVOURS,
+        default=dracut.host_flavour(),
+        help="initramfs flavour (default: systemd when the host has it)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show the whole console")
     p.set_defaults(func=cmd_demo)
 

@@ -16,6 +16,11 @@ SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
 
 
+def host_flavour() -> str:
+    """systemd when the host's dracut can build a systemd initrd, else the shell flavour."""
+    return "systemd" if Path("/usr/lib/systemd/systemd").exists() else "shell"
+
+
 def export_modules(dest: Path) -> list[Path]:
     """Write self-contained dracut module directories (runtime included) into `dest`."""
     out = []

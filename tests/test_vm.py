@@ -1,0 +1,211 @@
+"""Live boots in QEMU of the busybox demo image: every option changes what the guest sees.
+
+Each boot prints one verdict line (BOOTC-LIVE-REPORT …) from inside the live system, or ends
+without it; the host asserts on that line and on bootc-live's one-line failure messages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bootc_live.build import BuildConfig, build, concatenate
+from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
+from bootc_live.images import SourceRef
+from bootc_live.layout import LayerTar, TreeEntry, write_layout
+from bootc_live.vm import Boot, VmConfig, boot
+from unpackers import need
+
+pytestmark = pytest.mark.vm
+TIMEOUT = 300
+
+
+@dataclass
+class Result:
+    boot: Boot
+    report: dict[str, str] | None
+
+    @property
+    def messages(self) -> list[str]:
+        """bootc-live's own console lines (the prefix of journal lines stripped)."""
+        lines = self.boot.output.replace("\r", "").splitlines()
+        return [ln[ln.index("bootc-live: ") :] for ln in lines if "bootc-live: " in ln]
+
+
+def _need_vm_tools() -> None:
+    need(os.geteuid() == 0, "building an initramfs needs root")
+    for tool in ("qemu-system-x86_64", "dracut", "busybox"):
+        need(shutil.which(tool) is not None, f"needs {tool}")
+    need(any(Path("/boot").glob("vmlinuz-*")), "needs a kernel in /boot (linux-image-amd64)")
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One layout: the demo image (tag demo) and a big-when-unpacked one (tag big)."""
+    _need_vm_tools()
+    base = tmp_path_factory.mktemp("images")
+    write_layout(base / "layout", demo_layers(), "demo")
+    big = LayerTar([TreeEntry("big.img", data=bytes(400 << 20))])  # 400 MiB, compresses to ~0.4
+    write_layout(base / "big", [*demo_layers(), big.tar()], "big")
+    return base
+
+
+def _artifacts(source: str, out: Path, flavour: str) -> Path:
+    return build(
+        BuildConfig(SourceRef.parse(source), out, host=True, kver=host_kernel(), flavour=flavour)
+    )
+
+
+@pytest.fixture(scope="session")
+def artifacts(images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Artifacts of the demo image, one per initramfs flavour (built once per run)."""
+    out = tmp_path_factory.mktemp("artifacts")
+    return {
+        flavour: _artifacts(f"oci:{images}/layout:demo", out / flavour, flavour)
+        for flavour in ("systemd", "shell")
+    }
+
+
+def run(
+    artifacts: Path, append: str = "", *, mem: int = 512, pxe: bool = False, log: Path | None = None
+) -> Result:
+    result = boot(
+        VmConfig(artifacts, append=append, mem=mem, pxe=pxe, accel="tcg"),
+        timeout=TIMEOUT,
+        markers=(MARKER,),
+        echo=None,
+        log=log,
+    )
+    report = parse_report(result.markers[MARKER]) if MARKER in result.markers else None
+    return Result(result, report)
+
+
+def assert_live(result: Result, **expected: str) -> dict[str, str]:
+    assert result.report is not None, "\n".join(result.boot.output.splitlines()[-40:])
+    for key, value in expected.items():
+        assert result.report.get(key) == value, (key, result.report)
+    return result.report
+
+
+def assert_stopped(result: Result, message: str) -> None:
+    """The boot ended in dracut's emergency path with our one-line message, never booted."""
+    assert result.report is None, "the image booted although it must not"
+    assert result.boot.ended in ("failure", "exit"), result.boot.ended
+    ours = [m for m in result.messages if message in m]
+    assert ours, "\n".join(result.messages) or result.boot.output[-3000:]
+
+
+# -- both flavours, embedded and PXE-style ---------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["systemd", "shell"])
+def test_embedded_boot(artifacts: dict[str, Path], flavour: str, tmp_path: Path) -> None:
+    result = run(artifacts[flavour], log=tmp_path / "console.log")
+    report = assert_live(result, root="ro", etc="rw", var="rw", fstype="tmpfs", whiteout="yes")
+    assert "size=" in report["rootopts"]
+    assert any(m.startswith("bootc-live: live root ready: sha256:") for m in result.messages)
+
+
+def test_pxe_two_initrds(artifacts: dict[str, Path]) -> None:
+    # initrd.img and rootfs.img as separate initrds, loaded back to back as iPXE does.
+    assert_live(run(artifacts["shell"], pxe=True), root="ro", etc="rw", var="rw")
+
+
+# -- options change what the guest observes --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("append", "expected"),
+    [
+        ("rw", {"root": "rw", "etc": "rw", "var": "rw"}),
+        ("rw ro rw=0", {"root": "ro", "etc": "rw", "var": "rw"}),
+        ("bootc.live.etc.rw=0", {"root": "ro", "etc": "ro", "var": "rw"}),
+        ("bootc.live.var.rw=0", {"root": "ro", "etc": "rw", "var": "ro"}),
+        ("rw bootc.live.etc.rw=0", {"root": "rw", "etc": "ro", "var": "rw"}),
+        ("rootflags=", {"root": "ro", "etc": "rw", "var": "rw"}),
+    ],
+)
+def test_mount_options(artifacts: dict[str, Path], append: str, expected: dict[str, str]) -> None:
+    assert_live(run(artifacts["shell"], append), **expected)
+
+
+@pytest.mark.parametrize("flavour", ["systemd", "shell"])
+def test_rootflags_reach_the_root_mount(artifacts: dict[str, Path], flavour: str) -> None:
+    report = assert_live(run(artifacts[flavour], "rootflags=size=300m,nr_inodes=40000"))
+    assert "size=307200k" in report["rootopts"] and "nr_inodes=40000" in report["rootopts"]
+
+
+def test_quiet_prints_only_the_summary(artifacts: dict[str, Path]) -> None:
+    result = run(artifacts["shell"], "bootc.quiet")
+    assert_live(result, root="ro")
+    assert [m.split(":")[1].strip() for m in result.messages] == ["live root ready"]
+
+
+# -- failures stop the boot with one clear message -------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["systemd", "shell"])
+def test_wrong_label(artifacts: dict[str, Path], flavour: str) -> None:
+    assert_stopped(
+        run(artifacts[flavour], "bootclabel=nope"), "has no image tagged 'nope' (tags: demo)"
+    )
+
+
+def test_wrong_digest(artifacts: dict[str, Path]) -> None:
+    assert_stopped(
+        run(artifacts["shell"], "bootc.digest=sha256:" + "0" * 64),
+        "not the pinned sha256:" + "0" * 64,
+    )
+
+
+def test_invalid_option(artifacts: dict[str, Path]) -> None:
+    assert_stopped(run(artifacts["shell"], "bootc.zram=lots"), "invalid bootc.zram=lots")
+
+
+def test_corrupt_blob(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = artifacts["shell"]
+    for name in ("vmlinuz", "initrd.img", "cmdline.txt"):
+        (bad / name).symlink_to(good / name)
+    data = bytearray((good / "rootfs.img").read_bytes())
+    index = data.find(b"bootc-live/image/index.json")
+    assert index > 0
+    # The largest layer blob is busybox's: flip a byte well inside its data.
+    layer = max(_members(bytes(data)), key=lambda m: m[2])
+    data[layer[1] + layer[2] // 2] ^= 0xFF
+    (bad / "rootfs.img").write_bytes(bytes(data))
+    concatenate(bad / "initrd-full.img", good / "initrd.img", bad / "rootfs.img")
+    result = run(bad)
+    assert_stopped(result, f"sha256:{layer[0][-64:][:12]}… digest mismatch (expected ")
+    assert any("the image on the server changed or is corrupt" in m for m in result.messages)
+
+
+def _members(cpio: bytes) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of each member of a newc cpio archive."""
+    out = []
+    pos = 0
+    while cpio[pos : pos + 6] == b"070701":
+        size = int(cpio[pos + 54 : pos + 62], 16)
+        namesize = int(cpio[pos + 94 : pos + 102], 16)
+        name = cpio[pos + 110 : pos + 110 + namesize - 1].decode()
+        data = pos + 110 + namesize
+        data += -data % 4
+        if name == "TRAILER!!!":
+            break
+        out.append((name, data, size))
+        pos = data + size + (-size % 4)
+    return out
+
+
+def test_too_little_ram_then_enough(images: Path, tmp_path: Path) -> None:
+    big = _artifacts(f"oci:{images}/big:big", tmp_path / "big", "shell")
+    small = run(big, mem=320)
+    assert_stopped(small, "not enough memory: image needs ")
+    message = next(m for m in small.messages if "not enough memory" in m)
+    assert message.endswith("add RAM or use bootc.zram=")
+    assert_live(run(big, mem=1024), root="ro")
