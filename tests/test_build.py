@@ -1,0 +1,166 @@
+"""Artifact pieces of `bootc-live build`, without dracut or QEMU: layouts, cpio, arguments."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bootc_live import build as build_mod
+from bootc_live.dracut import dracut_argv, export_modules
+from bootc_live.runtime import memory
+from bootc_live.runtime.cpio import CpioWriter
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.sources import ArchiveSource, LayoutSource
+from bootc_live.runtime.unpack import layer_sizes, unpack_image
+from imagegen import build_layout, d, f, layer_tar
+from unpackers import need
+
+LAYERS = [layer_tar([d("etc"), f("etc/a", b"a" * 5000)]), layer_tar([f("big", os.urandom(70_000))])]
+
+
+def test_dracut_argv_exact() -> None:
+    assert dracut_argv("6.1.0-1-amd64", "systemd", "/o/initrd.img", minimal=True,
+                       confdir="/w/conf") == [
+        "dracut", "--force", "--no-hostonly", "--kver", "6.1.0-1-amd64",
+        "--conf", "/dev/null", "--confdir", "/w/conf",
+        "--modules", "systemd systemd-initrd dracut-systemd bootc-live", "/o/initrd.img",
+    ]  # fmt: skip
+    assert dracut_argv("6.9", "shell", "/x", minimal=False) == [
+        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--add", "bootc-live",
+        "--omit", "systemd systemd-initrd dracut-systemd", "/x",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="flavour"):
+        dracut_argv("6.9", "openrc", "/x", minimal=False)
+
+
+def test_exported_modules_carry_the_runtime(tmp_path: Path) -> None:
+    [module] = export_modules(tmp_path)
+    assert module.name == "90bootc-live"
+    for name in (
+        "module-setup.sh",
+        "bootc-live-boot",
+        "bootc-live.service",
+        "python/bootc_live/runtime/boot.py",
+        "python/bootc_live/runtime/apply.py",
+    ):
+        assert (module / name).is_file(), name
+    # No host code goes into the initramfs.
+    assert sorted(p.name for p in (module / "python/bootc_live").iterdir()) == [
+        "__init__.py",
+        "runtime",
+    ]
+
+
+def test_stdlib_probe_lists_only_what_the_runtime_imports(tmp_path: Path) -> None:
+    [module] = export_modules(tmp_path)
+    files = subprocess.run(
+        ["/usr/bin/python3", "-S", "-E", str(module / "stdlib-files.py"), str(module / "python")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    names = {Path(p).name for p in files}
+    assert "os.py" in names and "tarfile.py" not in names  # tar is parsed by our own reader
+    assert "json" in {Path(p).parent.name for p in files}  # the json package is imported
+    assert any(n.startswith("_hashlib") or n == "hashlib.py" for n in names)
+    assert not any("bootc_live" in p for p in files)
+    assert all(p.startswith("/usr/lib/python3") for p in files), files
+
+
+def test_cpio_writer_is_read_by_cpio(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    writer = CpioWriter(out)
+    writer.add_dir("a")
+    writer.add_bytes("a/small", b"hello")
+    writer.add_file("a/odd", io.BytesIO(b"x" * 1001), 1001)
+    writer.close()
+    data = out.getvalue()
+    assert len(data) % 512 == 0
+    listing = (
+        subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
+        .stdout.decode()
+        .split()
+    )
+    assert listing == ["a", "a/small", "a/odd"]
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet"], input=data, cwd=dest, check=True)
+    assert (dest / "a/odd").read_bytes() == b"x" * 1001
+
+
+def test_split_layout_and_archive_hold_the_verified_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need(os.geteuid() == 0, "unpacking sets owners: needs root")
+    info = build_layout(tmp_path / "img", LAYERS, tag="v1")
+    image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
+    sizes = layer_sizes(image)
+    assert sizes == [len(t) for t in LAYERS]
+    index = build_mod.index_json(image, "v1", sizes)
+    # Blobs above the cpio member limit are stored in parts: force that with a tiny limit.
+    monkeypatch.setattr(build_mod, "MAX_MEMBER", 10_000)
+    monkeypatch.setattr(build_mod, "PART_SIZE", 4096)
+    with open(tmp_path / "rootfs.img", "wb") as out:
+        build_mod.write_split_layout(image, index, out)
+    initramfs = tmp_path / "initramfs"
+    initramfs.mkdir()
+    with open(tmp_path / "rootfs.img", "rb") as cpio:
+        subprocess.run(["cpio", "-id", "--quiet"], stdin=cpio, cwd=initramfs, check=True)
+    layout = initramfs / build_mod.IMAGE_DIR
+    big = layout / "blobs/sha256" / info.layer_digests[1][7:]
+    assert not big.exists() and (big.parent / (big.name + ".0")).exists()
+    source = LayoutSource(str(layout), consume=True)
+    split_image = resolve(source, label="v1")
+    assert split_image.manifest_digest == info.manifest_digest
+    assert memory.estimate(split_image).how == "recorded by bootc-live build"
+    root = tmp_path / "root"
+    root.mkdir()
+    unpack_image(split_image, str(root))
+    assert (root / "big").stat().st_size == 70_000
+    # Every layer blob was freed once applied; manifest and config stay.
+    assert sorted(p.name for p in (layout / "blobs/sha256").iterdir()) == sorted(
+        [info.manifest_digest[7:], info.config_digest[7:]]
+    )
+
+    build_mod.write_oci_archive(image, index, tmp_path / "root.oci")
+    archived = resolve(ArchiveSource(str(tmp_path / "root.oci")), label="v1")
+    assert archived.manifest_digest == info.manifest_digest
+    assert json.loads(index)["manifests"][0]["annotations"][memory.SIZES_ANNOTATION] == (
+        f"{len(LAYERS[0])},{len(LAYERS[1])}"
+    )
+
+
+def test_concatenation_aligns_each_initrd(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"abc")
+    (tmp_path / "b").write_bytes(b"070701")
+    build_mod.concatenate(tmp_path / "ab", tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "ab").read_bytes() == b"abc\x00070701"
+
+
+def test_kernel_is_the_highest_version(tmp_path: Path) -> None:
+    for kver in ("6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"):
+        (tmp_path / "usr/lib/modules" / kver).mkdir(parents=True)
+        (tmp_path / "usr/lib/modules" / kver / "vmlinuz").write_bytes(b"k")
+    assert build_mod.find_kernel(tmp_path, None)[0] == "6.1.0-10-amd64"
+    assert build_mod.find_kernel(tmp_path, "6.1.0-9-amd64")[0] == "6.1.0-9-amd64"
+    with pytest.raises(build_mod.BuildError, match=r"no kernel 7\.0"):
+        build_mod.find_kernel(tmp_path, "7.0")
+
+
+def test_memory_check_names_the_shortfall(tmp_path: Path) -> None:
+    build_layout(tmp_path / "img", LAYERS)
+    image = resolve(LayoutSource(str(tmp_path / "img")))
+    est = memory.estimate(image)
+    assert est.how.startswith("3x the compressed size")
+    mem = memory.Memory(total=1 << 30, available=est.unpacked + memory.RESERVE - 1)
+    with pytest.raises(memory.NotEnoughMemory) as err:
+        memory.check(image, mem, blobs_freed=False)
+    assert err.value.line().startswith("not enough memory: image needs ")
+    assert err.value.line().endswith("; add RAM or use bootc.zram=")
+    # Blobs that sit in RAM and are freed as their layers are applied count as available.
+    memory.check(image, mem, blobs_freed=True)
