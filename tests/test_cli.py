@@ -1,0 +1,43 @@
+"""The host command line: inspect, and errors as one line plus a hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagegen import build_layout, d, f, layer_tar, wh, write_oci_archive
+from unpackers import assert_clean_failure, bootc_live
+
+
+def test_inspect_shows_layers_sizes_kernels_and_ram(tmp_path: Path) -> None:
+    layers = [
+        layer_tar(
+            [
+                d("usr/lib/modules/6.1.0-1-amd64"),
+                f("usr/lib/modules/6.1.0-1-amd64/vmlinuz", b"k1"),
+                f("usr/lib/modules/6.2.0-1-amd64/vmlinuz", b"k2"),
+                f("data", bytes(300_000)),
+            ]
+        ),
+        layer_tar([wh("usr/lib/modules/6.2.0-1-amd64")]),
+    ]
+    info = build_layout(tmp_path / "img", layers, tag="v1")
+    archive = write_oci_archive(tmp_path / "img", tmp_path / "img.tar")
+    result = bootc_live("inspect", f"oci-archive:{archive}:v1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"image     {info.manifest_digest}" in out
+    assert "platforms linux/amd64" in out
+    assert f"layer 1/2 {info.layer_digests[0]}" in out and "layer 2/2" in out
+    assert "kernels   6.1.0-1-amd64\n" in out  # 6.2 was whited out by layer 2
+    assert "RAM       about " in out
+
+
+def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
+    result = bootc_live("inspect", f"oci:{tmp_path}")
+    assert_clean_failure(result)
+    assert result.stderr.strip() == (
+        f"bootc-live: {tmp_path} is not an OCI image layout (no index.json); give the directory "
+        "that holds oci-layout, index.json and blobs/"
+    )
+    result = bootc_live("inspect", "docker-daemon:x")
+    assert "use oci-archive:PATH[:TAG] or oci:DIR[:TAG]" in assert_clean_failure(result)
