@@ -148,7 +148,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         pxe=args.pxe,
         accel=args.accel,
     )
-    result = vm.boot(config, timeout=args.timeout)
+    result = vm.boot(config, timeout=args.timeout, interactive=sys.stdin.isatty())
     return 0 if result.ended in ("exit", "marker") else 1
 
 

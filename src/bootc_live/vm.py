@@ -229,6 +229,10 @@ def boot(
         initrd = tmp
     try:
         argv = qemu_argv(config, initrd, choose_accel(config.accel))
+        if interactive:
+            start = time.monotonic()
+            code = subprocess.run(argv, check=False).returncode
+            return Boot("", "exit" if code == 0 else "failure", time.monotonic() - start)
         return watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
     finally:
         if tmp is not None:
