@@ -210,8 +210,12 @@ def boot(
     markers: tuple[str, ...] = (),
     echo: IO[str] | None = sys.stdout,
     log: Path | None = None,
+    interactive: bool = False,
 ) -> Boot:
-    """Boot the artifacts in config.artifacts and watch the console."""
+    """Boot the artifacts in config.artifacts and watch the console.
+
+    `interactive` gives QEMU this terminal instead (to log in to the live system).
+    """
     for name in ("vmlinuz", "initrd.img", "rootfs.img", "initrd-full.img", "cmdline.txt"):
         if not (config.artifacts / name).is_file():
             raise VmError(
