@@ -17,6 +17,7 @@ from bootc_live.build import BuildConfig, build, concatenate
 from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
 from bootc_live.images import SourceRef
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
+from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.vm import Boot, VmConfig, boot
 from unpackers import need
 
@@ -113,6 +114,24 @@ def test_embedded_boot(artifacts: dict[str, Path], flavour: str, tmp_path: Path)
 def test_pxe_two_initrds(artifacts: dict[str, Path]) -> None:
     # initrd.img and rootfs.img as separate initrds, loaded back to back as iPXE does.
     assert_live(run(artifacts["shell"], pxe=True), root="ro", etc="rw", var="rw")
+
+
+def test_oci_archive_inside_the_initramfs(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    # root= may name an oci-archive file in the initramfs instead of the split layout.
+    good = artifacts["shell"]
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for name in ("vmlinuz", "initrd.img"):
+        (archive / name).symlink_to(good / name)
+    with open(archive / "rootfs.img", "wb") as out, open(good / "root.oci", "rb") as oci:
+        cpio = CpioWriter(out)
+        cpio.add_dir("images")
+        cpio.add_file("images/live.oci", oci, (good / "root.oci").stat().st_size)
+        cpio.close()
+    concatenate(archive / "initrd-full.img", good / "initrd.img", archive / "rootfs.img")
+    (archive / "cmdline.txt").write_text("root=bootc-live:/images/live.oci bootclabel=demo\n")
+    result = run(archive)
+    assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
 
 
 # -- options change what the guest observes --------------------------------------------------
