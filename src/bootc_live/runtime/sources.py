@@ -8,12 +8,12 @@ implement the same interface.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Callable, Protocol
 
 from .blobs import Descriptor
 from .errors import ImageError, LayerError
 from .streams import FileStream
-from .tarstream import REGULAR, read_entries
+from .tarstream import REGULAR, Stream, read_entries
 
 
 class ImageSource(Protocol):
@@ -142,54 +142,69 @@ class _Slice:
         self.close()
 
 
-class ArchiveSource:
-    """An oci-archive file read in place: member offsets are indexed once, nothing is extracted."""
+class MemberIndex:
+    """An oci-archive read in place: member offsets are indexed once, nothing is extracted."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.description = f"oci-archive:{path}"
-        self._members: dict[str, tuple[int, int]] = {}
+    description: str
+    _members: dict[str, tuple[int, int]]
+
+    def _index_members(self, stream: Stream, tell: Callable[[], int]) -> None:
+        self._members = {}
         try:
-            with open(path, "rb") as f:
-                stream = FileStream(f)
-                for entry in read_entries(stream):
-                    if entry.kind == REGULAR:
-                        name = os.path.normpath(b"/" + entry.name).lstrip(b"/")
-                        self._members[name.decode("utf-8", "surrogateescape")] = (
-                            f.tell(),
-                            entry.size,
-                        )
-                        stream.skip(entry.size)
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(
-                f"{path} is a directory", "use oci:DIR for an OCI layout directory"
-            ) from None
+            for entry in read_entries(stream):
+                if entry.kind == REGULAR:
+                    name = os.path.normpath(b"/" + entry.name).lstrip(b"/")
+                    self._members[name.decode("utf-8", "surrogateescape")] = (tell(), entry.size)
+                    stream.skip(entry.size)
         except LayerError as err:
-            raise ImageError(f"{path} is not a valid oci-archive: {err}") from None
+            raise ImageError(f"{self.description} is not a valid oci-archive: {err}") from None
         if "index.json" not in self._members:
             raise ImageError(
-                f"{path} is not an oci-archive (no index.json inside)",
+                f"{self.description} is not an oci-archive (no index.json inside)",
                 "make it with skopeo copy … oci-archive:PATH or bootc-live build",
             )
 
-    def _member(self, name: str) -> _Slice:
-        offset, size = self._members[name]
-        return _Slice(self.path, offset, size)
+    def _open_member(self, offset: int, size: int) -> BinaryIO:
+        raise NotImplementedError
 
     def index_json(self) -> bytes:
-        with self._member("index.json") as f:
+        offset, size = self._members["index.json"]
+        with self._open_member(offset, size) as f:
             return f.read(16 << 20)
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         name = blob_path(desc.digest)
         if name not in self._members:
             raise ImageError(f"{self.description}: blob {desc.digest} is missing")
-        return self._member(name)  # type: ignore[return-value]
+        return self._open_member(*self._members[name])
 
     def release(self, desc: Descriptor) -> None:
-        pass  # an archive file is freed as a whole
+        pass  # an archive is freed as a whole, by close()
 
     def close(self) -> None:
         pass
+
+
+class ArchiveSource(MemberIndex):
+    """An oci-archive file. With `delete`, the file goes away on close() (a download)."""
+
+    def __init__(self, path: str, delete: bool = False) -> None:
+        self.path = path
+        self.delete = delete
+        self.description = f"oci-archive:{path}"
+        try:
+            with open(path, "rb") as f:
+                self._index_members(FileStream(f), f.tell)
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(
+                f"{path} is a directory", "use oci:DIR for an OCI layout directory"
+            ) from None
+
+    def _open_member(self, offset: int, size: int) -> BinaryIO:
+        return _Slice(self.path, offset, size)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self.delete and os.path.exists(self.path):
+            os.unlink(self.path)
