@@ -28,19 +28,22 @@ def test_dracut_argv_exact() -> None:
                        confdir="/w/conf") == [
         "dracut", "--force", "--no-hostonly", "--kver", "6.1.0-1-amd64",
         "--conf", "/dev/null", "--confdir", "/w/conf",
-        "--modules", "systemd systemd-initrd dracut-systemd bootc-live", "/o/initrd.img",
+        "--modules",
+        "systemd systemd-initrd dracut-systemd systemd-networkd qemu qemu-net bootc-live "
+        "bootc-live-net",
+        "/o/initrd.img",
     ]  # fmt: skip
-    assert dracut_argv("6.9", "shell", "/x", minimal=False) == [
-        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--add", "bootc-live",
-        "--omit", "systemd systemd-initrd dracut-systemd", "/x",
+    assert dracut_argv("6.9", "shell", "/x", minimal=False, includes=[("/h/ca", "/etc/ca")]) == [
+        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--add", "bootc-live bootc-live-net",
+        "--omit", "systemd systemd-initrd dracut-systemd", "--include", "/h/ca", "/etc/ca", "/x",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="flavour"):
         dracut_argv("6.9", "openrc", "/x", minimal=False)
 
 
 def test_exported_modules_carry_the_runtime(tmp_path: Path) -> None:
-    [module] = export_modules(tmp_path)
-    assert module.name == "90bootc-live"
+    module, net = export_modules(tmp_path)
+    assert (module.name, net.name) == ("90bootc-live", "90bootc-live-net")
     for name in (
         "module-setup.sh",
         "bootc-live-boot",
@@ -57,7 +60,7 @@ def test_exported_modules_carry_the_runtime(tmp_path: Path) -> None:
 
 
 def test_stdlib_probe_lists_only_what_the_runtime_imports(tmp_path: Path) -> None:
-    [module] = export_modules(tmp_path)
+    module = export_modules(tmp_path)[0]
     files = subprocess.run(
         ["/usr/bin/python3", "-S", "-E", str(module / "stdlib-files.py"), str(module / "python")],
         capture_output=True,

@@ -27,6 +27,7 @@ from .runtime.unpack import layer_sizes, unpack_image
 IMAGE_DIR = "bootc-live/image"  # where rootfs.img puts the image inside the initramfs
 PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+CA_IN_INITRAMFS = "/etc/bootc-live/ca.pem"  # read by runtime.http besides the system bundle
 
 
 class BuildError(BootcLiveError):
@@ -40,6 +41,7 @@ class BuildConfig:
     host: bool = False
     kver: str | None = None
     flavour: str = "systemd"
+    ca: Path | None = None  # a CA bundle for https, put into the initramfs
 
 
 def build(config: BuildConfig) -> Path:
@@ -181,15 +183,26 @@ def make_kernel_and_initramfs(config: BuildConfig, image: Image, out: Path, work
         if not kernel.is_file():
             raise BuildError(f"no host kernel {kernel}", "install linux-image-amd64")
         shutil.copy2(kernel, out / "vmlinuz")
-        dracut.build_with_host(config.kver, config.flavour, out / "initrd.img", work)
+        dracut.build_with_host(
+            config.kver, config.flavour, out / "initrd.img", work, includes(config)
+        )
         return config.kver
     root = work / "root"
     root.mkdir()
     unpack_image(image, str(root), warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
-    dracut.build_in_image(root, kver, config.flavour, out / "initrd.img")
+    dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config))
     return kver
+
+
+def includes(config: BuildConfig) -> list[tuple[Path, str]]:
+    """Files the initramfs gets besides the modules: (host path, path in the initramfs)."""
+    if config.ca is None:
+        return []
+    if not config.ca.is_file():
+        raise BuildError(f"no CA bundle at {config.ca}")
+    return [(config.ca, CA_IN_INITRAMFS)]
 
 
 def concatenate(target: Path, *parts: Path) -> None:
@@ -206,6 +219,8 @@ def ipxe_script(arguments: str, image: Image, kver: str) -> str:
         "#!ipxe\n"
         f"# bootc-live: {image.manifest_digest} (kernel {kver})\n"
         "# PXE: the initramfs and the image as two initrds (iPXE concatenates them).\n"
+        "# For URL boot instead: kernel vmlinuz initrd=initrd.img "
+        "root=bootc-live:${base-url}/root.oci\n"
         "kernel vmlinuz initrd=initrd.img initrd=rootfs.img " + arguments + "\n"
         "initrd initrd.img\n"
         "initrd rootfs.img\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -86,6 +87,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             host=args.host,
             kver=args.kver,
             flavour=args.flavour,
+            ca=Path(args.ca) if args.ca else None,
         )
     )
     for name in sorted(p.name for p in out.iterdir()):
@@ -141,14 +143,26 @@ def platform_list(source: ImageSource) -> list[str]:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
-    config = vm.VmConfig(
-        Path(args.artifacts),
-        append=" ".join(args.append),
-        mem=args.mem,
-        pxe=args.pxe,
-        accel=args.accel,
-    )
-    result = vm.boot(config, timeout=args.timeout, interactive=sys.stdin.isatty())
+    append = " ".join(args.append)
+    with contextlib.ExitStack() as stack:
+        forwards: tuple[tuple[int, int], ...] = ()
+        if args.serve:
+            served = Path(args.serve)
+            if not served.is_file():
+                raise UsageError(f"{served} is not a file", "give the root.oci of bootc-live build")
+            port = stack.enter_context(vm.serve(served))
+            forwards = ((80, port),)
+            append = f"root=bootc-live:http://{vm.GUEST_SERVER}/{served.name} {append}".strip()
+        config = vm.VmConfig(
+            Path(args.artifacts),
+            append=append,
+            mem=args.mem,
+            pxe=args.pxe,
+            accel=args.accel,
+            network=bool(args.serve) or args.net,
+            forwards=forwards,
+        )
+        result = vm.boot(config, timeout=args.timeout, interactive=sys.stdin.isatty())
     return 0 if result.ended in ("exit", "marker") else 1
 
 
@@ -206,6 +220,11 @@ def parser() -> argparse.ArgumentParser:
         default="systemd",
         help="systemd initrd (default) or dracut's classic shell initrd",
     )
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="a CA bundle the initramfs trusts for https, besides the system's",
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(
@@ -240,6 +259,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS")
+    p.add_argument(
+        "--serve",
+        metavar="FILE",
+        help="serve FILE (root.oci) to the guest over loopback and boot from it: "
+        f"root=bootc-live:http://{vm.GUEST_SERVER}/NAME",
+    )
+    p.add_argument(
+        "--net", action="store_true", help="give the guest a NIC on QEMU's restricted user network"
+    )
     p.set_defaults(func=cmd_vm)
 
     p = sub.add_parser(

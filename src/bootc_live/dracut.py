@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .runtime.errors import BootcLiveError
 from .runtime.run import run
 
 PACKAGE = Path(__file__).resolve().parent
-MODULES = ("90bootc-live",)
+MODULES = ("90bootc-live", "90bootc-live-net")
+OUR_MODULES = "bootc-live bootc-live-net"
 FLAVOURS = ("systemd", "shell")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
@@ -37,7 +39,13 @@ def export_modules(dest: Path) -> list[Path]:
 
 
 def dracut_argv(
-    kver: str, flavour: str, output: str, *, minimal: bool, confdir: str = ""
+    kver: str,
+    flavour: str,
+    output: str,
+    *,
+    minimal: bool,
+    confdir: str = "",
+    includes: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """The dracut command line for an initramfs with the bootc-live modules.
 
@@ -50,12 +58,18 @@ def dracut_argv(
     argv = ["dracut", "--force", "--no-hostonly", "--kver", kver]
     if minimal:
         # The host's dracut.conf.d is about the host's own boot: ignore it.
-        modules = [*SYSTEMD_MODULES, "bootc-live"] if flavour == "systemd" else ["bootc-live"]
+        # qemu, qemu-net: the virtio drivers `bootc-live vm` needs (host builds are for QEMU).
+        if flavour == "systemd":
+            modules = [*SYSTEMD_MODULES, "systemd-networkd", "qemu qemu-net", OUR_MODULES]
+        else:
+            modules = ["network-legacy", "qemu qemu-net", OUR_MODULES]
         argv += ["--conf", "/dev/null", "--confdir", confdir, "--modules", " ".join(modules)]
     else:
-        argv += ["--add", "bootc-live"]
+        argv += ["--add", OUR_MODULES]
     if flavour == "shell":
         argv += ["--omit", " ".join(SYSTEMD_MODULES)]
+    for source, target in includes:
+        argv += ["--include", source, target]
     return [*argv, output]
 
 
@@ -73,7 +87,13 @@ def host_dracut_tree(workdir: Path) -> Path:
     return base
 
 
-def build_with_host(kver: str, flavour: str, output: Path, workdir: Path) -> None:
+def build_with_host(
+    kver: str,
+    flavour: str,
+    output: Path,
+    workdir: Path,
+    includes: Sequence[tuple[Path, str]] = (),
+) -> None:
     """Build the initramfs with the host's dracut, kernel modules and Python."""
     if not (Path("/lib/modules") / kver).is_dir():
         raise BootcLiveError(
@@ -85,15 +105,35 @@ def build_with_host(kver: str, flavour: str, output: Path, workdir: Path) -> Non
     confdir.mkdir()
     env = {**os.environ, "dracutbasedir": str(base)}
     run(
-        dracut_argv(kver, flavour, str(output), minimal=True, confdir=str(confdir)),
+        dracut_argv(
+            kver,
+            flavour,
+            str(output),
+            minimal=True,
+            confdir=str(confdir),
+            includes=[(str(src), dst) for src, dst in includes],
+        ),
         env=env,
         hint="see the dracut output above; install dracut and the kernel's modules",
     )
 
 
-def build_in_image(root: Path, kver: str, flavour: str, output: Path) -> None:
+def build_in_image(
+    root: Path,
+    kver: str,
+    flavour: str,
+    output: Path,
+    includes: Sequence[tuple[Path, str]] = (),
+) -> None:
     """Build the initramfs with the image's own dracut, kernel modules and Python (chroot)."""
     export_modules(root / "usr/lib/dracut/modules.d")
+    for name in ("dev", "proc", "sys", "run", "var/tmp"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    staged = []
+    for number, (source, target) in enumerate(includes):
+        inside_path = f"/var/tmp/bootc-live-include-{number}"
+        shutil.copy2(source, root / inside_path.lstrip("/"))
+        staged.append((inside_path, target))
     inside = "/var/tmp/bootc-live-initrd.img"
     script = (
         'set -e; r="$1"; shift; '
@@ -101,8 +141,6 @@ def build_in_image(root: Path, kver: str, flavour: str, output: Path) -> None:
         'mount -t sysfs sysfs "$r/sys"; mount -t tmpfs tmpfs "$r/run"; '
         'exec chroot "$r" "$@"'
     )
-    for name in ("dev", "proc", "sys", "run", "var/tmp"):
-        (root / name).mkdir(parents=True, exist_ok=True)
     run(
         [
             "unshare",

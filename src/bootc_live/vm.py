@@ -9,8 +9,11 @@ import selectors
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
@@ -19,6 +22,7 @@ from .runtime import run as _run
 from .runtime.errors import BootcLiveError
 
 QEMU = "qemu-system-x86_64"
+GUEST_SERVER = "10.0.2.100"  # what the guest sees of a host server (guestfwd to 127.0.0.1)
 KVM_PROBE_CACHE = Path("/run/bootc-live-kvm-usable")
 # What the console shows when a boot has ended without reaching the verdict.
 FAILURE_ENDS = (
@@ -42,6 +46,10 @@ class VmConfig:
     accel: str = "auto"
     cpus: int = 2
     extra: tuple[str, ...] = ()
+    network: bool = False  # a NIC on QEMU's user network, restricted to the forwards below
+    forwards: tuple[tuple[int, int], ...] = ()  # (port on GUEST_SERVER, port on 127.0.0.1)
+    tftp: Path | None = None  # served by QEMU itself at tftp://10.0.2.2/
+    dead_nic: bool = False  # an extra NIC first, whose link is up but never gets an address
 
 
 @dataclass
@@ -81,8 +89,25 @@ def qemu_argv(config: VmConfig, initrd: Path, accel: str) -> list[str]:
         "-kernel", str(config.artifacts / "vmlinuz"),
         "-initrd", str(initrd),
         "-append", kernel_command_line(config),
+        *network_args(config),
         *config.extra,
     ]  # fmt: skip
+
+
+def network_args(config: VmConfig) -> list[str]:
+    """QEMU user networking with restrict=on: the guest reaches only the forwarded ports."""
+    if not config.network:
+        return []
+    user = "user,id=n0,restrict=on"
+    for guest_port, host_port in config.forwards:
+        user += f",guestfwd=tcp:{GUEST_SERVER}:{guest_port}-tcp:127.0.0.1:{host_port}"
+    if config.tftp is not None:
+        user += f",tftp={config.tftp}"
+    args = []
+    if config.dead_nic:
+        # A hub with nothing else on it: carrier up, but DHCP never answers.
+        args += ["-netdev", "hubport,id=dead,hubid=7", "-device", "virtio-net-pci,netdev=dead"]
+    return [*args, "-netdev", user, "-device", "virtio-net-pci,netdev=n0"]
 
 
 def kvm_usable() -> bool:
@@ -241,3 +266,56 @@ def boot(
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    """Serves one file with Range support (for `bootc-live vm --serve`)."""
+
+    path_served: Path
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        print("bootc-live vm: served " + fmt % args, file=sys.stderr)
+
+    def do_GET(self) -> None:
+        if self.path.lstrip("/") != self.path_served.name:
+            self.send_error(404)
+            return
+        size = self.path_served.stat().st_size
+        start, end = 0, size
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if ranged:
+            start = int(ranged.group(1))
+            end = min(size, int(ranged.group(2)) + 1) if ranged.group(2) else size
+            if start >= size:
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start))
+        self.end_headers()
+        with open(self.path_served, "rb") as f:
+            f.seek(start)
+            left = end - start
+            while left:
+                data = f.read(min(left, 1 << 20))
+                if not data:
+                    break
+                self.wfile.write(data)
+                left -= len(data)
+
+
+@contextlib.contextmanager
+def serve(path: Path) -> Iterator[int]:
+    """Serve `path` over HTTP on 127.0.0.1 (a free port, yielded) while the block runs."""
+    handler = type("Handler", (_RangeHandler,), {"path_served": path})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,10 +14,11 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import cmdline, memory, mounts
+from . import cmdline, http, memory, mounts
 from .cmdline import BootSpec
 from .errors import BootcLiveError
 from .oci import Image, resolve
+from .run import run
 from .sources import ArchiveSource, ImageSource, LayoutSource
 from .unpack import Progress, unpack_image
 
@@ -51,13 +52,15 @@ def write_status(state: str, **fields: Any) -> None:
     os.replace(tmp, os.path.join(STATUS_DIR, "status.json"))
 
 
-def open_source(spec: BootSpec) -> ImageSource:
+def open_source(spec: BootSpec, console: Console) -> ImageSource:
     """The image source named by root=bootc-live:…."""
     assert spec.root is not None
+    if spec.root.kind == "url":
+        return open_url_source(spec, console)
     if spec.root.kind != "path":
         raise NotSupportedYet(
             f"{spec.root} is not supported by this initramfs yet",
-            "use root=bootc-live:/PATH with an image inside the initramfs",
+            "use root=bootc-live:/PATH or an http(s), ftp, tftp or nfs URL",
         )
     path = spec.root.location
     if os.path.isdir(path):
@@ -68,6 +71,45 @@ def open_source(spec: BootSpec) -> ImageSource:
     raise BootcLiveError(
         f"no image at {path} in the initramfs",
         "append rootfs.img from bootc-live build as an extra initrd, or fix root=",
+    )
+
+
+def open_url_source(spec: BootSpec, console: Console) -> ImageSource:
+    """http(s) natively (in place with Range); ftp, tftp and nfs through dracut's url-lib."""
+    assert spec.root is not None
+    url = spec.root.location
+    policy = http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
+    wait_for_route(policy.total, console)
+    if url.startswith(("http://", "https://")):
+        return http.open_url(url, policy, console.say, STATUS_DIR)
+    path = os.path.join(STATUS_DIR, "download.oci")
+    os.makedirs(STATUS_DIR, exist_ok=True)
+    console.say(f"fetching {url} with dracut's url-lib")
+    run(
+        ["sh", "-c", '. /lib/url-lib.sh && fetch_url "$1" "$2"', "fetch_url", url, path],
+        hint=f"check {url} and the network",
+    )
+    return ArchiveSource(path, delete=True)
+
+
+def wait_for_route(timeout: float, console: Console) -> None:
+    """Wait until some interface is configured: has an IPv4 route (dracut brings links up).
+
+    Not necessarily a default route: a server on the local subnet needs none.
+    """
+    deadline = time.monotonic() + timeout
+    said = False
+    while time.monotonic() < deadline:
+        with open("/proc/net/route", encoding="ascii") as f:
+            if any(line.split()[0] != "lo" for line in list(f)[1:] if line.strip()):
+                return
+        if not said:
+            console.say("waiting for the network")
+            said = True
+        time.sleep(0.5)
+    raise BootcLiveError(
+        "no network: no interface was configured",
+        "check the cable, DHCP, or ip= on the kernel command line",
     )
 
 
@@ -86,7 +128,7 @@ def refuse_later_features(spec: BootSpec) -> None:
 def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
     """The whole job, step by step."""
     refuse_later_features(spec)
-    source = open_source(spec)
+    source = open_source(spec, console)
     write_status("resolving", root=str(spec.root))
     image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
     mem = memory.Memory.read()

@@ -23,8 +23,8 @@ from .errors import BootcLiveError, LayerError
 from .sources import ArchiveSource, ImageSource, MemberIndex
 from .tarstream import BLOCK
 
-CA_BUNDLES = (
-    "/etc/bootc-live/ca.pem",  # the bundle `bootc-live build` puts into the initramfs
+CA_BUNDLES = (  # all that exist are trusted
+    "/etc/bootc-live/ca.pem",  # `bootc-live build --ca FILE` puts it into the initramfs
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
 )
@@ -114,12 +114,15 @@ class Client:
         self.policy = policy
         self.log = log
         self.unsecure = unsecure
-        self.cafile = cafile or next((p for p in CA_BUNDLES if os.path.exists(p)), None)
+        self.cafiles = [cafile] if cafile else [p for p in CA_BUNDLES if os.path.exists(p)]
 
     def _context(self) -> ssl.SSLContext:
         if self.unsecure:
-            return ssl._create_unverified_context()
-        return ssl.create_default_context(cafile=self.cafile)
+            return ssl._create_unverified_context()  # an explicit opt-in
+        context = ssl.create_default_context()
+        for bundle in self.cafiles:
+            context.load_verify_locations(cafile=bundle)
+        return context
 
     def _connect(self, url: str) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(url)

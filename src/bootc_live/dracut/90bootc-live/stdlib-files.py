@@ -11,8 +11,9 @@ import bootc_live.runtime as runtime
 
 for info in pkgutil.iter_modules(runtime.__path__):
     importlib.import_module(f"{runtime.__name__}.{info.name}")
-importlib.import_module("encodings.utf_8")
-importlib.import_module("encodings.ascii")
+# Imported lazily at run time (codec lookups by http.client and ssl), so import them here.
+for lazy in ("encodings.utf_8", "encodings.ascii", "encodings.latin_1", "encodings.idna"):
+    importlib.import_module(lazy)
 
 files = set()
 for name, module in list(sys.modules.items()):
