@@ -37,8 +37,11 @@ class Nginx:
 
 
 @contextmanager
-def nginx(root: Path, workdir: Path, *, ranges: bool = True) -> Iterator[Nginx]:
-    """nginx serving `root` on 127.0.0.1; `ranges=False` makes it ignore Range (max_ranges 0)."""
+def nginx(
+    root: Path, workdir: Path, *, ranges: bool = True, tls: tuple[Path, Path] | None = None
+) -> Iterator[Nginx]:
+    """nginx serving `root` on 127.0.0.1; `ranges=False` makes it ignore Range (max_ranges 0);
+    `tls` = (certificate, key) serves https."""
     need(shutil.which("nginx") is not None, "needs nginx")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,8 @@ http {{
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{" ssl" if tls else ""};
+        {f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""}
         root {root};
         {"" if ranges else "max_ranges 0;"}
     }}
@@ -160,3 +164,65 @@ def faulty(data: bytes, plan: Callable[[int, int], Answer | None]) -> Iterator[F
     finally:
         server.shutdown()
         server.server_close()
+
+
+def throwaway_ca(workdir: Path, server_ip: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for `server_ip`: (ca.pem, server.pem, server.key)."""
+    need(shutil.which("openssl") is not None, "needs openssl")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        workdir / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
+    ext = workdir / "san.ext"
+    ext.write_text(f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth\n")
+    for argv in (
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bootc-live test CA",
+        ],
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            f"/CN={server_ip}",
+        ],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    ):
+        subprocess.run([str(a) for a in argv], check=True, capture_output=True)
+    return ca, cert, key

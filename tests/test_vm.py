@@ -6,98 +6,15 @@ without it; the host asserts on that line and on bootc-live's one-line failure m
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bootc_live.build import BuildConfig, build, concatenate
-from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
-from bootc_live.images import SourceRef
-from bootc_live.layout import LayerTar, TreeEntry, write_layout
+from bootc_live.build import concatenate
 from bootc_live.runtime.cpio import CpioWriter
-from bootc_live.vm import Boot, VmConfig, boot
-from unpackers import need
+from vmboot import assert_live, assert_stopped, build_artifacts, run
 
 pytestmark = pytest.mark.vm
-TIMEOUT = 300
-
-
-@dataclass
-class Result:
-    boot: Boot
-    report: dict[str, str] | None
-
-    @property
-    def messages(self) -> list[str]:
-        """bootc-live's own console lines (the prefix of journal lines stripped)."""
-        lines = self.boot.output.replace("\r", "").splitlines()
-        return [ln[ln.index("bootc-live: ") :] for ln in lines if "bootc-live: " in ln]
-
-
-def _need_vm_tools() -> None:
-    need(os.geteuid() == 0, "building an initramfs needs root")
-    for tool in ("qemu-system-x86_64", "dracut", "busybox"):
-        need(shutil.which(tool) is not None, f"needs {tool}")
-    need(any(Path("/boot").glob("vmlinuz-*")), "needs a kernel in /boot (linux-image-amd64)")
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One layout: the demo image (tag demo) and a big-when-unpacked one (tag big)."""
-    _need_vm_tools()
-    base = tmp_path_factory.mktemp("images")
-    write_layout(base / "layout", demo_layers(), "demo")
-    big = LayerTar([TreeEntry("big.img", data=bytes(400 << 20))])  # 400 MiB, compresses to ~0.4
-    write_layout(base / "big", [*demo_layers(), big.tar()], "big")
-    return base
-
-
-def _artifacts(source: str, out: Path, flavour: str) -> Path:
-    return build(
-        BuildConfig(SourceRef.parse(source), out, host=True, kver=host_kernel(), flavour=flavour)
-    )
-
-
-@pytest.fixture(scope="session")
-def artifacts(images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Artifacts of the demo image, one per initramfs flavour (built once per run)."""
-    out = tmp_path_factory.mktemp("artifacts")
-    return {
-        flavour: _artifacts(f"oci:{images}/layout:demo", out / flavour, flavour)
-        for flavour in ("systemd", "shell")
-    }
-
-
-def run(
-    artifacts: Path, append: str = "", *, mem: int = 512, pxe: bool = False, log: Path | None = None
-) -> Result:
-    result = boot(
-        VmConfig(artifacts, append=append, mem=mem, pxe=pxe, accel="tcg"),
-        timeout=TIMEOUT,
-        markers=(MARKER,),
-        echo=None,
-        log=log,
-    )
-    report = parse_report(result.markers[MARKER]) if MARKER in result.markers else None
-    return Result(result, report)
-
-
-def assert_live(result: Result, **expected: str) -> dict[str, str]:
-    assert result.report is not None, "\n".join(result.boot.output.splitlines()[-40:])
-    for key, value in expected.items():
-        assert result.report.get(key) == value, (key, result.report)
-    return result.report
-
-
-def assert_stopped(result: Result, message: str) -> None:
-    """The boot ended in dracut's emergency path with our one-line message, never booted."""
-    assert result.report is None, "the image booted although it must not"
-    assert result.boot.ended in ("failure", "exit"), result.boot.ended
-    ours = [m for m in result.messages if message in m]
-    assert ours, "\n".join(result.messages) or result.boot.output[-3000:]
 
 
 # -- both flavours, embedded and PXE-style ---------------------------------------------------
@@ -222,7 +139,7 @@ def _members(cpio: bytes) -> list[tuple[str, int, int]]:
 
 
 def test_too_little_ram_then_enough(images: Path, tmp_path: Path) -> None:
-    big = _artifacts(f"oci:{images}/big:big", tmp_path / "big", "shell")
+    big = build_artifacts(f"oci:{images}/big:big", tmp_path / "big", "shell")
     small = run(big, mem=320)
     assert_stopped(small, "not enough memory: image needs ")
     message = next(m for m in small.messages if "not enough memory" in m)

@@ -100,7 +100,9 @@ def network_args(config: VmConfig) -> list[str]:
         return []
     user = "user,id=n0,restrict=on"
     for guest_port, host_port in config.forwards:
-        user += f",guestfwd=tcp:{GUEST_SERVER}:{guest_port}-tcp:127.0.0.1:{host_port}"
+        # cmd: runs a bridge per guest connection (a tcp: chardev would share one connection).
+        bridge = f"{sys.executable} -m bootc_live.bridge 127.0.0.1 {host_port}"
+        user += f",guestfwd=tcp:{GUEST_SERVER}:{guest_port}-cmd:{bridge}"
     if config.tftp is not None:
         user += f",tftp={config.tftp}"
     args = []

@@ -145,7 +145,8 @@ class Client:
         A server that ignores Range is answered with status 200 from byte 0.
         """
         url = self.url
-        for _hops in range(10):
+        redirects = 0
+        while redirects <= 10:
             headers = {"User-Agent": "bootc-live", "Accept-Encoding": "identity"}
             if start or end is not None:
                 headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
@@ -171,6 +172,7 @@ class Client:
             if status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 url = urllib.parse.urljoin(url, resp.getheader("Location") or "")
                 resp.close()
+                redirects += 1
                 continue
             if status == 206:
                 m = _CONTENT_RANGE.fullmatch(resp.getheader("Content-Range", "") or "")
@@ -304,33 +306,43 @@ class HttpArchiveSource(MemberIndex):
 
 
 def open_url(
-    url: str, policy: Policy, log: Callable[[str], None], download_dir: str, unsecure: bool = False
+    url: str,
+    policy: Policy,
+    log: Callable[[str], None],
+    download_dir: str,
+    unsecure: bool = False,
 ) -> ImageSource:
     """An image source for an oci-archive URL: read in place with Range, else downloaded once."""
     client = Client(url, policy, log, unsecure=unsecure)
     retrier = Retrier(url, policy, log)
     resp, total = client.open(0, BLOCK, retrier)
-    ranged = resp.status == 206
-    resp.close()
-    if ranged and total is not None:
+    if resp.status == 206 and total is not None:
+        resp.close()
         return HttpArchiveSource(client, retrier, total)
     log(f"{url}: the server does not support Range; downloading the archive once")
     os.makedirs(download_dir, exist_ok=True)
     path = os.path.join(download_dir, "download.oci")
-    for _attempt in range(1000):
-        with open(path, "wb") as out, RangeReader(client, 0, None, retrier) as reader:
-            done = 0
-            try:
-                while True:
-                    data = reader.read(1 << 20)
-                    if not data:
-                        break
-                    out.write(data)
-                    done += len(data)
-            except FetchError as err:
-                if "stopped honouring Range" not in str(err):
-                    raise
-                retrier.failed(f"connection broke at byte {done}; no Range: starting again")
-                continue
-        break
+    with open(path, "wb") as out:
+        _download(client, retrier, resp, out)
     return ArchiveSource(path, delete=True)
+
+
+def _download(
+    client: Client, retrier: Retrier, resp: http.client.HTTPResponse, out: BinaryIO
+) -> None:
+    """Copy a whole response into `out`; without Range, a broken transfer starts again."""
+    while True:
+        try:
+            while data := resp.read(1 << 20):
+                out.write(data)
+            length = resp.getheader("Content-Length")
+            if length is None or out.tell() == int(length):
+                return
+            cause = f"connection broke at byte {out.tell()} of {length}"
+        except (OSError, http.client.HTTPException) as err:
+            cause = f"connection broke at byte {out.tell()} ({_describe(err)})"
+        resp.close()
+        retrier.failed(f"{cause}; no Range: starting again")
+        out.seek(0)
+        out.truncate()
+        resp, _total = client.open(0, None, retrier)

@@ -1,0 +1,94 @@
+"""Booting the demo image in QEMU from tests: fixtures' helpers and verdict assertions.
+
+Each boot prints one verdict line (BOOTC-LIVE-REPORT …) from inside the live system, or ends
+without it; the host asserts on that line and on bootc-live's one-line failure messages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bootc_live.build import BuildConfig, build
+from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
+from bootc_live.images import SourceRef
+from bootc_live.layout import LayerTar, TreeEntry, write_layout
+from bootc_live.vm import Boot, VmConfig, boot
+from unpackers import need
+
+TIMEOUT = 300
+
+
+@dataclass
+class Result:
+    boot: Boot
+    report: dict[str, str] | None
+
+    @property
+    def messages(self) -> list[str]:
+        """bootc-live's own console lines (the prefix of journal lines stripped)."""
+        lines = self.boot.output.replace("\r", "").splitlines()
+        return [ln[ln.index("bootc-live: ") :] for ln in lines if "bootc-live: " in ln]
+
+
+def need_vm_tools() -> None:
+    need(os.geteuid() == 0, "building an initramfs needs root")
+    for tool in ("qemu-system-x86_64", "dracut", "busybox"):
+        need(shutil.which(tool) is not None, f"needs {tool}")
+    need(any(Path("/boot").glob("vmlinuz-*")), "needs a kernel in /boot (linux-image-amd64)")
+
+
+def write_demo_images(base: Path) -> Path:
+    """The demo image (layout, tag demo) and a big-when-unpacked one (big, tag big)."""
+    write_layout(base / "layout", demo_layers(), "demo")
+    big = LayerTar([TreeEntry("big.img", data=bytes(400 << 20))])  # 400 MiB, compresses to ~0.4
+    write_layout(base / "big", [*demo_layers(), big.tar()], "big")
+    return base
+
+
+def build_artifacts(source: str, out: Path, flavour: str, ca: Path | None = None) -> Path:
+    """Artifacts with the host's kernel and dracut (the demo image carries no kernel)."""
+    return build(
+        BuildConfig(
+            SourceRef.parse(source), out, host=True, kver=host_kernel(), flavour=flavour, ca=ca
+        )
+    )
+
+
+def run(
+    artifacts: Path,
+    append: str = "",
+    *,
+    mem: int = 512,
+    pxe: bool = False,
+    log: Path | None = None,
+    **network: Any,
+) -> Result:
+    """Boot under TCG (deterministic) and collect the verdict, if any."""
+    result = boot(
+        VmConfig(artifacts, append=append, mem=mem, pxe=pxe, accel="tcg", **network),
+        timeout=TIMEOUT,
+        markers=(MARKER,),
+        echo=None,
+        log=log,
+    )
+    report = parse_report(result.markers[MARKER]) if MARKER in result.markers else None
+    return Result(result, report)
+
+
+def assert_live(result: Result, **expected: str) -> dict[str, str]:
+    assert result.report is not None, "\n".join(result.boot.output.splitlines()[-40:])
+    for key, value in expected.items():
+        assert result.report.get(key) == value, (key, result.report)
+    return result.report
+
+
+def assert_stopped(result: Result, message: str) -> None:
+    """The boot ended in dracut's emergency path with our one-line message, never booted."""
+    assert result.report is None, "the image booted although it must not"
+    assert result.boot.ended in ("failure", "exit"), result.boot.ended
+    ours = [m for m in result.messages if message in m]
+    assert ours, "\n".join(result.messages) or result.boot.output[-3000:]
