@@ -20,8 +20,8 @@ def run(*argv: str) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ("ruff", "format", "--check", "src", "tests", "bench", "bench/unpack"),
-        ("ruff", "check", "src", "tests", "bench", "bench/unpack"),
+        ("ruff", "format", "--check", "src", "tests", "bench", "bench/unpack", "bench/boot"),
+        ("ruff", "check", "src", "tests", "bench", "bench/unpack", "bench/boot"),
         ("mypy",),
         (
             "vermin",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,12 @@ OUR_MODULES = "bootc-live bootc-live-net"
 FLAVOURS = ("systemd", "shell")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
+# dracut in the image runs with the image's environment, not the host's: the host's TMPDIR,
+# PATH (a venv's) or dracutbasedir mean nothing inside the chroot.
+IMAGE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "TMPDIR": "/var/tmp",
+}
 
 
 def host_flavour() -> str:
@@ -46,6 +53,7 @@ def dracut_argv(
     minimal: bool,
     confdir: str = "",
     includes: Sequence[tuple[str, str]] = (),
+    net: bool = True,
 ) -> list[str]:
     """The dracut command line for an initramfs with the bootc-live modules.
 
@@ -65,7 +73,7 @@ def dracut_argv(
             modules = ["network-legacy", "qemu qemu-net", OUR_MODULES]
         argv += ["--conf", "/dev/null", "--confdir", confdir, "--modules", " ".join(modules)]
     else:
-        argv += ["--add", OUR_MODULES]
+        argv += ["--add", OUR_MODULES if net else "bootc-live"]
     if flavour == "shell":
         argv += ["--omit", " ".join(SYSTEMD_MODULES)]
     for source, target in includes:
@@ -118,6 +126,16 @@ def build_with_host(
     )
 
 
+def network_capable(root: Path) -> bool:
+    """Whether the image's dracut has what bootc-live-net depends on."""
+    modules = root / "usr/lib/dracut/modules.d"
+    return (
+        (modules / "40network").is_dir()
+        and (modules / "45url-lib").is_dir()
+        and any((root / d / "curl").exists() for d in ("usr/bin", "bin"))
+    )
+
+
 def build_in_image(
     root: Path,
     kver: str,
@@ -134,6 +152,14 @@ def build_in_image(
         inside_path = f"/var/tmp/bootc-live-include-{number}"
         shutil.copy2(source, root / inside_path.lstrip("/"))
         staged.append((inside_path, target))
+    net = network_capable(root)
+    if not net:
+        print(
+            "bootc-live: the image's dracut cannot bring up a network (it needs dracut's network "
+            "and url-lib modules and curl, e.g. dracut-network): its initramfs boots embedded "
+            "images only",
+            file=sys.stderr,
+        )
     inside = "/var/tmp/bootc-live-initrd.img"
     script = (
         'set -e; r="$1"; shift; '
@@ -152,8 +178,9 @@ def build_in_image(
             script,
             "sh",
             str(root),
-            *dracut_argv(kver, flavour, inside, minimal=False),
+            *dracut_argv(kver, flavour, inside, minimal=False, includes=staged, net=net),
         ],
+        env=IMAGE_ENV,
         hint="the image needs dracut, python3 and its kernel's modules to build its initramfs; "
         "or use --host --kver KVER",
     )

@@ -86,7 +86,15 @@ def open_url_source(spec: BootSpec, console: Console) -> ImageSource:
     os.makedirs(STATUS_DIR, exist_ok=True)
     console.say(f"fetching {url} with dracut's url-lib")
     run(
-        ["sh", "-c", '. /lib/url-lib.sh && fetch_url "$1" "$2"', "fetch_url", url, path],
+        # url-lib needs dracut-lib, and sourcing it does not end with status 0: no && after it.
+        [
+            "sh",
+            "-c",
+            '. /lib/dracut-lib.sh; . /lib/url-lib.sh; fetch_url "$1" "$2"',
+            "fetch_url",
+            url,
+            path,
+        ],
         hint=f"check {url} and the network",
     )
     return ArchiveSource(path, delete=True)

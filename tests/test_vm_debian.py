@@ -1,0 +1,123 @@
+"""A real systemd image boots live in QEMU: Debian 12, its own kernel, initramfs and userland.
+
+The image (tests/debian_image.py, cached across runs) is debootstrap'd Debian with systemd, the
+kernel, dracut and python3, in three gzip layers. `bootc-live build` makes the artifacts with the
+image's own dracut, kernel modules and Python (no --host); the guest boots from RAM to
+multi-user.target and a unit of the image prints one verdict line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from pathlib import Path
+
+import pytest
+
+import debian_image
+from bootc_live.vm import VmConfig, boot
+from unpackers import bootc_live, need, need_root_and
+
+pytestmark = pytest.mark.vm
+
+MEM = 2048  # MiB
+BOOT_TIMEOUT = 600  # seconds, under TCG (about 1 minute here)
+
+
+@pytest.fixture(scope="module")
+def image() -> debian_image.DebianImage:
+    need_root_and(*debian_image.TOOLS, "chroot", "qemu-system-x86_64")
+    need(os.path.exists("/usr/share/keyrings/debian-archive-keyring.gpg"), "needs Debian's keyring")
+    return debian_image.ensure_image()
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+
+
+def cpio_names(data: bytes) -> tuple[list[str], bytes]:
+    """Member names of the newc archive at the start of data, and what follows it."""
+    names: list[str] = []
+    pos = 0
+    while True:
+        header = data[pos : pos + 110]
+        assert header[:6] == b"070701", f"not a newc cpio at offset {pos}"
+        size, namesize = int(header[54:62], 16), int(header[94:102], 16)
+        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
+        pos = (pos + 110 + namesize + 3) & ~3
+        pos = (pos + size + 3) & ~3
+        if name == "TRAILER!!!":
+            return names, data[pos:]
+        names.append(name)
+
+
+def initramfs_names(path: Path) -> list[str]:
+    """Every member of an initramfs: cpio archives back to back, plain or gzip-compressed."""
+    names: list[str] = []
+    data = path.read_bytes()
+    while data.strip(b"\0"):
+        data = data.lstrip(b"\0")
+        if data[:2] == b"\x1f\x8b":
+            gz = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            inner = gz.decompress(data)
+            while inner.strip(b"\0"):
+                found, inner = cpio_names(inner.lstrip(b"\0"))
+                names += found
+            data = gz.unused_data
+        else:
+            found, data = cpio_names(data)
+            names += found
+    return names
+
+
+def test_debian_systemd_image_boots_live(image: debian_image.DebianImage, tmp_path: Path) -> None:
+    print(
+        f"image {image.manifest_digest}: kernel {image.kver}, {image.entries} entries, "
+        f"{image.unpacked_bytes / 1e6:.0f} MB unpacked, {image.compressed_bytes / 1e6:.0f} MB "
+        f"in {len(image.layers)} gzip layers"
+    )
+    artifacts = tmp_path / "artifacts"
+    # TMPDIR set on purpose: the host's environment must not leak into the image's chroot.
+    built = bootc_live("build", image.source, "-o", os.fspath(artifacts), tmpdir=tmp_path)
+    assert built.returncode == 0, f"bootc-live build failed:\n{tail(built.stderr)}"
+    # Built in the image's userland: its kernel's modules (and only those), our runtime.
+    names = initramfs_names(artifacts / "initrd.img")
+    kvers = {n.split("/")[3] for n in names if re.match(r"usr/lib/modules/[^/]+/", n)}
+    assert kvers == {image.kver}
+    assert "usr/lib/bootc-live/bootc-live-boot" in names
+
+    console = tmp_path / "console.log"
+    result = boot(
+        VmConfig(artifacts, mem=MEM),
+        timeout=BOOT_TIMEOUT,
+        markers=(debian_image.MARKER,),
+        echo=None,
+        log=console,
+    )
+    assert debian_image.MARKER in result.markers, (
+        f"no verdict: the boot ended by {result.ended} after {result.seconds:.0f} s; "
+        f"console log {console}:\n{tail(result.output)}"
+    )
+    seen = dict(
+        item.split("=", 1) for item in result.markers[debian_image.MARKER].split() if "=" in item
+    )
+    seen.pop("memtotal", None)
+    assert seen == {
+        "root": "ro",
+        "etc": "rw",
+        "var": "rw",
+        "fstype": "tmpfs",
+        "kernel": image.kver,  # the image's kernel, not the host's
+        "target": "multi-user",
+        "pid1": "systemd",
+        "hostname": debian_image.HOSTNAME,  # /etc/hostname from the last layer
+        "failed": "none",
+    }, f"console log {console}:\n{tail(result.output)}"
+    # It was our runtime that set up this image's root, in the image's own initramfs.
+    ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64})", result.output)
+    assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
+    assert f"Linux version {image.kver} " in result.output
+    # The artifacts are large (the image three times over); the console log stays.
+    for name in ("initrd-full.img", "rootfs.img", "root.oci"):
+        (artifacts / name).unlink()
