@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import debian_image
-from bootc_live.vm import VmConfig, boot
+from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
+from servers import nginx
 from unpackers import bootc_live, need, need_root_and
 
 pytestmark = pytest.mark.vm
@@ -71,16 +72,36 @@ def initramfs_names(path: Path) -> list[str]:
     return names
 
 
-def test_debian_systemd_image_boots_live(image: debian_image.DebianImage, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def artifacts(image: debian_image.DebianImage, tmp_path_factory: pytest.TempPathFactory) -> Path:
     print(
         f"image {image.manifest_digest}: kernel {image.kver}, {image.entries} entries, "
         f"{image.unpacked_bytes / 1e6:.0f} MB unpacked, {image.compressed_bytes / 1e6:.0f} MB "
         f"in {len(image.layers)} gzip layers"
     )
-    artifacts = tmp_path / "artifacts"
+    work = tmp_path_factory.mktemp("debian")
+    out = work / "artifacts"
     # TMPDIR set on purpose: the host's environment must not leak into the image's chroot.
-    built = bootc_live("build", image.source, "-o", os.fspath(artifacts), tmpdir=tmp_path)
+    built = bootc_live("build", image.source, "-o", os.fspath(out), tmpdir=work)
     assert built.returncode == 0, f"bootc-live build failed:\n{tail(built.stderr)}"
+    return out
+
+
+def verdict(result: Boot, console: Path) -> dict[str, str]:
+    assert debian_image.MARKER in result.markers, (
+        f"no verdict: the boot ended by {result.ended} after {result.seconds:.0f} s; "
+        f"console log {console}:\n{tail(result.output)}"
+    )
+    seen = dict(
+        item.split("=", 1) for item in result.markers[debian_image.MARKER].split() if "=" in item
+    )
+    seen.pop("memtotal", None)
+    return seen
+
+
+def test_debian_systemd_image_boots_live(
+    image: debian_image.DebianImage, artifacts: Path, tmp_path: Path
+) -> None:
     # Built in the image's userland: its kernel's modules (and only those), our runtime.
     names = initramfs_names(artifacts / "initrd.img")
     kvers = {n.split("/")[3] for n in names if re.match(r"usr/lib/modules/[^/]+/", n)}
@@ -95,15 +116,7 @@ def test_debian_systemd_image_boots_live(image: debian_image.DebianImage, tmp_pa
         echo=None,
         log=console,
     )
-    assert debian_image.MARKER in result.markers, (
-        f"no verdict: the boot ended by {result.ended} after {result.seconds:.0f} s; "
-        f"console log {console}:\n{tail(result.output)}"
-    )
-    seen = dict(
-        item.split("=", 1) for item in result.markers[debian_image.MARKER].split() if "=" in item
-    )
-    seen.pop("memtotal", None)
-    assert seen == {
+    assert verdict(result, console) == {
         "root": "ro",
         "etc": "rw",
         "var": "rw",
@@ -118,6 +131,44 @@ def test_debian_systemd_image_boots_live(image: debian_image.DebianImage, tmp_pa
     ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64})", result.output)
     assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
     assert f"Linux version {image.kver} " in result.output
-    # The artifacts are large (the image three times over); the console log stays.
-    for name in ("initrd-full.img", "rootfs.img", "root.oci"):
-        (artifacts / name).unlink()
+
+
+def test_debian_image_boots_from_a_url_with_1280_mib(
+    image: debian_image.DebianImage, artifacts: Path, tmp_path: Path
+) -> None:
+    """SPEC §9: the image boots from a URL with at most 1280 MiB; the guest reports its peak."""
+    console = tmp_path / "console.log"
+    with nginx(artifacts, tmp_path / "nginx") as server:
+        result = boot(
+            VmConfig(
+                artifacts,
+                mem=1280,
+                append=f"root=bootc-live:http://{GUEST_SERVER}/root.oci",
+                network=True,
+                forwards=((80, server.port),),
+            ),
+            timeout=BOOT_TIMEOUT,
+            markers=(debian_image.MARKER,),
+            echo=None,
+            log=console,
+        )
+        requests = server.requests()
+    seen = verdict(result, console)
+    assert (seen["root"], seen["etc"], seen["var"], seen["target"]) == (
+        "ro",
+        "rw",
+        "rw",
+        "multi-user",
+    )
+    assert requests and all(" 206 " in line for line in requests)  # read in place, not stored
+    peak = re.search(
+        r"live root ready: .*; peak memory in use (\d+) MiB \((\d+) MiB before fetching\)",
+        result.output,
+    )
+    assert peak is not None, tail(result.output)
+    used, before = int(peak.group(1)), int(peak.group(2))
+    print(
+        f"URL boot at 1280 MiB: peak memory in use {used} MiB ({before} MiB before fetching), "
+        f"{image.unpacked_bytes >> 20} MiB unpacked"
+    )
+    assert before < used

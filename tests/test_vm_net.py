@@ -13,6 +13,7 @@ import pytest
 
 from bootc_live.vm import GUEST_SERVER
 from servers import faulty, nginx, throwaway_ca
+from unpackers import bootc_live
 from vmboot import assert_live, assert_stopped, build_artifacts, run
 
 pytestmark = pytest.mark.vm
@@ -171,3 +172,23 @@ def _size_at(archive: bytes, data_offset: int) -> int:
 
 def _biggest_blob(archive: bytes, path: Path) -> int:
     return max(blob_offsets(path).values(), key=lambda o: _size_at(archive, o))
+
+
+def test_vm_serve_boots_a_file_over_loopback(artifacts: dict[str, Path]) -> None:
+    art = artifacts["systemd"]
+    result = bootc_live(
+        "vm",
+        str(art),
+        "--serve",
+        str(art / "root.oci"),
+        "--accel",
+        "tcg",
+        "--mem",
+        "512",
+        "--timeout",
+        "300",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "BOOTC-LIVE-REPORT root=ro etc=rw var=rw" in result.stdout
+    assert f"root=bootc-live:http://{GUEST_SERVER}/root.oci" in result.stdout
+    assert '"GET /root.oci HTTP/1.1" 206' in result.stderr  # served by `vm --serve`, ranged

@@ -20,7 +20,7 @@ from .errors import BootcLiveError
 from .oci import Image, resolve
 from .run import run
 from .sources import ArchiveSource, ImageSource, LayoutSource
-from .unpack import Progress, unpack_image
+from .unpack import Progress, Stats, unpack_image
 
 STATUS_DIR = "/run/bootc-live"
 
@@ -136,6 +136,27 @@ def refuse_later_features(spec: BootSpec) -> None:
 def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
     """The whole job, step by step."""
     refuse_later_features(spec)
+    with memory.PeakWatch() as peak:
+        image, stats = obtain_and_unpack(spec, newroot, console)
+    console.summary(
+        f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
+        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; "
+        f"peak memory in use {peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
+    )
+    write_status(
+        "ready",
+        manifest=image.manifest_digest,
+        entries=stats.entries,
+        bytes=stats.bytes_written,
+        seconds=round(stats.seconds, 3),
+        peak_memory=peak.peak,
+        memory_before=peak.start,
+    )
+    return image
+
+
+def obtain_and_unpack(spec: BootSpec, newroot: str, console: Console) -> tuple[Image, Stats]:
+    """Open the source, resolve and check the image, unpack it and mount the root."""
     source = open_source(spec, console)
     write_status("resolving", root=str(spec.root))
     image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
@@ -162,18 +183,7 @@ def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
         raise
     finally:
         source.close()
-    console.summary(
-        f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
-        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s"
-    )
-    write_status(
-        "ready",
-        manifest=image.manifest_digest,
-        entries=stats.entries,
-        bytes=stats.bytes_written,
-        seconds=round(stats.seconds, 3),
-    )
-    return image
+    return image, stats
 
 
 def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:

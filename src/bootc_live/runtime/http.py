@@ -21,6 +21,7 @@ from typing import BinaryIO, Callable
 
 from .errors import BootcLiveError, LayerError
 from .sources import ArchiveSource, ImageSource, MemberIndex
+from .streams import Reader
 from .tarstream import BLOCK
 
 CA_BUNDLES = (  # all that exist are trusted
@@ -203,7 +204,7 @@ def _describe(err: BaseException) -> str:
     return text
 
 
-class RangeReader:
+class RangeReader(Reader):
     """Reads bytes [start, end) of a URL as one stream, resuming where a connection broke."""
 
     def __init__(self, client: Client, start: int, end: int | None, retrier: Retrier) -> None:
@@ -249,12 +250,6 @@ class RangeReader:
 
     def close(self) -> None:
         self._drop()
-
-    def __enter__(self) -> RangeReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _RangeStream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from .errors import BootcLiveError
@@ -71,3 +72,34 @@ def check(image: Image, memory: Memory, *, blobs_freed: bool) -> Estimate:
             "add RAM or use bootc.zram=",
         )
     return est
+
+
+class PeakWatch:
+    """Samples memory in use (MemTotal - MemAvailable) in a thread; `peak` is the highest seen."""
+
+    def __init__(self, interval: float = 0.2, path: str = "/proc/meminfo") -> None:
+        self.interval = interval
+        self.path = path
+        self.peak = 0
+        self.start = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-peak", daemon=True)
+
+    def _sample(self) -> None:
+        mem = Memory.read(self.path)
+        self.peak = max(self.peak, mem.total - mem.available)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakWatch:
+        self._sample()
+        self.start = self.peak
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable, Protocol
 
 from .blobs import Descriptor
 from .errors import ImageError, LayerError
-from .streams import FileStream
+from .streams import FileStream, Reader
 from .tarstream import REGULAR, Stream, read_entries
 
 
@@ -88,7 +88,7 @@ class LayoutSource:
         pass
 
 
-class _Parts:
+class _Parts(Reader):
     """The concatenation of several files, read once from start to end."""
 
     def __init__(self, files: list[str]) -> None:
@@ -111,14 +111,8 @@ class _Parts:
         if self._current is not None:
             self._current.close()
 
-    def __enter__(self) -> _Parts:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _Slice:
+class _Slice(Reader):
     """A read-only window [offset, offset+size) of a file, with its own position."""
 
     def __init__(self, path: str, offset: int, size: int) -> None:
@@ -134,12 +128,6 @@ class _Slice:
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> _Slice:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MemberIndex:

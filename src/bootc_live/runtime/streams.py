@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, TypeVar, Union
 
 from .errors import LayerError
 
 Chunk = Union[bytes, memoryview]
+_R = TypeVar("_R", bound="Reader")
 
 
 class FileStream:
@@ -38,6 +39,22 @@ class FileStream:
             self._f.seek(-1, 1)
             return False
         return True
+
+
+class Reader:
+    """A byte reader usable in `with`, closed on exit (what sources hand out for blobs)."""
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 END = None  # marks the end of a stream in a ChunkStream's queue

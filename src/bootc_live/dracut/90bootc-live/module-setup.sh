@@ -36,13 +36,17 @@ install() {
     inst_dir /usr/lib/bootc-live
     cp -a "$moddir/python/." "$initdir/usr/lib/bootc-live/"
     inst_simple "$moddir/bootc-live-boot" /usr/lib/bootc-live/bootc-live-boot
-    local file
+    local files file
+    files=$("$py" -S -E "$moddir/stdlib-files.py" "$moddir/python") || {
+        derror "bootc-live: the runtime does not import with $py"
+        return 1
+    }
     while IFS= read -r file; do
         case "$file" in
             *.so) inst_library "$file" ;;
             *) inst_simple "$file" ;;
         esac
-    done < <("$py" -S -E "$moddir/stdlib-files.py" "$moddir/python")
+    done <<< "$files"
     "$py" -S -E -m compileall -q "$initdir/usr/lib/bootc-live" > /dev/null
 
     inst_hook cmdline 90 "$moddir/bootc-live-cmdline.sh"
