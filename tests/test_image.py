@@ -93,7 +93,8 @@ def test_archive_read_in_place_matches_layout(tmp_path: Path) -> None:
     archive = write_oci_archive(tmp_path / "img", tmp_path / "img.tar")
     dest = tmp_path / "from-archive"
     dest.mkdir()
-    unpack_image(resolve(ArchiveSource(str(archive)), label="v1"), str(dest))
+    stats = unpack_image(resolve(ArchiveSource(str(archive)), label="v1"), str(dest))
+    assert stats.layer_sizes == [len(t) for t in LAYERS]
     assert (dest / "etc/hostname").read_bytes() == b"live\n"
     assert (dest / "big").read_bytes() == (
         unpack(tmp_path / "img", tmp_path / "from-layout", label="v1") / "big"

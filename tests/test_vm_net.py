@@ -72,14 +72,13 @@ def test_https_with_a_ca_in_the_initramfs(images: Path, tmp_path: Path) -> None:
 
 
 def test_https_without_the_ca_fails_clearly(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    ca, cert, key = throwaway_ca(tmp_path / "pki", GUEST_SERVER)
+    _ca, cert, key = throwaway_ca(tmp_path / "pki", GUEST_SERVER)
     art = artifacts["systemd"]
     with nginx(art, tmp_path / "nginx", tls=(cert, key)) as server:
         url = f"root=bootc-live:https://{GUEST_SERVER}/root.oci"
         result = run(art, url, network=True, forwards=((443, server.port),))
     assert_stopped(result, "TLS failure")
     assert any("bootc-live build --ca FILE" in m for m in result.messages)
-    del ca
 
 
 def test_tftp_through_url_lib(artifacts: dict[str, Path], tmp_path: Path) -> None:

@@ -52,13 +52,12 @@ def build(config: BuildConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        sizes = layer_sizes(image)  # verifies every blob and diff_id once, up front
+        with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
+            kver, sizes = make_kernel_and_initramfs(config, image, tmp, Path(work))
         index = index_json(image, label, sizes)
         with open(tmp / "rootfs.img", "wb") as out:
             write_split_layout(image, index, out)
         write_oci_archive(image, index, tmp / "root.oci")
-        with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
-            kver = make_kernel_and_initramfs(config, image, tmp, Path(work))
         concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
         arguments = kernel_arguments(label)
         (tmp / "cmdline.txt").write_text(arguments + "\n")
@@ -174,8 +173,14 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
     return best, found[best]
 
 
-def make_kernel_and_initramfs(config: BuildConfig, image: Image, out: Path, work: Path) -> str:
-    """vmlinuz and initrd.img: from the image's own userland, or from the host (--host)."""
+def make_kernel_and_initramfs(
+    config: BuildConfig, image: Image, out: Path, work: Path
+) -> tuple[str, list[int]]:
+    """vmlinuz and initrd.img: from the image's own userland, or from the host (--host).
+
+    Either way every blob and diff_id is verified once; returns the kernel version and each
+    layer's unpacked size.
+    """
     if config.host:
         if not config.kver:
             raise BuildError("--host needs --kver KVER", "e.g. --kver $(uname -r)")
@@ -186,14 +191,14 @@ def make_kernel_and_initramfs(config: BuildConfig, image: Image, out: Path, work
         dracut.build_with_host(
             config.kver, config.flavour, out / "initrd.img", work, includes(config)
         )
-        return config.kver
+        return config.kver, layer_sizes(image)
     root = work / "root"
     root.mkdir()
-    unpack_image(image, str(root), warn=lambda _m: None)
+    stats = unpack_image(image, str(root), warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
     dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config))
-    return kver
+    return kver, stats.layer_sizes
 
 
 def includes(config: BuildConfig) -> list[tuple[Path, str]]:

@@ -36,6 +36,7 @@ class Stats:
     bytes_written: int
     compressed_bytes: int
     seconds: float
+    layer_sizes: list[int]  # of each uncompressed tar stream
 
 
 class Progress:
@@ -79,6 +80,7 @@ class _Feeder(threading.Thread):
         self.stopped = threading.Event()  # the consumer is gone: stop at once
         self.abandoned = threading.Event()  # the consumer failed: only verify what is left
         self.compressed_bytes = 0
+        self.layer_sizes: list[int] = []
         self.failure: BaseException | None = None
 
     def _put(self, item: object) -> bool:
@@ -105,10 +107,13 @@ class _Feeder(threading.Thread):
             if self.progress:
                 self.progress.update(index + 1, self.compressed_bytes + done)
 
+        size = 0
         for chunk in layer_chunks(self.image, index, self.abandoned.is_set, read):
             if not self._put(chunk):
                 return
+            size += len(chunk)
         self.compressed_bytes += self.image.layers[index].size
+        self.layer_sizes.append(size)
 
 
 def layer_chunks(
@@ -192,4 +197,5 @@ def unpack_image(
         bytes_written=applier.bytes_written,
         compressed_bytes=feeder.compressed_bytes,
         seconds=time.monotonic() - start,
+        layer_sizes=feeder.layer_sizes,
     )
