@@ -24,13 +24,14 @@ from .runtime.errors import BootcLiveError
 QEMU = "qemu-system-x86_64"
 GUEST_SERVER = "10.0.2.100"  # what the guest sees of a host server (guestfwd to 127.0.0.1)
 KVM_PROBE_CACHE = Path("/run/bootc-live-kvm-usable")
-# What the console shows when a boot has ended without reaching the verdict.
-FAILURE_ENDS = (
+# What the console shows when a boot failed, and when the machine stopped (QEMU may not exit
+# on a halt): a boot that shows the first and then the second has ended in failure.
+FAILURES = (
     "dracut: Refusing to continue",
     "Kernel panic - not syncing",
-    "reboot: System halted",
-    "reboot: Power down",
+    "Failed to start bootc-live",  # systemd shows the unit's description, cut
 )
+STOPS = ("reboot: System halted", "reboot: Power down")
 
 
 class VmError(BootcLiveError):
@@ -160,7 +161,10 @@ def watch(
     echo: IO[str] | None = sys.stdout,
     log: Path | None = None,
 ) -> Boot:
-    """Run QEMU, tee its console, and stop at the first marker, a failure end, or the timeout.
+    """Run QEMU, tee its console, and stop at the first marker, the guest's stop, or the timeout.
+
+    Boot.ended is "marker", "exit" (the guest stopped), "failure" (it stopped after a boot
+    failure) or "timeout".
 
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
@@ -177,57 +181,55 @@ def watch(
     chunks: list[str] = []
     found: dict[str, str] = {}
     pending = ""
-    ended = "exit"
+    failed = False
+    ended: str | None = None
     logf = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115
     try:
-        while True:
+        while ended is None:
             left = timeout - (time.monotonic() - start)
             if left <= 0:
                 ended = "timeout"
                 break
-            if not sel.select(min(left, 1.0)):
+            if not sel.select(min(left, 1.0)) or not (data := proc.stdout.read()):
                 if proc.poll() is not None:
-                    break
-                continue
-            data = proc.stdout.read()
-            if not data:
-                if proc.poll() is not None:
-                    break
+                    break  # QEMU exited: the guest powered off, rebooted or panicked
                 continue
             text = data.decode("utf-8", "replace")
             chunks.append(text)
-            if echo:
-                echo.write(text)
-                echo.flush()
-            if logf:
-                logf.write(text)
-                logf.flush()
+            for out in (echo, logf):
+                if out:
+                    out.write(text)
+                    out.flush()
             pending += text
             lines = pending.split("\n")
             pending = lines.pop()
-            ended = _scan(lines, markers, found) or ended
-            if ended in ("marker", "failure"):
-                break
+            ended, failed = _scan(lines, markers, found, failed)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         if logf:
             logf.close()
+    if ended in (None, "stopped"):
+        ended = "failure" if failed else "exit"
     return Boot("".join(chunks), ended, time.monotonic() - start, found)
 
 
-def _scan(lines: list[str], markers: tuple[str, ...], found: dict[str, str]) -> str | None:
+def _scan(
+    lines: list[str], markers: tuple[str, ...], found: dict[str, str], failed: bool
+) -> tuple[str | None, bool]:
+    """Read console lines: ("marker" | "stopped" | None, whether a failure was seen)."""
     for raw in lines:
         line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).strip("\r")
         for marker in markers:
             pos = line.find(marker)
             if pos >= 0:
                 found[marker] = line[pos + len(marker) :].strip()
-                return "marker"
-        if any(end in line for end in FAILURE_ENDS):
-            return "failure"
-    return None
+                return "marker", failed
+        failed = failed or any(failure in line for failure in FAILURES)
+        if any(stop in line for stop in STOPS):
+            return "stopped", failed  # a halted guest does not make QEMU exit
+    return None, failed
 
 
 def boot(
