@@ -1,4 +1,6 @@
-"""The boot-time entry point, run by dracut's mount hook: obtain, verify, unpack, mount.
+"""The boot-time entry point: obtain, verify, unpack, mount.
+
+Run by bootc-live.service in dracut's systemd initrd, or by the mount hook in the shell initrd:
 
     python3 -S -E /usr/lib/bootc-live/bootc-live-boot NEWROOT
 
