@@ -158,6 +158,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             append=append,
             mem=args.mem,
             pxe=args.pxe,
+            embedded=not args.serve,  # no second copy of the image in RAM beside the served one
             accel=args.accel,
             network=bool(args.serve) or args.net,
             forwards=forwards,

@@ -44,6 +44,7 @@ class VmConfig:
     append: str = ""
     mem: int = 1024  # MiB
     pxe: bool = False  # initrd.img and rootfs.img as two initrds, as iPXE does
+    embedded: bool = True  # False: initrd.img alone (the image comes from a URL)
     accel: str = "auto"
     cpus: int = 2
     extra: tuple[str, ...] = ()
@@ -253,9 +254,9 @@ def boot(
             )
     if shutil.which(QEMU) is None:
         raise VmError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
-    initrd = config.artifacts / "initrd-full.img"
+    initrd = config.artifacts / ("initrd-full.img" if config.embedded else "initrd.img")
     tmp: Path | None = None
-    if config.pxe:
+    if config.pxe and config.embedded:
         # iPXE loads both initrds back to back; QEMU takes one file, so do the same here.
         tmp = config.artifacts / ".pxe-initrds.img"
         concatenate(tmp, config.artifacts / "initrd.img", config.artifacts / "rootfs.img")
