@@ -4,21 +4,29 @@ The image (tests/debian_image.py, cached across runs) is debootstrap'd Debian wi
 kernel, dracut and python3, in three gzip layers. `bootc-live build` makes the artifacts with the
 image's own dracut, kernel modules and Python (no --host); the guest boots from RAM to
 multi-user.target and a unit of the image prints one verdict line.
+
+SPEC §9's reference image (bench/unpack's debootstrap root, ~870 MB unpacked in one gzip layer)
+is also booted over http in 1280 MiB, with the host's kernel and dracut, up to its systemd's
+greeting after switch root.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
 import debian_image
+from bootc_live.demo import host_kernel
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
 from servers import nginx
-from unpackers import bootc_live, need, need_root_and
+from unpackers import REPO, bootc_live, need, need_root_and
 
 pytestmark = pytest.mark.vm
 
@@ -172,3 +180,87 @@ def test_debian_image_boots_from_a_url_with_1280_mib(
         f"{image.unpacked_bytes >> 20} MiB unpacked"
     )
     assert before < used
+
+
+REFERENCE_CACHE = Path(os.environ.get("BOOTC_LIVE_BENCH_CACHE", "/var/cache/bootc-live-bench"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """SPEC §9's reference image (bench/unpack's, ~870 MB unpacked), built with the host's kernel.
+
+    Returns the artifacts directory, the image's manifest digest and its unpacked size in bytes.
+    """
+    need_root_and(*debian_image.TOOLS, "umoci", "qemu-system-x86_64")
+    built = subprocess.run(
+        [
+            sys.executable,
+            os.fspath(REPO / "bench" / "unpack"),
+            "--build-only",
+            "--images",
+            "single",
+            "--cache",
+            os.fspath(REFERENCE_CACHE),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, f"bench/unpack --build-only failed:\n{tail(built.stderr)}"
+    layout = REFERENCE_CACHE / "images" / "single" / "layout"
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    unpacked = json.loads((REFERENCE_CACHE / "root.json").read_text())["figures"]["bytes"]
+    work = tmp_path_factory.mktemp("reference")
+    out = work / "artifacts"
+    kver = host_kernel()
+    made = bootc_live(
+        "build", f"oci:{layout}", "-o", os.fspath(out), "--host", "--kver", kver, tmpdir=work
+    )
+    assert made.returncode == 0, f"bootc-live build failed:\n{tail(made.stderr)}"
+    return out, digest, unpacked
+
+
+def test_reference_image_boots_from_a_url_with_1280_mib(
+    reference: tuple[Path, str, int], tmp_path: Path
+) -> None:
+    """SPEC §9 / issue 4: the ~850 MB debootstrap image, read in place over http, in 1280 MiB."""
+    artifacts, digest, unpacked = reference
+    console = tmp_path / "console.log"
+    greeting = (
+        "Welcome to Debian GNU/Linux 12 (bookworm)!"  # the image's systemd, after switch root
+    )
+    with nginx(artifacts, tmp_path / "nginx") as server:
+        result = boot(
+            VmConfig(
+                artifacts,
+                mem=1280,
+                embedded=False,
+                append=f"root=bootc-live:http://{GUEST_SERVER}/root.oci",
+                network=True,
+                forwards=((80, server.port),),
+            ),
+            timeout=BOOT_TIMEOUT,
+            markers=(greeting,),
+            echo=None,
+            log=console,
+        )
+        requests = server.requests()
+    assert greeting in result.markers, (
+        f"no switch root into the image: the boot ended by {result.ended} after "
+        f"{result.seconds:.0f} s; console log {console}:\n{tail(result.output)}"
+    )
+    assert requests and all(" 206 " in line for line in requests)  # read in place, not stored
+    peak = re.search(
+        r"live root ready: (sha256:[0-9a-f]{64}).*; peak memory in use (\d+) MiB "
+        r"\((\d+) MiB before fetching\)",
+        result.output,
+    )
+    assert peak is not None and peak.group(1) == digest, tail(result.output)
+    used, before = int(peak.group(2)), int(peak.group(3))
+    ratio = ((used - before) << 20) / unpacked
+    print(
+        f"reference URL boot at 1280 MiB in {result.seconds:.0f} s: peak memory in use {used} MiB "
+        f"({before} MiB before fetching), {unpacked >> 20} MiB unpacked, ratio {ratio:.3f}"
+    )
+    assert before < used < 1280
