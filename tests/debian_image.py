@@ -59,6 +59,9 @@ ROOT_RECIPE: dict[str, Any] = {
         "ca-certificates",
         "iproute2",
         "dbus",
+        # What bootc-live-zram and bootc-live-erofs need (bootc.zram, bootc.live.erofs).
+        "e2fsprogs",
+        "erofs-utils",
     ],
     # Removed after debootstrap: what a live image does not need.
     "prune": [
@@ -104,9 +107,11 @@ if [ "$state" = active ]; then target=multi-user; else target="multi-user:$state
 failed=$(systemctl list-units --state=failed --no-legend --plain |
     awk '{ printf "%s%s", sep, $1; sep = "," }')
 memtotal=$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)
+memused=$(awk '$1 == "MemTotal:" { t = $2 } $1 == "MemAvailable:" { a = $2 } END { print t - a }' \
+    /proc/meminfo)
 verdict="BOOTC-LIVE-VERDICT root=$(probe /) etc=$(probe /etc) var=$(probe /var)"
 verdict="$verdict fstype=$fstype kernel=$(uname -r) target=$target pid1=$(cat /proc/1/comm)"
-verdict="$verdict hostname=$(cat /proc/sys/kernel/hostname) memtotal=$memtotal"
+verdict="$verdict hostname=$(cat /proc/sys/kernel/hostname) memtotal=$memtotal memused=$memused"
 verdict="$verdict failed=${failed:-none}"
 # One write, on a line of its own (a getty prompt may be on the console): kernel messages off.
 echo 1 > /proc/sys/kernel/printk

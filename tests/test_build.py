@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live import build as build_mod
-from bootc_live.dracut import dracut_argv, export_modules
+from bootc_live.dracut import OPTIONAL_MODULES, dracut_argv, export_modules
 from bootc_live.runtime import memory
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.oci import resolve
@@ -30,20 +30,25 @@ def test_dracut_argv_exact() -> None:
         "--conf", "/dev/null", "--confdir", "/w/conf",
         "--modules",
         "systemd systemd-initrd dracut-systemd systemd-networkd qemu qemu-net bootc-live "
-        "bootc-live-net",
+        "bootc-live-net bootc-live-zram bootc-live-erofs",
         "/o/initrd.img",
     ]  # fmt: skip
-    assert dracut_argv("6.9", "shell", "/x", minimal=False, includes=[("/h/ca", "/etc/ca")]) == [
-        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--add", "bootc-live bootc-live-net",
-        "--omit", "systemd systemd-initrd dracut-systemd", "--include", "/h/ca", "/etc/ca", "/x",
+    assert dracut_argv("6.9", "shell", "/x", minimal=False, includes=[("/h/ca", "/etc/ca")],
+                       optional=["bootc-live-erofs"]) == [
+        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--add",
+        "bootc-live bootc-live-erofs", "--omit", "systemd systemd-initrd dracut-systemd",
+        "--include", "/h/ca", "/etc/ca", "/x",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="flavour"):
         dracut_argv("6.9", "openrc", "/x", minimal=False)
 
 
 def test_exported_modules_carry_the_runtime(tmp_path: Path) -> None:
-    module, net = export_modules(tmp_path)
-    assert (module.name, net.name) == ("90bootc-live", "90bootc-live-net")
+    module, *optional = export_modules(tmp_path)
+    assert module.name == "90bootc-live"
+    assert [m.name for m in optional] == [f"90{name}" for name in OPTIONAL_MODULES]
+    for other in optional:  # the runtime is in the core module only
+        assert (other / "module-setup.sh").is_file() and not (other / "python").exists()
     for name in (
         "module-setup.sh",
         "bootc-live-boot",
@@ -153,17 +158,3 @@ def test_kernel_is_the_highest_version(tmp_path: Path) -> None:
     assert build_mod.find_kernel(tmp_path, "6.1.0-9-amd64")[0] == "6.1.0-9-amd64"
     with pytest.raises(build_mod.BuildError, match=r"no kernel 7\.0"):
         build_mod.find_kernel(tmp_path, "7.0")
-
-
-def test_memory_check_names_the_shortfall(tmp_path: Path) -> None:
-    build_layout(tmp_path / "img", LAYERS)
-    image = resolve(LayoutSource(str(tmp_path / "img")))
-    est = memory.estimate(image)
-    assert est.how.startswith("3x the compressed size")
-    mem = memory.Memory(total=1 << 30, available=est.unpacked + memory.RESERVE - 1)
-    with pytest.raises(memory.NotEnoughMemory) as err:
-        memory.check(image, mem, blobs_freed=False)
-    assert err.value.line().startswith("not enough memory: image needs ")
-    assert err.value.line().endswith("; add RAM or use bootc.zram=")
-    # Blobs that sit in RAM and are freed as their layers are applied count as available.
-    memory.check(image, mem, blobs_freed=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from imagegen import build_layout, d, f, layer_tar, wh, write_oci_archive
@@ -29,7 +30,20 @@ def test_inspect_shows_layers_sizes_kernels_and_ram(tmp_path: Path) -> None:
     assert "platforms linux/amd64" in out
     assert f"layer 1/2 {info.layer_digests[0]}" in out and "layer 2/2" in out
     assert "kernels   6.1.0-1-amd64\n" in out  # 6.2 was whited out by layer 2
-    assert "RAM       about " in out
+    # The planner's figure for each root mode, from the sizes measured while reading.
+    assert "RAM       measured 0 MiB unpacked; what each root mode needs" in out
+    lines = re.findall(r"^  (\w+) +about (\d+) MiB(?:, (\d+) MiB once booted)?: (.*)$", out, re.M)
+    assert {mode for mode, _, _, _ in lines} == {"tmpfs", "zram", "erofs"}, out
+    assert [(mode, option) for mode, _, _, option in lines if mode != "tmpfs"] == [
+        ("erofs", "bootc.live.erofs=1 bootc.live.erofs.compress=lz4hc"),
+        ("zram", "bootc.zram=48M"),
+        ("erofs", "bootc.live.erofs=1"),
+    ]
+    peaks = [int(peak) for _, peak, _, _ in lines]
+    assert peaks == sorted(peaks)  # smallest first
+    # Plain EROFS holds the unpacked tree and its image at the peak, then only the image.
+    erofs = lines[-1]
+    assert int(erofs[1]) > int(erofs[2])
 
 
 def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The host command line: build, inspect, vm, demo, unpack."""
+"""The host command line: build, inspect, vm, demo, unpack, erofs."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import build, demo, describe, dracut, vm
 from .images import SourceRef, UsageError
-from .runtime import cmdline
+from .runtime import cmdline, memory, roots
 from .runtime import run as run_module
 from .runtime.errors import BootcLiveError
-from .runtime.oci import Platform, all_manifests, resolve
+from .runtime.oci import Image, Platform, all_manifests, resolve
 from .runtime.sources import ImageSource
 from .runtime.unpack import Progress, unpack_image
 
@@ -115,9 +116,58 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"{sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
     )
     print(f"kernels   {', '.join(facts.kernels) or 'none'}")
+    for line in ram_lines(image, facts):
+        print(line)
+    return 0
+
+
+def ram_lines(image: Image, facts: describe.Description) -> list[str]:
+    """The RAM each root mode needs (SPEC §5's planner), as `inspect` prints it."""
+    largest = max((layer.size for layer in image.layers), default=0)
+    lines = [
+        f"RAM       measured {sum(facts.layer_sizes) / MIB:.0f} MiB unpacked; what each root mode "
+        "needs besides the kernel and initramfs (+ the largest blob, "
+        f"{largest / MIB:.0f} MiB, while an embedded image is unpacked):"
+    ]
+    for need in memory.alternatives(image, facts.estimate):
+        steady = f", {need.steady / MIB:.0f} MiB once booted" if need.steady < need.peak else ""
+        lines.append(
+            f"  {need.choice.mode:<5} about {need.peak / MIB:.0f} MiB{steady}: "
+            f"{need.choice.option()}"
+        )
+    return lines
+
+
+def cmd_erofs(args: argparse.Namespace) -> int:
+    """Make the EROFS image a bootc.live.erofs boot makes, and print its sha256."""
+    _need_root("erofs")
+    if shutil.which("mkfs.erofs") is None:
+        raise UsageError("mkfs.erofs is missing", "apt-get install erofs-utils (or ./setup)")
+    ref = SourceRef.parse(args.source)
+    source = ref.open()
+    image = resolve(source, label=ref.tag, platform=args.platform, digest=args.digest)
+    output = os.path.abspath(args.output) if args.output else None
+    work = tempfile.mkdtemp(
+        prefix=".bootc-live-erofs-", dir=os.path.dirname(output) if output else None
+    )
+    try:
+        tree = os.path.join(work, "tree")
+        os.mkdir(tree, 0o755)
+        unpack_image(
+            image,
+            tree,
+            progress=None if args.quiet else Progress(image.compressed_size, len(image.layers)),
+        )
+        packed = os.path.join(work, "root.erofs")
+        made = roots.make_erofs(tree, packed, args.compress)
+        if output:
+            os.replace(packed, output)
+    finally:
+        source.close()
+        shutil.rmtree(work, ignore_errors=True)
     print(
-        f"RAM       about {facts.estimate.unpacked / MIB:.0f} MiB for the live root (tmpfs) "
-        f"+ the largest blob while an embedded image is unpacked"
+        f"{made.sha256}  {output or '-'}  ({made.size / MIB:.1f} MiB, compression "
+        f"{args.compress or 'none'}, mkfs.erofs {made.mkfs_version})"
     )
     return 0
 
@@ -312,6 +362,26 @@ def parser() -> argparse.ArgumentParser:
     )
     unpack.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     unpack.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser(
+        "erofs",
+        help="make the EROFS image of bootc.live.erofs=1 and print its sha256",
+        description="Verify and unpack an image (needs root), pack it as a bootc.live.erofs=1 "
+        "boot does (null UUID, every timestamp at the epoch) and print the sha256 of the result: "
+        "a live system booted with bootc.live.erofs=1 reports the same when the initramfs has "
+        "the same mkfs.erofs version.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("-o", "--output", metavar="FILE", help="keep the EROFS image in FILE")
+    p.add_argument(
+        "--compress",
+        metavar="ALG",
+        help="as bootc.live.erofs.compress=ALG (what mkfs.erofs offers, e.g. lz4, lz4hc)",
+    )
+    p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--digest", default=None, metavar="sha256:HEX")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=cmd_erofs)
 
     p = sub.add_parser(
         "dracut-modules",

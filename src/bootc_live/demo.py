@@ -42,7 +42,8 @@ gone=$(test -e /etc/old-motd && echo no || echo yes)
 echo "image:    $(cat /etc/bootc-live-demo); /etc/old-motd whited out by layer 3: $gone"
 echo "BOOTC-LIVE-REPORT root=$(probe /) etc=$(probe /etc) var=$(probe /var)" \
     "fstype=$(field / 3) rootopts=$(field / 4) etcopts=$(field /etc 4)" \
-    "memtotal=$(mem MemTotal) whiteout=$gone"
+    "memtotal=$(mem MemTotal) memused=$(($(mem MemTotal) - $(mem MemAvailable)))" \
+    "whiteout=$gone"
 sync
 poweroff -f
 """

@@ -12,8 +12,10 @@ from .runtime.errors import BootcLiveError
 from .runtime.run import run
 
 PACKAGE = Path(__file__).resolve().parent
-MODULES = ("90bootc-live", "90bootc-live-net")
-OUR_MODULES = "bootc-live bootc-live-net"
+MODULES = ("90bootc-live", "90bootc-live-net", "90bootc-live-zram", "90bootc-live-erofs")
+# Our modules beyond the core one: each is included when the userland that builds the
+# initramfs has what it needs (checked by `optional_modules`).
+OPTIONAL_MODULES = ("bootc-live-net", "bootc-live-zram", "bootc-live-erofs")
 FLAVOURS = ("systemd", "shell")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
@@ -36,12 +38,12 @@ def export_modules(dest: Path) -> list[Path]:
     for name in MODULES:
         target = dest / name
         shutil.copytree(PACKAGE / "dracut" / name, target, dirs_exist_ok=True)
-        python = target / "python" / "bootc_live"
-        (python / "runtime").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PACKAGE / "__init__.py", python / "__init__.py")
-        for source in sorted((PACKAGE / "runtime").glob("*.py")):
-            shutil.copy2(source, python / "runtime" / source.name)
         out.append(target)
+    python = out[0] / "python" / "bootc_live"  # the runtime, in the core module only
+    (python / "runtime").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(PACKAGE / "__init__.py", python / "__init__.py")
+    for source in sorted((PACKAGE / "runtime").glob("*.py")):
+        shutil.copy2(source, python / "runtime" / source.name)
     return out
 
 
@@ -53,7 +55,7 @@ def dracut_argv(
     minimal: bool,
     confdir: str = "",
     includes: Sequence[tuple[str, str]] = (),
-    net: bool = True,
+    optional: Sequence[str] = OPTIONAL_MODULES,
 ) -> list[str]:
     """The dracut command line for an initramfs with the bootc-live modules.
 
@@ -64,16 +66,17 @@ def dracut_argv(
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown initramfs flavour {flavour!r}")
     argv = ["dracut", "--force", "--no-hostonly", "--kver", kver]
+    ours = " ".join(["bootc-live", *optional])
     if minimal:
         # The host's dracut.conf.d is about the host's own boot: ignore it.
         # qemu, qemu-net: the virtio drivers `bootc-live vm` needs (host builds are for QEMU).
         if flavour == "systemd":
-            modules = [*SYSTEMD_MODULES, "systemd-networkd", "qemu qemu-net", OUR_MODULES]
+            modules = [*SYSTEMD_MODULES, "systemd-networkd", "qemu qemu-net", ours]
         else:
-            modules = ["network-legacy", "qemu qemu-net", OUR_MODULES]
+            modules = ["network-legacy", "qemu qemu-net", ours]
         argv += ["--conf", "/dev/null", "--confdir", confdir, "--modules", " ".join(modules)]
     else:
-        argv += ["--add", OUR_MODULES if net else "bootc-live"]
+        argv += ["--add", ours]
     if flavour == "shell":
         argv += ["--omit", " ".join(SYSTEMD_MODULES)]
     for source, target in includes:
@@ -120,20 +123,39 @@ def build_with_host(
             minimal=True,
             confdir=str(confdir),
             includes=[(str(src), dst) for src, dst in includes],
+            optional=optional_modules(Path("/"), "the host's"),
         ),
         env=env,
         hint="see the dracut output above; install dracut and the kernel's modules",
     )
 
 
-def network_capable(root: Path) -> bool:
-    """Whether the image's dracut has what bootc-live-net depends on."""
-    modules = root / "usr/lib/dracut/modules.d"
-    return (
-        (modules / "40network").is_dir()
-        and (modules / "45url-lib").is_dir()
-        and any((root / d / "curl").exists() for d in ("usr/bin", "bin"))
-    )
+def _has_binary(root: Path, name: str) -> bool:
+    return any((root / d / name).exists() for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
+
+
+def optional_modules(root: Path, whose: str) -> list[str]:
+    """Our optional modules that the userland at `root` can build; a note for each other one."""
+    dracut_modules = root / "usr/lib/dracut/modules.d"
+    can = {
+        # dracut's network and url-lib modules, and curl for url-lib
+        "bootc-live-net": (dracut_modules / "40network").is_dir()
+        and (dracut_modules / "45url-lib").is_dir()
+        and _has_binary(root, "curl"),
+        "bootc-live-zram": _has_binary(root, "mkfs.ext4"),
+        "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),
+    }
+    without = {
+        "bootc-live-net": "cannot bring up a network (it needs dracut's network and url-lib "
+        "modules and curl, e.g. dracut-network): its initramfs boots embedded images only",
+        "bootc-live-zram": "has no mkfs.ext4 (e2fsprogs): its initramfs cannot use bootc.zram",
+        "bootc-live-erofs": "has no mkfs.erofs (erofs-utils): its initramfs cannot use "
+        "bootc.live.erofs",
+    }
+    for name in OPTIONAL_MODULES:
+        if not can[name]:
+            print(f"bootc-live: {whose} userland {without[name]}", file=sys.stderr)
+    return [name for name in OPTIONAL_MODULES if can[name]]
 
 
 def build_in_image(
@@ -152,14 +174,7 @@ def build_in_image(
         inside_path = f"/var/tmp/bootc-live-include-{number}"
         shutil.copy2(source, root / inside_path.lstrip("/"))
         staged.append((inside_path, target))
-    net = network_capable(root)
-    if not net:
-        print(
-            "bootc-live: the image's dracut cannot bring up a network (it needs dracut's network "
-            "and url-lib modules and curl, e.g. dracut-network): its initramfs boots embedded "
-            "images only",
-            file=sys.stderr,
-        )
+    optional = optional_modules(root, "the image's")
     inside = "/var/tmp/bootc-live-initrd.img"
     script = (
         'set -e; r="$1"; shift; '
@@ -178,7 +193,7 @@ def build_in_image(
             script,
             "sh",
             str(root),
-            *dracut_argv(kver, flavour, inside, minimal=False, includes=staged, net=net),
+            *dracut_argv(kver, flavour, inside, minimal=False, includes=staged, optional=optional),
         ],
         env=IMAGE_ENV,
         hint="the image needs dracut, python3 and its kernel's modules to build its initramfs; "

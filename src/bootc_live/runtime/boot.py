@@ -16,9 +16,9 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import cmdline, http, memory, mounts
+from . import cmdline, http, memory, mounts, roots
 from .cmdline import BootSpec
-from .errors import BootcLiveError
+from .errors import BootcLiveError, SpaceError
 from .oci import Image, resolve
 from .run import run
 from .sources import ArchiveSource, ImageSource, LayoutSource
@@ -124,29 +124,50 @@ def wait_for_route(timeout: float, console: Console) -> None:
 
 
 def refuse_later_features(spec: BootSpec) -> None:
-    for given, option in (
-        (spec.kexec, "bootc.kexec"),
-        (spec.zram is not None, "bootc.zram"),
-        (spec.erofs, "bootc.live.erofs"),
-    ):
-        if given:
-            raise NotSupportedYet(
-                f"{option} is not supported by this initramfs yet", f"remove {option}"
-            )
+    if spec.kexec:
+        raise NotSupportedYet(
+            "bootc.kexec is not supported by this initramfs yet", "remove bootc.kexec"
+        )
+
+
+def root_choice(spec: BootSpec, mem: memory.Memory) -> memory.Choice:
+    """The root mode the command line asks for."""
+    if spec.zram is not None and spec.erofs:
+        raise BootcLiveError("bootc.zram and bootc.live.erofs were both given", "pick one of them")
+    if spec.zram is not None:
+        return memory.Choice(
+            "zram", spec.zram.bytes_for(mem.total), zram_algorithm=spec.zram_algorithm
+        )
+    if spec.erofs:
+        return memory.Choice("erofs", erofs_compress=spec.erofs_compress)
+    return memory.Choice()
+
+
+def make_root(spec: BootSpec, choice: memory.Choice, newroot: str, size: int) -> roots.Root:
+    plan = mounts.MountPlan(spec.rw, spec.etc_rw, spec.var_rw)
+    if choice.mode == "zram":
+        return roots.ZramRoot(
+            newroot, choice.zram_size, choice.zram_algorithm, spec.rootflags, plan
+        )
+    if choice.mode == "erofs":
+        return roots.ErofsRoot(newroot, size, choice.erofs_compress, spec.rootflags, plan)
+    return roots.Root(newroot, size, spec.rootflags, plan)
 
 
 def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
     """The whole job, step by step."""
     refuse_later_features(spec)
     with memory.PeakWatch() as peak:
-        image, stats = obtain_and_unpack(spec, newroot, console)
+        image, stats, root = obtain_and_unpack(spec, newroot, console)
     console.summary(
         f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
-        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; "
+        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; {root.describe()}; "
         f"peak memory in use {peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
     )
     write_status(
         "ready",
+        mode=root.name,
+        **root.facts,
         manifest=image.manifest_digest,
         entries=stats.entries,
         bytes=stats.bytes_written,
@@ -157,35 +178,47 @@ def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
     return image
 
 
-def obtain_and_unpack(spec: BootSpec, newroot: str, console: Console) -> tuple[Image, Stats]:
+def obtain_and_unpack(
+    spec: BootSpec, newroot: str, console: Console
+) -> tuple[Image, Stats, roots.Root]:
     """Open the source, resolve and check the image, unpack it and mount the root."""
     source = open_source(spec, console)
-    write_status("resolving", root=str(spec.root))
-    image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
-    mem = memory.Memory.read()
-    consumable = isinstance(source, LayoutSource) and source.consume
-    est = memory.check(image, mem, blobs_freed=consumable)
-    console.say(
-        f"image {image.manifest_digest}: {len(image.layers)} layers, "
-        f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB unpacked "
-        f"({est.how}); {mem.available >> 20} MiB available"
-    )
-    write_status("unpacking", manifest=image.manifest_digest, layers=len(image.layers))
-    mounts.mount_tmpfs(newroot, mem.total, spec.rootflags)
     try:
-        stats = unpack_image(
-            image,
-            newroot,
-            progress=None if console.quiet else Progress(image.compressed_size, len(image.layers)),
-            warn=console.say,
+        write_status("resolving", root=str(spec.root))
+        image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
+        mem = memory.Memory.read()
+        choice = root_choice(spec, mem)
+        consumable = isinstance(source, LayoutSource) and source.consume
+        est, need = memory.check(image, mem, blobs_freed=consumable, choice=choice)
+        have = memory.available(mem, image, blobs_freed=consumable)
+        console.say(
+            f"image {image.manifest_digest}: {len(image.layers)} layers, "
+            f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
+            f"unpacked ({est.how}); {choice.mode} root: needs about {need.peak >> 20} MiB, "
+            f"{have >> 20} MiB available"
         )
-        mounts.finish_root(newroot, mounts.MountPlan(spec.rw, spec.etc_rw, spec.var_rw))
-    except BaseException:
-        mounts.umount(newroot)  # never leave a partial root for dracut to boot
-        raise
+        write_status("unpacking", manifest=image.manifest_digest, layers=len(image.layers))
+        root = make_root(spec, choice, newroot, mem.total)
+        try:
+            target = root.prepare()
+            stats = unpack_image(
+                image,
+                target,
+                progress=None
+                if console.quiet
+                else Progress(image.compressed_size, len(image.layers)),
+                warn=console.say,
+            )
+            root.finish(console.say)
+        except SpaceError as err:
+            root.abort()
+            raise SpaceError(str(err), root.full_hint) from None
+        except BaseException:
+            root.abort()  # never leave a partial root for dracut to boot
+            raise
     finally:
         source.close()
-    return image, stats
+    return image, stats, root
 
 
 def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:

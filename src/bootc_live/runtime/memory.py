@@ -55,23 +55,139 @@ def estimate(image: Image) -> Estimate:
     )
 
 
-def check(image: Image, memory: Memory, *, blobs_freed: bool) -> Estimate:
-    """Stop early, naming the shortfall, unless the unpacked image fits in memory.
+MODES = ("tmpfs", "zram", "erofs")
+# RAM that zram takes for what gzip stores in one byte, by compressor (measured on Debian 12's
+# files with a margin; lzo-rle is the kernel's default). Unknown compressors count as the worst.
+ZRAM_VS_GZIP = {"zstd": 1.3, "lz4hc": 1.6, "deflate": 1.2, "842": 2.0}
+ZRAM_DEFAULT_VS_GZIP = 1.8
+EROFS_VS_GZIP = 1.7  # an lz4/lz4hc-compressed EROFS image, for what gzip stores in one byte
+GRAIN = 16 * MIB  # suggested sizes are rounded up to this
 
-    With `blobs_freed` the image's blobs already sit in RAM (embedded or appended initrd) and
-    each is deleted once its layer is applied, so at the peak only the largest one remains.
-    """
-    est = estimate(image)
+
+@dataclass(frozen=True)
+class Choice:
+    """The root mode the command line asks for (tmpfs unless bootc.zram or bootc.live.erofs)."""
+
+    mode: str = "tmpfs"
+    zram_size: int = 0  # bytes: the zram device's size
+    zram_algorithm: str | None = None
+    erofs_compress: str | None = None
+
+    def option(self) -> str:
+        """How to ask for this mode on the kernel command line."""
+        if self.mode == "zram":
+            return f"bootc.zram={_mib(self.zram_size)}M"
+        if self.mode == "erofs":
+            compress = f" bootc.live.erofs.compress={self.erofs_compress}"
+            return "bootc.live.erofs=1" + (compress if self.erofs_compress else "")
+        return "the default tmpfs root (no bootc.zram or bootc.live.erofs)"
+
+
+TMPFS = Choice()
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a mode takes: RAM at the peak, and once the root is ready."""
+
+    choice: Choice
+    peak: int
+    steady: int
+    what: str  # what the peak is made of, for messages
+    device: int = 0  # zram: the smallest device that holds the unpacked root
+
+
+def _mib(n: int) -> int:
+    return -(-n // MIB)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // GRAIN) * GRAIN
+
+
+def zram_device_size(est: Estimate) -> int:
+    """The smallest zram device for the root: on top of the tree, ext4's inode tables (one
+    256-byte inode per 8 KiB, see roots.ZramRoot), a 4 KiB block per directory, its metadata."""
+    return _round_up(est.unpacked * 112 // 100 + 16 * MIB)
+
+
+def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
+    """The memory `choice` needs for `image`, from the sizes it records or stated ratios."""
+    est = est or estimate(image)
+    packed = image.compressed_size
+    if choice.mode == "zram":
+        factor = ZRAM_VS_GZIP.get(choice.zram_algorithm or "", ZRAM_DEFAULT_VS_GZIP)
+        # Compressed data, the allocator's and ext4's overhead, and dirty pages in flight.
+        ram = int(packed * factor) + est.unpacked // 32 + 32 * MIB
+        algorithm = choice.zram_algorithm or "the kernel's default"
+        return Need(
+            choice,
+            ram,
+            ram,
+            f"in zram ({algorithm}) for about {_mib(est.unpacked)} MiB unpacked",
+            zram_device_size(est),
+        )
+    if choice.mode == "erofs":
+        image_size = int(packed * EROFS_VS_GZIP) if choice.erofs_compress else est.unpacked
+        return Need(
+            choice,
+            est.unpacked + image_size,
+            image_size + 16 * MIB,
+            "for EROFS (the unpacked tree and its image, while it is packed)",
+        )
+    return Need(choice, est.unpacked, est.unpacked, "unpacked")
+
+
+def alternatives(image: Image, est: Estimate) -> list[Need]:
+    """The other modes, smallest peak first, with the sizes they would need."""
+    zram = Choice("zram", zram_device_size(est))
+    options = [TMPFS, zram, Choice("erofs"), Choice("erofs", erofs_compress="lz4hc")]
+    return sorted((need(image, c, est) for c in options), key=lambda n: n.peak)
+
+
+def available(memory: Memory, image: Image, *, blobs_freed: bool) -> int:
+    """What the root may take. With `blobs_freed` the image's blobs already sit in RAM (embedded
+    or appended initrd) and each is deleted once its layer is applied, so at the peak only the
+    largest one remains."""
     have = memory.available - RESERVE
     if blobs_freed and image.layers:
         have += image.compressed_size - max(layer.size for layer in image.layers)
-    if est.unpacked > have:
+    return have
+
+
+def check(
+    image: Image, memory: Memory, *, blobs_freed: bool, choice: Choice = TMPFS
+) -> tuple[Estimate, Need]:
+    """Stop early, naming the shortfall and a mode that would fit, unless `choice` fits."""
+    est = estimate(image)
+    chosen = need(image, choice, est)
+    if choice.mode == "zram" and choice.zram_size < chosen.device:
         raise NotEnoughMemory(
-            f"not enough memory: image needs {est.unpacked // MIB} MiB unpacked "
-            f"({est.how}), {max(have, 0) // MIB} MiB available",
-            "add RAM or use bootc.zram=",
+            f"bootc.zram={_mib(choice.zram_size)}M is too small for this image: about "
+            f"{_mib(est.unpacked)} MiB unpacked ({est.how}) need a {_mib(chosen.device)} MiB "
+            "device",
+            f"use bootc.zram={_mib(chosen.device)}M (a zram device takes RAM only for what it "
+            "holds, compressed)",
         )
-    return est
+    have = available(memory, image, blobs_freed=blobs_freed)
+    if chosen.peak > have:
+        fits = [n for n in alternatives(image, est) if n.peak <= have and n.choice != choice]
+        if fits:
+            hint = (
+                f"add RAM or use {fits[0].choice.option()}: it needs about {_mib(fits[0].peak)} MiB"
+            )
+        else:
+            least = alternatives(image, est)[0]
+            hint = (
+                f"add RAM: even {least.choice.option()} needs about {_mib(least.peak)} MiB, "
+                f"{_mib(least.peak - have)} MiB more than there is"
+            )
+        raise NotEnoughMemory(
+            f"not enough memory: image needs {_mib(chosen.peak)} MiB {chosen.what} "
+            f"({est.how}), {max(have, 0) // MIB} MiB available",
+            hint,
+        )
+    return est, chosen
 
 
 class PeakWatch:

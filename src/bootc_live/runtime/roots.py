@@ -1,0 +1,342 @@
+"""Where the live root is kept: a tmpfs, a filesystem on zram, or a reproducible EROFS image.
+
+Each kind is a `Root`: `prepare()` gives the directory the image is unpacked into, `finish()`
+mounts the final layout at $NEWROOT (read-only root, /etc and /var writable unless told
+otherwise), `abort()` undoes everything so that nothing partial is ever booted.
+
+- tmpfs (default): the unpacked tree is the root; read-only by a bind remount.
+- zram: a compressed RAM block device with ext4 on it, the image unpacked straight onto it.
+- EROFS: the image is unpacked into a staging tmpfs, packed by mkfs.erofs into a reproducible
+  image (null UUID, every timestamp at the epoch), the staging tree is freed, and the image is
+  mounted read-only from a loop device; /etc and /var are overlays with a tmpfs upper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from . import mounts
+from .errors import BootcLiveError
+from .mounts import MountPlan
+from .run import run
+
+WORKDIR = "/run/bootc-live"
+MIB = 1 << 20
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
+ZRAM_CONTROL = "/sys/class/zram-control"
+
+
+class RootError(BootcLiveError):
+    """The root filesystem could not be made or mounted."""
+
+
+def mkfs_erofs_argv(image: str, tree: str, compress: str | None) -> list[str]:
+    """mkfs.erofs for a reproducible image: the same tree always gives the same bytes.
+
+    Shared by the runtime and `bootc-live erofs` on the host, so that both compute the same
+    sha256 with the same mkfs.erofs.
+    """
+    argv = ["mkfs.erofs", "-T0", f"-U{NULL_UUID}"]
+    if compress:
+        argv.append(f"-z{compress}")
+    return [*argv, image, tree]
+
+
+@dataclass(frozen=True)
+class Erofs:
+    """An EROFS image made by `make_erofs`."""
+
+    path: str
+    sha256: str  # "sha256:HEX"
+    size: int
+    mkfs_version: str  # the sha256 depends on it
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                return "sha256:" + digest.hexdigest()
+            digest.update(chunk)
+
+
+MKFS_EROFS_MISSING = "install erofs-utils where the initramfs is built (bootc-live-erofs module)"
+
+
+def check_compressor(compress: str | None) -> None:
+    """Refuse, before any work, a compressor the installed mkfs.erofs does not offer."""
+    if not compress:
+        return
+    usage = run(["mkfs.erofs", "--help"], capture=True, hint=MKFS_EROFS_MISSING)
+    listed = re.search(r"Available compressors are:([^\n]*)", usage.stdout + usage.stderr)
+    offered = listed.group(1).replace(",", " ").split() if listed else []
+    if compress not in offered:
+        raise RootError(
+            f"bootc.live.erofs.compress={compress}: this mkfs.erofs offers "
+            f"{', '.join(offered) or 'no compression'}",
+            "pick one of those",
+        )
+
+
+def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
+    """Pack `tree` into the EROFS file `image`."""
+    check_compressor(compress)
+    argv = mkfs_erofs_argv(image, tree, compress)
+    out = run(argv, capture=True, hint=MKFS_EROFS_MISSING).stdout
+    # Its banner: "mkfs.erofs 1.5", or "mkfs.erofs (erofs-utils) 1.7.1" in later versions.
+    m = re.search(r"mkfs\.erofs(?:\s+\(erofs-utils\))?\s+(\S+)", out)
+    return Erofs(image, sha256_file(image), os.path.getsize(image), m.group(1) if m else "unknown")
+
+
+def modprobe(*names: str, hint: str) -> None:
+    for name in names:
+        run(["modprobe", name], hint=hint)
+
+
+class Root:
+    """The default: a tmpfs that holds the unpacked tree, which becomes the root."""
+
+    name = "tmpfs"
+    full_hint = "the image is larger than the memory given to it: add RAM or use bootc.zram="
+
+    def __init__(self, newroot: str, size: int, rootflags: tuple[str, ...], plan: MountPlan):
+        self.newroot = newroot
+        self.size = size
+        self.rootflags = rootflags
+        self.plan = plan
+        self.facts: dict[str, str | int] = {}
+
+    def prepare(self) -> str:
+        mounts.mount_tmpfs(self.newroot, self.size, self.rootflags)
+        return self.newroot
+
+    def finish(self, say: Callable[[str], None]) -> None:
+        mounts.finish_root(self.newroot, self.plan)
+
+    def abort(self) -> None:
+        mounts.umount(self.newroot)
+
+    def describe(self) -> str:
+        return "tmpfs"
+
+
+class ZramRoot(Root):
+    """ext4 on a zram device: the root stays compressed in RAM."""
+
+    name = "zram"
+
+    def __init__(
+        self,
+        newroot: str,
+        size: int,
+        algorithm: str | None,
+        rootflags: tuple[str, ...],
+        plan: MountPlan,
+    ):
+        super().__init__(newroot, size, rootflags, plan)
+        self.algorithm = algorithm
+        self.device = ""
+        self.full_hint = (
+            f"the zram device ({size >> 20} MiB) is too small for the image: "
+            "give bootc.zram= a larger size"
+        )
+
+    def prepare(self) -> str:
+        modprobe(
+            "zram",
+            "ext4",
+            hint="the initramfs lacks zram (the bootc-live-zram module: rebuild it with "
+            "bootc-live build)",
+        )
+        sysfs = self._free_device()
+        self.device = "/dev/" + os.path.basename(sysfs)
+        if self.algorithm:
+            self._set_algorithm(sysfs, self.algorithm)
+        with open(os.path.join(sysfs, "disksize"), "w", encoding="ascii") as f:
+            f.write(str(self.size))
+        self.facts["algorithm"] = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
+        # No journal (nothing survives a reboot anyway), no reserved blocks, an inode per 8 KiB
+        # (images of many small files; unused inode tables are zero pages, which zram stores
+        # for free), discard at mount so that deleted files give their memory back.
+        run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-i",
+                "8192",
+                "-O",
+                "^has_journal",
+                "-L",
+                "bootc-live",
+                "-E",
+                "nodiscard",
+                self.device,
+            ],
+            hint="mkfs.ext4 must be in the initramfs (e2fsprogs where the initramfs is built)",
+        )
+        options = ["discard", *self.rootflags]
+        run(["mount", "-t", "ext4", "-o", ",".join(options), self.device, self.newroot])
+        return self.newroot
+
+    def finish(self, say: Callable[[str], None]) -> None:
+        os.sync()  # the tree leaves the page cache for the device: its figures become true
+        stat = self.mm_stat()
+        if stat:
+            self.facts.update(zram_stored=stat["orig"], zram_memory=stat["used"])
+        super().finish(say)
+
+    def abort(self) -> None:
+        if mounts.is_mounted(self.newroot):
+            mounts.umount(self.newroot)
+        if self.device:
+            try:
+                with open(f"/sys/block/{os.path.basename(self.device)}/reset", "w") as f:
+                    f.write("1")  # give the memory back
+            except OSError:
+                pass
+
+    def describe(self) -> str:
+        if "zram_stored" not in self.facts:
+            return f"zram {self.device}"
+        return (
+            f"zram {self.device} ({self.facts['algorithm']}): "
+            f"{int(self.facts['zram_stored']) / MIB:.1f} MiB stored in "
+            f"{int(self.facts['zram_memory']) / MIB:.1f} MiB of RAM"
+        )
+
+    def mm_stat(self) -> dict[str, int]:
+        """orig: data stored; compressed: its compressed size; used: RAM the device takes."""
+        if not self.device:
+            return {}
+        try:
+            fields = _read(f"/sys/block/{os.path.basename(self.device)}/mm_stat").split()
+        except OSError:
+            return {}
+        return {"orig": int(fields[0]), "compressed": int(fields[1]), "used": int(fields[2])}
+
+    @staticmethod
+    def _free_device() -> str:
+        """An unused zram device: zram0 when the module just made it, else a new one."""
+        for name in sorted(os.listdir("/sys/block")):
+            if name.startswith("zram"):
+                sysfs = os.path.join("/sys/block", name)
+                if _read(os.path.join(sysfs, "disksize")) == "0":
+                    return sysfs
+        try:
+            number = _read(os.path.join(ZRAM_CONTROL, "hot_add"))
+        except OSError as err:
+            raise RootError(f"cannot add a zram device: {err}", "is zram in use already?") from None
+        return f"/sys/block/zram{number}"
+
+    @staticmethod
+    def _set_algorithm(sysfs: str, algorithm: str) -> None:
+        path = os.path.join(sysfs, "comp_algorithm")
+        offered = _read(path).replace("[", "").replace("]", "").split()
+        if algorithm not in offered:
+            raise RootError(
+                f"bootc.zram.algorithm={algorithm}: this kernel's zram offers {', '.join(offered)}",
+                "pick one of those",
+            )
+        try:
+            with open(path, "w", encoding="ascii") as f:
+                f.write(algorithm)
+        except OSError as err:
+            raise RootError(
+                f"bootc.zram.algorithm={algorithm}: the kernel refused it ({err.strerror})",
+                f"pick another of {', '.join(offered)}, or add its crypto module to the initramfs",
+            ) from None
+
+
+class ErofsRoot(Root):
+    """A reproducible EROFS image of the unpacked tree, read-only; /etc and /var overlays."""
+
+    name = "erofs"
+    full_hint = "the image is larger than the memory given to it: add RAM or use bootc.zram="
+
+    def __init__(
+        self,
+        newroot: str,
+        size: int,
+        compress: str | None,
+        rootflags: tuple[str, ...],
+        plan: MountPlan,
+        workdir: str = WORKDIR,
+    ):
+        super().__init__(newroot, size, rootflags, plan)
+        self.compress = compress
+        self.tree = os.path.join(workdir, "tree")  # staging: the unpacked tree, freed later
+        self.rw = os.path.join(workdir, "live")  # root.erofs and the overlays' upper dirs
+        self.image = os.path.join(self.rw, "root.erofs")
+
+    def prepare(self) -> str:
+        modprobe(
+            "loop",
+            "erofs",
+            "overlay",
+            hint="the initramfs lacks EROFS support (the bootc-live-erofs module: rebuild it "
+            "with bootc-live build)",
+        )
+        check_compressor(self.compress)  # before the work, not after it
+        os.makedirs(self.tree, exist_ok=True)
+        mounts.mount_tmpfs(self.tree, self.size)
+        return self.tree
+
+    def finish(self, say: Callable[[str], None]) -> None:
+        os.makedirs(self.rw, exist_ok=True)
+        mounts.mount_tmpfs(self.rw, self.size)
+        say(
+            "packing the root into an EROFS image"
+            + (f" ({self.compress})" if self.compress else "")
+        )
+        made = make_erofs(self.tree, self.image, self.compress)
+        mounts.umount(self.tree)  # the unpacked tree is no longer needed: its memory comes back
+        self.facts.update(
+            erofs_sha256=made.sha256,
+            erofs_bytes=made.size,
+            mkfs_erofs=made.mkfs_version,
+            erofs_compress=self.compress or "none",
+        )
+        options = ",".join(["loop", "ro", *self.rootflags])
+        run(["mount", "-t", "erofs", "-o", options, self.image, self.newroot])
+        for name, writable in (("etc", self.plan.etc_rw), ("var", self.plan.var_rw)):
+            lower = os.path.join(self.newroot, name)
+            if not writable or os.path.islink(lower) or not os.path.isdir(lower):
+                continue  # read-only as asked, or nothing there to make writable
+            upper, work = os.path.join(self.rw, name, "upper"), os.path.join(self.rw, name, "work")
+            os.makedirs(upper, mode=0o755)
+            os.makedirs(work, mode=0o700)
+            options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+            run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", lower])
+
+    def abort(self) -> None:
+        for path in (self.newroot, self.tree, self.rw):
+            if mounts.is_mounted(path):
+                mounts.umount(path)
+
+    def describe(self) -> str:
+        if "erofs_sha256" not in self.facts:
+            return "erofs"
+        return (
+            f"EROFS image {self.facts['erofs_sha256']} ({int(self.facts['erofs_bytes']) / MIB:.1f} "
+            f"MiB, compression {self.facts['erofs_compress']}, mkfs.erofs "
+            f"{self.facts['mkfs_erofs']})"
+        )
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read().strip()
+
+
+def _selected(algorithms: str) -> str:
+    m = re.search(r"\[([^\]]+)\]", algorithms)
+    return m.group(1) if m else algorithms

@@ -1,0 +1,111 @@
+"""The RAM planner (SPEC §5): what each root mode needs, and the early stop that names a fit."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import memory
+from bootc_live.runtime.memory import MIB, Choice, Memory, NotEnoughMemory
+from bootc_live.runtime.oci import Image, resolve
+from bootc_live.runtime.sources import LayoutSource
+from imagegen import build_layout, d, f, layer_tar
+
+# Incompressible, so the compressed size is close to the unpacked one: 3x is then a lot.
+LAYERS = [layer_tar([d("etc"), f("etc/a", b"a" * 5000)]), layer_tar([f("big", os.urandom(70_000))])]
+
+
+def image_of(tmp_path: Path, recorded: list[int] | None = None) -> Image:
+    build_layout(tmp_path / "img", LAYERS)
+    image = resolve(LayoutSource(str(tmp_path / "img")))
+    if recorded is None:
+        return image
+    sizes = ",".join(map(str, recorded))
+    return replace(image, index_annotations={memory.SIZES_ANNOTATION: sizes})
+
+
+def failure(
+    image: Image, available: int, choice: Choice = memory.TMPFS, freed: bool = False
+) -> str:
+    mem = Memory(total=8 << 30, available=available)
+    with pytest.raises(NotEnoughMemory) as err:
+        memory.check(image, mem, blobs_freed=freed, choice=choice)
+    return err.value.line()
+
+
+def test_the_tmpfs_shortfall_is_named_and_zram_suggested(tmp_path: Path) -> None:
+    image = image_of(tmp_path, [1000 * MIB, 500 * MIB])  # big and compressible, as recorded
+    est = memory.estimate(image)
+    assert est.how == "recorded by bootc-live build" and est.unpacked > 1500 * MIB
+    available = est.unpacked + memory.RESERVE - MIB  # just short
+    line = failure(image, available)
+    need = memory.need(image, memory.TMPFS, est).peak
+    zram = memory.need(image, Choice("zram", memory.zram_device_size(est)), est)
+    assert line == (
+        f"not enough memory: image needs {-(-need // MIB)} MiB unpacked (recorded by bootc-live "
+        f"build), {(available - memory.RESERVE) // MIB} MiB available; add RAM or use "
+        f"bootc.zram={zram.device // MIB}M: it needs about {-(-zram.peak // MIB)} MiB"
+    )
+    # The suggestion holds: that zram device fits where the tmpfs does not.
+    memory.check(image, Memory(8 << 30, available), blobs_freed=False, choice=zram.choice)
+    # Just enough: the tmpfs root passes.
+    est2, chosen = memory.check(image, Memory(8 << 30, available + MIB), blobs_freed=False)
+    assert (est2, chosen.choice.mode) == (est, "tmpfs")
+
+
+def test_blobs_freed_while_unpacking_count_as_available(tmp_path: Path) -> None:
+    image = image_of(tmp_path)
+    est = memory.estimate(image)
+    assert est.how.startswith("3x the compressed size")
+    mem = Memory(total=1 << 30, available=est.unpacked + memory.RESERVE - 1)
+    assert "not enough memory: image needs" in failure(image, mem.available)
+    # Embedded blobs are deleted as their layers are applied: all but the largest come back.
+    memory.check(image, mem, blobs_freed=True)
+
+
+def test_a_zram_device_too_small_for_the_image_says_which_size_fits(tmp_path: Path) -> None:
+    image = image_of(tmp_path, [400 * MIB, 400 * MIB])
+    device = memory.zram_device_size(memory.estimate(image))
+    line = failure(image, 16 << 30, Choice("zram", 512 * MIB))
+    assert re.fullmatch(
+        rf"bootc\.zram=512M is too small for this image: about \d+ MiB unpacked \(recorded by "
+        rf"bootc-live build\) need a {device // MIB} MiB device; use bootc\.zram="
+        rf"{device // MIB}M \(a zram device takes RAM only for what it holds, compressed\)",
+        line,
+    ), line
+    memory.check(image, Memory(1 << 30, 1 << 30), blobs_freed=False, choice=Choice("zram", device))
+
+
+def test_erofs_needs_the_tree_and_its_image_at_the_peak(tmp_path: Path) -> None:
+    image = image_of(tmp_path, [300 * MIB, 300 * MIB])
+    est = memory.estimate(image)
+    plain = memory.need(image, Choice("erofs"), est)
+    packed = memory.need(image, Choice("erofs", erofs_compress="lz4hc"), est)
+    assert plain.peak == 2 * est.unpacked
+    assert est.unpacked < packed.peak < plain.peak
+    assert packed.steady < plain.steady < plain.peak
+    line = failure(image, est.unpacked + memory.RESERVE, Choice("erofs"))
+    assert line.startswith(f"not enough memory: image needs {-(-plain.peak // MIB)} MiB for EROFS")
+    # The tmpfs root fits in that memory and is named as the way out; zram needs even less.
+    assert line.endswith(
+        f"; add RAM or use bootc.zram={memory.zram_device_size(est) // MIB}M: it needs about "
+        f"{-(-memory.need(image, Choice('zram', memory.zram_device_size(est)), est).peak // MIB)}"
+        " MiB"
+    )
+
+
+def test_when_nothing_fits_the_missing_memory_is_named(tmp_path: Path) -> None:
+    image = image_of(tmp_path, [300 * MIB, 300 * MIB])
+    est = memory.estimate(image)
+    least = memory.alternatives(image, est)[0]
+    assert least.choice.mode == "zram"
+    have = 10 * MIB
+    line = failure(image, have + memory.RESERVE)
+    assert line.endswith(
+        f"; add RAM: even {least.choice.option()} needs about {-(-least.peak // MIB)} MiB, "
+        f"{-(-(least.peak - have) // MIB)} MiB more than there is"
+    )
