@@ -12,7 +12,7 @@ import pytest
 
 from bootc_live.build import concatenate
 from bootc_live.runtime.cpio import CpioWriter
-from vmboot import assert_live, assert_stopped, build_artifacts, run
+from vmboot import assert_live, assert_stopped, run
 
 pytestmark = pytest.mark.vm
 
@@ -136,12 +136,3 @@ def _members(cpio: bytes) -> list[tuple[str, int, int]]:
         out.append((name, data, size))
         pos = data + size + (-size % 4)
     return out
-
-
-def test_too_little_ram_then_enough(images: Path, tmp_path: Path) -> None:
-    big = build_artifacts(f"oci:{images}/big:big", tmp_path / "big", "shell")
-    small = run(big, mem=320)
-    assert_stopped(small, "not enough memory: image needs ")
-    message = next(m for m in small.messages if "not enough memory" in m)
-    assert message.endswith("add RAM or use bootc.zram=")
-    assert_live(run(big, mem=1024), root="ro")

@@ -194,8 +194,8 @@ def obtain_and_unpack(
         console.say(
             f"image {image.manifest_digest}: {len(image.layers)} layers, "
             f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
-            f"unpacked ({est.how}); {choice.mode} root: needs about {need.peak >> 20} MiB, "
-            f"{have >> 20} MiB available"
+            f"unpacked ({est.how}); {choice.mode} root: needs about "
+            f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
         )
         write_status("unpacking", manifest=image.manifest_digest, layers=len(image.layers))
         root = make_root(spec, choice, newroot, mem.total)

@@ -76,7 +76,7 @@ class Choice:
     def option(self) -> str:
         """How to ask for this mode on the kernel command line."""
         if self.mode == "zram":
-            return f"bootc.zram={_mib(self.zram_size)}M"
+            return f"bootc.zram={mib_up(self.zram_size)}M"
         if self.mode == "erofs":
             compress = f" bootc.live.erofs.compress={self.erofs_compress}"
             return "bootc.live.erofs=1" + (compress if self.erofs_compress else "")
@@ -97,7 +97,7 @@ class Need:
     device: int = 0  # zram: the smallest device that holds the unpacked root
 
 
-def _mib(n: int) -> int:
+def mib_up(n: int) -> int:
     return -(-n // MIB)
 
 
@@ -124,7 +124,7 @@ def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
             choice,
             ram,
             ram,
-            f"in zram ({algorithm}) for about {_mib(est.unpacked)} MiB unpacked",
+            f"in zram ({algorithm}) for about {mib_up(est.unpacked)} MiB unpacked",
             zram_device_size(est),
         )
     if choice.mode == "erofs":
@@ -163,27 +163,26 @@ def check(
     chosen = need(image, choice, est)
     if choice.mode == "zram" and choice.zram_size < chosen.device:
         raise NotEnoughMemory(
-            f"bootc.zram={_mib(choice.zram_size)}M is too small for this image: about "
-            f"{_mib(est.unpacked)} MiB unpacked ({est.how}) need a {_mib(chosen.device)} MiB "
+            f"bootc.zram={mib_up(choice.zram_size)}M is too small for this image: about "
+            f"{mib_up(est.unpacked)} MiB unpacked ({est.how}) need a {mib_up(chosen.device)} MiB "
             "device",
-            f"use bootc.zram={_mib(chosen.device)}M (a zram device takes RAM only for what it "
+            f"use bootc.zram={mib_up(chosen.device)}M (a zram device takes RAM only for what it "
             "holds, compressed)",
         )
     have = available(memory, image, blobs_freed=blobs_freed)
     if chosen.peak > have:
         fits = [n for n in alternatives(image, est) if n.peak <= have and n.choice != choice]
         if fits:
-            hint = (
-                f"add RAM or use {fits[0].choice.option()}: it needs about {_mib(fits[0].peak)} MiB"
-            )
+            best = fits[0]
+            hint = f"add RAM or use {best.choice.option()}: it needs about {mib_up(best.peak)} MiB"
         else:
             least = alternatives(image, est)[0]
             hint = (
-                f"add RAM: even {least.choice.option()} needs about {_mib(least.peak)} MiB, "
-                f"{_mib(least.peak - have)} MiB more than there is"
+                f"add RAM: even {least.choice.option()} needs about {mib_up(least.peak)} MiB, "
+                f"{mib_up(least.peak - have)} MiB more than there is"
             )
         raise NotEnoughMemory(
-            f"not enough memory: image needs {_mib(chosen.peak)} MiB {chosen.what} "
+            f"not enough memory: image needs {mib_up(chosen.peak)} MiB {chosen.what} "
             f"({est.how}), {max(have, 0) // MIB} MiB available",
             hint,
         )
