@@ -19,6 +19,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,7 @@ def verdict(result: Boot, console: Path) -> dict[str, str]:
         item.split("=", 1) for item in result.markers[debian_image.MARKER].split() if "=" in item
     )
     seen.pop("memtotal", None)
+    seen.pop("memused", None)
     return seen
 
 
@@ -180,6 +182,69 @@ def test_debian_image_boots_from_a_url_with_1280_mib(
         f"{image.unpacked_bytes >> 20} MiB unpacked"
     )
     assert before < used
+
+
+@pytest.fixture(scope="module")
+def host_erofs(image: debian_image.DebianImage, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`bootc-live erofs` of the image on the host, by compression (computed once each)."""
+    done: dict[str, str] = {}
+
+    def sha256(compress: str) -> str:
+        if compress not in done:
+            args = ["erofs", image.source, "-q"] + (["--compress", compress] if compress else [])
+            made = bootc_live(*args, tmpdir=tmp_path_factory.mktemp("erofs"))
+            assert made.returncode == 0, made.stderr
+            done[compress] = made.stdout.split()[0]
+        return done[compress]
+
+    return sha256
+
+
+@pytest.mark.parametrize(
+    ("mode", "append", "fstype"),
+    [
+        ("zram", "bootc.zram=1G bootc.zram.algorithm=zstd", "ext4"),
+        ("erofs", "bootc.live.erofs", "erofs"),
+        ("erofs-lz4hc", "bootc.live.erofs bootc.live.erofs.compress=lz4hc", "erofs"),
+    ],
+)
+def test_debian_image_boots_in_each_root_mode(
+    image: debian_image.DebianImage,
+    artifacts: Path,
+    host_erofs: Any,
+    tmp_path: Path,
+    mode: str,
+    append: str,
+    fstype: str,
+) -> None:
+    """SPEC §6: the systemd image boots on zram and on EROFS (plain and compressed)."""
+    console = tmp_path / "console.log"
+    result = boot(
+        VmConfig(artifacts, mem=MEM, append=append),
+        timeout=BOOT_TIMEOUT,
+        markers=(debian_image.MARKER,),
+        echo=None,
+        log=console,
+    )
+    memused = result.markers.get(debian_image.MARKER, "").partition("memused=")[2].split(" ")[0]
+    assert verdict(result, console) == {
+        "root": "ro",
+        "etc": "rw",
+        "var": "rw",
+        "fstype": fstype,
+        "kernel": image.kver,
+        "target": "multi-user",
+        "pid1": "systemd",
+        "hostname": debian_image.HOSTNAME,
+        "failed": "none",
+    }, f"console log {console}:\n{tail(result.output)}"
+    ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64}), .*", result.output)
+    assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
+    print(f"{mode}: {ready.group(0).strip()}; in use once booted: {int(memused) >> 10} MiB")
+    if fstype == "erofs":
+        compress = append.partition("compress=")[2]
+        sha = re.search(r"EROFS image (sha256:[0-9a-f]{64})", ready.group(0))
+        assert sha is not None and sha.group(1) == host_erofs(compress)
 
 
 REFERENCE_CACHE = Path(os.environ.get("BOOTC_LIVE_BENCH_CACHE", "/var/cache/bootc-live-bench"))

@@ -120,7 +120,8 @@ class Root:
         mounts.finish_root(self.newroot, self.plan)
 
     def abort(self) -> None:
-        mounts.umount(self.newroot)
+        if mounts.is_mounted(self.newroot):
+            mounts.umount(self.newroot)
 
     def describe(self) -> str:
         return "tmpfs"
@@ -160,7 +161,7 @@ class ZramRoot(Root):
             self._set_algorithm(sysfs, self.algorithm)
         with open(os.path.join(sysfs, "disksize"), "w", encoding="ascii") as f:
             f.write(str(self.size))
-        self.facts["algorithm"] = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
+        self.facts["zram_algorithm"] = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
         # No journal (nothing survives a reboot anyway), no reserved blocks, an inode per 8 KiB
         # (images of many small files; unused inode tables are zero pages, which zram stores
         # for free), discard at mount so that deleted files give their memory back.
@@ -208,7 +209,7 @@ class ZramRoot(Root):
         if "zram_stored" not in self.facts:
             return f"zram {self.device}"
         return (
-            f"zram {self.device} ({self.facts['algorithm']}): "
+            f"zram {self.device} ({self.facts['zram_algorithm']}): "
             f"{int(self.facts['zram_stored']) / MIB:.1f} MiB stored in "
             f"{int(self.facts['zram_memory']) / MIB:.1f} MiB of RAM"
         )
