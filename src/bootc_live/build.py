@@ -20,7 +20,8 @@ from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.cpio import MAX_MEMBER, CpioWriter
 from .runtime.errors import BootcLiveError
 from .runtime.memory import SIZES_ANNOTATION
-from .runtime.oci import REF_NAME, Image, resolve
+from .runtime.oci import REF_NAME, Image
+from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.sources import blob_path
 from .runtime.unpack import layer_sizes, unpack_image
 
@@ -42,11 +43,12 @@ class BuildConfig:
     kver: str | None = None
     flavour: str = "systemd"
     ca: Path | None = None  # a CA bundle for https, put into the initramfs
+    auth_file: Path | None = None  # registry credentials, put into the initramfs (0600)
 
 
 def build(config: BuildConfig) -> Path:
     """Write all artifacts into config.output, atomically (DIR.new, then rename)."""
-    image = resolve(config.source.open(), label=config.source.tag)
+    image = config.source.resolve()
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -73,13 +75,17 @@ def kernel_arguments(label: str) -> str:
     return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
 
 
-def index_json(image: Image, label: str, sizes: list[int]) -> bytes:
-    """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes."""
+def index_json(image: Image, label: str, sizes: list[int] | None) -> bytes:
+    """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes
+    when they are known."""
+    annotations = {REF_NAME: label}
+    if sizes is not None:
+        annotations[SIZES_ANNOTATION] = ",".join(map(str, sizes))
     descriptor = {
         "mediaType": image.manifest.media_type or "application/vnd.oci.image.manifest.v1+json",
         "digest": image.manifest.digest,
         "size": image.manifest.size,
-        "annotations": {REF_NAME: label, SIZES_ANNOTATION: ",".join(map(str, sizes))},
+        "annotations": annotations,
     }
     if image.manifest.platform:
         descriptor["platform"] = dict(image.manifest.platform)
@@ -145,6 +151,16 @@ def write_oci_archive(image: Image, index: bytes, path: Path) -> None:
                 add(blob_path(desc.digest), desc.size, reader)
 
 
+def write_oci_layout(image: Image, index: bytes, directory: Path) -> None:
+    """An OCI image layout directory of the one image, every blob verified as it is copied."""
+    (directory / "blobs" / "sha256").mkdir(parents=True)
+    (directory / "oci-layout").write_bytes(OCI_LAYOUT)
+    (directory / "index.json").write_bytes(index)
+    for desc in _blobs(image):
+        with _verified(image, desc) as reader, open(directory / blob_path(desc.digest), "wb") as f:
+            shutil.copyfileobj(reader, f, 1 << 20)
+
+
 def _version_key(kver: str) -> list[tuple[int, str]]:
     return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~]", kver)]
 
@@ -189,7 +205,7 @@ def make_kernel_and_initramfs(
             raise BuildError(f"no host kernel {kernel}", "install linux-image-amd64")
         shutil.copy2(kernel, out / "vmlinuz")
         dracut.build_with_host(
-            config.kver, config.flavour, out / "initrd.img", work, includes(config)
+            config.kver, config.flavour, out / "initrd.img", work, includes(config, work)
         )
         return config.kver, layer_sizes(image)
     root = work / "root"
@@ -197,17 +213,33 @@ def make_kernel_and_initramfs(
     stats = unpack_image(image, str(root), warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
-    dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config))
+    dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config, work))
     return kver, stats.layer_sizes
 
 
-def includes(config: BuildConfig) -> list[tuple[Path, str]]:
+def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:
     """Files the initramfs gets besides the modules: (host path, path in the initramfs)."""
-    if config.ca is None:
-        return []
-    if not config.ca.is_file():
-        raise BuildError(f"no CA bundle at {config.ca}")
-    return [(config.ca, CA_IN_INITRAMFS)]
+    files = []
+    if config.ca is not None:
+        if not config.ca.is_file():
+            raise BuildError(f"no CA bundle at {config.ca}")
+        files.append((config.ca, CA_IN_INITRAMFS))
+    if config.auth_file is not None:
+        try:
+            auths = json.loads(config.auth_file.read_text()).get("auths")
+        except (OSError, ValueError, AttributeError) as err:
+            raise BuildError(
+                f"{config.auth_file} is not a readable auth.json ({err})",
+                'it must look like {"auths": {"HOST": {"auth": "BASE64(USER:PASSWORD)"}}}',
+            ) from None
+        if not isinstance(auths, dict):
+            raise BuildError(f'{config.auth_file} has no "auths" object')
+        staged = work / "auth.json"  # readable by root only, in the initramfs too
+        staged.touch(mode=0o600)
+        staged.chmod(0o600)
+        staged.write_bytes(config.auth_file.read_bytes())
+        files.append((staged, AUTH_IN_INITRAMFS))
+    return files
 
 
 def concatenate(target: Path, *parts: Path) -> None:

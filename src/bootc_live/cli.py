@@ -1,4 +1,4 @@
-"""The host command line: build, inspect, vm, demo, unpack, erofs."""
+"""The host command line: build, inspect, pull, vm, demo, unpack, erofs."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import build, demo, describe, dracut, vm
-from .images import SourceRef, UsageError
+from .images import TRANSPORTS, RegistryOptions, SourceRef, UsageError
 from .runtime import cmdline, memory, roots
 from .runtime import run as run_module
 from .runtime.errors import BootcLiveError
-from .runtime.oci import Image, Platform, all_manifests, resolve
+from .runtime.oci import Image, Platform, all_manifests
 from .runtime.sources import ImageSource
 from .runtime.unpack import Progress, unpack_image
 
@@ -54,9 +54,8 @@ def _discard(dest: str, created: bool) -> None:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     _need_root("unpack")
-    ref = SourceRef.parse(args.source)
-    source = ref.open()
-    image = resolve(source, label=ref.tag, platform=args.platform, digest=args.digest)
+    image = source_ref(args).resolve(args.platform, args.digest)
+    source = image.source
     created = _prepare_dest(args.dest)
     try:
         stats = unpack_image(
@@ -79,16 +78,90 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def source_ref(args: argparse.Namespace) -> SourceRef:
+    """SOURCE, with the registry options of the command line."""
+    return SourceRef.parse(
+        args.source,
+        RegistryOptions(
+            auth_file=args.auth_file,
+            ca=args.ca,
+            unsecure=args.unsecure,
+            mirrors=tuple(args.mirror),
+        ),
+    )
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Copy an image from a registry into an oci-archive or an OCI layout, verified."""
+    if not args.source.startswith("docker://"):
+        raise UsageError(f"{args.source} is not docker://REF", "pull copies from a registry")
+    dest = SourceRef.parse(args.output)
+    if dest.transport == "docker":
+        raise UsageError("pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]", "fix -o")
+    target = Path(dest.path)
+    if target.exists() and (target.is_file() or any(target.iterdir())):
+        raise UsageError(f"{target} exists", "give a new path (or an empty directory)")
+    ref = source_ref(args)
+    image = ref.resolve(args.platform, args.digest)
+    label = dest.tag or ref.tag or "latest"
+    index = build.index_json(image, label, None)
+    tmp = target.with_name(f".{target.name}.bootc-live-pull")
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    try:
+        if dest.transport == "oci":
+            build.write_oci_layout(image, index, tmp)
+            if target.is_dir():
+                target.rmdir()
+        else:
+            build.write_oci_archive(image, index, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        image.source.close()
+    print(f"{image.manifest_digest}  {dest.transport}:{target}:{label}")
+    return 0
+
+
+def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
+    """How docker:// SOURCEs are reached (registry credentials, CA, mirrors)."""
+    p.add_argument(
+        "--auth-file",
+        metavar="FILE",
+        help="registry credentials (a containers auth.json); default: $REGISTRY_AUTH_FILE, "
+        "$XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json",
+    )
+    if ca:
+        p.add_argument(
+            "--ca", metavar="FILE", help="a CA bundle to trust for https, besides the system's"
+        )
+    p.add_argument(
+        "--unsecure",
+        action="store_true",
+        help="allow plain http and unverified TLS for the registry",
+    )
+    p.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a registry mirror to try first (repeatable; it never gets the registry's "
+        "credentials)",
+    )
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     _need_root("build")
     out = build.build(
         build.BuildConfig(
-            SourceRef.parse(args.source),
+            source_ref(args),
             Path(args.output),
             host=args.host,
             kver=args.kver,
             flavour=args.flavour,
             ca=Path(args.ca) if args.ca else None,
+            auth_file=Path(args.auth_file) if args.auth_file else None,
         )
     )
     for name in sorted(p.name for p in out.iterdir()):
@@ -98,9 +171,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ref = SourceRef.parse(args.source)
-    source = ref.open()
-    image = resolve(source, label=ref.tag, platform=args.platform)
+    image = source_ref(args).resolve(args.platform)
+    source = image.source
     facts = describe.describe(image)
     print(f"image     {image.manifest_digest}")
     platforms = ", ".join(platform_list(source)) or "unspecified"
@@ -143,9 +215,8 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     _need_root("erofs")
     if shutil.which("mkfs.erofs") is None:
         raise UsageError("mkfs.erofs is missing", "apt-get install erofs-utils (or ./setup)")
-    ref = SourceRef.parse(args.source)
-    source = ref.open()
-    image = resolve(source, label=ref.tag, platform=args.platform, digest=args.digest)
+    image = source_ref(args).resolve(args.platform, args.digest)
+    source = image.source
     output = os.path.abspath(args.output) if args.output else None
     work = tempfile.mkdtemp(
         prefix=".bootc-live-erofs-", dir=os.path.dirname(output) if output else None
@@ -244,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="bootc-live",
         description="Boot machines live, from RAM, from bootc (bootable container) images. "
-        "SOURCE is oci-archive:PATH[:TAG] or oci:DIR[:TAG].",
+        f"SOURCE is {TRANSPORTS}.",
     )
     top.add_argument("--debug", action="store_true", help="show tracebacks and every command run")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -274,7 +345,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ca",
         metavar="FILE",
-        help="a CA bundle the initramfs trusts for https, besides the system's",
+        help="a CA bundle the initramfs (and this command, for docker://) trusts for https, "
+        "besides the system's",
+    )
+    add_registry_options(p, ca=False)
+    p.epilog = (
+        "--auth-file also puts the credentials into the initramfs (mode 0600, "
+        "/etc/bootc-live/auth.json) for root=bootc-live:docker://REF."
     )
     p.set_defaults(func=cmd_build)
 
@@ -286,7 +363,23 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
+    add_registry_options(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "pull",
+        help="copy an image from a registry into an oci-archive or OCI layout",
+        description="Pull docker://REF (HOST[:PORT]/PATH[:TAG][@sha256:HEX]; Docker Hub short "
+        "names are normalised) with bootc-live's own registry client, verifying every blob, "
+        "and write the image for one platform as oci-archive:PATH[:TAG] or oci:DIR[:TAG] "
+        "with the registry's manifest and blobs unchanged (the same digests).",
+    )
+    p.add_argument("source", metavar="docker://REF")
+    p.add_argument("-o", "--output", required=True, metavar="oci-archive:PATH[:TAG]|oci:DIR[:TAG]")
+    p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--digest", default=None, metavar="sha256:HEX")
+    add_registry_options(p)
+    p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser(
         "vm",
@@ -343,7 +436,7 @@ def parser() -> argparse.ArgumentParser:
         "unpack",
         help="write an image's root filesystem into a directory",
         description="Verify an image and write its root filesystem into DEST (needs root). "
-        "SOURCE is oci-archive:PATH[:TAG] or oci:DIR[:TAG]; TAG defaults to 'latest', and an "
+        f"SOURCE is {TRANSPORTS}; TAG defaults to 'latest', and an "
         "archive or layout holding a single image needs none.",
     )
     unpack.add_argument("source", metavar="SOURCE")
@@ -361,6 +454,7 @@ def parser() -> argparse.ArgumentParser:
         help="the manifest digest the image must have",
     )
     unpack.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    add_registry_options(unpack)
     unpack.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser(
@@ -381,6 +475,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
     p.add_argument("--digest", default=None, metavar="sha256:HEX")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    add_registry_options(p)
     p.set_defaults(func=cmd_erofs)
 
     p = sub.add_parser(

@@ -12,10 +12,16 @@ from .runtime.errors import BootcLiveError
 from .runtime.run import run
 
 PACKAGE = Path(__file__).resolve().parent
-MODULES = ("90bootc-live", "90bootc-live-net", "90bootc-live-zram", "90bootc-live-erofs")
+MODULES = (
+    "90bootc-live",
+    "90bootc-live-net",
+    "90bootc-live-registry",
+    "90bootc-live-zram",
+    "90bootc-live-erofs",
+)
 # Our modules beyond the core one: each is included when the userland that builds the
 # initramfs has what it needs (checked by `optional_modules`).
-OPTIONAL_MODULES = ("bootc-live-net", "bootc-live-zram", "bootc-live-erofs")
+OPTIONAL_MODULES = ("bootc-live-net", "bootc-live-registry", "bootc-live-zram", "bootc-live-erofs")
 FLAVOURS = ("systemd", "shell")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
@@ -145,6 +151,7 @@ def optional_modules(root: Path, whose: str) -> list[str]:
         "bootc-live-zram": _has_binary(root, "mkfs.ext4"),
         "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),
     }
+    can["bootc-live-registry"] = can["bootc-live-net"]  # the registry client is in the runtime
     without = {
         "bootc-live-net": "cannot bring up a network (it needs dracut's network and url-lib "
         "modules and curl, e.g. dracut-network): its initramfs boots embedded images only",
@@ -153,7 +160,7 @@ def optional_modules(root: Path, whose: str) -> list[str]:
         "bootc.live.erofs",
     }
     for name in OPTIONAL_MODULES:
-        if not can[name]:
+        if not can[name] and name in without:
             print(f"bootc-live: {whose} userland {without[name]}", file=sys.stderr)
     return [name for name in OPTIONAL_MODULES if can[name]]
 

@@ -3,39 +3,107 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 
+from .runtime import http, registry
 from .runtime.errors import BootcLiveError
+from .runtime.oci import Image, Platform, resolve
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
+
+TRANSPORTS = "oci-archive:PATH[:TAG], oci:DIR[:TAG] or docker://REF"
 
 
 class UsageError(BootcLiveError):
     """The command line itself is wrong."""
 
 
+def default_auth_file() -> str | None:
+    """Where podman, skopeo and docker keep registry credentials, first found."""
+    candidates = [os.environ.get("REGISTRY_AUTH_FILE", "")]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers/auth.json"))
+    candidates += [
+        os.path.expanduser("~/.config/containers/auth.json"),
+        os.path.expanduser("~/.docker/config.json"),
+    ]
+    return next((c for c in candidates if c and os.path.isfile(c)), None)
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How docker:// sources are reached from the host."""
+
+    auth_file: str | None = None  # None: the usual places (default_auth_file)
+    ca: str | None = None  # a CA bundle trusted besides the system's
+    unsecure: bool = False  # plain http and unverified TLS allowed
+    mirrors: tuple[str, ...] = ()
+
+
+def _say(message: str) -> None:
+    print(f"bootc-live: {message}", file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class SourceRef:
-    """A parsed SOURCE argument: transport, path and optional tag."""
+    """A parsed SOURCE argument: transport, path (or registry reference) and optional tag."""
 
     transport: str
     path: str
     tag: str | None
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
 
     @classmethod
-    def parse(cls, text: str) -> SourceRef:
+    def parse(cls, text: str, options: RegistryOptions | None = None) -> SourceRef:
+        if text.startswith("docker://"):
+            ref = registry.Reference.parse(text[len("docker://") :])
+            return cls("docker", str(ref), ref.tag, options or RegistryOptions())
         transport, sep, rest = text.partition(":")
         if not sep or transport not in ("oci", "oci-archive") or not rest:
-            raise UsageError(
-                f"unsupported image source {text!r}",
-                "use oci-archive:PATH[:TAG] or oci:DIR[:TAG]",
-            )
+            raise UsageError(f"unsupported image source {text!r}", f"use {TRANSPORTS}")
         path, tag = rest, None
         head, sep, tail = rest.rpartition(":")
         if sep and head and tail and "/" not in tail and not os.path.exists(rest):
             path, tag = head, tail
-        return cls(transport, path, tag)
+        return cls(transport, path, tag, options or RegistryOptions())
+
+    @property
+    def label(self) -> str | None:
+        """The tag to pick from a layout or archive (a registry reference is already one)."""
+        return None if self.transport == "docker" else self.tag
+
+    @property
+    def digest(self) -> str | None:
+        """The manifest digest a registry reference pins (@sha256:…)."""
+        return registry.Reference.parse(self.path).digest if self.transport == "docker" else None
+
+    def resolve(self, platform: Platform | None = None, digest: str | None = None) -> Image:
+        """Open the source and find the image (`image.source` is to be closed by the caller)."""
+        if digest and self.digest and digest != self.digest:
+            raise UsageError(
+                f"--digest {digest} and the reference's @{self.digest} disagree", "keep one"
+            )
+        source = self.open()
+        try:
+            return resolve(
+                source, label=self.label, platform=platform, digest=digest or self.digest
+            )
+        except BaseException:
+            source.close()
+            raise
 
     def open(self) -> ImageSource:
+        if self.transport == "docker":
+            options = self.registry
+            return registry.RegistrySource(
+                registry.Reference.parse(self.path),
+                http.Policy(total=120.0),
+                _say,
+                auth_file=options.auth_file or default_auth_file(),
+                unsecure=options.unsecure,
+                mirrors=options.mirrors,
+                cafile=options.ca,
+            )
         if self.transport == "oci":
             return LayoutSource(self.path)
         return ArchiveSource(self.path)

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import cmdline, http, memory, mounts, roots
+from . import cmdline, http, memory, mounts, registry, roots
 from .cmdline import BootSpec
 from .errors import BootcLiveError, SpaceError
 from .oci import Image, resolve
@@ -59,10 +59,12 @@ def open_source(spec: BootSpec, console: Console) -> ImageSource:
     assert spec.root is not None
     if spec.root.kind == "url":
         return open_url_source(spec, console)
+    if spec.root.kind == "docker":
+        return open_registry_source(spec, console)
     if spec.root.kind != "path":
         raise NotSupportedYet(
             f"{spec.root} is not supported by this initramfs yet",
-            "use root=bootc-live:/PATH or an http(s), ftp, tftp or nfs URL",
+            "use root=bootc-live:/PATH, an http(s), ftp, tftp or nfs URL, or docker://REF",
         )
     path = spec.root.location
     if os.path.isdir(path):
@@ -100,6 +102,41 @@ def open_url_source(spec: BootSpec, console: Console) -> ImageSource:
         hint=f"check {url} and the network",
     )
     return ArchiveSource(path, delete=True)
+
+
+def open_registry_source(spec: BootSpec, console: Console) -> ImageSource:
+    """docker://REF with our own distribution client, through the mirrors first."""
+    assert spec.root is not None
+    ref = registry.Reference.parse(spec.root.location)
+    policy = http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
+    wait_for_route(policy.total, console)
+    default = registry.AUTH_IN_INITRAMFS
+    auth = spec.registry_auth or (default if os.path.exists(default) else None)
+    console.say(
+        f"pulling {ref}"
+        + (f" (mirrors: {', '.join(spec.registry_mirrors)})" if spec.registry_mirrors else "")
+    )
+    return registry.RegistrySource(
+        ref,
+        policy,
+        console.say,
+        auth_file=auth,
+        unsecure=spec.registry_unsecure,
+        mirrors=spec.registry_mirrors,
+    )
+
+
+def pinned_digest(spec: BootSpec) -> str | None:
+    """bootc.digest=, or the @sha256: of a registry reference (they must agree)."""
+    ref_digest = None
+    if spec.root is not None and spec.root.kind == "docker":
+        ref_digest = registry.Reference.parse(spec.root.location).digest
+    if spec.digest and ref_digest and spec.digest != ref_digest:
+        raise BootcLiveError(
+            f"bootc.digest={spec.digest} and the reference's @{ref_digest} disagree",
+            "keep one of them",
+        )
+    return spec.digest or ref_digest
 
 
 def wait_for_route(timeout: float, console: Console) -> None:
@@ -185,7 +222,9 @@ def obtain_and_unpack(
     source = open_source(spec, console)
     try:
         write_status("resolving", root=str(spec.root))
-        image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
+        image = resolve(
+            source, label=spec.label, platform=spec.platform, digest=pinned_digest(spec)
+        )
         mem = memory.Memory.read()
         choice = root_choice(spec, mem)
         consumable = isinstance(source, LayoutSource) and source.consume

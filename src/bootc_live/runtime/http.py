@@ -17,7 +17,7 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Protocol
 
 from .errors import BootcLiveError, LayerError
 from .sources import ArchiveSource, ImageSource, MemberIndex
@@ -34,7 +34,24 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class FetchError(BootcLiveError):
-    """A URL cannot be fetched."""
+    """A URL cannot be fetched; `status` is the HTTP status when there was one."""
+
+    def __init__(
+        self, message: str, hint: str = "", status: int | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.body = body  # the start of an error response's body (a registry's error JSON)
+
+
+class Authenticator(Protocol):
+    """Credentials for one server (a registry): headers per URL, and answers to 401."""
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        """Authorization for `url`: none for another host (a redirect to blob storage)."""
+
+    def challenge(self, url: str, www_authenticate: str) -> bool:
+        """A 401 with this challenge: True when new credentials make a retry worthwhile."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +127,16 @@ class Client:
         log: Callable[[str], None],
         unsecure: bool = False,
         cafile: str | None = None,
+        headers: dict[str, str] | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.url = url
         self.policy = policy
         self.log = log
         self.unsecure = unsecure
-        self.cafiles = [cafile] if cafile else [p for p in CA_BUNDLES if os.path.exists(p)]
+        self.cafiles = [p for p in CA_BUNDLES if os.path.exists(p)] + ([cafile] if cafile else [])
+        self.headers = headers or {}
+        self.auth = auth
 
     def _context(self) -> ssl.SSLContext:
         if self.unsecure:
@@ -146,9 +167,11 @@ class Client:
         A server that ignores Range is answered with status 200 from byte 0.
         """
         url = self.url
-        redirects = 0
+        redirects = challenges = 0
         while redirects <= 10:
-            headers = {"User-Agent": "bootc-live", "Accept-Encoding": "identity"}
+            headers = {"User-Agent": "bootc-live", "Accept-Encoding": "identity", **self.headers}
+            if self.auth is not None:
+                headers.update(self.auth.headers_for(url))
             if start or end is not None:
                 headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
             try:
@@ -190,11 +213,28 @@ class Client:
                 length = resp.getheader("Content-Length")
                 return resp, int(length) if length and length.isdigit() else None
             reason = f"HTTP {status} {resp.reason}".strip()
-            resp.close()
+            challenge = resp.getheader("WWW-Authenticate") or ""
+            body = _error_body(resp)
+            if status == 401 and self.auth is not None and challenges < 3:
+                challenges += 1
+                if self.auth.challenge(url, challenge):
+                    continue
             if status in FATAL:
-                raise FetchError(f"{url}: {reason}", "check the URL in root= and the server")
+                raise FetchError(
+                    f"{url}: {reason}", "check the URL in root= and the server", status, body
+                )
             retrier.failed(reason, _retry_after(resp.getheader("Retry-After")))
         raise FetchError(f"{self.url}: too many redirects")
+
+
+def _error_body(resp: http.client.HTTPResponse) -> bytes:
+    """The start of an error response's body (for a registry's error codes), then close it."""
+    try:
+        return resp.read(4096)
+    except (OSError, http.client.HTTPException):
+        return b""
+    finally:
+        resp.close()
 
 
 def _describe(err: BaseException) -> str:

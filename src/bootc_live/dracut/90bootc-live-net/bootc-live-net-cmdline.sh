@@ -6,7 +6,7 @@ type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
 case "$(getarg root=)" in
     bootc-live:http://* | bootc-live:https://* | bootc-live:ftp://* | bootc-live:tftp://* | \
-        bootc-live:nfs://* | bootc-live:docker://*)
+        bootc-live:nfs://*)
         echo "rd.neednet=1" > /etc/cmdline.d/90-bootc-live-net.conf
         [ -n "$(getarg ip=)" ] || echo "ip=dhcp" >> /etc/cmdline.d/90-bootc-live-net.conf
         ;;
