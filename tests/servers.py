@@ -166,15 +166,16 @@ def faulty(data: bytes, plan: Callable[[int, int], Answer | None]) -> Iterator[F
         server.server_close()
 
 
-def throwaway_ca(workdir: Path, server_ip: str) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for `server_ip`: (ca.pem, server.pem, server.key)."""
+def throwaway_ca(workdir: Path, *server_ips: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for `server_ips`: (ca.pem, server.pem, server.key)."""
     need(shutil.which("openssl") is not None, "needs openssl")
     workdir.mkdir(parents=True, exist_ok=True)
     ca_key, ca, key, csr, cert = (
         workdir / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
     )
     ext = workdir / "san.ext"
-    ext.write_text(f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth\n")
+    names = ",".join(f"IP:{ip}" for ip in server_ips)
+    ext.write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
     for argv in (
         [
             "openssl",
@@ -203,7 +204,7 @@ def throwaway_ca(workdir: Path, server_ip: str) -> tuple[Path, Path, Path]:
             "-out",
             csr,
             "-subj",
-            f"/CN={server_ip}",
+            f"/CN={server_ips[0]}",
         ],
         [
             "openssl",

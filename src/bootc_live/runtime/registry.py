@@ -468,9 +468,15 @@ class RegistrySource:
         ] + [upstream]
         self.endpoint = upstream
         self._documents: dict[str, bytes] = {}
+        self._index: bytes | None = None
 
     def index_json(self) -> bytes:
         """The reference's manifest or index as a one-entry index (tagged with the tag)."""
+        if self._index is None:
+            self._index = self._top_index()
+        return self._index
+
+    def _top_index(self) -> bytes:
         body, media_type, digest = b"", "", ""
         for endpoint in self.endpoints:
             try:
@@ -479,7 +485,10 @@ class RegistrySource:
             except (BootcLiveError, OSError) as err:
                 if not endpoint.mirror:
                     raise
-                self.log(f"{endpoint.name}: {_line(err)}; trying the next")
+                said = _line(err)
+                if not said.startswith(endpoint.name):
+                    said = f"{endpoint.name}: {said}"
+                self.log(f"{said}; trying the next")
                 continue
             if endpoint.mirror:
                 self.log(f"{endpoint.name} serves {self.ref}")
