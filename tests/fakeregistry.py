@@ -1,0 +1,216 @@
+"""A scripted registry for faults a real one will not produce (tests only).
+
+It serves one OCI layout as repository `x/y` over plain http on 127.0.0.1, with Bearer (its own
+token service) or Basic authentication, and knobs for each misbehaviour: expiring tokens,
+tokens of the wrong scope, blobs redirected to another port, a connection cut mid-blob, 429 with
+Retry-After, a lying Docker-Content-Digest, a tampered blob, a schema 1 manifest. Every request
+is logged with its headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO = "x/y"
+TAG = "v1"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
+class Knobs:
+    auth: str = ""  # "", "bearer" or "basic"
+    credentials: tuple[str, str] | None = None  # required by the token service / Basic
+    token_lifetime: int = 300
+    first_token_scope: str = ""  # the token service's first token has this scope instead
+    redirect_blobs_to: int = 0  # port of a plain server that serves /blob/DIGEST
+    cut_blob_at: int = 0  # the first blob answer stops after this many bytes
+    throttle_first_manifest: bool = False  # 429 + Retry-After: 1 once
+    lie_about_digest: bool = False
+    tamper: str = ""  # digest of a blob served with one byte flipped
+    schema1: bool = False
+
+
+@dataclass
+class FakeRegistry:
+    port: int
+    knobs: Knobs
+    log: list[Request] = field(default_factory=list)
+    tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token → scope, expiry
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def hits(self, fragment: str) -> list[Request]:
+        return [r for r in self.log if fragment in r.path]
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@contextmanager
+def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
+    index = json.loads((layout / "index.json").read_text())
+    top = index["manifests"][0]
+    state = FakeRegistry(0, knobs)
+    cuts = [knobs.cut_blob_at]
+    throttled = [not knobs.throttle_first_manifest]
+    lock = threading.Lock()
+
+    def blob(digest: str) -> bytes:
+        data = (layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+        if digest == knobs.tamper:
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        return data
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def answer(
+            self,
+            status: int,
+            body: bytes = b"",
+            headers: dict[str, str] | None = None,
+            cut: int = 0,
+        ) -> None:
+            state.log[-1].status = status
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:cut] if cut else body)
+            self.wfile.flush()
+            if cut:
+                self.close_connection = True
+
+        def challenge(self, error: str = "") -> None:
+            if knobs.auth == "basic":
+                value = 'Basic realm="fake"'
+            else:
+                value = (
+                    f'Bearer realm="http://{state.host}/token",service="fake",'
+                    f'scope="repository:{REPO}:pull"' + (f',error="{error}"' if error else "")
+                )
+            body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "auth"}]}).encode()
+            self.answer(401, body, {"WWW-Authenticate": value, "Content-Type": "application/json"})
+
+        def authorized(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            if knobs.auth == "basic":
+                ok = knobs.credentials is not None and given == _basic(*knobs.credentials)
+            elif knobs.auth == "bearer":
+                token = given[len("Bearer ") :] if given.startswith("Bearer ") else ""
+                scope, expiry = state.tokens.get(token, ("", 0.0))
+                if token in state.tokens and time.monotonic() < expiry and REPO not in scope:
+                    self.challenge("insufficient_scope")
+                    return False
+                ok = token in state.tokens and time.monotonic() < expiry
+            else:
+                ok = True
+            if not ok:
+                self.challenge()
+            return ok
+
+        def do_GET(self) -> None:
+            with lock:
+                state.log.append(Request("GET", self.path, dict(self.headers.items())))
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == "/token":
+                return self.token(urllib.parse.parse_qs(url.query))
+            if url.path.startswith("/blob/"):
+                return self.send_blob(url.path[len("/blob/") :])
+            if not self.authorized():
+                return None
+            if url.path == "/v2/":
+                return self.answer(200, b"{}")
+            prefix = f"/v2/{REPO}/"
+            if not url.path.startswith(prefix):
+                return self.answer(404)
+            kind, _, ref = url.path[len(prefix) :].partition("/")
+            if kind == "manifests":
+                return self.manifest(ref)
+            if kind == "blobs":
+                if knobs.redirect_blobs_to:
+                    location = f"http://127.0.0.1:{knobs.redirect_blobs_to}/blob/{ref}"
+                    return self.answer(307, b"", {"Location": location})
+                return self.send_blob(ref)
+            return self.answer(404)
+
+        def token(self, query: dict[str, list[str]]) -> None:
+            if knobs.credentials and self.headers.get("Authorization") != _basic(
+                *knobs.credentials
+            ):
+                return self.answer(401, b'{"details": "bad credentials"}')
+            scope = " ".join(query.get("scope", []))
+            with lock:
+                if knobs.first_token_scope and not state.tokens:
+                    scope = knobs.first_token_scope
+                token = f"tok-{len(state.tokens) + 1}"
+                state.tokens[token] = (scope, time.monotonic() + knobs.token_lifetime)
+            body = {"token": token, "expires_in": knobs.token_lifetime}
+            return self.answer(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+        def manifest(self, ref: str) -> None:
+            if not throttled[0]:
+                throttled[0] = True
+                return self.answer(429, b"", {"Retry-After": "1"})
+            if knobs.schema1:
+                body = json.dumps({"schemaVersion": 1, "name": REPO, "tag": TAG}).encode()
+                media = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+            else:
+                digest = top["digest"] if ref == TAG else ref
+                if ref != TAG and not (layout / "blobs/sha256" / ref.split(":")[-1]).exists():
+                    return self.answer(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+                body, media = blob(digest), str(top["mediaType"])
+            claimed = "sha256:" + hashlib.sha256(body).hexdigest()
+            if knobs.lie_about_digest:
+                claimed = "sha256:" + "1" * 64
+            return self.answer(200, body, {"Content-Type": media, "Docker-Content-Digest": claimed})
+
+        def send_blob(self, digest: str) -> None:
+            data = blob(digest)
+            header = self.headers.get("Range", "")
+            start = int(header[6:].split("-")[0]) if header.startswith("bytes=") else 0
+            body = data[start:]
+            headers = {"Content-Type": "application/octet-stream"}
+            status = 200
+            if header:
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            cut = 0
+            if cuts[0] and len(body) > cuts[0]:
+                cut, cuts[0] = cuts[0], 0
+            return self.answer(status, body, headers, cut)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

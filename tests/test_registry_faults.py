@@ -1,0 +1,220 @@
+"""The registry client against a scripted registry: authentication flows and the faults a
+real registry will not produce. Each run pulls and unpacks the image, or ends in one error."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import fakeregistry
+from bootc_live.runtime import http
+from bootc_live.runtime.errors import BootcLiveError, VerificationError
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.registry import Reference, RegistrySource
+from bootc_live.runtime.unpack import unpack_image
+from fakeregistry import REPO, TAG, Knobs
+from imagegen import build_layout, d, f, layer_tar
+from registries import auth_json
+
+POLICY = http.Policy(retries=3, stall=5.0, max_backoff=0.2)
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fake") / "layout"
+    big = os.urandom(512_000)  # incompressible: room to cut a connection in the middle
+    build_layout(
+        path,
+        [layer_tar([d("etc"), f("etc/os", b"fake\n")]), layer_tar([f("big", big)])],
+        compression="gzip",
+        tag=TAG,
+    )
+    return path
+
+
+def pull(
+    registry: fakeregistry.FakeRegistry,
+    dest: Path,
+    *,
+    auth_file: Path | None = None,
+    mirrors: tuple[str, ...] = (),
+    unsecure: bool = True,
+    ref: str = "",
+) -> list[str]:
+    """Resolve and unpack x/y:v1 into dest; returns the client's log lines."""
+    said: list[str] = []
+    source = RegistrySource(
+        Reference.parse(ref or f"{registry.host}/{REPO}:{TAG}"),
+        POLICY,
+        said.append,
+        auth_file=str(auth_file) if auth_file else None,
+        unsecure=unsecure,
+        mirrors=mirrors,
+    )
+    try:
+        image = resolve(source)
+        dest.mkdir()
+        unpack_image(image, str(dest), warn=said.append)
+    finally:
+        source.close()
+    return said
+
+
+def test_anonymous_bearer_token(layout: Path, tmp_path: Path) -> None:
+    with fakeregistry.serve(layout, Knobs(auth="bearer")) as reg:
+        pull(reg, tmp_path / "root")
+        tokens = reg.hits("/token")
+    assert (tmp_path / "root/etc/os").read_bytes() == b"fake\n"
+    assert len(tokens) == 1 and "Authorization" not in tokens[0].headers
+    assert f"scope=repository%3A{REPO.replace('/', '%2F')}%3Apull" in tokens[0].path
+    assert "service=fake" in tokens[0].path
+    assert all(r.headers.get("Authorization") == "Bearer tok-1" for r in reg.hits("/blobs/"))
+
+
+def test_bearer_token_with_credentials_and_refusal(layout: Path, tmp_path: Path) -> None:
+    knobs = Knobs(auth="bearer", credentials=("me", "pw"))
+    with fakeregistry.serve(layout, knobs) as reg:
+        good = auth_json(tmp_path / "good.json", {reg.host: ("me", "pw")})
+        pull(reg, tmp_path / "root", auth_file=good)
+        assert reg.hits("/token")[0].headers["Authorization"].startswith("Basic ")
+        bad = auth_json(tmp_path / "bad.json", {reg.host: ("me", "nope")})
+        with pytest.raises(BootcLiveError) as err:
+            pull(reg, tmp_path / "root2", auth_file=bad)
+    assert err.value.line() == (
+        f"registry {reg.host}: 401 unauthorized for repository {REPO} (credentials rejected by "
+        "the token service) (UNAUTHORIZED); add credentials with bootc-live build --auth-file"
+    )
+    assert not (tmp_path / "root2").exists()
+
+
+def test_insufficient_scope_gets_a_new_token(layout: Path, tmp_path: Path) -> None:
+    knobs = Knobs(auth="bearer", first_token_scope="repository:other:pull")
+    with fakeregistry.serve(layout, knobs) as reg:
+        pull(reg, tmp_path / "root")
+        scopes = [scope for scope, _ in reg.tokens.values()]
+    assert scopes == ["repository:other:pull", f"repository:{REPO}:pull"]
+
+
+def test_an_expired_token_is_renewed(layout: Path, tmp_path: Path) -> None:
+    # Tokens live 11 s; the client renews 10 s early, so each is used for about a second.
+    knobs = Knobs(auth="bearer", token_lifetime=11, cut_blob_at=100_000)
+    with fakeregistry.serve(layout, knobs) as reg:
+        source = RegistrySource(
+            Reference.parse(f"{reg.host}/{REPO}:{TAG}"), POLICY, print, unsecure=True
+        )
+        image = resolve(source)
+        time.sleep(1.5)
+        (tmp_path / "root").mkdir()
+        unpack_image(image, str(tmp_path / "root"))
+        assert len(reg.tokens) >= 2
+
+
+def test_basic_auth(layout: Path, tmp_path: Path) -> None:
+    with fakeregistry.serve(layout, Knobs(auth="basic", credentials=("me", "pw"))) as reg:
+        creds = auth_json(tmp_path / "a.json", {f"{reg.host}/x": ("me", "pw")})  # by path
+        pull(reg, tmp_path / "root", auth_file=creds)
+        with pytest.raises(BootcLiveError, match=r"401 unauthorized .* \(no credentials\)"):
+            pull(reg, tmp_path / "root2")
+
+
+def test_redirected_blobs_get_no_credentials(layout: Path, tmp_path: Path) -> None:
+    with fakeregistry.serve(layout, Knobs()) as storage:
+        knobs = Knobs(auth="basic", credentials=("me", "pw"), redirect_blobs_to=storage.port)
+        with fakeregistry.serve(layout, knobs) as reg:
+            creds = auth_json(tmp_path / "a.json", {reg.host: ("me", "pw")})
+            pull(reg, tmp_path / "root", auth_file=creds)
+            asked = reg.hits("/blobs/")
+        served = storage.hits("/blob/")
+    assert asked and all(r.status == 307 and "Authorization" in r.headers for r in asked)
+    assert served and all("Authorization" not in r.headers for r in served)
+    assert (tmp_path / "root/big").stat().st_size == 512_000
+
+
+def test_a_reset_mid_blob_resumes_with_range(layout: Path, tmp_path: Path) -> None:
+    with fakeregistry.serve(layout, Knobs(cut_blob_at=200_000)) as reg:
+        said = pull(reg, tmp_path / "root")
+        ranges = [r.headers.get("Range") for r in reg.hits("/blobs/")]
+    assert "bytes=200000-" in [r.split("-")[0] + "-" for r in ranges if r]
+    assert any("connection broke at byte 200000" in line for line in said), said
+    assert (tmp_path / "root/big").stat().st_size == 512_000
+
+
+def test_429_waits_as_told(layout: Path, tmp_path: Path) -> None:
+    with fakeregistry.serve(layout, Knobs(throttle_first_manifest=True)) as reg:
+        said = pull(reg, tmp_path / "root")
+        statuses = [r.status for r in reg.hits("/manifests/")]
+    assert statuses[:2] == [429, 200]
+    assert any("HTTP 429" in line and "retry 1 in 1.0s" in line for line in said), said
+
+
+def test_a_lying_docker_content_digest_stops(layout: Path, tmp_path: Path) -> None:
+    with (
+        fakeregistry.serve(layout, Knobs(lie_about_digest=True)) as reg,
+        pytest.raises(VerificationError, match="Docker-Content-Digest sha256:1111"),
+    ):
+        pull(reg, tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_tampered_blob_stops(layout: Path, tmp_path: Path) -> None:
+    info = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(
+        (layout / "blobs/sha256" / info["manifests"][0]["digest"][7:]).read_text()
+    )
+    layer = manifest["layers"][1]["digest"]
+    with (
+        fakeregistry.serve(layout, Knobs(tamper=layer)) as reg,
+        pytest.raises(VerificationError, match=f"layer 2/2 {layer[:19]}.* digest mismatch"),
+    ):
+        pull(reg, tmp_path / "root")
+
+
+def test_schema1_is_refused(layout: Path, tmp_path: Path) -> None:
+    with (
+        fakeregistry.serve(layout, Knobs(schema1=True)) as reg,
+        pytest.raises(BootcLiveError, match="is a Docker schema 1 manifest"),
+    ):
+        pull(reg, tmp_path / "root")
+
+
+def test_plain_http_only_when_unsecure(layout: Path, tmp_path: Path) -> None:
+    with (
+        fakeregistry.serve(layout, Knobs()) as reg,
+        pytest.raises(BootcLiveError, match=f"registry {reg.host}: TLS failure"),
+    ):
+        pull(reg, tmp_path / "root", unsecure=False)
+
+
+def test_a_mirror_never_gets_the_registrys_credentials(layout: Path, tmp_path: Path) -> None:
+    with fakeregistry.serve(layout, Knobs(auth="basic", credentials=("me", "pw"))) as reg:
+        with (
+            fakeregistry.serve(tmp_path / "empty", Knobs())
+            if False
+            else fakeregistry.serve(
+                layout, Knobs(auth="basic", credentials=("other", "pw"))
+            ) as mirror
+        ):
+            creds = auth_json(tmp_path / "a.json", {reg.host: ("me", "pw")})
+            said = pull(reg, tmp_path / "root", auth_file=creds, mirrors=(mirror.host,))
+            asked = list(mirror.log)
+        served = reg.hits("/manifests/")
+    # The mirror asked for credentials and got none (they belong to the registry): fallback.
+    assert asked and all("Authorization" not in r.headers for r in asked)
+    assert any(f"mirror {mirror.host}: 401 unauthorized" in line for line in said), said
+    assert served and served[-1].headers.get("Authorization", "").startswith("Basic ")
+
+
+def test_digest_pin_through_the_reference(layout: Path, tmp_path: Path) -> None:
+    info = json.loads((layout / "index.json").read_text())
+    digest = info["manifests"][0]["digest"]
+    with fakeregistry.serve(layout, Knobs()) as reg:
+        pull(reg, tmp_path / "root", ref=f"{reg.host}/{REPO}@{digest}")
+        assert reg.hits(f"/manifests/{digest}")
+        with pytest.raises(
+            BootcLiveError, match=r"has no manifest sha256:0{64} \(MANIFEST_UNKNOWN"
+        ):
+            pull(reg, tmp_path / "root2", ref=f"{reg.host}/{REPO}@sha256:{'0' * 64}")
