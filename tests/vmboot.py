@@ -49,11 +49,19 @@ def write_demo_images(base: Path) -> Path:
     return base
 
 
-def build_artifacts(source: str, out: Path, flavour: str, ca: Path | None = None) -> Path:
+def build_artifacts(
+    source: str, out: Path, flavour: str, ca: Path | None = None, auth_file: Path | None = None
+) -> Path:
     """Artifacts with the host's kernel and dracut (the demo image carries no kernel)."""
     return build(
         BuildConfig(
-            SourceRef.parse(source), out, host=True, kver=host_kernel(), flavour=flavour, ca=ca
+            SourceRef.parse(source),
+            out,
+            host=True,
+            kver=host_kernel(),
+            flavour=flavour,
+            ca=ca,
+            auth_file=auth_file,
         )
     )
 

@@ -222,9 +222,9 @@ def obtain_and_unpack(
     source = open_source(spec, console)
     try:
         write_status("resolving", root=str(spec.root))
-        image = resolve(
-            source, label=spec.label, platform=spec.platform, digest=pinned_digest(spec)
-        )
+        # A registry reference names one image: bootclabel= (from cmdline.txt) is for layouts.
+        label = None if spec.root is not None and spec.root.kind == "docker" else spec.label
+        image = resolve(source, label=label, platform=spec.platform, digest=pinned_digest(spec))
         mem = memory.Memory.read()
         choice = root_choice(spec, mem)
         consumable = isinstance(source, LayoutSource) and source.consume

@@ -242,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_text,
         "bootclabel=TAG",
         "Which image of an archive or layout (org.opencontainers.image.ref.name); an index "
-        "holding one unnamed image needs none.",
+        "holding one unnamed image needs none. Ignored for docker:// (the reference names it).",
         "latest",
     ),
     Option(

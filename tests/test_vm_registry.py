@@ -1,0 +1,126 @@
+"""Registry boot in QEMU: the guest pulls the demo image from a real registry (docker-registry
+with TLS from a throwaway CA and htpasswd auth) through guestfwd to loopback, by tag, by digest,
+through a pull-through mirror, and stops with one line on a wrong pin or wrong credentials.
+
+The initramfs carries the CA (`build --ca`) and the credentials (`build --auth-file`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bootc_live.demo import demo_layers
+from bootc_live.layout import write_layout
+from registries import GUEST_SERVER, Registry, auth_json, docker_registry, make_pki, skopeo_push
+from unpackers import need_root_and
+from vmboot import Result, assert_live, assert_stopped, build_artifacts, run
+
+pytestmark = pytest.mark.vm
+
+USER, PASSWORD = "guest-puller", "pw-for-the-guest"
+UPSTREAM, MIRROR = 5000, 5001  # ports on GUEST_SERVER
+
+
+@dataclass
+class Setup:
+    upstream: Registry
+    mirror: Registry
+    digest: str
+    artifacts: Path  # systemd initrd with the CA and the right credentials
+    wrong: Path  # shell initrd with the CA and wrong credentials
+
+    def boot(self, artifacts: Path, ref: str, extra: str = "") -> Result:
+        return run(
+            artifacts,
+            f"root=bootc-live:docker://{GUEST_SERVER}:{UPSTREAM}/{ref} {extra}".strip(),
+            network=True,
+            embedded=False,
+            forwards=((UPSTREAM, self.upstream.port), (MIRROR, self.mirror.port)),
+        )
+
+    def guest_pulls(self, registry: Registry) -> int:
+        """Blob requests the guest's client (user agent bootc-live) made to a registry."""
+        return sum(
+            1
+            for line in registry.log().splitlines()
+            if "/v2/test/demo/blobs/" in line and "useragent=bootc-live" in line
+        )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    need_root_and("docker-registry", "skopeo", "openssl", "qemu-system-x86_64")
+    work = tmp_path_factory.mktemp("vm-registry")
+    pki = make_pki(work / "pki")
+    with docker_registry(work / "upstream", pki, users={USER: PASSWORD}) as upstream:
+        layout = work / "demo"
+        digest = write_layout(layout, demo_layers(), "v1")
+        skopeo_push(f"oci:{layout}:v1", upstream, "test/demo:v1", pki, f"{USER}:{PASSWORD}")
+        with docker_registry(work / "mirror", pki, proxy_of=(upstream, USER, PASSWORD)) as mirror:
+            # The guest names the registry as the guest sees it.
+            right = auth_json(work / "right.json", {f"{GUEST_SERVER}:{UPSTREAM}": (USER, PASSWORD)})
+            wrong = auth_json(work / "wrong.json", {f"{GUEST_SERVER}:{UPSTREAM}": (USER, "nope")})
+            source = f"oci:{layout}:v1"
+            yield Setup(
+                upstream,
+                mirror,
+                digest,
+                build_artifacts(source, work / "right", "systemd", ca=pki.ca, auth_file=right),
+                build_artifacts(source, work / "wrong", "shell", ca=pki.ca, auth_file=wrong),
+            )
+
+
+def ready_digest(result: Result) -> str:
+    ready = [m for m in result.messages if "live root ready: " in m]
+    assert ready, "\n".join(result.messages)
+    return ready[0].split("live root ready: ")[1].split(",")[0]
+
+
+def test_boot_from_the_registry_by_tag(setup: Setup) -> None:
+    before = setup.guest_pulls(setup.upstream)
+    result = setup.boot(setup.artifacts, "test/demo:v1")
+    assert_live(result, root="ro", etc="rw", var="rw", fstype="tmpfs", whiteout="yes")
+    assert ready_digest(result) == setup.digest
+    assert setup.guest_pulls(setup.upstream) > before  # from the registry itself
+
+
+def test_boot_from_the_registry_by_digest(setup: Setup) -> None:
+    result = setup.boot(setup.artifacts, f"test/demo@{setup.digest}")
+    assert_live(result, root="ro", whiteout="yes")
+    assert ready_digest(result) == setup.digest
+
+
+def test_boot_through_the_mirror(setup: Setup) -> None:
+    upstream_before = setup.guest_pulls(setup.upstream)
+    result = setup.boot(
+        setup.artifacts, "test/demo:v1", f"bootc.registry.mirror={GUEST_SERVER}:{MIRROR}"
+    )
+    assert_live(result, root="ro", whiteout="yes")
+    assert any(f"mirror {GUEST_SERVER}:{MIRROR} serves" in m for m in result.messages)
+    assert setup.guest_pulls(setup.mirror) > 0
+    assert setup.guest_pulls(setup.upstream) == upstream_before  # nothing fetched around it
+
+
+def test_a_wrong_digest_pin_stops_the_boot(setup: Setup) -> None:
+    wrong = "sha256:" + "0" * 64
+    result = setup.boot(setup.artifacts, f"test/demo@{wrong}")
+    assert_stopped(
+        result,
+        f"registry {GUEST_SERVER}:{UPSTREAM}: test/demo has no manifest {wrong} "
+        "(MANIFEST_UNKNOWN); check the repository, tag or digest in docker://",
+    )
+    # bootc.digest= against a tag: the image is there, but it is not the pinned one.
+    result = setup.boot(setup.artifacts, "test/demo:v1", f"bootc.digest={wrong}")
+    assert_stopped(result, f"image digest is {setup.digest}, not the pinned {wrong}")
+
+
+def test_wrong_credentials_stop_the_boot(setup: Setup) -> None:
+    assert_stopped(
+        setup.boot(setup.wrong, "test/demo:v1"),
+        f"registry {GUEST_SERVER}:{UPSTREAM}: 401 unauthorized for repository test/demo "
+        "(credentials rejected) (UNAUTHORIZED); add credentials with bootc-live build --auth-file",
+    )
