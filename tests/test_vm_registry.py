@@ -16,7 +16,7 @@ import pytest
 from bootc_live.demo import demo_layers
 from bootc_live.layout import write_layout
 from registries import GUEST_SERVER, Registry, auth_json, docker_registry, make_pki, skopeo_push
-from unpackers import need_root_and
+from unpackers import bootc_live, need_root_and
 from vmboot import Result, assert_live, assert_stopped, build_artifacts, run
 
 pytestmark = pytest.mark.vm
@@ -88,10 +88,16 @@ def test_boot_from_the_registry_by_tag(setup: Setup) -> None:
     assert setup.guest_pulls(setup.upstream) > before  # from the registry itself
 
 
-def test_boot_from_the_registry_by_digest(setup: Setup) -> None:
-    result = setup.boot(setup.artifacts, f"test/demo@{setup.digest}")
-    assert_live(result, root="ro", whiteout="yes")
-    assert ready_digest(result) == setup.digest
+def test_boot_from_the_registry_by_digest_with_vm_forward(setup: Setup) -> None:
+    """`bootc-live vm --forward` lets a user try it: the guest reaches the host's registry."""
+    root = f"root=bootc-live:docker://{GUEST_SERVER}:{UPSTREAM}/test/demo@{setup.digest}"
+    result = bootc_live(
+        *("vm", str(setup.artifacts), "--forward", f"{UPSTREAM}:{setup.upstream.port}"),
+        *("--append", root, "--accel", "tcg", "--mem", "512", "--timeout", "300"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "BOOTC-LIVE-REPORT root=ro etc=rw var=rw" in result.stdout, result.stdout[-3000:]
+    assert f"live root ready: {setup.digest}" in result.stdout
 
 
 def test_boot_through_the_mirror(setup: Setup) -> None:

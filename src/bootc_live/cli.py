@@ -274,14 +274,20 @@ def cmd_vm(args: argparse.Namespace) -> int:
             port = stack.enter_context(vm.serve(served))
             forwards = ((80, port),)
             append = f"root=bootc-live:http://{vm.GUEST_SERVER}/{served.name} {append}".strip()
+        for spec in args.forward:
+            guest, _, host = spec.partition(":")
+            if not guest.isdigit() or not (host or guest).isdigit():
+                raise UsageError(f"--forward {spec}: expected PORT or PORT:HOSTPORT", "e.g. 5000")
+            forwards += ((int(guest), int(host or guest)),)
+        fetched = bool(args.serve or args.forward)
         config = vm.VmConfig(
             Path(args.artifacts),
             append=append,
             mem=args.mem,
             pxe=args.pxe,
-            embedded=not args.serve,  # no second copy of the image in RAM beside the served one
+            embedded=not fetched,  # the image comes over the network: no copy in the initramfs
             accel=args.accel,
-            network=bool(args.serve) or args.net,
+            network=fetched or args.net,
             forwards=forwards,
         )
         result = vm.boot(config, timeout=args.timeout, interactive=sys.stdin.isatty())
@@ -408,6 +414,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="serve FILE (root.oci) to the guest over loopback and boot from it: "
         f"root=bootc-live:http://{vm.GUEST_SERVER}/NAME",
+    )
+    p.add_argument(
+        "--forward",
+        action="append",
+        default=[],
+        metavar="PORT[:HOSTPORT]",
+        help=f"let the guest reach 127.0.0.1:HOSTPORT (e.g. a registry) at {vm.GUEST_SERVER}:PORT "
+        "and boot initrd.img alone (repeatable)",
     )
     p.add_argument(
         "--net", action="store_true", help="give the guest a NIC on QEMU's restricted user network"
