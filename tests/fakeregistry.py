@@ -45,6 +45,7 @@ class Knobs:
     lie_about_digest: bool = False
     tamper: str = ""  # digest of a blob served with one byte flipped
     schema1: bool = False
+    blob_delay: float = 0.0  # seconds before each blob answer (to see requests overlap)
 
 
 @dataclass
@@ -53,6 +54,8 @@ class FakeRegistry:
     knobs: Knobs
     log: list[Request] = field(default_factory=list)
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token → scope, expiry
+    in_flight: int = 0
+    most_in_flight: int = 0  # blob requests served at the same time, at most
 
     @property
     def host(self) -> str:
@@ -190,6 +193,17 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             return self.answer(200, body, {"Content-Type": media, "Docker-Content-Digest": claimed})
 
         def send_blob(self, digest: str) -> None:
+            with lock:
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            try:
+                time.sleep(knobs.blob_delay)
+                self.send_blob_now(digest)
+            finally:
+                with lock:
+                    state.in_flight -= 1
+
+        def send_blob_now(self, digest: str) -> None:
             data = blob(digest)
             header = self.headers.get("Range", "")
             start = int(header[6:].split("-")[0]) if header.startswith("bytes=") else 0

@@ -218,3 +218,21 @@ def test_digest_pin_through_the_reference(layout: Path, tmp_path: Path) -> None:
             BootcLiveError, match=r"has no manifest sha256:0{64} \(MANIFEST_UNKNOWN"
         ):
             pull(reg, tmp_path / "root2", ref=f"{reg.host}/{REPO}@sha256:{'0' * 64}")
+
+
+def test_small_layers_are_fetched_in_parallel_and_applied_in_order(tmp_path: Path) -> None:
+    # Eight small layers, each rewriting the same file: only in-order application leaves the
+    # last one's content; the registry takes 0.3 s per blob, so overlap shows.
+    layers = [
+        layer_tar([f("order", f"layer {i}\n".encode()), f(f"f{i}", os.urandom(999))])
+        for i in range(8)
+    ]
+    layout = tmp_path / "layout"
+    build_layout(layout, layers, tag=TAG)
+    with fakeregistry.serve(layout, Knobs(blob_delay=0.3)) as reg:
+        pull(reg, tmp_path / "root")
+        most = reg.most_in_flight
+        fetched = [r.path.rsplit("/", 1)[1] for r in reg.hits("/blobs/")]
+    assert (tmp_path / "root/order").read_text() == "layer 7\n"
+    assert most >= 2, "no two blobs were fetched at the same time"
+    assert len(fetched) == len(set(fetched)) == 9  # the config and 8 layers, each once

@@ -18,7 +18,9 @@ import base64
 import hashlib
 import io
 import json
+import queue
 import re
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -46,6 +48,11 @@ ACCEPT = ", ".join(
 )
 AUTH_IN_INITRAMFS = "/etc/bootc-live/auth.json"  # `bootc-live build --auth-file FILE` puts it
 MANIFEST_LIMIT = 4 << 20
+# Small layers are fetched ahead, in parallel, into memory (where latency, not bandwidth,
+# dominates); large ones stream. At most this much is held at once.
+PREFETCH_BUDGET = 32 << 20
+PREFETCH_MAX_BLOB = 8 << 20
+PREFETCH_WORKERS = 3
 MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -469,6 +476,11 @@ class RegistrySource:
         self.endpoint = upstream
         self._documents: dict[str, bytes] = {}
         self._index: bytes | None = None
+        self._ahead: dict[str, _Fetch] = {}
+        self._budget = threading.BoundedSemaphore(PREFETCH_BUDGET // PREFETCH_MAX_BLOB)
+        self._queue: queue.Queue[_Fetch | None] = queue.Queue()
+        self._workers: list[threading.Thread] = []
+        self._order = threading.Lock()
 
     def index_json(self) -> bytes:
         """The reference's manifest or index as a one-entry index (tagged with the tag)."""
@@ -503,7 +515,52 @@ class RegistrySource:
             desc["annotations"] = {REF_NAME: self.ref.tag}
         return json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode()
 
+    def prefetch(self, layers: tuple[Descriptor, ...]) -> None:
+        """Fetch the small layers after the first ahead, in parallel, within a memory budget.
+
+        Application stays in order: the feeder opens each layer in turn and gets the bytes
+        fetched ahead (verified then, like any other stream) or a live stream.
+        """
+        todo = [
+            d for d in layers[1:] if d.size <= PREFETCH_MAX_BLOB and d.digest not in self._ahead
+        ]
+        for desc in todo:
+            fetch = _Fetch(desc)
+            self._ahead[desc.digest] = fetch
+            self._queue.put(fetch)
+        while todo and len(self._workers) < PREFETCH_WORKERS:
+            worker = threading.Thread(target=self._fetch_ahead, name="prefetch", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _fetch_ahead(self) -> None:
+        while True:
+            # The next fetch and its slot of PREFETCH_MAX_BLOB bytes are taken together, in
+            # layer order: every slot is then held by an earlier layer, which the feeder
+            # consumes (and frees) before it waits for this one.
+            with self._order:
+                fetch = self._queue.get()
+                if fetch is None:
+                    return
+                self._budget.acquire()
+            if fetch.cancelled:
+                self._budget.release()
+                continue
+            try:
+                with self.endpoint.blob(fetch.desc) as reader:
+                    fetch.data = _read_exactly(reader, fetch.desc.size)
+            except BaseException as err:  # the feeder raises it when it gets to that layer
+                fetch.error = err
+            fetch.done.set()
+
     def open_blob(self, desc: Descriptor) -> BinaryIO:
+        fetch = self._ahead.pop(desc.digest, None)
+        if fetch is not None:
+            fetch.done.wait()
+            self._budget.release()
+            if fetch.error is not None:
+                raise fetch.error
+            return io.BytesIO(fetch.data)
         if desc.digest in self._documents:
             return io.BytesIO(self._documents[desc.digest])
         if desc.media_type in INDEX_TYPES or desc.media_type in MANIFEST_TYPES:
@@ -517,6 +574,34 @@ class RegistrySource:
 
     def close(self) -> None:
         self._documents.clear()
+        for fetch in self._ahead.values():
+            fetch.cancelled = True
+        for _ in self._workers:
+            self._queue.put(None)
+        self._ahead.clear()
+
+
+class _Fetch:
+    """One blob fetched ahead."""
+
+    def __init__(self, desc: Descriptor) -> None:
+        self.desc = desc
+        self.data = b""
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.cancelled = False
+
+
+def _read_exactly(reader: Reader, size: int) -> bytes:
+    parts = []
+    got = 0
+    while got < size + 1:  # one byte more: a blob longer than its descriptor is caught too
+        data = reader.read(min(1 << 20, size + 1 - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 def _line(err: BaseException) -> str:
