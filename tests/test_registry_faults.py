@@ -14,7 +14,7 @@ import fakeregistry
 from bootc_live.runtime import http
 from bootc_live.runtime.errors import BootcLiveError, VerificationError
 from bootc_live.runtime.oci import resolve
-from bootc_live.runtime.registry import Reference, RegistrySource
+from bootc_live.runtime.registry import Reference, RegistrySource, load_credentials
 from bootc_live.runtime.unpack import unpack_image
 from fakeregistry import REPO, TAG, Knobs
 from imagegen import build_layout, d, f, layer_tar
@@ -236,3 +236,46 @@ def test_small_layers_are_fetched_in_parallel_and_applied_in_order(tmp_path: Pat
     assert (tmp_path / "root/order").read_text() == "layer 7\n"
     assert most >= 2, "no two blobs were fetched at the same time"
     assert len(fetched) == len(set(fetched)) == 9  # the config and 8 layers, each once
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("fedora", ("docker.io", "library/fedora", "latest", None)),
+        ("fedora:41", ("docker.io", "library/fedora", "41", None)),
+        ("org/img", ("docker.io", "org/img", "latest", None)),
+        ("quay.io/fedora/fedora-bootc:41", ("quay.io", "fedora/fedora-bootc", "41", None)),
+        ("localhost/x", ("localhost", "x", "latest", None)),
+        ("10.0.2.100:5000/a/b/c", ("10.0.2.100:5000", "a/b/c", "latest", None)),
+        (f"r:5000/x@sha256:{'a' * 64}", ("r:5000", "x", None, f"sha256:{'a' * 64}")),
+        (f"r.io/x:t@sha256:{'b' * 64}", ("r.io", "x", "t", f"sha256:{'b' * 64}")),
+    ],
+)
+def test_references_are_normalised(text: str, expected: tuple[str, str, str, str]) -> None:
+    ref = Reference.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == expected
+    assert ref.api_host == ("registry-1.docker.io" if expected[0] == "docker.io" else expected[0])
+
+
+@pytest.mark.parametrize("text", ["Upper/case", "r.io/x:bad tag", "r.io/x@sha256:12", "r.io/"])
+def test_bad_references_are_refused(text: str) -> None:
+    with pytest.raises(BootcLiveError, match="docker://"):
+        Reference.parse(text)
+
+
+def test_credentials_by_host_path_and_docker_hub(tmp_path: Path) -> None:
+    path = auth_json(
+        tmp_path / "a.json",
+        {
+            "r.io": ("host", "1"),
+            "r.io/team": ("team", "2"),
+            "https://index.docker.io/v1/": ("hub", "3"),
+        },
+    )
+    assert load_credentials(str(path), "r.io", "other/x") == ("host", "1")
+    assert load_credentials(str(path), "r.io", "team/x") == ("team", "2")
+    assert load_credentials(str(path), "docker.io", "library/fedora") == ("hub", "3")
+    assert load_credentials(str(path), "mirror.io", "team/x") is None
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(BootcLiveError, match=r"not a valid auth\.json"):
+        load_credentials(str(tmp_path / "bad.json"), "r.io", "x")

@@ -313,8 +313,11 @@ class ErofsRoot(Root):
             if not writable or os.path.islink(lower) or not os.path.isdir(lower):
                 continue  # read-only as asked, or nothing there to make writable
             upper, work = os.path.join(self.rw, name, "upper"), os.path.join(self.rw, name, "work")
-            os.makedirs(upper, mode=0o755)
+            os.makedirs(upper)
             os.makedirs(work, mode=0o700)
+            st = os.stat(lower)  # the overlay's top directory is the upper one: same owner, mode
+            os.chown(upper, st.st_uid, st.st_gid)
+            os.chmod(upper, st.st_mode & 0o7777)
             options = f"lowerdir={lower},upperdir={upper},workdir={work}"
             run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", lower])
 
