@@ -12,7 +12,7 @@ import pytest
 
 from bootc_live import build as build_mod
 from bootc_live.dracut import OPTIONAL_MODULES, dracut_argv, export_modules
-from bootc_live.runtime import memory
+from bootc_live.runtime import handover, memory
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
@@ -30,7 +30,8 @@ def test_dracut_argv_exact() -> None:
         "--conf", "/dev/null", "--confdir", "/w/conf",
         "--modules",
         "systemd systemd-initrd dracut-systemd systemd-networkd qemu qemu-net bootc-live "
-        "bootc-live-net bootc-live-registry bootc-live-zram bootc-live-erofs",
+        "bootc-live-net bootc-live-registry bootc-live-zram bootc-live-erofs "
+        "bootc-live-kexec",
         "/o/initrd.img",
     ]  # fmt: skip
     assert dracut_argv("6.9", "shell", "/x", minimal=False, includes=[("/h/ca", "/etc/ca")],
@@ -111,8 +112,8 @@ def test_split_layout_and_archive_hold_the_verified_image(
     assert sizes == [len(t) for t in LAYERS]
     index = build_mod.index_json(image, "v1", sizes)
     # Blobs above the cpio member limit are stored in parts: force that with a tiny limit.
-    monkeypatch.setattr(build_mod, "MAX_MEMBER", 10_000)
-    monkeypatch.setattr(build_mod, "PART_SIZE", 4096)
+    monkeypatch.setattr(handover, "MAX_MEMBER", 10_000)
+    monkeypatch.setattr(handover, "PART_SIZE", 4096)
     with open(tmp_path / "rootfs.img", "wb") as out:
         build_mod.write_split_layout(image, index, out)
     initramfs = tmp_path / "initramfs"

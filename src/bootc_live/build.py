@@ -9,25 +9,26 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import dracut
 from .images import SourceRef
-from .runtime.blobs import Descriptor, VerifyingReader
-from .runtime.cpio import MAX_MEMBER, CpioWriter
+from .runtime.blobs import VerifyingReader
 from .runtime.errors import BootcLiveError
-from .runtime.memory import SIZES_ANNOTATION
-from .runtime.oci import REF_NAME, Image
+from .runtime.handover import (
+    IMAGE_DIR,
+    OCI_LAYOUT,
+    blobs_of,
+    index_json,
+    verified,
+    write_split_layout,
+)
+from .runtime.oci import Image
 from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.sources import blob_path
 from .runtime.unpack import layer_sizes, unpack_image
 
-IMAGE_DIR = "bootc-live/image"  # where rootfs.img puts the image inside the initramfs
-PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
-OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 CA_IN_INITRAMFS = "/etc/bootc-live/ca.pem"  # read by runtime.http besides the system bundle
 
 
@@ -75,60 +76,6 @@ def kernel_arguments(label: str) -> str:
     return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
 
 
-def index_json(image: Image, label: str, sizes: list[int] | None) -> bytes:
-    """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes
-    when they are known."""
-    annotations = {REF_NAME: label}
-    if sizes is not None:
-        annotations[SIZES_ANNOTATION] = ",".join(map(str, sizes))
-    descriptor = {
-        "mediaType": image.manifest.media_type or "application/vnd.oci.image.manifest.v1+json",
-        "digest": image.manifest.digest,
-        "size": image.manifest.size,
-        "annotations": annotations,
-    }
-    if image.manifest.platform:
-        descriptor["platform"] = dict(image.manifest.platform)
-    return json.dumps({"schemaVersion": 2, "manifests": [descriptor]}, indent=1).encode()
-
-
-def _blobs(image: Image) -> list[Descriptor]:
-    seen: dict[str, Descriptor] = {}
-    for desc in (image.manifest, image.config_descriptor, *image.layers):
-        seen.setdefault(desc.digest, desc)
-    return list(seen.values())
-
-
-@contextmanager
-def _verified(image: Image, desc: Descriptor) -> Iterator[VerifyingReader]:
-    with image.source.open_blob(desc) as raw:
-        reader = VerifyingReader(raw, desc, "blob")
-        yield reader
-        reader.finish()
-
-
-def write_split_layout(image: Image, index: bytes, out: io.BufferedWriter) -> None:
-    """rootfs.img: a cpio holding an OCI layout with one member per blob (parts above 4 GiB)."""
-    cpio = CpioWriter(out)
-    parts = IMAGE_DIR.split("/")
-    for i in range(len(parts)):
-        cpio.add_dir("/".join(parts[: i + 1]))
-    for sub in ("blobs", "blobs/sha256"):
-        cpio.add_dir(f"{IMAGE_DIR}/{sub}")
-    cpio.add_bytes(f"{IMAGE_DIR}/oci-layout", OCI_LAYOUT)
-    cpio.add_bytes(f"{IMAGE_DIR}/index.json", index)
-    for desc in _blobs(image):
-        name = f"{IMAGE_DIR}/{blob_path(desc.digest)}"
-        with _verified(image, desc) as reader:
-            if desc.size <= MAX_MEMBER:
-                cpio.add_file(name, reader, desc.size)  # type: ignore[arg-type]
-                continue
-            for part, offset in enumerate(range(0, desc.size, PART_SIZE)):
-                size = min(PART_SIZE, desc.size - offset)
-                cpio.add_file(f"{name}.{part}", reader, size)  # type: ignore[arg-type]
-    cpio.close()
-
-
 def write_oci_archive(image: Image, index: bytes, path: Path) -> None:
     """root.oci: an oci-archive of the one image, for URL boot."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -146,8 +93,8 @@ def write_oci_archive(image: Image, index: bytes, path: Path) -> None:
             tar.addfile(info)
         add("oci-layout", len(OCI_LAYOUT), io.BytesIO(OCI_LAYOUT))
         add("index.json", len(index), io.BytesIO(index))
-        for desc in _blobs(image):
-            with _verified(image, desc) as reader:
+        for desc in blobs_of(image):
+            with verified(image, desc) as reader:
                 add(blob_path(desc.digest), desc.size, reader)
 
 
@@ -156,8 +103,8 @@ def write_oci_layout(image: Image, index: bytes, directory: Path) -> None:
     (directory / "blobs" / "sha256").mkdir(parents=True)
     (directory / "oci-layout").write_bytes(OCI_LAYOUT)
     (directory / "index.json").write_bytes(index)
-    for desc in _blobs(image):
-        with _verified(image, desc) as reader, open(directory / blob_path(desc.digest), "wb") as f:
+    for desc in blobs_of(image):
+        with verified(image, desc) as reader, open(directory / blob_path(desc.digest), "wb") as f:
             shutil.copyfileobj(reader, f, 1 << 20)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import build, demo, describe, dracut, vm
 from .images import TRANSPORTS, RegistryOptions, SourceRef, UsageError
-from .runtime import cmdline, memory, roots
+from .runtime import cmdline, handover, memory, roots
 from .runtime import run as run_module
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Image, Platform, all_manifests
@@ -104,7 +104,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
     label = dest.tag or ref.tag or "latest"
-    index = build.index_json(image, label, None)
+    index = handover.index_json(image, label, None)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
     shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     try:

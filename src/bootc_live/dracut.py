@@ -18,10 +18,17 @@ MODULES = (
     "90bootc-live-registry",
     "90bootc-live-zram",
     "90bootc-live-erofs",
+    "90bootc-live-kexec",
 )
 # Our modules beyond the core one: each is included when the userland that builds the
 # initramfs has what it needs (checked by `optional_modules`).
-OPTIONAL_MODULES = ("bootc-live-net", "bootc-live-registry", "bootc-live-zram", "bootc-live-erofs")
+OPTIONAL_MODULES = (
+    "bootc-live-net",
+    "bootc-live-registry",
+    "bootc-live-zram",
+    "bootc-live-erofs",
+    "bootc-live-kexec",
+)
 FLAVOURS = ("systemd", "shell")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
@@ -150,6 +157,7 @@ def optional_modules(root: Path, whose: str) -> list[str]:
         and _has_binary(root, "curl"),
         "bootc-live-zram": _has_binary(root, "mkfs.ext4"),
         "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),
+        "bootc-live-kexec": _has_binary(root, "kexec"),
     }
     can["bootc-live-registry"] = can["bootc-live-net"]  # the registry client is in the runtime
     without = {
@@ -158,6 +166,7 @@ def optional_modules(root: Path, whose: str) -> list[str]:
         "bootc-live-zram": "has no mkfs.ext4 (e2fsprogs): its initramfs cannot use bootc.zram",
         "bootc-live-erofs": "has no mkfs.erofs (erofs-utils): its initramfs cannot use "
         "bootc.live.erofs",
+        "bootc-live-kexec": "has no kexec (kexec-tools): its initramfs cannot use bootc.kexec",
     }
     for name in OPTIONAL_MODULES:
         if not can[name] and name in without:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import cmdline, http, memory, mounts, registry, roots
+from . import cmdline, http, kexec, memory, mounts, registry, roots
 from .cmdline import BootSpec
 from .errors import BootcLiveError, SpaceError
 from .oci import Image, resolve
@@ -160,13 +160,6 @@ def wait_for_route(timeout: float, console: Console) -> None:
     )
 
 
-def refuse_later_features(spec: BootSpec) -> None:
-    if spec.kexec:
-        raise NotSupportedYet(
-            "bootc.kexec is not supported by this initramfs yet", "remove bootc.kexec"
-        )
-
-
 def root_choice(spec: BootSpec, mem: memory.Memory) -> memory.Choice:
     """The root mode the command line asks for."""
     if spec.zram is not None and spec.erofs:
@@ -193,7 +186,6 @@ def make_root(spec: BootSpec, choice: memory.Choice, newroot: str, size: int) ->
 
 def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
     """The whole job, step by step."""
-    refuse_later_features(spec)
     with memory.PeakWatch() as peak:
         image, stats, root = obtain_and_unpack(spec, newroot, console)
     console.summary(
@@ -226,6 +218,14 @@ def obtain_and_unpack(
         label = None if spec.root is not None and spec.root.kind == "docker" else spec.label
         image = resolve(source, label=label, platform=spec.platform, digest=pinned_digest(spec))
         mem = memory.Memory.read()
+        if spec.kexec:
+            write_status("kexec", manifest=image.manifest_digest)
+            console.say(
+                f"image {image.manifest_digest}: {len(image.layers)} layers, "
+                f"{image.compressed_size >> 20} MiB compressed; bootc.kexec: looking for its "
+                "kernel"
+            )
+            kexec.kexec_boot(spec, image, mem, console.say)
         choice = root_choice(spec, mem)
         consumable = isinstance(source, LayoutSource) and source.consume
         est, need = memory.check(image, mem, blobs_freed=consumable, choice=choice)

@@ -35,17 +35,19 @@ class CpioWriter:
     def add_dir(self, name: str, mode: int = 0o755) -> None:
         self._header(name, stat.S_IFDIR | mode, 0, nlink=2)
 
-    def add_file(self, name: str, src: BinaryIO, size: int, mode: int = 0o644) -> None:
-        """Add a regular file of `size` bytes read from `src`."""
+    def add_file(self, name: str, src: BinaryIO, size: int, mode: int = 0o644) -> int:
+        """Add a regular file of `size` bytes read from `src`; return the offset of its data."""
         if size > MAX_MEMBER:
             raise ValueError(f"cpio member {name} is larger than 4 GiB")
         self._header(name, stat.S_IFREG | mode, size)
+        offset = self._written
         start = self._out.tell() if self._out.seekable() else None
         shutil.copyfileobj(_Limited(src, size), self._out, 1 << 20)
         if start is not None and self._out.tell() - start != size:
             raise ValueError(f"cpio member {name}: source ended early")
         self._written += size
         self._write(_pad(size))
+        return offset
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
         self._header(name, stat.S_IFREG | mode, len(data))

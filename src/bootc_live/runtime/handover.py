@@ -1,0 +1,134 @@
+"""The split layout: an image as a cpio archive holding an OCI layout, one member per blob.
+
+`bootc-live build` writes it as rootfs.img (an initrd appended to initrd.img); bootc.kexec
+writes it for the next stage, so that the image is neither fetched nor stored twice. Blobs are
+verified as they are copied; the offsets of their data in the archive are returned, so the
+archive itself can serve as an image source (`SplitLayoutSource`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from .blobs import Descriptor, VerifyingReader
+from .cpio import MAX_MEMBER, CpioWriter
+from .errors import ImageError
+from .memory import SIZES_ANNOTATION
+from .oci import REF_NAME, Image
+from .sources import _Slice, blob_path
+from .streams import Reader
+
+IMAGE_DIR = "bootc-live/image"  # where the split layout puts the image inside the initramfs
+PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def index_json(image: Image, label: str, sizes: list[int] | None) -> bytes:
+    """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes
+    when they are known (else those the image's own index recorded, if any)."""
+    annotations = {REF_NAME: label}
+    if sizes is not None:
+        annotations[SIZES_ANNOTATION] = ",".join(map(str, sizes))
+    elif SIZES_ANNOTATION in image.index_annotations:
+        annotations[SIZES_ANNOTATION] = image.index_annotations[SIZES_ANNOTATION]
+    descriptor = {
+        "mediaType": image.manifest.media_type or "application/vnd.oci.image.manifest.v1+json",
+        "digest": image.manifest.digest,
+        "size": image.manifest.size,
+        "annotations": annotations,
+    }
+    if image.manifest.platform:
+        descriptor["platform"] = dict(image.manifest.platform)
+    return json.dumps({"schemaVersion": 2, "manifests": [descriptor]}, indent=1).encode()
+
+
+def blobs_of(image: Image) -> list[Descriptor]:
+    """The image's blobs, each once: manifest, config, layers."""
+    seen: dict[str, Descriptor] = {}
+    for desc in (image.manifest, image.config_descriptor, *image.layers):
+        seen.setdefault(desc.digest, desc)
+    return list(seen.values())
+
+
+@contextmanager
+def verified(image: Image, desc: Descriptor) -> Iterator[VerifyingReader]:
+    """The blob's bytes; at the end of the block its digest and size are checked."""
+    with image.source.open_blob(desc) as raw:
+        reader = VerifyingReader(raw, desc, "blob")
+        yield reader
+        reader.finish()
+
+
+Extents = dict[str, list[tuple[int, int]]]  # blob digest → (offset, size) of each part's data
+
+
+def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
+    """Write the split layout to `out` (seekable); return where each blob's data lies."""
+    cpio = CpioWriter(out)
+    parts = IMAGE_DIR.split("/")
+    for i in range(len(parts)):
+        cpio.add_dir("/".join(parts[: i + 1]))
+    for sub in ("blobs", "blobs/sha256"):
+        cpio.add_dir(f"{IMAGE_DIR}/{sub}")
+    cpio.add_bytes(f"{IMAGE_DIR}/oci-layout", OCI_LAYOUT)
+    cpio.add_bytes(f"{IMAGE_DIR}/index.json", index)
+    extents: Extents = {}
+    for desc in blobs_of(image):
+        name = f"{IMAGE_DIR}/{blob_path(desc.digest)}"
+        where = extents.setdefault(desc.digest, [])
+        with verified(image, desc) as reader:
+            if desc.size <= MAX_MEMBER:
+                where.append((cpio.add_file(name, reader, desc.size), desc.size))  # type: ignore[arg-type]
+                continue
+            for part, offset in enumerate(range(0, desc.size, PART_SIZE)):
+                size = min(PART_SIZE, desc.size - offset)
+                where.append((cpio.add_file(f"{name}.{part}", reader, size), size))  # type: ignore[arg-type]
+    cpio.close()
+    return extents
+
+
+class SplitLayoutSource:
+    """An image source over a split layout just written to `path` (an ImageSource)."""
+
+    def __init__(self, path: str, index: bytes, extents: Extents) -> None:
+        self.path = path
+        self.description = f"split layout {path}"
+        self._index = index
+        self._extents = extents
+
+    def index_json(self) -> bytes:
+        return self._index
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if desc.digest not in self._extents:
+            raise ImageError(f"{self.description}: blob {desc.digest} is missing")
+        slices: list[Reader] = [_Slice(self.path, o, s) for o, s in self._extents[desc.digest]]
+        return slices[0] if len(slices) == 1 else _Chain(slices)  # type: ignore[return-value]
+
+    def release(self, desc: Descriptor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Chain(Reader):
+    """Readers read one after the other."""
+
+    def __init__(self, readers: list[Reader]) -> None:
+        self._readers = readers
+
+    def read(self, n: int = -1) -> bytes:
+        while self._readers:
+            data = self._readers[0].read(n)
+            if data or n == 0:
+                return data
+            self._readers.pop(0).close()
+        return b""
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()

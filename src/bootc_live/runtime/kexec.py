@@ -1,0 +1,222 @@
+"""bootc.kexec: boot the image's own kernel and initramfs, handing the image over.
+
+The boot kernel (a PXE server's, say) only obtains and verifies the image, then becomes a chain
+loader:
+
+1. With reuse (the default) every blob is copied once, verified, into the handover: a split
+   layout (one cpio member per blob) that becomes the first part of the next stage's initrd. The
+   layers are then read from it, not from the network again.
+2. The layers are read from the top down until a kernel (`usr/lib/modules/KVER/vmlinuz`) and
+   its `initramfs.img` are found, whiteouts and opaque directories respected; lower layers are
+   not read. Among the kernels complete at that point the highest version wins, unless
+   bootc.kexec.kver= names one (then reading goes on until that one is complete).
+3. The image's initramfs is appended to the handover (the kernel unpacks concatenated cpio
+   archives in turn), and the command line is the running one without the bootc.kexec options;
+   with reuse, root= names the handed-over layout instead.
+4. kexec -l, then kexec -e.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from . import memory, mounts
+from .apply import OPAQUE, WHITEOUT, clean
+from .cmdline import BootSpec, split
+from .errors import BootcLiveError
+from .handover import IMAGE_DIR, SplitLayoutSource, index_json, write_split_layout
+from .oci import Image
+from .run import run
+from .streams import ChunkStream
+from .tarstream import REGULAR, read_entries
+from .unpack import layer_chunks
+
+WORKDIR = "/run/bootc-live/kexec"
+_BOOT_FILE = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/(vmlinuz|initramfs\.img)")
+MIB = 1 << 20
+SLACK = 64 * MIB  # the runtime, kexec-tools and the kernel's copy while loading
+
+
+class KexecError(BootcLiveError):
+    """The image's kernel cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kver: str
+    kernel: str  # paths of the extracted files
+    initramfs: str
+    layers_read: int  # from the top
+
+
+def _version_key(kver: str) -> list[tuple[int, str]]:
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~_]", kver)]
+
+
+def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles:
+    """Read the layers from the top down until the kernel and its initramfs are known."""
+    whiteouts: set[bytes] = set()  # paths whited out by the layers read so far
+    opaques: set[bytes] = set()  # directories whose lower content those layers hide
+    found: dict[tuple[str, str], str] = {}  # (kver, "vmlinuz" | "initramfs.img") → file or ""
+    for read, index in enumerate(reversed(range(len(image.layers))), 1):
+        layer_whiteouts: set[bytes] = set()
+        layer_opaques: set[bytes] = set()
+        stream = ChunkStream(layer_chunks(image, index))
+        for entry in read_entries(stream):
+            key = clean(entry.name)
+            name = key[-1] if key else b""
+            if name.startswith(WHITEOUT):
+                parent = b"/".join(key[:-1])
+                if name == OPAQUE:
+                    layer_opaques.add(parent)
+                else:
+                    layer_whiteouts.add(b"/".join((*key[:-1], name[len(WHITEOUT) :])))
+            else:
+                match = _BOOT_FILE.fullmatch(b"/".join(key))
+                if match and not _hidden(key, whiteouts, opaques):
+                    kver, what = match.group(1).decode("utf-8", "replace"), match.group(2).decode()
+                    if (kver, what) not in found:  # an upper layer's wins
+                        found[(kver, what)] = ""  # a link or other: hides lower ones, unusable
+                        if entry.kind == REGULAR:
+                            found[(kver, what)] = _extract(stream, entry.size, workdir, kver, what)
+                            continue
+            if entry.kind == REGULAR:
+                stream.skip(entry.size)
+        stream.drain()  # to the end: the blob's digest and diff_id are checked
+        whiteouts |= layer_whiteouts
+        opaques |= layer_opaques
+        complete = sorted(
+            {k for k, _ in found if found.get((k, "vmlinuz")) and found.get((k, "initramfs.img"))},
+            key=_version_key,
+        )
+        if wanted:
+            chosen = wanted if wanted in complete else ""
+        else:
+            chosen = complete[-1] if complete else ""
+        if chosen:
+            return BootFiles(
+                chosen, found[(chosen, "vmlinuz")], found[(chosen, "initramfs.img")], read
+            )
+    return _missing(wanted, found)
+
+
+def _hidden(key: tuple[bytes, ...], whiteouts: set[bytes], opaques: set[bytes]) -> bool:
+    """Whether upper layers hide `key` of a lower layer: it, or a parent, whited out, or a
+    parent made opaque."""
+    for depth in range(1, len(key) + 1):
+        prefix = b"/".join(key[:depth])
+        if prefix in whiteouts or (depth < len(key) and prefix in opaques):
+            return True
+    return False
+
+
+def _extract(stream: ChunkStream, size: int, workdir: str, kver: str, what: str) -> str:
+    target = os.path.join(workdir, f"{kver}.{what}")
+    with open(target, "wb") as out:
+        left = size
+        while left:
+            chunk = stream.read_some(min(left, 1 << 20))
+            out.write(chunk)
+            left -= len(chunk)
+    return target
+
+
+def _missing(wanted: str | None, found: dict[tuple[str, str], str]) -> BootFiles:
+    kvers = {kver for kver, _ in found}
+    if wanted and wanted not in kvers:
+        offered = ", ".join(sorted(kvers, key=_version_key)) or "none"
+        raise KexecError(
+            f"bootc.kexec.kver={wanted}: the image has no kernel {wanted} (kernels: {offered})",
+            "fix bootc.kexec.kver= or drop it for the highest version",
+        )
+    for kver in sorted(kvers, key=_version_key, reverse=True):
+        if wanted and kver != wanted:
+            continue
+        if not found.get((kver, "vmlinuz")):
+            raise KexecError(
+                f"bootc.kexec: the image has no usr/lib/modules/{kver}/vmlinuz",
+                "install the kernel in the image, or boot without bootc.kexec",
+            )
+        raise KexecError(
+            f"bootc.kexec: the image has no usr/lib/modules/{kver}/initramfs.img",
+            "build it in the image with the bootc-live dracut modules (see docs/live-ready.md), "
+            "or boot without bootc.kexec",
+        )
+    raise KexecError(
+        "bootc.kexec: the image has no kernel (no usr/lib/modules/KVER/vmlinuz)",
+        "boot without bootc.kexec, or use an image that carries its kernel",
+    )
+
+
+def next_command_line(current: str, reuse: bool, label: str) -> str:
+    """The running command line without the kexec options; with reuse, root= (and bootclabel=)
+    name the handed-over layout."""
+    kept = []
+    for arg in split(current):
+        name = arg.split("=", 1)[0]
+        if name == "bootc.kexec" or name.startswith("bootc.kexec."):
+            continue
+        if reuse and name in ("root", "bootclabel"):
+            continue
+        kept.append(arg)
+    if reuse:
+        kept += [f"root=bootc-live:/{IMAGE_DIR}", f"bootclabel={label}"]
+    return " ".join(shlex.quote(a) if " " in a else a for a in kept)
+
+
+def kexec_boot(
+    spec: BootSpec,
+    image: Image,
+    mem: memory.Memory,
+    say: Callable[[str], None],
+    workdir: str = WORKDIR,
+) -> None:
+    """Obtain the boot files (and the handover), load them with kexec and execute: on success
+    this does not return."""
+    handover_size = image.compressed_size if spec.kexec_reuse_image else 0
+    need = handover_size + SLACK
+    have = memory.available(mem, image, blobs_freed=False)
+    if need > have:
+        raise memory.NotEnoughMemory(
+            f"not enough memory for kexec: the handover needs about {need // MIB} MiB, "
+            f"{max(have, 0) // MIB} MiB available",
+            "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image "
+            "itself)",
+        )
+    os.makedirs(workdir, exist_ok=True)
+    mounts.mount_tmpfs(workdir, mem.total)
+    initrd = os.path.join(workdir, "initrd")
+    label = "handover"
+    with open(initrd, "wb") as out:
+        if spec.kexec_reuse_image:
+            say(f"handing the image over: copying {image.compressed_size >> 20} MiB of blobs")
+            index = index_json(image, label, None)
+            extents = write_split_layout(image, index, out)
+            image = replace(image, source=SplitLayoutSource(initrd, index, extents))
+        files = find_boot_files(image, spec.kexec_kver, workdir)
+        say(
+            f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
+            f"{len(image.layers)} layers"
+        )
+        with open(files.initramfs, "rb") as initramfs:
+            out.write(b"\0" * (-out.tell() % 4))
+            shutil.copyfileobj(initramfs, out, 1 << 20)
+    os.unlink(files.initramfs)
+    with open("/proc/cmdline", encoding="utf-8", errors="replace") as f:
+        command_line = next_command_line(f.read(), spec.kexec_reuse_image, label)
+    run(
+        ["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"],
+        hint="the initramfs needs kexec-tools (the bootc-live-kexec module) and a kernel that "
+        "allows kexec",
+    )
+    say(f"kexec into {files.kver}: {command_line}")
+    os.sync()
+    run(["kexec", "-e"], hint="the kernel refused to execute the loaded image")
+    raise KexecError(
+        f"kexec -e returned without starting kernel {files.kver}", "boot without bootc.kexec"
+    )

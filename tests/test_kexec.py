@@ -1,0 +1,145 @@
+"""bootc.kexec's first stage: the kernel and initramfs found from the top layer down (whiteouts
+and opaque directories respected, lower layers left unread), the next command line, and the
+split layout it hands over read back as an image source."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import kexec
+from bootc_live.runtime.handover import SplitLayoutSource, index_json, write_split_layout
+from bootc_live.runtime.oci import Image, resolve
+from bootc_live.runtime.sources import LayoutSource
+from bootc_live.runtime.unpack import unpack_image
+from imagegen import build_layout, d, f, layer_tar, opq, sym, wh
+
+M = "usr/lib/modules"
+
+
+def kernel(kver: str, initramfs: bool = True) -> list[object]:
+    entries = [d(f"{M}/{kver}"), f(f"{M}/{kver}/vmlinuz", f"kernel {kver}".encode())]
+    if initramfs:
+        entries.append(f(f"{M}/{kver}/initramfs.img", f"initramfs {kver}".encode()))
+    return entries
+
+
+def image_of(tmp_path: Path, *layers: list[object]) -> Image:
+    build_layout(tmp_path / "img", [layer_tar([d("usr"), d("usr/lib"), d(M), *e]) for e in layers])
+    return resolve(LayoutSource(str(tmp_path / "img")))
+
+
+def found(image: Image, tmp_path: Path, wanted: str | None = None) -> tuple[str, bytes, int]:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    files = kexec.find_boot_files(image, wanted, str(work))
+    assert Path(files.initramfs).read_bytes() == f"initramfs {files.kver}".encode()
+    return files.kver, Path(files.kernel).read_bytes(), files.layers_read
+
+
+class Unreadable:
+    """A source whose listed blobs must not be read (the lower layers)."""
+
+    def __init__(self, inner: LayoutSource, forbidden: set[str]) -> None:
+        self.inner, self.forbidden, self.description = inner, forbidden, inner.description
+
+    def index_json(self) -> bytes:
+        return self.inner.index_json()
+
+    def open_blob(self, desc):  # type: ignore[no-untyped-def]
+        assert desc.digest not in self.forbidden, "a lower layer was read"
+        return self.inner.open_blob(desc)
+
+
+def test_the_top_layers_suffice_and_lower_ones_are_not_read(tmp_path: Path) -> None:
+    image = image_of(tmp_path, [f("bin", b"x")], kernel("6.1.0-9"), kernel("6.1.0-10"))
+    guarded = replace(image, source=Unreadable(image.source, {image.layers[0].digest}))
+    assert found(guarded, tmp_path) == ("6.1.0-10", b"kernel 6.1.0-10", 1)
+    # Asked for the older one: reading goes on, one layer down, and still not to the bottom.
+    assert found(guarded, tmp_path, "6.1.0-9") == ("6.1.0-9", b"kernel 6.1.0-9", 2)
+
+
+def test_whiteouts_and_opaque_directories_hide_lower_kernels(tmp_path: Path) -> None:
+    image = image_of(
+        tmp_path,
+        kernel("6.1.0-10"),
+        kernel("6.1.0-9"),
+        [wh(f"{M}/6.1.0-10"), f("etc", b"")],
+    )
+    assert found(image, tmp_path)[:2] == ("6.1.0-9", b"kernel 6.1.0-9")
+    hidden = image_of(tmp_path / "b", kernel("6.1.0-10"), [opq(M), *kernel("5.10.0-1")])
+    assert found(hidden, tmp_path)[:2] == ("5.10.0-1", b"kernel 5.10.0-1")
+
+
+def test_an_upper_file_replaces_a_lower_one(tmp_path: Path) -> None:
+    new = [
+        f(f"{M}/6.1.0-1/vmlinuz", b"kernel 6.1.0-1"),
+        f(f"{M}/6.1.0-1/initramfs.img", b"initramfs 6.1.0-1"),
+    ]
+    old = [
+        d(f"{M}/6.1.0-1"),
+        f(f"{M}/6.1.0-1/vmlinuz", b"old"),
+        f(f"{M}/6.1.0-1/initramfs.img", b"old"),
+    ]
+    assert found(image_of(tmp_path, old, new), tmp_path) == ("6.1.0-1", b"kernel 6.1.0-1", 1)
+
+
+@pytest.mark.parametrize(
+    ("layers", "wanted", "message"),
+    [
+        ([[f("etc", b"")]], None, "the image has no kernel (no usr/lib/modules/KVER/vmlinuz)"),
+        ([kernel("6.1.0-1", initramfs=False)], None, "no usr/lib/modules/6.1.0-1/initramfs.img"),
+        (
+            [kernel("6.1.0-1")],
+            "6.2",
+            "bootc.kexec.kver=6.2: the image has no kernel 6.2 (kernels: 6.1.0-1)",
+        ),
+        (
+            [
+                [
+                    d(f"{M}/6.1.0-1"),
+                    sym(f"{M}/6.1.0-1/vmlinuz", "/boot/x"),
+                    f(f"{M}/6.1.0-1/initramfs.img", b"i"),
+                ]
+            ],
+            None,
+            "no usr/lib/modules/6.1.0-1/vmlinuz",
+        ),
+    ],
+)
+def test_what_is_missing_is_named(
+    tmp_path: Path, layers: list[list[object]], wanted: str | None, message: str
+) -> None:
+    with pytest.raises(kexec.KexecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        kexec.find_boot_files(image_of(tmp_path, *layers), wanted, str(tmp_path))
+
+
+def test_the_next_command_line_drops_the_kexec_switch() -> None:
+    current = (
+        "console=ttyS0 root=bootc-live:http://10.0.2.100/root.oci bootc.kexec bootc.kexec.kver=6 "
+        "bootclabel=x rd.shell=0 'quoted arg'\n"
+    )
+    assert kexec.next_command_line(current, reuse=False, label="h") == (
+        "console=ttyS0 root=bootc-live:http://10.0.2.100/root.oci bootclabel=x rd.shell=0 "
+        "'quoted arg'"
+    )
+    assert kexec.next_command_line(current, reuse=True, label="h") == (
+        "console=ttyS0 rd.shell=0 'quoted arg' root=bootc-live:/bootc-live/image bootclabel=h"
+    )
+
+
+def test_the_handover_is_a_source_of_the_same_image(tmp_path: Path) -> None:
+    image = image_of(tmp_path, kernel("6.1.0-1"), [f("etc", b"hello")])
+    buf = io.BytesIO()
+    index = index_json(image, "h", None)
+    extents = write_split_layout(image, index, buf)
+    (tmp_path / "handover").write_bytes(buf.getvalue())
+    source = SplitLayoutSource(str(tmp_path / "handover"), index, extents)
+    again = resolve(source, label="h")
+    assert again.manifest_digest == image.manifest_digest
+    (tmp_path / "root").mkdir()
+    unpack_image(again, str(tmp_path / "root"))
+    assert (tmp_path / "root/etc").read_bytes() == b"hello"
