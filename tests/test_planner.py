@@ -19,8 +19,8 @@ from imagegen import build_layout, d, f, layer_tar
 LAYERS = [layer_tar([d("etc"), f("etc/a", b"a" * 5000)]), layer_tar([f("big", os.urandom(70_000))])]
 
 
-def image_of(tmp_path: Path, recorded: list[int] | None = None) -> Image:
-    build_layout(tmp_path / "img", LAYERS)
+def image_of(tmp_path: Path, recorded: list[int] | None = None, compression: str = "gzip") -> Image:
+    build_layout(tmp_path / "img", LAYERS, compression=compression)
     image = resolve(LayoutSource(str(tmp_path / "img")))
     if recorded is None:
         return image
@@ -57,8 +57,18 @@ def test_the_tmpfs_shortfall_is_named_and_zram_suggested(tmp_path: Path) -> None
     assert (est2, chosen.choice.mode) == (est, "tmpfs")
 
 
-def test_blobs_freed_while_unpacking_count_as_available(tmp_path: Path) -> None:
+def test_without_recorded_sizes_the_gzip_trailers_give_them(tmp_path: Path) -> None:
     image = image_of(tmp_path)
+    est = memory.estimate(image)
+    assert est.how == "from the gzip trailers"
+    assert est.unpacked == sum(len(t) for t in LAYERS) * 21 // 20 + 16 * MIB
+    # zstd has no trailer (and a frame header may omit the size): the stated ratio.
+    est = memory.estimate(image_of(tmp_path / "z", compression="zstd"))
+    assert est.how == "3x the compressed size (no size recorded)"
+
+
+def test_blobs_freed_while_unpacking_count_as_available(tmp_path: Path) -> None:
+    image = image_of(tmp_path, compression="zstd")
     est = memory.estimate(image)
     assert est.how.startswith("3x the compressed size")
     mem = Memory(total=1 << 30, available=est.unpacked + memory.RESERVE - 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import fakeregistry
-from bootc_live.runtime import http
+from bootc_live.runtime import http, memory
 from bootc_live.runtime.errors import BootcLiveError, VerificationError
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.registry import Reference, RegistrySource, load_credentials
@@ -279,3 +279,16 @@ def test_credentials_by_host_path_and_docker_hub(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(BootcLiveError, match=r"not a valid auth\.json"):
         load_credentials(str(tmp_path / "bad.json"), "r.io", "x")
+
+
+def test_the_memory_estimate_reads_the_gzip_trailers_by_range(layout: Path) -> None:
+    with fakeregistry.serve(layout, Knobs(auth="bearer")) as reg:
+        source = RegistrySource(
+            Reference.parse(f"{reg.host}/{REPO}:{TAG}"), POLICY, print, unsecure=True
+        )
+        image = resolve(source)
+        est = memory.estimate(image)
+        tails = [r.headers.get("Range") for r in reg.hits("/blobs/")]
+    assert est.how == "from the gzip trailers"
+    sizes = [layer.size for layer in image.layers]
+    assert all(f"bytes={s - 4}-{s - 1}" in tails for s in sizes)  # 4 bytes of each layer

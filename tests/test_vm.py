@@ -136,3 +136,10 @@ def _members(cpio: bytes) -> list[tuple[str, int, int]]:
         out.append((name, data, size))
         pos = data + size + (-size % 4)
     return out
+
+
+def test_kexec_without_a_kernel_in_the_image_stops(artifacts: dict[str, Path]) -> None:
+    # The demo image carries no kernel: bootc.kexec stops before any kexec, with the reason.
+    result = run(artifacts["shell"], "bootc.kexec")
+    assert_stopped(result, "bootc.kexec: the image has no kernel (no usr/lib/modules/KVER/vmlinuz)")
+    assert "kexec into" not in result.boot.output

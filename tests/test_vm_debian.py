@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import debian_image
+import kexec_image
 from bootc_live.demo import host_kernel
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
 from servers import nginx
@@ -329,3 +330,76 @@ def test_reference_image_boots_from_a_url_with_1280_mib(
         f"({before} MiB before fetching), {unpacked >> 20} MiB unpacked, ratio {ratio:.3f}"
     )
     assert before < used < 1280
+
+
+@pytest.fixture(scope="module")
+def kexec_artifacts(
+    image: debian_image.DebianImage, artifacts: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """Stage one: the host's kernel and dracut; the image: the Debian image plus its own
+    initramfs (built in its userland with the bootc-live modules) at
+    usr/lib/modules/KVER/initramfs.img. Returns the artifacts and the image's digest."""
+    work = tmp_path_factory.mktemp("kexec")
+    digest = kexec_image.kexec_ready(image, artifacts / "initrd.img", work)
+    out = work / "artifacts"
+    source = f"oci:{work / 'layout'}:{debian_image.TAG}"
+    made = bootc_live(
+        "build", source, "-o", str(out), "--host", "--kver", host_kernel(), tmpdir=work
+    )
+    assert made.returncode == 0, f"bootc-live build failed:\n{tail(made.stderr)}"
+    return out, digest
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse-image", "reuse-image=0"])
+def test_kexec_into_the_images_own_kernel(
+    image: debian_image.DebianImage,
+    kexec_artifacts: tuple[Path, str],
+    tmp_path: Path,
+    reuse: bool,
+) -> None:
+    """SPEC §7: stage one (the host's kernel) hands over to the image's kernel and initramfs;
+    with reuse the image crosses over in memory, so every blob is fetched once in all."""
+    out, digest = kexec_artifacts
+    stage_one = host_kernel()
+    assert stage_one != image.kver, "the test needs two different kernels"
+    append = f"root=bootc-live:http://{GUEST_SERVER}/root.oci bootc.kexec"
+    append += "" if reuse else " bootc.kexec.reuse-image=0"
+    console = tmp_path / "console.log"
+    with nginx(out, tmp_path / "nginx") as server:
+        result = boot(
+            VmConfig(
+                out,
+                mem=MEM,
+                append=append,
+                embedded=False,
+                network=True,
+                forwards=((80, server.port),),
+            ),
+            timeout=BOOT_TIMEOUT,
+            markers=(debian_image.MARKER,),
+            echo=None,
+            log=console,
+        )
+        requests = server.requests()
+    seen = verdict(result, console)
+    assert (seen["kernel"], seen["root"], seen["etc"], seen["target"], seen["failed"]) == (
+        image.kver,
+        "ro",
+        "rw",
+        "multi-user",
+        "none",
+    ), f"console log {console}:\n{tail(result.output)}"
+    output = result.output
+    assert output.index(f"Linux version {stage_one} ") < output.index(
+        f"Linux version {image.kver} "
+    )
+    assert f"kexec into {image.kver}: " in output
+    assert f"live root ready: {digest}" in output
+    sent = sum(int(line.rsplit(" ", 1)[1]) for line in requests)
+    archive = (out / "root.oci").stat().st_size
+    print(f"kexec (reuse={reuse}): {sent >> 20} MiB served for a {archive >> 20} MiB archive")
+    if reuse:
+        assert sent < archive * 1.02  # each blob once, across both stages
+        assert "root=bootc-live:/bootc-live/image bootclabel=handover" in output
+    else:
+        assert sent > archive * 1.4  # stage two fetched the image itself

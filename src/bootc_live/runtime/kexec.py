@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -188,6 +189,7 @@ def kexec_boot(
             "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image "
             "itself)",
         )
+    start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     mounts.mount_tmpfs(workdir, mem.total)
     initrd = os.path.join(workdir, "initrd")
@@ -213,6 +215,12 @@ def kexec_boot(
         ["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"],
         hint="the initramfs needs kexec-tools (the bootc-live-kexec module) and a kernel that "
         "allows kexec",
+    )
+    now = memory.Memory.read()
+    say(
+        f"kexec: stage one took {time.monotonic() - start:.1f}s, {files.layers_read} of "
+        f"{len(image.layers)} layers read; memory in use {(now.total - now.available) >> 20} MiB "
+        f"(next initrd {os.path.getsize(initrd) >> 20} MiB)"
     )
     say(f"kexec into {files.kver}: {command_line}")
     os.sync()

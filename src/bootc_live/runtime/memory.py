@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from .blobs import Descriptor
 from .errors import BootcLiveError
 from .oci import Image
 
@@ -44,15 +45,45 @@ class Estimate:
 
 
 def estimate(image: Image) -> Estimate:
-    """Unpacked size in a tmpfs: tar sizes recorded at build time, else a stated ratio."""
+    """Unpacked size in a tmpfs: tar sizes recorded at build time, else each gzip layer's
+    trailer (ISIZE, when the source can read a blob's last bytes cheaply and the value is
+    plausible), else a stated ratio."""
     recorded = image.index_annotations.get(SIZES_ANNOTATION, "")
     sizes = [int(v) for v in recorded.split(",") if v.isdigit()]
     if len(sizes) == len(image.layers):
         # tmpfs rounds files up to pages where tar rounds to 512 bytes: allow 5 %.
         return Estimate(sum(sizes) * 21 // 20 + 16 * MIB, "recorded by bootc-live build")
-    return Estimate(
-        image.compressed_size * RATIO + 16 * MIB, f"{RATIO}x the compressed size (no size recorded)"
-    )
+    trailers = [_gzip_isize(image, layer) for layer in image.layers]
+    known = [t for t in trailers if t is not None]
+    guessed = sum(layer.size * RATIO for layer, t in zip(image.layers, trailers) if t is None)
+    if not known:
+        return Estimate(
+            image.compressed_size * RATIO + 16 * MIB,
+            f"{RATIO}x the compressed size (no size recorded)",
+        )
+    how = "from the gzip trailers"
+    if len(known) < len(trailers):
+        how += f", {RATIO}x the compressed size for {len(trailers) - len(known)} other layers"
+    return Estimate((sum(known) + guessed) * 21 // 20 + 16 * MIB, how)
+
+
+def _gzip_isize(image: Image, layer: Descriptor) -> int | None:
+    """The uncompressed size a gzip blob's trailer states (mod 4 GiB), if it is believable.
+
+    A blob of several gzip members states only its last one's size, and sizes wrap at 4 GiB:
+    a size below the compressed one, or any doubt, gives None (the stated ratio is used).
+    """
+    tail = getattr(image.source, "tail", None)
+    if tail is None or "gzip" not in layer.media_type or layer.size < 18:
+        return None
+    try:
+        data = tail(layer, 4)
+    except (OSError, BootcLiveError):
+        return None
+    if len(data) != 4:
+        return None
+    isize = int.from_bytes(data, "little")
+    return isize if layer.size <= isize < (1 << 32) - 1 else None
 
 
 MODES = ("tmpfs", "zram", "erofs")

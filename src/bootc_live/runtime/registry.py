@@ -380,6 +380,13 @@ class Endpoint:
             )
         return body, media_type, digest
 
+    def tail(self, desc: Descriptor, n: int) -> bytes:
+        """The blob's last `n` bytes, by a ranged request (unverified: for estimates only)."""
+        client = self._client(self.url("blobs", desc.digest), {}, True)
+        retrier = http.Retrier(client.url, self.policy, self.log)
+        with http.RangeReader(client, max(0, desc.size - n), desc.size, retrier) as reader:
+            return reader.read(n)
+
     def blob(self, desc: Descriptor) -> Reader:
         client = self._client(self.url("blobs", desc.digest), {}, True)
         retrier = http.Retrier(client.url, self.policy, self.log)
@@ -568,6 +575,9 @@ class RegistrySource:
             self._documents[digest] = raw
             return io.BytesIO(raw)
         return self.endpoint.blob(desc)  # type: ignore[return-value]
+
+    def tail(self, desc: Descriptor, n: int) -> bytes:
+        return self.endpoint.tail(desc, n)
 
     def release(self, desc: Descriptor) -> None:
         self._documents.pop(desc.digest, None)

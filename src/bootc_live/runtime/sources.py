@@ -79,6 +79,16 @@ class LayoutSource:
             return open(files[0], "rb")
         return _Parts(files)  # type: ignore[return-value]
 
+    def tail(self, desc: Descriptor, n: int) -> bytes:
+        """The blob's last `n` bytes (unverified: for estimates only)."""
+        files = self._files(desc)
+        if not files:
+            return b""
+        with open(files[-1], "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read(n)
+
     def release(self, desc: Descriptor) -> None:
         if self.consume:
             for name in self._files(desc):
@@ -165,6 +175,15 @@ class MemberIndex:
         if name not in self._members:
             raise ImageError(f"{self.description}: blob {desc.digest} is missing")
         return self._open_member(*self._members[name])
+
+    def tail(self, desc: Descriptor, n: int) -> bytes:
+        """The blob's last `n` bytes (unverified: for estimates only)."""
+        name = blob_path(desc.digest)
+        if name not in self._members:
+            return b""
+        offset, size = self._members[name]
+        with self._open_member(offset + max(0, size - n), min(n, size)) as f:
+            return f.read(n)
 
     def release(self, desc: Descriptor) -> None:
         pass  # an archive is freed as a whole, by close()
