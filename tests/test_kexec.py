@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import kexec
+from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.handover import SplitLayoutSource, index_json, write_split_layout
+from bootc_live.runtime.memory import Memory
 from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.unpack import unpack_image
@@ -143,3 +145,34 @@ def test_the_handover_is_a_source_of_the_same_image(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
     unpack_image(again, str(tmp_path / "root"))
     assert (tmp_path / "root/etc").read_bytes() == b"hello"
+
+
+def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kexec_boot up to `kexec -e`: the layer search runs on the handover file as written
+    (small blobs included, which a buffered writer would still hold), and the next initrd is
+    the handover followed by the image's initramfs."""
+    image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_kw: object) -> None:
+        calls.append(list(argv))
+        if argv[:2] == ["kexec", "-e"]:
+            raise SystemExit("kexec -e")
+
+    monkeypatch.setattr(kexec, "run", fake_run)
+    monkeypatch.setattr(kexec.mounts, "mount_tmpfs", lambda *_a, **_k: None)
+    (tmp_path / "cmdline").write_text("console=ttyS0 root=bootc-live:/x bootc.kexec\n")
+    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
+    mem = Memory(total=8 << 30, available=4 << 30)
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="kexec -e"):
+        kexec.kexec_boot(spec, image, mem, lambda _m: None, str(work), str(tmp_path / "cmdline"))
+    load = calls[0]
+    assert load[:2] == ["kexec", "-l"] and Path(load[2]).read_bytes() == b"kernel 6.1.0-1"
+    assert load[4] == (
+        "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover"
+    )
+    initrd = (work / "initrd").read_bytes()
+    assert initrd.startswith(b"070701") and initrd.endswith(b"initramfs 6.1.0-1")

@@ -176,6 +176,7 @@ def kexec_boot(
     mem: memory.Memory,
     say: Callable[[str], None],
     workdir: str = WORKDIR,
+    proc_cmdline: str = "/proc/cmdline",
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
     this does not return."""
@@ -199,6 +200,7 @@ def kexec_boot(
             say(f"handing the image over: copying {image.compressed_size >> 20} MiB of blobs")
             index = index_json(image, label, None)
             extents = write_split_layout(image, index, out)
+            out.flush()  # read back from the file by the layer search below
             image = replace(image, source=SplitLayoutSource(initrd, index, extents))
         files = find_boot_files(image, spec.kexec_kver, workdir)
         say(
@@ -209,7 +211,7 @@ def kexec_boot(
             out.write(b"\0" * (-out.tell() % 4))
             shutil.copyfileobj(initramfs, out, 1 << 20)
     os.unlink(files.initramfs)
-    with open("/proc/cmdline", encoding="utf-8", errors="replace") as f:
+    with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
         command_line = next_command_line(f.read(), spec.kexec_reuse_image, label)
     run(
         ["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"],
