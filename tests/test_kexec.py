@@ -176,3 +176,16 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     )
     initrd = (work / "initrd").read_bytes()
     assert initrd.startswith(b"070701") and initrd.endswith(b"initramfs 6.1.0-1")
+
+
+def test_stage_one_checks_memory_before_the_handover(tmp_path: Path) -> None:
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
+    small = Memory(total=512 << 20, available=300 << 20)
+    with pytest.raises(kexec.memory.NotEnoughMemory) as err:
+        kexec.kexec_boot(spec, image, small, lambda _m: None, str(tmp_path / "w"))
+    assert err.value.line().startswith("not enough memory for kexec: the handover needs about ")
+    assert err.value.line().endswith(
+        "or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image itself)"
+    )
+    assert not (tmp_path / "w").exists()  # refused before anything was written

@@ -40,7 +40,8 @@ from .unpack import layer_chunks
 WORKDIR = "/run/bootc-live/kexec"
 _BOOT_FILE = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/(vmlinuz|initramfs\.img)")
 MIB = 1 << 20
-SLACK = 64 * MIB  # the runtime, kexec-tools and the kernel's copy while loading
+SLACK = 64 * MIB  # the runtime and kexec-tools while loading
+BOOT_FILES_GUESS = 160 * MIB  # the image's kernel and initramfs, until they are found
 
 
 class KexecError(BootcLiveError):
@@ -170,6 +171,17 @@ def next_command_line(current: str, reuse: bool, label: str) -> str:
     return " ".join(shlex.quote(a) if " " in a else a for a in kept)
 
 
+def _check_memory(need: int, mem: memory.Memory, what: str) -> None:
+    have = mem.available - memory.RESERVE
+    if need > have:
+        raise memory.NotEnoughMemory(
+            f"not enough memory for kexec: {what} needs about {need // MIB} MiB, "
+            f"{max(have, 0) // MIB} MiB available",
+            "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image "
+            "itself)",
+        )
+
+
 def kexec_boot(
     spec: BootSpec,
     image: Image,
@@ -180,16 +192,10 @@ def kexec_boot(
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
     this does not return."""
-    handover_size = image.compressed_size if spec.kexec_reuse_image else 0
-    need = handover_size + SLACK
-    have = memory.available(mem, image, blobs_freed=False)
-    if need > have:
-        raise memory.NotEnoughMemory(
-            f"not enough memory for kexec: the handover needs about {need // MIB} MiB, "
-            f"{max(have, 0) // MIB} MiB available",
-            "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image "
-            "itself)",
-        )
+    # The next initrd (handover + the image's initramfs) and the kernel are held in a tmpfs,
+    # and `kexec -l` copies them into the kernel's memory: twice at the peak.
+    handover = image.compressed_size if spec.kexec_reuse_image else 0
+    _check_memory(2 * (handover + BOOT_FILES_GUESS) + SLACK, mem, "the handover")
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     mounts.mount_tmpfs(workdir, mem.total)
@@ -207,6 +213,10 @@ def kexec_boot(
             f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
             f"{len(image.layers)} layers"
         )
+        # Now the sizes are known: the initramfs appended, then kexec's copy of everything.
+        boot_files = os.path.getsize(files.initramfs) + os.path.getsize(files.kernel)
+        more = os.path.getsize(files.initramfs) + out.tell() + boot_files + SLACK
+        _check_memory(more, memory.Memory.read(), f"loading kernel {files.kver}")
         with open(files.initramfs, "rb") as initramfs:
             out.write(b"\0" * (-out.tell() % 4))
             shutil.copyfileobj(initramfs, out, 1 << 20)
