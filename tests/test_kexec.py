@@ -22,6 +22,22 @@ from imagegen import build_layout, d, f, layer_tar, opq, sym, wh
 M = "usr/lib/modules"
 
 
+@pytest.fixture(autouse=True)
+def never_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """No test here may mount or kexec on the host: commands are recorded, not run, and
+    `kexec -e` ends the call as a real one would end the process."""
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_kw: object) -> None:
+        calls.append(list(argv))
+        if argv[:2] == ["kexec", "-e"]:
+            raise SystemExit("kexec -e")
+
+    monkeypatch.setattr(kexec, "run", fake_run)
+    monkeypatch.setattr(kexec.mounts, "mount_tmpfs", lambda *_a, **_k: None)
+    return calls
+
+
 def kernel(kver: str, initramfs: bool = True) -> list[object]:
     entries = [d(f"{M}/{kver}"), f(f"{M}/{kver}/vmlinuz", f"kernel {kver}".encode())]
     if initramfs:
@@ -148,21 +164,13 @@ def test_the_handover_is_a_source_of_the_same_image(tmp_path: Path) -> None:
 
 
 def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, never_on_this_machine: list[list[str]]
 ) -> None:
     """kexec_boot up to `kexec -e`: the layer search runs on the handover file as written
     (small blobs included, which a buffered writer would still hold), and the next initrd is
     the handover followed by the image's initramfs."""
     image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
-    calls: list[list[str]] = []
-
-    def fake_run(argv: list[str], **_kw: object) -> None:
-        calls.append(list(argv))
-        if argv[:2] == ["kexec", "-e"]:
-            raise SystemExit("kexec -e")
-
-    monkeypatch.setattr(kexec, "run", fake_run)
-    monkeypatch.setattr(kexec.mounts, "mount_tmpfs", lambda *_a, **_k: None)
+    calls = never_on_this_machine
     (tmp_path / "cmdline").write_text("console=ttyS0 root=bootc-live:/x bootc.kexec\n")
     spec = parse(["root=bootc-live:/x", "bootc.kexec"])
     mem = Memory(total=8 << 30, available=4 << 30)
@@ -178,14 +186,29 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     assert initrd.startswith(b"070701") and initrd.endswith(b"initramfs 6.1.0-1")
 
 
-def test_stage_one_checks_memory_before_the_handover(tmp_path: Path) -> None:
+def test_stage_one_checks_memory_before_the_handover(
+    tmp_path: Path, never_on_this_machine: list[list[str]]
+) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"))
     spec = parse(["root=bootc-live:/x", "bootc.kexec"])
-    small = Memory(total=512 << 20, available=300 << 20)
+    small = Memory(total=256 << 20, available=150 << 20)
     with pytest.raises(kexec.memory.NotEnoughMemory) as err:
         kexec.kexec_boot(spec, image, small, lambda _m: None, str(tmp_path / "w"))
+    assert never_on_this_machine == []
     assert err.value.line().startswith("not enough memory for kexec: the handover needs about ")
     assert err.value.line().endswith(
         "or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image itself)"
     )
     assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+def test_the_exact_check_comes_before_kexec_loads_anything(
+    tmp_path: Path, never_on_this_machine: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
+    # Enough for the handover when it starts, not for kexec's copies once the files are known.
+    monkeypatch.setattr(kexec.memory.Memory, "read", classmethod(lambda cls: Memory(1 << 30, 0)))
+    with pytest.raises(kexec.memory.NotEnoughMemory, match="loading kernel 6.1.0-1 \\(kexec"):
+        kexec.kexec_boot(spec, image, Memory(4 << 30, 2 << 30), lambda _m: None, str(tmp_path))
+    assert never_on_this_machine == []

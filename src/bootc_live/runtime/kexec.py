@@ -41,7 +41,7 @@ WORKDIR = "/run/bootc-live/kexec"
 _BOOT_FILE = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/(vmlinuz|initramfs\.img)")
 MIB = 1 << 20
 SLACK = 64 * MIB  # the runtime and kexec-tools while loading
-BOOT_FILES_GUESS = 160 * MIB  # the image's kernel and initramfs, until they are found
+BOOT_FILES_GUESS = 96 * MIB  # the image's kernel and initramfs, until they are found
 
 
 class KexecError(BootcLiveError):
@@ -192,10 +192,12 @@ def kexec_boot(
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
     this does not return."""
-    # The next initrd (handover + the image's initramfs) and the kernel are held in a tmpfs,
-    # and `kexec -l` copies them into the kernel's memory: twice at the peak.
+    # The next initrd (handover + the image's initramfs) and the kernel are held in a tmpfs;
+    # `kexec -l` then reads them into its own memory and the kernel copies them into its own:
+    # three times at the peak. First the handover must fit; once the kernel and initramfs are
+    # known, the exact check comes before anything is loaded.
     handover = image.compressed_size if spec.kexec_reuse_image else 0
-    _check_memory(2 * (handover + BOOT_FILES_GUESS) + SLACK, mem, "the handover")
+    _check_memory(handover + BOOT_FILES_GUESS + SLACK, mem, "the handover")
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     mounts.mount_tmpfs(workdir, mem.total)
@@ -213,10 +215,14 @@ def kexec_boot(
             f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
             f"{len(image.layers)} layers"
         )
-        # Now the sizes are known: the initramfs appended, then kexec's copy of everything.
-        boot_files = os.path.getsize(files.initramfs) + os.path.getsize(files.kernel)
-        more = os.path.getsize(files.initramfs) + out.tell() + boot_files + SLACK
-        _check_memory(more, memory.Memory.read(), f"loading kernel {files.kver}")
+        # Now the sizes are known: the initramfs appended, then kexec's two copies of all.
+        initramfs_size = os.path.getsize(files.initramfs)
+        loaded = out.tell() + initramfs_size + os.path.getsize(files.kernel)
+        _check_memory(
+            initramfs_size + 2 * loaded + SLACK,
+            memory.Memory.read(),
+            f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
+        )
         with open(files.initramfs, "rb") as initramfs:
             out.write(b"\0" * (-out.tell() % 4))
             shutil.copyfileobj(initramfs, out, 1 << 20)
