@@ -44,11 +44,12 @@ def test_the_tmpfs_shortfall_is_named_and_zram_suggested(tmp_path: Path) -> None
     available = est.unpacked + memory.RESERVE - MIB  # just short
     line = failure(image, available)
     need = memory.need(image, memory.TMPFS, est).peak
-    zram = memory.need(image, Choice("zram", memory.zram_device_size(est)), est)
+    zram = memory.need(image, Choice("zram", memory.zram_device_size(est), "zstd"), est)
     assert line == (
         f"not enough memory: image needs {-(-need // MIB)} MiB unpacked (recorded by bootc-live "
         f"build), {(available - memory.RESERVE) // MIB} MiB available; add RAM or use "
-        f"bootc.zram={zram.device // MIB}M: it needs about {-(-zram.peak // MIB)} MiB"
+        f"bootc.zram={zram.device // MIB}M bootc.zram.algorithm=zstd: it needs about "
+        f"{-(-zram.peak // MIB)} MiB"
     )
     # The suggestion holds: that zram device fits where the tmpfs does not.
     memory.check(image, Memory(8 << 30, available), blobs_freed=False, choice=zram.choice)
@@ -101,10 +102,10 @@ def test_erofs_needs_the_tree_and_its_image_at_the_peak(tmp_path: Path) -> None:
     line = failure(image, est.unpacked + memory.RESERVE, Choice("erofs"))
     assert line.startswith(f"not enough memory: image needs {-(-plain.peak // MIB)} MiB for EROFS")
     # The tmpfs root fits in that memory and is named as the way out; zram needs even less.
+    zram = memory.need(image, Choice("zram", memory.zram_device_size(est), "zstd"), est)
     assert line.endswith(
-        f"; add RAM or use bootc.zram={memory.zram_device_size(est) // MIB}M: it needs about "
-        f"{-(-memory.need(image, Choice('zram', memory.zram_device_size(est)), est).peak // MIB)}"
-        " MiB"
+        f"; add RAM or use bootc.zram={memory.zram_device_size(est) // MIB}M "
+        f"bootc.zram.algorithm=zstd: it needs about {-(-zram.peak // MIB)} MiB"
     )
 
 

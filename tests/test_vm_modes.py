@@ -26,7 +26,8 @@ ZRAM_READY = re.compile(
 )
 PLANNED = re.compile(
     r"not enough memory: image needs (\d+) MiB unpacked \(recorded by bootc-live build\), "
-    r"(\d+) MiB available; add RAM or use (bootc\.zram=\d+M): it needs about (\d+) MiB"
+    r"(\d+) MiB available; add RAM or use (bootc\.zram=\d+M bootc\.zram\.algorithm=zstd): it "
+    r"needs about (\d+) MiB"
 )
 
 GO = re.compile(r"tmpfs root: needs about (\d+) MiB, (\d+) MiB available")

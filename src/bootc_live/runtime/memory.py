@@ -107,7 +107,10 @@ class Choice:
     def option(self) -> str:
         """How to ask for this mode on the kernel command line."""
         if self.mode == "zram":
-            return f"bootc.zram={mib_up(self.zram_size)}M"
+            algorithm = (
+                f" bootc.zram.algorithm={self.zram_algorithm}" if self.zram_algorithm else ""
+            )
+            return f"bootc.zram={mib_up(self.zram_size)}M{algorithm}"
         if self.mode == "erofs":
             compress = f" bootc.live.erofs.compress={self.erofs_compress}"
             return "bootc.live.erofs=1" + (compress if self.erofs_compress else "")
@@ -169,9 +172,13 @@ def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
     return Need(choice, est.unpacked, est.unpacked, "unpacked")
 
 
-def alternatives(image: Image, est: Estimate) -> list[Need]:
-    """The other modes, smallest peak first, with the sizes they would need."""
-    zram = Choice("zram", zram_device_size(est))
+ZRAM_SUGGESTED = "zstd"  # the compressor suggested: the smallest figure of ZRAM_VS_GZIP
+
+
+def alternatives(image: Image, est: Estimate, zram_algorithm: str | None = None) -> list[Need]:
+    """Every mode, smallest peak first, with the sizes it would need; zram with the given
+    compressor (else the one suggested)."""
+    zram = Choice("zram", zram_device_size(est), zram_algorithm or ZRAM_SUGGESTED)
     options = [TMPFS, zram, Choice("erofs"), Choice("erofs", erofs_compress="lz4hc")]
     return sorted((need(image, c, est) for c in options), key=lambda n: n.peak)
 
@@ -202,12 +209,13 @@ def check(
         )
     have = available(memory, image, blobs_freed=blobs_freed)
     if chosen.peak > have:
-        fits = [n for n in alternatives(image, est) if n.peak <= have and n.choice != choice]
+        others = alternatives(image, est, choice.zram_algorithm)
+        fits = [n for n in others if n.peak <= have and n.choice != choice]
         if fits:
             best = fits[0]
             hint = f"add RAM or use {best.choice.option()}: it needs about {mib_up(best.peak)} MiB"
         else:
-            least = alternatives(image, est)[0]
+            least = others[0]
             hint = (
                 f"add RAM: even {least.choice.option()} needs about {mib_up(least.peak)} MiB, "
                 f"{mib_up(least.peak - have)} MiB more than there is"
