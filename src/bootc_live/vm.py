@@ -59,7 +59,7 @@ class Boot:
     """What one boot printed, and how it ended."""
 
     output: str
-    ended: str  # "marker", "failure", "exit" or "timeout"
+    ended: str  # "marker", "failure", "exit", "timeout" or "stalled"
     seconds: float
     markers: dict[str, str] = field(default_factory=dict)
 
@@ -154,6 +154,10 @@ def choose_accel(requested: str) -> str:
     return "kvm" if kvm_usable() else "tcg"
 
 
+INIT_STARTED = "Run /init as init process"  # the kernel hands over to the initramfs
+STALL_BEFORE_INIT = 60.0  # seconds of console silence before /init that count as a stall
+
+
 def watch(
     argv: list[str],
     *,
@@ -161,11 +165,13 @@ def watch(
     markers: tuple[str, ...] = (),
     echo: IO[str] | None = sys.stdout,
     log: Path | None = None,
+    stall: float = STALL_BEFORE_INIT,
 ) -> Boot:
     """Run QEMU, tee its console, and stop at the first marker, the guest's stop, or the timeout.
 
     Boot.ended is "marker", "exit" (the guest stopped), "failure" (it stopped after a boot
-    failure) or "timeout".
+    failure), "timeout", or "stalled": the kernel printed nothing for `stall` seconds before
+    it ran /init (QEMU's TCG occasionally hangs there, before anything of ours runs).
 
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
@@ -184,18 +190,26 @@ def watch(
     pending = ""
     failed = False
     ended: str | None = None
+    in_init = False
+    last_output = start
     logf = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115
     try:
         while ended is None:
-            left = timeout - (time.monotonic() - start)
+            now = time.monotonic()
+            left = timeout - (now - start)
             if left <= 0:
                 ended = "timeout"
+                break
+            if not in_init and now - last_output > stall:
+                ended = "stalled"
                 break
             if not sel.select(min(left, 1.0)) or not (data := proc.stdout.read()):
                 if proc.poll() is not None:
                     break  # QEMU exited: the guest powered off, rebooted or panicked
                 continue
             text = data.decode("utf-8", "replace")
+            last_output = time.monotonic()
+            in_init = in_init or INIT_STARTED in "".join(chunks[-1:]) + text
             chunks.append(text)
             for out in (echo, logf):
                 if out:
@@ -267,7 +281,15 @@ def boot(
             start = time.monotonic()
             code = subprocess.run(argv, check=False).returncode
             return Boot("", "exit" if code == 0 else "failure", time.monotonic() - start)
-        return watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
+        result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
+        if result.ended == "stalled":
+            print(
+                f"bootc-live: the guest's kernel printed nothing for {STALL_BEFORE_INIT:.0f}s "
+                "before it ran /init (a QEMU stall, before bootc-live runs); booting it again",
+                file=sys.stderr,
+            )
+            result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
+        return result
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
