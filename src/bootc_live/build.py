@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -24,6 +23,7 @@ from .runtime.handover import (
     verified,
     write_split_layout,
 )
+from .runtime.kexec import version_key
 from .runtime.oci import Image
 from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.sources import blob_path
@@ -108,10 +108,6 @@ def write_oci_layout(image: Image, index: bytes, directory: Path) -> None:
             shutil.copyfileobj(reader, f, 1 << 20)
 
 
-def _version_key(kver: str) -> list[tuple[int, str]]:
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~]", kver)]
-
-
 def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
     """The image's kernel: /usr/lib/modules/KVER/vmlinuz (or /boot/vmlinuz-KVER); highest wins."""
     found: dict[str, Path] = {}
@@ -132,7 +128,7 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
             "the image has no kernel in /usr/lib/modules/KVER/vmlinuz",
             "install one in the image, or use --host --kver KVER",
         )
-    best = max(found, key=_version_key)
+    best = max(found, key=version_key)
     return best, found[best]
 
 

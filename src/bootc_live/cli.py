@@ -106,7 +106,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     label = dest.tag or ref.tag or "latest"
     index = handover.index_json(image, label, None)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
-    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    _remove(tmp)
     try:
         if dest.transport == "oci":
             build.write_oci_layout(image, index, tmp)
@@ -116,12 +116,37 @@ def cmd_pull(args: argparse.Namespace) -> int:
             build.write_oci_archive(image, index, tmp)
         os.replace(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     finally:
         image.source.close()
     print(f"{image.manifest_digest}  {dest.transport}:{target}:{label}")
     return 0
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def add_image_selection(p: argparse.ArgumentParser, digest: bool = True) -> None:
+    """Which image of SOURCE: --platform, and the --digest it must have."""
+    p.add_argument(
+        "--platform",
+        type=_platform,
+        default=None,
+        metavar="OS/ARCH[/VARIANT]",
+        help="the platform to pick from a multi-platform index (default: this machine)",
+    )
+    if digest:
+        p.add_argument(
+            "--digest",
+            default=None,
+            metavar="sha256:HEX",
+            help="the manifest digest the image must have",
+        )
 
 
 def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
@@ -215,6 +240,7 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     _need_root("erofs")
     if shutil.which("mkfs.erofs") is None:
         raise UsageError("mkfs.erofs is missing", "apt-get install erofs-utils (or ./setup)")
+    roots.check_compressor(args.compress)  # before the unpack, not after it
     image = source_ref(args).resolve(args.platform, args.digest)
     source = image.source
     output = os.path.abspath(args.output) if args.output else None
@@ -368,7 +394,7 @@ def parser() -> argparse.ArgumentParser:
         "the kernels it carries and the RAM a live boot needs.",
     )
     p.add_argument("source", metavar="SOURCE")
-    p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
+    add_image_selection(p, digest=False)
     add_registry_options(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -382,8 +408,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="docker://REF")
     p.add_argument("-o", "--output", required=True, metavar="oci-archive:PATH[:TAG]|oci:DIR[:TAG]")
-    p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
-    p.add_argument("--digest", default=None, metavar="sha256:HEX")
+    add_image_selection(p)
     add_registry_options(p)
     p.set_defaults(func=cmd_pull)
 
@@ -455,18 +480,7 @@ def parser() -> argparse.ArgumentParser:
     )
     unpack.add_argument("source", metavar="SOURCE")
     unpack.add_argument("dest", metavar="DEST", help="a new or empty directory")
-    unpack.add_argument(
-        "--platform",
-        type=_platform,
-        default=None,
-        help="OS/ARCH[/VARIANT] to pick from a multi-platform index (default: this machine)",
-    )
-    unpack.add_argument(
-        "--digest",
-        default=None,
-        metavar="sha256:HEX",
-        help="the manifest digest the image must have",
-    )
+    add_image_selection(unpack)
     unpack.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     add_registry_options(unpack)
     unpack.set_defaults(func=cmd_unpack)
@@ -486,8 +500,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="ALG",
         help="as bootc.live.erofs.compress=ALG (what mkfs.erofs offers, e.g. lz4, lz4hc)",
     )
-    p.add_argument("--platform", type=_platform, default=None, metavar="OS/ARCH[/VARIANT]")
-    p.add_argument("--digest", default=None, metavar="sha256:HEX")
+    add_image_selection(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     add_registry_options(p)
     p.set_defaults(func=cmd_erofs)

@@ -67,27 +67,11 @@ class SourceRef:
             path, tag = head, tail
         return cls(transport, path, tag, options or RegistryOptions())
 
-    @property
-    def label(self) -> str | None:
-        """The tag to pick from a layout or archive (a registry reference is already one)."""
-        return None if self.transport == "docker" else self.tag
-
-    @property
-    def digest(self) -> str | None:
-        """The manifest digest a registry reference pins (@sha256:…)."""
-        return registry.Reference.parse(self.path).digest if self.transport == "docker" else None
-
     def resolve(self, platform: Platform | None = None, digest: str | None = None) -> Image:
         """Open the source and find the image (`image.source` is to be closed by the caller)."""
-        if digest and self.digest and digest != self.digest:
-            raise UsageError(
-                f"--digest {digest} and the reference's @{self.digest} disagree", "keep one"
-            )
         source = self.open()
         try:
-            return resolve(
-                source, label=self.label, platform=platform, digest=digest or self.digest
-            )
+            return resolve(source, label=self.tag, platform=platform, digest=digest)
         except BaseException:
             source.close()
             raise

@@ -126,19 +126,6 @@ def open_registry_source(spec: BootSpec, console: Console) -> ImageSource:
     )
 
 
-def pinned_digest(spec: BootSpec) -> str | None:
-    """bootc.digest=, or the @sha256: of a registry reference (they must agree)."""
-    ref_digest = None
-    if spec.root is not None and spec.root.kind == "docker":
-        ref_digest = registry.Reference.parse(spec.root.location).digest
-    if spec.digest and ref_digest and spec.digest != ref_digest:
-        raise BootcLiveError(
-            f"bootc.digest={spec.digest} and the reference's @{ref_digest} disagree",
-            "keep one of them",
-        )
-    return spec.digest or ref_digest
-
-
 def wait_for_route(timeout: float, console: Console) -> None:
     """Wait until some interface is configured: has an IPv4 route (dracut brings links up).
 
@@ -214,9 +201,7 @@ def obtain_and_unpack(
     source = open_source(spec, console)
     try:
         write_status("resolving", root=str(spec.root))
-        # A registry reference names one image: bootclabel= (from cmdline.txt) is for layouts.
-        label = None if spec.root is not None and spec.root.kind == "docker" else spec.label
-        image = resolve(source, label=label, platform=spec.platform, digest=pinned_digest(spec))
+        image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
         mem = memory.Memory.read()
         if spec.kexec:
             write_status("kexec", manifest=image.manifest_digest)

