@@ -18,8 +18,10 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from servers import http_server
 
 REPO = "x/y"
 TAG = "v1"
@@ -218,13 +220,5 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                 cut, cuts[0] = cuts[0], 0
             return self.answer(status, body, headers, cut)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as state.port:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -154,13 +154,19 @@ def faulty(data: bytes, plan: Callable[[int, int], Answer | None]) -> Iterator[F
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with http_server(Handler) as server_state.port:
+        yield server_state
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A threaded HTTP server on a free port of 127.0.0.1, for the block: yields its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    server_state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server_state
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()

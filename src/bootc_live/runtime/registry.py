@@ -381,15 +381,14 @@ class Endpoint:
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes, by a ranged request (unverified: for estimates only)."""
-        client = self._client(self.url("blobs", desc.digest), {}, True)
-        retrier = http.Retrier(client.url, self.policy, self.log)
-        with http.RangeReader(client, max(0, desc.size - n), desc.size, retrier) as reader:
+        with self.blob(desc, max(0, desc.size - n)) as reader:
             return reader.read(n)
 
-    def blob(self, desc: Descriptor) -> Reader:
+    def blob(self, desc: Descriptor, start: int = 0) -> Reader:
+        """The blob's bytes from `start`, resumed across broken connections."""
         client = self._client(self.url("blobs", desc.digest), {}, True)
         retrier = http.Retrier(client.url, self.policy, self.log)
-        return _CheckedReader(self, http.RangeReader(client, 0, desc.size, retrier), desc)
+        return _CheckedReader(self, http.RangeReader(client, start, desc.size, retrier), desc)
 
     def _refused(self, err: http.FetchError, what: str) -> BootcLiveError:
         codes = _error_codes(err.body)
