@@ -142,10 +142,19 @@ def docker_registry(
 
 
 def skopeo_push(
-    source: str, registry: Registry, name: str, pki: Pki, creds: str, *, all_platforms: bool = False
+    source: str,
+    registry: Registry,
+    name: str,
+    pki: Pki,
+    creds: str,
+    *,
+    all_platforms: bool = False,
+    docker_schema2: bool = False,
 ) -> None:
-    """Push `source` (e.g. oci:DIR:TAG) to registry/name with skopeo, keeping its manifests."""
-    argv = ["skopeo", "copy", "--quiet", "--preserve-digests"]
+    """Push `source` (e.g. oci:DIR:TAG) to registry/name with skopeo, keeping its manifests
+    (or converting them to Docker schema 2 media types)."""
+    argv = ["skopeo", "copy", "--quiet"]
+    argv += ["--format", "v2s2"] if docker_schema2 else ["--preserve-digests"]
     argv += ["--all"] if all_platforms else []
     argv += ["--dest-cert-dir", str(pki.cert_dir), "--dest-creds", creds]
     argv += [source, f"docker://{registry.host}/{name}"]

@@ -58,6 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         demo = work / "demo"
         demo_digest = write_layout(demo, demo_layers(), "v1")
         skopeo_push(f"oci:{demo}:v1", upstream, "test/demo:v1", pki, creds)
+        skopeo_push(f"oci:{demo}:v1", upstream, "test/docker:v1", pki, creds, docker_schema2=True)
         multi = work / "multi"
         amd = build_image(
             multi,
@@ -135,6 +136,21 @@ def test_unpack_from_the_registry_equals_the_local_layout(world: World, tmp_path
     assert done.returncode == 0, done.stderr
     assert diff(snapshot(local), snapshot(remote)) == []
     assert (remote / "etc/arch").read_text() == "amd64\n"
+
+
+def test_docker_schema2_images_unpack_like_oci_ones(world: World, tmp_path: Path) -> None:
+    oci = tmp_path / "oci"
+    done = world.run("unpack", world.ref("test/demo:v1"), str(oci))
+    assert done.returncode == 0, done.stderr
+    docker = tmp_path / "docker"
+    done = world.run("unpack", world.ref("test/docker:v1"), str(docker))
+    assert done.returncode == 0, done.stderr
+    assert diff(snapshot(oci), snapshot(docker)) == []
+    pulled = tmp_path / "pulled"
+    assert world.run("pull", world.ref("test/docker:v1"), "-o", f"oci:{pulled}").returncode == 0
+    index = json.loads((pulled / "index.json").read_text())["manifests"][0]
+    assert index["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert index["digest"] != world.demo_digest  # converted by skopeo: another manifest
 
 
 def test_refusals_are_one_line(world: World, tmp_path: Path) -> None:

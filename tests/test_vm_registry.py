@@ -7,6 +7,7 @@ The initramfs carries the CA (`build --ca`) and the credentials (`build --auth-f
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,16 +62,27 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         digest = write_layout(layout, demo_layers(), "v1")
         skopeo_push(f"oci:{layout}:v1", upstream, "test/demo:v1", pki, f"{USER}:{PASSWORD}")
         with docker_registry(work / "mirror", pki, proxy_of=(upstream, USER, PASSWORD)) as mirror:
-            # The guest names the registry as the guest sees it.
-            right = auth_json(work / "right.json", {f"{GUEST_SERVER}:{UPSTREAM}": (USER, PASSWORD)})
+            # The guest names the registry as the guest sees it; the host as it sees it.
+            right = auth_json(
+                work / "right.json",
+                {f"{GUEST_SERVER}:{UPSTREAM}": (USER, PASSWORD), upstream.host: (USER, PASSWORD)},
+            )
             wrong = auth_json(work / "wrong.json", {f"{GUEST_SERVER}:{UPSTREAM}": (USER, "nope")})
-            source = f"oci:{layout}:v1"
             yield Setup(
                 upstream,
                 mirror,
                 digest,
-                build_artifacts(source, work / "right", "systemd", ca=pki.ca, auth_file=right),
-                build_artifacts(source, work / "wrong", "shell", ca=pki.ca, auth_file=wrong),
+                # `bootc-live build docker://…`: the host pulls the image with our client too.
+                build_artifacts(
+                    f"docker://{upstream.host}/test/demo:v1",
+                    work / "right",
+                    "systemd",
+                    ca=pki.ca,
+                    auth_file=right,
+                ),
+                build_artifacts(
+                    f"oci:{layout}:v1", work / "wrong", "shell", ca=pki.ca, auth_file=wrong
+                ),
             )
 
 
@@ -80,12 +92,27 @@ def ready_digest(result: Result) -> str:
     return ready[0].split("live root ready: ")[1].split(",")[0]
 
 
+def test_the_credentials_are_in_the_initramfs_for_root_only(setup: Setup) -> None:
+    listing = subprocess.run(
+        ["lsinitrd", str(setup.artifacts / "initrd.img")],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    ).stdout
+    entries = [
+        line.split() for line in listing.splitlines() if line.endswith(" etc/bootc-live/auth.json")
+    ]
+    assert len(entries) == 1 and entries[0][0] == "-rw-------", listing[-2000:]
+    assert entries[0][1:3] == ["1", "root"]
+
+
 def test_boot_from_the_registry_by_tag(setup: Setup) -> None:
     before = setup.guest_pulls(setup.upstream)
     result = setup.boot(setup.artifacts, "test/demo:v1")
     assert_live(result, root="ro", etc="rw", var="rw", fstype="tmpfs", whiteout="yes")
     assert ready_digest(result) == setup.digest
     assert setup.guest_pulls(setup.upstream) > before  # from the registry itself
+    assert PASSWORD not in result.boot.output  # secrets are never logged
 
 
 def test_boot_from_the_registry_by_digest_with_vm_forward(setup: Setup) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from bootc_live.build import BuildConfig, build
 from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
-from bootc_live.images import SourceRef
+from bootc_live.images import RegistryOptions, SourceRef
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
 from bootc_live.vm import Boot, VmConfig, boot
 from unpackers import need
@@ -55,7 +55,13 @@ def build_artifacts(
     """Artifacts with the host's kernel and dracut (the demo image carries no kernel)."""
     return build(
         BuildConfig(
-            SourceRef.parse(source),
+            # For a docker:// source the host pulls with the same CA and credentials.
+            SourceRef.parse(
+                source,
+                RegistryOptions(
+                    auth_file=str(auth_file) if auth_file else None, ca=str(ca) if ca else None
+                ),
+            ),
             out,
             host=True,
             kver=host_kernel(),
