@@ -4,17 +4,28 @@ split layout it hands over read back as an image source."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import kexec
+from bootc_live.runtime import blobs, kexec, unpack
 from bootc_live.runtime.cmdline import parse
-from bootc_live.runtime.handover import SplitLayoutSource, index_json, write_split_layout
+from bootc_live.runtime.handover import (
+    IMAGE_DIR,
+    RECORD,
+    SplitLayoutSource,
+    index_json,
+    trust_previous_stage,
+    write_record,
+    write_split_layout,
+)
 from bootc_live.runtime.memory import Memory
 from bootc_live.runtime.oci import Image, resolve
+from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.unpack import unpack_image
 from imagegen import build_layout, d, f, layer_tar, opq, sym, wh
@@ -168,7 +179,7 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
 ) -> None:
     """kexec_boot up to `kexec -e`: the layer search runs on the handover file as written
     (small blobs included, which a buffered writer would still hold), and the next initrd is
-    the handover followed by the image's initramfs."""
+    the image's initramfs with the handover appended, a cpio archive at a 4-byte boundary."""
     image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
     calls = never_on_this_machine
     (tmp_path / "cmdline").write_text("console=ttyS0 root=bootc-live:/x bootc.kexec\n")
@@ -179,11 +190,136 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
         kexec.kexec_boot(spec, image, mem, lambda _m: None, str(work), str(tmp_path / "cmdline"))
     load = calls[0]
     assert load[:2] == ["kexec", "-l"] and Path(load[2]).read_bytes() == b"kernel 6.1.0-1"
+    assert load[3] == f"--initrd={work / 'initrd'}"
     assert load[4] == (
         "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover"
     )
     initrd = (work / "initrd").read_bytes()
-    assert initrd.startswith(b"070701") and initrd.endswith(b"initramfs 6.1.0-1")
+    first = b"initramfs 6.1.0-1"
+    assert initrd.startswith(first + b"\0" * (-len(first) % 4) + b"070701")
+    assert sorted(p.name for p in work.iterdir()) == ["6.1.0-1.vmlinuz", "initrd"]
+
+
+def test_without_reuse_the_initrd_is_the_images_initramfs(
+    tmp_path: Path, never_on_this_machine: list[list[str]]
+) -> None:
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    (tmp_path / "cmdline").write_text("root=bootc-live:http://h/r.oci bootc.kexec.reuse-image=0\n")
+    spec = parse(["root=bootc-live:http://h/r.oci", "bootc.kexec", "bootc.kexec.reuse-image=0"])
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="kexec -e"):
+        kexec.kexec_boot(
+            spec, image, Memory(8 << 30, 4 << 30), print, str(work), str(tmp_path / "cmdline")
+        )
+    initrd = never_on_this_machine[0][3].partition("=")[2]
+    assert Path(initrd).read_bytes() == b"initramfs 6.1.0-1"
+    assert never_on_this_machine[0][4] == "--command-line=root=bootc-live:http://h/r.oci"
+
+
+def extract_initrd(data: bytes, offset: int, dest: Path) -> None:
+    """What the kernel does with the rest of an initrd from `offset`: newc cpio archives one
+    after the other, zero padding between them, unpacked into `dest`."""
+    pos = offset
+    while pos < len(data):
+        if data[pos] == 0:
+            pos += 1
+            continue
+        assert data[pos : pos + 6] == b"070701" and pos % 4 == 0, pos
+        mode, size, namesize = (
+            int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in (1, 6, 11)
+        )
+        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
+        start = pos + 110 + namesize
+        start += -start % 4
+        if name != "TRAILER!!!":
+            if mode & 0o170000 == 0o040000:
+                (dest / name).mkdir(parents=True, exist_ok=True)
+            else:
+                (dest / name).write_bytes(data[start : start + size])
+        pos = start + size + (-size % 4)
+
+
+@pytest.mark.parametrize("record", ["kept", "lost", "other image"])
+def test_each_digest_is_computed_once_across_both_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: str
+) -> None:
+    """SPEC §7: the handed-over image is neither downloaded nor verified twice. Stage one
+    verifies every blob as it writes the handover and the diff_ids of the layers it reads; the
+    next stage, finding the record beside the handover, computes only what is left. Without
+    the record, or with one for another image, it verifies everything itself."""
+    image = image_of(tmp_path, [f("etc", b"x")], [f("bin", b"y")], kernel("6.1.0-1"))
+    hashed: Counter[str] = Counter()
+
+    def counting(digest: str) -> object:
+        hashed[digest] += 1
+        return hashlib.new(digest.partition(":")[0])
+
+    monkeypatch.setattr(blobs, "new_hash", counting)
+    monkeypatch.setattr(unpack, "new_hash", counting)
+    (tmp_path / "cmdline").write_text("root=bootc-live:/x\n")
+    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="kexec -e"):
+        kexec.kexec_boot(
+            spec, image, Memory(8 << 30, 4 << 30), print, str(work), str(tmp_path / "cmdline")
+        )
+    stage_two = tmp_path / "stage-two"
+    stage_two.mkdir()
+    extract_initrd((work / "initrd").read_bytes(), 20, stage_two)
+    saved = stage_two / RECORD
+    if record == "lost":
+        saved.unlink()
+    elif record == "other image":
+        saved.write_text(saved.read_text().replace(image.manifest_digest, "sha256:" + "0" * 64))
+    layout = str(stage_two / IMAGE_DIR)
+    handed = resolve(LayoutSource(layout, consume=True), label="handover")
+    handed = trust_previous_stage(handed, layout, root=str(stage_two))
+    (tmp_path / "root").mkdir()
+    unpack_image(handed, str(tmp_path / "root"))
+    assert (tmp_path / "root/bin").read_bytes() == b"y"
+    layer_digests = [*(desc.digest for desc in image.layers), *image.diff_ids]
+    # Stage one read only the top layer: its diff_id, and every blob, are checked there.
+    once = [1] * len(layer_digests)
+    twice = [2, 2, 2, 1, 1, 2]
+    assert [hashed[d] for d in layer_digests] == (once if record == "kept" else twice)
+
+
+def test_a_record_is_honoured_only_beside_the_handover(tmp_path: Path) -> None:
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    (tmp_path / "bootc-live").mkdir()
+    with open(tmp_path / "record.cpio", "wb") as out:
+        write_record(image, image.diff_ids, out)
+    extract_initrd((tmp_path / "record.cpio").read_bytes(), 0, tmp_path)
+    assert trust_previous_stage(image, str(tmp_path / IMAGE_DIR), str(tmp_path)).trusted == {
+        image.layers[0].digest,
+        image.diff_ids[0],
+    }
+    # The same record does not vouch for an image anywhere else (root=bootc-live:/other).
+    assert trust_previous_stage(image, str(tmp_path / "other"), str(tmp_path)).trusted == set()
+
+
+def test_a_failed_load_names_the_kernel_and_what_kexec_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(argv: list[str], **_kw: object) -> None:
+        raise CommandError(f"{argv[0]} failed", "", "Cannot determine the file type of x")
+
+    monkeypatch.setattr(kexec, "run", refuse)
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    (tmp_path / "cmdline").write_text("root=bootc-live:/x\n")
+    with pytest.raises(kexec.KexecError) as err:
+        kexec.kexec_boot(
+            parse(["root=bootc-live:/x", "bootc.kexec"]),
+            image,
+            Memory(8 << 30, 4 << 30),
+            print,
+            str(tmp_path / "w"),
+            str(tmp_path / "cmdline"),
+        )
+    assert err.value.line().startswith(
+        "bootc.kexec: kexec could not load kernel 6.1.0-1 from the image: Cannot determine the "
+        "file type of x; check that the image's vmlinuz is a kernel for this machine"
+    )
 
 
 def test_stage_one_checks_memory_before_the_handover(

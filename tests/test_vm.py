@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from bootc_live.build import concatenate
+from bootc_live.demo import demo_layers
+from bootc_live.layout import LayerTar, TreeEntry, write_layout
 from bootc_live.runtime.cpio import CpioWriter
+from bootc_live.runtime.handover import index_json, write_split_layout
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.sources import LayoutSource
 from vmboot import assert_live, assert_stopped, run
 
 pytestmark = pytest.mark.vm
@@ -142,4 +147,49 @@ def test_kexec_without_a_kernel_in_the_image_stops(artifacts: dict[str, Path]) -
     # The demo image carries no kernel: bootc.kexec stops before any kexec, with the reason.
     result = run(artifacts["shell"], "bootc.kexec")
     assert_stopped(result, "bootc.kexec: the image has no kernel (no usr/lib/modules/KVER/vmlinuz)")
+    assert "kexec into" not in result.boot.output
+
+
+KVER = "9.9.9-test"
+
+
+@pytest.mark.parametrize(
+    ("files", "append", "message"),
+    [
+        (["vmlinuz"], "", f"bootc.kexec: the image has no usr/lib/modules/{KVER}/initramfs.img"),
+        (
+            ["vmlinuz", "initramfs.img"],
+            "bootc.kexec.kver=6.1.0-1",
+            f"the image has no kernel 6.1.0-1 (kernels: {KVER})",
+        ),
+        # Not a kernel at all: kexec -l itself refuses to load it.
+        (
+            ["vmlinuz", "initramfs.img"],
+            "",
+            f"bootc.kexec: kexec could not load kernel {KVER} from the image: Cannot determine "
+            f"the file type of /run/bootc-live/kexec/{KVER}.vmlinuz",
+        ),
+    ],
+    ids=["no-initramfs", "unknown-kver", "failed-load"],
+)
+def test_kexec_stops_when_the_images_kernel_cannot_be_used(
+    artifacts: dict[str, Path], tmp_path: Path, files: list[str], append: str, message: str
+) -> None:
+    """The demo image with a top layer holding usr/lib/modules/KVER/ files that cannot boot:
+    each stops with its one line, and nothing is executed."""
+    top = [TreeEntry(d, kind="dir") for d in ("usr", "usr/lib", "usr/lib/modules")]
+    top.append(TreeEntry(f"usr/lib/modules/{KVER}", kind="dir"))
+    top += [TreeEntry(f"usr/lib/modules/{KVER}/{name}", data=b"not a kernel\n") for name in files]
+    write_layout(tmp_path / "layout", [*demo_layers(), LayerTar(top).tar()], "demo")
+    image = resolve(LayoutSource(str(tmp_path / "layout")), label="demo")
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    good = artifacts["shell"]
+    for name in ("vmlinuz", "initrd.img", "cmdline.txt"):
+        (out / name).symlink_to(good / name)
+    with open(out / "rootfs.img", "wb") as rootfs:
+        write_split_layout(image, index_json(image, "demo", None), rootfs)
+    concatenate(out / "initrd-full.img", good / "initrd.img", out / "rootfs.img")
+    result = run(out, f"bootc.kexec {append}")
+    assert_stopped(result, message)
     assert "kexec into" not in result.boot.output

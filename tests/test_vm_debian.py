@@ -387,8 +387,17 @@ def test_kexec_into_the_images_own_kernel(
     sent = sum(int(line.rsplit(" ", 1)[1]) for line in requests)
     archive = (out / "root.oci").stat().st_size
     print(f"kexec (reuse={reuse}): {sent >> 20} MiB served for a {archive >> 20} MiB archive")
+    handover = re.search(
+        r"kexec handover: (\d+) layer digests and (\d+) diff_ids were verified by the previous",
+        output,
+    )
     if reuse:
         assert sent < archive * 1.02  # each blob once, across both stages
         assert "root=bootc-live:/bootc-live/image bootclabel=handover" in output
+        # ... and verified once: stage two computes only the diff_ids stage one did not.
+        read = re.search(r"kexec: kernel \S+ found in the top (\d+) of (\d+) layers", output)
+        assert read and handover, tail(output)
+        assert (handover.group(1), handover.group(2)) == (read.group(2), read.group(1))
     else:
         assert sent > archive * 1.4  # stage two fetched the image itself
+        assert handover is None

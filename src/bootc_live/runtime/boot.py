@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import cmdline, http, kexec, memory, mounts, registry, roots
+from . import cmdline, handover, http, kexec, memory, mounts, registry, roots
 from .cmdline import BootSpec
 from .errors import BootcLiveError, SpaceError
 from .oci import Image, resolve
@@ -202,6 +202,15 @@ def obtain_and_unpack(
     try:
         write_status("resolving", root=str(spec.root))
         image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
+        if spec.root is not None and spec.root.kind == "path":
+            image = handover.trust_previous_stage(image, spec.root.location)
+            if image.trusted:
+                blobs = sum(desc.digest in image.trusted for desc in image.layers)
+                diff_ids = sum(diff_id in image.trusted for diff_id in image.diff_ids)
+                console.say(
+                    f"kexec handover: {blobs} layer digests and {diff_ids} diff_ids were "
+                    "verified by the previous stage, not computed again"
+                )
         mem = memory.Memory.read()
         if spec.kexec:
             write_status("kexec", manifest=image.manifest_digest)

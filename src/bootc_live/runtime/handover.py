@@ -4,13 +4,20 @@
 writes it for the next stage, so that the image is neither fetched nor stored twice. Blobs are
 verified as they are copied; the offsets of their data in the archive are returned, so the
 archive itself can serve as an image source (`SplitLayoutSource`).
+
+bootc.kexec also appends a record of what it verified (`write_record`), so that the next stage
+does not hash those blobs again (`trust_previous_stage`). Only the handover carries one: it goes
+from one stage's memory to the next's and never leaves the machine, whereas rootfs.img is
+stored and transferred, and so is verified at every boot.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import BinaryIO
 
 from .blobs import Descriptor, VerifyingReader
@@ -22,6 +29,7 @@ from .sources import _Slice, blob_path
 from .streams import Reader
 
 IMAGE_DIR = "bootc-live/image"  # where the split layout puts the image inside the initramfs
+RECORD = "bootc-live/verified.json"  # beside a kexec handover: what stage one verified
 PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -88,6 +96,42 @@ def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
                 where.append((cpio.add_file(f"{name}.{part}", reader, size), size))  # type: ignore[arg-type]
     cpio.close()
     return extents
+
+
+def write_record(image: Image, diff_ids: Sequence[str], out: BinaryIO) -> None:
+    """Append to `out`, as a cpio archive of its own, the record of what this stage verified:
+    every blob of the image (write_split_layout checked them) and the `diff_ids` of the layers
+    it read through."""
+    record = {
+        "manifest": image.manifest_digest,
+        "blobs": [desc.digest for desc in blobs_of(image)],
+        "diff_ids": list(diff_ids),
+    }
+    cpio = CpioWriter(out)
+    cpio.add_bytes(RECORD, json.dumps(record, indent=1).encode())
+    cpio.close()
+
+
+def trust_previous_stage(image: Image, layout: str, root: str = "/") -> Image:
+    """`image` with the digests the previous stage verified marked trusted, when it was read
+    from the handover at its place in the initramfs and the record names this very manifest
+    (whose digest resolve() has just checked); else `image` unchanged."""
+    if os.path.normpath(layout) != os.path.join(root, IMAGE_DIR):
+        return image
+    try:
+        with open(os.path.join(root, RECORD), "rb") as f:
+            record = json.loads(f.read(1 << 20))
+    except FileNotFoundError:
+        return image
+    except ValueError:
+        raise ImageError(f"/{RECORD} is not valid JSON", "the kexec handover is corrupt") from None
+    if not isinstance(record, dict) or record.get("manifest") != image.manifest_digest:
+        return image
+    vouched = {
+        d for d in (*record.get("blobs", ()), *record.get("diff_ids", ())) if isinstance(d, str)
+    }
+    ours = {desc.digest for desc in image.layers} | set(image.diff_ids)
+    return replace(image, trusted=frozenset(vouched & ours))
 
 
 class SplitLayoutSource:

@@ -4,13 +4,14 @@ The boot kernel (a PXE server's, say) only obtains and verifies the image, then 
 loader:
 
 1. With reuse (the default) every blob is copied once, verified, into the handover: a split
-   layout (one cpio member per blob) that becomes the first part of the next stage's initrd. The
-   layers are then read from it, not from the network again.
+   layout (one cpio member per blob) that is appended to the image's initramfs as the next
+   stage's initrd, with a record of what was verified (the next stage does not hash it again).
+   The layers are then read from it, not from the network again.
 2. The layers are read from the top down until a kernel (`usr/lib/modules/KVER/vmlinuz`) and
    its `initramfs.img` are found, whiteouts and opaque directories respected; lower layers are
    not read. Among the kernels complete at that point the highest version wins, unless
    bootc.kexec.kver= names one (then reading goes on until that one is complete).
-3. The image's initramfs is appended to the handover (the kernel unpacks concatenated cpio
+3. The handover is appended to the image's initramfs (the kernel unpacks concatenated cpio
    archives in turn), and the command line is the running one without the bootc.kexec options;
    with reuse, root= names the handed-over layout instead.
 4. kexec -l, then kexec -e.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -30,9 +30,9 @@ from . import memory, mounts
 from .apply import OPAQUE, WHITEOUT, clean
 from .cmdline import BootSpec, split
 from .errors import BootcLiveError
-from .handover import IMAGE_DIR, SplitLayoutSource, index_json, write_split_layout
+from .handover import IMAGE_DIR, SplitLayoutSource, index_json, write_record, write_split_layout
 from .oci import Image
-from .run import run
+from .run import CommandError, run
 from .streams import ChunkStream
 from .tarstream import REGULAR, read_entries
 from .unpack import layer_chunks
@@ -193,48 +193,61 @@ def kexec_boot(
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
     this does not return."""
-    # The next initrd (handover + the image's initramfs) and the kernel are held in a tmpfs;
+    # The next initrd (the image's initramfs + the handover) and the kernel are held in a tmpfs;
     # `kexec -l` then reads them into its own memory and the kernel copies them into its own:
     # three times at the peak. First the handover must fit; once the kernel and initramfs are
     # known, the exact check comes before anything is loaded.
-    handover = image.compressed_size if spec.kexec_reuse_image else 0
-    _check_memory(handover + BOOT_FILES_GUESS + SLACK, mem, "the handover")
+    reuse = spec.kexec_reuse_image
+    _check_memory(
+        (image.compressed_size if reuse else 0) + BOOT_FILES_GUESS + SLACK, mem, "the handover"
+    )
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     mounts.mount_tmpfs(workdir, mem.total)
-    initrd = os.path.join(workdir, "initrd")
+    handover = os.path.join(workdir, "handover")
     label = "handover"
-    with open(initrd, "wb") as out:
-        if spec.kexec_reuse_image:
-            say(f"handing the image over: copying {image.compressed_size >> 20} MiB of blobs")
-            index = index_json(image, label, None)
-            extents = write_split_layout(image, index, out)
-            out.flush()  # read back from the file by the layer search below
-            image = replace(image, source=SplitLayoutSource(initrd, index, extents))
-        files = find_boot_files(image, spec.kexec_kver, workdir)
-        say(
-            f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
-            f"{len(image.layers)} layers"
+    searched = image
+    if reuse:
+        say(f"handing the image over: copying {image.compressed_size >> 20} MiB of blobs")
+        index = index_json(image, label, None)
+        with open(handover, "wb") as out:
+            extents = write_split_layout(image, index, out)  # every blob verified
+        searched = replace(
+            image,
+            source=SplitLayoutSource(handover, index, extents),
+            trusted=frozenset(desc.digest for desc in image.layers),
         )
-        # Now the sizes are known: the initramfs appended, then kexec's two copies of all.
-        initramfs_size = os.path.getsize(files.initramfs)
-        loaded = out.tell() + initramfs_size + os.path.getsize(files.kernel)
-        _check_memory(
-            initramfs_size + 2 * loaded + SLACK,
-            memory.Memory.read(),
-            f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
-        )
-        with open(files.initramfs, "rb") as initramfs:
-            out.write(b"\0" * (-out.tell() % 4))
-            shutil.copyfileobj(initramfs, out, 1 << 20)
-    os.unlink(files.initramfs)
-    with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-        command_line = next_command_line(f.read(), spec.kexec_reuse_image, label)
-    run(
-        ["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"],
-        hint="the initramfs needs kexec-tools (the bootc-live-kexec module) and a kernel that "
-        "allows kexec",
+    files = find_boot_files(searched, spec.kexec_kver, workdir)
+    say(
+        f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
+        f"{len(image.layers)} layers"
     )
+    initrd = files.initramfs
+    if reuse:
+        with open(handover, "ab") as out:  # the diff_ids of the layers read were checked too
+            write_record(image, image.diff_ids[len(image.diff_ids) - files.layers_read :], out)
+    # Now the sizes are known: the initrd and kernel, and kexec's two copies of them.
+    loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
+    loaded += os.path.getsize(handover) if reuse else 0
+    _check_memory(
+        2 * loaded + SLACK,
+        memory.Memory.read(),
+        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
+    )
+    if reuse:
+        initrd = os.path.join(workdir, "initrd")
+        os.rename(files.initramfs, initrd)
+        append_moving(initrd, handover)
+    with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
+        command_line = next_command_line(f.read(), reuse, label)
+    try:
+        run(["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"])
+    except CommandError as err:
+        raise KexecError(
+            f"bootc.kexec: kexec could not load kernel {files.kver} from the image: {err.detail}",
+            "check that the image's vmlinuz is a kernel for this machine and that this kernel "
+            "allows kexec (no lockdown, kexec_load_disabled=0), or boot without bootc.kexec",
+        ) from None
     now = memory.Memory.read()
     say(
         f"kexec: stage one took {time.monotonic() - start:.1f}s, {files.layers_read} of "
@@ -247,3 +260,23 @@ def kexec_boot(
     raise KexecError(
         f"kexec -e returned without starting kernel {files.kver}", "boot without bootc.kexec"
     )
+
+
+def append_moving(target: str, part: str, chunk: int = 4 * MIB) -> None:
+    """Append file `part` to `target` at the next 4-byte boundary (where the kernel looks for
+    the next cpio archive), then delete `part`. It is copied from its end backwards and cut
+    short behind each chunk, so on a tmpfs the two never hold its bytes twice."""
+    with open(target, "r+b") as out, open(part, "r+b") as src:
+        base = out.seek(0, os.SEEK_END)
+        base += -base % 4
+        end = os.fstat(src.fileno()).st_size
+        out.truncate(base + end)  # a hole until filled: no memory yet
+        while end:
+            begin = (end - 1) // chunk * chunk
+            src.seek(begin)
+            data = src.read(end - begin)
+            out.seek(base + begin)
+            out.write(data)
+            src.truncate(begin)
+            end = begin
+    os.unlink(part)

@@ -82,6 +82,9 @@ class Image:
     diff_ids: Sequence[str]
     annotations: Mapping[str, str]
     index_annotations: Mapping[str, str]  # of the image's entry in index.json
+    # Layer blob digests and diff_ids an earlier boot stage verified (bootc.kexec's handover):
+    # not hashed again. Empty unless handover.trust_previous_stage() set it.
+    trusted: frozenset[str] = frozenset()
 
     @property
     def manifest_digest(self) -> str:

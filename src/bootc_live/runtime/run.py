@@ -14,7 +14,11 @@ DEBUG = bool(os.environ.get("BOOTC_LIVE_DEBUG"))
 
 
 class CommandError(BootcLiveError):
-    """An external command failed."""
+    """An external command failed; `detail` is the last line it wrote to stderr."""
+
+    def __init__(self, message: str, hint: str = "", detail: str = "") -> None:
+        super().__init__(message, hint)
+        self.detail = detail or message
 
 
 def run(
@@ -48,7 +52,7 @@ def run(
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()
         last = detail[-1] if detail else f"exit status {result.returncode}"
-        raise CommandError(f"{shlex.join(args)} failed: {last}", hint)
+        raise CommandError(f"{shlex.join(args)} failed: {last}", hint, last)
     if result.stderr and DEBUG:
         sys.stderr.write(result.stderr)
     return result
