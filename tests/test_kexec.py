@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +68,14 @@ def found(image: Image, tmp_path: Path, wanted: str | None = None) -> tuple[str,
     files = kexec.find_boot_files(image, wanted, str(work))
     assert Path(files.initramfs).read_bytes() == f"initramfs {files.kver}".encode()
     return files.kver, Path(files.kernel).read_bytes(), files.layers_read
+
+
+def stage_one(tmp_path: Path, image: Image, work: Path) -> None:
+    """kexec_boot with plenty of memory and the command line root=bootc-live:/x bootc.kexec."""
+    argv = ["root=bootc-live:/x", "bootc.kexec"]
+    (tmp_path / "cmdline").write_text(" ".join(argv) + "\n")
+    memory = Memory(8 << 30, 4 << 30)
+    kexec.kexec_boot(parse(argv), image, memory, print, str(work), str(tmp_path / "cmdline"))
 
 
 class Unreadable:
@@ -191,12 +200,13 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     load = calls[0]
     assert load[:2] == ["kexec", "-l"] and Path(load[2]).read_bytes() == b"kernel 6.1.0-1"
     assert load[3] == f"--initrd={work / 'initrd'}"
-    assert load[4] == (
-        "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover"
+    assert load[4].startswith(
+        "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover "
+        "bootc.kexec.verified=sha256:"
     )
     initrd = (work / "initrd").read_bytes()
-    first = b"initramfs 6.1.0-1"
-    assert initrd.startswith(first + b"\0" * (-len(first) % 4) + b"070701")
+    first = b"initramfs 6.1.0-1"  # 17 bytes: then 4 zero bytes, and 3 more to a 4-byte boundary
+    assert initrd.startswith(first + b"\0" * 7 + b"070701")
     assert sorted(p.name for p in work.iterdir()) == ["6.1.0-1.vmlinuz", "initrd"]
 
 
@@ -239,14 +249,15 @@ def extract_initrd(data: bytes, offset: int, dest: Path) -> None:
         pos = start + size + (-size % 4)
 
 
-@pytest.mark.parametrize("record", ["kept", "lost", "other image"])
+@pytest.mark.parametrize("record", ["kept", "lost", "forged", "other image"])
 def test_each_digest_is_computed_once_across_both_stages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: str
 ) -> None:
     """SPEC §7: the handed-over image is neither downloaded nor verified twice. Stage one
     verifies every blob as it writes the handover and the diff_ids of the layers it reads; the
-    next stage, finding the record beside the handover, computes only what is left. Without
-    the record, or with one for another image, it verifies everything itself."""
+    next stage, finding the record the command line names beside the handover, computes only
+    what is left. Without the record, with a changed one, or with one for another image, it
+    verifies everything itself."""
     image = image_of(tmp_path, [f("etc", b"x")], [f("bin", b"y")], kernel("6.1.0-1"))
     hashed: Counter[str] = Counter()
 
@@ -256,24 +267,29 @@ def test_each_digest_is_computed_once_across_both_stages(
 
     monkeypatch.setattr(blobs, "new_hash", counting)
     monkeypatch.setattr(unpack, "new_hash", counting)
-    (tmp_path / "cmdline").write_text("root=bootc-live:/x\n")
-    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
     work = tmp_path / "work"
-    with pytest.raises(SystemExit, match="kexec -e"):
-        kexec.kexec_boot(
-            spec, image, Memory(8 << 30, 4 << 30), print, str(work), str(tmp_path / "cmdline")
-        )
+    calls: list[list[str]] = []
+    monkeypatch.setattr(kexec, "run", lambda argv, **_kw: calls.append(argv))
+    with pytest.raises(kexec.KexecError, match="kexec -e returned"):
+        stage_one(tmp_path, image, work)
+    next_spec = parse(calls[0][4].partition("=")[2].split())
+    assert next_spec.kexec_verified and not next_spec.kexec
     stage_two = tmp_path / "stage-two"
     stage_two.mkdir()
-    extract_initrd((work / "initrd").read_bytes(), 20, stage_two)
+    extract_initrd((work / "initrd").read_bytes(), len(b"initramfs 6.1.0-1"), stage_two)
     saved = stage_two / RECORD
     if record == "lost":
         saved.unlink()
+    elif record == "forged":  # vouches for nothing more, but is not the record stage one wrote
+        saved.write_text(saved.read_text() + " ")
     elif record == "other image":
         saved.write_text(saved.read_text().replace(image.manifest_digest, "sha256:" + "0" * 64))
     layout = str(stage_two / IMAGE_DIR)
     handed = resolve(LayoutSource(layout, consume=True), label="handover")
-    handed = trust_previous_stage(handed, layout, root=str(stage_two))
+    said: list[str] = []
+    handed = trust_previous_stage(
+        handed, layout, next_spec.kexec_verified, said.append, root=str(stage_two)
+    )
     (tmp_path / "root").mkdir()
     unpack_image(handed, str(tmp_path / "root"))
     assert (tmp_path / "root/bin").read_bytes() == b"y"
@@ -282,20 +298,30 @@ def test_each_digest_is_computed_once_across_both_stages(
     once = [1] * len(layer_digests)
     twice = [2, 2, 2, 1, 1, 2]
     assert [hashed[d] for d in layer_digests] == (once if record == "kept" else twice)
+    assert said == [
+        "kexec handover: 3 layer digests and 1 diff_ids were verified by the previous stage, "
+        "not computed again"
+        if record == "kept"
+        else f"bootc.kexec.verified={next_spec.kexec_verified} matches no record of this image: "
+        "verifying all"
+    ]
 
 
-def test_a_record_is_honoured_only_beside_the_handover(tmp_path: Path) -> None:
-    image = image_of(tmp_path, kernel("6.1.0-1"))
-    (tmp_path / "bootc-live").mkdir()
+def test_a_record_counts_only_beside_the_handover_with_its_digest(tmp_path: Path) -> None:
+    """A record in an initrd someone else made (a rootfs.img changed in transfer, say) is
+    ignored: it counts only for root=bootc-live:/bootc-live/image and with the digest stage
+    one put on the command line."""
+    image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
+    (tmp_path / "bootc-live").mkdir()  # made by the handover's archive, before the record's
     with open(tmp_path / "record.cpio", "wb") as out:
-        write_record(image, image.diff_ids, out)
+        digest = write_record(image, 1, out)
     extract_initrd((tmp_path / "record.cpio").read_bytes(), 0, tmp_path)
-    assert trust_previous_stage(image, str(tmp_path / IMAGE_DIR), str(tmp_path)).trusted == {
-        image.layers[0].digest,
-        image.diff_ids[0],
-    }
-    # The same record does not vouch for an image anywhere else (root=bootc-live:/other).
-    assert trust_previous_stage(image, str(tmp_path / "other"), str(tmp_path)).trusted == set()
+    here, root = str(tmp_path / IMAGE_DIR), str(tmp_path)
+    trusted = trust_previous_stage(image, here, digest, print, root)
+    assert (trusted.verified_blobs, trusted.verified_diff_ids) == ({0, 1}, {1})
+    for layout, expected in ((here, "sha256:" + "1" * 64), (str(tmp_path / "other"), digest)):
+        ignored = trust_previous_stage(image, layout, expected, print, root)
+        assert (ignored.verified_blobs, ignored.verified_diff_ids) == (set(), set())
 
 
 def test_a_failed_load_names_the_kernel_and_what_kexec_said(
@@ -306,16 +332,8 @@ def test_a_failed_load_names_the_kernel_and_what_kexec_said(
 
     monkeypatch.setattr(kexec, "run", refuse)
     image = image_of(tmp_path, kernel("6.1.0-1"))
-    (tmp_path / "cmdline").write_text("root=bootc-live:/x\n")
     with pytest.raises(kexec.KexecError) as err:
-        kexec.kexec_boot(
-            parse(["root=bootc-live:/x", "bootc.kexec"]),
-            image,
-            Memory(8 << 30, 4 << 30),
-            print,
-            str(tmp_path / "w"),
-            str(tmp_path / "cmdline"),
-        )
+        stage_one(tmp_path, image, tmp_path / "w")
     assert err.value.line().startswith(
         "bootc.kexec: kexec could not load kernel 6.1.0-1 from the image: Cannot determine the "
         "file type of x; check that the image's vmlinuz is a kernel for this machine"
@@ -338,13 +356,54 @@ def test_stage_one_checks_memory_before_the_handover(
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
-def test_the_exact_check_comes_before_kexec_loads_anything(
-    tmp_path: Path, never_on_this_machine: list[list[str]], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("spare_mib", [-1, 1])
+def test_the_exact_check_counts_kexecs_two_copies_before_it_loads_anything(
+    tmp_path: Path,
+    never_on_this_machine: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    spare_mib: int,
 ) -> None:
-    image = image_of(tmp_path, kernel("6.1.0-1"))
+    """Once the kernel is known, what is loaded (kernel, initramfs, handover: 8 MiB of random
+    kernel makes them about 16 MiB) must fit twice more, plus the slack: 1 MiB short of that
+    refuses, 1 MiB over loads (a formula counting once, or three times, gets one of them wrong)."""
+    vmlinuz = random.Random(7).randbytes(8 << 20)
+    image = image_of(
+        tmp_path,
+        [d(f"{M}/6.1.0-1"), f(f"{M}/6.1.0-1/vmlinuz", vmlinuz), f(f"{M}/6.1.0-1/initramfs.img")],
+    )
+    (tmp_path / "cmdline").write_text("root=bootc-live:/x\n")
     spec = parse(["root=bootc-live:/x", "bootc.kexec"])
-    # Enough for the handover when it starts, not for kexec's copies once the files are known.
-    monkeypatch.setattr(kexec.memory.Memory, "read", classmethod(lambda cls: Memory(1 << 30, 0)))
-    with pytest.raises(kexec.memory.NotEnoughMemory, match=r"loading kernel 6\.1\.0-1 \(kexec"):
-        kexec.kexec_boot(spec, image, Memory(4 << 30, 2 << 30), lambda _m: None, str(tmp_path))
-    assert never_on_this_machine == []
+    work = tmp_path / "work"
+    sizes: list[int] = []
+
+    def meminfo(cls: object) -> Memory:
+        loaded = sum(p.stat().st_size for p in work.iterdir())  # handover, kernel, initramfs
+        sizes.append(loaded)
+        spare = 2 * loaded + kexec.SLACK + kexec.memory.RESERVE + spare_mib * (1 << 20)
+        return Memory(8 << 30, spare)
+
+    monkeypatch.setattr(kexec.memory.Memory, "read", classmethod(meminfo))
+    start = Memory(8 << 30, 4 << 30)  # plenty for the handover
+    if spare_mib < 0:
+        with pytest.raises(kexec.memory.NotEnoughMemory, match=r"loading kernel 6\.1\.0-1 \(kexec"):
+            kexec.kexec_boot(spec, image, start, print, str(work), str(tmp_path / "cmdline"))
+        assert never_on_this_machine == []
+    else:
+        with pytest.raises(SystemExit, match="kexec -e"):
+            kexec.kexec_boot(spec, image, start, print, str(work), str(tmp_path / "cmdline"))
+        assert never_on_this_machine[0][:2] == ["kexec", "-l"]
+    assert sizes[0] > 16 << 20
+
+
+def test_an_initramfs_without_kexec_stops_before_the_handover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kexec.shutil, "which", lambda _name: None)
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    with pytest.raises(kexec.KexecError) as err:
+        stage_one(tmp_path, image, tmp_path / "w")
+    assert err.value.line() == (
+        "bootc.kexec: this initramfs has no kexec (kexec-tools); build it with kexec-tools "
+        "installed (the bootc-live-kexec module), or boot without bootc.kexec"
+    )
+    assert not (tmp_path / "w").exists()

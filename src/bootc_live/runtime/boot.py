@@ -202,15 +202,10 @@ def obtain_and_unpack(
     try:
         write_status("resolving", root=str(spec.root))
         image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
-        if spec.root is not None and spec.root.kind == "path":
-            image = handover.trust_previous_stage(image, spec.root.location)
-            if image.trusted:
-                blobs = sum(desc.digest in image.trusted for desc in image.layers)
-                diff_ids = sum(diff_id in image.trusted for diff_id in image.diff_ids)
-                console.say(
-                    f"kexec handover: {blobs} layer digests and {diff_ids} diff_ids were "
-                    "verified by the previous stage, not computed again"
-                )
+        if spec.kexec_verified and spec.root is not None and spec.root.kind == "path":
+            image = handover.trust_previous_stage(
+                image, spec.root.location, spec.kexec_verified, console.say
+            )
         mem = memory.Memory.read()
         if spec.kexec:
             write_status("kexec", manifest=image.manifest_digest)

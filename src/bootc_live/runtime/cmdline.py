@@ -71,6 +71,7 @@ class BootSpec:
     kexec: bool = False
     kexec_kver: str | None = None
     kexec_reuse_image: bool = True
+    kexec_verified: str | None = None
     zram: ZramSize | None = None
     zram_algorithm: str | None = None
     erofs: bool = False
@@ -306,6 +307,15 @@ OPTIONS: tuple[Option, ...] = (
         "bootc.kexec.reuse-image=0",
         "Do not hand the obtained image to the kexec'd stage (it fetches it again).",
         "1",
+    ),
+    Option(
+        "bootc.kexec.verified",
+        "kexec_verified",
+        parse_digest,
+        "bootc.kexec.verified=sha256:HEX",
+        "Set by bootc.kexec for the next stage, not by users: the digest of stage one's record of "
+        "what it verified; the next stage skips only those hashes.",
+        "none",
     ),
     Option(
         "bootc.zram",

@@ -5,20 +5,22 @@ writes it for the next stage, so that the image is neither fetched nor stored tw
 verified as they are copied; the offsets of their data in the archive are returned, so the
 archive itself can serve as an image source (`SplitLayoutSource`).
 
-bootc.kexec also appends a record of what it verified (`write_record`), so that the next stage
-does not hash those blobs again (`trust_previous_stage`). Only the handover carries one: it goes
-from one stage's memory to the next's and never leaves the machine, whereas rootfs.img is
-stored and transferred, and so is verified at every boot.
+bootc.kexec also appends a record of what it verified (`write_record`) and puts the record's
+digest on the next command line, so that the next stage does not hash those blobs again
+(`trust_previous_stage`). A record counts only with that digest: the command line comes from
+stage one, whereas an initrd such as rootfs.img is stored and transferred, and anyone who can
+change it could add a record too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .blobs import Descriptor, VerifyingReader
 from .cpio import MAX_MEMBER, CpioWriter
@@ -98,40 +100,56 @@ def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
     return extents
 
 
-def write_record(image: Image, diff_ids: Sequence[str], out: BinaryIO) -> None:
+def write_record(image: Image, layers_read: int, out: BinaryIO) -> str:
     """Append to `out`, as a cpio archive of its own, the record of what this stage verified:
-    every blob of the image (write_split_layout checked them) and the `diff_ids` of the layers
-    it read through."""
-    record = {
-        "manifest": image.manifest_digest,
-        "blobs": [desc.digest for desc in blobs_of(image)],
-        "diff_ids": list(diff_ids),
-    }
+    every layer's blob (write_split_layout checked them all) and the diff_ids of the top
+    `layers_read` layers (read through to their end). Returns the record's digest, which the
+    next command line carries (bootc.kexec.verified=)."""
+    first_read = len(image.layers) - layers_read
+    layers = [
+        {"digest": desc.digest, "diff_id": image.diff_ids[i] if i >= first_read else None}
+        for i, desc in enumerate(image.layers)
+    ]
+    data = json.dumps({"manifest": image.manifest_digest, "layers": layers}, indent=1).encode()
     cpio = CpioWriter(out)
-    cpio.add_bytes(RECORD, json.dumps(record, indent=1).encode())
+    cpio.add_bytes(RECORD, data)
     cpio.close()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def trust_previous_stage(image: Image, layout: str, root: str = "/") -> Image:
-    """`image` with the digests the previous stage verified marked trusted, when it was read
-    from the handover at its place in the initramfs and the record names this very manifest
-    (whose digest resolve() has just checked); else `image` unchanged."""
-    if os.path.normpath(layout) != os.path.join(root, IMAGE_DIR):
+def trust_previous_stage(
+    image: Image, layout: str, expected: str, say: Callable[[str], None], root: str = "/"
+) -> Image:
+    """`image` with what the previous stage verified marked so, when all of these hold: root=
+    names the handover at its place in the initramfs; the record beside it has the digest
+    `expected` from the command line (which stage one wrote: an appended initrd cannot change
+    it); and the record names this very manifest (whose digest resolve() has just checked),
+    layer by layer. Otherwise `image` unchanged: everything is verified here, as usual."""
+    data = b""
+    if os.path.normpath(layout) == os.path.join(root, IMAGE_DIR):
+        try:
+            with open(os.path.join(root, RECORD), "rb") as f:
+                data = f.read(1 << 20)
+        except FileNotFoundError:
+            pass
+    record = json.loads(data) if "sha256:" + hashlib.sha256(data).hexdigest() == expected else {}
+    layers = record.get("layers") if isinstance(record, dict) else None
+    if (
+        not isinstance(record, dict)
+        or record.get("manifest") != image.manifest_digest
+        or not isinstance(layers, list)
+        or len(layers) != len(image.layers)
+        or not all(isinstance(entry, dict) for entry in layers)
+    ):
+        say(f"bootc.kexec.verified={expected} matches no record of this image: verifying all")
         return image
-    try:
-        with open(os.path.join(root, RECORD), "rb") as f:
-            record = json.loads(f.read(1 << 20))
-    except FileNotFoundError:
-        return image
-    except ValueError:
-        raise ImageError(f"/{RECORD} is not valid JSON", "the kexec handover is corrupt") from None
-    if not isinstance(record, dict) or record.get("manifest") != image.manifest_digest:
-        return image
-    vouched = {
-        d for d in (*record.get("blobs", ()), *record.get("diff_ids", ())) if isinstance(d, str)
-    }
-    ours = {desc.digest for desc in image.layers} | set(image.diff_ids)
-    return replace(image, trusted=frozenset(vouched & ours))
+    blobs = {i for i, desc in enumerate(image.layers) if layers[i].get("digest") == desc.digest}
+    diff_ids = {i for i in blobs if layers[i].get("diff_id") == image.diff_ids[i]}
+    say(
+        f"kexec handover: {len(blobs)} layer digests and {len(diff_ids)} diff_ids were verified "
+        "by the previous stage, not computed again"
+    )
+    return replace(image, verified_blobs=frozenset(blobs), verified_diff_ids=frozenset(diff_ids))
 
 
 class SplitLayoutSource:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -156,9 +157,9 @@ def _missing(wanted: str | None, found: dict[tuple[str, str], str]) -> BootFiles
     )
 
 
-def next_command_line(current: str, reuse: bool, label: str) -> str:
+def next_command_line(current: str, reuse: bool, label: str, verified: str = "") -> str:
     """The running command line without the kexec options; with reuse, root= (and bootclabel=)
-    name the handed-over layout."""
+    name the handed-over layout, and bootc.kexec.verified= the record of what was verified."""
     kept = []
     for arg in split(current):
         name = arg.split("=", 1)[0]
@@ -169,6 +170,8 @@ def next_command_line(current: str, reuse: bool, label: str) -> str:
         kept.append(arg)
     if reuse:
         kept += [f"root=bootc-live:/{IMAGE_DIR}", f"bootclabel={label}"]
+    if verified:
+        kept.append(f"bootc.kexec.verified={verified}")
     return " ".join(shlex.quote(a) if " " in a else a for a in kept)
 
 
@@ -198,6 +201,12 @@ def kexec_boot(
     # three times at the peak. First the handover must fit; once the kernel and initramfs are
     # known, the exact check comes before anything is loaded.
     reuse = spec.kexec_reuse_image
+    if shutil.which("kexec") is None:
+        raise KexecError(
+            "bootc.kexec: this initramfs has no kexec (kexec-tools)",
+            "build it with kexec-tools installed (the bootc-live-kexec module), or boot without "
+            "bootc.kexec",
+        )
     _check_memory(
         (image.compressed_size if reuse else 0) + BOOT_FILES_GUESS + SLACK, mem, "the handover"
     )
@@ -215,7 +224,7 @@ def kexec_boot(
         searched = replace(
             image,
             source=SplitLayoutSource(handover, index, extents),
-            trusted=frozenset(desc.digest for desc in image.layers),
+            verified_blobs=frozenset(range(len(image.layers))),
         )
     files = find_boot_files(searched, spec.kexec_kver, workdir)
     say(
@@ -223,9 +232,10 @@ def kexec_boot(
         f"{len(image.layers)} layers"
     )
     initrd = files.initramfs
+    verified = ""
     if reuse:
         with open(handover, "ab") as out:  # the diff_ids of the layers read were checked too
-            write_record(image, image.diff_ids[len(image.diff_ids) - files.layers_read :], out)
+            verified = write_record(image, files.layers_read, out)
     # Now the sizes are known: the initrd and kernel, and kexec's two copies of them.
     loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
     loaded += os.path.getsize(handover) if reuse else 0
@@ -239,7 +249,7 @@ def kexec_boot(
         os.rename(files.initramfs, initrd)
         append_moving(initrd, handover)
     with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-        command_line = next_command_line(f.read(), reuse, label)
+        command_line = next_command_line(f.read(), reuse, label, verified)
     try:
         run(["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"])
     except CommandError as err:
@@ -263,11 +273,12 @@ def kexec_boot(
 
 
 def append_moving(target: str, part: str, chunk: int = 4 * MIB) -> None:
-    """Append file `part` to `target` at the next 4-byte boundary (where the kernel looks for
-    the next cpio archive), then delete `part`. It is copied from its end backwards and cut
-    short behind each chunk, so on a tmpfs the two never hold its bytes twice."""
+    """Append file `part` to `target` after 4 to 7 zero bytes, at a 4-byte boundary (where the
+    kernel looks for the next cpio archive; the zeros end an lz4 legacy stream, which has no
+    end mark of its own), then delete `part`. It is copied from its end backwards and cut short
+    behind each chunk, so on a tmpfs the two never hold its bytes twice."""
     with open(target, "r+b") as out, open(part, "r+b") as src:
-        base = out.seek(0, os.SEEK_END)
+        base = out.seek(0, os.SEEK_END) + 4
         base += -base % 4
         end = os.fstat(src.fileno()).st_size
         out.truncate(base + end)  # a hole until filled: no memory yet

@@ -82,9 +82,10 @@ class Image:
     diff_ids: Sequence[str]
     annotations: Mapping[str, str]
     index_annotations: Mapping[str, str]  # of the image's entry in index.json
-    # Layer blob digests and diff_ids an earlier boot stage verified (bootc.kexec's handover):
-    # not hashed again. Empty unless handover.trust_previous_stage() set it.
-    trusted: frozenset[str] = frozenset()
+    # Indices of the layers whose blob digest, and whose diff_id, an earlier boot stage verified
+    # (bootc.kexec's handover): not hashed again. Set by handover.trust_previous_stage() only.
+    verified_blobs: frozenset[int] = frozenset()
+    verified_diff_ids: frozenset[int] = frozenset()
 
     @property
     def manifest_digest(self) -> str:

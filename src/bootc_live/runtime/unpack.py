@@ -127,13 +127,13 @@ def layer_chunks(
     on_read: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield layer `index` decompressed; at its end, verify the blob's digest and the diff_id
-    (unless an earlier stage did: `image.trusted`)."""
+    (unless an earlier boot stage did: `image.verified_blobs`, `image.verified_diff_ids`)."""
     desc = image.layers[index]
     label = f"layer {index + 1}/{len(image.layers)}"
     diff_id = image.diff_ids[index]
-    diff_hash = None if diff_id in image.trusted else new_hash(diff_id)
+    diff_hash = None if index in image.verified_diff_ids else new_hash(diff_id)
     with image.source.open_blob(desc) as raw:
-        reader = VerifyingReader(raw, desc, label, trusted=desc.digest in image.trusted)
+        reader = VerifyingReader(raw, desc, label, trusted=index in image.verified_blobs)
         try:
             for chunk in decoded_chunks(reader.read):
                 if abandoned():
