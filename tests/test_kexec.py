@@ -198,9 +198,9 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     with pytest.raises(SystemExit, match="kexec -e"):
         kexec.kexec_boot(spec, image, mem, lambda _m: None, str(work), str(tmp_path / "cmdline"))
     load = calls[0]
-    assert load[:2] == ["kexec", "-l"] and Path(load[2]).read_bytes() == b"kernel 6.1.0-1"
-    assert load[3] == f"--initrd={work / 'initrd'}"
-    assert load[4].startswith(
+    assert load[:3] == ["kexec", "-s", "-l"] and Path(load[3]).read_bytes() == b"kernel 6.1.0-1"
+    assert load[4] == f"--initrd={work / 'initrd'}"
+    assert load[5].startswith(
         "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover "
         "bootc.kexec.verified=sha256:"
     )
@@ -221,9 +221,9 @@ def test_without_reuse_the_initrd_is_the_images_initramfs(
         kexec.kexec_boot(
             spec, image, Memory(8 << 30, 4 << 30), print, str(work), str(tmp_path / "cmdline")
         )
-    initrd = never_on_this_machine[0][3].partition("=")[2]
+    initrd = never_on_this_machine[0][4].partition("=")[2]
     assert Path(initrd).read_bytes() == b"initramfs 6.1.0-1"
-    assert never_on_this_machine[0][4] == "--command-line=root=bootc-live:http://h/r.oci"
+    assert never_on_this_machine[0][5] == "--command-line=root=bootc-live:http://h/r.oci"
 
 
 def extract_initrd(data: bytes, offset: int, dest: Path) -> None:
@@ -272,7 +272,7 @@ def test_each_digest_is_computed_once_across_both_stages(
     monkeypatch.setattr(kexec, "run", lambda argv, **_kw: calls.append(argv))
     with pytest.raises(kexec.KexecError, match="kexec -e returned"):
         stage_one(tmp_path, image, work)
-    next_spec = parse(calls[0][4].partition("=")[2].split())
+    next_spec = parse(calls[0][5].partition("=")[2].split())
     assert next_spec.kexec_verified and not next_spec.kexec
     stage_two = tmp_path / "stage-two"
     stage_two.mkdir()
@@ -356,42 +356,63 @@ def test_stage_one_checks_memory_before_the_handover(
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("spare_mib", [-1, 1])
-def test_the_exact_check_counts_kexecs_two_copies_before_it_loads_anything(
+@pytest.mark.parametrize(
+    ("copies", "spare_mib", "file_load", "outcome"),
+    [
+        (1, -1, True, "loading kernel 6.1.0-1 (the kernel holds another copy"),
+        (1, 1, True, "kexec -s -l"),
+        (1, 1, False, "loading kernel 6.1.0-1 with kexec_load (kexec holds two more copies"),
+        (2, -1, False, "loading kernel 6.1.0-1 with kexec_load (kexec holds two more copies"),
+        (2, 1, False, "kexec -l"),
+    ],
+)
+def test_the_exact_check_counts_the_loaders_copies_before_it_loads_anything(
     tmp_path: Path,
-    never_on_this_machine: list[list[str]],
     monkeypatch: pytest.MonkeyPatch,
+    copies: int,
     spare_mib: int,
+    file_load: bool,
+    outcome: str,
 ) -> None:
     """Once the kernel is known, what is loaded (kernel, initramfs, handover: 8 MiB of random
-    kernel makes them about 16 MiB) must fit twice more, plus the slack: 1 MiB short of that
-    refuses, 1 MiB over loads (a formula counting once, or three times, gets one of them wrong)."""
+    kernel makes them about 16 MiB) must fit once more for kexec_file_load (`kexec -s`), twice
+    for kexec_load, plus the slack; 1 MiB either side of that decides (a formula counting a
+    copy too few or too many gets one of them wrong). kexec_load is the fallback when the kernel
+    refuses kexec_file_load."""
     vmlinuz = random.Random(7).randbytes(8 << 20)
     image = image_of(
         tmp_path,
         [d(f"{M}/6.1.0-1"), f(f"{M}/6.1.0-1/vmlinuz", vmlinuz), f(f"{M}/6.1.0-1/initramfs.img")],
     )
-    (tmp_path / "cmdline").write_text("root=bootc-live:/x\n")
-    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
     work = tmp_path / "work"
     sizes: list[int] = []
+    loads: list[str] = []
 
     def meminfo(cls: object) -> Memory:
         loaded = sum(p.stat().st_size for p in work.iterdir())  # handover, kernel, initramfs
         sizes.append(loaded)
-        spare = 2 * loaded + kexec.SLACK + kexec.memory.RESERVE + spare_mib * (1 << 20)
+        spare = copies * loaded + kexec.SLACK + kexec.memory.RESERVE + spare_mib * (1 << 20)
         return Memory(8 << 30, spare)
 
+    def fake_run(argv: list[str], **_kw: object) -> None:
+        if argv[1] == "-e":
+            raise SystemExit("kexec -e")
+        if argv[1] == "-s" and not file_load:
+            raise CommandError(
+                "kexec failed", "", "kexec_file_load failed: Operation not permitted"
+            )
+        loads.append(" ".join(argv[:3] if argv[1] == "-s" else argv[:2]))
+
     monkeypatch.setattr(kexec.memory.Memory, "read", classmethod(meminfo))
-    start = Memory(8 << 30, 4 << 30)  # plenty for the handover
-    if spare_mib < 0:
-        with pytest.raises(kexec.memory.NotEnoughMemory, match=r"loading kernel 6\.1\.0-1 \(kexec"):
-            kexec.kexec_boot(spec, image, start, print, str(work), str(tmp_path / "cmdline"))
-        assert never_on_this_machine == []
-    else:
+    monkeypatch.setattr(kexec, "run", fake_run)
+    if outcome.startswith("kexec"):
         with pytest.raises(SystemExit, match="kexec -e"):
-            kexec.kexec_boot(spec, image, start, print, str(work), str(tmp_path / "cmdline"))
-        assert never_on_this_machine[0][:2] == ["kexec", "-l"]
+            stage_one(tmp_path, image, work)
+        assert loads == [outcome]
+    else:
+        with pytest.raises(kexec.memory.NotEnoughMemory) as err:
+            stage_one(tmp_path, image, work)
+        assert outcome in err.value.line() and loads == []
     assert sizes[0] > 16 << 20
 
 

@@ -14,7 +14,8 @@ loader:
 3. The handover is appended to the image's initramfs (the kernel unpacks concatenated cpio
    archives in turn), and the command line is the running one without the bootc.kexec options;
    with reuse, root= names the handed-over layout instead.
-4. kexec -l, then kexec -e.
+4. kexec -s -l (the kernel reads the files itself: one copy less than kexec -l, which is
+   used when the kernel refuses that), then kexec -e.
 """
 
 from __future__ import annotations
@@ -196,10 +197,9 @@ def kexec_boot(
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
     this does not return."""
-    # The next initrd (the image's initramfs + the handover) and the kernel are held in a tmpfs;
-    # `kexec -l` then reads them into its own memory and the kernel copies them into its own:
-    # three times at the peak. First the handover must fit; once the kernel and initramfs are
-    # known, the exact check comes before anything is loaded.
+    # The next initrd (the image's initramfs + the handover) and the kernel are held in a tmpfs,
+    # and loading copies them once or twice more (below). First the handover must fit; once the
+    # kernel and initramfs are known, the exact check comes before anything is loaded.
     reuse = spec.kexec_reuse_image
     if shutil.which("kexec") is None:
         raise KexecError(
@@ -236,13 +236,16 @@ def kexec_boot(
     if reuse:
         with open(handover, "ab") as out:  # the diff_ids of the layers read were checked too
             verified = write_record(image, files.layers_read, out)
-    # Now the sizes are known: the initrd and kernel, and kexec's two copies of them.
+    # Now the sizes are known. The kernel's own loader (kexec_file_load, `kexec -s`) reads the
+    # files into one more copy; the classic one (kexec_load) reads them into kexec's memory
+    # first, then the kernel copies that: two more. The first is tried, the second if the kernel
+    # refuses it.
     loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
     loaded += os.path.getsize(handover) if reuse else 0
     _check_memory(
-        2 * loaded + SLACK,
+        loaded + SLACK,
         memory.Memory.read(),
-        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
+        f"loading kernel {files.kver} (the kernel holds another copy of it and its initrd)",
     )
     if reuse:
         initrd = os.path.join(workdir, "initrd")
@@ -250,19 +253,33 @@ def kexec_boot(
         append_moving(initrd, handover)
     with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
         command_line = next_command_line(f.read(), reuse, label, verified)
+    what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
+    loader = "kexec_file_load"
     try:
-        run(["kexec", "-l", files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"])
-    except CommandError as err:
-        raise KexecError(
-            f"bootc.kexec: kexec could not load kernel {files.kver} from the image: {err.detail}",
-            "check that the image's vmlinuz is a kernel for this machine and that this kernel "
-            "allows kexec (no lockdown, kexec_load_disabled=0), or boot without bootc.kexec",
-        ) from None
+        run(["kexec", "-s", "-l", *what])
+    except CommandError as refused:
+        loader = "kexec_load"
+        _check_memory(
+            2 * loaded + SLACK,
+            memory.Memory.read(),
+            f"loading kernel {files.kver} with kexec_load (kexec holds two more copies of it "
+            f"and its initrd; kexec_file_load refused it: {refused.detail})",
+        )
+        try:
+            run(["kexec", "-l", *what])
+        except CommandError as err:
+            raise KexecError(
+                f"bootc.kexec: kexec could not load kernel {files.kver} from the image: "
+                f"{err.detail}",
+                "check that the image's vmlinuz is a kernel for this machine and that this "
+                "kernel allows kexec (no lockdown, kexec_load_disabled=0), or boot without "
+                "bootc.kexec",
+            ) from None
     now = memory.Memory.read()
     say(
         f"kexec: stage one took {time.monotonic() - start:.1f}s, {files.layers_read} of "
         f"{len(image.layers)} layers read; memory in use {(now.total - now.available) >> 20} MiB "
-        f"(next initrd {os.path.getsize(initrd) >> 20} MiB)"
+        f"(next initrd {os.path.getsize(initrd) >> 20} MiB), loaded by {loader}"
     )
     say(f"kexec into {files.kver}: {command_line}")
     os.sync()
