@@ -319,7 +319,12 @@ def test_a_record_counts_only_beside_the_handover_with_its_digest(tmp_path: Path
     here, root = str(tmp_path / IMAGE_DIR), str(tmp_path)
     trusted = trust_previous_stage(image, here, digest, print, root)
     assert (trusted.verified_blobs, trusted.verified_diff_ids) == ({0, 1}, {1})
-    for layout, expected in ((here, "sha256:" + "1" * 64), (str(tmp_path / "other"), digest)):
+    nothing = "sha256:" + hashlib.sha256(b"").hexdigest()  # no record at all has this digest
+    for layout, expected in (
+        (here, "sha256:" + "1" * 64),
+        (str(tmp_path / "other"), digest),
+        (str(tmp_path / "other"), nothing),
+    ):
         ignored = trust_previous_stage(image, layout, expected, print, root)
         assert (ignored.verified_blobs, ignored.verified_diff_ids) == (set(), set())
 

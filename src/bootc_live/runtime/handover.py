@@ -132,7 +132,8 @@ def trust_previous_stage(
                 data = f.read(1 << 20)
         except FileNotFoundError:
             pass
-    record = json.loads(data) if "sha256:" + hashlib.sha256(data).hexdigest() == expected else {}
+    matches = data and "sha256:" + hashlib.sha256(data).hexdigest() == expected
+    record = json.loads(data) if matches else {}  # stage one wrote it: valid JSON
     layers = record.get("layers") if isinstance(record, dict) else None
     if (
         not isinstance(record, dict)
