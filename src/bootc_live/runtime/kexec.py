@@ -14,8 +14,7 @@ loader:
 3. The handover is appended to the image's initramfs (the kernel unpacks concatenated cpio
    archives in turn), and the command line is the running one without the bootc.kexec options;
    with reuse, root= names the handed-over layout instead.
-4. kexec -s -l (the kernel reads the files itself: one copy less than kexec -l, which is
-   used when the kernel refuses that), then kexec -e.
+4. kexec -s -l (kexec_file_load), or kexec -l when the kernel refuses that, then kexec -e.
 """
 
 from __future__ import annotations
@@ -236,16 +235,17 @@ def kexec_boot(
     if reuse:
         with open(handover, "ab") as out:  # the diff_ids of the layers read were checked too
             verified = write_record(image, files.layers_read, out)
-    # Now the sizes are known. The kernel's own loader (kexec_file_load, `kexec -s`) reads the
-    # files into one more copy; the classic one (kexec_load) reads them into kexec's memory
-    # first, then the kernel copies that: two more. The first is tried, the second if the kernel
-    # refuses it.
+    # Now the sizes are known. Loading takes two more copies at the peak, whichever loader:
+    # kexec_file_load (`kexec -s`) reads the files into kernel buffers, then copies those into
+    # the pages the next kernel will run from; kexec_load (`kexec -l`) reads them into kexec's
+    # memory, which the kernel copies. The first is tried (it also works under lockdown with a
+    # signed kernel), the second if the kernel refuses it.
     loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
     loaded += os.path.getsize(handover) if reuse else 0
     _check_memory(
-        loaded + SLACK,
+        2 * loaded + SLACK,
         memory.Memory.read(),
-        f"loading kernel {files.kver} (the kernel holds another copy of it and its initrd)",
+        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
     )
     if reuse:
         initrd = os.path.join(workdir, "initrd")
@@ -257,14 +257,8 @@ def kexec_boot(
     loader = "kexec_file_load"
     try:
         run(["kexec", "-s", "-l", *what])
-    except CommandError as refused:
+    except CommandError:
         loader = "kexec_load"
-        _check_memory(
-            2 * loaded + SLACK,
-            memory.Memory.read(),
-            f"loading kernel {files.kver} with kexec_load (kexec holds two more copies of it "
-            f"and its initrd; kexec_file_load refused it: {refused.detail})",
-        )
         try:
             run(["kexec", "-l", *what])
         except CommandError as err:
