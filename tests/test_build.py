@@ -115,12 +115,12 @@ def test_split_layout_and_archive_hold_the_verified_image(
     monkeypatch.setattr(handover, "MAX_MEMBER", 10_000)
     monkeypatch.setattr(handover, "PART_SIZE", 4096)
     with open(tmp_path / "rootfs.img", "wb") as out:
-        build_mod.write_split_layout(image, index, out)
+        handover.write_split_layout(image, index, out)
     initramfs = tmp_path / "initramfs"
     initramfs.mkdir()
     with open(tmp_path / "rootfs.img", "rb") as cpio:
         subprocess.run(["cpio", "-id", "--quiet"], stdin=cpio, cwd=initramfs, check=True)
-    layout = initramfs / build_mod.IMAGE_DIR
+    layout = initramfs / handover.IMAGE_DIR
     big = layout / "blobs/sha256" / info.layer_digests[1][7:]
     assert not big.exists() and (big.parent / (big.name + ".0")).exists()
     source = LayoutSource(str(layout), consume=True)

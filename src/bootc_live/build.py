@@ -16,10 +16,10 @@ from .images import SourceRef
 from .runtime.blobs import VerifyingReader
 from .runtime.errors import BootcLiveError
 from .runtime.handover import (
-    IMAGE_DIR,
     OCI_LAYOUT,
     blobs_of,
     index_json,
+    kernel_arguments,
     verified,
     write_split_layout,
 )
@@ -70,10 +70,6 @@ def build(config: BuildConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return config.output
-
-
-def kernel_arguments(label: str) -> str:
-    return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
 
 
 def write_oci_archive(image: Image, index: bytes, path: Path) -> None:

@@ -45,11 +45,7 @@ def _discard(dest: str, created: bool) -> None:
         shutil.rmtree(dest, ignore_errors=True)
         return
     for name in os.listdir(dest):
-        path = os.path.join(dest, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
+        _remove(Path(dest, name))
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from typing import BinaryIO, Callable
 
 from .blobs import Descriptor, VerifyingReader
@@ -27,13 +28,17 @@ from .cpio import MAX_MEMBER, CpioWriter
 from .errors import ImageError
 from .memory import SIZES_ANNOTATION
 from .oci import REF_NAME, Image
-from .sources import _Slice, blob_path
-from .streams import Reader
+from .sources import _Slice, blob_path, open_parts
 
 IMAGE_DIR = "bootc-live/image"  # where the split layout puts the image inside the initramfs
 RECORD = "bootc-live/verified.json"  # beside a kexec handover: what stage one verified
 PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def kernel_arguments(label: str) -> str:
+    """The command line that boots the image of a split layout in the initramfs."""
+    return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
 
 
 def index_json(image: Image, label: str, sizes: list[int] | None) -> bytes:
@@ -102,15 +107,10 @@ def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
 
 def write_record(image: Image, layers_read: int, out: BinaryIO) -> str:
     """Append to `out`, as a cpio archive of its own, the record of what this stage verified:
-    every layer's blob (write_split_layout checked them all) and the diff_ids of the top
+    every blob of the manifest (write_split_layout checked them all) and the diff_ids of the top
     `layers_read` layers (read through to their end). Returns the record's digest, which the
     next command line carries (bootc.kexec.verified=)."""
-    first_read = len(image.layers) - layers_read
-    layers = [
-        {"digest": desc.digest, "diff_id": image.diff_ids[i] if i >= first_read else None}
-        for i, desc in enumerate(image.layers)
-    ]
-    data = json.dumps({"manifest": image.manifest_digest, "layers": layers}, indent=1).encode()
+    data = json.dumps({"manifest": image.manifest_digest, "layers_read": layers_read}).encode()
     cpio = CpioWriter(out)
     cpio.add_bytes(RECORD, data)
     cpio.close()
@@ -123,8 +123,9 @@ def trust_previous_stage(
     """`image` with what the previous stage verified marked so, when all of these hold: root=
     names the handover at its place in the initramfs; the record beside it has the digest
     `expected` from the command line (which stage one wrote: an appended initrd cannot change
-    it); and the record names this very manifest (whose digest resolve() has just checked),
-    layer by layer. Otherwise `image` unchanged: everything is verified here, as usual."""
+    it); and the record names this very manifest, whose digest resolve() has just checked (it
+    fixes every layer digest and, through the config, every diff_id). Otherwise `image`
+    unchanged: everything is verified here, as usual."""
     data = b""
     if os.path.normpath(layout) == os.path.join(root, IMAGE_DIR):
         try:
@@ -134,23 +135,18 @@ def trust_previous_stage(
             pass
     matches = data and "sha256:" + hashlib.sha256(data).hexdigest() == expected
     record = json.loads(data) if matches else {}  # stage one wrote it: valid JSON
-    layers = record.get("layers") if isinstance(record, dict) else None
-    if (
-        not isinstance(record, dict)
-        or record.get("manifest") != image.manifest_digest
-        or not isinstance(layers, list)
-        or len(layers) != len(image.layers)
-        or not all(isinstance(entry, dict) for entry in layers)
-    ):
+    if record.get("manifest") != image.manifest_digest:
         say(f"bootc.kexec.verified={expected} matches no record of this image: verifying all")
         return image
-    blobs = {i for i, desc in enumerate(image.layers) if layers[i].get("digest") == desc.digest}
-    diff_ids = {i for i in blobs if layers[i].get("diff_id") == image.diff_ids[i]}
+    layers = len(image.layers)
+    read = range(layers - record["layers_read"], layers)
     say(
-        f"kexec handover: {len(blobs)} layer digests and {len(diff_ids)} diff_ids were verified "
-        "by the previous stage, not computed again"
+        f"kexec handover: {layers} layer digests and {len(read)} diff_ids were verified by the "
+        "previous stage, not computed again"
     )
-    return replace(image, verified_blobs=frozenset(blobs), verified_diff_ids=frozenset(diff_ids))
+    return replace(
+        image, verified_blobs=frozenset(range(layers)), verified_diff_ids=frozenset(read)
+    )
 
 
 class SplitLayoutSource:
@@ -168,30 +164,10 @@ class SplitLayoutSource:
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         if desc.digest not in self._extents:
             raise ImageError(f"{self.description}: blob {desc.digest} is missing")
-        slices: list[Reader] = [_Slice(self.path, o, s) for o, s in self._extents[desc.digest]]
-        return slices[0] if len(slices) == 1 else _Chain(slices)  # type: ignore[return-value]
+        return open_parts(partial(_Slice, self.path, o, s) for o, s in self._extents[desc.digest])
 
     def release(self, desc: Descriptor) -> None:
         pass
 
     def close(self) -> None:
         pass
-
-
-class _Chain(Reader):
-    """Readers read one after the other."""
-
-    def __init__(self, readers: list[Reader]) -> None:
-        self._readers = readers
-
-    def read(self, n: int = -1) -> bytes:
-        while self._readers:
-            data = self._readers[0].read(n)
-            if data or n == 0:
-                return data
-            self._readers.pop(0).close()
-        return b""
-
-    def close(self) -> None:
-        for reader in self._readers:
-            reader.close()

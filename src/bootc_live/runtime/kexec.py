@@ -31,7 +31,13 @@ from . import memory, mounts
 from .apply import OPAQUE, WHITEOUT, clean
 from .cmdline import BootSpec, split
 from .errors import BootcLiveError
-from .handover import IMAGE_DIR, SplitLayoutSource, index_json, write_record, write_split_layout
+from .handover import (
+    SplitLayoutSource,
+    index_json,
+    kernel_arguments,
+    write_record,
+    write_split_layout,
+)
 from .oci import Image
 from .run import CommandError, run
 from .streams import ChunkStream
@@ -169,7 +175,7 @@ def next_command_line(current: str, reuse: bool, label: str, verified: str = "")
             continue
         kept.append(arg)
     if reuse:
-        kept += [f"root=bootc-live:/{IMAGE_DIR}", f"bootclabel={label}"]
+        kept += kernel_arguments(label).split()
     if verified:
         kept.append(f"bootc.kexec.verified={verified}")
     return " ".join(shlex.quote(a) if " " in a else a for a in kept)

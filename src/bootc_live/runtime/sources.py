@@ -8,7 +8,9 @@ implement the same interface.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Callable, Protocol
+from collections.abc import Iterable
+from functools import partial
+from typing import Any, BinaryIO, Callable, Protocol
 
 from .blobs import Descriptor
 from .errors import ImageError, LayerError
@@ -75,9 +77,7 @@ class LayoutSource:
         files = self._files(desc)
         if not files:
             raise ImageError(f"{self.description}: blob {desc.digest} is missing")
-        if len(files) == 1:
-            return open(files[0], "rb")
-        return _Parts(files)  # type: ignore[return-value]
+        return open_parts(partial(open, name, "rb") for name in files)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes (unverified: for estimates only)."""
@@ -98,19 +98,25 @@ class LayoutSource:
         pass
 
 
-class _Parts(Reader):
-    """The concatenation of several files, read once from start to end."""
+def open_parts(openers: Iterable[Callable[[], Any]]) -> BinaryIO:
+    """One stream of parts read one after the other, each opened when reached (one part: it)."""
+    parts = list(openers)
+    return parts[0]() if len(parts) == 1 else _Parts(parts)  # type: ignore[return-value]
 
-    def __init__(self, files: list[str]) -> None:
-        self._files = files
-        self._current: BinaryIO | None = None
+
+class _Parts(Reader):
+    """The concatenation of several parts, each opened when reached, read once to the end."""
+
+    def __init__(self, openers: list[Callable[[], Any]]) -> None:
+        self._openers = openers
+        self._current: Reader | None = None
 
     def read(self, n: int = -1) -> bytes:
         while True:
             if self._current is None:
-                if not self._files:
+                if not self._openers:
                     return b""
-                self._current = open(self._files.pop(0), "rb")  # noqa: SIM115
+                self._current = self._openers.pop(0)()
             data = self._current.read(n)
             if data or n == 0:
                 return data
