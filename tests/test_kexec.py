@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import stat
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.unpack import unpack_image
 from imagegen import build_layout, d, f, layer_tar, opq, sym, wh
+from newc import read_archive
 
 M = "usr/lib/modules"
 
@@ -70,12 +72,19 @@ def found(image: Image, tmp_path: Path, wanted: str | None = None) -> tuple[str,
     return files.kver, Path(files.kernel).read_bytes(), files.layers_read
 
 
-def stage_one(tmp_path: Path, image: Image, work: Path) -> None:
-    """kexec_boot with plenty of memory and the command line root=bootc-live:/x bootc.kexec."""
-    argv = ["root=bootc-live:/x", "bootc.kexec"]
+PLENTY = Memory(8 << 30, 4 << 30)
+
+
+def stage_one(
+    tmp_path: Path,
+    image: Image,
+    work: Path,
+    argv: tuple[str, ...] = ("root=bootc-live:/x", "bootc.kexec"),
+    memory: Memory = PLENTY,
+) -> None:
+    """kexec_boot with the running command line `argv`."""
     (tmp_path / "cmdline").write_text(" ".join(argv) + "\n")
-    memory = Memory(8 << 30, 4 << 30)
-    kexec.kexec_boot(parse(argv), image, memory, print, str(work), str(tmp_path / "cmdline"))
+    kexec.kexec_boot(parse(list(argv)), image, memory, print, str(work), str(tmp_path / "cmdline"))
 
 
 class Unreadable:
@@ -191,12 +200,9 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     the image's initramfs with the handover appended, a cpio archive at a 4-byte boundary."""
     image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
     calls = never_on_this_machine
-    (tmp_path / "cmdline").write_text("console=ttyS0 root=bootc-live:/x bootc.kexec\n")
-    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
-    mem = Memory(total=8 << 30, available=4 << 30)
     work = tmp_path / "work"
     with pytest.raises(SystemExit, match="kexec -e"):
-        kexec.kexec_boot(spec, image, mem, lambda _m: None, str(work), str(tmp_path / "cmdline"))
+        stage_one(tmp_path, image, work, ("console=ttyS0", "root=bootc-live:/x", "bootc.kexec"))
     load = calls[0]
     assert load[:3] == ["kexec", "-s", "-l"] and Path(load[3]).read_bytes() == b"kernel 6.1.0-1"
     assert load[4] == f"--initrd={work / 'initrd'}"
@@ -214,13 +220,9 @@ def test_without_reuse_the_initrd_is_the_images_initramfs(
     tmp_path: Path, never_on_this_machine: list[list[str]]
 ) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"))
-    (tmp_path / "cmdline").write_text("root=bootc-live:http://h/r.oci bootc.kexec.reuse-image=0\n")
-    spec = parse(["root=bootc-live:http://h/r.oci", "bootc.kexec", "bootc.kexec.reuse-image=0"])
-    work = tmp_path / "work"
+    argv = ("root=bootc-live:http://h/r.oci", "bootc.kexec", "bootc.kexec.reuse-image=0")
     with pytest.raises(SystemExit, match="kexec -e"):
-        kexec.kexec_boot(
-            spec, image, Memory(8 << 30, 4 << 30), print, str(work), str(tmp_path / "cmdline")
-        )
+        stage_one(tmp_path, image, tmp_path / "work", argv)
     initrd = never_on_this_machine[0][4].partition("=")[2]
     assert Path(initrd).read_bytes() == b"initramfs 6.1.0-1"
     assert never_on_this_machine[0][5] == "--command-line=root=bootc-live:http://h/r.oci"
@@ -234,19 +236,12 @@ def extract_initrd(data: bytes, offset: int, dest: Path) -> None:
         if data[pos] == 0:
             pos += 1
             continue
-        assert data[pos : pos + 6] == b"070701" and pos % 4 == 0, pos
-        mode, size, namesize = (
-            int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in (1, 6, 11)
-        )
-        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
-        start = pos + 110 + namesize
-        start += -start % 4
-        if name != "TRAILER!!!":
-            if mode & 0o170000 == 0o040000:
-                (dest / name).mkdir(parents=True, exist_ok=True)
+        members, pos = read_archive(data, pos)
+        for m in members:
+            if stat.S_ISDIR(m.mode):
+                (dest / m.name).mkdir(parents=True, exist_ok=True)
             else:
-                (dest / name).write_bytes(data[start : start + size])
-        pos = start + size + (-size % 4)
+                (dest / m.name).write_bytes(data[m.offset : m.offset + m.size])
 
 
 @pytest.mark.parametrize("record", ["kept", "lost", "forged", "other image"])
@@ -349,10 +344,9 @@ def test_stage_one_checks_memory_before_the_handover(
     tmp_path: Path, never_on_this_machine: list[list[str]]
 ) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"))
-    spec = parse(["root=bootc-live:/x", "bootc.kexec"])
     small = Memory(total=256 << 20, available=150 << 20)
     with pytest.raises(kexec.memory.NotEnoughMemory) as err:
-        kexec.kexec_boot(spec, image, small, lambda _m: None, str(tmp_path / "w"))
+        stage_one(tmp_path, image, tmp_path / "w", memory=small)
     assert never_on_this_machine == []
     assert err.value.line().startswith("not enough memory for kexec: the handover needs about ")
     assert err.value.line().endswith(

@@ -7,17 +7,18 @@ without it; the host asserts on that line and on bootc-live's one-line failure m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from bootc_live.build import concatenate
 from bootc_live.demo import demo_layers
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.handover import index_json, write_split_layout
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import LayoutSource
-from vmboot import assert_live, assert_stopped, run
+from newc import read_archive
+from vmboot import assert_live, assert_stopped, run, variant
 
 pytestmark = pytest.mark.vm
 
@@ -41,17 +42,16 @@ def test_pxe_two_initrds(artifacts: dict[str, Path]) -> None:
 def test_oci_archive_inside_the_initramfs(artifacts: dict[str, Path], tmp_path: Path) -> None:
     # root= may name an oci-archive file in the initramfs instead of the split layout.
     good = artifacts["shell"]
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    for name in ("vmlinuz", "initrd.img"):
-        (archive / name).symlink_to(good / name)
-    with open(archive / "rootfs.img", "wb") as out, open(good / "root.oci", "rb") as oci:
-        cpio = CpioWriter(out)
-        cpio.add_dir("images")
-        cpio.add_file("images/live.oci", oci, (good / "root.oci").stat().st_size)
-        cpio.close()
-    concatenate(archive / "initrd-full.img", good / "initrd.img", archive / "rootfs.img")
-    (archive / "cmdline.txt").write_text("root=bootc-live:/images/live.oci bootclabel=demo\n")
+
+    def write_rootfs(out: BinaryIO) -> None:
+        with open(good / "root.oci", "rb") as oci:
+            cpio = CpioWriter(out)
+            cpio.add_dir("images")
+            cpio.add_file("images/live.oci", oci, (good / "root.oci").stat().st_size)
+            cpio.close()
+
+    cmdline = "root=bootc-live:/images/live.oci bootclabel=demo"
+    archive = variant(good, tmp_path / "archive", write_rootfs, cmdline)
     result = run(archive)
     assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
 
@@ -108,39 +108,17 @@ def test_invalid_option(artifacts: dict[str, Path]) -> None:
 
 
 def test_corrupt_blob(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    bad = tmp_path / "bad"
-    bad.mkdir()
     good = artifacts["shell"]
-    for name in ("vmlinuz", "initrd.img", "cmdline.txt"):
-        (bad / name).symlink_to(good / name)
     data = bytearray((good / "rootfs.img").read_bytes())
     index = data.find(b"bootc-live/image/index.json")
     assert index > 0
     # The largest layer blob is busybox's: flip a byte well inside its data.
-    layer = max(_members(bytes(data)), key=lambda m: m[2])
-    data[layer[1] + layer[2] // 2] ^= 0xFF
-    (bad / "rootfs.img").write_bytes(bytes(data))
-    concatenate(bad / "initrd-full.img", good / "initrd.img", bad / "rootfs.img")
+    layer = max(read_archive(bytes(data))[0], key=lambda m: m.size)
+    data[layer.offset + layer.size // 2] ^= 0xFF
+    bad = variant(good, tmp_path / "bad", lambda out: out.write(bytes(data)))
     result = run(bad)
-    assert_stopped(result, f"sha256:{layer[0][-64:][:12]}… digest mismatch (expected ")
+    assert_stopped(result, f"sha256:{layer.name[-64:][:12]}… digest mismatch (expected ")
     assert any("the image on the server changed or is corrupt" in m for m in result.messages)
-
-
-def _members(cpio: bytes) -> list[tuple[str, int, int]]:
-    """(name, data offset, size) of each member of a newc cpio archive."""
-    out = []
-    pos = 0
-    while cpio[pos : pos + 6] == b"070701":
-        size = int(cpio[pos + 54 : pos + 62], 16)
-        namesize = int(cpio[pos + 94 : pos + 102], 16)
-        name = cpio[pos + 110 : pos + 110 + namesize - 1].decode()
-        data = pos + 110 + namesize
-        data += -data % 4
-        if name == "TRAILER!!!":
-            break
-        out.append((name, data, size))
-        pos = data + size + (-size % 4)
-    return out
 
 
 def test_kexec_without_a_kernel_in_the_image_stops(artifacts: dict[str, Path]) -> None:
@@ -182,14 +160,10 @@ def test_kexec_stops_when_the_images_kernel_cannot_be_used(
     top += [TreeEntry(f"usr/lib/modules/{KVER}/{name}", data=b"not a kernel\n") for name in files]
     write_layout(tmp_path / "layout", [*demo_layers(), LayerTar(top).tar()], "demo")
     image = resolve(LayoutSource(str(tmp_path / "layout")), label="demo")
-    out = tmp_path / "artifacts"
-    out.mkdir()
-    good = artifacts["shell"]
-    for name in ("vmlinuz", "initrd.img", "cmdline.txt"):
-        (out / name).symlink_to(good / name)
-    with open(out / "rootfs.img", "wb") as rootfs:
-        write_split_layout(image, index_json(image, "demo", None), rootfs)
-    concatenate(out / "initrd-full.img", good / "initrd.img", out / "rootfs.img")
+    index = index_json(image, "demo", None)
+    out = variant(
+        artifacts["shell"], tmp_path / "artifacts", lambda f: write_split_layout(image, index, f)
+    )
     result = run(out, f"bootc.kexec {append}")
     assert_stopped(result, message)
     assert "kexec into" not in result.boot.output

@@ -27,6 +27,7 @@ import debian_image
 import kexec_image
 from bootc_live.demo import host_kernel
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
+from newc import read_archive
 from servers import nginx
 from unpackers import REPO, bootc_live, need, need_root_and
 
@@ -49,18 +50,8 @@ def tail(text: str, lines: int = 60) -> str:
 
 def cpio_names(data: bytes) -> tuple[list[str], bytes]:
     """Member names of the newc archive at the start of data, and what follows it."""
-    names: list[str] = []
-    pos = 0
-    while True:
-        header = data[pos : pos + 110]
-        assert header[:6] == b"070701", f"not a newc cpio at offset {pos}"
-        size, namesize = int(header[54:62], 16), int(header[94:102], 16)
-        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
-        pos = (pos + 110 + namesize + 3) & ~3
-        pos = (pos + size + 3) & ~3
-        if name == "TRAILER!!!":
-            return names, data[pos:]
-        names.append(name)
+    members, end = read_archive(data)
+    return [m.name for m in members], data[end:]
 
 
 def initramfs_names(path: Path) -> list[str]:

@@ -10,9 +10,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
-from bootc_live.build import BuildConfig, build
+from bootc_live.build import BuildConfig, build, concatenate
 from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
 from bootc_live.images import RegistryOptions, SourceRef
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
@@ -70,6 +70,22 @@ def build_artifacts(
             auth_file=auth_file,
         )
     )
+
+
+def variant(
+    good: Path, out: Path, write_rootfs: Callable[[BinaryIO], object], cmdline: str = ""
+) -> Path:
+    """Artifacts at `out` with the kernel and initramfs of `good`, another rootfs.img (written
+    by `write_rootfs`) and, if given, another command line."""
+    out.mkdir()
+    for name in ("vmlinuz", "initrd.img", *(() if cmdline else ("cmdline.txt",))):
+        (out / name).symlink_to(good / name)
+    if cmdline:
+        (out / "cmdline.txt").write_text(cmdline + "\n")
+    with open(out / "rootfs.img", "wb") as rootfs:
+        write_rootfs(rootfs)
+    concatenate(out / "initrd-full.img", good / "initrd.img", out / "rootfs.img")
+    return out
 
 
 def run(
