@@ -14,9 +14,10 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
-from . import cmdline, handover, http, kexec, memory, mounts, registry, roots
+from . import cmdline, handover, http, kexec, memory, modules, mounts, registry, roots
 from .cmdline import BootSpec
 from .errors import BootcLiveError, SpaceError
 from .oci import Image, resolve
@@ -207,6 +208,7 @@ def obtain_and_unpack(
                 image, spec.root.location, spec.kexec_verified, console.say
             )
         mem = memory.Memory.read()
+        frees = not spec.keep_modules and modules.in_initramfs()
         if spec.kexec:
             write_status("kexec", manifest=image.manifest_digest)
             console.say(
@@ -214,7 +216,14 @@ def obtain_and_unpack(
                 f"{image.compressed_size >> 20} MiB compressed; bootc.kexec: looking for its "
                 "kernel"
             )
+            if frees:  # stage one loads no module
+                free_modules(console)
+                mem = memory.Memory.read()
             kexec.kexec_boot(spec, image, mem, console.say)
+        # The modules freed once the root is prepared count as available now (less the few
+        # the root loads itself: a MiB or two, within memory.RESERVE).
+        spare = modules.unused().size if frees else 0
+        mem = replace(mem, available=mem.available + spare)
         choice = root_choice(spec, mem)
         consumable = isinstance(source, LayoutSource) and source.consume
         est, need = memory.check(image, mem, blobs_freed=consumable, choice=choice)
@@ -229,6 +238,8 @@ def obtain_and_unpack(
         root = make_root(spec, choice, newroot, mem.total)
         try:
             target = root.prepare()
+            if frees:
+                free_modules(console)
             stats = unpack_image(
                 image,
                 target,
@@ -247,6 +258,16 @@ def obtain_and_unpack(
     finally:
         source.close()
     return image, stats, root
+
+
+def free_modules(console: Console) -> None:
+    files = modules.unused()
+    if files.paths:
+        freed = modules.free(files)
+        console.say(
+            f"freed {freed >> 20} MiB: the initramfs's {len(files.paths)} kernel modules that "
+            "are not loaded (bootc.keep-modules=1 keeps them)"
+        )
 
 
 def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:

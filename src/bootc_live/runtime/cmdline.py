@@ -81,6 +81,7 @@ class BootSpec:
     etc_rw: bool = True
     var_rw: bool = True
     quiet: bool = False
+    keep_modules: bool = False
     retries: int | None = None
     timeout: float | None = None
     wait_any_if: bool = False
@@ -384,6 +385,15 @@ OPTIONS: tuple[Option, ...] = (
         parse_bool,
         "bootc.quiet",
         "Only errors and a one-line summary on the console.",
+        "0",
+    ),
+    Option(
+        "bootc.keep-modules",
+        "keep_modules",
+        parse_bool,
+        "bootc.keep-modules[=1]",
+        "Keep the initramfs's kernel modules that are not loaded; by default their files are "
+        "deleted once the root's own modules are loaded, and their memory goes to the root.",
         "0",
     ),
     Option(

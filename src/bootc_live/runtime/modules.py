@@ -1,0 +1,89 @@
+"""Give the memory of the initramfs's unused kernel modules to the root.
+
+The initramfs lives in RAM for the whole boot, and a generic one carries every driver of its
+kernel: on Debian 12 about 130 MiB of module files, two thirds of the initramfs. By the time the
+image is unpacked, udev has bound the drivers of the devices this boot uses (the network is up,
+the source is open) and the root has loaded what it needs (zram, ext4, loop, erofs, overlay);
+after switch root the initramfs is freed anyway and the image's own modules serve. So the files
+of the modules that are not loaded are deleted then, which returns their pages at once.
+
+Only ever inside an initramfs (/etc/initrd-release, as systemd tells), and not with
+bootc.keep-modules=1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+INITRD_RELEASE = "/etc/initrd-release"
+MODULES_DIR = "/lib/modules"
+PROC_MODULES = "/proc/modules"
+PAGE = 4096
+_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
+
+
+@dataclass(frozen=True)
+class Unused:
+    """The files of the modules that are not loaded, and the memory they hold."""
+
+    paths: tuple[str, ...] = ()
+    size: int = 0
+
+
+def module_name(path: str) -> str:
+    """The name the kernel lists a module file under: kernel/fs/fat/vfat.ko.xz -> vfat,
+    lz4hc_compress.ko -> lz4hc_compress, nf-nat.ko -> nf_nat."""
+    name = os.path.basename(path)
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("-", "_")
+
+
+def in_initramfs(release: str = INITRD_RELEASE) -> bool:
+    return os.path.exists(release)
+
+
+def unused(directory: str | None = None, proc_modules: str = PROC_MODULES) -> Unused:
+    """The module files (as modules.dep lists them) whose module is not loaded now."""
+    base = directory or os.path.join(MODULES_DIR, os.uname().release)
+    try:
+        with open(proc_modules, encoding="ascii", errors="replace") as f:
+            loaded = {line.split(" ", 1)[0] for line in f}
+        with open(os.path.join(base, "modules.dep"), encoding="utf-8", errors="replace") as f:
+            listed = [line.partition(":")[0].strip() for line in f]
+    except FileNotFoundError:
+        return Unused()
+    paths, size = [], 0
+    for rel in listed:
+        if not rel or module_name(rel) in loaded:
+            continue
+        path = os.path.join(base, rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        paths.append(path)
+        size += _pages(st.st_size)
+    return Unused(tuple(paths), size)
+
+
+def _pages(size: int) -> int:
+    # The initramfs is a ramfs (a root= is given) or a tmpfs: a file holds whole pages, and
+    # ramfs counts no blocks.
+    return -(-size // PAGE) * PAGE
+
+
+def free(files: Unused) -> int:
+    """Delete `files`; the bytes of memory given back."""
+    freed = 0
+    for path in files.paths:
+        try:
+            size = _pages(os.lstat(path).st_size)
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        freed += size
+    return freed

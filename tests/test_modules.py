@@ -1,0 +1,104 @@
+"""The initramfs's unused kernel modules: which files go, and what memory they give back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bootc_live.runtime import modules
+
+DEP = """\
+kernel/drivers/block/zram/zram.ko.xz:
+kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/drivers/net/ethernet/intel/e1000/e1000.ko.zst:
+kernel/drivers/net/wireless/ath/ath9k/ath9k.ko.gz:
+kernel/drivers/scsi/qla2xxx/qla2xxx.ko:
+kernel/net/netfilter/nf-nat.ko:
+kernel/drivers/gone.ko:
+"""
+LOADED = """\
+zram 45056 0 - Live 0x0000000000000000
+ext4 999424 1 - Live 0x0000000000000000
+jbd2 167936 1 ext4, Live 0x0000000000000000
+mbcache 16384 1 ext4, Live 0x0000000000000000
+e1000 163840 0 - Live 0x0000000000000000
+"""
+
+
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    base = tmp_path / "lib/modules/6.1.0-test"
+    sizes = {
+        "zram.ko.xz": 100,
+        "ext4.ko": 9000,
+        "jbd2.ko": 10,
+        "mbcache.ko": 10,
+        "e1000.ko.zst": 5000,
+        "ath9k.ko.gz": 4097,
+        "qla2xxx.ko": 12288,
+        "nf-nat.ko": 1,
+    }
+    for line in DEP.splitlines():
+        rel = line.partition(":")[0]
+        name = rel.rsplit("/", 1)[-1]
+        if name in sizes:
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            (base / rel).write_bytes(b"m" * sizes[name])
+    (base / "modules.dep").write_text(DEP)
+    (base / "modules.alias.bin").write_bytes(b"index")
+    proc = tmp_path / "proc-modules"
+    proc.write_text(LOADED)
+    return base, proc
+
+
+def test_the_files_of_modules_not_loaded_go_and_their_pages_are_counted(tmp_path: Path) -> None:
+    base, proc = tree(tmp_path)
+    files = modules.unused(str(base), str(proc))
+    gone = {Path(p).relative_to(base).as_posix() for p in files.paths}
+    # Loaded modules stay (whatever their suffix), and so do modprobe's indexes; names with a
+    # dash are listed by the kernel with an underscore; a listed file that is absent is skipped.
+    assert gone == {
+        "kernel/drivers/net/wireless/ath/ath9k/ath9k.ko.gz",
+        "kernel/drivers/scsi/qla2xxx/qla2xxx.ko",
+        "kernel/net/netfilter/nf-nat.ko",
+    }
+    assert files.size == 8192 + 12288 + 4096  # whole pages: 4097 bytes hold two
+    assert modules.free(files) == files.size
+    left = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+    assert left == [
+        "kernel/drivers/block/zram/zram.ko.xz",
+        "kernel/drivers/net/ethernet/intel/e1000/e1000.ko.zst",
+        "kernel/fs/ext4/ext4.ko",
+        "kernel/fs/jbd2/jbd2.ko",
+        "kernel/fs/mbcache.ko",
+        "modules.alias.bin",
+        "modules.dep",
+    ]
+    assert modules.unused(str(base), str(proc)) == modules.Unused()
+    assert modules.free(files) == 0  # already gone: nothing counted twice
+
+
+def test_a_module_loaded_after_counting_is_not_freed(tmp_path: Path) -> None:
+    base, proc = tree(tmp_path)
+    counted = modules.unused(str(base), str(proc))
+    proc.write_text(LOADED + "qla2xxx 1 0 - Live 0x0\n")  # e.g. the root's own, loaded since
+    files = modules.unused(str(base), str(proc))
+    assert files.size == counted.size - 12288
+    modules.free(files)
+    assert (base / "kernel/drivers/scsi/qla2xxx/qla2xxx.ko").exists()
+
+
+def test_nothing_is_freed_without_modules_dep_or_outside_an_initramfs(tmp_path: Path) -> None:
+    proc = tmp_path / "proc-modules"
+    proc.write_text(LOADED)
+    assert modules.unused(str(tmp_path / "none"), str(proc)) == modules.Unused()
+    # The runtime frees modules only where /etc/initrd-release says it runs in an initramfs.
+    assert not modules.in_initramfs(str(tmp_path / "initrd-release"))
+    (tmp_path / "initrd-release").write_text("NAME=dracut\n")
+    assert modules.in_initramfs(str(tmp_path / "initrd-release"))
+
+
+def test_module_names_as_the_kernel_lists_them() -> None:
+    assert modules.module_name("kernel/fs/fat/vfat.ko.xz") == "vfat"
+    assert modules.module_name("kernel/lib/lz4/lz4hc_compress.ko") == "lz4hc_compress"
+    assert modules.module_name("kernel/net/netfilter/nf-nat.ko.zst") == "nf_nat"
