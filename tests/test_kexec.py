@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import shutil
 import stat
 from collections import Counter
 from dataclasses import replace
@@ -36,14 +37,25 @@ from newc import read_archive
 M = "usr/lib/modules"
 
 
+class Calls(list[list[str]]):
+    """The commands run, and what the files a `kexec -l` named held when it ran."""
+
+    loaded: dict[str, bytes]
+
+
 @pytest.fixture(autouse=True)
-def never_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def never_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """No test here may mount or kexec on the host: commands are recorded, not run, and
     `kexec -e` ends the call as a real one would end the process."""
-    calls: list[list[str]] = []
+    calls = Calls()
+    calls.loaded = {}
 
     def fake_run(argv: list[str], **_kw: object) -> None:
         calls.append(list(argv))
+        if argv[0] == "kexec" and "-l" in argv:
+            for arg in argv[argv.index("-l") + 1 : -1]:  # the kernel, --initrd=PATH
+                path = arg.partition("=")[2] if arg.startswith("--initrd=") else arg
+                calls.loaded[path] = Path(path).read_bytes()
         if argv[:2] == ["kexec", "-e"]:
             raise SystemExit("kexec -e")
 
@@ -193,38 +205,41 @@ def test_the_handover_is_a_source_of_the_same_image(tmp_path: Path) -> None:
 
 
 def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
-    tmp_path: Path, never_on_this_machine: list[list[str]]
+    tmp_path: Path, never_on_this_machine: Calls
 ) -> None:
     """kexec_boot up to `kexec -e`: the layer search runs on the handover file as written
     (small blobs included, which a buffered writer would still hold), and the next initrd is
-    the image's initramfs with the handover appended, a cpio archive at a 4-byte boundary."""
+    the image's initramfs with the handover appended, a cpio archive at a 4-byte boundary.
+    Once loaded, the files are deleted: the kernel holds its own copy."""
     image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
     calls = never_on_this_machine
     work = tmp_path / "work"
     with pytest.raises(SystemExit, match="kexec -e"):
         stage_one(tmp_path, image, work, ("console=ttyS0", "root=bootc-live:/x", "bootc.kexec"))
     load = calls[0]
-    assert load[:3] == ["kexec", "-s", "-l"] and Path(load[3]).read_bytes() == b"kernel 6.1.0-1"
+    loaded = never_on_this_machine.loaded
+    assert load[:3] == ["kexec", "-s", "-l"] and loaded[load[3]] == b"kernel 6.1.0-1"
     assert load[4] == f"--initrd={work / 'initrd'}"
     assert load[5].startswith(
         "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover "
         "bootc.kexec.verified=sha256:"
     )
-    initrd = (work / "initrd").read_bytes()
+    initrd = loaded[str(work / "initrd")]
     first = b"initramfs 6.1.0-1"  # 17 bytes: then 4 zero bytes, and 3 more to a 4-byte boundary
     assert initrd.startswith(first + b"\0" * 7 + b"070701")
-    assert sorted(p.name for p in work.iterdir()) == ["6.1.0-1.vmlinuz", "initrd"]
+    assert sorted(loaded) == [load[3], str(work / "initrd")]
+    assert list(work.iterdir()) == []
 
 
 def test_without_reuse_the_initrd_is_the_images_initramfs(
-    tmp_path: Path, never_on_this_machine: list[list[str]]
+    tmp_path: Path, never_on_this_machine: Calls
 ) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"))
     argv = ("root=bootc-live:http://h/r.oci", "bootc.kexec", "bootc.kexec.reuse-image=0")
     with pytest.raises(SystemExit, match="kexec -e"):
         stage_one(tmp_path, image, tmp_path / "work", argv)
     initrd = never_on_this_machine[0][4].partition("=")[2]
-    assert Path(initrd).read_bytes() == b"initramfs 6.1.0-1"
+    assert never_on_this_machine.loaded[initrd] == b"initramfs 6.1.0-1"
     assert never_on_this_machine[0][5] == "--command-line=root=bootc-live:http://h/r.oci"
 
 
@@ -264,14 +279,21 @@ def test_each_digest_is_computed_once_across_both_stages(
     monkeypatch.setattr(unpack, "new_hash", counting)
     work = tmp_path / "work"
     calls: list[list[str]] = []
-    monkeypatch.setattr(kexec, "run", lambda argv, **_kw: calls.append(argv))
+    initrd = tmp_path / "initrd"
+
+    def loads(argv: list[str], **_kw: object) -> None:
+        calls.append(argv)
+        if argv[1] == "-s":  # what the next kernel gets; stage one deletes it after loading
+            shutil.copy(argv[4].partition("=")[2], initrd)
+
+    monkeypatch.setattr(kexec, "run", loads)
     with pytest.raises(kexec.KexecError, match="kexec -e returned"):
         stage_one(tmp_path, image, work)
     next_spec = parse(calls[0][5].partition("=")[2].split())
     assert next_spec.kexec_verified and not next_spec.kexec
     stage_two = tmp_path / "stage-two"
     stage_two.mkdir()
-    extract_initrd((work / "initrd").read_bytes(), len(b"initramfs 6.1.0-1"), stage_two)
+    extract_initrd(initrd.read_bytes(), len(b"initramfs 6.1.0-1"), stage_two)
     saved = stage_two / RECORD
     if record == "lost":
         saved.unlink()
@@ -341,7 +363,7 @@ def test_a_failed_load_names_the_kernel_and_what_kexec_said(
 
 
 def test_stage_one_checks_memory_before_the_handover(
-    tmp_path: Path, never_on_this_machine: list[list[str]]
+    tmp_path: Path, never_on_this_machine: Calls
 ) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"))
     small = Memory(total=256 << 20, available=150 << 20)
@@ -399,6 +421,7 @@ def test_the_exact_check_counts_the_loaders_copies_before_it_loads_anything(
         loads.append(" ".join(argv[:3] if argv[1] == "-s" else argv[:2]))
 
     monkeypatch.setattr(kexec.memory.Memory, "read", classmethod(meminfo))
+    monkeypatch.setattr(kexec.memory, "PeakWatch", NoWatch)  # reads only through the checks
     monkeypatch.setattr(kexec, "run", fake_run)
     if outcome.startswith("kexec"):
         with pytest.raises(SystemExit, match="kexec -e"):
@@ -409,6 +432,19 @@ def test_the_exact_check_counts_the_loaders_copies_before_it_loads_anything(
             stage_one(tmp_path, image, work)
         assert outcome in err.value.line() and loads == []
     assert sizes[0] > 16 << 20
+
+
+class NoWatch:
+    peak = start = 0
+
+    def __init__(self, **_kw: object) -> None:
+        pass
+
+    def __enter__(self) -> NoWatch:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
 
 
 def test_an_initramfs_without_kexec_stops_before_the_handover(

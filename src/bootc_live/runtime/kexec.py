@@ -220,27 +220,9 @@ def kexec_boot(
     mounts.mount_tmpfs(workdir, mem.total)
     handover = os.path.join(workdir, "handover")
     label = "handover"
-    searched = image
-    if reuse:
-        say(f"handing the image over: copying {image.compressed_size >> 20} MiB of blobs")
-        index = index_json(image, label, None)
-        with open(handover, "wb") as out:
-            extents = write_split_layout(image, index, out)  # every blob verified
-        searched = replace(
-            image,
-            source=SplitLayoutSource(handover, index, extents),
-            verified_blobs=frozenset(range(len(image.layers))),
-        )
-    files = find_boot_files(searched, spec.kexec_kver, workdir)
-    say(
-        f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
-        f"{len(image.layers)} layers"
-    )
+    with memory.PeakWatch() as work:  # stage one's own work: the handover and the search
+        files, verified = _hand_over_and_search(spec, image, handover, label, workdir, say)
     initrd = files.initramfs
-    verified = ""
-    if reuse:
-        with open(handover, "ab") as out:  # the diff_ids of the layers read were checked too
-            verified = write_record(image, files.layers_read, out)
     # Now the sizes are known. Loading takes two more copies at the peak, whichever loader:
     # kexec_file_load (`kexec -s`) reads the files into kernel buffers, then copies those into
     # the pages the next kernel will run from; kexec_load (`kexec -l`) reads them into kexec's
@@ -260,26 +242,19 @@ def kexec_boot(
     with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
         command_line = next_command_line(f.read(), reuse, label, verified)
     what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
-    loader = "kexec_file_load"
-    try:
-        run(["kexec", "-s", "-l", *what])
-    except CommandError:
-        loader = "kexec_load"
-        try:
-            run(["kexec", "-l", *what])
-        except CommandError as err:
-            raise KexecError(
-                f"bootc.kexec: kexec could not load kernel {files.kver} from the image: "
-                f"{err.detail}",
-                "check that the image's vmlinuz is a kernel for this machine and that this "
-                "kernel allows kexec (no lockdown, kexec_load_disabled=0), or boot without "
-                "bootc.kexec",
-            ) from None
+    next_initrd = os.path.getsize(initrd)
+    with memory.PeakWatch(interval=0.05) as loading:
+        loader = load(files, what)
+    # The kernel holds its own copy of both now: the files' memory goes back.
+    for path in (initrd, files.kernel):
+        os.unlink(path)
     now = memory.Memory.read()
     say(
         f"kexec: stage one took {time.monotonic() - start:.1f}s, {files.layers_read} of "
         f"{len(image.layers)} layers read; memory in use {(now.total - now.available) >> 20} MiB "
-        f"(next initrd {os.path.getsize(initrd) >> 20} MiB), loaded by {loader}"
+        f"(next initrd {next_initrd >> 20} MiB), loaded by {loader}; peak memory in use "
+        f"{work.peak >> 20} MiB before loading ({work.start >> 20} MiB at the start), "
+        f"{loading.peak >> 20} MiB while loading"
     )
     say(f"kexec into {files.kver}: {command_line}")
     os.sync()
@@ -287,6 +262,59 @@ def kexec_boot(
     raise KexecError(
         f"kexec -e returned without starting kernel {files.kver}", "boot without bootc.kexec"
     )
+
+
+def _hand_over_and_search(
+    spec: BootSpec,
+    image: Image,
+    handover: str,
+    label: str,
+    workdir: str,
+    say: Callable[[str], None],
+) -> tuple[BootFiles, str]:
+    """With reuse, write the handover (every blob verified); find the boot files in it (else in
+    the source) from the top layer down; with reuse, append the record of what was verified.
+    The boot files, and the record's digest ("" without reuse)."""
+    searched = image
+    if spec.kexec_reuse_image:
+        say(f"handing the image over: copying {image.compressed_size >> 20} MiB of blobs")
+        index = index_json(image, label, None)
+        with open(handover, "wb") as out:
+            extents = write_split_layout(image, index, out)  # every blob verified
+        searched = replace(
+            image,
+            source=SplitLayoutSource(handover, index, extents),
+            verified_blobs=frozenset(range(len(image.layers))),
+        )
+    files = find_boot_files(searched, spec.kexec_kver, workdir)
+    say(
+        f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
+        f"{len(image.layers)} layers"
+    )
+    verified = ""
+    if spec.kexec_reuse_image:
+        with open(handover, "ab") as out:  # the diff_ids of the layers read were checked too
+            verified = write_record(image, files.layers_read, out)
+    return files, verified
+
+
+def load(files: BootFiles, what: list[str]) -> str:
+    """Load the next kernel with kexec_file_load, else kexec_load; the loader that worked."""
+    try:
+        run(["kexec", "-s", "-l", *what])
+        return "kexec_file_load"
+    except CommandError:
+        pass
+    try:
+        run(["kexec", "-l", *what])
+        return "kexec_load"
+    except CommandError as err:
+        raise KexecError(
+            f"bootc.kexec: kexec could not load kernel {files.kver} from the image: {err.detail}",
+            "check that the image's vmlinuz is a kernel for this machine and that this "
+            "kernel allows kexec (no lockdown, kexec_load_disabled=0), or boot without "
+            "bootc.kexec",
+        ) from None
 
 
 def append_moving(target: str, part: str, chunk: int = 4 * MIB) -> None:
