@@ -159,3 +159,17 @@ def test_kernel_is_the_highest_version(tmp_path: Path) -> None:
     assert build_mod.find_kernel(tmp_path, "6.1.0-9-amd64")[0] == "6.1.0-9-amd64"
     with pytest.raises(build_mod.BuildError, match=r"no kernel 7\.0"):
         build_mod.find_kernel(tmp_path, "7.0")
+
+
+def test_the_index_records_the_zram_figure_and_a_handover_keeps_it(tmp_path: Path) -> None:
+    build_layout(tmp_path / "img", LAYERS, tag="v1")
+    image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
+    index = build_mod.index_json(image, "v1", [1, 2], 12345)
+    (tmp_path / "img/index.json").write_bytes(index)
+    recorded = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
+    assert memory.recorded_zram(recorded) == 12345
+    # A layout made from it (a kexec handover, `pull`) keeps both figures.
+    again = json.loads(handover.index_json(recorded, "handover", None))["manifests"][0]
+    assert again["annotations"][memory.ZRAM_ANNOTATION] == "12345"
+    assert again["annotations"][memory.SIZES_ANNOTATION] == "1,2"
+    assert memory.recorded_zram(image) is None

@@ -120,3 +120,31 @@ def test_when_nothing_fits_the_missing_memory_is_named(tmp_path: Path) -> None:
         f"; add RAM: even {least.choice.option()} needs about {-(-least.peak // MIB)} MiB, "
         f"{-(-(least.peak - have) // MIB)} MiB more than there is"
     )
+
+
+def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> None:
+    """With the image's own figure (its files as zstd pages), zram needs that plus the
+    overhead, scaled by the compressor against zstd; without it, a ratio of the gzip size."""
+    image = image_of(tmp_path, [400 * MIB, 400 * MIB])
+    est = memory.estimate(image)
+    zstd, lz4 = Choice("zram", 1 << 30, "zstd"), Choice("zram", 1 << 30, "lz4")
+    by_ratio = memory.need(image, zstd, est)
+    assert by_ratio.what == f"in zram (zstd) for about {-(-est.unpacked // MIB)} MiB unpacked"
+    measured = replace(
+        image, index_annotations={**image.index_annotations, memory.ZRAM_ANNOTATION: "314572800"}
+    )
+    margin = est.unpacked // 32 + 32 * MIB  # dirty pages in flight
+    planned = memory.need(measured, zstd, est)
+    assert planned.peak == int(300 * MIB * memory.ZRAM_OVERHEAD) + margin
+    assert planned.what.endswith(", 300 MiB as zstd pages (recorded by bootc-live build)")
+    # lz4 (the kernel's default figure) stores more than zstd, in the ratio of their figures.
+    factor = memory.ZRAM_DEFAULT_VS_GZIP / memory.ZRAM_VS_GZIP["zstd"]
+    assert (
+        memory.need(measured, lz4, est).peak
+        == int(300 * MIB * memory.ZRAM_OVERHEAD * factor) + margin
+    )
+    # The recorded figure decides the early stop: 1 MiB short of it fails, naming it.
+    have = planned.peak + memory.RESERVE
+    line = failure(measured, have - MIB, zstd)
+    assert "as zstd pages (recorded by bootc-live build)" in line
+    memory.check(measured, Memory(8 << 30, have), blobs_freed=False, choice=zstd)

@@ -26,6 +26,9 @@ import pytest
 import debian_image
 import kexec_image
 from bootc_live.demo import host_kernel
+from bootc_live.runtime import memory
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.sources import ArchiveSource
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
 from newc import read_archive
 from servers import nginx
@@ -248,6 +251,17 @@ def test_debian_image_boots_in_each_root_mode(
     ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64}), .*", result.output)
     assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
     print(f"{mode}: {ready.group(0).strip()}; in use once booted: {int(memused) >> 10} MiB")
+    if fstype == "ext4":
+        # The planner's basis holds: zram takes about what bootc-live build measured the files
+        # take as zstd pages, and no more than the overhead the planner adds to it.
+        stored = re.search(
+            r"zram /dev/zram\d+ \(zstd\): [0-9.]+ MiB stored in ([0-9.]+) MiB", ready.group(0)
+        )
+        archive = resolve(ArchiveSource(os.fspath(artifacts / "root.oci")))
+        recorded = int(archive.index_annotations[memory.ZRAM_ANNOTATION])
+        assert stored is not None, ready.group(0)
+        used = float(stored.group(1)) * (1 << 20)
+        assert 0.9 * recorded <= used <= memory.ZRAM_OVERHEAD * recorded, (used, recorded)
     if fstype == "erofs":
         compress = append.partition("compress=")[2]
         sha = re.search(r"EROFS image (sha256:[0-9a-f]{64}) \(([0-9.]+) MiB", ready.group(0))

@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dracut
+from . import dracut, zramsize
+from .describe import describe
 from .images import SourceRef
 from .runtime.blobs import VerifyingReader
 from .runtime.errors import BootcLiveError
@@ -27,7 +28,7 @@ from .runtime.kexec import version_key
 from .runtime.oci import Image
 from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.sources import blob_path
-from .runtime.unpack import layer_sizes, unpack_image
+from .runtime.unpack import unpack_image
 
 CA_IN_INITRAMFS = "/etc/bootc-live/ca.pem"  # read by runtime.http besides the system bundle
 
@@ -56,8 +57,8 @@ def build(config: BuildConfig) -> Path:
     tmp.mkdir(parents=True)
     try:
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
-            kver, sizes = make_kernel_and_initramfs(config, image, tmp, Path(work))
-        index = index_json(image, label, sizes)
+            kver, sizes, zram = make_kernel_and_initramfs(config, image, tmp, Path(work))
+        index = index_json(image, label, sizes, zram)
         with open(tmp / "rootfs.img", "wb") as out:
             write_split_layout(image, index, out)
         write_oci_archive(image, index, tmp / "root.oci")
@@ -130,11 +131,11 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
 
 def make_kernel_and_initramfs(
     config: BuildConfig, image: Image, out: Path, work: Path
-) -> tuple[str, list[int]]:
+) -> tuple[str, list[int], int | None]:
     """vmlinuz and initrd.img: from the image's own userland, or from the host (--host).
 
-    Either way every blob and diff_id is verified once; returns the kernel version and each
-    layer's unpacked size.
+    Either way every blob and diff_id is verified once; returns the kernel version, each
+    layer's unpacked size, and what the files take in zram (None without zstandard).
     """
     if config.host:
         if not config.kver:
@@ -146,14 +147,16 @@ def make_kernel_and_initramfs(
         dracut.build_with_host(
             config.kver, config.flavour, out / "initrd.img", work, includes(config, work)
         )
-        return config.kver, layer_sizes(image)
+        facts = describe(image)
+        return config.kver, facts.layer_sizes, facts.zram
     root = work / "root"
     root.mkdir()
     stats = unpack_image(image, str(root), warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
     dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config, work))
-    return kver, stats.layer_sizes
+    zram = zramsize.of_tree(root) if zramsize.available() else None
+    return kver, stats.layer_sizes, zram
 
 
 def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -217,6 +218,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     """The RAM each root mode needs (SPEC §5's planner), as `inspect` prints it."""
     largest = max((layer.size for layer in image.layers), default=0)
+    if facts.zram is not None:  # zram planned from what the files take as zstd pages
+        recorded = {**image.index_annotations, memory.ZRAM_ANNOTATION: str(facts.zram)}
+        image = dataclasses.replace(image, index_annotations=recorded)
     lines = [
         f"RAM       measured {sum(facts.layer_sizes) / MIB:.0f} MiB unpacked; what each root mode "
         "needs besides the kernel and initramfs (+ the largest blob, "

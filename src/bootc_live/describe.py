@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from . import zramsize
 from .runtime import memory
 from .runtime.apply import OPAQUE, WHITEOUT, clean
 from .runtime.oci import Image
@@ -22,12 +23,16 @@ class Description:
     layer_sizes: list[int]
     kernels: list[str]
     estimate: memory.Estimate
+    zram: int | None  # the files as zstd pages (zramsize), summed over the layers
 
 
 def describe(image: Image) -> Description:
-    """Read every layer once (verifying it): unpacked sizes and the kernels of the merged tree."""
+    """Read every layer once (verifying it): unpacked sizes, the kernels of the merged tree, and
+    (with zstandard) what the files take in zram. Files that an upper layer replaces or deletes
+    are counted in zram all the same: for the planner, that errs on the safe side."""
     kernels: dict[bytes, str] = {}  # vmlinuz path → kernel version, in the merged tree
     sizes = []
+    meter = zramsize.PageMeter() if zramsize.available() else None
     for index in range(len(image.layers)):
         size = 0
 
@@ -41,7 +46,10 @@ def describe(image: Image) -> Description:
         added: dict[bytes, str] = {}
         for entry in read_entries(stream):
             if entry.kind == REGULAR:
-                stream.skip(entry.size)
+                if meter is None:
+                    stream.skip(entry.size)
+                else:
+                    meter.add(stream.read_exact, entry.size)
             key = clean(entry.name)
             name = key[-1] if key else b""
             if name.startswith(WHITEOUT):
@@ -59,4 +67,5 @@ def describe(image: Image) -> Description:
         sizes.append(size)
     annotated = {**image.index_annotations, memory.SIZES_ANNOTATION: ",".join(map(str, sizes))}
     estimate = memory.estimate(replace(image, index_annotations=annotated))
-    return Description(sizes, sorted(set(kernels.values())), estimate)
+    zram = None if meter is None else meter.total
+    return Description(sizes, sorted(set(kernels.values())), estimate, zram)

@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable
 from .blobs import Descriptor, VerifyingReader
 from .cpio import MAX_MEMBER, CpioWriter
 from .errors import ImageError
-from .memory import SIZES_ANNOTATION
+from .memory import SIZES_ANNOTATION, ZRAM_ANNOTATION
 from .oci import REF_NAME, Image
 from .sources import _Slice, blob_path, open_parts
 
@@ -41,14 +41,19 @@ def kernel_arguments(label: str) -> str:
     return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
 
 
-def index_json(image: Image, label: str, sizes: list[int] | None) -> bytes:
+def index_json(image: Image, label: str, sizes: list[int] | None, zram: int | None = None) -> bytes:
     """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes
-    when they are known (else those the image's own index recorded, if any)."""
+    and what its files take in zram (zramsize) when they are known, else what the image's own
+    index recorded, if anything."""
     annotations = {REF_NAME: label}
-    if sizes is not None:
-        annotations[SIZES_ANNOTATION] = ",".join(map(str, sizes))
-    elif SIZES_ANNOTATION in image.index_annotations:
-        annotations[SIZES_ANNOTATION] = image.index_annotations[SIZES_ANNOTATION]
+    known = {
+        SIZES_ANNOTATION: None if sizes is None else ",".join(map(str, sizes)),
+        ZRAM_ANNOTATION: None if zram is None else str(zram),
+    }
+    for key, value in known.items():
+        value = value if value is not None else image.index_annotations.get(key)
+        if value is not None:
+            annotations[key] = value
     descriptor = {
         "mediaType": image.manifest.media_type or "application/vnd.oci.image.manifest.v1+json",
         "digest": image.manifest.digest,

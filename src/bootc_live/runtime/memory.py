@@ -10,6 +10,9 @@ from .errors import BootcLiveError
 from .oci import Image
 
 SIZES_ANNOTATION = "org.bootc-live.layer-sizes"  # written by `bootc-live build`
+# Also written by `bootc-live build` (bootc_live.zramsize): the bytes the image's file data takes
+# as zstd-compressed 4 KiB pages, which is what zram stores.
+ZRAM_ANNOTATION = "org.bootc-live.zram-zstd-bytes"
 RATIO = 3  # stated conservative expansion of a compressed layer when no size is recorded
 RESERVE = 48 << 20  # for the kernel, the runtime and switch-root
 MIB = 1 << 20
@@ -91,6 +94,10 @@ MODES = ("tmpfs", "zram", "erofs")
 # files with a margin; lzo-rle is the kernel's default). Unknown compressors count as the worst.
 ZRAM_VS_GZIP = {"zstd": 1.3, "lz4hc": 1.6, "deflate": 1.2, "842": 2.0}
 ZRAM_DEFAULT_VS_GZIP = 1.8
+# With the image's own figure (ZRAM_ANNOTATION: its files as zstd pages): zram's RAM is that
+# times ZRAM_OVERHEAD (zsmalloc's size classes, ext4's metadata; 1.06 measured on the Debian
+# test image), times the compressor's figure against zstd's (from ZRAM_VS_GZIP).
+ZRAM_OVERHEAD = 1.1
 EROFS_VS_GZIP = 1.7  # an lz4/lz4hc-compressed EROFS image, for what gzip stores in one byte
 GRAIN = 16 * MIB  # suggested sizes are rounded up to this
 
@@ -139,6 +146,12 @@ def _round_up(n: int) -> int:
     return -(-n // GRAIN) * GRAIN
 
 
+def recorded_zram(image: Image) -> int | None:
+    """What `bootc-live build` measured the image's files take as zstd pages, if it did."""
+    value = image.index_annotations.get(ZRAM_ANNOTATION, "")
+    return int(value) if value.isdigit() else None
+
+
 def zram_device_size(est: Estimate) -> int:
     """The smallest zram device for the root: on top of the tree, ext4's inode tables (one
     256-byte inode per 8 KiB, see roots.ZramRoot), a 4 KiB block per directory, its metadata."""
@@ -151,14 +164,19 @@ def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
     packed = image.compressed_size
     if choice.mode == "zram":
         factor = ZRAM_VS_GZIP.get(choice.zram_algorithm or "", ZRAM_DEFAULT_VS_GZIP)
-        # Compressed data, the allocator's and ext4's overhead, and dirty pages in flight.
-        ram = int(packed * factor) + est.unpacked // 32 + 32 * MIB
+        zstd_pages = recorded_zram(image)
+        if zstd_pages is None:  # compressed data, the allocator's and ext4's overhead
+            stored, basis = int(packed * factor), ""
+        else:
+            stored = int(zstd_pages * ZRAM_OVERHEAD * factor / ZRAM_VS_GZIP["zstd"])
+            basis = f", {mib_up(zstd_pages)} MiB as zstd pages (recorded by bootc-live build)"
+        ram = stored + est.unpacked // 32 + 32 * MIB  # and dirty pages in flight
         algorithm = choice.zram_algorithm or "the kernel's default"
         return Need(
             choice,
             ram,
             ram,
-            f"in zram ({algorithm}) for about {mib_up(est.unpacked)} MiB unpacked",
+            f"in zram ({algorithm}) for about {mib_up(est.unpacked)} MiB unpacked{basis}",
             zram_device_size(est),
         )
     if choice.mode == "erofs":
