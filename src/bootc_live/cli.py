@@ -221,9 +221,10 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     if facts.zram is not None:  # zram planned from what the files take as zstd pages
         recorded = {**image.index_annotations, memory.ZRAM_ANNOTATION: str(facts.zram)}
         image = dataclasses.replace(image, index_annotations=recorded)
+    as_pages = f", {facts.zram / MIB:.0f} MiB as zstd pages (zram)" if facts.zram else ""
     lines = [
-        f"RAM       measured {sum(facts.layer_sizes) / MIB:.0f} MiB unpacked; what each root mode "
-        "needs besides the kernel and initramfs (+ the largest blob, "
+        f"RAM       measured {sum(facts.layer_sizes) / MIB:.0f} MiB unpacked{as_pages}; what "
+        "each root mode needs besides the kernel and initramfs (+ the largest blob, "
         f"{largest / MIB:.0f} MiB, while an embedded image is unpacked):"
     ]
     for need in memory.alternatives(image, facts.estimate):

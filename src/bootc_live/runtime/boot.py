@@ -233,6 +233,7 @@ def obtain_and_unpack(
             f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
             f"unpacked ({est.how}); {choice.mode} root: needs about "
             f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
+            + (f" ({spare >> 20} MiB of it unused kernel modules, freed next)" if spare else "")
         )
         write_status("unpacking", manifest=image.manifest_digest, layers=len(image.layers))
         root = make_root(spec, choice, newroot, mem.total)
