@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def test_inspect_shows_layers_sizes_kernels_and_ram(tmp_path: Path) -> None:
     # Plain EROFS holds the unpacked tree and its image at the peak, then only the image.
     erofs = lines[-1]
     assert int(erofs[1]) > int(erofs[2])
+
+
+def test_inspect_plans_zram_from_the_figure_build_recorded(tmp_path: Path) -> None:
+    """What the boot plans with: an image built by bootc-live build carries its zram figure,
+    and inspect shows that one rather than its own measure."""
+    build_layout(tmp_path / "img", [layer_tar([f("data", bytes(range(256)) * 4000)])], tag="v1")
+    index = json.loads((tmp_path / "img/index.json").read_text())
+    recorded = 300 << 20
+    index["manifests"][0]["annotations"]["org.bootc-live.zram-zstd-bytes"] = str(recorded)
+    (tmp_path / "img/index.json").write_text(json.dumps(index))
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1")
+    assert result.returncode == 0, result.stderr
+    assert "MiB unpacked, 300 MiB as zstd pages (zram); what each root mode" in result.stdout
+    zram = re.search(r"^  zram +about (\d+) MiB", result.stdout, re.M)
+    assert zram and int(zram.group(1)) >= 300 * 1.08, result.stdout
 
 
 def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:

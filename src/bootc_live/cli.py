@@ -218,10 +218,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     """The RAM each root mode needs (SPEC §5's planner), as `inspect` prints it."""
     largest = max((layer.size for layer in image.layers), default=0)
-    if facts.zram is not None:  # zram planned from what the files take as zstd pages
-        recorded = {**image.index_annotations, memory.ZRAM_ANNOTATION: str(facts.zram)}
+    # zram is planned from what the files take as zstd pages: as `build` recorded it (what the
+    # boot plans with), else as measured now.
+    zram = memory.recorded_zram(image)
+    if zram is None and facts.zram is not None:
+        zram = facts.zram
+        recorded = {**image.index_annotations, memory.ZRAM_ANNOTATION: str(zram)}
         image = dataclasses.replace(image, index_annotations=recorded)
-    as_pages = f", {facts.zram / MIB:.0f} MiB as zstd pages (zram)" if facts.zram else ""
+    as_pages = "" if zram is None else f", {zram / MIB:.0f} MiB as zstd pages (zram)"
     lines = [
         f"RAM       measured {sum(facts.layer_sizes) / MIB:.0f} MiB unpacked{as_pages}; what "
         "each root mode needs besides the kernel and initramfs (+ the largest blob, "
