@@ -136,7 +136,9 @@ def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> N
     margin = est.unpacked // 64 + 16 * MIB  # dirty pages in flight
     planned = memory.need(measured, zstd, est)
     assert planned.peak == int(300 * MIB * memory.ZRAM_OVERHEAD) + margin
-    assert planned.what.endswith(", 300 MiB as zstd pages (recorded by bootc-live build)")
+    assert planned.what == (
+        f"in zram (zstd) for 300 MiB of zstd pages and about {-(-est.unpacked // MIB)} MiB unpacked"
+    )
     # lz4 (the kernel's default figure) stores more than zstd, in the ratio of their figures.
     factor = memory.ZRAM_DEFAULT_VS_GZIP / memory.ZRAM_VS_GZIP["zstd"]
     assert (
@@ -146,5 +148,6 @@ def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> N
     # The recorded figure decides the early stop: 1 MiB short of it fails, naming it.
     have = planned.peak + memory.RESERVE
     line = failure(measured, have - MIB, zstd)
-    assert "as zstd pages (recorded by bootc-live build)" in line
+    assert "MiB in zram (zstd) for 300 MiB of zstd pages and about " in line
+    assert line.count("(recorded by bootc-live build)") == 1
     memory.check(measured, Memory(8 << 30, have), blobs_freed=False, choice=zstd)

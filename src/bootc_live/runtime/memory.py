@@ -174,13 +174,13 @@ def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
         else:
             stored = int(zstd_pages * ZRAM_OVERHEAD * factor / ZRAM_VS_GZIP["zstd"])
             ram = stored + est.unpacked // 64 + 16 * MIB
-            basis = f", {mib_up(zstd_pages)} MiB as zstd pages (recorded by bootc-live build)"
+            basis = f"{mib_up(zstd_pages)} MiB of zstd pages and "
         algorithm = choice.zram_algorithm or "the kernel's default"
         return Need(
             choice,
             ram,
             ram,
-            f"in zram ({algorithm}) for about {mib_up(est.unpacked)} MiB unpacked{basis}",
+            f"in zram ({algorithm}) for {basis}about {mib_up(est.unpacked)} MiB unpacked",
             zram_device_size(est),
         )
     if choice.mode == "erofs":
