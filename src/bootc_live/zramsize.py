@@ -1,7 +1,8 @@
 """What a zram root takes: an image's file data as zstd-compressed 4 KiB pages.
 
 zram compresses each page on its own, so what it stores for a tree is not what gzip makes of a
-layer: on Debian 12 images the two differ by 15 to 25 %, which way depending on the files.
+layer: 10 to 15 % more on the two Debian 12 images of the tests and benchmarks, and the ratio
+depends on the files.
 `bootc-live build` measures it once, on the host, and records it in the index for the runtime's
 RAM planner (memory.ZRAM_ANNOTATION), which then plans zram from the image's own figure rather
 than from a ratio. Measured with zstd at its default level (3), as the kernel's zram uses it;
