@@ -29,3 +29,12 @@ def test_the_marker_ends_the_watch() -> None:
         stall=1.5,
     )
     assert result.ended == "marker" and result.markers == {"MARK": "ok"}
+
+
+def test_init_is_seen_however_the_console_splits_its_line() -> None:
+    # A serial console under load arrives in small pieces: one byte at a time here.
+    pieces = "; ".join(f"printf '{c}'; sleep 0.02" for c in f"[ 5.1] {INIT_STARTED}\n")
+    result = watch(
+        sh(f"{pieces}; sleep 30"), timeout=3 + len(INIT_STARTED) * 0.05, echo=None, stall=1.0
+    )
+    assert result.ended == "timeout"

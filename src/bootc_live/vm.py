@@ -191,6 +191,7 @@ def watch(
     failed = False
     ended: str | None = None
     in_init = False
+    recent = ""  # the end of the output so far, as long as INIT_STARTED
     last_output = start
     logf = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115
     try:
@@ -209,7 +210,10 @@ def watch(
                 continue
             text = data.decode("utf-8", "replace")
             last_output = time.monotonic()
-            in_init = in_init or INIT_STARTED in "".join(chunks[-1:]) + text
+            # The line may come in any number of pieces: look at its end and what came before.
+            seen = recent + text
+            in_init = in_init or INIT_STARTED in seen
+            recent = seen[-len(INIT_STARTED) :]
             chunks.append(text)
             for out in (echo, logf):
                 if out:
