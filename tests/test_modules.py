@@ -63,7 +63,7 @@ def test_the_files_of_modules_not_loaded_go_and_their_pages_are_counted(tmp_path
         "kernel/net/netfilter/nf-nat.ko",
     }
     assert files.size == 8192 + 12288 + 4096  # whole pages: 4097 bytes hold two
-    assert modules.free(files) == files.size
+    assert modules.free(files, str(proc)) == files
     left = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
     assert left == [
         "kernel/drivers/block/zram/zram.ko.xz",
@@ -75,16 +75,15 @@ def test_the_files_of_modules_not_loaded_go_and_their_pages_are_counted(tmp_path
         "modules.dep",
     ]
     assert modules.unused(str(base), str(proc)) == modules.Unused()
-    assert modules.free(files) == 0  # already gone: nothing counted twice
+    assert modules.free(files, str(proc)).size == 0  # already gone: nothing counted twice
 
 
 def test_a_module_loaded_after_counting_is_not_freed(tmp_path: Path) -> None:
     base, proc = tree(tmp_path)
     counted = modules.unused(str(base), str(proc))
     proc.write_text(LOADED + "qla2xxx 1 0 - Live 0x0\n")  # e.g. the root's own, loaded since
-    files = modules.unused(str(base), str(proc))
+    files = modules.free(counted, str(proc))
     assert files.size == counted.size - 12288
-    modules.free(files)
     assert (base / "kernel/drivers/scsi/qla2xxx/qla2xxx.ko").exists()
 
 

@@ -208,7 +208,9 @@ def obtain_and_unpack(
                 image, spec.root.location, spec.kexec_verified, console.say
             )
         mem = memory.Memory.read()
+        # The initramfs's unused modules, counted once: freed before the root's work starts.
         frees = not spec.keep_modules and modules.in_initramfs()
+        unused = modules.unused() if frees else modules.Unused()
         if spec.kexec:
             write_status("kexec", manifest=image.manifest_digest)
             console.say(
@@ -217,12 +219,12 @@ def obtain_and_unpack(
                 "kernel"
             )
             if frees:  # stage one loads no module
-                free_modules(console)
+                free_modules(unused, console)
                 mem = memory.Memory.read()
             kexec.kexec_boot(spec, image, mem, console.say)
         # The modules freed once the root is prepared count as available now (less the few
         # the root loads itself: a MiB or two, within memory.RESERVE).
-        spare = modules.unused().size if frees else 0
+        spare = unused.size
         mem = replace(mem, available=mem.available + spare)
         choice = root_choice(spec, mem)
         consumable = isinstance(source, LayoutSource) and source.consume
@@ -239,8 +241,8 @@ def obtain_and_unpack(
         root = make_root(spec, choice, newroot, mem.total)
         try:
             target = root.prepare()
-            if frees:
-                free_modules(console)
+            if frees:  # the root has loaded its own modules: free_modules keeps them
+                free_modules(unused, console)
             stats = unpack_image(
                 image,
                 target,
@@ -261,13 +263,12 @@ def obtain_and_unpack(
     return image, stats, root
 
 
-def free_modules(console: Console) -> None:
-    files = modules.unused()
-    if files.paths:
-        freed = modules.free(files)
+def free_modules(unused: modules.Unused, console: Console) -> None:
+    freed = modules.free(unused)
+    if freed.paths:
         console.say(
-            f"freed {freed >> 20} MiB: the initramfs's {len(files.paths)} kernel modules that "
-            "are not loaded (bootc.keep-modules=1 keeps them)"
+            f"freed {freed.size >> 20} MiB: the initramfs's {len(freed.paths)} kernel modules "
+            "that are not loaded (bootc.keep-modules=1 keeps them)"
         )
 
 

@@ -50,8 +50,7 @@ def unused(directory: str | None = None, proc_modules: str = PROC_MODULES) -> Un
     """The module files (as modules.dep lists them) whose module is not loaded now."""
     base = directory or os.path.join(MODULES_DIR, os.uname().release)
     try:
-        with open(proc_modules, encoding="ascii", errors="replace") as f:
-            loaded = {line.split(" ", 1)[0] for line in f}
+        loaded = _loaded(proc_modules)
         with open(os.path.join(base, "modules.dep"), encoding="utf-8", errors="replace") as f:
             listed = [line.partition(":")[0].strip() for line in f]
     except FileNotFoundError:
@@ -70,20 +69,30 @@ def unused(directory: str | None = None, proc_modules: str = PROC_MODULES) -> Un
     return Unused(tuple(paths), size)
 
 
+def _loaded(proc_modules: str) -> set[str]:
+    with open(proc_modules, encoding="ascii", errors="replace") as f:
+        return {line.split(" ", 1)[0] for line in f}
+
+
 def _pages(size: int) -> int:
     # The initramfs is a ramfs (a root= is given) or a tmpfs: a file holds whole pages, and
     # ramfs counts no blocks.
     return -(-size // PAGE) * PAGE
 
 
-def free(files: Unused) -> int:
-    """Delete `files`; the bytes of memory given back."""
-    freed = 0
+def free(files: Unused, proc_modules: str = PROC_MODULES) -> Unused:
+    """Delete `files` (as `unused` counted them), but those of modules loaded since; what was
+    deleted, and the memory given back."""
+    loaded = _loaded(proc_modules)
+    paths, freed = [], 0
     for path in files.paths:
+        if module_name(path) in loaded:
+            continue
         try:
             size = _pages(os.lstat(path).st_size)
             os.unlink(path)
         except FileNotFoundError:
             continue
+        paths.append(path)
         freed += size
-    return freed
+    return Unused(tuple(paths), freed)
