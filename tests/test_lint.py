@@ -30,6 +30,7 @@ def run(*argv: str) -> None:
             "--violations",
             "--eval-annotations",
             "src/bootc_live/runtime",
+            "src/bootc_live/initrd_probe.py",
         ),
     ],
     ids=lambda argv: argv[0] + ("-" + argv[1] if argv[0] == "ruff" else ""),
@@ -65,3 +66,29 @@ def test_runtime_imports_only_stdlib_and_itself() -> None:
         check=True,
     ).stdout
     assert out.strip() == "[] []"
+
+
+def test_runtime_imports_without_tls_and_https_then_says_so() -> None:
+    """An initramfs without libssl boots every source but https (issue 13): TLS is imported
+    only when an https URL is opened, and its absence is one line, not a traceback."""
+    probe = (
+        "import sys\n"
+        "sys.modules['ssl'] = sys.modules['_ssl'] = None  # import ssl raises ImportError\n"
+        "import pkgutil, importlib, bootc_live.runtime as r\n"
+        "for m in pkgutil.iter_modules(r.__path__):\n"
+        "    importlib.import_module('bootc_live.runtime.' + m.name)\n"
+        "from bootc_live.runtime import http\n"
+        "try:\n"
+        "    http.open_url('https://127.0.0.1:9/root.oci', http.Policy(retries=0), print, '/nx')\n"
+        "except http.FetchError as err:\n"
+        "    print(err.line())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        cwd=REPO / "src",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.startswith("https://127.0.0.1:9/root.oci: https needs TLS, and this initramfs has")
+    assert "rebuild the initramfs" in out and out.count("\n") == 1

@@ -13,16 +13,19 @@ import http.client
 import os
 import re
 import socket
-import ssl
+import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
 
 from .errors import BootcLiveError, LayerError
 from .sources import ArchiveSource, ImageSource, MemberIndex
 from .streams import Reader
 from .tarstream import BLOCK
+
+if TYPE_CHECKING:
+    import ssl
 
 CA_BUNDLES = (  # all that exist are trusted
     "/etc/bootc-live/ca.pem",  # `bootc-live build --ca FILE` puts it into the initramfs
@@ -139,6 +142,16 @@ class Client:
         self.auth = auth
 
     def _context(self) -> ssl.SSLContext:
+        # Imported here, not at the top: an initramfs without TLS (no libssl) still boots every
+        # source that is not https.
+        try:
+            import ssl
+        except ImportError as err:
+            raise FetchError(
+                f"{self.url}: https needs TLS, and this initramfs has none ({err})",
+                "rebuild the initramfs with bootc-live build from an image that has python3's "
+                "ssl module and libssl, or serve the image over http with a pinned bootc.digest=",
+            ) from None
         if self.unsecure:
             return ssl._create_unverified_context()  # an explicit opt-in
         context = ssl.create_default_context()
@@ -149,8 +162,9 @@ class Client:
     def _connect(self, url: str) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "https":
+            context = self._context()  # first: http.client has no HTTPSConnection without ssl
             return http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=self.policy.stall, context=self._context()
+                parts.hostname or "", parts.port, timeout=self.policy.stall, context=context
             )
         if parts.scheme == "http":
             return http.client.HTTPConnection(
@@ -183,13 +197,16 @@ class Client:
                     headers=headers,
                 )
                 resp = conn.getresponse()
-            except ssl.SSLError as err:
+            except OSError as err:
+                if not _is_tls_error(err):
+                    retrier.failed(f"connection failed ({_describe(err)})")
+                    continue
                 raise FetchError(
-                    f"{url}: TLS failure ({err.reason or err})",
+                    f"{url}: TLS failure ({getattr(err, 'reason', None) or err})",
                     "the initramfs needs the server's CA (bootc-live build "
                     "--ca FILE), or use a trusted certificate",
                 ) from None
-            except (OSError, http.client.HTTPException) as err:
+            except http.client.HTTPException as err:
                 retrier.failed(f"connection failed ({_describe(err)})")
                 continue
             status = resp.status
@@ -225,6 +242,12 @@ class Client:
                 )
             retrier.failed(reason, _retry_after(resp.getheader("Retry-After")))
         raise FetchError(f"{self.url}: too many redirects")
+
+
+def _is_tls_error(err: OSError) -> bool:
+    """A TLS failure (never retried): only possible once https has imported ssl."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(err, ssl.SSLError)
 
 
 def _error_body(resp: http.client.HTTPResponse) -> bytes:

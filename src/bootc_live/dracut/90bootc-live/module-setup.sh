@@ -22,6 +22,18 @@ _bootc_live_python() {
     echo "$py"
 }
 
+# An extension module and every shared library it loads. dracut resolves the libraries of
+# executable files only, and distributions install extension modules without the x bit, so
+# `_ssl` would arrive without libssl (and `_hashlib` without libcrypto). ldd lists the whole
+# closure; a library it cannot find is left to the build's self-check, which names it.
+_bootc_live_inst_extension() {
+    local lib
+    inst_library "$1" || return 1
+    while IFS= read -r lib; do
+        inst_library "$lib"
+    done < <(ldd "$1" 2> /dev/null | sed -n 's|.*=> \(/[^ ]*\) (0x.*|\1|p')
+}
+
 install() {
     local py
     py=$(_bootc_live_python) || {
@@ -43,7 +55,7 @@ install() {
     }
     while IFS= read -r file; do
         case "$file" in
-            *.so) inst_library "$file" ;;
+            *.so) _bootc_live_inst_extension "$file" ;;
             *) inst_simple "$file" ;;
         esac
     done <<< "$files"

@@ -1,5 +1,6 @@
 """Print the standard-library files the bootc-live runtime needs: import it and list them."""
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -14,6 +15,11 @@ for info in pkgutil.iter_modules(runtime.__path__):
 # Imported lazily at run time (codec lookups by http.client and ssl), so import them here.
 for lazy in ("encodings.utf_8", "encodings.ascii", "encodings.latin_1", "encodings.idna"):
     importlib.import_module(lazy)
+# TLS is imported by the runtime only for https, so that an initramfs without it still boots
+# every other source: take it when this userland has it (the build's self-check decides
+# whether the modules included need it).
+with contextlib.suppress(ImportError):
+    importlib.import_module("ssl")
 
 files = set()
 for name, module in list(sys.modules.items()):
