@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dracut, zramsize
+from . import dracut, selfcheck, zramsize
 from .describe import describe
 from .images import SourceRef
 from .runtime.blobs import VerifyingReader
@@ -147,6 +147,7 @@ def make_kernel_and_initramfs(
         dracut.build_with_host(
             config.kver, config.flavour, out / "initrd.img", work, includes(config, work)
         )
+        selfcheck.report_modes(selfcheck.check(out / "initrd.img", Path("/"), work / "check"))
         facts = describe(image)
         return config.kver, facts.layer_sizes, facts.zram
     root = work / "root"
@@ -155,6 +156,7 @@ def make_kernel_and_initramfs(
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
     dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config, work))
+    selfcheck.report_modes(selfcheck.check(out / "initrd.img", root, work / "check"))
     zram = zramsize.of_tree(root) if zramsize.available() else None
     return kver, stats.layer_sizes, zram
 

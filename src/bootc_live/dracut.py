@@ -183,8 +183,7 @@ def build_in_image(
 ) -> None:
     """Build the initramfs with the image's own dracut, kernel modules and Python (chroot)."""
     export_modules(root / "usr/lib/dracut/modules.d")
-    for name in ("dev", "proc", "sys", "run", "var/tmp"):
-        (root / name).mkdir(parents=True, exist_ok=True)
+    (root / "var/tmp").mkdir(parents=True, exist_ok=True)
     staged = []
     for number, (source, target) in enumerate(includes):
         inside_path = f"/var/tmp/bootc-live-include-{number}"
@@ -192,27 +191,29 @@ def build_in_image(
         staged.append((inside_path, target))
     optional = optional_modules(root, "the image's")
     inside = "/var/tmp/bootc-live-initrd.img"
-    script = (
-        'set -e; r="$1"; shift; '
-        'mount --rbind /dev "$r/dev"; mount -t proc proc "$r/proc"; '
-        'mount -t sysfs sysfs "$r/sys"; mount -t tmpfs tmpfs "$r/run"; '
-        'exec chroot "$r" "$@"'
-    )
-    run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            str(root),
-            *dracut_argv(kver, flavour, inside, minimal=False, includes=staged, optional=optional),
-        ],
-        env=IMAGE_ENV,
+    in_image(
+        root,
+        dracut_argv(kver, flavour, inside, minimal=False, includes=staged, optional=optional),
         hint="the image needs dracut, python3 and its kernel's modules to build its initramfs; "
         "or use --host --kver KVER",
     )
     shutil.move(str(root / inside.lstrip("/")), output)
+
+
+def in_image(root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/") -> None:
+    """Run a command in the image's userland: chrooted, in a private mount namespace with
+    /dev, /proc, /sys and /run mounted, in the image's environment, from `cwd` inside it."""
+    for name in ("dev", "proc", "sys", "run"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    script = (
+        'set -e; r="$1"; d="$2"; shift 2; '
+        'mount --rbind /dev "$r/dev"; mount -t proc proc "$r/proc"; '
+        'mount -t sysfs sysfs "$r/sys"; mount -t tmpfs tmpfs "$r/run"; '
+        'exec chroot "$r" /bin/sh -c \'cd "$1" && shift && exec "$@"\' sh "$d" "$@"'
+    )
+    namespace = ["unshare", "--mount", "--propagation", "private"]
+    run(
+        [*namespace, "sh", "-c", script, "sh", root, cwd, *argv],
+        env=IMAGE_ENV,
+        hint=hint,
+    )

@@ -28,6 +28,7 @@ def run(
     env: Mapping[str, str] | None = None,
     hint: str = "",
     timeout: float | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command; log it as `+ cmd` when debugging; raise CommandError if it fails."""
     args = [os.fspath(a) for a in argv]
@@ -43,6 +44,7 @@ def run(
             errors="replace",
             env=None if env is None else dict(env),
             timeout=timeout,
+            cwd=cwd,
             check=False,
         )
     except FileNotFoundError:

@@ -1,0 +1,182 @@
+"""`bootc-live build` proves each initramfs it makes before publishing it (issue 13).
+
+The initramfs is unpacked by the userland that made it (its own `lsinitrd`, so its compressor
+is at hand), then chrooted into: its own python3 runs `initrd_probe.py`, which imports the
+runtime (and TLS where a network module is in), looks for each command our modules run, and
+traces the libraries of every dynamically linked file with the initramfs's loader. A problem
+fails the build with one line naming what is missing, what needs it and, when the userland's
+package manager knows it, the package that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dracut import in_image
+from .runtime.errors import BootcLiveError
+from .runtime.run import CommandError, run
+
+PROBE = Path(__file__).with_name("initrd_probe.py")
+IN_IMAGE_SCRATCH = "/var/tmp/bootc-live-check"
+MODES = {  # what each of our modules lets an initramfs boot
+    "bootc-live": "embedded and appended images",
+    "bootc-live-net": "URLs (http, https; ftp, tftp, nfs through url-lib)",
+    "bootc-live-registry": "registries (docker://)",
+    "bootc-live-zram": "bootc.zram",
+    "bootc-live-erofs": "bootc.live.erofs",
+    "bootc-live-kexec": "bootc.kexec",
+}
+LIBRARY_DIRS = ("usr/lib64", "usr/lib", "lib64", "lib")
+
+
+class SelfCheckError(BootcLiveError):
+    """The initramfs just built would fail at boot."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    modules: tuple[str, ...]  # our dracut modules in the initramfs
+
+    def modes(self) -> str:
+        return "; ".join(MODES[name] for name in MODES if name in self.modules)
+
+
+def check(initrd: Path, userland: Path, scratch: Path) -> Verdict:
+    """Unpack `initrd` with the tools of `userland` (/ for the host) and probe it chrooted."""
+    tree = unpack(initrd, userland, scratch)
+    try:
+        return probe(tree, userland)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def probe(tree: Path, userland: Path) -> Verdict:
+    """Run initrd_probe.py in the unpacked initramfs at `tree`; raise on any problem."""
+    shutil.copyfile(PROBE, tree / "bootc-live-probe.py")
+    try:
+        answer = run(
+            [*_chroot(), tree, "/usr/bin/python3", "-S", "-E", "/bootc-live-probe.py"],
+            capture=True,
+            hint="the initramfs's python3 does not start: rebuild with the image's python3 "
+            "installed, or use --host",
+        )
+    except CommandError as err:
+        raise SelfCheckError(
+            f"the initramfs fails its self-check: {err.detail}", err.hint
+        ) from None
+    finally:
+        (tree / "bootc-live-probe.py").unlink()
+    modules, problems = [], []
+    for line in answer.stdout.splitlines():
+        kind, _, value = line.partition(" ")
+        if kind == "module":
+            modules.append(value)
+        elif kind == "problem":
+            problems.append(tuple(value.split("\t", 1)))
+    if problems:
+        raise SelfCheckError(*describe(problems, userland))
+    return Verdict(tuple(modules))
+
+
+def unpack(initrd: Path, userland: Path, scratch: Path) -> Path:
+    """The initramfs's files below a new directory (in the image's root for an image build)."""
+    if userland == Path("/"):
+        scratch.mkdir()
+        run(["lsinitrd", "--unpack", initrd], cwd=scratch, hint=LSINITRD_HINT)
+        return scratch
+    tree = userland / IN_IMAGE_SCRATCH.lstrip("/")
+    staged = userland / f"{IN_IMAGE_SCRATCH.lstrip('/')}.img"
+    tree.mkdir(parents=True)
+    try:
+        os.link(initrd, staged)
+    except OSError:
+        shutil.copyfile(initrd, staged)
+    try:
+        in_image(
+            userland,
+            ["lsinitrd", "--unpack", f"{IN_IMAGE_SCRATCH}.img"],
+            cwd=IN_IMAGE_SCRATCH,
+            hint=LSINITRD_HINT,
+        )
+    finally:
+        staged.unlink()
+    return tree
+
+
+LSINITRD_HINT = "the userland that built the initramfs needs dracut's lsinitrd to check it"
+
+
+def _chroot() -> list[str]:
+    # As root, a plain chroot; otherwise in a user namespace where we are root.
+    return ["chroot"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "chroot"]
+
+
+def describe(problems: Sequence[tuple[str, ...]], userland: Path) -> tuple[str, str]:
+    """The first problem as one line (libraries first: they cause the others), and a hint."""
+    first_what, first_needed_by = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    if first_what.startswith(("lib", "ld-")) and " " not in first_what:
+        found = find_library(userland, first_what)
+        package = owner(userland, found) if found else None
+        message = f"the initramfs cannot load {first_what}, needed by {first_needed_by}{more}"
+        if found and package:
+            hint = f"dracut left out {found} of the image's package {package}; please report it"
+        elif found:
+            hint = f"dracut left out /{found}; please report it"
+        else:
+            hint = f"install the package that provides {first_what} in the image"
+        return message, hint
+    if first_what.startswith("command "):
+        command = first_what.removeprefix("command ")
+        return (
+            f"the initramfs lacks the command {command}, needed by {first_needed_by}{more}",
+            f"install the package that provides {command} in the image, or leave out "
+            f"{first_needed_by}",
+        )
+    return (
+        f"the initramfs fails its self-check: {first_what}{more}",
+        "install python3 with its ssl module and libssl in the image"
+        if first_needed_by == "https"
+        else "rebuild with --debug to see the dracut output",
+    )
+
+
+def find_library(userland: Path, soname: str) -> str | None:
+    """Where the userland keeps a library (relative to its root), if anywhere."""
+    for base in LIBRARY_DIRS:
+        directory = userland / base
+        if not directory.is_dir():
+            continue
+        for candidate in (directory, *sorted(directory.glob("*-linux-*"))):
+            if (candidate / soname).exists():
+                return os.path.relpath(candidate / soname, userland)
+    return None
+
+
+def owner(userland: Path, relative: str) -> str | None:
+    """The package that holds a file, asked of the userland's own package database."""
+    # A merged /usr has two names for a file, and the database knows one of them.
+    paths = ["/" + relative.removeprefix("usr/"), "/usr/" + relative.removeprefix("usr/")]
+    queries: list[list[str | os.PathLike[str]]] = []
+    for path in paths:
+        if (userland / "var/lib/dpkg/status").exists() and shutil.which("dpkg-query"):
+            queries.append(["dpkg-query", "--admindir", userland / "var/lib/dpkg", "-S", path])
+        if shutil.which("rpm") and (userland / "usr/lib/sysimage/rpm").exists():
+            queries.append(["rpm", "--root", userland, "-qf", "--qf", "%{NAME}\n", path])
+    for argv in queries:
+        try:
+            answer = run(argv, capture=True).stdout.strip()
+        except CommandError:
+            continue
+        if answer:
+            return answer.split(":", 1)[0].splitlines()[0]
+    return None
+
+
+def report_modes(verdict: Verdict) -> None:
+    print(f"bootc-live: the initramfs boots: {verdict.modes()}", file=sys.stderr)
