@@ -26,11 +26,12 @@ _bootc_live_python() {
 # executable files only, and distributions install extension modules without the x bit, so
 # `_ssl` would arrive without libssl (and `_hashlib` without libcrypto). ldd lists the whole
 # closure; a library it cannot find is left to the build's self-check, which names it.
+# `inst`, not `inst_library`: dracut-ng (Debian 13) has no inst_library.
 _bootc_live_inst_extension() {
     local lib
-    inst_library "$1" || return 1
+    inst "$1" || return 1
     while IFS= read -r lib; do
-        inst_library "$lib"
+        inst "$lib"
     done < <(ldd "$1" 2> /dev/null | sed -n 's|.*=> \(/[^ ]*\) (0x.*|\1|p')
 }
 
