@@ -1,5 +1,6 @@
-"""A real systemd image for VM tests and benchmarks: Debian 12 from debootstrap, as an OCI layout.
+"""Real systemd images for VM tests and benchmarks: Debian userlands (debootstrap) as OCI layouts.
 
+Each `Recipe` is a userland (Debian 12 with every mode's packages, Debian 12 minimal, Debian 13).
 The image carries systemd, the Debian kernel (also at /usr/lib/modules/KVER/vmlinuz, as bootc
 images do), dracut and python3, so `bootc-live build` makes its initramfs in the image's own
 userland. A unit prints one verdict line on the console once multi-user.target is reached, then
@@ -7,8 +8,8 @@ powers the machine off:
 
     BOOTC-LIVE-VERDICT root=ro etc=rw var=rw fstype=tmpfs kernel=6.1.0-… target=multi-user …
 
-Both stages are cached under CACHE (kept across runs, outside the repository), each keyed by a
-hash of what makes it: the debootstrap root by the package list and the source of the functions
+Both stages are cached under CACHES/RECIPE (kept across runs, outside the repository), each keyed
+by a hash of what makes it: the debootstrap root by the package list and the source of the functions
 that build it; the image by the root's key and this whole file. Builds go to `*.new` and are
 renamed into place under a lock, so an interrupted or concurrent build never looks finished.
 Used by tests/test_vm_debian.py and bench/boot.
@@ -34,48 +35,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CACHE = Path(os.environ.get("BOOTC_LIVE_TEST_CACHE", "/var/cache/bootc-live-tests")) / "debian"
+CACHES = Path(os.environ.get("BOOTC_LIVE_TEST_CACHE", "/var/cache/bootc-live-tests"))
+CACHE = CACHES / "debian"  # BOOKWORM's
 MIRROR = os.environ.get("BOOTC_LIVE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TOOLS = ("debootstrap", "unshare", "tar", "pigz")  # on the host, to build the image
 TAG = "debian-live"
 MARKER = "BOOTC-LIVE-VERDICT"
 HOSTNAME = "bootc-live-test"
 
-ROOT_RECIPE: dict[str, Any] = {
-    "suite": "bookworm",
-    "variant": "minbase",
-    "include": [
-        "systemd",
-        "systemd-sysv",
-        "udev",
-        "kmod",
-        "linux-image-amd64",
-        "dracut-core",
-        "python3",
-        # What dracut's network and url-lib modules need, for bootc-live-net (URL and registry
-        # boot): a registry-capable image, as SPEC §9 measures the initramfs "with all modules".
-        "dracut-network",
-        "curl",
-        "ca-certificates",
-        "iproute2",
-        "dbus",
-        # What bootc-live-zram and bootc-live-erofs need (bootc.zram, bootc.live.erofs).
-        "e2fsprogs",
-        "erofs-utils",
-    ],
-    # Removed after debootstrap: what a live image does not need.
-    "prune": [
-        "usr/share/doc",
-        "usr/share/man",
-        "usr/share/info",
-        "usr/share/locale",
-        "usr/share/lintian",
-        "var/cache/apt",
-        "var/lib/apt/lists",
-        "var/cache/debconf/templates.dat-old",
-        "var/lib/dpkg/status-old",
-    ],
-}
+# Packages a live image needs for every bootc-live mode: the network and url-lib modules (URL and
+# registry boot: dracut-network, curl, CA bundle, iproute2), zram (e2fsprogs), EROFS (erofs-utils)
+# and kexec (kexec-tools). SPEC §9 measures the initramfs "with all modules".
+ALL_MODES = (
+    "dracut-network",
+    "curl",
+    "ca-certificates",
+    "iproute2",
+    "dbus",
+    "e2fsprogs",
+    "erofs-utils",
+    "kexec-tools",
+)
+# Removed after debootstrap: what a live image does not need.
+PRUNE = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+    "var/cache/debconf/templates.dat-old",
+    "var/lib/dpkg/status-old",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A userland: what debootstrap installs; `name` is also its cache directory."""
+
+    name: str
+    suite: str
+    include: tuple[str, ...]
+    variant: str = "minbase"
+    prune: tuple[str, ...] = PRUNE
+
+
+BASE = ("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64", "python3")
+# Debian 12 with every mode's packages: the image of test_vm_debian and bench/boot.
+BOOKWORM = Recipe("debian", "bookworm", (*BASE, "dracut-core", *ALL_MODES))
+# Debian 12 as a user would make it plainly: no dracut-network, no curl, no TLS by chance.
+BOOKWORM_MINIMAL = Recipe("debian-minimal", "bookworm", (*BASE, "iproute2", "dracut-core"))
+# Debian 13: dracut-ng, systemd 257, Python 3.13, kernel 6.12.
+TRIXIE = Recipe("debian-trixie", "trixie", (*BASE, "dracut-core", *ALL_MODES))
+RECIPES = {recipe.name: recipe for recipe in (BOOKWORM, BOOKWORM_MINIMAL, TRIXIE)}
 
 # Units that cannot work, or only wait, in a diskless VM without network. systemd-firstboot
 # would prompt on the console: /etc/machine-id is empty (uninitialized), so it is a first boot.
@@ -184,15 +197,15 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def root_key() -> str:
+def root_key(recipe: Recipe) -> str:
     """The package list and the code that builds the root."""
     sources = [inspect.getsource(f) for f in (debootstrap, prepare_root)]
-    return _key(json.dumps(ROOT_RECIPE, sort_keys=True), *sources)
+    return _key(repr(recipe), *sources)
 
 
-def image_key() -> str:
+def image_key(recipe: Recipe) -> str:
     """The root and this whole file (layers, verdict unit, masks)."""
-    return _key(root_key(), Path(__file__).read_text())
+    return _key(root_key(recipe), Path(__file__).read_text())
 
 
 @contextmanager
@@ -204,14 +217,20 @@ def locked(cache: Path) -> Iterator[None]:
         yield
 
 
-def ensure_image(cache: Path = CACHE, mirror: str = MIRROR, log: Log = stderr_log) -> DebianImage:
-    """The image, from the cache or built now (a few minutes cold)."""
+def ensure_image(
+    cache: Path | None = None,
+    mirror: str = MIRROR,
+    log: Log = stderr_log,
+    recipe: Recipe = BOOKWORM,
+) -> DebianImage:
+    """The image, from the cache (default CACHES/RECIPE-NAME) or built now (minutes cold)."""
+    cache = cache or CACHES / recipe.name
     with locked(cache):
-        root = cache / f"root-{root_key()}"
-        image = cache / f"image-{image_key()}"
+        root = cache / f"root-{root_key(recipe)}"
+        image = cache / f"image-{image_key(recipe)}"
         if not (image / "image.json").exists():
             if not (root / "done").exists():
-                build_root(root, mirror, log)
+                build_root(root, recipe, mirror, log)
             build_image(root / "root", image, log)
         for stale in cache.iterdir():  # older recipes
             if stale.is_dir() and stale.name not in (root.name, image.name):
@@ -236,20 +255,20 @@ def load_image(image: Path) -> DebianImage:
 # ---------------------------------------------------------------- the root
 
 
-def build_root(final: Path, mirror: str, log: Log) -> None:
+def build_root(final: Path, recipe: Recipe, mirror: str, log: Log) -> None:
     new = final.with_name(final.name + ".new")
     shutil.rmtree(new, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
     new.mkdir(parents=True)
     start = time.monotonic()
-    log(f"building the Debian root in {new} (debootstrap, a few minutes)")
-    debootstrap(new / "root", mirror, log)
-    prepare_root(new / "root", log)
+    log(f"building the Debian {recipe.suite} root in {new} (debootstrap, a few minutes)")
+    debootstrap(new / "root", recipe, mirror, log)
+    prepare_root(new / "root", recipe, log)
     (new / "done").write_text(f"debootstrap and prepare: {time.monotonic() - start:.0f} s\n")
     new.rename(final)
 
 
-def debootstrap(root: Path, mirror: str, log: Log) -> None:
+def debootstrap(root: Path, recipe: Recipe, mirror: str, log: Log) -> None:
     """debootstrap in a private mount namespace: its /proc and /sys mounts vanish with it."""
     run(
         [
@@ -258,9 +277,9 @@ def debootstrap(root: Path, mirror: str, log: Log) -> None:
             "--propagation",
             "private",
             "debootstrap",
-            f"--variant={ROOT_RECIPE['variant']}",
-            "--include=" + ",".join(ROOT_RECIPE["include"]),
-            ROOT_RECIPE["suite"],
+            f"--variant={recipe.variant}",
+            "--include=" + ",".join(recipe.include),
+            recipe.suite,
             root,
             mirror,
         ],
@@ -269,9 +288,9 @@ def debootstrap(root: Path, mirror: str, log: Log) -> None:
     )
 
 
-def prepare_root(root: Path, log: Log) -> None:
+def prepare_root(root: Path, recipe: Recipe, log: Log) -> None:
     """Make the debootstrap root look like a bootc image: kernel in /usr/lib/modules, no cruft."""
-    for rel in ROOT_RECIPE["prune"]:
+    for rel in recipe.prune:
         path = root / rel
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,20 @@ from bootc_live.demo import host_kernel
 from bootc_live.runtime import memory
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource
-from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
-from newc import read_archive
-from servers import nginx
+from bootc_live.vm import VmConfig, boot
+from debian_boot import (
+    BOOT_TIMEOUT,
+    MEM,
+    built,
+    expected,
+    initramfs_names,
+    tail,
+    url_boot,
+    verdict,
+)
 from unpackers import REPO, bootc_live, need, need_root_and
 
 pytestmark = pytest.mark.vm
-
-MEM = 2048  # MiB
-BOOT_TIMEOUT = 600  # seconds, under TCG (about 1 minute here)
 
 
 @pytest.fixture(scope="module")
@@ -47,90 +51,9 @@ def image() -> debian_image.DebianImage:
     return debian_image.ensure_image()
 
 
-def tail(text: str, lines: int = 60) -> str:
-    return "\n".join(text.replace("\r", "").splitlines()[-lines:])
-
-
-def cpio_names(data: bytes) -> tuple[list[str], bytes]:
-    """Member names of the newc archive at the start of data, and what follows it."""
-    members, end = read_archive(data)
-    return [m.name for m in members], data[end:]
-
-
-def initramfs_names(path: Path) -> list[str]:
-    """Every member of an initramfs: cpio archives back to back, plain or gzip-compressed."""
-    names: list[str] = []
-    data = path.read_bytes()
-    while data.strip(b"\0"):
-        data = data.lstrip(b"\0")
-        if data[:2] == b"\x1f\x8b":
-            gz = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            inner = gz.decompress(data)
-            while inner.strip(b"\0"):
-                found, inner = cpio_names(inner.lstrip(b"\0"))
-                names += found
-            data = gz.unused_data
-        else:
-            found, data = cpio_names(data)
-            names += found
-    return names
-
-
 @pytest.fixture(scope="module")
 def artifacts(image: debian_image.DebianImage, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    print(
-        f"image {image.manifest_digest}: kernel {image.kver}, {image.entries} entries, "
-        f"{image.unpacked_bytes / 1e6:.0f} MB unpacked, {image.compressed_bytes / 1e6:.0f} MB "
-        f"in {len(image.layers)} gzip layers"
-    )
-    work = tmp_path_factory.mktemp("debian")
-    out = work / "artifacts"
-    # TMPDIR set on purpose: the host's environment must not leak into the image's chroot.
-    built = bootc_live("build", image.source, "-o", os.fspath(out), tmpdir=work)
-    assert built.returncode == 0, f"bootc-live build failed:\n{tail(built.stderr)}"
-    return out
-
-
-def url_boot(
-    artifacts: Path,
-    tmp_path: Path,
-    console: Path,
-    *,
-    mem: int,
-    embedded: bool = True,
-    extra: str = "",
-    marker: str = debian_image.MARKER,
-) -> tuple[Boot, list[str]]:
-    """Boot with root.oci of `artifacts` served by nginx over guestfwd; nginx's access log."""
-    with nginx(artifacts, tmp_path / "nginx") as server:
-        result = boot(
-            VmConfig(
-                artifacts,
-                mem=mem,
-                embedded=embedded,
-                append=f"root=bootc-live:http://{GUEST_SERVER}/root.oci {extra}".strip(),
-                network=True,
-                forwards=((80, server.port),),
-            ),
-            timeout=BOOT_TIMEOUT,
-            markers=(marker,),
-            echo=None,
-            log=console,
-        )
-        return result, server.requests()
-
-
-def verdict(result: Boot, console: Path) -> dict[str, str]:
-    assert debian_image.MARKER in result.markers, (
-        f"no verdict: the boot ended by {result.ended} after {result.seconds:.0f} s; "
-        f"console log {console}:\n{tail(result.output)}"
-    )
-    seen = dict(
-        item.split("=", 1) for item in result.markers[debian_image.MARKER].split() if "=" in item
-    )
-    seen.pop("memtotal", None)
-    seen.pop("memused", None)
-    return seen
+    return built(image, tmp_path_factory.mktemp("debian"))[0]
 
 
 def test_debian_systemd_image_boots_live(
@@ -150,17 +73,9 @@ def test_debian_systemd_image_boots_live(
         echo=None,
         log=console,
     )
-    assert verdict(result, console) == {
-        "root": "ro",
-        "etc": "rw",
-        "var": "rw",
-        "fstype": "tmpfs",
-        "kernel": image.kver,  # the image's kernel, not the host's
-        "target": "multi-user",
-        "pid1": "systemd",
-        "hostname": debian_image.HOSTNAME,  # /etc/hostname from the last layer
-        "failed": "none",
-    }, f"console log {console}:\n{tail(result.output)}"
+    assert verdict(result, console) == expected(image, "tmpfs"), (
+        f"console log {console}:\n{tail(result.output)}"
+    )
     # It was our runtime that set up this image's root, in the image's own initramfs.
     ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64})", result.output)
     assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
@@ -237,17 +152,9 @@ def test_debian_image_boots_in_each_root_mode(
         log=console,
     )
     memused = result.markers.get(debian_image.MARKER, "").partition("memused=")[2].split(" ")[0]
-    assert verdict(result, console) == {
-        "root": "ro",
-        "etc": "rw",
-        "var": "rw",
-        "fstype": fstype,
-        "kernel": image.kver,
-        "target": "multi-user",
-        "pid1": "systemd",
-        "hostname": debian_image.HOSTNAME,
-        "failed": "none",
-    }, f"console log {console}:\n{tail(result.output)}"
+    assert verdict(result, console) == expected(image, fstype), (
+        f"console log {console}:\n{tail(result.output)}"
+    )
     ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64}), .*", result.output)
     assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
     print(f"{mode}: {ready.group(0).strip()}; in use once booted: {int(memused) >> 10} MiB")

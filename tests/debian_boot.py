@@ -1,0 +1,119 @@
+"""Booting the Debian test images (tests/debian_image.py) in QEMU: the verdict they print."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zlib
+from pathlib import Path
+
+import debian_image
+from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
+from newc import read_archive
+from servers import nginx
+from unpackers import bootc_live
+
+MEM = 2048  # MiB
+BOOT_TIMEOUT = 600  # seconds, under TCG (about 1 minute here)
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+
+
+def cpio_names(data: bytes) -> tuple[list[str], bytes]:
+    """Member names of the newc archive at the start of data, and what follows it."""
+    members, end = read_archive(data)
+    return [m.name for m in members], data[end:]
+
+
+def initramfs_names(path: Path) -> list[str]:
+    """Every member of an initramfs: cpio archives back to back, plain or gzip-compressed."""
+    names: list[str] = []
+    data = path.read_bytes()
+    while data.strip(b"\0"):
+        data = data.lstrip(b"\0")
+        if data[:2] == b"\x1f\x8b":
+            gz = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            inner = gz.decompress(data)
+            while inner.strip(b"\0"):
+                found, inner = cpio_names(inner.lstrip(b"\0"))
+                names += found
+            data = gz.unused_data
+        else:
+            found, data = cpio_names(data)
+            names += found
+    return names
+
+
+def built(image: debian_image.DebianImage, work: Path) -> tuple[Path, str]:
+    """`bootc-live build` of the image in its own userland: the artifacts and what it said."""
+    print(
+        f"image {image.manifest_digest}: kernel {image.kver}, {image.entries} entries, "
+        f"{image.unpacked_bytes / 1e6:.0f} MB unpacked, {image.compressed_bytes / 1e6:.0f} MB "
+        f"in {len(image.layers)} gzip layers"
+    )
+    out = work / "artifacts"
+    # TMPDIR set on purpose: the host's environment must not leak into the image's chroot.
+    made: subprocess.CompletedProcess[str] = bootc_live(
+        "build", image.source, "-o", os.fspath(out), tmpdir=work
+    )
+    assert made.returncode == 0, f"bootc-live build failed:\n{tail(made.stderr)}"
+    return out, made.stderr
+
+
+def url_boot(
+    artifacts: Path,
+    tmp_path: Path,
+    console: Path,
+    *,
+    mem: int,
+    embedded: bool = True,
+    extra: str = "",
+    marker: str = debian_image.MARKER,
+) -> tuple[Boot, list[str]]:
+    """Boot with root.oci of `artifacts` served by nginx over guestfwd; nginx's access log."""
+    with nginx(artifacts, tmp_path / "nginx") as server:
+        result = boot(
+            VmConfig(
+                artifacts,
+                mem=mem,
+                embedded=embedded,
+                append=f"root=bootc-live:http://{GUEST_SERVER}/root.oci {extra}".strip(),
+                network=True,
+                forwards=((80, server.port),),
+            ),
+            timeout=BOOT_TIMEOUT,
+            markers=(marker,),
+            echo=None,
+            log=console,
+        )
+        return result, server.requests()
+
+
+def verdict(result: Boot, console: Path) -> dict[str, str]:
+    assert debian_image.MARKER in result.markers, (
+        f"no verdict: the boot ended by {result.ended} after {result.seconds:.0f} s; "
+        f"console log {console}:\n{tail(result.output)}"
+    )
+    seen = dict(
+        item.split("=", 1) for item in result.markers[debian_image.MARKER].split() if "=" in item
+    )
+    seen.pop("memtotal", None)
+    seen.pop("memused", None)
+    return seen
+
+
+def expected(image: debian_image.DebianImage, fstype: str) -> dict[str, str]:
+    """The verdict of a healthy live boot of `image` on a root of `fstype`."""
+    return {
+        "root": "ro",
+        "etc": "rw",
+        "var": "rw",
+        "fstype": fstype,
+        "kernel": image.kver,  # the image's kernel, not the host's
+        "target": "multi-user",
+        "pid1": "systemd",
+        "hostname": debian_image.HOSTNAME,  # /etc/hostname from the last layer
+        "failed": "none",
+    }

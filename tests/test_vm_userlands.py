@@ -1,0 +1,127 @@
+"""Userlands we did not tailor: each image builds its initramfs in its own userland and boots, in
+the modes its packages allow, to its own systemd reporting what it sees (issue 13).
+
+- Debian 12 as a user makes it plainly (no dracut-network, no curl: nothing brings libssl into
+  the initramfs by chance) boots embedded; its initramfs carries the libraries of the Python
+  extension modules the runtime imports.
+- Debian 13 (dracut-ng, systemd 257, Python 3.13, kernel 6.12) boots from a URL onto zram,
+  embedded onto EROFS, and as stage two of bootc.kexec.
+
+Debian 12 with every mode's packages is tests/test_vm_debian.py; every userland in every mode
+is bench/userlands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import debian_image
+import kexec_image
+from bootc_live.demo import host_kernel
+from bootc_live.vm import VmConfig, boot
+from debian_boot import (
+    BOOT_TIMEOUT,
+    MEM,
+    built,
+    expected,
+    initramfs_names,
+    tail,
+    url_boot,
+    verdict,
+)
+from unpackers import bootc_live, need, need_root_and
+
+pytestmark = pytest.mark.vm
+
+ALL_MODES = (
+    "embedded and appended images; URLs (http, https; ftp, tftp, nfs through url-lib); "
+    "registries (docker://); bootc.zram; bootc.live.erofs; bootc.kexec"
+)
+
+
+def ensure(recipe: debian_image.Recipe) -> debian_image.DebianImage:
+    need_root_and(*debian_image.TOOLS, "chroot", "qemu-system-x86_64")
+    need(os.path.exists("/usr/share/keyrings/debian-archive-keyring.gpg"), "needs Debian's keyring")
+    return debian_image.ensure_image(recipe=recipe)
+
+
+def modes_line(said: str) -> str:
+    found = re.search(r"bootc-live: the initramfs boots: (.*)", said)
+    assert found, said
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def minimal(tmp_path_factory: pytest.TempPathFactory) -> tuple[debian_image.DebianImage, Path]:
+    image = ensure(debian_image.BOOKWORM_MINIMAL)
+    out, said = built(image, tmp_path_factory.mktemp("minimal"))
+    # It says what it can boot: no network, no EROFS, no kexec in this userland.
+    assert modes_line(said) == "embedded and appended images; bootc.zram"
+    assert "cannot bring up a network" in said
+    return image, out
+
+
+@pytest.fixture(scope="module")
+def trixie(tmp_path_factory: pytest.TempPathFactory) -> tuple[debian_image.DebianImage, Path]:
+    image = ensure(debian_image.TRIXIE)
+    out, said = built(image, tmp_path_factory.mktemp("trixie"))
+    assert modes_line(said) == ALL_MODES
+    return image, out
+
+
+def test_a_plain_debian_12_boots_embedded(
+    minimal: tuple[debian_image.DebianImage, Path], tmp_path: Path
+) -> None:
+    image, out = minimal
+    # _ssl came with libssl, which nothing else here links (dracut resolves the libraries of
+    # executables only, and extension modules are not executable).
+    names = initramfs_names(out / "initrd.img")
+    assert any(n.endswith("/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so") for n in names)
+    assert any(n.endswith("/libssl.so.3") for n in names), "libssl was left out"
+    console = tmp_path / "console.log"
+    result = boot(
+        VmConfig(out, mem=MEM),
+        timeout=BOOT_TIMEOUT,
+        markers=(debian_image.MARKER,),
+        echo=None,
+        log=console,
+    )
+    assert verdict(result, console) == expected(image, "tmpfs"), tail(result.output)
+    assert f"live root ready: {image.manifest_digest}" in result.output
+
+
+def test_debian_13_boots_from_a_url_onto_zram(
+    trixie: tuple[debian_image.DebianImage, Path], tmp_path: Path
+) -> None:
+    image, out = trixie
+    console = tmp_path / "console.log"
+    result, requests = url_boot(
+        out, tmp_path, console, mem=MEM, embedded=False, extra="bootc.zram=1G"
+    )
+    assert verdict(result, console) == expected(image, "ext4"), tail(result.output)
+    assert f"live root ready: {image.manifest_digest}" in result.output
+    assert requests and all(" 206 " in line for line in requests)  # read in place
+
+
+def test_debian_13_is_stage_two_of_kexec_onto_erofs(
+    trixie: tuple[debian_image.DebianImage, Path], tmp_path: Path
+) -> None:
+    """Stage one is the host's kernel and dracut; stage two the image's own kernel and the
+    initramfs its userland built, given the image embedded (handed over), onto EROFS."""
+    image, out = trixie
+    digest = kexec_image.kexec_ready(image, out / "initrd.img", tmp_path)
+    stage_one = tmp_path / "artifacts"
+    source = f"oci:{tmp_path / 'layout'}:{debian_image.TAG}"
+    made = bootc_live(
+        "build", source, "-o", str(stage_one), "--host", "--kver", host_kernel(), tmpdir=tmp_path
+    )
+    assert made.returncode == 0, tail(made.stderr)
+    console = tmp_path / "console.log"
+    result, _ = url_boot(stage_one, tmp_path, console, mem=MEM, embedded=False, extra="bootc.kexec")
+    assert verdict(result, console) == expected(image, "tmpfs"), tail(result.output)
+    assert f"kexec into {image.kver}: " in result.output
+    assert f"live root ready: {digest}" in result.output
