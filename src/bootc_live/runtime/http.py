@@ -186,8 +186,8 @@ class Client:
             except ssl.SSLError as err:
                 raise FetchError(
                     f"{url}: TLS failure ({err.reason or err})",
-                    "the initramfs needs the server's CA (bootc-live build "
-                    "--ca FILE), or use a trusted certificate",
+                    "trust the server's CA with bootc-live build --ca FILE, "
+                    "or use a trusted certificate",
                 ) from None
             except (OSError, http.client.HTTPException) as err:
                 retrier.failed(f"connection failed ({_describe(err)})")
