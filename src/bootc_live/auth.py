@@ -22,6 +22,7 @@ from .runtime.registry import (
 from .runtime.run import CommandError, run
 
 HELPER_TIMEOUT = 30.0
+RUN_CONTAINERS = "/run/containers"  # podman's per-user runtime directory without XDG_RUNTIME_DIR
 
 
 def auth_files() -> list[str]:
@@ -31,7 +32,7 @@ def auth_files() -> list[str]:
     places = [env.get("REGISTRY_AUTH_FILE", "")]
     if env.get("XDG_RUNTIME_DIR"):
         places.append(os.path.join(env["XDG_RUNTIME_DIR"], "containers/auth.json"))
-    places.append(f"/run/containers/{os.getuid()}/auth.json")
+    places.append(os.path.join(RUN_CONTAINERS, str(os.getuid()), "auth.json"))
     config = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
     places.append(os.path.join(config, "containers/auth.json"))
     places.append(os.path.join(home, ".docker/config.json"))

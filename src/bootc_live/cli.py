@@ -651,8 +651,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         os.environ["BOOTC_LIVE_DEBUG"] = "1"
         run_module.DEBUG = True
-    for stop in STOP_SIGNALS:
-        signal.signal(stop, _interrupt)
+    previous = {stop: signal.signal(stop, _interrupt) for stop in STOP_SIGNALS}
+    try:
+        return run_command(args)
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command, its failures reported as one line (and its interruption as a failure)."""
     try:
         return int(args.func(args))
     except BootcLiveError as err:
