@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with docker_registry(work / "registry", pki, users={USER: PASSWORD}) as registry:
         info = build_layout(work / "img", [layer_tar([f("etc/hello", b"hi\n")])], tag="v1")
         skopeo_push(f"oci:{work / 'img'}:v1", registry, "my/os:v1", pki, f"{USER}:{PASSWORD}")
+        big = layer_tar([f("big", random.Random(15).randbytes(24 << 20))])
+        build_layout(work / "big", [big], tag="v1")
+        skopeo_push(f"oci:{work / 'big'}:v1", registry, "my/big:v1", pki, f"{USER}:{PASSWORD}")
         yield World(pki, registry, info.manifest_digest, work)
 
 
@@ -196,3 +201,22 @@ def test_a_missing_helper_is_named(
         f"docker-credential-nonexistent-helper, or remove it from {config}"
     )
     assert not (home / "pulled").exists()
+
+
+def test_pull_shows_the_bytes_fetched(
+    world: World, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = auth_json(home / "auth.json", {world.registry.host: (USER, PASSWORD)})
+    monkeypatch.setenv("BOOTC_LIVE_PROGRESS_SECONDS", "0.1")
+    ref = f"docker://{world.registry.host}/my/big:v1"
+    dest = f"oci-archive:{home / 'big.oci'}"
+    status = cli.main(
+        ["pull", ref, "-o", dest, "--ca", str(world.pki.ca), "--authfile", str(given)]
+    )
+    err = capsys.readouterr().err
+    assert status == 0, err
+    fetched = re.findall(
+        r"^bootc-live: layer 1/1  (\d+)/24 MiB fetched  [\d.]+ MiB/s  ETA \d+s$", err, re.M
+    )
+    assert len(fetched) >= 2, err
+    assert [int(n) for n in fetched] == sorted(int(n) for n in fetched)
