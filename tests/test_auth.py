@@ -207,7 +207,7 @@ def test_pull_shows_the_bytes_fetched(
     world: World, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     given = auth_json(home / "auth.json", {world.registry.host: (USER, PASSWORD)})
-    monkeypatch.setenv("BOOTC_LIVE_PROGRESS_SECONDS", "0.1")
+    monkeypatch.setenv("BOOTC_LIVE_PROGRESS_SECONDS", "0.02")
     ref = f"docker://{world.registry.host}/my/big:v1"
     dest = f"oci-archive:{home / 'big.oci'}"
     status = cli.main(

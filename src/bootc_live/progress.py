@@ -17,7 +17,7 @@ from .runtime.unpack import Progress
 
 def interval(default: float) -> float:
     try:
-        return max(0.1, float(os.environ.get("BOOTC_LIVE_PROGRESS_SECONDS", default)))
+        return max(0.01, float(os.environ.get("BOOTC_LIVE_PROGRESS_SECONDS", default)))
     except ValueError:
         return default
 
