@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dracut, zramsize
+from . import dracut, scratch, zramsize
 from .describe import describe
 from .images import SourceRef
 from .progress import Ticker, bytes_progress
@@ -57,6 +57,7 @@ def build(config: BuildConfig) -> Path:
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
+    scratch.track(tmp)
     tmp.mkdir(parents=True)
     try:
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
@@ -71,8 +72,9 @@ def build(config: BuildConfig) -> Path:
         (tmp / "cmdline.txt").write_text(arguments + "\n")
         (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver))
         publish(tmp, config.output)
+        scratch.done(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        scratch.remove(tmp)
         raise
     return config.output
 

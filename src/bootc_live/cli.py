@@ -9,12 +9,11 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import auth, build, demo, describe, dracut, vm
+from . import auth, build, demo, describe, dracut, scratch, vm
 from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageError
 from .progress import Ticker, bytes_progress
 from .runtime import cmdline, handover, memory, roots
@@ -38,6 +37,7 @@ def _prepare_dest(dest: str) -> bool:
         if os.listdir(dest):
             raise UsageError(f"{dest} is not empty", "give a new or empty directory")
         return False
+    scratch.track(dest)  # until it holds the whole image
     os.makedirs(dest)
     os.chmod(dest, 0o755)  # what the root is when the image does not say, whatever the umask
     return True
@@ -68,6 +68,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         raise
     finally:
         source.close()
+    scratch.done(args.dest)
     if not args.quiet:
         print(
             f"bootc-live: unpacked {image.manifest_digest} into {args.dest}: "
@@ -113,6 +114,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     index = handover.index_json(image, label, None)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
     _remove(tmp)
+    scratch.track(tmp)
     progress = bytes_progress(image.compressed_size, len(image.layers))
     try:
         if dest.transport == "oci":
@@ -122,8 +124,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         else:
             build.write_oci_archive(image, index, tmp, progress)
         os.replace(tmp, target)
+        scratch.done(tmp)
     except BaseException:
-        _remove(tmp)
+        scratch.remove(tmp)
         raise
     finally:
         image.source.close()
@@ -311,9 +314,7 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     image = source_ref(args).resolve(args.platform, args.digest)
     source = image.source
     output = os.path.abspath(args.output) if args.output else None
-    work = tempfile.mkdtemp(
-        prefix=".bootc-live-erofs-", dir=os.path.dirname(output) if output else None
-    )
+    work = scratch.make_dir(".bootc-live-erofs-", os.path.dirname(output) if output else None)
     try:
         tree = os.path.join(work, "tree")
         os.mkdir(tree, 0o755)
@@ -329,7 +330,7 @@ def cmd_erofs(args: argparse.Namespace) -> int:
             os.replace(packed, output)
     finally:
         source.close()
-        shutil.rmtree(work, ignore_errors=True)
+        scratch.remove(work)
     print(
         f"{made.sha256}  {output or '-'}  ({made.size / MIB:.1f} MiB, compression "
         f"{args.compress or 'none'}, mkfs.erofs {made.mkfs_version})"
@@ -655,6 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_command(args)
     finally:
+        scratch.remove_all()  # what a signal kept a clean-up from reaching
         for stop, handler in previous.items():
             signal.signal(stop, handler)
 

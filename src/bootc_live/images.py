@@ -8,10 +8,9 @@ import re
 import shutil
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 
-from . import auth, progress
+from . import auth, progress, scratch
 from .runtime import http, registry
 from .runtime.errors import BootcLiveError, ImageError
 from .runtime.oci import Image, Platform, resolve, tag_part
@@ -138,7 +137,7 @@ class CopiedSource(LayoutSource):
                 f"{ref.transport}: SOURCEs are read with skopeo, which is missing",
                 "apt-get install skopeo (or ./setup)",
             )
-        work = tempfile.mkdtemp(prefix="bootc-live-copy.", dir=os.environ.get("TMPDIR", "/var/tmp"))
+        work = scratch.make_dir("bootc-live-copy.")
         self.work = work
         try:
             argv = ["skopeo", "copy", "--quiet", *([] if compress else ["--dest-decompress"])]
@@ -152,12 +151,12 @@ class CopiedSource(LayoutSource):
                     ) from None
             super().__init__(os.path.join(work, "layout"))
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            scratch.remove(work)
             raise
         self.description = str(ref)
 
     def close(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        scratch.remove(self.work)
 
 
 _SKOPEO_HINTS = {
