@@ -79,3 +79,16 @@ def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
         "podman and buildah keep images in containers-storage: use oci-archive:PATH[:REF], "
         "oci:DIR[:REF], docker-archive:PATH[:REF], containers-storage:[STORE]NAME or docker://REF"
     ) in assert_clean_failure(result)
+
+
+def test_inspect_reads_no_layer_unless_asked_to_measure(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "img", [layer_tar([f("data", bytes(4096))])], tag="v1")
+    for digest in info.layer_digests:  # inspect must not need them
+        (tmp_path / "img/blobs/sha256" / digest.partition(":")[2]).unlink()
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1")
+    assert result.returncode == 0, result.stderr
+    assert f"layer 1/1 {info.layer_digests[0]}  0.0 MiB compressed\n" in result.stdout
+    assert "kernels   not read (--measure reads the layers)\n" in result.stdout
+    assert "no zram figure recorded (--measure measures one)" in result.stdout
+    measured = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure")
+    assert f"blob {info.layer_digests[0]} is missing" in assert_clean_failure(measured)

@@ -18,8 +18,8 @@ from bootc_live.runtime.errors import BOOT_TO_HOST, BootcLiveError, for_host
 from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.run import CommandError, run
 from bootc_live.runtime.sources import LayoutSource
-from imagegen import build_layout, f, layer_tar
-from unpackers import REPO, assert_clean_failure, bootc_live
+from imagegen import build_layout, d, f, layer_tar
+from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
 
 # The runtime modules whose messages reach the host's commands.
 HOST_REACHABLE = ("registry", "http", "oci", "sources", "blobs", "unpack", "decompress")
@@ -168,3 +168,52 @@ def test_kver_failures_list_the_kernels_there_are(tmp_path: Path) -> None:
     )
     if there:  # without --kver, --host takes the highest kernel the host has
         assert build.host_kernel(None) in there
+
+
+def test_podmans_full_names_and_bare_tags_in_a_layout(tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    a = build_layout(layout, [layer_tar([f("a", b"a")])], tag="localhost/a:latest")
+    b = build_layout(layout, [layer_tar([f("b", b"b")])], tag="localhost/b:v2")
+    # The path ends at the first colon: the rest is the name, colons and all.
+    shown = bootc_live("inspect", f"oci:{layout}:localhost/b:v2")
+    assert f"image     {b.manifest_digest}" in shown.stdout, shown.stderr
+    # A bare tag names the one full name with that tag part ...
+    shown = bootc_live("inspect", f"oci:{layout}:latest")
+    assert f"image     {a.manifest_digest}" in shown.stdout, shown.stderr
+    # ... and nothing when two have it.
+    build_layout(layout, [layer_tar([f("c", b"c")])], tag="localhost/c:latest")
+    said = assert_clean_failure(bootc_live("inspect", f"oci:{layout}:latest"))
+    assert said.strip() == (
+        f"bootc-live: oci:{layout} has no image tagged 'latest' (tags: localhost/a:latest, "
+        "localhost/b:v2, localhost/c:latest); fix the :TAG of SOURCE"
+    )
+
+
+def test_timeout_bounds_a_registry_that_accepts_and_says_nothing() -> None:
+    with socket.socket() as mute:  # connections queue in the backlog; nobody answers
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        port = mute.getsockname()[1]
+        start = time.monotonic()
+        said = assert_clean_failure(
+            bootc_live(
+                "inspect", f"docker://127.0.0.1:{port}/x", "--timeout", "1", "--retries", "0"
+            )
+        )
+        took = time.monotonic() - start
+    assert "connection failed (stalled); giving up after 0 retries" in said, said
+    assert took < 10, f"took {took:.0f}s"
+
+
+def test_an_image_without_dracut_says_what_dracut_said(tmp_path: Path) -> None:
+    need_root_and("unshare", "chroot")
+    layout = tmp_path / "img"
+    kernel = [d("usr/lib/modules/6.1.0-9-amd64"), f("usr/lib/modules/6.1.0-9-amd64/vmlinuz", b"k")]
+    build_layout(layout, [layer_tar(kernel)], tag="v1")
+    out = tmp_path / "out"
+    said = assert_clean_failure(bootc_live("build", f"oci:{layout}:v1", "-o", str(out)))
+    last = said.strip().splitlines()[-1]
+    assert last.startswith("bootc-live: dracut failed: chroot: failed to run command"), said
+    assert "unshare" not in said and "--add" not in said  # not the internal command line
+    assert last.endswith("or use --host --kver KVER"), said
+    assert not out.exists() and not (tmp_path / "out.new").exists()

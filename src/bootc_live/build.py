@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from .runtime.handover import (
 from .runtime.kexec import version_key
 from .runtime.oci import Image
 from .runtime.registry import AUTH_IN_INITRAMFS
+from .runtime.run import CommandError
 from .runtime.sources import blob_path
 from .runtime.unpack import Progress, unpack_image
 
@@ -179,7 +182,7 @@ def make_kernel_and_initramfs(
     if config.host:
         kver = host_kernel(config.kver)
         shutil.copy2(Path("/boot") / f"vmlinuz-{kver}", out / "vmlinuz")
-        with Ticker(f"building initrd.img with the host's dracut (kernel {kver})"):
+        with Ticker(f"building initrd.img with the host's dracut (kernel {kver})"), dracut_said():
             dracut.build_with_host(
                 kver, config.flavour, out / "initrd.img", work, includes(config, work)
             )
@@ -195,12 +198,21 @@ def make_kernel_and_initramfs(
     stats = unpack_image(image, str(root), progress=progress, warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
-    with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"):
+    with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():
         dracut.build_in_image(
             root, kver, config.flavour, out / "initrd.img", includes(config, work)
         )
     zram = zramsize.of_tree(root) if zramsize.available() else None
     return kver, stats.layer_sizes, zram
+
+
+@contextlib.contextmanager
+def dracut_said() -> Iterator[None]:
+    """dracut's failure as dracut's own last words, not as the command line that ran it."""
+    try:
+        yield
+    except CommandError as err:
+        raise BuildError(f"dracut failed: {err.detail}", err.hint) from None
 
 
 def host_kernels() -> list[str]:
