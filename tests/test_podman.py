@@ -185,9 +185,17 @@ def test_names_that_do_not_match_are_refused_with_what_there_is(
     said = assert_clean_failure(bootc_live("inspect", f"oci-archive:{saved.docker_archive}"))
     assert said.strip() == (
         f"bootc-live: oci-archive:{saved.docker_archive} is a docker-archive, not an "
-        "oci-archive; read it as docker-archive:PATH, or save it with podman save --format "
-        "oci-archive"
+        "oci-archive; save it with podman save --format oci-archive, or read it as "
+        "docker-archive:PATH"
     )
+    # What the same refusal says at boot, to be done on the host first, works as said.
+    converted = tmp_path / "converted.oci"
+    pulled = bootc_live(
+        "pull", f"docker-archive:{saved.docker_archive}", "-o", f"oci-archive:{converted}"
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    shown = bootc_live("inspect", f"oci-archive:{converted}")
+    assert f"config    sha256:{saved.image_id}\n" in shown.stdout, shown.stderr
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     said = assert_clean_failure(

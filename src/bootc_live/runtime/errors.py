@@ -52,13 +52,18 @@ BOOT_TO_HOST: tuple[tuple[str, str, bool], ...] = (
     ("root=", "SOURCE", False),
     ("bootc-live build --auth-file FILE", "--authfile FILE (or podman login)", False),
     ("bootc-live build --ca FILE", "--ca FILE", False),
+    (
+        "convert it with bootc-live pull docker-archive:PATH -o oci-archive:FILE",
+        "read it as docker-archive:PATH",
+        False,
+    ),
 )
 
 
 def for_host(text: str) -> str:
     """A runtime message as the host command line says it: kernel arguments → host flags."""
     for boot, host, keeps_value in BOOT_TO_HOST:
-        if boot.startswith("bootc-live "):
+        if " " in boot:  # a phrase of a hint
             text = text.replace(boot, host)
             continue
         value = r"([^\s;,)]*)" if boot.endswith("=") else r"(?:=([^\s;,)]*))?(?![\w.-])"

@@ -166,8 +166,8 @@ class MemberIndex:
             if "manifest.json" in self._members:  # what `podman save` and `docker save` write
                 raise ImageError(
                     f"{self.description} is a docker-archive, not an oci-archive",
-                    "read it as docker-archive:PATH, or save it with podman save "
-                    "--format oci-archive",
+                    "save it with podman save --format oci-archive, or convert it with "
+                    "bootc-live pull docker-archive:PATH -o oci-archive:FILE",
                 )
             raise ImageError(
                 f"{self.description} is not an oci-archive (no index.json inside)",
