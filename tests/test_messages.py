@@ -25,7 +25,7 @@ from imagegen import build_layout, d, f, layer_tar
 from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
 
 # The runtime modules whose messages reach the host's commands.
-HOST_REACHABLE = ("registry", "http", "oci", "sources", "blobs", "unpack", "decompress")
+HOST_REACHABLE = ("registry", "http", "oci", "sources", "blobs", "unpack", "decompress", "apply")
 KERNEL_ARGUMENT = re.compile(r"(?<![\w.-])(bootc\.[a-z][\w.-]*[a-z]|bootclabel=|root=)")
 
 

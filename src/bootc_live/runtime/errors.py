@@ -52,6 +52,7 @@ BOOT_TO_HOST: tuple[tuple[str, str, bool], ...] = (
     ("root=", "SOURCE", False),
     ("bootc-live build --auth-file FILE", "--authfile FILE (or podman login)", False),
     ("bootc-live build --ca FILE", "--ca FILE", False),
+    ("add RAM or use bootc.zram=", "free space there, or write somewhere else", False),
     (
         "convert it with bootc-live pull docker-archive:PATH -o oci-archive:FILE",
         "read it as docker-archive:PATH",
@@ -62,7 +63,8 @@ BOOT_TO_HOST: tuple[tuple[str, str, bool], ...] = (
 
 def for_host(text: str) -> str:
     """A runtime message as the host command line says it: kernel arguments → host flags."""
-    for boot, host, keeps_value in BOOT_TO_HOST:
+    # Phrases first: one may hold a kernel argument that means something else on its own.
+    for boot, host, keeps_value in sorted(BOOT_TO_HOST, key=lambda entry: " " not in entry[0]):
         if " " in boot:  # a phrase of a hint
             text = text.replace(boot, host)
             continue
