@@ -255,5 +255,6 @@ def test_the_readme_podman_section_works_as_written(tmp_path: Path) -> None:
         assert len(ticks) >= 2 and int(ticks[1]) > int(ticks[0]), said  # live, and counting
         assert re.search(r"host's dracut \(kernel [^)]+\): done in \d+s$", said, re.M), said
         assert "+ dracut" not in said and "--confdir" not in said  # no internal command line
+        assert not list(tmp_path.glob("bootc-live-copy.*"))  # skopeo's copy is gone
     finally:
         remove_store(store)

@@ -79,6 +79,8 @@ def build(config: BuildConfig) -> Path:
     except BaseException:
         scratch.remove(tmp)
         raise
+    finally:
+        image.source.close()  # a temporary copy (containers-storage …) goes now
     return config.output
 
 
