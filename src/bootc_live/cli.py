@@ -472,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_registry_options(p, ca=False)
     p.epilog = (
-        "--auth-file also puts the credentials into the initramfs (mode 0600, "
+        "--authfile (--auth-file) also puts the credentials into the initramfs (mode 0600, "
         "/etc/bootc-live/auth.json) for root=bootc-live:docker://REF."
     )
     p.set_defaults(func=cmd_build)
