@@ -24,7 +24,7 @@ def test_inspect_shows_layers_sizes_kernels_and_ram(tmp_path: Path) -> None:
     ]
     info = build_layout(tmp_path / "img", layers, tag="v1")
     archive = write_oci_archive(tmp_path / "img", tmp_path / "img.tar")
-    result = bootc_live("inspect", f"oci-archive:{archive}:v1")
+    result = bootc_live("inspect", f"oci-archive:{archive}:v1", "--measure")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"image     {info.manifest_digest}" in out
@@ -60,7 +60,7 @@ def test_inspect_plans_zram_from_the_figure_build_recorded(tmp_path: Path) -> No
     recorded = 300 << 20
     index["manifests"][0]["annotations"]["org.bootc-live.zram-zstd-bytes"] = str(recorded)
     (tmp_path / "img/index.json").write_text(json.dumps(index))
-    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1")
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure")
     assert result.returncode == 0, result.stderr
     assert "MiB unpacked, 300 MiB as zstd pages (zram); what each root mode" in result.stdout
     zram = re.search(r"^  zram +about (\d+) MiB", result.stdout, re.M)
@@ -75,6 +75,20 @@ def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
         "that holds oci-layout, index.json and blobs/"
     )
     result = bootc_live("inspect", "docker-daemon:x")
-    assert "use oci-archive:PATH[:TAG], oci:DIR[:TAG] or docker://REF" in assert_clean_failure(
-        result
-    )
+    assert (
+        "podman and buildah keep images in containers-storage: use oci-archive:PATH[:REF], "
+        "oci:DIR[:REF], docker-archive:PATH[:REF], containers-storage:[STORE]NAME or docker://REF"
+    ) in assert_clean_failure(result)
+
+
+def test_inspect_reads_no_layer_unless_asked_to_measure(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "img", [layer_tar([f("data", bytes(4096))])], tag="v1")
+    for digest in info.layer_digests:  # inspect must not need them
+        (tmp_path / "img/blobs/sha256" / digest.partition(":")[2]).unlink()
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1")
+    assert result.returncode == 0, result.stderr
+    assert f"layer 1/1 {info.layer_digests[0]}  0.0 MiB compressed\n" in result.stdout
+    assert "kernels   not read (--measure reads the layers)\n" in result.stdout
+    assert "no zram figure recorded (--measure measures one)" in result.stdout
+    measured = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure")
+    assert f"blob {info.layer_digests[0]} is missing" in assert_clean_failure(measured)

@@ -156,10 +156,13 @@ def test_docker_schema2_images_unpack_like_oci_ones(world: World, tmp_path: Path
 def test_refusals_are_one_line(world: World, tmp_path: Path) -> None:
     host, ref = world.upstream.host, world.ref("test/demo:v1")
     line = assert_clean_failure(world.run("inspect", ref, auth=False)).strip()
-    assert line == (
+    # On the host the hint names the host's flag and the places looked, not the build's flag.
+    assert line.startswith(
         f"bootc-live: registry {host}: 401 unauthorized for repository test/demo (no "
-        "credentials) (UNAUTHORIZED); add credentials with bootc-live build --auth-file"
-    )
+        "credentials) (UNAUTHORIZED); add credentials with --authfile FILE (or podman login) "
+        "(looked in: "
+    ), line
+    assert "/.docker/config.json)" in line and "bootc-live build" not in line
     wrong = auth_json(tmp_path / "wrong.json", {host: (USER, "nope")})
     failed = bootc_live("inspect", ref, "--ca", str(world.pki.ca), "--auth-file", str(wrong))
     assert "401 unauthorized for repository test/demo (credentials rejected)" in (
@@ -172,7 +175,12 @@ def test_refusals_are_one_line(world: World, tmp_path: Path) -> None:
     pinned = world.run("inspect", world.ref("test/demo@sha256:" + "0" * 64))
     assert f"test/demo has no manifest sha256:{'0' * 64}" in assert_clean_failure(pinned)
     untrusted = bootc_live("inspect", ref, "--auth-file", str(world.auth))
-    assert f"registry {host}: TLS failure" in assert_clean_failure(untrusted)
+    said = assert_clean_failure(untrusted)
+    assert f"registry {host}: TLS failure" in said
+    assert said.rstrip().endswith(
+        "trust the registry's CA with --ca FILE, or use --unsecure for a registry without "
+        "trusted TLS"
+    ), said
     # Unverified TLS only when asked for.
     unsecure = bootc_live("inspect", ref, "--auth-file", str(world.auth), "--unsecure")
     assert unsecure.returncode == 0 and world.demo_digest in unsecure.stdout, unsecure.stderr

@@ -86,7 +86,7 @@ def test_bearer_token_with_credentials_and_refusal(layout: Path, tmp_path: Path)
             pull(reg, tmp_path / "root2", auth_file=bad)
     assert err.value.line() == (
         f"registry {reg.host}: 401 unauthorized for repository {REPO} (credentials rejected by "
-        "the token service) (UNAUTHORIZED); add credentials with bootc-live build --auth-file"
+        "the token service) (UNAUTHORIZED); add credentials with bootc-live build --auth-file FILE"
     )
     assert not (tmp_path / "root2").exists()
 

@@ -39,17 +39,22 @@ def _env(tmpdir: Path | None = None) -> dict[str, str]:
 
 
 def bootc_live(
-    *args: str, umask: int = 0o022, tmpdir: Path | None = None
+    *args: str,
+    umask: int = 0o022,
+    tmpdir: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m bootc_live ARGS`` with this checkout's src/ first on the path."""
+    """``python -m bootc_live ARGS`` with this checkout's src/ first on the path (and `env`
+    added to the environment)."""
     return subprocess.run(
         [sys.executable, "-m", "bootc_live", *args],
-        env=_env(tmpdir),
+        env={**_env(tmpdir), **(env or {})},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         errors="replace",
-        timeout=TIMEOUT,
+        timeout=timeout,
         umask=umask,
         check=False,
     )

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dracut, selfcheck, zramsize
+from . import dracut, scratch, selfcheck, zramsize
 from .describe import describe
 from .images import SourceRef
-from .runtime.blobs import VerifyingReader
+from .progress import Ticker, bytes_progress, say
+from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.errors import BootcLiveError
 from .runtime.handover import (
     OCI_LAYOUT,
@@ -27,10 +31,12 @@ from .runtime.handover import (
 from .runtime.kexec import version_key
 from .runtime.oci import Image
 from .runtime.registry import AUTH_IN_INITRAMFS
+from .runtime.run import CommandError
 from .runtime.sources import blob_path
-from .runtime.unpack import unpack_image
+from .runtime.unpack import Progress, unpack_image
 
 CA_IN_INITRAMFS = "/etc/bootc-live/ca.pem"  # read by runtime.http besides the system bundle
+KERNEL_PLACES = "/usr/lib/modules/KVER/vmlinuz, /lib/modules/KVER/vmlinuz, /boot/vmlinuz-KVER"
 
 
 class BuildError(BootcLiveError):
@@ -54,26 +60,33 @@ def build(config: BuildConfig) -> Path:
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
+    scratch.track(tmp)
     tmp.mkdir(parents=True)
     try:
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
             kver, sizes, zram = make_kernel_and_initramfs(config, image, tmp, Path(work))
         index = index_json(image, label, sizes, zram)
-        with open(tmp / "rootfs.img", "wb") as out:
-            write_split_layout(image, index, out)
-        write_oci_archive(image, index, tmp / "root.oci")
-        concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
+        with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
+            with open(tmp / "rootfs.img", "wb") as out:
+                write_split_layout(image, index, out)
+            write_oci_archive(image, index, tmp / "root.oci")
+            concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
         arguments = kernel_arguments(label)
         (tmp / "cmdline.txt").write_text(arguments + "\n")
         (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver))
         publish(tmp, config.output)
+        scratch.done(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        scratch.remove(tmp)
         raise
+    finally:
+        image.source.close()  # a temporary copy (containers-storage …) goes now
     return config.output
 
 
-def write_oci_archive(image: Image, index: bytes, path: Path) -> None:
+def write_oci_archive(
+    image: Image, index: bytes, path: Path, progress: Progress | None = None
+) -> None:
     """root.oci: an oci-archive of the one image, for URL boot."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
 
@@ -92,17 +105,45 @@ def write_oci_archive(image: Image, index: bytes, path: Path) -> None:
         add("index.json", len(index), io.BytesIO(index))
         for desc in blobs_of(image):
             with verified(image, desc) as reader:
-                add(blob_path(desc.digest), desc.size, reader)
+                add(blob_path(desc.digest), desc.size, _counted(reader, desc, image, progress))
 
 
-def write_oci_layout(image: Image, index: bytes, directory: Path) -> None:
+def write_oci_layout(
+    image: Image, index: bytes, directory: Path, progress: Progress | None = None
+) -> None:
     """An OCI image layout directory of the one image, every blob verified as it is copied."""
     (directory / "blobs" / "sha256").mkdir(parents=True)
     (directory / "oci-layout").write_bytes(OCI_LAYOUT)
     (directory / "index.json").write_bytes(index)
     for desc in blobs_of(image):
         with verified(image, desc) as reader, open(directory / blob_path(desc.digest), "wb") as f:
-            shutil.copyfileobj(reader, f, 1 << 20)
+            shutil.copyfileobj(_counted(reader, desc, image, progress), f, 1 << 20)
+
+
+class _Counted:
+    """A blob being copied, reported to the progress line as bytes fetched (layers only)."""
+
+    def __init__(self, reader: VerifyingReader, layer: int, before: int, progress: Progress):
+        self._reader = reader
+        self._layer = layer
+        self._done = before
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._reader.read(n)
+        self._done += len(data)
+        self._progress.update(self._layer, self._done)
+        return data
+
+
+def _counted(
+    reader: VerifyingReader, desc: Descriptor, image: Image, progress: Progress | None
+) -> VerifyingReader:
+    if progress is None or desc not in image.layers:
+        return reader
+    layer = list(image.layers).index(desc)
+    before = sum(d.size for d in image.layers[:layer])
+    return _Counted(reader, layer + 1, before, progress)  # type: ignore[return-value]
 
 
 def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
@@ -117,13 +158,15 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
     if kver is not None:
         if kver not in found:
             raise BuildError(
-                f"the image has no kernel {kver} (it has: {', '.join(found) or 'none'})"
+                f"the image has no kernel {kver} (it has: {', '.join(found) or 'none'}; "
+                f"looked in {KERNEL_PLACES})",
+                "give one of those to --kver, or leave --kver out for the highest",
             )
         return kver, found[kver]
     if not found:
         raise BuildError(
-            "the image has no kernel in /usr/lib/modules/KVER/vmlinuz",
-            "install one in the image, or use --host --kver KVER",
+            f"the image has no kernel (looked in {KERNEL_PLACES})",
+            "install one in the image (a bootc image has its kernel), or use --host",
         )
     best = max(found, key=version_key)
     return best, found[best]
@@ -137,28 +180,80 @@ def make_kernel_and_initramfs(
     Either way every blob and diff_id is verified once; returns the kernel version, each
     layer's unpacked size, and what the files take in zram (None without zstandard).
     """
+    progress = bytes_progress(image.compressed_size, len(image.layers))
     if config.host:
-        if not config.kver:
-            raise BuildError("--host needs --kver KVER", "e.g. --kver $(uname -r)")
-        kernel = Path("/boot") / f"vmlinuz-{config.kver}"
-        if not kernel.is_file():
-            raise BuildError(f"no host kernel {kernel}", "install linux-image-amd64")
-        shutil.copy2(kernel, out / "vmlinuz")
-        dracut.build_with_host(
-            config.kver, config.flavour, out / "initrd.img", work, includes(config, work)
-        )
-        selfcheck.report_modes(selfcheck.check(out / "initrd.img", Path("/"), work / "check"))
-        facts = describe(image)
-        return config.kver, facts.layer_sizes, facts.zram
+        kver = host_kernel(config.kver)
+        shutil.copy2(Path("/boot") / f"vmlinuz-{kver}", out / "vmlinuz")
+        with Ticker(f"building initrd.img with the host's dracut (kernel {kver})"), dracut_said():
+            dracut.build_with_host(
+                kver, config.flavour, out / "initrd.img", work, includes(config, work)
+            )
+        check(out / "initrd.img", Path("/"), work)
+        facts = describe(image, progress)
+        if not facts.kernels:
+            warn(
+                f"the image has no kernel (looked in {KERNEL_PLACES}): the artifacts boot it "
+                f"with the host's {kver}, whose modules it lacks"
+            )
+        return kver, facts.layer_sizes or [], facts.zram
     root = work / "root"
     root.mkdir()
-    stats = unpack_image(image, str(root), warn=lambda _m: None)
+    stats = unpack_image(image, str(root), progress=progress, warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
-    dracut.build_in_image(root, kver, config.flavour, out / "initrd.img", includes(config, work))
-    selfcheck.report_modes(selfcheck.check(out / "initrd.img", root, work / "check"))
+    with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():
+        dracut.build_in_image(
+            root, kver, config.flavour, out / "initrd.img", includes(config, work)
+        )
+    check(out / "initrd.img", root, work)
     zram = zramsize.of_tree(root) if zramsize.available() else None
     return kver, stats.layer_sizes, zram
+
+
+def check(initrd: Path, userland: Path, work: Path) -> None:
+    """The self-check of the initramfs just built (selfcheck.py), and what it can boot."""
+    with Ticker("checking initrd.img"):
+        verdict = selfcheck.check(initrd, userland, work / "check")
+    say(f"the initramfs boots: {verdict.modes()}")
+
+
+@contextlib.contextmanager
+def dracut_said() -> Iterator[None]:
+    """dracut's failure as dracut's own last words, not as the command line that ran it."""
+    try:
+        yield
+    except CommandError as err:
+        raise BuildError(f"dracut failed: {err.detail}", err.hint) from None
+
+
+def host_kernels() -> list[str]:
+    """The host's kernels --host can use: /boot/vmlinuz-KVER with /lib/modules/KVER."""
+    boot = sorted(p.name[len("vmlinuz-") :] for p in Path("/boot").glob("vmlinuz-*"))
+    return [k for k in boot if (Path("/lib/modules") / k).is_dir()]
+
+
+def host_kernel(kver: str | None) -> str:
+    """--kver, checked against the host's kernels; without it, the highest of them."""
+    there = host_kernels()
+    if kver is None:
+        if not there:
+            raise BuildError(
+                "--host needs a kernel here, and there is none "
+                "(looked for /boot/vmlinuz-KVER with /lib/modules/KVER)",
+                "install one (apt-get install linux-image-amd64)",
+            )
+        return max(there, key=version_key)
+    if kver not in there:
+        raise BuildError(
+            f"--kver {kver}: this host has no such kernel (it has: {', '.join(there) or 'none'}; "
+            "looked for /boot/vmlinuz-KVER with /lib/modules/KVER)",
+            "give one of those, or leave --kver out for the highest",
+        )
+    return kver
+
+
+def warn(message: str) -> None:
+    print(f"bootc-live: warning: {message}", file=sys.stderr, flush=True)
 
 
 def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:

@@ -7,20 +7,22 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import build, demo, describe, dracut, vm
-from .images import TRANSPORTS, RegistryOptions, SourceRef, UsageError
+from . import auth, build, demo, describe, dracut, scratch, vm
+from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageError
+from .progress import Ticker, bytes_progress
 from .runtime import cmdline, handover, memory, roots
 from .runtime import run as run_module
-from .runtime.errors import BootcLiveError
+from .runtime.errors import BootcLiveError, for_host
 from .runtime.oci import Image, Platform, all_manifests
+from .runtime.run import CommandError
 from .runtime.sources import ImageSource
-from .runtime.unpack import Progress, unpack_image
+from .runtime.unpack import unpack_image
 
 MIB = 1 << 20
 
@@ -35,6 +37,7 @@ def _prepare_dest(dest: str) -> bool:
         if os.listdir(dest):
             raise UsageError(f"{dest} is not empty", "give a new or empty directory")
         return False
+    scratch.track(dest)  # until it holds the whole image
     os.makedirs(dest)
     os.chmod(dest, 0o755)  # what the root is when the image does not say, whatever the umask
     return True
@@ -58,13 +61,14 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         stats = unpack_image(
             image,
             args.dest,
-            progress=None if args.quiet else Progress(image.compressed_size, len(image.layers)),
+            progress=bytes_progress(image.compressed_size, len(image.layers), args.quiet),
         )
     except BaseException:
         _discard(args.dest, created)
         raise
     finally:
         source.close()
+    scratch.done(args.dest)
     if not args.quiet:
         print(
             f"bootc-live: unpacked {image.manifest_digest} into {args.dest}: "
@@ -77,6 +81,12 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def source_ref(args: argparse.Namespace) -> SourceRef:
     """SOURCE, with the registry options of the command line."""
+    policy = dataclasses.replace(
+        HOST_POLICY,
+        retries=HOST_POLICY.retries if args.retries is None else args.retries,
+        stall=args.timeout or HOST_POLICY.stall,
+        max_backoff=HOST_POLICY.max_backoff if args.retries is None else 30.0,
+    )
     return SourceRef.parse(
         args.source,
         RegistryOptions(
@@ -84,36 +94,39 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
             ca=args.ca,
             unsecure=args.unsecure,
             mirrors=tuple(args.mirror),
+            policy=policy,
+            compress_copies=args.command in ("build", "pull"),
         ),
     )
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    """Copy an image from a registry into an oci-archive or an OCI layout, verified."""
-    if not args.source.startswith("docker://"):
-        raise UsageError(f"{args.source} is not docker://REF", "pull copies from a registry")
+    """Copy an image into an oci-archive or an OCI layout, every blob verified."""
     dest = SourceRef.parse(args.output)
-    if dest.transport == "docker":
+    if dest.transport not in ("oci", "oci-archive"):
         raise UsageError("pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]", "fix -o")
     target = Path(dest.path)
     if target.exists() and (target.is_file() or any(target.iterdir())):
         raise UsageError(f"{target} exists", "give a new path (or an empty directory)")
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
-    label = dest.tag or ref.tag or "latest"
+    label = dest.tag or (ref.tag if ref.transport == "docker" else None) or "latest"
     index = handover.index_json(image, label, None)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
     _remove(tmp)
+    scratch.track(tmp)
+    progress = bytes_progress(image.compressed_size, len(image.layers))
     try:
         if dest.transport == "oci":
-            build.write_oci_layout(image, index, tmp)
+            build.write_oci_layout(image, index, tmp, progress)
             if target.is_dir():
                 target.rmdir()
         else:
-            build.write_oci_archive(image, index, tmp)
+            build.write_oci_archive(image, index, tmp, progress)
         os.replace(tmp, target)
+        scratch.done(tmp)
     except BaseException:
-        _remove(tmp)
+        scratch.remove(tmp)
         raise
     finally:
         image.source.close()
@@ -149,10 +162,15 @@ def add_image_selection(p: argparse.ArgumentParser, digest: bool = True) -> None
 def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
     """How docker:// SOURCEs are reached (registry credentials, CA, mirrors)."""
     p.add_argument(
+        "--authfile",
         "--auth-file",
+        dest="auth_file",
         metavar="FILE",
-        help="registry credentials (a containers auth.json); default: $REGISTRY_AUTH_FILE, "
-        "$XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json",
+        help="registry credentials (a containers auth.json); default: where podman, skopeo "
+        "and docker keep them, the first with an entry for the registry: $REGISTRY_AUTH_FILE, "
+        "$XDG_RUNTIME_DIR/containers/auth.json, /run/containers/UID/auth.json, "
+        "$XDG_CONFIG_HOME/containers/auth.json (~/.config), ~/.docker/config.json; "
+        "credHelpers and credsStore run docker-credential-NAME",
     )
     if ca:
         p.add_argument(
@@ -170,6 +188,19 @@ def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
         metavar="HOST",
         help="a registry mirror to try first (repeatable; it never gets the registry's "
         "credentials)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_count,
+        metavar="N",
+        help=f"retries of a failed connection (default {HOST_POLICY.retries}, with short "
+        "backoff: a registry that is down fails within seconds)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"how long a connection may stall (default {HOST_POLICY.stall:.0f})",
     )
 
 
@@ -195,24 +226,53 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     image = source_ref(args).resolve(args.platform)
     source = image.source
-    facts = describe.describe(image)
-    print(f"image     {image.manifest_digest}")
-    platforms = ", ".join(platform_list(source)) or "unspecified"
-    print(f"platforms {platforms}")
-    print(f"config    {image.config_digest}")
-    for i, (layer, size) in enumerate(zip(image.layers, facts.layer_sizes), 1):
-        print(
-            f"layer {i}/{len(image.layers)} {layer.digest}  {layer.size / MIB:.1f} MiB "
-            f"compressed, {size / MIB:.1f} MiB unpacked"
+    try:
+        print(f"image     {image.manifest_digest}")
+        platforms = platform_list(source) or [_config_platform(image)]
+        print(f"platforms {', '.join(platforms)}")
+        print(f"config    {image.config_digest}")
+        if args.measure:
+            facts = describe.describe(
+                image, bytes_progress(image.compressed_size, len(image.layers))
+            )
+        else:
+            facts = describe.recorded(image)
+        for i, layer in enumerate(image.layers):
+            size = (
+                ""
+                if facts.layer_sizes is None
+                else f", {facts.layer_sizes[i] / MIB:.1f} MiB unpacked"
+            )
+            print(
+                f"layer {i + 1}/{len(image.layers)} {layer.digest}  {layer.size / MIB:.1f} MiB "
+                f"compressed{size}"
+            )
+        unpacked = (
+            ""
+            if facts.layer_sizes is None
+            else f", {sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
         )
-    print(
-        f"total     {image.compressed_size / MIB:.1f} MiB compressed, "
-        f"{sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
-    )
-    print(f"kernels   {', '.join(facts.kernels) or 'none'}")
-    for line in ram_lines(image, facts):
-        print(line)
+        print(f"total     {image.compressed_size / MIB:.1f} MiB compressed{unpacked}")
+        kernels = ", ".join(facts.kernels) if facts.kernels is not None else None
+        print(f"kernels   {kernels or 'none' if kernels is not None else NOT_MEASURED}")
+        for line in ram_lines(image, facts):
+            print(line)
+    finally:
+        source.close()
     return 0
+
+
+NOT_MEASURED = "not read (--measure reads the layers)"
+
+
+def _config_platform(image: Image) -> str:
+    """The platform the image's config states, when no index says one."""
+    config = image.config
+    if not config.get("os") or not config.get("architecture"):
+        return "unspecified"
+    return str(
+        Platform(str(config["os"]), str(config["architecture"]), str(config.get("variant") or ""))
+    )
 
 
 def ram_lines(image: Image, facts: describe.Description) -> list[str]:
@@ -226,8 +286,13 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
         recorded = {**image.index_annotations, memory.ZRAM_ANNOTATION: str(zram)}
         image = dataclasses.replace(image, index_annotations=recorded)
     as_pages = "" if zram is None else f", {zram / MIB:.0f} MiB as zstd pages (zram)"
+    if facts.kernels is not None:
+        how = f"measured {sum(facts.layer_sizes or ()) / MIB:.0f} MiB unpacked{as_pages}"
+    else:
+        how = f"about {facts.estimate.unpacked / MIB:.0f} MiB unpacked ({facts.estimate.how})"
+        how += as_pages or ", no zram figure recorded (--measure measures one)"
     lines = [
-        f"RAM       measured {sum(facts.layer_sizes) / MIB:.0f} MiB unpacked{as_pages}; what "
+        f"RAM       {how}; what "
         "each root mode needs besides the kernel and initramfs (+ the largest blob, "
         f"{largest / MIB:.0f} MiB, while an embedded image is unpacked):"
     ]
@@ -249,24 +314,23 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     image = source_ref(args).resolve(args.platform, args.digest)
     source = image.source
     output = os.path.abspath(args.output) if args.output else None
-    work = tempfile.mkdtemp(
-        prefix=".bootc-live-erofs-", dir=os.path.dirname(output) if output else None
-    )
+    work = scratch.make_dir(".bootc-live-erofs-", os.path.dirname(output) if output else None)
     try:
         tree = os.path.join(work, "tree")
         os.mkdir(tree, 0o755)
         unpack_image(
             image,
             tree,
-            progress=None if args.quiet else Progress(image.compressed_size, len(image.layers)),
+            progress=bytes_progress(image.compressed_size, len(image.layers), args.quiet),
         )
         packed = os.path.join(work, "root.erofs")
-        made = roots.make_erofs(tree, packed, args.compress)
+        with Ticker("packing the tree with mkfs.erofs"):
+            made = roots.make_erofs(tree, packed, args.compress)
         if output:
             os.replace(packed, output)
     finally:
         source.close()
-        shutil.rmtree(work, ignore_errors=True)
+        scratch.remove(work)
     print(
         f"{made.sha256}  {output or '-'}  ({made.size / MIB:.1f} MiB, compression "
         f"{args.compress or 'none'}, mkfs.erofs {made.mkfs_version})"
@@ -341,6 +405,22 @@ def _need_root(command: str) -> None:
         raise UsageError(f"bootc-live {command} must run as root", "run it with sudo")
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of retries")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
 def _platform(text: str) -> Platform:
     try:
         return Platform.parse(text)
@@ -372,7 +452,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the host's dracut, /boot/vmlinuz-KVER and modules instead",
     )
-    p.add_argument("--kver", metavar="KVER", help="kernel version (needed with --host)")
+    p.add_argument(
+        "--kver",
+        metavar="KVER",
+        help="kernel version (default: the highest; with --host, of this host: "
+        "/boot/vmlinuz-KVER with /lib/modules/KVER)",
+    )
     p.add_argument(
         "--flavour",
         choices=dracut.FLAVOURS,
@@ -387,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_registry_options(p, ca=False)
     p.epilog = (
-        "--auth-file also puts the credentials into the initramfs (mode 0600, "
+        "--authfile (--auth-file) also puts the credentials into the initramfs (mode 0600, "
         "/etc/bootc-live/auth.json) for root=bootc-live:docker://REF."
     )
     p.set_defaults(func=cmd_build)
@@ -400,6 +485,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="SOURCE")
     add_image_selection(p, digest=False)
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also read every layer: unpacked sizes, kernels, and what the files take in zram "
+        "when the image has no figure recorded by bootc-live build (slow: it downloads and "
+        "decompresses everything)",
+    )
     add_registry_options(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -409,9 +501,10 @@ def parser() -> argparse.ArgumentParser:
         description="Pull docker://REF (HOST[:PORT]/PATH[:TAG][@sha256:HEX]; Docker Hub short "
         "names are normalised) with bootc-live's own registry client, verifying every blob, "
         "and write the image for one platform as oci-archive:PATH[:TAG] or oci:DIR[:TAG] "
-        "with the registry's manifest and blobs unchanged (the same digests).",
+        "with the registry's manifest and blobs unchanged (the same digests). Any other "
+        "SOURCE is copied the same way.",
     )
-    p.add_argument("source", metavar="docker://REF")
+    p.add_argument("source", metavar="SOURCE")
     p.add_argument("-o", "--output", required=True, metavar="oci-archive:PATH[:TAG]|oci:DIR[:TAG]")
     add_image_selection(p)
     add_registry_options(p)
@@ -529,18 +622,60 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class Interrupted(BaseException):
+    """SIGTERM, SIGINT or SIGHUP: unwinds like a failure, so everything is cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    for other in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def error_line(err: BootcLiveError, args: argparse.Namespace) -> str:
+    """The one line the host prints: the runtime's kernel arguments as host flags."""
+    line = for_host(err.line())
+    if " 401 unauthorized" in str(err):
+        line += f" (looked in: {auth.Lookup(getattr(args, 'auth_file', None)).where()})"
+    return line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.debug:
         os.environ["BOOTC_LIVE_DEBUG"] = "1"
         run_module.DEBUG = True
+    previous = {stop: signal.signal(stop, _interrupt) for stop in STOP_SIGNALS}
+    try:
+        return run_command(args)
+    finally:
+        scratch.remove_all()  # what a signal kept a clean-up from reaching
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command, its failures reported as one line (and its interruption as a failure)."""
     try:
         return int(args.func(args))
     except BootcLiveError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"bootc-live: {err.line()}", file=sys.stderr)
+            if isinstance(err, CommandError) and err.command:
+                print(f"bootc-live: the command was: {err.command}", file=sys.stderr)
+        print(f"bootc-live: {error_line(err, args)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("bootc-live: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
+        print(f"bootc-live: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum

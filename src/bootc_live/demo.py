@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import build as build_module
 from .build import BuildConfig, build
 from .images import SourceRef
 from .layout import LayerTar, TreeEntry, write_layout
@@ -94,13 +95,7 @@ def demo_layers(busybox: Path = BUSYBOX) -> list[bytes]:
 
 def host_kernel() -> str:
     """The newest host kernel with its modules installed."""
-    kernels = [p.name[len("vmlinuz-") :] for p in Path("/boot").glob("vmlinuz-*")]
-    kernels = [k for k in kernels if (Path("/lib/modules") / k).is_dir()]
-    if not kernels:
-        raise BootcLiveError(
-            "no kernel in /boot with modules in /lib/modules", "apt-get install linux-image-amd64"
-        )
-    return sorted(kernels)[-1]
+    return build_module.host_kernel(None)
 
 
 def parse_report(rest: str) -> dict[str, str]:

@@ -11,34 +11,52 @@ from .runtime.apply import OPAQUE, WHITEOUT, clean
 from .runtime.oci import Image
 from .runtime.streams import ChunkStream
 from .runtime.tarstream import REGULAR, read_entries
-from .runtime.unpack import layer_chunks
+from .runtime.unpack import Progress, layer_chunks
 
-_KERNEL = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/vmlinuz")
+_KERNEL = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/vmlinuz|boot/vmlinuz-([^/]+)")
 
 
 @dataclass
 class Description:
     """The facts `bootc-live inspect` prints."""
 
-    layer_sizes: list[int]
-    kernels: list[str]
+    layer_sizes: list[int] | None  # None: not recorded and not measured
+    kernels: list[str] | None  # None: not measured
     estimate: memory.Estimate
     zram: int | None  # the files as zstd pages (zramsize), summed over the layers
 
 
-def describe(image: Image) -> Description:
+def recorded(image: Image) -> Description:
+    """What the manifests, config and annotations say, reading no layer: the sizes `bootc-live
+    build` recorded, else the planner's estimate (gzip trailers are a ranged read each)."""
+    sizes = image.index_annotations.get(memory.SIZES_ANNOTATION, "").split(",")
+    known = [int(v) for v in sizes if v.isdigit()]
+    return Description(
+        known if len(known) == len(image.layers) else None,
+        None,
+        memory.estimate(image),
+        None,
+    )
+
+
+def describe(image: Image, progress: Progress | None = None) -> Description:
     """Read every layer once (verifying it): unpacked sizes, the kernels of the merged tree, and
     (with zstandard) what the files take in zram. Files that an upper layer replaces or deletes
     are counted in zram all the same: for the planner, that errs on the safe side."""
     kernels: dict[bytes, str] = {}  # vmlinuz path → kernel version, in the merged tree
-    sizes = []
+    sizes: list[int] = []
     meter = zramsize.PageMeter() if zramsize.available() else None
     for index in range(len(image.layers)):
         size = 0
+        fetched = sum(layer.size for layer in image.layers[:index])
+
+        def read(done: int, index: int = index, fetched: int = fetched) -> None:
+            if progress is not None:
+                progress.update(index + 1, fetched + done, sum(sizes) + size)  # noqa: B023
 
         def counted(index: int = index) -> object:
             nonlocal size
-            for chunk in layer_chunks(image, index):
+            for chunk in layer_chunks(image, index, on_read=read):
                 size += len(chunk)
                 yield chunk
 
@@ -61,7 +79,7 @@ def describe(image: Image) -> Description:
             path = b"/".join(key)
             m = _KERNEL.fullmatch(path)
             if m and entry.kind == REGULAR:
-                added[path] = m.group(1).decode("utf-8", "replace")
+                added[path] = (m.group(1) or m.group(2)).decode("utf-8", "replace")
         stream.drain()
         kernels.update(added)
         sizes.append(size)

@@ -2,42 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import sys
+import tarfile
 from dataclasses import dataclass, field
 
+from . import auth, progress, scratch
 from .runtime import http, registry
-from .runtime.errors import BootcLiveError
-from .runtime.oci import Image, Platform, resolve
+from .runtime.errors import BootcLiveError, ImageError
+from .runtime.oci import Image, Platform, resolve, tag_part
+from .runtime.run import CommandError, run
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
 
-TRANSPORTS = "oci-archive:PATH[:TAG], oci:DIR[:TAG] or docker://REF"
+TRANSPORTS = (
+    "oci-archive:PATH[:REF], oci:DIR[:REF], docker-archive:PATH[:REF], "
+    "containers-storage:[STORE]NAME or docker://REF"
+)
+# Transports whose PATH ends at the first colon, the rest naming the image (as skopeo parses).
+PATH_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+# Transports read through skopeo (see CopiedSource).
+SKOPEO_TRANSPORTS = ("containers-storage", "docker-archive")
+HOST_POLICY = http.Policy(retries=3, total=120.0, stall=30.0, max_backoff=2.0)
 
 
 class UsageError(BootcLiveError):
     """The command line itself is wrong."""
 
 
-def default_auth_file() -> str | None:
-    """Where podman, skopeo and docker keep registry credentials, first found."""
-    candidates = [os.environ.get("REGISTRY_AUTH_FILE", "")]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        candidates.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers/auth.json"))
-    candidates += [
-        os.path.expanduser("~/.config/containers/auth.json"),
-        os.path.expanduser("~/.docker/config.json"),
-    ]
-    return next((c for c in candidates if c and os.path.isfile(c)), None)
-
-
 @dataclass(frozen=True)
 class RegistryOptions:
     """How docker:// sources are reached from the host."""
 
-    auth_file: str | None = None  # None: the usual places (default_auth_file)
+    auth_file: str | None = None  # None: where podman, skopeo and docker keep them (auth.py)
     ca: str | None = None  # a CA bundle trusted besides the system's
     unsecure: bool = False  # plain http and unverified TLS allowed
     mirrors: tuple[str, ...] = ()
+    policy: http.Policy = HOST_POLICY  # retries and stall timeout (--retries, --timeout)
+    compress_copies: bool = False  # skopeo's copies keep compressed layers (build writes them)
 
 
 def _say(message: str) -> None:
@@ -55,23 +59,29 @@ class SourceRef:
 
     @classmethod
     def parse(cls, text: str, options: RegistryOptions | None = None) -> SourceRef:
+        options = options or RegistryOptions()
         if text.startswith("docker://"):
             ref = registry.Reference.parse(text[len("docker://") :])
-            return cls("docker", str(ref), ref.tag, options or RegistryOptions())
+            return cls("docker", str(ref), ref.tag, options)
         transport, sep, rest = text.partition(":")
-        if not sep or transport not in ("oci", "oci-archive") or not rest:
-            raise UsageError(f"unsupported image source {text!r}", f"use {TRANSPORTS}")
-        path, tag = rest, None
-        head, sep, tail = rest.rpartition(":")
-        if sep and head and tail and "/" not in tail and not os.path.exists(rest):
-            path, tag = head, tail
-        return cls(transport, path, tag, options or RegistryOptions())
+        if not sep or not rest or transport not in (*PATH_TRANSPORTS, "containers-storage"):
+            hint = f"use {TRANSPORTS}"
+            if transport == "docker-daemon":
+                hint = f"podman and buildah keep images in containers-storage: {hint}"
+            raise UsageError(f"unsupported image source {text!r}", hint)
+        if transport == "containers-storage":
+            return cls(transport, rest, None, options)  # skopeo reads [STORE]NAME
+        path, _, name = rest.partition(":")
+        if not path:
+            raise UsageError(f"{text!r} names no file", f"use {transport}:PATH[:REF]")
+        return cls(transport, path, name or None, options)
 
     def resolve(self, platform: Platform | None = None, digest: str | None = None) -> Image:
         """Open the source and find the image (`image.source` is to be closed by the caller)."""
         source = self.open()
+        label = None if self.transport in SKOPEO_TRANSPORTS else self.tag  # skopeo picked it
         try:
-            return resolve(source, label=self.tag, platform=platform, digest=digest)
+            return resolve(source, label=label, platform=platform, digest=digest)
         except BaseException:
             source.close()
             raise
@@ -79,15 +89,125 @@ class SourceRef:
     def open(self) -> ImageSource:
         if self.transport == "docker":
             options = self.registry
+            ref = registry.Reference.parse(self.path)
             return registry.RegistrySource(
-                registry.Reference.parse(self.path),
-                http.Policy(total=120.0),
+                ref,
+                options.policy,
                 _say,
-                auth_file=options.auth_file or default_auth_file(),
+                credentials=auth.Lookup(options.auth_file),
                 unsecure=options.unsecure,
                 mirrors=options.mirrors,
                 cafile=options.ca,
             )
+        if self.transport in SKOPEO_TRANSPORTS:
+            return CopiedSource(self, compress=self.registry.compress_copies)
         if self.transport == "oci":
             return LayoutSource(self.path)
         return ArchiveSource(self.path)
+
+    def __str__(self) -> str:
+        if self.transport == "docker":
+            return f"docker://{self.path}"
+        if self.transport == "containers-storage":
+            return f"containers-storage:{self.path}"
+        return f"{self.transport}:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+class CopiedSource(LayoutSource):
+    """An image podman or buildah keeps (containers-storage) or saved (docker-archive), read
+    through skopeo: `skopeo copy SOURCE oci:TMPDIR`, then read as a layout; the copy is
+    deleted on close(), after a failure or a signal too.
+
+    Why skopeo into a layout, not `podman image mount`: every command needs the image's
+    layers as tars with their digests (build writes them into rootfs.img, unpack verifies each
+    against the config's diff_ids), and a mount gives only the merged tree; containers-storage
+    keeps layers as trees (vfs, overlay), so some tool has to write them as tars once, and
+    skopeo is the one that does it with the digests podman recorded, for both transports and
+    for every store spec `[driver@root+runroot]`. The copy is on disk once, in $TMPDIR
+    (default /var/tmp): without `compress`, layers stay uncompressed tars (no gzip pass, the
+    fastest copy and the fastest read) for commands that only read them; `build`, which
+    puts the blobs into its artifacts, keeps skopeo's gzip.
+    """
+
+    def __init__(self, ref: SourceRef, compress: bool) -> None:
+        if ref.transport == "docker-archive" and not os.path.isfile(ref.path):
+            raise UsageError(f"{ref.path}: no such file", "give the file podman save wrote")
+        if shutil.which("skopeo") is None:
+            raise UsageError(
+                f"{ref.transport}: SOURCEs are read with skopeo, which is missing",
+                "apt-get install skopeo (or ./setup)",
+            )
+        work = scratch.make_dir("bootc-live-copy.")
+        self.work = work
+        try:
+            argv = ["skopeo", "copy", "--quiet", *([] if compress else ["--dest-decompress"])]
+            with progress.Ticker(f"copying {ref} with skopeo"):
+                try:
+                    run([*argv, _skopeo_name(ref), f"oci:{work}/layout"])
+                except CommandError as err:
+                    raise ImageError(
+                        f"{ref}: skopeo cannot read it ({_skopeo_says(err.detail)})",
+                        _SKOPEO_HINTS[ref.transport],
+                    ) from None
+            super().__init__(os.path.join(work, "layout"))
+        except BaseException:
+            scratch.remove(work)
+            raise
+        self.description = str(ref)
+
+    def close(self) -> None:
+        scratch.remove(self.work)
+
+
+_SKOPEO_HINTS = {
+    "containers-storage": "check the name with podman images (as the same user: root's "
+    "images are not yours), or name the store: containers-storage:[vfs@ROOT+RUNROOT]NAME",
+    "docker-archive": "check the file (podman save -o FILE NAME writes one) and, for an "
+    "archive of several images, name one: docker-archive:FILE:NAME:TAG",
+}
+
+
+def _skopeo_says(line: str) -> str:
+    """The message of skopeo's log line `time=… level=fatal msg="…"`."""
+    m = re.search(r'msg="((?:[^"\\]|\\.)*)"', line)
+    return m.group(1).replace('\\"', '"') if m else line
+
+
+def _skopeo_name(ref: SourceRef) -> str:
+    if ref.transport == "containers-storage":
+        return f"containers-storage:{ref.path}"
+    if not ref.tag:
+        return f"docker-archive:{ref.path}"
+    return f"docker-archive:{ref.path}:{_archive_name(ref.path, ref.tag)}"
+
+
+def _archive_name(path: str, wanted: str) -> str:
+    """The name in a docker-archive that REF means: itself when listed (or `@N`), else the one
+    full name whose tag part is that bare TAG (`latest` → `localhost/name:latest`) or that
+    ends in /REF (`name:tag` → `localhost/name:tag`), when only one does."""
+    if wanted.startswith("@"):
+        return wanted
+    try:
+        with tarfile.open(path) as tar:
+            member = tar.extractfile("manifest.json")
+            listed = json.load(member) if member else []
+        names = [str(n) for image in listed for n in image.get("RepoTags") or []]
+    except (OSError, KeyError, ValueError, tarfile.TarError, AttributeError, TypeError):
+        raise UsageError(
+            f"{path} is not a docker-archive (no readable manifest.json)",
+            "give the file podman save (or docker save) wrote",
+        ) from None
+    if wanted in names:
+        return wanted
+    matches = [
+        n
+        for n in names
+        if n.endswith("/" + wanted) or (":" not in wanted and tag_part(n) == wanted)
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    raise UsageError(
+        f"{path} has {'several images named' if matches else 'no image named'} {wanted!r} "
+        f"(it has: {', '.join(names) or 'no names'})",
+        f"name one as listed: docker-archive:{path}:NAME",
+    )

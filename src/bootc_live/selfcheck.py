@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +175,3 @@ def owner(userland: Path, relative: str) -> str | None:
         if answer:
             return answer.split(":", 1)[0].splitlines()[0]
     return None
-
-
-def report_modes(verdict: Verdict) -> None:
-    print(f"bootc-live: the initramfs boots: {verdict.modes()}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class BootcLiveError(Exception):
     """A failure the user can act on: `str(err)` names the cause, `hint` the next step."""
@@ -30,3 +32,47 @@ class LayerError(BootcLiveError):
 
 class SpaceError(BootcLiveError):
     """The destination ran out of space."""
+
+
+# What a message names at boot (a kernel argument, or the build flag that fills the initramfs)
+# and what the same advice is on the host command line: ONE table, applied by `for_host` at the
+# host's boundary, so the runtime's messages stay right at boot and become right on the host.
+# (kernel argument, or a phrase of a hint; host equivalent; whether a value after `=` is kept).
+# An argument written with its `=` here is only recognised with it (`root=`, not "the root").
+BOOT_TO_HOST: tuple[tuple[str, str, bool], ...] = (
+    ("bootc.registry.unsecure", "--unsecure", False),
+    ("bootc.registry.auth", "--authfile FILE", False),
+    ("bootc.registry.mirror", "--mirror", True),
+    ("bootc.platform", "--platform", True),
+    ("bootc.digest", "--digest", True),
+    ("bootc.retries", "--retries N", False),
+    ("bootc.timeout", "--timeout SECONDS", False),
+    ("bootc.live.erofs.compress", "--compress", True),
+    ("bootclabel=", "the :TAG of SOURCE", False),
+    ("root=", "SOURCE", False),
+    ("bootc-live build --auth-file FILE", "--authfile FILE (or podman login)", False),
+    ("bootc-live build --ca FILE", "--ca FILE", False),
+    ("add RAM or use bootc.zram=", "free space there, or write somewhere else", False),
+    (
+        "convert it with bootc-live pull docker-archive:PATH -o oci-archive:FILE",
+        "read it as docker-archive:PATH",
+        False,
+    ),
+)
+
+
+def for_host(text: str) -> str:
+    """A runtime message as the host command line says it: kernel arguments → host flags."""
+    # Phrases first: one may hold a kernel argument that means something else on its own.
+    for boot, host, keeps_value in sorted(BOOT_TO_HOST, key=lambda entry: " " not in entry[0]):
+        if " " in boot:  # a phrase of a hint
+            text = text.replace(boot, host)
+            continue
+        value = r"([^\s;,)]*)" if boot.endswith("=") else r"(?:=([^\s;,)]*))?(?![\w.-])"
+        pattern = rf"(?<![\w.-]){re.escape(boot)}{value}"
+
+        def swap(m: re.Match[str], host: str = host, keeps_value: bool = keeps_value) -> str:
+            return f"{host} {m.group(1)}" if keeps_value and m.group(1) else host
+
+        text = re.sub(pattern, swap, text)
+    return text

@@ -203,8 +203,8 @@ class Client:
                     continue
                 raise FetchError(
                     f"{url}: TLS failure ({getattr(err, 'reason', None) or err})",
-                    "the initramfs needs the server's CA (bootc-live build "
-                    "--ca FILE), or use a trusted certificate",
+                    "trust the server's CA with bootc-live build --ca FILE, "
+                    "or use a trusted certificate",
                 ) from None
             except http.client.HTTPException as err:
                 retrier.failed(f"connection failed ({_describe(err)})")

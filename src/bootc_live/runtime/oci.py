@@ -136,6 +136,12 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
     names = sorted({d.annotations.get(REF_NAME, "") for d in descs} - {""})
     wanted = label if label is not None else DEFAULT_LABEL
     chosen = [d for d in descs if d.annotations.get(REF_NAME) == wanted]
+    if not chosen and ":" not in wanted:
+        # podman save names its image `localhost/name:TAG`: a bare TAG names it when no other
+        # full name has that tag part (`latest` finds `localhost/name:latest`, if alone).
+        tagged = [d for d in descs if tag_part(d.annotations.get(REF_NAME, "")) == wanted]
+        if len({d.annotations.get(REF_NAME) for d in tagged}) == 1:
+            chosen = tagged
     if chosen:
         return chosen
     if label is None and len(descs) == 1:
@@ -147,12 +153,18 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
         raise ImageError(
             f"{where} holds {len(descs)} images and none is tagged {DEFAULT_LABEL!r} "
             f"(tags: {available})",
-            "name one with bootclabel= (or SOURCE:TAG)",
+            "name one with bootclabel=",
         )
     raise ImageError(
         f"{where} has no image tagged {label!r} (tags: {available})",
-        "fix bootclabel= (or SOURCE:TAG)",
+        "fix bootclabel=",
     )
+
+
+def tag_part(name: str) -> str:
+    """The tag of a full reference `host/path:tag` (empty when it has none)."""
+    head, colon, tag = name.rpartition(":")
+    return tag if colon and head and "/" not in tag else ""
 
 
 def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descriptor:

@@ -111,27 +111,47 @@ class Reference:
 
 
 def load_credentials(path: str | None, registry: str, repository: str) -> tuple[str, str] | None:
-    """(user, password) for a registry from a containers/Docker `auth.json`, if it has any.
-
-    Keys may be a host, a host and a repository path (the longest match wins), or Docker
-    Hub's historical URL.
-    """
+    """(user, password) for a registry from a containers/Docker `auth.json`, if it has any."""
     if not path:
         return None
+    return credentials_in(read_auth_file(path), path, registry, repository)
+
+
+def read_auth_file(path: str) -> dict[str, object]:
+    """A containers/Docker `auth.json` as a JSON object, or one clear error."""
     try:
         with open(path, encoding="utf-8") as f:
-            auths = json.load(f).get("auths", {})
+            obj = json.load(f)
     except FileNotFoundError:
         raise RegistryError(
-            f"credentials file {path} is missing", "fix bootc.registry.auth= or --auth-file"
+            f"credentials file {path} is missing", "fix bootc.registry.auth="
         ) from None
-    except (OSError, ValueError, AttributeError) as err:
+    except (OSError, ValueError) as err:
         raise RegistryError(
             f"credentials file {path} is not a valid auth.json ({err})",
             'it must look like {"auths": {"HOST": {"auth": "BASE64(USER:PASSWORD)"}}}',
         ) from None
+    if not isinstance(obj, dict):
+        raise RegistryError(f"credentials file {path} is not a JSON object")
+    return obj
+
+
+def registry_keys(registry: str) -> tuple[str, ...]:
+    """The keys an auth file may file a registry's credentials under."""
+    return DOCKER_HUB_KEYS if registry == DOCKER_HUB else (registry,)
+
+
+def credentials_in(
+    obj: dict[str, object], path: str, registry: str, repository: str
+) -> tuple[str, str] | None:
+    """(user, password) from the `auths` of an auth file, if it has an entry for the registry.
+
+    Keys may be a host, a host and a repository path (the longest match wins), or Docker
+    Hub's historical URL.
+    """
+    auths = obj.get("auths", {})
     wanted = f"{registry}/{repository}"
-    keys = DOCKER_HUB_KEYS if registry == DOCKER_HUB else (registry,)
+    keys = registry_keys(registry)
     best: tuple[int, str] | None = None
     for key, entry in auths.items() if isinstance(auths, dict) else ():
         bare = key.split("://", 1)[-1].rstrip("/")
@@ -141,7 +161,7 @@ def load_credentials(path: str | None, registry: str, repository: str) -> tuple[
             match = len(bare)
         else:
             continue
-        usable = isinstance(entry, dict) and isinstance(entry.get("auth"), str)
+        usable = isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]
         if usable and (best is None or match > best[0]):
             best = (match, entry["auth"])
     if best is None:
@@ -334,7 +354,7 @@ class Endpoint:
                         continue
                     raise RegistryError(
                         f"{self.name}: TLS failure ({err})",
-                        "the initramfs needs the registry's CA (bootc-live build --ca FILE), or "
+                        "trust the registry's CA with bootc-live build --ca FILE, or use "
                         "bootc.registry.unsecure=1 for a registry without trusted TLS",
                     ) from None
                 raise
@@ -398,7 +418,7 @@ class Endpoint:
             why = self.auth.denied or "unauthorized"
             return RegistryError(
                 f"{self.name}: 401 unauthorized for repository {repo} ({why}){detail}",
-                "add credentials with bootc-live build --auth-file",
+                "add credentials with bootc-live build --auth-file FILE",
             )
         if err.status == 403:
             return RegistryError(
@@ -456,14 +476,18 @@ class RegistrySource:
         unsecure: bool = False,
         mirrors: tuple[str, ...] = (),
         cafile: str | None = None,
+        credentials: Callable[[str, str], tuple[str, str] | None] | None = None,
     ) -> None:
+        # (registry or mirror host, repository) → (user, password): from auth_file unless
+        # the host's lookup (auth files in podman's order, credential helpers) is given.
+        lookup = credentials or (lambda host, repo: load_credentials(auth_file, host, repo))
         self.ref = ref
         self.log = log
         self.description = f"docker://{ref}"
         upstream = Endpoint(
             ref.api_host,
             ref,
-            load_credentials(auth_file, ref.registry, ref.repository),
+            lookup(ref.registry, ref.repository),
             policy,
             log,
             unsecure,
@@ -475,7 +499,7 @@ class RegistrySource:
             Endpoint(
                 host,
                 ref,
-                load_credentials(auth_file, host, ref.repository),
+                lookup(host, ref.repository),
                 MIRROR_POLICY,
                 log,
                 unsecure,

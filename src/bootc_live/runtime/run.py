@@ -14,11 +14,16 @@ DEBUG = bool(os.environ.get("BOOTC_LIVE_DEBUG"))
 
 
 class CommandError(BootcLiveError):
-    """An external command failed; `detail` is the last line it wrote to stderr."""
+    """An external command failed; `detail` is the last line it wrote to stderr, `command`
+    the command line (shown with --debug only: it is internal), `output` what it printed."""
 
-    def __init__(self, message: str, hint: str = "", detail: str = "") -> None:
+    def __init__(
+        self, message: str, hint: str = "", detail: str = "", command: str = "", output: str = ""
+    ) -> None:
         super().__init__(message, hint)
         self.detail = detail or message
+        self.command = command
+        self.output = output
 
 
 def run(
@@ -29,6 +34,7 @@ def run(
     hint: str = "",
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command; log it as `+ cmd` when debugging; raise CommandError if it fails."""
     args = [os.fspath(a) for a in argv]
@@ -37,7 +43,8 @@ def run(
     try:
         result = subprocess.run(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE,
             text=True,
@@ -50,11 +57,22 @@ def run(
     except FileNotFoundError:
         raise CommandError(f"{args[0]}: command not found", hint) from None
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{shlex.join(args)} timed out after {timeout:.0f}s", hint) from None
+        raise CommandError(
+            f"{os.path.basename(args[0])} timed out after {timeout:.0f}s",
+            hint,
+            command=shlex.join(args),
+        ) from None
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()
         last = detail[-1] if detail else f"exit status {result.returncode}"
-        raise CommandError(f"{shlex.join(args)} failed: {last}", hint, last)
+        # The program's name, not its command line: that is internal (shown with --debug).
+        raise CommandError(
+            f"{os.path.basename(args[0])} failed: {last}",
+            hint,
+            last,
+            shlex.join(args),
+            result.stdout or "",
+        )
     if result.stderr and DEBUG:
         sys.stderr.write(result.stderr)
     return result

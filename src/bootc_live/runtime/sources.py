@@ -163,9 +163,16 @@ class MemberIndex:
         except LayerError as err:
             raise ImageError(f"{self.description} is not a valid oci-archive: {err}") from None
         if "index.json" not in self._members:
+            if "manifest.json" in self._members:  # what `podman save` and `docker save` write
+                raise ImageError(
+                    f"{self.description} is a docker-archive, not an oci-archive",
+                    "save it with podman save --format oci-archive, or convert it with "
+                    "bootc-live pull docker-archive:PATH -o oci-archive:FILE",
+                )
             raise ImageError(
                 f"{self.description} is not an oci-archive (no index.json inside)",
-                "make it with skopeo copy … oci-archive:PATH or bootc-live build",
+                "give a file written by podman save --format oci-archive, skopeo copy … "
+                "oci-archive:PATH or bootc-live pull",
             )
 
     def _open_member(self, offset: int, size: int) -> BinaryIO:

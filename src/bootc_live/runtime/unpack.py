@@ -56,16 +56,18 @@ class Progress:
         self.start = time.monotonic()
         self._last = self.start
 
-    def update(self, layer: int, done: int) -> None:
+    def update(self, layer: int, done: int, unpacked: int | None = None) -> None:
+        """`done` compressed bytes fetched of `total`; `unpacked` bytes of tar written so far."""
         now = time.monotonic()
         if now - self._last < self.interval:
             return
         self._last = now
         rate = done / max(now - self.start, 1e-6)
         eta = (self.total - done) / rate if rate > 0 else 0.0
+        written = "" if unpacked is None else f", {unpacked >> 20} MiB unpacked"
         self.write(
-            f"bootc-live: layer {layer}/{self.layers}  {done >> 20}/{self.total >> 20} MiB  "
-            f"{rate / (1 << 20):.1f} MiB/s  ETA {eta:.0f}s"
+            f"bootc-live: layer {layer}/{self.layers}  {done >> 20}/{self.total >> 20} MiB "
+            f"fetched{written}  {rate / (1 << 20):.1f} MiB/s  ETA {eta:.0f}s"
         )
 
 
@@ -80,6 +82,7 @@ class _Feeder(threading.Thread):
         self.stopped = threading.Event()  # the consumer is gone: stop at once
         self.abandoned = threading.Event()  # the consumer failed: only verify what is left
         self.compressed_bytes = 0
+        self.unpacked_bytes = 0
         self.layer_sizes: list[int] = []
         self.failure: BaseException | None = None
 
@@ -107,16 +110,20 @@ class _Feeder(threading.Thread):
             self._put(err)
 
     def _feed_layer(self, index: int) -> None:
+        size = 0
+
         def read(done: int) -> None:
             if self.progress:
-                self.progress.update(index + 1, self.compressed_bytes + done)
+                self.progress.update(
+                    index + 1, self.compressed_bytes + done, self.unpacked_bytes + size
+                )
 
-        size = 0
         for chunk in layer_chunks(self.image, index, self.abandoned.is_set, read):
             if not self._put(chunk):
                 return
             size += len(chunk)
         self.compressed_bytes += self.image.layers[index].size
+        self.unpacked_bytes += size
         self.layer_sizes.append(size)
 
 

@@ -1,0 +1,52 @@
+"""Temporary files and directories of a host command, removed however the command ends.
+
+A path is recorded *before* it is created, so a signal that lands between its creation and the
+`try` that would clean it up cannot leave it behind: `cli.main` removes whatever is still
+recorded when a command ends, by success, failure or signal.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+_LEFT: set[str] = set()
+
+
+def track(path: str | Path) -> None:
+    """Remove `path` when the command ends, unless `done` says it is kept (or gone)."""
+    _LEFT.add(os.fspath(path))
+
+
+def done(path: str | Path) -> None:
+    _LEFT.discard(os.fspath(path))
+
+
+def make_dir(prefix: str, parent: str | None = None) -> str:
+    """A new private directory under `parent` (default $TMPDIR, else /var/tmp), tracked."""
+    base = parent or os.environ.get("TMPDIR") or "/var/tmp"
+    while True:
+        path = os.path.join(base, f"{prefix}{secrets.token_hex(6)}")
+        track(path)
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            done(path)
+
+
+def remove(path: str | Path) -> None:
+    """Remove a tracked path now (a tree or a file)."""
+    name = os.fspath(path)
+    if os.path.isdir(name) and not os.path.islink(name):
+        shutil.rmtree(name, ignore_errors=True)
+    elif os.path.lexists(name):
+        os.unlink(name)
+    done(name)
+
+
+def remove_all() -> None:
+    for path in sorted(_LEFT, reverse=True):
+        remove(path)

@@ -1,0 +1,260 @@
+"""A podman user's images: built by `podman build`, read by name from every transport podman
+writes (containers-storage, docker-archive, oci-archive, oci-dir), and the README's podman
+section run as written (minus the VM boot).
+
+podman runs as root with the `vfs` driver and `--isolation chroot` (what works here), its store
+in a temporary directory named by CONTAINERS_STORAGE_CONF, so nothing is left on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from treewalk import diff, snapshot
+from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Store:
+    """A podman store in a temporary directory, and the environment that selects it."""
+
+    root: Path
+    runroot: Path
+    env: dict[str, str]
+    work: Path
+
+    @property
+    def spec(self) -> str:
+        """The store as skopeo and podman name it in a reference: [driver@root+runroot]."""
+        return f"[vfs@{self.root}+{self.runroot}]"
+
+    def podman(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            ["podman", *args],
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, f"podman {shlex.join(args)} failed: {done.stderr}"
+        return done.stdout.strip()
+
+
+def podman_store(work: Path) -> Store:
+    root, runroot = work / "storage", work / "runroot"
+    conf = work / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{root}"\nrunroot = "{runroot}"\n')
+    env = {"CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
+    return Store(root, runroot, env, work)
+
+
+def remove_store(store: Store) -> None:
+    subprocess.run(
+        ["podman", "system", "reset", "--force"],
+        env={**os.environ, **store.env},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def context(path: Path) -> Path:
+    """A build context: two COPY layers of files, a symlink, an executable, 2 MiB of data."""
+    rootfs = path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "usr/bin").mkdir(parents=True)
+    (rootfs / "etc/os-release").write_text('ID=tiny\nPRETTY_NAME="tiny podman image"\n')
+    hello = rootfs / "usr/bin/hello"
+    hello.write_text("#!/bin/sh\necho hello\n")
+    hello.chmod(0o755)
+    (rootfs / "bin").symlink_to("usr/bin")
+    (path / "data").write_bytes(random.Random(15).randbytes(2 << 20))
+    (path / "Containerfile").write_text("FROM scratch\nCOPY rootfs/ /\nCOPY data /var/data\n")
+    return path
+
+
+@dataclass
+class Saved:
+    store: Store
+    image_id: str  # podman's image ID: the config's digest
+    docker_archive: Path
+    oci_archive: Path
+    oci_dir: Path
+    mounted: Path  # podman image mount: the tree podman itself sees
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
+    need_root_and("podman", "skopeo")
+    work = tmp_path_factory.mktemp("podman")
+    store = podman_store(work)
+    try:
+        store.podman("build", "-q", "-t", "localhost/tiny:v1", str(context(work / "ctx")))
+        image_id = store.podman("image", "inspect", "--format", "{{.Id}}", "localhost/tiny:v1")
+        saves = {}
+        for fmt, name in (("docker-archive", "d.tar"), ("oci-archive", "o.tar"), ("oci-dir", "o")):
+            saves[fmt] = work / name
+            store.podman("save", "--format", fmt, "-o", str(work / name), "localhost/tiny:v1")
+        mounted = Path(store.podman("image", "mount", "localhost/tiny:v1"))
+        yield Saved(
+            store,
+            image_id,
+            saves["docker-archive"],
+            saves["oci-archive"],
+            saves["oci-dir"],
+            mounted,
+        )
+        store.podman("image", "unmount", "localhost/tiny:v1")
+    finally:
+        remove_store(store)
+
+
+def sources(saved: Saved) -> list[str]:
+    """Every way a podman user names the image, as podman and skopeo write the names."""
+    name = "localhost/tiny:v1"
+    return [
+        f"containers-storage:{name}",
+        f"containers-storage:{saved.store.spec}{name}",
+        f"docker-archive:{saved.docker_archive}",
+        f"docker-archive:{saved.docker_archive}:{name}",
+        f"docker-archive:{saved.docker_archive}:v1",  # a bare tag: the one name with it
+        f"oci-archive:{saved.oci_archive}:{name}",  # the name as podman save wrote it
+        f"oci-archive:{saved.oci_archive}:v1",
+        f"oci-archive:{saved.oci_archive}",
+        f"oci:{saved.oci_dir}:{name}",
+        f"oci:{saved.oci_dir}:v1",
+    ]
+
+
+def test_every_podman_transport_gives_the_tree_podman_sees(saved: Saved, tmp_path: Path) -> None:
+    # The root directory itself is the store's (vfs makes it 0555) or DEST: not the image's.
+    expected = snapshot(saved.mounted)
+    del expected[b"."]
+    assert b"var/data" in expected and expected[b"bin"].target == b"usr/bin"
+    for number, source in enumerate(sources(saved)):
+        tmpdir = tmp_path / f"tmp{number}"
+        tmpdir.mkdir()
+        dest = tmp_path / f"root{number}"
+        env = saved.store.env if "[" not in source else {}  # a store spec needs no env
+        done = bootc_live("unpack", source, str(dest), tmpdir=tmpdir, env=env, timeout=120)
+        assert done.returncode == 0, f"{source}: {done.stderr}"
+        got = snapshot(dest)
+        del got[b"."]
+        assert diff(expected, got, names=("podman", source)) == []
+        # The config is podman's own (its image ID), whatever the transport.
+        shown = bootc_live("inspect", source, tmpdir=tmpdir, env=env, timeout=120)
+        assert shown.returncode == 0, f"{source}: {shown.stderr}"
+        assert f"config    sha256:{saved.image_id}\n" in shown.stdout, shown.stdout
+        assert "platforms linux/amd64\n" in shown.stdout  # from the config, even without index
+        assert list(tmpdir.iterdir()) == [], f"{source} left {list(tmpdir.iterdir())}"
+
+
+def test_names_that_do_not_match_are_refused_with_what_there_is(
+    saved: Saved, tmp_path: Path
+) -> None:
+    # podman save -m: two names in one docker-archive, both tagged latest
+    store = saved.store
+    store.podman("tag", "localhost/tiny:v1", "localhost/a:latest", "localhost/b:latest")
+    multi = tmp_path / "multi.tar"
+    store.podman("save", "-m", "-o", str(multi), "localhost/a:latest", "localhost/b:latest")
+    said = assert_clean_failure(bootc_live("inspect", f"docker-archive:{multi}:latest"))
+    assert said.strip() == (
+        f"bootc-live: {multi} has several images named 'latest' (it has: localhost/a:latest, "
+        f"localhost/b:latest); name one as listed: docker-archive:{multi}:NAME"
+    )
+    assert bootc_live("inspect", f"docker-archive:{multi}:localhost/b:latest").returncode == 0
+    said = assert_clean_failure(bootc_live("inspect", f"oci-archive:{saved.oci_archive}:v2"))
+    assert said.strip() == (
+        f"bootc-live: oci-archive:{saved.oci_archive} has no image tagged 'v2' (tags: "
+        "localhost/tiny:v1); fix the :TAG of SOURCE"
+    )
+    # The archive podman save writes by default, named as an oci-archive: a hint that helps.
+    said = assert_clean_failure(bootc_live("inspect", f"oci-archive:{saved.docker_archive}"))
+    assert said.strip() == (
+        f"bootc-live: oci-archive:{saved.docker_archive} is a docker-archive, not an "
+        "oci-archive; save it with podman save --format oci-archive, or read it as "
+        "docker-archive:PATH"
+    )
+    # What the same refusal says at boot, to be done on the host first, works as said.
+    converted = tmp_path / "converted.oci"
+    pulled = bootc_live(
+        "pull", f"docker-archive:{saved.docker_archive}", "-o", f"oci-archive:{converted}"
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    shown = bootc_live("inspect", f"oci-archive:{converted}")
+    assert f"config    sha256:{saved.image_id}\n" in shown.stdout, shown.stderr
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    said = assert_clean_failure(
+        bootc_live("inspect", "containers-storage:localhost/nope", tmpdir=tmpdir, env=store.env)
+    )
+    assert "bootc-live: containers-storage:localhost/nope: skopeo cannot read it (" in said
+    assert "; check the name with podman images" in said and "skopeo copy" not in said
+    assert list(tmpdir.iterdir()) == []
+
+
+def readme_podman_commands() -> list[str]:
+    """The shell block of the README's podman section."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## From podman build to a live boot") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "the README's podman section has no sh block"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_the_readme_podman_section_works_as_written(tmp_path: Path) -> None:
+    """podman build, then bootc-live build from containers-storage (the VM boot is left out).
+
+    The image is tiny and has no kernel, so `build` gets `--host` (the README says when), and
+    warns that the image has no kernel; dracut's run is long enough to show progress lines.
+    """
+    need_root_and("podman", "skopeo", "dracut")
+    commands = readme_podman_commands()
+    assert [c.split()[:3] for c in commands] == [
+        ["podman", "build", "-t"],
+        ["sudo", "bootc-live", "build"],
+        ["bootc-live", "vm", "out"],
+    ]
+    store = podman_store(tmp_path)
+    try:
+        podman_build = shlex.split(commands[0].replace(" .", f" {context(tmp_path / 'ctx')}"))
+        store.podman(*podman_build[1:])
+        out = tmp_path / "out"
+        build = [*shlex.split(commands[1])[2:], "--host"]
+        build = [str(out) if arg == "out" else arg for arg in build]
+        env = {**store.env, "BOOTC_LIVE_PROGRESS_SECONDS": "3"}
+        done = bootc_live(*build, tmpdir=tmp_path, env=env, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert {p.name for p in out.iterdir()} >= {"vmlinuz", "initrd.img", "rootfs.img"}
+        said = done.stderr
+        assert re.search(
+            r"^bootc-live: warning: the image has no kernel \(looked in "
+            r"/usr/lib/modules/KVER/vmlinuz, ",
+            said,
+            re.M,
+        ), said
+        ticks = re.findall(
+            r"^bootc-live: building initrd.img with the host's dracut "
+            r"\(kernel [^)]+\)… (\d+)s$",
+            said,
+            re.M,
+        )
+        assert len(ticks) >= 2 and int(ticks[1]) > int(ticks[0]), said  # live, and counting
+        assert re.search(r"host's dracut \(kernel [^)]+\): done in \d+s$", said, re.M), said
+        assert "+ dracut" not in said and "--confdir" not in said  # no internal command line
+        assert not list(tmp_path.glob("bootc-live-copy.*"))  # skopeo's copy is gone
+    finally:
+        remove_store(store)

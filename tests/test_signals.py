@@ -1,0 +1,129 @@
+"""Live and interruptible: `bootc-live unpack` of a real image shows progress (bytes fetched and
+bytes unpacked), and SIGTERM, SIGINT or SIGHUP at any point clean up exactly as a failure does:
+DEST left empty, no temporary copy left behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imagegen import build_layout, d, f, layer_tar
+from unpackers import REPO, need_root_and
+
+pytestmark = pytest.mark.integration
+
+SEED = int(os.environ.get("BOOTC_LIVE_TEST_SEED", time.time()))
+
+
+@dataclass
+class Image:
+    source: str  # a docker-archive: read through a temporary copy, then unpacked
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """Three layers of many small files: the unpack takes a few seconds here."""
+    need_root_and("skopeo")
+    work = tmp_path_factory.mktemp("signals")
+    rng = random.Random(15)
+    layers = []
+    for n in range(3):
+        entries = [d(f"data{n}")]
+        for i in range(4000):
+            entries.append(f(f"data{n}/file{i}", rng.randbytes(64) * 64))
+        layers.append(layer_tar(entries))
+    build_layout(work / "layout", layers, tag="v1")
+    archive = work / "image.tar"
+    done = subprocess.run(
+        ["skopeo", "copy", "--quiet", f"oci:{work / 'layout'}:v1", f"docker-archive:{archive}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return Image(f"docker-archive:{archive}", work)
+
+
+def start(image: Image, dest: Path, tmpdir: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bootc_live", "unpack", image.source, str(dest)],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmpdir), **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition: object, proc: subprocess.Popen[str], limit: float = 60) -> None:
+    """Poll until `condition()` holds (the process still running), or fail."""
+    deadline = time.monotonic() + limit
+    while not condition():  # type: ignore[operator]
+        assert proc.poll() is None, f"ended before the point: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "the point was never reached"
+        time.sleep(0.01)
+
+
+def test_unpack_shows_bytes_fetched_and_unpacked(image: Image, tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    proc = start(image, tmp_path / "root", tmp_path / "tmp", BOOTC_LIVE_PROGRESS_SECONDS="0.2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = re.findall(
+        r"^bootc-live: layer (\d)/3  (\d+)/(\d+) MiB fetched, (\d+) MiB unpacked  "
+        r"[\d.]+ MiB/s  ETA \d+s$",
+        err,
+        re.M,
+    )
+    assert len(lines) >= 2, err
+    unpacked = [int(u) for *_, u in lines]
+    assert unpacked == sorted(unpacked) and unpacked[-1] > 0, err
+    assert re.search(
+        r"^bootc-live: unpacked sha256:\w+ into .*: 3 layers, 12003 entries", err, re.M
+    )
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_at_any_point_leaves_nothing(image: Image, tmp_path: Path, signum: int) -> None:
+    rng = random.Random(SEED + signum)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    for point in ("copying", "unpacking", "unpacking"):
+        dest = tmp_path / "root"
+        dest.mkdir()  # an empty DEST given by the user: left empty
+        proc = start(image, dest, tmpdir)
+        try:
+            if point == "copying":  # skopeo is writing the temporary copy
+                wait_until(lambda: any(tmpdir.iterdir()), proc)
+                delay = rng.uniform(0, 0.2)
+            else:  # layers are being applied
+                wait_until(lambda dest=dest: any(dest.iterdir()), proc)
+                delay = rng.uniform(0, 0.6)
+            time.sleep(delay)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        where = f"{signal.Signals(signum).name} {delay:.2f}s into {point} (seed {SEED})"
+        assert proc.returncode == 128 + signum, f"{where}: {err}"
+        assert err.strip().splitlines()[-1] == (
+            f"bootc-live: interrupted by {signal.Signals(signum).name}"
+        ), where
+        assert "Traceback" not in err, where
+        assert list(dest.iterdir()) == [], f"{where}: DEST kept {list(dest.iterdir())[:3]}"
+        assert list(tmpdir.iterdir()) == [], f"{where}: left {list(tmpdir.iterdir())}"
+        dest.rmdir()
