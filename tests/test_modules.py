@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+
+import pytest
 
 from bootc_live.runtime import modules
 
@@ -101,3 +105,37 @@ def test_module_names_as_the_kernel_lists_them() -> None:
     assert modules.module_name("kernel/fs/fat/vfat.ko.xz") == "vfat"
     assert modules.module_name("kernel/lib/lz4/lz4hc_compress.ko") == "lz4hc_compress"
     assert modules.module_name("kernel/net/netfilter/nf-nat.ko.zst") == "nf_nat"
+
+
+def test_nothing_is_counted_where_the_files_cannot_be_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian 13's initramfs keeps its modules on a read-only filesystem: the planner must not
+    count memory that cannot be given back."""
+    base, proc = tree(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(
+        modules.os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode)
+    )
+    assert modules.unused(str(base), str(proc)) == modules.Unused()
+
+
+def test_a_file_that_cannot_be_deleted_ends_the_freeing_not_the_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, proc = tree(tmp_path)
+    files = modules.unused(str(base), str(proc))
+    real_unlink = os.unlink
+    deleted: list[str] = []
+
+    def unlink(path: str) -> None:
+        if deleted:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        real_unlink(path)
+        deleted.append(path)
+
+    first = modules._pages(os.path.getsize(files.paths[0]))
+    monkeypatch.setattr(modules.os, "unlink", unlink)
+    freed = modules.free(files, str(proc))
+    assert freed == modules.Unused((files.paths[0],), first)
+    assert all(os.path.exists(p) for p in files.paths[1:])

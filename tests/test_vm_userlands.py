@@ -121,7 +121,9 @@ def test_debian_13_is_stage_two_of_kexec_onto_erofs(
     )
     assert made.returncode == 0, tail(made.stderr)
     console = tmp_path / "console.log"
-    result, _ = url_boot(stage_one, tmp_path, console, mem=MEM, embedded=False, extra="bootc.kexec")
-    assert verdict(result, console) == expected(image, "tmpfs"), tail(result.output)
+    result, _ = url_boot(
+        stage_one, tmp_path, console, mem=MEM, embedded=False, extra="bootc.kexec bootc.live.erofs"
+    )
+    assert verdict(result, console) == expected(image, "erofs"), tail(result.output)
     assert f"kexec into {image.kver}: " in result.output
     assert f"live root ready: {digest}" in result.output

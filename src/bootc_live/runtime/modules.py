@@ -7,12 +7,15 @@ the source is open) and the root has loaded what it needs (zram, ext4, loop, ero
 after switch root the initramfs is freed anyway and the image's own modules serve. So the files
 of the modules that are not loaded are deleted then, which returns their pages at once.
 
-Only ever inside an initramfs (/etc/initrd-release, as systemd tells), and not with
-bootc.keep-modules=1.
+Only ever inside an initramfs (/etc/initrd-release, as systemd tells), not with
+bootc.keep-modules=1, and only where the files can be deleted: Debian 13's initramfs (dracut-ng,
+systemd 257, kernel 6.12) keeps its modules on a read-only filesystem, so nothing is counted
+there, and a file that cannot be deleted ends the freeing, never the boot.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -55,6 +58,8 @@ def unused(directory: str | None = None, proc_modules: str = PROC_MODULES) -> Un
             listed = [line.partition(":")[0].strip() for line in f]
     except FileNotFoundError:
         return Unused()
+    if not os.access(base, os.W_OK):  # e.g. read-only (EROFS): nothing can be given back
+        return Unused()
     paths, size = [], 0
     for rel in listed:
         if not rel or module_name(rel) in loaded:
@@ -93,6 +98,10 @@ def free(files: Unused, proc_modules: str = PROC_MODULES) -> Unused:
             os.unlink(path)
         except FileNotFoundError:
             continue
+        except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY):
+                break  # the rest cannot be deleted either: what was freed is reported
+            raise
         paths.append(path)
         freed += size
     return Unused(tuple(paths), freed)
