@@ -90,8 +90,11 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Copy an image from a registry into an oci-archive or an OCI layout, verified."""
-    if not args.source.startswith("docker://"):
-        raise UsageError(f"{args.source} is not docker://REF", "pull copies from a registry")
+    if not args.source.startswith(("docker://", "http://", "https://")):
+        raise UsageError(
+            f"{args.source} is not docker://REF or an http(s):// URL",
+            "pull copies from a registry or a URL",
+        )
     dest = SourceRef.parse(args.output)
     if dest.transport == "docker":
         raise UsageError("pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]", "fix -o")
@@ -407,11 +410,12 @@ def parser() -> argparse.ArgumentParser:
         "pull",
         help="copy an image from a registry into an oci-archive or OCI layout",
         description="Pull docker://REF (HOST[:PORT]/PATH[:TAG][@sha256:HEX]; Docker Hub short "
-        "names are normalised) with bootc-live's own registry client, verifying every blob, "
+        "names are normalised) with bootc-live's own registry client, or an oci-archive at an "
+        "http(s):// URL (read as the boot reads it), verifying every blob, "
         "and write the image for one platform as oci-archive:PATH[:TAG] or oci:DIR[:TAG] "
         "with the registry's manifest and blobs unchanged (the same digests).",
     )
-    p.add_argument("source", metavar="docker://REF")
+    p.add_argument("source", metavar="docker://REF|URL")
     p.add_argument("-o", "--output", required=True, metavar="oci-archive:PATH[:TAG]|oci:DIR[:TAG]")
     add_image_selection(p)
     add_registry_options(p)

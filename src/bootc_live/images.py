@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 from .runtime import http, registry
@@ -11,7 +12,7 @@ from .runtime.errors import BootcLiveError
 from .runtime.oci import Image, Platform, resolve
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
 
-TRANSPORTS = "oci-archive:PATH[:TAG], oci:DIR[:TAG] or docker://REF"
+TRANSPORTS = "oci-archive:PATH[:TAG], oci:DIR[:TAG], docker://REF or an http(s):// URL"
 
 
 class UsageError(BootcLiveError):
@@ -58,6 +59,9 @@ class SourceRef:
         if text.startswith("docker://"):
             ref = registry.Reference.parse(text[len("docker://") :])
             return cls("docker", str(ref), ref.tag, options or RegistryOptions())
+        if text.startswith(("http://", "https://")):
+            # An oci-archive at a URL, read as the boot reads it (in place when Range works).
+            return cls("url", text, None, options or RegistryOptions())
         transport, sep, rest = text.partition(":")
         if not sep or transport not in ("oci", "oci-archive") or not rest:
             raise UsageError(f"unsupported image source {text!r}", f"use {TRANSPORTS}")
@@ -87,6 +91,15 @@ class SourceRef:
                 unsecure=options.unsecure,
                 mirrors=options.mirrors,
                 cafile=options.ca,
+            )
+        if self.transport == "url":
+            return http.open_url(
+                self.path,
+                http.Policy(total=120.0),
+                _say,
+                tempfile.gettempdir(),
+                unsecure=self.registry.unsecure,
+                cafile=self.registry.ca,
             )
         if self.transport == "oci":
             return LayoutSource(self.path)

@@ -646,9 +646,10 @@ def open_url(
     log: Callable[[str], None],
     download_dir: str,
     unsecure: bool = False,
+    cafile: str | None = None,
 ) -> ImageSource:
     """An image source for an oci-archive URL: read in place with Range, else downloaded once."""
-    client = Client(url, policy, log, unsecure=unsecure)
+    client = Client(url, policy, log, unsecure=unsecure, cafile=cafile)
     retrier = Retrier(client.url, policy, log)
     answer = client.open(0, BLOCK, retrier)
     if answer.status == 206 and answer.total is not None:
