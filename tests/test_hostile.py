@@ -194,8 +194,10 @@ def test_a_download_onto_a_full_filesystem_is_not_retried(archive: bytes, tmp_pa
             f'TMPDIR={small} "$0" -m bootc_live inspect "$1"; echo "exit $?"'
         )
         result = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable]
-            + [server.url(credentials=CREDENTIALS)],
+            [
+                *("unshare", "-m", "--propagation", "private", "sh", "-c", script),
+                *(sys.executable, server.url(credentials=CREDENTIALS)),
+            ],
             capture_output=True,
             text=True,
             timeout=25,
