@@ -159,10 +159,19 @@ def faulty(data: bytes, plan: Callable[[int, int], Answer | None]) -> Iterator[F
 
 
 @contextmanager
-def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    """A threaded HTTP server on a free port of 127.0.0.1, for the block: yields its port."""
+def http_server(
+    handler: type[BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None
+) -> Iterator[int]:
+    """A threaded HTTP server on a free port of 127.0.0.1, for the block: yields its port.
+    With `tls` = (certificate, key), it speaks https."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
 from .blobs import Descriptor, check_digest, new_hash
@@ -446,6 +446,17 @@ class Endpoint:
         return err
 
 
+def _document(raw: bytes, what: str) -> dict[str, Any]:
+    """A manifest or index as JSON: an object, or one ImageError (a mirror's is skipped)."""
+    try:
+        obj = jsondoc.loads(raw, MANIFEST_LIMIT)
+    except ValueError as err:
+        raise ImageError(f"{what} is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return obj
+
+
 def _digest_of(body: bytes, like: str) -> str:
     """The digest of `body` in the algorithm of the digest `like` (sha256 or sha512)."""
     hasher = new_hash(like)
@@ -551,6 +562,7 @@ class RegistrySource:
             try:
                 endpoint.ping()
                 raw, media_type, digest = endpoint.manifest(self.ref.reference)
+                obj = _document(raw, f"{endpoint.name}: {self.ref.repository}@{self.ref.reference}")
             except (BootcLiveError, OSError) as err:
                 if not endpoint.mirror:
                     raise
@@ -564,15 +576,8 @@ class RegistrySource:
             self.endpoint = endpoint
             self._documents[digest] = raw
             body = raw
+            media_type = media_type or str(obj.get("mediaType", ""))
             break
-        if not media_type:
-            try:
-                obj = jsondoc.loads(body, MANIFEST_LIMIT)
-            except ValueError as err:
-                raise ImageError(
-                    f"{self.description}: the manifest is not valid JSON ({err})"
-                ) from None
-            media_type = str(obj.get("mediaType", "")) if isinstance(obj, dict) else ""
         desc: dict[str, object] = {"mediaType": media_type, "digest": digest, "size": len(body)}
         if self.ref.tag:
             desc["annotations"] = {REF_NAME: self.ref.tag}
