@@ -50,7 +50,6 @@ MAX_RANGE_READS = 100_000  # tar headers read one by one from an archive in plac
 ERROR_BODY = 4096
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _HINT = "check the URL and the server"
 
 
@@ -108,8 +107,12 @@ def redact(url: str) -> str:
 
 
 def _printable(text: str, limit: int = 120) -> str:
-    """Server-chosen text fit for one console line: control bytes escaped, length capped."""
-    text = _NOT_PRINTABLE.sub(lambda m: f"\\x{ord(m.group()) & 0xFF:02x}", text)
+    """Server-chosen text fit for one console line: what is not printable (control bytes,
+    bidi overrides …) escaped, length capped."""
+    text = "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        for c in text[: limit * 2]
+    )
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
