@@ -4,6 +4,7 @@ hang (a hard timeout per test), never a traceback, never the URL's password in a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,14 +16,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from bootc_live.runtime import boot, http
-from bootc_live.runtime.blobs import VerifyingReader
+from bootc_live.runtime.blobs import Descriptor, VerifyingReader
 from bootc_live.runtime.cmdline import BootSpec, Root
-from bootc_live.runtime.errors import BootcLiveError
-from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.errors import BootcLiveError, ImageError
+from bootc_live.runtime.oci import all_manifests, resolve
+from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, d, f, layer_tar, write_oci_archive
 from servers import MISBEHAVIOURS, hostile, throwaway_ca
 from unpackers import need
@@ -255,3 +258,74 @@ def test_at_boot_the_password_is_in_no_file(
     assert status["state"] == "failed" and status["message"] == error.strip()
     for text in (said.out, said.err, *(p.read_text() for p in (tmp_path / "run").iterdir())):
         assert SECRET not in text
+
+
+def negative_size(archive: bytes, size: int) -> bytes:
+    """The archive with its first regular member's size set to `size` (base-256), its header
+    checksum fixed."""
+    pos = 0
+    while archive[pos + 156 : pos + 157] not in (b"0", b"\0"):
+        length = int(archive[pos + 124 : pos + 136].split(b"\0")[0].strip() or b"0", 8)
+        pos += 512 + length + (-length % 512)
+    header = bytearray(archive[pos : pos + 512])
+    header[124:136] = b"\xff" + (size % (1 << 88)).to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return archive[:pos] + bytes(header) + archive[pos + 512 :]
+
+
+@pytest.mark.parametrize("size", [-512, -(1 << 40)])
+def test_a_negative_member_size_does_not_loop(archive: bytes, size: int, tmp_path: Path) -> None:
+    with (
+        hostile(negative_size(archive, size), "honest") as server,
+        pytest.raises(BootcLiveError) as err,
+    ):
+        fetch(server.url(), tmp_path, [])
+    asked = len(server.requests)
+    assert re.fullmatch(
+        r"oci-archive:http://.*/root\.oci is not a valid oci-archive: .*", str(err.value)
+    )
+    # (the tar reader may refuse the size itself, before the ranged reader does: either holds)
+    assert re.search(r"(negative|invalid) .*size|size .*(negative|invalid)", str(err.value))
+    assert asked <= 8  # the probe and a few headers: no storm of ranged requests
+
+
+def test_after_a_redirect_errors_name_the_url_that_failed(archive: bytes, tmp_path: Path) -> None:
+    with (
+        hostile(archive, "status-600") as failing,
+        hostile(archive, "redirect", redirect_to=failing.url("moved.oci")) as server,
+        pytest.raises(BootcLiveError) as err,
+    ):
+        fetch(server.url(credentials=CREDENTIALS), tmp_path, [])
+    assert str(err.value) == f"http://127.0.0.1:{failing.port}/moved.oci: HTTP 600 Odd"
+
+
+def test_inspect_reads_each_nested_index_once(tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    info = build_layout(layout, [layer_tar([f("a", b"a")])], compression="none", tag=None)
+    manifest = info.manifest_descriptor
+
+    def add_index(entries: list[dict[str, object]]) -> dict[str, object]:
+        data = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs/sha256" / digest).write_bytes(data)
+        media = "application/vnd.oci.image.index.v1+json"
+        return {"mediaType": media, "digest": f"sha256:{digest}", "size": len(data)}
+
+    inner = add_index([manifest] * 3)
+    outer = add_index([inner] * 50)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [outer] * 50}))
+    opened: list[str] = []
+
+    class Counting(LayoutSource):
+        def open_blob(self, desc: Descriptor) -> BinaryIO:
+            opened.append(desc.digest)
+            return super().open_blob(desc)
+
+    found = all_manifests(Counting(str(layout)))
+    assert [d.digest for d in found] == [manifest["digest"]]
+    assert sorted(opened) == sorted([outer["digest"], inner["digest"], manifest["digest"]])
+    for i in range(6):  # six images: more documents than a limit of five
+        build_layout(layout, [layer_tar([f("a", b"%d" % i)])], compression="none", tag=str(i))
+    with pytest.raises(ImageError, match=r"its indexes name more than 5 documents"):
+        all_manifests(LayoutSource(str(layout)), limit=5)
