@@ -535,24 +535,22 @@ class RangeReader(Reader):
             try:
                 data = self._answer.resp.read(want)
             except Exception as err:  # _failure sorts them
-                where = self._client.where
+                url = self._answer.url
                 self._drop()
-                self._retrier.failed(
-                    f"connection broke at byte {self._pos} ({_failure(err, where)})",
-                    url=self._client.url if where == redact(self._client.url) else where,
-                )
+                cause = _failure(err, redact(url))
+                self._retrier.failed(f"connection broke at byte {self._pos} ({cause})", url=url)
                 continue
             if data:
                 self._pos += len(data)
                 self._retrier.progress(len(data))
                 return data
             total = self._answer.total if self._end is None else self._end
+            url = self._answer.url
             self._drop()
             if total is None or self._pos >= total:
                 return b""
             self._retrier.failed(
-                f"connection broke at byte {self._pos} (closed before byte {total})",
-                url=self._client.url,
+                f"connection broke at byte {self._pos} (closed before byte {total})", url=url
             )
         return b""
 
