@@ -75,6 +75,7 @@ def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
         "that holds oci-layout, index.json and blobs/"
     )
     result = bootc_live("inspect", "docker-daemon:x")
-    assert "use oci-archive:PATH[:TAG], oci:DIR[:TAG] or docker://REF" in assert_clean_failure(
-        result
+    assert (
+        "use oci-archive:PATH[:TAG], oci:DIR[:TAG], docker://REF or an http(s):// URL"
+        in assert_clean_failure(result)
     )

@@ -35,7 +35,7 @@ CREDENTIALS = f"me:{SECRET}"
 FAST = http.Policy(
     retries=3,
     total=5.0,
-    stall=0.5,
+    stall=0.4,  # under the low-speed window: a stall is told as one, whatever the timing
     low_speed=1000,
     low_speed_time=0.5,
     max_backoff=0.01,
@@ -101,7 +101,7 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "bad-chunked": (r"connection broke at byte 0 .*giving up after 3 retries", 4),
     "trickle-body": (r"too slow: \d+ bytes in 0.5s, under 1000 bytes/s.*giving up after 3", 4),
     "trickle-headers": (r"too slow: \d+ bytes in 0.5s.*giving up after 3 retries", 4),
-    "stall": (r"stalled: no data for 0.5s.*giving up after 3 retries", 4),
+    "stall": (r"stalled: no data for 0.4s.*giving up after 3 retries", 4),
     "cut-first": (None, 80),
     "retry-after-huge": (r"HTTP 503 Busy; giving up after 3 retries", 4),
     "status-600": (r"HTTP 600 Odd", 1),

@@ -25,7 +25,7 @@ from imagegen import build_layout, d, f, layer_tar
 from registries import auth_json
 from servers import hostile, throwaway_ca
 
-POLICY = http.Policy(retries=2, stall=1.0, low_speed_time=1.0, max_backoff=0.05)
+POLICY = http.Policy(retries=2, stall=1.0, low_speed_time=2.0, max_backoff=0.05)
 PASSWORD = "pw-S3CRET"
 
 
