@@ -216,24 +216,42 @@ def test_a_download_onto_a_full_filesystem_is_not_retried(archive: bytes, tmp_pa
     assert SECRET not in result.stderr
 
 
-@pytest.mark.parametrize("switch", ["honest", "no-location", "401", "content-length-abc"])
-def test_the_command_line_takes_a_url(switch: str, archive: bytes) -> None:
-    with hostile(archive, switch) as server:
-        result = subprocess.run(
-            [sys.executable, "-m", "bootc_live", "inspect", server.url(credentials=CREDENTIALS)],
+@pytest.mark.parametrize(
+    "switch", ["honest", "no-range", "no-location", "401", "content-length-abc"]
+)
+def test_the_command_line_takes_a_url(switch: str, archive: bytes, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+        "TMPDIR": str(tmp_path),
+    }
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bootc_live", *argv],
             capture_output=True,
             text=True,
             timeout=25,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+            env=env,
         )
-    assert "Traceback" not in result.stderr and SECRET not in result.stdout + result.stderr
-    if switch == "honest":
-        assert result.returncode == 0, result.stderr
-        assert re.search(r"^image     sha256:[0-9a-f]{64}$", result.stdout, re.M)
+
+    with hostile(archive, switch) as server:
+        url = server.url(credentials=CREDENTIALS)
+        result = cli("inspect", url)
+        pulled = cli("pull", url, "-o", f"oci-archive:{tmp_path / 'copy.oci'}")
+    for done in (result, pulled):
+        assert "Traceback" not in done.stderr and SECRET not in done.stdout + done.stderr
+    assert not list(tmp_path.glob("download-*")), "a download was left behind"
+    if switch in ("honest", "no-range"):
+        assert result.returncode == 0 and pulled.returncode == 0, result.stderr + pulled.stderr
+        digest = re.search(r"^image     (sha256:[0-9a-f]{64})$", result.stdout, re.M)
+        assert digest and pulled.stdout.startswith(f"{digest.group(1)}  oci-archive:")
         return
-    errors = [line for line in result.stderr.splitlines() if "retry" not in line]
-    assert result.returncode == 1 and len(errors) == 1, result.stderr
-    assert errors[0].startswith(f"bootc-live: http://127.0.0.1:{server.port}/root.oci: ")
+    assert not (tmp_path / "copy.oci").exists()
+    for done in (result, pulled):
+        errors = [line for line in done.stderr.splitlines() if "retry" not in line]
+        assert done.returncode == 1 and len(errors) == 1, done.stderr
+        assert errors[0].startswith(f"bootc-live: http://127.0.0.1:{server.port}/root.oci: ")
 
 
 def test_at_boot_the_password_is_in_no_file(
@@ -256,6 +274,7 @@ def test_at_boot_the_password_is_in_no_file(
         "asked for bytes 0-; the server's Range support is broken\n"
     )
     assert status["state"] == "failed" and status["message"] == error.strip()
+    assert boot.printable_root(spec) == f"bootc-live:http://***@127.0.0.1:{server.port}/root.oci"
     for text in (said.out, said.err, *(p.read_text() for p in (tmp_path / "run").iterdir())):
         assert SECRET not in text
 

@@ -197,6 +197,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     image = source_ref(args).resolve(args.platform)
+    try:
+        return _inspect(image)
+    finally:
+        image.source.close()  # a URL downloaded without Range goes away
+
+
+def _inspect(image: Image) -> int:
     source = image.source
     facts = describe.describe(image)
     print(f"image     {image.manifest_digest}")
