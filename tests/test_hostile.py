@@ -348,3 +348,14 @@ def test_inspect_reads_each_nested_index_once(tmp_path: Path) -> None:
         build_layout(layout, [layer_tar([f("a", b"%d" % i)])], compression="none", tag=str(i))
     with pytest.raises(ImageError, match=r"its indexes name more than 5 documents"):
         all_manifests(LayoutSource(str(layout)), limit=5)
+
+
+def test_a_sha512_pin_is_checked_whatever_the_index_names(tmp_path: Path) -> None:
+    info = build_layout(tmp_path / "layout", [layer_tar([f("a", b"a")])], compression="none")
+    digest = str(info.manifest_descriptor["digest"])
+    data = (tmp_path / "layout/blobs/sha256" / digest.split(":")[1]).read_bytes()
+    pin = "sha512:" + hashlib.sha512(data).hexdigest()
+    source = LayoutSource(str(tmp_path / "layout"))
+    assert resolve(source, digest=pin).manifest_digest == digest
+    with pytest.raises(ImageError, match=rf"image digest is {pin}, not the pinned sha512:0+$"):
+        resolve(source, digest="sha512:" + "0" * 128)

@@ -70,6 +70,13 @@ def new_hash(digest: str) -> Any:
     return hashlib.new(digest.partition(":")[0])
 
 
+def digest_of(data: bytes, like: str) -> str:
+    """The digest of `data` in the algorithm of the digest `like` (sha256 or sha512)."""
+    hasher = new_hash(like)
+    hasher.update(data)
+    return f"{like.partition(':')[0]}:{hasher.hexdigest()}"
+
+
 class VerifyingReader:
     """Reads a blob and checks, at its end, that its size and digest match the descriptor.
 

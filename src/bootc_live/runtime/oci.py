@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import jsondoc
-from .blobs import Descriptor, check_digest, read_verified, short
+from .blobs import Descriptor, check_digest, digest_of, read_verified, short
 from .errors import ImageError
 from .sources import ImageSource
 
@@ -202,6 +202,8 @@ def resolve(
     for _depth in range(8):
         with source.open_blob(desc) as raw:
             data = read_verified(raw, desc, "manifest")
+        if digest is not None and not desc.digest.startswith(digest.partition(":")[0] + ":"):
+            seen.append(digest_of(data, digest))  # a sha512 pin of a sha256-named document
         what = f"{where}: {short(desc.digest)}"
         obj = _parse_json(data, what)
         if _kind(desc.media_type, obj, what) == "manifest":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
-from .blobs import Descriptor, check_digest, new_hash
+from .blobs import Descriptor, check_digest, digest_of
 from .errors import BootcLiveError, ImageError, VerificationError
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
@@ -390,16 +390,16 @@ class Endpoint:
         media_type = (headers.get("Content-Type") or "").split(";")[0].strip()
         claimed = (headers.get("Docker-Content-Digest") or "").strip()
         where = f"{self.name}: {self.ref.repository}@{reference}"
-        digest = _digest_of(body, reference if pinned else "sha256:")
+        digest = digest_of(body, reference if pinned else "sha256:")
         if pinned and digest != reference:
             raise VerificationError(
                 f"{where}: the manifest's content is {digest}, not the digest asked for",
                 "the registry or a proxy altered it",
             )
-        if claimed.startswith(("sha256:", "sha512:")) and claimed != _digest_of(body, claimed):
+        if claimed.startswith(("sha256:", "sha512:")) and claimed != digest_of(body, claimed):
             raise VerificationError(
                 f"{where}: Docker-Content-Digest {http._printable(claimed, 140)} does not "
-                f"match the manifest's content ({_digest_of(body, claimed)})",
+                f"match the manifest's content ({digest_of(body, claimed)})",
                 "the registry or a proxy altered it",
             )
         if media_type in SCHEMA1_TYPES:
@@ -455,13 +455,6 @@ def _document(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ImageError(f"{what} is not a JSON object")
     return obj
-
-
-def _digest_of(body: bytes, like: str) -> str:
-    """The digest of `body` in the algorithm of the digest `like` (sha256 or sha512)."""
-    hasher = new_hash(like)
-    hasher.update(body)
-    return f"{like.partition(':')[0]}:{hasher.hexdigest()}"
 
 
 class _MirrorMiss(RegistryError):
