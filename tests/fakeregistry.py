@@ -52,6 +52,7 @@ class Knobs:
     realm: str = ""  # the token realm named in challenges (default: its own /token)
     token_redirect_to: str = ""  # /token answers 307 to this URL
     token_answer: dict[str, object] | None = None  # the token service's JSON, as given
+    token_status: int = 0  # the token service answers this status (and no token)
     cut_manifest_at: int = 0  # the first manifest answer stops after this many bytes
     manifest_body: bytes = b""  # served as the manifest (with its true digest)
     manifest_status: int = 0  # the manifest request is answered with this (and manifest_body)
@@ -185,6 +186,8 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
         def token(self, query: dict[str, list[str]]) -> None:
             if knobs.token_redirect_to:
                 return self.answer(307, b"", {"Location": knobs.token_redirect_to})
+            if knobs.token_status:
+                return self.answer(knobs.token_status, b"busy")
             if knobs.credentials and self.headers.get("Authorization") != _basic(
                 *knobs.credentials
             ):

@@ -268,3 +268,18 @@ def test_digest_only_mirrors_serve_pulls_by_digest_only(layout: Path) -> None:
         assert mirror.hits(f"/manifests/{pin}") and not reg.hits(f"/manifests/{pin}")
         fetch(reg, mirrors=(mirror.host,))  # without the option, a tag goes to the mirror too
         assert mirror.hits(f"/manifests/{TAG}")
+
+
+def test_a_failing_token_service_gets_the_password_three_times_at_most(
+    layout: Path, tmp_path: Path
+) -> None:
+    knobs = Knobs(auth="bearer", credentials=("me", PASSWORD), token_status=503)
+    with fakeregistry.serve(layout, knobs) as reg:
+        creds = auth_json(tmp_path / "a.json", {reg.host: ("me", PASSWORD)})
+        with pytest.raises(BootcLiveError) as err:
+            fetch(reg, auth_file=creds)
+        asked = reg.hits("/token")
+    assert err.value.line().startswith(
+        f"http://{reg.host}/token?…: HTTP 503 Service Unavailable; giving up after 2 retries"
+    )
+    assert len(asked) == 3 and PASSWORD not in err.value.line()
