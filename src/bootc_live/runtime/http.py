@@ -103,10 +103,10 @@ def redact(url: str) -> str:
         text += "?…" if parts.query else ""
     except ValueError:
         text = "(an invalid URL)"
-    return _printable(text, 300)
+    return printable(text, 300)
 
 
-def _printable(text: str, limit: int = 120) -> str:
+def printable(text: str, limit: int = 120) -> str:
     """Server-chosen text fit for one console line: what is not printable (control bytes,
     bidi overrides …) escaped, length capped."""
     text = "".join(
@@ -148,13 +148,18 @@ class Authenticator(Protocol):
         """A 401 with this challenge: True when new credentials make a retry worthwhile."""
 
 
+def basic(credentials: tuple[str, str]) -> str:
+    """The `Authorization` value of Basic credentials."""
+    user, password = credentials
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class BasicAuth:
     """Basic credentials bound to the origin of one URL, sent to it only."""
 
     def __init__(self, url: str, credentials: tuple[str, str]) -> None:
         self.origin = origin(url)
-        user, password = credentials
-        self._value = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._value = basic(credentials)
 
     def headers_for(self, url: str) -> dict[str, str]:
         return {"Authorization": self._value} if origin(url) == self.origin else {}
@@ -236,7 +241,7 @@ def parse_content_length(value: str | None) -> int | None:
         return None
     values = {v.strip() for v in value.split(",")}  # a repeated header is joined with commas
     if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
-        raise ValueError(f"invalid Content-Length {_printable(value, 40)!r}")
+        raise ValueError(f"invalid Content-Length {printable(value, 40)!r}")
     return int(next(iter(values)))
 
 
@@ -244,11 +249,11 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None]:
     """(first, last, total or None) of `Content-Range: bytes FIRST-LAST/TOTAL`; ValueError."""
     m = _CONTENT_RANGE.fullmatch((value or "").strip())
     if not m:
-        raise ValueError(f"invalid Content-Range {_printable(value or '', 60)!r}")
+        raise ValueError(f"invalid Content-Range {printable(value or '', 60)!r}")
     first, last = int(m.group(1)), int(m.group(2))
     total = None if m.group(3) == "*" else int(m.group(3))
     if last < first or (total is not None and last >= total):
-        raise ValueError(f"invalid Content-Range {_printable(value or '', 60)!r}")
+        raise ValueError(f"invalid Content-Range {printable(value or '', 60)!r}")
     return first, last, total
 
 
@@ -356,7 +361,7 @@ class Client:
                 except BaseException:
                     resp.close()
                     raise
-            reason = _printable(f"HTTP {status} {resp.reason}".strip(), 80)
+            reason = printable(f"HTTP {status} {resp.reason}".strip(), 80)
             challenge = resp.getheader("WWW-Authenticate") or ""
             retry_after = parse_retry_after(resp.getheader("Retry-After"))
             body = _error_body(resp)
@@ -480,16 +485,16 @@ def _failure(err: BaseException, where: str) -> str:
         raise err
     if type(err).__module__ == "ssl" and not isinstance(err, socket.timeout):
         raise FetchError(
-            f"{where}: TLS failure ({_printable(str(getattr(err, 'reason', '') or err))})",
+            f"{where}: TLS failure ({printable(str(getattr(err, 'reason', '') or err))})",
             "the initramfs needs the server's CA (bootc-live build --ca FILE), or use a "
             "trusted certificate",
         ) from None
     if isinstance(err, http.client.LineTooLong) or (
         type(err) is http.client.HTTPException and "more than" in str(err)
     ):
-        raise FetchError(f"{where}: malformed answer ({_printable(str(err))})", _HINT) from None
+        raise FetchError(f"{where}: malformed answer ({printable(str(err))})", _HINT) from None
     if isinstance(err, (OSError, http.client.HTTPException)):
-        return _printable(str(err) or type(err).__name__)
+        return printable(str(err) or type(err).__name__)
     raise FetchError(f"{where}: unusable answer or request ({type(err).__name__})", _HINT) from None
 
 

@@ -203,7 +203,7 @@ class RegistryAuth:
                 self._fetch_token(self.challenge_params)  # expired: a fresh one first
             return {"Authorization": f"Bearer {self.token}"}
         if self.scheme == "basic" and self.credentials:
-            return {"Authorization": _basic(self.credentials)}
+            return {"Authorization": http.basic(self.credentials)}
         return {}
 
     def challenge(self, url: str, www_authenticate: str) -> bool:
@@ -265,11 +265,6 @@ class RegistryAuth:
         self.expires = self.clock() + max(lifetime - 10, 1)
 
 
-def _basic(credentials: tuple[str, str]) -> str:
-    user, password = credentials
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 def parse_token(data: bytes, who: str) -> tuple[str, float]:
     """(token, seconds it lives) from a token service's JSON answer; one RegistryError else.
 
@@ -307,7 +302,7 @@ def _error_codes(body: bytes) -> str:
         if isinstance(errors, list)
         else []
     )
-    return http._printable(", ".join(codes), 80)
+    return http.printable(", ".join(codes), 80)
 
 
 class Endpoint:
@@ -398,7 +393,7 @@ class Endpoint:
             )
         if claimed.startswith(("sha256:", "sha512:")) and claimed != digest_of(body, claimed):
             raise VerificationError(
-                f"{where}: Docker-Content-Digest {http._printable(claimed, 140)} does not "
+                f"{where}: Docker-Content-Digest {http.printable(claimed, 140)} does not "
                 f"match the manifest's content ({digest_of(body, claimed)})",
                 "the registry or a proxy altered it",
             )
