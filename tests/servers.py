@@ -319,6 +319,8 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> lis
     if s == "redirect-chain":
         hop = f"/hop{n}"
         return [_head("301 Moved Permanently", [("Location", hop), ("Content-Length", "0")])]
+    if s == "redirect-garbage":  # a Location no request line can carry
+        return [_head("302 Found", [("Location", "/a b\x1b[31m"), ("Content-Length", "0")])]
     if s == "redirect-file":
         return [_head("302 Found", [("Location", "file:///etc/shadow"), ("Content-Length", "0")])]
     if s == "wrong-range-start":
@@ -386,6 +388,7 @@ MISBEHAVIOURS = [
     "redirect-loop",
     "redirect-chain",
     "redirect-file",
+    "redirect-garbage",
     "wrong-range-start",
     "unknown-total",
     "huge-header",

@@ -92,6 +92,7 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "redirect-loop": (r"redirect loop", 1),
     "redirect-chain": (r"more than 10 redirects", 11),
     "redirect-file": (r"redirected to a file: URL, refused", 1),
+    "redirect-garbage": (r"/a b\\x1b\[31m: not a URL that can be requested", 1),
     "wrong-range-start": (r"answered bytes 1-511 when asked for bytes 0-", 1),
     "unknown-total": (None, 3),
     "huge-header": (r"malformed answer \(got more than 65536 bytes", 1),
