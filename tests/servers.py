@@ -267,6 +267,7 @@ class Hostile:
     scheme: str = "http"
     requests: list[HostileRequest] = field(default_factory=list)
     redirect_to: str = ""  # for "redirect": where to
+    status: int = 418  # for "status": the status of every answer
     cuts: set[int] = field(default_factory=set)  # for "cut-first": the member reads cut once
 
     def url(self, path: str = "root.oci", credentials: str = "") -> str:
@@ -364,6 +365,8 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> lis
         return [part[: head_len + (len(part) - head_len) // 2]]
     if s == "retry-after-huge":
         return [_head("503 Busy", [("Retry-After", "9" * 400), ("Content-Length", "0")])]
+    if s == "status":
+        return [_head(f"{server.status} Status", [("Content-Length", "4")]) + b"body"]
     if s == "status-600":
         return [_head("600 Odd", [("Content-Length", "0")])]
     if s == "garbage":
@@ -402,6 +405,7 @@ MISBEHAVIOURS = [
     "cut-first",
     "retry-after-huge",
     "status-600",
+    "status",
     "garbage",
     "empty",
     "401",
@@ -411,7 +415,12 @@ MISBEHAVIOURS = [
 
 @contextmanager
 def hostile(
-    data: bytes, switch: str, *, tls: tuple[Path, Path] | None = None, redirect_to: str = ""
+    data: bytes,
+    switch: str,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    redirect_to: str = "",
+    status: int = 418,
 ) -> Iterator[Hostile]:
     """A server on 127.0.0.1 that misbehaves as `switch` says (one of MISBEHAVIOURS)."""
     assert switch in MISBEHAVIOURS, switch
@@ -421,6 +430,7 @@ def hostile(
     listener.settimeout(0.2)
     server = Hostile(int(listener.getsockname()[1]), switch, "https" if tls else "http")
     server.redirect_to = redirect_to
+    server.status = status
     context = None
     if tls:
         import ssl

@@ -106,6 +106,7 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "cut-first": (None, 80),
     "retry-after-huge": (r"HTTP 503 Busy; giving up after 3 retries", 4),
     "status-600": (r"HTTP 600 Odd", 1),
+    "status": (r"HTTP 418 Status; check the URL and the server", 1),
     "garbage": (r"connection failed \(.*HELLO.*\); giving up after 3 retries", 4),
     "empty": (r"connection failed \(Remote end closed .*giving up after 3 retries", 4),
     "401": (r"HTTP 401 Unauthorized", 1),
@@ -150,6 +151,28 @@ def test_hostile_server(switch: str, archive: bytes, tmp_path: Path) -> None:
     if switch in ("no-range", "unknown-total"):
         assert any("downloading" in line for line in log), log
         assert not os.listdir(tmp_path / "dl")  # the download is gone once closed
+
+
+RETRIED = {408, 425, 429, 500, 502, 503, 504, 507, 511, 599}
+
+
+@pytest.mark.parametrize(
+    "status", [103, 201, 204, 300, 304, 305, 400, 404, 410, 416, 418, 451, 501, 505, 999, *RETRIED]
+)
+def test_every_status_ends_at_once_or_in_bounded_retries(
+    status: int, archive: bytes, tmp_path: Path
+) -> None:
+    log: list[str] = []
+    with hostile(archive, "status", status=status) as server:
+        with pytest.raises(BootcLiveError) as err:
+            fetch(server.url(), tmp_path, log)
+        asked = len(server.requests)
+    line = err.value.line()
+    assert line.startswith(f"http://127.0.0.1:{server.port}/root.oci: ") and "\n" not in line
+    if status in RETRIED:
+        assert f"HTTP {status} Status; giving up after 3 retries" in line and asked == 4
+    else:
+        assert asked == 1 and f"HTTP {status} " in line, line
 
 
 def test_a_trickle_exhausts_the_time_budget(archive: bytes, tmp_path: Path) -> None:
