@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -14,6 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from unpackers import need
+
+
+@contextmanager
+def hard_timeout(seconds: float) -> Iterator[None]:
+    """Whatever the block waits for (a socket, a lock, a sleep), it fails after `seconds`."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"the test ran for more than {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from bootc_live.runtime.errors import BootcLiveError, ImageError
 from bootc_live.runtime.oci import all_manifests, resolve
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, d, f, layer_tar, write_oci_archive
-from servers import MISBEHAVIOURS, hostile, throwaway_ca
+from servers import MISBEHAVIOURS, hard_timeout, hostile, throwaway_ca
 from unpackers import need
 
 SECRET = "s3cr3t-PASSWORD"
@@ -44,19 +43,9 @@ FAST = http.Policy(
 
 
 @pytest.fixture(autouse=True)
-def hard_timeout() -> Iterator[None]:
-    """No case may hang: each fails after 30 s whatever it waits for."""
-
-    def expire(*_: object) -> None:
-        raise TimeoutError("the test ran for more than 30 s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, 30)
-    try:
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(30):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,22 @@ import contextlib
 import json
 import math
 import string
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bootc_live.runtime import http, jsondoc
 from bootc_live.runtime.registry import RegistryError, parse_challenge, parse_token
+from servers import hard_timeout
+
+
+@pytest.fixture(autouse=True)
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(60):
+        yield
+
 
 SETTINGS = settings(max_examples=300, deadline=None)
 HEADER_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=60)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,24 +22,16 @@ from bootc_live.runtime.registry import Reference, RegistrySource
 from fakeregistry import REPO, TAG, Knobs
 from imagegen import build_layout, d, f, layer_tar
 from registries import auth_json
-from servers import hostile, throwaway_ca
+from servers import hard_timeout, hostile, throwaway_ca
 
 POLICY = http.Policy(retries=2, stall=1.0, low_speed_time=2.0, max_backoff=0.05)
 PASSWORD = "pw-S3CRET"
 
 
 @pytest.fixture(autouse=True)
-def hard_timeout() -> Iterator[None]:
-    def expire(*_: object) -> None:
-        raise TimeoutError("the test ran for more than 40 s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, 40)
-    try:
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(40):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="module")
