@@ -27,6 +27,7 @@ import io
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -299,7 +300,16 @@ class Client:
         self.where = redact(self.url)  # the URL that last answered, fit to print
 
     def _context(self) -> Any:
-        import ssl  # only for https: an initramfs without libssl still boots http
+        # Imported here, not at the top: an initramfs without TLS (no libssl) still boots every
+        # source that is not https.
+        try:
+            import ssl
+        except ImportError as err:
+            raise FetchError(
+                f"{self.where}: https needs TLS, and this initramfs has none ({err})",
+                "rebuild the initramfs with bootc-live build from an image that has python3's "
+                "ssl module and libssl, or serve the image over http with a pinned bootc.digest=",
+            ) from None
 
         if self.unsecure:
             return ssl._create_unverified_context()  # an explicit opt-in
@@ -313,8 +323,9 @@ class Client:
         host = parts.hostname or ""
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
+            context = self._context()  # first: http.client has no HTTPSConnection without ssl
             conn = http.client.HTTPSConnection(
-                host, parts.port, timeout=self.policy.stall, context=self._context()
+                host, parts.port, timeout=self.policy.stall, context=context
             )
         elif parts.scheme == "http":
             conn = http.client.HTTPConnection(host, parts.port, timeout=self.policy.stall)
@@ -483,7 +494,8 @@ def _failure(err: BaseException, where: str) -> str:
     """
     if isinstance(err, BootcLiveError):
         raise err
-    if type(err).__module__ == "ssl" and not isinstance(err, socket.timeout):
+    ssl = sys.modules.get("ssl")  # a TLS failure is only possible once https imported it
+    if ssl is not None and isinstance(err, ssl.SSLError):
         raise FetchError(
             f"{where}: TLS failure ({printable(str(getattr(err, 'reason', '') or err))})",
             "the initramfs needs the server's CA (bootc-live build --ca FILE), or use a "
