@@ -3,8 +3,9 @@
 It serves one OCI layout as repository `x/y` over plain http on 127.0.0.1, with Bearer (its own
 token service) or Basic authentication, and knobs for each misbehaviour: expiring tokens,
 tokens of the wrong scope, blobs redirected to another port, a connection cut mid-blob, 429 with
-Retry-After, a lying Docker-Content-Digest, a tampered blob, a schema 1 manifest. Every request
-is logged with its headers.
+Retry-After, a lying Docker-Content-Digest, a tampered blob, a schema 1 manifest, a token
+realm or token answer of its choosing, a manifest answer that breaks off, stalls, is not JSON
+or is chunked wrongly. Every request is logged with its headers. With `tls`, it speaks https.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ class Knobs:
     tamper: str = ""  # digest of a blob served with one byte flipped
     schema1: bool = False
     blob_delay: float = 0.0  # seconds before each blob answer (to see requests overlap)
+    realm: str = ""  # the token realm named in challenges (default: its own /token)
+    token_redirect_to: str = ""  # /token answers 307 to this URL
+    token_answer: dict[str, object] | None = None  # the token service's JSON, as given
+    token_status: int = 0  # the token service answers this status (and no token)
+    cut_manifest_at: int = 0  # the first manifest answer stops after this many bytes
+    manifest_body: bytes = b""  # served as the manifest (with its true digest)
+    manifest_status: int = 0  # the manifest request is answered with this (and manifest_body)
+    manifest_chunked_garbage: bool = False  # a chunked manifest answer with a bad chunk size
+    manifest_stall: float = 0.0  # seconds the manifest answer stops after its first bytes
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
 
 
 @dataclass
@@ -63,6 +74,10 @@ class FakeRegistry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.knobs.tls else 'http'}://{self.host}"
+
     def hits(self, fragment: str) -> list[Request]:
         return [r for r in self.log if fragment in r.path]
 
@@ -77,6 +92,11 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
     top = index["manifests"][0]
     state = FakeRegistry(0, knobs)
     cuts = [knobs.cut_blob_at]
+    manifest_cuts = [knobs.cut_manifest_at]
+    by_sha512 = {
+        "sha512:" + hashlib.sha512(p.read_bytes()).hexdigest(): "sha256:" + p.name
+        for p in (layout / "blobs" / "sha256").iterdir()
+    }
     throttled = [not knobs.throttle_first_manifest]
     lock = threading.Lock()
 
@@ -114,9 +134,9 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             if knobs.auth == "basic":
                 value = 'Basic realm="fake"'
             else:
-                value = (
-                    f'Bearer realm="http://{state.host}/token",service="fake",'
-                    f'scope="repository:{REPO}:pull"' + (f',error="{error}"' if error else "")
+                realm = knobs.realm or f"{state.url}/token"
+                value = f'Bearer realm="{realm}",service="fake",scope="repository:{REPO}:pull"' + (
+                    f',error="{error}"' if error else ""
                 )
             body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "auth"}]}).encode()
             self.answer(401, body, {"WWW-Authenticate": value, "Content-Type": "application/json"})
@@ -164,6 +184,10 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             return self.answer(404)
 
         def token(self, query: dict[str, list[str]]) -> None:
+            if knobs.token_redirect_to:
+                return self.answer(307, b"", {"Location": knobs.token_redirect_to})
+            if knobs.token_status:
+                return self.answer(knobs.token_status, b"busy")
             if knobs.credentials and self.headers.get("Authorization") != _basic(
                 *knobs.credentials
             ):
@@ -174,14 +198,28 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                     scope = knobs.first_token_scope
                 token = f"tok-{len(state.tokens) + 1}"
                 state.tokens[token] = (scope, time.monotonic() + knobs.token_lifetime)
-            body = {"token": token, "expires_in": knobs.token_lifetime}
+            body = knobs.token_answer or {"token": token, "expires_in": knobs.token_lifetime}
             return self.answer(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
         def manifest(self, ref: str) -> None:
             if not throttled[0]:
                 throttled[0] = True
                 return self.answer(429, b"", {"Retry-After": "1"})
-            if knobs.schema1:
+            if knobs.manifest_status:
+                return self.answer(knobs.manifest_status, knobs.manifest_body)
+            if knobs.manifest_chunked_garbage:
+                state.log[-1].status = 200
+                self.send_response(200)
+                self.send_header("Content-Type", str(top["mediaType"]))
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b'10\r\n{"schemaVersion\r\nzz\r\n')
+                self.close_connection = True
+                return None
+            ref = by_sha512.get(ref, ref)
+            if knobs.manifest_body:
+                body, media = knobs.manifest_body, str(top["mediaType"])
+            elif knobs.schema1:
                 body = json.dumps({"schemaVersion": 1, "name": REPO, "tag": TAG}).encode()
                 media = "application/vnd.docker.distribution.manifest.v1+prettyjws"
             else:
@@ -192,7 +230,22 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             claimed = "sha256:" + hashlib.sha256(body).hexdigest()
             if knobs.lie_about_digest:
                 claimed = "sha256:" + "1" * 64
-            return self.answer(200, body, {"Content-Type": media, "Docker-Content-Digest": claimed})
+            headers = {"Content-Type": media, "Docker-Content-Digest": claimed}
+            if knobs.manifest_stall:
+                state.log[-1].status = 200
+                self.send_response(200)
+                for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body[:10])
+                self.wfile.flush()
+                time.sleep(knobs.manifest_stall)
+                self.close_connection = True
+                return None
+            cut = 0
+            if manifest_cuts[0] and len(body) > manifest_cuts[0]:
+                cut, manifest_cuts[0] = manifest_cuts[0], 0
+            return self.answer(200, body, headers, cut)
 
         def send_blob(self, digest: str) -> None:
             with lock:
@@ -220,5 +273,5 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                 cut, cuts[0] = cuts[0], 0
             return self.answer(status, body, headers, cut)
 
-    with http_server(Handler) as state.port:
+    with http_server(Handler, tls=knobs.tls) as state.port:
         yield state

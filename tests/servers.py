@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -14,6 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from unpackers import need
+
+
+@contextmanager
+def hard_timeout(seconds: float) -> Iterator[None]:
+    """Whatever the block waits for (a socket, a lock, a sleep), it fails after `seconds`."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"the test ran for more than {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def free_port() -> int:
@@ -159,10 +176,19 @@ def faulty(data: bytes, plan: Callable[[int, int], Answer | None]) -> Iterator[F
 
 
 @contextmanager
-def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    """A threaded HTTP server on a free port of 127.0.0.1, for the block: yields its port."""
+def http_server(
+    handler: type[BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None
+) -> Iterator[int]:
+    """A threaded HTTP server on a free port of 127.0.0.1, for the block: yields its port.
+    With `tls` = (certificate, key), it speaks https."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -233,3 +259,253 @@ def throwaway_ca(workdir: Path, *server_ips: str) -> tuple[Path, Path, Path]:
     ):
         subprocess.run([str(a) for a in argv], check=True, capture_output=True)
     return ca, cert, key
+
+
+# -- a scripted hostile server ----------------------------------------------------------------
+#
+# Raw sockets, so that it can say what no well-behaved server library would: each switch of
+# MISBEHAVIOURS is one pathology of status, headers or body. Every other request (and every
+# request once a switch has had its say, for the switches that relent) is served honestly,
+# with Range, from `data`.
+
+
+@dataclass
+class HostileRequest:
+    path: str
+    headers: dict[str, str]
+    start: int  # of the Range asked for (0 without one)
+    end: int | None  # exclusive
+
+
+@dataclass
+class Hostile:
+    port: int
+    switch: str
+    scheme: str = "http"
+    requests: list[HostileRequest] = field(default_factory=list)
+    redirect_to: str = ""  # for "redirect": where to
+    status: int = 418  # for "status": the status of every answer
+    cuts: set[int] = field(default_factory=set)  # for "cut-first": the member reads cut once
+
+    def url(self, path: str = "root.oci", credentials: str = "") -> str:
+        at = f"{credentials}@" if credentials else ""
+        return f"{self.scheme}://{at}127.0.0.1:{self.port}/{path}"
+
+
+def _head(status: str, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _honest(data: bytes, req: HostileRequest, ranges: bool = True) -> list[object]:
+    if ranges and "Range" in req.headers:
+        end = min(req.end if req.end is not None else len(data), len(data))
+        body = data[req.start : end]
+        head = _head(
+            "206 Partial Content",
+            [
+                ("Content-Range", f"bytes {req.start}-{end - 1}/{len(data)}"),
+                ("Content-Length", str(len(body))),
+            ],
+        )
+        return [head + body]
+    return [_head("200 OK", [("Content-Length", str(len(data)))]) + data]
+
+
+def _trickle(head: bytes, body: bytes, pause: float) -> list[object]:
+    out: list[object] = [head]
+    for i in range(len(body)):
+        out += [body[i : i + 1], pause]
+    return out
+
+
+def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> list[object]:
+    """What to send for request number `n` (1-based) under the server's switch: bytes to
+    send, or seconds (float) to wait."""
+    s = server.switch
+    first = n == 1
+    if s == "honest":
+        return _honest(data, req)
+    if s == "no-range":
+        return _honest(data, req, ranges=False)
+    if s == "redirect":
+        return [_head("302 Found", [("Location", server.redirect_to), ("Content-Length", "0")])]
+    if s == "no-location":
+        return [_head("302 Found", [("Content-Length", "0")])]
+    if s == "redirect-loop":
+        return [_head("307 Temporary Redirect", [("Location", req.path), ("Content-Length", "0")])]
+    if s == "redirect-chain":
+        hop = f"/hop{n}"
+        return [_head("301 Moved Permanently", [("Location", hop), ("Content-Length", "0")])]
+    if s == "redirect-garbage":  # a Location no request line can carry
+        return [_head("302 Found", [("Location", "/a b\x1b[31m"), ("Content-Length", "0")])]
+    if s == "redirect-file":
+        return [_head("302 Found", [("Location", "file:///etc/shadow"), ("Content-Length", "0")])]
+    if s == "wrong-range-start":
+        if "Range" not in req.headers:
+            return _honest(data, req)
+        end = len(data) if req.end is None else req.end
+        body = data[req.start + 1 : end]
+        cr = f"bytes {req.start + 1}-{end - 1}/{len(data)}"
+        return [_head("206 Partial Content", [("Content-Range", cr)]) + body]
+    if s == "unknown-total":
+        if "Range" not in req.headers:
+            return _honest(data, req)
+        end = min(len(data), req.end if req.end is not None else len(data))
+        cr = f"bytes {req.start}-{end - 1}/*"
+        body = data[req.start : end]
+        return [_head("206 Partial Content", [("Content-Range", cr)]) + body]
+    if s == "huge-header":
+        return [_head("200 OK", [("X-Junk", "x" * (1 << 20)), ("Content-Length", "0")])]
+    if s == "many-headers":
+        return [_head("200 OK", [(f"X-H{i}", "v") for i in range(300)])]
+    if s == "content-length-abc":
+        return [_head("200 OK", [("Content-Length", "abc")]) + data]
+    if s == "content-length-huge":
+        return [_head("200 OK", [("Content-Length", "9" * 40)]) + data]
+    if s == "bad-chunked":
+        return [_head("200 OK", [("Transfer-Encoding", "chunked")]) + b"zz\r\nabc\r\n"]
+    if s == "trickle-body":
+        head = _head("200 OK", [("Content-Length", str(len(data)))])
+        return _trickle(head, data[:200], 0.05)
+    if s == "trickle-headers":
+        return _trickle(b"", _head("200 OK", [("Content-Length", str(len(data)))]), 0.05)
+    if s == "stall":
+        return [_head("200 OK", [("Content-Length", str(len(data)))]) + data[:10], 30.0]
+    if s == "cut-first":  # each member read's first answer breaks off half-way; resumed after
+        if req.end is None or req.end in server.cuts:
+            return _honest(data, req)
+        server.cuts.add(req.end)
+        part = _honest(data, req)[0]
+        assert isinstance(part, bytes)
+        head_len = part.index(b"\r\n\r\n") + 4
+        return [part[: head_len + (len(part) - head_len) // 2]]
+    if s == "retry-after-huge":
+        return [_head("503 Busy", [("Retry-After", "9" * 400), ("Content-Length", "0")])]
+    if s == "status":
+        return [_head(f"{server.status} Status", [("Content-Length", "4")]) + b"body"]
+    if s == "status-600":
+        return [_head("600 Odd", [("Content-Length", "0")])]
+    if s == "garbage":
+        return [b"HELLO \x00\x1b[31m\r\n\r\n"]
+    if s == "empty":
+        return []
+    if s == "401":
+        head = _head("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="x"')])
+        return [head]
+    if s == "503-once":
+        if first:
+            return [_head("503 Busy", [("Retry-After", "0"), ("Content-Length", "0")])]
+        return _honest(data, req)
+    raise ValueError(f"unknown switch {s}")
+
+
+MISBEHAVIOURS = [
+    "honest",
+    "no-range",
+    "redirect",
+    "no-location",
+    "redirect-loop",
+    "redirect-chain",
+    "redirect-file",
+    "redirect-garbage",
+    "wrong-range-start",
+    "unknown-total",
+    "huge-header",
+    "many-headers",
+    "content-length-abc",
+    "content-length-huge",
+    "bad-chunked",
+    "trickle-body",
+    "trickle-headers",
+    "stall",
+    "cut-first",
+    "retry-after-huge",
+    "status-600",
+    "status",
+    "garbage",
+    "empty",
+    "401",
+    "503-once",
+]
+
+
+@contextmanager
+def hostile(
+    data: bytes,
+    switch: str,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    redirect_to: str = "",
+    status: int = 418,
+) -> Iterator[Hostile]:
+    """A server on 127.0.0.1 that misbehaves as `switch` says (one of MISBEHAVIOURS)."""
+    assert switch in MISBEHAVIOURS, switch
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    server = Hostile(int(listener.getsockname()[1]), switch, "https" if tls else "http")
+    server.redirect_to = redirect_to
+    server.status = status
+    context = None
+    if tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def serve_one(conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            if context is not None:
+                conn = context.wrap_socket(conn, server_side=True)
+            raw = b""
+            while b"\r\n\r\n" not in raw and len(raw) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                raw += chunk
+            lines = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            start, end = 0, None
+            if headers.get("Range", "").startswith("bytes="):
+                first, _, last = headers["Range"][6:].partition("-")
+                start, end = int(first), (int(last) + 1 if last else None)
+            req = HostileRequest(path, headers, start, end)
+            with lock:
+                server.requests.append(req)
+                n = len(server.requests)
+            for item in _misbehave(server, data, req, n):
+                if stop.is_set():
+                    return
+                if isinstance(item, float):
+                    stop.wait(item)
+                else:
+                    conn.sendall(item)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

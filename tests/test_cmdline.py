@@ -125,3 +125,14 @@ def test_docs_reference_is_generated_from_the_parser() -> None:
     assert (REPO / "docs/cmdline.md").read_text() == cmdline.reference(), (
         "docs/cmdline.md is stale: run bootc-live cmdline-reference > docs/cmdline.md"
     )
+
+
+def test_sha512_pins_and_digest_only_mirrors() -> None:
+    pin = "sha512:" + "a" * 128
+    spec = parse(
+        [f"bootc.digest={pin}", "bootc.registry.mirror=m", "bootc.registry.mirror.digest-only"]
+    )
+    assert spec.digest == pin and spec.registry_mirrors_digest_only
+    assert not parse(["bootc.registry.mirror=m"]).registry_mirrors_digest_only
+    with pytest.raises(CmdlineError, match=r"other algorithms are not supported"):
+        parse(["bootc.digest=sha384:" + "a" * 96])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.vm import GUEST_SERVER
-from servers import faulty, nginx, throwaway_ca
+from servers import faulty, hostile, nginx, throwaway_ca
 from unpackers import bootc_live
 from vmboot import assert_live, assert_stopped, build_artifacts, run
 
@@ -162,6 +162,23 @@ def test_blob_changed_on_the_server(artifacts: dict[str, Path]) -> None:
     with faulty(bytes(data), lambda _n, _b: None) as server:
         result = run(art, URL, network=True, forwards=((80, server.port),))
     assert_stopped(result, "digest mismatch (expected sha256:")
+
+
+def test_a_hostile_server_ends_the_boot_in_one_line(artifacts: dict[str, Path]) -> None:
+    # A redirect loop, to a URL that carries a password: the password is sent (Basic, to that
+    # server only), the boot stops at once with one line, and no line of ours shows it.
+    art = artifacts["systemd"]
+    secret = "S3cret-pw"
+    with hostile((art / "root.oci").read_bytes(), "redirect-loop") as server:
+        url = f"root=bootc-live:http://me:{secret}@{GUEST_SERVER}/root.oci"
+        result = run(art, url, network=True, forwards=((80, server.port),))
+    assert_stopped(
+        result,
+        f"bootc-live: http://{GUEST_SERVER}/root.oci: redirect loop; check the URL and the server",
+    )
+    assert len(server.requests) == 1
+    assert server.requests[0].headers["Authorization"].startswith("Basic ")
+    assert not [m for m in result.messages if secret in m], result.messages
 
 
 def _size_at(archive: bytes, data_offset: int) -> int:

@@ -499,7 +499,8 @@ def parser() -> argparse.ArgumentParser:
         "pull",
         help="copy an image from a registry into an oci-archive or OCI layout",
         description="Pull docker://REF (HOST[:PORT]/PATH[:TAG][@sha256:HEX]; Docker Hub short "
-        "names are normalised) with bootc-live's own registry client, verifying every blob, "
+        "names are normalised) with bootc-live's own registry client, or an oci-archive at an "
+        "http(s):// URL (read as the boot reads it), verifying every blob, "
         "and write the image for one platform as oci-archive:PATH[:TAG] or oci:DIR[:TAG] "
         "with the registry's manifest and blobs unchanged (the same digests). Any other "
         "SOURCE is copied the same way.",

@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 
 from . import auth, progress, scratch
@@ -19,7 +20,7 @@ from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
 
 TRANSPORTS = (
     "oci-archive:PATH[:REF], oci:DIR[:REF], docker-archive:PATH[:REF], "
-    "containers-storage:[STORE]NAME or docker://REF"
+    "containers-storage:[STORE]NAME, docker://REF or an http(s):// URL"
 )
 # Transports whose PATH ends at the first colon, the rest naming the image (as skopeo parses).
 PATH_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
@@ -63,6 +64,9 @@ class SourceRef:
         if text.startswith("docker://"):
             ref = registry.Reference.parse(text[len("docker://") :])
             return cls("docker", str(ref), ref.tag, options)
+        if text.startswith(("http://", "https://")):
+            # An oci-archive at a URL, read as the boot reads it (in place when Range works).
+            return cls("url", text, None, options)
         transport, sep, rest = text.partition(":")
         if not sep or not rest or transport not in (*PATH_TRANSPORTS, "containers-storage"):
             hint = f"use {TRANSPORTS}"
@@ -101,6 +105,15 @@ class SourceRef:
             )
         if self.transport in SKOPEO_TRANSPORTS:
             return CopiedSource(self, compress=self.registry.compress_copies)
+        if self.transport == "url":
+            return http.open_url(
+                self.path,
+                self.registry.policy,
+                _say,
+                tempfile.gettempdir(),
+                unsecure=self.registry.unsecure,
+                cafile=self.registry.ca,
+            )
         if self.transport == "oci":
             return LayoutSource(self.path)
         return ArchiveSource(self.path)

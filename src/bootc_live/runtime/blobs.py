@@ -15,9 +15,15 @@ _DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 
 def check_digest(digest: object, what: str) -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else raise ImageError."""
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise ImageError(f"{what}: invalid digest {digest!r}")
-    return digest
+    if isinstance(digest, str) and _DIGEST.fullmatch(digest):
+        return digest
+    algorithm, colon, _ = str(digest).partition(":")
+    if isinstance(digest, str) and colon and algorithm not in ("sha256", "sha512"):
+        raise ImageError(
+            f"{what}: digest algorithm {algorithm[:20]!r} is not supported",
+            "pin the image by its sha256: or sha512: digest",
+        )
+    raise ImageError(f"{what}: invalid digest {str(digest)[:140]!r}")
 
 
 def short(digest: str) -> str:
@@ -62,6 +68,13 @@ class Descriptor:
 def new_hash(digest: str) -> Any:
     """A hashlib object for the algorithm of `digest`."""
     return hashlib.new(digest.partition(":")[0])
+
+
+def digest_of(data: bytes, like: str) -> str:
+    """The digest of `data` in the algorithm of the digest `like` (sha256 or sha512)."""
+    hasher = new_hash(like)
+    hasher.update(data)
+    return f"{like.partition(':')[0]}:{hasher.hexdigest()}"
 
 
 class VerifyingReader:
@@ -124,6 +137,8 @@ def read_verified(raw: BinaryIO, desc: Descriptor, label: str, limit: int = 16 <
     if desc.size > limit:
         raise ImageError(f"{label} {short(desc.digest)} is implausibly large ({desc.size} bytes)")
     reader = VerifyingReader(raw, desc, label)
-    data = reader.read(desc.size)
+    parts = []
+    while reader.done < desc.size and (data := reader.read(desc.size - reader.done)):
+        parts.append(data)  # a network stream may hand the blob over in several pieces
     reader.finish()
-    return data
+    return b"".join(parts)

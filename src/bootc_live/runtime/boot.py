@@ -89,20 +89,29 @@ def open_url_source(spec: BootSpec, console: Console) -> ImageSource:
         return http.open_url(url, policy, console.say, STATUS_DIR)
     path = os.path.join(STATUS_DIR, "download.oci")
     os.makedirs(STATUS_DIR, exist_ok=True)
-    console.say(f"fetching {url} with dracut's url-lib")
+    console.say(f"fetching {http.redact(url)} with dracut's url-lib")
     run(
         # url-lib needs dracut-lib, and sourcing it does not end with status 0: no && after it.
+        # The URL goes in the environment: a password in it stays out of the logged argv.
         [
             "sh",
             "-c",
-            '. /lib/dracut-lib.sh; . /lib/url-lib.sh; fetch_url "$1" "$2"',
+            '. /lib/dracut-lib.sh; . /lib/url-lib.sh; fetch_url "$BOOTC_URL" "$1"',
             "fetch_url",
-            url,
             path,
         ],
-        hint=f"check {url} and the network",
+        env={**os.environ, "BOOTC_URL": url},
+        hint=f"check {http.redact(url)} and the network",
     )
     return ArchiveSource(path, delete=True)
+
+
+def printable_root(spec: BootSpec) -> str:
+    """root= fit to print: a URL without its password."""
+    assert spec.root is not None
+    if spec.root.kind == "url":
+        return cmdline.ROOT_PREFIX + http.redact(spec.root.location)
+    return str(spec.root)
 
 
 def open_registry_source(spec: BootSpec, console: Console) -> ImageSource:
@@ -124,6 +133,7 @@ def open_registry_source(spec: BootSpec, console: Console) -> ImageSource:
         auth_file=auth,
         unsecure=spec.registry_unsecure,
         mirrors=spec.registry_mirrors,
+        mirrors_digest_only=spec.registry_mirrors_digest_only,
     )
 
 
@@ -201,7 +211,7 @@ def obtain_and_unpack(
     """Open the source, resolve and check the image, unpack it and mount the root."""
     source = open_source(spec, console)
     try:
-        write_status("resolving", root=str(spec.root))
+        write_status("resolving", root=printable_root(spec))
         image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
         if spec.kexec_verified and spec.root is not None and spec.root.kind == "path":
             image = handover.trust_previous_stage(

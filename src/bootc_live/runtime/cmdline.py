@@ -67,6 +67,7 @@ class BootSpec:
     platform: Platform | None = None
     registry_unsecure: bool = False
     registry_mirrors: tuple[str, ...] = ()
+    registry_mirrors_digest_only: bool = False
     registry_auth: str | None = None
     kexec: bool = False
     kexec_kver: str | None = None
@@ -127,8 +128,11 @@ def parse_root(value: str) -> Root | None:
 
 
 def parse_digest(value: str) -> str:
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
-        raise ValueError("expected sha256: and 64 lowercase hex digits")
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}", value):
+        raise ValueError(
+            "expected sha256: and 64, or sha512: and 128, lowercase hex digits (other "
+            "algorithms are not supported)"
+        )
     return value
 
 
@@ -252,7 +256,8 @@ OPTIONS: tuple[Option, ...] = (
         "digest",
         parse_digest,
         "bootc.digest=sha256:HEX",
-        "The manifest (or index) digest the image must have; anything else stops the boot.",
+        "The manifest (or index) digest the image must have; anything else stops the boot. "
+        "`sha512:HEX` works too.",
     ),
     Option(
         "bootc.registry.unsecure",
@@ -269,6 +274,16 @@ OPTIONS: tuple[Option, ...] = (
         "bootc.registry.mirror=HOST[,HOST…]",
         "Registry mirrors tried in order before the named registry; a mirror never receives "
         "the named registry's credentials.",
+    ),
+    Option(
+        "bootc.registry.mirror.digest-only",
+        "registry_mirrors_digest_only",
+        parse_bool,
+        "bootc.registry.mirror.digest-only[=1]",
+        "Use the mirrors only for references pinned by digest (`@sha256:…`, `@sha512:…`): a "
+        "tag is resolved by the named registry alone, so a stale mirror cannot serve an old "
+        'image for it (containers-registries.conf\'s `pull-from-mirror = "digest-only"`).',
+        "0",
     ),
     Option(
         "bootc.registry.auth",

@@ -3,37 +3,55 @@
 When the server supports `Range`, an oci-archive is read in place over the network: its tar
 headers first, then each blob in application order straight into verification and unpacking,
 so the archive is never stored. Without `Range` it is downloaded once into a file.
-Every retry is logged with its cause; `Retry-After` is honoured; 401/403/404/410 stop at once.
+
+The server is not trusted. One policy each, kept here:
+- deadlines (`Policy`): a connection fails when it stalls or trickles; failures are retried
+  with backoff within a count or a time budget; `Retry-After` is honoured up to a cap;
+- redirects (`Client._redirect`): http(s) only, never from https down to http unless unsecure,
+  no loops, at most REDIRECTS;
+- credentials (`Authenticator`): bound to one origin (scheme, host, port), so they never follow
+  a redirect elsewhere; a `user:password@` in a URL becomes such Basic credentials;
+- bodies (`RangeReader`, `read_body`): read to their end, resumed where a connection broke,
+  within a size limit;
+- failures (`_failure`): any exception from an exchange becomes a cause to retry or one
+  `FetchError` line; answers that cannot improve fail at once. URLs are printed `redact`ed.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import errno
 import http.client
+import io
 import os
 import re
 import socket
 import sys
+import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Callable, Protocol
 
-from .errors import BootcLiveError, LayerError
+from .errors import BootcLiveError, LayerError, SpaceError
 from .sources import ArchiveSource, ImageSource, MemberIndex
 from .streams import Reader
 from .tarstream import BLOCK
-
-if TYPE_CHECKING:
-    import ssl
 
 CA_BUNDLES = (  # all that exist are trusted
     "/etc/bootc-live/ca.pem",  # `bootc-live build --ca FILE` puts it into the initramfs
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
 )
-FATAL = {400, 401, 403, 404, 405, 410, 416}
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+REDIRECTS = 10
+RETRYABLE = {408, 425, 429, 500, 502, 503, 504}  # and 5xx but 501/505; other answers are final
+PROGRESS = 64 << 10  # bytes read since the last failure that make a fresh backoff and budget
+MAX_RANGE_READS = 100_000  # tar headers read one by one from an archive in place
+ERROR_BODY = 4096
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_HINT = "check the URL and the server"
 
 
 class FetchError(BootcLiveError):
@@ -47,24 +65,111 @@ class FetchError(BootcLiveError):
         self.body = body  # the start of an error response's body (a registry's error JSON)
 
 
+class NoRangeResume(FetchError):
+    """A resumed request was answered from byte 0: the server stopped honouring Range."""
+
+
+class Stalled(socket.timeout):
+    """A connection missed a deadline: no byte for too long, or too few bytes a second."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The deadline model: per-stall, low-speed and total bounds, and the retries they allow.
+
+    A connection fails when no byte comes for `stall` seconds (bootc.timeout), or when fewer
+    than `low_speed` bytes a second come over a `low_speed_time` window (a trickling server).
+    Failures are retried with exponential backoff, until `retries` (bootc.retries) are spent
+    or, by default, until `total` seconds pass without progress (PROGRESS bytes since the first
+    failure). A `Retry-After` longer than the backoff is honoured, up to `max_retry_after`.
+    """
+
+    retries: int | None = None
+    total: float = 600.0  # like the original's 100 x 5 s
+    stall: float = 30.0
+    low_speed: int = 1024
+    low_speed_time: float = 60.0
+    max_backoff: float = 30.0
+    max_retry_after: float = 60.0
+
+
+def redact(url: str) -> str:
+    """`url` fit to print: no user or password, no query (signed URLs carry secrets there)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        text = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        if "@" in parts.netloc:
+            text = text.replace("://", "://***@", 1)
+        text += "?…" if parts.query else ""
+    except ValueError:
+        text = "(an invalid URL)"
+    return printable(text, 300)
+
+
+def printable(text: str, limit: int = 120) -> str:
+    """Server-chosen text fit for one console line: what is not printable (control bytes,
+    bidi overrides …) escaped, length capped."""
+    text = "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        for c in text[: limit * 2]
+    )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port): what credentials are bound to."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), port or default
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(the URL without `user:password@`, (user, password) or None)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    user, _, password = userinfo.partition(":")
+    return bare, (urllib.parse.unquote(user), urllib.parse.unquote(password))
+
+
 class Authenticator(Protocol):
-    """Credentials for one server (a registry): headers per URL, and answers to 401."""
+    """Credentials for one origin: headers per URL, and answers to 401."""
 
     def headers_for(self, url: str) -> dict[str, str]:
-        """Authorization for `url`: none for another host (a redirect to blob storage)."""
+        """Authorization for `url`: none for another origin (a redirect elsewhere)."""
 
     def challenge(self, url: str, www_authenticate: str) -> bool:
         """A 401 with this challenge: True when new credentials make a retry worthwhile."""
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Bounds on retries: a count (bootc.retries) or, by default, a total time."""
+def basic(credentials: tuple[str, str]) -> str:
+    """The `Authorization` value of Basic credentials."""
+    user, password = credentials
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    retries: int | None = None
-    total: float = 600.0  # like the original's 100 x 5 s
-    stall: float = 30.0  # per-connection timeout (bootc.timeout)
-    max_backoff: float = 30.0
+
+class BasicAuth:
+    """Basic credentials bound to the origin of one URL, sent to it only."""
+
+    def __init__(self, url: str, credentials: tuple[str, str]) -> None:
+        self.origin = origin(url)
+        self._value = basic(credentials)
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        return {"Authorization": self._value} if origin(url) == self.origin else {}
+
+    def challenge(self, url: str, www_authenticate: str) -> bool:
+        return False  # the same credentials again cannot do better
+
+    def __repr__(self) -> str:
+        return f"BasicAuth({self.origin})"
 
 
 class Retrier:
@@ -76,48 +181,98 @@ class Retrier:
         policy: Policy,
         log: Callable[[str], None],
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.policy = policy
         self.log = log
         self.sleep = sleep
-        self.start = time.monotonic()
+        self.clock = clock
+        self.start = clock()  # of the current run of failures
         self.failures = 0
+        self.progressed = 0
 
-    def failed(self, cause: str, retry_after: float | None = None) -> None:
+    def failed(self, cause: str, retry_after: float | None = None, url: str = "") -> None:
         """Record a failure: wait before the next attempt, or raise when the bounds are spent."""
+        where = redact(url or self.url)
+        if not self.failures:
+            self.start = self.clock()
         self.failures += 1
-        delay = min(self.policy.max_backoff, 0.5 * 2 ** (self.failures - 1))
+        self.progressed = 0
+        delay = min(self.policy.max_backoff, 0.5 * 2 ** min(self.failures - 1, 30))
         if retry_after is not None:
-            delay = max(delay, retry_after)
-        spent = time.monotonic() - self.start
+            delay = max(delay, min(retry_after, self.policy.max_retry_after))
+        spent = self.clock() - self.start
         out_of_tries = self.policy.retries is not None and self.failures > self.policy.retries
         if out_of_tries or (self.policy.retries is None and spent + delay > self.policy.total):
             tried = f"{self.failures - 1} retries" if out_of_tries else f"{spent:.0f}s of retries"
             raise FetchError(
-                f"{self.url}: {cause}; giving up after {tried}",
+                f"{where}: {cause}; giving up after {tried}",
                 "check the server and the network, or raise bootc.retries=",
             )
-        self.log(f"{self.url}: {cause}; retry {self.failures} in {delay:.1f}s")
+        self.log(f"{where}: {cause}; retry {self.failures} in {delay:.1f}s")
         self.sleep(delay)
 
-    def succeeded(self) -> None:
-        """Progress was made: the next failure starts a fresh backoff."""
-        if self.failures:
+    def progress(self, n: int) -> None:
+        """`n` bytes came: after PROGRESS of them, the next failure starts a fresh backoff."""
+        self.progressed += n
+        if self.failures and self.progressed >= PROGRESS:
             self.failures = 0
-            self.start = time.monotonic()
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a `Retry-After` (seconds or an HTTP date); None if unusable."""
+    value = (value or "").strip()
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    if _DIGITS.fullmatch(value):
+        return float(value)
+    if value.isdigit():
+        return float("inf")  # more digits than any clock: the caller's cap applies
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - now())
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+
+
+def parse_content_length(value: str | None) -> int | None:
+    """The body's length from `Content-Length`; ValueError when the header is not a number."""
+    if value is None:
+        return None
+    values = {v.strip() for v in value.split(",")}  # a repeated header is joined with commas
+    if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
+        raise ValueError(f"invalid Content-Length {printable(value, 40)!r}")
+    return int(next(iter(values)))
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None]:
+    """(first, last, total or None) of `Content-Range: bytes FIRST-LAST/TOTAL`; ValueError."""
+    m = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not m:
+        raise ValueError(f"invalid Content-Range {printable(value or '', 60)!r}")
+    first, last = int(m.group(1)), int(m.group(2))
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if last < first or (total is not None and last >= total):
+        raise ValueError(f"invalid Content-Range {printable(value or '', 60)!r}")
+    return first, last, total
+
+
+@dataclass
+class Answer:
+    """A usable answer (200 or 206) positioned at the requested start."""
+
+    resp: http.client.HTTPResponse
+    url: str  # the URL that answered, after redirects
+    total: int | None  # the resource's size, when known
+    length: int | None  # the bytes this answer carries, when known
+
+    @property
+    def status(self) -> int:
+        return self.resp.status
+
+    def close(self) -> None:
+        self.resp.close()
 
 
 class Client:
@@ -133,25 +288,29 @@ class Client:
         headers: dict[str, str] | None = None,
         auth: Authenticator | None = None,
     ) -> None:
-        self.url = url
+        self.url, credentials = split_credentials(url)
         self.policy = policy
         self.log = log
         self.unsecure = unsecure
         self.cafiles = [p for p in CA_BUNDLES if os.path.exists(p)] + ([cafile] if cafile else [])
         self.headers = headers or {}
         self.auth = auth
+        if credentials is not None and auth is None:
+            self.auth = BasicAuth(self.url, credentials)
+        self.where = redact(self.url)  # the URL that last answered, fit to print
 
-    def _context(self) -> ssl.SSLContext:
+    def _context(self) -> Any:
         # Imported here, not at the top: an initramfs without TLS (no libssl) still boots every
         # source that is not https.
         try:
             import ssl
         except ImportError as err:
             raise FetchError(
-                f"{self.url}: https needs TLS, and this initramfs has none ({err})",
+                f"{self.where}: https needs TLS, and this initramfs has none ({err})",
                 "rebuild the initramfs with bootc-live build from an image that has python3's "
                 "ssl module and libssl, or serve the image over http with a pinned bootc.digest=",
             ) from None
+
         if self.unsecure:
             return ssl._create_unverified_context()  # an explicit opt-in
         context = ssl.create_default_context()
@@ -159,160 +318,292 @@ class Client:
             context.load_verify_locations(cafile=bundle)
         return context
 
-    def _connect(self, url: str) -> http.client.HTTPConnection:
+    def _request(self, url: str, start: int, end: int | None) -> http.client.HTTPResponse:
         parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        conn: http.client.HTTPConnection
         if parts.scheme == "https":
             context = self._context()  # first: http.client has no HTTPSConnection without ssl
-            return http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=self.policy.stall, context=context
+            conn = http.client.HTTPSConnection(
+                host, parts.port, timeout=self.policy.stall, context=context
             )
-        if parts.scheme == "http":
-            return http.client.HTTPConnection(
-                parts.hostname or "", parts.port, timeout=self.policy.stall
-            )
-        raise FetchError(f"{url}: unsupported scheme {parts.scheme!r}")
+        elif parts.scheme == "http":
+            conn = http.client.HTTPConnection(host, parts.port, timeout=self.policy.stall)
+        else:
+            raise FetchError(f"{redact(url)}: unsupported scheme {parts.scheme!r}", _HINT)
+        headers = {"User-Agent": "bootc-live", "Accept-Encoding": "identity", **self.headers}
+        if self.auth is not None:
+            headers.update(self.auth.headers_for(url))
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        conn.connect()
+        paced = _PacedSocket(conn.sock, self.policy)
+        conn.sock = paced
+        try:
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("GET", target, headers=headers)
+            return conn.getresponse()
+        except BaseException:
+            paced.shutdown()
+            raise
 
-    def open(
-        self, start: int, end: int | None, retrier: Retrier
-    ) -> tuple[http.client.HTTPResponse, int | None]:
+    def open(self, start: int, end: int | None, retrier: Retrier) -> Answer:
         """GET bytes [start, end) (end None: to the end); retry until a usable answer.
 
-        Returns the response positioned at `start` and the resource's total size if known.
-        A server that ignores Range is answered with status 200 from byte 0.
+        A server that ignores Range answers with status 200 from byte 0.
         """
         url = self.url
-        redirects = challenges = 0
-        while redirects <= 10:
-            headers = {"User-Agent": "bootc-live", "Accept-Encoding": "identity", **self.headers}
-            if self.auth is not None:
-                headers.update(self.auth.headers_for(url))
-            if start or end is not None:
-                headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        seen = {url}
+        challenges = 0
+        while True:
+            self.where = redact(url)
             try:
-                conn = self._connect(url)
-                parts = urllib.parse.urlsplit(url)
-                conn.request(
-                    "GET",
-                    parts.path + (f"?{parts.query}" if parts.query else "") or "/",
-                    headers=headers,
-                )
-                resp = conn.getresponse()
-            except OSError as err:
-                if not _is_tls_error(err):
-                    retrier.failed(f"connection failed ({_describe(err)})")
-                    continue
-                raise FetchError(
-                    f"{url}: TLS failure ({getattr(err, 'reason', None) or err})",
-                    "trust the server's CA with bootc-live build --ca FILE, "
-                    "or use a trusted certificate",
-                ) from None
-            except http.client.HTTPException as err:
-                retrier.failed(f"connection failed ({_describe(err)})")
+                resp = self._request(url, start, end)
+            except Exception as err:  # _failure sorts them
+                retrier.failed(f"connection failed ({_failure(err, self.where)})", url=url)
                 continue
             status = resp.status
-            if status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
-                url = urllib.parse.urljoin(url, resp.getheader("Location") or "")
-                resp.close()
-                redirects += 1
+            if 300 <= status < 400:
+                url = self._redirect(url, resp, seen)
                 continue
-            if status == 206:
-                m = _CONTENT_RANGE.fullmatch(resp.getheader("Content-Range", "") or "")
-                if not m or int(m.group(1)) != start:
+            if status in (200, 206):
+                try:
+                    return self._answer(resp, url, start)
+                except BaseException:
                     resp.close()
-                    retrier.failed(
-                        f"wrong Content-Range {resp.getheader('Content-Range')!r} "
-                        f"for bytes {start}-"
-                    )
-                    continue
-                total = int(m.group(3)) if m.group(3) != "*" else None
-                return resp, total
-            if status == 200:
-                length = resp.getheader("Content-Length")
-                return resp, int(length) if length and length.isdigit() else None
-            reason = f"HTTP {status} {resp.reason}".strip()
+                    raise
+            reason = printable(f"HTTP {status} {resp.reason}".strip(), 80)
             challenge = resp.getheader("WWW-Authenticate") or ""
+            retry_after = parse_retry_after(resp.getheader("Retry-After"))
             body = _error_body(resp)
             if status == 401 and self.auth is not None and challenges < 3:
                 challenges += 1
                 if self.auth.challenge(url, challenge):
                     continue
-            if status in FATAL:
-                raise FetchError(
-                    f"{url}: {reason}", "check the URL in root= and the server", status, body
-                )
-            retrier.failed(reason, _retry_after(resp.getheader("Retry-After")))
-        raise FetchError(f"{self.url}: too many redirects")
+            if status not in RETRYABLE and not (500 <= status < 600 and status not in (501, 505)):
+                raise FetchError(f"{self.where}: {reason}", _HINT, status, body)
+            retrier.failed(reason, retry_after, url=url)
+
+    def _redirect(self, url: str, resp: http.client.HTTPResponse, seen: set[str]) -> str:
+        """The URL a 3xx sends us to, if the redirect policy allows it."""
+        status, location = resp.status, (resp.getheader("Location") or "").strip()
+        resp.close()
+        if status not in (301, 302, 303, 307, 308) or not location:
+            raise FetchError(f"{self.where}: HTTP {status} without a Location to follow", _HINT)
+        try:
+            target = urllib.parse.urljoin(url, location)
+            scheme = urllib.parse.urlsplit(target).scheme
+        except ValueError:
+            raise FetchError(f"{self.where}: redirected to an invalid URL", _HINT) from None
+        if scheme not in ("http", "https"):
+            raise FetchError(f"{self.where}: redirected to a {scheme}: URL, refused", _HINT)
+        if url.startswith("https:") and scheme == "http" and not self.unsecure:
+            raise FetchError(
+                f"{self.where}: redirected from https to plain http ({redact(target)}), refused",
+                "the server must keep to https (a registry can be allowed plain http with "
+                "bootc.registry.unsecure=1)",
+            )
+        if target in seen:
+            raise FetchError(f"{self.where}: redirect loop", _HINT)
+        if len(seen) > REDIRECTS:
+            raise FetchError(f"{redact(self.url)}: more than {REDIRECTS} redirects", _HINT)
+        seen.add(target)
+        return target
+
+    def _answer(self, resp: http.client.HTTPResponse, url: str, start: int) -> Answer:
+        try:
+            length = parse_content_length(resp.getheader("Content-Length"))
+            if resp.status == 200:
+                return Answer(resp, url, length, length)
+            first, last, total = parse_content_range(resp.getheader("Content-Range"))
+        except ValueError as err:
+            raise FetchError(f"{self.where}: {err}", _HINT) from None
+        if first != start:
+            raise FetchError(
+                f"{self.where}: answered bytes {first}-{last} when asked for bytes {start}-",
+                "the server's Range support is broken",
+            )
+        return Answer(resp, url, total, last - first + 1)
 
 
-def _is_tls_error(err: OSError) -> bool:
-    """A TLS failure (never retried): only possible once https has imported ssl."""
-    ssl = sys.modules.get("ssl")
-    return ssl is not None and isinstance(err, ssl.SSLError)
+class _Paced(io.RawIOBase):
+    """A connection's incoming bytes, held to the policy's stall and low-speed deadlines."""
+
+    def __init__(self, sock: socket.socket, policy: Policy) -> None:
+        self._sock = sock
+        self._policy = policy
+        self._last = self._window = time.monotonic()
+        self._got = 0  # bytes in the current low-speed window
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        stall, window = self._policy.stall, self._policy.low_speed_time
+        while True:
+            now = time.monotonic()
+            if now - self._last >= stall:
+                raise Stalled(f"stalled: no data for {stall:g}s")
+            if now - self._window >= window:
+                if self._got < self._policy.low_speed * window:
+                    raise Stalled(
+                        f"too slow: {self._got} bytes in {window:g}s, under "
+                        f"{self._policy.low_speed} bytes/s"
+                    )
+                self._window, self._got = now, 0
+            self._sock.settimeout(max(0.01, min(self._last + stall, self._window + window) - now))
+            try:
+                n = self._sock.recv_into(buffer)
+            except socket.timeout:
+                continue  # the deadlines above judge it
+            self._last = time.monotonic()
+            self._got += n
+            return n
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._sock.close()
+
+
+class _PacedSocket:
+    """A connected socket whose reader is `_Paced`; the response closes the socket."""
+
+    def __init__(self, sock: Any, policy: Policy) -> None:
+        self._sock = sock
+        self._policy = policy
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> BinaryIO:
+        return io.BufferedReader(_Paced(self._sock, self._policy))
+
+    def close(self) -> None:
+        pass  # http.client closes its connection early; the response's reader closes us
+
+    def shutdown(self) -> None:
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _failure(err: BaseException, where: str) -> str:
+    """The one place a failed exchange is judged: a cause worth a retry, or FetchError now.
+
+    Nothing of the server's answer but a capped, escaped excerpt reaches the message, and
+    nothing of the request (its headers carry credentials).
+    """
+    if isinstance(err, BootcLiveError):
+        raise err
+    ssl = sys.modules.get("ssl")  # a TLS failure is only possible once https imported it
+    if ssl is not None and isinstance(err, ssl.SSLError):
+        raise FetchError(
+            f"{where}: TLS failure ({printable(str(getattr(err, 'reason', '') or err))})",
+            "the initramfs needs the server's CA (bootc-live build --ca FILE), or use a "
+            "trusted certificate",
+        ) from None
+    if isinstance(err, http.client.LineTooLong) or (
+        type(err) is http.client.HTTPException and "more than" in str(err)
+    ):
+        raise FetchError(f"{where}: malformed answer ({printable(str(err))})", _HINT) from None
+    if isinstance(err, http.client.InvalidURL):  # a redirect to what no request can carry
+        raise FetchError(f"{where}: not a URL that can be requested", _HINT) from None
+    if isinstance(err, (OSError, http.client.HTTPException)):
+        return printable(str(err) or type(err).__name__)
+    raise FetchError(f"{where}: unusable answer or request ({type(err).__name__})", _HINT) from None
 
 
 def _error_body(resp: http.client.HTTPResponse) -> bytes:
     """The start of an error response's body (for a registry's error codes), then close it."""
     try:
-        return resp.read(4096)
-    except (OSError, http.client.HTTPException):
+        return resp.read(ERROR_BODY)
+    except Exception:  # an error body is a courtesy
         return b""
     finally:
         resp.close()
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, socket.timeout):
-        return "stalled"
-    text = str(err) or type(err).__name__
-    return text
 
 
 class RangeReader(Reader):
     """Reads bytes [start, end) of a URL as one stream, resuming where a connection broke."""
 
     def __init__(self, client: Client, start: int, end: int | None, retrier: Retrier) -> None:
+        if start < 0 or (end is not None and end < start):
+            raise FetchError(
+                f"{client.where}: bytes {start}-{end} is not a range to read",
+                "the archive's index of members is corrupt",
+            )
         self._client = client
         self._pos = start
         self._end = end
         self._retrier = retrier
-        self._resp: http.client.HTTPResponse | None = None
-        self.ranges = True
+        self._answer: Answer | None = None
+        self.first: Answer | None = None  # the first answer (its headers describe the body)
 
     def read(self, n: int = -1) -> bytes:
         want = n if n >= 0 else 1 << 20
         if self._end is not None:
             want = min(want, self._end - self._pos)
         while want > 0:
-            if self._resp is None:
-                self._resp, _total = self._client.open(self._pos, self._end, self._retrier)
-                if self._resp.status == 200 and self._pos:
-                    self._resp.close()
-                    raise FetchError(f"{self._client.url}: the server stopped honouring Range")
+            if self._answer is None:
+                self._answer = self._client.open(self._pos, self._end, self._retrier)
+                self.first = self.first or self._answer
+                if self._answer.status == 200 and self._pos:
+                    self._drop()
+                    raise NoRangeResume(
+                        f"{self._client.where}: the server stopped honouring Range", _HINT
+                    )
             try:
-                data = self._resp.read(want)
-            except (OSError, http.client.HTTPException) as err:
+                data = self._answer.resp.read(want)
+            except Exception as err:  # _failure sorts them
+                url = self._answer.url
                 self._drop()
-                self._retrier.failed(f"connection broke at byte {self._pos} ({_describe(err)})")
+                cause = _failure(err, redact(url))
+                self._retrier.failed(f"connection broke at byte {self._pos} ({cause})", url=url)
                 continue
             if data:
                 self._pos += len(data)
-                self._retrier.succeeded()
+                self._retrier.progress(len(data))
                 return data
+            total = self._answer.total if self._end is None else self._end
+            url = self._answer.url
             self._drop()
-            if self._end is None:
+            if total is None or self._pos >= total:
                 return b""
             self._retrier.failed(
-                f"connection broke at byte {self._pos} (closed before byte {self._end})"
+                f"connection broke at byte {self._pos} (closed before byte {total})", url=url
             )
         return b""
 
     def _drop(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
+        if self._answer is not None:
+            self._answer.close()
+            self._answer = None
 
     def close(self) -> None:
         self._drop()
+
+
+def read_body(client: Client, what: str, limit: int) -> tuple[bytes, http.client.HTTPMessage]:
+    """A whole document (manifest, token, …) and its headers: read to its end within `limit`
+    bytes, resumed where a connection broke (started again if the server ignores Range)."""
+    retrier = Retrier(client.url, client.policy, client.log)
+    for _attempt in range(3):
+        parts: list[bytes] = []
+        got = 0
+        try:
+            with RangeReader(client, 0, None, retrier) as reader:
+                while data := reader.read(min(1 << 20, limit + 1 - got)):
+                    parts.append(data)
+                    got += len(data)
+                    if got > limit:
+                        raise FetchError(
+                            f"{client.where}: the {what} is larger than {limit} bytes",
+                            "this is not what the server should answer",
+                        )
+                assert reader.first is not None
+                return b"".join(parts), reader.first.resp.headers
+        except NoRangeResume:
+            continue  # from the start again
+    raise FetchError(f"{client.where}: the {what} broke off three times", _HINT)
 
 
 class _RangeStream:
@@ -322,11 +613,15 @@ class _RangeStream:
         self._client = client
         self._retrier = retrier
         self._size = size
+        self._reads = 0
         self.pos = 0
 
     def read_exact(self, n: int) -> bytes:
-        if self.pos + n > self._size:
+        if n < 0 or self.pos + n > self._size:
             raise LayerError("unexpected end of tar data")
+        self._reads += 1
+        if self._reads > MAX_RANGE_READS:
+            raise LayerError(f"more than {MAX_RANGE_READS} tar headers")
         with RangeReader(self._client, self.pos, self.pos + n, self._retrier) as reader:
             parts = []
             left = n
@@ -343,6 +638,8 @@ class _RangeStream:
         return memoryview(self.read_exact(min(n, self._size - self.pos) or 1))
 
     def skip(self, n: int) -> None:
+        if n < 0:
+            raise LayerError(f"negative size {n}")
         self.pos += n
 
     def at_end(self) -> bool:
@@ -355,7 +652,7 @@ class HttpArchiveSource(MemberIndex):
     def __init__(self, client: Client, retrier: Retrier, size: int) -> None:
         self._client = client
         self._retrier = retrier
-        self.description = f"oci-archive:{client.url}"
+        self.description = f"oci-archive:{client.where}"
         stream = _RangeStream(client, retrier, size)
         self._index_members(stream, lambda: stream.pos)
 
@@ -369,38 +666,69 @@ def open_url(
     log: Callable[[str], None],
     download_dir: str,
     unsecure: bool = False,
+    cafile: str | None = None,
 ) -> ImageSource:
     """An image source for an oci-archive URL: read in place with Range, else downloaded once."""
-    client = Client(url, policy, log, unsecure=unsecure)
-    retrier = Retrier(url, policy, log)
-    resp, total = client.open(0, BLOCK, retrier)
-    if resp.status == 206 and total is not None:
-        resp.close()
-        return HttpArchiveSource(client, retrier, total)
-    log(f"{url}: the server does not support Range; downloading the archive once")
+    client = Client(url, policy, log, unsecure=unsecure, cafile=cafile)
+    retrier = Retrier(client.url, policy, log)
+    answer = client.open(0, BLOCK, retrier)
+    if answer.status == 206 and answer.total is not None:
+        answer.close()
+        return HttpArchiveSource(client, retrier, answer.total)
+    if answer.status == 206:  # `bytes 0-511/*`: the part is not the archive
+        answer.close()
+        log(f"{client.where}: the server does not give the archive's size; downloading it once")
+        answer = client.open(0, None, retrier)
+    else:
+        log(f"{client.where}: the server does not support Range; downloading the archive once")
     os.makedirs(download_dir, exist_ok=True)
-    path = os.path.join(download_dir, "download.oci")
-    with open(path, "wb") as out:
-        _download(client, retrier, resp, out)
+    fd, path = tempfile.mkstemp(".oci", "download-", download_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _download(client, retrier, answer, out, download_dir)
+    except BaseException:
+        os.unlink(path)
+        raise
     return ArchiveSource(path, delete=True)
 
 
-def _download(
-    client: Client, retrier: Retrier, resp: http.client.HTTPResponse, out: BinaryIO
-) -> None:
-    """Copy a whole response into `out`; without Range, a broken transfer starts again."""
+def _download(client: Client, retrier: Retrier, answer: Answer, out: BinaryIO, where: str) -> None:
+    """Copy a whole answer into `out` (in directory `where`); without Range, a broken
+    transfer starts again."""
     while True:
         try:
-            while data := resp.read(1 << 20):
-                out.write(data)
-            length = resp.getheader("Content-Length")
-            if length is None or out.tell() == int(length):
-                return
-            cause = f"connection broke at byte {out.tell()} of {length}"
-        except (OSError, http.client.HTTPException) as err:
-            cause = f"connection broke at byte {out.tell()} ({_describe(err)})"
-        resp.close()
-        retrier.failed(f"{cause}; no Range: starting again")
+            cause = _copy(answer, out, retrier, where)
+        finally:
+            answer.close()
+        if not cause:
+            return
+        retrier.failed(f"{cause}; no Range: starting again", url=answer.url)
         out.seek(0)
         out.truncate()
-        resp, _total = client.open(0, None, retrier)
+        answer = client.open(0, None, retrier)
+
+
+def _copy(answer: Answer, out: BinaryIO, retrier: Retrier, where: str) -> str:
+    """Copy the answer's body into `out`: "" when complete, else why it broke off."""
+    while True:
+        try:
+            data = answer.resp.read(1 << 20)
+        except Exception as err:  # _failure sorts them
+            return f"connection broke at byte {out.tell()} ({_failure(err, redact(answer.url))})"
+        if not data:
+            break
+        try:
+            out.write(data)
+        except OSError as err:  # the disk's failure, not the network's: no retry
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpaceError(
+                    f"no space left to download {redact(answer.url)} into {where} "
+                    f"({out.tell() >> 20} MiB written)",
+                    "free space there, or serve the archive with Range support (it is then "
+                    "read in place, not stored)",
+                ) from None
+            raise BootcLiveError(f"cannot store the download: {err.strerror}") from None
+        retrier.progress(len(data))
+    if answer.length is None or out.tell() == answer.length:
+        return ""
+    return f"connection broke at byte {out.tell()} of {answer.length}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import platform as _platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .blobs import Descriptor, check_digest, read_verified, short
+from . import jsondoc
+from .blobs import Descriptor, check_digest, digest_of, read_verified, short
 from .errors import ImageError
 from .sources import ImageSource
 
@@ -102,8 +102,8 @@ class Image:
 
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        obj = jsondoc.loads(data)
+    except ValueError as err:
         raise ImageError(f"{what} is not valid JSON ({err})") from None
     if not isinstance(obj, dict):
         raise ImageError(f"{what} is not a JSON object")
@@ -214,6 +214,8 @@ def resolve(
     for _depth in range(8):
         with source.open_blob(desc) as raw:
             data = read_verified(raw, desc, "manifest")
+        if digest is not None and not desc.digest.startswith(digest.partition(":")[0] + ":"):
+            seen.append(digest_of(data, digest))  # a sha512 pin of a sha256-named document
         what = f"{where}: {short(desc.digest)}"
         obj = _parse_json(data, what)
         if _kind(desc.media_type, obj, what) == "manifest":
@@ -230,15 +232,20 @@ def resolve(
     return _image_from_manifest(source, desc, obj, what, index_annotations)
 
 
-def all_manifests(source: ImageSource) -> list[Descriptor]:
-    """Every manifest descriptor the source's index reaches, nested indexes followed."""
+def all_manifests(source: ImageSource, limit: int = 1000) -> list[Descriptor]:
+    """Every manifest descriptor the source's index reaches, nested indexes followed once each
+    (a document named twice is read once; at most `limit` documents)."""
     where = source.description
     todo = _descriptors(_parse_json(source.index_json(), f"{where}: index.json"), where)
+    seen: set[str] = set()
     found = []
-    for _ in range(1000):
-        if not todo:
-            break
+    while todo:
         desc = todo.pop(0)
+        if desc.digest in seen:
+            continue
+        seen.add(desc.digest)
+        if len(seen) > limit:
+            raise ImageError(f"{where}: its indexes name more than {limit} documents")
         with source.open_blob(desc) as raw:
             obj = _parse_json(
                 read_verified(raw, desc, "manifest"), f"{where}: {short(desc.digest)}"

@@ -15,19 +15,19 @@ mirror, never along a redirect to another host. Plain http and unverified TLS on
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
+import math
 import queue
 import re
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
-from . import http
-from .blobs import Descriptor, check_digest
+from . import http, jsondoc
+from .blobs import Descriptor, check_digest, digest_of
 from .errors import BootcLiveError, ImageError, VerificationError
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
@@ -54,6 +54,10 @@ PREFETCH_BUDGET = 32 << 20
 PREFETCH_MAX_BLOB = 8 << 20
 PREFETCH_WORKERS = 3
 MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
+# A token request carries the password: asked again only twice, never along a redirect.
+TOKEN_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
+TOKEN_LIMIT = 1 << 20
+_TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")  # what can go into a header: no CR, LF, space
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -191,10 +195,12 @@ class RegistryAuth:
         netloc: str,
         repository: str,
         credentials: tuple[str, str] | None,
-        connect: Callable[[str, dict[str, str]], http.Client],
+        connect: Callable[[str, http.Authenticator | None], http.Client],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.netloc = netloc
+        self.transport = "https"  # the endpoint's scheme: credentials go to that origin only
+        self.unsecure = False
         self.repository = repository
         self.credentials = credentials
         self.connect = connect
@@ -205,19 +211,23 @@ class RegistryAuth:
         self.challenge_params: dict[str, str] = {}
         self.denied = ""  # why the last challenge could not be met
 
+    def _ours(self, url: str) -> bool:
+        parts = urllib.parse.urlsplit(url)
+        return (parts.scheme, parts.netloc) == (self.transport, self.netloc)
+
     def headers_for(self, url: str) -> dict[str, str]:
-        if urllib.parse.urlsplit(url).netloc != self.netloc:
+        if not self._ours(url):
             return {}  # blob storage behind a redirect: it gets no credentials of ours
         if self.scheme == "bearer" and self.token:
             if self.clock() >= self.expires:
                 self._fetch_token(self.challenge_params)  # expired: a fresh one first
             return {"Authorization": f"Bearer {self.token}"}
         if self.scheme == "basic" and self.credentials:
-            return {"Authorization": _basic(self.credentials)}
+            return {"Authorization": http.basic(self.credentials)}
         return {}
 
     def challenge(self, url: str, www_authenticate: str) -> bool:
-        if urllib.parse.urlsplit(url).netloc != self.netloc:
+        if not self._ours(url):
             self.denied = "blob storage asked for credentials"
             return False
         scheme, params = parse_challenge(www_authenticate)
@@ -246,55 +256,73 @@ class RegistryAuth:
 
     def _fetch_token(self, params: dict[str, str]) -> None:
         realm = params["realm"]
+        scheme = urllib.parse.urlsplit(realm).scheme
+        if scheme not in ("http", "https"):
+            raise RegistryError(
+                f"registry {self.netloc}: token service {http.redact(realm)} is not an http(s) URL"
+            )
+        if scheme == "http" and self.transport == "https" and not self.unsecure:
+            raise RegistryError(
+                f"registry {self.netloc} (https) names a plain http token service "
+                f"{http.redact(realm)}: refused, credentials and tokens would travel in clear",
+                "fix the registry's token realm, or bootc.registry.unsecure=1",
+            )
         query = [("service", params["service"])] if params.get("service") else []
         query += [("scope", s) for s in params["scope"].split(" ") if s]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
-        client = self.connect(url, headers)
+        basic = http.BasicAuth(url, self.credentials) if self.credentials else None
+        client = self.connect(url, basic)
         try:
-            data = _read_all(client, "token", 1 << 20)
+            data, _ = http.read_body(client, "token", TOKEN_LIMIT)
         except http.FetchError as err:
             if err.status in (401, 403):
                 self.denied = "credentials rejected by the token service"
                 self.scheme, self.token = "bearer", ""
                 return
             raise
-        try:
-            obj = json.loads(data)
-            token = obj.get("token") or obj.get("access_token")
-            lifetime = float(obj.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
-            token, lifetime = None, 0.0
-        if not isinstance(token, str) or not token:
-            raise RegistryError(f"token service {realm} answered without a token")
+        token, lifetime = parse_token(data, f"token service {http.redact(realm)}")
         self.scheme, self.token, self.challenge_params = "bearer", token, params
         self.expires = self.clock() + max(lifetime - 10, 1)
 
 
-def _basic(credentials: tuple[str, str]) -> str:
-    user, password = credentials
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+def parse_token(data: bytes, who: str) -> tuple[str, float]:
+    """(token, seconds it lives) from a token service's JSON answer; one RegistryError else.
 
-
-def _read_all(client: http.Client, what: str, limit: int) -> bytes:
-    retrier = http.Retrier(client.url, client.policy, client.log)
-    resp, _ = client.open(0, None, retrier)
+    The token is never put into a message: it is a secret even when it is malformed.
+    """
     try:
-        data = resp.read(limit + 1)
-    finally:
-        resp.close()
-    if len(data) > limit:
-        raise RegistryError(f"{client.url}: the {what} is larger than {limit >> 20} MiB")
-    return data
+        obj = jsondoc.loads(data, TOKEN_LIMIT, 8)
+    except ValueError as err:
+        raise RegistryError(f"{who} answered something that is not a token ({err})") from None
+    if not isinstance(obj, dict):
+        raise RegistryError(f"{who} answered something that is not a token (not an object)")
+    token = obj.get("token") or obj.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise RegistryError(f"{who} answered without a token")
+    if not _TOKEN.fullmatch(token):
+        raise RegistryError(
+            f"{who} answered a token that cannot be sent (control characters, spaces or over 8 KiB)"
+        )
+    lifetime = obj.get("expires_in")
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)):
+        lifetime = 60
+    seconds = float(min(max(lifetime, 0), 86400))  # a day at most: also no float overflow
+    return token, seconds if math.isfinite(seconds) else 60.0
 
 
 def _error_codes(body: bytes) -> str:
     """The codes of a registry's error JSON: `MANIFEST_UNKNOWN`, `DENIED`, …"""
     try:
-        errors = json.loads(body).get("errors") or []
-        return ", ".join(str(e.get("code")) for e in errors if isinstance(e, dict))
-    except (ValueError, AttributeError):
+        obj = jsondoc.loads(body, http.ERROR_BODY, 8)
+    except ValueError:
         return ""
+    errors = obj.get("errors") if isinstance(obj, dict) else None
+    codes = (
+        [str(e.get("code")) for e in errors or () if isinstance(e, dict)]
+        if isinstance(errors, list)
+        else []
+    )
+    return http.printable(", ".join(codes), 80)
 
 
 class Endpoint:
@@ -319,13 +347,14 @@ class Endpoint:
         self.unsecure = unsecure
         self.mirror = mirror
         self.scheme = "https"
-        self.auth = RegistryAuth(host, ref.repository, credentials, self._client)
+        self.auth = RegistryAuth(host, ref.repository, credentials, self._token_client)
+        self.auth.unsecure = unsecure
 
     @property
     def name(self) -> str:
         return f"mirror {self.host}" if self.mirror else f"registry {self.ref.registry}"
 
-    def _client(self, url: str, headers: dict[str, str], auth: bool = False) -> http.Client:
+    def _client(self, url: str, headers: dict[str, str]) -> http.Client:
         return http.Client(
             url,
             self.policy,
@@ -333,7 +362,12 @@ class Endpoint:
             unsecure=self.unsecure,
             cafile=self.cafile,
             headers=headers,
-            auth=self.auth if auth else None,
+            auth=self.auth,
+        )
+
+    def _token_client(self, url: str, auth: http.Authenticator | None) -> http.Client:
+        return http.Client(
+            url, TOKEN_POLICY, self.log, unsecure=self.unsecure, cafile=self.cafile, auth=auth
         )
 
     def url(self, kind: str, reference: str) -> str:
@@ -342,9 +376,9 @@ class Endpoint:
     def ping(self) -> None:
         """`GET /v2/`: reachable, speaking the API; with unsecure, plain http if TLS fails."""
         for attempt in ("https", "http") if self.unsecure else ("https",):
-            self.scheme = attempt
+            self.scheme = self.auth.transport = attempt
             try:
-                _read_all(self._client(f"{attempt}://{self.host}/v2/", {}, True), "answer", 1 << 20)
+                http.read_body(self._client(f"{attempt}://{self.host}/v2/", {}), "answer", 1 << 20)
                 return
             except http.FetchError as err:
                 if err.status == 401:
@@ -361,34 +395,26 @@ class Endpoint:
 
     def manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(body, media type, digest) of a manifest or index, its digest checked."""
-        client = self._client(self.url("manifests", reference), {"Accept": ACCEPT}, True)
-        retrier = http.Retrier(client.url, self.policy, self.log)
+        client = self._client(self.url("manifests", reference), {"Accept": ACCEPT})
+        pinned = ":" in reference
         try:
-            resp, _ = client.open(0, None, retrier)
+            body, headers = http.read_body(client, "manifest", MANIFEST_LIMIT)
         except http.FetchError as err:
-            what = (
-                f"manifest {reference}" if reference.startswith("sha256:") else f"tag {reference}"
-            )
+            what = f"manifest {reference}" if pinned else f"tag {reference}"
             raise self._refused(err, what) from None
-        try:
-            body = resp.read(MANIFEST_LIMIT + 1)
-            media_type = (resp.getheader("Content-Type") or "").split(";")[0].strip()
-            claimed = resp.getheader("Docker-Content-Digest") or ""
-        finally:
-            resp.close()
+        media_type = (headers.get("Content-Type") or "").split(";")[0].strip()
+        claimed = (headers.get("Docker-Content-Digest") or "").strip()
         where = f"{self.name}: {self.ref.repository}@{reference}"
-        if len(body) > MANIFEST_LIMIT:
-            raise RegistryError(f"{where}: the manifest is larger than 4 MiB")
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
+        digest = digest_of(body, reference if pinned else "sha256:")
+        if pinned and digest != reference:
             raise VerificationError(
                 f"{where}: the manifest's content is {digest}, not the digest asked for",
                 "the registry or a proxy altered it",
             )
-        if claimed.startswith("sha256:") and claimed != digest:
+        if claimed.startswith(("sha256:", "sha512:")) and claimed != digest_of(body, claimed):
             raise VerificationError(
-                f"{where}: Docker-Content-Digest {claimed} does not match the manifest's "
-                f"content ({digest})",
+                f"{where}: Docker-Content-Digest {http.printable(claimed, 140)} does not "
+                f"match the manifest's content ({digest_of(body, claimed)})",
                 "the registry or a proxy altered it",
             )
         if media_type in SCHEMA1_TYPES:
@@ -406,7 +432,7 @@ class Endpoint:
 
     def blob(self, desc: Descriptor, start: int = 0) -> Reader:
         """The blob's bytes from `start`, resumed across broken connections."""
-        client = self._client(self.url("blobs", desc.digest), {}, True)
+        client = self._client(self.url("blobs", desc.digest), {})
         retrier = http.Retrier(client.url, self.policy, self.log)
         return _CheckedReader(self, http.RangeReader(client, start, desc.size, retrier), desc)
 
@@ -433,6 +459,17 @@ class Endpoint:
                 "check the repository, tag or digest in docker://",
             )
         return err
+
+
+def _document(raw: bytes, what: str) -> dict[str, Any]:
+    """A manifest or index as JSON: an object, or one ImageError (a mirror's is skipped)."""
+    try:
+        obj = jsondoc.loads(raw, MANIFEST_LIMIT)
+    except ValueError as err:
+        raise ImageError(f"{what} is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return obj
 
 
 class _MirrorMiss(RegistryError):
@@ -475,6 +512,7 @@ class RegistrySource:
         auth_file: str | None = None,
         unsecure: bool = False,
         mirrors: tuple[str, ...] = (),
+        mirrors_digest_only: bool = False,
         cafile: str | None = None,
         credentials: Callable[[str, str], tuple[str, str] | None] | None = None,
     ) -> None:
@@ -508,6 +546,13 @@ class RegistrySource:
             )
             for host in mirrors
         ] + [upstream]
+        if mirrors and mirrors_digest_only and not ref.digest:
+            # containers-registries.conf's pull-from-mirror = "digest-only": a tag is asked of
+            # the registry only, where it is authoritative; a mirror may hold a stale one.
+            log(
+                f"pulling {ref} by tag: the mirrors serve pulls by digest only, asking the registry"
+            )
+            self.endpoints = [upstream]
         self.endpoint = upstream
         self._documents: dict[str, bytes] = {}
         self._index: bytes | None = None
@@ -529,6 +574,7 @@ class RegistrySource:
             try:
                 endpoint.ping()
                 raw, media_type, digest = endpoint.manifest(self.ref.reference)
+                obj = _document(raw, f"{endpoint.name}: {self.ref.repository}@{self.ref.reference}")
             except (BootcLiveError, OSError) as err:
                 if not endpoint.mirror:
                     raise
@@ -542,9 +588,8 @@ class RegistrySource:
             self.endpoint = endpoint
             self._documents[digest] = raw
             body = raw
+            media_type = media_type or str(obj.get("mediaType", ""))
             break
-        if not media_type:
-            media_type = str(json.loads(body).get("mediaType", "")) if body else ""
         desc: dict[str, object] = {"mediaType": media_type, "digest": digest, "size": len(body)}
         if self.ref.tag:
             desc["annotations"] = {REF_NAME: self.ref.tag}
@@ -556,10 +601,11 @@ class RegistrySource:
         Application stays in order: the feeder opens each layer in turn and gets the bytes
         fetched ahead (verified then, like any other stream) or a live stream.
         """
-        todo = [
-            d for d in layers[1:] if d.size <= PREFETCH_MAX_BLOB and d.digest not in self._ahead
-        ]
-        for desc in todo:
+        todo: dict[str, Descriptor] = {}  # a layer named twice is fetched ahead once
+        for d in layers[1:]:
+            if d.size <= PREFETCH_MAX_BLOB and d.digest not in self._ahead:
+                todo.setdefault(d.digest, d)
+        for desc in todo.values():
             fetch = _Fetch(desc)
             self._ahead[desc.digest] = fetch
             self._queue.put(fetch)

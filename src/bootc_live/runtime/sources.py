@@ -180,8 +180,13 @@ class MemberIndex:
 
     def index_json(self) -> bytes:
         offset, size = self._members["index.json"]
+        if size > 16 << 20:
+            raise ImageError(f"{self.description}: index.json is implausibly large ({size} bytes)")
+        data = b""
         with self._open_member(offset, size) as f:
-            return f.read(16 << 20)
+            while len(data) < size and (part := f.read(size - len(data))):
+                data += part  # a network stream may hand it over in several pieces
+        return data
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         name = blob_path(desc.digest)

@@ -1,0 +1,276 @@
+"""The registry client against a hostile or broken registry (the scripted one): digests it
+must check, credentials it must keep, answers it must read whole or refuse in one line, and
+mirrors that must not stop a pull. Every test has a hard timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fakeregistry
+from bootc_live.runtime import http
+from bootc_live.runtime.blobs import VerifyingReader
+from bootc_live.runtime.errors import BootcLiveError, ImageError, VerificationError
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.registry import Reference, RegistrySource
+from fakeregistry import REPO, TAG, Knobs
+from imagegen import build_layout, d, f, layer_tar
+from registries import auth_json
+from servers import hard_timeout, hostile, throwaway_ca
+
+POLICY = http.Policy(retries=2, stall=1.0, low_speed_time=2.0, max_backoff=0.05)
+PASSWORD = "pw-S3CRET"
+
+
+@pytest.fixture(autouse=True)
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(40):
+        yield
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hostile-registry") / "layout"
+    build_layout(
+        path,
+        [layer_tar([d("etc"), f("etc/os", b"fake\n")]), layer_tar([f("big", os.urandom(99_999))])],
+        compression="gzip",
+        tag=TAG,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return throwaway_ca(tmp_path_factory.mktemp("ca"), "127.0.0.1")
+
+
+def fetch(
+    reg: fakeregistry.FakeRegistry,
+    *,
+    ref: str = "",
+    auth_file: Path | None = None,
+    mirrors: tuple[str, ...] = (),
+    digest_only: bool = False,
+    cafile: Path | None = None,
+) -> tuple[str, list[str]]:
+    """Resolve the image and read every layer through verification: (digest, log lines)."""
+    said: list[str] = []
+    source = RegistrySource(
+        Reference.parse(ref or f"{reg.host}/{REPO}:{TAG}"),
+        POLICY,
+        said.append,
+        auth_file=str(auth_file) if auth_file else None,
+        unsecure=cafile is None,
+        mirrors=mirrors,
+        mirrors_digest_only=digest_only,
+        cafile=str(cafile) if cafile else None,
+    )
+    try:
+        image = resolve(source)
+        source.prefetch(tuple(image.layers))
+        for layer in image.layers:
+            with source.open_blob(layer) as raw:
+                VerifyingReader(raw, layer, "layer").finish()
+        return image.manifest_digest, said
+    finally:
+        source.close()
+
+
+def manifest_bytes(layout: Path) -> bytes:
+    digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    return (layout / "blobs/sha256" / digest.split(":")[1]).read_bytes()
+
+
+def test_a_layer_repeated_five_times_does_not_deadlock(tmp_path: Path) -> None:
+    # Old Docker images repeat the empty layer: legal, and it must not block the prefetch.
+    empty = layer_tar([])
+    layers = [layer_tar([f("first", b"1")]), *[empty] * 6, layer_tar([f("last", b"2")])]
+    build_layout(tmp_path / "layout", layers, compression="gzip", tag=TAG)
+    with fakeregistry.serve(tmp_path / "layout", Knobs(blob_delay=0.05)) as reg:
+        digest, _ = fetch(reg)
+        blobs = [r.path.rsplit("/", 1)[1] for r in reg.hits("/blobs/")]
+    assert digest.startswith("sha256:")
+    assert len(set(blobs)) == 4  # the config, the first, the empty and the last layer
+
+
+def test_sha512_pins_are_checked(layout: Path) -> None:
+    body = manifest_bytes(layout)
+    pin = "sha512:" + hashlib.sha512(body).hexdigest()
+    with fakeregistry.serve(layout, Knobs()) as reg:
+        digest, _ = fetch(reg, ref=f"{reg.host}/{REPO}@{pin}")
+        assert digest == pin and reg.hits(f"/manifests/{pin}")
+    with (
+        fakeregistry.serve(layout, Knobs(manifest_body=body + b" ")) as reg,
+        pytest.raises(VerificationError) as err,
+    ):
+        fetch(reg, ref=f"{reg.host}/{REPO}@{pin}")
+    assert f"the manifest's content is sha512:{hashlib.sha512(body + b' ').hexdigest()}, not" in (
+        str(err.value)
+    )
+    with pytest.raises(ImageError, match=r"digest algorithm 'sha384' is not supported"):
+        Reference.parse(f"127.0.0.1:1/{REPO}@sha384:{'0' * 96}")
+
+
+def test_an_https_registry_never_redirects_to_plain_http(
+    layout: Path, tls: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    ca, cert, key = tls
+    with hostile(b"", "honest") as plain:
+        knobs = Knobs(auth="basic", credentials=("me", PASSWORD), tls=(cert, key))
+        knobs.redirect_blobs_to = plain.port
+        with fakeregistry.serve(layout, knobs) as reg:
+            creds = auth_json(tmp_path / "a.json", {reg.host: ("me", PASSWORD)})
+            with pytest.raises(BootcLiveError) as err:
+                fetch(reg, auth_file=creds, cafile=ca)
+    assert "redirected from https to plain http" in err.value.line()
+    assert plain.requests == [] and PASSWORD not in err.value.line()
+
+
+def test_a_tls_registry_naming_a_plain_http_realm_gets_no_password(
+    layout: Path, tls: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    ca, cert, key = tls
+    with hostile(b"{}", "honest") as realm:
+        knobs = Knobs(auth="bearer", credentials=("me", PASSWORD), tls=(cert, key))
+        knobs.realm = f"http://127.0.0.1:{realm.port}/token"
+        with fakeregistry.serve(layout, knobs) as reg:
+            creds = auth_json(tmp_path / "a.json", {reg.host: ("me", PASSWORD)})
+            with pytest.raises(BootcLiveError) as err:
+                fetch(reg, auth_file=creds, cafile=ca)
+    assert err.value.line().startswith(
+        f"registry {reg.host} (https) names a plain http token service "
+        f"http://127.0.0.1:{realm.port}/token: refused"
+    )
+    assert realm.requests == []
+
+
+def test_token_credentials_never_follow_a_redirect(layout: Path, tmp_path: Path) -> None:
+    with hostile(b"{}", "honest") as elsewhere:
+        knobs = Knobs(auth="bearer", credentials=("me", PASSWORD))
+        knobs.token_redirect_to = f"http://127.0.0.1:{elsewhere.port}/token"
+        with fakeregistry.serve(layout, knobs) as reg:
+            creds = auth_json(tmp_path / "a.json", {reg.host: ("me", PASSWORD)})
+            with pytest.raises(BootcLiveError) as err:
+                fetch(reg, auth_file=creds)
+            asked = reg.hits("/token")
+    assert "answered without a token" in err.value.line()
+    assert elsewhere.requests and all("Authorization" not in r.headers for r in elsewhere.requests)
+    assert len(asked) == 1  # the password went out once
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"token": "tok\r\nX-Evil: 1"}, "answered a token that cannot be sent"),
+        ({"token": "a" * 9000}, "answered a token that cannot be sent"),
+        ({"token": 5}, "answered without a token"),
+        ({"token": "good", "expires_in": 10**400}, None),
+        ({"token": "good", "expires_in": -1e308}, None),
+        ({"token": "good", "expires_in": "soon"}, None),
+    ],
+)
+def test_token_answers(
+    layout: Path, answer: dict[str, object], expected: str | None, tmp_path: Path
+) -> None:
+    knobs = Knobs(auth="bearer", token_answer=answer)
+    with fakeregistry.serve(layout, knobs) as reg:
+        reg.tokens["good"] = ("repository:x/y:pull", float("inf"))
+        if expected is None:
+            digest, _ = fetch(reg)
+            assert digest.startswith("sha256:")
+            return
+        with pytest.raises(BootcLiveError) as err:
+            fetch(reg)
+    line = err.value.line()
+    assert f"token service http://{reg.host}/token answered" in line and expected in line
+    assert "\r" not in line and "X-Evil" not in line and "aaaa" not in line
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        Knobs(cut_manifest_at=40),  # resumed: the server ignores Range, so read again whole
+        Knobs(cut_blob_at=40),  # the config breaks off: resumed with Range, parsed whole
+    ],
+    ids=["manifest", "config"],
+)
+def test_a_document_cut_short_is_read_whole(layout: Path, knobs: Knobs) -> None:
+    with fakeregistry.serve(layout, knobs) as reg:
+        digest, said = fetch(reg)
+    assert digest.startswith("sha256:")
+    assert any("connection broke at byte 40" in line for line in said), said
+
+
+@pytest.mark.parametrize(
+    ("knobs", "expected"),
+    [
+        (Knobs(manifest_body=b"[" * 100_000), r"not valid JSON \(nested more than 64 levels"),
+        (Knobs(manifest_body=b'{"a": "\xc3\x28"}'), r"not valid JSON \(not UTF-8 text\)"),
+        (Knobs(manifest_stall=3.0), r"stalled: no data for 1s.*giving up after 2 retries"),
+        (Knobs(manifest_chunked_garbage=True), r"connection broke.*giving up after 2 retries"),
+        (
+            Knobs(manifest_status=400, manifest_body=b'{"errors": ' + b"[" * 5000),
+            r"HTTP 400 Bad Request; check",
+        ),
+    ],
+    ids=["nested", "not-utf8", "stalled", "bad-chunked", "nested-error-body"],
+)
+def test_broken_manifests_end_in_one_line(layout: Path, knobs: Knobs, expected: str) -> None:
+    with fakeregistry.serve(layout, knobs) as reg, pytest.raises(BootcLiveError) as err:
+        fetch(reg)
+    assert re.search(expected, err.value.line()), err.value.line()
+    assert "\n" not in err.value.line()
+
+
+def test_broken_mirrors_fall_through_to_the_registry(layout: Path) -> None:
+    broken = [
+        Knobs(manifest_chunked_garbage=True),
+        Knobs(manifest_status=500, manifest_body=b"[" * 100_000),
+        Knobs(manifest_body=b"{" * 100_000),
+    ]
+    with (
+        fakeregistry.serve(layout, broken[0]) as one,
+        fakeregistry.serve(layout, broken[1]) as two,
+        fakeregistry.serve(layout, broken[2]) as three,
+        fakeregistry.serve(layout, Knobs()) as reg,
+    ):
+        digest, said = fetch(reg, mirrors=(one.host, two.host, three.host))
+    assert digest.startswith("sha256:")
+    tried = [line for line in said if line.endswith("; trying the next")]
+    assert [line.split(": ")[0] for line in tried] == [
+        f"mirror {m.host}" for m in (one, two, three)
+    ], said
+
+
+def test_digest_only_mirrors_serve_pulls_by_digest_only(layout: Path) -> None:
+    pin = "sha256:" + hashlib.sha256(manifest_bytes(layout)).hexdigest()
+    with fakeregistry.serve(layout, Knobs()) as mirror, fakeregistry.serve(layout, Knobs()) as reg:
+        _, said = fetch(reg, mirrors=(mirror.host,), digest_only=True)
+        assert mirror.log == [] and reg.hits("/manifests/v1")
+        assert any("the mirrors serve pulls by digest only" in line for line in said), said
+        fetch(reg, ref=f"{reg.host}/{REPO}@{pin}", mirrors=(mirror.host,), digest_only=True)
+        assert mirror.hits(f"/manifests/{pin}") and not reg.hits(f"/manifests/{pin}")
+        fetch(reg, mirrors=(mirror.host,))  # without the option, a tag goes to the mirror too
+        assert mirror.hits(f"/manifests/{TAG}")
+
+
+def test_a_failing_token_service_gets_the_password_three_times_at_most(
+    layout: Path, tmp_path: Path
+) -> None:
+    knobs = Knobs(auth="bearer", credentials=("me", PASSWORD), token_status=503)
+    with fakeregistry.serve(layout, knobs) as reg:
+        creds = auth_json(tmp_path / "a.json", {reg.host: ("me", PASSWORD)})
+        with pytest.raises(BootcLiveError) as err:
+            fetch(reg, auth_file=creds)
+        asked = reg.hits("/token")
+    assert err.value.line().startswith(
+        f"http://{reg.host}/token?…: HTTP 503 Service Unavailable; giving up after 2 retries"
+    )
+    assert len(asked) == 3 and PASSWORD not in err.value.line()
