@@ -507,6 +507,8 @@ def _failure(err: BaseException, where: str) -> str:
         raise FetchError(f"{where}: malformed answer ({printable(str(err))})", _HINT) from None
     if isinstance(err, http.client.InvalidURL):  # a redirect to what no request can carry
         raise FetchError(f"{where}: not a URL that can be requested", _HINT) from None
+    if isinstance(err, socket.timeout) and not isinstance(err, Stalled):
+        return "stalled"  # connecting, the TLS handshake or the headers outlasted bootc.timeout
     if isinstance(err, (OSError, http.client.HTTPException)):
         return printable(str(err) or type(err).__name__)
     raise FetchError(f"{where}: unusable answer or request ({type(err).__name__})", _HINT) from None
