@@ -16,7 +16,14 @@ Decisions where runtimes differ (SPEC.md §3):
 - a directory's mtime is applied when its layer is done, and a directory a layer only adds to
   keeps its earlier mtime, so the tree does not depend on when it was unpacked;
 - `security.selinux` and `trusted.overlay.*` are never applied (the booted system labels itself;
-  overlay metadata from a build host must not steer our mounts).
+  overlay metadata from a build host must not steer our mounts);
+- an entry that replaces a symlink (or removes one, or a directory) changes where paths below it
+  resolve: the descriptors cached for resolved directories are all dropped, so later entries of
+  this layer and the next go into what is there now (a real `lib/` that replaced
+  `lib -> usr/lib`), never through the old target.
+
+What the tar reader accepts where SPEC.md §3 is silent (v7 directories, extended header
+sequences, number ranges) is pinned in tarstream.py.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import stat
 from collections import OrderedDict
 from typing import Callable
 
-from .errors import LayerError, SpaceError
+from .errors import LayerError, SpaceError, shown
 from .tarstream import (
     BLOCKDEV,
     CHAR,
@@ -67,7 +74,7 @@ def clean(name: bytes) -> Key:
 
 
 def _show(key: Key) -> str:
-    return "/" + b"/".join(key).decode("utf-8", "backslashreplace")
+    return shown(b"/" + b"/".join(key))
 
 
 def _lstat(name: bytes, dir_fd: int) -> os.stat_result | None:
@@ -131,6 +138,8 @@ class Applier:
                         "add RAM or use bootc.zram=",
                     ) from None
                 raise LayerError(f"cannot apply {_show(key)}: {err.strerror or err}") from None
+            except (ValueError, OverflowError) as err:  # a value no system call takes
+                raise LayerError(f"cannot apply {_show(key)}: {err}") from None
             self.entries += 1
         self._set_dir_times()
 
@@ -144,7 +153,7 @@ class Applier:
             self._touched.add(key[:i])
         if not key:
             if entry.kind != DIRECTORY:
-                raise LayerError(f"layer entry {entry.name!r} would replace the root itself")
+                raise LayerError(f"layer entry {shown(entry.name)} would replace the root itself")
             self._define_dir(self.root_fd, entry, key, clear_xattrs=True)
             return
         parent = self._dir(key[:-1], create=True)
@@ -153,7 +162,7 @@ class Applier:
         existing = _lstat(name, parent)
         if entry.kind == DIRECTORY:
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                os.unlink(name, dir_fd=parent)
+                self._remove(parent, name, existing)
                 existing = None
             if existing is None:
                 os.mkdir(name, 0o700, dir_fd=parent)
@@ -209,12 +218,7 @@ class Applier:
                 self.bytes_written += written
 
     def _copy_sparse(self, entry: TarEntry, key: Key, stream: Stream, fd: int) -> None:
-        assert entry.sparse is not None
-        if sum(length for _, length in entry.sparse) != entry.size or any(
-            offset < 0 or length < 0 or offset + length > entry.real_size
-            for offset, length in entry.sparse
-        ):
-            raise LayerError(f"layer entry {_show(key)}: inconsistent sparse map")
+        assert entry.sparse is not None  # checked by the tar reader
         for offset, length in entry.sparse:
             os.lseek(fd, offset, os.SEEK_SET)
             self._copy(stream, fd, length)
@@ -343,16 +347,20 @@ class Applier:
                 os.close(fd)
 
     def _remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
+        """Remove a node; every removal goes through here (it keeps the cache true)."""
         if stat.S_ISDIR(existing.st_mode):
             self._forget_dirs()
             _rmtree(dir_fd, name)
         else:
+            if stat.S_ISLNK(existing.st_mode):
+                self._forget_dirs()  # cached directories may have been reached through it
             os.unlink(name, dir_fd=dir_fd)
 
     # -- resolution inside the root -------------------------------------------------------
 
     def _forget_dirs(self) -> None:
-        """Drop the cache after a directory removal: cached paths may now resolve elsewhere."""
+        """Drop the cache after a directory or symlink removal: cached paths (below it, or
+        reached through it from anywhere) may now resolve elsewhere."""
         self._stale.extend(self._dirs.values())
         self._dirs.clear()
 
