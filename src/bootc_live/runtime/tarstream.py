@@ -16,6 +16,7 @@ Where SPEC.md §3 is silent, it reads as Go's archive/tar (so umoci, containerd 
 - consecutive extended headers do not merge: the last `x` (and the last `L`, `K`) applies; a
   PAX global header (`g`) is ignored and drops what earlier extended headers set (Go returns it
   as an entry of its own, so they never reach the next one);
+- a stream that ends after a header's data, even an extended header's, ends the archive;
 - a PAX record with an empty value keeps the header's value (an empty xattr is an empty xattr);
 - an owner of 2**32-1 (or -1) is chown's "unchanged": the node stays root's, as with GNU tar
   and umoci;
@@ -200,8 +201,10 @@ def read_entries(stream: Stream) -> Iterator[TarEntry]:
     """
     pending = _Pending()
     while True:
-        if stream.at_end() and not (pending.pax or pending.longname or pending.longlink):
-            return  # no end-of-archive marker: Go's reader (umoci, containerd) accepts this too
+        if stream.at_end():
+            # No end-of-archive marker, even after extended headers: Go's reader (umoci,
+            # containerd) ends there cleanly too.
+            return
         block = stream.read_exact(BLOCK)
         if block == bytes(BLOCK):
             return  # end of archive (a second zero block may follow; the caller drains)
