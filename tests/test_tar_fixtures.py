@@ -10,7 +10,6 @@ fixture, which tool's tree ours must equal and why, or the one line ours must en
 from __future__ import annotations
 
 import os
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.unpack import unpack_image
 from imagegen import build_layout
 from treewalk import diff, snapshot
-from unpackers import TIMEOUT, need, need_root_and, umoci
+from unpackers import need, need_root_and, tool, umoci
 
 pytestmark = pytest.mark.integration
 
@@ -163,25 +162,17 @@ def by_umoci(layout: Path, bundle: Path) -> Outcome:
 def by_gnu_tar(fixture: Path, dest: Path) -> Outcome:
     dest.mkdir()
     dest.chmod(0o755)
-    result = subprocess.run(
-        [
-            "tar",
-            "--extract",
-            f"--file={fixture}",
-            f"--directory={dest}",
-            "--numeric-owner",
-            "--same-owner",
-            "--same-permissions",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--no-overwrite-dir",
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=TIMEOUT,
-        check=False,
+    result = tool(
+        "tar",
+        "--extract",
+        f"--file={fixture}",
+        f"--directory={dest}",
+        "--numeric-owner",
+        "--same-owner",
+        "--same-permissions",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--no-overwrite-dir",
     )
     if result.returncode != 0:
         return Outcome(None, result.stderr.strip().splitlines()[-1])
