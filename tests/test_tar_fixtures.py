@@ -22,7 +22,7 @@ from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.unpack import unpack_image
 from imagegen import build_layout
 from treewalk import diff, snapshot
-from unpackers import need, need_root_and, tool, umoci
+from unpackers import assert_clean_failure, bootc_live, need, need_root_and, tool, umoci
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +237,15 @@ def test_fixture_as_a_layer(fixture: Path, tmp_path: Path) -> None:
         theirs = got[tool]
         assert theirs.tree is not None, f"{tool} failed: {theirs.error}"
         assert diff(theirs.tree, mine.tree, names=(tool, "bootc-live")) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["pax-nul-path.tar", "neg-size.tar", "writer-big.tar"])
+def test_broken_fixture_through_the_command_line(name: str, tmp_path: Path) -> None:
+    """What a user sees: one bootc-live line, exit 1, nothing left where the root was to be."""
+    build_layout(tmp_path / "layout", [(GO / name).read_bytes()])
+    result = bootc_live("unpack", f"oci:{tmp_path / 'layout'}", os.fspath(tmp_path / "root"))
+    stderr = assert_clean_failure(result)
+    lines = [line for line in stderr.splitlines() if line.startswith("bootc-live:")]
+    assert len(lines) == 1 and len(lines[0]) <= 400, stderr
+    assert EXPECTED[f"go/{name}"].line in lines[0]  # type: ignore[union-attr]
+    assert sorted(os.listdir(tmp_path)) == ["layout"]
