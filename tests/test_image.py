@@ -318,3 +318,12 @@ def test_index_carrying_manifest_fields_is_refused(tmp_path: Path, field: str) -
     (layout / "index.json").write_text(json.dumps(index))
     with pytest.raises(ImageError, match=f"index.json is both.*its {field} field says manifest"):
         resolve(LayoutSource(str(layout)), label="nested")
+
+
+def test_long_tags_and_labels_give_a_short_line(tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1], tag="t" * 5000, more_tags=["u" * 5000])
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)), label="w\n" * 5000)
+    line = err.value.line()
+    assert "\n" not in line and len(line) <= 450 and line.count("…") == 2, line

@@ -168,7 +168,7 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
         return descs  # a single image needs no name
     if not descs:
         raise ImageError(f"{where} holds no image")
-    available = ", ".join(names) if names else "none"
+    available = shown(", ".join(names)) if names else "none"
     if label is None:
         raise ImageError(
             f"{where} holds {len(descs)} images and none is tagged {DEFAULT_LABEL!r} "
@@ -176,7 +176,7 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
             "name one with bootclabel= (or SOURCE:TAG)",
         )
     raise ImageError(
-        f"{where} has no image tagged {label!r} (tags: {available})",
+        f"{where} has no image tagged {shown(repr(label))} (tags: {available})",
         "fix bootclabel= (or SOURCE:TAG)",
     )
 
