@@ -238,3 +238,12 @@ def test_a_symlink_replaced_by_a_file_is_not_a_parent_any_more(tmp_path: Path) -
     assert line == "/l: a parent is not a directory"
     assert snapshot(tmp_path / "root")[b"a"].type == "dir"
     assert os.listdir(tmp_path / "root" / "a") == ["one"]
+
+
+def test_a_header_after_a_lone_zero_block_is_an_error(tmp_path: Path) -> None:
+    """Go refuses it; entries hidden there would be seen by some tools and not by others."""
+    hidden = layer_tar([f("hidden", b"h")])
+    line = refused(tmp_path, layer_tar([f("a", b"a")])[: -2 * BLOCK] + bytes(BLOCK) + hidden)
+    assert line == "tar stream: a header after a lone zero block"
+    root = apply(tmp_path, layer_tar([f("b", b"b")])[:-BLOCK])  # one zero block, then the end
+    assert "b" in os.listdir(root)

@@ -16,7 +16,9 @@ Where SPEC.md §3 is silent, it reads as Go's archive/tar (so umoci, containerd 
 - consecutive extended headers do not merge: the last `x` (and the last `L`, `K`) applies; a
   PAX global header (`g`) is ignored and drops what earlier extended headers set (Go returns it
   as an entry of its own, so they never reach the next one);
-- a stream that ends after a header's data, even an extended header's, ends the archive;
+- a stream that ends after a header's data, even an extended header's, ends the archive; so
+  does a zero block followed by another or by the end, but a header after one zero block is
+  an error;
 - a PAX record with an empty value keeps the header's value (an empty xattr is an empty xattr);
 - an owner of 2**32-1 (or -1) is chown's "unchanged": the node stays root's, as with GNU tar
   and umoci;
@@ -207,7 +209,12 @@ def read_entries(stream: Stream) -> Iterator[TarEntry]:
             return
         block = stream.read_exact(BLOCK)
         if block == bytes(BLOCK):
-            return  # end of archive (a second zero block may follow; the caller drains)
+            # The end of the archive: a second zero block, or the end of the stream, follows
+            # (the caller drains whatever comes after); a header after one zero block is an
+            # error, as in Go (other tools would stop there, or go on).
+            if not stream.at_end() and stream.read_exact(BLOCK) != bytes(BLOCK):
+                raise LayerError("tar stream: a header after a lone zero block")
+            return
         if not _checksum_ok(block):
             raise LayerError("tar header checksum mismatch: the layer is corrupt or not a tar")
         typeflag = block[156:157]
