@@ -156,8 +156,6 @@ def parse_pax(data: bytes) -> list[tuple[str, bytes]]:
         key, sep, value = record.partition(b"=")
         if not sep or not key:
             raise LayerError("tar header: PAX record without a key")
-        if b"\0" in key:
-            raise LayerError(f"tar header: PAX key {shown(key)} contains a NUL byte")
         records.append((key.decode("utf-8", "surrogateescape"), value))
         pos = end
     return records
@@ -336,8 +334,6 @@ def _check(entry: TarEntry) -> None:
         problem = "its name contains a NUL byte"
     elif b"\0" in entry.linkname:
         problem = "its link name contains a NUL byte"
-    elif any("\0" in attr for attr in entry.xattrs):
-        problem = "an xattr name contains a NUL byte"
     elif entry.size < 0 or entry.real_size < 0:
         problem = f"negative size {min(entry.size, entry.real_size)}"
     elif not (-1 <= entry.uid < _UNCHANGED_ID and -1 <= entry.gid < _UNCHANGED_ID):
@@ -396,6 +392,10 @@ def _apply_pax(entry: TarEntry, records: list[tuple[str, bytes]], stream: Stream
     sparse_name = None
     sparse_size = None
     for key, value in records:
+        if "\0" in key:
+            raise LayerError(
+                f"tar entry {shown(entry.name)}: PAX key {shown(key)} contains a NUL byte"
+            )
         if key in _STRING_KEYS and b"\0" in value:
             raise LayerError(f"tar entry {shown(value)}: its PAX {key} contains a NUL byte")
         if key.startswith("SCHILY.xattr."):
