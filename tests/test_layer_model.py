@@ -125,21 +125,19 @@ class Model:
                 raise Failed("hardlink to itself, missing")
             return
         try:
-            node = self.tree.get((*self.resolve(target[:-1], create=False), target[-1]))
+            where = (*self.resolve(target[:-1], create=False), target[-1])
         except Missing:
-            node = None
+            raise Failed("hardlink target missing") from None
+        node = self.tree.get(where)
         if node is None or node.kind == "dir":
             raise Failed("hardlink target missing or a directory")
         if existing is node:
             return
-        if existing is not None and self._holds(real, node):
+        if existing is not None and where[: len(real)] == real:
             raise Failed("hardlink to what replacing it removes")
         if existing is not None:
             self.remove(real)
         self.tree[real] = node
-
-    def _holds(self, key: Key, node: Node) -> bool:
-        return any(n is node for k, n in self.tree.items() if k[: len(key)] == key)
 
     def _whiteout(self, op: str, key: Key, touched: set[Key]) -> None:
         parent = key if op == "opaque" else key[:-1]
@@ -274,6 +272,16 @@ def _root() -> None:
 # What this test found (and the everyday case), kept as fixed examples:
 @example([[("file", ("a",), b"1", 0o644), ("symlink", ("c",), "."), ("opaque", ("c",))]])
 @example([[("file", ("a", "a"), b"1", 0o644), ("hardlink", ("a",), ("a", "a"))]])
+@example(
+    [
+        [
+            ("file", ("a",), b"1", 0o644),
+            ("file", ("b", "a"), b"1", 0o644),
+            ("hardlink", ("b", "a"), ("a",)),
+            ("hardlink", ("b",), ("a",)),
+        ]
+    ]
+)
 @example(
     [
         [("symlink", ("b",), "a"), ("file", ("b", "a"), b"1", 0o644)],
