@@ -140,9 +140,10 @@ def mutate_header(buf: bytearray, off: int, rng: random.Random) -> None:
 
 def mutate_pax(buf: bytearray, off: int, rng: random.Random) -> bool:
     """Rewrite one record of the PAX header at `off` (size field and checksum kept true)."""
-    if buf[off + 156] not in b"xg":
-        return False
-    size = int(bytes(buf[off + 124 : off + 135]), 8)
+    field = bytes(buf[off + 124 : off + 135])
+    if buf[off + 156] not in b"xg" or re.fullmatch(rb"[0-7]+", field) is None:
+        return False  # not a PAX header (any more)
+    size = int(field, 8)
     data = bytes(buf[off + BLOCK : off + BLOCK + size])
     records = data.split(b"\n")[:-1] or [b"0 x=y"]
     i = rng.randrange(len(records))
