@@ -259,6 +259,16 @@ def _pax_member(records: dict[bytes, bytes], name: bytes, typeflag: bytes, gnu: 
     return _header(hname, typeflag=typeflag, size=len(payload), gnu=gnu) + _pad(payload)
 
 
+def extended_header(records: dict[Name, Name], typeflag: bytes = b"x") -> bytes:
+    """A standalone PAX extended ('x') or global ('g') header member, for crafted sequences."""
+    return _pax_member({_b(k): _b(v) for k, v in records.items()}, b"crafted", typeflag, False)
+
+
+def header_block(name: Name, **kw: object) -> bytes:
+    """One raw ustar header block (see ``_header`` for the fields), checksum included."""
+    return _header(_b(name), **kw)  # type: ignore[arg-type]
+
+
 def _gnu_long(typeflag: bytes, value: bytes) -> bytes:
     payload = value + b"\0"
     return _header(b"././@LongLink", typeflag=typeflag, size=len(payload), gnu=True) + _pad(payload)

@@ -273,3 +273,57 @@ def test_gzip_trailing_garbage_and_bad_tar(tmp_path: Path) -> None:
     build_layout(tmp_path / "bad", [b"this is not a tar archive".ljust(1024, b"!")])
     with pytest.raises(LayerError, match=r"layer 1/1 .*: tar header checksum mismatch"):
         unpack(tmp_path / "bad", tmp_path / "root2")
+
+
+MT_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@pytest.mark.parametrize(
+    ("descriptor_type", "change", "story"),
+    [
+        (MT_MANIFEST, {"mediaType": MT_INDEX}, "its mediaType says index"),
+        (MT_MANIFEST, {"manifests": []}, "its manifests field says index"),
+        ("", {"manifests": []}, "its manifests field says index, its layers field says manifest"),
+        (MT_INDEX, {}, "its descriptor says index"),
+    ],
+    ids=["mediaType-names-an-index", "carries-manifests", "no-type-both-fields", "index-type"],
+)
+def test_manifest_index_confusion_is_refused(
+    tmp_path: Path, descriptor_type: str, change: dict[str, object], story: str
+) -> None:
+    layout = tmp_path / "img"
+    info = build_layout(layout, LAYERS[:1])
+    manifest = json.loads(info.manifest_path.read_bytes()) | change
+    if not descriptor_type:
+        del manifest["mediaType"]
+    blob = write_blob(layout, json.dumps(manifest).encode())
+    desc = {"digest": blob.digest, "size": blob.size}
+    if descriptor_type:
+        desc["mediaType"] = descriptor_type
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)))
+    assert "is both an index and a manifest" in str(err.value) and story in str(err.value)
+    assert "ambiguous" in err.value.line() and "\n" not in err.value.line()
+
+
+@pytest.mark.parametrize("field", ["layers", "config"])
+def test_index_carrying_manifest_fields_is_refused(tmp_path: Path, field: str) -> None:
+    layout = tmp_path / "img"
+    info = build_layout(layout, LAYERS[:1])
+    add_nested_index(layout, [info], tag="nested")
+    index = json.loads((layout / "index.json").read_text())
+    index[field] = [] if field == "layers" else {}
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageError, match=f"index.json is both.*its {field} field says manifest"):
+        resolve(LayoutSource(str(layout)), label="nested")
+
+
+def test_long_tags_and_labels_give_a_short_line(tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1], tag="t" * 5000, more_tags=["u" * 5000])
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)), label="w\n" * 5000)
+    line = err.value.line()
+    assert "\n" not in line and len(line) <= 450 and line.count("…") == 2, line

@@ -762,6 +762,12 @@ def test_corrupt_layer_blob_fails(tmp_path: Path) -> None:
     both_fail(tmp_path, tmp_path / "layout")
 
 
+def test_header_after_a_lone_zero_block_fails(tmp_path: Path) -> None:
+    lone = layer_tar([f("a", b"a")])[: -2 * 512] + bytes(512) + layer_tar([f("hidden", b"h")])
+    build_layout(tmp_path / "layout", [lone])
+    assert "a header after a lone zero block" in both_fail(tmp_path, tmp_path / "layout")
+
+
 def test_unknown_tag_fails(tmp_path: Path) -> None:
     build_layout(tmp_path / "layout", [layer_tar([f("a")])])
     both_fail(tmp_path, tmp_path / "layout", tag="nope")

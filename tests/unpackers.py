@@ -77,8 +77,13 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def umoci(*args: str) -> subprocess.CompletedProcess[str]:
+    return tool("umoci", *args)
+
+
+def tool(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run an oracle (umoci, GNU tar…): stdin /dev/null, output captured, umask 022."""
     return subprocess.run(
-        ["umoci", *args],
+        argv,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -7,7 +7,8 @@ earlier layers planted. The final component of an entry is never followed.
 
 Decisions where runtimes differ (SPEC.md §3):
 - whiteouts (`.wh.NAME`, `.wh..wh..opq`) hide lower layers only: what the same layer adds, before
-  or after the whiteout in tar order, stays;
+  or after the whiteout in tar order, and under whatever name it reached it (through symlinks),
+  stays: both are compared where they land in the root, not by name;
 - a hardlink to a path that does not exist is an error (containerd's naive applier too), never a
   silent copy; a hardlink to a symlink links the symlink itself; hardlink entries carry no
   metadata of their own (the inode's is the target's);
@@ -16,7 +17,14 @@ Decisions where runtimes differ (SPEC.md §3):
 - a directory's mtime is applied when its layer is done, and a directory a layer only adds to
   keeps its earlier mtime, so the tree does not depend on when it was unpacked;
 - `security.selinux` and `trusted.overlay.*` are never applied (the booted system labels itself;
-  overlay metadata from a build host must not steer our mounts).
+  overlay metadata from a build host must not steer our mounts);
+- an entry that replaces a symlink (or removes one, or a directory) changes where paths below it
+  resolve: the descriptors cached for resolved directories are all dropped, so later entries of
+  this layer and the next go into what is there now (a real `lib/` that replaced
+  `lib -> usr/lib`), never through the old target.
+
+What the tar reader accepts where SPEC.md §3 is silent (v7 directories, extended header
+sequences, number ranges) is pinned in tarstream.py.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import stat
 from collections import OrderedDict
 from typing import Callable
 
-from .errors import LayerError, SpaceError
+from .errors import LayerError, SpaceError, shown
 from .tarstream import (
     BLOCKDEV,
     CHAR,
@@ -67,7 +75,7 @@ def clean(name: bytes) -> Key:
 
 
 def _show(key: Key) -> str:
-    return "/" + b"/".join(key).decode("utf-8", "backslashreplace")
+    return shown(b"/" + b"/".join(key))
 
 
 def _lstat(name: bytes, dir_fd: int) -> os.stat_result | None:
@@ -99,11 +107,13 @@ class Applier:
         self.root_fd = os.open(root, _DIR_FLAGS)
         self._warn = warn
         self._warned: set[str] = set()
-        self._dirs: OrderedDict[Key, int] = OrderedDict()
+        # Resolved directories: lexical key -> (descriptor, real key: where it is in the root)
+        self._dirs: OrderedDict[Key, tuple[int, Key]] = OrderedDict()
         self._stale: list[int] = []  # forgotten descriptors, closed once no caller holds them
         self.entries = 0
         self.bytes_written = 0
-        self._touched: set[Key] = set()  # entries of this layer and their ancestors
+        # Real keys of this layer's entries and their ancestors (what its whiteouts keep).
+        self._touched: set[Key] = set()
         self._dir_times: dict[Key, int] = {}  # mtimes to set when the layer is done
 
     def close(self) -> None:
@@ -131,6 +141,8 @@ class Applier:
                         "add RAM or use bootc.zram=",
                     ) from None
                 raise LayerError(f"cannot apply {_show(key)}: {err.strerror or err}") from None
+            except (ValueError, OverflowError) as err:  # a value no system call takes
+                raise LayerError(f"cannot apply {_show(key)}: {err}") from None
             self.entries += 1
         self._set_dir_times()
 
@@ -140,20 +152,21 @@ class Applier:
                 stream.skip(entry.size)
             self._whiteout(key)
             return
-        for i in range(len(key) + 1):
-            self._touched.add(key[:i])
         if not key:
             if entry.kind != DIRECTORY:
-                raise LayerError(f"layer entry {entry.name!r} would replace the root itself")
+                raise LayerError(f"layer entry {shown(entry.name)} would replace the root itself")
+            self._touched.add(key)
             self._define_dir(self.root_fd, entry, key, clear_xattrs=True)
             return
-        parent = self._dir(key[:-1], create=True)
+        parent, real_parent = self._resolve(key[:-1], create=True)
         self._note_parent(key[:-1], parent)
         name = key[-1]
+        real = (*real_parent, name)
+        self._touched.update(real[:i] for i in range(len(real) + 1))
         existing = _lstat(name, parent)
         if entry.kind == DIRECTORY:
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                os.unlink(name, dir_fd=parent)
+                self._remove(parent, name, existing)
                 existing = None
             if existing is None:
                 os.mkdir(name, 0o700, dir_fd=parent)
@@ -163,7 +176,7 @@ class Applier:
             finally:
                 os.close(fd)
         elif entry.kind == HARDLINK:
-            self._hardlink(entry, key, parent, existing)
+            self._hardlink(entry, key, real, parent, existing)
         else:
             if existing is not None:
                 self._remove(parent, name, existing)
@@ -209,12 +222,7 @@ class Applier:
                 self.bytes_written += written
 
     def _copy_sparse(self, entry: TarEntry, key: Key, stream: Stream, fd: int) -> None:
-        assert entry.sparse is not None
-        if sum(length for _, length in entry.sparse) != entry.size or any(
-            offset < 0 or length < 0 or offset + length > entry.real_size
-            for offset, length in entry.sparse
-        ):
-            raise LayerError(f"layer entry {_show(key)}: inconsistent sparse map")
+        assert entry.sparse is not None  # checked by the tar reader
         for offset, length in entry.sparse:
             os.lseek(fd, offset, os.SEEK_SET)
             self._copy(stream, fd, length)
@@ -235,7 +243,7 @@ class Applier:
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
     def _hardlink(
-        self, entry: TarEntry, key: Key, parent: int, existing: os.stat_result | None
+        self, entry: TarEntry, key: Key, real: Key, parent: int, existing: os.stat_result | None
     ) -> None:
         target = clean(entry.linkname)
         missing = LayerError(
@@ -248,7 +256,7 @@ class Applier:
                 raise missing
             return  # a link to itself: nothing to do
         try:
-            target_parent = self._dir(target[:-1], create=False)
+            target_parent, real_target_parent = self._resolve(target[:-1], create=False)
         except FileNotFoundError:
             raise missing from None
         target_stat = _lstat(target[-1], target_parent)
@@ -259,6 +267,11 @@ class Applier:
         if existing is not None:
             if (existing.st_dev, existing.st_ino) == (target_stat.st_dev, target_stat.st_ino):
                 return  # already the same inode
+            if real_target_parent[: len(real)] == real:
+                raise LayerError(
+                    f"layer entry {_show(key)} is a hardlink to {_show(target)}, "
+                    "which replacing it would remove"
+                )
             self._remove(parent, key[-1], existing)
         os.link(
             target[-1], key[-1], src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False
@@ -315,16 +328,16 @@ class Applier:
             if name in (b"", b".", b".."):
                 raise LayerError(f"layer has an invalid whiteout {_show(key)}")
         try:
-            parent = self._dir(parent_key, create=False)
+            parent, real_parent = self._resolve(parent_key, create=False)
         except (FileNotFoundError, LayerError):
             return  # whiting out below something that is not a directory: nothing to hide
         self._note_parent(parent_key, parent)
         if name == OPAQUE:
             for child in os.listdir(parent):
                 child_name = os.fsencode(child)
-                self._remove_lower(parent, child_name, (*parent_key, child_name))
+                self._remove_lower(parent, child_name, (*real_parent, child_name))
         else:
-            self._remove_lower(parent, name, (*parent_key, name))
+            self._remove_lower(parent, name, (*real_parent, name))
 
     def _remove_lower(self, dir_fd: int, name: bytes, key: Key) -> None:
         """Remove what lower layers put at `name`, keeping what this layer added."""
@@ -343,17 +356,21 @@ class Applier:
                 os.close(fd)
 
     def _remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
+        """Remove a node; every removal goes through here (it keeps the cache true)."""
         if stat.S_ISDIR(existing.st_mode):
             self._forget_dirs()
             _rmtree(dir_fd, name)
         else:
+            if stat.S_ISLNK(existing.st_mode):
+                self._forget_dirs()  # cached directories may have been reached through it
             os.unlink(name, dir_fd=dir_fd)
 
     # -- resolution inside the root -------------------------------------------------------
 
     def _forget_dirs(self) -> None:
-        """Drop the cache after a directory removal: cached paths may now resolve elsewhere."""
-        self._stale.extend(self._dirs.values())
+        """Drop the cache after a directory or symlink removal: cached paths (below it, or
+        reached through it from anywhere) may now resolve elsewhere."""
+        self._stale.extend(fd for fd, _ in self._dirs.values())
         self._dirs.clear()
 
     def _close_stale(self) -> None:
@@ -363,20 +380,25 @@ class Applier:
 
     def _dir(self, key: Key, create: bool) -> int:
         """A descriptor of directory `key`, resolved inside the root (cached; do not close)."""
-        if not key:
-            return self.root_fd
-        fd = self._dirs.get(key)
-        if fd is not None:
-            self._dirs.move_to_end(key)
-            return fd
-        fd = self._walk(key, create)
-        self._dirs[key] = fd
-        if len(self._dirs) > _CACHE_SIZE:
-            self._stale.append(self._dirs.popitem(last=False)[1])
-        return fd
+        return self._resolve(key, create)[0]
 
-    def _walk(self, key: Key, create: bool) -> int:
+    def _resolve(self, key: Key, create: bool) -> tuple[int, Key]:
+        """`_dir`, and the real key of that directory (symlinks resolved)."""
+        if not key:
+            return self.root_fd, ()
+        found = self._dirs.get(key)
+        if found is not None:
+            self._dirs.move_to_end(key)
+            return found
+        found = self._walk(key, create)
+        self._dirs[key] = found
+        if len(self._dirs) > _CACHE_SIZE:
+            self._stale.append(self._dirs.popitem(last=False)[1][0])
+        return found
+
+    def _walk(self, key: Key, create: bool) -> tuple[int, Key]:
         stack = [self.root_fd]  # descriptors from the root down to the current directory
+        names: list[bytes] = []  # the names of stack[1:]
         todo = list(reversed(key))
         links = 0
         try:
@@ -387,10 +409,12 @@ class Applier:
                 if part == b"..":
                     if len(stack) > 1:
                         os.close(stack.pop())
+                        names.pop()
                     continue
                 cur = stack[-1]
                 try:
                     stack.append(os.open(part, _DIR_FLAGS, dir_fd=cur))
+                    names.append(part)
                     continue
                 except FileNotFoundError:
                     if not create:
@@ -400,6 +424,7 @@ class Applier:
                     os.chown(fd, 0, 0)
                     os.chmod(fd, 0o755)  # implied parents: 0755 root:root, whatever the umask
                     stack.append(fd)
+                    names.append(part)
                     continue
                 except OSError as err:
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
@@ -414,8 +439,9 @@ class Applier:
                 if target.startswith(b"/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
+                    names.clear()
                 todo.extend(reversed(target.split(b"/")))
-            return os.dup(stack[-1]) if len(stack) == 1 else stack.pop()
+            return (os.dup(stack[-1]) if len(stack) == 1 else stack.pop()), tuple(names)
         finally:
             for fd in stack[1:]:
                 os.close(fd)

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import jsondoc
 from .blobs import Descriptor, check_digest, digest_of, read_verified, short
-from .errors import ImageError
+from .errors import ImageError, shown
 from .sources import ImageSource
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -111,18 +111,44 @@ def _parse_json(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _kind(media_type: str, obj: Mapping[str, Any], what: str) -> str:
-    """'index' or 'manifest', from the media type, or the content when the type is absent."""
-    media_type = media_type or str(obj.get("mediaType", ""))
-    if media_type in SCHEMA1_TYPES or obj.get("schemaVersion") == 1:
+    """'index' or 'manifest': what the descriptor's media type, the document's own `mediaType`
+    and its fields (`manifests`; `layers`, `config`) say, which must not contradict each other.
+
+    A document that reads as both (CVE-2021-41190: a manifest naming an index type or carrying
+    `manifests`, an index carrying `layers` or `config`) is refused, as containerd and
+    distribution refuse it since; without any media type the fields decide.
+    """
+    own = obj.get("mediaType", "")
+    if not isinstance(own, str):
+        raise ImageError(f"{what} has a mediaType that is not a string")
+    if SCHEMA1_TYPES & {media_type, own} or obj.get("schemaVersion") == 1:
         raise ImageError(
             f"{what} is a Docker schema 1 manifest, which is not supported",
             "push the image again with a current tool (it then gets a schema 2 or OCI manifest)",
         )
-    if media_type in INDEX_TYPES or (not media_type and "manifests" in obj):
-        return "index"
-    if media_type in MANIFEST_TYPES or (not media_type and "layers" in obj):
-        return "manifest"
-    raise ImageError(f"{what} has unsupported media type {media_type!r}")
+    said: dict[str, str] = {}  # who says what it is
+    for who, declared in (("its descriptor", media_type), ("its mediaType", own)):
+        if declared in INDEX_TYPES:
+            said[who] = "index"
+        elif declared in MANIFEST_TYPES:
+            said[who] = "manifest"
+        elif declared:
+            raise ImageError(f"{what} has unsupported media type {shown(repr(declared))}")
+    if "manifests" in obj:
+        said["its manifests field"] = "index"
+    for field in ("layers", "config"):
+        if field in obj:
+            said[f"its {field} field"] = "manifest"
+    kinds = set(said.values())
+    if len(kinds) > 1:
+        story = ", ".join(f"{who} says {kind}" for who, kind in said.items())
+        raise ImageError(
+            f"{what} is both an index and a manifest ({story})",
+            "refusing an ambiguous document: rebuild the image with a current tool",
+        )
+    if not kinds:
+        raise ImageError(f"{what} is neither an index nor a manifest (no media type)")
+    return kinds.pop()
 
 
 def _descriptors(index: Mapping[str, Any], what: str) -> list[Descriptor]:
@@ -148,7 +174,7 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
         return descs  # a single image needs no name
     if not descs:
         raise ImageError(f"{where} holds no image")
-    available = ", ".join(names) if names else "none"
+    available = shown(", ".join(names)) if names else "none"
     if label is None:
         raise ImageError(
             f"{where} holds {len(descs)} images and none is tagged {DEFAULT_LABEL!r} "
@@ -156,7 +182,7 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
             "name one with bootclabel=",
         )
     raise ImageError(
-        f"{where} has no image tagged {label!r} (tags: {available})",
+        f"{where} has no image tagged {shown(repr(label))} (tags: {available})",
         "fix bootclabel=",
     )
 

@@ -4,6 +4,28 @@ Written for layer application rather than taken from `tarfile`, because layers n
 `tarfile` does differently: PAX global headers must be ignored (tarfile merges them into later
 entries), xattr values and names must stay bytes, and data must flow straight from the
 decompressor into the destination file without intermediate copies.
+
+Where SPEC.md §3 is silent, it reads as Go's archive/tar (so umoci, containerd and podman) does:
+- formats by magic: `ustar\0` is ustar/PAX (a `tar\0` trailer at byte 508 makes it star, whose
+  prefix is 131 bytes), `ustar  \0` is GNU (no prefix field), anything else is v7 (no prefix,
+  no device numbers);
+- a v7 regular entry (typeflag NUL) whose name ends in `/` is a directory; a `0` entry is a
+  regular file whatever its name (GNU tar makes both directories);
+- a GNU header whose atime/ctime fields do not parse as numbers, from Go before 1.8, which put
+  a ustar prefix there: that field is the prefix when it is ASCII;
+- consecutive extended headers do not merge: the last `x` (and the last `L`, `K`) applies; a
+  PAX global header (`g`) is ignored and drops what earlier extended headers set (Go returns it
+  as an entry of its own, so they never reach the next one);
+- a stream that ends after a header's data, even an extended header's, ends the archive; so
+  does a zero block followed by another or by the end, but a header after one zero block is
+  an error;
+- a PAX record with an empty value keeps the header's value (an empty xattr is an empty xattr);
+- an owner of 2**32-1 (or -1) is chown's "unchanged": the node stays root's, as with GNU tar
+  and umoci;
+- extended headers hold at most 1 MiB; a NUL byte in a PAX key or in a path, link path or
+  xattr name, a negative size, a number beyond 64 bits, an owner beyond 32 bits, a device
+  number Linux cannot encode (major ≥ 4096, minor ≥ 2**20; umoci truncates them) and a sparse
+  map out of order or beyond the file are errors naming the entry.
 """
 
 from __future__ import annotations
@@ -13,9 +35,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import LayerError
+from .errors import LayerError, shown
 
 BLOCK = 512
+MAX_EXTENDED = 1 << 20  # bytes of one PAX or GNU long-name header (Go's limit too)
+_INT64 = 1 << 63
+_UNCHANGED_ID = (1 << 32) - 1  # (uid_t)-1: "leave the owner" to chown
+_MAX_MAJOR = (1 << 12) - 1  # what Linux's dev_t encodes
+_MAX_MINOR = (1 << 20) - 1
+_STRING_KEYS = ("path", "linkpath", "uname", "gname")  # PAX values that must not hold NUL
 
 REGULAR = "file"
 HARDLINK = "hardlink"
@@ -77,20 +105,21 @@ class TarEntry:
 
 
 def _number(field_: bytes, what: str) -> int:
-    if field_ and field_[0] & 0x80:  # GNU base-256
-        value = int.from_bytes(field_[1:], "big")
-        if field_[0] == 0xFF:
-            value -= 1 << (8 * (len(field_) - 1))
-        elif field_[0] != 0x80:
-            raise LayerError(f"tar header: invalid base-256 {what}")
-        return value
-    text = field_.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise LayerError(f"tar header: invalid {what} field {text!r}") from None
+    if field_ and field_[0] & 0x80:  # GNU base-256: two's complement in the other bits
+        bits = 8 * len(field_) - 1
+        value = int.from_bytes(field_, "big") & ((1 << bits) - 1)
+        if field_[0] & 0x40:
+            value -= 1 << bits
+    else:
+        text = field_.strip(b" \0").split(b"\0", 1)[0]
+        if not text:
+            return 0
+        if re.fullmatch(rb"[0-7]+", text) is None:
+            raise LayerError(f"tar header: invalid {what} field {shown(repr(text))}")
+        value = int(text, 8)
+    if not -_INT64 <= value < _INT64:
+        raise LayerError(f"tar header: {what} does not fit in 64 bits")
+    return value
 
 
 def _cstring(field_: bytes) -> bytes:
@@ -125,25 +154,24 @@ def parse_pax(data: bytes) -> list[tuple[str, bytes]]:
             raise LayerError("tar header: malformed PAX record length")
         record = data[m.end() : end - 1]
         key, sep, value = record.partition(b"=")
-        if not sep:
-            raise LayerError("tar header: PAX record without '='")
+        if not sep or not key:
+            raise LayerError("tar header: PAX record without a key")
         records.append((key.decode("utf-8", "surrogateescape"), value))
         pos = end
     return records
 
 
 def _pax_int(value: bytes, key: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise LayerError(f"tar header: invalid PAX {key}={value!r}") from None
+    if re.fullmatch(rb"-?[0-9]+", value) is None or not -_INT64 <= int(value) < _INT64:
+        raise LayerError(f"tar header: invalid PAX {shown(key)}={shown(repr(value))}")
+    return int(value)
 
 
 def _pax_time_ns(value: bytes) -> int:
     text = value.decode("ascii", "replace")
-    m = re.fullmatch(r"(-?)(\d+)(?:\.(\d*))?", text)
-    if not m:
-        raise LayerError(f"tar header: invalid PAX mtime={text!r}")
+    m = re.fullmatch(r"(-?)([0-9]{1,19})(?:\.([0-9]*))?", text)
+    if not m or int(m.group(2)) >= _INT64:
+        raise LayerError(f"tar header: invalid PAX mtime={shown(repr(text))}")
     sign = -1 if m.group(1) else 1
     frac = (m.group(3) or "")[:9].ljust(9, "0")
     return sign * (int(m.group(2)) * 1_000_000_000 + int(frac))
@@ -173,27 +201,42 @@ def read_entries(stream: Stream) -> Iterator[TarEntry]:
     """
     pending = _Pending()
     while True:
-        if stream.at_end() and not (pending.pax or pending.longname or pending.longlink):
-            return  # no end-of-archive marker: Go's reader (umoci, containerd) accepts this too
+        if stream.at_end():
+            # No end-of-archive marker, even after extended headers: Go's reader (umoci,
+            # containerd) ends there cleanly too.
+            return
         block = stream.read_exact(BLOCK)
         if block == bytes(BLOCK):
-            return  # end of archive (a second zero block may follow; the caller drains)
+            # The end of the archive: a second zero block, or the end of the stream, follows
+            # (the caller drains whatever comes after); a header after one zero block is an
+            # error, as in Go (other tools would stop there, or go on).
+            if not stream.at_end() and stream.read_exact(BLOCK) != bytes(BLOCK):
+                raise LayerError("tar stream: a header after a lone zero block")
+            return
         if not _checksum_ok(block):
             raise LayerError("tar header checksum mismatch: the layer is corrupt or not a tar")
         typeflag = block[156:157]
         size = _number(block[124:136], "size")
         if typeflag in (b"x", b"g", b"X", b"L", b"K"):
+            if not 0 <= size <= MAX_EXTENDED:
+                raise LayerError(
+                    f"tar header: an extended header of {size} bytes (at most {MAX_EXTENDED})"
+                )
             data = stream.read_exact(size)
             stream.skip(-size % BLOCK)
             if typeflag in (b"x", b"X"):
-                pending.pax.extend(parse_pax(data))
+                pending.pax = parse_pax(data)  # the last one applies, as in Go
             elif typeflag == b"L":
                 pending.longname = data.split(b"\0", 1)[0]
             elif typeflag == b"K":
                 pending.longlink = data.split(b"\0", 1)[0]
-            # "g": PAX global headers are ignored on purpose (SPEC.md §3).
+            else:  # "g": ignored on purpose (SPEC.md §3), and it ends what came before
+                parse_pax(data)
+                pending = _Pending()
             continue
         if typeflag == b"V":  # volume label
+            if size < 0:
+                raise LayerError(f"tar header: a volume label of negative size {size}")
             stream.skip(size + (-size % BLOCK))
             pending = _Pending()
             continue
@@ -205,24 +248,50 @@ def read_entries(stream: Stream) -> Iterator[TarEntry]:
         stream.skip(-entry.size % BLOCK)
 
 
+def _format(block: bytes) -> str:
+    """'ustar', 'star', 'gnu' or 'v7', by magic, as Go's reader tells them apart."""
+    if block[257:263] == b"ustar\0":
+        return "star" if block[508:512] == b"tar\0" else "ustar"
+    if block[257:265] == b"ustar  \0":
+        return "gnu"
+    return "v7"
+
+
+def _prefix(block: bytes, fmt: str) -> bytes:
+    if fmt == "ustar":
+        return _cstring(block[345:500])
+    if fmt == "star":
+        return _cstring(block[345:476])
+    if fmt == "gnu":
+        # Go before 1.8 wrote a ustar prefix into GNU headers, over atime and ctime: when
+        # those do not parse as numbers, the field is that prefix (if it is ASCII).
+        try:
+            for start in (345, 357):
+                if block[start]:
+                    _number(block[start : start + 12], "atime/ctime")
+        except LayerError:
+            prefix = _cstring(block[345:500])
+            return prefix if prefix.isascii() else b""
+    return b""
+
+
 def _entry_from_header(
     block: bytes, typeflag: bytes, size: int, pending: _Pending, stream: Stream
 ) -> TarEntry:
-    magic = block[257:265]
+    fmt = _format(block)
     name = _cstring(block[0:100])
-    if magic[:6] == b"ustar\0":
-        prefix = _cstring(block[345:500])
-        if prefix:
-            name = prefix + b"/" + name
+    prefix = _prefix(block, fmt)
+    if prefix:
+        name = prefix + b"/" + name
     kind = _KINDS.get(typeflag)
     sparse: list[tuple[int, int]] | None = None
     real_size = size
-    if typeflag == b"S":  # old GNU sparse
+    if typeflag == b"S" and fmt == "gnu":  # old GNU sparse
         kind = REGULAR
         sparse, real_size = _gnu_sparse(block, stream)
     if kind is None:
-        shown = name.decode("utf-8", "replace")
-        raise LayerError(f"tar entry {shown}: unsupported type {typeflag!r}")
+        raise LayerError(f"tar entry {shown(name)}: unsupported type {typeflag!r}")
+    devices = kind in (CHAR, BLOCKDEV) and fmt != "v7"
     entry = TarEntry(
         name=name,
         kind=kind,
@@ -232,46 +301,89 @@ def _entry_from_header(
         size=size,
         mtime_ns=_number(block[136:148], "mtime") * 1_000_000_000,
         linkname=_cstring(block[157:257]),
-        devmajor=_number(block[329:337], "devmajor") if kind in (CHAR, BLOCKDEV) else 0,
-        devminor=_number(block[337:345], "devminor") if kind in (CHAR, BLOCKDEV) else 0,
+        devmajor=_number(block[329:337], "devmajor") if devices else 0,
+        devminor=_number(block[337:345], "devminor") if devices else 0,
         sparse=sparse,
         real_size=real_size,
     )
-    if pending.longname is not None:
+    if pending.longname:
         entry.name = pending.longname
-    if pending.longlink is not None:
+    if pending.longlink:
         entry.linkname = pending.longlink
     if pending.pax:
         _apply_pax(entry, pending.pax, stream)
+    if typeflag == b"\0" and entry.name.endswith(b"/"):
+        entry.kind = DIRECTORY  # a v7 directory
     if entry.kind != REGULAR and typeflag != b"D":
         # Header-only types carry no data whatever their size field says (as Go's reader does).
         entry.size = 0
-    if entry.sparse is None and entry.kind == REGULAR:
+    if entry.sparse is None:
         entry.real_size = entry.size
+    # chown takes (uid_t)-1 as "leave the owner": GNU tar and umoci leave the extracting
+    # user's (root's) there, and so do we (-1 to os.chown).
+    entry.uid = -1 if entry.uid == _UNCHANGED_ID else entry.uid
+    entry.gid = -1 if entry.gid == _UNCHANGED_ID else entry.gid
+    _check(entry)
     return entry
 
 
+def _check(entry: TarEntry) -> None:
+    """Refuse what no filesystem call could take, naming the entry."""
+    problem = ""
+    if b"\0" in entry.name:
+        problem = "its name contains a NUL byte"
+    elif b"\0" in entry.linkname:
+        problem = "its link name contains a NUL byte"
+    elif entry.size < 0 or entry.real_size < 0:
+        problem = f"negative size {min(entry.size, entry.real_size)}"
+    elif not (-1 <= entry.uid < _UNCHANGED_ID and -1 <= entry.gid < _UNCHANGED_ID):
+        problem = f"owner {entry.uid}:{entry.gid} is not a 32-bit uid:gid"
+    elif not (0 <= entry.devmajor <= _MAX_MAJOR and 0 <= entry.devminor <= _MAX_MINOR):
+        problem = (
+            f"device {entry.devmajor}:{entry.devminor} does not fit Linux's device numbers "
+            f"(major < {_MAX_MAJOR + 1}, minor < {_MAX_MINOR + 1})"
+        )
+    elif not -_INT64 <= entry.mtime_ns // 1_000_000_000 < _INT64:
+        problem = "its mtime does not fit in 64 bits"
+    elif entry.sparse is not None and not _sparse_ok(entry.sparse, entry.size, entry.real_size):
+        problem = "inconsistent sparse map"
+    if problem:
+        raise LayerError(f"tar entry {shown(entry.name)}: {problem}")
+
+
+def _sparse_ok(chunks: list[tuple[int, int]], stored: int, real_size: int) -> bool:
+    """Chunks in order, not overlapping, inside the file, adding up to the data stored."""
+    end = 0
+    for offset, length in chunks:
+        if offset < end or length < 0 or offset + length > real_size:
+            return False
+        end = offset + length
+    return sum(length for _, length in chunks) == stored
+
+
 def _gnu_sparse(block: bytes, stream: Stream) -> tuple[list[tuple[int, int]], int]:
-    numbers = []
-    for i in range(4):
-        off = 386 + i * 24
-        numbers += [
-            _number(block[off : off + 12], "sparse"),
-            _number(block[off + 12 : off + 24], "sparse"),
-        ]
+    def chunks(area: bytes, count: int) -> list[tuple[int, int]]:
+        found = []
+        for i in range(count):
+            off = i * 24
+            if area[off] == 0:  # the map ends at the first empty offset (as GNU and Go do)
+                break
+            found.append(
+                (
+                    _number(area[off : off + 12], "sparse"),
+                    _number(area[off + 12 : off + 24], "sparse"),
+                )
+            )
+        return found
+
+    pairs = chunks(block[386:482], 4)
     extended = block[482]
     real_size = _number(block[483:495], "realsize")
     while extended:
         ext = stream.read_exact(BLOCK)
-        for i in range(21):
-            off = i * 24
-            numbers += [
-                _number(ext[off : off + 12], "sparse"),
-                _number(ext[off + 12 : off + 24], "sparse"),
-            ]
+        pairs += chunks(ext, 21)
         extended = ext[504]
-    pairs = [(o, n) for o, n in _sparse_pairs(numbers) if (o, n) != (0, 0)]
-    return pairs, real_size
+    return [(o, n) for o, n in pairs if n], real_size
 
 
 def _apply_pax(entry: TarEntry, records: list[tuple[str, bytes]], stream: Stream) -> None:
@@ -280,7 +392,17 @@ def _apply_pax(entry: TarEntry, records: list[tuple[str, bytes]], stream: Stream
     sparse_name = None
     sparse_size = None
     for key, value in records:
-        if key == "path":
+        if "\0" in key:
+            raise LayerError(
+                f"tar entry {shown(entry.name)}: PAX key {shown(key)} contains a NUL byte"
+            )
+        if key in _STRING_KEYS and b"\0" in value:
+            raise LayerError(f"tar entry {shown(value)}: its PAX {key} contains a NUL byte")
+        if key.startswith("SCHILY.xattr."):
+            entry.xattrs[key[len("SCHILY.xattr.") :]] = value
+        elif not value:
+            continue  # an empty record keeps the header's value (as Go does)
+        elif key == "path":
             entry.name = value
         elif key == "linkpath":
             entry.linkname = value
@@ -292,8 +414,6 @@ def _apply_pax(entry: TarEntry, records: list[tuple[str, bytes]], stream: Stream
             entry.gid = _pax_int(value, key)
         elif key == "mtime":
             entry.mtime_ns = _pax_time_ns(value)
-        elif key.startswith("SCHILY.xattr."):
-            entry.xattrs[key[len("SCHILY.xattr.") :]] = value
         elif key in ("SCHILY.devmajor", "SCHILY.devminor"):
             setattr(entry, key[len("SCHILY.") :], _pax_int(value, key))
         elif key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):  # format 0.0
@@ -309,23 +429,27 @@ def _apply_pax(entry: TarEntry, records: list[tuple[str, bytes]], stream: Stream
     if sparse_size is None and sparse_major is None:
         return
     if entry.kind != REGULAR:
-        raise LayerError("tar header: sparse map on a non-regular entry")
+        raise LayerError(f"tar entry {shown(entry.name)}: sparse map on a non-regular entry")
     if sparse_name is not None:
         entry.name = sparse_name
+    if entry.size < 0:
+        raise LayerError(f"tar entry {shown(entry.name)}: negative size {entry.size}")
     if sparse_major == 1:  # format 1.0: the map is at the start of the data
-        sparse_numbers, used = _read_sparse_map_1_0(stream)
+        sparse_numbers, used = _read_sparse_map_1_0(stream, entry.size)
         entry.size -= used
     entry.sparse = _sparse_pairs(sparse_numbers)
     entry.real_size = sparse_size if sparse_size is not None else entry.size
 
 
-def _read_sparse_map_1_0(stream: Stream) -> tuple[list[int], int]:
+def _read_sparse_map_1_0(stream: Stream, size: int) -> tuple[list[int], int]:
     data = b""
     used = 0
 
     def next_number() -> int:
         nonlocal data, used
         while b"\n" not in data:
+            if used + BLOCK > size:
+                raise LayerError("tar header: sparse map longer than the entry's data")
             data += stream.read_exact(BLOCK)
             used += BLOCK
             if len(data) > 1 << 20:

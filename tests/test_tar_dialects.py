@@ -1,0 +1,249 @@
+"""Tar dialects and crafted headers where SPEC.md §3 is silent: decided as Go's archive/tar and
+umoci (pinned in tarstream.py), and every refusal is one capped line naming the entry."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime.apply import Applier
+from bootc_live.runtime.errors import LayerError, shown
+from bootc_live.runtime.streams import FileStream
+from imagegen import (
+    BLOCK,
+    Entry,
+    d,
+    extended_header,
+    f,
+    header_block,
+    layer_tar,
+    sym,
+    wh,
+)
+from treewalk import snapshot
+from unpackers import need
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need(os.geteuid() == 0, "layer application sets owners and creates devices: needs root")
+
+
+def apply(tmp_path: Path, *layers: bytes) -> Path:
+    """Apply raw layer tars onto tmp_path/root; assert nothing appeared beside the root."""
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    applier = Applier(str(root), lambda _msg: None)
+    try:
+        for layer in layers:
+            applier.apply_layer(FileStream(io.BytesIO(layer)))
+    finally:
+        applier.close()
+        assert sorted(os.listdir(tmp_path)) == ["root"]
+    return root
+
+
+def refused(tmp_path: Path, *layers: bytes) -> str:
+    """The one line a crafted layer ends in."""
+    with pytest.raises(LayerError) as info:
+        apply(tmp_path, *layers)
+    line = str(info.value)
+    assert "\n" not in line and len(line) <= 300, line
+    return line
+
+
+def raw(*members: bytes) -> bytes:
+    return b"".join(members) + bytes(2 * BLOCK)
+
+
+# -- v7 and the name's trailing slash -----------------------------------------------------------
+
+
+def test_v7_regular_entry_with_trailing_slash_is_a_directory(tmp_path: Path) -> None:
+    root = apply(
+        tmp_path,
+        layer_tar(
+            [
+                Entry("old-dir/", "file", typeflag=b"\0", mode=0o750),
+                Entry("old-dir/inside", "file", data=b"i", typeflag=b"\0"),
+                Entry("plain", "file", data=b"p", typeflag=b"\0"),
+            ]
+        ),
+    )
+    st = os.lstat(root / "old-dir")
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
+    assert (root / "old-dir/inside").read_bytes() == b"i"
+    assert (root / "plain").read_bytes() == b"p"
+
+
+def test_typeflag_0_with_trailing_slash_stays_a_file_as_go_reads_it(tmp_path: Path) -> None:
+    """Go (so umoci, containerd, podman) only treats the v7 NUL typeflag this way."""
+    root = apply(tmp_path, layer_tar([Entry("not-a-dir/", "file", data=b"f", typeflag=b"0")]))
+    assert (root / "not-a-dir").read_bytes() == b"f"
+
+
+# -- extended header sequences ------------------------------------------------------------------
+
+
+def test_consecutive_pax_headers_do_not_merge_the_last_applies(tmp_path: Path) -> None:
+    first = extended_header({"path": "from-first", "SCHILY.xattr.user.first": "1", "uid": "7"})
+    second = extended_header({"SCHILY.xattr.user.second": "2", "gid": "9"})
+    root = apply(tmp_path, raw(first, second, header_block("header-name", typeflag=b"0")))
+    assert os.listdir(root) == ["header-name"]
+    st = os.lstat(root / "header-name")
+    assert (st.st_uid, st.st_gid) == (0, 9)
+    assert os.listxattr(root / "header-name") == ["user.second"]
+
+
+def test_a_global_header_drops_the_extended_headers_before_it(tmp_path: Path) -> None:
+    pending = extended_header({"path": "hijacked", "uid": "5"})
+    globl = extended_header({"comment": "g"}, typeflag=b"g")
+    root = apply(tmp_path, raw(pending, globl, header_block("plain", typeflag=b"0", uid=3)))
+    assert os.listdir(root) == ["plain"] and os.lstat(root / "plain").st_uid == 3
+
+
+def test_empty_pax_values_keep_the_header_values_but_empty_xattrs_apply(tmp_path: Path) -> None:
+    pax = extended_header({"path": "", "uid": "", "SCHILY.xattr.user.empty": ""})
+    root = apply(tmp_path, raw(pax, header_block("kept", typeflag=b"0", uid=4)))
+    assert os.listdir(root) == ["kept"] and os.lstat(root / "kept").st_uid == 4
+    assert os.getxattr(root / "kept", "user.empty") == b""
+
+
+# -- values no system call takes: one line naming the entry -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("records", "kind", "reason"),
+    [
+        ({"path": "bad\0name"}, "file", "PAX path contains a NUL byte"),
+        ({"linkpath": "tar\0get"}, "symlink", "PAX linkpath contains a NUL byte"),
+        (
+            {"GNU.sparse.name": "sp\0arse", "GNU.sparse.major": "0", "GNU.sparse.map": ""},
+            "file",
+            "name contains a NUL byte",
+        ),
+        ({"size": "-1"}, "file", "negative size -1"),
+        ({"size": "99999999999999999999"}, "file", "invalid PAX size"),
+        ({"uid": "4294967296"}, "file", "owner 4294967296:0 is not a 32-bit uid:gid"),
+        ({"uid": "-2"}, "file", "owner -2:0 is not a 32-bit uid:gid"),
+        ({"SCHILY.devmajor": "4096"}, "char", "device 4096:0 does not fit"),
+        ({"SCHILY.devminor": "1048576"}, "block", "device 0:1048576 does not fit"),
+        ({"SCHILY.devmajor": str(1 << 40)}, "char", "does not fit"),
+        ({"mtime": "1" * 25}, "file", "invalid PAX mtime"),
+    ],
+)
+def test_crafted_values_end_in_one_line(
+    tmp_path: Path, records: dict[str, str], kind: str, reason: str
+) -> None:
+    entry = Entry("victim", kind, linkname="t" if kind == "symlink" else "", pax=records)
+    line = refused(tmp_path, layer_tar([f("before", b"b"), entry]))
+    assert reason in line, line
+    assert "victim" in line or "tar header" in line or "\\x00" in line, line
+
+
+def test_nul_in_an_xattr_name_ends_in_one_line(tmp_path: Path) -> None:
+    line = refused(tmp_path, layer_tar([f("x", pax={b"SCHILY.xattr.user.a\0b": b"v"})]))
+    assert line == "tar entry x: PAX key SCHILY.xattr.user.a\\x00b contains a NUL byte"
+
+
+@pytest.mark.parametrize("major", [4096, 1 << 21])
+def test_device_numbers_beyond_linux_end_in_one_line(tmp_path: Path, major: int) -> None:
+    """Base-256 header numbers too (os.makedev would overflow, umoci truncates)."""
+    dev = header_block("dev/big", typeflag=b"3", devmajor=major, devminor=1)
+    line = refused(tmp_path, raw(dev))
+    assert f"tar entry dev/big: device {major}:1 does not fit" in line
+
+
+def test_negative_base256_size_ends_in_one_line(tmp_path: Path) -> None:
+    line = refused(tmp_path, raw(header_block("neg", typeflag=b"0", size=-512)))
+    assert line == "tar entry neg: negative size -512"
+    # A header-only type ignores its size field, as Go's reader does.
+    root = apply(tmp_path, raw(header_block("dir", typeflag=b"5", size=-512)))
+    assert os.path.isdir(root / "dir")
+
+
+def test_oversized_extended_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    huge = header_block("PaxHeaders/x", typeflag=b"x", size=1 << 40)
+    line = refused(tmp_path, raw(huge))
+    assert "an extended header of 1099511627776 bytes (at most 1048576)" in line
+
+
+def test_owner_all_ones_is_chowns_unchanged_so_root(tmp_path: Path) -> None:
+    root = apply(tmp_path, layer_tar([f("odd", b"o", uid=2**32 - 1, gid=5)]))
+    st = os.lstat(root / "odd")
+    assert (st.st_uid, st.st_gid) == (0, 5)
+
+
+# -- messages are capped ------------------------------------------------------------------------
+
+
+def test_shown_escapes_and_shortens_in_the_middle() -> None:
+    assert shown(b"a\nb\xff") == "a\\x0ab\\xff"
+    long = shown("x" * 500 + "MIDDLE" + "y" * 500)
+    assert long == "x" * 60 + "…" + "y" * 60
+
+
+def test_a_huge_path_gives_a_short_error_line(tmp_path: Path) -> None:
+    name = "start-" + "p" * 1_000_000 + "-end"
+    line = refused(tmp_path, layer_tar([f(name, b"x")]))
+    assert line.startswith("cannot apply /start-ppp") and "…" in line and "-end:" in line, line
+    assert "File name too long" in line
+
+
+def test_a_name_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
+    line = refused(tmp_path, layer_tar([f("new\nline", b"f"), f("new\nline/child", b"x")]))
+    assert line == "/new\\x0aline: a parent is not a directory"
+
+
+# -- cached directories after a replacement -----------------------------------------------------
+
+LOWER = [d("usr"), d("usr/lib"), sym("lib", "usr/lib"), f("lib/via-link", b"1")]
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [[*LOWER, d("lib"), f("lib/after", b"2")]],
+        [LOWER, [d("lib"), f("lib/after", b"2")]],
+        [LOWER, [wh("lib"), f("lib/after", b"2")]],
+        [[*LOWER, sym("other", "lib/"), f("other/x", b"x")], [d("lib"), f("other/after", b"2")]],
+    ],
+    ids=["same-layer", "later-layer", "whiteout", "reached-through-another-link"],
+)
+def test_a_replaced_symlink_is_never_followed_again(tmp_path: Path, layers: list) -> None:  # type: ignore[type-arg]
+    root = apply(tmp_path, *(layer_tar(entries) for entries in layers))
+    assert not (root / "lib").is_symlink() and (root / "lib").is_dir()
+    assert (root / "lib/after").read_bytes() == b"2"
+    assert sorted(os.listdir(root / "usr/lib")) in (["via-link"], ["via-link", "x"])
+
+
+def test_a_symlink_replaced_by_another_symlink_is_resolved_again(tmp_path: Path) -> None:
+    root = apply(
+        tmp_path,
+        layer_tar([d("a"), d("b"), sym("l", "a"), f("l/one", b"1")]),
+        layer_tar([sym("l", "b"), f("l/two", b"2")]),
+    )
+    assert os.listdir(root / "a") == ["one"] and os.listdir(root / "b") == ["two"]
+
+
+def test_a_symlink_replaced_by_a_file_is_not_a_parent_any_more(tmp_path: Path) -> None:
+    line = refused(
+        tmp_path,
+        layer_tar([d("a"), sym("l", "a"), f("l/one", b"1"), f("l", b"file"), f("l/two", b"2")]),
+    )
+    assert line == "/l: a parent is not a directory"
+    assert snapshot(tmp_path / "root")[b"a"].type == "dir"
+    assert os.listdir(tmp_path / "root" / "a") == ["one"]
+
+
+def test_a_header_after_a_lone_zero_block_is_an_error(tmp_path: Path) -> None:
+    """Go refuses it; entries hidden there would be seen by some tools and not by others."""
+    hidden = layer_tar([f("hidden", b"h")])
+    line = refused(tmp_path, layer_tar([f("a", b"a")])[: -2 * BLOCK] + bytes(BLOCK) + hidden)
+    assert line == "tar stream: a header after a lone zero block"
+    root = apply(tmp_path, layer_tar([f("b", b"b")])[:-BLOCK])  # one zero block, then the end
+    assert "b" in os.listdir(root)
