@@ -6,11 +6,16 @@ import re
 
 SHOWN = 60  # characters kept at each end of a name shown in a message
 MESSAGE_LIMIT = 500  # characters of a message, whatever it quotes
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def _one_line(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """What is not printable (control bytes, newlines, bidi overrides …) escaped."""
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
 def _middle(text: str, keep: int) -> str:
@@ -20,8 +25,9 @@ def _middle(text: str, keep: int) -> str:
 
 
 def shown(value: str | bytes, keep: int = SHOWN) -> str:
-    """A name or value as put into a message: one line, not UTF-8 escaped, long ones shortened
-    in the middle (the first and last `keep` characters kept)."""
+    """A name, value or server-chosen text as put into a message: one line of printable
+    characters (the rest escaped; bytes that are not UTF-8 too), long ones shortened in the
+    middle (the first and last `keep` characters kept)."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "backslashreplace")
     return _middle(_one_line(value), keep)

@@ -34,7 +34,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
-from .errors import BootcLiveError, LayerError, SpaceError
+from .errors import BootcLiveError, LayerError, SpaceError, shown
 from .sources import ArchiveSource, ImageSource, MemberIndex
 from .streams import Reader
 from .tarstream import BLOCK
@@ -104,17 +104,7 @@ def redact(url: str) -> str:
         text += "?…" if parts.query else ""
     except ValueError:
         text = "(an invalid URL)"
-    return printable(text, 300)
-
-
-def printable(text: str, limit: int = 120) -> str:
-    """Server-chosen text fit for one console line: what is not printable (control bytes,
-    bidi overrides …) escaped, length capped."""
-    text = "".join(
-        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-        for c in text[: limit * 2]
-    )
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shown(text, 150)
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -242,7 +232,7 @@ def parse_content_length(value: str | None) -> int | None:
         return None
     values = {v.strip() for v in value.split(",")}  # a repeated header is joined with commas
     if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
-        raise ValueError(f"invalid Content-Length {printable(value, 40)!r}")
+        raise ValueError(f"invalid Content-Length {shown(value, 20)!r}")
     return int(next(iter(values)))
 
 
@@ -250,11 +240,11 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None]:
     """(first, last, total or None) of `Content-Range: bytes FIRST-LAST/TOTAL`; ValueError."""
     m = _CONTENT_RANGE.fullmatch((value or "").strip())
     if not m:
-        raise ValueError(f"invalid Content-Range {printable(value or '', 60)!r}")
+        raise ValueError(f"invalid Content-Range {shown(value or '', 30)!r}")
     first, last = int(m.group(1)), int(m.group(2))
     total = None if m.group(3) == "*" else int(m.group(3))
     if last < first or (total is not None and last >= total):
-        raise ValueError(f"invalid Content-Range {printable(value or '', 60)!r}")
+        raise ValueError(f"invalid Content-Range {shown(value or '', 30)!r}")
     return first, last, total
 
 
@@ -372,7 +362,7 @@ class Client:
                 except BaseException:
                     resp.close()
                     raise
-            reason = printable(f"HTTP {status} {resp.reason}".strip(), 80)
+            reason = shown(f"HTTP {status} {resp.reason}".strip(), 40)
             challenge = resp.getheader("WWW-Authenticate") or ""
             retry_after = parse_retry_after(resp.getheader("Retry-After"))
             body = _error_body(resp)
@@ -497,20 +487,20 @@ def _failure(err: BaseException, where: str) -> str:
     ssl = sys.modules.get("ssl")  # a TLS failure is only possible once https imported it
     if ssl is not None and isinstance(err, ssl.SSLError):
         raise FetchError(
-            f"{where}: TLS failure ({printable(str(getattr(err, 'reason', '') or err))})",
+            f"{where}: TLS failure ({shown(str(getattr(err, 'reason', '') or err))})",
             "the initramfs needs the server's CA (bootc-live build --ca FILE), or use a "
             "trusted certificate",
         ) from None
     if isinstance(err, http.client.LineTooLong) or (
         type(err) is http.client.HTTPException and "more than" in str(err)
     ):
-        raise FetchError(f"{where}: malformed answer ({printable(str(err))})", _HINT) from None
+        raise FetchError(f"{where}: malformed answer ({shown(str(err))})", _HINT) from None
     if isinstance(err, http.client.InvalidURL):  # a redirect to what no request can carry
         raise FetchError(f"{where}: not a URL that can be requested", _HINT) from None
     if isinstance(err, socket.timeout) and not isinstance(err, Stalled):
         return "stalled"  # connecting, the TLS handshake or the headers outlasted bootc.timeout
     if isinstance(err, (OSError, http.client.HTTPException)):
-        return printable(str(err) or type(err).__name__)
+        return shown(str(err) or type(err).__name__)
     raise FetchError(f"{where}: unusable answer or request ({type(err).__name__})", _HINT) from None
 
 

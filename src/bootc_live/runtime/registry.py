@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
 from .blobs import Descriptor, check_digest, digest_of
-from .errors import BootcLiveError, ImageError, VerificationError
+from .errors import BootcLiveError, ImageError, VerificationError, shown
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
 
@@ -322,7 +322,7 @@ def _error_codes(body: bytes) -> str:
         if isinstance(errors, list)
         else []
     )
-    return http.printable(", ".join(codes), 80)
+    return shown(", ".join(codes), 40)
 
 
 class Endpoint:
@@ -413,7 +413,7 @@ class Endpoint:
             )
         if claimed.startswith(("sha256:", "sha512:")) and claimed != digest_of(body, claimed):
             raise VerificationError(
-                f"{where}: Docker-Content-Digest {http.printable(claimed, 140)} does not "
+                f"{where}: Docker-Content-Digest {shown(claimed, 70)} does not "
                 f"match the manifest's content ({digest_of(body, claimed)})",
                 "the registry or a proxy altered it",
             )
