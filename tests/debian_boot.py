@@ -11,7 +11,7 @@ import debian_image
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
 from newc import read_archive
 from servers import nginx
-from unpackers import bootc_live
+from unpackers import bootc_live, need, need_root_and
 
 MEM = 2048  # MiB
 BOOT_TIMEOUT = 600  # seconds, under TCG (about 1 minute here)
@@ -44,6 +44,13 @@ def initramfs_names(path: Path) -> list[str]:
             found, data = cpio_names(data)
             names += found
     return names
+
+
+def ensure(recipe: debian_image.Recipe = debian_image.BOOKWORM) -> debian_image.DebianImage:
+    """The image of `recipe` (cached), or the test skipped where it cannot be built."""
+    need_root_and(*debian_image.TOOLS, "chroot", "qemu-system-x86_64")
+    need(os.path.exists("/usr/share/keyrings/debian-archive-keyring.gpg"), "needs Debian's keyring")
+    return debian_image.ensure_image(recipe=recipe)
 
 
 def built(image: debian_image.DebianImage, work: Path) -> tuple[Path, str]:

@@ -47,26 +47,35 @@ def test_shellcheck_dracut_scripts() -> None:
     run("shellcheck", "-s", "bash", "setup", "run-tests", ".ci/run")
 
 
-def test_runtime_imports_only_stdlib_and_itself() -> None:
-    """The boot-time runtime runs where nothing else exists: stdlib and optional accelerators."""
-    probe = (
-        "import sys, pkgutil, importlib, bootc_live.runtime as r\n"
-        "for m in pkgutil.iter_modules(r.__path__):\n"
-        "    importlib.import_module('bootc_live.runtime.' + m.name)\n"
-        "bad = sorted({n.split('.')[0] for n in sys.modules} - set(sys.stdlib_module_names)"
-        " - {'bootc_live', 'isal', 'zstandard', '_cffi_backend', '__main__'})\n"
-        "host = sorted(n for n in sys.modules if n.startswith('bootc_live.')"
-        " and not n.startswith('bootc_live.runtime'))\n"
-        "print(bad, host)\n"
-    )
-    out = subprocess.run(
+IMPORT_RUNTIME = (
+    "import pkgutil, importlib, bootc_live.runtime as r\n"
+    "for m in pkgutil.iter_modules(r.__path__):\n"
+    "    importlib.import_module('bootc_live.runtime.' + m.name)\n"
+)
+
+
+def runtime_probe(probe: str) -> str:
+    """What `probe` prints, run by this Python with src/ on the path and no site packages."""
+    return subprocess.run(
         [sys.executable, "-S", "-c", probe],
         cwd=REPO / "src",
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert out.strip() == "[] []"
+
+
+def test_runtime_imports_only_stdlib_and_itself() -> None:
+    """The boot-time runtime runs where nothing else exists: stdlib and optional accelerators."""
+    probe = IMPORT_RUNTIME + (
+        "import sys\n"
+        "bad = sorted({n.split('.')[0] for n in sys.modules} - set(sys.stdlib_module_names)"
+        " - {'bootc_live', 'isal', 'zstandard', '_cffi_backend', '__main__'})\n"
+        "host = sorted(n for n in sys.modules if n.startswith('bootc_live.')"
+        " and not n.startswith('bootc_live.runtime'))\n"
+        "print(bad, host)\n"
+    )
+    assert runtime_probe(probe).strip() == "[] []"
 
 
 def test_runtime_imports_without_tls_and_https_then_says_so() -> None:
@@ -75,21 +84,13 @@ def test_runtime_imports_without_tls_and_https_then_says_so() -> None:
     probe = (
         "import sys\n"
         "sys.modules['ssl'] = sys.modules['_ssl'] = None  # import ssl raises ImportError\n"
-        "import pkgutil, importlib, bootc_live.runtime as r\n"
-        "for m in pkgutil.iter_modules(r.__path__):\n"
-        "    importlib.import_module('bootc_live.runtime.' + m.name)\n"
-        "from bootc_live.runtime import http\n"
+        + IMPORT_RUNTIME
+        + "from bootc_live.runtime import http\n"
         "try:\n"
         "    http.open_url('https://127.0.0.1:9/root.oci', http.Policy(retries=0), print, '/nx')\n"
         "except http.FetchError as err:\n"
         "    print(err.line())\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", probe],
-        cwd=REPO / "src",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = runtime_probe(probe)
     assert out.startswith("https://127.0.0.1:9/root.oci: https needs TLS, and this initramfs has")
     assert "rebuild the initramfs" in out and out.count("\n") == 1

@@ -33,22 +33,21 @@ from debian_boot import (
     BOOT_TIMEOUT,
     MEM,
     built,
+    ensure,
     expected,
     initramfs_names,
     tail,
     url_boot,
     verdict,
 )
-from unpackers import REPO, bootc_live, need, need_root_and
+from unpackers import REPO, bootc_live, need_root_and
 
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
 def image() -> debian_image.DebianImage:
-    need_root_and(*debian_image.TOOLS, "chroot", "qemu-system-x86_64")
-    need(os.path.exists("/usr/share/keyrings/debian-archive-keyring.gpg"), "needs Debian's keyring")
-    return debian_image.ensure_image()
+    return ensure()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ is bench/userlands.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -27,13 +26,14 @@ from debian_boot import (
     BOOT_TIMEOUT,
     MEM,
     built,
+    ensure,
     expected,
     initramfs_names,
     tail,
     url_boot,
     verdict,
 )
-from unpackers import bootc_live, need, need_root_and
+from unpackers import bootc_live
 
 pytestmark = pytest.mark.vm
 
@@ -41,12 +41,6 @@ ALL_MODES = (
     "embedded and appended images; URLs (http, https; ftp, tftp, nfs through url-lib); "
     "registries (docker://); bootc.zram; bootc.live.erofs; bootc.kexec"
 )
-
-
-def ensure(recipe: debian_image.Recipe) -> debian_image.DebianImage:
-    need_root_and(*debian_image.TOOLS, "chroot", "qemu-system-x86_64")
-    need(os.path.exists("/usr/share/keyrings/debian-archive-keyring.gpg"), "needs Debian's keyring")
-    return debian_image.ensure_image(recipe=recipe)
 
 
 def modes_line(said: str) -> str:
