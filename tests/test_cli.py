@@ -93,3 +93,13 @@ def test_inspect_reads_no_layer_unless_asked_to_measure(tmp_path: Path) -> None:
     assert "no zram figure recorded (--measure measures one)" in result.stdout
     measured = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure")
     assert f"blob {info.layer_digests[0]} is missing" in assert_clean_failure(measured)
+
+
+def test_a_ref_that_no_image_can_be_named_is_refused_before_anything_is_read(
+    tmp_path: Path,
+) -> None:
+    """SOURCE's :REF follows the image-spec's reference-name grammar, as bootclabel= does."""
+    result = bootc_live("inspect", f"oci-archive:{tmp_path / 'none.tar'}:bad..name")
+    said = assert_clean_failure(result)
+    assert "bad..name in oci-archive:PATH:REF: expected a reference name" in said, said
+    assert "fix REF" in said

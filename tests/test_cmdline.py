@@ -102,6 +102,9 @@ def test_typed_values() -> None:
         ("root=bootc-live:relative/path", "invalid root=bootc-live:relative/path"),
         ("root=bootc-live:block:LABEL=x", "invalid root=bootc-live:block:LABEL=x"),
         ("bootclabel=", "bootclabel= needs a value"),
+        ("bootclabel=-x", "invalid bootclabel=-x: expected a reference name"),
+        ("bootclabel=a//b", "invalid bootclabel=a//b: expected a reference name"),
+        ("bootclabel=a:", "invalid bootclabel=a:: expected a reference name"),
     ],
 )
 def test_invalid_values_name_the_option(arg: str, message: str) -> None:
@@ -136,3 +139,11 @@ def test_sha512_pins_and_digest_only_mirrors() -> None:
     assert not parse(["bootc.registry.mirror=m"]).registry_mirrors_digest_only
     with pytest.raises(CmdlineError, match=r"other algorithms are not supported"):
         parse(["bootc.digest=sha384:" + "a" * 96])
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["latest", "v1.0", "localhost/my-os:latest", "quay.io/a/b@sha256:0f", "a--b", "A_b+c"],
+)
+def test_labels_are_reference_names_as_the_image_spec_writes_them(name: str) -> None:
+    assert parse([f"bootclabel={name}"]).label == name

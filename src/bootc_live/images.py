@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from . import auth, progress, scratch
 from .runtime import http, registry
-from .runtime.errors import BootcLiveError, ImageError
-from .runtime.oci import Image, Platform, resolve, tag_part
+from .runtime.errors import BootcLiveError, ImageError, shown
+from .runtime.oci import Image, Platform, check_ref_name, resolve, tag_part
 from .runtime.run import CommandError, run
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
 
@@ -78,6 +78,13 @@ class SourceRef:
         path, _, name = rest.partition(":")
         if not path:
             raise UsageError(f"{text!r} names no file", f"use {transport}:PATH[:REF]")
+        if name and not (transport == "docker-archive" and re.fullmatch(r"@\d+", name)):
+            try:
+                check_ref_name(name)
+            except ValueError as err:
+                raise UsageError(
+                    f"{shown(name)} in {transport}:PATH:REF: {err}", "fix REF"
+                ) from None
         return cls(transport, path, name or None, options)
 
     def resolve(self, platform: Platform | None = None, digest: str | None = None) -> Image:

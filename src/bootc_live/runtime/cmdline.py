@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import BootcLiveError
-from .oci import Platform
+from .oci import Platform, check_ref_name
 
 ROOT_PREFIX = "bootc-live:"
 _TRUE = {"", "1", "yes", "on", "true"}
@@ -245,7 +245,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "bootclabel",
         "label",
-        parse_text,
+        check_ref_name,
         "bootclabel=TAG",
         "Which image of an archive or layout (org.opencontainers.image.ref.name); an index "
         "holding one unnamed image needs none. Ignored for docker:// (the reference names it).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform as _platform
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,22 @@ from .errors import ImageError, shown
 from .sources import ImageSource
 
 REF_NAME = "org.opencontainers.image.ref.name"
+# The grammar of a REF_NAME (OCI image-spec, annotations), which umoci checks in a name it is
+# asked for: components of letters and digits joined by - . _ : @ + or --, separated by /.
+_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME_GRAMMAR = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+def check_ref_name(name: str) -> str:
+    """`name` if a reference name can be it (bootclabel=, SOURCE:TAG), else ValueError."""
+    if not _REF_NAME_GRAMMAR.fullmatch(name):
+        raise ValueError(
+            "expected a reference name: letters and digits joined by - . _ : @ + or --, "
+            "in components separated by /"
+        )
+    return name
+
+
 DEFAULT_LABEL = "latest"
 
 INDEX_TYPES = {
