@@ -3,8 +3,9 @@
 Runs with the initramfs's own python3, so it uses only what the runtime itself imports (the
 initramfs holds just that part of the standard library) and runs on Python 3.9. It imports no
 more than it must, so that a broken standard library is a finding, not a crash. It prints a
-line `module NAME` for each of our dracut modules included and `problem WHAT<TAB>NEEDED_BY`
-for each problem (a missing library is named by its soname). The host turns them into one line.
+line `module NAME` for each of our dracut modules included and
+`problem KIND<TAB>WHAT<TAB>NEEDED_BY` for each problem: KIND `library` (WHAT its soname),
+`command` or `python`. The host turns them into one line.
 """
 
 from __future__ import annotations
@@ -47,14 +48,16 @@ def runtime_problems(modules: list[str]) -> list[list[str]]:
             if name.endswith(".py"):
                 importlib.import_module(f"bootc_live.runtime.{name[:-3]}")
     except Exception as err:  # any failure to import is the finding
-        problems.append([f"the runtime does not import ({type(err).__name__}: {err})", "boot"])
+        problems.append(
+            ["python", f"the runtime does not import ({type(err).__name__}: {err})", "boot"]
+        )
     if {"bootc-live-net", "bootc-live-registry"} & set(modules):
         try:
             import ssl
 
             ssl.create_default_context()
         except Exception as err:  # e.g. ImportError: libssl.so.3: cannot open shared object
-            problems.append([f"python's ssl module does not load ({err})", "https"])
+            problems.append(["python", f"python's ssl module does not load ({err})", "https"])
     return problems
 
 
@@ -63,7 +66,7 @@ def command_problems(modules: list[str]) -> list[list[str]]:
     for module in modules:
         for command, purpose in COMMANDS.get(module, ()):
             if not any(os.path.exists(os.path.join(d, command)) for d in PATH):
-                problems.append([f"command {command}", purpose])
+                problems.append(["command", command, purpose])
     return problems
 
 
@@ -137,7 +140,7 @@ def library_problems() -> list[list[str]]:
         import subprocess
         import threading
     except ImportError as err:  # the runtime needs both: its import fails too, and says so
-        return [[f"python's {err.name} module", "the self-check"]]
+        return [["python", f"python's {err.name} module is missing", "the self-check"]]
     problems: list[list[str]] = []
     pending = list(files)
     lock = threading.Lock()
@@ -160,13 +163,13 @@ def library_problems() -> list[list[str]]:
                 )
             except (OSError, subprocess.TimeoutExpired) as err:
                 with lock:
-                    problems.append([f"the loader {loader} ({err})", path])
+                    problems.append(["python", f"the loader {loader} fails ({err})", path])
                 continue
             for line in traced.stdout.decode(errors="replace").splitlines():
                 name, _, where = line.strip().partition(" => ")
                 if where.strip() == "not found":
                     with lock:
-                        problems.append([name, path])
+                        problems.append(["library", name, path])
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
@@ -182,8 +185,8 @@ def main() -> None:
     problems = library_problems() + command_problems(modules) + runtime_problems(modules)
     for module in modules:
         print(f"module {module}")
-    for what, needed_by in problems:
-        print(f"problem {what}\t{needed_by}".replace("\n", " "))
+    for kind, what, needed_by in problems:
+        print(f"problem {kind}\t{what}\t{needed_by}".replace("\n", " "))
 
 
 if __name__ == "__main__":

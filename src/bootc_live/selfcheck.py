@@ -38,6 +38,13 @@ class SelfCheckError(BootcLiveError):
 
 
 @dataclass(frozen=True)
+class Problem:
+    kind: str  # library (`what` is its soname), command or python
+    what: str
+    needed_by: str  # a file of the initramfs, or a mode
+
+
+@dataclass(frozen=True)
 class Verdict:
     modules: tuple[str, ...]  # our dracut modules in the initramfs
 
@@ -70,15 +77,16 @@ def probe(tree: Path, userland: Path) -> Verdict:
         ) from None
     finally:
         (tree / "bootc-live-probe.py").unlink()
-    modules, problems = [], []
+    modules: list[str] = []
+    problems: list[Problem] = []
     for line in answer.stdout.splitlines():
         kind, _, value = line.partition(" ")
         if kind == "module":
             modules.append(value)
         elif kind == "problem":
-            problems.append(tuple(value.split("\t", 1)))
+            problems.append(Problem(*value.split("\t", 2)))
     if problems:
-        raise SelfCheckError(*describe(problems, userland))
+        raise SelfCheckError(*explain(problems, userland))
     return Verdict(tuple(modules))
 
 
@@ -115,33 +123,32 @@ def _chroot() -> list[str]:
     return ["chroot"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "chroot"]
 
 
-def describe(problems: Sequence[tuple[str, ...]], userland: Path) -> tuple[str, str]:
-    """The first problem as one line (libraries first: they cause the others), and a hint."""
-    first_what, first_needed_by = problems[0]
+def explain(problems: Sequence[Problem], userland: Path) -> tuple[str, str]:
+    """The first problem as one line (libraries come first: they cause the others), and a hint."""
+    first = problems[0]
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    if first_what.startswith(("lib", "ld-")) and " " not in first_what:
-        found = find_library(userland, first_what)
+    if first.kind == "library":
+        found = find_library(userland, first.what)
         package = owner(userland, found) if found else None
-        message = f"the initramfs cannot load {first_what}, needed by {first_needed_by}{more}"
+        message = f"the initramfs cannot load {first.what}, needed by {first.needed_by}{more}"
         if found and package:
             hint = f"dracut left out {found} of the image's package {package}; please report it"
         elif found:
             hint = f"dracut left out /{found}; please report it"
         else:
-            hint = f"install the package that provides {first_what} in the image"
+            hint = f"install the package that provides {first.what} in the image"
         return message, hint
-    if first_what.startswith("command "):
-        command = first_what.removeprefix("command ")
+    if first.kind == "command":
         return (
-            f"the initramfs lacks the command {command}, needed by {first_needed_by}{more}",
-            f"install the package that provides {command} in the image, or leave out "
-            f"{first_needed_by}",
+            f"the initramfs lacks the command {first.what}, needed by {first.needed_by}{more}",
+            f"install the package that provides {first.what} in the image, or leave out "
+            f"{first.needed_by}",
         )
     return (
-        f"the initramfs fails its self-check: {first_what}{more}",
+        f"the initramfs fails its self-check: {first.what}{more}",
         "install python3 with its ssl module and libssl in the image"
-        if first_needed_by == "https"
-        else "rebuild with --debug to see the dracut output",
+        if first.needed_by == "https"
+        else "reinstall the image's python3 (its standard library is incomplete), or use --host",
     )
 
 
