@@ -108,3 +108,11 @@ def test_a_failed_check_fails_the_build_and_publishes_nothing(
             )
         )
     assert sorted(os.listdir(tmp_path)) == []  # neither out nor out.new
+
+
+def test_what_cannot_be_unpacked_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "initrd.img"
+    bad.write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(SelfCheckError, match="cannot unpack the initramfs to check it: "):
+        selfcheck.check(bad, Path("/"), tmp_path / "check")
+    assert sorted(os.listdir(tmp_path)) == ["initrd.img"]

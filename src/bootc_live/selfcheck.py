@@ -92,27 +92,32 @@ def probe(tree: Path, userland: Path) -> Verdict:
 
 def unpack(initrd: Path, userland: Path, scratch: Path) -> Path:
     """The initramfs's files below a new directory (in the image's root for an image build)."""
-    if userland == Path("/"):
-        scratch.mkdir()
-        run(["lsinitrd", "--unpack", initrd], cwd=scratch, hint=LSINITRD_HINT)
-        return scratch
-    tree = userland / IN_IMAGE_SCRATCH.lstrip("/")
+    in_host = userland == Path("/")
+    tree = scratch if in_host else userland / IN_IMAGE_SCRATCH.lstrip("/")
     staged = userland / f"{IN_IMAGE_SCRATCH.lstrip('/')}.img"
     tree.mkdir(parents=True)
     try:
-        os.link(initrd, staged)
-    except OSError:
-        shutil.copyfile(initrd, staged)
-    try:
+        if in_host:
+            run(["lsinitrd", "--unpack", initrd], cwd=tree, hint=LSINITRD_HINT)
+            return tree
+        try:
+            os.link(initrd, staged)
+        except OSError:
+            shutil.copyfile(initrd, staged)
         in_image(
             userland,
             ["lsinitrd", "--unpack", f"{IN_IMAGE_SCRATCH}.img"],
             cwd=IN_IMAGE_SCRATCH,
             hint=LSINITRD_HINT,
         )
+        return tree
+    except CommandError as err:
+        shutil.rmtree(tree, ignore_errors=True)
+        raise SelfCheckError(
+            f"cannot unpack the initramfs to check it: {err.detail}", err.hint
+        ) from None
     finally:
-        staged.unlink()
-    return tree
+        staged.unlink(missing_ok=True)
 
 
 LSINITRD_HINT = "the userland that built the initramfs needs dracut's lsinitrd to check it"
