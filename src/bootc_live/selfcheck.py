@@ -94,10 +94,10 @@ def unpack(initrd: Path, userland: Path, scratch: Path) -> Path:
     """The initramfs's files below a new directory (in the image's root for an image build)."""
     in_host = userland == Path("/")
     tree = scratch if in_host else userland / IN_IMAGE_SCRATCH.lstrip("/")
-    staged = userland / f"{IN_IMAGE_SCRATCH.lstrip('/')}.img"
+    staged = None if in_host else userland / f"{IN_IMAGE_SCRATCH.lstrip('/')}.img"
     tree.mkdir(parents=True)
     try:
-        if in_host:
+        if staged is None:
             run(["lsinitrd", "--unpack", initrd], cwd=tree, hint=LSINITRD_HINT)
             return tree
         try:
@@ -117,7 +117,8 @@ def unpack(initrd: Path, userland: Path, scratch: Path) -> Path:
             f"cannot unpack the initramfs to check it: {err.detail}", err.hint
         ) from None
     finally:
-        staged.unlink(missing_ok=True)
+        if staged is not None:
+            staged.unlink(missing_ok=True)
 
 
 LSINITRD_HINT = "the userland that built the initramfs needs dracut's lsinitrd to check it"
