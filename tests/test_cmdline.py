@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import cmdline
-from bootc_live.runtime.cmdline import BootSpec, CmdlineError, Root, ZramSize, parse, split
+from bootc_live.runtime.cmdline import (
+    BootSpec,
+    CmdlineError,
+    ImageLocation,
+    RootMode,
+    ZramSize,
+    parse,
+    split,
+)
 from bootc_live.runtime.oci import Platform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,27 +27,25 @@ def test_split_like_the_kernel() -> None:
 
 def test_defaults() -> None:
     spec = parse(["root=bootc-live:/image", "quiet"])
-    assert spec == BootSpec(root=Root("path", "/image"), extra={"quiet": ""})
+    assert spec == BootSpec(image=ImageLocation("path", "/image"), extra={"quiet": ""})
     assert (spec.rw, spec.etc_rw, spec.var_rw, spec.kexec_reuse_image) == (False, True, True, True)
 
 
 @pytest.mark.parametrize(
     ("value", "root"),
     [
-        ("bootc-live:/run/image.oci", Root("path", "/run/image.oci")),
-        ("bootc-live:https://h/x.oci", Root("url", "https://h/x.oci")),
-        ("bootc-live:tftp://10.0.2.2/r.oci", Root("url", "tftp://10.0.2.2/r.oci")),
+        ("bootc-live:/run/image.oci", ImageLocation("path", "/run/image.oci")),
+        ("bootc-live:https://h/x.oci", ImageLocation("url", "https://h/x.oci")),
+        ("bootc-live:tftp://10.0.2.2/r.oci", ImageLocation("url", "tftp://10.0.2.2/r.oci")),
         (
             "bootc-live:docker://quay.io/a/b:1@sha256:" + "a" * 64,
-            Root("docker", "quay.io/a/b:1@sha256:" + "a" * 64),
+            ImageLocation("docker", "quay.io/a/b:1@sha256:" + "a" * 64),
         ),
-        ("bootc-live:block:LABEL=IMAGES:/img.oci", Root("block", "/img.oci", "LABEL=IMAGES")),
-        ("bootc-live:block:/dev/vdb1:/x", Root("block", "/x", "/dev/vdb1")),
         ("/dev/sda1", None),
     ],
 )
-def test_root_forms(value: str, root: Root | None) -> None:
-    assert parse([f"root={value}"]).root == root
+def test_root_forms(value: str, root: ImageLocation | None) -> None:
+    assert parse([f"root={value}"]).image == root
     if root is not None:
         assert str(root) == value
 
@@ -74,19 +80,63 @@ def test_typed_values() -> None:
             "rootflags=size=2g,nr_inodes=1m",
             "bootc.retries=3",
             "bootc.timeout=2.5",
-            "bootc.live.erofs",
-            "bootc.live.erofs.compress=lz4hc",
+            "bootc.live.erofs.compress=lz4hc",  # no bootc.live.erofs: it changes nothing
             "rd.net.wait-any-if",
         ]
     )
     assert spec.label == "stable" and spec.digest == "sha256:" + "0" * 64
     assert spec.platform == Platform("linux", "arm64", "v8")
     assert spec.registry_mirrors == ("m1:5000", "m2")
-    assert spec.zram == ZramSize(50, True) and spec.zram.bytes_for(4 << 30) == 2 << 30
-    assert parse(["bootc.zram=512M"]).zram == ZramSize(512 << 20, False)
+    assert spec.mode == RootMode("zram", ZramSize(50, True), zram_algorithm="zstd")
+    assert ZramSize(50, True).bytes_for(4 << 30) == 2 << 30
+    assert parse(["bootc.zram=512M"]).mode == RootMode.zram(512 << 20)
     assert spec.rootflags == ("size=2g", "nr_inodes=1m") and parse(["rootflags="]).rootflags == ()
-    assert (spec.retries, spec.timeout, spec.erofs, spec.erofs_compress) == (3, 2.5, True, "lz4hc")
-    assert spec.wait_any_if and spec.zram_algorithm == "zstd"
+    assert (spec.retries, spec.timeout) == (3, 2.5)
+    assert spec.wait_any_if
+
+
+@pytest.mark.parametrize(
+    ("args", "mode"),
+    [
+        ([], RootMode("tmpfs")),
+        (["bootc.zram.algorithm=zstd"], RootMode("tmpfs")),
+        (["bootc.live.erofs"], RootMode("erofs")),
+        (
+            ["bootc.live.erofs", "bootc.live.erofs.compress=lz4hc"],
+            RootMode("erofs", None, None, "lz4hc"),
+        ),
+        (["bootc.zram=1G", "bootc.live.erofs=0"], RootMode.zram(1 << 30)),
+        (["bootc.live.erofs", "bootc.zram=8G", "bootc.zram.algorithm=lz4"], None),
+        (["bootc.zram=50%", "bootc.live.erofs=1"], None),
+    ],
+)
+def test_one_root_mode_is_parsed_and_conflicts_stop_here(
+    args: list[str], mode: RootMode | None
+) -> None:
+    if mode is None:
+        with pytest.raises(CmdlineError) as err:
+            parse(["root=bootc-live:docker://r.example/i", *args])
+        assert err.value.line() == (
+            "bootc.zram and bootc.live.erofs were both given; pick one of them"
+        )
+    else:
+        assert parse(args).mode == mode
+
+
+@pytest.mark.parametrize(
+    ("args", "debug"),
+    [
+        ([], False),
+        (["bootc.debug"], True),
+        (["rd.debug"], True),
+        (["rd.debug", "bootc.debug=0"], False),
+        (["rd.debug=0"], False),
+    ],
+)
+def test_rd_debug_and_bootc_debug(args: list[str], debug: bool) -> None:
+    spec = parse(args)
+    assert spec.debug is debug
+    assert ("rd.debug" in spec.extra) is any(a.startswith("rd.debug") for a in args)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +170,7 @@ def test_conf_files_come_first(tmp_path: Path) -> None:
     proc = tmp_path / "cmdline"
     proc.write_text("bootclabel=kernel console=ttyS0\n")
     spec = cmdline.read(str(proc), str(conf))
-    assert spec.root == Root("path", "/a") and spec.label == "kernel" and spec.rw
+    assert spec.image == ImageLocation("path", "/a") and spec.label == "kernel" and spec.rw
     assert spec.extra == {"console": "ttyS0"}
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import memory
-from bootc_live.runtime.memory import MIB, Choice, Memory, NotEnoughMemory
+from bootc_live.runtime.cmdline import TMPFS, RootMode
+from bootc_live.runtime.memory import MIB, Memory, NotEnoughMemory
 from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, d, f, layer_tar
@@ -28,12 +29,10 @@ def image_of(tmp_path: Path, recorded: list[int] | None = None, compression: str
     return replace(image, index_annotations={memory.SIZES_ANNOTATION: sizes})
 
 
-def failure(
-    image: Image, available: int, choice: Choice = memory.TMPFS, freed: bool = False
-) -> str:
+def failure(image: Image, available: int, mode: RootMode = TMPFS, freed: bool = False) -> str:
     mem = Memory(total=8 << 30, available=available)
     with pytest.raises(NotEnoughMemory) as err:
-        memory.check(image, mem, blobs_freed=freed, choice=choice)
+        memory.check(image, mem, blobs_freed=freed, mode=mode)
     return err.value.line()
 
 
@@ -43,8 +42,8 @@ def test_the_tmpfs_shortfall_is_named_and_zram_suggested(tmp_path: Path) -> None
     assert est.how == "recorded by bootc-live build" and est.unpacked > 1500 * MIB
     available = est.unpacked + memory.RESERVE - MIB  # just short
     line = failure(image, available)
-    need = memory.need(image, memory.TMPFS, est).peak
-    zram = memory.need(image, Choice("zram", memory.zram_device_size(est), "zstd"), est)
+    need = memory.need(image, TMPFS, est).peak
+    zram = memory.need(image, RootMode.zram(memory.zram_device_size(est), "zstd"), est)
     assert line == (
         f"not enough memory: image needs {-(-need // MIB)} MiB unpacked (recorded by bootc-live "
         f"build), {(available - memory.RESERVE) // MIB} MiB available; add RAM or use "
@@ -52,10 +51,10 @@ def test_the_tmpfs_shortfall_is_named_and_zram_suggested(tmp_path: Path) -> None
         f"{-(-zram.peak // MIB)} MiB"
     )
     # The suggestion holds: that zram device fits where the tmpfs does not.
-    memory.check(image, Memory(8 << 30, available), blobs_freed=False, choice=zram.choice)
+    memory.check(image, Memory(8 << 30, available), blobs_freed=False, mode=zram.mode)
     # Just enough: the tmpfs root passes.
     est2, chosen = memory.check(image, Memory(8 << 30, available + MIB), blobs_freed=False)
-    assert (est2, chosen.choice.mode) == (est, "tmpfs")
+    assert (est2, chosen.mode.kind) == (est, "tmpfs")
 
 
 def test_without_recorded_sizes_the_gzip_trailers_give_them(tmp_path: Path) -> None:
@@ -81,28 +80,28 @@ def test_blobs_freed_while_unpacking_count_as_available(tmp_path: Path) -> None:
 def test_a_zram_device_too_small_for_the_image_says_which_size_fits(tmp_path: Path) -> None:
     image = image_of(tmp_path, [400 * MIB, 400 * MIB])
     device = memory.zram_device_size(memory.estimate(image))
-    line = failure(image, 16 << 30, Choice("zram", 512 * MIB))
+    line = failure(image, 16 << 30, RootMode.zram(512 * MIB))
     assert re.fullmatch(
         rf"bootc\.zram=512M is too small for this image: about \d+ MiB unpacked \(recorded by "
         rf"bootc-live build\) need a {device // MIB} MiB device; use bootc\.zram="
         rf"{device // MIB}M \(a zram device takes RAM only for what it holds, compressed\)",
         line,
     ), line
-    memory.check(image, Memory(1 << 30, 1 << 30), blobs_freed=False, choice=Choice("zram", device))
+    memory.check(image, Memory(1 << 30, 1 << 30), blobs_freed=False, mode=RootMode.zram(device))
 
 
 def test_erofs_needs_the_tree_and_its_image_at_the_peak(tmp_path: Path) -> None:
     image = image_of(tmp_path, [300 * MIB, 300 * MIB])
     est = memory.estimate(image)
-    plain = memory.need(image, Choice("erofs"), est)
-    packed = memory.need(image, Choice("erofs", erofs_compress="lz4hc"), est)
+    plain = memory.need(image, RootMode("erofs"), est)
+    packed = memory.need(image, RootMode("erofs", erofs_compress="lz4hc"), est)
     assert plain.peak == 2 * est.unpacked
     assert est.unpacked < packed.peak < plain.peak
     assert packed.steady < plain.steady < plain.peak
-    line = failure(image, est.unpacked + memory.RESERVE, Choice("erofs"))
+    line = failure(image, est.unpacked + memory.RESERVE, RootMode("erofs"))
     assert line.startswith(f"not enough memory: image needs {-(-plain.peak // MIB)} MiB for EROFS")
     # The tmpfs root fits in that memory and is named as the way out; zram needs even less.
-    zram = memory.need(image, Choice("zram", memory.zram_device_size(est), "zstd"), est)
+    zram = memory.need(image, RootMode.zram(memory.zram_device_size(est), "zstd"), est)
     assert line.endswith(
         f"; add RAM or use bootc.zram={memory.zram_device_size(est) // MIB}M "
         f"bootc.zram.algorithm=zstd: it needs about {-(-zram.peak // MIB)} MiB"
@@ -113,11 +112,11 @@ def test_when_nothing_fits_the_missing_memory_is_named(tmp_path: Path) -> None:
     image = image_of(tmp_path, [300 * MIB, 300 * MIB])
     est = memory.estimate(image)
     least = memory.alternatives(image, est)[0]
-    assert least.choice.mode == "zram"
+    assert least.mode.kind == "zram"
     have = 10 * MIB
     line = failure(image, have + memory.RESERVE)
     assert line.endswith(
-        f"; add RAM: even {least.choice.option()} needs about {-(-least.peak // MIB)} MiB, "
+        f"; add RAM: even {least.mode.option()} needs about {-(-least.peak // MIB)} MiB, "
         f"{-(-(least.peak - have) // MIB)} MiB more than there is"
     )
 
@@ -127,7 +126,7 @@ def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> N
     overhead, scaled by the compressor against zstd; without it, a ratio of the gzip size."""
     image = image_of(tmp_path, [400 * MIB, 400 * MIB])
     est = memory.estimate(image)
-    zstd, lz4 = Choice("zram", 1 << 30, "zstd"), Choice("zram", 1 << 30, "lz4")
+    zstd, lz4 = RootMode.zram(1 << 30, "zstd"), RootMode.zram(1 << 30, "lz4")
     by_ratio = memory.need(image, zstd, est)
     assert by_ratio.what == f"in zram (zstd) for about {-(-est.unpacked // MIB)} MiB unpacked"
     measured = replace(
@@ -150,4 +149,4 @@ def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> N
     line = failure(measured, have - MIB, zstd)
     assert "MiB in zram (zstd) for 300 MiB of zstd pages and about " in line
     assert line.count("(recorded by bootc-live build)") == 1
-    memory.check(measured, Memory(8 << 30, have), blobs_freed=False, choice=zstd)
+    memory.check(measured, Memory(8 << 30, have), blobs_freed=False, mode=zstd)

@@ -299,8 +299,7 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     for need in memory.alternatives(image, facts.estimate):
         steady = f", {need.steady / MIB:.0f} MiB once booted" if need.steady < need.peak else ""
         lines.append(
-            f"  {need.choice.mode:<5} about {need.peak / MIB:.0f} MiB{steady}: "
-            f"{need.choice.option()}"
+            f"  {need.mode.kind:<5} about {need.peak / MIB:.0f} MiB{steady}: {need.mode.option()}"
         )
     return lines
 

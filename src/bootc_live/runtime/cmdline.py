@@ -23,6 +23,7 @@ _TRUE = {"", "1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
 _SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
+MIB = 1 << 20
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -31,16 +32,13 @@ class CmdlineError(BootcLiveError):
 
 
 @dataclass(frozen=True)
-class Root:
-    """Where the image comes from: `root=bootc-live:…`."""
+class ImageLocation:
+    """Where the image comes from: `root=bootc-live:…` (not the root filesystem: see RootMode)."""
 
-    kind: str  # "path", "url", "docker" or "block"
+    kind: str  # "path", "url" or "docker"
     location: str  # PATH, URL or REF
-    device: str = ""  # for "block": LABEL=…, UUID=…, PARTUUID=… or /dev/…
 
     def __str__(self) -> str:
-        if self.kind == "block":
-            return f"{ROOT_PREFIX}block:{self.device}:{self.location}"
         if self.kind == "docker":
             return f"{ROOT_PREFIX}docker://{self.location}"
         return ROOT_PREFIX + self.location
@@ -56,12 +54,55 @@ class ZramSize:
     def bytes_for(self, mem_total: int) -> int:
         return mem_total * self.value // 100 if self.percent else self.value
 
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else f"{-(-self.value // MIB)}M"
+
+
+@dataclass(frozen=True)
+class RootMode:
+    """Where the live root is kept: a tmpfs (the default), a zram device or an EROFS image.
+
+    Made once from the command line (`bootc.zram`, `bootc.live.erofs` and their options); the
+    planner (memory) and the root builder (roots.make) take it as it is.
+    """
+
+    kind: str = "tmpfs"  # "tmpfs", "zram" or "erofs"
+    zram_size: ZramSize | None = None  # zram: the device's size
+    zram_algorithm: str | None = None  # zram: the compressor (None: the kernel's default)
+    erofs_compress: str | None = None  # erofs: mkfs.erofs's compressor (None: none)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tmpfs", "zram", "erofs") or (
+            (self.kind == "zram") != (self.zram_size is not None)
+        ):
+            raise ValueError(f"not a root mode: {self}")
+
+    @classmethod
+    def zram(cls, size: int, algorithm: str | None = None) -> RootMode:
+        """A zram root of `size` bytes."""
+        return cls("zram", ZramSize(size, False), algorithm)
+
+    def option(self) -> str:
+        """How to ask for this mode on the kernel command line."""
+        if self.kind == "zram":
+            algorithm = (
+                f" bootc.zram.algorithm={self.zram_algorithm}" if self.zram_algorithm else ""
+            )
+            return f"bootc.zram={self.zram_size}{algorithm}"
+        if self.kind == "erofs":
+            compress = f" bootc.live.erofs.compress={self.erofs_compress}"
+            return "bootc.live.erofs=1" + (compress if self.erofs_compress else "")
+        return "the default tmpfs root (no bootc.zram or bootc.live.erofs)"
+
+
+TMPFS = RootMode()
+
 
 @dataclass(frozen=True)
 class BootSpec:
     """Everything the runtime needs to know from the command line."""
 
-    root: Root | None = None
+    image: ImageLocation | None = None  # None: root= is not ours
     label: str | None = None
     digest: str | None = None
     platform: Platform | None = None
@@ -73,15 +114,13 @@ class BootSpec:
     kexec_kver: str | None = None
     kexec_reuse_image: bool = True
     kexec_verified: str | None = None
-    zram: ZramSize | None = None
-    zram_algorithm: str | None = None
-    erofs: bool = False
-    erofs_compress: str | None = None
+    mode: RootMode = TMPFS
     rw: bool = False
     rootflags: tuple[str, ...] = ()
     etc_rw: bool = True
     var_rw: bool = True
     quiet: bool = False
+    debug: bool = False
     keep_modules: bool = False
     retries: int | None = None
     timeout: float | None = None
@@ -102,7 +141,7 @@ def parse_bool(value: str) -> bool:
     raise ValueError("expected 1|yes|on|true or 0|no|off|false")
 
 
-def parse_root(value: str) -> Root | None:
+def parse_root(value: str) -> ImageLocation | None:
     if not value.startswith(ROOT_PREFIX):
         return None  # not ours: another module handles this root
     rest = value[len(ROOT_PREFIX) :]
@@ -110,21 +149,12 @@ def parse_root(value: str) -> Root | None:
         ref = rest[len("docker://") :]
         if not ref or " " in ref:
             raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
-        return Root("docker", ref)
+        return ImageLocation("docker", ref)
     if rest.startswith(_URL_SCHEMES):
-        return Root("url", rest)
-    if rest.startswith("block:"):
-        device, sep, path = rest[len("block:") :].rpartition(":")
-        if not sep or not device or not path.startswith("/"):
-            raise ValueError("expected block:DEV:/PATH")
-        if not device.startswith(("LABEL=", "UUID=", "PARTUUID=", "PARTLABEL=", "/dev/")):
-            raise ValueError("DEV must be LABEL=…, UUID=…, PARTUUID=… or /dev/…")
-        return Root("block", path, device)
+        return ImageLocation("url", rest)
     if rest.startswith("/"):
-        return Root("path", rest)
-    raise ValueError(
-        "expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://…, docker://REF or block:DEV:/PATH"
-    )
+        return ImageLocation("path", rest)
+    raise ValueError("expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://… or docker://REF")
 
 
 def parse_digest(value: str) -> str:
@@ -213,7 +243,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option(
         "root",
-        "root",
+        "image",
         parse_root,
         "root=bootc-live:/PATH",
         "Image inside the initramfs at PATH: an oci-archive file, an OCI layout directory or "
@@ -221,26 +251,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "root",
-        "root",
+        "image",
         parse_root,
         "root=bootc-live:URL",
         "oci-archive from http://, https://, ftp://, tftp:// or nfs://.",
     ),
     Option(
         "root",
-        "root",
+        "image",
         parse_root,
         "root=bootc-live:docker://REF",
         "Pull from an OCI registry: HOST[:PORT]/PATH[:TAG][@sha256:…]; Docker Hub short "
         "names are normalised.",
-    ),
-    Option(
-        "root",
-        "root",
-        parse_root,
-        "root=bootc-live:block:DEV:/PATH",
-        "Archive or layout at PATH on a local filesystem; DEV is LABEL=, UUID=, PARTUUID= or "
-        "/dev/…",
     ),
     Option(
         "bootclabel",
@@ -335,7 +357,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "bootc.zram",
-        "zram",
+        "zram_size",
         parse_zram,
         "bootc.zram=SIZE|N%",
         "Keep the root on a compressed zram device of SIZE (8G, 512M) or N% of RAM.",
@@ -400,6 +422,15 @@ OPTIONS: tuple[Option, ...] = (
         parse_bool,
         "bootc.quiet",
         "Only errors and a one-line summary on the console.",
+        "0",
+    ),
+    Option(
+        "bootc.debug",
+        "debug",
+        parse_bool,
+        "bootc.debug[=1]",
+        "Trace every command the boot runs and show a traceback for an internal error; dracut's "
+        "`rd.debug` turns it on too (see docs/debugging.md).",
         "0",
     ),
     Option(
@@ -483,7 +514,25 @@ def parse(args: Iterable[str]) -> BootSpec:
             raise CmdlineError(
                 f"invalid {name}={value}: {err}", "fix the kernel command line"
             ) from None
+    if "debug" not in values and "rd.debug" in extra:
+        values["debug"] = extra["rd.debug"].lower() not in _FALSE
+    values["mode"] = root_mode(values)
     return BootSpec(**values)
+
+
+def root_mode(values: dict[str, Any]) -> RootMode:
+    """The one root mode the options ask for; conflicting modes stop here, before any fetch."""
+    size: ZramSize | None = values.pop("zram_size", None)
+    algorithm: str | None = values.pop("zram_algorithm", None)
+    erofs: bool = values.pop("erofs", False)
+    compress: str | None = values.pop("erofs_compress", None)
+    if size is not None and erofs:
+        raise CmdlineError("bootc.zram and bootc.live.erofs were both given", "pick one of them")
+    if size is not None:
+        return RootMode("zram", size, zram_algorithm=algorithm)
+    if erofs:
+        return RootMode("erofs", erofs_compress=compress)
+    return TMPFS
 
 
 def read(proc_cmdline: str = "/proc/cmdline", conf_dir: str = "/etc/cmdline.d") -> BootSpec:

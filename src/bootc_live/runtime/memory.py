@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 
 from .blobs import Descriptor
+from .cmdline import TMPFS, RootMode
 from .errors import BootcLiveError
 from .oci import Image
 
@@ -14,6 +15,7 @@ SIZES_ANNOTATION = "org.bootc-live.layer-sizes"  # written by `bootc-live build`
 # as zstd-compressed 4 KiB pages, which is what zram stores.
 ZRAM_ANNOTATION = "org.bootc-live.zram-zstd-bytes"
 RATIO = 3  # stated conservative expansion of a compressed layer when no size is recorded
+MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file of their own
 RESERVE = 48 << 20  # for the kernel, the runtime and switch-root
 MIB = 1 << 20
 
@@ -30,9 +32,9 @@ class Memory:
     available: int
 
     @classmethod
-    def read(cls, path: str = "/proc/meminfo") -> Memory:
+    def read(cls, path: str | None = None) -> Memory:
         values = {}
-        with open(path, encoding="ascii") as f:
+        with open(path or MEMINFO, encoding="ascii") as f:
             for line in f:
                 key, _, rest = line.partition(":")
                 values[key] = int(rest.split()[0]) * 1024
@@ -89,7 +91,6 @@ def _gzip_isize(image: Image, layer: Descriptor) -> int | None:
     return isize if layer.size <= isize < (1 << 32) - 1 else None
 
 
-MODES = ("tmpfs", "zram", "erofs")
 # RAM that zram takes for what gzip stores in one byte, by compressor (measured on Debian 12's
 # files with a margin; lzo-rle is the kernel's default). Unknown compressors count as the worst.
 ZRAM_VS_GZIP = {"zstd": 1.3, "lz4hc": 1.6, "deflate": 1.2, "842": 2.0}
@@ -105,35 +106,10 @@ GRAIN = 16 * MIB  # suggested sizes are rounded up to this
 
 
 @dataclass(frozen=True)
-class Choice:
-    """The root mode the command line asks for (tmpfs unless bootc.zram or bootc.live.erofs)."""
-
-    mode: str = "tmpfs"
-    zram_size: int = 0  # bytes: the zram device's size
-    zram_algorithm: str | None = None
-    erofs_compress: str | None = None
-
-    def option(self) -> str:
-        """How to ask for this mode on the kernel command line."""
-        if self.mode == "zram":
-            algorithm = (
-                f" bootc.zram.algorithm={self.zram_algorithm}" if self.zram_algorithm else ""
-            )
-            return f"bootc.zram={mib_up(self.zram_size)}M{algorithm}"
-        if self.mode == "erofs":
-            compress = f" bootc.live.erofs.compress={self.erofs_compress}"
-            return "bootc.live.erofs=1" + (compress if self.erofs_compress else "")
-        return "the default tmpfs root (no bootc.zram or bootc.live.erofs)"
-
-
-TMPFS = Choice()
-
-
-@dataclass(frozen=True)
 class Need:
     """What a mode takes: RAM at the peak, and once the root is ready."""
 
-    choice: Choice
+    mode: RootMode
     peak: int
     steady: int
     what: str  # what the peak is made of, for messages
@@ -160,12 +136,12 @@ def zram_device_size(est: Estimate) -> int:
     return _round_up(est.unpacked * 112 // 100 + 16 * MIB)
 
 
-def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
-    """The memory `choice` needs for `image`, from the sizes it records or stated ratios."""
+def need(image: Image, mode: RootMode, est: Estimate | None = None) -> Need:
+    """The memory `mode` needs for `image`, from the sizes it records or stated ratios."""
     est = est or estimate(image)
     packed = image.compressed_size
-    if choice.mode == "zram":
-        factor = ZRAM_VS_GZIP.get(choice.zram_algorithm or "", ZRAM_DEFAULT_VS_GZIP)
+    if mode.kind == "zram":
+        factor = ZRAM_VS_GZIP.get(mode.zram_algorithm or "", ZRAM_DEFAULT_VS_GZIP)
         zstd_pages = recorded_zram(image)
         if zstd_pages is None:
             # Compressed data, the allocator's and ext4's overhead, and dirty pages in flight.
@@ -175,23 +151,23 @@ def need(image: Image, choice: Choice, est: Estimate | None = None) -> Need:
             stored = int(zstd_pages * ZRAM_OVERHEAD * factor / ZRAM_VS_GZIP["zstd"])
             ram = stored + est.unpacked // 64 + 16 * MIB
             basis = f"{mib_up(zstd_pages)} MiB of zstd pages and "
-        algorithm = choice.zram_algorithm or "the kernel's default"
+        algorithm = mode.zram_algorithm or "the kernel's default"
         return Need(
-            choice,
+            mode,
             ram,
             ram,
             f"in zram ({algorithm}) for {basis}about {mib_up(est.unpacked)} MiB unpacked",
             zram_device_size(est),
         )
-    if choice.mode == "erofs":
-        image_size = int(packed * EROFS_VS_GZIP) if choice.erofs_compress else est.unpacked
+    if mode.kind == "erofs":
+        image_size = int(packed * EROFS_VS_GZIP) if mode.erofs_compress else est.unpacked
         return Need(
-            choice,
+            mode,
             est.unpacked + image_size,
             image_size + 16 * MIB,
             "for EROFS (the unpacked tree and its image, while it is packed)",
         )
-    return Need(choice, est.unpacked, est.unpacked, "unpacked")
+    return Need(mode, est.unpacked, est.unpacked, "unpacked")
 
 
 ZRAM_SUGGESTED = "zstd"  # the compressor suggested: the smallest figure of ZRAM_VS_GZIP
@@ -200,9 +176,9 @@ ZRAM_SUGGESTED = "zstd"  # the compressor suggested: the smallest figure of ZRAM
 def alternatives(image: Image, est: Estimate, zram_algorithm: str | None = None) -> list[Need]:
     """Every mode, smallest peak first, with the sizes it would need; zram with the given
     compressor (else the one suggested)."""
-    zram = Choice("zram", zram_device_size(est), zram_algorithm or ZRAM_SUGGESTED)
-    options = [TMPFS, zram, Choice("erofs"), Choice("erofs", erofs_compress="lz4hc")]
-    return sorted((need(image, c, est) for c in options), key=lambda n: n.peak)
+    zram = RootMode.zram(zram_device_size(est), zram_algorithm or ZRAM_SUGGESTED)
+    options = [TMPFS, zram, RootMode("erofs"), RootMode("erofs", erofs_compress="lz4hc")]
+    return sorted((need(image, m, est) for m in options), key=lambda n: n.peak)
 
 
 def available(memory: Memory, image: Image, *, blobs_freed: bool) -> int:
@@ -216,14 +192,14 @@ def available(memory: Memory, image: Image, *, blobs_freed: bool) -> int:
 
 
 def check(
-    image: Image, memory: Memory, *, blobs_freed: bool, choice: Choice = TMPFS
+    image: Image, memory: Memory, *, blobs_freed: bool, mode: RootMode = TMPFS
 ) -> tuple[Estimate, Need]:
-    """Stop early, naming the shortfall and a mode that would fit, unless `choice` fits."""
+    """Stop early, naming the shortfall and a mode that would fit, unless `mode` fits."""
     est = estimate(image)
-    chosen = need(image, choice, est)
-    if choice.mode == "zram" and choice.zram_size < chosen.device:
+    chosen = need(image, mode, est)
+    if mode.zram_size is not None and mode.zram_size.bytes_for(memory.total) < chosen.device:
         raise NotEnoughMemory(
-            f"bootc.zram={mib_up(choice.zram_size)}M is too small for this image: about "
+            f"bootc.zram={mode.zram_size} is too small for this image: about "
             f"{mib_up(est.unpacked)} MiB unpacked ({est.how}) need a {mib_up(chosen.device)} MiB "
             "device",
             f"use bootc.zram={mib_up(chosen.device)}M (a zram device takes RAM only for what it "
@@ -231,15 +207,15 @@ def check(
         )
     have = available(memory, image, blobs_freed=blobs_freed)
     if chosen.peak > have:
-        others = alternatives(image, est, choice.zram_algorithm)
-        fits = [n for n in others if n.peak <= have and n.choice != choice]
+        others = alternatives(image, est, mode.zram_algorithm)
+        fits = [n for n in others if n.peak <= have and n.mode != mode]
         if fits:
             best = fits[0]
-            hint = f"add RAM or use {best.choice.option()}: it needs about {mib_up(best.peak)} MiB"
+            hint = f"add RAM or use {best.mode.option()}: it needs about {mib_up(best.peak)} MiB"
         else:
             least = others[0]
             hint = (
-                f"add RAM: even {least.choice.option()} needs about {mib_up(least.peak)} MiB, "
+                f"add RAM: even {least.mode.option()} needs about {mib_up(least.peak)} MiB, "
                 f"{mib_up(least.peak - have)} MiB more than there is"
             )
         raise NotEnoughMemory(
@@ -253,7 +229,7 @@ def check(
 class PeakWatch:
     """Samples memory in use (MemTotal - MemAvailable) in a thread; `peak` is the highest seen."""
 
-    def __init__(self, interval: float = 0.2, path: str = "/proc/meminfo") -> None:
+    def __init__(self, interval: float = 0.2, path: str | None = None) -> None:
         self.interval = interval
         self.path = path
         self.peak = 0
