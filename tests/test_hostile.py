@@ -21,7 +21,7 @@ import pytest
 
 from bootc_live.runtime import boot, http
 from bootc_live.runtime.blobs import Descriptor, VerifyingReader
-from bootc_live.runtime.cmdline import BootSpec, Root
+from bootc_live.runtime.cmdline import BootSpec, ImageLocation
 from bootc_live.runtime.errors import BootcLiveError, ImageError
 from bootc_live.runtime.oci import all_manifests, resolve
 from bootc_live.runtime.sources import LayoutSource
@@ -277,7 +277,7 @@ def test_at_boot_the_password_is_in_no_file(
     monkeypatch.setattr(boot, "wait_for_route", lambda *_: None)
     with hostile(archive, "wrong-range-start") as server:
         url = server.url(credentials=CREDENTIALS)
-        spec = BootSpec(root=Root("url", url), retries=1, timeout=1)
+        spec = BootSpec(image=ImageLocation("url", url), retries=1, timeout=1)
         assert boot.main(["boot", str(tmp_path / "newroot")], lambda: spec) == 1
     said = capsys.readouterr()
     error = (tmp_path / "run/error").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import random
 import shutil
 import stat
@@ -30,6 +31,7 @@ from bootc_live.runtime.memory import Memory
 from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
+from bootc_live.runtime.status import Report
 from bootc_live.runtime.unpack import unpack_image
 from imagegen import build_layout, d, f, layer_tar, opq, sym, wh
 from newc import read_archive
@@ -93,10 +95,12 @@ def stage_one(
     work: Path,
     argv: tuple[str, ...] = ("root=bootc-live:/x", "bootc.kexec"),
     memory: Memory = PLENTY,
+    report: Report | None = None,
 ) -> None:
     """kexec_boot with the running command line `argv`."""
     (tmp_path / "cmdline").write_text(" ".join(argv) + "\n")
-    kexec.kexec_boot(parse(list(argv)), image, memory, print, str(work), str(tmp_path / "cmdline"))
+    report = report or Report(directory=str(tmp_path / "status"))
+    kexec.kexec_boot(parse(list(argv)), image, memory, report, str(work), str(tmp_path / "cmdline"))
 
 
 class Unreadable:
@@ -214,9 +218,19 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     image = image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1"))
     calls = never_on_this_machine
     work = tmp_path / "work"
+    report = Report(directory=str(tmp_path / "status"))
+    argv = ("console=ttyS0", "root=bootc-live:/x", "bootc.kexec")
     with pytest.raises(SystemExit, match="kexec -e"):
-        stage_one(tmp_path, image, work, ("console=ttyS0", "root=bootc-live:/x", "bootc.kexec"))
+        stage_one(tmp_path, image, work, argv, report=report)
     load = calls[0]
+    # The status says what stage one found and loaded (its two states, in status.json too).
+    status = json.loads((tmp_path / "status/status.json").read_text())
+    assert status == report.status and status["state"] == "kexec-loaded"
+    assert (status["kexec_kver"], status["kexec_layers_read"]) == ("6.1.0-1", 1)
+    assert status["kexec_handover_bytes"] > image.compressed_size
+    assert status["kexec_loader"] == "kexec_file_load"
+    assert status["kexec_cmdline"] == load[5].partition("=")[2]
+    assert status["kexec_next_initrd_bytes"] == len(never_on_this_machine.loaded[load[4][9:]])
     loaded = never_on_this_machine.loaded
     assert load[:3] == ["kexec", "-s", "-l"] and loaded[load[3]] == b"kernel 6.1.0-1"
     assert load[4] == f"--initrd={work / 'initrd'}"

@@ -1,4 +1,4 @@
-"""The boot-time entry point: obtain, verify, unpack, mount.
+"""The boot-time entry point: obtain, verify, unpack, mount. `live_boot` is the table of contents.
 
 Run by bootc-live.service in dracut's systemd initrd, or by the mount hook in the shell initrd:
 
@@ -10,64 +10,209 @@ Exit 0 with the live root mounted at NEWROOT, or exit 1 with one message on stde
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
 import time
-from dataclasses import replace
-from typing import Any, Callable
+import traceback
+from dataclasses import dataclass, replace
+from typing import Callable, NoReturn
 
-from . import cmdline, handover, http, kexec, memory, modules, mounts, registry, roots
+from . import cmdline, handover, http, kexec, memory, modules, mounts, registry, roots, status
+from . import run as runner
 from .cmdline import BootSpec
-from .errors import BootcLiveError, SpaceError
+from .errors import BootcLiveError
 from .oci import Image, resolve
 from .run import run
 from .sources import ArchiveSource, ImageSource, LayoutSource
-from .unpack import Progress, Stats, unpack_image
+from .status import Report
+from .unpack import Progress, unpack_image
 
-STATUS_DIR = "/run/bootc-live"
-
-
-class NotSupportedYet(BootcLiveError):
-    """A valid option whose feature this runtime does not have."""
+STATUS_DIR = status.STATUS_DIR  # a module global: host-side tests point it elsewhere
 
 
-class Console:
-    """Messages to the console; with bootc.quiet only errors and the summary."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"bootc-live: {message}", file=sys.stderr, flush=True)
-
-    def summary(self, message: str) -> None:
-        print(f"bootc-live: {message}", file=sys.stderr, flush=True)
-
-
-def write_status(state: str, **fields: Any) -> None:
-    """The machine-readable status: /run/bootc-live/status.json."""
-    os.makedirs(STATUS_DIR, exist_ok=True)
-    tmp = os.path.join(STATUS_DIR, ".status.json")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"state": state, "time": time.time(), **fields}, f)
-    os.replace(tmp, os.path.join(STATUS_DIR, "status.json"))
-
-
-def open_source(spec: BootSpec, console: Console) -> ImageSource:
-    """The image source named by root=bootc-live:…."""
-    assert spec.root is not None
-    if spec.root.kind == "url":
-        return open_url_source(spec, console)
-    if spec.root.kind == "docker":
-        return open_registry_source(spec, console)
-    if spec.root.kind != "path":
-        raise NotSupportedYet(
-            f"{spec.root} is not supported by this initramfs yet",
-            "use root=bootc-live:/PATH, an http(s), ftp, tftp or nfs URL, or docker://REF",
+def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:
+    newroot = argv[1] if len(argv) > 1 else os.environ.get("NEWROOT", "/sysroot")
+    report = Report(directory=STATUS_DIR)
+    debug = False
+    try:
+        spec = read_spec()
+        if spec.image is None:
+            return 0  # not a bootc-live root
+        report.quiet, debug = spec.quiet, spec.debug
+        runner.DEBUG = runner.DEBUG or debug  # every command traced
+        live_boot(spec, newroot, report)
+        return 0
+    except BootcLiveError as err:
+        message = f"bootc-live: {err.line()}"
+    except Exception as err:  # a bug: still one clear line, and never a partial boot
+        if debug:
+            traceback.print_exc()
+        message = f"bootc-live: internal error: {type(err).__name__}: {err}; please report it" + (
+            "" if debug else " (bootc.debug=1 shows where it happened)"
         )
-    path = spec.root.location
+    print(message, file=sys.stderr, flush=True)
+    try:
+        os.makedirs(STATUS_DIR, exist_ok=True)
+        with open(os.path.join(STATUS_DIR, "error"), "w", encoding="utf-8") as f:
+            f.write(message + "\n")
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        report.state("failed", message=message)
+    return 1
+
+
+def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image:
+    """The boot, step by step: the image, trusted; its root, planned, made, unpacked, mounted."""
+    assert spec.image is not None
+    with memory.PeakWatch() as peak:
+        report.state("resolving", source=printable_root(spec))
+        with contextlib.closing(open_source(spec, report)) as source:
+            image = resolve_and_trust(spec, source, report)
+            if spec.kexec:
+                kexec_into_the_image(spec, image, report)  # does not return
+            plan = plan_root(spec, image, source, report)
+            with roots.make(spec.mode, newroot, mount_plan(spec), plan.mem.total) as root:
+                freed = free_modules(plan.unused, report)
+                report.state(
+                    "unpacking", modules_freed=len(freed.paths), modules_freed_bytes=freed.size
+                )
+                stats = unpack_image(
+                    image, root.target, progress=progress(image, report), warn=report.say
+                )
+                facts = root.mount(report)
+    report.summary(
+        f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
+        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; {facts.describe()}; "
+        f"peak memory in use {peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
+    )
+    report.state(
+        "ready",
+        mode=facts.mode,
+        root=facts.status(),
+        entries=stats.entries,
+        bytes=stats.bytes_written,
+        seconds=round(stats.seconds, 3),
+        peak_memory=peak.peak,
+        memory_before=peak.start,
+    )
+    return image
+
+
+def resolve_and_trust(spec: BootSpec, source: ImageSource, report: Report) -> Image:
+    """The image root= and bootclabel= name, its digest checked against bootc.digest; in a
+    kexec'd stage two, with what the previous stage verified trusted."""
+    assert spec.image is not None
+    image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
+    if spec.kexec_verified and spec.image.kind == "path":
+        image = handover.trust_previous_stage(
+            image, spec.image.location, spec.kexec_verified, report.say
+        )
+        report.note(
+            handover_layers=len(image.verified_blobs),
+            handover_diff_ids=len(image.verified_diff_ids),
+        )
+    report.note(
+        manifest=image.manifest_digest,
+        layers=len(image.layers),
+        compressed=image.compressed_size,
+    )
+    return image
+
+
+def kexec_into_the_image(spec: BootSpec, image: Image, report: Report) -> NoReturn:
+    """bootc.kexec: stage one loads no module, so all that are not loaded are freed first."""
+    report.say(
+        f"image {image.manifest_digest}: {len(image.layers)} layers, "
+        f"{image.compressed_size >> 20} MiB compressed; bootc.kexec: looking for its kernel"
+    )
+    free_modules(unused_modules(spec), report)
+    kexec.kexec_boot(spec, image, memory.Memory.read(), report)
+    raise AssertionError("kexec_boot returned")  # it raises or never returns
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the root may take: the memory (the unused modules counted as free) and its need."""
+
+    mem: memory.Memory
+    unused: modules.Unused  # the initramfs's modules freed once the root has loaded its own
+    need: memory.Need
+
+
+def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report) -> Plan:
+    """Stop now, naming a mode that would fit, unless the image fits in the mode asked for."""
+    unused = unused_modules(spec)
+    mem = memory.Memory.read()
+    # The modules freed once the root is prepared count as available now (less the few the
+    # root loads itself: a MiB or two, within memory.RESERVE).
+    mem = replace(mem, available=mem.available + unused.size)
+    consumed = isinstance(source, LayoutSource) and source.consume
+    est, need = memory.check(image, mem, blobs_freed=consumed, mode=spec.mode)
+    have = memory.available(mem, image, blobs_freed=consumed)
+    report.say(
+        f"image {image.manifest_digest}: {len(image.layers)} layers, "
+        f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
+        f"unpacked ({est.how}); {spec.mode.kind} root: needs about "
+        f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
+        + (
+            f" ({unused.size >> 20} MiB of it unused kernel modules, freed next)"
+            if unused.size
+            else ""
+        )
+    )
+    report.state(
+        "planned",
+        unpacked_estimate=est.unpacked,
+        estimate_how=est.how,
+        mode=spec.mode.kind,
+        need=need.peak,
+        available=have,
+        modules_unused_bytes=unused.size,
+    )
+    return Plan(mem, unused, need)
+
+
+def mount_plan(spec: BootSpec) -> mounts.MountPlan:
+    return mounts.MountPlan(spec.rw, spec.etc_rw, spec.var_rw, spec.rootflags)
+
+
+def progress(image: Image, report: Report) -> Progress | None:
+    return None if report.quiet else Progress(image.compressed_size, len(image.layers))
+
+
+def unused_modules(spec: BootSpec) -> modules.Unused:
+    """The initramfs's kernel modules that are not loaded, unless bootc.keep-modules."""
+    if spec.keep_modules or not modules.in_initramfs():
+        return modules.Unused()
+    return modules.unused()
+
+
+def free_modules(unused: modules.Unused, report: Report) -> modules.Unused:
+    """Delete them (keeping any loaded since they were counted); what was freed."""
+    if not unused.paths:
+        return unused
+    freed = modules.free(unused)
+    if freed.paths:
+        report.say(
+            f"freed {freed.size >> 20} MiB: the initramfs's {len(freed.paths)} kernel modules "
+            "that are not loaded (bootc.keep-modules=1 keeps them)"
+        )
+    return freed
+
+
+# -- the sources -----------------------------------------------------------------------------
+
+
+def open_source(spec: BootSpec, report: Report) -> ImageSource:
+    """The image source named by root=bootc-live:…."""
+    assert spec.image is not None
+    if spec.image.kind == "url":
+        return open_url_source(spec, report)
+    if spec.image.kind == "docker":
+        return open_registry_source(spec, report)
+    path = spec.image.location
     if os.path.isdir(path):
         # Blobs inside the initramfs are deleted as their layers are applied: memory comes back.
         return LayoutSource(path, consume=True)
@@ -79,17 +224,17 @@ def open_source(spec: BootSpec, console: Console) -> ImageSource:
     )
 
 
-def open_url_source(spec: BootSpec, console: Console) -> ImageSource:
+def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     """http(s) natively (in place with Range); ftp, tftp and nfs through dracut's url-lib."""
-    assert spec.root is not None
-    url = spec.root.location
+    assert spec.image is not None
+    url = spec.image.location
     policy = http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
-    wait_for_route(policy.total, console)
+    wait_for_route(policy.total, report)
     if url.startswith(("http://", "https://")):
-        return http.open_url(url, policy, console.say, STATUS_DIR)
+        return http.open_url(url, policy, report.say, STATUS_DIR)
     path = os.path.join(STATUS_DIR, "download.oci")
     os.makedirs(STATUS_DIR, exist_ok=True)
-    console.say(f"fetching {http.redact(url)} with dracut's url-lib")
+    report.say(f"fetching {http.redact(url)} with dracut's url-lib")
     run(
         # url-lib needs dracut-lib, and sourcing it does not end with status 0: no && after it.
         # The URL goes in the environment: a password in it stays out of the logged argv.
@@ -108,28 +253,28 @@ def open_url_source(spec: BootSpec, console: Console) -> ImageSource:
 
 def printable_root(spec: BootSpec) -> str:
     """root= fit to print: a URL without its password."""
-    assert spec.root is not None
-    if spec.root.kind == "url":
-        return cmdline.ROOT_PREFIX + http.redact(spec.root.location)
-    return str(spec.root)
+    assert spec.image is not None
+    if spec.image.kind == "url":
+        return cmdline.ROOT_PREFIX + http.redact(spec.image.location)
+    return str(spec.image)
 
 
-def open_registry_source(spec: BootSpec, console: Console) -> ImageSource:
+def open_registry_source(spec: BootSpec, report: Report) -> ImageSource:
     """docker://REF with our own distribution client, through the mirrors first."""
-    assert spec.root is not None
-    ref = registry.Reference.parse(spec.root.location)
+    assert spec.image is not None
+    ref = registry.Reference.parse(spec.image.location)
     policy = http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
-    wait_for_route(policy.total, console)
+    wait_for_route(policy.total, report)
     default = registry.AUTH_IN_INITRAMFS
     auth = spec.registry_auth or (default if os.path.exists(default) else None)
-    console.say(
+    report.say(
         f"pulling {ref}"
         + (f" (mirrors: {', '.join(spec.registry_mirrors)})" if spec.registry_mirrors else "")
     )
     return registry.RegistrySource(
         ref,
         policy,
-        console.say,
+        report.say,
         auth_file=auth,
         unsecure=spec.registry_unsecure,
         mirrors=spec.registry_mirrors,
@@ -137,7 +282,7 @@ def open_registry_source(spec: BootSpec, console: Console) -> ImageSource:
     )
 
 
-def wait_for_route(timeout: float, console: Console) -> None:
+def wait_for_route(timeout: float, report: Report) -> None:
     """Wait until some interface is configured: has an IPv4 route (dracut brings links up).
 
     Not necessarily a default route: a server on the local subnet needs none.
@@ -149,161 +294,10 @@ def wait_for_route(timeout: float, console: Console) -> None:
             if any(line.split()[0] != "lo" for line in list(f)[1:] if line.strip()):
                 return
         if not said:
-            console.say("waiting for the network")
+            report.say("waiting for the network")
             said = True
         time.sleep(0.5)
     raise BootcLiveError(
         "no network: no interface was configured",
         "check the cable, DHCP, or ip= on the kernel command line",
     )
-
-
-def root_choice(spec: BootSpec, mem: memory.Memory) -> memory.Choice:
-    """The root mode the command line asks for."""
-    if spec.zram is not None and spec.erofs:
-        raise BootcLiveError("bootc.zram and bootc.live.erofs were both given", "pick one of them")
-    if spec.zram is not None:
-        return memory.Choice(
-            "zram", spec.zram.bytes_for(mem.total), zram_algorithm=spec.zram_algorithm
-        )
-    if spec.erofs:
-        return memory.Choice("erofs", erofs_compress=spec.erofs_compress)
-    return memory.Choice()
-
-
-def make_root(spec: BootSpec, choice: memory.Choice, newroot: str, size: int) -> roots.Root:
-    plan = mounts.MountPlan(spec.rw, spec.etc_rw, spec.var_rw)
-    if choice.mode == "zram":
-        return roots.ZramRoot(
-            newroot, choice.zram_size, choice.zram_algorithm, spec.rootflags, plan
-        )
-    if choice.mode == "erofs":
-        return roots.ErofsRoot(newroot, size, choice.erofs_compress, spec.rootflags, plan)
-    return roots.Root(newroot, size, spec.rootflags, plan)
-
-
-def live_boot(spec: BootSpec, newroot: str, console: Console) -> Image:
-    """The whole job, step by step."""
-    with memory.PeakWatch() as peak:
-        image, stats, root = obtain_and_unpack(spec, newroot, console)
-    console.summary(
-        f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
-        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; {root.describe()}; "
-        f"peak memory in use {peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
-    )
-    write_status(
-        "ready",
-        mode=root.name,
-        **root.facts,
-        manifest=image.manifest_digest,
-        entries=stats.entries,
-        bytes=stats.bytes_written,
-        seconds=round(stats.seconds, 3),
-        peak_memory=peak.peak,
-        memory_before=peak.start,
-    )
-    return image
-
-
-def obtain_and_unpack(
-    spec: BootSpec, newroot: str, console: Console
-) -> tuple[Image, Stats, roots.Root]:
-    """Open the source, resolve and check the image, unpack it and mount the root."""
-    source = open_source(spec, console)
-    try:
-        write_status("resolving", root=printable_root(spec))
-        image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
-        if spec.kexec_verified and spec.root is not None and spec.root.kind == "path":
-            image = handover.trust_previous_stage(
-                image, spec.root.location, spec.kexec_verified, console.say
-            )
-        mem = memory.Memory.read()
-        # The initramfs's unused modules, counted once: freed before the root's work starts.
-        frees = not spec.keep_modules and modules.in_initramfs()
-        unused = modules.unused() if frees else modules.Unused()
-        if spec.kexec:
-            write_status("kexec", manifest=image.manifest_digest)
-            console.say(
-                f"image {image.manifest_digest}: {len(image.layers)} layers, "
-                f"{image.compressed_size >> 20} MiB compressed; bootc.kexec: looking for its "
-                "kernel"
-            )
-            if frees:  # stage one loads no module
-                free_modules(unused, console)
-                mem = memory.Memory.read()
-            kexec.kexec_boot(spec, image, mem, console.say)
-        # The modules freed once the root is prepared count as available now (less the few
-        # the root loads itself: a MiB or two, within memory.RESERVE).
-        spare = unused.size
-        mem = replace(mem, available=mem.available + spare)
-        choice = root_choice(spec, mem)
-        consumable = isinstance(source, LayoutSource) and source.consume
-        est, need = memory.check(image, mem, blobs_freed=consumable, choice=choice)
-        have = memory.available(mem, image, blobs_freed=consumable)
-        console.say(
-            f"image {image.manifest_digest}: {len(image.layers)} layers, "
-            f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
-            f"unpacked ({est.how}); {choice.mode} root: needs about "
-            f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
-            + (f" ({spare >> 20} MiB of it unused kernel modules, freed next)" if spare else "")
-        )
-        write_status("unpacking", manifest=image.manifest_digest, layers=len(image.layers))
-        root = make_root(spec, choice, newroot, mem.total)
-        try:
-            target = root.prepare()
-            if frees:  # the root has loaded its own modules: free_modules keeps them
-                free_modules(unused, console)
-            stats = unpack_image(
-                image,
-                target,
-                progress=None
-                if console.quiet
-                else Progress(image.compressed_size, len(image.layers)),
-                warn=console.say,
-            )
-            root.finish(console.say)
-        except SpaceError as err:
-            root.abort()
-            raise SpaceError(str(err), root.full_hint) from None
-        except BaseException:
-            root.abort()  # never leave a partial root for dracut to boot
-            raise
-    finally:
-        source.close()
-    return image, stats, root
-
-
-def free_modules(unused: modules.Unused, console: Console) -> None:
-    freed = modules.free(unused)
-    if freed.paths:
-        console.say(
-            f"freed {freed.size >> 20} MiB: the initramfs's {len(freed.paths)} kernel modules "
-            "that are not loaded (bootc.keep-modules=1 keeps them)"
-        )
-
-
-def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:
-    newroot = argv[1] if len(argv) > 1 else os.environ.get("NEWROOT", "/sysroot")
-    try:
-        spec = read_spec()
-        if spec.root is None:
-            return 0  # not a bootc-live root
-        live_boot(spec, newroot, Console(spec.quiet))
-        return 0
-    except BootcLiveError as err:
-        message = f"bootc-live: {err.line()}"
-    except Exception as err:  # a bug: still one clear line, and never a partial boot
-        message = f"bootc-live: internal error: {type(err).__name__}: {err}; please report it"
-    print(message, file=sys.stderr, flush=True)
-    try:
-        os.makedirs(STATUS_DIR, exist_ok=True)
-        with open(os.path.join(STATUS_DIR, "error"), "w", encoding="utf-8") as f:
-            f.write(message + "\n")
-        write_status("failed", message=message)
-    except OSError:
-        pass
-    return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))

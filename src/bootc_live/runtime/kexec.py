@@ -40,6 +40,7 @@ from .handover import (
 )
 from .oci import Image
 from .run import CommandError, run
+from .status import Report
 from .streams import ChunkStream
 from .tarstream import REGULAR, read_entries
 from .unpack import layer_chunks
@@ -196,12 +197,13 @@ def kexec_boot(
     spec: BootSpec,
     image: Image,
     mem: memory.Memory,
-    say: Callable[[str], None],
+    report: Report,
     workdir: str = WORKDIR,
     proc_cmdline: str = "/proc/cmdline",
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
     this does not return."""
+    say = report.say
     # The next initrd (the image's initramfs + the handover) and the kernel are held in a tmpfs,
     # and loading copies them once or twice more (below). First the handover must fit; once the
     # kernel and initramfs are known, the exact check comes before anything is loaded.
@@ -222,6 +224,12 @@ def kexec_boot(
     label = "handover"
     with memory.PeakWatch() as work:  # stage one's own work: the handover and the search
         files, verified = _hand_over_and_search(spec, image, handover, label, workdir, say)
+    report.state(
+        "kexec",
+        kexec_kver=files.kver,
+        kexec_layers_read=files.layers_read,
+        kexec_handover_bytes=os.path.getsize(handover) if reuse else 0,
+    )
     initrd = files.initramfs
     # Now the sizes are known. Loading takes two more copies at the peak, whichever loader:
     # kexec_file_load (`kexec -s`) reads the files into kernel buffers, then copies those into
@@ -249,6 +257,17 @@ def kexec_boot(
     for path in (initrd, files.kernel):
         os.unlink(path)
     now = memory.Memory.read()
+    report.state(
+        "kexec-loaded",
+        kexec_seconds=round(time.monotonic() - start, 3),
+        kexec_loader=loader,
+        kexec_memory_in_use=now.total - now.available,
+        kexec_next_initrd_bytes=next_initrd,
+        kexec_peak_before_loading=work.peak,
+        kexec_memory_at_start=work.start,
+        kexec_peak_loading=loading.peak,
+        kexec_cmdline=command_line,
+    )
     say(
         f"kexec: stage one took {time.monotonic() - start:.1f}s, {files.layers_read} of "
         f"{len(image.layers)} layers read; memory in use {(now.total - now.available) >> 20} MiB "

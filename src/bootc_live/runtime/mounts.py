@@ -10,11 +10,12 @@ from .run import run
 
 @dataclass(frozen=True)
 class MountPlan:
-    """How the root is mounted at $NEWROOT."""
+    """How the root is mounted at $NEWROOT: `rw`, `rootflags=`, `bootc.live.{etc,var}.rw`."""
 
-    rw: bool
-    etc_rw: bool
-    var_rw: bool
+    rw: bool = False
+    etc_rw: bool = True
+    var_rw: bool = True
+    rootflags: tuple[str, ...] = ()
 
 
 def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:

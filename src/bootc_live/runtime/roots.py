@@ -1,8 +1,10 @@
 """Where the live root is kept: a tmpfs, a filesystem on zram, or a reproducible EROFS image.
 
-Each kind is a `Root`: `prepare()` gives the directory the image is unpacked into, `finish()`
-mounts the final layout at $NEWROOT (read-only root, /etc and /var writable unless told
-otherwise), `abort()` undoes everything so that nothing partial is ever booted.
+`make(mode, …)` gives the `Root` a RootMode asks for, as a context manager: `root.target` is the
+directory the image is unpacked into, `root.mount()` mounts the final layout at $NEWROOT
+(read-only root, /etc and /var writable unless told otherwise) and says what the root is (a
+`RootFacts`); an exception anywhere in the block undoes everything, so that nothing partial is
+ever booted.
 
 - tmpfs (default): the unpacked tree is the root; read-only by a bind remount.
 - zram: a compressed RAM block device with ext4 on it, the image unpacked straight onto it.
@@ -16,17 +18,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 from . import mounts
-from .errors import BootcLiveError
+from .cmdline import RootMode
+from .errors import BootcLiveError, SpaceError
 from .mounts import MountPlan
 from .run import run
 
 WORKDIR = "/run/bootc-live"
 MIB = 1 << 20
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
+# Module globals: host-side tests point them at directories of their own.
+SYS_BLOCK = "/sys/block"
 ZRAM_CONTROL = "/sys/class/zram-control"
 
 
@@ -98,48 +105,87 @@ def modprobe(*names: str, hint: str) -> None:
         run(["modprobe", name], hint=hint)
 
 
+@dataclass(frozen=True)
+class RootFacts:
+    """What a root is once mounted: status.json's "root" (the subclasses add their figures)."""
+
+    mode: str
+
+    def describe(self) -> str:
+        return self.mode
+
+    def status(self) -> dict[str, str | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ZramFacts(RootFacts):
+    device: str  # /dev/zramN
+    algorithm: str  # the compressor the kernel used
+    stored: int  # bytes of data on the device
+    memory: int  # bytes of RAM the device takes for them
+
+    def describe(self) -> str:
+        return (
+            f"zram {self.device} ({self.algorithm}): {self.stored / MIB:.1f} MiB stored in "
+            f"{self.memory / MIB:.1f} MiB of RAM"
+        )
+
+
+@dataclass(frozen=True)
+class ErofsFacts(RootFacts):
+    sha256: str  # "sha256:HEX" of the image
+    bytes: int
+    compress: str  # "none" or the compressor
+    mkfs_erofs: str  # its version: the sha256 depends on it
+
+    def describe(self) -> str:
+        return (
+            f"EROFS image {self.sha256} ({self.bytes / MIB:.1f} MiB, compression "
+            f"{self.compress}, mkfs.erofs {self.mkfs_erofs})"
+        )
+
+
+class Say(Protocol):
+    """What a root reports through: a sentence, and a state change (status.Report)."""
+
+    def say(self, message: str) -> None: ...
+
+    def state(self, state: str, **fields: Any) -> None: ...
+
+
 class Root:
     """The default: a tmpfs that holds the unpacked tree, which becomes the root."""
 
-    name = "tmpfs"
     full_hint = "the image is larger than the memory given to it: add RAM or use bootc.zram="
 
-    def __init__(self, newroot: str, size: int, rootflags: tuple[str, ...], plan: MountPlan):
+    def __init__(self, newroot: str, size: int, plan: MountPlan) -> None:
         self.newroot = newroot
-        self.size = size
-        self.rootflags = rootflags
+        self.size = size  # the tmpfs's limit
         self.plan = plan
-        self.facts: dict[str, str | int] = {}
+        self.target = newroot  # where the image is unpacked, once prepare() has run
 
     def prepare(self) -> str:
-        mounts.mount_tmpfs(self.newroot, self.size, self.rootflags)
+        """Make the empty filesystem the image is unpacked into; its path."""
+        mounts.mount_tmpfs(self.newroot, self.size, self.plan.rootflags)
         return self.newroot
 
-    def finish(self, say: Callable[[str], None]) -> None:
+    def mount(self, report: Say) -> RootFacts:
+        """Mount the final layout at newroot, the image unpacked; what the root is."""
         mounts.finish_root(self.newroot, self.plan)
+        return RootFacts("tmpfs")
 
-    def abort(self) -> None:
+    def undo(self) -> None:
+        """Unmount and free everything this root made, whatever step it had reached."""
         if mounts.is_mounted(self.newroot):
             mounts.umount(self.newroot)
-
-    def describe(self) -> str:
-        return "tmpfs"
 
 
 class ZramRoot(Root):
     """ext4 on a zram device: the root stays compressed in RAM."""
 
-    name = "zram"
-
-    def __init__(
-        self,
-        newroot: str,
-        size: int,
-        algorithm: str | None,
-        rootflags: tuple[str, ...],
-        plan: MountPlan,
-    ):
-        super().__init__(newroot, size, rootflags, plan)
+    def __init__(self, newroot: str, size: int, algorithm: str | None, plan: MountPlan) -> None:
+        super().__init__(newroot, size, plan)
         self.algorithm = algorithm
         self.device = ""
         self.full_hint = (
@@ -160,7 +206,6 @@ class ZramRoot(Root):
             self._set_algorithm(sysfs, self.algorithm)
         with open(os.path.join(sysfs, "disksize"), "w", encoding="ascii") as f:
             f.write(str(self.size))
-        self.facts["zram_algorithm"] = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
         # No journal (nothing survives a reboot anyway), no reserved blocks, an inode per 8 KiB
         # (images of many small files; unused inode tables are zero pages, which zram stores
         # for free), discard at mount so that deleted files give their memory back.
@@ -183,59 +228,44 @@ class ZramRoot(Root):
             ],
             hint="mkfs.ext4 must be in the initramfs (e2fsprogs where the initramfs is built)",
         )
-        options = ["discard", *self.rootflags]
+        options = ["discard", *self.plan.rootflags]
         run(["mount", "-t", "ext4", "-o", ",".join(options), self.device, self.newroot])
         return self.newroot
 
-    def finish(self, say: Callable[[str], None]) -> None:
+    def mount(self, report: Say) -> RootFacts:
         os.sync()  # the tree leaves the page cache for the device: its figures become true
-        stat = self.mm_stat()
-        if stat:
-            self.facts.update(zram_stored=stat["orig"], zram_memory=stat["used"])
-        super().finish(say)
+        sysfs = self._sysfs()
+        algorithm = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
+        # mm_stat: data stored, its compressed size, the RAM the device takes, …
+        stored, _, used = (int(n) for n in _read(os.path.join(sysfs, "mm_stat")).split()[:3])
+        mounts.finish_root(self.newroot, self.plan)
+        return ZramFacts("zram", self.device, algorithm, stored, used)
 
-    def abort(self) -> None:
-        if mounts.is_mounted(self.newroot):
-            mounts.umount(self.newroot)
+    def undo(self) -> None:
+        super().undo()
         if self.device:
             try:
-                with open(f"/sys/block/{os.path.basename(self.device)}/reset", "w") as f:
+                with open(os.path.join(self._sysfs(), "reset"), "w", encoding="ascii") as f:
                     f.write("1")  # give the memory back
             except OSError:
                 pass
 
-    def describe(self) -> str:
-        if "zram_stored" not in self.facts:
-            return f"zram {self.device}"
-        return (
-            f"zram {self.device} ({self.facts['zram_algorithm']}): "
-            f"{int(self.facts['zram_stored']) / MIB:.1f} MiB stored in "
-            f"{int(self.facts['zram_memory']) / MIB:.1f} MiB of RAM"
-        )
-
-    def mm_stat(self) -> dict[str, int]:
-        """orig: data stored; compressed: its compressed size; used: RAM the device takes."""
-        if not self.device:
-            return {}
-        try:
-            fields = _read(f"/sys/block/{os.path.basename(self.device)}/mm_stat").split()
-        except OSError:
-            return {}
-        return {"orig": int(fields[0]), "compressed": int(fields[1]), "used": int(fields[2])}
+    def _sysfs(self) -> str:
+        return os.path.join(SYS_BLOCK, os.path.basename(self.device))
 
     @staticmethod
     def _free_device() -> str:
         """An unused zram device: zram0 when the module just made it, else a new one."""
-        for name in sorted(os.listdir("/sys/block")):
+        for name in sorted(os.listdir(SYS_BLOCK)):
             if name.startswith("zram"):
-                sysfs = os.path.join("/sys/block", name)
+                sysfs = os.path.join(SYS_BLOCK, name)
                 if _read(os.path.join(sysfs, "disksize")) == "0":
                     return sysfs
         try:
             number = _read(os.path.join(ZRAM_CONTROL, "hot_add"))
         except OSError as err:
             raise RootError(f"cannot add a zram device: {err}", "is zram in use already?") from None
-        return f"/sys/block/zram{number}"
+        return os.path.join(SYS_BLOCK, f"zram{number}")
 
     @staticmethod
     def _set_algorithm(sysfs: str, algorithm: str) -> None:
@@ -259,19 +289,10 @@ class ZramRoot(Root):
 class ErofsRoot(Root):
     """A reproducible EROFS image of the unpacked tree, read-only; /etc and /var overlays."""
 
-    name = "erofs"
-    full_hint = "the image is larger than the memory given to it: add RAM or use bootc.zram="
-
     def __init__(
-        self,
-        newroot: str,
-        size: int,
-        compress: str | None,
-        rootflags: tuple[str, ...],
-        plan: MountPlan,
-        workdir: str = WORKDIR,
-    ):
-        super().__init__(newroot, size, rootflags, plan)
+        self, newroot: str, size: int, compress: str | None, plan: MountPlan, workdir: str
+    ) -> None:
+        super().__init__(newroot, size, plan)
         self.compress = compress
         self.tree = os.path.join(workdir, "tree")  # staging: the unpacked tree, freed later
         self.rw = os.path.join(workdir, "live")  # root.erofs and the overlays' upper dirs
@@ -290,22 +311,17 @@ class ErofsRoot(Root):
         mounts.mount_tmpfs(self.tree, self.size)
         return self.tree
 
-    def finish(self, say: Callable[[str], None]) -> None:
+    def mount(self, report: Say) -> RootFacts:
         os.makedirs(self.rw, exist_ok=True)
         mounts.mount_tmpfs(self.rw, self.size)
-        say(
+        report.state("packing")
+        report.say(
             "packing the root into an EROFS image"
             + (f" ({self.compress})" if self.compress else "")
         )
         made = make_erofs(self.tree, self.image, self.compress)
         mounts.umount(self.tree)  # the unpacked tree is no longer needed: its memory comes back
-        self.facts.update(
-            erofs_sha256=made.sha256,
-            erofs_bytes=made.size,
-            mkfs_erofs=made.mkfs_version,
-            erofs_compress=self.compress or "none",
-        )
-        options = ",".join(["loop", "ro", *self.rootflags])
+        options = ",".join(["loop", "ro", *self.plan.rootflags])
         run(["mount", "-t", "erofs", "-o", options, self.image, self.newroot])
         for name, writable in (("etc", self.plan.etc_rw), ("var", self.plan.var_rw)):
             lower = os.path.join(self.newroot, name)
@@ -319,20 +335,38 @@ class ErofsRoot(Root):
             os.chmod(upper, st.st_mode & 0o7777)
             options = f"lowerdir={lower},upperdir={upper},workdir={work}"
             run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", lower])
+        return ErofsFacts(
+            "erofs", made.sha256, made.size, self.compress or "none", made.mkfs_version
+        )
 
-    def abort(self) -> None:
+    def undo(self) -> None:
         for path in (self.newroot, self.tree, self.rw):
             if mounts.is_mounted(path):
                 mounts.umount(path)
 
-    def describe(self) -> str:
-        if "erofs_sha256" not in self.facts:
-            return "erofs"
-        return (
-            f"EROFS image {self.facts['erofs_sha256']} ({int(self.facts['erofs_bytes']) / MIB:.1f} "
-            f"MiB, compression {self.facts['erofs_compress']}, mkfs.erofs "
-            f"{self.facts['mkfs_erofs']})"
-        )
+
+@contextmanager
+def make(
+    mode: RootMode, newroot: str, plan: MountPlan, mem_total: int, workdir: str | None = None
+) -> Iterator[Root]:
+    """The root `mode` asks for, prepared: `root.target` is where the image goes. Any exception
+    inside the block (or while preparing) undoes everything, so nothing partial is booted."""
+    root: Root
+    if mode.zram_size is not None:
+        root = ZramRoot(newroot, mode.zram_size.bytes_for(mem_total), mode.zram_algorithm, plan)
+    elif mode.kind == "erofs":
+        root = ErofsRoot(newroot, mem_total, mode.erofs_compress, plan, workdir or WORKDIR)
+    else:
+        root = Root(newroot, mem_total, plan)
+    try:
+        root.target = root.prepare()
+        yield root
+    except SpaceError as err:
+        root.undo()
+        raise SpaceError(str(err), root.full_hint) from None
+    except BaseException:
+        root.undo()
+        raise
 
 
 def _read(path: str) -> str:

@@ -1,0 +1,349 @@
+"""The boot's orchestration on the host: boot.live_boot, roots and mounts, with a recording fake
+of run.run (and of the mount table), a temporary meminfo and a fake zram sysfs.
+
+Every command the boot would run is compared, argv for argv, with what each root mode and each
+mount option asks for; every way a boot can stop half-way must leave nothing mounted and the
+zram device reset. The real kernel does the same in the VM tier (test_vm_modes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootc_live.runtime import boot, memory, mounts, roots, unpack
+from bootc_live.runtime.cmdline import parse
+from bootc_live.runtime.errors import SpaceError
+from bootc_live.runtime.run import CommandError
+from imagegen import build_layout, d, f, layer_tar, sym
+
+MIB = 1 << 20
+TOTAL = 4096 * MIB
+NULL_UUID = "-U00000000-0000-0000-0000-000000000000"
+
+
+class System:
+    """Stands in for the commands and the kernel's mount table; `fail_at` makes the Nth
+    command fail as a real one would (CommandError)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.calls: list[list[str]] = []
+        self.mounted: list[str] = []
+        self.fail_at: int | None = None
+
+    def run(self, argv: list[Any], **_kw: Any) -> subprocess.CompletedProcess[str]:
+        args = [os.fspath(a) for a in argv]
+        self.calls.append(args)
+        if self.fail_at == len(self.calls):
+            raise CommandError(f"{args[0]} failed: injected failure", "hint")
+        out = ""
+        if args[0] == "mount":
+            options = args[args.index("-o") + 1] if "-o" in args else ""
+            if "remount" in options.split(","):
+                assert self.is_mounted(args[-1]), f"remount of {args[-1]}, which is not mounted"
+            else:
+                self.mounted.append(os.path.realpath(args[-1]))
+        elif args[:2] == ["umount", "-R"]:
+            top = os.path.realpath(args[2])
+            assert top in self.mounted, f"umount of {top}, which is not mounted"
+            self.mounted = [m for m in self.mounted if m != top and not m.startswith(top + "/")]
+        elif args[:2] == ["mkfs.erofs", "--help"]:
+            out = "Available compressors are: lz4, lz4hc\n"
+        elif args[0] == "mkfs.erofs":
+            Path(args[-2]).write_bytes(b"erofs image of " + args[-1].encode())
+            out = "mkfs.erofs 1.5\n"
+        if args[:3] == ["mount", "-t", "erofs"]:  # the image's tree appears at the mount point
+            tree = Path(args[-2]).read_bytes().removeprefix(b"erofs image of ").decode()
+            shutil.copytree(tree, args[-1], symlinks=True, dirs_exist_ok=True)
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    def is_mounted(self, path: str) -> bool:
+        return os.path.realpath(path) in self.mounted
+
+
+@pytest.fixture
+def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
+    fake = System(tmp_path)
+    for module in (mounts, roots):
+        monkeypatch.setattr(module, "run", fake.run)
+    monkeypatch.setattr(mounts, "is_mounted", fake.is_mounted)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {TOTAL >> 10} kB\nMemFree: 1 kB\nMemAvailable: 3000000 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", str(meminfo))
+    zram0 = tmp_path / "sys/block/zram0"
+    zram0.mkdir(parents=True)
+    (zram0 / "disksize").write_text("0\n")
+    (zram0 / "comp_algorithm").write_text("lzo [lzo-rle] lz4 zstd\n")
+    (zram0 / "mm_stat").write_text("10485760 3145728 4194304 0 4194304 0 0 0 0\n")
+    monkeypatch.setattr(roots, "SYS_BLOCK", str(tmp_path / "sys/block"))
+    monkeypatch.setattr(roots, "ZRAM_CONTROL", str(tmp_path / "sys/class/zram-control"))
+    monkeypatch.setattr(roots, "WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
+    (tmp_path / "newroot").mkdir()
+    return fake
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image with /etc and /var directories, and /home a symlink into /var."""
+    where = tmp_path_factory.mktemp("image") / "layout"
+    entries = [
+        d("etc"),
+        f("etc/hostname", b"live\n"),
+        d("var"),
+        d("var/home"),
+        sym("home", "var/home"),
+    ]
+    build_layout(where, [layer_tar(entries)])
+    return where
+
+
+MODES = {
+    "tmpfs": "",
+    "zram": "bootc.zram=512M",
+    "zram-zstd": "bootc.zram=25% bootc.zram.algorithm=zstd",
+    "erofs": "bootc.live.erofs",
+    "erofs-lz4hc": "bootc.live.erofs bootc.live.erofs.compress=lz4hc",
+}
+OPTIONS = {
+    "": (False, True, True, ()),
+    "rw": (True, True, True, ()),
+    "rw rw=0": (False, True, True, ()),
+    "bootc.live.etc.rw=0": (False, False, True, ()),
+    "bootc.live.var.rw=0 rootflags=nr_inodes=1m,noatime": (
+        False,
+        True,
+        False,
+        ("nr_inodes=1m", "noatime"),
+    ),
+    "rw bootc.live.etc.rw=0 bootc.live.var.rw=0": (True, False, False, ()),
+    "rw bootc.live.var.rw=0 rootflags=noatime": (True, True, False, ("noatime",)),
+}
+
+
+def expected_calls(mode: str, options: str, tmp: Path) -> list[list[str]]:
+    """The commands a boot must run, written out from SPEC §5 for each mode and option."""
+    rw, etc_rw, var_rw, flags = OPTIONS[options]
+    newroot, work = str(tmp / "newroot"), tmp / "work"
+    calls: list[list[str]] = []
+
+    def bind_ro_layout() -> None:  # tmpfs and zram: bind remounts of the unpacked tree
+        for name, writable in (("etc", etc_rw), ("var", var_rw)):
+            if writable != rw:
+                path = f"{newroot}/{name}"
+                calls.append(["mount", "--bind", path, path])
+                calls.append(["mount", "-o", "remount,bind," + ("rw" if writable else "ro"), path])
+        if not rw:
+            calls.append(["mount", "-o", "remount,bind,ro", newroot])
+
+    if mode == "tmpfs":
+        options_ = ",".join(["mode=0755", f"size={TOTAL}", "suid", "dev", *flags])
+        calls.append(["mount", "-t", "tmpfs", "-o", options_, "bootc-live", newroot])
+        bind_ro_layout()
+    elif mode.startswith("zram"):
+        calls += [["modprobe", "zram"], ["modprobe", "ext4"]]
+        mkfs = "mkfs.ext4 -q -F -m 0 -i 8192 -O ^has_journal -L bootc-live -E nodiscard"
+        calls.append([*mkfs.split(), "/dev/zram0"])
+        options_ = ",".join(["discard", *flags])
+        calls.append(["mount", "-t", "ext4", "-o", options_, "/dev/zram0", newroot])
+        bind_ro_layout()
+    else:
+        calls += [["modprobe", "loop"], ["modprobe", "erofs"], ["modprobe", "overlay"]]
+        compress = ["-zlz4hc"] if mode == "erofs-lz4hc" else []
+        if compress:
+            calls.append(["mkfs.erofs", "--help"])
+        staging = ",".join(["mode=0755", f"size={TOTAL}", "suid", "dev"])
+        calls.append(["mount", "-t", "tmpfs", "-o", staging, "bootc-live", str(work / "tree")])
+        calls.append(["mount", "-t", "tmpfs", "-o", staging, "bootc-live", str(work / "live")])
+        image = str(work / "live/root.erofs")
+        calls.append(["mkfs.erofs", "-T0", NULL_UUID, *compress, image, str(work / "tree")])
+        calls.append(["umount", "-R", str(work / "tree")])
+        calls.append(
+            ["mount", "-t", "erofs", "-o", ",".join(["loop", "ro", *flags]), image, newroot]
+        )
+        for name, writable in (("etc", etc_rw), ("var", var_rw)):
+            if writable:
+                lower, upper = f"{newroot}/{name}", work / "live" / name
+                overlay = f"lowerdir={lower},upperdir={upper}/upper,workdir={upper}/work"
+                calls.append(["mount", "-t", "overlay", "-o", overlay, f"bootc-live-{name}", lower])
+    return calls
+
+
+def boot_with(layout: Path, tmp: Path, args: str) -> tuple[int, dict[str, Any]]:
+    """A boot of a copy of `layout` (a boot deletes the blobs of an image in the initramfs)."""
+    copy = tmp / "initramfs-image"
+    shutil.rmtree(copy, ignore_errors=True)
+    if layout.exists():
+        shutil.copytree(layout, copy)
+    argv = [f"root=bootc-live:{copy}", "bootc.keep-modules", *args.split()]
+    code = boot.main(["boot", str(tmp / "newroot")], lambda: parse(argv))
+    return code, json.loads((tmp / "run/status.json").read_text())
+
+
+@pytest.mark.parametrize("options", list(OPTIONS))
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_mode_and_mount_option_runs_exactly_these_commands(
+    system: System, layout: Path, tmp_path: Path, mode: str, options: str
+) -> None:
+    code, status = boot_with(layout, tmp_path, f"{MODES[mode]} {options}")
+    assert code == 0, status
+    assert system.calls == expected_calls(mode, options, tmp_path)
+    assert status["state"] == "ready" and status["mode"] == mode.split("-")[0]
+    assert (tmp_path / "newroot/etc/hostname").read_bytes() == b"live\n"
+    root = status["root"]
+    if mode.startswith("zram"):
+        algorithm = "zstd" if mode == "zram-zstd" else "lzo-rle"
+        assert root == {
+            "mode": "zram",
+            "device": "/dev/zram0",
+            "algorithm": algorithm,
+            "stored": 10485760,
+            "memory": 4194304,
+        }
+        size = TOTAL // 4 if mode == "zram-zstd" else 512 * MIB
+        assert (tmp_path / "sys/block/zram0/disksize").read_text() == str(size)
+    elif mode.startswith("erofs"):
+        image = tmp_path / "work/live/root.erofs"
+        assert (
+            root["sha256"] == roots.sha256_file(str(image))
+            and root["bytes"] == image.stat().st_size
+        )
+        assert (root["compress"], root["mkfs_erofs"]) == (
+            "lz4hc" if mode == "erofs-lz4hc" else "none",
+            "1.5",
+        )
+    else:
+        assert root == {"mode": "tmpfs"}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_failure_at_any_command_leaves_nothing_mounted(
+    system: System, layout: Path, tmp_path: Path, mode: str
+) -> None:
+    """Fail each command of a full boot in turn (a mount, mkfs, a remount): the boot stops with
+    the command's one line, and nothing it mounted stays mounted; a zram device is reset."""
+    args = f"{MODES[mode]} bootc.live.etc.rw=0"
+    count = len(expected_calls(mode, "bootc.live.etc.rw=0", tmp_path))
+    for n in range(1, count + 1):
+        system.calls, system.mounted, system.fail_at = [], [], n
+        reset = tmp_path / "sys/block/zram0/reset"
+        reset.unlink(missing_ok=True)
+        (tmp_path / "sys/block/zram0/disksize").write_text("0\n")
+        code, status = boot_with(layout, tmp_path, args)
+        failed = system.calls[n - 1][0]
+        assert code == 1 and status["state"] == "failed"
+        assert status["message"] == f"bootc-live: {failed} failed: injected failure; hint"
+        assert system.mounted == [], (n, system.calls)
+        # A zram device is given back once it was sized (its disksize written).
+        if mode.startswith("zram") and n > 2:
+            assert reset.read_text() == "1", n
+
+
+@pytest.mark.parametrize(
+    ("mode", "hint"),
+    [
+        ("tmpfs", "the image is larger than the memory given to it: add RAM or use bootc.zram="),
+        (
+            "zram",
+            "the zram device (512 MiB) is too small for the image: give bootc.zram= a larger size",
+        ),
+        ("erofs", "the image is larger than the memory given to it: add RAM or use bootc.zram="),
+    ],
+)
+def test_a_full_root_says_what_to_do_in_that_mode_and_is_undone(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    hint: str,
+) -> None:
+    def full(*_a: object, **_kw: object) -> None:
+        raise SpaceError("no space left to write etc/hostname", "the unpacker's own hint")
+
+    monkeypatch.setattr(boot, "unpack_image", full)
+    code, status = boot_with(layout, tmp_path, MODES[mode])
+    assert code == 1 and system.mounted == []
+    assert status["message"] == f"bootc-live: no space left to write etc/hostname; {hint}"
+
+
+@pytest.mark.parametrize("debug", ["", "rd.debug", "bootc.debug=1"])
+def test_an_internal_error_mid_unpack_is_one_line_and_undone(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    debug: str,
+) -> None:
+    """A bug is one line and undoes the root; rd.debug or bootc.debug=1 add its traceback and
+    trace every command."""
+
+    def bug(*_a: object, **_kw: object) -> None:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(unpack, "Applier", bug)
+    monkeypatch.setattr(boot.runner, "DEBUG", False)
+    code, status = boot_with(layout, tmp_path, f"{MODES['zram']} {debug}")
+    boot.runner.run(["echo", "traced?"])
+    err = capsys.readouterr().err
+    assert code == 1 and system.mounted == []
+    assert (tmp_path / "sys/block/zram0/reset").read_text() == "1"
+    message = "bootc-live: internal error: KeyError: 'oops'; please report it"
+    if not debug:
+        message += " (bootc.debug=1 shows where it happened)"
+    assert status["message"] == message and message in err.splitlines()
+    assert ("Traceback (most recent call last):" in err) is bool(debug)
+    assert ("+ echo 'traced?'" in err.splitlines()) is bool(debug)
+
+
+def test_the_status_lines_follow_the_states_and_carry_status_json(
+    system: System, layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, final = boot_with(layout, tmp_path, "")
+    lines = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("bootc-live: status ")
+    ]
+    states = [json.loads(line.split(" ", 2)[2]) for line in lines]
+    assert code == 0 and [s["state"] for s in states] == [
+        "resolving",
+        "planned",
+        "unpacking",
+        "ready",
+    ]
+    assert states[-1] == final
+    assert final["root"] == {"mode": "tmpfs"} and final["entries"] == 5
+    assert final["manifest"].startswith("sha256:") and final["layers"] == 1
+    assert final["available"] == 3000000 * 1024 - memory.RESERVE
+    assert final["modules_freed"] == 0 and final["mode"] == "tmpfs"
+
+
+def test_quiet_prints_only_the_summary_and_the_last_status(
+    system: System, layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, final = boot_with(layout, tmp_path, "bootc.quiet")
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0 and len(err) == 2, err
+    assert err[0].startswith(f"bootc-live: live root ready: {final['manifest']}, 5 entries")
+    assert json.loads(err[1].removeprefix("bootc-live: status ")) == final
+
+
+def test_conflicting_modes_stop_before_anything_is_opened(system: System, tmp_path: Path) -> None:
+    code, status = boot_with(
+        tmp_path / "no-such-layout", tmp_path, "bootc.zram=1G bootc.live.erofs"
+    )
+    assert code == 1 and system.calls == []
+    assert status == {
+        "state": "failed",
+        "message": "bootc-live: bootc.zram and bootc.live.erofs were both given; pick one of them",
+        "time": status["time"],
+        "uptime": status["uptime"],
+    }
