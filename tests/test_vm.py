@@ -32,6 +32,9 @@ def test_embedded_boot(artifacts: dict[str, Path], flavour: str, tmp_path: Path)
     report = assert_live(result, root="ro", etc="rw", var="rw", fstype="tmpfs", whiteout="yes")
     assert "size=" in report["rootopts"]
     assert any(m.startswith("bootc-live: live root ready: sha256:") for m in result.messages)
+    states = [status["state"] for status in result.statuses]
+    assert states == ["resolving", "planned", "unpacking", "ready"], states
+    assert result.status["root"] == {"mode": "tmpfs"} and result.status["entries"] > 0
 
 
 def test_pxe_two_initrds(artifacts: dict[str, Path]) -> None:
@@ -84,6 +87,7 @@ def test_quiet_prints_only_the_summary(artifacts: dict[str, Path]) -> None:
     result = run(artifacts["shell"], "bootc.quiet")
     assert_live(result, root="ro")
     assert [m.split(":")[1].strip() for m in result.messages] == ["live root ready"]
+    assert [status["state"] for status in result.statuses] == ["ready"]  # the last one only
 
 
 # -- failures stop the boot with one clear message -------------------------------------------

@@ -41,6 +41,7 @@ from debian_boot import (
     verdict,
 )
 from unpackers import REPO, bootc_live, need_root_and
+from vmboot import statuses
 
 pytestmark = pytest.mark.vm
 
@@ -76,8 +77,8 @@ def test_debian_systemd_image_boots_live(
         f"console log {console}:\n{tail(result.output)}"
     )
     # It was our runtime that set up this image's root, in the image's own initramfs.
-    ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64})", result.output)
-    assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
+    ready = statuses(result.output)[-1]
+    assert (ready["state"], ready["manifest"]) == ("ready", image.manifest_digest), ready
     assert f"Linux version {image.kver} " in result.output
 
 
@@ -95,12 +96,9 @@ def test_debian_image_boots_from_a_url_with_1280_mib(
         "multi-user",
     )
     assert requests and all(" 206 " in line for line in requests)  # read in place, not stored
-    peak = re.search(
-        r"live root ready: .*; peak memory in use (\d+) MiB \((\d+) MiB before fetching\)",
-        result.output,
-    )
-    assert peak is not None, tail(result.output)
-    used, before = int(peak.group(1)), int(peak.group(2))
+    ready = statuses(result.output)[-1]
+    assert ready["state"] == "ready", tail(result.output)
+    used, before = ready["peak_memory"] >> 20, ready["memory_before"] >> 20
     print(
         f"URL boot at 1280 MiB: peak memory in use {used} MiB ({before} MiB before fetching), "
         f"{image.unpacked_bytes >> 20} MiB unpacked"
@@ -154,27 +152,24 @@ def test_debian_image_boots_in_each_root_mode(
     assert verdict(result, console) == expected(image, fstype), (
         f"console log {console}:\n{tail(result.output)}"
     )
-    ready = re.search(r"bootc-live: live root ready: (sha256:[0-9a-f]{64}), .*", result.output)
-    assert ready is not None and ready.group(1) == image.manifest_digest, tail(result.output)
-    print(f"{mode}: {ready.group(0).strip()}; in use once booted: {int(memused) >> 10} MiB")
+    ready = statuses(result.output)[-1]
+    assert (ready["state"], ready["manifest"]) == ("ready", image.manifest_digest), ready
+    root = ready["root"]
+    print(f"{mode}: {root}; in use once booted: {int(memused) >> 10} MiB")
     if fstype == "ext4":
         # The planner's basis holds: zram takes about what bootc-live build measured the files
         # take as zstd pages, and no more than the overhead the planner adds to it.
-        stored = re.search(
-            r"zram /dev/zram\d+ \(zstd\): [0-9.]+ MiB stored in ([0-9.]+) MiB", ready.group(0)
-        )
         archive = resolve(ArchiveSource(os.fspath(artifacts / "root.oci")))
         recorded = int(archive.index_annotations[memory.ZRAM_ANNOTATION])
-        assert stored is not None, ready.group(0)
-        used = float(stored.group(1)) * (1 << 20)
+        assert root["algorithm"] == "zstd", root
+        used = root["memory"]
         assert 0.9 * recorded <= used <= memory.ZRAM_OVERHEAD * recorded, (used, recorded)
     if fstype == "erofs":
         compress = append.partition("compress=")[2]
-        sha = re.search(r"EROFS image (sha256:[0-9a-f]{64}) \(([0-9.]+) MiB", ready.group(0))
-        assert sha is not None and sha.group(1) == host_erofs(compress)
+        assert root["sha256"] == host_erofs(compress), root
         # The unpacked tree was freed once the image existed: the booted system holds less than
         # the tree and the image together (the rest of its memory use included).
-        assert int(memused) << 10 < image.unpacked_bytes + float(sha.group(2)) * (1 << 20)
+        assert int(memused) << 10 < image.unpacked_bytes + root["bytes"]
 
 
 REFERENCE_CACHE = Path(os.environ.get("BOOTC_LIVE_BENCH_CACHE", "/var/cache/bootc-live-bench"))
@@ -233,13 +228,9 @@ def test_reference_image_boots_from_a_url_with_1280_mib(
         f"{result.seconds:.0f} s; console log {console}:\n{tail(result.output)}"
     )
     assert requests and all(" 206 " in line for line in requests)  # read in place, not stored
-    peak = re.search(
-        r"live root ready: (sha256:[0-9a-f]{64}).*; peak memory in use (\d+) MiB "
-        r"\((\d+) MiB before fetching\)",
-        result.output,
-    )
-    assert peak is not None and peak.group(1) == digest, tail(result.output)
-    used, before = int(peak.group(2)), int(peak.group(3))
+    ready = statuses(result.output)[-1]
+    assert (ready["state"], ready["manifest"]) == ("ready", digest), tail(result.output)
+    used, before = ready["peak_memory"] >> 20, ready["memory_before"] >> 20
     ratio = ((used - before) << 20) / unpacked
     print(
         f"reference URL boot at 1280 MiB in {result.seconds:.0f} s: peak memory in use {used} MiB "
@@ -293,32 +284,29 @@ def test_kexec_into_the_images_own_kernel(
     assert output.index(f"Linux version {stage_one} ") < output.index(
         f"Linux version {image.kver} "
     )
-    assert f"kexec into {image.kver}: " in output
-    assert ", loaded by kexec_file_load" in output  # the kernel's own loader (lockdown-proof)
-    assert f"live root ready: {digest}" in output
+    found = statuses(output)
+    loaded = [s for s in found if s["state"] == "kexec-loaded"]
+    assert len(loaded) == 1, tail(output)  # stage one's last status: the next stage has its own
+    one, two = loaded[0], found[-1]
+    assert one["kexec_kver"] == image.kver and one["manifest"] == digest
+    assert one["kexec_loader"] == "kexec_file_load"  # the kernel's own loader (lockdown-proof)
+    assert (two["state"], two["manifest"]) == ("ready", digest)
     # Stage one does not unpack the root: what it added to memory before loading (the handover
     # with reuse, and the kernel and initramfs it extracted) stays well below the unpacked size.
-    peaks = re.search(
-        r"peak memory in use (\d+) MiB before loading \((\d+) MiB at the start\)", output
-    )
-    assert peaks, tail(output)
-    added = (int(peaks.group(1)) - int(peaks.group(2))) << 20
+    added = one["kexec_peak_before_loading"] - one["kexec_memory_at_start"]
     print(f"kexec (reuse={reuse}): stage one added {added >> 20} MiB before loading")
     assert added < 0.75 * image.unpacked_bytes
     sent = sum(int(line.rsplit(" ", 1)[1]) for line in requests)
     archive = (out / "root.oci").stat().st_size
     print(f"kexec (reuse={reuse}): {sent >> 20} MiB served for a {archive >> 20} MiB archive")
-    handover = re.search(
-        r"kexec handover: (\d+) layer digests and (\d+) diff_ids were verified by the previous",
-        output,
-    )
     if reuse:
         assert sent < archive * 1.02  # each blob once, across both stages
-        assert "root=bootc-live:/bootc-live/image bootclabel=handover" in output
+        assert "root=bootc-live:/bootc-live/image bootclabel=handover" in one["kexec_cmdline"]
         # ... and verified once: stage two computes only the diff_ids stage one did not.
-        read = re.search(r"kexec: kernel \S+ found in the top (\d+) of (\d+) layers", output)
-        assert read and handover, tail(output)
-        assert (handover.group(1), handover.group(2)) == (read.group(2), read.group(1))
+        assert (two["handover_layers"], two["handover_diff_ids"]) == (
+            one["layers"],
+            one["kexec_layers_read"],
+        ), (one, two)
     else:
         assert sent > archive * 1.4  # stage two fetched the image itself
-        assert handover is None
+        assert "handover_layers" not in two

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,21 +18,12 @@ from vmboot import Result, assert_live, assert_stopped, build_artifacts, run
 
 pytestmark = pytest.mark.vm
 
-EROFS_READY = re.compile(
-    r"live root ready: sha256:[0-9a-f]{64}, .*; EROFS image (sha256:[0-9a-f]{64}) "
-    r"\([0-9.]+ MiB, compression (\w+), mkfs\.erofs ([^)]+)\)"
-)
-ZRAM_READY = re.compile(
-    r"live root ready: .*; zram (/dev/zram\d+) \((\S+)\): ([0-9.]+) MiB stored in ([0-9.]+) MiB"
-)
 PLANNED = re.compile(
     r"not enough memory: image needs (\d+) MiB unpacked \(recorded by bootc-live build\), "
     r"(\d+) MiB available; add RAM or use (bootc\.zram=\d+M bootc\.zram\.algorithm=zstd): it "
     r"needs about (\d+) MiB"
 )
-
-FREED = re.compile(r"freed (\d+) MiB: the initramfs's (\d+) kernel modules that are not loaded")
-GO = re.compile(r"tmpfs root: needs about (\d+) MiB, (\d+) MiB available")
+MIB = 1 << 20
 
 
 def found(result: Result, pattern: re.Pattern[str]) -> re.Match[str] | None:
@@ -49,6 +41,13 @@ def ready(result: Result, pattern: re.Pattern[str]) -> re.Match[str]:
     return m
 
 
+def root_made(result: Result) -> dict[str, Any]:
+    """The root the boot reports in its last status, which must be `ready`."""
+    status = result.status
+    assert status["state"] == "ready", status
+    return dict(status["root"])
+
+
 def host_erofs(images: Path, compress: str | None = None) -> str:
     args = ["erofs", f"oci:{images}/layout:demo", "-q"]
     made = bootc_live(*args, *(["--compress", compress] if compress else []))
@@ -61,20 +60,21 @@ def test_zram_root(artifacts: dict[str, Path], flavour: str) -> None:
     result = run(artifacts[flavour], "bootc.zram=64M bootc.zram.algorithm=zstd")
     report = assert_live(result, root="ro", etc="rw", var="rw", fstype="ext4", whiteout="yes")
     assert "discard" in report["rootopts"]  # deleted files give their RAM back
-    m = ready(result, ZRAM_READY)
-    assert m.group(2) == "zstd"
-    assert 1.0 < float(m.group(3)) < 20 and float(m.group(4)) < float(m.group(3))
+    root = root_made(result)
+    assert (root["mode"], root["algorithm"]) == ("zram", "zstd")
+    assert root["device"].startswith("/dev/zram")
+    assert 1 * MIB < root["stored"] < 20 * MIB and root["memory"] < root["stored"]
     # Those of the other compressors, erofs, loop, overlay: before the unpack, with zram and
     # ext4 loaded.
-    assert int(ready(result, FREED).group(2)) >= 4
-    print(f"{flavour} zram: {m.group(0)}; memused {report['memused']} KiB")
+    assert result.status["modules_freed"] >= 4
+    print(f"{flavour} zram: {root}; memused {report['memused']} KiB")
 
 
 def test_zram_root_read_write(artifacts: dict[str, Path]) -> None:
     result = run(artifacts["shell"], "bootc.zram=15% rw bootc.live.etc.rw=0 bootc.keep-modules")
     assert_live(result, root="rw", etc="ro", var="rw", fstype="ext4")
-    assert ready(result, ZRAM_READY).group(2) == "lzo-rle"  # the kernel's default
-    assert found(result, FREED) is None
+    assert root_made(result)["algorithm"] == "lzo-rle"  # the kernel's default
+    assert result.status["modules_freed"] == 0
 
 
 def test_erofs_roots_are_reproducible(artifacts: dict[str, Path], images: Path) -> None:
@@ -84,10 +84,11 @@ def test_erofs_roots_are_reproducible(artifacts: dict[str, Path], images: Path) 
         result = run(artifacts[flavour], "bootc.live.erofs")
         report = assert_live(result, root="ro", etc="rw", var="rw", fstype="erofs", whiteout="yes")
         assert "overlay" not in report["rootopts"] and "upperdir=" in report["etcopts"]
-        m = ready(result, EROFS_READY)
-        assert (m.group(1), m.group(2)) == (expected, "none"), (flavour, m.group(0))
-        ready(result, FREED)  # loop, erofs and overlay were loaded first: the mounts work
-        print(f"{flavour} EROFS: {m.group(0)}; memused {report['memused']} KiB")
+        root = root_made(result)
+        assert (root["sha256"], root["compress"]) == (expected, "none"), (flavour, root)
+        # loop, erofs and overlay were loaded before the others were freed: the mounts work
+        assert result.status["modules_freed"] > 0
+        print(f"{flavour} EROFS: {root}; memused {report['memused']} KiB")
 
 
 def test_compressed_erofs_root(artifacts: dict[str, Path], images: Path) -> None:
@@ -97,9 +98,9 @@ def test_compressed_erofs_root(artifacts: dict[str, Path], images: Path) -> None
         "bootc.live.erofs=1 bootc.live.erofs.compress=lz4hc rw bootc.live.var.rw=0",
     )
     assert_live(result, root="ro", etc="rw", var="ro", fstype="erofs")
-    m = ready(result, EROFS_READY)
-    assert (m.group(1), m.group(2)) == (host_erofs(images, "lz4hc"), "lz4hc")
-    assert m.group(1) != host_erofs(images)
+    root = root_made(result)
+    assert (root["sha256"], root["compress"]) == (host_erofs(images, "lz4hc"), "lz4hc")
+    assert root["sha256"] != host_erofs(images)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,8 @@ def test_planner_stops_early_and_names_a_mode_that_fits(images: Path, tmp_path: 
     # Where the tmpfs root starts to fit: MemAvailable varies by tens of MiB from boot to boot
     # (what udev and dracut hold at that moment), so the boundary is approached from the
     # planner's own figures: each refusal names its shortfall, each start what it had to spare.
-    go = stop = None
+    go: dict[str, Any] | None = None
+    stop: re.Match[str] | None = None
     mem = low + (needs - has) + 24
     for _ in range(6):
         result = run(big, mem=mem)
@@ -146,12 +148,12 @@ def test_planner_stops_early_and_names_a_mode_that_fits(images: Path, tmp_path: 
             mem += needs - int(refused.group(2)) + 24
         else:
             assert_live(result, root="ro", fstype="tmpfs")
-            go = ready(result, GO)
-            mem -= int(go.group(2)) - needs + 24
+            go = result.status
+            mem -= go["available"] // MIB - needs + 24
         if go and stop:
             break
     assert go is not None and stop is not None, "no boot on both sides of the boundary"
     # Just above: the planner lets it go, with little to spare, and the image boots.
-    assert int(go.group(1)) == needs and 0 <= int(go.group(2)) - needs <= 240, go.group(0)
+    assert -(-go["need"] // MIB) == needs and 0 <= go["available"] // MIB - needs <= 240, go
     # Just below: it stops early, as planned, short by little.
     assert int(stop.group(1)) == needs and 0 < needs - int(stop.group(2)) <= 240, stop.group(0)

@@ -18,7 +18,7 @@ from bootc_live.demo import demo_layers
 from bootc_live.layout import write_layout
 from registries import GUEST_SERVER, Registry, auth_json, docker_registry, make_pki, skopeo_push
 from unpackers import bootc_live, need_root_and
-from vmboot import Result, assert_live, assert_stopped, build_artifacts, run
+from vmboot import Result, assert_live, assert_stopped, build_artifacts, ready, run
 
 pytestmark = pytest.mark.vm
 
@@ -87,9 +87,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def ready_digest(result: Result) -> str:
-    ready = [m for m in result.messages if "live root ready: " in m]
-    assert ready, "\n".join(result.messages)
-    return ready[0].split("live root ready: ")[1].split(",")[0]
+    return str(ready(result.boot.output)["manifest"])
 
 
 def test_the_credentials_are_in_the_initramfs_for_root_only(setup: Setup) -> None:
@@ -124,7 +122,7 @@ def test_boot_from_the_registry_by_digest_with_vm_forward(setup: Setup) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "BOOTC-LIVE-REPORT root=ro etc=rw var=rw" in result.stdout, result.stdout[-3000:]
-    assert f"live root ready: {setup.digest}" in result.stdout
+    assert ready(result.stdout)["manifest"] == setup.digest
 
 
 def test_boot_through_the_mirror(setup: Setup) -> None:

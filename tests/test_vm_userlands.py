@@ -34,6 +34,7 @@ from debian_boot import (
     verdict,
 )
 from unpackers import bootc_live
+from vmboot import ready, statuses
 
 pytestmark = pytest.mark.vm
 
@@ -85,7 +86,7 @@ def test_a_plain_debian_12_boots_embedded_onto_zram(
         log=console,
     )
     assert verdict(result, console) == expected(image, "ext4"), tail(result.output)
-    assert f"live root ready: {image.manifest_digest}" in result.output
+    assert ready(result.output)["manifest"] == image.manifest_digest
 
 
 def test_debian_13_boots_from_a_url_onto_zram(
@@ -97,7 +98,7 @@ def test_debian_13_boots_from_a_url_onto_zram(
         out, tmp_path, console, mem=MEM, embedded=False, extra="bootc.zram=1G"
     )
     assert verdict(result, console) == expected(image, "ext4"), tail(result.output)
-    assert f"live root ready: {image.manifest_digest}" in result.output
+    assert ready(result.output)["manifest"] == image.manifest_digest
     assert requests and all(" 206 " in line for line in requests)  # read in place
 
 
@@ -119,5 +120,7 @@ def test_debian_13_is_stage_two_of_kexec_onto_erofs(
         stage_one, tmp_path, console, mem=MEM, embedded=False, extra="bootc.kexec bootc.live.erofs"
     )
     assert verdict(result, console) == expected(image, "erofs"), tail(result.output)
-    assert f"kexec into {image.kver}: " in result.output
-    assert f"live root ready: {digest}" in result.output
+    done = ready(result.output)
+    assert done["manifest"] == digest and done["root"]["mode"] == "erofs"
+    loaded = [s for s in statuses(result.output) if s["state"] == "kexec-loaded"]
+    assert [s["kexec_kver"] for s in loaded] == [image.kver]

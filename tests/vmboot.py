@@ -16,6 +16,7 @@ from bootc_live.build import BuildConfig, build, concatenate
 from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
 from bootc_live.images import RegistryOptions, SourceRef
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
+from bootc_live.runtime.status import STATUS_LINE, parse_line
 from bootc_live.vm import Boot, VmConfig, boot
 from unpackers import need
 
@@ -29,9 +30,41 @@ class Result:
 
     @property
     def messages(self) -> list[str]:
-        """bootc-live's own console lines (the prefix of journal lines stripped)."""
-        lines = self.boot.output.replace("\r", "").splitlines()
-        return [ln[ln.index("bootc-live: ") :] for ln in lines if "bootc-live: " in ln]
+        """bootc-live's own console lines for people (the prefix of journal lines stripped)."""
+        return messages(self.boot.output)
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        """bootc-live's status lines (README "Status"), in order: one per state change."""
+        return statuses(self.boot.output)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """The last status the boot printed: status.json as it was at the end."""
+        found = self.statuses
+        assert found, "no status line:\n" + self.boot.output[-3000:]
+        return found[-1]
+
+
+def messages(output: str) -> list[str]:
+    lines = output.replace("\r", "").splitlines()
+    return [
+        ln[ln.index("bootc-live: ") :]
+        for ln in lines
+        if "bootc-live: " in ln and STATUS_LINE not in ln
+    ]
+
+
+def ready(output: str) -> dict[str, Any]:
+    """The status of a boot that made its live root: its last status line, `ready`."""
+    found = statuses(output)
+    assert found and found[-1]["state"] == "ready", (found[-1:], output[-3000:])
+    return found[-1]
+
+
+def statuses(output: str) -> list[dict[str, Any]]:
+    parsed = (parse_line(line) for line in output.replace("\r", "").splitlines())
+    return [status for status in parsed if status is not None]
 
 
 def need_vm_tools() -> None:
