@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
@@ -157,6 +157,8 @@ def trust_previous_stage(
 class SplitLayoutSource:
     """An image source over a split layout just written to `path` (an ImageSource)."""
 
+    names_one_image = False
+
     def __init__(self, path: str, index: bytes, extents: Extents) -> None:
         self.path = path
         self.description = f"split layout {path}"
@@ -170,6 +172,12 @@ class SplitLayoutSource:
         if desc.digest not in self._extents:
             raise ImageError(f"{self.description}: blob {desc.digest} is missing")
         return open_parts(partial(_Slice, self.path, o, s) for o, s in self._extents[desc.digest])
+
+    def tail(self, desc: Descriptor, n: int) -> bytes:
+        return b""  # the next stage reads the handover: this one only reads its top layers
+
+    def prefetch(self, layers: Sequence[Descriptor]) -> None:
+        pass  # a local file: nothing to gain
 
     def release(self, desc: Descriptor) -> None:
         pass

@@ -78,11 +78,10 @@ def _gzip_isize(image: Image, layer: Descriptor) -> int | None:
     A blob of several gzip members states only its last one's size, and sizes wrap at 4 GiB:
     a size below the compressed one, or any doubt, gives None (the stated ratio is used).
     """
-    tail = getattr(image.source, "tail", None)
-    if tail is None or "gzip" not in layer.media_type or layer.size < 18:
+    if "gzip" not in layer.media_type or layer.size < 18:
         return None
     try:
-        data = tail(layer, 4)
+        data = image.source.tail(layer, 4)
     except (OSError, BootcLiveError):
         return None
     if len(data) != 4:

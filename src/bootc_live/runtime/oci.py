@@ -243,7 +243,7 @@ def resolve(
 ) -> Image:
     """Find the image in `source` by label and platform, verifying every document on the way."""
     plat = platform or Platform.host()
-    if getattr(source, "names_one_image", False):
+    if source.names_one_image:
         label = None  # a registry reference: bootclabel= (from cmdline.txt) is for layouts
     if digest is not None:
         check_digest(digest, "bootc.digest")

@@ -23,6 +23,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
@@ -595,7 +596,7 @@ class RegistrySource:
             desc["annotations"] = {REF_NAME: self.ref.tag}
         return json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode()
 
-    def prefetch(self, layers: tuple[Descriptor, ...]) -> None:
+    def prefetch(self, layers: Sequence[Descriptor]) -> None:
         """Fetch the small layers after the first ahead, in parallel, within a memory budget.
 
         Application stays in order: the feeder opens each layer in turn and gets the bytes

@@ -8,7 +8,7 @@ implement the same interface.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, BinaryIO, Callable, Protocol
 
@@ -22,12 +22,19 @@ class ImageSource(Protocol):
     """Where an image's index and blobs are read from."""
 
     description: str
+    names_one_image: bool  # a registry reference: bootclabel= does not choose among images
 
     def index_json(self) -> bytes:
         """The top-level `index.json`."""
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         """A raw stream of the blob's bytes (unverified); the caller closes it."""
+
+    def tail(self, desc: Descriptor, n: int) -> bytes:
+        """The blob's last `n` bytes, unverified (for estimates); b"" when not at hand cheaply."""
+
+    def prefetch(self, layers: Sequence[Descriptor]) -> None:
+        """Start fetching these layers ahead of their reading, if the source gains by that."""
 
     def release(self, desc: Descriptor) -> None:
         """The blob is no longer needed: free its memory if the source can."""
@@ -49,6 +56,8 @@ class LayoutSource:
     build`, whose cpio members are limited to 4 GiB). With `consume`, a blob is deleted once
     released: its layer has been applied, and in an initramfs that gives the memory back.
     """
+
+    names_one_image = False
 
     def __init__(self, path: str, consume: bool = False) -> None:
         self.path = path
@@ -88,6 +97,9 @@ class LayoutSource:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - n))
             return f.read(n)
+
+    def prefetch(self, layers: Sequence[Descriptor]) -> None:
+        pass  # a local file: nothing to gain
 
     def release(self, desc: Descriptor) -> None:
         if self.consume:
@@ -150,6 +162,7 @@ class MemberIndex:
     """An oci-archive read in place: member offsets are indexed once, nothing is extracted."""
 
     description: str
+    names_one_image = False
     _members: dict[str, tuple[int, int]]
 
     def _index_members(self, stream: Stream, tell: Callable[[], int]) -> None:
@@ -202,6 +215,9 @@ class MemberIndex:
         offset, size = self._members[name]
         with self._open_member(offset + max(0, size - n), min(n, size)) as f:
             return f.read(n)
+
+    def prefetch(self, layers: Sequence[Descriptor]) -> None:
+        pass  # one archive, read in order
 
     def release(self, desc: Descriptor) -> None:
         pass  # an archive is freed as a whole, by close()

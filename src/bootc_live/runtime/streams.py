@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
-from typing import BinaryIO, Callable, TypeVar, Union
+from typing import BinaryIO, Callable, TypeVar
 
 from .errors import LayerError
 
-Chunk = Union[bytes, memoryview]
 _R = TypeVar("_R", bound="Reader")
 
 

@@ -98,9 +98,7 @@ class _Feeder(threading.Thread):
     def run(self) -> None:
         try:
             # A source that can fetch ahead (a registry) starts on the later layers now.
-            prefetch = getattr(self.image.source, "prefetch", None)
-            if prefetch is not None:
-                prefetch(self.image.layers)
+            self.image.source.prefetch(self.image.layers)
             for index in range(len(self.image.layers)):
                 self._feed_layer(index)
                 if not self._put(END) or self.abandoned.is_set():
