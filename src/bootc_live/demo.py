@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from .build import BuildConfig, build
 from .images import SourceRef
 from .layout import LayerTar, TreeEntry, write_layout
 from .runtime.errors import BootcLiveError
+from .runtime.run import run
 from .vm import Boot, VmConfig, boot
 
 BUSYBOX = Path("/bin/busybox")
@@ -57,9 +57,7 @@ OS_RELEASE = (
 
 def demo_layers(busybox: Path = BUSYBOX) -> list[bytes]:
     """Three layers: busybox and the directories, the report as init, a whiteout."""
-    applets = subprocess.run(
-        [str(busybox), "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    applets = run([busybox, "--list"], capture=True).stdout.split()
     base = LayerTar(
         [
             TreeEntry(d, "dir", mode=0o755)

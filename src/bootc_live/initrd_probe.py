@@ -137,7 +137,8 @@ def library_problems() -> list[list[str]]:
     if loader is None:
         return []
     try:
-        import subprocess
+        # It runs alone in the initramfs, without the package: no bootc_live.runtime.run.
+        import subprocess  # noqa: TID251
         import threading
     except ImportError as err:  # the runtime needs both: its import fails too, and says so
         return [["python", f"python's {err.name} module is missing", "the self-check"]]

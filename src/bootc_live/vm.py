@@ -7,7 +7,6 @@ import os
 import re
 import selectors
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -175,12 +174,8 @@ def watch(
 
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
-    if _run.DEBUG:
-        print("+ " + " ".join(argv), file=sys.stderr)
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    proc = _run.start(argv, stdout=_run.PIPE, stderr=_run.STDOUT)
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
@@ -283,7 +278,7 @@ def boot(
         argv = qemu_argv(config, initrd, choose_accel(config.accel))
         if interactive:
             start = time.monotonic()
-            code = subprocess.run(argv, check=False).returncode
+            code = _run.start(argv, stdin=None).wait()
             return Boot("", "exit" if code == 0 else "failure", time.monotonic() - start)
         result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
         if result.ended == "stalled":

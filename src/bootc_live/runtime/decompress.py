@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any, Callable
 
+from . import run
 from .errors import LayerError
 
 CHUNK = 1 << 20
@@ -156,9 +156,7 @@ def _unzstd_command(head: bytes, read: Read) -> Iterator[bytes]:
             "layer is zstd-compressed, but neither the zstandard module nor the zstd command is "
             "available"
         )
-    proc = subprocess.Popen(
-        [zstd, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = run.start([zstd, "-dcq"], stdin=run.PIPE, stdout=run.PIPE, stderr=run.PIPE)
     assert proc.stdin and proc.stdout and proc.stderr
     failure: list[BaseException] = []
 

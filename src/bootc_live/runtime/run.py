@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from .errors import BootcLiveError
 
 DEBUG = bool(os.environ.get("BOOTC_LIVE_DEBUG"))
+PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
 
 
 class CommandError(BootcLiveError):
@@ -37,9 +38,7 @@ def run(
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command; log it as `+ cmd` when debugging; raise CommandError if it fails."""
-    args = [os.fspath(a) for a in argv]
-    if DEBUG:
-        print("+ " + shlex.join(args), file=sys.stderr, flush=True)
+    args = _logged(argv)
     try:
         result = subprocess.run(
             args,
@@ -76,3 +75,26 @@ def run(
     if result.stderr and DEBUG:
         sys.stderr.write(result.stderr)
     return result
+
+
+def start(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stdin: int | None = DEVNULL,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a command whose streams the caller handles as it runs (None: this process's own);
+    logged like run(). The caller waits for it and judges its exit status."""
+    args = _logged(argv)
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr)
+    except FileNotFoundError:
+        raise CommandError(f"{args[0]}: command not found") from None
+
+
+def _logged(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    args = [os.fspath(a) for a in argv]
+    if DEBUG:
+        print("+ " + shlex.join(args), file=sys.stderr, flush=True)
+    return args

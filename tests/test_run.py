@@ -1,0 +1,55 @@
+"""The one door to external commands: run.run and run.start, and the lint rule that keeps it one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import run
+
+REPO = Path(__file__).resolve().parents[1]
+RUFF = Path(sys.executable).parent / "ruff"
+
+
+def ruff_says(source: str, filename: str) -> str:
+    """ruff's findings on `source` as if it were the repository's file `filename`."""
+    result = subprocess.run(
+        [RUFF, "check", "--output-format=concise", "--stdin-filename", filename, "-"],
+        cwd=REPO,
+        input=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("line", ["import subprocess", "from subprocess import run"])
+def test_subprocess_is_banned_outside_run_py(line: str) -> None:
+    said = ruff_says(f"{line}\n\nprint(run if 0 else subprocess)\n", "src/bootc_live/vm.py")
+    assert "TID251 `subprocess` is banned: external commands go through" in said
+
+
+def test_run_py_and_tests_may_use_subprocess() -> None:
+    source = "import subprocess\n\nsubprocess.run(['true'], check=True)\n"
+    for filename in ("src/bootc_live/runtime/run.py", "tests/test_x.py", "bench/boot"):
+        assert "TID251" not in ruff_says(source, filename), filename
+
+
+def test_start_streams_and_logs_when_debugging(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(run, "DEBUG", True)
+    proc = run.start(["sh", "-c", "cat; echo err >&2"], stdin=run.PIPE, stdout=run.PIPE)
+    out, _ = proc.communicate(b"fed")
+    assert (out, proc.returncode) == (b"fed", 0)
+    assert capfd.readouterr().err == "+ sh -c 'cat; echo err >&2'\nerr\n"
+
+
+def test_start_names_a_missing_command() -> None:
+    with pytest.raises(run.CommandError) as err:
+        run.start(["/nonexistent/bootc-live-tool"])
+    assert str(err.value) == "/nonexistent/bootc-live-tool: command not found"
