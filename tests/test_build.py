@@ -30,7 +30,7 @@ def test_dracut_argv_exact() -> None:
         "--conf", "/dev/null", "--confdir", "/w/conf",
         "--modules",
         "systemd systemd-initrd dracut-systemd systemd-networkd qemu qemu-net bootc-live "
-        "bootc-live-net bootc-live-registry bootc-live-zram bootc-live-erofs "
+        "bootc-live-net bootc-live-zram bootc-live-erofs "
         "bootc-live-kexec",
         "/o/initrd.img",
     ]  # fmt: skip

@@ -23,7 +23,6 @@ ALL = (
     "bootc-live-erofs",
     "bootc-live-kexec",
     "bootc-live-net",
-    "bootc-live-registry",
     "bootc-live-zram",
 )
 

@@ -15,7 +15,6 @@ PACKAGE = Path(__file__).resolve().parent
 MODULES = (
     "90bootc-live",
     "90bootc-live-net",
-    "90bootc-live-registry",
     "90bootc-live-zram",
     "90bootc-live-erofs",
     "90bootc-live-kexec",
@@ -24,7 +23,6 @@ MODULES = (
 # initramfs has what it needs (checked by `optional_modules`).
 OPTIONAL_MODULES = (
     "bootc-live-net",
-    "bootc-live-registry",
     "bootc-live-zram",
     "bootc-live-erofs",
     "bootc-live-kexec",
@@ -152,6 +150,7 @@ def optional_modules(root: Path, whose: str) -> list[str]:
     dracut_modules = root / "usr/lib/dracut/modules.d"
     can = {
         # dracut's network and url-lib modules, and curl for url-lib
+        # (registries too: the runtime holds their client)
         "bootc-live-net": (dracut_modules / "40network").is_dir()
         and (dracut_modules / "45url-lib").is_dir()
         and _has_binary(root, "curl"),
@@ -159,7 +158,6 @@ def optional_modules(root: Path, whose: str) -> list[str]:
         "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),
         "bootc-live-kexec": _has_binary(root, "kexec"),
     }
-    can["bootc-live-registry"] = can["bootc-live-net"]  # the registry client is in the runtime
     without = {
         "bootc-live-net": "cannot bring up a network (it needs dracut's network and url-lib "
         "modules and curl, e.g. dracut-network): its initramfs boots embedded images only",

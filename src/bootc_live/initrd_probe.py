@@ -51,7 +51,7 @@ def runtime_problems(modules: list[str]) -> list[list[str]]:
         problems.append(
             ["python", f"the runtime does not import ({type(err).__name__}: {err})", "boot"]
         )
-    if {"bootc-live-net", "bootc-live-registry"} & set(modules):
+    if "bootc-live-net" in modules:
         try:
             import ssl
 

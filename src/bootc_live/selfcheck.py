@@ -24,8 +24,7 @@ PROBE = Path(__file__).with_name("initrd_probe.py")
 IN_IMAGE_SCRATCH = "/var/tmp/bootc-live-check"
 MODES = {  # what each of our modules lets an initramfs boot
     "bootc-live": "embedded and appended images",
-    "bootc-live-net": "URLs (http, https; ftp, tftp, nfs through url-lib)",
-    "bootc-live-registry": "registries (docker://)",
+    "bootc-live-net": "URLs (http, https; ftp, tftp, nfs through url-lib); registries (docker://)",
     "bootc-live-zram": "bootc.zram",
     "bootc-live-erofs": "bootc.live.erofs",
     "bootc-live-kexec": "bootc.kexec",

@@ -1,13 +1,13 @@
 #!/bin/sh
-# cmdline hook: a root that is fetched needs the network (dracut then brings the links up).
+# cmdline hook: a root that is fetched (a URL, a registry) needs the network (dracut then
+# brings the links up).
 
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+# shellcheck source=/dev/null
+type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
-case "$(getarg root=)" in
-    bootc-live:http://* | bootc-live:https://* | bootc-live:ftp://* | bootc-live:tftp://* | \
-        bootc-live:nfs://*)
-        echo "rd.neednet=1" > /etc/cmdline.d/90-bootc-live-net.conf
-        [ -n "$(getarg ip=)" ] || echo "ip=dhcp" >> /etc/cmdline.d/90-bootc-live-net.conf
-        ;;
-esac
+if bootc_live_root_fetched; then
+    echo "rd.neednet=1" > /etc/cmdline.d/90-bootc-live-net.conf
+    [ -n "$(getarg ip=)" ] || echo "ip=dhcp" >> /etc/cmdline.d/90-bootc-live-net.conf
+fi

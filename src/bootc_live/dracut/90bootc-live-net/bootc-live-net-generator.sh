@@ -4,12 +4,10 @@
 
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+# shellcheck source=/dev/null
+type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
-case "$(getarg root=)" in
-    bootc-live:http://* | bootc-live:https://* | bootc-live:ftp://* | bootc-live:tftp://* | \
-        bootc-live:nfs://* | bootc-live:docker://*) ;;
-    *) exit 0 ;;
-esac
+bootc_live_root_fetched || exit 0
 
 early="${2:-/tmp}"
 mkdir -p "$early/bootc-live.service.d"

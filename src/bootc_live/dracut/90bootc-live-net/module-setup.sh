@@ -1,6 +1,8 @@
 #!/bin/bash
-# dracut module bootc-live-net: the network for root=bootc-live:URL (and docker://).
-# dracut's own network stack brings the links up; the bootc-live runtime fetches.
+# dracut module bootc-live-net: the network for root=bootc-live:URL and docker://REF.
+# dracut's own network stack brings the links up; the bootc-live runtime fetches (its own OCI
+# distribution client pulls from registries). `bootc-live build --ca FILE` and `--auth-file
+# FILE` add /etc/bootc-live/ca.pem and /etc/bootc-live/auth.json (0600).
 
 # shellcheck disable=SC2154  # dracut provides moddir, initdir, systemd paths and inst_* helpers
 

@@ -4,11 +4,11 @@
 
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+# shellcheck source=/dev/null
+type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
-case "$(getarg root=)" in
-    bootc-live:*)
-        root=$(getarg root=)
-        rootok=1
-        export root rootok
-        ;;
-esac
+if bootc_live_root_ours; then
+    root=$(getarg root=)
+    rootok=1
+    export root rootok
+fi

@@ -5,11 +5,10 @@
 
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+# shellcheck source=/dev/null
+type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
-case "$(getarg root=)" in
-    bootc-live:*) ;;
-    *) exit 0 ;;
-esac
+bootc_live_root_ours || exit 0
 
 early="${2:-/tmp}"
 mkdir -p "$early/initrd-root-fs.target.requires"

@@ -4,13 +4,11 @@
 
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+# shellcheck source=/dev/null
+type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
-case "$(getarg root=)" in
-    bootc-live:*)
-        if ! ismounted "$NEWROOT"; then
-            if ! /usr/bin/python3 -S -E /usr/lib/bootc-live/bootc-live-boot "$NEWROOT"; then
-                die "$(cat /run/bootc-live/error 2> /dev/null || echo 'bootc-live: the live root could not be set up')"
-            fi
-        fi
-        ;;
-esac
+if bootc_live_root_ours && ! ismounted "$NEWROOT"; then
+    if ! /usr/bin/python3 -S -E /usr/lib/bootc-live/bootc-live-boot "$NEWROOT"; then
+        die "$(cat /run/bootc-live/error 2> /dev/null || echo 'bootc-live: the live root could not be set up')"
+    fi
+fi

@@ -62,6 +62,7 @@ install() {
     done <<< "$files"
     "$py" -S -E -m compileall -q "$initdir/usr/lib/bootc-live" > /dev/null
 
+    inst_simple "$moddir/bootc-live-lib.sh" /lib/bootc-live-lib.sh
     inst_hook cmdline 90 "$moddir/bootc-live-cmdline.sh"
     if dracut_module_included "systemd"; then
         # systemd initrd: /sysroot is our tmpfs, filled by a service before initrd-root-fs.target

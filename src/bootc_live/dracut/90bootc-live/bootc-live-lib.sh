@@ -1,0 +1,29 @@
+#!/bin/sh
+# The root= grammar for the hooks and generators of every bootc-live module, read as the
+# runtime's parser (bootc_live.runtime.cmdline.parse_root) reads it; a test holds them equal.
+
+# What root=VALUE names: path, url or docker; invalid (the runtime stops the boot and says
+# why); nothing when the root is not bootc-live's.
+bootc_live_root_kind() {
+    case "$1" in
+        bootc-live:docker:// | bootc-live:docker://*" "*) echo invalid ;;
+        bootc-live:docker://*) echo docker ;;
+        bootc-live:http://* | bootc-live:https://* | bootc-live:ftp://* | bootc-live:tftp://* | \
+            bootc-live:nfs://*) echo url ;;
+        bootc-live:/*) echo path ;;
+        bootc-live:*) echo invalid ;;
+    esac
+}
+
+# Whether the command line's root= is bootc-live's (valid or not: the runtime says what is wrong).
+bootc_live_root_ours() {
+    [ -n "$(bootc_live_root_kind "$(getarg root=)")" ]
+}
+
+# Whether the command line's root= is fetched: over the network, from a URL or a registry.
+bootc_live_root_fetched() {
+    case "$(bootc_live_root_kind "$(getarg root=)")" in
+        url | docker) return 0 ;;
+    esac
+    return 1
+}
