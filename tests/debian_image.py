@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootc_live.layout import Layer, LayoutWriter
+
 CACHES = Path(os.environ.get("BOOTC_LIVE_TEST_CACHE", "/var/cache/bootc-live-tests"))
 CACHE = CACHES / "debian"  # BOOKWORM's
 MIRROR = os.environ.get("BOOTC_LIVE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -204,8 +206,8 @@ def root_key(recipe: Recipe) -> str:
 
 
 def image_key(recipe: Recipe) -> str:
-    """The root and this whole file (layers, verdict unit, masks)."""
-    return _key(root_key(recipe), Path(__file__).read_text())
+    """The root, this whole file (layers, verdict unit, masks) and the layout writer."""
+    return _key(root_key(recipe), Path(__file__).read_text(), inspect.getsource(LayoutWriter))
 
 
 @contextmanager
@@ -405,72 +407,34 @@ def config_layer_tar() -> bytes:
     return out.getvalue()
 
 
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def write_blob(blobs: Path, data: bytes) -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    (blobs / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_layout(layout: Path, layers: list[dict[str, Any]], created: str) -> str:
-    """oci-layout, index.json (tagged TAG), manifest and config; returns the manifest digest."""
-    blobs = layout / "blobs" / "sha256"
-    config = {
+def image_config(layers: list[dict[str, Any]], created: str) -> dict[str, Any]:
+    """What the image's config holds besides its os, architecture and layers."""
+    return {
         "created": created,
-        "architecture": "amd64",
-        "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Cmd": ["/sbin/init"],
             "Labels": {"containers.bootc": "1"},
         },
-        "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in layers]},
         "history": [
             {"created": created, "created_by": f"tests/debian_image.py: {layer['name']}"}
             for layer in layers
         ],
     }
-    config_blob = write_blob(blobs, canonical_json(config))
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer["digest"],
-                "size": layer["size"],
-            }
-            for layer in layers
-        ],
-    }
-    manifest_blob = write_blob(blobs, canonical_json(manifest))
-    index = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **manifest_blob,
-                "platform": {"os": "linux", "architecture": "amd64"},
-                "annotations": {"org.opencontainers.image.ref.name": TAG},
-            }
-        ],
-    }
-    (layout / "index.json").write_bytes(canonical_json(index))
-    (layout / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
-    return str(manifest_blob["digest"])
+
+
+def write_image(out: LayoutWriter, layers: list[dict[str, Any]], created: str) -> str:
+    """The config, manifest and index.json (tagged TAG) of these layers; the manifest digest."""
+    blobs = [Layer(layer["digest"], layer["size"], layer["diff_id"]) for layer in layers]
+    return out.add_image(blobs, TAG, image_config(layers, created))
 
 
 def build_image(root: Path, final: Path, log: Log) -> None:
     """Three gzip layers: the OS without its kernel, the kernel and its modules, the config."""
     new = final.with_name(final.name + ".new")
     shutil.rmtree(new, ignore_errors=True)
-    blobs = new / "layout" / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
+    out = LayoutWriter(new / "layout")
+    blobs = out.blobs
     log(f"building the image in {new}")
     (kver,) = [p.name for p in (root / "usr/lib/modules").iterdir()]
     tar = ["tar", "-C", os.fspath(root), *TAR_CREATE, "-cf", "-"]
@@ -489,7 +453,7 @@ def build_image(root: Path, final: Path, log: Log) -> None:
     layers.append(write_layer("config", ["cat", os.fspath(config_tar)], blobs, log))
     config_tar.unlink()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(root.stat().st_mtime))
-    digest = write_layout(new / "layout", layers, created)
+    digest = write_image(out, layers, created)
     entries, size = tree_figures(root)
     info = {
         "kver": kver,

@@ -12,7 +12,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from debian_image import DebianImage, write_blob, write_layout
+from bootc_live.layout import LayoutWriter
+from debian_image import DebianImage, write_image
 
 
 def kexec_ready(image: DebianImage, initramfs: Path, dest: Path) -> str:
@@ -20,12 +21,10 @@ def kexec_ready(image: DebianImage, initramfs: Path, dest: Path) -> str:
     image kexec-ready for bootc-live (the initramfs built in the image's userland by `bootc-live
     build`, so it carries the bootc-live modules). Returns the new manifest digest; the layout
     is dest/layout, tagged TAG."""
-    layout = dest / "layout"
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
+    out = LayoutWriter(dest / "layout")
     for layer in image.layers:
         os.link(
-            image.layout / "blobs" / "sha256" / layer["digest"][7:], blobs / layer["digest"][7:]
+            image.layout / "blobs" / "sha256" / layer["digest"][7:], out.blobs / layer["digest"][7:]
         )
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -38,11 +37,11 @@ def kexec_ready(image: DebianImage, initramfs: Path, dest: Path) -> str:
         with open(initramfs, "rb") as data:
             tar.addfile(info, data)
     tar_bytes = raw.getvalue()
-    blob = write_blob(blobs, gzip.compress(tar_bytes, compresslevel=1, mtime=0))
+    blob = out.add_blob(gzip.compress(tar_bytes, compresslevel=1, mtime=0))
     layer = {
         "name": "initramfs",
         **blob,
         "diff_id": "sha256:" + hashlib.sha256(tar_bytes).hexdigest(),
         "tar_size": len(tar_bytes),
     }
-    return write_layout(layout, [*image.layers, layer], "2024-01-01T00:00:00Z")
+    return write_image(out, [*image.layers, layer], "2024-01-01T00:00:00Z")

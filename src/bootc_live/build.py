@@ -17,6 +17,7 @@ from pathlib import Path
 from . import dracut, scratch, selfcheck, zramsize
 from .describe import describe
 from .images import SourceRef
+from .layout import LayoutWriter
 from .progress import Ticker, bytes_progress, say
 from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.errors import BootcLiveError
@@ -112,12 +113,11 @@ def write_oci_layout(
     image: Image, index: bytes, directory: Path, progress: Progress | None = None
 ) -> None:
     """An OCI image layout directory of the one image, every blob verified as it is copied."""
-    (directory / "blobs" / "sha256").mkdir(parents=True)
-    (directory / "oci-layout").write_bytes(OCI_LAYOUT)
-    (directory / "index.json").write_bytes(index)
+    out = LayoutWriter(directory)
     for desc in blobs_of(image):
-        with verified(image, desc) as reader, open(directory / blob_path(desc.digest), "wb") as f:
-            shutil.copyfileobj(_counted(reader, desc, image, progress), f, 1 << 20)
+        with verified(image, desc) as reader:
+            out.copy_blob(desc.digest, _counted(reader, desc, image, progress))
+    out.write_index(index)
 
 
 class _Counted:
