@@ -19,6 +19,7 @@ from .describe import describe
 from .images import SourceRef
 from .layout import LayoutWriter
 from .progress import Ticker, bytes_progress, say
+from .runtime import kernels
 from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.errors import BootcLiveError
 from .runtime.handover import (
@@ -29,7 +30,6 @@ from .runtime.handover import (
     verified,
     write_split_layout,
 )
-from .runtime.kexec import version_key
 from .runtime.oci import Image
 from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.run import CommandError
@@ -37,7 +37,6 @@ from .runtime.sources import blob_path
 from .runtime.unpack import Progress, unpack_image
 
 CA_IN_INITRAMFS = "/etc/bootc-live/ca.pem"  # read by runtime.http besides the system bundle
-KERNEL_PLACES = "/usr/lib/modules/KVER/vmlinuz, /lib/modules/KVER/vmlinuz, /boot/vmlinuz-KVER"
 
 
 class BuildError(BootcLiveError):
@@ -147,28 +146,23 @@ def _counted(
 
 
 def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
-    """The image's kernel: /usr/lib/modules/KVER/vmlinuz (or /boot/vmlinuz-KVER); highest wins."""
-    found: dict[str, Path] = {}
-    for modules in (root / "usr/lib/modules", root / "lib/modules"):
-        if modules.is_dir() and not modules.is_symlink():
-            for entry in modules.iterdir():
-                for candidate in (entry / "vmlinuz", root / "boot" / f"vmlinuz-{entry.name}"):
-                    if candidate.is_file():
-                        found.setdefault(entry.name, candidate)
+    """The image's kernel in its unpacked tree (see KERNEL_PLACES); the highest version wins."""
+    finder = kernels.in_tree(os.fspath(root))
+    found = {k: root / os.fsdecode(finder.files[(k, "vmlinuz")]) for k in finder.kernels()}
     if kver is not None:
         if kver not in found:
             raise BuildError(
                 f"the image has no kernel {kver} (it has: {', '.join(found) or 'none'}; "
-                f"looked in {KERNEL_PLACES})",
+                f"looked in {kernels.KERNEL_PLACES})",
                 "give one of those to --kver, or leave --kver out for the highest",
             )
         return kver, found[kver]
     if not found:
         raise BuildError(
-            f"the image has no kernel (looked in {KERNEL_PLACES})",
+            f"the image has no kernel (looked in {kernels.KERNEL_PLACES})",
             "install one in the image (a bootc image has its kernel), or use --host",
         )
-    best = max(found, key=version_key)
+    best = finder.kernels()[-1]
     return best, found[best]
 
 
@@ -192,8 +186,8 @@ def make_kernel_and_initramfs(
         facts = describe(image, progress)
         if not facts.kernels:
             warn(
-                f"the image has no kernel (looked in {KERNEL_PLACES}): the artifacts boot it "
-                f"with the host's {kver}, whose modules it lacks"
+                f"the image has no kernel (looked in {kernels.KERNEL_PLACES}): the artifacts "
+                f"boot it with the host's {kver}, whose modules it lacks"
             )
         return kver, facts.layer_sizes or [], facts.zram
     root = work / "root"
@@ -242,7 +236,7 @@ def host_kernel(kver: str | None) -> str:
                 "(looked for /boot/vmlinuz-KVER with /lib/modules/KVER)",
                 "install one (apt-get install linux-image-amd64)",
             )
-        return max(there, key=version_key)
+        return max(there, key=kernels.version_key)
     if kver not in there:
         raise BuildError(
             f"--kver {kver}: this host has no such kernel (it has: {', '.join(there) or 'none'}; "

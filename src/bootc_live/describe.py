@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from . import zramsize
-from .runtime import memory
-from .runtime.apply import OPAQUE, WHITEOUT, clean
+from .runtime import kernels, memory
 from .runtime.oci import Image
 from .runtime.streams import ChunkStream
 from .runtime.tarstream import REGULAR, read_entries
 from .runtime.unpack import Progress, layer_chunks
-
-_KERNEL = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/vmlinuz|boot/vmlinuz-([^/]+)")
 
 
 @dataclass
@@ -43,7 +39,7 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
     """Read every layer once (verifying it): unpacked sizes, the kernels of the merged tree, and
     (with zstandard) what the files take in zram. Files that an upper layer replaces or deletes
     are counted in zram all the same: for the planner, that errs on the safe side."""
-    kernels: dict[bytes, str] = {}  # vmlinuz path → kernel version, in the merged tree
+    notes: list[list[tuple[bytes, bool]]] = []  # each layer's entries that name kernels or hide
     sizes: list[int] = []
     meter = zramsize.PageMeter() if zramsize.available() else None
     for index in range(len(image.layers)):
@@ -61,29 +57,24 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
                 yield chunk
 
         stream = ChunkStream(counted())  # type: ignore[arg-type]
-        added: dict[bytes, str] = {}
+        layer_notes: list[tuple[bytes, bool]] = []
         for entry in read_entries(stream):
             if entry.kind == REGULAR:
                 if meter is None:
                     stream.skip(entry.size)
                 else:
                     meter.add(stream.read_exact, entry.size)
-            key = clean(entry.name)
-            name = key[-1] if key else b""
-            if name.startswith(WHITEOUT):
-                parent = b"/".join(key[:-1])
-                gone = parent if name == OPAQUE else b"/".join((*key[:-1], name[len(WHITEOUT) :]))
-                for path in [p for p in kernels if p == gone or p.startswith(gone + b"/")]:
-                    del kernels[path]
-                continue
-            path = b"/".join(key)
-            m = _KERNEL.fullmatch(path)
-            if m and entry.kind == REGULAR:
-                added[path] = (m.group(1) or m.group(2)).decode("utf-8", "replace")
+            if kernels.matters(entry.name):
+                layer_notes.append((entry.name, entry.kind == REGULAR))
         stream.drain()
-        kernels.update(added)
+        notes.append(layer_notes)
         sizes.append(size)
+    finder = kernels.KernelFinder()
+    for layer_notes in reversed(notes):  # the merged tree: the top layer first
+        for name, regular in layer_notes:
+            finder.entry(name, regular)
+        finder.end_layer()
     annotated = {**image.index_annotations, memory.SIZES_ANNOTATION: ",".join(map(str, sizes))}
     estimate = memory.estimate(replace(image, index_annotations=annotated))
     zram = None if meter is None else meter.total
-    return Description(sizes, sorted(set(kernels.values())), estimate, zram)
+    return Description(sizes, finder.kernels(), estimate, zram)

@@ -7,8 +7,9 @@ loader:
    layout (one cpio member per blob) that is appended to the image's initramfs as the next
    stage's initrd, with a record of what was verified (the next stage does not hash it again).
    The layers are then read from it, not from the network again.
-2. The layers are read from the top down until a kernel (`usr/lib/modules/KVER/vmlinuz`) and
-   its `initramfs.img` are found, whiteouts and opaque directories respected; lower layers are
+2. The layers are read from the top down until a kernel (`usr/lib/modules/KVER/vmlinuz`, or a
+   place `kernels.KERNEL_PLACES` names) and its `initramfs.img` are found (`kernels.KernelFinder`:
+   whiteouts and opaque directories respected); lower layers are
    not read. Among the kernels complete at that point the highest version wins, unless
    bootc.kexec.kver= names one (then reading goes on until that one is complete).
 3. The handover is appended to the image's initramfs (the kernel unpacks concatenated cpio
@@ -20,7 +21,6 @@ loader:
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import time
@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import memory, mounts
-from .apply import OPAQUE, WHITEOUT, clean
 from .cmdline import BootSpec, split
 from .errors import BootcLiveError
 from .handover import (
@@ -38,6 +37,7 @@ from .handover import (
     write_record,
     write_split_layout,
 )
+from .kernels import KernelFinder, version_key
 from .oci import Image
 from .run import CommandError, run
 from .status import Report
@@ -46,7 +46,6 @@ from .tarstream import REGULAR, read_entries
 from .unpack import layer_chunks
 
 WORKDIR = "/run/bootc-live/kexec"
-_BOOT_FILE = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/(vmlinuz|initramfs\.img)")
 MIB = 1 << 20
 SLACK = 64 * MIB  # the runtime and kexec-tools while loading
 BOOT_FILES_GUESS = 96 * MIB  # the image's kernel and initramfs, until they are found
@@ -64,66 +63,30 @@ class BootFiles:
     layers_read: int  # from the top
 
 
-def version_key(kver: str) -> list[tuple[int, str]]:
-    """Orders kernel versions: numeric parts as numbers (6.1.0-10 after 6.1.0-9)."""
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~]", kver)]
-
-
 def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles:
     """Read the layers from the top down until the kernel and its initramfs are known."""
-    whiteouts: set[bytes] = set()  # paths whited out by the layers read so far
-    opaques: set[bytes] = set()  # directories whose lower content those layers hide
-    found: dict[tuple[str, str], str] = {}  # (kver, "vmlinuz" | "initramfs.img") → file or ""
+    finder = KernelFinder()
+    extracted: dict[tuple[str, str], str] = {}
     for read, index in enumerate(reversed(range(len(image.layers))), 1):
-        layer_whiteouts: set[bytes] = set()
-        layer_opaques: set[bytes] = set()
         stream = ChunkStream(layer_chunks(image, index))
         for entry in read_entries(stream):
-            key = clean(entry.name)
-            name = key[-1] if key else b""
-            if name.startswith(WHITEOUT):
-                parent = b"/".join(key[:-1])
-                if name == OPAQUE:
-                    layer_opaques.add(parent)
-                else:
-                    layer_whiteouts.add(b"/".join((*key[:-1], name[len(WHITEOUT) :])))
-            else:
-                match = _BOOT_FILE.fullmatch(b"/".join(key))
-                if match and not _hidden(key, whiteouts, opaques):
-                    kver, what = match.group(1).decode("utf-8", "replace"), match.group(2).decode()
-                    if (kver, what) not in found:  # an upper layer's wins
-                        found[(kver, what)] = ""  # a link or other: hides lower ones, unusable
-                        if entry.kind == REGULAR:
-                            found[(kver, what)] = _extract(stream, entry.size, workdir, kver, what)
-                            continue
-            if entry.kind == REGULAR:
+            which = finder.entry(entry.name, entry.kind == REGULAR)
+            if which is not None:
+                extracted[which] = _extract(stream, entry.size, workdir, *which)
+            elif entry.kind == REGULAR:
                 stream.skip(entry.size)
         stream.drain()  # to the end: the blob's digest and diff_id are checked
-        whiteouts |= layer_whiteouts
-        opaques |= layer_opaques
-        complete = sorted(
-            {k for k, _ in found if found.get((k, "vmlinuz")) and found.get((k, "initramfs.img"))},
-            key=version_key,
-        )
+        finder.end_layer()
+        complete = finder.complete()
         if wanted:
             chosen = wanted if wanted in complete else ""
         else:
             chosen = complete[-1] if complete else ""
         if chosen:
             return BootFiles(
-                chosen, found[(chosen, "vmlinuz")], found[(chosen, "initramfs.img")], read
+                chosen, extracted[(chosen, "vmlinuz")], extracted[(chosen, "initramfs.img")], read
             )
-    return _missing(wanted, found)
-
-
-def _hidden(key: tuple[bytes, ...], whiteouts: set[bytes], opaques: set[bytes]) -> bool:
-    """Whether upper layers hide `key` of a lower layer: it, or a parent, whited out, or a
-    parent made opaque."""
-    for depth in range(1, len(key) + 1):
-        prefix = b"/".join(key[:depth])
-        if prefix in whiteouts or (depth < len(key) and prefix in opaques):
-            return True
-    return False
+    return _missing(wanted, finder)
 
 
 def _extract(stream: ChunkStream, size: int, workdir: str, kver: str, what: str) -> str:
@@ -137,8 +100,8 @@ def _extract(stream: ChunkStream, size: int, workdir: str, kver: str, what: str)
     return target
 
 
-def _missing(wanted: str | None, found: dict[tuple[str, str], str]) -> BootFiles:
-    kvers = {kver for kver, _ in found}
+def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
+    kvers = finder.named
     if wanted and wanted not in kvers:
         offered = ", ".join(sorted(kvers, key=version_key)) or "none"
         raise KexecError(
@@ -148,7 +111,7 @@ def _missing(wanted: str | None, found: dict[tuple[str, str], str]) -> BootFiles
     for kver in sorted(kvers, key=version_key, reverse=True):
         if wanted and kver != wanted:
             continue
-        if not found.get((kver, "vmlinuz")):
+        if (kver, "vmlinuz") not in finder.files:
             raise KexecError(
                 f"bootc.kexec: the image has no usr/lib/modules/{kver}/vmlinuz",
                 "install the kernel in the image, or boot without bootc.kexec",
