@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.common import REPO, BenchError, log
-
-REFERENCE_CACHE = Path("/var/cache/bootc-live-bench")
-REFERENCE_TAG = "latest"
+from benchlib.refimage import REF_NAME
 
 
 def run_step(argv: list[str], what: str) -> tuple[float, str]:
@@ -118,7 +116,7 @@ def reference_image(cache: Path, kind: str) -> dict[str, Any]:
     return {
         "kind": kind,
         "layout": os.fspath(cache / "images" / kind / "layout"),
-        "source": f"oci:{cache / 'images' / kind / 'layout'}:{REFERENCE_TAG}",
+        "source": f"oci:{cache / 'images' / kind / 'layout'}:{REF_NAME}",
         "layers": info["layers"],
         "compressed_bytes": sum(layer["size"] for layer in info["layers"]),
         "entries": root["figures"]["entries"],

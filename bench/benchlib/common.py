@@ -10,9 +10,10 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,17 @@ class BenchError(Exception):
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """Run one command, logged copy-pasteably; a failure raises BenchError naming it."""
+    args = [os.fspath(a) for a in argv]
+    log("+ " + shlex.join(args))
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.run(args, **kwargs)
+    if proc.returncode != 0:
+        raise BenchError(f"command failed with status {proc.returncode}: {shlex.join(args)}")
+    return proc
 
 
 def resolve_bootc_live(arg: str | None, skip: str = "") -> list[str]:
