@@ -18,7 +18,7 @@ from bootc_live.vm import Boot
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchlib import console, ramsearch, rows  # noqa: E402
+from benchlib import console, ramsearch, report, rows  # noqa: E402
 from benchlib.boots import (  # noqa: E402
     PHASES,
     SWITCH_ROOT,
@@ -512,3 +512,56 @@ def test_the_entry_scripts_start(script: str, usage: str) -> None:
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith(usage)
+
+
+def row_of(target: Target, timed: list[tuple[float, str]], search: Any = None) -> dict[str, Any]:
+    """A row's record and figures as bench/boot makes them, from one timed boot."""
+    plan = rows.RowPlan(target, 2048, 1, search)
+    row = json.loads(json.dumps(rows.row_record(plan, [read(target, timed)], None)))
+    row["artifacts_of"] = "debian-kexec" if target.kexec else "debian"
+    row["figures"] = rows.row_figures(row, 585 * MIB, 90 * MIB)
+    return row
+
+
+def test_the_report_prints_the_figures_read(capsys: pytest.CaptureFixture[str]) -> None:
+    searched = ramsearch.RamSearch(256, 4096, 64, None, found=448, failed=384)
+    by_row = {
+        "url": row_of(Target("url", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {})),
+        "zram": row_of(
+            Target("zram", Path("/nx"), fstype="ext4"), url_console("zram", ZRAM_ROOT), searched
+        ),
+        "kexec": row_of(Target("kexec", Path("/nx"), fstype="tmpfs", kexec=True), kexec_console()),
+    }
+    sizes = {"initrd.img": 58 * MIB, "root.oci": 180 * MIB, "rootfs.img": 180 * MIB}
+    report.print_report(
+        {
+            "rows": by_row,
+            "accel": "tcg",
+            "cpus": 2,
+            "sizes": {"debian": sizes, "debian-kexec": sizes},
+            "build_seconds": {},
+            "sources": rows.source_comparison(by_row),
+            "modes": rows.mode_comparison(by_row),
+            "kexec": rows.kexec_comparison(by_row),
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    for line in (
+        "/init → switch root (SPEC)                       26.5 s         26.5 s         58.8 s",
+        "kexec: stage one /init → kernel found                 -              -          8.5 s",
+        "smallest RAM that boots                    not searched        448 MiB   not searched"
+        "   <= 1280 MiB from a URL; the original ~2048 MiB",
+        "peak memory in use (runtime)                    628 MiB        628 MiB        900 MiB"
+        "   MemTotal - MemAvailable, peak during fetch + unpack",
+        "  the mode needs (runtime's planner)            277 MiB        277 MiB        700 MiB"
+        "   status 'need': at the peak; it refuses to start below",
+        "zram: data stored on the device                       -      595.3 MiB              -"
+        "   the root's 'stored' (/sys/block/zram*/mm_stat)",
+        "  smallest RAM, zram / unpacked size: 448 / 562 MiB = 0.80   met (at most 0.9: clearly"
+        " less RAM than the unpacked file data)",
+        f"  kexec stage one ({HOST_KVER} → {IMAGE_KVER}): /init → kexec into 28.8 s (console),"
+        " stage one's work 20.2 s (its own figure); 3 of 4 layers read; memory in use before"
+        " kexec 922 MiB (next initrd 288 MiB, handover 180 MiB); kexec into → next kernel's"
+        " banner 1.0 s (host clock)",
+    ):
+        assert line in lines

@@ -471,7 +471,7 @@ def print_kexec(report: dict[str, Any], ram: Callable[[str], str]) -> None:
     layers = ",".join(str(v) for v in one["layers"]) or "-"
     print(
         f"  kexec stage one ({'; '.join(one['kernels']) or 'kernels: -'}): /init → kexec into "
-        f"{fmt(one['stage_one_console_s'])} (console), its own work "
+        f"{fmt(one['stage_one_console_s'])} (console), stage one's work "
         f"{fmt(one['stage_one_s'])} (its own figure); {read} of {layers} layers read; memory in "
         f"use before kexec {fmt(one['stage_one_inuse_mib'], 'MiB', 0)} (next initrd "
         f"{fmt(one['next_initrd_mib'], 'MiB', 0)}, handover "
