@@ -421,6 +421,17 @@ def test_a_boot_killed_by_the_kernel_gives_the_kernels_line() -> None:
     assert run.state == "planned"
 
 
+def test_a_boot_whose_runtime_said_nothing_gives_the_last_line_of_ours() -> None:
+    hook = stamp(3.0, "dracut-initqueue[250]: bootc-live: root=bootc-live:ftp://x: no such source")
+    cut = via_journal(3.5, 'bootc-live: status {"state":"failed","message":"bootc-live: no')
+    timed = [(1.0, stamp(2.0, "Run /init as init process")), (2.0, hook), (3.0, cut)]
+    run = read(Target("url", Path("/nx")), timed, ended="failure", seconds=4.0)
+    assert (
+        run.failure == "dracut-initqueue[250]: bootc-live: root=bootc-live:ftp://x: no such source"
+    )
+    assert (run.state, run.status) == ("", {})
+
+
 def test_a_boot_that_timed_out_says_so() -> None:
     run = read(
         Target("url", Path("/nx")), failing_console(Status()), ended="timeout", seconds=600.0

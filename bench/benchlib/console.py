@@ -197,7 +197,8 @@ def kexec_timeline(lines: list[tuple[float, str]]) -> dict[str, Event]:
 def failure_reason(lines: list[str], ended: str, seconds: float) -> str:
     """Why a boot did not reach its goal: the timeout; else bootc-live's own word (the
     message of its last `failed` status); else the kernel's last line that says so; else
-    the last line bootc-live's side printed (a dracut hook's); else how QEMU ended."""
+    the last other line bootc-live's side printed (a dracut hook's: status lines, whole or
+    cut, are not reasons); else how QEMU ended."""
     if ended == "timeout":
         return f"no verdict within {seconds:.0f} s"
     failed = last_status(lines)
@@ -207,6 +208,6 @@ def failure_reason(lines: list[str], ended: str, seconds: float) -> str:
         if any(t in line for t in KERNEL_FAILURES):
             return STAMP.sub(r"\2", line).strip()[:200]
     for line in reversed(lines):
-        if "bootc-live: " in line and status_of(line) is None:
+        if "bootc-live: " in line and STATUS not in line:
             return STAMP.sub(r"\2", line).strip()[:200]
     return f"ended by {ended}"
