@@ -1,0 +1,314 @@
+"""bench/boot's whole run: the images and their artifacts built, the servers started, each
+row planned and booted, its figures and the comparisons, the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import debian_image
+import kexec_image
+from benchlib.artifacts import (
+    build_artifacts,
+    layout_layers,
+    reference_image,
+    sizes_of,
+    tmpfs_footprint,
+    url_view,
+)
+from benchlib.boots import Target
+from benchlib.common import BenchError, log, machine_info, resolve_bootc_live, utc_now, write_json
+from benchlib.console import READY_MARKER
+from benchlib.ramsearch import search_plan
+from benchlib.report import print_report
+from benchlib.rows import (
+    DEBIAN_ROWS,
+    KEXEC,
+    KEXEC_APPEND,
+    MODE_FSTYPE,
+    MODES,
+    ORIGINAL_RAM_MIB,
+    ORIGINAL_UNPACK_S,
+    REFERENCE_ROWS,
+    ROW_MODE,
+    ROWS,
+    TARGET_FACTOR,
+    URL_PEAK_FACTOR,
+    URL_RAM_TARGET_MIB,
+    URL_ROWS,
+    RowPlan,
+    bench_row,
+    keep_log,
+    kexec_comparison,
+    mode_comparison,
+    row_figures,
+    source_comparison,
+)
+from benchlib.servers import (
+    REGISTRY_PORT,
+    REGISTRY_REPO,
+    TINY_TAG,
+    guest_blob_requests,
+    registry_credentials,
+    registry_serving,
+    serving,
+)
+from bootc_live.demo import host_kernel
+from bootc_live.vm import GUEST_SERVER, VmConfig, choose_accel
+
+
+def bench(args: argparse.Namespace) -> int:
+    bootc_live = resolve_bootc_live(args.bootc_live)
+    debian = any(r in DEBIAN_ROWS for r in args.rows)
+    tools = ["qemu-system-x86_64", "unshare"]
+    tools += ["chroot"] if debian else []
+    tools += ["nginx"] if set(args.rows) & set(URL_ROWS) else []
+    tools += ["docker-registry", "skopeo", "openssl"] if "registry" in args.rows else []
+    missing = (debian_image.missing_tools() if debian else []) + [
+        t for t in tools if shutil.which(t) is None
+    ]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)} (run ./setup)")
+    image = debian_image.ensure_image(args.cache, log=log) if debian else None
+    ref = (
+        reference_image(args.reference_cache, "single")
+        if set(args.rows) & set(REFERENCE_ROWS)
+        else None
+    )
+    report: dict[str, Any] = {
+        "when": utc_now(),
+        "machine": {
+            **machine_info(),
+            "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+        },
+        "accel": choose_accel("auto"),
+        "cpus": VmConfig(Path(".")).cpus,
+        "bootc_live": bootc_live,
+        "targets": {
+            "original_unpack_reference_s": ORIGINAL_UNPACK_S,
+            "factor": TARGET_FACTOR,
+            "original_ram_mib": ORIGINAL_RAM_MIB,
+            "url_ram_target_mib": URL_RAM_TARGET_MIB,
+            "url_peak_factor": URL_PEAK_FACTOR,
+        },
+        "build_seconds": {},
+        "sizes": {},
+        "tmpfs_bytes": {},
+        "rows": {},
+    }
+    if image is not None:
+        report["image"] = {
+            **asdict(image),
+            "layout": os.fspath(image.layout),
+            "compressed_bytes": image.compressed_bytes,
+        }
+    if ref is not None:
+        report["reference"] = {**ref, "kver": host_kernel()}
+    workdir = Path(tempfile.mkdtemp(prefix="bootc-live-bench-boot.", dir="/var/tmp"))
+    try:
+        with ExitStack() as stack:
+            plans: dict[str, RowPlan] = {}
+            largest: dict[str, int] = {}
+            if image is not None:
+                art = workdir / "debian"
+                # registry: artifacts of its own; kexec: its initramfs is these artifacts'.
+                if set(args.rows) & {"embedded", "url", *MODES, KEXEC}:
+                    report["build_seconds"]["debian"] = build_artifacts(
+                        bootc_live, image.source, art
+                    )
+                    report["sizes"]["debian"] = sizes_of(art)
+                report["tmpfs_bytes"]["debian"] = tmpfs_footprint(
+                    bootc_live, image.source, workdir / "tmpfs-debian"
+                )
+                largest["debian"] = max(layer["size"] for layer in image.layers)
+                if "embedded" in args.rows:
+                    plans["embedded"] = RowPlan(
+                        Target("embedded", art, fstype="tmpfs"),
+                        args.mem,
+                        args.repeat,
+                        search_plan(args, args.ram_min, args.ram_max, None),
+                    )
+                url_rows = [r for r in ("url", *MODES) if r in args.rows]
+                if url_rows:
+                    # One nginx for the url row and the root modes: the same root.oci.
+                    port = stack.enter_context(serving(art, workdir / "serve-debian"))
+                    view = url_view(art, workdir / "debian-url")
+                    url = f"root=bootc-live:http://{GUEST_SERVER}/root.oci"
+                    tiny = f"root=bootc-live:http://{GUEST_SERVER}/tiny.oci bootclabel={TINY_TAG}"
+                for name in url_rows:
+                    # url: the default tmpfs root; the modes append their kernel arguments. The
+                    # tiny image's cross-check of the baseline is made once, by url.
+                    append = f"{url} {MODES[name]}" if name in MODES else url
+                    plans[name] = RowPlan(
+                        Target(name, view, append, port, fstype=MODE_FSTYPE.get(name, "tmpfs")),
+                        args.mem,
+                        args.repeat,
+                        search_plan(args, args.ram_min, args.ram_max, None),
+                        None
+                        if args.no_baseline or name != "url"
+                        else Target("url", view, tiny, port, "ready", READY_MARKER),
+                    )
+                if "registry" in args.rows:
+                    # Artifacts of its own: the initramfs carries the CA and the credentials.
+                    pki, auth = registry_credentials(workdir / "registry-pki")
+                    reg_art = workdir / "debian-registry"
+                    report["build_seconds"]["debian-registry"] = build_artifacts(
+                        bootc_live,
+                        image.source,
+                        reg_art,
+                        "--ca",
+                        os.fspath(pki.ca),
+                        "--auth-file",
+                        os.fspath(auth),
+                    )
+                    report["sizes"]["debian-registry"] = sizes_of(reg_art)
+                    registry, push_s = stack.enter_context(
+                        registry_serving(image.source, pki, workdir / "registry")
+                    )
+                    pull = f"docker://{GUEST_SERVER}:{REGISTRY_PORT}/{REGISTRY_REPO}"
+                    report["registry"] = {
+                        "server": "docker-registry (TLS from a throwaway CA, htpasswd auth)",
+                        "host": registry.host,
+                        "guest_ref": pull,
+                        "pushed": image.source,
+                        "push_seconds": push_s,
+                        "compressed_bytes": image.compressed_bytes,
+                    }
+                    plans["registry"] = RowPlan(
+                        Target(
+                            "registry",
+                            url_view(reg_art, workdir / "debian-registry-view"),
+                            f"root=bootc-live:{pull}",
+                            registry.port,
+                            guest_port=REGISTRY_PORT,
+                            fstype="tmpfs",
+                        ),
+                        args.mem,
+                        args.repeat,
+                        search_plan(args, args.ram_min, args.ram_max, None),
+                    )
+                if KEXEC in args.rows:
+                    plans[KEXEC] = kexec_plan(args, bootc_live, image, art, workdir, report, stack)
+                    largest["debian-kexec"] = report["kexec_image"]["largest_blob_bytes"]
+            if ref is not None:
+                art = workdir / "reference"
+                kver = report["reference"]["kver"]
+                report["build_seconds"]["reference"] = build_artifacts(
+                    bootc_live, ref["source"], art, "--host", "--kver", kver
+                )
+                report["sizes"]["reference"] = sizes_of(art)
+                report["tmpfs_bytes"]["reference"] = tmpfs_footprint(
+                    bootc_live, ref["source"], workdir / "tmpfs-reference"
+                )
+                largest["reference"] = max(layer["size"] for layer in ref["layers"])
+                port = stack.enter_context(serving(art, workdir / "serve-reference"))
+                view = url_view(art, workdir / "reference-url")
+                url = f"root=bootc-live:http://{GUEST_SERVER}/root.oci"
+                tiny = f"root=bootc-live:http://{GUEST_SERVER}/tiny.oci bootclabel={TINY_TAG}"
+                for name in (n for n in REFERENCE_ROWS if n in args.rows):
+                    append = f"{url} {MODES[ROW_MODE[name]]}" if name in ROW_MODE else url
+                    plans[name] = RowPlan(
+                        Target(name, view, append, port, "switch-root", ref["greeting"]),
+                        args.reference_mem,
+                        args.reference_repeat,
+                        search_plan(
+                            args,
+                            args.reference_ram_min,
+                            args.reference_ram_max,
+                            args.reference_ram_boots,
+                        ),
+                        None
+                        if args.no_baseline or name != "reference-url"
+                        else Target(name, view, tiny, port, "ready", READY_MARKER),
+                    )
+            for name in ROWS:
+                if name not in plans:
+                    continue
+                of = {KEXEC: "debian-kexec"}.get(name, "debian")
+                of = "reference" if name in REFERENCE_ROWS else of
+                row = bench_row(plans[name], args.timeout, workdir, args.logs)
+                row["artifacts_of"] = "debian-registry" if name == "registry" else of
+                tmpfs = report["tmpfs_bytes"][of]
+                row["figures"] = row_figures(row, tmpfs, largest[of])
+                report["rows"][name] = row
+            if "registry" in report:
+                report["registry"]["guest_blob_requests"] = guest_blob_requests(registry)
+            report["sources"] = source_comparison(report["rows"])
+            report["modes"] = mode_comparison(report["rows"])
+            report["kexec"] = kexec_comparison(report["rows"])
+        if args.logs:
+            for console in workdir.glob("console-*.log"):
+                keep_log(console, args.logs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    if args.json:
+        write_json(args.json, report)
+    print_report(report)
+    failed = [n for n, row in report["rows"].items() if not all(r["ok"] for r in row["runs"])]
+    if failed:
+        log(f"bench/boot: timed boots failed in: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def kexec_plan(
+    args: argparse.Namespace,
+    bootc_live: list[str],
+    image: debian_image.DebianImage,
+    debian: Path,
+    workdir: Path,
+    report: dict[str, Any],
+    stack: ExitStack,
+) -> RowPlan:
+    """The kexec row: the test image plus its own initramfs (the debian artifacts' initrd.img,
+    built in its userland) as usr/lib/modules/KVER/initramfs.img in a top layer, its artifacts
+    built with the host's kernel and dracut (stage one), served by an nginx of its own; booted
+    like `url` with bootc.kexec appended."""
+    made = workdir / "kexec"
+    made.mkdir()
+    digest = kexec_image.kexec_ready(image, debian / "initrd.img", made)
+    layout = made / "layout"
+    source = f"oci:{layout}:{debian_image.TAG}"
+    kver = host_kernel()
+    if kver == image.kver:
+        log(f"kexec: the host's kernel is the image's ({kver}): both stages run the same kernel")
+    art = workdir / "debian-kexec"
+    report["build_seconds"]["debian-kexec"] = build_artifacts(
+        bootc_live, source, art, "--host", "--kver", kver
+    )
+    report["sizes"]["debian-kexec"] = sizes_of(art)
+    report["tmpfs_bytes"]["debian-kexec"] = tmpfs_footprint(
+        bootc_live, source, workdir / "tmpfs-kexec"
+    )
+    layers = layout_layers(layout)
+    report["kexec_image"] = {
+        "source": source,
+        "manifest_digest": digest,
+        "image_kver": image.kver,
+        "stage_one_kver": kver,
+        "layers": layers,
+        "compressed_bytes": sum(layer["size"] for layer in layers),
+        "largest_blob_bytes": max(layer["size"] for layer in layers),
+        "initramfs_bytes": (debian / "initrd.img").stat().st_size,
+    }
+    port = stack.enter_context(serving(art, workdir / "serve-kexec"))
+    append = f"root=bootc-live:http://{GUEST_SERVER}/root.oci {KEXEC_APPEND}"
+    return RowPlan(
+        Target(
+            KEXEC,
+            url_view(art, workdir / "kexec-url"),
+            append,
+            port,
+            fstype="tmpfs",
+            kexec=True,
+        ),
+        args.mem,
+        args.repeat,
+        search_plan(args, args.ram_min, args.ram_max, None),
+    )

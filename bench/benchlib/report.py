@@ -1,0 +1,508 @@
+"""The printed report of bench/boot: the phases, the SPEC §9 figures side by side, then the
+sources, the root modes and kexec next to url, and the RAM trials."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from benchlib.boots import KEXEC_PHASES, PHASES, SWITCH_ROOT
+from benchlib.common import MIB
+from benchlib.rows import (
+    DEBIAN_ROWS,
+    KEXEC,
+    KEXEC_APPEND,
+    MODES,
+    ORIGINAL_RAM_MIB,
+    ORIGINAL_UNPACK_S,
+    REFERENCE_ROWS,
+    ROW_MODE,
+    TARGET_FACTOR,
+    URL_PEAK_FACTOR,
+    URL_RAM_TARGET_MIB,
+    URL_ROWS,
+    ZRAM_CLEARLY,
+)
+
+
+def fmt(value: Any, unit: str = "s", digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows: dict[str, dict[str, Any]] = report["rows"]
+    names = list(rows)
+    width = 15
+    print()
+    img = report.get("image")
+    if img:
+        print(
+            f"image ({', '.join(n for n in names if n in DEBIAN_ROWS)}): Debian 12 test image, "
+            f"kernel {img['kver']}, "
+            f"{img['entries']} entries, {img['unpacked_bytes'] / 1e6:.0f} MB unpacked, "
+            f"{img['compressed_bytes'] / 1e6:.0f} MB in {len(img['layers'])} gzip layers; "
+            + "; ".join(
+                f"{what} {report['build_seconds'][key]:.0f} s"
+                for key, what in (
+                    ("debian", "build"),
+                    ("debian-registry", "registry's build (--ca, --auth-file)"),
+                )
+                if key in report["build_seconds"]
+            )
+            + " (initramfs by the image's dracut)"
+        )
+    reg = report.get("registry")
+    if reg:
+        print(
+            f"registry: {reg['server']} on {reg['host']}, the guest pulls "
+            f"{reg['guest_ref']} (guestfwd); pushed by skopeo in {reg['push_seconds']:.0f} s; "
+            + blob_requests(reg.get("guest_blob_requests"))
+        )
+    ref = report.get("reference")
+    if ref:
+        print(
+            f"reference (reference-url): bench/unpack's '{ref['kind']}' image, "
+            f"{ref['entries']} entries, {ref['unpacked_bytes'] / 1e6:.0f} MB unpacked (du on "
+            f"ext4), {ref['compressed_bytes'] / 1e6:.0f} MB in {len(ref['layers'])} gzip "
+            f"layer(s); build {report['build_seconds']['reference']:.0f} s with the host's "
+            f"kernel {ref['kver']} and dracut"
+        )
+    kx = report.get("kexec_image")
+    if kx:
+        print(
+            f"kexec: the test image plus its own initramfs ({kx['initramfs_bytes'] / MIB:.1f} "
+            f"MiB, the url row's initrd.img) at usr/lib/modules/{kx['image_kver']}/initramfs.img "
+            f"in a top layer: {len(kx['layers'])} layers, {kx['compressed_bytes'] / 1e6:.0f} MB; "
+            f"stage one: the host's kernel {kx['stage_one_kver']} and dracut (build "
+            f"{report['build_seconds']['debian-kexec']:.0f} s), booted like url with "
+            f"{KEXEC_APPEND}"
+        )
+    mems = ", ".join(f"{n} {rows[n]['mem']} MiB x {len(rows[n]['runs'])}" for n in names)
+    print(f"QEMU {report['accel']}, {report['cpus']} vCPUs; timed boots: {mems}")
+    for n in names:
+        if n in MODES:
+            print(f"{n}: booted like url, with {MODES[n]}")
+    print()
+    header = f"{'phase (median of the timed boots)':<40}" + "".join(f"{n:>{width}}" for n in names)
+    print(header)
+    print("-" * len(header))
+    kexec_labels = {label for label, _ in KEXEC_PHASES}
+    for label, _ in PHASES:
+        if label in kexec_labels and KEXEC not in names:
+            continue
+        print(f"{label:<40}" + "".join(f"{fmt(rows[n]['medians'][label]):>{width}}" for n in names))
+    for n in names:
+        shown = " ".join(fmt(v, "") for v in rows[n]["phases"][SWITCH_ROOT])
+        stage = " (stage two)" if n == KEXEC else ""
+        print(f"  {n}: /init{stage} → switch root per boot: {shown}")
+        for r in rows[n]["runs"]:
+            if not r["ok"]:
+                print(f"  {n}: boot with {r['mem']} MiB FAILED ({r['ended']}): {r['failure']}")
+
+    figs = {n: rows[n]["figures"] for n in names}
+
+    def line(label: str, cell: Callable[[str], str], note: str) -> None:
+        print(f"{label:<40}" + "".join(f"{cell(n):>{width}}" for n in names) + f"   {note}")
+
+    def mib(key: str, digits: int = 0) -> Callable[[str], str]:
+        return lambda n: fmt(figs[n].get(key), "MiB", digits)
+
+    def ram(n: str) -> str:
+        f, search = figs[n], rows[n]["ram_search"]
+        if search is None:
+            return "not searched"
+        if f["min_ram_mib"] is None:
+            return f"> {search['ceiling']} MiB"
+        if f["ram_failed_mib"] is None:
+            return f"<= {f['min_ram_mib']} MiB"
+        if search["capped"] and f["min_ram_mib"] - f["ram_failed_mib"] > search["step"]:
+            return f"{f['ram_failed_mib']}<x<={f['min_ram_mib']}"
+        return f"{f['min_ram_mib']} MiB"
+
+    def vs_original(n: str) -> str:
+        value = figs[n]["switch_root_s"]
+        if n in (*REFERENCE_ROWS, KEXEC) or value is None:
+            return "-"
+        return f"{value / ORIGINAL_UNPACK_S:.2f}"
+
+    print()
+    header = f"{'SPEC §9 figure':<40}" + "".join(f"{n:>{width}}" for n in names)
+    print(header + "   target / how")
+    print("-" * (len(header) + 20))
+    line(
+        "initramfs start → switch root",
+        lambda n: fmt(figs[n]["switch_root_s"]),
+        f"<= {TARGET_FACTOR} x the original's (not measurable here)",
+    )
+    line(
+        "  / the original's ~53 s (test image)",
+        vs_original,
+        f"53 s = its TCG unpacking of the test image alone; {TARGET_FACTOR} x = "
+        f"{ORIGINAL_UNPACK_S * TARGET_FACTOR:.1f} s",
+    )
+    line("  of which bootc-live unpacks", lambda n: fmt(figs[n]["unpack_s"]), "its own figure")
+    line(
+        "boots / timed boots",
+        lambda n: f"{figs[n]['booted']}/{figs[n]['boots']} @{rows[n]['mem']}",
+        f"reference-url: must boot with {URL_RAM_TARGET_MIB} MiB",
+    )
+    line(
+        "root (the verdict's fstype)",
+        lambda n: ",".join(figs[n].get("fstype") or ["-"]),
+        "tmpfs; zram: ext4 on /dev/zram*; EROFS: erofs (loop)",
+    )
+    line(
+        "smallest RAM that boots",
+        ram,
+        f"<= {URL_RAM_TARGET_MIB} MiB from a URL; the original ~{ORIGINAL_RAM_MIB} MiB",
+    )
+    line(
+        "  the mode needs (runtime's planner)",
+        mib("need_mib"),
+        "status 'need': at the peak; it refuses to start below",
+    )
+    line(
+        "  what the root may take (runtime)",
+        mib("available_mib"),
+        "status 'available', at the timed boots' RAM",
+    )
+    line(
+        "peak memory in use (runtime)",
+        mib("peak_mib"),
+        "MemTotal - MemAvailable, peak during fetch + unpack",
+    )
+    line(
+        "  in use before fetching (runtime)",
+        mib("start_mib"),
+        "the same figure when the runtime starts: the baseline",
+    )
+    line(
+        "  unused modules freed (runtime)",
+        mib("freed_mib"),
+        "status 'modules_freed_bytes': out of the baseline before the unpack",
+    )
+    line(
+        "  peak of a tiny image, same initrd",
+        mib("baseline_peak_mib"),
+        "cross-check of the baseline (a separate boot), less what it freed",
+    )
+    line(
+        "in use once booted (verdict)",
+        mib("memused_mib"),
+        "MemTotal - MemAvailable at multi-user (the test image)",
+    )
+    line("unpacked (file data written)", mib("written_mib"), "the runtime's figure")
+    line("  its tmpfs footprint (on the host)", mib("tmpfs_mib"), "df of a tmpfs after unpack")
+    line(
+        "zram: data stored on the device",
+        mib("zram_stored_mib", 1),
+        "the root's 'stored' (/sys/block/zram*/mm_stat)",
+    )
+    line("  RAM the device takes", mib("zram_ram_mib", 1), "the root's 'memory' (mem_used)")
+    line(
+        "  stored / RAM",
+        lambda n: fmt(figs[n].get("zram_ratio"), "", 2),
+        "the compression zram achieved",
+    )
+    line(
+        "EROFS image",
+        mib("erofs_mib", 1),
+        "its size (the root stays in RAM as this image); sha256 below",
+    )
+    line(
+        "URL, registry: peak - before fetching",
+        mib("above_start_mib"),
+        "memory the fetch and unpack added",
+    )
+    line(
+        "  / unpacked",
+        lambda n: fmt(figs[n].get("ratio"), "", 3),
+        f"<= {URL_PEAK_FACTOR} (SPEC, from a URL into tmpfs)",
+    )
+    line(
+        "  with the tiny image's baseline",
+        lambda n: fmt(figs[n].get("ratio_baseline"), "", 3),
+        "(peak - tiny peak) / unpacked",
+    )
+    line(
+        "  beyond the root's tmpfs footprint",
+        mib("overhead_mib"),
+        "what the unpacker itself held at the peak",
+    )
+    line(
+        "embedded: peak above image-less",
+        mib("above_imageless_mib"),
+        "peak - (before fetching - the blobs in the initramfs)",
+    )
+    line(
+        "  / (unpacked + largest blob)",
+        lambda n: fmt(figs[n].get("embedded_ratio"), "", 3),
+        "<= 1 (SPEC, from an embedded split layout)",
+    )
+    sizes = report["sizes"]
+    line(
+        "initrd.img (all modules)",
+        lambda n: fmt(sizes[rows[n]["artifacts_of"]]["initrd.img"] / MIB, "MiB"),
+        "<= the original's registry variant, same dracut (not measurable here)",
+    )
+
+    def image_size(n: str) -> str:
+        if n == "registry":
+            return fmt(report["registry"]["compressed_bytes"] / MIB, "MiB")
+        name = "root.oci" if n in URL_ROWS else "rootfs.img"
+        return fmt(sizes[rows[n]["artifacts_of"]][name] / MIB, "MiB")
+
+    line(
+        "image: rootfs.img / root.oci / blobs",
+        image_size,
+        "embedded: rootfs.img (split layout); URL rows: root.oci; registry: the pushed layers",
+    )
+    print_sources(report, ram)
+    print_modes(report, ram)
+    print_kexec(report, ram)
+    for n in names:
+        search = rows[n]["ram_search"]
+        if not search or not search["trials"]:
+            continue
+        trials = ", ".join(
+            f"{t['mem']} {'ok' if t['ok'] else 'fail'}"
+            + (f" (peak {t['peak_mib']})" if t["peak_mib"] else "")
+            for t in search["trials"]
+        )
+        capped = f"; stopped after {search['max_boots']} boots" if search["capped"] else ""
+        print(f"\n{n}: RAM trials (MiB): {trials}{capped}")
+        for t in search["trials"]:
+            if not t["ok"]:
+                print(f"  {t['mem']} MiB: {t['failure']}")
+    loaded = [n for n in names if any(r["other_qemus"] for r in all_boots(rows[n]))]
+    print()
+    if loaded:
+        print(
+            f"WARNING: other QEMU guests ran during boots of {', '.join(loaded)}: those "
+            "timings were taken under load (see other_qemus in the JSON)."
+        )
+    else:
+        print("No other QEMU guest ran during any boot.")
+    print("Phases come from the guest console: kernel timestamps ([   6.17]) on the kernel's")
+    print("'Run /init as init process', on bootc-live's status lines (planned, packing, ready)")
+    print("and on the image's own systemd announcing itself after switch root ('systemd 252…")
+    print("running in system mode', 2nd occurrence); 'host clock' lines time the arrival of")
+    print("console lines on the host instead.")
+    if KEXEC in names:
+        print("kexec: the console is split at the second kernel's 'Linux version' banner; the")
+        print("'kexec:' phases are stage one's (the host's kernel), the others stage two's (its")
+        print("kernel timestamps restart at 0, its initramfs's systemd announces itself again).")
+
+
+def blob_requests(seen: dict[str, Any] | None) -> str:
+    if seen is None:
+        return "its blob requests not counted"
+    statuses = ", ".join(seen["statuses"]) or "none"
+    return (
+        f"the guest fetched {seen['blobs']} blobs in {seen['responses']} responses "
+        f"(status {statuses})"
+    )
+
+
+def print_sources(report: dict[str, Any], ram: Callable[[str], str]) -> None:
+    """embedded, url and registry side by side (the same image, tmpfs root), this run's."""
+    sources: dict[str, Any] = report.get("sources") or {}
+    if len(sources) < 2 and "registry" not in sources:
+        return
+
+    def cell(n: str, key: str, value: str) -> str:
+        vs = sources[n].get(f"{key}_vs_url")
+        return value if vs is None or n == "url" else f"{value} (x{vs:.2f})"
+
+    print()
+    print("Sources: the test image on tmpfs, this run (medians; (xN): against url)")
+    header = (
+        f"{'row':<10}{'fetched from':<46}{'smallest RAM':>20}{'switch root':>18}"
+        f"{'unpack':>9}{'peak memory':>20}{'before fetch':>14}{'once booted':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n, f in sources.items():
+        print(
+            f"{n:<10}{f['source']:<46}"
+            f"{cell(n, 'min_ram_mib', ram(n)):>20}"
+            f"{cell(n, 'switch_root_s', fmt(f['switch_root_s'])):>18}"
+            f"{fmt(f['unpack_s']):>9}"
+            f"{cell(n, 'peak_mib', fmt(f['peak_mib'], 'MiB', 0)):>20}"
+            f"{fmt(f['start_mib'], 'MiB', 0):>14}"
+            f"{fmt(f['memused_mib'], 'MiB', 0):>13}"
+        )
+    if "embedded" in sources:
+        print(
+            "  embedded: 'before fetch' holds the image's blobs in the initramfs (freed as "
+            "they are applied)"
+        )
+
+
+def print_modes(report: dict[str, Any], ram: Callable[[str], str]) -> None:
+    """The root modes next to url (tmpfs), and the zram target, from this run's figures."""
+    modes: dict[str, Any] = report.get("modes") or {}
+    rows: dict[str, dict[str, Any]] = report["rows"]
+    names = [n for n in ("url", *MODES, *REFERENCE_ROWS) if n in modes]
+    if not any(n in ROW_MODE for n in names):
+        return
+
+    def cell(n: str, key: str, value: str) -> str:
+        vs = modes[n].get(f"{key}_vs_url")
+        return value if vs is None or n == modes[n]["against"] else f"{value} (x{vs:.2f})"
+
+    print()
+    print(
+        "Root modes: the test image (and the reference-* rows: the reference image) from a "
+        "URL, this run"
+    )
+    print("(medians; (xN): against the same image's tmpfs row, url or reference-url)")
+    header = (
+        f"{'row':<15}{'kernel arguments appended':<52}{'smallest RAM':>20}{'switch root':>18}"
+        f"{'peak memory':>20}{'once booted':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in names:
+        f = modes[n]
+        print(
+            f"{n:<15}{f['append'] or '(none: tmpfs root)':<52}"
+            f"{cell(n, 'min_ram_mib', ram(n)):>20}"
+            f"{cell(n, 'switch_root_s', fmt(f['switch_root_s'])):>18}"
+            f"{cell(n, 'peak_mib', fmt(f['peak_mib'], 'MiB', 0)):>20}"
+            f"{fmt(f['memused_mib'], 'MiB', 0):>13}"
+        )
+    for n in names:
+        figs = rows[n]["figures"]
+        shas = figs.get("erofs_sha256") or []
+        if len(shas) == 1:
+            print(
+                f"{n}: EROFS image {shas[0]}, the same in all {figs['erofs_sha256_boots']} "
+                f"boots (compression {','.join(figs['erofs_compress'])}, mkfs.erofs "
+                f"{','.join(figs['mkfs_erofs'])})"
+            )
+        elif shas:
+            print(
+                f"{n}: WARNING: the EROFS image differs between boots ({len(shas)} sha256 in "
+                f"{figs['erofs_sha256_boots']} boots): {', '.join(shas)}"
+            )
+    for target in modes.get("targets") or []:
+        print_zram_target(target, rows)
+
+
+def print_zram_target(target: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    name, tmpfs = target["row"], target["tmpfs_row"]
+    print(f"zram target ({name}: {target['image']}): {target['text']}")
+    ram_z, written, ram_url = (
+        target["zram_min_ram_mib"],
+        target["unpacked_mib"],
+        target["url_min_ram_mib"],
+    )
+    at_most = "<= " if target["zram_min_ram_upper_bound"] else ""
+    if target["ratio_unpacked"] is None:
+        why = "its RAM was not searched" if rows[name]["ram_search"] is None else "no figure"
+        print(f"  smallest RAM, zram / unpacked size: - ({why})")
+    else:
+        verdict = {
+            True: "met",
+            False: "NOT MET",
+            None: f"undecided (failed at {target['zram_failed_mib']} MiB: search finer with "
+            "--ram-step, or lower --ram-min)",
+        }
+        print(
+            f"  smallest RAM, zram / unpacked size: {at_most}{ram_z} / {written:.0f} MiB = "
+            f"{at_most}{target['ratio_unpacked']:.2f}   {verdict[target['met']]} (at most "
+            f"{ZRAM_CLEARLY}: clearly less RAM than the unpacked file data)"
+        )
+    if target["ratio_url"] is None:
+        why = f"{tmpfs} not run or not searched" if ram_z is not None else "no zram figure"
+        print(f"  smallest RAM, zram / {tmpfs} (tmpfs): - ({why})")
+    else:
+        url_at_most = "<= " if target["url_min_ram_upper_bound"] else ""
+        print(
+            f"  smallest RAM, zram / {tmpfs} (tmpfs): {at_most}{ram_z} / {url_at_most}{ram_url} MiB"
+            f" = {target['ratio_url']:.2f}" + ("  (bounds only)" if at_most or url_at_most else "")
+        )
+    if target["above_start_ratio"] is not None:
+        print(
+            f"  memory the fetch and unpack added on zram / unpacked size: "
+            f"{target['above_start_mib']:.0f} / {written:.0f} MiB = "
+            f"{target['above_start_ratio']:.2f}   (the rest of the smallest RAM is the kernel, "
+            "the initramfs and the runtime: 'before fetching')"
+        )
+
+
+def print_kexec(report: dict[str, Any], ram: Callable[[str], str]) -> None:
+    """kexec next to url (the same image over http, no kexec), and stage one's figures."""
+    kx: dict[str, Any] = report.get("kexec") or {}
+    if KEXEC not in kx:
+        return
+
+    def cell(n: str, key: str, value: str) -> str:
+        vs = kx[n].get(f"{key}_vs_url")
+        return value if vs is None else f"{value} (x{vs:.2f})"
+
+    print()
+    print("kexec: the test image over http with and without bootc.kexec, this run (medians;")
+    print("(xN): against url; switch root on the host's clock, kexec's across both stages)")
+    header = (
+        f"{'row':<8}{'smallest RAM':>20}{'QEMU start → switch root':>27}"
+        f"{'/init → switch root':>23}{'QEMU start → verdict':>22}{'peak memory':>20}"
+        f"{'before fetch':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in ("url", KEXEC):
+        if n not in kx:
+            continue
+        f = kx[n]
+        print(
+            f"{n:<8}{cell(n, 'min_ram_mib', ram(n)):>20}"
+            f"{cell(n, 'qemu_switch_root_s', fmt(f['qemu_switch_root_s'])):>27}"
+            f"{cell(n, 'switch_root_host_s', fmt(f['switch_root_host_s'])):>23}"
+            f"{fmt(f['qemu_end_s']):>22}"
+            f"{cell(n, 'peak_mib', fmt(f['peak_mib'], 'MiB', 0)):>20}"
+            f"{fmt(f['start_mib'], 'MiB', 0):>14}"
+        )
+    one, two = kx["stage_one"], kx[KEXEC]
+    read = ",".join(str(v) for v in one["layers_read"]) or "-"
+    layers = ",".join(str(v) for v in one["layers"]) or "-"
+    print(
+        f"  kexec stage one ({'; '.join(one['kernels']) or 'kernels: -'}): /init → kexec into "
+        f"{fmt(one['stage_one_console_s'])} (console), stage one's work "
+        f"{fmt(one['stage_one_s'])} (its own figure); {read} of {layers} layers read; memory in "
+        f"use before kexec {fmt(one['stage_one_inuse_mib'], 'MiB', 0)} (next initrd "
+        f"{fmt(one['next_initrd_mib'], 'MiB', 0)}, handover "
+        f"{fmt(one['handover_mib'], 'MiB', 0)}); kexec into → next kernel's banner "
+        f"{fmt(one['kexec_to_next_kernel_s'])} (host clock)"
+    )
+    if one.get("peak_vs_url") is not None:
+        added = (
+            f"; it added {one['added_mib']:.0f} MiB above its start, x{one['added_vs_url']:.2f} "
+            "of what url's fetch and unpack added"
+            if one.get("added_vs_url") is not None
+            else ""
+        )
+        print(
+            f"  kexec stage one against a full unpack (url): peak before loading "
+            f"{fmt(one['stage_one_peak_mib'], 'MiB', 0)}, x{one['peak_vs_url']:.2f} of url's "
+            f"peak{added}; while loading (kexec's copies) "
+            f"{fmt(one['stage_one_loading_peak_mib'], 'MiB', 0)}"
+        )
+    print(
+        f"  kexec stage two: /init → switch root {fmt(two['switch_root_s'])}, peak memory in "
+        f"use {fmt(two['peak_mib'], 'MiB', 0)} ({fmt(two['start_mib'], 'MiB', 0)} before "
+        "fetching: its initramfs and the handed-over blobs)"
+    )
+    print(
+        "  smallest RAM: both stages must fit (stage one holds the handover and the loaded "
+        "kernel; stage two, the handover in its initramfs while it unpacks)"
+    )
+
+
+def all_boots(row: dict[str, Any]) -> list[dict[str, Any]]:
+    extra = [row["baseline"]] if row["baseline"] else []
+    trials = row["ram_search"]["trials"] if row["ram_search"] else []
+    return [*row["runs"], *extra, *trials]

@@ -1,0 +1,578 @@
+"""bench/'s own code, without QEMU: a boot's figures come from bootc-live's status lines on a
+console (kernel timestamps, ANSI noise, systemd's prefixes, two kernels for kexec), the rows'
+figures from those boots, and the entry scripts start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import debian_image
+from bootc_live.vm import Boot
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchlib import console, ramsearch, report, rows  # noqa: E402
+from benchlib.boots import (  # noqa: E402
+    PHASES,
+    SWITCH_ROOT,
+    SWITCH_ROOT_HOST,
+    BootRun,
+    Target,
+    read_boot,
+)
+from benchlib.common import MIB  # noqa: E402
+
+HOST_KVER = "6.12.9-host"
+IMAGE_KVER = "6.1.0-28-amd64"
+MANIFEST = "sha256:" + "ab" * 32
+EROFS_SHA = "sha256:" + "cd" * 32
+SYSTEMD = "systemd 252.33-1~deb12u1 running in system mode (+PAM +AUDIT +SELINUX)"
+# systemd's greeting, coloured as on a serial console.
+WELCOME = "\x1b[0;1;39mWelcome to \x1b[0m\x1b[0;1;34mDebian GNU/Linux 12 (bookworm)\x1b[0m!\r"
+
+
+class Status:
+    """The runtime's status document, cumulative as it is: each state's line holds every field
+    so far (the state last, so that no reader can depend on where it stands)."""
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {}
+
+    def line(self, state: str, uptime: float, **fields: Any) -> str:
+        self.doc.update(fields)
+        self.doc.pop("state", None)
+        self.doc.update(time=1764670000.0 + uptime, uptime=uptime, state=state)
+        return "bootc-live: status " + json.dumps(self.doc, separators=(",", ":"))
+
+
+def stamp(seconds: float, text: str) -> str:
+    return f"[{seconds:12.6f}] {text}"
+
+
+def via_journal(seconds: float, text: str) -> str:
+    """A runtime line as the initramfs's journald forwards it to the kernel log."""
+    return stamp(seconds, f"bootc-live[301]: {text}")
+
+
+def boot_of(timed: list[tuple[float, str]], ended: str = "marker", seconds: float = 95.5) -> Boot:
+    """What vm.boot returns for a console: its output, how it ended, the verdict marker's rest."""
+    output = "\n".join(line for _, line in timed)
+    markers = {}
+    for _, line in timed:
+        if debian_image.MARKER in line:
+            markers[debian_image.MARKER] = line.split(debian_image.MARKER, 1)[1].strip()
+    return Boot(output, ended, seconds, markers)
+
+
+def read(target: Target, timed: list[tuple[float, str]], **how: Any) -> BootRun:
+    lines = [(host_s, console.clean(line)) for host_s, line in timed]
+    return read_boot(target, 2048, boot_of(timed, **how), lines)
+
+
+def verdict(fstype: str, kver: str = IMAGE_KVER) -> str:
+    return (
+        f"{debian_image.MARKER} root=ro etc=rw var=rw fstype={fstype} kernel={kver} "
+        "target=multi-user memused=524288"
+    )
+
+
+def url_console(mode: str, root: dict[str, Any], status: Status | None = None) -> list[tuple]:
+    """A URL boot to its verdict: firmware noise, the kernel, the initramfs's systemd, the
+    runtime's status lines (and its sentences, with other figures: they must not be read),
+    switch root, the image's systemd, the verdict."""
+    s = status or Status()
+    return [
+        (0.25, "SeaBIOS (version 1.16.2-debian-1.16.2-1)\r"),
+        (
+            1.0,
+            f"\x1b[2J\x1b[01;01HBooting from ROM..[    0.000000] Linux version {IMAGE_KVER} (gcc)",
+        ),
+        (2.0, stamp(0.75, "Trying to unpack rootfs image as initramfs...")),
+        (3.0, stamp(1.25, "Freeing initrd memory: 30000K")),
+        (4.0, stamp(2.0, "Run /init as init process")),
+        (4.5, stamp(2.5, f"systemd[1]: {SYSTEMD}")),
+        (5.0, WELCOME),
+        (6.0, via_journal(4.0, s.line("resolving", 3.9, root="bootc-live:http://10.0.2.100/x"))),
+        (7.0, via_journal(4.0, "bootc-live: waiting for the network")),
+        (
+            10.0,
+            via_journal(
+                6.25,
+                s.line(
+                    "planned",
+                    6.2,
+                    manifest=MANIFEST,
+                    layers=3,
+                    compressed=180 * MIB + 4096,
+                    unpacked_estimate=619 * MIB + 999,
+                    estimate_how="recorded by bootc-live build",
+                    mode=mode,
+                    need=276 * MIB + 1,  # rounded up: 277
+                    available=565 * MIB + 7,
+                    modules_unused_bytes=21 * MIB,
+                ),
+            ),
+        ),
+        (
+            10.5,
+            via_journal(6.25, "bootc-live: image x: 9 layers, 999 MiB compressed, 1 MiB available"),
+        ),
+        (
+            11.0,
+            via_journal(
+                6.5, s.line("unpacking", 6.4, modules_freed=412, modules_freed_bytes=21 * MIB)
+            ),
+        ),
+        (
+            30.0,
+            via_journal(
+                26.75,
+                s.line(
+                    "ready",
+                    26.7,
+                    entries=12649,
+                    bytes=562 * MIB + 123,
+                    seconds=19.875,
+                    peak_memory=628 * MIB + 5,
+                    memory_before=344 * MIB,
+                    root=root,
+                ),
+            ),
+        ),
+        (30.5, via_journal(26.75, "bootc-live: live root ready: x, 1 entries, 1 MiB in 1.0s")),
+        (31.0, stamp(27.0, "systemd[1]: Switching root.")),
+        (32.0, stamp(28.5, f"systemd[1]: {SYSTEMD}")),
+        (33.5, WELCOME),
+        (60.25, verdict({"zram": "ext4", "erofs": "erofs"}.get(mode, "tmpfs"))),
+    ]
+
+
+ZRAM_ROOT = {
+    "mode": "zram",
+    "device": "/dev/zram0",
+    "algorithm": "zstd",
+    "stored": 624_215_244,  # 595.3 MiB, as the runtime's sentence rounded it
+    "memory": 217_579_520,  # 207.5 MiB exactly
+}
+
+
+def test_a_zram_boot_reads_its_figures_from_the_status_lines() -> None:
+    run = read(Target("zram", Path("/nx"), fstype="ext4"), url_console("zram", ZRAM_ROOT))
+    assert (run.ok, run.state, run.failure) == (True, "ready", "")
+    assert (run.entries, run.written_mib, run.unpack_s) == (12649, 562, 19.875)
+    assert (run.peak_mib, run.start_mib, run.freed_mib, run.above_start_mib) == (628, 344, 21, 305)
+    assert (run.compressed_mib, run.estimate_mib, run.available_mib) == (180, 619, 565)
+    assert (run.mode, run.need_mib) == ("zram", 277)
+    assert run.root == ZRAM_ROOT
+    assert run.zram_algorithm == "zstd"
+    assert run.zram_stored_mib == 624_215_244 / MIB
+    assert run.zram_ram_mib == 207.5
+    assert run.erofs_sha256 is None and run.erofs_mib is None
+    assert run.memused_mib == 512.0
+    assert run.status["state"] == "ready" and run.status["modules_freed"] == 412
+    assert run.verdict["fstype"] == "ext4"
+
+
+def test_a_boots_events_are_its_console_lines_and_its_states() -> None:
+    run = read(Target("url", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {"mode": "tmpfs"}))
+    events = {name: (e.kernel_s, e.host_s) for name, e in run.events.items()}
+    assert events == {
+        "cpio_start": (0.75, 2.0),
+        "cpio_end": (1.25, 3.0),
+        "init": (2.0, 4.0),
+        "runtime": (6.25, 10.0),  # planned: the console's timestamp, not the uptime field
+        "ready": (26.75, 30.0),
+        "switch_root": (28.5, 32.0),  # the second "running in system mode": the image's
+        "welcome": (None, 33.5),
+        "verdict": (None, 60.25),
+    }
+    phases = {label: f(run) for label, f in PHASES}
+    assert phases[SWITCH_ROOT] == 26.5
+    assert phases[SWITCH_ROOT_HOST] == 29.5
+    assert phases["/init → image found (URL: network up)"] == 4.25
+    assert phases["/init → live root ready"] == 24.75
+    assert phases["kernel unpacks the initramfs cpio"] == 0.5
+    assert phases["bootc-live unpack (its own figure)"] == 19.875
+    assert phases["EROFS: packing → live root ready"] is None
+    assert phases["kexec: stage one /init → kexec into"] is None
+    assert (run.mode, run.root, run.zram_ram_mib) == ("tmpfs", {"mode": "tmpfs"}, None)
+
+
+def test_an_erofs_boot_reads_the_image_and_its_packing() -> None:
+    status = Status()
+    timed = url_console(
+        "erofs",
+        {
+            "mode": "erofs",
+            "sha256": EROFS_SHA,
+            "bytes": 590_872_576,  # 563.5 MiB
+            "compress": "lz4hc",
+            "mkfs_erofs": "1.5",
+        },
+        status,
+    )
+    timed.insert(12, (24.0, stamp(20.25, "bootc-live[301]: " + status.line("packing", 20.2))))
+    run = read(Target("erofs-lz4hc", Path("/nx"), fstype="erofs"), timed)
+    assert run.ok
+    assert (run.erofs_sha256, run.erofs_mib) == (EROFS_SHA, 563.5)
+    assert (run.erofs_compress, run.mkfs_erofs) == ("lz4hc", "1.5")
+    assert run.zram_stored_mib is None
+    assert run.events["packing"] == console.Event(20.25, 24.0)
+    assert dict((label, f(run)) for label, f in PHASES)["EROFS: packing → live root ready"] == 6.5
+
+
+def kexec_console() -> list[tuple[float, str]]:
+    """bootc.kexec: stage one (the host's kernel and initramfs) fetches the image, finds its
+    kernel and kexecs; stage two (the image's kernel, timestamps from 0 again) boots it. Each
+    initramfs's systemd announces itself and greets; stage two's runtime prints without a
+    timestamp once (its status line's uptime times it)."""
+    one, two = Status(), Status()
+    return [
+        (0.5, f"Booting from ROM..\x1b[2J[    0.000000] Linux version {HOST_KVER} (gcc) #1 SMP"),
+        (1.0, stamp(0.5, "Trying to unpack rootfs image as initramfs...")),
+        (1.5, stamp(1.0, "Freeing initrd memory: 40000K")),
+        (2.0, stamp(1.5, "Run /init as init process")),
+        (2.5, stamp(1.75, f"systemd[1]: {SYSTEMD}")),
+        (3.0, WELCOME),
+        (5.0, via_journal(3.5, one.line("resolving", 3.4, root="bootc-live:http://10.0.2.100/x"))),
+        (
+            12.0,
+            via_journal(
+                10.0,
+                one.line(
+                    "kexec",
+                    9.9,
+                    manifest=MANIFEST,
+                    layers=4,
+                    compressed=188_743_680,
+                    kexec_kver=IMAGE_KVER,
+                    kexec_layers_read=3,
+                    kexec_handover_bytes=188_743_680,  # 180 MiB
+                ),
+            ),
+        ),
+        (12.5, via_journal(10.0, "bootc-live: kexec: kernel 9.9.9 found in the top 1 of 9 layers")),
+        (
+            33.0,
+            via_journal(
+                30.25,
+                one.line(
+                    "kexec-loaded",
+                    30.2,
+                    kexec_seconds=20.25,
+                    kexec_loader="kexec_file_load",
+                    kexec_memory_in_use=922 * MIB + 12345,
+                    kexec_next_initrd_bytes=288 * MIB,
+                    kexec_peak_before_loading=650 * MIB,
+                    kexec_memory_at_start=360 * MIB,
+                    kexec_peak_loading=1180 * MIB,
+                    kexec_cmdline="console=ttyS0 root=bootc-live:http://10.0.2.100/x",
+                ),
+            ),
+        ),
+        (33.25, stamp(30.5, "kexec_core: Starting new kernel")),
+        (34.0, stamp(0.0, f"Linux version {IMAGE_KVER} (debian-kernel@lists.debian.org) (gcc)")),
+        (35.0, stamp(0.75, "Trying to unpack rootfs image as initramfs...")),
+        (36.0, stamp(1.5, "Freeing initrd memory: 300000K")),
+        (37.0, stamp(2.25, "Run /init as init process")),
+        (37.5, stamp(2.5, f"systemd[1]: {SYSTEMD}")),
+        (38.0, WELCOME),
+        (
+            40.0,
+            two.line(
+                "planned",
+                5.25,
+                manifest=MANIFEST,
+                layers=4,
+                compressed=188_743_680,
+                mode="tmpfs",
+                need=700 * MIB,
+                available=1500 * MIB,
+                handover_layers=4,
+                handover_diff_ids=4,
+            ),
+        ),
+        (41.0, via_journal(6.0, two.line("unpacking", 5.9, modules_freed_bytes=0))),
+        (
+            90.0,
+            via_journal(
+                60.5,
+                two.line(
+                    "ready",
+                    60.4,
+                    entries=12650,
+                    bytes=563 * MIB,
+                    seconds=50.125,
+                    peak_memory=900 * MIB,
+                    memory_before=520 * MIB,
+                    root={"mode": "tmpfs"},
+                ),
+            ),
+        ),
+        # A status line cut on its way to the console: not a status, and not the last one.
+        (90.5, via_journal(60.6, 'bootc-live: status {"state":"ready"')),
+        (91.0, stamp(61.0, f"systemd[1]: {SYSTEMD}")),
+        (92.0, WELCOME),
+        (120.0, verdict("tmpfs")),
+    ]
+
+
+def test_a_kexec_boot_reads_each_stage_from_its_own_status_lines() -> None:
+    run = read(Target("kexec", Path("/nx"), fstype="tmpfs", kexec=True), kexec_console())
+    assert (run.ok, run.failure) == (True, "")
+    assert run.kernels == [HOST_KVER, IMAGE_KVER]
+    assert run.kexec_status["state"] == "kexec-loaded"
+    assert (run.kexec_kver, run.kexec_layers_read, run.kexec_layers) == (IMAGE_KVER, 3, 4)
+    assert (run.kexec_stage_one_s, run.kexec_loader) == (20.25, "kexec_file_load")
+    assert (run.kexec_inuse_mib, run.kexec_initrd_mib, run.kexec_handover_mib) == (922, 288, 180)
+    assert (run.kexec_work_peak_mib, run.kexec_work_start_mib) == (650, 360)
+    assert run.kexec_loading_peak_mib == 1180
+    assert run.kexec_command_line == "console=ttyS0 root=bootc-live:http://10.0.2.100/x"
+    # The runtime's figures are stage two's.
+    assert (run.state, run.entries, run.written_mib, run.unpack_s) == ("ready", 12650, 563, 50.125)
+    assert (run.peak_mib, run.start_mib, run.freed_mib) == (900, 520, 0)
+    assert (run.compressed_mib, run.mode, run.need_mib, run.available_mib) == (
+        180,
+        "tmpfs",
+        700,
+        1500,
+    )
+    assert run.status["handover_diff_ids"] == 4
+    events = {name: (e.kernel_s, e.host_s) for name, e in run.events.items()}
+    assert events == {
+        "one_cpio_start": (0.5, 1.0),
+        "one_cpio_end": (1.0, 1.5),
+        "one_init": (1.5, 2.0),
+        "one_runtime": (3.5, 5.0),
+        "one_found": (10.0, 12.0),
+        "one_kexec": (30.25, 33.0),
+        "two_kernel": (0.0, 34.0),
+        "cpio_start": (0.75, 35.0),
+        "cpio_end": (1.5, 36.0),
+        "init": (2.25, 37.0),
+        "runtime": (5.25, 40.0),  # no timestamp on the line: its uptime
+        "ready": (60.5, 90.0),
+        "switch_root": (61.0, 91.0),
+        "welcome": (None, 92.0),
+        "verdict": (None, 120.0),
+    }
+    phases = {label: f(run) for label, f in PHASES}
+    assert phases["kexec: stage one kernel start → /init"] == 1.5
+    assert phases["kexec: stage one /init → resolving"] == 2.0
+    assert phases["kexec: stage one /init → kernel found"] == 8.5
+    assert phases["kexec: stage one /init → kexec into"] == 28.75
+    assert phases["  same (stage one), host clock"] == 31.0
+    assert phases["  stage one's work (its own figure)"] == 20.25
+    assert phases["kexec into → next kernel (host clock)"] == 1.0
+    assert phases["kexec: 1st /init → switch root (host)"] == 90.0
+    assert phases[SWITCH_ROOT] == 58.75
+
+
+def test_a_kexec_boot_into_the_wrong_kernel_fails_and_says_so() -> None:
+    timed = kexec_console()
+    timed[-1] = (120.0, verdict("tmpfs", kver=HOST_KVER))
+    run = read(Target("kexec", Path("/nx"), fstype="tmpfs", kexec=True), timed)
+    assert not run.ok
+    assert run.failure == (
+        f"booted kernel {HOST_KVER}, not the image's {IMAGE_KVER} through kexec (kernels seen: "
+        f"{HOST_KVER}, {IMAGE_KVER}): root=ro etc=rw var=rw fstype=tmpfs kernel={HOST_KVER} "
+        "target=multi-user memused=524288"
+    )
+
+
+def failing_console(s: Status) -> list[tuple[float, str]]:
+    """A URL boot up to its unpack."""
+    return [
+        (1.0, stamp(2.0, "Run /init as init process")),
+        (2.0, via_journal(4.0, s.line("resolving", 4.0, root="bootc-live:http://10.0.2.100/x"))),
+        (3.0, via_journal(6.0, s.line("planned", 6.0, mode="tmpfs", need=700 * MIB))),
+        (4.0, via_journal(6.5, "bootc-live: layer 1/3: 12 MiB")),
+    ]
+
+
+MESSAGE = "bootc-live: the tmpfs root needs about 700 MiB, 412 MiB available; give it more RAM"
+
+
+def test_a_failed_boot_gives_the_runtimes_message() -> None:
+    s = Status()
+    timed = failing_console(s)
+    failed = via_journal(7.0, s.line("failed", 7.0, message=MESSAGE))
+    panic = stamp(8.0, "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100")
+    timed += [(5.0, via_journal(7.0, MESSAGE)), (5.5, failed), (6.0, panic)]
+    run = read(Target("url", Path("/nx"), fstype="tmpfs"), timed, ended="failure", seconds=9.0)
+    assert (run.ok, run.state, run.failure) == (False, "failed", MESSAGE)
+    assert (run.mode, run.need_mib, run.written_mib) == ("tmpfs", 700, None)
+    assert run.console_tail.splitlines()[-1] == panic
+
+
+def test_a_boot_killed_by_the_kernel_gives_the_kernels_line() -> None:
+    oom = stamp(9.5, "Out of memory: Killed process 301 (python3) total-vm:900000kB")
+    layer = stamp(9.75, "bootc-live[290]: bootc-live: layer 2/3: 40 MiB")
+    timed = [*failing_console(Status()), (5.0, oom), (5.5, layer)]
+    run = read(Target("url", Path("/nx"), fstype="tmpfs"), timed, ended="failure", seconds=9.0)
+    assert run.failure == "Out of memory: Killed process 301 (python3) total-vm:900000kB"
+    assert run.state == "planned"
+
+
+def test_a_boot_whose_runtime_said_nothing_gives_the_last_line_of_ours() -> None:
+    hook = stamp(3.0, "dracut-initqueue[250]: bootc-live: root=bootc-live:ftp://x: no such source")
+    cut = via_journal(3.5, 'bootc-live: status {"state":"failed","message":"bootc-live: no')
+    timed = [(1.0, stamp(2.0, "Run /init as init process")), (2.0, hook), (3.0, cut)]
+    run = read(Target("url", Path("/nx")), timed, ended="failure", seconds=4.0)
+    assert (
+        run.failure == "dracut-initqueue[250]: bootc-live: root=bootc-live:ftp://x: no such source"
+    )
+    assert (run.state, run.status) == ("", {})
+
+
+def test_a_boot_that_timed_out_says_so() -> None:
+    run = read(
+        Target("url", Path("/nx")), failing_console(Status()), ended="timeout", seconds=600.0
+    )
+    assert run.failure == "no verdict within 600 s"
+
+
+def test_stage_ones_failure_names_its_stage() -> None:
+    failed = via_journal(12.0, Status().line("failed", 12.0, message=MESSAGE))
+    timed = [*kexec_console()[:7], (20.0, failed)]
+    run = read(Target("kexec", Path("/nx"), kexec=True), timed, ended="failure", seconds=21.0)
+    assert run.failure == f"stage one: {MESSAGE}"
+    assert run.kernels == [HOST_KVER]
+    assert run.entries is None and run.kexec_kver is None
+
+
+def test_status_lines_are_found_anywhere_and_whole_only() -> None:
+    doc = {"uptime": 1.5, "state": "ready", "root": {"mode": "tmpfs"}}
+    line = "bootc-live: status " + json.dumps(doc, separators=(",", ":"))
+    assert console.status_of(line) == doc
+    assert console.status_of(via_journal(1.5, line)) == doc
+    assert console.status_of(stamp(1.5, line) + "  ") == doc
+    assert console.status_of(line[:-1]) is None
+    assert console.status_of("bootc-live: status [1]") is None
+    assert console.status_of("bootc-live: live root ready") is None
+    assert console.READY_MARKER in line
+
+
+def test_a_rows_figures_come_from_its_boots() -> None:
+    run = read(Target("zram", Path("/nx"), fstype="ext4"), url_console("zram", ZRAM_ROOT))
+    plan = rows.RowPlan(Target("zram", Path("/nx"), fstype="ext4"), 2048, 1, None)
+    row = json.loads(json.dumps(rows.row_record(plan, [run], None)))  # as the JSON has it
+    figures = rows.row_figures(row, 585 * MIB, 90 * MIB)
+    assert (figures["switch_root_s"], figures["switch_root_host_s"]) == (26.5, 29.5)
+    assert (figures["peak_mib"], figures["start_mib"], figures["freed_mib"]) == (628, 344, 21)
+    assert (figures["need_mib"], figures["available_mib"], figures["estimate_mib"]) == (
+        277,
+        565,
+        619,
+    )
+    assert (figures["booted"], figures["boots"], figures["fstype"]) == (1, 1, ["ext4"])
+    assert figures["zram_algorithm"] == ["zstd"]
+    assert figures["zram_ratio"] == 624_215_244 / 217_579_520
+    assert (figures["above_start_mib"], figures["ratio"]) == (305, 305 / 562)
+    assert "overhead_mib" not in figures  # a zram root: the tmpfs footprint is not its
+
+
+def test_the_kexec_rows_figures_are_stage_ones_and_stage_twos() -> None:
+    run = read(Target("kexec", Path("/nx"), fstype="tmpfs", kexec=True), kexec_console())
+    plan = rows.RowPlan(Target("kexec", Path("/nx"), fstype="tmpfs", kexec=True), 2048, 1, None)
+    row = json.loads(json.dumps(rows.row_record(plan, [run], None)))
+    figures = rows.row_figures(row, None, 120 * MIB)
+    assert (figures["stage_one_s"], figures["stage_one_console_s"]) == (20.25, 28.75)
+    assert (figures["stage_one_peak_mib"], figures["stage_one_loading_peak_mib"]) == (650, 1180)
+    assert (figures["handover_mib"], figures["next_initrd_mib"]) == (180, 288)
+    assert (figures["layers_read"], figures["layers"]) == ([3], [4])
+    assert figures["kernels"] == [f"{HOST_KVER} → {IMAGE_KVER}"]
+    assert figures["switch_root_host_s"] == 90.0
+    # Stage two starts with the handover in its initramfs: embedded's figures.
+    assert figures["above_imageless_mib"] == 380 + 180
+    assert figures["embedded_ratio"] == 560 / (563 + 120)
+
+
+def test_the_ram_search_halves_in_steps_down_to_the_smallest_that_boots() -> None:
+    tried: list[int] = []
+
+    def try_boot(mem: int) -> BootRun:
+        tried.append(mem)
+        run = BootRun("url", "ready", mem, "marker", 1.0, {})
+        run.state = "ready" if mem >= 700 else "failed"
+        return run
+
+    search = ramsearch.search_ram(try_boot, {2048: True}, ramsearch.RamSearch(256, 4096, 64, None))
+    assert tried == [1088, 640, 832, 704]
+    assert (search.found, search.failed, search.capped) == (704, 640, False)
+
+
+@pytest.mark.parametrize(
+    ("script", "usage"),
+    [
+        ("boot", "usage: bench/boot [-h] [--rows ROWS]"),
+        ("unpack", "usage: bench/unpack [-h] [--cache CACHE]"),
+        ("userlands", "usage: userlands [-h] [--userlands USERLANDS]"),
+    ],
+)
+def test_the_entry_scripts_start(script: str, usage: str) -> None:
+    done = subprocess.run(
+        [REPO / "bench" / script, "--help"], capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(usage)
+
+
+def row_of(target: Target, timed: list[tuple[float, str]], search: Any = None) -> dict[str, Any]:
+    """A row's record and figures as bench/boot makes them, from one timed boot."""
+    plan = rows.RowPlan(target, 2048, 1, search)
+    row = json.loads(json.dumps(rows.row_record(plan, [read(target, timed)], None)))
+    row["artifacts_of"] = "debian-kexec" if target.kexec else "debian"
+    row["figures"] = rows.row_figures(row, 585 * MIB, 90 * MIB)
+    return row
+
+
+def test_the_report_prints_the_figures_read(capsys: pytest.CaptureFixture[str]) -> None:
+    searched = ramsearch.RamSearch(256, 4096, 64, None, found=448, failed=384)
+    by_row = {
+        "url": row_of(Target("url", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {})),
+        "zram": row_of(
+            Target("zram", Path("/nx"), fstype="ext4"), url_console("zram", ZRAM_ROOT), searched
+        ),
+        "kexec": row_of(Target("kexec", Path("/nx"), fstype="tmpfs", kexec=True), kexec_console()),
+    }
+    sizes = {"initrd.img": 58 * MIB, "root.oci": 180 * MIB, "rootfs.img": 180 * MIB}
+    report.print_report(
+        {
+            "rows": by_row,
+            "accel": "tcg",
+            "cpus": 2,
+            "sizes": {"debian": sizes, "debian-kexec": sizes},
+            "build_seconds": {},
+            "sources": rows.source_comparison(by_row),
+            "modes": rows.mode_comparison(by_row),
+            "kexec": rows.kexec_comparison(by_row),
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    for line in (
+        "/init → switch root (SPEC)                       26.5 s         26.5 s         58.8 s",
+        "kexec: stage one /init → kernel found                 -              -          8.5 s",
+        "smallest RAM that boots                    not searched        448 MiB   not searched"
+        "   <= 1280 MiB from a URL; the original ~2048 MiB",
+        "peak memory in use (runtime)                    628 MiB        628 MiB        900 MiB"
+        "   MemTotal - MemAvailable, peak during fetch + unpack",
+        "  the mode needs (runtime's planner)            277 MiB        277 MiB        700 MiB"
+        "   status 'need': at the peak; it refuses to start below",
+        "zram: data stored on the device                       -      595.3 MiB              -"
+        "   the root's 'stored' (/sys/block/zram*/mm_stat)",
+        "  smallest RAM, zram / unpacked size: 448 / 562 MiB = 0.80   met (at most 0.9: clearly"
+        " less RAM than the unpacked file data)",
+        f"  kexec stage one ({HOST_KVER} → {IMAGE_KVER}): /init → kexec into 28.8 s (console),"
+        " stage one's work 20.2 s (its own figure); 3 of 4 layers read; memory in use before"
+        " kexec 922 MiB (next initrd 288 MiB, handover 180 MiB); kexec into → next kernel's"
+        " banner 1.0 s (host clock)",
+    ):
+        assert line in lines
