@@ -39,8 +39,9 @@ WELCOME = "\x1b[0;1;39mWelcome to \x1b[0m\x1b[0;1;34mDebian GNU/Linux 12 (bookwo
 
 
 class Status:
-    """The runtime's status document, cumulative as it is: each state's line holds every field
-    so far (the state last, so that no reader can depend on where it stands)."""
+    """The runtime's status lines as it prints them: each carries its state and the fields that
+    changed (the state last here, so that no reader can depend on where it stands); `doc` is
+    status.json, what the lines add up to."""
 
     def __init__(self) -> None:
         self.doc: dict[str, Any] = {}
@@ -49,7 +50,8 @@ class Status:
         self.doc.update(fields)
         self.doc.pop("state", None)
         self.doc.update(time=1764670000.0 + uptime, uptime=uptime, state=state)
-        return "bootc-live: status " + json.dumps(self.doc, separators=(",", ":"))
+        changed = {**fields, "time": self.doc["time"], "uptime": uptime, "state": state}
+        return "bootc-live: status " + json.dumps(changed, separators=(",", ":"))
 
 
 def stamp(seconds: float, text: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bootc_live.runtime import boot, memory, mounts, roots, unpack
+from bootc_live.runtime import boot, memory, mounts, roots, status, unpack
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import SpaceError
 from bootc_live.runtime.run import CommandError
@@ -312,7 +312,7 @@ def test_the_status_lines_follow_the_states_and_carry_status_json(
         for line in capsys.readouterr().err.splitlines()
         if line.startswith("bootc-live: status ")
     ]
-    states = [json.loads(line.split(" ", 2)[2]) for line in lines]
+    states = status.documents(lines)
     assert code == 0 and [s["state"] for s in states] == [
         "resolving",
         "planned",

@@ -16,7 +16,7 @@ from bootc_live.build import BuildConfig, build, concatenate
 from bootc_live.demo import MARKER, demo_layers, host_kernel, parse_report
 from bootc_live.images import RegistryOptions, SourceRef
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
-from bootc_live.runtime.status import STATUS_LINE, parse_line
+from bootc_live.runtime.status import STATUS_LINE, documents
 from bootc_live.vm import Boot, VmConfig, boot
 from unpackers import need
 
@@ -63,8 +63,8 @@ def ready(output: str) -> dict[str, Any]:
 
 
 def statuses(output: str) -> list[dict[str, Any]]:
-    parsed = (parse_line(line) for line in output.replace("\r", "").splitlines())
-    return [status for status in parsed if status is not None]
+    """status.json as it was at each status line (a kexec'd stage two starts afresh)."""
+    return documents(output.replace("\r", "").splitlines())
 
 
 def need_vm_tools() -> None:

@@ -3,13 +3,12 @@ status lines, the kernels of a kexec boot and why a boot failed.
 
 Only lines that are not bootc-live's are read as text (the kernel's, systemd's, the image's
 verdict); bootc-live's own figures and phases come from its status lines,
-`bootc-live: status {JSON}`, each the whole status document (/run/bootc-live/status.json) when
-a state began. Everything here but LineClock is a pure function of the lines.
+`bootc-live: status {JSON}`, which add up to its status document (/run/bootc-live/status.json;
+bootc_live.runtime.status.documents). Everything here but LineClock is a pure function of the lines.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import debian_image
+from bootc_live.runtime import status
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
@@ -104,29 +104,17 @@ def clean(line: str) -> str:
 
 
 def status_of(line: str) -> dict[str, Any] | None:
-    """The status document a console line carries, if it is a whole status line.
-
-    The marker may follow a kernel timestamp or systemd's `bootc-live[PID]: `; a line cut or
-    garbled on its way to the console carries none.
-    """
-    pos = line.find(STATUS)
-    if pos < 0:
-        return None
-    try:
-        doc, _ = json.JSONDecoder().raw_decode(line, pos + len(STATUS))
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("state"), str) else None
+    """The status fields a console line carries, if it is a whole status line (the marker may
+    follow a kernel timestamp or systemd's `bootc-live[PID]: `; a line cut or garbled on its
+    way to the console carries none)."""
+    return status.parse_line(line)
 
 
 def last_status(lines: list[str]) -> dict[str, Any]:
-    """The last status document among the lines (the documents accumulate: it holds all the
-    earlier ones' fields), or an empty one."""
-    for line in reversed(lines):
-        doc = status_of(line)
-        if doc is not None:
-            return doc
-    return {}
+    """The status document at the last status line (the lines add up: it holds what the
+    earlier ones carried), or an empty one."""
+    found = status.documents(lines)
+    return found[-1] if found else {}
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 People read the console: `bootc-live: …` sentences, whose wording may change at any time.
 Programs read the status (README "Boot status for programs"): /run/bootc-live/status.json,
-one JSON object whose fields accumulate over the boot, rewritten at every state change, and the
-same object printed as one console line `bootc-live: status {…}` at that moment. With
-bootc.quiet only the last status line (`ready` or `failed`) and the one-line summary are printed.
+one JSON object whose fields accumulate over the boot, rewritten at every state change; and at
+that moment a console line `bootc-live: status {…}` with the state and the fields that changed,
+so that the lines, read in order, add up to status.json (`documents`). With bootc.quiet only the
+last status line (`ready` or `failed`, then carrying everything) and the one-line summary are
+printed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 STATUS_DIR = "/run/bootc-live"
@@ -29,6 +32,11 @@ def uptime() -> float:
         return 0.0
 
 
+# The kernel's log cuts a line at about 1000 bytes (journald forwards the initrd's lines there):
+# a status line stays below this, a longer change is spread over several lines of one state.
+LINE_LIMIT = 900
+
+
 class Report:
     """Where the boot says what it does: the console, status.json and the status lines."""
 
@@ -41,7 +49,8 @@ class Report:
         self.quiet = quiet
         self.directory = directory
         self.stream = stream
-        self.status: dict[str, Any] = {}
+        self.status: dict[str, Any] = {}  # status.json: everything so far
+        self._printed: dict[str, Any] = {}  # what the status lines have carried so far
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stderr, flush=True)
@@ -60,29 +69,84 @@ class Report:
         self.status.update(fields)
 
     def state(self, state: str, **fields: Any) -> None:
-        """A state change: the fields join the status; status.json and a status line follow."""
+        """A state change: the fields join the status; status.json and the status line follow.
+
+        A status line carries the state, its time and the fields that changed since the last
+        line (with bootc.quiet, whose only line is the last, that is all of them): read in
+        order, the lines add up to status.json (`documents`)."""
         self.status.update(fields)
         self.status.update(state=state, time=round(time.time(), 3), uptime=uptime())
-        document = json.dumps(self.status, separators=(",", ":"))
         try:
             os.makedirs(self.directory, exist_ok=True)
             tmp = os.path.join(self.directory, ".status.json")
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(document + "\n")
+                f.write(_json(self.status) + "\n")
             os.replace(tmp, os.path.join(self.directory, "status.json"))
-        finally:  # the line is printed even where the file cannot be written
+        finally:  # the lines are printed even where the file cannot be written
             if not self.quiet or state in FINAL:
-                self._print(STATUS_LINE + document)
+                for line in self._lines():
+                    self._print(line)
+
+    def _lines(self) -> list[str]:
+        head = {key: self.status[key] for key in ("state", "time", "uptime")}
+        changed = {
+            key: value
+            for key, value in self.status.items()
+            if key not in head and self._printed.get(key, _NOTHING) != value
+        }
+        self._printed.update(self.status)
+        lines, part = [], dict(head)
+        for key, value in changed.items():
+            if isinstance(value, str):
+                value = _shortened(value, LINE_LIMIT // 2)
+            if len(_json({**part, key: value})) + len(STATUS_LINE) > LINE_LIMIT and part != head:
+                lines.append(STATUS_LINE + _json(part))
+                part = dict(head)
+            part[key] = value
+        return [*lines, STATUS_LINE + _json(part)]
+
+
+_NOTHING = object()
+
+
+def _json(document: object) -> str:
+    """Compact and ASCII: a character is a byte, and no character of a value ends the line."""
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text`, its middle cut out until it takes at most `limit` bytes as JSON."""
+    keep = len(text)
+    while len(_json(text)) > limit and keep > 0:
+        keep = min(keep - 1, keep * limit // len(_json(text)))
+        text = text[: keep // 2] + "…" + text[len(text) - keep // 2 :]
+    return text
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
-    """The status a console line carries (anywhere in it: after a timestamp or a journal
-    prefix), or None. For programs that read the console (tests, bench)."""
-    _, marker, document = line.partition(STATUS_LINE)
+    """The fields a console line's status carries (the marker anywhere in it: after a
+    timestamp or a journal prefix), or None for any other line, or a cut one."""
+    _, marker, rest = line.partition(STATUS_LINE)
     if not marker:
         return None
     try:
-        status = json.loads(document)
+        fields, _ = json.JSONDecoder().raw_decode(rest)
     except ValueError:
         return None
-    return status if isinstance(status, dict) else None
+    return fields if isinstance(fields, dict) and isinstance(fields.get("state"), str) else None
+
+
+def documents(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """status.json as it was at each status line, from a console's lines, in order. A boot
+    starts afresh at its `resolving` state (a kexec'd stage two is a boot of its own)."""
+    found: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    for line in lines:
+        fields = parse_line(line)
+        if fields is None:
+            continue
+        if fields["state"] == "resolving" and current.get("state") != "resolving":
+            current = {}
+        current = {**current, **fields}
+        found.append(current)
+    return found

@@ -1,0 +1,90 @@
+"""The status contract (README "Boot status for programs"): status.json holds everything; the
+status lines, read in order, add up to it, each short enough for the kernel's log."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bootc_live.runtime.status import LINE_LIMIT, STATUS_LINE, Report, documents, parse_line
+
+FIELD = st.text("abcdefghij_", min_size=1, max_size=12)
+VALUE = st.one_of(
+    st.integers(0, 1 << 40),
+    st.text(max_size=300),
+    st.booleans(),
+    st.dictionaries(FIELD, st.integers(0, 1 << 20), max_size=4),
+)
+STATES = st.lists(
+    st.tuples(
+        st.sampled_from(["kexec", "planned", "unpacking", "packing"]),
+        st.dictionaries(FIELD, VALUE, max_size=12),
+    ),
+    max_size=6,
+)
+
+
+def played(
+    tmp: Path, steps: list[tuple[str, dict[str, object]]], quiet: bool
+) -> tuple[list[str], dict[str, object]]:
+    out = io.StringIO()
+    report = Report(quiet=quiet, directory=str(tmp), stream=out)
+    for state, fields in [*steps, ("ready", {"entries": 3})]:
+        report.state(state, **fields)
+    return out.getvalue().splitlines(), json.loads((tmp / "status.json").read_text())
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=STATES, quiet=st.booleans())
+def test_the_lines_add_up_to_status_json_and_stay_short(
+    tmp_path_factory: object, steps: list[tuple[str, dict[str, object]]], quiet: bool
+) -> None:
+    tmp = tmp_path_factory.mktemp("status")  # type: ignore[attr-defined]
+    lines, final = played(tmp, [("resolving", {"source": "bootc-live:/x"}), *steps], quiet)
+    assert all(len(line.encode()) <= LINE_LIMIT + 8 for line in lines), max(map(len, lines))
+    assert all(line.startswith(STATUS_LINE + '{"state":"') for line in lines)
+    if quiet:  # the last state only, carrying everything
+        assert {parse_line(line)["state"] for line in lines} == {"ready"}  # type: ignore[index]
+    assert documents(lines)[-1] == final
+
+
+def test_a_long_value_is_shortened_on_its_line_only(tmp_path: Path) -> None:
+    cmdline = "console=ttyS0 " + "x" * 3000 + " root=bootc-live:/bootc-live/image"
+    lines, final = played(
+        tmp_path,
+        [("resolving", {"source": "s"}), ("kexec-loaded", {"kexec_cmdline": cmdline})],
+        False,
+    )
+    assert final["kexec_cmdline"] == cmdline  # whole in status.json
+    shown = documents(lines)[-1]["kexec_cmdline"]
+    assert (
+        len(shown) < LINE_LIMIT
+        and shown.startswith("console=ttyS0 xxx")
+        and shown.endswith("/bootc-live/image")
+    )
+    assert "…" in shown
+
+
+def test_a_kexec_stage_two_starts_a_document_of_its_own(tmp_path: Path) -> None:
+    one, _ = played(
+        tmp_path / "one",
+        [("resolving", {"source": "http://h/r.oci"}), ("kexec", {"kexec_kver": "6.1"})],
+        False,
+    )
+    two, final = played(tmp_path / "two", [("resolving", {"source": "/bootc-live/image"})], False)
+    console = [
+        "[    0.1] Linux version 6.1",
+        *one[:-1],
+        "[    0.0] Linux version 6.12",
+        "bootc-live[9]: " + two[0],
+        "cut " + two[1][:40],
+        *two[1:],
+    ]
+    found = documents(console)
+    assert [d["state"] for d in found] == ["resolving", "kexec", "resolving", "ready"]
+    assert found[1]["kexec_kver"] == "6.1" and "kexec_kver" not in found[-1]
+    assert found[-1] == final
