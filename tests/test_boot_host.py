@@ -347,3 +347,24 @@ def test_conflicting_modes_stop_before_anything_is_opened(system: System, tmp_pa
         "time": status["time"],
         "uptime": status["uptime"],
     }
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_in_the_systemd_initrd_the_generators_tmpfs_is_sized_by_a_remount(
+    system: System, layout: Path, tmp_path: Path, fail: bool
+) -> None:
+    """sysroot.mount (from our generator) has mounted /sysroot, empty: the root is that tmpfs,
+    sized and given rootflags= by a remount; a failure later unmounts it too."""
+    newroot = str(tmp_path / "newroot")
+    system.mounted = [newroot]
+    system.fail_at = 2 if fail else None
+    code, status = boot_with(layout, tmp_path, "rootflags=noatime bootc.live.etc.rw=0")
+    remount = ["mount", "-o", f"remount,size={TOTAL},suid,dev,noatime", newroot]
+    assert system.calls[0] == remount
+    if fail:
+        assert (code, status["state"], system.mounted) == (1, "failed", [])
+    else:
+        assert (code, system.calls[1:]) == (
+            0,
+            expected_calls("tmpfs", "bootc.live.etc.rw=0", tmp_path)[1:],
+        )
