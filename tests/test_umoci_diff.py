@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from imagegen import (
     layer_tar,
     ns,
     opq,
+    sha256,
     sparse,
     sym,
     wh,
@@ -46,7 +48,6 @@ from imagegen import (
 )
 from treewalk import diff, snapshot
 from unpackers import (
-    assert_clean_failure,
     bootc_live,
     bootc_live_unpack,
     need_root_and,
@@ -698,79 +699,164 @@ def test_nested_index_single_image_same_tree_as_umoci(depth: int, tmp_path: Path
 # --- inputs both tools must reject ---------------------------------------------------------
 
 
-def both_fail(tmp_path: Path, layout: Path, tag: str = "latest") -> str:
-    result = umoci("unpack", "--image", f"{layout}:{tag}", os.fspath(tmp_path / "umoci-bundle"))
+def leftovers(path: Path) -> list[str]:
+    """Everything under ``path`` (relative names); nothing when it does not exist."""
+    return sorted(os.fspath(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def both_fail(
+    tmp_path: Path, layout: Path, *, umoci_says: str, we_say: str, tag: str = "latest"
+) -> None:
+    """umoci and bootc-live both refuse the image, each naming the cause, and leave nothing.
+
+    bootc-live unpacks into an existing empty DEST, so it has to empty it rather than remove
+    it; ``we_say`` is its whole stderr, with shortened layer digests written ``sha256:…``.
+    """
+    bundle = tmp_path / "umoci-bundle"
+    result = umoci("unpack", "--image", f"{layout}:{tag}", os.fspath(bundle))
     assert result.returncode != 0, "umoci accepted the image"
-    return assert_clean_failure(
-        bootc_live("unpack", f"oci:{layout}:{tag}", os.fspath(tmp_path / "bootc-root"))
-    )
+    assert umoci_says in result.stderr
+    assert leftovers(bundle) == []
+    dest, scratch = tmp_path / "bootc-root", tmp_path / "tmp"
+    dest.mkdir()
+    scratch.mkdir()
+    ours = bootc_live("unpack", f"oci:{layout}:{tag}", os.fspath(dest), tmpdir=scratch)
+    assert ours.returncode == 1
+    assert re.sub(r"sha256:[0-9a-f]{12}…", "sha256:…", ours.stderr) == f"bootc-live: {we_say}\n"
+    assert dest.is_dir() and leftovers(dest) == []
+    assert leftovers(scratch) == []
 
 
 def test_hardlink_to_missing_target_fails(tmp_path: Path) -> None:
     build_layout(tmp_path / "layout", [layer_tar([f("a"), hard("h", "nothere")])])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="unpack entry: h: link: no such file or directory",
+        we_say="layer 1/1 sha256:…: layer entry /h is a hardlink to /nothere, which does not exist",
+    )
 
 
 def test_hardlink_to_whited_out_target_fails(tmp_path: Path) -> None:
     build_layout(tmp_path / "layout", [layer_tar([f("a")]), layer_tar([wh("a"), hard("b", "a")])])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="unpack entry: b: link: no such file or directory",
+        we_say="layer 2/2 sha256:…: layer entry /b is a hardlink to /a, which does not exist",
+    )
 
 
 def test_hardlink_to_directory_fails(tmp_path: Path) -> None:
     build_layout(tmp_path / "layout", [layer_tar([d("x")]), layer_tar([hard("h", "x")])])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="unpack entry: h: link: operation not permitted",
+        we_say="layer 2/2 sha256:…: layer entry /h is a hardlink to a directory",
+    )
 
 
 @pytest.mark.parametrize("same_layer", [True, False])
 def test_file_as_parent_fails(same_layer: bool, tmp_path: Path) -> None:
     layers = [[f("a"), f("a/b")]] if same_layer else [[f("a")], [f("a/b")]]
     build_layout(tmp_path / "layout", [layer_tar(entries) for entries in layers])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="/umoci-bundle/rootfs/a: not a directory",
+        we_say=f"layer {len(layers)}/{len(layers)} sha256:…: /a: a parent is not a directory",
+    )
 
 
 def test_symlink_loop_as_parent_fails(tmp_path: Path) -> None:
     build_layout(tmp_path / "layout", [layer_tar([sym("loop", "loop")]), layer_tar([f("loop/x")])])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="/umoci-bundle/rootfs/loop/: too many levels of symbolic links",
+        we_say="layer 2/2 sha256:…: /loop: too many levels of symbolic links",
+    )
 
 
 def test_hardlink_to_later_entry_fails(tmp_path: Path) -> None:
     build_layout(tmp_path / "layout", [layer_tar([hard("h", "later"), f("later", b"x")])])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="unpack entry: h: link: no such file or directory",
+        we_say="layer 1/1 sha256:…: layer entry /h is a hardlink to /later, which does not exist",
+    )
 
 
 def test_truncated_layer_fails(tmp_path: Path) -> None:
     tar = layer_tar([f("a", blob(20_000, "t")), f("b", b"b")])
     build_layout(tmp_path / "layout", [layer_tar([f("ok")]), tar[:5000]])
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="unpack entry: a: unpack to regular file: short write: unexpected EOF",
+        we_say="layer 2/2 sha256:…: the layer ends in the middle of a tar entry (truncated)",
+    )
 
 
 def test_diff_id_mismatch_fails(tmp_path: Path) -> None:
     tar = layer_tar([f("a", b"a")])
+    wrong = "sha256:" + "0" * 64
     build_layout(
         tmp_path / "layout",
         [tar],
-        config_extra={"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}},
+        config_extra={"rootfs": {"type": "layers", "diff_ids": [wrong]}},
     )
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says=f"diffid mismatch: got {sha256(tar)} expected {wrong}",
+        we_say=(
+            f"layer 1/1 sha256:… content does not match the config's diff_id (expected {wrong},"
+            f" got {sha256(tar)}); the image is corrupt or was built wrongly"
+        ),
+    )
 
 
 def test_corrupt_layer_blob_fails(tmp_path: Path) -> None:
+    """umoci reads the damaged gzip stream before it checks the digest; we check first."""
     info = build_layout(tmp_path / "layout", [layer_tar([f("a", blob(5000, "c"))])])
     data = bytearray(info.layer_paths[0].read_bytes())
     data[len(data) // 2] ^= 0x55
     info.layer_paths[0].write_bytes(bytes(data))
-    both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="read next entry: archive/tar: invalid tar header",
+        we_say=(
+            f"layer 1/1 sha256:… digest mismatch (expected {info.layer_digests[0]},"
+            f" got {sha256(bytes(data))}); the image on the server changed or is corrupt"
+        ),
+    )
 
 
 def test_header_after_a_lone_zero_block_fails(tmp_path: Path) -> None:
     lone = layer_tar([f("a", b"a")])[: -2 * 512] + bytes(512) + layer_tar([f("hidden", b"h")])
     build_layout(tmp_path / "layout", [lone])
-    assert "a header after a lone zero block" in both_fail(tmp_path, tmp_path / "layout")
+    both_fail(
+        tmp_path,
+        tmp_path / "layout",
+        umoci_says="read next entry: archive/tar: invalid tar header",
+        we_say="layer 1/1 sha256:…: tar stream: a header after a lone zero block",
+    )
 
 
 def test_unknown_tag_fails(tmp_path: Path) -> None:
-    build_layout(tmp_path / "layout", [layer_tar([f("a")])])
-    both_fail(tmp_path, tmp_path / "layout", tag="nope")
+    layout = tmp_path / "layout"
+    build_layout(layout, [layer_tar([f("a")])])
+    both_fail(
+        tmp_path,
+        layout,
+        tag="nope",
+        umoci_says="tag is not found: nope",
+        we_say=f"oci:{layout} has no image tagged 'nope' (tags: latest); fix the :TAG of SOURCE",
+    )
 
 
 # --- archives and layouts written by real tools --------------------------------------------
