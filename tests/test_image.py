@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
+import zlib
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+from bootc_live.runtime import decompress
 from bootc_live.runtime.errors import ImageError, LayerError, VerificationError
 from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
@@ -68,24 +76,55 @@ def test_compressions_detected_by_magic(tmp_path: Path, compression: str, kw: di
     assert (root / "zeros").stat().st_size == 8 << 20
 
 
+def decompress_imported_without(monkeypatch: pytest.MonkeyPatch, module: str) -> ModuleType:
+    """A fresh copy of the decompress module, imported while `module` cannot be imported."""
+    monkeypatch.setitem(sys.modules, module, None)
+    spec = importlib.util.find_spec("bootc_live.runtime.decompress")
+    assert spec is not None and spec.loader is not None
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    return fresh
+
+
 def test_zstd_without_the_module_uses_the_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bootc_live.runtime import decompress
-
+    zstd = shutil.which("zstd")
+    need(zstd is not None, "needs the zstd command")
+    assert decompress_imported_without(monkeypatch, "zstandard")._zstandard is None
     monkeypatch.setattr(decompress, "_zstandard", None)
+    spawned: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        spawned.append(argv)
+        return real_popen(argv, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
     build_layout(tmp_path / "img", LAYERS, compression="zstd", compress_kw={"members": 3})
     assert (unpack(tmp_path / "img", tmp_path / "root") / "etc/hostname").read_bytes() == b"live\n"
+    assert spawned == [[zstd, "-dcq"]] * len(LAYERS)
 
 
 def test_gzip_without_isal_uses_zlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zlib
+    def isal_used(*_args: object) -> None:
+        pytest.fail("isal decompressed a layer while it could not be imported")
 
-    from bootc_live.runtime import decompress
-
+    if decompress._gzip_impl is not zlib:  # isal is installed here: make any use of it loud
+        monkeypatch.setattr(decompress._gzip_impl, "decompressobj", isal_used)
+    assert decompress_imported_without(monkeypatch, "isal")._gzip_impl is zlib
     monkeypatch.setattr(decompress, "_gzip_impl", zlib)
+    members: list[int] = []
+    real_decompressobj = zlib.decompressobj
+
+    def decompressobj(wbits: int) -> Any:
+        members.append(wbits)
+        return real_decompressobj(wbits)
+
+    monkeypatch.setattr(zlib, "decompressobj", decompressobj)
     build_layout(tmp_path / "img", LAYERS, compression="gzip", compress_kw={"members": 2})
-    assert (unpack(tmp_path / "img", tmp_path / "root") / "etc/hostname").exists()
+    assert (unpack(tmp_path / "img", tmp_path / "root") / "etc/hostname").read_bytes() == b"live\n"
+    assert members == [31] * 2 * len(LAYERS)  # one gzip-framed decoder per member
 
 
 def test_archive_read_in_place_matches_layout(tmp_path: Path) -> None:
