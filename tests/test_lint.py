@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +42,57 @@ def test_linter(argv: tuple[str, ...]) -> None:
     run(str(BIN / argv[0]), *argv[1:])
 
 
+DRACUT = REPO / "src/bootc_live/dracut"
+SHELL_SHEBANG = re.compile(rb"#!\s*/(usr/)?bin/(env\s+)?(ba|da)?sh\b")
+NOT_SHELL = (".py", ".service", ".network")
+# $moddir/NAME installed as a hook (inst_hook STAGE PRIO) or a generator (inst_script)
+INSTALLED_SCRIPT = re.compile(r'inst_(?:hook\s+\w+\s+\d+|script)\s+"\$moddir/([^"]+)"')
+
+
+def dracut_files() -> list[Path]:
+    return sorted(p for p in DRACUT.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def is_shell(path: Path) -> bool:
+    return path.suffix == ".sh" or SHELL_SHEBANG.match(path.read_bytes()[:80]) is not None
+
+
+def is_python(path: Path) -> bool:
+    try:
+        compile(path.read_bytes(), os.fspath(path), "exec")
+    except SyntaxError:
+        return False
+    return True
+
+
+def test_dracut_shell_scripts_are_all_found() -> None:
+    """Every shell script of the dracut modules is found, by its name or its #! line."""
+    scripts = [p for p in dracut_files() if is_shell(p)]
+    found = {os.fspath(p.relative_to(DRACUT)) for p in scripts}
+    modules = sorted(p.name for p in DRACUT.iterdir() if p.is_dir())
+    assert {f"{m}/module-setup.sh" for m in modules} <= found
+    assert {
+        "90bootc-live/bootc-live-cmdline.sh",
+        "90bootc-live/bootc-live-generator.sh",
+        "90bootc-live/bootc-live-lib.sh",
+        "90bootc-live/bootc-live-mount.sh",
+        "90bootc-live-net/bootc-live-net-cmdline.sh",
+        "90bootc-live-net/bootc-live-net-generator.sh",
+    } <= found
+    installed = {
+        f"{setup.parent.name}/{name}"
+        for setup in DRACUT.glob("*/module-setup.sh")
+        for name in INSTALLED_SCRIPT.findall(setup.read_text())
+    }
+    assert installed and installed <= found, "a hook or generator is not a shell script"
+    others = [p for p in dracut_files() if not is_shell(p)]
+    unknown = [p for p in others if p.suffix not in NOT_SHELL and not is_python(p)]
+    assert not unknown, "neither shell (.sh or a #! line) nor a known other kind: add a #! line"
+
+
 def test_shellcheck_dracut_scripts() -> None:
-    module = REPO / "src/bootc_live/dracut/90bootc-live"
-    run("shellcheck", "-s", "bash", str(module / "module-setup.sh"))
-    run("shellcheck", "-s", "sh", *sorted(str(p) for p in module.glob("bootc-live-*.sh")))
+    """Each script in the dialect its #! line names (module-setup.sh: bash, as dracut uses)."""
+    run("shellcheck", *(os.fspath(p) for p in dracut_files() if is_shell(p)))
     run("shellcheck", "-s", "bash", "setup", "run-tests", ".ci/run")
 
 
