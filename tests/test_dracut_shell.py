@@ -1,4 +1,5 @@
-"""The shell side of the dracut modules reads root= as the runtime's parser does."""
+"""The shell side of the dracut modules reads root= as the runtime's parser does; the net
+generator writes the drop-ins rd.net.wait-any-if asks for."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime.cmdline import parse_root
+from unpackers import need
 
 DRACUT = Path(__file__).resolve().parents[1] / "src/bootc_live/dracut"
 LIB = DRACUT / "90bootc-live/bootc-live-lib.sh"
@@ -92,3 +94,102 @@ def test_no_script_but_the_library_reads_root() -> None:
     assert len(scripts) >= 5
     for script in scripts:
         assert not re.search(r"bootc-live:[\w/]*\*", script.read_text()), script
+
+
+DRACUT_LIB = Path("/usr/lib/dracut/modules.d/99base/dracut-lib.sh")
+DRACUT_UTIL = Path("/usr/lib/dracut/dracut-util")  # getarg's helper, called as dracut-getarg
+
+# dracut-lib.sh reads the command line in getcmdline (from /proc/cmdline and /etc/cmdline.d);
+# the one defined after it prints $CMDLINE instead. wait_for_dev is defined first so that
+# dracut-lib.sh does not source /lib/dracut-dev-lib.sh, which is where the initramfs has it.
+PRELUDE = """
+wait_for_dev() { :; }
+. "$DRACUT_LIB"
+getcmdline() { printf '%s' "$CMDLINE"; }
+. "$BOOTC_LIVE_LIB"
+. "$SCRIPT"
+"""
+
+HTTP_ROOT = "root=bootc-live:http://10.0.2.2/root.oci"
+WAITS_FOR_THE_NETWORK = {
+    "early/bootc-live.service.d/network.conf": (
+        "[Unit]\nWants=network-online.target\nAfter=network-online.target\n"
+    )
+}
+ANY_LINK_WILL_DO = {
+    "early/systemd-networkd-wait-online.service.d/bootc-live-any.conf": (
+        "[Service]\nExecStart=\nExecStart=/usr/lib/systemd/systemd-networkd-wait-online --any\n"
+    )
+}
+
+
+def run_generator(script: Path, cmdline: str, tmp_path: Path) -> dict[str, str]:
+    """Run a systemd generator as systemd does (normal, early and late directories), with
+    dracut's own getarg and getargbool on `cmdline`; return every file it wrote, by path under
+    `tmp_path`."""
+    need(DRACUT_LIB.is_file() and DRACUT_UTIL.is_file(), "needs dracut's dracut-lib.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dracut-getarg").symlink_to(DRACUT_UTIL)
+    dirs = [tmp_path / name for name in ("normal", "early", "late")]
+    for directory in dirs:
+        directory.mkdir()
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PREFIX": "/nonexistent",  # set: dracut-lib.sh then leaves /run alone
+        "DRACUT_SYSTEMD": "1",  # warnings to stderr, not /dev/kmsg
+        "DEBUG_MEM_LEVEL": "0",
+        "DRACUT_LIB": os.fspath(DRACUT_LIB),
+        "BOOTC_LIVE_LIB": os.fspath(LIB),
+        "SCRIPT": os.fspath(script),
+        "CMDLINE": cmdline,
+    }
+    result = subprocess.run(
+        ["sh", "-c", PRELUDE, script.name, *map(os.fspath, dirs)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    return {
+        os.fspath(path.relative_to(tmp_path)): path.read_text()
+        for directory in dirs
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (f"{HTTP_ROOT} rd.net.wait-any-if", {**WAITS_FOR_THE_NETWORK, **ANY_LINK_WILL_DO}),
+        (f"{HTTP_ROOT} rd.net.wait-any-if=1", {**WAITS_FOR_THE_NETWORK, **ANY_LINK_WILL_DO}),
+        (f"rd.net.wait-any-if {HTTP_ROOT}", {**WAITS_FOR_THE_NETWORK, **ANY_LINK_WILL_DO}),
+        (
+            "root=bootc-live:docker://registry.example/demo:1 rd.net.wait-any-if",
+            {**WAITS_FOR_THE_NETWORK, **ANY_LINK_WILL_DO},
+        ),
+        (HTTP_ROOT, WAITS_FOR_THE_NETWORK),
+        (f"{HTTP_ROOT} rd.net.wait-any-if=0", WAITS_FOR_THE_NETWORK),
+        (f"{HTTP_ROOT} rd.net.wait-any-if=off", WAITS_FOR_THE_NETWORK),
+        pytest.param(
+            f"{HTTP_ROOT} rd.net.wait-any-if=false",
+            WAITS_FOR_THE_NETWORK,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="docs/cmdline.md says =false is false; dracut's getargbool takes it as true",
+            ),
+        ),
+        ("root=bootc-live:/run/root.oci rd.net.wait-any-if", {}),  # no network needed
+        ("root=/dev/sda1 rd.net.wait-any-if", {}),
+    ],
+)
+def test_net_generator_writes_the_wait_online_drop_ins(
+    cmdline: str, expected: dict[str, str], tmp_path: Path
+) -> None:
+    """rd.net.wait-any-if makes systemd-networkd-wait-online content with one link (--any)."""
+    script = DRACUT / "90bootc-live-net" / "bootc-live-net-generator.sh"
+    assert run_generator(script, cmdline, tmp_path) == expected

@@ -91,6 +91,8 @@ def test_tftp_through_url_lib(artifacts: dict[str, Path], tmp_path: Path) -> Non
 
 
 def test_two_nics_one_dead_with_wait_any_if(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """The boot works with a dead second NIC. That wait-online then waits for one link only
+    (--any) is asserted on the generator's output in test_dracut_shell.py, not by a clock."""
     art = artifacts["systemd"]
     with nginx(art, tmp_path / "nginx") as server:
         result = run(
@@ -101,8 +103,6 @@ def test_two_nics_one_dead_with_wait_any_if(artifacts: dict[str, Path], tmp_path
             forwards=((80, server.port),),
         )
     assert_live(result, root="ro")
-    # systemd-networkd-wait-online would otherwise wait 120 s for the dead link.
-    assert result.boot.seconds < 100, result.boot.seconds
 
 
 # -- faults from a scripted server -----------------------------------------------------------
