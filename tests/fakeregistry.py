@@ -16,7 +16,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -59,6 +59,7 @@ class Knobs:
     manifest_chunked_garbage: bool = False  # a chunked manifest answer with a bad chunk size
     manifest_stall: float = 0.0  # seconds the manifest answer stops after its first bytes
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
+    clock: Callable[[], float] = time.monotonic  # when tokens expire (a test may share one)
 
 
 @dataclass
@@ -108,6 +109,7 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        seen: Request  # this request's entry in the log (requests on other connections interleave)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -119,7 +121,7 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             headers: dict[str, str] | None = None,
             cut: int = 0,
         ) -> None:
-            state.log[-1].status = status
+            self.seen.status = status
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -148,10 +150,10 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             elif knobs.auth == "bearer":
                 token = given[len("Bearer ") :] if given.startswith("Bearer ") else ""
                 scope, expiry = state.tokens.get(token, ("", 0.0))
-                if token in state.tokens and time.monotonic() < expiry and REPO not in scope:
+                if token in state.tokens and knobs.clock() < expiry and REPO not in scope:
                     self.challenge("insufficient_scope")
                     return False
-                ok = token in state.tokens and time.monotonic() < expiry
+                ok = token in state.tokens and knobs.clock() < expiry
             else:
                 ok = True
             if not ok:
@@ -160,7 +162,8 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
 
         def do_GET(self) -> None:
             with lock:
-                state.log.append(Request("GET", self.path, dict(self.headers.items())))
+                self.seen = Request("GET", self.path, dict(self.headers.items()))
+                state.log.append(self.seen)
             url = urllib.parse.urlsplit(self.path)
             if url.path == "/token":
                 return self.token(urllib.parse.parse_qs(url.query))
@@ -197,7 +200,7 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                 if knobs.first_token_scope and not state.tokens:
                     scope = knobs.first_token_scope
                 token = f"tok-{len(state.tokens) + 1}"
-                state.tokens[token] = (scope, time.monotonic() + knobs.token_lifetime)
+                state.tokens[token] = (scope, knobs.clock() + knobs.token_lifetime)
             body = knobs.token_answer or {"token": token, "expires_in": knobs.token_lifetime}
             return self.answer(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
@@ -208,7 +211,7 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             if knobs.manifest_status:
                 return self.answer(knobs.manifest_status, knobs.manifest_body)
             if knobs.manifest_chunked_garbage:
-                state.log[-1].status = 200
+                self.seen.status = 200
                 self.send_response(200)
                 self.send_header("Content-Type", str(top["mediaType"]))
                 self.send_header("Transfer-Encoding", "chunked")
@@ -232,7 +235,7 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                 claimed = "sha256:" + "1" * 64
             headers = {"Content-Type": media, "Docker-Content-Digest": claimed}
             if knobs.manifest_stall:
-                state.log[-1].status = 200
+                self.seen.status = 200
                 self.send_response(200)
                 for key, value in {**headers, "Content-Length": str(len(body))}.items():
                     self.send_header(key, value)
