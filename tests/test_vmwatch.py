@@ -1,8 +1,9 @@
-"""The console watcher of `bootc-live vm` and the VM tests, on stand-in commands (no QEMU)."""
+"""The console watcher of `bootc-live vm` and the VM tests: its limits on a made-up clock, its
+plumbing on stand-in commands (no QEMU)."""
 
 from __future__ import annotations
 
-from bootc_live.vm import INIT_STARTED, watch
+from bootc_live.vm import INIT_STARTED, Console, watch
 
 
 def sh(script: str) -> list[str]:
@@ -10,31 +11,69 @@ def sh(script: str) -> list[str]:
 
 
 def test_a_kernel_silent_before_init_is_a_stall() -> None:
-    result = watch(sh("echo 'Linux version 6'; sleep 30"), timeout=20, echo=None, stall=1.0)
-    assert result.ended == "stalled" and result.seconds < 10
+    console = Console((), timeout=20, stall=1.0, start=0.0)
+    assert console.overdue(1.0) is None
+    console.feed("Linux version 6\n", 0.5)
+    assert console.overdue(1.5) is None
+    assert console.overdue(1.501) == "stalled"
 
 
 def test_silence_after_init_is_not_a_stall() -> None:
     # Once the initramfs runs, slow work is ours to judge: the timeout does.
-    result = watch(sh(f"echo '{INIT_STARTED}'; sleep 30"), timeout=3, echo=None, stall=1.0)
-    assert result.ended == "timeout"
+    console = Console((), timeout=3, stall=1.0, start=0.0)
+    console.feed(f"{INIT_STARTED}\n", 0.5)
+    assert console.overdue(2.999) is None
+    assert console.overdue(3.0) == "timeout"
 
 
 def test_the_marker_ends_the_watch() -> None:
-    result = watch(
-        sh("printf 'Run /in'; sleep 0.2; echo 'it as init process'; sleep 2; echo 'MARK ok'"),
-        timeout=20,
-        markers=("MARK",),
-        echo=None,
-        stall=1.5,
-    )
-    assert result.ended == "marker" and result.markers == {"MARK": "ok"}
+    console = Console(("MARK",), timeout=20, stall=1.5, start=0.0)
+    console.feed("Run /in", 0.1)
+    console.feed("it as init process\n", 0.3)
+    assert console.overdue(2.2) is None and console.ended is None
+    console.feed("MARK ok\n", 2.3)
+    assert console.ended == "marker" and console.found == {"MARK": "ok"}
 
 
 def test_init_is_seen_however_the_console_splits_its_line() -> None:
     # A serial console under load arrives in small pieces: one byte at a time here.
-    pieces = "; ".join(f"printf '{c}'; sleep 0.02" for c in f"[ 5.1] {INIT_STARTED}\n")
+    console = Console((), timeout=20, stall=1.0, start=0.0)
+    line = f"[ 5.1] {INIT_STARTED}\n"
+    for n, char in enumerate(line):
+        console.feed(char, n * 0.02)
+    assert console.in_init
+    assert console.overdue(19.9) is None
+    assert "".join(console.chunks) == line
+
+
+def test_watch_judges_by_its_clock() -> None:
+    """A silent command, and a clock at 100 s from its second reading: a stall at once."""
+    readings = iter([0.0])
     result = watch(
-        sh(f"{pieces}; sleep 30"), timeout=3 + len(INIT_STARTED) * 0.05, echo=None, stall=1.0
+        sh("exec sleep 30"), timeout=1000, echo=None, clock=lambda: next(readings, 100.0)
     )
-    assert result.ended == "timeout"
+    assert (result.ended, result.seconds, result.output) == ("stalled", 100.0, "")
+
+
+def test_watch_times_out_by_its_clock() -> None:
+    readings = iter([0.0])
+    result = watch(sh("exec sleep 30"), timeout=5, echo=None, clock=lambda: next(readings, 5.0))
+    assert (result.ended, result.seconds) == ("timeout", 5.0)
+
+
+def test_watch_reads_the_marker_through_the_pipe() -> None:
+    result = watch(
+        sh("printf 'Run /in'; echo 'it as init process'; echo 'MARK ok'; exec sleep 30"),
+        timeout=600,
+        markers=("MARK",),
+        echo=None,
+    )
+    assert (result.ended, result.markers) == ("marker", {"MARK": "ok"})
+    assert result.output == f"{INIT_STARTED}\nMARK ok\n"
+
+
+def test_watch_ends_when_the_guest_stops() -> None:
+    panicked = watch(sh("echo 'Kernel panic - not syncing: x'"), timeout=600, echo=None)
+    assert (panicked.ended, panicked.output) == ("failure", "Kernel panic - not syncing: x\n")
+    halted = watch(sh("echo 'reboot: Power down'; exec sleep 30"), timeout=600, echo=None)
+    assert halted.ended == "exit"

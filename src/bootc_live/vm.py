@@ -10,7 +10,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -157,6 +157,45 @@ INIT_STARTED = "Run /init as init process"  # the kernel hands over to the initr
 STALL_BEFORE_INIT = 60.0  # seconds of console silence before /init that count as a stall
 
 
+class Console:
+    """The console read so far, judged against the limits of a watch (times from its clock)."""
+
+    def __init__(
+        self, markers: tuple[str, ...], *, timeout: float, stall: float, start: float
+    ) -> None:
+        self.markers = markers
+        self.timeout = timeout
+        self.stall = stall
+        self.start = start
+        self.last_output = start
+        self.chunks: list[str] = []
+        self.found: dict[str, str] = {}
+        self.pending = ""  # the start of a line not yet complete
+        self.failed = False
+        self.ended: str | None = None  # "marker" or "stopped" once the console shows one
+        self.in_init = False
+        self.recent = ""  # the end of the output so far, as long as INIT_STARTED
+
+    def feed(self, text: str, now: float) -> None:
+        self.last_output = now
+        # The line may come in any number of pieces: look at its end and what came before.
+        seen = self.recent + text
+        self.in_init = self.in_init or INIT_STARTED in seen
+        self.recent = seen[-len(INIT_STARTED) :]
+        self.chunks.append(text)
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        self.ended, self.failed = _scan(lines, self.markers, self.found, self.failed)
+
+    def overdue(self, now: float) -> str | None:
+        """ "timeout", or "stalled" (silent for longer than `stall` before /init), at `now`."""
+        if now - self.start >= self.timeout:
+            return "timeout"
+        if not self.in_init and now - self.last_output > self.stall:
+            return "stalled"
+        return None
+
+
 def watch(
     argv: list[str],
     *,
@@ -165,6 +204,7 @@ def watch(
     echo: IO[str] | None = sys.stdout,
     log: Path | None = None,
     stall: float = STALL_BEFORE_INIT,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Boot:
     """Run QEMU, tee its console, and stop at the first marker, the guest's stop, or the timeout.
 
@@ -174,50 +214,32 @@ def watch(
 
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
-    start = time.monotonic()
+    console = Console(markers, timeout=timeout, stall=stall, start=clock())
     proc = _run.start(argv, stdout=_run.PIPE, stderr=_run.STDOUT)
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
-    chunks: list[str] = []
-    found: dict[str, str] = {}
-    pending = ""
-    failed = False
     ended: str | None = None
-    in_init = False
-    recent = ""  # the end of the output so far, as long as INIT_STARTED
-    last_output = start
     logf = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115
     try:
         while ended is None:
-            now = time.monotonic()
-            left = timeout - (now - start)
-            if left <= 0:
-                ended = "timeout"
+            now = clock()
+            ended = console.overdue(now)
+            if ended:
                 break
-            if not in_init and now - last_output > stall:
-                ended = "stalled"
-                break
+            left = timeout - (now - console.start)
             if not sel.select(min(left, 1.0)) or not (data := proc.stdout.read()):
                 if proc.poll() is not None:
                     break  # QEMU exited: the guest powered off, rebooted or panicked
                 continue
             text = data.decode("utf-8", "replace")
-            last_output = time.monotonic()
-            # The line may come in any number of pieces: look at its end and what came before.
-            seen = recent + text
-            in_init = in_init or INIT_STARTED in seen
-            recent = seen[-len(INIT_STARTED) :]
-            chunks.append(text)
+            console.feed(text, clock())
             for out in (echo, logf):
                 if out:
                     out.write(text)
                     out.flush()
-            pending += text
-            lines = pending.split("\n")
-            pending = lines.pop()
-            ended, failed = _scan(lines, markers, found, failed)
+            ended = console.ended
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -225,8 +247,8 @@ def watch(
         if logf:
             logf.close()
     if ended in (None, "stopped"):
-        ended = "failure" if failed else "exit"
-    return Boot("".join(chunks), ended, time.monotonic() - start, found)
+        ended = "failure" if console.failed else "exit"
+    return Boot("".join(console.chunks), ended, clock() - console.start, console.found)
 
 
 def _scan(
