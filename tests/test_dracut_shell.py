@@ -175,14 +175,9 @@ def run_generator(script: Path, cmdline: str, tmp_path: Path) -> dict[str, str]:
         (HTTP_ROOT, WAITS_FOR_THE_NETWORK),
         (f"{HTTP_ROOT} rd.net.wait-any-if=0", WAITS_FOR_THE_NETWORK),
         (f"{HTTP_ROOT} rd.net.wait-any-if=off", WAITS_FOR_THE_NETWORK),
-        pytest.param(
-            f"{HTTP_ROOT} rd.net.wait-any-if=false",
-            WAITS_FOR_THE_NETWORK,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="docs/cmdline.md says =false is false; dracut's getargbool takes it as true",
-            ),
-        ),
+        (f"{HTTP_ROOT} rd.net.wait-any-if=false", WAITS_FOR_THE_NETWORK),  # as parse_bool
+        (f"{HTTP_ROOT} rd.net.wait-any-if=FALSE", WAITS_FOR_THE_NETWORK),
+        (f"{HTTP_ROOT} rd.net.wait-any-if=Yes", {**WAITS_FOR_THE_NETWORK, **ANY_LINK_WILL_DO}),
         ("root=bootc-live:/run/root.oci rd.net.wait-any-if", {}),  # no network needed
         ("root=/dev/sda1 rd.net.wait-any-if", {}),
     ],

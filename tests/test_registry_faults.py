@@ -119,8 +119,8 @@ def test_a_token_is_renewed_ten_seconds_before_it_expires(
     after = reg.log[resolved:]
     assert [r.status for r in after if r.status not in (200, 206)] == []
     used = {r.headers["Authorization"] for r in after if "/blobs/" in r.path}
-    if renewed:  # prefetching workers may each renew: one new token or more, never the old one
-        assert len(reg.hits("/token")) >= 2 and used and "Bearer tok-1" not in used
+    if renewed:  # renewed once, however many fetch-ahead workers found it expired
+        assert len(reg.hits("/token")) == 2 and used == {"Bearer tok-2"}
     else:
         assert len(reg.hits("/token")) == 1 and used == {"Bearer tok-1"}
     assert (tmp_path / "root/etc/os").read_bytes() == b"fake\n"

@@ -211,6 +211,7 @@ class RegistryAuth:
         self.expires = 0.0
         self.challenge_params: dict[str, str] = {}
         self.denied = ""  # why the last challenge could not be met
+        self._renewing = threading.Lock()  # the fetch-ahead threads renew an expired token once
 
     def _ours(self, url: str) -> bool:
         parts = urllib.parse.urlsplit(url)
@@ -220,8 +221,9 @@ class RegistryAuth:
         if not self._ours(url):
             return {}  # blob storage behind a redirect: it gets no credentials of ours
         if self.scheme == "bearer" and self.token:
-            if self.clock() >= self.expires:
-                self._fetch_token(self.challenge_params)  # expired: a fresh one first
+            with self._renewing:
+                if self.clock() >= self.expires:
+                    self._fetch_token(self.challenge_params)  # expired: a fresh one first
             return {"Authorization": f"Bearer {self.token}"}
         if self.scheme == "basic" and self.credentials:
             return {"Authorization": http.basic(self.credentials)}

@@ -16,7 +16,7 @@ cat > "$early/bootc-live.service.d/network.conf" << 'UNIT'
 Wants=network-online.target
 After=network-online.target
 UNIT
-if getargbool 0 rd.net.wait-any-if; then
+if bootc_live_option_on rd.net.wait-any-if; then
     mkdir -p "$early/systemd-networkd-wait-online.service.d"
     cat > "$early/systemd-networkd-wait-online.service.d/bootc-live-any.conf" << 'UNIT'
 [Service]

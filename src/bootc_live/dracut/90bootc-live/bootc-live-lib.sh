@@ -27,3 +27,14 @@ bootc_live_root_fetched() {
     esac
     return 1
 }
+
+# Whether the boolean option $1 is on, as the runtime reads booleans (cmdline.parse_bool): a bare
+# name or =1, yes, on, true is on; =0, no, off, false or no such option is off. (dracut's
+# getargbool would take =false as on.)
+bootc_live_option_on() {
+    getarg "$1" > /dev/null || return 1
+    case "$(getarg "$1")" in
+        "" | 1 | [Yy][Ee][Ss] | [Oo][Nn] | [Tt][Rr][Uu][Ee]) return 0 ;;
+    esac
+    return 1
+}
