@@ -54,6 +54,7 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _REFERENCE = re.compile(
     rf"((?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::({_TAG}))?(?:@({_DIGEST}))?"
 )
+_PATH = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
 _IDENTIFIER = re.compile(r"[a-f0-9]{64}")
 _DOMAIN_RE = re.compile(_DOMAIN)
 _NAME_WITH_DOMAIN = re.compile(rf"{_DOMAIN}/{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
@@ -88,9 +89,9 @@ class DockerReference:
         name, tag, digest = m.groups()
         first, slash, rest = name.partition("/")
         if not slash or not (("." in first or ":" in first) or first == "localhost"):
-            # A first component with upper-case letters is a domain, as distribution has it;
-            # the grammar above already refused those in a path.
             first, rest = "docker.io", name
+            if not _PATH.fullmatch(rest):  # the grammar took an upper-case first part for a host
+                raise ValueError("repository name must be lower-case")
         if first == "index.docker.io":
             first = "docker.io"
         if first == "docker.io" and "/" not in rest:
