@@ -284,7 +284,9 @@ def _openssl_verifies(key_type: str, pem: str, data: str, sig: str) -> bool:
     try:
         run(argv, capture=True, timeout=TOOL_TIMEOUT)
     except CommandError as err:
-        if err.output.strip() == failure:
+        # A signature that does not verify, or that is not even one this key could make
+        # (a malformed ASN.1 signature, another algorithm's): not made by this key.
+        if err.output.strip() == failure or err.detail == "Error verifying data":
             return False
         raise SignatureError(f"openssl could not verify: {err.detail}", TOOL_FAILED) from None
     return True
