@@ -330,6 +330,35 @@ def test_skopeo_wrote_signatures_where_registriesd_says_they_are(signed: Signed)
     assert signed.signatures("unsigned/d:v1") == []
 
 
+def test_skopeo_writes_where_registriesd_says_for_each_scope(
+    signed: Signed, tmp_path: Path
+) -> None:
+    """The most specific scope that names a store wins; a scope without one falls through;
+    without lookaside-staging, lookaside is where signatures are written."""
+    host = signed.registry.host
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "scopes.yaml").write_text(
+        "docker:\n"
+        f"  {host}:\n"
+        f"    lookaside-staging: file://{tmp_path}/host\n"
+        f"  {host}/ns:\n"
+        f"    lookaside: file://{tmp_path}/ns\n"
+        f"  {host}/ns/app:v1:\n"
+        "    use-sigstore-attachments: false\n"
+    )
+    layout = str(tmp_path / "layout")
+    build_layout(layout, [layer_tar([f("scopes", b"x")])])
+    config = registriesd.RegistriesD.load(str(tmp_path / "d"))
+    here = Signed(**{**signed.__dict__, "registries_d": tmp_path / "d"})
+    for name, store in (("ns/app:v1", "ns"), ("ns/deeper/app:v1", "ns"), ("other/x:v1", "host")):
+        push(here, layout, name, key=signed.trusted)
+        digest = "sha256:" + hashlib.sha256(here.manifest(name)).hexdigest()
+        ours = config.lookaside(DockerReference.parse(here.ref(name)), write=True)
+        repo = name.partition(":")[0]
+        assert ours == f"file://{tmp_path}/{store}/{repo}"
+        assert Path(registriesd.signature_url(ours, digest, 1)[len("file://") :]).is_file()
+
+
 def gpg_req(path: Path | list[Path], identity: dict[str, str] | None = None) -> dict[str, Any]:
     req: dict[str, Any] = {"type": "signedBy", "keyType": "GPGKeys"}
     if isinstance(path, list):
@@ -528,8 +557,58 @@ def test_cosign_fixture_key_data_and_broken_signatures() -> None:
         with pytest.raises(SignatureError) as err:
             signatures.verify(Signature("sigstore", sig.data, garbage), [("k", key)])
         assert err.value.reason == reason
-    with pytest.raises(SignatureError, match="0 PEM PUBLIC KEY blocks"):
+    with pytest.raises(SignatureError) as err:
         signatures.verify(sig, [("empty", b"")])
+    assert (err.value.reason, str(err.value)) == (
+        "unusable key",
+        "empty: 0 PEM PUBLIC KEY blocks where one is expected",
+    )
+
+
+def test_unusable_keys_and_missing_tools_stop_the_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a verdict on a signature but on the system: the error says so, whatever other
+    signatures there are. The key is the fixture policy's keyData ("nonsense")."""
+    need_tools("openssl", "gpgv")
+    need_fixtures()
+    pol = Policy.parse(
+        json.dumps({"default": [{"type": "sigstoreSigned", "keyData": "bm9uc2Vuc2U="}]}).encode(),
+        "policy.json",
+    )
+    d = FIXTURES / "dir-img-cosign-valid"
+    sig = signatures.from_blob((d / "signature-1").read_bytes())
+    manifest = (d / "manifest.json").read_bytes()
+    with pytest.raises(PolicyError) as err:
+        policy.evaluate(pol, "docker", COSIGN_IMAGE, manifest, [sig, sig])
+    assert err.value.reason == "unusable key"
+    assert str(err.value) == (
+        f"docker://{COSIGN_IMAGE}: keyData of default[0]: 0 PEM PUBLIC KEY blocks where one is "
+        "expected"
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))
+    gpg = Policy.parse(
+        json.dumps(
+            {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyData": "bm9uc2Vuc2U="}]}
+        ).encode(),
+        "policy.json",
+    )
+    image = signatures.from_blob((FIXTURES / "image.signature").read_bytes())
+    with pytest.raises(PolicyError) as err:
+        policy.evaluate(gpg, "docker", "testing/manifest:latest", b"{}", [image])
+    assert (err.value.reason, str(err.value)) == (
+        "verification tool failed",
+        "docker://testing/manifest:latest: gpgv could not verify: gpgv: command not found",
+    )
+    with pytest.raises(PolicyError) as err:
+        policy.evaluate(pol, "docker", COSIGN_IMAGE, manifest, [sig])
+    assert err.value.reason == "unusable key"  # the key is read before any tool runs
+    with pytest.raises(SignatureError) as sig_err:
+        signatures.verify(sig, [("cosign.pub", (FIXTURES / "cosign.pub").read_bytes())])
+    assert (sig_err.value.reason, str(sig_err.value)) == (
+        "verification tool failed",
+        "openssl could not verify: openssl: command not found",
+    )
 
 
 # sigstore: signatures made here with openssl, per cosign's format.

@@ -396,6 +396,8 @@ def _satisfy(
         try:
             verified = signatures.verify(sig, keys)
         except SignatureError as err:
+            if err.reason in (signatures.TOOL_FAILED, signatures.BAD_KEY):  # not the signature's
+                raise PolicyError(f"{label}: {err}", err.reason, err.hint) from None
             failures.append((err.reason, str(err)))
             continue
         claims = verified.claims

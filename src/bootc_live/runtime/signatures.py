@@ -39,6 +39,7 @@ UNKNOWN_KEY = "unknown key"
 BAD_SIGNATURE = "bad signature"
 INVALID_SIGNATURE = "invalid signature"
 TOOL_FAILED = "verification tool failed"
+BAD_KEY = "unusable key"  # a trusted key that cannot be read: the policy's files are wrong
 
 
 class SignatureError(BootcLiveError):
@@ -160,6 +161,8 @@ def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified
             status = run(argv, capture=True, timeout=TOOL_TIMEOUT).stdout
             failed = False
         except CommandError as err:
+            if "[GNUPG:] " not in err.output:  # gpgv reports on any input: it did not run
+                raise SignatureError(f"gpgv could not verify: {err.detail}", TOOL_FAILED) from None
             status, failed = err.output, True
         fingerprint = _gpg_verdict(status, failed)
         with open(payload, "rb") as f:
@@ -223,9 +226,7 @@ def public_key_type(pem: bytes) -> str:
     (one SubjectPublicKeyInfo block, as cosign writes cosign.pub)."""
     blocks = _PEM.findall(pem)
     if len(blocks) != 1:
-        raise SignatureError(
-            f"{len(blocks)} PEM PUBLIC KEY blocks where one is expected", INVALID_SIGNATURE
-        )
+        raise SignatureError(f"{len(blocks)} PEM PUBLIC KEY blocks where one is expected", BAD_KEY)
     try:
         der = base64.b64decode(b"".join(blocks[0].split()), validate=True)
         tag, start, _ = _der(der, 0)  # SubjectPublicKeyInfo
@@ -242,10 +243,10 @@ def public_key_type(pem: bytes) -> str:
         elif algorithm in ("rsa", "ed25519"):
             return algorithm
     except (ValueError, binascii.Error):
-        raise SignatureError("a PEM public key that cannot be read", INVALID_SIGNATURE) from None
+        raise SignatureError("a PEM public key that cannot be read", BAD_KEY) from None
     raise SignatureError(
         "a public key of a type cosign does not use (ECDSA P-256/384/521, RSA, Ed25519)",
-        INVALID_SIGNATURE,
+        BAD_KEY,
     )
 
 
@@ -262,7 +263,10 @@ def verify_sigstore(payload: bytes, signature: str, keys: Sequence[tuple[str, by
         _write(data, payload)
         _write(sig, raw)
         for i, (name, key) in enumerate(keys):
-            key_type = public_key_type(key)
+            try:
+                key_type = public_key_type(key)
+            except SignatureError as err:
+                raise SignatureError(f"{name}: {err}", BAD_KEY) from None
             pem = os.path.join(tmp, f"key{i}.pem")
             _write(pem, key)
             if _openssl_verifies(key_type, pem, data, sig):
