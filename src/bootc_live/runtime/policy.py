@@ -32,11 +32,12 @@ IDENTITY_MISMATCH = "identity mismatch"
 REJECT = "reject"
 KEY_MISSING = "key missing"
 MALFORMED = "malformed policy"
+BAD_REFERENCE = "invalid image name"
 NOT_EVALUATED = "transport not evaluated"
 # How far a signature got before it failed: the furthest names the failure of a requirement.
 _STAGE = {
-    BAD_SIGNATURE: 0,
-    UNKNOWN_KEY: 1,
+    UNKNOWN_KEY: 0,
+    BAD_SIGNATURE: 1,
     INVALID_SIGNATURE: 2,
     DIGEST_MISMATCH: 3,
     IDENTITY_MISMATCH: 4,
@@ -322,10 +323,10 @@ class Policy:
             try:
                 candidates = docker_namespaces(DockerReference.parse(name))
             except ValueError as err:
-                raise PolicyError(f"docker://{shown(name)}: {err}", MALFORMED) from None
+                raise PolicyError(f"docker://{shown(name)}: {err}", BAD_REFERENCE) from None
         elif transport in PATH_SCOPES:
             if not os.path.isabs(name):
-                raise PolicyError(f"{transport}:{shown(name)}: not an absolute path", MALFORMED)
+                raise PolicyError(f"{transport}:{shown(name)}: not an absolute path", BAD_REFERENCE)
             candidates = path_namespaces(os.path.normpath(name))
         else:
             candidates = []
@@ -590,11 +591,15 @@ def _keys(obj: Mapping[str, Any], source: str, where: str) -> tuple[tuple[str, .
         except binascii.Error:
             raise _malformed(source, f"{where}.keyData", "is not base64") from None
     paths = [obj[key]] if key == "keyPath" else obj[key]
-    if not isinstance(paths, list) or not paths:
-        raise _malformed(source, f"{where}.{key}", "must be a non-empty list of paths")
+    if not isinstance(paths, list):
+        raise _malformed(source, f"{where}.{key}", "must be a list of paths")
+    if not paths:
+        raise _malformed(source, f"{where}.{key}", "must not be empty")
     for i, path in enumerate(paths):
         at = f"{where}.{key}" + ("" if key == "keyPath" else f"[{i}]")
-        if not isinstance(path, str) or not os.path.isabs(path):
+        if not isinstance(path, str):
+            raise _malformed(source, at, "must be a string")
+        if not os.path.isabs(path):
             # Relative paths would depend on the directory a command runs in, and the boot
             # finds the keys in the initramfs at the paths the policy names.
             raise _malformed(source, at, "must be an absolute path")
