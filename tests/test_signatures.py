@@ -112,6 +112,24 @@ def test_gpgv_reads_armored_keys_only_after_dearmor(
     assert signatures.dearmor(trusted.public.read_bytes()) == trusted.public.read_bytes()
     two = trusted.armored.read_bytes() * 2
     assert signatures.dearmor(two) == trusted.public.read_bytes() * 2
+    # What other tools write: headers, no CRC line, CRLF, no blank line without headers.
+    lines = trusted.armored.read_text().splitlines()
+    assert lines[1] == "" and lines[-2].startswith("=") and len(lines[-2]) == 5
+    variants = [
+        [lines[0], "Comment: made by a test", "Version: 1", *lines[1:]],
+        [*lines[:-2], lines[-1]],
+        [lines[0], *lines[2:]],
+    ]
+    for variant in variants:
+        for newline in ("\n", "\r\n"):
+            text = newline.join(variant) + newline
+            assert signatures.dearmor(text.encode()) == trusted.public.read_bytes()
+    with pytest.raises(SignatureError) as err:
+        signatures.dearmor(f"{lines[0]}\n\n!!!!\n{lines[-1]}\n".encode())
+    assert (err.value.reason, str(err.value)) == (
+        "unusable key",
+        "an ASCII-armored key is not base64",
+    )
 
 
 # containers/image's GPG fixtures, cross-checked with skopeo standalone-verify.

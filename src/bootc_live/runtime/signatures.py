@@ -135,14 +135,15 @@ def dearmor(data: bytes) -> bytes:
         return data
     out = b""
     for block in blocks:
-        lines = block.replace(b"\r", b"").split(b"\n")
-        if b"" in lines:  # armor headers ("Comment: …") end at the first empty line
+        lines = block.replace(b"\r", b"").rstrip(b"\n").split(b"\n")
+        if b"" in lines:  # armor headers ("Comment: …") end at an empty line
             lines = lines[lines.index(b"") + 1 :]
-        body = b"".join(line for line in lines if not line.startswith(b"="))
+        if lines and len(lines[-1]) == 5 and lines[-1].startswith(b"="):  # the CRC-24
+            lines.pop()
         try:
-            out += base64.b64decode(body, validate=True)
+            out += base64.b64decode(b"".join(lines), validate=True)
         except binascii.Error:
-            raise SignatureError("an ASCII-armored key is not base64", INVALID_SIGNATURE) from None
+            raise SignatureError("an ASCII-armored key is not base64", BAD_KEY) from None
     return out
 
 
@@ -150,9 +151,12 @@ def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified
     """gpgv over a simple-signing message: exactly one good signature by one of `keys`."""
     with tempfile.TemporaryDirectory(prefix="bootc-live-gpgv.") as tmp:
         argv = ["gpgv", "--homedir", tmp, "--status-fd", "1"]
-        for i, (_, key) in enumerate(keys):
+        for i, (name, key) in enumerate(keys):
             keyring = os.path.join(tmp, f"key{i}.gpg")
-            _write(keyring, dearmor(key))
+            try:
+                _write(keyring, dearmor(key))
+            except SignatureError as err:
+                raise SignatureError(f"{name}: {err}", BAD_KEY) from None
             argv += ["--keyring", keyring]
         signed, payload = os.path.join(tmp, "signed"), os.path.join(tmp, "payload")
         _write(signed, message)
@@ -177,9 +181,12 @@ def _gpg_verdict(status: str, failed: bool) -> str:
     words = [line for line in lines if line]
     valid = [w for w in words if w[0] == "VALIDSIG"]
     sigs = [w for w in words if w[0] == "NEWSIG"]
-    if any(w[0] in ("NO_PUBKEY", "ERRSIG") for w in words):
-        key = next((w[1] for w in words if w[0] in ("NO_PUBKEY", "ERRSIG") and len(w) > 1), "?")
+    unknown = [w for w in words if w[0] == "NO_PUBKEY"]
+    if unknown:
+        key = unknown[0][1] if len(unknown[0]) > 1 else "?"
         raise SignatureError(f"signed by key {shown(key)}, which is not trusted", UNKNOWN_KEY)
+    if any(w[0] == "ERRSIG" for w in words):  # an algorithm gpgv cannot check, …
+        raise SignatureError("the OpenPGP signature cannot be checked (ERRSIG)", INVALID_SIGNATURE)
     if any(w[0] in ("BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG") for w in words):
         bad = next(w[0] for w in words if w[0] in ("BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"))
         raise SignatureError(f"the OpenPGP signature is not valid ({bad})", BAD_SIGNATURE)
