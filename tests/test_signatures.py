@@ -629,6 +629,58 @@ def test_unusable_keys_and_missing_tools_stop_the_evaluation(
     )
 
 
+def test_a_sigstore_signature_manifest_as_cosign_attaches_it(tmp_path: Path) -> None:
+    """The .sig tag's manifest: one layer per signature (the payload as its blob, the
+    signature in its annotation); other attachments are not signatures."""
+    need_tools("openssl")
+    need_fixtures()
+    fixture = json.loads((FIXTURES / "dir-img-cosign-valid/signature-1").read_bytes()[15:])
+    payload = base64.b64decode(fixture["payload"])
+    blobs = {"sha256:" + hashlib.sha256(payload).hexdigest(): payload, "sha256:" + "0" * 64: b"x"}
+    layers = [
+        {"mediaType": "application/vnd.in-toto+json", "digest": "sha256:" + "0" * 64, "size": 1},
+        {
+            "mediaType": signatures.SIGSTORE_MEDIA_TYPE,
+            "digest": "sha256:" + hashlib.sha256(payload).hexdigest(),
+            "size": len(payload),
+            "annotations": fixture["annotations"],
+        },
+    ]
+    manifest = json.dumps({"schemaVersion": 2, "layers": layers}).encode()
+    read = []
+
+    def read_blob(digest: str, size: int) -> bytes:
+        read.append((digest, size))
+        return blobs[digest]
+
+    found = signatures.from_signature_manifest(manifest, read_blob)
+    assert [sig.kind for sig in found] == ["other", "sigstore"]
+    assert read == [(layer["digest"], layer["size"]) for layer in layers]
+    image_manifest = (FIXTURES / "dir-img-cosign-valid/manifest.json").read_bytes()
+    digest = "sha256:" + hashlib.sha256(image_manifest).hexdigest()
+    assert signatures.sigstore_tag(digest) == f"sha256-{digest[7:]}.sig"
+    pol = sign_policy(
+        tmp_path / "policy.json",
+        [
+            {
+                "type": "sigstoreSigned",
+                "keyPath": str(FIXTURES / "cosign.pub"),
+                "signedIdentity": REPOSITORY,
+            }
+        ],
+    )
+    verdict = policy.evaluate(pol, "docker", COSIGN_IMAGE, image_manifest, found)
+    assert verdict.keys == (COSIGN_KEY,)
+    for broken in (
+        b"[]",
+        b'{"layers": {}}',
+        b'{"layers": [{"mediaType": 1}]}',
+        json.dumps({"layers": [{**layers[1], "size": -1}]}).encode(),
+    ):
+        with pytest.raises(SignatureError, match="a malformed sigstore signature manifest"):
+            signatures.from_signature_manifest(broken, read_blob)
+
+
 # sigstore: signatures made here with openssl, per cosign's format.
 
 

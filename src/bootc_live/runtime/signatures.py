@@ -16,7 +16,7 @@ import binascii
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,40 @@ def from_attachment(media_type: str, payload: bytes, annotations: dict[str, str]
     if media_type != SIGSTORE_MEDIA_TYPE:
         return Signature(OTHER, payload)
     return Signature(SIGSTORE, payload, annotations.get(SIGSTORE_ANNOTATION, ""))
+
+
+def sigstore_tag(manifest_digest: str) -> str:
+    """The tag cosign keeps an image's signatures under: sha256-HEX.sig."""
+    algorithm, _, hex_value = manifest_digest.partition(":")
+    return f"{algorithm}-{hex_value}.sig"
+
+
+def from_signature_manifest(
+    manifest: bytes, read_blob: Callable[[str, int], bytes]
+) -> list[Signature]:
+    """The signatures of a sigstore signature manifest (what the .sig tag names): one per
+    layer. `read_blob(digest, size)` gives a layer's blob, checked against its digest."""
+    try:
+        doc = strictjson.loads(manifest, PAYLOAD_LIMIT)
+        layers = doc["layers"]
+        if not isinstance(layers, list):
+            raise TypeError
+        descriptors = []
+        for layer in layers:
+            media_type, digest, size = layer["mediaType"], layer["digest"], layer["size"]
+            annotations = layer.get("annotations") or {}
+            if not isinstance(media_type, str) or not isinstance(digest, str):
+                raise TypeError
+            if not isinstance(size, int) or not 0 <= size <= PAYLOAD_LIMIT:
+                raise TypeError
+            if not isinstance(annotations, dict):
+                raise TypeError
+            if not all(isinstance(v, str) for v in annotations.values()):
+                raise TypeError
+            descriptors.append((media_type, digest, size, annotations))
+    except (ValueError, KeyError, TypeError):
+        raise SignatureError("a malformed sigstore signature manifest", INVALID_SIGNATURE) from None
+    return [from_attachment(m, read_blob(d, n), a) for m, d, n, a in descriptors]
 
 
 def from_blob(blob: bytes) -> Signature:
