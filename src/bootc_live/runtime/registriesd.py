@@ -1,0 +1,310 @@
+"""containers-registries.d(5): where an image's signatures are kept, as skopeo reads it.
+
+Every `*.yaml` of the directory, merged: at most one `default-docker` section across the
+files, each `docker:` scope in one file only. A section names a lookaside store (`lookaside`,
+or its old name `sigstore`; `lookaside-staging`/`sigstore-staging` for writing) and whether
+sigstore attachments are used. The section of the most specific scope that sets a value
+applies (the image, its repository, parent namespaces, the host, `*.` wildcards — the lookup
+of policy.json's docker scopes), then `default-docker`, then the built-in default.
+
+The files are read by a small YAML subset (block mappings of plain or quoted strings and
+booleans, comments); anything beyond it is an error naming the file and line, never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Union
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import BootcLiveError, shown
+from .policy import DockerReference, docker_namespaces
+
+DEFAULT_DIR = "/etc/containers/registries.d"
+BUILTIN_LOOKASIDE = "file:///var/lib/containers/sigstore"  # containers/image's, for root
+FILE_LIMIT = 1 << 20
+URL_SCHEMES = ("file", "http", "https")
+
+Value = Union[str, bool, None, "dict[str, Value]"]
+
+
+class RegistriesDError(BootcLiveError):
+    """A registries.d file is malformed, or two of them disagree."""
+
+
+# The YAML subset.
+
+_BOOLEANS = {"true": True, "True": True, "TRUE": True}
+_BOOLEANS.update({"false": False, "False": False, "FALSE": False})
+_NOT_BOOLEANS = ("yes", "no", "on", "off", "y", "n")  # YAML 1.1 booleans, read differently
+_BEYOND = "&*!|>[]{}%@`"  # anchors, aliases, tags, block scalars, flow collections, directives
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Value]:
+    """A YAML document of nested block mappings whose leaves are strings, booleans or empty."""
+    root: dict[str, Value] = {}
+    # (indent of the mapping's keys, the mapping); the key that opened a mapping awaits its
+    # first line to learn the indent.
+    stack: list[tuple[int, dict[str, Value]]] = [(0, root)]
+    opened: tuple[dict[str, Value], str] | None = None
+    for number, raw in enumerate(text.split("\n"), 1):
+        where = f"{source}:{number}"
+        line = _strip_comment(raw.rstrip("\r"), where)
+        if not line.strip():
+            continue
+        if "\t" in line[: len(line) - len(line.lstrip(" \t"))]:
+            raise RegistriesDError(f"{where}: indented with a tab (YAML allows only spaces)")
+        indent = len(line) - len(line.lstrip(" "))
+        if opened is not None:
+            parent, key = opened
+            opened = None
+            if indent > stack[-1][0]:
+                child: dict[str, Value] = {}
+                parent[key] = child
+                stack.append((indent, child))
+        while indent < stack[-1][0]:
+            stack.pop()
+        if indent != stack[-1][0]:
+            raise RegistriesDError(f"{where}: indentation does not match any mapping above")
+        key, value = _entry(line.strip(), where)
+        mapping = stack[-1][1]
+        if key in mapping:
+            raise RegistriesDError(f"{where}: {shown(key)} appears twice in one mapping")
+        mapping[key] = _scalar(value, where) if value else None
+        if not value:
+            opened = (mapping, key)
+    return root
+
+
+def _strip_comment(line: str, where: str) -> str:
+    """The line without its comment (a # at the start or after a space, outside quotes)."""
+    quote = ""
+    for i, c in enumerate(line):
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c in "'\"" and (i == 0 or line[i - 1] in " :"):
+            quote = c
+        elif c == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i].rstrip()
+    if quote:
+        raise RegistriesDError(f"{where}: a quoted string is not closed on its line")
+    return line
+
+
+def _entry(text: str, where: str) -> tuple[str, str]:
+    if text.startswith(("- ", "? ")) or text == "-" or text.startswith("---"):
+        raise RegistriesDError(f"{where}: only mappings of keys to values are read here")
+    if text[0] in "'\"":
+        end = _closing_quote(text, where)
+        key, rest = _unquote(text[: end + 1], where), text[end + 1 :]
+        if not rest.startswith(":"):
+            raise RegistriesDError(f"{where}: expected `:` after the key")
+        return key, rest[1:].strip()
+    # A plain key ends at the first `: ` (or a `:` ending the line): host:port keys keep theirs.
+    m = re.match(r"(.*?):(?: +(.*))?$", text)
+    if not m or not m.group(1):
+        raise RegistriesDError(f"{where}: expected `key: value`")
+    key = m.group(1).rstrip()
+    if key[0] in _BEYOND or ": " in key:
+        raise RegistriesDError(f"{where}: {shown(key)} is beyond the YAML read here")
+    return key, (m.group(2) or "").strip()
+
+
+def _closing_quote(text: str, where: str) -> int:
+    quote, i = text[0], 1
+    while i < len(text):
+        if text[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if text[i] == quote:
+            if quote == "'" and text[i + 1 : i + 2] == "'":
+                i += 2
+                continue
+            return i
+        i += 1
+    raise RegistriesDError(f"{where}: a quoted string is not closed on its line")
+
+
+def _unquote(text: str, where: str) -> str:
+    body = text[1:-1]
+    if text[0] == "'":
+        return body.replace("''", "'")
+    escapes = {'"': '"', "\\": "\\", "/": "/", "n": "\n", "t": "\t"}
+    out, i = "", 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            nxt = body[i + 1 : i + 2]
+            if nxt not in escapes:
+                raise RegistriesDError(f"{where}: the escape \\{shown(nxt)} is not read here")
+            out += escapes[nxt]
+            i += 2
+            continue
+        out += c
+        i += 1
+    return out
+
+
+def _scalar(text: str, where: str) -> Value:
+    if text[0] in "'\"":
+        end = _closing_quote(text, where)
+        if text[end + 1 :].strip():
+            raise RegistriesDError(f"{where}: text after a quoted string")
+        return _unquote(text, where)
+    if text in _BOOLEANS:
+        return _BOOLEANS[text]
+    if text in ("~", "null", "Null", "NULL"):
+        return None
+    if text.lower() in _NOT_BOOLEANS:
+        raise RegistriesDError(f"{where}: {text} is ambiguous in YAML: write true or false")
+    if text[0] in _BEYOND or text.startswith(("- ", "? ")):
+        raise RegistriesDError(f"{where}: {shown(text)} is beyond the YAML read here")
+    return text
+
+
+# registries.d.
+
+
+@dataclass(frozen=True)
+class Section:
+    """One configuration section (default-docker, or a docker: scope)."""
+
+    source: str
+    lookaside: str | None = None
+    lookaside_staging: str | None = None
+    sigstore: str | None = None  # the old name of lookaside
+    sigstore_staging: str | None = None
+    use_sigstore_attachments: bool | None = None
+
+    def top_level(self, write: bool) -> str | None:
+        """The store's URL, for reading or (`write`) for adding signatures."""
+        if write and (self.lookaside_staging or self.sigstore_staging):
+            return self.lookaside_staging or self.sigstore_staging
+        return self.lookaside or self.sigstore
+
+
+_FIELDS = {f.name.replace("_", "-"): f.name for f in fields(Section) if f.name != "source"}
+
+
+def _section(value: Value, source: str, where: str) -> Section:
+    if value is None:
+        return Section(source)
+    if not isinstance(value, dict):
+        raise RegistriesDError(f"{source}: {where} must be a mapping")
+    settings: dict[str, str | bool] = {}
+    for key, item in value.items():
+        at = f"{source}: {where}.{key}"
+        if key not in _FIELDS:
+            raise RegistriesDError(f"{at} is not a known setting")
+        if key == "use-sigstore-attachments":
+            if not isinstance(item, bool):
+                raise RegistriesDError(f"{at} must be true or false")
+        elif not isinstance(item, str) or urlsplit(item).scheme not in URL_SCHEMES:
+            raise RegistriesDError(f"{at} must be a file://, http:// or https:// URL")
+        settings[_FIELDS[key]] = item
+    return Section(source, **settings)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RegistriesD:
+    """The merged configuration of a registries.d directory."""
+
+    docker: Mapping[str, Section]
+    default_docker: Section | None = None
+
+    @classmethod
+    def load(cls, directory: str = DEFAULT_DIR) -> RegistriesD:
+        """Every *.yaml of `directory`, merged; a missing directory configures nothing."""
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".yaml"))
+        except FileNotFoundError:
+            return cls({})
+        except OSError as err:
+            raise RegistriesDError(f"{directory}: cannot be read: {err.strerror}") from None
+        texts = {}
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(FILE_LIMIT + 1)
+            except OSError as err:
+                raise RegistriesDError(f"{path}: cannot be read: {err.strerror}") from None
+            if len(data) > FILE_LIMIT:
+                raise RegistriesDError(f"{path}: larger than {FILE_LIMIT} bytes")
+            try:
+                texts[path] = data.decode()
+            except UnicodeDecodeError:
+                raise RegistriesDError(f"{path}: not UTF-8 text") from None
+        return cls.parse(texts)
+
+    @classmethod
+    def parse(cls, texts: Mapping[str, str]) -> RegistriesD:
+        """Merge files given as {path: text}."""
+        default: Section | None = None
+        docker: dict[str, Section] = {}
+        for source, text in texts.items():
+            doc = parse_yaml(text, source)
+            for key in doc:
+                if key not in ("default-docker", "docker"):
+                    raise RegistriesDError(f"{source}: {shown(key)} is not a known section")
+            if "default-docker" in doc:
+                if default is not None:
+                    raise RegistriesDError(
+                        f'"default-docker" is defined both in {default.source} and {source}'
+                    )
+                default = _section(doc["default-docker"], source, "default-docker")
+            scopes = doc.get("docker") or {}
+            if not isinstance(scopes, dict):
+                raise RegistriesDError(f"{source}: docker must be a mapping of scopes")
+            for scope, value in scopes.items():
+                if scope in docker:
+                    raise RegistriesDError(
+                        f"{shown(scope)} is configured both in {docker[scope].source} and {source}"
+                    )
+                docker[scope] = _section(value, source, f"docker.{scope}")
+        return cls(docker, default)
+
+    def _sections(self, ref: DockerReference) -> list[Section]:
+        """The sections that apply to `ref`, most specific first."""
+        try:
+            scopes = docker_namespaces(ref)
+        except ValueError as err:
+            raise RegistriesDError(f"{ref}: {err}") from None
+        found = [self.docker[scope] for scope in scopes if scope in self.docker]
+        return found + ([self.default_docker] if self.default_docker else [])
+
+    def lookaside(self, ref: DockerReference, write: bool = False) -> str:
+        """The lookaside URL of `ref`'s repository (its signatures are below it)."""
+        top = next(
+            (url for s in self._sections(ref) if (url := s.top_level(write))), BUILTIN_LOOKASIDE
+        )
+        parts = urlsplit(top)
+        return urlunsplit(parts._replace(path=f"{parts.path}/{ref.path}"))
+
+    def use_sigstore_attachments(self, ref: DockerReference) -> bool:
+        """Whether `ref`'s sigstore attachments (tag sha256-HEX.sig) are read."""
+        for section in self._sections(ref):
+            if section.use_sigstore_attachments is not None:
+                return section.use_sigstore_attachments
+        return False
+
+
+def signature_url(lookaside: str, manifest_digest: str, number: int) -> str:
+    """The URL of signature `number` (from 1) of a manifest below a repository's lookaside URL:
+    …/NAME@sha256=HEX/signature-N."""
+    algorithm, _, hex_value = manifest_digest.partition(":")
+    parts = urlsplit(lookaside)
+    path = f"{parts.path}@{algorithm}={hex_value}/signature-{number}"
+    return urlunsplit(parts._replace(path=path))
+
+
+def signature_urls(lookaside: str, manifest_digest: str) -> Iterator[str]:
+    """signature-1, signature-2 …: read until the first that does not exist."""
+    number = 1
+    while True:
+        yield signature_url(lookaside, manifest_digest, number)
+        number += 1

@@ -1,0 +1,373 @@
+"""Container image signatures, verified with real tools: gpgv for simple signing, openssl for
+sigstore (cosign) signatures. No cryptography here, only reading what the tools say.
+
+Simple signing (containers-signature(5)): an OpenPGP signed message whose literal data is
+{"critical": {"type": "atomic container signature", "image": {"docker-manifest-digest": …},
+"identity": {"docker-reference": …}}, "optional": {…}}. Sigstore: the same payload with the type
+"cosign container image signature", signed as it is (the signature is the base64 of the layer
+annotation dev.cosignproject.cosign/signature), with an ECDSA (SHA-256), RSA (PKCS #1 v1.5,
+SHA-256) or Ed25519 public key. Whether the claims fit the image is for `policy` to decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import strictjson
+from .errors import BootcLiveError, shown
+from .run import CommandError, run
+
+SIMPLE = "simple"
+SIGSTORE = "sigstore"
+OTHER = "other"  # a sigstore attachment that is not a signature
+SIMPLE_TYPE = "atomic container signature"
+SIGSTORE_TYPE = "cosign container image signature"
+SIGSTORE_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGSTORE_ANNOTATION = "dev.cosignproject.cosign/signature"
+PAYLOAD_LIMIT = 4 << 20
+TOOL_TIMEOUT = 60.0
+
+# Reasons a signature fails, as `SignatureError.reason`.
+UNKNOWN_KEY = "unknown key"
+BAD_SIGNATURE = "bad signature"
+INVALID_SIGNATURE = "invalid signature"
+TOOL_FAILED = "verification tool failed"
+BAD_KEY = "unusable key"  # a trusted key that cannot be read: the policy's files are wrong
+
+
+class SignatureError(BootcLiveError):
+    """A signature that does not verify, or cannot be read; `reason` says which."""
+
+    def __init__(self, message: str, reason: str, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One candidate signature of an image, untrusted until `verify` says otherwise."""
+
+    kind: str  # SIMPLE, SIGSTORE or OTHER
+    data: bytes  # SIMPLE: the OpenPGP message; SIGSTORE: the payload that was signed
+    signature: str = ""  # SIGSTORE: the base64 signature (the layer's annotation)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified signature says about the image."""
+
+    manifest_digest: str
+    docker_reference: str
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A signature that verified: the key that made it (as a message names it), its claims."""
+
+    key: str
+    claims: Claims
+
+
+def from_attachment(media_type: str, payload: bytes, annotations: dict[str, str]) -> Signature:
+    """A sigstore attachment layer (tag sha256-HEX.sig): its media type, blob and annotations."""
+    if media_type != SIGSTORE_MEDIA_TYPE:
+        return Signature(OTHER, payload)
+    return Signature(SIGSTORE, payload, annotations.get(SIGSTORE_ANNOTATION, ""))
+
+
+def sigstore_tag(manifest_digest: str) -> str:
+    """The tag cosign keeps an image's signatures under: sha256-HEX.sig."""
+    algorithm, _, hex_value = manifest_digest.partition(":")
+    return f"{algorithm}-{hex_value}.sig"
+
+
+def from_signature_manifest(
+    manifest: bytes, read_blob: Callable[[str, int], bytes]
+) -> list[Signature]:
+    """The signatures of a sigstore signature manifest (what the .sig tag names): one per
+    layer. `read_blob(digest, size)` gives a layer's blob, checked against its digest."""
+    try:
+        doc = strictjson.loads(manifest, PAYLOAD_LIMIT)
+        layers = doc["layers"]
+        if not isinstance(layers, list):
+            raise TypeError
+        descriptors = []
+        for layer in layers:
+            media_type, digest, size = layer["mediaType"], layer["digest"], layer["size"]
+            annotations = layer.get("annotations") or {}
+            if not isinstance(media_type, str) or not isinstance(digest, str):
+                raise TypeError
+            if not isinstance(size, int) or not 0 <= size <= PAYLOAD_LIMIT:
+                raise TypeError
+            if not isinstance(annotations, dict):
+                raise TypeError
+            if not all(isinstance(v, str) for v in annotations.values()):
+                raise TypeError
+            descriptors.append((media_type, digest, size, annotations))
+    except (ValueError, KeyError, TypeError):
+        raise SignatureError("a malformed sigstore signature manifest", INVALID_SIGNATURE) from None
+    return [from_attachment(m, read_blob(d, n), a) for m, d, n, a in descriptors]
+
+
+def from_blob(blob: bytes) -> Signature:
+    """A signature as containers/image stores it (dir: signature-N, a lookaside signature-N):
+    a bare OpenPGP message, or a zero byte, a format name and a newline before the data."""
+    if not blob:
+        raise SignatureError("an empty signature", INVALID_SIGNATURE)
+    if blob[0] != 0:
+        return Signature(SIMPLE, blob)  # gpgv says whether it is OpenPGP
+    name, newline, chunk = blob[1:].partition(b"\n")
+    if not newline:
+        raise SignatureError("a signature with no format name", INVALID_SIGNATURE)
+    if name == b"simple-signing":
+        return Signature(SIMPLE, chunk)
+    if name != b"sigstore-json":
+        raise SignatureError(f"a signature of unknown format {shown(name)}", INVALID_SIGNATURE)
+    try:
+        doc = strictjson.loads(chunk, PAYLOAD_LIMIT)
+        mime = doc["mimeType"]
+        payload = base64.b64decode(doc["payload"], validate=True)
+        annotations = doc.get("annotations") or {}
+        if not isinstance(mime, str) or not isinstance(annotations, dict):
+            raise TypeError
+        if not all(isinstance(v, str) for v in annotations.values()):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise SignatureError("a malformed sigstore signature", INVALID_SIGNATURE) from None
+    return from_attachment(mime, payload, annotations)
+
+
+def verify(sig: Signature, keys: Sequence[tuple[str, bytes]]) -> Verified:
+    """Verify `sig` with the trusted `keys` ((name, contents) of each key file or keyData)."""
+    if sig.kind == SIMPLE:
+        return verify_simple(sig.data, keys)
+    if sig.kind == SIGSTORE:
+        return verify_sigstore(sig.data, sig.signature, keys)
+    raise SignatureError("a sigstore attachment that is not a signature", INVALID_SIGNATURE)
+
+
+# Simple signing.
+
+_ARMOR = re.compile(
+    rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL
+)
+
+
+def dearmor(data: bytes) -> bytes:
+    """OpenPGP keys as binary packets, which is all gpgv 2.2 reads: each ASCII-armored block
+    decoded (its header lines and CRC line dropped: the signature check covers the key),
+    binary input kept as it is."""
+    blocks = _ARMOR.findall(data)
+    if not blocks:
+        return data
+    out = b""
+    for block in blocks:
+        lines = block.replace(b"\r", b"").rstrip(b"\n").split(b"\n")
+        if b"" in lines:  # armor headers ("Comment: …") end at an empty line
+            lines = lines[lines.index(b"") + 1 :]
+        if lines and len(lines[-1]) == 5 and lines[-1].startswith(b"="):  # the CRC-24
+            lines.pop()
+        try:
+            out += base64.b64decode(b"".join(lines), validate=True)
+        except binascii.Error:
+            raise SignatureError("an ASCII-armored key is not base64", BAD_KEY) from None
+    return out
+
+
+def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified:
+    """gpgv over a simple-signing message: exactly one good signature by one of `keys`."""
+    with tempfile.TemporaryDirectory(prefix="bootc-live-gpgv.") as tmp:
+        argv = ["gpgv", "--homedir", tmp, "--status-fd", "1"]
+        for i, (name, key) in enumerate(keys):
+            keyring = os.path.join(tmp, f"key{i}.gpg")
+            try:
+                _write(keyring, dearmor(key))
+            except SignatureError as err:
+                raise SignatureError(f"{name}: {err}", BAD_KEY) from None
+            argv += ["--keyring", keyring]
+        signed, payload = os.path.join(tmp, "signed"), os.path.join(tmp, "payload")
+        _write(signed, message)
+        argv += ["--output", payload, signed]
+        try:
+            status = run(argv, capture=True, timeout=TOOL_TIMEOUT).stdout
+            failed = False
+        except CommandError as err:
+            if "[GNUPG:] " not in err.output:  # gpgv reports on any input: it did not run
+                raise SignatureError(f"gpgv could not verify: {err.detail}", TOOL_FAILED) from None
+            status, failed = err.output, True
+        fingerprint = _gpg_verdict(status, failed)
+        with open(payload, "rb") as f:
+            data = f.read(PAYLOAD_LIMIT + 1)
+    names = ", ".join(name for name, _ in keys)
+    return Verified(f"GPG key {fingerprint} ({names})", parse_claims(data, SIMPLE_TYPE))
+
+
+def _gpg_verdict(status: str, failed: bool) -> str:
+    """The primary key fingerprint of the one valid signature gpgv's status lines report."""
+    lines = [line.split()[1:] for line in status.splitlines() if line.startswith("[GNUPG:] ")]
+    words = [line for line in lines if line]
+    valid = [w for w in words if w[0] == "VALIDSIG"]
+    sigs = [w for w in words if w[0] == "NEWSIG"]
+    unknown = [w for w in words if w[0] == "NO_PUBKEY"]
+    if unknown:
+        key = unknown[0][1] if len(unknown[0]) > 1 else "?"
+        raise SignatureError(f"signed by key {shown(key)}, which is not trusted", UNKNOWN_KEY)
+    if any(w[0] == "ERRSIG" for w in words):  # an algorithm gpgv cannot check, …
+        raise SignatureError("the OpenPGP signature cannot be checked (ERRSIG)", INVALID_SIGNATURE)
+    if any(w[0] in ("BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG") for w in words):
+        bad = next(w[0] for w in words if w[0] in ("BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"))
+        raise SignatureError(f"the OpenPGP signature is not valid ({bad})", BAD_SIGNATURE)
+    if failed or len(valid) != 1 or len(sigs) > 1:
+        count = max(len(sigs), len(valid))
+        what = f"{count} signatures in one" if count > 1 else "not a valid OpenPGP signature"
+        raise SignatureError(f"{what} (gpgv)", INVALID_SIGNATURE)
+    return valid[0][-1] if len(valid[0]) >= 11 else valid[0][1]
+
+
+# Sigstore.
+
+# SubjectPublicKeyInfo algorithm and curve OIDs, as DER bytes.
+_OIDS = {
+    bytes.fromhex("2a8648ce3d0201"): "ecdsa",
+    bytes.fromhex("2a864886f70d010101"): "rsa",
+    bytes.fromhex("2b6570"): "ed25519",
+    bytes.fromhex("2a8648ce3d030107"): "P-256",
+    bytes.fromhex("2b81040022"): "P-384",
+    bytes.fromhex("2b81040023"): "P-521",
+}
+_PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----\r?\n(.*?)-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the DER element at `pos`."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated")
+    tag, length = data[pos], data[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or start + count > len(data):
+            raise ValueError("bad length")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    if start + length > len(data):
+        raise ValueError("truncated")
+    return tag, start, start + length
+
+
+def public_key_type(pem: bytes) -> str:
+    """ "ecdsa P-256" (P-384, P-521), "rsa" or "ed25519": the algorithm of a PEM public key
+    (one SubjectPublicKeyInfo block, as cosign writes cosign.pub)."""
+    blocks = _PEM.findall(pem)
+    if len(blocks) != 1:
+        raise SignatureError(f"{len(blocks)} PEM PUBLIC KEY blocks where one is expected", BAD_KEY)
+    try:
+        der = base64.b64decode(b"".join(blocks[0].split()), validate=True)
+        tag, start, _ = _der(der, 0)  # SubjectPublicKeyInfo
+        tag2, alg_start, alg_end = _der(der, start)  # AlgorithmIdentifier
+        tag3, oid_start, oid_end = _der(der, alg_start)
+        if (tag, tag2, tag3) != (0x30, 0x30, 0x06):
+            raise ValueError("not a SubjectPublicKeyInfo")
+        algorithm = _OIDS.get(der[oid_start:oid_end], "")
+        if algorithm == "ecdsa":
+            tag4, curve_start, curve_end = _der(der, oid_end)
+            curve = _OIDS.get(der[curve_start:curve_end], "") if tag4 == 0x06 else ""
+            if curve.startswith("P-") and oid_end < alg_end:
+                return f"ecdsa {curve}"
+        elif algorithm in ("rsa", "ed25519"):
+            return algorithm
+    except (ValueError, binascii.Error):
+        raise SignatureError("a PEM public key that cannot be read", BAD_KEY) from None
+    raise SignatureError(
+        "a public key of a type cosign does not use (ECDSA P-256/384/521, RSA, Ed25519)",
+        BAD_KEY,
+    )
+
+
+def verify_sigstore(payload: bytes, signature: str, keys: Sequence[tuple[str, bytes]]) -> Verified:
+    """openssl over a sigstore payload: the signature verifies with one of `keys`."""
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except binascii.Error:
+        raw = b""
+    if not raw:
+        raise SignatureError("a sigstore signature without a base64 signature", INVALID_SIGNATURE)
+    with tempfile.TemporaryDirectory(prefix="bootc-live-openssl.") as tmp:
+        data, sig = os.path.join(tmp, "payload"), os.path.join(tmp, "signature")
+        _write(data, payload)
+        _write(sig, raw)
+        for i, (name, key) in enumerate(keys):
+            try:
+                key_type = public_key_type(key)
+            except SignatureError as err:
+                raise SignatureError(f"{name}: {err}", BAD_KEY) from None
+            pem = os.path.join(tmp, f"key{i}.pem")
+            _write(pem, key)
+            if _openssl_verifies(key_type, pem, data, sig):
+                return Verified(
+                    f"sigstore key {name} ({key_type})", parse_claims(payload, SIGSTORE_TYPE)
+                )
+    names = ", ".join(name for name, _ in keys)
+    raise SignatureError(f"the sigstore signature does not verify with {names}", UNKNOWN_KEY)
+
+
+def _openssl_verifies(key_type: str, pem: str, data: str, sig: str) -> bool:
+    if key_type == "ed25519":  # pure Ed25519 signs the payload itself
+        argv = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pem, "-rawin"]
+        argv += ["-in", data, "-sigfile", sig]
+        failure = "Signature Verification Failure"
+    else:
+        argv = ["openssl", "dgst", "-sha256", "-verify", pem, "-signature", sig, data]
+        failure = "Verification failure"
+    try:
+        run(argv, capture=True, timeout=TOOL_TIMEOUT)
+    except CommandError as err:
+        # A signature that does not verify, or that is not even one this key could make
+        # (a malformed ASN.1 signature, another algorithm's): not made by this key.
+        if err.output.strip() == failure or err.detail == "Error verifying data":
+            return False
+        raise SignatureError(f"openssl could not verify: {err.detail}", TOOL_FAILED) from None
+    return True
+
+
+# The signed payload.
+
+
+def parse_claims(payload: bytes, signature_type: str) -> Claims:
+    """The claims of a verified payload, read as strictly as containers/image reads them."""
+    try:
+        doc = strictjson.loads(payload, PAYLOAD_LIMIT)
+        _fields(doc, ("critical", "optional"))
+        critical = doc["critical"]
+        _fields(critical, ("type", "image", "identity"))
+        if critical["type"] != signature_type:
+            raise ValueError(f"its type is {shown(str(critical['type']))}")
+        _fields(critical["image"], ("docker-manifest-digest",))
+        _fields(critical["identity"], ("docker-reference",))
+        digest = critical["image"]["docker-manifest-digest"]
+        reference = critical["identity"]["docker-reference"]
+        optional = doc["optional"]
+        if optional is not None and not isinstance(optional, dict):
+            raise ValueError("its optional part is not an object")
+        if not isinstance(digest, str) or not isinstance(reference, str):
+            raise ValueError("its digest or identity is not a string")
+    except (ValueError, TypeError) as err:
+        raise SignatureError(f"the signed payload is malformed: {err}", INVALID_SIGNATURE) from None
+    return Claims(digest, reference)
+
+
+def _fields(obj: Any, names: Sequence[str]) -> None:
+    if not isinstance(obj, dict) or set(obj) != set(names) or strictjson.duplicate_in(obj):
+        raise ValueError(f"it is not an object of exactly {', '.join(names)}")
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)

@@ -1,0 +1,243 @@
+"""registries.d: the YAML subset (what it reads exactly, what it refuses with file:line), the
+merge of several files, and which section gives an image its lookaside store. Where skopeo
+writes signatures for the same configuration is checked in test_signatures.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime.policy import DockerReference
+from bootc_live.runtime.registriesd import (
+    BUILTIN_LOOKASIDE,
+    RegistriesD,
+    RegistriesDError,
+    Section,
+    parse_yaml,
+    signature_url,
+    signature_urls,
+)
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_the_yaml_subset_reads_nested_mappings_strings_and_booleans() -> None:
+    text = (
+        "# registries.d\n"
+        "default-docker:\n"
+        "  lookaside: https://sigs.example/store   # a comment\n"
+        "\n"
+        "docker:\n"
+        "    registry.example.com:5000/team:\n"
+        "        lookaside: 'file:///srv/it''s here'\n"
+        '        lookaside-staging: "file:///srv/staging#1"\n'
+        "        use-sigstore-attachments: true\n"
+        "    localhost:5000:\n"
+        "        use-sigstore-attachments: False\n"
+        "    empty.example:\n"
+        "other: ~\n"
+    )
+    assert parse_yaml(text, "x.yaml") == {
+        "default-docker": {"lookaside": "https://sigs.example/store"},
+        "docker": {
+            "registry.example.com:5000/team": {
+                "lookaside": "file:///srv/it's here",
+                "lookaside-staging": "file:///srv/staging#1",
+                "use-sigstore-attachments": True,
+            },
+            "localhost:5000": {"use-sigstore-attachments": False},
+            "empty.example": None,
+        },
+        "other": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("docker:\n\tquay.io:\n", "x.yaml:2: indented with a tab (YAML allows only spaces)"),
+        ("a:\n  b: 1\n c: 2\n", "x.yaml:3: indentation does not match any mapping above"),
+        ("a: 1\n  b: 2\n", "x.yaml:2: indentation does not match any mapping above"),
+        ("a: 1\na: 2\n", "x.yaml:2: a appears twice in one mapping"),
+        ("- a\n", "x.yaml:1: only mappings of keys to values are read here"),
+        ("---\na: 1\n", "x.yaml:1: only mappings of keys to values are read here"),
+        ("a: [1, 2]\n", "x.yaml:1: [1, 2] is beyond the YAML read here"),
+        ("a: {b: c}\n", "x.yaml:1: {b: c} is beyond the YAML read here"),
+        ("a: &anchor x\n", "x.yaml:1: &anchor x is beyond the YAML read here"),
+        ("a: *anchor\n", "x.yaml:1: *anchor is beyond the YAML read here"),
+        ("a: !!str x\n", "x.yaml:1: !!str x is beyond the YAML read here"),
+        ("a: |\n  text\n", "x.yaml:1: | is beyond the YAML read here"),
+        ("a: yes\n", "x.yaml:1: yes is ambiguous in YAML: write true or false"),
+        ("a: 'open\n", "x.yaml:1: a quoted string is not closed on its line"),
+        ('a: "x" y\n', "x.yaml:1: text after a quoted string"),
+        ('a: "\\q"\n', "x.yaml:1: the escape \\q is not read here"),
+        ("just text\n", "x.yaml:1: expected `key: value`"),
+        ("'key' x: 1\n", "x.yaml:1: expected `:` after the key"),
+    ],
+)
+def test_what_the_yaml_subset_refuses(text: str, message: str) -> None:
+    with pytest.raises(RegistriesDError) as err:
+        parse_yaml(text, "x.yaml")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dockerr:\n", "a.yaml: dockerr is not a known section"),
+        ("docker: x\n", "a.yaml: docker must be a mapping of scopes"),
+        ("default-docker: x\n", "a.yaml: default-docker must be a mapping"),
+        (
+            "docker:\n  q.io:\n    lookasides: x\n",
+            "a.yaml: docker.q.io.lookasides is not a known setting",
+        ),
+        (
+            "docker:\n  q.io:\n    lookaside: /srv/sigs\n",
+            "a.yaml: docker.q.io.lookaside must be a file://, http:// or https:// URL",
+        ),
+        (
+            "docker:\n  q.io:\n    sigstore: ftp://x/\n",
+            "a.yaml: docker.q.io.sigstore must be a file://, http:// or https:// URL",
+        ),
+        (
+            "default-docker:\n  use-sigstore-attachments: 'true'\n",
+            "a.yaml: default-docker.use-sigstore-attachments must be true or false",
+        ),
+        (
+            "docker:\n  q.io:\n    lookaside: true\n",
+            "a.yaml: docker.q.io.lookaside must be a file://",
+        ),
+    ],
+)
+def test_malformed_sections_are_errors(text: str, message: str) -> None:
+    with pytest.raises(RegistriesDError) as err:
+        RegistriesD.parse({"a.yaml": text})
+    assert str(err.value).startswith(message)
+
+
+def test_two_files_may_not_configure_the_same_thing() -> None:
+    with pytest.raises(RegistriesDError) as err:
+        RegistriesD.parse(
+            {"a.yaml": "default-docker:\n  lookaside: file:///a\n", "b.yaml": "default-docker:\n"}
+        )
+    assert str(err.value) == '"default-docker" is defined both in a.yaml and b.yaml'
+    with pytest.raises(RegistriesDError) as err:
+        RegistriesD.parse({"a.yaml": "docker:\n  q.io:\n", "b.yaml": "docker:\n  q.io:\n"})
+    assert str(err.value) == "q.io is configured both in a.yaml and b.yaml"
+
+
+CONFIG = {
+    "a.yaml": (
+        "default-docker:\n"
+        "  lookaside: https://default.example/sigs\n"
+        "docker:\n"
+        "  registry.example.com:\n"
+        "    lookaside: https://host.example/sigs\n"
+        "    lookaside-staging: file:///staging/host\n"
+        "  registry.example.com/team:\n"
+        "    sigstore: https://team.example/old-name\n"
+        "    use-sigstore-attachments: true\n"
+    ),
+    "b.yaml": (
+        "docker:\n"
+        "  registry.example.com/team/app:v1:\n"
+        "    use-sigstore-attachments: false\n"
+        "  registry.example.com/team/web:\n"
+        "    lookaside: file:///srv/web/\n"
+        "  '*.example.org':\n"
+        "    lookaside: http://wild.example/sigs\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("ref", "read", "write", "attachments"),
+    [
+        # The most specific scope that sets a URL gives it: app:v1 sets none, team does.
+        (
+            "registry.example.com/team/app:v1",
+            "https://team.example/old-name/team/app",
+            "https://team.example/old-name/team/app",
+            False,
+        ),
+        (
+            "registry.example.com/team/app:v2",
+            "https://team.example/old-name/team/app",
+            "https://team.example/old-name/team/app",
+            True,
+        ),
+        (
+            f"registry.example.com/team/app@{DIGEST}",
+            "https://team.example/old-name/team/app",
+            "https://team.example/old-name/team/app",
+            True,
+        ),
+        # A trailing slash is kept, as containers/image keeps it.
+        (
+            "registry.example.com/team/web:1",
+            "file:///srv/web//team/web",
+            "file:///srv/web//team/web",
+            True,
+        ),
+        (
+            "registry.example.com/other/x:1",
+            "https://host.example/sigs/other/x",
+            "file:///staging/host/other/x",
+            False,
+        ),
+        ("sub.example.org/x:1", "http://wild.example/sigs/x", "http://wild.example/sigs/x", False),
+        (
+            "registry.example.com:5000/x:1",
+            "https://default.example/sigs/x",
+            "https://default.example/sigs/x",
+            False,
+        ),
+        (
+            "busybox:latest",
+            "https://default.example/sigs/library/busybox",
+            "https://default.example/sigs/library/busybox",
+            False,
+        ),
+    ],
+)
+def test_the_most_specific_section_applies(
+    ref: str, read: str, write: str, attachments: bool
+) -> None:
+    config = RegistriesD.parse(CONFIG)
+    image = DockerReference.parse(ref)
+    assert config.lookaside(image) == read
+    assert config.lookaside(image, write=True) == write
+    assert config.use_sigstore_attachments(image) is attachments
+
+
+def test_without_configuration_the_builtin_store_and_no_attachments() -> None:
+    config = RegistriesD.parse({})
+    image = DockerReference.parse("quay.io/a/b:c")
+    assert config.lookaside(image) == f"{BUILTIN_LOOKASIDE}/a/b"
+    assert config.use_sigstore_attachments(image) is False
+
+
+def test_load_reads_every_yaml_file_of_the_directory(tmp_path: Path) -> None:
+    assert RegistriesD.load(str(tmp_path / "missing")) == RegistriesD({})
+    (tmp_path / "a.yaml").write_text("docker:\n  q.io:\n    lookaside: file:///a\n")
+    (tmp_path / "notes.txt").write_text("not: [yaml")
+    (tmp_path / "b.yml").write_text("not read either: [")
+    assert RegistriesD.load(str(tmp_path)) == RegistriesD(
+        {"q.io": Section(str(tmp_path / "a.yaml"), lookaside="file:///a")}
+    )
+    (tmp_path / "c.yaml").write_bytes(b"docker: \xff\n")
+    with pytest.raises(RegistriesDError, match=r"c\.yaml: not UTF-8 text"):
+        RegistriesD.load(str(tmp_path))
+
+
+def test_signature_urls() -> None:
+    base = "https://sigs.example/store/team/app"
+    assert signature_url(base, DIGEST, 1) == f"{base}@sha256={'ab' * 32}/signature-1"
+    urls = signature_urls(base, DIGEST)
+    assert [next(urls) for _ in range(3)] == [
+        f"{base}@sha256={'ab' * 32}/signature-{n}" for n in (1, 2, 3)
+    ]
+    assert signature_url("file:///srv/sigs/a", DIGEST, 12).endswith(
+        "a@sha256=" + "ab" * 32 + "/signature-12"
+    )
