@@ -171,12 +171,7 @@ def kexec_boot(
     # and loading copies them once or twice more (below). First the handover must fit; once the
     # kernel and initramfs are known, the exact check comes before anything is loaded.
     reuse = spec.kexec_reuse_image
-    if shutil.which("kexec") is None:
-        raise KexecError(
-            "bootc.kexec: this initramfs has no kexec (kexec-tools)",
-            "build it with kexec-tools installed (the bootc-live-kexec module), or boot without "
-            "bootc.kexec",
-        )
+    _need_kexec()
     _check_memory(
         (image.compressed_size if reuse else 0) + BOOT_FILES_GUESS + SLACK, mem, "the handover"
     )
@@ -193,23 +188,7 @@ def kexec_boot(
         kexec_layers_read=files.layers_read,
         kexec_handover_bytes=os.path.getsize(handover) if reuse else 0,
     )
-    initrd = files.initramfs
-    # Now the sizes are known. Loading takes two more copies at the peak, whichever loader:
-    # kexec_file_load (`kexec -s`) reads the files into kernel buffers, then copies those into
-    # the pages the next kernel will run from; kexec_load (`kexec -l`) reads them into kexec's
-    # memory, which the kernel copies. The first is tried (it also works under lockdown with a
-    # signed kernel), the second if the kernel refuses it.
-    loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
-    loaded += os.path.getsize(handover) if reuse else 0
-    _check_memory(
-        2 * loaded + SLACK,
-        memory.Memory.read(),
-        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
-    )
-    if reuse:
-        initrd = os.path.join(workdir, "initrd")
-        os.rename(files.initramfs, initrd)
-        append_moving(initrd, handover)
+    initrd = _next_initrd(files, handover if reuse else None, workdir)
     with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
         command_line = next_command_line(f.read(), reuse, label, verified)
     what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
@@ -220,9 +199,10 @@ def kexec_boot(
     for path in (initrd, files.kernel):
         os.unlink(path)
     now = memory.Memory.read()
+    seconds = time.monotonic() - start
     report.state(
         "kexec-loaded",
-        kexec_seconds=round(time.monotonic() - start, 3),
+        kexec_seconds=round(seconds, 3),
         kexec_loader=loader,
         kexec_memory_in_use=now.total - now.available,
         kexec_next_initrd_bytes=next_initrd,
@@ -232,11 +212,9 @@ def kexec_boot(
         kexec_cmdline=command_line,
     )
     say(
-        f"kexec: stage one took {time.monotonic() - start:.1f}s, {files.layers_read} of "
-        f"{len(image.layers)} layers read; memory in use {(now.total - now.available) >> 20} MiB "
-        f"(next initrd {next_initrd >> 20} MiB), loaded by {loader}; peak memory in use "
-        f"{work.peak >> 20} MiB before loading ({work.start >> 20} MiB at the start), "
-        f"{loading.peak >> 20} MiB while loading"
+        f"kexec: stage one took {seconds:.1f}s, {files.layers_read} of {len(image.layers)} "
+        f"layers read; peak memory in use {work.peak >> 20} MiB, {loading.peak >> 20} MiB while "
+        f"loading by {loader}"
     )
     say(f"kexec into {files.kver}: {command_line}")
     os.sync()
@@ -244,6 +222,38 @@ def kexec_boot(
     raise KexecError(
         f"kexec -e returned without starting kernel {files.kver}", "boot without bootc.kexec"
     )
+
+
+def _need_kexec() -> None:
+    if shutil.which("kexec") is None:
+        raise KexecError(
+            "bootc.kexec: this initramfs has no kexec (kexec-tools)",
+            "build it with kexec-tools installed (the bootc-live-kexec module), or boot without "
+            "bootc.kexec",
+        )
+
+
+def _next_initrd(files: BootFiles, handover: str | None, workdir: str) -> str:
+    """The initrd the next kernel gets: the image's initramfs, the handover appended (with
+    reuse), once the exact check says that loading them fits."""
+    # Loading takes two more copies at the peak, whichever loader: kexec_file_load (`kexec -s`)
+    # reads the files into kernel buffers, then copies those into the pages the next kernel
+    # will run from; kexec_load (`kexec -l`) reads them into kexec's memory, which the kernel
+    # copies. The first is tried (it also works under lockdown with a signed kernel), the
+    # second if the kernel refuses it.
+    loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
+    loaded += os.path.getsize(handover) if handover else 0
+    _check_memory(
+        2 * loaded + SLACK,
+        memory.Memory.read(),
+        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
+    )
+    if not handover:
+        return files.initramfs
+    initrd = os.path.join(workdir, "initrd")
+    os.rename(files.initramfs, initrd)
+    append_moving(initrd, handover)
+    return initrd
 
 
 def _hand_over_and_search(
