@@ -344,8 +344,10 @@ def test_conflicting_modes_stop_before_anything_is_opened(system: System, tmp_pa
     assert status == {
         "state": "failed",
         "message": "bootc-live: bootc.zram and bootc.live.erofs were both given; pick one of them",
+        "after": "",  # no state was reached
         "time": status["time"],
         "uptime": status["uptime"],
+        "boot": status["boot"],
     }
 
 
@@ -368,3 +370,67 @@ def test_in_the_systemd_initrd_the_generators_tmpfs_is_sized_by_a_remount(
             0,
             expected_calls("tmpfs", "bootc.live.etc.rw=0", tmp_path)[1:],
         )
+
+
+@pytest.mark.parametrize(("mode", "busy"), [("zram", "newroot"), ("erofs", "work/tree")])
+def test_an_undo_that_fails_still_undoes_the_rest_and_keeps_the_first_reason(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mode: str,
+    busy: str,
+) -> None:
+    """The root runs out of space (the unpack; EROFS: mkfs.erofs), then one unmount fails too
+    (busy): the zram device is still reset, EROFS's other tmpfs still unmounted, the reason
+    stays the one line, and what could not be undone is said."""
+
+    def full(*_a: object, **_kw: object) -> None:
+        raise SpaceError("no space left to write etc/hostname", "the unpacker's own hint")
+
+    real = system.run
+
+    def in_use(argv: list[Any], **kw: Any) -> subprocess.CompletedProcess[str]:
+        if argv[:2] == ["umount", "-R"] and argv[2] == str(tmp_path / busy):
+            system.calls.append([os.fspath(a) for a in argv])
+            raise CommandError("umount failed: target is busy", "")
+        return real(argv, **kw)
+
+    for module in (mounts, roots):
+        monkeypatch.setattr(module, "run", in_use)
+    monkeypatch.setattr(
+        roots if mode == "erofs" else boot,
+        "make_erofs" if mode == "erofs" else "unpack_image",
+        full,
+    )
+    code, status = boot_with(layout, tmp_path, MODES[mode])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and status["message"].startswith("bootc-live: no space left to write")
+    assert "bootc-live: could not undo the root: umount failed: target is busy" in err
+    assert system.mounted == [str(tmp_path / busy)]  # only what was busy stays
+    if mode == "zram":
+        assert (tmp_path / "sys/block/zram0/reset").read_text() == "1"
+
+
+def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ftp://, tftp://, nfs:// go through dracut's url-lib, sourced by a shell: the URL is in
+    the environment, never in an argv (traced by bootc.debug), and RD_DEBUG=no keeps dracut-lib
+    from tracing url-lib under rd.debug."""
+    seen: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_run(argv: list[str], **kw: Any) -> None:
+        seen.append((argv, dict(kw["env"])))
+        Path(argv[-1]).write_bytes(b"not an archive")
+
+    monkeypatch.setattr(boot, "run", fake_run)
+    monkeypatch.setattr(boot, "wait_for_route", lambda *_: None)
+    monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
+    url = "ftp://me:s3cret@10.0.2.100/root.oci"
+    argv = [f"root=bootc-live:{url}", "rd.debug"]
+    assert boot.main(["boot", str(tmp_path / "newroot")], lambda: parse(argv)) == 1
+    ((args, env),) = seen
+    assert "s3cret" not in " ".join(args)
+    assert (env["BOOTC_URL"], env["RD_DEBUG"]) == (url, "no")

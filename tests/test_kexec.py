@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import blobs, kexec, unpack
+from bootc_live.runtime import run as run_module
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.handover import (
     IMAGE_DIR,
@@ -43,6 +44,7 @@ class Calls(list[list[str]]):
     """The commands run, and what the files a `kexec -l` named held when it ran."""
 
     loaded: dict[str, bytes]
+    shown: list[list[str]]  # the argv each command is traced as with bootc.debug
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +52,11 @@ def never_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """No test here may mount or kexec on the host: commands are recorded, not run, and
     `kexec -e` ends the call as a real one would end the process."""
     calls = Calls()
-    calls.loaded = {}
+    calls.loaded, calls.shown = {}, []
 
-    def fake_run(argv: list[str], **_kw: object) -> None:
+    def fake_run(argv: list[str], shown: list[str] | None = None, **_kw: object) -> None:
         calls.append(list(argv))
+        calls.shown.append(list(shown or argv))
         if argv[0] == "kexec" and "-l" in argv:
             for arg in argv[argv.index("-l") + 1 : -1]:  # the kernel, --initrd=PATH
                 path = arg.partition("=")[2] if arg.startswith("--initrd=") else arg
@@ -255,6 +258,32 @@ def test_without_reuse_the_initrd_is_the_images_initramfs(
     initrd = never_on_this_machine[0][4].partition("=")[2]
     assert never_on_this_machine.loaded[initrd] == b"initramfs 6.1.0-1"
     assert never_on_this_machine[0][5] == "--command-line=root=bootc-live:http://h/r.oci"
+
+
+def test_a_password_in_root_goes_to_the_next_stage_and_nowhere_else(
+    tmp_path: Path,
+    never_on_this_machine: Calls,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without reuse the next stage fetches the image itself: it needs root= as given, secret
+    and all; the status, the console and the bootc.debug trace show it without the secret."""
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    root = "root=bootc-live:https://me:s3cret@h/r.oci?sig=t0ken"
+    argv = (root, "bootc.kexec", "bootc.kexec.reuse-image=0")
+    monkeypatch.setattr(run_module, "DEBUG", True)
+    report = Report(directory=str(tmp_path / "status"))
+    with pytest.raises(SystemExit, match="kexec -e"):
+        stage_one(tmp_path, image, tmp_path / "work", argv, report=report)
+    assert never_on_this_machine[0][5] == f"--command-line={root}"
+    assert report.status["kexec_cmdline"] == "root=bootc-live:https://***@h/r.oci?…"
+    assert never_on_this_machine.shown[0][-1] == (
+        "--command-line=root=bootc-live:https://***@h/r.oci?…"
+    )
+    run_module.run(["true", "s3cret"], shown=["true", "shown"])  # how run() traces `shown`
+    said = capsys.readouterr().err + (tmp_path / "status/status.json").read_text()
+    assert "s3cret" not in said and "t0ken" not in said
+    assert "+ true shown" in said
 
 
 def extract_initrd(data: bytes, offset: int, dest: Path) -> None:

@@ -50,7 +50,7 @@ STATE_EVENTS = {
 # "one_" + event.
 STAGE_ONE_EVENTS = EVENTS[:3]
 STAGE_ONE_STATE_EVENTS = {
-    "resolving": "runtime",  # the source is open (URL: the network is up)
+    "resolving": "runtime",  # the runtime started: root= read, the network not waited for yet
     "kexec": "found",  # the image's kernel and initramfs found
     "kexec-loaded": "kexec",  # loaded, just before kexec -e
 }

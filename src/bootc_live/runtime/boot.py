@@ -58,8 +58,8 @@ def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> i
             f.write(message + "\n")
     except OSError:
         pass
-    with contextlib.suppress(OSError):
-        report.state("failed", message=message)
+    with contextlib.suppress(Exception):  # the last resort: never a traceback from here
+        report.state("failed", after=report.status.get("state", ""), message=message)
     return 1
 
 
@@ -73,7 +73,9 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image:
             if spec.kexec:
                 kexec_into_the_image(spec, image, report)  # does not return
             plan = plan_root(spec, image, source, report)
-            with roots.make(spec.mode, newroot, mount_plan(spec), plan.mem.total) as root:
+            with roots.make(
+                spec.mode, newroot, mount_plan(spec), plan.mem.total, warn=report.summary
+            ) as root:
                 freed = free_modules(plan.unused, report)
                 report.state(
                     "unpacking", modules_freed=len(freed.paths), modules_freed_bytes=freed.size
@@ -245,7 +247,8 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
             "fetch_url",
             path,
         ],
-        env={**os.environ, "BOOTC_URL": url},
+        # RD_DEBUG=no: under rd.debug, dracut-lib would trace url-lib's commands, URL and all.
+        env={**os.environ, "BOOTC_URL": url, "RD_DEBUG": "no"},
         hint=f"check {http.redact(url)} and the network",
     )
     return ArchiveSource(path, delete=True)

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import memory, mounts
-from .cmdline import BootSpec, split
+from . import http, memory, mounts
+from .cmdline import ROOT_PREFIX, BootSpec, split
 from .errors import BootcLiveError
 from .handover import (
     SplitLayoutSource,
@@ -145,6 +145,18 @@ def next_command_line(current: str, reuse: bool, label: str, verified: str = "")
     return " ".join(shlex.quote(a) if " " in a else a for a in kept)
 
 
+def printable_command_line(command_line: str) -> str:
+    """The command line fit to print: a URL in root= without its credentials and query."""
+    args = split(command_line)
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name == "root" and value.startswith(ROOT_PREFIX + "docker://"):
+            continue  # a registry reference holds no credentials
+        if name == "root" and "://" in value and value.startswith(ROOT_PREFIX):
+            args[i] = f"root={ROOT_PREFIX}{http.redact(value[len(ROOT_PREFIX) :])}"
+    return " ".join(shlex.quote(a) if " " in a else a for a in args)
+
+
 def _check_memory(need: int, mem: memory.Memory, what: str) -> None:
     have = mem.available - memory.RESERVE
     if need > have:
@@ -191,10 +203,11 @@ def kexec_boot(
     initrd = _next_initrd(files, handover if reuse else None, workdir)
     with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
         command_line = next_command_line(f.read(), reuse, label, verified)
+    shown = printable_command_line(command_line)  # a URL's password stays out of every output
     what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
     next_initrd = os.path.getsize(initrd)
     with memory.PeakWatch(interval=0.05) as loading:
-        loader = load(files, what)
+        loader = load(files, what, [*what[:2], f"--command-line={shown}"])
     # The kernel holds its own copy of both now: the files' memory goes back.
     for path in (initrd, files.kernel):
         os.unlink(path)
@@ -209,14 +222,14 @@ def kexec_boot(
         kexec_peak_before_loading=work.peak,
         kexec_memory_at_start=work.start,
         kexec_peak_loading=loading.peak,
-        kexec_cmdline=command_line,
+        kexec_cmdline=shown,
     )
     say(
         f"kexec: stage one took {seconds:.1f}s, {files.layers_read} of {len(image.layers)} "
         f"layers read; peak memory in use {work.peak >> 20} MiB, {loading.peak >> 20} MiB while "
         f"loading by {loader}"
     )
-    say(f"kexec into {files.kver}: {command_line}")
+    say(f"kexec into {files.kver}: {shown}")
     os.sync()
     run(["kexec", "-e"], hint="the kernel refused to execute the loaded image")
     raise KexecError(
@@ -290,15 +303,16 @@ def _hand_over_and_search(
     return files, verified
 
 
-def load(files: BootFiles, what: list[str]) -> str:
-    """Load the next kernel with kexec_file_load, else kexec_load; the loader that worked."""
+def load(files: BootFiles, what: list[str], shown: list[str]) -> str:
+    """Load the next kernel with kexec_file_load, else kexec_load; the loader that worked.
+    `shown`: `what` as traced with bootc.debug (without secrets)."""
     try:
-        run(["kexec", "-s", "-l", *what])
+        run(["kexec", "-s", "-l", *what], shown=["kexec", "-s", "-l", *shown])
         return "kexec_file_load"
     except CommandError:
         pass
     try:
-        run(["kexec", "-l", *what])
+        run(["kexec", "-l", *what], shown=["kexec", "-l", *shown])
         return "kexec_load"
     except CommandError as err:
         raise KexecError(

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from . import mounts
@@ -122,10 +123,12 @@ class RootFacts:
 class ZramFacts(RootFacts):
     device: str  # /dev/zramN
     algorithm: str  # the compressor the kernel used
-    stored: int  # bytes of data on the device
-    memory: int  # bytes of RAM the device takes for them
+    stored: int  # bytes of data on the device (-1: the kernel did not say)
+    memory: int  # bytes of RAM the device takes for them (-1: the kernel did not say)
 
     def describe(self) -> str:
+        if self.stored < 0:
+            return f"zram {self.device} ({self.algorithm})"
         return (
             f"zram {self.device} ({self.algorithm}): {self.stored / MIB:.1f} MiB stored in "
             f"{self.memory / MIB:.1f} MiB of RAM"
@@ -175,10 +178,10 @@ class Root:
         mounts.finish_root(self.newroot, self.plan)
         return RootFacts("tmpfs")
 
-    def undo(self) -> None:
-        """Unmount and free everything this root made, whatever step it had reached."""
-        if mounts.is_mounted(self.newroot):
-            mounts.umount(self.newroot)
+    def undo(self) -> list[str]:
+        """Unmount and free everything this root made, whatever step it had reached: every
+        step is tried, whatever the others did; what could not be undone."""
+        return _attempt(lambda: _unmount(self.newroot))
 
 
 class ZramRoot(Root):
@@ -235,20 +238,24 @@ class ZramRoot(Root):
     def mount(self, report: Say) -> RootFacts:
         os.sync()  # the tree leaves the page cache for the device: its figures become true
         sysfs = self._sysfs()
-        algorithm = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
-        # mm_stat: data stored, its compressed size, the RAM the device takes, …
-        stored, _, used = (int(n) for n in _read(os.path.join(sysfs, "mm_stat")).split()[:3])
+        try:
+            algorithm = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
+            # mm_stat: data stored, its compressed size, the RAM the device takes, …
+            stored, _, used = (int(n) for n in _read(os.path.join(sysfs, "mm_stat")).split()[:3])
+        except (OSError, ValueError):  # figures only: the root is as good without them
+            algorithm, stored, used = "unknown", -1, -1
         mounts.finish_root(self.newroot, self.plan)
         return ZramFacts("zram", self.device, algorithm, stored, used)
 
-    def undo(self) -> None:
-        super().undo()
+    def undo(self) -> list[str]:
+        problems = super().undo()
         if self.device:
-            try:
-                with open(os.path.join(self._sysfs(), "reset"), "w", encoding="ascii") as f:
-                    f.write("1")  # give the memory back
-            except OSError:
-                pass
+            problems += _attempt(self._reset)
+        return problems
+
+    def _reset(self) -> None:
+        with open(os.path.join(self._sysfs(), "reset"), "w", encoding="ascii") as f:
+            f.write("1")  # give the memory back
 
     def _sysfs(self) -> str:
         return os.path.join(SYS_BLOCK, os.path.basename(self.device))
@@ -339,18 +346,22 @@ class ErofsRoot(Root):
             "erofs", made.sha256, made.size, self.compress or "none", made.mkfs_version
         )
 
-    def undo(self) -> None:
-        for path in (self.newroot, self.tree, self.rw):
-            if mounts.is_mounted(path):
-                mounts.umount(path)
+    def undo(self) -> list[str]:
+        return _attempt(*(partial(_unmount, path) for path in (self.newroot, self.tree, self.rw)))
 
 
 @contextmanager
 def make(
-    mode: RootMode, newroot: str, plan: MountPlan, mem_total: int, workdir: str | None = None
+    mode: RootMode,
+    newroot: str,
+    plan: MountPlan,
+    mem_total: int,
+    workdir: str | None = None,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> Iterator[Root]:
     """The root `mode` asks for, prepared: `root.target` is where the image goes. Any exception
-    inside the block (or while preparing) undoes everything, so nothing partial is booted."""
+    inside the block (or while preparing) undoes everything, so nothing partial is booted; what
+    could not be undone is passed to `warn`, and the exception goes on as it was."""
     root: Root
     if mode.zram_size is not None:
         root = ZramRoot(newroot, mode.zram_size.bytes_for(mem_total), mode.zram_algorithm, plan)
@@ -361,12 +372,28 @@ def make(
     try:
         root.target = root.prepare()
         yield root
-    except SpaceError as err:
-        root.undo()
-        raise SpaceError(str(err), root.full_hint) from None
-    except BaseException:
-        root.undo()
+    except BaseException as err:
+        for problem in root.undo():
+            warn(f"could not undo the root: {problem}")
+        if isinstance(err, SpaceError):
+            raise SpaceError(str(err), root.full_hint) from None
         raise
+
+
+def _unmount(path: str) -> None:
+    if mounts.is_mounted(path):
+        mounts.umount(path)
+
+
+def _attempt(*steps: Callable[[], None]) -> list[str]:
+    """Run every step, whatever the others do; why those that failed did."""
+    problems = []
+    for step in steps:
+        try:
+            step()
+        except (BootcLiveError, OSError) as err:
+            problems.append(str(err))
+    return problems
 
 
 def _read(path: str) -> str:

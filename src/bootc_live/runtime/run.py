@@ -36,9 +36,11 @@ def run(
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
     input: str | None = None,
+    shown: Sequence[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command; log it as `+ cmd` when debugging; raise CommandError if it fails."""
-    args = _logged(argv)
+    """Run a command; log it as `+ cmd` (or as `shown`, an argv without its secrets) when
+    debugging; raise CommandError if it fails."""
+    args = _logged(argv, shown)
     try:
         result = subprocess.run(
             args,
@@ -59,7 +61,7 @@ def run(
         raise CommandError(
             f"{os.path.basename(args[0])} timed out after {timeout:.0f}s",
             hint,
-            command=shlex.join(args),
+            command=shlex.join(shown or args),
         ) from None
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()
@@ -69,7 +71,7 @@ def run(
             f"{os.path.basename(args[0])} failed: {last}",
             hint,
             last,
-            shlex.join(args),
+            shlex.join(shown or args),
             result.stdout or "",
         )
     if result.stderr and DEBUG:
@@ -93,8 +95,10 @@ def start(
         raise CommandError(f"{args[0]}: command not found") from None
 
 
-def _logged(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+def _logged(
+    argv: Sequence[str | os.PathLike[str]], shown: Sequence[str] | None = None
+) -> list[str]:
     args = [os.fspath(a) for a in argv]
     if DEBUG:
-        print("+ " + shlex.join(args), file=sys.stderr, flush=True)
+        print("+ " + shlex.join(shown or args), file=sys.stderr, flush=True)
     return args

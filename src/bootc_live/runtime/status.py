@@ -23,6 +23,18 @@ STATUS_LINE = "bootc-live: status "  # what a program looks for on the console
 FINAL = ("ready", "failed")
 
 
+def boot_id() -> str:
+    """This kernel's boot: what tells a kexec'd stage two's status lines from stage one's."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()[:8]
+    except OSError:
+        return ""
+
+
+BOOT = boot_id()
+
+
 def uptime() -> float:
     """Seconds since the kernel started: the clock of the console's timestamps."""
     try:
@@ -45,8 +57,10 @@ class Report:
         quiet: bool = False,
         directory: str = STATUS_DIR,
         stream: TextIO | None = None,
+        boot: str = BOOT,
     ) -> None:
         self.quiet = quiet
+        self.boot = boot
         self.directory = directory
         self.stream = stream
         self.status: dict[str, Any] = {}  # status.json: everything so far
@@ -75,7 +89,7 @@ class Report:
         line (with bootc.quiet, whose only line is the last, that is all of them): read in
         order, the lines add up to status.json (`documents`)."""
         self.status.update(fields)
-        self.status.update(state=state, time=round(time.time(), 3), uptime=uptime())
+        self.status.update(state=state, time=round(time.time(), 3), uptime=uptime(), boot=self.boot)
         try:
             os.makedirs(self.directory, exist_ok=True)
             tmp = os.path.join(self.directory, ".status.json")
@@ -88,7 +102,7 @@ class Report:
                     self._print(line)
 
     def _lines(self) -> list[str]:
-        head = {key: self.status[key] for key in ("state", "time", "uptime")}
+        head = {key: self.status[key] for key in ("state", "time", "uptime", "boot")}
         changed = {
             key: value
             for key, value in self.status.items()
@@ -97,8 +111,10 @@ class Report:
         self._printed.update(self.status)
         lines, part = [], dict(head)
         for key, value in changed.items():
-            if isinstance(value, str):
-                value = _shortened(value, LINE_LIMIT // 2)
+            if len(_json(value)) > LINE_LIMIT // 2:  # whole in status.json, shortened here
+                value = _shortened(
+                    value if isinstance(value, str) else _json(value), LINE_LIMIT // 2
+                )
             if len(_json({**part, key: value})) + len(STATUS_LINE) > LINE_LIMIT and part != head:
                 lines.append(STATUS_LINE + _json(part))
                 part = dict(head)
@@ -137,15 +153,15 @@ def parse_line(line: str) -> dict[str, Any] | None:
 
 
 def documents(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """status.json as it was at each status line, from a console's lines, in order. A boot
-    starts afresh at its `resolving` state (a kexec'd stage two is a boot of its own)."""
+    """status.json as it was at each status line, from a console's lines, in order. Another
+    `boot` (a kexec'd stage two is a boot of its own kernel) starts afresh."""
     found: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
     for line in lines:
         fields = parse_line(line)
         if fields is None:
             continue
-        if fields["state"] == "resolving" and current.get("state") != "resolving":
+        if fields.get("boot") != current.get("boot"):
             current = {}
         current = {**current, **fields}
         found.append(current)
