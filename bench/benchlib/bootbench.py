@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +63,76 @@ from bootc_live.demo import host_kernel
 from bootc_live.vm import GUEST_SERVER, VmConfig, choose_accel
 
 
+@dataclass
+class Setup:
+    """What the rows are planned with: the options, the tool, where and how it all runs, and
+    what planning gathers (the rows' plans, each image's largest blob)."""
+
+    args: argparse.Namespace
+    bootc_live: str
+    workdir: Path
+    report: dict[str, Any]
+    stack: ExitStack
+    plans: dict[str, RowPlan] = field(default_factory=dict)
+    largest: dict[str, int] = field(default_factory=dict)
+
+
 def bench(args: argparse.Namespace) -> int:
     bootc_live = resolve_bootc_live(args.bootc_live)
     debian = any(r in DEBIAN_ROWS for r in args.rows)
-    tools = ["qemu-system-x86_64", "unshare"]
-    tools += ["chroot"] if debian else []
-    tools += ["nginx"] if set(args.rows) & set(URL_ROWS) else []
-    tools += ["docker-registry", "skopeo", "openssl"] if "registry" in args.rows else []
-    missing = (debian_image.missing_tools() if debian else []) + [
-        t for t in tools if shutil.which(t) is None
-    ]
-    if missing:
-        raise BenchError(f"missing tools: {', '.join(missing)} (run ./setup)")
+    check_tools(args.rows, debian)
     image = debian_image.ensure_image(args.cache, log=log) if debian else None
     ref = (
         reference_image(args.reference_cache, "single")
         if set(args.rows) & set(REFERENCE_ROWS)
         else None
     )
+    report = new_report(bootc_live, image, ref)
+    workdir = Path(tempfile.mkdtemp(prefix="bootc-live-bench-boot.", dir="/var/tmp"))
+    try:
+        with ExitStack() as stack:
+            b = Setup(args, bootc_live, workdir, report, stack)
+            registry = debian_plans(b, image) if image is not None else None
+            if ref is not None:
+                reference_plans(b, ref)
+            run_rows(b)
+            if registry is not None:
+                report["registry"]["guest_blob_requests"] = guest_blob_requests(registry)
+            report["sources"] = source_comparison(report["rows"])
+            report["modes"] = mode_comparison(report["rows"])
+            report["kexec"] = kexec_comparison(report["rows"])
+        if args.logs:
+            for console in workdir.glob("console-*.log"):
+                keep_log(console, args.logs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    if args.json:
+        write_json(args.json, report)
+    print_report(report)
+    failed = [n for n, row in report["rows"].items() if not all(r["ok"] for r in row["runs"])]
+    if failed:
+        log(f"bench/boot: timed boots failed in: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def check_tools(rows: list[str], debian: bool) -> None:
+    """Every tool the rows asked for, or one line naming the missing."""
+    tools = ["qemu-system-x86_64", "unshare"]
+    tools += ["chroot"] if debian else []
+    tools += ["nginx"] if set(rows) & set(URL_ROWS) else []
+    tools += ["docker-registry", "skopeo", "openssl"] if "registry" in rows else []
+    missing = (debian_image.missing_tools() if debian else []) + [
+        t for t in tools if shutil.which(t) is None
+    ]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)} (run ./setup)")
+
+
+def new_report(
+    bootc_live: str, image: debian_image.DebianImage | None, ref: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The report's header: the machine, the targets, the images booted."""
     report: dict[str, Any] = {
         "when": utc_now(),
         "machine": {
@@ -110,151 +162,152 @@ def bench(args: argparse.Namespace) -> int:
         }
     if ref is not None:
         report["reference"] = {**ref, "kver": host_kernel()}
-    workdir = Path(tempfile.mkdtemp(prefix="bootc-live-bench-boot.", dir="/var/tmp"))
-    try:
-        with ExitStack() as stack:
-            plans: dict[str, RowPlan] = {}
-            largest: dict[str, int] = {}
-            if image is not None:
-                art = workdir / "debian"
-                # registry: artifacts of its own; kexec: its initramfs is these artifacts'.
-                if set(args.rows) & {"embedded", "url", *MODES, KEXEC}:
-                    report["build_seconds"]["debian"] = build_artifacts(
-                        bootc_live, image.source, art
-                    )
-                    report["sizes"]["debian"] = sizes_of(art)
-                report["tmpfs_bytes"]["debian"] = tmpfs_footprint(
-                    bootc_live, image.source, workdir / "tmpfs-debian"
-                )
-                largest["debian"] = max(layer["size"] for layer in image.layers)
-                if "embedded" in args.rows:
-                    plans["embedded"] = RowPlan(
-                        Target("embedded", art, fstype="tmpfs"),
-                        args.mem,
-                        args.repeat,
-                        search_plan(args, args.ram_min, args.ram_max, None),
-                    )
-                url_rows = [r for r in ("url", *MODES) if r in args.rows]
-                if url_rows:
-                    # One nginx for the url row and the root modes: the same root.oci.
-                    port = stack.enter_context(serving(art, workdir / "serve-debian"))
-                    view = url_view(art, workdir / "debian-url")
-                    url = f"root=bootc-live:http://{GUEST_SERVER}/root.oci"
-                    tiny = f"root=bootc-live:http://{GUEST_SERVER}/tiny.oci bootclabel={TINY_TAG}"
-                for name in url_rows:
-                    # url: the default tmpfs root; the modes append their kernel arguments. The
-                    # tiny image's cross-check of the baseline is made once, by url.
-                    append = f"{url} {MODES[name]}" if name in MODES else url
-                    plans[name] = RowPlan(
-                        Target(name, view, append, port, fstype=MODE_FSTYPE.get(name, "tmpfs")),
-                        args.mem,
-                        args.repeat,
-                        search_plan(args, args.ram_min, args.ram_max, None),
-                        None
-                        if args.no_baseline or name != "url"
-                        else Target("url", view, tiny, port, "ready", READY_MARKER),
-                    )
-                if "registry" in args.rows:
-                    # Artifacts of its own: the initramfs carries the CA and the credentials.
-                    pki, auth = registry_credentials(workdir / "registry-pki")
-                    reg_art = workdir / "debian-registry"
-                    report["build_seconds"]["debian-registry"] = build_artifacts(
-                        bootc_live,
-                        image.source,
-                        reg_art,
-                        "--ca",
-                        os.fspath(pki.ca),
-                        "--auth-file",
-                        os.fspath(auth),
-                    )
-                    report["sizes"]["debian-registry"] = sizes_of(reg_art)
-                    registry, push_s = stack.enter_context(
-                        registry_serving(image.source, pki, workdir / "registry")
-                    )
-                    pull = f"docker://{GUEST_SERVER}:{REGISTRY_PORT}/{REGISTRY_REPO}"
-                    report["registry"] = {
-                        "server": "docker-registry (TLS from a throwaway CA, htpasswd auth)",
-                        "host": registry.host,
-                        "guest_ref": pull,
-                        "pushed": image.source,
-                        "push_seconds": push_s,
-                        "compressed_bytes": image.compressed_bytes,
-                    }
-                    plans["registry"] = RowPlan(
-                        Target(
-                            "registry",
-                            url_view(reg_art, workdir / "debian-registry-view"),
-                            f"root=bootc-live:{pull}",
-                            registry.port,
-                            guest_port=REGISTRY_PORT,
-                            fstype="tmpfs",
-                        ),
-                        args.mem,
-                        args.repeat,
-                        search_plan(args, args.ram_min, args.ram_max, None),
-                    )
-                if KEXEC in args.rows:
-                    plans[KEXEC] = kexec_plan(args, bootc_live, image, art, workdir, report, stack)
-                    largest["debian-kexec"] = report["kexec_image"]["largest_blob_bytes"]
-            if ref is not None:
-                art = workdir / "reference"
-                kver = report["reference"]["kver"]
-                report["build_seconds"]["reference"] = build_artifacts(
-                    bootc_live, ref["source"], art, "--host", "--kver", kver
-                )
-                report["sizes"]["reference"] = sizes_of(art)
-                report["tmpfs_bytes"]["reference"] = tmpfs_footprint(
-                    bootc_live, ref["source"], workdir / "tmpfs-reference"
-                )
-                largest["reference"] = max(layer["size"] for layer in ref["layers"])
-                port = stack.enter_context(serving(art, workdir / "serve-reference"))
-                view = url_view(art, workdir / "reference-url")
-                url = f"root=bootc-live:http://{GUEST_SERVER}/root.oci"
-                tiny = f"root=bootc-live:http://{GUEST_SERVER}/tiny.oci bootclabel={TINY_TAG}"
-                for name in (n for n in REFERENCE_ROWS if n in args.rows):
-                    append = f"{url} {MODES[ROW_MODE[name]]}" if name in ROW_MODE else url
-                    plans[name] = RowPlan(
-                        Target(name, view, append, port, "switch-root", ref["greeting"]),
-                        args.reference_mem,
-                        args.reference_repeat,
-                        search_plan(
-                            args,
-                            args.reference_ram_min,
-                            args.reference_ram_max,
-                            args.reference_ram_boots,
-                        ),
-                        None
-                        if args.no_baseline or name != "reference-url"
-                        else Target(name, view, tiny, port, "ready", READY_MARKER),
-                    )
-            for name in ROWS:
-                if name not in plans:
-                    continue
-                of = {KEXEC: "debian-kexec"}.get(name, "debian")
-                of = "reference" if name in REFERENCE_ROWS else of
-                row = bench_row(plans[name], args.timeout, workdir, args.logs)
-                row["artifacts_of"] = "debian-registry" if name == "registry" else of
-                tmpfs = report["tmpfs_bytes"][of]
-                row["figures"] = row_figures(row, tmpfs, largest[of])
-                report["rows"][name] = row
-            if "registry" in report:
-                report["registry"]["guest_blob_requests"] = guest_blob_requests(registry)
-            report["sources"] = source_comparison(report["rows"])
-            report["modes"] = mode_comparison(report["rows"])
-            report["kexec"] = kexec_comparison(report["rows"])
-        if args.logs:
-            for console in workdir.glob("console-*.log"):
-                keep_log(console, args.logs)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    if args.json:
-        write_json(args.json, report)
-    print_report(report)
-    failed = [n for n, row in report["rows"].items() if not all(r["ok"] for r in row["runs"])]
-    if failed:
-        log(f"bench/boot: timed boots failed in: {', '.join(failed)}")
-    return 1 if failed else 0
+    return report
+
+
+def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
+    """The rows of the Debian test image, their artifacts built and servers started; the
+    registry server when the registry row is asked for."""
+    art = b.workdir / "debian"
+    # registry: artifacts of its own; kexec: its initramfs is these artifacts'.
+    if set(b.args.rows) & {"embedded", "url", *MODES, KEXEC}:
+        b.report["build_seconds"]["debian"] = build_artifacts(b.bootc_live, image.source, art)
+        b.report["sizes"]["debian"] = sizes_of(art)
+    b.report["tmpfs_bytes"]["debian"] = tmpfs_footprint(
+        b.bootc_live, image.source, b.workdir / "tmpfs-debian"
+    )
+    b.largest["debian"] = max(layer["size"] for layer in image.layers)
+    if "embedded" in b.args.rows:
+        b.plans["embedded"] = RowPlan(
+            Target("embedded", art, fstype="tmpfs"),
+            b.args.mem,
+            b.args.repeat,
+            search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+        )
+    url_rows = [r for r in ("url", *MODES) if r in b.args.rows]
+    if url_rows:
+        # One nginx for the url row and the root modes: the same root.oci.
+        port, view, url, tiny = serve_root_oci(art, b.workdir, "debian", b.stack)
+    for name in url_rows:
+        # url: the default tmpfs root; the modes append their kernel arguments. The tiny
+        # image's cross-check of the baseline is made once, by url.
+        append = f"{url} {MODES[name]}" if name in MODES else url
+        b.plans[name] = RowPlan(
+            Target(name, view, append, port, fstype=MODE_FSTYPE.get(name, "tmpfs")),
+            b.args.mem,
+            b.args.repeat,
+            search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+            None
+            if b.args.no_baseline or name != "url"
+            else Target("url", view, tiny, port, "ready", READY_MARKER),
+        )
+    registry = None
+    if "registry" in b.args.rows:
+        registry = registry_plan(b, image)
+    if KEXEC in b.args.rows:
+        b.plans[KEXEC] = kexec_plan(b.args, b.bootc_live, image, art, b.workdir, b.report, b.stack)
+        b.largest["debian-kexec"] = b.report["kexec_image"]["largest_blob_bytes"]
+    return registry
+
+
+def registry_plan(b: Setup, image: debian_image.DebianImage) -> Any:
+    """The registry row: artifacts of its own (the initramfs carries the CA and the
+    credentials), the image pushed to a real registry; the registry."""
+    pki, auth = registry_credentials(b.workdir / "registry-pki")
+    reg_art = b.workdir / "debian-registry"
+    b.report["build_seconds"]["debian-registry"] = build_artifacts(
+        b.bootc_live,
+        image.source,
+        reg_art,
+        "--ca",
+        os.fspath(pki.ca),
+        "--auth-file",
+        os.fspath(auth),
+    )
+    b.report["sizes"]["debian-registry"] = sizes_of(reg_art)
+    registry, push_s = b.stack.enter_context(
+        registry_serving(image.source, pki, b.workdir / "registry")
+    )
+    pull = f"docker://{GUEST_SERVER}:{REGISTRY_PORT}/{REGISTRY_REPO}"
+    b.report["registry"] = {
+        "server": "docker-registry (TLS from a throwaway CA, htpasswd auth)",
+        "host": registry.host,
+        "guest_ref": pull,
+        "pushed": image.source,
+        "push_seconds": push_s,
+        "compressed_bytes": image.compressed_bytes,
+    }
+    b.plans["registry"] = RowPlan(
+        Target(
+            "registry",
+            url_view(reg_art, b.workdir / "debian-registry-view"),
+            f"root=bootc-live:{pull}",
+            registry.port,
+            guest_port=REGISTRY_PORT,
+            fstype="tmpfs",
+        ),
+        b.args.mem,
+        b.args.repeat,
+        search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+    )
+    return registry
+
+
+def reference_plans(b: Setup, ref: dict[str, Any]) -> None:
+    """The rows of the reference-sized image, booted from a URL."""
+    art = b.workdir / "reference"
+    kver = b.report["reference"]["kver"]
+    b.report["build_seconds"]["reference"] = build_artifacts(
+        b.bootc_live, ref["source"], art, "--host", "--kver", kver
+    )
+    b.report["sizes"]["reference"] = sizes_of(art)
+    b.report["tmpfs_bytes"]["reference"] = tmpfs_footprint(
+        b.bootc_live, ref["source"], b.workdir / "tmpfs-reference"
+    )
+    b.largest["reference"] = max(layer["size"] for layer in ref["layers"])
+    port, view, url, tiny = serve_root_oci(art, b.workdir, "reference", b.stack)
+    for name in (n for n in REFERENCE_ROWS if n in b.args.rows):
+        append = f"{url} {MODES[ROW_MODE[name]]}" if name in ROW_MODE else url
+        b.plans[name] = RowPlan(
+            Target(name, view, append, port, "switch-root", ref["greeting"]),
+            b.args.reference_mem,
+            b.args.reference_repeat,
+            search_plan(
+                b.args,
+                b.args.reference_ram_min,
+                b.args.reference_ram_max,
+                b.args.reference_ram_boots,
+            ),
+            None
+            if b.args.no_baseline or name != "reference-url"
+            else Target(name, view, tiny, port, "ready", READY_MARKER),
+        )
+
+
+def serve_root_oci(
+    art: Path, workdir: Path, label: str, stack: ExitStack
+) -> tuple[int, Path, str, str]:
+    """nginx serving these artifacts (until the stack closes): its port, the directory it
+    serves, the root= of root.oci and that of the tiny image beside it."""
+    port = stack.enter_context(serving(art, workdir / f"serve-{label}"))
+    view = url_view(art, workdir / f"{label}-url")
+    url = f"root=bootc-live:http://{GUEST_SERVER}/root.oci"
+    tiny = f"root=bootc-live:http://{GUEST_SERVER}/tiny.oci bootclabel={TINY_TAG}"
+    return port, view, url, tiny
+
+
+def run_rows(b: Setup) -> None:
+    """Boot every planned row in ROWS order; its record and figures into the report."""
+    for name in ROWS:
+        if name not in b.plans:
+            continue
+        of = {KEXEC: "debian-kexec"}.get(name, "debian")
+        of = "reference" if name in REFERENCE_ROWS else of
+        row = bench_row(b.plans[name], b.args.timeout, b.workdir, b.args.logs)
+        row["artifacts_of"] = "debian-registry" if name == "registry" else of
+        tmpfs = b.report["tmpfs_bytes"][of]
+        row["figures"] = row_figures(row, tmpfs, b.largest[of])
+        b.report["rows"][name] = row
 
 
 def kexec_plan(

@@ -31,11 +31,27 @@ def fmt(value: Any, unit: str = "s", digits: int = 1) -> str:
     return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
 
 
+WIDTH = 15  # a row's column
+
+
 def print_report(report: dict[str, Any]) -> None:
     rows: dict[str, dict[str, Any]] = report["rows"]
     names = list(rows)
-    width = 15
     print()
+    print_inputs(report, names)
+    print_phases(rows, names)
+    cells = Cells(report)
+    print_figures(report, cells)
+    print_sources(report, cells.ram)
+    print_modes(report, cells.ram)
+    print_kexec(report, cells.ram)
+    print_trials(rows, names)
+    print_notes(rows, names)
+
+
+def print_inputs(report: dict[str, Any], names: list[str]) -> None:
+    """What was booted: the images, the registry, the kexec image, the VM."""
+    rows = report["rows"]
     img = report.get("image")
     if img:
         print(
@@ -84,15 +100,19 @@ def print_report(report: dict[str, Any]) -> None:
     for n in names:
         if n in MODES:
             print(f"{n}: booted like url, with {MODES[n]}")
+
+
+def print_phases(rows: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """The phases' medians, one column per row, and each boot's /init → switch root."""
     print()
-    header = f"{'phase (median of the timed boots)':<40}" + "".join(f"{n:>{width}}" for n in names)
+    header = f"{'phase (median of the timed boots)':<40}" + "".join(f"{n:>{WIDTH}}" for n in names)
     print(header)
     print("-" * len(header))
     kexec_labels = {label for label, _ in KEXEC_PHASES}
     for label, _ in PHASES:
         if label in kexec_labels and KEXEC not in names:
             continue
-        print(f"{label:<40}" + "".join(f"{fmt(rows[n]['medians'][label]):>{width}}" for n in names))
+        print(f"{label:<40}" + "".join(f"{fmt(rows[n]['medians'][label]):>{WIDTH}}" for n in names))
     for n in names:
         shown = " ".join(fmt(v, "") for v in rows[n]["phases"][SWITCH_ROOT])
         stage = " (stage two)" if n == KEXEC else ""
@@ -101,16 +121,26 @@ def print_report(report: dict[str, Any]) -> None:
             if not r["ok"]:
                 print(f"  {n}: boot with {r['mem']} MiB FAILED ({r['ended']}): {r['failure']}")
 
-    figs = {n: rows[n]["figures"] for n in names}
 
-    def line(label: str, cell: Callable[[str], str], note: str) -> None:
-        print(f"{label:<40}" + "".join(f"{cell(n):>{width}}" for n in names) + f"   {note}")
+class Cells:
+    """The cells of the figures table: one function of the row's name per figure."""
 
-    def mib(key: str, digits: int = 0) -> Callable[[str], str]:
-        return lambda n: fmt(figs[n].get(key), "MiB", digits)
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+        self.rows: dict[str, dict[str, Any]] = report["rows"]
+        self.figs = {n: row["figures"] for n, row in self.rows.items()}
 
-    def ram(n: str) -> str:
-        f, search = figs[n], rows[n]["ram_search"]
+    def mib(self, key: str, digits: int = 0) -> Callable[[str], str]:
+        return lambda n: fmt(self.figs[n].get(key), "MiB", digits)
+
+    def ratio(self, key: str, digits: int) -> Callable[[str], str]:
+        return lambda n: fmt(self.figs[n].get(key), "", digits)
+
+    def seconds(self, key: str) -> Callable[[str], str]:
+        return lambda n: fmt(self.figs[n][key])
+
+    def ram(self, n: str) -> str:
+        f, search = self.figs[n], self.rows[n]["ram_search"]
         if search is None:
             return "not searched"
         if f["min_ram_mib"] is None:
@@ -121,147 +151,163 @@ def print_report(report: dict[str, Any]) -> None:
             return f"{f['ram_failed_mib']}<x<={f['min_ram_mib']}"
         return f"{f['min_ram_mib']} MiB"
 
-    def vs_original(n: str) -> str:
-        value = figs[n]["switch_root_s"]
+    def vs_original(self, n: str) -> str:
+        value = self.figs[n]["switch_root_s"]
         if n in (*REFERENCE_ROWS, KEXEC) or value is None:
             return "-"
         return f"{value / ORIGINAL_UNPACK_S:.2f}"
 
+    def boots(self, n: str) -> str:
+        return f"{self.figs[n]['booted']}/{self.figs[n]['boots']} @{self.rows[n]['mem']}"
+
+    def fstype(self, n: str) -> str:
+        return ",".join(self.figs[n].get("fstype") or ["-"])
+
+    def initrd_size(self, n: str) -> str:
+        return fmt(self.report["sizes"][self.rows[n]["artifacts_of"]]["initrd.img"] / MIB, "MiB")
+
+    def image_size(self, n: str) -> str:
+        if n == "registry":
+            return fmt(self.report["registry"]["compressed_bytes"] / MIB, "MiB")
+        name = "root.oci" if n in URL_ROWS else "rootfs.img"
+        return fmt(self.report["sizes"][self.rows[n]["artifacts_of"]][name] / MIB, "MiB")
+
+
+def print_figures(report: dict[str, Any], cells: Cells) -> None:
+    """SPEC §9's figures, one column per row, with the target or how each is measured."""
+    names = list(report["rows"])
+    table: list[tuple[str, Callable[[str], str], str]] = [
+        (
+            "initramfs start → switch root",
+            cells.seconds("switch_root_s"),
+            f"<= {TARGET_FACTOR} x the original's (not measurable here)",
+        ),
+        (
+            "  / the original's ~53 s (test image)",
+            cells.vs_original,
+            f"53 s = its TCG unpacking of the test image alone; {TARGET_FACTOR} x = "
+            f"{ORIGINAL_UNPACK_S * TARGET_FACTOR:.1f} s",
+        ),
+        ("  of which bootc-live unpacks", cells.seconds("unpack_s"), "its own figure"),
+        (
+            "boots / timed boots",
+            cells.boots,
+            f"reference-url: must boot with {URL_RAM_TARGET_MIB} MiB",
+        ),
+        (
+            "root (the verdict's fstype)",
+            cells.fstype,
+            "tmpfs; zram: ext4 on /dev/zram*; EROFS: erofs (loop)",
+        ),
+        (
+            "smallest RAM that boots",
+            cells.ram,
+            f"<= {URL_RAM_TARGET_MIB} MiB from a URL; the original ~{ORIGINAL_RAM_MIB} MiB",
+        ),
+        (
+            "  the mode needs (runtime's planner)",
+            cells.mib("need_mib"),
+            "status 'need': at the peak; it refuses to start below",
+        ),
+        (
+            "  what the root may take (runtime)",
+            cells.mib("available_mib"),
+            "status 'available', at the timed boots' RAM",
+        ),
+        (
+            "peak memory in use (runtime)",
+            cells.mib("peak_mib"),
+            "MemTotal - MemAvailable, peak during fetch + unpack",
+        ),
+        (
+            "  in use before fetching (runtime)",
+            cells.mib("start_mib"),
+            "the same figure when the runtime starts: the baseline",
+        ),
+        (
+            "  unused modules freed (runtime)",
+            cells.mib("freed_mib"),
+            "status 'modules_freed_bytes': out of the baseline before the unpack",
+        ),
+        (
+            "  peak of a tiny image, same initrd",
+            cells.mib("baseline_peak_mib"),
+            "cross-check of the baseline (a separate boot), less what it freed",
+        ),
+        (
+            "in use once booted (verdict)",
+            cells.mib("memused_mib"),
+            "MemTotal - MemAvailable at multi-user (the test image)",
+        ),
+        ("unpacked (file data written)", cells.mib("written_mib"), "the runtime's figure"),
+        (
+            "  its tmpfs footprint (on the host)",
+            cells.mib("tmpfs_mib"),
+            "df of a tmpfs after unpack",
+        ),
+        (
+            "zram: data stored on the device",
+            cells.mib("zram_stored_mib", 1),
+            "the root's 'stored' (/sys/block/zram*/mm_stat)",
+        ),
+        ("  RAM the device takes", cells.mib("zram_ram_mib", 1), "the root's 'memory' (mem_used)"),
+        ("  stored / RAM", cells.ratio("zram_ratio", 2), "the compression zram achieved"),
+        (
+            "EROFS image",
+            cells.mib("erofs_mib", 1),
+            "its size (the root stays in RAM as this image); sha256 below",
+        ),
+        (
+            "URL, registry: peak - before fetching",
+            cells.mib("above_start_mib"),
+            "memory the fetch and unpack added",
+        ),
+        (
+            "  / unpacked",
+            cells.ratio("ratio", 3),
+            f"<= {URL_PEAK_FACTOR} (SPEC, from a URL into tmpfs)",
+        ),
+        (
+            "  with the tiny image's baseline",
+            cells.ratio("ratio_baseline", 3),
+            "(peak - tiny peak) / unpacked",
+        ),
+        (
+            "  beyond the root's tmpfs footprint",
+            cells.mib("overhead_mib"),
+            "what the unpacker itself held at the peak",
+        ),
+        (
+            "embedded: peak above image-less",
+            cells.mib("above_imageless_mib"),
+            "peak - (before fetching - the blobs in the initramfs)",
+        ),
+        (
+            "  / (unpacked + largest blob)",
+            cells.ratio("embedded_ratio", 3),
+            "<= 1 (SPEC, from an embedded split layout)",
+        ),
+        (
+            "initrd.img (all modules)",
+            cells.initrd_size,
+            "<= the original's registry variant, same dracut (not measurable here)",
+        ),
+        (
+            "image: rootfs.img / root.oci / blobs",
+            cells.image_size,
+            "embedded: rootfs.img (split layout); URL rows: root.oci; registry: the pushed layers",
+        ),
+    ]
     print()
-    header = f"{'SPEC §9 figure':<40}" + "".join(f"{n:>{width}}" for n in names)
+    header = f"{'SPEC §9 figure':<40}" + "".join(f"{n:>{WIDTH}}" for n in names)
     print(header + "   target / how")
     print("-" * (len(header) + 20))
-    line(
-        "initramfs start → switch root",
-        lambda n: fmt(figs[n]["switch_root_s"]),
-        f"<= {TARGET_FACTOR} x the original's (not measurable here)",
-    )
-    line(
-        "  / the original's ~53 s (test image)",
-        vs_original,
-        f"53 s = its TCG unpacking of the test image alone; {TARGET_FACTOR} x = "
-        f"{ORIGINAL_UNPACK_S * TARGET_FACTOR:.1f} s",
-    )
-    line("  of which bootc-live unpacks", lambda n: fmt(figs[n]["unpack_s"]), "its own figure")
-    line(
-        "boots / timed boots",
-        lambda n: f"{figs[n]['booted']}/{figs[n]['boots']} @{rows[n]['mem']}",
-        f"reference-url: must boot with {URL_RAM_TARGET_MIB} MiB",
-    )
-    line(
-        "root (the verdict's fstype)",
-        lambda n: ",".join(figs[n].get("fstype") or ["-"]),
-        "tmpfs; zram: ext4 on /dev/zram*; EROFS: erofs (loop)",
-    )
-    line(
-        "smallest RAM that boots",
-        ram,
-        f"<= {URL_RAM_TARGET_MIB} MiB from a URL; the original ~{ORIGINAL_RAM_MIB} MiB",
-    )
-    line(
-        "  the mode needs (runtime's planner)",
-        mib("need_mib"),
-        "status 'need': at the peak; it refuses to start below",
-    )
-    line(
-        "  what the root may take (runtime)",
-        mib("available_mib"),
-        "status 'available', at the timed boots' RAM",
-    )
-    line(
-        "peak memory in use (runtime)",
-        mib("peak_mib"),
-        "MemTotal - MemAvailable, peak during fetch + unpack",
-    )
-    line(
-        "  in use before fetching (runtime)",
-        mib("start_mib"),
-        "the same figure when the runtime starts: the baseline",
-    )
-    line(
-        "  unused modules freed (runtime)",
-        mib("freed_mib"),
-        "status 'modules_freed_bytes': out of the baseline before the unpack",
-    )
-    line(
-        "  peak of a tiny image, same initrd",
-        mib("baseline_peak_mib"),
-        "cross-check of the baseline (a separate boot), less what it freed",
-    )
-    line(
-        "in use once booted (verdict)",
-        mib("memused_mib"),
-        "MemTotal - MemAvailable at multi-user (the test image)",
-    )
-    line("unpacked (file data written)", mib("written_mib"), "the runtime's figure")
-    line("  its tmpfs footprint (on the host)", mib("tmpfs_mib"), "df of a tmpfs after unpack")
-    line(
-        "zram: data stored on the device",
-        mib("zram_stored_mib", 1),
-        "the root's 'stored' (/sys/block/zram*/mm_stat)",
-    )
-    line("  RAM the device takes", mib("zram_ram_mib", 1), "the root's 'memory' (mem_used)")
-    line(
-        "  stored / RAM",
-        lambda n: fmt(figs[n].get("zram_ratio"), "", 2),
-        "the compression zram achieved",
-    )
-    line(
-        "EROFS image",
-        mib("erofs_mib", 1),
-        "its size (the root stays in RAM as this image); sha256 below",
-    )
-    line(
-        "URL, registry: peak - before fetching",
-        mib("above_start_mib"),
-        "memory the fetch and unpack added",
-    )
-    line(
-        "  / unpacked",
-        lambda n: fmt(figs[n].get("ratio"), "", 3),
-        f"<= {URL_PEAK_FACTOR} (SPEC, from a URL into tmpfs)",
-    )
-    line(
-        "  with the tiny image's baseline",
-        lambda n: fmt(figs[n].get("ratio_baseline"), "", 3),
-        "(peak - tiny peak) / unpacked",
-    )
-    line(
-        "  beyond the root's tmpfs footprint",
-        mib("overhead_mib"),
-        "what the unpacker itself held at the peak",
-    )
-    line(
-        "embedded: peak above image-less",
-        mib("above_imageless_mib"),
-        "peak - (before fetching - the blobs in the initramfs)",
-    )
-    line(
-        "  / (unpacked + largest blob)",
-        lambda n: fmt(figs[n].get("embedded_ratio"), "", 3),
-        "<= 1 (SPEC, from an embedded split layout)",
-    )
-    sizes = report["sizes"]
-    line(
-        "initrd.img (all modules)",
-        lambda n: fmt(sizes[rows[n]["artifacts_of"]]["initrd.img"] / MIB, "MiB"),
-        "<= the original's registry variant, same dracut (not measurable here)",
-    )
+    for label, cell, note in table:
+        print(f"{label:<40}" + "".join(f"{cell(n):>{WIDTH}}" for n in names) + f"   {note}")
 
-    def image_size(n: str) -> str:
-        if n == "registry":
-            return fmt(report["registry"]["compressed_bytes"] / MIB, "MiB")
-        name = "root.oci" if n in URL_ROWS else "rootfs.img"
-        return fmt(sizes[rows[n]["artifacts_of"]][name] / MIB, "MiB")
 
-    line(
-        "image: rootfs.img / root.oci / blobs",
-        image_size,
-        "embedded: rootfs.img (split layout); URL rows: root.oci; registry: the pushed layers",
-    )
-    print_sources(report, ram)
-    print_modes(report, ram)
-    print_kexec(report, ram)
+def print_trials(rows: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Each RAM search's boots."""
     for n in names:
         search = rows[n]["ram_search"]
         if not search or not search["trials"]:
@@ -276,6 +322,10 @@ def print_report(report: dict[str, Any]) -> None:
         for t in search["trials"]:
             if not t["ok"]:
                 print(f"  {t['mem']} MiB: {t['failure']}")
+
+
+def print_notes(rows: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Whether other guests ran meanwhile, and where the phases come from."""
     loaded = [n for n in names if any(r["other_qemus"] for r in all_boots(rows[n]))]
     print()
     if loaded:
