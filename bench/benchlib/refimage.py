@@ -4,21 +4,21 @@ gzip layers), each an OCI layout and its oci-archive."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import shlex
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import debian_image
 from benchlib.common import BenchError, log, run, utc_now
 from benchlib.mounts import remove_tree, unmount_all_under
+from bootc_live.layout import Layer, LayoutWriter
 
 DEFAULT_CACHE = Path("/var/cache/bootc-live-bench")
-CACHE_FORMAT = 1  # bump to invalidate every cached image when the image recipe changes
+CACHE_FORMAT = 2  # bump to invalidate every cached image when the image recipe changes
 ROOT_RECIPE: dict[str, Any] = {
     "suite": "bookworm",
     "variant": "minbase",
@@ -120,23 +120,6 @@ def build_root(cache: Path, mirror: str, force: bool) -> tuple[Path, dict[str, A
     return root, info
 
 
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    name: str
-    digest: str  # sha256 of the gzip blob
-    size: int
-    diff_id: str  # sha256 of the uncompressed tar
-    tar_size: int
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def layer_members(root: Path, directory: str, entries: list[str] | None) -> list[str]:
     """tar member arguments of one layer of the split image."""
     if entries is None:
@@ -149,44 +132,10 @@ def layer_members(root: Path, directory: str, entries: list[str] | None) -> list
     return ["--no-recursion", *parents, "--recursion", *(f"./{t}" for t in subtrees)]
 
 
-def write_layer(root: Path, name: str, members: list[str], blobs: Path) -> Layer:
-    """Tar members of root, gzip with pigz into blobs/, hashing both streams."""
-    tmp = blobs / f".{name}.tmp"
-    tar_argv = ["tar", "-C", os.fspath(root), *TAR_CREATE, "-cf", "-", *members]
-    log("+ " + shlex.join(tar_argv) + " | pigz -n > " + os.fspath(tmp))
-    diff = hashlib.sha256()
-    tar_size = 0
-    with open(tmp, "wb") as out:
-        tar = subprocess.Popen(tar_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        pigz = subprocess.Popen(["pigz", "-n"], stdin=subprocess.PIPE, stdout=out)
-        assert tar.stdout is not None and pigz.stdin is not None
-        try:
-            while chunk := tar.stdout.read(1 << 20):
-                diff.update(chunk)
-                tar_size += len(chunk)
-                pigz.stdin.write(chunk)
-            pigz.stdin.close()
-        except BrokenPipeError:
-            tar.kill()  # pigz died; its status is reported below
-        if tar.wait() != 0 or pigz.wait() != 0:
-            raise BenchError(
-                f"building layer {name} failed (tar {tar.returncode}, pigz {pigz.returncode})"
-            )
-    digest = sha256_file(tmp)
-    tmp.rename(blobs / digest)
-    return Layer(
-        name,
-        f"sha256:{digest}",
-        (blobs / digest).stat().st_size,
-        f"sha256:{diff.hexdigest()}",
-        tar_size,
-    )
-
-
-def verify_layer(blobs: Path, layer: Layer) -> None:
+def verify_layer(blobs: Path, layer: dict[str, Any]) -> None:
     """Decompress the written blob again and check its diff_id."""
     proc = subprocess.Popen(
-        ["pigz", "-dc", os.fspath(blobs / layer.digest.removeprefix("sha256:"))],
+        ["pigz", "-dc", os.fspath(blobs / layer["digest"].removeprefix("sha256:"))],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     )
@@ -194,70 +143,24 @@ def verify_layer(blobs: Path, layer: Layer) -> None:
     h = hashlib.sha256()
     while chunk := proc.stdout.read(1 << 20):
         h.update(chunk)
-    if proc.wait() != 0 or f"sha256:{h.hexdigest()}" != layer.diff_id:
-        raise BenchError(f"layer {layer.name}: blob does not decompress to its diff_id")
+    if proc.wait() != 0 or f"sha256:{h.hexdigest()}" != layer["diff_id"]:
+        raise BenchError(f"layer {layer['name']}: blob does not decompress to its diff_id")
 
 
-def write_blob(blobs: Path, data: bytes) -> tuple[str, int]:
-    digest = hashlib.sha256(data).hexdigest()
-    (blobs / digest).write_bytes(data)
-    return f"sha256:{digest}", len(data)
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def write_layout(layout: Path, layers: list[Layer], created: str) -> None:
-    """oci-layout, index.json with the ref name, manifest and config of an OCI image."""
-    blobs = layout / "blobs" / "sha256"
-    config = {
+def image_config(layers: list[dict[str, Any]], created: str) -> dict[str, Any]:
+    """What the image's config holds besides its os, architecture and layers."""
+    return {
         "created": created,
-        "architecture": "amd64",
-        "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Cmd": ["/sbin/init"],
             "Labels": {"containers.bootc": "1"},
         },
-        "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in layers]},
         "history": [
-            {"created": created, "created_by": f"bench/unpack: layer {lay.name}"} for lay in layers
+            {"created": created, "created_by": f"bench/unpack: layer {layer['name']}"}
+            for layer in layers
         ],
     }
-    config_digest, config_size = write_blob(blobs, canonical_json(config))
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config_size,
-        },
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": lay.digest,
-                "size": lay.size,
-            }
-            for lay in layers
-        ],
-    }
-    manifest_digest, manifest_size = write_blob(blobs, canonical_json(manifest))
-    index = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": manifest_size,
-                "annotations": {"org.opencontainers.image.ref.name": REF_NAME},
-            }
-        ],
-    }
-    (layout / "index.json").write_bytes(canonical_json(index))
-    (layout / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
 
 
 def build_image(
@@ -281,16 +184,19 @@ def build_image(
     log(f"building the {kind}-layer image in {final}")
     new = cache / "images" / f"{kind}.new"
     remove_tree(new)
-    blobs = new / "layout" / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
+    out = LayoutWriter(new / "layout")
     if kind == "single":
         parts = [("rootfs", ["."])]
     else:
         parts = [(name, layer_members(root, d, entries)) for name, d, entries in SPLIT]
-    layers = [write_layer(root, name, members, blobs) for name, members in parts]
+    tar = ["tar", "-C", os.fspath(root), *TAR_CREATE, "-cf", "-"]
+    layers = [
+        debian_image.write_layer(name, [*tar, *members], out.blobs, log) for name, members in parts
+    ]
     for layer in layers:
-        verify_layer(blobs, layer)
-    write_layout(new / "layout", layers, root_info["built"])
+        verify_layer(out.blobs, layer)
+    blobs = [Layer(layer["digest"], layer["size"], layer["diff_id"]) for layer in layers]
+    out.add_image(blobs, REF_NAME, image_config(layers, root_info["built"]))
     run(
         [
             "tar",
@@ -308,7 +214,7 @@ def build_image(
     )
     info = {
         "recipe": recipe,
-        "layers": [dataclasses.asdict(lay) for lay in layers],
+        "layers": layers,
         "archive_bytes": (new / "image.tar").stat().st_size,
     }
     (new / "image.json").write_text(json.dumps(info, indent=2) + "\n")
