@@ -19,12 +19,19 @@ class CommandError(BootcLiveError):
     the command line (shown with --debug only: it is internal), `output` what it printed."""
 
     def __init__(
-        self, message: str, hint: str = "", detail: str = "", command: str = "", output: str = ""
+        self,
+        message: str,
+        hint: str = "",
+        detail: str = "",
+        command: str = "",
+        output: str = "",
+        returncode: int | None = None,
     ) -> None:
         super().__init__(message, hint)
         self.detail = detail or message
         self.command = command
         self.output = output
+        self.returncode = returncode  # None: it did not run, or did not end in time
 
 
 def run(
@@ -73,6 +80,7 @@ def run(
             last,
             shlex.join(shown or args),
             result.stdout or "",
+            result.returncode,
         )
     if result.stderr and DEBUG:
         sys.stderr.write(result.stderr)

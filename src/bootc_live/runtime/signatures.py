@@ -199,8 +199,9 @@ def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified
             status = run(argv, capture=True, timeout=TOOL_TIMEOUT).stdout
             failed = False
         except CommandError as err:
-            if "[GNUPG:] " not in err.output:  # gpgv reports on any input: it did not run
+            if err.returncode is None:  # gpgv is missing or did not end in time
                 raise SignatureError(f"gpgv could not verify: {err.detail}", TOOL_FAILED) from None
+            # It ran and refused: a message it cannot parse may end it before any status line.
             status, failed = err.output, True
         fingerprint = _gpg_verdict(status, failed)
         with open(payload, "rb") as f:
