@@ -42,16 +42,9 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def simple_payload(digest: str, reference: str) -> bytes:
-    return json.dumps(
-        {
-            "critical": {
-                "identity": {"docker-reference": reference},
-                "image": {"docker-manifest-digest": digest},
-                "type": "atomic container signature",
-            },
-            "optional": {"creator": "bootc-live tests"},
-        }
-    ).encode()
+    """What simple signing signs: cosign's payload with the simple-signing type."""
+    cosign = b"cosign container image signature"
+    return cosign_payload(digest, reference).replace(cosign, b"atomic container signature")
 
 
 @dataclass(frozen=True)
