@@ -11,7 +11,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import carried, dracut, hostpolicy, scratch, selfcheck, zramsize
@@ -58,7 +58,8 @@ class BuildConfig:
     flavour: str = "systemd"
     ca: Path | None = None  # a CA bundle for https, put into the initramfs
     auth_file: Path | None = None  # registry credentials, put into the initramfs (0600)
-    trust: TrustOptions = TrustOptions()  # SOURCE is checked; an explicit --policy goes in
+    # SOURCE is checked against it; an explicit --policy also goes into the initramfs
+    trust: TrustOptions = field(default_factory=TrustOptions)
 
 
 def build(config: BuildConfig) -> Path:
@@ -73,9 +74,7 @@ def build(config: BuildConfig) -> Path:
         scratch.track(tmp)
         tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
-            kver, sizes, zram = make_kernel_and_initramfs(
-                config, image, tmp, Path(work), trusted
-            )
+            kver, sizes, zram = make_kernel_and_initramfs(config, image, tmp, Path(work), trusted)
         entries, documents = carried.entries(image, checked.found)
         index = index_json(image, label, sizes, zram, image.top, entries)
         with Ticker("packing rootfs.img, root.oci and initrd-full.img"):

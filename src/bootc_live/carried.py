@@ -58,7 +58,12 @@ def _signature_manifest(group: Sequence[trust.Found], sigstore: bool) -> tuple[b
     if sigstore:  # what cosign writes: a config naming the layers
         diff_ids = [layer["digest"] for layer in layers]
         config = canonical_json(
-            {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+            {
+                "architecture": "",
+                "os": "",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            }
         )
         config_type = MEDIA_CONFIG
     else:
@@ -82,7 +87,9 @@ def documents_between(image: Image, depth: int = 8) -> list[bytes]:
         return []
     path = _path(image, image.top, depth)
     if path is None:
-        raise ImageError(f"{image.source.description}: {image.top.digest} does not lead to the image")
+        raise ImageError(
+            f"{image.source.description}: {image.top.digest} does not lead to the image"
+        )
     return path
 
 
@@ -101,4 +108,3 @@ def _path(image: Image, desc: Descriptor, depth: int) -> list[bytes] | None:
             if below is not None:
                 return [data, *below]
     return None
-

@@ -164,7 +164,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise
     finally:
         image.source.close()
-    kept = f" with {len(checked.found)} signatures" if checked.found else ""
+    count = len(checked.found)
+    kept = f" with {count} signature{'s' if count > 1 else ''}" if count else ""
     print(f"{image.manifest_digest}  {dest.transport}:{target}:{label}{kept}")
     return 0
 

@@ -71,7 +71,7 @@ def evaluated_as(ref: SourceRef, identity: str | None) -> tuple[str, str]:
     if ref.transport == "docker":
         if identity is not None:
             raise UsageError(
-                f"--identity is for SOURCEs without a registry name; {ref} is checked as {ref.path}",
+                f"--identity names SOURCEs without a registry name; {ref} is checked as such",
                 "leave --identity out",
             )
         return "docker", ref.path
