@@ -119,7 +119,7 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
         stall=args.timeout or HOST_POLICY.stall,
         max_backoff=HOST_POLICY.max_backoff if args.retries is None else 30.0,
     )
-    return SourceRef.parse(
+    ref = SourceRef.parse(
         args.source,
         RegistryOptions(
             auth_file=args.auth_file,
@@ -130,6 +130,12 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
             compress_copies=args.command in ("build", "pull"),
         ),
     )
+    if ref.transport == "docker" and getattr(args, "identity", None):
+        raise UsageError(
+            f"--identity names SOURCEs that have no registry name; {ref} is checked as itself",
+            "leave --identity out",
+        )
+    return ref
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

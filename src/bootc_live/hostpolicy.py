@@ -65,15 +65,11 @@ def parse_identity(text: str) -> str:
 
 def evaluated_as(ref: SourceRef, identity: str | None) -> tuple[str, str]:
     """(transport, name) the policy evaluates SOURCE's image under (docs/signatures.md):
-    docker://REF as REF; any other SOURCE as the registry name --identity gives it, else as
+    docker://REF as REF (cli refuses --identity for it); any other SOURCE as the registry name
+    --identity gives it, else as
     skopeo does: oci and oci-archive by absolute path, docker-archive under its own transport,
     a URL and containers-storage under `default` only (name "")."""
     if ref.transport == "docker":
-        if identity is not None:
-            raise UsageError(
-                f"--identity names SOURCEs without a registry name; {ref} is checked as such",
-                "leave --identity out",
-            )
         return "docker", ref.path
     if identity is not None:
         return "docker", identity
@@ -124,7 +120,13 @@ def judge(
         return None
     transport, name = evaluated_as(ref, options.identity)
     fetch = ref.registry.policy
-    verdict = trust.check(loaded, transport, name, image.source, image, registries, fetch, say)
+    try:
+        verdict = trust.check(loaded, transport, name, image.source, image, registries, fetch, say)
+    except PolicyError as err:
+        if transport == "docker" or err.reason != policy.IDENTITY_MISMATCH:
+            raise
+        # Checked by its path, the image has no name a signature could claim.
+        raise PolicyError(str(err), err.reason, trust.IDENTITY_HINT) from None
     say(verdict.line())
     return verdict
 
@@ -142,7 +144,7 @@ def describe(checked: Checked, options: TrustOptions, ref: SourceRef) -> list[st
             requirements = ()
     lines = []
     for number, found in enumerate(checked.found, 1):
-        head = f"signature {number} {found.signature.kind} ({shown(found.origin)})"
+        head = f"signature {number} {found.signature.kind} ({shown(found.origin, 200)})"
         lines.append(f"{head}: {_verified_by(found.signature, requirements, checked)}")
     if not lines:
         lines.append("signatures none found")
