@@ -139,9 +139,15 @@ def write_split_layout(
 def write_record(image: Image, layers_read: int, out: BinaryIO) -> str:
     """Append to `out`, as a cpio archive of its own, the record of what this stage verified:
     every blob of the manifest (write_split_layout checked them all) and the diff_ids of the top
-    `layers_read` layers (read through to their end). Returns the record's digest, which the
-    next command line carries (bootc.kexec.verified=)."""
-    data = json.dumps({"manifest": image.manifest_digest, "layers_read": layers_read}).encode()
+    `layers_read` layers (read through to their end), and the signature check's verdict.
+    Returns the record's digest, which the next command line carries (bootc.kexec.verified=)."""
+    data = json.dumps(
+        {
+            "manifest": image.manifest_digest,
+            "layers_read": layers_read,
+            "signatures": dict(image.signatures),
+        }
+    ).encode()
     cpio = CpioWriter(out)
     cpio.add_bytes(RECORD, data)
     cpio.close()
@@ -155,8 +161,9 @@ def trust_previous_stage(
     names the handover at its place in the initramfs; the record beside it has the digest
     `expected` from the command line (which stage one wrote: an appended initrd cannot change
     it); and the record names this very manifest, whose digest resolve() has just checked (it
-    fixes every layer digest and, through the config, every diff_id). Otherwise `image`
-    unchanged: everything is verified here, as usual."""
+    fixes every layer digest and, through the config, every diff_id); its signature verdict
+    is the previous stage's. Otherwise `image` unchanged: everything is verified here, as
+    usual."""
     data = b""
     if os.path.normpath(layout) == os.path.join(root, IMAGE_DIR):
         try:
@@ -176,7 +183,10 @@ def trust_previous_stage(
         "previous stage, not computed again"
     )
     return replace(
-        image, verified_blobs=frozenset(range(layers)), verified_diff_ids=frozenset(read)
+        image,
+        verified_blobs=frozenset(range(layers)),
+        verified_diff_ids=frozenset(read),
+        signatures=record.get("signatures") or {},
     )
 
 
