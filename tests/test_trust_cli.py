@@ -20,12 +20,12 @@ import pytest
 from bootc_live import build as build_mod
 from bootc_live import selfcheck
 from bootc_live.demo import demo_layers, host_kernel
-from bootc_live.hostpolicy import TrustOptions
+from bootc_live.hostpolicy import TrustOptions, storage_policy
 from bootc_live.images import UsageError
 from bootc_live.layout import write_layout
 from bootc_live.runtime import registriesd, signatures
 from bootc_live.runtime.oci import resolve
-from bootc_live.runtime.policy import PolicyError
+from bootc_live.runtime.policy import Policy, PolicyError
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import (
     MT_CONFIG,
@@ -490,3 +490,51 @@ def test_the_self_check_names_a_missing_verifier_a_policy_needs(
             "/etc/containers/policy.json"
         ), caught.value.line()
         shutil.rmtree(copy)
+
+
+def test_what_skopeo_copies_is_checked_with_no_signatures(tmp_path: Path, keys: Keys) -> None:
+    """docker-archive (and containers-storage) images come through skopeo's copy, which keeps
+    no signature: insecureAcceptAnything passes, a signature requirement fails by name."""
+    need(shutil.which("skopeo") is not None, "needs skopeo")
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"a")])], tag="v1")
+    archive = tmp_path / "saved.tar"
+    run("skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{tmp_path / 'img'}:v1",
+        f"docker-archive:{archive}")  # fmt: skip
+    policy = tmp_path / "policy.json"
+    accept = [{"type": "insecureAcceptAnything"}]
+    gpg = [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(keys.trusted_key)}]
+    policy.write_text(json.dumps({"default": gpg, "transports": {"docker-archive": {"": accept}}}))
+    ok = bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
+    assert ok.returncode == 0, ok.stderr
+    assert 'signatures: not required (policy scope docker-archive "")' in ok.stderr
+    policy.write_text(json.dumps({"default": gpg}))
+    said = assert_clean_failure(
+        bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
+    )
+    assert f"docker-archive:{archive}: no simple signature, and policy scope default" in said
+
+
+def test_containers_storage_is_checked_under_its_transport_scope() -> None:
+    gpg = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}
+    accept = {"type": "insecureAcceptAnything"}
+    rules = Policy.parse(
+        json.dumps(
+            {"default": [gpg], "transports": {"containers-storage": {"": [accept]}}}
+        ).encode(),
+        "p.json",
+    )
+    assert [r.type for r in storage_policy(rules).default] == ["insecureAcceptAnything"]
+    plain = Policy.parse(json.dumps({"default": [gpg]}).encode(), "p.json")
+    assert storage_policy(plain) == plain
+    scoped = Policy.parse(
+        json.dumps(
+            {"default": [gpg], "transports": {"containers-storage": {"[vfs@/x]a": [accept]}}}
+        ).encode(),
+        "p.json",
+    )
+    with pytest.raises(PolicyError) as caught:
+        storage_policy(scoped)
+    assert caught.value.line() == (
+        "p.json: transports.containers-storage has store-specific scopes, which bootc-live does "
+        "not read; give the image's registry name with --identity REF"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .images import SourceRef, UsageError
@@ -80,6 +80,20 @@ def evaluated_as(ref: SourceRef, identity: str | None) -> tuple[str, str]:
     return "docker", ""
 
 
+def storage_policy(rules: Policy) -> Policy:
+    """The policy for a containers-storage image without --identity: its transport's scope
+    "" as the default (store-specific scopes, `[driver@root]name`, are not read: an error)."""
+    scopes = rules.transports.get("containers-storage", {})
+    if set(scopes) - {""}:
+        raise PolicyError(
+            f"{rules.source}: transports.containers-storage has store-specific scopes, which "
+            "bootc-live does not read",
+            policy.NOT_EVALUATED,
+            "give the image's registry name with --identity REF",
+        )
+    return replace(rules, default=scopes[""]) if "" in scopes else rules
+
+
 @dataclass(frozen=True)
 class Checked:
     """An image with the signatures found for it, and what the policy said of it."""
@@ -119,6 +133,8 @@ def judge(
         say(options.not_checked())
         return None
     transport, name = evaluated_as(ref, options.identity)
+    if ref.transport == "containers-storage" and not name:
+        loaded = storage_policy(loaded)
     fetch = ref.registry.policy
     try:
         verdict = trust.check(loaded, transport, name, image.source, image, registries, fetch, say)
