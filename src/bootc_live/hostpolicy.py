@@ -10,7 +10,7 @@ from typing import Callable
 
 from .images import SourceRef, UsageError
 from .runtime import policy, registriesd, signatures, trust
-from .runtime.errors import shown
+from .runtime.errors import BootcLiveError, shown
 from .runtime.oci import Image
 from .runtime.policy import Policy, PolicyError, Verdict
 from .runtime.registriesd import RegistriesD
@@ -111,17 +111,29 @@ def check(
 ) -> Checked:
     """Gather the image's signatures and check them against the policy; PolicyError (one line:
     the image, the scope that applied, why) when it does not accept the image. Reads no layer."""
-    found = gather(ref, image, options, say)
-    return Checked(image, found, judge(ref, image, options, say))
+    verdict = judge(ref, image, options, say)
+    needed = verdict is not None and bool(verdict.keys)
+    return Checked(image, gather(ref, image, options, say, needed), verdict)
 
 
 def gather(
-    ref: SourceRef, image: Image, options: TrustOptions, say: Callable[[str], None]
+    ref: SourceRef,
+    image: Image,
+    options: TrustOptions,
+    say: Callable[[str], None],
+    needed: bool = False,
 ) -> tuple[trust.Found, ...]:
     """The signatures the image has where registries.d says, and carried in SOURCE (none in
-    the copy skopeo makes of containers-storage and docker-archive images)."""
+    the copy skopeo makes of containers-storage and docker-archive images). A store that
+    cannot be read is an error when the policy `needed` signatures, else a warning."""
     registries = RegistriesD.load(options.registries_dir())
-    return tuple(trust.gather(image.source, image, registries, ref.registry.policy, say))
+    try:
+        return tuple(trust.gather(image.source, image, registries, ref.registry.policy, say))
+    except BootcLiveError as err:
+        if needed:
+            raise
+        say(f"warning: no signature kept: {err.line()}")
+        return ()
 
 
 def judge(
