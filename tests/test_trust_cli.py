@@ -238,7 +238,7 @@ def test_pull_keeps_the_signatures_and_inspect_names_the_key_of_each(
     listed = bootc_live("inspect", f"oci:{tmp_path / 'dir'}", "--insecure-policy")
     assert listed.returncode == 0, listed.stderr
     assert "signature 2 simple (" in listed.stdout and "no key of the policy" in listed.stdout
-    assert "signatures: not checked (--insecure-policy)" in listed.stderr
+    assert "\npolicy    signatures: not checked (--insecure-policy)\n" in listed.stdout
 
 
 def test_a_rejected_image_is_one_line_and_nothing_is_left(
@@ -277,7 +277,7 @@ def test_without_identity_a_layout_is_checked_by_its_path_as_skopeo_does(
     )
     ok = bootc_live("inspect", f"oci:{layout}:v1", "--policy", str(policy))
     assert ok.returncode == 0, ok.stderr
-    assert f'signatures: not required (policy scope oci "{layout}")' in ok.stderr
+    assert f'policy    signatures: not required (policy scope oci "{layout}")' in ok.stdout
     # A signedBy whose identity rule needs the image's name: it has none without --identity.
     gpg = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(keys.trusted_key)}
     policy.write_text(json.dumps({"default": [gpg]}))
@@ -442,7 +442,6 @@ def built(
         tmpdir=work, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "signatures: not required (policy scope default)" in done.stderr  # SOURCE checked
     tree = selfcheck.unpack(out / "initrd.img", Path("/"), work / "tree")
     yield out, tree, regs
     shutil.rmtree(tree, ignore_errors=True)
@@ -506,7 +505,7 @@ def test_what_skopeo_copies_is_checked_with_no_signatures(tmp_path: Path, keys: 
     policy.write_text(json.dumps({"default": gpg, "transports": {"docker-archive": {"": accept}}}))
     ok = bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
     assert ok.returncode == 0, ok.stderr
-    assert 'signatures: not required (policy scope docker-archive "")' in ok.stderr
+    assert 'policy    signatures: not required (policy scope docker-archive "")' in ok.stdout
     policy.write_text(json.dumps({"default": gpg}))
     said = assert_clean_failure(
         bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
