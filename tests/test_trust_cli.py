@@ -489,6 +489,19 @@ def test_the_self_check_names_a_missing_verifier_a_policy_needs(
             "/etc/containers/policy.json"
         ), caught.value.line()
         shutil.rmtree(copy)
+    # One that is there but does not run.
+    copy = tmp_path / "broken"
+    subprocess.run(["cp", "-a", tree, copy], check=True)
+    gpgv = next(copy / d / "gpgv" for d in ("usr/bin", "bin") if (copy / d / "gpgv").is_file())
+    gpgv.unlink()
+    gpgv.write_text("#!/bin/sh\necho 'gpgv: broken'\nexit 2\n")
+    gpgv.chmod(0o755)
+    with pytest.raises(selfcheck.SelfCheckError) as caught:
+        selfcheck.probe(copy, Path("/"))
+    assert caught.value.line() == (
+        "the initramfs cannot run gpgv --version: gpgv: broken, needed by signedBy; reinstall "
+        "the package that provides it in the image"
+    )
 
 
 def test_what_skopeo_copies_is_checked_with_no_signatures(tmp_path: Path, keys: Keys) -> None:
