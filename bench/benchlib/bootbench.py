@@ -227,14 +227,7 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
             )
         if "original-url" in originals:
             b.plans["original-url"] = RowPlan(
-                Target(
-                    "original-url",
-                    url_view(original, b.workdir / "debian-original-url"),
-                    f"root={ORIGINAL_ROOT}:http://{GUEST_SERVER}/root.oci",
-                    port,
-                    fstype="tmpfs",
-                    original=True,
-                ),
+                original_url(b, "original-url", original, port, fstype="tmpfs"),
                 b.args.mem,
                 b.args.repeat,
                 search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
@@ -320,19 +313,14 @@ def reference_plans(b: Setup, ref: dict[str, Any]) -> None:
             if b.args.no_baseline or name != "reference-url"
             else Target(name, view, tiny, port, "ready", READY_MARKER),
         )
+    greeting = ref["greeting"]
     if "original-reference-url" in b.args.rows:
         # The original holds the archive, the extracted layout and the root at once: it gets
         # RAM of its own (--original-reference-mem), and its search goes as high.
         original = build_original(b, "reference", art, False, kver)
         b.plans["original-reference-url"] = RowPlan(
-            Target(
-                "original-reference-url",
-                url_view(original, b.workdir / "reference-original-url"),
-                f"root={ORIGINAL_ROOT}:http://{GUEST_SERVER}/root.oci",
-                port,
-                "switch-root",
-                ref["greeting"],
-                original=True,
+            original_url(
+                b, "original-reference-url", original, port, goal="switch-root", marker=greeting
             ),
             b.args.original_reference_mem,
             b.args.reference_repeat,
@@ -364,6 +352,22 @@ def build_original(
     b.report["original_build"][f"{image}-original"] = info
     b.report["sizes"][f"{image}-original"] = sizes_of(out)
     return out
+
+
+def original_url(
+    b: Setup,
+    name: str,
+    original: Path,
+    port: int,
+    goal: str = "verdict",
+    marker: str = debian_image.MARKER,
+    fstype: str = "",
+) -> Target:
+    """An original row from a URL: its initrd.img alone, the root.oci of nginx on `port`; its
+    success as a Target's."""
+    view = url_view(original, b.workdir / f"{name}-view")
+    append = f"root={ORIGINAL_ROOT}:http://{GUEST_SERVER}/root.oci"
+    return Target(name, view, append, port, goal, marker, fstype, original=True)
 
 
 def serve_root_oci(

@@ -9,7 +9,6 @@ bootc_live.runtime.status.documents). Everything here but LineClock is a pure fu
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -123,15 +122,10 @@ def status_of(line: str) -> dict[str, Any] | None:
 
 
 def original_status_of(line: str) -> dict[str, Any] | None:
-    """The fields of the original pipeline's status line, if the line is a whole one."""
+    """The fields of the original pipeline's status line, if the line is a whole one (read as
+    bootc-live's are: the same JSON after another marker)."""
     _, marker, rest = line.partition(ORIGINAL_STATUS)
-    if not marker:
-        return None
-    try:
-        fields, _ = json.JSONDecoder().raw_decode(rest)
-    except ValueError:
-        return None
-    return fields if isinstance(fields, dict) and isinstance(fields.get("state"), str) else None
+    return status.parse_line(status.STATUS_LINE + rest) if marker else None
 
 
 def original_steps(lines: list[str]) -> list[dict[str, Any]]:
@@ -232,7 +226,8 @@ def failure_reason(lines: list[str], ended: str, seconds: float, original: bool 
     for line in reversed(lines):
         if any(t in line for t in KERNEL_FAILURES):
             return STAMP.sub(r"\2", line).strip()[:200]
-    ours = ("original-live: ", ORIGINAL_STATUS) if original else ("bootc-live: ", STATUS)
+    # The original's script and the tools it runs print under its name (original-live-root[PID]).
+    ours = ("original-live", ORIGINAL_STATUS) if original else ("bootc-live: ", STATUS)
     for line in reversed(lines):
         if ours[0] in line and ours[1] not in line:
             return STAMP.sub(r"\2", line).strip()[:200]

@@ -13,7 +13,7 @@ from typing import Any
 from benchlib.artifacts import run_step
 from benchlib.common import REPO, BenchError
 from bootc_live.build import concatenate
-from bootc_live.dracut import HOST_DRACUT, SYSTEMD_MODULES, in_image
+from bootc_live.dracut import SYSTEMD_MODULES, host_dracut_tree, in_image
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.run import CommandError
 
@@ -61,13 +61,7 @@ def build_with_host(kver: str, out: Path) -> dict[str, Any]:
     """initrd.img of the original module by the host's dracut, with the modules bootc-live build
     --host gives ours (a systemd initrd, systemd-networkd, QEMU's drivers), the host's
     configuration ignored."""
-    base = out / "dracut"
-    (base / "modules.d").mkdir(parents=True)
-    for entry in HOST_DRACUT.iterdir():
-        if entry.name != "modules.d":
-            (base / entry.name).symlink_to(entry)
-    for module in (HOST_DRACUT / "modules.d").iterdir():
-        (base / "modules.d" / module.name).symlink_to(module)
+    base = host_dracut_tree(out)  # the host's dracut with bootc-live's modules (not asked for)
     shutil.copytree(MODULE, base / "modules.d" / MODULE.name)
     confdir = out / "dracut.conf.d"
     confdir.mkdir()

@@ -33,7 +33,11 @@ def fmt(value: Any, unit: str = "s", digits: int = 1) -> str:
     return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
 
 
-WIDTH = 15  # a row's column
+WIDTH = 15  # a row's column, wider for a longer name
+
+
+def column(names: list[str]) -> int:
+    return max([WIDTH, *(len(n) + 2 for n in names)])
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -118,7 +122,8 @@ def print_inputs(report: dict[str, Any], names: list[str]) -> None:
 def print_phases(rows: dict[str, dict[str, Any]], names: list[str]) -> None:
     """The phases' medians, one column per row, and each boot's /init → switch root."""
     print()
-    header = f"{'phase (median of the timed boots)':<40}" + "".join(f"{n:>{WIDTH}}" for n in names)
+    width = column(names)
+    header = f"{'phase (median of the timed boots)':<40}" + "".join(f"{n:>{width}}" for n in names)
     print(header)
     print("-" * len(header))
     kexec_labels = {label for label, _ in KEXEC_PHASES}
@@ -128,7 +133,7 @@ def print_phases(rows: dict[str, dict[str, Any]], names: list[str]) -> None:
             continue
         if label in original_labels and not set(ORIGINAL_ROWS) & set(names):
             continue
-        print(f"{label:<40}" + "".join(f"{fmt(rows[n]['medians'][label]):>{WIDTH}}" for n in names))
+        print(f"{label:<40}" + "".join(f"{fmt(rows[n]['medians'][label]):>{width}}" for n in names))
     for n in names:
         shown = " ".join(fmt(v, "") for v in rows[n]["phases"][SWITCH_ROOT])
         stage = " (stage two)" if n == KEXEC else ""
@@ -333,11 +338,21 @@ def print_figures(report: dict[str, Any], cells: Cells) -> None:
         ),
     ]
     print()
-    header = f"{'SPEC §9 figure':<40}" + "".join(f"{n:>{WIDTH}}" for n in names)
+    width = column(names)
+    header = f"{'SPEC §9 figure':<40}" + "".join(f"{n:>{width}}" for n in names)
     print(header + "   target / how")
     print("-" * (len(header) + 20))
     for label, cell, note in table:
-        print(f"{label:<40}" + "".join(f"{cell(n):>{WIDTH}}" for n in names) + f"   {note}")
+        print(f"{label:<40}" + "".join(f"{cell(n):>{width}}" for n in names) + f"   {note}")
+
+
+def table_head(*titles: str, header: str) -> None:
+    """A table's title lines after a blank line, its header and a rule under it."""
+    print()
+    for title in titles:
+        print(title)
+    print(header)
+    print("-" * len(header))
 
 
 def print_original(report: dict[str, Any], ram: Callable[[str], str]) -> None:
@@ -354,14 +369,11 @@ def print_original(report: dict[str, Any], ram: Callable[[str], str]) -> None:
         shown = f"{show(pair[key])} / {show(pair[f'original_{key}'])}"
         return shown + (f" = {ratio:.2f}" if ratio is not None else "")
 
-    print()
-    print("The original pipeline, this run: ours / the original's (same kernel, image and RAM)")
-    header = (
-        f"{'ours / original':<40}{'/init → switch root':>28}{'same, host clock':>28}"
-        f"{'peak memory (runtime)':>32}{'in use once booted':>32}"
+    table_head(
+        "The original pipeline, this run: ours / the original's (same kernel, image and RAM)",
+        header=f"{'ours / original':<40}{'/init → switch root':>28}{'same, host clock':>28}"
+        f"{'peak memory (runtime)':>32}{'in use once booted':>32}",
     )
-    print(header)
-    print("-" * len(header))
     for original, pair in pairs.items():
         if not pair["ran"]:
             print(f"{pair['ours'] + ' / ' + original:<40}  ({pair['ours']} did not run)")
@@ -458,14 +470,11 @@ def print_sources(report: dict[str, Any], ram: Callable[[str], str]) -> None:
         vs = sources[n].get(f"{key}_vs_url")
         return value if vs is None or n == "url" else f"{value} (x{vs:.2f})"
 
-    print()
-    print("Sources: the test image on tmpfs, this run (medians; (xN): against url)")
-    header = (
-        f"{'row':<10}{'fetched from':<46}{'smallest RAM':>20}{'switch root':>18}"
-        f"{'unpack':>9}{'peak memory':>20}{'before fetch':>14}{'once booted':>13}"
+    table_head(
+        "Sources: the test image on tmpfs, this run (medians; (xN): against url)",
+        header=f"{'row':<10}{'fetched from':<46}{'smallest RAM':>20}{'switch root':>18}"
+        f"{'unpack':>9}{'peak memory':>20}{'before fetch':>14}{'once booted':>13}",
     )
-    print(header)
-    print("-" * len(header))
     for n, f in sources.items():
         print(
             f"{n:<10}{f['source']:<46}"
