@@ -720,6 +720,12 @@ def test_ours_against_the_original_is_a_ratio_of_this_run() -> None:
     assert by_row["original-embedded"]["figures"]["original_umoci_s"] == 30.25
     assert "above_start_mib" not in by_row["original-embedded"]["figures"]
     assert rows.original_comparison({"url": by_row["embedded"]}) == {}
+    # An original row that did not boot gives no ratio (and no fallback either).
+    by_row["original-embedded"]["figures"]["switch_root_s"] = None
+    pair = rows.original_comparison(by_row)["original-embedded"]
+    assert (pair["met"], "switch_root_s_ratio" in pair) == (None, False)
+    cells = report.Cells({"rows": by_row, "original": {"original-embedded": pair}})
+    assert cells.vs_original("embedded") == "-"
 
 
 def report_of(by_row: dict[str, Any]) -> None:

@@ -180,8 +180,8 @@ class Cells:
             (p for o, p in (self.report.get("original") or {}).items() if ORIGINAL_OF[o] == n),
             None,
         )
-        if pair is not None and pair.get("switch_root_s_ratio") is not None:
-            return f"{pair['switch_root_s_ratio']:.2f}"
+        if pair is not None:  # its original row ran: this run's ratio, or none
+            return fmt(pair.get("switch_root_s_ratio"), "", 2)
         if n in (*REFERENCE_ROWS, KEXEC, *ORIGINAL_ROWS) or value is None:
             return "-"
         same_run = bool(self.report.get("original"))
