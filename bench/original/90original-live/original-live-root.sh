@@ -1,7 +1,8 @@
 #!/bin/bash
 # The original pipeline (bench baseline): obtain the oci-archive into RAM, `tar -x` it into a
 # directory in RAM, `umoci unpack` the image into a tmpfs, bind-mount its rootfs read-only with
-# /etc and /var writable, and that at $1 (dracut's $NEWROOT). The archive is kept, as the
+# /etc and /var writable, at /run/original-live; and that at $1 when given (dracut's $NEWROOT in
+# a shell initrd; in a systemd initrd, sysroot.mount binds it). The archive is kept, as the
 # original keeps it by default (for a kexec to reuse); the extracted layout is removed.
 
 # shellcheck source=/dev/null
@@ -18,7 +19,7 @@ original_live_fail() {
 }
 
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-newroot="${1:-${NEWROOT:-/sysroot}}"
+newroot="$1"
 root=$(getarg root=)
 kind=$(original_live_kind "$root")
 source="${root#original-live:}"
@@ -73,5 +74,7 @@ mount --bind --make-shared -o ro "$bundle/rootfs" "$live" || original_live_fail 
 mount --bind -o rw "$bundle/rootfs/var" "$live/var" || original_live_fail "cannot bind /var"
 mount --bind -o rw "$bundle/rootfs/etc" "$live/etc" || original_live_fail "cannot bind /etc"
 rm -rf "$layout"
-mount --rbind "$live" "$newroot" || original_live_fail "cannot bind the root at $newroot"
+if [ -n "$newroot" ]; then
+    mount --rbind "$live" "$newroot" || original_live_fail "cannot bind the root at $newroot"
+fi
 original_live_status ready
