@@ -397,7 +397,8 @@ def print_original(report: dict[str, Any], ram: Callable[[str], str]) -> None:
             f"  {pair['ours']}: /init → switch root {fmt(ratio, '', 2)} x the original's   "
             f"target <= {TARGET_FACTOR} ({verdict}); smallest RAM {ram(pair['ours'])} / "
             f"{ram(original)}; initrd.img {ours_initrd / MIB:.1f} / {their_initrd / MIB:.1f} "
-            f"MiB = {ours_initrd / their_initrd:.2f} (<= 1, same dracut)"
+            f"MiB = {ours_initrd / their_initrd:.2f}   target <= 1, same dracut "
+            f"({'met' if ours_initrd <= their_initrd else 'NOT MET'})"
         )
     for original in pairs:
         f = rows[original]["figures"]
