@@ -578,3 +578,211 @@ def test_the_report_prints_the_figures_read(capsys: pytest.CaptureFixture[str]) 
         " banner 1.0 s (host clock)",
     ):
         assert line in lines
+
+
+# The original pipeline (bench/original, the original-* rows): its own status lines, through
+# the kernel's log (with the kernel's timestamp), one per step.
+def original_line(seconds: float, state: str, in_use_mib: int, **fields: Any) -> str:
+    doc = {"state": state, "uptime": seconds, "memory_in_use": in_use_mib * MIB, **fields}
+    return stamp(seconds, "original-live: status " + json.dumps(doc, separators=(",", ":")))
+
+
+def original_console(failed: str = "") -> list[tuple[float, str]]:
+    """An embedded boot of the original pipeline to its verdict (or to its failure)."""
+    head = [
+        (1.0, f"Booting from ROM..[    0.000000] Linux version {IMAGE_KVER} (gcc)"),
+        (2.0, stamp(0.75, "Trying to unpack rootfs image as initramfs...")),
+        (3.0, stamp(2.5, "Freeing initrd memory: 230000K")),
+        (4.0, stamp(3.0, "Run /init as init process")),
+        (4.5, stamp(3.5, f"systemd[1]: {SYSTEMD}")),
+        (5.0, WELCOME),
+        (6.0, original_line(5.25, "start", 420, source="path")),
+        (6.5, original_line(5.5, "fetching", 421)),
+        (7.0, original_line(5.75, "fetched", 421, archive_bytes=180 * MIB + 99)),
+        (8.0, "original-live-root[290]: tar: a warning of its own"),
+    ]
+    if failed:
+        return [*head, (20.0, original_line(19.0, "failed", 700, message=failed))]
+    return [
+        *head,
+        (20.0, original_line(19.25, "extracted", 601)),
+        (50.0, original_line(49.5, "unpacked", 1190)),
+        (51.0, original_line(50.0, "ready", 1188)),
+        (52.0, stamp(50.5, "systemd[1]: Switching root.")),
+        (53.0, stamp(52.0, f"systemd[1]: {SYSTEMD}")),
+        (54.0, WELCOME),
+        (80.0, verdict("tmpfs")),
+    ]
+
+
+ORIGINAL = Target("original-embedded", Path("/nx"), fstype="tmpfs", original=True)
+
+
+def test_an_original_boot_reads_its_own_status_lines_and_steps() -> None:
+    run = read(ORIGINAL, original_console())
+    assert (run.ok, run.state, run.failure) == (True, "ready", "")
+    assert run.events["runtime"] == console.Event(5.5, 6.5)  # its work on the archive starts
+    assert run.events["ready"] == console.Event(50.0, 51.0)
+    assert run.events["switch_root"] == console.Event(52.0, 53.0)
+    phases = {label: f(run) for label, f in PHASES}
+    assert phases[SWITCH_ROOT] == 49.0  # /init (3.0) → the image's systemd (52.0), as ours
+    assert phases[SWITCH_ROOT_HOST] == 50.0
+    assert phases["/init → live root ready"] == 47.0
+    assert phases["bootc-live unpack (its own figure)"] is None
+    assert phases["original: archive into RAM"] == 0.25
+    assert phases["original: tar -x (layout into RAM)"] == 13.5
+    assert phases["original: umoci unpack (into tmpfs)"] == 30.25
+    assert phases["original: bind mounts"] == 0.5
+    assert phases["original: its work, start → ready"] == 44.75
+    # Its memory: sampled at its steps (the peak after umoci); the archive's size.
+    assert (run.peak_mib, run.start_mib, run.compressed_mib) == (1190, 420, 180)
+    assert run.memused_mib == 512.0
+    # bootc-live's status lines are not the original's: a boot of ours reads none of them.
+    ours = read(Target("embedded", Path("/nx"), fstype="tmpfs"), original_console())
+    assert (ours.state, ours.original_steps, ours.peak_mib) == ("", [], None)
+    assert "runtime" not in ours.events
+
+
+def test_an_original_boot_that_failed_gives_its_message() -> None:
+    message = "umoci cannot unpack /run/initramfs/original-live/img:debian-live"
+    run = read(ORIGINAL, original_console(message), ended="failure", seconds=30.0)
+    assert (run.ok, run.state, run.failure) == (False, "failed", message)
+    # Without a failed status line: the last line of its side that is not a status line.
+    run = read(ORIGINAL, original_console()[:10], ended="failure", seconds=30.0)
+    assert run.failure == "original-live-root[290]: tar: a warning of its own"
+    assert console.original_status_of(original_line(1.0, "ready", 1)[:-1]) is None
+
+
+def test_the_original_module_reads_root_as_the_bench_writes_it() -> None:
+    """The module's root= grammar (original-live-lib.sh) and the bench's command lines."""
+    from benchlib import original
+
+    lib = REPO / "bench" / "original" / "90original-live" / "original-live-lib.sh"
+    roots = {
+        original.command_line("debian-live").split()[0]: "path",
+        f"root={rows.ORIGINAL_ROOT}:http://10.0.2.100/root.oci": "url",
+        "root=bootc-live:/root.oci": "",
+        "root=original-live:relative": "",
+    }
+    for arg, kind in roots.items():
+        done = subprocess.run(
+            ["sh", "-c", '. "$1"; original_live_kind "$2"', "sh", lib, arg.split("=", 1)[1]],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert (arg, done.stdout.strip()) == (arg, kind)
+
+
+def test_the_originals_artifacts_are_ours_with_its_initramfs(tmp_path: Path) -> None:
+    from benchlib import original
+
+    ours, out = tmp_path / "ours", tmp_path / "original"
+    ours.mkdir()
+    out.mkdir()
+    for name, data in (("vmlinuz", b"kernel"), ("root.oci", b"A" * 1001), ("rootfs.img", b"")):
+        (ours / name).write_bytes(data)
+    (ours / "cmdline.txt").write_text("root=bootc-live:/bootc-live/image bootclabel=debian-live\n")
+    (out / "initrd.img").write_bytes(b"I" * 10)
+    original.assemble(ours, out, embed=True)
+    assert (
+        out / "cmdline.txt"
+    ).read_text() == "root=original-live:/root.oci bootclabel=debian-live\n"
+    assert (out / "vmlinuz").read_bytes() == b"kernel"
+    listed = subprocess.run(
+        ["cpio", "-t", "--quiet"], input=(out / "rootfs.img").read_bytes(), capture_output=True
+    )
+    assert listed.stdout.decode().split() == ["root.oci"]
+    full = (out / "initrd-full.img").read_bytes()
+    assert full == b"I" * 10 + b"\0\0" + (out / "rootfs.img").read_bytes()  # 4-byte aligned
+
+
+def original_rows(ours_s: float = 26.5) -> dict[str, Any]:
+    """embedded and original-embedded, as bench/boot records them."""
+    embedded = row_of(Target("embedded", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {}))
+    embedded["figures"]["switch_root_s"] = ours_s
+    theirs = row_of(ORIGINAL, original_console())
+    theirs["artifacts_of"] = "debian-original"
+    return {"embedded": embedded, "original-embedded": theirs}
+
+
+def test_ours_against_the_original_is_a_ratio_of_this_run() -> None:
+    by_row = original_rows()
+    pair = rows.original_comparison(by_row)["original-embedded"]
+    assert (pair["ours"], pair["switch_root_s"], pair["original_switch_root_s"]) == (
+        "embedded",
+        26.5,
+        49.0,
+    )
+    assert pair["switch_root_s_ratio"] == 26.5 / 49.0
+    assert (pair["peak_mib_ratio"], pair["met"]) == (628 / 1190, False)
+    assert rows.original_comparison(original_rows(24.0))["original-embedded"]["met"] is True
+    assert by_row["original-embedded"]["figures"]["original_umoci_s"] == 30.25
+    assert "above_start_mib" not in by_row["original-embedded"]["figures"]
+    assert rows.original_comparison({"url": by_row["embedded"]}) == {}
+    # An original row that did not boot gives no ratio (and no fallback either).
+    by_row["original-embedded"]["figures"]["switch_root_s"] = None
+    pair = rows.original_comparison(by_row)["original-embedded"]
+    assert (pair["met"], "switch_root_s_ratio" in pair) == (None, False)
+    cells = report.Cells({"rows": by_row, "original": {"original-embedded": pair}})
+    assert cells.vs_original("embedded") == "-"
+
+
+def report_of(by_row: dict[str, Any]) -> None:
+    """bench/boot's report of these rows (the original's initramfs: 40 MiB, ours 58 MiB)."""
+    sizes = {"initrd.img": 58 * MIB, "root.oci": 180 * MIB, "rootfs.img": 180 * MIB}
+    theirs = {**sizes, "initrd.img": 40 * MIB}
+    report.print_report(
+        {
+            "rows": by_row,
+            "accel": "tcg",
+            "cpus": 2,
+            "sizes": {"debian": sizes, "debian-original": theirs},
+            "build_seconds": {},
+            "sources": rows.source_comparison(by_row),
+            "modes": rows.mode_comparison(by_row),
+            "kexec": rows.kexec_comparison(by_row),
+            "original": rows.original_comparison(by_row),
+        }
+    )
+
+
+def test_the_report_prints_ours_against_the_original_of_this_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    by_row = original_rows()
+    by_row["url"] = row_of(Target("url", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {}))
+    report_of(by_row)
+    lines = capsys.readouterr().out.splitlines()
+    for line in (
+        "original: umoci unpack (into tmpfs)                       -             30.2 s"
+        "                  -",
+        # embedded: against its original row; url (no original-url ran): the fallback, marked.
+        "  / the original's, this run                           0.54                  -"
+        "              0.50*   ours / its original-* row (same kernel, image, RAM); *: no such "
+        "row ran, the fallback: / 53 s, remembered",
+        "embedded / original-embedded                  26.5 s / 49.0 s = 0.54"
+        "      29.5 s / 50.0 s = 0.59       628 MiB / 1190 MiB = 0.53"
+        "        512 MiB / 512 MiB = 1.00",
+        "  embedded: /init → switch root 0.54 x the original's   target <= 0.5 (NOT MET); "
+        "smallest RAM not searched / not searched; initrd.img 58.0 / 40.0 MiB = 1.45   target "
+        "<= 1, same dracut (NOT MET)",
+        "  original-embedded: archive into RAM 0.2 s, tar -x 13.5 s, umoci unpack 30.2 s, bind "
+        "mounts 0.5 s: its work 44.8 s; archive 180 MiB (kept in RAM, as the original does); its "
+        "memory sampled at its steps only",
+    ):
+        assert line in lines, "\n".join(lines)
+
+
+def test_without_an_original_row_the_report_says_its_figure_is_the_fallback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = row_of(Target("url", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {}))
+    report_of({"url": url})
+    out = capsys.readouterr().out
+    assert (
+        "  / the original's ~53 s (fallback)                0.50   the fallback (no original-* "
+        "row ran): 53 s = its TCG unpacking of the test image alone, remembered from another "
+        "run; 0.5 x = 26.5 s"
+    ) in out.splitlines()
+    assert "original:" not in out and "The original pipeline" not in out

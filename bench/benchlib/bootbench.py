@@ -7,6 +7,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from benchlib.artifacts import (
 from benchlib.boots import Target
 from benchlib.common import BenchError, log, machine_info, resolve_bootc_live, utc_now, write_json
 from benchlib.console import READY_MARKER
+from benchlib.original import assemble as assemble_original
+from benchlib.original import build_in_image as original_in_image
+from benchlib.original import build_with_host as original_with_host
 from benchlib.ramsearch import search_plan
 from benchlib.report import print_report
 from benchlib.rows import (
@@ -33,8 +37,12 @@ from benchlib.rows import (
     KEXEC_APPEND,
     MODE_FSTYPE,
     MODES,
+    ORIGINAL_OF,
     ORIGINAL_RAM_MIB,
+    ORIGINAL_ROOT,
+    ORIGINAL_ROWS,
     ORIGINAL_UNPACK_S,
+    REFERENCE_IMAGE_ROWS,
     REFERENCE_ROWS,
     ROW_MODE,
     ROWS,
@@ -47,6 +55,7 @@ from benchlib.rows import (
     keep_log,
     kexec_comparison,
     mode_comparison,
+    original_comparison,
     row_figures,
     source_comparison,
 )
@@ -84,7 +93,7 @@ def bench(args: argparse.Namespace) -> int:
     image = debian_image.ensure_image(args.cache, log=log) if debian else None
     ref = (
         reference_image(args.reference_cache, "single")
-        if set(args.rows) & set(REFERENCE_ROWS)
+        if set(args.rows) & set(REFERENCE_IMAGE_ROWS)
         else None
     )
     report = new_report(bootc_live, image, ref)
@@ -101,6 +110,7 @@ def bench(args: argparse.Namespace) -> int:
             report["sources"] = source_comparison(report["rows"])
             report["modes"] = mode_comparison(report["rows"])
             report["kexec"] = kexec_comparison(report["rows"])
+            report["original"] = original_comparison(report["rows"])
         if args.logs:
             for console in workdir.glob("console-*.log"):
                 keep_log(console, args.logs)
@@ -122,6 +132,7 @@ def check_tools(rows: list[str], debian: bool) -> None:
     tools += ["chroot"] if debian else []
     tools += ["nginx"] if set(rows) & set(URL_ROWS) else []
     tools += ["docker-registry", "skopeo", "openssl"] if "registry" in rows else []
+    tools += ["/usr/bin/umoci"] if set(rows) & set(ORIGINAL_ROWS) else []
     missing = (debian_image.missing_tools() if debian else []) + [
         t for t in tools if shutil.which(t) is None
     ]
@@ -143,13 +154,14 @@ def new_report(
         "cpus": VmConfig(Path(".")).cpus,
         "bootc_live": bootc_live,
         "targets": {
-            "original_unpack_reference_s": ORIGINAL_UNPACK_S,
+            "original_unpack_reference_s": ORIGINAL_UNPACK_S,  # the fallback only
             "factor": TARGET_FACTOR,
             "original_ram_mib": ORIGINAL_RAM_MIB,
             "url_ram_target_mib": URL_RAM_TARGET_MIB,
             "url_peak_factor": URL_PEAK_FACTOR,
         },
         "build_seconds": {},
+        "original_build": {},
         "sizes": {},
         "tmpfs_bytes": {},
         "rows": {},
@@ -169,8 +181,10 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
     """The rows of the Debian test image, their artifacts built and servers started; the
     registry server when the registry row is asked for."""
     art = b.workdir / "debian"
-    # registry: artifacts of its own; kexec: its initramfs is these artifacts'.
-    if set(b.args.rows) & {"embedded", "url", *MODES, KEXEC}:
+    # registry: artifacts of its own; kexec: its initramfs is these artifacts'; the original's:
+    # their kernel and root.oci.
+    originals = [r for r in ("original-embedded", "original-url") if r in b.args.rows]
+    if set(b.args.rows) & {"embedded", "url", *MODES, KEXEC} or originals:
         b.report["build_seconds"]["debian"] = build_artifacts(b.bootc_live, image.source, art)
         b.report["sizes"]["debian"] = sizes_of(art)
     b.report["tmpfs_bytes"]["debian"] = tmpfs_footprint(
@@ -185,8 +199,8 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
             search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
         )
     url_rows = [r for r in ("url", *MODES) if r in b.args.rows]
-    if url_rows:
-        # One nginx for the url row and the root modes: the same root.oci.
+    if url_rows or "original-url" in originals:
+        # One nginx for the url row, the root modes and the original's: the same root.oci.
         port, view, url, tiny = serve_root_oci(art, b.workdir, "debian", b.stack)
     for name in url_rows:
         # url: the default tmpfs root; the modes append their kernel arguments. The tiny
@@ -201,6 +215,23 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
             if b.args.no_baseline or name != "url"
             else Target("url", view, tiny, port, "ready", READY_MARKER),
         )
+    if originals:
+        embed = "original-embedded" in originals
+        original = build_original(b, "debian", art, embed, image.kver, image.source)
+        if "original-embedded" in originals:
+            b.plans["original-embedded"] = RowPlan(
+                Target("original-embedded", original, fstype="tmpfs", original=True),
+                b.args.mem,
+                b.args.repeat,
+                search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+            )
+        if "original-url" in originals:
+            b.plans["original-url"] = RowPlan(
+                original_url(b, "original-url", original, port, fstype="tmpfs"),
+                b.args.mem,
+                b.args.repeat,
+                search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+            )
     registry = None
     if "registry" in b.args.rows:
         registry = registry_plan(b, image)
@@ -282,6 +313,61 @@ def reference_plans(b: Setup, ref: dict[str, Any]) -> None:
             if b.args.no_baseline or name != "reference-url"
             else Target(name, view, tiny, port, "ready", READY_MARKER),
         )
+    greeting = ref["greeting"]
+    if "original-reference-url" in b.args.rows:
+        # The original holds the archive, the extracted layout and the root at once: it gets
+        # RAM of its own (--original-reference-mem), and its search goes as high.
+        original = build_original(b, "reference", art, False, kver)
+        b.plans["original-reference-url"] = RowPlan(
+            original_url(
+                b, "original-reference-url", original, port, goal="switch-root", marker=greeting
+            ),
+            b.args.original_reference_mem,
+            b.args.reference_repeat,
+            search_plan(
+                b.args,
+                b.args.reference_ram_min,
+                max(b.args.reference_ram_max, b.args.original_reference_mem),
+                b.args.reference_ram_boots,
+            ),
+        )
+
+
+def build_original(
+    b: Setup, image: str, ours: Path, embed: bool, kver: str, source: str | None = None
+) -> Path:
+    """The original pipeline's artifacts for an image: its initramfs by the same dracut as
+    ours (the image's own, in a chroot of `source`; without one the host's, as for the
+    reference), with the kernel and root.oci of ours (`ours`), the archive embedded when
+    `embed`."""
+    out = b.workdir / f"{image}-original"
+    out.mkdir()
+    start = time.monotonic()
+    if source is None:
+        info = original_with_host(kver, out)
+    else:
+        info = original_in_image(b.bootc_live, source, kver, out)
+    b.report["build_seconds"][f"{image}-original"] = time.monotonic() - start
+    assemble_original(ours, out, embed)
+    b.report["original_build"][f"{image}-original"] = info
+    b.report["sizes"][f"{image}-original"] = sizes_of(out)
+    return out
+
+
+def original_url(
+    b: Setup,
+    name: str,
+    original: Path,
+    port: int,
+    goal: str = "verdict",
+    marker: str = debian_image.MARKER,
+    fstype: str = "",
+) -> Target:
+    """An original row from a URL: its initrd.img alone, the root.oci of nginx on `port`; its
+    success as a Target's."""
+    view = url_view(original, b.workdir / f"{name}-view")
+    append = f"root={ORIGINAL_ROOT}:http://{GUEST_SERVER}/root.oci"
+    return Target(name, view, append, port, goal, marker, fstype, original=True)
 
 
 def serve_root_oci(
@@ -302,9 +388,11 @@ def run_rows(b: Setup) -> None:
         if name not in b.plans:
             continue
         of = {KEXEC: "debian-kexec"}.get(name, "debian")
-        of = "reference" if name in REFERENCE_ROWS else of
+        of = "reference" if name in REFERENCE_IMAGE_ROWS else of
         row = bench_row(b.plans[name], b.args.timeout, b.workdir, b.args.logs)
         row["artifacts_of"] = "debian-registry" if name == "registry" else of
+        if name in ORIGINAL_OF:
+            row["artifacts_of"] = f"{of}-original"
         tmpfs = b.report["tmpfs_bytes"][of]
         row["figures"] = row_figures(row, tmpfs, b.largest[of])
         b.report["rows"][name] = row

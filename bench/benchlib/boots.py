@@ -11,6 +11,9 @@ from typing import Any
 import debian_image
 from benchlib.common import MIB
 from benchlib.console import (
+    EVENTS,
+    ORIGINAL_STATE_EVENTS,
+    ORIGINAL_STATES,
     Event,
     LineClock,
     clean,
@@ -18,6 +21,8 @@ from benchlib.console import (
     kernels,
     kexec_timeline,
     last_status,
+    original_status_of,
+    original_steps,
     other_qemus,
     second_kernel,
     timeline,
@@ -39,6 +44,7 @@ class Target:
     fstype: str = ""  # for "verdict": the root's fstype the verdict must report (the root mode)
     guest_port: int = 80  # 80 for nginx, REGISTRY_PORT for the registry
     kexec: bool = False  # a bootc.kexec boot: two kernels, the console read per stage
+    original: bool = False  # the original pipeline (bench/original): its own status lines
 
 
 @dataclass
@@ -94,6 +100,15 @@ class BootRun:
     kexec_work_start_mib: int | None = None  # in use at stage one's start
     kexec_loading_peak_mib: int | None = None  # the peak while loading
     kexec_command_line: str | None = None  # stage two's, as stage one passed it
+    # The original pipeline (the original-* rows): its steps' seconds, from the uptime on its
+    # status lines (start → fetching → fetched → extracted → unpacked → ready).
+    original: bool = False
+    original_steps: list[dict[str, Any]] = field(default_factory=list)  # its status lines
+    original_fetch_s: float | None = None  # the archive into RAM (copy/download)
+    original_extract_s: float | None = None  # tar -x: the layout into RAM
+    original_umoci_s: float | None = None  # umoci unpack into the tmpfs
+    original_bind_s: float | None = None  # the bind mounts (and the layout removed)
+    original_work_s: float | None = None  # start → ready: all of its work
     failure: str = ""
     console_tail: str = ""  # the end of the console, for a failed boot
 
@@ -155,6 +170,12 @@ def read_boot(target: Target, mem: int, result: Boot, timed: list[tuple[float, s
     lines with the host seconds each arrived at."""
     rest = result.markers.get(debian_image.MARKER, "")
     verdict = dict(item.split("=", 1) for item in rest.split() if "=" in item)
+    if target.kexec:
+        events = kexec_timeline(timed)
+    elif target.original:
+        events = timeline(timed, EVENTS, ORIGINAL_STATE_EVENTS, original_status_of)
+    else:
+        events = timeline(timed)
     run = BootRun(
         target.row,
         target.goal,
@@ -162,9 +183,10 @@ def read_boot(target: Target, mem: int, result: Boot, timed: list[tuple[float, s
         result.ended,
         result.seconds,
         verdict,
-        kexec_timeline(timed) if target.kexec else timeline(timed),
+        events,
         target.fstype,
         kexec=target.kexec,
+        original=target.original,
     )
     if verdict.get("memused", "").isdigit():
         run.memused_mib = int(verdict["memused"]) / 1024  # KiB
@@ -175,10 +197,12 @@ def read_boot(target: Target, mem: int, result: Boot, timed: list[tuple[float, s
         cut = second_kernel(lines)
         read_stage_one(run, last_status(lines if cut is None else lines[:cut]))
         read_status(run, last_status([] if cut is None else lines[cut:]))
+    elif target.original:
+        read_original(run, original_steps(lines))
     else:
         read_status(run, last_status(lines))
     if not run.ok:
-        run.failure = failure_reason(lines, result.ended, result.seconds)
+        run.failure = failure_reason(lines, result.ended, result.seconds, target.original)
         if verdict and run.want_fstype and verdict.get("fstype") != run.want_fstype:
             run.failure = f"the root is {verdict.get('fstype')}, not {run.want_fstype}: {rest}"
         elif run.kexec and verdict and verdict.get("kernel") != run.kexec_kver:
@@ -233,6 +257,36 @@ def read_status(run: BootRun, doc: dict[str, Any]) -> None:
         run.mkfs_erofs = run.root.get("mkfs_erofs")
 
 
+def read_original(run: BootRun, steps: list[dict[str, Any]]) -> None:
+    """The original pipeline's figures, from its status lines: its last state, each step's
+    seconds (the uptime between a state's first line and the next state's), the archive's size,
+    the memory in use when it started and the most its lines saw (sampled at its steps only)."""
+    run.original_steps = steps
+    run.state = steps[-1]["state"] if steps else ""
+    run.status = steps[-1] if steps else {}
+    at: dict[str, float] = {}
+    for doc in steps:
+        uptime = doc.get("uptime")
+        if isinstance(uptime, (int, float)) and doc["state"] not in at:
+            at[doc["state"]] = float(uptime)
+
+    def between(a: str, b: str) -> float | None:
+        return at[b] - at[a] if a in at and b in at else None
+
+    s = ORIGINAL_STATES  # start, fetching, fetched, extracted, unpacked, ready
+    run.original_fetch_s = between(s[1], s[2])
+    run.original_extract_s = between(s[2], s[3])
+    run.original_umoci_s = between(s[3], s[4])
+    run.original_bind_s = between(s[4], s[5])
+    run.original_work_s = between(s[0], s[5])
+    in_use = [m for doc in steps if (m := mib(doc, "memory_in_use")) is not None]
+    run.peak_mib = max(in_use) if in_use else None
+    run.start_mib = in_use[0] if in_use else None
+    run.compressed_mib = next(
+        (m for doc in steps if (m := mib(doc, "archive_bytes")) is not None), None
+    )
+
+
 def read_stage_one(run: BootRun, doc: dict[str, Any]) -> None:
     """Stage one's own figures (bootc.kexec), from its last status document."""
     run.kexec_status = doc
@@ -285,12 +339,21 @@ KEXEC_PHASES: tuple[tuple[str, Callable[[BootRun], float | None]], ...] = (
     ("kexec into → next kernel (host clock)", lambda r: span(r, "one_kexec", "two_kernel", "host")),
     (KEXEC_SWITCH_ROOT, lambda r: span(r, "one_init", "welcome", "host")),
 )
+# The original pipeline's own steps (the original-* rows), from its status lines.
+ORIGINAL_PHASES: tuple[tuple[str, Callable[[BootRun], float | None]], ...] = (
+    ("original: archive into RAM", lambda r: r.original_fetch_s),
+    ("original: tar -x (layout into RAM)", lambda r: r.original_extract_s),
+    ("original: umoci unpack (into tmpfs)", lambda r: r.original_umoci_s),
+    ("original: bind mounts", lambda r: r.original_bind_s),
+    ("original: its work, start → ready", lambda r: r.original_work_s),
+)
 PHASES: tuple[tuple[str, Callable[[BootRun], float | None]], ...] = (
     *KEXEC_PHASES,
     ("kernel unpacks the initramfs cpio", lambda r: span(r, "cpio_start", "cpio_end")),
     ("kernel start → /init", lambda r: r.events["init"].kernel_s if "init" in r.events else None),
     ("/init → image found (URL: network up)", lambda r: span(r, "init", "runtime")),
     ("bootc-live unpack (its own figure)", lambda r: r.unpack_s),
+    *ORIGINAL_PHASES,
     ("EROFS: packing → live root ready", lambda r: span(r, "packing", "ready")),
     ("/init → live root ready", lambda r: span(r, "init", "ready")),
     (SWITCH_ROOT, lambda r: span(r, "init", "switch_root")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ STAGE_ONE_STATE_EVENTS = {
     "kexec": "found",  # the image's kernel and initramfs found
     "kexec-loaded": "kexec",  # loaded, just before kexec -e
 }
+# The original pipeline (bench/original, the original-* rows): its own status lines,
+# `original-live: status {JSON}`, one per step, each with the kernel's uptime and the memory in
+# use; a state's first line as an event, like bootc-live's.
+ORIGINAL_STATUS = "original-live: status "
+ORIGINAL_STATE_EVENTS = {
+    "fetching": "runtime",  # its work starts on the archive (a URL: the network is up)
+    "ready": "ready",  # the root bound at /sysroot
+}
+# The original's steps, in order: each is timed from the state before it (its uptime field).
+ORIGINAL_STATES = ("start", "fetching", "fetched", "extracted", "unpacked", "ready")
 # The kernel's own lines that say why a boot failed (when bootc-live could not say it).
 KERNEL_FAILURES = ("Out of memory", "Kernel panic", "Initramfs unpacking failed")
 
@@ -110,6 +121,19 @@ def status_of(line: str) -> dict[str, Any] | None:
     return status.parse_line(line)
 
 
+def original_status_of(line: str) -> dict[str, Any] | None:
+    """The fields of the original pipeline's status line, if the line is a whole one (read as
+    bootc-live's are: the same JSON after another marker)."""
+    _, marker, rest = line.partition(ORIGINAL_STATUS)
+    return status.parse_line(status.STATUS_LINE + rest) if marker else None
+
+
+def original_steps(lines: list[str]) -> list[dict[str, Any]]:
+    """The original pipeline's status lines, in order (each as it printed it: they do not
+    add up, each says where it stands)."""
+    return [doc for line in lines if (doc := original_status_of(line)) is not None]
+
+
 def last_status(lines: list[str]) -> dict[str, Any]:
     """The status document at the last status line (the lines add up: it holds what the
     earlier ones carried), or an empty one."""
@@ -127,16 +151,18 @@ def timeline(
     lines: list[tuple[float, str]],
     events: tuple[tuple[str, str, int], ...] = EVENTS,
     states: dict[str, str] = STATE_EVENTS,
+    parse: Callable[[str], dict[str, Any] | None] = status_of,
 ) -> dict[str, Event]:
     """The events of a boot (one kernel's): the console lines of `events`, and the first
-    status line of each of `states`, timed by the kernel's timestamp on the line (a status
-    line without one: its own uptime, the same clock) and on the host's clock."""
+    status line (read by `parse`: bootc-live's, or the original's) of each of `states`, timed
+    by the kernel's timestamp on the line (a status line without one: its own uptime, the same
+    clock) and on the host's clock."""
     found: dict[str, Event] = {}
     seen: dict[str, int] = {}
     for host_s, line in lines:
         m = STAMP.match(line)
         kernel_s = float(m.group(1)) if m else None
-        doc = status_of(line)
+        doc = parse(line)
         if doc is not None:
             event = states.get(doc["state"])
             if event is not None and event not in found:
@@ -182,20 +208,27 @@ def kexec_timeline(lines: list[tuple[float, str]]) -> dict[str, Event]:
     return found
 
 
-def failure_reason(lines: list[str], ended: str, seconds: float) -> str:
+def failure_reason(lines: list[str], ended: str, seconds: float, original: bool = False) -> str:
     """Why a boot did not reach its goal: the timeout; else bootc-live's own word (the
-    message of its last `failed` status); else the kernel's last line that says so; else
-    the last other line bootc-live's side printed (a dracut hook's: status lines, whole or
-    cut, are not reasons); else how QEMU ended."""
+    message of its last `failed` status; for the original pipeline, its own); else the
+    kernel's last line that says so; else the last other line bootc-live's (or the original's)
+    side printed (a dracut hook's: status lines, whole or cut, are not reasons); else how QEMU
+    ended."""
     if ended == "timeout":
         return f"no verdict within {seconds:.0f} s"
-    failed = last_status(lines)
+    if original:
+        steps = original_steps(lines)
+        failed = steps[-1] if steps else {}
+    else:
+        failed = last_status(lines)
     if failed.get("state") == "failed" and failed.get("message"):
         return str(failed["message"])[:200]
     for line in reversed(lines):
         if any(t in line for t in KERNEL_FAILURES):
             return STAMP.sub(r"\2", line).strip()[:200]
+    # The original's script and the tools it runs print under its name (original-live-root[PID]).
+    ours = ("original-live", ORIGINAL_STATUS) if original else ("bootc-live: ", STATUS)
     for line in reversed(lines):
-        if "bootc-live: " in line and STATUS not in line:
+        if ours[0] in line and ours[1] not in line:
             return STAMP.sub(r"\2", line).strip()[:200]
     return f"ended by {ended}"
