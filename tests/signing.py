@@ -103,9 +103,9 @@ def registries_d(
     attachments: bool = False,
     scope: str | None = None,
 ) -> Path:
-    """A registries.d directory with one file: `lookaside` (URL) for `scope` (a docker scope;
-    None: default-docker), `staging` the directory skopeo writes signatures to, and
-    `use-sigstore-attachments` when `attachments`."""
+    """A registries.d directory (created, or added to: one file per scope): `lookaside` (URL)
+    for `scope` (a docker scope; None: default-docker), `staging` the directory skopeo writes
+    signatures to, and `use-sigstore-attachments` when `attachments`."""
     directory.mkdir(parents=True, exist_ok=True)
     settings = [f"lookaside: {lookaside}"]
     settings += [f"lookaside-staging: file://{staging}"] if staging else []
@@ -114,7 +114,8 @@ def registries_d(
         text = "default-docker:\n" + "".join(f"  {s}\n" for s in settings)
     else:
         text = f"docker:\n  {scope}:\n" + "".join(f"    {s}\n" for s in settings)
-    (directory / "signatures.yaml").write_text("# written by tests/signing.py\n" + text)
+    name = "default" if scope is None else scope.replace("/", "_").replace(":", "_")
+    (directory / f"{name}.yaml").write_text("# written by tests/signing.py\n" + text)
     return directory
 
 
