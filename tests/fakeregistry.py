@@ -91,6 +91,11 @@ def _basic(user: str, password: str) -> str:
 def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
     index = json.loads((layout / "index.json").read_text())
     top = index["manifests"][0]
+    tagged = {  # tags beyond TAG: the layout's other entries (cosign's sha256-HEX.sig …)
+        m["annotations"]["org.opencontainers.image.ref.name"]: m
+        for m in index["manifests"][1:]
+        if "org.opencontainers.image.ref.name" in m.get("annotations", {})
+    }
     state = FakeRegistry(0, knobs)
     cuts = [knobs.cut_blob_at]
     manifest_cuts = [knobs.cut_manifest_at]
@@ -226,10 +231,11 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                 body = json.dumps({"schemaVersion": 1, "name": REPO, "tag": TAG}).encode()
                 media = "application/vnd.docker.distribution.manifest.v1+prettyjws"
             else:
-                digest = top["digest"] if ref == TAG else ref
-                if ref != TAG and not (layout / "blobs/sha256" / ref.split(":")[-1]).exists():
+                entry = top if ref == TAG else tagged.get(ref)
+                digest = entry["digest"] if entry else ref
+                if entry is None and not (layout / "blobs/sha256" / ref.split(":")[-1]).exists():
                     return self.answer(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
-                body, media = blob(digest), str(top["mediaType"])
+                body, media = blob(digest), str((entry or top)["mediaType"])
             claimed = "sha256:" + hashlib.sha256(body).hexdigest()
             if knobs.lie_about_digest:
                 claimed = "sha256:" + "1" * 64

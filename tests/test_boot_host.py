@@ -16,11 +16,15 @@ from typing import Any
 
 import pytest
 
-from bootc_live.runtime import boot, memory, mounts, roots, status, unpack
+from bootc_live.runtime import boot, kexec, memory, mounts, policy, roots, status, unpack
+from bootc_live.runtime.blobs import Descriptor
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import SpaceError
 from bootc_live.runtime.run import CommandError
+from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, d, f, layer_tar, sym
+from test_signatures import cosign_keys, gnupg  # noqa: F401 - the fixtures signer needs
+from test_trust import NAME, Signer, carry_simple, gpg_req, signer  # noqa: F401
 
 MIB = 1 << 20
 TOTAL = 4096 * MIB
@@ -85,6 +89,8 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
     monkeypatch.setattr(roots, "ZRAM_CONTROL", str(tmp_path / "sys/class/zram-control"))
     monkeypatch.setattr(roots, "WORKDIR", str(tmp_path / "work"))
     monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(boot, "POLICY", str(tmp_path / "etc/containers/policy.json"))
+    monkeypatch.setattr(boot, "REGISTRIES_D", str(tmp_path / "etc/containers/registries.d"))
     (tmp_path / "newroot").mkdir()
     return fake
 
@@ -434,3 +440,144 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     ((args, env),) = seen
     assert "s3cret" not in " ".join(args)
     assert (env["BOOTC_URL"], env["RD_DEBUG"]) == (url, "no")
+
+
+# Signatures (docs/signatures.md, "At boot").
+
+
+def test_without_a_policy_nothing_is_checked_and_that_is_said(
+    system: System, layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, final = boot_with(layout, tmp_path, "")
+    assert code == 0 and final["signatures"] == {"checked": False}
+    said = capsys.readouterr().err.splitlines()
+    assert "bootc-live: signatures: not checked (no policy in the initramfs)" in said
+
+
+@pytest.fixture
+def signed(layout: Path, tmp_path: Path, signer: Signer) -> tuple[Path, Path]:  # noqa: F811
+    """A copy of the image with a GPG signature carried for NAME, and a policy that requires
+    the trusted key for example.com/app (and rejects anything else)."""
+    copy = tmp_path / "signed"
+    shutil.copytree(layout, copy)
+    digest = json.loads((copy / "index.json").read_bytes())["manifests"][0]["digest"]
+    carry_simple(copy, digest, [signer.gpg(digest)])
+    rules = tmp_path / "trusted.json"
+    scopes = {"example.com/app": [gpg_req(signer.trusted)]}
+    rules.write_text(
+        json.dumps({"default": [{"type": "reject"}], "transports": {"docker": scopes}})
+    )
+    return copy, rules
+
+
+def test_a_signed_image_boots_and_its_verdict_is_in_the_status(
+    system: System,
+    signed: tuple[Path, Path],
+    tmp_path: Path,
+    signer: Signer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image, rules = signed
+    code, final = boot_with(image, tmp_path, f"bootc.policy={rules} bootc.identity={NAME}")
+    key = f"GPG key {signer.trusted.fingerprint} ({signer.trusted.public})"
+    assert code == 0, final
+    assert final["signatures"] == {
+        "checked": True,
+        "accepted": True,
+        "scope": 'docker "example.com/app"',
+        "keys": [key],
+    }
+    said = capsys.readouterr().err.splitlines()
+    line = f'bootc-live: signatures: verified by {key} (policy scope docker "example.com/app")'
+    assert line in said
+    # Said before anything about the image's size or its root.
+    assert said.index(line) < next(i for i, s in enumerate(said) if "layers," in s)
+
+
+def opened_blobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every blob digest a layout source opens from now on."""
+    opened: list[str] = []
+    real = LayoutSource.open_blob
+
+    def recording(self: LayoutSource, desc: Descriptor) -> Any:
+        opened.append(desc.digest)
+        return real(self, desc)
+
+    monkeypatch.setattr(LayoutSource, "open_blob", recording)
+    return opened
+
+
+@pytest.mark.parametrize(
+    ("args", "reason", "message"),
+    [
+        (
+            "bootc.identity=example.com/app:v2",  # another tag: the signed identity is v1
+            policy.IDENTITY_MISMATCH,
+            "docker://example.com/app:v2: identity mismatch under policy scope docker "
+            '"example.com/app" (transports.docker["example.com/app"][0]): signed identity '
+            "example.com/app:v1 is not accepted by matchRepoDigestOrExact",
+        ),
+        (
+            "",  # no identity: the default applies, which rejects
+            policy.REJECT,
+            "oci:{image}: rejected by policy scope default (default[0] is reject)",
+        ),
+        (
+            "bootc.identity=example.com/app:v1 bootc.kexec",  # stage one checks before kexec
+            policy.REJECT,
+            None,
+        ),
+    ],
+)
+def test_a_refused_image_stops_the_boot_before_any_layer_is_opened(
+    system: System,
+    signed: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: str,
+    reason: str,
+    message: str | None,
+) -> None:
+    image, rules = signed
+    kexecs: list[object] = []
+    monkeypatch.setattr(kexec, "kexec_boot", lambda *a, **_kw: kexecs.append(a))
+    if message is None:  # the image unsigned under the policy's own scope, which rejects
+        rules.write_text(json.dumps({"default": [{"type": "reject"}]}))
+        message = (
+            "docker://example.com/app:v1: rejected by policy scope default (default[0] is reject)"
+        )
+    opened = opened_blobs(monkeypatch)
+    code, final = boot_with(image, tmp_path, f"bootc.policy={rules} {args}")
+    copy = tmp_path / "initramfs-image"
+    expected = message.format(image=copy) + f"; the policy is {rules}"
+    assert (code, final["state"], final["message"]) == (1, "failed", f"bootc-live: {expected}")
+    assert final["signatures"] == {"checked": True, "accepted": False, "reason": reason}
+    manifest = json.loads((copy / "index.json").read_bytes())["manifests"][0]
+    layers = json.loads((copy / "blobs/sha256" / manifest["digest"][7:]).read_bytes())["layers"]
+    assert opened and not {layer["digest"] for layer in layers} & set(opened)
+    assert system.calls == [] and kexecs == []  # nothing mounted, nothing kexec'd
+
+
+def test_the_initramfs_policy_applies_without_bootc_policy(
+    system: System, signed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, rules = signed
+    (tmp_path / "etc/containers").mkdir(parents=True)
+    shutil.copy(rules, tmp_path / "etc/containers/policy.json")
+    code, final = boot_with(image, tmp_path, f"bootc.identity={NAME}")
+    assert code == 0 and final["signatures"]["scope"] == 'docker "example.com/app"'
+    code, final = boot_with(image, tmp_path, "bootc.identity=example.com/else:v1")
+    assert code == 1 and final["signatures"]["reason"] == policy.REJECT
+
+
+def test_a_policy_that_cannot_be_read_stops_the_boot_before_anything_is_opened(
+    system: System, layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = opened_blobs(monkeypatch)
+    missing = tmp_path / "missing.json"
+    code, final = boot_with(layout, tmp_path, f"bootc.policy={missing}")
+    assert (code, final["message"]) == (
+        1,
+        f"bootc-live: {missing}: cannot read the policy: No such file or directory",
+    )
+    assert opened == [] and system.calls == []

@@ -155,6 +155,14 @@ def test_rd_debug_and_bootc_debug(args: list[str], debug: bool) -> None:
         ("bootclabel=-x", "invalid bootclabel=-x: expected a reference name"),
         ("bootclabel=a//b", "invalid bootclabel=a//b: expected a reference name"),
         ("bootclabel=a:", "invalid bootclabel=a:: expected a reference name"),
+        ("bootc.policy=policy.json", "invalid bootc.policy=policy.json: expected an absolute"),
+        ("bootc.policy=", "bootc.policy= needs a value"),
+        ("bootc.identity=Quay.io/A", "invalid bootc.identity=Quay.io/A: expected a registry"),
+        (
+            "bootc.identity=q.io/a:v1@sha256:" + "0" * 64,
+            f"invalid bootc.identity=q.io/a:v1@sha256:{'0' * 64}: expected a tag or a digest, "
+            "not both",
+        ),
     ],
 )
 def test_invalid_values_name_the_option(arg: str, message: str) -> None:
@@ -197,3 +205,18 @@ def test_sha512_pins_and_digest_only_mirrors() -> None:
 )
 def test_labels_are_reference_names_as_the_image_spec_writes_them(name: str) -> None:
     assert parse([f"bootclabel={name}"]).label == name
+
+
+@pytest.mark.parametrize(
+    ("value", "identity"),
+    [
+        ("quay.io/org/app:v1", "quay.io/org/app:v1"),
+        ("fedora", "docker.io/library/fedora:latest"),
+        ("localhost:5000/a@sha256:" + "1" * 64, "localhost:5000/a@sha256:" + "1" * 64),
+    ],
+)
+def test_the_policy_and_the_identity_of_an_image(value: str, identity: str) -> None:
+    """bootc.identity= in the expanded form the policy's scopes are written in."""
+    spec = parse([f"bootc.identity={value}", "bootc.policy=/etc/bootc-live/policy.json"])
+    assert (spec.identity, spec.policy) == (identity, "/etc/bootc-live/policy.json")
+    assert (parse([]).identity, parse([]).policy) == (None, None)

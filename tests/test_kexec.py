@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import blobs, kexec, unpack
+from bootc_live.runtime import blobs, boot, kexec, unpack
 from bootc_live.runtime import run as run_module
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.handover import (
@@ -30,6 +30,7 @@ from bootc_live.runtime.handover import (
 )
 from bootc_live.runtime.memory import Memory
 from bootc_live.runtime.oci import Image, resolve
+from bootc_live.runtime.policy import Policy, PolicyError
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.status import Report
@@ -502,3 +503,43 @@ def test_an_initramfs_without_kexec_stops_before_the_handover(
         "installed (the bootc-live-kexec module), or boot without bootc.kexec"
     )
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_the_record_hands_the_signature_verdict_to_the_next_stage(
+    tmp_path: Path, checked: bool
+) -> None:
+    """Stage one checked the policy before kexec; stage two, given the handover it vouches
+    for, says that verdict rather than checking again without the signatures (the handover
+    carries none). A stage one that checked nothing vouches for nothing: its policy applies."""
+    verdict = {"checked": True, "accepted": True, "scope": "default", "keys": ["GPG key K (k)"]}
+    said = {"checked": False}
+    image = replace(
+        image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1")),
+        signatures=verdict if checked else said,
+    )
+    (tmp_path / "bootc-live").mkdir()
+    with open(tmp_path / "record.cpio", "wb") as out:
+        digest = write_record(image, 1, out)
+    extract_initrd((tmp_path / "record.cpio").read_bytes(), 0, tmp_path)
+    handed = trust_previous_stage(
+        replace(image, signatures={}), str(tmp_path / IMAGE_DIR), digest, print, str(tmp_path)
+    )
+    assert handed.signatures == (verdict if checked else said)
+    rejecting = Policy.parse(b'{"default": [{"type": "reject"}]}', "policy.json")
+    stream = io.StringIO()
+    spec = parse([f"root=bootc-live:/{IMAGE_DIR}", f"bootc.kexec.verified={digest}"])
+    if not checked:
+        with pytest.raises(PolicyError, match=r"rejected by policy scope default"):
+            boot.check_signatures(
+                spec, handed.source, handed, rejecting, None, Report(stream=stream)
+            )
+        return
+    trusted = boot.check_signatures(
+        spec, handed.source, handed, rejecting, None, Report(stream=stream)
+    )
+    assert trusted.signatures == {**verdict, "handover": True}
+    assert stream.getvalue() == (
+        "bootc-live: signatures: verified by GPG key K (k) (policy scope default), by the "
+        "previous stage (kexec handover)\n"
+    )

@@ -10,12 +10,13 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dracut, scratch, selfcheck, zramsize
+from . import carried, dracut, hostpolicy, scratch, selfcheck, zramsize
 from .describe import describe
+from .hostpolicy import TrustOptions
 from .images import SourceRef
 from .layout import LayoutWriter
 from .progress import Ticker, bytes_progress, say
@@ -25,12 +26,17 @@ from .runtime.errors import BootcLiveError
 from .runtime.handover import (
     OCI_LAYOUT,
     blobs_of,
+    extra_blobs,
     index_json,
     kernel_arguments,
     verified,
     write_split_layout,
 )
 from .runtime.oci import Image
+from .runtime.policy import DEFAULT_PATH as POLICY_PATH
+from .runtime.policy import Policy
+from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
+from .runtime.registriesd import RegistriesD
 from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.run import CommandError
 from .runtime.sources import blob_path
@@ -52,6 +58,8 @@ class BuildConfig:
     flavour: str = "systemd"
     ca: Path | None = None  # a CA bundle for https, put into the initramfs
     auth_file: Path | None = None  # registry credentials, put into the initramfs (0600)
+    # SOURCE is checked against it; an explicit --policy also goes into the initramfs
+    trust: TrustOptions = field(default_factory=TrustOptions)
 
 
 def build(config: BuildConfig) -> Path:
@@ -59,19 +67,22 @@ def build(config: BuildConfig) -> Path:
     image = config.source.resolve()
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    scratch.track(tmp)
-    tmp.mkdir(parents=True)
     try:
+        checked = hostpolicy.check(config.source, image, config.trust, say)
+        trusted = trust_files(config.trust)  # a missing key fails before any layer is read
+        shutil.rmtree(tmp, ignore_errors=True)
+        scratch.track(tmp)
+        tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
-            kver, sizes, zram = make_kernel_and_initramfs(config, image, tmp, Path(work))
-        index = index_json(image, label, sizes, zram)
+            kver, sizes, zram = make_kernel_and_initramfs(config, image, tmp, Path(work), trusted)
+        entries, documents = carried.entries(image, checked.found)
+        index = index_json(image, label, sizes, zram, image.top, entries)
         with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
             with open(tmp / "rootfs.img", "wb") as out:
-                write_split_layout(image, index, out)
-            write_oci_archive(image, index, tmp / "root.oci")
+                write_split_layout(image, index, out, documents)
+            write_oci_archive(image, index, tmp / "root.oci", documents=documents)
             concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
-        arguments = kernel_arguments(label)
+        arguments = boot_arguments(label, image.top.digest, identity(config))
         (tmp / "cmdline.txt").write_text(arguments + "\n")
         (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver))
         publish(tmp, config.output)
@@ -84,10 +95,29 @@ def build(config: BuildConfig) -> Path:
     return config.output
 
 
+def identity(config: BuildConfig) -> str | None:
+    """The registry name the boot checks the image's signatures under (bootc.identity=)."""
+    if config.source.transport == "docker":
+        return config.source.path
+    return config.trust.identity
+
+
+def boot_arguments(label: str, digest: str, identity: str | None) -> str:
+    """cmdline.txt: boot the embedded image, only the one built (bootc.digest=, the document
+    its signatures sign), checked under its registry name when it has one (bootc.identity=)."""
+    named = [f"bootc.identity={identity}"] if identity else []
+    return " ".join([kernel_arguments(label), f"bootc.digest={digest}", *named])
+
+
 def write_oci_archive(
-    image: Image, index: bytes, path: Path, progress: Progress | None = None
+    image: Image,
+    index: bytes,
+    path: Path,
+    progress: Progress | None = None,
+    documents: Sequence[bytes] = (),
 ) -> None:
-    """root.oci: an oci-archive of the one image, for URL boot."""
+    """root.oci: an oci-archive of the one image (and `documents`: the top index, carried
+    signatures), for URL boot."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
 
         def add(name: str, size: int, data: io.RawIOBase | io.BytesIO | VerifyingReader) -> None:
@@ -106,16 +136,25 @@ def write_oci_archive(
         for desc in blobs_of(image):
             with verified(image, desc) as reader:
                 add(blob_path(desc.digest), desc.size, _counted(reader, desc, image, progress))
+        for digest, data in extra_blobs(image, documents).items():
+            add(blob_path(digest), len(data), io.BytesIO(data))
 
 
 def write_oci_layout(
-    image: Image, index: bytes, directory: Path, progress: Progress | None = None
+    image: Image,
+    index: bytes,
+    directory: Path,
+    progress: Progress | None = None,
+    documents: Sequence[bytes] = (),
 ) -> None:
-    """An OCI image layout directory of the one image, every blob verified as it is copied."""
+    """An OCI image layout directory of the one image (and `documents`), every blob verified as
+    it is copied."""
     out = LayoutWriter(directory)
     for desc in blobs_of(image):
         with verified(image, desc) as reader:
             out.copy_blob(desc.digest, _counted(reader, desc, image, progress))
+    for data in extra_blobs(image, documents).values():
+        out.add_blob(data)
     out.write_index(index)
 
 
@@ -167,7 +206,11 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
 
 
 def make_kernel_and_initramfs(
-    config: BuildConfig, image: Image, out: Path, work: Path
+    config: BuildConfig,
+    image: Image,
+    out: Path,
+    work: Path,
+    trusted: Sequence[tuple[Path, str]] = (),
 ) -> tuple[str, list[int], int | None]:
     """vmlinuz and initrd.img: from the image's own userland, or from the host (--host).
 
@@ -180,7 +223,7 @@ def make_kernel_and_initramfs(
         shutil.copy2(Path("/boot") / f"vmlinuz-{kver}", out / "vmlinuz")
         with Ticker(f"building initrd.img with the host's dracut (kernel {kver})"), dracut_said():
             dracut.build_with_host(
-                kver, config.flavour, out / "initrd.img", work, includes(config, work)
+                kver, config.flavour, out / "initrd.img", work, [*includes(config, work), *trusted]
             )
         check(out / "initrd.img", Path("/"), work)
         facts = describe(image, progress)
@@ -197,7 +240,7 @@ def make_kernel_and_initramfs(
     shutil.copy2(kernel, out / "vmlinuz")
     with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():
         dracut.build_in_image(
-            root, kver, config.flavour, out / "initrd.img", includes(config, work)
+            root, kver, config.flavour, out / "initrd.img", [*includes(config, work), *trusted]
         )
     check(out / "initrd.img", root, work)
     zram = zramsize.of_tree(root) if zramsize.available() else None
@@ -275,6 +318,30 @@ def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:
     return files
 
 
+def trust_files(trust: TrustOptions) -> list[tuple[Path, str]]:
+    """What an explicit --policy FILE puts into the initramfs: FILE at /etc/containers/policy.json,
+    the registries.d files at /etc/containers/registries.d/, and every key the policy names at
+    its own path (a missing one is an error naming it)."""
+    if trust.policy is None:
+        return []
+    source = Path(trust.policy)
+    named = Policy.load(trust.policy)
+    directory = Path(trust.registries_dir())
+    RegistriesD.load(os.fspath(directory))  # a malformed file fails here, not at boot
+    files = [(source, POLICY_PATH)]
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.yaml")):
+            files.append((path, f"{REGISTRIES_D}/{path.name}"))
+    for key in named.key_paths():
+        if not os.path.isfile(key):
+            raise BuildError(
+                f"{trust.policy} names the key {key}, which is missing",
+                "put the key there, or fix the policy's keyPath (the boot reads it at that path)",
+            )
+        files.append((Path(key), key))
+    return files
+
+
 def concatenate(target: Path, *parts: Path) -> None:
     """Initrds back to back, each starting 4-byte aligned, as the kernel (and iPXE) needs."""
     with open(target, "wb") as out:
@@ -285,12 +352,14 @@ def concatenate(target: Path, *parts: Path) -> None:
 
 
 def ipxe_script(arguments: str, image: Image, kver: str) -> str:
+    url_arguments = " ".join(a for a in arguments.split() if not a.startswith("root="))
     return (
         "#!ipxe\n"
         f"# bootc-live: {image.manifest_digest} (kernel {kver})\n"
         "# PXE: the initramfs and the image as two initrds (iPXE concatenates them).\n"
         "# For URL boot instead: kernel vmlinuz initrd=initrd.img "
-        "root=bootc-live:${base-url}/root.oci\n"
+        "root=bootc-live:${base-url}/root.oci " + url_arguments + "\n"
+        "# (drop bootc.digest= to follow whatever image the tag or URL holds)\n"
         "kernel vmlinuz initrd=initrd.img initrd=rootfs.img " + arguments + "\n"
         "initrd initrd.img\n"
         "initrd rootfs.img\n"

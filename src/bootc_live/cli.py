@@ -10,16 +10,18 @@ import shutil
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import auth, build, demo, describe, dracut, scratch, vm
+from . import auth, build, carried, demo, describe, dracut, hostpolicy, scratch, vm
 from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageError
-from .progress import Ticker, bytes_progress
+from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, roots
 from .runtime import run as run_module
 from .runtime.errors import BootcLiveError, for_host
 from .runtime.oci import Image, Platform, all_manifests
+from .runtime.policy import DEFAULT_PATH as POLICY_PATH
+from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
 from .runtime.run import CommandError
 from .runtime.sources import ImageSource
 from .runtime.unpack import unpack_image
@@ -54,9 +56,13 @@ def _discard(dest: str, created: bool) -> None:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     _need_root("unpack")
-    image = source_ref(args).resolve(args.platform, args.digest)
+    image = trusted_image(args)
     source = image.source
-    created = _prepare_dest(args.dest)
+    try:
+        created = _prepare_dest(args.dest)
+    except BaseException:
+        source.close()
+        raise
     try:
         stats = unpack_image(
             image,
@@ -79,6 +85,32 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def trusted_image(args: argparse.Namespace) -> Image:
+    """SOURCE's image, accepted by the policy (checked before any layer is read); its source is
+    the caller's to close."""
+    ref = source_ref(args)
+    image = ref.resolve(args.platform, getattr(args, "digest", None))
+    try:
+        hostpolicy.judge(ref, image, trust_options(args), _say_unless(args))
+    except BaseException:
+        image.source.close()
+        raise
+    return image
+
+
+def trust_options(args: argparse.Namespace) -> hostpolicy.TrustOptions:
+    return hostpolicy.TrustOptions(
+        policy=args.policy,
+        insecure=args.insecure_policy,
+        registries_d=args.registries_d,
+        identity=args.identity,
+    )
+
+
+def _say_unless(args: argparse.Namespace) -> Callable[[str], None]:
+    return (lambda _message: None) if getattr(args, "quiet", False) else say
+
+
 def source_ref(args: argparse.Namespace) -> SourceRef:
     """SOURCE, with the registry options of the command line."""
     policy = dataclasses.replace(
@@ -87,7 +119,7 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
         stall=args.timeout or HOST_POLICY.stall,
         max_backoff=HOST_POLICY.max_backoff if args.retries is None else 30.0,
     )
-    return SourceRef.parse(
+    ref = SourceRef.parse(
         args.source,
         RegistryOptions(
             auth_file=args.auth_file,
@@ -98,6 +130,12 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
             compress_copies=args.command in ("build", "pull"),
         ),
     )
+    if ref.transport == "docker" and getattr(args, "identity", None):
+        raise UsageError(
+            f"--identity names SOURCEs that have no registry name; {ref} is checked as itself",
+            "leave --identity out",
+        )
+    return ref
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -110,19 +148,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise UsageError(f"{target} exists", "give a new path (or an empty directory)")
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
-    label = dest.tag or (ref.tag if ref.transport == "docker" else None) or "latest"
-    index = handover.index_json(image, label, None)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
-    _remove(tmp)
-    scratch.track(tmp)
-    progress = bytes_progress(image.compressed_size, len(image.layers))
     try:
+        checked = hostpolicy.check(ref, image, trust_options(args), say)
+        label = dest.tag or (ref.tag if ref.transport == "docker" else None) or "latest"
+        entries, documents = carried.entries(image, checked.found)
+        index = handover.index_json(image, label, None, top=image.top, carried=entries)
+        _remove(tmp)
+        scratch.track(tmp)
+        progress = bytes_progress(image.compressed_size, len(image.layers))
         if dest.transport == "oci":
-            build.write_oci_layout(image, index, tmp, progress)
+            build.write_oci_layout(image, index, tmp, progress, documents)
             if target.is_dir():
                 target.rmdir()
         else:
-            build.write_oci_archive(image, index, tmp, progress)
+            build.write_oci_archive(image, index, tmp, progress, documents)
         os.replace(tmp, target)
         scratch.done(tmp)
     except BaseException:
@@ -130,7 +170,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise
     finally:
         image.source.close()
-    print(f"{image.manifest_digest}  {dest.transport}:{target}:{label}")
+    count = len(checked.found)
+    kept = f" with {count} signature{'s' if count > 1 else ''}" if count else ""
+    print(f"{image.manifest_digest}  {dest.transport}:{target}:{label}{kept}")
     return 0
 
 
@@ -204,6 +246,42 @@ def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
     )
 
 
+def add_trust_options(p: argparse.ArgumentParser, build: bool = False) -> None:
+    """Which signatures SOURCE's image needs (containers-policy.json), checked before any of
+    its layers is read (docs/signatures.md)."""
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the signature policy SOURCE must satisfy (containers-policy.json); default: "
+        f"{POLICY_PATH} when it exists, else nothing is checked"
+        + (
+            ". build also puts FILE into the initramfs, with the registries.d files and "
+            "every key FILE names, and the boot enforces it"
+            if build
+            else ""
+        ),
+    )
+    p.add_argument(
+        "--insecure-policy",
+        action="store_true",
+        help="check no signature (not even the default policy's)",
+    )
+    p.add_argument(
+        "--registries-d",
+        metavar="DIR",
+        help=f"where signatures are kept (containers-registries.d); default {REGISTRIES_D}",
+    )
+    p.add_argument(
+        "--identity",
+        type=_identity,
+        metavar="REF",
+        help="the registry name (HOST/PATH:TAG) an oci:, oci-archive:, URL, docker-archive: or "
+        "containers-storage: SOURCE was signed as: the policy's docker scopes and signedIdentity "
+        "rules apply to it"
+        + (" (build writes it as bootc.identity=REF, as it does docker://REF)" if build else ""),
+    )
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     _need_root("build")
     out = build.build(
@@ -215,6 +293,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             flavour=args.flavour,
             ca=Path(args.ca) if args.ca else None,
             auth_file=Path(args.auth_file) if args.auth_file else None,
+            trust=trust_options(args),
         )
     )
     for name in sorted(p.name for p in out.iterdir()):
@@ -224,13 +303,22 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    image = source_ref(args).resolve(args.platform)
+    ref = source_ref(args)
+    image = ref.resolve(args.platform)
     source = image.source
     try:
         print(f"image     {image.manifest_digest}")
+        if image.top.digest != image.manifest_digest:
+            print(f"signed    {image.top.digest} (the index SOURCE names)")
         platforms = platform_list(source) or [_config_platform(image)]
         print(f"platforms {', '.join(platforms)}")
         print(f"config    {image.config_digest}")
+        options = trust_options(args)
+        checked = hostpolicy.Checked(image, hostpolicy.gather(ref, image, options, say), None)
+        for line in hostpolicy.describe(checked, options, ref):
+            print(line)
+        sys.stdout.flush()
+        hostpolicy.judge(ref, image, options, say)
         if args.measure:
             facts = describe.describe(
                 image, bytes_progress(image.compressed_size, len(image.layers))
@@ -310,10 +398,14 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     if shutil.which("mkfs.erofs") is None:
         raise UsageError("mkfs.erofs is missing", "apt-get install erofs-utils (or ./setup)")
     roots.check_compressor(args.compress)  # before the unpack, not after it
-    image = source_ref(args).resolve(args.platform, args.digest)
+    image = trusted_image(args)
     source = image.source
     output = os.path.abspath(args.output) if args.output else None
-    work = scratch.make_dir(".bootc-live-erofs-", os.path.dirname(output) if output else None)
+    try:
+        work = scratch.make_dir(".bootc-live-erofs-", os.path.dirname(output) if output else None)
+    except BaseException:
+        source.close()
+        raise
     try:
         tree = os.path.join(work, "tree")
         os.mkdir(tree, 0o755)
@@ -420,6 +512,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _identity(text: str) -> str:
+    try:
+        return hostpolicy.parse_identity(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image reference: {err}") from None
+
+
 def _platform(text: str) -> Platform:
     try:
         return Platform.parse(text)
@@ -470,6 +569,7 @@ def parser() -> argparse.ArgumentParser:
         "besides the system's",
     )
     add_registry_options(p, ca=False)
+    add_trust_options(p, build=True)
     p.epilog = (
         "--authfile (--auth-file) also puts the credentials into the initramfs (mode 0600, "
         "/etc/bootc-live/auth.json) for root=bootc-live:docker://REF."
@@ -492,6 +592,7 @@ def parser() -> argparse.ArgumentParser:
         "decompresses everything)",
     )
     add_registry_options(p)
+    add_trust_options(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -508,6 +609,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="oci-archive:PATH[:TAG]|oci:DIR[:TAG]")
     add_image_selection(p)
     add_registry_options(p)
+    add_trust_options(p)
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser(
@@ -581,6 +683,7 @@ def parser() -> argparse.ArgumentParser:
     add_image_selection(unpack)
     unpack.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     add_registry_options(unpack)
+    add_trust_options(unpack)
     unpack.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser(
@@ -601,6 +704,7 @@ def parser() -> argparse.ArgumentParser:
     add_image_selection(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     add_registry_options(p)
+    add_trust_options(p)
     p.set_defaults(func=cmd_erofs)
 
     p = sub.add_parser(

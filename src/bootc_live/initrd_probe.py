@@ -5,7 +5,7 @@ initramfs holds just that part of the standard library) and runs on Python 3.9. 
 more than it must, so that a broken standard library is a finding, not a crash. It prints a
 line `module NAME` for each of our dracut modules included and
 `problem KIND<TAB>WHAT<TAB>NEEDED_BY` for each problem: KIND `library` (WHAT its soname),
-`command` or `python`. The host turns them into one line.
+`command`, `tool` (a command that does not run) or `python`. The host turns them into one line.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ COMMANDS = {
     "bootc-live-kexec": (("kexec", "bootc.kexec"),),
 }
 PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+POLICY = "/etc/containers/policy.json"  # what bootc-live build --policy puts in
+# The tool that verifies each kind of signature a policy requirement names, and how it is run.
+VERIFIERS = {"signedBy": ("gpgv", "--version"), "sigstoreSigned": ("openssl", "version")}
 ET_EXEC, ET_DYN, PT_INTERP, PT_DYNAMIC = 2, 3, 3, 2
 
 
@@ -67,6 +70,47 @@ def command_problems(modules: list[str]) -> list[list[str]]:
         for command, purpose in COMMANDS.get(module, ()):
             if not any(os.path.exists(os.path.join(d, command)) for d in PATH):
                 problems.append(["command", command, purpose])
+    return problems
+
+
+def signature_problems() -> list[list[str]]:
+    """With a policy in the initramfs: each verifier its requirements need, there and running."""
+    if not os.path.exists(POLICY):
+        return []
+    sys.path.insert(0, RUNTIME)
+    try:
+        from bootc_live.runtime import policy
+
+        rules = policy.Policy.load(POLICY)
+    except Exception as err:  # a policy the boot cannot read is the finding
+        return [["python", f"{POLICY} cannot be read ({err})", "signatures"]]
+    every = [*rules.default]
+    for scopes in rules.transports.values():
+        for requirements in scopes.values():
+            every += requirements
+    problems = []
+    for kind in sorted({req.type for req in every} & set(VERIFIERS)):
+        tool, version = VERIFIERS[kind]
+        where = [os.path.join(d, tool) for d in PATH if os.path.exists(os.path.join(d, tool))]
+        if not where:
+            problems.append(["command", tool, f"{kind} in {POLICY}"])
+            continue
+        import subprocess  # noqa: TID251 (the probe runs alone, see library_problems)
+
+        try:
+            ran = subprocess.run(
+                [where[0], version],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+                check=False,
+            )
+            said = ran.stdout.decode(errors="replace").strip().splitlines()
+            failed = ran.returncode != 0
+        except OSError as err:
+            said, failed = [str(err)], True
+        if failed:
+            problems.append(["tool", f"{tool} {version}: {said[-1] if said else 'failed'}", kind])
     return problems
 
 
@@ -184,6 +228,7 @@ def main() -> None:
     modules = included()
     # Missing libraries first: they are what makes an import or a command fail.
     problems = library_problems() + command_problems(modules) + runtime_problems(modules)
+    problems += signature_problems()
     for module in modules:
         print(f"module {module}")
     for kind, what, needed_by in problems:

@@ -38,7 +38,7 @@ class SelfCheckError(BootcLiveError):
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # library (`what` is its soname), command or python
+    kind: str  # library (`what` is its soname), command, tool (a command that fails) or python
     what: str
     needed_by: str  # a file of the initramfs, or a mode
 
@@ -143,6 +143,11 @@ def explain(problems: Sequence[Problem], userland: Path) -> tuple[str, str]:
             f"the initramfs lacks the command {first.what}, needed by {first.needed_by}{more}",
             f"install the package that provides {first.what} in the image, or leave out "
             f"{first.needed_by}",
+        )
+    if first.kind == "tool":
+        return (
+            f"the initramfs cannot run {first.what}, needed by {first.needed_by}{more}",
+            "reinstall the package that provides it in the image",
         )
     return (
         f"the initramfs fails its self-check: {first.what}{more}",

@@ -18,17 +18,34 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Callable, NoReturn
 
-from . import cmdline, handover, http, kexec, memory, modules, mounts, registry, roots, status
+from . import (
+    cmdline,
+    handover,
+    http,
+    kexec,
+    memory,
+    modules,
+    mounts,
+    policy,
+    registriesd,
+    registry,
+    roots,
+    status,
+    trust,
+)
 from . import run as runner
 from .cmdline import BootSpec
 from .errors import BootcLiveError
 from .oci import Image, resolve
+from .registriesd import RegistriesD
 from .run import run
 from .sources import ArchiveSource, ImageSource, LayoutSource
 from .status import Report
 from .unpack import Progress, unpack_image
 
-STATUS_DIR = status.STATUS_DIR  # a module global: host-side tests point it elsewhere
+STATUS_DIR = status.STATUS_DIR  # module globals: host-side tests point them elsewhere
+POLICY = policy.DEFAULT_PATH
+REGISTRIES_D = registriesd.DEFAULT_DIR
 
 
 def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:
@@ -103,9 +120,11 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image:
 
 
 def resolve_and_trust(spec: BootSpec, source: ImageSource, report: Report) -> Image:
-    """The image root= and bootclabel= name, its digest checked against bootc.digest; in a
-    kexec'd stage two, with what the previous stage verified trusted."""
+    """The image root= and bootclabel= name, its digest checked against bootc.digest and its
+    signatures against the policy, before any layer is fetched; in a kexec'd stage two, with
+    what the previous stage verified trusted."""
     assert spec.image is not None
+    rules, registries = load_policy(spec)  # a malformed one stops the boot before any fetch
     image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
     if spec.kexec_verified and spec.image.kind == "path":
         image = handover.trust_previous_stage(
@@ -115,12 +134,60 @@ def resolve_and_trust(spec: BootSpec, source: ImageSource, report: Report) -> Im
             handover_layers=len(image.verified_blobs),
             handover_diff_ids=len(image.verified_diff_ids),
         )
+    image = check_signatures(spec, source, image, rules, registries, report)
     report.note(
         manifest=image.manifest_digest,
         layers=len(image.layers),
         compressed=image.compressed_size,
     )
     return image
+
+
+def load_policy(spec: BootSpec) -> tuple[policy.Policy | None, RegistriesD | None]:
+    """bootc.policy=, else the initramfs's /etc/containers/policy.json if it has one, and its
+    registries.d; (None, None) when there is no policy: nothing is checked."""
+    path = spec.policy or (POLICY if os.path.exists(POLICY) else None)
+    if path is None:
+        return None, None
+    return policy.Policy.load(path), RegistriesD.load(REGISTRIES_D)
+
+
+def check_signatures(
+    spec: BootSpec,
+    source: ImageSource,
+    image: Image,
+    rules: policy.Policy | None,
+    registries: RegistriesD | None,
+    report: Report,
+) -> Image:
+    """The policy's verdict on the image's top document (docs/signatures.md), said, and noted
+    for the status (and a kexec handover). A kexec'd stage two takes the verdict of the stage
+    that checked this very manifest before it handed it over (its record says so)."""
+    if image.verified_blobs and image.signatures.get("accepted"):
+        found = dict(image.signatures, handover=True)
+        verdict = policy.Verdict(found["scope"], tuple(found["keys"]))
+        report.say(f"{verdict.line()}, by the previous stage (kexec handover)")
+    elif rules is None:
+        found = {"checked": False}
+        report.say("signatures: not checked (no policy in the initramfs)")
+    else:
+        if isinstance(source, registry.RegistrySource):
+            name = str(trust.docker_reference(source))
+        else:
+            name = spec.identity or ""
+        try:
+            verdict = trust.check(
+                rules, "docker", name, source, image, registries, fetch_policy(spec), report.say
+            )
+        except policy.PolicyError as err:
+            report.note(signatures={"checked": True, "accepted": False, "reason": err.reason})
+            raise policy.PolicyError(
+                str(err), err.reason, err.hint or f"the policy is {rules.source}"
+            ) from None
+        report.say(verdict.line())
+        found = {"checked": True, "accepted": True, "scope": verdict.scope, "keys": verdict.keys}
+    report.note(signatures=found)
+    return replace(image, signatures=found)
 
 
 def kexec_into_the_image(spec: BootSpec, image: Image, report: Report) -> NoReturn:
@@ -230,10 +297,10 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     """http(s) natively (in place with Range); ftp, tftp and nfs through dracut's url-lib."""
     assert spec.image is not None
     url = spec.image.location
-    policy = http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
-    wait_for_route(policy.total, report)
+    fetching = fetch_policy(spec)
+    wait_for_route(fetching.total, report)
     if url.startswith(("http://", "https://")):
-        return http.open_url(url, policy, report.say, STATUS_DIR)
+        return http.open_url(url, fetching, report.say, STATUS_DIR)
     path = os.path.join(STATUS_DIR, "download.oci")
     os.makedirs(STATUS_DIR, exist_ok=True)
     report.say(f"fetching {http.redact(url)} with dracut's url-lib")
@@ -254,6 +321,11 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     return ArchiveSource(path, delete=True)
 
 
+def fetch_policy(spec: BootSpec) -> http.Policy:
+    """The deadlines and retries of every fetch: bootc.retries=, bootc.timeout=."""
+    return http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
+
+
 def printable_root(spec: BootSpec) -> str:
     """root= fit to print: a URL without its password."""
     assert spec.image is not None
@@ -266,8 +338,8 @@ def open_registry_source(spec: BootSpec, report: Report) -> ImageSource:
     """docker://REF with our own distribution client, through the mirrors first."""
     assert spec.image is not None
     ref = registry.Reference.parse(spec.image.location)
-    policy = http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
-    wait_for_route(policy.total, report)
+    fetching = fetch_policy(spec)
+    wait_for_route(fetching.total, report)
     default = registry.AUTH_IN_INITRAMFS
     auth = spec.registry_auth or (default if os.path.exists(default) else None)
     report.say(
@@ -276,7 +348,7 @@ def open_registry_source(spec: BootSpec, report: Report) -> ImageSource:
     )
     return registry.RegistrySource(
         ref,
-        policy,
+        fetching,
         report.say,
         auth_file=auth,
         unsecure=spec.registry_unsecure,

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from .errors import BootcLiveError
 from .oci import Platform, check_ref_name
+from .policy import DockerReference
 
 ROOT_PREFIX = "bootc-live:"
 _TRUE = {"", "1", "yes", "on", "true"}
@@ -125,6 +126,8 @@ class BootSpec:
     retries: int | None = None
     timeout: float | None = None
     wait_any_if: bool = False
+    policy: str | None = None
+    identity: str | None = None
     # Options given but not ours (for kexec: the next stage gets them unchanged).
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -214,6 +217,25 @@ def parse_text(value: str) -> str:
     return value
 
 
+def parse_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("expected an absolute path in the initramfs")
+    return value
+
+
+def parse_identity(value: str) -> str:
+    """A Docker reference in its expanded form; a bare name means its :latest, as for docker://."""
+    try:
+        ref = DockerReference.parse(value)
+    except ValueError as err:
+        raise ValueError(
+            f"expected a registry reference HOST/PATH:TAG or @sha256:HEX ({err})"
+        ) from None
+    if ref.tag is not None and ref.digest is not None:
+        raise ValueError("expected a tag or a digest, not both")
+    return str(ref if not ref.name_only else DockerReference(ref.name, "latest"))
+
+
 def parse_hosts(value: str) -> tuple[str, ...]:
     hosts = tuple(h for h in value.split(",") if h)
     if not hosts or any("/" in h.split("://", 1)[-1].rstrip("/") for h in hosts):
@@ -280,6 +302,27 @@ OPTIONS: tuple[Option, ...] = (
         "bootc.digest=sha256:HEX",
         "The manifest (or index) digest the image must have; anything else stops the boot. "
         "`sha512:HEX` works too.",
+    ),
+    Option(
+        "bootc.policy",
+        "policy",
+        parse_path,
+        "bootc.policy=PATH",
+        "The containers-policy.json(5) in the initramfs that the image's signatures must satisfy "
+        "(docs/signatures.md); without this option `/etc/containers/policy.json` is used when "
+        "the initramfs has it, and without either nothing is checked.",
+        "/etc/containers/policy.json if present",
+    ),
+    Option(
+        "bootc.identity",
+        "identity",
+        parse_identity,
+        "bootc.identity=REF",
+        "The registry name (HOST/PATH:TAG or @sha256:HEX) the policy and the signed identity "
+        "are checked against for an image that is not pulled from a registry (in the "
+        "initramfs, or at a URL); a registry image is named by root=. `bootc-live build` "
+        "writes it when it knows the name.",
+        "none: only the policy's default applies",
     ),
     Option(
         "bootc.registry.unsecure",

@@ -76,6 +76,8 @@ BOOT_TO_HOST: tuple[tuple[str, str, bool], ...] = (
     ("bootc.registry.mirror", "--mirror", True),
     ("bootc.platform", "--platform", True),
     ("bootc.digest", "--digest", True),
+    ("bootc.identity", "--identity REF", False),
+    ("bootc.policy", "--policy FILE", False),
     ("bootc.retries", "--retries N", False),
     ("bootc.timeout", "--timeout SECONDS", False),
     ("bootc.live.erofs.compress", "--compress", True),

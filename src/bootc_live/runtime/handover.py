@@ -15,13 +15,14 @@ change it could add a record too.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from .blobs import Descriptor, VerifyingReader
 from .cpio import MAX_MEMBER, CpioWriter
@@ -41,10 +42,19 @@ def kernel_arguments(label: str) -> str:
     return f"root=bootc-live:/{IMAGE_DIR} bootclabel={label}"
 
 
-def index_json(image: Image, label: str, sizes: list[int] | None, zram: int | None = None) -> bytes:
+def index_json(
+    image: Image,
+    label: str,
+    sizes: list[int] | None,
+    zram: int | None = None,
+    top: Descriptor | None = None,
+    carried: Sequence[Mapping[str, Any]] = (),
+) -> bytes:
     """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes
     and what its files take in zram (zramsize) when they are known, else what the image's own
-    index recorded, if anything."""
+    index recorded, if anything. The entry names `top` when given (the document a reference
+    named, which signatures sign: an index for a multi-platform tag), else the manifest;
+    `carried` entries follow it (signatures, docs/signatures.md)."""
     annotations = {REF_NAME: label}
     known = {
         SIZES_ANNOTATION: None if sizes is None else ",".join(map(str, sizes)),
@@ -54,15 +64,17 @@ def index_json(image: Image, label: str, sizes: list[int] | None, zram: int | No
         value = value if value is not None else image.index_annotations.get(key)
         if value is not None:
             annotations[key] = value
+    named = top or image.manifest
     descriptor = {
-        "mediaType": image.manifest.media_type or "application/vnd.oci.image.manifest.v1+json",
-        "digest": image.manifest.digest,
-        "size": image.manifest.size,
+        "mediaType": named.media_type or "application/vnd.oci.image.manifest.v1+json",
+        "digest": named.digest,
+        "size": named.size,
         "annotations": annotations,
     }
-    if image.manifest.platform:
-        descriptor["platform"] = dict(image.manifest.platform)
-    return json.dumps({"schemaVersion": 2, "manifests": [descriptor]}, indent=1).encode()
+    if named.platform:
+        descriptor["platform"] = dict(named.platform)
+    manifests = [descriptor, *carried]
+    return json.dumps({"schemaVersion": 2, "manifests": manifests}, indent=1).encode()
 
 
 def blobs_of(image: Image) -> list[Descriptor]:
@@ -71,6 +83,14 @@ def blobs_of(image: Image) -> list[Descriptor]:
     for desc in (image.manifest, image.config_descriptor, *image.layers):
         seen.setdefault(desc.digest, desc)
     return list(seen.values())
+
+
+def extra_blobs(image: Image, documents: Sequence[bytes]) -> dict[str, bytes]:
+    """Small blobs held in memory (a top index, carried signatures) by their sha256 digest,
+    those that are not already among the image's blobs."""
+    known = {desc.digest for desc in blobs_of(image)}
+    found = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in documents}
+    return {digest: data for digest, data in found.items() if digest not in known}
 
 
 @contextmanager
@@ -85,8 +105,11 @@ def verified(image: Image, desc: Descriptor) -> Iterator[VerifyingReader]:
 Extents = dict[str, list[tuple[int, int]]]  # blob digest → (offset, size) of each part's data
 
 
-def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
-    """Write the split layout to `out` (seekable); return where each blob's data lies."""
+def write_split_layout(
+    image: Image, index: bytes, out: BinaryIO, documents: Sequence[bytes] = ()
+) -> Extents:
+    """Write the split layout to `out` (seekable), `documents` (extra_blobs) too; return where
+    each blob's data lies."""
     cpio = CpioWriter(out)
     parts = IMAGE_DIR.split("/")
     for i in range(len(parts)):
@@ -106,6 +129,9 @@ def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
             for part, offset in enumerate(range(0, desc.size, PART_SIZE)):
                 size = min(PART_SIZE, desc.size - offset)
                 where.append((cpio.add_file(f"{name}.{part}", reader, size), size))  # type: ignore[arg-type]
+    for digest, data in extra_blobs(image, documents).items():
+        name = f"{IMAGE_DIR}/{blob_path(digest)}"
+        extents[digest] = [(cpio.add_file(name, io.BytesIO(data), len(data)), len(data))]
     cpio.close()
     return extents
 
@@ -113,9 +139,15 @@ def write_split_layout(image: Image, index: bytes, out: BinaryIO) -> Extents:
 def write_record(image: Image, layers_read: int, out: BinaryIO) -> str:
     """Append to `out`, as a cpio archive of its own, the record of what this stage verified:
     every blob of the manifest (write_split_layout checked them all) and the diff_ids of the top
-    `layers_read` layers (read through to their end). Returns the record's digest, which the
-    next command line carries (bootc.kexec.verified=)."""
-    data = json.dumps({"manifest": image.manifest_digest, "layers_read": layers_read}).encode()
+    `layers_read` layers (read through to their end), and the signature check's verdict.
+    Returns the record's digest, which the next command line carries (bootc.kexec.verified=)."""
+    data = json.dumps(
+        {
+            "manifest": image.manifest_digest,
+            "layers_read": layers_read,
+            "signatures": dict(image.signatures),
+        }
+    ).encode()
     cpio = CpioWriter(out)
     cpio.add_bytes(RECORD, data)
     cpio.close()
@@ -129,8 +161,9 @@ def trust_previous_stage(
     names the handover at its place in the initramfs; the record beside it has the digest
     `expected` from the command line (which stage one wrote: an appended initrd cannot change
     it); and the record names this very manifest, whose digest resolve() has just checked (it
-    fixes every layer digest and, through the config, every diff_id). Otherwise `image`
-    unchanged: everything is verified here, as usual."""
+    fixes every layer digest and, through the config, every diff_id); its signature verdict
+    is the previous stage's. Otherwise `image` unchanged: everything is verified here, as
+    usual."""
     data = b""
     if os.path.normpath(layout) == os.path.join(root, IMAGE_DIR):
         try:
@@ -150,7 +183,10 @@ def trust_previous_stage(
         "previous stage, not computed again"
     )
     return replace(
-        image, verified_blobs=frozenset(range(layers)), verified_diff_ids=frozenset(read)
+        image,
+        verified_blobs=frozenset(range(layers)),
+        verified_diff_ids=frozenset(read),
+        signatures=record.get("signatures") or {},
     )
 
 

@@ -6,6 +6,7 @@ import platform as _platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from . import jsondoc
@@ -31,6 +32,15 @@ def check_ref_name(name: str) -> str:
 
 
 DEFAULT_LABEL = "latest"
+# The tags cosign and bootc-live give what is attached to an image (signatures, attestations,
+# SBOMs) in a layout: sha256-HEX.sig … An index.json entry tagged so is never an image to boot.
+_SIGNATURE_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(?:sig|simplesig|att|sbom)")
+
+
+def is_signature_tag(name: str) -> bool:
+    """Whether a reference name (or its :TAG part) tags an attachment such as a signature."""
+    return bool(_SIGNATURE_TAG.fullmatch(name) or _SIGNATURE_TAG.fullmatch(tag_part(name)))
+
 
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
@@ -99,10 +109,16 @@ class Image:
     diff_ids: Sequence[str]
     annotations: Mapping[str, str]
     index_annotations: Mapping[str, str]  # of the image's entry in index.json
+    # The document index.json's entry names (the manifest, or an index above it): what the tag
+    # or digest names, and what signatures sign.
+    top: Descriptor
     # Indices of the layers whose blob digest, and whose diff_id, an earlier boot stage verified
     # (bootc.kexec's handover): not hashed again. Set by handover.trust_previous_stage() only.
     verified_blobs: frozenset[int] = frozenset()
     verified_diff_ids: frozenset[int] = frozenset()
+    # What the signature check found ({"checked": bool, "scope": …, "keys": […]}), for the status
+    # and the kexec handover (which passes it to the next stage, `handover.write_record`).
+    signatures: Mapping[str, Any] = dataclass_field(default_factory=dict)
 
     @property
     def manifest_digest(self) -> str:
@@ -250,9 +266,13 @@ def resolve(
     where = source.description
     index = _parse_json(source.index_json(), f"{where}: index.json")
     _kind("application/vnd.oci.image.index.v1+json", index, f"{where}: index.json")
-    candidates = _pick_label(_descriptors(index, f"{where}: index.json"), label, where)
-    desc = _pick_platform(candidates, plat, where)
-    index_annotations = desc.annotations
+    entries = [
+        d
+        for d in _descriptors(index, f"{where}: index.json")
+        if not is_signature_tag(d.annotations.get(REF_NAME, ""))
+    ]
+    candidates = _pick_label(entries, label, where)
+    desc = top = _pick_platform(candidates, plat, where)
     seen = [desc.digest]
     for _depth in range(8):
         with source.open_blob(desc) as raw:
@@ -272,14 +292,19 @@ def resolve(
             f"{where}: image digest is {seen[-1]}, not the pinned {digest}",
             "the image changed: update bootc.digest= or rebuild the boot entry",
         )
-    return _image_from_manifest(source, desc, obj, what, index_annotations)
+    return _image_from_manifest(source, desc, obj, what, top)
 
 
 def all_manifests(source: ImageSource, limit: int = 1000) -> list[Descriptor]:
-    """Every manifest descriptor the source's index reaches, nested indexes followed once each
-    (a document named twice is read once; at most `limit` documents)."""
+    """Every image manifest descriptor the source's index reaches (not what is attached to an
+    image: signatures …), nested indexes followed once each (a document named twice is read
+    once; at most `limit` documents)."""
     where = source.description
-    todo = _descriptors(_parse_json(source.index_json(), f"{where}: index.json"), where)
+    todo = [
+        d
+        for d in _descriptors(_parse_json(source.index_json(), f"{where}: index.json"), where)
+        if not is_signature_tag(d.annotations.get(REF_NAME, ""))
+    ]
     seen: set[str] = set()
     found = []
     while todo:
@@ -305,7 +330,7 @@ def _image_from_manifest(
     desc: Descriptor,
     manifest: Mapping[str, Any],
     what: str,
-    index_annotations: Mapping[str, str],
+    top: Descriptor,
 ) -> Image:
     config_desc = Descriptor.from_json(manifest.get("config"), f"{what} config")
     layer_objs = manifest.get("layers")
@@ -333,5 +358,6 @@ def _image_from_manifest(
         layers=tuple(layers),
         diff_ids=tuple(diff_ids),
         annotations=annotations if isinstance(annotations, dict) else {},
-        index_annotations=index_annotations,
+        index_annotations=top.annotations,
+        top=top,
     )

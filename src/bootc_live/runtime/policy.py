@@ -356,12 +356,14 @@ def evaluate(
     name: str,
     manifest: bytes,
     candidates: Sequence[Signature],
+    label: str = "",
 ) -> Verdict:
     """Whether the policy accepts the image `name` of `transport` whose manifest is
-    `manifest`, given its candidate signatures; PolicyError (with its reason) when not."""
+    `manifest`, given its candidate signatures; PolicyError (with its reason) when not.
+    Messages name the image `label` (by default docker://NAME, oci:PATH …)."""
     scope, requirements = policy.requirements_for(transport, name)
     image = DockerReference.parse(name) if transport == "docker" else None
-    label = image_name(transport, name)
+    label = label or image_name(transport, name)
     keys = []
     for req in requirements:
         if req.type == "insecureAcceptAnything":

@@ -428,6 +428,14 @@ class Endpoint:
             )
         return body, media_type, digest
 
+    def tagged(self, tag: str) -> tuple[bytes, str, str] | None:
+        """manifest(tag), or None when the repository has no such tag (404): how an
+        attachment such as cosign's signatures (tag sha256-HEX.sig) is looked for."""
+        try:
+            return self.manifest(tag)
+        except _NotFound:
+            return None
+
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes, by a ranged request (unverified: for estimates only)."""
         with self.blob(desc, max(0, desc.size - n)) as reader:
@@ -457,7 +465,7 @@ class Endpoint:
         if err.status == 404:
             if self.mirror:
                 return _MirrorMiss(f"{self.name}: {repo} has no {what}{detail}")
-            return RegistryError(
+            return _NotFound(
                 f"{self.name}: {repo} has no {what}{detail}",
                 "check the repository, tag or digest in docker://",
             )
@@ -475,7 +483,11 @@ def _document(raw: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-class _MirrorMiss(RegistryError):
+class _NotFound(RegistryError):
+    """The registry (or a mirror) has no such tag, manifest or blob (404)."""
+
+
+class _MirrorMiss(_NotFound):
     """A mirror does not have the image: the next mirror, or the registry, is asked."""
 
 
@@ -652,6 +664,12 @@ class RegistrySource:
             self._documents[digest] = raw
             return io.BytesIO(raw)
         return self.endpoint.blob(desc)  # type: ignore[return-value]
+
+    def tagged(self, tag: str) -> tuple[bytes, str, str] | None:
+        """(body, media type, digest) of the manifest `tag` names in the repository, from
+        the endpoint that serves the image, or None when there is no such tag."""
+        self.index_json()  # the endpoint is chosen
+        return self.endpoint.tagged(tag)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         return self.endpoint.tail(desc, n)

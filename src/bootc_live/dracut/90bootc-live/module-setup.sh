@@ -44,6 +44,10 @@ install() {
     inst_binary "$py" /usr/bin/python3
     inst_multiple mount umount
     inst_multiple -o zstd
+    # Signature checks (a policy at /etc/containers/policy.json, from bootc-live build --policy):
+    # gpgv for simple signing, openssl for sigstore. Optional here; the build's self-check
+    # fails when a policy is in and a tool it needs is not.
+    inst_multiple -o gpgv openssl
 
     # The runtime, and just the part of the standard library it imports: found by importing it.
     inst_dir /usr/lib/bootc-live

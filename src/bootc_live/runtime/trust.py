@@ -1,0 +1,278 @@
+"""An image's signatures, gathered where containers users keep them, and the policy's verdict.
+
+What is signed is the top document: what the reference or the index.json entry names (an index
+for a multi-platform tag, else the manifest). Its signatures are looked for
+- in a registry's lookaside store (registries.d's `lookaside`, http(s) or file URL):
+  NAME@sha256=HEX/signature-1, -2 … until the first that does not exist;
+- among a registry's sigstore attachments (registries.d's `use-sigstore-attachments`): the
+  manifest tagged sha256-HEX.sig, one signature per layer;
+- carried in a layout or oci-archive (docs/signatures.md): index.json entries tagged
+  sha256-HEX.sig (cosign's signature manifest) or sha256-HEX.simplesig (one layer per
+  signature-N file of a lookaside store).
+Nothing found is trusted before `policy.evaluate` has had a signature verified: sizes and counts
+are bounded, every blob is read against its digest.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from . import http, jsondoc, policy, signatures, strictjson
+from .blobs import Descriptor, check_digest, read_verified
+from .errors import BootcLiveError, shown
+from .oci import REF_NAME, Image, tag_part
+from .oci import is_signature_tag as is_signature_tag  # the contract's name for it
+from .registriesd import RegistriesD, signature_urls
+from .registry import RegistrySource
+from .signatures import Signature, SignatureError
+from .sources import ImageSource
+
+SIGSTORE_SUFFIX = ".sig"  # cosign's signature manifest
+SIMPLE_SUFFIX = ".simplesig"  # simple-signing signatures carried in a layout
+SIMPLE_MEDIA_TYPE = "application/vnd.bootc-live.simple-signing.v1"
+SIGNATURE_LIMIT = 1 << 20  # bytes of one stored signature: a signature-N file, a layer
+MANIFEST_LIMIT = 1 << 20  # bytes of a signature manifest
+MAX_SIGNATURES = 32  # read from one store (a lookaside, an attachment, a carried entry)
+IDENTITY_HINT = (
+    "the image has no registry name to check the signed identity against: give it with "
+    "bootc.identity=REF"
+)
+
+
+class TrustError(BootcLiveError):
+    """A signature store cannot be read, or holds more than is plausible."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """One candidate signature and where it was."""
+
+    signature: Signature
+    origin: str  # for messages: "lookaside https://…/signature-1", "attachment … layer 1"
+    stored: bytes  # as stored: a lookaside signature-N file; a sigstore layer's blob
+    annotations: Mapping[str, str]  # a sigstore layer's annotations ({} for simple signing)
+
+
+def signature_tag(digest: str, suffix: str) -> str:
+    """The tag signatures of the document `digest` are kept under: sha256-HEX.sig …"""
+    algorithm, _, hex_value = digest.partition(":")
+    return f"{algorithm}-{hex_value}{suffix}"
+
+
+def top_document(image: Image) -> tuple[Descriptor, bytes]:
+    """The document the reference or index.json entry names, verified: what is signed."""
+    with image.source.open_blob(image.top) as raw:
+        return image.top, read_verified(raw, image.top, "manifest")
+
+
+def gather(
+    source: ImageSource,
+    image: Image,
+    registries: RegistriesD | None,
+    fetch_policy: http.Policy,
+    say: Callable[[str], None],
+) -> list[Found]:
+    """Every candidate signature of the image: carried in the source; from a registry, in its
+    lookaside and (when registries.d says so) its sigstore attachments. `registries` None is
+    an empty registries.d: containers' built-in lookaside only."""
+    digest = image.top.digest
+    found = carried(source, digest)
+    if isinstance(source, RegistrySource):
+        ref = docker_reference(source)
+        config = registries if registries is not None else RegistriesD({})
+        found += lookaside(config.lookaside(ref), digest, fetch_policy, say)
+        if config.use_sigstore_attachments(ref):
+            found += attachments(source, digest)
+    return found
+
+
+def check(
+    rules: policy.Policy,
+    transport: str,
+    name: str,
+    source: ImageSource,
+    image: Image,
+    registries: RegistriesD | None,
+    fetch_policy: http.Policy,
+    say: Callable[[str], None],
+) -> policy.Verdict:
+    """The policy's verdict on the image, named `name` in `transport` (docker: a reference;
+    "" when it has none: then only the policy's default applies). PolicyError when the policy
+    does not accept it. Signatures are gathered only when a requirement needs them."""
+    label = policy.image_name(transport, name) if name else source.description
+    if not name:  # no Docker identity: evaluated as containers evaluate a docker-archive
+        rules, transport = replace(rules, transports={}), "docker-archive"
+    _, requirements = rules.requirements_for(transport, name)
+    needed = any(req.kind for req in requirements)
+    _, document = top_document(image)
+    found = gather(source, image, registries, fetch_policy, say) if needed else []
+    try:
+        return policy.evaluate(
+            rules, transport, name, document, [f.signature for f in found], label=label
+        )
+    except policy.PolicyError as err:
+        if name or err.reason != policy.IDENTITY_MISMATCH:
+            raise
+        raise policy.PolicyError(str(err), err.reason, IDENTITY_HINT) from None
+
+
+def docker_reference(source: RegistrySource) -> policy.DockerReference:
+    """The policy's name of a registry image: by its digest when pinned, else by its tag."""
+    ref = source.ref
+    pin = f"@{ref.digest}" if ref.digest else f":{ref.tag or 'latest'}"
+    return policy.DockerReference.parse(f"{ref.registry}/{ref.repository}{pin}")
+
+
+# Carried in a layout or archive.
+
+
+def carried(source: ImageSource, digest: str) -> list[Found]:
+    """The signatures index.json's entries tagged sha256-HEX.sig and .simplesig hold."""
+    wanted = {
+        signature_tag(digest, SIGSTORE_SUFFIX): SIGSTORE_SUFFIX,
+        signature_tag(digest, SIMPLE_SUFFIX): SIMPLE_SUFFIX,
+    }
+    try:
+        entries = jsondoc.loads(source.index_json())["manifests"]
+    except (ValueError, KeyError, TypeError):
+        return []  # resolve() has read it: not a list of entries here means none is ours
+    found: list[Found] = []
+    for i, obj in enumerate(entries if isinstance(entries, list) else []):
+        desc = Descriptor.from_json(obj, f"{source.description}: index.json entry {i}")
+        name = desc.annotations.get(REF_NAME, "")
+        tag = name if name in wanted else tag_part(name)
+        if tag not in wanted:
+            continue
+        origin = f"{source.description} {tag}"
+        manifest = _read(source, desc, MANIFEST_LIMIT, origin)
+        if wanted[tag] == SIGSTORE_SUFFIX:
+            found += _sigstore(source, manifest, origin)
+        else:
+            found += _simple(source, manifest, origin)
+    return found
+
+
+def _simple(source: ImageSource, manifest: bytes, origin: str) -> list[Found]:
+    """The signature-N files a .simplesig manifest's layers hold, in order."""
+    found = []
+    for i, desc in enumerate(_layers(manifest, origin)):
+        if desc.media_type != SIMPLE_MEDIA_TYPE:
+            continue  # not a signature: it cannot satisfy a requirement
+        where = f"{origin} layer {i + 1}"
+        blob = _read(source, desc, SIGNATURE_LIMIT, where)
+        found.append(Found(_from_blob(blob, where), where, blob, {}))
+    return found
+
+
+def _sigstore(source: ImageSource, manifest: bytes, origin: str) -> list[Found]:
+    """The signatures of a cosign signature manifest, one per layer."""
+    layers = _layers(manifest, origin)
+    blobs = [
+        _read(source, desc, SIGNATURE_LIMIT, f"{origin} layer {i + 1}")
+        for i, desc in enumerate(layers)
+    ]
+    by_digest = {desc.digest: blob for desc, blob in zip(layers, blobs)}
+    try:
+        sigs = signatures.from_signature_manifest(manifest, lambda d, _n: by_digest[d])
+    except SignatureError as err:
+        raise SignatureError(f"{origin}: {err}", err.reason) from None
+    return [
+        Found(sig, f"{origin} layer {i + 1}", blob, dict(desc.annotations))
+        for i, (sig, desc, blob) in enumerate(zip(sigs, layers, blobs))
+    ]
+
+
+def _layers(manifest: bytes, origin: str) -> list[Descriptor]:
+    """A signature manifest's layer descriptors, at most MAX_SIGNATURES."""
+    try:
+        layers = strictjson.loads(manifest, MANIFEST_LIMIT)["layers"]
+        if not isinstance(layers, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise SignatureError(
+            f"{origin}: a malformed signature manifest", signatures.INVALID_SIGNATURE
+        ) from None
+    if len(layers) > MAX_SIGNATURES:
+        raise TrustError(f"{origin}: {len(layers)} signatures, more than {MAX_SIGNATURES}")
+    descs = [Descriptor.from_json(obj, f"{origin} layer {i + 1}") for i, obj in enumerate(layers)]
+    for desc in descs:
+        if not all(isinstance(v, str) for v in desc.annotations.values()):
+            raise SignatureError(
+                f"{origin}: a malformed signature manifest", signatures.INVALID_SIGNATURE
+            )
+    return descs
+
+
+def _read(source: ImageSource, desc: Descriptor, limit: int, where: str) -> bytes:
+    """A small blob of the source, verified against its descriptor."""
+    check_digest(desc.digest, where)
+    if desc.size > limit:
+        raise TrustError(f"{where}: {desc.size} bytes, more than a signature takes ({limit})")
+    with source.open_blob(desc) as raw:
+        return read_verified(raw, desc, where, limit)
+
+
+def _from_blob(blob: bytes, where: str) -> Signature:
+    try:
+        return signatures.from_blob(blob)
+    except SignatureError as err:
+        raise SignatureError(f"{where}: {err}", err.reason) from None
+
+
+# A registry's stores.
+
+
+def attachments(source: RegistrySource, digest: str) -> list[Found]:
+    """The sigstore signatures the registry keeps under the tag sha256-HEX.sig."""
+    tag = signature_tag(digest, SIGSTORE_SUFFIX)
+    got = source.tagged(tag)
+    if got is None:
+        return []
+    return _sigstore(source, got[0], f"attachment {tag}")
+
+
+def lookaside(
+    base: str, digest: str, fetch_policy: http.Policy, say: Callable[[str], None]
+) -> list[Found]:
+    """signature-1, -2 … of `digest` below a repository's lookaside URL, until one is missing."""
+    found: list[Found] = []
+    for url in signature_urls(base, digest):
+        if len(found) == MAX_SIGNATURES:
+            say(f"{http.redact(base)}: only the first {MAX_SIGNATURES} signatures are read")
+            break
+        blob = _fetch(url, fetch_policy, say)
+        if blob is None:
+            break
+        origin = f"lookaside {http.redact(url)}"
+        found.append(Found(_from_blob(blob, origin), origin, blob, {}))
+    return found
+
+
+def _fetch(url: str, fetch_policy: http.Policy, say: Callable[[str], None]) -> bytes | None:
+    """A signature-N file's bytes, or None when it does not exist (404, no such file)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "file":
+        try:
+            data, _ = http.read_body(
+                http.Client(url, fetch_policy, say), "signature", SIGNATURE_LIMIT
+            )
+        except http.FetchError as err:
+            if err.status == 404:
+                return None
+            raise
+        return data
+    if parts.netloc not in ("", "localhost"):
+        raise TrustError(f"lookaside {shown(url)}: a file URL must name a local path")
+    path = urllib.parse.unquote(parts.path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(SIGNATURE_LIMIT + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise TrustError(f"lookaside {shown(path)}: cannot be read: {err.strerror}") from None
+    if len(data) > SIGNATURE_LIMIT:
+        raise TrustError(f"lookaside {shown(path)}: larger than {SIGNATURE_LIMIT} bytes")
+    return data
