@@ -63,7 +63,12 @@ class Setup:
             network=True,
             embedded=False,
             forwards=((REGISTRY, self.registry.port), (LOOKASIDE, self.lookaside.port)),
+            log=self.console(ref),
         )
+
+    def console(self, name: str) -> Path:
+        """Where a boot's console is kept (the test's artifact)."""
+        return self.artifacts.with_name(f"console-{name.replace('/', '-')}.log")
 
     @property
     def registry_artifacts(self) -> Path:
@@ -72,7 +77,7 @@ class Setup:
         out = self.artifacts.with_name("registry-boot")
         if not out.exists():
             out.mkdir()
-            for name in ("vmlinuz", "initrd.img"):
+            for name in ("vmlinuz", "initrd.img", "rootfs.img", "initrd-full.img"):
                 (out / name).symlink_to(self.artifacts / name)
             (out / "cmdline.txt").write_text("\n")
         return out
@@ -185,12 +190,13 @@ def keys(setup: Setup) -> list[str]:
 
 def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
     before = len(setup.lookaside.requests())
-    result = setup.boot("test/demo:v1")
+    result = setup.boot("demo:v1")
     assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
     status = ready(result.boot.output)
     assert status["manifest"] == setup.digests["test/demo"]
     assert status["signatures"] == {
         "checked": True,
+        "accepted": True,
         "scope": f'docker "{GUEST_REPO}"',
         "keys": keys(setup),
     }
@@ -201,7 +207,7 @@ def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
 
 
 def test_another_images_signature_stops_the_boot_before_any_blob(setup: Setup) -> None:
-    result = setup.boot("test/moved:v1")
+    result = setup.boot("moved:v1")
     assert_stopped(
         result,
         f'docker://{GUEST_REPO}/moved:v1: digest mismatch under policy scope docker "{GUEST_REPO}"',
@@ -209,17 +215,23 @@ def test_another_images_signature_stops_the_boot_before_any_blob(setup: Setup) -
     states = [status["state"] for status in result.statuses]
     assert states == ["resolving", "failed"], states
     assert result.status["after"] == "resolving"
+    assert result.status["signatures"] == {
+        "checked": True,
+        "accepted": False,
+        "reason": "digest mismatch",
+    }
     assert setup.guest_requests("/v2/test/moved/manifests/v1")
     assert setup.guest_requests("/v2/test/moved/blobs/") == []  # not even its config
 
 
 def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -> None:
-    result = run(setup.artifacts)
+    result = run(setup.artifacts, log=setup.console("embedded"))
     assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
     status = ready(result.boot.output)
     assert status["manifest"] == setup.digests["test/demo"]
     assert status["signatures"] == {
         "checked": True,
+        "accepted": True,
         "scope": f'docker "{GUEST_REPO}"',
         "keys": keys(setup),
     }
