@@ -5,12 +5,13 @@ initramfs carries a policy that requires both (`bootc-live build --policy --regi
 One build, three boots:
 - by tag from the registry: it boots, and status.json says which keys verified it;
 - from the registry, an image carrying another image's signature: the boot stops with one line
-  naming the image, the policy scope and the reason, before any blob of it is fetched;
+  naming the image, the policy scope and the reason, before any layer of it is fetched;
 - the image embedded by that build (pulled with its signatures, which it carries): it boots.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class Setup:
     gpg: GpgKey
     cosign: CosignKey
     digests: dict[str, str]  # repository → manifest digest
+    layers: dict[str, list[str]]  # repository → its layers' digests
     artifacts: Path  # built from the pulled layout, with the policy
 
     def boot(self, ref: str) -> Result:
@@ -118,7 +120,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         registries_d(
             config, lookaside=guest_lookaside, attachments=True, scope=f"{GUEST_SERVER}:{REGISTRY}"
         )
-        digests = {}
+        digests, layers = {}, {}
         for layout, repository, key in (
             (demo, "test/demo", gpg["trusted"]),
             (moved, "test/moved", None),
@@ -132,7 +134,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 sign_by=key,
                 identity=f"{GUEST_SERVER}:{REGISTRY}/{repository}:v1",  # as the guest names it
             )
-            digests[repository] = digest_of(raw_manifest(f"{registry.host}/{repository}:v1", pki))
+            manifest = raw_manifest(f"{registry.host}/{repository}:v1", pki)
+            digests[repository] = digest_of(manifest)
+            layers[repository] = [layer["digest"] for layer in json.loads(manifest)["layers"]]
         attach_sigstore(
             registry,
             pki,
@@ -177,7 +181,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "--identity", f"{GUEST_REPO}/demo:v1",
         )  # fmt: skip
         assert built.returncode == 0, built.stderr[-3000:]
-        yield Setup(registry, web, gpg["trusted"], cosign, digests, out)
+        yield Setup(registry, web, gpg["trusted"], cosign, digests, layers, out)
 
 
 def keys(setup: Setup) -> list[str]:
@@ -204,9 +208,11 @@ def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
     fetched = setup.lookaside.requests()[before:]
     assert f'"GET /test/demo@sha256={digest[7:]}/signature-1 HTTP/1.1" 200' in " ".join(fetched)
     assert setup.guest_requests(f"/v2/test/demo/manifests/sha256-{digest[7:]}.sig")
+    for layer in setup.layers["test/demo"]:
+        assert setup.guest_requests(f"/v2/test/demo/blobs/{layer}")
 
 
-def test_another_images_signature_stops_the_boot_before_any_blob(setup: Setup) -> None:
+def test_another_images_signature_stops_the_boot_before_any_layer(setup: Setup) -> None:
     result = setup.boot("moved:v1")
     assert_stopped(
         result,
@@ -221,7 +227,8 @@ def test_another_images_signature_stops_the_boot_before_any_blob(setup: Setup) -
         "reason": "digest mismatch",
     }
     assert setup.guest_requests("/v2/test/moved/manifests/v1")
-    assert setup.guest_requests("/v2/test/moved/blobs/") == []  # not even its config
+    for layer in setup.layers["test/moved"]:  # its config was read, no layer
+        assert setup.guest_requests(f"/v2/test/moved/blobs/{layer}") == []
 
 
 def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -> None:
