@@ -232,6 +232,7 @@ def test_another_images_signature_stops_the_boot_before_any_layer(setup: Setup) 
 
 
 def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -> None:
+    """No network: both signatures come from the image's layout in the initramfs."""
     result = run(setup.artifacts, log=setup.console("embedded"))
     assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
     status = ready(result.boot.output)
