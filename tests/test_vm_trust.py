@@ -184,12 +184,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         yield Setup(registry, web, gpg["trusted"], cosign, digests, layers, out)
 
 
-def keys(setup: Setup) -> list[str]:
-    """How the status names the keys that verified the demo image, in the policy's order."""
-    return [
-        f"GPG key {setup.gpg.fingerprint} ({setup.gpg.public})",
-        f"sigstore key {setup.cosign.public} (ecdsa P-256)",
-    ]
+def accepted(setup: Setup) -> dict[str, object]:
+    """The status's signatures of the demo image: the scope, and the keys in the policy's order."""
+    return {
+        "checked": True,
+        "accepted": True,
+        "scope": f'docker "{GUEST_REPO}"',
+        "keys": [
+            f"GPG key {setup.gpg.fingerprint} ({setup.gpg.public})",
+            f"sigstore key {setup.cosign.public} (ecdsa P-256)",
+        ],
+    }
 
 
 def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
@@ -198,12 +203,7 @@ def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
     assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
     status = ready(result.boot.output)
     assert status["manifest"] == setup.digests["test/demo"]
-    assert status["signatures"] == {
-        "checked": True,
-        "accepted": True,
-        "scope": f'docker "{GUEST_REPO}"',
-        "keys": keys(setup),
-    }
+    assert status["signatures"] == accepted(setup)
     digest = setup.digests["test/demo"]
     fetched = setup.lookaside.requests()[before:]
     assert f'"GET /test/demo@sha256={digest[7:]}/signature-1 HTTP/1.1" 200' in " ".join(fetched)
@@ -237,9 +237,4 @@ def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -
     assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
     status = ready(result.boot.output)
     assert status["manifest"] == setup.digests["test/demo"]
-    assert status["signatures"] == {
-        "checked": True,
-        "accepted": True,
-        "scope": f'docker "{GUEST_REPO}"',
-        "keys": keys(setup),
-    }
+    assert status["signatures"] == accepted(setup)
