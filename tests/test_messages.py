@@ -148,7 +148,9 @@ def test_debug_shows_the_commands_run(tmp_path: Path) -> None:
     assert "+ skopeo" not in plain and "--dest-decompress" not in plain
     debug = bootc_live("--debug", "inspect", f"docker-archive:{garbage}")
     assert debug.returncode == 1
-    assert "+ skopeo copy --quiet --dest-decompress docker-archive:" in debug.stderr
+    assert (
+        "+ skopeo --insecure-policy copy --quiet --dest-decompress docker-archive:" in debug.stderr
+    )
 
 
 def test_kver_failures_list_the_kernels_there_are(tmp_path: Path) -> None:

@@ -42,16 +42,9 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def simple_payload(digest: str, reference: str) -> bytes:
-    return json.dumps(
-        {
-            "critical": {
-                "identity": {"docker-reference": reference},
-                "image": {"docker-manifest-digest": digest},
-                "type": "atomic container signature",
-            },
-            "optional": {"creator": "bootc-live tests"},
-        }
-    ).encode()
+    """What simple signing signs: cosign's payload with the simple-signing type."""
+    cosign = b"cosign container image signature"
+    return cosign_payload(digest, reference).replace(cosign, b"atomic container signature")
 
 
 @dataclass(frozen=True)
@@ -473,3 +466,19 @@ def test_lookaside_bounds(
         trust.lookaside(f"file://{store}/x/y", digest, POLICY, print)
     with pytest.raises(trust.TrustError, match="a file URL must name a local path"):
         trust.lookaside("file://elsewhere/x/y", digest, POLICY, print)
+
+
+def test_a_signature_manifest_with_too_many_layers_is_refused(
+    tmp_path: Path, signer: Signer
+) -> None:
+    layout = tmp_path / "layout"
+    digest = image_layout(layout)
+    many = [(b"{}", "AA==")] * (trust.MAX_SIGNATURES + 1)
+    carry_sigstore(layout, digest, many)
+    tag = trust.signature_tag(digest, trust.SIGSTORE_SUFFIX)
+    with pytest.raises(trust.TrustError) as caught:
+        verdict_of(LayoutSource(str(layout)), rules(tmp_path, [sigstore_req(signer.p256)]))
+    assert str(caught.value) == (
+        f"oci:{layout} {tag}: {trust.MAX_SIGNATURES + 1} signatures, more than "
+        f"{trust.MAX_SIGNATURES}"
+    )

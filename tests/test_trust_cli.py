@@ -18,11 +18,14 @@ from typing import Any
 import pytest
 
 from bootc_live import build as build_mod
-from bootc_live.hostpolicy import TrustOptions
+from bootc_live import selfcheck
+from bootc_live.demo import demo_layers, host_kernel
+from bootc_live.hostpolicy import TrustOptions, storage_policy
 from bootc_live.images import UsageError
+from bootc_live.layout import write_layout
 from bootc_live.runtime import registriesd, signatures
 from bootc_live.runtime.oci import resolve
-from bootc_live.runtime.policy import PolicyError
+from bootc_live.runtime.policy import Policy, PolicyError
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import (
     MT_CONFIG,
@@ -235,7 +238,7 @@ def test_pull_keeps_the_signatures_and_inspect_names_the_key_of_each(
     listed = bootc_live("inspect", f"oci:{tmp_path / 'dir'}", "--insecure-policy")
     assert listed.returncode == 0, listed.stderr
     assert "signature 2 simple (" in listed.stdout and "no key of the policy" in listed.stdout
-    assert "signatures: not checked (--insecure-policy)" in listed.stderr
+    assert "\npolicy    signatures: not checked (--insecure-policy)\n" in listed.stdout
 
 
 def test_a_rejected_image_is_one_line_and_nothing_is_left(
@@ -274,7 +277,7 @@ def test_without_identity_a_layout_is_checked_by_its_path_as_skopeo_does(
     )
     ok = bootc_live("inspect", f"oci:{layout}:v1", "--policy", str(policy))
     assert ok.returncode == 0, ok.stderr
-    assert f'signatures: not required (policy scope oci "{layout}")' in ok.stderr
+    assert f'policy    signatures: not required (policy scope oci "{layout}")' in ok.stdout
     # A signedBy whose identity rule needs the image's name: it has none without --identity.
     gpg = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(keys.trusted_key)}
     policy.write_text(json.dumps({"default": [gpg]}))
@@ -410,3 +413,127 @@ def test_build_pins_the_signed_document_and_names_the_identity(tmp_path: Path) -
         f"bootc.identity={IDENTITY}"
     ) in script
     assert "# (drop bootc.digest= to follow whatever image the tag or URL holds)" in script
+
+
+# A real build (the host's dracut): what the initramfs holds, and its self-check.
+
+
+ELSEWHERE = "other.example/demo:v1"  # under the policy's default: the unsigned demo passes
+
+
+@pytest.fixture(scope="module")
+def built(
+    keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path, Path]]:
+    """Artifacts of the demo image built with a policy naming a GPG and a sigstore key, and the
+    initramfs unpacked: (artifacts, unpacked tree, registries.d)."""
+    need(os.geteuid() == 0, "building an initramfs needs root")
+    need(shutil.which("dracut") is not None, "needs dracut")
+    work = tmp_path_factory.mktemp("built")
+    write_layout(work / "layout", demo_layers(), "demo")
+    regs = work / "registries.d"
+    regs.mkdir()
+    (regs / "example.yaml").write_text("docker:\n  registry.example:\n    lookaside: https://s\n")
+    policy = write_policy(work / "policy.json", keys, default="insecureAcceptAnything")
+    out = work / "out"
+    done = bootc_live(
+        "build", f"oci:{work / 'layout'}:demo", "-o", str(out), "--host", "--kver", host_kernel(),
+        "--policy", str(policy), "--registries-d", str(regs), "--identity", ELSEWHERE,
+        tmpdir=work, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    tree = selfcheck.unpack(out / "initrd.img", Path("/"), work / "tree")
+    yield out, tree, regs
+    shutil.rmtree(tree, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_the_built_initramfs_holds_the_policy_its_keys_and_verifiers(
+    built: tuple[Path, Path, Path], keys: Keys
+) -> None:
+    out, tree, regs = built
+    policy = json.loads((tree / "etc/containers/policy.json").read_text())
+    assert policy["transports"]["docker"]["registry.example"][0]["keyPath"] == str(keys.trusted_key)
+    assert (tree / str(keys.trusted_key).lstrip("/")).read_bytes() == keys.trusted_key.read_bytes()
+    assert (tree / str(keys.cosign_public).lstrip("/")).read_bytes() == (
+        keys.cosign_public.read_bytes()
+    )
+    assert (tree / "etc/containers/registries.d/example.yaml").read_bytes() == (
+        regs / "example.yaml"
+    ).read_bytes()
+    assert any((tree / d / "gpgv").exists() for d in ("usr/bin", "bin"))
+    assert any((tree / d / "openssl").exists() for d in ("usr/bin", "bin"))
+    cmdline = (out / "cmdline.txt").read_text().split()
+    digest = next(a for a in cmdline if a.startswith("bootc.digest=sha256:"))
+    assert cmdline[-1] == f"bootc.identity={ELSEWHERE}"
+    assert index_of(out / "root.oci")["manifests"][0]["digest"] == digest.partition("=")[2]
+    assert f"initrd=rootfs.img {' '.join(cmdline)}" in (out / "boot.ipxe").read_text()
+
+
+@pytest.mark.integration
+def test_the_self_check_names_a_missing_verifier_a_policy_needs(
+    built: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, tree, _ = built
+    assert "bootc-live" in selfcheck.probe(tree, Path("/")).modules  # whole, it passes
+    for tool, kind in (("gpgv", "signedBy"), ("openssl", "sigstoreSigned")):
+        copy = tmp_path / tool
+        subprocess.run(["cp", "-a", tree, copy], check=True)
+        for d in ("usr/bin", "bin"):
+            if (copy / d / tool).is_file() and not (copy / d / tool).is_symlink():
+                (copy / d / tool).unlink()
+        with pytest.raises(selfcheck.SelfCheckError) as caught:
+            selfcheck.probe(copy, Path("/"))
+        assert caught.value.line().startswith(
+            f"the initramfs lacks the command {tool}, needed by {kind} in "
+            "/etc/containers/policy.json"
+        ), caught.value.line()
+        shutil.rmtree(copy)
+
+
+def test_what_skopeo_copies_is_checked_with_no_signatures(tmp_path: Path, keys: Keys) -> None:
+    """docker-archive (and containers-storage) images come through skopeo's copy, which keeps
+    no signature: insecureAcceptAnything passes, a signature requirement fails by name."""
+    need(shutil.which("skopeo") is not None, "needs skopeo")
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"a")])], tag="v1")
+    archive = tmp_path / "saved.tar"
+    run("skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{tmp_path / 'img'}:v1",
+        f"docker-archive:{archive}")  # fmt: skip
+    policy = tmp_path / "policy.json"
+    accept = [{"type": "insecureAcceptAnything"}]
+    gpg = [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(keys.trusted_key)}]
+    policy.write_text(json.dumps({"default": gpg, "transports": {"docker-archive": {"": accept}}}))
+    ok = bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
+    assert ok.returncode == 0, ok.stderr
+    assert 'policy    signatures: not required (policy scope docker-archive "")' in ok.stdout
+    policy.write_text(json.dumps({"default": gpg}))
+    said = assert_clean_failure(
+        bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
+    )
+    assert f"docker-archive:{archive}: no simple signature, and policy scope default" in said
+
+
+def test_containers_storage_is_checked_under_its_transport_scope() -> None:
+    gpg = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}
+    accept = {"type": "insecureAcceptAnything"}
+    rules = Policy.parse(
+        json.dumps(
+            {"default": [gpg], "transports": {"containers-storage": {"": [accept]}}}
+        ).encode(),
+        "p.json",
+    )
+    assert [r.type for r in storage_policy(rules).default] == ["insecureAcceptAnything"]
+    plain = Policy.parse(json.dumps({"default": [gpg]}).encode(), "p.json")
+    assert storage_policy(plain) == plain
+    scoped = Policy.parse(
+        json.dumps(
+            {"default": [gpg], "transports": {"containers-storage": {"[vfs@/x]a": [accept]}}}
+        ).encode(),
+        "p.json",
+    )
+    with pytest.raises(PolicyError) as caught:
+        storage_policy(scoped)
+    assert caught.value.line() == (
+        "p.json: transports.containers-storage has store-specific scopes, which bootc-live does "
+        "not read; give the image's registry name with --identity REF"
+    )

@@ -55,28 +55,16 @@ def _signature_manifest(group: Sequence[trust.Found], sigstore: bool) -> tuple[b
             layer["annotations"] = dict(found.annotations)
         layers.append(layer)
     blobs = [found.stored for found in group]
+    manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "layers": layers}
     if sigstore:  # what cosign writes: a config naming the layers
-        diff_ids = [layer["digest"] for layer in layers]
-        config = canonical_json(
-            {
-                "architecture": "",
-                "os": "",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            }
-        )
+        rootfs = {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}
+        config = canonical_json({"architecture": "", "os": "", "config": {}, "rootfs": rootfs})
         config_type = MEDIA_CONFIG
     else:
         config, config_type = EMPTY, EMPTY_MEDIA_TYPE
-    manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST}
-    if not sigstore:
         manifest["artifactType"] = trust.SIMPLE_MEDIA_TYPE
-    manifest["config"] = {
-        "mediaType": config_type,
-        "digest": digest_of(config, "sha256:"),
-        "size": len(config),
-    }
-    manifest["layers"] = layers
+    digest = digest_of(config, "sha256:")
+    manifest["config"] = {"mediaType": config_type, "digest": digest, "size": len(config)}
     return canonical_json(manifest), [config, *blobs]
 
 

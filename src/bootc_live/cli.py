@@ -315,10 +315,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"config    {image.config_digest}")
         options = trust_options(args)
         checked = hostpolicy.Checked(image, hostpolicy.gather(ref, image, options, say), None)
-        for line in hostpolicy.describe(checked, options, ref):
+        for line in hostpolicy.signature_lines(checked, options, ref):
             print(line)
         sys.stdout.flush()
-        hostpolicy.judge(ref, image, options, say)
+        verdict = hostpolicy.judge(ref, image, options, lambda _message: None)
+        print(f"policy    {verdict.line() if verdict else options.not_checked()}")
         if args.measure:
             facts = describe.describe(
                 image, bytes_progress(image.compressed_size, len(image.layers))

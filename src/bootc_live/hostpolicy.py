@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .images import SourceRef, UsageError
 from .runtime import policy, registriesd, signatures, trust
-from .runtime.errors import shown
+from .runtime.errors import BootcLiveError, shown
 from .runtime.oci import Image
 from .runtime.policy import Policy, PolicyError, Verdict
 from .runtime.registriesd import RegistriesD
@@ -66,9 +66,8 @@ def parse_identity(text: str) -> str:
 def evaluated_as(ref: SourceRef, identity: str | None) -> tuple[str, str]:
     """(transport, name) the policy evaluates SOURCE's image under (docs/signatures.md):
     docker://REF as REF (cli refuses --identity for it); any other SOURCE as the registry name
-    --identity gives it, else as
-    skopeo does: oci and oci-archive by absolute path, docker-archive under its own transport,
-    a URL and containers-storage under `default` only (name "")."""
+    --identity gives it, else as skopeo does: oci and oci-archive by absolute path,
+    docker-archive under its own transport; a URL and containers-storage have no name ("")."""
     if ref.transport == "docker":
         return "docker", ref.path
     if identity is not None:
@@ -78,6 +77,28 @@ def evaluated_as(ref: SourceRef, identity: str | None) -> tuple[str, str]:
     if ref.transport == "docker-archive":
         return "docker-archive", os.path.realpath(ref.path)
     return "docker", ""
+
+
+def applicable(ref: SourceRef, identity: str | None, rules: Policy) -> tuple[str, str, Policy]:
+    """(transport, name, policy) SOURCE's image is checked with (trust.check)."""
+    transport, name = evaluated_as(ref, identity)
+    if ref.transport == "containers-storage" and not name:
+        rules = storage_policy(rules)
+    return transport, name, rules
+
+
+def storage_policy(rules: Policy) -> Policy:
+    """The policy for a containers-storage image without --identity: its transport's scope
+    "" as the default (store-specific scopes, `[driver@root]name`, are not read: an error)."""
+    scopes = rules.transports.get("containers-storage", {})
+    if set(scopes) - {""}:
+        raise PolicyError(
+            f"{rules.source}: transports.containers-storage has store-specific scopes, which "
+            "bootc-live does not read",
+            policy.NOT_EVALUATED,
+            "give the image's registry name with --identity REF",
+        )
+    return replace(rules, default=scopes[""]) if "" in scopes else rules
 
 
 @dataclass(frozen=True)
@@ -97,28 +118,41 @@ def check(
 ) -> Checked:
     """Gather the image's signatures and check them against the policy; PolicyError (one line:
     the image, the scope that applied, why) when it does not accept the image. Reads no layer."""
-    found = gather(ref, image, options, say)
-    return Checked(image, found, judge(ref, image, options, say))
+    verdict = judge(ref, image, options, say)
+    needed = verdict is not None and bool(verdict.keys)
+    return Checked(image, gather(ref, image, options, say, needed), verdict)
 
 
 def gather(
-    ref: SourceRef, image: Image, options: TrustOptions, say: Callable[[str], None]
+    ref: SourceRef,
+    image: Image,
+    options: TrustOptions,
+    say: Callable[[str], None],
+    needed: bool = False,
 ) -> tuple[trust.Found, ...]:
     """The signatures the image has where registries.d says, and carried in SOURCE (none in
-    the copy skopeo makes of containers-storage and docker-archive images)."""
+    the copy skopeo makes of containers-storage and docker-archive images). A store that
+    cannot be read is an error when the policy `needed` signatures, else a warning."""
     registries = RegistriesD.load(options.registries_dir())
-    return tuple(trust.gather(image.source, image, registries, ref.registry.policy, say))
+    try:
+        return tuple(trust.gather(image.source, image, registries, ref.registry.policy, say))
+    except BootcLiveError as err:
+        if needed:
+            raise
+        say(f"warning: no signature kept: {err.line()}")
+        return ()
 
 
 def judge(
     ref: SourceRef, image: Image, options: TrustOptions, say: Callable[[str], None]
 ) -> Verdict | None:
-    """The policy's verdict (None: nothing checked), said; PolicyError when it rejects."""
+    """The policy's verdict (None: nothing checked), said when signatures were verified (an
+    accepted image is otherwise silent, as with skopeo: a failure stays one line); PolicyError
+    when the policy rejects the image."""
     loaded, registries = options.load()
     if loaded is None:
-        say(options.not_checked())
         return None
-    transport, name = evaluated_as(ref, options.identity)
+    transport, name, loaded = applicable(ref, options.identity, loaded)
     fetch = ref.registry.policy
     try:
         verdict = trust.check(loaded, transport, name, image.source, image, registries, fetch, say)
@@ -127,21 +161,20 @@ def judge(
             raise
         # Checked by its path, the image has no name a signature could claim.
         raise PolicyError(str(err), err.reason, trust.IDENTITY_HINT) from None
-    say(verdict.line())
+    if verdict.keys:
+        say(verdict.line())
     return verdict
 
 
-def describe(checked: Checked, options: TrustOptions, ref: SourceRef) -> list[str]:
-    """inspect's lines: each signature found (kind, origin) and which key of the policy
-    verifies it, or why none does."""
+def signature_lines(checked: Checked, options: TrustOptions, ref: SourceRef) -> list[str]:
+    """inspect's lines: each signature found (kind, origin) and which key of the policy's
+    applicable scope verifies it, or why none does."""
     loaded, _ = options.load()
-    requirements: tuple[policy.Requirement, ...] = ()
+    requirements: Sequence[policy.Requirement] = ()
     if loaded is not None:
-        transport, name = evaluated_as(ref, options.identity)
-        try:
-            requirements = loaded.requirements_for(transport, name)[1]
-        except PolicyError:
-            requirements = ()
+        transport, name, rules = applicable(ref, options.identity, loaded)
+        # Without a name only the default applies (trust.check); the verdict says the rest.
+        requirements = rules.requirements_for(transport, name)[1] if name else rules.default
     lines = []
     for number, found in enumerate(checked.found, 1):
         head = f"signature {number} {found.signature.kind} ({shown(found.origin, 200)})"
@@ -165,6 +198,7 @@ def _verified_by(
             why.append(str(err))
             continue
         claims = verified.claims
-        digest = "this image" if claims.manifest_digest == checked.image.top.digest else "another"
+        image = claims.manifest_digest == checked.image.top.digest
+        digest = "this image" if image else "another image"
         return f"verified by {verified.key}; signs {shown(claims.docker_reference)} for {digest}"
     return "not verified: " + "; ".join(dict.fromkeys(why))

@@ -160,7 +160,9 @@ class CopiedSource(LayoutSource):
         work = scratch.make_dir("bootc-live-copy.")
         self.work = work
         try:
-            argv = ["skopeo", "copy", "--quiet", *([] if compress else ["--dest-decompress"])]
+            # bootc-live's own check of the copy (hostpolicy) is the one policy that applies.
+            argv = ["skopeo", "--insecure-policy", "copy", "--quiet"]
+            argv += [] if compress else ["--dest-decompress"]
             with progress.Ticker(f"copying {ref} with skopeo"):
                 try:
                     run([*argv, _skopeo_name(ref), f"oci:{work}/layout"])
