@@ -15,9 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,25 +28,27 @@ from bootc_live.runtime.policy import DockerReference, Policy, PolicyError
 from bootc_live.runtime.signatures import Signature, SignatureError
 from imagegen import build_layout, f, layer_tar
 from registries import Pki, Registry, docker_registry, make_pki
+from signing import (
+    GpgKey,
+    cosign_key,
+    cosign_payload,
+    cosign_sign,
+    gpg_keys,
+    gpg_req,
+    need_tools,
+    openssl,
+    raw_manifest,
+    run,
+    skopeo_copy,
+)
 from unpackers import need
 
 FIXTURES = Path("/usr/share/gocode/src/github.com/containers/image/signature/fixtures")
 FIXTURE_FPR = "1D8230F6CDB6A06716E414C1DB72F2188BB46CC8"  # public-key.gpg (fixtures_info_test.go)
 
 
-def need_tools(*tools: str) -> None:
-    for tool in tools:
-        need(shutil.which(tool) is not None, f"needs {tool}")
-
-
 def need_fixtures() -> None:
     need(FIXTURES.is_dir(), "needs golang-github-containers-image-dev (./setup installs it)")
-
-
-def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
-    )
 
 
 def sign_policy(path: Path, reqs: list[dict[str, Any]]) -> Policy:
@@ -65,42 +65,12 @@ def sign_policy(path: Path, reqs: list[dict[str, Any]]) -> Policy:
 # GPG keys.
 
 
-@dataclass(frozen=True)
-class GpgKey:
-    fingerprint: str
-    public: Path  # binary, as gpg --export writes it
-    armored: Path
-
-
 @pytest.fixture(scope="module")
 def gnupg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, GpgKey, GpgKey]]:
     """A throwaway GNUPGHOME with two signing keys: the trusted one and another."""
-    need_tools("gpg", "gpgv", "gpgconf")
     home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    env = {"GNUPGHOME": str(home)}
-    keys = []
-    try:
-        for name in ("trusted", "other"):
-            done = run(
-                "gpg", "--batch", "--passphrase", "", "--quick-gen-key",
-                f"{name} <{name}@example.com>", "ed25519", "sign", "never", env=env,
-            )  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            listing = run("gpg", "--with-colons", "--list-keys", f"{name}@example.com", env=env)
-            fpr = next(
-                ln.split(":")[9] for ln in listing.stdout.splitlines() if ln.startswith("fpr")
-            )
-            public, armored = home / f"{name}.gpg", home / f"{name}.asc"
-            public.write_bytes(subprocess.run(
-                ["gpg", "--export", fpr], capture_output=True, check=True, env={**os.environ, **env}
-            ).stdout)  # fmt: skip
-            exported = run("gpg", "--export", "--armor", fpr, env=env)
-            armored.write_text(exported.stdout)
-            keys.append(GpgKey(fpr, public, armored))
-        yield home, keys[0], keys[1]
-    finally:
-        run("gpgconf", "--kill", "all", env=env)  # this home's agent, started by the gpg above
+    with gpg_keys(home, "trusted", "other") as keys:
+        yield home, keys["trusted"], keys["other"]
 
 
 def test_gpgv_reads_armored_keys_only_after_dearmor(
@@ -237,12 +207,7 @@ class Signed:
         return f"{self.registry.host}/{name}"
 
     def manifest(self, name: str) -> bytes:
-        done = subprocess.run(
-            ["skopeo", "inspect", "--raw", "--cert-dir", str(self.pki.cert_dir),
-             f"docker://{self.ref(name)}"],
-            capture_output=True, check=True,
-        )  # fmt: skip
-        return done.stdout
+        return raw_manifest(self.ref(name), self.pki)
 
     def signatures(self, name: str) -> list[Signature]:
         """The image's signatures, found as the boot will find them: registries.d says
@@ -283,13 +248,15 @@ class Signed:
 
 
 def push(signed: Signed, layout: str, name: str, *, key: GpgKey | None, identity: str = "") -> None:
-    argv = ["skopeo", "copy", "--quiet", "--preserve-digests", "--registries.d"]
-    argv += [str(signed.registries_d), "--dest-cert-dir", str(signed.pki.cert_dir)]
-    argv += ["--sign-by", key.fingerprint] if key else []
-    argv += ["--sign-identity", identity] if identity else []
-    argv += [f"oci:{layout}:latest", f"docker://{signed.ref(name)}"]
-    done = run(*argv, env={"GNUPGHOME": str(signed.gnupg)})
-    assert done.returncode == 0, done.stderr
+    skopeo_copy(
+        f"oci:{layout}:latest",
+        f"docker://{signed.ref(name)}",
+        pki=signed.pki,
+        registries=signed.registries_d,
+        gnupg=signed.gnupg,
+        sign_by=key,
+        identity=identity,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -375,17 +342,6 @@ def test_skopeo_writes_where_registriesd_says_for_each_scope(
         repo = name.partition(":")[0]
         assert ours == f"file://{tmp_path}/{store}/{repo}"
         assert Path(registriesd.signature_url(ours, digest, 1)[len("file://") :]).is_file()
-
-
-def gpg_req(path: Path | list[Path], identity: dict[str, str] | None = None) -> dict[str, Any]:
-    req: dict[str, Any] = {"type": "signedBy", "keyType": "GPGKeys"}
-    if isinstance(path, list):
-        req["keyPaths"] = [str(p) for p in path]
-    else:
-        req["keyPath"] = str(path)
-    if identity:
-        req["signedIdentity"] = identity
-    return req
 
 
 CASES = [
@@ -684,55 +640,21 @@ def test_a_sigstore_signature_manifest_as_cosign_attaches_it(tmp_path: Path) -> 
 # sigstore: signatures made here with openssl, per cosign's format.
 
 
-def openssl(*argv: str) -> None:
-    done = run("openssl", *argv)
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.fixture(scope="module")
 def cosign_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """name → (private key, public key PEM) for each key type cosign uses."""
-    need_tools("openssl")
     work = tmp_path_factory.mktemp("cosign-keys")
     keys = {}
-    for name, gen in (
-        ("ecdsa P-256", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-        ("ecdsa P-384", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
-        ("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
-        ("ed25519", ["-algorithm", "ed25519"]),
-        ("other P-256", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+    for name, algorithm in (
+        ("ecdsa P-256", ("EC", "ec_paramgen_curve:P-256")),
+        ("ecdsa P-384", ("EC", "ec_paramgen_curve:P-384")),
+        ("rsa", ("RSA", "rsa_keygen_bits:2048")),
+        ("ed25519", ("ed25519",)),
+        ("other P-256", ("EC", "ec_paramgen_curve:P-256")),
     ):
-        private, public = work / f"{name}.key", work / f"{name}.pub"
-        openssl("genpkey", *gen, "-out", str(private))
-        openssl("pkey", "-in", str(private), "-pubout", "-out", str(public))
-        keys[name] = (private, public)
+        made = cosign_key(work / name, algorithm)
+        keys[name] = (made.private, made.public)
     return keys
-
-
-def cosign_sign(private: Path, payload: bytes, tmp: Path, ed25519: bool = False) -> str:
-    """The base64 of cosign's signature over `payload` (ASN.1 DER for ECDSA, PKCS #1 v1.5
-    for RSA, both over SHA-256; pure Ed25519)."""
-    data, sig = tmp / "payload", tmp / "sig"
-    data.write_bytes(payload)
-    if ed25519:
-        openssl("pkeyutl", "-sign", "-inkey", str(private), "-rawin", "-in", str(data),
-                "-out", str(sig))  # fmt: skip
-    else:
-        openssl("dgst", "-sha256", "-sign", str(private), "-out", str(sig), str(data))
-    return base64.b64encode(sig.read_bytes()).decode()
-
-
-def cosign_payload(digest: str, reference: str) -> bytes:
-    return json.dumps(
-        {
-            "critical": {
-                "identity": {"docker-reference": reference},
-                "image": {"docker-manifest-digest": digest},
-                "type": "cosign container image signature",
-            },
-            "optional": None,
-        }
-    ).encode()
 
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'

@@ -1,0 +1,240 @@
+"""Signatures checked at boot, in QEMU: the demo image in a real registry, signed by skopeo
+(GPG, into a lookaside store nginx serves) and with a cosign attachment made with openssl; the
+initramfs carries a policy that requires both (`bootc-live build --policy --registries-d`).
+
+One build, three boots:
+- by tag from the registry: it boots, and status.json says which keys verified it;
+- from the registry, an image carrying another image's signature: the boot stops with one line
+  naming the image, the policy scope and the reason, before any layer of it is fetched;
+- the image embedded by that build (pulled with its signatures, which it carries): it boots.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bootc_live.demo import demo_layers, host_kernel
+from bootc_live.layout import LayerTar, TreeEntry, write_layout
+from registries import GUEST_SERVER, Registry, docker_registry, make_pki
+from servers import Nginx, nginx
+from signing import (
+    MATCH_REPOSITORY,
+    CosignKey,
+    GpgKey,
+    attach_sigstore,
+    cosign_key,
+    digest_of,
+    gpg_keys,
+    gpg_req,
+    move_signature,
+    raw_manifest,
+    registries_d,
+    sigstore_req,
+    skopeo_copy,
+    write_policy,
+)
+from unpackers import bootc_live, need_root_and
+from vmboot import Result, assert_live, assert_stopped, ready, run
+
+pytestmark = pytest.mark.vm
+
+REGISTRY, LOOKASIDE = 5000, 8080  # ports on GUEST_SERVER
+GUEST_REPO = f"{GUEST_SERVER}:{REGISTRY}/test"  # the guest's name of the repositories, the scope
+
+
+@dataclass
+class Setup:
+    registry: Registry
+    lookaside: Nginx
+    gpg: GpgKey
+    cosign: CosignKey
+    digests: dict[str, str]  # repository → manifest digest
+    layers: dict[str, list[str]]  # repository → its layers' digests
+    artifacts: Path  # built from the pulled layout, with the policy
+
+    def boot(self, ref: str) -> Result:
+        """A registry boot of GUEST_REPO/`ref` (initrd.img alone, root= the registry)."""
+        return run(
+            self.registry_artifacts,
+            f"root=bootc-live:docker://{GUEST_REPO}/{ref}",
+            network=True,
+            embedded=False,
+            forwards=((REGISTRY, self.registry.port), (LOOKASIDE, self.lookaside.port)),
+            log=self.console(ref),
+        )
+
+    def console(self, name: str) -> Path:
+        """Where a boot's console is kept (the test's artifact)."""
+        return self.artifacts.with_name(f"console-{name.replace('/', '-')}.log")
+
+    @property
+    def registry_artifacts(self) -> Path:
+        """The build's kernel and initramfs without its command line (which pins the embedded
+        image's digest and names it)."""
+        out = self.artifacts.with_name("registry-boot")
+        if not out.exists():
+            out.mkdir()
+            for name in ("vmlinuz", "initrd.img", "rootfs.img", "initrd-full.img"):
+                (out / name).symlink_to(self.artifacts / name)
+            (out / "cmdline.txt").write_text("\n")
+        return out
+
+    def guest_requests(self, path: str) -> list[str]:
+        """Requests the guest's client (user agent bootc-live) made to the registry for `path`."""
+        return [
+            line
+            for line in self.registry.log().splitlines()
+            if path in line and "useragent=bootc-live" in line
+        ]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    need_root_and("docker-registry", "skopeo", "nginx", "openssl", "qemu-system-x86_64")
+    work = tmp_path_factory.mktemp("vm-trust")
+    store = work / "lookaside"
+    store.mkdir()
+    pki = make_pki(work / "pki")
+    cosign = cosign_key(work / "cosign")
+    demo, moved = work / "demo", work / "moved"
+    write_layout(demo, demo_layers(), "v1")
+    extra = LayerTar([TreeEntry("etc/moved", data=b"another image\n")])
+    write_layout(moved, [*demo_layers(), extra.tar()], "v1")
+    with (
+        gpg_keys(work / "gnupg", "trusted") as gpg,
+        docker_registry(work / "registry", pki) as registry,
+        nginx(store, work / "nginx") as web,
+    ):
+        # The host reaches both at 127.0.0.1, the guest at GUEST_SERVER: one registries.d.
+        config = work / "registries.d"
+        host_lookaside = web.url("").rstrip("/")
+        registries_d(
+            config, lookaside=host_lookaside, staging=store, attachments=True, scope=registry.host
+        )
+        guest_lookaside = f"http://{GUEST_SERVER}:{LOOKASIDE}"
+        registries_d(
+            config, lookaside=guest_lookaside, attachments=True, scope=f"{GUEST_SERVER}:{REGISTRY}"
+        )
+        digests, layers = {}, {}
+        for layout, repository, key in (
+            (demo, "test/demo", gpg["trusted"]),
+            (moved, "test/moved", None),
+        ):
+            skopeo_copy(
+                f"oci:{layout}:v1",
+                f"docker://{registry.host}/{repository}:v1",
+                pki=pki,
+                registries=config,
+                gnupg=work / "gnupg",
+                sign_by=key,
+                identity=f"{GUEST_SERVER}:{REGISTRY}/{repository}:v1",  # as the guest names it
+            )
+            manifest = raw_manifest(f"{registry.host}/{repository}:v1", pki)
+            digests[repository] = digest_of(manifest)
+            layers[repository] = [layer["digest"] for layer in json.loads(manifest)["layers"]]
+        attach_sigstore(
+            registry,
+            pki,
+            "test/demo",
+            digests["test/demo"],
+            [cosign],
+            work / "attach",
+            identity=f"{GUEST_SERVER}:{REGISTRY}/test/demo",
+        )
+        # test/moved gets test/demo's GPG signature: a real one, of another image.
+        move_signature(
+            store, ("test/demo", digests["test/demo"]), ("test/moved", digests["test/moved"])
+        )
+
+        # The guest's scope: both kinds, by the trusted keys. The host's: the same keys, the
+        # identity the guest's (what the images were signed as).
+        guest_name = {"type": "exactRepository", "dockerRepository": f"{GUEST_REPO}/demo"}
+        policy = write_policy(
+            work / "policy.json",
+            {
+                GUEST_REPO: [
+                    gpg_req(gpg["trusted"].public),
+                    sigstore_req(cosign.public, MATCH_REPOSITORY),
+                ],
+                f"{registry.host}/test": [
+                    gpg_req(gpg["trusted"].public, guest_name),
+                    sigstore_req(cosign.public, guest_name),
+                ],
+            },
+        )
+        layout = work / "pulled"
+        pulled = bootc_live(
+            "pull", "--policy", str(policy), "--registries-d", str(config), "--ca", str(pki.ca),
+            f"docker://{registry.host}/test/demo:v1", "-o", f"oci:{layout}:v1",
+        )  # fmt: skip
+        assert pulled.returncode == 0, pulled.stderr
+        out = work / "artifacts"
+        built = bootc_live(
+            "build", f"oci:{layout}:v1", "-o", str(out), "--host", "--kver", host_kernel(),
+            "--flavour", "systemd", "--ca", str(pki.ca),
+            "--policy", str(policy), "--registries-d", str(config),
+            "--identity", f"{GUEST_REPO}/demo:v1",
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr[-3000:]
+        yield Setup(registry, web, gpg["trusted"], cosign, digests, layers, out)
+
+
+def accepted(setup: Setup) -> dict[str, object]:
+    """The status's signatures of the demo image: the scope, and the keys in the policy's order."""
+    return {
+        "checked": True,
+        "accepted": True,
+        "scope": f'docker "{GUEST_REPO}"',
+        "keys": [
+            f"GPG key {setup.gpg.fingerprint} ({setup.gpg.public})",
+            f"sigstore key {setup.cosign.public} (ecdsa P-256)",
+        ],
+    }
+
+
+def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
+    before = len(setup.lookaside.requests())
+    result = setup.boot("demo:v1")
+    assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
+    status = ready(result.boot.output)
+    assert status["manifest"] == setup.digests["test/demo"]
+    assert status["signatures"] == accepted(setup)
+    digest = setup.digests["test/demo"]
+    fetched = setup.lookaside.requests()[before:]
+    assert f'"GET /test/demo@sha256={digest[7:]}/signature-1 HTTP/1.1" 200' in " ".join(fetched)
+    assert setup.guest_requests(f"/v2/test/demo/manifests/sha256-{digest[7:]}.sig")
+    for layer in setup.layers["test/demo"]:
+        assert setup.guest_requests(f"/v2/test/demo/blobs/{layer}")
+
+
+def test_another_images_signature_stops_the_boot_before_any_layer(setup: Setup) -> None:
+    result = setup.boot("moved:v1")
+    assert_stopped(
+        result,
+        f'docker://{GUEST_REPO}/moved:v1: digest mismatch under policy scope docker "{GUEST_REPO}"',
+    )
+    states = [status["state"] for status in result.statuses]
+    assert states == ["resolving", "failed"], states
+    assert result.status["after"] == "resolving"
+    assert result.status["signatures"] == {
+        "checked": True,
+        "accepted": False,
+        "reason": "digest mismatch",
+    }
+    assert setup.guest_requests("/v2/test/moved/manifests/v1")
+    for layer in setup.layers["test/moved"]:  # its config was read, no layer
+        assert setup.guest_requests(f"/v2/test/moved/blobs/{layer}") == []
+
+
+def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -> None:
+    """No network: both signatures come from the image's layout in the initramfs."""
+    result = run(setup.artifacts, log=setup.console("embedded"))
+    assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
+    status = ready(result.boot.output)
+    assert status["manifest"] == setup.digests["test/demo"]
+    assert status["signatures"] == accepted(setup)
