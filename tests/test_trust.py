@@ -26,14 +26,8 @@ from bootc_live.runtime.sources import ArchiveSource, ImageSource, LayoutSource
 from fakeregistry import REPO, TAG, Knobs, serve
 from imagegen import build_layout, f, layer_tar, write_oci_archive
 from servers import nginx
-from test_signatures import (  # noqa: F401 - fixtures
-    GpgKey,
-    cosign_keys,
-    cosign_payload,
-    cosign_sign,
-    gnupg,
-    run,
-)
+from signing import GpgKey, cosign_payload, cosign_sign, run
+from test_signatures import cosign_keys, gnupg  # noqa: F401 - fixtures
 
 NAME = "example.com/app:v1"
 EXPANDED = "example.com/app:v1"

@@ -289,3 +289,28 @@ def tags(layout: Path) -> set[str]:
 
 def blob(layout: Path, digest: str) -> bytes:
     return (layout / "blobs" / "sha256" / digest.partition(":")[2]).read_bytes()
+
+
+def test_an_https_lookaside_is_trusted_with_the_registry_ca_and_read_once(
+    world: World, tmp_path: Path
+) -> None:
+    """The lookaside on https, its certificate from the registry's throwaway CA (--ca): the pull
+    verifies and carries the signature, having fetched each signature file once."""
+    with nginx(world.store, tmp_path / "nginx", tls=(world.pki.cert, world.pki.key)) as web:
+        lookaside = web.url("").rstrip("/").replace("http://", "https://", 1)
+        config = registries_d(tmp_path / "registries.d", lookaside=lookaside)
+        policy = write_policy(tmp_path / "policy.json", {world.registry.host: gpg_trusted()(world)})
+        out = tmp_path / "out"
+        done = bootc_live(
+            "pull", "--policy", str(policy), "--registries-d", str(config),
+            "--ca", str(world.pki.ca), f"docker://{world.ref('signed/a:v1')}", "-o", f"oci:{out}:x",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "signatures: verified by GPG key" in done.stderr
+        hex_value = world.digests["signed/a"].partition(":")[2]
+        assert f"sha256-{hex_value}.simplesig" in tags(out)
+        fetched = [line.split()[1] for line in web.requests()]
+        assert fetched == [
+            f"/signed/a@sha256={hex_value}/signature-1",
+            f"/signed/a@sha256={hex_value}/signature-2",
+        ]

@@ -314,11 +314,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"platforms {', '.join(platforms)}")
         print(f"config    {image.config_digest}")
         options = trust_options(args)
-        checked = hostpolicy.Checked(image, hostpolicy.gather(ref, image, options, say), None)
+        found = hostpolicy.gather(ref, image, options, say)
+        checked = hostpolicy.Checked(image, found or (), None)
         for line in hostpolicy.signature_lines(checked, options, ref):
             print(line)
         sys.stdout.flush()
-        verdict = hostpolicy.judge(ref, image, options, lambda _message: None)
+        verdict = hostpolicy.judge(ref, image, options, lambda _message: None, found)
         print(f"policy    {verdict.line() if verdict else options.not_checked()}")
         if args.measure:
             facts = describe.describe(

@@ -118,33 +118,32 @@ def check(
 ) -> Checked:
     """Gather the image's signatures and check them against the policy; PolicyError (one line:
     the image, the scope that applied, why) when it does not accept the image. Reads no layer."""
-    verdict = judge(ref, image, options, say)
-    needed = verdict is not None and bool(verdict.keys)
-    return Checked(image, gather(ref, image, options, say, needed), verdict)
+    found = gather(ref, image, options, say)
+    verdict = judge(ref, image, options, say, found)
+    return Checked(image, found or (), verdict)
 
 
 def gather(
-    ref: SourceRef,
-    image: Image,
-    options: TrustOptions,
-    say: Callable[[str], None],
-    needed: bool = False,
-) -> tuple[trust.Found, ...]:
+    ref: SourceRef, image: Image, options: TrustOptions, say: Callable[[str], None]
+) -> tuple[trust.Found, ...] | None:
     """The signatures the image has where registries.d says, and carried in SOURCE (none in
-    the copy skopeo makes of containers-storage and docker-archive images). A store that
-    cannot be read is an error when the policy `needed` signatures, else a warning."""
+    the copy skopeo makes of containers-storage and docker-archive images), gathered once:
+    what is checked is what pull and build carry. None, after a warning, when a store cannot
+    be read: `judge` then fails when the policy needs signatures, saying why."""
     registries = RegistriesD.load(options.registries_dir())
     try:
         return tuple(trust.gather(image.source, image, registries, ref.registry.policy, say))
     except BootcLiveError as err:
-        if needed:
-            raise
         say(f"warning: no signature kept: {err.line()}")
-        return ()
+        return None
 
 
 def judge(
-    ref: SourceRef, image: Image, options: TrustOptions, say: Callable[[str], None]
+    ref: SourceRef,
+    image: Image,
+    options: TrustOptions,
+    say: Callable[[str], None],
+    found: Sequence[trust.Found] | None = None,
 ) -> Verdict | None:
     """The policy's verdict (None: nothing checked), said when signatures were verified (an
     accepted image is otherwise silent, as with skopeo: a failure stays one line); PolicyError
@@ -155,7 +154,9 @@ def judge(
     transport, name, loaded = applicable(ref, options.identity, loaded)
     fetch = ref.registry.policy
     try:
-        verdict = trust.check(loaded, transport, name, image.source, image, registries, fetch, say)
+        verdict = trust.check(
+            loaded, transport, name, image.source, image, registries, fetch, say, found
+        )
     except PolicyError as err:
         if transport == "docker" or err.reason != policy.IDENTITY_MISMATCH:
             raise

@@ -16,7 +16,7 @@ are bounded, every blob is read against its digest.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from . import http, jsondoc, policy, signatures, strictjson
@@ -82,7 +82,10 @@ def gather(
     if isinstance(source, RegistrySource):
         ref = docker_reference(source)
         config = registries if registries is not None else RegistriesD({})
-        found += lookaside(config.lookaside(ref), digest, fetch_policy, say)
+        # The CA trusted for the registry (bootc-live's --ca, a CA in the initramfs) is trusted
+        # for its lookaside too: a signature is verified whatever the transport was.
+        cafile = source.endpoint.cafile
+        found += lookaside(config.lookaside(ref), digest, fetch_policy, say, cafile)
         if config.use_sigstore_attachments(ref):
             found += attachments(source, digest)
     return found
@@ -97,17 +100,20 @@ def check(
     registries: RegistriesD | None,
     fetch_policy: http.Policy,
     say: Callable[[str], None],
+    found: Sequence[Found] | None = None,
 ) -> policy.Verdict:
     """The policy's verdict on the image, named `name` in `transport` (docker: a reference;
     "" when it has none: then only the policy's default applies). PolicyError when the policy
-    does not accept it. Signatures are gathered only when a requirement needs them."""
+    does not accept it. Signatures are gathered only when a requirement needs them, unless
+    the caller has gathered them already (`found`)."""
     label = policy.image_name(transport, name) if name else source.description
     if not name:  # no Docker identity: evaluated as containers evaluate a docker-archive
         rules, transport = replace(rules, transports={}), "docker-archive"
     _, requirements = rules.requirements_for(transport, name)
     needed = any(req.kind for req in requirements)
     _, document = top_document(image)
-    found = gather(source, image, registries, fetch_policy, say) if needed else []
+    if found is None:
+        found = gather(source, image, registries, fetch_policy, say) if needed else []
     try:
         return policy.evaluate(
             rules, transport, name, document, [f.signature for f in found], label=label
@@ -234,7 +240,11 @@ def attachments(source: RegistrySource, digest: str) -> list[Found]:
 
 
 def lookaside(
-    base: str, digest: str, fetch_policy: http.Policy, say: Callable[[str], None]
+    base: str,
+    digest: str,
+    fetch_policy: http.Policy,
+    say: Callable[[str], None],
+    cafile: str | None = None,
 ) -> list[Found]:
     """signature-1, -2 … of `digest` below a repository's lookaside URL, until one is missing."""
     found: list[Found] = []
@@ -242,7 +252,7 @@ def lookaside(
         if len(found) == MAX_SIGNATURES:
             say(f"{http.redact(base)}: only the first {MAX_SIGNATURES} signatures are read")
             break
-        blob = _fetch(url, fetch_policy, say)
+        blob = _fetch(url, fetch_policy, say, cafile)
         if blob is None:
             break
         origin = f"lookaside {http.redact(url)}"
@@ -250,13 +260,15 @@ def lookaside(
     return found
 
 
-def _fetch(url: str, fetch_policy: http.Policy, say: Callable[[str], None]) -> bytes | None:
+def _fetch(
+    url: str, fetch_policy: http.Policy, say: Callable[[str], None], cafile: str | None
+) -> bytes | None:
     """A signature-N file's bytes, or None when it does not exist (404, no such file)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "file":
         try:
             data, _ = http.read_body(
-                http.Client(url, fetch_policy, say), "signature", SIGNATURE_LIMIT
+                http.Client(url, fetch_policy, say, cafile=cafile), "signature", SIGNATURE_LIMIT
             )
         except http.FetchError as err:
             if err.status == 404:
