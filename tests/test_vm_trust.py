@@ -2,10 +2,12 @@
 (GPG, into a lookaside store nginx serves) and with a cosign attachment made with openssl; the
 initramfs carries a policy that requires both (`bootc-live build --policy --registries-d`).
 
-One build, three boots:
+One build; its policy has a scope for each case below (the longest match applies):
 - by tag from the registry: it boots, and status.json says which keys verified it;
-- from the registry, an image carrying another image's signature: the boot stops with one line
-  naming the image, the policy scope and the reason, before any layer of it is fetched;
+- from the registry, an image carrying another image's signature, an unsigned image, one
+  signed by an untrusted key, identity mismatches under matchRepository and exactReference, a
+  repository whose scope is reject: each boot stops with one line naming the image, the policy
+  scope and the reason, before any layer of it is fetched;
 - the image embedded by that build (pulled with its signatures, which it carries): it boots.
 """
 
@@ -24,11 +26,13 @@ from registries import GUEST_SERVER, Registry, docker_registry, make_pki
 from servers import Nginx, nginx
 from signing import (
     MATCH_REPOSITORY,
+    REJECT,
     CosignKey,
     GpgKey,
     attach_sigstore,
     cosign_key,
     digest_of,
+    exact_reference,
     gpg_keys,
     gpg_req,
     move_signature,
@@ -106,7 +110,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     extra = LayerTar([TreeEntry("etc/moved", data=b"another image\n")])
     write_layout(moved, [*demo_layers(), extra.tar()], "v1")
     with (
-        gpg_keys(work / "gnupg", "trusted") as gpg,
+        gpg_keys(work / "gnupg", "trusted", "other") as gpg,
         docker_registry(work / "registry", pki) as registry,
         nginx(store, work / "nginx") as web,
     ):
@@ -121,9 +125,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             config, lookaside=guest_lookaside, attachments=True, scope=f"{GUEST_SERVER}:{REGISTRY}"
         )
         digests, layers = {}, {}
-        for layout, repository, key in (
-            (demo, "test/demo", gpg["trusted"]),
-            (moved, "test/moved", None),
+        for layout, repository, key, signed_as in (
+            (demo, "test/demo", gpg["trusted"], "test/demo"),
+            (moved, "test/moved", None, ""),
+            (demo, "test/unsigned", None, ""),
+            (demo, "test/otherkey", gpg["other"], "test/otherkey"),
+            (demo, "test/mirror", gpg["trusted"], "test/demo"),  # test/demo's identity
+            (demo, "test/exact", gpg["trusted"], "test/exact"),
+            (demo, "test/rejected", gpg["trusted"], "test/rejected"),
         ):
             skopeo_copy(
                 f"oci:{layout}:v1",
@@ -132,7 +141,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 registries=config,
                 gnupg=work / "gnupg",
                 sign_by=key,
-                identity=f"{GUEST_SERVER}:{REGISTRY}/{repository}:v1",  # as the guest names it
+                # As the guest names it.
+                identity=f"{GUEST_SERVER}:{REGISTRY}/{signed_as}:v1" if key else "",
             )
             manifest = raw_manifest(f"{registry.host}/{repository}:v1", pki)
             digests[repository] = digest_of(manifest)
@@ -161,6 +171,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                     gpg_req(gpg["trusted"].public),
                     sigstore_req(cosign.public, MATCH_REPOSITORY),
                 ],
+                f"{GUEST_REPO}/mirror": [gpg_req(gpg["trusted"].public, MATCH_REPOSITORY)],
+                f"{GUEST_REPO}/exact": [
+                    gpg_req(gpg["trusted"].public, exact_reference(f"{GUEST_REPO}/exact:v2"))
+                ],
+                f"{GUEST_REPO}/rejected": [REJECT],
                 f"{registry.host}/test": [
                     gpg_req(gpg["trusted"].public, guest_name),
                     sigstore_req(cosign.public, guest_name),
@@ -212,23 +227,34 @@ def test_a_signed_image_boots_from_the_registry(setup: Setup) -> None:
         assert setup.guest_requests(f"/v2/test/demo/blobs/{layer}")
 
 
-def test_another_images_signature_stops_the_boot_before_any_layer(setup: Setup) -> None:
-    result = setup.boot("moved:v1")
-    assert_stopped(
-        result,
-        f'docker://{GUEST_REPO}/moved:v1: digest mismatch under policy scope docker "{GUEST_REPO}"',
-    )
+# Refused at boot: the repository, the scope that applies, what the line says after the image.
+REFUSALS = {
+    "another image's signature": ("moved", GUEST_REPO, "digest mismatch"),
+    "unsigned": ("unsigned", GUEST_REPO, "no simple signature"),
+    "signed by an untrusted key": ("otherkey", GUEST_REPO, "unknown key"),
+    "identity mismatch, matchRepository": ("mirror", f"{GUEST_REPO}/mirror", "identity mismatch"),
+    "identity mismatch, exactReference": ("exact", f"{GUEST_REPO}/exact", "identity mismatch"),
+    "reject": ("rejected", f"{GUEST_REPO}/rejected", "rejected"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refused_image_stops_the_boot_before_any_layer(
+    setup: Setup, case: tuple[str, str, str]
+) -> None:
+    repository, scope, reason = case
+    result = setup.boot(f"{repository}:v1")
+    line = f"docker://{GUEST_REPO}/{repository}:v1: {reason}"
+    assert_stopped(result, line)
+    (message,) = [m for m in result.messages if line in m]
+    assert f'policy scope docker "{scope}"' in message, message
     states = [status["state"] for status in result.statuses]
     assert states == ["resolving", "failed"], states
     assert result.status["after"] == "resolving"
-    assert result.status["signatures"] == {
-        "checked": True,
-        "accepted": False,
-        "reason": "digest mismatch",
-    }
-    assert setup.guest_requests("/v2/test/moved/manifests/v1")
-    for layer in setup.layers["test/moved"]:  # its config was read, no layer
-        assert setup.guest_requests(f"/v2/test/moved/blobs/{layer}") == []
+    assert result.status["signatures"]["accepted"] is False
+    assert setup.guest_requests(f"/v2/test/{repository}/manifests/v1")
+    for layer in setup.layers[f"test/{repository}"]:  # its config may be read, no layer
+        assert setup.guest_requests(f"/v2/test/{repository}/blobs/{layer}") == []
 
 
 def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -> None:
