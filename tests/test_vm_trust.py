@@ -5,9 +5,10 @@ initramfs carries a policy that requires both (`bootc-live build --policy --regi
 One build; its policy has a scope for each case below (the longest match applies):
 - by tag from the registry: it boots, and status.json says which keys verified it;
 - from the registry, an image carrying another image's signature, an unsigned image, one
-  signed by an untrusted key, identity mismatches under matchRepository and exactReference, a
-  repository whose scope is reject: each boot stops with one line naming the image, the policy
-  scope and the reason, before any layer of it is fetched;
+  signed by an untrusted key (a GPG signature; a sigstore attachment), identity mismatches
+  under matchRepository and exactReference, a repository whose scope is reject: each boot
+  stops with one line naming the image, the policy scope and the reason, before any layer of
+  it is fetched;
 - the image embedded by that build (pulled with its signatures, which it carries): it boots.
 """
 
@@ -105,6 +106,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     store.mkdir()
     pki = make_pki(work / "pki")
     cosign = cosign_key(work / "cosign")
+    untrusted = cosign_key(work / "cosign-other")
     demo, moved = work / "demo", work / "moved"
     write_layout(demo, demo_layers(), "v1")
     extra = LayerTar([TreeEntry("etc/moved", data=b"another image\n")])
@@ -133,6 +135,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             (demo, "test/mirror", gpg["trusted"], "test/demo"),  # test/demo's identity
             (demo, "test/exact", gpg["trusted"], "test/exact"),
             (demo, "test/rejected", gpg["trusted"], "test/rejected"),
+            (demo, "test/sigother", gpg["trusted"], "test/sigother"),
         ):
             skopeo_copy(
                 f"oci:{layout}:v1",
@@ -147,15 +150,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             manifest = raw_manifest(f"{registry.host}/{repository}:v1", pki)
             digests[repository] = digest_of(manifest)
             layers[repository] = [layer["digest"] for layer in json.loads(manifest)["layers"]]
-        attach_sigstore(
-            registry,
-            pki,
-            "test/demo",
-            digests["test/demo"],
-            [cosign],
-            work / "attach",
-            identity=f"{GUEST_SERVER}:{REGISTRY}/test/demo",
-        )
+        for repository, key in (("test/demo", cosign), ("test/sigother", untrusted)):
+            attach_sigstore(
+                registry,
+                pki,
+                repository,
+                digests[repository],
+                [key],
+                work / f"attach-{repository.replace('/', '-')}",
+                identity=f"{GUEST_SERVER}:{REGISTRY}/{repository}",
+            )
         # test/moved gets test/demo's GPG signature: a real one, of another image.
         move_signature(
             store, ("test/demo", digests["test/demo"]), ("test/moved", digests["test/moved"])
@@ -233,6 +237,8 @@ REFUSALS = {
     "another image's signature": ("moved", GUEST_REPO, "digest mismatch"),
     "unsigned": ("unsigned", GUEST_REPO, "no simple signature"),
     "signed by an untrusted key": ("otherkey", GUEST_REPO, "unknown key"),
+    # Its GPG signature is good; its sigstore attachment is by a key the policy does not trust.
+    "sigstore attachment by an untrusted key": ("sigother", GUEST_REPO, "unknown key"),
     "identity mismatch, matchRepository": ("mirror", f"{GUEST_REPO}/mirror", "identity mismatch"),
     "identity mismatch, exactReference": ("exact", f"{GUEST_REPO}/exact", "identity mismatch"),
     "reject": ("rejected", f"{GUEST_REPO}/rejected", "rejected"),
