@@ -198,6 +198,21 @@ def test_the_next_command_line_drops_the_kexec_switch() -> None:
     )
 
 
+def test_the_next_command_line_pins_the_image_stage_one_checked() -> None:
+    """A tag may name another image by the time stage two fetches it: stage two is pinned to
+    what stage one checked, whatever bootc.digest= said (an index's digest, say)."""
+    current = "root=bootc-live:docker://registry.example/app:v1 bootc.digest=sha256:11 bootc.kexec"
+    fetched = kexec.next_command_line(current, reuse=False, label="h", pin="sha256:22")
+    assert fetched == "root=bootc-live:docker://registry.example/app:v1 bootc.digest=sha256:22"
+    handed = kexec.next_command_line(
+        current, reuse=True, label="h", verified="sha256:v", pin="sha256:33"
+    )
+    assert handed == (
+        "root=bootc-live:/bootc-live/image bootclabel=h bootc.digest=sha256:33 "
+        "bootc.kexec.verified=sha256:v"
+    )
+
+
 def test_the_handover_is_a_source_of_the_same_image(tmp_path: Path) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"), [f("etc", b"hello")])
     buf = io.BytesIO()
@@ -240,7 +255,7 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     assert load[4] == f"--initrd={work / 'initrd'}"
     assert load[5].startswith(
         "--command-line=console=ttyS0 root=bootc-live:/bootc-live/image bootclabel=handover "
-        "bootc.kexec.verified=sha256:"
+        f"bootc.digest={image.manifest_digest} bootc.kexec.verified=sha256:"
     )
     initrd = loaded[str(work / "initrd")]
     first = b"initramfs 6.1.0-1"  # 17 bytes: then 4 zero bytes, and 3 more to a 4-byte boundary
@@ -258,7 +273,9 @@ def test_without_reuse_the_initrd_is_the_images_initramfs(
         stage_one(tmp_path, image, tmp_path / "work", argv)
     initrd = never_on_this_machine[0][4].partition("=")[2]
     assert never_on_this_machine.loaded[initrd] == b"initramfs 6.1.0-1"
-    assert never_on_this_machine[0][5] == "--command-line=root=bootc-live:http://h/r.oci"
+    assert never_on_this_machine[0][5] == (
+        f"--command-line=root=bootc-live:http://h/r.oci bootc.digest={image.top.digest}"
+    )
 
 
 def test_a_password_in_root_goes_to_the_next_stage_and_nowhere_else(
@@ -276,10 +293,11 @@ def test_a_password_in_root_goes_to_the_next_stage_and_nowhere_else(
     report = Report(directory=str(tmp_path / "status"))
     with pytest.raises(SystemExit, match="kexec -e"):
         stage_one(tmp_path, image, tmp_path / "work", argv, report=report)
-    assert never_on_this_machine[0][5] == f"--command-line={root}"
-    assert report.status["kexec_cmdline"] == "root=bootc-live:https://***@h/r.oci?…"
+    pin = f"bootc.digest={image.top.digest}"
+    assert never_on_this_machine[0][5] == f"--command-line={root} {pin}"
+    assert report.status["kexec_cmdline"] == f"root=bootc-live:https://***@h/r.oci?… {pin}"
     assert never_on_this_machine.shown[0][-1] == (
-        "--command-line=root=bootc-live:https://***@h/r.oci?…"
+        f"--command-line=root=bootc-live:https://***@h/r.oci?… {pin}"
     )
     run_module.run(["true", "s3cret"], shown=["true", "shown"])  # how run() traces `shown`
     said = capsys.readouterr().err + (tmp_path / "status/status.json").read_text()

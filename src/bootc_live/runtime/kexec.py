@@ -127,19 +127,25 @@ def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
     )
 
 
-def next_command_line(current: str, reuse: bool, label: str, verified: str = "") -> str:
+def next_command_line(
+    current: str, reuse: bool, label: str, verified: str = "", pin: str = ""
+) -> str:
     """The running command line without the kexec options; with reuse, root= (and bootclabel=)
-    name the handed-over layout, and bootc.kexec.verified= the record of what was verified."""
+    name the handed-over layout, and bootc.kexec.verified= the record of what was verified.
+    bootc.digest= becomes `pin`: the image stage one checked, so that stage two boots that very
+    image (a tag may name another by then; the handover names the platform's manifest)."""
     kept = []
     for arg in split(current):
         name = arg.split("=", 1)[0]
         if name == "bootc.kexec" or name.startswith("bootc.kexec."):
             continue
-        if reuse and name in ("root", "bootclabel"):
+        if (reuse and name in ("root", "bootclabel")) or (pin and name == "bootc.digest"):
             continue
         kept.append(arg)
     if reuse:
         kept += kernel_arguments(label).split()
+    if pin:
+        kept.append(f"bootc.digest={pin}")
     if verified:
         kept.append(f"bootc.kexec.verified={verified}")
     return " ".join(shlex.quote(a) if " " in a else a for a in kept)
@@ -202,7 +208,10 @@ def kexec_boot(
     )
     initrd = _next_initrd(files, handover if reuse else None, workdir)
     with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-        command_line = next_command_line(f.read(), reuse, label, verified)
+        # Reused, the handover's index names the platform's manifest; fetched again, the image
+        # is named as stage one found it (an index for a multi-platform tag).
+        pin = image.manifest_digest if reuse else image.top.digest
+        command_line = next_command_line(f.read(), reuse, label, verified, pin)
     shown = printable_command_line(command_line)  # a URL's password stays out of every output
     what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
     next_initrd = os.path.getsize(initrd)
