@@ -873,3 +873,17 @@ def test_the_systems_default_policy_parses() -> None:
         pytest.skip("no /etc/containers/policy.json")
     pol = Policy.load(str(path))
     assert pol.requirements_for("docker", "busybox:latest")[0] in ("default", 'docker ""')
+
+
+def test_a_name_that_pins_a_digest_names_that_image_only() -> None:
+    """bootc.identity=REPO@sha256:X (or --identity) accepts image X only, whatever the
+    signatures say of the repository: another image is a digest mismatch before any key."""
+    accept = Policy.parse(b'{"default": [{"type": "insecureAcceptAnything"}]}', "policy.json")
+    manifest = b'{"schemaVersion": 2}'
+    pinned = "example.com/app@sha256:" + hashlib.sha256(manifest).hexdigest()
+    assert policy.evaluate(accept, "docker", pinned, manifest, []).scope == "default"
+    other = "example.com/app@sha256:" + hashlib.sha256(b"another").hexdigest()
+    with pytest.raises(PolicyError) as err:
+        policy.evaluate(accept, "docker", other, manifest, [])
+    assert err.value.reason == policy.DIGEST_MISMATCH
+    assert str(err.value).startswith(f"docker://{other}: the name pins sha256:")

@@ -23,8 +23,9 @@ import pytest
 
 from imagegen import REF_NAME, build_layout, f, layer_tar
 from registries import Pki, Registry, docker_registry, make_pki
-from servers import Nginx, nginx
+from servers import Nginx, free_port, nginx
 from signing import (
+    ACCEPT,
     MATCH_REPOSITORY,
     REJECT,
     CosignKey,
@@ -314,3 +315,28 @@ def test_an_https_lookaside_is_trusted_with_the_registry_ca_and_read_once(
             f"/signed/a@sha256={hex_value}/signature-1",
             f"/signed/a@sha256={hex_value}/signature-2",
         ]
+
+
+@pytest.mark.parametrize("needed", [False, True], ids=["policy needs none", "policy needs them"])
+def test_a_lookaside_that_cannot_be_read(world: World, tmp_path: Path, needed: bool) -> None:
+    """A lookaside store that refuses connections: a warning, and a pull without signatures,
+    when the policy needs none; one line and nothing written when it needs them (the pull
+    must not carry fewer signatures than the check used)."""
+    config = registries_d(tmp_path / "registries.d", lookaside=f"http://127.0.0.1:{free_port()}")
+    requirements = gpg_trusted()(world) if needed else [ACCEPT]
+    policy = write_policy(tmp_path / "policy.json", {world.registry.host: requirements})
+    (tmp_path / "ours").mkdir()
+    out = tmp_path / "ours" / "out"
+    done = bootc_live(
+        "pull", "--policy", str(policy), "--registries-d", str(config), "--retries", "0",
+        "--ca", str(world.pki.ca), f"docker://{world.ref('signed/a:v1')}", "-o", f"oci:{out}:x",
+    )  # fmt: skip
+    if not needed:
+        assert done.returncode == 0, done.stderr
+        assert "bootc-live: warning: no signature kept: " in done.stderr
+        assert not any(tag.endswith(".simplesig") for tag in tags(out))
+        return
+    stderr = assert_clean_failure(done)
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("bootc-live: ")]
+    assert "127.0.0.1" in line and "signature-1" in line, line
+    assert list((tmp_path / "ours").iterdir()) == []

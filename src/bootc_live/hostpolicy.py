@@ -128,14 +128,26 @@ def gather(
 ) -> tuple[trust.Found, ...] | None:
     """The signatures the image has where registries.d says, and carried in SOURCE (none in
     the copy skopeo makes of containers-storage and docker-archive images), gathered once:
-    what is checked is what pull and build carry. None, after a warning, when a store cannot
-    be read: `judge` then fails when the policy needs signatures, saying why."""
+    what is checked is what pull and build carry. A store that cannot be read fails when the
+    policy needs signatures of the image, else it is a warning (and None)."""
     registries = RegistriesD.load(options.registries_dir())
     try:
         return tuple(trust.gather(image.source, image, registries, ref.registry.policy, say))
     except BootcLiveError as err:
+        if needs_signatures(ref, options):
+            raise
         say(f"warning: no signature kept: {err.line()}")
         return None
+
+
+def needs_signatures(ref: SourceRef, options: TrustOptions) -> bool:
+    """Whether the requirements that apply to SOURCE's image need any signature."""
+    loaded, _ = options.load()
+    if loaded is None:
+        return False
+    transport, name, rules = applicable(ref, options.identity, loaded)
+    requirements = rules.requirements_for(transport, name)[1] if name else rules.default
+    return any(req.kind for req in requirements)
 
 
 def judge(

@@ -9,7 +9,8 @@ bootc.kexec also appends a record of what it verified (`write_record`) and puts 
 digest on the next command line, so that the next stage does not hash those blobs again
 (`trust_previous_stage`). A record counts only with that digest: the command line comes from
 stage one, whereas an initrd such as rootfs.img is stored and transferred, and anyone who can
-change it could add a record too.
+change it could add a record too. (Such a person could as well replace the policy, which is a
+file of the initramfs: every initrd of a boot is as trusted as initrd.img; docs/signatures.md.)
 """
 
 from __future__ import annotations

@@ -364,6 +364,14 @@ def evaluate(
     scope, requirements = policy.requirements_for(transport, name)
     image = DockerReference.parse(name) if transport == "docker" else None
     label = label or image_name(transport, name)
+    if image is not None and image.digest is not None and not _manifest_matches(
+        manifest, image.digest
+    ):
+        # A name that pins a digest (bootc.identity=, --identity) names that image only: any
+        # other image signed for the repository is not it.
+        raise PolicyError(
+            f"{label}: the name pins {image.digest}, and this image is another", DIGEST_MISMATCH
+        )
     keys = []
     for req in requirements:
         if req.type == "insecureAcceptAnything":
