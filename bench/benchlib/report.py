@@ -481,7 +481,7 @@ def blob_requests(seen: dict[str, Any] | None) -> str:
 def print_sources(report: dict[str, Any], ram: Callable[[str], str]) -> None:
     """embedded, url and registry side by side (the same image, tmpfs root), this run's."""
     sources: dict[str, Any] = report.get("sources") or {}
-    if len(sources) < 2 and "registry" not in sources:
+    if len(sources) < 2 and not {"registry", SIGNED} & set(sources):
         return
 
     def cell(n: str, key: str, value: str) -> str:
