@@ -861,6 +861,54 @@ SIGNED_SIZES = {
 }
 
 
+# lsinitrd's listing (its header, then ls -l lines) of registry's and registry-signed's initramfs.
+LSINITRD = """Image: /var/tmp/x/debian-registry-signed/initrd.img: 60M
+========================================================================
+Version: dracut-059-4
+
+Arguments: --kver '6.1.0-50-amd64'
+========================================================================
+drwxr-xr-x  12 root     root            0 Dec  2 16:50 .
+lrwxrwxrwx   1 root     root            7 Dec  2 16:50 bin -> usr/bin
+-rw-r--r--   1 root     root         1200 Dec  2 16:50 etc/containers/policy.json
+-rwxr-xr-x   1 root     root       474112 Jan  4  2023 usr/bin/gpgv
+-rwxr-xr-x   1 root     root       976136 Feb 11 09:12 usr/bin/openssl
+-rw-r--r--   1 root     root          178 Dec  2 16:49 var/tmp/x/cosign.pub
+-rw-r--r--   1 root     root          177 Dec  2 16:49 var/tmp/x/gnupg/bench-signer.gpg
+-rw-r--r--   1 root     root           12 Dec  2 16:50 etc/my file with spaces
+========================================================================
+"""
+PLAIN_FILES = {
+    "usr/bin/gpgv": 474112,
+    "usr/bin/openssl": 976136,
+    "etc/my file with spaces": 12,
+}
+INITRD_FILES = signed.initrd_difference(PLAIN_FILES, signed.parse_lsinitrd(LSINITRD))
+
+
+def test_the_initramfs_files_for_the_check_come_from_lsinitrd() -> None:
+    files = signed.parse_lsinitrd(LSINITRD)
+    assert files == {
+        **PLAIN_FILES,
+        "etc/containers/policy.json": 1200,
+        "var/tmp/x/cosign.pub": 178,
+        "var/tmp/x/gnupg/bench-signer.gpg": 177,
+    }
+    assert INITRD_FILES == {
+        "verifiers": {"usr/bin/gpgv": 474112, "usr/bin/openssl": 976136},
+        "verifiers_in_plain": True,
+        "only_signed": {
+            "etc/containers/policy.json": 1200,
+            "var/tmp/x/cosign.pub": 178,
+            "var/tmp/x/gnupg/bench-signer.gpg": 177,
+        },
+        "only_signed_bytes": 1555,
+    }
+    # Verifiers the plain initramfs lacks are said to be the signed one's only.
+    alone = signed.initrd_difference({}, {"usr/bin/gpgv": 9})
+    assert (alone["verifiers_in_plain"], alone["only_signed_bytes"]) == (False, 9)
+
+
 def test_what_the_check_adds_is_a_difference_of_this_run() -> None:
     by_row = signed_rows()
     sig = rows.signature_comparison(by_row, SIGNED_SIZES)
@@ -909,7 +957,7 @@ def test_the_report_prints_what_the_check_adds(capsys: pytest.CaptureFixture[str
             "sources": rows.source_comparison(by_row),
             "modes": rows.mode_comparison(by_row),
             "kexec": rows.kexec_comparison(by_row),
-            "signatures": rows.signature_comparison(by_row, SIGNED_SIZES),
+            "signatures": rows.signature_comparison(by_row, SIGNED_SIZES, INITRD_FILES),
         }
     )
     lines = capsys.readouterr().out.splitlines()
@@ -917,8 +965,11 @@ def test_the_report_prints_what_the_check_adds(capsys: pytest.CaptureFixture[str
         f"{'signature check (its own figure)':<40}" + "-".rjust(17) + "0.9 s".rjust(17),
         "medians                         26.5 s / 25.2 s = +1.2 s    29.5 s / 28.0 s = +1.5 s"
         "              0.88 s   58.60 MiB / 58.00 MiB = +0.60 MiB",
-        "  initrd.img: the policy, registries.d, keys, gpgv and openssl add 632,266 bytes "
-        "(61,449,674 / 60,817,408)",
+        "  initrd.img (compressed): 61,449,674 / 60,817,408 bytes = +632,266",
+        "  verifiers in both builds (the dracut module installs them whenever the userland has "
+        "them): usr/bin/gpgv 474,112, usr/bin/openssl 976,136 bytes (uncompressed)",
+        "  only in registry-signed's: 1,555 bytes (uncompressed): etc/containers/policy.json 1,"
+        "200, var/tmp/x/cosign.pub 178, var/tmp/x/gnupg/bench-signer.gpg 177",
         f"  verified by {' + '.join(SIGNED_KEYS)}",
         f"registry-signed  {guest:<52}" + "not searched".rjust(20) + "26.5 s".rjust(18),
     ):

@@ -76,6 +76,8 @@ from benchlib.signed import (
     SIGNED_GUEST_REF,
     SIGNED_REPO,
     Signed,
+    initrd_difference,
+    initrd_files,
     sign_and_push,
 )
 from bootc_live.demo import host_kernel
@@ -123,7 +125,9 @@ def bench(args: argparse.Namespace) -> int:
                     registry, SIGNED_REPO
                 )
                 report["registry_signed"]["lookaside_requests"] = len(b.signed.lookaside_requests())
-            report["signatures"] = signature_comparison(report["rows"], report["sizes"])
+            report["signatures"] = signature_comparison(
+                report["rows"], report["sizes"], report.get("registry_signed_initrd")
+            )
             report["sources"] = source_comparison(report["rows"])
             report["modes"] = mode_comparison(report["rows"])
             report["kexec"] = kexec_comparison(report["rows"])
@@ -327,6 +331,11 @@ def signed_plan(
         os.fspath(signed.registries_d),
     )  # fmt: skip
     b.report["sizes"]["debian-registry-signed"] = sizes_of(art)
+    if "registry" in b.args.rows:  # what is in its initramfs for the check, against registry's
+        b.report["registry_signed_initrd"] = initrd_difference(
+            initrd_files(b.workdir / "debian-registry" / "initrd.img"),
+            initrd_files(art / "initrd.img"),
+        )
     pull = f"docker://{SIGNED_GUEST_REF}"
     b.report["registry_signed"] = {
         "guest_ref": pull,

@@ -538,8 +538,22 @@ def print_signatures(report: dict[str, Any]) -> None:
     added = sig["initrd_bytes_added"]
     if added is not None:
         print(
-            f"  initrd.img: the policy, registries.d, keys, gpgv and openssl add {added:,} bytes "
-            f"({sig['signed_initrd_bytes']:,} / {sig['initrd_bytes']:,})"
+            f"  initrd.img (compressed): {sig['signed_initrd_bytes']:,} / "
+            f"{sig['initrd_bytes']:,} bytes = {added:+,}"
+        )
+    files = sig.get("initrd_files")
+    if files:
+        verifiers = ", ".join(f"{path} {size:,}" for path, size in files["verifiers"].items())
+        where = (
+            "in both builds (the dracut module installs them whenever the userland has them)"
+            if files["verifiers_in_plain"]
+            else "only in registry-signed's"
+        )
+        print(f"  verifiers {where}: {verifiers or 'none found'} bytes (uncompressed)")
+        only = ", ".join(f"{path} {size:,}" for path, size in files["only_signed"].items())
+        print(
+            f"  only in registry-signed's: {files['only_signed_bytes']:,} bytes (uncompressed)"
+            + (f": {only}" if only else "")
         )
     for keys in sig["signatures_keys"]:
         print(f"  verified by {keys}")

@@ -289,12 +289,15 @@ def source_comparison(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def signature_comparison(
-    rows: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]]
+    rows: dict[str, dict[str, Any]],
+    sizes: dict[str, dict[str, int]],
+    initrd: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """registry-signed next to registry (the same image from the same registry, without a
     policy): /init → switch root of each (the SPEC's clock and the host's) and what the check
-    added, the check's own seconds, and the initrd.img of each build and what the policy, its
-    keys and the verifiers (gpgv, openssl) added. Figures of this run only ({} without
+    added, the check's own seconds, and the initrd.img of each build and its difference (the
+    policy, registries.d and keys: the verifiers, gpgv and openssl, are in both), with `initrd`,
+    the files behind it (signed.initrd_difference). Figures of this run only ({} without
     registry-signed)."""
     if SIGNED not in rows:
         return {}
@@ -308,16 +311,17 @@ def signature_comparison(
         out[f"{key}_added"] = out[f"signed_{key}"] - out[key] if both else None
     out["signatures_s"] = signed.get("signatures_s")
     out["signatures_keys"] = signed.get("signatures_keys") or []
-    initrd = {
+    img = {
         name: sizes[artifacts]["initrd.img"] if artifacts in sizes else None
         for name, artifacts in (("plain", "debian-registry"), ("signed", "debian-registry-signed"))
     }
-    out["initrd_bytes"], out["signed_initrd_bytes"] = initrd["plain"], initrd["signed"]
+    out["initrd_bytes"], out["signed_initrd_bytes"] = img["plain"], img["signed"]
     out["initrd_bytes_added"] = (
-        initrd["signed"] - initrd["plain"]
-        if initrd["plain"] is not None and initrd["signed"] is not None
+        img["signed"] - img["plain"]
+        if img["plain"] is not None and img["signed"] is not None
         else None
     )
+    out["initrd_files"] = initrd  # the files' own sizes (initrd_difference), when listed
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchlib.artifacts import run_step
 from benchlib.common import BenchError, log
 from benchlib.servers import REGISTRY_PASSWORD, REGISTRY_PORT, REGISTRY_USER
 from bootc_live.vm import GUEST_SERVER
@@ -133,3 +134,41 @@ def sign_and_push(
     )
     trust_oci_layout(policy, layout)
     return Signed(policy, guest_d, web, seconds, gpg.fingerprint, cosign.public)
+
+
+# The verifiers the dracut module installs whenever the userland building the initramfs has
+# them (with a policy or without: module-setup.sh's `inst_multiple -o gpgv openssl`).
+VERIFIERS = ("gpgv", "openssl")
+
+
+def parse_lsinitrd(text: str) -> dict[str, int]:
+    """The regular files of an initramfs and their sizes, from `lsinitrd FILE`'s listing (ls -l
+    lines after its header: mode, links, owner, group, size, date in three fields, path)."""
+    files = {}
+    for line in text.splitlines():
+        fields = line.split(None, 8)
+        if len(fields) == 9 and fields[0].startswith("-") and fields[4].isdigit():
+            files[fields[8]] = int(fields[4])
+    return files
+
+
+def initrd_files(initrd: Path) -> dict[str, int]:
+    """The regular files in an initrd.img, by dracut's lsinitrd."""
+    _, listing = run_step(["lsinitrd", str(initrd)], f"lsinitrd {initrd}")
+    return parse_lsinitrd(listing)
+
+
+def initrd_difference(plain: dict[str, int], signed: dict[str, int]) -> dict[str, Any]:
+    """What registry-signed's initramfs holds for the check (uncompressed bytes): the verifiers
+    (and whether registry's holds them too), and the files only it has (the policy,
+    registries.d, the keys)."""
+    verifiers = {
+        path: size for path, size in signed.items() if path.rsplit("/", 1)[-1] in VERIFIERS
+    }
+    only = {path: size for path, size in signed.items() if path not in plain}
+    return {
+        "verifiers": verifiers,
+        "verifiers_in_plain": all(path in plain for path in verifiers),
+        "only_signed": only,
+        "only_signed_bytes": sum(only.values()),
+    }
