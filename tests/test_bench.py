@@ -963,7 +963,7 @@ def test_the_report_prints_what_the_check_adds(capsys: pytest.CaptureFixture[str
     lines = capsys.readouterr().out.splitlines()
     for line in (
         f"{'signature check (its own figure)':<40}" + "-".rjust(17) + "0.9 s".rjust(17),
-        "medians                         26.5 s / 25.2 s = +1.2 s    29.5 s / 28.0 s = +1.5 s"
+        "medians                           26.5 s / 25.2 s = +1.2 s      29.5 s / 28.0 s = +1.5 s"
         "              0.88 s   58.60 MiB / 58.00 MiB = +0.60 MiB",
         "  initrd.img (compressed): 61,449,674 / 60,817,408 bytes = +632,266",
         "  verifiers in both builds (the dracut module installs them whenever the userland has "

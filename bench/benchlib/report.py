@@ -526,11 +526,11 @@ def print_signatures(report: dict[str, Any]) -> None:
     table_head(
         "Signatures, this run: registry-signed / registry (the same image, registry and RAM; "
         "medians; = what the check added)",
-        header=f"{'registry-signed / registry':<28}{'/init → switch root':>28}"
-        f"{'same, host clock':>28}{'check (own figure)':>20}{'initrd.img':>36}",
+        header=f"{'registry-signed / registry':<28}{'/init → switch root':>30}"
+        f"{'same, host clock':>30}{'check (own figure)':>20}{'initrd.img':>36}",
     )
     print(
-        f"{'medians':<28}{both('switch_root_s', fmt):>28}{both('switch_root_host_s', fmt):>28}"
+        f"{'medians':<28}{both('switch_root_s', fmt):>30}{both('switch_root_host_s', fmt):>30}"
         f"{fmt(sig['signatures_s'], 's', 2):>20}{both('initrd_bytes', size_mib):>36}"
     )
     if not sig["ran"]:
