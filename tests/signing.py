@@ -128,11 +128,14 @@ def skopeo_copy(
     gnupg: Path | None = None,
     sign_by: GpgKey | None = None,
     identity: str = "",
+    creds: str = "",
 ) -> None:
-    """`skopeo copy` keeping digests to a registry (the test CA trusted), signing with
-    `sign_by` (as `identity` when given) into the lookaside-staging of `registries`."""
+    """`skopeo copy` keeping digests to a registry (the test CA trusted; `creds` USER:PASSWORD
+    for one with auth), signing with `sign_by` (as `identity` when given) into the
+    lookaside-staging of `registries`."""
     argv = ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-cert-dir"]
     argv += [str(pki.cert_dir)]
+    argv += ["--dest-creds", creds] if creds else []
     argv += ["--registries.d", str(registries)] if registries else []
     argv += ["--sign-by", sign_by.fingerprint] if sign_by else []
     argv += ["--sign-identity", identity] if identity else []
@@ -279,10 +282,12 @@ def attach_sigstore(
     work: Path,
     *,
     identity: str = "",
+    creds: str = "",
 ) -> str:
     """Sign the manifest `digest` of registry/`repository` with each of `keys` and attach the
     signatures as cosign does (tag sha256-HEX.sig); the identity claimed is the repository
-    (cosign's default) unless `identity` says another. The tag's manifest digest."""
+    (cosign's default) unless `identity` says another; `creds` for a registry with auth. The
+    tag's manifest digest."""
     work.mkdir(parents=True, exist_ok=True)
     claim = identity or f"{registry.host}/{repository}"
     payload = cosign_payload(digest, claim)
@@ -290,7 +295,8 @@ def attach_sigstore(
     layout = work / f"sig-{digest[7:19]}"
     tag = sigstore_tag(digest)
     made = signature_manifest(layout, signed, tag)
-    skopeo_copy(f"oci:{layout}:{tag}", f"docker://{registry.host}/{repository}:{tag}", pki=pki)
+    dest = f"docker://{registry.host}/{repository}:{tag}"
+    skopeo_copy(f"oci:{layout}:{tag}", dest, pki=pki, creds=creds)
     return made
 
 

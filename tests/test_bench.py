@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 import debian_image
+from bootc_live.runtime.policy import Policy
 from bootc_live.vm import Boot
+from signing import gpg_req, sigstore_req, write_policy
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchlib import console, ramsearch, report, rows  # noqa: E402
+from benchlib import boots, console, ramsearch, report, rows, signed  # noqa: E402
 from benchlib.boots import (  # noqa: E402
     PHASES,
     SWITCH_ROOT,
@@ -85,11 +87,17 @@ def verdict(fstype: str, kver: str = IMAGE_KVER) -> str:
     )
 
 
-def url_console(mode: str, root: dict[str, Any], status: Status | None = None) -> list[tuple]:
+def url_console(
+    mode: str,
+    root: dict[str, Any],
+    status: Status | None = None,
+    signatures: dict[str, Any] | None = None,
+) -> list[tuple]:
     """A URL boot to its verdict: firmware noise, the kernel, the initramfs's systemd, the
     runtime's status lines (and its sentences, with other figures: they must not be read),
-    switch root, the image's systemd, the verdict."""
+    switch root, the image's systemd, the verdict; `signatures` the planned status's verdict."""
     s = status or Status()
+    checked = {} if signatures is None else {"signatures": signatures}
     return [
         (0.25, "SeaBIOS (version 1.16.2-debian-1.16.2-1)\r"),
         (
@@ -119,6 +127,7 @@ def url_console(mode: str, root: dict[str, Any], status: Status | None = None) -
                     need=276 * MIB + 1,  # rounded up: 277
                     available=565 * MIB + 7,
                     modules_unused_bytes=21 * MIB,
+                    **checked,
                 ),
             ),
         ),
@@ -786,3 +795,213 @@ def test_without_an_original_row_the_report_says_its_figure_is_the_fallback(
         "run; 0.5 x = 26.5 s"
     ) in out.splitlines()
     assert "original:" not in out and "The original pipeline" not in out
+
+
+# registry-signed: the signature check's figures, against registry in the same run.
+SIGNED_KEYS = [
+    "GPG key 0123ABCD (/var/tmp/x/registry-signed/gnupg/bench-signer.gpg)",
+    "sigstore key /var/tmp/x/registry-signed/cosign.pub (ecdsa P-256)",
+]
+ACCEPTED = {
+    "checked": True,
+    "accepted": True,
+    "scope": 'docker "10.0.2.100:5000/bench/debian-signed"',
+    "keys": SIGNED_KEYS,
+    "seconds": 0.875,
+}
+SIGNED_TARGET = Target(
+    "registry-signed", Path("/nx"), fstype="tmpfs", port=5001, guest_port=5000,
+    more_forwards=((8080, 8081),),
+)  # fmt: skip
+
+
+def test_a_signed_boot_reads_the_checks_own_seconds_and_keys() -> None:
+    run = read(SIGNED_TARGET, url_console("tmpfs", {"mode": "tmpfs"}, signatures=ACCEPTED))
+    assert (run.ok, run.signatures_s, run.signatures_keys) == (True, 0.875, SIGNED_KEYS)
+    phases = {label: f(run) for label, f in PHASES}
+    assert phases["signature check (its own figure)"] == 0.875
+    # Without a policy (or before the check) there is no figure: not a zero.
+    for checked in (None, {"checked": False}):
+        plain = read(Target("registry", Path("/nx")), url_console("tmpfs", {}, signatures=checked))
+        assert (plain.signatures_s, plain.signatures_keys) == (None, [])
+
+
+def test_a_signed_row_boots_with_the_lookaside_forwarded_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = []
+
+    def boot(config: Any, **how: Any) -> Boot:
+        seen.append(config)
+        return Boot("", "timeout", 1.0, {})
+
+    monkeypatch.setattr(boots, "boot", boot)
+    boots.boot_once(SIGNED_TARGET, 2048, 10.0, tmp_path / "console.log")
+    boots.boot_once(Target("embedded", Path("/nx")), 2048, 10.0, tmp_path / "console.log")
+    assert [(c.network, c.forwards) for c in seen] == [
+        (True, ((5000, 5001), (8080, 8081))),
+        (False, ()),
+    ]
+
+
+def signed_rows() -> dict[str, Any]:
+    """registry and registry-signed as bench/boot records them: the signed boot 1.25 s slower
+    (1.5 s on the host's clock)."""
+    plain = row_of(Target("registry", Path("/nx"), fstype="tmpfs"), url_console("tmpfs", {}))
+    plain["figures"].update(switch_root_s=25.25, switch_root_host_s=28.0)
+    plain["artifacts_of"] = "debian-registry"
+    signed = row_of(SIGNED_TARGET, url_console("tmpfs", {}, signatures=ACCEPTED))
+    signed["artifacts_of"] = "debian-registry-signed"
+    return {"registry": plain, "registry-signed": signed}
+
+
+SIGNED_SIZES = {
+    "debian-registry": {"initrd.img": 58 * MIB, "root.oci": 0, "rootfs.img": 0},
+    "debian-registry-signed": {"initrd.img": 58 * MIB + 632_266, "root.oci": 0, "rootfs.img": 0},
+}
+
+
+# lsinitrd's listing (its header, then ls -l lines) of registry's and registry-signed's initramfs.
+LSINITRD = """Image: /var/tmp/x/debian-registry-signed/initrd.img: 60M
+========================================================================
+Version: dracut-059-4
+
+Arguments: --kver '6.1.0-50-amd64'
+========================================================================
+drwxr-xr-x  12 root     root            0 Dec  2 16:50 .
+lrwxrwxrwx   1 root     root            7 Dec  2 16:50 bin -> usr/bin
+-rw-r--r--   1 root     root         1200 Dec  2 16:50 etc/containers/policy.json
+-rwxr-xr-x   1 root     root       474112 Jan  4  2023 usr/bin/gpgv
+-rwxr-xr-x   1 root     root       976136 Feb 11 09:12 usr/bin/openssl
+-rw-r--r--   1 root     root          178 Dec  2 16:49 var/tmp/x/cosign.pub
+-rw-r--r--   1 root     root          177 Dec  2 16:49 var/tmp/x/gnupg/bench-signer.gpg
+-rw-r--r--   1 root     root           12 Dec  2 16:50 etc/my file with spaces
+========================================================================
+"""
+PLAIN_FILES = {
+    "usr/bin/gpgv": 474112,
+    "usr/bin/openssl": 976136,
+    "etc/my file with spaces": 12,
+}
+INITRD_FILES = signed.initrd_difference(PLAIN_FILES, signed.parse_lsinitrd(LSINITRD))
+
+
+def test_the_initramfs_files_for_the_check_come_from_lsinitrd() -> None:
+    files = signed.parse_lsinitrd(LSINITRD)
+    assert files == {
+        **PLAIN_FILES,
+        "etc/containers/policy.json": 1200,
+        "var/tmp/x/cosign.pub": 178,
+        "var/tmp/x/gnupg/bench-signer.gpg": 177,
+    }
+    assert INITRD_FILES == {
+        "verifiers": {"usr/bin/gpgv": 474112, "usr/bin/openssl": 976136},
+        "verifiers_in_plain": True,
+        "only_signed": {
+            "etc/containers/policy.json": 1200,
+            "var/tmp/x/cosign.pub": 178,
+            "var/tmp/x/gnupg/bench-signer.gpg": 177,
+        },
+        "only_signed_bytes": 1555,
+    }
+    # Verifiers the plain initramfs lacks are said to be the signed one's only.
+    alone = signed.initrd_difference({}, {"usr/bin/gpgv": 9})
+    assert (alone["verifiers_in_plain"], alone["only_signed_bytes"]) == (False, 9)
+
+
+def test_what_the_check_adds_is_a_difference_of_this_run() -> None:
+    by_row = signed_rows()
+    sig = rows.signature_comparison(by_row, SIGNED_SIZES)
+    assert sig["ran"] is True
+    assert (sig["signed_switch_root_s"], sig["switch_root_s"]) == (26.5, 25.25)
+    assert (sig["switch_root_s_added"], sig["switch_root_host_s_added"]) == (1.25, 1.5)
+    assert (sig["signatures_s"], sig["signatures_keys"]) == (0.875, [" + ".join(SIGNED_KEYS)])
+    assert (sig["initrd_bytes"], sig["initrd_bytes_added"]) == (58 * MIB, 632_266)
+    # registry did not run: the signed row's figures, no difference.
+    alone = rows.signature_comparison({"registry-signed": by_row["registry-signed"]}, {})
+    assert (alone["ran"], alone["switch_root_s_added"], alone["initrd_bytes_added"]) == (
+        False,
+        None,
+        None,
+    )
+    assert alone["signatures_s"] == 0.875
+    assert rows.signature_comparison({"registry": by_row["registry"]}, SIGNED_SIZES) == {}
+
+
+def test_the_report_prints_what_the_check_adds(capsys: pytest.CaptureFixture[str]) -> None:
+    by_row = signed_rows()
+    guest = "docker://10.0.2.100:5000/bench/debian-signed:live"
+    report.print_report(
+        {
+            "rows": by_row,
+            "accel": "tcg",
+            "cpus": 2,
+            "sizes": SIGNED_SIZES,
+            "build_seconds": {},
+            "registry": {
+                "server": "docker-registry",
+                "host": "127.0.0.1:5001",
+                "guest_ref": "docker://10.0.2.100:5000/bench/debian:live",
+                "push_seconds": 3.0,
+                "compressed_bytes": 180 * MIB,
+            },
+            "registry_signed": {
+                "guest_ref": guest,
+                "sign_seconds": 4.0,
+                "gpg_fingerprint": "0123ABCD",
+                "lookaside": "http://10.0.2.100:8080 (nginx on 8081)",
+                "cosign_public": "/var/tmp/x/registry-signed/cosign.pub",
+                "guest_blob_requests": {"responses": 5, "statuses": ["200"], "blobs": 5},
+                "lookaside_requests": 1,
+            },
+            "sources": rows.source_comparison(by_row),
+            "modes": rows.mode_comparison(by_row),
+            "kexec": rows.kexec_comparison(by_row),
+            "signatures": rows.signature_comparison(by_row, SIGNED_SIZES, INITRD_FILES),
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    for line in (
+        f"{'signature check (its own figure)':<40}" + "-".rjust(17) + "0.9 s".rjust(17),
+        "medians                           26.5 s / 25.2 s = +1.2 s      29.5 s / 28.0 s = +1.5 s"
+        "              0.88 s   58.60 MiB / 58.00 MiB = +0.60 MiB",
+        "  initrd.img (compressed): 61,449,674 / 60,817,408 bytes = +632,266",
+        "  verifiers in both builds (the dracut module installs them whenever the userland has "
+        "them): usr/bin/gpgv 474,112, usr/bin/openssl 976,136 bytes (uncompressed)",
+        "  only in registry-signed's: 1,555 bytes (uncompressed): etc/containers/policy.json 1,"
+        "200, var/tmp/x/cosign.pub 178, var/tmp/x/gnupg/bench-signer.gpg 177",
+        f"  verified by {' + '.join(SIGNED_KEYS)}",
+        f"registry-signed  {guest:<52}" + "not searched".rjust(20) + "26.5 s".rjust(18),
+    ):
+        assert any(printed.startswith(line) for printed in lines), "\n".join(lines)
+    assert any(
+        printed.startswith(
+            f"registry-signed: the same image pushed again as {guest}, signed in 4 s"
+        )
+        and printed.endswith(
+            "the guest fetched 5 blobs in 5 responses (status 200), 1 signature files from the "
+            "lookaside"
+        )
+        for printed in lines
+    ), "\n".join(lines)
+
+
+def test_the_signed_rows_policy_requires_both_of_the_guest_and_accepts_the_build_source(
+    tmp_path: Path,
+) -> None:
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (tmp_path / "link").symlink_to(layout)
+    policy = write_policy(
+        tmp_path / "policy.json",
+        {signed.SIGNED_SCOPE: [gpg_req(tmp_path / "k.gpg"), sigstore_req(tmp_path / "c.pub")]},
+    )
+    signed.trust_oci_layout(policy, tmp_path / "link")
+    parsed = Policy.load(str(policy))
+    scope, reqs = parsed.requirements_for("oci", str(layout))
+    assert (scope, [r.type for r in reqs]) == (f'oci "{layout}"', ["insecureAcceptAnything"])
+    scope, reqs = parsed.requirements_for("docker", signed.SIGNED_GUEST_REF)
+    assert scope == 'docker "10.0.2.100:5000/bench/debian-signed"'
+    assert [r.type for r in reqs] == ["signedBy", "sigstoreSigned"]
+    assert parsed.requirements_for("docker", "10.0.2.100:5000/bench/debian:live")[0] == "default"
+    assert [r.type for r in parsed.default] == ["reject"]

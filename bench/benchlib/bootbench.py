@@ -4,6 +4,7 @@ row planned and booted, its figures and the comparisons, the report."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ from benchlib.rows import (
     REFERENCE_ROWS,
     ROW_MODE,
     ROWS,
+    SIGNED,
     TARGET_FACTOR,
     URL_PEAK_FACTOR,
     URL_RAM_TARGET_MIB,
@@ -57,6 +59,7 @@ from benchlib.rows import (
     mode_comparison,
     original_comparison,
     row_figures,
+    signature_comparison,
     source_comparison,
 )
 from benchlib.servers import (
@@ -67,6 +70,15 @@ from benchlib.servers import (
     registry_credentials,
     registry_serving,
     serving,
+)
+from benchlib.signed import (
+    LOOKASIDE_PORT,
+    SIGNED_GUEST_REF,
+    SIGNED_REPO,
+    Signed,
+    initrd_difference,
+    initrd_files,
+    sign_and_push,
 )
 from bootc_live.demo import host_kernel
 from bootc_live.vm import GUEST_SERVER, VmConfig, choose_accel
@@ -84,6 +96,7 @@ class Setup:
     stack: ExitStack
     plans: dict[str, RowPlan] = field(default_factory=dict)
     largest: dict[str, int] = field(default_factory=dict)
+    signed: Signed | None = None  # the registry-signed row's signing, when it runs
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -107,6 +120,14 @@ def bench(args: argparse.Namespace) -> int:
             run_rows(b)
             if registry is not None:
                 report["registry"]["guest_blob_requests"] = guest_blob_requests(registry)
+            if b.signed is not None:
+                report["registry_signed"]["guest_blob_requests"] = guest_blob_requests(
+                    registry, SIGNED_REPO
+                )
+                report["registry_signed"]["lookaside_requests"] = len(b.signed.lookaside_requests())
+            report["signatures"] = signature_comparison(
+                report["rows"], report["sizes"], report.get("registry_signed_initrd")
+            )
             report["sources"] = source_comparison(report["rows"])
             report["modes"] = mode_comparison(report["rows"])
             report["kexec"] = kexec_comparison(report["rows"])
@@ -131,7 +152,9 @@ def check_tools(rows: list[str], debian: bool) -> None:
     tools = ["qemu-system-x86_64", "unshare"]
     tools += ["chroot"] if debian else []
     tools += ["nginx"] if set(rows) & set(URL_ROWS) else []
-    tools += ["docker-registry", "skopeo", "openssl"] if "registry" in rows else []
+    registry = set(rows) & {"registry", SIGNED}
+    tools += ["docker-registry", "skopeo", "openssl"] if registry else []
+    tools += ["nginx", "gpg", "gpgv", "gpgconf"] if SIGNED in rows else []
     tools += ["/usr/bin/umoci"] if set(rows) & set(ORIGINAL_ROWS) else []
     missing = (debian_image.missing_tools() if debian else []) + [
         t for t in tools if shutil.which(t) is None
@@ -233,7 +256,7 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
                 search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
             )
     registry = None
-    if "registry" in b.args.rows:
+    if set(b.args.rows) & {"registry", SIGNED}:
         registry = registry_plan(b, image)
     if KEXEC in b.args.rows:
         b.plans[KEXEC] = kexec_plan(b.args, b.bootc_live, image, art, b.workdir, b.report, b.stack)
@@ -242,20 +265,18 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
 
 
 def registry_plan(b: Setup, image: debian_image.DebianImage) -> Any:
-    """The registry row: artifacts of its own (the initramfs carries the CA and the
-    credentials), the image pushed to a real registry; the registry."""
+    """The registry rows: the image pushed to a real registry; `registry`'s artifacts of its
+    own (the initramfs carries the CA and the credentials); `registry-signed`'s (the same and a
+    policy requiring both kinds of signature) with the image pushed again, signed. The
+    registry."""
     pki, auth = registry_credentials(b.workdir / "registry-pki")
     reg_art = b.workdir / "debian-registry"
-    b.report["build_seconds"]["debian-registry"] = build_artifacts(
-        b.bootc_live,
-        image.source,
-        reg_art,
-        "--ca",
-        os.fspath(pki.ca),
-        "--auth-file",
-        os.fspath(auth),
-    )
-    b.report["sizes"]["debian-registry"] = sizes_of(reg_art)
+    if "registry" in b.args.rows:
+        b.report["build_seconds"]["debian-registry"] = build_artifacts(
+            b.bootc_live, image.source, reg_art, "--ca", os.fspath(pki.ca), "--auth-file",
+            os.fspath(auth),
+        )  # fmt: skip
+        b.report["sizes"]["debian-registry"] = sizes_of(reg_art)
     registry, push_s = b.stack.enter_context(
         registry_serving(image.source, pki, b.workdir / "registry")
     )
@@ -268,20 +289,77 @@ def registry_plan(b: Setup, image: debian_image.DebianImage) -> Any:
         "push_seconds": push_s,
         "compressed_bytes": image.compressed_bytes,
     }
-    b.plans["registry"] = RowPlan(
+    if "registry" in b.args.rows:
+        b.plans["registry"] = RowPlan(
+            Target(
+                "registry",
+                url_view(reg_art, b.workdir / "debian-registry-view"),
+                f"root=bootc-live:{pull}",
+                registry.port,
+                guest_port=REGISTRY_PORT,
+                fstype="tmpfs",
+            ),
+            b.args.mem,
+            b.args.repeat,
+            search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+        )
+    if SIGNED in b.args.rows:
+        b.signed = signed_plan(b, image, pki, auth, registry)
+    return registry
+
+
+def signed_plan(
+    b: Setup, image: debian_image.DebianImage, pki: Any, auth: Path, registry: Any
+) -> Signed:
+    """registry-signed: the image pushed again as SIGNED_REPO, signed (GPG by skopeo into a
+    lookaside nginx serves, a cosign attachment); artifacts built with --ca, --auth-file,
+    --policy (requiring both) and --registries-d; booted by its tag, the registry and the
+    lookaside each through a guestfwd."""
+    signed = sign_and_push(
+        image.source,
+        image.layout,
+        image.manifest_digest,
+        registry,
+        pki,
+        b.workdir / "registry-signed",
+        b.stack,
+    )
+    art = b.workdir / "debian-registry-signed"
+    b.report["build_seconds"]["debian-registry-signed"] = build_artifacts(
+        b.bootc_live, image.source, art, "--ca", os.fspath(pki.ca), "--auth-file",
+        os.fspath(auth), "--policy", os.fspath(signed.policy), "--registries-d",
+        os.fspath(signed.registries_d),
+    )  # fmt: skip
+    b.report["sizes"]["debian-registry-signed"] = sizes_of(art)
+    if "registry" in b.args.rows:  # what is in its initramfs for the check, against registry's
+        b.report["registry_signed_initrd"] = initrd_difference(
+            initrd_files(b.workdir / "debian-registry" / "initrd.img"),
+            initrd_files(art / "initrd.img"),
+        )
+    pull = f"docker://{SIGNED_GUEST_REF}"
+    b.report["registry_signed"] = {
+        "guest_ref": pull,
+        "sign_seconds": signed.sign_seconds,
+        "gpg_fingerprint": signed.gpg_fingerprint,
+        "cosign_public": os.fspath(signed.cosign_public),
+        "policy": json.loads(signed.policy.read_text()),
+        "lookaside": f"http://{GUEST_SERVER}:{LOOKASIDE_PORT} (nginx on {signed.lookaside.port})",
+    }
+    b.plans[SIGNED] = RowPlan(
         Target(
-            "registry",
-            url_view(reg_art, b.workdir / "debian-registry-view"),
+            SIGNED,
+            url_view(art, b.workdir / "debian-registry-signed-view"),
             f"root=bootc-live:{pull}",
             registry.port,
             guest_port=REGISTRY_PORT,
             fstype="tmpfs",
+            more_forwards=((LOOKASIDE_PORT, signed.lookaside.port),),
         ),
         b.args.mem,
         b.args.repeat,
         search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
     )
-    return registry
+    return signed
 
 
 def reference_plans(b: Setup, ref: dict[str, Any]) -> None:
@@ -390,7 +468,10 @@ def run_rows(b: Setup) -> None:
         of = {KEXEC: "debian-kexec"}.get(name, "debian")
         of = "reference" if name in REFERENCE_IMAGE_ROWS else of
         row = bench_row(b.plans[name], b.args.timeout, b.workdir, b.args.logs)
-        row["artifacts_of"] = "debian-registry" if name == "registry" else of
+        row["artifacts_of"] = {
+            "registry": "debian-registry",
+            SIGNED: "debian-registry-signed",
+        }.get(name, of)
         if name in ORIGINAL_OF:
             row["artifacts_of"] = f"{of}-original"
         tmpfs = b.report["tmpfs_bytes"][of]

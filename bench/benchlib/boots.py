@@ -45,6 +45,9 @@ class Target:
     guest_port: int = 80  # 80 for nginx, REGISTRY_PORT for the registry
     kexec: bool = False  # a bootc.kexec boot: two kernels, the console read per stage
     original: bool = False  # the original pipeline (bench/original): its own status lines
+    # Other servers the guest reaches, (port on GUEST_SERVER, port on 127.0.0.1): the
+    # registry-signed row's lookaside nginx.
+    more_forwards: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -71,6 +74,10 @@ class BootRun:
     available_mib: int | None = None  # what the root may take ("available")
     estimate_mib: int | None = None  # "unpacked_estimate": the planner's estimate
     mode: str | None = None  # the root mode planned
+    # The policy's verdict ("signatures"): the check's own seconds (fetching the signatures,
+    # gpgv, openssl) and the keys that verified the image, when a policy was checked.
+    signatures_s: float | None = None
+    signatures_keys: list[str] = field(default_factory=list)
     need_mib: int | None = None  # "need": what the mode needs at the peak (rounded up)
     root: dict[str, Any] | None = None  # the ready document's root
     zram_algorithm: str | None = None
@@ -152,7 +159,9 @@ def boot_once(target: Target, mem: int, timeout: float, console: Path) -> BootRu
             append=target.append,
             mem=mem,
             network=target.port is not None,
-            forwards=() if target.port is None else ((target.guest_port, target.port),),
+            forwards=()
+            if target.port is None
+            else ((target.guest_port, target.port), *target.more_forwards),
         ),
         timeout=timeout,
         markers=(target.marker,),
@@ -235,6 +244,11 @@ def read_status(run: BootRun, doc: dict[str, Any]) -> None:
     need = doc.get("need")
     run.need_mib = -(-need // MIB) if isinstance(need, int) else None
     run.freed_mib = mib(doc, "modules_freed_bytes")
+    signatures = doc.get("signatures")
+    if isinstance(signatures, dict) and signatures.get("checked"):
+        seconds = signatures.get("seconds")
+        run.signatures_s = float(seconds) if isinstance(seconds, (int, float)) else None
+        run.signatures_keys = [str(k) for k in signatures.get("keys") or []]
     if run.state != "ready":
         return
     run.entries = doc.get("entries")
@@ -321,6 +335,7 @@ def since_start(run: BootRun, event: str) -> float | None:
 
 
 SWITCH_ROOT = "/init → switch root (SPEC)"
+SIGNATURE_CHECK = "signature check (its own figure)"
 SWITCH_ROOT_HOST = "  same, host clock"
 QEMU_SWITCH_ROOT = "QEMU start → switch root (host clock)"
 KEXEC_SWITCH_ROOT = "kexec: 1st /init → switch root (host)"
@@ -352,6 +367,7 @@ PHASES: tuple[tuple[str, Callable[[BootRun], float | None]], ...] = (
     ("kernel unpacks the initramfs cpio", lambda r: span(r, "cpio_start", "cpio_end")),
     ("kernel start → /init", lambda r: r.events["init"].kernel_s if "init" in r.events else None),
     ("/init → image found (URL: network up)", lambda r: span(r, "init", "runtime")),
+    (SIGNATURE_CHECK, lambda r: r.signatures_s),
     ("bootc-live unpack (its own figure)", lambda r: r.unpack_s),
     *ORIGINAL_PHASES,
     ("EROFS: packing → live root ready", lambda r: span(r, "packing", "ready")),

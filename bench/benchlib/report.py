@@ -19,6 +19,7 @@ from benchlib.rows import (
     ORIGINAL_UNPACK_S,
     REFERENCE_ROWS,
     ROW_MODE,
+    SIGNED,
     TARGET_FACTOR,
     URL_PEAK_FACTOR,
     URL_RAM_TARGET_MIB,
@@ -50,6 +51,7 @@ def print_report(report: dict[str, Any]) -> None:
     print_figures(report, cells)
     print_original(report, cells.ram)
     print_sources(report, cells.ram)
+    print_signatures(report)
     print_modes(report, cells.ram)
     print_kexec(report, cells.ram)
     print_trials(rows, names)
@@ -71,6 +73,10 @@ def print_inputs(report: dict[str, Any], names: list[str]) -> None:
                 for key, what in (
                     ("debian", "build"),
                     ("debian-registry", "registry's build (--ca, --auth-file)"),
+                    (
+                        "debian-registry-signed",
+                        "registry-signed's (also --policy, --registries-d)",
+                    ),
                 )
                 if key in report["build_seconds"]
             )
@@ -82,6 +88,17 @@ def print_inputs(report: dict[str, Any], names: list[str]) -> None:
             f"registry: {reg['server']} on {reg['host']}, the guest pulls "
             f"{reg['guest_ref']} (guestfwd); pushed by skopeo in {reg['push_seconds']:.0f} s; "
             + blob_requests(reg.get("guest_blob_requests"))
+        )
+    signed = report.get("registry_signed")
+    if signed:
+        print(
+            f"registry-signed: the same image pushed again as {signed['guest_ref']}, signed in "
+            f"{signed['sign_seconds']:.0f} s (skopeo --sign-by GPG key "
+            f"{signed['gpg_fingerprint']} into a lookaside store, the guest reads it at "
+            f"{signed['lookaside']}; a cosign-format attachment by openssl, key "
+            f"{signed['cosign_public']}); its initramfs's policy requires both; "
+            + blob_requests(signed.get("guest_blob_requests"))
+            + f", {signed.get('lookaside_requests', '-')} signature files from the lookaside"
         )
     ref = report.get("reference")
     if ref:
@@ -197,7 +214,7 @@ class Cells:
         return fmt(self.report["sizes"][self.rows[n]["artifacts_of"]]["initrd.img"] / MIB, "MiB")
 
     def image_size(self, n: str) -> str:
-        if n == "registry":
+        if n in ("registry", SIGNED):
             return fmt(self.report["registry"]["compressed_bytes"] / MIB, "MiB")
         name = "root.oci" if n in URL_ROWS else "rootfs.img"
         return fmt(self.report["sizes"][self.rows[n]["artifacts_of"]][name] / MIB, "MiB")
@@ -464,7 +481,7 @@ def blob_requests(seen: dict[str, Any] | None) -> str:
 def print_sources(report: dict[str, Any], ram: Callable[[str], str]) -> None:
     """embedded, url and registry side by side (the same image, tmpfs root), this run's."""
     sources: dict[str, Any] = report.get("sources") or {}
-    if len(sources) < 2 and "registry" not in sources:
+    if len(sources) < 2 and not {"registry", SIGNED} & set(sources):
         return
 
     def cell(n: str, key: str, value: str) -> str:
@@ -473,12 +490,12 @@ def print_sources(report: dict[str, Any], ram: Callable[[str], str]) -> None:
 
     table_head(
         "Sources: the test image on tmpfs, this run (medians; (xN): against url)",
-        header=f"{'row':<10}{'fetched from':<46}{'smallest RAM':>20}{'switch root':>18}"
+        header=f"{'row':<17}{'fetched from':<52}{'smallest RAM':>20}{'switch root':>18}"
         f"{'unpack':>9}{'peak memory':>20}{'before fetch':>14}{'once booted':>13}",
     )
     for n, f in sources.items():
         print(
-            f"{n:<10}{f['source']:<46}"
+            f"{n:<17}{f['source']:<52}"
             f"{cell(n, 'min_ram_mib', ram(n)):>20}"
             f"{cell(n, 'switch_root_s', fmt(f['switch_root_s'])):>18}"
             f"{fmt(f['unpack_s']):>9}"
@@ -491,6 +508,59 @@ def print_sources(report: dict[str, Any], ram: Callable[[str], str]) -> None:
             "  embedded: 'before fetch' holds the image's blobs in the initramfs (freed as "
             "they are applied)"
         )
+
+
+def print_signatures(report: dict[str, Any]) -> None:
+    """registry-signed against registry, this run: what the signature check adds to a registry
+    boot's time and to the initramfs."""
+    sig: dict[str, Any] = report.get("signatures") or {}
+    if not sig:
+        return
+
+    def both(key: str, show: Callable[[Any], str]) -> str:
+        added = sig.get(f"{key}_added")
+        return f"{show(sig[f'signed_{key}'])} / {show(sig[key])}" + (
+            f" = {'+' if added >= 0 else ''}{show(added)}" if added is not None else ""
+        )
+
+    table_head(
+        "Signatures, this run: registry-signed / registry (the same image, registry and RAM; "
+        "medians; = what the check added)",
+        header=f"{'registry-signed / registry':<28}{'/init → switch root':>30}"
+        f"{'same, host clock':>30}{'check (own figure)':>20}{'initrd.img':>36}",
+    )
+    print(
+        f"{'medians':<28}{both('switch_root_s', fmt):>30}{both('switch_root_host_s', fmt):>30}"
+        f"{fmt(sig['signatures_s'], 's', 2):>20}{both('initrd_bytes', size_mib):>36}"
+    )
+    if not sig["ran"]:
+        print("  (registry did not run: no difference to show)")
+    added = sig["initrd_bytes_added"]
+    if added is not None:
+        print(
+            f"  initrd.img (compressed): {sig['signed_initrd_bytes']:,} / "
+            f"{sig['initrd_bytes']:,} bytes = {added:+,}"
+        )
+    files = sig.get("initrd_files")
+    if files:
+        verifiers = ", ".join(f"{path} {size:,}" for path, size in files["verifiers"].items())
+        where = (
+            "in both builds (the dracut module installs them whenever the userland has them)"
+            if files["verifiers_in_plain"]
+            else "only in registry-signed's"
+        )
+        print(f"  verifiers {where}: {verifiers or 'none found'} bytes (uncompressed)")
+        only = ", ".join(f"{path} {size:,}" for path, size in files["only_signed"].items())
+        print(
+            f"  only in registry-signed's: {files['only_signed_bytes']:,} bytes (uncompressed)"
+            + (f": {only}" if only else "")
+        )
+    for keys in sig["signatures_keys"]:
+        print(f"  verified by {keys}")
+
+
+def size_mib(value: float | None) -> str:
+    return fmt(None if value is None else value / MIB, "MiB", 2)
 
 
 def print_modes(report: dict[str, Any], ram: Callable[[str], str]) -> None:

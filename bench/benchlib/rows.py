@@ -13,6 +13,7 @@ from benchlib.boots import (
     KEXEC_SWITCH_ROOT,
     PHASES,
     QEMU_SWITCH_ROOT,
+    SIGNATURE_CHECK,
     SWITCH_ROOT,
     SWITCH_ROOT_HOST,
     BootRun,
@@ -22,6 +23,7 @@ from benchlib.boots import (
 from benchlib.common import MIB, log, median
 from benchlib.ramsearch import RamSearch, search_ram
 from benchlib.servers import REGISTRY_PORT, REGISTRY_REPO
+from benchlib.signed import SIGNED_GUEST_REF
 from bootc_live.vm import GUEST_SERVER
 
 # The root modes, each a row: the test image from a URL like `url` (whose root is the default
@@ -34,11 +36,15 @@ MODES = {
 MODE_FSTYPE = {"zram": "ext4", "erofs": "erofs", "erofs-lz4hc": "erofs"}
 # In table order: the test image's sources (embedded, URL, registry: all on tmpfs), then the mode
 # rows next to `url`, the tmpfs root they are compared with.
-SOURCE_ROWS = ("embedded", "url", "registry")
+# registry-signed: as registry, the image signed (another repository) and its initramfs's
+# policy requiring the signatures (benchlib/signed.py).
+SIGNED = "registry-signed"
+SOURCE_ROWS = ("embedded", "url", "registry", SIGNED)
 SOURCE_HOW = {
     "embedded": "initrd-full.img: the image in the initramfs",
     "url": f"http://{GUEST_SERVER}/root.oci (nginx)",
     "registry": f"docker://{GUEST_SERVER}:{REGISTRY_PORT}/{REGISTRY_REPO}",
+    SIGNED: f"docker://{SIGNED_GUEST_REF}",
 }
 # The kexec row: booted like `url` (its own artifacts: stage one is the host's kernel and dracut),
 # with this appended.
@@ -194,6 +200,8 @@ def row_figures(row: dict[str, Any], tmpfs: int | None, largest_blob: int) -> di
         "qemu_switch_root_s": row["medians"][QEMU_SWITCH_ROOT],
         "qemu_end_s": row["medians"]["QEMU start → end (host clock)"],
         "switch_root_host_s": row["medians"][SWITCH_ROOT_HOST],
+        "signatures_s": row["medians"][SIGNATURE_CHECK],
+        "signatures_keys": sorted({" + ".join(r["signatures_keys"]) for r in ok} - {""}),
     }
     if row["target"]["kexec"]:
         # Stage one's figures (the rest are stage two's); /init → switch root on the host's
@@ -277,6 +285,43 @@ def source_comparison(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for key in ("min_ram_mib", "switch_root_s", "peak_mib"):
             if f.get(key) is not None and url.get(key):
                 out[name][f"{key}_vs_url"] = f[key] / url[key]
+    return out
+
+
+def signature_comparison(
+    rows: dict[str, dict[str, Any]],
+    sizes: dict[str, dict[str, int]],
+    initrd: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """registry-signed next to registry (the same image from the same registry, without a
+    policy): /init → switch root of each (the SPEC's clock and the host's) and what the check
+    added, the check's own seconds, and the initrd.img of each build and its difference (the
+    policy, registries.d and keys: the verifiers, gpgv and openssl, are in both), with `initrd`,
+    the files behind it (signed.initrd_difference). Figures of this run only ({} without
+    registry-signed)."""
+    if SIGNED not in rows:
+        return {}
+    signed = rows[SIGNED]["figures"]
+    plain = rows["registry"]["figures"] if "registry" in rows else {}
+    out: dict[str, Any] = {"against": "registry", "ran": "registry" in rows}
+    for key in ("switch_root_s", "switch_root_host_s", "unpack_s"):
+        out[key] = plain.get(key)
+        out[f"signed_{key}"] = signed.get(key)
+        both = out[key] is not None and out[f"signed_{key}"] is not None
+        out[f"{key}_added"] = out[f"signed_{key}"] - out[key] if both else None
+    out["signatures_s"] = signed.get("signatures_s")
+    out["signatures_keys"] = signed.get("signatures_keys") or []
+    img = {
+        name: sizes[artifacts]["initrd.img"] if artifacts in sizes else None
+        for name, artifacts in (("plain", "debian-registry"), ("signed", "debian-registry-signed"))
+    }
+    out["initrd_bytes"], out["signed_initrd_bytes"] = img["plain"], img["signed"]
+    out["initrd_bytes_added"] = (
+        img["signed"] - img["plain"]
+        if img["plain"] is not None and img["signed"] is not None
+        else None
+    )
+    out["initrd_files"] = initrd  # the files' own sizes (initrd_difference), when listed
     return out
 
 

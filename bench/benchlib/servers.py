@@ -86,10 +86,11 @@ def registry_serving(source: str, pki: Any, workdir: Path) -> Iterator[tuple[Any
         yield registry, time.monotonic() - start
 
 
-def guest_blob_requests(registry: Any) -> dict[str, Any]:
-    """The blob requests the guest's client (user agent bootc-live) made to the registry, from
-    the registry's log: its completed responses, their statuses, and how many blobs they were."""
-    repo = REGISTRY_REPO.split(":")[0]
+def guest_blob_requests(registry: Any, name: str = REGISTRY_REPO) -> dict[str, Any]:
+    """The blob requests the guest's client (user agent bootc-live) made to the registry for
+    the repository of `name`, from the registry's log: its completed responses, their statuses,
+    and how many blobs they were."""
+    repo = name.split(":")[0]
     responses = [
         line
         for line in registry.log().splitlines()
