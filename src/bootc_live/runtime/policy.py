@@ -364,10 +364,8 @@ def evaluate(
     scope, requirements = policy.requirements_for(transport, name)
     image = DockerReference.parse(name) if transport == "docker" else None
     label = label or image_name(transport, name)
-    if (
-        image is not None
-        and image.digest is not None
-        and not _manifest_matches(manifest, image.digest)
+    if image is not None and image.digest is not None and not _manifest_matches(
+        manifest, image.digest
     ):
         # A name that pins a digest (bootc.identity=, --identity) names that image only: any
         # other image signed for the repository is not it.
