@@ -559,6 +559,36 @@ def test_a_refused_image_stops_the_boot_before_any_layer_is_opened(
     assert system.calls == [] and kexecs == []  # nothing mounted, nothing kexec'd
 
 
+def test_a_malformed_signature_stops_the_boot_with_a_verdict_in_the_status(
+    system: System,
+    signed: tuple[Path, Path],
+    tmp_path: Path,
+    signer: Signer,  # noqa: F811
+) -> None:
+    """A signature store that cannot be read is a refusal like the policy's: the status says
+    so, the line names the store and the policy."""
+    image, rules = signed
+    digest = json.loads((image / "index.json").read_bytes())["manifests"][0]["digest"]
+    index = json.loads((image / "index.json").read_bytes())
+    index["manifests"] = index["manifests"][:1]  # the image only: a new .simplesig follows
+    (image / "index.json").write_text(json.dumps(index))
+    carry_simple(image, digest, [b"\x00unknown-format\nxx"])
+    code, final = boot_with(image, tmp_path, f"bootc.policy={rules} bootc.identity={NAME}")
+    copy = tmp_path / "initramfs-image"
+    tag = f"sha256-{digest[7:]}.simplesig"
+    assert (code, final["state"]) == (1, "failed")
+    assert final["message"] == (
+        f"bootc-live: oci:{copy} {tag} layer 1: a signature of unknown format unknown-format; "
+        f"mend or remove that signature store of oci:{copy}, or change the policy {rules}"
+    )
+    assert final["signatures"] == {
+        "checked": True,
+        "accepted": False,
+        "reason": "invalid signature",
+    }
+    assert system.calls == []
+
+
 def test_the_initramfs_policy_applies_without_bootc_policy(
     system: System, signed: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -108,6 +108,14 @@ def test_what_the_yaml_subset_refuses(text: str, message: str) -> None:
             "docker:\n  q.io:\n    lookaside: true\n",
             "a.yaml: docker.q.io.lookaside must be a file://",
         ),
+        (
+            "docker:\n  q.io:\n    lookaside: file:///srv/sigs%00/x\n",
+            "a.yaml: docker.q.io.lookaside: its path has a NUL or bytes that are not UTF-8 (%00…)",
+        ),
+        (
+            "default-docker:\n  lookaside-staging: https://s.example/%ff\n",
+            "a.yaml: default-docker.lookaside-staging: its path has a NUL or bytes that are not",
+        ),
     ],
 )
 def test_malformed_sections_are_errors(text: str, message: str) -> None:

@@ -53,3 +53,14 @@ def test_start_names_a_missing_command() -> None:
     with pytest.raises(run.CommandError) as err:
         run.start(["/nonexistent/bootc-live-tool"])
     assert str(err.value) == "/nonexistent/bootc-live-tool: command not found"
+
+
+def test_file_limit_ends_a_command_that_writes_more(tmp_path: Path) -> None:
+    """`file_limit`: the command's files stop at that size; a command that goes on is ended."""
+    out = tmp_path / "out"
+    with pytest.raises(run.CommandError) as err:
+        run.run(["dd", "if=/dev/zero", f"of={out}", "bs=4096", "count=64"], file_limit=10000)
+    assert err.value.returncode == -25  # SIGXFSZ
+    assert out.stat().st_size == 10000
+    run.run(["dd", "if=/dev/zero", f"of={out}", "bs=4096", "count=2"], file_limit=10000)
+    assert out.stat().st_size == 8192

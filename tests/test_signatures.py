@@ -102,6 +102,46 @@ def test_gpgv_reads_armored_keys_only_after_dearmor(
     )
 
 
+def test_a_compressed_payload_is_cut_at_the_limit(
+    gnupg: tuple[Path, GpgKey, GpgKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few KB of bzip2 expand to 64 MiB: gpgv is ended once its output passes the payload
+    limit (/tmp is RAM at boot), whoever signed it; the signature is invalid, never a tool
+    failure."""
+    home, trusted, other = gnupg
+    zeros = tmp_path / "zeros"
+    with zeros.open("wb") as out:
+        out.truncate(64 << 20)
+    written = []
+
+    def watched(argv: list[str], **kwargs: Any) -> Any:
+        try:
+            return real_run(argv, **kwargs)
+        finally:  # the payload file only grows: its size now is the most gpgv wrote
+            written.append(Path(argv[argv.index("--output") + 1]).stat().st_size)
+
+    real_run = signatures.run
+    monkeypatch.setattr(signatures, "run", watched)
+    for key in (trusted, other):
+        bomb = tmp_path / f"{key.fingerprint}.gpg"
+        done = run(
+            "gpg", "--batch", "--sign", "--local-user", key.fingerprint, "--compress-algo",
+            "bzip2", "--compress-level", "9", "--output", str(bomb), str(zeros),
+            env={"GNUPGHOME": str(home)},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert bomb.stat().st_size < 64 << 10
+        with pytest.raises(SignatureError) as err:
+            signatures.verify(
+                signatures.from_blob(bomb.read_bytes()), [("k", trusted.public.read_bytes())]
+            )
+        assert (err.value.reason, str(err.value)) == (
+            "invalid signature",
+            f"the signed payload is larger than {signatures.PAYLOAD_LIMIT} bytes",
+        )
+    assert written == [signatures.PAYLOAD_LIMIT + 1] * 2
+
+
 # containers/image's GPG fixtures, cross-checked with skopeo standalone-verify.
 
 # signature file → our reason (None: verified); skopeo standalone-verify's verdict must agree.

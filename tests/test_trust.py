@@ -340,6 +340,81 @@ def test_a_malformed_carried_signature_names_where_it_is(tmp_path: Path, signer:
     )
 
 
+def test_one_entry_per_tag_and_one_budget_for_all_carried_signatures(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """MAX_SIGNATURES and SIGNATURES_LIMIT bound an image's signatures in all its stores, not
+    in each; an entry tagged twice is malformed; a signature stored many times counts once."""
+    layout = tmp_path / "layout"
+    digest = image_layout(layout)
+    source = LayoutSource(str(layout))
+    image = oci.resolve(source)
+    good = signer.gpg(digest)
+    carry_simple(layout, digest, [good] * trust.MAX_SIGNATURES)
+    found = trust.gather(source, image, None, POLICY, print)
+    assert [x.origin for x in found] == [
+        f"oci:{layout} {trust.signature_tag(digest, '.simplesig')} layer 1"
+    ]
+    carry_simple(layout, digest, [good])  # a second entry tagged .simplesig
+    with pytest.raises(trust.TrustError) as caught:
+        trust.gather(source, image, None, POLICY, print)
+    tag = trust.signature_tag(digest, trust.SIMPLE_SUFFIX)
+    assert str(caught.value) == (
+        f"oci:{layout}: index.json entries 1 and 2 are both tagged {tag}: a layout carries one "
+        "signature manifest per tag (remove one)"
+    )
+
+    def fresh(name: str) -> Path:
+        where = tmp_path / name
+        assert image_layout(where) == digest
+        return where
+
+    split = fresh("split")  # 20 + 20 signatures: each store within MAX_SIGNATURES, not both
+    carry_simple(split, digest, [good] * 20)
+    carry_sigstore(split, digest, [signer.sigstore(digest)] * 20)
+    with pytest.raises(trust.TrustError) as caught:
+        trust.gather(LayoutSource(str(split)), image, None, POLICY, print)
+    assert str(caught.value) == (
+        f"oci:{split} {trust.signature_tag(digest, '.sig')}: 20 signatures, more than "
+        f"{trust.MAX_SIGNATURES} with the 20 of the image's other stores"
+    )
+    big = fresh("big")  # five distinct 1 MiB signatures: 5 MiB, more than SIGNATURES_LIMIT
+    carry_simple(big, digest, [bytes([i]) * trust.SIGNATURE_LIMIT for i in range(1, 6)])
+    with pytest.raises(trust.TrustError) as caught:
+        trust.gather(LayoutSource(str(big)), image, None, POLICY, print)
+    assert str(caught.value) == (
+        f"oci:{big} {tag} layer 4: the image's signatures take more than "
+        f"{trust.SIGNATURES_LIMIT} bytes in all"
+    )
+
+
+def test_check_reads_only_the_kinds_its_requirements_verify(tmp_path: Path, signer: Signer) -> None:
+    """A malformed sigstore signature, an over-full .sig store: nothing a GPG requirement
+    reads; gather (host pull/inspect) still reads all of them and refuses them."""
+    layout = tmp_path / "layout"
+    digest = image_layout(layout)
+    carry_simple(layout, digest, [b"\x00sigstore-json\nnot json", signer.gpg(digest)])
+    carry_sigstore(layout, digest, [(b"{}", "AA==")] * (trust.MAX_SIGNATURES + 1))
+    source = LayoutSource(str(layout))
+    verdict = verdict_of(source, rules(tmp_path, [gpg_req(signer.trusted)]))
+    assert verdict.keys == (f"GPG key {signer.trusted.fingerprint} ({signer.trusted.public})",)
+    with pytest.raises(trust.signatures.SignatureError) as caught:
+        verdict_of(source, rules(tmp_path, [sigstore_req(signer.p256)]))
+    tag = trust.signature_tag(digest, trust.SIMPLE_SUFFIX)
+    assert str(caught.value) == f"oci:{layout} {tag} layer 1: a malformed sigstore signature"
+    with pytest.raises(trust.signatures.SignatureError):
+        trust.gather(source, oci.resolve(source), None, POLICY, print)
+
+
+@pytest.mark.parametrize("path", ["%00x", "%ff"])
+def test_a_file_lookaside_path_that_is_not_one_is_refused(path: str) -> None:
+    digest = "sha256:" + "1" * 64
+    with pytest.raises(trust.TrustError) as caught:
+        trust.lookaside(f"file:///tmp/{path}/x/y", digest, POLICY, print)
+    assert str(caught.value).startswith(f"lookaside file:///tmp/{path}/x/y@sha256=")
+    assert str(caught.value).endswith("/signature-1: not a usable file path")
+
+
 # A registry: lookaside (nginx, file://) and sigstore attachments.
 
 

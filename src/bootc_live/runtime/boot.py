@@ -30,6 +30,7 @@ from . import (
     registriesd,
     registry,
     roots,
+    signatures,
     status,
     trust,
 )
@@ -184,6 +185,16 @@ def check_signatures(
             report.note(signatures={"checked": True, "accepted": False, "reason": err.reason})
             raise policy.PolicyError(
                 str(err), err.reason, err.hint or f"the policy is {rules.source}"
+            ) from None
+        except (signatures.SignatureError, trust.TrustError, http.FetchError) as err:
+            # A store that cannot be read, a signature that is malformed: not accepted either.
+            reason = err.reason if isinstance(err, signatures.SignatureError) else trust.UNREADABLE
+            report.note(signatures={"checked": True, "accepted": False, "reason": reason})
+            raise policy.PolicyError(
+                str(err),
+                reason,
+                f"mend or remove that signature store of {source.description}, or change the "
+                f"policy {rules.source}",
             ) from None
         report.say(verdict.line())
         found = {

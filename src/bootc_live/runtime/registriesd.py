@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Union
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import BootcLiveError, shown
 from .policy import DockerReference, docker_namespaces
@@ -205,8 +205,18 @@ def _section(value: Value, source: str, where: str) -> Section:
                 raise RegistriesDError(f"{at} must be true or false")
         elif not isinstance(item, str) or urlsplit(item).scheme not in URL_SCHEMES:
             raise RegistriesDError(f"{at} must be a file://, http:// or https:// URL")
+        elif not _usable_path(item):
+            raise RegistriesDError(f"{at}: its path has a NUL or bytes that are not UTF-8 (%00…)")
         settings[_FIELDS[key]] = item
     return Section(source, **settings)  # type: ignore[arg-type]
+
+
+def _usable_path(url: str) -> bool:
+    """Whether a URL's path, %-decoded, is text without a NUL (a file name, a URL path)."""
+    try:
+        return "\0" not in unquote(urlsplit(url).path, errors="strict")
+    except UnicodeDecodeError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -44,9 +45,11 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     input: str | None = None,
     shown: Sequence[str] | None = None,
+    file_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command; log it as `+ cmd` (or as `shown`, an argv without its secrets) when
-    debugging; raise CommandError if it fails."""
+    debugging; raise CommandError if it fails. `file_limit`: no file the command writes grows
+    past that many bytes (RLIMIT_FSIZE; a command that tries is ended by SIGXFSZ)."""
     args = _logged(argv, shown)
     try:
         result = subprocess.run(
@@ -61,6 +64,7 @@ def run(
             timeout=timeout,
             cwd=cwd,
             check=False,
+            preexec_fn=None if file_limit is None else lambda: _limit_files(file_limit),
         )
     except FileNotFoundError:
         raise CommandError(f"{args[0]}: command not found", hint) from None
@@ -85,6 +89,11 @@ def run(
     if result.stderr and DEBUG:
         sys.stderr.write(result.stderr)
     return result
+
+
+def _limit_files(size: int) -> None:
+    """In the child, before exec: files grow to `size` bytes at most."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
 def start(

@@ -196,18 +196,36 @@ def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified
         _write(signed, message)
         argv += ["--output", payload, signed]
         try:
-            status = run(argv, capture=True, timeout=TOOL_TIMEOUT).stdout
+            # An untrusted message may be compressed: gpgv writes at most one byte more than
+            # a payload may hold (a few KB of bzip2 expand to GBs; /tmp is RAM at boot).
+            status = run(
+                argv, capture=True, timeout=TOOL_TIMEOUT, file_limit=PAYLOAD_LIMIT + 1
+            ).stdout
             failed = False
         except CommandError as err:
+            if _size(payload) > PAYLOAD_LIMIT:  # ended by SIGXFSZ, or a write that failed
+                raise SignatureError(_TOO_LARGE, INVALID_SIGNATURE) from None
             if err.returncode is None:  # gpgv is missing or did not end in time
                 raise SignatureError(f"gpgv could not verify: {err.detail}", TOOL_FAILED) from None
             # It ran and refused: a message it cannot parse may end it before any status line.
             status, failed = err.output, True
+        if _size(payload) > PAYLOAD_LIMIT:
+            raise SignatureError(_TOO_LARGE, INVALID_SIGNATURE)
         fingerprint = _gpg_verdict(status, failed)
         with open(payload, "rb") as f:
             data = f.read(PAYLOAD_LIMIT + 1)
     names = ", ".join(name for name, _ in keys)
     return Verified(f"GPG key {fingerprint} ({names})", parse_claims(data, SIMPLE_TYPE))
+
+
+_TOO_LARGE = f"the signed payload is larger than {PAYLOAD_LIMIT} bytes"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _gpg_verdict(status: str, failed: bool) -> str:

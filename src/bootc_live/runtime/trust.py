@@ -16,7 +16,7 @@ are bounded, every blob is read against its digest.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from . import http, jsondoc, policy, signatures, strictjson
@@ -34,7 +34,9 @@ SIMPLE_SUFFIX = ".simplesig"  # simple-signing signatures carried in a layout
 SIMPLE_MEDIA_TYPE = "application/vnd.bootc-live.simple-signing.v1"
 SIGNATURE_LIMIT = 1 << 20  # bytes of one stored signature: a signature-N file, a layer
 MANIFEST_LIMIT = 1 << 20  # bytes of a signature manifest
-MAX_SIGNATURES = 32  # read from one store (a lookaside, an attachment, a carried entry)
+MAX_SIGNATURES = 32  # read for one image, from all its stores together
+SIGNATURES_LIMIT = 4 << 20  # bytes of all signatures and signature manifests read for one image
+UNREADABLE = "signature store unreadable"  # a verdict's reason: see boot.check_signatures
 IDENTITY_HINT = (
     "the image has no registry name to check the signed identity against: give it with "
     "bootc.identity=REF"
@@ -43,6 +45,27 @@ IDENTITY_HINT = (
 
 class TrustError(BootcLiveError):
     """A signature store cannot be read, or holds more than is plausible."""
+
+
+class Budget:
+    """What one image's signatures may take, across all its stores: MAX_SIGNATURES signatures,
+    SIGNATURES_LIMIT bytes. Every signature is verified with a tool: this bounds that work."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+
+    def spend(self, size: int, where: str) -> None:
+        """`size` bytes more are read (a signature, a signature manifest)."""
+        self.bytes += size
+        if self.bytes > SIGNATURES_LIMIT:
+            raise TrustError(
+                f"{where}: the image's signatures take more than {SIGNATURES_LIMIT} bytes in all"
+            )
+
+    def left(self) -> int:
+        """How many more signatures may be read."""
+        return MAX_SIGNATURES - self.count
 
 
 @dataclass(frozen=True)
@@ -73,22 +96,35 @@ def gather(
     registries: RegistriesD | None,
     fetch_policy: http.Policy,
     say: Callable[[str], None],
+    kinds: Collection[str] | None = None,
 ) -> list[Found]:
     """Every candidate signature of the image: carried in the source; from a registry, in its
     lookaside and (when registries.d says so) its sigstore attachments. `registries` None is
-    an empty registries.d: containers' built-in lookaside only."""
+    an empty registries.d: containers' built-in lookaside only. `kinds` (SIMPLE, SIGSTORE):
+    only signatures that may be of these kinds; one that cannot be read and is of another
+    kind (or of no known kind) is passed over. Identical signatures are kept once."""
     digest = image.top.digest
-    found = carried(source, digest)
+    budget = Budget()
+    found = carried(source, digest, budget, kinds)
     if isinstance(source, RegistrySource):
         ref = docker_reference(source)
         config = registries if registries is not None else RegistriesD({})
         # The CA trusted for the registry (bootc-live's --ca, a CA in the initramfs) is trusted
         # for its lookaside too: a signature is verified whatever the transport was.
         cafile = source.endpoint.cafile
-        found += lookaside(config.lookaside(ref), digest, fetch_policy, say, cafile)
-        if config.use_sigstore_attachments(ref):
-            found += attachments(source, digest)
-    return found
+        found += lookaside(
+            config.lookaside(ref), digest, fetch_policy, say, cafile, budget=budget, kinds=kinds
+        )
+        if config.use_sigstore_attachments(ref) and _wanted(kinds, signatures.SIGSTORE):
+            found += attachments(source, digest, budget)
+    unique: dict[Signature, Found] = {}
+    for one in found:
+        unique.setdefault(one.signature, one)
+    return list(unique.values())
+
+
+def _wanted(kinds: Collection[str] | None, kind: str) -> bool:
+    return kinds is None or kind in kinds
 
 
 def check(
@@ -110,10 +146,10 @@ def check(
     if not name:  # no Docker identity: evaluated as containers evaluate a docker-archive
         rules, transport = replace(rules, transports={}), "docker-archive"
     _, requirements = rules.requirements_for(transport, name)
-    needed = any(req.kind for req in requirements)
+    kinds = {req.kind for req in requirements if req.kind}
     _, document = top_document(image)
     if found is None:
-        found = gather(source, image, registries, fetch_policy, say) if needed else []
+        found = gather(source, image, registries, fetch_policy, say, kinds) if kinds else []
     try:
         return policy.evaluate(
             rules, transport, name, document, [f.signature for f in found], label=label
@@ -134,12 +170,19 @@ def docker_reference(source: RegistrySource) -> policy.DockerReference:
 # Carried in a layout or archive.
 
 
-def carried(source: ImageSource, digest: str) -> list[Found]:
-    """The signatures index.json's entries tagged sha256-HEX.sig and .simplesig hold."""
-    wanted = {
-        signature_tag(digest, SIGSTORE_SUFFIX): SIGSTORE_SUFFIX,
-        signature_tag(digest, SIMPLE_SUFFIX): SIMPLE_SUFFIX,
-    }
+def carried(
+    source: ImageSource,
+    digest: str,
+    budget: Budget | None = None,
+    kinds: Collection[str] | None = None,
+) -> list[Found]:
+    """The signatures index.json's entries tagged sha256-HEX.sig and .simplesig hold: one
+    entry each at most."""
+    budget = budget or Budget()
+    wanted = {signature_tag(digest, SIMPLE_SUFFIX): SIMPLE_SUFFIX}
+    if _wanted(kinds, signatures.SIGSTORE):
+        wanted[signature_tag(digest, SIGSTORE_SUFFIX)] = SIGSTORE_SUFFIX
+    seen: dict[str, int] = {}
     try:
         entries = jsondoc.loads(source.index_json())["manifests"]
     except (ValueError, KeyError, TypeError):
@@ -151,34 +194,54 @@ def carried(source: ImageSource, digest: str) -> list[Found]:
         tag = name if name in wanted else tag_part(name)
         if tag not in wanted:
             continue
+        if tag in seen:
+            raise TrustError(
+                f"{source.description}: index.json entries {seen[tag]} and {i} are both tagged "
+                f"{tag}: a layout carries one signature manifest per tag (remove one)"
+            )
+        seen[tag] = i
         origin = f"{source.description} {tag}"
-        manifest = _read(source, desc, MANIFEST_LIMIT, origin)
+        manifest = _read(source, desc, MANIFEST_LIMIT, origin, budget)
         if wanted[tag] == SIGSTORE_SUFFIX:
-            found += _sigstore(source, manifest, origin)
+            found += _sigstore(source, manifest, origin, budget)
         else:
-            found += _simple(source, manifest, origin)
+            found += _simple(source, manifest, origin, budget, kinds)
     return found
 
 
-def _simple(source: ImageSource, manifest: bytes, origin: str) -> list[Found]:
+def _simple(
+    source: ImageSource,
+    manifest: bytes,
+    origin: str,
+    budget: Budget,
+    kinds: Collection[str] | None,
+) -> list[Found]:
     """The signature-N files a .simplesig manifest's layers hold, in order."""
     found = []
-    for i, desc in enumerate(_layers(manifest, origin)):
+    blobs: dict[str, bytes] = {}
+    for i, desc in enumerate(_layers(manifest, origin, budget)):
         if desc.media_type != SIMPLE_MEDIA_TYPE:
             continue  # not a signature: it cannot satisfy a requirement
         where = f"{origin} layer {i + 1}"
-        blob = _read(source, desc, SIGNATURE_LIMIT, where)
-        found.append(Found(_from_blob(blob, where), where, blob, {}))
+        if desc.digest not in blobs:
+            blobs[desc.digest] = _read(source, desc, SIGNATURE_LIMIT, where, budget)
+        blob = blobs[desc.digest]
+        sig = _from_blob(blob, where, kinds)
+        if sig is not None:
+            found.append(Found(sig, where, blob, {}))
     return found
 
 
-def _sigstore(source: ImageSource, manifest: bytes, origin: str) -> list[Found]:
+def _sigstore(source: ImageSource, manifest: bytes, origin: str, budget: Budget) -> list[Found]:
     """The signatures of a cosign signature manifest, one per layer."""
-    layers = _layers(manifest, origin)
-    blobs = [
-        _read(source, desc, SIGNATURE_LIMIT, f"{origin} layer {i + 1}")
-        for i, desc in enumerate(layers)
-    ]
+    layers = _layers(manifest, origin, budget)
+    read: dict[str, bytes] = {}
+    for i, desc in enumerate(layers):
+        if desc.digest not in read:
+            read[desc.digest] = _read(
+                source, desc, SIGNATURE_LIMIT, f"{origin} layer {i + 1}", budget
+            )
+    blobs = [read[desc.digest] for desc in layers]
     by_digest = {desc.digest: blob for desc, blob in zip(layers, blobs)}
     try:
         sigs = signatures.from_signature_manifest(manifest, lambda d, _n: by_digest[d])
@@ -190,8 +253,8 @@ def _sigstore(source: ImageSource, manifest: bytes, origin: str) -> list[Found]:
     ]
 
 
-def _layers(manifest: bytes, origin: str) -> list[Descriptor]:
-    """A signature manifest's layer descriptors, at most MAX_SIGNATURES."""
+def _layers(manifest: bytes, origin: str, budget: Budget) -> list[Descriptor]:
+    """A signature manifest's layer descriptors, at most what the budget has left."""
     try:
         layers = strictjson.loads(manifest, MANIFEST_LIMIT)["layers"]
         if not isinstance(layers, list):
@@ -200,8 +263,12 @@ def _layers(manifest: bytes, origin: str) -> list[Descriptor]:
         raise SignatureError(
             f"{origin}: a malformed signature manifest", signatures.INVALID_SIGNATURE
         ) from None
-    if len(layers) > MAX_SIGNATURES:
-        raise TrustError(f"{origin}: {len(layers)} signatures, more than {MAX_SIGNATURES}")
+    if len(layers) > budget.left():
+        more = f", more than {MAX_SIGNATURES}"
+        if budget.count:
+            more += f" with the {budget.count} of the image's other stores"
+        raise TrustError(f"{origin}: {len(layers)} signatures{more}")
+    budget.count += len(layers)
     descs = [Descriptor.from_json(obj, f"{origin} layer {i + 1}") for i, obj in enumerate(layers)]
     for desc in descs:
         if not all(isinstance(v, str) for v in desc.annotations.values()):
@@ -211,32 +278,49 @@ def _layers(manifest: bytes, origin: str) -> list[Descriptor]:
     return descs
 
 
-def _read(source: ImageSource, desc: Descriptor, limit: int, where: str) -> bytes:
+def _read(source: ImageSource, desc: Descriptor, limit: int, where: str, budget: Budget) -> bytes:
     """A small blob of the source, verified against its descriptor."""
     check_digest(desc.digest, where)
     if desc.size > limit:
         raise TrustError(f"{where}: {desc.size} bytes, more than a signature takes ({limit})")
+    budget.spend(desc.size, where)
     with source.open_blob(desc) as raw:
         return read_verified(raw, desc, where, limit)
 
 
-def _from_blob(blob: bytes, where: str) -> Signature:
+def _from_blob(blob: bytes, where: str, kinds: Collection[str] | None = None) -> Signature | None:
+    """The signature a stored blob holds; None when it cannot be read and cannot be of one of
+    `kinds` (None: every kind) either: no requirement could use it."""
     try:
         return signatures.from_blob(blob)
     except SignatureError as err:
+        if kinds is not None and not any(_may_be(blob, kind) for kind in kinds):
+            return None
         raise SignatureError(f"{where}: {err}", err.reason) from None
+
+
+def _may_be(blob: bytes, kind: str) -> bool:
+    """Whether a stored blob may be a signature of `kind`: it says it is (signatures.from_blob's
+    formats), or it does not say (no format name, an unknown one: containers refuse it too)."""
+    formats = {b"simple-signing": signatures.SIMPLE, b"sigstore-json": signatures.SIGSTORE}
+    if not blob.startswith(b"\x00"):
+        return kind == signatures.SIMPLE
+    name, newline, _ = blob[1:].partition(b"\n")
+    return not newline or formats.get(name, kind) == kind
 
 
 # A registry's stores.
 
 
-def attachments(source: RegistrySource, digest: str) -> list[Found]:
+def attachments(source: RegistrySource, digest: str, budget: Budget | None = None) -> list[Found]:
     """The sigstore signatures the registry keeps under the tag sha256-HEX.sig."""
+    budget = budget or Budget()
     tag = signature_tag(digest, SIGSTORE_SUFFIX)
     got = source.tagged(tag)
     if got is None:
         return []
-    return _sigstore(source, got[0], f"attachment {tag}")
+    budget.spend(len(got[0]), f"attachment {tag}")
+    return _sigstore(source, got[0], f"attachment {tag}", budget)
 
 
 def lookaside(
@@ -245,18 +329,26 @@ def lookaside(
     fetch_policy: http.Policy,
     say: Callable[[str], None],
     cafile: str | None = None,
+    *,
+    budget: Budget | None = None,
+    kinds: Collection[str] | None = None,
 ) -> list[Found]:
     """signature-1, -2 … of `digest` below a repository's lookaside URL, until one is missing."""
+    budget = budget or Budget()
     found: list[Found] = []
     for url in signature_urls(base, digest):
-        if len(found) == MAX_SIGNATURES:
+        if not budget.left():
             say(f"{http.redact(base)}: only the first {MAX_SIGNATURES} signatures are read")
             break
         blob = _fetch(url, fetch_policy, say, cafile)
         if blob is None:
             break
         origin = f"lookaside {http.redact(url)}"
-        found.append(Found(_from_blob(blob, origin), origin, blob, {}))
+        budget.count += 1
+        budget.spend(len(blob), origin)
+        sig = _from_blob(blob, origin, kinds)
+        if sig is not None:
+            found.append(Found(sig, origin, blob, {}))
     return found
 
 
@@ -277,7 +369,12 @@ def _fetch(
         return data
     if parts.netloc not in ("", "localhost"):
         raise TrustError(f"lookaside {shown(url)}: a file URL must name a local path")
-    path = urllib.parse.unquote(parts.path)
+    try:
+        path = urllib.parse.unquote(parts.path, errors="strict")
+        if "\0" in path:
+            raise ValueError("NUL")
+    except ValueError:  # a NUL, bytes that are not UTF-8
+        raise TrustError(f"lookaside {shown(url)}: not a usable file path") from None
     try:
         with open(path, "rb") as f:
             data = f.read(SIGNATURE_LIMIT + 1)
