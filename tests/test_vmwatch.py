@@ -3,7 +3,9 @@ plumbing on stand-in commands (no QEMU)."""
 
 from __future__ import annotations
 
-from bootc_live.vm import INIT_STARTED, Console, watch
+from pathlib import Path
+
+from bootc_live.vm import INIT_STARTED, Console, VmConfig, kernel_command_line, watch
 
 
 def sh(script: str) -> list[str]:
@@ -77,3 +79,17 @@ def test_watch_ends_when_the_guest_stops() -> None:
     assert (panicked.ended, panicked.output) == ("failure", "Kernel panic - not syncing: x\n")
     halted = watch(sh("echo 'reboot: Power down'; exec sleep 30"), timeout=600, echo=None)
     assert halted.ended == "exit"
+
+
+def test_an_appended_root_boots_another_image_without_the_built_ones_pin(tmp_path: Path) -> None:
+    """cmdline.txt pins the image built; `vm --append root=…` (another image) leaves out what
+    names the built one, and keeps the rest."""
+    (tmp_path / "cmdline.txt").write_text(
+        "root=bootc-live:/bootc-live/image bootclabel=v1 bootc.digest=sha256:ab "
+        "bootc.identity=example.com/app:v1 bootc.zram=1G\n"
+    )
+    url = "root=bootc-live:http://10.0.2.100/other.oci"
+    other = kernel_command_line(VmConfig(tmp_path, append=f"{url} quiet"))
+    assert other.endswith(f"rd.emergency=poweroff bootc.zram=1G {url} quiet")
+    same = kernel_command_line(VmConfig(tmp_path, append="quiet"))
+    assert "bootc.digest=sha256:ab bootc.identity=example.com/app:v1 bootc.zram=1G quiet" in same

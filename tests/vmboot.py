@@ -109,12 +109,17 @@ def variant(
     good: Path, out: Path, write_rootfs: Callable[[BinaryIO], object], cmdline: str = ""
 ) -> Path:
     """Artifacts at `out` with the kernel and initramfs of `good`, another rootfs.img (written
-    by `write_rootfs`) and, if given, another command line."""
+    by `write_rootfs`) and, if given, another command line (else good's, without the pin of
+    good's image: this is another)."""
     out.mkdir()
-    for name in ("vmlinuz", "initrd.img", *(() if cmdline else ("cmdline.txt",))):
+    for name in ("vmlinuz", "initrd.img"):
         (out / name).symlink_to(good / name)
-    if cmdline:
-        (out / "cmdline.txt").write_text(cmdline + "\n")
+    if not cmdline:
+        kept = (good / "cmdline.txt").read_text().split()
+        cmdline = " ".join(
+            a for a in kept if a.split("=", 1)[0] not in ("bootc.digest", "bootc.identity")
+        )
+    (out / "cmdline.txt").write_text(cmdline + "\n")
     with open(out / "rootfs.img", "wb") as rootfs:
         write_rootfs(rootfs)
     concatenate(out / "initrd-full.img", good / "initrd.img", out / "rootfs.img")

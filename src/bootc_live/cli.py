@@ -626,7 +626,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ARGS",
-        help="extra kernel arguments (repeatable)",
+        help="extra kernel arguments (repeatable); a root= here boots another image: "
+        "cmdline.txt's root=, bootclabel=, bootc.digest= and bootc.identity= are left out",
     )
     p.add_argument("--mem", type=int, default=1024, metavar="MiB")
     p.add_argument(

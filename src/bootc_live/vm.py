@@ -63,8 +63,14 @@ class Boot:
     markers: dict[str, str] = field(default_factory=dict)
 
 
+# The arguments of cmdline.txt that name the image built: an appended root= names another.
+IMAGE_ARGUMENTS = ("root", "bootclabel", "bootc.digest", "bootc.identity")
+
+
 def kernel_command_line(config: VmConfig) -> str:
     arguments = (config.artifacts / "cmdline.txt").read_text().strip()
+    if any(a.startswith("root=") for a in config.append.split()):
+        arguments = without_image_arguments(arguments)
     return " ".join(
         a
         for a in (
@@ -74,6 +80,12 @@ def kernel_command_line(config: VmConfig) -> str:
         )
         if a
     )
+
+
+def without_image_arguments(arguments: str) -> str:
+    """A command line without what names the image built (its root=, bootclabel=, pin and
+    identity): the arguments that boot these artifacts with another image."""
+    return " ".join(a for a in arguments.split() if a.split("=", 1)[0] not in IMAGE_ARGUMENTS)
 
 
 def qemu_argv(config: VmConfig, initrd: Path, accel: str) -> list[str]:
