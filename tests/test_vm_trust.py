@@ -10,6 +10,7 @@ One build; its policy has a scope for each case below (the longest match applies
   stops with one line naming the image, the policy scope and the reason, before any layer of
   it is fetched;
 - the image embedded by that build (pulled with its signatures, which it carries): it boots.
+- the build's root.oci from nginx, named by bootc.identity=: it boots on the signatures it carries.
 """
 
 from __future__ import annotations
@@ -271,4 +272,26 @@ def test_the_embedded_image_boots_with_the_signatures_it_carries(setup: Setup) -
     status = ready(result.boot.output)
     assert status["manifest"] == setup.digests["test/demo"]
     assert 0 < status["signatures"].pop("seconds") < 60  # the check's time, for bench/boot
+    assert status["signatures"] == accepted(setup)
+
+
+def test_root_oci_from_a_url_boots_with_the_signatures_it_carries(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The build's root.oci on a web server (nginx), named by bootc.identity=: its carried
+    signatures satisfy the policy, as the embedded image's do (no lookaside, no registry)."""
+    identity = f"bootc.identity={GUEST_REPO}/demo:v1"
+    with nginx(setup.artifacts, tmp_path / "nginx") as web:
+        result = run(
+            setup.registry_artifacts,
+            f"root=bootc-live:http://{GUEST_SERVER}/root.oci {identity}",
+            network=True,
+            embedded=False,
+            forwards=((80, web.port),),
+            log=setup.console("url"),
+        )
+    assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
+    status = ready(result.boot.output)
+    assert status["manifest"] == setup.digests["test/demo"]
+    assert 0 < status["signatures"].pop("seconds") < 60
     assert status["signatures"] == accepted(setup)
