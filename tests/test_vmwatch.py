@@ -93,3 +93,22 @@ def test_an_appended_root_boots_another_image_without_the_built_ones_pin(tmp_pat
     assert other.endswith(f"rd.emergency=poweroff bootc.zram=1G {url} quiet")
     same = kernel_command_line(VmConfig(tmp_path, append="quiet"))
     assert "bootc.digest=sha256:ab bootc.identity=example.com/app:v1 bootc.zram=1G quiet" in same
+
+
+def test_a_packed_root_at_a_url_keeps_its_pin(tmp_path: Path) -> None:
+    """`vm --packed --serve packed.img`: the same file from a URL; only root= changes."""
+    (tmp_path / "cmdline.txt").write_text("root=bootc-live:/bootc-live/image bootclabel=v1\n")
+    (tmp_path / "cmdline-packed.txt").write_text(
+        "root=bootc-live:packed:/bootc-live/packed.root bootc.packed.sha256=sha256:cd "
+        "bootc.packed.image=sha256:ab\n"
+    )
+    url = "root=bootc-live:packed:http://10.0.2.100/packed.img"
+    served = kernel_command_line(VmConfig(tmp_path, append=url, packed=True))
+    assert served.endswith(
+        "rd.emergency=poweroff bootc.packed.sha256=sha256:cd bootc.packed.image=sha256:ab " + url
+    )
+    appended = kernel_command_line(VmConfig(tmp_path, packed=True))
+    assert appended.endswith(
+        "rd.emergency=poweroff root=bootc-live:packed:/bootc-live/packed.root "
+        "bootc.packed.sha256=sha256:cd bootc.packed.image=sha256:ab"
+    )

@@ -458,10 +458,15 @@ def cmd_vm(args: argparse.Namespace) -> int:
         if args.serve:
             served = Path(args.serve)
             if not served.is_file():
-                raise UsageError(f"{served} is not a file", "give the root.oci of bootc-live build")
+                raise UsageError(
+                    f"{served} is not a file",
+                    "give the root.oci (or, with --packed, the packed.img) of bootc-live build",
+                )
             port = stack.enter_context(vm.serve(served))
             forwards = ((80, port),)
-            append = f"root=bootc-live:http://{vm.GUEST_SERVER}/{served.name} {append}".strip()
+            kind = "packed:" if args.packed else ""
+            append = f"root=bootc-live:{kind}http://{vm.GUEST_SERVER}/{served.name} {append}"
+            append = append.strip()
         for spec in args.forward:
             guest, _, host = spec.partition(":")
             if not guest.isdigit() or not (host or guest).isdigit():
@@ -473,6 +478,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             append=append,
             mem=args.mem,
             pxe=args.pxe,
+            packed=args.packed,
             embedded=not fetched,  # the image comes over the network: no copy in the initramfs
             accel=args.accel,
             network=fetched or args.net,
@@ -635,13 +641,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load initrd.img and rootfs.img as two initrds, as iPXE does",
     )
+    p.add_argument(
+        "--packed",
+        action="store_true",
+        help="boot the packed root: packed.img as the second initrd (or, with --serve, from a "
+        "URL) with cmdline-packed.txt's arguments",
+    )
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS")
     p.add_argument(
         "--serve",
         metavar="FILE",
-        help="serve FILE (root.oci) to the guest over loopback and boot from it: "
-        f"root=bootc-live:http://{vm.GUEST_SERVER}/NAME",
+        help="serve FILE (root.oci; packed.img with --packed) to the guest over loopback and "
+        f"boot from it: root=bootc-live:http://{vm.GUEST_SERVER}/NAME",
     )
     p.add_argument(
         "--forward",

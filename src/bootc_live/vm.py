@@ -51,6 +51,7 @@ class VmConfig:
     forwards: tuple[tuple[int, int], ...] = ()  # (port on GUEST_SERVER, port on 127.0.0.1)
     tftp: Path | None = None  # served by QEMU itself at tftp://10.0.2.2/
     dead_nic: bool = False  # an extra NIC first, whose link is up but never gets an address
+    packed: bool = False  # the packed root: cmdline-packed.txt, packed.img as the second initrd
 
 
 @dataclass
@@ -68,9 +69,10 @@ IMAGE_ARGUMENTS = ("root", "bootclabel", "bootc.digest", "bootc.identity")
 
 
 def kernel_command_line(config: VmConfig) -> str:
-    arguments = (config.artifacts / "cmdline.txt").read_text().strip()
+    arguments = (config.artifacts / command_line_file(config)).read_text().strip()
     if any(a.startswith("root=") for a in config.append.split()):
-        arguments = without_image_arguments(arguments)
+        # A packed root elsewhere (a URL) is the same file: only its location changes.
+        arguments = (without_root if config.packed else without_image_arguments)(arguments)
     return " ".join(
         a
         for a in (
@@ -86,6 +88,14 @@ def without_image_arguments(arguments: str) -> str:
     """A command line without what names the image built (its root=, bootclabel=, pin and
     identity): the arguments that boot these artifacts with another image."""
     return " ".join(a for a in arguments.split() if a.split("=", 1)[0] not in IMAGE_ARGUMENTS)
+
+
+def without_root(arguments: str) -> str:
+    return " ".join(a for a in arguments.split() if not a.startswith("root="))
+
+
+def command_line_file(config: VmConfig) -> str:
+    return "cmdline-packed.txt" if config.packed else "cmdline.txt"
 
 
 def qemu_argv(config: VmConfig, initrd: Path, accel: str) -> list[str]:
@@ -293,7 +303,9 @@ def boot(
 
     `interactive` gives QEMU this terminal instead (to log in to the live system).
     """
-    for name in ("vmlinuz", "initrd.img", "rootfs.img", "initrd-full.img", "cmdline.txt"):
+    needed = ["vmlinuz", "initrd.img", command_line_file(config)]
+    needed += ["packed.img"] if config.packed else ["rootfs.img", "initrd-full.img"]
+    for name in needed:
         if not (config.artifacts / name).is_file():
             raise VmError(
                 f"{config.artifacts / name} is missing",
@@ -303,10 +315,11 @@ def boot(
         raise VmError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
     initrd = config.artifacts / ("initrd-full.img" if config.embedded else "initrd.img")
     tmp: Path | None = None
-    if config.pxe and config.embedded:
+    second = "packed.img" if config.packed else "rootfs.img"
+    if (config.pxe or config.packed) and config.embedded:
         # iPXE loads both initrds back to back; QEMU takes one file, so do the same here.
         tmp = config.artifacts / ".pxe-initrds.img"
-        concatenate(tmp, config.artifacts / "initrd.img", config.artifacts / "rootfs.img")
+        concatenate(tmp, config.artifacts / "initrd.img", config.artifacts / second)
         initrd = tmp
     try:
         argv = qemu_argv(config, initrd, choose_accel(config.accel))
