@@ -116,7 +116,7 @@ def test_no_config_and_no_pack_option_says_to_give_one() -> None:
     assert err.value.line() == (
         "the image has no kernel config (looked for usr/lib/modules/{kver}/config, "
         "boot/config-{kver}), so nothing says which packed formats its kernel mounts; "
-        "give --pack FORMAT[:COMPRESSOR] (e.g. --pack squashfs:xz)"
+        "give --pack FORMAT[:COMPRESSOR] (e.g. --pack squashfs:xz; build takes --pack none)"
     )
 
 

@@ -184,7 +184,7 @@ def choose(
         raise PackError(
             f"the image has no kernel config (looked for {', '.join(CONFIG_PLACES)}), so "
             "nothing says which packed formats its kernel mounts",
-            "give --pack FORMAT[:COMPRESSOR] (e.g. --pack squashfs:xz)",
+            "give --pack FORMAT[:COMPRESSOR] (e.g. --pack squashfs:xz; build takes --pack none)",
         )
     candidates = [
         f
