@@ -100,13 +100,26 @@ def test_a_format_the_kernel_cannot_mount_names_the_missing_option() -> None:
         pack.choose(PackFormat("squashfs", "xz"), config("CONFIG_SQUASHFS_XZ"), ALL_TOOLS)
     assert err.value.line() == (
         f"the kernel {KVER} cannot mount squashfs:xz: its config (/boot/config-{KVER}) lacks "
-        "CONFIG_SQUASHFS_XZ; pick another --pack, or build the kernel with that option"
+        "CONFIG_SQUASHFS_XZ for squashfs:xz; pick another --pack, or build the kernel with that "
+        "option"
     )
-    with pytest.raises(PackError, match=r"cannot mount erofs: .* lacks CONFIG_EROFS_FS$"):
-        pack.choose(PackFormat("erofs"), config("CONFIG_EROFS_FS"), ALL_TOOLS)
-    with pytest.raises(PackError, match=r"lacks CONFIG_EROFS_FS or CONFIG_SQUASHFS$"):
+    with pytest.raises(PackError) as err:
+        pack.choose(
+            PackFormat("erofs"), config("CONFIG_EROFS_FS", "CONFIG_EROFS_FS_ZIP"), ALL_TOOLS
+        )
+    assert str(err.value).endswith(
+        "cannot mount erofs: its config (/boot/config-6.1.0-99-amd64) lacks CONFIG_EROFS_FS, "
+        "CONFIG_EROFS_FS_ZIP for erofs:lz4hc; CONFIG_EROFS_FS, CONFIG_EROFS_FS_ZIP for erofs:lz4"
+    )
+    with pytest.raises(PackError) as err:
         pack.choose(None, config("CONFIG_SQUASHFS", "CONFIG_EROFS_FS"), ALL_TOOLS)
-    with pytest.raises(PackError, match=r"lacks CONFIG_SQUASHFS_XATTR$"):
+    assert str(err.value).endswith(
+        "cannot mount any packed root made here: its config (/boot/config-6.1.0-99-amd64) lacks "
+        "CONFIG_SQUASHFS for squashfs:xz; CONFIG_SQUASHFS for squashfs:zstd; CONFIG_SQUASHFS for "
+        "squashfs:gzip; CONFIG_SQUASHFS for squashfs:lzo; CONFIG_SQUASHFS for squashfs:lz4; "
+        "CONFIG_EROFS_FS for erofs:lz4hc; CONFIG_EROFS_FS for erofs:lz4"
+    )
+    with pytest.raises(PackError, match=r"lacks CONFIG_SQUASHFS_XATTR for squashfs:xz$"):
         pack.choose(PackFormat("squashfs", "xz"), config("CONFIG_SQUASHFS_XATTR"), ALL_TOOLS)
 
 
@@ -114,8 +127,8 @@ def test_no_config_and_no_pack_option_says_to_give_one() -> None:
     with pytest.raises(PackError) as err:
         pack.choose(None, None, ALL_TOOLS)
     assert err.value.line() == (
-        "the image has no kernel config (looked for usr/lib/modules/{kver}/config, "
-        "boot/config-{kver}), so nothing says which packed formats its kernel mounts; "
+        "the image has no kernel config (looked for usr/lib/modules/KVER/config, "
+        "boot/config-KVER), so nothing says which packed formats its kernel mounts; "
         "give --pack FORMAT[:COMPRESSOR] (e.g. --pack squashfs:xz; build takes --pack none)"
     )
 
@@ -166,6 +179,9 @@ def test_tool_argv_exact(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert pack.mksquashfs_argv(Path("/t"), Path("/i"), "xz")[-4:] == [
         "-comp", "xz", "-quiet", "-no-progress",
+    ]  # fmt: skip
+    assert pack.mksquashfs_argv(Path("/t"), Path("/i"), "lz4")[-5:] == [
+        "-comp", "lz4", "-Xhc", "-quiet", "-no-progress",
     ]  # fmt: skip
     assert roots.mkfs_erofs_argv("/i", "/t", "lz4hc") == [
         "mkfs.erofs", "-T0", f"-U{roots.NULL_UUID}", "-zlz4hc", "/i", "/t",
@@ -441,7 +457,7 @@ def test_pack_refuses_a_format_the_images_kernel_cannot_mount(tmp_path: Path) ->
     err = assert_clean_failure(pack_cli(source, out / "packed.img", "--pack", "erofs"))
     assert (
         f"the kernel {KVER} cannot mount erofs: its config (/usr/lib/modules/{KVER}/config) "
-        "lacks CONFIG_EROFS_FS or CONFIG_EROFS_FS_XATTR or CONFIG_EROFS_FS_ZIP;"
+        "lacks CONFIG_EROFS_FS, CONFIG_EROFS_FS_XATTR, CONFIG_EROFS_FS_ZIP for erofs:lz4hc; "
     ) in err
     assert list(out.iterdir()) == []
     done = pack_cli(source, out / "packed.img")  # chosen by that config: squashfs zstd

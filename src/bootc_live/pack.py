@@ -30,8 +30,9 @@ from .runtime.unpack import unpack_image
 
 MEMBER = "bootc-live/packed.root"  # where the kernel unpacks the appended packed.img
 SQUASHFS_BLOCK = "1M"  # the largest block squashfs allows: the smallest images
-# Beyond the compressor's own defaults: zstd's strongest level before its --ultra range.
-SQUASHFS_EXTRA = {"zstd": ("-Xcompression-level", "19")}
+# Beyond the compressors' own defaults: zstd's strongest level before its --ultra range, and
+# lz4's high-compression mode (smaller, as fast to read).
+SQUASHFS_EXTRA = {"zstd": ("-Xcompression-level", "19"), "lz4": ("-Xhc",)}
 SQUASHFS_XATTRS = ("user.", "trusted.", "security.")  # the namespaces squashfs can store
 SQUASHFS_MISSING = "install squashfs-tools (apt-get install squashfs-tools, or ./setup)"
 # What the kernel needs to mount each format with each compressor (y or m), xattrs included:
@@ -99,9 +100,9 @@ PREFERENCE = tuple(
         ("erofs", "zstd"),
         ("erofs", "deflate"),
         ("squashfs", "gzip"),
-        ("erofs", "lz4hc"),
         ("squashfs", "lzo"),
         ("squashfs", "lz4"),
+        ("erofs", "lz4hc"),
         ("erofs", "lz4"),
     )
 )
@@ -182,7 +183,8 @@ def choose(
     requested one itself) that the kernel mounts and this machine's tools make."""
     if requested is None and kernel is None:
         raise PackError(
-            f"the image has no kernel config (looked for {', '.join(CONFIG_PLACES)}), so "
+            f"the image has no kernel config (looked for "
+            f"{', '.join(p.format(kver='KVER') for p in CONFIG_PLACES)}), so "
             "nothing says which packed formats its kernel mounts",
             "give --pack FORMAT[:COMPRESSOR] (e.g. --pack squashfs:xz; build takes --pack none)",
         )
@@ -199,16 +201,16 @@ def choose(
             f"this machine cannot make {wanted}: mksquashfs offers "
             f"{', '.join(tools['squashfs']) or 'nothing'}, mkfs.erofs "
             f"{', '.join(tools['erofs']) or 'nothing'}",
-            "install squashfs-tools and erofs-utils (apt-get install, or ./setup)",
+            "install squashfs-tools and erofs-utils (./setup), or pick another --pack",
         )
     if kernel is None:
         return made[0]
     mountable = [f for f in made if not kernel.missing(f)]
     if not mountable:
-        lacks = sorted({o for f in made for o in kernel.missing(f)})
+        lacks = "; ".join(f"{', '.join(kernel.missing(f))} for {f}" for f in made)
         raise PackError(
             f"the kernel {kernel.kver} cannot mount {requested or 'any packed root made here'}: "
-            f"its config ({kernel.path}) lacks {' or '.join(lacks)}",
+            f"its config ({kernel.path}) lacks {lacks}",
             "pick another --pack, or build the kernel with that option",
         )
     return mountable[0]
