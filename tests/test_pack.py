@@ -18,6 +18,7 @@ import pytest
 from bootc_live import build as build_mod
 from bootc_live import cli, pack
 from bootc_live.demo import demo_layers, host_kernel
+from bootc_live.images import SourceRef
 from bootc_live.layout import write_layout
 from bootc_live.pack import KernelConfig, Packed, PackError, PackFormat
 from bootc_live.runtime import handover, roots
@@ -275,12 +276,6 @@ def test_boot_ipxe_shows_the_packed_boot(tmp_path: Path) -> None:
     assert "packed" not in build_mod.ipxe_script("root=bootc-live:/x", Fake(), KVER)  # type: ignore[arg-type]
 
 
-def test_build_without_a_packed_root_packs_nothing(tmp_path: Path) -> None:
-    config = build_mod.BuildConfig(None, tmp_path, pack="none")  # type: ignore[arg-type]
-    assert build_mod.make_packed(config, None, tmp_path, tmp_path, KVER) is None  # type: ignore[arg-type]
-    assert list(tmp_path.iterdir()) == []
-
-
 # --- the packed filesystem, mounted, against unpack (root) -------------------------------------
 
 MTIME = 1_600_000_000
@@ -499,20 +494,22 @@ def test_pack_interrupted_leaves_nothing(generated: tuple[str, Path], tmp_path: 
     assert list(out.iterdir()) == []
 
 
-# --- build writes packed.img (root: dracut) ----------------------------------------------------
+# --- build writes packed.img (root) -------------------------------------------------------------
 
 
 @pytest.mark.integration
-def test_build_writes_the_packed_root_its_record_and_arguments(tmp_path: Path) -> None:
-    need_root_and("dracut", "mksquashfs", "cpio")
+def test_build_writes_the_packed_root_its_record_and_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_root_and("mksquashfs", "cpio")
     need(any(Path("/boot").glob("config-*")), "needs the host kernel's /boot/config-KVER")
+    # dracut and the initramfs's self-check are other tests' business: not run here.
+    monkeypatch.setattr(build_mod.dracut, "build_with_host", lambda *a: a[2].write_bytes(b"x"))
+    monkeypatch.setattr(build_mod, "check", lambda *a: None)
     write_layout(tmp_path / "layout", demo_layers(), "demo")
     out, kver = tmp_path / "out", host_kernel()
-    done = bootc_live(
-        "build", f"oci:{tmp_path / 'layout'}:demo", "-o", str(out), "--host", "--kver", kver,
-        tmpdir=tmp_path, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    source = SourceRef.parse(f"oci:{tmp_path / 'layout'}:demo")
+    build_mod.build(build_mod.BuildConfig(source, out, host=True, kver=kver))
     facts = json.loads((out / "packed.json").read_text())
     # The host's Debian kernel mounts squashfs xz: the smallest.
     assert (facts["format"], facts["compressor"], facts["kernel"]) == ("squashfs", "xz", kver)
@@ -532,3 +529,38 @@ def test_build_writes_the_packed_root_its_record_and_arguments(tmp_path: Path) -
     ipxe = (out / "boot.ipxe").read_text()
     assert f"initrd=initrd.img initrd=packed.img {arguments}\n" in ipxe
     assert "root=bootc-live:packed:${base-url}/packed.img bootc.packed.sha256=" in ipxe
+    # --pack none: none of them.
+    build_mod.build(build_mod.BuildConfig(source, out, host=True, kver=kver, pack="none"))
+    assert not {"packed.img", "packed.json", "cmdline-packed.txt"} & {p.name for p in out.iterdir()}
+    assert "packed" not in (out / "boot.ipxe").read_text()
+
+
+@pytest.mark.integration
+def test_build_packs_the_images_tree_by_its_kernel_before_dracut_writes_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_root_and("mksquashfs", "cpio", "unsquashfs")
+    config = b"CONFIG_SQUASHFS=y\nCONFIG_SQUASHFS_XATTR=y\nCONFIG_SQUASHFS_ZSTD=y\n"
+    layer = [
+        f(f"usr/lib/modules/{KVER}/vmlinuz", b"kernel"),
+        f(f"boot/config-{KVER}", config),
+        f("etc/os-release", b"ID=test\n"),
+    ]
+    build_layout(tmp_path / "layout", [layer_tar(layer)], tag="k")
+
+    def dracut_in_image(root: Path, kver: str, flavour: str, output: Path, *_: object) -> None:
+        (root / "usr/lib/dracut/modules.d").mkdir(parents=True)  # as build_in_image does
+        output.write_bytes(b"initramfs")
+
+    monkeypatch.setattr(build_mod.dracut, "build_in_image", dracut_in_image)
+    monkeypatch.setattr(build_mod, "check", lambda *a: None)
+    out = tmp_path / "out"
+    build_mod.build(build_mod.BuildConfig(SourceRef.parse(f"oci:{tmp_path / 'layout'}:k"), out))
+    facts = json.loads((out / "packed.json").read_text())
+    assert (facts["format"], facts["compressor"], facts["kernel"]) == ("squashfs", "zstd", KVER)
+    filesystem = packed_filesystem(out / "packed.img", tmp_path)
+    listing = subprocess.run(
+        ["unsquashfs", "-l", "-d", "", filesystem], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "/etc/os-release" in listing
+    assert not [p for p in listing if "dracut" in p]
