@@ -438,6 +438,18 @@ def test_pack_fails_cleanly_without_a_kernel_config(
 
 
 @pytest.mark.integration
+def test_pack_refuses_an_output_it_cannot_write(tmp_path: Path) -> None:
+    need_root_and()
+    for output, why in (
+        (tmp_path / "no/such.img", "no such directory"),
+        (tmp_path, "is a directory"),
+    ):
+        err = assert_clean_failure(bootc_live("pack", "oci:/nonexistent", "-o", str(output)))
+        assert f"bootc-live: -o {output}: {why}; give a file in an existing directory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
 def test_pack_refuses_a_format_the_images_kernel_cannot_mount(tmp_path: Path) -> None:
     need_root_and("mksquashfs", "mkfs.erofs")
     layer = [

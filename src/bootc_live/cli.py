@@ -437,6 +437,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
     _need_root("pack")
     output = Path(os.path.abspath(args.output))
     record = output.with_name(output.name + ".json")
+    if not output.parent.is_dir() or output.is_dir():
+        raise UsageError(
+            f"-o {args.output}: {'is a directory' if output.is_dir() else 'no such directory'}",
+            "give a file in an existing directory",
+        )
     image = trusted_image(args)
     try:
         work = Path(scratch.make_dir(".bootc-live-pack-", os.fspath(output.parent)))
