@@ -13,12 +13,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from . import carried, dracut, hostpolicy, scratch, selfcheck, zramsize
+from . import carried, dracut, hostpolicy, pack, scratch, selfcheck, zramsize
 from .describe import describe
 from .hostpolicy import TrustOptions
 from .images import SourceRef
 from .layout import LayoutWriter
+from .pack import Packed, PackFormat
 from .progress import Ticker, bytes_progress, say
 from .runtime import kernels
 from .runtime.blobs import Descriptor, VerifyingReader
@@ -60,6 +62,8 @@ class BuildConfig:
     auth_file: Path | None = None  # registry credentials, put into the initramfs (0600)
     # SOURCE is checked against it; an explicit --policy also goes into the initramfs
     trust: TrustOptions = field(default_factory=TrustOptions)
+    # packed.img's format: None chooses by the kernel's config (the image's, or the host's)
+    pack: PackFormat | Literal["none"] | None = None
 
 
 def build(config: BuildConfig) -> Path:
@@ -74,7 +78,9 @@ def build(config: BuildConfig) -> Path:
         scratch.track(tmp)
         tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
-            kver, sizes, zram = make_kernel_and_initramfs(config, image, tmp, Path(work), trusted)
+            kver, sizes, zram, packed = make_kernel_and_initramfs(
+                config, image, tmp, Path(work), trusted
+            )
         entries, documents = carried.entries(image, checked.found)
         index = index_json(image, label, sizes, zram, image.top, entries)
         with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
@@ -84,7 +90,10 @@ def build(config: BuildConfig) -> Path:
             concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
         arguments = boot_arguments(label, image.top.digest, identity(config))
         (tmp / "cmdline.txt").write_text(arguments + "\n")
-        (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver))
+        if packed is not None:
+            (tmp / "packed.json").write_bytes(packed.record())
+            (tmp / "cmdline-packed.txt").write_text(packed.arguments() + "\n")
+        (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver, packed))
         publish(tmp, config.output)
         scratch.done(tmp)
     except BaseException:
@@ -211,11 +220,13 @@ def make_kernel_and_initramfs(
     out: Path,
     work: Path,
     trusted: Sequence[tuple[Path, str]] = (),
-) -> tuple[str, list[int], int | None]:
-    """vmlinuz and initrd.img: from the image's own userland, or from the host (--host).
+) -> tuple[str, list[int], int | None, Packed | None]:
+    """vmlinuz, initrd.img and packed.img: from the image's own userland, or from the host
+    (--host).
 
     Either way every blob and diff_id is verified once; returns the kernel version, each
-    layer's unpacked size, and what the files take in zram (None without zstandard).
+    layer's unpacked size, what the files take in zram (None without zstandard), and the
+    packed root (None with --pack none).
     """
     progress = bytes_progress(image.compressed_size, len(image.layers))
     if config.host:
@@ -226,25 +237,57 @@ def make_kernel_and_initramfs(
                 kver, config.flavour, out / "initrd.img", work, [*includes(config, work), *trusted]
             )
         check(out / "initrd.img", Path("/"), work)
+        packed = make_packed(config, image, out, work, kver)
         facts = describe(image, progress)
         if not facts.kernels:
             warn(
                 f"the image has no kernel (looked in {kernels.KERNEL_PLACES}): the artifacts "
                 f"boot it with the host's {kver}, whose modules it lacks"
             )
-        return kver, facts.layer_sizes or [], facts.zram
+        return kver, facts.layer_sizes or [], facts.zram, packed
     root = work / "root"
     root.mkdir()
+    unpacked_at = root.stat().st_mtime_ns  # by the file system's clock, as the tree's dates
     stats = unpack_image(image, str(root), progress=progress, warn=lambda _m: None)
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
+    # Before dracut writes into the tree (its modules, its staging in /var/tmp).
+    packed = make_packed(config, image, out, work, kver, root, unpacked_at)
     with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():
         dracut.build_in_image(
             root, kver, config.flavour, out / "initrd.img", [*includes(config, work), *trusted]
         )
     check(out / "initrd.img", root, work)
     zram = zramsize.of_tree(root) if zramsize.available() else None
-    return kver, stats.layer_sizes, zram
+    return kver, stats.layer_sizes, zram, packed
+
+
+def make_packed(
+    config: BuildConfig,
+    image: Image,
+    out: Path,
+    work: Path,
+    kver: str,
+    tree: Path | None = None,
+    unpacked_at: int = 0,
+) -> Packed | None:
+    """packed.img, in the format the kernel `kver` mounts (the host's with --host), or none."""
+    if config.pack == "none":
+        return None
+    where = work / "pack"
+    where.mkdir()
+    packed = pack.pack_image(
+        image,
+        out / "packed.img",
+        config.pack,
+        where,
+        tree=tree,
+        unpacked_at=unpacked_at,
+        kver=kver,
+        host=config.host,
+    )
+    shutil.rmtree(where)
+    return packed
 
 
 def check(initrd: Path, userland: Path, work: Path) -> None:
@@ -351,8 +394,17 @@ def concatenate(target: Path, *parts: Path) -> None:
                 shutil.copyfileobj(f, out, 1 << 20)
 
 
-def ipxe_script(arguments: str, image: Image, kver: str) -> str:
+def ipxe_script(arguments: str, image: Image, kver: str, packed: Packed | None = None) -> str:
     url_arguments = " ".join(a for a in arguments.split() if not a.startswith("root="))
+    packed_lines = (
+        ""
+        if packed is None
+        else "# The packed root (nothing unpacked at boot), appended: kernel vmlinuz "
+        "initrd=initrd.img initrd=packed.img " + packed.arguments() + "\n"
+        "# or by URL: kernel vmlinuz initrd=initrd.img "
+        + packed.arguments("${base-url}/packed.img")
+        + "\n"
+    )
     return (
         "#!ipxe\n"
         f"# bootc-live: {image.manifest_digest} (kernel {kver})\n"
@@ -360,7 +412,10 @@ def ipxe_script(arguments: str, image: Image, kver: str) -> str:
         "# For URL boot instead: kernel vmlinuz initrd=initrd.img "
         "root=bootc-live:${base-url}/root.oci " + url_arguments + "\n"
         "# (drop bootc.digest= to follow whatever image the tag or URL holds)\n"
-        "kernel vmlinuz initrd=initrd.img initrd=rootfs.img " + arguments + "\n"
+        + packed_lines
+        + "kernel vmlinuz initrd=initrd.img initrd=rootfs.img "
+        + arguments
+        + "\n"
         "initrd initrd.img\n"
         "initrd rootfs.img\n"
         "boot\n"

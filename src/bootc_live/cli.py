@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import auth, build, carried, demo, describe, dracut, hostpolicy, scratch, vm
+from . import auth, build, carried, demo, describe, dracut, hostpolicy, pack, scratch, vm
 from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageError
 from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, roots
@@ -294,6 +294,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             ca=Path(args.ca) if args.ca else None,
             auth_file=Path(args.auth_file) if args.auth_file else None,
             trust=trust_options(args),
+            pack=args.pack,
         )
     )
     for name in sorted(p.name for p in out.iterdir()):
@@ -431,6 +432,50 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Make the packed root of an image (packed.img) and its record; print its arguments."""
+    _need_root("pack")
+    output = Path(os.path.abspath(args.output))
+    record = output.with_name(output.name + ".json")
+    if not output.parent.is_dir() or output.is_dir():
+        raise UsageError(
+            f"-o {args.output}: {'is a directory' if output.is_dir() else 'no such directory'}",
+            "give a file in an existing directory",
+        )
+    image = trusted_image(args)
+    try:
+        work = Path(scratch.make_dir(".bootc-live-pack-", os.fspath(output.parent)))
+    except BaseException:
+        image.source.close()
+        raise
+    try:
+        packed = pack.pack_image(image, work / "packed.img", args.pack, work)
+        (work / "packed.json").write_bytes(packed.record())
+        os.replace(work / "packed.json", record)
+        scratch.track(record)  # until FILE is there too
+        os.replace(work / "packed.img", output)
+        scratch.done(record)
+    finally:
+        image.source.close()
+        scratch.remove(work)
+    print(
+        f"{packed.sha256}  {output}  ({packed.size / MIB:.1f} MiB, {packed.format}, {packed.tool})"
+    )
+    print(packed.arguments())
+    return 0
+
+
+def _pack_format(text: str) -> pack.PackFormat:
+    try:
+        return pack.PackFormat.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _pack_option(text: str) -> pack.PackFormat | str:
+    return "none" if text == "none" else _pack_format(text)
+
+
 def platform_list(source: ImageSource) -> list[str]:
     """The platforms the source's index offers (nested indexes included)."""
     seen: list[str] = []
@@ -547,7 +592,8 @@ def parser() -> argparse.ArgumentParser:
         "build",
         help="make the boot artifacts of an image",
         description="Write vmlinuz, initrd.img, rootfs.img, initrd-full.img, "
-        "root.oci, cmdline.txt and boot.ipxe into DIR (atomically). By default the "
+        "root.oci, cmdline.txt, packed.img, packed.json, cmdline-packed.txt and boot.ipxe into "
+        "DIR (atomically). By default the "
         "initramfs is built by dracut inside the image's own userland, with its "
         "kernel, modules and Python.",
     )
@@ -569,6 +615,14 @@ def parser() -> argparse.ArgumentParser:
         choices=dracut.FLAVOURS,
         default="systemd",
         help="systemd initrd (default) or dracut's classic shell initrd",
+    )
+    p.add_argument(
+        "--pack",
+        type=_pack_option,
+        metavar="FORMAT[:COMPRESSOR]|none",
+        help="packed.img's format: squashfs or erofs, and a compressor; none: no packed.img "
+        "(default: the smallest the kernel mounts, by its config: the image's, or with --host "
+        "this machine's /boot/config-KVER)",
     )
     p.add_argument(
         "--ca",
@@ -721,6 +775,28 @@ def parser() -> argparse.ArgumentParser:
     add_registry_options(p)
     add_trust_options(p)
     p.set_defaults(func=cmd_erofs)
+
+    p = sub.add_parser(
+        "pack",
+        help="make the packed root of an image (packed.img) and print its kernel arguments",
+        description="Verify and unpack an image (needs root), pack its root as one reproducible "
+        "compressed filesystem image (squashfs or EROFS: the smallest the image's own kernel "
+        "mounts, or --pack), and write FILE (a cpio archive to append as an initrd, or to serve "
+        "at a URL) and FILE.json (what it was made from and how); print its sha256 and the "
+        "kernel arguments that boot it appended (docs/packed.md).",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument(
+        "--pack",
+        type=_pack_format,
+        metavar="FORMAT[:COMPRESSOR]",
+        help="squashfs or erofs, and a compressor (default: the smallest the kernel mounts)",
+    )
+    add_image_selection(p)
+    add_registry_options(p)
+    add_trust_options(p)
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser(
         "dracut-modules",

@@ -81,15 +81,20 @@ def check_compressor(compress: str | None) -> None:
     """Refuse, before any work, a compressor the installed mkfs.erofs does not offer."""
     if not compress:
         return
-    usage = run(["mkfs.erofs", "--help"], capture=True, hint=MKFS_EROFS_MISSING)
-    listed = re.search(r"Available compressors are:([^\n]*)", usage.stdout + usage.stderr)
-    offered = listed.group(1).replace(",", " ").split() if listed else []
+    offered = erofs_compressors()
     if compress not in offered:
         raise RootError(
             f"bootc.live.erofs.compress={compress}: this mkfs.erofs offers "
             f"{', '.join(offered) or 'no compression'}",
             "pick one of those",
         )
+
+
+def erofs_compressors() -> list[str]:
+    """The compressors the installed mkfs.erofs offers, as its --help lists them."""
+    usage = run(["mkfs.erofs", "--help"], capture=True, hint=MKFS_EROFS_MISSING)
+    listed = re.search(r"Available compressors are:([^\n]*)", usage.stdout + usage.stderr)
+    return listed.group(1).replace(",", " ").split() if listed else []
 
 
 def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
