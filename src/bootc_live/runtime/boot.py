@@ -196,9 +196,8 @@ def plan_packed(source: packed.PackedSource, report: Report) -> memory.Memory:
     have = mem.available - memory.RESERVE
     fs = source.format
     report.say(
-        f"packed root {source.description}"
-        + (f": {fs.name} ({fs.compressor})" if fs else "")
-        + f"; needs about {memory.mib_up(need)} MiB {what}, {have >> 20} MiB available"
+        f"needs about {memory.mib_up(need)} MiB {what}, {have >> 20} MiB available"
+        + (f"; it is {fs.name} ({fs.compressor})" if fs else "")
     )
     report.state(
         "planned",

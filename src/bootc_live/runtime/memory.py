@@ -234,11 +234,19 @@ def check_packed(memory: Memory, size: int | None, stored: int, where: str) -> t
     is made of)."""
     peak = stored + PACKED_UPPERS
     have = memory.available - RESERVE
+    if size is None:
+        held = "size unknown until fetched"
+    elif stored == 0:
+        held = f"{mib_up(size)} MiB, in memory already"
+    elif stored != size:
+        held = (
+            f"{mib_up(size)} MiB in memory already, {mib_up(stored)} MiB more while its parts join"
+        )
+    else:
+        held = f"{mib_up(size)} MiB"
     what = (
-        f"for the packed root {where} ("
-        + ("size unknown until fetched" if size is None else f"{mib_up(size)} MiB")
-        + (f", {mib_up(stored)} MiB of it to store" if stored != size else "")
-        + f", and {PACKED_UPPERS >> 20} MiB for the /etc and /var overlays)"
+        f"for the packed root {where} ({held}) and {PACKED_UPPERS >> 20} MiB for the /etc and "
+        "/var overlays"
     )
     if peak > have:
         raise NotEnoughMemory(

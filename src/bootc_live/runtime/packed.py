@@ -162,7 +162,7 @@ def payload(read: Callable[[int], bytes], where: str) -> Iterator[bytes]:
             or (name == MEMBER and parts)
         ):
             raise PackedError(
-                f"{where}: unexpected cpio member {shown(name)!r} at byte {at} (expected "
+                f"{where}: unexpected cpio member '{shown(name)}' at byte {at} (expected "
                 f"{MEMBER} or its parts in order)",
                 PACK_HINT,
             )
