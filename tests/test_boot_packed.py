@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from bootc_live.runtime.status import documents
 from servers import faulty, nginx
 from test_boot_host import OPTIONS, TOTAL, System, system  # noqa: F401 - the fixture
 from test_packed import erofs, make_tree, squashfs
+from unpackers import need
 
 MIB = 1 << 20
 IMAGE = "sha256:" + "cd" * 32
@@ -463,3 +465,113 @@ def test_url_lib_fetches_then_it_is_a_file(
         "bootc-live",
         str(stored.parent),
     ]
+
+
+# -- the real kernel, in a private mount namespace -------------------------------------------
+
+KERNEL_BOOT = """
+import json, os, subprocess, sys
+from bootc_live.runtime import boot, roots
+from bootc_live.runtime.cmdline import parse
+
+tmp, args, fail = sys.argv[1], sys.argv[2].split(), sys.argv[3] == "fail"
+boot.STATUS_DIR, roots.WORKDIR = f"{tmp}/run", f"{tmp}/work"
+newroot = f"{tmp}/newroot"
+if fail:  # a failure once the image is mounted: everything must be undone, the loop too
+    def broken(*_a):
+        raise OSError("injected failure after the image's mount")
+    roots.overlay_etc_var = broken
+    roots.overlay = broken
+code = boot.main(["boot", newroot], lambda: parse(args))
+
+
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+
+
+with open("/proc/self/mountinfo") as f:
+    mounts = sorted(line.split()[4] for line in f if line.split()[4].startswith(tmp))
+print(json.dumps({
+    "code": code,
+    "mounts": mounts,
+    "hostname": open(f"{newroot}/etc/hostname").read() if code == 0 else None,
+    "etc": writable(f"{newroot}/etc/new"),
+    "var": writable(f"{newroot}/var/new"),
+    "root": writable(f"{newroot}/new"),
+    "loops": [l for l in subprocess.run(["losetup", "-a"], capture_output=True, text=True)
+              .stdout.splitlines() if tmp in l],
+}))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fs", ["squashfs", "erofs"])
+@pytest.mark.parametrize(
+    ("options", "writable"),
+    [
+        ("", (True, True, False)),
+        ("bootc.live.etc.rw=0", (False, True, False)),
+        ("rw", (True, True, True)),
+        ("rw bootc.live.var.rw=0 rootflags=noatime", (True, False, True)),
+        ("fail", None),
+    ],
+)
+def test_the_kernel_mounts_what_the_commands_say(
+    images: dict[str, Path],
+    tmp_path: Path,
+    fs: str,
+    options: str,
+    writable: tuple[bool, bool, bool] | None,
+) -> None:
+    """The same boot with the real mount(8) and kernel in `unshare -m`: the root is read-only
+    unless rw, /etc and /var as asked; a failure after the image's mount leaves no mount, no
+    loop device and no file. (modprobe is a stub: the host's modules are loaded or built in.)"""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    filesystems = Path("/proc/filesystems").read_text().split()
+    need(fs in filesystems and "overlay" in filesystems, f"this kernel lacks {fs} or overlay")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "modprobe").write_text("#!/bin/sh\nexit 0\n")
+    (stubs / "modprobe").chmod(0o755)
+    (tmp_path / "newroot").mkdir()
+    file = appended(tmp_path, images[fs])
+    fail = options == "fail"
+    args = [
+        f"root=bootc-live:packed:{file}",
+        f"bootc.packed.sha256={pin(images[fs])}",
+        "bootc.keep-modules",
+        *([] if fail else options.split()),
+    ]
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    }
+    result = subprocess.run(
+        [
+            *("unshare", "-m", "--propagation", "private"),
+            *(sys.executable, "-c", KERNEL_BOOT, str(tmp_path), " ".join(args)),
+            "fail" if fail else "boot",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    if fail:
+        assert seen["code"] == 1 and seen["mounts"] == [], result.stderr
+        assert "injected failure after the image's mount" in result.stderr
+        assert not os.path.exists(file) and seen["loops"] == []
+        return
+    assert seen["code"] == 0, result.stderr
+    assert seen["hostname"] == "live\n"
+    assert (seen["etc"], seen["var"], seen["root"]) == writable
+    assert str(tmp_path / "newroot") in seen["mounts"] and len(seen["loops"]) == 1
