@@ -235,32 +235,52 @@ def test_parts_appended_are_joined_in_place(
     assert packed_system.calls == expected_calls("erofs", "", tmp_path, file)
 
 
+@pytest.mark.parametrize("served", [False, True], ids=["appended", "served"])
 @pytest.mark.parametrize("fs", ["squashfs", "erofs"])
 def test_a_failure_at_any_command_leaves_nothing_mounted_and_no_file(
-    packed_system: System, images: dict[str, Path], tmp_path: Path, fs: str
+    packed_system: System, images: dict[str, Path], tmp_path: Path, fs: str, served: bool
 ) -> None:
-    for options in ("bootc.live.etc.rw=0", "rw bootc.live.var.rw=0 rootflags=noatime"):
-        count = len(expected_calls(fs, options, tmp_path, "x"))
-        for n in range(1, count + 1):
-            packed_system.calls, packed_system.mounted, packed_system.fail_at = [], [], n
-            for made in ("work", "newroot"):  # what the fake mounts copied
-                shutil.rmtree(tmp_path / made, ignore_errors=True)
-            (tmp_path / "newroot").mkdir()
-            file = appended(tmp_path, images[fs])
-            code, status = boot_packed(tmp_path, file, pin(images[fs]), options)
-            failed = packed_system.calls[n - 1]
-            assert code == 1 and status["state"] == "failed", (n, failed)
-            if failed[:2] == ["modprobe", fs]:
-                assert status["message"] == (
-                    f"bootc-live: this kernel cannot mount the packed root: no {fs} module "
-                    f"(modprobe {fs} failed); rebuild the initramfs with bootc-live build"
-                )
-            else:
-                assert (
-                    status["message"] == f"bootc-live: {failed[0]} failed: injected failure; hint"
-                )
-            assert packed_system.mounted == [], (n, packed_system.calls)
-            assert not os.path.exists(file), n
+    data = packed_img(images[fs])
+    with faulty(data, lambda _n, _s: None) as server:
+        for options in ("bootc.live.etc.rw=0", "rw bootc.live.var.rw=0 rootflags=noatime"):
+            count = len(expected_calls(fs, options, tmp_path, "x", len(data) if served else None))
+            for n in range(1, count + 1):
+                packed_system.calls, packed_system.mounted, packed_system.fail_at = [], [], n
+                for made in ("work", "newroot"):  # what the fake mounts copied
+                    shutil.rmtree(tmp_path / made, ignore_errors=True)
+                (tmp_path / "newroot").mkdir()
+                if served:
+                    root, file = server.url("packed.img"), str(tmp_path / "work/packed/packed.root")
+                else:
+                    root = file = appended(tmp_path, images[fs])
+                code, status = boot_packed(tmp_path, root, pin(images[fs]), options)
+                failed = packed_system.calls[n - 1]
+                assert code == 1 and status["state"] == "failed", (n, failed)
+                if failed[:2] == ["modprobe", fs]:
+                    assert status["message"] == (
+                        f"bootc-live: this kernel cannot mount the packed root: no {fs} module "
+                        f"(modprobe {fs} failed); rebuild the initramfs with bootc-live build"
+                    )
+                else:
+                    message = f"bootc-live: {failed[0]} failed: injected failure; hint"
+                    assert status["message"] == message
+                assert packed_system.mounted == [], (n, packed_system.calls)
+                assert not os.path.exists(file), n
+
+
+def test_credentials_in_the_url_are_never_shown(
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = images["squashfs"]
+    with faulty(packed_img(image), lambda _n, _s: None) as server:
+        url = server.url("packed.img").replace("://", "://me:s3cret@")
+        code, status = boot_packed(tmp_path, url, pin(image))
+    assert code == 0, status
+    assert status["source"] == f"bootc-live:packed:{url.replace('me:s3cret', '***')}"
+    assert "s3cret" not in capsys.readouterr().err + json.dumps(status)
 
 
 def test_a_pin_mismatch_names_both_digests_and_leaves_nothing(

@@ -426,7 +426,7 @@ def printable_root(spec: BootSpec) -> str:
     """root= fit to print: a URL without its password."""
     assert spec.image is not None
     if spec.image.kind == "url":
-        return cmdline.ROOT_PREFIX + http.redact(spec.image.location)
+        return str(replace(spec.image, location=http.redact(spec.image.location)))
     return str(spec.image)
 
 

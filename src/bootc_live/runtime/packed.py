@@ -12,6 +12,7 @@ way the file's sha256 is computed as it is read or written and judged against th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -204,7 +205,7 @@ def _write(chunks: Iterator[bytes], path: str, where: str) -> Stored:
                 out.write(data)
                 size += len(data)
     except OSError as err:
-        if err.errno is not None and err.errno in (28, 122):  # ENOSPC, EDQUOT
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise SpaceError(
                 f"no space left to store the packed root {where} ({size >> 20} MiB written)",
                 "the server sent more than it announced, or add RAM",
