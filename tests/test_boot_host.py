@@ -16,7 +16,17 @@ from typing import Any
 
 import pytest
 
-from bootc_live.runtime import boot, kexec, memory, mounts, policy, roots, status, unpack
+from bootc_live.runtime import (
+    boot,
+    kexec,
+    memory,
+    mounts,
+    policy,
+    roots,
+    status,
+    unpack,
+    urllib_dracut,
+)
 from bootc_live.runtime.blobs import Descriptor
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import SpaceError
@@ -431,7 +441,7 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
         seen.append((argv, dict(kw["env"])))
         Path(argv[-1]).write_bytes(b"not an archive")
 
-    monkeypatch.setattr(boot, "run", fake_run)
+    monkeypatch.setattr(urllib_dracut, "run", fake_run)
     monkeypatch.setattr(boot, "wait_for_route", lambda *_: None)
     monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
     url = "ftp://me:s3cret@10.0.2.100/root.oci"

@@ -53,7 +53,7 @@ LIBSSL = "usr/lib/x86_64-linux-gnu/libssl.so.3"  # where Debian's _ssl finds it
 def test_a_whole_initramfs_passes_and_says_what_it_boots(unpacked: Path) -> None:
     verdict = selfcheck.probe(unpacked, Path("/"))
     assert verdict.modules == ALL
-    assert verdict.modes().startswith("embedded and appended images; URLs")
+    assert verdict.modes().startswith("embedded and appended images and packed roots; URLs")
     assert not (unpacked / "bootc-live-probe.py").exists()
 
 

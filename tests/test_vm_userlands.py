@@ -39,8 +39,8 @@ from vmboot import ready, statuses
 pytestmark = pytest.mark.vm
 
 ALL_MODES = (
-    "embedded and appended images; URLs (http, https; ftp, tftp, nfs through url-lib); "
-    "registries (docker://); bootc.zram; bootc.live.erofs; bootc.kexec"
+    "embedded and appended images and packed roots; URLs (http, https; ftp, tftp, nfs through "
+    "url-lib); registries (docker://); bootc.zram; bootc.live.erofs; bootc.kexec"
 )
 
 
@@ -55,7 +55,7 @@ def minimal(tmp_path_factory: pytest.TempPathFactory) -> tuple[debian_image.Debi
     image = ensure(debian_image.BOOKWORM_MINIMAL)
     out, said = built(image, tmp_path_factory.mktemp("minimal"))
     # It says what it can boot: no network, no EROFS, no kexec in this userland.
-    assert modes_line(said) == "embedded and appended images; bootc.zram"
+    assert modes_line(said) == "embedded and appended images and packed roots; bootc.zram"
     assert "cannot bring up a network" in said
     return image, out
 

@@ -23,7 +23,7 @@ from .runtime.run import CommandError, run
 PROBE = Path(__file__).with_name("initrd_probe.py")
 IN_IMAGE_SCRATCH = "/var/tmp/bootc-live-check"
 MODES = {  # what each of our modules lets an initramfs boot
-    "bootc-live": "embedded and appended images",
+    "bootc-live": "embedded and appended images and packed roots",
     "bootc-live-net": "URLs (http, https; ftp, tftp, nfs through url-lib); registries (docker://)",
     "bootc-live-zram": "bootc.zram",
     "bootc-live-erofs": "bootc.live.erofs",

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, replace
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 from . import (
     cmdline,
@@ -26,6 +26,7 @@ from . import (
     memory,
     modules,
     mounts,
+    packed,
     policy,
     registriesd,
     registry,
@@ -33,13 +34,13 @@ from . import (
     signatures,
     status,
     trust,
+    urllib_dracut,
 )
 from . import run as runner
 from .cmdline import BootSpec
 from .errors import BootcLiveError
 from .oci import Image, resolve
 from .registriesd import RegistriesD
-from .run import run
 from .sources import ArchiveSource, ImageSource, LayoutSource
 from .status import Report
 from .unpack import Progress, unpack_image
@@ -81,9 +82,13 @@ def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> i
     return 1
 
 
-def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image:
-    """The boot, step by step: the image, trusted; its root, planned, made, unpacked, mounted."""
+def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
+    """The boot, step by step: the image, trusted; its root, planned, made, unpacked, mounted.
+    A packed root goes its own way (`packed_boot`): there is no image to unpack."""
     assert spec.image is not None
+    if spec.image.packed:
+        packed_boot(spec, newroot, report)
+        return None
     with memory.PeakWatch() as peak:
         report.state("resolving", source=printable_root(spec))
         with contextlib.closing(open_source(spec, report)) as source:
@@ -107,17 +112,103 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image:
         f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; {facts.describe()}; "
         f"peak memory in use {peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
     )
+    ready(
+        report, facts, peak, entries=stats.entries, bytes=stats.bytes_written, seconds=stats.seconds
+    )
+    return image
+
+
+def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
+    """A packed root, step by step: opened, planned, stored and checked against its pin,
+    mounted; the initramfs's unused modules are freed once its own (loop, overlay, its
+    filesystem) are loaded."""
+    assert spec.packed_sha256 is not None
+    start = time.monotonic()
+    with memory.PeakWatch() as peak:
+        report.state("resolving", source=printable_root(spec))
+        with contextlib.closing(open_packed(spec, report)) as source:
+            mem = plan_packed(source, report)
+            with roots.packed_root(
+                source,
+                newroot,
+                mount_plan(spec),
+                spec.packed_sha256,
+                spec.packed_image,
+                mem.total,
+                warn=report.summary,
+            ) as root:
+                report.state("loading")
+                stored = root.load()
+                freed = free_modules(unused_modules(spec), report)
+                facts = root.mount(report)
+    seconds = time.monotonic() - start
+    report.summary(
+        f"live root ready: {facts.describe()} in {seconds:.1f}s; peak memory in use "
+        f"{peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
+    )
+    ready(
+        report,
+        facts,
+        peak,
+        manifest=spec.packed_image,
+        bytes=stored.size,
+        seconds=seconds,
+        modules_freed=len(freed.paths),
+        modules_freed_bytes=freed.size,
+    )
+
+
+def ready(
+    report: Report, facts: roots.RootFacts, peak: memory.PeakWatch, seconds: float, **fields: Any
+) -> None:
+    """The state `ready`: the root and the memory it took, and `fields` of the mode."""
     report.state(
         "ready",
         mode=facts.mode,
         root=facts.status(),
-        entries=stats.entries,
-        bytes=stats.bytes_written,
-        seconds=round(stats.seconds, 3),
+        **fields,
+        seconds=round(seconds, 3),
         peak_memory=peak.peak,
         memory_before=peak.start,
     )
-    return image
+
+
+def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
+    """The packed root root=bootc-live:packed:… names: its first bytes read where it can be."""
+    assert spec.image is not None
+    if spec.image.kind == "path":
+        return packed.FileSource(spec.image.location)
+    url = spec.image.location
+    fetching = fetch_policy(spec)
+    wait_for_route(fetching.total, report)
+    if url.startswith(("http://", "https://")):
+        report.say(f"fetching the packed root {http.redact(url)}")
+        return packed.open_http(url, fetching, report.say)
+    report.say(f"fetching the packed root {http.redact(url)} with dracut's url-lib")
+    return packed.UrlLibSource(url)
+
+
+def plan_packed(source: packed.PackedSource, report: Report) -> memory.Memory:
+    """Stop now, with the figures, unless the packed root and its overlays fit in memory."""
+    mem = memory.Memory.read()
+    stored = source.largest_part if source.in_place else (source.size or 0)
+    need, what = memory.check_packed(mem, source.size, stored, source.description)
+    have = mem.available - memory.RESERVE
+    fs = source.format
+    report.say(
+        f"needs about {memory.mib_up(need)} MiB {what}, {have >> 20} MiB available"
+        + (f"; it is {fs.name} ({fs.compressor})" if fs else "")
+    )
+    report.state(
+        "planned",
+        mode="packed",
+        packed_bytes=source.size,
+        format=fs.name if fs else None,
+        compressor=fs.compressor if fs else None,
+        need=need,
+        available=have,
+    )
+    return mem
 
 
 def resolve_and_trust(spec: BootSpec, source: ImageSource, report: Report) -> Image:
@@ -322,20 +413,7 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     path = os.path.join(STATUS_DIR, "download.oci")
     os.makedirs(STATUS_DIR, exist_ok=True)
     report.say(f"fetching {http.redact(url)} with dracut's url-lib")
-    run(
-        # url-lib needs dracut-lib, and sourcing it does not end with status 0: no && after it.
-        # The URL goes in the environment: a password in it stays out of the logged argv.
-        [
-            "sh",
-            "-c",
-            '. /lib/dracut-lib.sh; . /lib/url-lib.sh; fetch_url "$BOOTC_URL" "$1"',
-            "fetch_url",
-            path,
-        ],
-        # RD_DEBUG=no: under rd.debug, dracut-lib would trace url-lib's commands, URL and all.
-        env={**os.environ, "BOOTC_URL": url, "RD_DEBUG": "no"},
-        hint=f"check {http.redact(url)} and the network",
-    )
+    urllib_dracut.fetch(url, path)
     return ArchiveSource(path, delete=True)
 
 
@@ -348,7 +426,7 @@ def printable_root(spec: BootSpec) -> str:
     """root= fit to print: a URL without its password."""
     assert spec.image is not None
     if spec.image.kind == "url":
-        return cmdline.ROOT_PREFIX + http.redact(spec.image.location)
+        return str(replace(spec.image, location=http.redact(spec.image.location)))
     return str(spec.image)
 
 

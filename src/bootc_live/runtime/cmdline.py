@@ -20,6 +20,7 @@ from .oci import Platform, check_ref_name
 from .policy import DockerReference
 
 ROOT_PREFIX = "bootc-live:"
+PACKED_PREFIX = "packed:"
 _TRUE = {"", "1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
@@ -38,11 +39,12 @@ class ImageLocation:
 
     kind: str  # "path", "url" or "docker"
     location: str  # PATH, URL or REF
+    packed: bool = False  # `packed:`: a squashfs or EROFS image of the root, not an OCI image
 
     def __str__(self) -> str:
         if self.kind == "docker":
             return f"{ROOT_PREFIX}docker://{self.location}"
-        return ROOT_PREFIX + self.location
+        return ROOT_PREFIX + (PACKED_PREFIX if self.packed else "") + self.location
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class BootSpec:
     wait_any_if: bool = False
     policy: str | None = None
     identity: str | None = None
+    packed_sha256: str | None = None  # the pin of a packed root (required with one)
+    packed_image: str | None = None  # the manifest digest it was made from, for the status
     # Options given but not ours (for kexec: the next stage gets them unchanged).
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -148,6 +152,13 @@ def parse_root(value: str) -> ImageLocation | None:
     if not value.startswith(ROOT_PREFIX):
         return None  # not ours: another module handles this root
     rest = value[len(ROOT_PREFIX) :]
+    if rest.startswith(PACKED_PREFIX):
+        rest = rest[len(PACKED_PREFIX) :]
+        if rest.startswith(_URL_SCHEMES):
+            return ImageLocation("url", rest, packed=True)
+        if rest.startswith("/"):
+            return ImageLocation("path", rest, packed=True)
+        raise ValueError("expected packed:/PATH or packed:URL (http, https, ftp, tftp, nfs)")
     if rest.startswith("docker://"):
         ref = rest[len("docker://") :]
         if not ref or " " in ref:
@@ -166,6 +177,12 @@ def parse_digest(value: str) -> str:
             "expected sha256: and 64, or sha512: and 128, lowercase hex digits (other "
             "algorithms are not supported)"
         )
+    return value
+
+
+def parse_sha256(value: str) -> str:
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+        raise ValueError("expected sha256: and 64 lowercase hex digits")
     return value
 
 
@@ -285,6 +302,41 @@ OPTIONS: tuple[Option, ...] = (
         "root=bootc-live:docker://REF",
         "Pull from an OCI registry: HOST[:PORT]/PATH[:TAG][@sha256:…]; Docker Hub short "
         "names are normalised.",
+    ),
+    Option(
+        "root",
+        "image",
+        parse_root,
+        "root=bootc-live:packed:/PATH",
+        "A packed root (the squashfs or EROFS image `bootc-live build` writes as packed.img) "
+        "inside the initramfs at PATH: packed.img appended as an extra initrd unpacks to "
+        "/bootc-live/packed.root (or its parts .0, .1, …). Mounted read-only from a loop "
+        "device, nothing unpacked; needs bootc.packed.sha256=.",
+    ),
+    Option(
+        "root",
+        "image",
+        parse_root,
+        "root=bootc-live:packed:URL",
+        "A packed root from http://, https:// (streamed into RAM while hashed), ftp://, "
+        "tftp:// or nfs:// (dracut's url-lib): packed.img, or the bare filesystem image.",
+    ),
+    Option(
+        "bootc.packed.sha256",
+        "packed_sha256",
+        parse_sha256,
+        "bootc.packed.sha256=sha256:HEX",
+        "The sha256 of the packed root's filesystem image (not of its cpio wrapper); required "
+        "with root=bootc-live:packed:…, refused without it. Anything else stops the boot.",
+    ),
+    Option(
+        "bootc.packed.image",
+        "packed_image",
+        parse_digest,
+        "bootc.packed.image=sha256:HEX",
+        "The manifest digest of the image the packed root was made from, reported in "
+        "status.json as `manifest`.",
+        "none",
     ),
     Option(
         "bootclabel",
@@ -560,7 +612,35 @@ def parse(args: Iterable[str]) -> BootSpec:
     if "debug" not in values and "rd.debug" in extra:
         values["debug"] = extra["rd.debug"].lower() not in _FALSE
     values["mode"] = root_mode(values)
+    check_packed(values)
     return BootSpec(**values)
+
+
+def check_packed(values: dict[str, Any]) -> None:
+    """A packed root needs its pin, and combines with no other root mode or kexec (yet)."""
+    image: ImageLocation | None = values.get("image")
+    packed = image is not None and image.packed
+    if packed and "packed_sha256" not in values:
+        raise CmdlineError(
+            "root=bootc-live:packed:… needs bootc.packed.sha256=",
+            "add the arguments bootc-live pack or build printed (cmdline-packed.txt)",
+        )
+    if not packed:
+        given = [f"bootc.packed.{n}" for n in ("sha256", "image") if f"packed_{n}" in values]
+        if given:
+            raise CmdlineError(
+                f"{' and '.join(given)} given without a packed root",
+                "use root=bootc-live:packed:… or drop them",
+            )
+        return
+    mode: RootMode = values["mode"]
+    if mode.kind != "tmpfs":
+        option = "bootc.zram" if mode.kind == "zram" else "bootc.live.erofs"
+        raise CmdlineError(f"a packed root does not combine with {option} yet", "drop one of them")
+    if values.get("kexec"):
+        raise CmdlineError(
+            "a packed root does not combine with bootc.kexec yet", "drop bootc.kexec"
+        )
 
 
 def root_mode(values: dict[str, Any]) -> RootMode:

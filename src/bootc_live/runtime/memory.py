@@ -225,6 +225,38 @@ def check(
     return est, chosen
 
 
+PACKED_UPPERS = 32 * MIB  # a packed root's /etc and /var uppers: what the first boot writes
+
+
+def check_packed(memory: Memory, size: int | None, stored: int, where: str) -> tuple[int, str]:
+    """A packed root of `size` bytes (None: not known before it is fetched) that takes `stored`
+    more bytes of RAM to store: stop now, with the figures, unless it fits; (the peak, what it
+    is made of)."""
+    peak = stored + PACKED_UPPERS
+    have = memory.available - RESERVE
+    if size is None:
+        held = "size unknown until fetched"
+    elif stored == 0:
+        held = f"{mib_up(size)} MiB, in memory already"
+    elif stored != size:
+        held = (
+            f"{mib_up(size)} MiB in memory already, {mib_up(stored)} MiB more while its parts join"
+        )
+    else:
+        held = f"{mib_up(size)} MiB"
+    what = (
+        f"for the packed root {where} ({held}) and {PACKED_UPPERS >> 20} MiB for the /etc and "
+        "/var overlays"
+    )
+    if peak > have:
+        raise NotEnoughMemory(
+            f"not enough memory: needs {mib_up(peak)} MiB {what}, {max(have, 0) // MIB} MiB "
+            "available",
+            "add RAM",
+        )
+    return peak, what
+
+
 class PeakWatch:
     """Samples memory in use (MemTotal - MemAvailable) in a thread; `peak` is the highest seen."""
 

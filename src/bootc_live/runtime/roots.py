@@ -11,6 +11,8 @@ ever booted.
 - EROFS: the image is unpacked into a staging tmpfs, packed by mkfs.erofs into a reproducible
   image (null UUID, every timestamp at the epoch), the staging tree is freed, and the image is
   mounted read-only from a loop device; /etc and /var are overlays with a tmpfs upper.
+- packed (`PackedRoot`, made by `packed_root`, not by a RootMode): the squashfs or EROFS image
+  `bootc-live build` made, obtained whole (packed.py), mounted like the EROFS image.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from . import mounts
+from . import mounts, packed
 from .cmdline import RootMode
 from .errors import BootcLiveError, SpaceError
 from .mounts import MountPlan
 from .run import run
+from .sources import part_files
 
 WORKDIR = "/run/bootc-live"
 MIB = 1 << 20
@@ -120,7 +123,7 @@ class RootFacts:
     def describe(self) -> str:
         return self.mode
 
-    def status(self) -> dict[str, str | int]:
+    def status(self) -> dict[str, str | int | None]:
         return asdict(self)
 
 
@@ -151,6 +154,21 @@ class ErofsFacts(RootFacts):
         return (
             f"EROFS image {self.sha256} ({self.bytes / MIB:.1f} MiB, compression "
             f"{self.compress}, mkfs.erofs {self.mkfs_erofs})"
+        )
+
+
+@dataclass(frozen=True)
+class PackedFacts(RootFacts):
+    sha256: str  # "sha256:HEX" of the filesystem image, as pinned
+    bytes: int
+    format: str  # "squashfs" or "erofs"
+    compressor: str
+    image: str | None  # bootc.packed.image: the manifest digest it was made from
+
+    def describe(self) -> str:
+        return (
+            f"packed root {self.sha256} ({self.bytes / MIB:.1f} MiB, {self.format} "
+            f"{self.compressor})"
         )
 
 
@@ -335,24 +353,122 @@ class ErofsRoot(Root):
         mounts.umount(self.tree)  # the unpacked tree is no longer needed: its memory comes back
         options = ",".join(["loop", "ro", *self.plan.rootflags])
         run(["mount", "-t", "erofs", "-o", options, self.image, self.newroot])
-        for name, writable in (("etc", self.plan.etc_rw), ("var", self.plan.var_rw)):
-            lower = os.path.join(self.newroot, name)
-            if not writable or os.path.islink(lower) or not os.path.isdir(lower):
-                continue  # read-only as asked, or nothing there to make writable
-            upper, work = os.path.join(self.rw, name, "upper"), os.path.join(self.rw, name, "work")
-            os.makedirs(upper)
-            os.makedirs(work, mode=0o700)
-            st = os.stat(lower)  # the overlay's top directory is the upper one: same owner, mode
-            os.chown(upper, st.st_uid, st.st_gid)
-            os.chmod(upper, st.st_mode & 0o7777)
-            options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-            run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", lower])
+        overlay_etc_var(self.newroot, self.rw, self.plan)
         return ErofsFacts(
             "erofs", made.sha256, made.size, self.compress or "none", made.mkfs_version
         )
 
     def undo(self) -> list[str]:
         return _attempt(*(partial(_unmount, path) for path in (self.newroot, self.tree, self.rw)))
+
+
+def overlay(lower: str, target: str, uppers: str, name: str) -> None:
+    """Make `lower` writable at `target`: an overlay whose upper is `uppers`/`name` (a tmpfs)."""
+    upper, work = os.path.join(uppers, name, "upper"), os.path.join(uppers, name, "work")
+    os.makedirs(upper)
+    os.makedirs(work, mode=0o700)
+    st = os.stat(lower)  # the overlay's top directory is the upper one: same owner, mode
+    os.chown(upper, st.st_uid, st.st_gid)
+    os.chmod(upper, st.st_mode & 0o7777)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", target])
+
+
+def overlay_etc_var(newroot: str, uppers: str, plan: MountPlan) -> None:
+    """A read-only root's /etc and /var made writable, unless bootc.live.{etc,var}.rw=0."""
+    for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
+        lower = os.path.join(newroot, name)
+        if not writable or os.path.islink(lower) or not os.path.isdir(lower):
+            continue  # read-only as asked, or nothing there to make writable
+        overlay(lower, lower, uppers, name)
+
+
+class PackedRoot(Root):
+    """A packed root (the squashfs or EROFS image of bootc-live build) mounted read-only from a
+    loop device, nothing unpacked; /etc and /var overlays with a tmpfs upper, as in EROFS mode,
+    or with `rw` one overlay over the whole root (bootc.live.{etc,var}.rw=0 then bind read-only).
+    A streamed one is stored on a tmpfs of its own size first."""
+
+    full_hint = "the packed root is larger than the memory given to it: add RAM"
+
+    def __init__(
+        self,
+        newroot: str,
+        size: int,
+        plan: MountPlan,
+        source: packed.PackedSource,
+        pin: str,
+        image: str | None,
+        workdir: str,
+    ) -> None:
+        super().__init__(newroot, size, plan)
+        self.source = source
+        self.pin = pin
+        self.image = image  # bootc.packed.image: the manifest it was made from, if given
+        self.files = os.path.join(workdir, "packed")  # the tmpfs a streamed root is stored on
+        self.rw = os.path.join(workdir, "live")  # the overlays' upper dirs
+        self.lower = os.path.join(workdir, "lower")  # rw: the image, under the root's overlay
+        if isinstance(source, packed.FileSource):
+            self.file = source.path  # used where the kernel unpacked it
+        else:
+            self.file = os.path.join(self.files, "packed.root")
+        self.stored: packed.Stored | None = None
+
+    def prepare(self) -> str:
+        modprobe(
+            "loop",
+            "overlay",
+            hint="the initramfs lacks loop or overlay: rebuild it with bootc-live build",
+        )
+        if not self.source.in_place:
+            os.makedirs(self.files, exist_ok=True)
+            size = self.size if self.source.size is None else self.source.size + MIB
+            mounts.mount_tmpfs(self.files, -(-size // MIB) * MIB)
+        return self.file
+
+    def load(self) -> packed.Stored:
+        """The packed root stored in its file and hashed, its pin checked, its filesystem's
+        module loaded."""
+        stored = self.source.store(self.file)
+        packed.check_pin(stored, self.pin, self.source.description)
+        fs = self.source.format
+        assert fs is not None  # known once stored
+        try:
+            run(["modprobe", fs.name])
+        except BootcLiveError:
+            raise RootError(
+                f"this kernel cannot mount the packed root: no {fs.name} module "
+                f"(modprobe {fs.name} failed)",
+                "rebuild the initramfs with bootc-live build",
+            ) from None
+        self.stored = stored
+        return stored
+
+    def mount(self, report: Say) -> RootFacts:
+        fs, stored = self.source.format, self.stored
+        assert fs is not None and stored is not None, "load() comes first"
+        os.makedirs(self.rw, exist_ok=True)
+        mounts.mount_tmpfs(self.rw, self.size)
+        image_at = self.lower if self.plan.rw else self.newroot
+        os.makedirs(image_at, exist_ok=True)
+        options = ",".join(["loop", "ro", *self.plan.rootflags])
+        run(["mount", "-t", fs.name, "-o", options, stored.path, image_at])
+        if self.plan.rw:
+            overlay(self.lower, self.newroot, self.rw, "root")
+            mounts.finish_root(self.newroot, self.plan)
+        else:
+            overlay_etc_var(self.newroot, self.rw, self.plan)
+        return PackedFacts("packed", stored.sha256, stored.size, fs.name, fs.compressor, self.image)
+
+    def undo(self) -> list[str]:
+        # A loop device made by mount -o loop is detached when it is unmounted (autoclear).
+        unmounts = (partial(_unmount, p) for p in (self.newroot, self.lower, self.rw, self.files))
+        return _attempt(*unmounts, self._remove)
+
+    def _remove(self) -> None:
+        for path in [self.file, *part_files(self.file)]:
+            if os.path.lexists(path):
+                os.unlink(path)
 
 
 @contextmanager
@@ -374,6 +490,30 @@ def make(
         root = ErofsRoot(newroot, mem_total, mode.erofs_compress, plan, workdir or WORKDIR)
     else:
         root = Root(newroot, mem_total, plan)
+    with prepared(root, warn):
+        yield root
+
+
+@contextmanager
+def packed_root(
+    source: packed.PackedSource,
+    newroot: str,
+    plan: MountPlan,
+    pin: str,
+    image: str | None,
+    mem_total: int,
+    workdir: str | None = None,
+    warn: Callable[[str], None] = lambda _: None,
+) -> Iterator[PackedRoot]:
+    """The packed root's PackedRoot, prepared (a tmpfs for a streamed one), undone as `make`'s."""
+    root = PackedRoot(newroot, mem_total, plan, source, pin, image, workdir or WORKDIR)
+    with prepared(root, warn):
+        yield root
+
+
+@contextmanager
+def prepared(root: Root, warn: Callable[[str], None] = lambda _: None) -> Iterator[Root]:
+    """`root` prepared; undone if anything in the block (or preparing) fails, as `make` says."""
     try:
         root.target = root.prepare()
         yield root

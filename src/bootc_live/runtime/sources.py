@@ -74,13 +74,7 @@ class LayoutSource:
             return f.read(16 << 20)
 
     def _files(self, desc: Descriptor) -> list[str]:
-        whole = os.path.join(self.path, blob_path(desc.digest))
-        if os.path.exists(whole):
-            return [whole]
-        parts: list[str] = []
-        while os.path.exists(f"{whole}.{len(parts)}"):
-            parts.append(f"{whole}.{len(parts)}")
-        return parts
+        return part_files(os.path.join(self.path, blob_path(desc.digest)))
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         files = self._files(desc)
@@ -108,6 +102,17 @@ class LayoutSource:
 
     def close(self) -> None:
         pass
+
+
+def part_files(whole: str) -> list[str]:
+    """The file `whole`, or its parts `whole`.0, .1, … (a file past a cpio member's limit, as
+    the kernel unpacked it); [] when there is neither."""
+    if os.path.exists(whole):
+        return [whole]
+    parts: list[str] = []
+    while os.path.exists(f"{whole}.{len(parts)}"):
+        parts.append(f"{whole}.{len(parts)}")
+    return parts
 
 
 def open_parts(openers: Iterable[Callable[[], Any]]) -> BinaryIO:

@@ -35,6 +35,14 @@ _bootc_live_inst_extension() {
     done < <(ldd "$1" 2> /dev/null | sed -n 's|.*=> \(/[^ ]*\) (0x.*|\1|p')
 }
 
+# A packed root (root=bootc-live:packed:…, packed.img of bootc-live build) is mounted from a loop
+# device, squashfs or EROFS as the build chose for this kernel, with overlays for /etc and /var.
+# In this module, not an optional one: build always writes packed.img, so every initramfs it
+# makes must boot it (a few hundred KiB, freed at boot when unused).
+installkernel() {
+    hostonly='' instmods loop squashfs erofs overlay
+}
+
 install() {
     local py
     py=$(_bootc_live_python) || {
