@@ -132,12 +132,15 @@ def run(
     *,
     mem: int = 512,
     pxe: bool = False,
+    packed: bool = False,
     log: Path | None = None,
     **network: Any,
 ) -> Result:
     """Boot under TCG (deterministic) and collect the verdict, if any."""
     result = boot(
-        VmConfig(artifacts, append=append, mem=mem, pxe=pxe, accel="tcg", **network),
+        VmConfig(
+            artifacts, append=append, mem=mem, pxe=pxe, packed=packed, accel="tcg", **network
+        ),
         timeout=TIMEOUT,
         markers=(MARKER,),
         echo=None,
