@@ -357,8 +357,8 @@ class UrlLibSource(PackedSource):
 
     def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         download = path + ".download"
-        urllib_dracut.fetch(self.url, download)
         try:
+            urllib_dracut.fetch(self.url, download)
             with open(download, "rb") as f:
                 if f.read(len(NEWC)) != NEWC:
                     os.rename(download, path)
