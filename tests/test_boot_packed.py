@@ -595,3 +595,18 @@ def test_the_kernel_mounts_what_the_commands_say(
     assert seen["hostname"] == "live\n"
     assert (seen["etc"], seen["var"], seen["root"]) == writable
     assert str(tmp_path / "newroot") in seen["mounts"] and len(seen["loops"]) == 1
+
+
+def test_a_url_lib_failure_leaves_no_download(
+    packed_system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half(argv: list[str], **_kw: Any) -> None:
+        Path(argv[-1]).write_bytes(b"half a file")
+        raise CommandError("sh failed (exit 1): curl: (28) timeout", "check the URL")
+
+    monkeypatch.setattr(urllib_dracut, "run", half)
+    code, status = boot_packed(tmp_path, "ftp://10.0.2.100/packed.img", "sha256:" + "0" * 64)
+    assert code == 1 and status["message"] == (
+        "bootc-live: sh failed (exit 1): curl: (28) timeout; check the URL"
+    )
+    assert packed_system.mounted == [] and os.listdir(tmp_path / "work/packed") == []

@@ -413,3 +413,12 @@ def test_a_missing_packed_root_says_what_to_append(tmp_path: Path) -> None:
         f"no packed root at {tmp_path}/packed.root (nor {tmp_path}/packed.root.0) in the "
         "initramfs; append packed.img from bootc-live build as an extra initrd, or fix root="
     )
+
+
+@pytest.mark.parametrize("piece", [4095, 1 << 20, (1 << 20) + 3, 3 << 20])
+def test_members_larger_than_a_chunk_come_whole_whatever_the_reads(piece: int) -> None:
+    parts = [os.urandom((2 << 20) + 5), os.urandom(3), os.urandom(1 << 20)]
+    data = packed_img(parts, single=False)
+    cuts = list(range(piece, len(data), piece))
+    got = list(payload(reader(data, cuts), "test"))  # type: ignore[arg-type]
+    assert b"".join(got) == b"".join(parts) and max(map(len, got)) <= packed.CHUNK

@@ -138,7 +138,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
                 warn=report.summary,
             ) as root:
                 report.state("loading")
-                stored = root.load()
+                stored = root.load(packed_progress(source, report))
                 freed = free_modules(unused_modules(spec), report)
                 facts = root.mount(report)
     seconds = time.monotonic() - start
@@ -186,6 +186,14 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
         return packed.open_http(url, fetching, report.say)
     report.say(f"fetching the packed root {http.redact(url)} with dracut's url-lib")
     return packed.UrlLibSource(url)
+
+
+def packed_progress(source: packed.PackedSource, report: Report) -> packed.Fetched:
+    """Progress lines while a packed root of known size streams in (none when quiet)."""
+    if report.quiet or source.in_place or not source.size:
+        return lambda _: None
+    lines = Progress(source.size, 1)
+    return lambda done: lines.update(1, done)
 
 
 def plan_packed(source: packed.PackedSource, report: Report) -> memory.Memory:

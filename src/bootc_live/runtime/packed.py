@@ -194,7 +194,10 @@ def check_pin(stored: Stored, pin: str, where: str) -> None:
         )
 
 
-def _write(chunks: Iterator[bytes], path: str, where: str) -> Stored:
+Fetched = Callable[[int], None]  # told the bytes stored so far, as they come
+
+
+def _write(chunks: Iterator[bytes], path: str, where: str, fetched: Fetched) -> Stored:
     """Write `chunks` into a new file at `path`, hashing them."""
     digest = hashlib.sha256()
     size = 0
@@ -204,6 +207,7 @@ def _write(chunks: Iterator[bytes], path: str, where: str) -> Stored:
                 digest.update(data)
                 out.write(data)
                 size += len(data)
+                fetched(size)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise SpaceError(
@@ -223,7 +227,7 @@ class PackedSource:
     in_place: bool  # already in RAM: storing it takes no more (but a part while parts join)
     largest_part: int = 0  # while parts are joined, one more part is in RAM at the peak
 
-    def store(self, path: str) -> Stored:
+    def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         """The packed root as the file `path`; its format is known afterwards."""
         raise NotImplementedError
 
@@ -252,7 +256,7 @@ class FileSource(PackedSource):
         with open(self.parts[0], "rb") as f:
             self.format = detect(f.read(HEAD), self.description)
 
-    def store(self, path: str) -> Stored:
+    def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         """Hash the file; parts are joined into `path` first, each deleted once appended (so
         the peak is one part more), the first renamed rather than copied."""
         digest = hashlib.sha256()
@@ -303,14 +307,14 @@ class StreamSource(PackedSource):
                 break
         self.format = detect(b"".join(self._head)[:HEAD], description)
 
-    def store(self, path: str) -> Stored:
+    def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         head, self._head = self._head, []
 
         def everything() -> Iterator[bytes]:
             yield from head
             yield from self._chunks
 
-        stored = _write(everything(), path, self.description)
+        stored = _write(everything(), path, self.description, fetched)
         if self.size is not None and stored.size > self.size:
             raise PackedError(
                 f"the packed root {self.description} is larger ({stored.size} bytes) than the "
@@ -351,10 +355,10 @@ class UrlLibSource(PackedSource):
         self.url = url
         self.description = http.redact(url)
 
-    def store(self, path: str) -> Stored:
+    def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         download = path + ".download"
-        urllib_dracut.fetch(self.url, download)
         try:
+            urllib_dracut.fetch(self.url, download)
             with open(download, "rb") as f:
                 if f.read(len(NEWC)) != NEWC:
                     os.rename(download, path)

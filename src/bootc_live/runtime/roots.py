@@ -426,10 +426,10 @@ class PackedRoot(Root):
             mounts.mount_tmpfs(self.files, -(-size // MIB) * MIB)
         return self.file
 
-    def load(self) -> packed.Stored:
-        """The packed root stored in its file and hashed, its pin checked, its filesystem's
-        module loaded."""
-        stored = self.source.store(self.file)
+    def load(self, fetched: packed.Fetched = lambda _: None) -> packed.Stored:
+        """The packed root stored in its file and hashed (`fetched` told the bytes as they
+        come), its pin checked, its filesystem's module loaded."""
+        stored = self.source.store(self.file, fetched)
         packed.check_pin(stored, self.pin, self.source.description)
         fs = self.source.format
         assert fs is not None  # known once stored
