@@ -138,9 +138,7 @@ def run(
 ) -> Result:
     """Boot under TCG (deterministic) and collect the verdict, if any."""
     result = boot(
-        VmConfig(
-            artifacts, append=append, mem=mem, pxe=pxe, packed=packed, accel="tcg", **network
-        ),
+        VmConfig(artifacts, append=append, mem=mem, pxe=pxe, packed=packed, accel="tcg", **network),
         timeout=TIMEOUT,
         markers=(MARKER,),
         echo=None,

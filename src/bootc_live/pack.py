@@ -25,10 +25,10 @@ from .runtime import handover, kernels, roots
 from .runtime.cpio import CpioWriter
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Image
+from .runtime.packed import MEMBER  # where the kernel unpacks the appended packed.img
 from .runtime.run import run
 from .runtime.unpack import unpack_image
 
-MEMBER = "bootc-live/packed.root"  # where the kernel unpacks the appended packed.img
 SQUASHFS_BLOCK = "1M"  # the largest block squashfs allows: the smallest images
 # Beyond the compressors' own defaults: zstd's strongest level before its --ultra range, and
 # lz4's high-compression mode (smaller, as fast to read).
