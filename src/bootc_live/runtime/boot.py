@@ -127,7 +127,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
     with memory.PeakWatch() as peak:
         report.state("resolving", source=printable_root(spec))
         with contextlib.closing(open_packed(spec, report)) as source:
-            mem = plan_packed(source, report)
+            mem = plan_packed(spec, source, report)
             with roots.packed_root(
                 source,
                 newroot,
@@ -135,6 +135,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
                 spec.packed_sha256,
                 spec.packed_image,
                 mem.total,
+                spec.mode,
                 warn=report.summary,
             ) as root:
                 report.state("loading")
@@ -196,11 +197,12 @@ def packed_progress(source: packed.PackedSource, report: Report) -> packed.Fetch
     return lambda done: lines.update(1, done)
 
 
-def plan_packed(source: packed.PackedSource, report: Report) -> memory.Memory:
-    """Stop now, with the figures, unless the packed root and its overlays fit in memory."""
+def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> memory.Memory:
+    """Stop now, with the figures, unless the packed root and its overlays (on a zram device
+    with bootc.zram) fit in memory."""
     mem = memory.Memory.read()
     stored = source.largest_part if source.in_place else (source.size or 0)
-    need, what = memory.check_packed(mem, source.size, stored, source.description)
+    need, what = memory.check_packed(mem, source.size, stored, source.description, spec.mode)
     have = mem.available - memory.RESERVE
     fs = source.format
     report.say(

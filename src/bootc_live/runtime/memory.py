@@ -228,10 +228,29 @@ def check(
 PACKED_UPPERS = 32 * MIB  # a packed root's /etc and /var uppers: what the first boot writes
 
 
-def check_packed(memory: Memory, size: int | None, stored: int, where: str) -> tuple[int, str]:
+def packed_zram_device() -> int:
+    """The smallest zram device for a packed root's uppers: PACKED_UPPERS as ext4 holds it."""
+    return zram_device_size(Estimate(PACKED_UPPERS, "what the first boot writes"))
+
+
+def check_packed(
+    memory: Memory, size: int | None, stored: int, where: str, mode: RootMode = TMPFS
+) -> tuple[int, str]:
     """A packed root of `size` bytes (None: not known before it is fetched) that takes `stored`
-    more bytes of RAM to store: stop now, with the figures, unless it fits; (the peak, what it
-    is made of)."""
+    more bytes of RAM to store, its uppers on a tmpfs or (zram `mode`) a zram device: stop now,
+    with the figures, unless it fits; (the peak, what it is made of)."""
+    uppers = "a tmpfs"
+    if mode.zram_size is not None:
+        device, smallest = mode.zram_size.bytes_for(memory.total), packed_zram_device()
+        if device < smallest:
+            raise NotEnoughMemory(
+                f"bootc.zram={mode.zram_size} is too small for a packed root's overlays: "
+                f"{PACKED_UPPERS >> 20} MiB of writes need a {mib_up(smallest)} MiB device",
+                f"use bootc.zram={mib_up(smallest)}M (a zram device takes RAM only for what it "
+                "holds, compressed)",
+            )
+        algorithm = mode.zram_algorithm or "the kernel's default"
+        uppers = f"a {mib_up(device)} MiB zram device ({algorithm}), at most"
     peak = stored + PACKED_UPPERS
     have = memory.available - RESERVE
     if size is None:
@@ -246,7 +265,7 @@ def check_packed(memory: Memory, size: int | None, stored: int, where: str) -> t
         held = f"{mib_up(size)} MiB"
     what = (
         f"for the packed root {where} ({held}) and {PACKED_UPPERS >> 20} MiB for the /etc and "
-        "/var overlays"
+        f"/var overlays on {uppers}"
     )
     if peak > have:
         raise NotEnoughMemory(
