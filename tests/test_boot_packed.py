@@ -428,16 +428,28 @@ def test_a_pin_mismatch_with_zram_takes_no_device(
 @pytest.mark.parametrize("fs", ["squashfs", "erofs"])
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_nginx_serves_packed_img_or_the_bare_image(
-    packed_system: System, images: dict[str, Path], tmp_path: Path, fs: str, wrapped: bool
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fs: str,
+    wrapped: bool,
 ) -> None:
+    """… and the planner, before the download, counts the size the server announces."""
     image = images[fs]
     srv = tmp_path / "srv"
     srv.mkdir()
     data = packed_img(image) if wrapped else image.read_bytes()
     (srv / "packed.img").write_bytes(data)
     with nginx(srv, tmp_path / "nginx") as server:
-        code, status = boot_packed(tmp_path, server.url("packed.img"), pin(image))
+        url = server.url("packed.img")
+        code, status = boot_packed(tmp_path, url, pin(image))
     assert code == 0, status
+    size = memory.mib_up(len(data))
+    assert (
+        f"bootc-live: needs about {memory.mib_up(len(data) + memory.PACKED_UPPERS)} MiB for the "
+        f"packed root {url} ({size} MiB) and 32 MiB for the /etc and /var overlays on a tmpfs, "
+    ) in capsys.readouterr().err
     stored = str(tmp_path / "work/packed/packed.root")
     assert packed_system.calls == expected_calls(fs, "", tmp_path, stored, len(data))
     assert Path(stored).read_bytes() == image.read_bytes()

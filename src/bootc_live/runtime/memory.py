@@ -14,6 +14,12 @@ SIZES_ANNOTATION = "org.bootc-live.layer-sizes"  # written by `bootc-live build`
 # Also written by `bootc-live build` (bootc_live.zramsize): the bytes the image's file data takes
 # as zstd-compressed 4 KiB pages, which is what zram stores.
 ZRAM_ANNOTATION = "org.bootc-live.zram-zstd-bytes"
+# Also written by `bootc-live build` when it packed the root (pack.Packed.annotations): the
+# packed root's filesystem image, its bytes, sha256 and FORMAT:COMPRESSOR (inspect shows them).
+PACKED_BYTES_ANNOTATION = "org.bootc-live.packed-bytes"
+PACKED_SHA256_ANNOTATION = "org.bootc-live.packed-sha256"
+PACKED_FORMAT_ANNOTATION = "org.bootc-live.packed-format"
+PACKED_ANNOTATIONS = (PACKED_BYTES_ANNOTATION, PACKED_SHA256_ANNOTATION, PACKED_FORMAT_ANNOTATION)
 RATIO = 3  # stated conservative expansion of a compressed layer when no size is recorded
 MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file of their own
 RESERVE = 48 << 20  # for the kernel, the runtime and switch-root
@@ -226,6 +232,27 @@ def check(
 
 
 PACKED_UPPERS = 32 * MIB  # a packed root's /etc and /var uppers: what the first boot writes
+
+
+@dataclass(frozen=True)
+class RecordedPacked:
+    """The packed root `bootc-live build` made of an image, as its index records it."""
+
+    size: int  # of the filesystem image
+    sha256: str  # "sha256:HEX"
+    format: str  # "squashfs:xz"
+
+    def need(self) -> int:
+        """The RAM a boot of it takes: the image, stored, and its uppers (check_packed)."""
+        return self.size + PACKED_UPPERS
+
+
+def recorded_packed(image: Image) -> RecordedPacked | None:
+    """The packed root's figures `bootc-live build` recorded, if it did."""
+    size, sha256, fmt = (image.index_annotations.get(k, "") for k in PACKED_ANNOTATIONS)
+    if not size.isdigit() or not sha256.startswith("sha256:") or not fmt:
+        return None
+    return RecordedPacked(int(size), sha256, fmt)
 
 
 def packed_zram_device() -> int:
