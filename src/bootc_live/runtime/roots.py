@@ -452,6 +452,9 @@ class PackedRoot(Root):
             "overlay",
             hint="the initramfs lacks loop or overlay: rebuild it with bootc-live build",
         )
+        if self.zram:  # now: zram and its compressor load before the unused modules are freed
+            os.makedirs(self.rw, exist_ok=True)
+            self.zram.make(self.rw)
         if not self.source.in_place:
             os.makedirs(self.files, exist_ok=True)
             size = self.size if self.source.size is None else self.source.size + MIB
@@ -479,10 +482,8 @@ class PackedRoot(Root):
     def mount(self, report: Say) -> RootFacts:
         fs, stored = self.source.format, self.stored
         assert fs is not None and stored is not None, "load() comes first"
-        os.makedirs(self.rw, exist_ok=True)
-        if self.zram:
-            self.zram.make(self.rw)
-        else:
+        if not self.zram:
+            os.makedirs(self.rw, exist_ok=True)
             mounts.mount_tmpfs(self.rw, self.size)
         image_at = self.lower if self.plan.rw else self.newroot
         os.makedirs(image_at, exist_ok=True)
