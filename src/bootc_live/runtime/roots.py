@@ -12,7 +12,8 @@ ever booted.
   image (null UUID, every timestamp at the epoch), the staging tree is freed, and the image is
   mounted read-only from a loop device; /etc and /var are overlays with a tmpfs upper.
 - packed (`PackedRoot`, made by `packed_root`, not by a RootMode): the squashfs or EROFS image
-  `bootc-live build` made, obtained whole (packed.py), mounted like the EROFS image.
+  `bootc-live build` made, obtained whole (packed.py), mounted like the EROFS image; with
+  bootc.zram the overlays' uppers are on a zram device made as the zram mode's (`ZramDevice`).
 """
 
 from __future__ import annotations
