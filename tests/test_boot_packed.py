@@ -425,6 +425,23 @@ def test_a_pin_mismatch_with_zram_gives_the_device_back(
     assert (tmp_path / "sys/block/zram0/reset").read_text() == "1"
 
 
+def test_a_compressor_zram_does_not_offer_stops_before_the_root_is_stored(
+    packed_system: System, images: dict[str, Path], tmp_path: Path
+) -> None:
+    image = images["squashfs"]
+    file = appended(tmp_path, image)
+    code, status = boot_packed(
+        tmp_path, file, pin(image), "bootc.zram=64M bootc.zram.algorithm=nope"
+    )
+    assert code == 1 and status["message"] == (
+        "bootc-live: bootc.zram.algorithm=nope: this kernel's zram offers lzo, lzo-rle, lz4, zstd; "
+        "pick one of those"
+    )
+    assert packed_system.calls == [["modprobe", m] for m in ("loop", "overlay", "zram", "ext4")]
+    assert packed_system.mounted == [] and not os.path.exists(file)
+    assert (tmp_path / "sys/block/zram0/disksize").read_text() == "0\n"
+
+
 # -- streamed over http ----------------------------------------------------------------------
 
 
