@@ -60,15 +60,27 @@ def test_packed_root_appended(artifacts: dict[str, Path]) -> None:
     print(f"packed, appended: {root}; memused {result.report and result.report['memused']} KiB")
 
 
-def test_packed_root_from_a_url_read_write(artifacts: dict[str, Path], tmp_path: Path) -> None:
+def test_packed_root_from_a_url_read_write_on_zram_uppers(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """packed.img from nginx, `rw` with bootc.zram: the whole root's overlay has its upper on
+    ext4 on a zram device, which the status names with its figures."""
     art = artifacts["systemd"]
-    url = f"root=bootc-live:packed:http://{GUEST_SERVER}/packed.img rw"
+    url = f"root=bootc-live:packed:http://{GUEST_SERVER}/packed.img"
+    append = f"{url} bootc.zram=64M bootc.zram.algorithm=zstd rw"
     with nginx(art, tmp_path / "nginx") as server:
-        result = run(art, url, packed=True, network=True, forwards=((80, server.port),))
+        result = run(art, append, packed=True, network=True, forwards=((80, server.port),))
         requests = server.requests()
-    assert_packed(result, art, root="rw", etc="rw", var="rw", fstype="overlay")
+    root = assert_packed(result, art, root="rw", etc="rw", var="rw", fstype="overlay")
     # packed.img, and nothing else, came over the network.
     assert requests and all('"GET /packed.img ' in line for line in requests), requests
+    assert (
+        result.report and "upperdir=/run/bootc-live/live/root/upper" in (result.report["rootopts"])
+    ), result.report
+    zram = root["zram"]
+    assert isinstance(zram, dict) and zram["device"].startswith("/dev/zram"), root
+    assert zram["algorithm"] == "zstd" and zram["memory"] >= 0, root
+    print(f"packed from a URL, rw on zram uppers: {root}; memused {result.report['memused']} KiB")
 
 
 def test_tampered_packed_root_stops(artifacts: dict[str, Path], tmp_path: Path) -> None:
@@ -91,18 +103,3 @@ def test_kernel_without_the_filesystem_stops(artifacts: dict[str, Path]) -> None
     # The kernel refuses to load squashfs: the boot names the filesystem it cannot mount.
     result = run(artifacts["shell"], "module_blacklist=squashfs", packed=True)
     assert_stopped(result, "squashfs")
-
-
-def test_packed_root_read_write_on_zram_uppers(artifacts: dict[str, Path]) -> None:
-    """bootc.zram with a packed root: the whole root's overlay has its upper on ext4 on a zram
-    device, which the status names with its figures."""
-    art = artifacts["shell"]
-    result = run(art, "bootc.zram=64M bootc.zram.algorithm=zstd rw", packed=True)
-    root = assert_packed(result, art, root="rw", etc="rw", var="rw", fstype="overlay")
-    assert (
-        result.report and "upperdir=/run/bootc-live/live/root/upper" in (result.report["rootopts"])
-    ), result.report
-    zram = root["zram"]
-    assert isinstance(zram, dict) and zram["device"].startswith("/dev/zram"), root
-    assert zram["algorithm"] == "zstd" and zram["memory"] >= 0, root
-    print(f"packed, rw on zram uppers: {root}; memused {result.report['memused']} KiB")
