@@ -83,10 +83,6 @@ def test_a_packed_root_is_a_typed_location_with_its_pin(
             "a packed root does not combine with bootc.live.erofs yet; drop one of them",
         ),
         (
-            f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.kexec",
-            "a packed root does not combine with bootc.kexec yet; drop bootc.kexec",
-        ),
-        (
             f"root=bootc-live:packed:docker://quay.io/x bootc.packed.sha256={PIN}",
             "invalid root=bootc-live:packed:docker://quay.io/x: expected packed:/PATH or "
             "packed:URL (http, https, ftp, tftp, nfs); fix the kernel command line",

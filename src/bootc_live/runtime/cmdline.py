@@ -617,7 +617,7 @@ def parse(args: Iterable[str]) -> BootSpec:
 
 
 def check_packed(values: dict[str, Any]) -> None:
-    """A packed root needs its pin, and combines with no other root mode or kexec (yet)."""
+    """A packed root needs its pin, and combines with no other root mode (yet)."""
     image: ImageLocation | None = values.get("image")
     packed = image is not None and image.packed
     if packed and "packed_sha256" not in values:
@@ -637,10 +637,6 @@ def check_packed(values: dict[str, Any]) -> None:
     if mode.kind != "tmpfs":
         option = "bootc.zram" if mode.kind == "zram" else "bootc.live.erofs"
         raise CmdlineError(f"a packed root does not combine with {option} yet", "drop one of them")
-    if values.get("kexec"):
-        raise CmdlineError(
-            "a packed root does not combine with bootc.kexec yet", "drop bootc.kexec"
-        )
 
 
 def root_mode(values: dict[str, Any]) -> RootMode:
