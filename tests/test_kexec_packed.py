@@ -196,6 +196,7 @@ def test_the_packed_root_itself_is_handed_over(
     assert not os.path.exists(file) and left_in(tmp_path / "kexec") == []
     assert status["state"] == "kexec-loaded" and status["kexec_cmdline"] == next_line
     assert (status["kexec_kver"], status["packed_sha256"]) == (KVER, sha256)
+    assert (status["manifest"], status["format"]) == (IMAGE, fs)
     assert status["kexec_handover_bytes"] == image.stat().st_size
     assert status["kexec_next_initrd_bytes"] == len(initrd)
 
@@ -327,3 +328,35 @@ def test_move_into_places_the_bytes_where_the_headers_left_room(tmp_path: Path) 
     assert got[100:4100] + got[5000:9000] + got[9500:11996] == data
     assert got[:100] == b"\xff" * 100 and got[4100:5000] == b"\xff" * 900
     assert not part.exists()
+
+
+def test_the_exact_check_counts_the_loaders_copies_before_anything_is_moved(
+    recorder: Kexec,
+    images: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the kernel is known: two more copies of it and of the next initrd (the initramfs
+    and the packed root) must fit, or stage one stops before building that initrd."""
+    image = images["erofs"]
+    found = kexec.boot_files_in_tree
+    left = (kexec.memory.RESERVE + kexec.SLACK) >> 10  # kB: room for no copy at all
+
+    def then_less_memory(*args: Any) -> kexec.BootFiles:
+        files = found(*args)
+        (tmp_path / "meminfo").write_text(
+            f"MemTotal: {TOTAL >> 10} kB\nMemFree: 1 kB\nMemAvailable: {left} kB\n"
+        )
+        return files
+
+    monkeypatch.setattr(kexec, "boot_files_in_tree", then_less_memory)
+    status = stage_one(tmp_path, appended(tmp_path, image), pin(image))
+    assert status["message"] == (
+        f"bootc-live: not enough memory for kexec: loading kernel {KVER} (kexec holds two more "
+        "copies of it and its initrd) needs about 64 MiB, 64 MiB available; add RAM, or boot the "
+        "packed root without bootc.kexec"
+    )
+    assert recorder.system.mounted == [] and all(c[0] != "kexec" for c in recorder.system.calls)
+    # The copies of the kernel and initramfs went with stage one's tmpfs; the packed root too.
+    assert recorder.system.calls[-1] == ["umount", "-R", str(tmp_path / "kexec")]
+    assert not (tmp_path / "initramfs/bootc-live/packed.root").exists()

@@ -323,7 +323,8 @@ def packed_kexec_boot(
     workdir = workdir or WORKDIR
     _need_kexec()
     mem = memory.Memory.read()
-    stored = 0 if source.in_place else (source.size or 0)
+    # Stored, it takes its size (in place: one more part while parts are joined).
+    stored = source.largest_part if source.in_place else (source.size or 0)
     _check_memory(stored + BOOT_FILES_GUESS + SLACK, mem, "the packed root", PACKED_HINT)
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
@@ -358,6 +359,7 @@ def packed_kexec_boot(
                 kexec_kver=files.kver,
                 kexec_layers_read=0,
                 kexec_handover_bytes=loaded.size,
+                manifest=spec.packed_image,
                 packed_sha256=loaded.sha256,
                 format=fs.name,
                 compressor=fs.compressor,
