@@ -79,15 +79,21 @@ def url_boot(
     embedded: bool = True,
     extra: str = "",
     marker: str = debian_image.MARKER,
+    packed: bool = False,
 ) -> tuple[Boot, list[str]]:
-    """Boot with root.oci of `artifacts` served by nginx over guestfwd; nginx's access log."""
+    """Boot with root.oci (or `packed`, packed.img with its pin) of `artifacts` served by nginx
+    over guestfwd; nginx's access log."""
+    root = (
+        f"packed:http://{GUEST_SERVER}/packed.img" if packed else f"http://{GUEST_SERVER}/root.oci"
+    )
     with nginx(artifacts, tmp_path / "nginx") as server:
         result = boot(
             VmConfig(
                 artifacts,
                 mem=mem,
                 embedded=embedded,
-                append=f"root=bootc-live:http://{GUEST_SERVER}/root.oci {extra}".strip(),
+                packed=packed,
+                append=f"root=bootc-live:{root} {extra}".strip(),
                 network=True,
                 forwards=((80, server.port),),
             ),

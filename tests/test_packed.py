@@ -91,10 +91,6 @@ def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
             "a packed root does not combine with bootc.live.erofs; drop one of them",
         ),
         (
-            f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.kexec",
-            "a packed root does not combine with bootc.kexec yet; drop bootc.kexec",
-        ),
-        (
             f"root=bootc-live:packed:docker://quay.io/x bootc.packed.sha256={PIN}",
             "invalid root=bootc-live:packed:docker://quay.io/x: expected packed:/PATH or "
             "packed:URL (http, https, ftp, tftp, nfs); fix the kernel command line",

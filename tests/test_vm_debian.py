@@ -301,7 +301,14 @@ def kexec_artifacts(
     """Stage one: the host's kernel and dracut; the image: the Debian image plus its own
     initramfs (built in its userland with the bootc-live modules) at
     usr/lib/modules/KVER/initramfs.img. Returns the artifacts and the image's digest."""
-    work = tmp_path_factory.mktemp("kexec")
+    return kexec_build(image, artifacts, tmp_path_factory.mktemp("kexec"), "none")
+
+
+def kexec_build(
+    image: debian_image.DebianImage, artifacts: Path, work: Path, pack: str
+) -> tuple[Path, str]:
+    """The kexec-ready image built with the host's kernel and dracut (stage one), `--pack`
+    `pack`: the artifacts and the image's digest."""
     digest = kexec_image.kexec_ready(image, artifacts / "initrd.img", work)
     out = work / "artifacts"
     source = f"oci:{work / 'layout'}:{debian_image.TAG}"
@@ -314,7 +321,7 @@ def kexec_artifacts(
         "--kver",
         host_kernel(),
         "--pack",
-        "none",
+        pack,
         tmpdir=work,
     )
     assert made.returncode == 0, f"bootc-live build failed:\n{tail(made.stderr)}"
@@ -374,3 +381,51 @@ def test_kexec_into_the_images_own_kernel(
     else:
         assert sent > archive * 1.4  # stage two fetched the image itself
         assert "handover_layers" not in two
+
+
+def test_kexec_hands_the_packed_root_itself_over(
+    image: debian_image.DebianImage,
+    artifacts: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """Issue 18 with bootc.kexec: stage one (the host's kernel) fetches packed.img from a URL,
+    checks its pin, finds the image's kernel in it mounted read-only and hands the packed root
+    itself over; stage two (the image's kernel) boots it from its initrd, checking the pin
+    again. The packed root crosses over in memory: fetched once in all."""
+    out, digest = kexec_build(
+        image, artifacts, tmp_path_factory.mktemp("kexec-packed"), "erofs:lz4hc"
+    )
+    record = json.loads((out / "packed.json").read_text())
+    stage_one = host_kernel()
+    console = tmp_path / "console.log"
+    result, requests = url_boot(
+        out, tmp_path, console, mem=MEM, embedded=False, extra="bootc.kexec", packed=True
+    )
+    assert verdict(result, console) == expected(image, "erofs"), (
+        f"console log {console}:\n{tail(result.output)}"
+    )
+    output = result.output
+    assert output.index(f"Linux version {stage_one} ") < output.index(
+        f"Linux version {image.kver} "
+    )
+    found = statuses(output)
+    loaded = [s for s in found if s["state"] == "kexec-loaded"]
+    assert len(loaded) == 1, tail(output)
+    one, two = loaded[0], found[-1]
+    assert (one["kexec_kver"], one["packed_sha256"]) == (image.kver, record["sha256"])
+    assert one["kexec_handover_bytes"] == record["bytes"]
+    assert one["kexec_cmdline"].endswith(
+        f"root=bootc-live:packed:/bootc-live/packed.root bootc.packed.sha256={record['sha256']} "
+        f"bootc.packed.image={digest}"
+    ), one
+    assert (two["state"], two["mode"], two["manifest"]) == ("ready", "packed", digest), two
+    assert (two["root"]["sha256"], two["root"]["bytes"]) == (record["sha256"], record["bytes"])
+    # packed.img came over the network once; stage two read it from its initrd.
+    sent = sum(int(line.rsplit(" ", 1)[1]) for line in requests)
+    assert all('"GET /packed.img ' in line for line in requests), requests
+    assert sent < (out / "packed.img").stat().st_size * 1.02, requests
+    print(
+        f"kexec with a packed root: {record['bytes'] >> 20} MiB handed over, stage one took "
+        f"{one['kexec_seconds']} s, the boot {result.seconds:.0f} s"
+    )

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .progress import Ticker, bytes_progress, say
-from .runtime import handover, kernels, memory, roots
+from .runtime import kernels, memory, roots
 from .runtime.cpio import CpioWriter
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Image
-from .runtime.packed import MEMBER  # where the kernel unpacks the appended packed.img
+from .runtime.packed import MEMBER, members  # where the kernel unpacks the appended packed.img
 from .runtime.run import run
 from .runtime.unpack import unpack_image
 
@@ -394,10 +394,6 @@ def write_wrapper(src: BinaryIO, size: int, out: BinaryIO) -> None:
     MEMBER.0, MEMBER.1, … of PART_SIZE each; trailer."""
     cpio = CpioWriter(out)
     cpio.add_dir(os.path.dirname(MEMBER))
-    part_size = handover.PART_SIZE
-    if size <= part_size:
-        cpio.add_file(MEMBER, src, size)
-    else:
-        for part, offset in enumerate(range(0, size, part_size)):
-            cpio.add_file(f"{MEMBER}.{part}", src, min(part_size, size - offset))
+    for name, part in members(size):
+        cpio.add_file(name, src, part)
     cpio.close()

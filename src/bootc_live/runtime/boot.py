@@ -87,6 +87,8 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
     A packed root goes its own way (`packed_boot`): there is no image to unpack."""
     assert spec.image is not None
     if spec.image.packed:
+        if spec.kexec:
+            packed_kexec(spec, report)  # does not return
         packed_boot(spec, newroot, report)
         return None
     with memory.PeakWatch() as peak:
@@ -157,6 +159,15 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
         modules_freed=len(freed.paths),
         modules_freed_bytes=freed.size,
     )
+
+
+def packed_kexec(spec: BootSpec, report: Report) -> NoReturn:
+    """bootc.kexec with a packed root: the packed root itself is handed over (kexec.py)."""
+    report.state("resolving", source=printable_root(spec))
+    with contextlib.closing(open_packed(spec, report)) as source:
+        unused = unused_modules(spec)
+        kexec.packed_kexec_boot(spec, source, report, lambda: free_modules(unused, report))
+    raise AssertionError("packed_kexec_boot returned")  # it raises or never returns
 
 
 def ready(

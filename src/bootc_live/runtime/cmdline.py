@@ -618,8 +618,8 @@ def parse(args: Iterable[str]) -> BootSpec:
 
 
 def check_packed(values: dict[str, Any]) -> None:
-    """A packed root needs its pin, and combines with bootc.zram (its uppers' device) but with
-    no other root mode or kexec (yet)."""
+    """A packed root needs its pin; it combines with bootc.zram (its uppers' device) and
+    bootc.kexec, not with bootc.live.erofs (it is a read-only image already)."""
     image: ImageLocation | None = values.get("image")
     packed = image is not None and image.packed
     if packed and "packed_sha256" not in values:
@@ -639,10 +639,6 @@ def check_packed(values: dict[str, Any]) -> None:
     if mode.kind == "erofs":
         raise CmdlineError(
             "a packed root does not combine with bootc.live.erofs", "drop one of them"
-        )
-    if values.get("kexec"):
-        raise CmdlineError(
-            "a packed root does not combine with bootc.kexec yet", "drop bootc.kexec"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 from typing import BinaryIO
@@ -45,6 +46,18 @@ class CpioWriter:
         shutil.copyfileobj(_Limited(src, size), self._out, 1 << 20)
         if start is not None and self._out.tell() - start != size:
             raise ValueError(f"cpio member {name}: source ended early")
+        self._written += size
+        self._write(_pad(size))
+        return offset
+
+    def reserve_file(self, name: str, size: int, mode: int = 0o644) -> int:
+        """Add a regular file of `size` bytes whose data is written later, into the room left
+        for it (`out` must be seekable; the room is a hole until then); return its offset."""
+        if size > MAX_MEMBER:
+            raise ValueError(f"cpio member {name} is larger than 4 GiB")
+        self._header(name, stat.S_IFREG | mode, size)
+        offset = self._written
+        self._out.seek(size, os.SEEK_CUR)
         self._written += size
         self._write(_pad(size))
         return offset

@@ -16,6 +16,13 @@ loader:
    archives in turn), and the command line is the running one without the bootc.kexec options;
    with reuse, root= names the handed-over layout instead.
 4. kexec -s -l (kexec_file_load), or kexec -l when the kernel refuses that, then kexec -e.
+
+A packed root (root=bootc-live:packed:…, `packed_kexec_boot`) is obtained and checked against
+its pin as a packed boot does, mounted read-only to find the kernel and initramfs in its tree,
+and is itself what is handed over: the next initrd is the image's initramfs and a cpio archive
+holding the packed root as bootc-live/packed.root (parts past handover.PART_SIZE), its bytes
+moved rather than copied; the next command line boots it from there, with the same pin (the
+next stage checks it again).
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import BinaryIO, Callable
 
-from . import http, memory, mounts
+from . import http, memory, mounts, packed, roots
 from .cmdline import ROOT_PREFIX, BootSpec, split
+from .cpio import CpioWriter
 from .errors import BootcLiveError
 from .handover import (
     SplitLayoutSource,
@@ -37,7 +46,7 @@ from .handover import (
     write_record,
     write_split_layout,
 )
-from .kernels import KernelFinder, version_key
+from .kernels import KernelFinder, in_tree, version_key
 from .oci import Image
 from .run import CommandError, run
 from .status import Report
@@ -49,6 +58,10 @@ WORKDIR = "/run/bootc-live/kexec"
 MIB = 1 << 20
 SLACK = 64 * MIB  # the runtime and kexec-tools while loading
 BOOT_FILES_GUESS = 96 * MIB  # the image's kernel and initramfs, until they are found
+PACKED_NEXT = f"{ROOT_PREFIX}packed:/{packed.MEMBER}"  # where the next stage finds a packed root
+REUSE_HINT = (
+    "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image itself)"
+)
 
 
 class KexecError(BootcLiveError):
@@ -77,16 +90,34 @@ def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles
                 stream.skip(entry.size)
         stream.drain()  # to the end: the blob's digest and diff_id are checked
         finder.end_layer()
-        complete = finder.complete()
-        if wanted:
-            chosen = wanted if wanted in complete else ""
-        else:
-            chosen = complete[-1] if complete else ""
+        chosen = _chosen(finder, wanted)
         if chosen:
             return BootFiles(
                 chosen, extracted[(chosen, "vmlinuz")], extracted[(chosen, "initramfs.img")], read
             )
     return _missing(wanted, finder)
+
+
+def _chosen(finder: KernelFinder, wanted: str | None) -> str:
+    """The kernel to boot among those complete so far: `wanted`, else the highest; "" if none."""
+    complete = finder.complete()
+    if wanted:
+        return wanted if wanted in complete else ""
+    return complete[-1] if complete else ""
+
+
+def boot_files_in_tree(tree: str, wanted: str | None, workdir: str) -> BootFiles:
+    """The kernel and its initramfs in the mounted tree of a packed root, copied to `workdir`."""
+    finder = in_tree(tree)
+    chosen = _chosen(finder, wanted)
+    if not chosen:
+        return _missing(wanted, finder)
+    copies = []
+    for what in ("vmlinuz", "initramfs.img"):
+        target = os.path.join(workdir, f"{chosen}.{what}")
+        shutil.copyfile(os.path.join(tree, finder.files[(chosen, what)].decode()), target)
+        copies.append(target)
+    return BootFiles(chosen, copies[0], copies[1], 0)
 
 
 def _extract(stream: ChunkStream, size: int, workdir: str, kver: str, what: str) -> str:
@@ -128,27 +159,40 @@ def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
 
 
 def next_command_line(
-    current: str, reuse: bool, label: str, verified: str = "", pin: str = ""
+    current: str,
+    reuse: bool,
+    label: str,
+    verified: str = "",
+    pin: str = "",
+    replacing: Sequence[str] = (),
 ) -> str:
     """The running command line without the kexec options; with reuse, root= (and bootclabel=)
     name the handed-over layout, and bootc.kexec.verified= the record of what was verified.
     bootc.digest= becomes `pin`: the image stage one checked, so that stage two boots that very
-    image (a tag may name another by then; the handover names the platform's manifest)."""
+    image (a tag may name another by then; the handover names the platform's manifest). The
+    arguments `replacing` take the place of those of the same names."""
+    new = list(replacing)
+    if reuse:
+        new += kernel_arguments(label).split()
+    if pin:
+        new.append(f"bootc.digest={pin}")
+    if verified:
+        new.append(f"bootc.kexec.verified={verified}")
+    replaced = {arg.split("=", 1)[0] for arg in new}
     kept = []
     for arg in split(current):
         name = arg.split("=", 1)[0]
-        if name == "bootc.kexec" or name.startswith("bootc.kexec."):
-            continue
-        if (reuse and name in ("root", "bootclabel")) or (pin and name == "bootc.digest"):
+        if name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
             continue
         kept.append(arg)
-    if reuse:
-        kept += kernel_arguments(label).split()
-    if pin:
-        kept.append(f"bootc.digest={pin}")
-    if verified:
-        kept.append(f"bootc.kexec.verified={verified}")
-    return " ".join(shlex.quote(a) if " " in a else a for a in kept)
+    return " ".join(shlex.quote(a) if " " in a else a for a in [*kept, *new])
+
+
+def packed_command_line(current: str, pin: str, image: str | None) -> str:
+    """The next command line of a packed root: the one handed over, with the same pin."""
+    args = [f"root={PACKED_NEXT}", f"bootc.packed.sha256={pin}"]
+    args += [f"bootc.packed.image={image}"] if image else []
+    return next_command_line(current, False, "", replacing=args)
 
 
 def printable_command_line(command_line: str) -> str:
@@ -163,14 +207,13 @@ def printable_command_line(command_line: str) -> str:
     return " ".join(shlex.quote(a) if " " in a else a for a in args)
 
 
-def _check_memory(need: int, mem: memory.Memory, what: str) -> None:
+def _check_memory(need: int, mem: memory.Memory, what: str, hint: str = REUSE_HINT) -> None:
     have = mem.available - memory.RESERVE
     if need > have:
         raise memory.NotEnoughMemory(
             f"not enough memory for kexec: {what} needs about {need // MIB} MiB, "
             f"{max(have, 0) // MIB} MiB available",
-            "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image "
-            "itself)",
+            hint,
         )
 
 
@@ -212,6 +255,22 @@ def kexec_boot(
         # is named as stage one found it (an index for a multi-platform tag).
         pin = image.manifest_digest if reuse else image.top.digest
         command_line = next_command_line(f.read(), reuse, label, verified, pin)
+    done = f"{files.layers_read} of {len(image.layers)} layers read"
+    load_and_execute(files, initrd, command_line, start, work, report, done)
+
+
+def load_and_execute(
+    files: BootFiles,
+    initrd: str,
+    command_line: str,
+    start: float,
+    work: memory.PeakWatch,
+    report: Report,
+    done: str,
+    release: Callable[[], None] = lambda: None,
+) -> None:
+    """Load the kernel and initrd, free their files and then what `release` frees, and execute;
+    on success this does not return. `done`: what stage one did, for its last line."""
     shown = printable_command_line(command_line)  # a URL's password stays out of every output
     what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
     next_initrd = os.path.getsize(initrd)
@@ -220,6 +279,7 @@ def kexec_boot(
     # The kernel holds its own copy of both now: the files' memory goes back.
     for path in (initrd, files.kernel):
         os.unlink(path)
+    release()
     now = memory.Memory.read()
     seconds = time.monotonic() - start
     report.state(
@@ -233,17 +293,123 @@ def kexec_boot(
         kexec_peak_loading=loading.peak,
         kexec_cmdline=shown,
     )
-    say(
-        f"kexec: stage one took {seconds:.1f}s, {files.layers_read} of {len(image.layers)} "
-        f"layers read; peak memory in use {work.peak >> 20} MiB, {loading.peak >> 20} MiB while "
-        f"loading by {loader}"
+    report.say(
+        f"kexec: stage one took {seconds:.1f}s, {done}; peak memory in use {work.peak >> 20} "
+        f"MiB, {loading.peak >> 20} MiB while loading by {loader}"
     )
-    say(f"kexec into {files.kver}: {shown}")
+    report.say(f"kexec into {files.kver}: {shown}")
     os.sync()
     run(["kexec", "-e"], hint="the kernel refused to execute the loaded image")
     raise KexecError(
         f"kexec -e returned without starting kernel {files.kver}", "boot without bootc.kexec"
     )
+
+
+PACKED_HINT = "add RAM, or boot the packed root without bootc.kexec"
+
+
+def packed_kexec_boot(
+    spec: BootSpec,
+    source: packed.PackedSource,
+    report: Report,
+    free_modules: Callable[[], object] = lambda: None,
+    workdir: str | None = None,
+    proc_cmdline: str = "/proc/cmdline",
+) -> None:
+    """bootc.kexec with a packed root: obtain it and check its pin, find the image's kernel in
+    its mounted tree, hand the packed root itself over (`packed_initrd`), load and execute. On
+    success this does not return; whatever fails leaves nothing mounted."""
+    assert spec.packed_sha256 is not None
+    workdir = workdir or WORKDIR
+    _need_kexec()
+    mem = memory.Memory.read()
+    # Stored, it takes its size (in place: one more part while parts are joined).
+    stored = source.largest_part if source.in_place else (source.size or 0)
+    _check_memory(stored + BOOT_FILES_GUESS + SLACK, mem, "the packed root", PACKED_HINT)
+    start = time.monotonic()
+    os.makedirs(workdir, exist_ok=True)
+    mounts.mount_tmpfs(workdir, mem.total)
+    try:
+        with (
+            memory.PeakWatch() as work,
+            roots.packed_root(
+                source,
+                os.path.join(workdir, "tree"),
+                mounts.MountPlan(),
+                spec.packed_sha256,
+                spec.packed_image,
+                mem.total,
+                workdir,
+                report.summary,
+            ) as root,
+        ):
+            report.state("loading")
+            loaded = root.load()
+            free_modules()  # those of loop and the packed root's filesystem are loaded now
+            root.mount_image(root.newroot)
+            try:
+                files = boot_files_in_tree(root.newroot, spec.kexec_kver, workdir)
+            finally:
+                mounts.umount(root.newroot)  # the loop device goes with it (autoclear)
+            fs = source.format
+            assert fs is not None  # known once loaded
+            report.say(f"kexec: kernel {files.kver} found in the packed root ({fs.name})")
+            report.state(
+                "kexec",
+                kexec_kver=files.kver,
+                kexec_layers_read=0,
+                kexec_handover_bytes=loaded.size,
+                manifest=spec.packed_image,
+                packed_sha256=loaded.sha256,
+                format=fs.name,
+                compressor=fs.compressor,
+            )
+            initrd = packed_initrd(files, loaded, workdir)
+            with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
+                command_line = packed_command_line(f.read(), loaded.sha256, spec.packed_image)
+            done = f"packed root {loaded.size >> 20} MiB handed over"
+            load_and_execute(
+                files,
+                initrd,
+                command_line,
+                start,
+                work,
+                report,
+                done,
+                lambda: _release(root, workdir, report),
+            )
+    finally:
+        if mounts.is_mounted(workdir):
+            mounts.umount(workdir)
+
+
+def _release(root: roots.PackedRoot, workdir: str, report: Report) -> None:
+    """Once loaded, stage one needs none of its mounts (the packed root's file was moved)."""
+    for problem in root.undo():
+        report.summary(f"could not undo the packed root: {problem}")
+    mounts.umount(workdir)
+
+
+def packed_initrd(files: BootFiles, loaded: packed.Stored, workdir: str) -> str:
+    """The next initrd: the image's initramfs, then a cpio archive holding the packed root as
+    the next stage finds it, its bytes moved out of its file (`move_into`) once the exact check
+    says that loading them fits."""
+    _check_loading(files, loaded.size, PACKED_HINT)
+    initrd = os.path.join(workdir, "initrd")
+    os.rename(files.initramfs, initrd)
+    with open(initrd, "r+b") as out:
+        base = _next_archive(out)
+        out.truncate(base)
+        out.seek(base)
+        cpio = CpioWriter(out)
+        cpio.add_dir(os.path.dirname(packed.MEMBER))
+        places = [
+            (base + cpio.reserve_file(name, size), size)
+            for name, size in packed.members(loaded.size)
+        ]
+        cpio.close()
+    move_into(loaded.path, initrd, places)
+    return initrd
 
 
 def _need_kexec() -> None:
@@ -263,19 +429,24 @@ def _next_initrd(files: BootFiles, handover: str | None, workdir: str) -> str:
     # will run from; kexec_load (`kexec -l`) reads them into kexec's memory, which the kernel
     # copies. The first is tried (it also works under lockdown with a signed kernel), the
     # second if the kernel refuses it.
-    loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel))
-    loaded += os.path.getsize(handover) if handover else 0
-    _check_memory(
-        2 * loaded + SLACK,
-        memory.Memory.read(),
-        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
-    )
+    _check_loading(files, os.path.getsize(handover) if handover else 0)
     if not handover:
         return files.initramfs
     initrd = os.path.join(workdir, "initrd")
     os.rename(files.initramfs, initrd)
     append_moving(initrd, handover)
     return initrd
+
+
+def _check_loading(files: BootFiles, handed_over: int, hint: str = REUSE_HINT) -> None:
+    """Loading takes two more copies of the kernel and the next initrd (_next_initrd)."""
+    loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel)) + handed_over
+    _check_memory(
+        2 * loaded + SLACK,
+        memory.Memory.read(),
+        f"loading kernel {files.kver} (kexec holds two more copies of it and its initrd)",
+        hint,
+    )
 
 
 def _hand_over_and_search(
@@ -332,22 +503,45 @@ def load(files: BootFiles, what: list[str], shown: list[str]) -> str:
         ) from None
 
 
+def _next_archive(out: BinaryIO) -> int:
+    """Where the next cpio archive appended to `out` starts: after 4 to 7 zero bytes, at a
+    4-byte boundary (where the kernel looks for it; the zeros end an lz4 legacy stream, which
+    has no end mark of its own)."""
+    base = out.seek(0, os.SEEK_END) + 4
+    return base + -base % 4
+
+
 def append_moving(target: str, part: str, chunk: int = 4 * MIB) -> None:
-    """Append file `part` to `target` after 4 to 7 zero bytes, at a 4-byte boundary (where the
-    kernel looks for the next cpio archive; the zeros end an lz4 legacy stream, which has no
-    end mark of its own), then delete `part`. It is copied from its end backwards and cut short
-    behind each chunk, so on a tmpfs the two never hold its bytes twice."""
+    """Append file `part` to `target` as the next archive (`_next_archive`), moving it."""
+    size = os.path.getsize(part)
+    with open(target, "r+b") as out:
+        base = _next_archive(out)
+        out.truncate(base + size)  # a hole until filled: no memory yet
+    move_into(part, target, [(base, size)], chunk)
+
+
+def move_into(
+    part: str, target: str, places: Sequence[tuple[int, int]], chunk: int = 4 * MIB
+) -> None:
+    """Move the bytes of file `part` into `target` at `places` ((offset, size) each, in order,
+    their sizes adding up to `part`'s), then delete `part`. They are copied from its end
+    backwards and `part` cut short behind each chunk, so on a tmpfs the two never hold its
+    bytes twice."""
+    spans = []
+    start = 0
+    for offset, size in places:
+        spans.append((start, offset, size))
+        start += size
     with open(target, "r+b") as out, open(part, "r+b") as src:
-        base = out.seek(0, os.SEEK_END) + 4
-        base += -base % 4
-        end = os.fstat(src.fileno()).st_size
-        out.truncate(base + end)  # a hole until filled: no memory yet
-        while end:
-            begin = (end - 1) // chunk * chunk
-            src.seek(begin)
-            data = src.read(end - begin)
-            out.seek(base + begin)
-            out.write(data)
-            src.truncate(begin)
-            end = begin
+        assert os.fstat(src.fileno()).st_size == start, "places cover the file"
+        for origin, offset, size in reversed(spans):
+            end = size
+            while end:
+                begin = (end - 1) // chunk * chunk
+                src.seek(origin + begin)
+                data = src.read(end - begin)
+                out.seek(offset + begin)
+                out.write(data)
+                src.truncate(origin + begin)
+                end = begin
     os.unlink(part)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
-from . import http, urllib_dracut
+from . import handover, http, urllib_dracut
 from .errors import BootcLiveError, SpaceError, shown
 from .sources import part_files
 
@@ -41,6 +41,18 @@ EROFS_ALGORITHMS = ("lz4", "lzma", "deflate", "zstd")  # bits of available_compr
 EROFS_ZERO_PADDING = 0x1  # feature_incompat: compressed (lz4) data is zero-padded
 EROFS_COMPR_CFGS = 0x2  # feature_incompat: available_compr_algs is a bitmap
 PACK_HINT = "serve or append packed.img as bootc-live build or pack wrote it"
+
+
+def members(size: int) -> list[tuple[str, int]]:
+    """The cpio members that hold a packed root of `size` bytes, in order: MEMBER, or past
+    handover.PART_SIZE MEMBER.0, MEMBER.1, … of that size each (the last one shorter)."""
+    part_size = handover.PART_SIZE
+    if size <= part_size:
+        return [(MEMBER, size)]
+    return [
+        (f"{MEMBER}.{part}", min(part_size, size - offset))
+        for part, offset in enumerate(range(0, size, part_size))
+    ]
 
 
 class PackedError(BootcLiveError):

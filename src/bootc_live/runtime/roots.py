@@ -486,10 +486,7 @@ class PackedRoot(Root):
         if not self.zram:
             os.makedirs(self.rw, exist_ok=True)
             mounts.mount_tmpfs(self.rw, self.size)
-        image_at = self.lower if self.plan.rw else self.newroot
-        os.makedirs(image_at, exist_ok=True)
-        options = ",".join(["loop", "ro", *self.plan.rootflags])
-        run(["mount", "-t", fs.name, "-o", options, stored.path, image_at])
+        self.mount_image(self.lower if self.plan.rw else self.newroot)
         if self.plan.rw:
             overlay(self.lower, self.newroot, self.rw, "root")
             mounts.finish_root(self.newroot, self.plan)
@@ -499,6 +496,14 @@ class PackedRoot(Root):
         return PackedFacts(
             "packed", stored.sha256, stored.size, fs.name, fs.compressor, self.image, zram
         )
+
+    def mount_image(self, at: str) -> None:
+        """Mount the loaded packed root read-only at `at` (through a loop device)."""
+        fs, stored = self.source.format, self.stored
+        assert fs is not None and stored is not None, "load() comes first"
+        os.makedirs(at, exist_ok=True)
+        options = ",".join(["loop", "ro", *self.plan.rootflags])
+        run(["mount", "-t", fs.name, "-o", options, stored.path, at])
 
     def undo(self) -> list[str]:
         # A loop device made by mount -o loop is detached when it is unmounted (autoclear).
