@@ -105,14 +105,14 @@ def artifact(layer: Blob, record: dict[str, Any], subject: dict[str, Any], creat
         "annotations": {packedreg.CREATED: created, **notes},
     }
     body = json.dumps(manifest, indent=None, separators=(",", ":")).encode()
-    return Blob(packedreg.OCI_MANIFEST, _sha256(body), len(body), body)
+    return Blob(packedreg.OCI_MANIFEST, sha256_digest(body), len(body), body)
 
 
 def empty() -> Blob:
-    return Blob(packedreg.EMPTY_TYPE, _sha256(EMPTY), len(EMPTY), EMPTY)
+    return Blob(packedreg.EMPTY_TYPE, sha256_digest(EMPTY), len(EMPTY), EMPTY)
 
 
-def _sha256(data: bytes) -> str:
+def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
