@@ -34,6 +34,7 @@ from unpackers import need
 MIB = 1 << 20
 IMAGE = "sha256:" + "cd" * 32
 FAST = Policy(retries=3, stall=5, max_backoff=0.05)
+ZRAM = "bootc.zram=64M bootc.zram.algorithm=zstd"  # the overlays' uppers on a zram device
 
 
 @pytest.fixture(scope="module")
@@ -132,19 +133,32 @@ def appended(tmp: Path, image: Path, parts: int = 1) -> str:
 
 
 def expected_calls(
-    fs: str, options: str, tmp: Path, file: str, streamed_size: int | None = None
+    fs: str,
+    options: str,
+    tmp: Path,
+    file: str,
+    streamed_size: int | None = None,
+    zram: bool = False,
 ) -> list[list[str]]:
-    """The commands a packed boot must run, for each filesystem and mount option."""
+    """The commands a packed boot must run, for each filesystem and mount option, the uppers
+    on a tmpfs or (`zram`) on ext4 on /dev/zram0."""
     rw, etc_rw, var_rw, flags = OPTIONS[options]
     newroot, work = str(tmp / "newroot"), tmp / "work"
     calls = [["modprobe", "loop"], ["modprobe", "overlay"]]
+    if zram:  # as the zram mode makes its device (test_boot_host), mounted without rootflags,
+        # and before the unused modules are freed: zram and its compressor load then
+        calls += [["modprobe", "zram"], ["modprobe", "ext4"]]
+        mkfs = "mkfs.ext4 -q -F -m 0 -i 8192 -O ^has_journal -L bootc-live -E nodiscard"
+        calls.append([*mkfs.split(), "/dev/zram0"])
+        calls.append(["mount", "-t", "ext4", "-o", "discard", "/dev/zram0", str(work / "live")])
     if streamed_size is not None:
         size = -(-(streamed_size + MIB) // MIB) * MIB
         files = ",".join(["mode=0755", f"size={size}", "suid", "dev"])
         calls.append(["mount", "-t", "tmpfs", "-o", files, "bootc-live", str(work / "packed")])
     calls.append(["modprobe", fs])
-    live = ",".join(["mode=0755", f"size={TOTAL}", "suid", "dev"])
-    calls.append(["mount", "-t", "tmpfs", "-o", live, "bootc-live", str(work / "live")])
+    if not zram:
+        live = ",".join(["mode=0755", f"size={TOTAL}", "suid", "dev"])
+        calls.append(["mount", "-t", "tmpfs", "-o", live, "bootc-live", str(work / "live")])
     loop = ",".join(["loop", "ro", *flags])
 
     def overlay(lower: str, name: str, target: str) -> list[str]:
@@ -170,19 +184,29 @@ def expected_calls(
     return calls
 
 
+@pytest.mark.parametrize("zram", [False, True], ids=["tmpfs", "zram"])
 @pytest.mark.parametrize("options", list(OPTIONS))
 @pytest.mark.parametrize("fs", ["squashfs", "erofs"])
 def test_an_appended_packed_root_runs_exactly_these_commands(
-    packed_system: System, images: dict[str, Path], tmp_path: Path, fs: str, options: str
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    fs: str,
+    options: str,
+    zram: bool,
 ) -> None:
+    """… its uppers on a tmpfs, or with bootc.zram on a device it sized and set up as asked."""
     image = images[fs]
     file = appended(tmp_path, image)
-    code, status = boot_packed(tmp_path, file, pin(image), options)
+    code, status = boot_packed(tmp_path, file, pin(image), f"{ZRAM if zram else ''} {options}")
     assert code == 0, status
-    assert packed_system.calls == expected_calls(fs, options, tmp_path, file)
+    assert packed_system.calls == expected_calls(fs, options, tmp_path, file, zram=zram)
     assert (tmp_path / "newroot/etc/hostname").read_bytes() == b"live\n"
     compressor = "zstd" if fs == "squashfs" else "lz4"
     assert status["state"] == "ready" and status["mode"] == "packed"
+    figures = {  # the fake sysfs's mm_stat: 10 MiB stored in 4 MiB of RAM
+        "zram": {"device": "/dev/zram0", "algorithm": "zstd", "stored": 10 * MIB, "memory": 4 * MIB}
+    }
     assert status["root"] == {
         "mode": "packed",
         "sha256": pin(image),
@@ -190,20 +214,37 @@ def test_an_appended_packed_root_runs_exactly_these_commands(
         "format": fs,
         "compressor": compressor,
         "image": IMAGE,
+        **(figures if zram else {}),
     }
+    zram0 = tmp_path / "sys/block/zram0"
+    assert (zram0 / "disksize").read_text() == (str(64 * MIB) if zram else "0\n")
+    assert (zram0 / "comp_algorithm").read_text().strip() == (
+        "zstd" if zram else "lzo [lzo-rle] lz4 zstd"
+    )
+    assert not (zram0 / "reset").exists()
     assert status["manifest"] == IMAGE and status["bytes"] == image.stat().st_size
     assert status["peak_memory"] > 0 and status["seconds"] >= 0
     assert (status["format"], status["compressor"]) == (fs, compressor)  # from "planned"
 
 
-def test_the_states_of_a_packed_boot(
+@pytest.mark.parametrize(
+    ("args", "uppers"),
+    [
+        ("", "a tmpfs"),
+        (ZRAM, "a 64 MiB zram device (zstd), at most"),
+    ],
+    ids=["tmpfs", "zram"],
+)
+def test_the_states_and_the_planner_line_of_a_packed_boot(
     packed_system: System,
     images: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    args: str,
+    uppers: str,
 ) -> None:
     image = images["squashfs"]
-    code, final = boot_packed(tmp_path, appended(tmp_path, image), pin(image))
+    code, final = boot_packed(tmp_path, appended(tmp_path, image), pin(image), args)
     err = capsys.readouterr().err.splitlines()
     states = documents([line for line in err if "bootc-live: status " in line])
     assert code == 0 and [s["state"] for s in states] == [
@@ -218,9 +259,14 @@ def test_the_states_of_a_packed_boot(
     assert planner == [
         f"bootc-live: needs about 32 MiB for the packed root {tmp_path}/initramfs/bootc-live/"
         f"packed.root in the initramfs ({memory.mib_up(image.stat().st_size)} MiB, in memory "
-        "already) and 32 MiB for the /etc and /var overlays, "
+        f"already) and 32 MiB for the /etc and /var overlays on {uppers}, "
         f"{(3000000 * 1024 - memory.RESERVE) >> 20} MiB available; it is squashfs (zstd)"
     ]
+    summary = [line for line in err if "live root ready" in line]
+    # zram's figures: the fake sysfs's mm_stat, 10 MiB stored in 4 MiB of RAM
+    zram = "; uppers on zram /dev/zram0 (zstd): 10.0 MiB stored in 4.0 MiB of RAM" if args else ""
+    root = f"packed root {pin(image)} ({image.stat().st_size / MIB:.1f} MiB, squashfs zstd)"
+    assert len(summary) == 1 and f"{root}{zram} in " in summary[0]
 
 
 def test_parts_appended_are_joined_in_place(
@@ -235,26 +281,41 @@ def test_parts_appended_are_joined_in_place(
     assert packed_system.calls == expected_calls("erofs", "", tmp_path, file)
 
 
+@pytest.mark.parametrize("zram", [False, True], ids=["tmpfs", "zram"])
 @pytest.mark.parametrize("served", [False, True], ids=["appended", "served"])
 @pytest.mark.parametrize("fs", ["squashfs", "erofs"])
 def test_a_failure_at_any_command_leaves_nothing_mounted_and_no_file(
-    packed_system: System, images: dict[str, Path], tmp_path: Path, fs: str, served: bool
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    fs: str,
+    served: bool,
+    zram: bool,
 ) -> None:
+    """… and a zram device for the uppers is reset once it was sized (after modprobe ext4)."""
     data = packed_img(images[fs])
+    zram0 = tmp_path / "sys/block/zram0"
     with faulty(data, lambda _n, _s: None) as server:
         for options in ("bootc.live.etc.rw=0", "rw bootc.live.var.rw=0 rootflags=noatime"):
-            count = len(expected_calls(fs, options, tmp_path, "x", len(data) if served else None))
-            for n in range(1, count + 1):
+            size = len(data) if served else None
+            calls = expected_calls(fs, options, tmp_path, "x", size, zram)
+            sized = calls.index(["modprobe", "ext4"]) + 1 if zram else len(calls)
+            for n in range(1, len(calls) + 1):
                 packed_system.calls, packed_system.mounted, packed_system.fail_at = [], [], n
                 for made in ("work", "newroot"):  # what the fake mounts copied
                     shutil.rmtree(tmp_path / made, ignore_errors=True)
                 (tmp_path / "newroot").mkdir()
+                (zram0 / "reset").unlink(missing_ok=True)
+                (zram0 / "disksize").write_text("0\n")
                 if served:
                     root, file = server.url("packed.img"), str(tmp_path / "work/packed/packed.root")
                 else:
                     root = file = appended(tmp_path, images[fs])
-                code, status = boot_packed(tmp_path, root, pin(images[fs]), options)
+                args = f"{ZRAM if zram else ''} {options}"
+                code, status = boot_packed(tmp_path, root, pin(images[fs]), args)
                 failed = packed_system.calls[n - 1]
+                reset = (zram0 / "reset").read_text() if (zram0 / "reset").exists() else None
+                assert reset == ("1" if n > sized else None), (n, failed)
                 assert code == 1 and status["state"] == "failed", (n, failed)
                 if failed[:2] == ["modprobe", fs]:
                     assert status["message"] == (
@@ -327,8 +388,58 @@ def test_not_enough_memory_stops_before_anything_with_the_figures(
     size = memory.mib_up(len(data))
     assert status["message"] == (
         f"bootc-live: not enough memory: needs {size + 32} MiB for the packed root {url} "
-        f"({size} MiB) and 32 MiB for the /etc and /var overlays, 12 MiB available; add RAM"
+        f"({size} MiB) and 32 MiB for the /etc and /var overlays on a tmpfs, 12 MiB available; "
+        "add RAM"
     )
+
+
+# -- the uppers on zram ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["63M", "1%"])
+def test_a_zram_device_too_small_for_the_uppers_stops_before_anything(
+    packed_system: System, images: dict[str, Path], tmp_path: Path, size: str
+) -> None:
+    image = images["squashfs"]
+    file = appended(tmp_path, image)
+    code, status = boot_packed(tmp_path, file, pin(image), f"bootc.zram={size}")
+    assert code == 1 and packed_system.calls == []
+    assert status["message"] == (
+        f"bootc-live: bootc.zram={size} is too small for a packed root's overlays: 32 MiB of "
+        "writes need a 64 MiB device; use bootc.zram=64M (a zram device takes RAM only for "
+        "what it holds, compressed)"
+    )
+    assert (tmp_path / "sys/block/zram0/disksize").read_text() == "0\n"
+
+
+def test_a_pin_mismatch_with_zram_gives_the_device_back(
+    packed_system: System, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """The device is made first (its modules load before the unused ones are freed): a root
+    refused after that leaves it reset, nothing mounted."""
+    image = images["erofs"]
+    file = appended(tmp_path, image)
+    code, status = boot_packed(tmp_path, file, "sha256:" + "0" * 64, ZRAM)
+    assert code == 1 and "the command line pins sha256:" in status["message"]
+    assert packed_system.mounted == [] and not os.path.exists(file)
+    assert (tmp_path / "sys/block/zram0/reset").read_text() == "1"
+
+
+def test_a_compressor_zram_does_not_offer_stops_before_the_root_is_stored(
+    packed_system: System, images: dict[str, Path], tmp_path: Path
+) -> None:
+    image = images["squashfs"]
+    file = appended(tmp_path, image)
+    code, status = boot_packed(
+        tmp_path, file, pin(image), "bootc.zram=64M bootc.zram.algorithm=nope"
+    )
+    assert code == 1 and status["message"] == (
+        "bootc-live: bootc.zram.algorithm=nope: this kernel's zram offers lzo, lzo-rle, lz4, zstd; "
+        "pick one of those"
+    )
+    assert packed_system.calls == [["modprobe", m] for m in ("loop", "overlay", "zram", "ext4")]
+    assert packed_system.mounted == [] and not os.path.exists(file)
+    assert (tmp_path / "sys/block/zram0/disksize").read_text() == "0\n"
 
 
 # -- streamed over http ----------------------------------------------------------------------
@@ -337,16 +448,28 @@ def test_not_enough_memory_stops_before_anything_with_the_figures(
 @pytest.mark.parametrize("fs", ["squashfs", "erofs"])
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_nginx_serves_packed_img_or_the_bare_image(
-    packed_system: System, images: dict[str, Path], tmp_path: Path, fs: str, wrapped: bool
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fs: str,
+    wrapped: bool,
 ) -> None:
+    """… and the planner, before the download, counts the size the server announces."""
     image = images[fs]
     srv = tmp_path / "srv"
     srv.mkdir()
     data = packed_img(image) if wrapped else image.read_bytes()
     (srv / "packed.img").write_bytes(data)
     with nginx(srv, tmp_path / "nginx") as server:
-        code, status = boot_packed(tmp_path, server.url("packed.img"), pin(image))
+        url = server.url("packed.img")
+        code, status = boot_packed(tmp_path, url, pin(image))
     assert code == 0, status
+    size = memory.mib_up(len(data))
+    assert (
+        f"bootc-live: needs about {memory.mib_up(len(data) + memory.PACKED_UPPERS)} MiB for the "
+        f"packed root {url} ({size} MiB) and 32 MiB for the /etc and /var overlays on a tmpfs, "
+    ) in capsys.readouterr().err
     stored = str(tmp_path / "work/packed/packed.root")
     assert packed_system.calls == expected_calls(fs, "", tmp_path, stored, len(data))
     assert Path(stored).read_bytes() == image.read_bytes()

@@ -173,3 +173,24 @@ def test_the_index_records_the_zram_figure_and_a_handover_keeps_it(tmp_path: Pat
     assert again["annotations"][memory.ZRAM_ANNOTATION] == "12345"
     assert again["annotations"][memory.SIZES_ANNOTATION] == "1,2"
     assert memory.recorded_zram(image) is None
+
+
+def test_the_index_records_the_packed_root_and_a_handover_keeps_it(tmp_path: Path) -> None:
+    build_layout(tmp_path / "img", LAYERS, tag="v1")
+    image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
+    assert memory.recorded_packed(image) is None
+    figures = {
+        memory.PACKED_BYTES_ANNOTATION: str(170 << 20),
+        memory.PACKED_SHA256_ANNOTATION: "sha256:" + "ab" * 32,
+        memory.PACKED_FORMAT_ANNOTATION: "squashfs:xz",
+    }
+    (tmp_path / "img/index.json").write_bytes(
+        build_mod.index_json(image, "v1", [1, 2], None, packed=figures)
+    )
+    recorded = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
+    assert memory.recorded_packed(recorded) == memory.RecordedPacked(
+        170 << 20, "sha256:" + "ab" * 32, "squashfs:xz"
+    )
+    assert memory.recorded_packed(recorded).need() == (170 + 32) << 20  # as check_packed plans
+    again = json.loads(handover.index_json(recorded, "handover", None))["manifests"][0]
+    assert {k: again["annotations"][k] for k in figures} == figures

@@ -67,6 +67,35 @@ def test_inspect_plans_zram_from_the_figure_build_recorded(tmp_path: Path) -> No
     assert zram and int(zram.group(1)) >= 300 * 1.08, result.stdout
 
 
+def test_inspect_shows_the_packed_root_build_recorded(tmp_path: Path) -> None:
+    """Its size known before any download: next to the unpacked and zram figures, and as a
+    mode of its own (the packed root and its overlays' uppers), in order of the RAM it needs."""
+    build_layout(tmp_path / "img", [layer_tar([f("data", bytes(range(256)) * 4000)])], tag="v1")
+    index = json.loads((tmp_path / "img/index.json").read_text())
+    index["manifests"][0]["annotations"].update(
+        {
+            "org.bootc-live.zram-zstd-bytes": str(300 << 20),
+            "org.bootc-live.packed-bytes": str(170 << 20),
+            "org.bootc-live.packed-sha256": "sha256:" + "ab" * 32,
+            "org.bootc-live.packed-format": "squashfs:xz",
+        }
+    )
+    (tmp_path / "img/index.json").write_text(json.dumps(index))
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "MiB unpacked (from the gzip trailers), 300 MiB as zstd pages (zram), packed: 170.0 MiB "
+        "(squashfs:xz); what each root mode needs" in result.stdout
+    )
+    lines = re.findall(r"^  (\w+) +about (\d+) MiB", result.stdout, re.M)
+    assert ("packed", "202") in lines, result.stdout
+    assert [int(peak) for _, peak in lines] == sorted(int(peak) for _, peak in lines)
+    assert (
+        f"  packed about 202 MiB: root=bootc-live:packed:… bootc.packed.sha256=sha256:{'ab' * 32} "
+        "(cmdline-packed.txt)\n"
+    ) in result.stdout
+
+
 def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
     result = bootc_live("inspect", f"oci:{tmp_path}")
     assert_clean_failure(result)

@@ -210,6 +210,12 @@ def test_the_record_and_the_arguments() -> None:
         f"bootc.packed.image=sha256:{'1' * 64}"
     )
     assert PACKED.arguments("http://h/p.img").startswith("root=bootc-live:packed:http://h/p.img ")
+    # What build records in the image index: inspect and the planner read it back.
+    assert PACKED.annotations() == {
+        "org.bootc-live.packed-bytes": "4096",
+        "org.bootc-live.packed-sha256": "sha256:" + "2" * 64,
+        "org.bootc-live.packed-format": "squashfs:xz",
+    }
 
 
 # --- the cpio wrapper ------------------------------------------------------------------------
@@ -541,10 +547,22 @@ def test_build_writes_the_packed_root_its_record_and_arguments(
     ipxe = (out / "boot.ipxe").read_text()
     assert f"initrd=initrd.img initrd=packed.img {arguments}\n" in ipxe
     assert "root=bootc-live:packed:${base-url}/packed.img bootc.packed.sha256=" in ipxe
+    # The image index of root.oci and rootfs.img records it: inspect shows it, nothing read.
+    inspected = bootc_live("inspect", f"oci-archive:{out / 'root.oci'}:demo")
+    assert inspected.returncode == 0, inspected.stderr
+    mib = facts["bytes"] / (1 << 20)
+    assert f", packed: {mib:.1f} MiB (squashfs:xz); what each root mode" in inspected.stdout
+    assert (
+        f"  packed about {(facts['bytes'] + (32 << 20)) / (1 << 20):.0f} MiB: "
+        f"root=bootc-live:packed:… bootc.packed.sha256={facts['sha256']} (cmdline-packed.txt)\n"
+    ) in inspected.stdout
     # --pack none: none of them.
     build_mod.build(build_mod.BuildConfig(source, out, host=True, kver=kver, pack="none"))
     assert not {"packed.img", "packed.json", "cmdline-packed.txt"} & {p.name for p in out.iterdir()}
     assert "packed" not in (out / "boot.ipxe").read_text()
+    inspected = bootc_live("inspect", f"oci-archive:{out / 'root.oci'}:demo")
+    assert inspected.returncode == 0, inspected.stderr
+    assert "packed:" not in inspected.stdout and "  packed " not in inspected.stdout
 
 
 @pytest.mark.integration

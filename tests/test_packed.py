@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootc_live.runtime import packed
-from bootc_live.runtime.cmdline import CmdlineError, ImageLocation, parse
+from bootc_live.runtime.cmdline import CmdlineError, ImageLocation, RootMode, parse
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.packed import MEMBER, FileSource, PackedError, payload
 
@@ -65,6 +65,18 @@ def test_a_packed_root_from_a_registry_needs_no_pin() -> None:
     assert spec.packed_sha256 is None
 
 
+def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
+    spec = parse(
+        [
+            "root=bootc-live:packed:/p",
+            f"bootc.packed.sha256={PIN}",
+            "bootc.zram=64M",
+            "bootc.zram.algorithm=zstd",
+        ]
+    )
+    assert spec.mode == RootMode.zram(64 << 20, "zstd")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -84,12 +96,8 @@ def test_a_packed_root_from_a_registry_needs_no_pin() -> None:
             "root=bootc-live:packed:… or drop them",
         ),
         (
-            f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.zram=1G",
-            "a packed root does not combine with bootc.zram yet; drop one of them",
-        ),
-        (
             f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.live.erofs",
-            "a packed root does not combine with bootc.live.erofs yet; drop one of them",
+            "a packed root does not combine with bootc.live.erofs; drop one of them",
         ),
         (
             f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.kexec",

@@ -91,3 +91,18 @@ def test_kernel_without_the_filesystem_stops(artifacts: dict[str, Path]) -> None
     # The kernel refuses to load squashfs: the boot names the filesystem it cannot mount.
     result = run(artifacts["shell"], "module_blacklist=squashfs", packed=True)
     assert_stopped(result, "squashfs")
+
+
+def test_packed_root_read_write_on_zram_uppers(artifacts: dict[str, Path]) -> None:
+    """bootc.zram with a packed root: the whole root's overlay has its upper on ext4 on a zram
+    device, which the status names with its figures."""
+    art = artifacts["shell"]
+    result = run(art, "bootc.zram=64M bootc.zram.algorithm=zstd rw", packed=True)
+    root = assert_packed(result, art, root="rw", etc="rw", var="rw", fstype="overlay")
+    assert (
+        result.report and "upperdir=/run/bootc-live/live/root/upper" in (result.report["rootopts"])
+    ), result.report
+    zram = root["zram"]
+    assert isinstance(zram, dict) and zram["device"].startswith("/dev/zram"), root
+    assert zram["algorithm"] == "zstd" and zram["memory"] >= 0, root
+    print(f"packed, rw on zram uppers: {root}; memused {result.report['memused']} KiB")

@@ -82,7 +82,8 @@ def build(config: BuildConfig) -> Path:
                 config, image, tmp, Path(work), trusted
             )
         entries, documents = carried.entries(image, checked.found)
-        index = index_json(image, label, sizes, zram, image.top, entries)
+        recorded = packed.annotations() if packed else None
+        index = index_json(image, label, sizes, zram, image.top, entries, recorded)
         with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
             with open(tmp / "rootfs.img", "wb") as out:
                 write_split_layout(image, index, out, documents)

@@ -394,17 +394,33 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     else:
         how = f"about {facts.estimate.unpacked / MIB:.0f} MiB unpacked ({facts.estimate.how})"
         how += as_pages or ", no zram figure recorded (--measure measures one)"
+    packed = memory.recorded_packed(image)  # what build packed: its size known before download
+    if packed is not None:
+        how += f", packed: {packed.size / MIB:.1f} MiB ({packed.format})"
     lines = [
         f"RAM       {how}; what "
         "each root mode needs besides the kernel and initramfs (+ the largest blob, "
         f"{largest / MIB:.0f} MiB, while an embedded image is unpacked):"
     ]
+    modes = []
     for need in memory.alternatives(image, facts.estimate):
         steady = f", {need.steady / MIB:.0f} MiB once booted" if need.steady < need.peak else ""
-        lines.append(
-            f"  {need.mode.kind:<5} about {need.peak / MIB:.0f} MiB{steady}: {need.mode.option()}"
+        modes.append(
+            (
+                need.peak,
+                f"{need.mode.kind:<5} about {need.peak / MIB:.0f} MiB{steady}: "
+                + need.mode.option(),
+            )
         )
-    return lines
+    if packed is not None:
+        modes.append(
+            (
+                packed.need(),
+                f"packed about {packed.need() / MIB:.0f} MiB: root=bootc-live:packed:… "
+                f"bootc.packed.sha256={packed.sha256} (cmdline-packed.txt)",
+            )
+        )
+    return lines + [f"  {line}" for _, line in sorted(modes)]
 
 
 def cmd_erofs(args: argparse.Namespace) -> int:

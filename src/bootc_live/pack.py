@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .progress import Ticker, bytes_progress, say
-from .runtime import handover, kernels, roots
+from .runtime import handover, kernels, memory, roots
 from .runtime.cpio import CpioWriter
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Image
@@ -243,6 +243,14 @@ class Packed:
             ).encode()
             + b"\n"
         )
+
+    def annotations(self) -> dict[str, str]:
+        """What `build` records of it in the image index (memory.recorded_packed reads it)."""
+        return {
+            memory.PACKED_BYTES_ANNOTATION: str(self.size),
+            memory.PACKED_SHA256_ANNOTATION: self.sha256,
+            memory.PACKED_FORMAT_ANNOTATION: str(self.format),
+        }
 
     def arguments(self, location: str = "/" + MEMBER) -> str:
         """The kernel arguments that boot it from `location` (a path in the initramfs, or a

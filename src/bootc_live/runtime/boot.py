@@ -130,7 +130,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
             pin = spec.packed_sha256 or source.digest
             image = source.image or spec.packed_image
             assert pin is not None  # the command line's, or the registry layer's digest
-            mem = plan_packed(source, report)
+            mem = plan_packed(spec, source, report)
             with roots.packed_root(
                 source,
                 newroot,
@@ -138,6 +138,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
                 pin,
                 image,
                 mem.total,
+                spec.mode,
                 warn=report.summary,
             ) as root:
                 report.state("loading")
@@ -222,11 +223,12 @@ def packed_progress(source: packed.PackedSource, report: Report) -> packed.Fetch
     return lambda done: lines.update(1, done)
 
 
-def plan_packed(source: packed.PackedSource, report: Report) -> memory.Memory:
-    """Stop now, with the figures, unless the packed root and its overlays fit in memory."""
+def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> memory.Memory:
+    """Stop now, with the figures, unless the packed root and its overlays (on a zram device
+    with bootc.zram) fit in memory."""
     mem = memory.Memory.read()
     stored = source.largest_part if source.in_place else (source.size or 0)
-    need, what = memory.check_packed(mem, source.size, stored, source.description)
+    need, what = memory.check_packed(mem, source.size, stored, source.description, spec.mode)
     have = mem.available - memory.RESERVE
     fs = source.format
     report.say(

@@ -477,7 +477,8 @@ OPTIONS: tuple[Option, ...] = (
         "zram_size",
         parse_zram,
         "bootc.zram=SIZE|N%",
-        "Keep the root on a compressed zram device of SIZE (8G, 512M) or N% of RAM.",
+        "Keep the root on a compressed zram device of SIZE (8G, 512M) or N% of RAM; with a "
+        "packed root, the overlays' upper directories (what the live system writes).",
     ),
     Option(
         "bootc.zram.algorithm",
@@ -639,7 +640,8 @@ def parse(args: Iterable[str]) -> BootSpec:
 
 
 def check_packed(values: dict[str, Any]) -> None:
-    """A packed root needs its pin, and combines with no other root mode or kexec (yet)."""
+    """A packed root needs its pin, and combines with bootc.zram (its uppers' device) but with
+    no other root mode or kexec (yet)."""
     image: ImageLocation | None = values.get("image")
     packed = image is not None and image.packed
     registry = image is not None and image.kind == "docker"
@@ -657,9 +659,10 @@ def check_packed(values: dict[str, Any]) -> None:
             )
         return
     mode: RootMode = values["mode"]
-    if mode.kind != "tmpfs":
-        option = "bootc.zram" if mode.kind == "zram" else "bootc.live.erofs"
-        raise CmdlineError(f"a packed root does not combine with {option} yet", "drop one of them")
+    if mode.kind == "erofs":
+        raise CmdlineError(
+            "a packed root does not combine with bootc.live.erofs", "drop one of them"
+        )
     if values.get("kexec"):
         raise CmdlineError(
             "a packed root does not combine with bootc.kexec yet", "drop bootc.kexec"

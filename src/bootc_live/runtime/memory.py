@@ -14,6 +14,12 @@ SIZES_ANNOTATION = "org.bootc-live.layer-sizes"  # written by `bootc-live build`
 # Also written by `bootc-live build` (bootc_live.zramsize): the bytes the image's file data takes
 # as zstd-compressed 4 KiB pages, which is what zram stores.
 ZRAM_ANNOTATION = "org.bootc-live.zram-zstd-bytes"
+# Also written by `bootc-live build` when it packed the root (pack.Packed.annotations): the
+# packed root's filesystem image, its bytes, sha256 and FORMAT:COMPRESSOR (inspect shows them).
+PACKED_BYTES_ANNOTATION = "org.bootc-live.packed-bytes"
+PACKED_SHA256_ANNOTATION = "org.bootc-live.packed-sha256"
+PACKED_FORMAT_ANNOTATION = "org.bootc-live.packed-format"
+PACKED_ANNOTATIONS = (PACKED_BYTES_ANNOTATION, PACKED_SHA256_ANNOTATION, PACKED_FORMAT_ANNOTATION)
 RATIO = 3  # stated conservative expansion of a compressed layer when no size is recorded
 MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file of their own
 RESERVE = 48 << 20  # for the kernel, the runtime and switch-root
@@ -228,10 +234,50 @@ def check(
 PACKED_UPPERS = 32 * MIB  # a packed root's /etc and /var uppers: what the first boot writes
 
 
-def check_packed(memory: Memory, size: int | None, stored: int, where: str) -> tuple[int, str]:
+@dataclass(frozen=True)
+class RecordedPacked:
+    """The packed root `bootc-live build` made of an image, as its index records it."""
+
+    size: int  # of the filesystem image
+    sha256: str  # "sha256:HEX"
+    format: str  # "squashfs:xz"
+
+    def need(self) -> int:
+        """The RAM a boot of it takes: the image, stored, and its uppers (check_packed)."""
+        return self.size + PACKED_UPPERS
+
+
+def recorded_packed(image: Image) -> RecordedPacked | None:
+    """The packed root's figures `bootc-live build` recorded, if it did."""
+    size, sha256, fmt = (image.index_annotations.get(k, "") for k in PACKED_ANNOTATIONS)
+    if not size.isdigit() or not sha256.startswith("sha256:") or not fmt:
+        return None
+    return RecordedPacked(int(size), sha256, fmt)
+
+
+def packed_zram_device() -> int:
+    """The smallest zram device for a packed root's uppers: PACKED_UPPERS as ext4 holds it."""
+    return zram_device_size(Estimate(PACKED_UPPERS, "what the first boot writes"))
+
+
+def check_packed(
+    memory: Memory, size: int | None, stored: int, where: str, mode: RootMode = TMPFS
+) -> tuple[int, str]:
     """A packed root of `size` bytes (None: not known before it is fetched) that takes `stored`
-    more bytes of RAM to store: stop now, with the figures, unless it fits; (the peak, what it
-    is made of)."""
+    more bytes of RAM to store, its uppers on a tmpfs or (zram `mode`) a zram device: stop now,
+    with the figures, unless it fits; (the peak, what it is made of)."""
+    uppers = "a tmpfs"
+    if mode.zram_size is not None:
+        device, smallest = mode.zram_size.bytes_for(memory.total), packed_zram_device()
+        if device < smallest:
+            raise NotEnoughMemory(
+                f"bootc.zram={mode.zram_size} is too small for a packed root's overlays: "
+                f"{PACKED_UPPERS >> 20} MiB of writes need a {mib_up(smallest)} MiB device",
+                f"use bootc.zram={mib_up(smallest)}M (a zram device takes RAM only for what it "
+                "holds, compressed)",
+            )
+        algorithm = mode.zram_algorithm or "the kernel's default"
+        uppers = f"a {mib_up(device)} MiB zram device ({algorithm}), at most"
     peak = stored + PACKED_UPPERS
     have = memory.available - RESERVE
     if size is None:
@@ -246,7 +292,7 @@ def check_packed(memory: Memory, size: int | None, stored: int, where: str) -> t
         held = f"{mib_up(size)} MiB"
     what = (
         f"for the packed root {where} ({held}) and {PACKED_UPPERS >> 20} MiB for the /etc and "
-        "/var overlays"
+        f"/var overlays on {uppers}"
     )
     if peak > have:
         raise NotEnoughMemory(

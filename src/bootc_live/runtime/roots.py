@@ -12,7 +12,8 @@ ever booted.
   image (null UUID, every timestamp at the epoch), the staging tree is freed, and the image is
   mounted read-only from a loop device; /etc and /var are overlays with a tmpfs upper.
 - packed (`PackedRoot`, made by `packed_root`, not by a RootMode): the squashfs or EROFS image
-  `bootc-live build` made, obtained whole (packed.py), mounted like the EROFS image.
+  `bootc-live build` made, obtained whole (packed.py), mounted like the EROFS image; with
+  bootc.zram the overlays' uppers are on a zram device made as the zram mode's (`ZramDevice`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from . import mounts, packed
-from .cmdline import RootMode
+from .cmdline import TMPFS, RootMode
 from .errors import BootcLiveError, SpaceError
 from .mounts import MountPlan
 from .run import run
@@ -123,7 +124,7 @@ class RootFacts:
     def describe(self) -> str:
         return self.mode
 
-    def status(self) -> dict[str, str | int | None]:
+    def status(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -164,12 +165,22 @@ class PackedFacts(RootFacts):
     format: str  # "squashfs" or "erofs"
     compressor: str
     image: str | None  # bootc.packed.image: the manifest digest it was made from
+    zram: ZramFacts | None = None  # bootc.zram: the device the overlays' uppers are on
 
     def describe(self) -> str:
+        uppers = f"; uppers on {self.zram.describe()}" if self.zram else ""
         return (
             f"packed root {self.sha256} ({self.bytes / MIB:.1f} MiB, {self.format} "
-            f"{self.compressor})"
+            f"{self.compressor}){uppers}"
         )
+
+    def status(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if self.zram is None:
+            del fields["zram"]
+        else:
+            del fields["zram"]["mode"]
+        return fields
 
 
 class Say(Protocol):
@@ -207,19 +218,17 @@ class Root:
         return _attempt(lambda: _unmount(self.newroot))
 
 
-class ZramRoot(Root):
-    """ext4 on a zram device: the root stays compressed in RAM."""
+class ZramDevice:
+    """A zram device with ext4 on it, mounted: what the zram mode keeps the root on, and a
+    packed root its overlays' uppers."""
 
-    def __init__(self, newroot: str, size: int, algorithm: str | None, plan: MountPlan) -> None:
-        super().__init__(newroot, size, plan)
+    def __init__(self, size: int, algorithm: str | None) -> None:
+        self.size = size
         self.algorithm = algorithm
-        self.device = ""
-        self.full_hint = (
-            f"the zram device ({size >> 20} MiB) is too small for the image: "
-            "give bootc.zram= a larger size"
-        )
+        self.device = ""  # /dev/zramN, once one was taken
 
-    def prepare(self) -> str:
+    def make(self, target: str, flags: tuple[str, ...] = ()) -> None:
+        """Take a free device, size it, make ext4 on it and mount that at `target`."""
         modprobe(
             "zram",
             "ext4",
@@ -254,12 +263,12 @@ class ZramRoot(Root):
             ],
             hint="mkfs.ext4 must be in the initramfs (e2fsprogs where the initramfs is built)",
         )
-        options = ["discard", *self.plan.rootflags]
-        run(["mount", "-t", "ext4", "-o", ",".join(options), self.device, self.newroot])
-        return self.newroot
+        options = ["discard", *flags]
+        run(["mount", "-t", "ext4", "-o", ",".join(options), self.device, target])
 
-    def mount(self, report: Say) -> RootFacts:
-        os.sync()  # the tree leaves the page cache for the device: its figures become true
+    def facts(self, mode: str) -> ZramFacts:
+        """Its figures now (written data synced to the device first)."""
+        os.sync()  # what was written leaves the page cache for the device: its figures become true
         sysfs = self._sysfs()
         try:
             algorithm = _selected(_read(os.path.join(sysfs, "comp_algorithm")))
@@ -267,14 +276,11 @@ class ZramRoot(Root):
             stored, _, used = (int(n) for n in _read(os.path.join(sysfs, "mm_stat")).split()[:3])
         except (OSError, ValueError):  # figures only: the root is as good without them
             algorithm, stored, used = "unknown", -1, -1
-        mounts.finish_root(self.newroot, self.plan)
-        return ZramFacts("zram", self.device, algorithm, stored, used)
+        return ZramFacts(mode, self.device, algorithm, stored, used)
 
     def undo(self) -> list[str]:
-        problems = super().undo()
-        if self.device:
-            problems += _attempt(self._reset)
-        return problems
+        """Give the device back, if one was taken (what is on it unmounted first)."""
+        return _attempt(self._reset) if self.device else []
 
     def _reset(self) -> None:
         with open(os.path.join(self._sysfs(), "reset"), "w", encoding="ascii") as f:
@@ -314,6 +320,30 @@ class ZramRoot(Root):
                 f"bootc.zram.algorithm={algorithm}: the kernel refused it ({err.strerror})",
                 f"pick another of {', '.join(offered)}, or add its crypto module to the initramfs",
             ) from None
+
+
+class ZramRoot(Root):
+    """ext4 on a zram device: the root stays compressed in RAM."""
+
+    def __init__(self, newroot: str, size: int, algorithm: str | None, plan: MountPlan) -> None:
+        super().__init__(newroot, size, plan)
+        self.zram = ZramDevice(size, algorithm)
+        self.full_hint = (
+            f"the zram device ({size >> 20} MiB) is too small for the image: "
+            "give bootc.zram= a larger size"
+        )
+
+    def prepare(self) -> str:
+        self.zram.make(self.newroot, self.plan.rootflags)
+        return self.newroot
+
+    def mount(self, report: Say) -> RootFacts:
+        facts = self.zram.facts("zram")
+        mounts.finish_root(self.newroot, self.plan)
+        return facts
+
+    def undo(self) -> list[str]:
+        return super().undo() + self.zram.undo()
 
 
 class ErofsRoot(Root):
@@ -387,7 +417,8 @@ class PackedRoot(Root):
     """A packed root (the squashfs or EROFS image of bootc-live build) mounted read-only from a
     loop device, nothing unpacked; /etc and /var overlays with a tmpfs upper, as in EROFS mode,
     or with `rw` one overlay over the whole root (bootc.live.{etc,var}.rw=0 then bind read-only).
-    A streamed one is stored on a tmpfs of its own size first."""
+    With bootc.zram the uppers are on ext4 on a zram device instead: what the live system
+    writes stays compressed. A streamed one is stored on a tmpfs of its own size first."""
 
     full_hint = "the packed root is larger than the memory given to it: add RAM"
 
@@ -400,8 +431,10 @@ class PackedRoot(Root):
         pin: str,
         image: str | None,
         workdir: str,
+        zram: ZramDevice | None = None,
     ) -> None:
         super().__init__(newroot, size, plan)
+        self.zram = zram  # the uppers' device, or None: a tmpfs
         self.source = source
         self.pin = pin
         self.image = image  # bootc.packed.image: the manifest it was made from, if given
@@ -420,6 +453,9 @@ class PackedRoot(Root):
             "overlay",
             hint="the initramfs lacks loop or overlay: rebuild it with bootc-live build",
         )
+        if self.zram:  # now: zram and its compressor load before the unused modules are freed
+            os.makedirs(self.rw, exist_ok=True)
+            self.zram.make(self.rw)
         if not self.source.in_place:
             os.makedirs(self.files, exist_ok=True)
             size = self.size if self.source.size is None else self.source.size + MIB
@@ -447,8 +483,9 @@ class PackedRoot(Root):
     def mount(self, report: Say) -> RootFacts:
         fs, stored = self.source.format, self.stored
         assert fs is not None and stored is not None, "load() comes first"
-        os.makedirs(self.rw, exist_ok=True)
-        mounts.mount_tmpfs(self.rw, self.size)
+        if not self.zram:
+            os.makedirs(self.rw, exist_ok=True)
+            mounts.mount_tmpfs(self.rw, self.size)
         image_at = self.lower if self.plan.rw else self.newroot
         os.makedirs(image_at, exist_ok=True)
         options = ",".join(["loop", "ro", *self.plan.rootflags])
@@ -458,12 +495,15 @@ class PackedRoot(Root):
             mounts.finish_root(self.newroot, self.plan)
         else:
             overlay_etc_var(self.newroot, self.rw, self.plan)
-        return PackedFacts("packed", stored.sha256, stored.size, fs.name, fs.compressor, self.image)
+        zram = self.zram.facts("zram") if self.zram else None
+        return PackedFacts(
+            "packed", stored.sha256, stored.size, fs.name, fs.compressor, self.image, zram
+        )
 
     def undo(self) -> list[str]:
         # A loop device made by mount -o loop is detached when it is unmounted (autoclear).
         unmounts = (partial(_unmount, p) for p in (self.newroot, self.lower, self.rw, self.files))
-        return _attempt(*unmounts, self._remove)
+        return _attempt(*unmounts, self._remove) + (self.zram.undo() if self.zram else [])
 
     def _remove(self) -> None:
         for path in [self.file, *part_files(self.file)]:
@@ -502,11 +542,16 @@ def packed_root(
     pin: str,
     image: str | None,
     mem_total: int,
+    mode: RootMode = TMPFS,
     workdir: str | None = None,
     warn: Callable[[str], None] = lambda _: None,
 ) -> Iterator[PackedRoot]:
-    """The packed root's PackedRoot, prepared (a tmpfs for a streamed one), undone as `make`'s."""
-    root = PackedRoot(newroot, mem_total, plan, source, pin, image, workdir or WORKDIR)
+    """The packed root's PackedRoot, prepared (a tmpfs for a streamed one), undone as `make`'s;
+    with a zram `mode` its uppers go on a zram device of that size."""
+    zram = None
+    if mode.zram_size is not None:
+        zram = ZramDevice(mode.zram_size.bytes_for(mem_total), mode.zram_algorithm)
+    root = PackedRoot(newroot, mem_total, plan, source, pin, image, workdir or WORKDIR, zram)
     with prepared(root, warn):
         yield root
 
