@@ -5,7 +5,8 @@ token service) or Basic authentication, and knobs for each misbehaviour: expirin
 tokens of the wrong scope, blobs redirected to another port, a connection cut mid-blob, 429 with
 Retry-After, a lying Docker-Content-Digest, a tampered blob, a schema 1 manifest, a token
 realm or token answer of its choosing, a manifest answer that breaks off, stalls, is not JSON
-or is chunked wrongly. Every request is logged with its headers. With `tls`, it speaks https.
+or is chunked wrongly; a referrers API's answer. Every request is logged with its headers.
+With `tls`, it speaks https.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Knobs:
     manifest_status: int = 0  # the manifest request is answered with this (and manifest_body)
     manifest_chunked_garbage: bool = False  # a chunked manifest answer with a bad chunk size
     manifest_stall: float = 0.0  # seconds the manifest answer stops after its first bytes
+    referrers: bytes | None = None  # the referrers API's answer (OCI 1.1); None: 404, no API
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
     clock: Callable[[], float] = time.monotonic  # when tokens expire (a test may share one)
 
@@ -184,6 +186,9 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             kind, _, ref = url.path[len(prefix) :].partition("/")
             if kind == "manifests":
                 return self.manifest(ref)
+            if kind == "referrers" and knobs.referrers is not None:
+                media = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+                return self.answer(200, knobs.referrers, media)
             if kind == "blobs":
                 if knobs.redirect_blobs_to:
                     location = f"http://127.0.0.1:{knobs.redirect_blobs_to}/blob/{ref}"

@@ -37,6 +37,7 @@ IMAGE = "sha256:" + "cd" * 32
         ("ftp://server/p.img", "url", "ftp://server/p.img"),
         ("tftp://server/p.img", "url", "tftp://server/p.img"),
         ("nfs://server/export/p.img", "url", "nfs://server/export/p.img"),
+        ("docker://quay.io/org/os:1", "docker", "quay.io/org/os:1"),
     ],
 )
 def test_a_packed_root_is_a_typed_location_with_its_pin(
@@ -54,6 +55,14 @@ def test_a_packed_root_is_a_typed_location_with_its_pin(
         ]
     )
     assert spec.packed_image == IMAGE
+
+
+def test_a_packed_root_from_a_registry_needs_no_pin() -> None:
+    """The artifact's layer digest is checked, the image trusted by bootc.digest or policy."""
+    spec = parse(["root=bootc-live:packed:docker://quay.io/org/os@" + IMAGE])
+    assert spec.image == ImageLocation("docker", "quay.io/org/os@" + IMAGE, packed=True)
+    assert str(spec.image) == "bootc-live:packed:docker://quay.io/org/os@" + IMAGE
+    assert spec.packed_sha256 is None
 
 
 def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
@@ -91,14 +100,14 @@ def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
             "a packed root does not combine with bootc.live.erofs; drop one of them",
         ),
         (
-            f"root=bootc-live:packed:docker://quay.io/x bootc.packed.sha256={PIN}",
-            "invalid root=bootc-live:packed:docker://quay.io/x: expected packed:/PATH or "
-            "packed:URL (http, https, ftp, tftp, nfs); fix the kernel command line",
+            f"root=bootc-live:packed:docker:// bootc.packed.sha256={PIN}",
+            "invalid root=bootc-live:packed:docker://: expected "
+            "docker://HOST[:PORT]/PATH[:TAG][@sha256:…]; fix the kernel command line",
         ),
         (
             f"root=bootc-live:packed:relative bootc.packed.sha256={PIN}",
-            "invalid root=bootc-live:packed:relative: expected packed:/PATH or packed:URL "
-            "(http, https, ftp, tftp, nfs); fix the kernel command line",
+            "invalid root=bootc-live:packed:relative: expected packed:/PATH, packed:URL "
+            "(http, https, ftp, tftp, nfs) or packed:docker://REF; fix the kernel command line",
         ),
         (
             "root=bootc-live:packed:/p bootc.packed.sha256=sha512:" + "ab" * 64,

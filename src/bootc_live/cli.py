@@ -13,10 +13,22 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import auth, build, carried, demo, describe, dracut, hostpolicy, pack, scratch, vm
+from . import (
+    auth,
+    build,
+    carried,
+    demo,
+    describe,
+    dracut,
+    hostpolicy,
+    pack,
+    pushpacked,
+    scratch,
+    vm,
+)
 from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageError
 from .progress import Ticker, bytes_progress, say
-from .runtime import cmdline, handover, memory, roots
+from .runtime import cmdline, handover, memory, registry, roots
 from .runtime import run as run_module
 from .runtime.errors import BootcLiveError, for_host
 from .runtime.oci import Image, Platform, all_manifests
@@ -481,6 +493,41 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push_packed(args: argparse.Namespace) -> int:
+    """Push FILE (packed.img) as the packed root artifact of the image docker://REF."""
+    ref = source_ref(args)
+    if ref.transport != "docker":
+        raise UsageError(f"{args.source} is not in a registry", "give docker://REF")
+    path = os.path.abspath(args.file)
+    record = pushpacked.read_record(path)
+    image = trusted_image(args)
+    image.source.close()
+    where = registry.Reference.parse(ref.path)
+    pusher = pushpacked.Pusher(
+        where,
+        auth.Lookup(args.auth_file)(where.registry, where.repository),
+        _say_unless(args),
+        unsecure=args.unsecure,
+        ca=args.ca,
+    )
+    subject = {
+        "mediaType": image.manifest.media_type,
+        "digest": image.manifest_digest,
+        "size": image.manifest.size,
+    }
+    done = pushpacked.push(pusher, subject, path, record)
+    tag = f", listed at the tag {done.tag}" if done.tag else ""
+    print(
+        f"{done.manifest}  the packed root {done.layer} of {image.manifest_digest} in "
+        f"{where.registry}/{where.repository}{tag}"
+        + ("" if done.sent else " (its layer was there already)")
+    )
+    print(
+        f"root=bootc-live:packed:docker://{where.registry}/{where.repository}@{image.manifest_digest}"
+    )
+    return 0
+
+
 def _pack_format(text: str) -> pack.PackFormat:
     try:
         return pack.PackFormat.parse(text)
@@ -813,6 +860,22 @@ def parser() -> argparse.ArgumentParser:
     add_registry_options(p)
     add_trust_options(p)
     p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser(
+        "push-packed",
+        help="push a packed root (packed.img) into its image's registry, as an OCI artifact",
+        description="Push the filesystem image in FILE (packed.img of bootc-live build or pack, "
+        "its record beside it) into the repository of the image docker://REF it was made from: "
+        "an OCI artifact whose subject is the image's manifest, listed by the referrers API or "
+        "its tag sha256-HEX; print its digest and the kernel argument that boots it "
+        "(root=bootc-live:packed:docker://…, docs/packed.md).",
+    )
+    p.add_argument("source", metavar="docker://REF")
+    p.add_argument("file", metavar="FILE")
+    add_image_selection(p)
+    add_registry_options(p)
+    add_trust_options(p)
+    p.set_defaults(func=cmd_push_packed)
 
     p = sub.add_parser(
         "dracut-modules",

@@ -27,6 +27,7 @@ from . import (
     modules,
     mounts,
     packed,
+    packedreg,
     policy,
     registriesd,
     registry,
@@ -124,18 +125,20 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
     """A packed root, step by step: opened, planned, stored and checked against its pin,
     mounted; the initramfs's unused modules are freed once its own (loop, overlay, its
     filesystem) are loaded."""
-    assert spec.packed_sha256 is not None
     start = time.monotonic()
     with memory.PeakWatch() as peak:
         report.state("resolving", source=printable_root(spec))
         with contextlib.closing(open_packed(spec, report)) as source:
+            pin = spec.packed_sha256 or source.digest
+            image = source.image or spec.packed_image
+            assert pin is not None  # the command line's, or the registry layer's digest
             mem = plan_packed(spec, source, report)
             with roots.packed_root(
                 source,
                 newroot,
                 mount_plan(spec),
-                spec.packed_sha256,
-                spec.packed_image,
+                pin,
+                image,
                 mem.total,
                 spec.mode,
                 warn=report.summary,
@@ -153,7 +156,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
         report,
         facts,
         peak,
-        manifest=spec.packed_image,
+        manifest=image,
         bytes=stored.size,
         seconds=seconds,
         modules_freed=len(freed.paths),
@@ -190,6 +193,8 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
     assert spec.image is not None
     if spec.image.kind == "path":
         return packed.FileSource(spec.image.location)
+    if spec.image.kind == "docker":
+        return open_registry_packed(spec, report)
     url = spec.image.location
     fetching = fetch_policy(spec)
     wait_for_route(fetching.total, report)
@@ -198,6 +203,27 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
         return packed.open_http(url, fetching, report.say)
     report.say(f"fetching the packed root {http.redact(url)} with dracut's url-lib")
     return packed.UrlLibSource(url)
+
+
+def open_registry_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
+    """packed:docker://REF: the image resolved and trusted as a docker:// boot's (bootc.digest=,
+    the policy), then the packed root artifact whose subject it is (packedreg)."""
+    source = open_registry_source(spec, report)
+    try:
+        image = resolve_and_trust(spec, source, report)
+        subject = image.manifest_digest
+        if spec.packed_image and spec.packed_image != subject:
+            raise packed.PackedError(
+                f"{source.description} is the image {subject}, bootc.packed.image= says "
+                f"{spec.packed_image}",
+                "drop bootc.packed.image= (the registry names the image), or fix it",
+            )
+        found = packedreg.open_registry(source, subject, spec.packed_sha256, report.say)
+    except BaseException:
+        source.close()
+        raise
+    found.image = subject
+    return found
 
 
 def packed_progress(source: packed.PackedSource, report: Report) -> packed.Fetched:
@@ -451,7 +477,7 @@ def printable_root(spec: BootSpec) -> str:
     return str(spec.image)
 
 
-def open_registry_source(spec: BootSpec, report: Report) -> ImageSource:
+def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySource:
     """docker://REF with our own distribution client, through the mirrors first."""
     assert spec.image is not None
     ref = registry.Reference.parse(spec.image.location)

@@ -42,9 +42,10 @@ class ImageLocation:
     packed: bool = False  # `packed:`: a squashfs or EROFS image of the root, not an OCI image
 
     def __str__(self) -> str:
+        packed = PACKED_PREFIX if self.packed else ""
         if self.kind == "docker":
-            return f"{ROOT_PREFIX}docker://{self.location}"
-        return ROOT_PREFIX + (PACKED_PREFIX if self.packed else "") + self.location
+            return f"{ROOT_PREFIX}{packed}docker://{self.location}"
+        return ROOT_PREFIX + packed + self.location
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class BootSpec:
     wait_any_if: bool = False
     policy: str | None = None
     identity: str | None = None
-    packed_sha256: str | None = None  # the pin of a packed root (required with one)
+    packed_sha256: str | None = None  # the pin of a packed root (required but from a registry)
     packed_image: str | None = None  # the manifest digest it was made from, for the status
     # Options given but not ours (for kexec: the next stage gets them unchanged).
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -154,21 +155,30 @@ def parse_root(value: str) -> ImageLocation | None:
     rest = value[len(ROOT_PREFIX) :]
     if rest.startswith(PACKED_PREFIX):
         rest = rest[len(PACKED_PREFIX) :]
+        if rest.startswith("docker://"):
+            return ImageLocation("docker", docker_ref(rest), packed=True)
         if rest.startswith(_URL_SCHEMES):
             return ImageLocation("url", rest, packed=True)
         if rest.startswith("/"):
             return ImageLocation("path", rest, packed=True)
-        raise ValueError("expected packed:/PATH or packed:URL (http, https, ftp, tftp, nfs)")
+        raise ValueError(
+            "expected packed:/PATH, packed:URL (http, https, ftp, tftp, nfs) or packed:docker://REF"
+        )
     if rest.startswith("docker://"):
-        ref = rest[len("docker://") :]
-        if not ref or " " in ref:
-            raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
-        return ImageLocation("docker", ref)
+        return ImageLocation("docker", docker_ref(rest))
     if rest.startswith(_URL_SCHEMES):
         return ImageLocation("url", rest)
     if rest.startswith("/"):
         return ImageLocation("path", rest)
     raise ValueError("expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://… or docker://REF")
+
+
+def docker_ref(text: str) -> str:
+    """REF of `docker://REF`."""
+    ref = text[len("docker://") :]
+    if not ref or " " in ref:
+        raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
+    return ref
 
 
 def parse_digest(value: str) -> str:
@@ -322,12 +332,24 @@ OPTIONS: tuple[Option, ...] = (
         "tftp:// or nfs:// (dracut's url-lib): packed.img, or the bare filesystem image.",
     ),
     Option(
+        "root",
+        "image",
+        parse_root,
+        "root=bootc-live:packed:docker://REF",
+        "The packed root `bootc-live push-packed` pushed beside the image REF in its registry "
+        "(an OCI artifact whose subject is the image's manifest; found by the referrers API or "
+        "its tag sha256-HEX). REF is resolved and trusted as for docker:// (bootc.digest=, "
+        "the policy); the layer's digest is checked as it streams: bootc.packed.sha256= is "
+        "optional (given, it picks that artifact).",
+    ),
+    Option(
         "bootc.packed.sha256",
         "packed_sha256",
         parse_sha256,
         "bootc.packed.sha256=sha256:HEX",
         "The sha256 of the packed root's filesystem image (not of its cpio wrapper); required "
-        "with root=bootc-live:packed:…, refused without it. Anything else stops the boot.",
+        "with root=bootc-live:packed:/PATH or URL, refused without it (optional with "
+        "packed:docker://). Anything else stops the boot.",
     ),
     Option(
         "bootc.packed.image",
@@ -622,7 +644,8 @@ def check_packed(values: dict[str, Any]) -> None:
     bootc.kexec, not with bootc.live.erofs (it is a read-only image already)."""
     image: ImageLocation | None = values.get("image")
     packed = image is not None and image.packed
-    if packed and "packed_sha256" not in values:
+    registry = image is not None and image.kind == "docker"
+    if packed and "packed_sha256" not in values and not registry:
         raise CmdlineError(
             "root=bootc-live:packed:… needs bootc.packed.sha256=",
             "add the arguments bootc-live pack or build printed (cmdline-packed.txt)",

@@ -238,6 +238,8 @@ class PackedSource:
     format: Format | None  # None until its first bytes were read (url-lib)
     in_place: bool  # already in RAM: storing it takes no more (but a part while parts join)
     largest_part: int = 0  # while parts are joined, one more part is in RAM at the peak
+    digest: str | None = None  # the sha256 its origin vouches for (a registry layer's digest)
+    image: str | None = None  # the image's manifest digest, where its origin names it
 
     def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         """The packed root as the file `path`; its format is known afterwards."""

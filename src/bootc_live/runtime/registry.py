@@ -436,6 +436,21 @@ class Endpoint:
         except _NotFound:
             return None
 
+    def referrers(self, digest: str, artifact_type: str) -> bytes | None:
+        """The OCI 1.1 referrers API's index of the manifests whose subject is `digest`
+        (filtered by `artifact_type` where the registry can), or None where it has no such
+        API (404: the tag fallback `sha256-HEX` is then asked)."""
+        query = urllib.parse.urlencode({"artifactType": artifact_type})
+        url = self.url("referrers", digest) + "?" + query
+        client = self._client(url, {"Accept": "application/vnd.oci.image.index.v1+json"})
+        try:
+            body, _ = http.read_body(client, "referrers index", MANIFEST_LIMIT)
+        except http.FetchError as err:
+            if err.status == 404:
+                return None
+            raise self._refused(err, f"referrers of {digest}") from None
+        return body
+
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes, by a ranged request (unverified: for estimates only)."""
         with self.blob(desc, max(0, desc.size - n)) as reader:
@@ -472,7 +487,7 @@ class Endpoint:
         return err
 
 
-def _document(raw: bytes, what: str) -> dict[str, Any]:
+def document(raw: bytes, what: str) -> dict[str, Any]:
     """A manifest or index as JSON: an object, or one ImageError (a mirror's is skipped)."""
     try:
         obj = jsondoc.loads(raw, MANIFEST_LIMIT)
@@ -589,7 +604,7 @@ class RegistrySource:
             try:
                 endpoint.ping()
                 raw, media_type, digest = endpoint.manifest(self.ref.reference)
-                obj = _document(raw, f"{endpoint.name}: {self.ref.repository}@{self.ref.reference}")
+                obj = document(raw, f"{endpoint.name}: {self.ref.repository}@{self.ref.reference}")
             except (BootcLiveError, OSError) as err:
                 if not endpoint.mirror:
                     raise
@@ -670,6 +685,11 @@ class RegistrySource:
         the endpoint that serves the image, or None when there is no such tag."""
         self.index_json()  # the endpoint is chosen
         return self.endpoint.tagged(tag)
+
+    def referrers(self, digest: str, artifact_type: str) -> bytes | None:
+        """Endpoint.referrers, of the endpoint that serves the image."""
+        self.index_json()
+        return self.endpoint.referrers(digest, artifact_type)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         return self.endpoint.tail(desc, n)

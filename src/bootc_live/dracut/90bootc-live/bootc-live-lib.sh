@@ -2,12 +2,13 @@
 # The root= grammar for the hooks and generators of every bootc-live module, read as the
 # runtime's parser (bootc_live.runtime.cmdline.parse_root) reads it; a test holds them equal.
 
-# What root=VALUE names: path, url or docker (a packed root: path or url too); invalid (the runtime stops the boot and says
-# why); nothing when the root is not bootc-live's.
+# What root=VALUE names: path, url or docker (a packed root too); invalid (the runtime stops
+# the boot and says why); nothing when the root is not bootc-live's.
 bootc_live_root_kind() {
     case "$1" in
         bootc-live:docker:// | bootc-live:docker://*" "*) echo invalid ;;
-        bootc-live:docker://*) echo docker ;;
+        bootc-live:packed:docker:// | bootc-live:packed:docker://*" "*) echo invalid ;;
+        bootc-live:docker://* | bootc-live:packed:docker://*) echo docker ;;
         bootc-live:http://* | bootc-live:https://* | bootc-live:ftp://* | bootc-live:tftp://* | \
             bootc-live:nfs://*) echo url ;;
         bootc-live:packed:http://* | bootc-live:packed:https://* | bootc-live:packed:ftp://* | \

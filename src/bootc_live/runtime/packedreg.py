@@ -1,0 +1,146 @@
+"""The packed root in a registry: an OCI artifact whose subject is the image's manifest.
+
+`bootc-live push-packed` pushes it into the image's repository (docs/packed.md, "From a
+registry"): an OCI image manifest with artifactType ARTIFACT_TYPE, the empty config, ONE layer
+(the bare squashfs or EROFS image: its digest is the packed root's sha256) and `subject` the
+image's manifest. The boot finds it by the referrers API (OCI 1.1) or, where the registry has
+none (404), by the referrers tag schema: the tag `sha256-HEX` of the image's digest names an
+index of the artifacts. Of several, the one the pin names (bootc.packed.sha256=), else the
+newest (`org.opencontainers.image.created`, the first listed among equals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .blobs import Descriptor, VerifyingReader, short
+from .errors import ImageError
+from .packed import PackedError, StreamSource
+from .registry import MANIFEST_LIMIT, RegistrySource, document
+
+ARTIFACT_TYPE = "application/vnd.bootc-live.packed.v1"
+LAYER_TYPE = "application/vnd.bootc-live.packed."  # + "squashfs" or "erofs"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+CREATED = "org.opencontainers.image.created"
+MAX_CANDIDATES = 16  # artifact manifests fetched while looking for the pinned one
+PUSH_HINT = "push one with bootc-live push-packed"
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema's tag for a subject: `sha256-HEX`."""
+    algorithm, _, hex_ = digest.partition(":")
+    return f"{algorithm}-{hex_}"
+
+
+def candidates(index: bytes, what: str) -> list[Descriptor]:
+    """The artifact manifests of ours an index lists, newest first (`created`; the order
+    listed among equals)."""
+    manifests = document(index, what).get("manifests")
+    if not isinstance(manifests, list):
+        raise ImageError(f"{what} has no list of manifests")
+    ours = []
+    for i, entry in enumerate(manifests):
+        if isinstance(entry, dict) and entry.get("artifactType") == ARTIFACT_TYPE:
+            ours.append(Descriptor.from_json(entry, f"{what}, manifest {i}"))
+    ours.sort(key=lambda d: str(d.annotations.get(CREATED, "")), reverse=True)
+    return ours
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A packed root's artifact: its manifest's digest and its one layer."""
+
+    manifest: str
+    layer: Descriptor
+
+
+def read_artifact(source: RegistrySource, desc: Descriptor, subject: str) -> Artifact:
+    """The artifact manifest `desc` names, checked: ours, about `subject`, with one layer."""
+    what = f"the packed root artifact {short(desc.digest)} of {source.description}"
+    with source.open_blob(Descriptor(OCI_MANIFEST, desc.digest, desc.size)) as f:
+        obj = document(f.read(MANIFEST_LIMIT + 1), what)
+    layers = obj.get("layers")
+    subject_of = obj.get("subject")
+    if obj.get("artifactType") != ARTIFACT_TYPE:
+        raise PackedError(f"{what} is not of artifactType {ARTIFACT_TYPE}", PUSH_HINT)
+    if not isinstance(subject_of, dict) or subject_of.get("digest") != subject:
+        raise PackedError(f"{what} is not about the image {subject} (its subject)", PUSH_HINT)
+    if not isinstance(layers, list) or len(layers) != 1:
+        raise PackedError(f"{what} has not exactly one layer", PUSH_HINT)
+    layer = Descriptor.from_json(layers[0], f"{what}, its layer")
+    if not layer.media_type.startswith(LAYER_TYPE):
+        raise PackedError(
+            f"{what}: its layer is a {layer.media_type or 'blob without a media type'}, not "
+            f"a {LAYER_TYPE}squashfs or erofs",
+            PUSH_HINT,
+        )
+    return Artifact(desc.digest, layer)
+
+
+def find(
+    source: RegistrySource, subject: str, pin: str | None, log: Callable[[str], None]
+) -> Artifact:
+    """The packed root of the image `subject` in its repository: by the referrers API, else
+    its tag fallback; the pinned one (its layer's digest), else the newest."""
+    index = source.referrers(subject, ARTIFACT_TYPE)
+    how = "the referrers API"
+    if index is None:
+        tag = fallback_tag(subject)
+        tagged = source.tagged(tag)
+        index = tagged[0] if tagged is not None else None
+        how = f"the tag {tag}"
+    found = candidates(index, f"{how} of {source.description}") if index is not None else []
+    if not found:
+        raise PackedError(
+            f"no packed root in the registry for the image {subject} (asked {how})",
+            f"{PUSH_HINT} docker://{source.ref.registry}/{source.ref.repository} packed.img",
+        )
+    for desc in found[:MAX_CANDIDATES] if pin else found[:1]:
+        artifact = read_artifact(source, desc, subject)
+        if pin is None or artifact.layer.digest == pin:
+            if len(found) > 1:
+                log(f"{len(found)} packed roots for the image; taking {short(desc.digest)}")
+            return artifact
+    raise PackedError(
+        f"none of the {len(found)} packed roots of the image {subject} in the registry is "
+        f"the one bootc.packed.sha256= pins ({pin})",
+        f"drop bootc.packed.sha256=, or {PUSH_HINT} of that build",
+    )
+
+
+def open_registry(
+    source: RegistrySource, subject: str, pin: str | None, log: Callable[[str], None]
+) -> StreamSource:
+    """The packed root of the image `subject`: its artifact's layer, streamed and verified
+    against the layer's digest as it comes (size and digest: a mismatch stops at its end)."""
+    artifact = find(source, subject, pin, log)
+    layer = artifact.layer
+    raw = source.open_blob(layer)
+    verifying = VerifyingReader(raw, layer, "the packed root layer")
+
+    def read(n: int) -> bytes:
+        data = verifying.read(n)
+        if not data:
+            verifying.finish()
+        return data
+
+    def close() -> None:
+        raw.close()
+        source.close()
+
+    log(
+        f"the packed root of {subject}: artifact {short(artifact.manifest)}, layer "
+        f"{layer.digest} ({layer.size >> 20} MiB)"
+    )
+    try:
+        stream = StreamSource(
+            read, f"{source.description} (packed {short(layer.digest)})", layer.size, close
+        )
+    except BaseException:
+        raw.close()
+        raise
+    stream.digest = layer.digest
+    return stream

@@ -1,0 +1,287 @@
+"""root=bootc-live:packed:docker://REF booted on the host (test_boot_packed's recording System)
+from the scripted registry (tests/fakeregistry.py): the packed root artifact found by the
+referrers API or by its tag fallback `sha256-HEX`, its layer streamed and verified; the hostile
+cases (a changed layer, another artifactType, two artifacts, an oversized index, no artifact)
+each stop with one line, nothing mounted and no file left."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fakeregistry
+from bootc_live import pushpacked
+from bootc_live.runtime import boot, packedreg
+from bootc_live.runtime.cmdline import parse
+from bootc_live.runtime.oci import REF_NAME
+from fakeregistry import REPO, TAG, Knobs
+from imagegen import ImageInfo, build_layout, d, f, layer_tar
+from servers import hard_timeout
+from test_boot_host import System, system  # noqa: F401 - the fixture
+from test_boot_packed import (  # noqa: F401 - the fixtures
+    expected_calls,
+    images,
+    packed_system,
+    pin,
+    tree,
+)
+
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(60):
+        yield
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> ImageInfo:
+    layer = layer_tar([d("etc"), f("etc/os-release", b"ID=fake\n")])
+    return build_layout(tmp_path / "layout", [layer], tag=TAG)
+
+
+@dataclass
+class Ctx:
+    """What a test here works with: the recording system, the filesystem images, the OCI
+    image in its layout (served by the scripted registry) and the test's directory."""
+
+    system: System
+    images: dict[str, Path]
+    image: ImageInfo
+    tmp: Path
+
+
+@pytest.fixture
+def ctx(
+    packed_system: System,  # noqa: F811
+    images: dict[str, Path],  # noqa: F811
+    image: ImageInfo,
+    tmp_path: Path,
+) -> Ctx:
+    return Ctx(packed_system, images, image, tmp_path)
+
+
+def attach(
+    info: ImageInfo,
+    fs_image: Path,
+    fs: str,
+    created: int = 1,
+    artifact_type: str = packedreg.ARTIFACT_TYPE,
+) -> dict[str, Any]:
+    """The packed root artifact of `info` put into its layout as push-packed makes it; its
+    index entry (as the referrers API or the tag's index lists it)."""
+    blobs = info.layout / "blobs/sha256"
+    data = fs_image.read_bytes()
+    layer = pushpacked.Blob(packedreg.LAYER_TYPE + fs, pin(fs_image), len(data), data)
+    record = {"format": fs, "compressor": "x", "tool": "test"}
+    subject = dict(info.manifest_descriptor)
+    subject.pop("annotations", None)
+    stamp = f"2026-01-01T00:00:{created:02d}Z"
+    manifest = pushpacked.artifact(layer, record, subject, stamp)
+    assert isinstance(manifest.body, bytes)
+    body = manifest.body
+    if artifact_type != packedreg.ARTIFACT_TYPE:
+        obj = json.loads(body)
+        obj["artifactType"] = artifact_type
+        body = json.dumps(obj).encode()
+    for blob in (pushpacked.empty(), layer):
+        assert isinstance(blob.body, bytes)
+        (blobs / blob.digest.split(":")[1]).write_bytes(blob.body)
+    digest = pushpacked.sha256_digest(body)
+    (blobs / digest.split(":")[1]).write_bytes(body)
+    return {
+        "mediaType": packedreg.OCI_MANIFEST,
+        "digest": digest,
+        "size": len(body),
+        "artifactType": packedreg.ARTIFACT_TYPE,
+        "annotations": {packedreg.CREATED: stamp},
+    }
+
+
+def index_of(entries: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+
+
+def tag_fallback(info: ImageInfo, entries: list[dict[str, Any]]) -> None:
+    """The referrers tag `sha256-HEX` naming an index of `entries`, in the layout."""
+    body = index_of(entries)
+    digest = pushpacked.sha256_digest(body)
+    (info.layout / "blobs/sha256" / digest.split(":")[1]).write_bytes(body)
+    index_json = info.layout / "index.json"
+    index = json.loads(index_json.read_text())
+    tag = packedreg.fallback_tag(info.manifest_digest)
+    index["manifests"].append(
+        {
+            "mediaType": packedreg.OCI_INDEX,
+            "digest": digest,
+            "size": len(body),
+            "annotations": {REF_NAME: tag},
+        }
+    )
+    index_json.write_text(json.dumps(index))
+
+
+def boot_registry(
+    tmp: Path, reg: fakeregistry.FakeRegistry, args: str = ""
+) -> tuple[int, dict[str, Any]]:
+    argv = [
+        f"root=bootc-live:packed:docker://{reg.host}/{REPO}:{TAG}",
+        "bootc.registry.unsecure=1",
+        "bootc.keep-modules",
+        "bootc.retries=2",
+        *args.split(),
+    ]
+    code = boot.main(["boot", str(tmp / "newroot")], lambda: parse(argv))
+    return code, json.loads((tmp / "run/status.json").read_text())
+
+
+def stored(tmp: Path) -> Path:
+    return tmp / "work/packed/packed.root"
+
+
+@pytest.mark.parametrize("fs", ["squashfs", "erofs"])
+@pytest.mark.parametrize("how", ["referrers", "tag"])
+def test_found_by_the_referrers_api_or_its_tag_and_booted(
+    ctx: Ctx,
+    fs: str,
+    how: str,
+) -> None:
+    entry = attach(ctx.image, ctx.images[fs], fs)
+    knobs = Knobs()
+    if how == "referrers":
+        knobs.referrers = index_of([entry])
+    else:
+        tag_fallback(ctx.image, [entry])
+    with fakeregistry.serve(ctx.image.layout, knobs) as reg:
+        code, status = boot_registry(ctx.tmp, reg)
+    assert code == 0, status
+    size = ctx.images[fs].stat().st_size
+    assert ctx.system.calls == expected_calls(fs, "", ctx.tmp, str(stored(ctx.tmp)), size)
+    assert stored(ctx.tmp).read_bytes() == ctx.images[fs].read_bytes()
+    assert status["manifest"] == ctx.image.manifest_digest
+    assert status["root"]["sha256"] == pin(ctx.images[fs])
+    assert status["root"]["image"] == ctx.image.manifest_digest
+    (asked,) = reg.hits("/referrers/")
+    assert asked.path == (
+        f"/v2/{REPO}/referrers/{ctx.image.manifest_digest}?artifactType="
+        "application%2Fvnd.bootc-live.packed.v1"
+    )
+    fallback = reg.hits(f"/manifests/{packedreg.fallback_tag(ctx.image.manifest_digest)}")
+    assert len(fallback) == (0 if how == "referrers" else 1)
+    assert reg.hits(f"/blobs/{pin(ctx.images[fs])}")
+
+
+@pytest.mark.parametrize("pinned", ["", "squashfs", "erofs"])
+def test_two_artifacts_the_newest_unless_the_pin_names_one(
+    ctx: Ctx,
+    pinned: str,
+) -> None:
+    older = attach(ctx.image, ctx.images["squashfs"], "squashfs", created=1)
+    newer = attach(ctx.image, ctx.images["erofs"], "erofs", created=2)
+    tag_fallback(ctx.image, [older, newer])
+    args = f"bootc.packed.sha256={pin(ctx.images[pinned])}" if pinned else ""
+    with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
+        code, status = boot_registry(ctx.tmp, reg, args)
+    assert code == 0, status
+    want = pinned or "erofs"  # the newest (its `created`), listed second
+    assert status["root"]["sha256"] == pin(ctx.images[want]) and status["root"]["format"] == want
+
+
+def failed(fake: System, tmp: Path, status: dict[str, Any], code: int, *messages: str) -> None:
+    """Stopped with one line saying `messages`, nothing mounted, no file of the packed root."""
+    assert code == 1, status
+    assert status["state"] == "failed"
+    line = status["message"]
+    assert "\n" not in line and all(m in line for m in messages), line
+    assert fake.mounted == []
+    assert not stored(tmp).exists()
+
+
+def test_a_changed_layer_stops_at_its_end(
+    ctx: Ctx,
+) -> None:
+    entry = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    tag_fallback(ctx.image, [entry])
+    digest = pin(ctx.images["squashfs"])
+    with fakeregistry.serve(ctx.image.layout, Knobs(tamper=digest)) as reg:
+        code, status = boot_registry(ctx.tmp, reg)
+    failed(ctx.system, ctx.tmp, status, code, "the packed root layer", "digest mismatch")
+
+
+def test_another_artifact_type_in_the_manifest_is_refused(
+    ctx: Ctx,
+) -> None:
+    entry = attach(
+        ctx.image, ctx.images["squashfs"], "squashfs", artifact_type="application/x-other"
+    )
+    with fakeregistry.serve(ctx.image.layout, Knobs(referrers=index_of([entry]))) as reg:
+        code, status = boot_registry(ctx.tmp, reg)
+    failed(ctx.system, ctx.tmp, status, code, "is not of artifactType")
+
+
+def test_only_other_artifacts_is_no_packed_root(
+    ctx: Ctx,
+) -> None:
+    entry = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    other = dict(entry, artifactType="application/vnd.dev.cosign.artifact.sig.v1+json")
+    with fakeregistry.serve(ctx.image.layout, Knobs(referrers=index_of([other]))) as reg:
+        code, status = boot_registry(ctx.tmp, reg)
+    failed(
+        ctx.system,
+        ctx.tmp,
+        status,
+        code,
+        f"no packed root in the registry for the image {ctx.image.manifest_digest}",
+        f"push one with bootc-live push-packed docker://{reg.host}/{REPO} packed.img",
+    )
+    assert ctx.system.calls == []
+
+
+def test_no_referrers_api_and_no_tag(
+    ctx: Ctx,
+) -> None:
+    with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
+        code, status = boot_registry(ctx.tmp, reg)
+    tag = packedreg.fallback_tag(ctx.image.manifest_digest)
+    failed(ctx.system, ctx.tmp, status, code, "no packed root", f"(asked the tag {tag})")
+
+
+def test_an_oversized_referrers_index_is_one_line(
+    ctx: Ctx,
+) -> None:
+    entry = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    huge = index_of([entry] * 40_000)
+    assert len(huge) > 4 << 20
+    with fakeregistry.serve(ctx.image.layout, Knobs(referrers=huge)) as reg:
+        code, status = boot_registry(ctx.tmp, reg)
+    failed(ctx.system, ctx.tmp, status, code, "referrers index is larger than 4194304 bytes")
+
+
+WRONG = "sha256:" + "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("bootc.packed.sha256", f"is the one bootc.packed.sha256= pins ({WRONG})"),
+        ("bootc.digest", WRONG),  # the ctx.image's: checked before any artifact is asked for
+        ("bootc.packed.image", f"bootc.packed.image= says {WRONG}"),
+    ],
+)
+def test_a_digest_on_the_command_line_that_is_not_the_registry_s(
+    ctx: Ctx,
+    option: str,
+    message: str,
+) -> None:
+    tag_fallback(ctx.image, [attach(ctx.image, ctx.images["squashfs"], "squashfs")])
+    with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
+        code, status = boot_registry(ctx.tmp, reg, f"{option}={WRONG}")
+    failed(ctx.system, ctx.tmp, status, code, message)
+    if option != "bootc.packed.sha256":
+        assert not reg.hits("/referrers/") and not reg.hits("sha256-")

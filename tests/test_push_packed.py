@@ -1,0 +1,183 @@
+"""The packed root in a registry: `bootc-live push-packed` into the real registry (Debian's
+docker-registry 2.8, which has no referrers API: the tag fallback `sha256-HEX`), then found,
+streamed and verified by the runtime's discovery (runtime/packedreg.py) as the boot does it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bootc_live.demo import demo_layers
+from bootc_live.layout import write_layout
+from bootc_live.runtime import packed, packedreg
+from bootc_live.runtime.http import Policy
+from bootc_live.runtime.registry import Reference, RegistrySource
+from registries import Pki, Registry, auth_json, docker_registry, make_pki, skopeo_push
+from test_boot_packed import packed_img, pin
+from test_packed import erofs, make_tree, squashfs
+from unpackers import bootc_live, need_root_and
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "tester", "s3cret-pw"
+FAST = Policy(retries=2, stall=5, max_backoff=0.05)
+
+
+@dataclass
+class World:
+    pki: Pki
+    registry: Registry
+    auth: Path
+    work: Path
+    image: str  # the demo image's manifest digest
+    squashfs: Path  # the bare images
+    erofs: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.registry.host}/test/demo:v1"
+
+    def push(self, file: Path, *extra: str, epoch: int = 1) -> subprocess.CompletedProcess[str]:
+        return bootc_live(
+            "push-packed",
+            f"docker://{self.ref}",
+            str(file),
+            "--ca",
+            str(self.pki.ca),
+            "--auth-file",
+            str(self.auth),
+            *extra,
+            tmpdir=self.work,
+            env={"SOURCE_DATE_EPOCH": str(epoch)},
+        )
+
+    def source(self) -> RegistrySource:
+        return RegistrySource(
+            Reference.parse(self.ref),
+            FAST,
+            lambda _: None,
+            auth_file=str(self.auth),
+            cafile=str(self.pki.ca),
+        )
+
+
+def packed_file(where: Path, image: Path, made_from: str, fs: str) -> Path:
+    """packed.img and its record, as `bootc-live pack -o FILE` writes them."""
+    where.mkdir(parents=True, exist_ok=True)
+    file = where / "packed.img"
+    file.write_bytes(packed_img(image))
+    record = {
+        "image": made_from,
+        "sha256": pin(image),
+        "bytes": image.stat().st_size,
+        "format": fs,
+        "compressor": "zstd" if fs == "squashfs" else "lz4hc",
+        "tool": "test",
+        "kernel": None,
+    }
+    (where / "packed.img.json").write_text(json.dumps(record))
+    return file
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    need_root_and("docker-registry", "skopeo", "openssl", "mksquashfs", "mkfs.erofs")
+    work = tmp_path_factory.mktemp("pushpacked")
+    pki = make_pki(work / "pki")
+    tree = make_tree(work / "tree")
+    with docker_registry(work / "registry", pki, users={USER: PASSWORD}) as registry:
+        demo = work / "demo"
+        digest = write_layout(demo, demo_layers(), "v1")
+        skopeo_push(f"oci:{demo}:v1", registry, "test/demo:v1", pki, f"{USER}:{PASSWORD}")
+        auth = auth_json(work / "auth.json", {registry.host: (USER, PASSWORD)})
+        yield World(
+            pki,
+            registry,
+            auth,
+            work,
+            digest,
+            squashfs(tree, work / "root.squashfs", "zstd"),
+            erofs(tree, work / "root.erofs", "lz4hc"),
+        )
+
+
+def fetch(world: World, tmp: Path, want: str | None = None) -> packed.Stored:
+    """What the boot's discovery finds, streamed into a file as PackedRoot.load does."""
+    with closing(world.source()) as source:
+        source.index_json()
+        stream = packedreg.open_registry(source, world.image, want, lambda _: None)
+        try:
+            return stream.store(str(tmp / "packed.root"))
+        finally:
+            stream.close()
+
+
+def test_pushed_then_found_by_the_tag_fallback(world: World, tmp_path: Path) -> None:
+    file = packed_file(tmp_path / "a", world.squashfs, world.image, "squashfs")
+    done = world.push(file)
+    assert done.returncode == 0, done.stderr
+    tag = packedreg.fallback_tag(world.image)
+    assert f"listed at the tag {tag}" in done.stdout
+    assert f"root=bootc-live:packed:docker://{world.registry.host}/test/demo@{world.image}" in (
+        done.stdout
+    )
+    stored = fetch(world, tmp_path)
+    assert stored.sha256 == pin(world.squashfs)
+    assert Path(stored.path).read_bytes() == world.squashfs.read_bytes()
+    with closing(world.source()) as source:
+        index = json.loads(source.tagged(tag)[0])
+        assert source.referrers(world.image, packedreg.ARTIFACT_TYPE) is None  # 2.8: none
+    (entry,) = [m for m in index["manifests"] if m["digest"] in done.stdout]
+    assert entry["artifactType"] == packedreg.ARTIFACT_TYPE
+    # Pushed again: the layer is there, the index keeps one entry for it.
+    again = world.push(file)
+    assert again.returncode == 0, again.stderr
+    assert "its layer was there already" in again.stdout
+    with closing(world.source()) as source:
+        listed = [m["digest"] for m in json.loads(source.tagged(tag)[0])["manifests"]]
+    assert listed.count(entry["digest"]) == 1
+
+
+def test_two_artifacts_the_newest_or_the_pinned(world: World, tmp_path: Path) -> None:
+    older = packed_file(tmp_path / "sq", world.squashfs, world.image, "squashfs")
+    newer = packed_file(tmp_path / "ero", world.erofs, world.image, "erofs")
+    assert world.push(older, epoch=100).returncode == 0
+    assert world.push(newer, epoch=200).returncode == 0
+    for n, want, got in ((1, None, world.erofs), (2, pin(world.squashfs), world.squashfs)):
+        (tmp_path / str(n)).mkdir()
+        assert fetch(world, tmp_path / str(n), want).sha256 == pin(got)
+    with pytest.raises(packed.PackedError, match=r"none of the \d+ packed roots .* is the one"):
+        fetch(world, tmp_path, "sha256:" + "0" * 64)
+
+
+def test_a_packed_root_of_another_image_is_not_pushed(world: World, tmp_path: Path) -> None:
+    other = "sha256:" + "ab" * 32
+    file = packed_file(tmp_path, world.squashfs, other, "squashfs")
+    done = world.push(file)
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert f"was made from the image {other}, the registry's is {world.image}" in line
+
+
+def test_a_record_that_is_not_the_file_is_refused(world: World, tmp_path: Path) -> None:
+    file = packed_file(tmp_path, world.squashfs, world.image, "squashfs")
+    file.write_bytes(packed_img(world.erofs))
+    done = world.push(file)
+    assert done.returncode != 0
+    assert "its record says" in done.stderr
+
+
+def test_no_artifact_names_the_image_and_the_command(world: World) -> None:
+    with closing(world.source()) as source:
+        source.index_json()
+        missing = "sha256:" + "12" * 32
+        with pytest.raises(packed.PackedError) as err:
+            packedreg.open_registry(source, missing, None, lambda _: None)
+    line = err.value.line()
+    assert missing in line and "push one with bootc-live push-packed" in line
