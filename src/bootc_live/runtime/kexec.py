@@ -319,7 +319,9 @@ def packed_kexec_boot(
     """bootc.kexec with a packed root: obtain it and check its pin, find the image's kernel in
     its mounted tree, hand the packed root itself over (`packed_initrd`), load and execute. On
     success this does not return; whatever fails leaves nothing mounted."""
-    assert spec.packed_sha256 is not None
+    pin = spec.packed_sha256 or source.digest  # the command line's, or the registry layer's
+    image = source.image or spec.packed_image
+    assert pin is not None
     workdir = workdir or WORKDIR
     _need_kexec()
     mem = memory.Memory.read()
@@ -336,11 +338,11 @@ def packed_kexec_boot(
                 source,
                 os.path.join(workdir, "tree"),
                 mounts.MountPlan(),
-                spec.packed_sha256,
-                spec.packed_image,
+                pin,
+                image,
                 mem.total,
-                workdir,
-                report.summary,
+                workdir=workdir,
+                warn=report.summary,
             ) as root,
         ):
             report.state("loading")
@@ -359,14 +361,14 @@ def packed_kexec_boot(
                 kexec_kver=files.kver,
                 kexec_layers_read=0,
                 kexec_handover_bytes=loaded.size,
-                manifest=spec.packed_image,
+                manifest=image,
                 packed_sha256=loaded.sha256,
                 format=fs.name,
                 compressor=fs.compressor,
             )
             initrd = packed_initrd(files, loaded, workdir)
             with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-                command_line = packed_command_line(f.read(), loaded.sha256, spec.packed_image)
+                command_line = packed_command_line(f.read(), loaded.sha256, image)
             done = f"packed root {loaded.size >> 20} MiB handed over"
             load_and_execute(
                 files,
