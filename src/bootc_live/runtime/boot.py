@@ -140,7 +140,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
                 pin,
                 image,
                 mem.total,
-                spec.mode,
+                mode=spec.mode,
                 warn=report.summary,
             ) as root:
                 report.state("loading")

@@ -547,6 +547,7 @@ def packed_root(
     pin: str,
     image: str | None,
     mem_total: int,
+    *,
     mode: RootMode = TMPFS,
     workdir: str | None = None,
     warn: Callable[[str], None] = lambda _: None,
