@@ -1005,3 +1005,316 @@ def test_the_signed_rows_policy_requires_both_of_the_guest_and_accepts_the_build
     assert [r.type for r in reqs] == ["signedBy", "sigstoreSigned"]
     assert parsed.requirements_for("docker", "10.0.2.100:5000/bench/debian:live")[0] == "default"
     assert [r.type for r in parsed.default] == ["reject"]
+
+
+# The packed root (issue 18): packed / tmpfs, / zram and / the original's, from one run.
+PACKED_SHA = "sha256:" + "ef" * 32
+PACKED_ROOT = {
+    "mode": "packed",
+    "sha256": PACKED_SHA,
+    "bytes": 170_131_456,  # 162.25 MiB
+    "format": "squashfs",
+    "compressor": "xz",
+    "image": MANIFEST,
+}
+
+
+def packed_console(status: Status | None = None) -> list[tuple[float, str]]:
+    """A packed root from a URL to the verdict: planned, loading, ready (nothing unpacked)."""
+    s = status or Status()
+    url = "bootc-live:packed:http://10.0.2.100/packed.img"
+    return [
+        *url_console("packed", PACKED_ROOT)[:7],  # the firmware, the kernel, the initramfs
+        (6.0, via_journal(4.0, s.line("resolving", 3.9, source=url))),
+        (
+            10.0,
+            via_journal(
+                6.25,
+                s.line(
+                    "planned",
+                    6.2,
+                    mode="packed",
+                    packed_bytes=170_131_456,
+                    format="squashfs",
+                    compressor="xz",
+                    need=214 * MIB + 1,  # rounded up: 215
+                    available=1000 * MIB,
+                ),
+            ),
+        ),
+        (11.0, via_journal(6.5, s.line("loading", 6.4))),
+        (
+            20.0,
+            via_journal(
+                12.75,
+                s.line(
+                    "ready",
+                    12.7,
+                    mode="packed",
+                    root=PACKED_ROOT,
+                    manifest=MANIFEST,
+                    bytes=170_131_456,
+                    modules_freed=400,
+                    modules_freed_bytes=20 * MIB,
+                    seconds=8.875,
+                    peak_memory=520 * MIB + 5,
+                    memory_before=330 * MIB,
+                ),
+            ),
+        ),
+        (21.0, stamp(13.0, "systemd[1]: Switching root.")),
+        (22.0, stamp(14.5, f"systemd[1]: {SYSTEMD}")),
+        (23.5, WELCOME),
+        (40.0, verdict("squashfs")),
+    ]
+
+
+PACKED_TARGET = Target("packed", Path("/nx"), rows.PACKED_URL, 8080, fstype="squashfs", packed=True)
+
+
+def test_a_packed_boot_reads_the_file_it_mounted_and_unpacks_nothing() -> None:
+    run = read(PACKED_TARGET, packed_console())
+    assert (run.ok, run.state, run.mode, run.failure) == (True, "ready", "packed", "")
+    assert (run.packed_sha256, run.packed_mib, run.packed_format) == (
+        PACKED_SHA,
+        170_131_456 / MIB,
+        "squashfs:xz",
+    )
+    assert run.packed_s == 8.875
+    # "bytes" is the packed root's and "seconds" the whole load's: nothing was unpacked.
+    assert (run.written_mib, run.unpack_s, run.entries) == (None, None, None)
+    assert (run.peak_mib, run.start_mib, run.freed_mib, run.above_start_mib) == (520, 330, 20, 210)
+    assert run.need_mib == 215
+    phases = {label: f(run) for label, f in PHASES}
+    assert (phases[SWITCH_ROOT], phases["/init → live root ready"]) == (12.5, 10.75)
+    # Booted, but on another root than the packed one's filesystem: not this row's success.
+    other = read(PACKED_TARGET, [*packed_console()[:-1], (40.0, verdict("tmpfs"))])
+    assert (other.ok, other.failure.split(":")[0]) == (False, "the root is tmpfs, not squashfs")
+
+
+def test_a_packed_row_boots_initrd_img_alone_with_the_packed_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[Any] = []
+
+    def fake_boot(config: Any, **how: Any) -> Boot:
+        seen.append(config)
+        return boot_of(packed_console())
+
+    monkeypatch.setattr(boots, "boot", fake_boot)
+    run = boots.boot_once(PACKED_TARGET, 640, 600, tmp_path / "console.log")
+    assert run.ok
+    ((config,),) = [seen]
+    assert (config.packed, config.embedded, config.mem) == (True, False, 640)
+    assert config.append == "root=bootc-live:packed:http://10.0.2.100/packed.img"
+    assert config.forwards == ((80, 8080),)
+
+
+def test_only_the_packed_rows_builds_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchlib import artifacts
+
+    argvs: list[list[str]] = []
+    monkeypatch.setattr(artifacts, "run_step", lambda argv, what: (argvs.append(argv) or 2.5, ""))
+    assert artifacts.build_artifacts(["bl"], "oci:L:t", Path("/o"), "--host") == 2.5
+    artifacts.build_artifacts(["bl"], "oci:L:t", Path("/p"), "--host", pack=True)
+    assert argvs == [
+        ["bl", "build", "oci:L:t", "-o", "/o", "--host", "--pack", "none"],
+        ["bl", "build", "oci:L:t", "-o", "/p", "--host"],
+    ]
+
+
+def plan_reference(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, asked: list[str]
+) -> tuple[Any, list[tuple[str, bool]]]:
+    """bootbench.reference_plans for these rows, with the builds, the host's unpack and the
+    servers faked: the Setup and each build made (its directory, whether it packed)."""
+    import argparse
+    from contextlib import ExitStack, contextmanager
+
+    from benchlib import bootbench
+
+    built: list[tuple[str, bool]] = []
+
+    def build(bootc_live: Any, source: str, out: Path, *options: str, pack: bool = False) -> float:
+        assert (source, options) == ("oci:/ref:latest", ("--host", "--kver", HOST_KVER))
+        built.append((out.name, pack))
+        out.mkdir()
+        if pack:
+            for name in ("packed.img", "cmdline-packed.txt", "root.oci", "initrd.img"):
+                (out / name).write_bytes(b"x")
+            record = {"format": "squashfs", "compressor": "xz", "bytes": 1, "sha256": PACKED_SHA}
+            (out / "packed.json").write_text(json.dumps(record))
+        return 300.0 if pack else 80.0
+
+    @contextmanager
+    def serving(art: Path, workdir: Path) -> Any:
+        yield {"reference": 8001, "reference-packed": 8002}[art.name]
+
+    monkeypatch.setattr(bootbench, "build_artifacts", build)
+    monkeypatch.setattr(bootbench, "tmpfs_footprint", lambda *a: 900 * MIB)
+    monkeypatch.setattr(bootbench, "sizes_of", lambda art: {"art": art.name})
+    monkeypatch.setattr(bootbench, "serving", serving)
+    monkeypatch.setattr(bootbench, "url_view", lambda art, view: view)
+    args = argparse.Namespace(
+        rows=asked,
+        reference_mem=1280,
+        reference_repeat=1,
+        reference_ram_min=768,
+        reference_packed_ram_min=256,
+        reference_ram_max=2048,
+        reference_ram_boots=5,
+        original_reference_mem=3072,
+        ram_step=64,
+        no_ram_search=False,
+        no_baseline=True,
+    )
+    report = {"reference": {"kver": HOST_KVER}, "build_seconds": {}, "sizes": {}}
+    report.update(tmpfs_bytes={}, packed={})
+    b = bootbench.Setup(args, "bl", tmp_path, report, ExitStack())
+    ref = {"source": "oci:/ref:latest", "layers": [{"size": 5}], "greeting": "Welcome to Ref!"}
+    bootbench.reference_plans(b, ref)
+    return b, built
+
+
+def test_reference_packed_is_planned_from_a_build_that_packs_beside_one_that_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    b, built = plan_reference(monkeypatch, tmp_path, ["reference-url", "reference-packed"])
+    assert built == [("reference-packed", True), ("reference", False)]
+    assert b.report["build_seconds"] == {"reference-packed": 300.0, "reference": 80.0}
+    assert b.report["packed"]["reference-packed"]["format"] == "squashfs"
+    plan = b.plans["reference-packed"]
+    assert plan.target == Target(
+        "reference-packed",
+        tmp_path / "reference-packed-url",
+        "root=bootc-live:packed:http://10.0.2.100/packed.img",
+        8002,
+        "switch-root",
+        "Welcome to Ref!",
+        packed=True,
+    )
+    assert (plan.mem, plan.repeat, plan.baseline) == (1280, 1, None)
+    assert plan.search is not None
+    assert (plan.search.floor, plan.search.ceiling, plan.search.max_boots) == (256, 2048, 5)
+    url = b.plans["reference-url"]
+    assert (url.target.append, url.target.port, url.target.packed) == (
+        "root=bootc-live:http://10.0.2.100/root.oci",
+        8001,
+        False,
+    )
+    assert url.search is not None and url.search.floor == 768
+    # reference-packed alone: no build with --pack none.
+    (tmp_path / "alone").mkdir()
+    _, built = plan_reference(monkeypatch, tmp_path / "alone", ["reference-packed"])
+    assert built == [("reference-packed", True)]
+
+
+def packed_rows(
+    packed_ram: int = 576, packed_failed: int | None = 512, tmpfs_ram: int = 1216
+) -> dict[str, Any]:
+    """reference-packed beside reference-url, reference-zram and original-reference-url, as
+    bench/boot records them (figures set to fixed values)."""
+
+    def row(name: str, target: Target, timed: Any, ram: int, failed: int | None, **f: Any) -> Any:
+        search = ramsearch.RamSearch(256, 2048, 64, 5, found=ram, failed=failed)
+        made = row_of(target, timed, search)
+        made["artifacts_of"] = name
+        made["figures"].update(f)
+        return made
+
+    url = Target("reference-url", Path("/nx"), fstype="tmpfs")
+    return {
+        "reference-url": row(
+            "reference", url, url_console("tmpfs", {}), tmpfs_ram, tmpfs_ram - 64,
+            switch_root_s=43.5, peak_mib=1122, memused_mib=None,
+        ),
+        "reference-zram": row(
+            "reference", url, url_console("zram", ZRAM_ROOT), 768, 704,
+            switch_root_s=49.25, peak_mib=714, memused_mib=None,
+        ),
+        "reference-packed": row(
+            "reference-packed", PACKED_TARGET, packed_console(), packed_ram, packed_failed,
+            switch_root_s=12.0, peak_mib=430, memused_mib=None,
+        ),
+        "original-reference-url": row(
+            "reference-original", ORIGINAL, original_console(), 2560, 2496,
+            switch_root_s=92.0, peak_mib=2100, memused_mib=None,
+        ),
+    }  # fmt: skip
+
+
+def test_packed_against_tmpfs_zram_and_the_original_is_a_ratio_of_this_run() -> None:
+    pair = rows.packed_comparison(packed_rows())["reference-packed"]
+    assert (pair["min_ram_mib"], pair["switch_root_s"], pair["format"]) == (
+        576,
+        12.0,
+        ["squashfs:xz"],
+    )
+    assert pair["tmpfs"]["min_ram_mib_ratio"] == 576 / 1216
+    assert pair["original"]["switch_root_s_ratio"] == 12.0 / 92.0
+    assert pair["zram"]["min_ram_mib_ratio"] == 576 / 768
+    assert pair["zram"]["peak_mib_ratio"] == 430 / 714
+    assert (pair["ram_met"], pair["switch_root_met"]) == (True, True)
+    assert rows.packed_comparison(packed_rows(800, 736))["reference-packed"]["ram_met"] is False
+    # The packed search reached its floor: above the target, only an upper bound.
+    floor = rows.packed_comparison(packed_rows(800, None))["reference-packed"]
+    assert (floor["min_ram_upper_bound"], floor["ram_met"]) == (True, None)
+    by_row = packed_rows()
+    del by_row["original-reference-url"]
+    pair = rows.packed_comparison(by_row)["reference-packed"]
+    assert (pair["original"]["ran"], pair["switch_root_met"]) == (False, None)
+    assert rows.packed_comparison({"url": by_row["reference-url"]}) == {}
+
+
+def test_the_report_prints_packed_against_the_others_of_this_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    by_row = packed_rows()
+    record = {
+        "bytes": 170_131_456,
+        "format": "squashfs",
+        "compressor": "xz",
+        "tool": "mksquashfs 4.5.1",
+        "kernel": HOST_KVER,
+        "sha256": PACKED_SHA,
+    }
+    sizes = {"initrd.img": 35 * MIB, "root.oci": 380 * MIB, "rootfs.img": 0}
+    report.print_report(
+        {
+            "rows": by_row,
+            "accel": "tcg",
+            "cpus": 2,
+            "sizes": {
+                "reference": sizes,
+                "reference-packed": {**sizes, "packed.img": 170_131_456},
+                "reference-original": {**sizes, "initrd.img": 30 * MIB},
+            },
+            "build_seconds": {"reference": 80.0, "reference-packed": 300.0},
+            "packed": {"reference-packed": record},
+            "modes": rows.mode_comparison(by_row),
+            "original": rows.original_comparison(by_row),
+            "packed_rows": rows.packed_comparison(by_row),
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    for line in (
+        f"reference-packed: built in 300 s with packing, 220 s more than reference's with --pack "
+        f"none (80 s): packing adds x3.75; packed.img 162.2 MiB, squashfs:xz by mksquashfs 4.5.1 "
+        f"for kernel {HOST_KVER}, {PACKED_SHA}",
+        "Packed root (reference-packed, squashfs:xz, 162.2 MiB), this run: packed / the same "
+        "image from the same URL",
+        "  / reference-url (tmpfs): smallest RAM 576 MiB / 1216 MiB = 0.47; /init → switch root "
+        "12.0 s / 43.5 s = 0.28; peak memory 430 MiB / 1122 MiB = 0.38; once booted - / - = -",
+        "  / reference-zram (zram): smallest RAM 576 MiB / 768 MiB = 0.75; /init → switch root "
+        "12.0 s / 49.2 s = 0.24; peak memory 430 MiB / 714 MiB = 0.60; once booted - / - = -",
+        "  / original-reference-url (the original): smallest RAM 576 MiB / 2560 MiB = 0.23; "
+        "/init → switch root 12.0 s / 92.0 s = 0.13; peak memory 430 MiB / 2100 MiB = 0.20; "
+        "once booted - / - = -",
+        "  target: smallest RAM <= 0.6 x reference-url's: 0.47 (met); /init → switch root <= "
+        "0.3 x original-reference-url's: 0.13 (met)",
+        f"  mounted {PACKED_SHA} in all 1 boots that got there",
+        "packed root (packed.img)                                       -                       -"
+        "               162.2 MiB                       -   its size: the root stays in RAM as "
+        "this file; nothing unpacked",
+    ):
+        assert line in lines, "\n".join(lines)

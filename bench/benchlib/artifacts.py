@@ -15,6 +15,9 @@ from typing import Any
 from benchlib.common import REPO, BenchError, log
 from benchlib.refimage import REF_NAME
 
+# What a build that packs adds, and a packed row boots (VmConfig(packed=True)).
+PACKED_FILES = ("packed.img", "cmdline-packed.txt")
+
 
 def run_step(argv: list[str], what: str) -> tuple[float, str]:
     """Run a host step in a session of its own (an interruption stops all of it, dracut in a
@@ -40,9 +43,15 @@ def run_step(argv: list[str], what: str) -> tuple[float, str]:
     return time.monotonic() - start, stdout
 
 
-def build_artifacts(bootc_live: list[str], source: str, out: Path, *options: str) -> float:
+def build_artifacts(
+    bootc_live: list[str], source: str, out: Path, *options: str, pack: bool = False
+) -> float:
+    """`bootc-live build`; its seconds. Only with `pack` does it make packed.img (in the format
+    the kernel's config chooses): the rest pass --pack none (squashfs xz costs minutes)."""
+    packing = [] if pack else ["--pack", "none"]
     seconds, _ = run_step(
-        [*bootc_live, "build", source, "-o", os.fspath(out), *options], "bootc-live build"
+        [*bootc_live, "build", source, "-o", os.fspath(out), *options, *packing],
+        "bootc-live build",
     )
     return seconds
 
@@ -67,7 +76,9 @@ def tmpfs_footprint(bootc_live: list[str], source: str, mountpoint: Path) -> int
 def url_view(artifacts: Path, view: Path) -> Path:
     """The artifacts as a URL boot loads them: initrd.img alone, without the embedded image."""
     view.mkdir()
-    for name in ("vmlinuz", "initrd.img", "rootfs.img", "cmdline.txt"):
+    for name in ("vmlinuz", "initrd.img", "rootfs.img", "cmdline.txt", *PACKED_FILES):
+        if name in PACKED_FILES and not (artifacts / name).exists():
+            continue  # a build with --pack none
         (view / name).symlink_to(artifacts / name)
     (view / "initrd-full.img").symlink_to(artifacts / "initrd.img")
     return view
@@ -90,10 +101,15 @@ def os_release_name(root: Path) -> str:
 
 
 def sizes_of(artifacts: Path) -> dict[str, int]:
+    names = ("initrd.img", "rootfs.img", "initrd-full.img", "root.oci", "vmlinuz", "packed.img")
     return {
-        name: (artifacts / name).stat().st_size
-        for name in ("initrd.img", "rootfs.img", "initrd-full.img", "root.oci", "vmlinuz")
+        name: (artifacts / name).stat().st_size for name in names if (artifacts / name).exists()
     }
+
+
+def packed_record(artifacts: Path) -> dict[str, Any]:
+    """packed.json of a build that packed: the image, sha256, bytes, format, compressor, tool."""
+    return dict(json.loads((artifacts / "packed.json").read_text()))
 
 
 def reference_image(cache: Path, kind: str) -> dict[str, Any]:

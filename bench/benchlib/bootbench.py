@@ -19,6 +19,7 @@ import kexec_image
 from benchlib.artifacts import (
     build_artifacts,
     layout_layers,
+    packed_record,
     reference_image,
     sizes_of,
     tmpfs_footprint,
@@ -30,7 +31,7 @@ from benchlib.console import READY_MARKER
 from benchlib.original import assemble as assemble_original
 from benchlib.original import build_in_image as original_in_image
 from benchlib.original import build_with_host as original_with_host
-from benchlib.ramsearch import search_plan
+from benchlib.ramsearch import RamSearch, search_plan
 from benchlib.report import print_report
 from benchlib.rows import (
     DEBIAN_ROWS,
@@ -43,7 +44,12 @@ from benchlib.rows import (
     ORIGINAL_ROOT,
     ORIGINAL_ROWS,
     ORIGINAL_UNPACK_S,
+    PACKED,
+    PACKED_ARTIFACTS,
+    PACKED_ROWS,
+    PACKED_URL,
     REFERENCE_IMAGE_ROWS,
+    REFERENCE_PACKED,
     REFERENCE_ROWS,
     ROW_MODE,
     ROWS,
@@ -58,6 +64,7 @@ from benchlib.rows import (
     kexec_comparison,
     mode_comparison,
     original_comparison,
+    packed_comparison,
     row_figures,
     signature_comparison,
     source_comparison,
@@ -132,6 +139,7 @@ def bench(args: argparse.Namespace) -> int:
             report["modes"] = mode_comparison(report["rows"])
             report["kexec"] = kexec_comparison(report["rows"])
             report["original"] = original_comparison(report["rows"])
+            report["packed_rows"] = packed_comparison(report["rows"])
         if args.logs:
             for console in workdir.glob("console-*.log"):
                 keep_log(console, args.logs)
@@ -184,6 +192,7 @@ def new_report(
             "url_peak_factor": URL_PEAK_FACTOR,
         },
         "build_seconds": {},
+        "packed": {},  # each packed build's packed.json
         "original_build": {},
         "sizes": {},
         "tmpfs_bytes": {},
@@ -258,6 +267,16 @@ def debian_plans(b: Setup, image: debian_image.DebianImage) -> Any:
     registry = None
     if set(b.args.rows) & {"registry", SIGNED}:
         registry = registry_plan(b, image)
+    if PACKED in b.args.rows:
+        b.plans[PACKED] = packed_plan(
+            b,
+            PACKED,
+            image.source,
+            (),
+            b.args.mem,
+            b.args.repeat,
+            search_plan(b.args, b.args.ram_min, b.args.ram_max, None),
+        )
     if KEXEC in b.args.rows:
         b.plans[KEXEC] = kexec_plan(b.args, b.bootc_live, image, art, b.workdir, b.report, b.stack)
         b.largest["debian-kexec"] = b.report["kexec_image"]["largest_blob_bytes"]
@@ -363,17 +382,38 @@ def signed_plan(
 
 
 def reference_plans(b: Setup, ref: dict[str, Any]) -> None:
-    """The rows of the reference-sized image, booted from a URL."""
+    """The rows of the reference-sized image, booted from a URL: those that unpack it from the
+    artifacts of a build with --pack none, reference-packed from those of a build that packs
+    (the difference of their seconds is what packing adds)."""
     art = b.workdir / "reference"
     kver = b.report["reference"]["kver"]
-    b.report["build_seconds"]["reference"] = build_artifacts(
-        b.bootc_live, ref["source"], art, "--host", "--kver", kver
-    )
-    b.report["sizes"]["reference"] = sizes_of(art)
     b.report["tmpfs_bytes"]["reference"] = tmpfs_footprint(
         b.bootc_live, ref["source"], b.workdir / "tmpfs-reference"
     )
     b.largest["reference"] = max(layer["size"] for layer in ref["layers"])
+    if REFERENCE_PACKED in b.args.rows:
+        b.plans[REFERENCE_PACKED] = packed_plan(
+            b,
+            REFERENCE_PACKED,
+            ref["source"],
+            ("--host", "--kver", kver),
+            b.args.reference_mem,
+            b.args.reference_repeat,
+            search_plan(
+                b.args,
+                b.args.reference_packed_ram_min,
+                b.args.reference_ram_max,
+                b.args.reference_ram_boots,
+            ),
+            goal="switch-root",
+            marker=ref["greeting"],
+        )
+    if not set(b.args.rows) & {*REFERENCE_ROWS, "original-reference-url"}:
+        return
+    b.report["build_seconds"]["reference"] = build_artifacts(
+        b.bootc_live, ref["source"], art, "--host", "--kver", kver
+    )
+    b.report["sizes"]["reference"] = sizes_of(art)
     port, view, url, tiny = serve_root_oci(art, b.workdir, "reference", b.stack)
     for name in (n for n in REFERENCE_ROWS if n in b.args.rows):
         append = f"{url} {MODES[ROW_MODE[name]]}" if name in ROW_MODE else url
@@ -409,6 +449,37 @@ def reference_plans(b: Setup, ref: dict[str, Any]) -> None:
                 b.args.reference_ram_boots,
             ),
         )
+
+
+def packed_plan(
+    b: Setup,
+    name: str,
+    source: str,
+    options: tuple[str, ...],
+    mem: int,
+    repeat: int,
+    search: RamSearch | None,
+    goal: str = "verdict",
+    marker: str = debian_image.MARKER,
+) -> RowPlan:
+    """A packed row: artifacts of a build that packs (the kernel config's format), packed.img
+    served by an nginx of its own, booted from initrd.img alone with cmdline-packed.txt's pin
+    and root= naming packed.img's URL. The build's seconds, sizes and packed.json go into the
+    report under the image's label with -packed (debian-packed, reference-packed)."""
+    label = PACKED_ARTIFACTS[name]
+    art = b.workdir / label
+    b.report["build_seconds"][label] = build_artifacts(
+        b.bootc_live, source, art, *options, pack=True
+    )
+    b.report["sizes"][label] = sizes_of(art)
+    made = packed_record(art)
+    b.report["packed"][label] = made
+    port = b.stack.enter_context(serving(art, b.workdir / f"serve-{label}"))
+    view = url_view(art, b.workdir / f"{label}-url")
+    # To the verdict, which must name the packed root's filesystem, or to the greeting.
+    fstype = made["format"] if goal == "verdict" else ""
+    target = Target(name, view, PACKED_URL, port, goal, marker, fstype, packed=True)
+    return RowPlan(target, mem, repeat, search)
 
 
 def build_original(
@@ -474,6 +545,8 @@ def run_rows(b: Setup) -> None:
         }.get(name, of)
         if name in ORIGINAL_OF:
             row["artifacts_of"] = f"{of}-original"
+        if name in PACKED_ROWS:
+            row["artifacts_of"] = PACKED_ARTIFACTS[name]
         tmpfs = b.report["tmpfs_bytes"][of]
         row["figures"] = row_figures(row, tmpfs, b.largest[of])
         b.report["rows"][name] = row

@@ -45,6 +45,8 @@ class Target:
     guest_port: int = 80  # 80 for nginx, REGISTRY_PORT for the registry
     kexec: bool = False  # a bootc.kexec boot: two kernels, the console read per stage
     original: bool = False  # the original pipeline (bench/original): its own status lines
+    packed: bool = False  # the packed root: cmdline-packed.txt's pin, packed.img from the URL
+    # that `append`'s root= names
     # Other servers the guest reaches, (port on GUEST_SERVER, port on 127.0.0.1): the
     # registry-signed row's lookaside nginx.
     more_forwards: tuple[tuple[int, int], ...] = ()
@@ -87,6 +89,12 @@ class BootRun:
     erofs_mib: float | None = None
     erofs_compress: str | None = None
     mkfs_erofs: str | None = None
+    # The packed root: the file mounted (its pin, the same in every boot), its size and format,
+    # and the runtime's seconds from its start to the root mounted ("seconds").
+    packed_sha256: str | None = None
+    packed_mib: float | None = None
+    packed_format: str | None = None  # FORMAT:COMPRESSOR
+    packed_s: float | None = None
     memused_mib: float | None = None  # the verdict's memused: in use once booted (MemTotal -
     # MemAvailable, when the verdict unit runs)
     other_qemus: int = 0  # other QEMU processes seen during the boot
@@ -159,6 +167,8 @@ def boot_once(target: Target, mem: int, timeout: float, console: Path) -> BootRu
             append=target.append,
             mem=mem,
             network=target.port is not None,
+            packed=target.packed,
+            embedded=not target.packed,  # a packed root from a URL: initrd.img alone
             forwards=()
             if target.port is None
             else ((target.guest_port, target.port), *target.more_forwards),
@@ -264,6 +274,13 @@ def read_status(run: BootRun, doc: dict[str, Any]) -> None:
         run.zram_algorithm = run.root.get("algorithm")
         run.zram_stored_mib = run.root["stored"] / MIB if "stored" in run.root else None
         run.zram_ram_mib = run.root["memory"] / MIB if "memory" in run.root else None
+    if run.root.get("mode") == "packed":
+        # Nothing was unpacked: "bytes" is the packed root's, "seconds" the whole load's.
+        run.written_mib, run.unpack_s = None, None
+        run.packed_sha256 = run.root.get("sha256")
+        run.packed_mib = run.root["bytes"] / MIB if "bytes" in run.root else None
+        run.packed_format = f"{run.root.get('format')}:{run.root.get('compressor')}"
+        run.packed_s = doc.get("seconds")
     if run.root.get("mode") == "erofs":
         run.erofs_sha256 = run.root.get("sha256")
         run.erofs_mib = run.root["bytes"] / MIB if "bytes" in run.root else None

@@ -17,6 +17,10 @@ from benchlib.rows import (
     ORIGINAL_RAM_MIB,
     ORIGINAL_ROWS,
     ORIGINAL_UNPACK_S,
+    PACKED_ARTIFACTS,
+    PACKED_RAM_FACTOR,
+    PACKED_ROWS,
+    PACKED_SWITCH_ROOT_FACTOR,
     REFERENCE_ROWS,
     ROW_MODE,
     SIGNED,
@@ -54,6 +58,7 @@ def print_report(report: dict[str, Any]) -> None:
     print_signatures(report)
     print_modes(report, cells.ram)
     print_kexec(report, cells.ram)
+    print_packed(report, cells.ram)
     print_trials(rows, names)
     print_notes(rows, names)
 
@@ -102,13 +107,15 @@ def print_inputs(report: dict[str, Any], names: list[str]) -> None:
         )
     ref = report.get("reference")
     if ref:
+        built = report["build_seconds"].get("reference")
         print(
             f"reference (reference-url): bench/unpack's '{ref['kind']}' image, "
             f"{ref['entries']} entries, {ref['unpacked_bytes'] / 1e6:.0f} MB unpacked (du on "
             f"ext4), {ref['compressed_bytes'] / 1e6:.0f} MB in {len(ref['layers'])} gzip "
-            f"layer(s); build {report['build_seconds']['reference']:.0f} s with the host's "
+            f"layer(s); build {fmt(built, 's', 0)} (--pack none) with the host's "
             f"kernel {ref['kver']} and dracut"
         )
+    print_packed_builds(report)
     kx = report.get("kexec_image")
     if kx:
         print(
@@ -217,6 +224,7 @@ class Cells:
         if n in ("registry", SIGNED):
             return fmt(self.report["registry"]["compressed_bytes"] / MIB, "MiB")
         name = "root.oci" if n in URL_ROWS else "rootfs.img"
+        name = "packed.img" if n in PACKED_ROWS else name
         return fmt(self.report["sizes"][self.rows[n]["artifacts_of"]][name] / MIB, "MiB")
 
 
@@ -313,6 +321,11 @@ def print_figures(report: dict[str, Any], cells: Cells) -> None:
             "its size (the root stays in RAM as this image); sha256 below",
         ),
         (
+            "packed root (packed.img)",
+            cells.mib("packed_mib", 1),
+            "its size: the root stays in RAM as this file; nothing unpacked",
+        ),
+        (
             "URL, registry: peak - before fetching",
             cells.mib("above_start_mib"),
             "memory the fetch and unpack added",
@@ -351,7 +364,8 @@ def print_figures(report: dict[str, Any], cells: Cells) -> None:
         (
             "image: rootfs.img / root.oci / blobs",
             cells.image_size,
-            "embedded: rootfs.img (split layout); URL rows: root.oci; registry: the pushed layers",
+            "embedded: rootfs.img (split layout); URL rows: root.oci; registry: the pushed "
+            "layers; packed rows: packed.img",
         ),
     ]
     print()
@@ -722,6 +736,73 @@ def print_kexec(report: dict[str, Any], ram: Callable[[str], str]) -> None:
         "  smallest RAM: both stages must fit (stage one holds the handover and the loaded "
         "kernel; stage two, the handover in its initramfs while it unpacks)"
     )
+
+
+def print_packed_builds(report: dict[str, Any]) -> None:
+    """Each build that packed: its packed.img, and the seconds packing added to the build of the
+    same image with --pack none (both builds in this run)."""
+    without = {"debian-packed": "debian", "reference-packed": "reference"}
+    for label in PACKED_ARTIFACTS.values():
+        made = report.get("packed", {}).get(label)
+        if not made:
+            continue
+        seconds = report["build_seconds"]
+        plain = seconds.get(without[label])
+        added = (
+            f", {seconds[label] - plain:.0f} s more than {without[label]}'s with --pack none "
+            f"({plain:.0f} s): packing adds x{seconds[label] / plain:.2f}"
+            if plain
+            else f" ({without[label]}'s build with --pack none did not run: nothing to compare)"
+        )
+        print(
+            f"{label}: built in {seconds[label]:.0f} s with packing{added}; packed.img "
+            f"{made['bytes'] / MIB:.1f} MiB, {made['format']}:{made['compressor']} by "
+            f"{made['tool']} for kernel {made['kernel']}, {made['sha256']}"
+        )
+
+
+def print_packed(report: dict[str, Any], ram: Callable[[str], str]) -> None:
+    """Each packed row against the same image from the same URL on tmpfs, on zram and by the
+    original pipeline, and issue 18's targets, from this run's figures."""
+    packed: dict[str, Any] = report.get("packed_rows") or {}
+    verdicts = {True: "met", False: "NOT MET", None: "undecided"}
+    for name, pair in packed.items():
+        print()
+        print(
+            f"Packed root ({name}, {','.join(pair['format']) or '-'}, "
+            f"{fmt(pair['packed_mib'], 'MiB', 1)}), this run: packed / the same image from the "
+            "same URL"
+        )
+        for kind, what in (("tmpfs", "tmpfs"), ("zram", "zram"), ("original", "the original")):
+            theirs = pair[kind]
+            if not theirs["ran"]:
+                print(f"  / {theirs['row']} ({what}): - (not run)")
+                continue
+            cells = [
+                f"{label} {show(name, pair[key])} / {show(theirs['row'], theirs[key])} = "
+                + fmt(theirs.get(f"{key}_ratio"), "", 2)
+                for key, label, show in (
+                    ("min_ram_mib", "smallest RAM", lambda n, _: ram(n)),
+                    ("switch_root_s", "/init → switch root", lambda _, v: fmt(v)),
+                    ("peak_mib", "peak memory", lambda _, v: fmt(v, "MiB", 0)),
+                    ("memused_mib", "once booted", lambda _, v: fmt(v, "MiB", 0)),
+                )
+            ]
+            print(f"  / {theirs['row']} ({what}): " + "; ".join(cells))
+        print(
+            f"  target: smallest RAM <= {PACKED_RAM_FACTOR} x {pair['tmpfs']['row']}'s: "
+            f"{fmt(pair['tmpfs'].get('min_ram_mib_ratio'), '', 2)} ({verdicts[pair['ram_met']]})"
+            f"; /init → switch root <= {PACKED_SWITCH_ROOT_FACTOR} x "
+            f"{pair['original']['row']}'s: "
+            f"{fmt(pair['original'].get('switch_root_s_ratio'), '', 2)} "
+            f"({verdicts[pair['switch_root_met']]})"
+        )
+        shas = pair["sha256"]
+        figs = report["rows"][name]["figures"]
+        if len(shas) > 1:
+            print(f"  WARNING: the packed root differs between boots: {', '.join(shas)}")
+        elif shas:
+            print(f"  mounted {shas[0]} in all {figs['packed_sha256_boots']} boots that got there")
 
 
 def all_boots(row: dict[str, Any]) -> list[dict[str, Any]]:

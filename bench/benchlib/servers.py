@@ -44,12 +44,15 @@ def write_tiny_archive(path: Path, workdir: Path) -> None:
 
 @contextmanager
 def serving(artifacts: Path, workdir: Path) -> Iterator[int]:
-    """nginx on 127.0.0.1 serving root.oci (the image) and tiny.oci; yields its port."""
+    """nginx on 127.0.0.1 serving root.oci (the image), packed.img (the packed root) when the
+    build made one, and tiny.oci; yields its port."""
     from servers import nginx  # tests/servers.py (imports pytest)
 
     served = workdir / "served"
     served.mkdir(parents=True)
     (served / "root.oci").symlink_to(artifacts / "root.oci")
+    if (artifacts / "packed.img").exists():
+        (served / "packed.img").symlink_to(artifacts / "packed.img")
     write_tiny_archive(served / "tiny.oci", workdir)
     with nginx(served, workdir / "nginx") as server:
         yield server.port
