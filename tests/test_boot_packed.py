@@ -281,6 +281,32 @@ def test_parts_appended_are_joined_in_place(
     assert packed_system.calls == expected_calls("erofs", "", tmp_path, file)
 
 
+def test_a_join_that_fails_leaves_no_part(
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parts appended are joined in place; stopped half-way (here: no memory left to append
+    the last part), none of them stays in RAM."""
+    image = images["erofs"]
+    file = appended(tmp_path, image, parts=3)
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith(".1"):  # the second part, once appended: the third comes next
+            real_unlink(path, *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    code, status = boot_packed(tmp_path, file, pin(image))
+    monkeypatch.undo()
+    assert code == 1 and status["state"] == "failed", status
+    assert os.listdir(Path(file).parent) == []
+    assert packed_system.mounted == []
+
+
 @pytest.mark.parametrize("zram", [False, True], ids=["tmpfs", "zram"])
 @pytest.mark.parametrize("served", [False, True], ids=["appended", "served"])
 @pytest.mark.parametrize("fs", ["squashfs", "erofs"])
@@ -598,13 +624,15 @@ def test_url_lib_fetches_then_it_is_a_file(
     assert [(argv[-1], env) for argv, env in seen] == [(f"{stored}.download", url)]
     assert os.listdir(stored.parent) == ["packed.root"]
     assert stored.read_bytes() == image.read_bytes()
-    # The size is not known before the fetch: the tmpfs may take what the machine has.
+    # The size is not known before the fetch: the tmpfs may take what memory leaves (what is
+    # available, less the reserve and the uppers), so a server without end fills it, not RAM.
+    limit = (3000000 << 10) - memory.RESERVE - memory.PACKED_UPPERS
     assert packed_system.calls[2] == [
         "mount",
         "-t",
         "tmpfs",
         "-o",
-        f"mode=0755,size={TOTAL},suid,dev",
+        f"mode=0755,size={-(-limit // MIB) * MIB},suid,dev",
         "bootc-live",
         str(stored.parent),
     ]

@@ -100,7 +100,7 @@ def attach(
         "digest": digest,
         "size": len(body),
         "artifactType": packedreg.ARTIFACT_TYPE,
-        "annotations": {packedreg.CREATED: stamp},
+        "annotations": {pushpacked.CREATED: stamp},
     }
 
 
@@ -128,10 +128,12 @@ def tag_fallback(info: ImageInfo, entries: list[dict[str, Any]]) -> None:
 
 
 def boot_registry(
-    tmp: Path, reg: fakeregistry.FakeRegistry, args: str = ""
+    tmp: Path, reg: fakeregistry.FakeRegistry, pinned: Path, args: str = ""
 ) -> tuple[int, dict[str, Any]]:
+    """Boot the packed root of the registry's image, pinned to the filesystem image `pinned`."""
     argv = [
         f"root=bootc-live:packed:docker://{reg.host}/{REPO}:{TAG}",
+        f"bootc.packed.sha256={pin(pinned)}",
         "bootc.registry.unsecure=1",
         "bootc.keep-modules",
         "bootc.retries=2",
@@ -159,7 +161,7 @@ def test_found_by_the_referrers_api_or_its_tag_and_booted(
     else:
         tag_fallback(ctx.image, [entry])
     with fakeregistry.serve(ctx.image.layout, knobs) as reg:
-        code, status = boot_registry(ctx.tmp, reg)
+        code, status = boot_registry(ctx.tmp, reg, ctx.images[fs])
     assert code == 0, status
     size = ctx.images[fs].stat().st_size
     assert ctx.system.calls == expected_calls(fs, "", ctx.tmp, str(stored(ctx.tmp)), size)
@@ -177,20 +179,22 @@ def test_found_by_the_referrers_api_or_its_tag_and_booted(
     assert reg.hits(f"/blobs/{pin(ctx.images[fs])}")
 
 
-@pytest.mark.parametrize("pinned", ["", "squashfs", "erofs"])
-def test_two_artifacts_the_newest_unless_the_pin_names_one(
+@pytest.mark.parametrize("pinned", ["squashfs", "erofs"])
+def test_of_several_artifacts_the_pin_picks_one_and_a_foreign_one_is_passed_over(
     ctx: Ctx,
     pinned: str,
 ) -> None:
+    foreign = attach(
+        ctx.image, ctx.images["erofs"], "erofs", created=3, artifact_type="application/x-other"
+    )
     older = attach(ctx.image, ctx.images["squashfs"], "squashfs", created=1)
     newer = attach(ctx.image, ctx.images["erofs"], "erofs", created=2)
-    tag_fallback(ctx.image, [older, newer])
-    args = f"bootc.packed.sha256={pin(ctx.images[pinned])}" if pinned else ""
+    tag_fallback(ctx.image, [foreign, newer, older])
     with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
-        code, status = boot_registry(ctx.tmp, reg, args)
+        code, status = boot_registry(ctx.tmp, reg, ctx.images[pinned])
     assert code == 0, status
-    want = pinned or "erofs"  # the newest (its `created`), listed second
-    assert status["root"]["sha256"] == pin(ctx.images[want]) and status["root"]["format"] == want
+    assert status["root"]["sha256"] == pin(ctx.images[pinned])
+    assert status["root"]["format"] == pinned
 
 
 def failed(fake: System, tmp: Path, status: dict[str, Any], code: int, *messages: str) -> None:
@@ -210,19 +214,21 @@ def test_a_changed_layer_stops_at_its_end(
     tag_fallback(ctx.image, [entry])
     digest = pin(ctx.images["squashfs"])
     with fakeregistry.serve(ctx.image.layout, Knobs(tamper=digest)) as reg:
-        code, status = boot_registry(ctx.tmp, reg)
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
     failed(ctx.system, ctx.tmp, status, code, "the packed root layer", "digest mismatch")
 
 
-def test_another_artifact_type_in_the_manifest_is_refused(
+def test_another_artifact_type_in_the_manifest_is_passed_over(
     ctx: Ctx,
 ) -> None:
     entry = attach(
         ctx.image, ctx.images["squashfs"], "squashfs", artifact_type="application/x-other"
     )
     with fakeregistry.serve(ctx.image.layout, Knobs(referrers=index_of([entry]))) as reg:
-        code, status = boot_registry(ctx.tmp, reg)
-    failed(ctx.system, ctx.tmp, status, code, "is not of artifactType")
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
+    failed(
+        ctx.system, ctx.tmp, status, code, "none of the 1 packed roots", "bootc.packed.sha256= pins"
+    )
 
 
 def test_only_other_artifacts_is_no_packed_root(
@@ -231,7 +237,7 @@ def test_only_other_artifacts_is_no_packed_root(
     entry = attach(ctx.image, ctx.images["squashfs"], "squashfs")
     other = dict(entry, artifactType="application/vnd.dev.cosign.artifact.sig.v1+json")
     with fakeregistry.serve(ctx.image.layout, Knobs(referrers=index_of([other]))) as reg:
-        code, status = boot_registry(ctx.tmp, reg)
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
     failed(
         ctx.system,
         ctx.tmp,
@@ -247,7 +253,7 @@ def test_no_referrers_api_and_no_tag(
     ctx: Ctx,
 ) -> None:
     with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
-        code, status = boot_registry(ctx.tmp, reg)
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
     tag = packedreg.fallback_tag(ctx.image.manifest_digest)
     failed(ctx.system, ctx.tmp, status, code, "no packed root", f"(asked the tag {tag})")
 
@@ -259,7 +265,7 @@ def test_an_oversized_referrers_index_is_one_line(
     huge = index_of([entry] * 40_000)
     assert len(huge) > 4 << 20
     with fakeregistry.serve(ctx.image.layout, Knobs(referrers=huge)) as reg:
-        code, status = boot_registry(ctx.tmp, reg)
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
     failed(ctx.system, ctx.tmp, status, code, "referrers index is larger than 4194304 bytes")
 
 
@@ -281,7 +287,7 @@ def test_a_digest_on_the_command_line_that_is_not_the_registry_s(
 ) -> None:
     tag_fallback(ctx.image, [attach(ctx.image, ctx.images["squashfs"], "squashfs")])
     with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
-        code, status = boot_registry(ctx.tmp, reg, f"{option}={WRONG}")
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"], f"{option}={WRONG}")
     failed(ctx.system, ctx.tmp, status, code, message)
     if option != "bootc.packed.sha256":
         assert not reg.hits("/referrers/") and not reg.hits("sha256-")

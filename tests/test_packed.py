@@ -57,12 +57,15 @@ def test_a_packed_root_is_a_typed_location_with_its_pin(
     assert spec.packed_image == IMAGE
 
 
-def test_a_packed_root_from_a_registry_needs_no_pin() -> None:
-    """The artifact's layer digest is checked, the image trusted by bootc.digest or policy."""
-    spec = parse(["root=bootc-live:packed:docker://quay.io/org/os@" + IMAGE])
+def test_a_packed_root_from_a_registry_needs_its_pin_too() -> None:
+    """The artifact is not signed by the image: anyone who can push can add one about it."""
+    root = "root=bootc-live:packed:docker://quay.io/org/os@" + IMAGE
+    with pytest.raises(CmdlineError, match=r"needs bootc\.packed\.sha256="):
+        parse([root])
+    spec = parse([root, f"bootc.packed.sha256={PIN}"])
     assert spec.image == ImageLocation("docker", "quay.io/org/os@" + IMAGE, packed=True)
     assert str(spec.image) == "bootc-live:packed:docker://quay.io/org/os@" + IMAGE
-    assert spec.packed_sha256 is None
+    assert spec.packed_sha256 == PIN
 
 
 def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
@@ -82,8 +85,8 @@ def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
     [
         (
             "root=bootc-live:packed:/p",
-            "root=bootc-live:packed:… needs bootc.packed.sha256=; add the arguments bootc-live "
-            "pack or build printed (cmdline-packed.txt)",
+            "root=bootc-live:packed:… needs bootc.packed.sha256=; add the arguments pack, build or "
+            "push-packed printed (cmdline-packed.txt)",
         ),
         (
             f"root=bootc-live:/image bootc.packed.sha256={PIN}",
@@ -246,6 +249,7 @@ def header(name: bytes, size: int, mode: int = 0o100644, namesize: int | None = 
 
 
 GOOD = header(MEMBER.encode(), 4) + b"hsqs"
+DIRECTORY = header(b"d", 0, mode=0o40755)
 
 
 @pytest.mark.parametrize(
@@ -298,6 +302,12 @@ GOOD = header(MEMBER.encode(), 4) + b"hsqs"
             f"{MEMBER} or its parts in order)",
         ),
         (header(b"TRAILER!!!", 0), f"test: no {MEMBER} in the cpio archive"),
+        (
+            # Directories without end (a server that never stops sending them) end here.
+            DIRECTORY * 10_000,
+            f"test: more than {packed.MAX_DIRECTORIES} directories in the cpio archive (at "
+            f"byte {packed.MAX_DIRECTORIES * len(DIRECTORY)}): not a packed.img",
+        ),
     ],
 )
 def test_a_hostile_or_truncated_stream_is_one_line(data: bytes, reason: str) -> None:

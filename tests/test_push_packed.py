@@ -107,8 +107,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
 
 
-def fetch(world: World, tmp: Path, want: str | None = None) -> packed.Stored:
-    """What the boot's discovery finds, streamed into a file as PackedRoot.load does."""
+def fetch(world: World, tmp: Path, want: str) -> packed.Stored:
+    """What the boot's discovery finds for the pin `want`, streamed into a file as
+    PackedRoot.load does."""
     with closing(world.source()) as source:
         source.index_json()
         stream = packedreg.open_registry(source, world.image, want, lambda _: None)
@@ -124,10 +125,11 @@ def test_pushed_then_found_by_the_tag_fallback(world: World, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     tag = packedreg.fallback_tag(world.image)
     assert f"listed at the tag {tag}" in done.stdout
-    assert f"root=bootc-live:packed:docker://{world.registry.host}/test/demo@{world.image}" in (
-        done.stdout
-    )
-    stored = fetch(world, tmp_path)
+    assert (
+        f"root=bootc-live:packed:docker://{world.registry.host}/test/demo@{world.image} "
+        f"bootc.packed.sha256={pin(world.squashfs)}\n"
+    ) in done.stdout
+    stored = fetch(world, tmp_path, pin(world.squashfs))
     assert stored.sha256 == pin(world.squashfs)
     assert Path(stored.path).read_bytes() == world.squashfs.read_bytes()
     with closing(world.source()) as source:
@@ -144,14 +146,14 @@ def test_pushed_then_found_by_the_tag_fallback(world: World, tmp_path: Path) -> 
     assert listed.count(entry["digest"]) == 1
 
 
-def test_two_artifacts_the_newest_or_the_pinned(world: World, tmp_path: Path) -> None:
+def test_of_two_artifacts_the_pin_picks_one(world: World, tmp_path: Path) -> None:
     older = packed_file(tmp_path / "sq", world.squashfs, world.image, "squashfs")
     newer = packed_file(tmp_path / "ero", world.erofs, world.image, "erofs")
     assert world.push(older, epoch=100).returncode == 0
     assert world.push(newer, epoch=200).returncode == 0
-    for n, want, got in ((1, None, world.erofs), (2, pin(world.squashfs), world.squashfs)):
+    for n, got in ((1, world.erofs), (2, world.squashfs)):
         (tmp_path / str(n)).mkdir()
-        assert fetch(world, tmp_path / str(n), want).sha256 == pin(got)
+        assert fetch(world, tmp_path / str(n), pin(got)).sha256 == pin(got)
     with pytest.raises(packed.PackedError, match=r"none of the \d+ packed roots .* is the one"):
         fetch(world, tmp_path, "sha256:" + "0" * 64)
 
@@ -178,6 +180,6 @@ def test_no_artifact_names_the_image_and_the_command(world: World) -> None:
         source.index_json()
         missing = "sha256:" + "12" * 32
         with pytest.raises(packed.PackedError) as err:
-            packedreg.open_registry(source, missing, None, lambda _: None)
+            packedreg.open_registry(source, missing, pin(world.squashfs), lambda _: None)
     line = err.value.line()
     assert missing in line and "push one with bootc-live push-packed" in line

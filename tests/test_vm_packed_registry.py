@@ -48,10 +48,13 @@ def test_packed_root_from_the_registry(tmp_path: Path) -> None:
         )
         assert pushed.returncode == 0, pushed.stderr
         assert f"listed at the tag {packedreg.fallback_tag(digest)}" in pushed.stdout
+        sha256 = json.loads((art / "packed.json").read_text())["sha256"]
+        assert f"bootc.packed.sha256={sha256}" in pushed.stdout  # the pin printed, required
         start = time.monotonic()
         result = run(
             art,
-            f"root=bootc-live:packed:docker://{GUEST_SERVER}:{PORT}/test/demo:v1",
+            f"root=bootc-live:packed:docker://{GUEST_SERVER}:{PORT}/test/demo:v1 "
+            f"bootc.packed.sha256={sha256}",
             network=True,
             embedded=False,
             forwards=((PORT, registry.port),),

@@ -522,9 +522,8 @@ def cmd_push_packed(args: argparse.Namespace) -> int:
         f"{where.registry}/{where.repository}{tag}"
         + ("" if done.sent else " (its layer was there already)")
     )
-    print(
-        f"root=bootc-live:packed:docker://{where.registry}/{where.repository}@{image.manifest_digest}"
-    )
+    location = f"docker://{where.registry}/{where.repository}@{image.manifest_digest}"
+    print(f"root=bootc-live:packed:{location} bootc.packed.sha256={done.layer}")
     return 0
 
 

@@ -31,7 +31,8 @@ from .runtime.registry import TOKEN_POLICY, Reference, RegistryAuth, RegistryErr
 
 EMPTY = b"{}"
 RECORD_KEYS = ("format", "compressor", "tool")
-ANNOTATION = "org.bootc-live.packed."  # + format, compressor, tool, image
+ANNOTATION = "org.bootc-live.packed."  # + format, compressor, tool
+CREATED = "org.opencontainers.image.created"  # when it was pushed (SOURCE_DATE_EPOCH if set)
 INDEX_LIMIT = 4 << 20
 Body = Union[bytes, Callable[[], Iterator[bytes]]]
 
@@ -102,7 +103,7 @@ def artifact(layer: Blob, record: dict[str, Any], subject: dict[str, Any], creat
         "config": empty().descriptor(),
         "layers": [layer.descriptor(annotations=notes)],
         "subject": subject,
-        "annotations": {packedreg.CREATED: created, **notes},
+        "annotations": {CREATED: created, **notes},
     }
     body = json.dumps(manifest, indent=None, separators=(",", ":")).encode()
     return Blob(packedreg.OCI_MANIFEST, sha256_digest(body), len(body), body)

@@ -129,9 +129,9 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
     with memory.PeakWatch() as peak:
         report.state("resolving", source=printable_root(spec))
         with contextlib.closing(open_packed(spec, report)) as source:
-            pin = spec.packed_sha256 or source.digest
+            pin = spec.packed_sha256
             image = source.image or spec.packed_image
-            assert pin is not None  # the command line's, or the registry layer's digest
+            assert pin is not None  # cmdline.check_packed
             mem = plan_packed(spec, source, report)
             with roots.packed_root(
                 source,
@@ -208,6 +208,7 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
 def open_registry_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
     """packed:docker://REF: the image resolved and trusted as a docker:// boot's (bootc.digest=,
     the policy), then the packed root artifact whose subject it is (packedreg)."""
+    assert spec.packed_sha256 is not None  # cmdline.check_packed
     source = open_registry_source(spec, report)
     try:
         image = resolve_and_trust(spec, source, report)

@@ -339,17 +339,17 @@ OPTIONS: tuple[Option, ...] = (
         "The packed root `bootc-live push-packed` pushed beside the image REF in its registry "
         "(an OCI artifact whose subject is the image's manifest; found by the referrers API or "
         "its tag sha256-HEX). REF is resolved and trusted as for docker:// (bootc.digest=, "
-        "the policy); the layer's digest is checked as it streams: bootc.packed.sha256= is "
-        "optional (given, it picks that artifact).",
+        "the policy); bootc.packed.sha256= (required: the artifact is not signed by the "
+        "image) picks the artifact whose layer it is, checked as it streams.",
     ),
     Option(
         "bootc.packed.sha256",
         "packed_sha256",
         parse_sha256,
         "bootc.packed.sha256=sha256:HEX",
-        "The sha256 of the packed root's filesystem image (not of its cpio wrapper); required "
-        "with root=bootc-live:packed:/PATH or URL, refused without it (optional with "
-        "packed:docker://). Anything else stops the boot.",
+        "The sha256 of the packed root's filesystem image (not of its cpio wrapper; from a "
+        "registry, its artifact's layer digest); required with root=bootc-live:packed:…, "
+        "refused without it. Anything else stops the boot.",
     ),
     Option(
         "bootc.packed.image",
@@ -640,15 +640,15 @@ def parse(args: Iterable[str]) -> BootSpec:
 
 
 def check_packed(values: dict[str, Any]) -> None:
-    """A packed root needs its pin; it combines with bootc.zram (its uppers' device) and
+    """A packed root needs its pin, from a registry too (the artifact that names the image as
+    its subject is not signed by it); it combines with bootc.zram (its uppers' device) and
     bootc.kexec, not with bootc.live.erofs (it is a read-only image already)."""
     image: ImageLocation | None = values.get("image")
     packed = image is not None and image.packed
-    registry = image is not None and image.kind == "docker"
-    if packed and "packed_sha256" not in values and not registry:
+    if packed and "packed_sha256" not in values:
         raise CmdlineError(
             "root=bootc-live:packed:… needs bootc.packed.sha256=",
-            "add the arguments bootc-live pack or build printed (cmdline-packed.txt)",
+            "add the arguments pack, build or push-packed printed (cmdline-packed.txt)",
         )
     if not packed:
         given = [f"bootc.packed.{n}" for n in ("sha256", "image") if f"packed_{n}" in values]

@@ -319,9 +319,9 @@ def packed_kexec_boot(
     """bootc.kexec with a packed root: obtain it and check its pin, find the image's kernel in
     its mounted tree, hand the packed root itself over (`packed_initrd`), load and execute. On
     success this does not return; whatever fails leaves nothing mounted."""
-    pin = spec.packed_sha256 or source.digest  # the command line's, or the registry layer's
+    pin = spec.packed_sha256
     image = source.image or spec.packed_image
-    assert pin is not None
+    assert pin is not None  # cmdline.check_packed
     workdir = workdir or WORKDIR
     _need_kexec()
     mem = memory.Memory.read()

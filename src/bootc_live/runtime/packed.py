@@ -30,6 +30,7 @@ MEMBER = "bootc-live/packed.root"
 CHUNK = 1 << 20
 HEAD = 4096  # the bytes that say which filesystem it is (EROFS: its superblock at 1024)
 MAX_NAME = 4096  # a cpio member's name, NUL included (PATH_MAX)
+MAX_DIRECTORIES = 16  # directory entries in packed.img (it has one): more is not packed.img
 NEWC = b"070701"
 _HEADER = 110  # magic and 13 fields of 8 hex digits
 _HEX = re.compile(rb"[0-9A-Fa-f]{8}")
@@ -148,6 +149,7 @@ def payload(read: Callable[[int], bytes], where: str) -> Iterator[bytes]:
         return
     parts = 0  # members of the packed root seen: packed.root, or packed.root.0, .1, …
     single = False
+    directories = 0
     while True:
         at = src.offset
         header = src.take(_HEADER, "cpio header")
@@ -166,6 +168,13 @@ def payload(read: Callable[[int], bytes], where: str) -> Iterator[bytes]:
             break
         kind = stat.S_IFMT(mode)
         if kind == stat.S_IFDIR and size == 0:
+            directories += 1
+            if directories > MAX_DIRECTORIES:
+                raise PackedError(
+                    f"{where}: more than {MAX_DIRECTORIES} directories in the cpio archive "
+                    f"(at byte {at}): not a packed.img",
+                    PACK_HINT,
+                )
             continue
         expected = f"{MEMBER}.{parts}"
         if (
@@ -238,7 +247,6 @@ class PackedSource:
     format: Format | None  # None until its first bytes were read (url-lib)
     in_place: bool  # already in RAM: storing it takes no more (but a part while parts join)
     largest_part: int = 0  # while parts are joined, one more part is in RAM at the peak
-    digest: str | None = None  # the sha256 its origin vouches for (a registry layer's digest)
     image: str | None = None  # the image's manifest digest, where its origin names it
 
     def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:

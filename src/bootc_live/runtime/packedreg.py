@@ -5,8 +5,10 @@ registry"): an OCI image manifest with artifactType ARTIFACT_TYPE, the empty con
 (the bare squashfs or EROFS image: its digest is the packed root's sha256) and `subject` the
 image's manifest. The boot finds it by the referrers API (OCI 1.1) or, where the registry has
 none (404), by the referrers tag schema: the tag `sha256-HEX` of the image's digest names an
-index of the artifacts. Of several, the one the pin names (bootc.packed.sha256=), else the
-newest (`org.opencontainers.image.created`, the first listed among equals).
+index of the artifacts. The one taken is the one whose layer the pin names
+(bootc.packed.sha256=, required: the artifact is not signed by the image, and anyone who can
+push to the repository can add one about it); entries that are not ours, or malformed, are
+passed over.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ LAYER_TYPE = "application/vnd.bootc-live.packed."  # + "squashfs" or "erofs"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-CREATED = "org.opencontainers.image.created"
 MAX_CANDIDATES = 16  # artifact manifests fetched while looking for the pinned one
 PUSH_HINT = "push one with bootc-live push-packed"
 
@@ -36,8 +37,7 @@ def fallback_tag(digest: str) -> str:
 
 
 def candidates(index: bytes, what: str) -> list[Descriptor]:
-    """The artifact manifests of ours an index lists, newest first (`created`; the order
-    listed among equals)."""
+    """The artifact manifests of ours an index lists, in its order."""
     manifests = document(index, what).get("manifests")
     if not isinstance(manifests, list):
         raise ImageError(f"{what} has no list of manifests")
@@ -45,7 +45,6 @@ def candidates(index: bytes, what: str) -> list[Descriptor]:
     for i, entry in enumerate(manifests):
         if isinstance(entry, dict) and entry.get("artifactType") == ARTIFACT_TYPE:
             ours.append(Descriptor.from_json(entry, f"{what}, manifest {i}"))
-    ours.sort(key=lambda d: str(d.annotations.get(CREATED, "")), reverse=True)
     return ours
 
 
@@ -80,11 +79,9 @@ def read_artifact(source: RegistrySource, desc: Descriptor, subject: str) -> Art
     return Artifact(desc.digest, layer)
 
 
-def find(
-    source: RegistrySource, subject: str, pin: str | None, log: Callable[[str], None]
-) -> Artifact:
+def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], None]) -> Artifact:
     """The packed root of the image `subject` in its repository: by the referrers API, else
-    its tag fallback; the pinned one (its layer's digest), else the newest."""
+    its tag fallback; the one whose layer is the pinned one."""
     index = source.referrers(subject, ARTIFACT_TYPE)
     how = "the referrers API"
     if index is None:
@@ -98,21 +95,25 @@ def find(
             f"no packed root in the registry for the image {subject} (asked {how})",
             f"{PUSH_HINT} docker://{source.ref.registry}/{source.ref.repository} packed.img",
         )
-    for desc in found[:MAX_CANDIDATES] if pin else found[:1]:
-        artifact = read_artifact(source, desc, subject)
-        if pin is None or artifact.layer.digest == pin:
+    for desc in found[:MAX_CANDIDATES]:
+        try:
+            artifact = read_artifact(source, desc, subject)
+        except (PackedError, ImageError) as err:
+            log(f"passed over: {err}")  # another's entry must not stop the boot
+            continue
+        if artifact.layer.digest == pin:
             if len(found) > 1:
                 log(f"{len(found)} packed roots for the image; taking {short(desc.digest)}")
             return artifact
     raise PackedError(
         f"none of the {len(found)} packed roots of the image {subject} in the registry is "
         f"the one bootc.packed.sha256= pins ({pin})",
-        f"drop bootc.packed.sha256=, or {PUSH_HINT} of that build",
+        f"{PUSH_HINT} of that build, or give the bootc.packed.sha256= it printed",
     )
 
 
 def open_registry(
-    source: RegistrySource, subject: str, pin: str | None, log: Callable[[str], None]
+    source: RegistrySource, subject: str, pin: str, log: Callable[[str], None]
 ) -> StreamSource:
     """The packed root of the image `subject`: its artifact's layer, streamed and verified
     against the layer's digest as it comes (size and digest: a mismatch stops at its end)."""
@@ -142,5 +143,4 @@ def open_registry(
     except BaseException:
         raw.close()
         raise
-    stream.digest = layer.digest
     return stream

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from . import mounts, packed
+from . import memory, mounts, packed
 from .cmdline import TMPFS, RootMode
 from .errors import BootcLiveError, SpaceError
 from .mounts import MountPlan
@@ -458,7 +458,13 @@ class PackedRoot(Root):
             self.zram.make(self.rw)
         if not self.source.in_place:
             os.makedirs(self.files, exist_ok=True)
-            size = self.size if self.source.size is None else self.source.size + MIB
+            if self.source.size is None:
+                # Not known before it is fetched: what memory leaves (the planner's figure),
+                # so that a server sending without end fills this tmpfs, not the machine.
+                have = memory.Memory.read().available - memory.RESERVE - memory.PACKED_UPPERS
+                size = max(have, MIB)
+            else:
+                size = self.source.size + MIB
             mounts.mount_tmpfs(self.files, -(-size // MIB) * MIB)
         return self.file
 
@@ -511,7 +517,8 @@ class PackedRoot(Root):
         return _attempt(*unmounts, self._remove) + (self.zram.undo() if self.zram else [])
 
     def _remove(self) -> None:
-        for path in [self.file, *part_files(self.file)]:
+        parts = self.source.parts if isinstance(self.source, packed.FileSource) else []
+        for path in [self.file, *part_files(self.file), *parts]:
             if os.path.lexists(path):
                 os.unlink(path)
 
