@@ -239,7 +239,7 @@ def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> 
     """Stop now, with the figures, unless the packed root and its overlays (on a zram device
     with bootc.zram) fit in memory."""
     mem = memory.Memory.read()
-    stored = source.largest_part if source.in_place else (source.size or 0)
+    stored = source.storing_takes
     need, what = memory.check_packed(mem, source.size, stored, source.description, spec.mode)
     have = mem.available - memory.RESERVE
     fs = source.format

@@ -325,8 +325,7 @@ def packed_kexec_boot(
     workdir = workdir or WORKDIR
     _need_kexec()
     mem = memory.Memory.read()
-    # Stored, it takes its size (in place: one more part while parts are joined).
-    stored = source.largest_part if source.in_place else (source.size or 0)
+    stored = source.storing_takes
     _check_memory(stored + BOOT_FILES_GUESS + SLACK, mem, "the packed root", PACKED_HINT)
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
