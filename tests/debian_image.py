@@ -84,12 +84,13 @@ class Recipe:
 
 
 BASE = ("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64", "python3")
-# Debian 12 with every mode's packages: the image of test_vm_debian and bench/boot.
-BOOKWORM = Recipe("debian", "bookworm", (*BASE, "dracut-core", *ALL_MODES))
+# Debian 12 with every mode's packages and isal (igzip): the image of test_vm_debian and
+# bench/boot.
+BOOKWORM = Recipe("debian", "bookworm", (*BASE, "dracut-core", *ALL_MODES, "isal"))
 # Debian 12 as a user would make it plainly: no dracut-network, no curl, no TLS by chance.
 BOOKWORM_MINIMAL = Recipe("debian-minimal", "bookworm", (*BASE, "iproute2", "dracut-core"))
 # Debian 13: dracut-ng, systemd 257, Python 3.13, kernel 6.12.
-TRIXIE = Recipe("debian-trixie", "trixie", (*BASE, "dracut-core", *ALL_MODES))
+TRIXIE = Recipe("debian-trixie", "trixie", (*BASE, "dracut-core", *ALL_MODES, "isal"))
 RECIPES = {recipe.name: recipe for recipe in (BOOKWORM, BOOKWORM_MINIMAL, TRIXIE)}
 
 # Units that cannot work, or only wait, in a diskless VM without network. systemd-firstboot

@@ -86,13 +86,27 @@ def decompress_imported_without(monkeypatch: pytest.MonkeyPatch, module: str) ->
     return fresh
 
 
-def test_zstd_without_the_module_uses_the_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("compression", "module", "attribute", "missing", "command"),
+    [
+        ("gzip", "isal", "_gzip_impl", zlib, "igzip"),
+        ("zstd", "zstandard", "_zstandard", None, "zstd"),
+    ],
+)
+def test_without_the_module_the_command_decompresses(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compression: str,
+    module: str,
+    attribute: str,
+    missing: object,
+    command: str,
 ) -> None:
-    zstd = shutil.which("zstd")
-    need(zstd is not None, "needs the zstd command")
-    assert decompress_imported_without(monkeypatch, "zstandard")._zstandard is None
-    monkeypatch.setattr(decompress, "_zstandard", None)
+    """An initramfs's Python has neither isal nor zstandard: igzip and zstd do the work, every
+    member and frame of every layer, and the stats say so."""
+    need(shutil.which(command) is not None, f"needs the {command} command: run ./setup")
+    assert getattr(decompress_imported_without(monkeypatch, module), attribute) is missing
+    monkeypatch.setattr(decompress, attribute, missing)
     spawned: list[list[str]] = []
     real_popen = subprocess.Popen
 
@@ -101,12 +115,20 @@ def test_zstd_without_the_module_uses_the_command(
         return real_popen(argv, **kw)
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    build_layout(tmp_path / "img", LAYERS, compression="zstd", compress_kw={"members": 3})
-    assert (unpack(tmp_path / "img", tmp_path / "root") / "etc/hostname").read_bytes() == b"live\n"
-    assert spawned == [[zstd, "-dcq"]] * len(LAYERS)
+    build_layout(tmp_path / "img", LAYERS, compression=compression, compress_kw={"members": 3})
+    (tmp_path / "root").mkdir()
+    stats = unpack_image(
+        resolve(LayoutSource(str(tmp_path / "img"))), str(tmp_path / "root"), warn=print
+    )
+    assert (tmp_path / "root/etc/hostname").read_bytes() == b"live\n"
+    assert (tmp_path / "root/zeros").stat().st_size == 8 << 20
+    assert spawned == [[command, "-dcq"]] * len(LAYERS)
+    assert (stats.decoders, stats.decompressor) == ([command] * len(LAYERS), command)
 
 
-def test_gzip_without_isal_uses_zlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gzip_without_isal_or_igzip_uses_zlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def isal_used(*_args: object) -> None:
         pytest.fail("isal decompressed a layer while it could not be imported")
 
@@ -114,6 +136,7 @@ def test_gzip_without_isal_uses_zlib(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(decompress._gzip_impl, "decompressobj", isal_used)
     assert decompress_imported_without(monkeypatch, "isal")._gzip_impl is zlib
     monkeypatch.setattr(decompress, "_gzip_impl", zlib)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-commands"))  # no igzip
     members: list[int] = []
     real_decompressobj = zlib.decompressobj
 

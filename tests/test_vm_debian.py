@@ -83,6 +83,8 @@ def test_debian_systemd_image_boots_live(
     ready = statuses(result.output)[-1]
     assert (ready["state"], ready["manifest"]) == ("ready", image.manifest_digest), ready
     assert f"Linux version {image.kver} " in result.output
+    # The image has Debian's isal: its own dracut put igzip in, and the gzip layers went through it.
+    assert ready["decompressor"] == "igzip", ready
 
 
 def test_debian_image_boots_from_a_url_with_1280_mib(

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import stat
 import statistics
@@ -29,11 +30,12 @@ METHODS = {
     "pigz": "pigz -dc | tar -x",
     "umoci": "tar -xf + umoci unpack",
     "bootc-live": "bootc-live unpack",
+    "bootc-live-initramfs": "bootc-live, stdlib + igzip",
     "bootc-live-stdlib": "bootc-live, stdlib zlib",
 }
-OURS = ("bootc-live", "bootc-live-stdlib")
+OURS = ("bootc-live", "bootc-live-initramfs", "bootc-live-stdlib")
 # Stand-ins that make the optional accelerators unimportable, so bootc-live runs on the stdlib
-# alone, as in an initramfs without them.
+# and the commands on PATH, as in an initramfs: with igzip (initramfs) or no command (stdlib).
 BLOCKED_ACCELERATORS = ("isal", "zstandard")
 Step = tuple[str, list[str]]  # (label, argv)
 
@@ -186,6 +188,24 @@ def block_accelerators(base: Path) -> Path:
             f"raise ImportError('{name} blocked by bench/unpack: measuring the stdlib path')\n"
         )
     return stubs
+
+
+def initramfs_commands(base: Path, bootc_live: list[str]) -> dict[str, list[str]]:
+    """bootc-live as an initramfs runs it: without the accelerator modules, with igzip on PATH
+    (`bootc-live-initramfs`) or with no command at all (`bootc-live-stdlib`)."""
+    igzip = shutil.which("igzip")
+    if igzip is None:
+        raise BenchError("igzip is not installed (Debian package isal): run ./setup")
+    with_igzip = base / "path-igzip"
+    with_igzip.mkdir()
+    (with_igzip / "igzip").symlink_to(igzip)
+    nothing = base / "path-empty"
+    nothing.mkdir()
+    env = ["env", f"PYTHONPATH={block_accelerators(base)}"]
+    return {
+        "bootc-live-initramfs": [*env, f"PATH={with_igzip}", *bootc_live],
+        "bootc-live-stdlib": [*env, f"PATH={nothing}", *bootc_live],
+    }
 
 
 def pigz_steps(image_dir: Path, layers: list[dict[str, Any]], dest: Path) -> list[Step]:

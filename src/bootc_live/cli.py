@@ -91,7 +91,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         print(
             f"bootc-live: unpacked {image.manifest_digest} into {args.dest}: "
             f"{stats.layers} layers, {stats.entries} entries, "
-            f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s",
+            f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s ({stats.decompressor})",
             file=sys.stderr,
         )
     return 0

@@ -112,11 +112,18 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
                 facts = root.mount(report)
     report.summary(
         f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
-        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s; {facts.describe()}; "
+        f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s ({stats.decompressor}); "
+        f"{facts.describe()}; "
         f"peak memory in use {peak.peak >> 20} MiB ({peak.start >> 20} MiB before fetching)"
     )
     ready(
-        report, facts, peak, entries=stats.entries, bytes=stats.bytes_written, seconds=stats.seconds
+        report,
+        facts,
+        peak,
+        entries=stats.entries,
+        bytes=stats.bytes_written,
+        seconds=stats.seconds,
+        decompressor=stats.decompressor,
     )
     return image
 

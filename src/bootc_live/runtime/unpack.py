@@ -37,6 +37,12 @@ class Stats:
     compressed_bytes: int
     seconds: float
     layer_sizes: list[int]  # of each uncompressed tar stream
+    decoders: list[str]  # of each layer (decompress.decoder_of)
+
+    @property
+    def decompressor(self) -> str:
+        """The decoders used, as one word: "igzip", "zlib,zstd" …"""
+        return ",".join(sorted(set(self.decoders))) or "none"
 
 
 class Progress:
@@ -84,6 +90,7 @@ class _Feeder(threading.Thread):
         self.compressed_bytes = 0
         self.unpacked_bytes = 0
         self.layer_sizes: list[int] = []
+        self.decoders: list[str] = []
         self.failure: BaseException | None = None
 
     def _put(self, item: object) -> bool:
@@ -116,7 +123,8 @@ class _Feeder(threading.Thread):
                     index + 1, self.compressed_bytes + done, self.unpacked_bytes + size
                 )
 
-        for chunk in layer_chunks(self.image, index, self.abandoned.is_set, read):
+        chunks = layer_chunks(self.image, index, self.abandoned.is_set, read, self.decoders.append)
+        for chunk in chunks:
             if not self._put(chunk):
                 return
             size += len(chunk)
@@ -130,9 +138,11 @@ def layer_chunks(
     index: int,
     abandoned: Callable[[], bool] = lambda: False,
     on_read: Callable[[int], None] | None = None,
+    used: Callable[[str], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield layer `index` decompressed; at its end, verify the blob's digest and the diff_id
-    (unless an earlier boot stage did: `image.verified_blobs`, `image.verified_diff_ids`)."""
+    (unless an earlier boot stage did: `image.verified_blobs`, `image.verified_diff_ids`).
+    `used` is told the decoder's name."""
     desc = image.layers[index]
     label = f"layer {index + 1}/{len(image.layers)}"
     diff_id = image.diff_ids[index]
@@ -140,7 +150,7 @@ def layer_chunks(
     with image.source.open_blob(desc) as raw:
         reader = VerifyingReader(raw, desc, label, trusted=index in image.verified_blobs)
         try:
-            for chunk in decoded_chunks(reader.read):
+            for chunk in decoded_chunks(reader.read, used):
                 if abandoned():
                     break
                 if diff_hash:
@@ -209,4 +219,5 @@ def unpack_image(
         compressed_bytes=feeder.compressed_bytes,
         seconds=time.monotonic() - start,
         layer_sizes=feeder.layer_sizes,
+        decoders=feeder.decoders,
     )

@@ -51,7 +51,8 @@ install() {
     }
     inst_binary "$py" /usr/bin/python3
     inst_multiple mount umount
-    inst_multiple -o zstd
+    # Decompressors faster than the stdlib's zlib, when this userland has them (decompress.py)
+    inst_multiple -o zstd igzip
     # Signature checks (a policy at /etc/containers/policy.json, from bootc-live build --policy):
     # gpgv for simple signing, openssl for sigstore. Optional here; the build's self-check
     # fails when a policy is in and a tool it needs is not.

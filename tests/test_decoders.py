@@ -1,0 +1,188 @@
+"""The decompression commands an initramfs carries (igzip, zstd) against the in-process
+decoders: the same bytes out, the same streams refused, never a hang or a stray process.
+
+Streams come from hypothesis (members of any content and level, cut into any reads, then
+truncated or corrupted) and from GNU gzip and pigz themselves."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from bootc_live.runtime import decompress
+from bootc_live.runtime.errors import LayerError
+from servers import hard_timeout
+
+IGZIP = shutil.which("igzip")
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+@pytest.fixture(autouse=True)
+def _needs_igzip() -> Iterator[None]:
+    assert IGZIP, "igzip (Debian package isal) is not installed: run ./setup"
+    with hard_timeout(120):
+        yield
+
+
+def reader(data: bytes, cuts: list[int]) -> decompress.Read:
+    """A read function giving `data` in pieces of the sizes `cuts` cycles through."""
+    pos, i = 0, 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos, i
+        size = min(n, cuts[i % len(cuts)]) if cuts else n
+        i += 1
+        piece = data[pos : pos + size]
+        pos += len(piece)
+        return piece
+
+    return read
+
+
+def decode(decoder: str, data: bytes, cuts: list[int]) -> tuple[bytes, str]:
+    """What the decoder makes of `data`: its output, and the LayerError's message or ""."""
+    read = reader(data, cuts)
+    head = read(decompress.CHUNK)
+    while 0 < len(head) < len(decompress.ZSTD_MAGIC) and (more := read(decompress.CHUNK)):
+        head += more
+    kind = decompress.compression_of(head)
+    out = bytearray()
+    try:
+        for chunk in decompress.decoder_chunks(decoder, kind, head, read):
+            out += chunk
+    except LayerError as err:
+        return bytes(out), str(err)
+    return bytes(out), ""
+
+
+MEMBERS = st.lists(
+    st.tuples(st.binary(max_size=3000) | st.sampled_from([b"", bytes(70000)]), st.integers(0, 9)),
+    min_size=1,
+    max_size=4,
+)
+CUTS = st.lists(st.integers(1, 70000), max_size=4)
+
+
+def gzipped(members: list[tuple[bytes, int]]) -> bytes:
+    return b"".join(gzip.compress(data, compresslevel=level, mtime=0) for data, level in members)
+
+
+@SETTINGS
+@given(MEMBERS, CUTS)
+@example([(b"", 6)], [])
+@example([(bytes(70000), 9), (b"x", 0)], [1])
+def test_igzip_gives_what_zlib_gives(members: list[tuple[bytes, int]], cuts: list[int]) -> None:
+    stream = gzipped(members)
+    expected = (b"".join(data for data, _ in members), "")
+    assert decode("zlib", stream, cuts) == expected
+    assert decode("igzip", stream, cuts) == expected
+    padded = stream + bytes(512)  # zero padding after the last member: both accept it
+    assert decode("igzip", padded, cuts) == decode("zlib", padded, cuts) == expected
+
+
+@SETTINGS
+@given(MEMBERS, CUTS, st.data())
+def test_igzip_refuses_what_zlib_refuses(
+    members: list[tuple[bytes, int]], cuts: list[int], data: st.DataObject
+) -> None:
+    stream = bytearray(gzipped(members))
+    # Truncated anywhere past the magic, or one bit of the deflate data or trailer flipped
+    # (the 10-byte header's mtime, XFL and OS bytes mean nothing to either).
+    if data.draw(st.booleans(), label="truncate"):
+        stream = stream[: data.draw(st.integers(2, len(stream) - 1), label="cut at")]
+    else:
+        at = data.draw(st.integers(10, len(stream) - 1), label="flip at")
+        stream[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    zlib_out, zlib_error = decode("zlib", bytes(stream), cuts)
+    igzip_out, igzip_error = decode("igzip", bytes(stream), cuts)
+    if not zlib_error:  # a flip that still decodes, in a stored block's data: never here
+        assert (igzip_out, igzip_error) == (zlib_out, "")  # the CRC would fail in both
+    elif "trailing garbage" in zlib_error:
+        # A member's magic broken: what follows is not gzip. igzip stops there, as gzip(1) does,
+        # with what the members before gave; the diff_id check judges that.
+        assert igzip_error or igzip_out == zlib_out
+    else:
+        assert igzip_error.startswith("gzip data is corrupt (igzip: "), igzip_error
+
+
+@pytest.mark.parametrize("tool", ["gzip", "pigz"])
+def test_real_tools_streams(tool: str, tmp_path: Path) -> None:
+    """GNU gzip's and pigz's own output, several members, as layers are written by them."""
+    assert shutil.which(tool), f"{tool} is not installed: run ./setup"
+    parts = [os.urandom(200_000), bytes(3 << 20), b"tail\n" * 1000]
+    stream = b"".join(
+        subprocess.run([tool, "-c", f"-{level}"], input=p, capture_output=True, check=True).stdout
+        for p, level in zip(parts, (1, 9, 6))
+    )
+    assert decode("igzip", stream, [65536, 7]) == (b"".join(parts), "")
+
+
+def test_trailing_garbage_is_ignored_by_igzip_as_by_gzip() -> None:
+    """The one documented difference: bytes after the last member. The tree is still the
+    diff_id's."""
+    stream = gzip.compress(b"payload", mtime=0) + b"not gzip at all"
+    assert decode("zlib", stream, []) == (
+        b"payload",
+        "gzip stream has trailing garbage after a member",
+    )
+    assert decode("igzip", stream, []) == (b"payload", "")
+
+
+def test_corrupt_data_names_the_compression_and_the_tool_said() -> None:
+    stream = bytearray(gzip.compress(os.urandom(5000), mtime=0))
+    stream[-8] ^= 0xFF  # the CRC
+    read = reader(bytes(stream), [])
+    with pytest.raises(LayerError) as caught:
+        b"".join(decompress.decoder_chunks("igzip", "gzip", read(decompress.CHUNK), read))
+    assert str(caught.value).startswith("gzip data is corrupt (igzip: ")
+    assert "(null)" not in str(caught.value)
+
+
+def children() -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as fh:
+            found |= {int(pid) for pid in fh.read().split()}
+    return found
+
+
+def test_a_consumer_that_stops_early_ends_the_command() -> None:
+    """The applier failed on the first chunk: the command is killed and reaped at once, the
+    rest of the layer is not read."""
+    before = children()
+    sent = gzip.compress(os.urandom(32 << 20), compresslevel=1, mtime=0)
+    total = len(sent)
+
+    def read(n: int) -> bytes:
+        nonlocal sent
+        piece, sent = sent[:n], sent[n:]
+        return piece
+
+    chunks = decompress.decoder_chunks("igzip", "gzip", read(decompress.CHUNK), read)
+    assert next(chunks)
+    chunks.close()
+    assert children() == before
+    assert len(sent) > total // 2
+
+
+def test_a_source_failure_is_raised_as_it_is_not_as_corrupt_data() -> None:
+    class Broken(OSError):
+        pass
+
+    sent = [gzip.compress(os.urandom(300_000), mtime=0)[:100_000]]
+
+    def read(_n: int) -> bytes:
+        if sent:
+            return sent.pop()
+        raise Broken("connection reset")
+
+    with pytest.raises(Broken, match="connection reset"):
+        b"".join(decompress.decoder_chunks("igzip", "gzip", read(decompress.CHUNK), read))
