@@ -1318,3 +1318,18 @@ def test_the_report_prints_packed_against_the_others_of_this_run(
         "this file; nothing unpacked",
     ):
         assert line in lines, "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("method", "decoder"), [("bootc-live-initramfs", "igzip"), ("bootc-live-stdlib", "zlib")]
+)
+def test_bench_unpack_runs_bootc_live_as_an_initramfs_would(
+    tmp_path: Path, method: str, decoder: str
+) -> None:
+    """No accelerator module, and igzip or nothing on PATH: the decoder gzip layers then get."""
+    from benchlib.unpacking import initramfs_commands
+
+    probe = "from bootc_live.runtime import decompress as d; print(d.decoder_of('gzip'))"
+    argv = initramfs_commands(tmp_path, [sys.executable, "-c", probe])[method]
+    said = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert said.strip() == decoder
