@@ -65,7 +65,8 @@ def build_with_host(kver: str, out: Path) -> dict[str, Any]:
     shutil.copytree(MODULE, base / "modules.d" / MODULE.name)
     confdir = out / "dracut.conf.d"
     confdir.mkdir()
-    modules = [*SYSTEMD_MODULES, "systemd-networkd", "qemu qemu-net", "original-live"]
+    # base as for ours (its module depends on it): dracut-lib.sh, the emergency shell
+    modules = ["base", *SYSTEMD_MODULES, "systemd-networkd", "qemu qemu-net", "original-live"]
     run_step(
         [
             "env",

@@ -2,7 +2,8 @@
 
 Two threads share the work so both cores are used: a feeder reads each layer blob, hashes it,
 decompresses it and hashes the tar stream (zlib, isal, zstandard and hashlib all release the
-GIL), while the caller's thread parses the tar and writes the tree. The feeder runs ahead by a
+GIL; igzip and zstd, in an initramfs, run as processes of their own), while the caller's thread
+parses the tar and writes the tree. The feeder runs ahead by a
 bounded queue, across layer boundaries, so the next layer is decompressed while this one is
 applied. Application stays in layer order.
 """
