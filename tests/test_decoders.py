@@ -2,13 +2,14 @@
 decoders: the same bytes out, the same streams refused, never a hang or a stray process.
 
 Streams come from hypothesis (members of any content and level, cut into any reads, then
-truncated or corrupted) and from GNU gzip and pigz themselves."""
+truncated, corrupted or padded with zeros anywhere) and from GNU gzip and pigz themselves."""
 
 from __future__ import annotations
 
 import gzip
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bootc_live.runtime import decompress
-from bootc_live.runtime.errors import LayerError
+from bootc_live.runtime.errors import BootcLiveError, LayerError
+from imagegen import compress
 from servers import hard_timeout
 
 IGZIP = shutil.which("igzip")
@@ -125,6 +127,31 @@ def test_real_tools_streams(tool: str, tmp_path: Path) -> None:
     assert decode("igzip", stream, [65536, 7]) == (b"".join(parts), "")
 
 
+@SETTINGS
+@given(MEMBERS, CUTS, st.data())
+@example([(b"hello\n", 6), (b"world\n", 6)], [decompress.CHUNK], None)  # see below
+def test_zeros_end_the_stream_for_every_decoder(
+    members: list[tuple[bytes, int]], cuts: list[int], data: st.DataObject | None
+) -> None:
+    """Zeros after a member end the stream: what follows must be zeros too. zlib refuses a
+    member after them whatever the read boundaries; igzip stops at them. So where both succeed
+    they give the same bytes: a kexec stage two trusting stage one's diff_ids, with another
+    decoder, fails or applies the same tree."""
+    if data is None:  # the zeros end exactly at a read boundary, the next member starts there
+        where, zeros = 1, decompress.CHUNK - len(gzipped(members[:1]))
+    else:
+        where = data.draw(st.integers(1, len(members)), label="zeros after member")
+        zeros = data.draw(st.integers(1, 70000), label="zeros")
+    stream = gzipped(members[:where]) + bytes(zeros) + gzipped(members[where:])
+    before = b"".join(content for content, _ in members[:where])
+    zlib_said, igzip_said = decode("zlib", stream, cuts), decode("igzip", stream, cuts)
+    assert igzip_said == (before, "")
+    if where == len(members):
+        assert zlib_said == (before, "")
+    else:
+        assert zlib_said[1] == "gzip stream has trailing garbage after a member"
+
+
 def test_trailing_garbage_is_ignored_by_igzip_as_by_gzip() -> None:
     """The one documented difference: bytes after the last member. The tree is still the
     diff_id's."""
@@ -155,8 +182,8 @@ def children() -> set[int]:
 
 
 def test_a_consumer_that_stops_early_ends_the_command() -> None:
-    """The applier failed on the first chunk: the command is killed and reaped at once, the
-    rest of the layer is not read."""
+    """The applier failed on the first chunk: the command ends and is reaped at once, the rest
+    of the layer is not read."""
     before = children()
     sent = gzip.compress(os.urandom(32 << 20), compresslevel=1, mtime=0)
     total = len(sent)
@@ -186,3 +213,37 @@ def test_a_source_failure_is_raised_as_it_is_not_as_corrupt_data() -> None:
 
     with pytest.raises(Broken, match="connection reset"):
         b"".join(decompress.decoder_chunks("igzip", "gzip", read(decompress.CHUNK), read))
+
+
+def test_a_killed_command_is_not_called_corrupt_data() -> None:
+    """The OOM killer in a small initramfs: the message says so, not that the layer is bad."""
+    before = children()
+    sent = [gzip.compress(os.urandom(3 << 20), compresslevel=1, mtime=0)]
+
+    def read(_n: int) -> bytes:
+        for pid in children() - before:
+            os.kill(pid, signal.SIGKILL)
+        return sent.pop() if sent else b""
+
+    head = gzip.compress(b"x" * 100, mtime=0)
+    with pytest.raises(BootcLiveError) as caught:
+        b"".join(decompress.decoder_chunks("igzip", "gzip", head, read))
+    assert not isinstance(caught.value, LayerError)
+    assert str(caught.value) == "igzip was killed by signal 9 while decompressing a gzip layer"
+    assert caught.value.hint == "the machine may be out of memory: add RAM"
+    assert children() == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_zstd_command_refuses_damaged_frames(damage: str) -> None:
+    assert shutil.which("zstd"), "zstd is not installed: run ./setup"
+    content = os.urandom(100_000) + bytes(100_000)
+    stream = bytearray(compress(content, "zstd", members=2))
+    if damage == "truncated":
+        del stream[len(stream) // 2 :]
+    else:
+        stream[-2] ^= 0xFF  # the second frame's checksum
+    out, error = decode("zstd", bytes(stream), [4096])
+    assert error.startswith("zstd data is corrupt ("), error
+    assert len(out) < len(content)
+    assert decode("zstd", compress(content, "zstd", members=2), [4096]) == (content, "")

@@ -8,9 +8,10 @@ importable (`isal` for gzip, `zstandard` for zstd: the host's venv), else a comm
 (`igzip` of ISA-L, about 2.5x zlib's speed here; `zstd`: what an initramfs carries), else the
 standard library (zlib; zstd has none). A command is fed the verified stream by a thread and
 runs beside the Python threads, on a core of its own. `pigz -d` is not one of them: it
-decompresses on one thread, no faster than zlib in process. Commands, like gzip(1), ignore
-bytes after the last gzip member that zlib here refuses; the tree is checked against the
-diff_id either way.
+decompresses on one thread, no faster than zlib in process. Where both succeed, every decoder
+gives the same bytes (members, then only zeros); igzip, like gzip(1), also stops without error
+at bytes after a member that are not one, which zlib here refuses. So a kexec stage two that
+trusts stage one's diff_ids fails, or applies the tree they describe, whichever decoder it has.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 from . import run
-from .errors import LayerError
+from .errors import BootcLiveError, LayerError
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -129,11 +130,14 @@ def _gunzip_module(head: bytes, read: Read, impl: Any) -> Iterator[bytes]:
                 data += read(CHUNK)
             if data.startswith(GZIP_MAGIC):
                 decomp = impl.decompressobj(31)
-            elif data.strip(b"\0"):
-                raise LayerError("gzip stream has trailing garbage after a member")
             else:
-                data = b""  # zero padding after the last member
-                continue
+                # Zero padding after the last member: only zeros may follow, however it is read
+                # (a member after zeros would be dropped by igzip and gzip(1): never decoded).
+                while data:
+                    if data.strip(b"\0"):
+                        raise LayerError("gzip stream has trailing garbage after a member")
+                    data = read(CHUNK)
+                break
         try:
             out = decomp.decompress(data, CHUNK)
         except errors as err:
@@ -227,6 +231,11 @@ def _command_chunks(name: str, kind: str, head: bytes, read: Read) -> Iterator[b
         rc = proc.wait()
     if failure:
         raise failure[0]
+    if rc < 0:  # not the data's fault: the OOM killer, most likely, in a small initramfs
+        raise BootcLiveError(
+            f"{name} was killed by signal {-rc} while decompressing a {kind} layer",
+            "the machine may be out of memory: add RAM",
+        )
     if rc != 0:
         # igzip names its input "(null)" when it is a pipe
         detail = err.splitlines()[-1].replace(" (null)", "") if err else f"{name} exit {rc}"
