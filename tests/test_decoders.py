@@ -52,9 +52,7 @@ def reader(data: bytes, cuts: list[int]) -> decompress.Read:
 def decode(decoder: str, data: bytes, cuts: list[int]) -> tuple[bytes, str]:
     """What the decoder makes of `data`: its output, and the LayerError's message or ""."""
     read = reader(data, cuts)
-    head = read(decompress.CHUNK)
-    while 0 < len(head) < len(decompress.ZSTD_MAGIC) and (more := read(decompress.CHUNK)):
-        head += more
+    head = decompress.read_head(read)
     kind = decompress.compression_of(head)
     out = bytearray()
     try:
@@ -111,6 +109,10 @@ def test_igzip_refuses_what_zlib_refuses(
         # A member's magic broken: what follows is not gzip. igzip stops there, as gzip(1) does,
         # with what the members before gave; the diff_id check judges that.
         assert igzip_error or igzip_out == zlib_out
+    elif not igzip_error:
+        # A later member's header flag byte with a reserved bit set: zlib refuses it, igzip
+        # reads past it. It can only give the members' true content, as the CRCs still hold.
+        assert igzip_out == b"".join(content for content, _ in members)
     else:
         assert igzip_error.startswith("gzip data is corrupt (igzip: "), igzip_error
 
