@@ -60,8 +60,8 @@ def compression_of(head: bytes) -> str:
     return "none"
 
 
-# Decompression commands, fastest first, per compression; each is run as `NAME -dcq`.
-COMMANDS = {"gzip": ("igzip",), "zstd": ("zstd",)}
+# The decompression command of each compression, run as `NAME -dcq`.
+COMMANDS = {"gzip": "igzip", "zstd": "zstd"}
 
 
 def decoder_of(kind: str) -> str:
@@ -71,26 +71,32 @@ def decoder_of(kind: str) -> str:
         return "isal"
     if kind == "zstd" and _zstandard is not None:
         return "zstandard"
-    for name in COMMANDS.get(kind, ()):
-        if shutil.which(name):
-            return name
+    command = COMMANDS.get(kind)
+    if command and shutil.which(command):
+        return command
     return {"gzip": "zlib", "none": "none"}.get(kind, "")
 
 
 def decoded_chunks(read: Read, used: Callable[[str], None] | None = None) -> Iterator[bytes]:
     """Yield the decompressed content of the stream `read` gives, in chunks of at most CHUNK;
     `used` is told the decoder's name (`decoder_of`) once the compression is known."""
+    head = read_head(read)
+    kind = compression_of(head)
+    decoder = decoder_of(kind)
+    if used:
+        used(decoder)
+    return decoder_chunks(decoder, kind, head, read)
+
+
+def read_head(read: Read) -> bytes:
+    """The stream's first bytes: enough to tell its compression (unless it is shorter)."""
     head = read(CHUNK)
     while 0 < len(head) < len(ZSTD_MAGIC):
         more = read(CHUNK)
         if not more:
             break
         head += more
-    kind = compression_of(head)
-    decoder = decoder_of(kind)
-    if used:
-        used(decoder)
-    return decoder_chunks(decoder, kind, head, read)
+    return head
 
 
 def decoder_chunks(decoder: str, kind: str, head: bytes, read: Read) -> Iterator[bytes]:
@@ -101,7 +107,7 @@ def decoder_chunks(decoder: str, kind: str, head: bytes, read: Read) -> Iterator
         return _gunzip_module(head, read, _gzip_impl if decoder == "isal" else zlib)
     if kind == "zstd" and decoder == "zstandard":
         return _unzstd_module(head, read)
-    if decoder in COMMANDS.get(kind, ()):
+    if decoder == COMMANDS.get(kind):
         return _command_chunks(decoder, kind, head, read)
     raise LayerError(
         "layer is zstd-compressed, but neither the zstandard module nor the zstd command is "

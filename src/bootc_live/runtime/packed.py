@@ -247,13 +247,12 @@ class PackedSource:
     format: Format | None  # None until its first bytes were read (url-lib)
     in_place: bool  # already in RAM: storing it takes no more (but a part while parts join)
     largest_part: int = 0  # while parts are joined, one more part is in RAM at the peak
+    image: str | None = None  # the image's manifest digest, where its origin names it
 
     @property
     def storing_takes(self) -> int:
         """The RAM storing it adds (0 for a size not known before the fetch)."""
         return self.largest_part if self.in_place else (self.size or 0)
-
-    image: str | None = None  # the image's manifest digest, where its origin names it
 
     def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         """The packed root as the file `path`; its format is known afterwards."""
