@@ -53,6 +53,11 @@ class Nginx:
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
 
+def served(requests: list[str]) -> int:
+    """Bytes sent in all, from Nginx.requests()."""
+    return sum(int(line.rsplit(" ", 1)[1]) for line in requests)
+
+
 @contextmanager
 def nginx(
     root: Path, workdir: Path, *, ranges: bool = True, tls: tuple[Path, Path] | None = None

@@ -13,6 +13,7 @@ is bench/userlands.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,9 @@ import pytest
 import debian_image
 import kexec_image
 from bootc_live.demo import host_kernel
+from bootc_live.runtime import memory
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.sources import ArchiveSource
 from bootc_live.vm import VmConfig, boot
 from debian_boot import (
     BOOT_TIMEOUT,
@@ -33,6 +37,7 @@ from debian_boot import (
     url_boot,
     verdict,
 )
+from servers import served
 from unpackers import bootc_live
 from vmboot import ready, statuses
 
@@ -97,20 +102,33 @@ def test_debian_13_boots_from_a_url_onto_zram(
     image, out = trixie
     console = tmp_path / "console.log"
     result, requests = url_boot(
-        out, tmp_path, console, mem=MEM, embedded=False, extra="bootc.zram=1G"
+        out,
+        tmp_path,
+        console,
+        mem=MEM,
+        embedded=False,
+        extra="bootc.zram=1G bootc.zram.algorithm=zstd",
     )
     assert verdict(result, console) == expected(image, "ext4"), tail(result.output)
     done = ready(result.output)
     assert done["manifest"] == image.manifest_digest
     assert done["decompressor"] == "igzip", done  # Debian 13's isal, in by its own dracut-ng
     assert requests and all(" 206 " in line for line in requests)  # read in place
+    # The planner's basis holds: zram takes about what bootc-live build measured the files
+    # take as zstd pages, and no more than the overhead the planner adds to it.
+    archive = resolve(ArchiveSource(os.fspath(out / "root.oci")))
+    recorded = int(archive.index_annotations[memory.ZRAM_ANNOTATION])
+    root = done["root"]
+    assert (root["mode"], root["algorithm"]) == ("zram", "zstd"), root
+    assert 0.9 * recorded <= root["memory"] <= memory.ZRAM_OVERHEAD * recorded, (root, recorded)
 
 
 def test_debian_13_is_stage_two_of_kexec_onto_erofs(
     trixie: tuple[debian_image.DebianImage, Path], tmp_path: Path
 ) -> None:
     """Stage one is the host's kernel and dracut; stage two the image's own kernel and the
-    initramfs its userland built, given the image embedded (handed over), onto EROFS."""
+    initramfs its userland built, onto EROFS. With bootc.kexec.reuse-image=0 the image is not
+    handed over: stage two fetches it again from the URL, as the command line names it."""
     image, out = trixie
     digest = kexec_image.kexec_ready(image, out / "initrd.img", tmp_path)
     stage_one = tmp_path / "artifacts"
@@ -121,11 +139,21 @@ def test_debian_13_is_stage_two_of_kexec_onto_erofs(
     )  # fmt: skip
     assert made.returncode == 0, tail(made.stderr)
     console = tmp_path / "console.log"
-    result, _ = url_boot(
-        stage_one, tmp_path, console, mem=MEM, embedded=False, extra="bootc.kexec bootc.live.erofs"
+    result, requests = url_boot(
+        stage_one,
+        tmp_path,
+        console,
+        mem=MEM,
+        embedded=False,
+        extra="bootc.kexec bootc.kexec.reuse-image=0 bootc.live.erofs",
     )
     assert verdict(result, console) == expected(image, "erofs"), tail(result.output)
     done = ready(result.output)
     assert done["manifest"] == digest and done["root"]["mode"] == "erofs"
     loaded = [s for s in statuses(result.output) if s["state"] == "kexec-loaded"]
     assert [s["kexec_kver"] for s in loaded] == [image.kver]
+    assert "bootclabel=handover" not in loaded[0]["kexec_cmdline"], loaded[0]
+    assert "handover_layers" not in done, done
+    # Stage one read the manifest, config and the kernel's layers; stage two the whole archive.
+    archive = (stage_one / "root.oci").stat().st_size
+    assert served(requests) > archive * 1.4, (served(requests), archive)
