@@ -49,7 +49,8 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def requests(self) -> list[str]:
-        """Access log lines: `"GET /path HTTP/1.1" status range-header`."""
+        """Access log lines: `END SECONDS "GET /path HTTP/1.1" status "range-header" bytes-sent`
+        (END: when the answer was sent, SECONDS: how long it took, both to the millisecond)."""
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
 
@@ -58,12 +59,42 @@ def served(requests: list[str]) -> int:
     return sum(int(line.rsplit(" ", 1)[1]) for line in requests)
 
 
+def asked_path(line: str) -> str:
+    """The path a Nginx.requests() line asked for."""
+    return line.split('"', 2)[1].split()[1]
+
+
+def asked_range(line: str) -> tuple[int, int]:
+    """[start, end) of the `Range: bytes=FIRST-LAST` of a Nginx.requests() line."""
+    first, _, last = line.split('"bytes=', 1)[1].split('"', 1)[0].partition("-")
+    return int(first), int(last) + 1
+
+
+def most_at_once(requests: list[str]) -> int:
+    """The most requests nginx was answering at the same time, from Nginx.requests()."""
+    events = []
+    for line in requests:
+        end, seconds = (float(field) for field in line.split(" ", 2)[:2])
+        events += [(end - seconds, 1), (end, -1)]
+    most = now = 0
+    for _when, step in sorted(events):  # at a tie, an end (-1) comes before a start
+        now += step
+        most = max(most, now)
+    return most
+
+
 @contextmanager
 def nginx(
-    root: Path, workdir: Path, *, ranges: bool = True, tls: tuple[Path, Path] | None = None
+    root: Path,
+    workdir: Path,
+    *,
+    ranges: bool = True,
+    tls: tuple[Path, Path] | None = None,
+    rate: str = "",
 ) -> Iterator[Nginx]:
     """nginx serving `root` on 127.0.0.1; `ranges=False` makes it ignore Range (max_ranges 0);
-    `tls` = (certificate, key) serves https."""
+    `tls` = (certificate, key) serves https; `rate` (`32m`: bytes a second) holds each
+    connection to it (limit_rate, as a CDN or a long path holds one flow)."""
     need(shutil.which("nginx") is not None, "needs nginx")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +107,7 @@ pid {workdir}/nginx.pid;
 error_log {workdir}/error.log;
 events {{ worker_connections 64; }}
 http {{
-    log_format ranged '"$request" $status "$http_range" $body_bytes_sent';
+    log_format ranged '$msec $request_time "$request" $status "$http_range" $body_bytes_sent';
     access_log {log} ranged;
     client_body_temp_path {workdir}/body;
     proxy_temp_path {workdir}/proxy;
@@ -88,6 +119,7 @@ http {{
         {f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""}
         root {root};
         {"" if ranges else "max_ranges 0;"}
+        {f"limit_rate {rate};" if rate else ""}
     }}
 }}
 """)

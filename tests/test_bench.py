@@ -4,7 +4,9 @@ figures from those boots, and the entry scripts start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -526,6 +528,7 @@ def test_the_ram_search_halves_in_steps_down_to_the_smallest_that_boots() -> Non
         ("boot", "usage: bench/boot [-h] [--rows ROWS]"),
         ("unpack", "usage: bench/unpack [-h] [--cache CACHE]"),
         ("userlands", "usage: userlands [-h] [--userlands USERLANDS]"),
+        ("fetch", "usage: bench/fetch [-h] [--cache CACHE]"),
     ],
 )
 def test_the_entry_scripts_start(script: str, usage: str) -> None:
@@ -534,6 +537,38 @@ def test_the_entry_scripts_start(script: str, usage: str) -> None:
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith(usage)
+
+
+def test_fetch_compares_connections_on_the_blob_it_checks(tmp_path: Path) -> None:
+    """bench/fetch on a small layout of its own: both servers, each count, ratios to one."""
+    data = os.urandom(12 << 20)
+    blobs = tmp_path / "images" / "single" / "layout" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    args = ["--cache", tmp_path, "--connections", "1,4", "--rate", "40m", "--repeat", "1"]
+    out = tmp_path / "fetch.json"
+    done = subprocess.run(
+        [REPO / "bench" / "fetch", *args, "--json", out], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert (record["blob"], record["bytes"]) == (
+        f"sha256:{hashlib.sha256(data).hexdigest()}",
+        12 << 20,
+    )
+    assert {k: set(v) for k, v in record["seconds"].items()} == {
+        "unlimited": {"1", "4"},
+        "40m/connection": {"1", "4"},
+    }
+    rows = done.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["unlimited", "40m/connection"]
+    assert all(" (1.00) " in r for r in rows), done.stdout  # each row against its one connection
+    # Each run checked the blob's sha256: a blob that is not what its name says stops the bench.
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data[:-1] + b"x")
+    bad = subprocess.run([REPO / "bench" / "fetch", *args], capture_output=True, text=True)
+    assert (
+        bad.returncode != 0 and "the blob read through 1 connections is not sha256:" in bad.stderr
+    )
 
 
 def row_of(target: Target, timed: list[tuple[float, str]], search: Any = None) -> dict[str, Any]:

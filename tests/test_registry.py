@@ -10,6 +10,7 @@ registry; refusals end in one line naming the cause.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 
 from bootc_live.demo import demo_layers
 from bootc_live.layout import write_layout
+from bootc_live.runtime import http
 from imagegen import add_nested_index, build_image, d, f, layer_tar
 from registries import Pki, Registry, auth_json, docker_registry, make_pki, skopeo_push
 from servers import free_port
@@ -39,6 +41,7 @@ class World:
     demo_digest: str
     multi: dict[str, str]  # platform → manifest digest
     multi_layout: Path
+    big_blob: tuple[str, int]  # the digest and size of test/multi's amd64 large layer
 
     def ref(self, name: str, registry: Registry | None = None) -> str:
         return f"docker://{(registry or self.upstream).host}/{name}"
@@ -60,9 +63,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         skopeo_push(f"oci:{demo}:v1", upstream, "test/demo:v1", pki, creds)
         skopeo_push(f"oci:{demo}:v1", upstream, "test/docker:v1", pki, creds, docker_schema2=True)
         multi = work / "multi"
+        # The large layer (random: as large gzip'd) is fetched through several connections.
+        big = layer_tar([f("big", os.urandom(3 * http.PARALLEL_MIN // 2))])
         amd = build_image(
             multi,
-            [layer_tar([d("etc"), f("etc/arch", b"amd64\n")]), layer_tar([f("big", b"x" * 9000)])],
+            [layer_tar([d("etc"), f("etc/arch", b"amd64\n")]), big],
             compression=["zstd", "gzip"],
             platform=("linux", "amd64"),
         )
@@ -80,6 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             demo_digest,
             {"linux/amd64": amd.manifest_digest, "linux/arm64": arm.manifest_digest},
             multi,
+            (amd.layer_digests[1], amd.layer_paths[1].stat().st_size),
         )
 
 
@@ -141,6 +147,17 @@ def test_unpack_from_the_registry_equals_the_local_layout(world: World, tmp_path
     assert done.returncode == 0, done.stderr
     assert diff(snapshot(local), snapshot(remote)) == []
     assert (remote / "etc/arch").read_text() == "amd64\n"
+    # The large layer came in parts of http.PART bytes, as many as it has.
+    digest, size = world.big_blob
+    parts = [
+        line
+        for line in world.upstream.log().splitlines()
+        if 'msg="response completed"' in line
+        and f"/v2/test/multi/blobs/{digest}" in line
+        and "useragent=bootc-live" in line
+        and "http.response.status=206" in line
+    ]
+    assert len(parts) >= -(-size // http.PART) >= 2, world.upstream.log()[-3000:]
 
 
 def test_docker_schema2_images_unpack_like_oci_ones(world: World, tmp_path: Path) -> None:

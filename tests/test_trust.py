@@ -25,7 +25,7 @@ from bootc_live.runtime.registry import Reference, RegistrySource
 from bootc_live.runtime.sources import ArchiveSource, ImageSource, LayoutSource
 from fakeregistry import REPO, TAG, Knobs, serve
 from imagegen import build_layout, f, layer_tar, write_oci_archive
-from servers import nginx
+from servers import asked_path, nginx
 from signing import GpgKey, cosign_payload, cosign_sign, run
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - fixtures
 
@@ -457,7 +457,7 @@ def test_registry_lookaside_over_http_and_file(tmp_path: Path, signer: Signer) -
             assert [x.stored for x in found] == [other, good]
             assert verdict_of(source, trusted, name, config).keys == (key,)
             # signature-3 was asked for and was not there: the list ends at the first 404.
-            asked = [line.split()[1] for line in web.requests()]
+            asked = [asked_path(line) for line in web.requests()]
             assert asked[-1] == f"/x/y@sha256={hex_}/signature-3"
         config = RegistriesD.parse({"d.yaml": f"default-docker:\n  lookaside: file://{store}\n"})
         assert verdict_of(registry_source(registry.port), trusted, name, config).keys == (key,)

@@ -23,7 +23,7 @@ import pytest
 
 from imagegen import REF_NAME, build_layout, f, layer_tar
 from registries import Pki, Registry, docker_registry, make_pki
-from servers import Nginx, free_port, nginx
+from servers import Nginx, asked_path, free_port, nginx
 from signing import (
     ACCEPT,
     MATCH_REPOSITORY,
@@ -310,7 +310,7 @@ def test_an_https_lookaside_is_trusted_with_the_registry_ca_and_read_once(
         assert "signatures: verified by GPG key" in done.stderr
         hex_value = world.digests["signed/a"].partition(":")[2]
         assert f"sha256-{hex_value}.simplesig" in tags(out)
-        fetched = [line.split()[1] for line in web.requests()]
+        fetched = [asked_path(line) for line in web.requests()]
         assert fetched == [
             f"/signed/a@sha256={hex_value}/signature-1",
             f"/signed/a@sha256={hex_value}/signature-2",

@@ -24,6 +24,7 @@ import pytest
 import debian_image
 import kexec_image
 from bootc_live.demo import host_kernel
+from bootc_live.runtime import http
 from bootc_live.vm import GUEST_SERVER, VmConfig, boot
 from debian_boot import (
     BOOT_TIMEOUT,
@@ -36,7 +37,7 @@ from debian_boot import (
     url_boot,
     verdict,
 )
-from servers import nginx, served
+from servers import asked_range, most_at_once, nginx, served
 from unpackers import REPO, bootc_live, need_root_and
 from vmboot import statuses
 
@@ -72,6 +73,13 @@ def test_debian_systemd_image_boots_live_from_a_url_with_1280_mib(
         f"console log {console}:\n{tail(result.output)}"
     )
     assert requests and all(" 206 " in line for line in requests)  # read in place, not stored
+    # The large layers came in parts of http.PART bytes, several connections at once (the
+    # default bootc.connections), each byte once.
+    parts = sum(1 for line in requests if asked_range(line)[1] - asked_range(line)[0] == http.PART)
+    at_once = most_at_once(requests)
+    print(f"URL boot: {parts} parts of {http.PART >> 20} MiB, at most {at_once} at once")
+    assert parts >= 16 and at_once >= 2, requests[:8]
+    assert served(requests) < (artifacts / "root.oci").stat().st_size * 1.02
     # It was our runtime that set up this image's root, in the image's own initramfs.
     ready = statuses(result.output)[-1]
     assert (ready["state"], ready["manifest"]) == ("ready", image.manifest_digest), ready

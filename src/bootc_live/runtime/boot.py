@@ -473,8 +473,13 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
 
 
 def fetch_policy(spec: BootSpec) -> http.Policy:
-    """The deadlines and retries of every fetch: bootc.retries=, bootc.timeout=."""
-    return http.Policy(retries=spec.retries, stall=spec.timeout or http.Policy.stall)
+    """The deadlines, retries and connections of every fetch: bootc.retries=, bootc.timeout=,
+    bootc.connections=."""
+    return http.Policy(
+        retries=spec.retries,
+        stall=spec.timeout or http.Policy.stall,
+        connections=spec.connections or http.CONNECTIONS,
+    )
 
 
 def printable_root(spec: BootSpec) -> str:

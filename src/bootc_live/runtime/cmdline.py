@@ -26,6 +26,7 @@ _FALSE = {"0", "no", "off", "false"}
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
 _SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
 MIB = 1 << 20
+MAX_CONNECTIONS = 8  # 18 MiB of parts at most (http.ParallelReader), within memory.RESERVE
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -128,6 +129,7 @@ class BootSpec:
     keep_modules: bool = False
     retries: int | None = None
     timeout: float | None = None
+    connections: int | None = None  # None: http.CONNECTIONS
     wait_any_if: bool = False
     policy: str | None = None
     identity: str | None = None
@@ -219,6 +221,12 @@ def parse_size(value: str) -> int:
 def parse_count(value: str) -> int:
     if not value.isdigit():
         raise ValueError("expected a whole number")
+    return int(value)
+
+
+def parse_connections(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_CONNECTIONS:
+        raise ValueError(f"expected a number of connections from 1 to {MAX_CONNECTIONS}")
     return int(value)
 
 
@@ -574,6 +582,15 @@ OPTIONS: tuple[Option, ...] = (
         parse_seconds,
         "bootc.timeout=SECONDS",
         "Per-connection stall timeout.",
+    ),
+    Option(
+        "bootc.connections",
+        "connections",
+        parse_connections,
+        "bootc.connections=N",
+        "Connections a large layer (8 MiB or more) is fetched through at once, over http(s) and "
+        "from registries, 2 MiB a connection at a time; 1: through one.",
+        "4",
     ),
     Option(
         "rd.net.wait-any-if",

@@ -12,7 +12,8 @@ The server is not trusted. One policy each, kept here:
 - credentials (`Authenticator`): bound to one origin (scheme, host, port), so they never follow
   a redirect elsewhere; a `user:password@` in a URL becomes such Basic credentials;
 - bodies (`RangeReader`, `read_body`): read to their end, resumed where a connection broke,
-  within a size limit;
+  within a size limit; a large one (`ParallelReader`) through several ranged connections at
+  once, handed on in order, with a bounded number of parts held;
 - failures (`_failure`): any exception from an exchange becomes a cause to retry or one
   `FetchError` line; answers that cannot improve fail at once. URLs are printed `redact`ed.
 """
@@ -29,8 +30,10 @@ import re
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
@@ -49,6 +52,10 @@ RETRYABLE = {408, 425, 429, 500, 502, 503, 504}  # and 5xx but 501/505; other an
 PROGRESS = 64 << 10  # bytes read since the last failure that make a fresh backoff and budget
 MAX_RANGE_READS = 100_000  # tar headers read one by one from an archive in place
 ERROR_BODY = 4096
+PART = 2 << 20  # what each connection of a ParallelReader fetches at a time
+PARALLEL_MIN = 4 * PART  # smaller bodies come through one connection
+PIECE = 256 << 10  # the reads a part is made of
+CONNECTIONS = 4  # bootc.connections= default
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _HINT = "check the URL and the server"
@@ -82,6 +89,7 @@ class Policy:
     Failures are retried with exponential backoff, until `retries` (bootc.retries) are spent
     or, by default, until `total` seconds pass without progress (PROGRESS bytes since the first
     failure). A `Retry-After` longer than the backoff is honoured, up to `max_retry_after`.
+    A body of PARALLEL_MIN bytes or more comes through up to `connections` at once.
     """
 
     retries: int | None = None
@@ -91,6 +99,7 @@ class Policy:
     low_speed_time: float = 60.0
     max_backoff: float = 30.0
     max_retry_after: float = 60.0
+    connections: int = CONNECTIONS
 
 
 def redact(url: str) -> str:
@@ -574,6 +583,177 @@ class RangeReader(Reader):
         self._drop()
 
 
+class _Part:
+    """Bytes [start, end) of a ParallelReader's body: fetched by a worker, then read."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.pieces: deque[bytes] = deque()
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class ParallelReader(Reader):
+    """Bytes [start, end) of a URL through up to `connections` ranged connections at once,
+    PART bytes each, read in order: the body of a large layer, faster where one connection is
+    held back (a per-connection rate, a long round trip).
+
+    At most `connections` parts are fetched or held ahead of the one being read, so what this
+    takes in memory stays below (connections + 1) * PART. Each part resumes and retries on its
+    own (a Retrier of its own: the policy's bounds hold per part), and a part's failure is
+    raised when reading gets to it. A body from byte 0 on a server that ignores Range (a 200 to
+    a part after the first) is read again through one connection, the bytes already handed on
+    skipped.
+    """
+
+    def __init__(self, client: Client, start: int, end: int, connections: int) -> None:
+        self._client = client
+        self._start = start
+        self._end = end
+        self._connections = connections
+        self._pos = start  # the next byte read() hands on
+        self._next = start  # the first byte no part covers yet
+        self._ahead: deque[_Part] = deque()  # parts fetched or being fetched, in order
+        self._reading: _Part | None = None
+        self._todo: deque[_Part | None] = deque()  # for the workers; None: stop
+        self._cond = threading.Condition()
+        self._workers: list[threading.Thread] = []
+        self._told = False  # the workers are to end once no part is left
+        self._stopped = False  # the workers are to end at once
+        self._closed = False
+        self._single: RangeReader | None = None  # Range ignored: one connection from here on
+
+    def read(self, n: int = -1) -> bytes:
+        want = min(n if n >= 0 else 1 << 20, self._end - self._pos)
+        if want <= 0 or self._closed:
+            return b""
+        if self._single is not None:
+            data = self._single.read(want)
+            self._pos += len(data)
+            return data
+        piece = self._next_piece()
+        if piece is None:
+            return self.read(n)  # through self._single now
+        if len(piece) > want:
+            assert self._reading is not None
+            self._reading.pieces.appendleft(piece[want:])
+            piece = piece[:want]
+        self._pos += len(piece)
+        return piece
+
+    def _next_piece(self) -> bytes | None:
+        """The next bytes in order, waiting for their part; None when the server ignores
+        Range and the rest is to come through one connection."""
+        while self._reading is None or not self._reading.pieces:
+            self._reading = None
+            self._schedule()
+            assert self._ahead, (self._pos, self._end)  # pos < end: a part covers it
+            part = self._ahead[0]
+            part.done.wait()
+            with self._cond:
+                self._ahead.popleft()
+            self._schedule()  # the window moves on: another part fetched while this is read
+            error = part.error
+            if isinstance(error, NoRangeResume) and self._start == 0:
+                self._one_connection()
+                return None
+            if error is not None:
+                self.close()
+                raise error
+            self._reading = part
+        return self._reading.pieces.popleft()
+
+    def _schedule(self) -> None:
+        """Parts ahead up to the window; the workers started the first time, told to end once
+        every part is given out."""
+        with self._cond:
+            while len(self._ahead) < self._connections and self._next < self._end:
+                part = _Part(self._next, min(self._end, self._next + PART))
+                self._next = part.end
+                self._ahead.append(part)
+                self._todo.append(part)
+            self._cond.notify_all()
+        while not self._told and len(self._workers) < min(self._connections, len(self._ahead)):
+            worker = threading.Thread(target=self._work, name="fetch-part", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+        if self._next >= self._end and not self._told:
+            self._stop_workers(drop=False)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._todo:
+                    self._cond.wait()
+                part = self._todo.popleft()
+            if part is None:
+                return
+            try:
+                self._fetch(part)
+            except BaseException as err:  # raised by read() when it gets to this part
+                part.error = err
+            part.done.set()
+
+    def _fetch(self, part: _Part) -> None:
+        client = self._client
+        retrier = Retrier(client.url, client.policy, client.log)
+        with RangeReader(client, part.start, part.end, retrier) as reader:
+            left = part.end - part.start
+            while left and not self._stopped:
+                data = reader.read(min(left, PIECE))
+                if not data:  # RangeReader retries a body cut short: not expected
+                    where = part.end - left
+                    raise FetchError(f"{client.where}: the body ended at byte {where}", _HINT)
+                part.pieces.append(data)
+                left -= len(data)
+
+    def _one_connection(self) -> None:
+        """The server answered a part from byte 0: the rest through one connection, the bytes
+        handed on already skipped."""
+        self._stop_workers()
+        self._client.log(
+            f"{self._client.where}: the server ignores Range; the rest through one connection"
+        )
+        retrier = Retrier(self._client.url, self._client.policy, self._client.log)
+        self._single = RangeReader(self._client, 0, self._end, retrier)
+        skip = self._pos
+        while skip:
+            data = self._single.read(min(skip, 1 << 20))
+            if not data:  # RangeReader retries a body cut short: not expected
+                where = self._pos - skip
+                raise FetchError(f"{self._client.where}: the body ended at byte {where}", _HINT)
+            skip -= len(data)
+
+    def _stop_workers(self, drop: bool = True) -> None:
+        """The workers end once they have no part left to fetch; with `drop`, at once (a part
+        being fetched is given up at its next piece) and the parts ahead are dropped."""
+        with self._cond:
+            if drop:
+                self._stopped = True
+                self._ahead.clear()
+                self._todo.clear()
+                self._reading = None
+            if drop or not self._told:
+                self._todo.extend([None] * len(self._workers))
+            self._told = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self._stop_workers()
+        if self._single is not None:
+            self._single.close()
+
+
+def open_range(client: Client, start: int, end: int, retrier: Retrier) -> Reader:
+    """Bytes [start, end) of the client's URL: through several connections when the body is
+    large enough and the policy allows them (ParallelReader), else through one."""
+    if client.policy.connections > 1 and end - start >= PARALLEL_MIN:
+        return ParallelReader(client, start, end, client.policy.connections)
+    return RangeReader(client, start, end, retrier)
+
+
 def read_body(client: Client, what: str, limit: int) -> tuple[bytes, http.client.HTTPMessage]:
     """A whole document (manifest, token, …) and its headers: read to its end within `limit`
     bytes, resumed where a connection broke (started again if the server ignores Range)."""
@@ -649,7 +829,7 @@ class HttpArchiveSource(MemberIndex):
         self._index_members(stream, lambda: stream.pos)
 
     def _open_member(self, offset: int, size: int) -> BinaryIO:
-        return RangeReader(self._client, offset, offset + size, self._retrier)  # type: ignore[return-value]
+        return open_range(self._client, offset, offset + size, self._retrier)  # type: ignore[return-value]
 
 
 def open_url(

@@ -22,7 +22,7 @@ PACKED_FORMAT_ANNOTATION = "org.bootc-live.packed-format"
 PACKED_ANNOTATIONS = (PACKED_BYTES_ANNOTATION, PACKED_SHA256_ANNOTATION, PACKED_FORMAT_ANNOTATION)
 RATIO = 3  # stated conservative expansion of a compressed layer when no size is recorded
 MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file of their own
-RESERVE = 48 << 20  # for the kernel, the runtime and switch-root
+RESERVE = 48 << 20  # for the kernel, the runtime (its fetch buffers too) and switch-root
 MIB = 1 << 20
 
 

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
@@ -460,7 +460,7 @@ class Endpoint:
         """The blob's bytes from `start`, resumed across broken connections."""
         client = self._client(self.url("blobs", desc.digest), {})
         retrier = http.Retrier(client.url, self.policy, self.log)
-        return _CheckedReader(self, http.RangeReader(client, start, desc.size, retrier), desc)
+        return _CheckedReader(self, http.open_range(client, start, desc.size, retrier), desc)
 
     def _refused(self, err: http.FetchError, what: str) -> BootcLiveError:
         codes = _error_codes(err.body)
@@ -509,7 +509,7 @@ class _MirrorMiss(_NotFound):
 class _CheckedReader(Reader):
     """A blob stream whose HTTP refusals are reported as the registry's (401, 404 …)."""
 
-    def __init__(self, endpoint: Endpoint, raw: http.RangeReader, desc: Descriptor) -> None:
+    def __init__(self, endpoint: Endpoint, raw: Reader, desc: Descriptor) -> None:
         self._endpoint = endpoint
         self._raw = raw
         self._desc = desc
@@ -562,13 +562,15 @@ class RegistrySource:
             mirror=False,
             cafile=cafile,
         )
-        # A mirror gets its own credentials from the file, if any: never the registry's.
+        # A mirror gets its own credentials from the file, if any: never the registry's; its
+        # own deadlines, the connections asked for.
+        mirror_policy = replace(MIRROR_POLICY, connections=policy.connections)
         self.endpoints = [
             Endpoint(
                 host,
                 ref,
                 lookup(host, ref.repository),
-                MIRROR_POLICY,
+                mirror_policy,
                 log,
                 unsecure,
                 mirror=True,
