@@ -80,13 +80,14 @@ def url_boot(
     extra: str = "",
     marker: str = debian_image.MARKER,
     packed: bool = False,
+    rate: str = "",
 ) -> tuple[Boot, list[str]]:
     """Boot with root.oci (or `packed`, packed.img with its pin) of `artifacts` served by nginx
-    over guestfwd; nginx's access log."""
+    over guestfwd (each connection held to `rate`, if given); nginx's access log."""
     root = (
         f"packed:http://{GUEST_SERVER}/packed.img" if packed else f"http://{GUEST_SERVER}/root.oci"
     )
-    with nginx(artifacts, tmp_path / "nginx") as server:
+    with nginx(artifacts, tmp_path / "nginx", rate=rate) as server:
         result = boot(
             VmConfig(
                 artifacts,
