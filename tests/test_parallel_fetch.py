@@ -3,6 +3,7 @@ bounded memory, every failure raised where reading gets to it, and the workers g
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bootc_live.runtime import cmdline, http
+from bootc_live.runtime.blobs import Descriptor, VerifyingReader
 from bootc_live.runtime.boot import fetch_policy
 from bootc_live.runtime.http import (
     Client,
@@ -29,6 +31,7 @@ from servers import Faulty, faulty, nginx
 FAST = Policy(retries=3, stall=5, max_backoff=0.01)
 PART = 16 << 10
 DATA = os.urandom(40 * PART + 123)
+MEDIA = "application/vnd.oci.image.layer.v1.tar"
 
 
 @pytest.fixture(autouse=True)
@@ -66,10 +69,10 @@ def read_exactly(reader: http.Reader, n: int) -> bytes:
     return bytes(out)
 
 
-def workers_end(reader: ParallelReader) -> None:
-    """Every worker thread of `reader` ends (bounded by the stall deadline)."""
+def workers_end(reader: ParallelReader, within: float = 10) -> None:
+    """Every worker thread of `reader` ends within `within` seconds."""
     for worker in reader._workers:
-        worker.join(timeout=10)
+        worker.join(timeout=within)
         assert not worker.is_alive(), "a worker outlived close()"
 
 
@@ -87,7 +90,7 @@ def ranges(srv: Faulty) -> list[tuple[int, int]]:
 )
 @given(
     start=st.integers(0, 3 * PART),
-    length=st.integers(4 * PART, 30 * PART),
+    length=st.integers(4 * PART + 1, 30 * PART),
     connections=st.integers(2, 6),
     sizes=st.lists(st.integers(1, 3 * PART), max_size=5),
 )
@@ -111,7 +114,7 @@ def test_the_body_comes_whole_and_in_order(
 
 def test_small_bodies_and_one_connection_take_one_request(server: Faulty) -> None:
     c = client(server.url())
-    assert isinstance(open_range(c, 0, 4 * PART - 1, Retrier(c.url, FAST, c.log)), RangeReader)
+    assert isinstance(open_range(c, 0, 4 * PART, Retrier(c.url, FAST, c.log)), RangeReader)
     one = client(server.url(), connections=1)
     assert isinstance(open_range(one, 0, len(DATA), Retrier(c.url, FAST, c.log)), RangeReader)
 
@@ -153,7 +156,61 @@ def test_a_failing_part_stops_the_read_where_it_starts(tmp_path: Path) -> None:
         workers_end(reader)
     assert bytes(got) == DATA[:bad]  # every byte before the failed part, none after
     assert err.value.status == 404
-    assert reader.read(10) == b""  # closed
+    # ... and at every read after: a verifying reader draining the rest says why, not "truncated".
+    desc = Descriptor(MEDIA, "sha256:" + hashlib.sha256(DATA).hexdigest(), len(DATA))
+    verifying = VerifyingReader(reader, desc, "layer 1/1")  # type: ignore[arg-type]
+    with pytest.raises(FetchError, match=r"/root\.oci: HTTP 404") as again:
+        verifying.finish()
+    assert again.value is err.value
+
+
+def test_a_failure_of_the_one_connection_is_kept() -> None:
+    """The server ignores Range; the one connection that takes over breaks while skipping what
+    was handed on, and its resume fails until the retries are spent. That error comes at this
+    read and every read after, even once the server would answer again: the skip never
+    finished, so no byte may follow from that connection."""
+    from_zero = [0]
+    busy = [0]
+
+    def plan(_n: int, start: int) -> tuple[int, dict[str, str], bytes, int | None] | None:
+        if start == 0:
+            from_zero[0] += 1
+            return (200, {}, DATA, None if from_zero[0] == 1 else 1000)  # the 2nd: cut
+        if start == 1000 and busy[0] < 4:  # the first try and FAST's three retries
+            busy[0] += 1
+            return (503, {}, b"busy", None)
+        if start == 1000:
+            return None  # then the server would answer the resume (206)
+        return (200, {}, DATA, None)  # parts after the first: Range ignored
+
+    log: list[str] = []
+    with faulty(DATA, plan) as srv:
+        reader = ParallelReader(client(srv.url(), log), 0, len(DATA), 4)
+        assert read_exactly(reader, PART) == DATA[:PART]  # the first part, from its 200
+        with pytest.raises(FetchError, match=r"HTTP 503 .*giving up after 3 retries") as err:
+            reader.read(PART)
+        with pytest.raises(FetchError) as again:
+            reader.read(PART)
+        assert again.value is err.value
+        workers_end(reader)
+    assert any("the server ignores Range; the rest through one connection" in x for x in log)
+
+
+def test_close_ends_a_worker_in_its_backoff() -> None:
+    """A part answered 503 with Retry-After: 30: its worker waits to retry; close() ends the
+    wait (a stopped reader's parts are not wanted)."""
+
+    def plan(_n: int, start: int) -> tuple[int, dict[str, str], bytes, None] | None:
+        return (503, {"Retry-After": "30"}, b"busy", None) if start >= 2 * PART else None
+
+    log: list[str] = []
+    with faulty(DATA, plan) as srv:
+        reader = ParallelReader(client(srv.url(), log), 0, len(DATA), 4)
+        assert read_exactly(reader, PART) == DATA[:PART]
+        while not any("retry 1 in 30.0s" in x for x in log):  # a worker is in its backoff
+            threading.Event().wait(0.01)
+        reader.close()
+        workers_end(reader, within=5)
 
 
 def test_a_part_cut_short_is_resumed() -> None:

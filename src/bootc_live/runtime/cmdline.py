@@ -588,7 +588,7 @@ OPTIONS: tuple[Option, ...] = (
         "connections",
         parse_connections,
         "bootc.connections=N",
-        "Connections a large layer (8 MiB or more) is fetched through at once, over http(s) and "
+        "Connections a large layer (over 8 MiB) is fetched through at once, over http(s) and "
         "from registries, 2 MiB a connection at a time; 1: through one.",
         "4",
     ),

@@ -53,7 +53,7 @@ PROGRESS = 64 << 10  # bytes read since the last failure that make a fresh backo
 MAX_RANGE_READS = 100_000  # tar headers read one by one from an archive in place
 ERROR_BODY = 4096
 PART = 2 << 20  # what each connection of a ParallelReader fetches at a time
-PARALLEL_MIN = 4 * PART  # smaller bodies come through one connection
+PARALLEL_MIN = 4 * PART  # bodies up to this size come through one connection
 PIECE = 256 << 10  # the reads a part is made of
 CONNECTIONS = 4  # bootc.connections= default
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
@@ -89,7 +89,7 @@ class Policy:
     Failures are retried with exponential backoff, until `retries` (bootc.retries) are spent
     or, by default, until `total` seconds pass without progress (PROGRESS bytes since the first
     failure). A `Retry-After` longer than the backoff is honoured, up to `max_retry_after`.
-    A body of PARALLEL_MIN bytes or more comes through up to `connections` at once.
+    A body larger than PARALLEL_MIN bytes comes through up to `connections` at once.
     """
 
     retries: int | None = None
@@ -297,6 +297,7 @@ class Client:
         if credentials is not None and auth is None:
             self.auth = BasicAuth(self.url, credentials)
         self.where = redact(self.url)  # the URL that last answered, fit to print
+        self._ssl_context: Any = None
 
     def _context(self) -> Any:
         # Imported here, not at the top: an initramfs without TLS (no libssl) still boots every
@@ -310,12 +311,15 @@ class Client:
                 "ssl module and libssl, or serve the image over http with a pinned bootc.digest=",
             ) from None
 
-        if self.unsecure:
-            return ssl._create_unverified_context()  # an explicit opt-in
-        context = ssl.create_default_context()
-        for bundle in self.cafiles:
-            context.load_verify_locations(cafile=bundle)
-        return context
+        if self._ssl_context is None:  # made once: a large layer takes a request a part
+            if self.unsecure:
+                self._ssl_context = ssl._create_unverified_context()  # an explicit opt-in
+            else:
+                context = ssl.create_default_context()
+                for bundle in self.cafiles:
+                    context.load_verify_locations(cafile=bundle)
+                self._ssl_context = context
+        return self._ssl_context
 
     def _request(self, url: str, start: int, end: int | None) -> http.client.HTTPResponse:
         parts = urllib.parse.urlsplit(url)
@@ -594,6 +598,10 @@ class _Part:
         self.done = threading.Event()
 
 
+class _Stopped(Exception):
+    """A worker's part is no longer wanted (the reader was closed or went to one connection)."""
+
+
 class ParallelReader(Reader):
     """Bytes [start, end) of a URL through up to `connections` ranged connections at once,
     PART bytes each, read in order: the body of a large layer, faster where one connection is
@@ -601,10 +609,10 @@ class ParallelReader(Reader):
 
     At most `connections` parts are fetched or held ahead of the one being read, so what this
     takes in memory stays below (connections + 1) * PART. Each part resumes and retries on its
-    own (a Retrier of its own: the policy's bounds hold per part), and a part's failure is
-    raised when reading gets to it. A body from byte 0 on a server that ignores Range (a 200 to
-    a part after the first) is read again through one connection, the bytes already handed on
-    skipped.
+    own (a Retrier of its own: the policy's bounds hold per part); a part's failure is raised
+    when reading gets to it, and again at every read after. A body from byte 0 on a server that
+    ignores Range (a 200 to a part after the first) is read again through one connection, the
+    bytes already handed on skipped. Closing stops the workers, also in a retry's backoff.
     """
 
     def __init__(self, client: Client, start: int, end: int, connections: int) -> None:
@@ -616,35 +624,42 @@ class ParallelReader(Reader):
         self._next = start  # the first byte no part covers yet
         self._ahead: deque[_Part] = deque()  # parts fetched or being fetched, in order
         self._reading: _Part | None = None
-        self._todo: deque[_Part | None] = deque()  # for the workers; None: stop
+        self._piece = b""  # the piece being read, from self._at
+        self._at = 0
+        self._todo: deque[_Part | None] = deque()  # for the workers; None: end
         self._cond = threading.Condition()
         self._workers: list[threading.Thread] = []
         self._told = False  # the workers are to end once no part is left
-        self._stopped = False  # the workers are to end at once
+        self._stop = threading.Event()  # the workers are to end at once
+        self._error: BaseException | None = None  # raised again at every read
         self._closed = False
         self._single: RangeReader | None = None  # Range ignored: one connection from here on
 
     def read(self, n: int = -1) -> bytes:
+        if self._error is not None:
+            raise self._error
         want = min(n if n >= 0 else 1 << 20, self._end - self._pos)
         if want <= 0 or self._closed:
             return b""
         if self._single is not None:
             data = self._single.read(want)
-            self._pos += len(data)
-            return data
-        piece = self._next_piece()
-        if piece is None:
-            return self.read(n)  # through self._single now
-        if len(piece) > want:
-            assert self._reading is not None
-            self._reading.pieces.appendleft(piece[want:])
-            piece = piece[:want]
-        self._pos += len(piece)
-        return piece
+        elif self._at < len(self._piece):
+            data = self._piece[self._at : self._at + want]
+        else:
+            piece = self._next_piece()
+            if piece is None:
+                return self.read(n)  # through self._single now
+            self._piece, self._at = piece, 0
+            data = piece if len(piece) <= want else piece[:want]
+        if self._single is None:
+            self._at += len(data)
+        self._pos += len(data)
+        return data
 
     def _next_piece(self) -> bytes | None:
-        """The next bytes in order, waiting for their part; None when the server ignores
-        Range and the rest is to come through one connection."""
+        """The next piece in order, waiting for its part; None when the server ignores Range
+        and the rest is to come through one connection. A failed part's error is raised, and
+        kept for every read after."""
         while self._reading is None or not self._reading.pieces:
             self._reading = None
             self._schedule()
@@ -654,13 +669,16 @@ class ParallelReader(Reader):
             with self._cond:
                 self._ahead.popleft()
             self._schedule()  # the window moves on: another part fetched while this is read
-            error = part.error
-            if isinstance(error, NoRangeResume) and self._start == 0:
-                self._one_connection()
-                return None
-            if error is not None:
-                self.close()
-                raise error
+            try:
+                if isinstance(part.error, NoRangeResume) and self._start == 0:
+                    self._one_connection()
+                    return None
+                if part.error is not None:
+                    raise part.error
+            except BaseException as err:
+                self._error = err
+                self._stop_workers()
+                raise
             self._reading = part
         return self._reading.pieces.popleft()
 
@@ -697,16 +715,23 @@ class ParallelReader(Reader):
 
     def _fetch(self, part: _Part) -> None:
         client = self._client
-        retrier = Retrier(client.url, client.policy, client.log)
+        retrier = Retrier(client.url, client.policy, client.log, sleep=self._pause)
         with RangeReader(client, part.start, part.end, retrier) as reader:
             left = part.end - part.start
-            while left and not self._stopped:
+            while left:
+                if self._stop.is_set():
+                    raise _Stopped()
                 data = reader.read(min(left, PIECE))
                 if not data:  # RangeReader retries a body cut short: not expected
                     where = part.end - left
                     raise FetchError(f"{client.where}: the body ended at byte {where}", _HINT)
                 part.pieces.append(data)
                 left -= len(data)
+
+    def _pause(self, seconds: float) -> None:
+        """A worker's backoff before a retry, cut short when the reader stops."""
+        if self._stop.wait(seconds):
+            raise _Stopped()
 
     def _one_connection(self) -> None:
         """The server answered a part from byte 0: the rest through one connection, the bytes
@@ -716,24 +741,30 @@ class ParallelReader(Reader):
             f"{self._client.where}: the server ignores Range; the rest through one connection"
         )
         retrier = Retrier(self._client.url, self._client.policy, self._client.log)
-        self._single = RangeReader(self._client, 0, self._end, retrier)
-        skip = self._pos
-        while skip:
-            data = self._single.read(min(skip, 1 << 20))
-            if not data:  # RangeReader retries a body cut short: not expected
-                where = self._pos - skip
-                raise FetchError(f"{self._client.where}: the body ended at byte {where}", _HINT)
-            skip -= len(data)
+        single = RangeReader(self._client, 0, self._end, retrier)
+        try:
+            skip = self._pos
+            while skip:
+                data = single.read(min(skip, 1 << 20))
+                if not data:  # RangeReader retries a body cut short: not expected
+                    where = self._pos - skip
+                    raise FetchError(f"{self._client.where}: the body ended at byte {where}", _HINT)
+                skip -= len(data)
+        except BaseException:
+            single.close()
+            raise
+        self._single = single
 
     def _stop_workers(self, drop: bool = True) -> None:
         """The workers end once they have no part left to fetch; with `drop`, at once (a part
-        being fetched is given up at its next piece) and the parts ahead are dropped."""
+        being fetched is given up at its next piece or retry) and the parts ahead are dropped."""
         with self._cond:
             if drop:
-                self._stopped = True
+                self._stop.set()
                 self._ahead.clear()
                 self._todo.clear()
                 self._reading = None
+                self._piece, self._at = b"", 0
             if drop or not self._told:
                 self._todo.extend([None] * len(self._workers))
             self._told = True
@@ -748,8 +779,8 @@ class ParallelReader(Reader):
 
 def open_range(client: Client, start: int, end: int, retrier: Retrier) -> Reader:
     """Bytes [start, end) of the client's URL: through several connections when the body is
-    large enough and the policy allows them (ParallelReader), else through one."""
-    if client.policy.connections > 1 and end - start >= PARALLEL_MIN:
+    larger than PARALLEL_MIN and the policy allows them (ParallelReader), else through one."""
+    if client.policy.connections > 1 and end - start > PARALLEL_MIN:
         return ParallelReader(client, start, end, client.policy.connections)
     return RangeReader(client, start, end, retrier)
 
