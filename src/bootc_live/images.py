@@ -26,7 +26,9 @@ TRANSPORTS = (
 PATH_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 # Transports read through skopeo (see CopiedSource).
 SKOPEO_TRANSPORTS = ("containers-storage", "docker-archive")
-HOST_POLICY = http.Policy(retries=3, total=120.0, stall=30.0, max_backoff=2.0)
+HOST_POLICY = http.Policy(
+    retries=3, total=120.0, stall=30.0, max_backoff=2.0, connections=http.HOST_CONNECTIONS
+)
 
 
 class UsageError(BootcLiveError):

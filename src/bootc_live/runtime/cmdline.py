@@ -589,8 +589,10 @@ OPTIONS: tuple[Option, ...] = (
         parse_connections,
         "bootc.connections=N",
         "Connections a large layer (over 8 MiB) is fetched through at once, over http(s) and "
-        "from registries, 2 MiB a connection at a time; 1: through one.",
-        "4",
+        "from registries, 2 MiB a connection at a time. For servers that hold each connection "
+        "to a rate (a CDN, a long path); where one connection keeps up with the unpack, more "
+        "only cost CPU.",
+        "1",
     ),
     Option(
         "rd.net.wait-any-if",
