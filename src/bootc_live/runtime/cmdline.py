@@ -24,7 +24,8 @@ PACKED_PREFIX = "packed:"
 _TRUE = {"", "1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
-_SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]+)([KMGT]?)(i?B)?", re.IGNORECASE)
+_NUMBER = re.compile(r"[0-9]+")  # not str.isdigit: that takes "²" and "٣"
 MIB = 1 << 20
 MAX_CONNECTIONS = 8  # 18 MiB of parts at most (http.ParallelReader), within memory.RESERVE
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -204,7 +205,7 @@ def parse_platform(value: str) -> Platform:
 
 def parse_zram(value: str) -> ZramSize:
     if value.endswith("%"):
-        percent = int(value[:-1]) if value[:-1].isdigit() else -1
+        percent = int(value[:-1]) if _NUMBER.fullmatch(value[:-1]) else -1
         if not 1 <= percent <= 400:
             raise ValueError("expected a percentage of RAM from 1% to 400%")
         return ZramSize(percent, True)
@@ -219,13 +220,13 @@ def parse_size(value: str) -> int:
 
 
 def parse_count(value: str) -> int:
-    if not value.isdigit():
+    if not _NUMBER.fullmatch(value):
         raise ValueError("expected a whole number")
     return int(value)
 
 
 def parse_connections(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= MAX_CONNECTIONS:
+    if not _NUMBER.fullmatch(value) or not 1 <= int(value) <= MAX_CONNECTIONS:
         raise ValueError(f"expected a number of connections from 1 to {MAX_CONNECTIONS}")
     return int(value)
 
