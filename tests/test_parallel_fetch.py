@@ -207,8 +207,12 @@ def test_close_ends_a_worker_in_its_backoff() -> None:
     with faulty(DATA, plan) as srv:
         reader = ParallelReader(client(srv.url(), log), 0, len(DATA), 4)
         assert read_exactly(reader, PART) == DATA[:PART]
-        while not any("retry 1 in 30.0s" in x for x in log):  # a worker is in its backoff
-            threading.Event().wait(0.01)
+        waited = threading.Event()
+        for _ in range(1000):  # a worker is in its backoff (10 s at most)
+            if any("retry 1 in 30.0s" in x for x in log):
+                break
+            waited.wait(0.01)
+        assert any("retry 1 in 30.0s" in x for x in log), log
         reader.close()
         workers_end(reader, within=5)
 
