@@ -4,8 +4,9 @@ the modes its packages allow, to its own systemd reporting what it sees (issue 1
 - Debian 12 as a user makes it plainly (no dracut-network, no curl: nothing brings libssl into
   the initramfs by chance) boots embedded onto zram, the modes its initramfs says it boots; its
   initramfs carries the libraries of the Python extension modules the runtime imports.
-- Debian 13 (dracut-ng, systemd 257, Python 3.13, kernel 6.12) boots from a URL onto zram,
-  embedded onto EROFS, and as stage two of bootc.kexec.
+- Debian 13 (dracut-ng, systemd 257, Python 3.13, kernel 6.12) boots from a URL onto zram
+  (zstd: the planner's zram figure checked against what the device holds), and as stage two of
+  bootc.kexec onto EROFS, fetching the image itself (bootc.kexec.reuse-image=0).
 
 Debian 12 with every mode's packages is tests/test_vm_debian.py; every userland in every mode
 is bench/userlands.
