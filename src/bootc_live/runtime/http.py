@@ -56,7 +56,7 @@ PART = 2 << 20  # what each connection of a ParallelReader fetches at a time
 PARALLEL_MIN = 4 * PART  # bodies up to this size come through one connection
 PIECE = 256 << 10  # the reads a part is made of
 # bootc.connections= default: one. A guest that unpacks no faster than one connection brings a
-# layer loses by more: the boot's unpack took 1.35 x as long through 4 (bench/fetch --boot);
+# layer loses by more: the boot's unpack took 1.35-1.39 x as long through 4 (bench/fetch --boot);
 # where each connection is held to a rate, 4 bring the layer in 0.24 x the time (bench/fetch).
 CONNECTIONS = 1
 HOST_CONNECTIONS = 4  # the host command line's: a host has the CPU for them
