@@ -591,8 +591,8 @@ OPTIONS: tuple[Option, ...] = (
         "bootc.connections=N",
         "Connections a large layer (over 8 MiB) is fetched through at once, over http(s) and "
         "from registries, 2 MiB a connection at a time. For servers that hold each connection "
-        "to a rate (a CDN, a long path); where one connection keeps up with the unpack, more "
-        "only cost CPU.",
+        "to a rate (a CDN, a long path); where the machine's CPU is the bound, more cost more "
+        "than they bring (bench/fetch).",
         "1",
     ),
     Option(

@@ -55,9 +55,9 @@ ERROR_BODY = 4096
 PART = 2 << 20  # what each connection of a ParallelReader fetches at a time
 PARALLEL_MIN = 4 * PART  # bodies up to this size come through one connection
 PIECE = 256 << 10  # the reads a part is made of
-# bootc.connections= default: one. A guest that unpacks no faster than one connection brings a
-# layer loses by more: the boot's unpack took 1.35-1.39 x as long through 4 (bench/fetch --boot);
-# where each connection is held to a rate, 4 bring the layer in 0.24 x the time (bench/fetch).
+# bootc.connections= default: one. A guest whose CPU is the bound loses by more: under TCG the
+# boot's unpack took 1.35-1.39 x as long through 4, 1.28 x even at 25 MB/s a connection
+# (bench/fetch --boot); on the host, at 25 MB/s a connection, 4 took 0.24 x the time.
 CONNECTIONS = 1
 HOST_CONNECTIONS = 4  # the host command line's: a host has the CPU for them
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
