@@ -64,10 +64,15 @@ def asked_path(line: str) -> str:
     return line.split('"', 2)[1].split()[1]
 
 
+def range_of(header: str) -> tuple[int, int]:
+    """[start, end) of a `Range: bytes=FIRST-LAST` header's value."""
+    first, _, last = header[len("bytes=") :].partition("-")
+    return int(first), int(last) + 1
+
+
 def asked_range(line: str) -> tuple[int, int]:
     """[start, end) of the `Range: bytes=FIRST-LAST` of a Nginx.requests() line."""
-    first, _, last = line.split('"bytes=', 1)[1].split('"', 1)[0].partition("-")
-    return int(first), int(last) + 1
+    return range_of("bytes=" + line.split('"bytes=', 1)[1].split('"', 1)[0])
 
 
 def most_at_once(requests: list[str]) -> int:

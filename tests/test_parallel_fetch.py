@@ -26,7 +26,7 @@ from bootc_live.runtime.http import (
     Retrier,
     open_range,
 )
-from servers import Faulty, faulty, nginx
+from servers import Faulty, faulty, nginx, range_of
 
 FAST = Policy(retries=3, stall=5, max_backoff=0.01)
 PART = 16 << 10
@@ -78,11 +78,7 @@ def workers_end(reader: ParallelReader, within: float = 10) -> None:
 
 def ranges(srv: Faulty) -> list[tuple[int, int]]:
     """[start, end) of every ranged request the server got."""
-    out = []
-    for _status, header in srv.log:
-        first, _, last = header[len("bytes=") :].partition("-")
-        out.append((int(first), int(last) + 1))
-    return out
+    return [range_of(header) for _status, header in srv.log]
 
 
 @settings(

@@ -52,7 +52,7 @@ MANIFEST_LIMIT = 4 << 20
 # Small layers are fetched ahead, in parallel, into memory (where latency, not bandwidth,
 # dominates); large ones stream. At most this much is held at once.
 PREFETCH_BUDGET = 32 << 20
-PREFETCH_MAX_BLOB = 8 << 20
+PREFETCH_MAX_BLOB = http.PARALLEL_MIN  # larger layers come through bootc.connections
 PREFETCH_WORKERS = 3
 MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
 # A token request carries the password: asked again only twice, never along a redirect.
