@@ -53,9 +53,12 @@ def ensure(recipe: debian_image.Recipe = debian_image.BOOKWORM) -> debian_image.
     return debian_image.ensure_image(recipe=recipe)
 
 
-def built(image: debian_image.DebianImage, work: Path, pack: str = "none") -> tuple[Path, str]:
+def built(
+    image: debian_image.DebianImage, work: Path, pack: str = "none", *options: str
+) -> tuple[Path, str]:
     """`bootc-live build` of the image in its own userland: the artifacts and what it said
-    (`pack`: build's --pack; none by default, the packed root costs minutes to make)."""
+    (`pack`: build's --pack; none by default, the packed root costs minutes to make; `options`:
+    more of build's options)."""
     print(
         f"image {image.manifest_digest}: kernel {image.kver}, {image.entries} entries, "
         f"{image.unpacked_bytes / 1e6:.0f} MB unpacked, {image.compressed_bytes / 1e6:.0f} MB "
@@ -64,7 +67,7 @@ def built(image: debian_image.DebianImage, work: Path, pack: str = "none") -> tu
     out = work / "artifacts"
     # TMPDIR set on purpose: the host's environment must not leak into the image's chroot.
     made: subprocess.CompletedProcess[str] = bootc_live(
-        "build", image.source, "-o", os.fspath(out), "--pack", pack, tmpdir=work
+        "build", image.source, "-o", os.fspath(out), "--pack", pack, *options, tmpdir=work
     )
     assert made.returncode == 0, f"bootc-live build failed:\n{tail(made.stderr)}"
     return out, made.stderr

@@ -3,7 +3,7 @@
 The demo image's artifacts (host kernel and dracut) carry packed.img and cmdline-packed.txt; the
 live system reports what it sees, its status says what was mounted, and a tampered byte, a wrong
 pin and a kernel that cannot load the filesystem each stop the boot with one line. (The Debian
-image's packed root, EROFS, boots in test_vm_debian.)
+image's packed root, EROFS, boots appended, from a URL and from the registry in test_vm_debian.)
 """
 
 from __future__ import annotations
