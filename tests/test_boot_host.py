@@ -20,6 +20,7 @@ from bootc_live.runtime import (
     boot,
     kexec,
     memory,
+    modules,
     mounts,
     policy,
     roots,
@@ -200,6 +201,31 @@ def boot_with(layout: Path, tmp: Path, args: str) -> tuple[int, dict[str, Any]]:
     argv = [f"root=bootc-live:{copy}", "bootc.keep-modules", *args.split()]
     code = boot.main(["boot", str(tmp / "newroot")], lambda: parse(argv))
     return code, json.loads((tmp / "run/status.json").read_text())
+
+
+@pytest.mark.parametrize("was, lowered", [(45056, True), (5000, False)])
+def test_the_reserve_transparent_hugepages_raised_goes_to_the_root(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    was: int,
+    lowered: bool,
+) -> None:
+    """In the initramfs, vm.min_free_kbytes above the kernel's own reserve for the RAM (as
+    khugepaged raises it) is set back to that before the root is planned; the status says so.
+    A value no higher is left alone."""
+    knob = tmp_path / "min_free_kbytes"
+    knob.write_text(f"{was}\n")
+    monkeypatch.setattr(memory, "MIN_FREE_KBYTES", str(knob))
+    monkeypatch.setattr(modules, "in_initramfs", lambda: True)
+    monkeypatch.setattr(modules, "MODULES_DIR", str(tmp_path / "no-modules"))
+    code, status = boot_with(layout, tmp_path, "")
+    assert code == 0 and status["state"] == "ready", status
+    base = 8192  # the square root of 16 x 4 GiB in KiB
+    assert memory.base_min_free_kbytes(TOTAL) == base
+    assert int(knob.read_text()) == (base if lowered else was)
+    assert status["min_free_kbytes"] == ([was, base] if lowered else None)
 
 
 @pytest.mark.parametrize("options", list(OPTIONS))

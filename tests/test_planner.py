@@ -150,3 +150,67 @@ def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> N
     assert "MiB in zram (zstd) for 300 MiB of zstd pages and about " in line
     assert line.count("(recorded by bootc-live build)") == 1
     memory.check(measured, Memory(8 << 30, have), blobs_freed=False, mode=zstd)
+
+
+# A /proc/meminfo as a guest (Debian 12's kernel, 1280 MiB) has it before the image comes, trimmed.
+GUEST_MEMINFO = """\
+MemTotal:        1246052 kB
+MemFree:          962332 kB
+MemAvailable:     994548 kB
+Buffers:               0 kB
+Cached:           176544 kB
+Unevictable:      118960 kB
+Mlocked:               0 kB
+AnonPages:         28840 kB
+Shmem:             11488 kB
+KReclaimable:      14400 kB
+Slab:              36224 kB
+SReclaimable:      14400 kB
+SUnreclaim:        21824 kB
+KernelStack:        2688 kB
+PageTables:         1444 kB
+VmallocUsed:       12608 kB
+Percpu:             1536 kB
+HugePages_Total:       0
+Hugepagesize:       2048 kB
+"""
+
+
+def test_what_holds_the_memory_in_use(tmp_path: Path) -> None:
+    """The status's breakdown of the memory in use: each part from its meminfo fields, the
+    rest named `other`, the whole MemTotal - MemAvailable."""
+    path = tmp_path / "meminfo"
+    path.write_text(GUEST_MEMINFO)
+    parts = memory.in_use_by(str(path))
+    assert parts == {
+        "in_use": (1246052 - 994548) * 1024,
+        "initramfs_files": 118960 * 1024,
+        "tmpfs": 11488 * 1024,
+        "processes": 28840 * 1024,
+        "kernel": (21824 + 2688 + 1444 + 1536 + 12608) * 1024,
+        "other": (1246052 - 994548 - 118960 - 11488 - 28840 - 40100) * 1024,
+    }
+    # HugePages_Total counts pages, not kB; Memory.read still takes MemTotal and MemAvailable.
+    assert memory.meminfo(str(path))["HugePages_Total"] == 0
+    assert Memory.read(str(path)) == Memory(1246052 * 1024, 994548 * 1024)
+
+
+@pytest.mark.parametrize(
+    "total, kib",
+    [
+        (1267699712, 4450),  # the 1280 MiB guest's MemTotal: isqrt(1237988 x 16)
+        (4096 * MIB, 8192),
+        (1 * MIB, 128),  # the floor
+        (8 << 40, 262144),  # the ceiling (8 TiB would give 370727)
+    ],
+)
+def test_the_kernels_own_reserve(total: int, kib: int) -> None:
+    assert memory.base_min_free_kbytes(total) == kib
+
+
+def test_a_reserve_that_cannot_be_read_is_left_alone(tmp_path: Path) -> None:
+    knob = tmp_path / "min_free_kbytes"
+    assert memory.lower_min_free(4096 * MIB, str(knob)) is None  # missing
+    knob.write_text("many\n")
+    assert memory.lower_min_free(4096 * MIB, str(knob)) is None
+    assert knob.read_text() == "many\n"

@@ -245,6 +245,7 @@ def packed_progress(source: packed.PackedSource, report: Report) -> packed.Fetch
 def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> memory.Memory:
     """Stop now, with the figures, unless the packed root and its overlays (on a zram device
     with bootc.zram) fit in memory."""
+    reserve = lower_reserve(report)
     mem = memory.Memory.read()
     stored = source.storing_takes
     need, what = memory.check_packed(mem, source.size, stored, source.description, spec.mode)
@@ -262,8 +263,26 @@ def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> 
         compressor=fs.compressor if fs else None,
         need=need,
         available=have,
+        memory_in_use=memory.in_use_by(),
+        min_free_kbytes=reserve,
     )
     return mem
+
+
+def lower_reserve(report: Report) -> list[int] | None:
+    """In the initramfs, the kernel's own free-memory reserve instead of the one transparent
+    hugepages raised (memory.lower_min_free): [was, now] in KiB, None if left as it was."""
+    if not modules.in_initramfs():
+        return None
+    lowered = memory.lower_min_free(memory.Memory.read().total)
+    if lowered is None:
+        return None
+    was, now = lowered
+    report.say(
+        f"vm.min_free_kbytes {was} -> {now}: {(was - now) >> 10} MiB more for the root (the "
+        "kernel's reserve for this RAM; transparent hugepages had raised it)"
+    )
+    return [was, now]
 
 
 def resolve_and_trust(spec: BootSpec, source: ImageSource, report: Report) -> Image:
@@ -377,6 +396,7 @@ class Plan:
 def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report) -> Plan:
     """Stop now, naming a mode that would fit, unless the image fits in the mode asked for."""
     unused = unused_modules(spec)
+    reserve = lower_reserve(report)
     mem = memory.Memory.read()
     # The modules freed once the root is prepared count as available now (less the few the
     # root loads itself: a MiB or two, within memory.RESERVE).
@@ -403,6 +423,8 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         need=need.peak,
         available=have,
         modules_unused_bytes=unused.size,
+        memory_in_use=memory.in_use_by(),
+        min_free_kbytes=reserve,
     )
     return Plan(mem, unused, need)
 

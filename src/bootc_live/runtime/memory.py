@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -30,6 +31,18 @@ class NotEnoughMemory(BootcLiveError):
     """The machine has too little memory for the image in the chosen mode."""
 
 
+def meminfo(path: str | None = None) -> dict[str, int]:
+    """/proc/meminfo's fields, in bytes (the few counted in pages, HugePages_*, as they are)."""
+    values = {}
+    with open(path or MEMINFO, encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            words = rest.split()
+            if words and words[0].isdigit():
+                values[key] = int(words[0]) * (1024 if words[1:] == ["kB"] else 1)
+    return values
+
+
 @dataclass(frozen=True)
 class Memory:
     """What /proc/meminfo says."""
@@ -39,12 +52,63 @@ class Memory:
 
     @classmethod
     def read(cls, path: str | None = None) -> Memory:
-        values = {}
-        with open(path or MEMINFO, encoding="ascii") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                values[key] = int(rest.split()[0]) * 1024
+        values = meminfo(path)
         return cls(values["MemTotal"], values.get("MemAvailable", values["MemFree"]))
+
+
+MIN_FREE_KBYTES = "/proc/sys/vm/min_free_kbytes"  # a module global, as MEMINFO
+
+
+def base_min_free_kbytes(total: int) -> int:
+    """The free-memory reserve the kernel sets for `total` bytes of RAM (mm/page_alloc.c:
+    the square root of 16 x its KiB, within 128 KiB and 256 MiB): about 4.5 MiB for 1.2 GiB."""
+    return min(max(math.isqrt((total >> 10) * 16), 128), 262144)
+
+
+def lower_min_free(total: int, path: str | None = None) -> tuple[int, int] | None:
+    """Give the reserve transparent hugepages add back to the root: with THP on (Debian's
+    kernels: madvise), khugepaged raises vm.min_free_kbytes to keep 2 MiB blocks free for
+    compaction (44 MiB on a 1.2 GiB machine), and the kernel keeps free about 1.5 x that
+    (MemAvailable leaves it out). A live root lives in RAM that no swap or page cache can give
+    back, so the kernel's own reserve for the machine's RAM is set instead, for the boot and the
+    system after it (the image's sysctl.d may set vm.min_free_kbytes again). (was, now) in KiB
+    when lowered; None when it was no higher, or cannot be written."""
+    target = path or MIN_FREE_KBYTES
+    try:
+        with open(target, encoding="ascii") as f:
+            was = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    now = base_min_free_kbytes(total)
+    if was <= now:
+        return None
+    try:
+        with open(target, "w", encoding="ascii") as f:
+            f.write(f"{now}\n")
+    except OSError:
+        return None
+    return was, now
+
+
+# What holds the memory in use (MemTotal - MemAvailable), by meminfo's fields: the initramfs's
+# files sit in a ramfs, whose pages the kernel keeps off the reclaimable lists (Unevictable);
+# /run and the journal in tmpfs (Shmem); the processes' own memory (AnonPages); the kernel's.
+IN_USE_BY = {
+    "initramfs_files": ("Unevictable",),
+    "tmpfs": ("Shmem",),
+    "processes": ("AnonPages",),
+    "kernel": ("SUnreclaim", "KernelStack", "PageTables", "Percpu", "VmallocUsed"),
+}
+
+
+def in_use_by(path: str | None = None) -> dict[str, int]:
+    """The memory in use now, and what holds it (IN_USE_BY; `other`: the rest, such as page
+    cache the kernel would not give up, and reclaimable slab it counts as available only in
+    part): for the status, so that a boot says where its memory went before the image came."""
+    values = meminfo(path)
+    in_use = values["MemTotal"] - values.get("MemAvailable", values["MemFree"])
+    parts = {name: sum(values.get(k, 0) for k in keys) for name, keys in IN_USE_BY.items()}
+    return {"in_use": in_use, **parts, "other": in_use - sum(parts.values())}
 
 
 @dataclass(frozen=True)
