@@ -91,6 +91,9 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(f"MemTotal: {TOTAL >> 10} kB\nMemFree: 1 kB\nMemAvailable: 3000000 kB\n")
     monkeypatch.setattr(memory, "MEMINFO", str(meminfo))
+    knob = tmp_path / "min_free_kbytes"  # never the host's, whatever a test makes of the boot
+    knob.write_text("4000\n")
+    monkeypatch.setattr(memory, "MIN_FREE_KBYTES", str(knob))
     zram0 = tmp_path / "sys/block/zram0"
     zram0.mkdir(parents=True)
     (zram0 / "disksize").write_text("0\n")
@@ -203,24 +206,36 @@ def boot_with(layout: Path, tmp: Path, args: str) -> tuple[int, dict[str, Any]]:
     return code, json.loads((tmp / "run/status.json").read_text())
 
 
-@pytest.mark.parametrize("was, lowered", [(45056, True), (5000, False)])
+@pytest.mark.parametrize(
+    "was, thp, option, lowered",
+    [
+        (45056, "always [madvise] never", "", True),
+        (5000, "always [madvise] never", "", False),  # no higher than the kernel's
+        (45056, "always madvise [never]", "", False),  # THP off: it was set so
+        (45056, "[always] madvise never", "sysctl.vm.min_free_kbytes=45056", False),
+    ],
+)
 def test_the_reserve_transparent_hugepages_raised_goes_to_the_root(
     system: System,
     layout: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     was: int,
+    thp: str,
+    option: str,
     lowered: bool,
 ) -> None:
-    """In the initramfs, vm.min_free_kbytes above the kernel's own reserve for the RAM (as
-    khugepaged raises it) is set back to that before the root is planned; the status says so.
-    A value no higher is left alone."""
+    """In the initramfs, vm.min_free_kbytes above the kernel's own reserve for the RAM, with
+    transparent hugepages on (khugepaged raises it), is set back to that before the root is
+    planned; the status says so. Otherwise, or set on the command line, it is left alone."""
     knob = tmp_path / "min_free_kbytes"
     knob.write_text(f"{was}\n")
+    (tmp_path / "thp").write_text(thp + "\n")
     monkeypatch.setattr(memory, "MIN_FREE_KBYTES", str(knob))
+    monkeypatch.setattr(memory, "THP_ENABLED", str(tmp_path / "thp"))
     monkeypatch.setattr(modules, "in_initramfs", lambda: True)
     monkeypatch.setattr(modules, "MODULES_DIR", str(tmp_path / "no-modules"))
-    code, status = boot_with(layout, tmp_path, "")
+    code, status = boot_with(layout, tmp_path, option)
     assert code == 0 and status["state"] == "ready", status
     base = 8192  # the square root of 16 x 4 GiB in KiB
     assert memory.base_min_free_kbytes(TOTAL) == base
@@ -364,7 +379,8 @@ def test_the_status_lines_follow_the_states_and_carry_status_json(
     assert states[-1] == final
     assert final["root"] == {"mode": "tmpfs"} and final["entries"] == 5
     assert final["manifest"].startswith("sha256:") and final["layers"] == 1
-    assert final["available"] == 3000000 * 1024 - memory.RESERVE
+    assert final["available"] == 3000000 * 1024 - memory.UNPACK_RESERVE
+    assert final["reserve"] == memory.UNPACK_RESERVE  # an embedded image: nothing held ahead
     assert final["modules_freed"] == 0 and final["mode"] == "tmpfs"
 
 

@@ -126,7 +126,7 @@ def test_split_layout_and_archive_hold_the_verified_image(
     source = LayoutSource(str(layout), consume=True)
     split_image = resolve(source, label="v1")
     assert split_image.manifest_digest == info.manifest_digest
-    assert memory.estimate(split_image).how == "recorded by bootc-live build"
+    assert memory.estimate(split_image).how == "from the layer sizes bootc-live build recorded"
     root = tmp_path / "root"
     root.mkdir()
     unpack_image(split_image, str(root))
@@ -161,17 +161,22 @@ def test_kernel_is_the_highest_version(tmp_path: Path) -> None:
         build_mod.find_kernel(tmp_path, "7.0")
 
 
-def test_the_index_records_the_zram_figure_and_a_handover_keeps_it(tmp_path: Path) -> None:
+def test_the_index_records_the_zram_and_tmpfs_figures_a_handover_keeps(tmp_path: Path) -> None:
     build_layout(tmp_path / "img", LAYERS, tag="v1")
     image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
-    index = build_mod.index_json(image, "v1", [1, 2], 12345)
+    index = build_mod.index_json(image, "v1", [1, 2], 12345, tmpfs=300 << 20)
     (tmp_path / "img/index.json").write_bytes(index)
     recorded = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
     assert memory.recorded_zram(recorded) == 12345
-    # A layout made from it (a kexec handover, `pull`) keeps both figures.
+    # The tmpfs figure is what the planner takes, with 1 % for other kernels' slab sizes.
+    assert memory.estimate(recorded) == memory.Estimate(
+        (300 << 20) * 101 // 100, "recorded by bootc-live build"
+    )
+    # A layout made from it (a kexec handover, `pull`) keeps the figures.
     again = json.loads(handover.index_json(recorded, "handover", None))["manifests"][0]
     assert again["annotations"][memory.ZRAM_ANNOTATION] == "12345"
     assert again["annotations"][memory.SIZES_ANNOTATION] == "1,2"
+    assert again["annotations"][memory.TMPFS_ANNOTATION] == str(300 << 20)
     assert memory.recorded_zram(image) is None
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import memory
-from bootc_live.runtime.cmdline import TMPFS, RootMode
+from bootc_live.runtime import boot, http, memory, registry
+from bootc_live.runtime.cmdline import TMPFS, RootMode, parse
 from bootc_live.runtime.memory import MIB, Memory, NotEnoughMemory
 from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.sources import LayoutSource
@@ -25,8 +25,10 @@ def image_of(tmp_path: Path, recorded: list[int] | None = None, compression: str
     image = resolve(LayoutSource(str(tmp_path / "img")))
     if recorded is None:
         return image
+    # what build records: the layers' sizes, and what the root takes in a tmpfs
     sizes = ",".join(map(str, recorded))
-    return replace(image, index_annotations={memory.SIZES_ANNOTATION: sizes})
+    annotations = {memory.SIZES_ANNOTATION: sizes, memory.TMPFS_ANNOTATION: str(sum(recorded))}
+    return replace(image, index_annotations=annotations)
 
 
 def failure(image: Image, available: int, mode: RootMode = TMPFS, freed: bool = False) -> str:
@@ -37,16 +39,23 @@ def failure(image: Image, available: int, mode: RootMode = TMPFS, freed: bool = 
 
 
 def test_the_tmpfs_shortfall_is_named_and_zram_suggested(tmp_path: Path) -> None:
-    image = image_of(tmp_path, [1000 * MIB, 500 * MIB])  # big and compressible, as recorded
+    # big and compressible, as build measured it
+    image = replace(image_of(tmp_path), index_annotations={memory.TMPFS_ANNOTATION: "1500000000"})
     est = memory.estimate(image)
-    assert est.how == "recorded by bootc-live build" and est.unpacked > 1500 * MIB
-    available = est.unpacked + memory.RESERVE - MIB  # just short
+    assert est == memory.Estimate(1515000000, "recorded by bootc-live build")
+    # An image built before build measured that: its layers' tar sizes, 5 % and 16 MiB more.
+    older = image_of(tmp_path / "older", [1000 * MIB, 500 * MIB])
+    older = replace(older, index_annotations={memory.SIZES_ANNOTATION: f"{1000 * MIB},{500 * MIB}"})
+    assert memory.estimate(older) == memory.Estimate(
+        1575 * MIB + 16 * MIB, "from the layer sizes bootc-live build recorded"
+    )
+    available = est.unpacked + memory.UNPACK_RESERVE - MIB  # just short
     line = failure(image, available)
     need = memory.need(image, TMPFS, est).peak
     zram = memory.need(image, RootMode.zram(memory.zram_device_size(est), "zstd"), est)
     assert line == (
         f"not enough memory: image needs {-(-need // MIB)} MiB unpacked (recorded by bootc-live "
-        f"build), {(available - memory.RESERVE) // MIB} MiB available; add RAM or use "
+        f"build), {(available - memory.UNPACK_RESERVE) // MIB} MiB available; add RAM or use "
         f"bootc.zram={zram.device // MIB}M bootc.zram.algorithm=zstd: it needs about "
         f"{-(-zram.peak // MIB)} MiB"
     )
@@ -71,7 +80,7 @@ def test_blobs_freed_while_unpacking_count_as_available(tmp_path: Path) -> None:
     image = image_of(tmp_path, compression="zstd")
     est = memory.estimate(image)
     assert est.how.startswith("3x the compressed size")
-    mem = Memory(total=1 << 30, available=est.unpacked + memory.RESERVE - 1)
+    mem = Memory(total=1 << 30, available=est.unpacked + memory.UNPACK_RESERVE - 1)
     assert "not enough memory: image needs" in failure(image, mem.available)
     # Embedded blobs are deleted as their layers are applied: all but the largest come back.
     memory.check(image, mem, blobs_freed=True)
@@ -98,7 +107,7 @@ def test_erofs_needs_the_tree_and_its_image_at_the_peak(tmp_path: Path) -> None:
     assert plain.peak == 2 * est.unpacked
     assert est.unpacked < packed.peak < plain.peak
     assert packed.steady < plain.steady < plain.peak
-    line = failure(image, est.unpacked + memory.RESERVE, RootMode("erofs"))
+    line = failure(image, est.unpacked + memory.UNPACK_RESERVE, RootMode("erofs"))
     assert line.startswith(f"not enough memory: image needs {-(-plain.peak // MIB)} MiB for EROFS")
     # The tmpfs root fits in that memory and is named as the way out; zram needs even less.
     zram = memory.need(image, RootMode.zram(memory.zram_device_size(est), "zstd"), est)
@@ -114,7 +123,7 @@ def test_when_nothing_fits_the_missing_memory_is_named(tmp_path: Path) -> None:
     least = memory.alternatives(image, est)[0]
     assert least.mode.kind == "zram"
     have = 10 * MIB
-    line = failure(image, have + memory.RESERVE)
+    line = failure(image, have + memory.UNPACK_RESERVE)
     assert line.endswith(
         f"; add RAM: even {least.mode.option()} needs about {-(-least.peak // MIB)} MiB, "
         f"{-(-(least.peak - have) // MIB)} MiB more than there is"
@@ -145,7 +154,7 @@ def test_zram_is_planned_from_the_zstd_pages_build_recorded(tmp_path: Path) -> N
         == int(300 * MIB * memory.ZRAM_OVERHEAD * factor) + margin
     )
     # The recorded figure decides the early stop: 1 MiB short of it fails, naming it.
-    have = planned.peak + memory.RESERVE
+    have = planned.peak + memory.UNPACK_RESERVE
     line = failure(measured, have - MIB, zstd)
     assert "MiB in zram (zstd) for 300 MiB of zstd pages and about " in line
     assert line.count("(recorded by bootc-live build)") == 1
@@ -209,8 +218,43 @@ def test_the_kernels_own_reserve(total: int, kib: int) -> None:
 
 
 def test_a_reserve_that_cannot_be_read_is_left_alone(tmp_path: Path) -> None:
-    knob = tmp_path / "min_free_kbytes"
-    assert memory.lower_min_free(4096 * MIB, str(knob)) is None  # missing
+    knob, thp = tmp_path / "min_free_kbytes", tmp_path / "enabled"
+    thp.write_text("always [madvise] never\n")
+    assert memory.lower_min_free(4096 * MIB, str(knob), str(thp)) is None  # missing
     knob.write_text("many\n")
-    assert memory.lower_min_free(4096 * MIB, str(knob)) is None
+    assert memory.lower_min_free(4096 * MIB, str(knob), str(thp)) is None
     assert knob.read_text() == "many\n"
+    # A kernel without transparent hugepages: nothing raised it.
+    knob.write_text("45056\n")
+    assert memory.lower_min_free(4096 * MIB, str(knob), str(tmp_path / "none")) is None
+    assert knob.read_text() == "45056\n"
+
+
+@pytest.mark.parametrize(
+    "root, options, sizes, ahead",
+    [
+        ("/bootc-live/image", "", [100 * MIB], 0),  # in the initramfs: nothing fetched
+        ("http://10.0.2.100/root.oci", "", [100 * MIB], 0),  # one connection: no parts
+        ("http://10.0.2.100/root.oci", "bootc.connections=4", [100 * MIB], 5 * http.PART),
+        ("http://10.0.2.100/root.oci", "bootc.connections=4", [MIB, 2 * MIB], 0),  # no part
+        # a registry: the small layers after the first come ahead, twice while joined
+        ("docker://10.0.2.100:5000/demo:v1", "", [100 * MIB, MIB, 3 * MIB], 8 * MIB),
+        ("docker://10.0.2.100:5000/demo:v1", "", [MIB, 100 * MIB], 0),
+        ("docker://10.0.2.100:5000/demo:v1", "", [MIB] + [6 * MIB] * 20, registry.PREFETCH_HELD),
+        (
+            "docker://10.0.2.100:5000/demo:v1",
+            "bootc.connections=8",
+            [100 * MIB, MIB],
+            2 * MIB + 9 * http.PART,
+        ),
+    ],
+)
+def test_what_a_source_holds_ahead_is_planned(
+    tmp_path: Path, root: str, options: str, sizes: list[int], ahead: int
+) -> None:
+    """The unpack's reserve grows by what the source may hold ahead of it: the parts of
+    bootc.connections (one more than the connections), a registry's fetch-ahead."""
+    image = image_of(tmp_path)
+    layers = [replace(image.layers[0], size=size) for size in sizes]
+    spec = parse(f"root=bootc-live:{root} {options}".split())
+    assert boot.held_ahead(spec, replace(image, layers=layers)) == ahead

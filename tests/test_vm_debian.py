@@ -24,7 +24,9 @@ import pytest
 import debian_image
 import kexec_image
 from bootc_live.demo import host_kernel
-from bootc_live.runtime import http, packedreg
+from bootc_live.runtime import http, memory, packedreg
+from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.sources import ArchiveSource
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
 from debian_boot import (
     BOOT_TIMEOUT,
@@ -121,15 +123,25 @@ def test_debian_systemd_image_boots_live_from_a_url_with_1280_mib(
     # What held the memory in use when the root was planned: the initramfs's files (its unused
     # modules among them, freed next) in its ramfs, the processes, the kernel.
     planned = [s for s in statuses(result.output) if s["state"] == "planned"][-1]
-    parts = planned["memory_in_use"]
-    print("in use when planned (MiB): " + ", ".join(f"{k} {v >> 20}" for k, v in parts.items()))
-    assert parts["initramfs_files"] > planned["modules_unused_bytes"] > 0, planned
-    assert parts["processes"] > 0 and parts["kernel"] > 0, parts
+    in_use = planned["memory_in_use"]
+    print("in use when planned (MiB): " + ", ".join(f"{k} {v >> 20}" for k, v in in_use.items()))
+    assert in_use["initramfs_files"] > planned["modules_unused_bytes"] > 0, planned
+    assert in_use["processes"] > 0 and in_use["kernel"] > 0, in_use
     # Debian's kernel has transparent hugepages on (madvise): khugepaged had raised the free
     # memory reserve, and the boot set it back to the kernel's own for this RAM.
     was, now = planned["min_free_kbytes"]
     print(f"vm.min_free_kbytes {was} -> {now}")
     assert was > 2 * now and now < 8192, planned
+    # The planner's basis holds: it planned from what build measured the root takes in a tmpfs,
+    # and what the fetch and unpack added to the memory in use (the modules freed aside) stayed
+    # within that and its reserve (the parts of the four connections in it).
+    archive = resolve(ArchiveSource(os.fspath(artifacts / "root.oci")))
+    recorded = int(archive.index_annotations[memory.TMPFS_ANNOTATION])
+    assert planned["unpacked_estimate"] == recorded * 101 // 100, planned
+    added = ready["peak_memory"] - (in_use["in_use"] - planned["modules_unused_bytes"])
+    print(f"the root and the unpack added {added >> 20} MiB; build measured {recorded >> 20} MiB")
+    assert planned["reserve"] == memory.UNPACK_RESERVE + 5 * http.PART, planned
+    assert 0.9 * recorded < added <= planned["need"] + planned["reserve"]
 
 
 def test_debian_image_boots_on_erofs(

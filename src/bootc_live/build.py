@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import carried, dracut, hostpolicy, pack, scratch, selfcheck, zramsize
+from . import carried, dracut, footprint, hostpolicy, pack, scratch, selfcheck, zramsize
 from .describe import describe
 from .hostpolicy import TrustOptions
 from .images import SourceRef
@@ -78,12 +78,21 @@ def build(config: BuildConfig) -> Path:
         scratch.track(tmp)
         tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
-            kver, sizes, zram, packed = make_kernel_and_initramfs(
+            kver, figures, packed = make_kernel_and_initramfs(
                 config, image, tmp, Path(work), trusted
             )
         entries, documents = carried.entries(image, checked.found)
         recorded = packed.annotations() if packed else None
-        index = index_json(image, label, sizes, zram, image.top, entries, recorded)
+        index = index_json(
+            image,
+            label,
+            figures.sizes,
+            figures.zram,
+            image.top,
+            entries,
+            recorded,
+            tmpfs=figures.tmpfs,
+        )
         with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
             with open(tmp / "rootfs.img", "wb") as out:
                 write_split_layout(image, index, out, documents)
@@ -215,19 +224,27 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
     return best, found[best]
 
 
+@dataclass(frozen=True)
+class Figures:
+    """What build measured of the image, for the RAM planner (recorded in index.json)."""
+
+    sizes: list[int]  # each layer's unpacked tar stream
+    zram: int | None  # the files as zstd pages (zramsize); None without zstandard
+    tmpfs: int  # what the root takes in a tmpfs (footprint)
+
+
 def make_kernel_and_initramfs(
     config: BuildConfig,
     image: Image,
     out: Path,
     work: Path,
     trusted: Sequence[tuple[Path, str]] = (),
-) -> tuple[str, list[int], int | None, Packed | None]:
+) -> tuple[str, Figures, Packed | None]:
     """vmlinuz, initrd.img and packed.img: from the image's own userland, or from the host
     (--host).
 
-    Either way every blob and diff_id is verified once; returns the kernel version, each
-    layer's unpacked size, what the files take in zram (None without zstandard), and the
-    packed root (None with --pack none).
+    Either way every blob and diff_id is verified once; returns the kernel version, the
+    figures measured, and the packed root (None with --pack none).
     """
     progress = bytes_progress(image.compressed_size, len(image.layers))
     if config.host:
@@ -245,11 +262,15 @@ def make_kernel_and_initramfs(
                 f"the image has no kernel (looked in {kernels.KERNEL_PLACES}): the artifacts "
                 f"boot it with the host's {kver}, whose modules it lacks"
             )
-        return kver, facts.layer_sizes or [], facts.zram, packed
+        assert facts.tmpfs is not None  # describe measured it
+        return kver, Figures(facts.layer_sizes or [], facts.zram, facts.tmpfs), packed
     root = work / "root"
     root.mkdir()
     unpacked_at = root.stat().st_mtime_ns  # by the file system's clock, as the tree's dates
-    stats = unpack_image(image, str(root), progress=progress, warn=lambda _m: None)
+    tmpfs = footprint.TmpfsMeter()
+    stats = unpack_image(
+        image, str(root), progress=progress, warn=lambda _m: None, observe=tmpfs.add
+    )
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
     # Before dracut writes into the tree (its modules, its staging in /var/tmp).
@@ -260,7 +281,7 @@ def make_kernel_and_initramfs(
         )
     check(out / "initrd.img", root, work)
     zram = zramsize.of_tree(root) if zramsize.available() else None
-    return kver, stats.layer_sizes, zram, packed
+    return kver, Figures(stats.layer_sizes, zram, tmpfs.total), packed
 
 
 def make_packed(

@@ -390,7 +390,10 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
         image = dataclasses.replace(image, index_annotations=recorded)
     as_pages = "" if zram is None else f", {zram / MIB:.0f} MiB as zstd pages (zram)"
     if facts.kernels is not None:
-        how = f"measured {sum(facts.layer_sizes or ()) / MIB:.0f} MiB unpacked{as_pages}"
+        how = f"measured {sum(facts.layer_sizes or ()) / MIB:.0f} MiB unpacked"
+        if facts.tmpfs is not None:
+            how += f" ({facts.tmpfs / MIB:.0f} MiB in a tmpfs)"
+        how += as_pages
     else:
         how = f"about {facts.estimate.unpacked / MIB:.0f} MiB unpacked ({facts.estimate.how})"
         how += as_pages or ", no zram figure recorded (--measure measures one)"

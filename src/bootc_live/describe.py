@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from . import zramsize
+from . import footprint, zramsize
 from .runtime import kernels, memory
 from .runtime.oci import Image
 from .runtime.streams import ChunkStream
@@ -20,6 +20,7 @@ class Description:
     kernels: list[str] | None  # None: not measured
     estimate: memory.Estimate
     zram: int | None  # the files as zstd pages (zramsize), summed over the layers
+    tmpfs: int | None  # what the root takes in a tmpfs (footprint), summed likewise
 
 
 def recorded(image: Image) -> Description:
@@ -32,6 +33,7 @@ def recorded(image: Image) -> Description:
         None,
         memory.estimate(image),
         None,
+        None,
     )
 
 
@@ -42,6 +44,7 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
     notes: list[list[tuple[bytes, bool]]] = []  # each layer's entries that name kernels or hide
     sizes: list[int] = []
     meter = zramsize.PageMeter() if zramsize.available() else None
+    tmpfs = footprint.TmpfsMeter()
     for index in range(len(image.layers)):
         size = 0
         fetched = sum(layer.size for layer in image.layers[:index])
@@ -59,6 +62,7 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
         stream = ChunkStream(counted())  # type: ignore[arg-type]
         layer_notes: list[tuple[bytes, bool]] = []
         for entry in read_entries(stream):
+            tmpfs.add(entry)
             if entry.kind == REGULAR:
                 if meter is None:
                     stream.skip(entry.size)
@@ -74,7 +78,11 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
         for name, regular in layer_notes:
             finder.entry(name, regular)
         finder.end_layer()
-    annotated = {**image.index_annotations, memory.SIZES_ANNOTATION: ",".join(map(str, sizes))}
+    annotated = {
+        **image.index_annotations,
+        memory.SIZES_ANNOTATION: ",".join(map(str, sizes)),
+        memory.TMPFS_ANNOTATION: str(tmpfs.total),
+    }
     estimate = memory.estimate(replace(image, index_annotations=annotated))
     zram = None if meter is None else meter.total
-    return Description(sizes, finder.kernels(), estimate, zram)
+    return Description(sizes, finder.kernels(), estimate, zram, tmpfs.total)

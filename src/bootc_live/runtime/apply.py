@@ -103,9 +103,15 @@ def _rmtree(dir_fd: int, name: bytes) -> None:
 class Applier:
     """Applies layer tar streams, in order, onto the directory `root`."""
 
-    def __init__(self, root: str, warn: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        root: str,
+        warn: Callable[[str], None],
+        observe: Callable[[TarEntry], None] | None = None,
+    ) -> None:
         self.root_fd = os.open(root, _DIR_FLAGS)
         self._warn = warn
+        self._observe = observe  # told of every entry, before it is applied
         self._warned: set[str] = set()
         # Resolved directories: lexical key -> (descriptor, real key: where it is in the root)
         self._dirs: OrderedDict[Key, tuple[int, Key]] = OrderedDict()
@@ -128,6 +134,8 @@ class Applier:
         self._touched = set()
         self._dir_times = {}
         for entry in read_entries(stream):
+            if self._observe is not None:
+                self._observe(entry)
             key = clean(entry.name)
             self._close_stale()
             try:

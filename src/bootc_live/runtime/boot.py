@@ -245,7 +245,7 @@ def packed_progress(source: packed.PackedSource, report: Report) -> packed.Fetch
 def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> memory.Memory:
     """Stop now, with the figures, unless the packed root and its overlays (on a zram device
     with bootc.zram) fit in memory."""
-    reserve = lower_reserve(report)
+    reserve = lower_reserve(spec, report)
     mem = memory.Memory.read()
     stored = source.storing_takes
     need, what = memory.check_packed(mem, source.size, stored, source.description, spec.mode)
@@ -269,10 +269,11 @@ def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> 
     return mem
 
 
-def lower_reserve(report: Report) -> list[int] | None:
+def lower_reserve(spec: BootSpec, report: Report) -> list[int] | None:
     """In the initramfs, the kernel's own free-memory reserve instead of the one transparent
-    hugepages raised (memory.lower_min_free): [was, now] in KiB, None if left as it was."""
-    if not modules.in_initramfs():
+    hugepages raised (memory.lower_min_free): [was, now] in KiB, None if left as it was (also
+    when the command line sets it: sysctl.vm.min_free_kbytes=)."""
+    if not modules.in_initramfs() or "sysctl.vm.min_free_kbytes" in spec.extra:
         return None
     lowered = memory.lower_min_free(memory.Memory.read().total)
     if lowered is None:
@@ -396,14 +397,15 @@ class Plan:
 def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report) -> Plan:
     """Stop now, naming a mode that would fit, unless the image fits in the mode asked for."""
     unused = unused_modules(spec)
-    reserve = lower_reserve(report)
+    reserve = lower_reserve(spec, report)
     mem = memory.Memory.read()
     # The modules freed once the root is prepared count as available now (less the few the
-    # root loads itself: a MiB or two, within memory.RESERVE).
+    # root loads itself: a MiB or two, within memory.UNPACK_RESERVE).
     mem = replace(mem, available=mem.available + unused.size)
     consumed = isinstance(source, LayoutSource) and source.consume
-    est, need = memory.check(image, mem, blobs_freed=consumed, mode=spec.mode)
-    have = memory.available(mem, image, blobs_freed=consumed)
+    ahead = held_ahead(spec, image)
+    est, need = memory.check(image, mem, blobs_freed=consumed, mode=spec.mode, ahead=ahead)
+    have = memory.available(mem, image, blobs_freed=consumed, ahead=ahead)
     report.say(
         f"image {image.manifest_digest}: {len(image.layers)} layers, "
         f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
@@ -422,11 +424,32 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         mode=spec.mode.kind,
         need=need.peak,
         available=have,
+        reserve=memory.UNPACK_RESERVE + ahead,
         modules_unused_bytes=unused.size,
         memory_in_use=memory.in_use_by(),
         min_free_kbytes=reserve,
     )
     return Plan(mem, unused, need)
+
+
+def held_ahead(spec: BootSpec, image: Image) -> int:
+    """What a remote source holds ahead of the unpack, at most: the parts of a layer larger
+    than http.PARALLEL_MIN fetched through bootc.connections (each of http.PART bytes, one more
+    than the connections), a registry's fetch-ahead of the small layers (registry.PREFETCH_HELD
+    at most)."""
+    assert spec.image is not None
+    if spec.image.kind not in ("url", "docker"):
+        return 0
+    ahead = 0
+    connections = spec.connections or http.CONNECTIONS
+    if connections > 1 and any(layer.size > http.PARALLEL_MIN for layer in image.layers):
+        ahead += (connections + 1) * http.PART
+    if spec.image.kind == "docker":
+        # The first layer is read as the unpack starts; the small ones after it come ahead,
+        # each held twice while its parts join.
+        small = [x.size for x in image.layers[1:] if x.size <= registry.PREFETCH_MAX_BLOB]
+        ahead += min(registry.PREFETCH_HELD, 2 * sum(small))
+    return ahead
 
 
 def mount_plan(spec: BootSpec) -> mounts.MountPlan:

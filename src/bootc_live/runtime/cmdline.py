@@ -27,7 +27,7 @@ _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
 _SIZE = re.compile(r"([0-9]+)([KMGT]?)(i?B)?", re.IGNORECASE)
 _NUMBER = re.compile(r"[0-9]+")  # not str.isdigit: that takes "²" and "٣"
 MIB = 1 << 20
-MAX_CONNECTIONS = 8  # 18 MiB of parts at most (http.ParallelReader), within memory.RESERVE
+MAX_CONNECTIONS = 8  # 18 MiB of parts at most (http.ParallelReader), planned: boot.held_ahead
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

@@ -28,7 +28,12 @@ from typing import Any, BinaryIO, Callable
 from .blobs import Descriptor, VerifyingReader
 from .cpio import MAX_MEMBER, CpioWriter
 from .errors import ImageError
-from .memory import PACKED_ANNOTATIONS, SIZES_ANNOTATION, ZRAM_ANNOTATION
+from .memory import (
+    PACKED_ANNOTATIONS,
+    SIZES_ANNOTATION,
+    TMPFS_ANNOTATION,
+    ZRAM_ANNOTATION,
+)
 from .oci import REF_NAME, Image
 from .sources import _Slice, blob_path, open_parts
 
@@ -51,17 +56,19 @@ def index_json(
     top: Descriptor | None = None,
     carried: Sequence[Mapping[str, Any]] = (),
     packed: Mapping[str, str] | None = None,
+    tmpfs: int | None = None,
 ) -> bytes:
     """The index.json of our layouts: the one image, tagged, with its layers' unpacked sizes,
-    what its files take in zram (zramsize) and its `packed` root's figures (the
-    memory.PACKED_ANNOTATIONS) when they are known, else what the image's own index recorded,
-    if anything. The entry names `top` when given (the document a reference named, which
-    signatures sign: an index for a multi-platform tag), else the manifest; `carried` entries
-    follow it (signatures, docs/signatures.md)."""
+    what its files take in zram (zramsize) and in a tmpfs (footprint), its `packed` root's
+    figures (the memory.PACKED_ANNOTATIONS) when they are known, else what the image's own
+    index recorded, if anything. The entry names `top` when given (the document a reference
+    named, which signatures sign: an index for a multi-platform tag), else the manifest;
+    `carried` entries follow it (signatures, docs/signatures.md)."""
     annotations = {REF_NAME: label}
     known = {
         SIZES_ANNOTATION: None if sizes is None else ",".join(map(str, sizes)),
         ZRAM_ANNOTATION: None if zram is None else str(zram),
+        TMPFS_ANNOTATION: None if tmpfs is None else str(tmpfs),
         **{key: (packed or {}).get(key) for key in PACKED_ANNOTATIONS},
     }
     for key, value in known.items():

@@ -15,6 +15,9 @@ SIZES_ANNOTATION = "org.bootc-live.layer-sizes"  # written by `bootc-live build`
 # Also written by `bootc-live build` (bootc_live.zramsize): the bytes the image's file data takes
 # as zstd-compressed 4 KiB pages, which is what zram stores.
 ZRAM_ANNOTATION = "org.bootc-live.zram-zstd-bytes"
+# Also written by `bootc-live build` (bootc_live.footprint): what the image's root takes in a
+# tmpfs, its files' pages and the kernel's memory for each entry.
+TMPFS_ANNOTATION = "org.bootc-live.tmpfs-bytes"
 # Also written by `bootc-live build` when it packed the root (pack.Packed.annotations): the
 # packed root's filesystem image, its bytes, sha256 and FORMAT:COMPRESSOR (inspect shows them).
 PACKED_BYTES_ANNOTATION = "org.bootc-live.packed-bytes"
@@ -23,7 +26,14 @@ PACKED_FORMAT_ANNOTATION = "org.bootc-live.packed-format"
 PACKED_ANNOTATIONS = (PACKED_BYTES_ANNOTATION, PACKED_SHA256_ANNOTATION, PACKED_FORMAT_ANNOTATION)
 RATIO = 3  # stated conservative expansion of a compressed layer when no size is recorded
 MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file of their own
-RESERVE = 48 << 20  # for the kernel, the runtime (its fetch buffers too) and switch-root
+# For the kernel, the runtime (its fetch buffers too) and switch-root, where no root is unpacked:
+# a packed root, kexec's stage one.
+RESERVE = 48 << 20
+# An unpacking root's own reserve: the kernel and the runtime (about 10 MiB at the reference
+# image's peak, beyond the root's footprint), the decompressed data in flight between the fetch
+# and the apply (unpack.QUEUE_CHUNKS MiB) and switch-root. What the source holds ahead (a
+# registry's fetch-ahead, bootc.connections' parts) is planned on top: `ahead`.
+UNPACK_RESERVE = 32 << 20
 MIB = 1 << 20
 
 
@@ -56,24 +66,34 @@ class Memory:
         return cls(values["MemTotal"], values.get("MemAvailable", values["MemFree"]))
 
 
-MIN_FREE_KBYTES = "/proc/sys/vm/min_free_kbytes"  # a module global, as MEMINFO
+MIN_FREE_KBYTES = "/proc/sys/vm/min_free_kbytes"  # module globals, as MEMINFO
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 def base_min_free_kbytes(total: int) -> int:
     """The free-memory reserve the kernel sets for `total` bytes of RAM (mm/page_alloc.c:
-    the square root of 16 x its KiB, within 128 KiB and 256 MiB): about 4.5 MiB for 1.2 GiB."""
+    the square root of 16 x its KiB, within 128 KiB and 256 MiB): about 4.3 MiB for 1.2 GiB."""
     return min(max(math.isqrt((total >> 10) * 16), 128), 262144)
 
 
-def lower_min_free(total: int, path: str | None = None) -> tuple[int, int] | None:
+def lower_min_free(
+    total: int, path: str | None = None, thp: str | None = None
+) -> tuple[int, int] | None:
     """Give the reserve transparent hugepages add back to the root: with THP on (Debian's
     kernels: madvise), khugepaged raises vm.min_free_kbytes to keep 2 MiB blocks free for
     compaction (44 MiB on a 1.2 GiB machine), and the kernel keeps free about 1.5 x that
     (MemAvailable leaves it out). A live root lives in RAM that no swap or page cache can give
     back, so the kernel's own reserve for the machine's RAM is set instead, for the boot and the
     system after it (the image's sysctl.d may set vm.min_free_kbytes again). (was, now) in KiB
-    when lowered; None when it was no higher, or cannot be written."""
+    when lowered; None when it was no higher, when transparent hugepages are off (then nothing
+    raised it: it was set so), or when it cannot be written."""
     target = path or MIN_FREE_KBYTES
+    try:
+        with open(thp or THP_ENABLED, encoding="ascii") as f:
+            if "[never]" in f.read():
+                return None
+    except OSError:
+        return None  # a kernel without transparent hugepages
     try:
         with open(target, encoding="ascii") as f:
             was = int(f.read().strip())
@@ -120,14 +140,20 @@ class Estimate:
 
 
 def estimate(image: Image) -> Estimate:
-    """Unpacked size in a tmpfs: tar sizes recorded at build time, else each gzip layer's
-    trailer (ISIZE, when the source can read a blob's last bytes cheaply and the value is
-    plausible), else a stated ratio."""
+    """Unpacked size in a tmpfs: what build measured the root takes in one (+1 % for other
+    kernels' slab sizes), else the tar sizes it recorded, else each gzip layer's trailer (ISIZE,
+    when the source can read a blob's last bytes cheaply and the value is plausible), else a
+    stated ratio. Only the first counts the pages and inodes of many small files."""
+    footprint = image.index_annotations.get(TMPFS_ANNOTATION, "")
+    if footprint.isdigit() and footprint.isascii():
+        return Estimate(int(footprint) * 101 // 100, "recorded by bootc-live build")
     recorded = image.index_annotations.get(SIZES_ANNOTATION, "")
     sizes = [int(v) for v in recorded.split(",") if v.isdigit()]
     if len(sizes) == len(image.layers):
         # tmpfs rounds files up to pages where tar rounds to 512 bytes: allow 5 %.
-        return Estimate(sum(sizes) * 21 // 20 + 16 * MIB, "recorded by bootc-live build")
+        return Estimate(
+            sum(sizes) * 21 // 20 + 16 * MIB, "from the layer sizes bootc-live build recorded"
+        )
     trailers = [_gzip_isize(image, layer) for layer in image.layers]
     known = [t for t in trailers if t is not None]
     guessed = sum(layer.size * RATIO for layer, t in zip(image.layers, trailers) if t is None)
@@ -250,18 +276,19 @@ def alternatives(image: Image, est: Estimate, zram_algorithm: str | None = None)
     return sorted((need(image, m, est) for m in options), key=lambda n: n.peak)
 
 
-def available(memory: Memory, image: Image, *, blobs_freed: bool) -> int:
-    """What the root may take. With `blobs_freed` the image's blobs already sit in RAM (embedded
-    or appended initrd) and each is deleted once its layer is applied, so at the peak only the
+def available(memory: Memory, image: Image, *, blobs_freed: bool, ahead: int = 0) -> int:
+    """What the root may take, besides UNPACK_RESERVE and the `ahead` bytes the source holds
+    ahead of the unpack. With `blobs_freed` the image's blobs already sit in RAM (embedded or
+    appended initrd) and each is deleted once its layer is applied, so at the peak only the
     largest one remains."""
-    have = memory.available - RESERVE
+    have = memory.available - UNPACK_RESERVE - ahead
     if blobs_freed and image.layers:
         have += image.compressed_size - max(layer.size for layer in image.layers)
     return have
 
 
 def check(
-    image: Image, memory: Memory, *, blobs_freed: bool, mode: RootMode = TMPFS
+    image: Image, memory: Memory, *, blobs_freed: bool, mode: RootMode = TMPFS, ahead: int = 0
 ) -> tuple[Estimate, Need]:
     """Stop early, naming the shortfall and a mode that would fit, unless `mode` fits."""
     est = estimate(image)
@@ -274,7 +301,7 @@ def check(
             f"use bootc.zram={mib_up(chosen.device)}M (a zram device takes RAM only for what it "
             "holds, compressed)",
         )
-    have = available(memory, image, blobs_freed=blobs_freed)
+    have = available(memory, image, blobs_freed=blobs_freed, ahead=ahead)
     if chosen.peak > have:
         others = alternatives(image, est, mode.zram_algorithm)
         fits = [n for n in others if n.peak <= have and n.mode != mode]

@@ -54,6 +54,10 @@ MANIFEST_LIMIT = 4 << 20
 PREFETCH_BUDGET = 32 << 20
 PREFETCH_MAX_BLOB = http.PARALLEL_MIN  # larger layers come through bootc.connections
 PREFETCH_WORKERS = 3
+# What the fetch-ahead may hold at once: its budget; the blob just handed to the unpack, whose
+# slot is free again before the unpack has read it; each worker's blob once more while its parts
+# are joined. The RAM planner counts it (boot.held_ahead).
+PREFETCH_HELD = PREFETCH_BUDGET + PREFETCH_MAX_BLOB * (1 + PREFETCH_WORKERS)
 MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
 # A token request carries the password: asked again only twice, never along a redirect.
 TOKEN_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)

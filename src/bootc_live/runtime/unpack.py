@@ -24,6 +24,7 @@ from .decompress import decoded_chunks
 from .errors import BootcLiveError, VerificationError
 from .oci import Image
 from .streams import END, ChunkStream
+from .tarstream import TarEntry
 
 QUEUE_CHUNKS = 16  # ~16 MiB of decompressed data in flight at most
 
@@ -187,10 +188,14 @@ def unpack_image(
     *,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
+    observe: Callable[[TarEntry], None] | None = None,
 ) -> Stats:
-    """Apply all layers of `image` onto the directory `dest`, verifying everything."""
+    """Apply all layers of `image` onto the directory `dest`, verifying everything (`observe`
+    is told of every entry)."""
     start = time.monotonic()
-    applier = Applier(dest, warn or (lambda msg: print(f"bootc-live: {msg}", file=sys.stderr)))
+    applier = Applier(
+        dest, warn or (lambda msg: print(f"bootc-live: {msg}", file=sys.stderr)), observe
+    )
     feeder = _Feeder(image, progress)
     feeder.start()
     try:
