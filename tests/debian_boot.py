@@ -91,7 +91,7 @@ def url_boot(
         f"packed:http://{GUEST_SERVER}/packed.img" if packed else f"http://{GUEST_SERVER}/root.oci"
     )
     with nginx(artifacts, tmp_path / "nginx", rate=rate) as server:
-        result = boot(
+        result = watch(
             VmConfig(
                 artifacts,
                 mem=mem,
@@ -101,12 +101,16 @@ def url_boot(
                 network=True,
                 forwards=((80, server.port),),
             ),
-            timeout=BOOT_TIMEOUT,
-            markers=(marker,),
-            echo=None,
-            log=console,
+            console,
+            marker,
         )
         return result, server.requests()
+
+
+def watch(config: VmConfig, console: Path, marker: str = debian_image.MARKER) -> Boot:
+    """Boot `config` until the image prints `marker` (its verdict), the console kept in
+    `console`."""
+    return boot(config, timeout=BOOT_TIMEOUT, markers=(marker,), echo=None, log=console)
 
 
 def verdict(result: Boot, console: Path) -> dict[str, str]:

@@ -27,9 +27,8 @@ from bootc_live.demo import host_kernel
 from bootc_live.runtime import http, memory, packedreg
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource
-from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
+from bootc_live.vm import GUEST_SERVER, Boot, VmConfig
 from debian_boot import (
-    BOOT_TIMEOUT,
     MEM,
     built,
     ensure,
@@ -38,6 +37,7 @@ from debian_boot import (
     tail,
     url_boot,
     verdict,
+    watch,
 )
 from registries import Pki, auth_json, docker_registry, make_pki, skopeo_push
 from servers import asked_range, most_at_once, served
@@ -151,12 +151,9 @@ def test_debian_image_boots_on_erofs(
     zram is Debian 12 minimal's and Debian 13's (test_vm_userlands.py); compressed EROFS the
     demo image's (test_vm_modes.py): mkfs.erofs lz4hc of this image takes minutes under TCG."""
     console = tmp_path / "console.log"
-    result = boot(
+    result = watch(
         VmConfig(artifacts, mem=MEM, append="bootc.live.erofs"),
-        timeout=BOOT_TIMEOUT,
-        markers=(debian_image.MARKER,),
-        echo=None,
-        log=console,
+        console,
     )
     memused = result.markers.get(debian_image.MARKER, "").partition("memused=")[2].split(" ")[0]
     assert verdict(result, console) == expected(image, "erofs"), (
@@ -226,12 +223,9 @@ def test_debian_image_boots_its_packed_root_appended(
     """Issue 18: packed.img appended as a second initrd (as iPXE loads it), with
     cmdline-packed.txt as build wrote it, no network."""
     console = tmp_path / "console.log"
-    result = boot(
+    result = watch(
         VmConfig(artifacts, mem=PACKED_MEM, packed=True),
-        timeout=BOOT_TIMEOUT,
-        markers=(debian_image.MARKER,),
-        echo=None,
-        log=console,
+        console,
     )
     memused = assert_packed_boot(result, console, image, artifacts)
     print(f"packed root appended: in use once booted {memused >> 10} MiB")
@@ -261,7 +255,7 @@ def test_debian_image_boots_its_packed_root_from_the_registry(
         assert f"bootc.packed.sha256={made['sha256']}" in pushed.stdout, pushed.stdout
         console = tmp_path / "console.log"
         # cmdline-packed.txt as build wrote it, its location replaced (root= is all that changes).
-        result = boot(
+        result = watch(
             VmConfig(
                 artifacts,
                 mem=PACKED_MEM,
@@ -271,10 +265,7 @@ def test_debian_image_boots_its_packed_root_from_the_registry(
                 network=True,
                 forwards=((REGISTRY_PORT, registry.port),),
             ),
-            timeout=BOOT_TIMEOUT,
-            markers=(debian_image.MARKER,),
-            echo=None,
-            log=console,
+            console,
         )
         log = registry.log()
     memused = assert_packed_boot(result, console, image, artifacts)

@@ -26,9 +26,8 @@ from bootc_live.demo import host_kernel
 from bootc_live.runtime import memory
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource
-from bootc_live.vm import VmConfig, boot
+from bootc_live.vm import VmConfig
 from debian_boot import (
-    BOOT_TIMEOUT,
     MEM,
     built,
     ensure,
@@ -37,6 +36,7 @@ from debian_boot import (
     tail,
     url_boot,
     verdict,
+    watch,
 )
 from servers import served
 from unpackers import bootc_live
@@ -84,12 +84,9 @@ def test_a_plain_debian_12_boots_embedded_onto_zram(
     assert any(n.endswith("/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so") for n in names)
     assert any(n.endswith("/libssl.so.3") for n in names), "libssl was left out"
     console = tmp_path / "console.log"
-    result = boot(
+    result = watch(
         VmConfig(out, mem=MEM, append="bootc.zram=1G"),
-        timeout=BOOT_TIMEOUT,
-        markers=(debian_image.MARKER,),
-        echo=None,
-        log=console,
+        console,
     )
     assert verdict(result, console) == expected(image, "ext4"), tail(result.output)
     done = ready(result.output)
