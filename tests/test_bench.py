@@ -1368,3 +1368,24 @@ def test_bench_unpack_runs_bootc_live_as_an_initramfs_would(
     argv = initramfs_commands(tmp_path, [sys.executable, "-c", probe])[method]
     said = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     assert said.strip() == decoder
+
+
+def test_an_original_url_row_boots_the_images_label(tmp_path: Path) -> None:
+    """A URL boot's command line is the row's own, not cmdline.txt's: the original's row names
+    the image's label itself (the test image's is not umoci's default, `latest`)."""
+    import argparse
+    from contextlib import ExitStack
+
+    from benchlib import bootbench
+
+    original = tmp_path / "original"
+    original.mkdir()
+    for name in ("vmlinuz", "initrd.img", "rootfs.img"):
+        (original / name).write_bytes(b"x")
+    (original / "cmdline.txt").write_text("root=original-live:/root.oci bootclabel=debian-live\n")
+    b = bootbench.Setup(argparse.Namespace(), "bl", tmp_path, {}, ExitStack())
+    target = bootbench.original_url(b, "original-url", original, 8080)
+    assert target.append.split() == [
+        "root=original-live:http://10.0.2.100/root.oci",
+        "bootclabel=debian-live",
+    ]

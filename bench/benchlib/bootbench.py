@@ -31,6 +31,7 @@ from benchlib.console import READY_MARKER
 from benchlib.original import assemble as assemble_original
 from benchlib.original import build_in_image as original_in_image
 from benchlib.original import build_with_host as original_with_host
+from benchlib.original import label_of
 from benchlib.ramsearch import RamSearch, search_plan
 from benchlib.report import print_report
 from benchlib.rows import (
@@ -515,7 +516,8 @@ def original_url(
     """An original row from a URL: its initrd.img alone, the root.oci of nginx on `port`; its
     success as a Target's."""
     view = url_view(original, b.workdir / f"{name}-view")
-    append = f"root={ORIGINAL_ROOT}:http://{GUEST_SERVER}/root.oci"
+    # A URL boot's command line is its own, not cmdline.txt's: the image's label goes along.
+    append = f"root={ORIGINAL_ROOT}:http://{GUEST_SERVER}/root.oci bootclabel={label_of(original)}"
     return Target(name, view, append, port, goal, marker, fstype, original=True)
 
 
