@@ -25,6 +25,7 @@ from bootc_live.runtime import (
     policy,
     roots,
     status,
+    tools,
     unpack,
     urllib_dracut,
 )
@@ -195,13 +196,15 @@ def expected_calls(mode: str, options: str, tmp: Path) -> list[list[str]]:
     return calls
 
 
-def boot_with(layout: Path, tmp: Path, args: str) -> tuple[int, dict[str, Any]]:
+def boot_with(
+    layout: Path, tmp: Path, args: str, keep: str = "bootc.keep-modules"
+) -> tuple[int, dict[str, Any]]:
     """A boot of a copy of `layout` (a boot deletes the blobs of an image in the initramfs)."""
     copy = tmp / "initramfs-image"
     shutil.rmtree(copy, ignore_errors=True)
     if layout.exists():
         shutil.copytree(layout, copy)
-    argv = [f"root=bootc-live:{copy}", "bootc.keep-modules", *args.split()]
+    argv = [f"root=bootc-live:{copy}", *keep.split(), *args.split()]
     code = boot.main(["boot", str(tmp / "newroot")], lambda: parse(argv))
     return code, json.loads((tmp / "run/status.json").read_text())
 
@@ -241,6 +244,85 @@ def test_the_reserve_transparent_hugepages_raised_goes_to_the_root(
     assert memory.base_min_free_kbytes(TOTAL) == base
     assert int(knob.read_text()) == (base if lowered else was)
     assert status["min_free_kbytes"] == ([was, base] if lowered else None)
+
+
+@pytest.mark.parametrize("mode", ["tmpfs", "zram", "erofs"])
+def test_the_tools_the_rest_of_the_boot_will_not_run_go_before_the_unpack(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mode: str,
+) -> None:
+    """In the initramfs, the files the build recorded for each optional tool are deleted once
+    the root is prepared (zram's mkfs.ext4 has run), before the unpack, but EROFS's mkfs.erofs,
+    which packs the unpacked tree; the planner counted them as available (a file once, however
+    many names it has; one with a name elsewhere as nothing). bootc.keep-modules keeps them."""
+    monkeypatch.setattr(modules, "in_initramfs", lambda: True)
+    monkeypatch.setattr(modules, "MODULES_DIR", str(tmp_path / "no-modules"))
+    files = {
+        "curl": ["usr/bin/curl", "usr/lib/libcurl.so.4"],
+        "gpgv": ["usr/bin/gpgv"],
+        "kexec": ["usr/sbin/kexec"],
+        "mkfs.ext4": ["usr/sbin/mke2fs", "usr/sbin/mkfs.ext4", "usr/lib/libext2fs.so.2"],
+        "mkfs.erofs": ["usr/bin/mkfs.erofs"],
+    }
+    pages = {"curl": 8192 + 12288, "gpgv": 0, "kexec": 8192, "mkfs.ext4": 8192 + 16384}
+    pages["mkfs.erofs"] = 8192
+    root = tmp_path / "initramfs"
+
+    def make() -> None:
+        for paths in files.values():
+            for n, rel in enumerate(paths):
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).unlink(missing_ok=True)
+                if rel.endswith("mkfs.ext4"):
+                    os.link(root / "usr/sbin/mke2fs", root / rel)  # one file, two names
+                else:
+                    (root / rel).write_bytes(b"x" * (5000 * (n + 1)))
+        (tmp_path / "gpgv-elsewhere").unlink(missing_ok=True)
+        os.link(root / "usr/bin/gpgv", tmp_path / "gpgv-elsewhere")  # its pages stay
+
+    make()
+    manifest = tmp_path / "tools.json"
+    manifest.write_text(json.dumps({t: [f"{root}/{p}" for p in ps] for t, ps in files.items()}))
+    monkeypatch.setattr(tools, "MANIFEST", str(manifest))
+    kept = {"mkfs.erofs"} if mode == "erofs" else set()  # zram's mkfs.ext4 ran before
+    gone = sorted(set(files) - kept)
+    seen: list[tuple[bool, list[str]]] = []  # at the unpack: curl's file there, commands run
+    real_unpack = boot.unpack_image
+
+    def unpack_image(*args: Any, **kwargs: Any) -> Any:
+        seen.append(((root / "usr/bin/curl").exists(), [c[0] for c in system.calls]))
+        return real_unpack(*args, **kwargs)
+
+    monkeypatch.setattr(boot, "unpack_image", unpack_image)
+
+    code, final = boot_with(layout, tmp_path, MODES[mode], keep="")
+
+    assert code == 0 and final["state"] == "ready", final
+    states = {s["state"]: s for s in status.documents(capsys.readouterr().err.splitlines())}
+    assert states["unpacking"]["tools_freed"] == gone
+    assert states["unpacking"]["tools_freed_bytes"] == sum(pages[t] for t in gone)
+    assert states["planned"]["tools_unused_bytes"] == sum(pages[t] for t in gone)
+    for tool, paths in files.items():
+        for rel in paths:
+            assert (root / rel).exists() == (tool in kept), rel
+    # Gone before the unpack began, and after zram's file system was made.
+    assert seen[0][0] is False
+    assert ("mkfs.ext4" in seen[0][1]) == (mode == "zram")
+
+    make()
+    system.calls, system.mounted = [], []
+    (tmp_path / "sys/block/zram0/disksize").write_text("0\n")
+    shutil.rmtree(tmp_path / "work", ignore_errors=True)  # the fake mounts left plain files
+    shutil.rmtree(tmp_path / "newroot")
+    (tmp_path / "newroot").mkdir()
+    code, final = boot_with(layout, tmp_path, MODES[mode])  # with bootc.keep-modules
+    states = {s["state"]: s for s in status.documents(capsys.readouterr().err.splitlines())}
+    assert code == 0 and states["unpacking"]["tools_freed"] == [], final
+    assert all((root / rel).exists() for paths in files.values() for rel in paths)
 
 
 @pytest.mark.parametrize("options", list(OPTIONS))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import modules
+from bootc_live.runtime import modules, tools
 
 DEP = """\
 kernel/drivers/block/zram/zram.ko.xz:
@@ -134,8 +135,91 @@ def test_a_file_that_cannot_be_deleted_ends_the_freeing_not_the_boot(
         real_unlink(path)
         deleted.append(path)
 
-    first = modules._pages(os.path.getsize(files.paths[0]))
+    first = modules.pages(os.path.getsize(files.paths[0]))
     monkeypatch.setattr(modules.os, "unlink", unlink)
     freed = modules.free(files, str(proc))
     assert freed == modules.Unused((files.paths[0],), first)
     assert all(os.path.exists(p) for p in files.paths[1:])
+
+
+# The initramfs's optional tools (runtime/tools.py): the files the build recorded for each.
+
+
+def tool_files(tmp_path: Path) -> tuple[dict[str, list[str]], Path]:
+    files = {
+        "curl": [tmp_path / "bin/curl", tmp_path / "lib/libcurl.so.4"],
+        "gpgv": [tmp_path / "bin/gpgv"],
+    }
+    for paths in files.values():
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"t" * 5000)
+    manifest = tmp_path / "tools.json"
+    recorded = {tool: [str(p) for p in paths] for tool, paths in files.items()}
+    manifest.write_text(json.dumps(recorded))
+    return recorded, manifest
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "not json", "[]", '{"curl": "/bin/curl"}', '{"sh": ["/bin/sh"]}', '{"curl": ["bin/x"]}'],
+)
+def test_a_missing_or_foreign_tools_record_frees_nothing(tmp_path: Path, text: str) -> None:
+    """Only what the build recorded, as it records it: absolute paths of the known tools. An
+    initramfs of an older build has no record; anything else in one is not acted on."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/sh").write_bytes(b"sh")
+    (tmp_path / "bin/x").write_bytes(b"x")
+    manifest = tmp_path / "tools.json"
+    manifest.write_text(text)
+    assert tools.unused(keep=(), manifest=str(manifest)) == tools.Unused()
+    assert tools.unused(keep=(), manifest=str(tmp_path / "none.json")) == tools.Unused()
+
+
+def test_a_tool_is_reported_freed_only_when_all_its_files_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded, manifest = tool_files(tmp_path)
+    files = tools.unused(keep={"kexec"}, manifest=str(manifest))
+    assert files.tools == ("curl", "gpgv") and files.files.size == 3 * 8192
+    real_unlink = os.unlink
+
+    def unlink(path: str) -> None:
+        if path == recorded["curl"][1]:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        real_unlink(path)
+
+    monkeypatch.setattr(modules.os, "unlink", unlink)
+    freed = tools.free(files)
+    assert freed.tools == () and freed.files.paths == (recorded["curl"][0],)
+    assert freed.files.size == 8192 and os.path.exists(recorded["gpgv"][0])
+
+
+def test_tools_on_a_read_only_initramfs_are_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, manifest = tool_files(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(
+        tools.os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode)
+    )
+    assert tools.unused(keep=(), manifest=str(manifest)) == tools.Unused()
+
+
+def test_a_file_with_a_name_elsewhere_is_deleted_but_not_counted(tmp_path: Path) -> None:
+    """dracut hard-links identical files: deleting one name of several frees nothing, so the
+    planner counts a file's pages only when all its names go, once."""
+    base, proc = tree(tmp_path)
+    qla = base / "kernel/drivers/scsi/qla2xxx/qla2xxx.ko"
+    os.link(qla, tmp_path / "elsewhere.ko")
+    files = modules.unused(str(base), str(proc))
+    assert str(qla) in files.paths
+    alone = modules.unused(str(base), str(proc))
+    os.unlink(tmp_path / "elsewhere.ko")
+    both = modules.unused(str(base), str(proc))
+    assert both.size - alone.size == 12288 == modules.pages(qla.stat().st_size)
+    os.link(qla, qla.with_name("qla2xxx-copy.ko"))  # two names, both among the files
+    paths = [str(qla), str(qla.with_name("qla2xxx-copy.ko"))]
+    assert modules.reclaimable(paths).size == 12288
+    assert modules.reclaimable(paths[:1]).size == 0
+    assert modules.delete(paths).size == 12288

@@ -71,7 +71,7 @@ class BootRun:
     unpack_s: float | None = None  # "seconds"
     peak_mib: int | None = None  # "peak_memory": MemTotal - MemAvailable, at the peak
     start_mib: int | None = None  # "memory_before": the same, when the runtime began
-    freed_mib: int | None = None  # "modules_freed_bytes": the unused kernel modules freed
+    freed_mib: int | None = None  # the unused kernel modules and tools freed
     compressed_mib: int | None = None
     available_mib: int | None = None  # what the root may take ("available")
     estimate_mib: int | None = None  # "unpacked_estimate": the planner's estimate
@@ -150,7 +150,7 @@ class BootRun:
     @property
     def above_start_mib(self) -> int | None:
         """What the fetch and unpack added: the peak above the baseline, which is what was in
-        use at the start less the unused modules the runtime freed before unpacking."""
+        use at the start less the unused modules and tools the runtime freed before unpacking."""
         if self.peak_mib is None or self.start_mib is None:
             return None
         return self.peak_mib - (self.start_mib - (self.freed_mib or 0))
@@ -243,8 +243,8 @@ def mib(doc: dict[str, Any], key: str) -> int | None:
 
 
 def read_status(run: BootRun, doc: dict[str, Any]) -> None:
-    """The runtime's own figures, from its last status document: the plan's, the modules
-    freed, and once ready, the unpack's, the memory's and the root's."""
+    """The runtime's own figures, from its last status document: the plan's, the modules and
+    tools freed, and once ready, the unpack's, the memory's and the root's."""
     run.status = doc
     run.state = doc.get("state", "")
     run.compressed_mib = mib(doc, "compressed")
@@ -253,7 +253,12 @@ def read_status(run: BootRun, doc: dict[str, Any]) -> None:
     run.mode = doc.get("mode")
     need = doc.get("need")
     run.need_mib = -(-need // MIB) if isinstance(need, int) else None
-    run.freed_mib = mib(doc, "modules_freed_bytes")
+    modules_freed = doc.get("modules_freed_bytes")
+    if isinstance(modules_freed, int) and not isinstance(modules_freed, bool):
+        tools_freed = doc.get("tools_freed_bytes")
+        if isinstance(tools_freed, int) and not isinstance(tools_freed, bool):
+            modules_freed += tools_freed
+        run.freed_mib = modules_freed >> 20
     signatures = doc.get("signatures")
     if isinstance(signatures, dict) and signatures.get("checked"):
         seconds = signatures.get("seconds")

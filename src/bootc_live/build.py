@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
+import lzma
 import os
 import shutil
 import sys
@@ -24,6 +26,7 @@ from .pack import Packed, PackFormat
 from .progress import Ticker, bytes_progress, say
 from .runtime import kernels
 from .runtime.blobs import Descriptor, VerifyingReader
+from .runtime.cpio import CpioWriter
 from .runtime.errors import BootcLiveError
 from .runtime.handover import (
     OCI_LAYOUT,
@@ -40,8 +43,9 @@ from .runtime.policy import Policy
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
 from .runtime.registriesd import RegistriesD
 from .runtime.registry import AUTH_IN_INITRAMFS
-from .runtime.run import CommandError
+from .runtime.run import CommandError, run
 from .runtime.sources import blob_path
+from .runtime.tools import MANIFEST as TOOLS_MANIFEST
 from .runtime.unpack import Progress, unpack_image
 
 CA_IN_INITRAMFS = "/etc/bootc-live/ca.pem"  # read by runtime.http besides the system bundle
@@ -313,10 +317,77 @@ def make_packed(
 
 
 def check(initrd: Path, userland: Path, work: Path) -> None:
-    """The self-check of the initramfs just built (selfcheck.py), and what it can boot."""
+    """The self-check of the initramfs just built (selfcheck.py), and what it can boot; the
+    record of its optional tools' files goes into it."""
     with Ticker("checking initrd.img"):
         verdict = selfcheck.check(initrd, userland, work / "check")
     say(f"the initramfs boots: {verdict.modes()}")
+    record_tools(initrd, verdict.tools)
+
+
+def record_tools(initrd: Path, tools: dict[str, list[str]]) -> None:
+    """Append `tools` (toolfiles.manifest) to `initrd` at runtime.tools.MANIFEST: an archive
+    of its own (the kernel unpacks archives back to back), compressed as the initramfs is, so
+    that its decompressor reads the two as one stream (lsinitrd, and what else reads it, sees
+    no trailing bytes); uncompressed, 4-byte aligned, after one it cannot compress so."""
+    if not tools:
+        return
+    archive = io.BytesIO()
+    writer = CpioWriter(archive)
+    writer.add_bytes(TOOLS_MANIFEST.lstrip("/"), json.dumps(tools, indent=1).encode() + b"\n")
+    writer.close()
+    data = archive.getvalue()
+    kind = initramfs_compression(initrd)
+    if kind == "gzip":
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    elif kind == "xz":
+        data = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    elif kind == "zstd" and shutil.which("zstd"):
+        plain, packed = initrd.with_name("tools.cpio"), initrd.with_name("tools.cpio.zst")
+        try:
+            plain.write_bytes(data)
+            run(["zstd", "-q", "-19", "-f", "-o", packed, plain], hint="zstd compresses it")
+            data = packed.read_bytes()
+        finally:
+            plain.unlink(missing_ok=True)
+            packed.unlink(missing_ok=True)
+    else:
+        kind = "none"
+    with open(initrd, "ab") as out:
+        if kind == "none":
+            out.write(b"\0" * (-out.tell() % 4))
+        out.write(data)
+
+
+def initramfs_compression(initrd: Path) -> str:
+    """How the main archive of `initrd` is compressed (gzip, xz, zstd, or its magic in hex),
+    past any uncompressed archive before it (early microcode) and the zeros that pad them."""
+    with open(initrd, "rb") as f:
+        data = f.read(1 << 20)
+        size = os.fstat(f.fileno()).st_size
+    at = 0
+    while at + 110 <= len(data) and data[at : at + 6] in (b"070701", b"070702"):
+        namesize, filesize = int(data[at + 94 : at + 102], 16), int(data[at + 54 : at + 62], 16)
+        name = data[at + 110 : at + 110 + namesize - 1]
+        at += 110 + namesize
+        at += -at % 4
+        at += filesize + (-filesize % 4)
+        if name == b"TRAILER!!!":
+            while at < len(data) and data[at] == 0:
+                at += 1
+        if at >= len(data) and len(data) < size:
+            with open(initrd, "rb") as f:
+                f.seek(at)
+                data = data[:at] + f.read(1 << 20)
+    head = data[at : at + 6]
+    for kind, magic in (
+        ("gzip", b"\x1f\x8b"),
+        ("xz", b"\xfd7zXZ\0"),
+        ("zstd", b"\x28\xb5\x2f\xfd"),
+    ):
+        if head.startswith(magic):
+            return kind
+    return head.hex() or "none"
 
 
 @contextlib.contextmanager

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import toolfiles
 from .dracut import in_image
 from .runtime.errors import BootcLiveError
 from .runtime.run import CommandError, run
@@ -46,16 +47,18 @@ class Problem:
 @dataclass(frozen=True)
 class Verdict:
     modules: tuple[str, ...]  # our dracut modules in the initramfs
+    tools: dict[str, list[str]] = field(default_factory=dict)  # toolfiles.manifest
 
     def modes(self) -> str:
         return "; ".join(MODES[name] for name in MODES if name in self.modules)
 
 
 def check(initrd: Path, userland: Path, scratch: Path) -> Verdict:
-    """Unpack `initrd` with the tools of `userland` (/ for the host) and probe it chrooted."""
+    """Unpack `initrd` with the tools of `userland` (/ for the host) and probe it chrooted;
+    then work out the files of its optional tools (toolfiles.py)."""
     tree = unpack(initrd, userland, scratch)
     try:
-        return probe(tree, userland)
+        return replace(probe(tree, userland), tools=toolfiles.manifest(tree))
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 

@@ -34,6 +34,7 @@ from . import (
     roots,
     signatures,
     status,
+    tools,
     trust,
     urllib_dracut,
 )
@@ -103,8 +104,13 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
                 spec.mode, newroot, mount_plan(spec), plan.mem.total, warn=report.summary
             ) as root:
                 freed = free_modules(plan.unused, report)
+                gone = free_tools(plan.spare, report)
                 report.state(
-                    "unpacking", modules_freed=len(freed.paths), modules_freed_bytes=freed.size
+                    "unpacking",
+                    modules_freed=len(freed.paths),
+                    modules_freed_bytes=freed.size,
+                    tools_freed=list(gone.tools),
+                    tools_freed_bytes=gone.files.size,
                 )
                 stats = unpack_image(
                     image, root.target, progress=progress(image, report), warn=report.say
@@ -153,6 +159,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
                 report.state("loading")
                 stored = root.load(packed_progress(source, report))
                 freed = free_modules(unused_modules(spec), report)
+                gone = free_tools(unused_tools(spec), report)
                 facts = root.mount(report)
     seconds = time.monotonic() - start
     report.summary(
@@ -168,6 +175,8 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
         seconds=seconds,
         modules_freed=len(freed.paths),
         modules_freed_bytes=freed.size,
+        tools_freed=list(gone.tools),
+        tools_freed_bytes=gone.files.size,
     )
 
 
@@ -387,21 +396,24 @@ def kexec_into_the_image(spec: BootSpec, image: Image, report: Report) -> NoRetu
 
 @dataclass(frozen=True)
 class Plan:
-    """What the root may take: the memory (the unused modules counted as free) and its need."""
+    """What the root may take: the memory (the unused modules and tools counted as free) and
+    its need."""
 
     mem: memory.Memory
     unused: modules.Unused  # the initramfs's modules freed once the root has loaded its own
     need: memory.Need
+    spare: tools.Unused  # the initramfs's tools the rest of the boot will not run
 
 
 def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report) -> Plan:
     """Stop now, naming a mode that would fit, unless the image fits in the mode asked for."""
     unused = unused_modules(spec)
+    spare = unused_tools(spec)
     reserve = lower_reserve(spec, report)
     mem = memory.Memory.read()
-    # The modules freed once the root is prepared count as available now (less the few the
-    # root loads itself: a MiB or two, within memory.UNPACK_RESERVE).
-    mem = replace(mem, available=mem.available + unused.size)
+    # The modules and tools freed once the root is prepared count as available now (less the
+    # few modules the root loads itself: a MiB or two, within memory.UNPACK_RESERVE).
+    mem = replace(mem, available=mem.available + unused.size + spare.files.size)
     consumed = isinstance(source, LayoutSource) and source.consume
     ahead = held_ahead(spec, image)
     est, need = memory.check(image, mem, blobs_freed=consumed, mode=spec.mode, ahead=ahead)
@@ -412,8 +424,9 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         f"unpacked ({est.how}); {spec.mode.kind} root: needs about "
         f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
         + (
-            f" ({unused.size >> 20} MiB of it unused kernel modules, freed next)"
-            if unused.size
+            f" ({(unused.size + spare.files.size) >> 20} MiB of it unused kernel modules and "
+            "tools, freed next)"
+            if unused.size or spare.files.size
             else ""
         )
     )
@@ -426,10 +439,11 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         available=have,
         reserve=memory.UNPACK_RESERVE + ahead,
         modules_unused_bytes=unused.size,
+        tools_unused_bytes=spare.files.size,
         memory_in_use=memory.in_use_by(),
         min_free_kbytes=reserve,
     )
-    return Plan(mem, unused, need)
+    return Plan(mem, unused, need, spare)
 
 
 def held_ahead(spec: BootSpec, image: Image) -> int:
@@ -465,6 +479,28 @@ def unused_modules(spec: BootSpec) -> modules.Unused:
     if spec.keep_modules or not modules.in_initramfs():
         return modules.Unused()
     return modules.unused()
+
+
+def unused_tools(spec: BootSpec) -> tools.Unused:
+    """The initramfs's tools (tools.py) the rest of this boot will not run: all but EROFS's
+    mkfs.erofs, unless bootc.keep-modules."""
+    if spec.keep_modules or not modules.in_initramfs():
+        return tools.Unused()
+    return tools.unused(keep=tools.still_run(spec.mode.kind))
+
+
+def free_tools(unused: tools.Unused, report: Report) -> tools.Unused:
+    """Delete their files; what was freed."""
+    if not unused.files.paths:
+        return unused
+    gone = tools.free(unused)
+    if gone.files.paths:
+        which = ", ".join(gone.tools) or "tools (in part: the rest cannot be deleted)"
+        report.say(
+            f"freed {gone.files.size >> 20} MiB: the initramfs's {which} and the libraries "
+            "only they load: this boot runs them no more (bootc.keep-modules=1 keeps them)"
+        )
+    return gone
 
 
 def free_modules(unused: modules.Unused, report: Report) -> modules.Unused:

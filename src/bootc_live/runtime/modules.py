@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 INITRD_RELEASE = "/etc/initrd-release"
@@ -60,18 +62,30 @@ def unused(directory: str | None = None, proc_modules: str = PROC_MODULES) -> Un
         return Unused()
     if not os.access(base, os.W_OK):  # e.g. read-only (EROFS): nothing can be given back
         return Unused()
-    paths, size = [], 0
-    for rel in listed:
-        if not rel or module_name(rel) in loaded:
-            continue
-        path = os.path.join(base, rel)
+    paths = [os.path.join(base, rel) for rel in listed if rel and module_name(rel) not in loaded]
+    return reclaimable(paths)
+
+
+def reclaimable(paths: Iterable[str]) -> Unused:
+    """Those of `paths` that are regular files, and the pages deleting them all gives back: a
+    file's once, and only when all its names are among them (one name of several frees
+    nothing)."""
+    found: list[str] = []
+    names: dict[tuple[int, int], int] = {}
+    links: dict[tuple[int, int], tuple[int, int]] = {}  # an inode -> its links, its size
+    for path in paths:
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:
             continue
-        paths.append(path)
-        size += _pages(st.st_size)
-    return Unused(tuple(paths), size)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        found.append(path)
+        inode = (st.st_dev, st.st_ino)
+        names[inode] = names.get(inode, 0) + 1
+        links[inode] = (st.st_nlink, st.st_size)
+    size = sum(pages(n) for inode, (nlink, n) in links.items() if names[inode] >= nlink)
+    return Unused(tuple(found), size)
 
 
 def _loaded(proc_modules: str) -> set[str]:
@@ -79,7 +93,7 @@ def _loaded(proc_modules: str) -> set[str]:
         return {line.split(" ", 1)[0] for line in f}
 
 
-def _pages(size: int) -> int:
+def pages(size: int) -> int:
     # The initramfs is a ramfs (a root= is given) or a tmpfs: a file holds whole pages, and
     # ramfs counts no blocks.
     return -(-size // PAGE) * PAGE
@@ -89,19 +103,25 @@ def free(files: Unused, proc_modules: str = PROC_MODULES) -> Unused:
     """Delete `files` (as `unused` counted them), but those of modules loaded since; what was
     deleted, and the memory given back."""
     loaded = _loaded(proc_modules)
-    paths, freed = [], 0
-    for path in files.paths:
-        if module_name(path) in loaded:
-            continue
+    return delete(path for path in files.paths if module_name(path) not in loaded)
+
+
+def delete(paths: Iterable[str]) -> Unused:
+    """Delete `paths` from the initramfs; what was deleted, and the memory given back: a file's
+    pages when its last name goes. A file already gone is skipped; one that cannot be deleted
+    ends the deleting (the rest cannot be either), never the boot."""
+    deleted, freed = [], 0
+    for path in paths:
         try:
-            size = _pages(os.lstat(path).st_size)
+            st = os.lstat(path)
             os.unlink(path)
         except FileNotFoundError:
             continue
         except OSError as err:
             if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY):
-                break  # the rest cannot be deleted either: what was freed is reported
+                break  # what was freed is reported
             raise
-        paths.append(path)
-        freed += size
-    return Unused(tuple(paths), freed)
+        deleted.append(path)
+        if st.st_nlink == 1:
+            freed += pages(st.st_size)
+    return Unused(tuple(deleted), freed)
