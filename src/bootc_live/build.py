@@ -362,23 +362,21 @@ def record_tools(initrd: Path, tools: dict[str, list[str]]) -> None:
 def initramfs_compression(initrd: Path) -> str:
     """How the main archive of `initrd` is compressed (gzip, xz, zstd, or its magic in hex),
     past any uncompressed archive before it (early microcode) and the zeros that pad them."""
-    with open(initrd, "rb") as f:
-        data = f.read(1 << 20)
-        size = os.fstat(f.fileno()).st_size
+    data = initrd.read_bytes()
     at = 0
-    while at + 110 <= len(data) and data[at : at + 6] in (b"070701", b"070702"):
-        namesize, filesize = int(data[at + 94 : at + 102], 16), int(data[at + 54 : at + 62], 16)
+    while data[at : at + 6] in (b"070701", b"070702"):
+        try:
+            namesize = int(data[at + 94 : at + 102], 16)
+            filesize = int(data[at + 54 : at + 62], 16)
+        except ValueError:
+            break  # not a header after all: named by its bytes below
         name = data[at + 110 : at + 110 + namesize - 1]
         at += 110 + namesize
         at += -at % 4
         at += filesize + (-filesize % 4)
         if name == b"TRAILER!!!":
-            while at < len(data) and data[at] == 0:
+            while data[at : at + 1] == b"\0":
                 at += 1
-        if at >= len(data) and len(data) < size:
-            with open(initrd, "rb") as f:
-                f.seek(at)
-                data = data[:at] + f.read(1 << 20)
     head = data[at : at + 6]
     for kind, magic in (
         ("gzip", b"\x1f\x8b"),

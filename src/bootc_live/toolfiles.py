@@ -10,7 +10,8 @@ every other ELF file is a root of the keeping, even a library nothing names (it 
 dlopened), and so is a library whose name another file holds as a string (what dlopen is
 given: glibc and systemd dlopen libidn2 and libp11-kit by name). Sonames resolve to every file
 of that name, wherever it is: keeping too much is safe, deleting what is loaded is not. A tool
-whose executable answers to names other than its own (a multi-call binary) is left alone.
+stays whole when anything else in the initramfs may run it (RUNS_ELF, RUNS_TEXT), or when its
+executable answers to names other than its own (a multi-call binary).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class Tree:
 
     def files_of(self, tool: str) -> list[str]:
         """The files only `tool` needs, as absolute paths in the initramfs (every name of
-        each); [] when the tool is absent or is a multi-call binary."""
+        each); [] when the tool is absent, a multi-call binary, or another file may run it."""
         exe = self.executable(tool)
         if exe is None or self.names[exe] - {tool, *TOOLS[tool]}:
             return []
