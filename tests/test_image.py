@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +20,7 @@ from bootc_live.runtime import decompress
 from bootc_live.runtime.errors import ImageError, LayerError, VerificationError
 from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
-from bootc_live.runtime.unpack import unpack_image
+from bootc_live.runtime.unpack import layer_chunks, layer_sizes, unpack_image
 from imagegen import (
     add_nested_index,
     build_layout,
@@ -294,6 +295,38 @@ def test_wrong_diff_id(tmp_path: Path) -> None:
         VerificationError, match=r"layer 1/2 .* does not match the config's diff_id"
     ):
         unpack(tmp_path / "img", tmp_path / "root")
+
+
+def hash_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "diff-hash"]
+
+
+def test_the_diff_id_hashed_on_its_own_thread_is_judged_and_the_thread_ends(
+    tmp_path: Path,
+) -> None:
+    """The second layer's 8 MiB go through the background hash in more chunks than it may
+    hold: a wrong diff_id there is still named, and no hashing thread outlives the unpack,
+    whether it failed, succeeded or its reader stopped half-way."""
+    wrong = [sha256(LAYERS[0]), sha256(LAYERS[1] + b"\0")]
+    build_layout(
+        tmp_path / "bad", LAYERS, config_extra={"rootfs": {"type": "layers", "diff_ids": wrong}}
+    )
+    with pytest.raises(VerificationError, match=r"layer 2/2 .* does not match the config's"):
+        unpack(tmp_path / "bad", tmp_path / "root1")
+    assert hash_threads() == []
+
+    build_layout(tmp_path / "good", LAYERS)
+    root = unpack(tmp_path / "good", tmp_path / "root2")
+    assert (root / "zeros").stat().st_size == 8 << 20
+    assert hash_threads() == []
+
+    image = resolve(LayoutSource(str(tmp_path / "good")))
+    chunks = layer_chunks(image, 1)
+    assert next(chunks)
+    assert len(hash_threads()) == 1
+    chunks.close()
+    assert hash_threads() == []
+    assert layer_sizes(image) == [len(layer) for layer in LAYERS]
 
 
 def test_tampered_manifest_and_missing_blob(tmp_path: Path) -> None:

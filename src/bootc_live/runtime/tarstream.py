@@ -66,6 +66,7 @@ _KINDS = {
     b"D": DIRECTORY,  # GNU dumpdir: a directory whose data (a listing) is skipped
 }
 _PAX_LINE = re.compile(rb"(\d+) ")
+_OCTAL = re.compile(rb"[0-7]+")
 
 
 class Stream(Protocol):
@@ -114,7 +115,7 @@ def _number(field_: bytes, what: str) -> int:
         text = field_.strip(b" \0").split(b"\0", 1)[0]
         if not text:
             return 0
-        if re.fullmatch(rb"[0-7]+", text) is None:
+        if _OCTAL.fullmatch(text) is None:
             raise LayerError(f"tar header: invalid {what} field {shown(repr(text))}")
         value = int(text, 8)
     if not -_INT64 <= value < _INT64:

@@ -1,22 +1,23 @@
 """The unpack pipeline: verified blobs → decompression → tar → layer application.
 
-Two threads share the work so both cores are used: a feeder reads each layer blob, hashes it,
-decompresses it and hashes the tar stream (zlib, isal, zstandard and hashlib all release the
-GIL; igzip and zstd, in an initramfs, run as processes of their own), while the caller's thread
-parses the tar and writes the tree. The feeder runs ahead by a
+Threads share the work so every core is used: a feeder reads each layer blob, hashes it and
+decompresses it, a thread of its own hashes the tar stream (zlib, isal, zstandard and hashlib
+all release the GIL; igzip and zstd, in an initramfs, run as processes of their own), while the
+caller's thread parses the tar and writes the tree. The feeder runs ahead by a
 bounded queue, across layer boundaries, so the next layer is decompressed while this one is
 applied. Application stays in layer order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .apply import Applier
 from .blobs import VerifyingReader, new_hash, short
@@ -27,6 +28,7 @@ from .streams import END, ChunkStream
 from .tarstream import TarEntry
 
 QUEUE_CHUNKS = 16  # ~16 MiB of decompressed data in flight at most
+HASH_CHUNKS = 4  # what the diff_id's hash may lag behind the feeder, at most
 
 
 @dataclass
@@ -141,15 +143,17 @@ def layer_chunks(
     abandoned: Callable[[], bool] = lambda: False,
     on_read: Callable[[int], None] | None = None,
     used: Callable[[str], None] | None = None,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Yield layer `index` decompressed; at its end, verify the blob's digest and the diff_id
     (unless an earlier boot stage did: `image.verified_blobs`, `image.verified_diff_ids`).
     `used` is told the decoder's name."""
     desc = image.layers[index]
     label = f"layer {index + 1}/{len(image.layers)}"
     diff_id = image.diff_ids[index]
-    diff_hash = None if index in image.verified_diff_ids else new_hash(diff_id)
-    with image.source.open_blob(desc) as raw:
+    diff_hash = None if index in image.verified_diff_ids else BackgroundHash(new_hash(diff_id))
+    with contextlib.ExitStack() as cleanup, image.source.open_blob(desc) as raw:
+        if diff_hash:
+            cleanup.callback(diff_hash.close)
         reader = VerifyingReader(raw, desc, label, trusted=index in image.verified_blobs)
         try:
             for chunk in decoded_chunks(reader.read, used):
@@ -175,6 +179,36 @@ def layer_chunks(
             f"(expected {diff_id}, got {actual})",
             "the image is corrupt or was built wrongly",
         )
+
+
+class BackgroundHash:
+    """A hash computed by a thread of its own, so that hashing the uncompressed stream does not
+    hold up the thread that decompresses it: without SHA instructions (many CPUs, and QEMU's
+    emulated ones) sha256 is slower than decompressing. `update` hands the chunk over (it is
+    not copied; at most HASH_CHUNKS wait), `hexdigest` waits for the rest."""
+
+    def __init__(self, hasher: Any) -> None:
+        self._hash = hasher
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=HASH_CHUNKS)
+        self._thread = threading.Thread(target=self._run, name="diff-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._chunks.put(chunk)
+
+    def close(self) -> None:
+        """Let the thread hash what it holds, and end it."""
+        if self._thread.is_alive():
+            self._chunks.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return str(self._hash.hexdigest())
 
 
 def layer_sizes(image: Image) -> list[int]:
