@@ -338,6 +338,7 @@ def test_tampered_manifest_and_missing_blob(tmp_path: Path) -> None:
     info2.layer_paths[1].unlink()
     with pytest.raises(ImageError, match=f"blob {info2.layer_digests[1]} is missing"):
         unpack(tmp_path / "img2", tmp_path / "root")
+    assert hash_threads() == []  # the layer's hash had started before its blob was missed
 
 
 def test_gzip_trailing_garbage_and_bad_tar(tmp_path: Path) -> None:

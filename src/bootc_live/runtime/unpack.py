@@ -151,9 +151,10 @@ def layer_chunks(
     label = f"layer {index + 1}/{len(image.layers)}"
     diff_id = image.diff_ids[index]
     diff_hash = None if index in image.verified_diff_ids else BackgroundHash(new_hash(diff_id))
-    with contextlib.ExitStack() as cleanup, image.source.open_blob(desc) as raw:
+    with contextlib.ExitStack() as cleanup:
         if diff_hash:
-            cleanup.callback(diff_hash.close)
+            cleanup.callback(diff_hash.close)  # its thread ends however this ends
+        raw = cleanup.enter_context(image.source.open_blob(desc))
         reader = VerifyingReader(raw, desc, label, trusted=index in image.verified_blobs)
         try:
             for chunk in decoded_chunks(reader.read, used):
