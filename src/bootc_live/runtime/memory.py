@@ -31,8 +31,8 @@ MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file
 RESERVE = 48 << 20
 # An unpacking root's own reserve: the kernel and the runtime (about 10 MiB at the reference
 # image's peak, beyond the root's footprint), the decompressed data in flight between the fetch
-# and the apply (unpack.QUEUE_CHUNKS MiB) and switch-root. What the source holds ahead (a
-# registry's fetch-ahead, bootc.connections' parts) is planned on top: `ahead`.
+# and the apply (unpack.QUEUE_CHUNKS MiB, unpack.HASH_CHUNKS more) and switch-root. What the
+# source holds ahead (a registry's fetch-ahead, bootc.connections' parts) is planned on top.
 UNPACK_RESERVE = 32 << 20
 MIB = 1 << 20
 

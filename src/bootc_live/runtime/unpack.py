@@ -28,7 +28,7 @@ from .streams import END, ChunkStream
 from .tarstream import TarEntry
 
 QUEUE_CHUNKS = 16  # ~16 MiB of decompressed data in flight at most
-HASH_CHUNKS = 4  # what the diff_id's hash may lag behind the feeder, at most
+HASH_CHUNKS = 4  # the diff_id's hash lags the feeder by at most this (≤ 4 MiB more in flight)
 
 
 @dataclass
