@@ -1392,3 +1392,38 @@ def test_an_original_url_row_boots_the_images_label(tmp_path: Path) -> None:
         "root=original-live:http://10.0.2.100/root.oci",
         "bootclabel=debian-live",
     ]
+
+
+def test_issue_19_ram_targets_are_the_smallest_ram_against_the_roots_tmpfs_footprint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """reference-url at most 1.25, reference-zram at most 0.8 x the root's footprint in a tmpfs
+    (the host's df, this run): met, not met (a boot at or above the limit failed) or undecided
+    (the step straddles it, or only an upper bound is known), and printed so."""
+
+    def targets(url: tuple[int, int | None], zram: tuple[int, int | None]) -> dict[str, Any]:
+        by_row = packed_rows()
+        for name, (found, failed) in (("reference-url", url), ("reference-zram", zram)):
+            by_row[name]["figures"].update(
+                tmpfs_mib=853.0, min_ram_mib=found, ram_failed_mib=failed
+            )
+            by_row[name]["ram_search"].update(found=found, failed=failed)
+        return {t["row"]: t for t in rows.mode_comparison(by_row)["ram_targets"]}
+
+    found = targets((1152, 1088), (672, 656))
+    assert (found["reference-url"]["ratio"], found["reference-url"]["met"]) == (1152 / 853, False)
+    assert (found["reference-zram"]["ratio"], found["reference-zram"]["met"]) == (672 / 853, True)
+    found = targets((1088, 1024), (704, 640))
+    assert found["reference-url"]["met"] is None and found["reference-zram"]["met"] is None
+    found = targets((1024, None), (704, 688))
+    assert found["reference-url"]["upper_bound"] and found["reference-url"]["met"] is True
+    assert found["reference-zram"]["met"] is False
+
+    report.print_ram_target(targets((1152, 1088), (672, 656))["reference-zram"])
+    report.print_ram_target(targets((1152, 1088), (672, 656))["reference-url"])
+    assert capsys.readouterr().out.splitlines() == [
+        "issue 19 (reference-zram): smallest RAM / the root's tmpfs footprint (host, this run): "
+        "672 / 853 MiB = 0.79   met (at most 0.8); 656 MiB did not boot",
+        "issue 19 (reference-url): smallest RAM / the root's tmpfs footprint (host, this run): "
+        "1152 / 853 MiB = 1.35   NOT MET (at most 1.25); 1088 MiB did not boot",
+    ]

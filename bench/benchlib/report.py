@@ -626,6 +626,24 @@ def print_modes(report: dict[str, Any], ram: Callable[[str], str]) -> None:
             )
     for target in modes.get("targets") or []:
         print_zram_target(target, rows)
+    for target in modes.get("ram_targets") or []:
+        print_ram_target(target)
+
+
+def print_ram_target(target: dict[str, Any]) -> None:
+    """Issue 19's: the smallest RAM against what the root takes in a tmpfs."""
+    name, ram, footprint = target["row"], target["min_ram_mib"], target["tmpfs_mib"]
+    head = f"issue 19 ({name}): smallest RAM / the root's tmpfs footprint (host, this run): "
+    if target["ratio"] is None:
+        print(head + "- (" + ("not searched" if ram is None else "no footprint") + ")")
+        return
+    at_most = "<= " if target["upper_bound"] else ""
+    met = {True: "met", False: "NOT MET", None: "undecided (search finer with --ram-step)"}
+    print(
+        f"{head}{at_most}{ram} / {footprint:.0f} MiB = {at_most}{target['ratio']:.2f}   "
+        f"{met[target['met']]} (at most {target['limit']})"
+        + (f"; {target['failed_mib']} MiB did not boot" if target["failed_mib"] else "")
+    )
 
 
 def print_zram_target(target: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
