@@ -10,6 +10,7 @@ from .blobs import Descriptor
 from .cmdline import TMPFS, RootMode
 from .errors import BootcLiveError
 from .oci import Image
+from .unpack import HASH_CHUNKS, QUEUE_CHUNKS
 
 SIZES_ANNOTATION = "org.bootc-live.layer-sizes"  # written by `bootc-live build`
 # Also written by `bootc-live build` (bootc_live.zramsize): the bytes the image's file data takes
@@ -29,11 +30,13 @@ MEMINFO = "/proc/meminfo"  # a module global: host-side tests point it at a file
 # For the kernel, the runtime (its fetch buffers too) and switch-root, where no root is unpacked:
 # a packed root, kexec's stage one.
 RESERVE = 48 << 20
-# An unpacking root's own reserve: the kernel and the runtime (about 10 MiB at the reference
-# image's peak, beyond the root's footprint), the decompressed data in flight between the fetch
-# and the apply (unpack.QUEUE_CHUNKS MiB, unpack.HASH_CHUNKS more) and switch-root. What the
-# source holds ahead (a registry's fetch-ahead, bootc.connections' parts) is planned on top.
-UNPACK_RESERVE = 32 << 20
+# An unpacking root's own reserve: the decompressed data in flight between the fetch and the
+# apply (unpack.QUEUE_CHUNKS MiB, unpack.HASH_CHUNKS more), and 16 MiB for the rest the runtime
+# and its decoder grow by beyond the root's footprint, the kernel and switch-root (at 1152 MiB
+# the reference image's URL boot grew the runtime by 14 MiB, chunks in flight included, and ran
+# a 2 MiB igzip). What the source holds ahead (a registry's fetch-ahead, bootc.connections'
+# parts) is planned on top.
+UNPACK_RESERVE = (16 + QUEUE_CHUNKS + HASH_CHUNKS) << 20
 MIB = 1 << 20
 
 

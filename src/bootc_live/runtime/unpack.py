@@ -27,7 +27,9 @@ from .oci import Image
 from .streams import END, ChunkStream
 from .tarstream import TarEntry
 
-QUEUE_CHUNKS = 16  # ~16 MiB of decompressed data in flight at most
+# ~4 MiB of decompressed data in flight at most: enough to keep the applier busy (more did not
+# unpack faster, bench/unpack) and planned in memory.UNPACK_RESERVE, as is the hash's lag.
+QUEUE_CHUNKS = 4
 HASH_CHUNKS = 4  # the diff_id's hash lags the feeder by at most this (≤ 4 MiB more in flight)
 
 
