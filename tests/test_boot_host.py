@@ -92,6 +92,7 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(f"MemTotal: {TOTAL >> 10} kB\nMemFree: 1 kB\nMemAvailable: 3000000 kB\n")
     monkeypatch.setattr(memory, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(memory, "ZONEINFO", str(tmp_path / "no-zoneinfo"))  # nor the host's
     knob = tmp_path / "min_free_kbytes"  # never the host's, whatever a test makes of the boot
     knob.write_text("4000\n")
     monkeypatch.setattr(memory, "MIN_FREE_KBYTES", str(knob))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,23 +186,87 @@ Hugepagesize:       2048 kB
 """
 
 
+# The per-CPU lists of /proc/zoneinfo as Debian 12's kernel (6.1) writes them, trimmed: a
+# DMA32 zone's pagesets on two CPUs, then another zone's (whose "count" is no pageset's).
+GUEST_ZONEINFO = """\
+Node 0, zone      DMA
+  pages free     3584
+        min      20
+  pagesets
+    cpu: 0
+              count: 7
+              high:  0
+              batch: 1
+  vm stats threshold: 4
+    cpu: 1
+              count: 0
+              high:  0
+              batch: 1
+  vm stats threshold: 4
+  node_unreclaimable:  0
+Node 0, zone    DMA32
+  pages free     212500
+        min      1040
+  pagesets
+    cpu: 0
+              count: 4012
+              high:  3898
+              batch: 63
+  vm stats threshold: 16
+    cpu: 1
+              count: 3551
+              high:  3898
+              batch: 63
+  vm stats threshold: 16
+  node_unreclaimable:  0
+  start_pfn:           4096
+Node 0, zone   Normal
+  pages free     0
+        count: 99
+"""
+PER_CPU_PAGES = 7 + 4012 + 3551
+
+
 def test_what_holds_the_memory_in_use(tmp_path: Path) -> None:
     """The status's breakdown of the memory in use: each part from its meminfo fields, the
-    rest named `other`, the whole MemTotal - MemAvailable."""
+    rest named `other`, the whole MemTotal - what is available: MemAvailable and the free
+    pages on the kernel's per-CPU lists, which MemFree leaves out."""
     path = tmp_path / "meminfo"
     path.write_text(GUEST_MEMINFO)
-    parts = memory.in_use_by(str(path))
+    zoneinfo = tmp_path / "zoneinfo"
+    zoneinfo.write_text(GUEST_ZONEINFO)
+    lists = PER_CPU_PAGES * os.sysconf("SC_PAGE_SIZE")
+    assert memory.per_cpu_free(str(zoneinfo)) == lists
+    parts = memory.in_use_by(str(path), str(zoneinfo))
+    in_use = (1246052 - 994548) * 1024 - lists
     assert parts == {
-        "in_use": (1246052 - 994548) * 1024,
+        "in_use": in_use,
         "initramfs_files": 118960 * 1024,
         "tmpfs": 11488 * 1024,
         "processes": 28840 * 1024,
         "kernel": (21824 + 2688 + 1444 + 1536 + 12608) * 1024,
-        "other": (1246052 - 994548 - 118960 - 11488 - 28840 - 40100) * 1024,
+        "other": in_use - (118960 + 11488 + 28840 + 40100) * 1024,
     }
     # HugePages_Total counts pages, not kB; Memory.read still takes MemTotal and MemAvailable.
     assert memory.meminfo(str(path))["HugePages_Total"] == 0
-    assert Memory.read(str(path)) == Memory(1246052 * 1024, 994548 * 1024)
+    assert Memory.read(str(path), str(zoneinfo)) == Memory(1246052 * 1024, 994548 * 1024 + lists)
+    # Without a zoneinfo to read, MemAvailable alone.
+    missing = str(tmp_path / "nx")
+    assert Memory.read(str(path), missing) == Memory(1246052 * 1024, 994548 * 1024)
+
+
+def test_the_per_cpu_lists_are_what_awk_sums_in_this_machines_zoneinfo(tmp_path: Path) -> None:
+    """This machine's own /proc/zoneinfo (a newer kernel's, with more fields per pageset),
+    copied once so both read the same: the pagesets' counts, as awk sums them."""
+    snapshot = tmp_path / "zoneinfo"
+    snapshot.write_bytes(Path("/proc/zoneinfo").read_bytes())
+    summed = subprocess.run(
+        ["awk", '/^Node/ {p = 0} $1 == "pagesets" {p = 1} p && $1 == "count:" {s += $2} '
+         "END {print s + 0}", str(snapshot)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert memory.per_cpu_free(str(snapshot)) == int(summed) * os.sysconf("SC_PAGE_SIZE")
+    assert "pagesets" in snapshot.read_text()
 
 
 @pytest.mark.parametrize(
