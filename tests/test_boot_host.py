@@ -444,8 +444,19 @@ def test_an_internal_error_mid_unpack_is_one_line_and_undone(
 
 
 def test_the_status_lines_follow_the_states_and_carry_status_json(
-    system: System, layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    zoneinfo = tmp_path / "zoneinfo"  # 300 free pages on one CPU's list, 20 on another's
+    zoneinfo.write_text(
+        "Node 0, zone    DMA32\n  pages free     9000\n  pagesets\n    cpu: 0\n"
+        "              count: 300\n    cpu: 1\n              count: 20\n"
+    )
+    monkeypatch.setattr(memory, "ZONEINFO", str(zoneinfo))
+    lists = 320 * os.sysconf("SC_PAGE_SIZE")
     code, final = boot_with(layout, tmp_path, "")
     lines = [
         line
@@ -462,7 +473,9 @@ def test_the_status_lines_follow_the_states_and_carry_status_json(
     assert states[-1] == final
     assert final["root"] == {"mode": "tmpfs"} and final["entries"] == 5
     assert final["manifest"].startswith("sha256:") and final["layers"] == 1
-    assert final["available"] == 3000000 * 1024 - memory.UNPACK_RESERVE
+    # MemAvailable and the per-CPU lists' free pages, less the reserve.
+    assert final["per_cpu_free"] == lists
+    assert final["available"] == 3000000 * 1024 + lists - memory.UNPACK_RESERVE
     assert final["reserve"] == memory.UNPACK_RESERVE  # an embedded image: nothing held ahead
     assert final["modules_freed"] == 0 and final["mode"] == "tmpfs"
 

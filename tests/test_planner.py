@@ -249,7 +249,9 @@ def test_what_holds_the_memory_in_use(tmp_path: Path) -> None:
     }
     # HugePages_Total counts pages, not kB; Memory.read still takes MemTotal and MemAvailable.
     assert memory.meminfo(str(path))["HugePages_Total"] == 0
-    assert Memory.read(str(path), str(zoneinfo)) == Memory(1246052 * 1024, 994548 * 1024 + lists)
+    assert Memory.read(str(path), str(zoneinfo)) == Memory(
+        1246052 * 1024, 994548 * 1024 + lists, lists
+    )
     # Without a zoneinfo to read, MemAvailable alone.
     missing = str(tmp_path / "nx")
     assert Memory.read(str(path), missing) == Memory(1246052 * 1024, 994548 * 1024)

@@ -273,6 +273,7 @@ def plan_packed(spec: BootSpec, source: packed.PackedSource, report: Report) -> 
         need=need,
         available=have,
         memory_in_use=memory.in_use_by(),
+        per_cpu_free=mem.per_cpu,
         min_free_kbytes=reserve,
     )
     return mem
@@ -441,6 +442,7 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         modules_unused_bytes=unused.size,
         tools_unused_bytes=spare.files.size,
         memory_in_use=memory.in_use_by(),
+        per_cpu_free=mem.per_cpu,
         min_free_kbytes=reserve,
     )
     return Plan(mem, unused, need, spare)

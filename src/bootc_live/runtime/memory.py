@@ -90,6 +90,7 @@ class Memory:
 
     total: int
     available: int
+    per_cpu: int = 0  # of `available`: the free pages on the per-CPU lists
 
     @classmethod
     def read(cls, path: str | None = None, zoneinfo: str | None = None) -> Memory:
@@ -98,8 +99,9 @@ class Memory:
     @classmethod
     def of(cls, values: dict[str, int], zoneinfo: str | None = None) -> Memory:
         """From meminfo's `values`, and the per-CPU lists now."""
-        available = values.get("MemAvailable", values["MemFree"]) + per_cpu_free(zoneinfo)
-        return cls(values["MemTotal"], available)
+        lists = per_cpu_free(zoneinfo)
+        available = values.get("MemAvailable", values["MemFree"]) + lists
+        return cls(values["MemTotal"], available, lists)
 
 
 MIN_FREE_KBYTES = "/proc/sys/vm/min_free_kbytes"  # module globals, as MEMINFO
