@@ -11,11 +11,7 @@ dlopened), and so is a library whose name another file holds as a string (what d
 given: glibc and systemd dlopen libidn2 and libp11-kit by name). Sonames resolve to every file
 of that name, wherever it is: keeping too much is safe, deleting what is loaded is not. A tool
 stays whole when anything else in the initramfs may run it (RUNS_ELF, RUNS_TEXT), or when its
-executable answers to names other than its own (a multi-call binary). A program holding a
-tool's name may run it only if it can run programs at all: it, or a library it loads or names,
-imports exec, posix_spawn, system or popen (RUNS_PROGRAMS), or it is linked statically
-(libcrypto holds "openssl" as a name and runs nothing). A runner among the files of a tool that
-goes whenever this one does (runtime.tools.MAY_STAY) does not keep it: libcurl names openssl.
+executable answers to names other than its own (a multi-call binary).
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-from .runtime.tools import MAY_STAY, TOOLS
+from .runtime.tools import TOOLS
 
 PATH = ("usr/sbin", "usr/bin", "sbin", "bin")
 PT_LOAD, PT_DYNAMIC = 1, 2
@@ -44,48 +40,19 @@ RUNS_ELF = re.compile(rb"(?<=[\0/])(" + _ALTERNATIVES + rb")(?=\0)")
 RUNS_TEXT = re.compile(rb"(?<![A-Za-z0-9_.+-])(" + _ALTERNATIVES + rb")(?![A-Za-z0-9_+-])")
 RUNTIME = "usr/lib/bootc-live/"
 URL_LIB = "url-lib.sh"
-# What a program calls to run another: the exec family, posix_spawn, and the two that run a
-# shell command line. A program's string is a command only if it, or a library it loads or
-# names, imports one of these, or it is linked statically (a raw syscall(SYS_execve) is not
-# looked for).
-RUNS_PROGRAMS = frozenset(
-    {
-        "execl",
-        "execle",
-        "execlp",
-        "execv",
-        "execve",
-        "execveat",
-        "execvp",
-        "execvpe",
-        "fexecve",
-        "popen",
-        "posix_spawn",
-        "posix_spawnp",
-        "system",
-    }
-)
-SHT_DYNSYM = 11
 
 
 class Unreadable(ValueError):
     """An ELF file whose program headers or dynamic section cannot be read."""
 
 
-def elf_class(data: bytes) -> tuple[bool, str] | None:
-    """Whether an ELF file's bytes are 64-bit, and their byte order for struct; None if they
-    are not ELF."""
-    if data[:4] != b"\x7fELF" or len(data) < 52 or data[4] not in (1, 2) or data[5] not in (1, 2):
-        return None
-    return data[4] == 2, "<" if data[5] == 1 else ">"
-
-
 def needed(data: bytes) -> list[str] | None:
     """The DT_NEEDED sonames of an ELF file's bytes; None if it is not an ELF file, [] if it
     is linked statically; Unreadable if its headers or dynamic section are broken."""
-    if (kind := elf_class(data)) is None:
+    if data[:4] != b"\x7fELF" or len(data) < 52 or data[4] not in (1, 2) or data[5] not in (1, 2):
         return None
-    wide, order = kind
+    wide = data[4] == 2
+    order = "<" if data[5] == 1 else ">"
     try:
         if wide:
             phoff, phentsize, phnum = struct.unpack_from(order + "Q14xHH", data, 32)
@@ -133,49 +100,6 @@ def needed(data: bytes) -> list[str] | None:
     return found
 
 
-def imports(data: bytes) -> frozenset[str] | None:
-    """The symbols an ELF file's bytes import (its dynamic symbols that are undefined, as
-    `readelf --dyn-syms` lists them with UND), from its section headers; None when they cannot
-    be known: not ELF, linked statically, no section headers, or headers that do not hold."""
-    if (kind := elf_class(data)) is None:
-        return None
-    wide, order = kind
-    try:
-        if wide:
-            shoff, shentsize, shnum = struct.unpack_from(order + "40xQ10xHH", data)
-            section = struct.Struct(order + "II8x8xQQI4x8xQ")
-            symbol = struct.Struct(order + "I2xH16x")
-        else:
-            shoff, shentsize, shnum = struct.unpack_from(order + "32xI10xHH", data)
-            section = struct.Struct(order + "II4x4xIII4x4xI")
-            symbol = struct.Struct(order + "I10xH")
-        if not shoff or not shnum or shentsize < section.size:
-            return None
-        headers = [
-            section.unpack_from(data, shoff + i * shentsize) for i in range(min(shnum, 4096))
-        ]
-        dynsym = [h for h in headers if h[1] == SHT_DYNSYM]
-        if len(dynsym) != 1:
-            return None
-        _, _, offset, size, link, entsize = dynsym[0]
-        if link >= len(headers) or entsize < symbol.size or offset + size > len(data):
-            return None
-        strings_at, strings_size = headers[link][2], headers[link][3]
-        if strings_at + strings_size > len(data):
-            return None
-        found = set()
-        for at in range(offset, offset + size - entsize + 1, entsize):
-            name, shndx = symbol.unpack_from(data, at)
-            if name and shndx == 0 and name < strings_size:
-                end = data.find(b"\0", strings_at + name, strings_at + strings_size)
-                if end < 0:
-                    return None
-                found.add(data[strings_at + name : end].decode(errors="replace"))
-    except (struct.error, OverflowError):
-        return None
-    return frozenset(found)
-
-
 class Tree:
     """An unpacked initramfs: its regular files, the names leading to each (links followed
     inside the tree), and its ELF files' needs."""
@@ -189,7 +113,6 @@ class Tree:
         self.elves: dict[str, list[str]] = {}  # an ELF file -> its DT_NEEDED sonames
         self.mentions: dict[str, set[str]] = {}  # an ELF file -> the library names it holds
         self.commands: dict[str, set[str]] = {}  # a file -> the tools it runs (names)
-        self.spawners: set[str] = set()  # ELF files that may run programs (RUNS_PROGRAMS)
         self.unreadable: list[str] = []  # ELF files whose needs cannot be known
         inodes: dict[tuple[int, int], str] = {}  # a file is known by its first link, sorted
         for dirpath, dirnames, filenames in os.walk(root):
@@ -222,9 +145,6 @@ class Tree:
                 self.elves[rel] = found_needed
                 self.mentions[rel] = {m.decode() for m in MENTION.findall(data)}
                 self.commands[rel] = {m.decode() for m in RUNS_ELF.findall(data)}
-                symbols = imports(data)
-                if symbols is None or symbols & RUNS_PROGRAMS:
-                    self.spawners.add(rel)
             elif b"\0" not in data[:8192]:  # a script, a unit, a rule: its lines but comments
                 lines = (ln for ln in data.splitlines() if not ln.lstrip().startswith(b"#"))
                 self.commands[rel] = {m.decode() for m in RUNS_TEXT.findall(b"\n".join(lines))}
@@ -271,27 +191,6 @@ class Tree:
                 pending.extend(self.loads(rel) - seen)
         return seen
 
-    def may_spawn(self, rel: str) -> bool:
-        """Whether an ELF file can run a program: it is linked statically (static-pie too,
-        whose dynamic symbols import nothing: its own libc runs programs), or it, or a library
-        it loads or names (what it may dlopen), transitively, imports a function of
-        RUNS_PROGRAMS, or has imports that cannot be read."""
-        if not self.elves.get(rel):
-            return True
-        seen: set[str] = set()
-        pending = [rel]
-        while pending:
-            here = pending.pop()
-            if here in seen or here not in self.elves:
-                continue
-            if here in self.spawners:
-                return True
-            seen.add(here)
-            pending.extend(self.loads(here))
-            mentions = self.mentions[here]
-            pending.extend(lib for lib in self.elves if self._mentioned(lib, mentions))
-        return False
-
     def executable(self, tool: str) -> str | None:
         """The ELF file the tool's name (or one of its own other names) leads to."""
         for name in (tool, *TOOLS[tool]):
@@ -301,10 +200,9 @@ class Tree:
                     return self.canonical[found]
         return None
 
-    def files_of(self, tool: str, going: frozenset[str] = frozenset()) -> list[str]:
+    def files_of(self, tool: str) -> list[str]:
         """The files only `tool` needs, as absolute paths in the initramfs (every name of
-        each); [] when the tool is absent, a multi-call binary, or another file may run it
-        (one in `going` does not count: it goes, and stops running, whenever `tool` does)."""
+        each); [] when the tool is absent, a multi-call binary, or another file may run it."""
         exe = self.executable(tool)
         if exe is None or self.names[exe] - {tool, *TOOLS[tool]}:
             return []
@@ -324,7 +222,7 @@ class Tree:
             if not named:
                 break
             mine -= self.closure(named)
-        if self.run_by_others(tool, mine | going):
+        if self.run_by_others(tool, mine):
             return []
         return sorted(f"/{path}" for rel in mine for path in self.links[rel])
 
@@ -334,8 +232,6 @@ class Tree:
         for rel, commands in self.commands.items():
             if rel in mine or rel.startswith(RUNTIME) or not commands & names:
                 continue
-            if rel in self.elves and not self.may_spawn(rel):
-                continue  # a name it holds, never a command: it runs nothing
             if os.path.basename(rel) == URL_LIB and commands & names <= {"curl", "fetch_url"}:
                 continue  # the wrapper itself: its callers count
             return True
@@ -352,25 +248,4 @@ def manifest(root: Path) -> dict[str, list[str]]:
     if tree.unreadable:
         return {}  # what they load is unknown: nothing may go
     found = {tool: tree.files_of(tool) for tool in TOOLS}
-    while True:
-        # A tool another tool's files may run goes too when that one goes whenever it does
-        # (runtime.tools.MAY_STAY: the others go together): libcurl names openssl.
-        again = {
-            tool: tree.files_of(tool, going_with(tool, found))
-            for tool, files in found.items()
-            if not files
-        }
-        if not any(again.values()):
-            return {tool: files for tool, files in found.items() if files}
-        found.update(again)
-
-
-def going_with(tool: str, found: dict[str, list[str]]) -> frozenset[str]:
-    """The files (relative) of the other tools that go whenever `tool` goes: all of them when
-    `tool` may stay (only a boot that runs none frees it), else those that may not stay."""
-    return frozenset(
-        path.lstrip("/")
-        for other, files in found.items()
-        if other != tool and (tool in MAY_STAY or other not in MAY_STAY)
-        for path in files
-    )
+    return {tool: files for tool, files in found.items() if files}

@@ -45,16 +45,10 @@ class Unused:
     owners: tuple[str, ...] = ()  # the tool of each of files.paths
 
 
-# The tools a boot in a root mode may still run once its root is prepared: EROFS's mkfs.erofs
-# packs the unpacked tree (zram's mkfs.ext4 has made its file system by then). Every other tool
-# goes whenever any does.
-STILL_RUN = {"erofs": frozenset({"mkfs.erofs"})}
-MAY_STAY = frozenset().union(*STILL_RUN.values())
-
-
 def still_run(mode: str) -> frozenset[str]:
-    """The tools a boot in root mode `mode` may still run once its root is prepared."""
-    return STILL_RUN.get(mode, frozenset())
+    """The tools a boot in root mode `mode` may still run once its root is prepared: EROFS's
+    mkfs.erofs packs the unpacked tree (zram's mkfs.ext4 has made its file system by then)."""
+    return frozenset({"mkfs.erofs"} if mode == "erofs" else ())
 
 
 def read_manifest(path: str | None = None) -> dict[str, list[str]]:
