@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,31 @@ def test_a_multi_call_binary_and_hard_links(tree: Path) -> None:
     assert "curl" not in found
     paths = {"/usr/bin/mke2fs", "/usr/sbin/mke2fs", "/usr/sbin/mkfs.ext4"}
     assert paths <= set(found["mkfs.ext4"])
+
+
+@pytest.mark.parametrize(
+    ("program", "tool"),
+    [
+        ("/usr/bin/skopeo", "mkfs.ext4"),  # Go: "…mkdirtempmkfs.ext4mode=0620…"
+        (str(Path(sys.executable).with_name("ruff")), "curl"),  # Rust: "…alloc curlextents…"
+    ],
+    ids=["go-skopeo", "rust-ruff"],
+)
+def test_a_go_or_rust_program_that_holds_a_tools_name_keeps_it(
+    tree: Path, program: str, tool: str
+) -> None:
+    """Go and Rust lay a program's strings end to end, with no NUL after each: in a real Go
+    program (skopeo) and a real Rust one (ruff) a tool's name stands between other strings,
+    never as a C string, and whether they run it cannot be told: the tool stays."""
+    assert tool in toolfiles.manifest(tree)
+    data = Path(program).read_bytes()
+    assert tool.encode() in data and tool not in {
+        m.decode() for m in toolfiles.RUNS_ELF.findall(data)
+    }
+    copy_with_libraries(program, tree, f"usr/bin/{Path(program).name}")
+    found = toolfiles.manifest(tree)
+    assert tool not in found
+    assert found["curl" if tool != "curl" else "mkfs.ext4"]  # the other tool still goes
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ every other ELF file is a root of the keeping, even a library nothing names (it 
 dlopened), and so is a library whose name another file holds as a string (what dlopen is
 given: glibc and systemd dlopen libidn2 and libp11-kit by name). Sonames resolve to every file
 of that name, wherever it is: keeping too much is safe, deleting what is loaded is not. A tool
-stays whole when anything else in the initramfs may run it (RUNS_ELF, RUNS_TEXT), or when its
-executable answers to names other than its own (a multi-call binary).
+stays whole when anything else in the initramfs may run it (RUNS_ELF, RUNS_TEXT; in a Go or
+Rust program, whose strings have no end marked, RUNS_ANYWHERE), or when its executable answers
+to names other than its own (a multi-call binary).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ _RUN_NAMES = sorted({*TOOLS, *(a for aliases in TOOLS.values() for a in aliases)
 _ALTERNATIVES = b"|".join(re.escape(n.encode()) for n in _RUN_NAMES)
 RUNS_ELF = re.compile(rb"(?<=[\0/])(" + _ALTERNATIVES + rb")(?=\0)")
 RUNS_TEXT = re.compile(rb"(?<![A-Za-z0-9_.+-])(" + _ALTERNATIVES + rb")(?![A-Za-z0-9_+-])")
+# Go and Rust lay a program's strings end to end, with no NUL after each ("…mkdirtempmkfs.ext4
+# mode=0620…" in podman): in a program of theirs a tool's name counts wherever it stands. What
+# marks one: Go's build information, the paths of Rust's core library in its panic messages.
+UNTERMINATED = (b"\xff Go buildinf:", b"/library/core/src/")
+RUNS_ANYWHERE = re.compile(rb"(" + _ALTERNATIVES + rb")")
 RUNTIME = "usr/lib/bootc-live/"
 URL_LIB = "url-lib.sh"
 
@@ -144,7 +150,8 @@ class Tree:
             if found_needed is not None:
                 self.elves[rel] = found_needed
                 self.mentions[rel] = {m.decode() for m in MENTION.findall(data)}
-                self.commands[rel] = {m.decode() for m in RUNS_ELF.findall(data)}
+                runs = RUNS_ANYWHERE if any(m in data for m in UNTERMINATED) else RUNS_ELF
+                self.commands[rel] = {m.decode() for m in runs.findall(data)}
             elif b"\0" not in data[:8192]:  # a script, a unit, a rule: its lines but comments
                 lines = (ln for ln in data.splitlines() if not ln.lstrip().startswith(b"#"))
                 self.commands[rel] = {m.decode() for m in RUNS_TEXT.findall(b"\n".join(lines))}
@@ -227,7 +234,7 @@ class Tree:
         return sorted(f"/{path}" for rel in mine for path in self.links[rel])
 
     def run_by_others(self, tool: str, mine: set[str]) -> bool:
-        """Whether a file outside `mine` may run `tool` (RUNS_ELF, RUNS_TEXT)."""
+        """Whether a file outside `mine` may run `tool` (RUNS_ELF, RUNS_ANYWHERE, RUNS_TEXT)."""
         names = {tool, *TOOLS[tool], *(w for w, t in WRAPPERS.items() if t == tool)}
         for rel, commands in self.commands.items():
             if rel in mine or rel.startswith(RUNTIME) or not commands & names:
