@@ -609,7 +609,7 @@ def test_the_report_prints_the_figures_read(capsys: pytest.CaptureFixture[str]) 
         "smallest RAM that boots                    not searched        448 MiB   not searched"
         "   <= 1280 MiB from a URL; the original ~2048 MiB",
         "peak memory in use (runtime)                    628 MiB        628 MiB        900 MiB"
-        "   MemTotal - MemAvailable, peak during fetch + unpack",
+        "   MemTotal - MemAvailable - per-CPU lists, peak during fetch + unpack",
         "  the mode needs (runtime's planner)            277 MiB        277 MiB        700 MiB"
         "   status 'need': at the peak; it refuses to start below",
         "zram: data stored on the device                       -      595.3 MiB              -"

@@ -69,7 +69,7 @@ class BootRun:
     entries: int | None = None
     written_mib: int | None = None  # regular-file data written ("bytes")
     unpack_s: float | None = None  # "seconds"
-    peak_mib: int | None = None  # "peak_memory": MemTotal - MemAvailable, at the peak
+    peak_mib: int | None = None  # "peak_memory": MemTotal - MemAvailable - per-CPU lists
     start_mib: int | None = None  # "memory_before": the same, when the runtime began
     freed_mib: int | None = None  # the unused kernel modules and tools freed
     compressed_mib: int | None = None

@@ -280,7 +280,7 @@ def print_figures(report: dict[str, Any], cells: Cells) -> None:
         (
             "peak memory in use (runtime)",
             cells.mib("peak_mib"),
-            "MemTotal - MemAvailable, peak during fetch + unpack",
+            "MemTotal - MemAvailable - per-CPU lists, peak during fetch + unpack",
         ),
         (
             "  in use before fetching (runtime)",

@@ -16,10 +16,11 @@ original_live_root_ours() {
 # original_live_status STATE [KEY=JSON-VALUE ...]: one console line for bench/boot,
 # `original-live: status {"state":…,"uptime":…,"memory_in_use":…,KEY:VALUE…}`, through the
 # kernel's log (so it carries the kernel's timestamp). memory_in_use is MemTotal - MemAvailable
-# in bytes, as bootc-live's own status reports it.
+# less the free pages on the kernel's per-CPU lists (/proc/zoneinfo's pagesets), in bytes, as
+# bootc-live's own status reports it.
 # shellcheck disable=SC3043  # local: every shell dracut installs has it
 original_live_status() {
-    local state="$1" up rest key value total=0 available=0 fields="" pair
+    local state="$1" up rest key value total=0 available=0 fields="" pair lists=0 pages=0
     shift
     read -r up rest < /proc/uptime
     while read -r key value rest; do
@@ -28,6 +29,14 @@ original_live_status() {
             MemAvailable:) available=$value ;;
         esac
     done < /proc/meminfo
+    while read -r key value rest; do
+        case "$key" in
+            Node) lists=0 ;;
+            pagesets) lists=1 ;;
+            count:) [ "$lists" = 1 ] && pages=$((pages + value)) ;;
+        esac
+    done < /proc/zoneinfo
+    available=$((available + pages * 4))
     for pair in "$@"; do
         fields="$fields,\"${pair%%=*}\":${pair#*=}"
     done

@@ -435,7 +435,8 @@ def check_packed(
 
 
 class PeakWatch:
-    """Samples memory in use (MemTotal - MemAvailable) in a thread; `peak` is the highest seen."""
+    """Samples memory in use (MemTotal less what Memory.read counts available) in a thread;
+    `peak` is the highest seen."""
 
     def __init__(self, interval: float = 0.2, path: str | None = None) -> None:
         self.interval = interval
