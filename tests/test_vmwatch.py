@@ -3,8 +3,12 @@ plumbing on stand-in commands (no QEMU)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
+import pytest
+
+from bootc_live import vm
 from bootc_live.vm import INIT_STARTED, Console, VmConfig, kernel_command_line, watch
 
 
@@ -75,10 +79,66 @@ def test_watch_reads_the_marker_through_the_pipe() -> None:
 
 
 def test_watch_ends_when_the_guest_stops() -> None:
-    panicked = watch(sh("echo 'Kernel panic - not syncing: x'"), timeout=600, echo=None)
-    assert (panicked.ended, panicked.output) == ("failure", "Kernel panic - not syncing: x\n")
+    panic = "Kernel panic - not syncing: x"
+    panicked = watch(sh(f"echo '{INIT_STARTED}'; echo '{panic}'"), timeout=600, echo=None)
+    assert (panicked.ended, panicked.output) == ("failure", f"{INIT_STARTED}\n{panic}\n")
+    # Before /init nothing of ours has run: the kernel crashed.
+    assert watch(sh(f"echo '{panic}'"), timeout=600, echo=None).ended == "crashed"
     halted = watch(sh("echo 'reboot: Power down'; exec sleep 30"), timeout=600, echo=None)
     assert halted.ended == "exit"
+
+
+CRASH = (
+    "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\nKernel panic - not syncing: Attempted to kill init"
+)
+
+
+def stand_in_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *boots: str) -> Path:
+    """Artifacts `boot` accepts, and QEMU replaced by a command printing each of `boots` in
+    turn (the last again once they run out); returns the file counting its runs."""
+    for name in ("vmlinuz", "initrd.img", "cmdline.txt", "rootfs.img", "initrd-full.img"):
+        (tmp_path / name).write_text("")
+    runs = tmp_path / "runs"
+    runs.write_text("")
+    scripts = [f"printf '%s\\n' {shlex.quote(text)}" for text in boots]
+    script = (
+        'echo x >> "$1"; n=$(wc -l < "$1"); case $n in '
+        + " ".join(f"{n}) {line} ;;" for n, line in enumerate(scripts[:-1], 1))
+        + f" *) {scripts[-1]} ;; esac"
+    )
+    monkeypatch.setattr(vm, "qemu_argv", lambda *_: ["sh", "-c", script, "sh", str(runs)])
+    return runs
+
+
+def test_a_kernel_crash_before_init_is_booted_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QEMU's TCG now and then runs kernel code the kernel has just patched in its old form and
+    the guest's kernel oopses before /init, before anything of ours: the boot is tried again,
+    once, and says so."""
+    runs = stand_in_qemu(monkeypatch, tmp_path, CRASH, f"{INIT_STARTED}\nMARK ok")
+    result = vm.boot(VmConfig(tmp_path, accel="tcg"), timeout=60, markers=("MARK",), echo=None)
+    assert (result.ended, result.markers) == ("marker", {"MARK": "ok"})
+    assert runs.read_text().count("x") == 2
+    said = capsys.readouterr().err
+    assert said == (
+        "bootc-live: the guest's kernel panicked before it ran /init (before bootc-live runs); "
+        "booting it again\n"
+    )
+
+
+def test_a_kernel_that_cannot_boot_fails_after_one_more_try(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Twice a crash before /init: a failure (as a panic after it is), after two boots only."""
+    runs = stand_in_qemu(monkeypatch, tmp_path, CRASH)
+    result = vm.boot(VmConfig(tmp_path, accel="tcg"), timeout=60, markers=("MARK",), echo=None)
+    assert result.ended == "failure" and "Attempted to kill init" in result.output
+    assert runs.read_text().count("x") == 2
+    # A failure once the initramfs runs is ours to report: not booted again.
+    runs = stand_in_qemu(monkeypatch, tmp_path, f"{INIT_STARTED}\nKernel panic - not syncing: y")
+    result = vm.boot(VmConfig(tmp_path, accel="tcg"), timeout=60, markers=("MARK",), echo=None)
+    assert result.ended == "failure" and runs.read_text().count("x") == 1
 
 
 def test_an_appended_root_boots_another_image_without_the_built_ones_pin(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
@@ -59,7 +59,7 @@ class Boot:
     """What one boot printed, and how it ended."""
 
     output: str
-    ended: str  # "marker", "failure", "exit", "timeout" or "stalled"
+    ended: str  # "marker", "failure", "exit", "timeout", "stalled" or "crashed"
     seconds: float
     markers: dict[str, str] = field(default_factory=dict)
 
@@ -177,6 +177,16 @@ def choose_accel(requested: str) -> str:
 
 INIT_STARTED = "Run /init as init process"  # the kernel hands over to the initramfs
 STALL_BEFORE_INIT = 60.0  # seconds of console silence before /init that count as a stall
+# What ends a boot before anything of ours has run, and is tried once more. QEMU's TCG (7.2,
+# Debian 12's) occasionally hangs there, or runs code the kernel has just patched in its old
+# form (seen: Debian 13's kernel, "Oops: int3" in sched_clock_cpu, a static key being switched,
+# one boot in a CI run); a kernel that cannot boot panics the second time too, and that boot is
+# the result.
+AGAIN = {
+    "stalled": f"the guest's kernel printed nothing for {STALL_BEFORE_INIT:.0f}s before it ran "
+    "/init (a QEMU stall, before bootc-live runs)",
+    "crashed": "the guest's kernel panicked before it ran /init (before bootc-live runs)",
+}
 
 
 class Console:
@@ -231,8 +241,9 @@ def watch(
     """Run QEMU, tee its console, and stop at the first marker, the guest's stop, or the timeout.
 
     Boot.ended is "marker", "exit" (the guest stopped), "failure" (it stopped after a boot
-    failure), "timeout", or "stalled": the kernel printed nothing for `stall` seconds before
-    it ran /init (QEMU's TCG occasionally hangs there, before anything of ours runs).
+    failure), "timeout", "stalled": the kernel printed nothing for `stall` seconds before it
+    ran /init (QEMU's TCG occasionally hangs there, before anything of ours runs), or
+    "crashed": the kernel panicked before it ran /init.
 
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
@@ -270,6 +281,8 @@ def watch(
             logf.close()
     if ended in (None, "stopped"):
         ended = "failure" if console.failed else "exit"
+    if ended == "failure" and not console.in_init:
+        ended = "crashed"
     return Boot("".join(console.chunks), ended, clock() - console.start, console.found)
 
 
@@ -328,14 +341,10 @@ def boot(
             code = _run.start(argv, stdin=None).wait()
             return Boot("", "exit" if code == 0 else "failure", time.monotonic() - start)
         result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
-        if result.ended == "stalled":
-            print(
-                f"bootc-live: the guest's kernel printed nothing for {STALL_BEFORE_INIT:.0f}s "
-                "before it ran /init (a QEMU stall, before bootc-live runs); booting it again",
-                file=sys.stderr,
-            )
+        if result.ended in AGAIN:
+            print(f"bootc-live: {AGAIN[result.ended]}; booting it again", file=sys.stderr)
             result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
-        return result
+        return replace(result, ended="failure") if result.ended == "crashed" else result
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
