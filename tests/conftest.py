@@ -1,4 +1,5 @@
-"""Session fixtures for the VM tests: the demo images and their artifacts, built once per run."""
+"""Session fixtures for the VM tests (the demo images and their artifacts, built once per run),
+and what every test starts from."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from bootc_live.runtime import run
 from vmboot import build_artifacts, need_vm_tools, write_demo_images
+
+
+@pytest.fixture(autouse=True)
+def untraced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with commands untraced: a boot under rd.debug, or `--debug`, run in
+    this process turns tracing on for the process, and its "+ argv" lines are not the next
+    test's output."""
+    monkeypatch.setattr(run, "DEBUG", False)
+    monkeypatch.delenv("BOOTC_LIVE_DEBUG", raising=False)
 
 
 @pytest.fixture(scope="session")
