@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,12 +18,17 @@ from pathlib import Path
 from unpackers import need
 
 
+class HardTimeout(BaseException):
+    """Not an Exception (TimeoutError is an OSError): no retry loop under test takes it for a
+    network failure and goes on."""
+
+
 @contextmanager
 def hard_timeout(seconds: float) -> Iterator[None]:
     """Whatever the block waits for (a socket, a lock, a sleep), it fails after `seconds`."""
 
     def expire(*_: object) -> None:
-        raise TimeoutError(f"the test ran for more than {seconds:g} s")
+        raise HardTimeout(f"the test ran for more than {seconds:g} s")
 
     old = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -361,9 +367,9 @@ def _trickle(head: bytes, body: bytes, pause: float) -> list[object]:
     return out
 
 
-def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> list[object]:
+def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> Iterable[object]:
     """What to send for request number `n` (1-based) under the server's switch: bytes to
-    send, or seconds (float) to wait."""
+    send, or seconds (float) to wait; without end for the switches that never stop."""
     s = server.switch
     first = n == 1
     if s == "honest":
@@ -435,6 +441,11 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> lis
     if s == "401":
         head = _head("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="x"')])
         return [head]
+    if s == "endless-continue":  # interim answers without end, each on time
+        return itertools.repeat(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if s == "endless-trailer":  # a chunked body whose trailer never ends
+        head = _head("200 OK", [("Transfer-Encoding", "chunked")]) + b"5\r\nstart\r\n0\r\n"
+        return itertools.chain([head], itertools.repeat(b"X-Trailer: more\r\n"))
     if s == "503-once":
         if first:
             return [_head("503 Busy", [("Retry-After", "0"), ("Content-Length", "0")])]
@@ -469,6 +480,8 @@ MISBEHAVIOURS = [
     "empty",
     "401",
     "503-once",
+    "endless-continue",
+    "endless-trailer",
 ]
 
 

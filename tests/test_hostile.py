@@ -100,6 +100,8 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "empty": (r"connection failed \(Remote end closed .*giving up after 3 retries", 4),
     "401": (r"HTTP 401 Unauthorized", 1),
     "503-once": (None, 40),
+    "endless-continue": (r"malformed answer \(got more than 10 interim answers\)", 1),
+    "endless-trailer": (r"malformed answer \(got more than 100 trailer lines\)", 1),
 }
 
 

@@ -52,6 +52,9 @@ RETRYABLE = {408, 425, 429, 500, 502, 503, 504}  # and 5xx but 501/505; other an
 PROGRESS = 64 << 10  # bytes read since the last failure that make a fresh backoff and budget
 MAX_RANGE_READS = 100_000  # tar headers read one by one from an archive in place
 ERROR_BODY = 4096
+INTERIM = 10  # 1xx answers skipped before the real one: a server could send them forever
+TRAILER_LINES = 100  # the lines after a chunked body's last chunk, likewise
+MAX_LINE = 65536  # http.client's bound on a header line
 PART = 2 << 20  # what each connection of a ParallelReader fetches at a time
 PARALLEL_MIN = 4 * PART  # bodies up to this size come through one connection
 PIECE = 256 << 10  # the reads a part is made of
@@ -343,6 +346,7 @@ class Client:
             headers.update(self.auth.headers_for(url))
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        conn.response_class = _Response
         conn.connect()
         paced = _PacedSocket(conn.sock, self.policy)
         conn.sock = paced
@@ -431,6 +435,31 @@ class Client:
                 "the server's Range support is broken",
             )
         return Answer(resp, url, total, last - first + 1)
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's answer with its two loops bounded: interim answers and trailer lines,
+    which a server could otherwise send forever, each byte within the deadlines."""
+
+    _interim = 0
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if status == http.client.CONTINUE:
+            self._interim += 1
+            if self._interim > INTERIM:
+                raise http.client.HTTPException(f"got more than {INTERIM} interim answers")
+        return version, status, reason
+
+    def _read_and_discard_trailer(self) -> None:
+        assert self.fp is not None
+        for _ in range(TRAILER_LINES):
+            line = self.fp.readline(MAX_LINE + 1)
+            if len(line) > MAX_LINE:
+                raise http.client.LineTooLong("trailer line")
+            if line in (b"\r\n", b"\n", b""):
+                return
+        raise http.client.HTTPException(f"got more than {TRAILER_LINES} trailer lines")
 
 
 class _Paced(io.RawIOBase):
