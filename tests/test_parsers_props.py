@@ -183,6 +183,13 @@ def test_json_loader_any_bytes(data: bytes) -> None:
     assert jsondoc.depth(data) <= jsondoc.DEPTH_LIMIT
 
 
+def test_json_loader_is_linear_in_unterminated_strings() -> None:
+    # Each quote of a run of escaped quotes opens a string that never closes: a scan that
+    # tried each again from every quote took minutes for this; one pass takes milliseconds.
+    with hard_timeout(20), pytest.raises(ValueError, match="Unterminated string"):
+        jsondoc.loads(b'{"a": "' + b'\\"' * 300_000)
+
+
 SAFE = string.ascii_letters + string.digits
 PASSWORDS = st.text(SAFE, min_size=4, max_size=20).map(lambda p: f"PW{p}")
 

@@ -14,7 +14,9 @@ from typing import Any
 
 SIZE_LIMIT = 16 << 20
 DEPTH_LIMIT = 64  # an OCI index or manifest nests 4 or 5 levels
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, or an unterminated one to the end: a match never fails, so never backtracks (one
+# that could fail is tried again from every quote after, quadratic in a run of escaped quotes).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 # Bracket bytes to steps of depth: an opening one to 2, a closing one to 0 (then minus 1).
 _STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
