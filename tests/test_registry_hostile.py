@@ -151,6 +151,25 @@ def test_a_tls_registry_naming_a_plain_http_realm_gets_no_password(
     assert realm.requests == []
 
 
+@pytest.mark.parametrize(
+    "realm", ["https://[::1/token", "file:///etc/shadow", "https://h:99999/token", "//x/token"]
+)
+def test_an_unusable_token_realm_is_one_line(realm: str, layout: Path, tmp_path: Path) -> None:
+    knobs = Knobs(auth="bearer", credentials=("me", PASSWORD))
+    knobs.realm = realm
+    with fakeregistry.serve(layout, knobs) as reg:
+        creds = auth_json(tmp_path / "a.json", {reg.host: ("me", PASSWORD)})
+        with pytest.raises(BootcLiveError) as err:
+            fetch(reg, auth_file=creds)
+    line = err.value.line()
+    assert re.match(
+        rf"(registry {reg.host}: token service .* is not an http\(s\) URL|"
+        r"https://h:99999/token.*: unusable answer or request)",
+        line,
+    ), line
+    assert PASSWORD not in line and "\n" not in line
+
+
 def test_token_credentials_never_follow_a_redirect(layout: Path, tmp_path: Path) -> None:
     with hostile(b"{}", "honest") as elsewhere:
         knobs = Knobs(auth="bearer", credentials=("me", PASSWORD))

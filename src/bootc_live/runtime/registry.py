@@ -263,7 +263,10 @@ class RegistryAuth:
 
     def _fetch_token(self, params: dict[str, str]) -> None:
         realm = params["realm"]
-        scheme = urllib.parse.urlsplit(realm).scheme
+        try:
+            scheme = urllib.parse.urlsplit(realm).scheme
+        except ValueError:  # an unclosed [ of an IPv6 address, say
+            scheme = ""
         if scheme not in ("http", "https"):
             raise RegistryError(
                 f"registry {self.netloc}: token service {http.redact(realm)} is not an http(s) URL"
