@@ -134,6 +134,11 @@ def test_empty_pax_values_keep_the_header_values_but_empty_xattrs_apply(tmp_path
         ({"SCHILY.devminor": "1048576"}, "block", "device 0:1048576 does not fit"),
         ({"SCHILY.devmajor": str(1 << 40)}, "char", "does not fit"),
         ({"mtime": "1" * 25}, "file", "invalid PAX mtime"),
+        # More digits than int() converts (4300): a ValueError, not a line, before they were cut.
+        ({"size": "9" * 5000}, "file", "invalid PAX size"),
+        ({"uid": "1" * 5000}, "file", "invalid PAX uid"),
+        ({"SCHILY.devmajor": "7" * 5000}, "char", "invalid PAX SCHILY.devmajor"),
+        ({"GNU.sparse.major": "1" * 5000}, "file", "invalid PAX GNU.sparse.major"),
     ],
 )
 def test_crafted_values_end_in_one_line(
@@ -143,6 +148,14 @@ def test_crafted_values_end_in_one_line(
     line = refused(tmp_path, layer_tar([f("before", b"b"), entry]))
     assert reason in line, line
     assert "victim" in line or "tar header" in line or "\\x00" in line, line
+
+
+def test_a_pax_record_length_of_thousands_of_digits_ends_in_one_line(tmp_path: Path) -> None:
+    record = b"0" * 5000 + b"5020 path=victim\n"
+    pax = header_block("PaxHeaders/victim", typeflag=b"x", size=len(record))
+    padded = record + bytes(-len(record) % BLOCK)
+    line = refused(tmp_path, raw(pax + padded + header_block("victim", typeflag=b"0")))
+    assert line == "tar header: malformed PAX record", line
 
 
 def test_nul_in_an_xattr_name_ends_in_one_line(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ _KINDS = {
     b"6": FIFO,
     b"D": DIRECTORY,  # GNU dumpdir: a directory whose data (a listing) is skipped
 }
-_PAX_LINE = re.compile(rb"(\d+) ")
+_PAX_LINE = re.compile(rb"([0-9]{1,19}) ")  # int() of thousands of digits raises
 _OCTAL = re.compile(rb"[0-7]+")
 
 
@@ -163,7 +163,7 @@ def parse_pax(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def _pax_int(value: bytes, key: str) -> int:
-    if re.fullmatch(rb"-?[0-9]+", value) is None or not -_INT64 <= int(value) < _INT64:
+    if re.fullmatch(rb"-?[0-9]{1,19}", value) is None or not -_INT64 <= int(value) < _INT64:
         raise LayerError(f"tar header: invalid PAX {shown(key)}={shown(repr(value))}")
     return int(value)
 
