@@ -66,8 +66,9 @@ def built(
     )
     out = work / "artifacts"
     # TMPDIR set on purpose: the host's environment must not leak into the image's chroot.
+    # -o relative, as a user types it (the initramfs's self-check runs in another directory).
     made: subprocess.CompletedProcess[str] = bootc_live(
-        "build", image.source, "-o", os.fspath(out), "--pack", pack, *options, tmpdir=work
+        "build", image.source, "-o", out.name, "--pack", pack, *options, tmpdir=work, cwd=work
     )
     assert made.returncode == 0, f"bootc-live build failed:\n{tail(made.stderr)}"
     return out, made.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -147,8 +148,11 @@ def test_split_layout_and_archive_hold_the_verified_image(
 def test_concatenation_aligns_each_initrd(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"abc")
     (tmp_path / "b").write_bytes(b"070701")
+    (tmp_path / "a").chmod(0o600)  # initrd.img, which can hold credentials
+    (tmp_path / "b").chmod(0o644)
     build_mod.concatenate(tmp_path / "ab", tmp_path / "a", tmp_path / "b")
     assert (tmp_path / "ab").read_bytes() == b"abc\x00070701"
+    assert stat.S_IMODE((tmp_path / "ab").stat().st_mode) == 0o600
 
 
 def test_kernel_is_the_highest_version(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -132,3 +133,49 @@ def test_a_ref_that_no_image_can_be_named_is_refused_before_anything_is_read(
     said = assert_clean_failure(result)
     assert "bad..name in oci-archive:PATH:REF: expected a reference name" in said, said
     assert "fix REF" in said
+
+
+def test_build_replaces_no_directory_it_did_not_write(tmp_path: Path) -> None:
+    """-o names where a build's artifacts go; a rebuild replaces only a build's own output."""
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"keep")
+    (tmp_path / "notes").write_text("keep")
+    source = f"oci:{tmp_path / 'none'}:v1"  # never read: the output is checked first
+    cases = [
+        (("-o", "photos"), f"{mine} is not a bootc-live build's output: it holds holiday.jpg"),
+        (("-o", str(tmp_path)), f"{tmp_path} is not a bootc-live build's output: it holds notes"),
+        (("-o", "notes"), f"{tmp_path / 'notes'} exists and is not a directory bootc-live"),
+        (("-o", "/"), "/ cannot be an output directory"),
+    ]
+    for option, reason in cases:
+        said = assert_clean_failure(bootc_live("build", source, *option, cwd=tmp_path))
+        assert len(said.splitlines()) == 1 and reason in said, (option, said)
+    # DIR.new and DIR.old are replaced too: they must be a build's (a leftover work dir is).
+    (tmp_path / "art.new").mkdir()
+    (tmp_path / "art.new" / "diary.txt").write_text("keep")
+    said = assert_clean_failure(bootc_live("build", source, "-o", "art", cwd=tmp_path))
+    assert f"{tmp_path / 'art.new'} is not a bootc-live build's output: it holds diary" in said
+    assert sorted(os.listdir(tmp_path)) == ["art.new", "notes", "photos"]
+    assert os.listdir(mine) == ["holiday.jpg"] and (mine / "holiday.jpg").read_bytes() == b"keep"
+    # What a build wrote, and the work directory an interrupted one left, may be replaced.
+    (tmp_path / "art.new" / "diary.txt").unlink()
+    (tmp_path / "art.new" / "bootc-live-build.x1y2").mkdir()
+    (tmp_path / "art.new" / "initrd.img").write_bytes(b"")
+    said = assert_clean_failure(bootc_live("build", source, "-o", "art", cwd=tmp_path))
+    assert "is not an OCI image layout" in said, said  # past the output check, to the source
+
+
+def test_a_path_the_host_refuses_is_one_line(tmp_path: Path) -> None:
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    source = f"oci:{tmp_path / 'img'}:v1"
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (("unpack", source, "/proc/nope/x"), "/proc/nope: No such file or directory; check the"),
+        (("pull", source, "-o", f"oci-archive:{tmp_path / 'no/x.tar'}"), "no is not a directory"),
+        (("pull", source, "-o", f"oci-archive:{tmp_path / 'empty'}"), "empty exists; give a new"),
+    ]
+    for argv, reason in cases:
+        said = assert_clean_failure(bootc_live(*argv))
+        assert len(said.splitlines()) == 1 and reason in said, (argv, said)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "img"] and not os.listdir(tmp_path / "empty")

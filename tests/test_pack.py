@@ -528,6 +528,7 @@ def test_build_writes_the_packed_root_its_record_and_arguments(
     out, kver = tmp_path / "out", host_kernel()
     source = SourceRef.parse(f"oci:{tmp_path / 'layout'}:demo")
     build_mod.build(build_mod.BuildConfig(source, out, host=True, kver=kver))
+    assert {p.name for p in out.iterdir()} == build_mod.ARTIFACTS  # all a rebuild may replace
     facts = json.loads((out / "packed.json").read_text())
     # The host's Debian kernel mounts squashfs xz: the smallest.
     assert (facts["format"], facts["compressor"], facts["kernel"]) == ("squashfs", "xz", kver)

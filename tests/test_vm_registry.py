@@ -7,6 +7,7 @@ The initramfs carries the CA (`build --ca`) and the credentials (`build --auth-f
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ def test_the_credentials_are_in_the_initramfs_for_root_only(setup: Setup) -> Non
     ]
     assert len(entries) == 1 and entries[0][0] == "-rw-------", listing[-2000:]
     assert entries[0][1:3] == ["1", "root"]
+    for holder in ("initrd.img", "initrd-full.img"):  # the artifacts holding them: root's too
+        mode = (setup.artifacts / holder).stat().st_mode
+        assert stat.S_IMODE(mode) & 0o077 == 0, (holder, oct(mode))
 
 
 def test_boot_from_the_registry_by_tag(setup: Setup) -> None:

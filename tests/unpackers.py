@@ -44,11 +44,13 @@ def bootc_live(
     tmpdir: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = TIMEOUT,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m bootc_live ARGS`` with this checkout's src/ first on the path (and `env`
-    added to the environment)."""
+    added to the environment), in `cwd` if given."""
     return subprocess.run(
         [sys.executable, "-m", "bootc_live", *args],
+        cwd=cwd,
         env={**_env(tmpdir), **(env or {})},
         stdin=subprocess.DEVNULL,
         capture_output=True,

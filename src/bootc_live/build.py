@@ -9,11 +9,12 @@ import json
 import lzma
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +28,7 @@ from .progress import Ticker, bytes_progress, say
 from .runtime import kernels
 from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.cpio import CpioWriter
-from .runtime.errors import BootcLiveError
+from .runtime.errors import BootcLiveError, shown
 from .runtime.handover import (
     OCI_LAYOUT,
     blobs_of,
@@ -70,8 +71,55 @@ class BuildConfig:
     pack: PackFormat | Literal["none"] | None = None
 
 
+# What a build writes into its output directory: all that a rebuild may replace.
+ARTIFACTS = frozenset(
+    {
+        "vmlinuz",
+        "initrd.img",
+        "rootfs.img",
+        "root.oci",
+        "initrd-full.img",
+        "cmdline.txt",
+        "boot.ipxe",
+        "packed.img",
+        "packed.json",
+        "cmdline-packed.txt",
+    }
+)
+WORK_PREFIX = "bootc-live-build."
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output a build did not write: a rebuild replaces DIR (by way of DIR.new and
+    DIR.old) as a whole, so any of the three holding anything else would be lost."""
+    if not output.name or output.name in (".", ".."):
+        raise BuildError(f"{output} cannot be an output directory", "name a new directory")
+    for path in (output, *(output.with_name(output.name + end) for end in (".new", ".old"))):
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            raise BuildError(
+                f"{path} exists and is not a directory bootc-live build wrote",
+                "choose another output directory, or move it away",
+            )
+        foreign = sorted(
+            name
+            for name in os.listdir(path)
+            if name not in ARTIFACTS and not name.startswith(WORK_PREFIX)
+        )
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise BuildError(
+                f"{path} is not a bootc-live build's output: it holds {shown(foreign[0])}{more}, "
+                "which a build would delete",
+                "choose a new output directory, or empty it yourself",
+            )
+
+
 def build(config: BuildConfig) -> Path:
     """Write all artifacts into config.output, atomically (DIR.new, then rename)."""
+    config = replace(config, output=Path(os.path.abspath(config.output)))
+    check_output(config.output)
     image = config.source.resolve()
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
@@ -81,7 +129,7 @@ def build(config: BuildConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         scratch.track(tmp)
         tmp.mkdir(parents=True)
-        with tempfile.TemporaryDirectory(prefix="bootc-live-build.", dir=tmp) as work:
+        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=tmp) as work:
             kver, figures, packed = make_kernel_and_initramfs(
                 config, image, tmp, Path(work), trusted
             )
@@ -477,8 +525,17 @@ def trust_files(trust: TrustOptions) -> list[tuple[Path, str]]:
 
 
 def concatenate(target: Path, *parts: Path) -> None:
-    """Initrds back to back, each starting 4-byte aligned, as the kernel (and iPXE) needs."""
-    with open(target, "wb") as out:
+    """Initrds back to back, each starting 4-byte aligned, as the kernel (and iPXE) needs.
+
+    The whole is no more readable than its most private part: initrd.img (0600) can hold
+    registry credentials (--auth-file).
+    """
+    mode = 0o666
+    for part in parts:
+        mode &= stat.S_IMODE(os.stat(part).st_mode)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, mode)
+    with open(fd, "wb") as out:
         for part in parts:
             out.write(b"\0" * (-out.tell() % 4))
             with open(part, "rb") as f:

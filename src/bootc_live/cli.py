@@ -30,7 +30,7 @@ from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageEr
 from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, registry, roots
 from .runtime import run as run_module
-from .runtime.errors import BootcLiveError, for_host
+from .runtime.errors import BootcLiveError, for_host, shown
 from .runtime.oci import Image, Platform, all_manifests
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
@@ -156,8 +156,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if dest.transport not in ("oci", "oci-archive"):
         raise UsageError("pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]", "fix -o")
     target = Path(dest.path)
-    if target.exists() and (target.is_file() or any(target.iterdir())):
-        raise UsageError(f"{target} exists", "give a new path (or an empty directory)")
+    archive = dest.transport == "oci-archive"
+    if target.exists() and (archive or not target.is_dir() or any(target.iterdir())):
+        raise UsageError(
+            f"{target} exists", f"give a new path{'' if archive else ' (or an empty directory)'}"
+        )
+    if not target.absolute().parent.is_dir():
+        raise UsageError(f"{target.absolute().parent} is not a directory", "create it, or fix -o")
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
@@ -658,7 +663,7 @@ def parser() -> argparse.ArgumentParser:
         help="make the boot artifacts of an image",
         description="Write vmlinuz, initrd.img, rootfs.img, initrd-full.img, "
         "root.oci, cmdline.txt, packed.img, packed.json, cmdline-packed.txt and boot.ipxe into "
-        "DIR (atomically). By default the "
+        "DIR (atomically; an existing DIR must be a build's output). By default the "
         "initramfs is built by dracut inside the image's own userland, with its "
         "kernel, modules and Python.",
     )
@@ -951,6 +956,16 @@ def run_command(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:  # what the host's filesystem refused that no check above foresaw
+        if args.debug:
+            traceback.print_exc()
+        name = err.filename
+        where = f"{shown(os.fsdecode(name))}: " if isinstance(name, (str, bytes)) else ""
+        print(
+            f"bootc-live: {where}{err.strerror or err}; check the paths given and the space there",
+            file=sys.stderr,
+        )
+        return 1
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
         print(f"bootc-live: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
