@@ -158,6 +158,19 @@ def test_whiteouts_remove_lower_files_and_dirs(tree: Tree) -> None:
     assert not (root / "never").exists()
 
 
+DEEP = 1100  # directories nested deeper than Python recurses (1000 frames)
+
+
+def test_a_tree_deeper_than_python_recurses_is_whited_out(tree: Tree) -> None:
+    chain = [d("/".join(["d"] * (level + 1))) for level in range(DEEP)]
+    bottom = "/".join(["d"] * DEEP) + "/bottom"
+    root = tree.apply([*chain, f(bottom, b"b"), f("keep", b"k")], [wh("d")])
+    assert os.listdir(root) == ["keep"] and tree.outside_intact()
+    # This layer's own deep tree kept below an opaque whiteout, the lower content hidden.
+    root = tree.apply([f("d/old", b"o")], [*chain, f(bottom, b"new"), opq("d")])
+    assert os.listdir(root / "d") == ["d"] and (root / bottom).read_bytes() == b"new"
+
+
 @pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh..."])
 def test_degenerate_whiteouts_are_errors(tree: Tree, name: str) -> None:
     with pytest.raises(LayerError, match="invalid whiteout"):

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from imagegen import build_layout, d, f, layer_tar, wh, write_oci_archive
+from imagegen import build_layout, d, f, hard, layer_tar, wh, write_oci_archive
 from unpackers import assert_clean_failure, bootc_live
 
 
@@ -179,3 +179,13 @@ def test_a_path_the_host_refuses_is_one_line(tmp_path: Path) -> None:
         said = assert_clean_failure(bootc_live(*argv))
         assert len(said.splitlines()) == 1 and reason in said, (argv, said)
     assert sorted(os.listdir(tmp_path)) == ["empty", "img"] and not os.listdir(tmp_path / "empty")
+
+
+def test_a_failed_unpack_removes_a_tree_deeper_than_python_recurses(tmp_path: Path) -> None:
+    deep = [d("/".join(["d"] * (level + 1))) for level in range(1100)]
+    broken = [hard("link", "missing")]  # the second layer fails: the first's tree must go
+    build_layout(tmp_path / "img", [layer_tar(deep), layer_tar(broken)], tag="v1")
+    dest = tmp_path / "dest"
+    said = assert_clean_failure(bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(dest)))
+    assert "missing" in said and len(said.splitlines()) == 1, said
+    assert sorted(os.listdir(tmp_path)) == ["img"]

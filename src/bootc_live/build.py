@@ -12,7 +12,6 @@ import shutil
 import stat
 import sys
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -126,13 +125,16 @@ def build(config: BuildConfig) -> Path:
     try:
         checked = hostpolicy.check(config.source, image, config.trust, say)
         trusted = trust_files(config.trust)  # a missing key fails before any layer is read
-        shutil.rmtree(tmp, ignore_errors=True)
+        scratch.remove(tmp)
         scratch.track(tmp)
         tmp.mkdir(parents=True)
-        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=tmp) as work:
+        work = scratch.make_dir(WORK_PREFIX, os.fspath(tmp))
+        try:
             kver, figures, packed = make_kernel_and_initramfs(
                 config, image, tmp, Path(work), trusted
             )
+        finally:
+            scratch.remove(work)  # the image's tree it may hold can be deeper than shutil goes
         entries, documents = carried.entries(image, checked.found)
         recorded = packed.annotations() if packed else None
         index = index_json(

@@ -60,10 +60,10 @@ def _prepare_dest(dest: str) -> bool:
 def _discard(dest: str, created: bool) -> None:
     """Remove a partially unpacked tree, so nobody mistakes it for the image."""
     if created:
-        shutil.rmtree(dest, ignore_errors=True)
+        scratch.remove(dest)
         return
     for name in os.listdir(dest):
-        _remove(Path(dest, name))
+        scratch.remove(Path(dest, name))
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
@@ -171,7 +171,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         label = dest.tag or (ref.tag if ref.transport == "docker" else None) or "latest"
         entries, documents = carried.entries(image, checked.found)
         index = handover.index_json(image, label, None, top=image.top, carried=entries)
-        _remove(tmp)
+        scratch.remove(tmp)
         scratch.track(tmp)
         progress = bytes_progress(image.compressed_size, len(image.layers))
         if dest.transport == "oci":
@@ -191,13 +191,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     kept = f" with {count} signature{'s' if count > 1 else ''}" if count else ""
     print(f"{image.manifest_digest}  {dest.transport}:{target}:{label}{kept}")
     return 0
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def add_image_selection(p: argparse.ArgumentParser, digest: bool = True) -> None:

@@ -7,10 +7,12 @@ recorded when a command ends, by success, failure or signal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import shutil
 from pathlib import Path
+
+from .runtime.apply import rmtree
 
 _LEFT: set[str] = set()
 
@@ -40,10 +42,8 @@ def make_dir(prefix: str, parent: str | None = None) -> str:
 def remove(path: str | Path) -> None:
     """Remove a tracked path now (a tree or a file)."""
     name = os.fspath(path)
-    if os.path.isdir(name) and not os.path.islink(name):
-        shutil.rmtree(name, ignore_errors=True)
-    elif os.path.lexists(name):
-        os.unlink(name)
+    with contextlib.suppress(OSError):  # what cannot be removed is left; the rest goes
+        rmtree(name)  # not shutil's: it recurses, and an image's tree may be deeper
     done(name)
 
 

@@ -33,6 +33,7 @@ import errno
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Callable
 
 from .errors import LayerError, SpaceError, shown
@@ -86,18 +87,63 @@ def _lstat(name: bytes, dir_fd: int) -> os.stat_result | None:
 
 
 def _rmtree(dir_fd: int, name: bytes) -> None:
+    """Remove directory `name` and all below it.
+
+    Without recursion and with one descriptor held at a time, so that no tree is too deep
+    (a layer may nest thousands of directories): down into the first subdirectory left, and
+    back up through `..` once it is empty, checked to be the directory come down from.
+    """
     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    above: list[tuple[bytes, int, int]] = []  # (name, st_dev, st_ino) of each directory above
     try:
-        with os.scandir(fd) as it:
-            for child in it:
-                child_name = os.fsencode(child.name)
-                if child.is_dir(follow_symlinks=False):
-                    _rmtree(fd, child_name)
-                else:
+        while True:
+            down = None
+            with os.scandir(fd) as it:
+                for child in it:
+                    child_name = os.fsencode(child.name)
+                    if child.is_dir(follow_symlinks=False):
+                        down = child_name
+                        break
                     os.unlink(child_name, dir_fd=fd)
+            if down is not None:
+                st = os.fstat(fd)
+                below = os.open(down, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                above.append((down, st.st_dev, st.st_ino))
+                continue
+            if not above:
+                break
+            left, dev, ino = above.pop()
+            up = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                raise OSError(errno.ESTALE, "a directory moved while it was being removed")
+            os.rmdir(left, dir_fd=fd)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
+
+
+def rmtree(path: str) -> None:
+    """Remove `path` (a tree, a file or a symlink) if it is there, however deep the tree."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        existing = _lstat(os.fsencode(name), dir_fd) if name else None
+        if existing is None:
+            return
+        if stat.S_ISDIR(existing.st_mode):
+            _rmtree(dir_fd, os.fsencode(name))
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class Applier:
@@ -348,19 +394,36 @@ class Applier:
             self._remove_lower(parent, name, (*real_parent, name))
 
     def _remove_lower(self, dir_fd: int, name: bytes, key: Key) -> None:
-        """Remove what lower layers put at `name`, keeping what this layer added."""
-        existing = _lstat(name, dir_fd)
-        if existing is None:
-            return
-        if key not in self._touched:
-            self._remove(dir_fd, name, existing)
-        elif stat.S_ISDIR(existing.st_mode):
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            try:
-                for child in os.listdir(fd):
-                    child_name = os.fsencode(child)
-                    self._remove_lower(fd, child_name, (*key, child_name))
-            finally:
+        """Remove what lower layers put at `name`, keeping what this layer added.
+
+        Depth first through what this layer touched, by a loop (a layer may nest deeper than
+        Python recurses), one descriptor held for each level.
+        """
+        stack: list[tuple[int, Iterator[bytes], Key]] = []
+
+        def visit(parent: int, child: bytes, child_key: Key) -> None:
+            existing = _lstat(child, parent)
+            if existing is None:
+                return
+            if child_key not in self._touched:
+                self._remove(parent, child, existing)
+            elif stat.S_ISDIR(existing.st_mode):
+                fd = os.open(child, _DIR_FLAGS, dir_fd=parent)
+                names = [os.fsencode(n) for n in os.listdir(fd)]
+                stack.append((fd, iter(names), child_key))
+
+        try:
+            visit(dir_fd, name, key)
+            while stack:
+                fd, children, below = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    os.close(fd)
+                    stack.pop()
+                else:
+                    visit(fd, child, (*below, child))
+        finally:
+            for fd, _, _ in stack:
                 os.close(fd)
 
     def _remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
