@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime.apply import Applier, clean
+from bootc_live.runtime.apply import Applier, clean, rmtree
 from bootc_live.runtime.errors import LayerError
 from bootc_live.runtime.streams import FileStream
 from imagegen import block, char, d, f, fifo, global_header, hard, layer_tar, opq, sparse, sym, wh
@@ -169,6 +169,7 @@ def test_a_tree_deeper_than_python_recurses_is_whited_out(tree: Tree) -> None:
     # This layer's own deep tree kept below an opaque whiteout, the lower content hidden.
     root = tree.apply([f("d/old", b"o")], [*chain, f(bottom, b"new"), opq("d")])
     assert os.listdir(root / "d") == ["d"] and (root / bottom).read_bytes() == b"new"
+    rmtree(str(root))  # pytest removes old temporary trees with shutil, which recurses
 
 
 @pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh..."])
