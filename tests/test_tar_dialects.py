@@ -158,6 +158,25 @@ def test_a_pax_record_length_of_thousands_of_digits_ends_in_one_line(tmp_path: P
     assert line == "tar header: malformed PAX record", line
 
 
+def test_sparse_maps_beyond_a_mebibyte_are_refused(tmp_path: Path) -> None:
+    """A sparse map is held in memory: old GNU extension blocks (21 pairs each) or a 1.0 map
+    at the start of the data would otherwise grow with the layer, to gigabytes at boot."""
+    tail = bytearray(BLOCK - 345)
+    tail[386 - 345 : 386 - 345 + 24] = b"%011o\0%011o\0" % (0, 1)
+    tail[482 - 345] = 1  # extended: an extension block follows, each saying the same
+    tail[483 - 345 : 495 - 345] = b"%011o\0" % 1
+    extension = bytes(BLOCK - 8) + b"\x01" + bytes(7)
+    old_gnu = header_block("holes", typeflag=b"S", size=1, gnu=True, gnu_tail=bytes(tail))
+    line = refused(tmp_path, raw(old_gnu + extension * 2100))
+    assert line == "tar header: sparse map larger than 1048576 bytes", line
+    records = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "holes"}
+    pax = extended_header({**records, "GNU.sparse.realsize": "1"})
+    data = b"300000\n" + b"0\n" * (1 << 20)
+    member = header_block("GNUSparseFile.0/holes", typeflag=b"0", size=len(data))
+    line = refused(tmp_path, raw(pax + member + data + bytes(-len(data) % BLOCK)))
+    assert line == "tar header: sparse map larger than 1048576 bytes", line
+
+
 def test_nul_in_an_xattr_name_ends_in_one_line(tmp_path: Path) -> None:
     line = refused(tmp_path, layer_tar([f("x", pax={b"SCHILY.xattr.user.a\0b": b"v"})]))
     assert line == "tar entry x: PAX key SCHILY.xattr.user.a\\x00b contains a NUL byte"

@@ -38,7 +38,7 @@ from typing import Protocol
 from .errors import LayerError, shown
 
 BLOCK = 512
-MAX_EXTENDED = 1 << 20  # bytes of one PAX or GNU long-name header (Go's limit too)
+MAX_EXTENDED = 1 << 20  # bytes of one PAX or GNU long-name header (Go's limit), or sparse map
 _INT64 = 1 << 63
 _UNCHANGED_ID = (1 << 32) - 1  # (uid_t)-1: "leave the owner" to chown
 _MAX_MAJOR = (1 << 12) - 1  # what Linux's dev_t encodes
@@ -380,7 +380,11 @@ def _gnu_sparse(block: bytes, stream: Stream) -> tuple[list[tuple[int, int]], in
     pairs = chunks(block[386:482], 4)
     extended = block[482]
     real_size = _number(block[483:495], "realsize")
+    held = BLOCK
     while extended:
+        held += BLOCK
+        if held > MAX_EXTENDED:  # each block holds 21 more pairs: memory, unless bounded
+            raise LayerError(f"tar header: sparse map larger than {MAX_EXTENDED} bytes")
         ext = stream.read_exact(BLOCK)
         pairs += chunks(ext, 21)
         extended = ext[504]
@@ -451,10 +455,10 @@ def _read_sparse_map_1_0(stream: Stream, size: int) -> tuple[list[int], int]:
         while b"\n" not in data:
             if used + BLOCK > size:
                 raise LayerError("tar header: sparse map longer than the entry's data")
+            if used + BLOCK > MAX_EXTENDED:
+                raise LayerError(f"tar header: sparse map larger than {MAX_EXTENDED} bytes")
             data += stream.read_exact(BLOCK)
             used += BLOCK
-            if len(data) > 1 << 20:
-                raise LayerError("tar header: sparse map too large")
         line, _, data = data.partition(b"\n")
         return _pax_int(line, "GNU.sparse map")
 
