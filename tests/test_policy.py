@@ -171,6 +171,7 @@ DIGESTED = f"{REPO}@{DIGEST}"
 EXACT_REF = Identity("exactReference", reference=DockerReference.parse("vendor.com/p:v1"))
 EXACT_REPO = Identity("exactRepository", reference=DockerReference.parse("vendor.com/p"))
 REMAP = Identity("remapIdentity", prefix="example.com/ns", signed_prefix="vendor.com/team")
+REMAP_SHORT = Identity("remapIdentity", prefix=REPO, signed_prefix="busybox")
 
 
 @pytest.mark.parametrize(
@@ -207,6 +208,10 @@ REMAP = Identity("remapIdentity", prefix="example.com/ns", signed_prefix="vendor
         # Outside the prefix nothing is remapped: matchRepoDigestOrExact on the image itself.
         (REMAP, "example.com/nsx/repo:v1", "example.com/nsx/repo:v1", True),
         (REMAP, "example.com/nsx/repo:v1", "vendor.com/teamx/repo:v1", False),
+        # A rewritten name that is canonical only once normalised is no name (containers/image
+        # parses it as it stands): busybox:v1 is not docker.io/library/busybox:v1 here.
+        (REMAP_SHORT, f"{REPO}:v1", "docker.io/library/busybox:v1", False),
+        (REMAP_SHORT, f"{REPO}:v1", "busybox:v1", False),
         # A signed identity that is not a reference matches nothing.
         (Identity("matchRepository"), TAGGED, "UPPERCASEISINVALID", False),
         (EXACT_REPO, TAGGED, "", False),
@@ -527,6 +532,29 @@ MALFORMED: list[tuple[Any, str]] = [
         "default[0].keyData is not base64",
     ),
     (
+        {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyData": "YWJjé"}]},
+        "default[0].keyData is not base64",
+    ),
+    (
+        {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k\u0000ey"}]},
+        "default[0].keyPath contains a NUL byte, which no file name can",
+    ),
+    (
+        {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPaths": ["/k\ud800"]}]},
+        "default[0].keyPaths[0] is not a file name",
+    ),
+    (
+        {
+            "default": [
+                {
+                    **GOOD_SIGNED_BY,
+                    "signedIdentity": {"type": "exactReference", "dockerReference": "a.com/b:täg"},
+                }
+            ]
+        },
+        "default[0].signedIdentity.dockerReference is not valid",
+    ),
+    (
         {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyData": ""}]},
         "default[0].keyData must be a non-empty string",
     ),
@@ -665,6 +693,8 @@ MALFORMED: list[tuple[Any, str]] = [
 # can never match (it does not validate them), keyTypes it refuses only when evaluating, and
 # what an initramfs cannot carry (relative key paths, which depend on the working directory).
 STRICTER_THAN_CONTAINERS_IMAGE = (
+    "contains a NUL byte, which no file name can",  # it fails when it opens the key
+    "is not a file name",  # it reads a lone surrogate as U+FFFD
     "transports.dokcer is not a transport containers know",
     "is not in the fully expanded form",
     "is not a valid scope",

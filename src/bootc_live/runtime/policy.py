@@ -11,7 +11,6 @@ Signatures are verified by `signatures` (gpgv, openssl); this module decides.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -50,7 +49,7 @@ POLICY_LIMIT = 1 << 20
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # Go's \w: ASCII only (Python's is Unicode)
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REFERENCE = re.compile(
     rf"((?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::({_TAG}))?(?:@({_DIGEST}))?"
@@ -190,10 +189,14 @@ class Identity:
         name = image.name
         if not (name == self.prefix or name.startswith(self.prefix + "/")):
             return image
+        rewritten = str(image).replace(self.prefix, self.signed_prefix, 1)
         try:
-            return DockerReference.parse(str(image).replace(self.prefix, self.signed_prefix, 1))
+            remapped = DockerReference.parse(rewritten)
         except ValueError:
             return None
+        # As containers/image: the rewritten name must be canonical as it stands, not only
+        # after normalising (a bare "busybox" is not docker.io/library/busybox here).
+        return remapped if str(remapped) == rewritten else None
 
     def describe(self) -> str:
         if self.reference is not None:
@@ -600,7 +603,7 @@ def _keys(obj: Mapping[str, Any], source: str, where: str) -> tuple[tuple[str, .
         text = _string(obj, key, source, where)
         try:
             return (), base64.b64decode(text, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character beyond ASCII
             raise _malformed(source, f"{where}.keyData", "is not base64") from None
     paths = [obj[key]] if key == "keyPath" else obj[key]
     if not isinstance(paths, list):
@@ -615,6 +618,12 @@ def _keys(obj: Mapping[str, Any], source: str, where: str) -> tuple[tuple[str, .
             # Relative paths would depend on the directory a command runs in, and the boot
             # finds the keys in the initramfs at the paths the policy names.
             raise _malformed(source, at, "must be an absolute path")
+        try:
+            os.fsencode(path)  # a lone surrogate (JSON's \ud800) names no file
+        except UnicodeError:
+            raise _malformed(source, at, "is not a file name") from None
+        if "\0" in path:
+            raise _malformed(source, at, "contains a NUL byte, which no file name can")
     return tuple(paths), None
 
 
