@@ -189,3 +189,26 @@ def test_a_failed_unpack_removes_a_tree_deeper_than_python_recurses(tmp_path: Pa
     said = assert_clean_failure(bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(dest)))
     assert "missing" in said and len(said.splitlines()) == 1, said
     assert sorted(os.listdir(tmp_path)) == ["img"]
+
+
+def test_credentials_in_a_docker_reference_are_refused_unrepeated() -> None:
+    for ref in ("docker://me:S3CRET@reg.example/x@sha999:abc", "docker://me:S3CRET@host/x:v1"):
+        said = assert_clean_failure(bootc_live("inspect", ref))
+        assert said == (
+            "bootc-live: docker://…@…: an image reference holds no user or password (not "
+            "shown); give them in an auth.json: --authfile FILE (or podman login)\n"
+        ), said
+
+
+def test_a_missing_ca_bundle_is_a_usage_error_not_a_failing_connection(tmp_path: Path) -> None:
+    for argv in (
+        ("inspect", "docker://127.0.0.1:9/x:v1"),
+        ("build", "docker://127.0.0.1:9/x:v1", "-o", str(tmp_path / "out")),
+    ):
+        result = bootc_live(*argv, "--ca", str(tmp_path / "none.pem"), "--retries", "0")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            f"bootc-live {argv[0]}: error: argument --ca: {tmp_path / 'none.pem'}: "
+            "No such file or directory"
+        )
+    assert os.listdir(tmp_path) == []

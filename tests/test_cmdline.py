@@ -175,6 +175,17 @@ def test_invalid_values_name_the_option(arg: str, message: str) -> None:
     assert str(err.value).startswith(message)
 
 
+@pytest.mark.parametrize("packed", ["", "packed:"])
+def test_credentials_in_a_docker_reference_are_refused_unrepeated(packed: str) -> None:
+    with pytest.raises(CmdlineError) as err:
+        parse([f"root=bootc-live:{packed}docker://me:S3CRET@reg.example/os:v1"])
+    assert str(err.value).startswith(
+        "invalid root=…: a docker:// reference holds no USER:PASSWORD@ (credentials go into the "
+        "initramfs: bootc-live build --auth-file FILE)"
+    )
+    assert "S3CRET" not in err.value.line()
+
+
 def test_conf_files_come_first(tmp_path: Path) -> None:
     conf = tmp_path / "cmdline.d"
     conf.mkdir()

@@ -226,7 +226,10 @@ def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
     )
     if ca:
         p.add_argument(
-            "--ca", metavar="FILE", help="a CA bundle to trust for https, besides the system's"
+            "--ca",
+            type=_readable_file,
+            metavar="FILE",
+            help="a CA bundle to trust for https, besides the system's",
         )
     p.add_argument(
         "--unsecure",
@@ -635,6 +638,16 @@ def _identity(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an image reference: {err}") from None
 
 
+def _readable_file(text: str) -> str:
+    """A file given on the command line: there and readable, checked before anything is done
+    (a missing CA bundle would otherwise be told as a failing connection)."""
+    try:
+        with open(text, "rb"):
+            return text
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text}: {err.strerror}") from None
+
+
 def _platform(text: str) -> Platform:
     try:
         return Platform.parse(text)
@@ -689,6 +702,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ca",
+        type=_readable_file,
         metavar="FILE",
         help="a CA bundle the initramfs (and this command, for docker://) trusts for https, "
         "besides the system's",

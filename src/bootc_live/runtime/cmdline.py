@@ -181,7 +181,16 @@ def docker_ref(text: str) -> str:
     ref = text[len("docker://") :]
     if not ref or " " in ref:
         raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
+    if "@" in ref.partition("/")[0]:
+        raise Secret(
+            "a docker:// reference holds no USER:PASSWORD@ (credentials go into the "
+            "initramfs: bootc-live build --auth-file FILE)"
+        )
     return ref
+
+
+class Secret(ValueError):
+    """A value refused that may hold a secret: the message does not repeat it."""
 
 
 def parse_digest(value: str) -> str:
@@ -651,8 +660,9 @@ def parse(args: Iterable[str]) -> BootSpec:
         try:
             values[opt.attr] = opt.parse(value)
         except ValueError as err:
+            shown_value = "…" if isinstance(err, Secret) else value
             raise CmdlineError(
-                f"invalid {name}={value}: {err}", "fix the kernel command line"
+                f"invalid {name}={shown_value}: {err}", "fix the kernel command line"
             ) from None
     if "debug" not in values and "rd.debug" in extra:
         values["debug"] = extra["rd.debug"].lower() not in _FALSE

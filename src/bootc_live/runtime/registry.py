@@ -84,6 +84,11 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
+        if "@" in text.partition("/")[0]:  # USER:PASSWORD@HOST: not a reference, not shown
+            raise ImageError(
+                "docker://…@…: an image reference holds no user or password (not shown)",
+                "give them in an auth.json: bootc-live build --auth-file FILE",
+            )
         rest, _, digest = text.partition("@")
         if digest:
             check_digest(digest, f"docker://{text}")
