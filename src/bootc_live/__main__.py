@@ -1,5 +1,5 @@
 """`python -m bootc_live` runs the host command line."""
 
-from bootc_live.cli import main
+from bootc_live.cli import program
 
-raise SystemExit(main())
+program()

@@ -9,9 +9,11 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import (
     auth,
@@ -947,6 +949,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         scratch.remove_all()  # what a signal kept a clean-up from reaching
         for stop, handler in previous.items():
             signal.signal(stop, handler)
+
+
+def program() -> NoReturn:
+    """The `bootc-live` program: `main`, then the exit.
+
+    Fetch threads a failure or an interrupt cut short may still be inside OpenSSL, and the
+    interpreter's finalisation then crashes now and then (SIGSEGV instead of exit 130): with
+    such threads left and nothing more to do, the output is flushed and the process ends
+    without it.
+    """
+    code = main()
+    if threading.active_count() > 1:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def run_command(args: argparse.Namespace) -> int:
