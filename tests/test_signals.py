@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bootc_live.demo import demo_layers, host_kernel
+from bootc_live.layout import write_layout
 from imagegen import build_layout, d, f, layer_tar
 from unpackers import REPO, need_root_and
 
@@ -164,3 +166,31 @@ def test_with_fetch_threads_left_the_program_ends_without_finalisation(tmp_path:
         result = program(thread_left)
         assert result.returncode == 1 and result.stdout == finalised, result
         assert result.stderr.startswith(f"bootc-live: {tmp_path} is not an OCI image layout")
+
+
+def test_an_interrupted_build_leaves_nothing_of_dracut(tmp_path: Path) -> None:
+    """dracut's scratch space (over 100 MiB) lies in the build's work directory: dracut, killed
+    when the build is interrupted, cannot remove it itself."""
+    need_root_and("dracut", "lsinitrd")
+    write_layout(tmp_path / "layout", demo_layers(), "demo")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    argv = ["build", f"oci:{tmp_path / 'layout'}:demo", "-o", str(tmp_path / "out"), "--host"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bootc_live", *argv, "--kver", host_kernel(), "--pack", "none"],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    work = tmp_path / "out.new"
+    while not [*scratch.glob("dracut.*"), *work.glob("bootc-live-build.*/tmp/dracut.*")]:
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)  # dracut has begun
+    _, said = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, said
+    assert said.splitlines()[-1] == "bootc-live: interrupted by SIGINT", said
+    assert sorted(os.listdir(tmp_path)) == ["layout", "tmp"] and os.listdir(scratch) == []

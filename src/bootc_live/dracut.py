@@ -125,7 +125,11 @@ def build_with_host(
     base = host_dracut_tree(workdir)
     confdir = workdir / "dracut.conf.d"
     confdir.mkdir()
-    env = {**os.environ, "dracutbasedir": str(base)}
+    # dracut's scratch space (100 MiB and more) inside the work directory: an interrupted
+    # build removes it with the rest (dracut, killed, cannot clean up after itself).
+    scratch = workdir / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "dracutbasedir": str(base), "TMPDIR": str(scratch)}
     run(
         dracut_argv(
             kver,
