@@ -237,6 +237,22 @@ def test_directory_mtimes_survive_their_contents(tree: Tree) -> None:
     assert os.stat(root / "a").st_mtime_ns == 1_000_000_000 * 10**9
 
 
+@pytest.mark.parametrize("entry_first", [True, False])
+def test_a_directory_mtime_holds_however_later_entries_name_the_directory(
+    tree: Tree, entry_first: bool
+) -> None:
+    """usr/lib/x's own entry says its mtime; lib/x/f (lib → usr/lib) in the same layer, or
+    a whiteout there, changes its contents but not that mtime."""
+    entry = d("usr/lib/x", mtime=1_000_000_000)
+    through_link = [f("lib/x/f", b"f"), wh("lib/x/old")]
+    root = tree.apply(
+        [d("usr"), d("usr/lib"), sym("lib", "usr/lib"), f("usr/lib/x/old", b"o")],
+        [entry, *through_link] if entry_first else [*through_link, entry],
+    )
+    assert os.listdir(root / "usr/lib/x") == ["f"]
+    assert os.stat(root / "usr/lib/x").st_mtime_ns == 1_000_000_000 * 10**9
+
+
 def test_hardlinks_to_lower_layers_and_to_symlinks(tree: Tree) -> None:
     root = tree.apply(
         [f("usr/bin/python3.11", b"py"), sym("usr/bin/py", "python3.11")],

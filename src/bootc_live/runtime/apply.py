@@ -210,10 +210,10 @@ class Applier:
             if entry.kind != DIRECTORY:
                 raise LayerError(f"layer entry {shown(entry.name)} would replace the root itself")
             self._touched.add(key)
-            self._define_dir(self.root_fd, entry, key, clear_xattrs=True)
+            self._define_dir(self.root_fd, entry, key, key, clear_xattrs=True)
             return
         parent, real_parent = self._resolve(key[:-1], create=True)
-        self._note_parent(key[:-1], parent)
+        self._note_parent(real_parent, parent)
         name = key[-1]
         real = (*real_parent, name)
         self._touched.update(real[:i] for i in range(len(real) + 1))
@@ -226,7 +226,7 @@ class Applier:
                 os.mkdir(name, 0o700, dir_fd=parent)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             try:
-                self._define_dir(fd, entry, key, clear_xattrs=existing is not None)
+                self._define_dir(fd, entry, key, real, clear_xattrs=existing is not None)
             finally:
                 os.close(fd)
         elif entry.kind == HARDLINK:
@@ -241,7 +241,11 @@ class Applier:
 
     # -- entry kinds ----------------------------------------------------------------------
 
-    def _define_dir(self, fd: int, entry: TarEntry, key: Key, clear_xattrs: bool = False) -> None:
+    def _define_dir(
+        self, fd: int, entry: TarEntry, key: Key, real: Key, clear_xattrs: bool = False
+    ) -> None:
+        """A directory entry's metadata; its mtime is set when the layer is done, keyed by the
+        directory itself (`real`: `key` with symlinks resolved), however a later entry names it."""
         if clear_xattrs:
             for attr in os.listxattr(fd):
                 if not attr.startswith(_SKIPPED_XATTRS):
@@ -249,7 +253,7 @@ class Applier:
         os.chown(fd, entry.uid, entry.gid)
         os.chmod(fd, entry.mode)
         self._set_xattrs(fd, entry, key)
-        self._dir_times[key] = entry.mtime_ns
+        self._dir_times[real] = entry.mtime_ns
 
     def _regular(self, entry: TarEntry, key: Key, parent: int, stream: Stream) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -385,7 +389,7 @@ class Applier:
             parent, real_parent = self._resolve(parent_key, create=False)
         except (FileNotFoundError, LayerError):
             return  # whiting out below something that is not a directory: nothing to hide
-        self._note_parent(parent_key, parent)
+        self._note_parent(real_parent, parent)
         if name == OPAQUE:
             for child in os.listdir(parent):
                 child_name = os.fsencode(child)
