@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from imagegen import (
+    BLOCK,
     Entry,
     add_nested_index,
     block,
@@ -34,6 +35,7 @@ from imagegen import (
     build_layout,
     char,
     d,
+    extended_header,
     f,
     fifo,
     hard,
@@ -620,6 +622,21 @@ def test_gnu_format_same_tree_as_umoci(name: str, tmp_path: Path) -> None:
     layers = [layer_tar(entries, fmt="gnu") for entries in CASES[name](ctx)]
     build_layout(tmp_path / "layout", layers)
     assert unpack_both(tmp_path, tmp_path / "layout") == []
+
+
+@pytest.mark.parametrize("pax_first", [True, False])
+def test_a_gnu_long_name_beside_a_pax_path_resolves_as_umoci_reads_it(
+    pax_first: bool, tmp_path: Path
+) -> None:
+    """Both name one entry: Go's reader (umoci's) applies the PAX records, then the GNU long
+    name and long link over them, whichever header came first."""
+    gnu = layer_tar([sym("from-gnu-" + "n" * 120, "gnu-" + "t" * 120)], fmt="gnu")
+    longs, entry = gnu[: 4 * BLOCK], gnu[4 * BLOCK : 5 * BLOCK]  # L, its name; K, its target
+    pax = extended_header({"path": "from-pax", "linkpath": "pax-target"})
+    member = (pax + longs if pax_first else longs + pax) + entry
+    build_layout(tmp_path / "layout", [member + bytes(2 * BLOCK)])
+    assert unpack_both(tmp_path, tmp_path / "layout") == []
+    assert os.listdir(tmp_path / "bootc-root") == ["from-gnu-" + "n" * 120]
 
 
 @pytest.mark.parametrize(

@@ -312,7 +312,11 @@ def _entry_from_header(
     if pending.longlink:
         entry.linkname = pending.longlink
     if pending.pax:
-        _apply_pax(entry, pending.pax, stream)
+        # As Go's reader: a GNU long name or link wins over the PAX path or linkpath, whichever
+        # came first (GNU.sparse.name wins over both).
+        overridden = {"path"} if pending.longname else set()
+        overridden |= {"linkpath"} if pending.longlink else set()
+        _apply_pax(entry, [r for r in pending.pax if r[0] not in overridden], stream)
     if typeflag == b"\0" and entry.name.endswith(b"/"):
         entry.kind = DIRECTORY  # a v7 directory
     if entry.kind != REGULAR and typeflag != b"D":
