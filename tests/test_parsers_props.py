@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bootc_live.runtime import http, jsondoc
+from bootc_live.runtime import http, jsondoc, signatures
 from bootc_live.runtime.registry import RegistryError, parse_challenge, parse_token
 from servers import hard_timeout
 
@@ -214,3 +214,12 @@ def test_redacted_urls_hold_no_credentials(user: str, password: str, path: str, 
 def test_redact_any_text(text: str) -> None:
     printed = http.redact(text)
     assert printed.isprintable() and len(printed) <= 300
+
+
+@SETTINGS
+@given(st.binary(max_size=64) | st.binary(max_size=8).map(lambda b: b"\x99\x00\x0d" + b))
+def test_keyring_framing_any_bytes(data: bytes) -> None:
+    """Never an exception; whole packets only (one cut short is refused)."""
+    whole = signatures._public_keyring(data)
+    if whole:
+        assert not signatures._public_keyring(data[:-1]) or data[:-1] == b""

@@ -142,6 +142,38 @@ def test_a_compressed_payload_is_cut_at_the_limit(
     assert written == [signatures.PAYLOAD_LIMIT + 1] * 2
 
 
+def test_a_key_gpgv_cannot_read_is_named_whatever_key_signed(
+    gnupg: tuple[Path, GpgKey, GpgKey], tmp_path: Path
+) -> None:
+    """gpgv stops at a keyring it cannot read: a good signature by the next key was told as
+    "signed by key …, which is not trusted". The key at fault is named, in any order."""
+    home, trusted, _ = gnupg
+    message = tmp_path / "message.gpg"
+    done = run(
+        "gpg", "--batch", "--sign", "--local-user", trusted.fingerprint, "--output",
+        str(message), str(trusted.public), env={"GNUPGHOME": str(home)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    signature = signatures.from_blob(message.read_bytes())
+    key = trusted.public.read_bytes()
+    for junk in (b"not a key\n", bytes(range(256)), key[:-7], key[:1]):
+        for keys in (
+            [("junk.gpg", junk), ("trusted", key)],
+            [("trusted", key), ("junk.gpg", junk)],
+        ):
+            with pytest.raises(SignatureError) as err:
+                signatures.verify(signature, keys)
+            assert (err.value.reason, str(err.value)) == (
+                "unusable key",
+                "junk.gpg: not an OpenPGP public key",
+            )
+
+
+@pytest.mark.parametrize("keyring", sorted(Path("/usr/share/keyrings").glob("*.gpg")))
+def test_the_keyrings_debian_ships_are_public_keys(keyring: Path) -> None:
+    assert signatures._public_keyring(keyring.read_bytes())
+
+
 # containers/image's GPG fixtures, cross-checked with skopeo standalone-verify.
 
 # signature file → our reason (None: verified); skopeo standalone-verify's verdict must agree.

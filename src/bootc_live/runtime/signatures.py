@@ -181,6 +181,40 @@ def dearmor(data: bytes) -> bytes:
     return out
 
 
+def _public_keyring(data: bytes) -> bool:
+    """Whether `data` is whole OpenPGP packets (RFC 4880 4.2's framing, nothing more read),
+    the first a public key."""
+    pos, first = 0, True
+    while pos < len(data):
+        ctb = data[pos]
+        if not ctb & 0x80:
+            return False
+        if ctb & 0x40:  # the new format: the tag, then a length of 1, 2 or 5 octets
+            tag, octet = ctb & 0x3F, data[pos + 1] if pos + 1 < len(data) else 256
+            if octet < 192:
+                length, pos = octet, pos + 2
+            elif octet < 224 and pos + 2 < len(data):
+                length, pos = ((octet - 192) << 8) + data[pos + 2] + 192, pos + 3
+            elif octet == 255 and pos + 6 <= len(data):
+                length, pos = int.from_bytes(data[pos + 2 : pos + 6], "big"), pos + 6
+            else:  # partial lengths (no key uses them), or cut short
+                return False
+        else:  # the old format: the tag and a length of 1, 2 or 4 octets in the first
+            tag, octets = (ctb >> 2) & 0x0F, ctb & 3
+            if octets == 3:  # of indeterminate length: no key is
+                return False
+            octets = 1 << octets
+            if pos + 1 + octets > len(data):
+                return False
+            length = int.from_bytes(data[pos + 1 : pos + 1 + octets], "big")
+            pos += 1 + octets
+        if first and tag != 6:  # a Public-Key packet
+            return False
+        first = False
+        pos += length
+    return not first and pos == len(data)
+
+
 def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified:
     """gpgv over a simple-signing message: exactly one good signature by one of `keys`."""
     with tempfile.TemporaryDirectory(prefix="bootc-live-gpgv.") as tmp:
@@ -188,9 +222,14 @@ def verify_simple(message: bytes, keys: Sequence[tuple[str, bytes]]) -> Verified
         for i, (name, key) in enumerate(keys):
             keyring = os.path.join(tmp, f"key{i}.gpg")
             try:
-                _write(keyring, dearmor(key))
+                binary = dearmor(key)
             except SignatureError as err:
                 raise SignatureError(f"{name}: {err}", BAD_KEY) from None
+            if not _public_keyring(binary):
+                # gpgv stops at a keyring it cannot read, and tells a signature by a key in
+                # the next one as "No public key": said here, of the key at fault.
+                raise SignatureError(f"{name}: not an OpenPGP public key", BAD_KEY)
+            _write(keyring, binary)
             argv += ["--keyring", keyring]
         signed, payload = os.path.join(tmp, "signed"), os.path.join(tmp, "payload")
         _write(signed, message)
