@@ -45,6 +45,7 @@ class Knobs:
     first_token_scope: str = ""  # the token service's first token has this scope instead
     redirect_blobs_to: int = 0  # port of a plain server that serves /blob/DIGEST
     cut_blob_at: int = 0  # the first blob answer stops after this many bytes
+    blob_range: bool = True  # False: blobs answered whole (200) whatever Range asks
     throttle_first_manifest: bool = False  # 429 + Retry-After: 1 once
     lie_about_digest: bool = False
     tamper: str = ""  # digest of a blob served with one byte flipped
@@ -274,7 +275,7 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
 
         def send_blob_now(self, digest: str) -> None:
             data = blob(digest)
-            header = self.headers.get("Range", "")
+            header = self.headers.get("Range", "") if knobs.blob_range else ""
             start = int(header[6:].split("-")[0]) if header.startswith("bytes=") else 0
             body = data[start:]
             headers = {"Content-Type": "application/octet-stream"}

@@ -156,6 +156,16 @@ def test_a_reset_mid_blob_resumes_with_range(layout: Path, tmp_path: Path) -> No
     assert (tmp_path / "root/big").stat().st_size == 512_000
 
 
+def test_a_reset_mid_blob_without_range_reads_the_blob_again(layout: Path, tmp_path: Path) -> None:
+    """A server that answers every Range with the whole blob: the blob is read again from its
+    start, what was handed on already skipped (it failed with "stopped honouring Range")."""
+    with fakeregistry.serve(layout, Knobs(cut_blob_at=200_000, blob_range=False)) as reg:
+        said = pull(reg, tmp_path / "root")
+        statuses = [r.status for r in reg.hits("/blobs/")]
+    assert any("connection broke at byte 200000" in line for line in said), said
+    assert set(statuses) == {200} and (tmp_path / "root/big").stat().st_size == 512_000
+
+
 def test_429_waits_as_told(layout: Path, tmp_path: Path) -> None:
     with fakeregistry.serve(layout, Knobs(throttle_first_manifest=True)) as reg:
         said = pull(reg, tmp_path / "root")

@@ -561,7 +561,12 @@ def _error_body(resp: http.client.HTTPResponse) -> bytes:
 
 
 class RangeReader(Reader):
-    """Reads bytes [start, end) of a URL as one stream, resuming where a connection broke."""
+    """Reads bytes [start, end) of a URL as one stream, resuming where a connection broke.
+
+    A body from byte 0 on a server that answers a resumed request whole (200) is read again
+    from its start, the bytes handed on already skipped; from the middle, that is
+    NoRangeResume (the caller downloads instead).
+    """
 
     def __init__(self, client: Client, start: int, end: int | None, retrier: Retrier) -> None:
         if start < 0 or (end is not None and end < start):
@@ -570,10 +575,12 @@ class RangeReader(Reader):
                 "the archive's index of members is corrupt",
             )
         self._client = client
+        self._start = start
         self._pos = start
         self._end = end
         self._retrier = retrier
         self._answer: Answer | None = None
+        self._behind = 0  # bytes of a body answered again from byte 0 that were handed on
         self.first: Answer | None = None  # the first answer (its headers describe the body)
 
     def read(self, n: int = -1) -> bytes:
@@ -584,12 +591,21 @@ class RangeReader(Reader):
             if self._answer is None:
                 self._answer = self._client.open(self._pos, self._end, self._retrier)
                 self.first = self.first or self._answer
+                self._behind = 0
                 if self._answer.status == 200 and self._pos:
-                    self._drop()
-                    raise NoRangeResume(
-                        f"{self._client.where}: the server stopped honouring Range", _HINT
-                    )
+                    if self._start:  # bytes from the middle, answered from byte 0
+                        self._drop()
+                        raise NoRangeResume(
+                            f"{self._client.where}: the server stopped honouring Range", _HINT
+                        )
+                    self._behind = self._pos  # the body again: read up to where it broke
             try:
+                if self._behind:
+                    skipped = self._answer.resp.read(min(self._behind, 1 << 20))
+                    self._behind -= len(skipped)
+                    if skipped:
+                        self._retrier.progress(len(skipped))
+                        continue
                 data = self._answer.resp.read(want)
             except Exception as err:  # _failure sorts them
                 url = self._answer.url
