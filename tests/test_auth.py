@@ -49,7 +49,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No credentials anywhere: a fresh HOME, no XDG or REGISTRY_AUTH_FILE, an empty /run."""
-    for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"):
+    for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(auth, "RUN_CONTAINERS", str(tmp_path / "run"))
@@ -76,6 +76,9 @@ def place(where: str, base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         return base / "xdg-config/containers/auth.json"
     if where == "~/.config":
         return base / "home/.config/containers/auth.json"
+    if where == "DOCKER_CONFIG":
+        monkeypatch.setenv("DOCKER_CONFIG", str(base / "docker-config"))
+        return base / "docker-config/config.json"
     assert where == "~/.docker"
     return base / "home/.docker/config.json"
 
@@ -86,6 +89,7 @@ PLACES = [
     "/run/containers/UID",
     "XDG_CONFIG_HOME",
     "~/.config",
+    "DOCKER_CONFIG",
     "~/.docker",
 ]
 
@@ -136,6 +140,14 @@ def test_the_first_place_with_an_entry_decides_in_podmans_order(
     given = auth_json(home / "given.json", {world.registry.host: (USER, PASSWORD)})
     assert pull(world, home / "c", "--authfile", str(given)) == 0, capsys.readouterr().err
     assert not (home / "b").exists()
+    # So does $REGISTRY_AUTH_FILE (podman's and skopeo's default --authfile): nothing else.
+    auth_json(earlier, {world.registry.host: (USER, PASSWORD)})
+    elsewhere = auth_json(home / "elsewhere.json", {"quay.io": ("someone", "else")})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(elsewhere))
+    assert pull(world, home / "d") == 1
+    said = capsys.readouterr().err
+    assert "401 unauthorized for repository my/os (no credentials)" in said
+    assert f"(looked in: {elsewhere})" in said
 
 
 HELPER = """#!/bin/sh

@@ -26,17 +26,24 @@ RUN_CONTAINERS = "/run/containers"  # podman's per-user runtime directory withou
 
 
 def auth_files() -> list[str]:
-    """The auth files podman, skopeo and docker read, in their order (existing or not)."""
+    """The auth files podman, skopeo and docker read, in their order (existing or not).
+
+    $REGISTRY_AUTH_FILE is podman's and skopeo's default --authfile: the one file then, as
+    with --authfile. $DOCKER_CONFIG is docker's directory instead of ~/.docker.
+    """
     env = os.environ
+    if env.get("REGISTRY_AUTH_FILE"):
+        return [env["REGISTRY_AUTH_FILE"]]
     home = os.path.expanduser("~")
-    places = [env.get("REGISTRY_AUTH_FILE", "")]
+    places = []
     if env.get("XDG_RUNTIME_DIR"):
         places.append(os.path.join(env["XDG_RUNTIME_DIR"], "containers/auth.json"))
     places.append(os.path.join(RUN_CONTAINERS, str(os.getuid()), "auth.json"))
     config = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
     places.append(os.path.join(config, "containers/auth.json"))
-    places.append(os.path.join(home, ".docker/config.json"))
-    return [p for p in places if p]
+    docker = env.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
+    places.append(os.path.join(docker, "config.json"))
+    return places
 
 
 class Lookup:

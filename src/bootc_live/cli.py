@@ -220,11 +220,11 @@ def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
         "--auth-file",
         dest="auth_file",
         metavar="FILE",
-        help="registry credentials (a containers auth.json); default: where podman, skopeo "
-        "and docker keep them, the first with an entry for the registry: $REGISTRY_AUTH_FILE, "
-        "$XDG_RUNTIME_DIR/containers/auth.json, /run/containers/UID/auth.json, "
-        "$XDG_CONFIG_HOME/containers/auth.json (~/.config), ~/.docker/config.json; "
-        "credHelpers and credsStore run docker-credential-NAME",
+        help="registry credentials (a containers auth.json); default: $REGISTRY_AUTH_FILE if "
+        "set, else where podman, skopeo and docker keep them, the first with an entry for the "
+        "registry: $XDG_RUNTIME_DIR/containers/auth.json, /run/containers/UID/auth.json, "
+        "$XDG_CONFIG_HOME/containers/auth.json (~/.config), $DOCKER_CONFIG/config.json "
+        "(~/.docker); credHelpers and credsStore run docker-credential-NAME",
     )
     if ca:
         p.add_argument(
