@@ -109,6 +109,32 @@ def test_challenge_round_trip(scheme: str, realm: str, service: str, scope: str)
     )
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        # What registries send (Docker Hub, GHCR, Quay, ECR), unchanged.
+        (
+            'Bearer realm="https://auth.docker.io/token",service="registry.docker.io"',
+            ("bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io"}),
+        ),
+        ('Basic realm="https://1.dkr.ecr.aws",service="ecr.amazonaws.com"', ("basic", {
+            "realm": "https://1.dkr.ecr.aws", "service": "ecr.amazonaws.com"})),
+        # RFC 7235: names in any case, token values, escapes, commas inside quotes.
+        ('Bearer Realm="https://t/token",SERVICE=reg', ("bearer", {
+            "realm": "https://t/token", "service": "reg"})),
+        ('Bearer realm="a\\"b",scope="repository:x:pull,push"', ("bearer", {
+            "realm": 'a"b', "scope": "repository:x:pull,push"})),
+        # Several challenges: Bearer, else Basic, whatever comes first.
+        ('Basic realm="r", Bearer realm="https://t/token",service="s"', ("bearer", {
+            "realm": "https://t/token", "service": "s"})),
+        ('Negotiate abc==, Basic realm="q"', ("basic", {"realm": "q"})),
+        ("", ("", {})),
+    ],
+)  # fmt: skip
+def test_challenge_forms(header: str, expected: tuple[str, dict[str, str]]) -> None:
+    assert parse_challenge(header) == expected
+
+
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()

@@ -66,7 +66,14 @@ _TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")  # what can go into a header: no CR,
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_HTTP_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# A scheme (and the token68 some schemes carry instead of parameters), then its parameters.
+_CHALLENGE_SCHEME = re.compile(
+    rf"[\s,]*({_HTTP_TOKEN})(?:\s+[A-Za-z0-9._~+/-]+=*(?=\s*(?:,|$)))?(?=[\s,]|$)(?!\s*=)"
+)
+_CHALLENGE_PARAM = re.compile(
+    rf'[\s,]*({_HTTP_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_HTTP_TOKEN}))', re.DOTALL
+)
 
 
 class RegistryError(BootcLiveError):
@@ -192,9 +199,28 @@ def credentials_in(
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """`Bearer realm="…",service="…",scope="…"` → ("bearer", {…})."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
+    """`Bearer realm="…",service="…",scope="…"` → ("bearer", {…}).
+
+    As RFC 7235 reads it: schemes and parameter names in any case, values quoted (with
+    backslash escapes) or plain tokens, and several challenges in one header, of which the
+    Bearer one is taken, else the Basic one, else the first. Anything else ends the reading.
+    """
+    challenges: list[tuple[str, dict[str, str]]] = []
+    pos = 0
+    while scheme := _CHALLENGE_SCHEME.match(header, pos):
+        params: dict[str, str] = {}
+        pos = scheme.end()
+        while param := _CHALLENGE_PARAM.match(header, pos):
+            quoted, plain = param.group(2), param.group(3)
+            value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else plain
+            params.setdefault(param.group(1).lower(), value)
+            pos = param.end()
+        challenges.append((scheme.group(1).lower(), params))
+    for wanted in ("bearer", "basic"):
+        for challenge in challenges:
+            if challenge[0] == wanted:
+                return challenge
+    return challenges[0] if challenges else ("", {})
 
 
 class RegistryAuth:
