@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -150,11 +151,22 @@ def test_crafted_values_end_in_one_line(
     assert "victim" in line or "tar header" in line or "\\x00" in line, line
 
 
-def test_a_pax_record_length_of_thousands_of_digits_ends_in_one_line(tmp_path: Path) -> None:
-    record = b"0" * 5000 + b"5020 path=victim\n"
-    pax = header_block("PaxHeaders/victim", typeflag=b"x", size=len(record))
-    padded = record + bytes(-len(record) % BLOCK)
-    line = refused(tmp_path, raw(pax + padded + header_block("victim", typeflag=b"0")))
+def test_pax_numbers_with_thousands_of_digits_are_read_as_go_reads_them(tmp_path: Path) -> None:
+    """Leading zeros are read (Go's fixture pax-pos-size-file.tar has size=000…999); more
+    than 19 digits after them are refused in one line (int() raises past 4300 digits)."""
+    body = b" path=victim\n"
+    zeros = b"0" * 5000 + b"%d" % (5000 + 4 + len(body))  # the length counts itself
+    size = b" size=" + b"0" * 5000 + b"1\n"
+    records = zeros + body + b"%d" % (len(size) + 4) + size
+    pax = header_block("PaxHeaders/victim", typeflag=b"x", size=len(records))
+    padded = records + bytes(-len(records) % BLOCK)
+    member = header_block("header-name", typeflag=b"0") + b"v" + bytes(BLOCK - 1)
+    root = apply(tmp_path, raw(pax + padded + member))
+    assert os.listdir(root) == ["victim"] and (root / "victim").read_bytes() == b"v"
+    shutil.rmtree(root)
+    record = b"9" * 25 + b" path=x\n"
+    pax = header_block("PaxHeaders/x", typeflag=b"x", size=len(record))
+    line = refused(tmp_path, raw(pax + record + bytes(-len(record) % BLOCK) + member))
     assert line == "tar header: malformed PAX record", line
 
 

@@ -65,7 +65,9 @@ _KINDS = {
     b"6": FIFO,
     b"D": DIRECTORY,  # GNU dumpdir: a directory whose data (a listing) is skipped
 }
-_PAX_LINE = re.compile(rb"([0-9]{1,19}) ")  # int() of thousands of digits raises
+# Numbers: leading zeros (as Go reads them), then at most 19 digits (int() of thousands raises).
+_PAX_LINE = re.compile(rb"0*([0-9]{1,19}) ")
+_PAX_NUMBER = re.compile(rb"(-?)0*([0-9]{1,19})")
 _OCTAL = re.compile(rb"[0-7]+")
 
 
@@ -163,9 +165,11 @@ def parse_pax(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def _pax_int(value: bytes, key: str) -> int:
-    if re.fullmatch(rb"-?[0-9]{1,19}", value) is None or not -_INT64 <= int(value) < _INT64:
+    m = _PAX_NUMBER.fullmatch(value)
+    number = int(m.group(1) + m.group(2)) if m else _INT64
+    if not -_INT64 <= number < _INT64:
         raise LayerError(f"tar header: invalid PAX {shown(key)}={shown(repr(value))}")
-    return int(value)
+    return number
 
 
 def _pax_time_ns(value: bytes) -> int:
