@@ -33,6 +33,7 @@ from signing import (
     cosign_key,
     cosign_payload,
     cosign_sign,
+    digest_of,
     gpg_keys,
     gpg_req,
     need_tools,
@@ -232,6 +233,58 @@ def test_containers_image_gpg_signatures(name: str, fixture_keyring: Path) -> No
         env={"GNUPGHOME": str(fixture_keyring)},
     )  # fmt: skip
     assert (skopeo.returncode == 0) is (expected is None), skopeo.stderr
+
+
+@pytest.mark.parametrize(
+    "optional",
+    [
+        {"creator": "me", "timestamp": 1_700_000_000},
+        None,
+        {"other": [1]},
+        {"timestamp": 1.0},
+        {"creator": 5},
+        {"timestamp": "now"},
+        {"timestamp": 1.5},
+        {"timestamp": True},
+        "duplicate",
+    ],
+)
+def test_optional_claims_are_read_as_skopeo_reads_them(
+    optional: Any, gnupg: tuple[Path, GpgKey, GpgKey], tmp_path: Path
+) -> None:
+    """The verdict of skopeo standalone-verify (containers/image) on the same signature."""
+    need_tools("skopeo")
+    home, trusted, _ = gnupg
+    manifest = tmp_path / "manifest.json"
+    manifest.write_bytes(b'{"schemaVersion": 2}')
+    critical = {
+        "type": signatures.SIMPLE_TYPE,
+        "image": {"docker-manifest-digest": digest_of(manifest.read_bytes())},
+        "identity": {"docker-reference": "example.com/x:v1"},
+    }
+    text = json.dumps({"critical": critical, "optional": optional})
+    if optional == "duplicate":
+        text = text.replace('"duplicate"', '{"creator": "a", "creator": "b"}')
+    (tmp_path / "payload").write_text(text)
+    signed = tmp_path / "signature"
+    done = run(
+        "gpg", "--batch", "--sign", "--local-user", trusted.fingerprint, "--output",
+        str(signed), str(tmp_path / "payload"), env={"GNUPGHOME": str(home)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    skopeo = run(
+        "skopeo", "standalone-verify", str(manifest), "example.com/x:v1", trusted.fingerprint,
+        str(signed), env={"GNUPGHOME": str(home)},
+    )  # fmt: skip
+    try:
+        signatures.verify(
+            signatures.from_blob(signed.read_bytes()), [("k", trusted.public.read_bytes())]
+        )
+        ours = ""
+    except SignatureError as err:
+        ours = str(err)
+    assert (ours == "") is (skopeo.returncode == 0), (ours, skopeo.stderr)
+    assert ours == "" or ours.startswith("the signed payload is malformed: its optional "), ours
 
 
 def test_containers_image_gpg_signature_through_the_policy(tmp_path: Path) -> None:
@@ -633,9 +686,10 @@ def test_unusable_keys_and_missing_tools_stop_the_evaluation(
         "expected"
     )
     monkeypatch.setenv("PATH", str(tmp_path))
+    key = base64.b64encode((FIXTURES / "public-key.gpg").read_bytes()).decode()
     gpg = Policy.parse(
         json.dumps(
-            {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyData": "bm9uc2Vuc2U="}]}
+            {"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyData": key}]}
         ).encode(),
         "policy.json",
     )

@@ -411,14 +411,29 @@ def parse_claims(payload: bytes, signature_type: str) -> Claims:
         _fields(critical["identity"], ("docker-reference",))
         digest = critical["image"]["docker-manifest-digest"]
         reference = critical["identity"]["docker-reference"]
+        # As containers/image: an object (null only from cosign), its creator a string,
+        # its timestamp an integer, no key twice; other keys are anyone's.
         optional = doc["optional"]
-        if optional is not None and not isinstance(optional, dict):
-            raise ValueError("its optional part is not an object")
+        if optional is None and signature_type != SIMPLE_TYPE:
+            optional = {}
+        if not isinstance(optional, dict) or strictjson.duplicate_in(optional):
+            raise ValueError("its optional part is not an object (of each key once)")
+        if "creator" in optional and not isinstance(optional["creator"], str):
+            raise ValueError("its optional creator is not a string")
+        if "timestamp" in optional and not _integral(optional["timestamp"]):
+            raise ValueError("its optional timestamp is not an integer")
         if not isinstance(digest, str) or not isinstance(reference, str):
             raise ValueError("its digest or identity is not a string")
     except (ValueError, TypeError) as err:
         raise SignatureError(f"the signed payload is malformed: {err}", INVALID_SIGNATURE) from None
     return Claims(digest, reference)
+
+
+def _integral(value: Any) -> bool:
+    """A JSON number without a fraction, in int64 (as containers/image reads a timestamp)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, int) or value.is_integer()) and -(2**63) <= value < 2**63
 
 
 def _fields(obj: Any, names: Sequence[str]) -> None:
