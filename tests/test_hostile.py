@@ -202,6 +202,16 @@ def test_https_redirect_to_plain_http_is_refused(archive: bytes, tmp_path: Path)
     assert plain.requests == [] and SECRET not in err.value.line()
 
 
+@pytest.mark.parametrize("port", ["99999", "x1"])
+def test_a_port_no_connection_can_use_is_one_line_at_once(port: str) -> None:
+    client = http.Client(f"http://127.0.0.1:{port}/root.oci", FAST, [].append)
+    with pytest.raises(http.FetchError) as err:
+        client.open(0, None, http.Retrier(client.url, FAST, [].append))
+    reason = "out of range 0-65535" if port == "99999" else "could not be cast to integer"
+    assert err.value.line().startswith(f"http://127.0.0.1:{port}/root.oci: Port {reason}")
+    assert err.value.line().endswith("; fix the port in the URL")
+
+
 def test_a_download_onto_a_full_filesystem_is_not_retried(archive: bytes, tmp_path: Path) -> None:
     need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
     small = tmp_path / "small"

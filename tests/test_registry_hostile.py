@@ -164,7 +164,7 @@ def test_an_unusable_token_realm_is_one_line(realm: str, layout: Path, tmp_path:
     line = err.value.line()
     assert re.match(
         rf"(registry {reg.host}: token service .* is not an http\(s\) URL|"
-        r"https://h:99999/token.*: unusable answer or request)",
+        r"https://h:99999/token.*: Port out of range 0-65535; fix the port in the URL)",
         line,
     ), line
     assert PASSWORD not in line and "\n" not in line

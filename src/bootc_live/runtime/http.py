@@ -331,14 +331,18 @@ class Client:
     def _request(self, url: str, start: int, end: int | None) -> http.client.HTTPResponse:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
+        try:
+            port = parts.port
+        except ValueError as err:  # "Port out of range 0-65535", "Port could not be cast …"
+            raise FetchError(f"{redact(url)}: {err}", "fix the port in the URL") from None
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
             context = self._context()  # first: http.client has no HTTPSConnection without ssl
             conn = http.client.HTTPSConnection(
-                host, parts.port, timeout=self.policy.stall, context=context
+                host, port, timeout=self.policy.stall, context=context
             )
         elif parts.scheme == "http":
-            conn = http.client.HTTPConnection(host, parts.port, timeout=self.policy.stall)
+            conn = http.client.HTTPConnection(host, port, timeout=self.policy.stall)
         else:
             raise FetchError(f"{redact(url)}: unsupported scheme {parts.scheme!r}", _HINT)
         headers = {"User-Agent": "bootc-live", "Accept-Encoding": "identity", **self.headers}
