@@ -189,6 +189,18 @@ def test_sparse_maps_beyond_a_mebibyte_are_refused(tmp_path: Path) -> None:
     assert line == "tar header: sparse map larger than 1048576 bytes", line
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "size"),
+    [(b"user." + b"n" * 300, b"v", 1), (b"user.big", b"v" * 70_000, 70_000)],
+)
+def test_an_xattr_linux_cannot_hold_is_named(
+    tmp_path: Path, name: bytes, value: bytes, size: int
+) -> None:
+    line = refused(tmp_path, layer_tar([f("x", pax={b"SCHILY.xattr." + name: value})]))
+    assert line.startswith(f"/x: its xattr {shown(name.decode())} ({size} bytes) is not one "), line
+    assert line.endswith("a name of at most 255 bytes, a value of at most 64 KiB)"), line
+
+
 def test_nul_in_an_xattr_name_ends_in_one_line(tmp_path: Path) -> None:
     line = refused(tmp_path, layer_tar([f("x", pax={b"SCHILY.xattr.user.a\0b": b"v"})]))
     assert line == "tar entry x: PAX key SCHILY.xattr.user.a\\x00b contains a NUL byte"

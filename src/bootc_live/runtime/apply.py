@@ -348,6 +348,12 @@ class Applier:
                 else:
                     os.setxattr(where, attr, value, follow_symlinks=False)
             except OSError as err:
+                if err.errno in (errno.ERANGE, errno.E2BIG):
+                    raise LayerError(
+                        f"{_show(key)}: its xattr {shown(attr)} ({len(value)} bytes) is not one "
+                        f"Linux can hold ({err.strerror}; a name of at most 255 bytes, a value "
+                        "of at most 64 KiB)"
+                    ) from None
                 if err.errno not in (errno.EOPNOTSUPP, errno.EPERM):
                     raise
                 namespace = attr.split(".", 1)[0]
