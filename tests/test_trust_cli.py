@@ -170,10 +170,10 @@ def carry(
 
 def write_policy(path: Path, keys: Keys, *, default: str = "reject", trusted: bool = True) -> Path:
     """registry.example needs a GPG signature by the trusted key (or, with `trusted` False,
-    by a key file holding nothing the signatures were made with) and a sigstore one."""
-    key = keys.trusted_key if trusted else path.with_name("empty.gpg")
+    by the other key, which made none of the signatures) and a sigstore one."""
+    key = keys.trusted_key if trusted else path.with_name("other.gpg")
     if not trusted:
-        key.write_bytes(b"")
+        key.write_bytes(run("gpg", "--export", keys.other, env=keys.gnupg))
     doc: dict[str, Any] = {
         "default": [{"type": default}],
         "transports": {
