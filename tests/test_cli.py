@@ -192,11 +192,17 @@ def test_a_failed_unpack_removes_a_tree_deeper_than_python_recurses(tmp_path: Pa
 
 
 def test_credentials_in_a_docker_reference_are_refused_unrepeated() -> None:
-    for ref in ("docker://me:S3CRET@reg.example/x@sha999:abc", "docker://me:S3CRET@host/x:v1"):
+    for ref in (
+        "docker://me:S3CRET@reg.example/x@sha999:abc",
+        "docker://me:S3CRET@host/x:v1",
+        "docker://me:S3/CRET@host/x:v1",
+        "docker://me:S3CRET@host:5000",
+    ):
         said = assert_clean_failure(bootc_live("inspect", ref))
         assert said == (
-            "bootc-live: docker://…@…: an image reference holds no user or password (not "
-            "shown); give them in an auth.json: --authfile FILE (or podman login)\n"
+            "bootc-live: docker://…@…: what follows @ is not a sha256: or sha512: digest (the "
+            "reference is not shown: a user or password has no place in it); pin with "
+            "@sha256:HEX; give credentials in an auth.json: --authfile FILE (or podman login)\n"
         ), said
 
 

@@ -176,14 +176,31 @@ def test_invalid_values_name_the_option(arg: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("packed", ["", "packed:"])
-def test_credentials_in_a_docker_reference_are_refused_unrepeated(packed: str) -> None:
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "me:S3CRET@reg.example/os:v1",
+        "me:S3/CRET@reg.example/os:v1",  # a '/' in the password
+        "me:S3CRET@reg.example:5000",
+        f"me:S3CRET@reg.example/os@sha256:{'a' * 64}",
+    ],
+)
+def test_credentials_in_a_docker_reference_are_refused_unrepeated(packed: str, ref: str) -> None:
     with pytest.raises(CmdlineError) as err:
-        parse([f"root=bootc-live:{packed}docker://me:S3CRET@reg.example/os:v1"])
+        parse([f"root=bootc-live:{packed}docker://{ref}"])
     assert str(err.value).startswith(
-        "invalid root=…: a docker:// reference holds no USER:PASSWORD@ (credentials go into the "
-        "initramfs: bootc-live build --auth-file FILE)"
+        "invalid root=…: what follows @ is not a sha256: or sha512: digest (a USER:PASSWORD@ "
+        "has no place in it: credentials go into the initramfs with bootc-live build "
+        "--auth-file FILE)"
     )
-    assert "S3CRET" not in err.value.line()
+    assert "S3CRET" not in err.value.line() and "CRET" not in err.value.line()
+
+
+@pytest.mark.parametrize("ref", ["busybox", "library/busybox:1.36", "quay.io/a/b:v1"])
+def test_a_digest_pinned_short_name_is_no_credentials(ref: str) -> None:
+    pinned = f"{ref}@sha256:{'a' * 64}"
+    spec = parse([f"root=bootc-live:docker://{pinned}"])
+    assert spec.image == ImageLocation("docker", pinned)
 
 
 def test_conf_files_come_first(tmp_path: Path) -> None:

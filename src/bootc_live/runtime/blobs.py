@@ -13,6 +13,14 @@ from .errors import ImageError, VerificationError
 _DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 
 
+def odd_at(reference: str) -> bool:
+    """Whether a docker reference has an `@` that is not its sha256: or sha512: digest's: a
+    USER:PASSWORD@ perhaps (`me:pw@host:5000` reads as the digest `host:5000`), so the
+    reference is refused without being shown."""
+    before, at, after = reference.rpartition("@")
+    return bool(at) and ("@" in before or not _DIGEST.fullmatch(after))
+
+
 def check_digest(digest: object, what: str) -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else raise ImageError."""
     if isinstance(digest, str) and _DIGEST.fullmatch(digest):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .blobs import odd_at
 from .errors import BootcLiveError
 from .oci import Platform, check_ref_name
 from .policy import DockerReference
@@ -181,10 +182,10 @@ def docker_ref(text: str) -> str:
     ref = text[len("docker://") :]
     if not ref or " " in ref:
         raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
-    if "@" in ref.partition("/")[0]:
+    if odd_at(ref):
         raise Secret(
-            "a docker:// reference holds no USER:PASSWORD@ (credentials go into the "
-            "initramfs: bootc-live build --auth-file FILE)"
+            "what follows @ is not a sha256: or sha512: digest (a USER:PASSWORD@ has no place "
+            "in it: credentials go into the initramfs with bootc-live build --auth-file FILE)"
         )
     return ref
 

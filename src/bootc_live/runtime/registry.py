@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
-from .blobs import Descriptor, check_digest, digest_of
+from .blobs import Descriptor, check_digest, digest_of, odd_at
 from .errors import BootcLiveError, ImageError, VerificationError, shown
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
@@ -91,10 +91,12 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
-        if "@" in text.partition("/")[0]:  # USER:PASSWORD@HOST: not a reference, not shown
+        if odd_at(text):  # perhaps USER:PASSWORD@HOST: not shown
             raise ImageError(
-                "docker://…@…: an image reference holds no user or password (not shown)",
-                "give them in an auth.json: bootc-live build --auth-file FILE",
+                "docker://…@…: what follows @ is not a sha256: or sha512: digest (the "
+                "reference is not shown: a user or password has no place in it)",
+                "pin with @sha256:HEX; give credentials in an auth.json: bootc-live build "
+                "--auth-file FILE",
             )
         rest, _, digest = text.partition("@")
         if digest:
