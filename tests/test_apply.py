@@ -172,6 +172,47 @@ def test_a_tree_deeper_than_python_recurses_is_whited_out(tree: Tree) -> None:
     rmtree(str(root))  # pytest removes old temporary trees with shutil, which recurses
 
 
+def test_rmtree_takes_the_path_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "" and a path ending in . or .. name no entry: nothing goes (os.path.abspath made ""
+    the current directory); link/../name is name beside where the link leads."""
+    (tmp_path / "elsewhere/sub").mkdir(parents=True)
+    (tmp_path / "elsewhere/name").mkdir()
+    (tmp_path / "name").mkdir()
+    (tmp_path / "link").symlink_to("elsewhere/sub")
+    (tmp_path / "keep").write_text("k")
+    monkeypatch.chdir(tmp_path)
+    for path in ("", ".", "./", "name/..", "name/../.", str(tmp_path / "name/..")):
+        rmtree(path)
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "keep", "link", "name"]
+    rmtree("link/../name")
+    assert os.listdir(tmp_path / "elsewhere") == ["sub"] and (tmp_path / "name").is_dir()
+
+
+def test_rmtree_keeps_going_past_what_it_cannot_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in "abcdefgh":
+        (tmp_path / "t" / name / "deep").mkdir(parents=True)
+        (tmp_path / "t" / name / "deep" / "file").write_text(name)
+    real_unlink = os.unlink
+    stuck = (tmp_path / "t/c/deep/file").stat().st_ino  # as if immutable (chattr +i)
+
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        if os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_ino == stuck:
+            raise PermissionError(1, "Operation not permitted")
+        real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        rmtree(str(tmp_path / "t"), keep_going=True)
+    assert os.listdir(tmp_path / "t") == ["c"] and os.listdir(tmp_path / "t/c/deep") == ["file"]
+    with pytest.raises(PermissionError):
+        rmtree(str(tmp_path / "t"))  # not keep_going: the first failure stops it
+    monkeypatch.undo()
+    rmtree(str(tmp_path / "t"))
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh..."])
 def test_degenerate_whiteouts_are_errors(tree: Tree, name: str) -> None:
     with pytest.raises(LayerError, match="invalid whiteout"):

@@ -218,3 +218,17 @@ def test_a_missing_ca_bundle_is_a_usage_error_not_a_failing_connection(tmp_path:
             "No such file or directory"
         )
     assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_dest_is_refused_and_nothing_goes(tmp_path: Path) -> None:
+    """`sudo bootc-live unpack IMAGE "$DEST"` with DEST unset removed the current directory."""
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    work = tmp_path / "work"
+    (work / "project").mkdir(parents=True)
+    (work / "project/notes.txt").write_text("keep")
+    for dest, reason in (("", "DEST is empty"), ("nope/..", "nope/.. names no new directory")):
+        result = bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", dest, cwd=work)
+        said = assert_clean_failure(result)
+        assert reason in said and len(said.splitlines()) == 1, said
+        assert (work / "project/notes.txt").read_text() == "keep"
+        assert sorted(os.listdir(work)) == ["project"]

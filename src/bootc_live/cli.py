@@ -45,6 +45,10 @@ MIB = 1 << 20
 
 def _prepare_dest(dest: str) -> bool:
     """Make sure DEST exists and is empty; return whether we created it."""
+    if not dest:
+        raise UsageError("DEST is empty", "give a new or empty directory")
+    if not os.path.lexists(dest) and os.path.basename(dest.rstrip("/")) in (".", ".."):
+        raise UsageError(f"{dest} names no new directory", "give a new or empty directory")
     if os.path.lexists(dest):
         if not os.path.isdir(dest) or os.path.islink(dest):
             raise UsageError(

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from .progress import Ticker, bytes_progress, say
 from .runtime import kernels, memory, roots
+from .runtime.apply import rmtree
 from .runtime.cpio import CpioWriter
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Image
@@ -304,7 +305,7 @@ def pack_image(
     with Ticker(f"packing the root as {chosen}"):
         tool = make_filesystem(tree, filesystem, chosen)
     if unpacked:
-        shutil.rmtree(tree)
+        rmtree(os.fspath(tree))  # shutil's recurses: an image's tree may be deeper
     packed = Packed(
         image.manifest_digest,
         roots.sha256_file(os.fspath(filesystem)),

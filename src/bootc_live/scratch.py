@@ -43,7 +43,7 @@ def remove(path: str | Path) -> None:
     """Remove a tracked path now (a tree or a file)."""
     name = os.fspath(path)
     with contextlib.suppress(OSError):  # what cannot be removed is left; the rest goes
-        rmtree(name)  # not shutil's: it recurses, and an image's tree may be deeper
+        rmtree(name, keep_going=True)  # not shutil's: it recurses, an image's tree is deeper
     done(name)
 
 

@@ -86,60 +86,95 @@ def _lstat(name: bytes, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-def _rmtree(dir_fd: int, name: bytes) -> None:
+def _rmtree(dir_fd: int, name: bytes, keep_going: bool = False) -> None:
     """Remove directory `name` and all below it.
 
     Without recursion and with one descriptor held at a time, so that no tree is too deep
-    (a layer may nest thousands of directories): down into the first subdirectory left, and
-    back up through `..` once it is empty, checked to be the directory come down from.
+    (a layer may nest thousands of directories): each directory is read once, its other
+    entries removed and its subdirectories listed; down into each in turn, and back up
+    through `..`, checked to be the directory come down from. `keep_going`: what cannot be
+    removed is left and the rest goes (the first failure is raised at the end).
     """
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    above: list[tuple[bytes, int, int]] = []  # (name, st_dev, st_ino) of each directory above
-    try:
-        while True:
-            down = None
-            with os.scandir(fd) as it:
-                for child in it:
-                    child_name = os.fsencode(child.name)
+    failed: list[OSError] = []
+
+    def fail(err: OSError) -> None:
+        if not keep_going:
+            raise err
+        failed.append(err)
+
+    def read(fd: int) -> list[bytes]:
+        subdirectories = []
+        with os.scandir(fd) as it:
+            for child in it:
+                child_name = os.fsencode(child.name)
+                try:
                     if child.is_dir(follow_symlinks=False):
-                        down = child_name
-                        break
-                    os.unlink(child_name, dir_fd=fd)
-            if down is not None:
-                st = os.fstat(fd)
-                below = os.open(down, _DIR_FLAGS, dir_fd=fd)
+                        subdirectories.append(child_name)
+                    else:
+                        os.unlink(child_name, dir_fd=fd)
+                except OSError as err:
+                    fail(err)
+        return subdirectories
+
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        left = read(fd)  # the subdirectories of fd still to remove
+        above: list[tuple[list[bytes], bytes, int, int]] = []  # (left, name, st_dev, st_ino)
+        while left or above:
+            if not left:
+                left, down, dev, ino = above.pop()
+                up = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
-                fd = below
-                above.append((down, st.st_dev, st.st_ino))
+                fd = up
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (dev, ino):
+                    raise OSError(errno.ESTALE, "a directory moved while it was being removed")
+                try:
+                    os.rmdir(down, dir_fd=fd)
+                except OSError as err:
+                    fail(err)
                 continue
-            if not above:
-                break
-            left, dev, ino = above.pop()
-            up = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = up
+            down = left.pop()
+            try:
+                below = os.open(down, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                fail(err)
+                continue
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (dev, ino):
-                raise OSError(errno.ESTALE, "a directory moved while it was being removed")
-            os.rmdir(left, dir_fd=fd)
+            os.close(fd)
+            fd = below
+            above.append((left, down, st.st_dev, st.st_ino))
+            left = read(fd)
     finally:
         os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
-
-
-def rmtree(path: str) -> None:
-    """Remove `path` (a tree, a file or a symlink) if it is there, however deep the tree."""
-    parent, name = os.path.split(os.path.abspath(path))
     try:
-        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as err:
+        raise (failed[0] if failed else err) from None
+    if failed:
+        raise failed[0]
+
+
+def rmtree(path: str, keep_going: bool = False) -> None:
+    """Remove `path` (a tree, a file or a symlink) if it is there, however deep the tree.
+
+    The path is taken as written: an empty one, or one ending in `.` or `..`, names no
+    entry of a directory and is left alone (os.path.abspath would make "" the current
+    directory, and read `link/..` without following the link).
+    """
+    parent, name = os.path.split(path.rstrip("/"))
+    if name in ("", ".", ".."):
+        return
+    try:
+        dir_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
-        existing = _lstat(os.fsencode(name), dir_fd) if name else None
+        existing = _lstat(os.fsencode(name), dir_fd)
         if existing is None:
             return
         if stat.S_ISDIR(existing.st_mode):
-            _rmtree(dir_fd, os.fsencode(name))
+            _rmtree(dir_fd, os.fsencode(name), keep_going)
         else:
             os.unlink(name, dir_fd=dir_fd)
     finally:
