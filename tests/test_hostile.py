@@ -26,7 +26,7 @@ from bootc_live.runtime.errors import BootcLiveError, ImageError
 from bootc_live.runtime.oci import all_manifests, resolve
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, d, f, layer_tar, write_oci_archive
-from servers import MISBEHAVIOURS, hard_timeout, hostile, throwaway_ca
+from servers import MISBEHAVIOURS, faulty, hard_timeout, hostile, throwaway_ca
 from unpackers import need
 
 SECRET = "s3cr3t-PASSWORD"
@@ -202,12 +202,38 @@ def test_https_redirect_to_plain_http_is_refused(archive: bytes, tmp_path: Path)
     assert plain.requests == [] and SECRET not in err.value.line()
 
 
-@pytest.mark.parametrize("port", ["99999", "x1"])
+def test_a_server_that_always_breaks_without_range_uses_up_the_retries(
+    archive: bytes, tmp_path: Path
+) -> None:
+    """Every answer whole (200) and cut half-way: a body read again from byte 0 is no
+    progress until it passes where the last one broke, so the retries run out (the bytes
+    read again reset them, and the reading went on for ever)."""
+    half = len(archive) // 2
+
+    def plan(n: int, start: int) -> tuple[int, dict[str, str], bytes, int]:
+        return 200, {"Content-Length": str(len(archive))}, archive, half
+
+    with faulty(archive, plan) as server:
+        client = http.Client(server.url(), FAST, [].append)
+        with pytest.raises(http.FetchError) as err:
+            http.read_body(client, "archive", 1 << 30)  # one stream from byte 0
+        assert len(server.log) == 4, server.log
+        log: list[str] = []
+        with pytest.raises(http.FetchError) as download:
+            http.open_url(server.url(), FAST, log.append, str(tmp_path))  # downloaded once
+        assert len(server.log) == 4 + 4, server.log  # the probe's answer is the first
+    for line in (err.value.line(), download.value.line()):
+        assert re.search(rf"connection broke at byte {half}\b.*giving up after 3 retries", line)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("port", ["99999", "x1", "0"])
 def test_a_port_no_connection_can_use_is_one_line_at_once(port: str) -> None:
     client = http.Client(f"http://127.0.0.1:{port}/root.oci", FAST, [].append)
     with pytest.raises(http.FetchError) as err:
         client.open(0, None, http.Retrier(client.url, FAST, [].append))
-    reason = "out of range 0-65535" if port == "99999" else "could not be cast to integer"
+    reasons = {"99999": "out of range 0-65535", "x1": "could not be cast to integer"}
+    reason = reasons.get(port, "0 is no server's")
     assert err.value.line().startswith(f"http://127.0.0.1:{port}/root.oci: Port {reason}")
     assert err.value.line().endswith("; fix the port in the URL")
 

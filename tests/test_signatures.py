@@ -246,6 +246,7 @@ def test_containers_image_gpg_signatures(name: str, fixture_keyring: Path) -> No
         {"timestamp": "now"},
         {"timestamp": 1.5},
         {"timestamp": True},
+        {"creator": None, "timestamp": None},
         "duplicate",
     ],
 )

@@ -333,6 +333,8 @@ class Client:
         host = parts.hostname or ""
         try:
             port = parts.port
+            if port == 0:
+                raise ValueError("Port 0 is no server's")
         except ValueError as err:  # "Port out of range 0-65535", "Port could not be cast …"
             raise FetchError(f"{redact(url)}: {err}", "fix the port in the URL") from None
         conn: http.client.HTTPConnection
@@ -604,11 +606,10 @@ class RangeReader(Reader):
                         )
                     self._behind = self._pos  # the body again: read up to where it broke
             try:
-                if self._behind:
+                if self._behind:  # no progress: a server that always breaks there must fail
                     skipped = self._answer.resp.read(min(self._behind, 1 << 20))
                     self._behind -= len(skipped)
                     if skipped:
-                        self._retrier.progress(len(skipped))
                         continue
                 data = self._answer.resp.read(want)
             except Exception as err:  # _failure sorts them
@@ -951,21 +952,25 @@ def open_url(
 def _download(client: Client, retrier: Retrier, answer: Answer, out: BinaryIO, where: str) -> None:
     """Copy a whole answer into `out` (in directory `where`); without Range, a broken
     transfer starts again."""
+    reached = 0  # the furthest a transfer got: only bytes beyond it are progress
     while True:
         try:
-            cause = _copy(answer, out, retrier, where)
+            cause = _copy(answer, out, retrier, where, reached)
         finally:
             answer.close()
         if not cause:
             return
+        reached = max(reached, out.tell())
         retrier.failed(f"{cause}; no Range: starting again", url=answer.url)
         out.seek(0)
         out.truncate()
         answer = client.open(0, None, retrier)
 
 
-def _copy(answer: Answer, out: BinaryIO, retrier: Retrier, where: str) -> str:
-    """Copy the answer's body into `out`: "" when complete, else why it broke off."""
+def _copy(answer: Answer, out: BinaryIO, retrier: Retrier, where: str, reached: int = 0) -> str:
+    """Copy the answer's body into `out`: "" when complete, else why it broke off. Bytes up
+    to `reached` (got before, by a transfer that broke) are no progress: a server that always
+    breaks at the same byte must use up the retries."""
     while True:
         try:
             data = answer.resp.read(1 << 20)
@@ -984,7 +989,7 @@ def _copy(answer: Answer, out: BinaryIO, retrier: Retrier, where: str) -> str:
                     "read in place, not stored)",
                 ) from None
             raise BootcLiveError(f"cannot store the download: {err.strerror}") from None
-        retrier.progress(len(data))
+        retrier.progress(max(0, min(len(data), out.tell() - reached)))
     if answer.length is None or out.tell() == answer.length:
         return ""
     return f"connection broke at byte {out.tell()} of {answer.length}"

@@ -418,9 +418,10 @@ def parse_claims(payload: bytes, signature_type: str) -> Claims:
             optional = {}
         if not isinstance(optional, dict) or strictjson.duplicate_in(optional):
             raise ValueError("its optional part is not an object (of each key once)")
-        if "creator" in optional and not isinstance(optional["creator"], str):
+        # (a null of either is read as nothing by Go's decoder, so accepted too)
+        if optional.get("creator") is not None and not isinstance(optional["creator"], str):
             raise ValueError("its optional creator is not a string")
-        if "timestamp" in optional and not _integral(optional["timestamp"]):
+        if optional.get("timestamp") is not None and not _integral(optional["timestamp"]):
             raise ValueError("its optional timestamp is not an integer")
         if not isinstance(digest, str) or not isinstance(reference, str):
             raise ValueError("its digest or identity is not a string")
