@@ -36,9 +36,12 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def simple_payload(digest: str, reference: str) -> bytes:
-    """What simple signing signs: cosign's payload with the simple-signing type."""
+    """What simple signing signs: cosign's payload with the simple-signing type, and an
+    optional object as containers/image writes it (null there is cosign's only)."""
     cosign = b"cosign container image signature"
-    return cosign_payload(digest, reference).replace(cosign, b"atomic container signature")
+    payload = cosign_payload(digest, reference).replace(cosign, b"atomic container signature")
+    optional = b'"optional": {"creator": "test", "timestamp": 1700000000}'
+    return payload.replace(b'"optional": null', optional)
 
 
 @dataclass(frozen=True)
