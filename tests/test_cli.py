@@ -200,9 +200,9 @@ def test_credentials_in_a_docker_reference_are_refused_unrepeated() -> None:
     ):
         said = assert_clean_failure(bootc_live("inspect", ref))
         assert said == (
-            "bootc-live: docker://…@…: what follows @ is not a sha256: or sha512: digest (the "
-            "reference is not shown: a user or password has no place in it); pin with "
-            "@sha256:HEX; give credentials in an auth.json: --authfile FILE (or podman login)\n"
+            "bootc-live: docker://…@…: what follows @ is not a digest (the reference is not "
+            "shown: a user or password has no place in it); pin with @sha256:HEX; give "
+            "credentials in an auth.json: --authfile FILE (or podman login)\n"
         ), said
 
 

@@ -13,12 +13,16 @@ from .errors import ImageError, VerificationError
 _DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 
 
+# The OCI digest grammar, with an encoded part of 32 characters or more (every registered
+# algorithm's): `host:5000` is not one, so `me:pw@host:5000` is no digest.
+_DIGEST_SHAPE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+
+
 def odd_at(reference: str) -> bool:
-    """Whether a docker reference has an `@` that is not its sha256: or sha512: digest's: a
-    USER:PASSWORD@ perhaps (`me:pw@host:5000` reads as the digest `host:5000`), so the
-    reference is refused without being shown."""
+    """Whether a docker reference has an `@` that is not a digest's (its only `@`): a
+    USER:PASSWORD@ perhaps, so the reference is refused without being shown."""
     before, at, after = reference.rpartition("@")
-    return bool(at) and ("@" in before or not _DIGEST.fullmatch(after))
+    return bool(at) and ("@" in before or not _DIGEST_SHAPE.fullmatch(after))
 
 
 def check_digest(digest: object, what: str) -> str:

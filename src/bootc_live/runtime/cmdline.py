@@ -184,8 +184,8 @@ def docker_ref(text: str) -> str:
         raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
     if odd_at(ref):
         raise Secret(
-            "what follows @ is not a sha256: or sha512: digest (a USER:PASSWORD@ has no place "
-            "in it: credentials go into the initramfs with bootc-live build --auth-file FILE)"
+            "what follows @ is not a digest (a USER:PASSWORD@ has no place in it: "
+            "credentials go into the initramfs with bootc-live build --auth-file FILE)"
         )
     return ref
 

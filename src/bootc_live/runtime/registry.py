@@ -93,8 +93,8 @@ class Reference:
     def parse(cls, text: str) -> Reference:
         if odd_at(text):  # perhaps USER:PASSWORD@HOST: not shown
             raise ImageError(
-                "docker://…@…: what follows @ is not a sha256: or sha512: digest (the "
-                "reference is not shown: a user or password has no place in it)",
+                "docker://…@…: what follows @ is not a digest (the reference is not "
+                "shown: a user or password has no place in it)",
                 "pin with @sha256:HEX; give credentials in an auth.json: bootc-live build "
                 "--auth-file FILE",
             )
