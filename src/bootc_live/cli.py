@@ -167,8 +167,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{target} exists", f"give a new path{'' if archive else ' (or an empty directory)'}"
         )
-    if not target.absolute().parent.is_dir():
-        raise UsageError(f"{target.absolute().parent} is not a directory", "create it, or fix -o")
+    parent = target.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{parent} is not a directory", "create it, or fix -o")
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
     tmp = target.with_name(f".{target.name}.bootc-live-pull")
