@@ -170,6 +170,22 @@ def test_pax_numbers_with_thousands_of_digits_are_read_as_go_reads_them(tmp_path
     assert line == "tar header: malformed PAX record", line
 
 
+@pytest.mark.parametrize(
+    ("value", "ns"),
+    [
+        ("0001700000000.5", 1_700_000_000_500_000_000),
+        ("0" * 5000 + "1700000000", 1_700_000_000 * 10**9),
+        ("-0001.25", -1_250_000_000),
+        ("1700000000.", 1_700_000_000 * 10**9),
+        ("1700000000.1234567899", 1_700_000_000_123_456_789),
+    ],
+)
+def test_pax_mtime_is_read_as_go_reads_it(tmp_path: Path, value: str, ns: int) -> None:
+    """Seconds with leading zeros, as in the other PAX numbers; nanoseconds cut after 9 digits."""
+    root = apply(tmp_path, layer_tar([f("dated", b"d", pax={"mtime": value})]))
+    assert os.lstat(root / "dated").st_mtime_ns == ns
+
+
 def test_sparse_maps_beyond_a_mebibyte_are_refused(tmp_path: Path) -> None:
     """A sparse map is held in memory: old GNU extension blocks (21 pairs each) or a 1.0 map
     at the start of the data would otherwise grow with the layer, to gigabytes at boot."""

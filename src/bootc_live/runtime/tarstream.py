@@ -68,6 +68,7 @@ _KINDS = {
 # Numbers: leading zeros (as Go reads them), then at most 19 digits (int() of thousands raises).
 _PAX_LINE = re.compile(rb"0*([0-9]{1,19}) ")
 _PAX_NUMBER = re.compile(rb"(-?)0*([0-9]{1,19})")
+_PAX_TIME = re.compile(_PAX_NUMBER.pattern + rb"(?:\.([0-9]*))?")  # seconds[.fraction]
 _OCTAL = re.compile(rb"[0-7]+")
 
 
@@ -173,12 +174,12 @@ def _pax_int(value: bytes, key: str) -> int:
 
 
 def _pax_time_ns(value: bytes) -> int:
-    text = value.decode("ascii", "replace")
-    m = re.fullmatch(r"(-?)([0-9]{1,19})(?:\.([0-9]*))?", text)
+    m = _PAX_TIME.fullmatch(value)
     if not m or int(m.group(2)) >= _INT64:
+        text = value.decode("ascii", "replace")
         raise LayerError(f"tar header: invalid PAX mtime={shown(repr(text))}")
     sign = -1 if m.group(1) else 1
-    frac = (m.group(3) or "")[:9].ljust(9, "0")
+    frac = (m.group(3) or b"")[:9].ljust(9, b"0")
     return sign * (int(m.group(2)) * 1_000_000_000 + int(frac))
 
 
