@@ -291,3 +291,43 @@ def test_a_digest_on_the_command_line_that_is_not_the_registry_s(
     failed(ctx.system, ctx.tmp, status, code, message)
     if option != "bootc.packed.sha256":
         assert not reg.hits("/referrers/") and not reg.hits("sha256-")
+
+
+@pytest.mark.parametrize("bad", [{"size": -1}, {"digest": "sha256:zz"}, {"size": "12"}])
+def test_a_malformed_entry_of_our_type_is_passed_over(ctx: Ctx, bad: dict[str, Any]) -> None:
+    """Anyone who can push can list one (docs/packed.md): the genuine one after it boots."""
+    genuine = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    knobs = Knobs(referrers=index_of([dict(genuine, **bad), genuine]))
+    with fakeregistry.serve(ctx.image.layout, knobs) as reg:
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
+    assert code == 0, status
+    assert status["root"]["sha256"] == pin(ctx.images["squashfs"])
+    assert stored(ctx.tmp).read_bytes() == ctx.images["squashfs"].read_bytes()
+
+
+@pytest.mark.parametrize("lie", [-1, 1, 1 << 40])
+def test_artifacts_that_disagree_on_the_pinned_layer_s_size_are_named(ctx: Ctx, lie: int) -> None:
+    """One blob cannot have two sizes: which artifact lies is not known, so the boot says which
+    artifacts disagree, not 'not enough memory' or a Content-Range error of the first one."""
+    genuine = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    real = ctx.images["squashfs"].stat().st_size
+    blobs = ctx.image.layout / "blobs/sha256"
+    manifest = json.loads((blobs / genuine["digest"].split(":")[1]).read_bytes())
+    manifest["layers"][0]["size"] = real + lie if lie < 1 << 30 else lie
+    body = json.dumps(manifest).encode()
+    digest = pushpacked.sha256_digest(body)
+    (blobs / digest.split(":")[1]).write_bytes(body)
+    hostile = dict(genuine, digest=digest, size=len(body))
+    with fakeregistry.serve(ctx.image.layout, Knobs(referrers=index_of([hostile, genuine]))) as reg:
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
+    sizes = sorted([real, manifest["layers"][0]["size"]])
+    failed(
+        ctx.system,
+        ctx.tmp,
+        status,
+        code,
+        f"whose layer is the pinned {pin(ctx.images['squashfs'])}, of different sizes "
+        f"({sizes[0]}, {sizes[1]} bytes)",
+        "delete the artifacts not pushed by bootc-live push-packed from the pinned file",
+    )
+    assert ctx.system.calls == [] and not reg.hits(f"/blobs/{pin(ctx.images['squashfs'])}")

@@ -36,15 +36,19 @@ def fallback_tag(digest: str) -> str:
     return f"{algorithm}-{hex_}"
 
 
-def candidates(index: bytes, what: str) -> list[Descriptor]:
-    """The artifact manifests of ours an index lists, in its order."""
+def candidates(index: bytes, what: str, log: Callable[[str], None]) -> list[Descriptor]:
+    """The artifact manifests of ours an index lists, in its order; malformed entries are
+    passed over (said in `log`): anyone who can push can add one."""
     manifests = document(index, what).get("manifests")
     if not isinstance(manifests, list):
         raise ImageError(f"{what} has no list of manifests")
     ours = []
     for i, entry in enumerate(manifests):
         if isinstance(entry, dict) and entry.get("artifactType") == ARTIFACT_TYPE:
-            ours.append(Descriptor.from_json(entry, f"{what}, manifest {i}"))
+            try:
+                ours.append(Descriptor.from_json(entry, f"{what}, manifest {i}"))
+            except ImageError as err:
+                log(f"passed over: {err}")
     return ours
 
 
@@ -89,12 +93,15 @@ def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], No
         tagged = source.tagged(tag)
         index = tagged[0] if tagged is not None else None
         how = f"the tag {tag}"
-    found = candidates(index, f"{how} of {source.description}") if index is not None else []
+    found = []
+    if index is not None:
+        found = candidates(index, f"{how} of {source.description}", log)
     if not found:
         raise PackedError(
             f"no packed root in the registry for the image {subject} (asked {how})",
             f"{PUSH_HINT} docker://{source.ref.registry}/{source.ref.repository} packed.img",
         )
+    pinned: list[Artifact] = []
     for desc in found[:MAX_CANDIDATES]:
         try:
             artifact = read_artifact(source, desc, subject)
@@ -102,9 +109,19 @@ def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], No
             log(f"passed over: {err}")  # another's entry must not stop the boot
             continue
         if artifact.layer.digest == pin:
-            if len(found) > 1:
-                log(f"{len(found)} packed roots for the image; taking {short(desc.digest)}")
-            return artifact
+            pinned.append(artifact)
+    sizes = sorted({artifact.layer.size for artifact in pinned})
+    if len(sizes) > 1:  # one blob, several sizes: all but one lie, and which is not known here
+        raise PackedError(
+            f"the registry lists {len(pinned)} packed roots of the image {subject} whose layer "
+            f"is the pinned {pin}, of different sizes ({', '.join(map(str, sizes))} bytes): "
+            f"artifacts {', '.join(short(a.manifest) for a in pinned)}",
+            "delete the artifacts not pushed by bootc-live push-packed from the pinned file",
+        )
+    if pinned:
+        if len(found) > 1:
+            log(f"{len(found)} packed roots for the image; taking {short(pinned[0].manifest)}")
+        return pinned[0]
     raise PackedError(
         f"none of the {len(found)} packed roots of the image {subject} in the registry is "
         f"the one bootc.packed.sha256= pins ({pin})",
