@@ -13,7 +13,7 @@ import fakeregistry
 from bootc_live.runtime import http, memory
 from bootc_live.runtime.errors import BootcLiveError, VerificationError
 from bootc_live.runtime.oci import resolve
-from bootc_live.runtime.registry import Reference, RegistrySource, load_credentials
+from bootc_live.runtime.registry import Reference, RegistryAuth, RegistrySource, load_credentials
 from bootc_live.runtime.unpack import unpack_image
 from fakeregistry import REPO, TAG, Knobs
 from imagegen import build_layout, d, f, layer_tar
@@ -315,3 +315,12 @@ def test_the_memory_estimate_reads_the_gzip_trailers_by_range(layout: Path) -> N
     assert est.how == "from the gzip trailers"
     sizes = [layer.size for layer in image.layers]
     assert all(f"bytes={s - 4}-{s - 1}" in tails for s in sizes)  # 4 bytes of each layer
+
+
+def test_an_unsupported_challenge_is_quoted_short_and_on_one_line() -> None:
+    """The server's WWW-Authenticate goes into the boot's one line: capped and escaped."""
+    auth = RegistryAuth("127.0.0.1:5000", REPO, None, lambda *_: pytest.fail("no token asked"))
+    url = f"https://127.0.0.1:5000/v2/{REPO}/manifests/{TAG}"
+    assert not auth.challenge(url, "Negotiate " + "A" * 60_000 + "\nInjected: 1")
+    assert auth.denied.startswith("unsupported authentication 'Negotiate AAAA")
+    assert len(auth.denied) < 400 and "\n" not in auth.denied and "…" in auth.denied

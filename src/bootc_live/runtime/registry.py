@@ -278,7 +278,7 @@ class RegistryAuth:
             self.scheme = "basic"
             return True
         if scheme != "bearer" or "realm" not in params:
-            self.denied = f"unsupported authentication {www_authenticate!r}"
+            self.denied = f"unsupported authentication {shown(www_authenticate)!r}"
             return False
         scope = params.get("scope") or f"repository:{self.repository}:pull"
         params = {**params, "scope": scope}
