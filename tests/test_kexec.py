@@ -18,7 +18,7 @@ import pytest
 
 from bootc_live.runtime import blobs, boot, kexec, unpack
 from bootc_live.runtime import run as run_module
-from bootc_live.runtime.cmdline import parse
+from bootc_live.runtime.cmdline import parse, split
 from bootc_live.runtime.handover import (
     IMAGE_DIR,
     RECORD,
@@ -196,6 +196,15 @@ def test_the_next_command_line_drops_the_kexec_switch() -> None:
     assert kexec.next_command_line(current, reuse=True, label="h") == (
         "console=ttyS0 rd.shell=0 'quoted arg' root=bootc-live:/bootc-live/image bootclabel=h"
     )
+
+
+def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
+    """The kernel knows double quotes only: shell quotes would split it into two words."""
+    current = '"systemd.setenv=GREETING=hello world" x="a\tb c" bootc.kexec console=ttyS0\n'
+    line = kexec.next_command_line(current, reuse=False, label="h")
+    assert line == '"systemd.setenv=GREETING=hello world" "x=a\tb c" console=ttyS0'
+    assert split(line) == ["systemd.setenv=GREETING=hello world", "x=a\tb c", "console=ttyS0"]
+    assert kexec.printable_command_line(line) == line
 
 
 def test_the_next_command_line_pins_the_image_stage_one_checked() -> None:

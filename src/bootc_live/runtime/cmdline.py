@@ -641,6 +641,12 @@ def split(text: str) -> list[str]:
     return args
 
 
+def join(args: Iterable[str]) -> str:
+    """A command line the kernel (and `split`) reads back as `args`: one with a space is put in
+    double quotes, the kernel's only quoting (`split` leaves no double quote in an argument)."""
+    return " ".join(f'"{arg}"' if any(c.isspace() for c in arg) else arg for arg in args)
+
+
 def parse(args: Iterable[str]) -> BootSpec:
     """Parse command-line arguments (in order; the last occurrence wins) into a BootSpec."""
     given: dict[str, str] = {}

@@ -28,7 +28,6 @@ next stage checks it again).
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
 from . import http, memory, mounts, packed, roots
-from .cmdline import ROOT_PREFIX, BootSpec, split
+from .cmdline import ROOT_PREFIX, BootSpec, join, split
 from .cpio import CpioWriter
 from .errors import BootcLiveError
 from .handover import (
@@ -185,7 +184,7 @@ def next_command_line(
         if name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
             continue
         kept.append(arg)
-    return " ".join(shlex.quote(a) if " " in a else a for a in [*kept, *new])
+    return join([*kept, *new])
 
 
 def packed_command_line(current: str, pin: str, image: str | None) -> str:
@@ -204,7 +203,7 @@ def printable_command_line(command_line: str) -> str:
             continue  # a registry reference holds no credentials
         if name == "root" and "://" in value and value.startswith(ROOT_PREFIX):
             args[i] = f"root={ROOT_PREFIX}{http.redact(value[len(ROOT_PREFIX) :])}"
-    return " ".join(shlex.quote(a) if " " in a else a for a in args)
+    return join(args)
 
 
 def _check_memory(need: int, mem: memory.Memory, what: str, hint: str = REUSE_HINT) -> None:
