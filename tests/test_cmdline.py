@@ -195,6 +195,78 @@ def test_credentials_in_a_docker_reference_are_refused_unrepeated(packed: str, r
     assert "S3CRET" not in err.value.line() and "CRET" not in err.value.line()
 
 
+@pytest.mark.parametrize("packed", ["", "packed:"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://admin:Xy/9S3CRET@127.0.0.1:18080/os.oci",  # urlsplit: host admin, port Xy
+        "http://admin:123/9S3CRET@127.0.0.1/os.oci",  # a valid URL of the host "admin"
+        "https://admin:Xy#9S3CRET@127.0.0.1/os.oci",
+        "ftp://admin:Xy?9S3CRET@127.0.0.1/os.oci",
+        "http://admin:S3CRET@[fd00::1/os.oci",  # and the host is broken too
+    ],
+)
+def test_a_password_the_url_parser_would_cut_is_refused_unrepeated(packed: str, url: str) -> None:
+    """A password with /, ? or # not percent-encoded ends the host early: the rest of it would
+    be shown as the path, port or fragment of a URL that names another host."""
+    with pytest.raises(CmdlineError) as err:
+        parse([f"root=bootc-live:{packed}{url}"])
+    assert err.value.line().startswith("invalid root=…: "), err.value.line()
+    assert "S3CRET" not in err.value.line() and "Xy" not in err.value.line()
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("root=bootc-live:http://[fd00::1/os.oci", "an IPv6 address in [ ]"),
+        ("root=bootc-live:packed:https://127.0.0.1]/p.img", "an IPv6 address in [ ]"),
+        ("root=bootc-live:http://h:0/os.oci", "a port from 1"),
+        ("root=bootc-live:http:///os.oci", "with a host"),
+        ("root=bootc-live:docker://[fd00::1/img", "an IPv6 address in [ ]"),
+        ("root=bootc-live:docker://::1/img", "an IPv6 address in [ ]"),
+        ("root=bootc-live:docker://h:70000/img", "expected docker://HOST[:PORT]/PATH"),
+        ("root=bootc-live:docker://quay.io/acme/os:", "expected docker://HOST[:PORT]/PATH"),
+        (f"root=bootc-live:docker://q.io/os:@sha256:{'a' * 64}", "expected docker://HOST"),
+        ("root=bootc-live:docker://q.io/Upper", "(lower-case path"),
+        ("root=bootc-live:docker://127.0.0.1:5000?x/img", "expected docker://HOST"),
+        ("bootc.registry.mirror=http://127.0.0.1:5000/", "no scheme (https, or http with"),
+        ("bootc.registry.mirror=m.io?x", "expected HOST[:PORT][,HOST[:PORT]…]"),
+        ("bootc.registry.mirror=[fd00::1", "an IPv6 address in [ ]"),
+        ("bootc.registry.mirror=m1,-", "expected HOST[:PORT][,HOST[:PORT]…]"),
+    ],
+)
+def test_hosts_and_references_the_clients_cannot_use_stop_at_the_command_line(
+    arg: str, message: str
+) -> None:
+    """Not an internal error from the URL parser, nor a name lookup of `http`, nor `:latest`
+    for an empty tag (iPXE's ${version} unset): one line naming the option."""
+    with pytest.raises(CmdlineError) as err:
+        parse([arg])
+    line = err.value.line()
+    assert line.startswith(f"invalid {arg.partition('=')[0]}=") and message in line, line
+
+
+def test_mirror_credentials_are_refused_unrepeated() -> None:
+    with pytest.raises(CmdlineError) as err:
+        parse(["bootc.registry.mirror=m1:5000,user:S3CRET@m2"])
+    assert err.value.line().startswith("invalid bootc.registry.mirror=…: a mirror is HOST[:PORT]")
+    assert "S3CRET" not in err.value.line()
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "root=bootc-live:http://[::1]:8080/os.oci",
+        "root=bootc-live:http://user:p%2Fw@h:8080/os%40v1.oci?sig=1#x",
+        "root=bootc-live:docker://[::1]:5000/img:v1",
+        "root=bootc-live:nfs://srv/exports/os.oci",
+        "bootc.registry.mirror=[::1]:5000,m-1.example,10.0.2.100:5000",
+    ],
+)
+def test_hosts_written_as_they_should_be_are_taken(arg: str) -> None:
+    parse([arg])
+
+
 @pytest.mark.parametrize("ref", ["busybox", "library/busybox:1.36", "quay.io/a/b:v1"])
 def test_a_digest_pinned_short_name_is_no_credentials(ref: str) -> None:
     pinned = f"{ref}@sha256:{'a' * 64}"

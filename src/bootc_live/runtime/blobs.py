@@ -25,6 +25,17 @@ def odd_at(reference: str) -> bool:
     return bool(at) and ("@" in before or not _DIGEST_SHAPE.fullmatch(after))
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_PORT = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?")
+
+
+def registry_host(text: str) -> bool:
+    """Whether `text` is a registry's HOST[:PORT] as references write it: DNS labels or an
+    IPv4 address, or an IPv6 address in brackets; a port from 1 to 65535. No scheme, no path."""
+    m = _HOST_PORT.fullmatch(text)
+    return bool(m) and (m.group(1) is None or 0 < int(m.group(1)) < 65536)
+
+
 def check_digest(digest: object, what: str) -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else raise ImageError."""
     if isinstance(digest, str) and _DIGEST.fullmatch(digest):

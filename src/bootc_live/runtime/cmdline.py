@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import glob
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .blobs import odd_at
-from .errors import BootcLiveError
+from .blobs import odd_at, registry_host
+from .errors import BootcLiveError, ImageError
 from .oci import Platform, check_ref_name
 from .policy import DockerReference
+from .registry import Reference
 
 ROOT_PREFIX = "bootc-live:"
 PACKED_PREFIX = "packed:"
@@ -162,7 +164,7 @@ def parse_root(value: str) -> ImageLocation | None:
         if rest.startswith("docker://"):
             return ImageLocation("docker", docker_ref(rest), packed=True)
         if rest.startswith(_URL_SCHEMES):
-            return ImageLocation("url", rest, packed=True)
+            return ImageLocation("url", url_root(rest), packed=True)
         if rest.startswith("/"):
             return ImageLocation("path", rest, packed=True)
         raise ValueError(
@@ -171,23 +173,47 @@ def parse_root(value: str) -> ImageLocation | None:
     if rest.startswith("docker://"):
         return ImageLocation("docker", docker_ref(rest))
     if rest.startswith(_URL_SCHEMES):
-        return ImageLocation("url", rest)
+        return ImageLocation("url", url_root(rest))
     if rest.startswith("/"):
         return ImageLocation("path", rest)
     raise ValueError("expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://… or docker://REF")
 
 
 def docker_ref(text: str) -> str:
-    """REF of `docker://REF`."""
+    """REF of `docker://REF`, a valid reference (checked here: a bad one stops the boot before
+    the network is waited for)."""
     ref = text[len("docker://") :]
-    if not ref or " " in ref:
-        raise ValueError("expected docker://HOST[:PORT]/PATH[:TAG][@sha256:…]")
     if odd_at(ref):
         raise Secret(
             "what follows @ is not a digest (a USER:PASSWORD@ has no place in it: "
             "credentials go into the initramfs with bootc-live build --auth-file FILE)"
         )
+    try:
+        Reference.parse(ref)
+    except ImageError as err:
+        raise ValueError(f"expected docker://{err.hint.partition('docker://')[2]}") from None
     return ref
+
+
+def url_root(url: str) -> str:
+    """A URL of root=, as the clients will read it; refused without being shown where it may
+    hold a password (an @ past the host: a password's /, ? or # not percent-encoded)."""
+    after = url.partition("://")[2]
+    authority = re.split(r"[/?#]", after, maxsplit=1)[0]
+    if "@" in after[len(authority) :]:
+        raise Secret(
+            "an @ after the host (percent-encode a password's /, ? and # as %2F, %3F, %23, "
+            "and an @ in the path as %40)"
+        )
+    refuse = Secret if "@" in authority else ValueError
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refuse("expected SCHEME://HOST[:PORT]/PATH (an IPv6 address in [ ])") from None
+    if not parts.hostname or port == 0:
+        raise refuse("expected SCHEME://HOST[:PORT]/PATH with a host, and a port from 1")
+    return url
 
 
 class Secret(ValueError):
@@ -284,8 +310,16 @@ def parse_identity(value: str) -> str:
 
 def parse_hosts(value: str) -> tuple[str, ...]:
     hosts = tuple(h for h in value.split(",") if h)
-    if not hosts or any("/" in h.split("://", 1)[-1].rstrip("/") for h in hosts):
-        raise ValueError("expected HOST[:PORT][,HOST[:PORT]…]")
+    if any("@" in h for h in hosts):
+        raise Secret(
+            "a mirror is HOST[:PORT] (credentials go into the initramfs with bootc-live build "
+            "--auth-file FILE)"
+        )
+    if not hosts or not all(registry_host(h) for h in hosts):
+        raise ValueError(
+            "expected HOST[:PORT][,HOST[:PORT]…]: no scheme (https, or http with "
+            "bootc.registry.unsecure=1), no path; an IPv6 address in [ ]"
+        )
     return hosts
 
 

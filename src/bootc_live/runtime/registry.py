@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
-from .blobs import Descriptor, check_digest, digest_of, odd_at
+from .blobs import Descriptor, check_digest, digest_of, odd_at, registry_host
 from .errors import BootcLiveError, ImageError, VerificationError, shown
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
@@ -108,13 +108,15 @@ class Reference:
             registry, path = DOCKER_HUB, rest
         name, colon, tag = path.rpartition(":")
         if not colon or "/" in tag:
-            name, tag = path, ""
+            name, tag, colon = path, "", ""
         if registry == DOCKER_HUB and "/" not in name:
             name = f"library/{name}"
-        if not _REPOSITORY.fullmatch(name) or (tag and not _TAG.fullmatch(tag)):
+        valid_tag = _TAG.fullmatch(tag) if colon else True  # `name:` names no tag (not latest)
+        if not (registry_host(registry) and _REPOSITORY.fullmatch(name) and valid_tag):
             raise ImageError(
                 f"docker://{text} is not a valid image reference",
-                "use docker://HOST[:PORT]/PATH[:TAG][@sha256:HEX] (lower-case path)",
+                "use docker://HOST[:PORT]/PATH[:TAG][@sha256:HEX] (lower-case path; an IPv6 "
+                "address in [ ])",
             )
         return cls(registry, name, tag or (None if digest else "latest"), digest or None)
 
