@@ -207,6 +207,17 @@ def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
     assert kexec.printable_command_line(line) == line
 
 
+def test_the_printed_command_line_shows_no_url_s_credentials() -> None:
+    line = (
+        "root=bootc-live:https://me:S3CRET@h/os.oci?sig=S3CRET proxy=http://u:S3CRET@p:3128 "
+        '"x=a b" root2=bootc-live:docker://q.io/os:v1 rd.x=ftp://h/x'
+    )
+    assert kexec.printable_command_line(line) == (
+        "root=bootc-live:https://***@h/os.oci?… proxy=http://***@p:3128 "
+        '"x=a b" root2=bootc-live:docker://q.io/os:v1 rd.x=ftp://h/x'
+    )
+
+
 def test_the_next_command_line_pins_the_image_stage_one_checked() -> None:
     """A tag may name another image by the time stage two fetches it: stage two is pinned to
     what stage one checked, whatever bootc.digest= said (an index's digest, say)."""

@@ -28,6 +28,7 @@ next stage checks it again).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -195,15 +196,17 @@ def packed_command_line(current: str, pin: str, image: str | None) -> str:
 
 
 def printable_command_line(command_line: str) -> str:
-    """The command line fit to print: a URL in root= without its credentials and query."""
+    """The command line fit to print: every URL in it (root=, dracut's proxy=, any other's)
+    without its credentials and query; registry references hold none (the parser sees to it)."""
     args = split(command_line)
     for i, arg in enumerate(args):
-        name, _, value = arg.partition("=")
-        if name == "root" and value.startswith(ROOT_PREFIX + "docker://"):
-            continue  # a registry reference holds no credentials
-        if name == "root" and "://" in value and value.startswith(ROOT_PREFIX):
-            args[i] = f"root={ROOT_PREFIX}{http.redact(value[len(ROOT_PREFIX) :])}"
+        url = _URL_IN_ARG.search(arg)
+        if url and not url.group().startswith("docker://"):
+            args[i] = arg[: url.start()] + http.redact(url.group())
     return join(args)
+
+
+_URL_IN_ARG = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://.*")
 
 
 def _check_memory(need: int, mem: memory.Memory, what: str, hint: str = REUSE_HINT) -> None:
