@@ -26,6 +26,7 @@ ROOT_PREFIX = "bootc-live:"
 PACKED_PREFIX = "packed:"
 _TRUE = {"", "1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
+MAX_SECONDS = 86400  # a day: beyond, a stall is no longer one (and sockets refuse 1e10)
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
 _SIZE = re.compile(r"([0-9]+)([KMGT]?)(i?B)?", re.IGNORECASE)
 _NUMBER = re.compile(r"[0-9]+")  # not str.isdigit: that takes "²" and "٣"
@@ -272,8 +273,8 @@ def parse_seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         raise ValueError("expected a number of seconds") from None
-    if not seconds > 0:
-        raise ValueError("expected a positive number of seconds")
+    if not 0.1 <= seconds <= MAX_SECONDS:  # what a socket's timeout takes (and means)
+        raise ValueError(f"expected a number of seconds from 0.1 to {MAX_SECONDS}")
     return seconds
 
 
@@ -628,7 +629,7 @@ OPTIONS: tuple[Option, ...] = (
         "timeout",
         parse_seconds,
         "bootc.timeout=SECONDS",
-        "Per-connection stall timeout.",
+        "Per-connection stall timeout, from 0.1 s to a day.",
     ),
     Option(
         "bootc.connections",
