@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from bootc_live.runtime.cmdline import (
     split,
 )
 from bootc_live.runtime.oci import Platform
+from test_dracut_shell import DRACUT_LIB, DRACUT_UTIL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,12 +283,67 @@ def test_a_digest_pinned_short_name_is_no_credentials(ref: str) -> None:
 def test_conf_files_come_first(tmp_path: Path) -> None:
     conf = tmp_path / "cmdline.d"
     conf.mkdir()
-    (conf / "10-bootc.conf").write_text("# comment\nroot=bootc-live:/a bootclabel=conf rw\n")
+    (conf / "10-bootc.conf").write_text("root=bootc-live:/a bootclabel=conf rw\n")
     proc = tmp_path / "cmdline"
     proc.write_text("bootclabel=kernel console=ttyS0\n")
-    spec = cmdline.read(str(proc), str(conf))
+    spec = cmdline.read(str(proc), str(conf), str(tmp_path / "none"))
     assert spec.image == ImageLocation("path", "/a") and spec.label == "kernel" and spec.rw
     assert spec.extra == {"console": "ttyS0"}
+
+
+GETARG = """
+wait_for_dev() { :; }
+. "$DRACUT_LIB"
+eval "$(declare -f getcmdline | sed "s#/etc/cmdline#$ROOT/etc/cmdline#g; s#/proc/cmdline#$PROC#g")"
+getarg "$1="
+"""
+
+
+def dracut_getarg(root: Path, proc: Path) -> Callable[[str], str]:
+    """dracut's own getarg (dracut-lib.sh, dracut-util), reading its files under `root`."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dracut-getarg").symlink_to(DRACUT_UTIL)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PREFIX": "/nonexistent",
+        "DRACUT_SYSTEMD": "1",
+        "DEBUG_MEM_LEVEL": "0",
+        "DRACUT_LIB": str(DRACUT_LIB),
+        "ROOT": str(root),
+        "PROC": str(proc),
+    }
+
+    def getarg(name: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", GETARG, "getarg", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.stderr == "", done.stderr
+        return done.stdout.rstrip("\n")
+
+    return getarg
+
+
+def test_the_files_are_read_as_dracut_s_getarg_reads_them(tmp_path: Path) -> None:
+    """A line starting with # is no comment to dracut: its hooks take that root=, so must the
+    runtime (it skipped the line, and the hooks claimed a root the runtime did not see)."""
+    conf = tmp_path / "etc/cmdline.d"
+    conf.mkdir(parents=True)
+    (conf / "10-old.conf").write_text("# old: root=bootc-live:/old.oci bootclabel=a\n")
+    (conf / "20-new.conf").write_text("bootclabel=b\n")
+    (tmp_path / "etc/cmdline").write_text("bootclabel=c\nconsole=ttyS0\n")
+    proc = tmp_path / "proc-cmdline"
+    proc.write_text("quiet\n")
+    spec = cmdline.read(str(proc), str(conf), str(tmp_path / "etc/cmdline"))
+    getarg = dracut_getarg(tmp_path, proc)
+    assert getarg("root") == "bootc-live:/old.oci"
+    assert spec.image == ImageLocation("path", "/old.oci")
+    assert getarg("bootclabel") == "c" == spec.label
 
 
 def test_docs_reference_is_generated_from_the_parser() -> None:

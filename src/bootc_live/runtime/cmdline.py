@@ -754,16 +754,22 @@ def root_mode(values: dict[str, Any]) -> RootMode:
     return TMPFS
 
 
-def read(proc_cmdline: str = "/proc/cmdline", conf_dir: str = "/etc/cmdline.d") -> BootSpec:
-    """The BootSpec of the running system: /etc/cmdline.d/*.conf first, then the kernel's."""
+def read(
+    proc_cmdline: str = "/proc/cmdline",
+    conf_dir: str = "/etc/cmdline.d",
+    etc_cmdline: str = "/etc/cmdline",
+) -> BootSpec:
+    """The BootSpec of the running system, from what dracut's hooks read, in their order:
+    /etc/cmdline.d/*.conf, /etc/cmdline, the kernel's. Every line counts, one starting with #
+    too (dracut has no comments there: skipping them, the hooks and this would disagree)."""
     args: list[str] = []
-    for conf in sorted(glob.glob(f"{conf_dir}/*.conf")):
-        with open(conf, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.lstrip().startswith("#"):
-                    args += split(line)
-    with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-        args += split(f.read())
+    for path in [*sorted(glob.glob(f"{conf_dir}/*.conf")), etc_cmdline, proc_cmdline]:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                args += split(f.read())
+        except FileNotFoundError:
+            if path == proc_cmdline:
+                raise
     return parse(args)
 
 
@@ -775,8 +781,9 @@ def reference() -> str:
         "Generated from `src/bootc_live/runtime/cmdline.py` (`bootc-live cmdline-reference`); a "
         "test keeps the two equal.",
         "",
-        "Options also come from `/etc/cmdline.d/*.conf` in the initramfs (the kernel's command "
-        "line wins). The last occurrence of an option wins; a bare boolean `name` is true, "
+        "Options also come from `/etc/cmdline.d/*.conf` and `/etc/cmdline` in the initramfs, "
+        "read as dracut reads them (every line, `#` is no comment; the kernel's command line "
+        "wins). The last occurrence of an option wins; a bare boolean `name` is true, "
         "`name=0|no|off|false` is false. An invalid value stops the boot with a message naming "
         "the option.",
         "",
