@@ -760,3 +760,22 @@ def test_a_policy_that_cannot_be_read_stops_the_boot_before_anything_is_opened(
         f"bootc-live: {missing}: cannot read the policy: No such file or directory",
     )
     assert opened == [] and system.calls == []
+
+
+def test_a_zram_size_the_kernel_refuses_is_one_line(
+    system: System, layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bootc.zram=4096T parses (a size), and the kernel refuses the device's table (ENOMEM);
+    /dev/full stands in for that refusal: one line naming the size, nothing mounted."""
+    disksize = tmp_path / "sys/block/zram0/disksize"
+    disksize.unlink()
+    disksize.symlink_to("/dev/full")
+    read = roots._read
+    monkeypatch.setattr(roots, "_read", lambda p: "0" if p == str(disksize) else read(p))
+    code, status = boot_with(layout, tmp_path, "bootc.zram=512M")
+    assert code == 1 and status["state"] == "failed", status
+    assert status["message"] == (
+        "bootc-live: the kernel refused a zram device of 512 MiB (No space left on device); give "
+        "bootc.zram= a percentage of RAM, or a size such as 8G"
+    )
+    assert system.mounted == []

@@ -239,8 +239,14 @@ class ZramDevice:
         self.device = "/dev/" + os.path.basename(sysfs)
         if self.algorithm:
             self._set_algorithm(sysfs, self.algorithm)
-        with open(os.path.join(sysfs, "disksize"), "w", encoding="ascii") as f:
-            f.write(str(self.size))
+        try:
+            with open(os.path.join(sysfs, "disksize"), "w", encoding="ascii") as f:
+                f.write(str(self.size))
+        except OSError as err:  # ENOMEM: no room for the table of a device that large
+            raise RootError(
+                f"the kernel refused a zram device of {self.size >> 20} MiB ({err.strerror})",
+                "give bootc.zram= a percentage of RAM, or a size such as 8G",
+            ) from None
         # No journal (nothing survives a reboot anyway), no reserved blocks, an inode per 8 KiB
         # (images of many small files; unused inode tables are zero pages, which zram stores
         # for free), discard at mount so that deleted files give their memory back.
