@@ -206,6 +206,56 @@ def test_names_that_do_not_match_are_refused_with_what_there_is(
     assert list(tmpdir.iterdir()) == []
 
 
+def arch_context(path: Path, arch: str) -> Path:
+    """A build context whose one file says which architecture it was built for."""
+    (path / "rootfs").mkdir(parents=True)
+    (path / "rootfs/arch").write_text(arch + "\n")
+    (path / "Containerfile").write_text("FROM scratch\nCOPY rootfs/ /\n")
+    return path
+
+
+def test_the_platform_asked_is_the_one_unpacked_whatever_the_index_says(
+    saved: Saved, tmp_path: Path
+) -> None:
+    """podman save writes no platform in the index entry of an arm64 image: the config says
+    it, and it is not unpacked for amd64 (it was, without a word). A manifest list's entry
+    `linux/arm64` is `linux/arm64/v8` (arm64 has no other variant), as skopeo takes it."""
+    store = saved.store
+    for arch in ("arm64", "amd64"):
+        ctx = arch_context(tmp_path / f"ctx-{arch}", arch)
+        store.podman(
+            "build", "-q", "--platform", f"linux/{arch}", "-t", f"localhost/p:{arch}", str(ctx)
+        )
+    single = tmp_path / "arm64.tar"
+    store.podman("save", "--format", "oci-archive", "-o", str(single), "localhost/p:arm64")
+    for asked in ([], ["--platform", "linux/s390x"]):
+        dest = tmp_path / "refused"
+        said = assert_clean_failure(
+            bootc_live("unpack", *asked, f"oci-archive:{single}", str(dest))
+        )
+        plat = asked[1] if asked else "linux/amd64"
+        assert f"is an image for linux/arm64 (its config), not for {plat}; choose it with " in said
+        assert said.endswith("choose it with --platform linux/arm64\n"), said
+        assert not dest.exists()
+    for asked in ("linux/arm64", "linux/arm64/v8"):
+        dest = tmp_path / asked.replace("/", "-")
+        done = bootc_live("unpack", "--platform", asked, f"oci-archive:{single}", str(dest))
+        assert done.returncode == 0, done.stderr
+        assert (dest / "arch").read_text() == "arm64\n"
+    store.podman("manifest", "create", "localhost/list:v1")
+    for arch in ("amd64", "arm64"):
+        store.podman(
+            "manifest", "add", "localhost/list:v1", f"containers-storage:localhost/p:{arch}"
+        )
+    listed = tmp_path / "list.tar"
+    store.podman("manifest", "push", "--all", "localhost/list:v1", f"oci-archive:{listed}")
+    for asked, arch in (("linux/arm64/v8", "arm64"), ("linux/amd64", "amd64")):
+        dest = tmp_path / f"list-{arch}"
+        done = bootc_live("unpack", "--platform", asked, f"oci-archive:{listed}", str(dest))
+        assert done.returncode == 0, done.stderr
+        assert (dest / "arch").read_text() == f"{arch}\n"
+
+
 def readme_podman_commands() -> list[str]:
     """The shell block of the README's podman section."""
     text = (REPO / "README.md").read_text()

@@ -68,6 +68,10 @@ _MACHINE_TO_ARCH = {
 }
 
 
+# A variant written or left out alike: the architecture has no other.
+_DEFAULT_VARIANT = {("arm64", "v8"): "", ("amd64", "v1"): ""}
+
+
 @dataclass(frozen=True)
 class Platform:
     """An OCI platform: os/architecture[/variant]."""
@@ -89,9 +93,15 @@ class Platform:
         return cls("linux", _MACHINE_TO_ARCH.get(machine, machine))
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        if obj.get("os") != self.os or obj.get("architecture") != self.architecture:
+        """Whether a descriptor's (or a config's) platform is this one; no variant asked takes
+        any, and a variant that is the architecture's only one (arm64's v8, amd64's v1) is the
+        same as none (as containerd and containers/image read them)."""
+        arch = obj.get("architecture")
+        if obj.get("os") != self.os or arch != self.architecture:
             return False
-        return not self.variant or obj.get("variant", "") == self.variant
+        variant = obj.get("variant") or ""
+        same = {variant, _DEFAULT_VARIANT.get((arch, variant), variant)}
+        return not self.variant or _DEFAULT_VARIANT.get((arch, self.variant), self.variant) in same
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
@@ -292,7 +302,23 @@ def resolve(
             f"{where}: image digest is {seen[-1]}, not the pinned {digest}",
             "the image changed: update bootc.digest= or rebuild the boot entry",
         )
-    return _image_from_manifest(source, desc, obj, what, top)
+    image = _image_from_manifest(source, desc, obj, what, top)
+    if desc.platform is None:  # no descriptor said: the config says (podman save writes none)
+        _check_config_platform(image.config, plat, what)
+    return image
+
+
+def _check_config_platform(config: Mapping[str, Any], plat: Platform, what: str) -> None:
+    """An image whose index entry names no platform is still of one: its config's."""
+    os_, arch = config.get("os"), config.get("architecture")
+    if not (isinstance(os_, str) and isinstance(arch, str)) or plat.matches(config):
+        return
+    variant = config.get("variant")
+    its = Platform(os_, arch, variant if isinstance(variant, str) else "")
+    raise ImageError(
+        f"{what} is an image for {shown(str(its))} (its config), not for {plat}",
+        f"choose it with bootc.platform={shown(str(its))}",
+    )
 
 
 def all_manifests(source: ImageSource, limit: int = 1000) -> list[Descriptor]:
