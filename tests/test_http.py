@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime.errors import VerificationError
+from bootc_live.runtime.errors import ImageError, VerificationError
 from bootc_live.runtime.http import FetchError, HttpArchiveSource, Policy, open_url
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource
@@ -80,6 +80,24 @@ def test_without_range_the_archive_is_downloaded_once(
     assert (root / "etc/hostname").read_bytes() == b"live\n"
     assert any("does not support Range; downloading" in line for line in log)
     assert os.listdir(tmp_path / "dl") == []  # deleted once unpacked
+
+
+def test_a_download_that_is_no_oci_archive_is_named_by_its_url_and_removed(
+    archive: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Without Range the archive is downloaded first: when it then proves not to be one (cut,
+    or compressed), the line names the URL, not the temporary file, which is gone."""
+    path, _ = archive
+    data = path.read_bytes()
+    (path.parent / "cut.oci").write_bytes(data[: len(data) // 2])
+    (path.parent / "junk.oci").write_bytes(b"\x1f\x8b" + bytes(4094))
+    with nginx(path.parent, tmp_path / "nginx", ranges=False) as server:
+        for name in ("cut.oci", "junk.oci"):
+            url = server.url(name)
+            with pytest.raises(ImageError) as err:
+                open_url(url, FAST, lambda _: None, str(tmp_path / "dl"))
+            assert err.value.line().startswith(f"oci-archive:{url} "), err.value.line()
+            assert os.listdir(tmp_path / "dl") == []
 
 
 def test_reset_mid_layer_resumes_with_range(

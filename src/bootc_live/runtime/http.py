@@ -943,10 +943,10 @@ def open_url(
     try:
         with os.fdopen(fd, "wb") as out:
             _download(client, retrier, answer, out, download_dir)
-    except BaseException:
+        return ArchiveSource(path, delete=True, name=client.where)
+    except BaseException:  # not an oci-archive after all, too: the download goes
         os.unlink(path)
         raise
-    return ArchiveSource(path, delete=True)
 
 
 def _download(client: Client, retrier: Retrier, answer: Answer, out: BinaryIO, where: str) -> None:

@@ -234,10 +234,11 @@ class MemberIndex:
 class ArchiveSource(MemberIndex):
     """An oci-archive file. With `delete`, the file goes away on close() (a download)."""
 
-    def __init__(self, path: str, delete: bool = False) -> None:
+    def __init__(self, path: str, delete: bool = False, name: str = "") -> None:
+        """`name`: what the archive is called in messages (a download: its URL), else path."""
         self.path = path
         self.delete = delete
-        self.description = f"oci-archive:{path}"
+        self.description = f"oci-archive:{name or path}"
         try:
             with open(path, "rb") as f:
                 self._index_members(FileStream(f), f.tell)
