@@ -13,12 +13,15 @@ import random
 import re
 import shlex
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bootc_live.runtime.errors import ImageError
+from bootc_live.runtime.sources import ArchiveSource
 from treewalk import diff, snapshot
 from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
 
@@ -204,6 +207,54 @@ def test_names_that_do_not_match_are_refused_with_what_there_is(
     assert "bootc-live: containers-storage:localhost/nope: skopeo cannot read it (" in said
     assert "; check the name with podman images" in said and "skopeo copy" not in said
     assert list(tmpdir.iterdir()) == []
+
+
+def test_an_archive_that_cannot_be_read_in_place_is_named_for_what_it_is(
+    saved: Saved, tmp_path: Path
+) -> None:
+    """podman's oci-archive compressed with gzip or zstd, cut in half (podman writes index.json
+    last: it looked like no oci-archive at all), or given as a pipe: one line each."""
+    data = saved.oci_archive.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2])
+    packed = {}
+    for tool, suffix in (("gzip", "gz"), ("zstd", "zst")):
+        copy = tmp_path / f"o.tar.{suffix}"
+        with copy.open("wb") as out:
+            subprocess.run([tool, "-c", str(saved.oci_archive)], stdout=out, check=True)
+        packed[tool] = copy
+    cases = [
+        (
+            packed["gzip"],
+            "is gzip-compressed as a whole (an oci-archive is read in place); "
+            "decompress it first: gunzip FILE",
+        ),
+        (
+            packed["zstd"],
+            "is zstd-compressed as a whole (an oci-archive is read in place); "
+            "decompress it first: unzstd FILE",
+        ),
+        (cut, "is not a valid oci-archive: unexpected end of tar data (the file is cut short)"),
+    ]
+    for path, reason in cases:
+        tmpdir = tmp_path / f"tmp-{path.name}"
+        tmpdir.mkdir()
+        said = assert_clean_failure(bootc_live("inspect", f"oci-archive:{path}", tmpdir=tmpdir))
+        assert said == f"bootc-live: oci-archive:{path} {reason}\n"
+        assert list(tmpdir.iterdir()) == []
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write, data[:4096]), os.close(write)))
+    writer.start()
+    try:
+        with pytest.raises(ImageError) as err:
+            ArchiveSource(f"/dev/fd/{read}")
+    finally:
+        writer.join()
+        os.close(read)
+    assert err.value.line() == (
+        f"oci-archive:/dev/fd/{read} is not a regular file (a pipe or a device); save the "
+        "archive to a file first"
+    )
 
 
 def arch_context(path: Path, arch: str) -> Path:

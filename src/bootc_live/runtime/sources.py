@@ -8,11 +8,13 @@ implement the same interface.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, BinaryIO, Callable, Protocol
 
 from .blobs import Descriptor
+from .decompress import compression_of
 from .errors import ImageError, LayerError
 from .streams import FileStream, Reader
 from .tarstream import REGULAR, Stream, read_entries
@@ -231,6 +233,22 @@ class MemberIndex:
         pass
 
 
+def _refuse_compressed(head: bytes, what: str) -> None:
+    """An archive compressed as a whole (skopeo and podman load read those) is not read in
+    place: said so, not 'tar header checksum mismatch'."""
+    kind = compression_of(head)
+    if kind == "none":
+        kind = "xz" if head.startswith(b"\xfd7zXZ\x00") else "bzip2" if head[:3] == b"BZh" else ""
+    if kind:
+        raise ImageError(
+            f"{what} is {kind}-compressed as a whole (an oci-archive is read in place)",
+            f"decompress it first: {_DECOMPRESS[kind]} FILE",
+        )
+
+
+_DECOMPRESS = {"gzip": "gunzip", "zstd": "unzstd", "xz": "unxz", "bzip2": "bunzip2"}
+
+
 class ArchiveSource(MemberIndex):
     """An oci-archive file. With `delete`, the file goes away on close() (a download)."""
 
@@ -241,6 +259,13 @@ class ArchiveSource(MemberIndex):
         self.description = f"oci-archive:{name or path}"
         try:
             with open(path, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a pipe cannot be indexed
+                    raise ImageError(
+                        f"{self.description} is not a regular file (a pipe or a device)",
+                        "save the archive to a file first",
+                    )
+                _refuse_compressed(f.read(6), self.description)
+                f.seek(0)
                 self._index_members(FileStream(f), f.tell)
         except FileNotFoundError:
             raise ImageError(f"{path}: no such file") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 from collections.abc import Iterator
 from typing import BinaryIO, Callable, TypeVar
@@ -16,6 +17,7 @@ class FileStream:
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
+        self._size = os.fstat(f.fileno()).st_size
 
     def read_exact(self, n: int) -> bytes:
         data = self._f.read(n)
@@ -30,8 +32,8 @@ class FileStream:
         return memoryview(data)
 
     def skip(self, n: int) -> None:
-        if n:
-            self._f.seek(n, 1)
+        if n and self._f.seek(n, 1) > self._size:  # seek goes past the end without a word
+            raise LayerError("unexpected end of tar data (the file is cut short)")
 
     def at_end(self) -> bool:
         if self._f.read(1):
