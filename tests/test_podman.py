@@ -257,6 +257,54 @@ def test_an_archive_that_cannot_be_read_in_place_is_named_for_what_it_is(
     )
 
 
+def test_an_encrypted_image_is_named_and_the_hint_works(saved: Saved, tmp_path: Path) -> None:
+    """skopeo's ocicrypt layers (`+encrypted`): not a tar checksum error nor a RAM estimate
+    read from ciphertext; decrypted as the hint says, the image unpacks."""
+    key, public = tmp_path / "k.pem", tmp_path / "kpub.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], capture_output=True, check=True)
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(public)],
+        capture_output=True,
+        check=True,
+    )
+    encrypted, plain = tmp_path / "enc.tar", tmp_path / "plain.tar"
+    skopeo = ["skopeo", "copy", "-q"]
+    subprocess.run(
+        [
+            *skopeo,
+            "--encryption-key",
+            f"jwe:{public}",
+            f"oci:{saved.oci_dir}:localhost/tiny:v1",
+            f"oci-archive:{encrypted}",
+        ],
+        check=True,
+    )
+    for command in (["inspect"], ["unpack"]):
+        dest = tmp_path / "refused"
+        said = assert_clean_failure(
+            bootc_live(
+                *command,
+                f"oci-archive:{encrypted}",
+                *([str(dest)] if command == ["unpack"] else []),
+            )
+        )
+        assert (
+            "layer 1/2 is encrypted (application/vnd.oci.image.layer.v1.tar+gzip+encrypted); "
+            in said
+        )
+        assert said.endswith(
+            "decrypt the image first: skopeo copy --decryption-key KEY SOURCE oci-archive:FILE\n"
+        ), said
+        assert not dest.exists()
+    subprocess.run(
+        [*skopeo, "--decryption-key", str(key), f"oci-archive:{encrypted}", f"oci-archive:{plain}"],
+        check=True,
+    )
+    dest = tmp_path / "root"
+    assert bootc_live("unpack", f"oci-archive:{plain}", str(dest)).returncode == 0
+    assert (dest / "usr/bin/hello").read_text() == "#!/bin/sh\necho hello\n"
+
+
 def arch_context(path: Path, arch: str) -> Path:
     """A build context whose one file says which architecture it was built for."""
     (path / "rootfs").mkdir(parents=True)

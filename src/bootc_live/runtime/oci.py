@@ -351,6 +351,21 @@ def all_manifests(source: ImageSource, limit: int = 1000) -> list[Descriptor]:
     return found
 
 
+def _check_layer_type(media_type: str, what: str) -> None:
+    """A layer this unpacks: a tar, compressed or not (by its media type, OCI's or Docker's);
+    an encrypted one (ocicrypt) or an artifact's blob is named, not read as a corrupt tar."""
+    if media_type.endswith("+encrypted"):
+        raise ImageError(
+            f"{what} is encrypted ({shown(media_type)})",
+            "decrypt the image first: skopeo copy --decryption-key KEY SOURCE oci-archive:FILE",
+        )
+    if media_type and ".tar" not in media_type:
+        raise ImageError(
+            f"{what} is no filesystem layer: its media type is {shown(media_type)}",
+            "give the image, not an artifact about it",
+        )
+
+
 def _image_from_manifest(
     source: ImageSource,
     desc: Descriptor,
@@ -365,6 +380,8 @@ def _image_from_manifest(
     layers = [
         Descriptor.from_json(obj, f"{what} layer {i + 1}") for i, obj in enumerate(layer_objs)
     ]
+    for i, layer in enumerate(layers):
+        _check_layer_type(layer.media_type, f"{what} layer {i + 1}/{len(layers)}")
     with source.open_blob(config_desc) as raw:
         config = _parse_json(read_verified(raw, config_desc, "config"), f"{what} config")
     rootfs = config.get("rootfs")
