@@ -353,6 +353,20 @@ def test_the_platform_asked_is_the_one_unpacked_whatever_the_index_says(
         done = bootc_live("unpack", "--platform", asked, f"oci-archive:{listed}", str(dest))
         assert done.returncode == 0, done.stderr
         assert (dest / "arch").read_text() == f"{arch}\n"
+    # Pulled for arm64 (on a build host, for a board): the index is kept whole (signatures
+    # sign it), the amd64 image's blobs are not there. Read back for amd64: which one is.
+    part = tmp_path / "arm64-of-list.tar"
+    pulled = bootc_live(
+        "pull", "--platform", "linux/arm64", f"oci-archive:{listed}", "-o", f"oci-archive:{part}"
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    said = assert_clean_failure(bootc_live("inspect", f"oci-archive:{part}"))
+    assert said == (
+        f"bootc-live: oci-archive:{part} holds its index only in part: not its image for "
+        "linux/amd64 (it holds linux/arm64); choose one with --platform linux/arm64\n"
+    )
+    shown = bootc_live("inspect", "--platform", "linux/arm64", f"oci-archive:{part}")
+    assert shown.returncode == 0, shown.stderr
 
 
 def readme_podman_commands() -> list[str]:

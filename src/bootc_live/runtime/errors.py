@@ -53,6 +53,14 @@ class ImageError(BootcLiveError):
     """The image (index, manifest, config) is missing, ambiguous or malformed."""
 
 
+class MissingBlob(ImageError):
+    """A blob an image names is not in the layout or archive (pulled for another platform,
+    say: the index is kept whole, its other images' blobs are not)."""
+
+    def __init__(self, where: str, digest: str) -> None:
+        super().__init__(f"{where}: blob {digest} is missing")
+
+
 class VerificationError(BootcLiveError):
     """A blob or layer does not match its digest, size or diff_id."""
 

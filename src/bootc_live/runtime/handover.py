@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Callable
 
 from .blobs import Descriptor, VerifyingReader
 from .cpio import MAX_MEMBER, CpioWriter
-from .errors import ImageError
+from .errors import MissingBlob
 from .memory import (
     PACKED_ANNOTATIONS,
     SIZES_ANNOTATION,
@@ -217,7 +217,7 @@ class SplitLayoutSource:
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         if desc.digest not in self._extents:
-            raise ImageError(f"{self.description}: blob {desc.digest} is missing")
+            raise MissingBlob(self.description, desc.digest)
         return open_parts(partial(_Slice, self.path, o, s) for o, s in self._extents[desc.digest])
 
     def tail(self, desc: Descriptor, n: int) -> bytes:

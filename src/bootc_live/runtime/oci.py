@@ -11,7 +11,7 @@ from typing import Any
 
 from . import jsondoc
 from .blobs import Descriptor, check_digest, digest_of, read_verified, short
-from .errors import ImageError, shown
+from .errors import ImageError, MissingBlob, shown
 from .sources import ImageSource
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -236,22 +236,20 @@ def tag_part(name: str) -> str:
     return tag if colon and head and "/" not in tag else ""
 
 
+def _platform_of(obj: Mapping[str, Any]) -> Platform:
+    """A descriptor's platform, as written (for messages)."""
+    os_, arch, variant = (
+        obj.get(k, d) for k, d in (("os", "?"), ("architecture", "?"), ("variant", ""))
+    )
+    return Platform(shown(str(os_), 40), shown(str(arch), 40), shown(str(variant), 40))
+
+
 def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descriptor:
     if len(descs) == 1 and descs[0].platform is None:
         return descs[0]
     matching = [d for d in descs if d.platform is None or plat.matches(d.platform)]
     if not matching:
-        offered = ", ".join(
-            str(
-                Platform(
-                    d.platform.get("os", "?"),
-                    d.platform.get("architecture", "?"),
-                    d.platform.get("variant", ""),
-                )
-            )
-            for d in descs
-            if d.platform
-        )
+        offered = ", ".join(str(_platform_of(d.platform)) for d in descs if d.platform)
         raise ImageError(
             f"{where} has no image for platform {plat} (offers: {offered or 'none'})",
             "choose one with bootc.platform=OS/ARCH",
@@ -284,8 +282,15 @@ def resolve(
     candidates = _pick_label(entries, label, where)
     desc = top = _pick_platform(candidates, plat, where)
     seen = [desc.digest]
+    siblings: list[Descriptor] = []  # the index entries `desc` was picked from
     for _depth in range(8):
-        with source.open_blob(desc) as raw:
+        try:
+            raw = source.open_blob(desc)
+        except MissingBlob:
+            if not siblings:
+                raise
+            raise _not_held(source, siblings, plat, where) from None
+        with raw:
             data = read_verified(raw, desc, "manifest")
         if digest is not None and not desc.digest.startswith(digest.partition(":")[0] + ":"):
             seen.append(digest_of(data, digest))  # a sha512 pin of a sha256-named document
@@ -293,7 +298,8 @@ def resolve(
         obj = _parse_json(data, what)
         if _kind(desc.media_type, obj, what) == "manifest":
             break
-        desc = _pick_platform(_descriptors(obj, what), plat, what)
+        siblings = _descriptors(obj, what)
+        desc = _pick_platform(siblings, plat, what)
         seen.append(desc.digest)
     else:
         raise ImageError(f"{where}: indexes nested too deeply")
@@ -306,6 +312,26 @@ def resolve(
     if desc.platform is None:  # no descriptor said: the config says (podman save writes none)
         _check_config_platform(image.config, plat, what)
     return image
+
+
+def _not_held(
+    source: ImageSource, entries: list[Descriptor], plat: Platform, where: str
+) -> ImageError:
+    """The platform's image of an index that is here only in part (pulled with --platform):
+    which platforms' images are here."""
+    held = []
+    for entry in entries:
+        try:
+            source.open_blob(entry).close()
+        except MissingBlob:
+            continue
+        if entry.platform:
+            held.append(str(_platform_of(entry.platform)))
+    return ImageError(
+        f"{where} holds its index only in part: not its image for {plat} (it holds "
+        f"{', '.join(held) or 'none'})",
+        f"choose one with bootc.platform={held[0] if held else 'OS/ARCH'}",
+    )
 
 
 def _check_config_platform(config: Mapping[str, Any], plat: Platform, what: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 
 from .blobs import Descriptor
 from .decompress import compression_of
-from .errors import ImageError, LayerError
+from .errors import ImageError, LayerError, MissingBlob
 from .streams import FileStream, Reader
 from .tarstream import REGULAR, Stream, read_entries
 
@@ -81,7 +81,7 @@ class LayoutSource:
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         files = self._files(desc)
         if not files:
-            raise ImageError(f"{self.description}: blob {desc.digest} is missing")
+            raise MissingBlob(self.description, desc.digest)
         return open_parts(partial(open, name, "rb") for name in files)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
@@ -211,7 +211,7 @@ class MemberIndex:
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         name = blob_path(desc.digest)
         if name not in self._members:
-            raise ImageError(f"{self.description}: blob {desc.digest} is missing")
+            raise MissingBlob(self.description, desc.digest)
         return self._open_member(*self._members[name])
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
