@@ -131,6 +131,7 @@ def sources(saved: Saved) -> list[str]:
     return [
         f"containers-storage:{name}",
         f"containers-storage:{saved.store.spec}{name}",
+        "containers-storage:tiny:v1",  # podman build -t tiny:v1: podman's localhost/tiny:v1
         f"docker-archive:{saved.docker_archive}",
         f"docker-archive:{saved.docker_archive}:{name}",
         f"docker-archive:{saved.docker_archive}:v1",  # a bare tag: the one name with it

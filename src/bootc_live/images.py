@@ -166,13 +166,18 @@ class CopiedSource(LayoutSource):
             argv = ["skopeo", "--insecure-policy", "copy", "--quiet"]
             argv += [] if compress else ["--dest-decompress"]
             with progress.Ticker(f"copying {ref} with skopeo"):
-                try:
-                    run([*argv, _skopeo_name(ref), f"oci:{work}/layout"])
-                except CommandError as err:
-                    raise ImageError(
-                        f"{ref}: skopeo cannot read it ({_skopeo_says(err.detail)})",
-                        _SKOPEO_HINTS[ref.transport],
-                    ) from None
+                names = _skopeo_names(ref)
+                for i, name in enumerate(names):
+                    try:
+                        run([*argv, name, f"oci:{work}/layout"])
+                        break
+                    except CommandError as err:
+                        if i + 1 == len(names):
+                            raise ImageError(
+                                f"{ref}: skopeo cannot read it ({_skopeo_says(err.detail)})",
+                                _SKOPEO_HINTS[ref.transport],
+                            ) from None
+                        scratch.remove(os.path.join(work, "layout"))
             super().__init__(os.path.join(work, "layout"))
         except BaseException:
             scratch.remove(work)
@@ -195,6 +200,19 @@ def _skopeo_says(line: str) -> str:
     """The message of skopeo's log line `time=… level=fatal msg="…"`."""
     m = re.search(r'msg="((?:[^"\\]|\\.)*)"', line)
     return m.group(1).replace('\\"', '"') if m else line
+
+
+def _skopeo_names(ref: SourceRef) -> list[str]:
+    """What skopeo is asked for, in turn: a short containers-storage name (`myimg` of
+    `podman build -t myimg`) is podman's localhost/myimg first, then skopeo's own reading of
+    it (docker.io/library/myimg), as podman looks them up."""
+    name = ref.path
+    first = name.split("/", 1)[0]
+    qualified = "/" in name and ("." in first or ":" in first or first == "localhost")
+    by_id = re.fullmatch(r"(?:sha256:)?[0-9a-f]{6,64}", name) is not None
+    if ref.transport != "containers-storage" or qualified or by_id or name.startswith("["):
+        return [_skopeo_name(ref)]
+    return [f"containers-storage:localhost/{name}", _skopeo_name(ref)]
 
 
 def _skopeo_name(ref: SourceRef) -> str:
