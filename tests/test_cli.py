@@ -125,6 +125,35 @@ def test_inspect_reads_no_layer_unless_asked_to_measure(tmp_path: Path) -> None:
     assert f"blob {info.layer_digests[0]} is missing" in assert_clean_failure(measured)
 
 
+def test_inspect_measure_names_a_bad_layer_as_unpack_does(tmp_path: Path) -> None:
+    """A byte changed in an uncompressed blob (its tar header broken): the digest mismatch of
+    that layer, not an unlabelled 'tar header checksum mismatch'; a layer that is no tar but
+    matches its digest: that layer named. The same line as unpack's, nothing left behind."""
+    good = layer_tar([f("a", b"a" * 3000)])
+    cases = {
+        "changed": (layer_tar([f("b", b"b" * 3000)]), 600),
+        "no-tar": (b"not a tar " * 200, None),
+    }
+    for name, (layer, flip) in cases.items():
+        info = build_layout(tmp_path / name, [good, layer], compression="none", tag="v1")
+        if flip is not None:
+            blob = tmp_path / name / "blobs/sha256" / info.layer_digests[1].partition(":")[2]
+            data = bytearray(blob.read_bytes())
+            data[flip] ^= 0xFF
+            blob.write_bytes(bytes(data))
+        measured = assert_clean_failure(
+            bootc_live("inspect", f"oci:{tmp_path / name}:v1", "--measure")
+        )
+        unpacked = assert_clean_failure(
+            bootc_live("unpack", f"oci:{tmp_path / name}:v1", str(tmp_path / f"{name}-root"))
+        )
+        assert measured == unpacked, (measured, unpacked)
+        assert measured.startswith(f"bootc-live: layer 2/2 {info.layer_digests[1][:19]}"), measured
+        reason = "digest mismatch" if flip is not None else "tar header checksum mismatch"
+        assert reason in measured
+        assert not (tmp_path / f"{name}-root").exists()
+
+
 def test_a_ref_that_no_image_can_be_named_is_refused_before_anything_is_read(
     tmp_path: Path,
 ) -> None:

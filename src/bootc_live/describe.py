@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 from . import footprint, zramsize
 from .runtime import kernels, memory
+from .runtime.blobs import short
+from .runtime.errors import BootcLiveError
 from .runtime.oci import Image
 from .runtime.streams import ChunkStream
 from .runtime.tarstream import REGULAR, read_entries
@@ -53,24 +55,39 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
             if progress is not None:
                 progress.update(index + 1, fetched + done, sum(sizes) + size)  # noqa: B023
 
-        def counted(index: int = index) -> object:
+        failed: list[BaseException] = []  # what the layer's reading raised: labelled there
+
+        def counted(index: int = index, failed: list[BaseException] = failed) -> object:
             nonlocal size
-            for chunk in layer_chunks(image, index, on_read=read):
-                size += len(chunk)
-                yield chunk
+            try:
+                for chunk in layer_chunks(image, index, on_read=read):
+                    size += len(chunk)
+                    yield chunk
+            except BaseException as err:
+                failed.append(err)
+                raise
 
         stream = ChunkStream(counted())  # type: ignore[arg-type]
         layer_notes: list[tuple[bytes, bool]] = []
-        for entry in read_entries(stream):
-            tmpfs.add(entry)
-            if entry.kind == REGULAR:
-                if meter is None:
-                    stream.skip(entry.size)
-                else:
-                    meter.add(stream.read_exact, entry.size)
-            if kernels.matters(entry.name):
-                layer_notes.append((entry.name, entry.kind == REGULAR))
-        stream.drain()
+        try:
+            for entry in read_entries(stream):
+                tmpfs.add(entry)
+                if entry.kind == REGULAR:
+                    if meter is None:
+                        stream.skip(entry.size)
+                    else:
+                        meter.add(stream.read_exact, entry.size)
+                if kernels.matters(entry.name):
+                    layer_notes.append((entry.name, entry.kind == REGULAR))
+            stream.drain()
+        except BootcLiveError as err:
+            if failed and err is failed[0]:
+                raise
+            stream.drain()  # a digest mismatch explains a broken tar better: judged first
+            desc = image.layers[index]
+            raise type(err)(
+                f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint
+            ) from None
         notes.append(layer_notes)
         sizes.append(size)
     finder = kernels.KernelFinder()
