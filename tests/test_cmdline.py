@@ -83,7 +83,8 @@ def test_typed_values() -> None:
             "rootflags=size=2g,nr_inodes=1m",
             "bootc.retries=3",
             "bootc.timeout=2.5",
-            "bootc.live.erofs.compress=lz4hc",  # no bootc.live.erofs: it changes nothing
+            "bootc.live.erofs=0",
+            "bootc.live.erofs.compress=lz4hc",  # bootc.live.erofs=0: it changes nothing
             "rd.net.wait-any-if",
         ]
     )
@@ -102,7 +103,8 @@ def test_typed_values() -> None:
     ("args", "mode"),
     [
         ([], RootMode("tmpfs")),
-        (["bootc.zram.algorithm=zstd"], RootMode("tmpfs")),
+        (["bootc.zram.algorithm=zstd", "bootc.zram=1G"], RootMode.zram(1 << 30, "zstd")),
+        (["bootc.live.erofs=0", "bootc.live.erofs.compress=lz4"], RootMode("tmpfs")),
         (["bootc.live.erofs"], RootMode("erofs")),
         (
             ["bootc.live.erofs", "bootc.live.erofs.compress=lz4hc"],
@@ -124,6 +126,37 @@ def test_one_root_mode_is_parsed_and_conflicts_stop_here(
         )
     else:
         assert parse(args).mode == mode
+
+
+@pytest.mark.parametrize(
+    ("arg", "line"),
+    [
+        (
+            "bootc.zram.algorithm=zstd",
+            "bootc.zram.algorithm= is given without bootc.zram=SIZE|N%; "
+            "add bootc.zram=SIZE|N%, or drop it",
+        ),
+        (
+            "bootc.live.erofs.compress=lz4hc",
+            "bootc.live.erofs.compress= is given without "
+            "bootc.live.erofs; add bootc.live.erofs, or drop it",
+        ),
+        (
+            "bootc.kexec.kver=6.1.0",
+            "bootc.kexec.kver= is given without bootc.kexec; add bootc.kexec, or drop it",
+        ),
+        (
+            "bootc.kexec.reuse-image=0",
+            "bootc.kexec.reuse-image= is given without bootc.kexec; add bootc.kexec, or drop it",
+        ),
+    ],
+)
+def test_an_option_of_a_mode_not_asked_for_is_not_dropped_without_a_word(
+    arg: str, line: str
+) -> None:
+    with pytest.raises(CmdlineError) as err:
+        parse(["root=bootc-live:docker://r.example/i", arg])
+    assert err.value.line() == line
 
 
 @pytest.mark.parametrize(

@@ -708,9 +708,26 @@ def parse(args: Iterable[str]) -> BootSpec:
             ) from None
     if "debug" not in values and "rd.debug" in extra:
         values["debug"] = extra["rd.debug"].lower() not in _FALSE
+    check_needed(values)
     values["mode"] = root_mode(values)
     check_packed(values)
     return BootSpec(**values)
+
+
+# An option that means something only with another: given alone, it would be dropped without a
+# word (bootc.zram.algorithm=zstd alone is a tmpfs root). An explicit `=0` of the other is kept.
+_NEEDS = {
+    "zram_algorithm": ("zram_size", "bootc.zram.algorithm=", "bootc.zram=SIZE|N%"),
+    "erofs_compress": ("erofs", "bootc.live.erofs.compress=", "bootc.live.erofs"),
+    "kexec_kver": ("kexec", "bootc.kexec.kver=", "bootc.kexec"),
+    "kexec_reuse_image": ("kexec", "bootc.kexec.reuse-image=", "bootc.kexec"),
+}
+
+
+def check_needed(values: dict[str, Any]) -> None:
+    for attr, (needed, option, other) in _NEEDS.items():
+        if attr in values and needed not in values:
+            raise CmdlineError(f"{option} is given without {other}", f"add {other}, or drop it")
 
 
 def check_packed(values: dict[str, Any]) -> None:
