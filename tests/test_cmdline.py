@@ -160,6 +160,33 @@ def test_an_option_of_a_mode_not_asked_for_is_not_dropped_without_a_word(
 
 
 @pytest.mark.parametrize(
+    ("arg", "line"),
+    [
+        (
+            f"bootc.digets=sha256:{'0' * 64}",
+            "unknown option bootc.digets (did you mean bootc.digest?)",
+        ),
+        ("bootc.Digest=x", "unknown option bootc.Digest (did you mean bootc.digest?)"),
+        ("bootc.polciy=/p.json", "unknown option bootc.polciy (did you mean bootc.policy?)"),
+        ("bootc.zarm=8G", "unknown option bootc.zarm (did you mean bootc.zram?)"),
+        ("bootclable=x", "unknown option bootclable (did you mean bootclabel?)"),
+        ("bootc.something-new", "unknown option bootc.something-new"),
+    ],
+)
+def test_an_unknown_bootc_option_stops_with_what_it_may_mean(arg: str, line: str) -> None:
+    with pytest.raises(CmdlineError) as err:
+        parse(["root=bootc-live:docker://r.example/i", arg])
+    assert err.value.line() == (
+        f"{line}; fix the kernel command line (docs/cmdline.md lists the options)"
+    )
+
+
+def test_other_modules_options_are_theirs() -> None:
+    args = ["bootcfg=1", "rd.bootc=1", "ostree=/x", "console=ttyS0", "bootchart"]
+    assert set(parse(args).extra) == {"bootcfg", "rd.bootc", "ostree", "console", "bootchart"}
+
+
+@pytest.mark.parametrize(
     ("args", "debug"),
     [
         ([], False),

@@ -9,6 +9,7 @@ The table OPTIONS is also the source of docs/cmdline.md (a test keeps the two eq
 
 from __future__ import annotations
 
+import difflib
 import glob
 import re
 import urllib.parse
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .blobs import odd_at, registry_host
-from .errors import BootcLiveError, ImageError
+from .errors import BootcLiveError, ImageError, shown
 from .oci import Platform, check_ref_name
 from .policy import DockerReference
 from .registry import Reference
@@ -694,6 +695,7 @@ def parse(args: Iterable[str]) -> BootSpec:
             given[name] = value if sep else ""
         else:
             extra[name] = value
+    check_unknown(extra)
     values: dict[str, Any] = {"extra": extra}
     for name, value in given.items():
         opt = _BY_NAME[name]
@@ -712,6 +714,19 @@ def parse(args: Iterable[str]) -> BootSpec:
     values["mode"] = root_mode(values)
     check_packed(values)
     return BootSpec(**values)
+
+
+def check_unknown(extra: Mapping[str, str]) -> None:
+    """A bootc.* name that is none of ours (bootc.digets=, bootc.Digest=) would be ignored
+    like any other module's option, and a pin or policy dropped without a word: it stops."""
+    for name in extra:
+        close = difflib.get_close_matches(name, _BY_NAME, 1, 0.8)
+        if name.startswith("bootc.") or (name.startswith("bootc") and close):
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            raise CmdlineError(
+                f"unknown option {shown(name)}{guess}",
+                "fix the kernel command line (docs/cmdline.md lists the options)",
+            )
 
 
 # An option that means something only with another: given alone, it would be dropped without a
@@ -802,7 +817,8 @@ def reference() -> str:
         "read as dracut reads them (every line, `#` is no comment; the kernel's command line "
         "wins). The last occurrence of an option wins; a bare boolean `name` is true, "
         "`name=0|no|off|false` is false. An invalid value stops the boot with a message naming "
-        "the option.",
+        "the option; so does an unknown `bootc.` option (a typo would drop a pin or a policy), "
+        "and an option of a mode that was not asked for.",
         "",
         "| option | meaning | default |",
         "|---|---|---|",
