@@ -226,6 +226,7 @@ def test_rd_debug_and_bootc_debug(args: list[str], debug: bool) -> None:
         ("bootclabel=a//b", "invalid bootclabel=a//b: expected a reference name"),
         ("bootclabel=a:", "invalid bootclabel=a:: expected a reference name"),
         ("bootc.policy=policy.json", "invalid bootc.policy=policy.json: expected an absolute"),
+        ("bootc.registry.auth=a.json", "invalid bootc.registry.auth=a.json: expected an absolute"),
         ("bootc.policy=", "bootc.policy= needs a value"),
         ("bootc.identity=Quay.io/A", "invalid bootc.identity=Quay.io/A: expected a registry"),
         (

@@ -18,6 +18,7 @@ from bootc_live.runtime.unpack import unpack_image
 from fakeregistry import REPO, TAG, Knobs
 from imagegen import build_layout, d, f, layer_tar
 from registries import auth_json
+from servers import hard_timeout
 
 POLICY = http.Policy(retries=3, stall=5.0, max_backoff=0.2)
 
@@ -324,3 +325,18 @@ def test_an_unsupported_challenge_is_quoted_short_and_on_one_line() -> None:
     assert not auth.challenge(url, "Negotiate " + "A" * 60_000 + "\nInjected: 1")
     assert auth.denied.startswith("unsupported authentication 'Negotiate AAAA")
     assert len(auth.denied) < 400 and "\n" not in auth.denied and "…" in auth.denied
+
+
+def test_an_auth_file_is_read_within_a_bound(tmp_path: Path) -> None:
+    """A credentials file that is a device or a huge file is not read to its end (it hung on
+    /dev/zero); a missing one and a broken one are named."""
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b'{"auths": {}, "x": "' + b"a" * (2 << 20) + b'"}')
+    for path, said in (
+        ("/dev/zero", "credentials file /dev/zero is not a valid auth.json (larger than 1 MiB)"),
+        (str(huge), f"credentials file {huge} is not a valid auth.json (larger than 1 MiB)"),
+        (str(tmp_path / "none.json"), f"credentials file {tmp_path / 'none.json'} is missing"),
+    ):
+        with hard_timeout(30), pytest.raises(BootcLiveError) as err:
+            load_credentials(path, "r.example", "x/y")
+        assert err.value.line().startswith(said), err.value.line()

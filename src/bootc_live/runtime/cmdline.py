@@ -482,7 +482,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "bootc.registry.auth",
         "registry_auth",
-        parse_text,
+        parse_path,
         "bootc.registry.auth=PATH",
         "A containers auth.json inside the initramfs (bootc-live build --auth-file).",
     ),

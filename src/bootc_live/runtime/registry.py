@@ -62,6 +62,7 @@ MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
 # A token request carries the password: asked again only twice, never along a redirect.
 TOKEN_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
 TOKEN_LIMIT = 1 << 20
+AUTH_LIMIT = 1 << 20  # an auth.json: a few credentials
 _TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")  # what can go into a header: no CR, LF, space
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -145,8 +146,11 @@ def load_credentials(path: str | None, registry: str, repository: str) -> tuple[
 def read_auth_file(path: str) -> dict[str, object]:
     """A containers/Docker `auth.json` as a JSON object, or one clear error."""
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read(AUTH_LIMIT + 1)  # /dev/zero, a log file: not read to the end
+        if len(data) > AUTH_LIMIT:
+            raise ValueError(f"larger than {AUTH_LIMIT >> 20} MiB")
+        obj = json.loads(data)
     except FileNotFoundError:
         raise RegistryError(
             f"credentials file {path} is missing", "fix bootc.registry.auth="
