@@ -692,6 +692,7 @@ print(json.dumps({
         ("rw", (True, True, True)),
         ("rw bootc.live.var.rw=0 rootflags=noatime", (True, False, True)),
         ("fail", None),
+        ("rootflags=nosuchflag", None),  # the filesystem refuses it: the line says so
     ],
 )
 def test_the_kernel_mounts_what_the_commands_say(
@@ -739,10 +740,19 @@ def test_the_kernel_mounts_what_the_commands_say(
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
-    if fail:
+    if fail or writable is None:
         assert seen["code"] == 1 and seen["mounts"] == [], result.stderr
-        assert "injected failure after the image's mount" in result.stderr
         assert not os.path.exists(file) and seen["loops"] == []
+    if fail:
+        assert "injected failure after the image's mount" in result.stderr
+        return
+    if writable is None:  # mount's reason, not its pointer to dmesg; and rootflags= named
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("bootc-live: mount")]
+        assert line.startswith("bootc-live: mount failed: mount: "), line
+        assert "dmesg" not in line, line
+        assert line.endswith(
+            "; rootflags=nosuchflag is passed to this mount: check that this filesystem takes it"
+        ), line
         return
     assert seen["code"] == 0, result.stderr
     assert seen["hostname"] == "live\n"

@@ -18,6 +18,14 @@ class MountPlan:
     rootflags: tuple[str, ...] = ()
 
 
+def flags_hint(flags: tuple[str, ...]) -> str:
+    """The next step when a mount given rootflags= fails: they may be what it refused."""
+    if not flags:
+        return ""
+    flags_text = ",".join(flags)
+    return f"rootflags={flags_text} is passed to this mount: check that this filesystem takes it"
+
+
 def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
     """An explicitly sized tmpfs that allows setuid binaries and device nodes.
 
@@ -25,10 +33,12 @@ def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
     it is then sized and given rootflags= by a remount.
     """
     options = [f"size={size}", "suid", "dev", *extra]
+    hint = flags_hint(extra)
     if is_mounted(target) and not os.listdir(target):
-        run(["mount", "-o", ",".join(["remount", *options]), target])
+        run(["mount", "-o", ",".join(["remount", *options]), target], hint=hint)
     else:
-        run(["mount", "-t", "tmpfs", "-o", ",".join(["mode=0755", *options]), "bootc-live", target])
+        argv = ["mount", "-t", "tmpfs", "-o", ",".join(["mode=0755", *options]), "bootc-live"]
+        run([*argv, target], hint=hint)
 
 
 def umount(target: str) -> None:

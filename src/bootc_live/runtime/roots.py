@@ -270,7 +270,8 @@ class ZramDevice:
             hint="mkfs.ext4 must be in the initramfs (e2fsprogs where the initramfs is built)",
         )
         options = ["discard", *flags]
-        run(["mount", "-t", "ext4", "-o", ",".join(options), self.device, target])
+        argv = ["mount", "-t", "ext4", "-o", ",".join(options), self.device, target]
+        run(argv, hint=mounts.flags_hint(flags))
 
     def facts(self, mode: str) -> ZramFacts:
         """Its figures now (written data synced to the device first)."""
@@ -388,7 +389,8 @@ class ErofsRoot(Root):
         made = make_erofs(self.tree, self.image, self.compress)
         mounts.umount(self.tree)  # the unpacked tree is no longer needed: its memory comes back
         options = ",".join(["loop", "ro", *self.plan.rootflags])
-        run(["mount", "-t", "erofs", "-o", options, self.image, self.newroot])
+        argv = ["mount", "-t", "erofs", "-o", options, self.image, self.newroot]
+        run(argv, hint=mounts.flags_hint(self.plan.rootflags))
         overlay_etc_var(self.newroot, self.rw, self.plan)
         return ErofsFacts(
             "erofs", made.sha256, made.size, self.compress or "none", made.mkfs_version
@@ -515,7 +517,10 @@ class PackedRoot(Root):
         assert fs is not None and stored is not None, "load() comes first"
         os.makedirs(at, exist_ok=True)
         options = ",".join(["loop", "ro", *self.plan.rootflags])
-        run(["mount", "-t", fs.name, "-o", options, stored.path, at])
+        run(
+            ["mount", "-t", fs.name, "-o", options, stored.path, at],
+            hint=mounts.flags_hint(self.plan.rootflags),
+        )
 
     def undo(self) -> list[str]:
         # A loop device made by mount -o loop is detached when it is unmounted (autoclear).

@@ -75,7 +75,9 @@ def run(
             command=shlex.join(shown or args),
         ) from None
     if result.returncode != 0:
-        detail = (result.stderr or "").strip().splitlines()
+        detail = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+        while len(detail) > 1 and detail[-1].startswith("dmesg(1) may have more"):
+            detail.pop()  # mount's pointer to the kernel log: the reason is on the line before
         last = detail[-1] if detail else f"exit status {result.returncode}"
         # The program's name, not its command line: that is internal (shown with --debug).
         raise CommandError(
