@@ -31,9 +31,10 @@ from bootc_live.runtime import (
 )
 from bootc_live.runtime.blobs import Descriptor
 from bootc_live.runtime.cmdline import parse
-from bootc_live.runtime.errors import SpaceError
+from bootc_live.runtime.errors import BootcLiveError, SpaceError
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
+from bootc_live.runtime.status import Report
 from imagegen import build_layout, d, f, layer_tar, sym
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - the fixtures signer needs
 from test_trust import NAME, Signer, carry_simple, gpg_req, signer  # noqa: F401
@@ -779,3 +780,47 @@ def test_a_zram_size_the_kernel_refuses_is_one_line(
         "bootc.zram= a percentage of RAM, or a size such as 8G"
     )
     assert system.mounted == []
+
+
+ROUTE4_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+ROUTE4_ETH0 = "eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+Z32 = "0" * 32
+LINK_UP_ONLY = "".join(  # what every link has once up, configured or not (and lo's)
+    f"{dest} {plen} {Z32} 00 {Z32} 00000100 00000001 00000000 00000001 {dev}\n"
+    for dest, plen, dev in (
+        ("fe80" + "0" * 28, "40", "eth0"),
+        ("fe8000000000000000fc00fffe000001", "80", "eth0"),
+        ("ff" + "0" * 30, "08", "eth0"),
+        ("0" * 31 + "1", "80", "lo"),
+        (Z32, "00", "lo"),
+    )
+)
+SLAAC = (
+    f"20010db8000000000000000000000000 40 {Z32} 00 {Z32} 00000100 00000001 00000000 00000001 eth0\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("routes4", "routes6", "up"),
+    [
+        (ROUTE4_HEADER, "", False),
+        (ROUTE4_HEADER + "lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n", "", False),
+        (ROUTE4_HEADER + ROUTE4_ETH0, LINK_UP_ONLY, True),
+        (ROUTE4_HEADER, LINK_UP_ONLY, False),
+        (ROUTE4_HEADER, LINK_UP_ONLY + SLAAC, True),  # IPv6 only: it waited out the deadline
+    ],
+)
+def test_a_configured_interface_is_seen_in_either_family(
+    routes4: str, routes6: str, up: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert boot.configured(routes4, routes6) is up
+    (tmp_path / "route").write_text(routes4)
+    (tmp_path / "ipv6_route").write_text(routes6)
+    monkeypatch.setattr(boot, "ROUTES4", str(tmp_path / "route"))
+    monkeypatch.setattr(boot, "ROUTES6", str(tmp_path / "ipv6_route"))
+    report = Report(quiet=True, directory=str(tmp_path / "run"))
+    if up:
+        boot.wait_for_route(0.2, report)
+    else:
+        with pytest.raises(BootcLiveError, match="no network: no interface was configured"):
+            boot.wait_for_route(0.2, report)

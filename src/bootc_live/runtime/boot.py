@@ -596,17 +596,42 @@ def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySou
     )
 
 
+ROUTES4, ROUTES6 = "/proc/net/route", "/proc/net/ipv6_route"
+
+
+def configured(routes4: str, routes6: str) -> bool:
+    """Whether the kernel's route tables (their /proc/net texts) show an interface other
+    than lo configured: any IPv4 route, or an IPv6 route that is not fe80::/10 nor ff00::/8."""
+    if any(line.split()[0] != "lo" for line in routes4.splitlines()[1:] if line.strip()):
+        return True
+    for line in routes6.splitlines():
+        fields = line.split()
+        if len(fields) == 10 and fields[9] != "lo":
+            dest = fields[0].lower()
+            if not (dest.startswith("ff") or dest[:3] in ("fe8", "fe9", "fea", "feb")):
+                return True
+    return False
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:  # a kernel without IPv6
+        return ""
+
+
 def wait_for_route(timeout: float, report: Report) -> None:
-    """Wait until some interface is configured: has an IPv4 route (dracut brings links up).
+    """Wait until some interface is configured: has an IPv4 route, or an IPv6 one beyond the
+    link-local and multicast ones every link has when up (dracut brings links up).
 
     Not necessarily a default route: a server on the local subnet needs none.
     """
     deadline = time.monotonic() + timeout
     said = False
     while time.monotonic() < deadline:
-        with open("/proc/net/route", encoding="ascii") as f:
-            if any(line.split()[0] != "lo" for line in list(f)[1:] if line.strip()):
-                return
+        if configured(_read_text(ROUTES4), _read_text(ROUTES6)):
+            return
         if not said:
             report.say("waiting for the network")
             said = True
