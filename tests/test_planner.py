@@ -75,6 +75,10 @@ def test_without_recorded_sizes_the_gzip_trailers_give_them(tmp_path: Path) -> N
     # zstd has no trailer (and a frame header may omit the size): the stated ratio.
     est = memory.estimate(image_of(tmp_path / "z", compression="zstd"))
     assert est.how == "3x the compressed size (no size recorded)"
+    # An uncompressed layer (buildah commit -D, +tar): its blob is its tar, not a third of it.
+    est = memory.estimate(image_of(tmp_path / "n", compression="none"))
+    assert est.how == "from the uncompressed layers"
+    assert est.unpacked == sum(len(t) for t in LAYERS) * 21 // 20 + 16 * MIB
 
 
 def test_blobs_freed_while_unpacking_count_as_available(tmp_path: Path) -> None:

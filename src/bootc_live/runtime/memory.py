@@ -193,7 +193,10 @@ def estimate(image: Image) -> Estimate:
         return Estimate(
             sum(sizes) * 21 // 20 + 16 * MIB, "from the layer sizes bootc-live build recorded"
         )
-    trailers = [_gzip_isize(image, layer) for layer in image.layers]
+    plain = [layer.media_type.endswith(".tar") for layer in image.layers]  # the blob is the tar
+    trailers = [
+        layer.size if tar else _gzip_isize(image, layer) for layer, tar in zip(image.layers, plain)
+    ]
     known = [t for t in trailers if t is not None]
     guessed = sum(layer.size * RATIO for layer, t in zip(image.layers, trailers) if t is None)
     if not known:
@@ -201,7 +204,9 @@ def estimate(image: Image) -> Estimate:
             image.compressed_size * RATIO + 16 * MIB,
             f"{RATIO}x the compressed size (no size recorded)",
         )
-    how = "from the gzip trailers"
+    how = "from the uncompressed layers" if all(plain) else "from the gzip trailers"
+    if any(plain) and not all(plain):
+        how += " and the uncompressed layers"
     if len(known) < len(trailers):
         how += f", {RATIO}x the compressed size for {len(trailers) - len(known)} other layers"
     return Estimate((sum(known) + guessed) * 21 // 20 + 16 * MIB, how)
