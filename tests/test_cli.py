@@ -107,7 +107,8 @@ def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
     result = bootc_live("inspect", "docker-daemon:x")
     assert (
         "podman and buildah keep images in containers-storage: use oci-archive:PATH[:REF], "
-        "oci:DIR[:REF], docker-archive:PATH[:REF], containers-storage:[STORE]NAME, docker://REF "
+        "oci:DIR[:REF], docker-archive:PATH[:REF], dir:DIR, containers-storage:[STORE]NAME, "
+        "docker://REF "
         "or an http(s):// URL"
     ) in assert_clean_failure(result)
 

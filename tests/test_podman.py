@@ -96,6 +96,7 @@ class Saved:
     docker_archive: Path
     oci_archive: Path
     oci_dir: Path
+    docker_dir: Path  # podman save --format docker-dir: skopeo's dir: layout
     mounted: Path  # podman image mount: the tree podman itself sees
 
 
@@ -108,7 +109,13 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
         store.podman("build", "-q", "-t", "localhost/tiny:v1", str(context(work / "ctx")))
         image_id = store.podman("image", "inspect", "--format", "{{.Id}}", "localhost/tiny:v1")
         saves = {}
-        for fmt, name in (("docker-archive", "d.tar"), ("oci-archive", "o.tar"), ("oci-dir", "o")):
+        formats = (
+            ("docker-archive", "d.tar"),
+            ("oci-archive", "o.tar"),
+            ("oci-dir", "o"),
+            ("docker-dir", "dd"),
+        )
+        for fmt, name in formats:
             saves[fmt] = work / name
             store.podman("save", "--format", fmt, "-o", str(work / name), "localhost/tiny:v1")
         mounted = Path(store.podman("image", "mount", "localhost/tiny:v1"))
@@ -118,6 +125,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
             saves["docker-archive"],
             saves["oci-archive"],
             saves["oci-dir"],
+            saves["docker-dir"],
             mounted,
         )
         store.podman("image", "unmount", "localhost/tiny:v1")
@@ -140,6 +148,7 @@ def sources(saved: Saved) -> list[str]:
         f"oci-archive:{saved.oci_archive}",
         f"oci:{saved.oci_dir}:{name}",
         f"oci:{saved.oci_dir}:v1",
+        f"dir:{saved.docker_dir}",
     ]
 
 
@@ -191,6 +200,11 @@ def test_names_that_do_not_match_are_refused_with_what_there_is(
         f"bootc-live: oci-archive:{saved.docker_archive} is a docker-archive, not an "
         "oci-archive; save it with podman save --format oci-archive, or read it as "
         "docker-archive:PATH"
+    )
+    said = assert_clean_failure(bootc_live("inspect", f"oci:{saved.docker_dir}"))
+    assert said.strip() == (
+        f"bootc-live: {saved.docker_dir} is a dir: layout (skopeo's, or podman save --format "
+        f"docker-dir), not an OCI layout; read it as dir:{saved.docker_dir}"
     )
     # What the same refusal says at boot, to be done on the host first, works as said.
     converted = tmp_path / "converted.oci"

@@ -524,6 +524,14 @@ def test_what_skopeo_copies_is_checked_with_no_signatures(tmp_path: Path, keys: 
         bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
     )
     assert f"docker-archive:{archive}: no simple signature, and policy scope default" in said
+    # skopeo's dir: is scoped by its absolute path, as skopeo scopes it
+    copied = tmp_path / "copied"
+    run("skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{tmp_path / 'img'}:v1",
+        f"dir:{copied}")  # fmt: skip
+    policy.write_text(json.dumps({"default": gpg, "transports": {"dir": {str(copied): accept}}}))
+    ok = bootc_live("inspect", f"dir:{copied}", "--policy", str(policy))
+    assert ok.returncode == 0, ok.stderr
+    assert f'policy    signatures: not required (policy scope dir "{copied}")' in ok.stdout
 
 
 def test_containers_storage_is_checked_under_its_transport_scope() -> None:

@@ -66,13 +66,13 @@ def parse_identity(text: str) -> str:
 def evaluated_as(ref: SourceRef, identity: str | None) -> tuple[str, str]:
     """(transport, name) the policy evaluates SOURCE's image under (docs/signatures.md):
     docker://REF as REF (cli refuses --identity for it); any other SOURCE as the registry name
-    --identity gives it, else as skopeo does: oci and oci-archive by absolute path,
+    --identity gives it, else as skopeo does: oci, oci-archive and dir by absolute path,
     docker-archive under its own transport; a URL and containers-storage have no name ("")."""
     if ref.transport == "docker":
         return "docker", ref.path
     if identity is not None:
         return "docker", identity
-    if ref.transport in ("oci", "oci-archive"):
+    if ref.transport in ("oci", "oci-archive", "dir"):
         return ref.transport, os.path.realpath(ref.path)
     if ref.transport == "docker-archive":
         return "docker-archive", os.path.realpath(ref.path)

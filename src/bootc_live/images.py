@@ -19,13 +19,13 @@ from .runtime.run import CommandError, run
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
 
 TRANSPORTS = (
-    "oci-archive:PATH[:REF], oci:DIR[:REF], docker-archive:PATH[:REF], "
+    "oci-archive:PATH[:REF], oci:DIR[:REF], docker-archive:PATH[:REF], dir:DIR, "
     "containers-storage:[STORE]NAME, docker://REF or an http(s):// URL"
 )
 # Transports whose PATH ends at the first colon, the rest naming the image (as skopeo parses).
-PATH_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+PATH_TRANSPORTS = ("oci", "oci-archive", "docker-archive", "dir")
 # Transports read through skopeo (see CopiedSource).
-SKOPEO_TRANSPORTS = ("containers-storage", "docker-archive")
+SKOPEO_TRANSPORTS = ("containers-storage", "docker-archive", "dir")
 HOST_POLICY = http.Policy(
     retries=3, total=120.0, stall=30.0, max_backoff=2.0, connections=http.HOST_CONNECTIONS
 )
@@ -80,6 +80,8 @@ class SourceRef:
         path, _, name = rest.partition(":")
         if not path:
             raise UsageError(f"{text!r} names no file", f"use {transport}:PATH[:REF]")
+        if name and transport == "dir":  # skopeo's dir: holds one image
+            raise UsageError(f"dir:PATH names one image: no REF after {path}", "use dir:PATH")
         if name and not (transport == "docker-archive" and re.fullmatch(r"@\d+", name)):
             try:
                 check_ref_name(name)
@@ -154,6 +156,11 @@ class CopiedSource(LayoutSource):
     def __init__(self, ref: SourceRef, compress: bool) -> None:
         if ref.transport == "docker-archive" and not os.path.isfile(ref.path):
             raise UsageError(f"{ref.path}: no such file", "give the file podman save wrote")
+        if ref.transport == "dir" and not os.path.isfile(os.path.join(ref.path, "manifest.json")):
+            raise UsageError(
+                f"{ref.path} is not a dir: layout (no manifest.json)",
+                "give the directory skopeo copy … dir:DIR or podman save --format docker-dir wrote",
+            )
         if shutil.which("skopeo") is None:
             raise UsageError(
                 f"{ref.transport}: SOURCEs are read with skopeo, which is missing",
@@ -193,6 +200,7 @@ _SKOPEO_HINTS = {
     "images are not yours), or name the store: containers-storage:[vfs@ROOT+RUNROOT]NAME",
     "docker-archive": "check the file (podman save -o FILE NAME writes one) and, for an "
     "archive of several images, name one: docker-archive:FILE:NAME:TAG",
+    "dir": "check the directory (skopeo copy … dir:DIR writes one)",
 }
 
 
@@ -216,8 +224,8 @@ def _skopeo_names(ref: SourceRef) -> list[str]:
 
 
 def _skopeo_name(ref: SourceRef) -> str:
-    if ref.transport == "containers-storage":
-        return f"containers-storage:{ref.path}"
+    if ref.transport in ("containers-storage", "dir"):
+        return f"{ref.transport}:{ref.path}"
     if not ref.tag:
         return f"docker-archive:{ref.path}"
     return f"docker-archive:{ref.path}:{_archive_name(ref.path, ref.tag)}"

@@ -66,6 +66,12 @@ class LayoutSource:
         self.consume = consume
         self.description = f"oci:{path}"
         if not os.path.isfile(os.path.join(path, "index.json")):
+            if os.path.isfile(os.path.join(path, "manifest.json")):
+                raise ImageError(
+                    f"{path} is a dir: layout (skopeo's, or podman save --format docker-dir), "
+                    "not an OCI layout",
+                    f"read it as dir:{path}",
+                )
             raise ImageError(
                 f"{path} is not an OCI image layout (no index.json)",
                 "give the directory that holds oci-layout, index.json and blobs/",
