@@ -201,6 +201,11 @@ def test_names_that_do_not_match_are_refused_with_what_there_is(
         "oci-archive; save it with podman save --format oci-archive, or read it as "
         "docker-archive:PATH"
     )
+    said = assert_clean_failure(bootc_live("inspect", f"docker-archive:{saved.oci_archive}"))
+    assert said.strip() == (
+        f"bootc-live: {saved.oci_archive} is an oci-archive, not a docker-archive; read it as "
+        f"oci-archive:{saved.oci_archive}"
+    )
     said = assert_clean_failure(bootc_live("inspect", f"oci:{saved.docker_dir}"))
     assert said.strip() == (
         f"bootc-live: {saved.docker_dir} is a dir: layout (skopeo's, or podman save --format "

@@ -179,6 +179,11 @@ class CopiedSource(LayoutSource):
                         run([*argv, name, f"oci:{work}/layout"])
                         break
                     except CommandError as err:
+                        if ref.transport == "docker-archive" and _is_oci_archive(ref.path):
+                            raise ImageError(
+                                f"{ref.path} is an oci-archive, not a docker-archive",
+                                f"read it as oci-archive:{ref.path}",
+                            ) from None
                         if i + 1 == len(names):
                             raise ImageError(
                                 f"{ref}: skopeo cannot read it ({_skopeo_says(err.detail)})",
@@ -202,6 +207,17 @@ _SKOPEO_HINTS = {
     "archive of several images, name one: docker-archive:FILE:NAME:TAG",
     "dir": "check the directory (skopeo copy … dir:DIR writes one)",
 }
+
+
+def _is_oci_archive(path: str) -> bool:
+    """Whether a file skopeo could not read as a docker-archive is an oci-archive (what
+    `podman save --format oci-archive` writes): index.json, and no manifest.json."""
+    try:
+        with tarfile.open(path) as tar:
+            names = {os.path.normpath(n) for n in tar.getnames()}
+    except (OSError, tarfile.TarError):
+        return False
+    return "index.json" in names and "manifest.json" not in names
 
 
 def _skopeo_says(line: str) -> str:
