@@ -758,7 +758,7 @@ def test_a_policy_that_cannot_be_read_stops_the_boot_before_anything_is_opened(
     code, final = boot_with(layout, tmp_path, f"bootc.policy={missing}")
     assert (code, final["message"]) == (
         1,
-        f"bootc-live: {missing}: cannot read the policy: No such file or directory",
+        f"bootc-live: {missing}: no such policy file; fix bootc.policy=",
     )
     assert opened == [] and system.calls == []
 

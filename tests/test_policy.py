@@ -773,9 +773,10 @@ def test_duplicates_and_broken_json_are_errors(text: bytes, message: str) -> Non
 def test_load_names_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         Policy.load(str(tmp_path / "nope.json"))
-    assert (
-        str(err.value) == f"{tmp_path}/nope.json: cannot read the policy: No such file or directory"
-    )
+    assert err.value.line() == f"{tmp_path}/nope.json: no such policy file; fix bootc.policy="
+    with pytest.raises(PolicyError) as err:
+        Policy.load(str(tmp_path))  # a directory
+    assert str(err.value) == f"{tmp_path}: cannot read the policy: Is a directory"
 
 
 def test_a_complete_policy_parses_to_what_it_says() -> None:

@@ -344,7 +344,7 @@ def test_policy_options_are_checked_before_anything_is_read(tmp_path: Path) -> N
     assert f"bootc-live: {malformed}: default[0]" in said, said
     assert not (tmp_path / "o").exists()
     missing = bootc_live("inspect", f"oci:{layout}", "--policy", str(tmp_path / "none.json"))
-    assert f"{tmp_path / 'none.json'}: cannot read the policy: No such file" in (
+    assert f"{tmp_path / 'none.json'}: no such policy file; fix --policy FILE\n" in (
         assert_clean_failure(missing)
     )
 

@@ -283,6 +283,12 @@ class Policy:
         try:
             with open(path, "rb") as f:
                 data = f.read(POLICY_LIMIT + 1)
+        except FileNotFoundError:
+            raise PolicyError(
+                f"{path}: no such policy file",
+                MALFORMED,
+                "fix bootc.policy=",
+            ) from None
         except OSError as err:
             raise PolicyError(
                 f"{path}: cannot read the policy: {err.strerror}", MALFORMED
