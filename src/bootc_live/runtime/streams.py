@@ -17,7 +17,9 @@ class FileStream:
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
-        self._size = os.fstat(f.fileno()).st_size
+        here = f.tell()
+        self._size = f.seek(0, os.SEEK_END)  # where seeking past it says nothing
+        f.seek(here)
 
     def read_exact(self, n: int) -> bytes:
         data = self._f.read(n)
