@@ -105,7 +105,8 @@ def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
         (
             f"root=bootc-live:packed:docker:// bootc.packed.sha256={PIN}",
             "invalid root=bootc-live:packed:docker://: expected "
-            "docker://HOST[:PORT]/PATH[:TAG][@sha256:…]; fix the kernel command line",
+            "docker://HOST[:PORT]/PATH[:TAG][@sha256:HEX] (lower-case path; an IPv6 address in "
+            "[ ]); fix the kernel command line",
         ),
         (
             f"root=bootc-live:packed:relative bootc.packed.sha256={PIN}",

@@ -33,7 +33,9 @@ def registry_host(text: str) -> bool:
     """Whether `text` is a registry's HOST[:PORT] as references write it: DNS labels or an
     IPv4 address, or an IPv6 address in brackets; a port from 1 to 65535. No scheme, no path."""
     m = _HOST_PORT.fullmatch(text)
-    return bool(m) and (m.group(1) is None or 0 < int(m.group(1)) < 65536)
+    if m is None:
+        return False
+    return m.group(1) is None or 0 < int(m.group(1)) < 65536
 
 
 def check_digest(digest: object, what: str) -> str:
