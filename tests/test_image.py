@@ -423,3 +423,31 @@ def test_long_tags_and_labels_give_a_short_line(tmp_path: Path) -> None:
         resolve(LayoutSource(str(layout)), label="w\n" * 5000)
     line = err.value.line()
     assert "\n" not in line and len(line) <= 450 and line.count("…") == 2, line
+
+
+@pytest.mark.parametrize(
+    ("platform", "taken"),
+    [
+        (("", ""), True),  # go-containerregistry writes the fields empty (crane append)
+        (("linux", "amd64"), True),
+        (("linux", "arm64"), False),  # not this (amd64) machine's: the boot refuses it
+    ],
+)
+def test_an_unlabelled_image_is_judged_by_what_its_config_says(
+    tmp_path: Path, platform: tuple[str, str], taken: bool
+) -> None:
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"a")])], platform=platform, tag="v1")
+    index_json = tmp_path / "img/index.json"
+    index = json.loads(index_json.read_text())
+    for entry in index["manifests"]:
+        entry.pop("platform", None)  # as podman save and crane write the entry
+    index_json.write_text(json.dumps(index))
+    need(Platform.host() == Platform("linux", "amd64"), "the cases are written for amd64")
+    if taken:
+        resolve(LayoutSource(str(tmp_path / "img")))
+        return
+    with pytest.raises(ImageError, match=r"is an image for linux/arm64 \(its config\), not for"):
+        resolve(LayoutSource(str(tmp_path / "img")))
+    told: list[str] = []
+    resolve(LayoutSource(str(tmp_path / "img")), foreign=told.append)  # the host's way
+    assert len(told) == 1 and "not for this machine (linux/amd64)" in told[0]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime.errors import ImageError
+from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource
 from treewalk import diff, snapshot
 from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
@@ -337,8 +338,10 @@ def test_the_platform_asked_is_the_one_unpacked_whatever_the_index_says(
     saved: Saved, tmp_path: Path
 ) -> None:
     """podman save writes no platform in the index entry of an arm64 image: the config says
-    it, and it is not unpacked for amd64 (it was, without a word). A manifest list's entry
-    `linux/arm64` is `linux/arm64/v8` (arm64 has no other variant), as skopeo takes it."""
+    it. Another platform asked for refuses it; none asked, the host says it is not this
+    machine's and goes on (building for an arm64 board is a host's job; it was taken without
+    a word); the boot refuses it (test below). A manifest list's entry `linux/arm64` is
+    `linux/arm64/v8` (arm64 has no other variant), as skopeo takes it."""
     store = saved.store
     for arch in ("arm64", "amd64"):
         ctx = arch_context(tmp_path / f"ctx-{arch}", arch)
@@ -347,15 +350,26 @@ def test_the_platform_asked_is_the_one_unpacked_whatever_the_index_says(
         )
     single = tmp_path / "arm64.tar"
     store.podman("save", "--format", "oci-archive", "-o", str(single), "localhost/p:arm64")
-    for asked in ([], ["--platform", "linux/s390x"]):
-        dest = tmp_path / "refused"
-        said = assert_clean_failure(
-            bootc_live("unpack", *asked, f"oci-archive:{single}", str(dest))
-        )
-        plat = asked[1] if asked else "linux/amd64"
-        assert f"is an image for linux/arm64 (its config), not for {plat}; choose it with " in said
-        assert said.endswith("choose it with --platform linux/arm64\n"), said
-        assert not dest.exists()
+    dest = tmp_path / "refused"
+    said = assert_clean_failure(
+        bootc_live("unpack", "--platform", "linux/s390x", f"oci-archive:{single}", str(dest))
+    )
+    assert "is an image for linux/arm64 (its config), not for linux/s390x; choose it with " in said
+    assert said.endswith("choose it with --platform linux/arm64\n"), said
+    assert not dest.exists()
+    dest = tmp_path / "taken"
+    done = bootc_live("unpack", f"oci-archive:{single}", str(dest))
+    assert done.returncode == 0, done.stderr
+    assert (dest / "arch").read_text() == "arm64\n"
+    assert "is an image for linux/arm64 (its config), not for this machine (linux/amd64)\n" in (
+        done.stderr
+    )
+    with pytest.raises(ImageError) as err:  # the boot: no `foreign`, no bootc.platform=
+        resolve(ArchiveSource(str(single)))
+    assert err.value.line().endswith(
+        "is an image for linux/arm64 (its config), not for linux/amd64; choose it with "
+        "bootc.platform=linux/arm64"
+    ), err.value.line()
     for asked in ("linux/arm64", "linux/arm64/v8"):
         dest = tmp_path / asked.replace("/", "-")
         done = bootc_live("unpack", "--platform", asked, f"oci-archive:{single}", str(dest))

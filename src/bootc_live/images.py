@@ -96,7 +96,7 @@ class SourceRef:
         source = self.open()
         label = None if self.transport in SKOPEO_TRANSPORTS else self.tag  # skopeo picked it
         try:
-            return resolve(source, label=label, platform=platform, digest=digest)
+            return resolve(source, label=label, platform=platform, digest=digest, foreign=_say)
         except BaseException:
             source.close()
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform as _platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -60,6 +60,9 @@ _MACHINE_TO_ARCH = {
     "aarch64": "arm64",
     "arm64": "arm64",
     "armv7l": "arm",
+    "armv6l": "arm",
+    "armv8l": "arm",
+    "loongarch64": "loong64",
     "ppc64le": "ppc64le",
     "s390x": "s390x",
     "riscv64": "riscv64",
@@ -264,8 +267,11 @@ def resolve(
     label: str | None = None,
     platform: Platform | None = None,
     digest: str | None = None,
+    foreign: Callable[[str], None] | None = None,
 ) -> Image:
-    """Find the image in `source` by label and platform, verifying every document on the way."""
+    """Find the image in `source` by label and platform, verifying every document on the way.
+    An image of another platform than this machine's, when none was asked for, is refused, or
+    told to `foreign` and taken (the host: `bootc-live build` for another machine)."""
     plat = platform or Platform.host()
     if source.names_one_image:
         label = None  # a registry reference: bootclabel= (from cmdline.txt) is for layouts
@@ -310,7 +316,7 @@ def resolve(
         )
     image = _image_from_manifest(source, desc, obj, what, top)
     if desc.platform is None:  # no descriptor said: the config says (podman save writes none)
-        _check_config_platform(image.config, plat, what)
+        _check_config_platform(image.config, plat, what, None if platform else foreign)
     return image
 
 
@@ -334,16 +340,31 @@ def _not_held(
     )
 
 
-def _check_config_platform(config: Mapping[str, Any], plat: Platform, what: str) -> None:
-    """An image whose index entry names no platform is still of one: its config's."""
+def _check_config_platform(
+    config: Mapping[str, Any],
+    plat: Platform,
+    what: str,
+    foreign: Callable[[str], None] | None,
+) -> None:
+    """An image whose index entry names no platform is still of one: its config's (when it
+    says one: go-containerregistry writes empty fields). Not the one asked for: refused; not
+    this machine's, none asked: `foreign` is told (the host builds for other machines), else
+    refused (at boot it would not run), unless this machine's architecture has no OCI name."""
     os_, arch = config.get("os"), config.get("architecture")
-    if not (isinstance(os_, str) and isinstance(arch, str)) or plat.matches(config):
+    if not (isinstance(os_, str) and isinstance(arch, str) and os_ and arch):
+        return
+    if plat.matches(config):
         return
     variant = config.get("variant")
-    its = Platform(os_, arch, variant if isinstance(variant, str) else "")
+    its = shown(str(Platform(os_, arch, variant if isinstance(variant, str) else "")))
+    if foreign is not None:
+        foreign(f"{what} is an image for {its} (its config), not for this machine ({plat})")
+        return
+    if plat.architecture not in _MACHINE_TO_ARCH.values():
+        return  # this machine's own name for its architecture: nothing to compare with
     raise ImageError(
-        f"{what} is an image for {shown(str(its))} (its config), not for {plat}",
-        f"choose it with bootc.platform={shown(str(its))}",
+        f"{what} is an image for {its} (its config), not for {plat}",
+        f"choose it with bootc.platform={its}",
     )
 
 
