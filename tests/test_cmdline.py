@@ -334,6 +334,28 @@ def test_hosts_written_as_they_should_be_are_taken(arg: str) -> None:
     parse([arg])
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/npm/@acme/os/-/os-1.oci",
+        "https://h.example/os.oci?owner=ops@example.com",
+        "http://h/images/os@v1.oci",
+    ],
+)
+def test_an_at_in_the_path_of_a_url_without_a_port_is_a_path(url: str) -> None:
+    """No password can have been cut there (one goes with a user and a colon)."""
+    assert parse([f"root=bootc-live:{url}"]).image == ImageLocation("url", url)
+
+
+def test_a_url_refused_for_its_host_does_not_show_its_query() -> None:
+    """A signed URL's query is its secret: a typo in the host must not print it."""
+    for url in ("https://h:44e/os.oci?X-Amz-Signature=S3CRET", "https:///os.oci?sig=S3CRET"):
+        with pytest.raises(CmdlineError) as err:
+            parse([f"root=bootc-live:{url}"])
+        assert err.value.line().startswith("invalid root=…: expected SCHEME://HOST")
+        assert "S3CRET" not in err.value.line()
+
+
 @pytest.mark.parametrize("ref", ["busybox", "library/busybox:1.36", "quay.io/a/b:v1"])
 def test_a_digest_pinned_short_name_is_no_credentials(ref: str) -> None:
     pinned = f"{ref}@sha256:{'a' * 64}"

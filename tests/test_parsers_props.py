@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import string
 from collections.abc import Iterator
 
@@ -233,6 +234,22 @@ def test_redacted_urls_hold_no_credentials(user: str, password: str, path: str, 
     assert printed == f"https://***@reg.example:5000/{path}" + ("?…" if query else "")
     bare, credentials = http.split_credentials(url)
     assert credentials == (user, password) and password not in bare
+
+
+@SETTINGS
+@given(
+    st.text(SAFE, max_size=10),
+    st.text(SAFE + "/?#:", min_size=1, max_size=20).map(lambda p: f"PW{p}"),
+    st.text(SAFE + "/.-", max_size=30),
+)
+def test_a_password_not_percent_encoded_is_not_printed(user: str, password: str, path: str) -> None:
+    """A /, ? or # in a password ends the host early (urlsplit reads USER:PW… as the host and
+    the rest as path, query or fragment): none of it is shown, wherever the parser put it."""
+    printed = http.redact(f"https://{user}:{password}@reg.example:5000/{path}")
+    assert password not in printed, printed
+    for piece in re.split(r"[/?#:]", password):  # each part, unless the URL's own text has it
+        if len(piece) > 2 and piece not in f"https://***@reg.example:5000/{path}?…":
+            assert piece not in printed, printed
 
 
 @SETTINGS

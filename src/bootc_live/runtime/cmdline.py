@@ -199,15 +199,16 @@ def docker_ref(text: str) -> str:
 
 def url_root(url: str) -> str:
     """A URL of root=, as the clients will read it; refused without being shown where it may
-    hold a password (an @ past the host: a password's /, ? or # not percent-encoded)."""
+    hold a secret: a password cut short by a /, ? or # not percent-encoded leaves `USER:PASS`
+    where the host goes and the rest, up to an @, in the path; a query may be a signature."""
     after = url.partition("://")[2]
     authority = re.split(r"[/?#]", after, maxsplit=1)[0]
-    if "@" in after[len(authority) :]:
+    if ":" in authority and "@" in after[len(authority) :]:
         raise Secret(
-            "an @ after the host (percent-encode a password's /, ? and # as %2F, %3F, %23, "
+            "an @ after a HOST:PORT (percent-encode a password's /, ? and # as %2F, %3F, %23, "
             "and an @ in the path as %40)"
         )
-    refuse = Secret if "@" in authority else ValueError
+    refuse = Secret if "@" in authority or "?" in after else ValueError
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port

@@ -110,13 +110,20 @@ class Policy:
 
 
 def redact(url: str) -> str:
-    """`url` fit to print: no user or password, no query (signed URLs carry secrets there)."""
+    """`url` fit to print: no user or password, no query (signed URLs carry secrets there).
+    An @ in the path may end a password whose / was not percent-encoded (the parser then took
+    its start for the host): what comes before it is hidden too."""
     try:
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc.rpartition("@")[2]
-        text = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-        if "@" in parts.netloc:
-            text = text.replace("://", "://***@", 1)
+        path = parts.path
+        if "@" in path:
+            netloc, path = "***@" + path.rpartition("@")[2], ""
+        elif "@" in parts.query + parts.fragment:
+            netloc = "***"  # USER:PASS?… or USER:PASS#…: the host is past the query
+        elif "@" in parts.netloc:
+            netloc = "***@" + netloc
+        text = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
         text += "?…" if parts.query else ""
     except ValueError:
         text = "(an invalid URL)"
@@ -336,7 +343,8 @@ class Client:
             if port == 0:
                 raise ValueError("Port 0 is no server's")
         except ValueError as err:  # "Port out of range 0-65535", "Port could not be cast …"
-            raise FetchError(f"{redact(url)}: {err}", "fix the port in the URL") from None
+            why = "its port is not a number from 1 to 65535" if "@" in url else str(err)
+            raise FetchError(f"{redact(url)}: {why}", "fix the port in the URL") from None
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
             context = self._context()  # first: http.client has no HTTPSConnection without ssl
