@@ -524,10 +524,12 @@ def test_what_skopeo_copies_is_checked_with_no_signatures(tmp_path: Path, keys: 
         bootc_live("inspect", f"docker-archive:{archive}", "--policy", str(policy))
     )
     assert f"docker-archive:{archive}: no simple signature, and policy scope default" in said
-    # skopeo's dir: is scoped by its absolute path, as skopeo scopes it
-    copied = tmp_path / "copied"
+    # skopeo's dir: is scoped by its absolute path, as skopeo scopes it; the signatures one
+    # holds are not copied (they stopped skopeo: an OCI layout cannot take them)
+    copied = tmp_path / "copied:dir"  # skopeo reads all after dir: as the path
     run("skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{tmp_path / 'img'}:v1",
         f"dir:{copied}")  # fmt: skip
+    (copied / "signature-1").write_bytes(b"a signature skopeo carries along")
     policy.write_text(json.dumps({"default": gpg, "transports": {"dir": {str(copied): accept}}}))
     ok = bootc_live("inspect", f"dir:{copied}", "--policy", str(policy))
     assert ok.returncode == 0, ok.stderr

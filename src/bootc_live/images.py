@@ -77,11 +77,9 @@ class SourceRef:
             raise UsageError(f"unsupported image source {text!r}", hint)
         if transport == "containers-storage":
             return cls(transport, rest, None, options)  # skopeo reads [STORE]NAME
-        path, _, name = rest.partition(":")
+        path, _, name = (rest, "", "") if transport == "dir" else rest.partition(":")
         if not path:
             raise UsageError(f"{text!r} names no file", f"use {transport}:PATH[:REF]")
-        if name and transport == "dir":  # skopeo's dir: holds one image
-            raise UsageError(f"dir:PATH names one image: no REF after {path}", "use dir:PATH")
         if name and not (transport == "docker-archive" and re.fullmatch(r"@\d+", name)):
             try:
                 check_ref_name(name)
@@ -170,7 +168,9 @@ class CopiedSource(LayoutSource):
         self.work = work
         try:
             # bootc-live's own check of the copy (hostpolicy) is the one policy that applies.
-            argv = ["skopeo", "--insecure-policy", "copy", "--quiet"]
+            # A layout holds no signatures (what skopeo copies is checked without any, see
+            # docs/signatures.md): a dir: or a store that has some would stop the copy.
+            argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--remove-signatures"]
             argv += [] if compress else ["--dest-decompress"]
             with progress.Ticker(f"copying {ref} with skopeo"):
                 names = _skopeo_names(ref)
