@@ -210,11 +210,15 @@ def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
 def test_the_printed_command_line_shows_no_url_s_credentials() -> None:
     line = (
         "root=bootc-live:https://me:S3CRET@h/os.oci?sig=S3CRET proxy=http://u:S3CRET@p:3128 "
-        '"x=a b" root2=bootc-live:docker://q.io/os:v1 rd.x=ftp://h/x'
+        '"x=a b" root2=bootc-live:docker://q.io/os:v1 rd.x=ftp://h/x proxy2=u:S3CRET@p:3128 '
+        "list=ftp://u:S3CRET@f/a,http://u2:S3CRET@g/ netroot=iscsi:user:S3CRET@10.0.0.1::3260::t "
+        f"d=docker://q.io/os@sha256:{'a' * 64}"
     )
     assert kexec.printable_command_line(line) == (
         "root=bootc-live:https://***@h/os.oci?… proxy=http://***@p:3128 "
-        '"x=a b" root2=bootc-live:docker://q.io/os:v1 rd.x=ftp://h/x'
+        '"x=a b" root2=bootc-live:docker://q.io/os:v1 rd.x=ftp://h/x proxy2=***@p:3128 '
+        "list=ftp://***@f/a,http://***@g/ netroot=***@10.0.0.1::3260::t "
+        f"d=docker://q.io/os@sha256:{'a' * 64}"
     )
 
 

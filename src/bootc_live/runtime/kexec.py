@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
 from . import http, memory, mounts, packed, roots
+from .blobs import odd_at
 from .cmdline import ROOT_PREFIX, BootSpec, join, split
 from .cpio import CpioWriter
 from .errors import BootcLiveError
@@ -196,17 +197,27 @@ def packed_command_line(current: str, pin: str, image: str | None) -> str:
 
 
 def printable_command_line(command_line: str) -> str:
-    """The command line fit to print: every URL in it (root=, dracut's proxy=, any other's)
-    without its credentials and query; registry references hold none (the parser sees to it)."""
+    """The command line fit to print: in every argument (root=, dracut's proxy= and netroot=,
+    any other's) and every comma-separated item of it, a URL without its credentials and
+    query, and any other USER:PASS@ hidden; a digest's @ (registry references) is kept."""
     args = split(command_line)
     for i, arg in enumerate(args):
-        url = _URL_IN_ARG.search(arg)
-        if url and not url.group().startswith("docker://"):
-            args[i] = arg[: url.start()] + http.redact(url.group())
+        name, eq, value = arg.partition("=")
+        if eq:
+            args[i] = name + eq + ",".join(_printable_item(item) for item in value.split(","))
     return join(args)
 
 
 _URL_IN_ARG = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://.*")
+
+
+def _printable_item(item: str) -> str:
+    url = _URL_IN_ARG.search(item)
+    if url and not url.group().startswith("docker://"):
+        return item[: url.start()] + http.redact(url.group())
+    if odd_at(item):  # user:secret@host, in any form (not a digest's @)
+        return "***@" + item.rpartition("@")[2]
+    return item
 
 
 def _check_memory(need: int, mem: memory.Memory, what: str, hint: str = REUSE_HINT) -> None:
