@@ -418,7 +418,9 @@ def test_the_files_are_read_as_dracut_s_getarg_reads_them(tmp_path: Path) -> Non
     conf = tmp_path / "etc/cmdline.d"
     conf.mkdir(parents=True)
     (conf / "10-old.conf").write_text("# old: root=bootc-live:/old.oci bootclabel=a\n")
-    (conf / "20-new.conf").write_text("bootclabel=b\n")
+    (conf / "20-new.conf").write_text(
+        "# bootc.live settings (bootc.zarm is not refused here)\nbootclabel=b\n"
+    )
     (tmp_path / "etc/cmdline").write_text("bootclabel=c\nconsole=ttyS0\n")
     proc = tmp_path / "proc-cmdline"
     proc.write_text("quiet\n")

@@ -13,7 +13,7 @@ import difflib
 import glob
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -684,8 +684,10 @@ def join(args: Iterable[str]) -> str:
     return " ".join(f'"{arg}"' if any(c.isspace() for c in arg) else arg for arg in args)
 
 
-def parse(args: Iterable[str]) -> BootSpec:
-    """Parse command-line arguments (in order; the last occurrence wins) into a BootSpec."""
+def parse(args: Iterable[str], commented: Collection[str] = ()) -> BootSpec:
+    """Parse command-line arguments (in order; the last occurrence wins) into a BootSpec.
+    `commented`: arguments read from lines that start with # (dracut takes them as arguments
+    too), which are not refused as unknown options."""
     given: dict[str, str] = {}
     extra: dict[str, str] = {}
     for arg in args:
@@ -696,7 +698,7 @@ def parse(args: Iterable[str]) -> BootSpec:
             given[name] = value if sep else ""
         else:
             extra[name] = value
-    check_unknown(extra)
+    check_unknown({name: value for name, value in extra.items() if name not in commented})
     values: dict[str, Any] = {"extra": extra}
     for name, value in given.items():
         opt = _BY_NAME[name]
@@ -796,14 +798,21 @@ def read(
     /etc/cmdline.d/*.conf, /etc/cmdline, the kernel's. Every line counts, one starting with #
     too (dracut has no comments there: skipping them, the hooks and this would disagree)."""
     args: list[str] = []
+    commented: set[str] = set()
     for path in [*sorted(glob.glob(f"{conf_dir}/*.conf")), etc_cmdline, proc_cmdline]:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                args += split(f.read())
+                lines = f.read().splitlines() if path != proc_cmdline else [f.read()]
         except FileNotFoundError:
             if path == proc_cmdline:
                 raise
-    return parse(args)
+            continue
+        for line in lines:
+            words = split(line)
+            args += words
+            if line.lstrip().startswith("#"):
+                commented.update(word.partition("=")[0] for word in words)
+    return parse(args, commented)
 
 
 def reference() -> str:
