@@ -15,7 +15,7 @@ from bootc_live.runtime.cmdline import TMPFS, RootMode, parse
 from bootc_live.runtime.memory import MIB, Memory, NotEnoughMemory
 from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.sources import LayoutSource
-from imagegen import build_layout, d, f, layer_tar
+from imagegen import MT_LAYER, build_layout, d, f, layer_tar
 
 # Incompressible, so the compressed size is close to the unpacked one: 3x is then a lot.
 LAYERS = [layer_tar([d("etc"), f("etc/a", b"a" * 5000)]), layer_tar([f("big", os.urandom(70_000))])]
@@ -78,6 +78,12 @@ def test_without_recorded_sizes_the_gzip_trailers_give_them(tmp_path: Path) -> N
     # An uncompressed layer (buildah commit -D, +tar): its blob is its tar, not a third of it.
     est = memory.estimate(image_of(tmp_path / "n", compression="none"))
     assert est.how == "from the uncompressed layers"
+    assert est.unpacked == sum(len(t) for t in LAYERS) * 21 // 20 + 16 * MIB
+    # ... unless it is gzip all the same (unpack goes by the bytes): its trailer says how much
+    build_layout(
+        tmp_path / "g/img", LAYERS, compression="gzip", media_type_override=MT_LAYER["none"]
+    )
+    est = memory.estimate(resolve(LayoutSource(str(tmp_path / "g/img"))))
     assert est.unpacked == sum(len(t) for t in LAYERS) * 21 // 20 + 16 * MIB
 
 

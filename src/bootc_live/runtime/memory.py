@@ -193,9 +193,14 @@ def estimate(image: Image) -> Estimate:
         return Estimate(
             sum(sizes) * 21 // 20 + 16 * MIB, "from the layer sizes bootc-live build recorded"
         )
-    plain = [layer.media_type.endswith(".tar") for layer in image.layers]  # the blob is the tar
+    # An uncompressed layer's blob is its tar, unless it was compressed all the same (unpack
+    # goes by the bytes, not the media type): a gzip trailer above its size says so.
+    plain = [layer.media_type.endswith(".tar") for layer in image.layers]
     trailers = [
-        layer.size if tar else _gzip_isize(image, layer) for layer, tar in zip(image.layers, plain)
+        (_gzip_isize(image, layer, any_type=True) or layer.size)
+        if tar
+        else _gzip_isize(image, layer)
+        for layer, tar in zip(image.layers, plain)
     ]
     known = [t for t in trailers if t is not None]
     guessed = sum(layer.size * RATIO for layer, t in zip(image.layers, trailers) if t is None)
@@ -212,13 +217,14 @@ def estimate(image: Image) -> Estimate:
     return Estimate((sum(known) + guessed) * 21 // 20 + 16 * MIB, how)
 
 
-def _gzip_isize(image: Image, layer: Descriptor) -> int | None:
+def _gzip_isize(image: Image, layer: Descriptor, any_type: bool = False) -> int | None:
     """The uncompressed size a gzip blob's trailer states (mod 4 GiB), if it is believable.
 
     A blob of several gzip members states only its last one's size, and sizes wrap at 4 GiB:
     a size below the compressed one, or any doubt, gives None (the stated ratio is used).
+    `any_type`: whatever the media type says (a tar's last bytes are zeros: None).
     """
-    if "gzip" not in layer.media_type or layer.size < 18:
+    if not (any_type or "gzip" in layer.media_type) or layer.size < 18:
         return None
     try:
         data = image.source.tail(layer, 4)
