@@ -589,6 +589,12 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     ((args, env),) = seen
     assert "s3cret" not in " ".join(args)
     assert (env["BOOTC_URL"], env["RD_DEBUG"]) == (url, "no")
+    # What it fetched is no oci-archive: named by its URL (no password), and gone from RAM.
+    message = json.loads((tmp_path / "run/status.json").read_text())["message"]
+    assert message.startswith(
+        "bootc-live: oci-archive:ftp://***@10.0.2.100/root.oci is not an oci-archive"
+    ), message
+    assert not (tmp_path / "run/download.oci").exists()
 
 
 # Signatures (docs/signatures.md, "At boot").

@@ -552,7 +552,11 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     os.makedirs(STATUS_DIR, exist_ok=True)
     report.say(f"fetching {http.redact(url)} with dracut's url-lib")
     urllib_dracut.fetch(url, path)
-    return ArchiveSource(path, delete=True)
+    try:
+        return ArchiveSource(path, delete=True, name=http.redact(url))
+    except BaseException:  # no oci-archive: the download goes (it is in RAM)
+        os.unlink(path)
+        raise
 
 
 def fetch_policy(spec: BootSpec) -> http.Policy:
