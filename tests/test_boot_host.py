@@ -592,7 +592,7 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     # What it fetched is no oci-archive: named by its URL (no password), and gone from RAM.
     message = json.loads((tmp_path / "run/status.json").read_text())["message"]
     assert message.startswith(
-        "bootc-live: oci-archive:ftp://***@10.0.2.100/root.oci is not an oci-archive"
+        "bootc-live: oci-archive:ftp://***@10.0.2.100/root.oci is not a valid oci-archive"
     ), message
     assert not (tmp_path / "run/download.oci").exists()
 
