@@ -327,7 +327,7 @@ def test_mirror_credentials_are_refused_unrepeated() -> None:
         "root=bootc-live:http://user:p%2Fw@h:8080/os%40v1.oci?sig=1#x",
         "root=bootc-live:docker://[::1]:5000/img:v1",
         "root=bootc-live:nfs://srv/exports/os.oci",
-        "bootc.registry.mirror=[::1]:5000,m-1.example,10.0.2.100:5000",
+        "bootc.registry.mirror=[::1]:5000,m-1.example,10.0.2.100:5000,m2.example/",
     ],
 )
 def test_hosts_written_as_they_should_be_are_taken(arg: str) -> None:

@@ -233,7 +233,7 @@ def _skopeo_names(ref: SourceRef) -> list[str]:
     name = ref.path
     first = name.split("/", 1)[0]
     qualified = "/" in name and ("." in first or ":" in first or first == "localhost")
-    by_id = re.fullmatch(r"(?:sha256:)?[0-9a-f]{6,64}", name) is not None
+    by_id = re.fullmatch(r"(?:sha256:)?[0-9a-f]{64}", name) is not None  # `facade` is a name
     if ref.transport != "containers-storage" or qualified or by_id or name.startswith("["):
         return [_skopeo_name(ref)]
     return [f"containers-storage:localhost/{name}", _skopeo_name(ref)]

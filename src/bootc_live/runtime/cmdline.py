@@ -312,7 +312,7 @@ def parse_identity(value: str) -> str:
 
 
 def parse_hosts(value: str) -> tuple[str, ...]:
-    hosts = tuple(h for h in value.split(",") if h)
+    hosts = tuple(h[:-1] if h.endswith("/") else h for h in value.split(",") if h)
     if any("@" in h for h in hosts):
         raise Secret(
             "a mirror is HOST[:PORT] (credentials go into the initramfs with bootc-live build "
