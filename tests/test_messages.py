@@ -149,7 +149,8 @@ def test_debug_shows_the_commands_run(tmp_path: Path) -> None:
     debug = bootc_live("--debug", "inspect", f"docker-archive:{garbage}")
     assert debug.returncode == 1
     assert (
-        "+ skopeo --insecure-policy copy --quiet --dest-decompress docker-archive:" in debug.stderr
+        "+ skopeo --insecure-policy copy --quiet --remove-signatures --dest-decompress "
+        "docker-archive:" in debug.stderr
     )
 
 

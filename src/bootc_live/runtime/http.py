@@ -109,6 +109,9 @@ class Policy:
     connections: int = CONNECTIONS
 
 
+_LOOKASIDE_AT = re.compile(r"@sha(?:256|512)=[0-9a-f]+/")
+
+
 def redact(url: str) -> str:
     """`url` fit to print: no user or password, no query (signed URLs carry secrets there).
     An @ in the path may end a password whose / was not percent-encoded (the parser then took
@@ -117,10 +120,10 @@ def redact(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc.rpartition("@")[2]
         path = parts.path
-        if "@" in path:
+        if "@" in _LOOKASIDE_AT.sub("", path):  # a lookaside's NAME@sha256=HEX is no secret
             netloc, path = "***@" + path.rpartition("@")[2], ""
         elif "@" in parts.query + parts.fragment:
-            netloc = "***"  # USER:PASS?… or USER:PASS#…: the host is past the query
+            netloc, path = "***", ""  # USER:PA/SS?… or USER:PASS#…: the host is past them
         elif "@" in parts.netloc:
             netloc = "***@" + netloc
         text = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
