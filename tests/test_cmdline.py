@@ -296,6 +296,11 @@ def test_a_password_the_url_parser_would_cut_is_refused_unrepeated(packed: str, 
         (f"root=bootc-live:docker://q.io/os:@sha256:{'a' * 64}", "expected docker://HOST"),
         ("root=bootc-live:docker://q.io/Upper", "(lower-case path"),
         ("root=bootc-live:docker://127.0.0.1:5000?x/img", "expected docker://HOST"),
+        (
+            f"root=bootc-live:docker://q.io/a@sha384:{'a' * 96}",
+            "digest algorithm 'sha384' is not "
+            "supported; pin the image by its sha256: or sha512: digest",
+        ),
         ("bootc.registry.mirror=http://127.0.0.1:5000/", "no scheme (https, or http with"),
         ("bootc.registry.mirror=m.io?x", "expected HOST[:PORT][,HOST[:PORT]…]"),
         ("bootc.registry.mirror=[fd00::1", "an IPv6 address in [ ]"),

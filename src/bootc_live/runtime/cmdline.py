@@ -192,8 +192,9 @@ def docker_ref(text: str) -> str:
         )
     try:
         Reference.parse(ref)
-    except ImageError as err:
-        raise ValueError(f"expected docker://{err.hint.partition('docker://')[2]}") from None
+    except ImageError as err:  # its usage, or why its digest is refused (sha384: …)
+        usage = err.hint.partition("docker://")[2]
+        raise ValueError(f"expected docker://{usage}" if usage else err.line()) from None
     return ref
 
 
