@@ -451,3 +451,12 @@ def test_an_unlabelled_image_is_judged_by_what_its_config_says(
     told: list[str] = []
     resolve(LayoutSource(str(tmp_path / "img")), foreign=told.append)  # the host's way
     assert len(told) == 1 and "not for this machine (linux/amd64)" in told[0]
+
+
+@pytest.mark.parametrize("variant", [[], {}, 8, None, "v8", ""])
+def test_a_platform_s_variant_of_any_json_type_is_compared_not_raised(variant: object) -> None:
+    """Empty values are no variant; a malformed one (8) matches nothing (no TypeError)."""
+    entry = {"os": "linux", "architecture": "arm64", "variant": variant}
+    malformed = variant == 8
+    assert Platform("linux", "arm64", "v8").matches(entry) is not malformed
+    assert Platform("linux", "arm64").matches(entry) is not malformed

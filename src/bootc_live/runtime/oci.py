@@ -103,6 +103,8 @@ class Platform:
         if obj.get("os") != self.os or arch != self.architecture:
             return False
         variant = obj.get("variant") or ""
+        if not isinstance(variant, str):
+            return False
         same = {variant, _DEFAULT_VARIANT.get((arch, variant), variant)}
         return not self.variant or _DEFAULT_VARIANT.get((arch, self.variant), self.variant) in same
 
