@@ -265,7 +265,8 @@ class ArchiveSource(MemberIndex):
         self.description = f"oci-archive:{name or path}"
         try:
             with open(path, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a pipe cannot be indexed
+                mode = os.fstat(f.fileno()).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):  # a pipe cannot be indexed
                     raise ImageError(
                         f"{self.description} is not a regular file (a pipe or a device)",
                         "save the archive to a file first",
