@@ -816,17 +816,27 @@ SLAAC = (
         (ROUTE4_HEADER, LINK_UP_ONLY + SLAAC, True),  # IPv6 only: it waited out the deadline
     ],
 )
+@pytest.mark.parametrize("server", ["http://[2001:db8::1]/os.oci", "http://10.0.2.100/os.oci"])
 def test_a_configured_interface_is_seen_in_either_family(
-    routes4: str, routes6: str, up: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    routes4: str,
+    routes6: str,
+    up: bool,
+    server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert boot.configured(routes4, routes6) is up
+    """An IPv6 route counts for a server at an IPv6 address only: a dual-stack link has it
+    from the router before DHCP gives IPv4, and fetching from an IPv4 server then fails."""
+    ipv6 = boot._ipv6_host(server)
+    up = up and (ipv6 or "eth0\t" in routes4)
+    assert boot.configured(routes4, routes6, ipv6) is up
     (tmp_path / "route").write_text(routes4)
     (tmp_path / "ipv6_route").write_text(routes6)
     monkeypatch.setattr(boot, "ROUTES4", str(tmp_path / "route"))
     monkeypatch.setattr(boot, "ROUTES6", str(tmp_path / "ipv6_route"))
     report = Report(quiet=True, directory=str(tmp_path / "run"))
     if up:
-        boot.wait_for_route(0.2, report)
+        boot.wait_for_route(0.2, report, ipv6)
     else:
         with pytest.raises(BootcLiveError, match="no network: no interface was configured"):
-            boot.wait_for_route(0.2, report)
+            boot.wait_for_route(0.2, report, ipv6)

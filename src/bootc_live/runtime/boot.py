@@ -213,7 +213,7 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
         return open_registry_packed(spec, report)
     url = spec.image.location
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report)
+    wait_for_route(fetching.total, report, ipv6=_ipv6_host(url))
     if url.startswith(("http://", "https://")):
         report.say(f"fetching the packed root {http.redact(url)}")
         return packed.open_http(url, fetching, report.say)
@@ -545,7 +545,7 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     assert spec.image is not None
     url = spec.image.location
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report)
+    wait_for_route(fetching.total, report, ipv6=_ipv6_host(url))
     if url.startswith(("http://", "https://")):
         return http.open_url(url, fetching, report.say, STATUS_DIR)
     path = os.path.join(STATUS_DIR, "download.oci")
@@ -582,7 +582,7 @@ def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySou
     assert spec.image is not None
     ref = registry.Reference.parse(spec.image.location)
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report)
+    wait_for_route(fetching.total, report, ipv6=ref.registry.startswith("["))
     default = registry.AUTH_IN_INITRAMFS
     auth = spec.registry_auth or (default if os.path.exists(default) else None)
     report.say(
@@ -603,11 +603,20 @@ def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySou
 ROUTES4, ROUTES6 = "/proc/net/route", "/proc/net/ipv6_route"
 
 
-def configured(routes4: str, routes6: str) -> bool:
+def _ipv6_host(url: str) -> bool:
+    """Whether a URL's server is an IPv6 address (`[…]`): then an IPv6 route is what it needs."""
+    return url.partition("://")[2].rpartition("@")[2].startswith("[")
+
+
+def configured(routes4: str, routes6: str, ipv6: bool = False) -> bool:
     """Whether the kernel's route tables (their /proc/net texts) show an interface other
-    than lo configured: any IPv4 route, or an IPv6 route that is not fe80::/10 nor ff00::/8."""
+    than lo configured: any IPv4 route, or, for a server at an IPv6 address, an IPv6 route
+    that is not fe80::/10 nor ff00::/8 (not for others: a dual-stack link has its IPv6 route
+    from the router before DHCP gives IPv4, and a fetch then would fail and back off)."""
     if any(line.split()[0] != "lo" for line in routes4.splitlines()[1:] if line.strip()):
         return True
+    if not ipv6:
+        return False
     for line in routes6.splitlines():
         fields = line.split()
         if len(fields) == 10 and fields[9] != "lo":
@@ -625,7 +634,7 @@ def _read_text(path: str) -> str:
         return ""
 
 
-def wait_for_route(timeout: float, report: Report) -> None:
+def wait_for_route(timeout: float, report: Report, ipv6: bool = False) -> None:
     """Wait until some interface is configured: has an IPv4 route, or an IPv6 one beyond the
     link-local and multicast ones every link has when up (dracut brings links up).
 
@@ -634,7 +643,7 @@ def wait_for_route(timeout: float, report: Report) -> None:
     deadline = time.monotonic() + timeout
     said = False
     while time.monotonic() < deadline:
-        if configured(_read_text(ROUTES4), _read_text(ROUTES6)):
+        if configured(_read_text(ROUTES4), _read_text(ROUTES6), ipv6):
             return
         if not said:
             report.say("waiting for the network")
