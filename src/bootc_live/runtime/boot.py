@@ -213,7 +213,7 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
         return open_registry_packed(spec, report)
     url = spec.image.location
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report, ipv6=_ipv6_host(url))
+    wait_for_route(fetching.total, report, _ipv6_host(url))
     if url.startswith(("http://", "https://")):
         report.say(f"fetching the packed root {http.redact(url)}")
         return packed.open_http(url, fetching, report.say)
@@ -545,7 +545,7 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     assert spec.image is not None
     url = spec.image.location
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report, ipv6=_ipv6_host(url))
+    wait_for_route(fetching.total, report, _ipv6_host(url))
     if url.startswith(("http://", "https://")):
         return http.open_url(url, fetching, report.say, STATUS_DIR)
     path = os.path.join(STATUS_DIR, "download.oci")
@@ -582,7 +582,7 @@ def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySou
     assert spec.image is not None
     ref = registry.Reference.parse(spec.image.location)
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report, ipv6=ref.registry.startswith("["))
+    wait_for_route(fetching.total, report, ref.registry.startswith("["))
     default = registry.AUTH_IN_INITRAMFS
     auth = spec.registry_auth or (default if os.path.exists(default) else None)
     report.say(
