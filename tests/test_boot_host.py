@@ -816,7 +816,9 @@ SLAAC = (
         (ROUTE4_HEADER, LINK_UP_ONLY + SLAAC, True),  # IPv6 only: it waited out the deadline
     ],
 )
-@pytest.mark.parametrize("server", ["http://[2001:db8::1]/os.oci", "http://10.0.2.100/os.oci"])
+@pytest.mark.parametrize(
+    "server", ["http://[2001:db8::1]/npm/@a/os.oci", "http://10.0.2.100/os@v1.oci"]
+)
 def test_a_configured_interface_is_seen_in_either_family(
     routes4: str,
     routes6: str,

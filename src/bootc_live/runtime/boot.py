@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -605,7 +606,8 @@ ROUTES4, ROUTES6 = "/proc/net/route", "/proc/net/ipv6_route"
 
 def _ipv6_host(url: str) -> bool:
     """Whether a URL's server is an IPv6 address (`[…]`): then an IPv6 route is what it needs."""
-    return url.partition("://")[2].rpartition("@")[2].startswith("[")
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
+    return authority.rpartition("@")[2].startswith("[")
 
 
 def configured(routes4: str, routes6: str, ipv6: bool = False) -> bool:
