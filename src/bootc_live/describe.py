@@ -6,12 +6,11 @@ from dataclasses import dataclass, replace
 
 from . import footprint, zramsize
 from .runtime import kernels, memory
-from .runtime.blobs import short
 from .runtime.errors import BootcLiveError
 from .runtime.oci import Image
 from .runtime.streams import ChunkStream
 from .runtime.tarstream import REGULAR, read_entries
-from .runtime.unpack import Progress, layer_chunks
+from .runtime.unpack import Progress, labelled, layer_chunks
 
 
 @dataclass
@@ -84,10 +83,7 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
             if failed and err is failed[0]:
                 raise
             stream.drain()  # a digest mismatch explains a broken tar better: judged first
-            desc = image.layers[index]
-            raise type(err)(
-                f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint
-            ) from None
+            raise labelled(err, image, index) from None
         notes.append(layer_notes)
         sizes.append(size)
     finder = kernels.KernelFinder()

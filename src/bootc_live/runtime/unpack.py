@@ -219,6 +219,12 @@ def layer_sizes(image: Image) -> list[int]:
     return [sum(len(c) for c in layer_chunks(image, i)) for i in range(len(image.layers))]
 
 
+def labelled(err: BootcLiveError, image: Image, index: int) -> BootcLiveError:
+    """`err` (a broken tar, say) as one line naming the layer it came from and its digest."""
+    desc = image.layers[index]
+    return type(err)(f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint)
+
+
 def unpack_image(
     image: Image,
     dest: str,
@@ -246,9 +252,7 @@ def unpack_image(
                 # A digest mismatch explains a broken tar better: judge the blob first.
                 feeder.abandoned.set()
                 stream.drain()
-                raise type(err)(
-                    f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint
-                ) from None
+                raise labelled(err, image, index) from None
             stream.drain()
             image.source.release(desc)
     finally:
