@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import debian_image
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig, boot
 from newc import read_archive
 from servers import nginx
-from unpackers import bootc_live, need, need_root_and
+from unpackers import REPO, bootc_live, need, need_root_and
 
 MEM = 2048  # MiB
 BOOT_TIMEOUT = 600  # seconds, under TCG (about 1 minute here)
@@ -44,6 +45,25 @@ def initramfs_names(path: Path) -> list[str]:
             found, data = cpio_names(data)
             names += found
     return names
+
+
+# SPEC §9's reference image: bench/unpack's cache (its one-layer image), and its name in PREBUILD.
+REFERENCE = "reference"
+REFERENCE_CACHE = Path(os.environ.get("BOOTC_LIVE_BENCH_CACHE", "/var/cache/bootc-live-bench"))
+
+
+def reference_build_argv(cache: Path) -> list[str]:
+    """The command that builds (or finds cached) the reference image in `cache`."""
+    unpack = REPO / "bench" / "unpack"
+    return [
+        sys.executable,
+        os.fspath(unpack),
+        "--build-only",
+        "--images",
+        "single",
+        "--cache",
+        os.fspath(cache),
+    ]
 
 
 def ensure(recipe: debian_image.Recipe = debian_image.BOOKWORM) -> debian_image.DebianImage:

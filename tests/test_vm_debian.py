@@ -16,7 +16,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,10 +29,13 @@ from bootc_live.runtime.sources import ArchiveSource
 from bootc_live.vm import GUEST_SERVER, Boot, VmConfig
 from debian_boot import (
     MEM,
+    REFERENCE,
+    REFERENCE_CACHE,
     built,
     ensure,
     expected,
     initramfs_names,
+    reference_build_argv,
     tail,
     url_boot,
     verdict,
@@ -41,10 +43,12 @@ from debian_boot import (
 )
 from registries import Pki, auth_json, docker_registry, make_pki, skopeo_push
 from servers import asked_range, most_at_once, served
-from unpackers import REPO, bootc_live, need_root_and
+from unpackers import bootc_live, need_root_and
 from vmboot import messages, statuses
 
 pytestmark = pytest.mark.vm
+# Built in the background while the tests before these run (tests/prebuild.py).
+PREBUILD = (debian_image.BOOKWORM.name, REFERENCE)
 
 
 @pytest.fixture(scope="module")
@@ -296,9 +300,6 @@ def test_debian_image_boots_its_packed_root_from_the_registry(
     print(f"packed root from the registry: in use once booted {memused >> 10} MiB")
 
 
-REFERENCE_CACHE = Path(os.environ.get("BOOTC_LIVE_BENCH_CACHE", "/var/cache/bootc-live-bench"))
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
     """SPEC §9's reference image (bench/unpack's, ~870 MB unpacked), built with the host's kernel.
@@ -307,18 +308,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]
     """
     need_root_and(*debian_image.TOOLS, "umoci", "qemu-system-x86_64")
     built = subprocess.run(
-        [
-            sys.executable,
-            os.fspath(REPO / "bench" / "unpack"),
-            "--build-only",
-            "--images",
-            "single",
-            "--cache",
-            os.fspath(REFERENCE_CACHE),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        reference_build_argv(REFERENCE_CACHE), capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, f"bench/unpack --build-only failed:\n{tail(built.stderr)}"
     layout = REFERENCE_CACHE / "images" / "single" / "layout"

@@ -43,6 +43,8 @@ from unpackers import bootc_live
 from vmboot import ready, statuses
 
 pytestmark = pytest.mark.vm
+# Built in the background while the tests before these run (tests/prebuild.py).
+PREBUILD = (debian_image.BOOKWORM_MINIMAL.name, debian_image.TRIXIE.name)
 
 ALL_MODES = (
     "embedded and appended images and packed roots; URLs (http, https; ftp, tftp, nfs through "

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import debian_image
 from benchlib.common import BenchError, log, machine_info, resolve_bootc_live, utc_now, write_json
 from benchlib.mounts import remove_tree
 from benchlib.refimage import build_image, build_root
@@ -135,14 +136,15 @@ def bench(args: argparse.Namespace) -> int:
     for tool in ("debootstrap", "umoci", "pigz", "tar", "/usr/bin/time", "mount"):
         if not shutil.which(tool):
             raise BenchError(f"{tool} is not installed")
-    args.cache.mkdir(parents=True, exist_ok=True)
-    root, root_info = build_root(args.cache, args.mirror, args.rebuild_root)
+    # One builder at a time (the test suite builds this cache in the background and in a test).
+    with debian_image.locked(args.cache):
+        root, root_info = build_root(args.cache, args.mirror, args.rebuild_root)
+        images = {
+            kind: build_image(args.cache, kind, root, root_info, args.rebuild or args.rebuild_root)
+            for kind in args.images
+        }
     fig = root_info["figures"]
     log(f"reference root: {fig['entries']} entries, {mbytes(fig['bytes'])} MB")
-    images = {
-        kind: build_image(args.cache, kind, root, root_info, args.rebuild or args.rebuild_root)
-        for kind in args.images
-    }
     if args.build_only:
         for kind, info in images.items():
             log(
