@@ -52,8 +52,8 @@ REFERENCE = "reference"
 REFERENCE_CACHE = Path(os.environ.get("BOOTC_LIVE_BENCH_CACHE", "/var/cache/bootc-live-bench"))
 
 
-def reference_build_argv(cache: Path) -> list[str]:
-    """The command that builds (or finds cached) the reference image in `cache`."""
+def reference_build_argv() -> list[str]:
+    """The command that builds (or finds cached) the reference image in REFERENCE_CACHE."""
     unpack = REPO / "bench" / "unpack"
     return [
         sys.executable,
@@ -62,7 +62,7 @@ def reference_build_argv(cache: Path) -> list[str]:
         "--images",
         "single",
         "--cache",
-        os.fspath(cache),
+        os.fspath(REFERENCE_CACHE),
     ]
 
 

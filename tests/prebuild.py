@@ -21,13 +21,12 @@ import time
 
 import debian_boot
 import debian_image
-from debian_boot import REFERENCE
 
 LOG = "prebuild.log"  # in debian_image.CACHES
 
 
 def check(names: list[str]) -> None:
-    unknown = [n for n in names if n != REFERENCE and n not in debian_image.RECIPES]
+    unknown = [n for n in names if n != debian_boot.REFERENCE and n not in debian_image.RECIPES]
     if unknown:  # a test module's PREBUILD names what this cannot build
         raise ValueError(f"prebuild: unknown images {unknown}")
 
@@ -55,9 +54,8 @@ def start(names: list[str]) -> subprocess.Popen[bytes] | None:
 
 
 def build(name: str) -> None:
-    if name == REFERENCE:
-        argv = debian_boot.reference_build_argv(debian_boot.REFERENCE_CACHE)
-        subprocess.run(argv, stdin=subprocess.DEVNULL, check=True)
+    if name == debian_boot.REFERENCE:
+        subprocess.run(debian_boot.reference_build_argv(), stdin=subprocess.DEVNULL, check=True)
     else:
         debian_image.ensure_image(recipe=debian_image.RECIPES[name])
 

@@ -307,9 +307,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]
     Returns the artifacts directory, the image's manifest digest and its unpacked size in bytes.
     """
     need_root_and(*debian_image.TOOLS, "umoci", "qemu-system-x86_64")
-    built = subprocess.run(
-        reference_build_argv(REFERENCE_CACHE), capture_output=True, text=True, check=False
-    )
+    built = subprocess.run(reference_build_argv(), capture_output=True, text=True, check=False)
     assert built.returncode == 0, f"bench/unpack --build-only failed:\n{tail(built.stderr)}"
     layout = REFERENCE_CACHE / "images" / "single" / "layout"
     index = json.loads((layout / "index.json").read_text())
