@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from bootc_live import build as build_mod
-from bootc_live.dracut import OPTIONAL_MODULES, dracut_argv, export_modules
+from bootc_live.dracut import (
+    HOST_COMPRESS,
+    OPTIONAL_MODULES,
+    dracut_argv,
+    export_modules,
+    host_compress,
+)
 from bootc_live.runtime import handover, memory
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.oci import resolve
@@ -43,6 +50,37 @@ def test_dracut_argv_exact() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="flavour"):
         dracut_argv("6.9", "openrc", "/x", minimal=False)
+    assert dracut_argv("6.9", "shell", "/x", minimal=False, compress="zstd -q -9 -T0")[-3:] == [
+        "--compress", "zstd -q -9 -T0", "/x",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "zstd", "expected"),
+    [
+        ("CONFIG_RD_GZIP=y\nCONFIG_RD_ZSTD=y\n", True, HOST_COMPRESS),
+        ("CONFIG_RD_GZIP=y\n# CONFIG_RD_ZSTD is not set\n", True, None),  # dracut's default
+        ("CONFIG_RD_ZSTD=y\n", False, None),  # no zstd on this machine
+        (None, True, None),  # no config: nothing known about the kernel
+    ],
+)
+def test_the_host_initramfs_is_zstd_when_its_kernel_unpacks_zstd(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: str | None,
+    zstd: bool,
+    expected: str | None,
+) -> None:
+    (tmp_path / "boot").mkdir()
+    if config is not None:
+        (tmp_path / "boot/config-6.9").write_text(config)
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name: None if name == "zstd" and not zstd else real_which(name)
+    )
+    if zstd:
+        need(real_which("zstd") is not None, "needs zstd")
+    assert host_compress("6.9", tmp_path) == expected
 
 
 def test_exported_modules_carry_the_runtime(tmp_path: Path) -> None:

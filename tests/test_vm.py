@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import pytest
 
+from bootc_live.build import initramfs_compression
 from bootc_live.demo import demo_layers
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
 from bootc_live.runtime.cpio import CpioWriter
@@ -37,6 +38,8 @@ def test_embedded_boot(artifacts: dict[str, Path], flavour: str, tmp_path: Path)
     assert result.status["root"] == {"mode": "tmpfs"} and result.status["entries"] > 0
     # ./setup installs isal: the host-built initramfs carries igzip, and the boot used it.
     assert result.status["decompressor"] == "igzip", result.status
+    # ./setup installs zstd and Debian's kernel unpacks it: the initramfs that booted is zstd.
+    assert initramfs_compression(artifacts[flavour] / "initrd.img") == "zstd"
 
 
 def test_pxe_two_initrds(artifacts: dict[str, Path]) -> None:
