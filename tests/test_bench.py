@@ -4,7 +4,9 @@ figures from those boots, and the entry scripts start."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -529,6 +531,7 @@ def test_the_ram_search_halves_in_steps_down_to_the_smallest_that_boots() -> Non
         ("unpack", "usage: bench/unpack [-h] [--cache CACHE]"),
         ("userlands", "usage: userlands [-h] [--userlands USERLANDS]"),
         ("fetch", "usage: bench/fetch [-h] [--cache CACHE]"),
+        ("initramfs", "usage: bench/initramfs [-h] [--repeat REPEAT]"),
     ],
 )
 def test_the_entry_scripts_start(script: str, usage: str) -> None:
@@ -1427,3 +1430,49 @@ def test_issue_19_ram_targets_are_the_smallest_ram_against_the_roots_tmpfs_footp
         "issue 19 (reference-url): smallest RAM / the root's tmpfs footprint (host, this run): "
         "1152 / 853 MiB = 1.35   NOT MET (at most 1.25); 1088 MiB did not boot",
     ]
+
+
+def test_initramfs_bench_recompresses_after_the_early_archive(tmp_path: Path) -> None:
+    """bench/initramfs's variants: the early (uncompressed) archive kept in front, the rest
+    decompressed whole and compressed again by each compressor, initrd-full.img made anew."""
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    from bootc_live.build import initramfs_compression
+    from bootc_live.runtime.cpio import CpioWriter
+
+    loader = SourceFileLoader("initramfs_bench", str(REPO / "bench" / "initramfs"))
+    spec = spec_from_loader(loader.name, loader)
+    assert spec is not None
+    bench = module_from_spec(spec)
+    loader.exec_module(bench)
+
+    def archive(name: str, data: bytes) -> bytes:
+        out = io.BytesIO()
+        writer = CpioWriter(out)
+        writer.add_bytes(name, data)
+        writer.close()
+        return out.getvalue()
+
+    early = archive("kernel/x86/microcode/GenuineIntel.bin", b"u" * 100)
+    main, tools = archive("init", os.urandom(5000) * 20), archive("tools.json", b"{}\n")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    # dracut's initramfs after the early archive, and build's tools record as a member of its own
+    (artifacts / "initrd.img").write_bytes(early + gzip.compress(main) + gzip.compress(tools))
+    (artifacts / "rootfs.img").write_bytes(archive("image", b"i" * 10))
+    (artifacts / "vmlinuz").write_bytes(b"kernel")
+    plain = tmp_path / "plain.cpio"
+    assert bench.plain_archive(artifacts / "initrd.img", plain) == early
+    assert plain.read_bytes() == main + tools
+    for kind, command in bench.COMPRESSORS.items():
+        out = tmp_path / kind
+        figures = bench.compress(command, plain, out)
+        assert figures["bytes"] == out.stat().st_size and figures["wall_s"] > 0
+        bench.variant(artifacts, early, out, tmp_path / f"v-{kind}")
+        made = (tmp_path / f"v-{kind}" / "initrd.img").read_bytes()
+        assert made == early + out.read_bytes()
+        assert initramfs_compression(tmp_path / f"v-{kind}" / "initrd.img") == kind
+        full = (tmp_path / f"v-{kind}" / "initrd-full.img").read_bytes()
+        assert full.startswith(made) and full.endswith((artifacts / "rootfs.img").read_bytes())
+        assert (tmp_path / f"v-{kind}" / "vmlinuz").read_bytes() == b"kernel"

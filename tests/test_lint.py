@@ -12,7 +12,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-BENCH_SCRIPTS = ("bench/unpack", "bench/boot", "bench/userlands")  # no .py: named for ruff
+BENCH_SCRIPTS = (
+    "bench/unpack",
+    "bench/boot",
+    "bench/userlands",
+    "bench/fetch",
+    "bench/initramfs",
+)  # no .py: named for ruff
 
 
 def run(*argv: str) -> None:

@@ -1,5 +1,5 @@
-"""The benchmarks' code; bench/boot, bench/unpack, bench/userlands and bench/fetch are its
-entry scripts.
+"""The benchmarks' code; bench/boot, bench/unpack, bench/userlands, bench/fetch and
+bench/initramfs are its entry scripts.
 
 Shared: `common` (errors, logging, commands, medians, the machine, a guarded run).
 
