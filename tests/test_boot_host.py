@@ -842,3 +842,17 @@ def test_a_configured_interface_is_seen_in_either_family(
     else:
         with pytest.raises(BootcLiveError, match="no network: no interface was configured"):
             boot.wait_for_route(0.2, report, ipv6)
+
+
+def test_the_boot_says_when_the_blobs_it_fetches_are_plain_tars(
+    system: System, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image of uncompressed layers (`buildah commit -D`): its size is not "compressed"."""
+    tars = [layer_tar([d("etc"), d("var")]), layer_tar([f("etc/a", b"a" * 3000)])]
+    for compression, words in (("none", "uncompressed"), (["gzip", "none"], "of blobs, some")):
+        layout = tmp_path / "layouts" / words.replace(" ", "-")
+        build_layout(layout, tars, compression=compression)
+        code, final = boot_with(layout, tmp_path, "")
+        assert code == 0, final
+        said = [s for s in capsys.readouterr().err.splitlines() if " layers, " in s]
+        assert len(said) == 1 and f": 2 layers, 0 MiB {words}" in said[0], said

@@ -126,6 +126,29 @@ def test_inspect_reads_no_layer_unless_asked_to_measure(tmp_path: Path) -> None:
     assert f"blob {info.layer_digests[0]} is missing" in assert_clean_failure(measured)
 
 
+def test_inspect_says_which_blobs_are_uncompressed(tmp_path: Path) -> None:
+    """A plain tar layer (buildah commit -D) is not "compressed"; the total says what it adds."""
+    tars = [layer_tar([f("a", bytes(4096))]), layer_tar([f("b", bytes(4096))])]
+    for name, compression, total in (
+        ("plain", "none", "MiB uncompressed"),
+        ("mixed", ["none", "gzip"], "MiB of blobs, some uncompressed"),
+        ("gzip", "gzip", "MiB compressed"),
+    ):
+        build_layout(tmp_path / name, tars, compression=compression, tag="v1")
+        result = bootc_live("inspect", f"oci:{tmp_path / name}:v1")
+        assert result.returncode == 0, result.stderr
+        words = [line.split("  ")[1] for line in result.stdout.splitlines()
+                 if line.startswith("layer ")]  # fmt: skip
+        kinds = [compression] * 2 if isinstance(compression, str) else compression
+        assert words == [
+            "0.0 MiB uncompressed" if kind == "none" else "0.0 MiB compressed" for kind in kinds
+        ], result.stdout
+        assert any(
+            line.startswith("total ") and line.endswith(total)
+            for line in result.stdout.splitlines()
+        ), result.stdout
+
+
 def test_inspect_measure_names_a_bad_layer_as_unpack_does(tmp_path: Path) -> None:
     """A byte changed in an uncompressed blob (its tar header broken): the digest mismatch of
     that layer, not an unlabelled 'tar header checksum mismatch'; a layer that is no tar but

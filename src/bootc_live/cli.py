@@ -356,14 +356,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             )
             print(
                 f"layer {i + 1}/{len(image.layers)} {layer.digest}  {layer.size / MIB:.1f} MiB "
-                f"compressed{size}"
+                f"{'uncompressed' if layer.plain_tar else 'compressed'}{size}"
             )
         unpacked = (
             ""
             if facts.layer_sizes is None
             else f", {sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
         )
-        print(f"total     {image.compressed_size / MIB:.1f} MiB compressed{unpacked}")
+        print(f"total     {image.compressed_size / MIB:.1f} MiB {image.blobs_are}{unpacked}")
         kernels = ", ".join(facts.kernels) if facts.kernels is not None else None
         print(f"kernels   {kernels or 'none' if kernels is not None else NOT_MEASURED}")
         for line in ram_lines(image, facts):

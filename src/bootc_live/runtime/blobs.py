@@ -89,6 +89,11 @@ class Descriptor:
             platform=platform,
         )
 
+    @property
+    def plain_tar(self) -> bool:
+        """A layer blob declared an uncompressed tar (`buildah commit -D`, docker's diff.tar)."""
+        return self.media_type.endswith(".tar")
+
 
 def new_hash(digest: str) -> Any:
     """A hashlib object for the algorithm of `digest`."""

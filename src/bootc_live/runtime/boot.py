@@ -389,7 +389,8 @@ def kexec_into_the_image(spec: BootSpec, image: Image, report: Report) -> NoRetu
     """bootc.kexec: stage one loads no module, so all that are not loaded are freed first."""
     report.say(
         f"image {image.manifest_digest}: {len(image.layers)} layers, "
-        f"{image.compressed_size >> 20} MiB compressed; bootc.kexec: looking for its kernel"
+        f"{image.compressed_size >> 20} MiB {image.blobs_are}; bootc.kexec: looking for its "
+        "kernel"
     )
     free_modules(unused_modules(spec), report)
     kexec.kexec_boot(spec, image, memory.Memory.read(), report)
@@ -422,7 +423,7 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
     have = memory.available(mem, image, blobs_freed=consumed, ahead=ahead)
     report.say(
         f"image {image.manifest_digest}: {len(image.layers)} layers, "
-        f"{image.compressed_size >> 20} MiB compressed, about {est.unpacked >> 20} MiB "
+        f"{image.compressed_size >> 20} MiB {image.blobs_are}, about {est.unpacked >> 20} MiB "
         f"unpacked ({est.how}); {spec.mode.kind} root: needs about "
         f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
         + (

@@ -195,7 +195,7 @@ def estimate(image: Image) -> Estimate:
         )
     # An uncompressed layer's blob is its tar, unless it was compressed all the same (unpack
     # goes by the bytes, not the media type): a gzip trailer above its size says so.
-    plain = [layer.media_type.endswith(".tar") for layer in image.layers]
+    plain = [layer.plain_tar for layer in image.layers]
     trailers = [
         (_gzip_isize(image, layer, any_type=True) or layer.size)
         if tar

@@ -145,7 +145,17 @@ class Image:
 
     @property
     def compressed_size(self) -> int:
+        """The layer blobs' size (compressed, unless they are plain tars: `blobs_are`)."""
         return sum(layer.size for layer in self.layers)
+
+    @property
+    def blobs_are(self) -> str:
+        """What `compressed_size` measures, for messages: "compressed", "uncompressed" (every
+        layer a plain tar) or "of blobs, some uncompressed"."""
+        plain = {layer.plain_tar for layer in self.layers}
+        if plain == {True}:
+            return "uncompressed"
+        return "of blobs, some uncompressed" if True in plain else "compressed"
 
 
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:
