@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import debian_image
 from bootc_live.runtime.policy import Policy
 from bootc_live.vm import Boot
 from signing import gpg_req, sigstore_req, write_policy
+from unpackers import need
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -1446,6 +1448,8 @@ def test_initramfs_bench_recompresses_after_the_early_archive(tmp_path: Path) ->
     assert spec is not None
     bench = module_from_spec(spec)
     loader.exec_module(bench)
+    for tool in (bench.SKIPCPIO, "pigz", "zstd"):
+        need(shutil.which(tool) is not None, f"needs {tool}")
 
     def archive(name: str, data: bytes) -> bytes:
         out = io.BytesIO()

@@ -13,7 +13,7 @@ from typing import Any
 from benchlib.artifacts import run_step
 from benchlib.common import REPO, BenchError
 from bootc_live.build import concatenate
-from bootc_live.dracut import SYSTEMD_MODULES, host_dracut_tree, in_image
+from bootc_live.dracut import SYSTEMD_MODULES, host_compress, host_dracut_tree, in_image
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.run import CommandError
 
@@ -67,6 +67,8 @@ def build_with_host(kver: str, out: Path) -> dict[str, Any]:
     confdir.mkdir()
     # base as for ours (its module depends on it): dracut-lib.sh, the emergency shell
     modules = ["base", *SYSTEMD_MODULES, "systemd-networkd", "qemu qemu-net", "original-live"]
+    # compressed as ours: the sizes and build times compare contents, not compressors
+    compress = host_compress(kver)
     run_step(
         [
             "env",
@@ -82,6 +84,7 @@ def build_with_host(kver: str, out: Path) -> dict[str, Any]:
             os.fspath(confdir),
             "--modules",
             " ".join(modules),
+            *(["--compress", compress] if compress else []),
             os.fspath(out / "initrd.img"),
         ],
         "the original's initramfs (host dracut)",

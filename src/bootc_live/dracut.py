@@ -32,9 +32,9 @@ FLAVOURS = ("systemd", "shell")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 HOST_DRACUT = Path("/usr/lib/dracut")
 # The host's initramfs as zstd when its kernel unpacks zstd (dracut's own default there is
-# `pigz -9`). The kernel unpacks zstd in less time than gzip at every boot, and at level 9
-# zstd makes a smaller file than pigz -9 several times faster (bench/README.md, "The
-# initramfs's compression").
+# `pigz -9`): at level 9 zstd makes a smaller file than pigz -9 in a fraction of its time
+# (bench/initramfs; bench/README.md). dracut itself falls back to its default for a kernel
+# without CONFIG_RD_ZSTD, with a warning: `host_compress` asks only when it need not.
 HOST_COMPRESS = "zstd -q -9 -T0"
 # dracut in the image runs with the image's environment, not the host's: the host's TMPDIR,
 # PATH (a venv's) or dracutbasedir mean nothing inside the chroot.
