@@ -3,6 +3,7 @@ plumbing on stand-in commands (no QEMU)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -172,3 +173,34 @@ def test_a_packed_root_at_a_url_keeps_its_pin(tmp_path: Path) -> None:
         "rd.emergency=poweroff root=bootc-live:packed:/bootc-live/packed.root "
         "bootc.packed.sha256=sha256:cd bootc.packed.image=sha256:ab"
     )
+
+
+def test_two_initrds_are_joined_outside_the_artifacts_and_removed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`vm --pxe` (and an appended packed root) joins initrd.img and the second initrd for QEMU
+    in a private directory of its own, not in the artifacts (read-only to this user, or booted
+    by another `vm` at once), and removes it when QEMU ends."""
+    artifacts, scratch_dir = tmp_path / "artifacts", tmp_path / "tmp"
+    artifacts.mkdir()
+    scratch_dir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch_dir))
+    for name, data in (("vmlinuz", b"k"), ("initrd.img", b"i" * 6), ("rootfs.img", b"r")):
+        (artifacts / name).write_bytes(data)
+    (artifacts / "initrd-full.img").write_bytes(b"")
+    (artifacts / "cmdline.txt").write_text("root=bootc-live:/bootc-live/image\n")
+    seen: list[tuple[str, bytes]] = []
+
+    def qemu(config: VmConfig, initrd: Path, accel: str) -> list[str]:
+        seen.append((os.fspath(initrd), initrd.read_bytes()))
+        return ["sh", "-c", f"echo '{INIT_STARTED}'; echo 'MARK ok'"]
+
+    monkeypatch.setattr(vm, "qemu_argv", qemu)
+    for _ in range(2):
+        config = VmConfig(artifacts, accel="tcg", pxe=True)
+        result = vm.boot(config, timeout=60, markers=("MARK",), echo=None)
+        assert result.ended == "marker"
+    (first, joined), (second, _) = seen
+    assert joined == b"i" * 6 + b"\0\0" + b"r"  # the second one 4-byte aligned
+    assert Path(first).parent.parent == scratch_dir and first != second
+    assert list(scratch_dir.iterdir()) == [] and len(list(artifacts.iterdir())) == 5

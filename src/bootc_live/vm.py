@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
+from . import scratch
 from .build import concatenate
 from .runtime import run as _run
 from .runtime.errors import BootcLiveError
@@ -327,13 +328,15 @@ def boot(
     if shutil.which(QEMU) is None:
         raise VmError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
     initrd = config.artifacts / ("initrd-full.img" if config.embedded else "initrd.img")
-    tmp: Path | None = None
+    tmp: str | None = None
     second = "packed.img" if config.packed else "rootfs.img"
     if (config.pxe or config.packed) and config.embedded:
-        # iPXE loads both initrds back to back; QEMU takes one file, so do the same here.
-        tmp = config.artifacts / ".pxe-initrds.img"
-        concatenate(tmp, config.artifacts / "initrd.img", config.artifacts / second)
-        initrd = tmp
+        # iPXE loads both initrds back to back; QEMU takes one file, so do the same here: in a
+        # private directory of this boot's (the artifacts may be read-only, or booted by
+        # another `vm` at the same time).
+        tmp = scratch.make_dir("bootc-live-vm.")
+        initrd = Path(tmp) / "initrds.img"
+        concatenate(initrd, config.artifacts / "initrd.img", config.artifacts / second)
     try:
         argv = qemu_argv(config, initrd, choose_accel(config.accel))
         if interactive:
@@ -347,7 +350,7 @@ def boot(
         return replace(result, ended="failure") if result.ended == "crashed" else result
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            scratch.remove(tmp)
 
 
 class _RangeHandler(BaseHTTPRequestHandler):
