@@ -1,26 +1,34 @@
-"""Session fixtures for the VM tests (the demo images and their artifacts, built once per run),
-and what every test starts from."""
+"""Session fixtures for the VM tests (the demo images and their artifacts, built once per run,
+shared by pytest-xdist's workers), and what every test starts from."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import prebuild
 from bootc_live.runtime import run
+from debian_image import locked
 from vmboot import build_artifacts, need_vm_tools, write_demo_images
 
 PREBUILD = pytest.StashKey[subprocess.Popen[bytes]]()
+# pytest-xdist's worker name (gw0, gw1, …) in a worker's environment; unset without xdist
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start building the cached images the selected tests name in their module's PREBUILD
-    (tests/prebuild.py), unless BOOTC_LIVE_PREBUILD=0 or nothing runs."""
+    (tests/prebuild.py), unless BOOTC_LIVE_PREBUILD=0 or nothing runs. Under xdist every
+    worker collects every test; the first one starts it."""
     if session.config.option.collectonly or os.environ.get("BOOTC_LIVE_PREBUILD") == "0":
+        return
+    if WORKER not in (None, "gw0"):
         return
     names: list[str] = []
     for item in session.items:
@@ -31,10 +39,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.config.stash[PREBUILD] = process
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """A prebuild still running when the tests end (they stopped early) is stopped."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A prebuild still running when the tests end (they stopped early) is stopped; a worker
+    whose own tests ended lets it finish for the others (unless the run was interrupted)."""
     process = session.config.stash.get(PREBUILD, None)
-    if process is not None and process.poll() is None:
+    if process is None or process.poll() is not None:
+        return
+    if WORKER is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
+        process.wait()
+    else:
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=60)
@@ -52,17 +65,39 @@ def untraced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BOOTC_LIVE_DEBUG", raising=False)
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]
+) -> Path:
+    """The directory NAME of this run, made by `make` the first time it is asked for: by this
+    process, or under xdist by whichever worker asks first (the others wait for it)."""
+    base = tmp_path_factory.getbasetemp()
+    if WORKER is not None:
+        base = base.parent  # the run's directory, above each worker's own (popen-gwN)
+    lock = base / "shared" / name
+    made = lock / "made"
+    with locked(lock):
+        if not (lock / "done").exists():
+            shutil.rmtree(made, ignore_errors=True)  # what a worker that failed left
+            made.mkdir()
+            make(made)
+            (lock / "done").touch()
+    return made
+
+
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need_vm_tools()
-    return write_demo_images(tmp_path_factory.mktemp("images"))
+    return built_once(tmp_path_factory, "images", write_demo_images)
 
 
 @pytest.fixture(scope="session")
 def artifacts(images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Artifacts of the demo image, one per initramfs flavour."""
-    out = tmp_path_factory.mktemp("artifacts")
-    return {
-        flavour: build_artifacts(f"oci:{images}/layout:demo", out / flavour, flavour)
-        for flavour in ("systemd", "shell")
-    }
+    flavours = ("systemd", "shell")
+
+    def make(out: Path) -> None:
+        for flavour in flavours:
+            build_artifacts(f"oci:{images}/layout:demo", out / flavour, flavour)
+
+    out = built_once(tmp_path_factory, "artifacts", make)
+    return {flavour: out / flavour for flavour in flavours}
