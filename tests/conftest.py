@@ -3,6 +3,7 @@ shared by pytest-xdist's workers), and what every test starts from."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,6 +21,9 @@ from vmboot import build_artifacts, need_vm_tools, write_demo_images
 PREBUILD = pytest.StashKey[subprocess.Popen[bytes]]()
 # pytest-xdist's worker name (gw0, gw1, …) in a worker's environment; unset without xdist
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# Seconds a worker done with its own tests waits for the prebuild it started (another worker's
+# tests wait on its locks); past that, the fixtures build what is missing themselves.
+PREBUILD_GRACE = 900
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -41,13 +45,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A prebuild still running when the tests end (they stopped early) is stopped; a worker
-    whose own tests ended lets it finish for the others (unless the run was interrupted)."""
+    whose own tests ended first gives it up to PREBUILD_GRACE seconds to finish for the
+    others (none if the run was interrupted)."""
     process = session.config.stash.get(PREBUILD, None)
     if process is None or process.poll() is not None:
         return
     if WORKER is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
-        process.wait()
-    else:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=PREBUILD_GRACE)
+    if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=60)
