@@ -412,7 +412,12 @@ def record_tools(initrd: Path, tools: dict[str, list[str]]) -> None:
 def initramfs_compression(initrd: Path) -> str:
     """How the main archive of `initrd` is compressed (gzip, xz, zstd, or its magic in hex),
     past any uncompressed archive before it (early microcode) and the zeros that pad them."""
-    data = initrd.read_bytes()
+    return initramfs_main(initrd.read_bytes())[1]
+
+
+def initramfs_main(data: bytes) -> tuple[int, str]:
+    """Where the main archive of the initramfs `data` starts, past any uncompressed archive
+    before it and the zeros that pad them, and how it is compressed (initramfs_compression)."""
     at = 0
     while data[at : at + 6] in (b"070701", b"070702"):
         try:
@@ -434,8 +439,8 @@ def initramfs_compression(initrd: Path) -> str:
         ("zstd", b"\x28\xb5\x2f\xfd"),
     ):
         if head.startswith(magic):
-            return kind
-    return head.hex() or "none"
+            return at, kind
+    return at, head.hex() or "none"
 
 
 @contextlib.contextmanager
