@@ -204,3 +204,62 @@ def test_two_initrds_are_joined_outside_the_artifacts_and_removed(
     assert joined == b"i" * 6 + b"\0\0" + b"r"  # the second one 4-byte aligned
     assert Path(first).parent.parent == scratch_dir and first != second
     assert list(scratch_dir.iterdir()) == [] and len(list(artifacts.iterdir())) == 5
+
+
+def test_a_qemu_that_fails_is_an_error_with_its_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QEMU refusing its arguments (a size it cannot take, KVM it cannot open) exits non-zero
+    before any guest runs: `vm` says so and exits 1, instead of taking it for a guest that
+    powered off. A guest that does power off makes QEMU exit 0 (watch_ends_when_the_guest…)."""
+    from bootc_live import cli
+
+    runs = stand_in_qemu(monkeypatch, tmp_path, "")
+    script = f"printf 'qemu: cannot open /dev/kvm\\n'; echo x >> {shlex.quote(str(runs))}; exit 3"
+    monkeypatch.setattr(vm, "qemu_argv", lambda *_: sh(script))
+    result = vm.boot(VmConfig(tmp_path, accel="tcg"), timeout=60, echo=None)
+    assert (result.ended, result.status) == ("qemu", 3)
+    assert result.output == "qemu: cannot open /dev/kvm\n" and runs.read_text() == "x\n"
+    monkeypatch.setattr(cli.sys.stdin, "isatty", lambda: False)
+    assert cli.main(["vm", str(tmp_path), "--accel", "tcg", "--timeout", "60"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "bootc-live: qemu-system-x86_64 failed (exit status 3): its message is above; check "
+        "--mem, --accel and the artifacts"
+    )
+
+
+def test_a_guest_without_a_verdict_in_time_is_an_error_that_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bootc_live import cli
+
+    stand_in_qemu(monkeypatch, tmp_path, "")
+    monkeypatch.setattr(vm, "qemu_argv", lambda *_: sh(f"echo '{INIT_STARTED}'; exec sleep 30"))
+    monkeypatch.setattr(cli.sys.stdin, "isatty", lambda: False)
+    assert cli.main(["vm", str(tmp_path), "--accel", "tcg", "--timeout", "0.5"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "bootc-live: no verdict after 0.5 s, so the guest was stopped (raise --timeout)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--mem", "-5", "is not a size in MiB from 64 to 1048576"),
+        ("--mem", "0", "is not a size in MiB from 64 to 1048576"),
+        ("--mem", "abc", "is not a size in MiB from 64 to 1048576"),
+        ("--timeout", "nan", "is not a number of seconds"),
+        ("--timeout", "-1", "is not a number of seconds"),
+        ("--forward", "99999", "ports from 1 to 65535"),
+        ("--forward", "5000:0", "ports from 1 to 65535"),
+    ],
+)
+def test_vm_refuses_values_qemu_cannot_take_before_it_starts(
+    tmp_path: Path, option: str, value: str, said: str
+) -> None:
+    from unpackers import bootc_live
+
+    result = bootc_live("vm", str(tmp_path), f"{option}={value}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert said in result.stderr.splitlines()[-1], result.stderr

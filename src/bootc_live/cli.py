@@ -587,8 +587,12 @@ def cmd_vm(args: argparse.Namespace) -> int:
             append = append.strip()
         for spec in args.forward:
             guest, _, host = spec.partition(":")
-            if not guest.isdigit() or not (host or guest).isdigit():
-                raise UsageError(f"--forward {spec}: expected PORT or PORT:HOSTPORT", "e.g. 5000")
+            ports = (guest, host or guest)
+            if not all(p.isdigit() and p.isascii() and 0 < int(p) < 65536 for p in ports):
+                raise UsageError(
+                    f"--forward {spec}: expected PORT or PORT:HOSTPORT, ports from 1 to 65535",
+                    "e.g. --forward 5000",
+                )
             forwards += ((int(guest), int(host or guest)),)
         fetched = bool(args.serve or args.forward)
         config = vm.VmConfig(
@@ -603,7 +607,11 @@ def cmd_vm(args: argparse.Namespace) -> int:
             forwards=forwards,
         )
         result = vm.boot(config, timeout=args.timeout, interactive=sys.stdin.isatty())
-    return 0 if result.ended in ("exit", "marker") else 1
+    verdict = result.verdict(args.timeout)
+    if verdict is None:
+        return 0
+    print(f"bootc-live: {verdict}", file=sys.stderr)
+    return 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -625,6 +633,16 @@ def _need_root(command: str) -> None:
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of retries")
+    return int(text)
+
+
+MEM_RANGE = (64, 1 << 20)  # MiB a guest is given: less boots nothing; 1 TiB is plenty
+
+
+def _mib(text: str) -> int:
+    low, high = MEM_RANGE
+    if not (text.isdigit() and text.isascii() and low <= int(text) <= high):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MiB from {low} to {high}")
     return int(text)
 
 
@@ -773,7 +791,7 @@ def parser() -> argparse.ArgumentParser:
         help="extra kernel arguments (repeatable); a root= here boots another image: "
         "cmdline.txt's root=, bootclabel=, bootc.digest= and bootc.identity= are left out",
     )
-    p.add_argument("--mem", type=int, default=1024, metavar="MiB")
+    p.add_argument("--mem", type=_mib, default=1024, metavar="MiB")
     p.add_argument(
         "--pxe",
         action="store_true",
@@ -786,7 +804,7 @@ def parser() -> argparse.ArgumentParser:
         "URL) with cmdline-packed.txt's arguments",
     )
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS")
+    p.add_argument("--timeout", type=_seconds, default=3600, metavar="SECONDS")
     p.add_argument(
         "--serve",
         metavar="FILE",
@@ -814,7 +832,7 @@ def parser() -> argparse.ArgumentParser:
         "print what the live system saw. Exit 0 only if it came up.",
     )
     p.add_argument("--workdir", default="/var/tmp/bootc-live-demo", metavar="DIR")
-    p.add_argument("--mem", type=int, default=512, metavar="MiB")
+    p.add_argument("--mem", type=_mib, default=512, metavar="MiB")
     p.add_argument(
         "--flavour",
         choices=dracut.FLAVOURS,

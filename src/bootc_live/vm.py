@@ -60,9 +60,25 @@ class Boot:
     """What one boot printed, and how it ended."""
 
     output: str
-    ended: str  # "marker", "failure", "exit", "timeout", "stalled" or "crashed"
+    ended: str  # "marker", "failure", "exit", "timeout", "stalled", "crashed" or "qemu"
     seconds: float
     markers: dict[str, str] = field(default_factory=dict)
+    status: int = 0  # QEMU's exit status ("qemu": it failed, the guest never stopped)
+
+    def verdict(self, timeout: float) -> str | None:
+        """What went wrong, in one line for the user; None when the guest came up or stopped."""
+        if self.ended in ("marker", "exit"):
+            return None
+        if self.ended == "qemu":
+            return (
+                f"{QEMU} failed (exit status {self.status}): its message is above; check "
+                "--mem, --accel and the artifacts"
+            )
+        if self.ended == "timeout":
+            return f"no verdict after {timeout:g} s, so the guest was stopped (raise --timeout)"
+        if self.ended == "stalled":
+            return AGAIN["stalled"] + ", twice: boot it again"
+        return "the guest's boot failed: the console above says why"
 
 
 # The arguments of cmdline.txt that name the image built: an appended root= names another.
@@ -243,8 +259,9 @@ def watch(
 
     Boot.ended is "marker", "exit" (the guest stopped), "failure" (it stopped after a boot
     failure), "timeout", "stalled": the kernel printed nothing for `stall` seconds before it
-    ran /init (QEMU's TCG occasionally hangs there, before anything of ours runs), or
-    "crashed": the kernel panicked before it ran /init.
+    ran /init (QEMU's TCG occasionally hangs there, before anything of ours runs),
+    "crashed": the kernel panicked before it ran /init, or "qemu": QEMU itself failed (a
+    non-zero exit status; a guest that powers off, reboots or panics makes it exit with 0).
 
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
@@ -280,11 +297,14 @@ def watch(
         proc.wait()
         if logf:
             logf.close()
+    output, seconds = "".join(console.chunks), clock() - console.start
+    if ended is None and proc.returncode:
+        return Boot(output, "qemu", seconds, console.found, proc.returncode)
     if ended in (None, "stopped"):
         ended = "failure" if console.failed else "exit"
     if ended == "failure" and not console.in_init:
         ended = "crashed"
-    return Boot("".join(console.chunks), ended, clock() - console.start, console.found)
+    return Boot(output, ended, seconds, console.found)
 
 
 def _scan(
@@ -342,7 +362,7 @@ def boot(
         if interactive:
             start = time.monotonic()
             code = _run.start(argv, stdin=None).wait()
-            return Boot("", "exit" if code == 0 else "failure", time.monotonic() - start)
+            return Boot("", "exit" if code == 0 else "qemu", time.monotonic() - start, status=code)
         result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
         if result.ended in AGAIN:
             print(f"bootc-live: {AGAIN[result.ended]}; booting it again", file=sys.stderr)
