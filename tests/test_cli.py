@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from imagegen import build_layout, d, f, hard, layer_tar, wh, write_oci_archive
@@ -285,3 +286,85 @@ def test_an_empty_dest_is_refused_and_nothing_goes(tmp_path: Path) -> None:
         assert reason in said and len(said.splitlines()) == 1, said
         assert (work / "project/notes.txt").read_text() == "keep"
         assert sorted(os.listdir(work)) == ["project"]
+
+
+def test_a_failed_unpack_removes_the_directories_it_made_above_dest(tmp_path: Path) -> None:
+    """`unpack IMAGE a/b/root` that fails leaves neither root nor the a/b it created; one
+    that succeeds keeps them all."""
+    layer = layer_tar([f("b", b"b" * 3000)])
+    info = build_layout(tmp_path / "img", [layer], compression="none", tag="v1")
+    blob = tmp_path / "img/blobs/sha256" / info.layer_digests[0].partition(":")[2]
+    data = bytearray(blob.read_bytes())
+    data[600] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    (tmp_path / "a").mkdir()
+    said = assert_clean_failure(
+        bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(tmp_path / "a/b/c/root"))
+    )
+    assert "digest mismatch" in said
+    assert os.listdir(tmp_path / "a") == []  # a was there before: it stays
+    blob.write_bytes(bytes(data[:600]) + bytes([data[600] ^ 0xFF]) + bytes(data[601:]))
+    result = bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(tmp_path / "a/b/c/root"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a/b/c/root/b").read_bytes() == b"b" * 3000
+
+
+def test_a_second_build_to_the_same_output_is_refused_and_harms_nothing(tmp_path: Path) -> None:
+    """Two builds writing one -o deleted each other's files and each failed with an unrelated
+    error; now DIR.new is locked by the build writing it, and another is told so."""
+    from bootc_live import build, scratch
+    from bootc_live.runtime.errors import BootcLiveError
+
+    output = tmp_path / "x/out"
+    tmp = output.with_name("out.new")
+    first = build.claim(tmp, output)
+    try:
+        (tmp / "initrd.img").write_text("the first build's")
+        try:
+            build.claim(tmp, output)
+        except BootcLiveError as err:
+            assert str(err) == f"another bootc-live build is writing {output}"
+        else:
+            raise AssertionError("a second claim of DIR.new was granted")
+        assert (tmp / "initrd.img").read_text() == "the first build's"
+    finally:
+        os.close(first)
+    # Once the first has ended (a failed build's files left behind), the next one empties it.
+    second = build.claim(tmp, output)
+    os.close(second)
+    assert os.listdir(tmp) == []
+    scratch.remove(tmp)
+    scratch.remove_all()
+    assert not (tmp_path / "x").exists()  # made for it, empty: gone with the command's end
+
+
+def test_pull_never_replaces_what_appeared_at_its_path_meanwhile(tmp_path: Path) -> None:
+    """A second pull to the same path, finishing first, kept its file: the slower one ends
+    with `exists`, not by replacing it (both used to say they had succeeded)."""
+    from bootc_live import cli
+
+    for kind in ("archive", "layout"):
+        target, tmp = tmp_path / f"{kind}-target", tmp_path / f"{kind}-tmp"
+        if kind == "archive":
+            tmp.write_text("mine")
+            target.write_text("theirs")
+        else:
+            tmp.mkdir()
+            (tmp / "index.json").write_text("mine")
+            target.mkdir()
+            (target / "index.json").write_text("theirs")
+        try:
+            cli._publish_new(tmp, target)
+        except cli.UsageError as err:
+            assert str(err) == f"{target} exists"
+        else:
+            raise AssertionError(f"{kind}: replaced what was there")
+        theirs = target if kind == "archive" else target / "index.json"
+        assert theirs.read_text() == "theirs"
+        # A new path, and for a layout an empty directory, are taken.
+        (target.unlink() if kind == "archive" else shutil.rmtree(target))
+        if kind == "layout":
+            target.mkdir()
+        cli._publish_new(tmp, target)
+        assert not tmp.exists()
+        assert (target if kind == "archive" else target / "index.json").read_text() == "mine"

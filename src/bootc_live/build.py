@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import io
 import json
@@ -125,47 +126,96 @@ def build(config: BuildConfig) -> Path:
     try:
         checked = hostpolicy.check(config.source, image, config.trust, say)
         trusted = trust_files(config.trust)  # a missing key fails before any layer is read
-        scratch.remove(tmp)
-        scratch.track(tmp)
-        tmp.mkdir(parents=True)
-        work = scratch.make_dir(WORK_PREFIX, os.fspath(tmp))
+        lock = claim(tmp, config.output)
         try:
-            kver, figures, packed = make_kernel_and_initramfs(
-                config, image, tmp, Path(work), trusted
-            )
+            _build_in(config, image, label, tmp, checked, trusted)
+        except BaseException:
+            scratch.remove(tmp)
+            raise
         finally:
-            scratch.remove(work)  # the image's tree it may hold can be deeper than shutil goes
-        entries, documents = carried.entries(image, checked.found)
-        recorded = packed.annotations() if packed else None
-        index = index_json(
-            image,
-            label,
-            figures.sizes,
-            figures.zram,
-            image.top,
-            entries,
-            recorded,
-            tmpfs=figures.tmpfs,
-        )
-        with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
-            with open(tmp / "rootfs.img", "wb") as out:
-                write_split_layout(image, index, out, documents)
-            write_oci_archive(image, index, tmp / "root.oci", documents=documents)
-            concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
-        arguments = boot_arguments(label, image.top.digest, identity(config))
-        (tmp / "cmdline.txt").write_text(arguments + "\n")
-        if packed is not None:
-            (tmp / "packed.json").write_bytes(packed.record())
-            (tmp / "cmdline-packed.txt").write_text(packed.arguments() + "\n")
-        (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver, packed))
-        publish(tmp, config.output)
-        scratch.done(tmp)
-    except BaseException:
-        scratch.remove(tmp)
-        raise
+            os.close(lock)
     finally:
         image.source.close()  # a temporary copy (containers-storage …) goes now
     return config.output
+
+
+def claim(tmp: Path, output: Path) -> int:
+    """Make DIR.new this build's: created if missing, locked (a second build writing the same
+    output is refused, instead of the two deleting each other's files), emptied. Returns the
+    lock's descriptor; the lock goes with it, or with the process."""
+    scratch.make_parents(tmp)
+    with contextlib.suppress(FileExistsError):
+        tmp.mkdir()
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked, now = os.fstat(fd), os.lstat(tmp)
+        # Another build may have renamed what was DIR.new to DIR as it was opened.
+        if (locked.st_dev, locked.st_ino) != (now.st_dev, now.st_ino):
+            raise BlockingIOError
+    except BlockingIOError:
+        os.close(fd)
+        raise BuildError(
+            f"another bootc-live build is writing {output}",
+            "wait for it to end, or choose another output directory",
+        ) from None
+    scratch.track(tmp)
+    for name in os.listdir(tmp):  # a failed build's (check_output allowed only those)
+        scratch.remove(tmp / name)
+    return fd
+
+
+def _build_in(
+    config: BuildConfig,
+    image: Image,
+    label: str,
+    tmp: Path,
+    checked: hostpolicy.Checked,
+    trusted: list[tuple[Path, str]],
+) -> None:
+    """The artifacts, written into `tmp` (DIR.new, claimed), then published as DIR."""
+    # dracut's shell code cannot take a space in its own directories' paths (its work goes
+    # with the artifacts, on the disk they go to, unless their path has one).
+    work = scratch.make_dir(WORK_PREFIX, None if _spaced(tmp) else os.fspath(tmp))
+    if _spaced(work):
+        scratch.remove(work)
+        raise BuildError(
+            f"{work}: dracut cannot work in a directory whose path has a space",
+            "set TMPDIR to a directory whose path has none",
+        )
+    try:
+        kver, figures, packed = make_kernel_and_initramfs(config, image, tmp, Path(work), trusted)
+    finally:
+        scratch.remove(work)  # the image's tree it may hold can be deeper than shutil goes
+    entries, documents = carried.entries(image, checked.found)
+    recorded = packed.annotations() if packed else None
+    index = index_json(
+        image,
+        label,
+        figures.sizes,
+        figures.zram,
+        image.top,
+        entries,
+        recorded,
+        tmpfs=figures.tmpfs,
+    )
+    with Ticker("packing rootfs.img, root.oci and initrd-full.img"):
+        with open(tmp / "rootfs.img", "wb") as out:
+            write_split_layout(image, index, out, documents)
+        write_oci_archive(image, index, tmp / "root.oci", documents=documents)
+        concatenate(tmp / "initrd-full.img", tmp / "initrd.img", tmp / "rootfs.img")
+    arguments = boot_arguments(label, image.top.digest, identity(config))
+    (tmp / "cmdline.txt").write_text(arguments + "\n")
+    if packed is not None:
+        (tmp / "packed.json").write_bytes(packed.record())
+        (tmp / "cmdline-packed.txt").write_text(packed.arguments() + "\n")
+    (tmp / "boot.ipxe").write_text(ipxe_script(arguments, image, kver, packed))
+    publish(tmp, config.output)
+    scratch.done(tmp)
+
+
+def _spaced(path: str | Path) -> bool:
+    return any(c.isspace() for c in os.fspath(path))
 
 
 def identity(config: BuildConfig) -> str | None:

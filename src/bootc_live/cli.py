@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -57,8 +59,9 @@ def _prepare_dest(dest: str) -> bool:
         if os.listdir(dest):
             raise UsageError(f"{dest} is not empty", "give a new or empty directory")
         return False
+    scratch.make_parents(dest)
     scratch.track(dest)  # until it holds the whole image
-    os.makedirs(dest)
+    os.mkdir(dest)
     os.chmod(dest, 0o755)  # what the root is when the image does not say, whatever the umask
     return True
 
@@ -156,6 +159,34 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
     return ref
 
 
+def _publish_new(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target`, which must still be new (or, for a layout, an empty
+    directory): what appeared there since the command began (another pull's) is kept."""
+    taken = UsageError(f"{target} exists", "give a new path")
+    try:
+        if tmp.is_dir():
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()  # empty when checked; not empty now fails
+            os.rename(tmp, target)  # onto a file, or a directory not empty, fails
+            return
+        try:
+            os.link(tmp, target)  # never replaces
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if os.path.lexists(target):  # a file system without hard links: check, rename
+                raise taken from None
+            os.rename(tmp, target)
+            return
+        os.unlink(tmp)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as err:
+        raise taken from err
+    except OSError as err:
+        if err.errno != errno.ENOTEMPTY:
+            raise
+        raise taken from None
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     """Copy an image into an oci-archive or an OCI layout, every blob verified."""
     dest = SourceRef.parse(args.output)
@@ -172,7 +203,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise UsageError(f"{parent} is not a directory", "create it, or fix -o")
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
-    tmp = target.with_name(f".{target.name}.bootc-live-pull")
+    # Its own name: a second pull to the same path must not write into this one's file.
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.bootc-live-pull")
     try:
         checked = hostpolicy.check(ref, image, trust_options(args), say)
         label = dest.tag or (ref.tag if ref.transport == "docker" else None) or "latest"
@@ -183,11 +215,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         progress = bytes_progress(image.compressed_size, len(image.layers))
         if dest.transport == "oci":
             build.write_oci_layout(image, index, tmp, progress, documents)
-            if target.is_dir():
-                target.rmdir()
         else:
             build.write_oci_archive(image, index, tmp, progress, documents)
-        os.replace(tmp, target)
+        _publish_new(tmp, target)
         scratch.done(tmp)
     except BaseException:
         scratch.remove(tmp)

@@ -15,6 +15,7 @@ from pathlib import Path
 from .runtime.apply import rmtree
 
 _LEFT: set[str] = set()
+_PARENTS: list[str] = []  # directories made on the way to a path: removed at the end if empty
 
 
 def track(path: str | Path) -> None:
@@ -47,6 +48,23 @@ def remove(path: str | Path) -> None:
     done(name)
 
 
+def make_parents(path: str | Path) -> None:
+    """Create the missing directories above `path`; those still empty when the command ends
+    (it failed before writing `path`, or removed it) are removed then."""
+    missing: list[str] = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        _PARENTS.append(directory)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
+
+
 def remove_all() -> None:
     for path in sorted(_LEFT, reverse=True):
         remove(path)
+    while _PARENTS:
+        with contextlib.suppress(OSError):  # not empty: it holds what the command made
+            os.rmdir(_PARENTS.pop())
