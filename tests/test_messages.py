@@ -242,3 +242,17 @@ def test_a_docker_archive_given_as_an_oci_archive_at_boot(tmp_path: Path) -> Non
         "--format oci-archive, or convert it with bootc-live pull docker-archive:PATH -o "
         "oci-archive:FILE"
     )
+
+
+def test_the_progress_interval_from_the_environment_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BOOTC_LIVE_PROGRESS_SECONDS=1e10 (or inf) made the ticker thread die in a traceback
+    (a wait longer than threading takes); nan and words are the default."""
+    from bootc_live import progress
+
+    for value, expected in (("1e10", 3600.0), ("inf", 3600.0), ("nan", 2.0), ("x", 2.0)):
+        monkeypatch.setenv("BOOTC_LIVE_PROGRESS_SECONDS", value)
+        assert progress.interval(2.0) == expected, value
+    monkeypatch.setenv("BOOTC_LIVE_PROGRESS_SECONDS", "-3")
+    assert progress.interval(2.0) == 0.01

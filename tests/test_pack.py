@@ -445,13 +445,15 @@ def test_pack_fails_cleanly_without_a_kernel_config(
 
 @pytest.mark.integration
 def test_pack_refuses_an_output_it_cannot_write(tmp_path: Path) -> None:
-    need_root_and()
-    for output, why in (
-        (tmp_path / "no/such.img", "no such directory"),
-        (tmp_path, "is a directory"),
-    ):
-        err = assert_clean_failure(bootc_live("pack", "oci:/nonexistent", "-o", str(output)))
-        assert f"bootc-live: -o {output}: {why}; give a file in an existing directory" in err
+    """Before the image is read (erofs used to find out after its unpack and mkfs)."""
+    need_root_and("mkfs.erofs")
+    for command in ("pack", "erofs"):
+        for output, why in (
+            (tmp_path / "no/such.img", "no such directory"),
+            (tmp_path, "is a directory"),
+        ):
+            err = assert_clean_failure(bootc_live(command, "oci:/nonexistent", "-o", str(output)))
+            assert err == f"bootc-live: -o {output}: {why}; give a file in an existing directory\n"
     assert list(tmp_path.iterdir()) == []
 
 

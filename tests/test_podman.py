@@ -141,6 +141,8 @@ def sources(saved: Saved) -> list[str]:
         f"containers-storage:{name}",
         f"containers-storage:{saved.store.spec}{name}",
         "containers-storage:tiny:v1",  # podman build -t tiny:v1: podman's localhost/tiny:v1
+        f"containers-storage:sha256:{saved.image_id}",  # as podman images --no-trunc shows it
+        f"containers-storage:{saved.image_id[:12]}",  # as podman images shows it
         f"docker-archive:{saved.docker_archive}",
         f"docker-archive:{saved.docker_archive}:{name}",
         f"docker-archive:{saved.docker_archive}:v1",  # a bare tag: the one name with it
@@ -228,6 +230,23 @@ def test_names_that_do_not_match_are_refused_with_what_there_is(
     assert "bootc-live: containers-storage:localhost/nope: skopeo cannot read it (" in said
     assert "; check the name with podman images" in said and "skopeo copy" not in said
     assert list(tmpdir.iterdir()) == []
+
+
+def test_a_tmpdir_with_a_colon_is_refused_before_skopeo_writes_anywhere(
+    saved: Saved, tmp_path: Path
+) -> None:
+    """skopeo's oci:PATH ends PATH at a colon: with TMPDIR=/x/t:mp its copy went to /x/t, was
+    left there, and the command failed naming another directory."""
+    tmpdir = tmp_path / "t:mp"
+    tmpdir.mkdir()
+    said = assert_clean_failure(
+        bootc_live("inspect", f"docker-archive:{saved.docker_archive}", tmpdir=tmpdir)
+    )
+    assert said == (
+        f"bootc-live: {tmpdir}: skopeo cannot copy into a path with a ':'; set TMPDIR to a "
+        "directory whose path has none\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["t:mp"] and os.listdir(tmpdir) == []
 
 
 def test_an_archive_that_cannot_be_read_in_place_is_named_for_what_it_is(

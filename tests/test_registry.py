@@ -225,3 +225,10 @@ def test_a_pull_through_mirror_serves_and_a_dead_one_is_skipped(
     assert done.returncode == 0, done.stderr
     assert f"bootc-live: mirror {dead}: " in done.stderr and "trying the next" in done.stderr
     assert f"mirror {dead}: mirror" not in done.stderr
+    # On the host it names host flags (--retries), not kernel arguments (bootc.retries=).
+    assert "--retries" in done.stderr and "bootc." not in done.stderr, done.stderr
+    # A mirror is HOST[:PORT]: a URL was taken as a host named "https".
+    for given in ("https://127.0.0.1:1", "", "127.0.0.1:1/path"):
+        refused = world.run("inspect", world.ref("t/d:v1"), "--mirror", given)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"argument --mirror: {given!r}: expected HOST[:PORT]" in refused.stderr

@@ -146,7 +146,7 @@ def source_ref(args: argparse.Namespace) -> SourceRef:
             auth_file=args.auth_file,
             ca=args.ca,
             unsecure=args.unsecure,
-            mirrors=tuple(args.mirror),
+            mirrors=tuple(host for hosts in args.mirror for host in hosts),
             policy=policy,
             compress_copies=args.command in ("build", "pull"),
         ),
@@ -276,8 +276,9 @@ def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
     p.add_argument(
         "--mirror",
         action="append",
+        type=_mirror,
         default=[],
-        metavar="HOST",
+        metavar="HOST[:PORT]",
         help="a registry mirror to try first (repeatable; it never gets the registry's "
         "credentials)",
     )
@@ -464,15 +465,27 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     return lines + [f"  {line}" for _, line in sorted(modes)]
 
 
+def _output_file(given: str) -> Path:
+    """-o FILE of erofs and pack: a file (new, or replaced) in a directory that exists, checked
+    before the image is read."""
+    output = Path(os.path.abspath(given))
+    if not output.parent.is_dir() or output.is_dir():
+        raise UsageError(
+            f"-o {given}: {'is a directory' if output.is_dir() else 'no such directory'}",
+            "give a file in an existing directory",
+        )
+    return output
+
+
 def cmd_erofs(args: argparse.Namespace) -> int:
     """Make the EROFS image a bootc.live.erofs boot makes, and print its sha256."""
     _need_root("erofs")
     if shutil.which("mkfs.erofs") is None:
         raise UsageError("mkfs.erofs is missing", "apt-get install erofs-utils (or ./setup)")
     roots.check_compressor(args.compress)  # before the unpack, not after it
+    output = os.fspath(_output_file(args.output)) if args.output else None
     image = trusted_image(args)
     source = image.source
-    output = os.path.abspath(args.output) if args.output else None
     try:
         work = scratch.make_dir(".bootc-live-erofs-", os.path.dirname(output) if output else None)
     except BaseException:
@@ -504,13 +517,8 @@ def cmd_erofs(args: argparse.Namespace) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     """Make the packed root of an image (packed.img) and its record; print its arguments."""
     _need_root("pack")
-    output = Path(os.path.abspath(args.output))
+    output = _output_file(args.output)
     record = output.with_name(output.name + ".json")
-    if not output.parent.is_dir() or output.is_dir():
-        raise UsageError(
-            f"-o {args.output}: {'is a directory' if output.is_dir() else 'no such directory'}",
-            "give a file in an existing directory",
-        )
     image = trusted_image(args)
     try:
         work = Path(scratch.make_dir(".bootc-live-pack-", os.fspath(output.parent)))
@@ -684,6 +692,18 @@ def _seconds(text: str) -> float:
     if not 0 < value < 86400:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
     return value
+
+
+def _mirror(text: str) -> tuple[str, ...]:
+    try:
+        return cmdline.parse_hosts(text)
+    except cmdline.Secret:  # not repeated: it may hold a password
+        raise argparse.ArgumentTypeError(
+            "a mirror is HOST[:PORT], without credentials (they come from --authfile FILE or "
+            "podman login)"
+        ) from None
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {for_host(str(err))}") from None
 
 
 def _identity(text: str) -> str:

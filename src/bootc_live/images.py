@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import auth, progress, scratch
 from .runtime import http, registry
-from .runtime.errors import BootcLiveError, ImageError, shown
+from .runtime.errors import BootcLiveError, ImageError, for_host, shown
 from .runtime.oci import Image, Platform, check_ref_name, resolve, tag_part
 from .runtime.run import CommandError, run
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
@@ -48,7 +48,8 @@ class RegistryOptions:
 
 
 def _say(message: str) -> None:
-    print(f"bootc-live: {message}", file=sys.stderr, flush=True)
+    """What a source says as it goes (the runtime's words: kernel arguments become flags)."""
+    print(f"bootc-live: {for_host(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,12 @@ class CopiedSource(LayoutSource):
                 "apt-get install skopeo (or ./setup)",
             )
         work = scratch.make_dir("bootc-live-copy.")
+        if ":" in work:  # skopeo's oci:PATH ends PATH at its first colon
+            scratch.remove(work)
+            raise UsageError(
+                f"{os.path.dirname(work)}: skopeo cannot copy into a path with a ':'",
+                "set TMPDIR to a directory whose path has none",
+            )
         self.work = work
         try:
             # bootc-live's own check of the copy (hostpolicy) is the one policy that applies.
@@ -240,6 +247,9 @@ def _skopeo_names(ref: SourceRef) -> list[str]:
 
 
 def _skopeo_name(ref: SourceRef) -> str:
+    if ref.transport == "containers-storage" and re.fullmatch(r"sha256:[0-9a-f]{64}", ref.path):
+        # An ID as `podman images --no-trunc` shows it: skopeo knows it by its hex alone.
+        return f"containers-storage:{ref.path.partition(':')[2]}"
     if ref.transport in ("containers-storage", "dir"):
         return f"{ref.transport}:{ref.path}"
     if not ref.tag:

@@ -6,6 +6,7 @@ byte counts); a step that ends sooner says nothing but its result.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -16,10 +17,12 @@ from .runtime.unpack import Progress
 
 
 def interval(default: float) -> float:
+    """BOOTC_LIVE_PROGRESS_SECONDS, within 0.01 s and an hour, else `default`."""
     try:
-        return max(0.01, float(os.environ.get("BOOTC_LIVE_PROGRESS_SECONDS", default)))
+        value = float(os.environ.get("BOOTC_LIVE_PROGRESS_SECONDS", default))
     except ValueError:
         return default
+    return default if math.isnan(value) else min(max(0.01, value), 3600.0)
 
 
 def say(message: str) -> None:
