@@ -368,3 +368,24 @@ def test_pull_never_replaces_what_appeared_at_its_path_meanwhile(tmp_path: Path)
         cli._publish_new(tmp, target)
         assert not tmp.exists()
         assert (target if kind == "archive" else target / "index.json").read_text() == "mine"
+
+
+def test_digest_picks_one_of_several_untagged_images(tmp_path: Path) -> None:
+    """A layout of two untagged images: --digest names one (the hint says so), for inspect,
+    unpack and the rest alike; without it, the refusal says how to pick."""
+    layout = tmp_path / "two"
+    first = build_layout(layout, [layer_tar([f("a", b"first")])], tag=None)
+    second = build_layout(layout, [layer_tar([f("a", b"second")])], tag=None)
+    said = assert_clean_failure(bootc_live("inspect", f"oci:{layout}"))
+    assert said == (
+        f"bootc-live: oci:{layout} holds 2 images and none is tagged 'latest' (tags: none); name "
+        "one with the :TAG of SOURCE, or pick one by its digest with --digest\n"
+    )
+    for info, content in ((first, b"first"), (second, b"second")):
+        digest = info.manifest_digest
+        shown = bootc_live("inspect", f"oci:{layout}", "--digest", digest)
+        assert shown.returncode == 0 and f"image     {digest}\n" in shown.stdout, shown.stderr
+        root = tmp_path / f"root-{content.decode()}"
+        done = bootc_live("unpack", f"oci:{layout}", str(root), "--digest", digest)
+        assert done.returncode == 0, done.stderr
+        assert (root / "a").read_bytes() == content

@@ -4,6 +4,7 @@ unless --debug; --kver failures list the kernels there are."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import io
 import json
@@ -256,3 +257,18 @@ def test_the_progress_interval_from_the_environment_is_bounded(
         assert progress.interval(2.0) == expected, value
     monkeypatch.setenv("BOOTC_LIVE_PROGRESS_SECONDS", "-3")
     assert progress.interval(2.0) == 0.01
+
+
+def test_every_flag_a_host_message_names_is_an_option_of_each_command_reading_an_image() -> None:
+    """A hint on the host names host flags (for_host): each must be there to follow, in every
+    command that reads an image (build said "choose one with --platform" and had none)."""
+    flags = {host.split()[0] for _, host, _ in BOOT_TO_HOST if host.startswith("--")}
+    flags.discard("--compress")  # EROFS's compressor: only `erofs` names it
+    commands = next(
+        a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    readers = {n: p for n, p in commands.items() if any(a.dest == "source" for a in p._actions)}
+    assert {"build", "inspect", "pull", "unpack", "erofs", "pack"} <= set(readers)
+    for name, parser in readers.items():
+        options = {o for a in parser._actions for o in a.option_strings}
+        assert flags <= options, (name, sorted(flags - options))

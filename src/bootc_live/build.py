@@ -38,7 +38,7 @@ from .runtime.handover import (
     verified,
     write_split_layout,
 )
-from .runtime.oci import Image
+from .runtime.oci import Image, Platform
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.policy import Policy
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
@@ -69,6 +69,8 @@ class BuildConfig:
     trust: TrustOptions = field(default_factory=TrustOptions)
     # packed.img's format: None chooses by the kernel's config (the image's, or the host's)
     pack: PackFormat | Literal["none"] | None = None
+    platform: Platform | None = None  # of a multi-platform SOURCE (default: this machine's)
+    digest: str | None = None  # the manifest digest the image must have (or picks it)
 
 
 # What a build writes into its output directory: all that a rebuild may replace.
@@ -120,7 +122,7 @@ def build(config: BuildConfig) -> Path:
     """Write all artifacts into config.output, atomically (DIR.new, then rename)."""
     config = replace(config, output=Path(os.path.abspath(config.output)))
     check_output(config.output)
-    image = config.source.resolve()
+    image = config.source.resolve(config.platform, config.digest)
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
     try:

@@ -346,6 +346,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             auth_file=Path(args.auth_file) if args.auth_file else None,
             trust=trust_options(args),
             pack=args.pack,
+            platform=args.platform,
+            digest=args.digest,
         )
     )
     for name in sorted(p.name for p in out.iterdir()):
@@ -356,7 +358,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     ref = source_ref(args)
-    image = ref.resolve(args.platform)
+    image = ref.resolve(args.platform, args.digest)
     source = image.source
     try:
         print(f"image     {image.manifest_digest}")
@@ -782,6 +784,7 @@ def parser() -> argparse.ArgumentParser:
         help="a CA bundle the initramfs (and this command, for docker://) trusts for https, "
         "besides the system's",
     )
+    add_image_selection(p)
     add_registry_options(p, ca=False)
     add_trust_options(p, build=True)
     p.epilog = (
@@ -797,7 +800,7 @@ def parser() -> argparse.ArgumentParser:
         "the kernels it carries and the RAM a live boot needs.",
     )
     p.add_argument("source", metavar="SOURCE")
-    add_image_selection(p, digest=False)
+    add_image_selection(p)
     p.add_argument(
         "--measure",
         action="store_true",

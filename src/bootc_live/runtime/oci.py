@@ -237,7 +237,7 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
         raise ImageError(
             f"{where} holds {len(descs)} images and none is tagged {DEFAULT_LABEL!r} "
             f"(tags: {available})",
-            "name one with bootclabel=",
+            "name one with bootclabel=, or pick one by its digest with bootc.digest=",
         )
     raise ImageError(
         f"{where} has no image tagged {shown(repr(label))} (tags: {available})",
@@ -297,6 +297,10 @@ def resolve(
         for d in _descriptors(index, f"{where}: index.json")
         if not is_signature_tag(d.annotations.get(REF_NAME, ""))
     ]
+    if digest is not None and label is None:
+        # No name asked for: the pinned digest picks among the index's entries, if one is it
+        # (an untagged image of several; else it pins what the label and platform pick).
+        entries = [d for d in entries if d.digest == digest] or entries
     candidates = _pick_label(entries, label, where)
     desc = top = _pick_platform(candidates, plat, where)
     seen = [desc.digest]
