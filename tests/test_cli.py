@@ -389,3 +389,20 @@ def test_digest_picks_one_of_several_untagged_images(tmp_path: Path) -> None:
         done = bootc_live("unpack", f"oci:{layout}", str(root), "--digest", digest)
         assert done.returncode == 0, done.stderr
         assert (root / "a").read_bytes() == content
+
+
+def test_pull_without_a_transport_in_o_and_an_empty_modules_dest_are_one_line(
+    tmp_path: Path,
+) -> None:
+    """`pull -o plain.tar` was told "unsupported image source" with docker:// among the forms;
+    `dracut-modules ""` wrote into the current directory."""
+    said = assert_clean_failure(
+        bootc_live("pull", "docker://h.example/x:y", "-o", "pl/plain.tar", cwd=tmp_path)
+    )
+    assert said == (
+        "bootc-live: -o pl/plain.tar: pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]; "
+        "e.g. -o oci-archive:image.tar\n"
+    )
+    said = assert_clean_failure(bootc_live("dracut-modules", "", cwd=tmp_path))
+    assert said == "bootc-live: DEST is empty; give the directory to write the modules into\n"
+    assert os.listdir(tmp_path) == []

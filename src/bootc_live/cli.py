@@ -189,6 +189,11 @@ def _publish_new(tmp: Path, target: Path) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Copy an image into an oci-archive or an OCI layout, every blob verified."""
+    if not args.output.startswith(("oci:", "oci-archive:")):
+        raise UsageError(
+            f"-o {shown(args.output)}: pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]",
+            "e.g. -o oci-archive:image.tar",
+        )
     dest = SourceRef.parse(args.output)
     if dest.transport not in ("oci", "oci-archive"):
         raise UsageError("pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]", "fix -o")
@@ -660,6 +665,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_dracut_modules(args: argparse.Namespace) -> int:
+    if not args.dest:
+        raise UsageError("DEST is empty", "give the directory to write the modules into")
     for path in dracut.export_modules(Path(args.dest)):
         print(path)
     return 0
