@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bootc_live.runtime import http, jsondoc, signatures
+from bootc_live.runtime import http, jsondoc, signatures, strictjson
 from bootc_live.runtime.registry import RegistryError, parse_challenge, parse_token
 from servers import hard_timeout
 
@@ -208,6 +208,21 @@ def test_json_loader_any_bytes(data: bytes) -> None:
     except ValueError:
         return
     assert jsondoc.depth(data) <= jsondoc.DEPTH_LIMIT
+
+
+@SETTINGS
+@given(JSON_VALUES, st.sampled_from(["utf-8-sig", "utf-16", "utf-16-le", "utf-32"]))
+def test_json_loader_reads_utf8_only_without_a_bom(value: object, encoding: str) -> None:
+    """As Go's decoder: json.loads took UTF-16, UTF-32 and a BOM from bytes, so a signed
+    payload or policy.json in them was read here and refused by containers/image."""
+    data = json.dumps(value).encode(encoding)
+    with pytest.raises(ValueError):
+        jsondoc.loads(data)
+    with pytest.raises(ValueError):
+        strictjson.loads(data, 1 << 20)
+    if encoding == "utf-8-sig":
+        with pytest.raises(ValueError, match=r"^it begins with a byte order mark$"):
+            jsondoc.loads(data)
 
 
 def test_json_loader_is_linear_in_unterminated_strings() -> None:

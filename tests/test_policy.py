@@ -215,6 +215,22 @@ REMAP_SHORT = Identity("remapIdentity", prefix=REPO, signed_prefix="busybox")
         # A signed identity that is not a reference matches nothing.
         (Identity("matchRepository"), TAGGED, "UPPERCASEISINVALID", False),
         (EXACT_REPO, TAGGED, "", False),
+        # A digest containers/image cannot parse (go-digest: a registered algorithm, lower-case
+        # hex of its length) makes the claim no reference, whatever the rule.
+        *(
+            (rule, image, f"{REPO}@{bad}", False)
+            for rule in (Identity("matchRepository"), Identity("matchRepoDigestOrExact"))
+            for image in (TAGGED, DIGESTED)
+            for bad in (
+                DIGEST.upper().replace("SHA256", "sha256"),
+                f"sha256:{'a' * 32}",
+                f"sha512:{'a' * 64}",
+                f"md5:{'a' * 32}",
+                f"sha256:{'a' * 65}",
+            )
+        ),
+        (Identity("matchRepository"), TAGGED, f"{REPO}@sha384:{'a' * 96}", True),
+        (Identity("matchRepository"), TAGGED, f"{REPO}@sha512:{'a' * 128}", True),
     ],
 )
 def test_identity_rules(identity: Identity, image: str, signed: str, verdict: bool) -> None:
@@ -396,6 +412,16 @@ def test_key_data_is_the_key(keys: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     req = {"type": "sigstoreSigned", "keyData": base64.b64encode(b"PEM").decode()}
     evaluate(keys, [req], [sig("sigstore", "x")])
     assert seen == [('keyData of transports.docker["example.com/ns"][0]', b"PEM")]
+    # Wrapped as `base64` writes it (76 columns), CRLF too: Go's decoder skips line ends.
+    pem = b"-----BEGIN PUBLIC KEY-----\n" + b"k" * 200 + b"\n-----END PUBLIC KEY-----\n"
+    for end in ("\n", "\r\n"):
+        seen.clear()
+        wrapped = base64.encodebytes(pem).decode().replace("\n", end)
+        evaluate(keys, [{"type": "sigstoreSigned", "keyData": wrapped}], [sig("sigstore", "x")])
+        assert [data for _, data in seen] == [pem]
+    for bad in ("UEVN\t", "UEVN ", "UEV", "UEVN\u00e9"):
+        with pytest.raises(PolicyError, match=r"\.keyData is not base64$"):
+            evaluate(keys, [{"type": "sigstoreSigned", "keyData": bad}], [sig("sigstore", "x")])
 
 
 def test_oci_images_are_accepted_only_under_exact_identity_rules(keys: Path) -> None:

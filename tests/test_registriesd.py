@@ -61,7 +61,8 @@ def test_the_yaml_subset_reads_nested_mappings_strings_and_booleans() -> None:
         ("a: 1\n  b: 2\n", "x.yaml:2: indentation does not match any mapping above"),
         ("a: 1\na: 2\n", "x.yaml:2: a appears twice in one mapping"),
         ("- a\n", "x.yaml:1: only mappings of keys to values are read here"),
-        ("---\na: 1\n", "x.yaml:1: only mappings of keys to values are read here"),
+        ("a: 1\n---\nb: 2\n", "x.yaml:2: a second YAML document (one is read here)"),
+        ("--- a: 1\n", "x.yaml:1: only mappings of keys to values are read here"),
         ("a: [1, 2]\n", "x.yaml:1: [1, 2] is beyond the YAML read here"),
         ("a: {b: c}\n", "x.yaml:1: {b: c} is beyond the YAML read here"),
         ("a: &anchor x\n", "x.yaml:1: &anchor x is beyond the YAML read here"),
@@ -249,3 +250,26 @@ def test_signature_urls() -> None:
     assert signature_url("file:///srv/sigs/a", DIGEST, 12).endswith(
         "a@sha256=" + "ab" * 32 + "/signature-12"
     )
+
+
+def test_files_skopeo_reads_are_read_alike() -> None:
+    """A `---` before the document, and a staging store given as a directory, as the man
+    page's example has it: skopeo reads both; they were refused, and with them every boot."""
+    text = (
+        "# the signature stores\n"
+        "---\n"
+        "docker:\n"
+        "  privateregistry.com:\n"
+        "    lookaside: http://privateregistry.com/sigstore/\n"
+        "    lookaside-staging: /mnt/nfs/privateregistry/sigstore\n"
+    )
+    config = RegistriesD.parse({"a.yaml": text})
+    ref = DockerReference.parse("privateregistry.com/app:v1")
+    assert config.lookaside(ref) == "http://privateregistry.com/sigstore//app"
+    assert config.lookaside(ref, write=True) == "file:///mnt/nfs/privateregistry/sigstore/app"
+    with pytest.raises(RegistriesDError) as err:
+        RegistriesD.parse({"a.yaml": "---\ndefault-docker:\n---\ndocker:\n"})
+    assert str(err.value) == "a.yaml:3: a second YAML document (one is read here)"
+    with pytest.raises(RegistriesDError) as err:
+        RegistriesD.parse({"a.yaml": "default-docker:\n  lookaside-staging: mnt/relative\n"})
+    assert "must be a file://, http:// or https:// URL" in str(err.value)

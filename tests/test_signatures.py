@@ -820,6 +820,15 @@ def test_openssl_made_sigstore_signatures(
     wrong_type = payload.replace(b"cosign container image signature", b"atomic container signature")
     forged = cosign_sign(private, wrong_type, tmp_path, ed25519=key_type == "ed25519")
     assert verdict(Signature("sigstore", wrong_type, forged)) == "invalid signature"
+    # The signature's bytes exactly: openssl dgst reads only as many as the key's largest
+    # signature, so bytes after a good one passed it (Go's verifiers refuse them). An ECDSA
+    # signature's DER is shorter than that largest at times, an RSA one never is.
+    raw = base64.b64decode(b64)
+    wrapped = Signature("sigstore", payload, base64.encodebytes(raw).decode())  # as Go reads it
+    assert verdict(wrapped) == f"sigstore key {public} ({key_type})"
+    for changed in (raw + b"\0" * 100, raw + b"\0", raw[:-1]):
+        again = Signature("sigstore", payload, base64.b64encode(changed).decode())
+        assert verdict(again) == "unknown key", len(changed) - len(raw)
 
 
 def test_a_sigstore_signature_by_another_key_is_refused(
@@ -862,6 +871,11 @@ def test_a_sigstore_signature_by_another_key_is_refused(
             b'{"docker-manifest-digest": 5}, "identity": {"docker-reference": "a/b"}}, '
             b'"optional": null}',
             "its digest or identity is not a string",
+        ),
+        (
+            # As Go reads JSON: a byte order mark is no JSON (json.loads of bytes skipped it).
+            b"\xef\xbb\xbf" + cosign_payload("sha256:" + "0" * 64, "a/b"),
+            "it begins with a byte order mark",
         ),
     ],
 )

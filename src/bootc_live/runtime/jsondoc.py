@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
 
@@ -32,17 +33,31 @@ def depth(data: bytes) -> int:
     return max(accumulate(step - 1 for step in brackets), default=0)
 
 
-def loads(data: bytes, size_limit: int = SIZE_LIMIT, depth_limit: int = DEPTH_LIMIT) -> Any:
-    """Parse `data`; ValueError (with the reason) when it is too large, too deep or not JSON."""
+def loads(
+    data: bytes,
+    size_limit: int = SIZE_LIMIT,
+    depth_limit: int = DEPTH_LIMIT,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
+    """Parse `data`; ValueError (with the reason) when it is too large, too deep or not JSON.
+    JSON text is UTF-8 without a byte order mark (RFC 8259), as Go reads it: json.loads would
+    take UTF-16 or UTF-32, or a BOM, from bytes, so a signed payload or a policy could be
+    read here as something containers/image refuses."""
     if len(data) > size_limit:
         raise ValueError(f"larger than {size_limit} bytes")
     if depth(data) > depth_limit:
         raise ValueError(f"nested more than {depth_limit} levels deep")
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
-    except RecursionError:  # not reached after the depth check; kept as the last guard
-        raise ValueError(f"nested more than {depth_limit} levels deep") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
+    if text.startswith("\ufeff"):
+        raise ValueError("it begins with a byte order mark")
+    try:
+        return json.loads(
+            text, parse_constant=_refuse_constant, object_pairs_hook=object_pairs_hook
+        )
+    except RecursionError:  # not reached after the depth check; kept as the last guard
+        raise ValueError(f"nested more than {depth_limit} levels deep") from None
     except ValueError as err:
         raise ValueError(str(err)) from None

@@ -10,7 +10,6 @@ Signatures are verified by `signatures` (gpgv, openssl); this module decides.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -50,7 +49,9 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # Go's \w: ASCII only (Python's is Unicode)
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+# go-digest's registered algorithms, lower-case hex of their length: a claim with any other
+# digest is no reference containers/image can parse, so no signature's identity.
+_DIGEST = r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"
 _REFERENCE = re.compile(
     rf"((?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::({_TAG}))?(?:@({_DIGEST}))?"
 )
@@ -608,7 +609,7 @@ def _keys(obj: Mapping[str, Any], source: str, where: str) -> tuple[tuple[str, .
     if key == "keyData":
         text = _string(obj, key, source, where)
         try:
-            return (), base64.b64decode(text, validate=True)
+            return (), signatures.go_base64(text)
         except ValueError:  # binascii.Error, or a character beyond ASCII
             raise _malformed(source, f"{where}.keyData", "is not base64") from None
     paths = [obj[key]] if key == "keyPath" else obj[key]

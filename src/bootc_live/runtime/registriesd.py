@@ -50,11 +50,18 @@ def parse_yaml(text: str, source: str) -> dict[str, Value]:
     # first line to learn the indent.
     stack: list[tuple[int, dict[str, Value]]] = [(0, root)]
     opened: tuple[dict[str, Value], str] | None = None
+    begun = False  # past the document's start: its first line or a `---`
     for number, raw in enumerate(text.split("\n"), 1):
         where = f"{source}:{number}"
         line = _strip_comment(raw.rstrip("\r"), where)
         if not line.strip():
             continue
+        if line.rstrip() == "---":
+            if begun:
+                raise RegistriesDError(f"{where}: a second YAML document (one is read here)")
+            begun = True
+            continue
+        begun = True
         if "\t" in line[: len(line) - len(line.lstrip(" \t"))]:
             raise RegistriesDError(f"{where}: indented with a tab (YAML allows only spaces)")
         indent = len(line) - len(line.lstrip(" "))
@@ -203,7 +210,13 @@ def _section(value: Value, source: str, where: str) -> Section:
         if key == "use-sigstore-attachments":
             if not isinstance(item, bool):
                 raise RegistriesDError(f"{at} must be true or false")
-        elif not isinstance(item, str) or urlsplit(item).scheme not in URL_SCHEMES:
+            settings[_FIELDS[key]] = item
+            continue
+        if key.endswith("-staging") and isinstance(item, str) and item.startswith("/"):
+            # Only written to (by skopeo, podman): containers-registries.d(5)'s example names a
+            # directory, as a path.
+            item = urlunsplit(("file", "", item, "", ""))
+        if not isinstance(item, str) or urlsplit(item).scheme not in URL_SCHEMES:
             raise RegistriesDError(f"{at} must be a file://, http:// or https:// URL")
         elif not _usable_path(item):
             raise RegistriesDError(f"{at}: its path has a NUL or bytes that are not UTF-8 (%00…)")

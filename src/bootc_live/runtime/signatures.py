@@ -133,7 +133,7 @@ def from_blob(blob: bytes) -> Signature:
     try:
         doc = strictjson.loads(chunk, PAYLOAD_LIMIT)
         mime = doc["mimeType"]
-        payload = base64.b64decode(doc["payload"], validate=True)
+        payload = go_base64(doc["payload"])
         annotations = doc.get("annotations") or {}
         if not isinstance(mime, str) or not isinstance(annotations, dict):
             raise TypeError
@@ -320,14 +320,20 @@ def _der(data: bytes, pos: int) -> tuple[int, int, int]:
     return tag, start, start + length
 
 
-def public_key_type(pem: bytes) -> str:
-    """ "ecdsa P-256" (P-384, P-521), "rsa" or "ed25519": the algorithm of a PEM public key
-    (one SubjectPublicKeyInfo block, as cosign writes cosign.pub)."""
+def _pem_der(pem: bytes) -> bytes:
+    """The DER of a PEM file's one PUBLIC KEY block (binascii.Error, a ValueError, when its
+    base64 is not)."""
     blocks = _PEM.findall(pem)
     if len(blocks) != 1:
         raise SignatureError(f"{len(blocks)} PEM PUBLIC KEY blocks where one is expected", BAD_KEY)
+    return base64.b64decode(b"".join(blocks[0].split()), validate=True)
+
+
+def public_key_type(pem: bytes) -> str:
+    """ "ecdsa P-256" (P-384, P-521), "rsa" or "ed25519": the algorithm of a PEM public key
+    (one SubjectPublicKeyInfo block, as cosign writes cosign.pub)."""
     try:
-        der = base64.b64decode(b"".join(blocks[0].split()), validate=True)
+        der = _pem_der(pem)
         tag, start, _ = _der(der, 0)  # SubjectPublicKeyInfo
         tag2, alg_start, alg_end = _der(der, start)  # AlgorithmIdentifier
         tag3, oid_start, oid_end = _der(der, alg_start)
@@ -349,11 +355,22 @@ def public_key_type(pem: bytes) -> str:
     )
 
 
+def go_base64(text: str | bytes) -> bytes:
+    """Base64 as containers/image reads it (Go's StdEncoding): padded and strict, but a CR or
+    LF anywhere is skipped, so a wrapped keyData or signature reads as it does there.
+    ValueError when it is not."""
+    if isinstance(text, str):
+        text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    if not isinstance(text, bytes):  # from JSON: anything
+        raise ValueError("not a string")
+    return base64.b64decode(text.replace(b"\r", b"").replace(b"\n", b""), validate=True)
+
+
 def verify_sigstore(payload: bytes, signature: str, keys: Sequence[tuple[str, bytes]]) -> Verified:
     """openssl over a sigstore payload: the signature verifies with one of `keys`."""
     try:
-        raw = base64.b64decode(signature, validate=True)
-    except binascii.Error:
+        raw = go_base64(signature)
+    except ValueError:  # binascii.Error, or a character beyond ASCII
         raw = b""
     if not raw:
         raise SignatureError("a sigstore signature without a base64 signature", INVALID_SIGNATURE)
@@ -366,6 +383,8 @@ def verify_sigstore(payload: bytes, signature: str, keys: Sequence[tuple[str, by
                 key_type = public_key_type(key)
             except SignatureError as err:
                 raise SignatureError(f"{name}: {err}", BAD_KEY) from None
+            if not _whole_signature(key_type, key, raw):
+                continue  # not one this key makes (bytes after it, or cut short)
             pem = os.path.join(tmp, f"key{i}.pem")
             _write(pem, key)
             if _openssl_verifies(key_type, pem, data, sig):
@@ -374,6 +393,34 @@ def verify_sigstore(payload: bytes, signature: str, keys: Sequence[tuple[str, by
                 )
     names = ", ".join(name for name, _ in keys)
     raise SignatureError(f"the sigstore signature does not verify with {names}", UNKNOWN_KEY)
+
+
+def _whole_signature(key_type: str, pem: bytes, raw: bytes) -> bool:
+    """Whether `raw` is exactly one signature of the key's kind: `openssl dgst -signature`
+    reads only as many bytes as the key's largest signature, so bytes appended to a good one
+    would pass it (Go's verifiers, cosign's, refuse them). ECDSA: one DER SEQUENCE, the whole
+    of it; RSA: the modulus's length; Ed25519: 64 bytes."""
+    try:
+        if key_type.startswith("ecdsa"):
+            tag, _, end = _der(raw, 0)
+            return tag == 0x30 and end == len(raw)
+        if key_type == "rsa":
+            return len(raw) == _rsa_modulus_bytes(_pem_der(pem))
+    except ValueError:
+        return False
+    return len(raw) == 64
+
+
+def _rsa_modulus_bytes(der: bytes) -> int:
+    """The length of an RSA SubjectPublicKeyInfo's modulus, in bytes."""
+    _, info, _ = _der(der, 0)
+    _, _, algorithm_end = _der(der, info)
+    tag, bits, _ = _der(der, algorithm_end)  # BIT STRING: unused-bits byte, RSAPublicKey
+    tag2, key, _ = _der(der, bits + 1)
+    tag3, start, end = _der(der, key)  # the modulus INTEGER
+    if (tag, tag2, tag3) != (0x03, 0x30, 0x02):
+        raise ValueError("not an RSA public key")
+    return len(der[start:end].lstrip(b"\0"))
 
 
 def _openssl_verifies(key_type: str, pem: str, data: str, sig: str) -> bool:

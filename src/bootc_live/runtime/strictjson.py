@@ -7,7 +7,6 @@ remembers the first duplicated key; `check` turns it into the caller's error.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from . import jsondoc
@@ -30,8 +29,7 @@ def _object(pairs: list[tuple[str, Any]]) -> Object:
 def loads(data: bytes, size_limit: int) -> Any:
     """Parse `data` (bounded like jsondoc.loads); ValueError with the reason when it is not
     JSON. Duplicated keys are left for `duplicate_in` to find where they are."""
-    jsondoc.loads(data, size_limit=size_limit)  # size, depth, UTF-8 and syntax, one message
-    return json.loads(data, object_pairs_hook=_object)
+    return jsondoc.loads(data, size_limit=size_limit, object_pairs_hook=_object)
 
 
 def duplicate_in(value: Any) -> str | None:
