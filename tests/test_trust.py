@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from bootc_live import carried
 from bootc_live.layout import LayoutWriter, canonical_json
 from bootc_live.runtime import http, oci, policy, trust
 from bootc_live.runtime.blobs import Descriptor
@@ -24,7 +25,7 @@ from bootc_live.runtime.registriesd import RegistriesD
 from bootc_live.runtime.registry import Reference, RegistrySource
 from bootc_live.runtime.sources import ArchiveSource, ImageSource, LayoutSource
 from fakeregistry import REPO, TAG, Knobs, serve
-from imagegen import build_layout, f, layer_tar, write_oci_archive
+from imagegen import add_nested_index, build_image, build_layout, f, layer_tar, write_oci_archive
 from servers import asked_path, nginx
 from signing import GpgKey, cosign_payload, cosign_sign, run
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - fixtures
@@ -227,6 +228,47 @@ def refusal(
     with pytest.raises(PolicyError) as caught:
         verdict_of(source, rules_, name, registries)
     return caught.value
+
+
+def test_under_an_index_the_index_or_the_platforms_manifest_may_be_signed(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """As podman checks a multi-platform tag (the manifest it pulls) and bootc's image proxy
+    (either): `cosign sign` of the index, or signatures of the linux/amd64 manifest alone, are
+    accepted; another platform's signature is not, and is never carried."""
+    pol = rules(tmp_path, [gpg_req(signer.trusted)])
+    for case in ("index", "amd64", "arm64", "amd64 by another key"):
+        layout = tmp_path / case.replace(" ", "-")
+        amd = build_image(
+            layout, [layer_tar([f("etc/motd", b"amd\n")])], platform=("linux", "amd64")
+        )
+        arm = build_image(
+            layout, [layer_tar([f("etc/motd", b"arm\n")])], platform=("linux", "arm64")
+        )
+        index = add_nested_index(layout, [amd, arm], tag="latest")
+        signed, key = {
+            "index": (index, signer.trusted),
+            "amd64": (amd.manifest_digest, signer.trusted),
+            "arm64": (arm.manifest_digest, signer.trusted),
+            "amd64 by another key": (amd.manifest_digest, signer.other),
+        }[case]
+        carry_simple(layout, signed, [signer.gpg(signed, key=key)])
+        source = LayoutSource(str(layout))
+        image = oci.resolve(source)
+        assert (image.top.digest, image.manifest_digest) == (index, amd.manifest_digest)
+        if case in ("index", "amd64"):
+            keys = verdict_of(source, pol).keys
+            assert keys == (f"GPG key {signer.trusted.fingerprint} ({signer.trusted.public})",)
+            found = trust.gather(source, image, None, POLICY, print)
+            assert [one.signs for one in found] == [signed]
+            entries, _ = carried.entries(image, found)  # what pull and build carry
+            tags = [e["annotations"][oci.REF_NAME] for e in entries]
+            assert tags == [trust.signature_tag(signed, trust.SIMPLE_SUFFIX)]
+            continue
+        with pytest.raises(PolicyError) as err:
+            verdict_of(source, pol)
+        reason = "no signature" if case == "arm64" else "unknown key"
+        assert err.value.reason == reason, err.value
 
 
 def test_refusals_name_the_image_the_scope_and_the_reason(tmp_path: Path, signer: Signer) -> None:

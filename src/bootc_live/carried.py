@@ -20,25 +20,28 @@ EMPTY = b"{}"
 
 
 def entries(image: Image, found: Sequence[trust.Found]) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """The index.json entries of the signatures `found` for the image's top document, and the
-    blobs they and the documents from the top one down to the image's manifest need."""
+    """The index.json entries of the signatures `found` (for the image's top document, and for
+    its platform's manifest under an index), and the blobs they and the documents from the top
+    one down to the image's manifest need."""
     documents = documents_between(image)
-    attached = [f for f in found if f.signature.kind == signatures.SIGSTORE and f.annotations]
-    stored = [f for f in found if f not in attached and f.signature.kind != signatures.OTHER]
     index: list[dict[str, Any]] = []
-    for suffix, group in ((trust.SIGSTORE_SUFFIX, attached), (trust.SIMPLE_SUFFIX, stored)):
-        if not group:
-            continue
-        manifest, blobs = _signature_manifest(group, suffix == trust.SIGSTORE_SUFFIX)
-        documents += [*blobs, manifest]
-        index.append(
-            {
-                "mediaType": MEDIA_MANIFEST,
-                "digest": digest_of(manifest, "sha256:"),
-                "size": len(manifest),
-                "annotations": {REF_NAME: trust.signature_tag(image.top.digest, suffix)},
-            }
-        )
+    for signed in trust.signed_documents(image):
+        here = [f for f in found if (f.signs or image.top.digest) == signed.digest]
+        attached = [f for f in here if f.signature.kind == signatures.SIGSTORE and f.annotations]
+        stored = [f for f in here if f not in attached and f.signature.kind != signatures.OTHER]
+        for suffix, group in ((trust.SIGSTORE_SUFFIX, attached), (trust.SIMPLE_SUFFIX, stored)):
+            if not group:
+                continue
+            manifest, blobs = _signature_manifest(group, suffix == trust.SIGSTORE_SUFFIX)
+            documents += [*blobs, manifest]
+            index.append(
+                {
+                    "mediaType": MEDIA_MANIFEST,
+                    "digest": digest_of(manifest, "sha256:"),
+                    "size": len(manifest),
+                    "annotations": {REF_NAME: trust.signature_tag(signed.digest, suffix)},
+                }
+            )
     return index, documents
 
 

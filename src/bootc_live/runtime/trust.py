@@ -1,7 +1,9 @@
 """An image's signatures, gathered where containers users keep them, and the policy's verdict.
 
 What is signed is the top document: what the reference or the index.json entry names (an index
-for a multi-platform tag, else the manifest). Its signatures are looked for
+for a multi-platform tag, else the manifest); under an index, the platform's manifest may be
+signed instead (as podman and skopeo check it, and bootc's image proxy accepts either): the
+image is accepted when either one's signatures satisfy the policy. Signatures are looked for
 - in a registry's lookaside store (registries.d's `lookaside`, http(s) or file URL):
   NAME@sha256=HEX/signature-1, -2 … until the first that does not exist;
 - among a registry's sigstore attachments (registries.d's `use-sigstore-attachments`): the
@@ -76,6 +78,7 @@ class Found:
     origin: str  # for messages: "lookaside https://…/signature-1", "attachment … layer 1"
     stored: bytes  # as stored: a lookaside signature-N file; a sigstore layer's blob
     annotations: Mapping[str, str]  # a sigstore layer's annotations ({} for simple signing)
+    signs: str = ""  # the digest of the document it was found for (signed_documents)
 
 
 def signature_tag(digest: str, suffix: str) -> str:
@@ -84,10 +87,10 @@ def signature_tag(digest: str, suffix: str) -> str:
     return f"{algorithm}-{hex_value}{suffix}"
 
 
-def top_document(image: Image) -> tuple[Descriptor, bytes]:
-    """The document the reference or index.json entry names, verified: what is signed."""
-    with image.source.open_blob(image.top) as raw:
-        return image.top, read_verified(raw, image.top, "manifest")
+def signed_documents(image: Image) -> list[Descriptor]:
+    """The documents whose signatures count for the image: the top one, then (under an index)
+    the platform's manifest."""
+    return [image.top] + ([image.manifest] if image.manifest.digest != image.top.digest else [])
 
 
 def gather(
@@ -103,20 +106,22 @@ def gather(
     an empty registries.d: containers' built-in lookaside only. `kinds` (SIMPLE, SIGSTORE):
     only signatures that may be of these kinds; one that cannot be read and is of another
     kind (or of no known kind) is passed over. Identical signatures are kept once."""
-    digest = image.top.digest
     budget = Budget()
-    found = carried(source, digest, budget, kinds)
-    if isinstance(source, RegistrySource):
-        ref = docker_reference(source)
-        config = registries if registries is not None else RegistriesD({})
-        # The CA trusted for the registry (bootc-live's --ca, a CA in the initramfs) is trusted
-        # for its lookaside too: a signature is verified whatever the transport was.
-        cafile = source.endpoint.cafile
-        found += lookaside(
-            config.lookaside(ref), digest, fetch_policy, say, cafile, budget=budget, kinds=kinds
-        )
-        if config.use_sigstore_attachments(ref) and _wanted(kinds, signatures.SIGSTORE):
-            found += attachments(source, digest, budget)
+    found: list[Found] = []
+    for document in signed_documents(image):
+        digest = document.digest
+        here = carried(source, digest, budget, kinds)
+        if isinstance(source, RegistrySource):
+            ref = docker_reference(source)
+            config = registries if registries is not None else RegistriesD({})
+            # The CA trusted for the registry (bootc-live's --ca, a CA in the initramfs) is
+            # trusted for its lookaside too: a signature is verified whatever the transport was.
+            cafile = source.endpoint.cafile
+            base = config.lookaside(ref)
+            here += lookaside(base, digest, fetch_policy, say, cafile, budget=budget, kinds=kinds)
+            if config.use_sigstore_attachments(ref) and _wanted(kinds, signatures.SIGSTORE):
+                here += attachments(source, digest, budget)
+        found += [replace(one, signs=digest) for one in here]
     unique: dict[Signature, Found] = {}
     for one in found:
         unique.setdefault(one.signature, one)
@@ -147,17 +152,24 @@ def check(
         rules, transport = replace(rules, transports={}), "docker-archive"
     _, requirements = rules.requirements_for(transport, name)
     kinds = {req.kind for req in requirements if req.kind}
-    _, document = top_document(image)
     if found is None:
         found = gather(source, image, registries, fetch_policy, say, kinds) if kinds else []
-    try:
-        return policy.evaluate(
-            rules, transport, name, document, [f.signature for f in found], label=label
-        )
-    except policy.PolicyError as err:
-        if name or err.reason != policy.IDENTITY_MISMATCH:
-            raise
-        raise policy.PolicyError(str(err), err.reason, IDENTITY_HINT) from None
+    refusals: list[policy.PolicyError] = []
+    for desc in signed_documents(image) if kinds else [image.top]:
+        with source.open_blob(desc) as raw:
+            document = read_verified(raw, desc, "manifest")
+        mine = [f.signature for f in found if f.signs in ("", desc.digest)]
+        try:
+            return policy.evaluate(rules, transport, name, document, mine, label=label)
+        except policy.PolicyError as err:
+            refusals.append(err)
+    # The top document's refusal, unless only the platform's manifest had signatures.
+    refused = refusals[0]
+    if refused.reason == policy.NO_SIGNATURE and len(refusals) > 1:
+        refused = refusals[1]
+    if name or refused.reason != policy.IDENTITY_MISMATCH:
+        raise refused
+    raise policy.PolicyError(str(refused), refused.reason, IDENTITY_HINT) from None
 
 
 def docker_reference(source: RegistrySource) -> policy.DockerReference:
