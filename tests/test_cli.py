@@ -406,3 +406,26 @@ def test_pull_without_a_transport_in_o_and_an_empty_modules_dest_are_one_line(
     said = assert_clean_failure(bootc_live("dracut-modules", "", cwd=tmp_path))
     assert said == "bootc-live: DEST is empty; give the directory to write the modules into\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """open() of a FIFO blocks until a writer comes: SOURCE naming one, or a layout whose blob
+    is one, hung; now each is named for what it is, and nothing is left in DEST."""
+    fifo = tmp_path / "image.tar"
+    os.mkfifo(fifo)
+    said = assert_clean_failure(
+        bootc_live("unpack", f"oci-archive:{fifo}", str(tmp_path / "a"), timeout=30)
+    )
+    assert said == (
+        f"bootc-live: oci-archive:{fifo} is not a regular file (a pipe or a device); save the "
+        "archive to a file first\n"
+    )
+    info = build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    blob = tmp_path / "img/blobs/sha256" / info.layer_digests[0].partition(":")[2]
+    blob.unlink()
+    os.mkfifo(blob)
+    said = assert_clean_failure(
+        bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(tmp_path / "b"), timeout=30)
+    )
+    assert f"blob {info.layer_digests[0]} is not a regular file (a pipe or a device)" in said
+    assert sorted(os.listdir(tmp_path)) == ["image.tar", "img"]

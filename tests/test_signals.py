@@ -194,3 +194,50 @@ def test_an_interrupted_build_leaves_nothing_of_dracut(tmp_path: Path) -> None:
     assert process.returncode == 128 + signal.SIGINT, said
     assert said.splitlines()[-1] == "bootc-live: interrupted by SIGINT", said
     assert sorted(os.listdir(tmp_path)) == ["layout", "tmp"] and os.listdir(scratch) == []
+
+
+def test_a_signal_during_a_read_that_never_returns_still_ends_the_unpack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob whose read never returns (a stalled source) held the unpack after SIGTERM: the
+    main thread waited for the feeder thread without end, with the stop signals ignored from
+    then on. Now the feeder gets FEEDER_GRACE, and the interruption goes on."""
+    import threading
+
+    from bootc_live.runtime import oci, unpack
+    from bootc_live.runtime.sources import LayoutSource
+
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    never = threading.Event()
+
+    class Stalled:
+        def read(self, _n: int = -1) -> bytes:
+            never.wait()
+            return b""
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> Stalled:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+    source = LayoutSource(str(tmp_path / "img"))
+    image = oci.resolve(source, "v1")
+    monkeypatch.setattr(source, "open_blob", lambda _desc: Stalled())
+    monkeypatch.setattr(unpack, "FEEDER_GRACE", 0.5)
+    (tmp_path / "root").mkdir()
+    # A real signal (SIGINT's default handler raises KeyboardInterrupt, as cli's does for all
+    # three): it wakes the main thread from its wait for the feeder's next chunk.
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            unpack.unpack_image(image, str(tmp_path / "root"))
+    finally:
+        timer.cancel()
+        never.set()
+    assert time.monotonic() - start < 5

@@ -45,6 +45,26 @@ class ImageSource(Protocol):
         """Release files and connections."""
 
 
+def open_file(
+    path: str, what: str, devices: bool = False, hint: str = "copy it into a regular file"
+) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file (a block device too, with `devices`):
+    a FIFO would block the open itself, or a read, with nothing to say why (opened without
+    waiting, then checked). ImageError naming `what` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or (devices and stat.S_ISBLK(mode))):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(f"{path} is a directory")
+            raise ImageError(f"{what} is not a regular file (a pipe or a device)", hint)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def blob_path(digest: str) -> str:
     """The path of a blob inside an OCI layout: blobs/ALG/HEX."""
     algorithm, _, hex_ = digest.partition(":")
@@ -78,7 +98,9 @@ class LayoutSource:
             )
 
     def index_json(self) -> bytes:
-        with open(os.path.join(self.path, "index.json"), "rb") as f:
+        with open_file(
+            os.path.join(self.path, "index.json"), f"{self.description}: index.json"
+        ) as f:
             return f.read(16 << 20)
 
     def _files(self, desc: Descriptor) -> list[str]:
@@ -88,7 +110,8 @@ class LayoutSource:
         files = self._files(desc)
         if not files:
             raise MissingBlob(self.description, desc.digest)
-        return open_parts(partial(open, name, "rb") for name in files)
+        what = f"{self.description}: blob {desc.digest}"
+        return open_parts(partial(open_file, name, what) for name in files)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes (unverified: for estimates only)."""
@@ -264,13 +287,8 @@ class ArchiveSource(MemberIndex):
         self.delete = delete
         self.description = f"oci-archive:{name or path}"
         try:
-            with open(path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):  # a pipe cannot be indexed
-                    raise ImageError(
-                        f"{self.description} is not a regular file (a pipe or a device)",
-                        "save the archive to a file first",
-                    )
+            hint = "save the archive to a file first"  # a pipe cannot be indexed
+            with open_file(path, self.description, devices=True, hint=hint) as f:
                 _refuse_compressed(f.read(6), self.description)
                 f.seek(0)
                 self._index_members(FileStream(f), f.tell)

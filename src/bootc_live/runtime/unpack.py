@@ -83,6 +83,9 @@ class Progress:
         )
 
 
+FEEDER_GRACE = 5.0  # seconds
+
+
 class _Feeder(threading.Thread):
     """Reads, verifies and decompresses the image's layers, in order, into a queue."""
 
@@ -241,6 +244,7 @@ def unpack_image(
     )
     feeder = _Feeder(image, progress)
     feeder.start()
+    failed = True
     try:
         for index, desc in enumerate(image.layers):
             stream = ChunkStream(feeder.chunks)
@@ -255,9 +259,12 @@ def unpack_image(
                 raise labelled(err, image, index) from None
             stream.drain()
             image.source.release(desc)
+        failed = False
     finally:
         feeder.stopped.set()
-        feeder.join()
+        # After a failure or a signal, a read that never returns (a stalled source) must not
+        # hold up the exit: the feeder, a daemon thread, gets FEEDER_GRACE to stop.
+        feeder.join(FEEDER_GRACE if failed else None)
         applier.close()
     return Stats(
         layers=len(image.layers),
