@@ -433,3 +433,26 @@ def test_truncated_layer_is_an_error(tree: Tree) -> None:
             applier.apply_layer(FileStream(io.BytesIO(data)))
     finally:
         applier.close()
+
+
+def test_a_deep_tree_needs_few_open_files(tree: Tree) -> None:
+    """Each walk held one descriptor per directory from the root down: a chain 600 deep failed
+    with 'Too many open files' under a limit of 256 (1024 is the usual soft limit; umoci
+    unpacks 1000 deep). Now a walk holds only its current directory."""
+    import resource
+
+    depth = 600
+    chain = [d("/".join(["a"] * (level + 1))) for level in range(depth)]
+    leaf = "/".join(["a"] * depth) + "/leaf"
+    # A symbolic link at the bottom leading up 599 levels by `..`, and a hard link through it.
+    up = "/".join([".."] * (depth - 1))
+    link = "/".join(["a"] * depth) + "/up"
+    soft, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard_limit))
+    try:
+        root = tree.apply([*chain, f(leaf, b"x"), sym(link, up), hard(f"{link}/a/top", leaf)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard_limit))
+    assert (root / leaf).read_bytes() == b"x"
+    assert os.path.samefile(root / "a/a/top", root / leaf) and tree.outside_intact()
+    rmtree(str(root))

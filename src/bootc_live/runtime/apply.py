@@ -513,38 +513,49 @@ class Applier:
         return found
 
     def _walk(self, key: Key, create: bool) -> tuple[int, Key]:
-        stack = [self.root_fd]  # descriptors from the root down to the current directory
-        names: list[bytes] = []  # the names of stack[1:]
+        # One descriptor at a time, the current directory's (a tree 1000 deep fits any open-file
+        # limit): its parent, for `..`, is opened from it, which inside the root is the
+        # directory `names` ends in (symbolic links are followed here, not by the kernel).
+        cur = self.root_fd
+        names: list[bytes] = []  # the path of `cur` below the root
         todo = list(reversed(key))
         links = 0
+
+        def enter(fd: int) -> None:
+            nonlocal cur
+            if cur != self.root_fd:
+                os.close(cur)
+            cur = fd
+
         try:
             while todo:
                 part = todo.pop()
                 if part in (b"", b"."):
                     continue
                 if part == b"..":
-                    if len(stack) > 1:
-                        os.close(stack.pop())
+                    if names:
+                        enter(os.open(b"..", _DIR_FLAGS, dir_fd=cur))
                         names.pop()
                     continue
-                cur = stack[-1]
                 try:
-                    stack.append(os.open(part, _DIR_FLAGS, dir_fd=cur))
-                    names.append(part)
-                    continue
+                    fd = os.open(part, _DIR_FLAGS, dir_fd=cur)
                 except FileNotFoundError:
                     if not create:
                         raise
                     os.mkdir(part, 0o755, dir_fd=cur)
                     fd = os.open(part, _DIR_FLAGS, dir_fd=cur)
+                    enter(fd)
                     os.chown(fd, 0, 0)
                     os.chmod(fd, 0o755)  # implied parents: 0755 root:root, whatever the umask
-                    stack.append(fd)
                     names.append(part)
                     continue
                 except OSError as err:
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
+                else:
+                    enter(fd)
+                    names.append(part)
+                    continue
                 st = os.stat(part, dir_fd=cur, follow_symlinks=False)
                 if not stat.S_ISLNK(st.st_mode):
                     raise LayerError(f"{_show(key)}: a parent is not a directory")
@@ -553,11 +564,10 @@ class Applier:
                     raise LayerError(f"{_show(key)}: too many levels of symbolic links")
                 target = os.readlink(part, dir_fd=cur)
                 if target.startswith(b"/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
+                    enter(self.root_fd)
                     names.clear()
                 todo.extend(reversed(target.split(b"/")))
-            return (os.dup(stack[-1]) if len(stack) == 1 else stack.pop()), tuple(names)
-        finally:
-            for fd in stack[1:]:
-                os.close(fd)
+        except BaseException:
+            enter(self.root_fd)  # closes the current one
+            raise
+        return (os.dup(cur) if cur == self.root_fd else cur), tuple(names)
