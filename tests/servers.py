@@ -443,6 +443,14 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> Ite
         return [head]
     if s == "endless-continue":  # interim answers without end, each on time
         return itertools.repeat(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if s == "early-hints":  # interim answers a client reads past (RFC 9110 15.2), then the answer
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+        hints += b"HTTP/1.1 102 Processing\r\n\r\n"
+        first_part = _honest(data, req)
+        assert isinstance(first_part[0], bytes)
+        return [hints + first_part[0], *first_part[1:]]
+    if s == "endless-early-hints":
+        return itertools.repeat(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
     if s == "endless-trailer":  # a chunked body whose trailer never ends
         head = _head("200 OK", [("Transfer-Encoding", "chunked")]) + b"5\r\nstart\r\n0\r\n"
         return itertools.chain([head], itertools.repeat(b"X-Trailer: more\r\n"))
@@ -481,6 +489,8 @@ MISBEHAVIOURS = [
     "401",
     "503-once",
     "endless-continue",
+    "early-hints",
+    "endless-early-hints",
     "endless-trailer",
 ]
 

@@ -101,6 +101,8 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "401": (r"HTTP 401 Unauthorized", 1),
     "503-once": (None, 40),
     "endless-continue": (r"malformed answer \(got more than 10 interim answers\)", 1),
+    "early-hints": (None, 40),  # a 103 and a 102 before each answer: read past, as curl does
+    "endless-early-hints": (r"malformed answer \(got more than 10 interim answers\)", 1),
     "endless-trailer": (r"malformed answer \(got more than 100 trailer lines\)", 1),
 }
 

@@ -151,10 +151,23 @@ def test_an_image_that_has_no_policy_identity_is_an_error(
         ("host:5000/x", "host:5000/x"),
         ("Host.Example/x", "Host.Example/x"),
         (f"quay.io/a/b@{DIGEST}", f"quay.io/a/b@{DIGEST}"),
+        # An IPv6 registry in brackets, as the registry client takes it (a traceback before).
+        ("[::1]:5000/x/y:v1", "[::1]:5000/x/y:v1"),
+        ("[fd00::2]/x", "[fd00::2]/x"),
     ],
 )
 def test_docker_references_are_expanded_like_distribution(text: str, expanded: str) -> None:
     assert str(DockerReference.parse(text)) == expanded
+
+
+def test_an_ipv6_registry_is_looked_up_by_its_repository_and_host() -> None:
+    ref = DockerReference.parse("[::1]:5000/team/app:v1")
+    assert policy.docker_namespaces(ref) == [
+        "[::1]:5000/team/app:v1",
+        "[::1]:5000/team/app",
+        "[::1]:5000/team",
+        "[::1]:5000",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -462,10 +462,14 @@ class _Response(http.client.HTTPResponse):
 
     def _read_status(self) -> tuple[str, int, str]:
         version, status, reason = super()._read_status()  # type: ignore[misc]
-        if status == http.client.CONTINUE:
+        # Every 1xx but 101 is interim (RFC 9110 15.2: 102 Processing, 103 Early Hints …) and a
+        # client reads past it to the answer; http.client skips only 100: the others are read
+        # as 100 so that it skips them too.
+        if 100 <= status < 200 and status != http.client.SWITCHING_PROTOCOLS:
             self._interim += 1
             if self._interim > INTERIM:
                 raise http.client.HTTPException(f"got more than {INTERIM} interim answers")
+            status = http.client.CONTINUE
         return version, status, reason
 
     def _read_and_discard_trailer(self) -> None:

@@ -46,7 +46,9 @@ POLICY_LIMIT = 1 << 20
 
 # docker/distribution's reference grammar.
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+# A host is a DNS name, an IPv4 address, or an IPv6 address in brackets (distribution's
+# reference grammar since 2023; containers' registries are named so: [::1]:5000).
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # Go's \w: ASCII only (Python's is Unicode)
 # go-digest's registered algorithms, lower-case hex of their length: a claim with any other
@@ -136,7 +138,7 @@ def docker_namespaces(ref: DockerReference) -> list[str]:
         name, slash, _ = name.rpartition("/")
         if not slash:
             break
-    host = ref.domain.partition(":")[0]
+    host = "" if ref.domain.startswith("[") else ref.domain.partition(":")[0]
     while "." in host:
         host = host.partition(".")[2]
         scopes.append(f"*.{host}")

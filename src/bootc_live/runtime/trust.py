@@ -176,7 +176,11 @@ def docker_reference(source: RegistrySource) -> policy.DockerReference:
     """The policy's name of a registry image: by its digest when pinned, else by its tag."""
     ref = source.ref
     pin = f"@{ref.digest}" if ref.digest else f":{ref.tag or 'latest'}"
-    return policy.DockerReference.parse(f"{ref.registry}/{ref.repository}{pin}")
+    name = f"{ref.registry}/{ref.repository}{pin}"
+    try:
+        return policy.DockerReference.parse(name)
+    except ValueError as err:  # what the registry client took, the policy's grammar did not
+        raise policy.PolicyError(f"{shown(name)}: {err}", policy.BAD_REFERENCE) from None
 
 
 # Carried in a layout or archive.
