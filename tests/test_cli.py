@@ -429,3 +429,40 @@ def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_p
     )
     assert f"blob {info.layer_digests[0]} is not a regular file (a pipe or a device)" in said
     assert sorted(os.listdir(tmp_path)) == ["image.tar", "img"]
+
+
+def test_inspect_escapes_what_the_image_names(tmp_path: Path) -> None:
+    """The config's platform and the kernels' directory names are the image's words: a
+    terminal escape there reached the terminal (clear the screen, set its title)."""
+    evil = "6.1.0\x1b[2J\x1b]0;pwned\x07"
+    layer = layer_tar([f(f"usr/lib/modules/{evil}/vmlinuz", b"k")])
+    build_layout(tmp_path / "img", [layer], tag="v1", platform=("linux", "amd64", "v8\x1b[2J"))
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "platforms linux/amd64/v8\\x1b[2J\n" in result.stdout, result.stdout
+    assert "kernels   6.1.0\\x1b[2J\\x1b]0;pwned\\x07\n" in result.stdout, result.stdout
+
+
+def test_a_url_source_that_is_no_url_is_one_line_and_its_password_unrepeated() -> None:
+    """An unclosed [ was a traceback from urllib; a URL with credentials is refused without
+    being repeated, as root= is at boot."""
+    for source, said in (
+        (
+            "http://alice:S3CRETpw@[::1/image.tar",
+            "bootc-live: the URL of SOURCE: expected SCHEME://HOST[:PORT]/PATH (an IPv6 "
+            "address in [ ]); fix SOURCE\n",
+        ),
+        (
+            "https://[::1/image.tar",
+            "bootc-live: https://[::1/image.tar: expected SCHEME://HOST[:PORT]/PATH (an IPv6 "
+            "address in [ ]); fix SOURCE\n",
+        ),
+        (
+            "http://h.example:0/image.tar",
+            "bootc-live: http://h.example:0/image.tar: expected SCHEME://HOST[:PORT]/PATH with a "
+            "host, and a port from 1; fix SOURCE\n",
+        ),
+    ):
+        for command in (["inspect", source], ["pull", source, "-o", "oci:x"]):
+            assert assert_clean_failure(bootc_live(*command)) == said, command

@@ -370,7 +370,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if image.top.digest != image.manifest_digest:
             print(f"signed    {image.top.digest} (the index SOURCE names)")
         platforms = platform_list(source) or [_config_platform(image)]
-        print(f"platforms {', '.join(platforms)}")
+        print(f"platforms {', '.join(shown(p) for p in platforms)}")  # the image's own words
         print(f"config    {image.config_digest}")
         options = trust_options(args)
         found = hostpolicy.gather(ref, image, options, say)
@@ -402,7 +402,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             else f", {sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
         )
         print(f"total     {image.compressed_size / MIB:.1f} MiB {image.blobs_are}{unpacked}")
-        kernels = ", ".join(facts.kernels) if facts.kernels is not None else None
+        kernels = ", ".join(map(shown, facts.kernels)) if facts.kernels is not None else None
         print(f"kernels   {kernels or 'none' if kernels is not None else NOT_MEASURED}")
         for line in ram_lines(image, facts):
             print(line)

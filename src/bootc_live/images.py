@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from . import auth, progress, scratch
-from .runtime import http, registry
+from .runtime import cmdline, http, registry
 from .runtime.errors import BootcLiveError, ImageError, for_host, shown
 from .runtime.oci import Image, Platform, check_ref_name, resolve, tag_part
 from .runtime.run import CommandError, run
@@ -68,7 +68,15 @@ class SourceRef:
             ref = registry.Reference.parse(text[len("docker://") :])
             return cls("docker", str(ref), ref.tag, options)
         if text.startswith(("http://", "https://")):
-            # An oci-archive at a URL, read as the boot reads it (in place when Range works).
+            # An oci-archive at a URL, read as the boot reads it (in place when Range works),
+            # checked as root= is (an unclosed [ was a traceback); not repeated if it may hold
+            # a secret.
+            try:
+                cmdline.url_root(text)
+            except cmdline.Secret as err:
+                raise UsageError(f"the URL of SOURCE: {for_host(str(err))}", "fix SOURCE") from None
+            except ValueError as err:
+                raise UsageError(f"{shown(text)}: {for_host(str(err))}", "fix SOURCE") from None
             return cls("url", text, None, options)
         transport, sep, rest = text.partition(":")
         if not sep or not rest or transport not in (*PATH_TRANSPORTS, "containers-storage"):
