@@ -449,6 +449,9 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> Ite
         first_part = _honest(data, req)
         assert isinstance(first_part[0], bytes)
         return [hints + first_part[0], *first_part[1:]]
+    if s == "trickle-steady":  # never slow enough to stall, too slow to end soon
+        head = _head("200 OK", [("Content-Length", str(len(data)))])
+        return [head, *(x for i in range(0, len(data), 500) for x in (data[i : i + 500], 0.02))]
     if s == "endless-early-hints":
         return itertools.repeat(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
     if s == "endless-trailer":  # a chunked body whose trailer never ends
@@ -493,6 +496,8 @@ MISBEHAVIOURS = [
     "endless-early-hints",
     "endless-trailer",
 ]
+# Switches too slow for test_hostile_server's every read; their own tests use them.
+SLOW_MISBEHAVIOURS = ["trickle-steady"]
 
 
 @contextmanager
@@ -505,7 +510,7 @@ def hostile(
     status: int = 418,
 ) -> Iterator[Hostile]:
     """A server on 127.0.0.1 that misbehaves as `switch` says (one of MISBEHAVIOURS)."""
-    assert switch in MISBEHAVIOURS, switch
+    assert switch in MISBEHAVIOURS or switch in SLOW_MISBEHAVIOURS, switch
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)

@@ -412,3 +412,25 @@ def test_a_sha512_pin_is_checked_whatever_the_index_names(tmp_path: Path) -> Non
     assert resolve(source, digest=pin).manifest_digest == digest
     with pytest.raises(ImageError, match=rf"image digest is {pin}, not the pinned sha512:0+$"):
         resolve(source, digest="sha512:" + "0" * 128)
+
+
+def test_a_document_trickling_above_the_low_speed_floor_ends_at_its_deadline(
+    archive: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest sent at just above the low-speed floor never stalls, and 4 MiB of it took an
+    hour: a document comes whole within http.DOCUMENT_SECONDS, or the fetch ends, saying so."""
+    monkeypatch.setattr(http, "DOCUMENT_SECONDS", 1.0)
+    assert len(archive) > 100_000  # 4 s at least at 25 kB/s
+    with hostile(archive, "trickle-steady") as server:
+        url = server.url()
+        client = http.Client(url, FAST, [].append)
+        start = time.monotonic()
+        with pytest.raises(http.FetchError) as err:
+            http.read_body(client, "manifest", 4 << 20)
+        took = time.monotonic() - start
+    assert 1.0 <= took < 3, took
+    assert re.fullmatch(
+        rf"{re.escape(url)}: the manifest did not come whole within 1s \(\d+ bytes came\); "
+        "check the server and the network",
+        err.value.line(),
+    ), err.value.line()

@@ -87,6 +87,9 @@ class Stalled(socket.timeout):
     """A connection missed a deadline: no byte for too long, or too few bytes a second."""
 
 
+DOCUMENT_SECONDS = 120.0  # the longest a document (manifest, token, index) may take to come
+
+
 @dataclass(frozen=True)
 class Policy:
     """The deadline model: per-stall, low-speed and total bounds, and the retries they allow.
@@ -858,18 +861,28 @@ def read_body(client: Client, what: str, limit: int) -> tuple[bytes, http.client
     """A whole document (manifest, token, …) and its headers: read to its end within `limit`
     bytes, resumed where a connection broke (started again if the server ignores Range)."""
     retrier = Retrier(client.url, client.policy, client.log)
+    # A server trickling just above the low-speed floor would hold a 4 MiB document for an
+    # hour: a document comes whole within DOCUMENT_SECONDS (a manifest is kilobytes).
+    deadline = time.monotonic() + DOCUMENT_SECONDS
     for _attempt in range(3):
         parts: list[bytes] = []
         got = 0
         try:
             with RangeReader(client, 0, None, retrier) as reader:
-                while data := reader.read(min(1 << 20, limit + 1 - got)):
+                # In small pieces, so that the deadline is looked at while they trickle.
+                while data := reader.read(min(16 << 10, limit + 1 - got)):
                     parts.append(data)
                     got += len(data)
                     if got > limit:
                         raise FetchError(
                             f"{client.where}: the {what} is larger than {limit} bytes",
                             "this is not what the server should answer",
+                        )
+                    if time.monotonic() > deadline:
+                        raise FetchError(
+                            f"{client.where}: the {what} did not come whole within "
+                            f"{DOCUMENT_SECONDS:g}s ({got} bytes came)",
+                            "check the server and the network",
                         )
                 assert reader.first is not None
                 return b"".join(parts), reader.first.resp.headers
