@@ -249,3 +249,25 @@ def test_zstd_command_refuses_damaged_frames(damage: str) -> None:
     assert error.startswith("zstd data is corrupt ("), error
     assert len(out) < len(content)
     assert decode("zstd", compress(content, "zstd", members=2), [4096]) == (content, "")
+
+
+@pytest.mark.parametrize("decoder", ["zstd", "zstandard"])
+def test_a_zstd_window_over_128_mib_is_named_not_called_corrupt(decoder: str) -> None:
+    """`zstd --long=28` (from a pipe: the window is not shrunk to the input) needs 256 MiB to
+    decode; both decoders refuse it past 128 MiB, which was told as corrupt data, with the
+    command's own advice (`Use --long=28 or --memory=256MB`)."""
+    data = os.urandom(100_000)
+    stream = subprocess.run(
+        ["zstd", "-q", "--long=28", "-c"], input=data, capture_output=True, check=True
+    ).stdout
+    assert (
+        subprocess.run(
+            ["zstd", "-dcq", "--long=28"], input=stream, capture_output=True, check=True
+        ).stdout
+        == data
+    )  # a valid stream
+    _, said = decode(decoder, stream, [])  # zstandard: the host's (dev extras); zstd: the boot's
+    assert said == (
+        "its zstd frames need a window over 128 MiB (made with zstd --long), more memory than "
+        "a layer may take here"
+    )

@@ -721,13 +721,24 @@ def leftovers(path: Path) -> list[str]:
     return sorted(os.fspath(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
 
+# The next step of a layer that cannot be applied though its blob is intact.
+BUILT_SO = "; the blob matches its digest, so the image was built so: rebuild it"
+
+
 def both_fail(
-    tmp_path: Path, layout: Path, *, umoci_says: str, we_say: str, tag: str = "latest"
+    tmp_path: Path,
+    layout: Path,
+    *,
+    umoci_says: str,
+    we_say: str,
+    tag: str = "latest",
+    built_so: bool = True,
 ) -> None:
     """umoci and bootc-live both refuse the image, each naming the cause, and leave nothing.
 
     bootc-live unpacks into an existing empty DEST, so it has to empty it rather than remove
-    it; ``we_say`` is its whole stderr, with shortened layer digests written ``sha256:…``.
+    it; ``we_say`` is its whole stderr, with shortened layer digests written ``sha256:…``, and
+    BUILT_SO after it unless ``built_so`` is False (the refusal has a next step of its own).
     """
     bundle = tmp_path / "umoci-bundle"
     result = umoci("unpack", "--image", f"{layout}:{tag}", os.fspath(bundle))
@@ -739,7 +750,8 @@ def both_fail(
     scratch.mkdir()
     ours = bootc_live("unpack", f"oci:{layout}:{tag}", os.fspath(dest), tmpdir=scratch)
     assert ours.returncode == 1
-    assert re.sub(r"sha256:[0-9a-f]{12}…", "sha256:…", ours.stderr) == f"bootc-live: {we_say}\n"
+    said = re.sub(r"sha256:[0-9a-f]{12}…", "sha256:…", ours.stderr)
+    assert said == f"bootc-live: {we_say}{BUILT_SO if built_so else ''}\n"
     assert dest.is_dir() and leftovers(dest) == []
     assert leftovers(scratch) == []
 
@@ -833,6 +845,7 @@ def test_diff_id_mismatch_fails(tmp_path: Path) -> None:
             f"layer 1/1 sha256:… content does not match the config's diff_id (expected {wrong},"
             f" got {sha256(tar)}); the image is corrupt or was built wrongly"
         ),
+        built_so=False,
     )
 
 
@@ -850,6 +863,7 @@ def test_corrupt_layer_blob_fails(tmp_path: Path) -> None:
             f"layer 1/1 sha256:… digest mismatch (expected {info.layer_digests[0]},"
             f" got {sha256(bytes(data))}); the image on the server changed or is corrupt"
         ),
+        built_so=False,
     )
 
 
@@ -873,6 +887,7 @@ def test_unknown_tag_fails(tmp_path: Path) -> None:
         tag="nope",
         umoci_says="tag is not found: nope",
         we_say=f"oci:{layout} has no image tagged 'nope' (tags: latest); fix the :TAG of SOURCE",
+        built_so=False,
     )
 
 

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Callable
 
-from .errors import LayerError, SpaceError, shown
+from .errors import LAYER_HINT, LayerError, SpaceError, shown
 from .tarstream import (
     BLOCKDEV,
     CHAR,
@@ -229,9 +229,13 @@ class Applier:
                         "the image is larger than the space given to it: "
                         "add RAM or use bootc.zram=",
                     ) from None
-                raise LayerError(f"cannot apply {_show(key)}: {err.strerror or err}") from None
+                raise LayerError(
+                    f"cannot apply {_show(key)}: {err.strerror or err}",
+                    "this system refused it: check the space, the inodes and the limits where "
+                    "the root is written",
+                ) from None
             except (ValueError, OverflowError) as err:  # a value no system call takes
-                raise LayerError(f"cannot apply {_show(key)}: {err}") from None
+                raise LayerError(f"cannot apply {_show(key)}: {err}", LAYER_HINT) from None
             self.entries += 1
         self._set_dir_times()
 

@@ -185,6 +185,8 @@ def _unzstd_module(head: bytes, read: Read) -> Iterator[bytes]:
         try:
             out = reader.read(CHUNK)
         except _zstandard.ZstdError as err:
+            if "too much memory" in str(err):
+                raise _long_window() from None
             raise LayerError(f"zstd data is corrupt ({err})") from None
         if not out:
             # Truncation at a frame boundary inside a block is caught by the diff_id check.
@@ -245,4 +247,16 @@ def _command_chunks(name: str, kind: str, head: bytes, read: Read) -> Iterator[b
     if rc != 0:
         # igzip names its input "(null)" when it is a pipe
         detail = err.splitlines()[-1].replace(" (null)", "") if err else f"{name} exit {rc}"
+        if kind == "zstd" and "--long" in detail:  # "Use --long=28 or --memory=256MB"
+            raise _long_window()
         raise LayerError(f"{kind} data is corrupt ({detail})")
+
+
+def _long_window() -> LayerError:
+    """A zstd frame whose window is over the decoders' 128 MiB (`zstd --long`): as much memory
+    again while the layer is read, which a live boot does not plan for."""
+    return LayerError(
+        "its zstd frames need a window over 128 MiB (made with zstd --long), more memory than "
+        "a layer may take here",
+        "recompress the layer without --long",
+    )

@@ -69,6 +69,11 @@ class LayerError(BootcLiveError):
     """A layer's tar stream is malformed or asks for something forbidden."""
 
 
+# The next step for a layer that cannot be applied while its blob matches its digest: nothing
+# was damaged on the way, the image holds it so.
+LAYER_HINT = "the blob matches its digest, so the image was built so: rebuild it"
+
+
 class SpaceError(BootcLiveError):
     """The destination ran out of space."""
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .apply import Applier
 from .blobs import VerifyingReader, new_hash, short
 from .decompress import decoded_chunks
-from .errors import BootcLiveError, VerificationError
+from .errors import LAYER_HINT, BootcLiveError, LayerError, VerificationError
 from .oci import Image
 from .streams import END, ChunkStream
 from .tarstream import TarEntry
@@ -174,7 +174,8 @@ def layer_chunks(
             raise
         except BootcLiveError as err:
             reader.finish()  # a digest mismatch explains broken compression better
-            raise type(err)(f"{label} {short(desc.digest)}: {err}", err.hint) from None
+            hint = err.hint or (LAYER_HINT if isinstance(err, LayerError) else "")
+            raise type(err)(f"{label} {short(desc.digest)}: {err}", hint) from None
         reader.finish()
     if abandoned() or diff_hash is None:
         return
@@ -225,7 +226,8 @@ def layer_sizes(image: Image) -> list[int]:
 def labelled(err: BootcLiveError, image: Image, index: int) -> BootcLiveError:
     """`err` (a broken tar, say) as one line naming the layer it came from and its digest."""
     desc = image.layers[index]
-    return type(err)(f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", err.hint)
+    hint = err.hint or (LAYER_HINT if isinstance(err, LayerError) else "")
+    return type(err)(f"layer {index + 1}/{len(image.layers)} {short(desc.digest)}: {err}", hint)
 
 
 def unpack_image(
