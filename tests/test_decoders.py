@@ -271,3 +271,11 @@ def test_a_zstd_window_over_128_mib_is_named_not_called_corrupt(decoder: str) ->
         "its zstd frames need a window over 128 MiB (made with zstd --long), more memory than "
         "a layer may take here"
     )
+
+
+@pytest.mark.parametrize(("tool", "kind"), [("xz", "xz"), ("bzip2", "bzip2")])
+def test_a_layer_compressed_otherwise_is_named_for_it(tool: str, kind: str) -> None:
+    """An xz or bzip2 layer was read as a tar: 'tar header checksum mismatch'."""
+    stream = subprocess.run([tool, "-c"], input=b"a tar", capture_output=True, check=True).stdout
+    _, said = decode("none", stream, [])
+    assert said == f"the layer is {kind}-compressed; OCI layers are gzip, zstd or plain tars"

@@ -99,9 +99,22 @@ def read_head(read: Read) -> bytes:
     return head
 
 
+def other_compression(head: bytes) -> str:
+    """A compression a stream that is neither gzip nor zstd has (xz, bzip2), or ""."""
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return "bzip2" if head[:3] == b"BZh" else ""
+
+
 def decoder_chunks(decoder: str, kind: str, head: bytes, read: Read) -> Iterator[bytes]:
     """Decompress the `kind` stream that starts with `head` with the decoder named `decoder`."""
     if kind == "none":
+        other = other_compression(head)
+        if other:  # else read as a tar: "tar header checksum mismatch"
+            raise LayerError(
+                f"the layer is {other}-compressed; OCI layers are gzip, zstd or plain tars",
+                "recompress it with gzip or zstd",
+            )
         return _plain(head, read)
     if kind == "gzip" and decoder in ("isal", "zlib"):
         return _gunzip_module(head, read, _gzip_impl if decoder == "isal" else zlib)

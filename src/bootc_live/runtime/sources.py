@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any, BinaryIO, Callable, Protocol
 
 from .blobs import Descriptor
-from .decompress import compression_of
+from .decompress import compression_of, other_compression
 from .errors import ImageError, LayerError, MissingBlob
 from .streams import FileStream, Reader
 from .tarstream import REGULAR, Stream, read_entries
@@ -267,7 +267,7 @@ def _refuse_compressed(head: bytes, what: str) -> None:
     place: said so, not 'tar header checksum mismatch'."""
     kind = compression_of(head)
     if kind == "none":
-        kind = "xz" if head.startswith(b"\xfd7zXZ\x00") else "bzip2" if head[:3] == b"BZh" else ""
+        kind = other_compression(head)
     if kind:
         raise ImageError(
             f"{what} is {kind}-compressed as a whole (an oci-archive is read in place)",
