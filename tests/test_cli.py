@@ -466,3 +466,24 @@ def test_a_url_source_that_is_no_url_is_one_line_and_its_password_unrepeated() -
     ):
         for command in (["inspect", source], ["pull", source, "-o", "oci:x"]):
             assert assert_clean_failure(bootc_live(*command)) == said, command
+
+
+def test_a_failed_unpack_into_an_existing_dest_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """The image's root entry (`./`) set DEST's mode, owner and xattrs; the unpack then failed
+    and emptied DEST, but left them: DEST is now as it was before, not only empty."""
+    layers = [
+        layer_tar([d(".", mode=0o700, uid=5, gid=6, xattrs={"user.image": b"1"}), f("a", b"a")]),
+        layer_tar([hard("h", "nothere")]),
+    ]
+    build_layout(tmp_path / "img", layers, compression="none", tag="v1")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.chmod(dest, 0o750)
+    os.setxattr(dest, "user.keep", b"k")
+    os.utime(dest, (1_000_000, 2_000_000))
+    said = assert_clean_failure(bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(dest)))
+    assert "hardlink to /nothere, which does not exist" in said
+    st = dest.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime) == (0o750, 0, 0, 2_000_000)
+    assert os.listdir(dest) == []
+    assert os.listxattr(dest) == ["user.keep"] and os.getxattr(dest, "user.keep") == b"k"

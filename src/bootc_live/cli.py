@@ -45,8 +45,46 @@ from .runtime.unpack import unpack_image
 MIB = 1 << 20
 
 
-def _prepare_dest(dest: str) -> bool:
-    """Make sure DEST exists and is empty; return whether we created it."""
+@dataclasses.dataclass(frozen=True)
+class _DestBefore:
+    """An existing DEST as it was: what the image's root entry (`./`) sets on it is undone
+    when the unpack fails."""
+
+    mode: int
+    uid: int
+    gid: int
+    times: tuple[int, int]  # atime, mtime in ns
+    xattrs: dict[str, bytes]
+
+    @classmethod
+    def of(cls, path: str) -> _DestBefore:
+        st = os.lstat(path)
+        xattrs = {name: os.getxattr(path, name) for name in _xattr_names(path)}
+        return cls(
+            st.st_mode & 0o7777, st.st_uid, st.st_gid, (st.st_atime_ns, st.st_mtime_ns), xattrs
+        )
+
+    def restore(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            for name in _xattr_names(path):
+                if name not in self.xattrs:
+                    os.removexattr(path, name)
+            for name, value in self.xattrs.items():
+                os.setxattr(path, name, value)
+            os.chown(path, self.uid, self.gid)
+            os.chmod(path, self.mode)  # after chown, which clears set-id bits
+            os.utime(path, ns=self.times)
+
+
+def _xattr_names(path: str) -> list[str]:
+    try:
+        return os.listxattr(path)
+    except OSError:  # a file system without xattrs
+        return []
+
+
+def _prepare_dest(dest: str) -> _DestBefore | None:
+    """Make sure DEST exists and is empty; None when we created it, else how it was."""
     if not dest:
         raise UsageError("DEST is empty", "give a new or empty directory")
     if not os.path.lexists(dest) and os.path.basename(dest.rstrip("/")) in (".", ".."):
@@ -58,21 +96,23 @@ def _prepare_dest(dest: str) -> bool:
             )
         if os.listdir(dest):
             raise UsageError(f"{dest} is not empty", "give a new or empty directory")
-        return False
+        return _DestBefore.of(dest)
     scratch.make_parents(dest)
     scratch.track(dest)  # until it holds the whole image
     os.mkdir(dest)
     os.chmod(dest, 0o755)  # what the root is when the image does not say, whatever the umask
-    return True
+    return None
 
 
-def _discard(dest: str, created: bool) -> None:
-    """Remove a partially unpacked tree, so nobody mistakes it for the image."""
-    if created:
+def _discard(dest: str, before: _DestBefore | None) -> None:
+    """Remove a partially unpacked tree, so nobody mistakes it for the image; a DEST that was
+    there is left empty, as it was."""
+    if before is None:
         scratch.remove(dest)
         return
     for name in os.listdir(dest):
         scratch.remove(Path(dest, name))
+    before.restore(dest)
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
@@ -80,7 +120,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     image = trusted_image(args)
     source = image.source
     try:
-        created = _prepare_dest(args.dest)
+        before = _prepare_dest(args.dest)
     except BaseException:
         source.close()
         raise
@@ -91,7 +131,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
             progress=bytes_progress(image.compressed_size, len(image.layers), args.quiet),
         )
     except BaseException:
-        _discard(args.dest, created)
+        _discard(args.dest, before)
         raise
     finally:
         source.close()
