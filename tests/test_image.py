@@ -460,3 +460,37 @@ def test_a_platform_s_variant_of_any_json_type_is_compared_not_raised(variant: o
     malformed = variant == 8
     assert Platform("linux", "arm64", "v8").matches(entry) is not malformed
     assert Platform("linux", "arm64").matches(entry) is not malformed
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--format=posix"],  # PAX sparse 1.0
+        ["--format=posix", "--sparse-version=0.0"],
+        ["--format=posix", "--sparse-version=0.1"],
+        ["--format=gnu"],  # old GNU sparse ('S'), which skopeo refuses
+    ],
+)
+def test_an_oci_archive_that_tar_wrote_sparse_is_read_with_its_holes(
+    tmp_path: Path, options: list[str]
+) -> None:
+    """`tar --sparse -cf image.tar -C layout .` of a layout whose plain-tar blob has holes
+    stores only its data: the member was read as the whole blob, 'truncated'. skopeo reads it."""
+    from treewalk import has_holes
+    from unpackers import bootc_live
+
+    layer = layer_tar([f("zeros", bytes(8 << 20)), f("tail", b"end")])
+    info = build_layout(tmp_path / "layout", [layer], compression="none", tag="v1")
+    blob = tmp_path / "layout/blobs/sha256" / info.layer_digests[0].partition(":")[2]
+    subprocess.run(["fallocate", "--dig-holes", str(blob)], check=True)
+    assert has_holes(blob)
+    archive = tmp_path / "image.tar"
+    tar = ["tar", "--sparse", *options, "-cf", str(archive), "-C", str(tmp_path / "layout"), "."]
+    subprocess.run(tar, check=True)
+    assert archive.stat().st_size < 1 << 20  # the zeros are not in it
+    root = tmp_path / "root"
+    done = bootc_live("unpack", f"oci-archive:{archive}:v1", str(root))
+    assert done.returncode == 0, done.stderr
+    assert (root / "zeros").read_bytes() == bytes(8 << 20) and (
+        root / "tail"
+    ).read_bytes() == b"end"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, Callable, Protocol
 
@@ -194,12 +195,58 @@ class _Slice(Reader):
         self._file.close()
 
 
+class _Unsparse(Reader):
+    """A sparse member's content: its stored chunks (read back to back from `stored`), with
+    the holes between them as zeros, up to its real size."""
+
+    def __init__(self, stored: BinaryIO, chunks: Sequence[tuple[int, int]], real_size: int) -> None:
+        self._stored = stored
+        # (logical offset, length, stored): the holes and chunks in order, then the tail hole.
+        self._spans: list[tuple[int, int, bool]] = []
+        pos = 0
+        for offset, length in chunks:
+            if offset > pos:
+                self._spans.append((pos, offset - pos, False))
+            if length:
+                self._spans.append((offset, length, True))
+            pos = offset + length
+        if real_size > pos:
+            self._spans.append((pos, real_size - pos, False))
+        self._spans.reverse()  # popped from the end
+
+    def read(self, n: int = -1) -> bytes:
+        while self._spans:
+            offset, length, stored = self._spans[-1]
+            take = length if n < 0 else min(n, length)
+            data = self._stored.read(take) if stored else bytes(take)
+            if not data:
+                return b""  # the archive ends early: the blob's digest check says so
+            if len(data) == length:
+                self._spans.pop()
+            else:
+                self._spans[-1] = (offset + len(data), length - len(data), stored)
+            return data
+        return b""
+
+    def close(self) -> None:
+        self._stored.close()
+
+
+@dataclass(frozen=True)
+class _Member:
+    offset: int  # of its data in the archive
+    size: int  # stored
+    sparse: tuple[tuple[int, int], ...] | None = None  # (offset, length) of its stored chunks
+    real_size: int = 0
+
+
 class MemberIndex:
-    """An oci-archive read in place: member offsets are indexed once, nothing is extracted."""
+    """An oci-archive read in place: member offsets are indexed once, nothing is extracted.
+    A member tar wrote sparse (`tar --sparse`) is read with its holes as zeros."""
 
     description: str
     names_one_image = False
-    _members: dict[str, tuple[int, int]]
+    _members: dict[str, _Member]
 
     def _index_members(self, stream: Stream, tell: Callable[[], int]) -> None:
         self._members = {}
@@ -207,7 +254,9 @@ class MemberIndex:
             for entry in read_entries(stream):
                 if entry.kind == REGULAR:
                     name = os.path.normpath(b"/" + entry.name).lstrip(b"/")
-                    self._members[name.decode("utf-8", "surrogateescape")] = (tell(), entry.size)
+                    sparse = tuple(entry.sparse) if entry.sparse is not None else None
+                    member = _Member(tell(), entry.size, sparse, entry.real_size)
+                    self._members[name.decode("utf-8", "surrogateescape")] = member
                     stream.skip(entry.size)
         except LayerError as err:
             raise ImageError(f"{self.description} is not a valid oci-archive: {err}") from None
@@ -227,12 +276,19 @@ class MemberIndex:
     def _open_member(self, offset: int, size: int) -> BinaryIO:
         raise NotImplementedError
 
+    def _open(self, member: _Member) -> BinaryIO:
+        stored = self._open_member(member.offset, member.size)
+        if member.sparse is None:
+            return stored
+        return _Unsparse(stored, member.sparse, member.real_size)  # type: ignore[return-value]
+
     def index_json(self) -> bytes:
-        offset, size = self._members["index.json"]
+        member = self._members["index.json"]
+        size = member.real_size
         if size > 16 << 20:
             raise ImageError(f"{self.description}: index.json is implausibly large ({size} bytes)")
         data = b""
-        with self._open_member(offset, size) as f:
+        with self._open(member) as f:
             while len(data) < size and (part := f.read(size - len(data))):
                 data += part  # a network stream may hand it over in several pieces
         return data
@@ -241,14 +297,17 @@ class MemberIndex:
         name = blob_path(desc.digest)
         if name not in self._members:
             raise MissingBlob(self.description, desc.digest)
-        return self._open_member(*self._members[name])
+        return self._open(self._members[name])
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes (unverified: for estimates only)."""
         name = blob_path(desc.digest)
         if name not in self._members:
             return b""
-        offset, size = self._members[name]
+        member = self._members[name]
+        if member.sparse is not None:
+            return b""  # an estimate goes without
+        offset, size = member.offset, member.size
         with self._open_member(offset + max(0, size - n), min(n, size)) as f:
             return f.read(n)
 
