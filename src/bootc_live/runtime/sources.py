@@ -218,7 +218,7 @@ class _Unsparse(Reader):
         while self._spans:
             offset, length, stored = self._spans[-1]
             take = length if n < 0 else min(n, length)
-            data = self._stored.read(take) if stored else bytes(take)
+            data = self._stored.read(take) if stored else bytes(min(take, 1 << 20))
             if not data:
                 return b""  # the archive ends early: the blob's digest check says so
             if len(data) == length:
