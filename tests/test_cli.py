@@ -8,6 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from imagegen import build_layout, d, f, hard, layer_tar, wh, write_oci_archive
 from unpackers import assert_clean_failure, bootc_live
 
@@ -376,12 +378,14 @@ def test_digest_picks_one_of_several_untagged_images(tmp_path: Path) -> None:
     layout = tmp_path / "two"
     first = build_layout(layout, [layer_tar([f("a", b"first")])], tag=None)
     second = build_layout(layout, [layer_tar([f("a", b"second")])], tag=None)
+    third = build_layout(layout, [layer_tar([f("a", b"third")])], tag="v1", more_tags=["v2"])
     said = assert_clean_failure(bootc_live("inspect", f"oci:{layout}"))
     assert said == (
-        f"bootc-live: oci:{layout} holds 2 images and none is tagged 'latest' (tags: none); name "
-        "one with the :TAG of SOURCE, or pick one by its digest with --digest\n"
+        f"bootc-live: oci:{layout} holds 4 images and none is tagged 'latest' (tags: v1, v2); "
+        "name one with the :TAG of SOURCE, or pick one by its digest with --digest\n"
     )
-    for info, content in ((first, b"first"), (second, b"second")):
+    # The third is listed twice (tagged v1 and v2): its digest picks it all the same.
+    for info, content in ((first, b"first"), (second, b"second"), (third, b"third")):
         digest = info.manifest_digest
         shown = bootc_live("inspect", f"oci:{layout}", "--digest", digest)
         assert shown.returncode == 0 and f"image     {digest}\n" in shown.stdout, shown.stderr
@@ -429,6 +433,9 @@ def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_p
     )
     assert f"blob {info.layer_digests[0]} is not a regular file (a pipe or a device)" in said
     assert sorted(os.listdir(tmp_path)) == ["image.tar", "img"]
+    # inspect reads a gzip blob's last bytes for its estimate: an estimate goes without.
+    shown = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", timeout=30)
+    assert shown.returncode == 0 and "3x the compressed size" in shown.stdout, shown.stderr
 
 
 def test_inspect_escapes_what_the_image_names(tmp_path: Path) -> None:
@@ -487,3 +494,29 @@ def test_a_failed_unpack_into_an_existing_dest_leaves_it_as_it_was(tmp_path: Pat
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime) == (0o750, 0, 0, 2_000_000)
     assert os.listdir(dest) == []
     assert os.listxattr(dest) == ["user.keep"] and os.getxattr(dest, "user.keep") == b"k"
+
+
+def test_a_build_that_finds_dir_new_published_under_it_is_told_another_is_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another build renamed DIR.new to DIR between our open and our lock: refused as busy
+    (it was a raw FileNotFoundError), and no descriptor is left open."""
+    import fcntl
+
+    from bootc_live import build
+    from bootc_live.runtime.errors import BootcLiveError
+
+    output = tmp_path / "out"
+    tmp = tmp_path / "out.new"
+    real = fcntl.flock
+
+    def publishing_first(fd: int, op: int) -> None:
+        os.rename(tmp, output)  # the other build publishes, and ends
+        real(fd, op)
+
+    monkeypatch.setattr(build.fcntl, "flock", publishing_first)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(BootcLiveError) as err:
+        build.claim(tmp, output)
+    assert str(err.value) == f"another bootc-live build is writing {output}"
+    assert sorted(os.listdir("/proc/self/fd")) == before and output.is_dir()

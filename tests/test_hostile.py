@@ -436,3 +436,24 @@ def test_a_document_trickling_above_the_low_speed_floor_ends_at_its_deadline(
         "check the server and the network",
         err.value.line(),
     ), err.value.line()
+
+
+def test_the_document_deadline_counts_from_the_answer_not_the_wait_for_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry busy (503, Retry-After) for longer than the deadline, then answering at
+    once: the body comes whole, the waiting is the retries' (Policy.total), not the
+    deadline's."""
+    monkeypatch.setattr(http, "DOCUMENT_SECONDS", 1.0)
+
+    def plan(n: int, start: int) -> tuple[int, dict[str, str], bytes, int | None] | None:
+        if n == 1:
+            return 503, {"Retry-After": "2", "Content-Length": "0"}, b"", None
+        return None  # the document
+
+    policy = replace(FAST, retries=3, max_retry_after=5.0)
+    with faulty(b'{"ok": true}', plan) as server:
+        client = http.Client(server.url(), policy, [].append)
+        start = time.monotonic()
+        body, _ = http.read_body(client, "answer", 1 << 20)
+    assert body == b'{"ok": true}' and time.monotonic() - start >= 2

@@ -494,3 +494,15 @@ def test_an_oci_archive_that_tar_wrote_sparse_is_read_with_its_holes(
     assert (root / "zeros").read_bytes() == bytes(8 << 20) and (
         root / "tail"
     ).read_bytes() == b"end"
+
+
+def test_a_sparse_members_holes_come_in_bounded_pieces() -> None:
+    """A hostile map may claim a hole of a terabyte: read whole, it came as one bytes()."""
+    import io
+
+    from bootc_live.runtime.sources import _Unsparse
+
+    reader = _Unsparse(io.BytesIO(b"abcdef"), [(0, 3), (10, 3)], 1 << 40)
+    assert reader.read(-1) == b"abc"
+    assert reader.read(-1) == bytes(7) and reader.read(-1) == b"def"
+    assert len(reader.read(-1)) == 1 << 20  # the tail hole, a MiB at a time

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from bootc_live import carried
+from bootc_live import carried, hostpolicy
 from bootc_live.layout import LayoutWriter, canonical_json
 from bootc_live.runtime import http, oci, policy, trust
 from bootc_live.runtime.blobs import Descriptor
@@ -259,7 +259,16 @@ def test_under_an_index_the_index_or_the_platforms_manifest_may_be_signed(
         if case in ("index", "amd64"):
             keys = verdict_of(source, pol).keys
             assert keys == (f"GPG key {signer.trusted.fingerprint} ({signer.trusted.public})",)
+            # Named by the index's digest (docker://…@sha256:INDEX, bootc.identity=): the pin
+            # is the index's, which the manifest's signature does not change.
+            assert verdict_of(source, pol, name=f"example.com/app@{index}").keys == keys
             found = trust.gather(source, image, None, POLICY, print)
+            # inspect's line for the signature: this image's, not "another image".
+            said = hostpolicy._verified_by(
+                found[0].signature, pol.default, hostpolicy.Checked(image, tuple(found), None)
+            )
+            which = "this image" if case == "index" else "this image's manifest for its platform"
+            assert said.endswith(f"signs {EXPANDED} for {which}"), said
             assert [one.signs for one in found] == [signed]
             entries, _ = carried.entries(image, found)  # what pull and build carry
             tags = [e["annotations"][oci.REF_NAME] for e in entries]

@@ -148,19 +148,26 @@ def claim(tmp: Path, output: Path) -> int:
     scratch.make_parents(tmp)
     with contextlib.suppress(FileExistsError):
         tmp.mkdir()
-    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    busy = BuildError(
+        f"another bootc-live build is writing {output}",
+        "wait for it to end, or choose another output directory",
+    )
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:  # published as DIR by another build since the mkdir
+        raise busy from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         locked, now = os.fstat(fd), os.lstat(tmp)
         # Another build may have renamed what was DIR.new to DIR as it was opened.
         if (locked.st_dev, locked.st_ino) != (now.st_dev, now.st_ino):
             raise BlockingIOError
-    except BlockingIOError:
+    except (BlockingIOError, FileNotFoundError):
         os.close(fd)
-        raise BuildError(
-            f"another bootc-live build is writing {output}",
-            "wait for it to end, or choose another output directory",
-        ) from None
+        raise busy from None
+    except BaseException:
+        os.close(fd)
+        raise
     scratch.track(tmp)
     for name in os.listdir(tmp):  # a failed build's (check_output allowed only those)
         scratch.remove(tmp / name)

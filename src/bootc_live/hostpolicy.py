@@ -211,7 +211,12 @@ def _verified_by(
             why.append(str(err))
             continue
         claims = verified.claims
-        image = claims.manifest_digest == checked.image.top.digest
-        digest = "this image" if image else "another image"
+        image = checked.image
+        if claims.manifest_digest == image.top.digest:
+            digest = "this image"
+        elif claims.manifest_digest in {d.digest for d in trust.signed_documents(image)}:
+            digest = "this image's manifest for its platform"
+        else:
+            digest = "another image"
         return f"verified by {verified.key}; signs {shown(claims.docker_reference)} for {digest}"
     return "not verified: " + "; ".join(dict.fromkeys(why))

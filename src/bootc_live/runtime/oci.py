@@ -300,7 +300,7 @@ def resolve(
     if digest is not None and label is None:
         # No name asked for: the pinned digest picks among the index's entries, if one is it
         # (an untagged image of several; else it pins what the label and platform pick).
-        entries = [d for d in entries if d.digest == digest] or entries
+        entries = [d for d in entries if d.digest == digest][:1] or entries  # one, if tagged twice
     candidates = _pick_label(entries, label, where)
     desc = top = _pick_platform(candidates, plat, where)
     seen = [desc.digest]

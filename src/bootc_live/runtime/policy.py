@@ -369,17 +369,20 @@ def evaluate(
     manifest: bytes,
     candidates: Sequence[Signature],
     label: str = "",
+    named: bytes | None = None,
 ) -> Verdict:
     """Whether the policy accepts the image `name` of `transport` whose manifest is
     `manifest`, given its candidate signatures; PolicyError (with its reason) when not.
-    Messages name the image `label` (by default docker://NAME, oci:PATH …)."""
+    Messages name the image `label` (by default docker://NAME, oci:PATH …). `named`: the
+    document the name names, when `manifest` is one below it (an index's platform manifest):
+    a digest the name pins is that one's."""
     scope, requirements = policy.requirements_for(transport, name)
     image = DockerReference.parse(name) if transport == "docker" else None
     label = label or image_name(transport, name)
     if (
         image is not None
         and image.digest is not None
-        and not _manifest_matches(manifest, image.digest)
+        and not _manifest_matches(manifest if named is None else named, image.digest)
     ):
         # A name that pins a digest (bootc.identity=, --identity) names that image only: any
         # other image signed for the repository is not it.

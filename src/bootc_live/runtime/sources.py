@@ -119,7 +119,11 @@ class LayoutSource:
         files = self._files(desc)
         if not files:
             return b""
-        with open(files[-1], "rb") as f:
+        try:
+            f = open_file(files[-1], self.description)
+        except (OSError, ImageError):  # a FIFO, say: an estimate goes without
+            return b""
+        with f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - n))
             return f.read(n)
@@ -181,7 +185,7 @@ class _Slice(Reader):
     """A read-only window [offset, offset+size) of a file, with its own position."""
 
     def __init__(self, path: str, offset: int, size: int) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file = open_file(path, path, devices=True)  # closed by close()
         self._file.seek(offset)
         self._left = size
 

@@ -155,12 +155,14 @@ def check(
     if found is None:
         found = gather(source, image, registries, fetch_policy, say, kinds) if kinds else []
     refusals: list[policy.PolicyError] = []
+    top = b""
     for desc in signed_documents(image) if kinds else [image.top]:
         with source.open_blob(desc) as raw:
             document = read_verified(raw, desc, "manifest")
+        top = top or document  # what a digest in `name` pins: the top document
         mine = [f.signature for f in found if f.signs in ("", desc.digest)]
         try:
-            return policy.evaluate(rules, transport, name, document, mine, label=label)
+            return policy.evaluate(rules, transport, name, document, mine, label, named=top)
         except policy.PolicyError as err:
             refusals.append(err)
     # The top document's refusal, unless only the platform's manifest had signatures.
@@ -180,7 +182,11 @@ def docker_reference(source: RegistrySource) -> policy.DockerReference:
     try:
         return policy.DockerReference.parse(name)
     except ValueError as err:  # what the registry client took, the policy's grammar did not
-        raise policy.PolicyError(f"{shown(name)}: {err}", policy.BAD_REFERENCE) from None
+        raise policy.PolicyError(
+            f"{shown(name)}: not a name the signature policy can take ({err})",
+            policy.BAD_REFERENCE,
+            "name the registry by a DNS name, an IPv4 address or a plain IPv6 address in [ ]",
+        ) from None
 
 
 # Carried in a layout or archive.
