@@ -174,8 +174,7 @@ def layer_chunks(
             raise
         except BootcLiveError as err:
             reader.finish()  # a digest mismatch explains broken compression better
-            hint = err.hint or (LAYER_HINT if isinstance(err, LayerError) else "")
-            raise type(err)(f"{label} {short(desc.digest)}: {err}", hint) from None
+            raise labelled(err, image, index) from None
         reader.finish()
     if abandoned() or diff_hash is None:
         return
