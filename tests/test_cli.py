@@ -451,6 +451,25 @@ def test_inspect_escapes_what_the_image_names(tmp_path: Path) -> None:
     assert "kernels   6.1.0\\x1b[2J\\x1b]0;pwned\\x07\n" in result.stdout, result.stdout
 
 
+def test_inspect_finds_kernels_hard_linked_as_ostree_stores_them(tmp_path: Path) -> None:
+    """ostree-based images (Fedora's, CentOS's) hard-link usr/lib/modules/KVER/vmlinuz to its
+    object: that is the kernel, as in the unpacked tree (it said "none")."""
+    layer = layer_tar(
+        [
+            f("sysroot/ostree/repo/objects/ab/cd.file", b"k"),
+            d("usr/lib/modules/6.14.0-63.fc42.x86_64"),
+            hard(
+                "usr/lib/modules/6.14.0-63.fc42.x86_64/vmlinuz",
+                "sysroot/ostree/repo/objects/ab/cd.file",
+            ),
+        ]
+    )
+    build_layout(tmp_path / "img", [layer], tag="v1")
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure")
+    assert result.returncode == 0, result.stderr
+    assert "kernels   6.14.0-63.fc42.x86_64\n" in result.stdout, result.stdout
+
+
 def test_a_url_source_that_is_no_url_is_one_line_and_its_password_unrepeated() -> None:
     """An unclosed [ was a traceback from urllib; a URL with credentials is refused without
     being repeated, as root= is at boot."""

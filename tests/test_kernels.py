@@ -7,19 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime.kernels import KernelFinder, boot_file, in_tree
+from bootc_live.runtime.kernels import KernelFinder, boot_file, in_tree, version_key
+from bootc_live.runtime.tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK
 
 M = "usr/lib/modules"
-Layer = list[tuple[str, bool]]  # (tar name, a regular file)
+# (tar name, a regular file (True) or a symlink (False)), or (tar name, kind, link target)
+Layer = list[tuple[str, bool] | tuple[str, str, str]]
 
 
 def shown(*layers: Layer) -> KernelFinder:
     """A finder fed `layers` (listed bottom-up, as a manifest lists them) from the top down."""
     finder = KernelFinder()
     for layer in reversed(layers):
-        for name, regular in layer:
-            finder.entry(name.encode(), regular)
-        finder.end_layer()
+        for name, *how in layer:
+            kind, target = (
+                (how[0], how[1]) if len(how) == 2 else (REGULAR if how[0] else SYMLINK, "")
+            )
+            finder.entry(name.encode(), kind, target.encode())
+        finder.end_layer(finder.relink())
     return finder
 
 
@@ -73,9 +78,10 @@ def test_a_layers_whiteouts_hide_only_the_layers_below_it() -> None:
 
 def test_an_upper_file_replaces_the_lower_one_at_its_path() -> None:
     finder = KernelFinder()
-    assert finder.entry(f"{M}/6.1.0-1/vmlinuz".encode(), True) == ("6.1.0-1", "vmlinuz")
+    assert finder.entry(f"{M}/6.1.0-1/vmlinuz".encode()) is True  # its bytes are wanted
     finder.end_layer()
-    assert finder.entry(f"{M}/6.1.0-1/vmlinuz".encode(), True) is None  # the lower one
+    assert finder.entry(f"{M}/6.1.0-1/vmlinuz".encode()) is False  # the lower one
+    assert finder.where(("6.1.0-1", "vmlinuz")) == (0, f"{M}/6.1.0-1/vmlinuz".encode())
     # A link over the kernel's file leaves that kernel without one; another place still counts.
     linked = shown(kernel("6.1.0-1"), [(f"{M}/6.1.0-1/vmlinuz", False)])
     assert (linked.kernels(), linked.named) == ([], {"6.1.0-1"})
@@ -93,8 +99,47 @@ def test_an_unpacked_tree_without_following_links(tmp_path: Path) -> None:
     (root / "boot/vmlinuz-9.9.9").symlink_to("/boot/vmlinuz-host")  # the host's, if followed
     (root / "lib").symlink_to("usr/lib")
     (root / "usr/lib/modules/6.1.0-10/initramfs.img").write_bytes(b"i")
+    host = tmp_path / "host-modules/7.0"  # a KVER directory linked out of the tree
+    host.mkdir(parents=True)
+    (host / "vmlinuz").write_bytes(b"the host's")
+    (host / "initramfs.img").write_bytes(b"the host's")
+    (root / M / "7.0").symlink_to(host)
     finder = in_tree(os.fspath(root))
     assert finder.kernels() == ["6.1.0-9", "6.1.0-10"]
     assert finder.complete() == ["6.1.0-10"]
     assert finder.files[("6.1.0-9", "vmlinuz")] == f"{M}/6.1.0-9/vmlinuz".encode()
     assert finder.named == {"6.1.0-9", "6.1.0-10", "9.9.9"}
+
+
+@pytest.mark.parametrize(
+    ("lower", "higher"),
+    [
+        ("6.1.0-9", "6.1.0-10"),
+        ("6.8.5-301.fc40.x86_64+debug", "6.8.5-301.fc40.x86_64"),  # Fedora's kernel-debug
+        ("6.12~rc1", "6.12"),  # Debian's pre-release
+        ("5.14.0-427.el9", "5.14.0-427.13.1.el9"),
+        ("6.1²", "6.2"),  # a digit that int() refuses is a word, not a traceback
+    ],
+)
+def test_version_order(lower: str, higher: str) -> None:
+    assert version_key(lower) < version_key(higher)
+    assert sorted([higher, lower], key=version_key) == [lower, higher]
+
+
+def test_hard_links_and_links_over_directories() -> None:
+    """A hard link at a kernel's place is that kernel (ostree-based images); a link or file
+    over a directory of the place hides the lower layers' kernels below it."""
+    linked = shown(
+        [
+            ("sysroot/objects/k.file", True),
+            (f"{M}/6.14.0/vmlinuz", HARDLINK, "sysroot/objects/k.file"),
+            (f"{M}/6.14.0/initramfs.img", HARDLINK, "./sysroot/objects/k.file"),
+        ]
+    )
+    assert (linked.kernels(), linked.complete()) == (["6.14.0"], ["6.14.0"])
+    assert linked.where(("6.14.0", "vmlinuz")) == (0, b"sysroot/objects/k.file")
+    for over in ("usr", "usr/lib", M, f"{M}/6.9.0"):
+        finder = shown([*kernel("6.9.0"), *kernel("6.1.0")], [(over, SYMLINK, "elsewhere")])
+        assert finder.kernels() == ([] if over != f"{M}/6.9.0" else ["6.1.0"]), over
+    # A directory entry over it hides nothing: the layers merge.
+    assert shown(kernel("6.9.0"), [(f"{M}/6.9.0", DIRECTORY, "")]).kernels() == ["6.9.0"]

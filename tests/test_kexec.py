@@ -10,13 +10,14 @@ import json
 import random
 import shutil
 import stat
+import subprocess
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import blobs, boot, kexec, unpack
+from bootc_live.runtime import blobs, boot, cmdline, kexec, unpack
 from bootc_live.runtime import run as run_module
 from bootc_live.runtime.cmdline import parse, split
 from bootc_live.runtime.handover import (
@@ -35,7 +36,7 @@ from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.status import Report
 from bootc_live.runtime.unpack import unpack_image
-from imagegen import build_layout, d, f, layer_tar, opq, sym, wh
+from imagegen import build_layout, d, f, hard, layer_tar, opq, sparse, sym, wh
 from newc import read_archive
 
 M = "usr/lib/modules"
@@ -121,11 +122,18 @@ class Unreadable:
         return self.inner.open_blob(desc)
 
 
-def test_the_top_layers_suffice_and_lower_ones_are_not_read(tmp_path: Path) -> None:
-    image = image_of(tmp_path, [f("bin", b"x")], kernel("6.1.0-9"), kernel("6.1.0-10"))
-    guarded = replace(image, source=Unreadable(image.source, {image.layers[0].digest}))
-    assert found(guarded, tmp_path) == ("6.1.0-10", b"kernel 6.1.0-10", 1)
-    # Asked for the older one: reading goes on, one layer down, and still not to the bottom.
+def test_the_highest_version_in_any_layer_unless_one_is_named(tmp_path: Path) -> None:
+    """SPEC §7, several kernels: the highest version, wherever its layer lies (an older LTS
+    kernel added on top of a newer one, say), so every layer is read, as `build` and `inspect`
+    read them. bootc.kexec.kver= names one: reading stops at the layer that settles it."""
+    image = image_of(
+        tmp_path, kernel("6.8.9"), [f("bin", b"x")], kernel("6.1.0-9"), kernel("6.1.0-10")
+    )
+    assert found(image, tmp_path) == ("6.8.9", b"kernel 6.8.9", 4)
+    assert len(list((tmp_path / "work").iterdir())) == 2  # the other kernels' files are freed
+    lower = {image.layers[0].digest, image.layers[1].digest}
+    guarded = replace(image, source=Unreadable(image.source, lower))
+    assert found(guarded, tmp_path, "6.1.0-10") == ("6.1.0-10", b"kernel 6.1.0-10", 1)
     assert found(guarded, tmp_path, "6.1.0-9") == ("6.1.0-9", b"kernel 6.1.0-9", 2)
 
 
@@ -139,6 +147,20 @@ def test_whiteouts_and_opaque_directories_hide_lower_kernels(tmp_path: Path) -> 
     assert found(image, tmp_path)[:2] == ("6.1.0-9", b"kernel 6.1.0-9")
     hidden = image_of(tmp_path / "b", kernel("6.1.0-10"), [opq(M), *kernel("5.10.0-1")])
     assert found(hidden, tmp_path)[:2] == ("5.10.0-1", b"kernel 5.10.0-1")
+    # The root made opaque hides every lower layer too (umoci and our unpack agree).
+    root = image_of(tmp_path / "c", kernel("6.9.0"), [opq("."), *kernel("6.1.0")])
+    assert found(root, tmp_path)[:2] == ("6.1.0", b"kernel 6.1.0")
+
+
+def test_a_link_over_a_kernels_directory_hides_the_lower_kernel(tmp_path: Path) -> None:
+    """An upper layer that makes usr/lib/modules/6.9.0 a link leaves no 6.9.0/vmlinuz of the
+    lower layer in the merged tree (an unpacker replaces the directory)."""
+    image = image_of(
+        tmp_path,
+        [*kernel("6.9.0"), *kernel("6.1.0")],
+        [sym(f"{M}/6.9.0", "6.1.0")],
+    )
+    assert found(image, tmp_path)[:2] == ("6.1.0", b"kernel 6.1.0")
 
 
 def test_an_upper_file_replaces_a_lower_one(tmp_path: Path) -> None:
@@ -151,7 +173,70 @@ def test_an_upper_file_replaces_a_lower_one(tmp_path: Path) -> None:
         f(f"{M}/6.1.0-1/vmlinuz", b"old"),
         f(f"{M}/6.1.0-1/initramfs.img", b"old"),
     ]
-    assert found(image_of(tmp_path, old, new), tmp_path) == ("6.1.0-1", b"kernel 6.1.0-1", 1)
+    assert found(image_of(tmp_path, old, new), tmp_path) == ("6.1.0-1", b"kernel 6.1.0-1", 2)
+    # Within one layer the last entry at a path is the file, as in the unpacked tree.
+    twice = [*old[1:], *new]
+    assert found(image_of(tmp_path / "b", twice), tmp_path)[:2] == ("6.1.0-1", b"kernel 6.1.0-1")
+
+
+def test_the_modules_place_wins_over_boot_in_any_order(tmp_path: Path) -> None:
+    """One KVER with boot/vmlinuz-KVER and usr/lib/modules/KVER/vmlinuz: the latter, as
+    `build` takes it from the tree, whichever the layer lists first."""
+    layer = [d("boot"), f("boot/vmlinuz-6.1.0-1", b"boot copy"), *kernel("6.1.0-1")]
+    assert found(image_of(tmp_path, layer), tmp_path)[:2] == ("6.1.0-1", b"kernel 6.1.0-1")
+
+
+def test_kernels_hard_linked_as_ostree_stores_them(tmp_path: Path) -> None:
+    """Fedora's and CentOS's bootc images (ostree-ext) store each file once under
+    sysroot/ostree/repo/objects and hard-link every place to it: the link comes after its
+    target in the layer, or the target lies in a lower layer. GNU tar writes the same when
+    files share an inode (the first name is the file, the others links)."""
+    tree = tmp_path / "tree"
+    objects = tree / "sysroot/ostree/repo/objects/ab"
+    objects.mkdir(parents=True)
+    (tree / M / "6.14.0").mkdir(parents=True)
+    (objects / "cd.file").write_bytes(b"kernel 6.14.0")
+    (objects / "ef.file").write_bytes(b"initramfs 6.14.0")
+    (tree / M / "6.14.0/vmlinuz").hardlink_to(objects / "cd.file")
+    (tree / M / "6.14.0/initramfs.img").hardlink_to(objects / "ef.file")
+    tar = subprocess.run(
+        ["tar", "-C", str(tree), "--sort=name", "--format=pax", "-cf", "-", "."],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert b"usr/lib/modules/6.14.0/vmlinuz" in tar
+    image = image_of(tmp_path / "a", [f("etc", b"")])
+    build_layout(tmp_path / "gnu", [tar])
+    gnu = resolve(LayoutSource(str(tmp_path / "gnu")))
+    assert found(gnu, tmp_path) == ("6.14.0", b"kernel 6.14.0", 1)
+    # The objects in a lower layer, the links in an upper one.
+    objects_layer = [
+        d("sysroot"),
+        f("sysroot/k.file", b"kernel 6.14.0"),
+        f("sysroot/i.file", b"initramfs 6.14.0"),
+    ]
+    links = [
+        d(f"{M}/6.14.0"),
+        hard(f"{M}/6.14.0/vmlinuz", "sysroot/k.file"),
+        hard(f"{M}/6.14.0/initramfs.img", "sysroot/i.file"),
+    ]
+    image = image_of(tmp_path / "b", objects_layer, links)
+    assert found(image, tmp_path) == ("6.14.0", b"kernel 6.14.0", 2)
+
+
+def test_a_sparse_kernel_is_extracted_with_its_holes(tmp_path: Path) -> None:
+    head, tail = b"MZ".ljust(512, b"h"), b"t" * 512
+    segments = [(0, head), (8192, tail)]
+    layer = [
+        d(f"{M}/6.1.0-1"),
+        sparse(f"{M}/6.1.0-1/vmlinuz", 12288, segments),
+        f(f"{M}/6.1.0-1/initramfs.img", b"initramfs 6.1.0-1"),
+    ]
+    for fmt in ("pax", "gnu"):
+        build_layout(tmp_path / fmt, [layer_tar([d("usr"), d("usr/lib"), d(M), *layer], fmt=fmt)])
+        image = resolve(LayoutSource(str(tmp_path / fmt)))
+        kernel_bytes = found(image, tmp_path)[1]
+        assert kernel_bytes == head + bytes(8192 - 512) + tail + bytes(12288 - 8704), fmt
 
 
 @pytest.mark.parametrize(
@@ -191,10 +276,11 @@ def test_the_next_command_line_drops_the_kexec_switch() -> None:
     )
     assert kexec.next_command_line(current, reuse=False, label="h") == (
         "console=ttyS0 root=bootc-live:http://10.0.2.100/root.oci bootclabel=x rd.shell=0 "
-        "'quoted arg'"
+        "'quoted arg' bootc.kexec=0"
     )
     assert kexec.next_command_line(current, reuse=True, label="h") == (
-        "console=ttyS0 rd.shell=0 'quoted arg' root=bootc-live:/bootc-live/image bootclabel=h"
+        "console=ttyS0 rd.shell=0 'quoted arg' root=bootc-live:/bootc-live/image bootclabel=h "
+        "bootc.kexec=0"
     )
 
 
@@ -202,8 +288,13 @@ def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
     """The kernel knows double quotes only: shell quotes would split it into two words."""
     current = '"systemd.setenv=GREETING=hello world" x="a\tb c" bootc.kexec console=ttyS0\n'
     line = kexec.next_command_line(current, reuse=False, label="h")
-    assert line == '"systemd.setenv=GREETING=hello world" "x=a\tb c" console=ttyS0'
-    assert split(line) == ["systemd.setenv=GREETING=hello world", "x=a\tb c", "console=ttyS0"]
+    assert line == '"systemd.setenv=GREETING=hello world" "x=a\tb c" console=ttyS0 bootc.kexec=0'
+    assert split(line) == [
+        "systemd.setenv=GREETING=hello world",
+        "x=a\tb c",
+        "console=ttyS0",
+        "bootc.kexec=0",
+    ]
     assert kexec.printable_command_line(line) == line
 
 
@@ -227,13 +318,15 @@ def test_the_next_command_line_pins_the_image_stage_one_checked() -> None:
     what stage one checked, whatever bootc.digest= said (an index's digest, say)."""
     current = "root=bootc-live:docker://registry.example/app:v1 bootc.digest=sha256:11 bootc.kexec"
     fetched = kexec.next_command_line(current, reuse=False, label="h", pin="sha256:22")
-    assert fetched == "root=bootc-live:docker://registry.example/app:v1 bootc.digest=sha256:22"
+    assert fetched == (
+        "root=bootc-live:docker://registry.example/app:v1 bootc.digest=sha256:22 bootc.kexec=0"
+    )
     handed = kexec.next_command_line(
         current, reuse=True, label="h", verified="sha256:v", pin="sha256:33"
     )
     assert handed == (
         "root=bootc-live:/bootc-live/image bootclabel=h bootc.digest=sha256:33 "
-        "bootc.kexec.verified=sha256:v"
+        "bootc.kexec.verified=sha256:v bootc.kexec=0"
     )
 
 
@@ -269,7 +362,7 @@ def test_stage_one_reads_the_layers_back_from_the_handover_it_wrote(
     # The status says what stage one found and loaded (its two states, in status.json too).
     status = json.loads((tmp_path / "status/status.json").read_text())
     assert status == report.status and status["state"] == "kexec-loaded"
-    assert (status["kexec_kver"], status["kexec_layers_read"]) == ("6.1.0-1", 1)
+    assert (status["kexec_kver"], status["kexec_layers_read"]) == ("6.1.0-1", 2)
     assert status["kexec_handover_bytes"] > image.compressed_size
     assert status["kexec_loader"] == "kexec_file_load"
     assert status["kexec_cmdline"] == load[5].partition("=")[2]
@@ -298,7 +391,8 @@ def test_without_reuse_the_initrd_is_the_images_initramfs(
     initrd = never_on_this_machine[0][4].partition("=")[2]
     assert never_on_this_machine.loaded[initrd] == b"initramfs 6.1.0-1"
     assert never_on_this_machine[0][5] == (
-        f"--command-line=root=bootc-live:http://h/r.oci bootc.digest={image.top.digest}"
+        f"--command-line=root=bootc-live:http://h/r.oci bootc.digest={image.top.digest} "
+        "bootc.kexec=0"
     )
 
 
@@ -317,7 +411,7 @@ def test_a_password_in_root_goes_to_the_next_stage_and_nowhere_else(
     report = Report(directory=str(tmp_path / "status"))
     with pytest.raises(SystemExit, match="kexec -e"):
         stage_one(tmp_path, image, tmp_path / "work", argv, report=report)
-    pin = f"bootc.digest={image.top.digest}"
+    pin = f"bootc.digest={image.top.digest} bootc.kexec=0"
     assert never_on_this_machine[0][5] == f"--command-line={root} {pin}"
     assert report.status["kexec_cmdline"] == f"root=bootc-live:https://***@h/r.oci?… {pin}"
     assert never_on_this_machine.shown[0][-1] == (
@@ -374,7 +468,9 @@ def test_each_digest_is_computed_once_across_both_stages(
 
     monkeypatch.setattr(kexec, "run", loads)
     with pytest.raises(kexec.KexecError, match="kexec -e returned"):
-        stage_one(tmp_path, image, work)
+        stage_one(
+            tmp_path, image, work, ("root=bootc-live:/x", "bootc.kexec", "bootc.kexec.kver=6.1.0-1")
+        )
     next_spec = parse(calls[0][5].partition("=")[2].split())
     assert next_spec.kexec_verified and not next_spec.kexec
     stage_two = tmp_path / "stage-two"
@@ -397,7 +493,8 @@ def test_each_digest_is_computed_once_across_both_stages(
     unpack_image(handed, str(tmp_path / "root"))
     assert (tmp_path / "root/bin").read_bytes() == b"y"
     layer_digests = [*(desc.digest for desc in image.layers), *image.diff_ids]
-    # Stage one read only the top layer: its diff_id, and every blob, are checked there.
+    # Stage one read only the top layer (its kernel named): its diff_id, and every blob, are
+    # checked there.
     once = [1] * len(layer_digests)
     twice = [2, 2, 2, 1, 1, 2]
     assert [hashed[d] for d in layer_digests] == (once if record == "kept" else twice)
@@ -448,18 +545,27 @@ def test_a_failed_load_names_the_kernel_and_what_kexec_said(
     )
 
 
+@pytest.mark.parametrize(
+    ("root", "hint"),
+    [
+        (
+            "root=bootc-live:http://h/r.oci",
+            "or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image itself)",
+        ),
+        # The image in the initramfs cannot be fetched again: reuse-image=0 is no way out.
+        ("root=bootc-live:/x", "add RAM (an image in the initramfs is always handed over)"),
+    ],
+)
 def test_stage_one_checks_memory_before_the_handover(
-    tmp_path: Path, never_on_this_machine: Calls
+    tmp_path: Path, never_on_this_machine: Calls, root: str, hint: str
 ) -> None:
     image = image_of(tmp_path, kernel("6.1.0-1"))
     small = Memory(total=256 << 20, available=150 << 20)
     with pytest.raises(kexec.memory.NotEnoughMemory) as err:
-        stage_one(tmp_path, image, tmp_path / "w", memory=small)
+        stage_one(tmp_path, image, tmp_path / "w", (root, "bootc.kexec"), memory=small)
     assert never_on_this_machine == []
     assert err.value.line().startswith("not enough memory for kexec: the handover needs about ")
-    assert err.value.line().endswith(
-        "or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image itself)"
-    )
+    assert err.value.line().endswith(hint)
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
@@ -585,3 +691,52 @@ def test_the_record_hands_the_signature_verdict_to_the_next_stage(
         "bootc-live: signatures: verified by GPG key K (k) (policy scope default), by the "
         "previous stage (kexec handover)\n"
     )
+
+
+def test_options_from_cmdline_d_reach_the_next_stage_which_kexecs_no_more(
+    tmp_path: Path, never_on_this_machine: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §2: options come from the initramfs's /etc/cmdline.d too. The next stage boots
+    the image's initramfs, which has not got them (root= was lost with reuse-image=0, and
+    bootc.zram): they go on its command line, before a `--` (whatever follows is init's). Were
+    it this very initramfs, its cmdline.d would ask for bootc.kexec again, without end: the
+    next command line says bootc.kexec=0."""
+    conf = tmp_path / "cmdline.d"
+    conf.mkdir()
+    (conf / "10-bootc.conf").write_text(
+        "root=bootc-live:http://h/r.oci bootc.kexec bootc.zram=50%\n# a comment\n"
+    )
+    monkeypatch.setattr(cmdline, "CONF_DIR", str(conf))
+    (tmp_path / "cmdline").write_text("console=ttyS0 bootc.kexec.reuse-image=0 -- single\n")
+    spec = cmdline.read(str(tmp_path / "cmdline"))
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    report = Report(directory=str(tmp_path / "status"))
+    with pytest.raises(SystemExit, match="kexec -e"):
+        kexec.kexec_boot(
+            spec, image, PLENTY, report, str(tmp_path / "work"), str(tmp_path / "cmdline")
+        )
+    line = never_on_this_machine[0][5].partition("=")[2]
+    assert line == (
+        "root=bootc-live:http://h/r.oci bootc.zram=50% console=ttyS0 "
+        f"bootc.digest={image.top.digest} bootc.kexec=0 -- single"
+    )
+    (tmp_path / "next").write_text(line)
+    again = cmdline.read(str(tmp_path / "next"))  # the same initramfs, its cmdline.d and all
+    assert (again.kexec, again.image, again.mode) == (False, spec.image, spec.mode)
+
+
+def test_a_next_command_line_over_the_kernels_limit_is_named(
+    tmp_path: Path, never_on_this_machine: Calls
+) -> None:
+    """x86's kexec_file_load refuses a command line longer than 2048 bytes with EINVAL, and
+    stage one adds root=, bootclabel=, bootc.digest= and bootc.kexec.verified= to what the
+    boot kernel took: a line that booted can be too long for the next kernel."""
+    image = image_of(tmp_path, kernel("6.1.0-1"))
+    argv = ("root=bootc-live:/x", "bootc.kexec", "x=" + "y" * 1900)
+    with pytest.raises(kexec.KexecError) as err:
+        stage_one(tmp_path, image, tmp_path / "work", argv)
+    assert err.value.line().startswith("bootc.kexec: the next kernel's command line would be 2"), (
+        err.value.line()
+    )
+    assert "bytes, over the kernel's 2048" in err.value.line()
+    assert never_on_this_machine == []  # nothing was loaded

@@ -128,7 +128,7 @@ def expected(tmp: Path, fs: str, file: str, served: int | None, next_line: str) 
             "kexec",
             "-s",
             "-l",
-            str(work / f"{KVER}.vmlinuz"),
+            str(work / "boot-file-vmlinuz"),
             f"--initrd={work / 'initrd'}",
             f"--command-line={next_line}",
         ],
@@ -183,14 +183,14 @@ def test_the_packed_root_itself_is_handed_over(
         status = stage_one(tmp_path, root, sha256, "ip=dhcp console=ttyS0 bootc.kexec.kver=" + KVER)
     next_line = (
         f"bootc.keep-modules ip=dhcp console=ttyS0 root=bootc-live:packed:/{packed.MEMBER} "
-        f"bootc.packed.sha256={sha256} bootc.packed.image={IMAGE}"
+        f"bootc.packed.sha256={sha256} bootc.packed.image={IMAGE} bootc.kexec=0"
     )
     assert recorder.system.calls == expected(
         tmp_path, fs, file, len(data) if served else None, next_line
     )
     initrd = recorder.loaded[str(tmp_path / "kexec/initrd")]
     assert handed_over(initrd) == {packed.MEMBER: image.read_bytes()}
-    assert recorder.loaded[str(tmp_path / f"kexec/{KVER}.vmlinuz")] == b"kernel " + KVER.encode()
+    assert recorder.loaded[str(tmp_path / "kexec/boot-file-vmlinuz")] == b"kernel " + KVER.encode()
     # At kexec -e nothing is mounted and no copy is left: the kernel holds the next initrd.
     assert recorder.mounted_at_execute == [] and recorder.system.mounted == []
     assert not os.path.exists(file) and left_in(tmp_path / "kexec") == []
@@ -311,7 +311,7 @@ def test_the_next_command_line_boots_what_was_handed_over() -> None:
     )
     assert kexec.packed_command_line(current, pin_, IMAGE) == (
         f"ip=dhcp rw root=bootc-live:packed:/{packed.MEMBER} bootc.packed.sha256={pin_} "
-        f"bootc.packed.image={IMAGE}"
+        f"bootc.packed.image={IMAGE} bootc.kexec=0"
     )
     spec = parse(current.split())
     assert spec.kexec and spec.image is not None and spec.image.packed

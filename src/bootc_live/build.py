@@ -27,7 +27,7 @@ from .pack import Packed, PackFormat
 from .progress import Ticker, bytes_progress, say
 from .runtime import kernels
 from .runtime.blobs import Descriptor, VerifyingReader
-from .runtime.cpio import CpioWriter
+from .runtime.cpio import CpioWriter, next_archive
 from .runtime.errors import BootcLiveError, shown
 from .runtime.handover import (
     OCI_LAYOUT,
@@ -591,7 +591,8 @@ def trust_files(trust: TrustOptions) -> list[tuple[Path, str]]:
 
 
 def concatenate(target: Path, *parts: Path) -> None:
-    """Initrds back to back, each starting 4-byte aligned, as the kernel (and iPXE) needs.
+    """Initrds back to back, each after 4 to 7 zero bytes at a 4-byte boundary, as the kernel
+    reads them (cpio.next_archive: an lz4-compressed initrd.img needs the zeros).
 
     The whole is no more readable than its most private part: initrd.img (0600) can hold
     registry credentials (--auth-file).
@@ -603,7 +604,8 @@ def concatenate(target: Path, *parts: Path) -> None:
     os.fchmod(fd, mode)
     with open(fd, "wb") as out:
         for part in parts:
-            out.write(b"\0" * (-out.tell() % 4))
+            if out.tell():
+                out.write(b"\0" * (next_archive(out.tell()) - out.tell()))
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
 

@@ -42,7 +42,9 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
     """Read every layer once (verifying it): unpacked sizes, the kernels of the merged tree, and
     (with zstandard) what the files take in zram. Files that an upper layer replaces or deletes
     are counted in zram all the same: for the planner, that errs on the safe side."""
-    notes: list[list[tuple[bytes, bool]]] = []  # each layer's entries that name kernels or hide
+    notes: list[
+        list[tuple[bytes, str, bytes]]
+    ] = []  # each layer's entries that name kernels or hide
     sizes: list[int] = []
     meter = zramsize.PageMeter() if zramsize.available() else None
     tmpfs = footprint.TmpfsMeter()
@@ -67,7 +69,7 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
                 raise
 
         stream = ChunkStream(counted())  # type: ignore[arg-type]
-        layer_notes: list[tuple[bytes, bool]] = []
+        layer_notes: list[tuple[bytes, str, bytes]] = []
         try:
             for entry in read_entries(stream):
                 tmpfs.add(entry)
@@ -77,7 +79,7 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
                     else:
                         meter.add(stream.read_exact, entry.size)
                 if kernels.matters(entry.name):
-                    layer_notes.append((entry.name, entry.kind == REGULAR))
+                    layer_notes.append((entry.name, entry.kind, entry.linkname))
             stream.drain()
         except BootcLiveError as err:
             if failed and err is failed[0]:
@@ -88,8 +90,8 @@ def describe(image: Image, progress: Progress | None = None) -> Description:
         sizes.append(size)
     finder = kernels.KernelFinder()
     for layer_notes in reversed(notes):  # the merged tree: the top layer first
-        for name, regular in layer_notes:
-            finder.entry(name, regular)
+        for name, kind, linkname in layer_notes:
+            finder.entry(name, kind, linkname)
         finder.end_layer()
     annotated = {
         **image.index_annotations,

@@ -657,32 +657,49 @@ OPTIONS: tuple[Option, ...] = (
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
 
+_SPACE = b" \t\n\v\f\r\xa0"  # the kernel's isspace(), and dracut-getarg's: byte 0xA0 too
+
+
 def split(text: str) -> list[str]:
-    """Split a command line as the kernel does: spaces separate, double quotes group."""
+    """Split a command line as the kernel (lib/cmdline.c) and dracut's getarg do, byte by
+    byte: whitespace outside double quotes separates (ASCII's and the byte 0xA0, not U+3000);
+    the quote a word or its value starts with is dropped, with the word's last character if
+    that is a quote; other quotes stay (`rootflags=context="a,b"` keeps its quotes, which
+    mount needs). `text` read from a file with surrogateescape keeps its undecodable bytes."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
     args: list[str] = []
-    current: list[str] = []
-    quoted = False
-    started = False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-            started = True
-        elif char.isspace() and not quoted:
-            if started:
-                args.append("".join(current))
-                current, started = [], False
-        else:
-            current.append(char)
-            started = True
-    if started:
-        args.append("".join(current))
-    return args
+    i, n = 0, len(data)
+    while True:
+        while i < n and data[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return args
+        quoted = data[i] == 0x22
+        i += quoted
+        start, in_quote = i, quoted
+        while i < n and (in_quote or data[i] not in _SPACE):
+            in_quote ^= data[i] == 0x22
+            i += 1
+        word = data[start:i]
+        name, eq, value = word.partition(b"=")
+        if eq and value.startswith(b'"'):
+            value = value[1:]
+            word = name + eq + (value[:-1] if value.endswith(b'"') else value)
+        elif quoted and word.endswith(b'"'):
+            word = word[:-1]
+        args.append(word.decode("utf-8", "replace"))
 
 
 def join(args: Iterable[str]) -> str:
     """A command line the kernel (and `split`) reads back as `args`: one with a space is put in
-    double quotes, the kernel's only quoting (`split` leaves no double quote in an argument)."""
-    return " ".join(f'"{arg}"' if any(c.isspace() for c in arg) else arg for arg in args)
+    double quotes, the kernel's only quoting."""
+    return " ".join(f'"{arg}"' if _SPACE_IN.search(arg) else arg for arg in args)
+
+
+_SPACE_IN = re.compile("[ \t\n\v\f\r\xa0]")
 
 
 def parse(args: Iterable[str], commented: Collection[str] = ()) -> BootSpec:
@@ -717,15 +734,18 @@ def parse(args: Iterable[str], commented: Collection[str] = ()) -> BootSpec:
     check_needed(values)
     values["mode"] = root_mode(values)
     check_packed(values)
+    check_kexec(values)
     return BootSpec(**values)
 
 
 def check_unknown(extra: Mapping[str, str]) -> None:
-    """A bootc.* name that is none of ours (bootc.digets=, bootc.Digest=) would be ignored
-    like any other module's option, and a pin or policy dropped without a word: it stops."""
+    """A bootc.* name that is none of ours (bootc.digets=, bootc.Digest=, BOOTC.DIGEST=,
+    rd.bootc.digest=) would be ignored like any other module's option, and a pin or policy
+    dropped without a word: it stops."""
     for name in extra:
-        close = difflib.get_close_matches(name, _BY_NAME, 1, 0.8)
-        if name.startswith("bootc.") or (name.startswith("bootc") and close):
+        plain = name.lower().removeprefix("rd.")
+        close = difflib.get_close_matches(plain, _BY_NAME, 1, 0.8)
+        if plain.startswith("bootc.") or (plain.startswith("bootc") and close):
             guess = f" (did you mean {close[0]}?)" if close else ""
             raise CmdlineError(
                 f"unknown option {shown(name)}{guess}",
@@ -760,6 +780,14 @@ def check_packed(values: dict[str, Any]) -> None:
             "root=bootc-live:packed:… needs bootc.packed.sha256=",
             "add the arguments pack, build or push-packed printed (cmdline-packed.txt)",
         )
+    if packed and image is not None and image.kind != "docker":
+        about = [name for name, attr in _IMAGE_OPTIONS if attr in values]
+        if about:
+            raise CmdlineError(
+                f"{' and '.join(about)} {'name' if len(about) > 1 else 'names'} an OCI image, "
+                "and root= is a packed root from a file or URL (bootc.packed.sha256= pins it)",
+                "drop them",
+            )
     if not packed:
         given = [f"bootc.packed.{n}" for n in ("sha256", "image") if f"packed_{n}" in values]
         if given:
@@ -772,6 +800,32 @@ def check_packed(values: dict[str, Any]) -> None:
     if mode.kind == "erofs":
         raise CmdlineError(
             "a packed root does not combine with bootc.live.erofs", "drop one of them"
+        )
+
+
+_IMAGE_OPTIONS = (
+    ("bootc.digest=", "digest"),
+    ("bootc.platform=", "platform"),
+    ("bootclabel=", "label"),
+)
+
+
+def check_kexec(values: dict[str, Any]) -> None:
+    """An image in the initramfs is there for stage one only: the next stage gets the image's
+    own initramfs, so it must be handed over."""
+    image: ImageLocation | None = values.get("image")
+    if (
+        values.get("kexec")
+        and values.get("kexec_reuse_image") is False
+        and image is not None
+        and image.kind == "path"
+        and not image.packed
+    ):
+        raise CmdlineError(
+            "bootc.kexec.reuse-image=0 with the image in the initramfs: the next stage gets "
+            "only the image's own initramfs, so it would not find it",
+            "drop bootc.kexec.reuse-image=0 (the image is handed over), or boot from a URL or "
+            "a registry",
         )
 
 
@@ -790,30 +844,52 @@ def root_mode(values: dict[str, Any]) -> RootMode:
     return TMPFS
 
 
-def read(
-    proc_cmdline: str = "/proc/cmdline",
-    conf_dir: str = "/etc/cmdline.d",
-    etc_cmdline: str = "/etc/cmdline",
-) -> BootSpec:
-    """The BootSpec of the running system, from what dracut's hooks read, in their order:
-    /etc/cmdline.d/*.conf, /etc/cmdline, the kernel's. Every line counts, one starting with #
-    too (dracut has no comments there: skipping them, the hooks and this would disagree)."""
-    args: list[str] = []
-    commented: set[str] = set()
+CONF_DIR = "/etc/cmdline.d"
+ETC_CMDLINE = "/etc/cmdline"
+
+
+def _lines(proc_cmdline: str, conf_dir: str, etc_cmdline: str) -> list[str]:
+    """The lines dracut's hooks read options from, in their order: /etc/cmdline.d/*.conf,
+    /etc/cmdline, the kernel's command line (one line)."""
+    lines: list[str] = []
     for path in [*sorted(glob.glob(f"{conf_dir}/*.conf")), etc_cmdline, proc_cmdline]:
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                lines = f.read().splitlines() if path != proc_cmdline else [f.read()]
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:  # split's bytes
+                lines += f.read().splitlines() if path != proc_cmdline else [f.read()]
         except FileNotFoundError:
             if path == proc_cmdline:
                 raise
-            continue
-        for line in lines:
-            words = split(line)
-            args += words
-            if line.lstrip().startswith("#"):
-                commented.update(word.partition("=")[0] for word in words)
+    return lines
+
+
+def read(
+    proc_cmdline: str = "/proc/cmdline",
+    conf_dir: str | None = None,
+    etc_cmdline: str | None = None,
+) -> BootSpec:
+    """The BootSpec of the running system, from what dracut's hooks read (`_lines`). Every
+    line counts, one starting with # too (dracut has no comments there: skipping them, the
+    hooks and this would disagree)."""
+    args: list[str] = []
+    commented: set[str] = set()
+    for line in _lines(proc_cmdline, conf_dir or CONF_DIR, etc_cmdline or ETC_CMDLINE):
+        words = split(line)
+        args += words
+        if line.lstrip().startswith("#"):
+            commented.update(word.partition("=")[0] for word in words)
     return parse(args, commented)
+
+
+def running(proc_cmdline: str = "/proc/cmdline") -> list[str]:
+    """The arguments this boot runs with, wherever they came from (`_lines`; a line starting
+    with # is taken for a comment here): a next stage's initramfs may have none of this one's
+    /etc/cmdline.d."""
+    return [
+        word
+        for line in _lines(proc_cmdline, CONF_DIR, ETC_CMDLINE)
+        if not line.lstrip().startswith("#")
+        for word in split(line)
+    ]
 
 
 def reference() -> str:

@@ -10,6 +10,15 @@ from typing import BinaryIO
 MAX_MEMBER = 0xFFFFFFFF  # newc stores sizes in 8 hex digits
 
 
+def next_archive(end: int) -> int:
+    """Where an archive appended to `end` bytes of initrd starts: after 4 to 7 zero bytes, at
+    a 4-byte boundary, where the kernel looks for the next one. The zeros also end an lz4
+    legacy stream (dracut's --lz4), which has no end mark of its own: the kernel reads on for
+    a chunk size, and the next archive's first bytes are none."""
+    base = end + 4
+    return base + -base % 4
+
+
 def _pad(n: int) -> bytes:
     return b"\0" * (-n % 4)
 

@@ -7,11 +7,11 @@ loader:
    layout (one cpio member per blob) that is appended to the image's initramfs as the next
    stage's initrd, with a record of what was verified (the next stage does not hash it again).
    The layers are then read from it, not from the network again.
-2. The layers are read from the top down until a kernel (`usr/lib/modules/KVER/vmlinuz`, or a
-   place `kernels.KERNEL_PLACES` names) and its `initramfs.img` are found (`kernels.KernelFinder`:
-   whiteouts and opaque directories respected); lower layers are
-   not read. Among the kernels complete at that point the highest version wins, unless
-   bootc.kexec.kver= names one (then reading goes on until that one is complete).
+2. The layers are read from the top down (`kernels.KernelFinder`: whiteouts, opaque
+   directories and hard links as an unpacker has them), keeping the bytes of the kernels
+   (`usr/lib/modules/KVER/vmlinuz`, or a place `kernels.KERNEL_PLACES` names) and their
+   `initramfs.img`. The highest version with both wins, so every layer is read; with
+   bootc.kexec.kver= reading stops once that kernel's files are known in their first place.
 3. The handover is appended to the image's initramfs (the kernel unpacks concatenated cpio
    archives in turn), and the command line is the running one without the bootc.kexec options;
    with reuse, root= names the handed-over layout instead.
@@ -31,14 +31,15 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
-from . import http, memory, mounts, packed, roots
+from . import cmdline, http, memory, mounts, packed, roots
+from .apply import clean
 from .blobs import odd_at
 from .cmdline import ROOT_PREFIX, BootSpec, join, split
-from .cpio import CpioWriter
+from .cpio import CpioWriter, next_archive
 from .errors import BootcLiveError
 from .handover import (
     SplitLayoutSource,
@@ -47,12 +48,12 @@ from .handover import (
     write_record,
     write_split_layout,
 )
-from .kernels import KernelFinder, in_tree, version_key
+from .kernels import KernelFinder, Where, in_tree, version_key
 from .oci import Image
 from .run import CommandError, run
 from .status import Report
 from .streams import ChunkStream
-from .tarstream import REGULAR, read_entries
+from .tarstream import REGULAR, TarEntry, read_entries
 from .unpack import layer_chunks
 
 WORKDIR = "/run/bootc-live/kexec"
@@ -60,9 +61,11 @@ MIB = 1 << 20
 SLACK = 64 * MIB  # the runtime and kexec-tools while loading
 BOOT_FILES_GUESS = 96 * MIB  # the image's kernel and initramfs, until they are found
 PACKED_NEXT = f"{ROOT_PREFIX}packed:/{packed.MEMBER}"  # where the next stage finds a packed root
+COMMAND_LINE_SIZE = 2048  # the kernel's, with its NUL (x86, arm64)
 REUSE_HINT = (
     "add RAM, or boot with bootc.kexec.reuse-image=0 (the next stage fetches the image itself)"
 )
+IN_INITRAMFS_HINT = "add RAM (an image in the initramfs is always handed over)"
 
 
 class KexecError(BootcLiveError):
@@ -78,30 +81,82 @@ class BootFiles:
 
 
 def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles:
-    """Read the layers from the top down until the kernel and its initramfs are known."""
+    """Read the layers from the top down, keeping the bytes the finder asks for (the boot
+    files, hard links' targets), until the kernel to boot is settled: `wanted` once both its
+    files are known in their first place, else with every layer read (the highest version may
+    lie in any). The bytes of the files not chosen are freed."""
     finder = KernelFinder()
-    extracted: dict[tuple[str, str], str] = {}
+    kept: dict[Where, str] = {}
+    read = 0
     for read, index in enumerate(reversed(range(len(image.layers))), 1):
-        stream = ChunkStream(layer_chunks(image, index))
-        for entry in read_entries(stream):
-            which = finder.entry(entry.name, entry.kind == REGULAR)
-            if which is not None:
-                extracted[which] = _extract(stream, entry.size, workdir, *which)
-            elif entry.kind == REGULAR:
-                stream.skip(entry.size)
-        stream.drain()  # to the end: the blob's digest and diff_id are checked
-        finder.end_layer()
-        chosen = _chosen(finder, wanted)
-        if chosen:
-            return BootFiles(
-                chosen, extracted[(chosen, "vmlinuz")], extracted[(chosen, "initramfs.img")], read
-            )
-    return _missing(wanted, finder)
+        layer = read - 1
+        _keep(image, index, layer, kept, workdir, finder.note)
+        targets = finder.relink()
+        found: set[bytes] = set()
+        if targets:  # hard links to files earlier in this layer (ostree's objects): again
+            found = _keep(image, index, layer, kept, workdir, targets=targets)
+        finder.end_layer(found)
+        if wanted and finder.final(wanted):
+            break
+    chosen = _chosen(finder, wanted)
+    if not chosen:
+        _free(kept, ())
+        return _missing(wanted, finder)
+    paths = [kept[_where(finder, (chosen, what))] for what in ("vmlinuz", "initramfs.img")]
+    _free(kept, paths)
+    return BootFiles(chosen, paths[0], paths[1], read)
+
+
+def _keep(
+    image: Image,
+    index: int,
+    layer: int,
+    kept: dict[Where, str],
+    workdir: str,
+    ask: Callable[[TarEntry], bool] | None = None,
+    targets: Collection[bytes] = (),
+) -> set[bytes]:
+    """Read layer `index` (`layer` from the top) to its end (its digests are checked), keeping
+    in `kept` the bytes of the regular files that `ask` (told every entry) wants, or that are
+    at `targets`; a later one at a path replaces. The paths of those it kept."""
+    stream = ChunkStream(layer_chunks(image, index))
+    paths = set()
+    for entry in read_entries(stream):
+        wanted = ask(entry) if ask is not None else _path(entry) in targets
+        if wanted and entry.kind == REGULAR:
+            where = (layer, _path(entry))
+            kept[where] = kept.get(where) or os.path.join(workdir, f"boot-file-{len(kept)}")
+            _extract(stream, entry, kept[where])
+            paths.add(where[1])
+        elif entry.kind == REGULAR:
+            stream.skip(entry.size)
+    stream.drain()
+    return paths
+
+
+def _path(entry: TarEntry) -> bytes:
+    return b"/".join(clean(entry.name))
+
+
+def _where(finder: KernelFinder, which: tuple[str, str]) -> Where:
+    where = finder.where(which)
+    assert where is not None  # _chosen takes only kernels whose bytes are known
+    return where
+
+
+def _free(kept: dict[Where, str], chosen: Sequence[str]) -> None:
+    for path in set(kept.values()) - set(chosen):
+        os.unlink(path)
 
 
 def _chosen(finder: KernelFinder, wanted: str | None) -> str:
-    """The kernel to boot among those complete so far: `wanted`, else the highest; "" if none."""
-    complete = finder.complete()
+    """The kernel to boot among those complete, their bytes known: `wanted`, else the
+    highest; "" if none."""
+    complete = [
+        k
+        for k in finder.complete()
+        if finder.where((k, "vmlinuz")) and finder.where((k, "initramfs.img"))
+    ]
     if wanted:
         return wanted if wanted in complete else ""
     return complete[-1] if complete else ""
@@ -115,21 +170,24 @@ def boot_files_in_tree(tree: str, wanted: str | None, workdir: str) -> BootFiles
         return _missing(wanted, finder)
     copies = []
     for what in ("vmlinuz", "initramfs.img"):
-        target = os.path.join(workdir, f"{chosen}.{what}")
+        target = os.path.join(workdir, f"boot-file-{what}")
         shutil.copyfile(os.path.join(tree, finder.files[(chosen, what)].decode()), target)
         copies.append(target)
     return BootFiles(chosen, copies[0], copies[1], 0)
 
 
-def _extract(stream: ChunkStream, size: int, workdir: str, kver: str, what: str) -> str:
-    target = os.path.join(workdir, f"{kver}.{what}")
+def _extract(stream: ChunkStream, entry: TarEntry, target: str) -> None:
+    """A regular file's bytes into `target`; a sparse one with its holes."""
+    chunks = entry.sparse if entry.sparse is not None else [(0, entry.size)]
     with open(target, "wb") as out:
-        left = size
-        while left:
-            chunk = stream.read_some(min(left, 1 << 20))
-            out.write(chunk)
-            left -= len(chunk)
-    return target
+        for offset, length in chunks:
+            out.seek(offset)
+            left = length
+            while left:
+                chunk = stream.read_some(min(left, 1 << 20))
+                out.write(chunk)
+                left -= len(chunk)
+        out.truncate(entry.real_size if entry.sparse is not None else entry.size)
 
 
 def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
@@ -167,11 +225,13 @@ def next_command_line(
     pin: str = "",
     replacing: Sequence[str] = (),
 ) -> str:
-    """The running command line without the kexec options; with reuse, root= (and bootclabel=)
-    name the handed-over layout, and bootc.kexec.verified= the record of what was verified.
-    bootc.digest= becomes `pin`: the image stage one checked, so that stage two boots that very
-    image (a tag may name another by then; the handover names the platform's manifest). The
-    arguments `replacing` take the place of those of the same names."""
+    """The running command line without the kexec options, and bootc.kexec=0 (the next
+    stage's initramfs may be this one, its /etc/cmdline.d asking for bootc.kexec too); with
+    reuse, root= (and bootclabel=) name the handed-over layout, and bootc.kexec.verified= the
+    record of what was verified. bootc.digest= becomes `pin`: the image stage one checked, so
+    that stage two boots that very image (a tag may name another by then; the handover names
+    the platform's manifest). The arguments `replacing` take the place of those of the same
+    names. They all go before a `--`, after which the kernel passes arguments to init."""
     new = list(replacing)
     if reuse:
         new += kernel_arguments(label).split()
@@ -179,14 +239,17 @@ def next_command_line(
         new.append(f"bootc.digest={pin}")
     if verified:
         new.append(f"bootc.kexec.verified={verified}")
+    new.append("bootc.kexec=0")
     replaced = {arg.split("=", 1)[0] for arg in new}
+    args = split(current)
+    init = args.index("--") if "--" in args else len(args)
     kept = []
-    for arg in split(current):
+    for arg in args[:init]:
         name = arg.split("=", 1)[0]
         if name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
             continue
         kept.append(arg)
-    return join([*kept, *new])
+    return join([*kept, *new, *args[init:]])
 
 
 def packed_command_line(current: str, pin: str, image: str | None) -> str:
@@ -245,9 +308,14 @@ def kexec_boot(
     # and loading copies them once or twice more (below). First the handover must fit; once the
     # kernel and initramfs are known, the exact check comes before anything is loaded.
     reuse = spec.kexec_reuse_image
+    in_initramfs = spec.image is not None and spec.image.kind == "path"
+    hint = IN_INITRAMFS_HINT if in_initramfs else REUSE_HINT
     _need_kexec()
     _check_memory(
-        (image.compressed_size if reuse else 0) + BOOT_FILES_GUESS + SLACK, mem, "the handover"
+        (image.compressed_size if reuse else 0) + BOOT_FILES_GUESS + SLACK,
+        mem,
+        "the handover",
+        hint,
     )
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
@@ -262,12 +330,12 @@ def kexec_boot(
         kexec_layers_read=files.layers_read,
         kexec_handover_bytes=os.path.getsize(handover) if reuse else 0,
     )
-    initrd = _next_initrd(files, handover if reuse else None, workdir)
-    with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-        # Reused, the handover's index names the platform's manifest; fetched again, the image
-        # is named as stage one found it (an index for a multi-platform tag).
-        pin = image.manifest_digest if reuse else image.top.digest
-        command_line = next_command_line(f.read(), reuse, label, verified, pin)
+    initrd = _next_initrd(files, handover if reuse else None, workdir, hint)
+    # Reused, the handover's index names the platform's manifest; fetched again, the image is
+    # named as stage one found it (an index for a multi-platform tag).
+    pin = image.manifest_digest if reuse else image.top.digest
+    current = join(cmdline.running(proc_cmdline))
+    command_line = next_command_line(current, reuse, label, verified, pin)
     done = f"{files.layers_read} of {len(image.layers)} layers read"
     load_and_execute(files, initrd, command_line, start, work, report, done)
 
@@ -285,6 +353,14 @@ def load_and_execute(
     """Load the kernel and initrd, free their files and then what `release` frees, and execute;
     on success this does not return. `done`: what stage one did, for its last line."""
     shown = printable_command_line(command_line)  # a URL's password stays out of every output
+    size = len(command_line.encode()) + 1
+    if size > COMMAND_LINE_SIZE:
+        raise KexecError(
+            f"bootc.kexec: the next kernel's command line would be {size} bytes, over the "
+            f"kernel's {COMMAND_LINE_SIZE} (stage one adds root=, bootc.digest= and the like)",
+            f"shorten the kernel command line or /etc/cmdline.d by {size - COMMAND_LINE_SIZE} "
+            "bytes, or boot without bootc.kexec",
+        )
     what = [files.kernel, f"--initrd={initrd}", f"--command-line={command_line}"]
     next_initrd = os.path.getsize(initrd)
     with memory.PeakWatch(interval=0.05) as loading:
@@ -379,8 +455,8 @@ def packed_kexec_boot(
                 compressor=fs.compressor,
             )
             initrd = packed_initrd(files, loaded, workdir)
-            with open(proc_cmdline, encoding="utf-8", errors="replace") as f:
-                command_line = packed_command_line(f.read(), loaded.sha256, image)
+            current = join(cmdline.running(proc_cmdline))
+            command_line = packed_command_line(current, loaded.sha256, image)
             done = f"packed root {loaded.size >> 20} MiB handed over"
             load_and_execute(
                 files,
@@ -435,7 +511,7 @@ def _need_kexec() -> None:
         )
 
 
-def _next_initrd(files: BootFiles, handover: str | None, workdir: str) -> str:
+def _next_initrd(files: BootFiles, handover: str | None, workdir: str, hint: str) -> str:
     """The initrd the next kernel gets: the image's initramfs, the handover appended (with
     reuse), once the exact check says that loading them fits."""
     # Loading takes two more copies at the peak, whichever loader: kexec_file_load (`kexec -s`)
@@ -443,7 +519,7 @@ def _next_initrd(files: BootFiles, handover: str | None, workdir: str) -> str:
     # will run from; kexec_load (`kexec -l`) reads them into kexec's memory, which the kernel
     # copies. The first is tried (it also works under lockdown with a signed kernel), the
     # second if the kernel refuses it.
-    _check_loading(files, os.path.getsize(handover) if handover else 0)
+    _check_loading(files, os.path.getsize(handover) if handover else 0, hint)
     if not handover:
         return files.initramfs
     initrd = os.path.join(workdir, "initrd")
@@ -452,7 +528,7 @@ def _next_initrd(files: BootFiles, handover: str | None, workdir: str) -> str:
     return initrd
 
 
-def _check_loading(files: BootFiles, handed_over: int, hint: str = REUSE_HINT) -> None:
+def _check_loading(files: BootFiles, handed_over: int, hint: str) -> None:
     """Loading takes two more copies of the kernel and the next initrd (_next_initrd)."""
     loaded = sum(os.path.getsize(p) for p in (files.initramfs, files.kernel)) + handed_over
     _check_memory(
@@ -518,11 +594,8 @@ def load(files: BootFiles, what: list[str], shown: list[str]) -> str:
 
 
 def _next_archive(out: BinaryIO) -> int:
-    """Where the next cpio archive appended to `out` starts: after 4 to 7 zero bytes, at a
-    4-byte boundary (where the kernel looks for it; the zeros end an lz4 legacy stream, which
-    has no end mark of its own)."""
-    base = out.seek(0, os.SEEK_END) + 4
-    return base + -base % 4
+    """Where the next cpio archive appended to `out` starts (cpio.next_archive)."""
+    return next_archive(out.seek(0, os.SEEK_END))
 
 
 def append_moving(target: str, part: str, chunk: int = 4 * MIB) -> None:
