@@ -849,6 +849,44 @@ def test_a_configured_interface_is_seen_in_either_family(
             boot.wait_for_route(0.2, report, ipv6)
 
 
+def test_a_network_of_ipv6_only_is_used_after_a_grace_or_at_once_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLAAC only, a server by name: an IPv6 route and no IPv4 one. It used to wait out the
+    whole deadline (10 minutes) and say no interface was configured. It goes on once no IPv4
+    route came for the grace; at once with ip=dhcp6|auto6|either6."""
+    (tmp_path / "route").write_text(ROUTE4_HEADER)
+    (tmp_path / "ipv6_route").write_text(LINK_UP_ONLY + SLAAC)
+    monkeypatch.setattr(boot, "ROUTES4", str(tmp_path / "route"))
+    monkeypatch.setattr(boot, "ROUTES6", str(tmp_path / "ipv6_route"))
+    said: list[str] = []
+    report = Report(quiet=True, directory=str(tmp_path / "run"))
+    monkeypatch.setattr(report, "say", said.append)
+    boot.wait_for_route(30, report, grace=0.2)
+    assert said == [
+        "waiting for the network",
+        "no IPv4 route after 0s, an IPv6 one: going on with IPv6",
+    ]
+    # Link-local routes only: no grace makes them a configuration.
+    (tmp_path / "ipv6_route").write_text(LINK_UP_ONLY)
+    with pytest.raises(BootcLiveError, match="no network: no interface was configured"):
+        boot.wait_for_route(0.5, report, grace=0.1)
+    for ip, v6 in (
+        ("dhcp6", True),
+        ("eth0:auto6", True),
+        ("either6", True),
+        ("dhcp", False),
+        ("dhcp,dhcp6", False),
+        ("", False),
+    ):
+        spec = parse(
+            ["root=bootc-live:http://h/r.oci", f"ip={ip}"]
+            if ip
+            else ["root=bootc-live:http://h/r.oci"]
+        )
+        assert boot.ipv6_asked(spec) is v6, ip
+
+
 def test_the_boot_says_when_the_blobs_it_fetches_are_plain_tars(
     system: System, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -861,3 +899,21 @@ def test_the_boot_says_when_the_blobs_it_fetches_are_plain_tars(
         assert code == 0, final
         said = [s for s in capsys.readouterr().err.splitlines() if " layers, " in s]
         assert len(said) == 1 and f": 2 layers, 0 MiB {words}" in said[0], said
+
+
+def test_the_runtime_run_for_a_root_it_does_not_take_for_its_own_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the dracut hook and the generator's unit run the runtime, once the shell side has
+    read root= as bootc-live's. If the runtime reads it otherwise, returning 0 booted the empty
+    tmpfs the generator had mounted: it stops with one line instead."""
+    monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
+    (tmp_path / "newroot").mkdir()
+    argv = ["root=/dev/sda2"]
+    assert boot.main(["boot", str(tmp_path / "newroot")], lambda: parse(argv)) == 1
+    status = json.loads((tmp_path / "run/status.json").read_text())
+    assert status["state"] == "failed"
+    assert status["message"].startswith(
+        "bootc-live: root= names no bootc-live image as the runtime reads the command line"
+    )
+    assert list((tmp_path / "newroot").iterdir()) == []

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from bootc_live.runtime import cmdline
 from bootc_live.runtime.cmdline import (
@@ -171,6 +173,11 @@ def test_an_option_of_a_mode_not_asked_for_is_not_dropped_without_a_word(
         ("bootc.zarm=8G", "unknown option bootc.zarm (did you mean bootc.zram?)"),
         ("bootclable=x", "unknown option bootclable (did you mean bootclabel?)"),
         ("bootc.something-new", "unknown option bootc.something-new"),
+        # Case and dracut's rd. prefix: the kernel and dracut match names exactly.
+        ("BOOTC.DIGEST=x", "unknown option BOOTC.DIGEST (did you mean bootc.digest?)"),
+        ("Bootc.digest=x", "unknown option Bootc.digest (did you mean bootc.digest?)"),
+        ("rd.bootc.digest=x", "unknown option rd.bootc.digest (did you mean bootc.digest?)"),
+        ("Bootclabel=prod", "unknown option Bootclabel (did you mean bootclabel?)"),
     ],
 )
 def test_an_unknown_bootc_option_stops_with_what_it_may_mean(arg: str, line: str) -> None:
@@ -474,3 +481,81 @@ def test_the_policy_and_the_identity_of_an_image(value: str, identity: str) -> N
     spec = parse([f"bootc.identity={value}", "bootc.policy=/etc/bootc-live/policy.json"])
     assert (spec.identity, spec.policy) == (identity, "/etc/bootc-live/policy.json")
     assert (parse([]).identity, parse([]).policy) == (None, None)
+
+
+_PIECES = ["root", "=", '"', " ", "\t", "a", "b", "x=", "--", "\u3000", "\xa0", "\x1c"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map("".join))
+def test_split_reads_root_as_dracuts_getarg_does(line: str) -> None:
+    """The shell side decides whether root= is bootc-live's with dracut's getarg, the runtime
+    with `split`: the two must read the same value (a quote inside a word stays, only ASCII
+    whitespace separates, as in the kernel's lib/cmdline.c). The oracle is dracut's own
+    dracut-getarg, run on each line."""
+    getarg = subprocess.run(
+        ["dracut-getarg", "root="],  # dracut-util does what its argv[0] names
+        executable=DRACUT_UTIL,
+        env={"CMDLINE": line, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        check=False,
+    )
+    assume(getarg.returncode >= 0)  # dracut 059's dracut-util segfaults on `root "`: no oracle
+    said = getarg.stdout.decode("utf-8", "replace")  # its bytes, as split decodes a word
+    roots = [a.partition("=") for a in cmdline.split(line) if a.partition("=")[0] == "root"]
+    if roots:  # it prints a value with a newline, nothing for a bare `root`
+        _, eq, value = roots[-1]
+        assert (getarg.returncode, said) == (0, value + "\n" if eq else ""), repr(line)
+    else:
+        assert getarg.returncode != 0, repr(line)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["root=bootc-live:/bootc-live/image", "bootc.kexec", "bootc.kexec.reuse-image=0"],
+            "bootc.kexec.reuse-image=0 with the image in the initramfs: the next stage gets only "
+            "the image's own initramfs, so it would not find it",
+        ),
+        (
+            [
+                "root=bootc-live:packed:/bootc-live/packed.root",
+                f"bootc.packed.sha256=sha256:{'a' * 64}",
+                f"bootc.digest=sha256:{'b' * 64}",
+                "bootclabel=prod",
+            ],
+            "bootc.digest= and bootclabel= name an OCI image, and root= is a packed root from a "
+            "file or URL (bootc.packed.sha256= pins it)",
+        ),
+        (
+            [
+                "root=bootc-live:packed:http://10.0.2.2/packed.img",
+                f"bootc.packed.sha256=sha256:{'a' * 64}",
+                "bootc.platform=linux/arm64",
+            ],
+            "bootc.platform= names an OCI image, and root= is a packed root from a file or URL "
+            "(bootc.packed.sha256= pins it)",
+        ),
+    ],
+)
+def test_options_that_could_not_take_effect_stop_the_boot(args: list[str], line: str) -> None:
+    """Accepted, they were dropped without a word (a manifest pin not enforced), or failed
+    only after the kexec."""
+    with pytest.raises(CmdlineError) as err:
+        parse(args)
+    assert str(err.value) == line
+
+
+def test_the_kernels_quoting_and_spaces() -> None:
+    """lib/cmdline.c: a quote inside a word is part of it; only ASCII whitespace and the byte
+    0xA0 separate (an ideographic space does not)."""
+    assert split('root=bootc-live:"http://h/r.oci" x') == ['root=bootc-live:"http://h/r.oci"', "x"]
+    assert split('rootflags=context="system_u:object_r:tmp_t:s0:c1,c2" ro') == [
+        'rootflags=context="system_u:object_r:tmp_t:s0:c1,c2"',
+        "ro",
+    ]
+    assert split("root=bootc-live:/i\u3000root=/dev/sda2") == [
+        "root=bootc-live:/i\u3000root=/dev/sda2"
+    ]
+    assert split('"root=a b" root="c d"\x0bx') == ["root=a b", "root=c d", "x"]

@@ -60,7 +60,14 @@ def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> i
     try:
         spec = read_spec()
         if spec.image is None:
-            return 0  # not a bootc-live root
+            # Only the dracut hook and the generator's unit run this, once the shell side has
+            # read root= as bootc-live's: returning would boot an empty root.
+            raise BootcLiveError(
+                "root= names no bootc-live image as the runtime reads the command line, yet "
+                "the initramfs's scripts took it for one",
+                "check root= on the kernel command line and in /etc/cmdline.d (a stray quote "
+                "or an unusual space?)",
+            )
         report.quiet, debug = spec.quiet, spec.debug
         runner.DEBUG = runner.DEBUG or debug  # every command traced
         live_boot(spec, newroot, report)
@@ -214,7 +221,7 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
         return open_registry_packed(spec, report)
     url = spec.image.location
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report, _ipv6_host(url))
+    wait_for_route(fetching.total, report, _ipv6_host(url) or ipv6_asked(spec))
     if url.startswith(("http://", "https://")):
         report.say(f"fetching the packed root {http.redact(url)}")
         return packed.open_http(url, fetching, report.say)
@@ -547,7 +554,7 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     assert spec.image is not None
     url = spec.image.location
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report, _ipv6_host(url))
+    wait_for_route(fetching.total, report, _ipv6_host(url) or ipv6_asked(spec))
     if url.startswith(("http://", "https://")):
         return http.open_url(url, fetching, report.say, STATUS_DIR)
     path = os.path.join(STATUS_DIR, "download.oci")
@@ -584,7 +591,7 @@ def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySou
     assert spec.image is not None
     ref = registry.Reference.parse(spec.image.location)
     fetching = fetch_policy(spec)
-    wait_for_route(fetching.total, report, ref.registry.startswith("["))
+    wait_for_route(fetching.total, report, ref.registry.startswith("[") or ipv6_asked(spec))
     default = registry.AUTH_IN_INITRAMFS
     auth = spec.registry_auth or (default if os.path.exists(default) else None)
     report.say(
@@ -605,10 +612,22 @@ def open_registry_source(spec: BootSpec, report: Report) -> registry.RegistrySou
 ROUTES4, ROUTES6 = "/proc/net/route", "/proc/net/ipv6_route"
 
 
+IPV6_ONLY_GRACE = 20.0  # seconds an IPv6 route waits for an IPv4 one (wait_for_route)
+
+
 def _ipv6_host(url: str) -> bool:
     """Whether a URL's server is an IPv6 address (`[…]`): then an IPv6 route is what it needs."""
     authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
     return authority.rpartition("@")[2].startswith("[")
+
+
+def ipv6_asked(spec: BootSpec) -> bool:
+    """Whether ip= asks for IPv6 only (dracut's dhcp6, auto6, either6): then an IPv6 route
+    is all there will be."""
+    words = re.split(r"[:,]", spec.extra.get("ip", ""))
+    return any(w in ("dhcp6", "auto6", "either6") for w in words) and not any(
+        w in ("dhcp", "on", "any", "single-dhcp") for w in words
+    )
 
 
 def configured(routes4: str, routes6: str, ipv6: bool = False) -> bool:
@@ -637,21 +656,32 @@ def _read_text(path: str) -> str:
         return ""
 
 
-def wait_for_route(timeout: float, report: Report, ipv6: bool = False) -> None:
+def wait_for_route(
+    timeout: float, report: Report, ipv6: bool = False, grace: float = IPV6_ONLY_GRACE
+) -> None:
     """Wait until some interface is configured: has an IPv4 route, or an IPv6 one beyond the
-    link-local and multicast ones every link has when up (dracut brings links up).
+    link-local and multicast ones every link has when up (dracut brings links up). An IPv6
+    route alone counts at once for an IPv6 server or ip=dhcp6|auto6, else once no IPv4 route
+    has come for `grace` seconds after it (a network of IPv6 only, with SLAAC).
 
     Not necessarily a default route: a server on the local subnet needs none.
     """
     deadline = time.monotonic() + timeout
     said = False
+    only6_since: float | None = None
     while time.monotonic() < deadline:
-        if configured(_read_text(ROUTES4), _read_text(ROUTES6), ipv6):
+        routes4, routes6 = _read_text(ROUTES4), _read_text(ROUTES6)
+        if configured(routes4, routes6, ipv6):
             return
+        if configured("", routes6, True):
+            only6_since = time.monotonic() if only6_since is None else only6_since
+            if time.monotonic() - only6_since >= grace:
+                report.say(f"no IPv4 route after {grace:.0f}s, an IPv6 one: going on with IPv6")
+                return
         if not said:
             report.say("waiting for the network")
             said = True
-        time.sleep(0.5)
+        time.sleep(min(0.5, max(0.01, grace / 4)))
     raise BootcLiveError(
         "no network: no interface was configured",
         "check the cable, DHCP, or ip= on the kernel command line",
