@@ -437,6 +437,9 @@ def test_kexec_into_the_images_own_kernel(
     print(f"kexec: {sent >> 20} MiB served for a {archive >> 20} MiB archive")
     assert sent < archive * 1.02  # each blob once, across both stages
     assert "root=bootc-live:/bootc-live/image bootclabel=handover" in one["kexec_cmdline"]
+    assert one["kexec_cmdline"].endswith(" bootc.kexec=0")  # the next stage kexecs no more
+    # No kernel named: stage one read every layer for the highest version.
+    assert one["kexec_layers_read"] == one["layers"], one
     # ... and verified once: stage two computes only the diff_ids stage one did not.
     assert (two["handover_layers"], two["handover_diff_ids"]) == (
         one["layers"],

@@ -128,7 +128,8 @@ def test_debian_13_is_stage_two_of_kexec_onto_erofs(
 ) -> None:
     """Stage one is the host's kernel and dracut; stage two the image's own kernel and the
     initramfs its userland built, onto EROFS. With bootc.kexec.reuse-image=0 the image is not
-    handed over: stage two fetches it again from the URL, as the command line names it."""
+    handed over: stage two fetches it again from the URL, as the command line names it. The
+    kernel is named (bootc.kexec.kver=): stage one stops at its layer."""
     image, out = trixie
     digest = kexec_image.kexec_ready(image, out / "initrd.img", tmp_path)
     stage_one = tmp_path / "artifacts"
@@ -145,7 +146,8 @@ def test_debian_13_is_stage_two_of_kexec_onto_erofs(
         console,
         mem=MEM,
         embedded=False,
-        extra="bootc.kexec bootc.kexec.reuse-image=0 bootc.live.erofs",
+        extra=f"bootc.kexec bootc.kexec.kver={image.kver} bootc.kexec.reuse-image=0 "
+        "bootc.live.erofs",
     )
     assert verdict(result, console) == expected(image, "erofs"), tail(result.output)
     done = ready(result.output)
@@ -153,6 +155,9 @@ def test_debian_13_is_stage_two_of_kexec_onto_erofs(
     loaded = [s for s in statuses(result.output) if s["state"] == "kexec-loaded"]
     assert [s["kexec_kver"] for s in loaded] == [image.kver]
     assert "bootclabel=handover" not in loaded[0]["kexec_cmdline"], loaded[0]
+    # Stage two was told not to kexec again, and got no bootc.kexec.* option.
+    assert loaded[0]["kexec_cmdline"].split().count("bootc.kexec=0") == 1, loaded[0]
+    assert "bootc.kexec.kver" not in loaded[0]["kexec_cmdline"], loaded[0]
     assert "handover_layers" not in done, done
     # Stage one read the manifest, config and the kernel's layers; stage two the whole archive.
     archive = (stage_one / "root.oci").stat().st_size
