@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -455,6 +456,25 @@ def test_pack_refuses_an_output_it_cannot_write(tmp_path: Path) -> None:
             err = assert_clean_failure(bootc_live(command, "oci:/nonexistent", "-o", str(output)))
             assert err == f"bootc-live: -o {output}: {why}; give a file in an existing directory\n"
     assert list(tmp_path.iterdir()) == []
+    # A device or a link at FILE (or at pack's FILE.json) was renamed over: -o /dev/null, as
+    # root, left /dev/null a file. Refused, and left as it was.
+    devices = tmp_path / "dev"
+    devices.mkdir()
+    os.mknod(devices / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (devices / "stdout").symlink_to("/proc/self/fd/1")
+    (devices / "p.img.json").symlink_to("/proc/self/fd/1")
+    for command in ("pack", "erofs"):
+        for name, what in (("null", "no regular file"), ("stdout", "a link")):
+            output = devices / name
+            err = assert_clean_failure(bootc_live(command, "oci:/nonexistent", "-o", str(output)))
+            assert err == (
+                f"bootc-live: -o {output}: {output} is {what}, which this would replace with a "
+                "file; give a new file, or a regular file to replace\n"
+            )
+    err = assert_clean_failure(bootc_live("pack", "oci:/nonexistent", "-o", str(devices / "p.img")))
+    assert f"{devices / 'p.img.json'} is a link" in err
+    assert stat.S_ISCHR((devices / "null").lstat().st_mode)
+    assert sorted(p.name for p in devices.iterdir()) == ["null", "p.img.json", "stdout"]
 
 
 @pytest.mark.integration

@@ -391,6 +391,36 @@ def test_erofs_compression_configurations_name_the_algorithms() -> None:
     assert packed.detect(bytes(head), "x") == packed.Format("erofs", "lzma+zstd")
 
 
+def test_a_root_no_kernel_can_mount_is_refused_from_its_first_bytes(tmp_path: Path) -> None:
+    """mksquashfs's lzma (not xz) was never in Linux: refused from the superblock, before the
+    whole root is stored, not by mount's generic line after it."""
+    image = squashfs(make_tree(tmp_path / "tree"), tmp_path / "root.sq", "lzma")
+    with pytest.raises(PackedError) as err:
+        packed.detect(image.read_bytes()[: packed.HEAD], "the packed root at X")
+    assert err.value.line() == (
+        "the packed root at X is squashfs compressed with lzma, which no Linux kernel mounts; "
+        "pack it again: bootc-live pack --pack squashfs:zstd (or xz, gzip, lz4, lzo)"
+    )
+    with pytest.raises(PackedError, match="^the packed root at X is empty$"):
+        packed.detect(b"", "the packed root at X")
+    # One the kernel would mount if it had the option: a failed mount names it.
+    assert packed.kernel_hint(packed.Format("erofs", "lzma+zstd")).startswith(
+        "a erofs root compressed with lzma+zstd needs a kernel with CONFIG_EROFS_FS and "
+        "CONFIG_EROFS_FS_ZIP_LZMA and CONFIG_EROFS_FS_ZIP_ZSTD: boot one"
+    )
+
+
+def test_a_directory_named_as_the_packed_root_is_one_line(tmp_path: Path) -> None:
+    """root=bootc-live:packed:/bootc-live (the directory packed.img makes) was a traceback."""
+    (tmp_path / "bootc-live").mkdir()
+    with pytest.raises(PackedError) as err:
+        FileSource(str(tmp_path / "bootc-live"))
+    assert err.value.line() == (
+        f"{tmp_path / 'bootc-live'} in the initramfs is no file; name the file packed.img "
+        "holds: root=bootc-live:packed:/bootc-live/packed.root"
+    )
+
+
 def test_neither_filesystem_is_one_line() -> None:
     with pytest.raises(PackedError) as err:
         packed.detect(b"\x7fELF" + bytes(5000), "the packed root at X")
@@ -407,7 +437,8 @@ def test_parts_are_joined_in_place_each_deleted_once_appended(
     one by one (at most one part more than the whole at any time)."""
     base = tmp_path / "bootc-live/packed.root"
     base.parent.mkdir()
-    parts = [b"hsqs" + os.urandom(3000), os.urandom(3004), os.urandom(17)]
+    zstd = (6).to_bytes(2, "little")  # the superblock's compressor, at byte 20
+    parts = [b"hsqs" + os.urandom(16) + zstd + os.urandom(2982), os.urandom(3004), os.urandom(17)]
     for i, data in enumerate(parts):
         Path(f"{base}.{i}").write_bytes(data)
     source = FileSource(str(base))

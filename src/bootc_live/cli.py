@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -512,15 +513,28 @@ def ram_lines(image: Image, facts: describe.Description) -> list[str]:
     return lines + [f"  {line}" for _, line in sorted(modes)]
 
 
-def _output_file(given: str) -> Path:
-    """-o FILE of erofs and pack: a file (new, or replaced) in a directory that exists, checked
-    before the image is read."""
+def _output_file(given: str, with_record: bool = False) -> Path:
+    """-o FILE of erofs and pack: a file (new, or a regular file replaced) in a directory that
+    exists, checked before the image is read; `with_record`: FILE.json too (pack's record).
+    A device or a link there is refused: renamed over, /dev/null would be a file."""
     output = Path(os.path.abspath(given))
     if not output.parent.is_dir() or output.is_dir():
         raise UsageError(
             f"-o {given}: {'is a directory' if output.is_dir() else 'no such directory'}",
             "give a file in an existing directory",
         )
+    paths = [output, output.with_name(output.name + ".json")] if with_record else [output]
+    for path in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            what = "a link" if stat.S_ISLNK(mode) else "no regular file"
+            raise UsageError(
+                f"-o {given}: {path} is {what}, which this would replace with a file",
+                "give a new file, or a regular file to replace",
+            )
     return output
 
 
@@ -564,7 +578,7 @@ def cmd_erofs(args: argparse.Namespace) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     """Make the packed root of an image (packed.img) and its record; print its arguments."""
     _need_root("pack")
-    output = _output_file(args.output)
+    output = _output_file(args.output, with_record=True)
     record = output.with_name(output.name + ".json")
     image = trusted_image(args)
     try:

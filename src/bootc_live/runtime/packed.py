@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import handover, http, urllib_dracut
+from .cmdline import PACKED_PREFIX, ROOT_PREFIX
 from .errors import BootcLiveError, SpaceError, shown
 from .sources import part_files
 
@@ -42,6 +43,34 @@ EROFS_ALGORITHMS = ("lz4", "lzma", "deflate", "zstd")  # bits of available_compr
 EROFS_ZERO_PADDING = 0x1  # feature_incompat: compressed (lz4) data is zero-padded
 EROFS_COMPR_CFGS = 0x2  # feature_incompat: available_compr_algs is a bitmap
 PACK_HINT = "serve or append packed.img as bootc-live build or pack wrote it"
+SQUASHFS_MOUNTABLE = {1, 3, 4, 5, 6}  # lzma (2) is mksquashfs's only, Linux never had it
+# The kernel option each packed root needs: its filesystem's, then its compressor's.
+KERNEL_OPTIONS = {
+    ("squashfs", "gzip"): "CONFIG_SQUASHFS_ZLIB",
+    ("squashfs", "lzo"): "CONFIG_SQUASHFS_LZO",
+    ("squashfs", "xz"): "CONFIG_SQUASHFS_XZ",
+    ("squashfs", "lz4"): "CONFIG_SQUASHFS_LZ4",
+    ("squashfs", "zstd"): "CONFIG_SQUASHFS_ZSTD",
+    ("erofs", "lz4"): "CONFIG_EROFS_FS_ZIP",
+    ("erofs", "lzma"): "CONFIG_EROFS_FS_ZIP_LZMA",
+    ("erofs", "deflate"): "CONFIG_EROFS_FS_ZIP_DEFLATE",
+    ("erofs", "zstd"): "CONFIG_EROFS_FS_ZIP_ZSTD",
+}
+
+
+def kernel_hint(fs: Format) -> str:
+    """The next step when the kernel does not mount a packed root: what it needs."""
+    needs = [{"squashfs": "CONFIG_SQUASHFS", "erofs": "CONFIG_EROFS_FS"}.get(fs.name, "")]
+    needs += [
+        KERNEL_OPTIONS[(fs.name, c)]
+        for c in fs.compressor.split("+")
+        if (fs.name, c) in KERNEL_OPTIONS
+    ]
+    return (
+        f"a {fs.name} root compressed with {fs.compressor} needs a kernel with "
+        f"{' and '.join(n for n in needs if n)}: boot one that has them, or pack with a "
+        "compressor this kernel has (bootc-live pack --pack FORMAT:COMPRESSOR)"
+    )
 
 
 def members(size: int) -> list[tuple[str, int]]:
@@ -70,9 +99,19 @@ class Format:
 
 def detect(head: bytes, where: str) -> Format:
     """The filesystem of an image from its first HEAD bytes (magic numbers, superblock)."""
+    if not head:
+        raise PackedError(f"{where} is empty", PACK_HINT)
     if head[:4] == SQUASHFS_MAGIC and len(head) >= 22:
         (compression,) = struct.unpack_from("<H", head, 20)
-        return Format("squashfs", SQUASHFS_COMPRESSORS.get(compression, f"id {compression}"))
+        if compression not in SQUASHFS_MOUNTABLE:
+            name = SQUASHFS_COMPRESSORS.get(
+                compression, f"an unknown compressor (id {compression})"
+            )
+            raise PackedError(
+                f"{where} is squashfs compressed with {name}, which no Linux kernel mounts",
+                "pack it again: bootc-live pack --pack squashfs:zstd (or xz, gzip, lz4, lzo)",
+            )
+        return Format("squashfs", SQUASHFS_COMPRESSORS[compression])
     sb = EROFS_SUPERBLOCK
     if len(head) >= sb + 88 and struct.unpack_from("<I", head, sb)[0] == EROFS_MAGIC:
         (incompat,) = struct.unpack_from("<I", head, sb + 80)
@@ -275,6 +314,12 @@ class FileSource(PackedSource):
             raise PackedError(
                 f"no packed root at {path} (nor {path}.0) in the initramfs",
                 "append packed.img from bootc-live build as an extra initrd, or fix root=",
+            )
+        odd = [p for p in self.parts if os.path.islink(p) or not os.path.isfile(p)]
+        if odd:
+            raise PackedError(
+                f"{odd[0]} in the initramfs is no file",
+                f"name the file packed.img holds: root={ROOT_PREFIX}{PACKED_PREFIX}/{MEMBER}",
             )
         sizes = [os.path.getsize(p) for p in self.parts]
         self.total = sum(sizes)

@@ -519,7 +519,7 @@ class PackedRoot(Root):
         options = ",".join(["loop", "ro", *self.plan.rootflags])
         run(
             ["mount", "-t", fs.name, "-o", options, stored.path, at],
-            hint=mounts.flags_hint(self.plan.rootflags),
+            hint=mounts.flags_hint(self.plan.rootflags) or packed.kernel_hint(fs),
         )
 
     def undo(self) -> list[str]:
