@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import prebuild
-from bootc_live.runtime import run
+from bootc_live.runtime import roots, run
 from debian_image import locked
 from vmboot import build_artifacts, need_vm_tools, write_demo_images
 
@@ -69,6 +69,15 @@ def untraced(monkeypatch: pytest.MonkeyPatch) -> None:
     test's output."""
     monkeypatch.setattr(run, "DEBUG", False)
     monkeypatch.delenv("BOOTC_LIVE_DEBUG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_built_in_drivers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A test's modprobe that fails, fails: the host's own drivers (built in, or loaded) do not
+    make it pass (roots.modprobe's fallback, for kernels without /lib/modules in the
+    initramfs, is tested where it says so)."""
+    monkeypatch.setattr(roots, "PROC_FILESYSTEMS", str(tmp_path / "no-proc-filesystems"))
+    monkeypatch.setattr(roots, "SYS_MODULE", str(tmp_path / "no-sys-module"))
 
 
 def built_once(

@@ -128,7 +128,7 @@ def expected(tmp: Path, fs: str, file: str, served: int | None, next_line: str) 
             "kexec",
             "-s",
             "-l",
-            str(work / "boot-file-vmlinuz"),
+            str(work / "vmlinuz"),
             f"--initrd={work / 'initrd'}",
             f"--command-line={next_line}",
         ],
@@ -190,7 +190,7 @@ def test_the_packed_root_itself_is_handed_over(
     )
     initrd = recorder.loaded[str(tmp_path / "kexec/initrd")]
     assert handed_over(initrd) == {packed.MEMBER: image.read_bytes()}
-    assert recorder.loaded[str(tmp_path / "kexec/boot-file-vmlinuz")] == b"kernel " + KVER.encode()
+    assert recorder.loaded[str(tmp_path / "kexec/vmlinuz")] == b"kernel " + KVER.encode()
     # At kexec -e nothing is mounted and no copy is left: the kernel holds the next initrd.
     assert recorder.mounted_at_execute == [] and recorder.system.mounted == []
     assert not os.path.exists(file) and left_in(tmp_path / "kexec") == []

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import boot, http, memory, registry
+from bootc_live.runtime import boot, http, memory, registry, roots
 from bootc_live.runtime.cmdline import TMPFS, RootMode, parse
 from bootc_live.runtime.memory import MIB, Memory, NotEnoughMemory
 from bootc_live.runtime.oci import Image, resolve
+from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import MT_LAYER, build_layout, d, f, layer_tar
 
@@ -335,3 +336,27 @@ def test_what_a_source_holds_ahead_is_planned(
     layers = [replace(image.layers[0], size=size) for size in sizes]
     spec = parse(f"root=bootc-live:{root} {options}".split())
     assert boot.held_ahead(spec, replace(image, layers=layers)) == ahead
+
+
+def test_a_driver_built_into_the_kernel_needs_no_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monolithic kernel, an initramfs without /lib/modules: modprobe fails ("Module zram
+    not found"), yet zram-control, loop and the filesystems are there. Only a driver that is
+    not there stops the boot."""
+    tried: list[str] = []
+
+    def no_modules(argv: list[str], **_kw: object) -> None:
+        tried.append(argv[1])
+        raise CommandError(f"{argv[0]} failed", "hint", detail=f"Module {argv[1]} not found")
+
+    monkeypatch.setattr(roots, "run", no_modules)
+    (tmp_path / "module/zram").mkdir(parents=True)  # built in, with its parameters
+    (tmp_path / "module/loop").mkdir(parents=True)
+    (tmp_path / "filesystems").write_text("nodev\ttmpfs\n\text4\nnodev\toverlay\n\terofs\n")
+    monkeypatch.setattr(roots, "SYS_MODULE", str(tmp_path / "module"))
+    monkeypatch.setattr(roots, "PROC_FILESYSTEMS", str(tmp_path / "filesystems"))
+    roots.modprobe("zram", "ext4", "loop", "erofs", "overlay", hint="h")
+    assert tried == ["zram", "ext4", "loop", "erofs", "overlay"]
+    with pytest.raises(CommandError, match="modprobe failed"):
+        roots.modprobe("squashfs", hint="h")

@@ -109,7 +109,12 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
                 kexec_into_the_image(spec, image, report)  # does not return
             plan = plan_root(spec, image, source, report)
             with roots.make(
-                spec.mode, newroot, mount_plan(spec), plan.mem.total, warn=report.summary
+                spec.mode,
+                newroot,
+                mount_plan(spec),
+                plan.mem.total,
+                warn=report.summary,
+                budget=plan.have,
             ) as root:
                 freed = free_modules(plan.unused, report)
                 gone = free_tools(plan.spare, report)
@@ -413,6 +418,7 @@ class Plan:
     unused: modules.Unused  # the initramfs's modules freed once the root has loaded its own
     need: memory.Need
     spare: tools.Unused  # the initramfs's tools the rest of the boot will not run
+    have: int = 0  # what the root may take: a tmpfs holds no more while the image is unpacked
 
 
 def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report) -> Plan:
@@ -454,7 +460,7 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         per_cpu_free=mem.per_cpu,
         min_free_kbytes=reserve,
     )
-    return Plan(mem, unused, need, spare)
+    return Plan(mem, unused, need, spare, have)
 
 
 def held_ahead(spec: BootSpec, image: Image) -> int:

@@ -104,7 +104,13 @@ def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles
         return _missing(wanted, finder)
     paths = [kept[_where(finder, (chosen, what))] for what in ("vmlinuz", "initramfs.img")]
     _free(kept, paths)
-    return BootFiles(chosen, paths[0], paths[1], read)
+    named = [os.path.join(workdir, what) for what in ("vmlinuz", "initramfs.img")]
+    if paths[0] == paths[1]:  # one file linked at both places
+        shutil.copyfile(paths[0], named[1])
+    else:
+        os.rename(paths[1], named[1])
+    os.rename(paths[0], named[0])
+    return BootFiles(chosen, named[0], named[1], read)
 
 
 def _keep(
@@ -170,7 +176,7 @@ def boot_files_in_tree(tree: str, wanted: str | None, workdir: str) -> BootFiles
         return _missing(wanted, finder)
     copies = []
     for what in ("vmlinuz", "initramfs.img"):
-        target = os.path.join(workdir, f"boot-file-{what}")
+        target = os.path.join(workdir, what)
         shutil.copyfile(os.path.join(tree, finder.files[(chosen, what)].decode()), target)
         copies.append(target)
     return BootFiles(chosen, copies[0], copies[1], 0)

@@ -41,6 +41,11 @@ def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
         run([*argv, target], hint=hint)
 
 
+def resize_tmpfs(target: str, size: int) -> None:
+    """Change a mounted tmpfs's limit, its other options as they are."""
+    run(["mount", "-o", f"remount,size={size}", target])
+
+
 def umount(target: str) -> None:
     run(["umount", "-R", target])
 

@@ -31,7 +31,7 @@ from . import memory, mounts, packed
 from .cmdline import TMPFS, RootMode
 from .errors import BootcLiveError, SpaceError
 from .mounts import MountPlan
-from .run import run
+from .run import CommandError, run
 from .sources import part_files
 
 WORKDIR = "/run/bootc-live"
@@ -110,9 +110,29 @@ def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
     return Erofs(image, sha256_file(image), os.path.getsize(image), m.group(1) if m else "unknown")
 
 
+PROC_FILESYSTEMS = "/proc/filesystems"
+SYS_MODULE = "/sys/module"  # a built-in driver with parameters (zram, loop) is there too
+
+
 def modprobe(*names: str, hint: str) -> None:
+    """Load the modules; one that cannot be loaded is fine if its feature is there already
+    (built into the kernel, with no /lib/modules in the initramfs)."""
     for name in names:
-        run(["modprobe", name], hint=hint)
+        try:
+            run(["modprobe", name], hint=hint)
+        except CommandError:
+            if not _built_in(name):
+                raise
+
+
+def _built_in(name: str) -> bool:
+    if os.path.isdir(os.path.join(SYS_MODULE, name)):
+        return True
+    try:
+        with open(PROC_FILESYSTEMS, encoding="ascii", errors="replace") as f:
+            return any(line.split()[-1:] == [name] for line in f)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -196,19 +216,26 @@ class Root:
 
     full_hint = "the image is larger than the memory given to it: add RAM or use bootc.zram="
 
-    def __init__(self, newroot: str, size: int, plan: MountPlan) -> None:
+    def __init__(self, newroot: str, size: int, plan: MountPlan, budget: int = 0) -> None:
         self.newroot = newroot
-        self.size = size  # the tmpfs's limit
+        self.size = size  # the tmpfs's limit once booted
+        # While the image is unpacked: what the planner gave it (0: `size`). The unpack then
+        # stops at "the root filesystem is full" rather than the machine out of memory, if
+        # the image is larger than planned (the kernel's tmpfs.rst: an oversized tmpfs
+        # deadlocks, the OOM killer cannot free its pages).
+        self.budget = min(budget, size) if budget > 0 else size
         self.plan = plan
         self.target = newroot  # where the image is unpacked, once prepare() has run
 
     def prepare(self) -> str:
         """Make the empty filesystem the image is unpacked into; its path."""
-        mounts.mount_tmpfs(self.newroot, self.size, self.plan.rootflags)
+        mounts.mount_tmpfs(self.newroot, self.budget, self.plan.rootflags)
         return self.newroot
 
     def mount(self, report: Say) -> RootFacts:
         """Mount the final layout at newroot, the image unpacked; what the root is."""
+        if self.budget < self.size:  # the live system's writes have the rest
+            mounts.resize_tmpfs(self.newroot, self.size)
         mounts.finish_root(self.newroot, self.plan)
         return RootFacts("tmpfs")
 
@@ -357,9 +384,15 @@ class ErofsRoot(Root):
     """A reproducible EROFS image of the unpacked tree, read-only; /etc and /var overlays."""
 
     def __init__(
-        self, newroot: str, size: int, compress: str | None, plan: MountPlan, workdir: str
+        self,
+        newroot: str,
+        size: int,
+        compress: str | None,
+        plan: MountPlan,
+        workdir: str,
+        budget: int = 0,
     ) -> None:
-        super().__init__(newroot, size, plan)
+        super().__init__(newroot, size, plan, budget)
         self.compress = compress
         self.tree = os.path.join(workdir, "tree")  # staging: the unpacked tree, freed later
         self.rw = os.path.join(workdir, "live")  # root.erofs and the overlays' upper dirs
@@ -375,7 +408,7 @@ class ErofsRoot(Root):
         )
         check_compressor(self.compress)  # before the work, not after it
         os.makedirs(self.tree, exist_ok=True)
-        mounts.mount_tmpfs(self.tree, self.size)
+        mounts.mount_tmpfs(self.tree, self.budget)  # freed once packed: never resized
         return self.tree
 
     def mount(self, report: Say) -> RootFacts:
@@ -542,17 +575,20 @@ def make(
     mem_total: int,
     workdir: str | None = None,
     warn: Callable[[str], None] = lambda _: None,
+    budget: int = 0,
 ) -> Iterator[Root]:
-    """The root `mode` asks for, prepared: `root.target` is where the image goes. Any exception
-    inside the block (or while preparing) undoes everything, so nothing partial is booted; what
-    could not be undone is passed to `warn`, and the exception goes on as it was."""
+    """The root `mode` asks for, prepared: `root.target` is where the image goes; a tmpfs the
+    image is unpacked into holds at most `budget` bytes (the planner's) until then. Any
+    exception inside the block (or while preparing) undoes everything, so nothing partial is
+    booted; what could not be undone is passed to `warn`, and the exception goes on as it
+    was."""
     root: Root
     if mode.zram_size is not None:
         root = ZramRoot(newroot, mode.zram_size.bytes_for(mem_total), mode.zram_algorithm, plan)
     elif mode.kind == "erofs":
-        root = ErofsRoot(newroot, mem_total, mode.erofs_compress, plan, workdir or WORKDIR)
+        root = ErofsRoot(newroot, mem_total, mode.erofs_compress, plan, workdir or WORKDIR, budget)
     else:
-        root = Root(newroot, mem_total, plan)
+        root = Root(newroot, mem_total, plan, budget)
     with prepared(root, warn):
         yield root
 
