@@ -355,8 +355,10 @@ def packed_filesystem(archive: Path, work: Path) -> Path:
     return out / "bootc-live/packed.root"
 
 
-def pack_cli(source: str, output: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return bootc_live("pack", source, "-o", str(output), *args, tmpdir=output.parent)
+def pack_cli(
+    source: str, output: Path, *args: str, umask: int = 0o022
+) -> subprocess.CompletedProcess[str]:
+    return bootc_live("pack", source, "-o", str(output), *args, tmpdir=output.parent, umask=umask)
 
 
 def implied_at_epoch(snap: dict[bytes, Record]) -> dict[bytes, Record]:
@@ -379,10 +381,11 @@ def test_the_mounted_packed_root_is_the_unpacked_tree_and_reproducible(
 ) -> None:
     source, unpacked = generated
     outputs = []
-    for attempt in ("one", "two"):  # two clean directories
+    for attempt, umask in (("one", 0o022), ("two", 0o077)):  # two clean directories
         where = tmp_path / attempt
         where.mkdir()
-        done = pack_cli(source, where / "packed.img", "--pack", fmt)
+        # The root's mode is the image's, not the umask's: the live / was 0700 under 077.
+        done = pack_cli(source, where / "packed.img", "--pack", fmt, umask=umask)
         assert done.returncode == 0, done.stderr
         assert sorted(p.name for p in where.iterdir()) == ["packed.img", "packed.img.json"]
         outputs.append(where)

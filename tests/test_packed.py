@@ -401,7 +401,7 @@ def test_a_root_no_kernel_can_mount_is_refused_from_its_first_bytes(tmp_path: Pa
         "the packed root at X is squashfs compressed with lzma, which no Linux kernel mounts; "
         "pack it again: bootc-live pack --pack squashfs:zstd (or xz, gzip, lz4, lzo)"
     )
-    with pytest.raises(PackedError, match="^the packed root at X is empty$"):
+    with pytest.raises(PackedError, match=r"^the packed root at X is empty$"):
         packed.detect(b"", "the packed root at X")
     # One the kernel would mount if it had the option: a failed mount names it.
     assert packed.kernel_hint(packed.Format("erofs", "lzma+zstd")).startswith(

@@ -50,7 +50,8 @@ def root_made(result: Result) -> dict[str, Any]:
 
 def host_erofs(images: Path, compress: str | None = None) -> str:
     args = ["erofs", f"oci:{images}/layout:demo", "-q"]
-    made = bootc_live(*args, *(["--compress", compress] if compress else []))
+    # Under a umask that would make its root 0700: the image is still the boot's.
+    made = bootc_live(*args, *(["--compress", compress] if compress else []), umask=0o077)
     assert made.returncode == 0, made.stderr
     return made.stdout.split()[0]
 

@@ -554,7 +554,8 @@ def cmd_erofs(args: argparse.Namespace) -> int:
         raise
     try:
         tree = os.path.join(work, "tree")
-        os.mkdir(tree, 0o755)
+        os.mkdir(tree)
+        os.chmod(tree, 0o755)  # the boot's tmpfs root, whatever the umask: the same image
         unpack_image(
             image,
             tree,

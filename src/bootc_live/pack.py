@@ -284,7 +284,8 @@ def pack_image(
     unpacked = tree is None
     if tree is None:
         tree = work / "tree"
-        tree.mkdir(mode=0o755)
+        tree.mkdir()
+        tree.chmod(0o755)  # the root's own mode, whatever the umask: the same image
         unpacked_at = tree.stat().st_mtime_ns
         unpack_image(
             image,
