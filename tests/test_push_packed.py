@@ -4,6 +4,8 @@ streamed and verified by the runtime's discovery (runtime/packedreg.py) as the b
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import pytest
 from bootc_live.demo import demo_layers
 from bootc_live.layout import write_layout
 from bootc_live.runtime import packed, packedreg
+from bootc_live.runtime.blobs import Descriptor
 from bootc_live.runtime.http import Policy
 from bootc_live.runtime.registry import Reference, RegistrySource
 from registries import Pki, Registry, auth_json, docker_registry, make_pki, skopeo_push
@@ -144,6 +147,21 @@ def test_pushed_then_found_by_the_tag_fallback(world: World, tmp_path: Path) -> 
     with closing(world.source()) as source:
         listed = [m["digest"] for m in json.loads(source.tagged(tag)[0])["manifests"]]
     assert listed.count(entry["digest"]) == 1
+    # Pushed again later (a CI rerun: another date, so another manifest): its older entry
+    # goes, however often it is pushed (the index grew by one each time, and past 16 the
+    # boot no longer looked at the pinned one).
+    for epoch in (2, 3, 4):
+        assert world.push(file, epoch=epoch).returncode == 0
+    with closing(world.source()) as source:
+        listed = json.loads(source.tagged(tag)[0])["manifests"]
+    same = [
+        m for m in listed if m["annotations"].get(packedreg.PIN_ANNOTATION) == pin(world.squashfs)
+    ]
+    assert len(same) == 1 and same[0]["annotations"]["org.opencontainers.image.created"] == (
+        "1970-01-01T00:00:04Z"
+    )
+    (tmp_path / "again").mkdir()
+    assert fetch(world, tmp_path / "again", pin(world.squashfs)).sha256 == pin(world.squashfs)
 
 
 def test_of_two_artifacts_the_pin_picks_one(world: World, tmp_path: Path) -> None:
@@ -183,3 +201,80 @@ def test_no_artifact_names_the_image_and_the_command(world: World) -> None:
             packedreg.open_registry(source, missing, pin(world.squashfs), lambda _: None)
     line = err.value.line()
     assert missing in line and "push one with bootc-live push-packed" in line
+
+
+class ManyArtifacts:
+    """A repository whose referrers tag lists many artifacts about the image, the pinned one
+    last: others' pushes, or a packed root pushed many times before the annotation."""
+
+    description = "stub registry"
+    ref = Reference.parse("registry.example/x/y:v1")
+
+    def __init__(self, subject: str, pinned: str, others: int, annotated: bool) -> None:
+        self.manifests: dict[str, bytes] = {}
+        entries = []
+        layers = [f"sha256:{i:064x}" for i in range(others)] + [pinned]
+        for i, layer in enumerate(layers):
+            notes = {packedreg.PIN_ANNOTATION: layer} if annotated else {}
+            body = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": packedreg.OCI_MANIFEST,
+                    "artifactType": packedreg.ARTIFACT_TYPE,
+                    "config": {
+                        "mediaType": packedreg.EMPTY_TYPE,
+                        "digest": "sha256:" + "4" * 64,
+                        "size": 2,
+                    },
+                    "layers": [
+                        {
+                            "mediaType": packedreg.LAYER_TYPE + "erofs",
+                            "digest": layer,
+                            "size": 10 + i,
+                        }
+                    ],
+                    "subject": {"mediaType": packedreg.OCI_MANIFEST, "digest": subject, "size": 1},
+                    "annotations": notes,
+                }
+            ).encode()
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            self.manifests[digest] = body
+            entries.append(
+                {
+                    "mediaType": packedreg.OCI_MANIFEST,
+                    "digest": digest,
+                    "size": len(body),
+                    "artifactType": packedreg.ARTIFACT_TYPE,
+                    "annotations": notes,
+                }
+            )
+        self.index = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+        self.read: list[str] = []
+
+    def referrers(self, _digest: str, _type: str) -> None:
+        return None  # no referrers API: the tag schema
+
+    def tagged(self, _tag: str) -> tuple[bytes, str]:
+        return self.index, packedreg.OCI_INDEX
+
+    def open_blob(self, desc: Descriptor) -> io.BytesIO:
+        self.read.append(desc.digest)
+        return io.BytesIO(self.manifests[desc.digest])
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_the_pinned_artifact_is_found_among_many(annotated: bool) -> None:
+    subject, pinned = "sha256:" + "5" * 64, "sha256:" + "6" * 64
+    source = ManyArtifacts(subject, pinned, 40, annotated)
+    if annotated:  # asked first, and alone
+        found = packedreg.find(source, subject, pinned, lambda _: None)  # type: ignore[arg-type]
+        assert found.layer.digest == pinned and len(source.read) == 1
+        return
+    # Nothing says which is which: 16 are examined, and the line says so.
+    with pytest.raises(packed.PackedError) as err:
+        packedreg.find(source, subject, pinned, lambda _: None)  # type: ignore[arg-type]
+    assert err.value.line().startswith(
+        f"none of the 41 packed roots of the image {subject} in the registry is the one "
+        f"bootc.packed.sha256= pins ({pinned}) (16 examined: the others' annotations name "
+        "other packed roots, or they came past the first 16)"
+    )

@@ -103,7 +103,7 @@ def artifact(layer: Blob, record: dict[str, Any], subject: dict[str, Any], creat
         "config": empty().descriptor(),
         "layers": [layer.descriptor(annotations=notes)],
         "subject": subject,
-        "annotations": {CREATED: created, **notes},
+        "annotations": {CREATED: created, **notes, packedreg.PIN_ANNOTATION: layer.digest},
     }
     body = json.dumps(manifest, indent=None, separators=(",", ":")).encode()
     return Blob(packedreg.OCI_MANIFEST, sha256_digest(body), len(body), body)
@@ -125,7 +125,8 @@ def created_now() -> str:
 
 
 def merged_index(existing: bytes | None, entry: dict[str, Any], where: str) -> bytes:
-    """The referrers tag's index with `entry` first (an older entry of it dropped)."""
+    """The referrers tag's index with `entry` first, an older entry of it, or of the same packed
+    root (pushed again, with another date), dropped."""
     manifests: list[Any] = []
     if existing is not None:
         try:
@@ -135,15 +136,27 @@ def merged_index(existing: bytes | None, entry: dict[str, Any], where: str) -> b
         listed = obj.get("manifests") if isinstance(obj, dict) else None
         if not isinstance(listed, list):
             raise RegistryError(f"{where} is not an OCI index", _TAG_HINT)
-        manifests = [
-            m for m in listed if not (isinstance(m, dict) and m.get("digest") == entry["digest"])
-        ]
+        manifests = [m for m in listed if not _same(m, entry)]
     index = {
         "schemaVersion": 2,
         "mediaType": packedreg.OCI_INDEX,
         "manifests": [entry, *manifests],
     }
     return json.dumps(index, separators=(",", ":")).encode()
+
+
+def _same(listed: Any, entry: dict[str, Any]) -> bool:
+    if not isinstance(listed, dict):
+        return False
+    if listed.get("digest") == entry["digest"]:
+        return True
+    notes = listed.get("annotations")
+    pin = entry["annotations"][packedreg.PIN_ANNOTATION]
+    return (
+        listed.get("artifactType") == packedreg.ARTIFACT_TYPE
+        and isinstance(notes, dict)
+        and notes.get(packedreg.PIN_ANNOTATION) == pin
+    )
 
 
 _TAG_HINT = "delete that tag in the registry (it is the referrers tag schema's), then push again"

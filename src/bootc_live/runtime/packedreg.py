@@ -27,6 +27,10 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 MAX_CANDIDATES = 16  # artifact manifests fetched while looking for the pinned one
+# Its layer's digest, on the artifact manifest, so on its entry in an index too (the referrers
+# API copies a manifest's annotations; push-packed's tag index does): the pinned one is asked
+# first, however many others were pushed, and push-packed replaces a re-pushed one.
+PIN_ANNOTATION = "org.bootc-live.packed.sha256"
 PUSH_HINT = "push one with bootc-live push-packed"
 
 
@@ -101,8 +105,14 @@ def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], No
             f"no packed root in the registry for the image {subject} (asked {how})",
             f"{PUSH_HINT} docker://{source.ref.registry}/{source.ref.repository} packed.img",
         )
+    # Those that say they are the pinned one first, then those that say nothing (pushed before
+    # the annotation); those that say they are another are not asked (if one lies and is the
+    # pinned one after all, the others still are: the pin, checked on the bytes, decides).
+    said = [desc.annotations.get(PIN_ANNOTATION) for desc in found]
+    asked = [d for d, s in zip(found, said) if s == pin] + [d for d, s in zip(found, said) if not s]
+    asked = asked[:MAX_CANDIDATES]
     pinned: list[Artifact] = []
-    for desc in found[:MAX_CANDIDATES]:
+    for desc in asked:
         try:
             artifact = read_artifact(source, desc, subject)
         except (PackedError, ImageError) as err:
@@ -122,9 +132,15 @@ def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], No
         if len(found) > 1:
             log(f"{len(found)} packed roots for the image; taking {short(pinned[0].manifest)}")
         return pinned[0]
+    examined = (
+        f" ({len(asked)} examined: the others' annotations name other packed roots, or they "
+        f"came past the first {MAX_CANDIDATES})"
+        if len(asked) < len(found)
+        else ""
+    )
     raise PackedError(
-        f"none of the {len(found)} packed roots of the image {subject} in the registry is "
-        f"the one bootc.packed.sha256= pins ({pin})",
+        f"none of the {len(found)} packed roots of the image {subject} in the registry is the "
+        f"one bootc.packed.sha256= pins ({pin}){examined}",
         f"{PUSH_HINT} of that build, or give the bootc.packed.sha256= it printed",
     )
 
