@@ -3,18 +3,23 @@ or module the boot needs and the initramfs lacks fails the build with one line n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bootc_live import selfcheck
+from bootc_live import dracut, selfcheck
 from bootc_live.build import BuildConfig, build
 from bootc_live.demo import host_kernel
 from bootc_live.images import SourceRef
 from bootc_live.selfcheck import SelfCheckError
+from unpackers import REPO, need
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +56,11 @@ LIBSSL = "usr/lib/x86_64-linux-gnu/libssl.so.3"  # where Debian's _ssl finds it
 
 
 def test_a_whole_initramfs_passes_and_says_what_it_boots(unpacked: Path) -> None:
+    before = sorted(os.listdir(unpacked))
     verdict = selfcheck.probe(unpacked, Path("/"))
     assert verdict.modules == ALL
     assert verdict.modes().startswith("embedded and appended images and packed roots; URLs")
-    assert not (unpacked / "bootc-live-probe.py").exists()
+    assert sorted(os.listdir(unpacked)) == before  # the probe, at a new name, is gone
 
 
 def test_a_missing_library_is_named_with_its_package(unpacked: Path, tmp_path: Path) -> None:
@@ -115,3 +121,111 @@ def test_what_cannot_be_unpacked_is_one_line_and_leaves_nothing(tmp_path: Path) 
     with pytest.raises(SelfCheckError, match="cannot unpack the initramfs to check it: "):
         selfcheck.check(bad, Path("/"), tmp_path / "check")
     assert sorted(os.listdir(tmp_path)) == ["initrd.img"]
+
+
+def busybox_userland(root: Path) -> Path:
+    """A userland of static busybox (sh, cp, mkdir, cat, ls …) with a `dracut` that writes
+    its output file (the last argument) as a list of the modules.d it sees, and an
+    `lsinitrd --unpack FILE` that writes FILE's first line as a file in the current
+    directory: enough for the build's real chroot, namespaces and staging."""
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    for applet in ("sh", "cp", "mkdir", "cat", "ls", "head"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/dracut").write_text(
+        '#!/bin/sh\nfor last; do :; done\nls /usr/lib/dracut/modules.d > "$last"\n'
+    )
+    (root / "usr/bin/lsinitrd").write_text('#!/bin/sh\nhead -n 1 "$2" > unpacked\n')
+    for tool in ("dracut", "lsinitrd"):
+        (root / "usr/bin" / tool).chmod(0o755)
+    return root
+
+
+def test_nothing_the_build_writes_follows_the_images_links_out_of_it(tmp_path: Path) -> None:
+    """The image's links lead into the image: the build wrote the host's files through an
+    absolute link at var/tmp (its included files: a CA or credentials; the check's copy of
+    the initramfs), at a module directory's name in modules.d (our modules), and hung on a
+    FIFO at the name dracut's output went to. The build writes its own files in a new
+    directory of its own, and copies the modules from inside the chroot."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    host = tmp_path / "host"  # what the links name, were they followed on the host
+    (host / "victim").mkdir(parents=True)
+    (host / "victim/file").write_text("the host's")
+    root = busybox_userland(tmp_path / "image")
+    (root / "var").mkdir()
+    (root / "var/tmp").symlink_to(host / "victim")  # absolute: the host's, if followed there
+    modules = root / "usr/lib/dracut/modules.d"
+    modules.mkdir(parents=True)
+    (modules / "90bootc-live-erofs").symlink_to(host / "victim")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
+    out = tmp_path / "initrd.img"
+    dracut.build_in_image(root, "6.1.0-1", "shell", out, [(ca, "/etc/bootc-live/ca.pem")])
+    assert sorted(p.name for p in (host / "victim").iterdir()) == ["file"]
+    assert (host / "victim/file").read_text() == "the host's"
+    # In the image, our module replaced what was at its name (there, a dangling link).
+    assert (modules / "90bootc-live-erofs/module-setup.sh").is_file()
+    assert not (modules / "90bootc-live-erofs").is_symlink()
+    assert "90bootc-live" in out.read_text().split()
+    assert [p.name for p in root.iterdir() if p.name.startswith(".bootc-live")] == []
+    # The self-check's unpack likewise: its staging is new, in the image.
+    out.write_text("from the initramfs\n")
+    tree = selfcheck.unpack(out, root, tmp_path / "unused")
+    assert (tree / "unpacked").read_text() == "from the initramfs\n"
+    assert tree.parent.parent == root and tree.parent.name.startswith(".bootc-live-")
+    shutil.rmtree(tree.parent)
+    assert sorted(p.name for p in (host / "victim").iterdir()) == ["file"]
+    # A FIFO where dracut's output went (/var/tmp/bootc-live-initrd.img) held the build
+    # forever: nothing of the image's is written to any more.
+    other = busybox_userland(tmp_path / "other")
+    (other / "var/tmp").mkdir(parents=True)
+    os.mkfifo(other / "var/tmp/bootc-live-initrd.img")
+    dracut.build_in_image(other, "6.1.0-1", "shell", out)
+    assert "90bootc-live" in out.read_text().split()
+
+
+INTERRUPTED = """
+import signal, sys
+from pathlib import Path
+from bootc_live import cli, dracut
+for stop in cli.STOP_SIGNALS:
+    signal.signal(stop, cli._interrupt)
+try:
+    dracut.in_image(Path(sys.argv[1]), ["sh", "-c", "sleep 600 & touch /started; wait"], hint="h")
+except cli.Interrupted:
+    sys.exit(3)
+"""
+
+
+def test_an_interrupted_build_leaves_nothing_running_in_the_image(tmp_path: Path) -> None:
+    """A program the image's dracut started (a cp blocked on a FIFO, here a sleep) outlived
+    an interrupted build, in its mount namespace: the image's programs now run in a PID
+    namespace whose first process dies with the build, and the kernel ends the rest."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    root = busybox_userland(tmp_path / "image")
+    (root / "bin/sleep").symlink_to("busybox")
+    (root / "bin/touch").symlink_to("busybox")
+    build = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, str(root)],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    deadline = time.monotonic() + 60
+    while not (root / "started").exists():
+        assert build.poll() is None and time.monotonic() < deadline, "it never started"
+        time.sleep(0.05)
+    build.send_signal(signal.SIGTERM)
+    assert build.wait(timeout=60) == 3
+
+    def in_the_image() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/root") == str(root):
+                    found.append(pid)
+        return found
+
+    deadline = time.monotonic() + 10  # the kernel ends them as it tears the namespace down
+    while in_the_image() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_the_image() == []

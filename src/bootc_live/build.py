@@ -386,7 +386,7 @@ def make_kernel_and_initramfs(
     )
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
-    # Before dracut writes into the tree (its modules, its staging in /var/tmp).
+    # Before dracut writes into the tree (our modules in its modules.d, its own files).
     packed = make_packed(config, image, out, work, kver, root, unpacked_at)
     with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():
         dracut.build_in_image(

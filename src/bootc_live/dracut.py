@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import pack
+from . import pack, toolfiles
 from .runtime.errors import BootcLiveError
 from .runtime.run import run
 
@@ -166,17 +167,27 @@ def build_with_host(
 
 
 def _has_binary(root: Path, name: str) -> bool:
-    return any((root / d / name).exists() for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
+    """Whether the userland at `root` has the command (its links followed inside it: an
+    image's absolute link names its own file, not the host's)."""
+    return any(_is(root, f"{d}/{name}", "file") for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
+
+
+def _is(root: Path, rel: str, kind: str) -> bool:
+    found = toolfiles.inside(root, rel)
+    if found is None:
+        return False
+    path = root / found
+    return path.is_dir() if kind == "dir" else path.is_file()
 
 
 def optional_modules(root: Path, whose: str) -> list[str]:
     """Our optional modules that the userland at `root` can build; a note for each other one."""
-    dracut_modules = root / "usr/lib/dracut/modules.d"
+    modules_d = "usr/lib/dracut/modules.d"
     can = {
         # dracut's network and url-lib modules, and curl for url-lib
         # (registries too: the runtime holds their client)
-        "bootc-live-net": (dracut_modules / "40network").is_dir()
-        and (dracut_modules / "45url-lib").is_dir()
+        "bootc-live-net": _is(root, f"{modules_d}/40network", "dir")
+        and _is(root, f"{modules_d}/45url-lib", "dir")
         and _has_binary(root, "curl"),
         "bootc-live-zram": _has_binary(root, "mkfs.ext4"),
         "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),
@@ -203,23 +214,45 @@ def build_in_image(
     output: Path,
     includes: Sequence[tuple[Path, str]] = (),
 ) -> None:
-    """Build the initramfs with the image's own dracut, kernel modules and Python (chroot)."""
-    export_modules(root / "usr/lib/dracut/modules.d")
-    (root / "var/tmp").mkdir(parents=True, exist_ok=True)
+    """Build the initramfs with the image's own dracut, kernel modules and Python (chroot).
+
+    Nothing is written through a name the image chose: our modules, the included files and
+    dracut's output go into a new directory of our own at the top of the tree (`stage`), and
+    the modules are copied into the image's dracut from inside the chroot, where the image's
+    links lead into the image (an absolute link at var/tmp or modules.d/90bootc-live led onto
+    the host's files)."""
+    stage = new_stage(root)
+    inside = "/" + stage.name
+    export_modules(stage / "modules.d")
     staged = []
     for number, (source, target) in enumerate(includes):
-        inside_path = f"/var/tmp/bootc-live-include-{number}"
-        shutil.copy2(source, root / inside_path.lstrip("/"))
-        staged.append((inside_path, target))
+        shutil.copy2(source, stage / f"include-{number}")
+        staged.append((f"{inside}/include-{number}", target))
     optional = optional_modules(root, "the image's")
-    inside = "/var/tmp/bootc-live-initrd.img"
-    in_image(
-        root,
-        dracut_argv(kver, flavour, inside, minimal=False, includes=staged, optional=optional),
-        hint="the image needs dracut, python3 and its kernel's modules to build its initramfs; "
-        "or use --host --kver KVER",
+    argv = dracut_argv(
+        kver, flavour, f"{inside}/initrd.img", minimal=False, includes=staged, optional=optional
     )
-    shutil.move(str(root / inside.lstrip("/")), output)
+    # Whatever the image has at our modules' names (an older copy, a link) is replaced.
+    install = (
+        'set -e; d=/usr/lib/dracut/modules.d; mkdir -p "$d"; '
+        'for m in "$1"/*; do rm -rf "$d/${m##*/}"; done; cp -R "$1"/. "$d"/; shift; exec "$@"'
+    )
+    try:
+        in_image(
+            root,
+            ["sh", "-c", install, "sh", f"{inside}/modules.d", *argv],
+            hint="the image needs dracut, python3 and its kernel's modules to build its "
+            "initramfs; or use --host --kver KVER",
+        )
+        shutil.move(str(stage / "initrd.img"), output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def new_stage(root: Path) -> Path:
+    """A new directory of the build's own at the top of the image's tree (made with mkdir:
+    nothing the image planted is there); inside the image it is "/" + its name."""
+    return Path(tempfile.mkdtemp(prefix=".bootc-live-", dir=root))
 
 
 def in_image(root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/") -> None:
@@ -233,7 +266,11 @@ def in_image(root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/") -> N
         'mount -t sysfs sysfs "$r/sys"; mount -t tmpfs tmpfs "$r/run"; '
         'exec chroot "$r" /bin/sh -c \'cd "$1" && shift && exec "$@"\' sh "$d" "$@"'
     )
-    namespace = ["unshare", "--mount", "--propagation", "private"]
+    # A PID namespace too: when the build is interrupted (unshare killed), its child is
+    # killed (--kill-child) and with it everything the image's programs started, which in a
+    # mount namespace alone outlived it (a cp blocked on a FIFO the image planted).
+    namespace = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
+    namespace += ["--kill-child"]
     run(
         [*namespace, "sh", "-c", script, "sh", root, cwd, *argv],
         env=IMAGE_ENV,

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import toolfiles
-from .dracut import in_image
+from .dracut import in_image, new_stage
 from .runtime.errors import BootcLiveError
 from .runtime.run import CommandError, run
 
 PROBE = Path(__file__).with_name("initrd_probe.py")
-IN_IMAGE_SCRATCH = "/var/tmp/bootc-live-check"
 MODES = {  # what each of our modules lets an initramfs boot
     "bootc-live": "embedded and appended images and packed roots",
     "bootc-live-net": "URLs (http, https; ftp, tftp, nfs through url-lib); registries (docker://)",
@@ -60,15 +60,19 @@ def check(initrd: Path, userland: Path, scratch: Path) -> Verdict:
     try:
         return replace(probe(tree, userland), tools=toolfiles.manifest(tree))
     finally:
-        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(tree if userland == Path("/") else tree.parent, ignore_errors=True)
 
 
 def probe(tree: Path, userland: Path) -> Verdict:
     """Run initrd_probe.py in the unpacked initramfs at `tree`; raise on any problem."""
-    shutil.copyfile(PROBE, tree / "bootc-live-probe.py")
+    # A new name in the tree's top directory (ours): a name of the initramfs's own could be
+    # a link it planted, and copying the probe over it would write where that leads.
+    fd, script = tempfile.mkstemp(prefix=".bootc-live-probe-", suffix=".py", dir=tree)
     try:
+        with open(fd, "wb") as out, open(PROBE, "rb") as f:
+            shutil.copyfileobj(f, out)
         answer = run(
-            ["chroot", tree, "/usr/bin/python3", "-S", "-E", "/bootc-live-probe.py"],
+            ["chroot", tree, "/usr/bin/python3", "-S", "-E", "/" + os.path.basename(script)],
             capture=True,
             hint="the initramfs's python3 does not start: rebuild with the image's python3 "
             "installed, or use --host",
@@ -78,7 +82,7 @@ def probe(tree: Path, userland: Path) -> Verdict:
             f"the initramfs fails its self-check: {err.detail}", err.hint
         ) from None
     finally:
-        (tree / "bootc-live-probe.py").unlink()
+        os.unlink(script)
     modules: list[str] = []
     problems: list[Problem] = []
     for line in answer.stdout.splitlines():
@@ -93,34 +97,42 @@ def probe(tree: Path, userland: Path) -> Verdict:
 
 
 def unpack(initrd: Path, userland: Path, scratch: Path) -> Path:
-    """The initramfs's files below a new directory (in the image's root for an image build)."""
-    in_host = userland == Path("/")
-    tree = scratch if in_host else userland / IN_IMAGE_SCRATCH.lstrip("/")
-    staged = None if in_host else userland / f"{IN_IMAGE_SCRATCH.lstrip('/')}.img"
-    tree.mkdir(parents=True)
-    try:
-        if staged is None:
-            run(["lsinitrd", "--unpack", initrd], cwd=tree, hint=LSINITRD_HINT)
-            return tree
+    """The initramfs's files below a new directory (in the image's root for an image build,
+    a new one of our own there: dracut.new_stage)."""
+    if userland == Path("/"):
+        scratch.mkdir(parents=True)
         try:
-            os.link(initrd, staged)
+            run(["lsinitrd", "--unpack", initrd], cwd=scratch, hint=LSINITRD_HINT)
+        except CommandError as err:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise _unpack_failed(err) from None
+        return scratch
+    stage = new_stage(userland)
+    inside = "/" + stage.name
+    try:
+        try:
+            os.link(initrd, stage / "initrd.img")
         except OSError:
-            shutil.copyfile(initrd, staged)
+            shutil.copyfile(initrd, stage / "initrd.img")
+        (stage / "tree").mkdir()
         in_image(
             userland,
-            ["lsinitrd", "--unpack", f"{IN_IMAGE_SCRATCH}.img"],
-            cwd=IN_IMAGE_SCRATCH,
+            ["lsinitrd", "--unpack", f"{inside}/initrd.img"],
+            cwd=f"{inside}/tree",
             hint=LSINITRD_HINT,
         )
-        return tree
+        (stage / "initrd.img").unlink()
+        return stage / "tree"
     except CommandError as err:
-        shutil.rmtree(tree, ignore_errors=True)
-        raise SelfCheckError(
-            f"cannot unpack the initramfs to check it: {err.detail}", err.hint
-        ) from None
-    finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _unpack_failed(err) from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _unpack_failed(err: CommandError) -> SelfCheckError:
+    return SelfCheckError(f"cannot unpack the initramfs to check it: {err.detail}", err.hint)
 
 
 LSINITRD_HINT = "the userland that built the initramfs needs dracut's lsinitrd to check it"

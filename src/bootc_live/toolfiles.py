@@ -106,6 +106,37 @@ def needed(data: bytes) -> list[str] | None:
     return found
 
 
+def inside(root: Path, rel: str) -> str | None:
+    """Where `rel` leads in the tree at `root`, following its symlinks as a process chrooted
+    there would (an absolute target is from `root`, `..` stops at it): a relative path that
+    exists, "" for the root itself, or None (a dangling link, a loop)."""
+    parts = rel.split("/")
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, part)
+        if here.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = target.split("/") + parts
+            continue
+        if not os.path.lexists(here):
+            return None
+        done.append(part)
+    return "/".join(done)
+
+
 class Tree:
     """An unpacked initramfs: its regular files, the names leading to each (links followed
     inside the tree), and its ELF files' needs."""
@@ -159,30 +190,11 @@ class Tree:
     def resolve(self, rel: str) -> str | None:
         """The regular file `rel` leads to, following symlinks as the initramfs would (an
         absolute target is from the initramfs's root), or None."""
-        parts = rel.split("/")
-        done: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            here = self.root.joinpath(*done, part)
-            if here.is_symlink():
-                hops += 1
-                if hops > 40:
-                    return None
-                target = os.readlink(here)
-                if target.startswith("/"):
-                    done = []
-                parts = target.split("/") + parts
-                continue
-            done.append(part)
-        path = self.root.joinpath(*done)
-        return "/".join(done) if done and path.is_file() and not path.is_symlink() else None
+        found = inside(self.root, rel)
+        if found is None:
+            return None
+        path = self.root / found
+        return found if found and path.is_file() and not path.is_symlink() else None
 
     def loads(self, rel: str) -> set[str]:
         """The files `rel` loads directly: every file each of its sonames leads to."""
