@@ -10,11 +10,12 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import prebuild
-from bootc_live.runtime import roots, run
+from bootc_live.runtime import mounts, roots, run
 from debian_image import locked
 from vmboot import build_artifacts, need_vm_tools, write_demo_images
 
@@ -69,6 +70,22 @@ def untraced(monkeypatch: pytest.MonkeyPatch) -> None:
     test's output."""
     monkeypatch.setattr(run, "DEBUG", False)
     monkeypatch.delenv("BOOTC_LIVE_DEBUG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_mounts_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's mounts, run in a test's own process, would be this machine's: a test
+    that reaches one without faking it (the `system` fixtures do) fails instead. Real mounts
+    happen in subprocesses in private mount namespaces only."""
+    for module in (mounts, roots):
+        real = module.run
+
+        def guarded(argv: Any, *args: Any, _real: Any = real, **kw: Any) -> Any:
+            if os.path.basename(str(argv[0])) in ("mount", "umount", "losetup"):
+                raise AssertionError(f"a test ran {argv[0]} on this machine: {argv}")
+            return _real(argv, *args, **kw)
+
+        monkeypatch.setattr(module, "run", guarded)
 
 
 @pytest.fixture(autouse=True)

@@ -579,7 +579,7 @@ def test_an_undo_that_fails_still_undoes_the_rest_and_keeps_the_first_reason(
 
 
 def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ftp://, tftp://, nfs:// go through dracut's url-lib, sourced by a shell: the URL is in
     the environment, never in an argv (traced by bootc.debug), and RD_DEBUG=no keeps dracut-lib
@@ -604,7 +604,13 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     assert message.startswith(
         "bootc-live: oci-archive:ftp://***@10.0.2.100/root.oci is not a valid oci-archive"
     ), message
-    assert not (tmp_path / "run/download.oci").exists()
+    assert not (tmp_path / "run/download/download.oci").exists()
+    # It went into a tmpfs of its own (not /run, 20% of RAM), sized to the memory free, and
+    # unmounted with it.
+    mount = next(c for c in system.calls if c[:3] == ["mount", "-t", "tmpfs"])
+    assert mount[-1] == str(tmp_path / "run/download"), system.calls
+    assert f"size={3000000 * 1024 - memory.RESERVE}," in mount[4]
+    assert system.mounted == []
 
 
 # Signatures (docs/signatures.md, "At boot").

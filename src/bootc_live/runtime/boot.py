@@ -561,17 +561,57 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     url = spec.image.location
     fetching = fetch_policy(spec)
     wait_for_route(fetching.total, report, _ipv6_host(url) or ipv6_asked(spec))
+    spool = RamSpool(os.path.join(STATUS_DIR, "download"), http.redact(url))
     if url.startswith(("http://", "https://")):
-        return http.open_url(url, fetching, report.say, STATUS_DIR)
-    path = os.path.join(STATUS_DIR, "download.oci")
-    os.makedirs(STATUS_DIR, exist_ok=True)
+        return http.open_url(url, fetching, report.say, spool)
     report.say(f"fetching {http.redact(url)} with dracut's url-lib")
-    urllib_dracut.fetch(url, path)
+    path = os.path.join(spool.directory, "download.oci")
     try:
-        return ArchiveSource(path, delete=True, name=http.redact(url))
+        spool.take(None)
+        urllib_dracut.fetch(url, path)
+        return ArchiveSource(path, delete=True, name=http.redact(url), release=spool.release)
     except BaseException:  # no oci-archive: the download goes (it is in RAM)
-        os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        spool.release()
         raise
+
+
+class RamSpool(http.Spool):
+    """Where an archive that cannot be read in place is downloaded at boot: a tmpfs of its
+    own, mounted when first needed, sized to the memory free then less memory.RESERVE, gone
+    once the archive is. The initramfs's /run is systemd's, 20% of RAM: a 400 MB archive on
+    a 1.5 GiB machine did not fit there, and an endless answer would fill RAM anywhere
+    unbounded."""
+
+    full_hint = (
+        "add RAM, or serve the archive with Range support (it is then read in place, not stored)"
+    )
+
+    def __init__(self, directory: str, name: str) -> None:
+        super().__init__(directory)
+        self.name = name
+        self.mounted = False
+
+    def take(self, length: int | None) -> str:
+        mem = memory.Memory.read()
+        room = max(mem.available - memory.RESERVE, 0)
+        if length is not None and length > room:
+            raise memory.NotEnoughMemory(
+                f"{self.name} must be downloaded whole (the server does not read it in parts) "
+                f"and is {memory.mib_up(length)} MiB; {room >> 20} MiB of memory are free for it",
+                self.full_hint,
+            )
+        os.makedirs(self.directory, exist_ok=True)
+        if not self.mounted:
+            mounts.mount_tmpfs(self.directory, max(room, 1 << 20))
+            self.mounted = True
+        return self.directory
+
+    def release(self) -> None:
+        if self.mounted:
+            self.mounted = False
+            mounts.umount(self.directory)
 
 
 def fetch_policy(spec: BootSpec) -> http.Policy:

@@ -947,15 +947,38 @@ class HttpArchiveSource(MemberIndex):
         return open_range(self._client, offset, offset + size, self._retrier)  # type: ignore[return-value]
 
 
+class Spool:
+    """Where open_url downloads an archive it cannot read in place: a directory (the host's
+    TMPDIR). At boot, runtime.boot's RamSpool: a tmpfs of its own, sized to the memory."""
+
+    full_hint = (
+        "free space there, or serve the archive with Range support (it is then read in place, "
+        "not stored)"
+    )
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def take(self, length: int | None) -> str:
+        """The directory, ready for a download of `length` bytes (None: not announced)."""
+        os.makedirs(self.directory, exist_ok=True)
+        return self.directory
+
+    def release(self) -> None:
+        """The download is gone: what was made for it goes too."""
+
+
 def open_url(
     url: str,
     policy: Policy,
     log: Callable[[str], None],
-    download_dir: str,
+    download: str | Spool,
     unsecure: bool = False,
     cafile: str | None = None,
 ) -> ImageSource:
-    """An image source for an oci-archive URL: read in place with Range, else downloaded once."""
+    """An image source for an oci-archive URL: read in place with Range, else downloaded once
+    (into `download`, a directory or a Spool)."""
+    spool = download if isinstance(download, Spool) else Spool(download)
     client = Client(url, policy, log, unsecure=unsecure, cafile=cafile)
     retrier = Retrier(client.url, policy, log)
     answer = client.open(0, BLOCK, retrier)
@@ -968,24 +991,32 @@ def open_url(
         answer = client.open(0, None, retrier)
     else:
         log(f"{client.where}: the server does not support Range; downloading the archive once")
-    os.makedirs(download_dir, exist_ok=True)
-    fd, path = tempfile.mkstemp(".oci", "download-", download_dir)
+    try:
+        where = spool.take(answer.length)
+        fd, path = tempfile.mkstemp(".oci", "download-", where)
+    except BaseException:
+        answer.close()
+        spool.release()
+        raise
     try:
         with os.fdopen(fd, "wb") as out:
-            _download(client, retrier, answer, out, download_dir)
-        return ArchiveSource(path, delete=True, name=client.where)
+            _download(client, retrier, answer, out, where, spool.full_hint)
+        return ArchiveSource(path, delete=True, name=client.where, release=spool.release)
     except BaseException:  # not an oci-archive after all, too: the download goes
         os.unlink(path)
+        spool.release()
         raise
 
 
-def _download(client: Client, retrier: Retrier, answer: Answer, out: BinaryIO, where: str) -> None:
+def _download(
+    client: Client, retrier: Retrier, answer: Answer, out: BinaryIO, where: str, hint: str
+) -> None:
     """Copy a whole answer into `out` (in directory `where`); without Range, a broken
     transfer starts again."""
     reached = 0  # the furthest a transfer got: only bytes beyond it are progress
     while True:
         try:
-            cause = _copy(answer, out, retrier, where, reached)
+            cause = _copy(answer, out, retrier, where, hint, reached)
         finally:
             answer.close()
         if not cause:
@@ -997,7 +1028,9 @@ def _download(client: Client, retrier: Retrier, answer: Answer, out: BinaryIO, w
         answer = client.open(0, None, retrier)
 
 
-def _copy(answer: Answer, out: BinaryIO, retrier: Retrier, where: str, reached: int = 0) -> str:
+def _copy(
+    answer: Answer, out: BinaryIO, retrier: Retrier, where: str, hint: str, reached: int = 0
+) -> str:
     """Copy the answer's body into `out`: "" when complete, else why it broke off. Bytes up
     to `reached` (got before, by a transfer that broke) are no progress: a server that always
     breaks at the same byte must use up the retries."""
@@ -1015,8 +1048,7 @@ def _copy(answer: Answer, out: BinaryIO, retrier: Retrier, where: str, reached: 
                 raise SpaceError(
                     f"no space left to download {redact(answer.url)} into {where} "
                     f"({out.tell() >> 20} MiB written)",
-                    "free space there, or serve the archive with Range support (it is then "
-                    "read in place, not stored)",
+                    hint,
                 ) from None
             raise BootcLiveError(f"cannot store the download: {err.strerror}") from None
         retrier.progress(max(0, min(len(data), out.tell() - reached)))

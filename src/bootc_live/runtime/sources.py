@@ -344,10 +344,18 @@ _DECOMPRESS = {"gzip": "gunzip", "zstd": "unzstd", "xz": "unxz", "bzip2": "bunzi
 class ArchiveSource(MemberIndex):
     """An oci-archive file. With `delete`, the file goes away on close() (a download)."""
 
-    def __init__(self, path: str, delete: bool = False, name: str = "") -> None:
-        """`name`: what the archive is called in messages (a download: its URL), else path."""
+    def __init__(
+        self,
+        path: str,
+        delete: bool = False,
+        name: str = "",
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`name`: what the archive is called in messages (a download: its URL), else path;
+        `release`: run once the deleted file is gone (its download area goes too)."""
         self.path = path
         self.delete = delete
+        self.release_area = release
         self.description = f"oci-archive:{name or path}"
         try:
             hint = "save the archive to a file first"  # a pipe cannot be indexed
@@ -368,3 +376,5 @@ class ArchiveSource(MemberIndex):
     def close(self) -> None:
         if self.delete and os.path.exists(self.path):
             os.unlink(self.path)
+        if self.delete:
+            self.release_area()
