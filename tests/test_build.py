@@ -204,6 +204,26 @@ def test_kernel_is_the_highest_version(tmp_path: Path) -> None:
         build_mod.find_kernel(tmp_path, "7.0")
 
 
+def test_a_kernel_without_its_modules_is_passed_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stale usr/lib/modules/9.9.9 with a vmlinuz only was taken as the highest: its
+    initramfs had no module at all, and the self-check said it booted zram and packed roots."""
+    modules = tmp_path / "usr/lib/modules"
+    for kver in ("6.1.0-10-amd64", "9.9.9-stale"):
+        (modules / kver).mkdir(parents=True)
+        (modules / kver / "vmlinuz").write_bytes(b"k")
+    (modules / "6.1.0-10-amd64/modules.dep").write_text("kernel/x.ko:\n")
+    assert build_mod.find_kernel(tmp_path, None)[0] == "6.1.0-10-amd64"
+    assert "kernel 9.9.9-stale has no modules" in capsys.readouterr().err
+    # Its modules.dep a link out of the image: no modules of its own.
+    (modules / "9.9.9-stale/modules.dep").symlink_to(modules / "6.1.0-10-amd64/modules.dep")
+    assert build_mod.find_kernel(tmp_path, None)[0] == "6.1.0-10-amd64"
+    (modules / "9.9.9-stale/modules.dep").unlink()
+    (modules / "9.9.9-stale/modules.dep").write_text("")
+    assert build_mod.find_kernel(tmp_path, None)[0] == "9.9.9-stale"
+
+
 def test_the_index_records_the_zram_and_tmpfs_figures_a_handover_keeps(tmp_path: Path) -> None:
     build_layout(tmp_path / "img", LAYERS, tag="v1")
     image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from . import carried, dracut, footprint, hostpolicy, pack, scratch, selfcheck, zramsize
+from . import carried, dracut, footprint, hostpolicy, pack, scratch, selfcheck, toolfiles, zramsize
 from .describe import describe
 from .hostpolicy import TrustOptions
 from .images import SourceRef
@@ -333,8 +333,21 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
             f"the image has no kernel (looked in {kernels.KERNEL_PLACES})",
             "install one in the image (a bootc image has its kernel), or use --host",
         )
-    best = finder.kernels()[-1]
+    ready = [k for k in finder.kernels() if has_modules(root, k)]
+    best = (ready or finder.kernels())[-1]
+    if best != finder.kernels()[-1]:
+        say(
+            f"warning: kernel {finder.kernels()[-1]} has no modules (no modules.dep in "
+            f"usr/lib/modules/{finder.kernels()[-1]}): taking {best}, the highest that has"
+        )
     return best, found[best]
+
+
+def has_modules(root: Path, kver: str) -> bool:
+    """Whether the image has kernel `kver`'s modules (its modules.dep; links followed in it)."""
+    return any(
+        toolfiles.has(root, f"{p}/{kver}/modules.dep") for p in ("usr/lib/modules", "lib/modules")
+    )
 
 
 @dataclass(frozen=True)
@@ -386,6 +399,11 @@ def make_kernel_and_initramfs(
     )
     kver, kernel = find_kernel(root, config.kver)
     shutil.copy2(kernel, out / "vmlinuz")
+    if not any(toolfiles.has(root, name) for name in ("usr/lib/os-release", "etc/os-release")):
+        say(
+            "warning: the image has no usr/lib/os-release (nor etc/os-release): systemd's "
+            "switch root refuses a root without one (docs/live-ready.md)"
+        )
     # Before dracut writes into the tree (our modules in its modules.d, its own files).
     packed = make_packed(config, image, out, work, kver, root, unpacked_at)
     with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():

@@ -169,15 +169,7 @@ def build_with_host(
 def _has_binary(root: Path, name: str) -> bool:
     """Whether the userland at `root` has the command (its links followed inside it: an
     image's absolute link names its own file, not the host's)."""
-    return any(_is(root, f"{d}/{name}", "file") for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
-
-
-def _is(root: Path, rel: str, kind: str) -> bool:
-    found = toolfiles.inside(root, rel)
-    if found is None:
-        return False
-    path = root / found
-    return path.is_dir() if kind == "dir" else path.is_file()
+    return any(toolfiles.has(root, f"{d}/{name}") for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
 
 
 def optional_modules(root: Path, whose: str) -> list[str]:
@@ -186,8 +178,8 @@ def optional_modules(root: Path, whose: str) -> list[str]:
     can = {
         # dracut's network and url-lib modules, and curl for url-lib
         # (registries too: the runtime holds their client)
-        "bootc-live-net": _is(root, f"{modules_d}/40network", "dir")
-        and _is(root, f"{modules_d}/45url-lib", "dir")
+        "bootc-live-net": toolfiles.has(root, f"{modules_d}/40network", "dir")
+        and toolfiles.has(root, f"{modules_d}/45url-lib", "dir")
         and _has_binary(root, "curl"),
         "bootc-live-zram": _has_binary(root, "mkfs.ext4"),
         "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),

@@ -137,6 +137,16 @@ def inside(root: Path, rel: str) -> str | None:
     return "/".join(done)
 
 
+def has(root: Path, rel: str, kind: str = "file") -> bool:
+    """Whether the tree at `root` has a `kind` ("file" or "dir") at `rel`, its links
+    followed inside it (`inside`)."""
+    found = inside(root, rel)
+    if found is None:
+        return False
+    path = root / found
+    return path.is_dir() if kind == "dir" else path.is_file()
+
+
 class Tree:
     """An unpacked initramfs: its regular files, the names leading to each (links followed
     inside the tree), and its ELF files' needs."""

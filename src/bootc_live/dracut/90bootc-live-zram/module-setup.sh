@@ -14,9 +14,10 @@ depends() {
 }
 
 installkernel() {
-    hostonly='' instmods zram ext4
-    # The compressors bootc.zram.algorithm= may name, where they are modules.
+    # The compressors bootc.zram.algorithm= may name, where they are modules (optional);
+    # zram and ext4 last: their failure is the function's, which dracut checks.
     hostonly='' instmods -o lzo lzo-rle lz4 lz4hc zstd 842
+    hostonly='' instmods zram ext4
 }
 
 install() {
