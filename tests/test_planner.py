@@ -360,3 +360,21 @@ def test_a_driver_built_into_the_kernel_needs_no_module(
     assert tried == ["zram", "ext4", "loop", "erofs", "overlay"]
     with pytest.raises(CommandError, match="modprobe failed"):
         roots.modprobe("squashfs", hint="h")
+
+
+def test_an_uncompressed_image_is_planned_in_zram_and_erofs_as_gzip_would_be(
+    tmp_path: Path,
+) -> None:
+    """zram's and EROFS's ratios are stated against a gzip blob's size: a plain tar counted
+    whole made the compressed modes need more than a plain tmpfs (1.9 GiB in zram, 2.8 GiB
+    for EROFS lz4hc, against 1.1 GiB, for a 1 GiB tar), and refused them."""
+    plain, gzipped = image_of(tmp_path / "n", compression="none"), image_of(tmp_path / "g")
+    assert memory.gzip_like(plain) == sum(layer.size // memory.RATIO for layer in plain.layers)
+    assert memory.gzip_like(gzipped) == gzipped.compressed_size
+    # Two layers of 512 MiB each (what estimate reads of a plain tar is its size).
+    big = replace(plain, layers=[replace(layer, size=512 * MIB) for layer in plain.layers])
+    tmpfs = memory.need(big, TMPFS)
+    zram = memory.need(big, RootMode.zram(2 << 30, "zstd"))
+    lz4hc = memory.need(big, RootMode("erofs", erofs_compress="lz4hc"))
+    assert zram.peak < 0.7 * tmpfs.peak, (zram, tmpfs)
+    assert lz4hc.steady < 0.7 * tmpfs.steady, (lz4hc, tmpfs)

@@ -284,7 +284,7 @@ def zram_device_size(est: Estimate) -> int:
 def need(image: Image, mode: RootMode, est: Estimate | None = None) -> Need:
     """The memory `mode` needs for `image`, from the sizes it records or stated ratios."""
     est = est or estimate(image)
-    packed = image.compressed_size
+    packed = gzip_like(image)
     if mode.kind == "zram":
         factor = ZRAM_VS_GZIP.get(mode.zram_algorithm or "", ZRAM_DEFAULT_VS_GZIP)
         zstd_pages = recorded_zram(image)
@@ -313,6 +313,13 @@ def need(image: Image, mode: RootMode, est: Estimate | None = None) -> Need:
             "for EROFS (the unpacked tree and its image, while it is packed)",
         )
     return Need(mode, est.unpacked, est.unpacked, "unpacked")
+
+
+def gzip_like(image: Image) -> int:
+    """The compressed size zram's and EROFS's ratios are stated against (ZRAM_VS_GZIP,
+    EROFS_VS_GZIP): a plain tar layer counts as gzip would make it, 1/RATIO of it (taken as
+    it is, an uncompressed image was planned larger in zram than in a plain tmpfs)."""
+    return sum(layer.size // RATIO if layer.plain_tar else layer.size for layer in image.layers)
 
 
 ZRAM_SUGGESTED = "zstd"  # the compressor suggested: the smallest figure of ZRAM_VS_GZIP
