@@ -173,7 +173,7 @@ def expected_calls(mode: str, options: str, tmp: Path, budget: int) -> list[list
         bind_ro_layout()
     elif mode.startswith("zram"):
         calls += [["modprobe", "zram"], ["modprobe", "ext4"]]
-        mkfs = "mkfs.ext4 -q -F -m 0 -i 8192 -O ^has_journal -L bootc-live -E nodiscard"
+        mkfs = "mkfs.ext4 -q -F -m 0 -b 4096 -i 4096 -O ^has_journal -L bootc-live -E nodiscard"
         calls.append([*mkfs.split(), "/dev/zram0"])
         options_ = ",".join(["discard", *flags])
         calls.append(["mount", "-t", "ext4", "-o", options_, "/dev/zram0", newroot])

@@ -148,7 +148,7 @@ def expected_calls(
     if zram:  # as the zram mode makes its device (test_boot_host), mounted without rootflags,
         # and before the unused modules are freed: zram and its compressor load then
         calls += [["modprobe", "zram"], ["modprobe", "ext4"]]
-        mkfs = "mkfs.ext4 -q -F -m 0 -i 8192 -O ^has_journal -L bootc-live -E nodiscard"
+        mkfs = "mkfs.ext4 -q -F -m 0 -b 4096 -i 4096 -O ^has_journal -L bootc-live -E nodiscard"
         calls.append([*mkfs.split(), "/dev/zram0"])
         calls.append(["mount", "-t", "ext4", "-o", "discard", "/dev/zram0", str(work / "live")])
     if streamed_size is not None:

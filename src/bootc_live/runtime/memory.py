@@ -277,8 +277,9 @@ def recorded_zram(image: Image) -> int | None:
 
 def zram_device_size(est: Estimate) -> int:
     """The smallest zram device for the root: on top of the tree, ext4's inode tables (one
-    256-byte inode per 8 KiB, see roots.ZramRoot), a 4 KiB block per directory, its metadata."""
-    return _round_up(est.unpacked * 112 // 100 + 16 * MIB)
+    256-byte inode per 4 KiB block, see roots.ZramDevice), a block per directory, its
+    metadata."""
+    return _round_up(est.unpacked * 116 // 100 + 16 * MIB)
 
 
 def need(image: Image, mode: RootMode, est: Estimate | None = None) -> Need:

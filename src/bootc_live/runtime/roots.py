@@ -37,6 +37,16 @@ from .sources import part_files
 WORKDIR = "/run/bootc-live"
 MIB = 1 << 20
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
+# No journal (nothing survives a reboot anyway), no reserved blocks, 4 KiB blocks (as a
+# tmpfs's pages, which the device is sized from; mke2fs takes 1 KiB below 512 MiB), an inode
+# per block (every file takes a block at least: the inodes never run out before the
+# blocks, as they did at one per 8 KiB with many small files; unused inode tables are
+# zero pages, which zram stores for free), discard at mount so that deleted files give
+# their memory back.
+MKFS_EXT4 = [
+    "mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", "-i", "4096", "-O", "^has_journal",
+    "-L", "bootc-live", "-E", "nodiscard",
+]  # fmt: skip
 # Module globals: host-side tests point them at directories of their own.
 SYS_BLOCK = "/sys/block"
 ZRAM_CONTROL = "/sys/class/zram-control"
@@ -274,24 +284,9 @@ class ZramDevice:
                 f"the kernel refused a zram device of {self.size >> 20} MiB ({err.strerror})",
                 "give bootc.zram= a percentage of RAM, or a size such as 8G",
             ) from None
-        # No journal (nothing survives a reboot anyway), no reserved blocks, an inode per 8 KiB
-        # (images of many small files; unused inode tables are zero pages, which zram stores
-        # for free), discard at mount so that deleted files give their memory back.
         run(
             [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-i",
-                "8192",
-                "-O",
-                "^has_journal",
-                "-L",
-                "bootc-live",
-                "-E",
-                "nodiscard",
+                *MKFS_EXT4,
                 self.device,
             ],
             hint="mkfs.ext4 must be in the initramfs (e2fsprogs where the initramfs is built)",
