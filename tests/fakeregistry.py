@@ -61,6 +61,8 @@ class Knobs:
     manifest_chunked_garbage: bool = False  # a chunked manifest answer with a bad chunk size
     manifest_stall: float = 0.0  # seconds the manifest answer stops after its first bytes
     referrers: bytes | None = None  # the referrers API's answer (OCI 1.1); None: 404, no API
+    referrers_pages: tuple[bytes, ...] = ()  # or its pages, each Link-ed to the next
+    referrers_type: str = "application/vnd.oci.image.index.v1+json"  # its Content-Type
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
     clock: Callable[[], float] = time.monotonic  # when tokens expire (a test may share one)
 
@@ -187,8 +189,14 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
             kind, _, ref = url.path[len(prefix) :].partition("/")
             if kind == "manifests":
                 return self.manifest(ref)
+            if kind == "referrers" and knobs.referrers_pages:
+                page = int(urllib.parse.parse_qs(url.query).get("page", ["0"])[0])
+                media = {"Content-Type": knobs.referrers_type}
+                if page + 1 < len(knobs.referrers_pages):  # relative, as distribution sends it
+                    media["Link"] = f'</v2/{REPO}/referrers/{ref}?page={page + 1}>; rel="next"'
+                return self.answer(200, knobs.referrers_pages[page], media)
             if kind == "referrers" and knobs.referrers is not None:
-                media = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+                media = {"Content-Type": knobs.referrers_type}
                 return self.answer(200, knobs.referrers, media)
             if kind == "blobs":
                 if knobs.redirect_blobs_to:

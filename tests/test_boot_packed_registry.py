@@ -331,3 +331,32 @@ def test_artifacts_that_disagree_on_the_pinned_layer_s_size_are_named(ctx: Ctx, 
         "delete the artifacts not pushed by bootc-live push-packed from the pinned file",
     )
     assert ctx.system.calls == [] and not reg.hits(f"/blobs/{pin(ctx.images['squashfs'])}")
+
+
+def test_a_referrers_index_in_pages_is_read_to_its_end(ctx: Ctx) -> None:
+    """The distribution spec: a Link header (rel="next") when the list does not fit one
+    answer. Three cosign signatures on the first page, the packed root on the second: it
+    was never looked for there."""
+    entry = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    cosign = dict(entry, artifactType="application/vnd.dev.cosign.artifact.sig.v1+json")
+    pages = (index_of([cosign, cosign, cosign]), index_of([entry]))
+    with fakeregistry.serve(ctx.image.layout, Knobs(referrers_pages=pages)) as reg:
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
+    assert code == 0, status
+    assert stored(ctx.tmp).read_bytes() == ctx.images["squashfs"].read_bytes()
+    assert [hit.path.rpartition("?")[2] for hit in reg.hits("/referrers/")] == [
+        "artifactType=application%2Fvnd.bootc-live.packed.v1",
+        "page=1",
+    ]
+
+
+def test_a_referrers_answer_that_is_no_index_is_no_api(ctx: Ctx) -> None:
+    """An HTML page (a proxy's, a UI's) where the API would be: the referrers tag is asked,
+    as oras-go does (it was 'the referrers API is not valid JSON')."""
+    entry = attach(ctx.image, ctx.images["erofs"], "erofs")
+    tag_fallback(ctx.image, [entry])
+    knobs = Knobs(referrers=b"<html>Not here</html>", referrers_type="text/html")
+    with fakeregistry.serve(ctx.image.layout, knobs) as reg:
+        code, status = boot_registry(ctx.tmp, reg, ctx.images["erofs"])
+    assert code == 0, status
+    assert reg.hits(f"/manifests/{packedreg.fallback_tag(ctx.image.manifest_digest)}")

@@ -49,6 +49,7 @@ ACCEPT = ", ".join(
 )
 AUTH_IN_INITRAMFS = "/etc/bootc-live/auth.json"  # `bootc-live build --auth-file FILE` puts it
 MANIFEST_LIMIT = 4 << 20
+REFERRERS_PAGES = 16  # pages of a referrers index read, at most
 # Small layers are fetched ahead, in parallel, into memory (where latency, not bandwidth,
 # dominates); large ones stream. At most this much is held at once.
 PREFETCH_BUDGET = 32 << 20
@@ -374,6 +375,22 @@ def _error_codes(body: bytes) -> str:
     return shown(", ".join(codes), 40)
 
 
+_LINK = re.compile(r"<([^>]*)>((?:\s*;\s*[^,;]*)*)")
+
+
+def _next_page(link: str, url: str) -> str:
+    """The next page a Link header names (rel="next"), resolved against `url`; "" if none, or
+    if it is on another origin (the credentials go to this registry only)."""
+    for match in _LINK.finditer(link):
+        params = [p.strip().replace('"', "").lower() for p in match.group(2).split(";")]
+        if "rel=next" in params:
+            nxt = urllib.parse.urljoin(url, match.group(1).strip())
+            here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(nxt)
+            same = (here.scheme, here.netloc) == (there.scheme, there.netloc)
+            return nxt if same else ""
+    return ""
+
+
 class Endpoint:
     """One registry (the named one or a mirror) serving one repository."""
 
@@ -485,17 +502,38 @@ class Endpoint:
     def referrers(self, digest: str, artifact_type: str) -> bytes | None:
         """The OCI 1.1 referrers API's index of the manifests whose subject is `digest`
         (filtered by `artifact_type` where the registry can), or None where it has no such
-        API (404: the tag fallback `sha256-HEX` is then asked)."""
+        API (404, or an answer that is no index, such as an HTML page: the tag fallback
+        `sha256-HEX` is then asked). An index in pages (a Link header, rel="next", on this
+        registry) is read to its end, REFERRERS_PAGES pages at most, as one."""
         query = urllib.parse.urlencode({"artifactType": artifact_type})
         url = self.url("referrers", digest) + "?" + query
-        client = self._client(url, {"Accept": "application/vnd.oci.image.index.v1+json"})
-        try:
-            body, _ = http.read_body(client, "referrers index", MANIFEST_LIMIT)
-        except http.FetchError as err:
-            if err.status == 404:
-                return None
-            raise self._refused(err, f"referrers of {digest}") from None
-        return body
+        pages: list[bytes] = []
+        while url and len(pages) < REFERRERS_PAGES:
+            client = self._client(url, {"Accept": "application/vnd.oci.image.index.v1+json"})
+            try:
+                body, headers = http.read_body(client, "referrers index", MANIFEST_LIMIT)
+            except http.FetchError as err:
+                if err.status == 404 and not pages:
+                    return None
+                raise self._refused(err, f"referrers of {digest}") from None
+            kind = (headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+            if kind and kind not in ("application/vnd.oci.image.index.v1+json", "application/json"):
+                if not pages:
+                    return None  # not the API: oras-go asks the tag schema then too
+                break
+            pages.append(body)
+            url = _next_page(headers.get("Link") or "", url)
+        if len(pages) == 1:
+            return pages[0]
+        manifests: list[Any] = []
+        for page in pages:
+            try:
+                listed = jsondoc.loads(page, MANIFEST_LIMIT).get("manifests")
+            except (ValueError, AttributeError):
+                listed = None
+            if isinstance(listed, list):
+                manifests += listed
+        return json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
         """The blob's last `n` bytes, by a ranged request (unverified: for estimates only)."""
