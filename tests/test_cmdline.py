@@ -559,3 +559,19 @@ def test_the_kernels_quoting_and_spaces() -> None:
         "root=bootc-live:/i\u3000root=/dev/sda2"
     ]
     assert split('"root=a b" root="c d"\x0bx') == ["root=a b", "root=c d", "x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(
+            st.characters(blacklist_characters='"\x00', blacklist_categories=("Cs",)), min_size=1
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_join_is_read_back_by_split(args: list[str]) -> None:
+    """kexec writes the next command line with `join`: the next kernel must read each argument
+    whole. An argument whose UTF-8 holds the byte 0xA0 (à, †) went unquoted and was cut."""
+    assert split(cmdline.join(args)) == args

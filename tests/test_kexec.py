@@ -706,6 +706,9 @@ def test_options_from_cmdline_d_reach_the_next_stage_which_kexecs_no_more(
     (conf / "10-bootc.conf").write_text(
         "root=bootc-live:http://h/r.oci bootc.kexec bootc.zram=50%\n# a comment\n"
     )
+    # What bootc-live-net's hook wrote at this boot: its own, not the user's (stage two's
+    # root is fetched, so its hook writes it again; handed over, it needs no network).
+    (conf / "90-bootc-live-net.conf").write_text("rd.neednet=1\nip=dhcp\n")
     monkeypatch.setattr(cmdline, "CONF_DIR", str(conf))
     (tmp_path / "cmdline").write_text("console=ttyS0 bootc.kexec.reuse-image=0 -- single\n")
     spec = cmdline.read(str(tmp_path / "cmdline"))
@@ -740,3 +743,20 @@ def test_a_next_command_line_over_the_kernels_limit_is_named(
     )
     assert "bytes, over the kernel's 2048" in err.value.line()
     assert never_on_this_machine == []  # nothing was loaded
+
+
+def test_a_hard_link_to_a_lower_layer_takes_its_last_entry_at_that_path(tmp_path: Path) -> None:
+    """Within a layer the last entry at a path is the file: the target of an upper layer's
+    hard link too."""
+    lower = [
+        d("sysroot"),
+        f("sysroot/k.file", b"stale kernel"),
+        f("sysroot/k.file", b"kernel 6.14.0"),
+        f("sysroot/i.file", b"initramfs 6.14.0"),
+    ]
+    links = [
+        d(f"{M}/6.14.0"),
+        hard(f"{M}/6.14.0/vmlinuz", "sysroot/k.file"),
+        hard(f"{M}/6.14.0/initramfs.img", "sysroot/i.file"),
+    ]
+    assert found(image_of(tmp_path, lower, links), tmp_path)[:2] == ("6.14.0", b"kernel 6.14.0")

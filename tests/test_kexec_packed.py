@@ -315,6 +315,22 @@ def test_the_next_command_line_boots_what_was_handed_over() -> None:
     )
     spec = parse(current.split())
     assert spec.kexec and spec.image is not None and spec.image.packed
+    # From a registry with a digest, a platform and a label (docs/packed.md): the handed-over
+    # root is a file, which refuses them; stage two must read its command line.
+    registry = (
+        f"root=bootc-live:packed:docker://r.example/os:1 bootc.packed.sha256={pin_} "
+        f"bootc.digest=sha256:{'cd' * 32} bootc.platform=linux/amd64 bootclabel=prod "
+        "bootc.kexec"
+    )
+    assert parse(registry.split()).kexec
+    handed = kexec.packed_command_line(registry, pin_, IMAGE)
+    assert "bootc.digest" not in handed and "bootclabel" not in handed
+    stage_two = parse(handed.split())
+    assert (stage_two.image, stage_two.packed_sha256, stage_two.kexec) == (
+        parse(f"root=bootc-live:packed:/{packed.MEMBER} bootc.packed.sha256={pin_}".split()).image,
+        pin_,
+        False,
+    )
 
 
 def test_move_into_places_the_bytes_where_the_headers_left_room(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import os
 import re
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
@@ -666,10 +667,7 @@ def split(text: str) -> list[str]:
     the quote a word or its value starts with is dropped, with the word's last character if
     that is a quote; other quotes stay (`rootflags=context="a,b"` keeps its quotes, which
     mount needs). `text` read from a file with surrogateescape keeps its undecodable bytes."""
-    try:
-        data = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        data = text.encode("utf-8", "replace")
+    data = _bytes(text)
     args: list[str] = []
     i, n = 0, len(data)
     while True:
@@ -696,10 +694,21 @@ def split(text: str) -> list[str]:
 def join(args: Iterable[str]) -> str:
     """A command line the kernel (and `split`) reads back as `args`: one with a space is put in
     double quotes, the kernel's only quoting."""
-    return " ".join(f'"{arg}"' if _SPACE_IN.search(arg) else arg for arg in args)
+    return " ".join(f'"{arg}"' if _spaced(arg) else arg for arg in args)
 
 
-_SPACE_IN = re.compile("[ \t\n\v\f\r\xa0]")
+def _spaced(arg: str) -> bool:
+    """Whether `split` would cut `arg`: one of its bytes is a separator (0xA0 is one, and the
+    UTF-8 of à or † holds it)."""
+    return any(byte in _SPACE for byte in _bytes(arg))
+
+
+def _bytes(text: str) -> bytes:
+    """`text` as the bytes it was read from (surrogateescape keeps undecodable ones)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def parse(args: Iterable[str], commented: Collection[str] = ()) -> BootSpec:
@@ -781,7 +790,7 @@ def check_packed(values: dict[str, Any]) -> None:
             "add the arguments pack, build or push-packed printed (cmdline-packed.txt)",
         )
     if packed and image is not None and image.kind != "docker":
-        about = [name for name, attr in _IMAGE_OPTIONS if attr in values]
+        about = [name for name, attr in IMAGE_OPTIONS if attr in values]
         if about:
             raise CmdlineError(
                 f"{' and '.join(about)} {'name' if len(about) > 1 else 'names'} an OCI image, "
@@ -803,7 +812,7 @@ def check_packed(values: dict[str, Any]) -> None:
         )
 
 
-_IMAGE_OPTIONS = (
+IMAGE_OPTIONS = (
     ("bootc.digest=", "digest"),
     ("bootc.platform=", "platform"),
     ("bootclabel=", "label"),
@@ -848,11 +857,19 @@ CONF_DIR = "/etc/cmdline.d"
 ETC_CMDLINE = "/etc/cmdline"
 
 
-def _lines(proc_cmdline: str, conf_dir: str, etc_cmdline: str) -> list[str]:
-    """The lines dracut's hooks read options from, in their order: /etc/cmdline.d/*.conf,
-    /etc/cmdline, the kernel's command line (one line)."""
+# What bootc-live-net's cmdline hook writes at boot for a fetched root (rd.neednet=1, ip=dhcp):
+# not the user's; a next stage's hook writes its own if its root is fetched.
+GENERATED = ("90-bootc-live-net.conf",)
+
+
+def _lines(
+    proc_cmdline: str, conf_dir: str, etc_cmdline: str, skip: Collection[str] = ()
+) -> list[str]:
+    """The lines dracut's hooks read options from, in their order: /etc/cmdline.d/*.conf
+    (but those named in `skip`), /etc/cmdline, the kernel's command line (one line)."""
     lines: list[str] = []
-    for path in [*sorted(glob.glob(f"{conf_dir}/*.conf")), etc_cmdline, proc_cmdline]:
+    confs = [p for p in sorted(glob.glob(f"{conf_dir}/*.conf")) if os.path.basename(p) not in skip]
+    for path in [*confs, etc_cmdline, proc_cmdline]:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:  # split's bytes
                 lines += f.read().splitlines() if path != proc_cmdline else [f.read()]
@@ -886,7 +903,7 @@ def running(proc_cmdline: str = "/proc/cmdline") -> list[str]:
     /etc/cmdline.d."""
     return [
         word
-        for line in _lines(proc_cmdline, CONF_DIR, ETC_CMDLINE)
+        for line in _lines(proc_cmdline, CONF_DIR, ETC_CMDLINE, skip=GENERATED)
         if not line.lstrip().startswith("#")
         for word in split(line)
     ]

@@ -39,13 +39,17 @@ BootFile = tuple[str, str]  # (KVER, "vmlinuz" or "initramfs.img")
 Where = tuple[int, bytes]  # a regular file's bytes: (the layer, counted from the top; its path)
 
 
-def version_key(kver: str) -> tuple[list[tuple[int, str]], int, list[tuple[int, str]], int]:
+def version_key(
+    kver: str,
+) -> tuple[list[tuple[int, str]], int, list[tuple[int, str]], int, list[tuple[int, str]]]:
     """Orders kernel versions: numeric parts as numbers (6.1.0-10 after 6.1.0-9); a `~` part
     before the version without it (6.12~rc1 before 6.12, as Debian orders them), and a
-    `+flavour` (Fedora's +debug) just below the plain kernel of the same version."""
-    plain, plus, _flavour = kver.partition("+")
+    `+flavour` (Fedora's +debug, +64k) just below the plain kernel of the same version, the
+    flavours in order among themselves (no two KVERs compare equal: the choice never depends
+    on the order they were found in)."""
+    plain, plus, flavour = kver.partition("+")
     release, tilde, pre = plain.partition("~")
-    return (_parts(release), 0 if tilde else 1, _parts(pre), 0 if plus else 1)
+    return (_parts(release), 0 if tilde else 1, _parts(pre), 0 if plus else 1, _parts(flavour))
 
 
 def _parts(text: str) -> list[tuple[int, str]]:
@@ -110,6 +114,7 @@ class KernelFinder:
         self._layer_hiders: set[bytes] = set()
         self._layer_opaques: set[bytes] = set()
         self._wanted: dict[bytes, list[_Shown]] = {}  # hard links' targets, by path, unread
+        self._layer_found: set[bytes] = set()  # targets this layer has
 
     def entry(self, name: bytes, kind: str = REGULAR, linkname: bytes = b"") -> bool:
         """Note an entry of the current layer; whether the bytes of this regular file are
@@ -130,9 +135,10 @@ class KernelFinder:
         if kind != DIRECTORY and _ABOVE.fullmatch(path):
             self._layer_hiders.add(path)
         wanted = kind == REGULAR and bool(self._wanted.get(path))
-        if wanted:
-            for link in self._wanted.pop(path):
+        if wanted:  # the last regular entry at the path in this layer is the one kept
+            for link in self._wanted[path]:
                 link.where = (self._layer, path)
+            self._layer_found.add(path)
         which = boot_file(path)
         if which is None or self._hidden(key):
             return wanted
@@ -173,6 +179,9 @@ class KernelFinder:
                     shown.where = (self._layer, shown.target)
                 else:
                     self._wanted.setdefault(shown.target, []).append(shown)
+        for path in self._layer_found:  # found in this layer: looked for no more
+            self._wanted.pop(path, None)
+        self._layer_found = set()
         self._hiders |= self._layer_hiders
         self._opaques |= self._layer_opaques
         self._layer_paths, self._layer_hiders, self._layer_opaques = set(), set(), set()

@@ -87,6 +87,16 @@ def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles
     lie in any). The bytes of the files not chosen are freed."""
     finder = KernelFinder()
     kept: dict[Where, str] = {}
+    try:
+        return _find(image, wanted, workdir, finder, kept)
+    except BaseException:
+        _free(kept, ())  # a layer that fails its digest, say: nothing stays in RAM
+        raise
+
+
+def _find(
+    image: Image, wanted: str | None, workdir: str, finder: KernelFinder, kept: dict[Where, str]
+) -> BootFiles:
     read = 0
     for read, index in enumerate(reversed(range(len(image.layers))), 1):
         layer = read - 1
@@ -100,7 +110,6 @@ def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles
             break
     chosen = _chosen(finder, wanted)
     if not chosen:
-        _free(kept, ())
         return _missing(wanted, finder)
     paths = [kept[_where(finder, (chosen, what))] for what in ("vmlinuz", "initramfs.img")]
     _free(kept, paths)
@@ -152,7 +161,8 @@ def _where(finder: KernelFinder, which: tuple[str, str]) -> Where:
 
 def _free(kept: dict[Where, str], chosen: Sequence[str]) -> None:
     for path in set(kept.values()) - set(chosen):
-        os.unlink(path)
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def _chosen(finder: KernelFinder, wanted: str | None) -> str:
@@ -230,6 +240,7 @@ def next_command_line(
     verified: str = "",
     pin: str = "",
     replacing: Sequence[str] = (),
+    dropping: Sequence[str] = (),
 ) -> str:
     """The running command line without the kexec options, and bootc.kexec=0 (the next
     stage's initramfs may be this one, its /etc/cmdline.d asking for bootc.kexec too); with
@@ -237,7 +248,8 @@ def next_command_line(
     record of what was verified. bootc.digest= becomes `pin`: the image stage one checked, so
     that stage two boots that very image (a tag may name another by then; the handover names
     the platform's manifest). The arguments `replacing` take the place of those of the same
-    names. They all go before a `--`, after which the kernel passes arguments to init."""
+    names, and those named in `dropping` go. They all go before a `--`, after which the
+    kernel passes arguments to init."""
     new = list(replacing)
     if reuse:
         new += kernel_arguments(label).split()
@@ -246,7 +258,7 @@ def next_command_line(
     if verified:
         new.append(f"bootc.kexec.verified={verified}")
     new.append("bootc.kexec=0")
-    replaced = {arg.split("=", 1)[0] for arg in new}
+    replaced = {arg.split("=", 1)[0] for arg in new} | set(dropping)
     args = split(current)
     init = args.index("--") if "--" in args else len(args)
     kept = []
@@ -262,7 +274,10 @@ def packed_command_line(current: str, pin: str, image: str | None) -> str:
     """The next command line of a packed root: the one handed over, with the same pin."""
     args = [f"root={PACKED_NEXT}", f"bootc.packed.sha256={pin}"]
     args += [f"bootc.packed.image={image}"] if image else []
-    return next_command_line(current, False, "", replacing=args)
+    # The handed-over root is a file: the image's options were stage one's (checked there),
+    # and stage two refuses them with a packed root from a file (cmdline.check_packed).
+    image_options = [name.rstrip("=") for name, _ in cmdline.IMAGE_OPTIONS]
+    return next_command_line(current, False, "", replacing=args, dropping=image_options)
 
 
 def printable_command_line(command_line: str) -> str:
