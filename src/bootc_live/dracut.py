@@ -6,12 +6,12 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from . import pack, toolfiles
 from .runtime.errors import BootcLiveError
-from .runtime.run import run
+from .runtime.run import CommandError, run
 
 PACKAGE = Path(__file__).resolve().parent
 MODULES = (
@@ -172,15 +172,18 @@ def _has_binary(root: Path, name: str) -> bool:
     return any(toolfiles.has(root, f"{d}/{name}") for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
 
 
-def optional_modules(root: Path, whose: str) -> list[str]:
-    """Our optional modules that the userland at `root` can build; a note for each other one."""
+def optional_modules(root: Path, whose: str, omitted: Collection[str] = ()) -> list[str]:
+    """Our optional modules that the userland at `root` can build; a note for each other one.
+    `omitted`: the dracut modules its configuration leaves out (omit_dracutmodules)."""
     modules_d = "usr/lib/dracut/modules.d"
+    network_omitted = sorted({"network", "url-lib"} & set(omitted))
     can = {
         # dracut's network and url-lib modules, and curl for url-lib
         # (registries too: the runtime holds their client)
         "bootc-live-net": toolfiles.has(root, f"{modules_d}/40network", "dir")
         and toolfiles.has(root, f"{modules_d}/45url-lib", "dir")
-        and _has_binary(root, "curl"),
+        and _has_binary(root, "curl")
+        and not network_omitted,
         "bootc-live-zram": _has_binary(root, "mkfs.ext4"),
         "bootc-live-erofs": _has_binary(root, "mkfs.erofs"),
         "bootc-live-kexec": _has_binary(root, "kexec"),
@@ -193,6 +196,11 @@ def optional_modules(root: Path, whose: str) -> list[str]:
         "bootc.live.erofs",
         "bootc-live-kexec": "has no kexec (kexec-tools): its initramfs cannot use bootc.kexec",
     }
+    if network_omitted:
+        without["bootc-live-net"] = (
+            f"dracut configuration omits {' and '.join(network_omitted)} (omit_dracutmodules): "
+            "its initramfs boots embedded images only"
+        )
     for name in OPTIONAL_MODULES:
         if not can[name] and name in without:
             print(f"bootc-live: {whose} userland {without[name]}", file=sys.stderr)
@@ -220,7 +228,7 @@ def build_in_image(
     for number, (source, target) in enumerate(includes):
         shutil.copy2(source, stage / f"include-{number}")
         staged.append((f"{inside}/include-{number}", target))
-    optional = optional_modules(root, "the image's")
+    optional = optional_modules(root, "the image's", omitted_modules(root))
     argv = dracut_argv(
         kver, flavour, f"{inside}/initrd.img", minimal=False, includes=staged, optional=optional
     )
@@ -247,9 +255,30 @@ def new_stage(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".bootc-live-", dir=root))
 
 
-def in_image(root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/") -> None:
+def omitted_modules(root: Path) -> set[str]:
+    """The dracut modules the image's dracut configuration omits: its config files sourced
+    as its dracut sources them, in its chroot. An --add of a module that depends on one of
+    them fails the whole build ("module bootc-live-net cannot be found or installed")."""
+    show = (
+        "for f in /etc/dracut.conf /usr/lib/dracut/dracut.conf.d/*.conf "
+        '/etc/dracut.conf.d/*.conf; do [ -f "$f" ] && . "$f" > /dev/null 2>&1; done; '
+        'echo "$omit_dracutmodules"'
+    )
+    try:
+        # bash, as dracut (its files use +=); sh where there is none
+        pick = 'if command -v bash > /dev/null; then exec bash -c "$1"; fi; exec sh -c "$1"'
+        said = in_image(root, ["sh", "-c", pick, "sh", show], hint="", capture=True)
+    except CommandError:
+        return set()  # dracut's own run then says what is wrong with its configuration
+    return set(said.split())
+
+
+def in_image(
+    root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/", capture: bool = False
+) -> str:
     """Run a command in the image's userland: chrooted, in a private mount namespace with
-    /dev, /proc, /sys and /run mounted, in the image's environment, from `cwd` inside it."""
+    /dev, /proc, /sys and /run mounted, in the image's environment, from `cwd` inside it;
+    what it printed with `capture`."""
     for name in ("dev", "proc", "sys", "run"):
         (root / name).mkdir(parents=True, exist_ok=True)
     script = (
@@ -263,8 +292,10 @@ def in_image(root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/") -> N
     # mount namespace alone outlived it (a cp blocked on a FIFO the image planted).
     namespace = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
     namespace += ["--kill-child"]
-    run(
+    done = run(
         [*namespace, "sh", "-c", script, "sh", root, cwd, *argv],
         env=IMAGE_ENV,
         hint=hint,
+        capture=capture,
     )
+    return done.stdout or ""
