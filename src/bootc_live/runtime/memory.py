@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .blobs import Descriptor
 from .cmdline import TMPFS, RootMode
@@ -275,6 +275,9 @@ def recorded_zram(image: Image) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+ZRAM_TABLE_RATIO = 256  # the zram device's table: 16 bytes for each 4 KiB page of its size
+
+
 def zram_device_size(est: Estimate) -> int:
     """The smallest zram device for the root: on top of the tree, ext4's inode tables (one
     256-byte inode per 4 KiB block, see roots.ZramDevice), a block per directory, its
@@ -351,13 +354,18 @@ def check(
     """Stop early, naming the shortfall and a mode that would fit, unless `mode` fits."""
     est = estimate(image)
     chosen = need(image, mode, est)
+    if mode.zram_size is not None:
+        # The kernel allocates the device's table at its size: 16 bytes a 4 KiB page, used
+        # or not (bootc.zram=400% on 1 GiB: 16 MiB).
+        table = mode.zram_size.bytes_for(memory.total) // ZRAM_TABLE_RATIO
+        chosen = replace(chosen, peak=chosen.peak + table, steady=chosen.steady + table)
     if mode.zram_size is not None and mode.zram_size.bytes_for(memory.total) < chosen.device:
         raise NotEnoughMemory(
             f"bootc.zram={mode.zram_size} is too small for this image: about "
             f"{mib_up(est.unpacked)} MiB unpacked ({est.how}) need a {mib_up(chosen.device)} MiB "
             "device",
-            f"use bootc.zram={mib_up(chosen.device)}M (a zram device takes RAM only for what it "
-            "holds, compressed)",
+            f"use bootc.zram={mib_up(chosen.device)}M (a zram device takes RAM for what it "
+            "holds, compressed, and a table of 1/256 of its size)",
         )
     have = available(memory, image, blobs_freed=blobs_freed, ahead=ahead)
     if chosen.peak > have:
