@@ -120,6 +120,29 @@ def test_stdlib_probe_lists_only_what_the_runtime_imports(tmp_path: Path) -> Non
     assert all(p.startswith("/usr/lib/python3") for p in files), files
 
 
+def test_a_standard_library_module_the_userland_lacks_is_named(tmp_path: Path) -> None:
+    """A python3 without `resource` (its lib-dynload file missing): the initramfs got python3
+    and no standard library, and the self-check said only "<no Python frame>"; the module is
+    named now, and module-setup.sh stops dracut with that line."""
+    module = export_modules(tmp_path)[0]
+    script = module / "stdlib-files.py"
+    lacking = (
+        "import sys; sys.modules['resource'] = None; "
+        f"sys.argv = ['x', {str(module / 'python')!r}]; "
+        f"exec(compile(open({str(script)!r}).read(), 'stdlib-files.py', 'exec'))"
+    )
+    done = subprocess.run(
+        ["/usr/bin/python3", "-S", "-E", "-c", lacking], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stdout == (
+        "/usr/bin/python3 lacks the standard library module resource (the runtime imports "
+        "it): reinstall that python3, or build with --host\n"
+    )
+    setup = (module / "module-setup.sh").read_text()
+    assert 'dfatal "bootc-live: ${files:-' in setup and "exit 1" in setup
+
+
 def test_cpio_writer_is_read_by_cpio(tmp_path: Path) -> None:
     out = io.BytesIO()
     writer = CpioWriter(out)

@@ -63,9 +63,11 @@ install() {
     cp -a "$moddir/python/." "$initdir/usr/lib/bootc-live/"
     inst_simple "$moddir/bootc-live-boot" /usr/lib/bootc-live/bootc-live-boot
     local files file
+    # dracut goes on when install() fails: the initramfs would have python3 and no standard
+    # library (the self-check then said only that python3 does not start). Stop it, saying why.
     files=$("$py" -S -E "$moddir/stdlib-files.py" "$moddir/python") || {
-        derror "bootc-live: the runtime does not import with $py"
-        return 1
+        dfatal "bootc-live: ${files:-the runtime does not import with $py}"
+        exit 1
     }
     while IFS= read -r file; do
         case "$file" in
