@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from bootc_live.runtime.status import Report
 from imagegen import build_layout, d, f, layer_tar, sym
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - the fixtures signer needs
 from test_trust import NAME, Signer, carry_simple, gpg_req, signer  # noqa: F401
+from unpackers import REPO
 
 MIB = 1 << 20
 TOTAL = 4096 * MIB
@@ -928,3 +932,42 @@ def test_the_runtime_run_for_a_root_it_does_not_take_for_its_own_stops(
         "bootc-live: root= names no bootc-live image as the runtime reads the command line"
     )
     assert list((tmp_path / "newroot").iterdir()) == []
+
+
+STOPPED_BOOT = """
+import sys
+from bootc_live.runtime import boot
+from bootc_live.runtime.cmdline import parse
+boot.STATUS_DIR = sys.argv[1]
+boot.wait_for_route = lambda *_a: None
+argv = [f"root=bootc-live:http://127.0.0.1:{sys.argv[2]}/root.oci", "bootc.timeout=600"]
+sys.exit(boot.main(["boot", sys.argv[3]], lambda: parse(argv)))
+"""
+
+
+def test_a_stopped_boot_says_so_in_its_status(tmp_path: Path) -> None:
+    """bootc-live.service stopped (an isolate to emergency.target sends SIGTERM): the status
+    stayed at `resolving`, which a program waiting for `ready` or `failed` waits on forever.
+    It ends `failed`, saying why. (A process of its own: under xdist a signal need not reach
+    the test's thread.)"""
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        boot_process = subprocess.Popen(
+            [sys.executable, "-c", STOPPED_BOOT, str(tmp_path / "run"),
+             str(silent.getsockname()[1]), str(tmp_path / "newroot")],
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        connection, _ = silent.accept()  # it asks for the archive: resolving
+        with connection:
+            status = json.loads((tmp_path / "run/status.json").read_text())
+            assert status["state"] == "resolving", status
+            boot_process.send_signal(signal.SIGTERM)
+            assert boot_process.wait(timeout=30) == 1
+    assert boot_process.stderr is not None
+    line = "bootc-live: stopped by SIGTERM before the live root was ready"
+    assert line in boot_process.stderr.read().splitlines()
+    status = json.loads((tmp_path / "run/status.json").read_text())
+    assert (status["state"], status["after"], status["message"]) == ("failed", "resolving", line)

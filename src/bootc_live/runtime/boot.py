@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -53,7 +55,34 @@ POLICY = policy.DEFAULT_PATH
 REGISTRIES_D = registriesd.DEFAULT_DIR
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT (bootc-live.service stopped, an isolate to emergency.target): the
+    boot unwinds as from a failure, undoing what it made, and its status says so. Not an
+    Exception: no retry loop takes it for a network failure."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    for stop in STOP_SIGNALS:  # a second one must not cut the undoing short
+        signal.signal(stop, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:
+    """The runtime's entry point: the boot, or one line and a failed status (exit 1)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv, read_spec)  # signals reach the main thread only
+    previous = {stop: signal.signal(stop, _stop) for stop in STOP_SIGNALS}
+    try:
+        return _main(argv, read_spec)
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
+
+def _main(argv: list[str], read_spec: Callable[[], BootSpec]) -> int:
     newroot = argv[1] if len(argv) > 1 else os.environ.get("NEWROOT", "/sysroot")
     report = Report(directory=STATUS_DIR)
     debug = False
@@ -74,6 +103,8 @@ def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> i
         return 0
     except BootcLiveError as err:
         message = f"bootc-live: {err.line()}"
+    except Stopped as err:
+        message = f"bootc-live: stopped by {err} before the live root was ready"
     except Exception as err:  # a bug: still one clear line, and never a partial boot
         if debug:
             traceback.print_exc()
