@@ -7,6 +7,7 @@ each stop with one line, nothing mounted and no file left."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,14 @@ def test_no_referrers_api_and_no_tag(
     with fakeregistry.serve(ctx.image.layout, Knobs()) as reg:
         code, status = boot_registry(ctx.tmp, reg, ctx.images["squashfs"])
     tag = packedreg.fallback_tag(ctx.image.manifest_digest)
-    failed(ctx.system, ctx.tmp, status, code, "no packed root", f"(asked the tag {tag})")
+    failed(
+        ctx.system,
+        ctx.tmp,
+        status,
+        code,
+        "no packed root",
+        f"(asked the tag {tag} of registry {reg.host})",
+    )
 
 
 def test_an_oversized_referrers_index_is_one_line(
@@ -360,3 +368,23 @@ def test_a_referrers_answer_that_is_no_index_is_no_api(ctx: Ctx) -> None:
         code, status = boot_registry(ctx.tmp, reg, ctx.images["erofs"])
     assert code == 0, status
     assert reg.hits(f"/manifests/{packedreg.fallback_tag(ctx.image.manifest_digest)}")
+
+
+def test_a_mirror_without_the_packed_root_hands_over_to_the_registry(ctx: Ctx) -> None:
+    """Mirrors copy images, not always what refers to them: a mirror that served the image
+    but has no packed root of it stopped the boot, telling the user to push what was there."""
+    mirror_layout = ctx.tmp / "mirror"
+    shutil.copytree(ctx.image.layout, mirror_layout)  # before the artifact: the image only
+    entry = attach(ctx.image, ctx.images["squashfs"], "squashfs")
+    tag_fallback(ctx.image, [entry])
+    with (
+        fakeregistry.serve(mirror_layout, Knobs()) as mirror,
+        fakeregistry.serve(ctx.image.layout, Knobs()) as primary,
+    ):
+        code, status = boot_registry(
+            ctx.tmp, primary, ctx.images["squashfs"], f"bootc.registry.mirror={mirror.host}"
+        )
+    assert code == 0, status
+    assert stored(ctx.tmp).read_bytes() == ctx.images["squashfs"].read_bytes()
+    assert mirror.hits("/manifests/v1") and not mirror.hits(f"/blobs/{pin(ctx.images['squashfs'])}")
+    assert primary.hits(f"/blobs/{pin(ctx.images['squashfs'])}")

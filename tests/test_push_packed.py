@@ -210,6 +210,12 @@ class ManyArtifacts:
     description = "stub registry"
     ref = Reference.parse("registry.example/x/y:v1")
 
+    class endpoint:  # the attribute RegistrySource has
+        name = "registry.example"
+
+    def fall_back(self) -> str:
+        return ""  # no mirror before it
+
     def __init__(self, subject: str, pinned: str, others: int, annotated: bool) -> None:
         self.manifests: dict[str, bytes] = {}
         entries = []

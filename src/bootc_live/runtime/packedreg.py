@@ -90,21 +90,27 @@ def read_artifact(source: RegistrySource, desc: Descriptor, subject: str) -> Art
 def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], None]) -> Artifact:
     """The packed root of the image `subject` in its repository: by the referrers API, else
     its tag fallback; the one whose layer is the pinned one."""
-    index = source.referrers(subject, ARTIFACT_TYPE)
-    how = "the referrers API"
-    if index is None:
-        tag = fallback_tag(subject)
-        tagged = source.tagged(tag)
-        index = tagged[0] if tagged is not None else None
-        how = f"the tag {tag}"
-    found = []
-    if index is not None:
-        found = candidates(index, f"{how} of {source.description}", log)
-    if not found:
-        raise PackedError(
-            f"no packed root in the registry for the image {subject} (asked {how})",
-            f"{PUSH_HINT} docker://{source.ref.registry}/{source.ref.repository} packed.img",
-        )
+    while True:
+        index = source.referrers(subject, ARTIFACT_TYPE)
+        how = f"the referrers API of {source.endpoint.name}"
+        if index is None:
+            tag = fallback_tag(subject)
+            tagged = source.tagged(tag)
+            index = tagged[0] if tagged is not None else None
+            how = f"the tag {tag} of {source.endpoint.name}"
+        found = []
+        if index is not None:
+            found = candidates(index, f"{how} ({source.description})", log)
+        if found:
+            break
+        empty = source.endpoint.name
+        nxt = source.fall_back()
+        if not nxt:
+            raise PackedError(
+                f"no packed root in the registry for the image {subject} (asked {how})",
+                f"{PUSH_HINT} docker://{source.ref.registry}/{source.ref.repository} packed.img",
+            )
+        log(f"{empty} has no packed root of the image {subject}; asking {nxt}")
     # Those that say they are the pinned one first, then those that say nothing (pushed before
     # the annotation); those that say they are another are not asked (if one lies and is the
     # pinned one after all, the others still are: the pin, checked on the bytes, decides).

@@ -777,6 +777,19 @@ class RegistrySource:
         self.index_json()
         return self.endpoint.referrers(digest, artifact_type)
 
+    def fall_back(self) -> str:
+        """The endpoint after the one that served the image (a mirror), which lacks what is
+        asked next (a packed root artifact: mirrors copy images, not always what refers to
+        them), becomes the one asked: its name, "" when there is none (the registry itself
+        was asked)."""
+        self.index_json()
+        after = self.endpoints[self.endpoints.index(self.endpoint) + 1 :]
+        if not after:
+            return ""
+        self.endpoint = after[0]
+        self.endpoint.ping()
+        return self.endpoint.name
+
     def tail(self, desc: Descriptor, n: int) -> bytes:
         return self.endpoint.tail(desc, n)
 
