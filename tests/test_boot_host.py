@@ -519,6 +519,19 @@ def test_conflicting_modes_stop_before_anything_is_opened(system: System, tmp_pa
     }
 
 
+def test_a_size_in_rootflags_is_the_users_and_stays(
+    system: System, layout: Path, tmp_path: Path
+) -> None:
+    """rootflags=size=300m sizes the root (after the budget in the mount options, so it wins):
+    the resize once unpacked must not undo it."""
+    code, status = boot_with(layout, tmp_path, "rootflags=size=300m")
+    assert code == 0, status
+    newroot = str(tmp_path / "newroot")
+    options = ",".join(["mode=0755", f"size={status['available']}", "suid", "dev", "size=300m"])
+    assert system.calls[0] == ["mount", "-t", "tmpfs", "-o", options, "bootc-live", newroot]
+    assert not [c for c in system.calls if c[:2] == ["mount", "-o"] and "size=" in c[2]]
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_in_the_systemd_initrd_the_generators_tmpfs_is_sized_by_a_remount(
     system: System, layout: Path, tmp_path: Path, fail: bool

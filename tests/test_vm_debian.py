@@ -476,7 +476,7 @@ def test_kexec_hands_the_packed_root_itself_over(
     assert one["kexec_handover_bytes"] == record["bytes"]
     assert one["kexec_cmdline"].endswith(
         f"root=bootc-live:packed:/bootc-live/packed.root bootc.packed.sha256={record['sha256']} "
-        f"bootc.packed.image={digest}"
+        f"bootc.packed.image={digest} bootc.kexec=0"
     ), one
     assert (two["state"], two["mode"], two["manifest"]) == ("ready", "packed", digest), two
     assert (two["root"]["sha256"], two["root"]["bytes"]) == (record["sha256"], record["bytes"])

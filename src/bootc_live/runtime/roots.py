@@ -244,8 +244,9 @@ class Root:
 
     def mount(self, report: Say) -> RootFacts:
         """Mount the final layout at newroot, the image unpacked; what the root is."""
-        if self.budget < self.size:  # the live system's writes have the rest
-            mounts.resize_tmpfs(self.newroot, self.size)
+        sized = any(f.startswith(("size=", "nr_blocks=")) for f in self.plan.rootflags)
+        if self.budget < self.size and not sized:  # the live system's writes have the rest
+            mounts.resize_tmpfs(self.newroot, self.size)  # (rootflags=size= was the user's)
         mounts.finish_root(self.newroot, self.plan)
         return RootFacts("tmpfs")
 
