@@ -112,8 +112,9 @@ def find(source: RegistrySource, subject: str, pin: str, log: Callable[[str], No
             )
         log(f"{empty} has no packed root of the image {subject}; asking {nxt}")
     # Those that say they are the pinned one first, then those that say nothing (pushed before
-    # the annotation); those that say they are another are not asked (if one lies and is the
-    # pinned one after all, the others still are: the pin, checked on the bytes, decides).
+    # the annotation); those that say they are another are not asked. The annotation is not
+    # signed: an entry that lies about itself can only hide itself, and the pin, checked on
+    # the bytes, decides what boots.
     said = [desc.annotations.get(PIN_ANNOTATION) for desc in found]
     asked = [d for d, s in zip(found, said) if s == pin] + [d for d, s in zip(found, said) if not s]
     asked = asked[:MAX_CANDIDATES]
