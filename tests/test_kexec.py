@@ -186,6 +186,14 @@ def test_the_modules_place_wins_over_boot_in_any_order(tmp_path: Path) -> None:
     assert found(image_of(tmp_path, layer), tmp_path)[:2] == ("6.1.0-1", b"kernel 6.1.0-1")
 
 
+# A layer of kernel 6.14.0's places, hard links to its objects sysroot/{k,i}.file below.
+OSTREE_LINKS = [
+    d(f"{M}/6.14.0"),
+    hard(f"{M}/6.14.0/vmlinuz", "sysroot/k.file"),
+    hard(f"{M}/6.14.0/initramfs.img", "sysroot/i.file"),
+]
+
+
 def test_kernels_hard_linked_as_ostree_stores_them(tmp_path: Path) -> None:
     """Fedora's and CentOS's bootc images (ostree-ext) store each file once under
     sysroot/ostree/repo/objects and hard-link every place to it: the link comes after its
@@ -205,7 +213,6 @@ def test_kernels_hard_linked_as_ostree_stores_them(tmp_path: Path) -> None:
         capture_output=True,
     ).stdout
     assert b"usr/lib/modules/6.14.0/vmlinuz" in tar
-    image = image_of(tmp_path / "a", [f("etc", b"")])
     build_layout(tmp_path / "gnu", [tar])
     gnu = resolve(LayoutSource(str(tmp_path / "gnu")))
     assert found(gnu, tmp_path) == ("6.14.0", b"kernel 6.14.0", 1)
@@ -215,12 +222,7 @@ def test_kernels_hard_linked_as_ostree_stores_them(tmp_path: Path) -> None:
         f("sysroot/k.file", b"kernel 6.14.0"),
         f("sysroot/i.file", b"initramfs 6.14.0"),
     ]
-    links = [
-        d(f"{M}/6.14.0"),
-        hard(f"{M}/6.14.0/vmlinuz", "sysroot/k.file"),
-        hard(f"{M}/6.14.0/initramfs.img", "sysroot/i.file"),
-    ]
-    image = image_of(tmp_path / "b", objects_layer, links)
+    image = image_of(tmp_path / "b", objects_layer, OSTREE_LINKS)
     assert found(image, tmp_path) == ("6.14.0", b"kernel 6.14.0", 2)
 
 
@@ -754,9 +756,7 @@ def test_a_hard_link_to_a_lower_layer_takes_its_last_entry_at_that_path(tmp_path
         f("sysroot/k.file", b"kernel 6.14.0"),
         f("sysroot/i.file", b"initramfs 6.14.0"),
     ]
-    links = [
-        d(f"{M}/6.14.0"),
-        hard(f"{M}/6.14.0/vmlinuz", "sysroot/k.file"),
-        hard(f"{M}/6.14.0/initramfs.img", "sysroot/i.file"),
-    ]
-    assert found(image_of(tmp_path, lower, links), tmp_path)[:2] == ("6.14.0", b"kernel 6.14.0")
+    assert found(image_of(tmp_path, lower, OSTREE_LINKS), tmp_path)[:2] == (
+        "6.14.0",
+        b"kernel 6.14.0",
+    )

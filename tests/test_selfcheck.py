@@ -187,14 +187,15 @@ def test_nothing_the_build_writes_follows_the_images_links_out_of_it(tmp_path: P
 
 
 INTERRUPTED = """
-import signal, sys
+import sys
 from pathlib import Path
 from bootc_live import cli, dracut
-for stop in cli.STOP_SIGNALS:
-    signal.signal(stop, cli._interrupt)
+from bootc_live.runtime.errors import Stopped, stopping
 try:
-    dracut.in_image(Path(sys.argv[1]), ["sh", "-c", "sleep 600 & touch /started; wait"], hint="h")
-except cli.Interrupted:
+    with stopping(cli.STOP_SIGNALS):  # as the CLI has it
+        script = "sleep 600 & touch /started; wait"
+        dracut.in_image(Path(sys.argv[1]), ["sh", "-c", script], hint="h")
+except Stopped:
     sys.exit(3)
 """
 

@@ -333,12 +333,12 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
             f"the image has no kernel (looked in {kernels.KERNEL_PLACES})",
             "install one in the image (a bootc image has its kernel), or use --host",
         )
-    ready = [k for k in finder.kernels() if has_modules(root, k)]
-    best = (ready or finder.kernels())[-1]
-    if best != finder.kernels()[-1]:
+    kvers = finder.kernels()
+    best = ([k for k in kvers if has_modules(root, k)] or kvers)[-1]
+    if best != kvers[-1]:
         say(
-            f"warning: kernel {finder.kernels()[-1]} has no modules (no modules.dep in "
-            f"usr/lib/modules/{finder.kernels()[-1]}): taking {best}, the highest that has"
+            f"warning: kernel {kvers[-1]} has no modules (no modules.dep in "
+            f"usr/lib/modules/{kvers[-1]}): taking {best}, the highest that has"
         )
     return best, found[best]
 

@@ -35,7 +35,7 @@ from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageEr
 from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, registry, roots
 from .runtime import run as run_module
-from .runtime.errors import BootcLiveError, for_host, shown
+from .runtime.errors import BootcLiveError, Stopped, for_host, shown, stopping
 from .runtime.oci import Image, Platform, all_manifests
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
@@ -1050,20 +1050,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-class Interrupted(BaseException):
-    """SIGTERM, SIGINT or SIGHUP: unwinds like a failure, so everything is cleaned up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    for other in STOP_SIGNALS:  # a second signal must not cut the clean-up short
-        signal.signal(other, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -1080,13 +1066,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         os.environ["BOOTC_LIVE_DEBUG"] = "1"
         run_module.DEBUG = True
-    previous = {stop: signal.signal(stop, _interrupt) for stop in STOP_SIGNALS}
     try:
-        return run_command(args)
+        with stopping(STOP_SIGNALS):  # they unwind like a failure: everything is cleaned up
+            return run_command(args)
     finally:
         scratch.remove_all()  # what a signal kept a clean-up from reaching
-        for stop, handler in previous.items():
-            signal.signal(stop, handler)
 
 
 def program() -> NoReturn:
@@ -1130,7 +1114,7 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except (Interrupted, KeyboardInterrupt) as err:
-        signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
+    except (Stopped, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
         print(f"bootc-live: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum

@@ -123,11 +123,10 @@ def unpack(initrd: Path, userland: Path, scratch: Path) -> Path:
         )
         (stage / "initrd.img").unlink()
         return stage / "tree"
-    except CommandError as err:
+    except BaseException as err:
         shutil.rmtree(stage, ignore_errors=True)
-        raise _unpack_failed(err) from None
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(err, CommandError):
+            raise _unpack_failed(err) from None
         raise
 
 

@@ -201,10 +201,7 @@ class Tree:
         """The regular file `rel` leads to, following symlinks as the initramfs would (an
         absolute target is from the initramfs's root), or None."""
         found = inside(self.root, rel)
-        if found is None:
-            return None
-        path = self.root / found
-        return found if found and path.is_file() and not path.is_symlink() else None
+        return found if found and (self.root / found).is_file() else None
 
     def loads(self, rel: str) -> set[str]:
         """The files `rel` loads directly: every file each of its sonames leads to."""

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -43,7 +42,7 @@ from . import (
 )
 from . import run as runner
 from .cmdline import BootSpec
-from .errors import BootcLiveError
+from .errors import BootcLiveError, Stopped, stopping
 from .oci import Image, resolve
 from .registriesd import RegistriesD
 from .sources import ArchiveSource, ImageSource, LayoutSource
@@ -55,31 +54,13 @@ POLICY = policy.DEFAULT_PATH
 REGISTRIES_D = registriesd.DEFAULT_DIR
 
 
-class Stopped(BaseException):
-    """SIGTERM or SIGINT (bootc-live.service stopped, an isolate to emergency.target): the
-    boot unwinds as from a failure, undoing what it made, and its status says so. Not an
-    Exception: no retry loop takes it for a network failure."""
-
-
-def _stop(signum: int, _frame: object) -> None:
-    for stop in STOP_SIGNALS:  # a second one must not cut the undoing short
-        signal.signal(stop, signal.SIG_IGN)
-    raise Stopped(signal.Signals(signum).name)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # bootc-live.service stopped, an isolate
 
 
 def main(argv: list[str], read_spec: Callable[[], BootSpec] = cmdline.read) -> int:
     """The runtime's entry point: the boot, or one line and a failed status (exit 1)."""
-    if threading.current_thread() is not threading.main_thread():
-        return _main(argv, read_spec)  # signals reach the main thread only
-    previous = {stop: signal.signal(stop, _stop) for stop in STOP_SIGNALS}
-    try:
+    with stopping(STOP_SIGNALS):
         return _main(argv, read_spec)
-    finally:
-        for stop, handler in previous.items():
-            signal.signal(stop, handler)
 
 
 def _main(argv: list[str], read_spec: Callable[[], BootSpec]) -> int:

@@ -790,7 +790,7 @@ def check_packed(values: dict[str, Any]) -> None:
             "add the arguments pack, build or push-packed printed (cmdline-packed.txt)",
         )
     if packed and image is not None and image.kind != "docker":
-        about = [name for name, attr in IMAGE_OPTIONS if attr in values]
+        about = [f"{name}=" for name, attr in IMAGE_OPTIONS if attr in values]
         if about:
             raise CmdlineError(
                 f"{' and '.join(about)} {'name' if len(about) > 1 else 'names'} an OCI image, "
@@ -813,9 +813,9 @@ def check_packed(values: dict[str, Any]) -> None:
 
 
 IMAGE_OPTIONS = (
-    ("bootc.digest=", "digest"),
-    ("bootc.platform=", "platform"),
-    ("bootclabel=", "label"),
+    ("bootc.digest", "digest"),
+    ("bootc.platform", "platform"),
+    ("bootclabel", "label"),
 )
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 SHOWN = 60  # characters kept at each end of a name shown in a message
 MESSAGE_LIMIT = 500  # characters of a message, whatever it quotes
@@ -122,3 +126,35 @@ def for_host(text: str) -> str:
 
         text = re.sub(pattern, swap, text)
     return text
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGINT, SIGHUP), raised where the program is: it unwinds like a
+    failure, so everything made is undone. Not an Exception: no retry loop takes it for a
+    failure to try again."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stopping(signals: Sequence[int]) -> Iterator[None]:
+    """Within: each of `signals` raises Stopped (a second one is then ignored, so that the
+    undoing is not cut short); the handlers before come back after. Outside the main thread
+    nothing changes: signals reach the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        for other in signals:
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {stop_signal: signal.signal(stop_signal, stop) for stop_signal in signals}
+    try:
+        yield
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)

@@ -234,7 +234,7 @@ def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
 
 
 def next_command_line(
-    current: str,
+    current: str | Sequence[str],
     reuse: bool,
     label: str,
     verified: str = "",
@@ -249,7 +249,7 @@ def next_command_line(
     that stage two boots that very image (a tag may name another by then; the handover names
     the platform's manifest). The arguments `replacing` take the place of those of the same
     names, and those named in `dropping` go. They all go before a `--`, after which the
-    kernel passes arguments to init."""
+    kernel passes arguments to init. `current`: a command line, or its arguments."""
     new = list(replacing)
     if reuse:
         new += kernel_arguments(label).split()
@@ -259,7 +259,7 @@ def next_command_line(
         new.append(f"bootc.kexec.verified={verified}")
     new.append("bootc.kexec=0")
     replaced = {arg.split("=", 1)[0] for arg in new} | set(dropping)
-    args = split(current)
+    args = split(current) if isinstance(current, str) else list(current)
     init = args.index("--") if "--" in args else len(args)
     kept = []
     for arg in args[:init]:
@@ -270,13 +270,13 @@ def next_command_line(
     return join([*kept, *new, *args[init:]])
 
 
-def packed_command_line(current: str, pin: str, image: str | None) -> str:
+def packed_command_line(current: str | Sequence[str], pin: str, image: str | None) -> str:
     """The next command line of a packed root: the one handed over, with the same pin."""
     args = [f"root={PACKED_NEXT}", f"bootc.packed.sha256={pin}"]
     args += [f"bootc.packed.image={image}"] if image else []
     # The handed-over root is a file: the image's options were stage one's (checked there),
     # and stage two refuses them with a packed root from a file (cmdline.check_packed).
-    image_options = [name.rstrip("=") for name, _ in cmdline.IMAGE_OPTIONS]
+    image_options = [name for name, _ in cmdline.IMAGE_OPTIONS]
     return next_command_line(current, False, "", replacing=args, dropping=image_options)
 
 
@@ -355,8 +355,7 @@ def kexec_boot(
     # Reused, the handover's index names the platform's manifest; fetched again, the image is
     # named as stage one found it (an index for a multi-platform tag).
     pin = image.manifest_digest if reuse else image.top.digest
-    current = join(cmdline.running(proc_cmdline))
-    command_line = next_command_line(current, reuse, label, verified, pin)
+    command_line = next_command_line(cmdline.running(proc_cmdline), reuse, label, verified, pin)
     done = f"{files.layers_read} of {len(image.layers)} layers read"
     load_and_execute(files, initrd, command_line, start, work, report, done)
 
@@ -476,8 +475,7 @@ def packed_kexec_boot(
                 compressor=fs.compressor,
             )
             initrd = packed_initrd(files, loaded, workdir)
-            current = join(cmdline.running(proc_cmdline))
-            command_line = packed_command_line(current, loaded.sha256, image)
+            command_line = packed_command_line(cmdline.running(proc_cmdline), loaded.sha256, image)
             done = f"packed root {loaded.size >> 20} MiB handed over"
             load_and_execute(
                 files,
