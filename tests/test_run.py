@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import run
+from signalled import gone, stopped
 
 REPO = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).parent / "ruff"
@@ -64,3 +65,25 @@ def test_file_limit_ends_a_command_that_writes_more(tmp_path: Path) -> None:
     assert out.stat().st_size == 10000
     run.run(["dd", "if=/dev/zero", f"of={out}", "bs=4096", "count=2"], file_limit=10000)
     assert out.stat().st_size == 8192
+
+
+def test_a_command_that_times_out_goes_with_what_it_started(tmp_path: Path) -> None:
+    child = tmp_path / "child"
+    script = f"sleep 300 & echo $! > {child}; wait"
+    with pytest.raises(run.CommandError, match="sh timed out after 1s"):
+        run.run(["sh", "-c", script], timeout=1)
+    assert gone(child)
+
+
+def test_an_interrupted_command_cleans_up_and_goes_with_what_it_started(tmp_path: Path) -> None:
+    """SIGTERM to this process while a command runs (the build's dracut, its self-check's
+    lsinitrd): the command gets SIGTERM to clean up, and its children go too (lsinitrd's zstd
+    and cpio went on writing into a tree being removed)."""
+    child, temp, ready = tmp_path / "child", tmp_path / "temp", tmp_path / "ready"
+    command = (
+        f"trap 'rm -f {temp}; exit 1' TERM; touch {temp}; "
+        f"sleep 300 & echo $! > {child}; touch {ready}; wait"
+    )
+    stopped(f"from bootc_live.runtime import run; run.run(['sh', '-c', {command!r}])", ready)
+    assert not temp.exists()  # its TERM trap ran
+    assert gone(child)

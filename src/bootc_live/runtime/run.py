@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,6 +15,7 @@ from .errors import BootcLiveError
 
 DEBUG = bool(os.environ.get("BOOTC_LIVE_DEBUG"))
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
+TimeoutExpired = subprocess.TimeoutExpired
 
 
 class CommandError(BootcLiveError):
@@ -52,28 +55,35 @@ def run(
     past that many bytes (RLIMIT_FSIZE; a command that tries is ended by SIGXFSZ)."""
     args = _logged(argv, shown)
     try:
-        result = subprocess.run(
+        # A session of its own: what it starts in turn (dracut's cp and cpio, lsinitrd's zstd)
+        # is ended with it if this run is cut short, not left writing on its own.
+        proc = subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL if input is None else None,
-            input=input,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
             env=None if env is None else dict(env),
-            timeout=timeout,
             cwd=cwd,
-            check=False,
+            start_new_session=True,
             preexec_fn=None if file_limit is None else lambda: _limit_files(file_limit),
         )
     except FileNotFoundError:
         raise CommandError(f"{args[0]}: command not found", hint) from None
+    try:
+        stdout, stderr = proc.communicate(input, timeout)
     except subprocess.TimeoutExpired:
+        end_group(proc)
         raise CommandError(
             f"{os.path.basename(args[0])} timed out after {timeout:.0f}s",
             hint,
             command=shlex.join(shown or args),
         ) from None
+    except BaseException:  # interrupted (Stopped, KeyboardInterrupt): the command goes too
+        end_group(proc)
+        raise
+    result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
     if result.returncode != 0:
         detail = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
         while len(detail) > 1 and detail[-1].startswith("dmesg(1) may have more"):
@@ -91,6 +101,29 @@ def run(
     if result.stderr and DEBUG:
         sys.stderr.write(result.stderr)
     return result
+
+
+GRACE = 5.0  # seconds a command's processes have to clean up after SIGTERM, before SIGKILL
+
+
+def end_group(proc: subprocess.Popen[str]) -> None:
+    """End the command started in a session of its own, and all it started: SIGTERM first
+    (dracut removes its temporary files), SIGKILL for what is left after GRACE seconds."""
+    for signum, wait in ((signal.SIGTERM, GRACE), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:  # the whole group is gone
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if signum == signal.SIGTERM:
+            # The leader is gone; whatever it left in the group (a background child) ends now.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
 
 
 def _limit_files(size: int) -> None:
