@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -100,7 +102,73 @@ def parse_report(rest: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in rest.split() if "=" in item)
 
 
+LAYOUT_NAMES = frozenset({"oci-layout", "index.json", "blobs"})  # what write_layout makes
+
+
+def own_workdir(workdir: Path) -> Path:
+    """The work directory, made private to this user if new, else refused unless it is
+    already a real directory no one else can change. demo runs as root, by default in
+    /var/tmp, where any user could make that name first and plant links for root to
+    write through."""
+    # The directories above it as they really are; itself never through a link.
+    absolute = Path(os.path.abspath(workdir))
+    workdir = Path(os.path.realpath(absolute.parent)) / absolute.name
+    _check_parents(workdir)  # before making any of them
+    try:
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        _check_parents(workdir)  # and as they are now
+        workdir.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise BootcLiveError(
+            f"cannot make {workdir}: {err.strerror}", "choose another --workdir"
+        ) from None
+    st = os.lstat(workdir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise BootcLiveError(
+            f"{workdir} is not a directory of this user's that only it can write to",
+            "remove it, or choose another --workdir",
+        )
+    return workdir
+
+
+def _check_parents(workdir: Path) -> None:
+    for parent in reversed(workdir.parents):
+        if not _others_cannot_change(parent):
+            raise BootcLiveError(
+                f"{parent} can be changed by other users, so {workdir} under it is not safe "
+                "for demo to write in",
+                "choose a --workdir under directories only this user or root can write to",
+            )
+
+
+def _others_cannot_change(directory: Path) -> bool:
+    """Whether only this user (or root) can rename or replace entries in `directory`: owned
+    by one of them, and writable by no one else unless sticky (as /tmp and /var/tmp are)."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return True  # made by this run, as this user
+    if st.st_uid not in (0, os.geteuid()):
+        return False
+    return not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX)
+
+
+def fresh_image_dir(image: Path) -> None:
+    """Remove the demo image an earlier run wrote; refuse anything else at that name."""
+    if not os.path.lexists(image):
+        return
+    if image.is_symlink() or not image.is_dir() or not set(os.listdir(image)) <= LAYOUT_NAMES:
+        raise BootcLiveError(
+            f"{image} is not a demo image an earlier run wrote, and demo would replace it",
+            "move it away, or choose another --workdir",
+        )
+    shutil.rmtree(image)
+
+
 def run_demo(workdir: Path, mem: int, flavour: str, verbose: bool) -> int:
+    workdir = own_workdir(workdir)
     for tool, package in (
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("dracut", "dracut"),
@@ -110,7 +178,7 @@ def run_demo(workdir: Path, mem: int, flavour: str, verbose: bool) -> int:
             raise BootcLiveError(f"{tool} is missing", f"apt-get install {package} (or ./setup)")
     kver = host_kernel()
     say = print
-    shutil.rmtree(workdir / "image", ignore_errors=True)
+    fresh_image_dir(workdir / "image")
     digest = write_layout(workdir / "image", demo_layers(), "demo")
     say(f"bootc-live demo: 1/3 demo image {digest[:19]}… (busybox, 3 layers) in {workdir}/image")
     artifacts = workdir / "artifacts"
@@ -145,9 +213,11 @@ def report(result: Boot) -> int:
         shown += lines[lines.index(REPORT_START) :]
     print("\n".join(ln for ln in shown if MARKER not in ln))
     if MARKER not in result.markers:
+        said = result.output.strip().splitlines()
+        why = f": {said[-1].strip()}" if result.ended == "qemu" and said else ""
         print(
             f"bootc-live demo: FAILED: the live system did not come up ({result.ended} after "
-            f"{result.seconds:.0f}s); see the console log",
+            f"{result.seconds:.0f}s{why}); see the console log",
             file=sys.stderr,
         )
         return 1
