@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bootc_live import vm
 from bootc_live.vm import INIT_STARTED, Console, VmConfig, kernel_command_line, watch
+from signalled import gone, stopped
 
 
 def sh(script: str) -> list[str]:
@@ -264,3 +266,117 @@ def test_vm_refuses_values_qemu_cannot_take_before_it_starts(
     result = bootc_live("vm", str(tmp_path), f"{option}={value}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert said in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_a_comma_in_a_value_cannot_lift_the_network_restriction(tmp_path: Path) -> None:
+    """A value QEMU reads as key=value,… (a path, the bridge's command with this Python's
+    path) has its commas doubled: `tftp=DIR,restrict=off` would otherwise be an option of its
+    own. Judged by QEMU itself: its monitor's view of the netdev (no guest is run)."""
+    tftp = tmp_path / "t,restrict=off"
+    tftp.mkdir()
+    config = VmConfig(tmp_path, network=True, forwards=((80, 8080),), tftp=tftp)
+    args = vm.network_args(config)
+    netdev = args[args.index("-netdev") + 1]
+    assert f"tftp={str(tftp).replace(',', ',,')}" in netdev
+    argv = [vm.QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
+    argv += ["-monitor", "stdio", "-netdev", netdev]
+    shown = subprocess.run(
+        argv, input="info network\nquit\n", capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "n0: index=0,type=user,net=10.0.2.0,restrict=on" in shown, shown
+
+
+def test_served_names_reach_the_guest_whatever_their_characters(tmp_path: Path) -> None:
+    """`vm --serve FILE`: the URL on the kernel command line names FILE percent-encoded, and
+    the runtime's own parser and client get FILE's bytes back from vm.serve."""
+    from bootc_live.runtime import cmdline, http
+
+    (tmp_path / "cmdline.txt").write_text("root=bootc-live:/bootc-live/image\n")
+    for name in ("root.oci", "my root.oci", "root#1.oci", "räder?.oci", "100%.oci", "a,b=c"):
+        served = tmp_path / "served" / name
+        served.parent.mkdir(exist_ok=True)
+        served.write_bytes(b"DATA " + name.encode())
+        append = f"root=bootc-live:{vm.served_url(served)}"
+        line = kernel_command_line(VmConfig(tmp_path, append=append, embedded=False))
+        spec = cmdline.parse(cmdline.split(line))
+        assert spec.image is not None
+        with vm.serve(served) as port:
+            url = spec.image.location.replace(vm.GUEST_SERVER, f"127.0.0.1:{port}", 1)
+            client = http.Client(url, http.Policy(), lambda _: None)
+            answer = client.open(0, None, http.Retrier(client.url, http.Policy(), print))
+            assert answer.resp.read() == served.read_bytes(), name
+            answer.close()
+        served.unlink()
+
+
+def test_kvm_is_not_chosen_for_a_user_who_cannot_open_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The probe's answer is kept for the machine (/run): another user without access to
+    /dev/kvm gets TCG, not a QEMU that fails to open it."""
+    cache = tmp_path / "kvm-usable"
+    cache.write_text("yes\n")
+    monkeypatch.setattr(vm, "KVM_PROBE_CACHE", cache)
+    real_access = os.access
+    monkeypatch.setattr(
+        vm.os, "access", lambda p, m: False if p == "/dev/kvm" else real_access(p, m)
+    )
+    assert vm.choose_accel("auto") == "tcg"
+    monkeypatch.setattr(
+        vm.os, "access", lambda p, m: True if p == "/dev/kvm" else real_access(p, m)
+    )
+    assert vm.choose_accel("auto") == "kvm"
+
+
+def test_an_interactive_guest_is_stopped_at_the_timeout(tmp_path: Path) -> None:
+    pid = tmp_path / "pid"
+    result = vm.run_interactive(sh(f"echo $$ > {pid}; exec sleep 30"), 1.0)
+    assert result.ended == "timeout"
+    assert result.verdict(1.0) == "no verdict after 1 s, so the guest was stopped (raise --timeout)"
+    assert gone(pid)
+
+
+def test_an_interactive_guest_goes_with_the_command(tmp_path: Path) -> None:
+    """SIGTERM to `vm` (its terminal closed, a service stopped) stops QEMU with it."""
+    pid, ready = tmp_path / "pid", tmp_path / "ready"
+    command = f"echo $$ > {pid}; touch {ready}; exec sleep 60"
+    stopped(f"from bootc_live import vm; vm.run_interactive(['sh', '-c', {command!r}], 120)", ready)
+    assert gone(pid)
+
+
+def test_only_the_files_a_boot_loads_are_needed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """From the network: initrd.img alone; a packed root appended: packed.img, not rootfs.img."""
+    (tmp_path / "cmdline.txt").write_text("root=bootc-live:/bootc-live/image\n")
+    (tmp_path / "cmdline-packed.txt").write_text("root=bootc-live:packed:/bootc-live/p\n")
+    for name in ("vmlinuz", "initrd.img"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(vm, "qemu_argv", lambda *_: sh(f"echo '{INIT_STARTED}'; echo 'MARK ok'"))
+    for config in (
+        VmConfig(tmp_path, embedded=False),
+        VmConfig(tmp_path, packed=True, embedded=False),
+    ):
+        assert vm.boot(config, timeout=60, markers=("MARK",), echo=None).ended == "marker"
+    with pytest.raises(vm.VmError, match=r"packed\.img is missing"):
+        vm.boot(VmConfig(tmp_path, packed=True), timeout=60, echo=None)
+    (tmp_path / "initrd-full.img").mkdir()
+    with pytest.raises(vm.VmError, match=r"initrd-full\.img is not a file"):
+        vm.boot(VmConfig(tmp_path), timeout=60, echo=None)
+
+
+def test_one_guest_port_is_forwarded_once(tmp_path: Path) -> None:
+    from unpackers import bootc_live
+
+    served = tmp_path / "root.oci"
+    served.write_bytes(b"x")
+    for args, by in (
+        (["--forward", "80:8080", "--forward", "80:9090"], "another --forward"),
+        (["--serve", str(served), "--forward", "80:8080"], "--serve"),
+    ):
+        result = bootc_live("vm", str(tmp_path), *args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1].endswith(
+            f"--forward 80:{args[-1].split(':')[1]}: guest port 80 is forwarded already, by {by}; "
+            "give each guest port one --forward (--serve takes port 80)"
+        ), result.stderr

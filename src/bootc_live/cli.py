@@ -683,7 +683,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             port = stack.enter_context(vm.serve(served))
             forwards = ((80, port),)
             kind = "packed:" if args.packed else ""
-            append = f"root=bootc-live:{kind}http://{vm.GUEST_SERVER}/{served.name} {append}"
+            append = f"root=bootc-live:{kind}{vm.served_url(served)} {append}"
             append = append.strip()
         for spec in args.forward:
             guest, _, host = spec.partition(":")
@@ -692,6 +692,13 @@ def cmd_vm(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"--forward {spec}: expected PORT or PORT:HOSTPORT, ports from 1 to 65535",
                     "e.g. --forward 5000",
+                )
+            taken = [f for f in forwards if f[0] == int(guest)]
+            if taken:
+                by = "--serve" if args.serve and taken[0] == forwards[0] else "another --forward"
+                raise UsageError(
+                    f"--forward {spec}: guest port {guest} is forwarded already, by {by}",
+                    "give each guest port one --forward (--serve takes port 80)",
                 )
             forwards += ((int(guest), int(host or guest)),)
         fetched = bool(args.serve or args.forward)
@@ -858,8 +865,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect",
         help="show an image's platforms, layers, sizes, kernels, RAM",
-        description="Verify an image and print its platforms, layers and sizes, "
-        "the kernels it carries and the RAM a live boot needs.",
+        description="Check an image's signatures (its policy) and print its platforms, "
+        "layers and sizes, and the RAM a live boot needs. Its layers are read, their digests "
+        "checked and the kernels they carry listed only with --measure.",
     )
     p.add_argument("source", metavar="SOURCE")
     add_image_selection(p)

@@ -10,6 +10,7 @@ import shutil
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -142,9 +143,9 @@ def network_args(config: VmConfig) -> list[str]:
     for guest_port, host_port in config.forwards:
         # cmd: runs a bridge per guest connection (a tcp: chardev would share one connection).
         bridge = f"{sys.executable} -m bootc_live.bridge 127.0.0.1 {host_port}"
-        user += f",guestfwd=tcp:{GUEST_SERVER}:{guest_port}-cmd:{bridge}"
+        user += f",guestfwd=tcp:{GUEST_SERVER}:{guest_port}-cmd:{option_value(bridge)}"
     if config.tftp is not None:
-        user += f",tftp={config.tftp}"
+        user += f",tftp={option_value(str(config.tftp))}"
     args = []
     if config.dead_nic:
         # A hub with nothing else on it: carrier up, but DHCP never answers.
@@ -152,13 +153,22 @@ def network_args(config: VmConfig) -> list[str]:
     return [*args, "-netdev", user, "-device", "virtio-net-pci,netdev=n0"]
 
 
+def option_value(text: str) -> str:
+    """`text` as the value of a QEMU option (key=value,…): a comma doubled, else it would end
+    the value and start an option of its own (",restrict=off")."""
+    return text.replace(",", ",,")
+
+
 def kvm_usable() -> bool:
-    """Whether KVM really runs a guest here: /dev/kvm can exist and still fail (probed once)."""
+    """Whether KVM really runs a guest here: /dev/kvm can exist and still fail (probed once,
+    by whoever asked first; this user's access is checked each time)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
     if KVM_PROBE_CACHE.exists():
         return KVM_PROBE_CACHE.read_text().strip() == "yes"
     usable = False
     kernels = sorted(Path("/boot").glob("vmlinuz-*"))
-    if os.access("/dev/kvm", os.R_OK | os.W_OK) and kernels and shutil.which(QEMU):
+    if kernels and shutil.which(QEMU):
         argv = [
             QEMU,
             "-machine",
@@ -337,19 +347,27 @@ def boot(
 
     `interactive` gives QEMU this terminal instead (to log in to the live system).
     """
-    needed = ["vmlinuz", "initrd.img", command_line_file(config)]
-    needed += ["packed.img"] if config.packed else ["rootfs.img", "initrd-full.img"]
+    second = "packed.img" if config.packed else "rootfs.img"
+    # What this boot loads: the image comes over the network, or as a second initrd, or
+    # inside initrd-full.img.
+    needed = ["vmlinuz", command_line_file(config)]
+    if not config.embedded:
+        needed.append("initrd.img")
+    elif config.pxe or config.packed:
+        needed += ["initrd.img", second]
+    else:
+        needed.append("initrd-full.img")
     for name in needed:
-        if not (config.artifacts / name).is_file():
+        path = config.artifacts / name
+        if not path.is_file():
             raise VmError(
-                f"{config.artifacts / name} is missing",
+                f"{path} is {'not a file' if os.path.lexists(path) else 'missing'}",
                 "make the artifacts with bootc-live build SOURCE -o DIR",
             )
     if shutil.which(QEMU) is None:
         raise VmError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
     initrd = config.artifacts / ("initrd-full.img" if config.embedded else "initrd.img")
     tmp: str | None = None
-    second = "packed.img" if config.packed else "rootfs.img"
     if (config.pxe or config.packed) and config.embedded:
         # iPXE loads both initrds back to back; QEMU takes one file, so do the same here: in a
         # private directory of this boot's (the artifacts may be read-only, or booted by
@@ -360,9 +378,7 @@ def boot(
     try:
         argv = qemu_argv(config, initrd, choose_accel(config.accel))
         if interactive:
-            start = time.monotonic()
-            code = _run.start(argv, stdin=None).wait()
-            return Boot("", "exit" if code == 0 else "qemu", time.monotonic() - start, status=code)
+            return run_interactive(argv, timeout)
         result = watch(argv, timeout=timeout, markers=markers, echo=echo, log=log)
         if result.ended in AGAIN:
             print(f"bootc-live: {AGAIN[result.ended]}; booting it again", file=sys.stderr)
@@ -371,6 +387,22 @@ def boot(
     finally:
         if tmp is not None:
             scratch.remove(tmp)
+
+
+def run_interactive(argv: list[str], timeout: float) -> Boot:
+    """QEMU on this terminal (to log in to the live system), stopped at the timeout or when
+    this command is interrupted."""
+    start = time.monotonic()
+    proc = _run.start(argv, stdin=None)
+    try:
+        code = proc.wait(timeout)
+    except _run.TimeoutExpired:
+        return Boot("", "timeout", time.monotonic() - start)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return Boot("", "exit" if code == 0 else "qemu", time.monotonic() - start, status=code)
 
 
 class _RangeHandler(BaseHTTPRequestHandler):
@@ -382,7 +414,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
         print("bootc-live vm: served " + fmt % args, file=sys.stderr)
 
     def do_GET(self) -> None:
-        if self.path.lstrip("/") != self.path_served.name:
+        if urllib.parse.unquote(self.path.partition("?")[0].lstrip("/")) != self.path_served.name:
             self.send_error(404)
             return
         size = self.path_served.stat().st_size
@@ -410,6 +442,12 @@ class _RangeHandler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(data)
                 left -= len(data)
+
+
+def served_url(path: Path) -> str:
+    """The guest's URL of `path` served by serve(): its name percent-encoded, as a URL's path
+    must be (a space would end root= on the kernel command line, a # start a fragment)."""
+    return f"http://{GUEST_SERVER}/{urllib.parse.quote(path.name)}"
 
 
 @contextlib.contextmanager
