@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live import auth, cli
+from bootc_live.runtime.errors import BootcLiveError
 from imagegen import build_layout, f, layer_tar
 from registries import Pki, Registry, auth_json, docker_registry, make_pki, skopeo_push
 from unpackers import need_root_and
@@ -232,3 +233,32 @@ def test_pull_shows_the_bytes_fetched(
     )
     assert len(fetched) >= 2, err
     assert [int(n) for n in fetched] == sorted(int(n) for n in fetched)
+
+
+def test_build_refuses_an_auth_file_the_boot_could_not_use(tmp_path: Path) -> None:
+    """docker login with a credential helper writes `{}` for the registry and the helper's name
+    beside it: the host pulls through the helper, the initramfs could not. build says so
+    before it embeds the file, instead of a boot that pulls anonymously and gets 401."""
+    from bootc_live.build import BuildConfig, includes
+    from bootc_live.images import SourceRef
+
+    helper_file = tmp_path / "config.json"
+    helper_file.write_text(json.dumps({"auths": {"r.io": {}}, "credHelpers": {"r.io": "pass"}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    config = BuildConfig(
+        SourceRef.parse("docker://r.io/team/app:v1"), tmp_path / "out", auth_file=helper_file
+    )
+    with pytest.raises(BootcLiveError) as err:
+        includes(config, work)
+    assert "leaves r.io's credentials to the credential helper docker-credential-pass" in str(
+        err.value.line()
+    )
+    assert list(work.iterdir()) == []  # nothing staged
+    # The same file for an image elsewhere, and a file with the credentials, are embedded.
+    for source, path in (
+        ("docker://other.io/team/app:v1", helper_file),
+        ("docker://r.io/team/app:v1", auth_json(tmp_path / "auth.json", {"r.io": ("u", "p")})),
+    ):
+        config = BuildConfig(SourceRef.parse(source), tmp_path / "out", auth_file=path)
+        assert [p for _, p in includes(config, work)] == ["/etc/bootc-live/auth.json"]

@@ -3,6 +3,7 @@ real registry will not produce. Each run pulls and unpacks the image, or ends in
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -303,6 +304,82 @@ def test_credentials_by_host_path_and_docker_hub(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(BootcLiveError, match=r"not a valid auth\.json"):
         load_credentials(str(tmp_path / "bad.json"), "r.io", "x")
+
+
+def _b64(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("auths", "ref", "expected"),
+    [
+        # docker login wrote URLs as keys for years: a URL names the whole registry.
+        ({"https://r.io:5000/v1/": ("u", "1")}, "r.io:5000/team/app", ("u", "1")),
+        ({"http://r.io/anything/": ("u", "2")}, "r.io/team/app", ("u", "2")),
+        ({"https://r.io/v1/": ("u", "3")}, "r.io:5000/team/app", None),  # another port
+        # The most specific key first, whatever the file's order.
+        (
+            {"r.io": ("host", "1"), "r.io/team": ("ns", "2"), "r.io/team/app": ("repo", "3")},
+            "r.io/team/app",
+            ("repo", "3"),
+        ),
+        # Docker Hub by any of its names; its own key before docker login's URL.
+        ({"https://index.docker.io/v1/": ("hub", "1")}, "index.docker.io/library/f", ("hub", "1")),
+        (
+            {"https://index.docker.io/v1/": ("hub", "2")},
+            "registry-1.docker.io/library/f",
+            ("hub", "2"),
+        ),
+        (
+            {"https://index.docker.io/v1/": ("old", "stale"), "docker.io": ("new", "fresh")},
+            "fedora",
+            ("new", "fresh"),
+        ),
+    ],
+)
+def test_auth_file_keys_match_as_containers_image_matches_them(
+    tmp_path: Path, auths: dict[str, tuple[str, str]], ref: str, expected: tuple[str, str] | None
+) -> None:
+    """The rules of containers/image's pkg/docker/config (findCredentialsInFile): exact keys,
+    the most specific first, then keys normalised to a registry (a URL's host; Docker Hub's
+    names as one)."""
+    parsed = Reference.parse(ref)
+    path = auth_json(tmp_path / "auth.json", auths)
+    assert load_credentials(str(path), parsed.registry, parsed.repository) == expected
+
+
+def test_what_cannot_be_used_at_boot_is_said_not_pulled_anonymously(tmp_path: Path) -> None:
+    """docker login's files: a credential helper's `{}` marker, an identity token."""
+    path = tmp_path / "auth.json"
+    path.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "r.io": {},
+                    "az.io": {"auth": _b64("0000", ""), "identitytoken": "SECRET-T"},
+                },
+                "credHelpers": {"r.io": "ecr-login"},
+                "credsStore": "desktop",
+            }
+        )
+    )
+    with pytest.raises(BootcLiveError) as err:
+        load_credentials(str(path), "r.io", "team/app")
+    assert err.value.line() == (
+        f"credentials file {path} leaves r.io's credentials to the credential helper "
+        "docker-credential-ecr-login (credHelpers), which cannot run here; write them into the "
+        "file instead: podman login --authfile FILE r.io"
+    )
+    with pytest.raises(BootcLiveError) as err:
+        load_credentials(str(path), "az.io", "team/app")
+    assert err.value.line() == (
+        f"credentials file {path}: the entry for az.io is an identity token (identitytoken), "
+        f"which bootc-live cannot use; log in with a user and password: podman login "
+        f"--authfile {path} az.io"
+    )
+    assert "SECRET-T" not in err.value.line()
+    # A helper for another registry, and credsStore, leave a public image's pull anonymous.
+    assert load_credentials(str(path), "public.io", "team/app") is None
 
 
 def test_the_memory_estimate_reads_the_gzip_trailers_by_range(layout: Path) -> None:

@@ -67,8 +67,12 @@ class Lookup:
                 ),
                 None,
             )
-            found = _from_helper(helper, host, path) if helper else None
-            found = found or credentials_in(obj, path, host, repository)
+            # A helper named for the registry is its answer (as containers/image asks).
+            found = (
+                _from_helper(helper, host, path)
+                if helper
+                else credentials_in(obj, path, host, repository)
+            )
             store = obj.get("credsStore")
             if found is None and isinstance(store, str) and store:
                 found = _from_helper(store, host, path)

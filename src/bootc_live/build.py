@@ -25,7 +25,7 @@ from .images import SourceRef
 from .layout import LayoutWriter
 from .pack import Packed, PackFormat
 from .progress import Ticker, bytes_progress, say
-from .runtime import kernels
+from .runtime import kernels, registry
 from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.cpio import CpioWriter, next_archive
 from .runtime.errors import BootcLiveError, shown
@@ -576,6 +576,12 @@ def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:
             ) from None
         if not isinstance(auths, dict):
             raise BuildError(f'{config.auth_file} has no "auths" object')
+        if config.source.transport == "docker":
+            # What the boot will read for the image's registry: a credential helper or an
+            # identity token fails here, not at boot.
+            ref = registry.Reference.parse(config.source.path)
+            obj = registry.read_auth_file(os.fspath(config.auth_file))
+            registry.credentials_in(obj, os.fspath(config.auth_file), ref.registry, ref.repository)
         staged = work / "auth.json"  # readable by root only, in the initramfs too
         staged.touch(mode=0o600)
         staged.chmod(0o600)

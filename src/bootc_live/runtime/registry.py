@@ -105,7 +105,8 @@ class Reference:
             check_digest(digest, f"docker://{text}")
         first, slash, remainder = rest.partition("/")
         if slash and ("." in first or ":" in first or first == "localhost"):
-            registry, path = first, remainder
+            # Docker Hub's old name is Docker Hub (as distribution's references read it).
+            registry, path = (DOCKER_HUB if first == "index.docker.io" else first), remainder
         else:
             registry, path = DOCKER_HUB, rest
         name, colon, tag = path.rpartition(":")
@@ -168,7 +169,23 @@ def read_auth_file(path: str) -> dict[str, object]:
 
 def registry_keys(registry: str) -> tuple[str, ...]:
     """The keys an auth file may file a registry's credentials under."""
-    return DOCKER_HUB_KEYS if registry == DOCKER_HUB else (registry,)
+    return DOCKER_HUB_KEYS if registry in (DOCKER_HUB, DOCKER_HUB_API) else (registry,)
+
+
+def _same_registry(a: str, b: str) -> bool:
+    """Whether two registry names are one registry: Docker Hub goes by several."""
+    hub = (DOCKER_HUB, "index.docker.io", DOCKER_HUB_API)
+    return a == b or (a in hub and b in hub)
+
+
+def _key_registry(key: str) -> str | None:
+    """The registry a whole-registry key names: a host, or a URL (`docker login` wrote
+    `https://HOST/v1/` for years; a URL names the registry, whatever its path); None for a
+    HOST/NAMESPACE key."""
+    for scheme in ("https://", "http://"):
+        if key.startswith(scheme):
+            return key[len(scheme) :].split("/", 1)[0]
+    return None if "/" in key else key
 
 
 def credentials_in(
@@ -176,28 +193,50 @@ def credentials_in(
 ) -> tuple[str, str] | None:
     """(user, password) from the `auths` of an auth file, if it has an entry for the registry.
 
-    Keys may be a host, a host and a repository path (the longest match wins), or Docker
-    Hub's historical URL.
+    As containers/image reads it: a HOST/REPOSITORY or HOST/NAMESPACE key, the most specific
+    first, then the HOST key itself, then a key that names the same registry otherwise (a
+    URL, one of Docker Hub's names). An entry without `auth` (a credential helper's marker)
+    is passed over. A credential helper named for the registry (`credHelpers`) cannot run
+    here, nor can an identity token be used: each is one clear error, not an anonymous pull.
     """
+    helpers = obj.get("credHelpers")
+    helper = next(
+        (
+            name
+            for key, name in (helpers.items() if isinstance(helpers, dict) else ())
+            if isinstance(name, str) and _same_registry(key, registry)
+        ),
+        None,
+    )
     auths = obj.get("auths", {})
-    wanted = f"{registry}/{repository}"
-    keys = registry_keys(registry)
-    best: tuple[int, str] | None = None
-    for key, entry in auths.items() if isinstance(auths, dict) else ():
-        bare = key.split("://", 1)[-1].rstrip("/")
-        if key in keys or bare in keys:
-            match = len(registry)
-        elif wanted == bare or wanted.startswith(bare + "/"):
-            match = len(bare)
-        else:
+    entries = auths if isinstance(auths, dict) else {}
+    parts = f"{registry}/{repository}".split("/")
+    exact = ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    other = [k for k in entries if k not in exact and _key_registry(k) is not None]
+    for key in [*exact, *(k for k in other if _same_registry(_key_registry(k) or "", registry))]:
+        entry = entries.get(key)
+        if not isinstance(entry, dict):
             continue
-        usable = isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]
-        if usable and (best is None or match > best[0]):
-            best = (match, entry["auth"])
-    if best is None:
-        return None
+        if entry.get("identitytoken"):
+            raise RegistryError(
+                f"credentials file {path}: the entry for {key} is an identity token "
+                "(identitytoken), which bootc-live cannot use",
+                f"log in with a user and password: podman login --authfile {path} {registry}",
+            )
+        if isinstance(entry.get("auth"), str) and entry["auth"]:
+            return _user_password(entry["auth"], path, registry)
+    if helper is not None:
+        raise RegistryError(
+            f"credentials file {path} leaves {registry}'s credentials to the credential helper "
+            f"docker-credential-{helper} (credHelpers), which cannot run here",
+            f"write them into the file instead: podman login --authfile FILE {registry}",
+        )
+    return None
+
+
+def _user_password(auth: str, path: str, registry: str) -> tuple[str, str]:
     try:
-        user, sep, password = base64.b64decode(best[1]).decode("utf-8").partition(":")
+        user, sep, password = base64.b64decode(auth).decode("utf-8").partition(":")
     except (ValueError, UnicodeDecodeError):
         user, sep, password = "", "", ""
     if not sep:
