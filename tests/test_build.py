@@ -164,6 +164,37 @@ def test_cpio_writer_is_read_by_cpio(tmp_path: Path) -> None:
     assert (dest / "a/odd").read_bytes() == b"x" * 1001
 
 
+def test_a_layer_listed_twice_boots_from_the_split_layout(tmp_path: Path) -> None:
+    """Docker's empty layer, or two identical steps: one blob listed twice in the manifest.
+    The split layout stores it once; the boot (which frees each blob once applied) frees it
+    after its last use, and plans its memory once."""
+    need(os.geteuid() == 0, "unpacking sets owners: needs root")
+    same = layer_tar([d("etc"), f("etc/a", b"same\n")])
+    info = build_layout(tmp_path / "img", [same, layer_tar([f("etc/b", b"b\n")]), same], tag="v1")
+    image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")
+    with open(tmp_path / "rootfs.img", "wb") as out:
+        handover.write_split_layout(image, build_mod.index_json(image, "v1", None), out)
+    initramfs = tmp_path / "initramfs"
+    initramfs.mkdir()
+    with open(tmp_path / "rootfs.img", "rb") as cpio:
+        subprocess.run(["cpio", "-id", "--quiet"], stdin=cpio, cwd=initramfs, check=True)
+    layout = initramfs / handover.IMAGE_DIR
+    split_image = resolve(LayoutSource(str(layout), consume=True), label="v1")
+    free = memory.Memory(1 << 30, 100 << 20)
+    stored = sum({la.digest: la.size for la in split_image.layers}.values())
+    biggest = max(la.size for la in split_image.layers)
+    assert memory.available(free, split_image, blobs_freed=True) == (
+        free.available - memory.UNPACK_RESERVE + stored - biggest
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    unpack_image(split_image, str(root))
+    assert (root / "etc/a").read_bytes() == b"same\n" and (root / "etc/b").read_bytes() == b"b\n"
+    assert sorted(p.name for p in (layout / "blobs/sha256").iterdir()) == sorted(
+        [info.manifest_digest[7:], info.config_digest[7:]]
+    )
+
+
 def test_split_layout_and_archive_hold_the_verified_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

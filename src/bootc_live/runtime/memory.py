@@ -344,7 +344,8 @@ def available(memory: Memory, image: Image, *, blobs_freed: bool, ahead: int = 0
     largest one remains."""
     have = memory.available - UNPACK_RESERVE - ahead
     if blobs_freed and image.layers:
-        have += image.compressed_size - max(layer.size for layer in image.layers)
+        stored = {layer.digest: layer.size for layer in image.layers}  # a blob listed twice: once
+        have += sum(stored.values()) - max(stored.values())
     return have
 
 

@@ -246,6 +246,9 @@ def unpack_image(
     feeder = _Feeder(image, progress)
     feeder.start()
     failed = True
+    # A blob listed twice (Docker's empty layer, two identical steps) is stored once: it is
+    # released after its last use only.
+    last_use = {desc.digest: index for index, desc in enumerate(image.layers)}
     try:
         for index, desc in enumerate(image.layers):
             stream = ChunkStream(feeder.chunks)
@@ -259,7 +262,8 @@ def unpack_image(
                 stream.drain()
                 raise labelled(err, image, index) from None
             stream.drain()
-            image.source.release(desc)
+            if last_use[desc.digest] == index:
+                image.source.release(desc)
         failed = False
     finally:
         feeder.stopped.set()
