@@ -13,6 +13,7 @@ import stat
 import subprocess
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -693,6 +694,42 @@ def test_the_record_hands_the_signature_verdict_to_the_next_stage(
         "bootc-live: signatures: verified by GPG key K (k) (policy scope default), by the "
         "previous stage (kexec handover)\n"
     )
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_stage_ones_policy_file_is_not_needed_by_the_stage_it_vouched_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checked: bool
+) -> None:
+    """bootc.policy=PATH goes on to stage two's command line, whose initramfs (the image's own)
+    lacks PATH: with the record's verdict the policy is not loaded at all; without one, it is,
+    and its absence stops the boot as anywhere."""
+    verdict = {"checked": True, "accepted": True, "scope": "default", "keys": ["GPG key K (k)"]}
+    image = replace(
+        image_of(tmp_path, [f("etc", b"x")], kernel("6.1.0-1")),
+        signatures=verdict if checked else {"checked": False},
+    )
+    (tmp_path / "bootc-live").mkdir()
+    with open(tmp_path / "record.cpio", "wb") as out:
+        digest = write_record(image, 1, out)
+    extract_initrd((tmp_path / "record.cpio").read_bytes(), 0, tmp_path)
+    monkeypatch.setattr(
+        boot.handover, "trust_previous_stage", partial(trust_previous_stage, root=str(tmp_path))
+    )
+    spec = parse(
+        [
+            f"root=bootc-live:{tmp_path / IMAGE_DIR}",
+            f"bootc.kexec.verified={digest}",
+            "bootc.policy=/etc/bootc-live/strict.json",
+        ]
+    )
+    stream = io.StringIO()
+    if not checked:
+        with pytest.raises(PolicyError, match=r"strict\.json"):
+            boot.resolve_and_trust(spec, image.source, Report(stream=stream))
+        return
+    trusted = boot.resolve_and_trust(spec, image.source, Report(stream=stream))
+    assert trusted.signatures == {**verdict, "handover": True}
+    assert "by the previous stage (kexec handover)" in stream.getvalue()
 
 
 def test_options_from_cmdline_d_reach_the_next_stage_which_kexecs_no_more(

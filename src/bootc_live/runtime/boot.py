@@ -326,16 +326,20 @@ def resolve_and_trust(spec: BootSpec, source: ImageSource, report: Report) -> Im
     signatures against the policy, before any layer is fetched; in a kexec'd stage two, with
     what the previous stage verified trusted."""
     assert spec.image is not None
-    rules, registries = load_policy(spec)  # a malformed one stops the boot before any fetch
+    verified = spec.kexec_verified if spec.image.kind == "path" else None
+    # A malformed policy stops the boot before any fetch. The image handed over by a kexec
+    # stage one is local; whether it needs a policy at all is known from its record (stage
+    # one's bootc.policy= may name a file only stage one's initramfs has).
+    rules, registries = (None, None) if verified else load_policy(spec)
     image = resolve(source, label=spec.label, platform=spec.platform, digest=spec.digest)
-    if spec.kexec_verified and spec.image.kind == "path":
-        image = handover.trust_previous_stage(
-            image, spec.image.location, spec.kexec_verified, report.say
-        )
+    if verified:
+        image = handover.trust_previous_stage(image, spec.image.location, verified, report.say)
         report.note(
             handover_layers=len(image.verified_blobs),
             handover_diff_ids=len(image.verified_diff_ids),
         )
+        if not accepted_before(image):
+            rules, registries = load_policy(spec)
     image = check_signatures(spec, source, image, rules, registries, report)
     report.note(
         manifest=image.manifest_digest,
@@ -354,6 +358,11 @@ def load_policy(spec: BootSpec) -> tuple[policy.Policy | None, RegistriesD | Non
     return policy.Policy.load(path), RegistriesD.load(REGISTRIES_D)
 
 
+def accepted_before(image: Image) -> bool:
+    """Whether the kexec stage one that handed this image over accepted its signatures."""
+    return bool(image.verified_blobs and image.signatures.get("accepted"))
+
+
 def check_signatures(
     spec: BootSpec,
     source: ImageSource,
@@ -365,7 +374,7 @@ def check_signatures(
     """The policy's verdict on the image's top document (docs/signatures.md), said, and noted
     for the status (and a kexec handover). A kexec'd stage two takes the verdict of the stage
     that checked this very manifest before it handed it over (its record says so)."""
-    if image.verified_blobs and image.signatures.get("accepted"):
+    if accepted_before(image):
         found = dict(image.signatures, handover=True)
         verdict = policy.Verdict(found["scope"], tuple(found["keys"]))
         report.say(f"{verdict.line()}, by the previous stage (kexec handover)")
