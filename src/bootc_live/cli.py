@@ -927,7 +927,13 @@ def parser() -> argparse.ArgumentParser:
         "URL) with cmdline-packed.txt's arguments",
     )
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    p.add_argument("--timeout", type=_seconds, default=3600, metavar="SECONDS")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=3600,
+        metavar="SECONDS",
+        help="stop the guest after this long, on a terminal too (default 3600)",
+    )
     p.add_argument(
         "--serve",
         metavar="FILE",
