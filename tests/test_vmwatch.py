@@ -232,6 +232,14 @@ def test_a_qemu_that_fails_is_an_error_with_its_status(
     )
 
 
+def test_a_qemu_killed_by_a_signal_is_named_by_it() -> None:
+    # QEMU 7.2 aborts on an unusable KVM (an MSR assertion here): status -6.
+    assert vm.Boot("", "qemu", 0.1, status=-6).verdict(60) == (
+        "qemu-system-x86_64 failed (killed by SIGABRT): its message is above; check --mem, "
+        "--accel and the artifacts"
+    )
+
+
 def test_a_guest_without_a_verdict_in_time_is_an_error_that_says_so(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -71,15 +72,23 @@ class Boot:
         if self.ended in ("marker", "exit"):
             return None
         if self.ended == "qemu":
-            return (
-                f"{QEMU} failed (exit status {self.status}): its message is above; check "
-                "--mem, --accel and the artifacts"
-            )
+            how = f"exit status {self.status}"
+            if self.status < 0:
+                how = f"killed by {_signal_name(-self.status)}"
+            hint = "check --mem, --accel and the artifacts"
+            return f"{QEMU} failed ({how}): its message is above; {hint}"
         if self.ended == "timeout":
             return f"no verdict after {timeout:g} s, so the guest was stopped (raise --timeout)"
         if self.ended == "stalled":
             return AGAIN["stalled"] + ", twice: boot it again"
         return "the guest's boot failed: the console above says why"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # The arguments of cmdline.txt that name the image built: an appended root= names another.
