@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bootc_live.runtime.apply import rmtree
 from imagegen import build_layout, f, layer_tar
-from unpackers import REPO, need
+from unpackers import REPO, assert_clean_failure, bootc_live, need, tool
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +69,53 @@ def test_decompression_bomb_is_bounded_by_the_destination(tmp_path: Path) -> Non
     assert int(out[-1].split()[2]) < 1024, f"tmpfs still holds data: {out[-1]}"
     assert sorted(os.listdir(tmp_path)) == ["img", "mnt", "sibling"]
     assert sibling.read_text() == "untouched" and os.listdir(mnt) == []
+
+
+def read_at(top: Path, name: str) -> bytes:
+    """A file's bytes by a path too long for one system call: a directory at a time."""
+    *dirs, leaf = name.split("/")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in dirs:
+            fd, parent = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(parent)
+        leaf_fd = os.open(leaf, os.O_RDONLY, dir_fd=fd)
+        with os.fdopen(leaf_fd, "rb") as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("depth", "refused"), [(2047, False), (2048, True), (20_000, True)])
+def test_a_path_of_path_max_or_more_is_refused(tmp_path: Path, depth: int, refused: bool) -> None:
+    """One entry `a/a/…/a/f` (a 200-byte gzip layer at 20 000 levels): the applier kept every
+    prefix of every path, growing by the square of the depth (a MemoryError traceback under a
+    limit, an OOM kill at boot) and made each level a directory. Now an entry whose path in
+    the root, `/` first, takes PATH_MAX bytes or more with its NUL is one line, before any
+    directory is made; one of 4095 bytes is applied. The oracle, GNU tar, extracts the first
+    and refuses the deepest ("File name too long"); so does umoci, whose limit counts the
+    bundle's own path too."""
+    need(os.geteuid() == 0 and shutil.which("tar") is not None, "needs root and GNU tar")
+    name = "a/" * (depth - 1) + "f"  # "/" + name: 2 * depth bytes, then the NUL
+    tar = layer_tar([f(name, b"deep")])
+    (tmp_path / "layer.tar").write_bytes(tar)
+    layout = tmp_path / "img"
+    build_layout(layout, [tar])
+    dest, theirs = tmp_path / "dest", tmp_path / "gnu-tar"
+    theirs.mkdir()
+    try:
+        result = bootc_live("unpack", f"oci:{layout}:latest", str(dest), tmpdir=tmp_path)
+        gnu = tool("tar", "-xf", str(tmp_path / "layer.tar"), "-C", str(theirs))
+        if not refused:
+            assert result.returncode == 0, result.stderr
+            assert read_at(dest, name) == b"deep"
+            assert gnu.returncode == 0 and read_at(theirs, name) == b"deep", gnu.stderr
+            return
+        said = assert_clean_failure(result).splitlines()[-1]
+        assert "would be at a path of over 4095 bytes (PATH_MAX)" in said, said
+        assert not dest.exists() or list(dest.iterdir()) == []
+        if depth > 2048:
+            assert gnu.returncode != 0 and "File name too long" in gnu.stderr, gnu.stderr
+    finally:  # pytest's own clean-up recurses a level a frame: too deep for it
+        for tree in (dest, theirs):
+            rmtree(str(tree))

@@ -34,7 +34,7 @@ import os
 import stat
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import LAYER_HINT, LayerError, SpaceError, shown
 from .tarstream import (
@@ -59,6 +59,43 @@ _MAX_SYMLINKS = 40
 _CACHE_SIZE = 64
 _COPY = 1 << 20
 _SKIPPED_XATTRS = ("security.selinux", "trusted.overlay.")
+
+
+PATH_MAX = 4096  # bytes of a path, its terminating NUL included (linux/limits.h)
+
+
+class Touched:
+    """The real keys a layer's entries were applied at, and their ancestors (what the layer's
+    whiteouts keep), as a tree of names: marking a key costs its depth, not its depth squared
+    (a set of every prefix did, and a deep path made it grow by megabytes)."""
+
+    def __init__(self) -> None:
+        self.root: dict[bytes, Any] = {}
+
+    def mark(self, key: Key) -> None:
+        node = self.root
+        for part in key:
+            node = node.setdefault(part, {})
+
+    def node(self, key: Key) -> dict[bytes, Any] | None:
+        """What was touched below `key`, or None if nothing was at or below it."""
+        node: dict[bytes, Any] | None = self.root
+        for part in key:
+            if node is None:
+                return None
+            node = node.get(part)
+        return node
+
+
+def _check_length(path: Key, key: Key) -> None:
+    """Refuse, as GNU tar and umoci do, an entry at a path of PATH_MAX bytes or more: no
+    program of the booted system could open it by its path, and each level of it costs the
+    kernel an inode."""
+    if sum(len(part) + 1 for part in path) >= PATH_MAX:
+        raise LayerError(
+            f"layer entry {_show(key)} would be at a path of over {PATH_MAX - 1} bytes (PATH_MAX)",
+            LAYER_HINT,
+        )
 
 
 def clean(name: bytes) -> Key:
@@ -200,7 +237,7 @@ class Applier:
         self.entries = 0
         self.bytes_written = 0
         # Real keys of this layer's entries and their ancestors (what its whiteouts keep).
-        self._touched: set[Key] = set()
+        self._touched = Touched()
         self._dir_times: dict[Key, int] = {}  # mtimes to set when the layer is done
 
     def close(self) -> None:
@@ -212,7 +249,7 @@ class Applier:
 
     def apply_layer(self, stream: Stream) -> None:
         """Apply one layer's uncompressed tar stream."""
-        self._touched = set()
+        self._touched = Touched()
         self._dir_times = {}
         for entry in read_entries(stream):
             if self._observe is not None:
@@ -248,14 +285,15 @@ class Applier:
         if not key:
             if entry.kind != DIRECTORY:
                 raise LayerError(f"layer entry {shown(entry.name)} would replace the root itself")
-            self._touched.add(key)
             self._define_dir(self.root_fd, entry, key, key, clear_xattrs=True)
             return
+        _check_length(key, key)  # before any directory is made for it
         parent, real_parent = self._resolve(key[:-1], create=True)
         self._note_parent(real_parent, parent)
         name = key[-1]
         real = (*real_parent, name)
-        self._touched.update(real[:i] for i in range(len(real) + 1))
+        _check_length(real, key)  # through links, it may be longer
+        self._touched.mark(real)
         existing = _lstat(name, parent)
         if entry.kind == DIRECTORY:
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
@@ -448,21 +486,21 @@ class Applier:
         Depth first through what this layer touched, by a loop (a layer may nest deeper than
         Python recurses), one descriptor held for each level.
         """
-        stack: list[tuple[int, Iterator[bytes], Key]] = []
+        stack: list[tuple[int, Iterator[bytes], dict[bytes, Any]]] = []
 
-        def visit(parent: int, child: bytes, child_key: Key) -> None:
+        def visit(parent: int, child: bytes, touched: dict[bytes, Any] | None) -> None:
             existing = _lstat(child, parent)
             if existing is None:
                 return
-            if child_key not in self._touched:
+            if touched is None:
                 self._remove(parent, child, existing)
             elif stat.S_ISDIR(existing.st_mode):
                 fd = os.open(child, _DIR_FLAGS, dir_fd=parent)
                 names = [os.fsencode(n) for n in os.listdir(fd)]
-                stack.append((fd, iter(names), child_key))
+                stack.append((fd, iter(names), touched))
 
         try:
-            visit(dir_fd, name, key)
+            visit(dir_fd, name, self._touched.node(key))
             while stack:
                 fd, children, below = stack[-1]
                 child = next(children, None)
@@ -470,7 +508,7 @@ class Applier:
                     os.close(fd)
                     stack.pop()
                 else:
-                    visit(fd, child, (*below, child))
+                    visit(fd, child, below.get(child))
         finally:
             for fd, _, _ in stack:
                 os.close(fd)
