@@ -489,11 +489,14 @@ def compress(
     members: int = 1,
     skippable: str | None = None,
     level: int = 3,
+    window_log: int | None = None,
 ) -> bytes:
     """Compress a tar as ``gzip``, ``zstd`` or ``none``.
 
     ``members`` > 1 splits the input into that many gzip members / zstd frames.
     ``skippable`` ('start', 'middle' or 'end') inserts a zstd skippable frame there.
+    ``window_log``: zstd frames that declare a window of 2**window_log bytes, as `zstd
+    --long=N` writes them from a pipe (no content size).
     """
     parts = _chunks(data, members)
     if method == "none":
@@ -502,9 +505,16 @@ def compress(
     if method == "gzip":
         assert skippable is None
         return b"".join(gzip.compress(p, compresslevel=6, mtime=0) for p in parts)
-    if method == "zstd":
+    if method == "zstd" and window_log is not None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=window_log, write_content_size=0, write_checksum=1
+        )
+        streaming = zstandard.ZstdCompressor(compression_params=params)
+        frames = [(o := streaming.compressobj()).compress(p) + o.flush() for p in parts]
+    elif method == "zstd":
         cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
         frames = [cctx.compress(p) for p in parts]
+    if method == "zstd":
         if skippable is not None:
             where = {"start": 0, "middle": len(frames) // 2 or 1, "end": len(frames)}[skippable]
             frames.insert(where, zstd_skippable_frame())

@@ -49,14 +49,16 @@ def reader(data: bytes, cuts: list[int]) -> decompress.Read:
     return read
 
 
-def decode(decoder: str, data: bytes, cuts: list[int]) -> tuple[bytes, str]:
+def decode(
+    decoder: str, data: bytes, cuts: list[int], max_window: int = decompress.ZSTD_WINDOW_LIMIT
+) -> tuple[bytes, str]:
     """What the decoder makes of `data`: its output, and the LayerError's message or ""."""
     read = reader(data, cuts)
     head = decompress.read_head(read)
     kind = decompress.compression_of(head)
     out = bytearray()
     try:
-        for chunk in decompress.decoder_chunks(decoder, kind, head, read):
+        for chunk in decompress.decoder_chunks(decoder, kind, head, read, max_window):
             out += chunk
     except LayerError as err:
         return bytes(out), str(err)
@@ -268,8 +270,65 @@ def test_a_zstd_window_over_128_mib_is_named_not_called_corrupt(decoder: str) ->
     )  # a valid stream
     _, said = decode(decoder, stream, [])  # zstandard: the host's (dev extras); zstd: the boot's
     assert said == (
-        "its zstd frames need a window over 128 MiB (made with zstd --long), more memory than "
-        "a layer may take here"
+        "its zstd frames need a window over 128 MiB (made with zstd --long or --ultra), more "
+        "memory than a layer may take here"
+    )
+
+
+def zstd_cli(data: bytes, *options: str) -> bytes:
+    return subprocess.run(
+        ["zstd", "-q", "-c", *options], input=data, capture_output=True, check=True
+    ).stdout
+
+
+def zstd_says_window(stream: bytes, tmp_path: Path) -> int:
+    """The window `zstd -lv` reads in the stream's first frame, in bytes."""
+    path = tmp_path / "s.zst"
+    path.write_bytes(stream)
+    listed = subprocess.run(
+        ["zstd", "-lv", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return int(listed.split("Window Size:")[1].split("(")[1].split(" B)")[0])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [(), ("-19",), ("--long=25",), ("--long=27",), ("--ultra", "-20"), ("-1", "--no-check")],
+)
+@pytest.mark.parametrize("known_size", [False, True])
+def test_the_first_frames_window_is_read_as_zstd_reads_it(
+    tmp_path: Path, options: tuple[str, ...], known_size: bool
+) -> None:
+    """The window a live boot plans for (memory.zstd_window), read from the frame header of
+    the zstd command's own streams and compared with `zstd -lv`: from a pipe (the window as
+    the level or --long says), and of a file (a single segment: the content's size)."""
+    data = os.urandom(3000) * 40
+    if known_size:
+        source = tmp_path / "data"
+        source.write_bytes(data)
+        stream = subprocess.run(
+            ["zstd", "-q", "-c", *options, str(source)], capture_output=True, check=True
+        ).stdout
+    else:
+        stream = zstd_cli(data, *options)
+    assert decompress.zstd_window(stream[:4096]) == zstd_says_window(stream, tmp_path)
+    # Past a skippable frame, and not from a head too short for the header.
+    skippable = b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"12345"
+    assert decompress.zstd_window(skippable + stream[:64]) == decompress.zstd_window(stream)
+    assert decompress.zstd_window(stream[:5]) is None and decompress.zstd_window(b"tar") is None
+
+
+@pytest.mark.parametrize("decoder", ["zstd", "zstandard"])
+def test_a_frame_asking_more_than_the_planned_window_is_refused(decoder: str) -> None:
+    """A live boot lets the decoder hold the window it planned from the layers' first frames:
+    a later frame asking more is one line, not memory the plan never had."""
+    data = os.urandom(100_000)
+    small, large = zstd_cli(data, "-3"), zstd_cli(data, "--long=25")  # 2 and 32 MiB windows
+    assert decode(decoder, small + large, [], max_window=32 << 20) == (data + data, "")
+    out, said = decode(decoder, small + large, [], max_window=8 << 20)
+    assert out == data[: len(out)] and said == (
+        "its zstd frames need a window over 8 MiB (made with zstd --long or --ultra), more "
+        "memory than a layer may take here"
     )
 
 

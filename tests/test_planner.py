@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import boot, http, memory, registry, roots
+from bootc_live.runtime import boot, decompress, http, memory, registry, roots
 from bootc_live.runtime.cmdline import TMPFS, RootMode, parse
+from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.runtime.memory import MIB, Memory, NotEnoughMemory
 from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
+from bootc_live.runtime.unpack import unpack_image
 from imagegen import MT_LAYER, build_layout, d, f, layer_tar
 
 # Incompressible, so the compressed size is close to the unpacked one: 3x is then a lot.
@@ -399,3 +402,36 @@ def test_the_zram_file_system_runs_out_of_blocks_before_inodes(tmp_path: Path) -
     inodes, blocks = int(fields["Inode count"]), int(fields["Block count"])
     assert int(fields["Block size"]) == 4096
     assert inodes >= blocks, (inodes, blocks)
+
+
+def test_a_zstd_window_beyond_the_reserve_is_planned_and_no_frame_asks_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zstd --long and --ultra frames make their decoder hold a window of up to 128 MiB,
+    where memory.UNPACK_RESERVE holds 8: the plan holds the largest window the layers' first
+    frames declare beyond that, and the unpack lets no frame ask more (a later frame's window
+    was memory no plan had)."""
+    monkeypatch.setattr(memory, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(memory, "ZONEINFO", str(tmp_path / "none"))
+    (tmp_path / "meminfo").write_text("MemTotal: 2097152 kB\nMemFree: 1048576 kB\n")
+    tars = [layer_tar([d("etc"), f(f"etc/{n}", os.urandom(2000) * 30)]) for n in "ab"]
+    plans = {}
+    for name, window_log in (("gzip", None), ("zstd", 25), ("mixed", 22)):
+        kw = {} if window_log is None else {"window_log": window_log}
+        compression = "gzip" if name == "gzip" else ["zstd", "gzip"] if name == "mixed" else "zstd"
+        build_layout(tmp_path / name, tars, compression=compression, compress_kw=kw)
+        image = resolve(LayoutSource(str(tmp_path / name)))
+        spec = parse([f"root=bootc-live:{tmp_path / name}"])
+        plans[name] = boot.plan_root(spec, image, image.source, boot.Report(stream=io.StringIO()))
+    assert plans["gzip"].window == plans["mixed"].window == memory.ZSTD_RESERVED_WINDOW  # 4 MiB
+    assert plans["zstd"].window == 32 * MIB
+    assert plans["gzip"].have - plans["zstd"].have == 24 * MIB
+    # The unpack holds the decoder to the planned window.
+    image = resolve(LayoutSource(str(tmp_path / "zstd")))
+    (tmp_path / "root").mkdir()
+    with pytest.raises(BootcLiveError, match="need a window over 8 MiB"):
+        unpack_image(image, str(tmp_path / "root"), max_window=8 * MIB)
+    # A first frame that cannot be read is planned as the most a decoder takes.
+    image = resolve(LayoutSource(str(tmp_path / "zstd")))
+    (tmp_path / "zstd/blobs/sha256" / image.layers[0].digest[7:]).unlink()
+    assert memory.zstd_window(image) == decompress.ZSTD_WINDOW_LIMIT

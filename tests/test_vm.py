@@ -16,6 +16,7 @@ from bootc_live.demo import demo_layers
 from bootc_live.layout import LayerTar, TreeEntry, write_layout
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.handover import index_json, write_split_layout
+from bootc_live.runtime.memory import UNPACK_RESERVE, ZSTD_RESERVED_WINDOW
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, f, layer_tar
@@ -182,6 +183,31 @@ def test_kexec_stops_when_the_images_kernel_cannot_be_used(
     result = run(out, f"bootc.kexec {append}")
     assert_stopped(result, message)
     assert "kexec into" not in result.boot.output
+
+
+def test_zstd_layers_boot_with_their_window_planned(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """The demo image in zstd layers whose frames declare a 32 MiB window (as zstd --long=25
+    writes them from a pipe), decoded by the initramfs's zstd command: the plan holds the
+    window beyond the 8 MiB its reserve has, and the image boots."""
+    build_layout(
+        tmp_path / "layout",
+        demo_layers(),
+        tag="demo",
+        compression="zstd",
+        compress_kw={"window_log": 25},
+    )
+    image = resolve(LayoutSource(str(tmp_path / "layout")), label="demo")
+    index = index_json(image, "demo", None)
+    out = variant(
+        artifacts["shell"], tmp_path / "artifacts", lambda w: write_split_layout(image, index, w)
+    )
+    result = run(out)
+    assert_live(result, root="ro", etc="rw", var="rw", whiteout="yes")
+    planned = next(s for s in result.statuses if s["state"] == "planned")
+    assert planned["reserve"] == UNPACK_RESERVE + (32 << 20) - ZSTD_RESERVED_WINDOW, planned
+    assert result.status["decompressor"] == "zstd", result.status
 
 
 def test_an_image_larger_than_planned_stops_at_the_roots_budget(

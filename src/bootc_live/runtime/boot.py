@@ -138,7 +138,11 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
                     tools_freed_bytes=gone.files.size,
                 )
                 stats = unpack_image(
-                    image, root.target, progress=progress(image, report), warn=report.say
+                    image,
+                    root.target,
+                    progress=progress(image, report),
+                    warn=report.say,
+                    max_window=plan.window,
                 )
                 facts = root.mount(report)
     report.summary(
@@ -440,6 +444,7 @@ class Plan:
     need: memory.Need
     spare: tools.Unused  # the initramfs's tools the rest of the boot will not run
     have: int = 0  # what the root may take: a tmpfs holds no more while the image is unpacked
+    window: int = memory.ZSTD_RESERVED_WINDOW  # the zstd window planned for (memory.zstd_window)
 
 
 def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report) -> Plan:
@@ -452,7 +457,9 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
     # few modules the root loads itself: a MiB or two, within memory.UNPACK_RESERVE).
     mem = replace(mem, available=mem.available + unused.size + spare.files.size)
     consumed = isinstance(source, LayoutSource) and source.consume
-    ahead = held_ahead(spec, image)
+    # A zstd window beyond what memory.UNPACK_RESERVE holds is held on top, as the fetch's.
+    window = memory.zstd_window(image)
+    ahead = held_ahead(spec, image) + window - memory.ZSTD_RESERVED_WINDOW
     est, need = memory.check(image, mem, blobs_freed=consumed, mode=spec.mode, ahead=ahead)
     have = memory.available(mem, image, blobs_freed=consumed, ahead=ahead)
     report.say(
@@ -481,7 +488,7 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         per_cpu_free=mem.per_cpu,
         min_free_kbytes=reserve,
     )
-    return Plan(mem, unused, need, spare, have)
+    return Plan(mem, unused, need, spare, have, window)
 
 
 def held_ahead(spec: BootSpec, image: Image) -> int:

@@ -44,6 +44,31 @@ except ImportError:
     _zstandard = None
 
 Read = Callable[[int], bytes]
+# The largest zstd window the decoders take by default (zstd --long's, 2**27): a frame's
+# decoder holds its window in memory. A live boot lowers it to the window it planned for.
+ZSTD_WINDOW_LIMIT = 128 << 20
+
+
+def zstd_window(head: bytes) -> int | None:
+    """The window size the first zstd frame in `head` declares (RFC 8878, 3.1.1.1), past any
+    skippable frames in it; None when `head` does not hold that frame's header."""
+    pos = 0
+    while is_zstd_skippable(head[pos : pos + 4]) and len(head) >= pos + 8:
+        pos += 8 + int.from_bytes(head[pos + 4 : pos + 8], "little")
+    if head[pos : pos + 4] != ZSTD_MAGIC or len(head) < pos + 6:
+        return None
+    descriptor = head[pos + 4]
+    if descriptor & 0x20:  # single segment: the window is the content, whose size follows
+        dict_bytes = (0, 1, 2, 4)[descriptor & 3]
+        fcs_bytes = (1, 2, 4, 8)[descriptor >> 6]
+        start = pos + 5 + dict_bytes
+        if len(head) < start + fcs_bytes:
+            return None
+        size = int.from_bytes(head[start : start + fcs_bytes], "little")
+        return size + 256 if fcs_bytes == 2 else size
+    exponent, mantissa = head[pos + 5] >> 3, head[pos + 5] & 7
+    base = 1 << (10 + exponent)
+    return base + (base >> 3) * mantissa
 
 
 def is_zstd_skippable(head: bytes) -> bool:
@@ -77,15 +102,18 @@ def decoder_of(kind: str) -> str:
     return {"gzip": "zlib", "none": "none"}.get(kind, "")
 
 
-def decoded_chunks(read: Read, used: Callable[[str], None] | None = None) -> Iterator[bytes]:
+def decoded_chunks(
+    read: Read, used: Callable[[str], None] | None = None, max_window: int = ZSTD_WINDOW_LIMIT
+) -> Iterator[bytes]:
     """Yield the decompressed content of the stream `read` gives, in chunks of at most CHUNK;
-    `used` is told the decoder's name (`decoder_of`) once the compression is known."""
+    `used` is told the decoder's name (`decoder_of`) once the compression is known. A zstd
+    frame whose window is over `max_window` is refused."""
     head = read_head(read)
     kind = compression_of(head)
     decoder = decoder_of(kind)
     if used:
         used(decoder)
-    return decoder_chunks(decoder, kind, head, read)
+    return decoder_chunks(decoder, kind, head, read, max_window)
 
 
 def read_head(read: Read) -> bytes:
@@ -106,8 +134,11 @@ def other_compression(head: bytes) -> str:
     return "bzip2" if head[:3] == b"BZh" else ""
 
 
-def decoder_chunks(decoder: str, kind: str, head: bytes, read: Read) -> Iterator[bytes]:
-    """Decompress the `kind` stream that starts with `head` with the decoder named `decoder`."""
+def decoder_chunks(
+    decoder: str, kind: str, head: bytes, read: Read, max_window: int = ZSTD_WINDOW_LIMIT
+) -> Iterator[bytes]:
+    """Decompress the `kind` stream that starts with `head` with the decoder named `decoder`
+    (zstd frames with a window up to `max_window`)."""
     if kind == "none":
         other = other_compression(head)
         if other:  # else read as a tar: "tar header checksum mismatch"
@@ -119,9 +150,9 @@ def decoder_chunks(decoder: str, kind: str, head: bytes, read: Read) -> Iterator
     if kind == "gzip" and decoder in ("isal", "zlib"):
         return _gunzip_module(head, read, _gzip_impl if decoder == "isal" else zlib)
     if kind == "zstd" and decoder == "zstandard":
-        return _unzstd_module(head, read)
+        return _unzstd_module(head, read, max_window)
     if decoder == COMMANDS.get(kind):
-        return _command_chunks(decoder, kind, head, read)
+        return _command_chunks(decoder, kind, head, read, max_window)
     raise LayerError(
         "layer is zstd-compressed, but neither the zstandard module nor the zstd command is "
         "available"
@@ -190,16 +221,16 @@ class _Prepend:
         return self._read(CHUNK if n < 0 else n)
 
 
-def _unzstd_module(head: bytes, read: Read) -> Iterator[bytes]:
-    reader = _zstandard.ZstdDecompressor().stream_reader(
+def _unzstd_module(head: bytes, read: Read, max_window: int) -> Iterator[bytes]:
+    reader = _zstandard.ZstdDecompressor(max_window_size=max_window).stream_reader(
         _Prepend(head, read), read_size=CHUNK, read_across_frames=True
     )
     while True:
         try:
             out = reader.read(CHUNK)
         except _zstandard.ZstdError as err:
-            if "too much memory" in str(err):
-                raise _long_window() from None
+            if "too much memory" in str(err) or "too large" in str(err):
+                raise _long_window(max_window) from None
             raise LayerError(f"zstd data is corrupt ({err})") from None
         if not out:
             # Truncation at a frame boundary inside a block is caught by the diff_id check.
@@ -207,11 +238,14 @@ def _unzstd_module(head: bytes, read: Read) -> Iterator[bytes]:
         yield out
 
 
-def _command_chunks(name: str, kind: str, head: bytes, read: Read) -> Iterator[bytes]:
+def _command_chunks(
+    name: str, kind: str, head: bytes, read: Read, max_window: int = ZSTD_WINDOW_LIMIT
+) -> Iterator[bytes]:
     """Decompress with the command `name` of COMMANDS: a thread feeds it `head`, then what
     `read` gives, while this generator yields what it writes. An error reading the input is
     raised as it was; the command's own failure is the data's."""
-    proc = run.start([name, "-dcq"], stdin=run.PIPE, stdout=run.PIPE, stderr=run.PIPE)
+    argv = [name, "-dcq"] + ([f"--memory={max_window}"] if kind == "zstd" else [])
+    proc = run.start(argv, stdin=run.PIPE, stdout=run.PIPE, stderr=run.PIPE)
     assert proc.stdin and proc.stdout and proc.stderr
     for pipe in (proc.stdin, proc.stdout):
         with contextlib.suppress(OSError):  # a chunk per pipe read: fewer switches
@@ -260,16 +294,16 @@ def _command_chunks(name: str, kind: str, head: bytes, read: Read) -> Iterator[b
     if rc != 0:
         # igzip names its input "(null)" when it is a pipe
         detail = err.splitlines()[-1].replace(" (null)", "") if err else f"{name} exit {rc}"
-        if kind == "zstd" and "--long" in detail:  # "Use --long=28 or --memory=256MB"
-            raise _long_window()
+        if kind == "zstd" and ("--long" in detail or "--memory" in detail):
+            raise _long_window(max_window)  # "Use --long=28 or --memory=256MB"
         raise LayerError(f"{kind} data is corrupt ({detail})")
 
 
-def _long_window() -> LayerError:
-    """A zstd frame whose window is over the decoders' 128 MiB (`zstd --long`): as much memory
-    again while the layer is read, which a live boot does not plan for."""
+def _long_window(limit: int) -> LayerError:
+    """A zstd frame whose window is over `limit`: the decoders' 128 MiB (`zstd --long=28`
+    and more), or, in a live boot, the window planned from the layers' first frames."""
     return LayerError(
-        "its zstd frames need a window over 128 MiB (made with zstd --long), more memory than "
-        "a layer may take here",
-        "recompress the layer without --long",
+        f"its zstd frames need a window over {limit >> 20} MiB (made with zstd --long or "
+        "--ultra), more memory than a layer may take here",
+        "recompress the layer without --long, at level 19 or below",
     )

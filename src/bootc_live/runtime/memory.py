@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 from dataclasses import dataclass, replace
 
+from . import decompress
 from .blobs import Descriptor
 from .cmdline import TMPFS, RootMode
 from .errors import BootcLiveError
@@ -38,6 +40,10 @@ RESERVE = 48 << 20
 # a 2 MiB igzip). What the source holds ahead (a registry's fetch-ahead, bootc.connections'
 # parts) is planned on top.
 UNPACK_RESERVE = (16 + QUEUE_CHUNKS + HASH_CHUNKS) << 20
+# Of those 16 MiB, what a zstd frame's window may take (zstd's levels up to 19 use 8 MiB at
+# most; --long and --ultra, up to 128 MiB: planned on top, `zstd_window`).
+ZSTD_RESERVED_WINDOW = 8 << 20
+ZSTD_HEAD = 4096  # bytes read of a zstd layer to find its first frame's window
 MIB = 1 << 20
 
 
@@ -215,6 +221,30 @@ def estimate(image: Image) -> Estimate:
     if len(known) < len(trailers):
         how += f", {RATIO}x the compressed size for {len(trailers) - len(known)} other layers"
     return Estimate((sum(known) + guessed) * 21 // 20 + 16 * MIB, how)
+
+
+def zstd_window(image: Image) -> int:
+    """The window the decoder of the image's zstd layers holds: the largest their first
+    frames declare, ZSTD_RESERVED_WINDOW at least; decompress.ZSTD_WINDOW_LIMIT for a layer
+    whose first frame cannot be read. The unpack refuses a later frame that asks more."""
+    window = ZSTD_RESERVED_WINDOW
+    for layer in image.layers:
+        if "zstd" in layer.media_type:
+            declared = decompress.zstd_window(_head(image, layer, ZSTD_HEAD))
+            window = max(window, decompress.ZSTD_WINDOW_LIMIT if declared is None else declared)
+    return window
+
+
+def _head(image: Image, layer: Descriptor, n: int) -> bytes:
+    """The blob's first `n` bytes at most, unverified (for estimates); b"" if unreadable."""
+    data = b""
+    try:
+        with contextlib.closing(image.source.open_blob(layer)) as blob:
+            while len(data) < n and (part := blob.read(n - len(data))):
+                data += part
+    except (OSError, BootcLiveError):
+        return b""
+    return data
 
 
 def _gzip_isize(image: Image, layer: Descriptor, any_type: bool = False) -> int | None:

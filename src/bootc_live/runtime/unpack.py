@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .apply import Applier
 from .blobs import VerifyingReader, new_hash, short
-from .decompress import decoded_chunks
+from .decompress import ZSTD_WINDOW_LIMIT, decoded_chunks
 from .errors import LAYER_HINT, BootcLiveError, LayerError, VerificationError
 from .oci import Image
 from .streams import END, ChunkStream
@@ -89,10 +89,11 @@ FEEDER_GRACE = 5.0  # seconds
 class _Feeder(threading.Thread):
     """Reads, verifies and decompresses the image's layers, in order, into a queue."""
 
-    def __init__(self, image: Image, progress: Progress | None) -> None:
+    def __init__(self, image: Image, progress: Progress | None, max_window: int) -> None:
         super().__init__(name="layer-feeder", daemon=True)
         self.image = image
         self.progress = progress
+        self.max_window = max_window  # the largest zstd window a frame may ask
         self.chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self.stopped = threading.Event()  # the consumer is gone: stop at once
         self.abandoned = threading.Event()  # the consumer failed: only verify what is left
@@ -132,7 +133,9 @@ class _Feeder(threading.Thread):
                     index + 1, self.compressed_bytes + done, self.unpacked_bytes + size
                 )
 
-        chunks = layer_chunks(self.image, index, self.abandoned.is_set, read, self.decoders.append)
+        chunks = layer_chunks(
+            self.image, index, self.abandoned.is_set, read, self.decoders.append, self.max_window
+        )
         for chunk in chunks:
             if not self._put(chunk):
                 return
@@ -148,10 +151,11 @@ def layer_chunks(
     abandoned: Callable[[], bool] = lambda: False,
     on_read: Callable[[int], None] | None = None,
     used: Callable[[str], None] | None = None,
+    max_window: int = ZSTD_WINDOW_LIMIT,
 ) -> Generator[bytes, None, None]:
     """Yield layer `index` decompressed; at its end, verify the blob's digest and the diff_id
     (unless an earlier boot stage did: `image.verified_blobs`, `image.verified_diff_ids`).
-    `used` is told the decoder's name."""
+    `used` is told the decoder's name; a zstd frame's window may be `max_window` at most."""
     desc = image.layers[index]
     label = f"layer {index + 1}/{len(image.layers)}"
     diff_id = image.diff_ids[index]
@@ -162,7 +166,7 @@ def layer_chunks(
         raw = cleanup.enter_context(image.source.open_blob(desc))
         reader = VerifyingReader(raw, desc, label, trusted=index in image.verified_blobs)
         try:
-            for chunk in decoded_chunks(reader.read, used):
+            for chunk in decoded_chunks(reader.read, used, max_window):
                 if abandoned():
                     break
                 if diff_hash:
@@ -236,14 +240,16 @@ def unpack_image(
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
     observe: Callable[[TarEntry], None] | None = None,
+    max_window: int = ZSTD_WINDOW_LIMIT,
 ) -> Stats:
     """Apply all layers of `image` onto the directory `dest`, verifying everything (`observe`
-    is told of every entry)."""
+    is told of every entry; a zstd frame may ask a window of `max_window` at most: what a
+    live boot planned)."""
     start = time.monotonic()
     applier = Applier(
         dest, warn or (lambda msg: print(f"bootc-live: {msg}", file=sys.stderr)), observe
     )
-    feeder = _Feeder(image, progress)
+    feeder = _Feeder(image, progress, max_window)
     feeder.start()
     failed = True
     # A blob listed twice (Docker's empty layer, two identical steps) is stored once: it is
