@@ -9,6 +9,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,37 @@ def test_a_failing_token_service_gets_the_password_three_times_at_most(
         f"http://{reg.host}/token?…: HTTP 503 Service Unavailable; giving up after 2 retries"
     )
     assert len(asked) == 3 and PASSWORD not in err.value.line()
+
+
+def test_a_mirror_that_serves_the_image_fetches_within_the_boots_own_bounds(
+    layout: Path,
+) -> None:
+    """A mirror is asked for the image with short deadlines of its own (a dead one hands over
+    soon); once it serves it, every blob comes from it, within bootc.timeout= and
+    bootc.retries= (a 16 s wait per blob failed a boot that allowed 60). Here the boot's own
+    bounds are the tighter: no retry, a stall of 1 s, which the mirror's 2 s wait exceeds."""
+    tight = replace(POLICY, retries=0, stall=1.0)
+    with (
+        fakeregistry.serve(layout, Knobs(blob_delay=2.0)) as mirror,
+        fakeregistry.serve(layout, Knobs()) as reg,
+    ):
+        said: list[str] = []
+        source = RegistrySource(
+            Reference.parse(f"{reg.host}/{REPO}:{TAG}"),
+            tight,
+            said.append,
+            unsecure=True,
+            mirrors=(mirror.host,),
+        )
+        try:
+            with pytest.raises(
+                BootcLiveError, match=r"no data for 1s\); giving up after 0 retries"
+            ):
+                image = resolve(source)  # the config blob: from the mirror too
+                for layer in image.layers:
+                    with source.open_blob(layer) as raw:
+                        VerifyingReader(raw, layer, "layer").finish()
+            assert f"mirror {mirror.host} serves {reg.host}/{REPO}:{TAG}" in said
+            assert not reg.hits("/blobs/")
+        finally:
+            source.close()

@@ -686,7 +686,9 @@ class RegistrySource:
             cafile=cafile,
         )
         # A mirror gets its own credentials from the file, if any: never the registry's; its
-        # own deadlines, the connections asked for.
+        # own short deadlines while it is asked for the image (a dead one hands over soon),
+        # the connections asked for.
+        self.policy = policy
         mirror_policy = replace(MIRROR_POLICY, connections=policy.connections)
         self.endpoints = [
             Endpoint(
@@ -740,6 +742,8 @@ class RegistrySource:
                 continue
             if endpoint.mirror:
                 self.log(f"{endpoint.name} serves {self.ref}")
+                # It serves every blob now: bootc.timeout= and bootc.retries= bound those.
+                endpoint.policy = self.policy
             self.endpoint = endpoint
             self._documents[digest] = raw
             body = raw
