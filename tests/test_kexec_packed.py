@@ -376,3 +376,47 @@ def test_the_exact_check_counts_the_loaders_copies_before_anything_is_moved(
     # The copies of the kernel and initramfs went with stage one's tmpfs; the packed root too.
     assert recorder.system.calls[-1] == ["umount", "-R", str(tmp_path / "kexec")]
     assert not (tmp_path / "initramfs/bootc-live/packed.root").exists()
+
+
+def test_reuse_image_0_hands_nothing_over_and_the_next_stage_fetches_it_again(
+    recorder: Kexec,
+    images: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """bootc.kexec.reuse-image=0 with a packed root at a URL: stage one reads the kernel from
+    it, then the next initrd is the image's initramfs alone, and the next command line names
+    the same URL and pin (it was accepted and the root handed over all the same)."""
+    image = images["squashfs"]
+    data = packed_img(image)
+    sha256 = pin(image)
+    with faulty(data, lambda _n, _s: None) as server:
+        url = server.url("packed.img")
+        status = stage_one(tmp_path, url, sha256, "bootc.kexec.reuse-image=0")
+    next_line = (
+        f"root=bootc-live:packed:{url} bootc.packed.sha256={sha256} bootc.packed.image={IMAGE} "
+        "bootc.keep-modules bootc.kexec=0"
+    )
+    file = str(tmp_path / "kexec/packed/packed.root")
+    assert recorder.system.calls == expected(tmp_path, "squashfs", file, len(data), next_line)
+    assert recorder.loaded[str(tmp_path / "kexec/initrd")] == INITRAMFS
+    assert status["state"] == "kexec-loaded" and status["kexec_handover_bytes"] == 0
+    assert recorder.system.mounted == [] and left_in(tmp_path / "kexec") == []
+
+
+def test_reuse_image_0_with_the_packed_root_in_the_initramfs_stops_before_anything() -> None:
+    from bootc_live.runtime.cmdline import CmdlineError
+
+    argv = [
+        "root=bootc-live:packed:/packed.img",
+        "bootc.packed.sha256=sha256:" + "a" * 64,
+        "bootc.kexec",
+        "bootc.kexec.reuse-image=0",
+    ]
+    with pytest.raises(CmdlineError) as err:
+        parse(argv)
+    assert err.value.line() == (
+        "bootc.kexec.reuse-image=0 with the packed root in the initramfs: the next stage gets "
+        "only the image's own initramfs, so it would not find it; drop "
+        "bootc.kexec.reuse-image=0 (the packed root is handed over), or boot from a URL or a "
+        "registry"
+    )

@@ -820,21 +820,21 @@ IMAGE_OPTIONS = (
 
 
 def check_kexec(values: dict[str, Any]) -> None:
-    """An image in the initramfs is there for stage one only: the next stage gets the image's
-    own initramfs, so it must be handed over."""
+    """An image (or packed root) in the initramfs is there for stage one only: the next stage
+    gets the image's own initramfs, so it must be handed over."""
     image: ImageLocation | None = values.get("image")
     if (
         values.get("kexec")
         and values.get("kexec_reuse_image") is False
         and image is not None
         and image.kind == "path"
-        and not image.packed
     ):
+        what = "packed root" if image.packed else "image"
         raise CmdlineError(
-            "bootc.kexec.reuse-image=0 with the image in the initramfs: the next stage gets "
+            f"bootc.kexec.reuse-image=0 with the {what} in the initramfs: the next stage gets "
             "only the image's own initramfs, so it would not find it",
-            "drop bootc.kexec.reuse-image=0 (the image is handed over), or boot from a URL or "
-            "a registry",
+            f"drop bootc.kexec.reuse-image=0 (the {what} is handed over), or boot from a URL "
+            "or a registry",
         )
 
 

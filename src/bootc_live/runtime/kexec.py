@@ -464,19 +464,30 @@ def packed_kexec_boot(
             fs = source.format
             assert fs is not None  # known once loaded
             report.say(f"kexec: kernel {files.kver} found in the packed root ({fs.name})")
+            reuse = spec.kexec_reuse_image
             report.state(
                 "kexec",
                 kexec_kver=files.kver,
                 kexec_layers_read=0,
-                kexec_handover_bytes=loaded.size,
+                kexec_handover_bytes=loaded.size if reuse else 0,
                 manifest=image,
                 packed_sha256=loaded.sha256,
                 format=fs.name,
                 compressor=fs.compressor,
             )
-            initrd = packed_initrd(files, loaded, workdir)
-            command_line = packed_command_line(cmdline.running(proc_cmdline), loaded.sha256, image)
-            done = f"packed root {loaded.size >> 20} MiB handed over"
+            running = cmdline.running(proc_cmdline)
+            if reuse:
+                initrd = packed_initrd(files, loaded, workdir)
+                command_line = packed_command_line(running, loaded.sha256, image)
+                done = f"packed root {loaded.size >> 20} MiB handed over"
+            else:
+                # bootc.kexec.reuse-image=0: the next stage fetches the packed root again from
+                # where root= names it, against the same bootc.packed.sha256=.
+                _check_loading(files, 0, PACKED_HINT)
+                initrd = os.path.join(workdir, "initrd")
+                os.rename(files.initramfs, initrd)
+                command_line = next_command_line(running, False, "")
+                done = "the packed root not handed over (bootc.kexec.reuse-image=0)"
             load_and_execute(
                 files,
                 initrd,
