@@ -284,3 +284,70 @@ def test_the_pinned_artifact_is_found_among_many(annotated: bool) -> None:
         f"bootc.packed.sha256= pins ({pinned}) (16 examined: the others' annotations name "
         "other packed roots, or they came past the first 16)"
     )
+
+
+def test_push_trusts_the_ca_given_besides_the_systems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`push-packed --ca FILE`, as --help says and as the pull does: FILE besides the system's
+    CAs, not instead of them (a registry whose certificate the system trusts was refused)."""
+    import fakeregistry
+    from bootc_live import pushpacked
+    from imagegen import build_layout, f, layer_tar
+    from servers import throwaway_ca
+
+    system_ca, cert, key = throwaway_ca(tmp_path / "system", "127.0.0.1")
+    other_ca, _, _ = throwaway_ca(tmp_path / "other", "127.0.0.1")
+    monkeypatch.setenv("SSL_CERT_FILE", str(system_ca))  # where OpenSSL finds the system's
+    build_layout(tmp_path / "layout", [layer_tar([f("x", b"x")])], tag=fakeregistry.TAG)
+    with fakeregistry.serve(tmp_path / "layout", fakeregistry.Knobs(tls=(cert, key))) as reg:
+        ref = Reference.parse(f"{reg.host}/{fakeregistry.REPO}:{fakeregistry.TAG}")
+        for ca in (None, str(other_ca)):
+            pushpacked.Pusher(ref, None, lambda _: None, ca=ca).ping()
+
+
+def test_push_requests_follow_retries_and_timeout(tmp_path: Path) -> None:
+    """`push-packed --retries N --timeout S` bound the push as they bound the pull: a
+    connection cut before its answer is tried again (N times), a silent one gives up after S."""
+    import socket
+    import threading
+
+    from bootc_live import pushpacked
+    from bootc_live.runtime.errors import BootcLiveError
+    from servers import hard_timeout
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    seen: list[str] = []
+    done = threading.Event()
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                seen.append("connection")
+                if len(seen) == 1:
+                    continue  # the first is cut before any answer
+                if len(seen) == 3:
+                    done.wait()  # the third says nothing, until the test ends
+                    continue
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    threading.Thread(target=answer, daemon=True).start()
+    ref = Reference.parse(f"127.0.0.1:{port}/x/y:v1")
+    url = f"http://127.0.0.1:{port}/v2/"
+    try:
+        patient = Policy(retries=1, stall=10.0, max_backoff=0.1)
+        status, _, body = pushpacked.Pusher(ref, None, print, policy=patient).request("GET", url)
+        assert (status, body, len(seen)) == (200, b"{}", 2)
+        hasty = Policy(retries=0, stall=1.0)
+        # Without the bound the default minute would pass: the hard limit fails the test first.
+        with hard_timeout(20), pytest.raises(BootcLiveError, match="GET /v2/ failed: timed out"):
+            pushpacked.Pusher(ref, None, print, policy=hasty).request("GET", url)
+    finally:
+        done.set()
+        server.close()

@@ -620,6 +620,7 @@ def cmd_push_packed(args: argparse.Namespace) -> int:
         _say_unless(args),
         unsecure=args.unsecure,
         ca=args.ca,
+        policy=ref.registry.policy,
     )
     subject = {
         "mediaType": image.manifest.media_type,

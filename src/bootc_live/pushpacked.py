@@ -162,6 +162,9 @@ def _same(listed: Any, entry: dict[str, Any]) -> bool:
 _TAG_HINT = "delete that tag in the registry (it is the referrers tag schema's), then push again"
 
 
+PUSH_POLICY = rhttp.Policy(retries=0, stall=60.0)  # without --retries and --timeout
+
+
 class Pusher:
     """The distribution API's writes into one repository: blobs, manifests, tags."""
 
@@ -172,11 +175,13 @@ class Pusher:
         log: Callable[[str], None],
         unsecure: bool = False,
         ca: str | None = None,
+        policy: rhttp.Policy = PUSH_POLICY,
     ) -> None:
         self.ref = ref
         self.log = log
         self.unsecure = unsecure
         self.ca = ca
+        self.policy = policy  # its stall bounds each connection, its retries a failed one
         self.scheme = "https"
         self.auth = RegistryAuth(ref.api_host, ref.repository, credentials, self._token_client)
         self.auth.unsecure = unsecure
@@ -190,43 +195,65 @@ class Pusher:
     def _context(self) -> ssl.SSLContext:
         if self.unsecure:
             return ssl._create_unverified_context()  # an explicit opt-in
-        return ssl.create_default_context(cafile=self.ca)
+        context = ssl.create_default_context()  # the system's CAs, and --ca besides them
+        if self.ca:
+            context.load_verify_locations(cafile=self.ca)
+        return context
 
     def request(
         self, method: str, url: str, body: Body = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """(status, headers, body) of one request, a challenge met (a streamed body is sent
         once the registry accepted the credentials: ask with a small request first)."""
+        failures = 0
         for _attempt in range(3):
             parts = urllib.parse.urlsplit(url)
-            if parts.scheme == "https":
-                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    parts.netloc, timeout=60, context=self._context()
-                )
-            else:
-                conn = http.client.HTTPConnection(parts.netloc, timeout=60)
             target = parts.path + (f"?{parts.query}" if parts.query else "")
-            sent = {**(headers or {}), **self.auth.headers_for(url)}
             try:
-                if callable(body):
-                    conn.request(method, target, body=body(), headers=sent)
-                else:
-                    conn.request(method, target, body=body or None, headers=sent)
-                resp = conn.getresponse()
-                data = resp.read(INDEX_LIMIT + 1)
+                resp, data = self._exchange(parts, method, target, body, headers or {}, url)
             except (OSError, http.client.HTTPException) as err:
+                failures += 1
+                retries = self.policy.retries or 0
+                if failures <= retries and not isinstance(err, ssl.SSLError):
+                    time.sleep(min(2.0 ** (failures - 1), self.policy.max_backoff))
+                    continue  # a connection that failed: the same request again
                 raise RegistryError(
-                    f"registry {self.ref.registry}: {method} {shown(target)} failed: {err}",
+                    f"registry {self.ref.registry}: {method} {shown(target)} failed: {err}"
+                    + (f" ({failures - 1} retries)" if failures > 1 else ""),
                     "check that the registry is up, or --ca / --unsecure for its TLS",
                 ) from None
-            finally:
-                conn.close()
             if resp.status == 401 and self.auth.challenge(
                 url, resp.headers.get("WWW-Authenticate", "")
             ):
                 continue
             return resp.status, resp.headers, data
         raise RegistryError(f"registry {self.ref.registry}: {method} {shown(target)}: 401 again")
+
+    def _exchange(
+        self,
+        parts: urllib.parse.SplitResult,
+        method: str,
+        target: str,
+        body: Body,
+        headers: dict[str, str],
+        url: str,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request on a connection of its own: the answer, and its body (bounded)."""
+        if parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.netloc, timeout=self.policy.stall, context=self._context()
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.netloc, timeout=self.policy.stall)
+        sent = {**headers, **self.auth.headers_for(url)}
+        try:
+            conn.request(
+                method, target, body=body() if callable(body) else body or None, headers=sent
+            )
+            resp = conn.getresponse()
+            return resp, resp.read(INDEX_LIMIT + 1)
+        finally:
+            conn.close()
 
     def _refused(self, what: str, status: int, data: bytes) -> RegistryError:
         why = self.auth.denied if status == 401 else shown(data.decode("utf-8", "replace"), 80)
