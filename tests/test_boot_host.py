@@ -7,6 +7,7 @@ zram device reset. The real kernel does the same in the VM tier (test_vm_modes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 
 from bootc_live.runtime import (
     boot,
+    http,
     kexec,
     memory,
     modules,
@@ -39,6 +42,7 @@ from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.status import Report
 from imagegen import build_layout, d, f, layer_tar, sym
+from servers import hard_timeout
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - the fixtures signer needs
 from test_trust import NAME, Signer, carry_simple, gpg_req, signer  # noqa: F401
 from unpackers import REPO
@@ -611,11 +615,16 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     monkeypatch.setattr(boot, "wait_for_route", lambda *_: None)
     monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
     url = "ftp://me:s3cret@10.0.2.100/root.oci"
-    argv = [f"root=bootc-live:{url}", "rd.debug"]
+    argv = [f"root=bootc-live:{url}", "rd.debug", "bootc.retries=4", "bootc.timeout=7"]
     assert boot.main(["boot", str(tmp_path / "newroot")], lambda: parse(argv)) == 1
     ((args, env),) = seen
     assert "s3cret" not in " ".join(args)
     assert (env["BOOTC_URL"], env["RD_DEBUG"]) == (url, "no")
+    # bootc.retries= and bootc.timeout= reach url-lib's curl, after its own arguments.
+    assert env["BOOTC_CURL_ARGS"] == (
+        "--connect-timeout 7 --speed-time 7 --speed-limit 1 --retry 4"
+    )
+    assert 'curl_args="$curl_args $BOOTC_CURL_ARGS"; fetch_url' in args[2]
     # What it fetched is no oci-archive: named by its URL (no password), and gone from RAM.
     message = json.loads((tmp_path / "run/status.json").read_text())["message"]
     assert message.startswith(
@@ -628,6 +637,36 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     assert mount[-1] == str(tmp_path / "run/download"), system.calls
     assert f"size={3000000 * 1024 - memory.RESERVE}," in mount[4]
     assert system.mounted == []
+
+
+def test_url_libs_curl_gives_up_on_a_silent_server_within_bootc_timeout(tmp_path: Path) -> None:
+    """What those arguments make of the real curl: an FTP server that accepts and says
+    nothing ends the fetch after bootc.timeout= seconds, where curl alone waits for ever
+    (the hard limit would fail the test first)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def silent() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            done.wait()
+            conn.close()
+
+    threading.Thread(target=silent, daemon=True).start()
+    argv = ["curl", "--fail", "--show-error", "--silent", "--output", str(tmp_path / "out")]
+    argv += urllib_dracut.curl_args(http.Policy(retries=0, stall=1.0))
+    try:
+        with hard_timeout(30):
+            result = subprocess.run(
+                [*argv, f"ftp://127.0.0.1:{server.getsockname()[1]}/root.oci"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+    finally:
+        done.set()
+        server.close()
+    assert result.returncode == 28 and "timed out after 1" in result.stderr, result.stderr
 
 
 # Signatures (docs/signatures.md, "At boot").

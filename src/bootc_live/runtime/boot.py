@@ -247,7 +247,7 @@ def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
         report.say(f"fetching the packed root {http.redact(url)}")
         return packed.open_http(url, fetching, report.say)
     report.say(f"fetching the packed root {http.redact(url)} with dracut's url-lib")
-    return packed.UrlLibSource(url)
+    return packed.UrlLibSource(url, fetching)
 
 
 def open_registry_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
@@ -596,7 +596,7 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     path = os.path.join(spool.directory, "download.oci")
     try:
         spool.take(None)
-        urllib_dracut.fetch(url, path)
+        urllib_dracut.fetch(url, path, fetching)
         return ArchiveSource(path, delete=True, name=http.redact(url), release=spool.release)
     except BaseException:  # no oci-archive: the download goes (it is in RAM)
         with contextlib.suppress(FileNotFoundError):

@@ -423,14 +423,15 @@ class UrlLibSource(PackedSource):
     format = None
     in_place = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, policy: http.Policy) -> None:
         self.url = url
+        self.policy = policy  # bootc.retries=, bootc.timeout=
         self.description = http.redact(url)
 
     def store(self, path: str, fetched: Fetched = lambda _: None) -> Stored:
         download = path + ".download"
         try:
-            urllib_dracut.fetch(self.url, download)
+            urllib_dracut.fetch(self.url, download, self.policy)
             with open(download, "rb") as f:
                 if f.read(len(NEWC)) != NEWC:
                     os.rename(download, path)
