@@ -625,7 +625,7 @@ OPTIONS: tuple[Option, ...] = (
         "retries",
         parse_count,
         "bootc.retries=N",
-        "Bound on fetch retries.",
+        "Bound on fetch retries (nfs:// is mounted with the kernel's own).",
         "retry with backoff for 10 minutes",
     ),
     Option(
@@ -633,7 +633,7 @@ OPTIONS: tuple[Option, ...] = (
         "timeout",
         parse_seconds,
         "bootc.timeout=SECONDS",
-        "Per-connection stall timeout, from 0.1 s to a day.",
+        "Per-connection stall timeout, from 0.1 s to a day (nfs:// excepted).",
     ),
     Option(
         "bootc.connections",
