@@ -20,6 +20,7 @@ from bootc_live.runtime.blobs import VerifyingReader
 from bootc_live.runtime.errors import BootcLiveError, ImageError, VerificationError
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.registry import Reference, RegistrySource
+from bootc_live.runtime.unpack import unpack_image
 from fakeregistry import REPO, TAG, Knobs
 from imagegen import build_layout, d, f, layer_tar
 from registries import auth_json
@@ -328,3 +329,24 @@ def test_a_mirror_that_serves_the_image_fetches_within_the_boots_own_bounds(
             assert not reg.hits("/blobs/")
         finally:
             source.close()
+
+
+def test_the_first_layers_blob_named_again_later_is_not_waited_for(tmp_path: Path) -> None:
+    """Layers [E, a, b, c, d, E] (Docker's empty layer twice): the fetch-ahead queued E's
+    blob behind a to d, whose slots fill the budget until the feeder reads them, while the
+    feeder, at layer 0, waited for E's fetch: the boot hung."""
+    empty = layer_tar([])
+    layers = [empty, *(layer_tar([f(f"f{i}", b"x%d" % i)]) for i in range(1, 5)), empty]
+    build_layout(tmp_path / "layout", layers, tag=TAG)
+    (tmp_path / "root").mkdir()
+    with fakeregistry.serve(tmp_path / "layout", Knobs()) as reg:
+        source = RegistrySource(
+            Reference.parse(f"{reg.host}/{REPO}:{TAG}"), POLICY, lambda _: None, unsecure=True
+        )
+        try:
+            image = resolve(source)
+            with hard_timeout(60):
+                stats = unpack_image(image, str(tmp_path / "root"))
+        finally:
+            source.close()
+    assert stats.entries == 4 and (tmp_path / "root/f4").read_bytes() == b"x4"

@@ -761,8 +761,11 @@ class RegistrySource:
         fetched ahead (verified then, like any other stream) or a live stream.
         """
         todo: dict[str, Descriptor] = {}  # a layer named twice is fetched ahead once
+        # Nor is the first layer's blob, named again later (Docker's empty layer): the feeder
+        # opens it first, and would wait for its fetch queued behind the others' slots.
+        first = layers[0].digest if layers else ""
         for d in layers[1:]:
-            if d.size <= PREFETCH_MAX_BLOB and d.digest not in self._ahead:
+            if d.size <= PREFETCH_MAX_BLOB and d.digest not in self._ahead and d.digest != first:
                 todo.setdefault(d.digest, d)
         for desc in todo.values():
             fetch = _Fetch(desc)
