@@ -337,11 +337,14 @@ def test_kvm_is_not_chosen_for_a_user_who_cannot_open_it(
 
 
 def test_an_interactive_guest_is_stopped_at_the_timeout(tmp_path: Path) -> None:
-    pid = tmp_path / "pid"
-    result = vm.run_interactive(sh(f"echo $$ > {pid}; exec sleep 30"), 1.0)
+    """By SIGTERM first: QEMU then gives the terminal back as it found it (after a SIGKILL
+    it stays raw, without echo); the stand-in says when its TERM handler ran."""
+    pid, restored = tmp_path / "pid", tmp_path / "restored"
+    script = f"sleep 30 & trap 'kill $!; echo yes > {restored}; exit 0' TERM; echo $$ > {pid}; wait"
+    result = vm.run_interactive(sh(script), 1.0)
     assert result.ended == "timeout"
     assert result.verdict(1.0) == "no verdict after 1 s, so the guest was stopped (raise --timeout)"
-    assert gone(pid)
+    assert gone(pid) and restored.read_text() == "yes\n"
 
 
 def test_an_interactive_guest_goes_with_the_command(tmp_path: Path) -> None:

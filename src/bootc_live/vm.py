@@ -26,6 +26,7 @@ from .runtime.errors import BootcLiveError
 QEMU = "qemu-system-x86_64"
 GUEST_SERVER = "10.0.2.100"  # what the guest sees of a host server (guestfwd to 127.0.0.1)
 KVM_PROBE_CACHE = Path("/run/bootc-live-kvm-usable")
+QEMU_GRACE = 5.0  # seconds QEMU has to end on SIGTERM before SIGKILL
 # What the console shows when a boot failed, and when the machine stopped (QEMU may not exit
 # on a halt): a boot that shows the first and then the second has ended in failure.
 FAILURES = (
@@ -409,7 +410,12 @@ def run_interactive(argv: list[str], timeout: float) -> Boot:
         return Boot("", "timeout", time.monotonic() - start)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            # SIGTERM: QEMU gives the terminal back as it was (raw mode, no echo after a kill).
+            proc.terminate()
+            try:
+                proc.wait(QEMU_GRACE)
+            except _run.TimeoutExpired:
+                proc.kill()
         proc.wait()
     return Boot("", "exit" if code == 0 else "qemu", time.monotonic() - start, status=code)
 
