@@ -87,3 +87,29 @@ def test_an_interrupted_command_cleans_up_and_goes_with_what_it_started(tmp_path
     stopped(f"from bootc_live.runtime import run; run.run(['sh', '-c', {command!r}])", ready)
     assert not temp.exists()  # its TERM trap ran
     assert gone(child)
+
+
+def test_a_second_interrupt_during_the_grace_still_ends_everything(tmp_path: Path) -> None:
+    """Ctrl-C, then Ctrl-C again while the command cleans up: what it started (here a child
+    deaf to SIGTERM) is out of the terminal's reach in its own session, so it is killed all
+    the same, not left running."""
+    child, ready = tmp_path / "child", tmp_path / "ready"
+    command = (
+        f"(trap '' TERM; exec sleep 300) & echo $! > {child}; "
+        f"trap 'sleep 30; exit 1' TERM; touch {ready}; wait"
+    )
+    script = (
+        "import os, signal, threading\n"
+        "from bootc_live.runtime import run\n"
+        "def again():\n"
+        f"    while not os.path.exists({str(ready)!r}): pass\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "threading.Thread(target=again, daemon=True).start()\n"
+        f"run.run(['sh', '-c', {command!r}])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0 and "KeyboardInterrupt" in result.stderr, result.stderr
+    assert gone(child)

@@ -108,22 +108,20 @@ GRACE = 5.0  # seconds a command's processes have to clean up after SIGTERM, bef
 
 def end_group(proc: subprocess.Popen[str]) -> None:
     """End the command started in a session of its own, and all it started: SIGTERM first
-    (dracut removes its temporary files), SIGKILL for what is left after GRACE seconds."""
-    for signum, wait in ((signal.SIGTERM, GRACE), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:  # the whole group is gone
-            break
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        if signum == signal.SIGTERM:
-            # The leader is gone; whatever it left in the group (a background child) ends now.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
+    (dracut removes its temporary files), then, after at most GRACE seconds (or at once when
+    the wait is itself interrupted), SIGKILL for whatever is left of the group."""
+    try:
+        _signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(GRACE)
+    finally:
+        _signal_group(proc, signal.SIGKILL)  # what the leader left behind, or the leader
+        proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[str], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone
+        os.killpg(proc.pid, signum)
 
 
 def _limit_files(size: int) -> None:
