@@ -90,26 +90,29 @@ def test_an_interrupted_command_cleans_up_and_goes_with_what_it_started(tmp_path
 
 
 def test_a_second_interrupt_during_the_grace_still_ends_everything(tmp_path: Path) -> None:
-    """Ctrl-C, then Ctrl-C again while the command cleans up: what it started (here a child
-    deaf to SIGTERM) is out of the terminal's reach in its own session, so it is killed all
-    the same, not left running."""
-    child, ready = tmp_path / "child", tmp_path / "ready"
+    """Ctrl-C, then Ctrl-C again while the command cleans up (its TERM handler runs): what it
+    started (here a child deaf to SIGTERM) is out of the terminal's reach in its own session,
+    so it is killed all the same, not left running."""
+    child, ready, terming = tmp_path / "child", tmp_path / "ready", tmp_path / "terming"
     command = (
         f"(trap '' TERM; exec sleep 300) & echo $! > {child}; "
-        f"trap 'sleep 30; exit 1' TERM; touch {ready}; wait"
+        f"trap 'touch {terming}; sleep 30; exit 1' TERM; touch {ready}; wait"
     )
     script = (
-        "import os, signal, threading\n"
+        "import os, signal, threading, time\n"
         "from bootc_live.runtime import run\n"
-        "def again():\n"
-        f"    while not os.path.exists({str(ready)!r}): pass\n"
+        "def interrupt(when):\n"
+        "    while not os.path.exists(when):\n"
+        "        time.sleep(0.01)\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
-        "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
-        "threading.Thread(target=again, daemon=True).start()\n"
+        "def twice():\n"
+        f"    interrupt({str(ready)!r})\n"
+        f"    interrupt({str(terming)!r})  # the first interrupt's SIGTERM reached it\n"
+        "threading.Thread(target=twice, daemon=True).start()\n"
         f"run.run(['sh', '-c', {command!r}])\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode != 0 and "KeyboardInterrupt" in result.stderr, result.stderr
-    assert gone(child)
+    assert terming.exists() and gone(child)
