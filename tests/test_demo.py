@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.demo import demo_layers, fresh_image_dir, report
+from bootc_live.demo import WROTE, demo_layers, fresh_image_dir, report
 from bootc_live.layout import write_layout
 from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.vm import Boot
@@ -80,7 +80,7 @@ def test_an_image_directory_demo_did_not_write_is_kept(tmp_path: Path) -> None:
     (image / "thesis").mkdir(parents=True)
     (image / "thesis" / "chapter1.tex").write_text("years of work\n")
     with pytest.raises(BootcLiveError, match="is not a demo image an earlier run wrote"):
-        fresh_image_dir(image)
+        fresh_image_dir(tmp_path)
     assert (image / "thesis" / "chapter1.tex").read_text() == "years of work\n"
     # Through the command, as root, in a work directory of root's: the same refusal.
     code, err = demo(tmp_path)
@@ -88,10 +88,30 @@ def test_an_image_directory_demo_did_not_write_is_kept(tmp_path: Path) -> None:
     assert (image / "thesis" / "chapter1.tex").read_text() == "years of work\n"
 
 
-def test_an_earlier_runs_image_is_replaced(tmp_path: Path) -> None:
-    write_layout(tmp_path / "image", demo_layers(), "demo")
-    fresh_image_dir(tmp_path / "image")
+def test_only_the_layout_an_earlier_run_recorded_is_replaced(tmp_path: Path) -> None:
+    """An OCI layout of someone else's at WORKDIR/image (a skopeo copy, tagged demo even) is
+    kept: only the one whose digest demo recorded beside it goes."""
+    digest = write_layout(tmp_path / "image", demo_layers(), "demo")
+    (tmp_path / "image/blobs/notes.txt").write_text("mine\n")
+    with pytest.raises(BootcLiveError, match="is not a demo image an earlier run wrote"):
+        fresh_image_dir(tmp_path)  # nothing recorded
+    (tmp_path / WROTE).write_text("sha256:" + "0" * 64 + "\n")
+    with pytest.raises(BootcLiveError, match="is not a demo image an earlier run wrote"):
+        fresh_image_dir(tmp_path)  # another image recorded
+    assert (tmp_path / "image/blobs/notes.txt").exists()
+    (tmp_path / WROTE).write_text(digest + "\n")
+    assert fresh_image_dir(tmp_path) == tmp_path / "image"
     assert not os.path.lexists(tmp_path / "image")
+
+
+def test_a_qemu_that_fails_is_named_with_its_message(capsys: pytest.CaptureFixture[str]) -> None:
+    output = "qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory\n"
+    assert report(Boot(output, "qemu", 0.2, status=1)) == 1
+    assert capsys.readouterr().err == (
+        "bootc-live demo: FAILED: the live system did not come up (qemu after 0s: "
+        "qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory); "
+        "see the console log\n"
+    )
 
 
 @pytest.mark.vm
@@ -106,15 +126,5 @@ def test_demo_boots_live_and_reports(tmp_path: Path) -> None:
     assert "/etc/old-motd whited out by layer 3: yes" in out
     assert "bootc-live: live root ready: sha256:" in out
     assert workdir.stat().st_mode & 0o777 == 0o700
-    assert sorted(os.listdir(workdir)) == ["artifacts", "console.log", "image"]
+    assert sorted(os.listdir(workdir)) == [WROTE, "artifacts", "console.log", "image"]
     assert "BOOTC-LIVE-REPORT root=ro" in (workdir / "console.log").read_text()
-
-
-def test_a_qemu_that_fails_is_named_with_its_message(capsys: pytest.CaptureFixture[str]) -> None:
-    output = "qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory\n"
-    assert report(Boot(output, "qemu", 0.2, status=1)) == 1
-    assert capsys.readouterr().err == (
-        "bootc-live demo: FAILED: the live system did not come up (qemu after 0s: "
-        "qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory); "
-        "see the console log\n"
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -102,7 +103,7 @@ def parse_report(rest: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in rest.split() if "=" in item)
 
 
-LAYOUT_NAMES = frozenset({"oci-layout", "index.json", "blobs"})  # what write_layout makes
+WROTE = ".demo-image"  # in the work directory: the digest of the demo image written there
 
 
 def own_workdir(workdir: Path) -> Path:
@@ -155,16 +156,24 @@ def _others_cannot_change(directory: Path) -> bool:
     return not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX)
 
 
-def fresh_image_dir(image: Path) -> None:
-    """Remove the demo image an earlier run wrote; refuse anything else at that name."""
+def fresh_image_dir(workdir: Path) -> Path:
+    """WORKDIR/image, empty: the demo image an earlier run wrote there is removed (its index
+    names the digest that run recorded); anything else at that name is refused."""
+    image = workdir / "image"
     if not os.path.lexists(image):
-        return
-    if image.is_symlink() or not image.is_dir() or not set(os.listdir(image)) <= LAYOUT_NAMES:
+        return image
+    try:
+        listed = json.loads((image / "index.json").read_text())["manifests"]
+        ours = [m["digest"] for m in listed] == [(workdir / WROTE).read_text().strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if image.is_symlink() or not ours:
         raise BootcLiveError(
             f"{image} is not a demo image an earlier run wrote, and demo would replace it",
             "move it away, or choose another --workdir",
         )
     shutil.rmtree(image)
+    return image
 
 
 def run_demo(workdir: Path, mem: int, flavour: str, verbose: bool) -> int:
@@ -178,8 +187,9 @@ def run_demo(workdir: Path, mem: int, flavour: str, verbose: bool) -> int:
             raise BootcLiveError(f"{tool} is missing", f"apt-get install {package} (or ./setup)")
     kver = host_kernel()
     say = print
-    fresh_image_dir(workdir / "image")
-    digest = write_layout(workdir / "image", demo_layers(), "demo")
+    image = fresh_image_dir(workdir)
+    digest = write_layout(image, demo_layers(), "demo")
+    (workdir / WROTE).write_text(digest + "\n")
     say(f"bootc-live demo: 1/3 demo image {digest[:19]}… (busybox, 3 layers) in {workdir}/image")
     artifacts = workdir / "artifacts"
     build(
