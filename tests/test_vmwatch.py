@@ -300,10 +300,12 @@ def test_served_names_reach_the_guest_whatever_their_characters(tmp_path: Path) 
     from bootc_live.runtime import cmdline, http
 
     (tmp_path / "cmdline.txt").write_text("root=bootc-live:/bootc-live/image\n")
-    for name in ("root.oci", "my root.oci", "root#1.oci", "räder?.oci", "100%.oci", "a,b=c"):
+    names = ["root.oci", "my root.oci", "root#1.oci", "räder?.oci", "100%.oci", "a,b=c"]
+    names.append(os.fsdecode(b"\xffroot.oci"))  # not UTF-8
+    for name in names:
         served = tmp_path / "served" / name
         served.parent.mkdir(exist_ok=True)
-        served.write_bytes(b"DATA " + name.encode())
+        served.write_bytes(b"DATA " + os.fsencode(name))
         append = f"root=bootc-live:{vm.served_url(served)}"
         line = kernel_command_line(VmConfig(tmp_path, append=append, embedded=False))
         spec = cmdline.parse(cmdline.split(line))

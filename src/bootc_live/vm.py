@@ -429,7 +429,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         print("bootc-live vm: served " + fmt % args, file=sys.stderr)
 
     def do_GET(self) -> None:
-        if urllib.parse.unquote(self.path.partition("?")[0].lstrip("/")) != self.path_served.name:
+        asked = urllib.parse.unquote_to_bytes(self.path.partition("?")[0].lstrip("/"))
+        if asked != os.fsencode(self.path_served.name):
             self.send_error(404)
             return
         size = self.path_served.stat().st_size
@@ -462,7 +463,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
 def served_url(path: Path) -> str:
     """The guest's URL of `path` served by serve(): its name percent-encoded, as a URL's path
     must be (a space would end root= on the kernel command line, a # start a fragment)."""
-    return f"http://{GUEST_SERVER}/{urllib.parse.quote(path.name)}"
+    return f"http://{GUEST_SERVER}/{urllib.parse.quote(os.fsencode(path.name))}"
 
 
 @contextlib.contextmanager
