@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime.apply import rmtree
-from imagegen import build_layout, f, layer_tar
+from bootc_live.runtime.apply import Applier, rmtree
+from bootc_live.runtime.errors import LayerError
+from bootc_live.runtime.streams import FileStream
+from imagegen import build_layout, f, layer_tar, sym
 from unpackers import REPO, assert_clean_failure, bootc_live, need, tool
 
 pytestmark = pytest.mark.integration
@@ -119,3 +122,32 @@ def test_a_path_of_path_max_or_more_is_refused(tmp_path: Path, depth: int, refus
     finally:  # pytest's own clean-up recurses a level a frame: too deep for it
         for tree in (dest, theirs):
             rmtree(str(tree))
+
+
+def test_no_directory_is_made_past_path_max_through_a_link(tmp_path: Path) -> None:
+    """An entry whose name is short but which a link leads deep: its missing parents are made
+    up to PATH_MAX at most, then it is refused (the applier itself, without the clean-up a
+    failed unpack does; 1100 levels were made below the link's 1000 before)."""
+    deep = "d/" * 1000  # the link's target: 2000 bytes with the root's "/"
+    below = "a/" * 1100  # then 2200 bytes more, made as the entry's parents
+    entries = [f(deep + "keep", b"k"), sym("l", deep.rstrip("/")), f("l/" + below + "f", b"")]
+    root = tmp_path / "root"
+    root.mkdir()
+    applier = Applier(str(root), print)
+    try:
+        with pytest.raises(LayerError, match="would be at a path of over 4095 bytes"):
+            applier.apply_layer(FileStream(io.BytesIO(layer_tar(entries))))
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        made = 0
+        for part in [*deep.rstrip("/").split("/"), *below.rstrip("/").split("/")]:
+            try:
+                fd, parent = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            except FileNotFoundError:
+                break
+            os.close(parent)
+            made += part == "a"
+        os.close(fd)
+        assert made > 0 and 2000 + 2 * made < 4096, made
+    finally:
+        applier.close()
+        rmtree(str(root))

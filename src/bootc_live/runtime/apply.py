@@ -584,6 +584,7 @@ class Applier:
                 except FileNotFoundError:
                     if not create:
                         raise
+                    _check_length((*names, part), key)  # reached through links, perhaps
                     os.mkdir(part, 0o755, dir_fd=cur)
                     fd = os.open(part, _DIR_FLAGS, dir_fd=cur)
                     enter(fd)
