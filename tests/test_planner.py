@@ -20,7 +20,7 @@ from bootc_live.runtime.oci import Image, resolve
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.unpack import unpack_image
-from imagegen import MT_LAYER, build_layout, d, f, layer_tar
+from imagegen import MT_LAYER, build_layout, compress, d, f, layer_tar
 
 # Incompressible, so the compressed size is close to the unpacked one: 3x is then a lot.
 LAYERS = [layer_tar([d("etc"), f("etc/a", b"a" * 5000)]), layer_tar([f("big", os.urandom(70_000))])]
@@ -431,6 +431,13 @@ def test_a_zstd_window_beyond_the_reserve_is_planned_and_no_frame_asks_more(
     (tmp_path / "root").mkdir()
     with pytest.raises(BootcLiveError, match="need a window over 8 MiB"):
         unpack_image(image, str(tmp_path / "root"), max_window=8 * MIB)
+    # A window over what the decoders take is planned as that, and refused as it is read.
+    image = resolve(LayoutSource(str(tmp_path / "zstd")))
+    huge = compress(os.urandom(1000), "zstd", window_log=31)
+    monkeypatch.setattr(memory, "_head", lambda *_: huge)
+    assert decompress.zstd_window(huge) == 2 << 30
+    assert memory.zstd_window(image) == decompress.ZSTD_WINDOW_LIMIT
+    monkeypatch.undo()
     # A first frame that cannot be read is planned as the most a decoder takes.
     image = resolve(LayoutSource(str(tmp_path / "zstd")))
     (tmp_path / "zstd/blobs/sha256" / image.layers[0].digest[7:]).unlink()

@@ -225,14 +225,16 @@ def estimate(image: Image) -> Estimate:
 
 def zstd_window(image: Image) -> int:
     """The window the decoder of the image's zstd layers holds: the largest their first
-    frames declare, ZSTD_RESERVED_WINDOW at least; decompress.ZSTD_WINDOW_LIMIT for a layer
-    whose first frame cannot be read. The unpack refuses a later frame that asks more."""
+    frames declare, ZSTD_RESERVED_WINDOW at least, decompress.ZSTD_WINDOW_LIMIT at most (and
+    for a layer whose first frame cannot be read). The unpack refuses a frame that asks
+    more."""
     window = ZSTD_RESERVED_WINDOW
     for layer in image.layers:
         if "zstd" in layer.media_type:
             declared = decompress.zstd_window(_head(image, layer, ZSTD_HEAD))
             window = max(window, decompress.ZSTD_WINDOW_LIMIT if declared is None else declared)
-    return window
+    # More than the decoders take is refused as the layer is read, with its reason.
+    return min(window, decompress.ZSTD_WINDOW_LIMIT)
 
 
 def _head(image: Image, layer: Descriptor, n: int) -> bytes:
