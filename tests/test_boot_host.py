@@ -8,6 +8,7 @@ zram device reset. The real kernel does the same in the VM tier (test_vm_modes).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -1023,3 +1024,61 @@ def test_a_stopped_boot_says_so_in_its_status(tmp_path: Path) -> None:
     assert line in boot_process.stderr.read().splitlines()
     status = json.loads((tmp_path / "run/status.json").read_text())
     assert (status["state"], status["after"], status["message"]) == ("failed", "resolving", line)
+
+
+def test_the_registry_options_reach_the_registry_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bootc.retries=, bootc.timeout=, bootc.connections=, bootc.registry.unsecure,
+    bootc.registry.auth=, bootc.registry.mirror= and .digest-only, as the boot opens a
+    registry: each reaches what fetches (the parser's tests stop at the spec)."""
+    monkeypatch.setattr(boot, "wait_for_route", lambda *_: None)
+    auth = tmp_path / "other-auth.json"
+    auth.write_text(json.dumps({"auths": {"reg.example:5000": {"auth": "dTpw"}}}))  # u:p
+    argv = [
+        "root=bootc-live:docker://reg.example:5000/team/app:v1",
+        "bootc.retries=3",
+        "bootc.timeout=7",
+        "bootc.connections=2",
+        "bootc.registry.unsecure",
+        f"bootc.registry.auth={auth}",
+        "bootc.registry.mirror=mirror.example:5000",
+    ]
+    report = Report(stream=io.StringIO(), directory=str(tmp_path / "run"))
+    source = boot.open_registry_source(parse(argv), report)
+    mirror, upstream = source.endpoints
+    assert (mirror.host, mirror.mirror, upstream.host) == (
+        "mirror.example:5000",
+        True,
+        "reg.example:5000",
+    )
+    assert (upstream.policy.retries, upstream.policy.stall, upstream.policy.connections) == (
+        3,
+        7.0,
+        2,
+    )
+    assert upstream.unsecure and mirror.unsecure
+    assert upstream.auth.credentials == ("u", "p") and mirror.auth.credentials is None
+    # digest-only: a tag goes to the registry alone.
+    source = boot.open_registry_source(parse([*argv, "bootc.registry.mirror.digest-only"]), report)
+    assert [e.host for e in source.endpoints] == ["reg.example:5000"]
+    # Without bootc.registry.unsecure, never unsecure.
+    source = boot.open_registry_source(parse(argv[:4]), report)
+    assert not any(e.unsecure for e in source.endpoints)
+
+
+def test_bootc_platform_picks_the_image_the_boot_resolves(tmp_path: Path) -> None:
+    """An index of two platforms under one tag: bootc.platform= picks which one the boot
+    resolves and checks (the parser's tests stop at the spec)."""
+    layout = tmp_path / "layout"
+    infos = {
+        arch: build_layout(
+            layout, [layer_tar([f("arch", arch.encode())])], platform=("linux", arch)
+        )
+        for arch in ("amd64", "arm64")
+    }
+    for arch, info in infos.items():
+        spec = parse([f"root=bootc-live:{layout}", f"bootc.platform=linux/{arch}"])
+        report = Report(stream=io.StringIO(), directory=str(tmp_path / "run"))
+        image = boot.resolve_and_trust(spec, LayoutSource(str(layout)), report)
+        assert image.manifest_digest == info.manifest_digest, arch
