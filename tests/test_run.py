@@ -82,9 +82,14 @@ def test_an_interrupted_command_cleans_up_and_goes_with_what_it_started(tmp_path
     child, temp, ready = tmp_path / "child", tmp_path / "temp", tmp_path / "ready"
     command = (
         f"trap 'rm -f {temp}; exit 1' TERM; touch {temp}; "
-        f"sleep 300 & echo $! > {child}; touch {ready}; wait"
+        f"sleep 300 & echo $! > {child}; read go; touch {ready}; wait"
     )
-    stopped(f"from bootc_live.runtime import run; run.run(['sh', '-c', {command!r}])", ready)
+    # `read go`: the command says it is ready once run() is waiting for it (it got the input),
+    # not while run() is still starting it.
+    stopped(
+        f"from bootc_live.runtime import run; run.run(['sh', '-c', {command!r}], input='go\\n')",
+        ready,
+    )
     assert not temp.exists()  # its TERM trap ran
     assert gone(child)
 
@@ -96,11 +101,13 @@ def test_a_second_interrupt_during_the_grace_still_ends_everything(tmp_path: Pat
     child, ready, terming = tmp_path / "child", tmp_path / "ready", tmp_path / "terming"
     command = (
         f"(trap '' TERM; exec sleep 300) & echo $! > {child}; "
-        f"trap 'touch {terming}; sleep 30; exit 1' TERM; touch {ready}; wait"
+        f"trap 'touch {terming}; sleep 30; exit 1' TERM; read go; touch {ready}; wait"
     )
     script = (
         "import os, signal, threading, time\n"
         "from bootc_live.runtime import run\n"
+        # A pytest-xdist worker ignores SIGINT, and so would this child: Ctrl-C's handler.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def interrupt(when):\n"
         "    while not os.path.exists(when):\n"
         "        time.sleep(0.01)\n"
@@ -109,7 +116,7 @@ def test_a_second_interrupt_during_the_grace_still_ends_everything(tmp_path: Pat
         f"    interrupt({str(ready)!r})\n"
         f"    interrupt({str(terming)!r})  # the first interrupt's SIGTERM reached it\n"
         "threading.Thread(target=twice, daemon=True).start()\n"
-        f"run.run(['sh', '-c', {command!r}])\n"
+        f"run.run(['sh', '-c', {command!r}], input='go\\n')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
