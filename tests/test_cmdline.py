@@ -46,6 +46,14 @@ def test_defaults() -> None:
             "bootc-live:docker://quay.io/a/b:1@sha256:" + "a" * 64,
             ImageLocation("docker", "quay.io/a/b:1@sha256:" + "a" * 64),
         ),
+        (
+            "bootc-live:block:LABEL=images:/live/root.oci",
+            ImageLocation("block", "/live/root.oci", device="LABEL=images"),
+        ),
+        (
+            "bootc-live:block:/dev/disk/by-path/pci-0000:00:04.0-part1:/layout",
+            ImageLocation("block", "/layout", device="/dev/disk/by-path/pci-0000:00:04.0-part1"),
+        ),
         ("/dev/sda1", None),
     ],
 )
@@ -227,7 +235,18 @@ def test_rd_debug_and_bootc_debug(args: list[str], debug: bool) -> None:
         ("bootc.timeout=1e10", "invalid bootc.timeout=1e10: expected a number of seconds"),
         ("bootc.timeout=1e-300", "invalid bootc.timeout=1e-300: expected a number of seconds"),
         ("root=bootc-live:relative/path", "invalid root=bootc-live:relative/path"),
-        ("root=bootc-live:block:LABEL=x", "invalid root=bootc-live:block:LABEL=x"),
+        (
+            "root=bootc-live:block:LABEL=x",
+            "invalid root=bootc-live:block:LABEL=x: expected block:DEV:/PATH, DEV one of LABEL=",
+        ),
+        ("root=bootc-live:block:sda1:/x", "invalid root=bootc-live:block:sda1:/x: expected block"),
+        ("root=bootc-live:block:UUID=:/x", "invalid root=bootc-live:block:UUID=:/x: expected"),
+        (
+            "root=bootc-live:block:LABEL=a:/x/../../etc",
+            "invalid root=bootc-live:block:LABEL=a:/x/../../etc: expected block:DEV:/PATH, DEV "
+            "one of LABEL=…, UUID=…, PARTUUID=… or /dev/…; PATH without .. components",
+        ),
+        ("root=bootc-live:packed:block:LABEL=a:/p", "invalid root=bootc-live:packed:block:"),
         ("bootclabel=", "bootclabel= needs a value"),
         ("bootclabel=-x", "invalid bootclabel=-x: expected a reference name"),
         ("bootclabel=a//b", "invalid bootclabel=a//b: expected a reference name"),

@@ -46,7 +46,17 @@ ROOTS = [
     "bootc-live:HTTP://example.org/root.oci",
     "bootc-live:file:///root.oci",
     "bootc-live:docker:/one-slash",
-    "bootc-live:block:LABEL=data:/image.oci",  # once parsed, never implemented: removed
+    "bootc-live:block:LABEL=data:/image.oci",
+    "bootc-live:block:UUID=0b7c-11ee:/images/layout",
+    "bootc-live:block:PARTUUID=6e0a0a53-01:/root.oci",
+    "bootc-live:block:/dev/disk/by-path/pci-0000:00:04.0-part1:/images/root.oci",
+    "bootc-live:block:LABEL=a:b:/x:/y",
+    "bootc-live:block:data:/image.oci",
+    "bootc-live:block:LABEL=:/image.oci",
+    "bootc-live:block:/dev/:/image.oci",
+    "bootc-live:block:LABEL=data",
+    "bootc-live:block:LABEL=data:/images/../root.oci",
+    "bootc-live:block:LABEL=data:/images/..",
     "bootc-live",
     "BOOTC-LIVE:/image",
     "/dev/sda1",
@@ -85,7 +95,7 @@ def test_the_shell_grammar_is_the_runtimes(value: str) -> None:
 
 
 def test_the_grammar_covers_every_kind_of_root() -> None:
-    assert {python_kind(v) for v in ROOTS} == {"path", "url", "docker", "invalid", ""}
+    assert {python_kind(v) for v in ROOTS} == {"path", "url", "docker", "block", "invalid", ""}
 
 
 @pytest.mark.parametrize("value", ROOTS)

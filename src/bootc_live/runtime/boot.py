@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, NoReturn
 
 from . import (
+    block,
     cmdline,
     handover,
     http,
@@ -572,6 +573,9 @@ def open_source(spec: BootSpec, report: Report) -> ImageSource:
     if spec.image.kind == "docker":
         return open_registry_source(spec, report)
     path = spec.image.location
+    if spec.image.kind == "block":
+        seconds = spec.timeout or cmdline.BLOCK_WAIT
+        return block.open_disk(spec.image.device, path, seconds, report.say)
     if os.path.isdir(path):
         # Blobs inside the initramfs are deleted as their layers are applied: memory comes back.
         return LayoutSource(path, consume=True)

@@ -26,8 +26,12 @@ from .registry import Reference
 
 ROOT_PREFIX = "bootc-live:"
 PACKED_PREFIX = "packed:"
+BLOCK_PREFIX = "block:"
+# How block:DEV names its device: by a filesystem's label or UUID, a partition's UUID, or a path.
+DEVICE_TAGS = ("LABEL=", "UUID=", "PARTUUID=")
 _TRUE = {"", "1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
+BLOCK_WAIT = 90  # seconds block:DEV is waited for without bootc.timeout= (systemd's device default)
 MAX_SECONDS = 86400  # a day: beyond, a stall is no longer one (and sockets refuse 1e10)
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
 _SIZE = re.compile(r"([0-9]+)([KMGT]?)(i?B)?", re.IGNORECASE)
@@ -45,14 +49,17 @@ class CmdlineError(BootcLiveError):
 class ImageLocation:
     """Where the image comes from: `root=bootc-live:…` (not the root filesystem: see RootMode)."""
 
-    kind: str  # "path", "url" or "docker"
-    location: str  # PATH, URL or REF
+    kind: str  # "path", "url", "docker" or "block"
+    location: str  # PATH, URL or REF; for "block", PATH on the device's filesystem
     packed: bool = False  # `packed:`: a squashfs or EROFS image of the root, not an OCI image
+    device: str = ""  # "block": LABEL=…, UUID=…, PARTUUID=… or /dev/…
 
     def __str__(self) -> str:
         packed = PACKED_PREFIX if self.packed else ""
         if self.kind == "docker":
             return f"{ROOT_PREFIX}{packed}docker://{self.location}"
+        if self.kind == "block":
+            return f"{ROOT_PREFIX}{BLOCK_PREFIX}{self.device}:{self.location}"
         return ROOT_PREFIX + packed + self.location
 
 
@@ -179,7 +186,26 @@ def parse_root(value: str) -> ImageLocation | None:
         return ImageLocation("url", url_root(rest))
     if rest.startswith("/"):
         return ImageLocation("path", rest)
-    raise ValueError("expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://… or docker://REF")
+    if rest.startswith(BLOCK_PREFIX):
+        return block_root(rest[len(BLOCK_PREFIX) :])
+    raise ValueError(
+        "expected /PATH, http(s)://…, ftp://…, tftp://…, nfs://…, docker://REF or block:DEV:/PATH"
+    )
+
+
+def block_root(text: str) -> ImageLocation:
+    """DEV:/PATH of `block:DEV:/PATH`: the path starts at the first ":/" (a /dev/disk/by-path
+    name holds colons, none followed by a slash)."""
+    device, sep, path = text.partition(":/")
+    usage = "expected block:DEV:/PATH, DEV one of LABEL=…, UUID=…, PARTUUID=… or /dev/…"
+    tagged = device.startswith(DEVICE_TAGS) and device.partition("=")[2] != ""
+    named = device.startswith("/dev/") and len(device) > len("/dev/")
+    if not sep or not (tagged or named):
+        raise ValueError(usage)
+    path = "/" + path
+    if ".." in path.split("/"):
+        raise ValueError(f"{usage}; PATH without .. components")
+    return ImageLocation("block", path, device=device)
 
 
 def docker_ref(text: str) -> str:
@@ -370,6 +396,16 @@ OPTIONS: tuple[Option, ...] = (
         "root=bootc-live:docker://REF",
         "Pull from an OCI registry: HOST[:PORT]/PATH[:TAG][@sha256:…]; Docker Hub short "
         "names are normalised.",
+    ),
+    Option(
+        "root",
+        "image",
+        parse_root,
+        "root=bootc-live:block:DEV:/PATH",
+        "An oci-archive file or OCI layout directory at PATH on a local disk's filesystem; DEV "
+        "is LABEL=, UUID=, PARTUUID= or /dev/…. The device is waited for (bootc.timeout=, "
+        f"else {BLOCK_WAIT} s), mounted read-only for the unpack and unmounted before switch "
+        "root: the machine runs from RAM, the disk is left as it was.",
     ),
     Option(
         "root",
@@ -633,7 +669,8 @@ OPTIONS: tuple[Option, ...] = (
         "timeout",
         parse_seconds,
         "bootc.timeout=SECONDS",
-        "Per-connection stall timeout, from 0.1 s to a day (nfs:// excepted).",
+        "Per-connection stall timeout, from 0.1 s to a day (nfs:// excepted); with "
+        "root=bootc-live:block:…, how long its device is waited for.",
     ),
     Option(
         "bootc.connections",

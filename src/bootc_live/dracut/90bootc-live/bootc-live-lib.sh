@@ -2,7 +2,7 @@
 # The root= grammar for the hooks and generators of every bootc-live module, read as the
 # runtime's parser (bootc_live.runtime.cmdline.parse_root) reads it; a test holds them equal.
 
-# What root=VALUE names: path, url or docker (a packed root too); invalid (the runtime stops
+# What root=VALUE names: path, url, docker (a packed root too) or block; invalid (the runtime stops
 # the boot and says why); nothing when the root is not bootc-live's.
 bootc_live_root_kind() {
     case "$1" in
@@ -14,6 +14,9 @@ bootc_live_root_kind() {
         bootc-live:packed:http://* | bootc-live:packed:https://* | bootc-live:packed:ftp://* | \
             bootc-live:packed:tftp://* | bootc-live:packed:nfs://*) echo url ;;
         bootc-live:/* | bootc-live:packed:/*) echo path ;;
+        bootc-live:block:*/../* | bootc-live:block:*/..) echo invalid ;;
+        bootc-live:block:LABEL=?*:/* | bootc-live:block:UUID=?*:/* | \
+            bootc-live:block:PARTUUID=?*:/* | bootc-live:block:/dev/?*:/*) echo block ;;
         bootc-live:*) echo invalid ;;
     esac
 }

@@ -39,8 +39,11 @@ _bootc_live_inst_extension() {
 # device, squashfs or EROFS as the build chose for this kernel, with overlays for /etc and /var.
 # In this module, not an optional one: build always writes packed.img, so every initramfs it
 # makes must boot it (a few hundred KiB, freed at boot when unused).
+# root=bootc-live:block:… reads the image from a local filesystem: the usual ones for a disk of
+# images or a USB stick (the image's own dracut configuration may add more).
 installkernel() {
     hostonly='' instmods loop squashfs erofs overlay
+    hostonly='' instmods ext4 vfat isofs nls_cp437 nls_utf8
 }
 
 install() {
