@@ -6,6 +6,8 @@ without it; the host asserts on that line and on bootc-live's one-line failure m
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +23,7 @@ from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, f, layer_tar
 from newc import read_archive
+from unpackers import need
 from vmboot import assert_live, assert_stopped, run, variant
 
 pytestmark = pytest.mark.vm
@@ -232,3 +235,70 @@ def test_an_image_larger_than_planned_stops_at_the_roots_budget(
     assert planned["need"] < planned["available"] < 400 << 20, planned  # accepted, short
     line = next(m for m in result.messages if "/bomb" in m)
     assert line.endswith("add RAM or use bootc.zram="), line
+
+
+# -- an image on a local disk: root=bootc-live:block:DEV:/PATH --------------------------------
+
+
+def disk_image(path: Path, tree: Path, *options: str) -> Path:
+    """An ext4 filesystem image holding `tree`, made without mounting it (mkfs.ext4 -d)."""
+    with open(path, "wb") as out:
+        out.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", *options, "-d", str(tree), str(path)], check=True)
+    return path
+
+
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+@pytest.mark.parametrize(
+    ("flavour", "device", "path"),
+    [
+        # A label udev names with an escape (bootc\x2fimages), the oci-archive on it.
+        ("systemd", "LABEL=bootc/images", "/images/root.oci"),
+        # A UUID given in upper case (blkid writes ext4's in lower), an OCI layout on it.
+        ("shell", f"UUID={UUID.upper()}", "/os/layout"),
+    ],
+)
+def test_an_image_on_a_local_disk_boots_and_the_disk_is_let_go(
+    artifacts: dict[str, Path], images: Path, flavour: str, device: str, path: str, tmp_path: Path
+) -> None:
+    need(shutil.which("mkfs.ext4") is not None, "needs mkfs.ext4 (e2fsprogs)")
+    tree = tmp_path / "tree"
+    (tree / "images").mkdir(parents=True)
+    shutil.copy(artifacts[flavour] / "root.oci", tree / "images" / "root.oci")
+    shutil.copytree(images / "layout", tree / "os" / "layout")
+    disk = disk_image(tmp_path / "disk.img", tree, "-L", "bootc/images", "-U", UUID)
+    root = f"root=bootc-live:block:{device}:{path} bootclabel=demo"
+    result = run(artifacts[flavour], root, disks=(disk,), embedded=False)
+    # The live system runs from RAM: its root a tmpfs, no disk of the guest's mounted.
+    assert_live(result, root="ro", etc="rw", var="rw", fstype="tmpfs", whiteout="yes", disks="0")
+    said = f"bootc-live: reading the image from {device} (/dev/vda), mounted read-only, at {path}"
+    assert said in result.messages, result.messages
+    assert result.statuses[0]["source"] == f"bootc-live:block:{device}:{path}"
+
+
+@pytest.mark.parametrize(
+    ("flavour", "append", "message"),
+    [
+        (
+            "shell",
+            "root=bootc-live:block:LABEL=absent:/images/root.oci bootc.timeout=2",
+            "root=bootc-live:block:LABEL=absent: no such block device appeared in 2 s; check",
+        ),
+        (
+            "systemd",
+            "root=bootc-live:block:/dev/vda:/images/absent.oci",
+            "root=bootc-live:block:/dev/vda:/images/absent.oci: no such file or directory on "
+            "the disk; give the path",
+        ),
+    ],
+)
+def test_an_image_not_on_the_disk_stops_the_boot_with_the_reason(
+    artifacts: dict[str, Path], flavour: str, append: str, message: str, tmp_path: Path
+) -> None:
+    need(shutil.which("mkfs.ext4") is not None, "needs mkfs.ext4 (e2fsprogs)")
+    (tmp_path / "tree" / "images").mkdir(parents=True)
+    disk = disk_image(tmp_path / "disk.img", tmp_path / "tree", "-L", "images")
+    result = run(artifacts[flavour], f"{append} bootclabel=demo", disks=(disk,), embedded=False)
+    assert_stopped(result, message)

@@ -4,6 +4,7 @@ plumbing on stand-in commands (no QEMU)."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -393,3 +394,33 @@ def test_one_guest_port_is_forwarded_once(tmp_path: Path) -> None:
             f"--forward 80:{args[-1].split(':')[1]}: guest port 80 is forwarded already, by {by}; "
             "give each guest port one --forward (--serve takes port 80)"
         ), result.stderr
+
+
+def test_disks_are_attached_read_only_whatever_their_names(tmp_path: Path) -> None:
+    """`vm --disk FILE`: judged by QEMU's monitor (`info block`, no guest run), the drive is
+    FILE itself and read-only, a comma in its name included (`,readonly=off` would otherwise
+    be an option of its own)."""
+    disk = tmp_path / "d,readonly=off"
+    disk.write_bytes(b"\0" * 65536)
+    args = vm.disk_args((disk,))
+    drive = args[args.index("-drive") + 1]
+    argv = [vm.QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
+    argv += ["-monitor", "stdio", "-drive", drive]
+    shown = subprocess.run(
+        argv, input="info block\nquit\n", capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert re.search(
+        rf"^disk0 \(#block[0-9]+\): {re.escape(str(disk))} \(raw, read-only\)$", shown, re.M
+    ), shown
+    assert args[2:] == ["-device", "virtio-blk-pci,drive=disk0"]
+
+
+def test_a_missing_disk_is_one_line(tmp_path: Path) -> None:
+    from unpackers import bootc_live
+
+    result = bootc_live("vm", str(tmp_path), "--disk", str(tmp_path / "none.img"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"bootc-live: --disk {tmp_path}/none.img: no such file or block device; "
+        "give a raw disk image file"
+    ), result.stderr

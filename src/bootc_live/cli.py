@@ -703,16 +703,24 @@ def cmd_vm(args: argparse.Namespace) -> int:
                 )
             forwards += ((int(guest), int(host or guest)),)
         fetched = bool(args.serve or args.forward)
+        disks = tuple(Path(d) for d in args.disk)
+        for disk in disks:
+            if not (disk.is_file() or disk.is_block_device()):
+                raise UsageError(
+                    f"--disk {disk}: no such file or block device", "give a raw disk image file"
+                )
         config = vm.VmConfig(
             Path(args.artifacts),
             append=append,
             mem=args.mem,
             pxe=args.pxe,
             packed=args.packed,
-            embedded=not fetched,  # the image comes over the network: no copy in the initramfs
+            # The image comes over the network or from a disk: no copy in the initramfs.
+            embedded=not (fetched or disks),
             accel=args.accel,
             network=fetched or args.net,
             forwards=forwards,
+            disks=disks,
         )
         result = vm.boot(config, timeout=args.timeout, interactive=sys.stdin.isatty())
     verdict = result.verdict(args.timeout)
@@ -951,6 +959,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--net", action="store_true", help="give the guest a NIC on QEMU's restricted user network"
+    )
+    p.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="attach FILE, a raw disk image, as a read-only virtio disk and boot initrd.img "
+        "alone (repeatable): boot an image on it with --append "
+        "root=bootc-live:block:LABEL=…:/PATH",
     )
     p.set_defaults(func=cmd_vm)
 

@@ -47,7 +47,7 @@ echo "image:    $(cat /etc/bootc-live-demo); /etc/old-motd whited out by layer 3
 echo "BOOTC-LIVE-REPORT root=$(probe /) etc=$(probe /etc) var=$(probe /var)" \
     "fstype=$(field / 3) rootopts=$(field / 4) etcopts=$(field /etc 4)" \
     "memtotal=$(mem MemTotal) memused=$(($(mem MemTotal) - $(mem MemAvailable)))" \
-    "whiteout=$gone"
+    "whiteout=$gone disks=$(awk '$1 ~ /^\/dev\/vd/ { n++ } END { print n + 0 }' /proc/mounts)"
 sync
 poweroff -f
 """

@@ -56,6 +56,7 @@ class VmConfig:
     tftp: Path | None = None  # served by QEMU itself at tftp://10.0.2.2/
     dead_nic: bool = False  # an extra NIC first, whose link is up but never gets an address
     packed: bool = False  # the packed root: cmdline-packed.txt, packed.img as the second initrd
+    disks: tuple[Path, ...] = ()  # raw disk images, attached read-only (root=bootc-live:block:…)
 
 
 @dataclass
@@ -141,6 +142,7 @@ def qemu_argv(config: VmConfig, initrd: Path, accel: str) -> list[str]:
         "-initrd", str(initrd),
         "-append", kernel_command_line(config),
         *network_args(config),
+        *disk_args(config.disks),
         *config.extra,
     ]  # fmt: skip
 
@@ -161,6 +163,15 @@ def network_args(config: VmConfig) -> list[str]:
         # A hub with nothing else on it: carrier up, but DHCP never answers.
         args += ["-netdev", "hubport,id=dead,hubid=7", "-device", "virtio-net-pci,netdev=dead"]
     return [*args, "-netdev", user, "-device", "virtio-net-pci,netdev=n0"]
+
+
+def disk_args(disks: tuple[Path, ...]) -> list[str]:
+    """Each file as a read-only virtio disk (the guest cannot change it), in order: vda, vdb…"""
+    args = []
+    for n, disk in enumerate(disks):
+        drive = f"file={option_value(str(disk))},if=none,id=disk{n},format=raw,readonly=on"
+        args += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{n}"]
+    return args
 
 
 def option_value(text: str) -> str:
