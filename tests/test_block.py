@@ -14,6 +14,7 @@ import pytest
 
 from bootc_live.runtime import block
 from bootc_live.runtime.blobs import Descriptor
+from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
 from imagegen import build_layout, f, layer_tar
 from unpackers import need
@@ -36,6 +37,34 @@ def test_labels_are_named_as_udev_names_them(label: str, tmp_path: Path) -> None
     fields = dict(line.split("=", 1) for line in probed.splitlines() if "=" in line)
     assert block.udev_name(label) == fields["ID_FS_LABEL_ENC"]
     assert block.candidates(f"LABEL={label}") == [f"/dev/disk/by-label/{fields['ID_FS_LABEL_ENC']}"]
+
+
+@pytest.mark.parametrize(
+    ("mkfs", "given"),
+    [
+        (
+            ["mkfs.ext4", "-q", "-U", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"],
+            "0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0",
+        ),
+        (["mkfs.vfat", "-i", "ABCD1234"], "abcd-1234"),
+    ],
+)
+def test_uuids_in_the_other_case_find_udevs_name(
+    mkfs: list[str], given: str, tmp_path: Path
+) -> None:
+    # The oracle: blkid's ID_FS_UUID_ENC (ext4's in lower case, FAT's in upper case), from
+    # which udev makes /dev/disk/by-uuid/NAME.
+    need(shutil.which(mkfs[0]) is not None, f"needs {mkfs[0]}")
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as out:
+        out.truncate(8 << 20)
+    subprocess.run([*mkfs, str(disk)], check=True, capture_output=True)
+    probed = subprocess.run(
+        ["blkid", "-p", "-o", "udev", str(disk)], check=True, capture_output=True, text=True
+    ).stdout
+    fields = dict(line.split("=", 1) for line in probed.splitlines() if "=" in line)
+    assert fields["ID_FS_UUID_ENC"] != given
+    assert f"/dev/disk/by-uuid/{fields['ID_FS_UUID_ENC']}" in block.candidates(f"UUID={given}")
 
 
 def test_uuids_are_looked_for_as_written_and_in_either_case() -> None:
@@ -178,3 +207,23 @@ def test_a_missing_image_stops_with_the_disk_unmounted(
         block.open_disk("LABEL=images", path, 5, print)
     assert message in err.value.line()
     assert calls[0][0] == "mount" and calls[-1] == ["umount", str(mountpoint)]
+
+
+def test_a_filesystem_that_does_not_mount_is_one_line(
+    disk: tuple[Path, list[list[str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, calls = disk
+    detail = "mount: /run/bootc-live/disk: wrong fs type, bad option, bad superblock on /dev/vdz."
+
+    def refuse(argv: list[str], **_: object) -> str:
+        calls.append(argv)
+        raise CommandError("mount failed", detail=detail)
+
+    monkeypatch.setattr(block, "run", refuse)
+    with pytest.raises(block.DiskError) as err:
+        block.open_disk("LABEL=images", "/root.oci", 5, print)
+    assert err.value.line().startswith(
+        "root=bootc-live:block:LABEL=images: /dev/vdz could not be mounted read-only: "
+        f"{detail[:-1]}; the image must be on a filesystem"
+    )
+    assert [argv[0] for argv in calls] == ["mount"]  # nothing mounted, nothing to unmount

@@ -240,35 +240,54 @@ def test_an_image_larger_than_planned_stops_at_the_roots_budget(
 # -- an image on a local disk: root=bootc-live:block:DEV:/PATH --------------------------------
 
 
-def disk_image(path: Path, tree: Path, *options: str) -> Path:
-    """An ext4 filesystem image holding `tree`, made without mounting it (mkfs.ext4 -d)."""
+def disk_image(path: Path, tree: Path, fstype: str, label: str, uuid: str) -> Path:
+    """A filesystem image holding `tree`, made without mounting it: ext4 (mkfs.ext4 -d) or FAT
+    (mkfs.vfat, then mtools' mcopy)."""
     with open(path, "wb") as out:
         out.truncate(32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", *options, "-d", str(tree), str(path)], check=True)
+    if fstype == "ext4":
+        need(shutil.which("mkfs.ext4") is not None, "needs mkfs.ext4 (e2fsprogs)")
+        argv = ["mkfs.ext4", "-q", "-L", label, "-U", uuid, "-d", str(tree), str(path)]
+        subprocess.run(argv, check=True)
+        return path
+    need(shutil.which("mkfs.vfat") is not None, "needs mkfs.vfat (dosfstools)")
+    need(shutil.which("mcopy") is not None, "needs mcopy (mtools)")
+    volume_id = uuid.replace("-", "")
+    subprocess.run(["mkfs.vfat", "-n", label, "-i", volume_id, str(path)], check=True)
+    top = [str(p) for p in sorted(tree.iterdir())]
+    subprocess.run(["mcopy", "-s", "-i", str(path), *top, "::/"], check=True)
     return path
 
 
-UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+EXT4_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
 
 @pytest.mark.parametrize(
-    ("flavour", "device", "path"),
+    ("flavour", "fstype", "device", "path"),
     [
-        # A label udev names with an escape (bootc\x2fimages), the oci-archive on it.
-        ("systemd", "LABEL=bootc/images", "/images/root.oci"),
-        # A UUID given in upper case (blkid writes ext4's in lower), an OCI layout on it.
-        ("shell", f"UUID={UUID.upper()}", "/os/layout"),
+        # ext4: a label udev names with an escape (bootc\x2fimages), the oci-archive on it.
+        ("systemd", "ext4", "LABEL=bootc/images", "/images/root.oci"),
+        # FAT, as on a USB stick: its UUID (blkid writes ABCD-1234) given in lower case, an OCI
+        # layout on it.
+        ("shell", "vfat", "UUID=abcd-1234", "/os/layout"),
     ],
 )
 def test_an_image_on_a_local_disk_boots_and_the_disk_is_let_go(
-    artifacts: dict[str, Path], images: Path, flavour: str, device: str, path: str, tmp_path: Path
+    artifacts: dict[str, Path],
+    images: Path,
+    flavour: str,
+    fstype: str,
+    device: str,
+    path: str,
+    tmp_path: Path,
 ) -> None:
-    need(shutil.which("mkfs.ext4") is not None, "needs mkfs.ext4 (e2fsprogs)")
     tree = tmp_path / "tree"
     (tree / "images").mkdir(parents=True)
     shutil.copy(artifacts[flavour] / "root.oci", tree / "images" / "root.oci")
     shutil.copytree(images / "layout", tree / "os" / "layout")
-    disk = disk_image(tmp_path / "disk.img", tree, "-L", "bootc/images", "-U", UUID)
+    uuid = EXT4_UUID if fstype == "ext4" else "ABCD-1234"
+    label = "bootc/images" if fstype == "ext4" else "IMAGES"
+    disk = disk_image(tmp_path / "disk.img", tree, fstype, label, uuid)
     root = f"root=bootc-live:block:{device}:{path} bootclabel=demo"
     result = run(artifacts[flavour], root, disks=(disk,), embedded=False)
     # The live system runs from RAM: its root a tmpfs, no disk of the guest's mounted.
@@ -297,8 +316,7 @@ def test_an_image_on_a_local_disk_boots_and_the_disk_is_let_go(
 def test_an_image_not_on_the_disk_stops_the_boot_with_the_reason(
     artifacts: dict[str, Path], flavour: str, append: str, message: str, tmp_path: Path
 ) -> None:
-    need(shutil.which("mkfs.ext4") is not None, "needs mkfs.ext4 (e2fsprogs)")
     (tmp_path / "tree" / "images").mkdir(parents=True)
-    disk = disk_image(tmp_path / "disk.img", tmp_path / "tree", "-L", "images")
+    disk = disk_image(tmp_path / "disk.img", tmp_path / "tree", "ext4", "images", EXT4_UUID)
     result = run(artifacts[flavour], f"{append} bootclabel=demo", disks=(disk,), embedded=False)
     assert_stopped(result, message)

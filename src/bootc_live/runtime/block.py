@@ -89,15 +89,16 @@ def wait_for(
         sleep(POLL)
 
 
-def mount(device: str, path: str, mountpoint: str) -> None:
-    """`device`'s filesystem read-only at `mountpoint` (its type as mount finds it)."""
+def mount(found: str, device: str, mountpoint: str) -> None:
+    """The filesystem on `found` (what `device` named) read-only at `mountpoint`, its type as
+    mount finds it."""
     os.makedirs(mountpoint, mode=0o700, exist_ok=True)
     try:
-        run(["mount", "-o", "ro,nosuid,nodev,noexec", device, mountpoint])
+        run(["mount", "-o", "ro,nosuid,nodev,noexec", found, mountpoint])
     except CommandError as err:
         raise DiskError(
-            f"root=bootc-live:block:…: {path} ({device}) could not be mounted read-only: "
-            f"{err.detail}",
+            f"root=bootc-live:block:{device}: {found} could not be mounted read-only: "
+            f"{err.detail.rstrip('.')}",
             "the image must be on a filesystem this initramfs's kernel mounts (ext4, vfat, "
             "iso9660, or one the image's dracut configuration adds) and not need repair",
         ) from None

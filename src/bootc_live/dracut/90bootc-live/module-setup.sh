@@ -43,7 +43,7 @@ _bootc_live_inst_extension() {
 # images or a USB stick (the image's own dracut configuration may add more).
 installkernel() {
     hostonly='' instmods loop squashfs erofs overlay
-    hostonly='' instmods ext4 vfat isofs nls_cp437 nls_utf8
+    hostonly='' instmods ext4 vfat isofs nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
 }
 
 install() {
