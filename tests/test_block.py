@@ -3,10 +3,14 @@ lifetime and the path on the disk (the boot itself: test_vm.py's block tests).""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import pytest
 
 from bootc_live.runtime import block
 from bootc_live.runtime.blobs import Descriptor
+from bootc_live.runtime.errors import BootcLiveError, Stopped
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
 from imagegen import build_layout, f, layer_tar
@@ -65,6 +70,14 @@ def test_uuids_in_the_other_case_find_udevs_name(
     fields = dict(line.split("=", 1) for line in probed.splitlines() if "=" in line)
     assert fields["ID_FS_UUID_ENC"] != given
     assert f"/dev/disk/by-uuid/{fields['ID_FS_UUID_ENC']}" in block.candidates(f"UUID={given}")
+
+
+def test_a_label_may_be_written_with_dracuts_escapes() -> None:
+    # dracut writes a space in LABEL= as \x20 (the kernel command line splits at spaces).
+    by_label = "/dev/disk/by-label/my\\x20images\\x2fall"
+    assert block.candidates("LABEL=my\\x20images/all") == [by_label]
+    assert block.candidates("LABEL=my images\\x2Fall") == [by_label]
+    assert block.candidates("LABEL=caf\\xc3\\xa9") == ["/dev/disk/by-label/café"]
 
 
 def test_uuids_are_looked_for_as_written_and_in_either_case() -> None:
@@ -137,32 +150,66 @@ def test_a_path_that_is_no_block_device_is_refused_at_once(tmp_path: Path) -> No
     assert clock.sleeps == 0
 
 
-@pytest.fixture()
-def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[list[str]]]:
-    """A directory standing for the mounted disk (mount and umount recorded, not run)."""
-    mountpoint = tmp_path / "mnt"
-    monkeypatch.setattr(block, "MOUNTPOINT", str(mountpoint))
-    monkeypatch.setattr(block, "wait_for", lambda device, seconds, say: "/dev/vdz")
-    calls: list[list[str]] = []
+class FakeDisk:
+    """The device /dev/vdz for open_disk: its read-only flag, and mount and umount recorded
+    (the directory `mountpoint` stands for the mounted filesystem)."""
 
-    def run(argv: list[str], **_: object) -> str:
-        calls.append(argv)
+    def __init__(self, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        self.calls: list[list[str]] = []
+        self.read_only = False
+        self.is_mounted = False
+        self.refuse: str = ""  # mount fails saying this
+        self.stop_after_mount = False  # a stop signal lands once mount(2) has mounted
+
+    def run(self, argv: list[str], **_: object) -> str:
+        self.calls.append(argv)
+        if argv[0] == "mount":
+            assert self.read_only, "mounted while the device could be written"
+            if self.refuse:
+                raise CommandError("mount failed", detail=self.refuse)
+            self.is_mounted = True
+            if self.stop_after_mount:
+                raise Stopped(signal.SIGTERM)
+        elif argv[0] == "umount":
+            self.is_mounted = False
         return ""
 
-    monkeypatch.setattr(block, "run", run)
-    return mountpoint, calls
+    def flag(self, device: str, value: bool | None = None) -> bool:
+        assert device == "/dev/vdz"
+        if value is not None:
+            self.read_only = value
+        return self.read_only
+
+    def let_go(self) -> bool:
+        """Whether the disk is as open_disk found it: unmounted, writable again."""
+        return not self.is_mounted and not self.read_only
 
 
-def test_the_image_is_read_from_the_disk_and_nothing_on_it_is_deleted(
-    disk: tuple[Path, list[list[str]]], tmp_path: Path
-) -> None:
-    mountpoint, calls = disk
-    build_layout(mountpoint / "os" / "layout", [layer_tar([f("hello", b"hi")])], tag="t")
-    blobs = sorted((mountpoint / "os" / "layout" / "blobs" / "sha256").iterdir())
+@pytest.fixture()
+def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDisk:
+    fake = FakeDisk(tmp_path / "mnt")
+    monkeypatch.setattr(block, "MOUNTPOINT", str(fake.mountpoint))
+    monkeypatch.setattr(block, "wait_for", lambda device, seconds, say: "/dev/vdz")
+    monkeypatch.setattr(block, "run", fake.run)
+    monkeypatch.setattr(block, "read_only_flag", fake.flag)
+    monkeypatch.setattr(
+        block, "mounted", lambda path: path == str(fake.mountpoint) and fake.is_mounted
+    )
+    return fake
+
+
+def test_the_image_is_read_from_the_disk_and_nothing_on_it_is_deleted(disk: FakeDisk) -> None:
+    layout = disk.mountpoint / "os" / "layout"
+    build_layout(layout, [layer_tar([f("hello", b"hi")])], tag="t")
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
     said: list[str] = []
     source = block.open_disk("LABEL=images", "/os/layout", 5, said.append)
     assert isinstance(source.inner, LayoutSource) and not source.inner.consume
-    assert calls == [["mount", "-o", "ro,nosuid,nodev,noexec", "/dev/vdz", str(mountpoint)]]
+    assert disk.calls == [
+        ["mount", "-o", "ro,nosuid,nodev,noexec", "/dev/vdz", str(disk.mountpoint)]
+    ]
+    assert disk.read_only and disk.is_mounted
     assert said == [
         "reading the image from LABEL=images (/dev/vdz), mounted read-only, at /os/layout"
     ]
@@ -170,60 +217,165 @@ def test_the_image_is_read_from_the_disk_and_nothing_on_it_is_deleted(
     for blob in blobs:
         source.release(_descriptor(blob))
     source.close()
-    assert sorted((mountpoint / "os" / "layout" / "blobs" / "sha256").iterdir()) == blobs
-    assert calls[-1] == ["umount", str(mountpoint)]
+    assert sorted((layout / "blobs" / "sha256").iterdir()) == blobs
+    assert disk.calls[-1] == ["umount", str(disk.mountpoint)] and disk.let_go()
 
 
 def _descriptor(blob: Path) -> Descriptor:
     return Descriptor("application/octet-stream", f"sha256:{blob.name}", blob.stat().st_size)
 
 
-def test_an_archive_on_the_disk_is_read_in_place(disk: tuple[Path, list[list[str]]]) -> None:
-    mountpoint, calls = disk
-    layout = mountpoint / "tmp-layout"
+def test_an_archive_on_the_disk_is_read_in_place(disk: FakeDisk) -> None:
+    layout = disk.mountpoint / "tmp-layout"
     build_layout(layout, [layer_tar([f("hello", b"hi")])], tag="t")
-    archive = mountpoint / "root.oci"
+    archive = disk.mountpoint / "root.oci"
     subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
     source = block.open_disk("/dev/vdz", "/root.oci", 5, print)
     assert isinstance(source.inner, ArchiveSource) and not source.inner.delete
+    assert source.inner.description == "oci-archive:/dev/vdz:/root.oci"
     source.close()
-    assert archive.exists() and calls[-1] == ["umount", str(mountpoint)]
+    assert archive.exists() and disk.let_go()
 
 
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("/nothere.oci", "/nothere.oci: no such file or directory on the disk"),
-        ("/escape", ":/escape leads out of the disk's filesystem (a symbolic link)"),
+        ("/nothere.oci", "LABEL=images:/nothere.oci: no such file or directory on the disk"),
+        ("/escape", "LABEL=images:/escape leads out of the disk's filesystem (a symbolic link)"),
+        ("/fifo", "LABEL=images:/fifo: neither a file nor a directory (a pipe, socket or"),
+        ("/empty", "LABEL=images:/empty is not an OCI image layout (no index.json); give"),
     ],
 )
-def test_a_missing_image_stops_with_the_disk_unmounted(
-    disk: tuple[Path, list[list[str]]], path: str, message: str
+def test_a_missing_image_stops_with_the_disk_let_go(
+    disk: FakeDisk, path: str, message: str
 ) -> None:
-    mountpoint, calls = disk
-    mountpoint.mkdir()
-    (mountpoint / "escape").symlink_to("/etc")
-    with pytest.raises(block.DiskError) as err:
+    disk.mountpoint.mkdir()
+    (disk.mountpoint / "escape").symlink_to("/etc")
+    os.mkfifo(disk.mountpoint / "fifo")
+    (disk.mountpoint / "empty").mkdir()
+    with pytest.raises(BootcLiveError) as err:
         block.open_disk("LABEL=images", path, 5, print)
-    assert message in err.value.line()
-    assert calls[0][0] == "mount" and calls[-1] == ["umount", str(mountpoint)]
+    assert message in err.value.line() and str(disk.mountpoint) not in err.value.line()
+    assert disk.calls[0][0] == "mount" and disk.let_go()
 
 
-def test_a_filesystem_that_does_not_mount_is_one_line(
-    disk: tuple[Path, list[list[str]]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, calls = disk
-    detail = "mount: /run/bootc-live/disk: wrong fs type, bad option, bad superblock on /dev/vdz."
+def test_a_layouts_links_off_the_disk_are_not_followed(disk: FakeDisk, tmp_path: Path) -> None:
+    # Every byte of this image lies outside the disk: its layout holds only links to it.
+    outside = tmp_path / "outside"
+    build_layout(outside, [layer_tar([f("hello", b"hi")])], tag="t")
+    layout = disk.mountpoint / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "index.json").write_bytes((outside / "index.json").read_bytes())
+    for blob in (outside / "blobs" / "sha256").iterdir():
+        (layout / "blobs" / "sha256" / blob.name).symlink_to(blob)
+    source = block.open_disk("LABEL=images", "/layout", 5, print)
+    blob = next((outside / "blobs" / "sha256").iterdir())
+    for read in (
+        lambda: source.open_blob(_descriptor(blob)),
+        lambda: source.tail(_descriptor(blob), 8),
+    ):
+        with pytest.raises(block.DiskError) as err:
+            read()
+        assert err.value.line() == (
+            f"root=bootc-live:block:LABEL=images:/layout: /layout/blobs/sha256/{blob.name} is a "
+            "link that leads off the disk's filesystem; copy the layout with its blobs as "
+            "files (cp -rL)"
+        )
+    (layout / "index.json").unlink()
+    (layout / "index.json").symlink_to(outside / "index.json")
+    with pytest.raises(block.DiskError, match=r"index\.json is a link that leads off"):
+        source.index_json()
+    source.close()
+    assert disk.let_go()
 
-    def refuse(argv: list[str], **_: object) -> str:
-        calls.append(argv)
-        raise CommandError("mount failed", detail=detail)
 
-    monkeypatch.setattr(block, "run", refuse)
+def test_a_filesystem_that_does_not_mount_is_one_line(disk: FakeDisk) -> None:
+    disk.refuse = "mount: /run/bootc-live/disk: wrong fs type, bad option, bad superblock."
     with pytest.raises(block.DiskError) as err:
         block.open_disk("LABEL=images", "/root.oci", 5, print)
     assert err.value.line().startswith(
         "root=bootc-live:block:LABEL=images: /dev/vdz could not be mounted read-only: "
-        f"{detail[:-1]}; the image must be on a filesystem"
+        f"{disk.refuse[:-1]}; it must be a filesystem this initramfs mounts"
     )
-    assert [argv[0] for argv in calls] == ["mount"]  # nothing mounted, nothing to unmount
+    assert [argv[0] for argv in disk.calls] == ["mount"]  # nothing mounted, nothing to unmount
+    assert disk.let_go()
+
+
+def test_a_stop_signal_during_the_mount_still_lets_the_disk_go(disk: FakeDisk) -> None:
+    # mount(2) cannot be interrupted: a signal that lands while mount(8) runs finds the
+    # filesystem mounted.
+    disk.stop_after_mount = True
+    with pytest.raises(Stopped):
+        block.open_disk("LABEL=images", "/root.oci", 5, print)
+    assert disk.calls[-1] == ["umount", str(disk.mountpoint)] and disk.let_go()
+
+
+# Run by the test below in a private mount namespace: open_disk on a real loop device.
+CHILD = r"""
+import json, sys
+from bootc_live.runtime import block, errors
+device, block.MOUNTPOINT = sys.argv[1], sys.argv[2]
+out = {}
+try:
+    source = block.open_disk(device, "/images/root.oci", 5, lambda _: None)
+    out["read_only_while_mounted"] = block.read_only_flag(device)
+    out["index_json"] = len(source.index_json())
+    source.close()
+except errors.BootcLiveError as err:
+    out["error"] = err.line()
+out["read_only_after"] = block.read_only_flag(device)
+out["mounted_after"] = block.mounted(block.MOUNTPOINT)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("dirty", [False, True])
+def test_a_real_disk_is_never_written_not_even_by_a_journal_replay(
+    dirty: bool, tmp_path: Path
+) -> None:
+    # The kernel replays an ext4 journal even for a read-only mount (as for a USB stick pulled
+    # while mounted), unless the device itself is read-only: open_disk makes it so while it is
+    # mounted, and then as it was. Judged by the image's bytes, on a real loop device.
+    need(os.geteuid() == 0, "loop devices and mount namespaces need root")
+    for tool in ("mkfs.ext4", "debugfs", "losetup", "unshare"):
+        need(shutil.which(tool) is not None, f"needs {tool}")
+    layout = tmp_path / "layout"
+    build_layout(layout, [layer_tar([f("hello", b"hi")])], tag="t")
+    (tmp_path / "tree" / "images").mkdir(parents=True)
+    archive = tmp_path / "tree" / "images" / "root.oci"
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as out:
+        out.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tmp_path / "tree"), str(image)], check=True)
+    if dirty:
+        argv = ["debugfs", "-w", "-R", "feature needs_recovery", str(image)]
+        subprocess.run(argv, check=True, capture_output=True)
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        mountpoint = tmp_path / "mnt"
+        src = Path(block.__file__).parents[2]
+        namespace = ["unshare", "--mount", "--propagation", "private"]
+        child = subprocess.run(
+            [*namespace, sys.executable, "-c", CHILD, loop, str(mountpoint)],
+            env={**os.environ, "PYTHONPATH": str(src)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=True)
+    assert child.returncode == 0, child.stderr
+    seen = json.loads(child.stdout)
+    assert seen["read_only_after"] is False and seen["mounted_after"] is False, seen
+    if dirty:
+        assert seen["error"].startswith(
+            f"root=bootc-live:block:{loop}: {loop} could not be mounted read-only: "
+        ), seen
+        assert "clean: one left with a journal to replay" in seen["error"], seen
+    else:
+        assert seen["read_only_while_mounted"] is True and seen["index_json"] > 0, seen
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before

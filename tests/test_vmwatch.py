@@ -396,31 +396,55 @@ def test_one_guest_port_is_forwarded_once(tmp_path: Path) -> None:
         ), result.stderr
 
 
-def test_disks_are_attached_read_only_whatever_their_names(tmp_path: Path) -> None:
+def test_disks_are_attached_read_only_whatever_their_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`vm --disk FILE`: judged by QEMU's monitor (`info block`, no guest run), the drive is
     FILE itself and read-only, a comma in its name included (`,readonly=off` would otherwise
     be an option of its own)."""
     disk = tmp_path / "d,readonly=off"
     disk.write_bytes(b"\0" * 65536)
-    args = vm.disk_args((disk,))
+    (tmp_path / "nbd:x.img").write_bytes(b"\0" * 65536)  # relative, it would be a protocol
+    monkeypatch.chdir(tmp_path)
+    args = vm.disk_args((disk, Path("nbd:x.img")))
     drive = args[args.index("-drive") + 1]
     argv = [vm.QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
-    argv += ["-monitor", "stdio", "-drive", drive]
+    argv += ["-monitor", "stdio", "-drive", drive, "-drive", args[5]]
     shown = subprocess.run(
-        argv, input="info block\nquit\n", capture_output=True, text=True, timeout=60, check=True
+        argv,
+        input="info block\nquit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
     ).stdout
+    assert re.search(
+        rf"^disk1 \(#block[0-9]+\): {re.escape(str(Path.cwd()))}/nbd:x.img", shown, re.M
+    )
     assert re.search(
         rf"^disk0 \(#block[0-9]+\): {re.escape(str(disk))} \(raw, read-only\)$", shown, re.M
     ), shown
-    assert args[2:] == ["-device", "virtio-blk-pci,drive=disk0"]
+    assert args[2:4] == ["-device", "virtio-blk-pci,drive=disk0"]
 
 
 def test_a_missing_disk_is_one_line(tmp_path: Path) -> None:
     from unpackers import bootc_live
 
-    result = bootc_live("vm", str(tmp_path), "--disk", str(tmp_path / "none.img"))
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.splitlines()[-1] == (
-        f"bootc-live: --disk {tmp_path}/none.img: no such file or block device; "
-        "give a raw disk image file"
-    ), result.stderr
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    root = "root=bootc-live:block:LABEL=x:/root.oci"
+    hint = (
+        "--disk boots initrd.img alone: the image on the disk needs its root=; add --append "
+        "root=bootc-live:block:LABEL=…:/PATH (an oci-archive or OCI layout on the disk; a "
+        "packed root cannot be booted from a disk)"
+    )
+    for args, said in (
+        (["--disk", f"{tmp_path}/none.img"], f"--disk {tmp_path}/none.img: no such file"),
+        (["--disk", str(tmp_path), "--append", root], f"--disk {tmp_path}: not a file or block"),
+        (["--disk", str(disk)], hint),
+        (["--disk", str(disk), "--packed", "--append", root], hint),
+    ):
+        result = bootc_live("vm", str(tmp_path), *args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1].startswith(f"bootc-live: {said}"), result.stderr

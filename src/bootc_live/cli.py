@@ -706,9 +706,14 @@ def cmd_vm(args: argparse.Namespace) -> int:
         disks = tuple(Path(d) for d in args.disk)
         for disk in disks:
             if not (disk.is_file() or disk.is_block_device()):
-                raise UsageError(
-                    f"--disk {disk}: no such file or block device", "give a raw disk image file"
-                )
+                what = "not a file or block device" if disk.exists() else "no such file"
+                raise UsageError(f"--disk {disk}: {what}", "give a raw disk image file")
+        if disks and (args.packed or not any(a.startswith("root=") for a in append.split())):
+            raise UsageError(
+                "--disk boots initrd.img alone: the image on the disk needs its root=",
+                "add --append root=bootc-live:block:LABEL=…:/PATH (an oci-archive or OCI "
+                "layout on the disk; a packed root cannot be booted from a disk)",
+            )
         config = vm.VmConfig(
             Path(args.artifacts),
             append=append,
@@ -1086,8 +1091,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def error_line(err: BootcLiveError, args: argparse.Namespace) -> str:
-    """The one line the host prints: the runtime's kernel arguments as host flags."""
-    line = for_host(err.line())
+    """The one line the host prints: the runtime's kernel arguments as host flags (not for
+    `vm`, whose --append takes kernel arguments)."""
+    line = err.line() if getattr(args, "func", None) is cmd_vm else for_host(err.line())
     if " 401 unauthorized" in str(err):
         line += f" (looked in: {auth.Lookup(getattr(args, 'auth_file', None)).where()})"
     return line

@@ -169,7 +169,9 @@ def disk_args(disks: tuple[Path, ...]) -> list[str]:
     """Each file as a read-only virtio disk (the guest cannot change it), in order: vda, vdb…"""
     args = []
     for n, disk in enumerate(disks):
-        drive = f"file={option_value(str(disk))},if=none,id=disk{n},format=raw,readonly=on"
+        # Absolute: QEMU reads a relative name's "NAME:" as a protocol (nbd:, json:, …).
+        drive = f"file={option_value(str(disk.absolute()))},if=none,id=disk{n},format=raw"
+        drive += ",readonly=on"
         args += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{n}"]
     return args
 

@@ -9,16 +9,20 @@ from RAM and the disk is left as it was found.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
 import stat
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from .blobs import Descriptor
-from .errors import BootcLiveError
+from .errors import BootcLiveError, ImageError
 from .run import CommandError, run
-from .sources import ArchiveSource, ImageSource, LayoutSource
+from .sources import ArchiveSource, ImageSource, LayoutSource, blob_path, part_files
 
 MOUNTPOINT = "/run/bootc-live/disk"  # a module global: host-side tests point it elsewhere
 BY_TAG = {"LABEL=": "by-label", "UUID=": "by-uuid", "PARTUUID=": "by-partuuid"}
@@ -34,11 +38,21 @@ class DiskError(BootcLiveError):
 
 def udev_name(value: str) -> str:
     """`value` as it appears in a /dev/disk/by-* name: plain characters and non-ASCII ones as
-    they are, every other byte as \\xNN."""
+    they are, every other byte (and one that is not UTF-8) as \\xNN."""
     return "".join(
-        c if c in _PLAIN or ord(c) > 127 else "".join(f"\\x{b:02x}" for b in c.encode())
+        c
+        if c in _PLAIN or (ord(c) > 127 and not 0xDC80 <= ord(c) <= 0xDCFF)
+        else "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
         for c in value
     )
+
+
+def unescaped(value: str) -> str:
+    """A label as written on the command line, its \\xNN escapes (dracut's way to write a
+    space: LABEL=my\\x20disk) turned back into the bytes they stand for."""
+    escapes = re.compile(rb"\\x([0-9a-fA-F]{2})")
+    raw = escapes.sub(lambda m: bytes([int(m[1], 16)]), value.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def candidates(device: str) -> list[str]:
@@ -47,7 +61,7 @@ def candidates(device: str) -> list[str]:
     for tag, directory in BY_TAG.items():
         if device.startswith(tag):
             value = device[len(tag) :]
-            forms = [value] if tag == "LABEL=" else [value, value.lower(), value.upper()]
+            forms = [unescaped(value)] if tag == "LABEL=" else [value, value.lower(), value.upper()]
             names = dict.fromkeys(f"/dev/disk/{directory}/{udev_name(v)}" for v in forms)
             return list(names)
     return [device]
@@ -89,63 +103,120 @@ def wait_for(
         sleep(POLL)
 
 
-def mount(found: str, device: str, mountpoint: str) -> None:
-    """The filesystem on `found` (what `device` named) read-only at `mountpoint`, its type as
-    mount finds it."""
-    os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+# The block device's read-only flag (linux/fs.h): set while its filesystem is mounted, so that
+# not even the kernel writes to it (a read-only ext4, XFS or btrfs mount still replays a
+# journal otherwise).
+BLKROSET, BLKROGET = 0x125D, 0x125E
+
+
+def read_only_flag(device: str, value: bool | None = None) -> bool:
+    """The device's read-only flag; with `value`, set to it first."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        run(["mount", "-o", "ro,nosuid,nodev,noexec", found, mountpoint])
-    except CommandError as err:
-        raise DiskError(
-            f"root=bootc-live:block:{device}: {found} could not be mounted read-only: "
-            f"{err.detail.rstrip('.')}",
-            "the image must be on a filesystem this initramfs's kernel mounts (ext4, vfat, "
-            "iso9660, or one the image's dracut configuration adds) and not need repair",
-        ) from None
+        if value is not None:
+            fcntl.ioctl(fd, BLKROSET, struct.pack("i", int(value)))
+        return bool(struct.unpack("i", fcntl.ioctl(fd, BLKROGET, struct.pack("i", 0)))[0])
+    finally:
+        os.close(fd)
 
 
-def unmount(mountpoint: str, say: Callable[[str], None]) -> None:
-    """Unmount; when the filesystem is busy, detach it (it goes once nothing holds it)."""
-    try:
-        run(["umount", mountpoint])
-    except CommandError as err:
-        say(f"warning: {err.detail}: the disk's filesystem is detached instead")
-        run(["umount", "--lazy", mountpoint])
+def mounted(path: str) -> bool:
+    """Whether a filesystem is mounted at `path` (a module function: tests stand in for it)."""
+    return os.path.ismount(path)
 
 
-def image_path(mountpoint: str, path: str, device: str) -> str:
-    """PATH on the mounted filesystem, its links followed inside it only."""
-    top = os.path.realpath(mountpoint)
-    inside = os.path.realpath(os.path.join(top, path.lstrip("/")))
-    if os.path.commonpath([inside, top]) != top:
-        raise DiskError(
-            f"root=bootc-live:block:{device}:{path} leads out of the disk's filesystem "
-            "(a symbolic link)",
-            "name the image file or layout directory itself",
-        )
-    return inside
+class Disk:
+    """The device's filesystem, mounted read-only at `mountpoint` with the device itself made
+    read-only; detach() undoes both, whatever part of attach() was done."""
+
+    def __init__(self, found: str, device: str, mountpoint: str, say: Callable[[str], None]):
+        self.found = found
+        self.device = device
+        self.mountpoint = mountpoint
+        self.say = say
+        self.was_read_only: bool | None = None  # None: the flag is as it was
+
+    def attach(self) -> None:
+        try:
+            self.was_read_only = read_only_flag(self.found)
+            if not self.was_read_only and not read_only_flag(self.found, True):
+                raise OSError(errno.EPERM, "the flag did not stay set")
+        except OSError as err:
+            raise DiskError(
+                f"root=bootc-live:block:{self.device}: {self.found} could not be made "
+                f"read-only ({err.strerror})",
+                "name a disk or partition (a device that takes BLKROSET)",
+            ) from None
+        os.makedirs(self.mountpoint, mode=0o700, exist_ok=True)
+        try:
+            run(["mount", "-o", "ro,nosuid,nodev,noexec", self.found, self.mountpoint])
+        except CommandError as err:
+            raise DiskError(
+                f"root=bootc-live:block:{self.device}: {self.found} could not be mounted "
+                f"read-only: {err.detail.rstrip('.')}",
+                "it must be a filesystem this initramfs mounts (ext4, vfat, iso9660, or one "
+                "the image's dracut configuration adds) and clean: one left with a journal to "
+                "replay (a disk pulled while mounted) needs mounting read-write once elsewhere, "
+                "or fsck; nothing is written to it here",
+            ) from None
+
+    def detach(self) -> None:
+        """Unmount (a busy filesystem detached instead) and give the device its flag back."""
+        try:
+            if mounted(self.mountpoint):
+                try:
+                    run(["umount", self.mountpoint])
+                except CommandError as err:
+                    self.say(f"warning: {err.detail}: the disk's filesystem is detached instead")
+                    run(["umount", "--lazy", self.mountpoint])
+        finally:
+            if self.was_read_only is False:
+                read_only_flag(self.found, False)
+                self.was_read_only = None
+
+
+def inside(top: str, path: str) -> bool:
+    """Whether `path`, its links followed, stays under the directory `top`."""
+    real_top = os.path.realpath(top)
+    return os.path.commonpath([os.path.realpath(path), real_top]) == real_top
 
 
 class DiskSource:
-    """The archive or layout at PATH on the mounted disk; close() unmounts it."""
+    """The archive or layout at PATH on the mounted disk, read where it lies (nothing on it is
+    deleted, no link followed off it); close() lets the disk go."""
 
     names_one_image = False
 
-    def __init__(
-        self, inner: ImageSource, mountpoint: str, shown: str, say: Callable[[str], None]
-    ) -> None:
+    def __init__(self, inner: ImageSource, disk: Disk, path: str) -> None:
         self.inner = inner
-        self.mountpoint = mountpoint
-        self.description = shown
-        self.say = say
+        self.disk = disk
+        self.path = path
+        self.description = f"{disk.device}:{path}"
+
+    def _on_the_disk(self, names: Sequence[str]) -> None:
+        """A layout's files are read through their links: refuse one that leaves the disk."""
+        for name in names:
+            if not inside(self.disk.mountpoint, name):
+                shown = name[len(self.disk.mountpoint) :]
+                raise DiskError(
+                    f"root=bootc-live:block:{self.description}: {shown} is a link that leads "
+                    "off the disk's filesystem",
+                    "copy the layout with its blobs as files (cp -rL)",
+                )
 
     def index_json(self) -> bytes:
+        if isinstance(self.inner, LayoutSource):
+            self._on_the_disk([os.path.join(self.inner.path, "index.json")])
         return self.inner.index_json()
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if isinstance(self.inner, LayoutSource):
+            self._on_the_disk(part_files(os.path.join(self.inner.path, blob_path(desc.digest))))
         return self.inner.open_blob(desc)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
+        if isinstance(self.inner, LayoutSource):
+            self._on_the_disk(part_files(os.path.join(self.inner.path, blob_path(desc.digest))))
         return self.inner.tail(desc, n)
 
     def prefetch(self, layers: Sequence[Descriptor]) -> None:
@@ -158,30 +229,46 @@ class DiskSource:
         try:
             self.inner.close()
         finally:
-            unmount(self.mountpoint, self.say)
+            self.disk.detach()
 
 
 def open_disk(device: str, path: str, seconds: float, say: Callable[[str], None]) -> DiskSource:
-    """Wait for the device, mount it and open the image at `path` on it."""
+    """Wait for the device, mount it read-only and open the image at `path` on it."""
     found = wait_for(device, seconds, say)
-    mountpoint = MOUNTPOINT
-    mount(found, device, mountpoint)
+    disk = Disk(found, device, MOUNTPOINT, say)
     try:
-        where = image_path(mountpoint, path, device)
-        inner: ImageSource
-        if os.path.isdir(where):
-            inner = LayoutSource(where)
-        elif os.path.isfile(where):
-            inner = ArchiveSource(where)
-        else:
+        disk.attach()
+        where = os.path.join(MOUNTPOINT, path.lstrip("/"))
+        shown = f"root=bootc-live:block:{device}:{path}"
+        if not inside(MOUNTPOINT, where):
             raise DiskError(
-                f"root=bootc-live:block:{device}:{path}: no such file or directory on the disk",
-                "give the path of the oci-archive file or OCI layout directory on that "
-                "filesystem, from its top",
+                f"{shown} leads out of the disk's filesystem (a symbolic link)",
+                "name the image file or layout directory itself",
             )
+        inner: ImageSource
+        try:
+            if os.path.isdir(where):
+                inner = LayoutSource(where)
+            elif os.path.isfile(where):
+                inner = ArchiveSource(where)
+            elif os.path.lexists(where):
+                raise DiskError(
+                    f"{shown}: neither a file nor a directory (a pipe, socket or device)",
+                    "give the path of the oci-archive file or OCI layout directory",
+                )
+            else:
+                raise DiskError(
+                    f"{shown}: no such file or directory on the disk",
+                    "give the path of the oci-archive file or OCI layout directory on that "
+                    "filesystem, from its top",
+                )
+        except ImageError as err:  # said of the mount's path: say it of the disk's
+            raise ImageError(str(err).replace(where, f"{device}:{path}"), err.hint) from None
+        kind = "oci" if isinstance(inner, LayoutSource) else "oci-archive"
+        inner.description = f"{kind}:{device}:{path}"
         named = device if device == found else f"{device} ({found})"
         say(f"reading the image from {named}, mounted read-only, at {path}")
-        return DiskSource(inner, mountpoint, f"{device}:{path} ({inner.description})", say)
+        return DiskSource(inner, disk, path)
     except BaseException:
-        unmount(mountpoint, say)
+        disk.detach()
         raise

@@ -202,9 +202,9 @@ def block_root(text: str) -> ImageLocation:
     named = device.startswith("/dev/") and len(device) > len("/dev/")
     if not sep or not (tagged or named):
         raise ValueError(usage)
-    path = "/" + path
-    if ".." in path.split("/"):
+    if ".." in text.split("/"):  # in PATH (or DEV, /dev/../x): the shell's grammar says so too
         raise ValueError(f"{usage}; PATH without .. components")
+    path = "/" + path
     return ImageLocation("block", path, device=device)
 
 
@@ -403,9 +403,10 @@ OPTIONS: tuple[Option, ...] = (
         parse_root,
         "root=bootc-live:block:DEV:/PATH",
         "An oci-archive file or OCI layout directory at PATH on a local disk's filesystem; DEV "
-        "is LABEL=, UUID=, PARTUUID= or /dev/…. The device is waited for (bootc.timeout=, "
-        f"else {BLOCK_WAIT} s), mounted read-only for the unpack and unmounted before switch "
-        "root: the machine runs from RAM, the disk is left as it was.",
+        "is LABEL= (a space written \\x20), UUID=, PARTUUID= or /dev/…. The device is waited "
+        f"for (bootc.timeout=, else {BLOCK_WAIT} s), made read-only and its filesystem mounted "
+        "read-only for the unpack (nothing is written to it, not even a journal replay), then "
+        "unmounted before switch root: the machine runs from RAM.",
     ),
     Option(
         "root",

@@ -15,6 +15,8 @@ bootc_live_root_kind() {
             bootc-live:packed:tftp://* | bootc-live:packed:nfs://*) echo url ;;
         bootc-live:/* | bootc-live:packed:/*) echo path ;;
         bootc-live:block:*/../* | bootc-live:block:*/..) echo invalid ;;
+        bootc-live:block:LABEL=:/* | bootc-live:block:UUID=:/* | \
+            bootc-live:block:PARTUUID=:/* | bootc-live:block:/dev/:/*) echo invalid ;;
         bootc-live:block:LABEL=?*:/* | bootc-live:block:UUID=?*:/* | \
             bootc-live:block:PARTUUID=?*:/* | bootc-live:block:/dev/?*:/*) echo block ;;
         bootc-live:*) echo invalid ;;
