@@ -1100,6 +1100,8 @@ def packed_console(status: Status | None = None) -> list[tuple[float, str]]:
                     modules_freed_bytes=20 * MIB,
                     tools_freed=["curl"],
                     tools_freed_bytes=7 * MIB,
+                    python_freed=300,
+                    python_freed_bytes=6 * MIB,
                     seconds=8.875,
                     peak_memory=520 * MIB + 5,
                     memory_before=330 * MIB,
@@ -1127,8 +1129,8 @@ def test_a_packed_boot_reads_the_file_it_mounted_and_unpacks_nothing() -> None:
     assert run.packed_s == 8.875
     # "bytes" is the packed root's and "seconds" the whole load's: nothing was unpacked.
     assert (run.written_mib, run.unpack_s, run.entries) == (None, None, None)
-    # 27: the modules and the tools freed
-    assert (run.peak_mib, run.start_mib, run.freed_mib, run.above_start_mib) == (520, 330, 27, 217)
+    # 33: the modules, the tools and the Python files freed
+    assert (run.peak_mib, run.start_mib, run.freed_mib, run.above_start_mib) == (520, 330, 33, 223)
     assert run.need_mib == 215
     phases = {label: f(run) for label, f in PHASES}
     assert (phases[SWITCH_ROOT], phases["/init → live root ready"]) == (12.5, 10.75)

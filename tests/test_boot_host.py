@@ -8,9 +8,11 @@ zram device reset. The real kernel does the same in the VM tier (test_vm_modes).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
+import py_compile
 import shutil
 import signal
 import socket
@@ -30,6 +32,7 @@ from bootc_live.runtime import (
     modules,
     mounts,
     policy,
+    pyfiles,
     roots,
     status,
     tools,
@@ -337,6 +340,97 @@ def test_the_tools_the_rest_of_the_boot_will_not_run_go_before_the_unpack(
     states = {s["state"]: s for s in status.documents(capsys.readouterr().err.splitlines())}
     assert code == 0 and states["unpacking"]["tools_freed"] == [], final
     assert all((root / rel).exists() for paths in files.values() for rel in paths)
+
+
+def test_a_runtime_run_from_elsewhere_frees_no_python_files() -> None:
+    # These tests run the runtime from the source tree with the host's Python: its files, and
+    # the host's standard library, are never the initramfs's to delete.
+    assert not pyfiles.runtime_installed()
+    assert pyfiles.imported() and pyfiles.unused() == modules.Unused()
+
+
+def test_the_imported_modules_python_files_go_before_the_unpack(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In the initramfs, the source and bytecode of the modules the runtime has imported (the
+    standard library's and its own) are deleted once the root is prepared, before the unpack;
+    the planner counted them. A module not imported yet keeps its files and imports after;
+    bootc.keep-modules keeps them all."""
+    monkeypatch.setattr(modules, "in_initramfs", lambda: True)
+    monkeypatch.setattr(modules, "MODULES_DIR", str(tmp_path / "no-modules"))
+    monkeypatch.setattr(tools, "MANIFEST", str(tmp_path / "no-tools.json"))
+    stdlib = tmp_path / "initramfs/usr/lib/python3"
+    installed = tmp_path / "initramfs/usr/lib/bootc-live"
+    monkeypatch.setattr(pyfiles, "STDLIB", str(stdlib))
+    monkeypatch.setattr(pyfiles, "RUNTIME", str(installed / "livert"))
+    monkeypatch.setattr(pyfiles, "INSTALLED", str(installed))
+    sources = {
+        stdlib / "livefake_a.py": "A = 1\n",
+        stdlib / "livefake_pkg/__init__.py": "",
+        stdlib / "livefake_pkg/sub.py": "B = 'x' * 5000\n",
+        stdlib / "livefake_later.py": "C = 3\n",
+        installed / "livert/__init__.py": "D = 4\n",
+    }
+    names = ["livefake_a", "livefake_pkg", "livefake_pkg.sub", "livefake_later", "livert"]
+
+    def make() -> list[Path]:
+        """The files, the imported modules' bytecode compiled: those that are to go."""
+        for name in names:
+            sys.modules.pop(name, None)
+        for path, text in sources.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            py_compile.compile(str(path), doraise=True)  # as build's compileall does
+        importlib.invalidate_caches()
+        for name in ("livefake_a", "livefake_pkg.sub", "livert"):
+            importlib.import_module(name)
+        return [
+            p
+            for m in ("livefake_a", "livefake_pkg", "livefake_pkg.sub", "livert")
+            for p in (Path(sys.modules[m].__file__ or ""), Path(sys.modules[m].__cached__ or ""))
+        ]
+
+    monkeypatch.syspath_prepend(str(stdlib))
+    monkeypatch.syspath_prepend(str(installed))
+    try:
+        going = make()
+        assert all(p.is_file() for p in going) and len(going) == 8
+        pages = sum(modules.pages(p.stat().st_size) for p in going)
+        seen: list[bool] = []
+        real_unpack = boot.unpack_image
+
+        def unpack_image(*args: Any, **kwargs: Any) -> Any:
+            seen.append(any(p.exists() for p in going))
+            return real_unpack(*args, **kwargs)
+
+        monkeypatch.setattr(boot, "unpack_image", unpack_image)
+        code, final = boot_with(layout, tmp_path, "", keep="")
+        assert code == 0 and final["state"] == "ready", final
+        states = {s["state"]: s for s in status.documents(capsys.readouterr().err.splitlines())}
+        assert states["planned"]["python_unused_bytes"] == pages > 0
+        counted = states["planned"]["available"]
+        assert states["unpacking"]["python_freed"] == len(going)
+        assert states["unpacking"]["python_freed_bytes"] == pages
+        assert seen == [False]  # gone before the unpack began
+        assert (stdlib / "livefake_later.py").exists()
+        assert importlib.import_module("livefake_later").C == 3  # not imported before: kept
+
+        going = make()
+        shutil.rmtree(tmp_path / "newroot")
+        (tmp_path / "newroot").mkdir()
+        code, final = boot_with(layout, tmp_path, "")  # with bootc.keep-modules
+        states = {s["state"]: s for s in status.documents(capsys.readouterr().err.splitlines())}
+        assert code == 0 and states["unpacking"]["python_freed"] == 0, final
+        assert all(p.exists() for p in going)
+        # The planner counted them as available when they were to go.
+        assert counted - states["planned"]["available"] == pages
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("options", list(OPTIONS))

@@ -40,6 +40,11 @@ def test_embedded_boot(artifacts: dict[str, Path], flavour: str, tmp_path: Path)
     assert any(m.startswith("bootc-live: live root ready: sha256:") for m in result.messages)
     states = [status["state"] for status in result.statuses]
     assert states == ["resolving", "planned", "unpacking", "ready"], states
+    # The imported modules' Python files went before the unpack, and the runtime still came to
+    # the end: nothing it ran after needed them.
+    planned, unpacking = result.statuses[1], result.statuses[2]
+    assert unpacking["python_freed_bytes"] == planned["python_unused_bytes"] > 4 << 20, unpacking
+    assert unpacking["python_freed"] > 200, unpacking
     assert result.status["root"] == {"mode": "tmpfs"} and result.status["entries"] > 0
     # ./setup installs isal: the host-built initramfs carries igzip, and the boot used it.
     assert result.status["decompressor"] == "igzip", result.status

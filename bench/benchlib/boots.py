@@ -255,9 +255,10 @@ def read_status(run: BootRun, doc: dict[str, Any]) -> None:
     run.need_mib = -(-need // MIB) if isinstance(need, int) else None
     modules_freed = doc.get("modules_freed_bytes")
     if isinstance(modules_freed, int) and not isinstance(modules_freed, bool):
-        tools_freed = doc.get("tools_freed_bytes")
-        if isinstance(tools_freed, int) and not isinstance(tools_freed, bool):
-            modules_freed += tools_freed
+        for also in ("tools_freed_bytes", "python_freed_bytes"):
+            freed = doc.get(also)
+            if isinstance(freed, int) and not isinstance(freed, bool):
+                modules_freed += freed
         run.freed_mib = modules_freed >> 20
     signatures = doc.get("signatures")
     if isinstance(signatures, dict) and signatures.get("checked"):

@@ -32,6 +32,7 @@ from . import (
     packed,
     packedreg,
     policy,
+    pyfiles,
     registriesd,
     registry,
     roots,
@@ -129,14 +130,8 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
                 warn=report.summary,
                 budget=plan.have,
             ) as root:
-                freed = free_modules(plan.unused, report)
-                gone = free_tools(plan.spare, report)
                 report.state(
-                    "unpacking",
-                    modules_freed=len(freed.paths),
-                    modules_freed_bytes=freed.size,
-                    tools_freed=list(gone.tools),
-                    tools_freed_bytes=gone.files.size,
+                    "unpacking", **free_spare(plan.unused, plan.spare, plan.imported, report)
                 )
                 stats = unpack_image(
                     image,
@@ -188,8 +183,8 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
             ) as root:
                 report.state("loading")
                 stored = root.load(packed_progress(source, report))
-                freed = free_modules(unused_modules(spec), report)
-                gone = free_tools(unused_tools(spec), report)
+                spare = unused_modules(spec), unused_tools(spec), unused_python(spec)
+                freed = free_spare(*spare, report)
                 facts = root.mount(report)
     seconds = time.monotonic() - start
     report.summary(
@@ -203,10 +198,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
         manifest=image,
         bytes=stored.size,
         seconds=seconds,
-        modules_freed=len(freed.paths),
-        modules_freed_bytes=freed.size,
-        tools_freed=list(gone.tools),
-        tools_freed_bytes=gone.files.size,
+        **freed,
     )
 
 
@@ -444,6 +436,7 @@ class Plan:
     unused: modules.Unused  # the initramfs's modules freed once the root has loaded its own
     need: memory.Need
     spare: tools.Unused  # the initramfs's tools the rest of the boot will not run
+    imported: modules.Unused  # the Python files of the modules imported (pyfiles.py)
     have: int = 0  # what the root may take: a tmpfs holds no more while the image is unpacked
     window: int = memory.ZSTD_RESERVED_WINDOW  # the zstd window planned for (memory.zstd_window)
 
@@ -452,11 +445,14 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
     """Stop now, naming a mode that would fit, unless the image fits in the mode asked for."""
     unused = unused_modules(spec)
     spare = unused_tools(spec)
+    imported = unused_python(spec)
     reserve = lower_reserve(spec, report)
     mem = memory.Memory.read()
-    # The modules and tools freed once the root is prepared count as available now (less the
-    # few modules the root loads itself: a MiB or two, within memory.UNPACK_RESERVE).
-    mem = replace(mem, available=mem.available + unused.size + spare.files.size)
+    # The modules, tools and Python files freed once the root is prepared count as available
+    # now (less the few modules the root loads itself: a MiB or two, within
+    # memory.UNPACK_RESERVE).
+    freed_next = unused.size + spare.files.size + imported.size
+    mem = replace(mem, available=mem.available + freed_next)
     consumed = isinstance(source, LayoutSource) and source.consume
     # A zstd window beyond what memory.UNPACK_RESERVE holds is held on top, as the fetch's.
     window = memory.zstd_window(image)
@@ -469,9 +465,9 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         f"unpacked ({est.how}); {spec.mode.kind} root: needs about "
         f"{memory.mib_up(need.peak)} MiB, {have >> 20} MiB available"
         + (
-            f" ({(unused.size + spare.files.size) >> 20} MiB of it unused kernel modules and "
-            "tools, freed next)"
-            if unused.size or spare.files.size
+            f" ({freed_next >> 20} MiB of it unused kernel modules, tools and Python files, "
+            "freed next)"
+            if freed_next
             else ""
         )
     )
@@ -485,11 +481,12 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
         reserve=memory.UNPACK_RESERVE + ahead,
         modules_unused_bytes=unused.size,
         tools_unused_bytes=spare.files.size,
+        python_unused_bytes=imported.size,
         memory_in_use=memory.in_use_by(),
         per_cpu_free=mem.per_cpu,
         min_free_kbytes=reserve,
     )
-    return Plan(mem, unused, need, spare, have, window)
+    return Plan(mem, unused, need, spare, imported, have, window)
 
 
 def held_ahead(spec: BootSpec, image: Image) -> int:
@@ -533,6 +530,45 @@ def unused_tools(spec: BootSpec) -> tools.Unused:
     if spec.keep_modules or not modules.in_initramfs():
         return tools.Unused()
     return tools.unused(keep=tools.still_run(spec.mode.kind))
+
+
+def unused_python(spec: BootSpec) -> modules.Unused:
+    """The Python files of the modules imported so far (pyfiles.py), unless
+    bootc.keep-modules."""
+    if spec.keep_modules or not modules.in_initramfs():
+        return modules.Unused()
+    return pyfiles.unused()
+
+
+def free_spare(
+    unused: modules.Unused, spare: tools.Unused, imported: modules.Unused, report: Report
+) -> dict[str, Any]:
+    """Free the unused modules, the tools and the imported modules' Python files; what was
+    freed, as the status says it."""
+    freed = free_modules(unused, report)
+    gone = free_tools(spare, report)
+    python = free_python(imported, report)
+    return {
+        "modules_freed": len(freed.paths),
+        "modules_freed_bytes": freed.size,
+        "tools_freed": list(gone.tools),
+        "tools_freed_bytes": gone.files.size,
+        "python_freed": len(python.paths),
+        "python_freed_bytes": python.size,
+    }
+
+
+def free_python(imported: modules.Unused, report: Report) -> modules.Unused:
+    """Delete the imported modules' source and bytecode; what was freed."""
+    if not imported.paths:
+        return imported
+    freed = modules.delete(imported.paths)
+    if freed.paths:
+        report.say(
+            f"freed {freed.size >> 20} MiB: the Python source and bytecode of the modules the "
+            "runtime has imported, read no more (bootc.keep-modules=1 keeps them)"
+        )
+    return freed
 
 
 def free_tools(unused: tools.Unused, report: Report) -> tools.Unused:

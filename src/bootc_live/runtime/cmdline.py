@@ -651,10 +651,10 @@ OPTIONS: tuple[Option, ...] = (
         "keep_modules",
         parse_bool,
         "bootc.keep-modules[=1]",
-        "Keep the initramfs's kernel modules that are not loaded, and the tools the rest of the "
-        "boot will not run (curl, gpgv, openssl, kexec, mkfs.ext4; mkfs.erofs but for EROFS); "
-        "by default their files are deleted once the root's own modules are loaded, and their "
-        "memory goes to the root.",
+        "Keep the initramfs's kernel modules that are not loaded, the tools the rest of the "
+        "boot will not run (curl, gpgv, openssl, kexec, mkfs.ext4; mkfs.erofs but for EROFS) "
+        "and the Python files of the modules the runtime has imported; by default their files "
+        "are deleted once the root's own modules are loaded, and their memory goes to the root.",
         "0",
     ),
     Option(
