@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +351,22 @@ def test_a_runtime_run_from_elsewhere_frees_no_python_files() -> None:
     assert pyfiles.imported() and pyfiles.unused() == modules.Unused()
 
 
+def test_a_frozen_modules_bytecode_goes_with_its_source(tmp_path: Path) -> None:
+    # os, io, codecs … are frozen into Python 3.11's interpreter: no __cached__, yet their
+    # __pycache__ files are in the initramfs, never read.
+    frozen = types.ModuleType("livefake_frozen")
+    frozen.__file__ = str(tmp_path / "livefake_frozen.py")
+    frozen.__cached__ = None  # type: ignore[attr-defined]
+    sys.modules["livefake_frozen"] = frozen
+    try:
+        found = pyfiles.imported(roots=[str(tmp_path)])
+    finally:
+        del sys.modules["livefake_frozen"]
+    pyc = importlib.util.cache_from_source(str(tmp_path / "livefake_frozen.py"))
+    assert found == [str(tmp_path / "livefake_frozen.py"), pyc]
+    assert [os.path.basename(p) for p in pyfiles.imported() if "/__pycache__/os." in p]
+
+
 def test_the_imported_modules_python_files_go_before_the_unpack(
     system: System,
     layout: Path,
@@ -416,6 +434,9 @@ def test_the_imported_modules_python_files_go_before_the_unpack(
         assert states["unpacking"]["python_freed"] == len(going)
         assert states["unpacking"]["python_freed_bytes"] == pages
         assert seen == [False]  # gone before the unpack began
+        # Marked first: a second run of the runtime stops saying why (test_dracut_shell).
+        assert (tmp_path / "run" / boot.FREED).is_file()
+        (tmp_path / "run" / boot.FREED).unlink()
         assert (stdlib / "livefake_later.py").exists()
         assert importlib.import_module("livefake_later").C == 3  # not imported before: kept
 
@@ -425,7 +446,7 @@ def test_the_imported_modules_python_files_go_before_the_unpack(
         code, final = boot_with(layout, tmp_path, "")  # with bootc.keep-modules
         states = {s["state"]: s for s in status.documents(capsys.readouterr().err.splitlines())}
         assert code == 0 and states["unpacking"]["python_freed"] == 0, final
-        assert all(p.exists() for p in going)
+        assert all(p.exists() for p in going) and not (tmp_path / "run" / boot.FREED).exists()
         # The planner counted them as available when they were to go.
         assert counted - states["planned"]["available"] == pages
     finally:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bootc_live.runtime import boot
 from bootc_live.runtime.cmdline import parse_root
 from unpackers import need
 
@@ -217,3 +219,35 @@ def test_net_generator_writes_the_wait_online_drop_ins(
     """rd.net.wait-any-if makes systemd-networkd-wait-online content with one link (--any)."""
     script = DRACUT / "90bootc-live-net" / "bootc-live-net-generator.sh"
     assert run_generator(script, cmdline, tmp_path) == expected
+
+
+def test_a_second_run_after_the_spare_files_went_stops_saying_why(tmp_path: Path) -> None:
+    """systemd's emergency shell starts bootc-live.service again when it is left; once the
+    first run freed the initramfs's spare files (its Python files among them), the unit's
+    ExecStartPre and the shell flavour's mount hook stop with one line, before python3."""
+    unit = (DRACUT / "90bootc-live/bootc-live.service").read_text()
+    pre = next(ln for ln in unit.splitlines() if ln.startswith("ExecStartPre="))
+    argv = shlex.split(pre.removeprefix("ExecStartPre="))
+    assert argv[:2] == ["/bin/sh", "-c"] and "/lib/bootc-live-lib.sh" in argv[2]
+    script = argv[2].replace("/lib/bootc-live-lib.sh", str(LIB))
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"BOOTC_LIVE_RUN": str(run), "PATH": "/usr/bin:/bin"}
+    first = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert (first.returncode, first.stderr) == (0, "")
+    (run / boot.FREED).write_text("")
+    again = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert again.returncode == 1
+    assert again.stderr == (
+        "bootc-live: an earlier attempt in this boot freed the initramfs's unused modules, "
+        "tools and the runtime's Python files, so it cannot run again: reboot to try again "
+        "(bootc.keep-modules=1 keeps them, for a retry from the emergency shell)\n"
+    )
+    # The shell flavour's mount hook: dracut's die with that line, python3 never run.
+    hook = DRACUT / "90bootc-live/bootc-live-mount.sh"
+    stubs = (
+        f'getarg() {{ [ "$1" = root= ] && echo bootc-live:/image; }}; ismounted() {{ false; }}; '
+        f'die() {{ echo "DIE $*"; exit 1; }}; NEWROOT=/sysroot; . "{LIB}"; . "{hook}"'
+    )
+    died = subprocess.run(["sh", "-c", stubs], env=env, capture_output=True, text=True)
+    assert died.stdout == f"DIE {again.stderr}" and died.returncode == 1

@@ -52,6 +52,9 @@ from .status import Report
 from .unpack import Progress, unpack_image
 
 STATUS_DIR = status.STATUS_DIR  # module globals: host-side tests point them elsewhere
+# In STATUS_DIR once the initramfs's spare files are being freed (free_spare); the unit and the
+# dracut hook read it (bootc-live-lib.sh: bootc_live_freed).
+FREED = "freed"
 POLICY = policy.DEFAULT_PATH
 REGISTRIES_D = registriesd.DEFAULT_DIR
 
@@ -544,7 +547,14 @@ def free_spare(
     unused: modules.Unused, spare: tools.Unused, imported: modules.Unused, report: Report
 ) -> dict[str, Any]:
     """Free the unused modules, the tools and the imported modules' Python files; what was
-    freed, as the status says it."""
+    freed, as the status says it. FREED marks it first: the runtime cannot run again in this
+    initramfs (systemd's emergency shell starts bootc-live.service again when it is left; the
+    unit and the shell hook stop then, saying why)."""
+    if unused.paths or spare.files.paths or imported.paths:
+        with contextlib.suppress(OSError):
+            os.makedirs(STATUS_DIR, exist_ok=True)
+            with open(os.path.join(STATUS_DIR, FREED), "w", encoding="utf-8") as f:
+                f.write("modules, tools and Python files freed: the runtime cannot run again\n")
     freed = free_modules(unused, report)
     gone = free_tools(spare, report)
     python = free_python(imported, report)

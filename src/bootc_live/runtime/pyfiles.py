@@ -15,6 +15,7 @@ with bootc.keep-modules=1, and a file that cannot be deleted ends the freeing, n
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -45,7 +46,9 @@ def imported(roots: Sequence[str] | None = None) -> list[str]:
             continue
         if not any(source.startswith(os.path.join(root, "")) for root in roots):
             continue
-        cached = getattr(module, "__cached__", None)
+        # A frozen module (os, io, codecs … since Python 3.11) has no __cached__: its bytecode
+        # in __pycache__ is never read either.
+        cached = getattr(module, "__cached__", None) or importlib.util.cache_from_source(source)
         for path in (source, cached):
             if isinstance(path, str):
                 found[path] = None

@@ -46,3 +46,13 @@ bootc_live_option_on() {
     esac
     return 1
 }
+
+# A second run of the runtime in this initramfs cannot work once the first has freed the
+# initramfs's spare files (its own Python files among them: the interpreter would not start).
+# systemd's emergency shell starts bootc-live.service again when it is left: say why it stops.
+bootc_live_freed() {
+    [ -e "${BOOTC_LIVE_RUN:-/run/bootc-live}/freed" ] || return 1
+    echo "bootc-live: an earlier attempt in this boot freed the initramfs's unused modules," \
+        "tools and the runtime's Python files, so it cannot run again: reboot to try again" \
+        "(bootc.keep-modules=1 keeps them, for a retry from the emergency shell)"
+}

@@ -8,6 +8,9 @@ type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
 if bootc_live_root_ours && ! ismounted "$NEWROOT"; then
+    if freed=$(bootc_live_freed); then
+        die "$freed"
+    fi
     if ! /usr/bin/python3 -S -E /usr/lib/bootc-live/bootc-live-boot "$NEWROOT"; then
         die "$(cat /run/bootc-live/error 2> /dev/null || echo 'bootc-live: the live root could not be set up')"
     fi
