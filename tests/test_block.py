@@ -3,6 +3,7 @@ lifetime and the path on the disk (the boot itself: test_vm.py's block tests).""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -379,3 +380,30 @@ def test_a_real_disk_is_never_written_not_even_by_a_journal_replay(
     else:
         assert seen["read_only_while_mounted"] is True and seen["index_json"] > 0, seen
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+def test_a_disk_that_will_not_let_go_is_a_warning_not_a_failed_boot(
+    disk: FakeDisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The root is made by the time the source closes: a stick pulled by then (its flag can no
+    # longer be set back, its filesystem not unmounted) must not fail the boot.
+    (disk.mountpoint / "images").mkdir(parents=True)
+    build_layout(disk.mountpoint / "images", [layer_tar([f("hello", b"hi")])], tag="t")
+    said: list[str] = []
+    source = block.open_disk("LABEL=images", "/images", 5, said.append)
+
+    def gone(argv: list[str], **_: object) -> str:
+        raise CommandError("umount failed", detail=f"umount: {argv[-1]}: not mounted")
+
+    def no_flag(device: str, value: bool | None = None) -> bool:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    monkeypatch.setattr(block, "run", gone)
+    monkeypatch.setattr(block, "read_only_flag", no_flag)
+    source.close()
+    assert said[1:] == [
+        f"warning: umount: {disk.mountpoint}: not mounted: the disk's filesystem is detached "
+        "instead",
+        f"warning: the disk's filesystem stays mounted: umount: {disk.mountpoint}: not mounted",
+        "warning: /dev/vdz stays read-only: No such device",
+    ]

@@ -1,10 +1,12 @@
 """root=bootc-live:block:DEV:/PATH: the image on a local disk.
 
 The device is waited for under the name udev gives it (/dev/disk/by-label/…, by-uuid,
-by-partuuid, or the /dev/… path given), its filesystem is mounted read-only at a directory of
-the runtime's own, the image is read from there like one inside the initramfs (never deleted),
-and the filesystem is unmounted once the root is unpacked, before switch root: the machine runs
-from RAM and the disk is left as it was found.
+by-partuuid, or the /dev/… path given), made read-only (so that not even a journal replay
+writes to it) and its filesystem mounted read-only at a directory of the runtime's own; the
+image is read from there like one inside the initramfs, but never deleted and never through a
+link that leaves the disk. Once the root is unpacked, before switch root, the filesystem is
+unmounted and the device given its flag back: the machine runs from RAM and the disk is left as
+it was found.
 """
 
 from __future__ import annotations
@@ -161,7 +163,9 @@ class Disk:
             ) from None
 
     def detach(self) -> None:
-        """Unmount (a busy filesystem detached instead) and give the device its flag back."""
+        """Unmount (a busy filesystem detached instead) and give the device its flag back. A
+        disk that will not let go is warned about, never a reason to fail a boot whose root is
+        made (a stick pulled once the image was read, say)."""
         try:
             if mounted(self.mountpoint):
                 try:
@@ -169,9 +173,14 @@ class Disk:
                 except CommandError as err:
                     self.say(f"warning: {err.detail}: the disk's filesystem is detached instead")
                     run(["umount", "--lazy", self.mountpoint])
+        except CommandError as err:
+            self.say(f"warning: the disk's filesystem stays mounted: {err.detail}")
         finally:
             if self.was_read_only is False:
-                read_only_flag(self.found, False)
+                try:
+                    read_only_flag(self.found, False)
+                except OSError as err:
+                    self.say(f"warning: {self.found} stays read-only: {err.strerror}")
                 self.was_read_only = None
 
 
