@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import block
+from bootc_live.runtime import block, mounts
 from bootc_live.runtime.blobs import Descriptor
 from bootc_live.runtime.errors import BootcLiveError, Stopped
 from bootc_live.runtime.run import CommandError
@@ -26,21 +26,26 @@ from imagegen import build_layout, f, layer_tar
 from unpackers import need
 
 
+def udev_fields(mkfs: list[str], tmp_path: Path) -> dict[str, str]:
+    """What blkid tells udev of a filesystem image made by `mkfs` (ID_FS_LABEL_ENC, …)."""
+    need(shutil.which(mkfs[0]) is not None, f"needs {mkfs[0]}")
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as out:
+        out.truncate(8 << 20)
+    subprocess.run([*mkfs, str(disk)], check=True, capture_output=True)
+    probed = subprocess.run(
+        ["blkid", "-p", "-o", "udev", str(disk)], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(line.split("=", 1) for line in probed.splitlines() if "=" in line)
+
+
 @pytest.mark.parametrize(
     "label",
     ["images", "bootc/images", "my images", "a\\b", "x'y\"z", "Bilder-Ünï", "t#+-.:=@_", "a$b%c"],
 )
 def test_labels_are_named_as_udev_names_them(label: str, tmp_path: Path) -> None:
     # The oracle: blkid's ID_FS_LABEL_ENC, from which udev makes /dev/disk/by-label/NAME.
-    need(shutil.which("mkfs.ext4") is not None, "needs mkfs.ext4 (e2fsprogs)")
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as out:
-        out.truncate(8 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-L", label, str(disk)], check=True)
-    probed = subprocess.run(
-        ["blkid", "-p", "-o", "udev", str(disk)], check=True, capture_output=True, text=True
-    ).stdout
-    fields = dict(line.split("=", 1) for line in probed.splitlines() if "=" in line)
+    fields = udev_fields(["mkfs.ext4", "-q", "-L", label], tmp_path)
     assert block.udev_name(label) == fields["ID_FS_LABEL_ENC"]
     assert block.candidates(f"LABEL={label}") == [f"/dev/disk/by-label/{fields['ID_FS_LABEL_ENC']}"]
 
@@ -60,15 +65,7 @@ def test_uuids_in_the_other_case_find_udevs_name(
 ) -> None:
     # The oracle: blkid's ID_FS_UUID_ENC (ext4's in lower case, FAT's in upper case), from
     # which udev makes /dev/disk/by-uuid/NAME.
-    need(shutil.which(mkfs[0]) is not None, f"needs {mkfs[0]}")
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as out:
-        out.truncate(8 << 20)
-    subprocess.run([*mkfs, str(disk)], check=True, capture_output=True)
-    probed = subprocess.run(
-        ["blkid", "-p", "-o", "udev", str(disk)], check=True, capture_output=True, text=True
-    ).stdout
-    fields = dict(line.split("=", 1) for line in probed.splitlines() if "=" in line)
+    fields = udev_fields(mkfs, tmp_path)
     assert fields["ID_FS_UUID_ENC"] != given
     assert f"/dev/disk/by-uuid/{fields['ID_FS_UUID_ENC']}" in block.candidates(f"UUID={given}")
 
@@ -195,7 +192,7 @@ def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDisk:
     monkeypatch.setattr(block, "run", fake.run)
     monkeypatch.setattr(block, "read_only_flag", fake.flag)
     monkeypatch.setattr(
-        block, "mounted", lambda path: path == str(fake.mountpoint) and fake.is_mounted
+        mounts, "is_mounted", lambda path: path == str(fake.mountpoint) and fake.is_mounted
     )
     return fake
 
@@ -325,7 +322,7 @@ try:
 except errors.BootcLiveError as err:
     out["error"] = err.line()
 out["read_only_after"] = block.read_only_flag(device)
-out["mounted_after"] = block.mounted(block.MOUNTPOINT)
+out["mounted_after"] = block.mounts.is_mounted(block.MOUNTPOINT)
 print(json.dumps(out))
 """
 

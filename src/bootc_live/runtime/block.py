@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
+from . import mounts
 from .blobs import Descriptor
 from .errors import BootcLiveError, ImageError
 from .run import CommandError, run
@@ -122,11 +123,6 @@ def read_only_flag(device: str, value: bool | None = None) -> bool:
         os.close(fd)
 
 
-def mounted(path: str) -> bool:
-    """Whether a filesystem is mounted at `path` (a module function: tests stand in for it)."""
-    return os.path.ismount(path)
-
-
 class Disk:
     """The device's filesystem, mounted read-only at `mountpoint` with the device itself made
     read-only; detach() undoes both, whatever part of attach() was done."""
@@ -167,7 +163,7 @@ class Disk:
         disk that will not let go is warned about, never a reason to fail a boot whose root is
         made (a stick pulled once the image was read, say)."""
         try:
-            if mounted(self.mountpoint):
+            if mounts.is_mounted(self.mountpoint):
                 try:
                     run(["umount", self.mountpoint])
                 except CommandError as err:
@@ -213,19 +209,22 @@ class DiskSource:
                     "copy the layout with its blobs as files (cp -rL)",
                 )
 
-    def index_json(self) -> bytes:
+    def _layout_files(self, name: str) -> None:
+        """A layout's file `name` (or its parts), refused if a link leads it off the disk (an
+        archive is one file: PATH, checked when it was opened)."""
         if isinstance(self.inner, LayoutSource):
-            self._on_the_disk([os.path.join(self.inner.path, "index.json")])
+            self._on_the_disk(part_files(os.path.join(self.inner.path, name)))
+
+    def index_json(self) -> bytes:
+        self._layout_files("index.json")
         return self.inner.index_json()
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
-        if isinstance(self.inner, LayoutSource):
-            self._on_the_disk(part_files(os.path.join(self.inner.path, blob_path(desc.digest))))
+        self._layout_files(blob_path(desc.digest))
         return self.inner.open_blob(desc)
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
-        if isinstance(self.inner, LayoutSource):
-            self._on_the_disk(part_files(os.path.join(self.inner.path, blob_path(desc.digest))))
+        self._layout_files(blob_path(desc.digest))
         return self.inner.tail(desc, n)
 
     def prefetch(self, layers: Sequence[Descriptor]) -> None:
