@@ -275,6 +275,27 @@ def test_what_holds_the_memory_in_use(tmp_path: Path) -> None:
     assert Memory.read(str(path), missing) == Memory(1246052 * 1024, 994548 * 1024)
 
 
+def test_the_peak_keeps_what_held_the_memory_then(tmp_path: Path) -> None:
+    """The `ready` status's memory_at_peak: the breakdown of the sample with the most in use,
+    not of the first or the last."""
+    path, zoneinfo = tmp_path / "meminfo", tmp_path / "zoneinfo"
+    zoneinfo.write_text(GUEST_ZONEINFO)
+    watch = memory.PeakWatch(path=str(path), zoneinfo=str(zoneinfo))
+
+    def sample(available_kib: int, anon_kib: int) -> None:
+        text = GUEST_MEMINFO.replace("994548", str(available_kib))
+        path.write_text(text.replace("AnonPages:         28840", f"AnonPages:  {anon_kib}"))
+        watch._sample()
+
+    sample(900000, 20000)  # before the fetch
+    sample(100000, 31000)  # the peak: 800 000 kB more in use
+    sample(300000, 25000)  # the runtime's own memory freed, some of the root's too
+    assert watch.at_peak["processes"] == 31000 * 1024
+    assert watch.at_peak["in_use"] == watch.peak
+    lists = PER_CPU_PAGES * os.sysconf("SC_PAGE_SIZE")
+    assert watch.peak == (1246052 - 100000) * 1024 - lists
+
+
 def test_the_per_cpu_lists_are_what_awk_sums_in_this_machines_zoneinfo(tmp_path: Path) -> None:
     """This machine's own /proc/zoneinfo (a newer kernel's, with more fields per pageset),
     copied once so both read the same: the pagesets' counts, as awk sums them."""

@@ -157,6 +157,12 @@ def test_debian_systemd_image_boots_live_from_a_url_with_1280_mib(
     print(f"the root and the unpack added {added >> 20} MiB; build measured {recorded >> 20} MiB")
     assert planned["reserve"] == memory.UNPACK_RESERVE + 5 * http.PART, planned
     assert 0.9 * recorded < added <= planned["need"] + planned["reserve"]
+    # What held the memory at the peak: the root's files in its tmpfs, the freed files gone.
+    at_peak = ready["memory_at_peak"]
+    print("in use at the peak (MiB): " + ", ".join(f"{k} {v >> 20}" for k, v in at_peak.items()))
+    assert at_peak["in_use"] == ready["peak_memory"], at_peak
+    assert at_peak["tmpfs"] >= ready["bytes"], at_peak
+    assert at_peak["initramfs_files"] <= in_use["initramfs_files"] - freed + (4 << 20), at_peak
 
 
 def test_debian_image_boots_on_erofs(

@@ -226,6 +226,7 @@ def ready(
         seconds=round(seconds, 3),
         peak_memory=peak.peak,
         memory_before=peak.start,
+        memory_at_peak=peak.at_peak,
     )
 
 

@@ -170,7 +170,11 @@ def in_use_by(path: str | None = None, zoneinfo: str | None = None) -> dict[str,
     reclaimable slab it counts as available only in part): for the status, so that a boot says
     where its memory went before the image came."""
     values = meminfo(path)
-    mem = Memory.of(values, zoneinfo)
+    return held_by(values, Memory.of(values, zoneinfo))
+
+
+def held_by(values: dict[str, int], mem: Memory) -> dict[str, int]:
+    """in_use_by's figures from meminfo's `values` and the Memory read with them."""
     in_use = mem.total - mem.available
     parts = {name: sum(values.get(k, 0) for k in keys) for name, keys in IN_USE_BY.items()}
     return {"in_use": in_use, **parts, "other": in_use - sum(parts.values())}
@@ -495,19 +499,25 @@ def check_packed(
 
 class PeakWatch:
     """Samples memory in use (MemTotal less what Memory.read counts available) in a thread;
-    `peak` is the highest seen."""
+    `peak` is the highest seen, `at_peak` what held it then (in_use_by's figures)."""
 
-    def __init__(self, interval: float = 0.2, path: str | None = None) -> None:
+    def __init__(
+        self, interval: float = 0.2, path: str | None = None, zoneinfo: str | None = None
+    ) -> None:
         self.interval = interval
-        self.path = path
+        self.path, self.zoneinfo = path, zoneinfo
         self.peak = 0
         self.start = 0
+        self.at_peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-peak", daemon=True)
 
     def _sample(self) -> None:
-        mem = Memory.read(self.path)
-        self.peak = max(self.peak, mem.total - mem.available)
+        values = meminfo(self.path)
+        mem = Memory.of(values, self.zoneinfo)
+        if not self.at_peak or mem.total - mem.available > self.peak:
+            self.peak = mem.total - mem.available
+            self.at_peak = held_by(values, mem)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
