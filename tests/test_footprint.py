@@ -163,9 +163,11 @@ def entries_of(layout: Path) -> list[TarEntry]:
 
 
 def test_an_entry_costs_at_least_this_kernels_inode_and_dentry() -> None:
-    """The per-entry figure against the slab caches of the kernel running here."""
+    """The per-entry figure against the slab caches of the kernel running here, the applier's
+    record (200), and the 256 bytes for other kernels' larger objects: the planner's only room
+    for them (it adds nothing to the recorded figure, whose pages are exact)."""
     need(SLAB.is_dir(), "needs /sys/kernel/slab")
-    assert slab_size("shmem_inode_cache") + slab_size("dentry") + 200 <= footprint.INODE
+    assert slab_size("shmem_inode_cache") + slab_size("dentry") + 200 + 256 <= footprint.INODE
     assert slab_size("dentry") + 200 <= footprint.DENTRY
 
 

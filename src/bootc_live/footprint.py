@@ -24,8 +24,10 @@ from .runtime.tarstream import HARDLINK, REGULAR, SYMLINK, TarEntry
 
 PAGE = 4096
 # An inode (752) and its dentry (192), with room for a long name's own allocation and a
-# security module's blob; and the applier's record of the entry (runtime/apply.py).
-INODE = 1024 + 256
+# security module's blob; the applier's record of the entry (runtime/apply.py); and 256 bytes
+# for kernels whose slab objects are larger than Debian 12's (the planner adds nothing to this
+# figure: the pages, the most of it, are the same on every kernel with 4 KiB pages).
+INODE = 1024 + 256 + 256
 DENTRY = 256 + 256  # a further name of a hard-linked file: a dentry, and the applier's record
 TREE_NODE = 576  # a node of a file's page-cache tree: 64 pages, or 64 nodes below it
 SHORT_SYMLINK = 127  # longer link targets take a page

@@ -189,13 +189,14 @@ class Estimate:
 
 
 def estimate(image: Image) -> Estimate:
-    """Unpacked size in a tmpfs: what build measured the root takes in one (+1 % for other
-    kernels' slab sizes), else the tar sizes it recorded, else each gzip layer's trailer (ISIZE,
-    when the source can read a blob's last bytes cheaply and the value is plausible), else a
-    stated ratio. Only the first counts the pages and inodes of many small files."""
+    """Unpacked size in a tmpfs: what build measured the root takes in one (its figure for each
+    entry has room for other kernels' slab sizes: footprint.INODE), else the tar sizes it
+    recorded, else each gzip layer's trailer (ISIZE, when the source can read a blob's last
+    bytes cheaply and the value is plausible), else a stated ratio. Only the first counts the
+    pages and inodes of many small files."""
     footprint = image.index_annotations.get(TMPFS_ANNOTATION, "")
     if footprint.isdigit() and footprint.isascii():
-        return Estimate(int(footprint) * 101 // 100, "recorded by bootc-live build")
+        return Estimate(int(footprint), "recorded by bootc-live build")
     recorded = image.index_annotations.get(SIZES_ANNOTATION, "")
     sizes = [int(v) for v in recorded.split(",") if v.isdigit()]
     if len(sizes) == len(image.layers):
