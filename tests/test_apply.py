@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bootc_live.runtime import apply as apply_mod
 from bootc_live.runtime.apply import Applier, clean, rmtree
 from bootc_live.runtime.errors import LayerError
 from bootc_live.runtime.streams import FileStream
@@ -240,6 +241,40 @@ def test_opaque_keeps_redefined_subdirs_but_hides_their_lower_content(tree: Tree
     assert sorted(os.listdir(root / "d")) == ["sub"]
     assert sorted(os.listdir(root / "d/sub")) == ["new"]
     assert stat.S_IMODE(os.stat(root / "d/sub").st_mode) == 0o700
+
+
+def test_repeated_whiteouts_cost_no_more_than_one(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header each, a layer can repeat a whiteout or an opaque marker thousands of times; each
+    repeat walked all the layer had added there (quadratic: minutes from a small layer). Once a
+    place has no lower content left, a whiteout at or below it has nothing to do: the nodes
+    looked at stay linear in the entries."""
+    looked = [0]
+    lstat = apply_mod._lstat
+
+    def counted(name: bytes, dir_fd: int) -> os.stat_result | None:
+        looked[0] += 1
+        return lstat(name, dir_fd)
+
+    monkeypatch.setattr(apply_mod, "_lstat", counted)
+    many = 400
+    added = [f(f"d/new{i}", b"n") for i in range(many)] + [f(f"x/new{i}") for i in range(many)]
+    repeats = [opq("d"), wh("x"), wh("d/new0"), opq("x"), wh("d/old")] * many
+    root = tree.apply([f("d/old", b"o"), f("x/old", b"o"), f("d/sub/old")], [*added, *repeats])
+    assert sorted(os.listdir(root / "d")) == sorted(f"new{i}" for i in range(many))
+    assert sorted(os.listdir(root / "x")) == sorted(f"new{i}" for i in range(many))
+    entries = len(added) + len(repeats)
+    assert looked[0] < 3 * entries, looked  # each repeat walking 400 names: 400 x 2000
+    # A name whited out, then the same layer's own directory there: its opaque marker hides
+    # nothing, and a whiteout of the parent's still removes what the lower layers had.
+    root = tree.apply(
+        [f("p/n/lower"), f("p/other")],
+        [wh("p/n"), f("p/n/mine"), opq("p/n"), opq("p"), opq("p")],
+    )
+    assert sorted(os.listdir(root / "p")) == ["n"] and os.listdir(root / "p/n") == ["mine"]
+    # An opaque directory still goes when whited out itself: its marker hid only what was below.
+    assert not (tree.apply([f("q/lower")], [opq("q"), wh("q")]) / "q").exists()
 
 
 def test_file_and_directory_replace_each_other(tree: Tree) -> None:

@@ -87,6 +87,39 @@ class Touched:
         return node
 
 
+_SELF, _CHILDREN = 0, 1  # marks in Cleared's tree, whose names are bytes
+
+
+class Cleared:
+    """Where a layer's whiteouts have already removed all that the lower layers put (a name
+    whited out: it and all below it; a directory made opaque: all below it), by real key, as a
+    tree of names: a later whiteout at or below such a place has nothing left to hide, and
+    without this a layer that repeats one (cheap in a tar: a header each) made every repeat walk
+    all that the layer added there, quadratic work from a small layer. Nothing later in the layer
+    can bring the lower layers' content back there: entries only add this layer's."""
+
+    def __init__(self) -> None:
+        self.root: dict[Any, Any] = {}
+
+    def add(self, key: Key, below_only: bool) -> None:
+        node = self.root
+        for part in key:
+            node = node.setdefault(part, {})
+        node[_CHILDREN if below_only else _SELF] = True
+
+    def covers(self, key: Key, below_only: bool) -> bool:
+        """Whether nothing of the lower layers is left at `key` (below_only: below it)."""
+        node = self.root
+        for part in key:
+            if _SELF in node or _CHILDREN in node:  # a whiteout of an ancestor, or its opaque
+                return True
+            below = node.get(part)
+            if below is None:
+                return False
+            node = below
+        return _SELF in node or (below_only and _CHILDREN in node)
+
+
 def _check_length(path: Key, key: Key) -> None:
     """Refuse, as GNU tar and umoci do, an entry at a path of PATH_MAX bytes or more: no
     program of the booted system could open it by its path, and each level of it costs the
@@ -238,6 +271,7 @@ class Applier:
         self.bytes_written = 0
         # Real keys of this layer's entries and their ancestors (what its whiteouts keep).
         self._touched = Touched()
+        self._cleared = Cleared()
         self._dir_times: dict[Key, int] = {}  # mtimes to set when the layer is done
 
     def close(self) -> None:
@@ -250,6 +284,7 @@ class Applier:
     def apply_layer(self, stream: Stream) -> None:
         """Apply one layer's uncompressed tar stream."""
         self._touched = Touched()
+        self._cleared = Cleared()
         self._dir_times = {}
         for entry in read_entries(stream):
             if self._observe is not None:
@@ -473,12 +508,17 @@ class Applier:
         except (FileNotFoundError, LayerError):
             return  # whiting out below something that is not a directory: nothing to hide
         self._note_parent(real_parent, parent)
-        if name == OPAQUE:
+        opaque = name == OPAQUE
+        target = real_parent if opaque else (*real_parent, name)
+        if self._cleared.covers(target, below_only=opaque):
+            return
+        if opaque:
             for child in os.listdir(parent):
                 child_name = os.fsencode(child)
                 self._remove_lower(parent, child_name, (*real_parent, child_name))
         else:
-            self._remove_lower(parent, name, (*real_parent, name))
+            self._remove_lower(parent, name, target)
+        self._cleared.add(target, below_only=opaque)
 
     def _remove_lower(self, dir_fd: int, name: bytes, key: Key) -> None:
         """Remove what lower layers put at `name`, keeping what this layer added.
