@@ -159,6 +159,14 @@ def url_console(
                     seconds=19.875,
                     peak_memory=628 * MIB + 5,
                     memory_before=344 * MIB,
+                    memory_at_peak=dict(
+                        in_use=628 * MIB + 5,
+                        initramfs_files=50 * MIB + 7,
+                        tmpfs=470 * MIB,
+                        processes=33 * MIB,
+                        kernel=35 * MIB,
+                        other=40 * MIB + 5,
+                    ),
                     root=root,
                 ),
             ),
@@ -185,6 +193,8 @@ def test_a_zram_boot_reads_its_figures_from_the_status_lines() -> None:
     assert (run.ok, run.state, run.failure) == (True, "ready", "")
     assert (run.entries, run.written_mib, run.unpack_s) == (12649, 562, 19.875)
     assert (run.peak_mib, run.start_mib, run.freed_mib, run.above_start_mib) == (628, 344, 21, 305)
+    at_peak = (run.peak_files_mib, run.peak_tmpfs_mib, run.peak_processes_mib, run.peak_kernel_mib)
+    assert (*at_peak, run.peak_other_mib) == (50, 470, 33, 35, 40)
     assert (run.compressed_mib, run.estimate_mib, run.available_mib) == (180, 619, 565)
     assert (run.mode, run.need_mib) == ("zram", 277)
     assert run.root == ZRAM_ROOT

@@ -71,6 +71,12 @@ class BootRun:
     unpack_s: float | None = None  # "seconds"
     peak_mib: int | None = None  # "peak_memory": MemTotal - MemAvailable - per-CPU lists
     start_mib: int | None = None  # "memory_before": the same, when the runtime began
+    # "memory_at_peak": what held the peak's memory in use (AT_PEAK: the status's names)
+    peak_files_mib: int | None = None
+    peak_tmpfs_mib: int | None = None
+    peak_processes_mib: int | None = None
+    peak_kernel_mib: int | None = None
+    peak_other_mib: int | None = None
     freed_mib: int | None = None  # the unused kernel modules and tools freed
     compressed_mib: int | None = None
     available_mib: int | None = None  # what the root may take ("available")
@@ -242,6 +248,16 @@ def mib(doc: dict[str, Any], key: str) -> int | None:
     return value >> 20 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# The parts of the ready status's memory_at_peak, each as the BootRun field it goes to.
+AT_PEAK = {
+    "initramfs_files": "peak_files_mib",
+    "tmpfs": "peak_tmpfs_mib",
+    "processes": "peak_processes_mib",
+    "kernel": "peak_kernel_mib",
+    "other": "peak_other_mib",
+}
+
+
 def read_status(run: BootRun, doc: dict[str, Any]) -> None:
     """The runtime's own figures, from its last status document: the plan's, the modules and
     tools freed, and once ready, the unpack's, the memory's and the root's."""
@@ -272,6 +288,10 @@ def read_status(run: BootRun, doc: dict[str, Any]) -> None:
     run.unpack_s = doc.get("seconds")
     run.peak_mib = mib(doc, "peak_memory")
     run.start_mib = mib(doc, "memory_before")
+    at_peak = doc.get("memory_at_peak")
+    if isinstance(at_peak, dict):
+        for part, name in AT_PEAK.items():
+            setattr(run, name, mib(at_peak, part))
     root = doc.get("root")
     run.root = root if isinstance(root, dict) else None
     if run.root is None:

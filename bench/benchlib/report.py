@@ -283,6 +283,19 @@ def print_figures(report: dict[str, Any], cells: Cells) -> None:
             "MemTotal - MemAvailable - per-CPU lists, peak during fetch + unpack",
         ),
         (
+            "  of it: the initramfs's files",
+            cells.mib("peak_files_mib"),
+            "status 'memory_at_peak' (meminfo at the peak): 'initramfs_files' (Unevictable)",
+        ),
+        ("    tmpfs: the root, /run", cells.mib("peak_tmpfs_mib"), "its 'tmpfs' (Shmem)"),
+        ("    processes", cells.mib("peak_processes_mib"), "its 'processes' (AnonPages)"),
+        (
+            "    kernel",
+            cells.mib("peak_kernel_mib"),
+            "its 'kernel' (unreclaimable slab: the root's inodes; stacks, page tables, vmalloc)",
+        ),
+        ("    other", cells.mib("peak_other_mib"), "its 'other': the rest (watermarks, caches)"),
+        (
             "  in use before fetching (runtime)",
             cells.mib("start_mib"),
             "the same figure when the runtime starts: the baseline",

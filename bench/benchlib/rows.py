@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.boots import (
+    AT_PEAK,
     KEXEC_SWITCH_ROOT,
     PHASES,
     QEMU_SWITCH_ROOT,
@@ -221,6 +222,7 @@ def row_figures(row: dict[str, Any], tmpfs: int | None, largest_blob: int) -> di
         "peak_mib": peak,
         "start_mib": start,
         "freed_mib": med("freed_mib"),
+        **{name: med(name) for name in AT_PEAK.values()},
         "baseline_peak_mib": base_peak,
         "written_mib": written,
         "tmpfs_mib": None if tmpfs is None else tmpfs / MIB,
