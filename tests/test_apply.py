@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -275,6 +276,95 @@ def test_repeated_whiteouts_cost_no_more_than_one(
     assert sorted(os.listdir(root / "p")) == ["n"] and os.listdir(root / "p/n") == ["mine"]
     # An opaque directory still goes when whited out itself: its marker hid only what was below.
     assert not (tree.apply([f("q/lower")], [opq("q"), wh("q")]) / "q").exists()
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of `name` in apply.py's module (`os.open` through a counting os)."""
+    calls = [0]
+    real = getattr(apply_mod, name) if name != "open" else os.open
+
+    def counted(*args: object, **kw: object) -> object:
+        calls[0] += 1
+        return real(*args, **kw)  # type: ignore[operator]
+
+    if name == "open":
+
+        class CountingOs:
+            def __getattr__(self, attr: str) -> object:
+                return counted if attr == "open" else getattr(os, attr)
+
+        monkeypatch.setattr(apply_mod, "os", CountingOs())
+    else:
+        monkeypatch.setattr(apply_mod, name, counted)
+    return calls
+
+
+def test_whiteouts_nested_deepest_first_walk_each_level_once(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opaque markers or whiteouts from the deepest directory up: each used to walk all the
+    layer had added below it again (depth x entries: a 70 KiB gzip layer took a minute)."""
+    looked = counting(monkeypatch, "_lstat")
+    depth, files = 150, 150
+    chain = "/".join(["a"] * depth)
+    added = [f(f"{chain}/f{i}") for i in range(files)]
+    levels = ["/".join(["a"] * k) for k in range(depth, 0, -1)]
+    root = tree.apply([f("a/lower"), f(f"{chain}/lower")], [*added, *map(opq, levels)])
+    assert sorted(os.listdir(root / chain)) == sorted(f"f{i}" for i in range(files))
+    assert os.listdir(root / "a") == ["a"]
+    assert looked[0] < 4 * (depth + files), looked  # depth x files: 22 500
+    looked[0] = 0
+    root = tree.apply([f("b/lower")], [*(f(f"b/{chain}/f{i}") for i in range(files))])
+    tree.apply([*(f(f"b/{chain}/g{i}") for i in range(files)), *(wh(f"b/{p}") for p in levels)])
+    assert sorted(os.listdir(root / f"b/{chain}")) == sorted(f"g{i}" for i in range(files))
+    assert looked[0] < 4 * (depth + 2 * files), looked
+    rmtree(str(root))
+
+
+def test_entries_below_a_link_chain_pay_its_expansion_once(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each entry below a chain of links expanded the whole chain again, from the root: 40
+    links of 4000 bytes made a 4 KiB gzip layer take a minute. Siblings now start from their
+    cached parent; a layer that keeps dropping the cache (replacing a link before each entry)
+    is refused once it has followed far more link names than its entries can need."""
+    opened = counting(monkeypatch, "open")
+    hops = "a/../" * 300  # 600 names a link
+    chain = [sym(f"L{k}", hops + (f"L{k + 1}" if k < 40 else "a")) for k in range(1, 41)]
+    entries = 200
+    root = tree.apply([d("a"), *chain, *(f(f"L1/d{i}/f", b"x") for i in range(entries))])
+    assert len(os.listdir(root / "a")) == entries and tree.outside_intact()
+    one_walk = 40 * 300 * 2
+    assert opened[0] < one_walk + 20 * entries, opened  # was about one_walk per entry
+    # The cache dropped before each entry (a link replaced): every walk pays the chain again.
+    opened[0] = 0
+    dropping = [e for i in range(entries) for e in (sym("z", f"t{i}"), f(f"L1/e{i}/f"))]
+    with pytest.raises(LayerError, match="go through symbolic links too often"):
+        tree.apply(dropping)
+    assert opened[0] < 2 * apply_mod._LINK_STEPS, opened  # a few walks, not 200: 4.8 million
+
+
+def test_a_cached_parent_counts_the_links_it_took(tree: Tree) -> None:
+    """A lookup follows 40 links at most, all its names together (the kernel's rule): a name
+    walked from a cached parent adds to the links the parent took."""
+    chain = [sym(f"P{k}", f"P{k + 1}" if k < 40 else "a") for k in range(1, 41)]
+    root = tree.apply([d("a"), sym("a/s", "."), *chain, f("P1/x", b"x")])
+    assert (root / "a/x").read_bytes() == b"x"
+    with pytest.raises(OSError) as kernel:
+        os.stat(root / "P1/s/y")
+    assert kernel.value.errno == errno.ELOOP  # the oracle
+    with pytest.raises(LayerError, match="too many levels of symbolic links"):
+        tree.apply([f("P1/x2"), f("P1/s/y")])
+
+
+def test_a_directory_replaced_later_in_its_layer_keeps_no_mtime(tree: Tree) -> None:
+    """The layer's directory mtimes are set at its end, at their real places, following no
+    link: x/d0 (mtime 5) is gone when x became a link to y, and y/d0 keeps its own."""
+    root = tree.apply(
+        [d("y"), d("y/d0", mtime=100), d("y", mtime=100)],
+        [d("x/d0", mtime=5), sym("x", "y")],
+    )
+    assert (root / "x").is_symlink() and os.lstat(root / "y/d0").st_mtime == 100
 
 
 def test_file_and_directory_replace_each_other(tree: Tree) -> None:

@@ -15,13 +15,20 @@ Decisions where runtimes differ (SPEC.md §3):
 - an existing directory redefined by a directory entry keeps its contents and takes the entry's
   mode, owner, xattrs (the old xattrs are cleared first) and mtime, as umoci does;
 - a directory's mtime is applied when its layer is done, and a directory a layer only adds to
-  keeps its earlier mtime, so the tree does not depend on when it was unpacked;
+  keeps its earlier mtime, so the tree does not depend on when it was unpacked; it is applied
+  where the directory really is, following no link: one the layer replaced later (by a link,
+  say) gets none, nor does what the link leads to;
 - `security.selinux` and `trusted.overlay.*` are never applied (the booted system labels itself;
   overlay metadata from a build host must not steer our mounts);
 - an entry that replaces a symlink (or removes one, or a directory) changes where paths below it
   resolve: the descriptors cached for resolved directories are all dropped, so later entries of
   this layer and the next go into what is there now (a real `lib/` that replaced
   `lib -> usr/lib`), never through the old target.
+
+The work a layer causes stays in proportion to its entries, however they are arranged: a
+whiteout repeated, or nested deepest first, walks what the layer added once (Cleared); entries
+below a chain of links start from their cached parent, and the link names path resolution
+follows are counted against a budget (_LINK_STEPS), past which the layer is refused.
 
 What the tar reader accepts where SPEC.md §3 is silent (v7 directories, extended header
 sequences, number ranges) is pinned in tarstream.py.
@@ -57,6 +64,11 @@ OPAQUE = b".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_SYMLINKS = 40
 _CACHE_SIZE = 64
+_KEEP_EVERY = 16  # _set_dir_times keeps a descriptor every this many levels
+# The names of link targets path resolution may follow: one walk through 40 links of 4095
+# bytes (the kernel's limits) and 64 for each entry applied; a real layer follows a few.
+_LINK_STEPS = 1 << 17
+_LINK_STEPS_PER_ENTRY = 64
 _COPY = 1 << 20
 _SKIPPED_XATTRS = ("security.selinux", "trusted.overlay.")
 
@@ -70,16 +82,17 @@ class Touched:
     (a set of every prefix did, and a deep path made it grow by megabytes)."""
 
     def __init__(self) -> None:
-        self.root: dict[bytes, Any] = {}
+        self.root: dict[Any, Any] = {}
 
-    def mark(self, key: Key) -> None:
+    def mark(self, key: Key) -> dict[Any, Any]:
         node = self.root
         for part in key:
             node = node.setdefault(part, {})
+        return node
 
-    def node(self, key: Key) -> dict[bytes, Any] | None:
-        """What was touched below `key`, or None if nothing was at or below it."""
-        node: dict[bytes, Any] | None = self.root
+    def node(self, key: Key) -> dict[Any, Any] | None:
+        """The tree below `key`, or None if nothing was at or below it."""
+        node: dict[Any, Any] | None = self.root
         for part in key:
             if node is None:
                 return None
@@ -88,9 +101,10 @@ class Touched:
 
 
 _SELF, _CHILDREN = 0, 1  # marks in Cleared's tree, whose names are bytes
+_Node = dict[Any, Any]  # a node of Touched's or Cleared's tree
 
 
-class Cleared:
+class Cleared(Touched):
     """Where a layer's whiteouts have already removed all that the lower layers put (a name
     whited out: it and all below it; a directory made opaque: all below it), by real key, as a
     tree of names: a later whiteout at or below such a place has nothing left to hide, and
@@ -98,14 +112,13 @@ class Cleared:
     all that the layer added there, quadratic work from a small layer. Nothing later in the layer
     can bring the lower layers' content back there: entries only add this layer's."""
 
-    def __init__(self) -> None:
-        self.root: dict[Any, Any] = {}
-
     def add(self, key: Key, below_only: bool) -> None:
-        node = self.root
-        for part in key:
-            node = node.setdefault(part, {})
-        node[_CHILDREN if below_only else _SELF] = True
+        self.mark(key)[_CHILDREN if below_only else _SELF] = True
+
+    @staticmethod
+    def emptied(node: dict[Any, Any] | None) -> bool:
+        """Whether nothing of the lower layers is left below the place of `node`."""
+        return node is not None and (_SELF in node or _CHILDREN in node)
 
     def covers(self, key: Key, below_only: bool) -> bool:
         """Whether nothing of the lower layers is left at `key` (below_only: below it)."""
@@ -265,7 +278,8 @@ class Applier:
         self._observe = observe  # told of every entry, before it is applied
         self._warned: set[str] = set()
         # Resolved directories: lexical key -> (descriptor, real key: where it is in the root)
-        self._dirs: OrderedDict[Key, tuple[int, Key]] = OrderedDict()
+        # (and how many links the walk to it followed: a lookup may follow 40 in all)
+        self._dirs: OrderedDict[Key, tuple[int, Key, int]] = OrderedDict()
         self._stale: list[int] = []  # forgotten descriptors, closed once no caller holds them
         self.entries = 0
         self.bytes_written = 0
@@ -273,6 +287,7 @@ class Applier:
         self._touched = Touched()
         self._cleared = Cleared()
         self._dir_times: dict[Key, int] = {}  # mtimes to set when the layer is done
+        self._link_steps = 0  # names of link targets followed (_walk)
 
     def close(self) -> None:
         self._forget_dirs()
@@ -487,13 +502,53 @@ class Applier:
             self._dir_times[key] = os.fstat(fd).st_mtime_ns
 
     def _set_dir_times(self) -> None:
-        for key, mtime_ns in self._dir_times.items():
-            self._close_stale()
-            try:
-                fd = self._dir(key, create=False)
-            except (FileNotFoundError, LayerError):
-                continue  # removed later in the same layer
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        """Give each directory the layer changed its mtime. Each is found at its real key, from
+        the root, following no link: a real key has none, so a link there now (or nothing, or
+        a file) means the layer replaced that directory later, and the one now reached through
+        the link is not the one to set. In the keys' order, from the deepest descriptor kept on
+        the way to the last one (every _KEEP_EVERY levels and its end, so few are open): a key
+        below a deep directory opens what is below, not the whole path again."""
+        path: list[bytes] = []  # the real key walked last, as far as it exists
+        kept: dict[int, int] = {}  # descriptors of path[:depth], by depth
+
+        def leave(depth: int, fd: int) -> None:
+            """Done with `fd`, at `depth`: closed unless it is the root or kept every 16."""
+            if fd != self.root_fd and depth % _KEEP_EVERY:
+                kept.pop(depth, None)
+                os.close(fd)
+
+        try:
+            for key in sorted(self._dir_times):
+                common = 0
+                while common < min(len(path), len(key)) and path[common] == key[common]:
+                    common += 1
+                depth = max((d for d in kept if d <= common), default=0)
+                for deeper in [d for d in kept if d > depth]:
+                    os.close(kept.pop(deeper))
+                del path[depth:]
+                fd = kept.get(depth, self.root_fd)
+                for part in key[depth:]:
+                    try:
+                        below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    except OSError as err:
+                        if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                            raise
+                        break  # replaced or removed later in the layer
+                    leave(depth, fd)
+                    fd, depth = below, depth + 1
+                    path.append(part)
+                    if depth % _KEEP_EVERY == 0:
+                        kept[depth] = fd
+                else:
+                    mtime_ns = self._dir_times[key]
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                    if fd != self.root_fd:
+                        kept[depth] = fd  # the next key may be below it
+                    continue
+                leave(depth, fd)
+        finally:
+            for fd in kept.values():
+                os.close(fd)
 
     # -- whiteouts and removal ------------------------------------------------------------
 
@@ -524,33 +579,38 @@ class Applier:
         """Remove what lower layers put at `name`, keeping what this layer added.
 
         Depth first through what this layer touched, by a loop (a layer may nest deeper than
-        Python recurses), one descriptor held for each level.
+        Python recurses), one descriptor held for each level. Below a place that an earlier
+        whiteout of the layer cleared (Cleared), only this layer's content is left: it is not
+        walked again (whiteouts nested deepest first would each walk all the layer added below
+        them).
         """
-        stack: list[tuple[int, Iterator[bytes], dict[bytes, Any]]] = []
+        stack: list[tuple[int, Iterator[bytes], _Node, _Node | None]] = []
 
-        def visit(parent: int, child: bytes, touched: dict[bytes, Any] | None) -> None:
+        def visit(parent: int, child: bytes, touched: _Node | None, cleared: _Node | None) -> None:
             existing = _lstat(child, parent)
             if existing is None:
                 return
             if touched is None:
                 self._remove(parent, child, existing)
-            elif stat.S_ISDIR(existing.st_mode):
+            elif stat.S_ISDIR(existing.st_mode) and not Cleared.emptied(cleared):
                 fd = os.open(child, _DIR_FLAGS, dir_fd=parent)
                 names = [os.fsencode(n) for n in os.listdir(fd)]
-                stack.append((fd, iter(names), touched))
+                stack.append((fd, iter(names), touched, cleared))
 
         try:
-            visit(dir_fd, name, self._touched.node(key))
+            visit(dir_fd, name, self._touched.node(key), self._cleared.node(key))
             while stack:
-                fd, children, below = stack[-1]
+                fd, children, below, cleared = stack[-1]
                 child = next(children, None)
                 if child is None:
                     os.close(fd)
                     stack.pop()
                 else:
-                    visit(fd, child, below.get(child))
+                    visit(
+                        fd, child, below.get(child), None if cleared is None else cleared.get(child)
+                    )
         finally:
-            for fd, _, _ in stack:
+            for fd, _, _, _ in stack:
                 os.close(fd)
 
     def _remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
@@ -568,7 +628,7 @@ class Applier:
     def _forget_dirs(self) -> None:
         """Drop the cache after a directory or symlink removal: cached paths (below it, or
         reached through it from anywhere) may now resolve elsewhere."""
-        self._stale.extend(fd for fd, _ in self._dirs.values())
+        self._stale.extend(fd for fd, _, _ in self._dirs.values())
         self._dirs.clear()
 
     def _close_stale(self) -> None:
@@ -587,21 +647,43 @@ class Applier:
         found = self._dirs.get(key)
         if found is not None:
             self._dirs.move_to_end(key)
-            return found
-        found = self._walk(key, create)
+            return found[:2]
+        parent = self._dirs.get(key[:-1])
+        if parent is not None:  # the siblings' parent, cached by their first walk: one step
+            self._dirs.move_to_end(key[:-1])
+            found = self._walk(key, create, parent)
+        else:
+            found = self._walk(key, create)
+        self._remember(key, found)
+        return found[:2]
+
+    def _remember_parent(self, key: Key, fd: int, names: list[bytes], links: int) -> None:
+        """Cache `key` as resolved at `fd` (the walk goes on with its own descriptor)."""
+        if key not in self._dirs:
+            self._remember(key, (os.dup(fd), tuple(names), links))
+
+    def _remember(self, key: Key, found: tuple[int, Key, int]) -> None:
         self._dirs[key] = found
         if len(self._dirs) > _CACHE_SIZE:
             self._stale.append(self._dirs.popitem(last=False)[1][0])
-        return found
 
-    def _walk(self, key: Key, create: bool) -> tuple[int, Key]:
+    def _walk(
+        self, key: Key, create: bool, parent: tuple[int, Key, int] | None = None
+    ) -> tuple[int, Key, int]:
+        """Resolve `key` from the root, or only its last name from `parent` (its parent's
+        descriptor, real key and the links followed to it). A walk from the root also caches
+        the parent it passes, so that a sibling's walk is one step: without it, each entry
+        below a link paid the link's whole expansion again (40 links of 4095 bytes: tens of
+        thousands of steps an entry). The links expanded are counted against a budget for all
+        the entries so far (_LINK_STEPS): a layer that makes its entries pay more is refused."""
         # One descriptor at a time, the current directory's (a tree 1000 deep fits any open-file
         # limit): its parent, for `..`, is opened from it, which inside the root is the
         # directory `names` ends in (symbolic links are followed here, not by the kernel).
-        cur = self.root_fd
-        names: list[bytes] = []  # the path of `cur` below the root
-        todo = list(reversed(key))
-        links = 0
+        cur = self.root_fd if parent is None else os.dup(parent[0])
+        names: list[bytes] = [] if parent is None else list(parent[1])  # `cur`'s real key
+        todo = list(reversed(key if parent is None else key[-1:]))
+        key_parts = len(todo)  # of `todo`, the bottom ones are key's, above them links'
+        links = 0 if parent is None else parent[2]
 
         def enter(fd: int) -> None:
             nonlocal cur
@@ -611,6 +693,10 @@ class Applier:
 
         try:
             while todo:
+                if len(todo) == key_parts:
+                    if key_parts == 1 and parent is None and len(key) > 1:
+                        self._remember_parent(key[:-1], cur, names, links)
+                    key_parts -= 1
                 part = todo.pop()
                 if part in (b"", b"."):
                     continue
@@ -649,8 +735,17 @@ class Applier:
                 if target.startswith(b"/"):
                     enter(self.root_fd)
                     names.clear()
-                todo.extend(reversed(target.split(b"/")))
+                parts = target.split(b"/")
+                self._link_steps += len(parts)
+                if self._link_steps > _LINK_STEPS + _LINK_STEPS_PER_ENTRY * self.entries:
+                    raise LayerError(
+                        f"{_show(key)}: the layer's paths go through symbolic links too often "
+                        f"({self._link_steps} names of link targets followed for "
+                        f"{self.entries + 1} entries)",
+                        LAYER_HINT,
+                    )
+                todo.extend(reversed(parts))
         except BaseException:
             enter(self.root_fd)  # closes the current one
             raise
-        return (os.dup(cur) if cur == self.root_fd else cur), tuple(names)
+        return (os.dup(cur) if cur == self.root_fd else cur), tuple(names), links
