@@ -7,6 +7,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -342,6 +343,46 @@ def test_entries_below_a_link_chain_pay_its_expansion_once(
     with pytest.raises(LayerError, match="go through symbolic links too often"):
         tree.apply(dropping)
     assert opened[0] < 2 * apply_mod._LINK_STEPS, opened  # a few walks, not 200: 4.8 million
+
+
+def test_the_mtimes_of_deep_directories_take_one_walk(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directories a layer changed get their mtimes at its end, each found from the root:
+    with more parents than the cache holds, each re-walked the whole depth (depth x entries).
+    In the keys' order the walks share their way down."""
+    depth, parents, rounds = 200, 80, 5
+    chain = "/".join(["a"] * depth)
+    tree.apply([*(d(f"{chain}/p{j}") for j in range(parents))])
+    opened, counting_now = [0], [False]
+    real_open = os.open
+
+    class CountingOs:
+        def __getattr__(self, attr: str) -> object:
+            return getattr(os, attr)
+
+        @staticmethod
+        def open(*args: Any, **kw: Any) -> int:
+            opened[0] += counting_now[0]
+            return real_open(*args, **kw)
+
+    def timed(self: Applier) -> None:
+        counting_now[0] = True
+        try:
+            set_times(self)
+        finally:
+            counting_now[0] = False
+
+    set_times = Applier._set_dir_times
+    monkeypatch.setattr(apply_mod, "os", CountingOs())
+    monkeypatch.setattr(Applier, "_set_dir_times", timed)
+    layer = [sym("L", chain)]
+    layer += [d(f"L/p{j}/d{i}", mtime=7) for i in range(rounds) for j in range(parents)]
+    root = tree.apply(layer)
+    assert os.stat(root / chain / "p5/d3").st_mtime == 7
+    keys = parents * (rounds + 1)
+    assert opened[0] < 10 * (depth + keys), opened  # depth x keys: 96 000
+    rmtree(str(root))
 
 
 def test_a_cached_parent_counts_the_links_it_took(tree: Tree) -> None:
