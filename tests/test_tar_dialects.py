@@ -8,9 +8,13 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from bootc_live.runtime import apply as apply_mod
 from bootc_live.runtime.apply import Applier
 from bootc_live.runtime.errors import LayerError, shown
 from bootc_live.runtime.streams import FileStream
@@ -203,6 +207,60 @@ def test_sparse_maps_beyond_a_mebibyte_are_refused(tmp_path: Path) -> None:
     member = header_block("GNUSparseFile.0/holes", typeflag=b"0", size=len(data))
     line = refused(tmp_path, raw(pax + member + data + bytes(-len(data) % BLOCK)))
     assert line == "tar header: sparse map larger than 1048576 bytes", line
+
+
+def sparse_1_0(name: str, segments: list[tuple[int, bytes]], real: int, zeros: int) -> bytes:
+    """A PAX format 1.0 sparse member: its map (each number after `zeros` leading zeros, so
+    that lines span blocks), padded to a block, then the segments' data back to back."""
+    numbers = [len(segments)] + [n for offset, data in segments for n in (offset, len(data))]
+    text = b"".join(b"0" * zeros + b"%d\n" % n for n in numbers)
+    body = text + bytes(-len(text) % BLOCK) + b"".join(data for _, data in segments)
+    records = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name}
+    pax = extended_header({**records, "GNU.sparse.realsize": str(real)})
+    member = header_block(f"GNUSparseFile.0/{name}", typeflag=b"0", size=len(body))
+    return pax + member + body + bytes(-len(body) % BLOCK)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.tuples(st.integers(0, 3000), st.binary(max_size=700)), max_size=40),
+    st.integers(0, 1200),
+)
+def test_a_1_0_sparse_map_is_read_line_by_line_across_blocks(
+    tmp_path: Path, gaps: list[tuple[int, bytes]], zeros: int
+) -> None:
+    """The map is read a block at a time, a block's lines parsed together (a long line joined
+    once): segments of any length, empty ones too, and lines that span blocks."""
+    segments, end = [], 0
+    for gap, data in gaps:
+        segments.append((end + gap, data))
+        end += gap + len(data)
+    shutil.rmtree(tmp_path / "root", ignore_errors=True)
+    root = apply(tmp_path, raw(sparse_1_0("holes", segments, end + 5, zeros)))
+    expected = bytearray(end + 5)
+    for offset, data in segments:
+        expected[offset : offset + len(data)] = data
+    assert (root / "holes").read_bytes() == bytes(expected)
+
+
+def test_empty_segments_of_a_sparse_map_cost_no_system_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mebibyte of map can list 100 000 empty segments: each was an lseek."""
+    seeks = [0]
+    lseek = os.lseek
+
+    def counted(*args: Any) -> int:
+        seeks[0] += 1
+        return lseek(*args)
+
+    monkeypatch.setattr(apply_mod.os, "lseek", counted)
+    segments = [(i, b"") for i in range(100_000)] + [(200_000, b"data")]
+    root = apply(tmp_path, raw(sparse_1_0("holes", segments, 200_004, 0)))
+    assert (root / "holes").read_bytes() == bytes(200_000) + b"data"
+    assert seeks[0] <= 2, seeks
 
 
 @pytest.mark.parametrize(

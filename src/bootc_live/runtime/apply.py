@@ -409,8 +409,9 @@ class Applier:
     def _copy_sparse(self, entry: TarEntry, key: Key, stream: Stream, fd: int) -> None:
         assert entry.sparse is not None  # checked by the tar reader
         for offset, length in entry.sparse:
-            os.lseek(fd, offset, os.SEEK_SET)
-            self._copy(stream, fd, length)
+            if length:  # a map may hold many empty segments: no system call for them
+                os.lseek(fd, offset, os.SEEK_SET)
+                self._copy(stream, fd, length)
         os.ftruncate(fd, entry.real_size)
 
     def _special(self, entry: TarEntry, parent: int, name: bytes) -> None:

@@ -456,21 +456,36 @@ def _apply_pax(entry: TarEntry, records: list[tuple[str, bytes]], stream: Stream
 
 
 def _read_sparse_map_1_0(stream: Stream, size: int) -> tuple[list[int], int]:
-    data = b""
+    """The map at the start of a format 1.0 sparse file's data: a count, then that many
+    offset and length pairs, a decimal number a line, padded to a block. Read a block at a
+    time, each block's lines parsed together (a line over many blocks joined once): a map of
+    many short lines, or one very long line, costs what its bytes do."""
+    numbers: list[int] = []
+    wanted = 1  # the count, then 2 x count more
+    pieces: list[bytes] = []  # of a line not ended yet
     used = 0
+    while len(numbers) < wanted:
+        if used + BLOCK > size:
+            raise LayerError("tar header: sparse map longer than the entry's data")
+        if used + BLOCK > MAX_EXTENDED:
+            raise LayerError(f"tar header: sparse map larger than {MAX_EXTENDED} bytes")
+        block = stream.read_exact(BLOCK)
+        used += BLOCK
+        if b"\n" not in block:
+            pieces.append(block)
+            continue
+        lines = b"".join([*pieces, block]).split(b"\n")
+        pieces = [lines.pop()]
+        for line in lines:
+            numbers.append(_map_number(line))
+            if len(numbers) == 1:
+                wanted += 2 * max(numbers[0], 0)
+            if len(numbers) == wanted:
+                break
+    return numbers[1:], used
 
-    def next_number() -> int:
-        nonlocal data, used
-        while b"\n" not in data:
-            if used + BLOCK > size:
-                raise LayerError("tar header: sparse map longer than the entry's data")
-            if used + BLOCK > MAX_EXTENDED:
-                raise LayerError(f"tar header: sparse map larger than {MAX_EXTENDED} bytes")
-            data += stream.read_exact(BLOCK)
-            used += BLOCK
-        line, _, data = data.partition(b"\n")
-        return _pax_int(line, "GNU.sparse map")
 
-    count = next_number()
-    numbers = [next_number() for _ in range(2 * count)]
-    return numbers, used
+def _map_number(line: bytes) -> int:
+    if 0 < len(line) < 19 and line.isdigit():  # the usual: fewer digits than 2**63 has
+        return int(line)
+    return _pax_int(line, "GNU.sparse map")
