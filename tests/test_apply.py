@@ -235,6 +235,19 @@ def test_whiteouts_never_hide_the_same_layer(tree: Tree, whiteout_first: bool) -
     assert sorted(os.listdir(root / "d")) == ["new"]
 
 
+@pytest.mark.parametrize("before", [True, False])
+def test_an_implied_parent_a_link_leaves_at_once_is_the_layers_own(
+    tree: Tree, before: bool
+) -> None:
+    """Through `s -> x/..` an entry makes the missing x (an implied parent) and leaves it: x is
+    still the layer's own, so the layer's opaque marker keeps it, before or after it in tar
+    order (it went when the marker came after, and stayed when it came before)."""
+    marker = [opq(".")]
+    layer = [sym("s", "x/.."), *(marker if before else []), f("s/f", b"1"), *marker]
+    root = tree.apply([f("lower")], layer)
+    assert sorted(os.listdir(root)) == ["f", "s", "x"] and (root / "x").is_dir()
+
+
 def test_opaque_keeps_redefined_subdirs_but_hides_their_lower_content(tree: Tree) -> None:
     root = tree.apply(
         [f("d/sub/old", b"o"), f("d/other", b"o")],

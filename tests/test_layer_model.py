@@ -28,6 +28,7 @@ from unpackers import need
 Key = tuple[str, ...]
 NAMES = ("a", "b", "c")
 TARGETS = ("a", "b", "c", "a/b", "../a", "../../b", "../../../../c", "/a", "/b/c", ".", "/", "x")
+TARGETS += ("x/..", "a/x/..", "/x/../b")  # implied parents a `..` leaves at once
 MAX_LINKS = 40  # as apply.py
 
 
@@ -53,8 +54,10 @@ class Missing(Exception):
 class Model:
     tree: dict[Key, Node] = field(default_factory=lambda: {(): Node("dir")})
 
-    def resolve(self, key: Key, create: bool) -> Key:
-        """The real location of directory `key`: symlinks followed inside the root."""
+    def resolve(self, key: Key, create: bool, created: set[Key] | None = None) -> Key:
+        """The real location of directory `key`: symlinks followed inside the root. The
+        implied parents made on the way (also where a link's `..` leaves them) go into
+        `created` with their ancestors: the layer's own, which its whiteouts keep."""
         real: list[str] = []
         todo = list(reversed(key))
         links = 0
@@ -72,6 +75,8 @@ class Model:
                 if not create:
                     raise Missing
                 self.tree[here] = Node("dir", 0o755)  # an implied parent
+                if created is not None:
+                    created.update(here[:i] for i in range(len(here) + 1))
             elif node.kind == "symlink":
                 links += 1
                 if links > MAX_LINKS:
@@ -98,7 +103,7 @@ class Model:
             if op in ("whiteout", "opaque"):
                 self._whiteout(op, key, touched)
                 continue
-            real = (*self.resolve(key[:-1], create=True), key[-1])
+            real = (*self.resolve(key[:-1], create=True, created=touched), key[-1])
             touched.update(real[:i] for i in range(len(real) + 1))
             existing = self.tree.get(real)
             if op == "dir":

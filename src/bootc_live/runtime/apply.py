@@ -718,6 +718,9 @@ class Applier:
                     os.chown(fd, 0, 0)
                     os.chmod(fd, 0o755)  # implied parents: 0755 root:root, whatever the umask
                     names.append(part)
+                    # The layer's own, whatever comes next (a link's `..` may leave it at once):
+                    # its whiteouts keep it, in whatever order they come.
+                    self._touched.mark(tuple(names))
                     continue
                 except OSError as err:
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
