@@ -7,7 +7,6 @@ import io
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -367,34 +366,21 @@ def test_the_mtimes_of_deep_directories_take_one_walk(
     depth, parents, rounds = 200, 80, 5
     chain = "/".join(["a"] * depth)
     tree.apply([*(d(f"{chain}/p{j}") for j in range(parents))])
-    opened, counting_now = [0], [False]
-    real_open = os.open
-
-    class CountingOs:
-        def __getattr__(self, attr: str) -> object:
-            return getattr(os, attr)
-
-        @staticmethod
-        def open(*args: Any, **kw: Any) -> int:
-            opened[0] += counting_now[0]
-            return real_open(*args, **kw)
-
-    def timed(self: Applier) -> None:
-        counting_now[0] = True
-        try:
-            set_times(self)
-        finally:
-            counting_now[0] = False
-
+    opened, at_end = counting(monkeypatch, "open"), [0]
     set_times = Applier._set_dir_times
-    monkeypatch.setattr(apply_mod, "os", CountingOs())
-    monkeypatch.setattr(Applier, "_set_dir_times", timed)
+
+    def counted_at_end(self: Applier) -> None:
+        before = opened[0]
+        set_times(self)
+        at_end[0] += opened[0] - before
+
+    monkeypatch.setattr(Applier, "_set_dir_times", counted_at_end)
     layer = [sym("L", chain)]
     layer += [d(f"L/p{j}/d{i}", mtime=7) for i in range(rounds) for j in range(parents)]
     root = tree.apply(layer)
     assert os.stat(root / chain / "p5/d3").st_mtime == 7
     keys = parents * (rounds + 1)
-    assert opened[0] < 10 * (depth + keys), opened  # depth x keys: 96 000
+    assert at_end[0] < 10 * (depth + keys), at_end  # depth x keys: 96 000
     rmtree(str(root))
 
 

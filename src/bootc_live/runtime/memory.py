@@ -511,16 +511,20 @@ class PeakWatch:
         self.path, self.zoneinfo = path, zoneinfo
         self.peak = 0
         self.start = 0
-        self.at_peak: dict[str, int] = {}
+        self._peak_read: tuple[dict[str, int], Memory] | None = None  # meminfo at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-peak", daemon=True)
+
+    @property
+    def at_peak(self) -> dict[str, int]:
+        return {} if self._peak_read is None else held_by(*self._peak_read)
 
     def _sample(self) -> None:
         values = meminfo(self.path)
         mem = Memory.of(values, self.zoneinfo)
-        if not self.at_peak or mem.total - mem.available > self.peak:
+        if self._peak_read is None or mem.total - mem.available > self.peak:
             self.peak = mem.total - mem.available
-            self.at_peak = held_by(values, mem)
+            self._peak_read = values, mem
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
