@@ -253,6 +253,53 @@ def test_zstd_command_refuses_damaged_frames(damage: str) -> None:
     assert decode("zstd", compress(content, "zstd", members=2), [4096]) == (content, "")
 
 
+FRAMES = st.lists(
+    st.tuples(
+        st.sampled_from(["frame", "skippable"]),
+        st.binary(max_size=3000) | st.sampled_from([b"", bytes(300_000)]),
+        st.booleans(),  # a checksum; a skippable frame: its size said
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+def zstd_frames(frames: list[tuple[str, bytes, bool]]) -> tuple[bytes, list[int], bytes]:
+    """The stream of `frames` (zstd's own; skippable frames as zstd:chunked puts them), where
+    each frame ends in it, and the content."""
+    stream, ends = b"", []
+    for kind, content, flag in frames:
+        if kind == "frame":
+            stream += zstd_cli(content, "--check" if flag else "--no-check")
+        else:
+            stream += b"\x5a\x2a\x4d\x18" + len(content).to_bytes(4, "little") + content
+        ends.append(len(stream))
+    return stream, ends, b"".join(c for kind, c, _ in frames if kind == "frame")
+
+
+@settings(max_examples=60, deadline=None)
+@given(FRAMES, CUTS, st.data())
+@example([("frame", b"x" * 1000, True)], [], None)  # the checksum's last byte cut
+def test_zstandard_refuses_a_stream_cut_inside_a_frame_as_the_zstd_command_does(
+    frames: list[tuple[str, bytes, bool]], cuts: list[int], data: st.DataObject | None
+) -> None:
+    """The zstandard module's stream reader ends quietly where its input does, inside a frame
+    (a block, the checksum, a skippable frame) too; the zstd command says "premature end".
+    Cut anywhere, both refuse the stream or both give the same bytes: whole frames only."""
+    stream, ends, _ = zstd_frames(frames)
+    # (cut before 4 bytes, it is no zstd stream: read as a plain tar)
+    cut = len(stream) - 1 if data is None else data.draw(st.integers(4, len(stream)), label="cut")
+    short = stream[:cut]
+    module, command = decode("zstandard", short, cuts), decode("zstd", short, cuts)
+    if cut in ends:
+        whole = [f for f, end in zip(frames, ends) if end <= cut]
+        assert module == command == (zstd_frames(whole)[2], "")
+    else:
+        assert module[1] == "zstd data is corrupt (the stream ends inside a frame)", module
+        assert command[1].startswith("zstd data is corrupt ("), command
+        assert zstd_frames(frames)[2].startswith(module[0])
+
+
 @pytest.mark.parametrize("decoder", ["zstd", "zstandard"])
 def test_a_zstd_window_over_128_mib_is_named_not_called_corrupt(decoder: str) -> None:
     """`zstd --long=28` (from a pipe: the window is not shrunk to the input) needs 256 MiB to

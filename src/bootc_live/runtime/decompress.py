@@ -76,6 +76,76 @@ def is_zstd_skippable(head: bytes) -> bool:
     return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50
 
 
+class ZstdFrames:
+    """Follows a zstd stream's frames by their headers alone (RFC 8878 3.1: a frame's header,
+    its blocks' 3-byte headers and sizes, its checksum; a skippable frame's size), fed the
+    compressed bytes as they pass, to tell whether the stream ended between two frames.
+
+    The zstandard module's stream reader ends without an error where its input ends, inside a
+    frame too (its last block, or the checksum, or a skippable frame cut short), where the zstd
+    command says "premature end". Bytes that begin no frame it leaves to the decoder (which
+    refuses them) and stops following."""
+
+    def __init__(self) -> None:
+        self._pending = b""  # the part of a header read so far
+        self._want = 4  # the bytes of the header being read
+        self._skip = 0  # bytes to pass over before the next header
+        self._state = "frame"  # the header awaited: frame, frame-rest, skippable, block
+        self._checksum = False  # the current frame ends with a 4-byte checksum
+        self.lost = False  # bytes that begin no frame: the decoder's to refuse
+
+    def between_frames(self) -> bool:
+        """Whether what was fed ends where a frame would begin (or the walk was lost)."""
+        return self.lost or (self._state == "frame" and not self._skip and not self._pending)
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while not self.lost:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                if self._skip:
+                    return
+            need = self._want - len(self._pending)
+            if end - pos < need:
+                self._pending += data[pos:]
+                return
+            header = self._pending + data[pos : pos + need]
+            pos += need
+            self._pending = b""
+            self._header(header)
+
+    def _header(self, header: bytes) -> None:
+        if self._state == "frame":
+            if header == ZSTD_MAGIC:
+                self._state, self._want = "frame-rest", 1
+            elif is_zstd_skippable(header):
+                self._state, self._want = "skippable", 4
+            else:
+                self.lost = True
+        elif self._state == "skippable":
+            self._skip = int.from_bytes(header, "little")
+            self._state, self._want = "frame", 4
+        elif self._state == "frame-rest":
+            descriptor = header[0]  # the frame header descriptor: what follows it
+            single = bool(descriptor & 0x20)
+            self._checksum = bool(descriptor & 0x04)
+            fcs = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
+            self._skip = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + fcs
+            self._state, self._want = "block", 3
+        elif self._state == "block":
+            value = int.from_bytes(header, "little")
+            last, kind, size = value & 1, (value >> 1) & 3, value >> 3
+            if kind == 3:  # reserved: corrupt, the decoder says so
+                self.lost = True
+                return
+            self._skip = 1 if kind == 1 else size  # an RLE block holds one byte
+            if last:
+                self._skip += 4 if self._checksum else 0
+                self._state, self._want = "frame", 4
+
+
 def compression_of(head: bytes) -> str:
     """Name the compression of a stream from its first bytes: gzip, zstd or none."""
     if head.startswith(GZIP_MAGIC):
@@ -222,8 +292,16 @@ class _Prepend:
 
 
 def _unzstd_module(head: bytes, read: Read, max_window: int) -> Iterator[bytes]:
+    frames = ZstdFrames()
+
+    def followed(n: int) -> bytes:
+        data = read(n)
+        frames.feed(data)
+        return data
+
+    frames.feed(head)
     reader = _zstandard.ZstdDecompressor(max_window_size=max_window).stream_reader(
-        _Prepend(head, read), read_size=CHUNK, read_across_frames=True
+        _Prepend(head, followed), read_size=CHUNK, read_across_frames=True
     )
     while True:
         try:
@@ -233,7 +311,8 @@ def _unzstd_module(head: bytes, read: Read, max_window: int) -> Iterator[bytes]:
                 raise _long_window(max_window) from None
             raise LayerError(f"zstd data is corrupt ({err})") from None
         if not out:
-            # Truncation at a frame boundary inside a block is caught by the diff_id check.
+            if not frames.between_frames():  # the reader ends where its input does
+                raise LayerError("zstd data is corrupt (the stream ends inside a frame)")
             return
         yield out
 
