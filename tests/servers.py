@@ -464,6 +464,9 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> Ite
     if s == "endless-trailer":  # a chunked body whose trailer never ends
         head = _head("200 OK", [("Transfer-Encoding", "chunked")]) + b"5\r\nstart\r\n0\r\n"
         return itertools.chain([head], itertools.repeat(b"X-Trailer: more\r\n"))
+    if s == "negative-chunk":  # a chunk size of -1, then 64 MiB: none of it is to be held
+        head = _head("200 OK", [("Transfer-Encoding", "chunked")]) + b"-1\r\n"
+        return itertools.chain([head], itertools.repeat(b"x" * 65536, 1024))
     if s == "503-once":
         if first:
             return [_head("503 Busy", [("Retry-After", "0"), ("Content-Length", "0")])]
@@ -502,6 +505,7 @@ MISBEHAVIOURS = [
     "early-hints",
     "endless-early-hints",
     "endless-trailer",
+    "negative-chunk",
 ]
 # Switches too slow for test_hostile_server's every read; their own tests use them.
 SLOW_MISBEHAVIOURS = ["trickle-steady"]

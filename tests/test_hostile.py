@@ -104,6 +104,8 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "early-hints": (None, 40),  # a 103 and a 102 before each answer: read past, as curl does
     "endless-early-hints": (r"malformed answer \(got more than 10 interim answers\)", 1),
     "endless-trailer": (r"malformed answer \(got more than 100 trailer lines\)", 1),
+    # http.client would read the rest of the connection into memory (fp.read(-1)).
+    "negative-chunk": (r"at byte 0 \(IncompleteRead\(0 bytes read\)\).*after 3 retries", 4),
 }
 
 

@@ -65,6 +65,7 @@ CONNECTIONS = 1
 HOST_CONNECTIONS = 4  # the host command line's: a host has the CPU for them
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _HINT = "check the URL and the server"
 
 
@@ -459,7 +460,8 @@ class Client:
 
 class _Response(http.client.HTTPResponse):
     """http.client's answer with its two loops bounded: interim answers and trailer lines,
-    which a server could otherwise send forever, each byte within the deadlines."""
+    which a server could otherwise send forever, each byte within the deadlines; and its
+    chunk sizes read strictly (hex digits only)."""
 
     _interim = 0
 
@@ -474,6 +476,19 @@ class _Response(http.client.HTTPResponse):
                 raise http.client.HTTPException(f"got more than {INTERIM} interim answers")
             status = http.client.CONTINUE
         return version, status, reason
+
+    def _read_next_chunk_size(self) -> int:
+        # http.client takes whatever int(…, 16) takes: "-1" too, and then reads the rest of
+        # the connection into memory at once (fp.read(-1)). A chunk size is 1*HEXDIG.
+        assert self.fp is not None
+        line = self.fp.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise http.client.LineTooLong("chunk size")
+        size = line.partition(b";")[0].strip(b" \t\r\n")
+        if not _CHUNK_SIZE.fullmatch(size):
+            self._close_conn()  # type: ignore[attr-defined]
+            raise ValueError("invalid chunk size")  # http.client makes it IncompleteRead
+        return int(size, 16)
 
     def _read_and_discard_trailer(self) -> None:
         assert self.fp is not None
