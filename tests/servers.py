@@ -341,6 +341,7 @@ class Hostile:
     redirect_to: str = ""  # for "redirect": where to
     status: int = 418  # for "status": the status of every answer
     cuts: set[int] = field(default_factory=set)  # for "cut-first": the member reads cut once
+    drop: int = 0  # connections closed at once, without a word (or a TLS handshake)
 
     def url(self, path: str = "root.oci", credentials: str = "") -> str:
         at = f"{credentials}@" if credentials else ""
@@ -519,8 +520,10 @@ def hostile(
     tls: tuple[Path, Path] | None = None,
     redirect_to: str = "",
     status: int = 418,
+    drop: int = 0,
 ) -> Iterator[Hostile]:
-    """A server on 127.0.0.1 that misbehaves as `switch` says (one of MISBEHAVIOURS)."""
+    """A server on 127.0.0.1 that misbehaves as `switch` says (one of MISBEHAVIOURS); its
+    first `drop` connections are closed at once."""
     assert switch in MISBEHAVIOURS or switch in SLOW_MISBEHAVIOURS, switch
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -529,6 +532,7 @@ def hostile(
     server = Hostile(int(listener.getsockname()[1]), switch, "https" if tls else "http")
     server.redirect_to = redirect_to
     server.status = status
+    server.drop = drop
     context = None
     if tls:
         import ssl
@@ -540,7 +544,13 @@ def hostile(
 
     def serve_one(conn: socket.socket) -> None:
         try:
+            with lock:
+                server.drop -= 1
+                dropped = server.drop >= 0
             conn.settimeout(10)
+            if dropped:  # what the client sent first read (a reset else), then closed
+                conn.recv(65536)
+                return
             if context is not None:
                 conn = context.wrap_socket(conn, server_side=True)
             raw = b""

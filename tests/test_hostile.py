@@ -208,6 +208,32 @@ def test_https_redirect_to_plain_http_is_refused(archive: bytes, tmp_path: Path)
     assert plain.requests == [] and SECRET not in err.value.line()
 
 
+def test_an_https_server_closing_in_the_handshake_is_retried(
+    archive: bytes, tmp_path: Path
+) -> None:
+    """A server that closes a connection before its TLS handshake (restarting, overloaded)
+    gets the retries any closed connection gets, not a TLS failure at once with a CA hint."""
+    ca, cert, key = throwaway_ca(tmp_path / "ca", "127.0.0.1")
+    log: list[str] = []
+    with hostile(archive, "honest", tls=(cert, key), drop=2) as server:
+        client = http.Client(server.url(), FAST, log.append)
+        client.cafiles.append(str(ca))
+        answer = client.open(0, None, http.Retrier(client.url, FAST, log.append))
+        answer.close()
+    assert answer.status == 200, log
+    assert len(log) == 2 and all(
+        "connection failed (TLS failure: the server closed the connection); retry" in line
+        for line in log
+    ), log
+    with hostile(archive, "honest", tls=(cert, key), drop=99) as server:
+        client = http.Client(server.url(), FAST, log.append)
+        client.cafiles.append(str(ca))
+        with pytest.raises(http.FetchError) as err:
+            client.open(0, None, http.Retrier(client.url, FAST, log.append))
+    assert "TLS failure: the server closed the connection); giving up after 3" in str(err.value)
+    assert "--ca" not in err.value.line()
+
+
 def test_a_server_that_always_breaks_without_range_uses_up_the_retries(
     archive: bytes, tmp_path: Path
 ) -> None:

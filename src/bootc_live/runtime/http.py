@@ -571,10 +571,17 @@ def _failure(err: BaseException, where: str) -> str:
         raise err
     ssl = sys.modules.get("ssl")  # a TLS failure is only possible once https imported it
     if ssl is not None and isinstance(err, ssl.SSLError):
+        if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            # The server closed the connection in the handshake (restarting, overloaded, a
+            # balancer draining): retried like any connection it closes. "TLS failure" stays
+            # in the words: a registry's unsecure ping falls back to plain http on them.
+            return "TLS failure: the server closed the connection"
         raise FetchError(
             f"{where}: TLS failure ({shown(str(getattr(err, 'reason', '') or err))})",
             "the initramfs needs the server's CA (bootc-live build --ca FILE), or use a "
-            "trusted certificate",
+            "trusted certificate"
+            if isinstance(err, ssl.SSLCertVerificationError)
+            else "check that the server speaks https on this port",
         ) from None
     if isinstance(err, http.client.LineTooLong) or (
         type(err) is http.client.HTTPException and "more than" in str(err)
