@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import shutil
 import signal
@@ -468,6 +469,16 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> Ite
     if s == "negative-chunk":  # a chunk size of -1, then 64 MiB: none of it is to be held
         head = _head("200 OK", [("Transfer-Encoding", "chunked")]) + b"-1\r\n"
         return itertools.chain([head], itertools.repeat(b"x" * 65536, 1024))
+    if s == "content-encoding":  # compressed on the way, though asked for identity
+        body = gzip.compress(data)
+        return [
+            _head("200 OK", [("Content-Encoding", "gzip"), ("Content-Length", str(len(body)))])
+            + body
+        ]
+    if s == "transfer-encoding":  # a coding no request allowed: the body is not the bytes
+        head = _head("200 OK", [("Transfer-Encoding", "gzip, chunked")])
+        body = gzip.compress(data)
+        return [head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"]
     if s == "503-once":
         if first:
             return [_head("503 Busy", [("Retry-After", "0"), ("Content-Length", "0")])]
@@ -507,6 +518,8 @@ MISBEHAVIOURS = [
     "endless-early-hints",
     "endless-trailer",
     "negative-chunk",
+    "content-encoding",
+    "transfer-encoding",
 ]
 # Switches too slow for test_hostile_server's every read; their own tests use them.
 SLOW_MISBEHAVIOURS = ["trickle-steady"]

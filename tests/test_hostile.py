@@ -106,6 +106,8 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "endless-trailer": (r"malformed answer \(got more than 100 trailer lines\)", 1),
     # http.client would read the rest of the connection into memory (fp.read(-1)).
     "negative-chunk": (r"at byte 0 \(IncompleteRead\(0 bytes read\)\).*after 3 retries", 4),
+    "content-encoding": (r"the server sends the archive gzip-encoded \(Content-Encoding\)", 1),
+    "transfer-encoding": (r"in Transfer-Encoding 'gzip, chunked', which was not asked for", 1),
 }
 
 

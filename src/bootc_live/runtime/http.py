@@ -443,6 +443,15 @@ class Client:
         return target
 
     def _answer(self, resp: http.client.HTTPResponse, url: str, start: int) -> Answer:
+        # A request without TE allows chunked only (RFC 9112 6.1); http.client reads any other
+        # coding ("gzip, chunked") as the bytes themselves.
+        coding = (resp.getheader("Transfer-Encoding") or "").strip().lower()
+        if coding not in ("", "chunked", "identity"):
+            raise FetchError(
+                f"{self.where}: the server sent the body in Transfer-Encoding "
+                f"{shown(coding, 20)!r}, which was not asked for",
+                "the server must send the body as it is, or chunked",
+            )
         try:
             length = parse_content_length(resp.getheader("Content-Length"))
             if resp.status == 200:
@@ -1004,6 +1013,14 @@ def open_url(
     client = Client(url, policy, log, unsecure=unsecure, cafile=cafile)
     retrier = Retrier(client.url, policy, log)
     answer = client.open(0, BLOCK, retrier)
+    encoding = (answer.resp.getheader("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":  # asked for none: the bytes that came are no tar's
+        answer.close()
+        raise FetchError(
+            f"{client.where}: the server sends the archive {shown(encoding, 20)}-encoded "
+            "(Content-Encoding), though asked for it as it is",
+            "turn the server's compression off for this file",
+        )
     if answer.status == 206 and answer.total is not None:
         answer.close()
         return HttpArchiveSource(client, retrier, answer.total)
