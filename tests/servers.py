@@ -479,6 +479,9 @@ def _misbehave(server: Hostile, data: bytes, req: HostileRequest, n: int) -> Ite
         head = _head("200 OK", [("Transfer-Encoding", "gzip, chunked")])
         body = gzip.compress(data)
         return [head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"]
+    if s == "part-always":  # the first 512 bytes, of a size untold, whatever is asked
+        head = _head("206 Partial Content", [("Content-Range", "bytes 0-511/*")])
+        return [head + data[:512]]
     if s == "503-once":
         if first:
             return [_head("503 Busy", [("Retry-After", "0"), ("Content-Length", "0")])]
@@ -520,6 +523,7 @@ MISBEHAVIOURS = [
     "negative-chunk",
     "content-encoding",
     "transfer-encoding",
+    "part-always",
 ]
 # Switches too slow for test_hostile_server's every read; their own tests use them.
 SLOW_MISBEHAVIOURS = ["trickle-steady"]

@@ -26,7 +26,7 @@ from bootc_live.runtime.errors import BootcLiveError, ImageError
 from bootc_live.runtime.oci import all_manifests, resolve
 from bootc_live.runtime.sources import LayoutSource
 from imagegen import build_layout, d, f, layer_tar, write_oci_archive
-from servers import MISBEHAVIOURS, faulty, hard_timeout, hostile, throwaway_ca
+from servers import MISBEHAVIOURS, Answer, faulty, hard_timeout, hostile, throwaway_ca
 from unpackers import need
 
 SECRET = "s3cr3t-PASSWORD"
@@ -108,6 +108,7 @@ OUTCOMES: dict[str, tuple[str | None, int]] = {
     "negative-chunk": (r"at byte 0 \(IncompleteRead\(0 bytes read\)\).*after 3 retries", 4),
     "content-encoding": (r"the server sends the archive gzip-encoded \(Content-Encoding\)", 1),
     "transfer-encoding": (r"in Transfer-Encoding 'gzip, chunked', which was not asked for", 1),
+    "part-always": (r"asked for the whole archive, the server answered a part of it", 2),
 }
 
 
@@ -208,6 +209,23 @@ def test_https_redirect_to_plain_http_is_refused(archive: bytes, tmp_path: Path)
         f"(http://127.0.0.1:{plain.port}/root.oci), refused"
     )
     assert plain.requests == [] and SECRET not in err.value.line()
+
+
+def test_a_part_of_untold_size_cut_short_is_resumed_not_taken_whole() -> None:
+    """A 206 `bytes 0-369/*` (to a request without Range) that breaks off at byte 50: its end
+    is at least byte 370, though the total is not told."""
+    doc = json.dumps({"token": "t" * 300}).encode()
+    whole = f"bytes 0-{len(doc) - 1}/*"
+
+    def plan(n: int, start: int) -> Answer | None:
+        return (206, {"Content-Range": whole}, doc, 50) if n == 1 else None
+
+    log: list[str] = []
+    with faulty(doc, plan) as server:
+        client = http.Client(server.url("token"), FAST, log.append)
+        body, _ = http.read_body(client, "token", 1 << 20)
+    assert body == doc, log
+    assert [h for _status, h in server.log] == ["", "bytes=50-"]
 
 
 def test_an_https_server_closing_in_the_handshake_is_retried(

@@ -637,6 +637,7 @@ class RangeReader(Reader):
         self._answer: Answer | None = None
         self.answered = 0.0  # when the current answer's headers came (time.monotonic())
         self._behind = 0  # bytes of a body answered again from byte 0 that were handed on
+        self._until: int | None = None  # where the current answer's bytes end, when it says
         self.first: Answer | None = None  # the first answer (its headers describe the body)
 
     def read(self, n: int = -1) -> bytes:
@@ -649,6 +650,9 @@ class RangeReader(Reader):
                 self.answered = time.monotonic()
                 self.first = self.first or self._answer
                 self._behind = 0
+                length = self._answer.length
+                at = 0 if self._answer.status == 200 else self._pos
+                self._until = None if length is None else at + length
                 if self._answer.status == 200 and self._pos:
                     if self._start:  # bytes from the middle, answered from byte 0
                         self._drop()
@@ -674,6 +678,8 @@ class RangeReader(Reader):
                 self._retrier.progress(len(data))
                 return data
             total = self._answer.total if self._end is None else self._end
+            if total is None:  # `bytes FIRST-LAST/*`: the end is at least where the answer's is
+                total = self._until
             url = self._answer.url
             self._drop()
             if total is None or self._pos >= total:
@@ -1027,7 +1033,7 @@ def open_url(
     if answer.status == 206:  # `bytes 0-511/*`: the part is not the archive
         answer.close()
         log(f"{client.where}: the server does not give the archive's size; downloading it once")
-        answer = client.open(0, None, retrier)
+        answer = _open_whole(client, retrier)
     else:
         log(f"{client.where}: the server does not support Range; downloading the archive once")
     try:
@@ -1064,7 +1070,20 @@ def _download(
         retrier.failed(f"{cause}; no Range: starting again", url=answer.url)
         out.seek(0)
         out.truncate()
-        answer = client.open(0, None, retrier)
+        answer = _open_whole(client, retrier)
+
+
+def _open_whole(client: Client, retrier: Retrier) -> Answer:
+    """The whole body, asked for without Range: a 206 to that must be all of it (the part
+    `bytes 0-511/*` again would be downloaded as the archive)."""
+    answer = client.open(0, None, retrier)
+    if answer.status == 206 and (answer.total is None or answer.length != answer.total):
+        answer.close()
+        raise FetchError(
+            f"{client.where}: asked for the whole archive, the server answered a part of it",
+            "the server's Range support is broken",
+        )
+    return answer
 
 
 def _copy(
