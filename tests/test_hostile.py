@@ -290,6 +290,17 @@ def test_a_port_no_connection_can_use_is_one_line_at_once(port: str) -> None:
     assert err.value.line().endswith("; fix the port in the URL")
 
 
+def test_a_redirect_to_a_port_no_connection_can_use_blames_the_redirect(archive: bytes) -> None:
+    with hostile(archive, "redirect", redirect_to="http://127.0.0.1:99999/x") as server:
+        client = http.Client(server.url(), FAST, [].append)
+        with pytest.raises(http.FetchError) as err:
+            client.open(0, None, http.Retrier(client.url, FAST, [].append))
+    line = err.value.line()
+    assert (
+        line == "http://127.0.0.1:99999/x: Port out of range 0-65535; the server redirected there"
+    )
+
+
 def test_a_download_onto_a_full_filesystem_is_not_retried(archive: bytes, tmp_path: Path) -> None:
     need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
     small = tmp_path / "small"

@@ -351,7 +351,8 @@ class Client:
                 raise ValueError("Port 0 is no server's")
         except ValueError as err:  # "Port out of range 0-65535", "Port could not be cast …"
             why = "its port is not a number from 1 to 65535" if "@" in url else str(err)
-            raise FetchError(f"{redact(url)}: {why}", "fix the port in the URL") from None
+            hint = "fix the port in the URL" if url == self.url else "the server redirected there"
+            raise FetchError(f"{redact(url)}: {why}", hint) from None
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
             context = self._context()  # first: http.client has no HTTPSConnection without ssl
