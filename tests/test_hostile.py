@@ -195,12 +195,18 @@ def test_retry_after_is_capped_also_with_a_retry_count() -> None:
         retrier.failed("HTTP 429", http.parse_retry_after("9" * 400))
 
 
-def test_https_redirect_to_plain_http_is_refused(archive: bytes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("spelling", ["https", "HTTPS"])  # a token realm's, say
+def test_https_redirect_to_plain_http_is_refused(
+    spelling: str, archive: bytes, tmp_path: Path
+) -> None:
     ca, cert, key = throwaway_ca(tmp_path / "ca", "127.0.0.1")
     with hostile(archive, "honest") as plain:
         target = plain.url()
         with hostile(archive, "redirect", tls=(cert, key), redirect_to=target) as server:
-            client = http.Client(server.url(credentials=CREDENTIALS), FAST, [].append)
+            # (without credentials: taking them out of a URL also lowercases its scheme)
+            creds = CREDENTIALS if spelling == "https" else ""
+            url = server.url(credentials=creds).replace("https:", f"{spelling}:")
+            client = http.Client(url, FAST, [].append)
             client.cafiles.append(str(ca))
             with pytest.raises(http.FetchError) as err:
                 client.open(0, None, http.Retrier(client.url, FAST, [].append))

@@ -430,7 +430,8 @@ class Client:
             raise FetchError(f"{self.where}: redirected to an invalid URL", _HINT) from None
         if scheme not in ("http", "https"):
             raise FetchError(f"{self.where}: redirected to a {scheme}: URL, refused", _HINT)
-        if url.startswith("https:") and scheme == "http" and not self.unsecure:
+        here = urllib.parse.urlsplit(url).scheme  # "HTTPS://" too (a token realm's spelling)
+        if here == "https" and scheme == "http" and not self.unsecure:
             raise FetchError(
                 f"{self.where}: redirected from https to plain http ({redact(target)}), refused",
                 "the server must keep to https (a registry can be allowed plain http with "
