@@ -239,6 +239,12 @@ class Retrier:
         if self.failures and self.progressed >= PROGRESS:
             self.failures = 0
 
+    def completed(self) -> None:
+        """A range asked for came whole: the next failure starts a fresh backoff too (an
+        archive's members are read in requests of a few hundred bytes, fewer than PROGRESS;
+        a server that breaks some of them must not use up the retries of all)."""
+        self.failures = 0
+
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
     """Seconds to wait from a `Retry-After` (seconds or an HTTP date); None if unusable."""
@@ -678,6 +684,8 @@ class RangeReader(Reader):
             if data:
                 self._pos += len(data)
                 self._retrier.progress(len(data))
+                if self._pos == self._end:
+                    self._retrier.completed()
                 return data
             total = self._answer.total if self._end is None else self._end
             if total is None:  # `bytes FIRST-LAST/*`: the end is at least where the answer's is
