@@ -63,6 +63,7 @@ class Knobs:
     referrers: bytes | None = None  # the referrers API's answer (OCI 1.1); None: 404, no API
     referrers_pages: tuple[bytes, ...] = ()  # or its pages, each Link-ed to the next
     referrers_type: str = "application/vnd.oci.image.index.v1+json"  # its Content-Type
+    referrers_link: str = ""  # a Link header sent with `referrers`, as given
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
     clock: Callable[[], float] = time.monotonic  # when tokens expire (a test may share one)
 
@@ -197,6 +198,8 @@ def serve(layout: Path, knobs: Knobs) -> Iterator[FakeRegistry]:
                 return self.answer(200, knobs.referrers_pages[page], media)
             if kind == "referrers" and knobs.referrers is not None:
                 media = {"Content-Type": knobs.referrers_type}
+                if knobs.referrers_link:
+                    media["Link"] = knobs.referrers_link
                 return self.answer(200, knobs.referrers, media)
             if kind == "blobs":
                 if knobs.redirect_blobs_to:

@@ -420,13 +420,17 @@ _LINK = re.compile(r"<([^<>]*)>((?:\s*;\s*[^,;]*)*)")
 
 
 def _next_page(link: str, url: str) -> str:
-    """The next page a Link header names (rel="next"), resolved against `url`; "" if none, or
-    if it is on another origin (the credentials go to this registry only)."""
+    """The next page a Link header names (rel="next"), resolved against `url`; "" if none, if
+    it is no URL (an unclosed [ of an IPv6 address), or if it is on another origin (the
+    credentials go to this registry only)."""
     for match in _LINK.finditer(link):
         params = [p.strip().replace('"', "").lower() for p in match.group(2).split(";")]
         if "rel=next" in params:
-            nxt = urllib.parse.urljoin(url, match.group(1).strip())
-            here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(nxt)
+            try:
+                nxt = urllib.parse.urljoin(url, match.group(1).strip())
+                here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(nxt)
+            except ValueError:
+                return ""
             same = (here.scheme, here.netloc) == (there.scheme, there.netloc)
             return nxt if same else ""
     return ""
@@ -549,6 +553,7 @@ class Endpoint:
         query = urllib.parse.urlencode({"artifactType": artifact_type})
         url = self.url("referrers", digest) + "?" + query
         pages: list[bytes] = []
+        held = 0  # the pages' bytes: together within MANIFEST_LIMIT, as one index would be
         while url and len(pages) < REFERRERS_PAGES:
             client = self._client(url, {"Accept": "application/vnd.oci.image.index.v1+json"})
             try:
@@ -562,6 +567,13 @@ class Endpoint:
                 if not pages:
                     return None  # not the API: oras-go asks the tag schema then too
                 break
+            held += len(body)
+            if held > MANIFEST_LIMIT:  # 16 pages of {} each: 1.8 GB once parsed and merged
+                raise RegistryError(
+                    f"{client.where}: the referrers index is larger than {MANIFEST_LIMIT} bytes "
+                    f"(in {len(pages) + 1} pages)",
+                    "this is not what the registry should answer",
+                )
             pages.append(body)
             url = _next_page(headers.get("Link") or "", url)
         if len(pages) == 1:
