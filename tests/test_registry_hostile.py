@@ -402,3 +402,17 @@ def test_a_referrers_index_in_pages_is_bounded_as_one_index(layout: Path) -> Non
         f"{hashlib.sha256(manifest_bytes(layout)).hexdigest()}?…: the referrers index is larger "
         "than 4194304 bytes (in 3 pages); this is not what the registry should answer"
     )
+
+
+def test_a_busy_mirror_hands_over_soon_whatever_its_retry_after(layout: Path) -> None:
+    """503 with a Retry-After of 400 digits to every request: the mirror was waited for 60 s
+    a retry (120 s) before the registry was asked; it is asked with short deadlines of its own.
+    (The https attempt before plain http costs this test server's 10 s read timeout.)"""
+    with (
+        hostile(b"", "retry-after-huge") as mirror,
+        fakeregistry.serve(layout, Knobs()) as reg,
+    ):
+        digest, said = fetch(reg, mirrors=(f"127.0.0.1:{mirror.port}",))
+    assert digest.startswith("sha256:") and len(mirror.requests) == 3
+    waits = [line.rpartition(" in ")[2] for line in said if "; retry " in line]
+    assert waits == ["5.0s", "5.0s"], said

@@ -59,7 +59,9 @@ PREFETCH_WORKERS = 3
 # slot is free again before the unpack has read it; each worker's blob once more while its parts
 # are joined. The RAM planner counts it (boot.held_ahead).
 PREFETCH_HELD = PREFETCH_BUDGET + PREFETCH_MAX_BLOB * (1 + PREFETCH_WORKERS)
-MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
+# With `retries` set, `total` bounds nothing (Retrier): a busy mirror's Retry-After (up to
+# Policy.max_retry_after, 60 s, a retry) held the boot two minutes before the next was asked.
+MIRROR_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0, max_retry_after=5.0)
 # A token request carries the password: asked again only twice, never along a redirect.
 TOKEN_POLICY = http.Policy(retries=2, total=30.0, stall=15.0, max_backoff=2.0)
 TOKEN_LIMIT = 1 << 20
