@@ -17,8 +17,9 @@ import pytest
 
 import fakeregistry
 from bootc_live.runtime import http
-from bootc_live.runtime.blobs import VerifyingReader
+from bootc_live.runtime.blobs import Descriptor, VerifyingReader
 from bootc_live.runtime.errors import BootcLiveError, ImageError, VerificationError
+from bootc_live.runtime.http import PARALLEL_MIN
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.registry import Reference, RegistrySource, _next_page
 from bootc_live.runtime.unpack import unpack_image
@@ -416,3 +417,23 @@ def test_a_busy_mirror_hands_over_soon_whatever_its_retry_after(layout: Path) ->
     assert digest.startswith("sha256:") and len(mirror.requests) == 3
     waits = [line.rpartition(" in ")[2] for line in said if "; retry " in line]
     assert waits == ["5.0s", "5.0s"], said
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_a_blob_shorter_than_its_descriptor_says_so(layout: Path, connections: int) -> None:
+    """The server's Content-Range gives the blob's size: past its end no retry can help, yet
+    the retries were spent and the line was the last one's 'HTTP 416 Range Not Satisfiable'."""
+    big = json.loads(manifest_bytes(layout))["layers"][1]
+    desc = Descriptor(big["mediaType"], big["digest"], big["size"] + PARALLEL_MIN)
+    policy = replace(POLICY, connections=connections)
+    with fakeregistry.serve(layout, Knobs()) as reg:
+        source = RegistrySource(
+            Reference.parse(f"{reg.host}/{REPO}:{TAG}"), policy, lambda _: None, unsecure=True
+        )
+        source.index_json()
+        with pytest.raises(BootcLiveError) as err, source.open_blob(desc) as raw:
+            VerifyingReader(raw, desc, "layer").finish()
+        source.close()
+    assert f"/blobs/{desc.digest}: it is {big['size']} bytes long, shorter than what" in (
+        err.value.line()
+    )

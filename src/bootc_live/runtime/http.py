@@ -688,12 +688,19 @@ class RangeReader(Reader):
                     self._retrier.completed()
                 return data
             total = self._answer.total if self._end is None else self._end
+            known = self._answer.total  # the resource's size, as this answer gave it
             if total is None:  # `bytes FIRST-LAST/*`: the end is at least where the answer's is
                 total = self._until
             url = self._answer.url
             self._drop()
             if total is None or self._pos >= total:
                 return b""
+            if known is not None and self._pos >= known:  # no retry makes it longer
+                raise FetchError(
+                    f"{redact(url)}: it is {known} bytes long, shorter than what was asked for "
+                    f"(up to byte {total})",
+                    "the server's copy is not what names it (a descriptor's or index's size)",
+                )
             self._retrier.failed(
                 f"connection broke at byte {self._pos} (closed before byte {total})", url=url
             )
