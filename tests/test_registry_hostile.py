@@ -437,3 +437,25 @@ def test_a_blob_shorter_than_its_descriptor_says_so(layout: Path, connections: i
     assert f"/blobs/{desc.digest}: it is {big['size']} bytes long, shorter than what" in (
         err.value.line()
     )
+
+
+def test_closing_before_the_layers_fetched_ahead_are_read_ends_the_fetch_ahead(
+    tmp_path: Path,
+) -> None:
+    """The unpack failed at the first layer, so the budget's slots, held by the layers fetched
+    ahead, never came back: a worker waited for one for good, holding the others' turn."""
+    layers = [layer_tar([f(f"f{i}", os.urandom(3 << 20))]) for i in range(8)]
+    build_layout(tmp_path / "layout", layers, tag=TAG)
+    with fakeregistry.serve(tmp_path / "layout", Knobs()) as reg:
+        source = RegistrySource(
+            Reference.parse(f"{reg.host}/{REPO}:{TAG}"), POLICY, lambda _: None, unsecure=True
+        )
+        image = resolve(source)
+        source.prefetch(tuple(image.layers))
+        workers = list(source._workers)
+        while len(reg.hits("/blobs/")) < 5:  # the config, then four layers fill the budget
+            time.sleep(0.05)
+        source.close()
+        for worker in workers:
+            worker.join(5.0)
+    assert [w for w in workers if w.is_alive()] == []

@@ -734,6 +734,7 @@ class RegistrySource:
         self._queue: queue.Queue[_Fetch | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._order = threading.Lock()
+        self._closed = False
 
     def index_json(self) -> bytes:
         """The reference's manifest or index as a one-entry index (tagged with the tag)."""
@@ -801,7 +802,12 @@ class RegistrySource:
                 fetch = self._queue.get()
                 if fetch is None:
                     return
-                self._budget.acquire()
+                # Closed while the budget is spent (the unpack failed before it read the
+                # layers fetched ahead): no slot comes back, and this worker, holding the
+                # order, held the others too, for good.
+                while not self._budget.acquire(timeout=0.5):
+                    if self._closed:
+                        return
             if fetch.cancelled:
                 self._budget.release()
                 continue
@@ -859,6 +865,7 @@ class RegistrySource:
         self._documents.pop(desc.digest, None)
 
     def close(self) -> None:
+        self._closed = True
         self._documents.clear()
         for fetch in self._ahead.values():
             fetch.cancelled = True
