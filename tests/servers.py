@@ -576,6 +576,11 @@ def hostile(
                 if not chunk:
                     return
                 raw += chunk
+                if context is None and raw.startswith(b"\x16\x03"):
+                    # A TLS ClientHello to plain http: answered as nginx, Go and Python's
+                    # servers answer it (the client's TLS sees no handshake: "wrong version").
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    return
             lines = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
             path = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
             headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)

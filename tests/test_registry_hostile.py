@@ -408,7 +408,7 @@ def test_a_referrers_index_in_pages_is_bounded_as_one_index(layout: Path) -> Non
 def test_a_busy_mirror_hands_over_soon_whatever_its_retry_after(layout: Path) -> None:
     """503 with a Retry-After of 400 digits to every request: the mirror was waited for 60 s
     a retry (120 s) before the registry was asked; it is asked with short deadlines of its own.
-    (The https attempt before plain http costs this test server's 10 s read timeout.)"""
+    (The https attempt before plain http is answered 400, as real servers answer it.)"""
     with (
         hostile(b"", "retry-after-huge") as mirror,
         fakeregistry.serve(layout, Knobs()) as reg,
