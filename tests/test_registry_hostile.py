@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,7 +21,7 @@ from bootc_live.runtime import http
 from bootc_live.runtime.blobs import Descriptor, VerifyingReader
 from bootc_live.runtime.errors import BootcLiveError, ImageError, VerificationError
 from bootc_live.runtime.http import PARALLEL_MIN
-from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.registry import Reference, RegistrySource, _next_page
 from bootc_live.runtime.unpack import unpack_image
 from fakeregistry import REPO, TAG, Knobs
@@ -459,3 +460,51 @@ def test_closing_before_the_layers_fetched_ahead_are_read_ends_the_fetch_ahead(
         for worker in workers:
             worker.join(5.0)
     assert [w for w in workers if w.is_alive()] == []
+
+
+def index_of_one(layout: Path, dest: Path, media_type: str | None) -> str:
+    """A copy of `layout` whose tag names an index of one entry: the layout's manifest, under
+    `media_type` (None: without one); the manifest's digest."""
+    shutil.copytree(layout, dest)
+    index_json = json.loads((dest / "index.json").read_text())
+    top = index_json["manifests"][0]
+    entry = {k: v for k, v in top.items() if k not in ("mediaType", "annotations")}
+    entry["platform"] = {"os": "linux", "architecture": str(Platform.host().architecture)}
+    if media_type is not None:
+        entry["mediaType"] = media_type
+    body = json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    (dest / "blobs/sha256" / digest[7:]).write_bytes(body)
+    top.update(mediaType="application/vnd.oci.image.index.v1+json", digest=digest, size=len(body))
+    (dest / "index.json").write_text(json.dumps(index_json))
+    return str(entry["digest"])
+
+
+def test_an_index_entry_without_a_media_type_is_asked_for_as_a_manifest(tmp_path: Path) -> None:
+    """containers/image asks for every entry of an index at /manifests/; asked for at
+    /blobs/, the registry answered 404 and the line said the repository had no such blob."""
+    manifest = index_of_one(build_small(tmp_path), tmp_path / "untyped", None)
+    with fakeregistry.serve(tmp_path / "untyped", Knobs()) as reg:
+        digest, _ = fetch(reg)
+    assert digest == manifest
+    assert not reg.hits(f"/blobs/{manifest}")
+
+
+def test_an_index_entry_of_another_media_type_is_named_before_it_is_asked_for(
+    tmp_path: Path,
+) -> None:
+    artifact = "application/vnd.example.sbom.v1+json"
+    manifest = index_of_one(build_small(tmp_path), tmp_path / "artifact", artifact)
+    with fakeregistry.serve(tmp_path / "artifact", Knobs()) as reg:
+        with pytest.raises(ImageError) as err:
+            fetch(reg)
+        assert not reg.hits(manifest)
+    assert str(err.value) == (
+        f"docker://{reg.host}/{REPO}:{TAG}: {manifest[:19]}… has unsupported media type "
+        f"'{artifact}'"
+    )
+
+
+def build_small(tmp_path: Path) -> Path:
+    build_layout(tmp_path / "small", [layer_tar([f("etc/os", b"x\n")])], tag=TAG)
+    return tmp_path / "small"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform as _platform
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any
 
@@ -209,6 +209,18 @@ def _kind(media_type: str, obj: Mapping[str, Any], what: str) -> str:
     return kinds.pop()
 
 
+def _open_document(source: ImageSource, desc: Descriptor, what: str) -> Any:
+    """The manifest or index an index entry names. One whose media type says it is neither (an
+    artifact, schema 1) is refused before it is asked for; one without a media type is asked
+    for as a document all the same (a registry serves them from /manifests/, not /blobs/, as
+    containers/image asks for every entry of an index), and what it is its fields say."""
+    if desc.media_type and desc.media_type not in INDEX_TYPES | MANIFEST_TYPES:
+        _kind(desc.media_type, {}, what)  # raises, naming the media type
+    if not desc.media_type:
+        desc = replace(desc, media_type="application/vnd.oci.image.manifest.v1+json")
+    return source.open_blob(desc)
+
+
 def _descriptors(index: Mapping[str, Any], what: str) -> list[Descriptor]:
     manifests = index.get("manifests")
     if not isinstance(manifests, list):
@@ -307,7 +319,7 @@ def resolve(
     siblings: list[Descriptor] = []  # the index entries `desc` was picked from
     for _depth in range(8):
         try:
-            raw = source.open_blob(desc)
+            raw = _open_document(source, desc, f"{where}: {short(desc.digest)}")
         except MissingBlob:
             if not siblings:
                 raise
@@ -344,8 +356,8 @@ def _not_held(
     held = []
     for entry in entries:
         try:
-            source.open_blob(entry).close()
-        except MissingBlob:
+            _open_document(source, entry, f"{where}: {short(entry.digest)}").close()
+        except ImageError:  # not here (MissingBlob), or no image's (an artifact's)
             continue
         if entry.platform:
             held.append(str(_platform_of(entry.platform)))
@@ -403,7 +415,7 @@ def all_manifests(source: ImageSource, limit: int = 1000) -> list[Descriptor]:
         seen.add(desc.digest)
         if len(seen) > limit:
             raise ImageError(f"{where}: its indexes name more than {limit} documents")
-        with source.open_blob(desc) as raw:
+        with _open_document(source, desc, f"{where}: {short(desc.digest)}") as raw:
             obj = _parse_json(
                 read_verified(raw, desc, "manifest"), f"{where}: {short(desc.digest)}"
             )
