@@ -146,11 +146,12 @@ def test_debug_shows_the_commands_run(tmp_path: Path) -> None:
     garbage.write_bytes(b"not an archive" * 100)
     plain = assert_clean_failure(bootc_live("inspect", f"docker-archive:{garbage}"))
     assert plain.startswith(f"bootc-live: docker-archive:{garbage}: skopeo cannot read it (")
-    assert "+ skopeo" not in plain and "--dest-decompress" not in plain
+    assert "+ skopeo" not in plain and "--dest-oci-accept-uncompressed-layers" not in plain
     debug = bootc_live("--debug", "inspect", f"docker-archive:{garbage}")
     assert debug.returncode == 1
     assert (
-        "+ skopeo --insecure-policy copy --quiet --remove-signatures --dest-decompress "
+        "+ skopeo --insecure-policy copy --quiet --remove-signatures "
+        "--dest-oci-accept-uncompressed-layers "
         "docker-archive:" in debug.stderr
     )
 

@@ -13,6 +13,7 @@ import random
 import re
 import shlex
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from bootc_live.runtime.errors import ImageError
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource
 from treewalk import diff, snapshot
-from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
+from unpackers import REPO, _env, assert_clean_failure, bootc_live, need_root_and
 
 pytestmark = pytest.mark.integration
 
@@ -474,3 +475,105 @@ def test_the_readme_podman_section_works_as_written(tmp_path: Path) -> None:
         assert not list(tmp_path.glob("bootc-live-copy.*"))  # skopeo's copy is gone
     finally:
         remove_store(store)
+
+
+def test_a_copy_that_cannot_be_written_is_told_as_tmpdirs_not_the_names(
+    saved: Saved, tmp_path: Path
+) -> None:
+    """A short name is tried as podman's localhost/NAME, then as skopeo reads it: a copy of
+    the first that failed for want of space in $TMPDIR was told as the second's 'does not
+    resolve to an image ID', with 'check the name with podman images'."""
+    need_root_and("unshare", "mount")
+    full = tmp_path / "full"
+    full.mkdir()
+    command = [sys.executable, "-m", "bootc_live", "inspect", "containers-storage:tiny:v1"]
+    where = shlex.quote(str(full))
+    mounted = (
+        f'mount -t tmpfs -o size=256k tmpfs {where} || exit 99; "$@"; said=$?; '
+        f'echo "left: $(ls -A {where})"; exit $said'
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounted, "sh", *command],
+        env={**_env(full), **saved.store.env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    said = assert_clean_failure(done)
+    assert said.startswith(
+        f"bootc-live: containers-storage:tiny:v1: skopeo could not write its copy in {full} ("
+    ), said
+    assert "no space left on device" in said and "docker.io" not in said, said
+    assert said.endswith(
+        "free space there, or set TMPDIR to a directory with room for the image\n"
+    ), said
+    assert len(said.splitlines()) == 1
+    assert done.stdout == "left: \n"  # the copy begun in the full tmpfs is removed
+
+
+def test_a_reading_copy_keeps_podmans_manifest_and_its_digest(saved: Saved, tmp_path: Path) -> None:
+    """`--dest-decompress` is skopeo's for dir: alone: into the oci: copy every layer was
+    gzipped (a pass over the whole image) and the manifest rewritten, so the digest podman
+    shows was 'not the pinned' one for --digest. The copy keeps podman's manifest."""
+    store = saved.store
+    store.podman("tag", "localhost/tiny:v1", "localhost/digest:v1")
+    digest = store.podman("image", "inspect", "--format", "{{.Digest}}", "localhost/digest:v1")
+    shown = bootc_live(
+        "inspect", "--digest", digest, "containers-storage:localhost/digest:v1", env=store.env
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"image     {digest}\n" in shown.stdout
+    assert re.search(r"^layer 1/2 \S+  [\d.]+ MiB uncompressed$", shown.stdout, re.M), shown.stdout
+
+
+def test_a_dir_holding_a_manifest_list_gives_the_platform_asked(
+    saved: Saved, tmp_path: Path
+) -> None:
+    """`skopeo copy --all` into dir: keeps a manifest list; skopeo's copy was of this
+    machine's image whatever --platform asked, and the refusal named the other one."""
+    store = saved.store
+    for arch in ("arm64", "amd64"):
+        ctx = arch_context(tmp_path / f"ctx-{arch}", arch)
+        store.podman(
+            "build", "-q", "--no-cache", "--platform", f"linux/{arch}",
+            "-t", f"localhost/dl:{arch}", str(ctx),
+        )  # fmt: skip
+    store.podman("manifest", "create", "localhost/dlist:v1")
+    for arch in ("amd64", "arm64"):
+        store.podman(
+            "manifest", "add", "localhost/dlist:v1", f"containers-storage:localhost/dl:{arch}"
+        )
+    listed, layout = tmp_path / "list.tar", tmp_path / "dir"
+    store.podman("manifest", "push", "--all", "localhost/dlist:v1", f"oci-archive:{listed}")
+    copy = ["skopeo", "--insecure-policy", "copy", "-q", "--all"]
+    subprocess.run([*copy, f"oci-archive:{listed}", f"dir:{layout}"], check=True)
+    for asked, arch in (("linux/arm64", "arm64"), ("linux/amd64", "amd64"), (None, "amd64")):
+        dest = tmp_path / f"root-{arch}-{asked is None}"
+        platform = ["--platform", asked] if asked else []
+        done = bootc_live("unpack", *platform, f"dir:{layout}", str(dest), tmpdir=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert (dest / "arch").read_text() == f"{arch}\n"
+    said = assert_clean_failure(
+        bootc_live("inspect", "--platform", "linux/s390x", f"dir:{layout}", tmpdir=tmp_path)
+    )
+    assert "no image found in image index for architecture s390x" in said, said
+    assert said.endswith(
+        "choose a platform it has with --platform OS/ARCH[/VARIANT] (skopeo inspect --raw "
+        "SOURCE lists them)\n"
+    ), said
+    assert not list(tmp_path.glob("bootc-live-copy.*"))
+    # The list in podman's store: skopeo 1.9 reads the list, not its images from the store.
+    done = bootc_live(
+        "inspect", "--platform", "linux/arm64", "containers-storage:localhost/dlist:v1",
+        env=store.env, tmpdir=tmp_path,
+    )  # fmt: skip
+    if done.returncode != 0:
+        said = assert_clean_failure(done)
+        assert said.endswith(
+            "write the list out first: podman manifest push --all localhost/dlist:v1 "
+            "oci-archive:FILE, then read oci-archive:FILE (with --platform), or name the "
+            "platform's image itself\n"
+        ), said
+    assert not list(tmp_path.glob("bootc-live-copy.*"))

@@ -100,7 +100,7 @@ class SourceRef:
 
     def resolve(self, platform: Platform | None = None, digest: str | None = None) -> Image:
         """Open the source and find the image (`image.source` is to be closed by the caller)."""
-        source = self.open()
+        source = self.open(platform)
         label = None if self.transport in SKOPEO_TRANSPORTS else self.tag  # skopeo picked it
         try:
             return resolve(source, label=label, platform=platform, digest=digest, foreign=_say)
@@ -108,7 +108,8 @@ class SourceRef:
             source.close()
             raise
 
-    def open(self) -> ImageSource:
+    def open(self, platform: Platform | None = None) -> ImageSource:
+        """The source; `platform` is the one a skopeo copy takes from a manifest list."""
         if self.transport == "docker":
             options = self.registry
             ref = registry.Reference.parse(self.path)
@@ -122,7 +123,7 @@ class SourceRef:
                 cafile=options.ca,
             )
         if self.transport in SKOPEO_TRANSPORTS:
-            return CopiedSource(self, compress=self.registry.compress_copies)
+            return CopiedSource(self, self.registry.compress_copies, platform)
         if self.transport == "url":
             return http.open_url(
                 self.path,
@@ -156,13 +157,16 @@ class CopiedSource(LayoutSource):
     skopeo is the one that does it with the digests podman recorded, for both transports and
     for every store spec `[driver@root+runroot]`. The copy is on disk once, in $TMPDIR
     (default /var/tmp): without `compress`, layers stay uncompressed tars (no gzip pass, the
-    fastest copy and the fastest read) for commands that only read them; `build`, which
-    puts the blobs into its artifacts, keeps skopeo's gzip.
+    fastest copy and the fastest read; podman's own manifest, the digest podman shows) for
+    commands that only read them; `build`, which puts the blobs into its artifacts, keeps
+    skopeo's gzip. `platform` is what skopeo takes from a manifest list (a dir: of `skopeo
+    copy --all`): this machine's unless told.
     """
 
-    def __init__(self, ref: SourceRef, compress: bool) -> None:
+    def __init__(self, ref: SourceRef, compress: bool, platform: Platform | None = None) -> None:
         if ref.transport == "docker-archive" and not os.path.isfile(ref.path):
-            raise UsageError(f"{ref.path}: no such file", "give the file podman save wrote")
+            what = "is a directory, not a file" if os.path.isdir(ref.path) else "no such file"
+            raise UsageError(f"{ref.path}: {what}", "give the file podman save wrote")
         if ref.transport == "dir" and not os.path.isfile(os.path.join(ref.path, "manifest.json")):
             raise UsageError(
                 f"{ref.path} is not a dir: layout (no manifest.json)",
@@ -185,8 +189,12 @@ class CopiedSource(LayoutSource):
             # bootc-live's own check of the copy (hostpolicy) is the one policy that applies.
             # A layout holds no signatures (what skopeo copies is checked without any, see
             # docs/signatures.md): a dir: or a store that has some would stop the copy.
-            argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--remove-signatures"]
-            argv += [] if compress else ["--dest-decompress"]
+            argv = ["skopeo", "--insecure-policy", *_platform_options(platform), "copy"]
+            argv += ["--quiet", "--remove-signatures"]
+            # skopeo gzips every uncompressed layer it writes into an oci: layout unless told
+            # to keep them (--dest-decompress is dir:'s alone: here it changed nothing); kept,
+            # podman's own manifest is copied, the image digest podman shows.
+            argv += [] if compress else ["--dest-oci-accept-uncompressed-layers"]
             with progress.Ticker(f"copying {ref} with skopeo"):
                 names = _skopeo_names(ref)
                 for i, name in enumerate(names):
@@ -199,11 +207,10 @@ class CopiedSource(LayoutSource):
                                 f"{ref.path} is an oci-archive, not a docker-archive",
                                 f"read it as oci-archive:{ref.path}",
                             ) from None
-                        if i + 1 == len(names):
-                            raise ImageError(
-                                f"{ref}: skopeo cannot read it ({_skopeo_says(err.detail)})",
-                                _SKOPEO_HINTS[ref.transport],
-                            ) from None
+                        # The next name only when skopeo found no image by this one: a copy
+                        # that failed otherwise (a full $TMPDIR) is told as itself.
+                        if i + 1 == len(names) or not _NOT_THERE.search(err.detail):
+                            raise _skopeo_failed(ref, err.detail, work) from None
                         scratch.remove(os.path.join(work, "layout"))
             super().__init__(os.path.join(work, "layout"))
         except BaseException:
@@ -213,6 +220,48 @@ class CopiedSource(LayoutSource):
 
     def close(self) -> None:
         scratch.remove(self.work)
+
+
+# What skopeo says when containers-storage has no image by a name (or ID).
+_NOT_THERE = re.compile(
+    r"does not resolve to an image ID|identifier is not an image|image not known"
+)
+
+
+def _platform_options(platform: Platform | None) -> list[str]:
+    """skopeo's choice from a manifest list (a dir: or a store may hold one): the platform
+    asked, not this machine's; a single image is copied whatever its platform (resolve
+    judges it then)."""
+    if platform is None:
+        return []
+    options = ["--override-os", platform.os, "--override-arch", platform.architecture]
+    return options + (["--override-variant", platform.variant] if platform.variant else [])
+
+
+def _skopeo_failed(ref: SourceRef, detail: str, work: str) -> ImageError:
+    """skopeo's failure: a copy that could not be written (where $TMPDIR is) is not the
+    SOURCE's fault."""
+    said = _skopeo_says(detail)
+    if work in said or "no space left on device" in said.lower():
+        return ImageError(
+            f"{ref}: skopeo could not write its copy in {os.path.dirname(work)} ({said})",
+            "free space there, or set TMPDIR to a directory with room for the image",
+        )
+    if ref.transport == "containers-storage" and "from manifest list" in said:
+        # podman manifest create/add: skopeo reads the list but not its images from the store
+        return ImageError(
+            f"{ref}: skopeo cannot read an image of this manifest list ({said})",
+            f"write the list out first: podman manifest push --all {ref.path} "
+            "oci-archive:FILE, then read oci-archive:FILE (with --platform), or name the "
+            "platform's image itself",
+        )
+    if "no image found in" in said:  # a manifest list without the platform asked
+        return ImageError(
+            f"{ref}: skopeo cannot read it ({said})",
+            "choose a platform it has with --platform OS/ARCH[/VARIANT] "
+            "(skopeo inspect --raw SOURCE lists them)",
+        )
+    return ImageError(f"{ref}: skopeo cannot read it ({said})", _SKOPEO_HINTS[ref.transport])
 
 
 _SKOPEO_HINTS = {
