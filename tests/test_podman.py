@@ -577,3 +577,18 @@ def test_a_dir_holding_a_manifest_list_gives_the_platform_asked(
             "platform's image itself\n"
         ), said
     assert not list(tmp_path.glob("bootc-live-copy.*"))
+
+
+def test_a_store_that_is_not_there_is_refused_and_not_made(tmp_path: Path) -> None:
+    """skopeo makes a new, empty store at a ROOT (and RUNROOT) that is not there: a typo in
+    containers-storage:[vfs@ROOT+RUNROOT]NAME left both directories behind."""
+    need_root_and("skopeo")
+    for spec in ("vfs@{root}+{run}", "overlay@{root}+{run}:overlay.mountopt=nodev", "{root}"):
+        root, run = tmp_path / "typo", tmp_path / "run"
+        source = f"containers-storage:[{spec.format(root=root, run=run)}]localhost/x:1"
+        said = assert_clean_failure(bootc_live("inspect", source, tmpdir=tmp_path))
+        assert said == (
+            f"bootc-live: {source}: {root}, the store's ROOT, is no directory; fix the store's "
+            "path (podman info --format {{.Store.GraphRoot}} shows it)\n"
+        )
+        assert sorted(os.listdir(tmp_path)) == []

@@ -172,6 +172,13 @@ class CopiedSource(LayoutSource):
                 f"{ref.path} is not a dir: layout (no manifest.json)",
                 "give the directory skopeo copy … dir:DIR or podman save --format docker-dir wrote",
             )
+        store = _store_root(ref)
+        if store is not None and not os.path.isdir(store):
+            # skopeo would make a new, empty store there (and its RUNROOT), left behind
+            raise UsageError(
+                f"{ref}: {store}, the store's ROOT, is no directory",
+                "fix the store's path (podman info --format {{.Store.GraphRoot}} shows it)",
+            )
         if shutil.which("skopeo") is None:
             raise UsageError(
                 f"{ref.transport}: SOURCEs are read with skopeo, which is missing",
@@ -271,6 +278,16 @@ _SKOPEO_HINTS = {
     "archive of several images, name one: docker-archive:FILE:NAME:TAG",
     "dir": "check the directory (skopeo copy … dir:DIR writes one)",
 }
+
+
+def _store_root(ref: SourceRef) -> str | None:
+    """The ROOT a containers-storage SOURCE names in `[DRIVER@ROOT+RUNROOT:OPTIONS]NAME`."""
+    m = re.match(r"\[([^\]]*)\]", ref.path) if ref.transport == "containers-storage" else None
+    if m is None:
+        return None
+    spec = m.group(1).partition("@")[2] if "@" in m.group(1) else m.group(1)
+    root, plus, _ = spec.partition("+")
+    return (root if plus else root.partition(":")[0]) or None
 
 
 def _is_oci_archive(path: str) -> bool:
