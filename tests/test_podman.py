@@ -528,6 +528,50 @@ def test_a_reading_copy_keeps_podmans_manifest_and_its_digest(saved: Saved, tmp_
     assert re.search(r"^layer 1/2 \S+  [\d.]+ MiB uncompressed$", shown.stdout, re.M), shown.stdout
 
 
+def test_a_pull_pinned_to_podmans_digest_checks_it_then_compresses(
+    saved: Saved, tmp_path: Path
+) -> None:
+    """pull and build gzip skopeo's copy (its manifest then has a digest of its own): the
+    digest podman shows was 'not the pinned' one. It is checked on an uncompressed copy,
+    which is then compressed; a digest that is not podman's stops with nothing left behind."""
+    store = saved.store
+    store.podman("tag", "localhost/tiny:v1", "localhost/pinned:v1")
+    digest = store.podman("image", "inspect", "--format", "{{.Digest}}", "localhost/pinned:v1")
+    source = "containers-storage:localhost/pinned:v1"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "pinned.tar"
+    done = bootc_live(
+        "pull", source, "--digest", digest, "-o", f"oci-archive:{out}", env=store.env, tmpdir=tmp
+    )
+    assert done.returncode == 0, done.stderr
+    pulled = done.stdout.split()[0]
+    assert pulled.startswith("sha256:") and pulled != digest  # the gzip copy's own manifest
+    archive = ArchiveSource(str(out))
+    try:
+        image = resolve(archive)
+        assert [layer.media_type.endswith("+gzip") for layer in image.layers] == [True, True]
+    finally:
+        archive.close()
+    other = "sha256:" + "1" * 64
+    refused = bootc_live(
+        "pull",
+        source,
+        "--digest",
+        other,
+        "-o",
+        f"oci-archive:{tmp_path / 'no.tar'}",
+        env=store.env,
+        tmpdir=tmp,
+    )
+    said = assert_clean_failure(refused)
+    assert said == (
+        f"bootc-live: {source}: image digest is {digest}, not the pinned {other}; the image "
+        "changed: update --digest or rebuild the boot entry\n"
+    )
+    assert not (tmp_path / "no.tar").exists() and list(tmp.iterdir()) == []
+
+
 def test_a_dir_holding_a_manifest_list_gives_the_platform_asked(
     saved: Saved, tmp_path: Path
 ) -> None:

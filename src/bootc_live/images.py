@@ -100,16 +100,19 @@ class SourceRef:
 
     def resolve(self, platform: Platform | None = None, digest: str | None = None) -> Image:
         """Open the source and find the image (`image.source` is to be closed by the caller)."""
-        source = self.open(platform)
+        source = self.open(platform, digest)
         label = None if self.transport in SKOPEO_TRANSPORTS else self.tag  # skopeo picked it
+        if isinstance(source, CopiedSource) and source.pinned:
+            digest = None  # checked on podman's own manifest: the gzip copy's is another
         try:
             return resolve(source, label=label, platform=platform, digest=digest, foreign=_say)
         except BaseException:
             source.close()
             raise
 
-    def open(self, platform: Platform | None = None) -> ImageSource:
-        """The source; `platform` is the one a skopeo copy takes from a manifest list."""
+    def open(self, platform: Platform | None = None, digest: str | None = None) -> ImageSource:
+        """The source; `platform` is the one a skopeo copy takes from a manifest list, `digest`
+        the one it must have before a copy compresses it (CopiedSource)."""
         if self.transport == "docker":
             options = self.registry
             ref = registry.Reference.parse(self.path)
@@ -123,7 +126,7 @@ class SourceRef:
                 cafile=options.ca,
             )
         if self.transport in SKOPEO_TRANSPORTS:
-            return CopiedSource(self, self.registry.compress_copies, platform)
+            return CopiedSource(self, self.registry.compress_copies, platform, digest)
         if self.transport == "url":
             return http.open_url(
                 self.path,
@@ -160,10 +163,18 @@ class CopiedSource(LayoutSource):
     fastest copy and the fastest read; podman's own manifest, the digest podman shows) for
     commands that only read them; `build`, which puts the blobs into its artifacts, keeps
     skopeo's gzip. `platform` is what skopeo takes from a manifest list (a dir: of `skopeo
-    copy --all`): this machine's unless told.
+    copy --all`): this machine's unless told. A `pinned` digest (--digest: what podman shows)
+    is checked on an uncompressed copy first, which skopeo then compresses (the gzip copy's
+    manifest has a digest of its own); `pinned` is then True.
     """
 
-    def __init__(self, ref: SourceRef, compress: bool, platform: Platform | None = None) -> None:
+    def __init__(
+        self,
+        ref: SourceRef,
+        compress: bool,
+        platform: Platform | None = None,
+        digest: str | None = None,
+    ) -> None:
         if ref.transport == "docker-archive" and not os.path.isfile(ref.path):
             what = "is a directory, not a file" if os.path.isdir(ref.path) else "no such file"
             raise UsageError(f"{ref.path}: {what}", "give the file podman save wrote")
@@ -201,12 +212,14 @@ class CopiedSource(LayoutSource):
             # skopeo gzips every uncompressed layer it writes into an oci: layout unless told
             # to keep them (--dest-decompress is dir:'s alone: here it changed nothing); kept,
             # podman's own manifest is copied, the image digest podman shows.
-            argv += [] if compress else ["--dest-oci-accept-uncompressed-layers"]
+            plain = ["--dest-oci-accept-uncompressed-layers"]
+            first = "plain" if compress and digest else "layout"
+            argv += [] if first == "layout" and compress else plain
             with progress.Ticker(f"copying {ref} with skopeo"):
                 names = _skopeo_names(ref)
                 for i, name in enumerate(names):
                     try:
-                        run([*argv, name, f"oci:{work}/layout"])
+                        run([*argv, name, f"oci:{work}/{first}"])
                         break
                     except CommandError as err:
                         if ref.transport == "docker-archive" and _is_oci_archive(ref.path):
@@ -218,15 +231,34 @@ class CopiedSource(LayoutSource):
                         # that failed otherwise (a full $TMPDIR) is told as itself.
                         if i + 1 == len(names) or not _NOT_THERE.search(err.detail):
                             raise _skopeo_failed(ref, err.detail, work) from None
-                        scratch.remove(os.path.join(work, "layout"))
+                        scratch.remove(os.path.join(work, first))
+            if first == "plain":
+                assert digest is not None
+                _check_pinned(os.path.join(work, first), str(ref), platform, digest)
+                with progress.Ticker(f"compressing the copy of {ref} with skopeo"):
+                    argv = ["skopeo", "--insecure-policy", "copy", "--quiet"]
+                    run([*argv, f"oci:{work}/plain", f"oci:{work}/layout"])
+                scratch.remove(os.path.join(work, "plain"))
             super().__init__(os.path.join(work, "layout"))
         except BaseException:
             scratch.remove(work)
             raise
         self.description = str(ref)
+        self.pinned = first == "plain"
 
     def close(self) -> None:
         scratch.remove(self.work)
+
+
+def _check_pinned(layout: str, what: str, platform: Platform | None, digest: str) -> None:
+    """That the uncompressed copy at `layout` (podman's own manifest) of the SOURCE `what` has
+    `digest`, as resolve checks it (the index's or the image's); ImageError as resolve says."""
+    source = LayoutSource(layout)
+    source.description = what
+    try:
+        resolve(source, platform=platform, digest=digest, foreign=lambda _: None)
+    finally:
+        source.close()
 
 
 # What skopeo says when containers-storage has no image by a name (or ID).
