@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,25 @@ def test_an_ipv6_registry_is_looked_up_by_its_repository_and_host() -> None:
 def test_invalid_docker_references_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         DockerReference.parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "example.com/" + "a" * 19 + "!",  # 17 s before, doubling with each letter more
+        '{"x": 1}',
+    ],
+)
+def test_an_invalid_reference_is_refused_in_linear_time(text: str) -> None:
+    """A separator of `-`* matched the empty string, so a run of N letters that did not end a
+    valid reference was tried in 2^N splits (a policy scope, signedIdentity, --identity or
+    bootc.identity= with a typo hung the command or the boot, with no deadline)."""
+    start = time.monotonic()
+    with pytest.raises(ValueError):
+        DockerReference.parse(text)
+    with pytest.raises(PolicyError, match="is not a valid scope"):
+        parse({"default": ACCEPT, "transports": {"docker": {text: ACCEPT}}})
+    assert time.monotonic() - start < 1
 
 
 REPO = "example.com/ns/repo"
