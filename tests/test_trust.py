@@ -605,3 +605,32 @@ def test_a_signature_manifest_with_too_many_layers_is_refused(
         f"oci:{layout} {tag}: {trust.MAX_SIGNATURES + 1} signatures, more than "
         f"{trust.MAX_SIGNATURES}"
     )
+
+
+def test_a_registry_reference_with_a_tag_and_a_digest_has_no_policy_identity() -> None:
+    """As containers/image and the host's check: the tag was dropped at boot, so the policy's
+    scope for REPO:TAG (here: signatures required) was passed over for the repository's."""
+    rules = Policy.parse(
+        json.dumps(
+            {
+                "default": [{"type": "reject"}],
+                "transports": {
+                    "docker": {
+                        "example.com/app": [{"type": "insecureAcceptAnything"}],
+                        "example.com/app:prod": [{"type": "reject"}],
+                    }
+                },
+            }
+        ).encode(),
+        "policy.json",
+    )
+    digest = "sha256:" + "a" * 64
+    source = RegistrySource(Reference.parse(f"example.com/app:prod@{digest}"), POLICY, print)
+    with pytest.raises(PolicyError) as err:
+        rules.requirements_for("docker", trust.policy_name(source))
+    assert err.value.reason == policy.BAD_REFERENCE
+    assert "both a tag and a digest" in err.value.line()
+    # The host refuses the same name alike.
+    with pytest.raises(PolicyError) as host:
+        rules.requirements_for("docker", f"example.com/app:prod@{digest}")
+    assert host.value.reason == policy.BAD_REFERENCE

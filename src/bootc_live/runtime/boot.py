@@ -384,7 +384,7 @@ def check_signatures(
         report.say("signatures: not checked (no policy in the initramfs)")
     else:
         if isinstance(source, registry.RegistrySource):
-            name = str(trust.docker_reference(source))
+            name = trust.policy_name(source)
         else:
             name = spec.identity or ""
         start = time.monotonic()  # the check's time (fetching signatures, gpgv, openssl)

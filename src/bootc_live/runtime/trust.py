@@ -175,7 +175,8 @@ def check(
 
 
 def docker_reference(source: RegistrySource) -> policy.DockerReference:
-    """The policy's name of a registry image: by its digest when pinned, else by its tag."""
+    """The name a registry image's signatures are kept by: by its digest when pinned, else by
+    its tag."""
     ref = source.ref
     pin = f"@{ref.digest}" if ref.digest else f":{ref.tag or 'latest'}"
     name = f"{ref.registry}/{ref.repository}{pin}"
@@ -187,6 +188,22 @@ def docker_reference(source: RegistrySource) -> policy.DockerReference:
             policy.BAD_REFERENCE,
             "name the registry by a DNS name, an IPv4 address or a plain IPv6 address in [ ]",
         ) from None
+
+
+def policy_name(source: RegistrySource) -> str:
+    """The policy's name of a registry image (docker_reference). A reference with both a tag
+    and a digest has none (containers/image refuses it: which of the tag's scope and the
+    digest's applies is unclear), as on the host (policy.docker_namespaces): dropping the tag
+    would pass over a scope the policy has for REPO:TAG."""
+    ref = source.ref
+    if ref.tag is not None and ref.digest is not None:
+        raise policy.PolicyError(
+            f"docker://{shown(str(ref))}: a reference with both a tag and a digest has no "
+            "policy identity",
+            policy.BAD_REFERENCE,
+            "name the image by its digest alone",
+        )
+    return str(docker_reference(source))
 
 
 # Carried in a layout or archive.
