@@ -248,6 +248,11 @@ def test_containers_image_gpg_signatures(name: str, fixture_keyring: Path) -> No
         {"timestamp": True},
         {"creator": None, "timestamp": None},
         "duplicate",
+        # Go reads a number as a float64 first: 2^63 - 1 is 2^63 there, beyond int64.
+        {"timestamp": 2**63 - 1},
+        {"timestamp": 2**63 - 512},
+        {"timestamp": -(2**63)},
+        {"timestamp": 1e18},
     ],
 )
 def test_optional_claims_are_read_as_skopeo_reads_them(

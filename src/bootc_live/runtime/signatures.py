@@ -478,10 +478,15 @@ def parse_claims(payload: bytes, signature_type: str) -> Claims:
 
 
 def _integral(value: Any) -> bool:
-    """A JSON number without a fraction, in int64 (as containers/image reads a timestamp)."""
+    """A JSON number without a fraction, in int64 (as containers/image reads a timestamp: as
+    a float64 first, so an integer within 512 of 2^63 is 2^63 there, beyond int64)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return (isinstance(value, int) or value.is_integer()) and -(2**63) <= value < 2**63
+    try:
+        number = float(value)  # an int rounds to the nearest float64, as Go parses it
+    except OverflowError:
+        return False
+    return number.is_integer() and -(2**63) <= number < 2**63
 
 
 def _fields(obj: Any, names: Sequence[str]) -> None:
