@@ -544,6 +544,17 @@ MALFORMED: list[tuple[Any, str]] = [
         {"default": ACCEPT, "transports": {"oci-archive": {"/a/../b": ACCEPT}}},
         'transports.oci-archive["/a/../b"] must be an absolute, canonical',
     ),
+    # Two leading slashes: Python's normpath keeps them (POSIX leaves // to the system), Go's
+    # Clean does not, so containers/image refuses the scope; it never matched here (an image's
+    # path is resolved to one slash), and its images went to the default.
+    (
+        {"default": ACCEPT, "transports": {"oci": {"//srv/images": REJECT}}},
+        'transports.oci["//srv/images"] must be an absolute, canonical',
+    ),
+    (
+        {"default": ACCEPT, "transports": {"dir": {"//srv/images": REJECT}}},
+        'transports.dir["//srv/images"] must be an absolute, canonical',
+    ),
     (
         {"default": ACCEPT, "transports": {"docker-archive": {"/x.tar": ACCEPT}}},
         'transports.docker-archive["/x.tar"] is not valid: docker-archive has only the scope',

@@ -339,7 +339,7 @@ class Policy:
         elif transport in PATH_SCOPES:
             if not os.path.isabs(name):
                 raise PolicyError(f"{transport}:{shown(name)}: not an absolute path", BAD_REFERENCE)
-            candidates = path_namespaces(os.path.normpath(name))
+            candidates = path_namespaces(_clean(name))
         else:
             candidates = []
         scopes = self.transports.get(transport, {})
@@ -517,7 +517,8 @@ def _check_scope(transport: str, scope: str, source: str, where: str) -> None:
     if transport in DEFAULT_ONLY:
         raise _malformed(source, where, f'is not valid: {transport} has only the scope ""')
     if transport in PATH_SCOPES:
-        if not scope.startswith("/") or scope == "/" or os.path.normpath(scope) != scope:
+        # Canonical as Go's filepath.Clean has it: normpath keeps two leading slashes.
+        if not scope.startswith("/") or scope == "/" or _clean(scope) != scope:
             raise _malformed(source, where, "must be an absolute, canonical path other than /")
         return
     if _WILDCARD.fullmatch(scope):
@@ -538,6 +539,12 @@ def _check_scope(transport: str, scope: str, source: str, where: str) -> None:
         raise _malformed(
             source, where, "is not in the fully expanded form (docker.io/library/busybox)"
         )
+
+
+def _clean(path: str) -> str:
+    """An absolute path as Go's filepath.Clean makes it (one leading slash, never two)."""
+    cleaned = os.path.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
 def _requirements(value: Any, source: str, where: str) -> tuple[Requirement, ...]:
