@@ -555,6 +555,28 @@ MALFORMED: list[tuple[Any, str]] = [
         {"default": ACCEPT, "transports": {"dir": {"//srv/images": REJECT}}},
         'transports.dir["//srv/images"] must be an absolute, canonical',
     ),
+    # Scopes of transports bootc-live does not evaluate are validated as containers/image
+    # validates them: it refuses the whole policy when one is malformed.
+    (
+        {"default": ACCEPT, "transports": {"containers-storage": {"a.com/x": REJECT}}},
+        'transports.containers-storage["a.com/x"] is not a containers-storage scope ([DRIVER@]ROOT',
+    ),
+    (
+        {"default": ACCEPT, "transports": {"containers-storage": {"[overlay@var]x": REJECT}}},
+        "is not a containers-storage scope ([DRIVER@]ROOT",
+    ),
+    (
+        {"default": ACCEPT, "transports": {"containers-storage": {"[/var]x@sha256:12": REJECT}}},
+        "is not a containers-storage scope ([DRIVER@]ROOT",
+    ),
+    (
+        {"default": ACCEPT, "transports": {"sif": {"relative.sif": REJECT}}},
+        'transports.sif["relative.sif"] must be an absolute, canonical path',
+    ),
+    (
+        {"default": ACCEPT, "transports": {"sif": {"/a/": REJECT}}},
+        'transports.sif["/a/"] must be an absolute, canonical path',
+    ),
     (
         {"default": ACCEPT, "transports": {"docker-archive": {"/x.tar": ACCEPT}}},
         'transports.docker-archive["/x.tar"] is not valid: docker-archive has only the scope',

@@ -512,8 +512,18 @@ def _string(obj: Mapping[str, Any], key: str, source: str, where: str) -> str:
 
 
 def _check_scope(transport: str, scope: str, source: str, where: str) -> None:
-    if scope == "" or transport in OPAQUE_SCOPES:
+    if scope == "" or transport in ("docker-daemon", "ostree"):
         return
+    if transport == "containers-storage":
+        if not _storage_scope(scope):
+            raise _malformed(
+                source,
+                where,
+                "is not a containers-storage scope ([DRIVER@]ROOT, then NAME[@DIGEST][@ID])",
+            )
+        return
+    if transport == "sif" and (not scope.startswith("/") or scope == "/" or _clean(scope) != scope):
+        raise _malformed(source, where, "must be an absolute, canonical path other than /")
     if transport in DEFAULT_ONLY:
         raise _malformed(source, where, f'is not valid: {transport} has only the scope ""')
     if transport in PATH_SCOPES:
@@ -539,6 +549,32 @@ def _check_scope(transport: str, scope: str, source: str, where: str) -> None:
         raise _malformed(
             source, where, "is not in the fully expanded form (docker.io/library/busybox)"
         )
+
+
+_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _storage_scope(scope: str) -> bool:
+    """A containers-storage scope as containers/image validates it (storage_transport.go):
+    [ROOT] or [DRIVER@ROOT], an absolute ROOT; then nothing, or a name, @DIGEST or @ID,
+    @DIGEST@ID (the name itself it does not check)."""
+    close = scope.find("]")
+    if not scope.startswith("[") or close < 1:
+        return False
+    store, rest = scope[1:close], scope[close + 1 :]
+    driver, at, root = store.partition("@")
+    if not at:
+        driver, root = "x", store
+    if not driver or not root.startswith("/"):
+        return False
+    if not rest:
+        return True
+    fields = rest.split("@", 2)
+    if len(fields) == 2:
+        return bool(_IMAGE_ID.fullmatch(fields[1]) or re.fullmatch(_DIGEST, fields[1]))
+    if len(fields) == 3:
+        return bool(re.fullmatch(_DIGEST, fields[1]) and _IMAGE_ID.fullmatch(fields[2]))
+    return True
 
 
 def _clean(path: str) -> str:
