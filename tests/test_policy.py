@@ -363,6 +363,12 @@ def reason_of(
         ([signed_by("k1")], [sig("simple", "k1", digest=OTHER_DIGEST)], "digest mismatch"),
         ([signed_by("k1")], [sig("simple", "k1", digest="sha256:zz")], "digest mismatch"),
         ([signed_by("k1")], [sig("simple", "k1", digest="md5:" + "0" * 32)], "digest mismatch"),
+        # This manifest's own sha512: containers/image compares sha256 digests only.
+        (
+            [signed_by("k1")],
+            [sig("simple", "k1", digest="sha512:" + hashlib.sha512(MANIFEST).hexdigest())],
+            "digest mismatch",
+        ),
         ([signed_by("k1")], [sig("simple", "k1", reference=f"{REPO}:v2")], "identity mismatch"),
         (
             [signed_by("k1", {"type": "exactReference", "dockerReference": "vendor.com/p:v1"})],

@@ -429,7 +429,10 @@ def _satisfy(
             failures.append((err.reason, str(err)))
             continue
         claims = verified.claims
-        if not _manifest_matches(manifest, claims.manifest_digest):
+        # containers/image matches a signed digest against the manifest's sha256 digest only
+        # (manifest.MatchesDigest): a sha384 or sha512 claim, even of this manifest, is refused.
+        signed_digest = claims.manifest_digest
+        if not (signed_digest.startswith("sha256:") and _manifest_matches(manifest, signed_digest)):
             failures.append(
                 (
                     DIGEST_MISMATCH,
