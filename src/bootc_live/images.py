@@ -212,9 +212,10 @@ class CopiedSource(LayoutSource):
             # skopeo gzips every uncompressed layer it writes into an oci: layout unless told
             # to keep them (--dest-decompress is dir:'s alone: here it changed nothing); kept,
             # podman's own manifest is copied, the image digest podman shows.
-            plain = ["--dest-oci-accept-uncompressed-layers"]
-            first = "plain" if compress and digest else "layout"
-            argv += [] if first == "layout" and compress else plain
+            # A pinned digest is podman's: checked on an uncompressed copy, then compressed.
+            recompress = compress and digest is not None
+            first = "plain" if recompress else "layout"
+            argv += [] if compress and not recompress else ["--dest-oci-accept-uncompressed-layers"]
             with progress.Ticker(f"copying {ref} with skopeo"):
                 names = _skopeo_names(ref)
                 for i, name in enumerate(names):
@@ -232,7 +233,7 @@ class CopiedSource(LayoutSource):
                         if i + 1 == len(names) or not _NOT_THERE.search(err.detail):
                             raise _skopeo_failed(ref, err.detail, work) from None
                         scratch.remove(os.path.join(work, first))
-            if first == "plain":
+            if recompress:
                 assert digest is not None
                 _check_pinned(os.path.join(work, first), str(ref), platform, digest)
                 with progress.Ticker(f"compressing the copy of {ref} with skopeo"):
@@ -244,7 +245,7 @@ class CopiedSource(LayoutSource):
             scratch.remove(work)
             raise
         self.description = str(ref)
-        self.pinned = first == "plain"
+        self.pinned = recompress
 
     def close(self) -> None:
         scratch.remove(self.work)

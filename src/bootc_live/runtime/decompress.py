@@ -49,6 +49,14 @@ Read = Callable[[int], bytes]
 ZSTD_WINDOW_LIMIT = 128 << 20
 
 
+def frame_header_fields(descriptor: int) -> tuple[int, int, int]:
+    """The bytes that follow a zstd frame header's descriptor (RFC 8878 3.1.1.1): its window
+    descriptor (none for a single segment), dictionary ID and content size."""
+    single = bool(descriptor & 0x20)
+    fcs = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
+    return (0 if single else 1), (0, 1, 2, 4)[descriptor & 3], fcs
+
+
 def zstd_window(head: bytes) -> int | None:
     """The window size the first zstd frame in `head` declares (RFC 8878, 3.1.1.1), past any
     skippable frames in it; None when `head` does not hold that frame's header."""
@@ -59,8 +67,7 @@ def zstd_window(head: bytes) -> int | None:
         return None
     descriptor = head[pos + 4]
     if descriptor & 0x20:  # single segment: the window is the content, whose size follows
-        dict_bytes = (0, 1, 2, 4)[descriptor & 3]
-        fcs_bytes = (1, 2, 4, 8)[descriptor >> 6]
+        _, dict_bytes, fcs_bytes = frame_header_fields(descriptor)
         start = pos + 5 + dict_bytes
         if len(head) < start + fcs_bytes:
             return None
@@ -129,10 +136,8 @@ class ZstdFrames:
             self._state, self._want = "frame", 4
         elif self._state == "frame-rest":
             descriptor = header[0]  # the frame header descriptor: what follows it
-            single = bool(descriptor & 0x20)
             self._checksum = bool(descriptor & 0x04)
-            fcs = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
-            self._skip = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + fcs
+            self._skip = sum(frame_header_fields(descriptor))
             self._state, self._want = "block", 3
         elif self._state == "block":
             value = int.from_bytes(header, "little")

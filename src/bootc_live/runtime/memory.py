@@ -42,7 +42,7 @@ RESERVE = 48 << 20
 # the OOM killer once in a loaded test run instead of the root's one-line "full". What the
 # source holds ahead (a registry's fetch-ahead, bootc.connections' parts) is planned on top.
 UNPACK_RESERVE = (24 + QUEUE_CHUNKS + HASH_CHUNKS) << 20
-# Of those 16 MiB, what a zstd frame's window may take (zstd's levels up to 19 use 8 MiB at
+# Of those 24 MiB, what a zstd frame's window may take (zstd's levels up to 19 use 8 MiB at
 # most; --long and --ultra, up to 128 MiB: planned on top, `zstd_window`).
 ZSTD_RESERVED_WINDOW = 8 << 20
 ZSTD_HEAD = 4096  # bytes read of a zstd layer to find its first frame's window

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import jsondoc
 from .blobs import Descriptor, check_digest, digest_of, read_verified, short
@@ -209,7 +209,7 @@ def _kind(media_type: str, obj: Mapping[str, Any], what: str) -> str:
     return kinds.pop()
 
 
-def _open_document(source: ImageSource, desc: Descriptor, what: str) -> Any:
+def _open_document(source: ImageSource, desc: Descriptor, what: str) -> BinaryIO:
     """The manifest or index an index entry names. One whose media type says it is neither (an
     artifact, schema 1) is refused before it is asked for; one without a media type is asked
     for as a document all the same (a registry serves them from /manifests/, not /blobs/, as
