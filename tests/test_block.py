@@ -242,6 +242,7 @@ def test_an_archive_on_the_disk_is_read_in_place(disk: FakeDisk) -> None:
         ("/escape", "LABEL=images:/escape leads out of the disk's filesystem (a symbolic link)"),
         ("/fifo", "LABEL=images:/fifo: neither a file nor a directory (a pipe, socket or"),
         ("/empty", "LABEL=images:/empty is not an OCI image layout (no index.json); give"),
+        ("/loop", "LABEL=images:/loop could not be read: Too many levels of symbolic links"),
     ],
 )
 def test_a_missing_image_stops_with_the_disk_let_go(
@@ -249,6 +250,7 @@ def test_a_missing_image_stops_with_the_disk_let_go(
 ) -> None:
     disk.mountpoint.mkdir()
     (disk.mountpoint / "escape").symlink_to("/etc")
+    (disk.mountpoint / "loop").symlink_to("loop")
     os.mkfifo(disk.mountpoint / "fifo")
     (disk.mountpoint / "empty").mkdir()
     with pytest.raises(BootcLiveError) as err:
@@ -283,6 +285,28 @@ def test_a_layouts_links_off_the_disk_are_not_followed(disk: FakeDisk, tmp_path:
     (layout / "index.json").symlink_to(outside / "index.json")
     with pytest.raises(block.DiskError, match=r"index\.json is a link that leads off"):
         source.index_json()
+    source.close()
+    assert disk.let_go()
+
+
+def test_a_layout_file_that_cannot_be_read_is_said_so(disk: FakeDisk) -> None:
+    # A blob that is a directory or a loop of links: one line naming it, not an internal
+    # error (IsADirectoryError) or a blob said to be missing.
+    layout = disk.mountpoint / "layout"
+    build_layout(layout, [layer_tar([f("hello", b"hi")])], tag="t")
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
+    blobs[0].unlink()
+    blobs[0].mkdir()
+    blobs[1].unlink()
+    blobs[1].symlink_to(blobs[1].name)
+    source = block.open_disk("LABEL=images", "/layout", 5, print)
+    for blob, error in ((blobs[0], "Is a directory"), (blobs[1], "Too many levels of symbolic")):
+        with pytest.raises(block.DiskError) as err:
+            source.open_blob(Descriptor("application/octet-stream", f"sha256:{blob.name}", 2))
+        assert err.value.line().startswith(
+            f"root=bootc-live:block:LABEL=images:/layout: /layout/blobs/sha256/{blob.name} "
+            f"could not be read: {error}"
+        )
     source.close()
     assert disk.let_go()
 
@@ -376,6 +400,92 @@ def test_a_real_disk_is_never_written_not_even_by_a_journal_replay(
         assert "clean: one left with a journal to replay" in seen["error"], seen
     else:
         assert seen["read_only_while_mounted"] is True and seen["index_json"] > 0, seen
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+# Run by the test below in a private mount namespace: each image on a damaged real disk.
+DAMAGED_CHILD = r"""
+import json, sys
+from bootc_live.runtime import block, errors
+from bootc_live.runtime.blobs import Descriptor
+device, block.MOUNTPOINT, digest = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+for path in ("/layout", "/root.oci"):
+    try:
+        source = block.open_disk(device, path, 5, lambda _: None)
+        try:
+            with source.open_blob(Descriptor("x", f"sha256:{digest}", 4 << 20)) as blob:
+                while blob.read(1 << 16):
+                    pass
+        finally:
+            source.close()
+    except errors.BootcLiveError as err:
+        out[path] = err.line()
+out["read_only_after"] = block.read_only_flag(device)
+out["mounted_after"] = block.mounts.is_mounted(block.MOUNTPOINT)
+print(json.dumps(out))
+"""
+
+
+def test_a_damaged_disk_is_one_line_naming_the_file_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    # A disk whose filesystem breaks in the middle of a file (an extent block gone bad): the
+    # kernel answers reads with EIO, which stopped the boot as an "internal error".
+    need(os.geteuid() == 0, "loop devices and mount namespaces need root")
+    for tool in ("mkfs.ext4", "debugfs", "losetup", "unshare"):
+        need(shutil.which(tool) is not None, f"needs {tool}")
+    tree = tmp_path / "tree"
+    data = os.urandom(4 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    (tree / "layout" / "blobs" / "sha256").mkdir(parents=True)
+    (tree / "layout" / "blobs" / "sha256" / digest).write_bytes(data)
+    (tree / "layout" / "index.json").write_text("{}")
+    subprocess.run(
+        ["tar", "-C", str(tree / "layout"), "-cf", str(tree / "root.oci"), "."], check=True
+    )
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as out:
+        out.truncate(16 << 20)
+    # 1 KiB blocks in groups of 1 MiB, each with its own metadata: files of 4 MiB need more
+    # extents than an inode holds, so the kernel reads their extent tree from a block.
+    mkfs = ["mkfs.ext4", "-q", "-b", "1024", "-g", "1024", "-O", "^flex_bg", "-d", str(tree)]
+    subprocess.run([*mkfs, str(image)], check=True)
+    for name in (f"/layout/blobs/sha256/{digest}", "/root.oci"):
+        argv = ["debugfs", "-R", f"stat {name}", str(image)]
+        extents = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        tree_block = int(extents.split("(ETB0):")[1].split(",")[0])
+        with open(image, "r+b") as disk:
+            disk.seek(tree_block * 1024)
+            disk.write(bytes(1024))
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        src = Path(block.__file__).parents[2]
+        namespace = ["unshare", "--mount", "--propagation", "private"]
+        argv = [sys.executable, "-c", DAMAGED_CHILD, loop, str(tmp_path / "mnt"), digest]
+        child = subprocess.run(
+            [*namespace, *argv],
+            env={**os.environ, "PYTHONPATH": str(src)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=True)
+    assert child.returncode == 0, child.stderr
+    seen = json.loads(child.stdout)
+    hint = f"; {block.UNREADABLE_HINT}"
+    assert seen == {
+        "/layout": f"root=bootc-live:block:{loop}:/layout: /layout/blobs/sha256/{digest} could "
+        f"not be read: Input/output error{hint}",
+        "/root.oci": f"root=bootc-live:block:{loop}:/root.oci could not be read: Input/output "
+        f"error{hint}",
+        "read_only_after": False,
+        "mounted_after": False,
+    }
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before
 
 

@@ -11,6 +11,7 @@ it was found.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -18,7 +19,7 @@ import re
 import stat
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from . import mounts
@@ -26,6 +27,7 @@ from .blobs import Descriptor
 from .errors import BootcLiveError, ImageError
 from .run import CommandError, run
 from .sources import ArchiveSource, ImageSource, LayoutSource, blob_path, part_files
+from .streams import Reader
 
 MOUNTPOINT = "/run/bootc-live/disk"  # a module global: host-side tests point it elsewhere
 BY_TAG = {"LABEL=": "by-label", "UUID=": "by-uuid", "PARTUUID=": "by-partuuid"}
@@ -186,6 +188,36 @@ def inside(top: str, path: str) -> bool:
     return os.path.commonpath([os.path.realpath(path), real_top]) == real_top
 
 
+UNREADABLE_HINT = (
+    "check the disk where it is attached (fsck) and the image on it: its files must be "
+    "regular files on that filesystem"
+)
+
+
+def unreadable(shown: str, err: OSError) -> DiskError:
+    """The file `shown` names could not be opened or read (a damaged disk or filesystem, one
+    pulled, a loop of links, a blob that is a directory or a device): said so, not as an
+    internal error or as a file that is missing."""
+    return DiskError(f"{shown} could not be read: {err.strerror}", UNREADABLE_HINT)
+
+
+class _DiskFile(Reader):
+    """A file on the disk, its read errors said by `fail`."""
+
+    def __init__(self, raw: BinaryIO, fail: Callable[[OSError], DiskError]) -> None:
+        self._raw = raw
+        self._fail = fail
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._raw.read(n)
+        except OSError as err:
+            raise self._fail(err) from None
+
+    def close(self) -> None:
+        self._raw.close()
+
+
 class DiskSource:
     """The archive or layout at PATH on the mounted disk, read where it lies (nothing on it is
     deleted, no link followed off it); close() lets the disk go."""
@@ -213,19 +245,41 @@ class DiskSource:
         """A layout's file `name` (or its parts), refused if a link leads it off the disk (an
         archive is one file: PATH, checked when it was opened)."""
         if isinstance(self.inner, LayoutSource):
-            self._on_the_disk(part_files(os.path.join(self.inner.path, name)))
+            whole = os.path.join(self.inner.path, name)
+            with contextlib.suppress(FileNotFoundError):  # in parts, or missing: said next
+                os.stat(whole)  # a corrupt inode or a loop of links: not "missing"
+            self._on_the_disk(part_files(whole))
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[Callable[[OSError], DiskError]]:
+        """Around the opening of the layout's file `name` (of the archive, for an archive): an
+        OSError (a damaged disk, say) raised as one line naming it, by the function yielded
+        (which the file's stream uses for its reads)."""
+        layout = isinstance(self.inner, LayoutSource)
+        where = os.path.join(self.path, name) if layout else self.path
+
+        def fail(err: OSError) -> DiskError:
+            return unreadable(f"root=bootc-live:block:{self.description}: {where}", err)
+
+        try:
+            yield fail
+        except OSError as err:
+            raise fail(err) from None
 
     def index_json(self) -> bytes:
-        self._layout_files("index.json")
-        return self.inner.index_json()
+        with self._reading("index.json"):
+            self._layout_files("index.json")
+            return self.inner.index_json()
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
-        self._layout_files(blob_path(desc.digest))
-        return self.inner.open_blob(desc)
+        with self._reading(blob_path(desc.digest)) as fail:
+            self._layout_files(blob_path(desc.digest))
+            return _DiskFile(self.inner.open_blob(desc), fail)  # type: ignore[return-value]
 
     def tail(self, desc: Descriptor, n: int) -> bytes:
-        self._layout_files(blob_path(desc.digest))
-        return self.inner.tail(desc, n)
+        with self._reading(blob_path(desc.digest)):
+            self._layout_files(blob_path(desc.digest))
+            return self.inner.tail(desc, n)
 
     def prefetch(self, layers: Sequence[Descriptor]) -> None:
         self.inner.prefetch(layers)
@@ -255,21 +309,24 @@ def open_disk(device: str, path: str, seconds: float, say: Callable[[str], None]
             )
         inner: ImageSource
         try:
-            if os.path.isdir(where):
+            mode = os.stat(where).st_mode
+            if stat.S_ISDIR(mode):
                 inner = LayoutSource(where)
-            elif os.path.isfile(where):
+            elif stat.S_ISREG(mode):
                 inner = ArchiveSource(where)
-            elif os.path.lexists(where):
+            else:
                 raise DiskError(
                     f"{shown}: neither a file nor a directory (a pipe, socket or device)",
                     "give the path of the oci-archive file or OCI layout directory",
                 )
-            else:
-                raise DiskError(
-                    f"{shown}: no such file or directory on the disk",
-                    "give the path of the oci-archive file or OCI layout directory on that "
-                    "filesystem, from its top",
-                )
+        except (FileNotFoundError, NotADirectoryError):
+            raise DiskError(
+                f"{shown}: no such file or directory on the disk",
+                "give the path of the oci-archive file or OCI layout directory on that "
+                "filesystem, from its top",
+            ) from None
+        except OSError as err:  # a damaged disk, a loop of links: not "no such file"
+            raise unreadable(shown, err) from None
         except ImageError as err:  # said of the mount's path: say it of the disk's
             raise ImageError(str(err).replace(where, f"{device}:{path}"), err.hint) from None
         kind = "oci" if isinstance(inner, LayoutSource) else "oci-archive"

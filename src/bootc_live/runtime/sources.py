@@ -7,6 +7,7 @@ implement the same interface.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -57,7 +58,7 @@ def open_file(
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or (devices and stat.S_ISBLK(mode))):
             if stat.S_ISDIR(mode):
-                raise IsADirectoryError(f"{path} is a directory")
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             raise ImageError(f"{what} is not a regular file (a pipe or a device)", hint)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
