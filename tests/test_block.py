@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import block, mounts
+from bootc_live.runtime import block, cmdline, mounts
 from bootc_live.runtime.blobs import Descriptor
 from bootc_live.runtime.errors import BootcLiveError, Stopped
 from bootc_live.runtime.run import CommandError
@@ -76,6 +76,22 @@ def test_a_label_may_be_written_with_dracuts_escapes() -> None:
     assert block.candidates("LABEL=my\\x20images/all") == [by_label]
     assert block.candidates("LABEL=my images\\x2Fall") == [by_label]
     assert block.candidates("LABEL=caf\\xc3\\xa9") == ["/dev/disk/by-label/café"]
+
+
+def test_a_value_in_quotes_is_the_value_as_blkid_reads_a_tag() -> None:
+    # LABEL="my disk" keeps its quotes on the kernel command line (they do not start the
+    # value); findfs, blkid -t and mount(8) resolve it to the label my disk: it was looked
+    # for as /dev/disk/by-label/\x22my\x20disk\x22 until the wait ran out.
+    (word,) = cmdline.split('root=bootc-live:block:LABEL="my disk":/images/root.oci')
+    location = cmdline.parse_root(word.partition("=")[2])
+    assert block.candidates(location.device) == ["/dev/disk/by-label/my\\x20disk"]
+    assert block.candidates("LABEL='my\\x20disk'") == ["/dev/disk/by-label/my\\x20disk"]
+    assert block.candidates('UUID="ABCD-1234"')[:2] == [
+        "/dev/disk/by-uuid/ABCD-1234",
+        "/dev/disk/by-uuid/abcd-1234",
+    ]
+    assert block.candidates('LABEL="') == ["/dev/disk/by-label/\\x22"]  # a quote, no pair
+    assert block.candidates("LABEL=x'y\"z") == ["/dev/disk/by-label/x\\x27y\\x22z"]
 
 
 def test_uuids_are_looked_for_as_written_and_in_either_case() -> None:

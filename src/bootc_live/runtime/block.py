@@ -62,10 +62,13 @@ def unescaped(value: str) -> str:
 
 def candidates(device: str) -> list[str]:
     """The paths `device` (LABEL=…, UUID=…, PARTUUID=… or /dev/…) may appear under: a UUID as
-    written and in lower case (blkid writes most in lower case, FAT's in upper case)."""
+    written and in lower case (blkid writes most in lower case, FAT's in upper case). A value
+    in quotes is the value they hold, as blkid reads a tag."""
     for tag, directory in BY_TAG.items():
         if device.startswith(tag):
             value = device[len(tag) :]
+            if len(value) > 2 and value[0] in "\"'" and value[-1] == value[0]:
+                value = value[1:-1]  # LABEL="my disk": blkid, findfs and mount(8) drop them
             forms = [unescaped(value)] if tag == "LABEL=" else [value, value.lower(), value.upper()]
             names = dict.fromkeys(f"/dev/disk/{directory}/{udev_name(v)}" for v in forms)
             return list(names)
