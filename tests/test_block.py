@@ -41,7 +41,10 @@ def udev_fields(mkfs: list[str], tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "label",
-    ["images", "bootc/images", "my images", "a\\b", "x'y\"z", "Bilder-Ünï", "t#+-.:=@_", "a$b%c"],
+    [
+        *("images", "bootc/images", "my images", "a\\b", "x'y\"z", "Bilder-Ünï", "t#+-.:=@_"),
+        *("a$b%c", "a\uffffb", "a\ufdd0\ufdefb", "a\ufffeb", "\U0010ffff", "\U0001ffffz"),
+    ],
 )
 def test_labels_are_named_as_udev_names_them(label: str, tmp_path: Path) -> None:
     # The oracle: blkid's ID_FS_LABEL_ENC, from which udev makes /dev/disk/by-label/NAME.

@@ -41,13 +41,20 @@ class DiskError(BootcLiveError):
     """The disk of root=bootc-live:block:… did not come, or does not hold the image."""
 
 
+def _kept(c: str) -> bool:
+    """Whether blkid keeps the character as it is: a plain one, or a non-ASCII one that is
+    valid UTF-8 and no noncharacter (U+FDD0 to U+FDEF, U+FFFF, U+1FFFF …; not U+FFFE)."""
+    n = ord(c)
+    if n < 128:
+        return c in _PLAIN
+    return not (0xDC80 <= n <= 0xDCFF or 0xFDD0 <= n <= 0xFDEF or n & 0xFFFF == 0xFFFF)
+
+
 def udev_name(value: str) -> str:
     """`value` as it appears in a /dev/disk/by-* name: plain characters and non-ASCII ones as
     they are, every other byte (and one that is not UTF-8) as \\xNN."""
     return "".join(
-        c
-        if c in _PLAIN or (ord(c) > 127 and not 0xDC80 <= ord(c) <= 0xDCFF)
-        else "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
+        c if _kept(c) else "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
         for c in value
     )
 
