@@ -287,6 +287,22 @@ def test_the_next_command_line_drops_the_kexec_switch() -> None:
     )
 
 
+def test_options_after_a_double_dash_are_dropped_there_too() -> None:
+    """/proc/cmdline keeps what follows `--` (init's arguments), and the next stage parses the
+    whole line, the last occurrence winning: a `bootc.kexec` or `root=` kept there would undo
+    bootc.kexec=0 (a kexec without end) or the handed-over root=."""
+    current = "console=ttyS0 -- single bootc.kexec=1 root=bootc-live:/elsewhere bootc.kexec.kver=6"
+    for reuse in (False, True):
+        line = kexec.next_command_line(current, reuse=reuse, label="h", verified="sha256:v")
+        assert line.endswith(
+            "bootc.kexec=0 -- single" if reuse else "-- single root=bootc-live:/elsewhere"
+        )
+        spec = parse(split(line.replace("sha256:v", "sha256:" + "1" * 64)))
+        assert not spec.kexec
+    handed = kexec.next_command_line(current, reuse=True, label="h")
+    assert parse(split(handed)).image == parse(["root=bootc-live:/bootc-live/image"]).image
+
+
 def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
     """The kernel knows double quotes only: shell quotes would split it into two words."""
     current = '"systemd.setenv=GREETING=hello world" x="a\tb c" bootc.kexec console=ttyS0\n'

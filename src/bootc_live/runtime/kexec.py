@@ -249,7 +249,9 @@ def next_command_line(
     that stage two boots that very image (a tag may name another by then; the handover names
     the platform's manifest). The arguments `replacing` take the place of those of the same
     names, and those named in `dropping` go. They all go before a `--`, after which the
-    kernel passes arguments to init. `current`: a command line, or its arguments."""
+    kernel passes arguments to init; those go from there too, since /proc/cmdline and so
+    the next stage's parser have them as well (a `-- bootc.kexec` would kexec without end).
+    `current`: a command line, or its arguments."""
     new = list(replacing)
     if reuse:
         new += kernel_arguments(label).split()
@@ -262,12 +264,14 @@ def next_command_line(
     args = split(current) if isinstance(current, str) else list(current)
     init = args.index("--") if "--" in args else len(args)
     kept = []
-    for arg in args[:init]:
+    for i, arg in enumerate(args):
         name = arg.split("=", 1)[0]
-        if name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
+        if i == init:
+            kept += new
+        elif name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
             continue
         kept.append(arg)
-    return join([*kept, *new, *args[init:]])
+    return join(kept if init < len(args) else [*kept, *new])
 
 
 def packed_command_line(current: str | Sequence[str], pin: str, image: str | None) -> str:
