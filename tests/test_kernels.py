@@ -119,6 +119,12 @@ def test_an_unpacked_tree_without_following_links(tmp_path: Path) -> None:
         ("6.12~rc1", "6.12"),  # Debian's pre-release
         ("5.14.0-427.el9", "5.14.0-427.13.1.el9"),
         ("6.1²", "6.2"),  # a digit that int() refuses is a word, not a traceback
+        # Numbers within a part, as `sort -V` and rpm compare them: Fedora rawhide's and
+        # upstream's release candidates, RHEL's real-time kernels.
+        ("6.12.0-0.rc9.20241104git.60.fc42", "6.12.0-0.rc10.20241104git.60.fc42"),
+        ("6.12.0-rc2", "6.12.0-rc10"),
+        ("5.14.0-284.11.1.rt9.296.el9_2.x86_64", "5.14.0-284.11.1.rt14.296.el9_2.x86_64"),
+        ("6.10.3-zen2-1-zen", "6.10.3-zen10-1-zen"),
     ],
 )
 def test_version_order(lower: str, higher: str) -> None:

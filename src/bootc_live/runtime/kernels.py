@@ -32,29 +32,30 @@ from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry
 KERNEL_PLACES = "/usr/lib/modules/KVER/vmlinuz, /lib/modules/KVER/vmlinuz, /boot/vmlinuz-KVER"
 _MODULES = re.compile(rb"(?:usr/)?lib/modules/([^/]+)/(vmlinuz|initramfs\.img)")
 _BOOT = re.compile(rb"boot/vmlinuz-([^/]+)")
+_RUNS = re.compile(r"[0-9]+|[^0-9]+")  # a version part's numbers (ASCII digits only) and words
 # The directories a kernel's place lies under: anything but a directory there hides the place.
 _ABOVE = re.compile(rb"usr(?:/lib(?:/modules(?:/[^/]+)?)?)?|lib(?:/modules(?:/[^/]+)?)?|boot")
 
 BootFile = tuple[str, str]  # (KVER, "vmlinuz" or "initramfs.img")
 Where = tuple[int, bytes]  # a regular file's bytes: (the layer, counted from the top; its path)
+Parts = list[list[tuple[int, str]]]  # a version's parts, each as its numbers and words
 
 
-def version_key(
-    kver: str,
-) -> tuple[list[tuple[int, str]], int, list[tuple[int, str]], int, list[tuple[int, str]]]:
-    """Orders kernel versions: numeric parts as numbers (6.1.0-10 after 6.1.0-9); a `~` part
-    before the version without it (6.12~rc1 before 6.12, as Debian orders them), and a
-    `+flavour` (Fedora's +debug, +64k) just below the plain kernel of the same version, the
-    flavours in order among themselves (no two KVERs compare equal: the choice never depends
-    on the order they were found in)."""
+def version_key(kver: str) -> tuple[Parts, int, Parts, int, Parts]:
+    """Orders kernel versions: numbers as numbers, within a part too (6.1.0-10 after 6.1.0-9,
+    rc10 after rc9, as `sort -V` and rpm order them); a `~` part before the version without it
+    (6.12~rc1 before 6.12, as Debian orders them), and a `+flavour` (Fedora's +debug, +64k)
+    just below the plain kernel of the same version, the flavours in order among themselves
+    (no two KVERs compare equal: the choice never depends on the order they were found in)."""
     plain, plus, flavour = kver.partition("+")
     release, tilde, pre = plain.partition("~")
     return (_parts(release), 0 if tilde else 1, _parts(pre), 0 if plus else 1, _parts(flavour))
 
 
-def _parts(text: str) -> list[tuple[int, str]]:
+def _parts(text: str) -> Parts:
     return [
-        (int(p), "") if p.isascii() and p.isdigit() else (-1, p) for p in re.split(r"[.\-]", text)
+        [(int(run), "") if "0" <= run[0] <= "9" else (-1, run) for run in _RUNS.findall(part)]
+        for part in re.split(r"[.\-]", text)
     ]
 
 
