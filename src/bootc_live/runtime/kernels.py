@@ -41,15 +41,23 @@ Where = tuple[int, bytes]  # a regular file's bytes: (the layer, counted from th
 Parts = list[list[tuple[int, str]]]  # a version's parts, each as its numbers and words
 
 
-def version_key(kver: str) -> tuple[Parts, int, Parts, int, Parts]:
+def version_key(kver: str) -> tuple[Parts, int, Parts, int, Parts, str]:
     """Orders kernel versions: numbers as numbers, within a part too (6.1.0-10 after 6.1.0-9,
     rc10 after rc9, as `sort -V` and rpm order them); a `~` part before the version without it
     (6.12~rc1 before 6.12, as Debian orders them), and a `+flavour` (Fedora's +debug, +64k)
     just below the plain kernel of the same version, the flavours in order among themselves
-    (no two KVERs compare equal: the choice never depends on the order they were found in)."""
+    (no two KVERs compare equal, those that differ only in how they write the same numbers
+    ordered as text: the choice never depends on the order they were found in)."""
     plain, plus, flavour = kver.partition("+")
     release, tilde, pre = plain.partition("~")
-    return (_parts(release), 0 if tilde else 1, _parts(pre), 0 if plus else 1, _parts(flavour))
+    return (
+        _parts(release),
+        0 if tilde else 1,
+        _parts(pre),
+        0 if plus else 1,
+        _parts(flavour),
+        kver,
+    )
 
 
 def _parts(text: str) -> Parts:
