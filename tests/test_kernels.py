@@ -109,6 +109,8 @@ def test_an_unpacked_tree_without_following_links(tmp_path: Path) -> None:
     assert finder.complete() == ["6.1.0-10"]
     assert finder.files[("6.1.0-9", "vmlinuz")] == f"{M}/6.1.0-9/vmlinuz".encode()
     assert finder.named == {"6.1.0-9", "6.1.0-10", "9.9.9"}
+    link = (b"boot/vmlinuz-9.9.9", SYMLINK, b"/boot/vmlinuz-host")  # named, for the message
+    assert finder.at_place(("9.9.9", "vmlinuz")) == link
 
 
 @pytest.mark.parametrize(

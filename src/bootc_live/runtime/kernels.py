@@ -100,7 +100,7 @@ class _Shown:
 
     which: BootFile
     kind: str
-    target: bytes = b""  # a hard link's, clean
+    target: bytes = b""  # a hard link's, clean; a symbolic link's, as it is written
     where: Where | None = None  # where its bytes are, once known
 
 
@@ -160,6 +160,8 @@ class KernelFinder:
             shown.where = (self._layer, path)
         elif kind == HARDLINK:
             shown.target = b"/".join(clean(linkname))
+        elif kind == SYMLINK:
+            shown.target = linkname
         self._shown[path] = shown
         return kind == REGULAR or wanted
 
@@ -213,6 +215,20 @@ class KernelFinder:
         path = self.files.get(which)
         return None if path is None else self._shown[path].where
 
+    def at_place(self, which: BootFile) -> tuple[bytes, str, bytes] | None:
+        """What the first of a boot file's places shows, if any shows something: the file's
+        (`files`), else a symbolic link or whatever took its place. Its path, kind and link
+        target."""
+        path = self.files.get(which) or min(
+            (path for path, shown in self._shown.items() if shown.which == which),
+            key=_rank,
+            default=None,
+        )
+        if path is None:
+            return None
+        shown = self._shown[path]
+        return path, shown.kind, shown.target
+
     def final(self, kver: str) -> bool:
         """Whether the layers below cannot change which files kernel `kver` has: both lie
         in its first place, and their bytes are known."""
@@ -244,13 +260,13 @@ class KernelFinder:
 def in_tree(root: str) -> KernelFinder:
     """The kernels of an unpacked tree at `root` (links never followed, out of it or in)."""
     finder = KernelFinder()
-    for name, kind in _tree_boot_files(root):
-        finder.entry(name, kind)
+    for name, kind, linkname in _tree_boot_files(root):
+        finder.entry(name, kind, linkname)
     finder.end_layer()
     return finder
 
 
-def _tree_boot_files(root: str) -> Iterable[tuple[bytes, str]]:
+def _tree_boot_files(root: str) -> Iterable[tuple[bytes, str, bytes]]:
     for modules in ("usr/lib/modules", "lib/modules"):
         for kver in _listing(root, modules):
             for what in ("vmlinuz", "initramfs.img"):
@@ -271,18 +287,21 @@ def _listing(root: str, relative: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
-def _file(root: str, relative: str) -> Iterable[tuple[bytes, str]]:
-    """The file at `relative` and its kind, if there is one; nothing when a directory on the
-    way is a link (usr/lib/modules/KVER -> /elsewhere) or not a directory."""
+def _file(root: str, relative: str) -> Iterable[tuple[bytes, str, bytes]]:
+    """The file at `relative`, its kind and a link's target, if there is one; nothing when a
+    directory on the way is a link (usr/lib/modules/KVER -> /elsewhere) or not a
+    directory."""
     path = root
     parts = relative.split("/")
     for part in parts[:-1]:
         path = os.path.join(path, part)
         if os.path.islink(path) or not os.path.isdir(path):
             return
+    path = os.path.join(path, parts[-1])
     try:
-        mode = os.lstat(os.path.join(path, parts[-1])).st_mode
+        mode = os.lstat(path).st_mode
+        linkname = os.fsencode(os.readlink(path)) if stat.S_ISLNK(mode) else b""
     except OSError:
         return
     kind = REGULAR if stat.S_ISREG(mode) else SYMLINK if stat.S_ISLNK(mode) else "other"
-    yield os.fsencode(relative), kind
+    yield os.fsencode(relative), kind, linkname
