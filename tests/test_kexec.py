@@ -334,6 +334,14 @@ def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
         "bootc.kexec=0",
     ]
     assert kexec.printable_command_line(line) == line
+    # Its space between quotes of its own: quotes around the whole split it at that space.
+    current = 'systemd.setenv=GREETING="hello world" bootc.kexec rootflags=context="a b",ro'
+    line = kexec.next_command_line(current, reuse=False, label="h")
+    assert split(line) == [
+        'systemd.setenv=GREETING="hello world"',
+        'rootflags=context="a b",ro',
+        "bootc.kexec=0",
+    ]
 
 
 def test_the_printed_command_line_shows_no_url_s_credentials() -> None:

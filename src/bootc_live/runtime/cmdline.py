@@ -731,8 +731,9 @@ def split(text: str) -> list[str]:
 
 def join(args: Iterable[str]) -> str:
     """A command line the kernel (and `split`) reads back as `args`: one with a space is put in
-    double quotes, the kernel's only quoting."""
-    return " ".join(f'"{arg}"' if _spaced(arg) else arg for arg in args)
+    double quotes, the kernel's only quoting, unless it is read back whole as it is (its space
+    between quotes of its own: `x=a="b c"`, which quotes around it would split)."""
+    return " ".join(f'"{arg}"' if _spaced(arg) and split(arg) != [arg] else arg for arg in args)
 
 
 def _spaced(arg: str) -> bool:
