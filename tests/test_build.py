@@ -256,6 +256,12 @@ def test_kernel_is_the_highest_version(tmp_path: Path) -> None:
     assert build_mod.find_kernel(tmp_path, "6.1.0-9-amd64")[0] == "6.1.0-9-amd64"
     with pytest.raises(build_mod.BuildError, match=r"no kernel 7\.0"):
         build_mod.find_kernel(tmp_path, "7.0")
+    # A vmlinuz that is a link is named as one: the image looks as if it had that kernel.
+    (tmp_path / "usr/lib/modules/7.0").mkdir()
+    (tmp_path / "usr/lib/modules/7.0/vmlinuz").symlink_to("/opt/vmlinuz-7.0")
+    with pytest.raises(build_mod.BuildError) as err:
+        build_mod.find_kernel(tmp_path, "7.0")
+    assert "usr/lib/modules/7.0/vmlinuz is a symbolic link (to /opt/vmlinuz-7.0)" in str(err.value)
 
 
 def test_a_kernel_without_its_modules_is_passed_over(

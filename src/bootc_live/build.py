@@ -13,7 +13,7 @@ import shutil
 import stat
 import sys
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -46,6 +46,7 @@ from .runtime.registriesd import RegistriesD
 from .runtime.registry import AUTH_IN_INITRAMFS
 from .runtime.run import CommandError, run
 from .runtime.sources import blob_path
+from .runtime.tarstream import SYMLINK
 from .runtime.tools import MANIFEST as TOOLS_MANIFEST
 from .runtime.unpack import Progress, unpack_image
 
@@ -324,13 +325,14 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
         if kver not in found:
             raise BuildError(
                 f"the image has no kernel {kver} (it has: {', '.join(found) or 'none'}; "
-                f"looked in {kernels.KERNEL_PLACES})",
+                f"looked in {kernels.KERNEL_PLACES}){_linked(finder, [kver])}",
                 "give one of those to --kver, or leave --kver out for the highest",
             )
         return kver, found[kver]
     if not found:
         raise BuildError(
-            f"the image has no kernel (looked in {kernels.KERNEL_PLACES})",
+            f"the image has no kernel (looked in {kernels.KERNEL_PLACES})"
+            f"{_linked(finder, finder.named)}",
             "install one in the image (a bootc image has its kernel), or use --host",
         )
     kvers = finder.kernels()
@@ -341,6 +343,18 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
             f"usr/lib/modules/{kvers[-1]}): taking {best}, the highest that has"
         )
     return best, found[best]
+
+
+def _linked(finder: kernels.KernelFinder, kvers: Iterable[str]) -> str:
+    """What a message adds for the kernels `kvers` whose vmlinuz is a symbolic link."""
+    for kver in sorted(kvers, key=kernels.version_key, reverse=True):
+        place = finder.at_place((kver, "vmlinuz"))
+        if place is not None and place[1] == SYMLINK:
+            return (
+                f": {shown(place[0])} is a symbolic link (to {shown(place[2])}), which is not "
+                "followed"
+            )
+    return ""
 
 
 def has_modules(root: Path, kver: str) -> bool:
