@@ -544,8 +544,8 @@ def test_split_reads_root_as_dracuts_getarg_does(line: str) -> None:
                 f"bootc.digest=sha256:{'b' * 64}",
                 "bootclabel=prod",
             ],
-            "bootc.digest= and bootclabel= name an OCI image, and root= is a packed root from a "
-            "file or URL (bootc.packed.sha256= pins it)",
+            "bootc.digest= and bootclabel= apply to an OCI image, and root= is a packed root "
+            "from a file or URL (bootc.packed.sha256= pins it)",
         ),
         (
             [
@@ -553,8 +553,8 @@ def test_split_reads_root_as_dracuts_getarg_does(line: str) -> None:
                 f"bootc.packed.sha256=sha256:{'a' * 64}",
                 "bootc.platform=linux/arm64",
             ],
-            "bootc.platform= names an OCI image, and root= is a packed root from a file or URL "
-            "(bootc.packed.sha256= pins it)",
+            "bootc.platform= applies to an OCI image, and root= is a packed root from a file or "
+            "URL (bootc.packed.sha256= pins it)",
         ),
     ],
 )

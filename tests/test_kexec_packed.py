@@ -320,11 +320,12 @@ def test_the_next_command_line_boots_what_was_handed_over() -> None:
     registry = (
         f"root=bootc-live:packed:docker://r.example/os:1 bootc.packed.sha256={pin_} "
         f"bootc.digest=sha256:{'cd' * 32} bootc.platform=linux/amd64 bootclabel=prod "
-        "bootc.kexec"
+        "bootc.policy=/etc/strict.json bootc.kexec"
     )
     assert parse(registry.split()).kexec
     handed = kexec.packed_command_line(registry, pin_, IMAGE)
     assert "bootc.digest" not in handed and "bootclabel" not in handed
+    assert "bootc.policy" not in handed  # checked in stage one, refused with a file
     stage_two = parse(handed.split())
     assert (stage_two.image, stage_two.packed_sha256, stage_two.kexec) == (
         parse(f"root=bootc-live:packed:/{packed.MEMBER} bootc.packed.sha256={pin_}".split()).image,

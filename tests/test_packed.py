@@ -66,6 +66,8 @@ def test_a_packed_root_from_a_registry_needs_its_pin_too() -> None:
     assert spec.image == ImageLocation("docker", "quay.io/org/os@" + IMAGE, packed=True)
     assert str(spec.image) == "bootc-live:packed:docker://quay.io/org/os@" + IMAGE
     assert spec.packed_sha256 == PIN
+    # The image it names is trusted as a docker:// boot's: its policy applies.
+    assert parse([root, f"bootc.packed.sha256={PIN}", "bootc.policy=/p.json"]).policy == "/p.json"
 
 
 def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
@@ -97,6 +99,17 @@ def test_bootc_zram_with_a_packed_root_is_its_uppers_device() -> None:
             f"root=bootc-live:/image bootc.packed.sha256={PIN} bootc.packed.image={IMAGE}",
             "bootc.packed.sha256 and bootc.packed.image given without a packed root; use "
             "root=bootc-live:packed:… or drop them",
+        ),
+        (  # a policy that asks for signatures would not be enforced: no image is read
+            f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.policy=/etc/strict.json",
+            "bootc.policy= applies to an OCI image, and root= is a packed root from a file or "
+            "URL (bootc.packed.sha256= pins it); drop them",
+        ),
+        (
+            f"root=bootc-live:packed:https://h/packed.img bootc.packed.sha256={PIN} "
+            "bootc.identity=quay.io/org/os:1",
+            "bootc.identity= applies to an OCI image, and root= is a packed root from a file or "
+            "URL (bootc.packed.sha256= pins it); drop them",
         ),
         (
             f"root=bootc-live:packed:/p bootc.packed.sha256={PIN} bootc.live.erofs",

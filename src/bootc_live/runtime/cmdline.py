@@ -832,8 +832,9 @@ def check_packed(values: dict[str, Any]) -> None:
         about = [f"{name}=" for name, attr in IMAGE_OPTIONS if attr in values]
         if about:
             raise CmdlineError(
-                f"{' and '.join(about)} {'name' if len(about) > 1 else 'names'} an OCI image, "
-                "and root= is a packed root from a file or URL (bootc.packed.sha256= pins it)",
+                f"{' and '.join(about)} {'apply' if len(about) > 1 else 'applies'} to an OCI "
+                "image, and root= is a packed root from a file or URL (bootc.packed.sha256= "
+                "pins it)",
                 "drop them",
             )
     if not packed:
@@ -851,10 +852,14 @@ def check_packed(values: dict[str, Any]) -> None:
         )
 
 
+# What checks or picks an OCI image: a packed root from a file or URL is no image, so they
+# would be dropped without a word (a policy that requires signatures not enforced).
 IMAGE_OPTIONS = (
     ("bootc.digest", "digest"),
     ("bootc.platform", "platform"),
     ("bootclabel", "label"),
+    ("bootc.policy", "policy"),
+    ("bootc.identity", "identity"),
 )
 
 
