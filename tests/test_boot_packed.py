@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bootc_live.runtime import boot, memory, mounts, roots, urllib_dracut
+from bootc_live.runtime import boot, handover, memory, mounts, roots, urllib_dracut
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.http import Policy
@@ -507,8 +507,10 @@ def test_a_cut_connection_resumes_with_range(
     images: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     image = images["squashfs"]
+    monkeypatch.setattr(handover, "PART_SIZE", -(-image.stat().st_size // 2))
     data = packed_img(image, parts=2)
     cut = len(data) // 2
 

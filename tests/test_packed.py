@@ -11,12 +11,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bootc_live.runtime import packed
+from bootc_live.runtime import handover, packed
 from bootc_live.runtime.cmdline import CmdlineError, ImageLocation, RootMode, parse
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.packed import MEMBER, FileSource, PackedError, payload
@@ -167,6 +168,11 @@ def packed_img(parts: list[bytes], single: bool = True) -> bytes:
     return out.getvalue()
 
 
+def split(data: bytes, size: int) -> list[bytes]:
+    """`data` in parts of `size` bytes, the last shorter, as pack makes them (PART_SIZE)."""
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
 def reads(data: bytes, cuts: list[int]) -> Iterator[bytes]:
     """`data` in pieces cut at `cuts`, then nothing."""
     last = 0
@@ -194,18 +200,18 @@ def reader(data: bytes, cuts: list[int]) -> object:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    parts=st.lists(st.binary(max_size=600), min_size=1, max_size=4),
+    root=st.binary(max_size=2400),
     cuts=st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=30),
     single=st.booleans(),
+    part_size=st.integers(min_value=1, max_value=600),
 )
 def test_the_payload_is_the_members_data_whatever_the_reads(
-    parts: list[bytes], cuts: list[int], single: bool
+    root: bytes, cuts: list[int], single: bool, part_size: int
 ) -> None:
-    if single:
-        parts = [b"".join(parts)]
-    data = packed_img(parts, single)
-    got = b"".join(payload(reader(data, cuts), "test"))  # type: ignore[arg-type]
-    assert got == b"".join(parts)
+    data = packed_img([root] if single else split(root, part_size), single)
+    with mock.patch.object(handover, "PART_SIZE", part_size):
+        got = b"".join(payload(reader(data, cuts), "test"))  # type: ignore[arg-type]
+    assert got == root
 
 
 @settings(max_examples=100, deadline=None)
@@ -217,11 +223,12 @@ def test_a_bare_image_is_its_own_payload(raw: bytes, cuts: list[int]) -> None:
     assert b"".join(payload(reader(raw, cuts), "test")) == raw  # type: ignore[arg-type]
 
 
-def test_gnu_cpio_output_is_read(tmp_path: Path) -> None:
+def test_gnu_cpio_output_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real tool's newc archive, with directory `.` and the member; also split in parts."""
     if not shutil.which("cpio"):
         pytest.skip("GNU cpio is not installed (apt-get install cpio)")
     data = os.urandom(70_001)
+    monkeypatch.setattr(handover, "PART_SIZE", len(data))
     for names, expected in (
         ([MEMBER], data),
         ([f"{MEMBER}.0", f"{MEMBER}.1"], data + data[:99]),
@@ -316,6 +323,18 @@ DIRECTORY = header(b"d", 0, mode=0o40755)
             f"{MEMBER} or its parts in order)",
         ),
         (header(b"TRAILER!!!", 0), f"test: no {MEMBER} in the cpio archive"),
+        (
+            # Empty parts without end fill no tmpfs: a part short of PART_SIZE is the last.
+            b"".join(header(f"{MEMBER}.{i}".encode(), 0) for i in range(10_000)),
+            f"test: {MEMBER}.0 holds 0 bytes, not {handover.PART_SIZE}, yet {MEMBER}.1 follows "
+            f"it (at byte {len(header(f'{MEMBER}.0'.encode(), 0))}): only the last part is "
+            "shorter",
+        ),
+        (
+            header(f"{MEMBER}.0".encode(), 4) + b"hsqs" + header(f"{MEMBER}.1".encode(), 4),
+            f"test: {MEMBER}.0 holds 4 bytes, not {handover.PART_SIZE}, yet {MEMBER}.1 follows "
+            "it (at byte 140): only the last part is shorter",
+        ),
         (
             # Directories without end (a server that never stops sending them) end here.
             DIRECTORY * 10_000,
@@ -484,8 +503,11 @@ def test_a_missing_packed_root_says_what_to_append(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("piece", [4095, 1 << 20, (1 << 20) + 3, 3 << 20])
-def test_members_larger_than_a_chunk_come_whole_whatever_the_reads(piece: int) -> None:
-    parts = [os.urandom((2 << 20) + 5), os.urandom(3), os.urandom(1 << 20)]
+def test_members_larger_than_a_chunk_come_whole_whatever_the_reads(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handover, "PART_SIZE", (2 << 20) + 5)
+    parts = [os.urandom((2 << 20) + 5), os.urandom((2 << 20) + 5), os.urandom(3)]
     data = packed_img(parts, single=False)
     cuts = list(range(piece, len(data), piece))
     got = list(payload(reader(data, cuts), "test"))  # type: ignore[arg-type]

@@ -189,6 +189,7 @@ def payload(read: Callable[[int], bytes], where: str) -> Iterator[bytes]:
     parts = 0  # members of the packed root seen: packed.root, or packed.root.0, .1, …
     single = False
     directories = 0
+    short: tuple[str, int] | None = None  # a part not of PART_SIZE bytes: it must be the last
     while True:
         at = src.offset
         header = src.take(_HEADER, "cpio header")
@@ -227,8 +228,16 @@ def payload(read: Callable[[int], bytes], where: str) -> Iterator[bytes]:
                 f"{MEMBER} or its parts in order)",
                 PACK_HINT,
             )
+        if short:  # else parts without end, each of a few bytes, would never fill the tmpfs
+            raise PackedError(
+                f"{where}: {short[0]} holds {short[1]} bytes, not {handover.PART_SIZE}, yet "
+                f"{name} follows it (at byte {at}): only the last part is shorter",
+                PACK_HINT,
+            )
         single = name == MEMBER
         parts += 1
+        if not single and size != handover.PART_SIZE:
+            short = (name, size)
         yield from src.chunks(size)
         src.take(-size % 4, "cpio padding")
     if not parts:
