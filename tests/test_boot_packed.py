@@ -303,6 +303,12 @@ def test_a_join_that_fails_leaves_no_part(
     code, status = boot_packed(tmp_path, file, pin(image))
     monkeypatch.undo()
     assert code == 1 and status["state"] == "failed", status
+    joined = (2 * -(-image.stat().st_size // 3)) >> 20
+    assert status["message"] == (  # not an internal error: the machine is short of memory
+        f"bootc-live: no memory left to join the parts of the packed root {file} in the "
+        f"initramfs ({joined} of {image.stat().st_size >> 20} MiB joined); the packed root is "
+        "larger than the memory given to it: add RAM"
+    )
     assert os.listdir(Path(file).parent) == []
     assert packed_system.mounted == []
 

@@ -345,14 +345,26 @@ class FileSource(PackedSource):
             _hash_file(path, digest)
             return Stored(path, "sha256:" + digest.hexdigest(), self.total)
         os.rename(self.parts[0], path)
-        _hash_file(path, digest)
-        with open(path, "ab") as out:
-            for part in self.parts[1:]:
-                with open(part, "rb") as f:
-                    while data := f.read(CHUNK):
-                        digest.update(data)
-                        out.write(data)
-                os.unlink(part)
+        try:
+            _hash_file(path, digest)
+            with open(path, "ab") as out:
+                for part in self.parts[1:]:
+                    with open(part, "rb") as f:
+                        while data := f.read(CHUNK):
+                            digest.update(data)
+                            out.write(data)
+                    os.unlink(part)
+        except OSError as err:
+            joined = os.path.getsize(path) if os.path.exists(path) else 0
+            if err.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+                raise SpaceError(
+                    f"no memory left to join the parts of the packed root {self.description} "
+                    f"({joined >> 20} of {self.total >> 20} MiB joined)",
+                    "add RAM",
+                ) from None
+            raise PackedError(
+                f"cannot join the parts of the packed root {self.description}: {err.strerror}"
+            ) from None
         self.parts = [path]
         return Stored(path, "sha256:" + digest.hexdigest(), self.total)
 
