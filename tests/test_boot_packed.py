@@ -7,6 +7,7 @@ the boot can stop leaves nothing mounted and no file of the packed root."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bootc_live.runtime import boot, handover, memory, mounts, roots, urllib_dracut
+from bootc_live.runtime import boot, handover, memory, mounts, packed, roots, urllib_dracut
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.http import Policy
@@ -604,6 +605,53 @@ def test_a_server_that_changed_the_file_is_refused_and_nothing_stays(
         url = server.url("packed.img")
         code, status = boot_packed(tmp_path, url, pin(image))
     assert code == 1 and status["message"].startswith(f"bootc-live: the packed root {url} has ")
+    assert packed_system.mounted == [] and not (tmp_path / "work/packed/packed.root").exists()
+
+
+def test_more_sent_than_announced_fills_its_tmpfs_and_says_so(
+    packed_system: System,
+    images: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file grew on the server between two connections: the resumed answer names a larger
+    total, and the tmpfs sized by the first one fills. Adding RAM would not help."""
+    image = images["squashfs"].read_bytes()
+    grown = image + bytes(3 * MIB)
+    limit = -(-(len(image) + MIB) // MIB) * MIB  # the tmpfs the announced size gets
+    real_open = open
+
+    class Tmpfs:
+        def __init__(self, path: str, mode: str) -> None:
+            self.file, self.written = real_open(path, mode), 0
+
+        def __enter__(self) -> Tmpfs:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> int:
+            self.written += len(data)
+            if self.written > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self.file.write(data))
+
+    def opened(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        return Tmpfs(path, mode) if "x" in mode else real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(packed, "open", opened, raising=False)
+    first = (200, {"Content-Length": str(len(image))}, image, len(image) // 2)
+    with faulty(grown, lambda n, _s: first if n == 1 else None) as server:
+        url = server.url("packed.img")
+        code, status = boot_packed(tmp_path, url, pin(images["squashfs"]))
+    assert code == 1 and status["message"].startswith(
+        f"bootc-live: no space left to store the packed root {url} ("
+    )
+    assert status["message"].endswith(
+        f"; the server sent more than the {len(image)} bytes it announced (the file changed "
+        "while it was read?): boot again once it is whole"
+    )
     assert packed_system.mounted == [] and not (tmp_path / "work/packed/packed.root").exists()
 
 

@@ -483,6 +483,12 @@ class PackedRoot(Root):
         else:
             self.file = os.path.join(self.files, "packed.root")
         self.stored: packed.Stored | None = None
+        if not source.in_place and source.size is not None:
+            # Its tmpfs holds the size announced (and a MiB): full, more came than that.
+            self.full_hint = (
+                f"the server sent more than the {source.size} bytes it announced (the file "
+                "changed while it was read?): boot again once it is whole"
+            )
 
     def prepare(self) -> str:
         modprobe(
