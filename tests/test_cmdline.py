@@ -594,3 +594,19 @@ def test_join_is_read_back_by_split(args: list[str]) -> None:
     """kexec writes the next command line with `join`: the next kernel must read each argument
     whole. An argument whose UTF-8 holds the byte 0xA0 (à, †) went unquoted and was cut."""
     assert split(cmdline.join(args)) == args
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(['"', " ", "a", "=", "x=", "\t", "\xa0"]), max_size=14).map("".join)
+)
+def test_join_reads_back_arguments_with_quotes_inside(line: str) -> None:
+    """The arguments kexec passes on are `split`'s: a quote inside one (`x=a"b c"`, or `a"b`
+    from `"a"b`) must not be closed or opened by the quotes `join` writes. Only an argument
+    whose quote was still open at the end of its line has no spelling (ValueError)."""
+    args = split(line)
+    try:
+        joined = cmdline.join(args)
+    except ValueError:
+        assume(False)
+    assert split(joined) == args, repr(joined)

@@ -344,6 +344,36 @@ def test_an_argument_with_spaces_reaches_the_next_kernel_whole() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("current", "arg"),
+    [
+        (
+            'systemd.setenv=MSG="hello world" bootc.kexec console=ttyS0',
+            'systemd.setenv=MSG="hello world"',
+        ),
+        ('"a"b bootc.kexec console=ttyS0', 'a"b'),
+    ],
+)
+def test_an_argument_with_a_quote_inside_reaches_the_next_kernel_as_it_was(
+    current: str, arg: str
+) -> None:
+    """Put in quotes, `x=MSG="a b"` was cut at its space (its own quote closed the one put
+    before it); written as it was read, `a"b` (from `"a"b`) opened a quote over the rest of
+    the line, bootc.kexec=0 and all."""
+    line = kexec.next_command_line(current, reuse=False, label="h")
+    assert split(line) == [arg, "console=ttyS0", "bootc.kexec=0"], line
+
+
+def test_an_argument_whose_quote_was_left_open_stops_the_kexec() -> None:
+    with pytest.raises(kexec.KexecError) as err:
+        kexec.next_command_line('bootc.kexec x=a"b=c"d"', reuse=False, label="h")
+    assert err.value.line() == (
+        "bootc.kexec: the argument x has a quote that no spelling closes, so the next kernel "
+        "would not read it as this one did; close its quote on the kernel command line, or "
+        "boot without bootc.kexec"
+    )
+
+
 def test_the_printed_command_line_shows_no_url_s_credentials() -> None:
     line = (
         "root=bootc-live:https://me:S3CRET@h/os.oci?sig=S3CRET proxy=http://u:S3CRET@p:3128 "

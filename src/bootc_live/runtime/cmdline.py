@@ -730,16 +730,22 @@ def split(text: str) -> list[str]:
 
 
 def join(args: Iterable[str]) -> str:
-    """A command line the kernel (and `split`) reads back as `args`: one with a space is put in
-    double quotes, the kernel's only quoting, unless it is read back whole as it is (its space
-    between quotes of its own: `x=a="b c"`, which quotes around it would split)."""
-    return " ".join(f'"{arg}"' if _spaced(arg) and split(arg) != [arg] else arg for arg in args)
+    """A command line the kernel (and `split`) reads back as `args`, each argument written as
+    it is or with double quotes, the kernel's only quoting (`spelling`)."""
+    return " ".join(spelling(arg) for arg in args)
 
 
-def _spaced(arg: str) -> bool:
-    """Whether `split` would cut `arg`: one of its bytes is a separator (0xA0 is one, and the
-    UTF-8 of à or † holds it)."""
-    return any(byte in _SPACE for byte in _bytes(arg))
+def spelling(arg: str) -> str:
+    """`arg` as the kernel reads it back whole, and the next argument apart: as it is when it
+    can be, else in double quotes around it, before it, or around its value. A quote inside
+    it counts: `x=a"b c"` is one argument as it is and two in quotes, and `"a"b` is read as
+    `a"b`, which as it is would open a quote over the rest of the line. An argument no
+    spelling gives back (its quote was left open at the end of the line) raises ValueError."""
+    name, _, value = arg.partition("=")
+    for candidate in (arg, f'"{arg}"', f'"{arg}', f'{name}="{value}"', f'{name}="{value}'):
+        if split(candidate + " x") == [arg, "x"]:
+            return candidate
+    raise ValueError(f"the argument {shown(name)} has a quote that no spelling closes")
 
 
 def _bytes(text: str) -> bytes:

@@ -291,7 +291,13 @@ def next_command_line(
         elif name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
             continue
         kept.append(arg)
-    return join(kept if init < len(args) else [*kept, *new])
+    try:
+        return join(kept if init < len(args) else [*kept, *new])
+    except ValueError as err:  # a quote left open at the end of the line it came from
+        raise KexecError(
+            f"bootc.kexec: {err}, so the next kernel would not read it as this one did",
+            "close its quote on the kernel command line, or boot without bootc.kexec",
+        ) from None
 
 
 def packed_command_line(current: str | Sequence[str], pin: str, image: str | None) -> str:
