@@ -374,6 +374,17 @@ def test_an_argument_whose_quote_was_left_open_stops_the_kexec() -> None:
     )
 
 
+def test_options_after_the_init_arguments_mark_are_replaced_too() -> None:
+    """The kernel passes what follows `--` to init, but dracut's getarg and the runtime read
+    the whole command line: a bootc.kexec or root= there, kept, was the last word in stage
+    two, which kexecs again without end, or fetched the image again."""
+    current = "root=bootc-live:/x bootc.kexec -- single bootc.kexec root=bootc-live:/y"
+    line = kexec.next_command_line(current, reuse=True, label="h")
+    assert line == ("root=bootc-live:/bootc-live/image bootclabel=h bootc.kexec=0 -- single")
+    spec = parse(split(line))
+    assert (spec.kexec, str(spec.image)) == (False, "bootc-live:/bootc-live/image")
+
+
 def test_the_printed_command_line_shows_no_url_s_credentials() -> None:
     line = (
         "root=bootc-live:https://me:S3CRET@h/os.oci?sig=S3CRET proxy=http://u:S3CRET@p:3128 "

@@ -35,7 +35,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
-from . import cmdline, errors, http, memory, mounts, packed, roots
+from . import cmdline, http, memory, mounts, packed, roots
 from .apply import clean
 from .blobs import odd_at
 from .cmdline import ROOT_PREFIX, BootSpec, join, split
@@ -53,7 +53,7 @@ from .oci import Image
 from .run import CommandError, run
 from .status import Report
 from .streams import ChunkStream
-from .tarstream import HARDLINK, REGULAR, SYMLINK, TarEntry, read_entries
+from .tarstream import REGULAR, TarEntry, read_entries
 from .unpack import layer_chunks
 
 WORKDIR = "/run/bootc-live/kexec"
@@ -217,39 +217,19 @@ def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
     for kver in sorted(kvers, key=version_key, reverse=True):
         if wanted and kver != wanted:
             continue
-        for what in ("vmlinuz", "initramfs.img"):
-            if finder.where((kver, what)) is None:
-                raise _no_file(finder, kver, what)
+        if (kver, "vmlinuz") not in finder.files:
+            raise KexecError(
+                f"bootc.kexec: the image has no usr/lib/modules/{kver}/vmlinuz",
+                "install the kernel in the image, or boot without bootc.kexec",
+            )
+        raise KexecError(
+            f"bootc.kexec: the image has no usr/lib/modules/{kver}/initramfs.img",
+            "build it in the image with the bootc-live dracut modules (see docs/live-ready.md), "
+            "or boot without bootc.kexec",
+        )
     raise KexecError(
         "bootc.kexec: the image has no kernel (no usr/lib/modules/KVER/vmlinuz)",
         "boot without bootc.kexec, or use an image that carries its kernel",
-    )
-
-
-def _no_file(finder: KernelFinder, kver: str, what: str) -> KexecError:
-    """Why kernel `kver` has no `what` whose bytes are known: none, or a link there."""
-    place = finder.at_place((kver, what))
-    if place is not None and place[1] == SYMLINK:
-        return KexecError(
-            f"bootc.kexec: the image's {errors.shown(place[0])} is a symbolic link (to "
-            f"{errors.shown(place[2])}), which bootc.kexec does not follow",
-            f"put the {what} itself there in the image, or boot without bootc.kexec",
-        )
-    if place is not None and place[1] == HARDLINK:
-        return KexecError(
-            f"bootc.kexec: the image's {errors.shown(place[0])} is a hard link to "
-            f"{errors.shown(place[2])}, which no layer holds as a regular file",
-            f"rebuild the image with the {what} itself there, or boot without bootc.kexec",
-        )
-    if what == "vmlinuz":
-        return KexecError(
-            f"bootc.kexec: the image has no usr/lib/modules/{kver}/vmlinuz",
-            "install the kernel in the image, or boot without bootc.kexec",
-        )
-    return KexecError(
-        f"bootc.kexec: the image has no usr/lib/modules/{kver}/initramfs.img",
-        "build it in the image with the bootc-live dracut modules (see docs/live-ready.md), "
-        "or boot without bootc.kexec",
     )
 
 
@@ -269,8 +249,8 @@ def next_command_line(
     that stage two boots that very image (a tag may name another by then; the handover names
     the platform's manifest). The arguments `replacing` take the place of those of the same
     names, and those named in `dropping` go. They all go before a `--`, after which the
-    kernel passes arguments to init; those go from there too, since /proc/cmdline and so
-    the next stage's parser have them as well (a `-- bootc.kexec` would kexec without end).
+    kernel passes arguments to init; those it replaces or drops go from after it too (dracut
+    and the runtime read the whole line: stage two would take them, bootc.kexec and all).
     `current`: a command line, or its arguments."""
     new = list(replacing)
     if reuse:
@@ -282,17 +262,15 @@ def next_command_line(
     new.append("bootc.kexec=0")
     replaced = {arg.split("=", 1)[0] for arg in new} | set(dropping)
     args = split(current) if isinstance(current, str) else list(current)
-    init = args.index("--") if "--" in args else len(args)
     kept = []
-    for i, arg in enumerate(args):
+    for arg in args:
         name = arg.split("=", 1)[0]
-        if i == init:
-            kept += new
-        elif name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
+        if name == "bootc.kexec" or name.startswith("bootc.kexec.") or name in replaced:
             continue
         kept.append(arg)
+    init = kept.index("--") if "--" in kept else len(kept)
     try:
-        return join(kept if init < len(args) else [*kept, *new])
+        return join([*kept[:init], *new, *kept[init:]])
     except ValueError as err:  # a quote left open at the end of the line it came from
         raise KexecError(
             f"bootc.kexec: {err}, so the next kernel would not read it as this one did",
