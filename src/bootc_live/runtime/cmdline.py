@@ -914,19 +914,37 @@ GENERATED = ("90-bootc-live-net.conf",)
 
 def _lines(
     proc_cmdline: str, conf_dir: str, etc_cmdline: str, skip: Collection[str] = ()
-) -> list[str]:
-    """The lines dracut's hooks read options from, in their order: /etc/cmdline.d/*.conf
-    (but those named in `skip`), /etc/cmdline, the kernel's command line (one line)."""
-    lines: list[str] = []
+) -> list[list[str]]:
+    """The lines dracut's getcmdline reads options from, in its order: those of
+    /etc/cmdline.d/*.conf (but the files named in `skip`), of /etc/cmdline, of the kernel's
+    command line; each as the shell's `read -r` gives it (without its spaces and tabs at
+    either end, and its NUL bytes)."""
     confs = [p for p in sorted(glob.glob(f"{conf_dir}/*.conf")) if os.path.basename(p) not in skip]
-    for path in [*confs, etc_cmdline, proc_cmdline]:
+    parts: list[list[str]] = [[], [], []]
+    for part, path in [*((0, conf) for conf in confs), (1, etc_cmdline), (2, proc_cmdline)]:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:  # split's bytes
-                lines += f.read().splitlines() if path != proc_cmdline else [f.read()]
+                text = f.read()
         except FileNotFoundError:
             if path == proc_cmdline:
                 raise
-    return lines
+            continue
+        lines = text.split("\n")  # not splitlines: \x1c or U+2028 end no line for the shell
+        if lines[-1] == "":
+            lines.pop()
+        parts[part] += [line.replace("\0", "").strip(" \t") for line in lines]
+    return parts
+
+
+def _joined(parts: list[list[str]]) -> str:
+    """The one line getcmdline makes of the three parts' lines (and dracut-getarg parses): a
+    quote left open in one line goes on into the next."""
+    return " ".join("".join(" " + line for line in part) for part in parts)
+
+
+def _commented(line: str) -> bool:
+    """Whether a line is one a person would take for a comment (dracut does not)."""
+    return line.lstrip().startswith("#")
 
 
 def read(
@@ -934,29 +952,26 @@ def read(
     conf_dir: str | None = None,
     etc_cmdline: str | None = None,
 ) -> BootSpec:
-    """The BootSpec of the running system, from what dracut's hooks read (`_lines`). Every
-    line counts, one starting with # too (dracut has no comments there: skipping them, the
-    hooks and this would disagree)."""
-    args: list[str] = []
-    commented: set[str] = set()
-    for line in _lines(proc_cmdline, conf_dir or CONF_DIR, etc_cmdline or ETC_CMDLINE):
-        words = split(line)
-        args += words
-        if line.lstrip().startswith("#"):
-            commented.update(word.partition("=")[0] for word in words)
-    return parse(args, commented)
+    """The BootSpec of the running system, from what dracut's hooks read (`_lines`, as one
+    line). Every line counts, one starting with # too (dracut has no comments there: skipping
+    them, the hooks and this would disagree)."""
+    parts = _lines(proc_cmdline, conf_dir or CONF_DIR, etc_cmdline or ETC_CMDLINE)
+    commented = {
+        word.partition("=")[0]
+        for part in parts
+        for line in part
+        if _commented(line)
+        for word in split(line)
+    }
+    return parse(split(_joined(parts)), commented)
 
 
 def running(proc_cmdline: str = "/proc/cmdline") -> list[str]:
-    """The arguments this boot runs with, wherever they came from (`_lines`; a line starting
-    with # is taken for a comment here): a next stage's initramfs may have none of this one's
-    /etc/cmdline.d."""
-    return [
-        word
-        for line in _lines(proc_cmdline, CONF_DIR, ETC_CMDLINE, skip=GENERATED)
-        if not line.lstrip().startswith("#")
-        for word in split(line)
-    ]
+    """The arguments this boot runs with, wherever they came from (`_lines`, as one line; a
+    line starting with # is taken for a comment here): a next stage's initramfs may have
+    none of this one's /etc/cmdline.d."""
+    parts = _lines(proc_cmdline, CONF_DIR, ETC_CMDLINE, skip=GENERATED)
+    return split(_joined([[line for line in part if not _commented(line)] for part in parts]))
 
 
 def reference() -> str:
