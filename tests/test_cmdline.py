@@ -345,6 +345,30 @@ def test_hosts_and_references_the_clients_cannot_use_stop_at_the_command_line(
     assert line.startswith(f"invalid {arg.partition('=')[0]}=") and message in line, line
 
 
+@pytest.mark.parametrize(
+    ("ref", "taken"),
+    [
+        ("a" * 237, True),  # docker.io/library/ and 237: 255 characters
+        ("a" * 238, False),
+        ("index.docker.io/" + "a" * 238, False),
+        ("q.io/" + "a" * 250, True),
+        ("q.io/" + "a" * 251 + ":v1", False),
+    ],
+)
+def test_a_repository_name_over_distribution_s_limit_stops_at_the_command_line(
+    ref: str, taken: bool
+) -> None:
+    """distribution (skopeo, registries) refuses a name of more than 255 characters, counted
+    as normalised (docker.io/library/…): the runtime took it, waited for the network and
+    failed at the registry."""
+    arg = f"root=bootc-live:docker://{ref}"
+    if taken:
+        assert parse([arg]).image == ImageLocation("docker", ref)
+    else:
+        with pytest.raises(CmdlineError, match="repository name longer than 255 characters"):
+            parse([arg])
+
+
 def test_mirror_credentials_are_refused_unrepeated() -> None:
     with pytest.raises(CmdlineError) as err:
         parse(["bootc.registry.mirror=m1:5000,user:S3CRET@m2"])

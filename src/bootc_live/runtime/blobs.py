@@ -13,6 +13,8 @@ from .errors import ImageError, VerificationError
 _DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 
 
+NAME_LIMIT = 255  # characters of a reference's name, its domain included (distribution's)
+
 # The OCI digest grammar, with an encoded part of 32 characters or more (every registered
 # algorithm's): `host:5000` is not one, so `me:pw@host:5000` is no digest.
 _DIGEST_SHAPE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import signatures, strictjson
+from .blobs import NAME_LIMIT
 from .errors import BootcLiveError, shown
 from .signatures import BAD_SIGNATURE, INVALID_SIGNATURE, UNKNOWN_KEY, Signature, SignatureError
 
@@ -62,7 +63,6 @@ _IDENTIFIER = re.compile(r"[a-f0-9]{64}")
 _DOMAIN_RE = re.compile(_DOMAIN)
 _NAME_WITH_DOMAIN = re.compile(rf"{_DOMAIN}/{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
 _WILDCARD = re.compile(rf"\*\.{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*")
-NAME_LIMIT = 255
 
 
 class PolicyError(BootcLiveError):

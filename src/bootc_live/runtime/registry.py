@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
-from .blobs import Descriptor, check_digest, digest_of, odd_at, registry_host
+from .blobs import NAME_LIMIT, Descriptor, check_digest, digest_of, odd_at, registry_host
 from .errors import BootcLiveError, ImageError, VerificationError, shown
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
@@ -122,6 +122,10 @@ class Reference:
                 f"docker://{text} is not a valid image reference",
                 "use docker://HOST[:PORT]/PATH[:TAG][@sha256:HEX] (lower-case path; an IPv6 "
                 "address in [ ])",
+            )
+        if len(f"{registry}/{name}") > NAME_LIMIT:  # as distribution counts it: docker.io/library/…
+            raise ImageError(
+                f"docker://{text}: repository name longer than {NAME_LIMIT} characters"
             )
         return cls(registry, name, tag or (None if digest else "latest"), digest or None)
 
