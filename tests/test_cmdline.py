@@ -202,6 +202,35 @@ def test_other_modules_options_are_theirs() -> None:
     assert set(parse(args).extra) == {"bootcfg", "rd.bootc", "ostree", "console", "bootchart"}
 
 
+def dracut_says(args: list[str], test: str) -> bool:
+    """Whether dracut's shell `test` (getarg, getargbool of dracut-lib.sh) succeeds on the
+    command line `args`."""
+    script = f"""
+getcmdline() {{ printf '%s' "$CMDLINE"; }}
+debug_off() {{ :; }}
+debug_on() {{ :; }}
+warn() {{ :; }}
+eval "$(sed -n '/^getarg() {{/,/^}}/p;/^getargbool() {{/,/^}}/p' "$DRACUT_LIB")"
+{test}
+"""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "dracut-getarg").symlink_to(DRACUT_UTIL)
+        done = subprocess.run(
+            ["bash", "-c", script],
+            env={
+                "PATH": f"{tmp}:/usr/bin:/bin",
+                "CMDLINE": " ".join(args),
+                "DRACUT_LIB": str(DRACUT_LIB),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.stderr == "", done.stderr
+    return done.returncode == 0
+
+
 @pytest.mark.parametrize(
     ("args", "debug"),
     [
@@ -210,11 +239,22 @@ def test_other_modules_options_are_theirs() -> None:
         (["rd.debug"], True),
         (["rd.debug", "bootc.debug=0"], False),
         (["rd.debug=0"], False),
+        (["rd.debug=false"], True),  # dracut's getargbool: only 0, no and off are false
+        (["rd.debug=Off"], True),
+        (["rd.debug=off"], False),
+        (["rd.debug=", "rd.debug=no"], False),
+        (["rdinitdebug=0"], True),  # its old names: on whatever their value
+        (["rdnetdebug", "rd.debug=0"], False),
     ],
 )
 def test_rd_debug_and_bootc_debug(args: list[str], debug: bool) -> None:
+    """rd.debug is dracut's: on when its hooks trace (`getargbool 0 rd.debug -d -y
+    rdinitdebug -d -y rdnetdebug`). rd.debug=false traced dracut's scripts, not the runtime."""
     spec = parse(args)
     assert spec.debug is debug
+    if not any(arg.startswith("bootc.debug") for arg in args):  # ours wins over dracut's
+        dracut = dracut_says(args, "getargbool 0 rd.debug -d -y rdinitdebug -d -y rdnetdebug")
+        assert dracut is debug
     assert ("rd.debug" in spec.extra) is any(a.startswith("rd.debug") for a in args)
 
 

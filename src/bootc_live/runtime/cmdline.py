@@ -31,6 +31,8 @@ BLOCK_PREFIX = "block:"
 DEVICE_TAGS = ("LABEL=", "UUID=", "PARTUUID=")
 _TRUE = {"", "1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
+# dracut's own booleans (getargbool): these, as written, are false; anything else is true.
+_DRACUT_FALSE = ("0", "no", "off")
 BLOCK_WAIT = 90  # seconds block:DEV is waited for without bootc.timeout= (systemd's device default)
 MAX_SECONDS = 86400  # a day: beyond, a stall is no longer one (and sockets refuse 1e10)
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
@@ -783,8 +785,10 @@ def parse(args: Iterable[str], commented: Collection[str] = ()) -> BootSpec:
             raise CmdlineError(
                 f"invalid {name}={shown_value}: {err}", "fix the kernel command line"
             ) from None
-    if "debug" not in values and "rd.debug" in extra:
-        values["debug"] = extra["rd.debug"].lower() not in _FALSE
+    if "debug" not in values and "rd.debug" in extra:  # dracut's option, read as dracut does
+        values["debug"] = extra["rd.debug"] not in _DRACUT_FALSE
+    elif "debug" not in values and ("rdinitdebug" in extra or "rdnetdebug" in extra):
+        values["debug"] = True  # its old names, on whatever their value (getarg -y)
     check_needed(values)
     values["mode"] = root_mode(values)
     check_packed(values)
