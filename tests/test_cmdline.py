@@ -274,6 +274,9 @@ def test_rd_debug_and_bootc_debug(args: list[str], debug: bool) -> None:
         ("bootc.timeout=0", "invalid bootc.timeout=0"),
         ("bootc.timeout=inf", "invalid bootc.timeout=inf: expected a number of seconds from 0.1"),
         ("bootc.timeout=1e10", "invalid bootc.timeout=1e10: expected a number of seconds"),
+        ("bootc.timeout=٣", "invalid bootc.timeout=٣: expected a number of seconds"),
+        ("bootc.timeout=1_0", "invalid bootc.timeout=1_0: expected a number of seconds"),
+        ("bootc.timeout=5\u3000", "invalid bootc.timeout=5\\u3000: expected a number of seconds"),
         ("bootc.timeout=1e-300", "invalid bootc.timeout=1e-300: expected a number of seconds"),
         ("root=bootc-live:relative/path", "invalid root=bootc-live:relative/path"),
         (

@@ -38,6 +38,8 @@ MAX_SECONDS = 86400  # a day: beyond, a stall is no longer one (and sockets refu
 _URL_SCHEMES = ("http://", "https://", "ftp://", "tftp://", "nfs://")
 _SIZE = re.compile(r"([0-9]+)([KMGT]?)(i?B)?", re.IGNORECASE)
 _NUMBER = re.compile(r"[0-9]+")  # not str.isdigit: that takes "²" and "٣"
+# A decimal number as written in ASCII (float() alone takes "٣", "1_0", " 5\u3000" and "inf")
+_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 MIB = 1 << 20
 MAX_CONNECTIONS = 8  # 18 MiB of parts at most (http.ParallelReader), planned: boot.held_ahead
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -301,10 +303,7 @@ def parse_connections(value: str) -> int:
 
 
 def parse_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
+    seconds = float(value) if _DECIMAL.fullmatch(value) else 0.0
     if not 0.1 <= seconds <= MAX_SECONDS:  # what a socket's timeout takes (and means)
         raise ValueError(f"expected a number of seconds from 0.1 to {MAX_SECONDS}")
     return seconds
