@@ -35,7 +35,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
-from . import cmdline, http, memory, mounts, packed, roots
+from . import cmdline, errors, http, memory, mounts, packed, roots
 from .apply import clean
 from .blobs import odd_at
 from .cmdline import ROOT_PREFIX, BootSpec, join, split
@@ -53,7 +53,7 @@ from .oci import Image
 from .run import CommandError, run
 from .status import Report
 from .streams import ChunkStream
-from .tarstream import REGULAR, TarEntry, read_entries
+from .tarstream import HARDLINK, REGULAR, SYMLINK, TarEntry, read_entries
 from .unpack import layer_chunks
 
 WORKDIR = "/run/bootc-live/kexec"
@@ -217,19 +217,39 @@ def _missing(wanted: str | None, finder: KernelFinder) -> BootFiles:
     for kver in sorted(kvers, key=version_key, reverse=True):
         if wanted and kver != wanted:
             continue
-        if (kver, "vmlinuz") not in finder.files:
-            raise KexecError(
-                f"bootc.kexec: the image has no usr/lib/modules/{kver}/vmlinuz",
-                "install the kernel in the image, or boot without bootc.kexec",
-            )
-        raise KexecError(
-            f"bootc.kexec: the image has no usr/lib/modules/{kver}/initramfs.img",
-            "build it in the image with the bootc-live dracut modules (see docs/live-ready.md), "
-            "or boot without bootc.kexec",
-        )
+        for what in ("vmlinuz", "initramfs.img"):
+            if finder.where((kver, what)) is None:
+                raise _no_file(finder, kver, what)
     raise KexecError(
         "bootc.kexec: the image has no kernel (no usr/lib/modules/KVER/vmlinuz)",
         "boot without bootc.kexec, or use an image that carries its kernel",
+    )
+
+
+def _no_file(finder: KernelFinder, kver: str, what: str) -> KexecError:
+    """Why kernel `kver` has no `what` whose bytes are known: none, or a link there."""
+    place = finder.at_place((kver, what))
+    if place is not None and place[1] == SYMLINK:
+        return KexecError(
+            f"bootc.kexec: the image's {errors.shown(place[0])} is a symbolic link (to "
+            f"{errors.shown(place[2])}), which bootc.kexec does not follow",
+            f"put the {what} itself there in the image, or boot without bootc.kexec",
+        )
+    if place is not None and place[1] == HARDLINK:
+        return KexecError(
+            f"bootc.kexec: the image's {errors.shown(place[0])} is a hard link to "
+            f"{errors.shown(place[2])}, which no layer holds as a regular file",
+            f"rebuild the image with the {what} itself there, or boot without bootc.kexec",
+        )
+    if what == "vmlinuz":
+        return KexecError(
+            f"bootc.kexec: the image has no usr/lib/modules/{kver}/vmlinuz",
+            "install the kernel in the image, or boot without bootc.kexec",
+        )
+    return KexecError(
+        f"bootc.kexec: the image has no usr/lib/modules/{kver}/initramfs.img",
+        "build it in the image with the bootc-live dracut modules (see docs/live-ready.md), "
+        "or boot without bootc.kexec",
     )
 
 
