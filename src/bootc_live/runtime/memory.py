@@ -368,12 +368,22 @@ def gzip_like(image: Image) -> int:
 ZRAM_SUGGESTED = "zstd"  # the compressor suggested: the smallest figure of ZRAM_VS_GZIP
 
 
+def with_table(chosen: Need, device: int) -> Need:
+    """`chosen` with a zram device's table: the kernel allocates it at the device's size, 16
+    bytes a 4 KiB page, used or not (bootc.zram=400% on 1 GiB: 16 MiB)."""
+    table = device // ZRAM_TABLE_RATIO
+    return replace(chosen, peak=chosen.peak + table, steady=chosen.steady + table)
+
+
 def alternatives(image: Image, est: Estimate, zram_algorithm: str | None = None) -> list[Need]:
     """Every mode, smallest peak first, with the sizes it would need; zram with the given
-    compressor (else the one suggested)."""
-    zram = RootMode.zram(zram_device_size(est), zram_algorithm or ZRAM_SUGGESTED)
-    options = [TMPFS, zram, RootMode("erofs"), RootMode("erofs", erofs_compress="lz4hc")]
-    return sorted((need(image, m, est) for m in options), key=lambda n: n.peak)
+    compressor (else the one suggested), its device's table included."""
+    device = zram_device_size(est)
+    zram = with_table(
+        need(image, RootMode.zram(device, zram_algorithm or ZRAM_SUGGESTED), est), device
+    )
+    options = [TMPFS, RootMode("erofs"), RootMode("erofs", erofs_compress="lz4hc")]
+    return sorted([zram, *(need(image, m, est) for m in options)], key=lambda n: n.peak)
 
 
 def available(memory: Memory, image: Image, *, blobs_freed: bool, ahead: int = 0) -> int:
@@ -395,10 +405,7 @@ def check(
     est = estimate(image)
     chosen = need(image, mode, est)
     if mode.zram_size is not None:
-        # The kernel allocates the device's table at its size: 16 bytes a 4 KiB page, used
-        # or not (bootc.zram=400% on 1 GiB: 16 MiB).
-        table = mode.zram_size.bytes_for(memory.total) // ZRAM_TABLE_RATIO
-        chosen = replace(chosen, peak=chosen.peak + table, steady=chosen.steady + table)
+        chosen = with_table(chosen, mode.zram_size.bytes_for(memory.total))
     if mode.zram_size is not None and mode.zram_size.bytes_for(memory.total) < chosen.device:
         raise NotEnoughMemory(
             f"bootc.zram={mode.zram_size} is too small for this image: about "
