@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import boot, decompress, http, memory, registry, roots
-from bootc_live.runtime.cmdline import TMPFS, RootMode, parse
+from bootc_live.runtime.cmdline import TMPFS, RootMode, parse, parse_zram
 from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.runtime.memory import MIB, Memory, NotEnoughMemory
 from bootc_live.runtime.oci import Image, resolve
@@ -488,3 +488,23 @@ def test_the_mode_a_shortfall_suggests_fits_with_its_zram_table(tmp_path: Path) 
             named = re.search(r"needs about (\d+) MiB", line)
             assert named, line
             assert f"needs {named.group(1)} MiB" in failure(image, mem.available, mode)
+
+
+def test_a_zram_device_too_small_is_not_resized_into_memory_that_is_not_there(
+    tmp_path: Path,
+) -> None:
+    """bootc.zram= too small for the image, on a machine that could not hold the image in a
+    zram device of the right size either: the shortfall of memory is named, not a larger
+    device (the next boot with that size was refused for memory)."""
+    image = image_of(tmp_path, [400 * MIB, 400 * MIB])
+    device = memory.zram_device_size(memory.estimate(image))
+    right = RootMode.zram(device, "zstd")
+    have = 40 * MIB
+    with pytest.raises(NotEnoughMemory):
+        memory.check(image, Memory(1 << 30, have), blobs_freed=False, mode=right)
+    for given in ("512M", "10%"):
+        line = failure(image, have, RootMode("zram", parse_zram(given), "zstd"))
+        assert line.startswith("not enough memory: image needs "), line
+        assert "is too small" not in line
+        # ... and that shortfall is the right-sized device's, as its own boot would say.
+        assert line == failure(image, have, right), line

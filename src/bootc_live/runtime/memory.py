@@ -404,9 +404,11 @@ def check(
     """Stop early, naming the shortfall and a mode that would fit, unless `mode` fits."""
     est = estimate(image)
     chosen = need(image, mode, est)
-    if mode.zram_size is not None:
-        chosen = with_table(chosen, mode.zram_size.bytes_for(memory.total))
-    if mode.zram_size is not None and mode.zram_size.bytes_for(memory.total) < chosen.device:
+    given = 0 if mode.zram_size is None else mode.zram_size.bytes_for(memory.total)
+    if mode.zram_size is not None:  # a device too small is planned as the size it would take
+        chosen = with_table(chosen, max(given, chosen.device))
+    have = available(memory, image, blobs_freed=blobs_freed, ahead=ahead)
+    if given < chosen.device and chosen.peak <= have:  # else: no size would do, say so below
         raise NotEnoughMemory(
             f"bootc.zram={mode.zram_size} is too small for this image: about "
             f"{mib_up(est.unpacked)} MiB unpacked ({est.how}) need a {mib_up(chosen.device)} MiB "
@@ -414,7 +416,6 @@ def check(
             f"use bootc.zram={mib_up(chosen.device)}M (a zram device takes RAM for what it "
             "holds, compressed, and a table of 1/256 of its size)",
         )
-    have = available(memory, image, blobs_freed=blobs_freed, ahead=ahead)
     if chosen.peak > have:
         others = alternatives(image, est, mode.zram_algorithm)
         fits = [n for n in others if n.peak <= have and n.mode != mode]
