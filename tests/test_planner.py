@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -508,3 +509,21 @@ def test_a_zram_device_too_small_is_not_resized_into_memory_that_is_not_there(
         assert "is too small" not in line
         # ... and that shortfall is the right-sized device's, as its own boot would say.
         assert line == failure(image, have, right), line
+
+
+def test_a_zstd_layer_under_another_media_type_has_no_gzip_trailer(tmp_path: Path) -> None:
+    """zstd layers pushed under a gzip media type (Docker's schema 2 has no zstd one) or a
+    plain tar's: unpack goes by the bytes; the estimate read their last four bytes, the zstd
+    checksum, as a gzip trailer's size, any number up to 4 GiB (3.4 GiB planned for this
+    0.6 MiB layer), and refused boots that fit."""
+    content = random.Random(0).randbytes(300_000) + b"x" * 300_000
+    tars = [layer_tar([f("big", content)])]
+    for name in ("gzip", "none"):
+        build_layout(tmp_path / name, tars, compression="zstd", media_type_override=MT_LAYER[name])
+        image = resolve(LayoutSource(str(tmp_path / name)))
+        assert image.source.tail(image.layers[0], 4) != b"\0" * 4  # the frame's checksum
+        est = memory.estimate(image)
+        assert est == memory.Estimate(
+            image.compressed_size * memory.RATIO + 16 * MIB,
+            "3x the compressed size (no size recorded)",
+        )

@@ -206,13 +206,9 @@ def estimate(image: Image) -> Estimate:
         return Estimate(
             sum(sizes) * 21 // 20 + 16 * MIB, "from the layer sizes bootc-live build recorded"
         )
-    # An uncompressed layer's blob is its tar, unless it was compressed all the same (unpack
-    # goes by the bytes, not the media type): a gzip trailer above its size says so.
     plain = [layer.plain_tar for layer in image.layers]
     trailers = [
-        (_gzip_isize(image, layer, any_type=True) or layer.size)
-        if tar
-        else _gzip_isize(image, layer)
+        _plain_size(image, layer) if tar else _gzip_isize(image, layer)
         for layer, tar in zip(image.layers, plain)
     ]
     known = [t for t in trailers if t is not None]
@@ -256,12 +252,24 @@ def _head(image: Image, layer: Descriptor, n: int) -> bytes:
     return data
 
 
+def _plain_size(image: Image, layer: Descriptor) -> int | None:
+    """An uncompressed layer's tar size: its blob's, unless it was compressed all the same
+    (unpack goes by the bytes, not the media type): a gzip trailer then says how much, and a
+    zstd blob (or a gzip one whose trailer is not believable) is not known."""
+    isize = _gzip_isize(image, layer, any_type=True)
+    if isize is not None:
+        return isize
+    return layer.size if decompress.compression_of(_head(image, layer, 4)) == "none" else None
+
+
 def _gzip_isize(image: Image, layer: Descriptor, any_type: bool = False) -> int | None:
     """The uncompressed size a gzip blob's trailer states (mod 4 GiB), if it is believable.
 
     A blob of several gzip members states only its last one's size, and sizes wrap at 4 GiB:
     a size below the compressed one, or any doubt, gives None (the stated ratio is used).
-    `any_type`: whatever the media type says (a tar's last bytes are zeros: None).
+    `any_type`: whatever the media type says (a tar's last bytes are zeros: None). Either way
+    the blob must begin as gzip does: the last bytes of a zstd blob under a gzip or tar media
+    type (unpack goes by the bytes) are its checksum, any number up to 4 GiB.
     """
     if not (any_type or "gzip" in layer.media_type) or layer.size < 18:
         return None
@@ -272,7 +280,9 @@ def _gzip_isize(image: Image, layer: Descriptor, any_type: bool = False) -> int 
     if len(data) != 4:
         return None
     isize = int.from_bytes(data, "little")
-    return isize if layer.size <= isize < (1 << 32) - 1 else None
+    if not layer.size <= isize < (1 << 32) - 1:
+        return None
+    return isize if _head(image, layer, 2) == decompress.GZIP_MAGIC else None
 
 
 # RAM that zram takes for what gzip stores in one byte, by compressor (measured on Debian 12's
