@@ -164,6 +164,11 @@ OPTIONS = {
 }
 
 
+def inodes(size: int) -> str:
+    """The inodes of a tmpfs of `size` bytes that an image is unpacked into: one a KiB."""
+    return f"nr_inodes={size // 1024}"
+
+
 def expected_calls(mode: str, options: str, tmp: Path, budget: int) -> list[list[str]]:
     """The commands a boot must run, written out from SPEC §5 for each mode and option. A
     tmpfs the image is unpacked into holds no more than the planner's `budget` until then."""
@@ -181,9 +186,12 @@ def expected_calls(mode: str, options: str, tmp: Path, budget: int) -> list[list
             calls.append(["mount", "-o", "remount,bind,ro", newroot])
 
     if mode == "tmpfs":
-        options_ = ",".join(["mode=0755", f"size={budget}", "suid", "dev", *flags])
+        # inodes for the tree (one a KiB), unless rootflags= gave a number
+        options_ = ",".join(["mode=0755", f"size={budget}", inodes(budget), "suid", "dev", *flags])
         calls.append(["mount", "-t", "tmpfs", "-o", options_, "bootc-live", newroot])
-        calls.append(["mount", "-o", f"remount,size={TOTAL}", newroot])
+        users = any(flag.startswith("nr_inodes=") for flag in flags)
+        resized = f"remount,size={TOTAL}" + ("" if users else f",{inodes(TOTAL)}")
+        calls.append(["mount", "-o", resized, newroot])
         bind_ro_layout()
     elif mode.startswith("zram"):
         calls += [["modprobe", "zram"], ["modprobe", "ext4"]]
@@ -197,7 +205,7 @@ def expected_calls(mode: str, options: str, tmp: Path, budget: int) -> list[list
         compress = ["-zlz4hc"] if mode == "erofs-lz4hc" else []
         if compress:
             calls.append(["mkfs.erofs", "--help"])
-        staging = ",".join(["mode=0755", f"size={budget}", "suid", "dev"])
+        staging = ",".join(["mode=0755", f"size={budget}", inodes(budget), "suid", "dev"])
         live = ",".join(["mode=0755", f"size={TOTAL}", "suid", "dev"])
         calls.append(["mount", "-t", "tmpfs", "-o", staging, "bootc-live", str(work / "tree")])
         calls.append(["mount", "-t", "tmpfs", "-o", live, "bootc-live", str(work / "live")])
@@ -647,7 +655,8 @@ def test_a_size_in_rootflags_is_the_users_and_stays(
     code, status = boot_with(layout, tmp_path, "rootflags=size=300m")
     assert code == 0, status
     newroot = str(tmp_path / "newroot")
-    options = ",".join(["mode=0755", f"size={status['available']}", "suid", "dev", "size=300m"])
+    budget = status["available"]
+    options = ",".join(["mode=0755", f"size={budget}", inodes(budget), "suid", "dev", "size=300m"])
     assert system.calls[0] == ["mount", "-t", "tmpfs", "-o", options, "bootc-live", newroot]
     assert not [c for c in system.calls if c[:2] == ["mount", "-o"] and "size=" in c[2]]
 
@@ -663,7 +672,7 @@ def test_in_the_systemd_initrd_the_generators_tmpfs_is_sized_by_a_remount(
     system.fail_at = 2 if fail else None
     code, status = boot_with(layout, tmp_path, "rootflags=noatime bootc.live.etc.rw=0")
     budget = status["available"]
-    remount = ["mount", "-o", f"remount,size={budget},suid,dev,noatime", newroot]
+    remount = ["mount", "-o", f"remount,size={budget},{inodes(budget)},suid,dev,noatime", newroot]
     assert system.calls[0] == remount
     if fail:
         assert (code, status["state"], system.mounted) == (1, "failed", [])

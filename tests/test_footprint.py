@@ -199,3 +199,44 @@ def entry(kind: str, size: int = 0, link: bytes = b"", **kw: object) -> TarEntry
 )
 def test_what_one_entry_takes(made: TarEntry, expected: int) -> None:
     assert footprint.charge(made) == expected
+
+
+# Runs in the private mount namespace: the tmpfs root prepared at a budget, then resized to
+# the machine's memory once the image is in; its inodes at each step.
+ROOT_INODES = """
+import json, os, sys
+from bootc_live.runtime import roots
+from bootc_live.runtime.mounts import MountPlan
+target, budget, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root = roots.Root(target, size, MountPlan(rw=True), budget)
+root.prepare()
+prepared = os.statvfs(target).f_files
+root.mount(None)
+print(json.dumps([prepared, os.statvfs(target).f_files]))
+"""
+
+
+def test_a_tmpfs_root_has_an_inode_for_every_entry_its_budget_holds(tmp_path: Path) -> None:
+    """The planner's budget holds budget / footprint.INODE entries at most; the tmpfs they go
+    into must have as many inodes. The kernel's default (half its pages of RAM, whatever the
+    size) is an eighth of what the machine's memory holds of them: an image of many small
+    files that the planner found room for stopped half-way, "the root filesystem is full"."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    total = memory.Memory.read().total  # as a boot's: the root may take all of it
+    budget = total // 2
+    (tmp_path / "root").mkdir()
+    done = subprocess.run(
+        [
+            *("unshare", "-m", "--propagation", "private"),
+            *(sys.executable, "-c", ROOT_INODES, str(tmp_path / "root"), str(budget), str(total)),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    prepared, resized = json.loads(done.stdout)
+    assert prepared >= budget // footprint.INODE
+    assert resized >= total // footprint.INODE

@@ -26,13 +26,27 @@ def flags_hint(flags: tuple[str, ...]) -> str:
     return f"rootflags={flags_text} is passed to this mount: check that this filesystem takes it"
 
 
-def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
-    """An explicitly sized tmpfs that allows setuid binaries and device nodes.
+# The inodes of a tmpfs that holds an unpacked tree: one for each KiB of its size, what the
+# kernel charges an inode (BOGO_INODE_SIZE) and less than any entry takes (its inode and dentry;
+# footprint.INODE). The kernel's default, half its pages of RAM whatever the size, ran out
+# first for trees of many small files: at 65 536 entries on a 512 MiB machine.
+INODE_SPACE = 1024
+
+
+def tree_inodes(size: int) -> str:
+    """The nr_inodes= option of a tmpfs of `size` bytes that holds an unpacked tree."""
+    return f"nr_inodes={max(size // INODE_SPACE, 1)}"
+
+
+def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = (), *, tree: bool = False) -> None:
+    """An explicitly sized tmpfs that allows setuid binaries and device nodes; with `tree`,
+    inodes for an unpacked tree of that size (tree_inodes).
 
     In the systemd initrd, sysroot.mount (from our generator) has mounted it already, empty:
     it is then sized and given rootflags= by a remount.
     """
-    options = [f"size={size}", "suid", "dev", *extra]
+    inodes = [tree_inodes(size)] if tree else []
+    options = [f"size={size}", *inodes, "suid", "dev", *extra]
     hint = flags_hint(extra)
     if is_mounted(target) and not os.listdir(target):
         run(["mount", "-o", ",".join(["remount", *options]), target], hint=hint)
@@ -41,9 +55,11 @@ def mount_tmpfs(target: str, size: int, extra: tuple[str, ...] = ()) -> None:
         run([*argv, target], hint=hint)
 
 
-def resize_tmpfs(target: str, size: int) -> None:
-    """Change a mounted tmpfs's limit, its other options as they are."""
-    run(["mount", "-o", f"remount,size={size}", target])
+def resize_tmpfs(target: str, size: int, *, tree: bool = False) -> None:
+    """Change a mounted tmpfs's limit (with `tree`, its inodes too: tree_inodes), its other
+    options as they are."""
+    inodes = [tree_inodes(size)] if tree else []
+    run(["mount", "-o", ",".join(["remount", f"size={size}", *inodes]), target])
 
 
 def umount(target: str) -> None:

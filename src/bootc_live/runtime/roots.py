@@ -239,14 +239,16 @@ class Root:
 
     def prepare(self) -> str:
         """Make the empty filesystem the image is unpacked into; its path."""
-        mounts.mount_tmpfs(self.newroot, self.budget, self.plan.rootflags)
+        mounts.mount_tmpfs(self.newroot, self.budget, self.plan.rootflags, tree=True)
         return self.newroot
 
     def mount(self, report: Say) -> RootFacts:
         """Mount the final layout at newroot, the image unpacked; what the root is."""
         sized = any(f.startswith(("size=", "nr_blocks=")) for f in self.plan.rootflags)
+        inodes = not any(f.startswith("nr_inodes=") for f in self.plan.rootflags)
         if self.budget < self.size and not sized:  # the live system's writes have the rest
-            mounts.resize_tmpfs(self.newroot, self.size)  # (rootflags=size= was the user's)
+            # (rootflags=size= and nr_inodes= were the user's)
+            mounts.resize_tmpfs(self.newroot, self.size, tree=inodes)
         mounts.finish_root(self.newroot, self.plan)
         return RootFacts("tmpfs")
 
@@ -404,7 +406,7 @@ class ErofsRoot(Root):
         )
         check_compressor(self.compress)  # before the work, not after it
         os.makedirs(self.tree, exist_ok=True)
-        mounts.mount_tmpfs(self.tree, self.budget)  # freed once packed: never resized
+        mounts.mount_tmpfs(self.tree, self.budget, tree=True)  # freed once packed: never resized
         return self.tree
 
     def mount(self, report: Say) -> RootFacts:
