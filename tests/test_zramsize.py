@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
+from pytest import MonkeyPatch
 
 from bootc_live import zramsize
 from bootc_live.describe import describe
@@ -68,3 +70,30 @@ def test_a_tree_gives_what_its_layer_gives(tmp_path: Path) -> None:
     build_layout(tmp_path / "img", [tar])
     facts = describe(resolve(LayoutSource(str(tmp_path / "img"))))
     assert zramsize.of_tree(root) == facts.zram == pages(TEXT) + pages(NOISE)
+
+
+def test_a_sparse_files_holes_are_not_read(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """A file of 1 TiB that holds a few pages (lastlog with a high uid, a preallocated
+    image): its holes are zero pages, which cost nothing, and reading them took hours. Only
+    its data is read, and counts as the dense file's."""
+    tree, dense = tmp_path / "tree", tmp_path / "dense"
+    tree.mkdir()
+    dense.mkdir()
+    with open(tree / "sparse", "wb") as out:
+        out.truncate(1 << 40)
+        for at in (0, 5 << 30, (1 << 40) - 8192):
+            out.seek(at)
+            out.write(NOISE)
+    (tree / "empty").write_bytes(b"")
+    (dense / "pages").write_bytes(NOISE.ljust(8192, b"\0") * 3)
+    read: list[int] = []
+    add = zramsize.PageMeter.add
+
+    def counted(meter: zramsize.PageMeter, read_: Callable[[int], bytes], size: int) -> None:
+        read.append(size)
+        assert sum(read) <= 1 << 20, "the holes were read"
+        add(meter, read_, size)
+
+    monkeypatch.setattr(zramsize.PageMeter, "add", counted)
+    assert zramsize.of_tree(tree) == zramsize.of_tree(dense)
+    assert sum(read) <= 2 * 3 * 8192, read

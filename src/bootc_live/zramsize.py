@@ -12,6 +12,7 @@ module (the `fast` extra); without it nothing is recorded and the planner uses i
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -48,7 +49,8 @@ class PageMeter:
 
 
 def of_tree(root: Path) -> int:
-    """The zstd pages of every regular file under `root` (hard links once)."""
+    """The zstd pages of every regular file under `root` (hard links once; a sparse file's
+    data only: its holes, however large, read as zero pages, which cost nothing)."""
     meter = PageMeter()
     seen: set[tuple[int, int]] = set()
     for top, _dirs, files in os.walk(root):
@@ -59,5 +61,26 @@ def of_tree(root: Path) -> int:
                 continue
             seen.add((st.st_dev, st.st_ino))
             with open(path, "rb") as f:
-                meter.add(f.read, st.st_size)
+                for start, end in data_pages(f.fileno(), st.st_size):
+                    f.seek(start)
+                    meter.add(f.read, end - start)
     return meter.total
+
+
+def data_pages(fd: int, size: int) -> list[tuple[int, int]]:
+    """The (start, end) of the page-aligned runs of a file of `size` bytes that hold data, as
+    SEEK_DATA and SEEK_HOLE find them (the whole file where they are not supported)."""
+    runs: list[tuple[int, int]] = []
+    at = 0
+    try:
+        while at < size:
+            data = os.lseek(fd, at, os.SEEK_DATA)
+            at = os.lseek(fd, data, os.SEEK_HOLE)  # past `data`: the end of the file at most
+            start = max(data // PAGE * PAGE, runs[-1][1] if runs else 0)
+            end = min(-(-at // PAGE) * PAGE, size)
+            if start < end:
+                runs.append((start, end))
+    except OSError as err:
+        if err.errno != errno.ENXIO:  # ENXIO: no data after `at`
+            return [(0, size)] if size else []
+    return runs
