@@ -55,6 +55,7 @@ from unpackers import REPO
 
 MIB = 1 << 20
 TOTAL = 4096 * MIB
+AVAILABLE = 3000000 << 10  # the fake /proc/meminfo's MemAvailable
 NULL_UUID = "-U00000000-0000-0000-0000-000000000000"
 
 
@@ -105,7 +106,9 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
         monkeypatch.setattr(module, "run", fake.run)
     monkeypatch.setattr(mounts, "is_mounted", fake.is_mounted)
     meminfo = tmp_path / "meminfo"
-    meminfo.write_text(f"MemTotal: {TOTAL >> 10} kB\nMemFree: 1 kB\nMemAvailable: 3000000 kB\n")
+    meminfo.write_text(
+        f"MemTotal: {TOTAL >> 10} kB\nMemFree: 1 kB\nMemAvailable: {AVAILABLE >> 10} kB\n"
+    )
     monkeypatch.setattr(memory, "MEMINFO", str(meminfo))
     monkeypatch.setattr(memory, "ZONEINFO", str(tmp_path / "no-zoneinfo"))  # nor the host's
     knob = tmp_path / "min_free_kbytes"  # never the host's, whatever a test makes of the boot
@@ -206,12 +209,14 @@ def expected_calls(mode: str, options: str, tmp: Path, budget: int) -> list[list
         if compress:
             calls.append(["mkfs.erofs", "--help"])
         staging = ",".join(["mode=0755", f"size={budget}", inodes(budget), "suid", "dev"])
-        live = ",".join(["mode=0755", f"size={TOTAL}", "suid", "dev"])
+        # the image's tmpfs holds what memory is left beside the tree, until the tree is freed
+        live = ",".join(["mode=0755", f"size={AVAILABLE - memory.RESERVE}", "suid", "dev"])
         calls.append(["mount", "-t", "tmpfs", "-o", staging, "bootc-live", str(work / "tree")])
         calls.append(["mount", "-t", "tmpfs", "-o", live, "bootc-live", str(work / "live")])
         image = str(work / "live/root.erofs")
         calls.append(["mkfs.erofs", "-T0", NULL_UUID, *compress, image, str(work / "tree")])
         calls.append(["umount", "-R", str(work / "tree")])
+        calls.append(["mount", "-o", f"remount,size={TOTAL}", str(work / "live")])
         calls.append(
             ["mount", "-t", "erofs", "-o", ",".join(["loop", "ro", *flags]), image, newroot]
         )
@@ -548,6 +553,38 @@ def test_a_full_root_says_what_to_do_in_that_mode_and_is_undone(
     code, status = boot_with(layout, tmp_path, MODES[mode])
     assert code == 1 and system.mounted == []
     assert status["message"] == f"bootc-live: no space left to write etc/hostname; {hint}"
+
+
+def test_an_erofs_image_larger_than_the_memory_left_stops_at_no_space_and_is_undone(
+    system: System, layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkfs.erofs writes a sparse file's holes out (erofs-utils 1.5): an image larger than
+    the planner's figure. It goes into a tmpfs of the memory left beside the tree, not of all
+    the machine's, where it met the OOM killer; mkfs.erofs's "No space left on device" is the
+    root's full message, not a hint to install erofs-utils."""
+    real = system.run
+
+    def mkfs_full(argv: list[Any], **kw: Any) -> subprocess.CompletedProcess[str]:
+        if argv[0] == "mkfs.erofs" and argv[1] != "--help":
+            system.calls.append([os.fspath(a) for a in argv])
+            Path(argv[-2]).write_bytes(b"\0" * (3 * MIB))
+            raise CommandError(
+                "mkfs.erofs failed: <E> erofs: Could not format the device : [Error 28] No "
+                "space left on device",
+                roots.MKFS_EROFS_MISSING,
+                "<E> erofs: Could not format the device : [Error 28] No space left on device",
+            )
+        return real(argv, **kw)
+
+    monkeypatch.setattr(roots, "run", mkfs_full)
+    code, status = boot_with(layout, tmp_path, MODES["erofs"])
+    assert (code, system.mounted) == (1, [])
+    assert status["message"] == (
+        "bootc-live: no space left for the EROFS image of the root (3 MiB written); the image "
+        "is larger than the memory given to it: add RAM or use bootc.zram="
+    )
+    live = ["mount", "-t", "tmpfs", "-o", f"mode=0755,size={AVAILABLE - memory.RESERVE},suid,dev"]
+    assert [*live, "bootc-live", str(tmp_path / "work/live")] in system.calls
 
 
 @pytest.mark.parametrize("debug", ["", "rd.debug", "bootc.debug=1"])

@@ -18,6 +18,7 @@ ever booted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -114,7 +115,16 @@ def erofs_compressors() -> list[str]:
 def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
     """Pack `tree` into the EROFS file `image` (check_compressor first, before the work)."""
     argv = mkfs_erofs_argv(image, tree, compress)
-    out = run(argv, capture=True, hint=MKFS_EROFS_MISSING).stdout
+    try:
+        out = run(argv, capture=True, hint=MKFS_EROFS_MISSING).stdout
+    except CommandError as err:
+        if os.strerror(errno.ENOSPC) not in err.detail:
+            raise
+        written = os.path.getsize(image) if os.path.exists(image) else 0
+        raise SpaceError(
+            f"no space left for the EROFS image of the root ({written >> 20} MiB written)",
+            "free space where it is written",
+        ) from None
     # Its banner: "mkfs.erofs 1.5", or "mkfs.erofs (erofs-utils) 1.7.1" in later versions.
     m = re.search(r"mkfs\.erofs(?:\s+\(erofs-utils\))?\s+(\S+)", out)
     return Erofs(image, sha256_file(image), os.path.getsize(image), m.group(1) if m else "unknown")
@@ -411,7 +421,11 @@ class ErofsRoot(Root):
 
     def mount(self, report: Say) -> RootFacts:
         os.makedirs(self.rw, exist_ok=True)
-        mounts.mount_tmpfs(self.rw, self.size)
+        # While the tree is there, the image may take what memory is left (as a packed root
+        # stored: the planner's reserve aside): one larger than planned (a sparse file's holes,
+        # which mkfs.erofs writes out) then stops at "no space", not at the OOM killer.
+        room = memory.Memory.read().available - memory.RESERVE
+        mounts.mount_tmpfs(self.rw, min(max(room, MIB), self.size))
         report.state("packing")
         report.say(
             "packing the root into an EROFS image"
@@ -419,6 +433,7 @@ class ErofsRoot(Root):
         )
         made = make_erofs(self.tree, self.image, self.compress)
         mounts.umount(self.tree)  # the unpacked tree is no longer needed: its memory comes back
+        mounts.resize_tmpfs(self.rw, self.size)  # the overlays' uppers: the live system's writes
         options = ",".join(["loop", "ro", *self.plan.rootflags])
         argv = ["mount", "-t", "erofs", "-o", options, self.image, self.newroot]
         run(argv, hint=mounts.flags_hint(self.plan.rootflags))
