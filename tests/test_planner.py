@@ -527,3 +527,27 @@ def test_a_zstd_layer_under_another_media_type_has_no_gzip_trailer(tmp_path: Pat
             image.compressed_size * memory.RATIO + 16 * MIB,
             "3x the compressed size (no size recorded)",
         )
+
+
+@pytest.mark.parametrize("junk", ["²", "1²", "٣", "9" * 5000])
+def test_a_recorded_figure_that_is_no_number_is_ignored(tmp_path: Path, junk: str) -> None:
+    """index.json's annotations are not signed: a figure str.isdigit takes and int() refuses
+    (a superscript, more than 4300 digits) made the boot an internal error; it is ignored as
+    any other figure that is no number (an Arabic-Indic digit, which int() reads, too)."""
+    image = image_of(tmp_path)
+    fallback = memory.estimate(image)
+    keys = (memory.TMPFS_ANNOTATION, memory.SIZES_ANNOTATION, memory.ZRAM_ANNOTATION)
+    junked = replace(
+        image,
+        index_annotations={
+            **{key: junk for key in keys},
+            memory.SIZES_ANNOTATION: f"{junk},{junk}",
+            memory.PACKED_BYTES_ANNOTATION: junk,
+            memory.PACKED_SHA256_ANNOTATION: "sha256:" + "0" * 64,
+            memory.PACKED_FORMAT_ANNOTATION: "squashfs:xz",
+        },
+    )
+    assert memory.estimate(junked) == fallback
+    assert memory.recorded_zram(junked) is None
+    assert memory.recorded_packed(junked) is None
+    memory.check(junked, Memory(8 << 30, 8 << 30), blobs_freed=False, mode=RootMode.zram(1 << 30))

@@ -27,8 +27,7 @@ class Description:
 def recorded(image: Image) -> Description:
     """What the manifests, config and annotations say, reading no layer: the sizes `bootc-live
     build` recorded, else the planner's estimate (gzip trailers are a ranged read each)."""
-    sizes = image.index_annotations.get(memory.SIZES_ANNOTATION, "").split(",")
-    known = [int(v) for v in sizes if v.isdigit()]
+    known = memory.recorded_numbers(image.index_annotations.get(memory.SIZES_ANNOTATION, ""))
     return Description(
         known if len(known) == len(image.layers) else None,
         None,

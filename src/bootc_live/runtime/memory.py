@@ -182,6 +182,18 @@ def held_by(values: dict[str, int], mem: Memory) -> dict[str, int]:
     return {"in_use": in_use, **parts, "other": in_use - sum(parts.values())}
 
 
+def recorded_number(value: str) -> int | None:
+    """A figure `bootc-live build` recorded in an annotation (unverified: index.json is not
+    signed), or None: only ASCII digits, 20 at most (2**64 has 20; str.isdigit also takes "²",
+    which int() refuses, and int() refuses more than 4300 digits)."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
+
+
+def recorded_numbers(value: str) -> list[int]:
+    """The figures of a comma-separated annotation that are numbers (recorded_number)."""
+    return [n for n in map(recorded_number, value.split(",")) if n is not None]
+
+
 @dataclass(frozen=True)
 class Estimate:
     """The unpacked size of an image, and how it was found."""
@@ -196,11 +208,10 @@ def estimate(image: Image) -> Estimate:
     recorded, else each gzip layer's trailer (ISIZE, when the source can read a blob's last
     bytes cheaply and the value is plausible), else a stated ratio. Only the first counts the
     pages and inodes of many small files."""
-    footprint = image.index_annotations.get(TMPFS_ANNOTATION, "")
-    if footprint.isdigit() and footprint.isascii():
-        return Estimate(int(footprint), "recorded by bootc-live build")
-    recorded = image.index_annotations.get(SIZES_ANNOTATION, "")
-    sizes = [int(v) for v in recorded.split(",") if v.isdigit()]
+    footprint = recorded_number(image.index_annotations.get(TMPFS_ANNOTATION, ""))
+    if footprint is not None:
+        return Estimate(footprint, "recorded by bootc-live build")
+    sizes = recorded_numbers(image.index_annotations.get(SIZES_ANNOTATION, ""))
     if len(sizes) == len(image.layers):
         # tmpfs rounds files up to pages where tar rounds to 512 bytes: allow 5 %.
         return Estimate(
@@ -320,8 +331,7 @@ def _round_up(n: int) -> int:
 
 def recorded_zram(image: Image) -> int | None:
     """What `bootc-live build` measured the image's files take as zstd pages, if it did."""
-    value = image.index_annotations.get(ZRAM_ANNOTATION, "")
-    return int(value) if value.isdigit() else None
+    return recorded_number(image.index_annotations.get(ZRAM_ANNOTATION, ""))
 
 
 ZRAM_TABLE_RATIO = 256  # the zram device's table: 16 bytes for each 4 KiB page of its size
@@ -465,9 +475,10 @@ class RecordedPacked:
 def recorded_packed(image: Image) -> RecordedPacked | None:
     """The packed root's figures `bootc-live build` recorded, if it did."""
     size, sha256, fmt = (image.index_annotations.get(k, "") for k in PACKED_ANNOTATIONS)
-    if not size.isdigit() or not sha256.startswith("sha256:") or not fmt:
+    number = recorded_number(size)
+    if number is None or not sha256.startswith("sha256:") or not fmt:
         return None
-    return RecordedPacked(int(size), sha256, fmt)
+    return RecordedPacked(number, sha256, fmt)
 
 
 def packed_zram_device() -> int:
