@@ -229,10 +229,11 @@ def test_an_appended_packed_root_runs_exactly_these_commands(
 
 
 @pytest.mark.parametrize(
-    ("args", "uppers"),
+    ("args", "uppers", "table"),
     [
-        ("", "a tmpfs"),
-        (ZRAM, "a 64 MiB zram device (zstd), at most"),
+        ("", "a tmpfs", 0),
+        # the device's table: 16 bytes a 4 KiB page of it
+        (ZRAM, "a 64 MiB zram device (zstd), at most, and 1 MiB for its table", 64 * MIB // 256),
     ],
     ids=["tmpfs", "zram"],
 )
@@ -243,6 +244,7 @@ def test_the_states_and_the_planner_line_of_a_packed_boot(
     capsys: pytest.CaptureFixture[str],
     args: str,
     uppers: str,
+    table: int,
 ) -> None:
     image = images["squashfs"]
     code, final = boot_packed(tmp_path, appended(tmp_path, image), pin(image), args)
@@ -255,10 +257,12 @@ def test_the_states_and_the_planner_line_of_a_packed_boot(
         "ready",
     ]
     assert states[-1] == final
-    assert final["need"] == memory.PACKED_UPPERS and final["packed_bytes"] == image.stat().st_size
+    need = memory.PACKED_UPPERS + table
+    assert final["need"] == need and final["packed_bytes"] == image.stat().st_size
     planner = [line for line in err if line.startswith("bootc-live: needs about")]
     assert planner == [
-        f"bootc-live: needs about 32 MiB for the packed root {tmp_path}/initramfs/bootc-live/"
+        f"bootc-live: needs about {memory.mib_up(need)} MiB for the packed root "
+        f"{tmp_path}/initramfs/bootc-live/"
         f"packed.root in the initramfs ({memory.mib_up(image.stat().st_size)} MiB, in memory "
         f"already) and 32 MiB for the /etc and /var overlays on {uppers}, "
         f"{(3000000 * 1024 - memory.RESERVE) >> 20} MiB available; it is squashfs (zstd)"
@@ -439,8 +443,8 @@ def test_a_zram_device_too_small_for_the_uppers_stops_before_anything(
     assert code == 1 and packed_system.calls == []
     assert status["message"] == (
         f"bootc-live: bootc.zram={size} is too small for a packed root's overlays: 32 MiB of "
-        "writes need a 64 MiB device; use bootc.zram=64M (a zram device takes RAM only for "
-        "what it holds, compressed)"
+        "writes need a 64 MiB device; use bootc.zram=64M (a zram device takes RAM for what it "
+        "holds, compressed, and a table of 1/256 of its size)"
     )
     assert (tmp_path / "sys/block/zram0/disksize").read_text() == "0\n"
 

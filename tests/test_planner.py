@@ -551,3 +551,21 @@ def test_a_recorded_figure_that_is_no_number_is_ignored(tmp_path: Path, junk: st
     assert memory.recorded_zram(junked) is None
     assert memory.recorded_packed(junked) is None
     memory.check(junked, Memory(8 << 30, 8 << 30), blobs_freed=False, mode=RootMode.zram(1 << 30))
+
+
+def test_a_packed_roots_zram_device_has_its_table_planned() -> None:
+    """A packed root's uppers on bootc.zram=400%: the kernel allocates the device's table at
+    its size (16 bytes a 4 KiB page: 64 MiB for 16 GiB on 4 GiB of RAM), which the plan left
+    out, so a machine short of it was let through."""
+    size = 500 * MIB
+    mode = RootMode("zram", parse_zram("400%"), "zstd")
+    total = 4 << 30
+    table = 4 * total // memory.ZRAM_TABLE_RATIO
+    bare = size + memory.PACKED_UPPERS + memory.RESERVE  # all but the table
+    with pytest.raises(NotEnoughMemory) as err:
+        memory.check_packed(Memory(total, bare), size, size, "in the initramfs", mode)
+    need = size + memory.PACKED_UPPERS + table
+    assert err.value.line().startswith(f"not enough memory: needs {need // MIB} MiB ")
+    assert "and 64 MiB for its table" in err.value.line()
+    peak, _ = memory.check_packed(Memory(total, bare + table), size, size, "here", mode)
+    assert peak == need

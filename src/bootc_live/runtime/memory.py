@@ -492,20 +492,25 @@ def check_packed(
     """A packed root of `size` bytes (None: not known before it is fetched) that takes `stored`
     more bytes of RAM to store, its uppers on a tmpfs or (zram `mode`) a zram device: stop now,
     with the figures, unless it fits; (the peak, what it is made of)."""
-    uppers = "a tmpfs"
+    uppers, table = "a tmpfs", 0
+    have = memory.available - RESERVE
     if mode.zram_size is not None:
         device, smallest = mode.zram_size.bytes_for(memory.total), packed_zram_device()
-        if device < smallest:
+        # The device's table, allocated at its size (a device too small: the size it would take).
+        table = max(device, smallest) // ZRAM_TABLE_RATIO
+        if device < smallest and stored + PACKED_UPPERS + table <= have:  # else: said below
             raise NotEnoughMemory(
                 f"bootc.zram={mode.zram_size} is too small for a packed root's overlays: "
                 f"{PACKED_UPPERS >> 20} MiB of writes need a {mib_up(smallest)} MiB device",
-                f"use bootc.zram={mib_up(smallest)}M (a zram device takes RAM only for what it "
-                "holds, compressed)",
+                f"use bootc.zram={mib_up(smallest)}M (a zram device takes RAM for what it "
+                "holds, compressed, and a table of 1/256 of its size)",
             )
         algorithm = mode.zram_algorithm or "the kernel's default"
-        uppers = f"a {mib_up(device)} MiB zram device ({algorithm}), at most"
-    peak = stored + PACKED_UPPERS
-    have = memory.available - RESERVE
+        uppers = (
+            f"a {mib_up(max(device, smallest))} MiB zram device ({algorithm}), at most, and "
+            f"{mib_up(table)} MiB for its table"
+        )
+    peak = stored + PACKED_UPPERS + table
     if size is None:
         held = "size unknown until fetched"
     elif stored == 0:
