@@ -569,3 +569,55 @@ def test_a_packed_roots_zram_device_has_its_table_planned() -> None:
     assert "and 64 MiB for its table" in err.value.line()
     peak, _ = memory.check_packed(Memory(total, bare + table), size, size, "here", mode)
     assert peak == need
+
+
+# mkfs.erofs --help's list of compressors: one line up to erofs-utils 1.7 (on stderr), one a
+# line under -z from 1.8 on (on stdout), with their ranges and notes (shapes written here).
+HELP_17 = " -zX[,Y]   X=compressor\n --quiet   quiet\n\nAvailable compressors are: lz4hc, lz4\n"
+HELP_18 = (
+    " -zX[,level=Y]         X=compressor (Y=compression level, optional)\n"
+    "    [:...]             supported compressors and their option ranges are:\n"
+    + " " * 25
+    + "lz4\n"
+    + " " * 25
+    + "lz4hc\n"
+    + " " * 27
+    + "[,level=<0-12>]\t\t(default=9)\n"
+    + " " * 25
+    + "lzma\n"
+    + " " * 27
+    + "[,level=<0-9,100-109>]\t0-9=normal, 100-109=extreme (default=6)\n"
+    + "\n"
+    + " " * 27
+    + "LZMA advanced options (do not specify if unsure):\n"
+    + " " * 25
+    + "deflate\n"
+    + " -C#                   specify the size of compress physical cluster in bytes\n"
+    + "                       (X = data|rvsp)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "stdout, stderr, offered",
+    [("", HELP_17, ["lz4hc", "lz4"]), (HELP_18, "", ["lz4", "lz4hc", "lzma", "deflate"])],
+    ids=["1.7", "1.8"],
+)
+def test_the_compressors_mkfs_erofs_offers_are_read_from_its_help(
+    monkeypatch: pytest.MonkeyPatch, stdout: str, stderr: str, offered: list[str]
+) -> None:
+    """erofs-utils 1.8 lists them one a line: bootc.live.erofs.compress= was refused with
+    "this mkfs.erofs offers no compression" whatever it named (Fedora 41, Debian 13)."""
+
+    def help_text(argv: list[str], **_kw: object) -> subprocess.CompletedProcess[str]:
+        assert argv == ["mkfs.erofs", "--help"]
+        return subprocess.CompletedProcess(argv, 0, stdout, stderr)
+
+    monkeypatch.setattr(roots, "run", help_text)
+    assert roots.erofs_compressors() == offered
+    roots.check_compressor("lz4hc")
+    with pytest.raises(roots.RootError) as err:
+        roots.check_compressor("zstd")
+    assert err.value.line() == (
+        f"bootc.live.erofs.compress=zstd: this mkfs.erofs offers {', '.join(offered)}; pick one "
+        "of those"
+    )

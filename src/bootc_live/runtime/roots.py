@@ -106,10 +106,22 @@ def check_compressor(compress: str | None) -> None:
 
 
 def erofs_compressors() -> list[str]:
-    """The compressors the installed mkfs.erofs offers, as its --help lists them."""
+    """The compressors the installed mkfs.erofs offers, as its --help lists them: on one line
+    up to erofs-utils 1.7 ("Available compressors are: lz4hc, lz4"), from 1.8 one a line under
+    -z's description, each followed by its options' ranges ("[,level=<0-12>]")."""
     usage = run(["mkfs.erofs", "--help"], capture=True, hint=MKFS_EROFS_MISSING)
-    listed = re.search(r"Available compressors are:([^\n]*)", usage.stdout + usage.stderr)
-    return listed.group(1).replace(",", " ").split() if listed else []
+    text = usage.stdout + usage.stderr
+    listed = re.search(r"Available compressors are:([^\n]*)", text)
+    if listed:
+        return listed.group(1).replace(",", " ").split()
+    _, found, after = text.partition("supported compressors and their option ranges are:\n")
+    names = []
+    for line in after.splitlines() if found else []:
+        if line.startswith(" -"):  # the next option
+            break
+        if re.fullmatch(r"\s+[\w-]+", line):  # not a range, nor a note
+            names.append(line.strip())
+    return names
 
 
 def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
