@@ -78,9 +78,16 @@ def test_without_recorded_sizes_the_gzip_trailers_give_them(tmp_path: Path) -> N
     est = memory.estimate(image)
     assert est.how == "from the gzip trailers"
     assert est.unpacked == sum(len(t) for t in LAYERS) * 21 // 20 + 16 * MIB
-    # zstd has no trailer (and a frame header may omit the size): the stated ratio.
-    est = memory.estimate(image_of(tmp_path / "z", compression="zstd"))
-    assert est.how == "3x the compressed size (no size recorded)"
+    # zstd has no trailer (and a frame header may omit the size): the stated ratio, or what
+    # the first frame declares where that is more (the first layer: 5000 bytes of "a").
+    zstd = image_of(tmp_path / "z", compression="zstd")
+    est = memory.estimate(zstd)
+    assert est.how == (
+        "3x the compressed size (no size recorded), or the size the first zstd frame declares "
+        "for 1 of them"
+    )
+    second = zstd.layers[1]
+    assert est.unpacked == len(LAYERS[0]) + 3 * second.size + 16 * MIB
     # An uncompressed layer (buildah commit -D, +tar): its blob is its tar, not a third of it.
     est = memory.estimate(image_of(tmp_path / "n", compression="none"))
     assert est.how == "from the uncompressed layers"
@@ -621,3 +628,38 @@ def test_the_compressors_mkfs_erofs_offers_are_read_from_its_help(
         f"bootc.live.erofs.compress=zstd: this mkfs.erofs offers {', '.join(offered)}; pick one "
         "of those"
     )
+
+
+def test_a_zstd_frame_that_declares_more_than_the_ratio_is_planned_so(tmp_path: Path) -> None:
+    """A zstd layer compressed more than 3x whose frame header states its content size: the
+    stated ratio planned a third of what it declared (a boot that could not fit was let
+    through, to fail half-way); a frame without the size, or with a smaller one, leaves the
+    ratio."""
+    text = b"".join(b"line %d of a long and repetitive file\n" % i for i in range(60_000))
+    tars = [layer_tar([f("big", text)])]
+    for name, kw in (("declared", {}), ("undeclared", {"window_log": 20})):
+        build_layout(tmp_path / name, tars, compression="zstd", compress_kw=kw)
+    declared = resolve(LayoutSource(str(tmp_path / "declared")))
+    assert len(tars[0]) > 10 * declared.compressed_size
+    assert decompress.zstd_content_size(memory._head(declared, declared.layers[0], 4096)) == len(
+        tars[0]
+    )
+    est = memory.estimate(declared)
+    assert est.unpacked == len(tars[0]) + 16 * MIB
+    with pytest.raises(NotEnoughMemory, match="first zstd frame declares"):
+        memory.check(
+            declared, Memory(1 << 30, est.unpacked + memory.UNPACK_RESERVE - 1), blobs_freed=False
+        )
+    undeclared = resolve(LayoutSource(str(tmp_path / "undeclared")))
+    ratio = memory.Estimate(
+        undeclared.compressed_size * 3 + 16 * MIB, "3x the compressed size (no size recorded)"
+    )
+    assert memory.estimate(undeclared) == ratio
+    # A size no frame of these bytes can hold (a corrupt frame) is no estimate either.
+    blob = tmp_path / "undeclared/blobs/sha256" / undeclared.layers[0].digest[7:]
+    lying = bytearray(blob.read_bytes())
+    lying[4] |= 0xC0  # an 8-byte content size, after the window descriptor
+    lying[6:6] = (1 << 60).to_bytes(8, "little")
+    blob.write_bytes(bytes(lying))
+    assert decompress.zstd_content_size(bytes(lying[:64])) == 1 << 60
+    assert memory.estimate(undeclared) == ratio

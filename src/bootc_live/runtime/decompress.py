@@ -78,6 +78,22 @@ def zstd_window(head: bytes) -> int | None:
     return base + (base >> 3) * mantissa
 
 
+def zstd_content_size(head: bytes) -> int | None:
+    """The content size the first zstd frame in `head` declares (RFC 8878, 3.1.1.1.4), past
+    any skippable frames in it; None when it declares none or `head` does not hold it."""
+    pos = 0
+    while is_zstd_skippable(head[pos : pos + 4]) and len(head) >= pos + 8:
+        pos += 8 + int.from_bytes(head[pos + 4 : pos + 8], "little")
+    if head[pos : pos + 4] != ZSTD_MAGIC or len(head) < pos + 5:
+        return None
+    window_bytes, dict_bytes, fcs_bytes = frame_header_fields(head[pos + 4])
+    start = pos + 5 + window_bytes + dict_bytes
+    if fcs_bytes == 0 or len(head) < start + fcs_bytes:
+        return None
+    size = int.from_bytes(head[start : start + fcs_bytes], "little")
+    return size + 256 if fcs_bytes == 2 else size
+
+
 def is_zstd_skippable(head: bytes) -> bool:
     """Skippable zstd frames have magic 0x184D2A50..0x184D2A5F (little-endian)."""
     return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50

@@ -223,18 +223,39 @@ def estimate(image: Image) -> Estimate:
         for layer, tar in zip(image.layers, plain)
     ]
     known = [t for t in trailers if t is not None]
-    guessed = sum(layer.size * RATIO for layer, t in zip(image.layers, trailers) if t is None)
+    # The rest: the stated ratio, or what a zstd layer's first frame declares if that is more
+    # (a lower bound of the layer's size: its other frames come on top).
+    ratios = [layer.size * RATIO for layer, t in zip(image.layers, trailers) if t is None]
+    declared = [
+        _zstd_declared(image, layer) for layer, t in zip(image.layers, trailers) if t is None
+    ]
+    guessed = sum(max(ratio, size) for ratio, size in zip(ratios, declared))
+    more = sum(size > ratio for ratio, size in zip(ratios, declared))
+    by_frame = f", or the size the first zstd frame declares for {more} of them" if more else ""
     if not known:
         return Estimate(
-            image.compressed_size * RATIO + 16 * MIB,
-            f"{RATIO}x the compressed size (no size recorded)",
+            image.compressed_size * RATIO + guessed - sum(ratios) + 16 * MIB,
+            f"{RATIO}x the compressed size (no size recorded){by_frame}",
         )
     how = "from the uncompressed layers" if all(plain) else "from the gzip trailers"
     if any(plain) and not all(plain):
         how += " and the uncompressed layers"
     if len(known) < len(trailers):
         how += f", {RATIO}x the compressed size for {len(trailers) - len(known)} other layers"
-    return Estimate((sum(known) + guessed) * 21 // 20 + 16 * MIB, how)
+    return Estimate((sum(known) + guessed) * 21 // 20 + 16 * MIB, how + by_frame)
+
+
+# The most a zstd frame expands its bytes: a block of 4 (a 3-byte header and a byte repeated)
+# gives 128 KiB at most.
+ZSTD_MAX_RATIO = 1 << 15
+
+
+def _zstd_declared(image: Image, layer: Descriptor) -> int:
+    """The content size a zstd layer's first frame declares, whatever its media type says; 0
+    for another layer, a frame that declares none, or more than its bytes can hold (a corrupt
+    frame: the unpack says so)."""
+    size = decompress.zstd_content_size(_head(image, layer, ZSTD_HEAD)) or 0
+    return size if size <= layer.size * ZSTD_MAX_RATIO else 0
 
 
 def zstd_window(image: Image) -> int:
