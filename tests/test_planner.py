@@ -663,3 +663,30 @@ def test_a_zstd_frame_that_declares_more_than_the_ratio_is_planned_so(tmp_path: 
     blob.write_bytes(bytes(lying))
     assert decompress.zstd_content_size(bytes(lying[:64])) == 1 << 60
     assert memory.estimate(undeclared) == ratio
+
+
+def test_a_shortfall_names_only_modes_this_initramfs_can_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image without e2fsprogs gets an initramfs without bootc-live-zram (build says so):
+    its boots were told to use bootc.zram=…, which then failed for want of mkfs.ext4. Only
+    the modes whose tools are there are named."""
+    monkeypatch.setattr(memory, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(memory, "ZONEINFO", str(tmp_path / "none"))
+    image = replace(image_of(tmp_path), index_annotations={memory.TMPFS_ANNOTATION: str(1 << 30)})
+    have = 700 * MIB + memory.UNPACK_RESERVE  # zram would fit, the tmpfs not
+    (tmp_path / "meminfo").write_text(f"MemTotal: 2097152 kB\nMemFree: {have >> 10} kB\n")
+    spec = parse([f"root=bootc-live:{tmp_path / 'img'}", "bootc.keep-modules"])
+    report = boot.Report(stream=io.StringIO())
+    with pytest.raises(NotEnoughMemory) as err:
+        boot.plan_root(spec, image, image.source, report)
+    assert "; add RAM or use bootc.zram=" in err.value.line()
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "mkfs.ext4" else real(t))
+    with pytest.raises(NotEnoughMemory) as err:
+        boot.plan_root(spec, image, image.source, report)
+    assert "bootc.zram=" not in err.value.line(), err.value.line()
+    assert err.value.line().endswith(
+        "; add RAM: even the default tmpfs root (no bootc.zram or bootc.live.erofs) needs about "
+        f"{(1 << 30) // MIB} MiB, {(1 << 30) // MIB - 700} MiB more than there is"
+    )

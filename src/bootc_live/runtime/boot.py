@@ -461,7 +461,9 @@ def plan_root(spec: BootSpec, image: Image, source: ImageSource, report: Report)
     # A zstd window beyond what memory.UNPACK_RESERVE holds is held on top, as the fetch's.
     window = memory.zstd_window(image)
     ahead = held_ahead(spec, image) + window - memory.ZSTD_RESERVED_WINDOW
-    est, need = memory.check(image, mem, blobs_freed=consumed, mode=spec.mode, ahead=ahead)
+    est, need = memory.check(
+        image, mem, blobs_freed=consumed, mode=spec.mode, ahead=ahead, kinds=roots.usable_kinds()
+    )
     have = memory.available(mem, image, blobs_freed=consumed, ahead=ahead)
     report.say(
         f"image {image.manifest_digest}: {len(image.layers)} layers, "

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from . import decompress
@@ -439,10 +440,20 @@ def available(memory: Memory, image: Image, *, blobs_freed: bool, ahead: int = 0
     return have
 
 
+ROOT_KINDS = ("tmpfs", "zram", "erofs")
+
+
 def check(
-    image: Image, memory: Memory, *, blobs_freed: bool, mode: RootMode = TMPFS, ahead: int = 0
+    image: Image,
+    memory: Memory,
+    *,
+    blobs_freed: bool,
+    mode: RootMode = TMPFS,
+    ahead: int = 0,
+    kinds: Collection[str] = ROOT_KINDS,
 ) -> tuple[Estimate, Need]:
-    """Stop early, naming the shortfall and a mode that would fit, unless `mode` fits."""
+    """Stop early, naming the shortfall and a mode that would fit, unless `mode` fits; only
+    modes of `kinds` are named (those this initramfs can make: roots.usable_kinds)."""
     est = estimate(image)
     chosen = need(image, mode, est)
     given = 0 if mode.zram_size is None else mode.zram_size.bytes_for(memory.total)
@@ -458,7 +469,7 @@ def check(
             "holds, compressed, and a table of 1/256 of its size)",
         )
     if chosen.peak > have:
-        others = alternatives(image, est, mode.zram_algorithm)
+        others = [n for n in alternatives(image, est, mode.zram_algorithm) if n.mode.kind in kinds]
         fits = [n for n in others if n.peak <= have and n.mode != mode]
         if fits:
             best = fits[0]

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -140,6 +141,13 @@ def make_erofs(tree: str, image: str, compress: str | None) -> Erofs:
     # Its banner: "mkfs.erofs 1.5", or "mkfs.erofs (erofs-utils) 1.7.1" in later versions.
     m = re.search(r"mkfs\.erofs(?:\s+\(erofs-utils\))?\s+(\S+)", out)
     return Erofs(image, sha256_file(image), os.path.getsize(image), m.group(1) if m else "unknown")
+
+
+def usable_kinds() -> tuple[str, ...]:
+    """The root modes this initramfs can make: zram's needs mkfs.ext4, EROFS's mkfs.erofs (the
+    bootc-live-zram and bootc-live-erofs modules, left out where the image lacks them)."""
+    tools = {"zram": "mkfs.ext4", "erofs": "mkfs.erofs"}
+    return ("tmpfs", *(kind for kind, tool in tools.items() if shutil.which(tool)))
 
 
 PROC_FILESYSTEMS = "/proc/filesystems"
