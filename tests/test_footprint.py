@@ -189,8 +189,12 @@ def entry(kind: str, size: int = 0, link: bytes = b"", **kw: object) -> TarEntry
         (entry(REGULAR, 1024, sparse=[(0, 512), (1024, 512)]), footprint.INODE + PAGE),
         (
             entry(REGULAR, xattrs={"trusted.a": b"b" * 19}),
-            footprint.INODE + 9 + 19 + footprint.XATTR,
+            footprint.INODE + 64 + 16,  # head and value: 59 bytes; the name and its NUL: 10
         ),
+        # a long value takes pages, a power of two of them: 64 KiB and the head, 128 KiB
+        (entry(REGULAR, xattrs={"user.big": b"v" * 65536}), footprint.INODE + (128 << 10) + 16),
+        (entry(REGULAR, xattrs={"user.mid": b"v" * 8152}), footprint.INODE + 8192 + 16),
+        (entry(REGULAR, xattrs={"user.mid": b"v" * 8153}), footprint.INODE + (16 << 10) + 16),
         (entry(SYMLINK, link=b"l" * 127), footprint.INODE),
         (entry(SYMLINK, link=b"l" * 128), footprint.INODE + PAGE),
         (entry(DIRECTORY), footprint.INODE),

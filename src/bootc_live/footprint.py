@@ -31,7 +31,19 @@ INODE = 1024 + 256 + 256
 DENTRY = 256 + 256  # a further name of a hard-linked file: a dentry, and the applier's record
 TREE_NODE = 576  # a node of a file's page-cache tree: 64 pages, or 64 nodes below it
 SHORT_SYMLINK = 127  # longer link targets take a page
-XATTR = 64  # the kernel's record of one extended attribute, besides its name and value
+XATTR = 40  # the head of the kernel's record of an extended attribute, its value follows
+# An extended attribute is one allocation for the head and value, one for the name: the sizes
+# of the kernel's small allocations, and whole pages (a power of two of them) above 8 KiB: a
+# value of 64 KiB takes 128 KiB.
+SMALL_ALLOCATIONS = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def allocated(size: int) -> int:
+    """What the kernel's allocator takes for `size` bytes (kmalloc: SMALL_ALLOCATIONS)."""
+    for small in SMALL_ALLOCATIONS:
+        if size <= small:
+            return small
+    return PAGE << ((size - 1) // PAGE).bit_length()
 
 
 def _pages(size: int) -> int:
@@ -79,7 +91,7 @@ def charge(entry: TarEntry) -> int:
     if entry.kind == HARDLINK:
         return DENTRY
     data = pages(entry)
-    xattrs = sum(len(k) + len(v) + XATTR for k, v in entry.xattrs.items())
+    xattrs = sum(allocated(XATTR + len(v)) + allocated(len(k) + 1) for k, v in entry.xattrs.items())
     return INODE + xattrs + data + tree_nodes(data // PAGE) * TREE_NODE
 
 
