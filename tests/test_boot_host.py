@@ -587,6 +587,27 @@ def test_an_erofs_image_larger_than_the_memory_left_stops_at_no_space_and_is_und
     assert [*live, "bootc-live", str(tmp_path / "work/live")] in system.calls
 
 
+@pytest.mark.parametrize("mode", ["tmpfs", "erofs"])
+def test_a_full_root_without_mkfs_ext4_does_not_name_zram(
+    system: System, layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """An initramfs without bootc-live-zram (an image without e2fsprogs): "use bootc.zram="
+    would fail for want of mkfs.ext4."""
+
+    def full(*_a: object, **_kw: object) -> None:
+        raise SpaceError("no space left to write etc/hostname", "the unpacker's own hint")
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "mkfs.ext4" else real(t))
+    monkeypatch.setattr(boot, "unpack_image", full)
+    code, status = boot_with(layout, tmp_path, MODES[mode])
+    assert code == 1 and system.mounted == []
+    assert status["message"] == (
+        "bootc-live: no space left to write etc/hostname; the image is larger than the memory "
+        "given to it: add RAM"
+    )
+
+
 @pytest.mark.parametrize("debug", ["", "rd.debug", "bootc.debug=1"])
 def test_an_internal_error_mid_unpack_is_one_line_and_undone(
     system: System,

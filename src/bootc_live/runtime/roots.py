@@ -254,9 +254,9 @@ class Say(Protocol):
 class Root:
     """The default: a tmpfs that holds the unpacked tree, which becomes the root."""
 
-    full_hint = "the image is larger than the memory given to it: add RAM or use bootc.zram="
-
     def __init__(self, newroot: str, size: int, plan: MountPlan, budget: int = 0) -> None:
+        zram = " or use bootc.zram=" if "zram" in usable_kinds() else ""  # mkfs.ext4 is there
+        self.full_hint = f"the image is larger than the memory given to it: add RAM{zram}"
         self.newroot = newroot
         self.size = size  # the tmpfs's limit once booted
         # While the image is unpacked: what the planner gave it (0: `size`). The unpack then
@@ -494,8 +494,6 @@ class PackedRoot(Root):
     With bootc.zram the uppers are on ext4 on a zram device instead: what the live system
     writes stays compressed. A streamed one is stored on a tmpfs of its own size first."""
 
-    full_hint = "the packed root is larger than the memory given to it: add RAM"
-
     def __init__(
         self,
         newroot: str,
@@ -508,6 +506,7 @@ class PackedRoot(Root):
         zram: ZramDevice | None = None,
     ) -> None:
         super().__init__(newroot, size, plan)
+        self.full_hint = "the packed root is larger than the memory given to it: add RAM"
         self.zram = zram  # the uppers' device, or None: a tmpfs
         self.source = source
         self.pin = pin
