@@ -20,8 +20,10 @@ from bootc_live.dracut import (
     export_modules,
     host_compress,
 )
+from bootc_live.images import SourceRef
 from bootc_live.runtime import handover, memory
 from bootc_live.runtime.cpio import CpioWriter
+from bootc_live.runtime.errors import BootcLiveError, for_host
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
 from bootc_live.runtime.unpack import layer_sizes, unpack_image
@@ -320,3 +322,30 @@ def test_the_index_records_the_packed_root_and_a_handover_keeps_it(tmp_path: Pat
     assert memory.recorded_packed(recorded).need() == (170 + 32) << 20  # as check_packed plans
     again = json.loads(handover.index_json(recorded, "handover", None))["manifests"][0]
     assert {k: again["annotations"][k] for k in figures} == figures
+
+
+def test_an_auth_file_the_boot_cannot_use_fails_before_any_layer_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--authfile FILE goes into the initramfs: it was read only once the image was unpacked
+    (minutes for a real one, to then say the file was missing), and read to its end (/dev/zero
+    took all the memory there was, then a traceback). It is now read as the boot reads it,
+    bounded, before anything else is done."""
+    build_layout(tmp_path / "img", LAYERS, tag="v1")
+
+    def unpacked(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a layer was read")
+
+    monkeypatch.setattr(build_mod, "unpack_image", unpacked)
+    (tmp_path / "helpers.json").write_text('{"credHelpers": {"r.io": "pass"}}')
+    for given, said in (
+        (tmp_path / "missing.json", "is missing; fix --authfile FILE"),
+        (Path("/dev/zero"), "not a valid auth.json (larger than"),
+        (tmp_path / "helpers.json", 'has no "auths" object'),
+    ):
+        source = SourceRef.parse(f"oci:{tmp_path / 'img'}:v1")
+        config = build_mod.BuildConfig(source, tmp_path / "out", auth_file=given, pack="none")
+        with pytest.raises(BootcLiveError) as err:
+            build_mod.build(config)
+        assert said in for_host(err.value.line())
+        assert sorted(os.listdir(tmp_path)) == ["helpers.json", "img"]

@@ -123,6 +123,7 @@ def build(config: BuildConfig) -> Path:
     """Write all artifacts into config.output, atomically (DIR.new, then rename)."""
     config = replace(config, output=Path(os.path.abspath(config.output)))
     check_output(config.output)
+    auth_json(config)  # a file the boot could not use fails before any layer is read
     image = config.source.resolve(config.platform, config.digest)
     label = config.source.tag or "latest"
     tmp = config.output.with_name(config.output.name + ".new")
@@ -580,28 +581,30 @@ def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:
         if not config.ca.is_file():
             raise BuildError(f"no CA bundle at {config.ca}")
         files.append((config.ca, CA_IN_INITRAMFS))
-    if config.auth_file is not None:
-        try:
-            auths = json.loads(config.auth_file.read_text()).get("auths")
-        except (OSError, ValueError, AttributeError) as err:
-            raise BuildError(
-                f"{config.auth_file} is not a readable auth.json ({err})",
-                'it must look like {"auths": {"HOST": {"auth": "BASE64(USER:PASSWORD)"}}}',
-            ) from None
-        if not isinstance(auths, dict):
-            raise BuildError(f'{config.auth_file} has no "auths" object')
-        if config.source.transport == "docker":
-            # What the boot will read for the image's registry: a credential helper or an
-            # identity token fails here, not at boot.
-            ref = registry.Reference.parse(config.source.path)
-            obj = registry.read_auth_file(os.fspath(config.auth_file))
-            registry.credentials_in(obj, os.fspath(config.auth_file), ref.registry, ref.repository)
+    auth = auth_json(config)
+    if auth is not None:
         staged = work / "auth.json"  # readable by root only, in the initramfs too
         staged.touch(mode=0o600)
         staged.chmod(0o600)
-        staged.write_bytes(config.auth_file.read_bytes())
+        staged.write_bytes(auth)
         files.append((staged, AUTH_IN_INITRAMFS))
     return files
+
+
+def auth_json(config: BuildConfig) -> bytes | None:
+    """--authfile as the initramfs gets it, read as the boot reads it (bounded: /dev/zero is
+    no file of credentials) and checked as the boot will use it: for a docker:// SOURCE, a
+    credential helper or an identity token fails here, not at boot."""
+    if config.auth_file is None:
+        return None
+    path = os.fspath(config.auth_file)
+    obj = registry.read_auth_file(path)
+    if not isinstance(obj.get("auths"), dict):
+        raise BuildError(f'{config.auth_file} has no "auths" object')
+    if config.source.transport == "docker":
+        ref = registry.Reference.parse(config.source.path)
+        registry.credentials_in(obj, path, ref.registry, ref.repository)
+    return json.dumps(obj, indent=1).encode() + b"\n"  # what was checked, and nothing else
 
 
 def trust_files(trust: TrustOptions) -> list[tuple[Path, str]]:
