@@ -396,6 +396,25 @@ def test_one_guest_port_is_forwarded_once(tmp_path: Path) -> None:
         ), result.stderr
 
 
+def test_forward_without_a_root_is_one_line_before_qemu(tmp_path: Path) -> None:
+    """`vm --forward` boots initrd.img alone, and cmdline.txt's (cmdline-packed.txt's) root=
+    names the image of the initrd left out: the guest booted and failed minutes later. A root=
+    of its own is asked for, as with --disk (nothing is read: DIR has no artifacts)."""
+    from unpackers import bootc_live
+
+    for args in (
+        ["--forward", "5000"],
+        ["--forward", "5000:8080", "--packed"],
+        ["--forward", "5000", "--append", "rd.debug bootc.quiet"],
+    ):
+        result = bootc_live("vm", str(tmp_path), *args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1].startswith(
+            "bootc-live: --forward boots initrd.img alone: the image it reaches needs its root=; "
+            "add --append root=bootc-live:docker://10.0.2.100:PORT/NAME:TAG"
+        ), result.stderr
+
+
 def test_disks_are_attached_read_only_whatever_their_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

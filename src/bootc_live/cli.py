@@ -708,11 +708,18 @@ def cmd_vm(args: argparse.Namespace) -> int:
             if not (disk.is_file() or disk.is_block_device()):
                 what = "not a file or block device" if disk.exists() else "no such file"
                 raise UsageError(f"--disk {disk}: {what}", "give a raw disk image file")
-        if disks and (args.packed or not any(a.startswith("root=") for a in append.split())):
+        rooted = any(a.startswith("root=") for a in append.split())  # --serve's, or given
+        if disks and (args.packed or not rooted):
             raise UsageError(
                 "--disk boots initrd.img alone: the image on the disk needs its root=",
                 "add --append root=bootc-live:block:LABEL=…:/PATH (an oci-archive or OCI "
                 "layout on the disk; a packed root cannot be booted from a disk)",
+            )
+        if args.forward and not rooted:  # cmdline.txt's root= is the image left behind
+            raise UsageError(
+                "--forward boots initrd.img alone: the image it reaches needs its root=",
+                f"add --append root=bootc-live:docker://{vm.GUEST_SERVER}:PORT/NAME:TAG (or "
+                f"a URL at {vm.GUEST_SERVER}:PORT)",
             )
         config = vm.VmConfig(
             Path(args.artifacts),
@@ -960,7 +967,7 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PORT[:HOSTPORT]",
         help=f"let the guest reach 127.0.0.1:HOSTPORT (e.g. a registry) at {vm.GUEST_SERVER}:PORT "
-        "and boot initrd.img alone (repeatable)",
+        "and boot initrd.img alone, the image --append's root= names (repeatable)",
     )
     p.add_argument(
         "--net", action="store_true", help="give the guest a NIC on QEMU's restricted user network"
