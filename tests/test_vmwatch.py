@@ -415,6 +415,28 @@ def test_forward_without_a_root_is_one_line_before_qemu(tmp_path: Path) -> None:
         ), result.stderr
 
 
+def test_pxe_with_an_image_from_elsewhere_is_one_line_before_qemu(tmp_path: Path) -> None:
+    """`vm --pxe` with --serve, --forward or --disk was accepted and did nothing: they boot
+    initrd.img alone, rootfs.img never loaded. Refused, naming the two (nothing is read: DIR
+    has no artifacts)."""
+    from unpackers import bootc_live
+
+    served = tmp_path / "root.oci"
+    served.write_bytes(b"x")
+    root = ["--append", "root=bootc-live:block:LABEL=x:/root.oci"]
+    for args, other in (
+        (["--serve", str(served)], "--serve"),
+        (["--forward", "5000", *root], "--forward"),
+        (["--disk", str(served), *root], "--disk"),
+    ):
+        result = bootc_live("vm", str(tmp_path), "--pxe", *args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            f"bootc-live: --pxe loads rootfs.img as a second initrd, and {other} boots "
+            f"initrd.img alone; leave --pxe out, or {other}"
+        ), result.stderr
+
+
 def test_disks_are_attached_read_only_whatever_their_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -708,6 +708,12 @@ def cmd_vm(args: argparse.Namespace) -> int:
             if not (disk.is_file() or disk.is_block_device()):
                 what = "not a file or block device" if disk.exists() else "no such file"
                 raise UsageError(f"--disk {disk}: {what}", "give a raw disk image file")
+        if args.pxe and (fetched or disks):
+            other = "--serve" if args.serve else "--forward" if args.forward else "--disk"
+            raise UsageError(
+                f"--pxe loads rootfs.img as a second initrd, and {other} boots initrd.img alone",
+                f"leave --pxe out, or {other}",
+            )
         rooted = any(a.startswith("root=") for a in append.split())  # --serve's, or given
         if disks and (args.packed or not rooted):
             raise UsageError(
@@ -939,7 +945,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pxe",
         action="store_true",
-        help="load initrd.img and rootfs.img as two initrds, as iPXE does",
+        help="load initrd.img and rootfs.img as two initrds, as iPXE does (not with --serve, "
+        "--forward or --disk, which boot initrd.img alone)",
     )
     p.add_argument(
         "--packed",
