@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagegen import build_layout, d, f, hard, layer_tar, wh, write_oci_archive
-from unpackers import assert_clean_failure, bootc_live
+from unpackers import assert_clean_failure, bootc_live, need_root_and
 
 
 def test_inspect_shows_layers_sizes_kernels_and_ram(tmp_path: Path) -> None:
@@ -410,6 +410,24 @@ def test_pull_without_a_transport_in_o_and_an_empty_modules_dest_are_one_line(
     said = assert_clean_failure(bootc_live("dracut-modules", "", cwd=tmp_path))
     assert said == "bootc-live: DEST is empty; give the directory to write the modules into\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_output_is_refused_not_taken_as_the_current_directory(tmp_path: Path) -> None:
+    """`-o ""` (a variable that was not set): erofs kept nothing and said it had, pack said
+    the current directory was a directory, build made its output of the current directory's
+    name beside it (and replaced the directory, were it empty)."""
+    need_root_and("mkfs.erofs")
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    work = tmp_path / "work"
+    work.mkdir()
+    for command, hint in (
+        ("erofs", "give a file in an existing directory"),
+        ("pack", "give a file in an existing directory"),
+        ("build", "name the output directory"),
+    ):
+        result = bootc_live(command, f"oci:{tmp_path / 'img'}:v1", "-o", "", cwd=work)
+        assert assert_clean_failure(result) == f"bootc-live: -o is empty; {hint}\n", command
+        assert sorted(os.listdir(tmp_path)) == ["img", "work"] and os.listdir(work) == []
 
 
 def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:

@@ -381,6 +381,8 @@ def add_trust_options(p: argparse.ArgumentParser, build: bool = False) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     _need_root("build")
+    if not args.output:  # not the current directory: a path that was meant to be given
+        raise UsageError("-o is empty", "name the output directory")
     out = build.build(
         build.BuildConfig(
             source_ref(args),
@@ -517,6 +519,8 @@ def _output_file(given: str, with_record: bool = False) -> Path:
     """-o FILE of erofs and pack: a file (new, or a regular file replaced) in a directory that
     exists, checked before the image is read; `with_record`: FILE.json too (pack's record).
     A device or a link there is refused: renamed over, /dev/null would be a file."""
+    if not given:  # not the current directory: a path that was meant to be given
+        raise UsageError("-o is empty", "give a file in an existing directory")
     output = Path(os.path.abspath(given))
     if not output.parent.is_dir() or output.is_dir():
         raise UsageError(
@@ -544,7 +548,7 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     if shutil.which("mkfs.erofs") is None:
         raise UsageError("mkfs.erofs is missing", "apt-get install erofs-utils (or ./setup)")
     roots.check_compressor(args.compress)  # before the unpack, not after it
-    output = os.fspath(_output_file(args.output)) if args.output else None
+    output = None if args.output is None else os.fspath(_output_file(args.output))
     image = trusted_image(args)
     source = image.source
     try:
