@@ -6,12 +6,15 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from bootc_live import build as build_mod
 from imagegen import build_layout, d, f, hard, layer_tar, wh, write_oci_archive
-from unpackers import assert_clean_failure, bootc_live, need_root_and
+from unpackers import REPO, assert_clean_failure, bootc_live, need, need_root_and
 
 
 def test_inspect_shows_layers_sizes_kernels_and_ram(tmp_path: Path) -> None:
@@ -428,6 +431,34 @@ def test_an_empty_output_is_refused_not_taken_as_the_current_directory(tmp_path:
         result = bootc_live(command, f"oci:{tmp_path / 'img'}:v1", "-o", "", cwd=work)
         assert assert_clean_failure(result) == f"bootc-live: -o is empty; {hint}\n", command
         assert sorted(os.listdir(tmp_path)) == ["img", "work"] and os.listdir(work) == []
+
+
+def test_a_copy_onto_a_full_disk_names_where_it_was_copying_to(tmp_path: Path) -> None:
+    """build --host with -o on a full disk was told as `/boot/vmlinuz-KVER: No space left on
+    device`, the copy's source alone, as if /boot were full: both names are said."""
+    need_root_and("unshare", "mount")
+    kernels = build_mod.host_kernels()
+    need(bool(kernels), "needs a host kernel")
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    full = tmp_path / "full"
+    full.mkdir()
+    script = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 99; shift; "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(full)]
+    argv += [sys.executable, "-m", "bootc_live", "build", f"oci:{tmp_path / 'img'}:v1"]
+    argv += ["-o", str(full / "out"), "--host", "--kver", kernels[-1], "--pack", "none"]
+    result = subprocess.run(
+        argv,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert assert_clean_failure(result).splitlines()[-1] == (
+        f"bootc-live: /boot/vmlinuz-{kernels[-1]} → {full}/out.new/vmlinuz: No space left on "
+        "device; check the paths given and the space there"
+    )
 
 
 def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:

@@ -1163,8 +1163,13 @@ def run_command(args: argparse.Namespace) -> int:
     except OSError as err:  # what the host's filesystem refused that no check above foresaw
         if args.debug:
             traceback.print_exc()
-        name = err.filename
-        where = f"{shown(os.fsdecode(name))}: " if isinstance(name, (str, bytes)) else ""
+        # Both names of a copy or a rename: a full disk is the second's (the target's).
+        names = [
+            shown(os.fsdecode(name))
+            for name in (err.filename, err.filename2)
+            if isinstance(name, (str, bytes))
+        ]
+        where = f"{' → '.join(names)}: " if names else ""
         print(
             f"bootc-live: {where}{err.strerror or err}; check the paths given and the space there",
             file=sys.stderr,
