@@ -461,6 +461,24 @@ def test_a_copy_onto_a_full_disk_names_where_it_was_copying_to(tmp_path: Path) -
     )
 
 
+def test_push_packed_of_a_file_that_is_not_there_is_one_line_before_any_request(
+    tmp_path: Path,
+) -> None:
+    """A mistyped FILE beside build's packed.json took that for its record: the registry was
+    asked for the image first, and its failure (or, reached, `FILE: No such file`) said."""
+    (tmp_path / "packed.json").write_text('{"image": "sha256:aa", "sha256": "sha256:bb"}')
+    os.mkfifo(tmp_path / "fifo.img")  # no writer: read, it would wait for ever
+    (tmp_path / "fifo.img.json").write_text('{"image": "sha256:aa", "sha256": "sha256:bb"}')
+    for given, what in (("packd.img", "no such file"), ("fifo.img", "is not a file")):
+        result = bootc_live(
+            "push-packed", "docker://127.0.0.1:1/x", given, "--retries", "0", cwd=tmp_path
+        )
+        assert assert_clean_failure(result) == (
+            f"bootc-live: {given}: {what}; give the packed.img that bootc-live build or pack "
+            "wrote\n"
+        )
+
+
 def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     """open() of a FIFO blocks until a writer comes: SOURCE naming one, or a layout whose blob
     is one, hung; now each is named for what it is, and nothing is left in DEST."""
