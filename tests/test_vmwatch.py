@@ -437,6 +437,14 @@ def test_pxe_with_an_image_from_elsewhere_is_one_line_before_qemu(tmp_path: Path
         ), result.stderr
 
 
+def test_a_command_line_file_that_is_not_utf8_is_passed_on_as_its_bytes(tmp_path: Path) -> None:
+    """cmdline.txt is the user's to edit: saved in Latin-1, `vm` ended in a UnicodeDecodeError
+    traceback. Its bytes go to QEMU as they are (the kernel's command line is bytes)."""
+    (tmp_path / "cmdline.txt").write_bytes(b"root=bootc-live:/bootc-live/image note=caf\xe9\n")
+    line = kernel_command_line(VmConfig(tmp_path, append="rd.debug"))
+    assert os.fsencode(line).endswith(b"root=bootc-live:/bootc-live/image note=caf\xe9 rd.debug")
+
+
 def test_disks_are_attached_read_only_whatever_their_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -98,7 +98,9 @@ IMAGE_ARGUMENTS = ("root", "bootclabel", "bootc.digest", "bootc.identity")
 
 
 def kernel_command_line(config: VmConfig) -> str:
-    arguments = (config.artifacts / command_line_file(config)).read_text().strip()
+    # Its bytes as they are (edited in another encoding, say): QEMU passes bytes on.
+    arguments = (config.artifacts / command_line_file(config)).read_text(errors="surrogateescape")
+    arguments = arguments.strip()
     if any(a.startswith("root=") for a in config.append.split()):
         # A packed root elsewhere (a URL) is the same file: only its location changes.
         arguments = (without_root if config.packed else without_image_arguments)(arguments)
