@@ -479,6 +479,22 @@ def test_push_packed_of_a_file_that_is_not_there_is_one_line_before_any_request(
         )
 
 
+def test_pull_to_a_path_without_a_name_is_one_line(tmp_path: Path) -> None:
+    """`pull -o oci:.` in an empty directory ended in a ValueError traceback (no name to make
+    its temporary one from)."""
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    work = tmp_path / "work"
+    work.mkdir()
+    for output in ("oci:.", "oci:./", "oci:..", "oci-archive:.", "oci:/"):
+        result = bootc_live("pull", f"oci:{tmp_path / 'img'}:v1", "-o", output, cwd=work)
+        path = output.partition(":")[2]
+        assert assert_clean_failure(result) == (
+            f"bootc-live: -o {output}: {path} names no new path; end it in the name of a new "
+            "file or directory\n"
+        )
+        assert os.listdir(work) == [] and sorted(os.listdir(tmp_path)) == ["img", "work"]
+
+
 def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     """open() of a FIFO blocks until a writer comes: SOURCE naming one, or a layout whose blob
     is one, hung; now each is named for what it is, and nothing is left in DEST."""

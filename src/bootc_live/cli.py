@@ -239,6 +239,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if dest.transport not in ("oci", "oci-archive"):
         raise UsageError("pull writes oci-archive:PATH[:TAG] or oci:DIR[:TAG]", "fix -o")
     target = Path(dest.path)
+    if target.name in ("", ".."):  # `.`, `/`: no name to write a new one beside, renamed
+        raise UsageError(
+            f"-o {shown(args.output)}: {shown(dest.path)} names no new path",
+            "end it in the name of a new file or directory",
+        )
     archive = dest.transport == "oci-archive"
     if target.exists() and (archive or not target.is_dir() or any(target.iterdir())):
         raise UsageError(
