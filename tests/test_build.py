@@ -15,6 +15,7 @@ import pytest
 from bootc_live import build as build_mod
 from bootc_live.dracut import (
     HOST_COMPRESS,
+    MODULES,
     OPTIONAL_MODULES,
     dracut_argv,
     export_modules,
@@ -104,6 +105,22 @@ def test_exported_modules_carry_the_runtime(tmp_path: Path) -> None:
         "__init__.py",
         "runtime",
     ]
+
+
+def test_modules_exported_again_replace_the_old_whole(tmp_path: Path) -> None:
+    """`dracut-modules DEST` copied into what DEST had: a file of an older export stayed (and
+    went into the initramfs), and a failure midway (here the old `python` a file) left a
+    half-written module there for dracut to take. Each module is now made aside, then renamed
+    into place."""
+    old = tmp_path / "90bootc-live"
+    old.mkdir()
+    (old / "bootc-live-stale.sh").write_text("old\n")
+    (old / "python").write_text("not a directory\n")
+    module, *_ = export_modules(tmp_path)
+    assert not (module / "bootc-live-stale.sh").exists()
+    assert (module / "python/bootc_live/runtime/boot.py").is_file()
+    assert stat.S_IMODE(module.stat().st_mode) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MODULES)
 
 
 def test_stdlib_probe_lists_only_what_the_runtime_imports(tmp_path: Path) -> None:

@@ -770,6 +770,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_dracut_modules(args: argparse.Namespace) -> int:
     if not args.dest:
         raise UsageError("DEST is empty", "give the directory to write the modules into")
+    if os.path.lexists(args.dest) and not os.path.isdir(args.dest):
+        raise UsageError(
+            f"{args.dest} is not a directory", "give the directory to write the modules into"
+        )
     for path in dracut.export_modules(Path(args.dest)):
         print(path)
     return 0

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from . import pack, toolfiles
+from . import pack, scratch, toolfiles
 from .runtime.errors import BootcLiveError
 from .runtime.run import CommandError, run
 
@@ -51,18 +51,40 @@ def host_flavour() -> str:
 
 
 def export_modules(dest: Path) -> list[Path]:
-    """Write self-contained dracut module directories (runtime included) into `dest`."""
+    """Write self-contained dracut module directories (runtime included) into `dest`, each
+    made whole beside its place and then renamed there: a failed or interrupted export leaves
+    no half-written module for dracut to take, and one there before is replaced, not merged
+    into (a file of an older version would stay in the initramfs)."""
+    scratch.make_parents(dest / MODULES[0])
     out = []
     for name in MODULES:
-        target = dest / name
-        shutil.copytree(PACKAGE / "dracut" / name, target, dirs_exist_ok=True)
-        out.append(target)
-    python = out[0] / "python" / "bootc_live"  # the runtime, in the core module only
-    (python / "runtime").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(PACKAGE / "__init__.py", python / "__init__.py")
-    for source in sorted((PACKAGE / "runtime").glob("*.py")):
-        shutil.copy2(source, python / "runtime" / source.name)
+        new = Path(scratch.make_dir(f".{name}.new-", os.fspath(dest)))
+        shutil.copytree(PACKAGE / "dracut" / name, new, dirs_exist_ok=True)
+        if name == MODULES[0]:  # the runtime, in the core module only
+            python = new / "python" / "bootc_live"
+            (python / "runtime").mkdir(parents=True)
+            shutil.copy2(PACKAGE / "__init__.py", python / "__init__.py")
+            for source in sorted((PACKAGE / "runtime").glob("*.py")):
+                shutil.copy2(source, python / "runtime" / source.name)
+        _put(new, dest / name)
+        out.append(dest / name)
     return out
+
+
+def _put(new: Path, target: Path) -> None:
+    """Rename the directory `new` to `target`, whatever was there moved aside and removed
+    (kept, under its aside name, if the command is cut short between the two renames)."""
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        scratch.done(new)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    scratch.remove(old)  # what an export cut short there left
+    os.rename(target, old)
+    os.rename(new, target)
+    scratch.done(new)
+    scratch.track(old)
+    scratch.remove(old)
 
 
 def dracut_argv(
