@@ -495,6 +495,19 @@ def test_pull_to_a_path_without_a_name_is_one_line(tmp_path: Path) -> None:
         assert os.listdir(work) == [] and sorted(os.listdir(tmp_path)) == ["img", "work"]
 
 
+def test_numbers_out_of_range_are_told_so_by_the_option(tmp_path: Path) -> None:
+    """--timeout 100000 was "not a number of seconds"; --retries ² (a digit to str.isdigit)
+    was "invalid _count value", the name of a function."""
+    for option, value, said in (
+        ("--timeout", "100000", "'100000' is not a number of seconds above 0 and below 86400"),
+        ("--retries", "²", "'²' is not a number of retries"),
+    ):
+        result = bootc_live("inspect", f"oci:{tmp_path}", option, value)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"error: argument {option}: {said}" in result.stderr.splitlines()[-1], result
+        assert "_count" not in result.stderr
+
+
 def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     """open() of a FIFO blocks until a writer comes: SOURCE naming one, or a layout whose blob
     is one, hung; now each is named for what it is, and nothing is left in DEST."""

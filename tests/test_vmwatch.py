@@ -263,6 +263,7 @@ def test_a_guest_without_a_verdict_in_time_is_an_error_that_says_so(
         ("--mem", "abc", "is not a size in MiB from 64 to 1048576"),
         ("--timeout", "nan", "is not a number of seconds"),
         ("--timeout", "-1", "is not a number of seconds"),
+        ("--timeout", "100000", "'100000' is not a number of seconds above 0 and below 86400"),
         ("--forward", "99999", "ports from 1 to 65535"),
         ("--forward", "5000:0", "ports from 1 to 65535"),
     ],

@@ -785,7 +785,7 @@ def _need_root(command: str) -> None:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isdigit() and text.isascii()):  # '²' is a digit int() refuses
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of retries")
     return int(text)
 
@@ -806,7 +806,9 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value < 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and below 86400 (a day)"
+        )
     return value
 
 
