@@ -418,7 +418,8 @@ def test_pull_without_a_transport_in_o_and_an_empty_modules_dest_are_one_line(
 def test_an_empty_output_is_refused_not_taken_as_the_current_directory(tmp_path: Path) -> None:
     """`-o ""` (a variable that was not set): erofs kept nothing and said it had, pack said
     the current directory was a directory, build made its output of the current directory's
-    name beside it (and replaced the directory, were it empty)."""
+    name beside it (and replaced the directory, were it empty). So are demo's --workdir and
+    vm's DIR."""
     need_root_and("mkfs.erofs")
     build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
     work = tmp_path / "work"
@@ -431,6 +432,15 @@ def test_an_empty_output_is_refused_not_taken_as_the_current_directory(tmp_path:
         result = bootc_live(command, f"oci:{tmp_path / 'img'}:v1", "-o", "", cwd=work)
         assert assert_clean_failure(result) == f"bootc-live: -o is empty; {hint}\n", command
         assert sorted(os.listdir(tmp_path)) == ["img", "work"] and os.listdir(work) == []
+    # demo wrote its image and artifacts into the current directory; vm booted what it had.
+    for args, said in (
+        (["demo", "--workdir", ""], "--workdir is empty; give the directory demo works in"),
+        (["vm", ""], "DIR is empty; give the output directory of bootc-live build"),
+    ):
+        # No QEMU on the PATH: whatever goes wrong, no guest is booted.
+        result = bootc_live(*args, cwd=work, env={"PATH": str(tmp_path / "no-bin")})
+        assert assert_clean_failure(result) == f"bootc-live: {said}\n"
+        assert os.listdir(work) == []
 
 
 def test_a_copy_onto_a_full_disk_names_where_it_was_copying_to(tmp_path: Path) -> None:

@@ -685,6 +685,8 @@ def platform_list(source: ImageSource) -> list[str]:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
+    if not args.artifacts:  # not the current directory: a path that was meant to be given
+        raise UsageError("DIR is empty", "give the output directory of bootc-live build")
     append = " ".join(args.append)
     with contextlib.ExitStack() as stack:
         forwards: tuple[tuple[int, int], ...] = ()
@@ -764,6 +766,8 @@ def cmd_vm(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _need_root("demo")
+    if not args.workdir:  # not the current directory: a path that was meant to be given
+        raise UsageError("--workdir is empty", "give the directory demo works in")
     return demo.run_demo(Path(args.workdir), args.mem, args.flavour, args.verbose)
 
 
