@@ -446,6 +446,22 @@ def test_a_command_line_file_that_is_not_utf8_is_passed_on_as_its_bytes(tmp_path
     assert os.fsencode(line).endswith(b"root=bootc-live:/bootc-live/image note=caf\xe9 rd.debug")
 
 
+def test_serve_with_a_root_of_its_own_is_one_line_before_qemu(tmp_path: Path) -> None:
+    """`vm --serve FILE --append root=…`: the root= appended came after --serve's and won (the
+    last one does), so FILE was served to a guest that never asked for it."""
+    from unpackers import bootc_live
+
+    served = tmp_path / "root.oci"
+    served.write_bytes(b"x")
+    for root in ("root=bootc-live:docker://10.0.2.100:5000/x", "rd.debug root=/dev/vda"):
+        result = bootc_live("vm", str(tmp_path), "--serve", str(served), "--append", root)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            "bootc-live: --serve boots the file it serves, and --append's root= another image; "
+            "give one of them"
+        ), result.stderr
+
+
 def test_disks_are_attached_read_only_whatever_their_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -690,6 +690,11 @@ def cmd_vm(args: argparse.Namespace) -> int:
     append = " ".join(args.append)
     with contextlib.ExitStack() as stack:
         forwards: tuple[tuple[int, int], ...] = ()
+        if args.serve and any(a.startswith("root=") for a in append.split()):
+            raise UsageError(
+                "--serve boots the file it serves, and --append's root= another image",
+                "give one of them",
+            )
         if args.serve:
             served = Path(args.serve)
             if not served.is_file():
