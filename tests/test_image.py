@@ -331,6 +331,37 @@ def test_the_diff_id_hashed_on_its_own_thread_is_judged_and_the_thread_ends(
     assert layer_sizes(image) == [len(layer) for layer in LAYERS]
 
 
+def test_a_layout_this_user_may_not_look_into_is_not_told_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inspect oci:DIR` by a user who may not search DIR (or its blobs/) said "is not an OCI
+    image layout (no index.json)" and "blob … is missing". The kernel's EACCES is faked for
+    the locked directory (root is not refused)."""
+    info = build_layout(tmp_path / "img", LAYERS)
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.fspath(path).startswith(os.fspath(locked) + "/"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    locked = tmp_path / "img"
+    with pytest.raises(ImageError) as err:
+        LayoutSource(str(locked))
+    assert err.value.line() == (
+        f"{locked}/index.json cannot be looked at: Permission denied; check its permissions "
+        "and its owner"
+    )
+    locked = tmp_path / "img" / "blobs"
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(tmp_path / "img")))
+    assert err.value.line().startswith(
+        f"{locked}/sha256/{info.manifest_digest.partition(':')[2]} cannot be looked at: "
+        "Permission denied"
+    )
+
+
 def test_tampered_manifest_and_missing_blob(tmp_path: Path) -> None:
     info = build_layout(tmp_path / "img", LAYERS)
     info.config_path.write_bytes(info.config_path.read_bytes().replace(b"amd64", b"arm64"))

@@ -87,7 +87,7 @@ class LayoutSource:
         self.path = path
         self.consume = consume
         self.description = f"oci:{path}"
-        if not os.path.isfile(os.path.join(path, "index.json")):
+        if not os.path.isfile(looked_at(os.path.join(path, "index.json"))):
             if os.path.isfile(os.path.join(path, "manifest.json")):
                 raise ImageError(
                     f"{path} is a dir: layout (skopeo's, or podman save --format docker-dir), "
@@ -111,6 +111,7 @@ class LayoutSource:
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         files = self._files(desc)
         if not files:
+            looked_at(os.path.join(self.path, blob_path(desc.digest)))
             raise MissingBlob(self.description, desc.digest)
         what = f"{self.description}: blob {desc.digest}"
         return open_parts(partial(open_file, name, what) for name in files)
@@ -139,6 +140,20 @@ class LayoutSource:
 
     def close(self) -> None:
         pass
+
+
+def looked_at(path: str) -> str:
+    """`path`, once it is known to be there or missing: one this user may not look at (a
+    directory above it not searchable) is an ImageError that says so, not a missing file."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        raise ImageError(
+            f"{path} cannot be looked at: {err.strerror}", "check its permissions and its owner"
+        ) from None
+    return path
 
 
 def part_files(whole: str) -> list[str]:
