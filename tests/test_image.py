@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bootc_live.images import CopiedSource, SourceRef
 from bootc_live.runtime import decompress
 from bootc_live.runtime.errors import ImageError, LayerError, VerificationError
 from bootc_live.runtime.oci import Platform, resolve
@@ -360,6 +361,13 @@ def test_a_layout_this_user_may_not_look_into_is_not_told_as_missing(
         f"{locked}/sha256/{info.manifest_digest.partition(':')[2]} cannot be looked at: "
         "Permission denied"
     )
+    # What skopeo reads: "no such file" and "no manifest.json" before.
+    for source, looked in (
+        (f"docker-archive:{locked}/saved.tar", "saved.tar"),
+        (f"dir:{locked}", "manifest.json"),
+    ):
+        with pytest.raises(ImageError, match=f"{locked}/{looked} cannot be looked at: Permission"):
+            CopiedSource(SourceRef.parse(source), compress=False)
 
 
 def test_tampered_manifest_and_missing_blob(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from .runtime import cmdline, http, registry
 from .runtime.errors import BootcLiveError, ImageError, for_host, shown
 from .runtime.oci import Image, Platform, check_ref_name, resolve, tag_part
 from .runtime.run import CommandError, run
-from .runtime.sources import ArchiveSource, ImageSource, LayoutSource
+from .runtime.sources import ArchiveSource, ImageSource, LayoutSource, looked_at
 
 TRANSPORTS = (
     "oci-archive:PATH[:REF], oci:DIR[:REF], docker-archive:PATH[:REF], dir:DIR, "
@@ -175,10 +175,11 @@ class CopiedSource(LayoutSource):
         platform: Platform | None = None,
         digest: str | None = None,
     ) -> None:
-        if ref.transport == "docker-archive" and not os.path.isfile(ref.path):
+        if ref.transport == "docker-archive" and not os.path.isfile(looked_at(ref.path)):
             what = "is a directory, not a file" if os.path.isdir(ref.path) else "no such file"
             raise UsageError(f"{ref.path}: {what}", "give the file podman save wrote")
-        if ref.transport == "dir" and not os.path.isfile(os.path.join(ref.path, "manifest.json")):
+        manifest = os.path.join(ref.path, "manifest.json")
+        if ref.transport == "dir" and not os.path.isfile(looked_at(manifest)):
             raise UsageError(
                 f"{ref.path} is not a dir: layout (no manifest.json)",
                 "give the directory skopeo copy … dir:DIR or podman save --format docker-dir wrote",
