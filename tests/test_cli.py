@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -472,10 +473,12 @@ def test_a_copy_onto_a_full_disk_names_where_it_was_copying_to(tmp_path: Path) -
 
 
 def test_push_packed_of_a_file_that_is_not_there_is_one_line_before_any_request(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A mistyped FILE beside build's packed.json took that for its record: the registry was
     asked for the image first, and its failure (or, reached, `FILE: No such file`) said."""
+    from bootc_live import cli
+
     (tmp_path / "packed.json").write_text('{"image": "sha256:aa", "sha256": "sha256:bb"}')
     os.mkfifo(tmp_path / "fifo.img")  # no writer: read, it would wait for ever
     (tmp_path / "fifo.img.json").write_text('{"image": "sha256:aa", "sha256": "sha256:bb"}')
@@ -487,6 +490,21 @@ def test_push_packed_of_a_file_that_is_not_there_is_one_line_before_any_request(
             f"bootc-live: {given}: {what}; give the packed.img that bootc-live build or pack "
             "wrote\n"
         )
+    # One this user may not look at is not "no such file" (the kernel's EACCES faked: root is
+    # not refused).
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.fspath(path).startswith(f"{tmp_path}/"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert cli.main(["push-packed", "docker://127.0.0.1:1/x", f"{tmp_path}/packed.img"]) == 1
+    assert capsys.readouterr().err == (
+        f"bootc-live: {tmp_path}/packed.img: Permission denied; check the paths given and the "
+        "space there\n"
+    )
 
 
 def test_pull_to_a_path_without_a_name_is_one_line(tmp_path: Path) -> None:

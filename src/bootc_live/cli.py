@@ -619,7 +619,7 @@ def cmd_push_packed(args: argparse.Namespace) -> int:
     if ref.transport != "docker":
         raise UsageError(f"{args.source} is not in a registry", "give docker://REF")
     path = os.path.abspath(args.file)
-    if not os.path.isfile(path):  # else a packed.json beside it passed for its record
+    if not Path(path).is_file():  # else a packed.json beside it passed for its record
         what = "is not a file" if os.path.lexists(path) else "no such file"
         raise UsageError(
             f"{shown(args.file)}: {what}", "give the packed.img that bootc-live build or pack wrote"
