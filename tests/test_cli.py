@@ -536,6 +536,24 @@ def test_numbers_out_of_range_are_told_so_by_the_option(tmp_path: Path) -> None:
         assert "_count" not in result.stderr
 
 
+def test_a_tmpdir_that_is_no_directory_is_named_as_tmpdir(tmp_path: Path) -> None:
+    """$TMPDIR is not a path the command line gave: `TMPDIR=/gone bootc-live erofs SOURCE` said
+    "/gone/.bootc-live-erofs-…: No such file or directory; check the paths given"."""
+    need_root_and("mkfs.erofs")
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
+    (tmp_path / "file").write_text("")
+    for tmpdir, why in (
+        (tmp_path / "gone", "No such file or directory"),
+        (tmp_path / "file", "Not a directory"),
+    ):
+        result = bootc_live("erofs", f"oci:{tmp_path / 'img'}:v1", tmpdir=tmpdir)
+        assert assert_clean_failure(result).splitlines()[-1] == (
+            f"bootc-live: TMPDIR={tmpdir}: {why}; set TMPDIR to a directory with room for the "
+            "work, or unset it (/var/tmp)"
+        )
+    assert sorted(os.listdir(tmp_path)) == ["file", "img"]
+
+
 def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     """open() of a FIFO blocks until a writer comes: SOURCE naming one, or a layout whose blob
     is one, hung; now each is named for what it is, and nothing is left in DEST."""

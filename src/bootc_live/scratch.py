@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 from .runtime.apply import rmtree
+from .runtime.errors import BootcLiveError, shown
 
 _LEFT: set[str] = set()
 _PARENTS: list[str] = []  # directories made on the way to a path: removed at the end if empty
@@ -38,6 +39,15 @@ def make_dir(prefix: str, parent: str | None = None) -> str:
             return path
         except FileExistsError:
             done(path)
+        except OSError as err:
+            done(path)
+            if parent or not os.environ.get("TMPDIR"):
+                raise
+            # Not a path the command line gave: the environment's, named as such.
+            raise BootcLiveError(
+                f"TMPDIR={shown(base)}: {err.strerror}",
+                "set TMPDIR to a directory with room for the work, or unset it (/var/tmp)",
+            ) from None
 
 
 def remove(path: str | Path) -> None:
