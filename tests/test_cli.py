@@ -681,3 +681,16 @@ def test_a_build_that_finds_dir_new_published_under_it_is_told_another_is_writin
         build.claim(tmp, output)
     assert str(err.value) == f"another bootc-live build is writing {output}"
     assert sorted(os.listdir("/proc/self/fd")) == before and output.is_dir()
+
+
+def test_identity_is_offered_only_where_a_source_can_lack_a_registry_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """push-packed takes docker://REF only, whose name is its own: --identity, always refused
+    there, is not offered; build and inspect keep it."""
+    from bootc_live import cli
+
+    for command, offered in (("push-packed", False), ("build", True), ("inspect", True)):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert ("--identity" in capsys.readouterr().out) == offered, command

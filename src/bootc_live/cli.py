@@ -165,7 +165,7 @@ def trust_options(args: argparse.Namespace) -> hostpolicy.TrustOptions:
         policy=args.policy,
         insecure=args.insecure_policy,
         registries_d=args.registries_d,
-        identity=args.identity,
+        identity=getattr(args, "identity", None),
     )
 
 
@@ -348,9 +348,11 @@ def add_registry_options(p: argparse.ArgumentParser, ca: bool = True) -> None:
     )
 
 
-def add_trust_options(p: argparse.ArgumentParser, build: bool = False) -> None:
+def add_trust_options(
+    p: argparse.ArgumentParser, build: bool = False, identity: bool = True
+) -> None:
     """Which signatures SOURCE's image needs (containers-policy.json), checked before any of
-    its layers is read (docs/signatures.md)."""
+    its layers is read (docs/signatures.md); `identity`: SOURCE may have no registry name."""
     p.add_argument(
         "--policy",
         metavar="FILE",
@@ -373,6 +375,8 @@ def add_trust_options(p: argparse.ArgumentParser, build: bool = False) -> None:
         metavar="DIR",
         help=f"where signatures are kept (containers-registries.d); default {REGISTRIES_D}",
     )
+    if not identity:
+        return
     p.add_argument(
         "--identity",
         type=_identity,
@@ -1108,7 +1112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     add_image_selection(p)
     add_registry_options(p)
-    add_trust_options(p)
+    add_trust_options(p, identity=False)  # its SOURCE is docker://REF: its name is its own
     p.set_defaults(func=cmd_push_packed)
 
     p = sub.add_parser(
