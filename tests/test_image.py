@@ -547,3 +547,37 @@ def test_a_sparse_members_holes_come_in_bounded_pieces() -> None:
     assert reader.read(-1) == b"abc"
     assert reader.read(-1) == bytes(7) and reader.read(-1) == b"def"
     assert len(reader.read(-1)) == 1 << 20  # the tail hole, a MiB at a time
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"annotations": {"org.opencontainers.image.ref.name": 5}},
+        {"annotations": {"org.opencontainers.image.ref.name": ["latest"]}},
+        {"platform": {"os": "linux", "architecture": 64}},
+        {"mediaType": 5},
+    ],
+    ids=["tag-a-number", "tag-a-list", "architecture-a-number", "mediatype-a-number"],
+)
+def test_descriptor_fields_of_the_wrong_json_type_are_one_line(
+    tmp_path: Path, change: dict[str, object]
+) -> None:
+    """Go's decoder refuses a number or list where a descriptor has a string: one line, not
+    the TypeError of a tag or platform compared with it (inspect lists the platforms too)."""
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1], tag="latest")
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"].append(index["manifests"][0] | change)
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageError, match=r"index.json entry 1: malformed descriptor \(a mediaT"):
+        resolve(LayoutSource(str(layout)))
+
+
+def test_a_null_annotation_is_an_empty_one_as_go_reads_it(tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    info = build_layout(layout, LAYERS[:1], tag="latest")
+    index = json.loads((layout / "index.json").read_text())
+    untagged = index["manifests"][0] | {"annotations": {"org.opencontainers.image.ref.name": None}}
+    index["manifests"].insert(0, untagged)
+    (layout / "index.json").write_text(json.dumps(index))
+    assert resolve(LayoutSource(str(layout))).manifest_digest == info.manifest_digest

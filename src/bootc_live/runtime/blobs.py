@@ -59,6 +59,17 @@ def short(digest: str) -> str:
     return f"{algorithm}:{hex_[:12]}…"
 
 
+# A platform's fields that are strings (OCI image-spec; os.features and features are lists).
+_PLATFORM_STRINGS = ("os", "architecture", "variant", "os.version")
+
+
+def _strings(*values: object) -> bool:
+    """Whether all are strings or null (which Go decodes as ""), as a descriptor's mediaType,
+    annotations and platform fields must be: Go's decoder refuses a number there, which the
+    lookups of names and platforms here would meet as a TypeError."""
+    return all(value is None or isinstance(value, str) for value in values)
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """An OCI content descriptor."""
@@ -83,11 +94,18 @@ class Descriptor:
             platform is not None and not isinstance(platform, dict)
         ):
             raise ImageError(f"{what}: malformed descriptor")
+        media_type = obj.get("mediaType")
+        fields = (platform.get(key) for key in _PLATFORM_STRINGS) if platform else ()
+        if not _strings(media_type, *annotations.values(), *fields):
+            raise ImageError(
+                f"{what}: malformed descriptor (a mediaType, annotation or platform field that "
+                "is not a string)"
+            )
         return cls(
-            media_type=str(obj.get("mediaType", "")),
+            media_type=media_type or "",
             digest=check_digest(obj.get("digest"), what),
             size=size,
-            annotations=annotations,
+            annotations={key: value or "" for key, value in annotations.items()},
             platform=platform,
         )
 

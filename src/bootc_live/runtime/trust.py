@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from . import http, jsondoc, policy, signatures, strictjson
 from .blobs import Descriptor, check_digest, read_verified
-from .errors import BootcLiveError, shown
+from .errors import BootcLiveError, ImageError, shown
 from .oci import REF_NAME, Image, tag_part
 from .oci import is_signature_tag as is_signature_tag  # the contract's name for it
 from .registriesd import RegistriesD, signature_urls
@@ -308,13 +308,14 @@ def _layers(manifest: bytes, origin: str, budget: Budget) -> list[Descriptor]:
             more += f" with the {budget.count} of the image's other stores"
         raise TrustError(f"{origin}: {len(layers)} signatures{more}")
     budget.count += len(layers)
-    descs = [Descriptor.from_json(obj, f"{origin} layer {i + 1}") for i, obj in enumerate(layers)]
-    for desc in descs:
-        if not all(isinstance(v, str) for v in desc.annotations.values()):
-            raise SignatureError(
-                f"{origin}: a malformed signature manifest", signatures.INVALID_SIGNATURE
-            )
-    return descs
+    try:
+        return [
+            Descriptor.from_json(obj, f"{origin} layer {i + 1}") for i, obj in enumerate(layers)
+        ]
+    except ImageError:  # an annotation that is no string, say
+        raise SignatureError(
+            f"{origin}: a malformed signature manifest", signatures.INVALID_SIGNATURE
+        ) from None
 
 
 def _read(source: ImageSource, desc: Descriptor, limit: int, where: str, budget: Budget) -> bytes:
