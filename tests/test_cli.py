@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bootc_live import build as build_mod
-from imagegen import build_layout, d, f, hard, layer_tar, wh, write_oci_archive
+from imagegen import add_nested_index, build_layout, d, f, hard, layer_tar, wh, write_oci_archive
 from unpackers import REPO, assert_clean_failure, bootc_live, need, need_root_and
 
 
@@ -694,3 +694,27 @@ def test_identity_is_offered_only_where_a_source_can_lack_a_registry_name(
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         assert ("--identity" in capsys.readouterr().out) == offered, command
+
+
+def test_inspect_lists_the_platforms_of_the_tag_it_inspects(tmp_path: Path) -> None:
+    """As skopeo leaves a layout whose tags moved: an untagged entry of the amd64 image before
+    the two-platform index tagged `multi`, and another tag for an arm64 image alone. The
+    platforms line is the tag's: not the layout's, and not short of the amd64 image because
+    index.json named it untagged first."""
+    layout = tmp_path / "img"
+    amd = build_layout(layout, [layer_tar([f("a", b"amd")])], tag=None)
+    arm = build_layout(layout, [layer_tar([f("a", b"arm")])], tag=None, platform=("linux", "arm64"))
+    index = json.loads((layout / "index.json").read_text())
+    untagged = {k: v for k, v in amd.manifest_descriptor.items() if k != "platform"}
+    index["manifests"] = [
+        untagged,
+        {**arm.manifest_descriptor, "annotations": {"org.opencontainers.image.ref.name": "solo"}},
+    ]
+    (layout / "index.json").write_text(json.dumps(index))
+    add_nested_index(layout, [amd, arm], tag="multi")
+    result = bootc_live("inspect", f"oci:{layout}:multi")
+    assert result.returncode == 0, result.stderr
+    assert "platforms linux/amd64, linux/arm64\n" in result.stdout
+    result = bootc_live("inspect", "--platform", "linux/arm64", f"oci:{layout}:solo")
+    assert result.returncode == 0, result.stderr
+    assert "platforms linux/arm64\n" in result.stdout

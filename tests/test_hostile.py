@@ -453,7 +453,7 @@ def test_inspect_reads_each_nested_index_once(tmp_path: Path) -> None:
 
     inner = add_index([manifest] * 3)
     outer = add_index([inner] * 50)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [outer] * 50}))
+    top = add_index([outer] * 50)
     opened: list[str] = []
 
     class Counting(LayoutSource):
@@ -461,13 +461,17 @@ def test_inspect_reads_each_nested_index_once(tmp_path: Path) -> None:
             opened.append(desc.digest)
             return super().open_blob(desc)
 
-    found = all_manifests(Counting(str(layout)))
+    found = all_manifests(Counting(str(layout)), Descriptor.from_json(top, "top"))
     assert [d.digest for d in found] == [manifest["digest"]]
-    assert sorted(opened) == sorted([outer["digest"], inner["digest"], manifest["digest"]])
-    for i in range(6):  # six images: more documents than a limit of five
+    documents = [top["digest"], outer["digest"], inner["digest"], manifest["digest"]]
+    assert sorted(opened) == sorted(documents)
+    images = [  # five images, and the index of them: more documents than a limit of five
         build_layout(layout, [layer_tar([f("a", b"%d" % i)])], compression="none", tag=str(i))
+        for i in range(5)
+    ]
+    five = Descriptor.from_json(add_index([i.manifest_descriptor for i in images]), "five")
     with pytest.raises(ImageError, match=r"its indexes name more than 5 documents"):
-        all_manifests(LayoutSource(str(layout)), limit=5)
+        all_manifests(LayoutSource(str(layout)), five, limit=5)
 
 
 def test_a_sha512_pin_is_checked_whatever_the_index_names(tmp_path: Path) -> None:

@@ -40,7 +40,6 @@ from .runtime.oci import Image, Platform, all_manifests
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
 from .runtime.run import CommandError
-from .runtime.sources import ImageSource
 from .runtime.unpack import unpack_image
 
 MIB = 1 << 20
@@ -421,7 +420,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"image     {image.manifest_digest}")
         if image.top.digest != image.manifest_digest:
             print(f"signed    {image.top.digest} (the index SOURCE names)")
-        platforms = platform_list(source) or [_config_platform(image)]
+        platforms = platform_list(image) or [_config_platform(image)]
         print(f"platforms {', '.join(shown(p) for p in platforms)}")  # the image's own words
         print(f"config    {image.config_digest}")
         options = trust_options(args)
@@ -668,11 +667,11 @@ def _pack_option(text: str) -> pack.PackFormat | str:
     return "none" if text == "none" else _pack_format(text)
 
 
-def platform_list(source: ImageSource) -> list[str]:
-    """The platforms the source's index offers (nested indexes included)."""
+def platform_list(image: Image) -> list[str]:
+    """The platforms the index the image was picked from offers (nested indexes included)."""
     seen: list[str] = []
     try:
-        for desc in all_manifests(source):
+        for desc in all_manifests(image.source, image.top):
             if desc.platform:
                 seen.append(
                     str(

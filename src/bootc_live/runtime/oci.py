@@ -396,16 +396,12 @@ def _check_config_platform(
     )
 
 
-def all_manifests(source: ImageSource, limit: int = 1000) -> list[Descriptor]:
-    """Every image manifest descriptor the source's index reaches (not what is attached to an
-    image: signatures …), nested indexes followed once each (a document named twice is read
-    once; at most `limit` documents)."""
+def all_manifests(source: ImageSource, top: Descriptor, limit: int = 1000) -> list[Descriptor]:
+    """Every image manifest descriptor `top` reaches (an index.json entry: a resolved image's
+    `top`), nested indexes followed once each (a document named twice is read once; at most
+    `limit` documents)."""
     where = source.description
-    todo = [
-        d
-        for d in _descriptors(_parse_json(source.index_json(), f"{where}: index.json"), where)
-        if not is_signature_tag(d.annotations.get(REF_NAME, ""))
-    ]
+    todo = [top]
     seen: set[str] = set()
     found = []
     while todo:
