@@ -581,3 +581,22 @@ def test_a_null_annotation_is_an_empty_one_as_go_reads_it(tmp_path: Path) -> Non
     index["manifests"].insert(0, untagged)
     (layout / "index.json").write_text(json.dumps(index))
     assert resolve(LayoutSource(str(layout))).manifest_digest == info.manifest_digest
+
+
+def test_an_oci_archive_holding_a_blob_as_a_hard_link_is_read(tmp_path: Path) -> None:
+    """GNU tar archives a file's second name as a link to the first: a layout whose layer blob
+    is also linked under another name, that name archived first. skopeo extracts the archive,
+    so it reads the blob; here its data is the first name's member."""
+    need(shutil.which("tar") is not None, "GNU tar is missing")
+    layout = tmp_path / "img"
+    info = build_layout(layout, LAYERS)
+    os.link(info.layer_paths[1], layout / "layer-copy")
+    archive = tmp_path / "img.tar"
+    names = ["layer-copy", "blobs", "index.json", "oci-layout"]
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), *names], check=True)
+    listing = subprocess.run(["tar", "-tvf", str(archive)], capture_output=True, text=True)
+    assert " link to layer-copy" in listing.stdout  # the blob is a hard link member
+    dest = tmp_path / "root"
+    dest.mkdir()
+    unpack_image(resolve(ArchiveSource(str(archive))), str(dest))
+    assert (dest / "etc/hostname").read_bytes() == b"live\n"

@@ -19,7 +19,7 @@ from .blobs import Descriptor
 from .decompress import compression_of, other_compression
 from .errors import ImageError, LayerError, MissingBlob
 from .streams import FileStream, Reader
-from .tarstream import REGULAR, Stream, read_entries
+from .tarstream import HARDLINK, REGULAR, Stream, read_entries
 
 
 class ImageSource(Protocol):
@@ -260,6 +260,11 @@ class _Member:
     real_size: int = 0
 
 
+def _member_name(name: bytes) -> str:
+    """An archive member's name as a path in the layout (`./blobs/…`, `/blobs/…`: blobs/…)."""
+    return os.path.normpath(b"/" + name).lstrip(b"/").decode("utf-8", "surrogateescape")
+
+
 class MemberIndex:
     """An oci-archive read in place: member offsets are indexed once, nothing is extracted.
     A member tar wrote sparse (`tar --sparse`) is read with its holes as zeros."""
@@ -273,11 +278,16 @@ class MemberIndex:
         try:
             for entry in read_entries(stream):
                 if entry.kind == REGULAR:
-                    name = os.path.normpath(b"/" + entry.name).lstrip(b"/")
                     sparse = tuple(entry.sparse) if entry.sparse is not None else None
                     member = _Member(tell(), entry.size, sparse, entry.real_size)
-                    self._members[name.decode("utf-8", "surrogateescape")] = member
+                    self._members[_member_name(entry.name)] = member
                     stream.skip(entry.size)
+                elif entry.kind == HARDLINK and _member_name(entry.linkname) in self._members:
+                    # tar archives a file's second name as a link to the first (a layout
+                    # whose blobs share an inode), which skopeo extracts as the same file
+                    self._members[_member_name(entry.name)] = self._members[
+                        _member_name(entry.linkname)
+                    ]
         except LayerError as err:
             raise ImageError(f"{self.description} is not a valid oci-archive: {err}") from None
         if "index.json" not in self._members:
