@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -366,3 +367,43 @@ def test_an_auth_file_the_boot_cannot_use_fails_before_any_layer_is_read(
             build_mod.build(config)
         assert said in for_host(err.value.line())
         assert sorted(os.listdir(tmp_path)) == ["helpers.json", "img"]
+
+
+def test_a_sha512_image_s_split_layout_unpacks_as_the_kernel_unpacks_it(tmp_path: Path) -> None:
+    """The kernel makes no parent directory for a cpio member (nor does `cpio -i` without -d):
+    an image whose blobs are named by sha512 needs blobs/sha512 in the archive, or its blobs
+    are dropped and the boot finds none of them."""
+    need(os.geteuid() == 0, "unpacking sets owners: needs root")
+    need(shutil.which("cpio") is not None, "cpio is missing")
+    layout = tmp_path / "img"
+    info = build_layout(layout, [layer_tar([d("etc"), f("etc/a", b"a\n")])], tag="v1")
+
+    (layout / "blobs/sha512").mkdir()
+
+    def add_sha512(desc: dict[str, object], data: bytes) -> dict[str, object]:
+        digest = hashlib.sha512(data).hexdigest()
+        (layout / "blobs/sha512" / digest).write_bytes(data)
+        return {**desc, "digest": f"sha512:{digest}", "size": len(data)}
+
+    def as_sha512(desc: dict[str, object]) -> dict[str, object]:
+        return add_sha512(desc, (layout / "blobs/sha256" / str(desc["digest"])[7:]).read_bytes())
+
+    manifest = json.loads(info.manifest_path.read_bytes())
+    manifest["config"] = as_sha512(manifest["config"])
+    manifest["layers"] = [as_sha512(layer) for layer in manifest["layers"]]
+    top = add_sha512(info.manifest_descriptor, json.dumps(manifest).encode())
+    shutil.rmtree(layout / "blobs/sha256")
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    image = resolve(LayoutSource(str(layout)))
+    with open(tmp_path / "rootfs.img", "wb") as out:
+        handover.write_split_layout(image, build_mod.index_json(image, "v1", None), out)
+    initramfs = tmp_path / "initramfs"
+    initramfs.mkdir()
+    with open(tmp_path / "rootfs.img", "rb") as cpio:
+        subprocess.run(["cpio", "-i", "--quiet"], stdin=cpio, cwd=initramfs, check=True)
+    split_image = resolve(LayoutSource(str(initramfs / handover.IMAGE_DIR)), label="v1")
+    assert split_image.manifest_digest == top["digest"]
+    root = tmp_path / "root"
+    root.mkdir()
+    unpack_image(split_image, str(root))
+    assert (root / "etc/a").read_bytes() == b"a\n"

@@ -125,7 +125,9 @@ def write_split_layout(
     parts = IMAGE_DIR.split("/")
     for i in range(len(parts)):
         cpio.add_dir("/".join(parts[: i + 1]))
-    for sub in ("blobs", "blobs/sha256"):
+    # The kernel makes no parent directory for a member: one for each digest algorithm.
+    algorithms = sorted({"sha256", *(desc.digest.partition(":")[0] for desc in blobs_of(image))})
+    for sub in ("blobs", *(f"blobs/{algorithm}" for algorithm in algorithms)):
         cpio.add_dir(f"{IMAGE_DIR}/{sub}")
     cpio.add_bytes(f"{IMAGE_DIR}/oci-layout", OCI_LAYOUT)
     cpio.add_bytes(f"{IMAGE_DIR}/index.json", index)
