@@ -600,3 +600,17 @@ def test_an_oci_archive_holding_a_blob_as_a_hard_link_is_read(tmp_path: Path) ->
     dest.mkdir()
     unpack_image(resolve(ArchiveSource(str(archive))), str(dest))
     assert (dest / "etc/hostname").read_bytes() == b"live\n"
+
+
+@pytest.mark.parametrize("form", ["layout", "archive"])
+def test_an_index_json_over_16_mib_is_called_so(tmp_path: Path, form: str) -> None:
+    """Not cut at 16 MiB and then called invalid JSON ("Unterminated string …")."""
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1])
+    index = json.loads((layout / "index.json").read_text()) | {"padding": "x" * (17 << 20)}
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageError, match=r"index.json is implausibly large \("):
+        if form == "layout":
+            resolve(LayoutSource(str(layout)))
+        else:
+            resolve(ArchiveSource(str(write_oci_archive(layout, tmp_path / "img.tar"))))

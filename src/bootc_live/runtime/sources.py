@@ -67,6 +67,9 @@ def open_file(
         raise
 
 
+INDEX_LIMIT = 16 << 20  # bytes of an index.json
+
+
 def blob_path(digest: str) -> str:
     """The path of a blob inside an OCI layout: blobs/ALG/HEX."""
     algorithm, _, hex_ = digest.partition(":")
@@ -103,7 +106,10 @@ class LayoutSource:
         with open_file(
             os.path.join(self.path, "index.json"), f"{self.description}: index.json"
         ) as f:
-            return f.read(16 << 20)
+            data = f.read(INDEX_LIMIT + 1)
+        if len(data) > INDEX_LIMIT:  # not cut short, then called invalid JSON
+            raise ImageError(f"{self.description}: index.json is implausibly large (over 16 MiB)")
+        return data
 
     def _files(self, desc: Descriptor) -> list[str]:
         return part_files(os.path.join(self.path, blob_path(desc.digest)))
@@ -315,7 +321,7 @@ class MemberIndex:
     def index_json(self) -> bytes:
         member = self._members["index.json"]
         size = member.real_size
-        if size > 16 << 20:
+        if size > INDEX_LIMIT:
             raise ImageError(f"{self.description}: index.json is implausibly large ({size} bytes)")
         data = b""
         with self._open(member) as f:
