@@ -950,3 +950,21 @@ def test_umoci_made_layout(tmp_path: Path) -> None:
     bootc_root = bootc_live_unpack(f"oci:{layout}:t", tmp_path / "bootc-root")
     assert compare(umoci_root, bootc_root) == []
     assert not (bootc_root / "fifo").exists() and (bootc_root / "etc" / "added").exists()
+
+
+def test_a_layout_umoci_insert_wrote_unpacks_as_umoci_unpacks_it(tmp_path: Path) -> None:
+    """umoci 0.4.7's `insert` writes its layer without the padding after the last member's
+    data and without an end-of-archive marker; Go's tar reader (umoci, podman) ends the
+    archive there, and so does this one, instead of calling the layer truncated."""
+    layout, added = tmp_path / "layout", tmp_path / "added"
+    added.mkdir()
+    (added / "hi").write_bytes(b"hi\n")  # 3 bytes: 509 bytes of padding would follow
+    for argv in (
+        ("init", "--layout", str(layout)),
+        ("new", "--image", f"{layout}:latest"),
+        ("insert", "--image", f"{layout}:latest", str(added / "hi"), "/etc/hi"),
+    ):
+        result = umoci(*argv)
+        assert result.returncode == 0, result.stderr
+    assert unpack_both(tmp_path, layout) == []
+    assert (tmp_path / "bootc-root/etc/hi").read_bytes() == b"hi\n"

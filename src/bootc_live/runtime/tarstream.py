@@ -251,7 +251,19 @@ def read_entries(stream: Stream) -> Iterator[TarEntry]:
         yield entry
         if entry.kind != REGULAR:
             stream.skip(entry.size)  # a GNU dumpdir listing; no other non-file carries data
-        stream.skip(-entry.size % BLOCK)
+        if not _skip_padding(stream, -entry.size % BLOCK):
+            return
+
+
+def _skip_padding(stream: Stream, n: int) -> bool:
+    """Skip the padding after a member's data; False when the stream ends within it, which
+    Go's reader (umoci, podman) takes as the end of the archive: umoci 0.4.7's `insert` writes
+    a layer so, its last member's data not padded and no end-of-archive marker after it."""
+    while n:
+        if stream.at_end():
+            return False
+        n -= len(stream.read_some(n))
+    return True
 
 
 def _format(block: bytes) -> str:
