@@ -614,3 +614,19 @@ def test_an_index_json_over_16_mib_is_called_so(tmp_path: Path, form: str) -> No
             resolve(LayoutSource(str(layout)))
         else:
             resolve(ArchiveSource(str(write_oci_archive(layout, tmp_path / "img.tar"))))
+
+
+@pytest.mark.parametrize("label", [None, "latest"])
+def test_a_tag_two_full_names_share_is_called_ambiguous(tmp_path: Path, label: str | None) -> None:
+    """`skopeo copy … oci:DIR:localhost/a:latest`, then `…:docker.io/x/b:latest`: the bare tag
+    names neither. Not "no image tagged 'latest' (tags: …:latest, …:latest)"."""
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1], tag="localhost/a:latest")
+    build_layout(layout, LAYERS[1:], tag="docker.io/x/b:latest")
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)), label=label)
+    assert err.value.line() == (
+        f"oci:{layout} has 2 images tagged 'latest' under different names "
+        "(docker.io/x/b:latest, localhost/a:latest); name one in full with bootclabel=NAME:TAG"
+    )
+    assert resolve(LayoutSource(str(layout)), label="localhost/a:latest").layers

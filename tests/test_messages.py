@@ -188,12 +188,12 @@ def test_podmans_full_names_and_bare_tags_in_a_layout(tmp_path: Path) -> None:
     # A bare tag names the one full name with that tag part ...
     shown = bootc_live("inspect", f"oci:{layout}:latest")
     assert f"image     {a.manifest_digest}" in shown.stdout, shown.stderr
-    # ... and nothing when two have it.
+    # ... and nothing when two have it, which is said.
     build_layout(layout, [layer_tar([f("c", b"c")])], tag="localhost/c:latest")
     said = assert_clean_failure(bootc_live("inspect", f"oci:{layout}:latest"))
     assert said.strip() == (
-        f"bootc-live: oci:{layout} has no image tagged 'latest' (tags: localhost/a:latest, "
-        "localhost/b:v2, localhost/c:latest); fix the :TAG of SOURCE"
+        f"bootc-live: oci:{layout} has 2 images tagged 'latest' under different names "
+        "(localhost/a:latest, localhost/c:latest); name one in full with the :TAG of SOURCE"
     )
 
 

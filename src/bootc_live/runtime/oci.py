@@ -236,8 +236,14 @@ def _pick_label(descs: list[Descriptor], label: str | None, where: str) -> list[
         # podman save names its image `localhost/name:TAG`: a bare TAG names it when no other
         # full name has that tag part (`latest` finds `localhost/name:latest`, if alone).
         tagged = [d for d in descs if tag_part(d.annotations.get(REF_NAME, "")) == wanted]
-        if len({d.annotations.get(REF_NAME) for d in tagged}) == 1:
-            chosen = tagged
+        full = sorted({d.annotations[REF_NAME] for d in tagged})
+        if len(full) > 1:
+            raise ImageError(
+                f"{where} has {len(full)} images tagged {shown(repr(wanted))} under different "
+                f"names ({shown(', '.join(full))})",
+                "name one in full with bootclabel=NAME:TAG",
+            )
+        chosen = tagged
     if chosen:
         return chosen
     if label is None and len(descs) == 1:
