@@ -22,7 +22,7 @@ from bootc_live.runtime.errors import BOOT_TO_HOST, BootcLiveError, for_host
 from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.run import CommandError, run
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
-from imagegen import build_layout, d, f, layer_tar
+from imagegen import build_layout, d, f, layer_tar, write_oci_archive
 from unpackers import REPO, assert_clean_failure, bootc_live, need_root_and
 
 # The runtime modules whose messages reach the host's commands.
@@ -273,3 +273,16 @@ def test_every_flag_a_host_message_names_is_an_option_of_each_command_reading_an
     for name, parser in readers.items():
         options = {o for a in parser._actions for o in a.option_strings}
         assert flags <= options, (name, sorted(flags - options))
+
+
+def test_oci_given_a_file_or_nothing_says_which(tmp_path: Path) -> None:
+    """oci: on the oci-archive build writes (root.oci), or on a path that is not there: not
+    "is not an OCI image layout (no index.json)", as of a directory that lacks one."""
+    build_layout(tmp_path / "img", [layer_tar([f("a", b"a")])])
+    archive = write_oci_archive(tmp_path / "img", tmp_path / "root.oci")
+    said = assert_clean_failure(bootc_live("inspect", f"oci:{archive}"))
+    assert said.strip() == (
+        f"bootc-live: {archive} is a file, not a directory; use oci-archive:PATH for an oci-archive"
+    )
+    said = assert_clean_failure(bootc_live("inspect", f"oci:{tmp_path / 'gone'}"))
+    assert said.strip() == f"bootc-live: {tmp_path / 'gone'}: no such directory"

@@ -91,6 +91,12 @@ class LayoutSource:
         self.consume = consume
         self.description = f"oci:{path}"
         if not os.path.isfile(looked_at(os.path.join(path, "index.json"))):
+            if os.path.isfile(path):  # an oci-archive, say (root.oci)
+                raise ImageError(
+                    f"{path} is a file, not a directory", "use oci-archive:PATH for an oci-archive"
+                )
+            if not os.path.lexists(path):
+                raise ImageError(f"{path}: no such directory")
             if os.path.isfile(os.path.join(path, "manifest.json")):
                 raise ImageError(
                     f"{path} is a dir: layout (skopeo's, or podman save --format docker-dir), "
