@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import zlib
 from pathlib import Path
@@ -630,3 +631,27 @@ def test_a_tag_two_full_names_share_is_called_ambiguous(tmp_path: Path, label: s
         "(docker.io/x/b:latest, localhost/a:latest); name one in full with bootclabel=NAME:TAG"
     )
     assert resolve(LayoutSource(str(layout)), label="localhost/a:latest").layers
+
+
+@pytest.mark.parametrize("order", ["index-first", "blobs-first"])
+@pytest.mark.parametrize("cut", ["in-padding", "at-a-block"])
+def test_an_oci_archive_cut_at_the_end_of_a_member_is_called_cut_short(
+    tmp_path: Path, order: str, cut: str
+) -> None:
+    """A tar may end after any member (Go's reader, and this one, end it there), so a copy cut
+    short there reads as a complete archive: not "blob … is missing" or "no index.json inside",
+    but what its end, without the two zero blocks every tar writer ends with, says."""
+    layout = tmp_path / "img"
+    build_layout(layout, LAYERS[:1], compression="none")
+    archive = write_oci_archive(layout, tmp_path / "img.tar", blobs_first=order == "blobs-first")
+    data = archive.read_bytes()
+    with tarfile.open(archive) as tar:  # the first JSON blob: a blob it needs follows it
+        member = next(m for m in tar if m.name.startswith("blobs/") and m.isfile() and m.size % 512)
+    end = member.offset_data + member.size
+    archive.write_bytes(data[: end + (8 if cut == "in-padding" else -end % 512)])
+    with pytest.raises(ImageError) as err:
+        resolve(ArchiveSource(str(archive)))
+    assert err.value.line() == (
+        f"oci-archive:{archive} is cut short: it does not end as a tar ends; "
+        "copy or download it again"
+    )

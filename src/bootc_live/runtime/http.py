@@ -994,6 +994,7 @@ class HttpArchiveSource(MemberIndex):
         self._client = client
         self._retrier = retrier
         self.description = f"oci-archive:{client.where}"
+        self.size = size
         stream = _RangeStream(client, retrier, size)
         self._index_members(stream, lambda: stream.pos)
 

@@ -283,6 +283,7 @@ class MemberIndex:
 
     description: str
     names_one_image = False
+    size: int  # of the archive
     _members: dict[str, _Member]
 
     def _index_members(self, stream: Stream, tell: Callable[[], int]) -> None:
@@ -303,6 +304,7 @@ class MemberIndex:
         except LayerError as err:
             raise ImageError(f"{self.description} is not a valid oci-archive: {err}") from None
         if "index.json" not in self._members:
+            self._check_whole()
             if "manifest.json" in self._members:  # what `podman save` and `docker save` write
                 raise ImageError(
                     f"{self.description} is a docker-archive, not an oci-archive",
@@ -317,6 +319,19 @@ class MemberIndex:
 
     def _open_member(self, offset: int, size: int) -> BinaryIO:
         raise NotImplementedError
+
+    def _check_whole(self) -> None:
+        """Something is missing: an archive cut short at the end of a member (a tar can end
+        there) says so, by the two zero blocks every tar writer ends with, which it lacks."""
+        with self._open_member(max(0, self.size - 1024), min(1024, self.size)) as f:
+            end = f.read(1024)
+            while len(end) < min(1024, self.size) and (more := f.read(1024 - len(end))):
+                end += more  # a network stream may hand it over in several pieces
+        if end != bytes(1024):
+            raise ImageError(
+                f"{self.description} is cut short: it does not end as a tar ends",
+                "copy or download it again",
+            )
 
     def _open(self, member: _Member) -> BinaryIO:
         stored = self._open_member(member.offset, member.size)
@@ -338,6 +353,7 @@ class MemberIndex:
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         name = blob_path(desc.digest)
         if name not in self._members:
+            self._check_whole()
             raise MissingBlob(self.description, desc.digest)
         return self._open(self._members[name])
 
@@ -399,6 +415,7 @@ class ArchiveSource(MemberIndex):
             hint = "save the archive to a file first"  # a pipe cannot be indexed
             with open_file(path, self.description, devices=True, hint=hint) as f:
                 _refuse_compressed(f.read(6), self.description)
+                self.size = f.seek(0, os.SEEK_END)
                 f.seek(0)
                 self._index_members(FileStream(f), f.tell)
         except FileNotFoundError:
