@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bootc_live.images import CopiedSource, SourceRef
-from bootc_live.runtime import decompress
+from bootc_live.runtime import decompress, handover
 from bootc_live.runtime.errors import ImageError, LayerError, VerificationError
 from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
@@ -654,4 +654,21 @@ def test_an_oci_archive_cut_at_the_end_of_a_member_is_called_cut_short(
     assert err.value.line() == (
         f"oci-archive:{archive} is cut short: it does not end as a tar ends; "
         "copy or download it again"
+    )
+
+
+def test_a_cpio_archive_given_as_an_oci_archive_is_named(tmp_path: Path) -> None:
+    """rootfs.img (the split layout) is a cpio archive: not 'tar header checksum mismatch: the
+    layer is corrupt or not a tar'."""
+    build_layout(tmp_path / "img", LAYERS[:1])
+    image = resolve(LayoutSource(str(tmp_path / "img")))
+    rootfs = tmp_path / "rootfs.img"
+    with open(rootfs, "wb") as out:
+        handover.write_split_layout(image, handover.index_json(image, "latest", None), out)
+    with pytest.raises(ImageError) as err:
+        ArchiveSource(str(rootfs))
+    assert err.value.line() == (
+        f"oci-archive:{rootfs} is a cpio archive, not an oci-archive (a tar); bootc-live build "
+        "writes root.oci as the oci-archive; its rootfs.img goes after initrd.img as an initrd, "
+        "which the kernel unpacks"
     )

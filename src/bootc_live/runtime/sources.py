@@ -381,7 +381,13 @@ class MemberIndex:
 
 def _refuse_compressed(head: bytes, what: str) -> None:
     """An archive compressed as a whole (skopeo and podman load read those) is not read in
-    place: said so, not 'tar header checksum mismatch'."""
+    place, and a cpio archive is none: said so, not 'tar header checksum mismatch'."""
+    if head.startswith(b"070701"):  # newc: bootc-live build's rootfs.img, say
+        raise ImageError(
+            f"{what} is a cpio archive, not an oci-archive (a tar)",
+            "bootc-live build writes root.oci as the oci-archive; its rootfs.img goes after "
+            "initrd.img as an initrd, which the kernel unpacks",
+        )
     kind = compression_of(head)
     if kind == "none":
         kind = other_compression(head)
