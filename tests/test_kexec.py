@@ -138,6 +138,25 @@ def test_the_highest_version_in_any_layer_unless_one_is_named(tmp_path: Path) ->
     assert found(guarded, tmp_path, "6.1.0-9") == ("6.1.0-9", b"kernel 6.1.0-9", 2)
 
 
+def test_a_higher_kernel_without_its_initramfs_is_said_to_be_passed_over(tmp_path: Path) -> None:
+    """The highest kernel with both files boots (docs/live-ready.md); one higher that lacks its
+    initramfs.img is named on the console, not passed over without a word. Named by
+    bootc.kexec.kver=, the kernel is the one asked for: nothing is passed over."""
+    image = image_of(tmp_path, kernel("6.1.0-9"), kernel("6.9.0", initramfs=False))
+    work = tmp_path / "work"
+    work.mkdir()
+    files = kexec.find_boot_files(image, None, str(work))
+    assert (files.kver, files.passed_over) == ("6.1.0-9", ("6.9.0",))
+    assert files.note() == (
+        " (6.9.0 passed over: no vmlinuz and initramfs.img both; bootc.kexec.kver= names the "
+        "one to boot)"
+    )
+    named = kexec.find_boot_files(image, "6.1.0-9", str(work))
+    assert (named.passed_over, named.note()) == ((), "")
+    complete = image_of(tmp_path / "b", kernel("6.1.0-9"), kernel("6.9.0"))
+    assert kexec.find_boot_files(complete, None, str(work)).passed_over == ()
+
+
 def test_whiteouts_and_opaque_directories_hide_lower_kernels(tmp_path: Path) -> None:
     image = image_of(
         tmp_path,

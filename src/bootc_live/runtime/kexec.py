@@ -78,6 +78,16 @@ class BootFiles:
     kernel: str  # paths of the extracted files
     initramfs: str
     layers_read: int  # from the top
+    passed_over: tuple[str, ...] = ()  # higher KVERs the image names, lacking a boot file
+
+    def note(self) -> str:
+        """What the console line adds when a higher kernel was passed over, or ""."""
+        if not self.passed_over:
+            return ""
+        return (
+            f" ({', '.join(self.passed_over)} passed over: no vmlinuz and initramfs.img both; "
+            "bootc.kexec.kver= names the one to boot)"
+        )
 
 
 def find_boot_files(image: Image, wanted: str | None, workdir: str) -> BootFiles:
@@ -119,7 +129,15 @@ def _find(
     else:
         os.rename(paths[1], named[1])
     os.rename(paths[0], named[0])
-    return BootFiles(chosen, named[0], named[1], read)
+    return BootFiles(chosen, named[0], named[1], read, _passed_over(finder, chosen, wanted))
+
+
+def _passed_over(finder: KernelFinder, chosen: str, wanted: str | None) -> tuple[str, ...]:
+    """The kernels above `chosen` the image names, incomplete (none when one was `wanted`)."""
+    if wanted:
+        return ()
+    above = [k for k in finder.named if version_key(k) > version_key(chosen)]
+    return tuple(sorted(above, key=version_key, reverse=True))
 
 
 def _keep(
@@ -189,7 +207,7 @@ def boot_files_in_tree(tree: str, wanted: str | None, workdir: str) -> BootFiles
         target = os.path.join(workdir, what)
         shutil.copyfile(os.path.join(tree, finder.files[(chosen, what)].decode()), target)
         copies.append(target)
-    return BootFiles(chosen, copies[0], copies[1], 0)
+    return BootFiles(chosen, copies[0], copies[1], 0, _passed_over(finder, chosen, wanted))
 
 
 def _extract(stream: ChunkStream, entry: TarEntry, target: str) -> None:
@@ -491,7 +509,9 @@ def packed_kexec_boot(
                 mounts.umount(root.newroot)  # the loop device goes with it (autoclear)
             fs = source.format
             assert fs is not None  # known once loaded
-            report.say(f"kexec: kernel {files.kver} found in the packed root ({fs.name})")
+            report.say(
+                f"kexec: kernel {files.kver} found in the packed root ({fs.name}){files.note()}"
+            )
             reuse = spec.kexec_reuse_image
             report.state(
                 "kexec",
@@ -622,7 +642,7 @@ def _hand_over_and_search(
     files = find_boot_files(searched, spec.kexec_kver, workdir)
     say(
         f"kexec: kernel {files.kver} found in the top {files.layers_read} of "
-        f"{len(image.layers)} layers"
+        f"{len(image.layers)} layers{files.note()}"
     )
     verified = ""
     if spec.kexec_reuse_image:
