@@ -541,3 +541,22 @@ def test_a_zstd_layer_under_a_tar_media_type_has_no_gzip_trailer(tmp_path: Path)
     image.source.open_blob = lambda desc: opened.append(desc) or real_open(desc)  # type: ignore[method-assign]
     est = memory.estimate(image)
     assert est.how == "from the gzip trailers" and opened == []
+
+
+def test_each_layers_head_is_read_once_for_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The estimate (a zstd frame's declared size) and the zstd window both look at a zstd
+    layer's first bytes: from a registry each read was one more GET, dropped after 4 KiB."""
+    monkeypatch.setattr(memory, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(memory, "ZONEINFO", str(tmp_path / "none"))
+    (tmp_path / "meminfo").write_text("MemTotal: 2097152 kB\nMemFree: 1048576 kB\n")
+    tars = [layer_tar([d("etc"), f(f"etc/{n}", os.urandom(2000) * 30)]) for n in "ab"]
+    build_layout(tmp_path / "img", tars, compression="zstd")
+    image = resolve(LayoutSource(str(tmp_path / "img")))
+    opened: list[str] = []
+    real_open = image.source.open_blob
+    image.source.open_blob = lambda desc: opened.append(desc.digest) or real_open(desc)  # type: ignore[method-assign]
+    spec = parse([f"root=bootc-live:{tmp_path / 'img'}"])
+    boot.plan_root(spec, image, image.source, boot.Report(stream=io.StringIO()))
+    assert sorted(opened) == sorted(layer.digest for layer in image.layers)

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import threading
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
@@ -273,16 +274,29 @@ def zstd_window(image: Image) -> int:
     return min(window, decompress.ZSTD_WINDOW_LIMIT)
 
 
+# The heads read, by source and blob digest: the estimate and the zstd window each look at a
+# layer's head, and from a registry each read is one request (a connection dropped after it).
+_HEADS: weakref.WeakKeyDictionary[object, dict[str, bytes]] = weakref.WeakKeyDictionary()
+
+
 def _head(image: Image, layer: Descriptor, n: int) -> bytes:
-    """The blob's first `n` bytes at most, unverified (for estimates); b"" if unreadable."""
-    data = b""
+    """The blob's first `n` bytes at most (ZSTD_HEAD at most), unverified (for estimates); b""
+    if unreadable. One read a blob: its first ZSTD_HEAD bytes are kept for the next look."""
     try:
-        with contextlib.closing(image.source.open_blob(layer)) as blob:
-            while len(data) < n and (part := blob.read(n - len(data))):
-                data += part
-    except (OSError, BootcLiveError):
-        return b""
-    return data
+        heads = _HEADS.setdefault(image.source, {})
+    except TypeError:  # a source that cannot be referred to weakly: read each time
+        heads = {}
+    data = heads.get(layer.digest)
+    if data is None:
+        data = b""
+        try:
+            with contextlib.closing(image.source.open_blob(layer)) as blob:
+                while len(data) < ZSTD_HEAD and (part := blob.read(ZSTD_HEAD - len(data))):
+                    data += part
+        except (OSError, BootcLiveError):
+            return b""
+        heads[layer.digest] = data
+    return data[:n]
 
 
 def _plain_size(image: Image, layer: Descriptor) -> int | None:
