@@ -670,6 +670,26 @@ def test_cosign_fixture_key_data_and_broken_signatures() -> None:
     )
 
 
+@pytest.mark.parametrize("tail", ["=", "==", "\n=", "A", "AA="])
+def test_a_cosign_signature_with_base64_past_its_end_is_refused(tail: str) -> None:
+    """Go's base64 (containers/image reads the annotation so) refuses padding or a partial
+    quantum after the last whole one; Python's decoder drops them, which let the fixture's
+    valid signature with "=" appended verify."""
+    need_tools("openssl")
+    need_fixtures()
+    key = (FIXTURES / "cosign.pub").read_bytes()
+    sig = signatures.from_blob((FIXTURES / "dir-img-cosign-valid/signature-1").read_bytes())
+    assert len(sig.signature) % 4 == 0
+    with pytest.raises(SignatureError) as err:
+        signatures.verify(Signature("sigstore", sig.data, sig.signature + tail), [("k", key)])
+    assert (err.value.reason, str(err.value)) == (
+        "invalid signature",
+        "a sigstore signature without a base64 signature",
+    )
+    with pytest.raises(ValueError):
+        signatures.go_base64("QUJD" + tail)
+
+
 def test_unusable_keys_and_missing_tools_stop_the_evaluation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -363,7 +363,10 @@ def go_base64(text: str | bytes) -> bytes:
         text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
     if not isinstance(text, bytes):  # from JSON: anything
         raise ValueError("not a string")
-    return base64.b64decode(text.replace(b"\r", b"").replace(b"\n", b""), validate=True)
+    text = text.replace(b"\r", b"").replace(b"\n", b"")
+    if len(text) % 4:  # Python reads padding after a whole quantum ("QUJD=") as nothing
+        raise ValueError("not whole base64 quanta")
+    return base64.b64decode(text, validate=True)
 
 
 def verify_sigstore(payload: bytes, signature: str, keys: Sequence[tuple[str, bytes]]) -> Verified:
