@@ -293,6 +293,74 @@ def test_optional_claims_are_read_as_skopeo_reads_them(
     assert ours == "" or ours.startswith("the signed payload is malformed: its optional "), ours
 
 
+def test_a_signature_by_a_subkey_is_refused_as_skopeo_refuses_it(
+    gnupg: tuple[Path, GpgKey, GpgKey], tmp_path: Path
+) -> None:
+    """containers/image trusts the primary keys of a key file: a signature made by a signing
+    subkey is "not accepted" by skopeo's signedBy; it verified here (gpgv's VALIDSIG names
+    the primary key too)."""
+    need_tools("skopeo")
+    home, _, _ = gnupg
+    env = {"GNUPGHOME": str(home)}
+    done = run(
+        "gpg", "--batch", "--passphrase", "", "--quick-gen-key", "primary <p@example.com>",
+        "ed25519", "cert", "never", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listing = run("gpg", "--with-colons", "--list-keys", "p@example.com", env=env).stdout
+    primary = next(ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr"))
+    done = run(
+        "gpg", "--batch", "--passphrase", "", "--quick-add-key", primary, "ed25519", "sign",
+        "never", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listing = run("gpg", "--with-colons", "--list-keys", primary, env=env).stdout
+    subkey = [ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr")][1]
+    public = tmp_path / "primary.gpg"
+    armored = run("gpg", "--export", "--armor", primary, env=env).stdout
+    public.write_bytes(signatures.dearmor(armored.encode()))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_bytes(b'{"schemaVersion": 2}')
+    critical = {
+        "type": signatures.SIMPLE_TYPE,
+        "image": {"docker-manifest-digest": digest_of(manifest.read_bytes())},
+        "identity": {"docker-reference": "example.com/x:v1"},
+    }
+    (tmp_path / "payload").write_text(json.dumps({"critical": critical, "optional": {}}))
+    signed = tmp_path / "signature-1"
+    done = run(
+        "gpg", "--batch", "--sign", "--local-user", primary, "--output", str(signed),
+        str(tmp_path / "payload"), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # skopeo's signedBy, on the same files: a dir: image carries signature-1.
+    pol = {
+        "default": [{"type": "reject"}],
+        "transports": {"dir": {"": [{
+            "type": "signedBy", "keyType": "GPGKeys", "keyPath": str(public),
+            "signedIdentity": {"type": "exactReference", "dockerReference": "example.com/x:v1"},
+        }]}},
+    }  # fmt: skip
+    (tmp_path / "policy.json").write_text(json.dumps(pol))
+    image = tmp_path / "image"
+    image.mkdir()
+    shutil.copy(manifest, image / "manifest.json")
+    shutil.copy(signed, image / "signature-1")
+    skopeo = run(
+        "skopeo", "--policy", str(tmp_path / "policy.json"), "copy", f"dir:{image}",
+        f"dir:{tmp_path / 'copy'}",
+    )  # fmt: skip
+    assert skopeo.returncode != 0
+    assert f"Signature by key {subkey} is not accepted" in skopeo.stderr
+    with pytest.raises(SignatureError) as err:
+        signatures.verify(signatures.from_blob(signed.read_bytes()), [("k", public.read_bytes())])
+    assert (err.value.reason, str(err.value)) == (
+        "unknown key",
+        f"signed by subkey {subkey} of key {primary}: only a signature by the primary key is "
+        "accepted (as containers/image)",
+    )
+
+
 def test_containers_image_gpg_signature_through_the_policy(tmp_path: Path) -> None:
     """dir-img-valid: accepted for its identity, refused for another one, for another
     manifest and for an unsigned image — the cases of policy_eval_signedby_test.go."""

@@ -286,7 +286,18 @@ def _gpg_verdict(status: str, failed: bool) -> str:
         count = max(len(sigs), len(valid))
         what = f"{count} signatures in one" if count > 1 else "not a valid OpenPGP signature"
         raise SignatureError(f"{what} (gpgv)", INVALID_SIGNATURE)
-    return valid[0][-1] if len(valid[0]) >= 11 else valid[0][1]
+    signer = valid[0][1]
+    primary = valid[0][10] if len(valid[0]) >= 11 else signer
+    if signer != primary:
+        # containers/image trusts a key file's primary keys only: it refuses a signature by
+        # a subkey ("Signature by key SUBKEY is not accepted"), as podman and skopeo do.
+        raise SignatureError(
+            f"signed by subkey {shown(signer)} of key {shown(primary)}: only a signature by "
+            "the primary key is accepted (as containers/image)",
+            UNKNOWN_KEY,
+            f"sign with the primary key itself (for gpg: --local-user {shown(primary)}!)",
+        )
+    return primary
 
 
 # Sigstore.
