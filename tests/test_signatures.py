@@ -1003,3 +1003,23 @@ def test_public_key_types_cosign_does_not_use_are_refused(tmp_path: Path) -> Non
         signatures.public_key_type((tmp_path / "k.pub").read_bytes())
     with pytest.raises(SignatureError, match="a PEM public key that cannot be read"):
         signatures.public_key_type(b"-----BEGIN PUBLIC KEY-----\nMAo=\n-----END PUBLIC KEY-----\n")
+
+
+@pytest.mark.parametrize("curve", ["P-256", "P-384", "P-521"])
+def test_an_ecdsa_key_with_a_compressed_point_is_unusable(curve: str, tmp_path: Path) -> None:
+    """Go's x509 (containers/image) cannot read an ECDSA key whose point is compressed; openssl
+    can, and verified signatures with a key containers/image refuses."""
+    need_tools("openssl")
+    key, pub = tmp_path / "k", tmp_path / "k.pub"
+    openssl(
+        "genpkey", "-algorithm", "EC", "-pkeyopt", f"ec_paramgen_curve:{curve}", "-out", str(key)
+    )
+    openssl("pkey", "-in", str(key), "-pubout", "-out", str(pub))
+    assert signatures.public_key_type(pub.read_bytes()) == f"ecdsa {curve}"
+    openssl("ec", "-in", str(key), "-pubout", "-conv_form", "compressed", "-out", str(pub))
+    with pytest.raises(SignatureError) as err:
+        signatures.public_key_type(pub.read_bytes())
+    assert (err.value.reason, str(err.value)) == (
+        "unusable key",
+        "an ECDSA public key whose point is not uncompressed (containers/image cannot read it)",
+    )

@@ -355,6 +355,18 @@ def public_key_type(pem: bytes) -> str:
             tag4, curve_start, curve_end = _der(der, oid_end)
             curve = _OIDS.get(der[curve_start:curve_end], "") if tag4 == 0x06 else ""
             if curve.startswith("P-") and oid_end < alg_end:
+                # Go's x509 (containers/image) reads an uncompressed point only; openssl
+                # reads a compressed one too, which would make a key containers cannot use.
+                tag5, point, point_end = _der(der, alg_end)  # BIT STRING: 0, then the point
+                size = {"P-256": 32, "P-384": 48, "P-521": 66}[curve]
+                if tag5 != 0x03 or der[point : point + 2] != b"\0\x04":
+                    raise SignatureError(
+                        "an ECDSA public key whose point is not uncompressed (containers/image "
+                        "cannot read it)",
+                        BAD_KEY,
+                    )
+                if point_end - point != 2 + 2 * size:
+                    raise ValueError("not a point of the curve")
                 return f"ecdsa {curve}"
         elif algorithm in ("rsa", "ed25519"):
             return algorithm
