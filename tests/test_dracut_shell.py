@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -251,3 +252,39 @@ def test_a_second_run_after_the_spare_files_went_stops_saying_why(tmp_path: Path
     )
     died = subprocess.run(["sh", "-c", stubs], env=env, capture_output=True, text=True)
     assert died.stdout == f"DIE {again.stderr}" and died.returncode == 1
+
+
+# dracut's die (dracut-lib.sh) as far as the message goes: through echo into the kernel's log
+# and, between double quotes, into a script that the emergency shell (rd.shell) sources, where
+# warn echoes it.
+DIE = """die() {
+    echo "<24>dracut: FATAL: $*" > "$RUN/kmsg"
+    echo "warn dracut: FATAL: \\"$*\\"" >> "$RUN/01-die.sh"
+    exit 1
+}"""
+
+
+@pytest.mark.parametrize("sh", ["dash", "bash"])
+def test_the_runtimes_message_is_shown_by_the_emergency_shell_and_never_run(
+    sh: str, tmp_path: Path
+) -> None:
+    """The runtime's line quotes the command line and servers' replies (an HTTP reason
+    phrase, a WWW-Authenticate header): the shell flavour's mount hook hands it to dracut's
+    die, whose emergency script shows it as it is, whatever shell /bin/sh is."""
+    need(shutil.which(sh) is not None, f"needs {sh}")
+    message = 'bootc-live: r.example: HTTP 500 $(touch a) `touch b` "q" \\c \\x20 \\\\ \\" $'
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "error").write_text(message + "\n")
+    hook = tmp_path / "mount.sh"
+    text = (DRACUT / "90bootc-live/bootc-live-mount.sh").read_text()
+    hook.write_text(text.replace("/usr/bin/python3", "false"))  # the runtime failed
+    stubs = 'getarg() { [ "$1" = root= ] && echo bootc-live:/image; }; ismounted() { false; }'
+    script = f'{stubs}\n{DIE}\nNEWROOT=/sysroot\n. "{LIB}"\n. "{hook}"'
+    env = {"BOOTC_LIVE_RUN": os.fspath(run), "RUN": os.fspath(run), "PATH": "/usr/bin:/bin"}
+    died = subprocess.run([sh, "-c", script], cwd=tmp_path, env=env, capture_output=True)
+    assert (died.returncode, died.stderr) == (1, b"")
+    emergency = 'warn() { echo "$*"; }\n. ./01-die.sh'  # dracut's warn echoes too
+    shown = subprocess.run([sh, "-c", emergency], cwd=run, env=env, capture_output=True, text=True)
+    assert (shown.stdout, shown.stderr) == (f"dracut: FATAL: {message}\n", "")
+    assert sorted(os.listdir(tmp_path)) == ["mount.sh", "run"]

@@ -56,3 +56,18 @@ bootc_live_freed() {
         "tools and the runtime's Python files, so it cannot run again: reboot to try again" \
         "(bootc.keep-modules=1 keeps them, for a retry from the emergency shell)"
 }
+
+# dracut's die with message $1. die echoes its message, between double quotes, into a script
+# that the emergency shell (rd.shell) sources and echoes it from: a $, ` or " there, from the
+# command line or a server's reply that the message quotes, would run as a command or end the
+# quotes. Escaped here; where this shell's echo reads \ as an escape too (dash's: \c ends the
+# line; bash's does not), the \ of both echoes are doubled as well.
+bootc_live_die() {
+    # shellcheck disable=SC1003,SC2028,SC2116 # what this shell's echo makes of \\ is the question
+    if [ "$(echo '\\')" = '\\' ]; then
+        set -- "$(printf '%s\n' "$1" | sed 's/[\\"$`]/\\&/g')"
+    else
+        set -- "$(printf '%s\n' "$1" | sed 's/\\/\\\\/g; s/[\\"$`]/\\&/g; s/\\/\\\\/g')"
+    fi
+    die "$1"
+}

@@ -9,9 +9,10 @@ type bootc_live_root_kind > /dev/null 2>&1 || . /lib/bootc-live-lib.sh
 
 if bootc_live_root_ours && ! ismounted "$NEWROOT"; then
     if freed=$(bootc_live_freed); then
-        die "$freed"
+        bootc_live_die "$freed"
     fi
     if ! /usr/bin/python3 -S -E /usr/lib/bootc-live/bootc-live-boot "$NEWROOT"; then
-        die "$(cat /run/bootc-live/error 2> /dev/null || echo 'bootc-live: the live root could not be set up')"
+        bootc_live_die "$(cat "${BOOTC_LIVE_RUN:-/run/bootc-live}/error" 2> /dev/null ||
+            echo 'bootc-live: the live root could not be set up')"
     fi
 fi
