@@ -288,3 +288,38 @@ def test_the_runtimes_message_is_shown_by_the_emergency_shell_and_never_run(
     shown = subprocess.run([sh, "-c", emergency], cwd=run, env=env, capture_output=True, text=True)
     assert (shown.stdout, shown.stderr) == (f"dracut: FATAL: {message}\n", "")
     assert sorted(os.listdir(tmp_path)) == ["mount.sh", "run"]
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        "bootc-live:http://10.0.2.2/root.oci?$(touch${IFS}pwned)",
+        "bootc-live:/bootc-live/`touch pwned`",
+        'bootc-live:block:LABEL="my disk":/root.oci',
+        "bootc-live:/bootc-live/a\\",
+    ],
+)
+def test_the_classic_init_evaluates_no_root_value(root: str, tmp_path: Path) -> None:
+    """The classic init unexports $root with dracut's export_n, an eval of root="$root", before
+    switch root: the cmdline hook's $root runs nothing there and stays set (rootok too)."""
+    need(DRACUT_LIB.is_file() and DRACUT_UTIL.is_file(), "needs dracut's dracut-lib.sh")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/dracut-getarg").symlink_to(DRACUT_UTIL)
+    hook = DRACUT / "90bootc-live/bootc-live-cmdline.sh"
+    script = PRELUDE.replace('"$SCRIPT"', f'"{hook}"') + (
+        'export_n root rflags fstype netroot NEWROOT\necho "$rootok $root"\n'
+    )
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "PREFIX": "/nonexistent",
+        "DRACUT_SYSTEMD": "1",
+        "DEBUG_MEM_LEVEL": "0",
+        "DRACUT_LIB": os.fspath(DRACUT_LIB),
+        "BOOTC_LIVE_LIB": os.fspath(LIB),
+        "CMDLINE": f"root={root}",
+    }
+    result = subprocess.run(
+        ["sh", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "1 bootc-live\n", "")
+    assert sorted(os.listdir(tmp_path)) == ["bin"]
