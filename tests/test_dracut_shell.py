@@ -264,18 +264,14 @@ DIE = """die() {
 }"""
 
 
-@pytest.mark.parametrize("sh", ["dash", "bash"])
-def test_the_runtimes_message_is_shown_by_the_emergency_shell_and_never_run(
-    sh: str, tmp_path: Path
-) -> None:
-    """The runtime's line quotes the command line and servers' replies (an HTTP reason
-    phrase, a WWW-Authenticate header): the shell flavour's mount hook hands it to dracut's
-    die, whose emergency script shows it as it is, whatever shell /bin/sh is."""
+def emergency_line(sh: str, error: str | None, tmp_path: Path) -> str:
+    """What the emergency shell says, under `sh`, once the runtime failed and left `error`
+    (None: no file) for the shell flavour's mount hook; nothing else may have been done."""
     need(shutil.which(sh) is not None, f"needs {sh}")
-    message = 'bootc-live: r.example: HTTP 500 $(touch a) `touch b` "q" \\c \\x20 \\\\ \\" $'
     run = tmp_path / "run"
     run.mkdir()
-    (run / "error").write_text(message + "\n")
+    if error is not None:
+        (run / "error").write_text(error)
     hook = tmp_path / "mount.sh"
     text = (DRACUT / "90bootc-live/bootc-live-mount.sh").read_text()
     hook.write_text(text.replace("/usr/bin/python3", "false"))  # the runtime failed
@@ -286,8 +282,30 @@ def test_the_runtimes_message_is_shown_by_the_emergency_shell_and_never_run(
     assert (died.returncode, died.stderr) == (1, b"")
     emergency = 'warn() { echo "$*"; }\n. ./01-die.sh'  # dracut's warn echoes too
     shown = subprocess.run([sh, "-c", emergency], cwd=run, env=env, capture_output=True, text=True)
-    assert (shown.stdout, shown.stderr) == (f"dracut: FATAL: {message}\n", "")
+    assert shown.stderr == ""
     assert sorted(os.listdir(tmp_path)) == ["mount.sh", "run"]
+    return shown.stdout
+
+
+@pytest.mark.parametrize("sh", ["dash", "bash"])
+def test_the_runtimes_message_is_shown_by_the_emergency_shell_and_never_run(
+    sh: str, tmp_path: Path
+) -> None:
+    """The runtime's line quotes the command line and servers' replies (an HTTP reason
+    phrase, a WWW-Authenticate header): the shell flavour's mount hook hands it to dracut's
+    die, whose emergency script shows it as it is, whatever shell /bin/sh is."""
+    message = 'bootc-live: r.example: HTTP 500 $(touch a) `touch b` "q" \\c \\x20 \\\\ \\" $'
+    assert emergency_line(sh, message + "\n", tmp_path) == f"dracut: FATAL: {message}\n"
+
+
+@pytest.mark.parametrize("error", [None, ""])
+def test_a_runtime_that_left_no_line_still_stops_with_one(
+    error: str | None, tmp_path: Path
+) -> None:
+    """No error file (the runtime died before writing it) or an empty one (it could not write
+    it: memory ran out): the mount hook's own line, not an empty FATAL."""
+    shown = emergency_line("sh", error, tmp_path)
+    assert shown == "dracut: FATAL: bootc-live: the live root could not be set up\n"
 
 
 @pytest.mark.parametrize(

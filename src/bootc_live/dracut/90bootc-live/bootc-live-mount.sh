@@ -12,7 +12,8 @@ if bootc_live_root_ours && ! ismounted "$NEWROOT"; then
         bootc_live_die "$freed"
     fi
     if ! /usr/bin/python3 -S -E /usr/lib/bootc-live/bootc-live-boot "$NEWROOT"; then
-        bootc_live_die "$(cat "${BOOTC_LIVE_RUN:-/run/bootc-live}/error" 2> /dev/null ||
-            echo 'bootc-live: the live root could not be set up')"
+        # no line when it died before writing one, or could not write it (memory ran out)
+        error=$(cat "${BOOTC_LIVE_RUN:-/run/bootc-live}/error" 2> /dev/null)
+        bootc_live_die "${error:-bootc-live: the live root could not be set up}"
     fi
 fi
