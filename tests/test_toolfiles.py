@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from bootc_live import build, selfcheck, toolfiles
 from bootc_live.runtime.cpio import CpioWriter
 from newc import read_archive
+from unpackers import need
 
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 
@@ -334,3 +335,28 @@ def test_the_record_is_one_stream_with_the_initramfs(
     assert [m.name for m in members] == ["usr/lib/bootc-live/tools.json"]
     assert json.loads(data[members[0].offset : members[0].offset + members[0].size]) == record
     assert not list(tmp_path.glob("tools.cpio*"))  # zstd's scratch files are gone
+
+
+def test_the_record_after_an_lz4_initramfs_is_past_the_zeros_that_end_it(
+    tmp_path: Path,
+) -> None:
+    """dracut's lz4 (legacy format) has no end mark: the kernel reads chunk sizes until a zero
+    one or the end. The record went right after it (0 to 3 zeros), so the kernel read the
+    record's "0707" as a chunk size, and its initramfs unpacking failed there."""
+    need(shutil.which("lz4") is not None, "needs lz4")
+    plain = tmp_path / "main.cpio"
+    main = io.BytesIO()
+    writer = CpioWriter(main)
+    writer.add_bytes("init", b"#!/bin/sh\n" + os.urandom(1001))
+    writer.close()
+    plain.write_bytes(main.getvalue())
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(subprocess.run(["lz4", "-lqc", plain], capture_output=True).stdout)
+    build.record_tools(initrd, {"curl": ["/usr/bin/curl"]})
+    data = initrd.read_bytes()
+    at = 4  # past the magic: then chunks, each after its little-endian size, as the kernel reads
+    while len(data) - at >= 4 and (size := int.from_bytes(data[at : at + 4], "little")):
+        assert size < 1 << 24, f"a chunk size of {size:#x} at {at}: the record, read as lz4"
+        at += 4 + size
+    rest = data[at:].lstrip(b"\0")
+    assert rest.startswith(b"070701") and (len(data) - len(rest)) % 4 == 0

@@ -471,7 +471,8 @@ def record_tools(initrd: Path, tools: dict[str, list[str]]) -> None:
     """Append `tools` (toolfiles.manifest) to `initrd` at runtime.tools.MANIFEST: an archive
     of its own (the kernel unpacks archives back to back), compressed as the initramfs is, so
     that its decompressor reads the two as one stream (lsinitrd, and what else reads it, sees
-    no trailing bytes); uncompressed, 4-byte aligned, after one it cannot compress so."""
+    no trailing bytes); uncompressed, after 4 to 7 zeros (cpio.next_archive: they end an lz4
+    stream), after one it cannot compress so."""
     if not tools:
         return
     archive = io.BytesIO()
@@ -497,7 +498,7 @@ def record_tools(initrd: Path, tools: dict[str, list[str]]) -> None:
         kind = "none"
     with open(initrd, "ab") as out:
         if kind == "none":
-            out.write(b"\0" * (-out.tell() % 4))
+            out.write(b"\0" * (next_archive(out.tell()) - out.tell()))
         out.write(data)
 
 
