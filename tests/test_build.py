@@ -48,7 +48,7 @@ def test_dracut_argv_exact() -> None:
     ]  # fmt: skip
     assert dracut_argv("6.9", "shell", "/x", minimal=False, includes=[("/h/ca", "/etc/ca")],
                        optional=["bootc-live-erofs"]) == [
-        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--add",
+        "dracut", "--force", "--no-hostonly", "--kver", "6.9", "--no-uefi", "--add",
         "bootc-live bootc-live-erofs", "--omit", "systemd systemd-initrd dracut-systemd",
         "--include", "/h/ca", "/etc/ca", "/x",
     ]  # fmt: skip
@@ -57,6 +57,15 @@ def test_dracut_argv_exact() -> None:
     assert dracut_argv("6.9", "shell", "/x", minimal=False, compress="zstd -q -9 -T0")[-3:] == [
         "--compress", "zstd -q -9 -T0", "/x",
     ]  # fmt: skip
+
+
+def test_an_images_uefi_setting_does_not_make_the_initramfs_a_uefi_executable() -> None:
+    """uefi=yes in the image's dracut.conf.d: its dracut made initrd.img a UEFI executable
+    (a UKI, which the kernel cannot unpack as an initramfs), or without objcopy and a stub
+    failed the build ("Need 'objcopy' to create a UEFI executable") under a hint to install
+    dracut and python3. The command line overrides it, as it does hostonly=yes."""
+    argv = dracut_argv("6.9", "systemd", "/x", minimal=False)
+    assert "--no-uefi" in argv and "--uefi" not in argv
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,8 @@ def dracut_argv(
             modules = ["network-legacy", "qemu qemu-net", ours]
         argv += ["--conf", "/dev/null", "--confdir", confdir, "--modules", " ".join(modules)]
     else:
-        argv += ["--add", ours]
+        # An image's uefi=yes would make the output a UEFI executable, not an initramfs.
+        argv += ["--no-uefi", "--add", ours]
     if flavour == "shell":
         argv += ["--omit", " ".join(SYSTEMD_MODULES)]
     for source, target in includes:
