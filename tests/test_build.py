@@ -416,3 +416,25 @@ def test_a_sha512_image_s_split_layout_unpacks_as_the_kernel_unpacks_it(tmp_path
     root.mkdir()
     unpack_image(split_image, str(root))
     assert (root / "etc/a").read_bytes() == b"a\n"
+
+
+def test_an_image_without_dracut_or_python3_stops_before_the_work(tmp_path: Path) -> None:
+    """An image with Debian's initramfs-tools, or without python3, went on to pack its root
+    and then failed in dracut's words ("exec: dracut: not found"; without python3, "module
+    'bootc-live' cannot be found or installed"). It stops after the unpacking, naming what to
+    install, and leaves nothing behind."""
+    need(os.geteuid() == 0, "unpacking sets owners: needs root")
+    kernel = [d("usr"), d("usr/lib"), d("usr/lib/modules"), d("usr/lib/modules/6.1.0-1")]
+    kernel += [f("usr/lib/modules/6.1.0-1/vmlinuz", b"k"), d("usr/bin"), d("etc")]
+    for present, said in (
+        ([], "the image has no dracut and no python3"),
+        ([f("usr/bin/dracut", b"#!/bin/sh\n", 0o755)], "the image has no python3"),
+    ):
+        build_layout(tmp_path / "img", [layer_tar([*kernel, *present])], tag="v1")
+        source = SourceRef.parse(f"oci:{tmp_path / 'img'}:v1")
+        with pytest.raises(BootcLiveError) as err:
+            build_mod.build(build_mod.BuildConfig(source, tmp_path / "out", pack="none"))
+        assert err.value.line().startswith(said), err.value.line()
+        assert "install" in (err.value.hint or "")
+        assert sorted(os.listdir(tmp_path)) == ["img"]
+        shutil.rmtree(tmp_path / "img")

@@ -608,6 +608,7 @@ def test_build_packs_the_images_tree_by_its_kernel_before_dracut_writes_into_it(
         (root / "usr/lib/dracut/modules.d").mkdir(parents=True)  # as build_in_image does
         output.write_bytes(b"initramfs")
 
+    monkeypatch.setattr(build_mod.dracut, "check_userland", lambda root: None)
     monkeypatch.setattr(build_mod.dracut, "build_in_image", dracut_in_image)
     monkeypatch.setattr(build_mod, "check", lambda *a: None)
     out = tmp_path / "out"

@@ -413,6 +413,7 @@ def make_kernel_and_initramfs(
         image, str(root), progress=progress, warn=lambda _m: None, observe=tmpfs.add
     )
     kver, kernel = find_kernel(root, config.kver)
+    dracut.check_userland(root)
     shutil.copy2(kernel, out / "vmlinuz")
     if not any(toolfiles.has(root, name) for name in ("usr/lib/os-release", "etc/os-release")):
         say(

@@ -195,6 +195,24 @@ def _has_binary(root: Path, name: str) -> bool:
     return any(toolfiles.has(root, f"{d}/{name}") for d in ("usr/sbin", "usr/bin", "sbin", "bin"))
 
 
+def check_userland(root: Path) -> None:
+    """The image's dracut and python3, which make its initramfs: a missing one stops the
+    build before the work, named, instead of after it in dracut's words ("exec: dracut: not
+    found"; without python3, "module 'bootc-live' cannot be found or installed")."""
+    where = [d.lstrip("/") for d in IMAGE_ENV["PATH"].split(":")]
+    missing = [
+        n for n in ("dracut", "python3") if not any(toolfiles.has(root, f"{d}/{n}") for d in where)
+    ]
+    if missing:
+        raise BootcLiveError(
+            f"the image has no {' and no '.join(missing)}: bootc-live build makes the "
+            "initramfs with the image's own dracut and python3 (docs/live-ready.md)",
+            f"install {' and '.join(missing)} in the image (Debian: "
+            f"{' '.join('dracut-core' if n == 'dracut' else n for n in missing)}), "
+            "or build with --host",
+        )
+
+
 def optional_modules(root: Path, whose: str, omitted: Collection[str] = ()) -> list[str]:
     """Our optional modules that the userland at `root` can build; a note for each other one.
     `omitted`: the dracut modules its configuration leaves out (omit_dracutmodules)."""
