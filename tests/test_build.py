@@ -313,6 +313,25 @@ def test_a_kernel_without_its_modules_is_passed_over(
     assert build_mod.find_kernel(tmp_path, None)[0] == "9.9.9-stale"
 
 
+def test_a_kernel_whose_modules_are_missing_is_refused(tmp_path: Path) -> None:
+    """The only kernel's vmlinuz without its modules (usr/lib/modules/KVER has the vmlinuz, so
+    dracut found the directory): its initramfs had no module at all (no loop, overlay, zram,
+    ext4), and the self-check said it booted packed roots and bootc.zram. Refused when its
+    config says it has modules; a kernel built without module support is taken."""
+    kver = "6.1.0-10-amd64"
+    (tmp_path / "usr/lib/modules" / kver).mkdir(parents=True)
+    (tmp_path / "usr/lib/modules" / kver / "vmlinuz").write_bytes(b"k")
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / f"config-{kver}").write_text("CONFIG_MODULES=y\nCONFIG_ZRAM=m\n")
+    for given in (None, kver):
+        with pytest.raises(build_mod.BuildError) as err:
+            build_mod.find_kernel(tmp_path, given)
+        assert err.value.line().startswith(f"kernel {kver} has no modules in the image"), err
+        assert f"linux-image-{kver}" in err.value.hint
+    (tmp_path / "boot" / f"config-{kver}").write_text("# CONFIG_MODULES is not set\n")
+    assert build_mod.find_kernel(tmp_path, None)[0] == kver
+
+
 def test_the_index_records_the_zram_and_tmpfs_figures_a_handover_keeps(tmp_path: Path) -> None:
     build_layout(tmp_path / "img", LAYERS, tag="v1")
     image = resolve(LayoutSource(str(tmp_path / "img")), label="v1")

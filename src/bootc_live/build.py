@@ -329,7 +329,7 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
                 f"looked in {kernels.KERNEL_PLACES}){_linked(finder, [kver])}",
                 "give one of those to --kver, or leave --kver out for the highest",
             )
-        return kver, found[kver]
+        return _with_modules(root, kver), found[kver]
     if not found:
         raise BuildError(
             f"the image has no kernel (looked in {kernels.KERNEL_PLACES})"
@@ -343,7 +343,22 @@ def find_kernel(root: Path, kver: str | None) -> tuple[str, Path]:
             f"warning: kernel {kvers[-1]} has no modules (no modules.dep in "
             f"usr/lib/modules/{kvers[-1]}): taking {best}, the highest that has"
         )
-    return best, found[best]
+    return _with_modules(root, best), found[best]
+
+
+def _with_modules(root: Path, kver: str) -> str:
+    """`kver`, unless the image lacks the modules its config says the kernel has: dracut
+    then made an initramfs with none (no loop, overlay, zram, ext4), which the self-check
+    cannot tell from a kernel with everything built in."""
+    config = pack.kernel_config(root, kver)
+    if has_modules(root, kver) or config is None or "CONFIG_MODULES" not in config.enabled:
+        return kver
+    raise BuildError(
+        f"kernel {kver} has no modules in the image (no modules.dep in usr/lib/modules/{kver}), "
+        f"though its config {config.path} builds them: its initramfs would load none",
+        f"install the kernel's modules in the image (Debian: linux-image-{kver}), or give "
+        "--kver a kernel that has them",
+    )
 
 
 def _linked(finder: kernels.KernelFinder, kvers: Iterable[str]) -> str:
