@@ -457,3 +457,28 @@ def test_an_image_without_dracut_or_python3_stops_before_the_work(tmp_path: Path
         assert "install" in (err.value.hint or "")
         assert sorted(os.listdir(tmp_path)) == ["img"]
         shutil.rmtree(tmp_path / "img")
+
+
+def test_no_usable_python3_stops_dracut_saying_why(tmp_path: Path) -> None:
+    """install() found no real python3 (here one that does not run, as a broken shim): it said
+    so with derror and returned 1, which dracut ignores, so the initramfs went on without the
+    runtime's interpreter and the self-check said only that python3 does not start. It stops
+    dracut now, with its reason."""
+    module = export_modules(tmp_path / "modules")[0]
+    shim = tmp_path / "bin/python3"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\nexit 1\n")
+    shim.chmod(0o755)
+    script = (
+        'dfatal() { echo "FATAL: $*"; }; derror() { echo "ERROR: $*"; }; '
+        "inst_binary() { echo installed; }; inst_multiple() { :; }; "
+        f"moddir={module}; initdir={tmp_path}/init; dracutsysrootdir=; "
+        f". {module}/module-setup.sh; install; echo went on"
+    )
+    env = {**os.environ, "PATH": f"{shim.parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stdout
+    assert done.stdout == (
+        "FATAL: bootc-live: no usable python3 in /usr/bin (none, or a virtual environment's, "
+        "not a real interpreter)\n"
+    )

@@ -48,9 +48,11 @@ installkernel() {
 
 install() {
     local py
+    # dracut goes on when install() returns 1, and the self-check then said only that python3
+    # does not start: stop it here, saying why.
     py=$(_bootc_live_python) || {
-        derror "bootc-live: no usable python3 in $dracutsysrootdir/usr/bin"
-        return 1
+        dfatal "bootc-live: no usable python3 in $dracutsysrootdir/usr/bin (none, or a virtual environment's, not a real interpreter)"
+        exit 1
     }
     inst_binary "$py" /usr/bin/python3
     inst_multiple mount umount
