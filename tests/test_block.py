@@ -398,15 +398,7 @@ def test_a_real_disk_is_never_written_not_even_by_a_journal_replay(
     ).stdout.strip()
     try:
         mountpoint = tmp_path / "mnt"
-        src = Path(block.__file__).parents[2]
-        namespace = ["unshare", "--mount", "--propagation", "private"]
-        child = subprocess.run(
-            [*namespace, sys.executable, "-c", CHILD, loop, str(mountpoint)],
-            env={**os.environ, "PYTHONPATH": str(src)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        child = in_private_namespace(CHILD, loop, str(mountpoint))
     finally:
         subprocess.run(["losetup", "--detach", loop], check=True)
     assert child.returncode == 0, child.stderr
@@ -482,16 +474,7 @@ def test_a_damaged_disk_is_one_line_naming_the_file_not_an_internal_error(
         ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
     ).stdout.strip()
     try:
-        src = Path(block.__file__).parents[2]
-        namespace = ["unshare", "--mount", "--propagation", "private"]
-        argv = [sys.executable, "-c", DAMAGED_CHILD, loop, str(tmp_path / "mnt"), digest]
-        child = subprocess.run(
-            [*namespace, *argv],
-            env={**os.environ, "PYTHONPATH": str(src)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        child = in_private_namespace(DAMAGED_CHILD, loop, str(tmp_path / "mnt"), digest)
     finally:
         subprocess.run(["losetup", "--detach", loop], check=True)
     assert child.returncode == 0, child.stderr
@@ -533,3 +516,15 @@ def test_a_disk_that_will_not_let_go_is_a_warning_not_a_failed_boot(
         f"warning: the disk's filesystem stays mounted: umount: {disk.mountpoint}: not mounted",
         "warning: /dev/vdz stays read-only: No such device",
     ]
+
+
+def in_private_namespace(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Python `code` run with `args` in a private mount namespace, the runtime importable."""
+    src = Path(block.__file__).parents[2]
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code, *args],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
