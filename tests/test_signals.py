@@ -239,3 +239,44 @@ def test_a_signal_during_a_read_that_never_returns_still_ends_the_unpack(tmp_pat
     )
     assert (done.returncode, done.stderr.strip()) == (1, "interrupted"), done.stderr
     assert time.monotonic() - start < 20
+
+
+# An interrupt while the command line's modules load: a sitecustomize makes the import of one
+# of them raise KeyboardInterrupt, as a Ctrl-C in that half second does.
+INTERRUPTING = """
+import sys
+class Interrupting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "bootc_live.build":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupting())
+"""
+
+
+@pytest.mark.parametrize("how", ["installed", "-m"])
+def test_an_interrupt_while_the_program_loads_is_one_line(how: str, tmp_path: Path) -> None:
+    """The program as installed (the console script beside this interpreter) and as
+    `python -m bootc_live`."""
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPTING)
+    script = Path(sys.executable).parent / "bootc-live"
+    argv = [str(script)] if how == "installed" else [sys.executable, "-m", "bootc_live"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO / "src")])}
+    said = subprocess.run([*argv, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert (said.returncode, said.stderr, said.stdout) == (
+        130,
+        "bootc-live: interrupted by SIGINT\n",
+        "",
+    )
+
+
+def test_an_interrupt_while_the_options_are_read_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bootc_live import cli
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parser", interrupt)
+    assert cli.main(["inspect", "oci:x"]) == 130
+    assert capsys.readouterr().err == "bootc-live: interrupted by SIGINT\n"

@@ -1146,7 +1146,10 @@ def error_line(err: BootcLiveError, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except KeyboardInterrupt:  # before stopping() below turns signals into a clean unwinding
+        return interrupted(int(signal.SIGINT))
     if args.debug:
         os.environ["BOOTC_LIVE_DEBUG"] = "1"
         run_module.DEBUG = True
@@ -1204,6 +1207,10 @@ def run_command(args: argparse.Namespace) -> int:
         )
         return 1
     except (Stopped, KeyboardInterrupt) as err:
-        signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
-        print(f"bootc-live: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-        return 128 + signum
+        return interrupted(err.signum if isinstance(err, Stopped) else int(signal.SIGINT))
+
+
+def interrupted(signum: int) -> int:
+    """Says the command was interrupted by `signum`; the exit status that says it too."""
+    print(f"bootc-live: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    return 128 + signum
