@@ -123,3 +123,55 @@ def test_a_second_interrupt_during_the_grace_still_ends_everything(tmp_path: Pat
     )
     assert result.returncode != 0 and "KeyboardInterrupt" in result.stderr, result.stderr
     assert terming.exists() and gone(child)
+
+
+@pytest.mark.parametrize(
+    ("contents", "mode", "reason"),
+    [
+        (b"#!/bin/sh\ntrue\n", 0o644, "Permission denied"),  # not executable
+        (b"\x7fELF\x02\x01\x01" + bytes(57), 0o755, "Exec format error"),  # a cut ELF
+    ],
+    ids=["EACCES", "ENOEXEC"],
+)
+def test_a_program_the_kernel_will_not_run_is_one_line(
+    tmp_path: Path, contents: bytes, mode: int, reason: str
+) -> None:
+    """execve's EACCES or ENOEXEC (a tool damaged in the initramfs): the command's name, the
+    kernel's reason and the caller's hint, not an internal error."""
+    tool = tmp_path / "mkfs.erofs"
+    tool.write_bytes(contents)
+    tool.chmod(mode)
+    for call in (run.run, run.start):
+        with pytest.raises(run.CommandError) as err:
+            call([tool], hint="install erofs-utils") if call is run.run else call([tool])
+        hint = "install erofs-utils" if call is run.run else f"{tool} must be a program"
+        assert err.value.line().startswith(f"mkfs.erofs could not be started: {reason}; {hint}")
+
+
+# Run by the test below: its open files limited to those it holds, so that the pipes for a
+# command's streams cannot be made (EMFILE, as the kernel says it).
+AT_THE_FILE_LIMIT = r"""
+import os, resource
+from bootc_live.runtime import run
+held = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+resource.setrlimit(resource.RLIMIT_NOFILE, (held, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for call in (run.run, run.start):
+    try:
+        call(["true"], stdout=run.PIPE) if call is run.start else call(["true"], capture=True)
+    except run.CommandError as err:
+        print(err.line())
+"""
+
+
+def test_a_command_that_cannot_be_started_for_want_of_files_names_the_limit() -> None:
+    src = Path(run.__file__).parents[2]
+    child = subprocess.run(
+        [sys.executable, "-c", AT_THE_FILE_LIMIT],
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    line = "true could not be started: Too many open files; too many files are open: raise the "
+    assert child.stdout.splitlines() == [f"{line}limit (ulimit -n, LimitNOFILE=)"] * 2, child.stderr

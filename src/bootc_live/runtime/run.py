@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import shlex
@@ -71,6 +72,8 @@ def run(
         )
     except FileNotFoundError:
         raise CommandError(f"{args[0]}: command not found", hint) from None
+    except OSError as err:
+        raise not_started(args[0], err, hint) from None
     try:
         stdout, stderr = proc.communicate(input, timeout)
     except subprocess.TimeoutExpired:
@@ -143,6 +146,22 @@ def start(
         return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr)
     except FileNotFoundError:
         raise CommandError(f"{args[0]}: command not found") from None
+    except OSError as err:
+        raise not_started(args[0], err) from None
+
+
+def not_started(program: str, err: OSError, hint: str = "") -> CommandError:
+    """A command the kernel would not start, said in one line: for want of open files, memory
+    or processes (the machine's limits), or a file that is no program this machine runs."""
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        hint = "too many files are open: raise the limit (ulimit -n, LimitNOFILE=)"
+    elif err.errno in (errno.ENOMEM, errno.EAGAIN):
+        hint = "the machine is out of memory or processes: add RAM, or stop what holds them"
+    elif not hint:
+        hint = f"{program} must be a program this machine runs: reinstall it"
+    return CommandError(
+        f"{os.path.basename(program)} could not be started: {err.strerror or err}", hint
+    )
 
 
 def _logged(
