@@ -234,6 +234,7 @@ def boot_with(
     """A boot of a copy of `layout` (a boot deletes the blobs of an image in the initramfs)."""
     copy = tmp / "initramfs-image"
     shutil.rmtree(copy, ignore_errors=True)
+    (tmp / "run" / boot.CONSUMED).unlink(missing_ok=True)  # a new boot: its initramfs whole
     if layout.exists():
         shutil.copytree(layout, copy)
     argv = [f"root=bootc-live:{copy}", *keep.split(), *args.split()]

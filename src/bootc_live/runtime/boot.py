@@ -43,6 +43,7 @@ from . import (
     urllib_dracut,
 )
 from . import run as runner
+from .blobs import Descriptor
 from .cmdline import BootSpec
 from .errors import BootcLiveError, Stopped, stopping
 from .oci import Image, resolve
@@ -55,6 +56,9 @@ STATUS_DIR = status.STATUS_DIR  # module globals: host-side tests point them els
 # In STATUS_DIR once the initramfs's spare files are being freed (free_spare); the unit and the
 # dracut hook read it (bootc-live-lib.sh: bootc_live_freed).
 FREED = "freed"
+# In STATUS_DIR once a blob of the image in the initramfs was deleted, its layer applied
+# (InitramfsLayout): a second attempt in this boot would find the image incomplete.
+CONSUMED = "consumed"
 POLICY = policy.DEFAULT_PATH
 REGISTRIES_D = registriesd.DEFAULT_DIR
 
@@ -626,14 +630,37 @@ def open_source(spec: BootSpec, report: Report) -> ImageSource:
         seconds = spec.timeout or cmdline.BLOCK_WAIT
         return block.open_disk(spec.image.device, path, seconds, report.say)
     if os.path.isdir(path):
-        # Blobs inside the initramfs are deleted as their layers are applied: memory comes back.
-        return LayoutSource(path, consume=True)
+        if os.path.exists(os.path.join(STATUS_DIR, CONSUMED)):
+            raise BootcLiveError(
+                f"an earlier attempt in this boot deleted layers of {path} from the initramfs "
+                "as it applied them (their memory went to the root): the image is not whole "
+                "any more",
+                "reboot to try again",
+            )
+        return InitramfsLayout(path)
     if os.path.isfile(path):
         return ArchiveSource(path)
     raise BootcLiveError(
         f"no image at {path} in the initramfs",
         "append rootfs.img from bootc-live build as an extra initrd, or fix root=",
     )
+
+
+class InitramfsLayout(LayoutSource):
+    """The layout in the initramfs: its blobs are deleted as their layers are applied (memory
+    comes back), CONSUMED marked first: an attempt after a failed one (from the emergency
+    shell, with bootc.keep-modules=1) says why it cannot read the image, not that the image
+    lacks a blob."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, consume=True)
+
+    def release(self, desc: Descriptor) -> None:
+        with contextlib.suppress(OSError):  # as FREED: the boot goes on without the mark
+            os.makedirs(STATUS_DIR, exist_ok=True)
+            with open(os.path.join(STATUS_DIR, CONSUMED), "w", encoding="utf-8") as f:
+                f.write(f"{self.path}: layers deleted as they were applied\n")
+        super().release(desc)
 
 
 def open_url_source(spec: BootSpec, report: Report) -> ImageSource:

@@ -1,0 +1,115 @@
+"""Faults of the machine during a boot, on real filesystems in a private mount namespace: the
+boot stops with one line naming the cause and the next step, leaves nothing mounted and the
+root empty, and a second attempt in the same namespace works, or is refused with its line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import boot
+from imagegen import build_layout
+from unpackers import need
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+
+# Run in a private mount namespace: boot.main on the layout argv[2] into argv[1]/newroot, once
+# for each command line argv[3:] (one JSON list of kernel arguments each), as attempts in one
+# initramfs; after each, what is mounted under argv[1] and what the root holds.
+ATTEMPTS = r"""
+import json, os, subprocess, sys
+from bootc_live.runtime import block, boot, roots
+from bootc_live.runtime.cmdline import parse
+tmp, layout = sys.argv[1], sys.argv[2]
+boot.STATUS_DIR, roots.WORKDIR = f"{tmp}/run", f"{tmp}/work"
+boot.POLICY, boot.REGISTRIES_D, block.MOUNTPOINT = f"{tmp}/none", f"{tmp}/none", f"{tmp}/disk"
+newroot = f"{tmp}/newroot"
+os.makedirs(newroot)
+seen = []
+for args in sys.argv[3:]:
+    argv = [f"root=bootc-live:{layout}", "bootc.keep-modules=1", *json.loads(args)]
+    code = boot.main(["boot", newroot], lambda: parse(argv))
+    with open(f"{tmp}/run/status.json", encoding="utf-8") as f:
+        status = json.load(f)
+    table = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True)
+    mounted = [m for m in table.stdout.split() if m.startswith(tmp)]
+    seen.append({"code": code, "message": status.get("message"), "mounted": mounted,
+                 "root": sorted(os.listdir(newroot))})
+print(json.dumps(seen))
+"""
+
+
+def attempts(tmp: Path, layout: Path, *args: list[str]) -> list[dict[str, object]]:
+    """What each boot of `layout` with these kernel arguments did, one after the other in one
+    private mount namespace."""
+    need(os.geteuid() == 0, "mounts in a private namespace need root")
+    need(shutil.which("unshare") is not None, "needs unshare")
+    src = Path(boot.__file__).parents[2]
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", ATTEMPTS]
+    child = subprocess.run(
+        [*argv, str(tmp), str(layout), *(json.dumps(a) for a in args)],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr
+    seen: list[dict[str, object]] = json.loads(child.stdout)
+    return seen
+
+
+def gnu_tar(tmp: Path, name: str, files: dict[str, bytes]) -> bytes:
+    """A layer as GNU tar writes it: `files` (with their directories) under a tree of its own."""
+    tree = tmp / f"tree-{name}"
+    for path, data in files.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
+    argv = ["tar", "--sort=name", "--owner=0", "--group=0", "-C", str(tree), "-cf", "-", "."]
+    return subprocess.run(argv, check=True, capture_output=True).stdout
+
+
+def test_a_retry_after_layers_in_the_initramfs_were_freed_says_why_it_cannot_read_them(
+    tmp_path: Path,
+) -> None:
+    """A layout in the initramfs gives each blob's memory back once its layer is applied: a
+    boot that fails at the second layer (its tmpfs full) has deleted the first. A retry from the
+    emergency shell (bootc.keep-modules=1 keeps the runtime for it) was told "blob … is
+    missing", as if the image lacked it; it is refused with the reason and "reboot". Nothing
+    stays mounted after either attempt."""
+    base = gnu_tar(tmp_path, "base", {"etc/hostname": b"live\n", "var/lib/x": b"x"})
+    big = gnu_tar(tmp_path, "big", {"usr/big": os.urandom(4 * MIB)})
+    build_layout(tmp_path / "layout", [base, big])
+    first, second = attempts(tmp_path, tmp_path / "layout", ["rootflags=size=2M"], [])
+    assert first["code"] == 1 and "the root filesystem is full while writing /usr/big" in str(
+        first["message"]
+    )
+    assert second == {
+        "code": 1,
+        "message": f"bootc-live: an earlier attempt in this boot deleted layers of "
+        f"{tmp_path / 'layout'} from the initramfs as it applied them (their memory went to "
+        "the root): the image is not whole any more; reboot to try again",
+        "mounted": [],
+        "root": [],
+    }
+    assert first["mounted"] == [] and first["root"] == []
+
+
+def test_a_retry_after_a_failure_that_freed_nothing_boots(tmp_path: Path) -> None:
+    """The first layer fills its tmpfs: nothing was deleted yet, and the same initramfs boots
+    at the second attempt, into the root the first left empty and unmounted."""
+    layer = gnu_tar(tmp_path, "one", {"etc/hostname": b"live\n", "usr/big": os.urandom(4 * MIB)})
+    build_layout(tmp_path / "layout", [layer])
+    first, second = attempts(tmp_path, tmp_path / "layout", ["rootflags=size=2M"], [])
+    assert (first["code"], first["mounted"], first["root"]) == (1, [], [])
+    newroot = str(tmp_path / "newroot")
+    assert second["code"] == 0, second
+    assert second["mounted"] == [newroot, f"{newroot}/etc", f"{newroot}/var"]
+    assert second["root"] == ["etc", "usr", "var"]
