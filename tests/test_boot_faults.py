@@ -102,12 +102,28 @@ def test_a_retry_after_layers_in_the_initramfs_were_freed_says_why_it_cannot_rea
     assert first["mounted"] == [] and first["root"] == []
 
 
-def test_a_retry_after_a_failure_that_freed_nothing_boots(tmp_path: Path) -> None:
-    """The first layer fills its tmpfs: nothing was deleted yet, and the same initramfs boots
-    at the second attempt, into the root the first left empty and unmounted."""
+@pytest.mark.parametrize(
+    ("flags", "full_at"),
+    [
+        ("size=2M", "/usr/big (1 MiB written)"),
+        ("noatime,nr_inodes=4", "/usr/big (0 MiB written)"),  # /, etc, etc/hostname, usr
+    ],
+)
+def test_a_root_full_at_the_size_rootflags_gives_it_names_them_and_a_retry_boots(
+    tmp_path: Path, flags: str, full_at: str
+) -> None:
+    """rootflags= that limit the root's tmpfs (its size, its inodes), too small for the image:
+    the line names them, not "add RAM", which could not help. Nothing was deleted yet (the
+    first layer failed), and the same initramfs boots at the second attempt without them, into
+    the root the first left empty and unmounted."""
     layer = gnu_tar(tmp_path, "one", {"etc/hostname": b"live\n", "usr/big": os.urandom(4 * MIB)})
     build_layout(tmp_path / "layout", [layer])
-    first, second = attempts(tmp_path, tmp_path / "layout", ["rootflags=size=2M"], [])
+    first, second = attempts(tmp_path, tmp_path / "layout", [f"rootflags={flags}"], [])
+    limits = ",".join(f for f in flags.split(",") if f != "noatime")
+    assert str(first["message"]).endswith(
+        f": the root filesystem is full while writing {full_at}; rootflags={limits} limits the "
+        "root's tmpfs: raise it, or drop it (the root is then sized to the memory)"
+    )
     assert (first["code"], first["mounted"], first["root"]) == (1, [], [])
     newroot = str(tmp_path / "newroot")
     assert second["code"] == 0, second

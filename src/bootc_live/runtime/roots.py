@@ -270,6 +270,14 @@ class Root:
     def prepare(self) -> str:
         """Make the empty filesystem the image is unpacked into; its path."""
         mounts.mount_tmpfs(self.newroot, self.budget, self.plan.rootflags, tree=True)
+        limits = [
+            f for f in self.plan.rootflags if f.startswith(("size=", "nr_blocks=", "nr_inodes="))
+        ]
+        if limits:  # the user's limit, not the machine's memory, is what a full root meets
+            self.full_hint = (
+                f"rootflags={','.join(limits)} limits the root's tmpfs: raise it, or drop it "
+                "(the root is then sized to the memory)"
+            )
         return self.newroot
 
     def mount(self, report: Say) -> RootFacts:
