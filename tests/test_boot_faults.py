@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import boot
+from bootc_live.runtime import boot, status
 from imagegen import build_layout
 from unpackers import need
 
@@ -37,8 +37,11 @@ seen = []
 for args in sys.argv[3:]:
     argv = [f"root=bootc-live:{layout}", "bootc.keep-modules=1", *json.loads(args)]
     code = boot.main(["boot", newroot], lambda: parse(argv))
-    with open(f"{tmp}/run/status.json", encoding="utf-8") as f:
-        status = json.load(f)
+    try:
+        with open(f"{tmp}/run/status.json", encoding="utf-8") as f:
+            status = json.load(f)
+    except FileNotFoundError:
+        status = {}
     table = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True)
     mounted = [m for m in table.stdout.split() if m.startswith(tmp)]
     seen.append({"code": code, "message": status.get("message"), "mounted": mounted,
@@ -47,21 +50,27 @@ print(json.dumps(seen))
 """
 
 
-def attempts(tmp: Path, layout: Path, *args: list[str]) -> list[dict[str, object]]:
+def attempts(
+    tmp: Path, layout: Path, *args: list[str], before: str = "", said: list[str] | None = None
+) -> list[dict[str, object]]:
     """What each boot of `layout` with these kernel arguments did, one after the other in one
-    private mount namespace."""
+    private mount namespace (where the shell commands `before` ran first); `said` gets the
+    console's lines."""
     need(os.geteuid() == 0, "mounts in a private namespace need root")
     need(shutil.which("unshare") is not None, "needs unshare")
     src = Path(boot.__file__).parents[2]
-    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", ATTEMPTS]
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-euc", f'{before}\nexec "$@"']
     child = subprocess.run(
-        [*argv, str(tmp), str(layout), *(json.dumps(a) for a in args)],
+        [*argv, "sh", sys.executable, "-c", ATTEMPTS, str(tmp), str(layout)]
+        + [json.dumps(a) for a in args],
         env={**os.environ, "PYTHONPATH": str(src)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert child.returncode == 0, child.stderr
+    if said is not None:
+        said.extend(child.stderr.splitlines())
     seen: list[dict[str, object]] = json.loads(child.stdout)
     return seen
 
@@ -129,3 +138,30 @@ def test_a_root_full_at_the_size_rootflags_gives_it_names_them_and_a_retry_boots
     assert second["code"] == 0, second
     assert second["mounted"] == [newroot, f"{newroot}/etc", f"{newroot}/var"]
     assert second["root"] == ["etc", "usr", "var"]
+
+
+def test_a_full_run_directory_costs_the_status_file_not_the_boot(tmp_path: Path) -> None:
+    """/run full (a tmpfs of 20% of RAM in systemd's initrd): status.json cannot be written.
+    That stopped the boot as "internal error: OSError: [Errno 28] No space left on device;
+    please report it" before anything was read; the boot goes on, says so once, and its status
+    lines still carry the status."""
+    layer = gnu_tar(tmp_path, "one", {"etc/hostname": b"live\n", "var/lib/x": b"x"})
+    build_layout(tmp_path / "layout", [layer])
+    run = tmp_path / "run"
+    run.mkdir()
+    fill = f"mount -t tmpfs -o size=4k,nr_inodes=8 full {run}; head -c 4096 /dev/zero > {run}/x"
+    said: list[str] = []
+    (only,) = attempts(tmp_path, tmp_path / "layout", [], before=fill, said=said)
+    newroot = str(tmp_path / "newroot")
+    assert only == {
+        "code": 0,
+        "message": None,
+        "mounted": [str(run), newroot, f"{newroot}/etc", f"{newroot}/var"],
+        "root": ["etc", "var"],
+    }
+    warning = f"bootc-live: warning: {run}/status.json cannot be written (No space left on device)"
+    assert [line for line in said if "warning" in line] == [
+        f"{warning}: the status is in the status lines only"
+    ]
+    (ready,) = [doc for doc in status.documents(said) if doc["state"] == "ready"]
+    assert ready["mode"] == "tmpfs" and ready["entries"] == 6  # ., etc, var and theirs

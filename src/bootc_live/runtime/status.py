@@ -11,6 +11,7 @@ printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -65,6 +66,7 @@ class Report:
         self.stream = stream
         self.status: dict[str, Any] = {}  # status.json: everything so far
         self._printed: dict[str, Any] = {}  # what the status lines have carried so far
+        self._unwritten = False  # status.json could not be written (said once)
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stderr, flush=True)
@@ -91,15 +93,30 @@ class Report:
         self.status.update(fields)
         self.status.update(state=state, time=round(time.time(), 3), uptime=uptime(), boot=self.boot)
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            tmp = os.path.join(self.directory, ".status.json")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(_json(self.status) + "\n")
-            os.replace(tmp, os.path.join(self.directory, "status.json"))
+            self._write()
+        except OSError as err:  # /run full, say: a report is no reason to stop the boot
+            if not self._unwritten:
+                self._unwritten = True
+                self._print(
+                    f"bootc-live: warning: {self.directory}/status.json cannot be written "
+                    f"({err.strerror or err}): the status is in the status lines only"
+                )
         finally:  # the lines are printed even where the file cannot be written
             if not self.quiet or state in FINAL:
                 for line in self._lines():
                     self._print(line)
+
+    def _write(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = os.path.join(self.directory, ".status.json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(_json(self.status) + "\n")
+            os.replace(tmp, os.path.join(self.directory, "status.json"))
+        except OSError:
+            with contextlib.suppress(OSError):  # what was written of it takes room
+                os.unlink(tmp)
+            raise
 
     def _lines(self) -> list[str]:
         head = {key: self.status[key] for key in ("state", "time", "uptime", "boot")}
