@@ -23,13 +23,19 @@ MIB = 1 << 20
 
 # Run in a private mount namespace: boot.main on the layout argv[2] into argv[1]/newroot, once
 # for each command line argv[3:] (one JSON list of kernel arguments each), as attempts in one
-# initramfs; after each, what is mounted under argv[1] and what the root holds.
+# initramfs; after each, what is mounted under argv[1] and what the root holds. kexec is never
+# run: the kernel refuses to load (as under lockdown).
 ATTEMPTS = r"""
-import json, os, subprocess, sys
-from bootc_live.runtime import block, boot, roots
+import functools, json, os, subprocess, sys
+from bootc_live.runtime import block, boot, kexec, roots
 from bootc_live.runtime.cmdline import parse
+from bootc_live.runtime.run import CommandError
 tmp, layout = sys.argv[1], sys.argv[2]
 boot.STATUS_DIR, roots.WORKDIR = f"{tmp}/run", f"{tmp}/work"
+kexec.kexec_boot = functools.partial(kexec.kexec_boot, workdir=f"{tmp}/kexec")
+def refused(argv, **_):  # never this machine's kexec: the kernel refuses the load
+    raise CommandError("kexec failed", "", "kexec_load failed: Operation not permitted")
+kexec.run = refused
 boot.POLICY, boot.REGISTRIES_D, block.MOUNTPOINT = f"{tmp}/none", f"{tmp}/none", f"{tmp}/disk"
 newroot = f"{tmp}/newroot"
 os.makedirs(newroot)
@@ -165,3 +171,37 @@ def test_a_full_run_directory_costs_the_status_file_not_the_boot(tmp_path: Path)
     ]
     (ready,) = [doc for doc in status.documents(said) if doc["state"] == "ready"]
     assert ready["mode"] == "tmpfs" and ready["entries"] == 6  # ., etc, var and theirs
+
+
+KERNEL = "usr/lib/modules/6.1.0-9-amd64"
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({"etc/hostname": b"live\n"}, "the image has no kernel (no usr/lib/modules/KVER/vmlinuz)"),
+        (
+            {f"{KERNEL}/vmlinuz": b"kernel", f"{KERNEL}/initramfs.img": b"initramfs"},
+            "kexec could not load kernel 6.1.0-9-amd64 from the image: kexec_load failed: "
+            "Operation not permitted",
+        ),
+    ],
+    ids=["no-kernel", "load-refused"],
+)
+def test_a_failed_kexec_stage_one_gives_its_handover_back_and_a_retry_boots(
+    tmp_path: Path, files: dict[str, bytes], reason: str
+) -> None:
+    """bootc.kexec copies the image into a tmpfs of its own (the handover) before it looks for
+    the kernel. A stage one that failed left that tmpfs mounted, the whole image held in RAM
+    for the emergency shell, and a retry stacked another over it; it is unmounted, and the same
+    initramfs boots without bootc.kexec."""
+    layer = gnu_tar(tmp_path, "one", {"var/lib/x": os.urandom(MIB), **files})
+    build_layout(tmp_path / "layout", [layer])
+    first, second = attempts(tmp_path, tmp_path / "layout", ["bootc.kexec=1"], [])
+    assert str(first["message"]).startswith(f"bootc-live: bootc.kexec: {reason}; ")
+    assert (first["code"], first["mounted"], first["root"]) == (1, [], [])
+    assert second["code"] == 0 and second["mounted"] == [
+        str(tmp_path / "newroot"),
+        str(tmp_path / "newroot/etc"),
+        str(tmp_path / "newroot/var"),
+    ]

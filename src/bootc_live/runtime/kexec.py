@@ -369,8 +369,7 @@ def kexec_boot(
     proc_cmdline: str = "/proc/cmdline",
 ) -> None:
     """Obtain the boot files (and the handover), load them with kexec and execute: on success
-    this does not return."""
-    say = report.say
+    this does not return; whatever fails leaves nothing mounted."""
     # The next initrd (the image's initramfs + the handover) and the kernel are held in a tmpfs,
     # and loading copies them once or twice more (below). First the handover must fit; once the
     # kernel and initramfs are known, the exact check comes before anything is loaded.
@@ -387,6 +386,24 @@ def kexec_boot(
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     mounts.mount_tmpfs(workdir, mem.total)
+    try:
+        _stage_one(spec, image, report, workdir, proc_cmdline, start, hint)
+    finally:  # returns only when it failed: the handover's memory goes back
+        _give_back(workdir, report)
+
+
+def _stage_one(
+    spec: BootSpec,
+    image: Image,
+    report: Report,
+    workdir: str,
+    proc_cmdline: str,
+    start: float,
+    hint: str,
+) -> None:
+    """kexec_boot's work in its mounted `workdir`."""
+    say = report.say
+    reuse = spec.kexec_reuse_image
     handover = os.path.join(workdir, "handover")
     label = "handover"
     with memory.PeakWatch() as work:  # stage one's own work: the handover and the search
@@ -547,8 +564,18 @@ def packed_kexec_boot(
                 lambda: _release(root, workdir, report),
             )
     finally:
+        _give_back(workdir, report)
+
+
+def _give_back(workdir: str, report: Report) -> None:
+    """Unmount the work tmpfs of a stage one that failed (kexec -e does not return otherwise):
+    the handover, the boot files, what was written, give their memory back to the emergency
+    shell or a retry; if that fails too, it is said, and the failure's own line stays."""
+    try:
         if mounts.is_mounted(workdir):
             mounts.umount(workdir)
+    except BootcLiveError as err:
+        report.summary(f"could not undo the kexec work directory: {err}")
 
 
 def _release(root: roots.PackedRoot, workdir: str, report: Report) -> None:
