@@ -4,6 +4,7 @@ root empty, and a second attempt in the same namespace works, or is refused with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,7 +42,8 @@ newroot = f"{tmp}/newroot"
 os.makedirs(newroot)
 seen = []
 for args in sys.argv[3:]:
-    argv = [f"root=bootc-live:{layout}", "bootc.keep-modules=1", *json.loads(args)]
+    root = layout if layout.startswith("root=") else f"root=bootc-live:{layout}"
+    argv = [root, "bootc.keep-modules=1", *json.loads(args)]
     code = boot.main(["boot", newroot], lambda: parse(argv))
     try:
         with open(f"{tmp}/run/status.json", encoding="utf-8") as f:
@@ -50,18 +52,24 @@ for args in sys.argv[3:]:
         status = {}
     table = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True)
     mounted = [m for m in table.stdout.split() if m.startswith(tmp)]
+    loops = subprocess.run(["losetup", "-n", "-l", "-O", "BACK-FILE"], capture_output=True,
+                           text=True).stdout.split()
     seen.append({"code": code, "message": status.get("message"), "mounted": mounted,
-                 "root": sorted(os.listdir(newroot))})
+                 "root": sorted(os.listdir(newroot)), "loops": [l for l in loops if tmp in l]})
 print(json.dumps(seen))
 """
 
 
 def attempts(
-    tmp: Path, layout: Path, *args: list[str], before: str = "", said: list[str] | None = None
+    tmp: Path,
+    layout: Path | str,
+    *args: list[str],
+    before: str = "",
+    said: list[str] | None = None,
 ) -> list[dict[str, object]]:
-    """What each boot of `layout` with these kernel arguments did, one after the other in one
-    private mount namespace (where the shell commands `before` ran first); `said` gets the
-    console's lines."""
+    """What each boot of `layout` (or of `root=…`) with these kernel arguments did, one after
+    the other in one private mount namespace (where the shell commands `before` ran first);
+    `said` gets the console's lines."""
     need(os.geteuid() == 0, "mounts in a private namespace need root")
     need(shutil.which("unshare") is not None, "needs unshare")
     src = Path(boot.__file__).parents[2]
@@ -113,6 +121,7 @@ def test_a_retry_after_layers_in_the_initramfs_were_freed_says_why_it_cannot_rea
         "the root): the image is not whole any more; reboot to try again",
         "mounted": [],
         "root": [],
+        "loops": [],
     }
     assert first["mounted"] == [] and first["root"] == []
 
@@ -164,6 +173,7 @@ def test_a_full_run_directory_costs_the_status_file_not_the_boot(tmp_path: Path)
         "message": None,
         "mounted": [str(run), newroot, f"{newroot}/etc", f"{newroot}/var"],
         "root": ["etc", "var"],
+        "loops": [],
     }
     warning = f"bootc-live: warning: {run}/status.json cannot be written (No space left on device)"
     assert [line for line in said if "warning" in line] == [
@@ -205,3 +215,55 @@ def test_a_failed_kexec_stage_one_gives_its_handover_back_and_a_retry_boots(
         str(tmp_path / "newroot/etc"),
         str(tmp_path / "newroot/var"),
     ]
+
+
+FAILING_MODPROBE = """#!/bin/sh
+echo "modprobe: FATAL: Module $1 not found in directory /lib/modules/$(uname -r)" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "outcome"),
+    [
+        ([], None),
+        (
+            ["rootflags=bogus_flag"],
+            "bootc-live: mount failed: mount: {newroot}: wrong fs type, bad option, bad "
+            "superblock on /dev/loop",
+        ),
+    ],
+    ids=["boots", "mount-refused"],
+)
+def test_a_packed_root_whose_filesystem_is_built_into_the_kernel_boots(
+    tmp_path: Path, flags: list[str], outcome: str | None
+) -> None:
+    """A kernel with squashfs built in, and no module of it in the initramfs: modprobe fails
+    (as it does for any module on a kernel without /lib/modules), and the packed root was
+    refused as "this kernel cannot mount the packed root: no squashfs module", which it can
+    (loop and overlay were already taken so). A mount the kernel refuses (rootflags= it does
+    not take) leaves no loop device and nothing mounted."""
+    need(shutil.which("mksquashfs") is not None, "needs mksquashfs (squashfs-tools)")
+    need("squashfs" in Path("/proc/filesystems").read_text().split(), "needs squashfs loaded")
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "var").mkdir()
+    (tree / "etc/hostname").write_text("live\n")
+    packed = tmp_path / "packed.img"
+    subprocess.run(["mksquashfs", str(tree), str(packed), "-quiet", "-noappend"], check=True)
+    pin = f"sha256:{hashlib.sha256(packed.read_bytes()).hexdigest()}"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "modprobe").write_text(FAILING_MODPROBE)
+    (fake / "modprobe").chmod(0o755)
+    root = f"root=bootc-live:packed:{packed}"
+    before = f'export PATH="{fake}:$PATH"'
+    (seen,) = attempts(tmp_path, root, [f"bootc.packed.sha256={pin}", *flags], before=before)
+    newroot = str(tmp_path / "newroot")
+    if outcome is None:
+        assert seen["code"] == 0, seen
+        assert seen["root"] == ["etc", "var"]
+        assert seen["loops"] == [str(packed)]
+    else:
+        assert str(seen["message"]).startswith(outcome.format(newroot=newroot)), seen
+        assert (seen["mounted"], seen["root"], seen["loops"]) == ([], [], [])

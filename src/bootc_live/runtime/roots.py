@@ -563,7 +563,7 @@ class PackedRoot(Root):
         fs = self.source.format
         assert fs is not None  # known once stored
         try:
-            run(["modprobe", fs.name])
+            modprobe(fs.name, hint="")  # built into the kernel (no module to load) is as good
         except BootcLiveError:
             raise RootError(
                 f"this kernel cannot mount the packed root: no {fs.name} module "
