@@ -114,6 +114,7 @@ def boot_packed(tmp: Path, root: str, sha256: str, args: str = "") -> tuple[int,
         "bootc.retries=3",
         *args.split(),
     ]
+    (tmp / "run" / boot.CONSUMED).unlink(missing_ok=True)  # a new boot: its initramfs whole
     code = boot.main(["boot", str(tmp / "newroot")], lambda: parse(argv))
     return code, json.loads((tmp / "run/status.json").read_text())
 

@@ -99,6 +99,7 @@ def stage_one(tmp: Path, root: str, sha256: str, args: str = "") -> dict[str, An
         "bootc.kexec",
         *args.split(),
     ]
+    (tmp / "run" / boot.CONSUMED).unlink(missing_ok=True)  # a new boot: its initramfs whole
     (tmp / "cmdline").write_text(" ".join(argv) + "\n")
     try:
         code = boot.main(["boot", str(tmp / "newroot")], lambda: parse(argv))

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Callable, NoReturn
 
@@ -56,8 +57,9 @@ STATUS_DIR = status.STATUS_DIR  # module globals: host-side tests point them els
 # In STATUS_DIR once the initramfs's spare files are being freed (free_spare); the unit and the
 # dracut hook read it (bootc-live-lib.sh: bootc_live_freed).
 FREED = "freed"
-# In STATUS_DIR once a blob of the image in the initramfs was deleted, its layer applied
-# (InitramfsLayout): a second attempt in this boot would find the image incomplete.
+# In STATUS_DIR once the image or packed root in the initramfs is being deleted (a layer's
+# blob once applied: InitramfsLayout; a packed root, by the undo of a failed boot): a second
+# attempt in this boot would find it incomplete or gone, and says so (not_consumed).
 CONSUMED = "consumed"
 POLICY = policy.DEFAULT_PATH
 REGISTRIES_D = registriesd.DEFAULT_DIR
@@ -178,16 +180,19 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
             image = source.image or spec.packed_image
             assert pin is not None  # cmdline.check_packed
             mem = plan_packed(spec, source, report)
-            with roots.packed_root(
-                source,
-                newroot,
-                mount_plan(spec),
-                pin,
-                image,
-                mem.total,
-                mode=spec.mode,
-                warn=report.summary,
-            ) as root:
+            with (
+                deleted_on_failure(source),
+                roots.packed_root(
+                    source,
+                    newroot,
+                    mount_plan(spec),
+                    pin,
+                    image,
+                    mem.total,
+                    mode=spec.mode,
+                    warn=report.summary,
+                ) as root,
+            ):
                 report.state("loading")
                 stored = root.load(packed_progress(source, report))
                 spare = unused_modules(spec), unused_tools(spec), unused_python(spec)
@@ -214,7 +219,8 @@ def packed_kexec(spec: BootSpec, report: Report) -> NoReturn:
     report.state("resolving", source=printable_root(spec))
     with contextlib.closing(open_packed(spec, report)) as source:
         unused = unused_modules(spec)
-        kexec.packed_kexec_boot(spec, source, report, lambda: free_modules(unused, report))
+        with deleted_on_failure(source):
+            kexec.packed_kexec_boot(spec, source, report, lambda: free_modules(unused, report))
     raise AssertionError("packed_kexec_boot returned")  # it raises or never returns
 
 
@@ -234,10 +240,25 @@ def ready(
     )
 
 
+@contextlib.contextmanager
+def deleted_on_failure(source: packed.PackedSource) -> Iterator[None]:
+    """Within, a failure undoes the packed root, which deletes one in the initramfs (its
+    memory goes back): CONSUMED is marked then."""
+    try:
+        yield
+    except BaseException:
+        if isinstance(source, packed.FileSource):
+            files = (source.path, *source.parts)
+            if not any(os.path.lexists(p) for p in files):
+                consumed(f"{source.path}: deleted by the undo of a failed boot")
+        raise
+
+
 def open_packed(spec: BootSpec, report: Report) -> packed.PackedSource:
     """The packed root root=bootc-live:packed:… names: its first bytes read where it can be."""
     assert spec.image is not None
     if spec.image.kind == "path":
+        not_consumed(f"the packed root {spec.image.location}", "as it failed")
         return packed.FileSource(spec.image.location)
     if spec.image.kind == "docker":
         return open_registry_packed(spec, report)
@@ -630,13 +651,7 @@ def open_source(spec: BootSpec, report: Report) -> ImageSource:
         seconds = spec.timeout or cmdline.BLOCK_WAIT
         return block.open_disk(spec.image.device, path, seconds, report.say)
     if os.path.isdir(path):
-        if os.path.exists(os.path.join(STATUS_DIR, CONSUMED)):
-            raise BootcLiveError(
-                f"an earlier attempt in this boot deleted layers of {path} from the initramfs "
-                "as it applied them (their memory went to the root): the image is not whole "
-                "any more",
-                "reboot to try again",
-            )
+        not_consumed(f"layers of {path}", "as it applied them")
         return InitramfsLayout(path)
     if os.path.isfile(path):
         return ArchiveSource(path)
@@ -656,11 +671,27 @@ class InitramfsLayout(LayoutSource):
         super().__init__(path, consume=True)
 
     def release(self, desc: Descriptor) -> None:
-        with contextlib.suppress(OSError):  # as FREED: the boot goes on without the mark
-            os.makedirs(STATUS_DIR, exist_ok=True)
-            with open(os.path.join(STATUS_DIR, CONSUMED), "w", encoding="utf-8") as f:
-                f.write(f"{self.path}: layers deleted as they were applied\n")
+        consumed(f"{self.path}: layers deleted as they were applied")
         super().release(desc)
+
+
+def consumed(what: str) -> None:
+    """Mark CONSUMED: what in the initramfs is being deleted (`what` says)."""
+    with contextlib.suppress(OSError):  # as FREED: the boot goes on without the mark
+        os.makedirs(STATUS_DIR, exist_ok=True)
+        with open(os.path.join(STATUS_DIR, CONSUMED), "w", encoding="utf-8") as f:
+            f.write(what + "\n")
+
+
+def not_consumed(what: str, when: str) -> None:
+    """Refuse to read `what` from the initramfs again once an earlier attempt deleted it (`when`
+    it did), rather than call it missing."""
+    if os.path.exists(os.path.join(STATUS_DIR, CONSUMED)):
+        raise BootcLiveError(
+            f"an earlier attempt in this boot deleted {what} from the initramfs {when} (their "
+            "memory went to the root): it is not whole any more",
+            "reboot to try again",
+        )
 
 
 def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
