@@ -621,3 +621,49 @@ def test_a_deep_tree_needs_few_open_files(tree: Tree) -> None:
     assert (root / leaf).read_bytes() == b"x"
     assert os.path.samefile(root / "a/a/top", root / leaf) and tree.outside_intact()
     rmtree(str(root))
+
+
+# Run by the test below: an Applier whose process may open one file more than it holds (the
+# root's descriptor), applying a tar GNU tar wrote.
+AT_THE_FILE_LIMIT = r"""
+import io, os, resource, sys
+from bootc_live.runtime.apply import Applier
+from bootc_live.runtime.errors import LayerError
+from bootc_live.runtime.streams import FileStream
+layer = io.BytesIO(sys.stdin.buffer.read())
+held = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (held + 1, hard))
+applier = Applier(sys.argv[1], print)
+try:
+    applier.apply_layer(FileStream(layer))
+except LayerError as err:
+    print(err.line())
+"""
+
+
+def test_a_layer_applied_at_the_open_files_limit_names_the_limit(tmp_path: Path) -> None:
+    """EMFILE is the process's limit, not the root filesystem's refusal ("check the space, the
+    inodes and the limits where the root is written")."""
+    import subprocess
+    import sys
+
+    tree = tmp_path / "tree"
+    (tree / "a/b").mkdir(parents=True)
+    (tree / "a/b/c").write_text("c")
+    tar = ["tar", "--sort=name", "-C", str(tree), "-cf", "-", "a"]
+    layer = subprocess.run(tar, check=True, capture_output=True).stdout
+    (tmp_path / "root").mkdir()
+    child = subprocess.run(
+        [sys.executable, "-c", AT_THE_FILE_LIMIT, str(tmp_path / "root")],
+        input=layer,
+        env={"PYTHONPATH": str(Path(apply_mod.__file__).parents[2])},
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    said = child.stdout.decode().splitlines()
+    assert len(said) == 1 and said[0].startswith("cannot apply /a"), child.stderr
+    assert said[0].endswith(
+        ": Too many open files; too many files are open: raise the limit (ulimit -n, LimitNOFILE=)"
+    )

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from .errors import LAYER_HINT, LayerError, SpaceError, shown
+from .errors import LAYER_HINT, LayerError, SpaceError, limit_hint, shown
 from .tarstream import (
     BLOCKDEV,
     CHAR,
@@ -318,8 +318,9 @@ class Applier:
                     ) from None
                 raise LayerError(
                     f"cannot apply {_show(key)}: {err.strerror or err}",
-                    "this system refused it: check the space, the inodes and the limits where "
-                    "the root is written",
+                    limit_hint(err)
+                    or "this system refused it: check the space, the inodes and the limits "
+                    "where the root is written",
                 ) from None
             except (ValueError, OverflowError) as err:  # a value no system call takes
                 raise LayerError(f"cannot apply {_show(key)}: {err}", LAYER_HINT) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import threading
@@ -51,6 +52,16 @@ class BootcLiveError(Exception):
         """The one-line report: cause, then the next step."""
         text = str(self)
         return f"{text}; {self.hint}" if self.hint else text
+
+
+def limit_hint(err: OSError) -> str:
+    """The next step when the kernel refused for want of what the process or the machine has
+    (open files, memory, processes), not for anything of the files concerned; "" otherwise."""
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        return "too many files are open: raise the limit (ulimit -n, LimitNOFILE=)"
+    if err.errno in (errno.ENOMEM, errno.EAGAIN):
+        return "the machine is out of memory or processes: add RAM, or stop what holds them"
+    return ""
 
 
 class ImageError(BootcLiveError):

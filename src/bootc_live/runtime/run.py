@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import resource
 import shlex
@@ -12,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from .errors import BootcLiveError
+from .errors import BootcLiveError, limit_hint
 
 DEBUG = bool(os.environ.get("BOOTC_LIVE_DEBUG"))
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
@@ -153,12 +152,7 @@ def start(
 def not_started(program: str, err: OSError, hint: str = "") -> CommandError:
     """A command the kernel would not start, said in one line: for want of open files, memory
     or processes (the machine's limits), or a file that is no program this machine runs."""
-    if err.errno in (errno.EMFILE, errno.ENFILE):
-        hint = "too many files are open: raise the limit (ulimit -n, LimitNOFILE=)"
-    elif err.errno in (errno.ENOMEM, errno.EAGAIN):
-        hint = "the machine is out of memory or processes: add RAM, or stop what holds them"
-    elif not hint:
-        hint = f"{program} must be a program this machine runs: reinstall it"
+    hint = limit_hint(err) or hint or f"{program} must be a program this machine runs: reinstall it"
     return CommandError(
         f"{os.path.basename(program)} could not be started: {err.strerror or err}", hint
     )
