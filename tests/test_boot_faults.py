@@ -280,3 +280,26 @@ def test_a_packed_root_whose_filesystem_is_built_into_the_kernel_boots(
         "root": [],
         "loops": [],
     }
+
+
+def test_a_layout_on_a_read_only_filesystem_is_read_where_it_lies_and_again(
+    tmp_path: Path,
+) -> None:
+    """root=bootc-live:/PATH on a filesystem that is mounted read-only (a live medium dracut
+    mounted): its blobs cannot be deleted once applied. The first deletion stopped the boot as
+    "internal error: OSError: [Errno 30] Read-only file system: …; please report it"; they
+    are left where they lie (they hold no RAM), and the next boot reads them again."""
+    base = gnu_tar(tmp_path, "base", {"etc/hostname": b"live\n", "var/lib/x": b"x"})
+    more = gnu_tar(tmp_path, "more", {"usr/share/y": os.urandom(MIB)})
+    layout = tmp_path / "layout"
+    build_layout(layout, [base, more])
+    blobs = sorted(p.name for p in (layout / "blobs/sha256").iterdir())
+    read_only = f"mount --bind -o ro {layout} {layout}"
+    newroot = tmp_path / "newroot"
+    for _ in range(2):
+        shutil.rmtree(newroot, ignore_errors=True)
+        (seen,) = attempts(tmp_path, layout, [], before=read_only)
+        assert seen["code"] == 0, seen
+        assert seen["mounted"] == [str(layout), *(f"{newroot}{p}" for p in ("", "/etc", "/var"))]
+        assert seen["root"] == ["etc", "usr", "var"]
+    assert sorted(p.name for p in (layout / "blobs/sha256").iterdir()) == blobs

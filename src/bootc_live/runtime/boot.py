@@ -663,15 +663,18 @@ def open_source(spec: BootSpec, report: Report) -> ImageSource:
 
 class InitramfsLayout(LayoutSource):
     """The layout in the initramfs: its blobs are deleted as their layers are applied (memory
-    comes back), CONSUMED marked first: an attempt after a failed one (from the emergency
-    shell, with bootc.keep-modules=1) says why it cannot read the image, not that the image
-    lacks a blob."""
+    comes back) where they can be, CONSUMED marked first: an attempt after a failed one (from
+    the emergency shell, with bootc.keep-modules=1) says why it cannot read the image, not
+    that the image lacks a blob."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, consume=True)
+        # Not where nothing can be deleted (a layout on a read-only filesystem dracut mounted,
+        # a live CD's): its blobs hold no RAM to give back, and stay.
+        super().__init__(path, consume=os.access(os.path.join(path, "blobs"), os.W_OK))
 
     def release(self, desc: Descriptor) -> None:
-        consumed(f"{self.path}: layers deleted as they were applied")
+        if self.consume:
+            consumed(f"{self.path}: layers deleted as they were applied")
         super().release(desc)
 
 
