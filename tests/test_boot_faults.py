@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bootc_live.runtime import boot, status
+from bootc_live.runtime import boot, roots, status
 from imagegen import build_layout
 from unpackers import need
 
@@ -303,3 +303,18 @@ def test_a_layout_on_a_read_only_filesystem_is_read_where_it_lies_and_again(
         assert seen["mounted"] == [str(layout), *(f"{newroot}{p}" for p in ("", "/etc", "/var"))]
         assert seen["root"] == ["etc", "usr", "var"]
     assert sorted(p.name for p in (layout / "blobs/sha256").iterdir()) == blobs
+
+
+def test_an_erofs_image_the_kernel_does_not_mount_says_what_to_check(tmp_path: Path) -> None:
+    """No loop device can be had (an initramfs whose /dev lacks them): the kernel refuses the
+    EROFS image's mount ("Operation not permitted"), which was the whole line, with no next
+    step. It names what to check or how to boot without; the staging tree and the image's
+    tmpfs are unmounted."""
+    need(shutil.which("mkfs.erofs") is not None, "needs mkfs.erofs (erofs-utils)")
+    layer = gnu_tar(tmp_path, "one", {"etc/hostname": b"live\n", "var/lib/x": b"x"})
+    build_layout(tmp_path / "layout", [layer])
+    no_loops = "mount -t tmpfs nodev /dev; mknod -m 666 /dev/null c 1 3"
+    (seen,) = attempts(tmp_path, tmp_path / "layout", ["bootc.live.erofs=1"], before=no_loops)
+    assert str(seen["message"]).startswith("bootc-live: mount failed: "), seen
+    assert str(seen["message"]).endswith(f"; {roots.EROFS_MOUNT_HINT}")
+    assert (seen["code"], seen["mounted"], seen["root"], seen["loops"]) == (1, [], [], [])

@@ -464,7 +464,7 @@ class ErofsRoot(Root):
         mounts.resize_tmpfs(self.rw, self.size)  # the overlays' uppers: the live system's writes
         options = ",".join(["loop", "ro", *self.plan.rootflags])
         argv = ["mount", "-t", "erofs", "-o", options, self.image, self.newroot]
-        run(argv, hint=mounts.flags_hint(self.plan.rootflags))
+        run(argv, hint=mounts.flags_hint(self.plan.rootflags) or EROFS_MOUNT_HINT)
         overlay_etc_var(self.newroot, self.rw, self.plan)
         return ErofsFacts(
             "erofs", made.sha256, made.size, self.compress or "none", made.mkfs_version
@@ -472,6 +472,13 @@ class ErofsRoot(Root):
 
     def undo(self) -> list[str]:
         return _attempt(*(partial(_unmount, path) for path in (self.newroot, self.tree, self.rw)))
+
+
+EROFS_MOUNT_HINT = (
+    "the kernel did not mount the root's EROFS image from a loop device: check that this "
+    "initramfs has loop devices and erofs (rebuild it with bootc-live build), or boot without "
+    "bootc.live.erofs"
+)
 
 
 def overlay(lower: str, target: str, uppers: str, name: str) -> None:
@@ -483,7 +490,11 @@ def overlay(lower: str, target: str, uppers: str, name: str) -> None:
     os.chown(upper, st.st_uid, st.st_gid)
     os.chmod(upper, st.st_mode & 0o7777)
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", target])
+    hint = (
+        f"the kernel did not make {'the root' if name == 'root' else '/' + name} writable with "
+        "overlayfs: check that this initramfs has overlay (rebuild it with bootc-live build)"
+    )
+    run(["mount", "-t", "overlay", "-o", options, f"bootc-live-{name}", target], hint=hint)
 
 
 def overlay_etc_var(newroot: str, uppers: str, plan: MountPlan) -> None:
