@@ -781,3 +781,27 @@ def write_oci_archive(
             else:
                 tar.addfile(info)
     return path
+
+
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static (./setup): static, for this machine
+
+
+def bootable() -> list[Entry]:
+    """What the runtime's last check (initcheck) asks of a root it says is ready: the mount
+    points of the kernel's filesystems, an os-release, an init this machine runs."""
+    return [
+        *(d(name) for name in ("proc", "sys", "dev", "run", "sbin", "usr", "usr/lib")),
+        f("usr/lib/os-release", b"ID=test\n"),
+        f("sbin/init", BUSYBOX.read_bytes(), mode=0o755),
+    ]
+
+
+def write_bootable(where: Path) -> None:
+    """bootable() written into the directory `where`."""
+    for entry in bootable():
+        path = where / os.fsdecode(entry.name)
+        if entry.kind == "dir":
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.write_bytes(entry.data)
+            path.chmod(entry.mode)

@@ -47,7 +47,7 @@ from bootc_live.runtime.errors import BootcLiveError, SpaceError
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
 from bootc_live.runtime.status import Report
-from imagegen import build_layout, d, f, layer_tar, sym
+from imagegen import BUSYBOX, bootable, build_layout, d, f, layer_tar, sym
 from servers import hard_timeout
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - the fixtures signer needs
 from test_trust import NAME, Signer, carry_simple, gpg_req, signer  # noqa: F401
@@ -139,6 +139,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         d("var"),
         d("var/home"),
         sym("home", "var/home"),
+        *bootable(),
     ]
     build_layout(where, [layer_tar(entries)])
     return where
@@ -667,7 +668,7 @@ def test_the_status_lines_follow_the_states_and_carry_status_json(
         "ready",
     ]
     assert states[-1] == final
-    assert final["root"] == {"mode": "tmpfs"} and final["entries"] == 5
+    assert final["root"] == {"mode": "tmpfs"} and final["entries"] == 5 + len(bootable())
     assert final["manifest"].startswith("sha256:") and final["layers"] == 1
     # MemAvailable and the per-CPU lists' free pages, less the reserve.
     assert final["per_cpu_free"] == lists
@@ -682,7 +683,7 @@ def test_quiet_prints_only_the_summary_and_the_last_status(
     code, final = boot_with(layout, tmp_path, "bootc.quiet")
     summary, *lines = capsys.readouterr().err.splitlines()
     assert code == 0 and summary.startswith(
-        f"bootc-live: live root ready: {final['manifest']}, 5 entries"
+        f"bootc-live: live root ready: {final['manifest']}, {5 + len(bootable())} entries"
     ), summary
     # Then the last state only, whole: on one status line, or on several of that one state
     # when it is long (status.LINE_LIMIT; this machine's figures decide how long it is).
@@ -1142,14 +1143,14 @@ def test_the_boot_says_when_the_blobs_it_fetches_are_plain_tars(
     system: System, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An image of uncompressed layers (`buildah commit -D`): its size is not "compressed"."""
-    tars = [layer_tar([d("etc"), d("var")]), layer_tar([f("etc/a", b"a" * 3000)])]
+    tars = [layer_tar([d("etc"), d("var"), *bootable()]), layer_tar([f("etc/a", b"a" * 3000)])]
     for compression, words in (("none", "uncompressed"), (["gzip", "none"], "of blobs, some")):
         layout = tmp_path / "layouts" / words.replace(" ", "-")
         build_layout(layout, tars, compression=compression)
         code, final = boot_with(layout, tmp_path, "")
         assert code == 0, final
         said = [s for s in capsys.readouterr().err.splitlines() if " layers, " in s]
-        assert len(said) == 1 and f": 2 layers, 0 MiB {words}" in said[0], said
+        assert len(said) == 1 and ": 2 layers, " in said[0] and f" MiB {words}" in said[0], said
 
 
 def test_the_runtime_run_for_a_root_it_does_not_take_for_its_own_stops(
@@ -1256,7 +1257,7 @@ def test_bootc_platform_picks_the_image_the_boot_resolves(tmp_path: Path) -> Non
     layout = tmp_path / "layout"
     infos = {
         arch: build_layout(
-            layout, [layer_tar([f("arch", arch.encode())])], platform=("linux", arch)
+            layout, [layer_tar([f("arch", arch.encode()), *bootable()])], platform=("linux", arch)
         )
         for arch in ("amd64", "arm64")
     }
@@ -1265,3 +1266,42 @@ def test_bootc_platform_picks_the_image_the_boot_resolves(tmp_path: Path) -> Non
         report = Report(stream=io.StringIO(), directory=str(tmp_path / "run"))
         image = boot.resolve_and_trust(spec, LayoutSource(str(layout)), report)
         assert image.manifest_digest == info.manifest_digest, arch
+
+
+@pytest.mark.parametrize("mode", ["tmpfs", "zram", "erofs"])
+def test_a_root_without_an_init_is_never_reported_ready_and_is_undone(
+    system: System, tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image that unpacks well but has no init (here: busybox-static's applets without
+    /sbin/init) stops the boot with the check's one line before `ready`, the root undone,
+    as after any image error; init= naming its init boots it; rd.break= (a shell before the
+    switch, asked for) boots it with the line as a warning."""
+    entries = [e for e in bootable() if e.name != "sbin/init"]
+    layout = tmp_path / "no-init"
+    build_layout(
+        layout,
+        [layer_tar([*entries, d("bin"), f("bin/busybox", BUSYBOX.read_bytes(), mode=0o755)])],
+    )
+
+    def again(args: str) -> tuple[int, dict[str, Any]]:
+        system.mounted = []
+        (tmp_path / "sys/block/zram0/disksize").write_text("0\n")  # a new boot's device
+        return boot_with(layout, tmp_path, f"{MODES[mode]} {args}")
+
+    code, status = again("")
+    assert code == 1 and status["state"] == "failed" and status["after"] != "ready"
+    assert status["message"] == (
+        "bootc-live: the image has no /sbin/init; name the image's init with init=, or "
+        "install systemd (systemd-sysv) in it"
+    )
+    assert system.mounted == []
+    code, status = again("init=/bin/busybox")
+    assert code == 0 and status["state"] == "ready", status
+    code, status = again("init=/bin/sh")
+    assert (
+        code == 1 and "init=/bin/sh cannot be run: /bin/sh is not in the image" in status["message"]
+    )
+    capsys.readouterr()
+    code, status = again("rd.break")
+    assert code == 0 and status["state"] == "ready", status
+    assert "bootc-live: warning: the image has no /sbin/init;" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from bootc_live.runtime.http import Policy
 from bootc_live.runtime.packed import MEMBER
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.status import documents
+from imagegen import write_bootable
 from servers import faulty, nginx
 from test_boot_host import OPTIONS, TOTAL, System, system  # noqa: F401 - the fixture
 from test_packed import erofs, make_tree, squashfs
@@ -40,7 +41,9 @@ ZRAM = "bootc.zram=64M bootc.zram.algorithm=zstd"  # the overlays' uppers on a z
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("packed") / "tree")
+    made = make_tree(tmp_path_factory.mktemp("packed") / "tree")
+    write_bootable(made)
+    return made
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from bootc_live.runtime import boot, packedreg
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.oci import REF_NAME
 from fakeregistry import REPO, TAG, Knobs
-from imagegen import ImageInfo, build_layout, d, f, layer_tar
+from imagegen import ImageInfo, bootable, build_layout, d, f, layer_tar
 from servers import hard_timeout
 from test_boot_host import System, system  # noqa: F401 - the fixture
 from test_boot_packed import (  # noqa: F401 - the fixtures
@@ -43,7 +43,7 @@ def _hard_timeout() -> Iterator[None]:
 
 @pytest.fixture
 def image(tmp_path: Path) -> ImageInfo:
-    layer = layer_tar([d("etc"), f("etc/os-release", b"ID=fake\n")])
+    layer = layer_tar([d("etc"), f("etc/os-release", b"ID=fake\n"), *bootable()])
     return build_layout(tmp_path / "layout", [layer], tag=TAG)
 
 

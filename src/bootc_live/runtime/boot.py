@@ -26,6 +26,7 @@ from . import (
     cmdline,
     handover,
     http,
+    initcheck,
     kexec,
     memory,
     modules,
@@ -150,6 +151,7 @@ def live_boot(spec: BootSpec, newroot: str, report: Report) -> Image | None:
                     max_window=plan.window,
                 )
                 facts = root.mount(report)
+                check_handover(spec, newroot, report)
     report.summary(
         f"live root ready: {image.manifest_digest}, {stats.entries} entries, "
         f"{stats.bytes_written >> 20} MiB in {stats.seconds:.1f}s ({stats.decompressor}); "
@@ -198,6 +200,7 @@ def packed_boot(spec: BootSpec, newroot: str, report: Report) -> None:
                 spare = unused_modules(spec), unused_tools(spec), unused_python(spec)
                 freed = free_spare(*spare, report)
                 facts = root.mount(report)
+                check_handover(spec, newroot, report)
     seconds = time.monotonic() - start
     report.summary(
         f"live root ready: {facts.describe()} in {seconds:.1f}s; peak memory in use "
@@ -222,6 +225,17 @@ def packed_kexec(spec: BootSpec, report: Report) -> NoReturn:
         with deleted_on_failure(source):
             kexec.packed_kexec_boot(spec, source, report, lambda: free_modules(unused, report))
     raise AssertionError("packed_kexec_boot returned")  # it raises or never returns
+
+
+def check_handover(spec: BootSpec, newroot: str, report: Report) -> None:
+    """That the root can be switched into (initcheck): else a HandoverError, and the root is
+    undone. With rd.break= the shell before the switch is asked for: only a warning then."""
+    try:
+        initcheck.check(newroot, spec.extra, rw=spec.rw)
+    except initcheck.HandoverError as err:
+        if "rd.break" not in spec.extra and "rdbreak" not in spec.extra:
+            raise
+        report.summary(f"warning: {err.line()} (rd.break= given: the root is left to you)")
 
 
 def ready(

@@ -1,0 +1,224 @@
+"""Whether the root can be switched into: checked before the runtime says it is ready.
+
+After the runtime, dracut switches root into the image's own init: in the systemd initrd,
+initrd-switch-root.service asks PID 1 (`systemctl switch-root`), which refuses a root without
+/etc/os-release or /usr/lib/os-release ("does not seem to be an OS tree") and an init= that is
+not executable inside it, then execs /usr/lib/systemd/systemd, else /sbin/init, else /bin/sh;
+in the classic initrd, init.sh looks for init= and /sbin/init and `switch_root` execs it.
+Either way the init is resolved inside the new root (an absolute link /sbin/init →
+/lib/systemd/systemd names the image's file, not the initramfs's), and an init the kernel
+cannot run (another machine's ELF, a script whose interpreter is missing) ends in a kernel
+panic or a hang, long after the runtime said the root was ready. Both also need /proc, /sys
+and /dev in the root to mount the kernel's filesystems on (dracut's usable_root; systemd
+cannot make them in a read-only root), and systemd /run too.
+
+`check(newroot, …)` finds the first of these problems and raises a RootError naming it, so
+that the root is undone as after any other image error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import sys
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from .errors import BootcLiveError, shown
+
+# Where PID 1 of the systemd initrd looks when init= is not given (main.c, after switch root:
+# its own binary's path, then the fallback); the classic initrd looks for /sbin/init.
+DEFAULT_INITS = ("/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init")
+OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
+MAX_LINKS = 40  # the kernel's limit (ELOOP)
+MAX_SCRIPTS = 4  # nested #! interpreters the kernel follows (binfmt_script)
+EM_NAMES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64",
+            183: "aarch64", 243: "riscv64", 258: "loongarch64"}  # fmt: skip
+COMPAT = {62: {3}, 183: {40}}  # machines whose kernels usually run another's binaries too
+PT_INTERP = 3
+
+
+class HandoverError(BootcLiveError):
+    """The root has no init that can be run, or misses what switch root needs."""
+
+
+def resolve(root: str, path: str) -> str | None:
+    """`path` (absolute, as seen from inside `root`) resolved inside `root`, every link
+    followed there (an absolute target starts again at `root`, `..` stops at it); the path
+    on this side, or None if it does not exist (a dangling or looping link too)."""
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, part)
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo = [p for p in target.split("/") if p] + todo
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def present(root: str, path: str) -> bool:
+    """Whether `path` is in `root` at all, a dangling link too (its directory resolved inside
+    `root`)."""
+    parent = resolve(root, os.path.dirname(path))
+    return parent is not None and os.path.lexists(os.path.join(parent, os.path.basename(path)))
+
+
+def elf_machine(head: bytes) -> int | None:
+    """The e_machine of an ELF header (64 bytes at least), None if `head` is none."""
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return None
+    order = "<" if head[5] == 1 else ">"
+    machine: int = struct.unpack_from(order + "H", head, 18)[0]
+    return machine
+
+
+def interpreter(f: BinaryIO, head: bytes) -> str | None:
+    """The PT_INTERP of an ELF file (its dynamic loader), None for a static one."""
+    wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+    if wide:
+        (phoff,) = struct.unpack_from(order + "Q", head, 32)
+        phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
+    else:
+        (phoff,) = struct.unpack_from(order + "I", head, 28)
+        phentsize, phnum = struct.unpack_from(order + "HH", head, 42)
+    for i in range(min(phnum, 256)):
+        f.seek(phoff + i * phentsize)
+        ph = f.read(phentsize)
+        if len(ph) < (56 if wide else 32):
+            return None
+        if struct.unpack_from(order + "I", ph, 0)[0] != PT_INTERP:
+            continue
+        if wide:
+            (offset,) = struct.unpack_from(order + "Q", ph, 8)
+            (size,) = struct.unpack_from(order + "Q", ph, 32)
+        else:
+            (offset,) = struct.unpack_from(order + "I", ph, 4)
+            (size,) = struct.unpack_from(order + "I", ph, 16)
+        f.seek(offset)
+        return f.read(min(size, 4096)).split(b"\0")[0].decode("utf-8", "surrogateescape")
+    return None
+
+
+def own_machine() -> int | None:
+    """The ELF machine of the interpreter running this: the initramfs's, the kernel's."""
+    try:
+        with open(sys.executable, "rb") as f:
+            return elf_machine(f.read(64))
+    except OSError:
+        return None
+
+
+def unrunnable(root: str, path: str, machine: int | None, depth: int = 0) -> str | None:
+    """Why the kernel could not run `path` (as seen from inside `root`), None if it can."""
+    real = resolve(root, path)
+    if real is None:
+        there = present(root, path)
+        return f"{shown(path)} is a link to nothing in the image" if there else None
+    st = os.stat(real)
+    if not stat.S_ISREG(st.st_mode):
+        return f"{shown(path)} is not a file"
+    if not st.st_mode & 0o111:
+        return f"{shown(path)} is not executable"
+    with open(real, "rb") as f:
+        head = f.read(256)
+        if head.startswith(b"#!"):
+            line = head[2:].split(b"\n")[0].strip().split()
+            if not line:
+                return f"{shown(path)} is a script that names no interpreter"
+            name = line[0].decode("utf-8", "surrogateescape")
+            if depth >= MAX_SCRIPTS or not name.startswith("/"):
+                return f"{shown(path)} is a script whose interpreter {shown(name)} cannot be run"
+            why = unrunnable(root, name, machine, depth + 1)
+            if why is not None or resolve(root, name) is None:
+                return f"{shown(path)} is a script whose interpreter {shown(name)} " + (
+                    f"cannot be run ({why})" if why else "is not in the image"
+                )
+            return None
+        elf = elf_machine(head)
+        if elf is None:
+            return f"{shown(path)} is neither an ELF executable nor a #! script"
+        if machine is not None and elf != machine and elf not in COMPAT.get(machine, ()):
+            theirs = EM_NAMES.get(elf, f"machine {elf}")
+            ours = EM_NAMES.get(machine, f"machine {machine}")
+            return f"{shown(path)} is an executable for {theirs}, not for this {ours} machine"
+        loader = interpreter(f, head)
+    if loader and resolve(root, loader) is None:
+        return f"{shown(path)} needs the loader {shown(loader)}, which is not in the image"
+    return None
+
+
+def check(
+    newroot: str,
+    extra: Mapping[str, str],
+    *,
+    rw: bool = False,
+    systemd: bool | None = None,
+    machine: int | None = None,
+) -> None:
+    """Raise a HandoverError if the root at `newroot` cannot be switched into: `extra` are the
+    command line's other options (init=), `rw` whether the root is writable, `systemd`
+    whether systemd switches root (default: whether it runs this initramfs), `machine` the
+    ELF machine the kernel runs (default: this interpreter's)."""
+    if systemd is None:
+        systemd = os.path.isdir("/run/systemd/system")
+    if machine is None:
+        machine = own_machine()
+    hint_init = "name the image's init with init=, or install systemd (systemd-sysv) in it"
+    if systemd and not any(resolve(newroot, p) for p in OS_RELEASE):
+        raise HandoverError(
+            "the image has no /etc/os-release nor /usr/lib/os-release, without which "
+            "systemd does not switch root into it",
+            "add /usr/lib/os-release to the image (docs/live-ready.md)",
+        )
+    needed = ("proc", "sys", "dev") + (("run",) if systemd and not rw else ())
+    missing = [d for d in needed if not os.path.isdir(resolve(newroot, d) or "/nonexistent")]
+    if missing:
+        raise HandoverError(
+            f"the image has no /{', /'.join(missing)}: the initramfs mounts the kernel's "
+            "filesystems there when it switches root",
+            f"create the director{'ies' if len(missing) > 1 else 'y'} in the image "
+            f"(mkdir /{' /'.join(missing)})",
+        )
+    named = extra.get("init")
+    if named:
+        if not named.startswith("/"):
+            raise HandoverError(f"init={shown(named)} is not an absolute path", hint_init)
+        why = unrunnable(newroot, named, machine)
+        if why is None and resolve(newroot, named) is None:
+            why = f"{shown(named)} is not in the image"
+        if why:
+            raise HandoverError(f"init={shown(named)} cannot be run: {why}", hint_init)
+        return
+    # systemd's PID 1 falls back from its own binary to /sbin/init; dracut's init.sh looks
+    # for /sbin/init only
+    first = None
+    for path in DEFAULT_INITS if systemd else ("/sbin/init",):
+        if not present(newroot, path):
+            continue
+        why = unrunnable(newroot, path, machine)
+        if why is None:
+            return
+        first = first or why
+    if first:
+        raise HandoverError(f"the image's init cannot be run: {first}", hint_init)
+    raise HandoverError("the image has no /sbin/init", hint_init)

@@ -1,0 +1,222 @@
+"""The check before the root is reported ready: that it can be switched into (initcheck).
+
+The roots are made of the real files of the cached Debian root (its systemd, its loader, its
+absolute link /sbin/init -> /lib/systemd/systemd), Debian's busybox-static as an init that is
+not systemd, and an aarch64 ELF from Debian's libc6-arm64-cross as another machine's init.
+What the check decides is compared with what systemd's PID 1 and dracut's init.sh do with
+such a root (their sources: src/core/dbus-manager.c, main.c; modules.d/99base/init.sh)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import initcheck
+from debian_image import BOOKWORM, CACHES, ensure_image, root_key
+
+BUSYBOX = Path("/bin/busybox")  # busybox-static (./setup): static, for this machine
+AARCH64 = Path("/usr/aarch64-linux-gnu/lib/libc.so.6")  # libc6-arm64-cross (./setup)
+X86_64 = 62
+# What of the Debian root the test roots take: the systemd binary, the loader it names, the
+# links between them (as Debian has them), os-release and the mount points.
+KEEP = [
+    "bin", "sbin", "lib", "lib64", "usr/sbin/init", "usr/lib/systemd/systemd",
+    "usr/lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "usr/bin/sh", "usr/bin/dash", "usr/lib/os-release", "etc/os-release",
+    "proc", "sys", "dev", "run",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def debian() -> Path:
+    ensure_image()
+    return CACHES / BOOKWORM.name / f"root-{root_key(BOOKWORM)}" / "root"
+
+
+@pytest.fixture
+def root(debian: Path, tmp_path: Path) -> Path:
+    """A copy of the parts of the Debian root an init needs (links copied as links)."""
+    new = tmp_path / "root"
+    for name in KEEP:
+        src, dst = debian / name, new / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        elif src.is_dir():
+            dst.mkdir()
+        else:
+            shutil.copy2(src, dst)
+    return new
+
+
+def decide(root: Path, systemd: bool, **extra: str) -> str | None:
+    try:
+        initcheck.check(str(root), extra, systemd=systemd, machine=X86_64)
+    except initcheck.HandoverError as err:
+        line = err.line()
+        assert "\n" not in line and str(root) not in line  # one line, the image's own paths
+        return line
+    return None
+
+
+def relink(root: Path, name: str, target: str) -> None:
+    path = root / name
+    path.unlink()
+    os.symlink(target, path)
+
+
+def script(root: Path, name: str, text: str, mode: int = 0o755) -> None:
+    (root / name).write_text(text)
+    (root / name).chmod(mode)
+
+
+Change = Callable[[Path], None]
+# A change to the Debian root; what systemd's switch root, then what dracut's init.sh, says.
+CASES: dict[str, tuple[Change, str | None, str | None]] = {
+    "as Debian has it": (lambda r: None, None, None),
+    # PID 1 execs its own binary first: no /sbin/init is no matter to it, to init.sh it is
+    "no /sbin/init (systemd without systemd-sysv)": (
+        lambda r: (r / "usr/sbin/init").unlink(),
+        None,
+        "the image has no /sbin/init",
+    ),
+    "no init at all": (
+        lambda r: [(r / p).unlink() for p in ("usr/sbin/init", "usr/lib/systemd/systemd")],
+        "the image has no /sbin/init",
+        "the image has no /sbin/init",
+    ),
+    # The absolute link names the image's /lib/systemd/systemd; this machine has one too
+    "/sbin/init -> /lib/systemd/systemd, which the image lacks": (
+        lambda r: (r / "usr/lib/systemd/systemd").unlink(),
+        "/sbin/init is a link to nothing in the image",
+        "/sbin/init is a link to nothing in the image",
+    ),
+    "/sbin/init a relative link": (
+        lambda r: relink(r, "usr/sbin/init", "../lib/systemd/systemd"),
+        None,
+        None,
+    ),
+    "/sbin/init a link through the absolute /lib64 link": (
+        lambda r: relink(r, "usr/sbin/init", "/lib64/../lib/systemd/systemd"),
+        None,
+        None,
+    ),
+    "/sbin/init a link loop": (
+        lambda r: [(r / "usr/lib/systemd/systemd").unlink(), relink(r, "usr/sbin/init", "init")],
+        "/sbin/init is a link to nothing in the image",
+        "/sbin/init is a link to nothing in the image",
+    ),
+    "systemd not executable": (
+        lambda r: (r / "usr/lib/systemd/systemd").chmod(0o644),
+        "/usr/lib/systemd/systemd is not executable",
+        "/sbin/init is not executable",
+    ),
+    "the loader systemd names missing": (
+        lambda r: (r / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2").unlink(),
+        "/usr/lib/systemd/systemd needs the loader /lib64/ld-linux-x86-64.so.2, which is not "
+        "in the image",
+        "needs the loader /lib64/ld-linux-x86-64.so.2",
+    ),
+    "no os-release": (
+        lambda r: [(r / p).unlink() for p in ("etc/os-release", "usr/lib/os-release")],
+        "the image has no /etc/os-release nor /usr/lib/os-release",
+        None,  # init.sh does not look for it
+    ),
+    "os-release only in /usr/lib": (lambda r: (r / "etc/os-release").unlink(), None, None),
+    "/etc/os-release only, a file": (
+        lambda r: [
+            (r / "etc/os-release").unlink(),
+            (r / "usr/lib/os-release").rename(r / "etc/os-release"),
+        ],
+        None,
+        None,
+    ),
+    "no /proc": (lambda r: (r / "proc").rmdir(), "the image has no /proc", "has no /proc"),
+    "busybox-static as /sbin/init, no systemd": (
+        lambda r: [
+            (r / "usr/lib/systemd/systemd").unlink(),
+            (r / "usr/sbin/init").unlink(),
+            shutil.copy2(BUSYBOX, r / "usr/sbin/init"),
+        ],
+        None,
+        None,
+    ),
+    "another machine's ELF as /sbin/init": (
+        lambda r: [
+            (r / "usr/lib/systemd/systemd").unlink(),
+            shutil.copy2(AARCH64, r / "usr/lib/systemd/systemd"),
+            (r / "usr/lib/systemd/systemd").chmod(0o755),
+        ],
+        "/usr/lib/systemd/systemd is an executable for aarch64, not for this x86_64 machine",
+        "/sbin/init is an executable for aarch64",
+    ),
+    "a #!/bin/sh script as /sbin/init": (
+        lambda r: [(r / "usr/sbin/init").unlink(), script(r, "usr/sbin/init", "#!/bin/sh\n")],
+        None,
+        None,
+    ),
+    "a script whose interpreter is missing": (
+        lambda r: [
+            (r / "usr/lib/systemd/systemd").unlink(),
+            (r / "usr/sbin/init").unlink(),
+            script(r, "usr/sbin/init", "#! /usr/bin/python3 -u\nprint('init')\n"),
+        ],
+        "/sbin/init is a script whose interpreter /usr/bin/python3 is not in the image",
+        "/sbin/init is a script whose interpreter /usr/bin/python3 is not in the image",
+    ),
+    "a text file as /sbin/init": (
+        lambda r: [(r / "usr/sbin/init").unlink(), script(r, "usr/sbin/init", "echo hi\n")],
+        None,  # systemd's own binary comes first
+        "/sbin/init is neither an ELF executable nor a #! script",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_check_decides_as_switch_root_does(root: Path, case: str) -> None:
+    change, systemd, classic = CASES[case]
+    change(root)
+    for said, expected in ((decide(root, True), systemd), (decide(root, False), classic)):
+        if expected is None:
+            assert said is None, case
+        else:
+            assert said is not None and expected in said, (case, said)
+            assert "init=" in said or "os-release" in said or "mkdir" in said  # the next step
+
+
+@pytest.mark.parametrize(
+    ("init", "expected"),
+    [
+        ("/bin/sh", None),  # through /bin -> usr/bin and /usr/bin/sh -> dash
+        ("/usr/lib/systemd/systemd", "/usr/lib/systemd/systemd is not executable"),
+        ("/usr/bin/dash", None),
+        ("/bin/busybox", "init=/bin/busybox cannot be run: /bin/busybox is not in the image"),
+        ("bin/sh", "init=bin/sh is not an absolute path"),
+        ("/etc", "init=/etc cannot be run: /etc is not a file"),
+        ("/usr/lib/os-release", "/usr/lib/os-release is not executable"),
+    ],
+)
+def test_init_is_the_one_looked_for_when_given(root: Path, init: str, expected: str | None) -> None:
+    """init= is what both run (systemctl switch-root reads it): it must work, whatever
+    /sbin/init is; the default init's absence does not matter then."""
+    (root / "usr/sbin/init").unlink()
+    (root / "usr/lib/systemd/systemd").chmod(0o644)
+    for systemd in (True, False):
+        said = decide(root, systemd, init=init)
+        assert said == expected if expected is None else expected in (said or ""), said
+
+
+def test_the_machine_is_this_interpreters() -> None:
+    assert initcheck.own_machine() == {"x86_64": X86_64, "aarch64": 183}[os.uname().machine]
+
+
+def test_run_is_needed_by_systemd_in_a_read_only_root_only(root: Path) -> None:
+    """systemd moves /run into the new root, and makes the mount point if it can."""
+    (root / "run").rmdir()
+    assert "the image has no /run" in (decide(root, True) or "")
+    assert decide(root, False) is None
+    initcheck.check(str(root), {}, rw=True, systemd=True, machine=X86_64)
