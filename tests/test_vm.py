@@ -193,6 +193,29 @@ def test_kexec_stops_when_the_images_kernel_cannot_be_used(
     assert "kexec into" not in result.boot.output
 
 
+def test_an_image_whose_init_is_not_in_it_stops_before_switch_root(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """The demo image whose /sbin/init is an absolute link to /usr/bin/python3, which the
+    initramfs has and the image lacks: under systemd's initrd the boot stops with the
+    runtime's one line (resolved inside the image), not at switch root in systemd's words."""
+    top = [TreeEntry("sbin/init", "symlink", target="/usr/bin/python3", mode=0o777)]
+    write_layout(tmp_path / "layout", [*demo_layers(), LayerTar(top).tar()], "demo")
+    image = resolve(LayoutSource(str(tmp_path / "layout")), label="demo")
+    index = index_json(image, "demo", None)
+    out = variant(
+        artifacts["systemd"], tmp_path / "artifacts", lambda w: write_split_layout(image, index, w)
+    )
+    result = run(out)
+    assert_stopped(
+        result,
+        "bootc-live: the image's init cannot be run: /sbin/init is a link to nothing in the "
+        "image; name the image's init with init=, or install systemd (systemd-sysv) in it",
+    )
+    assert result.status["state"] == "failed" and "live root ready" not in result.boot.output
+    assert "Switching root" not in result.boot.output
+
+
 def test_zstd_layers_boot_with_their_window_planned(
     artifacts: dict[str, Path], tmp_path: Path
 ) -> None:
