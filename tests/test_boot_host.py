@@ -1275,7 +1275,7 @@ def test_a_root_without_an_init_is_never_reported_ready_and_is_undone(
     """An image that unpacks well but has no init (here: busybox-static's applets without
     /sbin/init) stops the boot with the check's one line before `ready`, the root undone,
     as after any image error; init= naming its init boots it; rd.break= (a shell before the
-    switch, asked for) boots it with the line as a warning."""
+    switch, asked for) boots it with the line as a warning, an earlier break does not."""
     entries = [e for e in bootable() if e.name != "sbin/init"]
     layout = tmp_path / "no-init"
     build_layout(
@@ -1301,7 +1301,10 @@ def test_a_root_without_an_init_is_never_reported_ready_and_is_undone(
     assert (
         code == 1 and "init=/bin/sh cannot be run: /bin/sh is not in the image" in status["message"]
     )
-    capsys.readouterr()
-    code, status = again("rd.break")
-    assert code == 0 and status["state"] == "ready", status
-    assert "bootc-live: warning: the image has no /sbin/init;" in capsys.readouterr().err
+    for asked in ("rd.break", "rd.break=pre-pivot", "rdbreak=cleanup"):
+        capsys.readouterr()
+        code, status = again(asked)
+        assert code == 0 and status["state"] == "ready", status
+        assert "bootc-live: warning: the image has no /sbin/init;" in capsys.readouterr().err
+    code, status = again("rd.break=pre-mount")  # a shell before the runtime: over by now
+    assert code == 1 and "the image has no /sbin/init" in status["message"]

@@ -837,3 +837,25 @@ def test_a_url_lib_failure_leaves_no_download(
         "bootc-live: sh failed (exit 1): curl: (28) timeout; check the URL"
     )
     assert packed_system.mounted == [] and os.listdir(tmp_path / "work/packed") == []
+
+
+@pytest.mark.parametrize("fs", ["squashfs", "erofs"])
+def test_a_packed_root_without_an_init_is_undone_with_the_checks_line(
+    packed_system: System, images: dict[str, Path], tree: Path, tmp_path: Path, fs: str
+) -> None:
+    """A packed root of a tree without /sbin/init (the mount points and os-release there)
+    stops before `ready`, nothing mounted and no file of it left, as a pin mismatch does.
+    (The fake loop mount shows `tree`: its init is moved away meanwhile.)"""
+    init, away = tree / "sbin/init", tmp_path / "init"
+    shutil.move(init, away)
+    try:
+        file = appended(tmp_path, images[fs])
+        code, status = boot_packed(tmp_path, file, pin(images[fs]))
+    finally:
+        shutil.move(away, init)
+    assert code == 1 and status["state"] == "failed" and status["after"] != "ready", status
+    assert status["message"] == (
+        "bootc-live: the image has no /sbin/init; name the image's init with init=, or "
+        "install systemd (systemd-sysv) in it"
+    )
+    assert packed_system.mounted == [] and not os.path.exists(file)

@@ -229,11 +229,13 @@ def packed_kexec(spec: BootSpec, report: Report) -> NoReturn:
 
 def check_handover(spec: BootSpec, newroot: str, report: Report) -> None:
     """That the root can be switched into (initcheck): else a HandoverError, and the root is
-    undone. With rd.break= the shell before the switch is asked for: only a warning then."""
+    undone. With rd.break, rd.break=pre-pivot or =cleanup a shell after this one, before the
+    switch, is asked for: only a warning then (dracut's earlier breaks are behind us)."""
     try:
         initcheck.check(newroot, spec.extra, rw=spec.rw)
     except initcheck.HandoverError as err:
-        if "rd.break" not in spec.extra and "rdbreak" not in spec.extra:
+        breaks = (spec.extra.get(name) for name in ("rd.break", "rdbreak") if name in spec.extra)
+        if not any(value in ("", "pre-pivot", "cleanup") for value in breaks):
             raise
         report.summary(f"warning: {err.line()} (rd.break= given: the root is left to you)")
 
