@@ -215,8 +215,12 @@ def test_the_machine_is_this_interpreters() -> None:
 
 
 def test_run_is_needed_by_systemd_in_a_read_only_root_only(root: Path) -> None:
-    """systemd moves /run into the new root, and makes the mount point if it can."""
+    """systemd moves /run into the new root, and makes the mount points if it can: in a
+    writable root; dracut's init.sh needs /proc, /sys and /dev, writable or not."""
     (root / "run").rmdir()
     assert "the image has no /run" in (decide(root, True) or "")
     assert decide(root, False) is None
+    (root / "proc").rmdir()
     initcheck.check(str(root), {}, rw=True, systemd=True, machine=X86_64)
+    with pytest.raises(initcheck.HandoverError, match="the image has no /proc:"):
+        initcheck.check(str(root), {}, rw=True, systemd=False, machine=X86_64)

@@ -190,7 +190,12 @@ def check(
             "systemd does not switch root into it",
             "add /usr/lib/os-release to the image (docs/live-ready.md)",
         )
-    needed = ("proc", "sys", "dev") + (("run",) if systemd and not rw else ())
+    # systemd makes the missing ones in a writable root (base_filesystem_create), then
+    # resolves each in the new root or fails; dracut's init.sh unmounts a root without
+    # /proc, /sys and /dev (usable_root)
+    needed: tuple[str, ...] = ("proc", "sys", "dev", "run") if systemd else ("proc", "sys", "dev")
+    if systemd and rw:
+        needed = ()
     missing = [d for d in needed if not os.path.isdir(resolve(newroot, d) or "/nonexistent")]
     if missing:
         raise HandoverError(
