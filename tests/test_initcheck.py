@@ -8,12 +8,15 @@ such a root (their sources: src/core/dbus-manager.c, main.c; modules.d/99base/in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bootc_live.runtime import initcheck
 from debian_image import BOOKWORM, CACHES, ensure_image, root_key
@@ -224,3 +227,69 @@ def test_run_is_needed_by_systemd_in_a_read_only_root_only(root: Path) -> None:
     initcheck.check(str(root), {}, rw=True, systemd=True, machine=X86_64)
     with pytest.raises(initcheck.HandoverError, match="the image has no /proc:"):
         initcheck.check(str(root), {}, rw=True, systemd=False, machine=X86_64)
+
+
+# -- resolve() against the kernel's own resolution in a chroot ---------------------------------
+
+PARTS = st.sampled_from(["a", "b", "c", "..", "."])
+TARGETS = st.lists(PARTS, min_size=1, max_size=4).flatmap(
+    lambda parts: st.sampled_from(["/" + "/".join(parts), "/".join(parts)])
+)
+TREES = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3), TARGETS | st.none()
+    ),
+    max_size=12,
+)
+
+
+def kernel_view(root: Path, paths: list[str]) -> list[str | None]:
+    """What each path is inside `root` by the kernel's lookup: chrooted there (in a child),
+    realpath(strict) of each, None for what does not resolve."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: chroot, resolve, report, exit without pytest's cleanup
+        try:
+            os.close(reader)
+            os.chroot(root)
+            os.chdir("/")
+            found = []
+            for p in paths:
+                try:  # the kernel's lookup decides whether it is there, realpath where
+                    found.append(os.path.realpath(p, strict=True) if os.path.exists(p) else None)
+                except OSError:
+                    found.append(None)
+            os.write(writer, json.dumps(found).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    found: list[str | None] = json.loads(data)
+    return found
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(tree=TREES)
+def test_resolve_finds_what_the_kernel_finds_inside_the_root(
+    tree: list[tuple[list[str], str | None]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Random trees of directories and links (absolute, relative, through .., looping): a
+    path resolves inside the root to what a process chrooted there finds, or to nothing."""
+    root = tmp_path_factory.mktemp("tree")
+    for parts, target in tree:
+        path = root.joinpath(*parts)
+        if os.path.lexists(path) or not path.parent.is_dir() or path.parent.is_symlink():
+            continue
+        if target is None:
+            path.mkdir()
+        else:
+            os.symlink(target, path)
+    paths = ["/" + "/".join(parts) for parts, _ in tree] + ["/a/b/c", "/a/../b", "/.."]
+    for path, seen in zip(paths, kernel_view(root, paths)):
+        mine = initcheck.resolve(str(root), path)
+        assert (mine is None) == (seen is None), (path, mine, seen)
+        assert mine is None or seen is None or Path(mine) == root / seen.lstrip("/"), path
