@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import BootcLiveError
 from .run import run
+
+# Symbolic links followed to a place before it is a loop (the kernel's MAXSYMLINKS).
+MAX_SYMLINKS = 40
+
+
+class PlaceError(BootcLiveError):
+    """The image's /etc or /var cannot be mounted as bootc.live.{etc,var}.rw asks."""
 
 
 @dataclass(frozen=True)
@@ -76,18 +84,75 @@ def _remount_bind(target: str, rw: bool) -> None:
     run(["mount", "-o", "remount,bind," + ("rw" if rw else "ro"), target])
 
 
+def in_root(root: str, name: str) -> str:
+    """Where `name` lies in the tree at `root` as the booted system sees it: its symbolic links
+    followed inside the root (an absolute target from the root, `..` never above it), the
+    path relative to `root` ("" for the root itself)."""
+    done: list[str] = []
+    todo = list(reversed(name.split("/")))
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        path = os.path.join(root, *done, part)
+        if not os.path.islink(path):
+            done.append(part)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise PlaceError(
+                f"the image's /{name} is a loop of symbolic links",
+                f"fix /{name} in the image: a directory, or a link to one",
+            )
+        target = os.readlink(path)
+        if target.startswith("/"):
+            done.clear()
+        todo.extend(reversed(target.split("/")))
+    return "/".join(done)
+
+
+def writable_place(root: str, name: str, rw: bool, writable: bool) -> str | None:
+    """The directory that /`name` (etc or var) is in the tree at `root`, its links followed
+    inside the root, to be mounted `writable` while the root is `rw`; None when there is
+    nothing to mount there (no such directory, and nothing asks for one)."""
+    where = in_root(root, name)
+    shown = f"/{name}" + (f" (a symbolic link to /{where})" if where != name else "")
+    if not where:
+        raise PlaceError(
+            f"the image's /{name} is a symbolic link to the root itself: it cannot be "
+            f"{'writable' if writable else 'read-only'} while the root is "
+            f"{'read-write' if rw else 'read-only'}",
+            f"boot with{'' if writable else 'out'} rw, or with bootc.live.{name}.rw="
+            f"{1 if rw else 0}; or make /{name} a directory in the image",
+        )
+    path = os.path.join(root, where)
+    if os.path.isdir(path):
+        return path
+    if os.path.lexists(path):
+        raise PlaceError(
+            f"the image's {shown} is not a directory",
+            f"make /{name} a directory in the image",
+        )
+    return None
+
+
 def finish_root(newroot: str, plan: MountPlan) -> None:
-    """Make the unpacked root read-only (unless rw), keeping /etc and /var as asked."""
+    """Make the unpacked root read-only (unless rw), keeping /etc and /var as asked: where one
+    is a symbolic link, the directory it leads to inside the root."""
     for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
         if writable == plan.rw:
             continue  # it follows the root
-        path = os.path.join(newroot, name)
-        if os.path.islink(path):
-            continue  # it follows what it points to, inside the root
-        if not os.path.isdir(path):
+        path = writable_place(newroot, name, plan.rw, writable)
+        if path is None:
             if not writable:
                 continue  # nothing there to protect
-            os.mkdir(path, 0o755)
+            path = os.path.join(newroot, in_root(newroot, name))
+            os.makedirs(path, 0o755)
         run(["mount", "--bind", path, path])
         _remount_bind(path, writable)
     if not plan.rw:

@@ -498,10 +498,11 @@ def overlay(lower: str, target: str, uppers: str, name: str) -> None:
 
 
 def overlay_etc_var(newroot: str, uppers: str, plan: MountPlan) -> None:
-    """A read-only root's /etc and /var made writable, unless bootc.live.{etc,var}.rw=0."""
+    """A read-only root's /etc and /var made writable, unless bootc.live.{etc,var}.rw=0 (where
+    one is a symbolic link, the directory it leads to inside the root)."""
     for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
-        lower = os.path.join(newroot, name)
-        if not writable or os.path.islink(lower) or not os.path.isdir(lower):
+        lower = mounts.writable_place(newroot, name, False, True) if writable else None
+        if lower is None:
             continue  # read-only as asked, or nothing there to make writable
         overlay(lower, lower, uppers, name)
 
