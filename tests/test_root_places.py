@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 # In the child: the tree `shape` describes, made on a tmpfs at `root`; finish_root with the
 # default options (read-only root, /etc and /var writable); then, chrooted into it, which of
 # the paths asked about take a new file. Prints {"error": message} or {"writable": {...}}.
+# A shape is (path, None) for a directory, (path, "") for an empty file, else a link.
 CHILD = r"""
 import json, os, sys
 from bootc_live.runtime import mounts
@@ -32,6 +33,8 @@ for path, target in shape:
     os.makedirs(os.path.dirname(where), exist_ok=True)
     if target is None:
         os.makedirs(where)
+    elif target == "":
+        open(where, "w").close()
     else:
         os.symlink(target, where)
 try:
@@ -126,13 +129,18 @@ def test_an_etc_that_is_a_link_into_the_root_is_writable(
             "while the root is read-only",
         ),
         ([("etc", "etc"), ("var", None)], "the image's /etc is a loop of symbolic links"),
+        ([("etc", ""), ("var", None)], "the image's /etc is not a directory"),
+        (
+            [("etc", None), ("usr/var", ""), ("var", "usr/var")],
+            "the image's /var (a symbolic link to /usr/var) is not a directory",
+        ),
         (
             [("var", None), ("usr/etc", None), ("etc", "usr/etc/../../..")],
             "the image's /etc is a symbolic link to the root itself: it cannot be writable "
             "while the root is read-only",
         ),
     ],
-    ids=["etc-to-slash", "var-to-dotdot", "loop", "etc-above-the-root"],
+    ids=["etc-to-slash", "var-to-dotdot", "loop", "etc-file", "var-to-file", "etc-above-the-root"],
 )
 def test_an_etc_or_var_that_leads_to_the_root_is_one_clear_line(
     shape: list[tuple[str, str | None]], message: str, tmp_path: Path
