@@ -19,14 +19,16 @@ from unpackers import need
 pytestmark = pytest.mark.integration
 
 # In the child: the tree `shape` describes, made on a tmpfs at `root`; finish_root with the
-# default options (read-only root, /etc and /var writable); then, chrooted into it, which of
-# the paths asked about take a new file. Prints {"error": message} or {"writable": {...}}.
+# MountPlan given (default: read-only root, /etc and /var writable); then, chrooted into it,
+# which of the paths asked about take a new file. Prints {"error": message} or {"writable": {...}}.
 # A shape is (path, None) for a directory, (path, "") for an empty file, else a link.
 CHILD = r"""
 import json, os, sys
 from bootc_live.runtime import mounts
 from bootc_live.runtime.errors import BootcLiveError
 root, shape, probes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+plan = mounts.MountPlan(**json.loads(sys.argv[4]))
+overlays = sys.argv[5] == "overlays"
 mounts.mount_tmpfs(root, 16 << 20, tree=True)
 for path, target in shape:
     where = os.path.join(root, path)
@@ -38,7 +40,15 @@ for path, target in shape:
     else:
         os.symlink(target, where)
 try:
-    mounts.finish_root(root, mounts.MountPlan())
+    if overlays:  # as an EROFS or packed root: the image read-only, overlays on a tmpfs
+        from bootc_live.runtime import roots
+        mounts.run(["mount", "-o", "remount,ro", root])
+        uppers = root + "-uppers"
+        os.mkdir(uppers)
+        mounts.mount_tmpfs(uppers, 16 << 20)
+        roots.overlay_etc_var(root, uppers, plan)
+    else:
+        mounts.finish_root(root, plan)
 except BootcLiveError as err:
     print(json.dumps({"error": str(err), "hint": err.hint}))
     sys.exit(0)
@@ -68,15 +78,22 @@ OSTREE_TOP = [
 
 
 def finish(
-    tmp_path: Path, shape: list[tuple[str, str | None]], probes: list[str]
+    tmp_path: Path,
+    shape: list[tuple[str, str | None]],
+    probes: list[str],
+    plan: dict[str, bool] | None = None,
+    mode: str = "binds",
 ) -> dict[str, Any]:
     need(os.geteuid() == 0, "mounts in a private namespace need root")
     need(shutil.which("unshare") is not None, "needs unshare")
     root = str(tmp_path / "root")
     os.mkdir(root)
-    done = in_private_namespace(CHILD, root, json.dumps(shape), json.dumps(probes))
+    done = in_private_namespace(
+        CHILD, root, json.dumps(shape), json.dumps(probes), json.dumps(plan or {}), mode
+    )
     assert done.returncode == 0, done.stderr
-    assert os.listdir(root) == []  # the tmpfs went with the namespace: nothing written here
+    for place in (root, root + "-uppers"):  # the tmpfs went with the namespace
+        assert not os.path.exists(place) or os.listdir(place) == []
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -152,3 +169,80 @@ def test_an_etc_or_var_that_leads_to_the_root_is_one_clear_line(
     found = finish(tmp_path, shape, [])
     assert found["error"] == message
     assert found["hint"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "plan", "expected"),
+    [
+        (
+            [("var/etc", None), ("etc", "var/etc")],
+            {"etc_rw": False},
+            {"/etc": False, "/var": True, "/": False},
+        ),
+        (
+            [("etc/var", None), ("var", "etc/var")],
+            {"var_rw": False},
+            {"/etc": True, "/var": False, "/": False},
+        ),
+        (
+            [("var/etc", None), ("etc", "var/etc")],
+            {"rw": True, "var_rw": False},
+            {"/etc": True, "/var": False, "/": True},
+        ),
+        (
+            [("usr/etc", None), ("etc", "usr/etc"), ("var", None)],
+            {"rw": True, "etc_rw": False},
+            {"/etc": False, "/var": True, "/usr": True, "/": True},
+        ),
+    ],
+    ids=["etc-in-var-ro", "var-in-etc-ro", "rw-etc-in-ro-var", "rw-etc-link-ro"],
+)
+def test_a_place_inside_the_other_keeps_what_was_asked_for_it(
+    shape: list[tuple[str, str | None]],
+    plan: dict[str, bool],
+    expected: dict[str, bool],
+    tmp_path: Path,
+) -> None:
+    """/etc -> var/etc with bootc.live.etc.rw=0: /etc was writable, as the /var it lies in
+    (skipped as "following the root", or its read-only bind hidden by /var's bind over it)."""
+    found = finish(tmp_path, shape, list(expected), plan)
+    assert found == {"writable": expected}
+
+
+@pytest.mark.parametrize(
+    ("shape", "plan", "expected"),
+    [
+        (
+            [("usr/etc", None), ("etc", "/usr/etc"), ("var", None)],
+            {},
+            {"/etc": True, "/var": True, "/usr": False, "/": False},
+        ),
+        (
+            [("var/etc", None), ("etc", "var/etc")],
+            {"etc_rw": False},
+            {"/etc": False, "/var": True, "/": False},
+        ),
+        (OSTREE_TOP, {}, {"/etc": True, "/home": True, "/usr/local": True, "/usr/bin": False}),
+    ],
+    ids=["etc-link", "etc-in-var-ro", "ostree"],
+)
+def test_overlays_of_a_read_only_image_follow_the_same_places(
+    shape: list[tuple[str, str | None]],
+    plan: dict[str, bool],
+    expected: dict[str, bool],
+    tmp_path: Path,
+) -> None:
+    """EROFS and packed roots make /etc and /var writable by overlays: where a link leads, as
+    finish_root; the links were skipped, leaving /etc the image's read-only one."""
+    found = finish(tmp_path, shape, list(expected), plan, mode="overlays")
+    assert found == {"writable": expected}
+
+
+def test_an_etc_and_var_that_are_one_directory_asked_two_ways_is_one_line(
+    tmp_path: Path,
+) -> None:
+    found = finish(tmp_path, [("etc", None), ("var", "etc")], [], {"var_rw": False})
+    assert found["error"] == (
+        "the image's /etc and /var are one directory (/etc): it cannot be both writable and "
+        "read-only"
+    )

@@ -116,11 +116,45 @@ def in_root(root: str, name: str) -> str:
     return "/".join(done)
 
 
-def writable_place(root: str, name: str, rw: bool, writable: bool) -> str | None:
-    """The directory that /`name` (etc or var) is in the tree at `root`, its links followed
-    inside the root, to be mounted `writable` while the root is `rw`; None when there is
-    nothing to mount there (no such directory, and nothing asks for one)."""
-    where = in_root(root, name)
+def places(newroot: str, plan: MountPlan, *, make: bool) -> list[tuple[str, str, bool]]:
+    """The directories of the tree at `newroot` to mount, in order, to give /etc and /var
+    what `plan` asks while the root is `plan.rw`: each is where /etc or /var leads inside the
+    root (its links followed), with its name and whether it is to be writable; one that lies
+    inside the other comes after it, and is mounted only if it differs from it (/etc -> var/etc with
+    bootc.live.etc.rw=0 is read-only in a writable /var). With `make`, a missing directory
+    to be writable is made (where a link would have it); without, it is left out."""
+    wanted: dict[str, tuple[str, bool]] = {}
+    for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
+        where = in_root(newroot, name)
+        if not where and writable == plan.rw:
+            continue  # the root itself, as the root is
+        other = wanted.get(where)
+        if other is not None and other[1] != writable:
+            raise PlaceError(
+                f"the image's /etc and /var are one directory (/{where}): it cannot be both "
+                "writable and read-only",
+                "boot with bootc.live.etc.rw= and bootc.live.var.rw= alike",
+            )
+        wanted[where] = (name, writable)
+    out: list[tuple[str, str, bool]] = []
+    for where in sorted(wanted, key=lambda w: w.split("/")):
+        name, writable = wanted[where]
+        enclosing = [w for w in wanted if where.startswith(w + "/")]
+        if writable == (wanted[enclosing[0]][1] if enclosing else plan.rw):
+            continue  # it follows what holds it
+        path = _directory(newroot, name, where, plan.rw, writable)
+        if path is None:
+            if not (writable and make):
+                continue  # nothing there to protect, or to make writable
+            path = os.path.join(newroot, where)
+            os.makedirs(path, 0o755)
+        out.append((path, name, writable))
+    return out
+
+
+def _directory(root: str, name: str, where: str, rw: bool, writable: bool) -> str | None:
+    """The directory /`name` leads to (`where`, inside the root): its path, None if there is
+    none; refused if it is the root itself or not a directory."""
     shown = f"/{name}" + (f" (a symbolic link to /{where})" if where != name else "")
     if not where:
         raise PlaceError(
@@ -142,17 +176,8 @@ def writable_place(root: str, name: str, rw: bool, writable: bool) -> str | None
 
 
 def finish_root(newroot: str, plan: MountPlan) -> None:
-    """Make the unpacked root read-only (unless rw), keeping /etc and /var as asked: where one
-    is a symbolic link, the directory it leads to inside the root."""
-    for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
-        if writable == plan.rw:
-            continue  # it follows the root
-        path = writable_place(newroot, name, plan.rw, writable)
-        if path is None:
-            if not writable:
-                continue  # nothing there to protect
-            path = os.path.join(newroot, in_root(newroot, name))
-            os.makedirs(path, 0o755)
+    """Make the unpacked root read-only (unless rw), keeping /etc and /var as asked (places)."""
+    for path, _name, writable in places(newroot, plan, make=True):
         run(["mount", "--bind", path, path])
         _remount_bind(path, writable)
     if not plan.rw:

@@ -499,12 +499,14 @@ def overlay(lower: str, target: str, uppers: str, name: str) -> None:
 
 def overlay_etc_var(newroot: str, uppers: str, plan: MountPlan) -> None:
     """A read-only root's /etc and /var made writable, unless bootc.live.{etc,var}.rw=0 (where
-    one is a symbolic link, the directory it leads to inside the root)."""
-    for name, writable in (("etc", plan.etc_rw), ("var", plan.var_rw)):
-        lower = mounts.writable_place(newroot, name, False, True) if writable else None
-        if lower is None:
-            continue  # read-only as asked, or nothing there to make writable
-        overlay(lower, lower, uppers, name)
+    one is a symbolic link, the directory it leads to inside the root: mounts.places)."""
+    read_only = MountPlan(etc_rw=plan.etc_rw, var_rw=plan.var_rw)
+    for path, name, writable in mounts.places(newroot, read_only, make=False):
+        if writable:
+            overlay(path, path, uppers, name)
+        else:  # inside the other, writable
+            run(["mount", "--bind", path, path])
+            run(["mount", "-o", "remount,bind,ro", path])
 
 
 class PackedRoot(Root):
