@@ -148,6 +148,10 @@ def test_an_etc_that_is_a_link_into_the_root_is_writable(
         ([("etc", "etc"), ("var", None)], "the image's /etc is a loop of symbolic links"),
         ([("etc", ""), ("var", None)], "the image's /etc is not a directory"),
         (
+            [("var", None), ("usr/lib", ""), ("etc", "usr/lib/etc")],
+            "the image's /etc (a symbolic link to /usr/lib/etc) cannot be made: Not a directory",
+        ),
+        (
             [("etc", None), ("usr/var", ""), ("var", "usr/var")],
             "the image's /var (a symbolic link to /usr/var) is not a directory",
         ),
@@ -157,7 +161,15 @@ def test_an_etc_that_is_a_link_into_the_root_is_writable(
             "while the root is read-only",
         ),
     ],
-    ids=["etc-to-slash", "var-to-dotdot", "loop", "etc-file", "var-to-file", "etc-above-the-root"],
+    ids=[
+        "etc-to-slash",
+        "var-to-dotdot",
+        "loop",
+        "etc-file",
+        "etc-under-a-file",
+        "var-to-file",
+        "etc-above-the-root",
+    ],
 )
 def test_an_etc_or_var_that_leads_to_the_root_is_one_clear_line(
     shape: list[tuple[str, str | None]], message: str, tmp_path: Path

@@ -147,7 +147,14 @@ def places(newroot: str, plan: MountPlan, *, make: bool) -> list[tuple[str, str,
             if not (writable and make):
                 continue  # nothing there to protect, or to make writable
             path = os.path.join(newroot, where)
-            os.makedirs(path, 0o755)
+            try:
+                os.makedirs(path, 0o755)
+            except OSError as err:  # a parent that is a file (/etc -> hostname/etc), say
+                shown = f" (a symbolic link to /{where})" if where != name else ""
+                raise PlaceError(
+                    f"the image's /{name}{shown} cannot be made: {err.strerror}",
+                    f"make /{name} a directory in the image",
+                ) from None
         out.append((path, name, writable))
     return out
 
