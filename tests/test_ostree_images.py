@@ -20,7 +20,7 @@ from bootc_live.runtime import kexec
 from bootc_live.runtime.oci import resolve
 from bootc_live.runtime.sources import LayoutSource
 from debian_image import CACHES
-from imagegen import build_layout, d, f, layer_tar, wh
+from imagegen import build_layout, d, f, hard, layer_tar, wh
 from treewalk import diff, snapshot
 from unpackers import bootc_live, bootc_live_unpack, need, need_root_and, umoci_unpack
 
@@ -200,3 +200,27 @@ def test_a_derived_layer_never_changes_the_objects_its_files_are_linked_to(
             record.uid,
             record.xattrs,
         ), path
+
+
+def test_a_kernel_linked_to_a_hard_link_of_a_lower_layer_is_found(
+    image: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A derived layer whose initramfs.img (or a chain of its own links over several layers)
+    is a hard link to the base's vmlinuz, itself a hard link to its ostree object: the
+    unpacker links them to the object's bytes, and bootc.kexec's finder follows the chain;
+    it said that no layer held the base's vmlinuz as a regular file, and stopped the boot."""
+    layout, _repo = image
+    kernel = kernel_of(debian_root()).read_bytes()
+    upper = [
+        [hard("usr/k1", f"{MODULES}/vmlinuz")],
+        [hard("usr/k2", "usr/k1")],
+        [hard(f"{MODULES}/initramfs.img", "usr/k2")],
+    ]
+    derived = tmp_path / "derived"
+    build_layout(derived, [*layers_of(layout), *(layer_tar(entries) for entries in upper)])
+    unpacked = bootc_live_unpack(f"oci:{derived}:latest", tmp_path / "ours")
+    assert (unpacked / MODULES / "initramfs.img").read_bytes() == kernel
+    (tmp_path / "work").mkdir()
+    found = kexec.find_boot_files(resolve(LayoutSource(str(derived))), None, str(tmp_path / "work"))
+    assert (found.kver, found.layers_read) == (KVER, 7)
+    assert Path(found.kernel).read_bytes() == Path(found.initramfs).read_bytes() == kernel

@@ -13,7 +13,9 @@ The finder follows the merged tree as an unpacker makes it, whatever wrote the l
 - a kernel's file may be a hard link: ostree-based images (Fedora's and CentOS's bootc images)
   store each file once under sysroot/ostree/repo/objects and link every place to it, earlier
   in the same layer or in a lower one. Its bytes are the target's; bootc.kexec reads that
-  layer a second time for them (`relink`) when they came before the link;
+  layer a second time for them (`relink`) when they came before the link. A target that a
+  lower layer holds as a hard link is followed to that link's target, as the unpacker links
+  it (a chain within one layer is not: tar writers link every name to the first);
 - one KVER's file in two places: usr/lib/modules/KVER first, then lib/modules/KVER, then
   boot/vmlinuz-KVER, in whatever order the layers hold them.
 """
@@ -124,6 +126,7 @@ class KernelFinder:
         self._layer_opaques: set[bytes] = set()
         self._wanted: dict[bytes, list[_Shown]] = {}  # hard links' targets, by path, unread
         self._layer_found: set[bytes] = set()  # targets this layer has
+        self._layer_chained: set[bytes] = set()  # targets' own targets, this layer's links
 
     def entry(self, name: bytes, kind: str = REGULAR, linkname: bytes = b"") -> bool:
         """Note an entry of the current layer; whether the bytes of this regular file are
@@ -148,6 +151,15 @@ class KernelFinder:
             for link in self._wanted[path]:
                 link.where = (self._layer, path)
             self._layer_found.add(path)
+        elif kind == HARDLINK and self._wanted.get(path):
+            # A target that is a hard link itself (to a file of this layer or a lower one, as
+            # the unpacker links it): its target's bytes are the file's.
+            chained = b"/".join(clean(linkname))
+            links = self._wanted.pop(path)
+            for link in links:
+                link.where, link.target = None, chained
+            self._wanted.setdefault(chained, []).extend(links)
+            self._layer_chained.add(chained)
         which = boot_file(path)
         if which is None or self._hidden(key):
             return wanted
@@ -170,9 +182,13 @@ class KernelFinder:
         return self.entry(entry.name, entry.kind, entry.linkname)
 
     def relink(self) -> set[bytes]:
-        """The targets of this layer's hard-linked boot files whose bytes are not known: those
-        came earlier in this layer, or lie in a lower one."""
-        return {
+        """The targets of this layer's hard-linked boot files (and of the links this layer
+        holds at an upper one's targets) whose bytes are not known: those came earlier in this
+        layer, or lie in a lower one."""
+        chained = {
+            t for t in self._layer_chained if any(s.where is None for s in self._wanted.get(t, ()))
+        }
+        return chained | {
             s.target
             for path, s in self._shown.items()
             if path in self._layer_paths and s.kind == HARDLINK and s.where is None
@@ -192,7 +208,10 @@ class KernelFinder:
                     self._wanted.setdefault(shown.target, []).append(shown)
         for path in self._layer_found:  # found in this layer: looked for no more
             self._wanted.pop(path, None)
-        self._layer_found = set()
+        for target in self._layer_chained & found:  # came before the link to it
+            for link in self._wanted.pop(target, []):
+                link.where = (self._layer, target)
+        self._layer_found, self._layer_chained = set(), set()
         self._hiders |= self._layer_hiders
         self._opaques |= self._layer_opaques
         self._layer_paths, self._layer_hiders, self._layer_opaques = set(), set(), set()
