@@ -22,7 +22,15 @@ from bootc_live.runtime.sources import LayoutSource
 from debian_image import CACHES
 from imagegen import build_layout, d, f, hard, layer_tar, wh
 from treewalk import diff, snapshot
-from unpackers import bootc_live, bootc_live_unpack, need, need_root_and, umoci_unpack
+from unpackers import (
+    assert_clean_failure,
+    bootc_live,
+    bootc_live_unpack,
+    need,
+    need_root_and,
+    umoci,
+    umoci_unpack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +232,38 @@ def test_a_kernel_linked_to_a_hard_link_of_a_lower_layer_is_found(
     found = kexec.find_boot_files(resolve(LayoutSource(str(derived))), None, str(tmp_path / "work"))
     assert (found.kver, found.layers_read) == (KVER, 7)
     assert Path(found.kernel).read_bytes() == Path(found.initramfs).read_bytes() == kernel
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        ["../../../../../../../../SECRET"],
+        ["/SECRET"],
+        ["ostree/../../../../../../../../SECRET"],
+        ["ostree/repo/config"],  # through the image's own ostree -> sysroot/ostree: inside
+    ],
+    ids=["dotdot", "absolute", "through-ostree-link", "inside"],
+)
+def test_hard_links_over_the_objects_stay_in_the_root(
+    image: tuple[Path, Path], links: list[str], tmp_path: Path
+) -> None:
+    """A derived layer's hard links aimed past the root, by `..`, an absolute name or the
+    image's own links (ostree -> sysroot/ostree): linked inside the root, as umoci links them,
+    or refused in one line as umoci refuses them; never a link to a file of the host's."""
+    layout, _repo = image
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"host's\n")
+    aimed = [target.replace("SECRET", str(secret).lstrip("/")) for target in links]
+    derived = tmp_path / "derived"
+    layer = layer_tar([hard(f"usr/bin/x{i}", target) for i, target in enumerate(aimed)])
+    build_layout(derived, [*layers_of(layout), layer])
+    ours = bootc_live("unpack", f"oci:{derived}:latest", str(tmp_path / "ours"))
+    theirs = umoci("unpack", "--image", f"{derived}:latest", str(tmp_path / "bundle"))
+    assert os.stat(secret).st_nlink == 1
+    assert (ours.returncode == 0) == (theirs.returncode == 0), (ours.stderr, theirs.stderr)
+    if ours.returncode == 0:
+        got = snapshot(tmp_path / "ours")
+        assert diff(got, snapshot(tmp_path / "bundle/rootfs"), names=("bootc-live", "umoci")) == []
+    else:
+        assert "which does not exist" in assert_clean_failure(ours)
+        assert not (tmp_path / "ours").exists()  # nothing partial is left
