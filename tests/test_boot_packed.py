@@ -829,12 +829,13 @@ def test_a_url_lib_failure_leaves_no_download(
 ) -> None:
     def half(argv: list[str], **_kw: Any) -> None:
         Path(argv[-1]).write_bytes(b"half a file")
-        raise CommandError("sh failed (exit 1): curl: (28) timeout", "check the URL")
+        raise CommandError("sh failed: curl: (28) timeout", "", "curl: (28) timeout", "", "", 28)
 
     monkeypatch.setattr(urllib_dracut, "run", half)
     code, status = boot_packed(tmp_path, "ftp://10.0.2.100/packed.img", "sha256:" + "0" * 64)
     assert code == 1 and status["message"] == (
-        "bootc-live: sh failed (exit 1): curl: (28) timeout; check the URL"
+        "bootc-live: could not fetch ftp://10.0.2.100/packed.img: curl: (28) timeout; check "
+        "the URL, that the server has the file, and the network"
     )
     assert packed_system.mounted == [] and os.listdir(tmp_path / "work/packed") == []
 

@@ -726,13 +726,17 @@ def open_url_source(spec: BootSpec, report: Report) -> ImageSource:
     path = os.path.join(spool.directory, "download.oci")
     try:
         spool.take(None)
-        urllib_dracut.fetch(url, path, fetching)
+        urllib_dracut.fetch(url, path, fetching, URL_LIB_FULL_HINT)
         return ArchiveSource(path, delete=True, name=http.redact(url), release=spool.release)
     except BaseException:  # no oci-archive: the download goes (it is in RAM)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         spool.release()
         raise
+
+
+# url-lib stores the whole archive before it is read: over http(s) it is read in place.
+URL_LIB_FULL_HINT = "add RAM, or serve the archive over http(s) with Range support"
 
 
 class RamSpool(http.Spool):

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import urllib.parse
 
+from .errors import BootcLiveError, SpaceError
 from .http import Policy, redact
-from .run import run
+from .run import CommandError, run
+
+# Where dracut installs them in the initramfs (url-lib sources dracut-lib itself by this path).
+DRACUT_LIB = "/lib/dracut-lib.sh"
+URL_LIB = "/lib/url-lib.sh"
+FULL_BELOW = 1 << 20  # bytes left on the destination's filesystem when a fetch failed: full
+# fetch_url's own exit statuses (url-lib.sh); any other is its command's (curl, mount, cp).
+UNHANDLED, UNPARSEABLE = 254, 255
 
 
 def curl_args(policy: Policy) -> list[str]:
@@ -18,26 +28,78 @@ def curl_args(policy: Policy) -> list[str]:
     return args + ([] if policy.retries is None else ["--retry", str(policy.retries)])
 
 
-def fetch(url: str, path: str, policy: Policy) -> None:
-    """Fetch `url` into the file `path` with url-lib's fetch_url, within `policy`'s bounds."""
-    run(
-        # url-lib needs dracut-lib, and sourcing it does not end with status 0: no && after it.
-        # The URL goes in the environment: a password in it stays out of the logged argv.
-        # url-lib's curl_args is a plain variable, expanded unquoted: ours go after its own.
-        [
-            "sh",
-            "-c",
-            ". /lib/dracut-lib.sh; . /lib/url-lib.sh; "
-            'curl_args="$curl_args $BOOTC_CURL_ARGS"; fetch_url "$BOOTC_URL" "$1"',
-            "fetch_url",
-            path,
-        ],
-        # RD_DEBUG=no: under rd.debug, dracut-lib would trace url-lib's commands, URL and all.
-        env={
-            **os.environ,
-            "BOOTC_URL": url,
-            "BOOTC_CURL_ARGS": " ".join(curl_args(policy)),
-            "RD_DEBUG": "no",
-        },
-        hint=f"check {redact(url)} and the network",
+def fetch(url: str, path: str, policy: Policy, full_hint: str = "add RAM") -> None:
+    """Fetch `url` into the file `path` with url-lib's fetch_url, within `policy`'s bounds.
+    A fetch that filled `path`'s filesystem is a SpaceError (`full_hint` the next step);
+    any other failure names the URL (without its password) and url-lib's reason."""
+    try:
+        run(
+            # url-lib needs dracut-lib, and sourcing it does not end with status 0: no && after
+            # it. The URL goes in the environment: a password in it stays out of the logged
+            # argv. url-lib's curl_args is a plain variable, expanded unquoted: ours go after
+            # its own.
+            [
+                "sh",
+                "-c",
+                '. "$1"; . "$2"; '
+                'curl_args="$curl_args $BOOTC_CURL_ARGS"; fetch_url "$BOOTC_URL" "$3"',
+                "fetch_url",
+                DRACUT_LIB,
+                URL_LIB,
+                path,
+            ],
+            # RD_DEBUG=no: under rd.debug, dracut-lib would trace url-lib's commands, URL and
+            # all.
+            env={
+                **os.environ,
+                "BOOTC_URL": url,
+                "BOOTC_CURL_ARGS": " ".join(curl_args(policy)),
+                "RD_DEBUG": "no",
+            },
+        )
+    except CommandError as err:
+        raise _failure(err, url, path, full_hint) from None
+
+
+def _failure(err: CommandError, url: str, path: str, full_hint: str) -> BootcLiveError:
+    """What a failed fetch_url means, in one line without the URL's password."""
+    where = redact(url)
+    with contextlib.suppress(OSError):
+        fs = os.statvfs(os.path.dirname(path) or ".")
+        if fs.f_bavail * fs.f_frsize < FULL_BELOW:  # curl's (23), cp's ENOSPC: RAM, not the net
+            written = os.path.getsize(path) if os.path.exists(path) else 0
+            return SpaceError(
+                f"no space left to download {where} ({written >> 20} MiB written): it is "
+                "stored whole in RAM first",
+                full_hint,
+            )
+    scheme = urllib.parse.urlsplit(url).scheme
+    if err.returncode == UNHANDLED:
+        return BootcLiveError(
+            f"this initramfs cannot fetch {scheme}:// URLs: dracut's url-lib has no handler "
+            "for them",
+            "add dracut's nfs module (the image needs nfs-utils) and rebuild it with "
+            "bootc-live build, or serve the file over http(s), ftp or tftp"
+            if scheme.startswith("nfs")
+            else "serve the file over http(s), ftp, tftp or nfs",
+        )
+    if err.returncode == UNPARSEABLE:
+        return BootcLiveError(f"dracut's url-lib cannot read the URL {where}", "fix root=")
+    return BootcLiveError(
+        f"could not fetch {where}: {_without_secrets(err.detail, url)}",
+        "check the URL, that the server has the file, and the network",
     )
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """`text` (url-lib's or its command's words) with the URL's user and password hidden
+    (url-lib's own warning quotes the URL whole)."""
+    text = text.replace(url, redact(url))
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return text
+    userinfo = parts.netloc.rpartition("@")[0]
+    for secret in {userinfo, urllib.parse.unquote(userinfo)} - {""}:
+        text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,174 @@
+"""ftp:// through the real dracut url-lib (dracut-lib.sh, url-lib.sh and curl of this host)
+against a real FTP server (pyftpdlib) on 127.0.0.1: what a failed fetch tells the user.
+
+Each fetch runs in a private mount namespace with a tmpfs over /run: url-lib makes its
+CURL_HOME there (/run/initramfs/url-lib), and the destination is a tmpfs of a chosen size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bootc_live.runtime import urllib_dracut
+from servers import _wait_for, free_port
+from unpackers import need, need_root_and
+
+MODULES = Path("/usr/lib/dracut/modules.d")
+DRACUT_LIB = MODULES / "99base/dracut-lib.sh"
+URL_LIB = MODULES / "45url-lib/url-lib.sh"
+DRACUT_UTIL = Path("/usr/lib/dracut/dracut-util")  # getarg's helper, called as dracut-getarg
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-pyftpdlib is for it, not the venv
+USER, PASSWORD = "me", "s3cr%t"  # a password that must be percent-encoded in the URL
+
+FTP_SERVER = """
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
+from pyftpdlib.servers import FTPServer
+
+port, root, user, password, rate = sys.argv[1:]
+authorizer = DummyAuthorizer()
+authorizer.add_user(user, password, root, perm="elr")
+authorizer.add_anonymous(root)
+FTPHandler.authorizer = authorizer
+if int(rate):
+    ThrottledDTPHandler.read_limit = int(rate)  # bytes a second sent
+    FTPHandler.dtp_handler = ThrottledDTPHandler
+FTPServer(("127.0.0.1", int(port)), FTPHandler).serve_forever()
+"""
+
+
+def ftp_server(root: Path, rate: int = 0) -> Iterator[int]:
+    """pyftpdlib serving `root` on 127.0.0.1 (anonymous, and USER with PASSWORD), sending at
+    most `rate` bytes a second when not 0; yields its port."""
+    need(
+        subprocess.run([SYSTEM_PYTHON, "-c", "import pyftpdlib"], check=False).returncode == 0,
+        "needs python3-pyftpdlib",
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", FTP_SERVER, str(port), str(root), USER, PASSWORD, str(rate)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(port, proc)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    root = tmp_path / "ftp"
+    root.mkdir()
+    yield from ((root, port) for port in ftp_server(root))
+
+
+# The child: url-lib's paths are the host's (dracut-lib.sh wrapped: it sources
+# /lib/dracut-dev-lib.sh, which only the initramfs has, unless wait_for_dev is defined).
+CHILD = """
+import json, os, subprocess, sys
+from bootc_live.runtime import http, urllib_dracut
+from bootc_live.runtime.errors import BootcLiveError
+
+url, dest, size, dracut_lib, url_lib = sys.argv[1:]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "run", "/run"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "dest", dest], check=True)
+urllib_dracut.DRACUT_LIB, urllib_dracut.URL_LIB = dracut_lib, url_lib
+result = {"error": None}
+try:
+    urllib_dracut.fetch(url, os.path.join(dest, "download"), http.Policy(retries=0, stall=5.0))
+except BootcLiveError as err:
+    result = {"error": err.line(), "space": type(err).__name__ == "SpaceError"}
+result["curl_home"] = os.listdir("/run/initramfs")
+print(json.dumps(result))
+"""
+
+
+def fetch(url: str, tmp_path: Path, size: str = "64m") -> dict[str, object]:
+    """urllib_dracut.fetch of `url` into a tmpfs of `size`: its error line (or None), whether
+    it is a SpaceError, and what url-lib printed on the way (nothing may name the password)."""
+    need_root_and("unshare", "curl")
+    need(DRACUT_LIB.is_file() and URL_LIB.is_file(), "needs dracut's url-lib (dracut-network)")
+    need(DRACUT_UTIL.is_file(), "needs dracut's dracut-util")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "dracut-getarg").exists():
+        (bin_dir / "dracut-getarg").symlink_to(DRACUT_UTIL)
+    lib = tmp_path / "dracut-lib.sh"
+    lib.write_text(f"wait_for_dev() {{ :; }}\n. {DRACUT_LIB}\n")
+    dest = tmp_path / "dest"
+    dest.mkdir(exist_ok=True)
+    src = Path(urllib_dracut.__file__).parents[2]
+    env = {
+        "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PYTHONPATH": str(src),
+        "PREFIX": "/nonexistent",  # dracut-lib.sh then leaves /run and /var/log alone
+        "DRACUT_SYSTEMD": "1",  # dracut's warnings to stderr, not /dev/kmsg
+    }
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", CHILD]
+    result = subprocess.run(
+        [*argv, url, str(dest), size, str(lib), str(URL_LIB)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "s3cr%25t" not in result.stdout + result.stderr
+    out: dict[str, object] = json.loads(result.stdout)
+    assert out["curl_home"] == ["url-lib"]  # url-lib ran, and wrote only under /run
+    return out
+
+
+def url(port: int, name: str) -> str:
+    return f"ftp://{USER}:s3cr%25t@127.0.0.1:{port}/{name}"
+
+
+def test_a_missing_file_is_named_without_the_password(
+    served: tuple[Path, int], tmp_path: Path
+) -> None:
+    _, port = served
+    out = fetch(url(port, "missing.oci"), tmp_path)
+    assert out["error"] == (
+        f"could not fetch ftp://***@127.0.0.1:{port}/missing.oci: curl: (78) The file does "
+        "not exist; check the URL, that the server has the file, and the network"
+    )
+
+
+def test_a_file_larger_than_its_tmpfs_says_ram_not_the_network(
+    served: tuple[Path, int], tmp_path: Path
+) -> None:
+    """The destination is sized to the memory left: a file larger than that fills it and
+    curl stops (its write error, 23), which is no network failure."""
+    root, port = served
+    (root / "big.oci").write_bytes(os.urandom(6 << 20))
+    out = fetch(url(port, "big.oci"), tmp_path, size="4m")
+    assert out["space"] is True
+    assert out["error"] == (
+        f"no space left to download ftp://***@127.0.0.1:{port}/big.oci (4 MiB written): it "
+        "is stored whole in RAM first; add RAM"
+    )
+
+
+def test_a_scheme_url_lib_has_no_handler_for_says_what_the_initramfs_lacks(
+    tmp_path: Path,
+) -> None:
+    """nfs:// needs dracut's nfs module (nfs-lib.sh), which this host's url-lib lacks as a
+    minimal bootc-live initramfs does: url-lib returns 254 and prints nothing."""
+    out = fetch("nfs://127.0.0.1/export/root.oci", tmp_path)
+    assert out["error"] == (
+        "this initramfs cannot fetch nfs:// URLs: dracut's url-lib has no handler for them; "
+        "add dracut's nfs module (the image needs nfs-utils) and rebuild it with bootc-live "
+        "build, or serve the file over http(s), ftp or tftp"
+    )
