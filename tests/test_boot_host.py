@@ -807,7 +807,7 @@ def test_url_lib_gets_the_url_in_its_environment_and_no_trace(
     assert (env["BOOTC_URL"], env["RD_DEBUG"]) == (url, "no")
     # bootc.retries= and bootc.timeout= reach url-lib's curl, after its own arguments.
     assert env["BOOTC_CURL_ARGS"] == (
-        "--connect-timeout 7 --speed-time 7 --speed-limit 1 --retry 4"
+        "--connect-timeout 7 --speed-time 7 --speed-limit 1024 --retry 4"
     )
     assert 'curl_args="$curl_args $BOOTC_CURL_ARGS"; fetch_url' in args[2]
     # What it fetched is no oci-archive: named by its URL (no password), and gone from RAM.

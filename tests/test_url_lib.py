@@ -38,7 +38,7 @@ authorizer.add_user(user, password, root, perm="elr")
 authorizer.add_anonymous(root)
 FTPHandler.authorizer = authorizer
 if int(rate):
-    ThrottledDTPHandler.read_limit = int(rate)  # bytes a second sent
+    ThrottledDTPHandler.write_limit = int(rate)  # bytes a second sent, in small pieces
     FTPHandler.dtp_handler = ThrottledDTPHandler
 FTPServer(("127.0.0.1", int(port)), FTPHandler).serve_forever()
 """
@@ -65,35 +65,39 @@ def ftp_server(root: Path, rate: int = 0) -> Iterator[int]:
         proc.wait()
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+@pytest.fixture(params=[0])
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, int]]:
+    """An FTP server of a directory; parametrized indirectly: the bytes a second it sends."""
     root = tmp_path / "ftp"
     root.mkdir()
-    yield from ((root, port) for port in ftp_server(root))
+    yield from ((root, port) for port in ftp_server(root, request.param))
 
 
 # The child: url-lib's paths are the host's (dracut-lib.sh wrapped: it sources
 # /lib/dracut-dev-lib.sh, which only the initramfs has, unless wait_for_dev is defined).
 CHILD = """
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
 from bootc_live.runtime import http, urllib_dracut
 from bootc_live.runtime.errors import BootcLiveError
 
-url, dest, size, dracut_lib, url_lib = sys.argv[1:]
+url, dest, size, dracut_lib, url_lib, stall = sys.argv[1:]
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "run", "/run"], check=True)
 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "dest", dest], check=True)
 urllib_dracut.DRACUT_LIB, urllib_dracut.URL_LIB = dracut_lib, url_lib
 result = {"error": None}
+start = time.monotonic()
+policy = http.Policy(retries=0, stall=float(stall))
 try:
-    urllib_dracut.fetch(url, os.path.join(dest, "download"), http.Policy(retries=0, stall=5.0))
+    urllib_dracut.fetch(url, os.path.join(dest, "download"), policy)
 except BootcLiveError as err:
     result = {"error": err.line(), "space": type(err).__name__ == "SpaceError"}
+result["seconds"] = time.monotonic() - start
 result["curl_home"] = os.listdir("/run/initramfs")
 print(json.dumps(result))
 """
 
 
-def fetch(url: str, tmp_path: Path, size: str = "64m") -> dict[str, object]:
+def fetch(url: str, tmp_path: Path, size: str = "64m", stall: float = 5.0) -> dict[str, object]:
     """urllib_dracut.fetch of `url` into a tmpfs of `size`: its error line (or None), whether
     it is a SpaceError, and what url-lib printed on the way (nothing may name the password)."""
     need_root_and("unshare", "curl")
@@ -116,11 +120,11 @@ def fetch(url: str, tmp_path: Path, size: str = "64m") -> dict[str, object]:
     }
     argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", CHILD]
     result = subprocess.run(
-        [*argv, url, str(dest), size, str(lib), str(URL_LIB)],
+        [*argv, url, str(dest), size, str(lib), str(URL_LIB), str(stall)],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -171,4 +175,22 @@ def test_a_scheme_url_lib_has_no_handler_for_says_what_the_initramfs_lacks(
         "this initramfs cannot fetch nfs:// URLs: dracut's url-lib has no handler for them; "
         "add dracut's nfs module (the image needs nfs-utils) and rebuild it with bootc-live "
         "build, or serve the file over http(s), ftp or tftp"
+    )
+
+
+@pytest.mark.parametrize("served", [300], indirect=True)
+def test_a_trickling_server_is_given_up_on_as_over_http(
+    served: tuple[Path, int], tmp_path: Path
+) -> None:
+    """A server that sends, but 300 bytes a second, ends the try after bootc.timeout=
+    seconds, as http's fetch does below Policy.low_speed: at 64 KiB curl's one byte a second
+    took over three minutes (the child's 60 s limit fails the old code first)."""
+    root, port = served
+    (root / "slow.oci").write_bytes(os.urandom(64 << 10))
+    out = fetch(url(port, "slow.oci"), tmp_path, stall=2.0)
+    assert isinstance(out["seconds"], float) and out["seconds"] < 20, out
+    assert out["error"] == (
+        f"could not fetch ftp://***@127.0.0.1:{port}/slow.oci: curl: (28) Operation too "
+        "slow. Less than 1024 bytes/sec transferred the last 2 seconds; check the URL, that "
+        "the server has the file, and the network"
     )

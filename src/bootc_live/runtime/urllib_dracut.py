@@ -20,11 +20,13 @@ UNHANDLED, UNPARSEABLE = 254, 255
 
 def curl_args(policy: Policy) -> list[str]:
     """What url-lib's curl (ftp://, tftp://) is given besides its own arguments, for
-    bootc.retries= and bootc.timeout=: its retries, and no more than `stall` seconds without
-    a connection or a byte. nfs:// is mounted, by the kernel's NFS client and its own
-    retries."""
+    bootc.retries= and bootc.timeout=: its retries; a try ends after `stall` seconds without a
+    connection, or with fewer than `low_speed` bytes a second over `stall` seconds (no byte,
+    or a trickle: at one byte a second a server held the boot for ever, where http's fetch
+    gives up). nfs:// is mounted, by the kernel's NFS client and its own retries."""
     stall = str(max(1, round(policy.stall)))
-    args = ["--connect-timeout", stall, "--speed-time", stall, "--speed-limit", "1"]
+    args = ["--connect-timeout", stall, "--speed-time", stall]
+    args += ["--speed-limit", str(policy.low_speed)]
     return args + ([] if policy.retries is None else ["--retry", str(policy.retries)])
 
 
