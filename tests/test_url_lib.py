@@ -6,8 +6,10 @@ CURL_HOME there (/run/initramfs/url-lib), and the destination is a tmpfs of a ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,11 +78,11 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Pat
 # The child: url-lib's paths are the host's (dracut-lib.sh wrapped: it sources
 # /lib/dracut-dev-lib.sh, which only the initramfs has, unless wait_for_dev is defined).
 CHILD = """
-import json, os, subprocess, sys, time
-from bootc_live.runtime import http, urllib_dracut
+import hashlib, json, os, subprocess, sys, time
+from bootc_live.runtime import http, packed, urllib_dracut
 from bootc_live.runtime.errors import BootcLiveError
 
-url, dest, size, dracut_lib, url_lib, stall = sys.argv[1:]
+url, dest, size, dracut_lib, url_lib, stall, what = sys.argv[1:]
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "run", "/run"], check=True)
 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "dest", dest], check=True)
 urllib_dracut.DRACUT_LIB, urllib_dracut.URL_LIB = dracut_lib, url_lib
@@ -88,18 +90,28 @@ result = {"error": None}
 start = time.monotonic()
 policy = http.Policy(retries=0, stall=float(stall))
 try:
-    urllib_dracut.fetch(url, os.path.join(dest, "download"), policy)
+    if what == "packed":
+        stored = packed.UrlLibSource(url, policy).store(os.path.join(dest, "packed.root"))
+        with open(stored.path, "rb") as f:
+            on_disk = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        result["stored"] = [stored.sha256, stored.size, on_disk]
+    else:
+        urllib_dracut.fetch(url, os.path.join(dest, "download"), policy)
 except BootcLiveError as err:
     result = {"error": err.line(), "space": type(err).__name__ == "SpaceError"}
 result["seconds"] = time.monotonic() - start
+result["left"] = sorted(os.listdir(dest))
 result["curl_home"] = os.listdir("/run/initramfs")
 print(json.dumps(result))
 """
 
 
-def fetch(url: str, tmp_path: Path, size: str = "64m", stall: float = 5.0) -> dict[str, object]:
-    """urllib_dracut.fetch of `url` into a tmpfs of `size`: its error line (or None), whether
-    it is a SpaceError, and what url-lib printed on the way (nothing may name the password)."""
+def fetch(
+    url: str, tmp_path: Path, size: str = "64m", stall: float = 5.0, what: str = "fetch"
+) -> dict[str, object]:
+    """urllib_dracut.fetch of `url` into a tmpfs of `size` (`what`="packed": a packed root's
+    UrlLibSource.store): its error line (or None), whether it is a SpaceError, what is left in
+    the tmpfs, and what url-lib printed on the way (nothing may name the password)."""
     need_root_and("unshare", "curl")
     need(DRACUT_LIB.is_file() and URL_LIB.is_file(), "needs dracut's url-lib (dracut-network)")
     need(DRACUT_UTIL.is_file(), "needs dracut's dracut-util")
@@ -120,7 +132,7 @@ def fetch(url: str, tmp_path: Path, size: str = "64m", stall: float = 5.0) -> di
     }
     argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", CHILD]
     result = subprocess.run(
-        [*argv, url, str(dest), size, str(lib), str(URL_LIB), str(stall)],
+        [*argv, url, str(dest), size, str(lib), str(URL_LIB), str(stall), what],
         env=env,
         capture_output=True,
         text=True,
@@ -194,3 +206,41 @@ def test_a_trickling_server_is_given_up_on_as_over_http(
         "slow. Less than 1024 bytes/sec transferred the last 2 seconds; check the URL, that "
         "the server has the file, and the network"
     )
+
+
+def test_packed_img_is_unwrapped_where_it_was_fetched(
+    served: tuple[Path, int], tmp_path: Path
+) -> None:
+    """packed.img (GNU cpio's newc around mksquashfs's image) fetched by url-lib into a tmpfs
+    that holds it once and a half: the image is unwrapped in the same file, where a copy beside
+    the download ran out of space."""
+    need_root_and("mksquashfs", "cpio")
+    root, port = served
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for n in range(4):
+        (tree / f"f{n}").write_bytes(os.urandom(1 << 20))  # incompressible: 4 MiB squashed
+    work = tmp_path / "packed"
+    (work / "bootc-live").mkdir(parents=True)
+    image = work / "bootc-live/packed.root"
+    subprocess.run(
+        ["mksquashfs", str(tree), str(image), "-quiet", "-no-progress", "-comp", "gzip"],
+        check=True,
+        capture_output=True,
+    )
+    with (root / "packed.img").open("wb") as out:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            input=b"bootc-live\nbootc-live/packed.root\n",
+            cwd=work,
+            stdout=out,
+            check=True,
+        )
+    wrapped = (root / "packed.img").stat().st_size
+    out = fetch(url(port, "packed.img"), tmp_path, size=str(wrapped * 3 // 2), what="packed")
+    data = image.read_bytes()
+    assert out["error"] is None, out
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert out["stored"] == [digest, len(data), digest]
+    assert out["left"] == ["packed.root"]  # the download is the root now: nothing beside it
+    shutil.rmtree(work)

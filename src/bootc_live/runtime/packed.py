@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -416,6 +417,26 @@ class StreamSource(PackedSource):
             )
         return stored
 
+    def store_into(self, fd: int, fetched: Fetched = lambda _: None) -> Stored:
+        """Write the image over the open file `fd` from its start (not truncated)."""
+        head, self._head = self._head, []
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in itertools.chain(head, self._chunks):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, size)
+                    size += written
+                    view = view[written:]
+                fetched(size)
+        except OSError as err:
+            raise PackedError(
+                f"cannot store the packed root {self.description}: {err.strerror}"
+            ) from None
+        return Stored("", "sha256:" + digest.hexdigest(), size)
+
     def close(self) -> None:
         self._close()
 
@@ -437,8 +458,8 @@ def open_http(url: str, policy: http.Policy, log: Callable[[str], None]) -> Stre
 
 class UrlLibSource(PackedSource):
     """A packed root at an ftp://, tftp:// or nfs:// URL: fetched by dracut's url-lib into a
-    file beside `path` first (its size is known only then); packed.img is then unwrapped into
-    `path` (for a while both are in RAM), the bare image renamed."""
+    file beside `path` first (its size is known only then); packed.img is then unwrapped in
+    that file (the image held once), which is renamed `path`, as the bare image is."""
 
     size = None
     format = None
@@ -453,7 +474,7 @@ class UrlLibSource(PackedSource):
         download = path + ".download"
         try:
             urllib_dracut.fetch(self.url, download, self.policy)
-            with open(download, "rb") as f:
+            with open(download, "r+b") as f:
                 if f.read(len(NEWC)) != NEWC:
                     os.rename(download, path)
                     file = FileSource(path, self.description)
@@ -461,9 +482,15 @@ class UrlLibSource(PackedSource):
                     return file.store(path)
                 f.seek(0)
                 inner = StreamSource(f.read, self.description, None)
-                stored = inner.store(path)
                 self.format = inner.format
-                return stored
+                # Unwrapped in place: the image's bytes move towards the start of the file
+                # they are read from (each to no later a byte than it was read at, so none is
+                # overwritten before it is read), and the rest is cut off. A copy held it
+                # twice: a packed.img over half the memory left did not fit.
+                stored = inner.store_into(f.fileno(), fetched)
+                os.ftruncate(f.fileno(), stored.size)
+            os.rename(download, path)
+            return Stored(path, stored.sha256, stored.size)
         finally:
             if os.path.exists(download):
                 os.unlink(download)
