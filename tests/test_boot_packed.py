@@ -834,8 +834,9 @@ def test_a_url_lib_failure_leaves_no_download(
     monkeypatch.setattr(urllib_dracut, "run", half)
     code, status = boot_packed(tmp_path, "ftp://10.0.2.100/packed.img", "sha256:" + "0" * 64)
     assert code == 1 and status["message"] == (
-        "bootc-live: could not fetch ftp://10.0.2.100/packed.img: curl: (28) timeout; check "
-        "the URL, that the server has the file, and the network"
+        "bootc-live: could not fetch ftp://10.0.2.100/packed.img: the server was silent or "
+        "too slow for bootc.timeout= (curl: (28) timeout); check the URL, that the server has "
+        "the file, and the network"
     )
     assert packed_system.mounted == [] and os.listdir(tmp_path / "work/packed") == []
 

@@ -10,8 +10,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,8 +160,9 @@ def test_a_missing_file_is_named_without_the_password(
     _, port = served
     out = fetch(url(port, "missing.oci"), tmp_path)
     assert out["error"] == (
-        f"could not fetch ftp://***@127.0.0.1:{port}/missing.oci: curl: (78) The file does "
-        "not exist; check the URL, that the server has the file, and the network"
+        f"could not fetch ftp://***@127.0.0.1:{port}/missing.oci: the server has no such "
+        "file (curl: (78) The file does not exist); check the URL, that the server has the "
+        "file, and the network"
     )
 
 
@@ -202,9 +206,10 @@ def test_a_trickling_server_is_given_up_on_as_over_http(
     out = fetch(url(port, "slow.oci"), tmp_path, stall=2.0)
     assert isinstance(out["seconds"], float) and out["seconds"] < 20, out
     assert out["error"] == (
-        f"could not fetch ftp://***@127.0.0.1:{port}/slow.oci: curl: (28) Operation too "
-        "slow. Less than 1024 bytes/sec transferred the last 2 seconds; check the URL, that "
-        "the server has the file, and the network"
+        f"could not fetch ftp://***@127.0.0.1:{port}/slow.oci: the server was silent or too "
+        "slow for bootc.timeout= (curl: (28) Operation too slow. Less than 1024 bytes/sec "
+        "transferred the last 2 seconds); check the URL, that the server has the file, and "
+        "the network"
     )
 
 
@@ -244,3 +249,44 @@ def test_packed_img_is_unwrapped_where_it_was_fetched(
     assert out["stored"] == [digest, len(data), digest]
     assert out["left"] == ["packed.root"]  # the download is the root now: nothing beside it
     shutil.rmtree(work)
+
+
+def tftp_refusing(code: int, text: bytes) -> Iterator[int]:
+    """A TFTP server on 127.0.0.1 that answers every read request with an ERROR packet
+    (RFC 1350: opcode 5, the error code, the text) from a port of its own, as servers do."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                request, peer = listener.recvfrom(2048)
+            except TimeoutError:
+                continue
+            if request[:2] == b"\0\1":  # RRQ
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reply:
+                    reply.bind(("127.0.0.1", 0))
+                    reply.sendto(struct.pack("!HH", 5, code) + text + b"\0", peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_file_missing_from_a_tftp_server_is_said_so(tmp_path: Path) -> None:
+    """curl's exit status 68 (the server's 'File not found') came with a stale 'getpeername()
+    failed' as its only line: the status's meaning is now said first."""
+    for port in tftp_refusing(1, b"File not found"):
+        out = fetch(f"tftp://127.0.0.1:{port}/images/root.oci", tmp_path)
+        assert isinstance(out["error"], str)
+        assert out["error"].startswith(
+            f"could not fetch tftp://127.0.0.1:{port}/images/root.oci: the TFTP server has no "
+            "such file (curl: (68) "
+        ), out

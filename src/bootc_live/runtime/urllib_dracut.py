@@ -16,6 +16,20 @@ URL_LIB = "/lib/url-lib.sh"
 FULL_BELOW = 1 << 20  # bytes left on the destination's filesystem when a fetch failed: full
 # fetch_url's own exit statuses (url-lib.sh); any other is its command's (curl, mount, cp).
 UNHANDLED, UNPARSEABLE = 254, 255
+# curl's exit statuses (curl(1), EXIT CODES) whose reason its own last line may not give: for
+# a TFTP server's "file not found" curl 7.88 prints a stale "getpeername() failed".
+CURL_MEANS = {
+    6: "the server's name does not resolve",
+    7: "the server does not answer",
+    9: "the server refused the directory",
+    28: "the server was silent or too slow for bootc.timeout=",
+    67: "the server refused the user or password",
+    68: "the TFTP server has no such file",
+    69: "the TFTP server refused access to the file",
+    71: "the TFTP server broke the protocol",
+    72: "the TFTP server did not know the transfer",
+    78: "the server has no such file",
+}
 
 
 def curl_args(policy: Policy) -> list[str]:
@@ -87,8 +101,11 @@ def _failure(err: CommandError, url: str, path: str, full_hint: str) -> BootcLiv
         )
     if err.returncode == UNPARSEABLE:
         return BootcLiveError(f"dracut's url-lib cannot read the URL {where}", "fix root=")
+    reason = _without_secrets(err.detail, url)
+    if scheme in ("ftp", "tftp") and err.returncode in CURL_MEANS:
+        reason = f"{CURL_MEANS[err.returncode]} ({reason})"
     return BootcLiveError(
-        f"could not fetch {where}: {_without_secrets(err.detail, url)}",
+        f"could not fetch {where}: {reason}",
         "check the URL, that the server has the file, and the network",
     )
 
