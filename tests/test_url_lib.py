@@ -49,14 +49,14 @@ FTPServer(("127.0.0.1", int(port)), FTPHandler).serve_forever()
 """
 
 
-def ftp_server(root: Path, rate: int = 0) -> Iterator[int]:
+def ftp_server(root: Path, rate: int = 0, port: int = 0) -> Iterator[int]:
     """pyftpdlib serving `root` on 127.0.0.1 (anonymous, and USER with PASSWORD), sending at
     most `rate` bytes a second when not 0; yields its port."""
     need(
         subprocess.run([SYSTEM_PYTHON, "-c", "import pyftpdlib"], check=False).returncode == 0,
         "needs python3-pyftpdlib",
     )
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [SYSTEM_PYTHON, "-c", FTP_SERVER, str(port), str(root), USER, PASSWORD, str(rate)],
         stdout=subprocess.DEVNULL,
@@ -85,13 +85,13 @@ import hashlib, json, os, subprocess, sys, time
 from bootc_live.runtime import http, packed, urllib_dracut
 from bootc_live.runtime.errors import BootcLiveError
 
-url, dest, size, dracut_lib, url_lib, stall, what = sys.argv[1:]
+url, dest, size, dracut_lib, url_lib, stall, what, retries = sys.argv[1:]
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "run", "/run"], check=True)
 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "dest", dest], check=True)
 urllib_dracut.DRACUT_LIB, urllib_dracut.URL_LIB = dracut_lib, url_lib
 result = {"error": None}
 start = time.monotonic()
-policy = http.Policy(retries=0, stall=float(stall))
+policy = http.Policy(retries=int(retries) if retries else None, stall=float(stall))
 try:
     if what == "packed":
         stored = packed.UrlLibSource(url, policy).store(os.path.join(dest, "packed.root"))
@@ -110,7 +110,12 @@ print(json.dumps(result))
 
 
 def fetch(
-    url: str, tmp_path: Path, size: str = "64m", stall: float = 5.0, what: str = "fetch"
+    url: str,
+    tmp_path: Path,
+    size: str = "64m",
+    stall: float = 5.0,
+    what: str = "fetch",
+    retries: str = "0",
 ) -> dict[str, object]:
     """urllib_dracut.fetch of `url` into a tmpfs of `size` (`what`="packed": a packed root's
     UrlLibSource.store): its error line (or None), whether it is a SpaceError, what is left in
@@ -135,7 +140,7 @@ def fetch(
     }
     argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", CHILD]
     result = subprocess.run(
-        [*argv, url, str(dest), size, str(lib), str(URL_LIB), str(stall), what],
+        [*argv, url, str(dest), size, str(lib), str(URL_LIB), str(stall), what, retries],
         env=env,
         capture_output=True,
         text=True,
@@ -290,3 +295,27 @@ def test_a_file_missing_from_a_tftp_server_is_said_so(tmp_path: Path) -> None:
             f"could not fetch tftp://127.0.0.1:{port}/images/root.oci: the TFTP server has no "
             "such file (curl: (68) "
         ), out
+
+
+def test_without_bootc_retries_a_server_still_starting_is_waited_for(tmp_path: Path) -> None:
+    """bootc.retries= unset retries for Policy.total seconds, as over http: url-lib's own
+    --retry 3 gave up after 1 + 2 + 4 s on a server that listens 10 s after the boot asked."""
+    root = tmp_path / "ftp"
+    root.mkdir()
+    (root / "root.oci").write_bytes(b"an archive")
+    port = free_port()
+    servers: list[Iterator[int]] = []
+
+    def start() -> None:
+        servers.append(ftp_server(root, port=port))
+        next(servers[0])
+
+    later = threading.Timer(10, start)
+    later.start()
+    try:
+        out = fetch(f"ftp://127.0.0.1:{port}/root.oci", tmp_path, retries="")
+    finally:
+        later.cancel()
+        for server in servers:
+            server.close()
+    assert out["error"] is None and out["left"] == ["download"], out

@@ -13,6 +13,7 @@ from .run import CommandError, run
 # Where dracut installs them in the initramfs (url-lib sources dracut-lib itself by this path).
 DRACUT_LIB = "/lib/dracut-lib.sh"
 URL_LIB = "/lib/url-lib.sh"
+RETRIES_UNBOUNDED = 1000  # curl's --retry without bootc.retries=: --retry-max-time bounds it
 FULL_BELOW = 1 << 20  # bytes left on the destination's filesystem when a fetch failed: full
 # fetch_url's own exit statuses (url-lib.sh); any other is its command's (curl, mount, cp).
 UNHANDLED, UNPARSEABLE = 254, 255
@@ -34,14 +35,26 @@ CURL_MEANS = {
 
 def curl_args(policy: Policy) -> list[str]:
     """What url-lib's curl (ftp://, tftp://) is given besides its own arguments, for
-    bootc.retries= and bootc.timeout=: its retries; a try ends after `stall` seconds without a
+    bootc.retries= and bootc.timeout=: its retries (without bootc.retries=, for Policy.total
+    seconds); a try ends after `stall` seconds without a
     connection, or with fewer than `low_speed` bytes a second over `stall` seconds (no byte,
     or a trickle: at one byte a second a server held the boot for ever, where http's fetch
     gives up). nfs:// is mounted, by the kernel's NFS client and its own retries."""
     stall = str(max(1, round(policy.stall)))
     args = ["--connect-timeout", stall, "--speed-time", stall]
     args += ["--speed-limit", str(policy.low_speed)]
-    return args + ([] if policy.retries is None else ["--retry", str(policy.retries)])
+    if policy.retries is None:
+        # As over http: retried for `total` seconds (url-lib's own --retry 3 gave up after 7 s
+        # on a server still starting), its refused connections too (url-lib's
+        # --retry-connrefused).
+        return [
+            *args,
+            "--retry",
+            str(RETRIES_UNBOUNDED),
+            "--retry-max-time",
+            str(max(1, round(policy.total))),
+        ]
+    return [*args, "--retry", str(policy.retries)]
 
 
 def fetch(url: str, path: str, policy: Policy, full_hint: str = "add RAM") -> None:
