@@ -395,13 +395,26 @@ def test_the_memory_estimate_reads_the_gzip_trailers_by_range(layout: Path) -> N
     assert all(f"bytes={s - 4}-{s - 1}" in tails for s in sizes)  # 4 bytes of each layer
 
 
-def test_an_unsupported_challenge_is_quoted_short_and_on_one_line() -> None:
-    """The server's WWW-Authenticate goes into the boot's one line: capped and escaped."""
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("Negotiate " + "A" * 60_000 + "\nInjected: 1", "scheme Negotiate"),
+        ("NTLM TlRMTVNTUAACAAAA", "scheme NTLM"),
+        ('Digest realm="r", nonce="SECRET-NONCE"', "scheme Digest"),
+        ('Bearer service="SECRET-SERVICE"', "a Bearer challenge without a token realm"),
+        ("SECRET-SCHEME x=1", "an unknown scheme"),
+    ],
+)
+def test_an_unsupported_challenge_is_named_not_quoted(header: str, said: str) -> None:
+    """The server's WWW-Authenticate is named by its scheme only: the rest (a Negotiate or
+    NTLM blob, a nonce) is the server's, and a proxy may put there what the request carried."""
     auth = RegistryAuth("127.0.0.1:5000", REPO, None, lambda *_: pytest.fail("no token asked"))
     url = f"https://127.0.0.1:5000/v2/{REPO}/manifests/{TAG}"
-    assert not auth.challenge(url, "Negotiate " + "A" * 60_000 + "\nInjected: 1")
-    assert auth.denied.startswith("unsupported authentication 'Negotiate AAAA")
-    assert len(auth.denied) < 400 and "\n" not in auth.denied and "…" in auth.denied
+    assert not auth.challenge(url, header)
+    assert auth.denied.endswith(said), auth.denied
+    assert (
+        "AAAA" not in auth.denied and "SECRET" not in auth.denied and "Injected" not in auth.denied
+    )
 
 
 def test_an_auth_file_is_read_within_a_bound(tmp_path: Path) -> None:

@@ -26,8 +26,7 @@ from typing import Any, Union
 
 from .runtime import http as rhttp
 from .runtime import jsondoc, packed, packedreg
-from .runtime.errors import shown
-from .runtime.registry import TOKEN_POLICY, Reference, RegistryAuth, RegistryError
+from .runtime.registry import TOKEN_POLICY, Reference, RegistryAuth, RegistryError, error_codes
 
 EMPTY = b"{}"
 RECORD_KEYS = ("format", "compressor", "tool")
@@ -162,6 +161,12 @@ def _same(listed: Any, entry: dict[str, Any]) -> bool:
 _TAG_HINT = "delete that tag in the registry (it is the referrers tag schema's), then push again"
 
 
+def _target(url: str) -> str:
+    """A request's path fit to print: its query (an upload's signed state) is not."""
+    parts = urllib.parse.urlsplit(rhttp.redact(url))
+    return parts.path + ("?…" if parts.query else "")
+
+
 PUSH_POLICY = rhttp.Policy(retries=0, stall=60.0)  # without --retries and --timeout
 
 
@@ -218,7 +223,8 @@ class Pusher:
                     time.sleep(min(2.0 ** (failures - 1), self.policy.max_backoff))
                     continue  # a connection that failed: the same request again
                 raise RegistryError(
-                    f"registry {self.ref.registry}: {method} {shown(target)} failed: {err}"
+                    f"registry {self.ref.registry}: {method} {_target(url)} failed: "
+                    f"{rhttp.exchange_failure(err)}"
                     + (f" ({failures - 1} retries)" if failures > 1 else ""),
                     "check that the registry is up, or --ca / --unsecure for its TLS",
                 ) from None
@@ -227,7 +233,7 @@ class Pusher:
             ):
                 continue
             return resp.status, resp.headers, data
-        raise RegistryError(f"registry {self.ref.registry}: {method} {shown(target)}: 401 again")
+        raise RegistryError(f"registry {self.ref.registry}: {method} {_target(url)}: 401 again")
 
     def _exchange(
         self,
@@ -256,10 +262,11 @@ class Pusher:
             conn.close()
 
     def _refused(self, what: str, status: int, data: bytes) -> RegistryError:
-        why = self.auth.denied if status == 401 else shown(data.decode("utf-8", "replace"), 80)
+        # Of the body, the error codes the spec defines only: the rest is the server's words.
+        why = self.auth.denied if status == 401 else error_codes(data)
         return RegistryError(
             f"registry {self.ref.registry}: {what} of {self.ref.repository} refused "
-            f"({status}: {why})",
+            f"({rhttp.status_line(status)}{': ' + why if why else ''})",
             "check the credentials' push rights on that repository (--authfile)",
         )
 

@@ -411,7 +411,7 @@ class Client:
                 except BaseException:
                     resp.close()
                     raise
-            reason = shown(f"HTTP {status} {resp.reason}".strip(), 40)
+            reason = status_line(status)
             challenge = resp.getheader("WWW-Authenticate") or ""
             retry_after = parse_retry_after(resp.getheader("Retry-After"))
             body = _error_body(resp)
@@ -578,11 +578,30 @@ class _PacedSocket:
         return getattr(self._sock, name)
 
 
+def status_line(status: int) -> str:
+    """`HTTP 404 Not Found`: a status told with its standard reason, never the server's (a
+    reason phrase is free text of the server's, which may echo what the request carried)."""
+    return f"HTTP {status} {http.client.responses.get(status, '')}".strip()
+
+
+def exchange_failure(err: OSError | http.client.HTTPException) -> str:
+    """A connection's or an answer's failure in words fit to print: the server's own words
+    (the status line it sent, the version it named) are not repeated."""
+    if isinstance(err, http.client.BadStatusLine) and not isinstance(
+        err, http.client.RemoteDisconnected
+    ):
+        return "not an HTTP answer"
+    if isinstance(err, http.client.UnknownProtocol):
+        return "not an HTTP/1.x answer"
+    return shown(str(err) or type(err).__name__)
+
+
 def _failure(err: BaseException, where: str) -> str:
     """The one place a failed exchange is judged: a cause worth a retry, or FetchError now.
 
-    Nothing of the server's answer but a capped, escaped excerpt reaches the message, and
-    nothing of the request (its headers carry credentials).
+    Nothing of the server's own words (its status line, its reason phrase) reaches the
+    message, nor anything of the request (its headers carry credentials): either may hold
+    a secret a proxy or a server echoes.
     """
     if isinstance(err, BootcLiveError):
         raise err
@@ -609,7 +628,7 @@ def _failure(err: BaseException, where: str) -> str:
     if isinstance(err, socket.timeout) and not isinstance(err, Stalled):
         return "stalled"  # connecting, the TLS handshake or the headers outlasted bootc.timeout
     if isinstance(err, (OSError, http.client.HTTPException)):
-        return shown(str(err) or type(err).__name__)
+        return exchange_failure(err)
     raise FetchError(f"{where}: unusable answer or request ({type(err).__name__})", _HINT) from None
 
 

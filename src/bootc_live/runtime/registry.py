@@ -330,7 +330,7 @@ class RegistryAuth:
             self.scheme = "basic"
             return True
         if scheme != "bearer" or "realm" not in params:
-            self.denied = f"unsupported authentication {shown(www_authenticate)!r}"
+            self.denied = _unsupported(scheme)
             return False
         scope = params.get("scope") or f"repository:{self.repository}:pull"
         params = {**params, "scope": scope}
@@ -380,6 +380,37 @@ class RegistryAuth:
         self.expires = self.clock() + max(lifetime - 10, 1)
 
 
+# The schemes of IANA's HTTP Authentication Scheme Registry, and NTLM: the only words of a
+# WWW-Authenticate a message repeats. The rest of a challenge is the server's (a Negotiate or
+# NTLM blob, a nonce, whatever a proxy puts there) and is not printed.
+_KNOWN_SCHEMES = {
+    "basic": "Basic",
+    "bearer": "Bearer",
+    "concealed": "Concealed",
+    "digest": "Digest",
+    "dpop": "DPoP",
+    "gnap": "GNAP",
+    "hoba": "HOBA",
+    "mutual": "Mutual",
+    "negotiate": "Negotiate",
+    "ntlm": "NTLM",
+    "oauth": "OAuth",
+    "privatetoken": "PrivateToken",
+    "scram-sha-1": "SCRAM-SHA-1",
+    "scram-sha-256": "SCRAM-SHA-256",
+    "vapid": "vapid",
+}
+
+
+def _unsupported(scheme: str) -> str:
+    """Why a challenge cannot be met, in words of ours only."""
+    if scheme == "bearer":
+        return "unsupported authentication: a Bearer challenge without a token realm"
+    if scheme in _KNOWN_SCHEMES:
+        return f"unsupported authentication scheme {_KNOWN_SCHEMES[scheme]}"
+    return "unsupported authentication: an unknown scheme" if scheme else "unreadable challenge"
+
+
 def parse_token(data: bytes, who: str) -> tuple[str, float]:
     """(token, seconds it lives) from a token service's JSON answer; one RegistryError else.
 
@@ -405,7 +436,33 @@ def parse_token(data: bytes, who: str) -> tuple[str, float]:
     return token, seconds if math.isfinite(seconds) else 60.0
 
 
-def _error_codes(body: bytes) -> str:
+ERROR_CODES = frozenset(
+    [
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "MANIFEST_UNVERIFIED",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "PAGINATION_NUMBER_INVALID",
+        "RANGE_INVALID",
+        "SIZE_INVALID",
+        "TAG_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+        "UNAVAILABLE",
+        "UNKNOWN",
+    ]
+)
+
+
+def error_codes(body: bytes) -> str:
     """The codes of a registry's error JSON: `MANIFEST_UNKNOWN`, `DENIED`, …"""
     try:
         obj = jsondoc.loads(body, http.ERROR_BODY, 8)
@@ -413,11 +470,16 @@ def _error_codes(body: bytes) -> str:
         return ""
     errors = obj.get("errors") if isinstance(obj, dict) else None
     codes = (
-        [str(e.get("code")) for e in errors or () if isinstance(e, dict)]
+        [e.get("code") for e in errors or () if isinstance(e, dict)]
         if isinstance(errors, list)
         else []
     )
-    return shown(", ".join(codes), 40)
+    # Only codes the distribution spec (and distribution itself) defines are repeated: the
+    # rest of an error body is the server's, and may echo what the request carried.
+    known = [c for c in dict.fromkeys(codes) if isinstance(c, str) and c in ERROR_CODES]
+    if len(known) < len(codes):
+        known.append("a code of the server's own")
+    return ", ".join(known[:4])
 
 
 # No < inside the <…>: a run of < without a > is then linear, not scanned to the end from
@@ -606,7 +668,7 @@ class Endpoint:
         return _CheckedReader(self, http.open_range(client, start, desc.size, retrier), desc)
 
     def _refused(self, err: http.FetchError, what: str) -> BootcLiveError:
-        codes = _error_codes(err.body)
+        codes = error_codes(err.body)
         detail = f" ({codes})" if codes else ""
         repo = self.ref.repository
         if err.status == 401:

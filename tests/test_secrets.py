@@ -1,0 +1,259 @@
+"""No secret in any output or file: a registry (and the blob storage it sends clients to) that
+puts a secret into every place a server controls (the status line and its reason phrase,
+WWW-Authenticate, a redirect's Location and its signed query, the token service's answer, the
+error JSON) and echoes back what the request carried (the Authorization header, the password
+within it). The boot's console, status and error files, its bootc.debug trace, and the host's
+inspect, pull and push-packed, none may repeat any of it. Each case has a hard timeout."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+
+from bootc_live import pushpacked
+from bootc_live.runtime import boot, registry
+from bootc_live.runtime.cmdline import parse
+from bootc_live.runtime.errors import BootcLiveError
+from registries import auth_json
+from servers import hard_timeout, http_server
+
+SECRET = "Sekr1t-XYZZY"  # whatever the server says of its own
+USER, PASSWORD = "joe", "hunter2-PW9"  # what the auth file holds
+BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+TOKEN = "tok-" + "T0KEN" * 4  # what the token service hands out
+REPO = "team/os"
+DIGEST = "sha256:" + hashlib.sha256(b"x").hexdigest()
+FORBIDDEN = (SECRET, PASSWORD, BASIC, TOKEN, "X-Amz-Signature", "hunter2")
+
+# scenario → (what the handler does with a request, a fragment of the one line it must end in)
+Plan = Callable[["Leaky", str], None]
+
+
+class Leaky(BaseHTTPRequestHandler):
+    """One request to the leaky registry: `plan` answers it."""
+
+    protocol_version = "HTTP/1.1"
+    plan: Plan
+    port: int
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send(self, status: int, reason: str, headers: dict[str, str], body: bytes = b"") -> None:
+        self.send_response_only(status, reason)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def echo(self) -> str:
+        """What the request carried that a careless server repeats: its Authorization."""
+        return self.headers.get("Authorization", "") or SECRET
+
+    def error_json(self) -> bytes:
+        said = f"{SECRET} {self.echo()}"
+        return json.dumps({"errors": [{"code": said, "message": said, "detail": said}]}).encode()
+
+    def do_GET(self) -> None:
+        type(self).plan(self, self.path)
+
+    def do_HEAD(self) -> None:
+        type(self).plan(self, self.path)
+
+    def do_POST(self) -> None:
+        type(self).plan(self, self.path)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).plan(self, self.path)
+
+
+def challenge_negotiate(h: Leaky, path: str) -> None:
+    h.send(
+        401, f"Unauthorized {SECRET}", {"WWW-Authenticate": f"Negotiate {SECRET}"}, h.error_json()
+    )
+
+
+def error_body(h: Leaky, path: str) -> None:
+    if path == "/v2/":
+        return h.send(200, "OK", {}, b"{}")
+    h.send(404, f"Not Found {SECRET}", {"Content-Type": "application/json"}, h.error_json())
+
+
+def reason_phrase(h: Leaky, path: str) -> None:
+    if path == "/v2/":
+        return h.send(200, "OK", {}, b"{}")
+    h.send(418, f"{SECRET} {h.echo()}", {}, h.error_json())
+
+
+def status_line(h: Leaky, path: str) -> None:
+    if path == "/v2/":
+        return h.send(200, "OK", {}, b"{}")
+    h.wfile.write(f"HTTP/1.1 {SECRET}\r\n\r\n".encode())
+    h.close_connection = True
+
+
+def echo_basic(h: Leaky, path: str) -> None:
+    """Basic auth; the credentials refused, repeated in every place of the answer."""
+    if "Authorization" not in h.headers:
+        return h.send(401, "Unauthorized", {"WWW-Authenticate": 'Basic realm="leaky"'})
+    echo = h.echo()
+    h.send(503, echo, {"WWW-Authenticate": f"Basic realm={echo!r}", "X-Echo": echo}, h.error_json())
+
+
+def echo_token(h: Leaky, path: str) -> None:
+    """A token service under a signed realm; the token refused and repeated."""
+    realm = f"http://127.0.0.1:{h.port}/token?X-Amz-Signature={SECRET}"
+    if path.startswith("/token"):
+        return h.send(200, "OK", {}, json.dumps({"token": TOKEN, "expires_in": 300}).encode())
+    if "Authorization" not in h.headers:
+        value = f'Bearer realm="{realm}",service="{SECRET}",scope="repository:{REPO}:pull"'
+        return h.send(401, "Unauthorized", {"WWW-Authenticate": value}, h.error_json())
+    h.send(403, f"Forbidden {h.echo()}", {}, h.error_json())
+
+
+def signed_redirect(h: Leaky, path: str) -> None:
+    """The manifest is in blob storage behind a presigned URL, which then refuses."""
+    if path == "/v2/":
+        return h.send(200, "OK", {}, b"{}")
+    if path.startswith("/storage/"):
+        return h.send(
+            403, f"SignatureDoesNotMatch {SECRET}", {}, f"<Error>{SECRET}</Error>".encode()
+        )
+    where = f"http://{USER}:{SECRET}@127.0.0.1:{h.port}/storage/x?X-Amz-Signature={SECRET}"
+    h.send(307, f"Temporary Redirect {SECRET}", {"Location": where})
+
+
+def signed_upload(h: Leaky, path: str) -> None:
+    """An upload's Location carries a signed state; the upload's connection then breaks."""
+    if path == "/v2/":
+        return h.send(200, "OK", {}, b"{}")
+    if h.command == "POST":
+        return h.send(202, "Accepted", {"Location": f"/upload/x?_state={SECRET}"})
+    if h.command == "PUT":
+        h.close_connection = True  # no answer at all
+        return None
+    h.send(404, "Not Found", {})
+
+
+PLANS: dict[str, tuple[Plan, str]] = {
+    "challenge": (challenge_negotiate, "unsupported authentication scheme Negotiate"),
+    "error-body": (error_body, f"{REPO} has no tag v1"),
+    "reason": (reason_phrase, "HTTP 418 I'm a Teapot"),
+    "status-line": (status_line, "not an HTTP answer"),
+    "echo-basic": (echo_basic, "HTTP 503 Service Unavailable"),
+    "echo-token": (echo_token, "HTTP 403 Forbidden"),
+    "signed-upload": (signed_upload, "has no tag v1"),
+    "signed-redirect": (signed_redirect, "403 denied for repository"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(60):
+        yield
+
+
+@pytest.fixture(params=sorted(PLANS))
+def leaky(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
+    plan, expected = PLANS[request.param]
+    handler = type("Handler", (Leaky,), {"plan": staticmethod(plan), "port": 0})
+    with http_server(handler) as port:
+        handler.port = port
+        yield port, expected
+
+
+def assert_clean(texts: list[str], files_under: list[Path]) -> None:
+    for root in files_under:
+        for where, _dirs, names in os.walk(root):
+            for name in names:
+                path = Path(where) / name
+                if path.name != "auth.json" and not path.is_symlink():
+                    texts.append(f"{path}: " + path.read_bytes().decode("latin-1"))
+    for text in texts:
+        for secret in FORBIDDEN:
+            assert secret not in text, (secret, text)
+
+
+def test_the_boot_repeats_no_secret(
+    leaky: tuple[int, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port, expected = leaky
+    monkeypatch.setattr(boot, "STATUS_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(boot, "wait_for_route", lambda *_: None)
+    auth = auth_json(tmp_path / "auth.json", {f"127.0.0.1:{port}": (USER, PASSWORD)})
+    argv = [
+        f"root=bootc-live:docker://127.0.0.1:{port}/{REPO}:v1",
+        f"bootc.registry.auth={auth}",
+        "bootc.registry.unsecure=1",
+        "bootc.retries=1",
+        "bootc.timeout=2",
+        "bootc.debug",
+        "rd.debug",
+    ]
+    assert boot.main(["boot", str(tmp_path / "newroot")], lambda: parse(argv)) == 1
+    said = capsys.readouterr()
+    error = (tmp_path / "run/error").read_text()
+    assert expected in error and "\n" not in error.strip(), error
+    assert_clean([said.out, said.err], [tmp_path])
+
+
+def test_the_host_commands_repeat_no_secret(leaky: tuple[int, str], tmp_path: Path) -> None:
+    port, expected = leaky
+    auth = auth_json(tmp_path / "auth.json", {f"127.0.0.1:{port}": (USER, PASSWORD)})
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+        "TMPDIR": str(tmp_path),
+    }
+    ref = f"docker://127.0.0.1:{port}/{REPO}:v1"
+    options = ["--authfile", str(auth), "--unsecure", "--retries", "1"]
+    texts = []
+    for argv in (
+        ["inspect", ref, *options],
+        ["--debug", "pull", ref, "-o", f"oci-archive:{tmp_path / 'out.oci'}", *options],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "bootc_live", *argv],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            env=env,
+        )
+        assert done.returncode == 1 and expected in done.stderr, done.stderr
+        texts += [done.stdout, done.stderr]
+    assert_clean(texts, [tmp_path])
+
+
+def test_push_packed_repeats_no_secret(leaky: tuple[int, str]) -> None:
+    """The writes' client: its refusals and failed connections."""
+    port, _ = leaky
+    ref = registry.Reference.parse(f"127.0.0.1:{port}/{REPO}:v1")
+    said: list[str] = []
+    pusher = pushpacked.Pusher(ref, (USER, PASSWORD), said.append, unsecure=True)
+    lines = []
+    for attempt in (
+        pusher.ping,
+        lambda: pusher.get_index("v1"),
+        lambda: pusher.put_manifest("v1", "application/json", b"{}"),
+        lambda: pusher.push_blob(pushpacked.Blob("application/octet-stream", DIGEST, 1, b"x")),
+    ):
+        try:
+            attempt()
+        except BootcLiveError as err:
+            lines.append(err.line())
+    assert lines or said
+    assert_clean([*lines, *said], [])
