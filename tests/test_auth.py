@@ -9,7 +9,7 @@ import os
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -255,10 +255,20 @@ def test_build_refuses_an_auth_file_the_boot_could_not_use(tmp_path: Path) -> No
         err.value.line()
     )
     assert list(work.iterdir()) == []  # nothing staged
-    # The same file for an image elsewhere, and a file with the credentials, are embedded.
-    for source, path in (
-        ("docker://other.io/team/app:v1", helper_file),
-        ("docker://r.io/team/app:v1", auth_json(tmp_path / "auth.json", {"r.io": ("u", "p")})),
-    ):
-        config = BuildConfig(SourceRef.parse(source), tmp_path / "out", auth_file=path)
-        assert [p for _, p in includes(config, work)] == ["/etc/bootc-live/auth.json"]
+    # Named as a registry the boot pulls from (--auth-registry), likewise.
+    elsewhere = SourceRef.parse("docker://other.io/team/app:v1")
+    config = BuildConfig(elsewhere, tmp_path / "out", auth_file=helper_file)
+    with pytest.raises(BootcLiveError) as err:
+        includes(replace(config, auth_registries=("r.io",)), work)
+    assert "to the credential helper docker-credential-pass" in err.value.line()
+    # For an image elsewhere it holds nothing the boot could use: refused too, as empty.
+    with pytest.raises(BootcLiveError) as err:
+        includes(config, work)
+    assert "has no credentials for other.io: the initramfs would get none" in err.value.line()
+    assert list(work.iterdir()) == []
+    # A file with the credentials is embedded.
+    path = auth_json(tmp_path / "auth.json", {"r.io": ("u", "p")})
+    config = BuildConfig(
+        SourceRef.parse("docker://r.io/team/app:v1"), tmp_path / "out", auth_file=path
+    )
+    assert [p for _, p in includes(config, work)] == ["/etc/bootc-live/auth.json"]

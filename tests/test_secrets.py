@@ -13,18 +13,26 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bootc_live import build as build_mod
 from bootc_live import pushpacked
+from bootc_live.images import SourceRef
 from bootc_live.runtime import boot, registry
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import BootcLiveError
+from imagegen import build_layout, f, layer_tar
 from registries import auth_json
 from servers import hard_timeout, http_server
+from unpackers import need
 
 SECRET = "Sekr1t-XYZZY"  # whatever the server says of its own
 USER, PASSWORD = "joe", "hunter2-PW9"  # what the auth file holds
@@ -257,3 +265,135 @@ def test_push_packed_repeats_no_secret(leaky: tuple[int, str]) -> None:
             lines.append(err.line())
     assert lines or said
     assert_clean([*lines, *said], [])
+
+
+# The initramfs' auth.json (build --auth-file): the credentials of the registries the boot
+# can pull from, no one else's.
+
+HOSTS = ["reg.example", "reg.example:5000", "10.0.2.100:5000", "docker.io", "quay.io"]
+REPOS = ["team/os", "team/other", "else/where", "library/debian"]
+
+
+def key_forms(host: str) -> list[str]:
+    """The keys podman, skopeo and docker write a registry's credentials under."""
+    forms = [host, f"{host}/team", f"{host}/team/os", f"https://{host}/v1/", f"http://{host}"]
+    if host == "docker.io":
+        forms += ["index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/"]
+    return forms
+
+
+ALL_KEYS = sorted({key for host in HOSTS for key in key_forms(host)})
+
+
+def write_auth(path: Path, keys: list[str]) -> dict[str, object]:
+    auths = {
+        key: {"auth": base64.b64encode(f"u{i}:PW-{i}-end".encode()).decode()}
+        for i, key in enumerate(keys)
+    }
+    obj: dict[str, object] = {"auths": auths, "HttpHeaders": {"X-Api-Key": SECRET}}
+    path.write_text(json.dumps(obj))
+    return obj
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=12, unique=True),
+    source=st.sampled_from([*HOSTS, None]),
+    named=st.lists(st.sampled_from(HOSTS), max_size=2, unique=True),
+)
+def test_the_initramfs_gets_the_credentials_of_the_boot_s_registries_only(
+    keys: list[str], source: str | None, named: list[str]
+) -> None:
+    """Every registry the boot can pull from (the SOURCE's, --auth-registry's) resolves to the
+    same credentials from the embedded file as from the given one; every other registry to
+    none, and none of their passwords (nor the file's other settings) is in it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "auth.json"
+        original = write_auth(path, keys)
+        ref = f"docker://{source}/team/os:v1" if source else f"oci:{tmp}/img:v1"
+        config = build_mod.BuildConfig(
+            SourceRef.parse(ref), Path(tmp) / "out", auth_file=path, auth_registries=tuple(named)
+        )
+        wanted = [*([source] if source else []), *named]
+        try:
+            embedded_bytes = build_mod.auth_json(config)
+        except BootcLiveError as err:
+            assert all(
+                registry.credentials_in(original, str(path), host, repo) is None
+                for host in wanted
+                for repo in REPOS
+            ), err.line()
+            assert str(path) in err.line() and "--auth-registry" in err.line()
+            return
+    assert embedded_bytes is not None
+    embedded = json.loads(embedded_bytes)
+    assert SECRET not in embedded_bytes.decode()
+    served = [h for h in HOSTS if any(registry._same_registry(h, w) for w in wanted)]
+    for host in HOSTS:
+        for repo in REPOS:
+            given_creds = registry.credentials_in(original, "given", host, repo)
+            got = registry.credentials_in(embedded, "embedded", host, repo)
+            assert got == (given_creds if host in served else None), (host, repo, embedded)
+    for i, key in enumerate(keys):
+        if key not in embedded["auths"]:
+            assert f"PW-{i}-end" not in embedded_bytes.decode()
+
+
+def test_an_auth_file_for_a_registry_only_the_guest_names_needs_naming(tmp_path: Path) -> None:
+    """The README's case: the host pulls from 127.0.0.1:5000, the guest from 10.0.2.100:5000
+    (the same registry by another name). Its credentials go in only when named; the host's
+    entry, and an unrelated registry's, not at all."""
+    path = tmp_path / "auth.json"
+    auth_json(
+        path,
+        {
+            "127.0.0.1:5000": (USER, "host-side-pw"),
+            "10.0.2.100:5000": (USER, PASSWORD),
+            "quay.io": ("me", "unrelated-pw"),
+        },
+    )
+    build_layout(tmp_path / "img", [layer_tar([f("etc/os", b"x\n")])], tag="v1")
+    for source in ("docker://127.0.0.1:5000/team/os:v1", f"oci:{tmp_path / 'img'}:v1"):
+        config = build_mod.BuildConfig(SourceRef.parse(source), tmp_path / "out", auth_file=path)
+        if source.startswith("oci:"):
+            with pytest.raises(BootcLiveError) as err:
+                build_mod.auth_json(config)
+            assert "is not pulled from a registry" in err.value.line()
+        named = build_mod.auth_json(replace(config, auth_registries=("10.0.2.100:5000",)))
+        assert (
+            named is not None
+            and PASSWORD
+            in base64.b64decode(json.loads(named)["auths"]["10.0.2.100:5000"]["auth"]).decode()
+        )
+        assert b"quay.io" not in named
+        assert (b"127.0.0.1:5000" in named) == source.startswith("docker:")
+        every = build_mod.auth_json(replace(config, auth_registries=("all",)))
+        assert every is not None and b"quay.io" in every  # asked for
+
+
+def test_build_names_what_to_do_with_credentials_it_would_not_embed(tmp_path: Path) -> None:
+    """The command line: --auth-registry reaches the build; a registry given with credentials
+    is refused without repeating them; nothing is written."""
+    need(os.geteuid() == 0, "build needs root")
+    build_layout(tmp_path / "img", [layer_tar([f("etc/os", b"x\n")])], tag="v1")
+    auth = auth_json(tmp_path / "auth.json", {"10.0.2.100:5000": (USER, PASSWORD)})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    base = ["build", f"oci:{tmp_path / 'img'}:v1", "-o", str(tmp_path / "out")]
+    said = []
+    for extra, expected in (
+        (["--auth-file", str(auth)], "is not pulled from a registry"),
+        (["--auth-file", str(auth), "--auth-registry", "quay.io"], "no credentials for quay.io"),
+        (["--auth-registry", f"{USER}:{PASSWORD}@quay.io"], "without credentials"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "bootc_live", *base, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert done.returncode != 0 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        said += [done.stdout, done.stderr]
+    assert sorted(os.listdir(tmp_path)) == ["auth.json", "img"]
+    assert_clean(said, [])

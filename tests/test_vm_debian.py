@@ -75,7 +75,13 @@ def artifacts(
     # into the initramfs, for the boot from the registry.
     work = tmp_path_factory.mktemp("debian")
     creds = auth_json(work / "auth.json", {f"{GUEST_SERVER}:{REGISTRY_PORT}": (USER, PASSWORD)})
-    return built(image, work, "erofs:lz4hc", "--ca", str(pki.ca), "--auth-file", str(creds))[0]
+    return built(
+        image,
+        work,
+        "erofs:lz4hc",
+        *("--ca", str(pki.ca), "--auth-file", str(creds)),
+        *("--auth-registry", f"{GUEST_SERVER}:{REGISTRY_PORT}"),
+    )[0]
 
 
 def test_debian_systemd_image_boots_live_from_a_url_with_1280_mib(

@@ -64,6 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         skopeo_push(f"oci:{layout}:v1", upstream, "test/demo:v1", pki, f"{USER}:{PASSWORD}")
         with docker_registry(work / "mirror", pki, proxy_of=(upstream, USER, PASSWORD)) as mirror:
             # The guest names the registry as the guest sees it; the host as it sees it.
+            guest = f"{GUEST_SERVER}:{UPSTREAM}"
             right = auth_json(
                 work / "right.json",
                 {f"{GUEST_SERVER}:{UPSTREAM}": (USER, PASSWORD), upstream.host: (USER, PASSWORD)},
@@ -80,9 +81,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                     "systemd",
                     ca=pki.ca,
                     auth_file=right,
+                    auth_registries=(guest,),  # the host's name for it is not the guest's
                 ),
                 build_artifacts(
-                    f"oci:{layout}:v1", work / "wrong", "shell", ca=pki.ca, auth_file=wrong
+                    f"oci:{layout}:v1",
+                    work / "wrong",
+                    "shell",
+                    ca=pki.ca,
+                    auth_file=wrong,
+                    auth_registries=(guest,),
                 ),
             )
 

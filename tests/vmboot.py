@@ -83,7 +83,12 @@ def write_demo_images(base: Path) -> Path:
 
 
 def build_artifacts(
-    source: str, out: Path, flavour: str, ca: Path | None = None, auth_file: Path | None = None
+    source: str,
+    out: Path,
+    flavour: str,
+    ca: Path | None = None,
+    auth_file: Path | None = None,
+    auth_registries: tuple[str, ...] = (),
 ) -> Path:
     """Artifacts with the host's kernel and dracut (the demo image carries no kernel)."""
     return build(
@@ -101,6 +106,7 @@ def build_artifacts(
             flavour=flavour,
             ca=ca,
             auth_file=auth_file,
+            auth_registries=auth_registries,
         )
     )
 

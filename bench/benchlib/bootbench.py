@@ -294,7 +294,7 @@ def registry_plan(b: Setup, image: debian_image.DebianImage) -> Any:
     if "registry" in b.args.rows:
         b.report["build_seconds"]["debian-registry"] = build_artifacts(
             b.bootc_live, image.source, reg_art, "--ca", os.fspath(pki.ca), "--auth-file",
-            os.fspath(auth),
+            os.fspath(auth), "--auth-registry", f"{GUEST_SERVER}:{REGISTRY_PORT}",
         )  # fmt: skip
         b.report["sizes"]["debian-registry"] = sizes_of(reg_art)
     registry, push_s = b.stack.enter_context(
@@ -347,7 +347,8 @@ def signed_plan(
     art = b.workdir / "debian-registry-signed"
     b.report["build_seconds"]["debian-registry-signed"] = build_artifacts(
         b.bootc_live, image.source, art, "--ca", os.fspath(pki.ca), "--auth-file",
-        os.fspath(auth), "--policy", os.fspath(signed.policy), "--registries-d",
+        os.fspath(auth), "--auth-registry", f"{GUEST_SERVER}:{REGISTRY_PORT}",
+        "--policy", os.fspath(signed.policy), "--registries-d",
         os.fspath(signed.registries_d),
     )  # fmt: skip
     b.report["sizes"]["debian-registry-signed"] = sizes_of(art)

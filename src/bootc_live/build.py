@@ -66,6 +66,8 @@ class BuildConfig:
     flavour: str = "systemd"
     ca: Path | None = None  # a CA bundle for https, put into the initramfs
     auth_file: Path | None = None  # registry credentials, put into the initramfs (0600)
+    # Whose of them: a docker:// SOURCE's registry and these (ALL_REGISTRIES: every one)
+    auth_registries: tuple[str, ...] = ()
     # SOURCE is checked against it; an explicit --policy also goes into the initramfs
     trust: TrustOptions = field(default_factory=TrustOptions)
     # packed.img's format: None chooses by the kernel's config (the image's, or the host's)
@@ -608,20 +610,54 @@ def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:
     return files
 
 
+ALL_REGISTRIES = "all"  # --auth-registry all: every registry's credentials of the file
+_AUTH_HINT = (
+    "name each registry the booted machine pulls from (its image's, its mirrors), by the name "
+    "it knows it by, with --auth-registry HOST[:PORT] (or --auth-registry all), or leave out "
+    "--auth-file"
+)
+
+
 def auth_json(config: BuildConfig) -> bytes | None:
-    """--authfile as the initramfs gets it, read as the boot reads it (bounded: /dev/zero is
-    no file of credentials) and checked as the boot will use it: for a docker:// SOURCE, a
-    credential helper or an identity token fails here, not at boot."""
+    """--authfile as the initramfs gets it: the credentials of the registries the boot can
+    pull from (a docker:// SOURCE's, --auth-registry's), and no one else's: an initramfs is
+    served over PXE and copied about, and a registry it never names need not be exposed by it.
+    Read as the boot reads it (bounded: /dev/zero is no file of credentials) and checked as
+    the boot will use it: a credential helper or an identity token fails here, not at boot;
+    a file with no entry for any of those registries too (the initramfs would get none)."""
     if config.auth_file is None:
         return None
     path = os.fspath(config.auth_file)
     obj = registry.read_auth_file(path)
     if not isinstance(obj.get("auths"), dict):
         raise BuildError(f'{config.auth_file} has no "auths" object')
+    named = [r for r in config.auth_registries if r != ALL_REGISTRIES]
+    wanted = list(named)
     if config.source.transport == "docker":
         ref = registry.Reference.parse(config.source.path)
         registry.credentials_in(obj, path, ref.registry, ref.repository)
-    return json.dumps(obj, indent=1).encode() + b"\n"  # what was checked, and nothing else
+        wanted.insert(0, ref.registry)
+    for host in named:
+        registry.credentials_in(obj, path, host, "")
+    if ALL_REGISTRIES in config.auth_registries:
+        return json.dumps(obj, indent=1).encode() + b"\n"  # what was checked, and nothing else
+    if not wanted:
+        raise BuildError(
+            f"--authfile {path}: the image is not pulled from a registry, so no credentials of "
+            "it would go into the initramfs",
+            _AUTH_HINT,
+        )
+    keys = [key for host in wanted for key in registry.keys_of(obj, host)]
+    if not keys:
+        raise BuildError(
+            f"--authfile {path} has no credentials for {', '.join(dict.fromkeys(wanted))}: "
+            "the initramfs would get none",
+            _AUTH_HINT,
+        )
+    auths = obj["auths"]
+    assert isinstance(auths, dict)
+    kept = {key: auths[key] for key in dict.fromkeys(keys)}
+    return json.dumps({"auths": kept}, indent=1).encode() + b"\n"
 
 
 def trust_files(trust: TrustOptions) -> list[tuple[Path, str]]:

@@ -400,6 +400,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             flavour=args.flavour,
             ca=Path(args.ca) if args.ca else None,
             auth_file=Path(args.auth_file) if args.auth_file else None,
+            auth_registries=tuple(args.auth_registries),
             trust=trust_options(args),
             pack=args.pack,
             platform=args.platform,
@@ -836,6 +837,19 @@ def _mirror(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: {for_host(str(err))}") from None
 
 
+def _auth_registry(text: str) -> tuple[str, ...]:
+    if text == build.ALL_REGISTRIES:
+        return (text,)
+    try:
+        return cmdline.parse_hosts(text)
+    except cmdline.Secret:  # not repeated: it may hold a password
+        raise argparse.ArgumentTypeError(
+            "a registry is HOST[:PORT], without credentials (they come from --authfile FILE)"
+        ) from None
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {for_host(str(err))}") from None
+
+
 def _identity(text: str) -> str:
     try:
         return hostpolicy.parse_identity(text)
@@ -914,10 +928,22 @@ def parser() -> argparse.ArgumentParser:
     )
     add_image_selection(p)
     add_registry_options(p, ca=False)
+    p.add_argument(
+        "--auth-registry",
+        dest="auth_registries",
+        action="extend",
+        type=_auth_registry,
+        default=[],
+        metavar="HOST[:PORT][,…]|all",
+        help="a registry the boot pulls from (root=bootc-live:docker://HOST/…, "
+        "bootc.registry.mirror=HOST), as the machine booted sees it, whose credentials of "
+        "--authfile go into the initramfs (repeatable; all: every registry's)",
+    )
     add_trust_options(p, build=True)
     p.epilog = (
-        "--authfile (--auth-file) also puts the credentials into the initramfs (mode 0600, "
-        "/etc/bootc-live/auth.json) for root=bootc-live:docker://REF."
+        "--authfile (--auth-file) also puts credentials into the initramfs (mode 0600, "
+        "/etc/bootc-live/auth.json) for root=bootc-live:docker://REF: those of a docker:// "
+        "SOURCE's registry and of each --auth-registry, no other registry's."
     )
     p.set_defaults(func=cmd_build)
 

@@ -525,7 +525,8 @@ OPTIONS: tuple[Option, ...] = (
         "registry_auth",
         parse_path,
         "bootc.registry.auth=PATH",
-        "A containers auth.json inside the initramfs (bootc-live build --auth-file).",
+        "A containers auth.json inside the initramfs (bootc-live build --auth-file: the "
+        "entries of the SOURCE's registry and of each --auth-registry HOST).",
     ),
     Option(
         "bootc.platform",

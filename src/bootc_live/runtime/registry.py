@@ -194,6 +194,17 @@ def _key_registry(key: str) -> str | None:
     return None if "/" in key else key
 
 
+def keys_of(obj: dict[str, object], registry: str) -> list[str]:
+    """The keys of an auth file's `auths` that the registry's credentials can be filed under
+    (HOST, HOST/NAMESPACE…, a URL naming it, one of Docker Hub's names)."""
+    auths = obj.get("auths")
+    return [
+        key
+        for key in (auths if isinstance(auths, dict) else {})
+        if _same_registry(_key_registry(key) or key.split("/", 1)[0], registry)
+    ]
+
+
 def credentials_in(
     obj: dict[str, object], path: str, registry: str, repository: str
 ) -> tuple[str, str] | None:
