@@ -67,6 +67,10 @@ _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _HINT = "check the URL and the server"
+# Header values a message may quote: numbers and ranges, content codings. Any other value is
+# the server's free text, which may echo what the request carried: it is not repeated.
+_NUMBERS = re.compile(r"(?:bytes )?[0-9 ,*/-]*")
+_CODINGS = re.compile(r"(?:(?:chunked|identity|gzip|x-gzip|deflate|compress|br|zstd)(?:, ?|$))+")
 
 
 class FetchError(BootcLiveError):
@@ -246,6 +250,14 @@ class Retrier:
         self.failures = 0
 
 
+def told(value: str, shape: re.Pattern[str], limit: int, quote: bool = True) -> str:
+    """A header's value to quote in a message: as it is when it has the expected shape
+    (capped at `limit`), else only said to be there."""
+    if not shape.fullmatch(value):
+        return "(a value of the server's)"
+    return repr(shown(value, limit)) if quote else shown(value, limit)
+
+
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
     """Seconds to wait from a `Retry-After` (seconds or an HTTP date); None if unusable."""
     value = (value or "").strip()
@@ -268,7 +280,7 @@ def parse_content_length(value: str | None) -> int | None:
         return None
     values = {v.strip() for v in value.split(",")}  # a repeated header is joined with commas
     if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
-        raise ValueError(f"invalid Content-Length {shown(value, 20)!r}")
+        raise ValueError(f"invalid Content-Length {told(value, _NUMBERS, 20)}")
     return int(next(iter(values)))
 
 
@@ -276,11 +288,11 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None]:
     """(first, last, total or None) of `Content-Range: bytes FIRST-LAST/TOTAL`; ValueError."""
     m = _CONTENT_RANGE.fullmatch((value or "").strip())
     if not m:
-        raise ValueError(f"invalid Content-Range {shown(value or '', 30)!r}")
+        raise ValueError(f"invalid Content-Range {told(value or '', _NUMBERS, 30)}")
     first, last = int(m.group(1)), int(m.group(2))
     total = None if m.group(3) == "*" else int(m.group(3))
     if last < first or (total is not None and last >= total):
-        raise ValueError(f"invalid Content-Range {shown(value or '', 30)!r}")
+        raise ValueError(f"invalid Content-Range {told(value or '', _NUMBERS, 30)}")
     return first, last, total
 
 
@@ -457,7 +469,7 @@ class Client:
         if coding not in ("", "chunked", "identity"):
             raise FetchError(
                 f"{self.where}: the server sent the body in Transfer-Encoding "
-                f"{shown(coding, 20)!r}, which was not asked for",
+                f"{told(coding, _CODINGS, 20)}, which was not asked for",
                 "the server must send the body as it is, or chunked",
             )
         try:
@@ -1060,8 +1072,8 @@ def open_url(
     if encoding != "identity":  # asked for none: the bytes that came are no tar's
         answer.close()
         raise FetchError(
-            f"{client.where}: the server sends the archive {shown(encoding, 20)}-encoded "
-            "(Content-Encoding), though asked for it as it is",
+            f"{client.where}: the server sends the archive encoded (Content-Encoding "
+            f"{told(encoding, _CODINGS, 20)}), though asked for it as it is",
             "turn the server's compression off for this file",
         )
     if answer.status == 206 and answer.total is not None:

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable
 
 from . import http, jsondoc
 from .blobs import NAME_LIMIT, Descriptor, check_digest, digest_of, odd_at, registry_host
-from .errors import BootcLiveError, ImageError, VerificationError, shown
+from .errors import BootcLiveError, ImageError, VerificationError
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
 from .streams import Reader
 
@@ -70,6 +70,7 @@ _TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")  # what can go into a header: no CR,
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _HTTP_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # A scheme (and the token68 some schemes carry instead of parameters), then its parameters.
 _CHALLENGE_SCHEME = re.compile(
@@ -602,8 +603,9 @@ class Endpoint:
                 "the registry or a proxy altered it",
             )
         if claimed.startswith(("sha256:", "sha512:")) and claimed != digest_of(body, claimed):
+            told = http.told(claimed, _DIGEST, 140, quote=False)
             raise VerificationError(
-                f"{where}: Docker-Content-Digest {shown(claimed, 70)} does not "
+                f"{where}: Docker-Content-Digest {told} does not "
                 f"match the manifest's content ({digest_of(body, claimed)})",
                 "the registry or a proxy altered it",
             )
