@@ -24,9 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootc_live import build as build_mod
-from bootc_live import pushpacked
+from bootc_live import pushpacked, vm
 from bootc_live.images import SourceRef
 from bootc_live.runtime import boot, registry
+from bootc_live.runtime import run as run_module
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import BootcLiveError
 from imagegen import build_layout, f, layer_tar
@@ -423,3 +424,22 @@ def test_build_names_what_to_do_with_credentials_it_would_not_embed(tmp_path: Pa
         said += [done.stdout, done.stderr]
     assert sorted(os.listdir(tmp_path)) == ["auth.json", "img"]
     assert_clean(said, [])
+
+
+def test_vm_s_debug_trace_shows_the_kernel_command_line_without_its_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bootc-live --debug vm --append root=bootc-live:https://USER:PASS@…` traced QEMU's
+    command line as given. A stand-in for QEMU (sh, the rest of its arguments unread) is
+    watched as QEMU is."""
+    monkeypatch.setattr(run_module, "DEBUG", True)
+    given = (
+        f"console=ttyS0 root=bootc-live:https://{USER}:{PASSWORD}@10.0.2.100/root.oci"
+        f"?X-Amz-Signature={SECRET} proxy=http://{USER}:{PASSWORD}@10.0.2.2:3128"
+    )
+    argv = ["sh", "-c", "echo 'Linux version 6'", "-append", given]
+    boot = vm.watch(argv, timeout=20, markers=("Linux version",), echo=None)
+    assert boot.ended == "marker", boot
+    traced = capsys.readouterr().err
+    assert "+ sh -c" in traced and "root=bootc-live:https://***@10.0.2.100/root.oci?…" in traced
+    assert_clean([traced], [])

@@ -22,6 +22,7 @@ from . import scratch
 from .build import concatenate
 from .runtime import run as _run
 from .runtime.errors import BootcLiveError
+from .runtime.kexec import printable_command_line
 
 QEMU = "qemu-system-x86_64"
 GUEST_SERVER = "10.0.2.100"  # what the guest sees of a host server (guestfwd to 127.0.0.1)
@@ -123,6 +124,15 @@ def without_image_arguments(arguments: str) -> str:
 
 def without_root(arguments: str) -> str:
     return " ".join(a for a in arguments.split() if not a.startswith("root="))
+
+
+def printable_argv(argv: list[str]) -> list[str]:
+    """QEMU's command line as --debug shows it: the kernel's (-append) without the
+    credentials and signed queries of the URLs in it (root=bootc-live:https://USER:PASS@…)."""
+    return [
+        printable_command_line(arg) if i and argv[i - 1] == "-append" else arg
+        for i, arg in enumerate(argv)
+    ]
 
 
 def command_line_file(config: VmConfig) -> str:
@@ -301,7 +311,7 @@ def watch(
     A marker line looks like `MARKER rest`; the rest of the line is kept in Boot.markers.
     """
     console = Console(markers, timeout=timeout, stall=stall, start=clock())
-    proc = _run.start(argv, stdout=_run.PIPE, stderr=_run.STDOUT)
+    proc = _run.start(argv, stdout=_run.PIPE, stderr=_run.STDOUT, shown=printable_argv(argv))
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
@@ -418,7 +428,7 @@ def run_interactive(argv: list[str], timeout: float) -> Boot:
     """QEMU on this terminal (to log in to the live system), stopped at the timeout or when
     this command is interrupted."""
     start = time.monotonic()
-    proc = _run.start(argv, stdin=None)
+    proc = _run.start(argv, stdin=None, shown=printable_argv(argv))
     try:
         code = proc.wait(timeout)
     except _run.TimeoutExpired:

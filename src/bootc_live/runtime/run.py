@@ -137,10 +137,12 @@ def start(
     stdin: int | None = DEVNULL,
     stdout: int | None = None,
     stderr: int | None = None,
+    shown: Sequence[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a command whose streams the caller handles as it runs (None: this process's own);
-    logged like run(). The caller waits for it and judges its exit status."""
-    args = _logged(argv)
+    logged like run() (as `shown` when given). The caller waits for it and judges its exit
+    status."""
+    args = _logged(argv, shown)
     try:
         return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr)
     except FileNotFoundError:
