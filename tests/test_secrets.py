@@ -14,10 +14,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +28,7 @@ from hypothesis import strategies as st
 from bootc_live import build as build_mod
 from bootc_live import pushpacked, vm
 from bootc_live.images import SourceRef
-from bootc_live.runtime import boot, registry
+from bootc_live.runtime import boot, http, registry, urllib_dracut
 from bootc_live.runtime import run as run_module
 from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import BootcLiveError
@@ -443,3 +445,46 @@ def test_vm_s_debug_trace_shows_the_kernel_command_line_without_its_secrets(
     traced = capsys.readouterr().err
     assert "+ sh -c" in traced and "root=bootc-live:https://***@10.0.2.100/root.oci?…" in traced
     assert_clean([traced], [])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"ftp://{USER}:{PASSWORD}@10.0.2.100/root.oci",
+        f"tftp://10.0.2.100/root.oci?X-Amz-Signature={SECRET}",
+        f"ftp://{USER}:{PASSWORD.replace('-', '%2D')}@10.0.2.100/root.oci",
+    ],
+)
+def test_url_lib_s_words_about_a_url_lose_its_secrets(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dracut's url-lib, when a download leaves no file, warns `Downloading 'URL' failed!`
+    (url-lib.sh) on stderr, whose last line is the boot's error line. The command run keeps
+    the environment the boot gives it; only its script says what url-lib says."""
+    real = urllib_dracut.run
+
+    def url_lib(argv: list[str], **kw: Any) -> Any:
+        script = "echo \"dracut Warning: Downloading '$BOOTC_URL' failed!\" >&2; exit 253"
+        return real(["sh", "-c", script], **kw)
+
+    monkeypatch.setattr(urllib_dracut, "run", url_lib)
+    with pytest.raises(BootcLiveError) as err:
+        urllib_dracut.fetch(url, str(tmp_path / "x"), http.Policy(retries=1))
+    line = err.value.line()
+    assert "Downloading 'ftp://***@10.0.2.100/root.oci' failed" in line or "?…' failed" in line
+    assert_clean([line, getattr(err.value, "detail", "")], [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    password=st.text(st.characters(codec="ascii", categories=("L", "N", "P", "S")), min_size=4)
+    .filter(lambda p: p.strip() == p)
+    .map(lambda p: "PW" + p),
+    query=st.text(st.characters(codec="ascii", categories=("L", "N")), min_size=6, max_size=20),
+    words=st.sampled_from(["Downloading '{}' failed!", "{}: not found", "curl: ({}) 22"]),
+)
+def test_scrub_leaves_no_password_nor_query(password: str, query: str, words: str) -> None:
+    quoted = urllib.parse.quote(password, safe="")
+    url = f"ftp://user:{quoted}@10.0.2.100:21/path/root.oci?sig={query}"
+    text = http.scrub(words.format(url), url)
+    assert quoted not in text and password not in text and query not in text, text

@@ -141,6 +141,23 @@ def redact(url: str) -> str:
     return shown(text, 150)
 
 
+def scrub(text: str, url: str) -> str:
+    """`text` (what a tool given `url` wrote: url-lib's "Downloading 'URL' failed!") with
+    `url`, its password and its query made `redact`ed."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password or ""
+    except ValueError:
+        parts, password = None, ""
+    text = text.replace(url, redact(url))
+    secrets = [password, urllib.parse.unquote(password)]
+    if parts is not None:
+        secrets += [parts.query, parts.netloc.rpartition("@")[0]]
+    for secret in sorted({s for s in secrets if len(s) > 1}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """(scheme, host, port): what credentials are bound to."""
     parts = urllib.parse.urlsplit(url)

@@ -7,7 +7,7 @@ import os
 import urllib.parse
 
 from .errors import BootcLiveError, SpaceError
-from .http import Policy, redact
+from .http import Policy, redact, scrub
 from .run import CommandError, run
 
 # Where dracut installs them in the initramfs (url-lib sources dracut-lib itself by this path).
@@ -114,7 +114,7 @@ def _failure(err: CommandError, url: str, path: str, full_hint: str) -> BootcLiv
         )
     if err.returncode == UNPARSEABLE:
         return BootcLiveError(f"dracut's url-lib cannot read the URL {where}", "fix root=")
-    reason = _without_secrets(err.detail, url)
+    reason = scrub(err.detail, url)  # url-lib's warning quotes the URL whole
     if scheme in ("ftp", "tftp") and err.returncode in CURL_MEANS:
         reason = f"{CURL_MEANS[err.returncode]} ({reason})"
     return BootcLiveError(
@@ -122,16 +122,3 @@ def _failure(err: CommandError, url: str, path: str, full_hint: str) -> BootcLiv
         "check the URL, that the server has the file, and the network",
     )
 
-
-def _without_secrets(text: str, url: str) -> str:
-    """`text` (url-lib's or its command's words) with the URL's user and password hidden
-    (url-lib's own warning quotes the URL whole)."""
-    text = text.replace(url, redact(url))
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return text
-    userinfo = parts.netloc.rpartition("@")[0]
-    for secret in {userinfo, urllib.parse.unquote(userinfo)} - {""}:
-        text = text.replace(secret, "***")
-    return text
