@@ -488,3 +488,25 @@ def test_scrub_leaves_no_password_nor_query(password: str, query: str, words: st
     url = f"ftp://user:{quoted}@10.0.2.100:21/path/root.oci?sig={query}"
     text = http.scrub(words.format(url), url)
     assert quoted not in text and password not in text and query not in text, text
+
+
+def test_a_url_source_s_debug_output_repeats_no_secret(
+    leaky: tuple[int, str], tmp_path: Path
+) -> None:
+    """--debug shows the traceback of a failure: not what it was raised in handling (the raw
+    exception, whose words are the server's)."""
+    port, _ = leaky
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/root.oci"
+    texts = []
+    for argv in (["inspect", url], ["pull", url, "-o", f"oci-archive:{tmp_path / 'o.oci'}"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "bootc_live", "--debug", *argv, "--retries", "1"],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            env={**env, "TMPDIR": str(tmp_path)},
+        )
+        assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr
+        texts += [done.stdout, done.stderr]
+    assert_clean(texts, [tmp_path])

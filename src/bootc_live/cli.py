@@ -1209,7 +1209,10 @@ def run_command(args: argparse.Namespace) -> int:
         return int(args.func(args))
     except BootcLiveError as err:
         if args.debug:
-            traceback.print_exc()
+            # Where it was raised, not what it was raised in handling: that is the raw failure
+            # (http.client's BadStatusLine quotes the server's line), which the line does not
+            # repeat for a reason.
+            traceback.print_exc(chain=False)
             if isinstance(err, CommandError) and err.command:
                 print(f"bootc-live: the command was: {err.command}", file=sys.stderr)
         print(f"bootc-live: {error_line(err, args)}", file=sys.stderr)
