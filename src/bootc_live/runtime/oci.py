@@ -71,8 +71,11 @@ _MACHINE_TO_ARCH = {
 }
 
 
-# A variant written or left out alike: the architecture has no other.
-_DEFAULT_VARIANT = {("arm64", "v8"): "", ("amd64", "v1"): ""}
+# An architecture's variants, from the most capable to the least: a machine of one runs images
+# of the later ones (containers/image's table; other architectures' variants run only their own).
+_VARIANT_ORDER = {"arm": ("v8", "v7", "v6", "v5"), "arm64": ("v8",)}
+# The variant a machine (uname -m) is of, which containers/image reads from /proc/cpuinfo.
+_MACHINE_VARIANT = {"aarch64": "v8", "arm64": "v8", "armv8l": "v8", "armv7l": "v7", "armv6l": "v6"}
 
 
 @dataclass(frozen=True)
@@ -93,20 +96,34 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         machine = _platform.machine()
-        return cls("linux", _MACHINE_TO_ARCH.get(machine, machine))
+        return cls(
+            "linux", _MACHINE_TO_ARCH.get(machine, machine), _MACHINE_VARIANT.get(machine, "")
+        )
+
+    def variants(self) -> tuple[str, ...]:
+        """The image variants this platform runs, preferred first, as containers/image ranks
+        them: the one asked, then the later variants of its architecture, then none; none asked,
+        none first, then every variant of the architecture (amd64's v2, v3 are taken only when
+        asked, and then amd64 without one too)."""
+        order = _VARIANT_ORDER.get(self.architecture, ())
+        if not self.variant:
+            return ("", *order)
+        if self.variant in order:
+            return (*order[order.index(self.variant) :], "")
+        return (self.variant, "")
+
+    def rank(self, obj: Mapping[str, Any]) -> int | None:
+        """Where a descriptor's (or a config's) platform comes in `variants` (lower is
+        preferred), or None when this platform does not run it."""
+        if obj.get("os") != self.os or obj.get("architecture") != self.architecture:
+            return None
+        variant = obj.get("variant") or ""
+        wanted = self.variants()
+        return wanted.index(variant) if isinstance(variant, str) and variant in wanted else None
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        """Whether a descriptor's (or a config's) platform is this one; no variant asked takes
-        any, and a variant that is the architecture's only one (arm64's v8, amd64's v1) is the
-        same as none (as containerd and containers/image read them)."""
-        arch = obj.get("architecture")
-        if obj.get("os") != self.os or arch != self.architecture:
-            return False
-        variant = obj.get("variant") or ""
-        if not isinstance(variant, str):
-            return False
-        same = {variant, _DEFAULT_VARIANT.get((arch, variant), variant)}
-        return not self.variant or _DEFAULT_VARIANT.get((arch, self.variant), self.variant) in same
+        """Whether this platform runs the image a descriptor's (or a config's) platform names."""
+        return self.rank(obj) is not None
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
@@ -278,18 +295,23 @@ def _platform_of(obj: Mapping[str, Any]) -> Platform:
 
 
 def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descriptor:
+    """The entry containers/image picks: the one of the most preferred platform
+    (`Platform.rank`), the first of those; else the first that names no platform."""
     if len(descs) == 1 and descs[0].platform is None:
         return descs[0]
-    matching = [d for d in descs if d.platform is None or plat.matches(d.platform)]
-    if not matching:
+    unnamed = len(plat.variants())  # after every platform this one runs
+    ranked = []
+    for position, desc in enumerate(descs):
+        rank = unnamed if desc.platform is None else plat.rank(desc.platform)
+        if rank is not None:
+            ranked.append((rank, position, desc))
+    if not ranked:
         offered = ", ".join(str(_platform_of(d.platform)) for d in descs if d.platform)
         raise ImageError(
             f"{where} has no image for platform {plat} (offers: {offered or 'none'})",
             "choose one with bootc.platform=OS/ARCH",
         )
-    # Prefer an exact platform match over an unlabelled descriptor.
-    matching.sort(key=lambda d: d.platform is None)
-    return matching[0]
+    return min(ranked, key=lambda item: item[:2])[2]
 
 
 def resolve(

@@ -1,0 +1,228 @@
+"""Which image of a multi-platform index is taken: the one skopeo and podman take.
+
+containers/image ranks an index's entries by the platforms the one asked runs (arm/v7 runs
+arm/v6 and v5, then an image without a variant; no variant asked takes one without, then
+arm64's v8 …; amd64's v2 and v3 only when asked), the first of the best; an entry without a
+platform only when none runs. skopeo 1.9.3 (`--override-os/-arch/-variant`) is the oracle, on
+indexes hypothesis writes; podman's `--platform` is the oracle of how OS/ARCH[/VARIANT] is
+spelled (x86_64, Linux/AMD64, arm alone); `podman manifest` writes the lists users bring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from bootc_live.runtime import oci
+from bootc_live.runtime.errors import ImageError
+from bootc_live.runtime.oci import Platform, resolve
+from bootc_live.runtime.sources import LayoutSource
+from unpackers import need
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ATTESTATION = {"vnd.docker.reference.type": "attestation-manifest"}
+
+
+def _blob(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    path = layout / "blobs/sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def write_index(
+    layout: Path, entries: list[tuple[dict[str, str] | None, bool]], docker: bool = False
+) -> list[str]:
+    """An OCI layout tagged `t`: an index (a Docker manifest list if `docker`) of one image per
+    entry (its platform, or None for none; whether it is an attestation); each image's config
+    has the label n=its position, and the entry's platform. Returns the manifests' digests."""
+    layout.mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    layer = _blob(layout, bytes(1024))  # an empty tar
+    manifest_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
+    config_type = (
+        "application/vnd.docker.container.image.v1+json"
+        if docker
+        else "application/vnd.oci.image.config.v1+json"
+    )
+    layer_type = (
+        "application/vnd.docker.image.rootfs.diff.tar"
+        if docker
+        else "application/vnd.oci.image.layer.v1.tar"
+    )
+    listed, digests = [], []
+    for n, (plat, attestation) in enumerate(entries):
+        config: dict[str, Any] = {
+            "config": {"Labels": {"n": str(n)}},
+            "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+        }
+        if plat is not None:  # (an image whose entry says none: its config says none either)
+            config.update(os=plat.get("os", ""), architecture=plat.get("architecture", ""))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": {"mediaType": config_type, **_blob(layout, json.dumps(config).encode())},
+            "layers": [{"mediaType": layer_type, **layer}],
+        }
+        entry: dict[str, Any] = {
+            "mediaType": manifest_type,
+            **_blob(layout, json.dumps(manifest).encode()),
+        }
+        if plat is not None:
+            entry["platform"] = plat
+        if attestation:
+            entry["annotations"] = ATTESTATION
+        listed.append(entry)
+        digests.append(entry["digest"])
+    index_type = DOCKER_LIST if docker else OCI_INDEX
+    index = _blob(
+        layout,
+        json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": listed}).encode(),
+    )
+    top = {"mediaType": index_type, **index}
+    if docker:  # skopeo's oci: reads only OCI types in index.json: an OCI index names the list
+        top = {
+            "mediaType": OCI_INDEX,
+            **_blob(
+                layout,
+                json.dumps(
+                    {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]}
+                ).encode(),
+            ),
+        }
+    top["annotations"] = {"org.opencontainers.image.ref.name": "t"}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    return digests
+
+
+def ours(layout: Path, plat: Platform | None) -> int | None:
+    """The position of the image bootc-live takes (None: it refuses)."""
+    try:
+        image = resolve(LayoutSource(str(layout)), label="t", platform=plat)
+    except ImageError:
+        return None
+    return int(image.config["config"]["Labels"]["n"])
+
+
+def skopeo_takes(layout: Path, plat: Platform) -> int | None:
+    """The position of the image skopeo takes for `plat` (None: it finds none)."""
+    argv = ["skopeo", "--override-os", plat.os, "--override-arch", plat.architecture]
+    argv += ["--override-variant", plat.variant] if plat.variant else []
+    done = subprocess.run(
+        [*argv, "inspect", "--config", f"oci:{layout}:t"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        assert "no image found in" in done.stderr, done.stderr
+        return None
+    return int(json.loads(done.stdout)["config"]["Labels"]["n"])
+
+
+OSES = st.sampled_from(["linux", "windows", "unknown"])
+ARCHES = st.sampled_from(["amd64", "arm64", "arm", "386", "unknown"])
+VARIANTS = st.sampled_from(["", "v1", "v2", "v3", "v5", "v6", "v7", "v8", "v9"])
+
+
+@st.composite
+def platforms(draw: st.DrawFn) -> dict[str, str]:
+    plat = {"os": draw(OSES), "architecture": draw(ARCHES)}
+    variant = draw(VARIANTS)
+    if variant:
+        plat["variant"] = variant
+    if draw(st.booleans()):  # fields containers/image does not compare
+        plat["os.version"] = "10.0.17763.1234"
+    return plat
+
+
+ENTRIES = st.lists(
+    st.tuples(st.none() | platforms(), st.booleans()).map(
+        # An attestation names unknown/unknown, as buildx writes it.
+        lambda e: ({"os": "unknown", "architecture": "unknown"}, True) if e[1] else e
+    ),
+    min_size=1,
+    max_size=6,
+)
+WANTED = st.builds(
+    Platform,
+    st.sampled_from(["linux", "windows"]),
+    st.sampled_from(["amd64", "arm64", "arm", "386"]),
+    VARIANTS,
+)
+
+
+AMD64 = {"os": "linux", "architecture": "amd64"}
+AMD64_V3 = {**AMD64, "variant": "v3"}
+ARM_V6 = {"os": "linux", "architecture": "arm", "variant": "v6"}
+ARM_V7 = {**ARM_V6, "variant": "v7"}
+
+
+@pytest.fixture(scope="module")
+def skopeo() -> None:
+    need(shutil.which("skopeo") is not None, "needs skopeo")
+
+
+@pytest.mark.usefixtures("skopeo")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ENTRIES, WANTED, st.booleans())
+# podman manifest add of a GOAMD64=v3 build first, the baseline second: v3 was taken.
+@example([(AMD64_V3, False), (AMD64, False)], Platform("linux", "amd64"), False)
+# arm/v7 runs an arm/v6 image: it was refused.
+@example([(ARM_V6, False)], Platform("linux", "arm", "v7"), False)
+# No variant asked: arm/v7 before arm/v6 (then v5), whatever their order.
+@example([(ARM_V6, False), (ARM_V7, False)], Platform("linux", "arm"), True)
+# amd64/v2 runs amd64: it was refused.
+@example([(AMD64, False)], Platform("linux", "amd64", "v2"), False)
+def test_the_image_taken_is_the_one_skopeo_takes(
+    entries: list[tuple[dict[str, str] | None, bool]], wanted: Platform, docker: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = Path(tmp, "layout")
+        write_index(layout, entries, docker=docker)
+        expected = skopeo_takes(layout, wanted)
+        if docker and expected is None:
+            # A Docker list's entry without a platform is never skopeo's; bootc-live takes it
+            # as an OCI index's (its config's platform is checked then): not compared.
+            return
+        assert ours(layout, wanted) == expected, (entries, str(wanted))
+
+
+@pytest.mark.parametrize(
+    ("machine", "taken"),
+    [("armv6l", 1), ("armv7l", 0), ("armv8l", 2), ("aarch64", 4), ("x86_64", 5)],
+)
+def test_this_machine_s_variant_is_the_one_asked(
+    machine: str, taken: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """None asked, the image is one this machine runs (containers/image reads the variant
+    from /proc/cpuinfo; uname -m says it): an armv6l board took the arm/v7 image listed
+    first, which it cannot run."""
+    layout = tmp_path / "layout"
+    write_index(
+        layout,
+        [
+            ({"os": "linux", "architecture": "arm", "variant": "v7"}, False),
+            ({"os": "linux", "architecture": "arm", "variant": "v6"}, False),
+            ({"os": "linux", "architecture": "arm", "variant": "v8"}, False),
+            ({"os": "linux", "architecture": "arm64"}, False),
+            ({"os": "linux", "architecture": "arm64", "variant": "v8"}, False),
+            ({"os": "linux", "architecture": "amd64"}, False),
+        ],
+    )
+    monkeypatch.setattr(oci._platform, "machine", lambda: machine)
+    assert ours(layout, None) == taken
