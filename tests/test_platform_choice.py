@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bootc_live.runtime import oci
+from bootc_live.runtime import cmdline, oci
 from bootc_live.runtime.errors import ImageError
 from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.sources import LayoutSource
-from unpackers import need
+from unpackers import bootc_live, need, need_root_and
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -226,3 +226,90 @@ def test_this_machine_s_variant_is_the_one_asked(
     )
     monkeypatch.setattr(oci._platform, "machine", lambda: machine)
     assert ours(layout, None) == taken
+
+
+def podman_in(tmp_path: Path) -> list[str]:
+    """podman with a private vfs store under tmp_path (its runroot by a short name: podman
+    refuses one of over 50 characters; the `run` symlink is left behind in tmp_path only)."""
+    run = Path(tempfile.mkdtemp(prefix="bl-run-"))
+    (tmp_path / "run").symlink_to(run)
+    store = ["--root", str(tmp_path / "root"), "--runroot", str(run), "--storage-driver", "vfs"]
+    return ["podman", *store]
+
+
+def reset(podman: list[str]) -> None:
+    """The store emptied, the runroot outside tmp_path removed."""
+    subprocess.run([*podman, "system", "reset", "-f"], capture_output=True, timeout=120)
+    shutil.rmtree(podman[podman.index("--runroot") + 1], ignore_errors=True)
+
+
+# How podman's --platform reads what a user writes, and what bootc.platform= reads it as.
+SPELLINGS = [
+    "linux/x86_64",
+    "Linux/AMD64",
+    "linux/x86-64",
+    "linux/aarch64",
+    "LINUX/ARM64/V8",
+    "linux/arm64/8",
+    "linux/arm",
+    "linux/arm/7",
+    "linux/armhf",
+    "linux/armel",
+    "linux/i386",
+    "linux/amd64/v2",
+]
+
+
+@pytest.mark.integration
+def test_a_platform_is_read_as_podman_reads_it(tmp_path: Path) -> None:
+    need_root_and("podman")
+    layout = tmp_path / "layout"
+    entries: list[tuple[dict[str, str] | None, bool]] = [
+        ({"os": "linux", "architecture": a, **({"variant": v} if v else {})}, False)
+        for a, v in (
+            ("amd64", ""),
+            ("arm64", ""),
+            ("arm64", "v8"),
+            ("arm", "v5"),
+            ("arm", ""),
+            ("arm", "v6"),
+            ("arm", "v7"),
+            ("386", ""),
+            ("amd64", "v2"),
+        )
+    ]
+    write_index(layout, entries)
+    podman = podman_in(tmp_path)
+
+    def call(*args: str) -> str:
+        done = subprocess.run(
+            [*podman, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, f"podman {args}: {done.stderr}"
+        return done.stdout.strip()
+
+    try:
+        for spelling in SPELLINGS:
+            pulled = call("pull", "-q", "--platform", spelling, f"oci:{layout}:t")
+            label = call("image", "inspect", "--format", "{{.Labels.n}}", pulled)
+            call("rmi", "-a", "-f")
+            assert ours(layout, Platform.parse(spelling)) == int(label), spelling
+    finally:
+        reset(podman)
+
+
+def test_the_kernel_s_names_of_an_architecture_pick_at_boot_and_on_the_host(
+    tmp_path: Path,
+) -> None:
+    """bootc.platform=linux/x86_64 (uname -m's name) was 'no image for platform linux/x86_64
+    (offers: linux/amd64)'; podman --platform takes it (test above)."""
+    layout = tmp_path / "layout"
+    digests = write_index(
+        layout, [(AMD64, False), ({"os": "linux", "architecture": "arm64"}, False)]
+    )
+    for spelling, taken in (("linux/x86_64", 0), ("Linux/AArch64", 1)):
+        plat = cmdline.parse([f"bootc.platform={spelling}"]).platform
+        assert ours(layout, plat) == taken, spelling
+        done = bootc_live("inspect", f"oci:{layout}:t", "--platform", spelling)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"image     {digests[taken]}\n"), done.stdout

@@ -533,7 +533,8 @@ OPTIONS: tuple[Option, ...] = (
         "platform",
         parse_platform,
         "bootc.platform=OS/ARCH[/VARIANT]",
-        "Platform to pick from a multi-platform index.",
+        "Platform to pick from a multi-platform index, as podman's --platform reads it "
+        "(linux/x86_64 is linux/amd64, linux/arm is linux/arm/v7) and skopeo picks by it.",
         "this machine",
     ),
     Option(

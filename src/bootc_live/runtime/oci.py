@@ -76,6 +76,17 @@ _MACHINE_TO_ARCH = {
 _VARIANT_ORDER = {"arm": ("v8", "v7", "v6", "v5"), "arm64": ("v8",)}
 # The variant a machine (uname -m) is of, which containers/image reads from /proc/cpuinfo.
 _MACHINE_VARIANT = {"aarch64": "v8", "arm64": "v8", "armv8l": "v8", "armv7l": "v7", "armv6l": "v6"}
+# Names podman's --platform takes for an architecture (containerd's normalisation), with the
+# variant each implies when none is written: `arm` alone is arm/v7.
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "i386": ("386", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+    "arm": ("arm", "v7"),
+}
 
 
 @dataclass(frozen=True)
@@ -88,10 +99,16 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
+        """OS/ARCH[/VARIANT], written as podman's --platform takes it: in any case, with the
+        kernel's names for an architecture (x86_64, aarch64), a bare variant number (arm/7)."""
         parts = text.split("/")
         if not 2 <= len(parts) <= 3 or not all(parts):
             raise ValueError(f"platform {text!r} is not OS/ARCH[/VARIANT]")
-        return cls(*parts)
+        os_, arch, variant = (*(p.lower() for p in parts), "")[:3]
+        arch, implied = _ARCH_ALIASES.get(arch, (arch, ""))
+        if variant.isascii() and variant.isdigit() and arch in _VARIANT_ORDER:
+            variant = f"v{variant}"
+        return cls(os_, arch, variant or implied)
 
     @classmethod
     def host(cls) -> Platform:
