@@ -97,14 +97,14 @@ def test_a_platform_that_is_not_there_at_boot_and_on_the_host(tmp_path: Path) ->
     amd64 = Platform("linux", "amd64")
     with pytest.raises(BootcLiveError) as boot:
         resolve(LayoutSource(str(layout)), label="a", platform=amd64)
-    assert boot.value.hint == "choose one with bootc.platform=OS/ARCH"
+    assert boot.value.hint == "choose one with bootc.platform=linux/arm64"
     host = bootc_live("inspect", f"oci:{layout}:a", "--platform", "linux/amd64")
     assert (
         assert_clean_failure(host)
         .strip()
         .endswith(
             "has no image for platform linux/amd64 (offers: linux/arm64); choose one with "
-            "--platform OS/ARCH"
+            "--platform linux/arm64"
         )
     )
 

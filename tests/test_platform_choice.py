@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -202,6 +203,29 @@ def test_the_image_taken_is_the_one_skopeo_takes(
         assert ours(layout, wanted) == expected, (entries, str(wanted))
 
 
+def test_nothing_offered_for_the_platform_is_one_line_naming_what_is(tmp_path: Path) -> None:
+    """buildx's attestations (unknown/unknown) are no platform offered; the one to choose is
+    one bootc.platform= can name."""
+    layout = tmp_path / "layout"
+    write_index(
+        layout,
+        [
+            ({"os": "linux", "architecture": "arm64", "variant": "v8"}, False),
+            ({"os": "unknown", "architecture": "unknown"}, True),
+            ({"os": "linux", "architecture": "arm64", "variant": "v8"}, False),
+            ({"os": "Linux", "architecture": "s390x"}, False),
+        ],
+    )
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)), label="t", platform=Platform("linux", "amd64"))
+    line = err.value.line()
+    assert "\n" not in line
+    assert line.endswith(
+        "has no image for platform linux/amd64 (offers: linux/arm64/v8, Linux/s390x); "
+        "choose one with bootc.platform=linux/arm64/v8"
+    ), line
+
+
 @pytest.mark.parametrize(
     ("machine", "taken"),
     [("armv6l", 1), ("armv7l", 0), ("armv8l", 2), ("aarch64", 4), ("x86_64", 5)],
@@ -313,3 +337,70 @@ def test_the_kernel_s_names_of_an_architecture_pick_at_boot_and_on_the_host(
         done = bootc_live("inspect", f"oci:{layout}:t", "--platform", spelling)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"image     {digests[taken]}\n"), done.stdout
+
+
+@pytest.mark.integration
+def test_a_list_podman_manifest_made_is_read_as_skopeo_reads_it(tmp_path: Path) -> None:
+    """`podman manifest create/add` of images built for arm/v6, arm/v7, arm64 and amd64, the
+    arm ones annotated with their variant, pushed as an OCI layout: each platform asked takes
+    skopeo's image; one no image runs is one line naming those there."""
+    need_root_and("podman", "skopeo")
+    env = {**os.environ, "BUILDAH_ISOLATION": "chroot"}
+    podman = podman_in(tmp_path)
+
+    def call(*args: str) -> str:
+        done = subprocess.run(
+            [*podman, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, f"podman {args}: {done.stderr}"
+        return done.stdout.strip()
+
+    try:
+        call("manifest", "create", "localhost/list:1")
+        for plat in ("linux/arm/v6", "linux/arm/v7", "linux/arm64", "linux/amd64"):
+            ctx = tmp_path / plat.replace("/", "-")
+            ctx.mkdir()
+            (ctx / "platform").write_text(plat)
+            (ctx / "Containerfile").write_text("FROM scratch\nCOPY platform /\n")
+            name = f"localhost/img:{ctx.name}"
+            call("build", "-q", "--platform", plat, "-t", name, str(ctx))
+            call("manifest", "add", "localhost/list:1", f"containers-storage:{name}")
+            if plat.startswith("linux/arm/"):  # podman 4.3 writes no variant of a config
+                digest = call("image", "inspect", "--format", "{{.Digest}}", name)
+                call("manifest", "annotate", "--variant", plat[-2:], "localhost/list:1", digest)
+        layout = tmp_path / "layout"
+        call("manifest", "push", "--all", "localhost/list:1", f"oci:{layout}:t")
+    finally:
+        reset(podman)
+    index = json.loads((layout / "index.json").read_text())
+    listed = json.loads(
+        (layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes()
+    )
+    assert {e["platform"].get("variant", "") for e in listed["manifests"]} >= {"v6", "v7"}
+    for asked in ("linux/arm", "linux/arm/v8", "linux/arm/v6", "linux/arm64/v8", "linux/amd64"):
+        plat = Platform.parse(asked)
+        image = resolve(LayoutSource(str(layout)), label="t", platform=plat)
+        done = subprocess.run(
+            ["skopeo", "--override-os", plat.os, "--override-arch", plat.architecture,
+             "--override-variant", plat.variant or "", "inspect", f"oci:{layout}:t"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        layers = json.loads(done.stdout)["Layers"]
+        assert [layer.digest for layer in image.layers] == layers, asked
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)), label="t", platform=Platform.parse("linux/arm/v5"))
+    assert err.value.line().endswith(
+        "has no image for platform linux/arm/v5 (offers: linux/arm/v6, linux/arm/v7, "
+        "linux/arm64, linux/amd64); choose one with bootc.platform=linux/arm/v6"
+    ), err.value.line()
+
+
+def test_inspect_lists_no_attestation_as_a_platform(tmp_path: Path) -> None:
+    """buildx writes an attestation manifest (unknown/unknown) after each image's entry: it
+    was listed among the platforms the image offers."""
+    layout = tmp_path / "layout"
+    attestation = ({"os": "unknown", "architecture": "unknown"}, True)
+    write_index(layout, [(AMD64, False), attestation, (ARM_V7, False), attestation])
+    done = bootc_live("inspect", f"oci:{layout}:t", "--platform", "linux/arm/v7")
+    assert done.returncode == 0, done.stderr
+    assert "\nplatforms linux/amd64, linux/arm/v7\n" in done.stdout, done.stdout

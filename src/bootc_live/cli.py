@@ -36,7 +36,7 @@ from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, registry, roots
 from .runtime import run as run_module
 from .runtime.errors import BootcLiveError, Stopped, for_host, shown, stopping
-from .runtime.oci import Image, Platform, all_manifests
+from .runtime.oci import Image, Platform, all_manifests, offered_platforms
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
 from .runtime.run import CommandError
@@ -669,23 +669,12 @@ def _pack_option(text: str) -> pack.PackFormat | str:
 
 
 def platform_list(image: Image) -> list[str]:
-    """The platforms the index the image was picked from offers (nested indexes included)."""
-    seen: list[str] = []
+    """The platforms the index the image was picked from offers (nested indexes included;
+    buildx's attestations, unknown/unknown, are none)."""
     try:
-        for desc in all_manifests(image.source, image.top):
-            if desc.platform:
-                seen.append(
-                    str(
-                        Platform(
-                            desc.platform.get("os", "?"),
-                            desc.platform.get("architecture", "?"),
-                            desc.platform.get("variant", ""),
-                        )
-                    )
-                )
+        return sorted(set(offered_platforms(all_manifests(image.source, image.top))))
     except BootcLiveError:
-        pass
-    return sorted(set(seen))
+        return []
 
 
 def cmd_vm(args: argparse.Namespace) -> int:

@@ -306,9 +306,38 @@ def tag_part(name: str) -> str:
 def _platform_of(obj: Mapping[str, Any]) -> Platform:
     """A descriptor's platform, as written (for messages)."""
     os_, arch, variant = (
-        obj.get(k, d) for k, d in (("os", "?"), ("architecture", "?"), ("variant", ""))
+        obj.get(k) or d for k, d in (("os", "?"), ("architecture", "?"), ("variant", ""))
     )
     return Platform(shown(str(os_), 40), shown(str(arch), 40), shown(str(variant), 40))
+
+
+# The annotation Docker's buildx gives an index entry that is an attestation about another
+# entry's image (its platform is unknown/unknown): no platform an image can be picked for.
+_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+def offered_platforms(descs: Sequence[Descriptor]) -> list[str]:
+    """The platforms index entries name, as written, once each, in their order; attestations
+    left out."""
+    offered = [
+        str(_platform_of(d.platform))
+        for d in descs
+        if d.platform and d.annotations.get(_REFERENCE_TYPE) != "attestation-manifest"
+    ]
+    return list(dict.fromkeys(offered))
+
+
+def _choosable(descs: Sequence[Descriptor]) -> str | None:
+    """The first platform of the entries that bootc.platform= can name so that it picks the
+    entry (not one written Linux/AMD64, which reads as linux/amd64, nor ?/amd64)."""
+    for name in offered_platforms(descs):
+        try:
+            plat = Platform.parse(name)
+        except ValueError:
+            continue
+        if any(d.platform and plat.matches(d.platform) for d in descs):
+            return name
+    return None
 
 
 def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descriptor:
@@ -323,10 +352,10 @@ def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descr
         if rank is not None:
             ranked.append((rank, position, desc))
     if not ranked:
-        offered = ", ".join(str(_platform_of(d.platform)) for d in descs if d.platform)
+        offered = offered_platforms(descs)
         raise ImageError(
-            f"{where} has no image for platform {plat} (offers: {offered or 'none'})",
-            "choose one with bootc.platform=OS/ARCH",
+            f"{where} has no image for platform {plat} (offers: {', '.join(offered) or 'none'})",
+            f"choose one with bootc.platform={_choosable(descs) or 'OS/ARCH[/VARIANT]'}",
         )
     return min(ranked, key=lambda item: item[:2])[2]
 
