@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from bootc_live.runtime import cmdline, oci
 from bootc_live.runtime.errors import ImageError
 from bootc_live.runtime.oci import Platform, resolve
-from bootc_live.runtime.sources import LayoutSource
+from bootc_live.runtime.sources import ArchiveSource, LayoutSource
 from unpackers import bootc_live, need, need_root_and
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -171,6 +171,7 @@ AMD64 = {"os": "linux", "architecture": "amd64"}
 AMD64_V3 = {**AMD64, "variant": "v3"}
 ARM_V6 = {"os": "linux", "architecture": "arm", "variant": "v6"}
 ARM_V7 = {**ARM_V6, "variant": "v7"}
+ARM64_V8 = {"os": "linux", "architecture": "arm64", "variant": "v8"}
 
 
 @pytest.fixture(scope="module")
@@ -404,3 +405,33 @@ def test_inspect_lists_no_attestation_as_a_platform(tmp_path: Path) -> None:
     done = bootc_live("inspect", f"oci:{layout}:t", "--platform", "linux/arm/v7")
     assert done.returncode == 0, done.stderr
     assert "\nplatforms linux/amd64, linux/arm/v7\n" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("entries", "pulled", "machine", "taken"),
+    [
+        ([{"os": "linux", "architecture": "arm64"}, ARM64_V8], "linux/arm64", "aarch64", 0),
+        ([ARM_V7, ARM_V6], "linux/arm/v6", "armv7l", 1),
+    ],
+)
+def test_an_index_pulled_for_one_platform_boots_the_image_it_holds(
+    entries: list[dict[str, str]],
+    pulled: str,
+    machine: str,
+    taken: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bootc-live build/pull --platform keeps the whole index and one image's blobs: the
+    machine it boots prefers another image it runs (aarch64 prefers arm64/v8 to arm64, as
+    containers/image does; armv7l arm/v7 to arm/v6), which is not there, and the boot stopped
+    with 'holds its index only in part' instead of taking the one held."""
+    layout, archive = tmp_path / "layout", tmp_path / "part.tar"
+    write_index(layout, [(plat, False) for plat in entries])
+    done = bootc_live(
+        "pull", "--platform", pulled, f"oci:{layout}:t", "-o", f"oci-archive:{archive}"
+    )
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr(oci._platform, "machine", lambda: machine)
+    image = resolve(ArchiveSource(str(archive)))
+    assert int(image.config["config"]["Labels"]["n"]) == taken

@@ -340,11 +340,12 @@ def _choosable(descs: Sequence[Descriptor]) -> str | None:
     return None
 
 
-def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descriptor:
-    """The entry containers/image picks: the one of the most preferred platform
-    (`Platform.rank`), the first of those; else the first that names no platform."""
+def _rank_platforms(descs: list[Descriptor], plat: Platform, where: str) -> list[Descriptor]:
+    """The entries whose image this platform runs, the one containers/image picks first: those
+    of the most preferred platform (`Platform.rank`) in their order, and so on; those that name
+    no platform last."""
     if len(descs) == 1 and descs[0].platform is None:
-        return descs[0]
+        return descs
     unnamed = len(plat.variants())  # after every platform this one runs
     ranked = []
     for position, desc in enumerate(descs):
@@ -357,7 +358,23 @@ def _pick_platform(descs: list[Descriptor], plat: Platform, where: str) -> Descr
             f"{where} has no image for platform {plat} (offers: {', '.join(offered) or 'none'})",
             f"choose one with bootc.platform={_choosable(descs) or 'OS/ARCH[/VARIANT]'}",
         )
-    return min(ranked, key=lambda item: item[:2])[2]
+    return [desc for _rank, _position, desc in sorted(ranked, key=lambda item: item[:2])]
+
+
+def _open_held(
+    source: ImageSource, ranked: list[Descriptor], where: str
+) -> tuple[Descriptor, BinaryIO]:
+    """The first of `ranked` whose document is here, and the document: an index pulled for one
+    platform holds one image of several this machine runs (arm64 and arm64/v8, arm/v7 and
+    arm/v6), not necessarily the preferred one. MissingBlob (the first's) when none is."""
+    missing: MissingBlob | None = None
+    for desc in ranked:
+        try:
+            return desc, _open_document(source, desc, f"{where}: {short(desc.digest)}")
+        except MissingBlob as err:
+            missing = missing or err
+    assert missing is not None  # `ranked` is never empty
+    raise missing
 
 
 def resolve(
@@ -388,16 +405,19 @@ def resolve(
         # (an untagged image of several; else it pins what the label and platform pick).
         entries = [d for d in entries if d.digest == digest][:1] or entries  # one, if tagged twice
     candidates = _pick_label(entries, label, where)
-    desc = top = _pick_platform(candidates, plat, where)
-    seen = [desc.digest]
-    siblings: list[Descriptor] = []  # the index entries `desc` was picked from
+    ranked = _rank_platforms(candidates, plat, where)
+    top: Descriptor | None = None  # the one picked from index.json
+    seen: list[str] = []
+    siblings: list[Descriptor] = []  # the index entries `ranked` was picked from
     for _depth in range(8):
         try:
-            raw = _open_document(source, desc, f"{where}: {short(desc.digest)}")
+            desc, raw = _open_held(source, ranked, where)
         except MissingBlob:
             if not siblings:
                 raise
             raise _not_held(source, siblings, plat, where) from None
+        top = top or desc
+        seen.append(desc.digest)
         with raw:
             data = read_verified(raw, desc, "manifest")
         if digest is not None and not desc.digest.startswith(digest.partition(":")[0] + ":"):
@@ -407,8 +427,7 @@ def resolve(
         if _kind(desc.media_type, obj, what) == "manifest":
             break
         siblings = _descriptors(obj, what)
-        desc = _pick_platform(siblings, plat, what)
-        seen.append(desc.digest)
+        ranked = _rank_platforms(siblings, plat, what)
     else:
         raise ImageError(f"{where}: indexes nested too deeply")
     if digest is not None and digest not in seen:
@@ -416,6 +435,7 @@ def resolve(
             f"{where}: image digest is {seen[-1]}, not the pinned {digest}",
             "the image changed: update bootc.digest= or rebuild the boot entry",
         )
+    assert top is not None  # set by the first document read
     image = _image_from_manifest(source, desc, obj, what, top)
     if desc.platform is None:  # no descriptor said: the config says (podman save writes none)
         _check_config_platform(image.config, plat, what, None if platform else foreign)
