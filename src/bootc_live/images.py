@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 
 from . import auth, progress, scratch
 from .runtime import cmdline, http, registry
+from .runtime.blobs import Descriptor
 from .runtime.errors import BootcLiveError, ImageError, for_host, shown
-from .runtime.oci import Image, Platform, check_ref_name, resolve, tag_part
+from .runtime.oci import (
+    Image,
+    Platform,
+    check_ref_name,
+    choosable_platform,
+    offered_platforms,
+    resolve,
+    tag_part,
+)
 from .runtime.run import CommandError, run
 from .runtime.sources import ArchiveSource, ImageSource, LayoutSource, looked_at
 
@@ -232,7 +241,7 @@ class CopiedSource(LayoutSource):
                         # The next name only when skopeo found no image by this one: a copy
                         # that failed otherwise (a full $TMPDIR) is told as itself.
                         if i + 1 == len(names) or not _NOT_THERE.search(err.detail):
-                            raise _skopeo_failed(ref, err.detail, work) from None
+                            raise _skopeo_failed(ref, err.detail, work, name, platform) from None
                         scratch.remove(os.path.join(work, first))
             if recompress:
                 assert digest is not None
@@ -279,9 +288,11 @@ def _platform_options(platform: Platform | None) -> list[str]:
     return options + (["--override-variant", platform.variant] if platform.variant else [])
 
 
-def _skopeo_failed(ref: SourceRef, detail: str, work: str) -> ImageError:
+def _skopeo_failed(
+    ref: SourceRef, detail: str, work: str, name: str, platform: Platform | None
+) -> ImageError:
     """skopeo's failure: a copy that could not be written (where $TMPDIR is) is not the
-    SOURCE's fault."""
+    SOURCE's fault; a manifest list without the platform asked is told with those it has."""
     said = _skopeo_says(detail)
     if work in said or "no space left on device" in said.lower():
         return ImageError(
@@ -296,13 +307,33 @@ def _skopeo_failed(ref: SourceRef, detail: str, work: str) -> ImageError:
             "oci-archive:FILE, then read oci-archive:FILE (with --platform), or name the "
             "platform's image itself",
         )
-    if "no image found in" in said:  # a manifest list without the platform asked
+    listed = _listed_platforms(name) if "no image found in" in said else None
+    if listed is not None:  # a manifest list without the platform asked
+        offered, choosable = listed
+        return ImageError(
+            f"{ref} has no image for platform {platform or Platform.host()} (offers: "
+            f"{', '.join(offered) or 'none'})",
+            f"choose one with --platform {choosable or 'OS/ARCH[/VARIANT]'}",
+        )
+    if "no image found in" in said:
         return ImageError(
             f"{ref}: skopeo cannot read it ({said})",
             "choose a platform it has with --platform OS/ARCH[/VARIANT] "
             "(skopeo inspect --raw SOURCE lists them)",
         )
     return ImageError(f"{ref}: skopeo cannot read it ({said})", _SKOPEO_HINTS[ref.transport])
+
+
+def _listed_platforms(name: str) -> tuple[list[str], str | None] | None:
+    """The platforms the manifest list skopeo reads as `name` offers, and the first one
+    --platform picks (None when skopeo cannot say)."""
+    try:
+        raw = run(["skopeo", "inspect", "--raw", name], capture=True, timeout=120).stdout
+        manifests = json.loads(raw).get("manifests")
+        descs = [Descriptor.from_json(m, name) for m in manifests]
+    except (BootcLiveError, ValueError, AttributeError, TypeError):
+        return None
+    return offered_platforms(descs), choosable_platform(descs)  # (as shown: escaped)
 
 
 _SKOPEO_HINTS = {

@@ -327,7 +327,7 @@ def offered_platforms(descs: Sequence[Descriptor]) -> list[str]:
     return list(dict.fromkeys(offered))
 
 
-def _choosable(descs: Sequence[Descriptor]) -> str | None:
+def choosable_platform(descs: Sequence[Descriptor]) -> str | None:
     """The first platform of the entries that bootc.platform= can name so that it picks the
     entry (not one written Linux/AMD64, which reads as linux/amd64, nor ?/amd64)."""
     for name in offered_platforms(descs):
@@ -356,7 +356,7 @@ def _rank_platforms(descs: list[Descriptor], plat: Platform, where: str) -> list
         offered = offered_platforms(descs)
         raise ImageError(
             f"{where} has no image for platform {plat} (offers: {', '.join(offered) or 'none'})",
-            f"choose one with bootc.platform={_choosable(descs) or 'OS/ARCH[/VARIANT]'}",
+            f"choose one with bootc.platform={choosable_platform(descs) or 'OS/ARCH[/VARIANT]'}",
         )
     return [desc for _rank, _position, desc in sorted(ranked, key=lambda item: item[:2])]
 
