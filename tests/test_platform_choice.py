@@ -435,3 +435,21 @@ def test_an_index_pulled_for_one_platform_boots_the_image_it_holds(
     monkeypatch.setattr(oci._platform, "machine", lambda: machine)
     image = resolve(ArchiveSource(str(archive)))
     assert int(image.config["config"]["Labels"]["n"]) == taken
+
+
+def test_an_index_held_in_part_names_the_images_held_not_attestations(tmp_path: Path) -> None:
+    """A buildx index of which only the amd64 image and the attestations are here (copied so,
+    or pulled with --platform by a tool that keeps attestations): asked for arm64, it said
+    'it holds linux/amd64, unknown/unknown'."""
+    layout = tmp_path / "layout"
+    attestation = ({"os": "unknown", "architecture": "unknown"}, True)
+    digests = write_index(
+        layout, [attestation, (AMD64, False), attestation, (ARM64_V8, False), attestation]
+    )
+    (layout / "blobs/sha256" / digests[3].removeprefix("sha256:")).unlink()
+    with pytest.raises(ImageError) as err:
+        resolve(LayoutSource(str(layout)), label="t", platform=Platform.parse("linux/arm64"))
+    assert err.value.line().endswith(
+        "holds its index only in part: not its image for linux/arm64 (it holds linux/amd64); "
+        "choose one with bootc.platform=linux/amd64"
+    ), err.value.line()

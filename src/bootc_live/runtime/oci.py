@@ -453,12 +453,12 @@ def _not_held(
             _open_document(source, entry, f"{where}: {short(entry.digest)}").close()
         except ImageError:  # not here (MissingBlob), or no image's (an artifact's)
             continue
-        if entry.platform:
-            held.append(str(_platform_of(entry.platform)))
+        held.append(entry)
+    offered = offered_platforms(held)
     return ImageError(
         f"{where} holds its index only in part: not its image for {plat} (it holds "
-        f"{', '.join(held) or 'none'})",
-        f"choose one with bootc.platform={held[0] if held else 'OS/ARCH'}",
+        f"{', '.join(offered) or 'none'})",
+        f"choose one with bootc.platform={choosable_platform(held) or 'OS/ARCH[/VARIANT]'}",
     )
 
 
