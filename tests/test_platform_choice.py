@@ -44,12 +44,18 @@ def _blob(layout: Path, data: bytes) -> dict[str, Any]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
+Entries = list[tuple[dict[str, Any] | None, bool]]
+Nest = tuple[int, dict[str, Any] | None] | None
+
+
 def write_index(
-    layout: Path, entries: list[tuple[dict[str, str] | None, bool]], docker: bool = False
+    layout: Path, entries: Entries, docker: bool = False, nest: Nest = None
 ) -> list[str]:
     """An OCI layout tagged `t`: an index (a Docker manifest list if `docker`) of one image per
     entry (its platform, or None for none; whether it is an attestation); each image's config
-    has the label n=its position, and the entry's platform. Returns the manifests' digests."""
+    has the label n=its position, and the entry's platform. `nest` (FROM, PLATFORM): the
+    entries from FROM on are in an index of their own, the last entry, of PLATFORM (or of
+    none). Returns the manifests' digests."""
     layout.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     layer = _blob(layout, bytes(1024))  # an empty tar
@@ -71,7 +77,7 @@ def write_index(
             "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
         }
         if plat is not None:  # (an image whose entry says none: its config says none either)
-            config.update(os=plat.get("os", ""), architecture=plat.get("architecture", ""))
+            config.update(os=plat.get("os") or "", architecture=plat.get("architecture") or "")
         manifest = {
             "schemaVersion": 2,
             "mediaType": manifest_type,
@@ -89,6 +95,13 @@ def write_index(
         listed.append(entry)
         digests.append(entry["digest"])
     index_type = DOCKER_LIST if docker else OCI_INDEX
+    if nest is not None and nest[0] < len(listed):
+        start, plat = nest
+        inner = {"schemaVersion": 2, "mediaType": index_type, "manifests": listed[start:]}
+        entry = {"mediaType": index_type, **_blob(layout, json.dumps(inner).encode())}
+        if plat is not None:
+            entry["platform"] = plat
+        listed = [*listed[:start], entry]
     index = _blob(
         layout,
         json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": listed}).encode(),
@@ -141,13 +154,18 @@ VARIANTS = st.sampled_from(["", "v1", "v2", "v3", "v5", "v6", "v7", "v8", "v9"])
 
 
 @st.composite
-def platforms(draw: st.DrawFn) -> dict[str, str]:
-    plat = {"os": draw(OSES), "architecture": draw(ARCHES)}
+def platforms(draw: st.DrawFn) -> dict[str, Any]:
+    plat: dict[str, Any] = {"os": draw(OSES), "architecture": draw(ARCHES)}
     variant = draw(VARIANTS)
     if variant:
         plat["variant"] = variant
     if draw(st.booleans()):  # fields containers/image does not compare
         plat["os.version"] = "10.0.17763.1234"
+        plat["os.features"] = ["win32k"]
+    for field in draw(st.sets(st.sampled_from(["os", "architecture", "variant"]), max_size=1)):
+        plat[field] = draw(st.sampled_from([None, "", "absent"]))  # null, empty, left out
+        if plat[field] == "absent":
+            del plat[field]
     return plat
 
 
@@ -180,22 +198,27 @@ def skopeo() -> None:
 
 
 @pytest.mark.usefixtures("skopeo")
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ENTRIES, WANTED, st.booleans())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ENTRIES,
+    WANTED,
+    st.booleans(),
+    st.none() | st.tuples(st.integers(0, 5), st.none() | platforms()),
+)
 # podman manifest add of a GOAMD64=v3 build first, the baseline second: v3 was taken.
-@example([(AMD64_V3, False), (AMD64, False)], Platform("linux", "amd64"), False)
+@example([(AMD64_V3, False), (AMD64, False)], Platform("linux", "amd64"), False, None)
 # arm/v7 runs an arm/v6 image: it was refused.
-@example([(ARM_V6, False)], Platform("linux", "arm", "v7"), False)
+@example([(ARM_V6, False)], Platform("linux", "arm", "v7"), False, None)
 # No variant asked: arm/v7 before arm/v6 (then v5), whatever their order.
-@example([(ARM_V6, False), (ARM_V7, False)], Platform("linux", "arm"), True)
+@example([(ARM_V6, False), (ARM_V7, False)], Platform("linux", "arm"), True, None)
 # amd64/v2 runs amd64: it was refused.
-@example([(AMD64, False)], Platform("linux", "amd64", "v2"), False)
+@example([(AMD64, False)], Platform("linux", "amd64", "v2"), False, None)
 def test_the_image_taken_is_the_one_skopeo_takes(
-    entries: list[tuple[dict[str, str] | None, bool]], wanted: Platform, docker: bool
+    entries: Entries, wanted: Platform, docker: bool, nest: Nest
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         layout = Path(tmp, "layout")
-        write_index(layout, entries, docker=docker)
+        write_index(layout, entries, docker=docker, nest=nest)
         expected = skopeo_takes(layout, wanted)
         if docker and expected is None:
             # A Docker list's entry without a platform is never skopeo's; bootc-live takes it
