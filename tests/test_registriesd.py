@@ -4,6 +4,10 @@ writes signatures for the same configuration is checked in test_signatures.py.""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,8 @@ from bootc_live.runtime.registriesd import (
     signature_url,
     signature_urls,
 )
+from fakeregistry import REPO, TAG, Knobs, serve
+from imagegen import build_layout, f, layer_tar
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -69,7 +75,6 @@ def test_the_yaml_subset_reads_nested_mappings_strings_and_booleans() -> None:
         ("a: *anchor\n", "x.yaml:1: *anchor is beyond the YAML read here"),
         ("a: !!str x\n", "x.yaml:1: !!str x is beyond the YAML read here"),
         ("a: |\n  text\n", "x.yaml:1: | is beyond the YAML read here"),
-        ("a: yes\n", "x.yaml:1: yes is ambiguous in YAML: write true or false"),
         ("a: 'open\n", "x.yaml:1: a quoted string is not closed on its line"),
         ('a: "x" y\n', "x.yaml:1: text after a quoted string"),
         ('a: "\\q"\n', "x.yaml:1: the escape \\q is not read here"),
@@ -86,36 +91,44 @@ def test_what_the_yaml_subset_refuses(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("dockerr:\n", "a.yaml: dockerr is not a known section"),
-        ("docker: x\n", "a.yaml: docker must be a mapping of scopes"),
-        ("default-docker: x\n", "a.yaml: default-docker must be a mapping"),
-        (
-            "docker:\n  q.io:\n    lookasides: x\n",
-            "a.yaml: docker.q.io.lookasides is not a known setting",
-        ),
+        ("docker: x\n", "a.yaml:1: docker must be a mapping of scopes"),
+        ("default-docker: x\n", "a.yaml:1: default-docker must be a mapping"),
         (
             "docker:\n  q.io:\n    lookaside: /srv/sigs\n",
-            "a.yaml: docker.q.io.lookaside must be a file://, http:// or https:// URL",
+            "a.yaml:3: docker.q.io.lookaside must be a file://, http:// or https:// URL",
         ),
         (
             "docker:\n  q.io:\n    sigstore: ftp://x/\n",
-            "a.yaml: docker.q.io.sigstore must be a file://, http:// or https:// URL",
+            "a.yaml:3: docker.q.io.sigstore must be a file://, http:// or https:// URL",
         ),
         (
             "default-docker:\n  use-sigstore-attachments: 'true'\n",
-            "a.yaml: default-docker.use-sigstore-attachments must be true or false",
+            "a.yaml:2: default-docker.use-sigstore-attachments must be true or false",
+        ),
+        (
+            "default-docker:\n  Use-Sigstore-Attachments: yEs\n",  # not YAML 1.1's
+            "a.yaml:2: default-docker.Use-Sigstore-Attachments must be true or false",
         ),
         (
             "docker:\n  q.io:\n    lookaside: true\n",
-            "a.yaml: docker.q.io.lookaside must be a file://",
+            "a.yaml:3: docker.q.io.lookaside must be a file://",
         ),
         (
             "docker:\n  q.io:\n    lookaside: file:///srv/sigs%00/x\n",
-            "a.yaml: docker.q.io.lookaside: its path has a NUL or bytes that are not UTF-8 (%00…)",
+            "a.yaml:3: docker.q.io.lookaside: its path has a NUL or bytes that are not UTF-8",
         ),
         (
             "default-docker:\n  lookaside-staging: https://s.example/%ff\n",
-            "a.yaml: default-docker.lookaside-staging: its path has a NUL or bytes that are not",
+            "a.yaml:2: default-docker.lookaside-staging: its path has a NUL or bytes that are not",
+        ),
+        (
+            "default-docker:\n  lookaside: file:///a\n  LookAside: file:///b\n",
+            "a.yaml:3: LookAside sets default-docker.lookaside, as lookaside does (a.yaml:2): "
+            "keep one",
+        ),
+        (
+            "Docker:\n  q.io:\ndocker:\n  r.io:\n",
+            "a.yaml:3: docker sets docker, as Docker does (a.yaml:1): keep one",
         ),
     ],
 )
@@ -128,7 +141,10 @@ def test_malformed_sections_are_errors(text: str, message: str) -> None:
 def test_two_files_may_not_configure_the_same_thing() -> None:
     with pytest.raises(RegistriesDError) as err:
         RegistriesD.parse(
-            {"a.yaml": "default-docker:\n  lookaside: file:///a\n", "b.yaml": "default-docker:\n"}
+            {
+                "a.yaml": "default-docker:\n  lookaside: file:///a\n",
+                "b.yaml": "default-docker:\n  x:\n",
+            }
         )
     assert str(err.value) == '"default-docker" is defined both in a.yaml and b.yaml'
     with pytest.raises(RegistriesDError) as err:
@@ -273,3 +289,81 @@ def test_files_skopeo_reads_are_read_alike() -> None:
     with pytest.raises(RegistriesDError) as err:
         RegistriesD.parse({"a.yaml": "default-docker:\n  lookaside-staging: mnt/relative\n"})
     assert "must be a file://, http:// or https:// URL" in str(err.value)
+
+
+# What skopeo (containers/image) reads from the same files: which store it reads an image's
+# signatures from, and whether it asks for the sigstore attachment tag.
+
+SKOPEO_READS = [
+    # Names match whatever their case (Go's encoding/json), U+017F standing for s.
+    "default-docker:\n  Lookaside: file://@T@/A\n",
+    "Default-Docker:\n  lookaside: file://@T@/A\n",
+    "default-docker:\n  u\u017fe-\u017figstore-attachments: true\n",
+    # Names it does not know are passed over, at any level.
+    "unknown: 1\ndefault-docker:\n  lookaside: file://@T@/A\n  lookasid: file://@T@/B\n",
+    # Empty and null values are not set: a less specific section's apply.
+    "default-docker:\n  lookaside: file://@T@/A\ndocker:\n  @H@:\n    lookaside: ''\n",
+    "default-docker:\n  lookaside: file://@T@/A\ndocker:\n  @H@:\n    lookaside:\n",
+    "default-docker:\n  use-sigstore-attachments:\n",
+    # YAML 1.1's booleans.
+    "default-docker:\n  use-sigstore-attachments: yes\n",
+    "default-docker:\n  use-sigstore-attachments: On\n",
+    "default-docker:\n  use-sigstore-attachments: y\n",
+    "docker:\n  @H@:\n    use-sigstore-attachments: off\ndefault-docker:\n"
+    "  use-sigstore-attachments: true\n",
+    # The most specific scope that sets a value; a host without its port is another.
+    "docker:\n  @H@/x:\n    lookaside: file://@T@/B\n  '*.0.1':\n    lookaside: file://@T@/C\n"
+    "  127.0.0.1:\n    lookaside: file://@T@/D\n",
+    "docker:\n  '*.0.1':\n    lookaside: file://@T@/C\n  127.0.0.1:\n    lookaside: file://@T@/D\n",
+    "default-docker:\n  sigstore: file://@T@/B\n  lookaside: file://@T@/A\n",
+    # A null default-docker is none: another file may define it.
+    {"a.yaml": "default-docker:\n", "b.yaml": "default-docker:\n  lookaside: file://@T@/B\n"},
+]
+
+
+@pytest.fixture(scope="module")
+def skopeo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A registry serving x/y:v1, and file stores A … D each holding a signature-1 for it
+    that names its store; (where the stores are, the registry's host)."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("needs skopeo")
+    tmp = tmp_path_factory.mktemp("skopeo-registriesd")
+    digest = build_layout(tmp / "layout", [layer_tar([f("etc/motd", b"hi\n")])]).manifest_digest
+    for store in "ABCD":
+        where = tmp / store / f"{REPO}@{digest.replace(':', '=')}"
+        where.mkdir(parents=True)
+        (where / "signature-1").write_text(store)
+    with serve(tmp / "layout", Knobs()) as registry:
+        yield tmp, registry.host
+
+
+@pytest.mark.parametrize("files", SKOPEO_READS)
+def test_skopeo_reads_the_same_store_and_attachments(
+    files: str | dict[str, str], skopeo_registry: tuple[Path, str], tmp_path: Path
+) -> None:
+    stores, host = skopeo_registry
+    texts = {"a.yaml": files} if isinstance(files, str) else files
+    texts = {n: t.replace("@T@", str(stores)).replace("@H@", host) for n, t in texts.items()}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    done = subprocess.run(
+        ["skopeo", "copy", "--policy", str(tmp_path / "policy.json"),
+         "--registries.d", str(tmp_path), "--src-tls-verify=false", "--debug",
+         f"docker://{host}/{REPO}:{TAG}", f"dir:{tmp_path}/out"],
+        capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    # skopeo fails at our signature-N (not a signature), before it would look for attachments:
+    # the message names the file it read. With no store of ours, it asks for the attachments
+    # tag when it reads them.
+    read = re.search(rf"{re.escape(str(stores))}/([A-D])/{REPO}@", done.stderr)
+    asked = re.search(rf"/v2/{REPO}/manifests/sha256-[0-9a-f]{{64}}\.sig", done.stderr)
+    config = RegistriesD.parse(texts)
+    ref = DockerReference.parse(f"{host}/{REPO}:{TAG}")
+    url = config.lookaside(ref)
+    store = url.removeprefix(f"file://{stores}/")[0] if str(stores) in url else None
+    if read:
+        assert store == read.group(1), done.stderr[-2000:]
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (store, config.use_sigstore_attachments(ref)) == (None, bool(asked))

@@ -7,6 +7,11 @@ sigstore attachments are used. The section of the most specific scope that sets 
 applies (the image, its repository, parent namespaces, the host, `*.` wildcards — the lookup
 of policy.json's docker scopes), then `default-docker`, then the built-in default.
 
+As containers/image reads these files (YAML into Go's encoding/json): section and setting
+names match whatever their case, a name it does not know is passed over, an empty or null
+value is one not set, and YAML 1.1's yes/no/on/off are booleans. Two names in one mapping that
+mean the same setting are an error (containers/image takes one of them silently).
+
 The files are read by a small YAML subset (block mappings of plain or quoted strings and
 booleans, comments); anything beyond it is an error naming the file and line, never a guess.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Union
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -31,25 +36,37 @@ URL_SCHEMES = ("file", "http", "https")
 Value = Union[str, bool, None, "dict[str, Value]"]
 
 
+class YamlMapping(dict[str, Value]):
+    """A mapping as read, with the line each key is on (for messages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
+
+
 class RegistriesDError(BootcLiveError):
     """A registries.d file is malformed, or two of them disagree."""
 
 
 # The YAML subset.
 
-_BOOLEANS = {"true": True, "True": True, "TRUE": True}
-_BOOLEANS.update({"false": False, "False": False, "FALSE": False})
-_NOT_BOOLEANS = ("yes", "no", "on", "off", "y", "n")  # YAML 1.1 booleans, read differently
+# YAML 1.1's booleans, as go-yaml v2 (which containers/image reads these files with) has them.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"), True),
+    **dict.fromkeys(("y", "Y"), True),
+    **dict.fromkeys(("false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"), False),
+    **dict.fromkeys(("n", "N"), False),
+}
 _BEYOND = "&*!|>[]{}%@`"  # anchors, aliases, tags, block scalars, flow collections, directives
 
 
-def parse_yaml(text: str, source: str) -> dict[str, Value]:
+def parse_yaml(text: str, source: str) -> YamlMapping:
     """A YAML document of nested block mappings whose leaves are strings, booleans or empty."""
-    root: dict[str, Value] = {}
+    root = YamlMapping()
     # (indent of the mapping's keys, the mapping); the key that opened a mapping awaits its
     # first line to learn the indent.
-    stack: list[tuple[int, dict[str, Value]]] = [(0, root)]
-    opened: tuple[dict[str, Value], str] | None = None
+    stack: list[tuple[int, YamlMapping]] = [(0, root)]
+    opened: tuple[YamlMapping, str] | None = None
     begun = False  # past the document's start: its first line or a `---`
     for number, raw in enumerate(text.split("\n"), 1):
         where = f"{source}:{number}"
@@ -69,7 +86,7 @@ def parse_yaml(text: str, source: str) -> dict[str, Value]:
             parent, key = opened
             opened = None
             if indent > stack[-1][0]:
-                child: dict[str, Value] = {}
+                child = YamlMapping()
                 parent[key] = child
                 stack.append((indent, child))
         while indent < stack[-1][0]:
@@ -81,6 +98,7 @@ def parse_yaml(text: str, source: str) -> dict[str, Value]:
         if key in mapping:
             raise RegistriesDError(f"{where}: {shown(key)} appears twice in one mapping")
         mapping[key] = _scalar(value, where) if value else None
+        mapping.lines[key] = number
         if not value:
             opened = (mapping, key)
     return root
@@ -166,8 +184,6 @@ def _scalar(text: str, where: str) -> Value:
         return _BOOLEANS[text]
     if text in ("~", "null", "Null", "NULL"):
         return None
-    if text.lower() in _NOT_BOOLEANS:
-        raise RegistriesDError(f"{where}: {text} is ambiguous in YAML: write true or false")
     if text[0] in _BEYOND or text.startswith(("- ", "? ")):
         raise RegistriesDError(f"{where}: {shown(text)} is beyond the YAML read here")
     return text
@@ -197,21 +213,64 @@ class Section:
 _FIELDS = {f.name.replace("_", "-"): f.name for f in fields(Section) if f.name != "source"}
 
 
-def _section(value: Value, source: str, where: str) -> Section:
+def _go_name(key: str) -> str | None:
+    """`key` as Go's encoding/json compares it with a field's (ASCII) name: regardless of case,
+    with U+017F and U+212A for s and k (every name here has one of them); None when it can be
+    no name of ours."""
+    folded = key.replace("\u017f", "s").replace("\u212a", "k")
+    return folded.lower() if folded.isascii() else None
+
+
+def _where(mapping: Value, key: str, source: str) -> str:
+    """file:line of `key` in `mapping` (file alone when the line is not known)."""
+    line = mapping.lines.get(key) if isinstance(mapping, YamlMapping) else None
+    return f"{source}:{line}" if line else source
+
+
+def _known(
+    mapping: dict[str, Value], names: Collection[str], source: str, where: str
+) -> dict[str, tuple[str, Value]]:
+    """{name: (key as written, value)} for the keys of `mapping` that are one of `names` as
+    containers/image matches them; the others it passes over, and so do we. Two keys for one
+    name are an error: containers/image would take one (the last by byte order) silently."""
+    found: dict[str, tuple[str, Value]] = {}
+    for key, value in mapping.items():
+        name = _go_name(key)
+        if name is None or name not in names:
+            continue
+        if name in found:
+            first = found[name][0]
+            raise RegistriesDError(
+                f"{_where(mapping, key, source)}: {shown(key)} sets {_join(where, name)}, as "
+                f"{shown(first)} does ({_where(mapping, first, source)}): keep one"
+            )
+        found[name] = (key, value)
+    return found
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _section(value: Value, at: str, source: str, where: str) -> Section | None:
+    """The section `value` (at file:line `at`); None when it is null, which containers/image
+    reads as no section for default-docker."""
     if value is None:
-        return Section(source)
+        return None
     if not isinstance(value, dict):
-        raise RegistriesDError(f"{source}: {where} must be a mapping")
+        raise RegistriesDError(f"{at}: {where} must be a mapping")
     settings: dict[str, str | bool] = {}
-    for key, item in value.items():
-        at = f"{source}: {where}.{key}"
-        if key not in _FIELDS:
-            raise RegistriesDError(f"{at} is not a known setting")
+    for key, (written, item) in _known(value, _FIELDS, source, where).items():
+        at = f"{_where(value, written, source)}: {where}.{written}"
+        if item is None:
+            continue  # null: not set
         if key == "use-sigstore-attachments":
             if not isinstance(item, bool):
                 raise RegistriesDError(f"{at} must be true or false")
             settings[_FIELDS[key]] = item
             continue
+        if item == "":
+            continue  # an empty URL is none, and a less specific section's applies
         if key.endswith("-staging") and isinstance(item, str) and item.startswith("/"):
             # Only written to (by skopeo, podman): containers-registries.d(5)'s example names a
             # directory, as a path.
@@ -271,24 +330,29 @@ class RegistriesD:
         docker: dict[str, Section] = {}
         for source, text in texts.items():
             doc = parse_yaml(text, source)
-            for key in doc:
-                if key not in ("default-docker", "docker"):
-                    raise RegistriesDError(f"{source}: {shown(key)} is not a known section")
-            if "default-docker" in doc:
+            sections = _known(doc, ("default-docker", "docker"), source, "")
+            key, value = sections.get("default-docker", ("", None))
+            found = _section(value, _where(doc, key, source), source, "default-docker")
+            if found is not None:
                 if default is not None:
                     raise RegistriesDError(
                         f'"default-docker" is defined both in {default.source} and {source}'
                     )
-                default = _section(doc["default-docker"], source, "default-docker")
-            scopes = doc.get("docker") or {}
+                default = found
+            key, scopes = sections.get("docker", ("", None))
+            if scopes is None:
+                continue
             if not isinstance(scopes, dict):
-                raise RegistriesDError(f"{source}: docker must be a mapping of scopes")
+                raise RegistriesDError(
+                    f"{_where(doc, key, source)}: docker must be a mapping of scopes"
+                )
             for scope, value in scopes.items():
                 if scope in docker:
                     raise RegistriesDError(
                         f"{shown(scope)} is configured both in {docker[scope].source} and {source}"
                     )
-                docker[scope] = _section(value, source, f"docker.{scope}")
+                at = _where(scopes, scope, source)
+                docker[scope] = _section(value, at, source, f"docker.{scope}") or Section(source)
         return cls(docker, default)
 
     def _sections(self, ref: DockerReference) -> list[Section]:
