@@ -9,8 +9,10 @@ import base64
 import copy
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -438,6 +440,46 @@ def test_a_missing_key_file_is_an_error_naming_it(keys: Path) -> None:
         f'{keys}/k1: key named by transports.docker["example.com/ns"][0] cannot be read: '
         "No such file or directory"
     )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/null", "directory", "too large"])
+def test_a_key_that_is_no_key_file_is_refused_without_waiting(
+    keys: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keyPath naming a FIFO blocked the check (the host's `inspect`, `check`) for ever, and a
+    device such as /dev/zero was read without end: refused now, naming the key."""
+    key = keys / "k1"
+    key.unlink()
+    if kind == "fifo":
+        os.mkfifo(key)
+    elif kind == "/dev/null":
+        key.symlink_to("/dev/null")
+    elif kind == "directory":
+        key.mkdir()
+    else:
+        key.write_bytes(b"k" * 1001)
+        monkeypatch.setattr(policy, "KEY_LIMIT", 1000, raising=False)
+    outcome: list[BaseException | policy.Verdict] = []
+
+    def check() -> None:
+        try:
+            outcome.append(evaluate(keys, [signed_by("k1")], [sig("simple", str(key))]))
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # the old code, blocked in open(): let it go before failing
+        os.close(os.open(key, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("the check waited on the key")
+    (err,) = outcome
+    assert isinstance(err, PolicyError), err
+    assert err.reason == "key missing"
+    what = "is larger than 1000 bytes" if kind == "too large" else "is not a regular file"
+    assert str(err).startswith(f"{key}: key named by transports.docker")
+    assert what in str(err)
 
 
 def test_key_data_is_the_key(keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:

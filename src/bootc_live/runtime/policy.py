@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ _STAGE = {
 
 DEFAULT_PATH = "/etc/containers/policy.json"
 POLICY_LIMIT = 1 << 20
+KEY_LIMIT = 64 << 20  # bytes of one key file (a keyring of thousands of keys is smaller)
 
 # docker/distribution's reference grammar.
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -239,17 +241,44 @@ class Requirement:
         """(name, contents) of each key file, or of the inline keyData."""
         if self.key_data is not None:
             return [(f"keyData of {self.where}", self.key_data)]
-        keys = []
-        for path in self.key_paths:
-            try:
-                with open(path, "rb") as f:
-                    keys.append((path, f.read()))
-            except OSError as err:
-                raise PolicyError(
-                    f"{path}: key named by {self.where} cannot be read: {err.strerror}",
-                    KEY_MISSING,
-                ) from None
-        return keys
+        return [(path, _read_key(path, self.where)) for path in self.key_paths]
+
+
+def _read_key(path: str, where: str) -> bytes:
+    """A key file's contents: a regular file of at most KEY_LIMIT bytes. A FIFO would block the
+    open or the read, a device (/dev/zero) would be read without end: opened without waiting,
+    then checked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise PolicyError(
+            f"{path}: key named by {where} cannot be read: {err.strerror}", KEY_MISSING
+        ) from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if regular:
+            os.set_blocking(fd, True)
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(KEY_LIMIT + 1)
+    except OSError as err:
+        raise PolicyError(
+            f"{path}: key named by {where} cannot be read: {err.strerror}", KEY_MISSING
+        ) from None
+    finally:
+        os.close(fd)
+    if not regular:
+        raise PolicyError(
+            f"{path}: key named by {where} is not a regular file (a directory, pipe or device)",
+            KEY_MISSING,
+            "name a key file in the policy",
+        )
+    if len(data) > KEY_LIMIT:
+        raise PolicyError(
+            f"{path}: key named by {where} is larger than {KEY_LIMIT} bytes: no key file is",
+            KEY_MISSING,
+            "name a key file in the policy",
+        )
+    return data
 
 
 @dataclass(frozen=True)
