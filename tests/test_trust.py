@@ -9,6 +9,8 @@ verdict and reason is asserted exactly, and a refusal comes before any layer blo
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -467,6 +469,42 @@ def test_a_file_lookaside_path_that_is_not_one_is_refused(path: str) -> None:
         trust.lookaside(f"file:///tmp/{path}/x/y", digest, POLICY, print)
     assert str(caught.value).startswith(f"lookaside file:///tmp/{path}/x/y@sha256=")
     assert str(caught.value).endswith("/signature-1: not a usable file path")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_file_lookaside_signature_that_is_no_file_is_refused_without_waiting(
+    tmp_path: Path, kind: str
+) -> None:
+    """signature-1 a FIFO blocked gathering (the boot, `inspect`) in open() for ever; a link
+    to /dev/zero was read up to the limit. Refused now, naming it."""
+    digest = "sha256:" + "1" * 64
+    where = tmp_path / f"{REPO}@sha256={'1' * 64}"
+    where.mkdir(parents=True)
+    signature = where / "signature-1"
+    if kind == "fifo":
+        os.mkfifo(signature)
+    else:
+        signature.symlink_to(kind)
+    outcome: list[BaseException | list[trust.Found]] = []
+
+    def gather() -> None:
+        try:
+            outcome.append(trust.lookaside(f"file://{tmp_path}/{REPO}", digest, POLICY, print))
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=gather, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # the old code, blocked in open(): let it go before failing
+        os.close(os.open(signature, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("gathering waited on the lookaside")
+    (err,) = outcome
+    assert isinstance(err, trust.TrustError), err
+    assert str(err).startswith(f"lookaside {str(tmp_path)[:40]}")
+    assert str(err).endswith("/signature-1 is not a regular file (a pipe or a device)")
+    assert err.line().endswith("; remove it from the store")
 
 
 # A registry: lookaside (nginx, file://) and sigstore attachments.

@@ -29,7 +29,7 @@ from .oci import is_signature_tag as is_signature_tag  # the contract's name for
 from .registriesd import RegistriesD, signature_urls
 from .registry import RegistrySource
 from .signatures import Signature, SignatureError
-from .sources import ImageSource
+from .sources import ImageSource, open_file
 
 SIGSTORE_SUFFIX = ".sig"  # cosign's signature manifest
 SIMPLE_SUFFIX = ".simplesig"  # simple-signing signatures carried in a layout
@@ -416,10 +416,14 @@ def _fetch(
     except ValueError:  # a NUL, bytes that are not UTF-8
         raise TrustError(f"lookaside {shown(url)}: not a usable file path") from None
     try:
-        with open(path, "rb") as f:
+        # Opened without waiting, then checked: a FIFO would block the open or the read for
+        # ever, a device (/dev/zero) give bytes without end.
+        with open_file(path, f"lookaside {shown(path)}", hint="remove it from the store") as f:
             data = f.read(SIGNATURE_LIMIT + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except ImageError as err:
+        raise TrustError(str(err), err.hint) from None
     except OSError as err:
         raise TrustError(f"lookaside {shown(path)}: cannot be read: {err.strerror}") from None
     if len(data) > SIGNATURE_LIMIT:
