@@ -299,6 +299,8 @@ SKOPEO_READS = [
     "default-docker:\n  Lookaside: file://@T@/A\n",
     "Default-Docker:\n  lookaside: file://@T@/A\n",
     "default-docker:\n  u\u017fe-\u017figstore-attachments: true\n",
+    # A byte order mark before the first name, and CRLF line ends.
+    "\ufeffdefault-docker:\r\n  lookaside: file://@T@/A\r\n",
     # Names it does not know are passed over, at any level.
     "unknown: 1\ndefault-docker:\n  lookaside: file://@T@/A\n  lookasid: file://@T@/B\n",
     # Empty and null values are not set: a less specific section's apply.

@@ -68,7 +68,8 @@ def parse_yaml(text: str, source: str) -> YamlMapping:
     stack: list[tuple[int, YamlMapping]] = [(0, root)]
     opened: tuple[YamlMapping, str] | None = None
     begun = False  # past the document's start: its first line or a `---`
-    for number, raw in enumerate(text.split("\n"), 1):
+    # A byte order mark may start the stream (YAML 1.1 5.2; go-yaml drops it).
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
         where = f"{source}:{number}"
         line = _strip_comment(raw.rstrip("\r"), where)
         if not line.strip():
