@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from .runtime.mounts import within
 from .runtime.tools import TOOLS
 
 PATH = ("usr/sbin", "usr/bin", "sbin", "bin")
@@ -108,33 +109,9 @@ def needed(data: bytes) -> list[str] | None:
 
 def inside(root: Path, rel: str) -> str | None:
     """Where `rel` leads in the tree at `root`, following its symlinks as a process chrooted
-    there would (an absolute target is from `root`, `..` stops at it): a relative path that
-    exists, "" for the root itself, or None (a dangling link, a loop)."""
-    parts = rel.split("/")
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = root.joinpath(*done, part)
-        if here.is_symlink():
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            parts = target.split("/") + parts
-            continue
-        if not os.path.lexists(here):
-            return None
-        done.append(part)
-    return "/".join(done)
+    there would (mounts.within): a relative path that exists, "" for the root itself, or None
+    (a dangling link, a loop)."""
+    return within(os.fspath(root), rel)
 
 
 def has(root: Path, rel: str, kind: str = "file") -> bool:

@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from typing import BinaryIO
 
 from .errors import BootcLiveError, shown
+from .mounts import within
 
 # Where PID 1 of the systemd initrd looks when init= is not given (main.c, after switch root:
 # its own binary's path, then the fallback); the classic initrd looks for /sbin/init.
 DEFAULT_INITS = ("/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init")
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
-MAX_LINKS = 40  # the kernel's limit (ELOOP)
 MAX_SCRIPTS = 4  # nested #! interpreters the kernel follows (binfmt_script)
 EM_NAMES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64",
             183: "aarch64", 243: "riscv64", 258: "loongarch64"}  # fmt: skip
@@ -44,36 +44,10 @@ class HandoverError(BootcLiveError):
 
 
 def resolve(root: str, path: str) -> str | None:
-    """`path` (absolute, as seen from inside `root`) resolved inside `root`, every link
-    followed there (an absolute target starts again at `root`, `..` stops at it); the path
-    on this side, or None if it does not exist (a dangling or looping link too)."""
-    todo = [p for p in path.split("/") if p]
-    done: list[str] = []
-    links = 0
-    while todo:
-        part = todo.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = os.path.join(root, *done, part)
-        try:
-            st = os.lstat(here)
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_LINKS:
-                return None
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p] + todo
-            continue
-        done.append(part)
-    return os.path.join(root, *done)
+    """`path` (absolute, as seen from inside `root`) resolved inside `root` (mounts.within):
+    the path on this side, or None if it does not exist (a dangling or looping link too)."""
+    where = within(root, path)
+    return None if where is None else os.path.join(root, where)
 
 
 def present(root: str, path: str) -> bool:

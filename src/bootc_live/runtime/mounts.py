@@ -84,12 +84,14 @@ def _remount_bind(target: str, rw: bool) -> None:
     run(["mount", "-o", "remount,bind," + ("rw" if rw else "ro"), target])
 
 
-def in_root(root: str, name: str) -> str:
-    """Where `name` lies in the tree at `root` as the booted system sees it: its symbolic links
-    followed inside the root (an absolute target from the root, `..` never above it), the
-    path relative to `root` ("" for the root itself)."""
+def within(root: str, path: str, *, existing: bool = True) -> str | None:
+    """Where `path` leads in the tree at `root`, its symbolic links followed as a process
+    chrooted there follows them (an absolute target starts again at `root`, `..` stops at
+    it): the path relative to `root` ("" for the root itself). None for a loop of links (over
+    the kernel's MAX_SYMLINKS) and, when `existing`, for a path that does not exist (a dangling
+    link too); without, a missing part is taken as named (where a directory would be made)."""
     done: list[str] = []
-    todo = list(reversed(name.split("/")))
+    todo = list(reversed(path.split("/")))
     links = 0
     while todo:
         part = todo.pop()
@@ -99,21 +101,32 @@ def in_root(root: str, name: str) -> str:
             if done:
                 done.pop()
             continue
-        path = os.path.join(root, *done, part)
-        if not os.path.islink(path):
+        here = os.path.join(root, *done, part)
+        if not os.path.islink(here):
+            if existing and not os.path.lexists(here):
+                return None
             done.append(part)
             continue
         links += 1
         if links > MAX_SYMLINKS:
-            raise PlaceError(
-                f"the image's /{name} is a loop of symbolic links",
-                f"fix /{name} in the image: a directory, or a link to one",
-            )
-        target = os.readlink(path)
+            return None
+        target = os.readlink(here)
         if target.startswith("/"):
             done.clear()
         todo.extend(reversed(target.split("/")))
     return "/".join(done)
+
+
+def in_root(root: str, name: str) -> str:
+    """Where /`name` lies in the tree at `root` as the booted system sees it (`within`), made
+    or not; a loop of links is refused."""
+    where = within(root, name, existing=False)
+    if where is None:
+        raise PlaceError(
+            f"the image's /{name} is a loop of symbolic links",
+            f"fix /{name} in the image: a directory, or a link to one",
+        )
+    return where
 
 
 def places(newroot: str, plan: MountPlan, *, make: bool) -> list[tuple[str, str, bool]]:

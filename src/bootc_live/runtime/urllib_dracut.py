@@ -121,4 +121,3 @@ def _failure(err: CommandError, url: str, path: str, full_hint: str) -> BootcLiv
         f"could not fetch {where}: {reason}",
         "check the URL, that the server has the file, and the network",
     )
-
