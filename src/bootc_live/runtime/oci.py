@@ -73,7 +73,19 @@ _MACHINE_TO_ARCH = {
 
 # An architecture's variants, from the most capable to the least: a machine of one runs images
 # of the later ones (containers/image's table; other architectures' variants run only their own).
-_VARIANT_ORDER = {"arm": ("v8", "v7", "v6", "v5"), "arm64": ("v8",)}
+_VARIANT_ORDER = {
+    "arm": ("v8", "v7", "v6", "v5"),
+    "arm64": ("v8",),
+    "amd64": ("v4", "v3", "v2", "v1"),  # x86-64's micro-architecture levels (containerd's)
+}
+# The /proc/cpuinfo flags each x86-64 level adds to the one before (the x86-64 psABI's levels;
+# v1 is every x86-64 processor). A booting machine runs the images of its level and below.
+_AMD64_LEVELS = (
+    ("v2", frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})),
+    ("v3", frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})),
+    ("v4", frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})),
+)
+CPUINFO = "/proc/cpuinfo"
 # The variant a machine (uname -m) is of, which containers/image reads from /proc/cpuinfo.
 _MACHINE_VARIANT = {"aarch64": "v8", "arm64": "v8", "armv8l": "v8", "armv7l": "v7", "armv6l": "v6"}
 # Names podman's --platform takes for an architecture (containerd's normalisation), with the
@@ -96,6 +108,8 @@ class Platform:
     os: str
     architecture: str
     variant: str = ""
+    # The booting machine's own (`machine`): a variant it lacks is its processor's limit.
+    booting: bool = dataclass_field(default=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> Platform:
@@ -117,17 +131,43 @@ class Platform:
             "linux", _MACHINE_TO_ARCH.get(machine, machine), _MACHINE_VARIANT.get(machine, "")
         )
 
+    @classmethod
+    def machine(cls) -> Platform:
+        """The platform of the machine booting: `host`, and for amd64 the x86-64 level its
+        processor has (an image for a higher one would stop at its first instruction)."""
+        plat = cls.host()
+        level = amd64_level() if plat.architecture == "amd64" else plat.variant
+        return cls(plat.os, plat.architecture, level, booting=True)
+
     def variants(self) -> tuple[str, ...]:
         """The image variants this platform runs, preferred first, as containers/image ranks
         them: the one asked, then the later variants of its architecture, then none; none asked,
-        none first, then every variant of the architecture (amd64's v2, v3 are taken only when
-        asked, and then amd64 without one too)."""
+        none first, then every variant of the architecture, but for amd64 (an image for x86-64-v3
+        is taken when the level is asked, or the booting machine's processor has it: `machine`)."""
         order = _VARIANT_ORDER.get(self.architecture, ())
         if not self.variant:
-            return ("", *order)
+            return ("", "v1") if self.architecture == "amd64" else ("", *order)
         if self.variant in order:
             return (*order[order.index(self.variant) :], "")
         return (self.variant, "")
+
+    def beyond(self, name: str) -> bool:
+        """Whether the platform `name` is of the booting machine's architecture at a higher
+        level than its processor's (amd64/v3 on x86-64-v2): no bootc.platform= can help."""
+        if not self.booting:
+            return False
+        try:
+            other = Platform.parse(name)
+        except ValueError:
+            return False
+        order = _VARIANT_ORDER.get(self.architecture, ())
+        same = (other.os, other.architecture) == (self.os, self.architecture)
+        return (
+            same
+            and self.variant in order
+            and other.variant in order
+            and order.index(other.variant) < order.index(self.variant)
+        )
 
     def rank(self, obj: Mapping[str, Any]) -> int | None:
         """Where a descriptor's (or a config's) platform comes in `variants` (lower is
@@ -144,6 +184,25 @@ class Platform:
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def amd64_level(cpuinfo: str | None = None) -> str:
+    """The x86-64 level ("v1" to "v4") of this machine's processor, by the flags of its first
+    processor in `cpuinfo` (CPUINFO); "" when they cannot be read."""
+    try:
+        with open(cpuinfo or CPUINFO, encoding="utf-8", errors="replace") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return ""
+    flags = set(line.partition(":")[2].split())
+    if not flags:
+        return ""
+    level = "v1"
+    for name, needed in _AMD64_LEVELS:
+        if not needed <= flags:
+            break
+        level = name
+    return level
 
 
 @dataclass(frozen=True)
@@ -356,9 +415,20 @@ def _rank_platforms(descs: list[Descriptor], plat: Platform, where: str) -> list
         offered = offered_platforms(descs)
         raise ImageError(
             f"{where} has no image for platform {plat} (offers: {', '.join(offered) or 'none'})",
-            f"choose one with bootc.platform={choosable_platform(descs) or 'OS/ARCH[/VARIANT]'}",
+            _choose_hint(plat, choosable_platform(descs)),
         )
     return [desc for _rank, _position, desc in sorted(ranked, key=lambda item: item[:2])]
+
+
+def _choose_hint(plat: Platform, choosable: str | None) -> str:
+    """The next step when nothing is for `plat`: the bootc.platform= that picks `choosable`,
+    unless it is this machine's architecture at a level its processor lacks."""
+    if choosable is not None and plat.beyond(choosable):
+        return (
+            f"the image needs a {choosable} processor, and this machine's is {plat}: boot it "
+            f"on one that has it, or publish the image for {plat.os}/{plat.architecture} too"
+        )
+    return f"choose one with bootc.platform={choosable or 'OS/ARCH[/VARIANT]'}"
 
 
 def _open_held(
@@ -387,7 +457,8 @@ def resolve(
     """Find the image in `source` by label and platform, verifying every document on the way.
     An image of another platform than this machine's, when none was asked for, is refused, or
     told to `foreign` and taken (the host: `bootc-live build` for another machine)."""
-    plat = platform or Platform.host()
+    # At boot (no `foreign`), what this machine's processor runs; the host builds for others.
+    plat = platform or (Platform.host() if foreign is not None else Platform.machine())
     if source.names_one_image:
         label = None  # a registry reference: bootclabel= (from cmdline.txt) is for layouts
     if digest is not None:
@@ -458,7 +529,7 @@ def _not_held(
     return ImageError(
         f"{where} holds its index only in part: not its image for {plat} (it holds "
         f"{', '.join(offered) or 'none'})",
-        f"choose one with bootc.platform={choosable_platform(held) or 'OS/ARCH[/VARIANT]'}",
+        _choose_hint(plat, choosable_platform(held)),
     )
 
 
@@ -486,7 +557,7 @@ def _check_config_platform(
         return  # this machine's own name for its architecture: nothing to compare with
     raise ImageError(
         f"{what} is an image for {its} (its config), not for {plat}",
-        f"choose it with bootc.platform={its}",
+        _choose_hint(plat, its).replace("choose one", "choose it"),
     )
 
 
