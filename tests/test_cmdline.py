@@ -352,6 +352,25 @@ def test_a_password_the_url_parser_would_cut_is_refused_unrepeated(packed: str, 
     assert "S3CRET" not in err.value.line() and "Xy" not in err.value.line()
 
 
+@pytest.mark.parametrize("packed", ["", "packed:"])
+@pytest.mark.parametrize(
+    "url",
+    ["nfs://admin:S3CRET@10.0.2.100/srv/os.oci", "tftp://admin:S3CRET@10.0.2.100/os.oci"],
+)
+def test_a_login_where_the_protocol_has_none_is_refused_unrepeated(packed: str, url: str) -> None:
+    """dracut's nfs-lib reads nfs://USER:PASS@HOST/PATH as the host USER and the mount option
+    port=PASS@HOST, which mount.nfs's errors repeat; TFTP has no login at all."""
+    with pytest.raises(CmdlineError) as err:
+        parse([f"root=bootc-live:{packed}{url}"])
+    scheme = url.partition(":")[0]
+    assert err.value.line().startswith(f"invalid root=…: {scheme}:// takes no USER:PASSWORD@ ("), (
+        err.value.line()
+    )
+    assert "S3CRET" not in err.value.line() and "admin" not in err.value.line()
+    pin = [f"bootc.packed.sha256=sha256:{'a' * 64}"] if packed else []
+    assert parse([f"root=bootc-live:{packed}{url.replace('admin:S3CRET@', '')}", *pin]).image
+
+
 @pytest.mark.parametrize(
     ("arg", "message"),
     [

@@ -248,7 +248,20 @@ def url_root(url: str) -> str:
         raise refuse("expected SCHEME://HOST[:PORT]/PATH (an IPv6 address in [ ])") from None
     if not parts.hostname or port == 0:
         raise refuse("expected SCHEME://HOST[:PORT]/PATH with a host, and a port from 1")
+    if "@" in authority and parts.scheme in _NO_LOGIN:
+        # dracut's nfs-lib would read USER:PASS@HOST as a host and a port= mount option
+        raise Secret(
+            f"{parts.scheme}:// takes no USER:PASSWORD@ ({_NO_LOGIN[parts.scheme]}): expected "
+            f"{parts.scheme}://HOST[:PORT]/PATH"
+        )
     return url
+
+
+# URL schemes whose protocol has no login, and what authorises a client instead.
+_NO_LOGIN = {
+    "nfs": "the NFS server exports by the client's address",
+    "tftp": "TFTP has no login",
+}
 
 
 class Secret(ValueError):
