@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bootc_live.runtime import boot, roots, status
-from imagegen import build_layout
+from imagegen import build_layout, write_bootable
 from unpackers import need
 
 pytestmark = pytest.mark.integration
@@ -89,9 +89,17 @@ def attempts(
     return seen
 
 
-def gnu_tar(tmp: Path, name: str, files: dict[str, bytes]) -> bytes:
-    """A layer as GNU tar writes it: `files` (with their directories) under a tree of its own."""
+# The top-level names of imagegen.bootable() (usr among them).
+BOOTABLE = ["dev", "proc", "run", "sbin", "sys", "usr"]
+
+
+def gnu_tar(tmp: Path, name: str, files: dict[str, bytes], base: bool = True) -> bytes:
+    """A layer as GNU tar writes it: `files` (with their directories) under a tree of its own;
+    a `base` layer also what the runtime's check before switch root asks (imagegen.bootable)."""
     tree = tmp / f"tree-{name}"
+    if base:
+        tree.mkdir(parents=True)
+        write_bootable(tree)
     for path, data in files.items():
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).write_bytes(data)
@@ -108,7 +116,7 @@ def test_a_retry_after_layers_in_the_initramfs_were_freed_says_why_it_cannot_rea
     missing", as if the image lacked it; it is refused with the reason and "reboot". Nothing
     stays mounted after either attempt."""
     base = gnu_tar(tmp_path, "base", {"etc/hostname": b"live\n", "var/lib/x": b"x"})
-    big = gnu_tar(tmp_path, "big", {"usr/big": os.urandom(4 * MIB)})
+    big = gnu_tar(tmp_path, "big", {"usr/big": os.urandom(4 * MIB)}, base=False)
     build_layout(tmp_path / "layout", [base, big])
     first, second = attempts(tmp_path, tmp_path / "layout", ["rootflags=size=2M"], [])
     assert first["code"] == 1 and "the root filesystem is full while writing /usr/big" in str(
@@ -130,7 +138,8 @@ def test_a_retry_after_layers_in_the_initramfs_were_freed_says_why_it_cannot_rea
     ("flags", "full_at"),
     [
         ("size=2M", "/usr/big (1 MiB written)"),
-        ("noatime,nr_inodes=4", "/usr/big (0 MiB written)"),  # /, etc, etc/hostname, usr
+        # /, dev, etc, etc/hostname, proc, run, sbin, sbin/init (busybox, 1 MiB), sys: not usr
+        ("noatime,nr_inodes=9", "/usr (1 MiB written)"),
     ],
 )
 def test_a_root_full_at_the_size_rootflags_gives_it_names_them_and_a_retry_boots(
@@ -152,7 +161,7 @@ def test_a_root_full_at_the_size_rootflags_gives_it_names_them_and_a_retry_boots
     newroot = str(tmp_path / "newroot")
     assert second["code"] == 0, second
     assert second["mounted"] == [newroot, f"{newroot}/etc", f"{newroot}/var"]
-    assert second["root"] == ["etc", "usr", "var"]
+    assert second["root"] == sorted(["etc", "var", *BOOTABLE])
 
 
 def test_a_full_run_directory_costs_the_status_file_not_the_boot(tmp_path: Path) -> None:
@@ -172,7 +181,7 @@ def test_a_full_run_directory_costs_the_status_file_not_the_boot(tmp_path: Path)
         "code": 0,
         "message": None,
         "mounted": [str(run), newroot, f"{newroot}/etc", f"{newroot}/var"],
-        "root": ["etc", "var"],
+        "root": sorted(["etc", "var", *BOOTABLE]),
         "loops": [],
     }
     warning = f"bootc-live: warning: {run}/status.json cannot be written (No space left on device)"
@@ -180,7 +189,8 @@ def test_a_full_run_directory_costs_the_status_file_not_the_boot(tmp_path: Path)
         f"{warning}: the status is in the status lines only"
     ]
     (ready,) = [doc for doc in status.documents(said) if doc["state"] == "ready"]
-    assert ready["mode"] == "tmpfs" and ready["entries"] == 6  # ., etc, var and theirs
+    # ., etc, var and theirs (6), and imagegen.bootable()'s 9
+    assert ready["mode"] == "tmpfs" and ready["entries"] == 15
 
 
 KERNEL = "usr/lib/modules/6.1.0-9-amd64"
@@ -249,6 +259,7 @@ def test_a_packed_root_whose_filesystem_is_built_into_the_kernel_boots(
     (tree / "etc").mkdir(parents=True)
     (tree / "var").mkdir()
     (tree / "etc/hostname").write_text("live\n")
+    write_bootable(tree)
     packed = tmp_path / "packed.img"
     subprocess.run(["mksquashfs", str(tree), str(packed), "-quiet", "-noappend"], check=True)
     pin = f"sha256:{hashlib.sha256(packed.read_bytes()).hexdigest()}"
@@ -263,7 +274,7 @@ def test_a_packed_root_whose_filesystem_is_built_into_the_kernel_boots(
     newroot = str(tmp_path / "newroot")
     if outcome is None:
         assert seen["code"] == 0, seen
-        assert seen["root"] == ["etc", "var"]
+        assert seen["root"] == sorted(["etc", "var", *BOOTABLE])
         assert seen["loops"] == [str(packed)]
         return
     assert str(seen["message"]).startswith(outcome.format(newroot=newroot)), seen
@@ -290,7 +301,7 @@ def test_a_layout_on_a_read_only_filesystem_is_read_where_it_lies_and_again(
     "internal error: OSError: [Errno 30] Read-only file system: …; please report it"; they
     are left where they lie (they hold no RAM), and the next boot reads them again."""
     base = gnu_tar(tmp_path, "base", {"etc/hostname": b"live\n", "var/lib/x": b"x"})
-    more = gnu_tar(tmp_path, "more", {"usr/share/y": os.urandom(MIB)})
+    more = gnu_tar(tmp_path, "more", {"usr/share/y": os.urandom(MIB)}, base=False)
     layout = tmp_path / "layout"
     build_layout(layout, [base, more])
     blobs = sorted(p.name for p in (layout / "blobs/sha256").iterdir())
@@ -301,7 +312,7 @@ def test_a_layout_on_a_read_only_filesystem_is_read_where_it_lies_and_again(
         (seen,) = attempts(tmp_path, layout, [], before=read_only)
         assert seen["code"] == 0, seen
         assert seen["mounted"] == [str(layout), *(f"{newroot}{p}" for p in ("", "/etc", "/var"))]
-        assert seen["root"] == ["etc", "usr", "var"]
+        assert seen["root"] == sorted(["etc", "var", *BOOTABLE])
     assert sorted(p.name for p in (layout / "blobs/sha256").iterdir()) == blobs
 
 
