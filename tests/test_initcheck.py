@@ -293,3 +293,53 @@ def test_resolve_finds_what_the_kernel_finds_inside_the_root(
         mine = initcheck.resolve(str(root), path)
         assert (mine is None) == (seen is None), (path, mine, seen)
         assert mine is None or seen is None or Path(mine) == root / seen.lstrip("/"), path
+
+
+# -- a script's #! line against the kernel's own reading (binfmt_script) ----------------------
+
+SHEBANGS = st.tuples(
+    st.sampled_from(["", " ", "\t", " \t "]),
+    st.sampled_from(["/bin/sh", "bin/sh", "usr/bin/sh", "/usr/bin/sh", "/bin/nosuch", ""]),
+    st.sampled_from(["", "\r", " -e", "\t-e", " ", "\0x", "\r -e", "\v", "  -e  "]),
+).map(lambda parts: "#!" + "".join(parts) + "\nexit 0\n")
+
+
+def kernel_runs(root: Path, path: str) -> bool:
+    """Whether the kernel starts `path` in a process chrooted to `root` (in a child; the
+    scripts given only exit)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chroot(root)
+            os.chdir("/")
+            fd = os.open("/dev/null", os.O_WRONLY) if os.path.exists("/dev/null") else -1
+            if fd >= 0:
+                os.dup2(fd, 2)
+            os.execv(path, [path])
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=SHEBANGS)
+def test_a_scripts_interpreter_is_read_as_the_kernel_reads_it(root: Path, text: str) -> None:
+    """A #! init is taken exactly when the kernel runs it: blanks and tabs around the name,
+    arguments, a relative name (looked up from the root, where the init starts), and a
+    carriage return (a file saved with CRLF), which is part of the name the kernel looks up."""
+    # one root for all examples (hypothesis reuses the fixture): no systemd, a static sh
+    (root / "usr/lib/systemd/systemd").unlink(missing_ok=True)
+    (root / "usr/sbin/init").unlink(missing_ok=True)
+    if (root / "usr/bin/sh").is_symlink():
+        (root / "usr/bin/sh").unlink()
+        shutil.copy2(BUSYBOX, root / "usr/bin/sh")  # static: runs without the image's libraries
+    (root / "usr/sbin/init").write_bytes(text.encode())
+    (root / "usr/sbin/init").chmod(0o755)
+    runs = kernel_runs(root, "/sbin/init")
+    for systemd in (True, False):
+        said = decide(root, systemd)
+        assert (said is None) == runs, (text, said)
+        assert said is None or "/sbin/init is a script" in said, said

@@ -116,14 +116,19 @@ def unrunnable(root: str, path: str, machine: int | None, depth: int = 0) -> str
     with open(real, "rb") as f:
         head = f.read(256)
         if head.startswith(b"#!"):
-            line = head[2:].split(b"\n")[0].strip().split()
-            if not line:
+            # as binfmt_script reads it: the first line, blanks and tabs before the name,
+            # the name up to a blank, a tab or a NUL (a carriage return is part of it); a
+            # relative name is looked up from the root, where the init starts
+            line = head[2:].split(b"\n")[0].lstrip(b" \t")
+            word = line.replace(b"\t", b" ").replace(b"\0", b" ").split(b" ")[0]
+            if not word:
                 return f"{shown(path)} is a script that names no interpreter"
-            name = line[0].decode("utf-8", "surrogateescape")
-            if depth >= MAX_SCRIPTS or not name.startswith("/"):
+            name = word.decode("utf-8", "surrogateescape")
+            if depth >= MAX_SCRIPTS:
                 return f"{shown(path)} is a script whose interpreter {shown(name)} cannot be run"
-            why = unrunnable(root, name, machine, depth + 1)
-            if why is not None or resolve(root, name) is None:
+            where = name if name.startswith("/") else "/" + name
+            why = unrunnable(root, where, machine, depth + 1)
+            if why is not None or resolve(root, where) is None:
                 return f"{shown(path)} is a script whose interpreter {shown(name)} " + (
                     f"cannot be run ({why})" if why else "is not in the image"
                 )
