@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,25 +194,32 @@ def test_the_check_decides_as_switch_root_does(root: Path, case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("init", "expected"),
+    ("init", "expected", "classic"),
     [
-        ("/bin/sh", None),  # through /bin -> usr/bin and /usr/bin/sh -> dash
-        ("/usr/lib/systemd/systemd", "/usr/lib/systemd/systemd is not executable"),
-        ("/usr/bin/dash", None),
-        ("/bin/busybox", "init=/bin/busybox cannot be run: /bin/busybox is not in the image"),
-        ("bin/sh", "init=bin/sh is not an absolute path"),
-        ("/etc", "init=/etc cannot be run: /etc is not a file"),
-        ("/usr/lib/os-release", "/usr/lib/os-release is not executable"),
+        ("/bin/sh", None, None),  # through /bin -> usr/bin and /usr/bin/sh -> dash
+        ("/usr/lib/systemd/systemd", "/usr/lib/systemd/systemd is not executable", "same"),
+        ("/usr/bin/dash", None, None),
+        (
+            "/bin/busybox",
+            "init=/bin/busybox cannot be run: /bin/busybox is not in the image",
+            "same",
+        ),
+        # init.sh looks it up from the root, and switch_root execs it there
+        ("bin/sh", "init=bin/sh is not an absolute path", None),
+        ("/etc", "init=/etc cannot be run: /etc is not a file", "same"),
+        ("/usr/lib/os-release", "/usr/lib/os-release is not executable", "same"),
     ],
 )
-def test_init_is_the_one_looked_for_when_given(root: Path, init: str, expected: str | None) -> None:
-    """init= is what both run (systemctl switch-root reads it): it must work, whatever
-    /sbin/init is; the default init's absence does not matter then."""
+def test_init_is_the_one_looked_for_when_given(
+    root: Path, init: str, expected: str | None, classic: str | None
+) -> None:
+    """init= is what systemd runs (systemctl switch-root reads it): it must work, whatever
+    /sbin/init is; init.sh takes it when it is executable, else /sbin/init (gone here)."""
     (root / "usr/sbin/init").unlink()
     (root / "usr/lib/systemd/systemd").chmod(0o644)
-    for systemd in (True, False):
+    for systemd, wanted in ((True, expected), (False, expected if classic == "same" else classic)):
         said = decide(root, systemd, init=init)
-        assert said == expected if expected is None else expected in (said or ""), said
+        assert said == wanted if wanted is None else wanted in (said or ""), said
 
 
 def test_the_machine_is_this_interpreters() -> None:
@@ -343,3 +352,67 @@ def test_a_scripts_interpreter_is_read_as_the_kernel_reads_it(root: Path, text: 
         said = decide(root, systemd)
         assert (said is None) == runs, (text, said)
         assert said is None or "/sbin/init is a script" in said, said
+
+
+# -- the classic initrd's choice against dracut's own init.sh ---------------------------------
+
+INIT_SH = Path("/usr/lib/dracut/modules.d/99base/init.sh")  # dracut (./setup)
+GOOD = "#!/bin/sh\nexit 0\n"
+BAD = "#!/usr/bin/nosuch\nexit 0\n"
+SBIN_INITS = st.sampled_from(["good", "absent", "not executable", "bad", "dangling"])
+NAMED = st.sampled_from(
+    ["", "/opt/init", "opt/init", "/opt/bad", "/opt/noexec", "/opt/nosuch", "/opt", "/sbin/init"]
+)
+
+
+def dracut_init(root: Path, args: dict[str, str]) -> str:
+    """The init dracut's init.sh takes for the root: its own loop, read from the installed
+    dracut, run with getarg answering from `args`."""
+    text = INIT_SH.read_text()
+    start = text.index('for i in "$(getarg real_init=)"')
+    loop = text[start : text.index("\ndone\n", start) + 6]
+    stubs = (
+        'getarg() { case "$1" in '
+        + " ".join(f"{k}=) printf %s {shlex.quote(v)} ;;" for k, v in args.items())
+        + ' esac; }\ngetargs() { getarg "$@"; }\n'
+    )
+    out = subprocess.run(
+        ["sh", "-c", stubs + loop + 'printf %s "$INIT"'],
+        env={"NEWROOT": str(root), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sbin=SBIN_INITS, init=NAMED, real_init=st.sampled_from(["", "/opt/init", "/opt/nosuch"]))
+def test_the_classic_initrd_takes_the_init_dracut_takes(
+    root: Path, sbin: str, init: str, real_init: str
+) -> None:
+    """init.sh takes the first of real_init=, init= and /sbin/init that is executable, and
+    switch_root execs it: the root is refused exactly when that init does not start (an init=
+    that is not there gives way to /sbin/init, a relative one is looked up from the root)."""
+    (root / "usr/lib/systemd/systemd").unlink(missing_ok=True)
+    if (root / "usr/bin/sh").is_symlink():
+        (root / "usr/bin/sh").unlink()
+        shutil.copy2(BUSYBOX, root / "usr/bin/sh")  # static: runs without the image's libraries
+    (root / "opt").mkdir(exist_ok=True)
+    script(root, "opt/init", GOOD)
+    script(root, "opt/bad", BAD)
+    script(root, "opt/noexec", GOOD, 0o644)
+    init_path = root / "usr/sbin/init"
+    init_path.unlink(missing_ok=True)
+    if sbin == "dangling":
+        os.symlink("/lib/systemd/systemd", init_path)
+    elif sbin != "absent":
+        script(root, "usr/sbin/init", BAD if sbin == "bad" else GOOD)
+        init_path.chmod(0o644 if sbin == "not executable" else 0o755)
+    args = {k: v for k, v in (("init", init), ("real_init", real_init)) if v}
+    taken = dracut_init(root, args)
+    runs = bool(taken) and kernel_runs(root, taken)
+    said = decide(root, False, **args)
+    assert (said is None) == runs, (args, sbin, taken, said)

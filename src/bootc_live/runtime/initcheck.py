@@ -4,7 +4,8 @@ After the runtime, dracut switches root into the image's own init: in the system
 initrd-switch-root.service asks PID 1 (`systemctl switch-root`), which refuses a root without
 /etc/os-release or /usr/lib/os-release ("does not seem to be an OS tree") and an init= that is
 not executable inside it, then execs /usr/lib/systemd/systemd, else /sbin/init, else /bin/sh;
-in the classic initrd, init.sh looks for init= and /sbin/init and `switch_root` execs it.
+in the classic initrd, init.sh takes the first executable of init= and /sbin/init (a relative
+init= from the root) and `switch_root` execs it.
 Either way the init is resolved inside the new root (an absolute link /sbin/init →
 /lib/systemd/systemd names the image's file, not the initramfs's), and an init the kernel
 cannot run (another machine's ELF, a script whose interpreter is missing) ends in a kernel
@@ -37,6 +38,8 @@ EM_NAMES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm"
             183: "aarch64", 243: "riscv64", 258: "loongarch64"}  # fmt: skip
 COMPAT = {62: {3}, 183: {40}}  # machines whose kernels usually run another's binaries too
 PT_INTERP = 3
+# What dracut's init.sh takes for the init before /sbin/init, in its order (99base/init.sh)
+CLASSIC_ARGS = ("real_init", "init", "rd.distroinit")
 
 
 class HandoverError(BootcLiveError):
@@ -183,6 +186,8 @@ def check(
             f"create the director{'ies' if len(missing) > 1 else 'y'} in the image "
             f"(mkdir /{' /'.join(missing)})",
         )
+    if not systemd:
+        return _check_classic(newroot, extra, machine, hint_init)
     named = extra.get("init")
     if named:
         if not named.startswith("/"):
@@ -193,10 +198,9 @@ def check(
         if why:
             raise HandoverError(f"init={shown(named)} cannot be run: {why}", hint_init)
         return
-    # systemd's PID 1 falls back from its own binary to /sbin/init; dracut's init.sh looks
-    # for /sbin/init only
+    # systemd's PID 1 falls back from its own binary to /sbin/init
     first = None
-    for path in DEFAULT_INITS if systemd else ("/sbin/init",):
+    for path in DEFAULT_INITS:
         if not present(newroot, path):
             continue
         why = unrunnable(newroot, path, machine)
@@ -206,3 +210,31 @@ def check(
     if first:
         raise HandoverError(f"the image's init cannot be run: {first}", hint_init)
     raise HandoverError("the image has no /sbin/init", hint_init)
+
+
+def _check_classic(
+    newroot: str, extra: Mapping[str, str], machine: int | None, hint_init: str
+) -> None:
+    """dracut's init.sh takes the first of real_init=, init=, rd.distroinit= and /sbin/init
+    that is there and executable (a relative name from the root), and switch_root execs it:
+    an init= that is not passed over for /sbin/init; the one taken must run."""
+    named = [(f"{key}=", extra[key]) for key in CLASSIC_ARGS if extra.get(key)]
+    tried = [*named, ("", "/sbin/init")]
+    for key, name in tried:
+        path = name if name.startswith("/") else "/" + name
+        real = resolve(newroot, path)
+        if real is None or not os.stat(real).st_mode & 0o111:
+            continue
+        why = unrunnable(newroot, path, machine)
+        if why is None:
+            return
+        what = f"{key}{shown(name)}" if key else "the image's init"
+        raise HandoverError(f"{what} cannot be run: {why}", hint_init)
+    whys = []
+    for key, name in named:
+        path = name if name.startswith("/") else "/" + name
+        why = unrunnable(newroot, path, machine) or f"{shown(name)} is not in the image"
+        whys.append(f"{key}{shown(name)} cannot be run: {why}")
+    why = unrunnable(newroot, "/sbin/init", machine)
+    whys.append(f"the image's init cannot be run: {why}" if why else "the image has no /sbin/init")
+    raise HandoverError("; ".join(whys), hint_init)
