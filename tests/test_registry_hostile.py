@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fakeregistry
 from bootc_live.runtime import http
@@ -22,7 +24,7 @@ from bootc_live.runtime.blobs import Descriptor, VerifyingReader
 from bootc_live.runtime.errors import BootcLiveError, ImageError, VerificationError
 from bootc_live.runtime.http import PARALLEL_MIN
 from bootc_live.runtime.oci import Platform, resolve
-from bootc_live.runtime.registry import Reference, RegistrySource, _next_page
+from bootc_live.runtime.registry import Reference, RegistrySource, _next_page, error_codes
 from bootc_live.runtime.unpack import unpack_image
 from fakeregistry import REPO, TAG, Knobs
 from imagegen import build_layout, d, f, layer_tar
@@ -508,3 +510,62 @@ def test_an_index_entry_of_another_media_type_is_named_before_it_is_asked_for(
 def build_small(tmp_path: Path) -> Path:
     build_layout(tmp_path / "small", [layer_tar([f("etc/os", b"x\n")])], tag=TAG)
     return tmp_path / "small"
+
+
+CODES = st.sampled_from(
+    ["MANIFEST_UNKNOWN", "DENIED", "PROJECTPOLICYVIOLATION", "NOT_FOUND", "SECRET_x1"]
+)
+ODD_CODES = st.one_of(
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.lists(st.integers(), max_size=2),
+    st.integers(),
+    st.none(),
+)
+ENTRIES = st.one_of(
+    st.fixed_dictionaries({"code": CODES, "message": st.just("the server's words")}),
+    st.fixed_dictionaries({"code": ODD_CODES}),
+    st.fixed_dictionaries({"status": st.integers(400, 599), "message": st.just("no such")}),
+)
+
+
+def told(entries: list[dict[str, object]], said: str) -> None:
+    """`said` names each known code of `entries` once, "a code of the server's own" exactly
+    when one has a code not known, and none of the server's words."""
+    codes = [e["code"] for e in entries if "code" in e]
+    for code in {"MANIFEST_UNKNOWN", "DENIED", "PROJECTPOLICYVIOLATION", "NOT_FOUND"} & {
+        c for c in codes if isinstance(c, str)
+    }:
+        assert said.count(code) == 1, said
+    own = any(not isinstance(c, str) or c == "SECRET_x1" for c in codes)
+    assert ("a code of the server's own" in said) == own, (entries, said)
+    assert "SECRET" not in said and "words" not in said and "\n" not in said
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(ENTRIES, max_size=4))
+def test_error_bodies_are_told_by_their_codes(entries: list[dict[str, object]]) -> None:
+    """A registry's error body as distribution, Harbor (PROJECTPOLICYVIOLATION when its
+    vulnerability policy stops a pull, NOT_FOUND) and Artifactory (status and message, no
+    code) write it, and odd ones (a code that is an object): told by its known codes."""
+    told(entries, error_codes(json.dumps({"errors": entries}).encode()))
+
+
+@pytest.mark.parametrize(
+    ("status", "entries"),
+    [
+        (403, [{"code": "PROJECTPOLICYVIOLATION", "message": "the server's words"}]),
+        (404, [{"code": "MANIFEST_UNKNOWN"}, {"code": "MANIFEST_UNKNOWN"}]),
+        (404, [{"status": 404, "message": "the server's words"}]),
+        (404, [{"code": {"a": 1}}]),
+    ],
+    ids=["harbor-policy", "repeated", "artifactory", "code-an-object"],
+)
+def test_a_refused_pull_names_the_codes(
+    layout: Path, status: int, entries: list[dict[str, object]]
+) -> None:
+    knobs = Knobs(manifest_status=status, manifest_body=json.dumps({"errors": entries}).encode())
+    with fakeregistry.serve(layout, knobs) as reg, pytest.raises(BootcLiveError) as err:
+        fetch(reg)
+    told(entries, err.value.line())
+    if "PROJECTPOLICYVIOLATION" in err.value.line():  # not the credentials' rights
+        assert "registry's policy" in err.value.line(), err.value.line()

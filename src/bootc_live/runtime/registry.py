@@ -470,6 +470,14 @@ ERROR_CODES = frozenset(
         "TOOMANYREQUESTS",
         "UNAVAILABLE",
         "UNKNOWN",
+        # Harbor's own (src/lib/errors): a pull its vulnerability or signature policy stops
+        # is a 403 PROJECTPOLICYVIOLATION, whose code alone tells it from missing rights
+        "BAD_REQUEST",
+        "CONFLICT",
+        "FORBIDDEN",
+        "NOT_FOUND",
+        "PRECONDITION",
+        "PROJECTPOLICYVIOLATION",
     ]
 )
 
@@ -482,14 +490,15 @@ def error_codes(body: bytes) -> str:
         return ""
     errors = obj.get("errors") if isinstance(obj, dict) else None
     codes = (
-        [e.get("code") for e in errors or () if isinstance(e, dict)]
+        [e.get("code") for e in errors or () if isinstance(e, dict) and "code" in e]
         if isinstance(errors, list)
         else []
     )
-    # Only codes the distribution spec (and distribution itself) defines are repeated: the
-    # rest of an error body is the server's, and may echo what the request carried.
-    known = [c for c in dict.fromkeys(codes) if isinstance(c, str) and c in ERROR_CODES]
-    if len(known) < len(codes):
+    # Only codes the distribution spec (and distribution itself, and Harbor) defines are
+    # repeated: the rest of an error body is the server's, and may echo what the request
+    # carried. An entry without a code (Artifactory's status and message) adds none.
+    known = list(dict.fromkeys(c for c in codes if isinstance(c, str) and c in ERROR_CODES))
+    if any(not (isinstance(c, str) and c in ERROR_CODES) for c in codes):
         known.append("a code of the server's own")
     return ", ".join(known[:4])
 
@@ -693,7 +702,10 @@ class Endpoint:
         if err.status == 403:
             return RegistryError(
                 f"{self.name}: 403 denied for repository {repo}{detail}",
-                "check the credentials' rights on that repository",
+                "the registry's policy (vulnerabilities, signatures) refuses this image: ask its "
+                "administrators, or boot another"
+                if "PROJECTPOLICYVIOLATION" in codes
+                else "check the credentials' rights on that repository",
             )
         if err.status == 404:
             if self.mirror:
