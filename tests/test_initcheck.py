@@ -416,3 +416,22 @@ def test_the_classic_initrd_takes_the_init_dracut_takes(
     runs = bool(taken) and kernel_runs(root, taken)
     said = decide(root, False, **args)
     assert (said is None) == runs, (args, sbin, taken, said)
+
+
+@pytest.mark.parametrize("depth", range(1, 8))
+def test_nested_scripts_run_as_deep_as_the_kernel_runs_them(root: Path, depth: int) -> None:
+    """/sbin/init a script whose interpreter is a script … `depth` deep, then a static sh:
+    taken exactly when the kernel runs the chain (it rewrites a script at most five times)."""
+    (root / "usr/lib/systemd/systemd").unlink()
+    (root / "usr/sbin/init").unlink()
+    (root / "usr/bin/sh").unlink()
+    shutil.copy2(BUSYBOX, root / "usr/bin/sh")
+    interpreter = "/bin/sh"
+    for level in range(depth):
+        script(root, f"usr/bin/s{level}", f"#!{interpreter}\nexit 0\n")
+        interpreter = f"/bin/s{level}"
+    os.symlink(interpreter, root / "usr/sbin/init")
+    runs = kernel_runs(root, "/sbin/init")
+    for systemd in (True, False):
+        said = decide(root, systemd)
+        assert (said is None) == runs, (depth, runs, said)

@@ -33,7 +33,7 @@ from .mounts import within
 # its own binary's path, then the fallback); the classic initrd looks for /sbin/init.
 DEFAULT_INITS = ("/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init")
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
-MAX_SCRIPTS = 4  # nested #! interpreters the kernel follows (binfmt_script)
+MAX_SCRIPTS = 5  # nested #! interpreters the kernel follows (exec_binprm: depth > 5 is ELOOP)
 EM_NAMES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64",
             183: "aarch64", 243: "riscv64", 258: "loongarch64"}  # fmt: skip
 COMPAT = {62: {3}, 183: {40}}  # machines whose kernels usually run another's binaries too
