@@ -309,7 +309,9 @@ def test_resolve_finds_what_the_kernel_finds_inside_the_root(
 SHEBANGS = st.tuples(
     st.sampled_from(["", " ", "\t", " \t "]),
     st.sampled_from(["/bin/sh", "bin/sh", "usr/bin/sh", "/usr/bin/sh", "/bin/nosuch", ""]),
-    st.sampled_from(["", "\r", " -e", "\t-e", " ", "\0x", "\r -e", "\v", "  -e  "]),
+    st.sampled_from(
+        ["", "\r", " -e", "\t-e", " ", "\0x", "\r -e", "\v", "  -e  ", " -e\r", "\t\r", " \r"]
+    ),
 ).map(lambda parts: "#!" + "".join(parts) + "\nexit 0\n")
 
 
@@ -352,6 +354,7 @@ def test_a_scripts_interpreter_is_read_as_the_kernel_reads_it(root: Path, text: 
         said = decide(root, systemd)
         assert (said is None) == runs, (text, said)
         assert said is None or "/sbin/init is a script" in said, said
+        assert said is None or ("dos2unix" in said) == ("\r" in text.split("\n")[0]), said
 
 
 # -- the classic initrd's choice against dracut's own init.sh ---------------------------------

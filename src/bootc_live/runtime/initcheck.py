@@ -129,11 +129,20 @@ def unrunnable(root: str, path: str, machine: int | None, depth: int = 0) -> str
             name = word.decode("utf-8", "surrogateescape")
             if depth >= MAX_SCRIPTS:
                 return f"{shown(path)} is a script whose interpreter {shown(name)} cannot be run"
+            if line.endswith(b"\r") and not name.endswith("\r"):
+                # the interpreter is given an argument ending in CR, which none takes
+                return (
+                    f"{shown(path)} is a script whose #! line ends in CR (CR LF line ends: "
+                    "convert it with dos2unix)"
+                )
             where = name if name.startswith("/") else "/" + name
             why = unrunnable(root, where, machine, depth + 1)
             if why is not None or resolve(root, where) is None:
-                return f"{shown(path)} is a script whose interpreter {shown(name)} " + (
-                    f"cannot be run ({why})" if why else "is not in the image"
+                crlf = " (CR LF line ends: convert it with dos2unix)" * name.endswith("\r")
+                return (
+                    f"{shown(path)} is a script whose interpreter {shown(name)} "
+                    + (f"cannot be run ({why})" if why else "is not in the image")
+                    + crlf
                 )
             return None
         elf = elf_machine(head)
@@ -229,7 +238,9 @@ def _check_classic(
         if why is None:
             return
         what = f"{key}{shown(name)}" if key else "the image's init"
-        raise HandoverError(f"{what} cannot be run: {why}", hint_init)
+        passed = "".join(f" ({k}{shown(n)} is not an executable there)" for k, n in named)
+        passed = "" if key else passed  # init.sh passed over each one given
+        raise HandoverError(f"{what} cannot be run: {why}{passed}", hint_init)
     whys = []
     for key, name in named:
         path = name if name.startswith("/") else "/" + name
