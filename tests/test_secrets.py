@@ -510,3 +510,10 @@ def test_a_url_source_s_debug_output_repeats_no_secret(
         assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr
         texts += [done.stdout, done.stderr]
     assert_clean(texts, [tmp_path])
+
+
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "Chunked, gzip", "x-GZip"])
+def test_a_content_coding_is_told_in_whatever_case_the_server_writes_it(coding: str) -> None:
+    """Codings are case-insensitive (RFC 9110): GZIP was said to be 'a value of the server's'."""
+    assert http.told(coding, http._CODINGS, 20) == repr(coding)
+    assert http.told(f"{coding}; {SECRET}", http._CODINGS, 20) == "(a value of the server's)"

@@ -70,7 +70,9 @@ _HINT = "check the URL and the server"
 # Header values a message may quote: numbers and ranges, content codings. Any other value is
 # the server's free text, which may echo what the request carried: it is not repeated.
 _NUMBERS = re.compile(r"(?:bytes )?[0-9 ,*/-]*")
-_CODINGS = re.compile(r"(?:(?:chunked|identity|gzip|x-gzip|deflate|compress|br|zstd)(?:, ?|$))+")
+_CODINGS = re.compile(
+    r"(?:(?:chunked|identity|gzip|x-gzip|deflate|compress|br|zstd)(?:, ?|$))+", re.IGNORECASE
+)  # codings are case-insensitive (RFC 9110 8.4.1): GZIP is gzip
 
 
 class FetchError(BootcLiveError):
