@@ -563,7 +563,7 @@ def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_p
         bootc_live("unpack", f"oci-archive:{fifo}", str(tmp_path / "a"), timeout=30)
     )
     assert said == (
-        f"bootc-live: oci-archive:{fifo} is not a regular file (a pipe or a device); save the "
+        f"bootc-live: oci-archive:{fifo} is not a regular file (a FIFO); save the "
         "archive to a file first\n"
     )
     info = build_layout(tmp_path / "img", [layer_tar([f("a", b"x")])], tag="v1")
@@ -573,7 +573,7 @@ def test_a_fifo_as_archive_or_blob_is_refused_without_waiting_for_a_writer(tmp_p
     said = assert_clean_failure(
         bootc_live("unpack", f"oci:{tmp_path / 'img'}:v1", str(tmp_path / "b"), timeout=30)
     )
-    assert f"blob {info.layer_digests[0]} is not a regular file (a pipe or a device)" in said
+    assert f"blob {info.layer_digests[0]} is not a regular file (a FIFO)" in said
     assert sorted(os.listdir(tmp_path)) == ["image.tar", "img"]
     # inspect reads a gzip blob's last bytes for its estimate: an estimate goes without.
     shown = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", timeout=30)

@@ -293,7 +293,7 @@ def test_an_archive_that_cannot_be_read_in_place_is_named_for_what_it_is(
         writer.join()
         os.close(read)
     assert err.value.line() == (
-        f"oci-archive:/dev/fd/{read} is not a regular file (a pipe or a device); save the "
+        f"oci-archive:/dev/fd/{read} is not a regular file (a FIFO); save the "
         "archive to a file first"
     )
 

@@ -916,7 +916,7 @@ def test_load_names_an_unreadable_file(tmp_path: Path) -> None:
     assert err.value.line() == f"{tmp_path}/nope.json: no such policy file; fix bootc.policy="
     with pytest.raises(PolicyError) as err:
         Policy.load(str(tmp_path))  # a directory
-    assert str(err.value) == f"{tmp_path}: cannot read the policy: Is a directory"
+    assert str(err.value) == f"policy {tmp_path} is not a regular file (a directory)"
 
 
 def test_a_complete_policy_parses_to_what_it_says() -> None:

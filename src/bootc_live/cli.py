@@ -35,11 +35,12 @@ from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageEr
 from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, registry, roots
 from .runtime import run as run_module
-from .runtime.errors import BootcLiveError, Stopped, for_host, shown, stopping
+from .runtime.errors import BootcLiveError, ImageError, Stopped, for_host, shown, stopping
 from .runtime.oci import Image, Platform, all_manifests, offered_platforms
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
 from .runtime.run import CommandError
+from .runtime.sources import NOT_A_FILE, open_file
 from .runtime.unpack import unpack_image
 
 MIB = 1 << 20
@@ -849,9 +850,11 @@ def _identity(text: str) -> str:
 def _readable_file(text: str) -> str:
     """A file given on the command line: there and readable, checked before anything is done
     (a missing CA bundle would otherwise be told as a failing connection)."""
-    try:
-        with open(text, "rb"):
+    try:  # without waiting: a FIFO blocked here for ever, and so would OpenSSL reading it
+        with open_file(text, text, hint=NOT_A_FILE):
             return text
+    except ImageError as err:
+        raise argparse.ArgumentTypeError(err.line()) from None
     except OSError as err:
         raise argparse.ArgumentTypeError(f"{text}: {err.strerror}") from None
 

@@ -23,6 +23,7 @@ from .errors import BootcLiveError, ImageError, shown
 from .oci import Platform, check_ref_name
 from .policy import DockerReference
 from .registry import Reference
+from .sources import read_file
 
 ROOT_PREFIX = "bootc-live:"
 PACKED_PREFIX = "packed:"
@@ -925,6 +926,8 @@ CONF_DIR = "/etc/cmdline.d"
 ETC_CMDLINE = "/etc/cmdline"
 
 
+CMDLINE_LIMIT = 1 << 20  # bytes of one file of options (the kernel's line is at most 64 KiB)
+
 # What bootc-live-net's cmdline hook writes at boot for a fetched root (rd.neednet=1, ip=dhcp):
 # not the user's; a next stage's hook writes its own if its root is fetched.
 GENERATED = ("90-bootc-live-net.conf",)
@@ -940,13 +943,19 @@ def _lines(
     confs = [p for p in sorted(glob.glob(f"{conf_dir}/*.conf")) if os.path.basename(p) not in skip]
     parts: list[list[str]] = [[], [], []]
     for part, path in [*((0, conf) for conf in confs), (1, etc_cmdline), (2, proc_cmdline)]:
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:  # split's bytes
-                text = f.read()
+        what = f"command-line file {path}"
+        try:  # a FIFO would block the boot for ever, /dev/zero fill the memory: refused
+            data = read_file(path, what, CMDLINE_LIMIT, "remove it from the initramfs")
         except FileNotFoundError:
             if path == proc_cmdline:
                 raise
             continue
+        except ImageError as err:
+            raise CmdlineError(str(err), err.hint) from None
+        except OSError as err:
+            raise CmdlineError(f"{what} cannot be read: {err.strerror}") from None
+        # split's bytes; newlines as text-mode open() gave them (\r and \r\n as \n)
+        text = data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")  # not splitlines: \x1c or U+2028 end no line for the shell
         if lines[-1] == "":
             lines.pop()

@@ -37,8 +37,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
-from .errors import BootcLiveError, LayerError, SpaceError, shown
-from .sources import ArchiveSource, ImageSource, MemberIndex
+from .errors import BootcLiveError, ImageError, LayerError, SpaceError, shown
+from .sources import NOT_A_FILE, ArchiveSource, ImageSource, MemberIndex, open_file
 from .streams import Reader
 from .tarstream import BLOCK
 
@@ -375,6 +375,10 @@ class Client:
             else:
                 context = ssl.create_default_context()
                 for bundle in self.cafiles:
+                    try:  # OpenSSL reading a FIFO would wait for ever: checked first
+                        open_file(bundle, f"CA bundle {bundle}", hint=NOT_A_FILE).close()
+                    except ImageError as err:
+                        raise FetchError(str(err), err.hint) from None
                     context.load_verify_locations(cafile=bundle)
                 self._ssl_context = context
         return self._ssl_context

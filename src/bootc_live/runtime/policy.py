@@ -14,15 +14,15 @@ import hashlib
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import signatures, strictjson
 from .blobs import NAME_LIMIT
-from .errors import BootcLiveError, shown
+from .errors import BootcLiveError, ImageError, shown
 from .signatures import BAD_SIGNATURE, INVALID_SIGNATURE, UNKNOWN_KEY, Signature, SignatureError
+from .sources import read_file
 
 # Reasons a PolicyError gives (tests and the boot's status match on them); a signature that
 # does not verify gives the reason of its SignatureError.
@@ -245,40 +245,14 @@ class Requirement:
 
 
 def _read_key(path: str, where: str) -> bytes:
-    """A key file's contents: a regular file of at most KEY_LIMIT bytes. A FIFO would block the
-    open or the read, a device (/dev/zero) would be read without end: opened without waiting,
-    then checked."""
+    """A key file's contents: a regular file of at most KEY_LIMIT bytes (sources.read_file)."""
+    what = f"{path}: key named by {where}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_file(path, what, KEY_LIMIT, "name a key file in the policy")
+    except ImageError as err:
+        raise PolicyError(str(err), KEY_MISSING, err.hint) from None
     except OSError as err:
-        raise PolicyError(
-            f"{path}: key named by {where} cannot be read: {err.strerror}", KEY_MISSING
-        ) from None
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        if regular:
-            os.set_blocking(fd, True)
-            with open(fd, "rb", closefd=False) as f:
-                data = f.read(KEY_LIMIT + 1)
-    except OSError as err:
-        raise PolicyError(
-            f"{path}: key named by {where} cannot be read: {err.strerror}", KEY_MISSING
-        ) from None
-    finally:
-        os.close(fd)
-    if not regular:
-        raise PolicyError(
-            f"{path}: key named by {where} is not a regular file (a directory, pipe or device)",
-            KEY_MISSING,
-            "name a key file in the policy",
-        )
-    if len(data) > KEY_LIMIT:
-        raise PolicyError(
-            f"{path}: key named by {where} is larger than {KEY_LIMIT} bytes: no key file is",
-            KEY_MISSING,
-            "name a key file in the policy",
-        )
-    return data
+        raise PolicyError(f"{what} cannot be read: {err.strerror}", KEY_MISSING) from None
 
 
 @dataclass(frozen=True)
@@ -313,8 +287,9 @@ class Policy:
     @classmethod
     def load(cls, path: str) -> Policy:
         try:
-            with open(path, "rb") as f:
-                data = f.read(POLICY_LIMIT + 1)
+            data = read_file(path, f"policy {path}", POLICY_LIMIT, "fix bootc.policy=")
+        except ImageError as err:
+            raise PolicyError(str(err), MALFORMED, err.hint) from None
         except FileNotFoundError:
             raise PolicyError(
                 f"{path}: no such policy file",

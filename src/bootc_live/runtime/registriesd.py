@@ -25,8 +25,9 @@ from dataclasses import dataclass, fields
 from typing import Union
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from .errors import BootcLiveError, shown
+from .errors import BootcLiveError, ImageError, shown
 from .policy import DockerReference, docker_namespaces
+from .sources import read_file
 
 DEFAULT_DIR = "/etc/containers/registries.d"
 BUILTIN_LOOKASIDE = "file:///var/lib/containers/sigstore"  # containers/image's, for root
@@ -312,12 +313,11 @@ class RegistriesD:
         for name in names:
             path = os.path.join(directory, name)
             try:
-                with open(path, "rb") as f:
-                    data = f.read(FILE_LIMIT + 1)
+                data = read_file(path, path, FILE_LIMIT, "make it a regular file, or remove it")
+            except ImageError as err:
+                raise RegistriesDError(str(err), err.hint) from None
             except OSError as err:
                 raise RegistriesDError(f"{path}: cannot be read: {err.strerror}") from None
-            if len(data) > FILE_LIMIT:
-                raise RegistriesDError(f"{path}: larger than {FILE_LIMIT} bytes")
             try:
                 texts[path] = data.decode()
             except UnicodeDecodeError:

@@ -31,6 +31,7 @@ from . import http, jsondoc
 from .blobs import NAME_LIMIT, Descriptor, check_digest, digest_of, odd_at, registry_host
 from .errors import BootcLiveError, ImageError, VerificationError
 from .oci import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, SCHEMA1_TYPES
+from .sources import NOT_A_FILE, read_file
 from .streams import Reader
 
 DOCKER_HUB = "docker.io"
@@ -154,12 +155,11 @@ def load_credentials(path: str | None, registry: str, repository: str) -> tuple[
 
 def read_auth_file(path: str) -> dict[str, object]:
     """A containers/Docker `auth.json` as a JSON object, or one clear error."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(AUTH_LIMIT + 1)  # /dev/zero, a log file: not read to the end
-        if len(data) > AUTH_LIMIT:
-            raise ValueError(f"larger than {AUTH_LIMIT >> 20} MiB")
+    try:  # a FIFO, /dev/zero, a log file: refused, not waited on or read to the end
+        data = read_file(path, f"credentials file {path}", AUTH_LIMIT, NOT_A_FILE)
         obj = json.loads(data)
+    except ImageError as err:
+        raise RegistryError(str(err), err.hint) from None
     except FileNotFoundError:
         raise RegistryError(
             f"credentials file {path} is missing", "fix bootc.registry.auth="

@@ -47,24 +47,71 @@ class ImageSource(Protocol):
         """Release files and connections."""
 
 
+NOT_A_FILE = "make it a regular file, or name another"  # the next step, by default
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def open_file(
     path: str, what: str, devices: bool = False, hint: str = "copy it into a regular file"
 ) -> BinaryIO:
     """`path` opened for reading, if it is a regular file (a block device too, with `devices`):
     a FIFO would block the open itself, or a read, with nothing to say why (opened without
-    waiting, then checked). ImageError naming `what` otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    waiting, then checked). ImageError naming `what` otherwise; a directory is the
+    IsADirectoryError open() gives, other OSErrors pass as they are."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:  # a socket: ENXIO ("No such device or address"), which says little
+        if err.errno == errno.ENXIO and stat.S_ISSOCK(_mode(path)):
+            raise ImageError(f"{what} is not a regular file (a socket)", hint) from None
+        raise
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or (devices and stat.S_ISBLK(mode))):
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            raise ImageError(f"{what} is not a regular file (a pipe or a device)", hint)
+            raise ImageError(f"{what} is not a regular file ({kind_of(mode)})", hint)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
+
+
+def read_file(path: str, what: str, limit: int, hint: str = NOT_A_FILE) -> bytes:
+    """The whole of `path`, a file named by a user, an image or a command line, to be parsed:
+    a regular file of at most `limit` bytes. Opened without waiting, then checked (open_file):
+    a FIFO with no writer would block for ever, /dev/zero be read until memory runs out, a
+    directory or /dev/null be read as nothing. ImageError naming `what` (which names the
+    file) and giving `hint` for those; OSError as open() raises it otherwise
+    (FileNotFoundError: the caller says what a missing file means)."""
+    try:
+        with open_file(path, what, hint=hint) as f:
+            data = f.read(limit + 1)
+    except IsADirectoryError:
+        raise ImageError(f"{what} is not a regular file (a directory)", hint) from None
+    if len(data) > limit:
+        raise ImageError(f"{what} is larger than {limit} bytes", hint)
+    return data
 
 
 INDEX_LIMIT = 16 << 20  # bytes of an index.json

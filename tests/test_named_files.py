@@ -1,0 +1,163 @@
+"""Files read by a name a user, an image or a command line gives: a FIFO with nobody writing,
+/dev/zero, a directory, /dev/null are refused at once with one line naming the file and the
+next step (sources.read_file, sources.open_file); nothing waits, nothing is read without end,
+no descriptor is left open. Each reader is given each kind; a dangling link is a missing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bootc_live import cli
+from bootc_live.runtime import cmdline, http, policy, registriesd, registry
+from bootc_live.runtime.errors import BootcLiveError
+from servers import hard_timeout
+
+KINDS = {
+    "fifo": "a FIFO",
+    "/dev/zero": "a character device",
+    "/dev/null": "a character device",
+    "directory": "a directory",
+}
+
+
+def make(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes: open() for reading waits for a writer
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "dangling":
+        path.symlink_to(path.parent / "nothing-here")
+    else:
+        path.symlink_to(kind)
+
+
+def refusal(read: Callable[[], object]) -> str:
+    """The one line `read` fails with, within 10 s, leaving no descriptor open."""
+    before = sorted(os.listdir("/proc/self/fd"))
+    with hard_timeout(10), pytest.raises((BootcLiveError, argparse.ArgumentTypeError)) as caught:
+        read()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    err = caught.value
+    return err.line() if isinstance(err, BootcLiveError) else str(err)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_policy_json(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "policy.json"
+    make(path, kind)
+    said = refusal(lambda: policy.Policy.load(str(path)))
+    assert said == f"policy {path} is not a regular file ({KINDS[kind]}); fix bootc.policy="
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_registries_d_yaml(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "a.yaml").write_text("docker: {}\n")
+    path = tmp_path / "b.yaml"
+    make(path, kind)
+    said = refusal(lambda: registriesd.RegistriesD.load(str(tmp_path)))
+    assert said == (
+        f"{path} is not a regular file ({KINDS[kind]}); make it a regular file, or remove it"
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auth_json(tmp_path: Path, kind: str) -> None:
+    """bootc.registry.auth=, --authfile, $REGISTRY_AUTH_FILE and the places podman looks in
+    are all read by read_auth_file."""
+    path = tmp_path / "auth.json"
+    make(path, kind)
+    said = refusal(lambda: registry.read_auth_file(str(path)))
+    assert said == (
+        f"credentials file {path} is not a regular file ({KINDS[kind]}); "
+        "make it a regular file, or name another"
+    )
+
+
+@pytest.mark.parametrize("where", ["cmdline.d", "etc/cmdline"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cmdline_files(tmp_path: Path, kind: str, where: str) -> None:
+    """A FIFO in /etc/cmdline.d stopped the boot for ever; /dev/zero filled the memory."""
+    proc = tmp_path / "proc-cmdline"
+    proc.write_text("quiet\n")
+    conf_dir = tmp_path / "cmdline.d"
+    conf_dir.mkdir()
+    (conf_dir / "10-a.conf").write_text("rd.debug\n")
+    path = conf_dir / "20-b.conf" if where == "cmdline.d" else tmp_path / "cmdline"
+    make(path, kind)
+    said = refusal(lambda: cmdline.read(str(proc), str(conf_dir), str(tmp_path / "cmdline")))
+    assert said == (
+        f"command-line file {path} is not a regular file ({KINDS[kind]}); "
+        "remove it from the initramfs"
+    )
+
+
+def test_cmdline_files_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cmdline, "CMDLINE_LIMIT", 1000)
+    proc = tmp_path / "proc-cmdline"
+    proc.write_text("quiet\n")
+    (tmp_path / "cmdline").write_text("rd.debug " * 200)
+    said = refusal(lambda: cmdline.read(str(proc), str(tmp_path), str(tmp_path / "cmdline")))
+    assert said == (
+        f"command-line file {tmp_path / 'cmdline'} is larger than 1000 bytes; "
+        "remove it from the initramfs"
+    )
+
+
+def test_cmdline_files_read_as_before(tmp_path: Path) -> None:
+    """What dracut's getcmdline gives is unchanged: CR and CRLF end lines as text mode made
+    them, a dangling conf is skipped (the shell's `<` fails and the loop goes on)."""
+    proc = tmp_path / "proc-cmdline"
+    proc.write_text("quiet\n")
+    (tmp_path / "10-a.conf").write_bytes(b"rd.debug\r\nrd.shell\rrd.info\n")
+    make(tmp_path / "20-b.conf", "dangling")
+    lines = cmdline._lines(str(proc), str(tmp_path), str(tmp_path / "none"))
+    assert lines == [["rd.debug", "rd.shell", "rd.info"], [], ["quiet"]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ca_option(tmp_path: Path, kind: str) -> None:
+    """--ca FILE (and the same check wherever a file is given on the command line)."""
+    path = tmp_path / "ca.pem"
+    make(path, kind)
+    said = refusal(lambda: cli._readable_file(str(path)))
+    if kind == "directory":  # open() says so itself, as before
+        assert said == f"{path}: Is a directory"
+    else:
+        assert said == (
+            f"{path} is not a regular file ({KINDS[kind]}); make it a regular file, or name another"
+        )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_ca_bundle_of_a_connection(tmp_path: Path, kind: str) -> None:
+    """The CA bundle an https connection trusts (bootc.ca=, --ca): OpenSSL read a FIFO's
+    name and waited for ever."""
+    path = tmp_path / "ca.pem"
+    make(path, kind)
+    client = http.Client("https://127.0.0.1:9/v2/", http.Policy(), print, cafile=str(path))
+    said = refusal(client._context)
+    assert said == (
+        f"CA bundle {path} is not a regular file ({KINDS[kind]}); "
+        "make it a regular file, or name another"
+    )
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda p: policy.Policy.load(str(p)),
+        lambda p: registry.read_auth_file(str(p)),
+    ],
+    ids=["policy", "auth"],
+)
+def test_a_dangling_link_is_a_missing_file(tmp_path: Path, read: Callable[[Path], object]) -> None:
+    path = tmp_path / "file.json"
+    make(path, "dangling")
+    said = refusal(lambda: read(path))
+    assert f"{path}: no such policy file" in said or f"{path} is missing" in said
