@@ -10,12 +10,24 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from bootc_live import cli
-from bootc_live.runtime import cmdline, http, policy, registriesd, registry
+from bootc_live.runtime import (
+    cmdline,
+    handover,
+    http,
+    modules,
+    policy,
+    registriesd,
+    registry,
+    tools,
+)
 from bootc_live.runtime.errors import BootcLiveError
+from bootc_live.runtime.oci import Image
 from servers import hard_timeout
 
 KINDS = {
@@ -161,3 +173,50 @@ def test_a_dangling_link_is_a_missing_file(tmp_path: Path, read: Callable[[Path]
     make(path, "dangling")
     said = refusal(lambda: read(path))
     assert f"{path}: no such policy file" in said or f"{path} is missing" in said
+
+
+# Files of the initramfs the runtime reads to free memory or to trust a kexec handover: one
+# that is not a regular file is as none (nothing freed, everything verified), not a boot that
+# waits for ever or fills the memory.
+
+
+def quietly(read: Callable[[], object]) -> object:
+    """What `read` gives, within 10 s, leaving no descriptor open."""
+    before = sorted(os.listdir("/proc/self/fd"))
+    with hard_timeout(10):
+        got = read()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    return got
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "dangling"])
+def test_modules_dep(tmp_path: Path, kind: str) -> None:
+    proc = tmp_path / "modules"
+    proc.write_text("")
+    (tmp_path / "vfat.ko").write_bytes(b"m")
+    make(tmp_path / "modules.dep", kind)
+    assert quietly(lambda: modules.unused(str(tmp_path), str(proc))) == modules.Unused()
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "dangling"])
+def test_tools_manifest(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "tools.json"
+    make(path, kind)
+    assert quietly(lambda: tools.read_manifest(str(path))) == {}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kexec_record(tmp_path: Path, kind: str) -> None:
+    (tmp_path / handover.IMAGE_DIR).mkdir(parents=True)
+    make(tmp_path / handover.RECORD, kind)
+    image = cast(Image, SimpleNamespace(manifest_digest="sha256:" + "1" * 64))
+    said: list[str] = []
+    layout = str(tmp_path / handover.IMAGE_DIR)
+    expected = "sha256:" + "2" * 64
+    got = quietly(
+        lambda: handover.trust_previous_stage(image, layout, expected, said.append, str(tmp_path))
+    )
+    assert got is image
+    assert said == [
+        f"bootc.kexec.verified={expected} matches no record of this image: verifying all"
+    ]

@@ -15,6 +15,7 @@ file of the initramfs: every initrd of a boot is as trusted as initrd.img; docs/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO, Callable
 
 from .blobs import Descriptor, VerifyingReader
 from .cpio import MAX_MEMBER, CpioWriter
-from .errors import MissingBlob
+from .errors import ImageError, MissingBlob
 from .memory import (
     PACKED_ANNOTATIONS,
     SIZES_ANNOTATION,
@@ -35,10 +36,11 @@ from .memory import (
     ZRAM_ANNOTATION,
 )
 from .oci import REF_NAME, Image
-from .sources import _Slice, blob_path, open_parts
+from .sources import _Slice, blob_path, open_parts, read_file
 
 IMAGE_DIR = "bootc-live/image"  # where the split layout puts the image inside the initramfs
 RECORD = "bootc-live/verified.json"  # beside a kexec handover: what stage one verified
+RECORD_LIMIT = 1 << 20
 PART_SIZE = 2 << 30  # blobs larger than a cpio member allows are stored in parts of this size
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -179,11 +181,9 @@ def trust_previous_stage(
     usual."""
     data = b""
     if os.path.normpath(layout) == os.path.join(root, IMAGE_DIR):
-        try:
-            with open(os.path.join(root, RECORD), "rb") as f:
-                data = f.read(1 << 20)
-        except FileNotFoundError:
-            pass
+        # Not a regular file (a FIFO would wait for ever), too large, missing: no record.
+        with contextlib.suppress(OSError, ImageError):
+            data = read_file(os.path.join(root, RECORD), "the kexec record", RECORD_LIMIT)
     matches = data and "sha256:" + hashlib.sha256(data).hexdigest() == expected
     record = json.loads(data) if matches else {}  # stage one wrote it: valid JSON
     if record.get("manifest") != image.manifest_digest:

@@ -21,10 +21,14 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .errors import ImageError
+from .sources import read_file
+
 INITRD_RELEASE = "/etc/initrd-release"
 MODULES_DIR = "/lib/modules"
 PROC_MODULES = "/proc/modules"
 PAGE = 4096
+DEP_LIMIT = 64 << 20  # bytes of modules.dep (a distribution kernel's whole is under 1 MiB)
 _SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 
 
@@ -56,10 +60,13 @@ def unused(directory: str | None = None, proc_modules: str = PROC_MODULES) -> Un
     base = directory or os.path.join(MODULES_DIR, os.uname().release)
     try:
         loaded = _loaded(proc_modules)
-        with open(os.path.join(base, "modules.dep"), encoding="utf-8", errors="replace") as f:
-            listed = [line.partition(":")[0].strip() for line in f]
-    except FileNotFoundError:
+        # Not a regular file (a FIFO would wait for ever, /dev/zero fill the memory), too
+        # large, unreadable: nothing is freed, as without one.
+        data = read_file(os.path.join(base, "modules.dep"), "modules.dep", DEP_LIMIT)
+    except (OSError, ImageError):
         return Unused()
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    listed = [line.partition(":")[0].strip() for line in text.split("\n")]
     if not os.access(base, os.W_OK):  # e.g. read-only (EROFS): nothing can be given back
         return Unused()
     paths = [os.path.join(base, rel) for rel in listed if rel and module_name(rel) not in loaded]

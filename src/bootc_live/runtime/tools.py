@@ -23,8 +23,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from . import modules
+from .errors import ImageError
+from .sources import read_file
 
 MANIFEST = "/usr/lib/bootc-live/tools.json"
+MANIFEST_LIMIT = 16 << 20  # bytes of tools.json (a few hundred paths)
 # The tools a boot may do without, each with the other names it is installed under.
 TOOLS = {
     "curl": (),
@@ -54,10 +57,9 @@ def still_run(mode: str) -> frozenset[str]:
 def read_manifest(path: str | None = None) -> dict[str, list[str]]:
     """The files of each tool, as the build recorded them; nothing if there is no record or it
     is not one (an initramfs from an older build frees no tools)."""
-    try:
-        with open(path or MANIFEST, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+    try:  # a FIFO would wait for ever, /dev/zero fill the memory: no record then
+        doc = json.loads(read_file(path or MANIFEST, "tools.json", MANIFEST_LIMIT))
+    except (OSError, ValueError, ImageError):
         return {}
     if not isinstance(doc, dict):
         return {}
