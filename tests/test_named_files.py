@@ -15,7 +15,7 @@ from typing import cast
 
 import pytest
 
-from bootc_live import cli
+from bootc_live import cli, pushpacked
 from bootc_live.runtime import (
     cmdline,
     handover,
@@ -28,6 +28,7 @@ from bootc_live.runtime import (
 )
 from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.runtime.oci import Image
+from bootc_live.runtime.sources import LayoutSource
 from servers import hard_timeout
 
 KINDS = {
@@ -220,3 +221,28 @@ def test_kexec_record(tmp_path: Path, kind: str) -> None:
     assert said == [
         f"bootc.kexec.verified={expected} matches no record of this image: verifying all"
     ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_index_json_of_a_layout(tmp_path: Path, kind: str) -> None:
+    """It was 'not an OCI image layout (no index.json)': the file is there, and is no file."""
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    make(tmp_path / "index.json", kind)
+    said = refusal(lambda: LayoutSource(str(tmp_path)))
+    assert said == (
+        f"oci:{tmp_path}: index.json is not a regular file ({KINDS[kind]}); "
+        "copy the layout again (skopeo copy … oci:DIR)"
+    )
+
+
+@pytest.mark.parametrize("name", ["packed.img.json", "packed.json"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_record_beside_a_packed_image(tmp_path: Path, kind: str, name: str) -> None:
+    """It was 'no record beside …': the record is there, and is no file."""
+    (tmp_path / "packed.img").write_bytes(b"hsqs")
+    make(tmp_path / name, kind)
+    said = refusal(lambda: pushpacked.read_record(str(tmp_path / "packed.img")))
+    assert said == (
+        f"the record {tmp_path / name} is not a regular file ({KINDS[kind]}); "
+        "give the packed.json that bootc-live build or pack wrote beside it"
+    )

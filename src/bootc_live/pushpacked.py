@@ -26,13 +26,17 @@ from typing import Any, Union
 
 from .runtime import http as rhttp
 from .runtime import jsondoc, packed, packedreg
+from .runtime.errors import ImageError
 from .runtime.registry import TOKEN_POLICY, Reference, RegistryAuth, RegistryError, error_codes
+from .runtime.sources import read_file
 
 EMPTY = b"{}"
 RECORD_KEYS = ("format", "compressor", "tool")
 ANNOTATION = "org.bootc-live.packed."  # + format, compressor, tool
 CREATED = "org.opencontainers.image.created"  # when it was pushed (SOURCE_DATE_EPOCH if set)
 INDEX_LIMIT = 4 << 20
+RECORD_LIMIT = 1 << 20  # bytes of packed.json
+RECORD_HINT = "give the packed.json that bootc-live build or pack wrote beside it"
 Body = Union[bytes, Callable[[], Iterator[bytes]]]
 
 
@@ -77,10 +81,12 @@ def filesystem(path: str, record: dict[str, Any]) -> Blob:
 def read_record(path: str) -> dict[str, Any]:
     """FILE.json (pack), else packed.json beside FILE (build): what FILE was made from."""
     for candidate in (path + ".json", os.path.join(os.path.dirname(path), "packed.json")):
-        if os.path.isfile(candidate):
+        if os.path.exists(candidate):  # a FIFO or a device too: refused, not waited on
             try:
-                with open(candidate, "rb") as f:
-                    obj = jsondoc.loads(f.read(1 << 20), 1 << 20)
+                data = read_file(candidate, f"the record {candidate}", RECORD_LIMIT, RECORD_HINT)
+                obj = jsondoc.loads(data, RECORD_LIMIT)
+            except ImageError as err:
+                raise packed.PackedError(str(err), err.hint) from None
             except (OSError, ValueError) as err:
                 raise packed.PackedError(f"cannot read the record {candidate}: {err}") from None
             if isinstance(obj, dict) and isinstance(obj.get("image"), str):

@@ -144,6 +144,13 @@ class LayoutSource:
                 )
             if not os.path.lexists(path):
                 raise ImageError(f"{path}: no such directory")
+            index = os.path.join(path, "index.json")
+            if os.path.lexists(index):  # a FIFO, a device, a directory, a link to nothing
+                kind = kind_of(_mode(index)) if os.path.exists(index) else "a link to nothing"
+                raise ImageError(
+                    f"{self.description}: index.json is not a regular file ({kind})",
+                    "copy the layout again (skopeo copy … oci:DIR)",
+                )
             if os.path.isfile(os.path.join(path, "manifest.json")):
                 raise ImageError(
                     f"{path} is a dir: layout (skopeo's, or podman save --format docker-dir), "
