@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 
 from bootc_live import cli, pushpacked
+from bootc_live.images import CopiedSource, SourceRef
 from bootc_live.runtime import (
     cmdline,
     handover,
@@ -245,4 +246,16 @@ def test_record_beside_a_packed_image(tmp_path: Path, kind: str, name: str) -> N
     assert said == (
         f"the record {tmp_path / name} is not a regular file ({KINDS[kind]}); "
         "give the packed.json that bootc-live build or pack wrote beside it"
+    )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_docker_archive(tmp_path: Path, kind: str) -> None:
+    """It was 'no such file': the file is there, and is no file skopeo's archive is read from."""
+    path = tmp_path / "img.tar"
+    make(path, kind)
+    ref = SourceRef.parse(f"docker-archive:{path}")
+    said = refusal(lambda: CopiedSource(ref, compress=False))
+    assert said == (
+        f"{path}: is not a regular file ({KINDS[kind]}); save the archive to a file first"
     )

@@ -25,7 +25,7 @@ from .runtime.oci import (
     tag_part,
 )
 from .runtime.run import CommandError, run
-from .runtime.sources import ArchiveSource, ImageSource, LayoutSource, looked_at
+from .runtime.sources import ArchiveSource, ImageSource, LayoutSource, kind_of, looked_at
 
 TRANSPORTS = (
     "oci-archive:PATH[:REF], oci:DIR[:REF], docker-archive:PATH[:REF], dir:DIR, "
@@ -185,8 +185,15 @@ class CopiedSource(LayoutSource):
         digest: str | None = None,
     ) -> None:
         if ref.transport == "docker-archive" and not os.path.isfile(looked_at(ref.path)):
-            what = "is a directory, not a file" if os.path.isdir(ref.path) else "no such file"
-            raise UsageError(f"{ref.path}: {what}", "give the file podman save wrote")
+            hint = "give the file podman save wrote"
+            if os.path.isdir(ref.path):
+                what = "is a directory, not a file"
+            elif os.path.exists(ref.path):  # a FIFO (/dev/fd/N of <(…)), a device
+                what = f"is not a regular file ({kind_of(os.stat(ref.path).st_mode)})"
+                hint = "save the archive to a file first"
+            else:
+                what = "no such file"
+            raise UsageError(f"{ref.path}: {what}", hint)
         manifest = os.path.join(ref.path, "manifest.json")
         if ref.transport == "dir" and not os.path.isfile(looked_at(manifest)):
             raise UsageError(
