@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -258,4 +259,16 @@ def test_docker_archive(tmp_path: Path, kind: str) -> None:
     said = refusal(lambda: CopiedSource(ref, compress=False))
     assert said == (
         f"{path}: is not a regular file ({KINDS[kind]}); save the archive to a file first"
+    )
+
+
+def test_a_socket_is_named(tmp_path: Path) -> None:
+    """open() of a socket fails with ENXIO, 'No such device or address', which says little."""
+    path = tmp_path / "auth.json"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    said = refusal(lambda: registry.read_auth_file(str(path)))
+    assert said == (
+        f"credentials file {path} is not a regular file (a socket); "
+        "make it a regular file, or name another"
     )
