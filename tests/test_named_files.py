@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,10 +29,13 @@ from bootc_live.runtime import (
     registry,
     tools,
 )
+from bootc_live.runtime.cmdline import ImageLocation
 from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.runtime.oci import Image
 from bootc_live.runtime.sources import LayoutSource
 from servers import hard_timeout
+from test_cmdline import GETARG
+from test_dracut_shell import DRACUT_LIB, DRACUT_UTIL
 
 KINDS = {
     "fifo": "a FIFO",
@@ -70,7 +74,7 @@ def test_policy_json(tmp_path: Path, kind: str) -> None:
     assert said == f"policy {path} is not a regular file ({KINDS[kind]}); fix bootc.policy="
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory"])
 def test_registries_d_yaml(tmp_path: Path, kind: str) -> None:
     (tmp_path / "a.yaml").write_text("docker: {}\n")
     path = tmp_path / "b.yaml"
@@ -94,8 +98,18 @@ def test_auth_json(tmp_path: Path, kind: str) -> None:
     )
 
 
+def test_a_registries_d_yaml_linked_to_dev_null_is_empty(tmp_path: Path) -> None:
+    """A link to /dev/null masks a file; containers/image reads it as empty (os.ReadFile)."""
+    (tmp_path / "a.yaml").write_text("default-docker:\n  lookaside: file:///sigs\n")
+    make(tmp_path / "b.yaml", "/dev/null")
+    loaded = quietly(lambda: registriesd.RegistriesD.load(str(tmp_path)))
+    a = tmp_path / "a.yaml"
+    assert loaded == registriesd.RegistriesD.parse({str(a): a.read_text()})
+    assert loaded != registriesd.RegistriesD.parse({})
+
+
 @pytest.mark.parametrize("where", ["cmdline.d", "etc/cmdline"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
 def test_cmdline_files(tmp_path: Path, kind: str, where: str) -> None:
     """A FIFO in /etc/cmdline.d stopped the boot for ever; /dev/zero filled the memory."""
     proc = tmp_path / "proc-cmdline"
@@ -110,6 +124,47 @@ def test_cmdline_files(tmp_path: Path, kind: str, where: str) -> None:
         f"command-line file {path} is not a regular file ({KINDS[kind]}); "
         "remove it from the initramfs"
     )
+
+
+def test_masked_and_directory_cmdline_files_are_empty_as_to_dracut(tmp_path: Path) -> None:
+    """dracut's getcmdline reads a link to /dev/null (a masked file) and a directory (its
+    read fails with EISDIR) as empty, and goes on: so does the runtime, which must agree with
+    the hooks. dracut-lib.sh's own getarg is the oracle."""
+    conf = tmp_path / "etc/cmdline.d"
+    conf.mkdir(parents=True)
+    (conf / "10-a.conf").write_text("bootclabel=a\n")
+    make(conf / "20-masked.conf", "/dev/null")
+    make(conf / "30-dir.conf", "directory")
+    make(tmp_path / "etc/cmdline", "/dev/null")
+    proc = tmp_path / "proc-cmdline"
+    proc.write_text("root=bootc-live:/x.oci\n")
+    spec = quietly(lambda: cmdline.read(str(proc), str(conf), str(tmp_path / "etc/cmdline")))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PREFIX": "/nonexistent",
+        "DRACUT_SYSTEMD": "1",
+        "DEBUG_MEM_LEVEL": "0",
+        "DRACUT_LIB": str(DRACUT_LIB),
+        "ROOT": str(tmp_path),
+        "PROC": str(proc),
+    }
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/dracut-getarg").symlink_to(DRACUT_UTIL)
+    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    said = {
+        name: subprocess.run(
+            ["bash", "-c", GETARG, "getarg", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.rstrip("\n")
+        for name in ("bootclabel", "root")
+    }
+    assert said == {"bootclabel": "a", "root": "bootc-live:/x.oci"}
+    assert spec.label == "a"
+    assert spec.image == ImageLocation("path", "/x.oci")
 
 
 def test_cmdline_files_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

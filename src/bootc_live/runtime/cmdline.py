@@ -943,9 +943,12 @@ def _lines(
     confs = [p for p in sorted(glob.glob(f"{conf_dir}/*.conf")) if os.path.basename(p) not in skip]
     parts: list[list[str]] = [[], [], []]
     for part, path in [*((0, conf) for conf in confs), (1, etc_cmdline), (2, proc_cmdline)]:
+        if path != proc_cmdline and os.path.isdir(path):
+            continue  # the shell's read gets EISDIR: the file gives nothing, as if empty
         what = f"command-line file {path}"
         try:  # a FIFO would block the boot for ever, /dev/zero fill the memory: refused
-            data = read_file(path, what, CMDLINE_LIMIT, "remove it from the initramfs")
+            hint = "remove it from the initramfs"  # a link to /dev/null (masked) is empty
+            data = read_file(path, what, CMDLINE_LIMIT, hint, null_is_empty=True)
         except FileNotFoundError:
             if path == proc_cmdline:
                 raise

@@ -313,7 +313,8 @@ class RegistriesD:
         for name in names:
             path = os.path.join(directory, name)
             try:
-                data = read_file(path, path, FILE_LIMIT, "make it a regular file, or remove it")
+                hint = "make it a regular file, or remove it"  # a link to /dev/null: empty
+                data = read_file(path, path, FILE_LIMIT, hint, null_is_empty=True)
             except ImageError as err:
                 raise RegistriesDError(str(err), err.hint) from None
             except OSError as err:

@@ -90,6 +90,14 @@ def open_file(
         raise
 
 
+def _is_null(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
 def _mode(path: str) -> int:
     try:
         return os.stat(path).st_mode
@@ -97,13 +105,19 @@ def _mode(path: str) -> int:
         return 0
 
 
-def read_file(path: str, what: str, limit: int, hint: str = NOT_A_FILE) -> bytes:
+def read_file(
+    path: str, what: str, limit: int, hint: str = NOT_A_FILE, null_is_empty: bool = False
+) -> bytes:
     """The whole of `path`, a file named by a user, an image or a command line, to be parsed:
     a regular file of at most `limit` bytes. Opened without waiting, then checked (open_file):
     a FIFO with no writer would block for ever, /dev/zero be read until memory runs out, a
     directory or /dev/null be read as nothing. ImageError naming `what` (which names the
     file) and giving `hint` for those; OSError as open() raises it otherwise
-    (FileNotFoundError: the caller says what a missing file means)."""
+    (FileNotFoundError: the caller says what a missing file means). With `null_is_empty`,
+    /dev/null is an empty file, as it is to the program whose file it is (a link to it masks a
+    file: dracut's /etc/cmdline.d, containers' registries.d)."""
+    if null_is_empty and _is_null(path):
+        return b""
     try:
         with open_file(path, what, hint=hint) as f:
             data = f.read(limit + 1)
