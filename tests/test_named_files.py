@@ -127,14 +127,16 @@ def test_cmdline_files(tmp_path: Path, kind: str, where: str) -> None:
 
 
 def test_masked_and_directory_cmdline_files_are_empty_as_to_dracut(tmp_path: Path) -> None:
-    """dracut's getcmdline reads a link to /dev/null (a masked file) and a directory (its
-    read fails with EISDIR) as empty, and goes on: so does the runtime, which must agree with
-    the hooks. dracut-lib.sh's own getarg is the oracle."""
+    """dracut's getcmdline reads a link to /dev/null (a masked file), a directory (its read
+    fails with EISDIR) and a socket (the redirection fails) as empty, and goes on: so does
+    the runtime, which must agree with the hooks. dracut-lib.sh's own getarg is the oracle."""
     conf = tmp_path / "etc/cmdline.d"
     conf.mkdir(parents=True)
     (conf / "10-a.conf").write_text("bootclabel=a\n")
     make(conf / "20-masked.conf", "/dev/null")
     make(conf / "30-dir.conf", "directory")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(conf / "40-socket.conf"))
     make(tmp_path / "etc/cmdline", "/dev/null")
     proc = tmp_path / "proc-cmdline"
     proc.write_text("root=bootc-live:/x.oci\n")

@@ -13,6 +13,7 @@ import difflib
 import glob
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -943,8 +944,8 @@ def _lines(
     confs = [p for p in sorted(glob.glob(f"{conf_dir}/*.conf")) if os.path.basename(p) not in skip]
     parts: list[list[str]] = [[], [], []]
     for part, path in [*((0, conf) for conf in confs), (1, etc_cmdline), (2, proc_cmdline)]:
-        if path != proc_cmdline and os.path.isdir(path):
-            continue  # the shell's read gets EISDIR: the file gives nothing, as if empty
+        if path != proc_cmdline and _passed_over(path):
+            continue
         what = f"command-line file {path}"
         try:  # a FIFO would block the boot for ever, /dev/zero fill the memory: refused
             hint = "remove it from the initramfs"  # a link to /dev/null (masked) is empty
@@ -964,6 +965,16 @@ def _lines(
             lines.pop()
         parts[part] += [line.replace("\0", "").strip(" \t") for line in lines]
     return parts
+
+
+def _passed_over(path: str) -> bool:
+    """Whether the shell's `while read … done < FILE` of getcmdline reads nothing of `path`,
+    and goes on: a directory (read fails with EISDIR), a socket (the redirection fails)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) or stat.S_ISSOCK(mode)
 
 
 def _joined(parts: list[list[str]]) -> str:
