@@ -900,3 +900,27 @@ def test_a_hard_link_to_a_lower_layer_takes_its_last_entry_at_that_path(tmp_path
         "6.14.0",
         b"kernel 6.14.0",
     )
+
+
+def test_a_kernels_name_reaches_the_console_escaped(tmp_path: Path) -> None:
+    """A directory name under usr/lib/modules is the image's: on the console (a VT, a serial
+    console, the journal) its escape sequences (an OSC 52 clipboard write, a screen clear), a
+    carriage return that would overwrite the line with a forged "live root ready" and a bidi
+    override are shown escaped; status.json keeps the name as it is."""
+    evil = "6.1.0\x1b]52;c;aGk=\x07\r\x1b[2Kbootc-live: live root ready\u202e"
+    image = image_of(tmp_path, kernel(evil), kernel("9.9\x1b[2J\x9b1m", initramfs=False))
+    out = io.StringIO()
+    report = Report(directory=str(tmp_path / "status"), stream=out)
+    with pytest.raises(SystemExit):
+        stage_one(tmp_path, image, tmp_path / "w", report=report)
+    console = out.getvalue()
+    assert console.endswith("\n")
+    for line in console[:-1].split("\n"):
+        assert line.isprintable(), line
+    assert (
+        "kexec into 6.1.0\\x1b]52;c;aGk=\\x07\\x0d\\x1b[2Kbootc-live: live root ready\\u202e:"
+        in (console)
+    )
+    assert "(9.9\\x1b[2J\\x9b1m passed over" in console
+    written = json.loads((tmp_path / "status/status.json").read_text())
+    assert written["kexec_kver"] == evil

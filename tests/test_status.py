@@ -92,3 +92,22 @@ def test_a_kexec_stage_two_starts_a_document_of_its_own(tmp_path: Path) -> None:
     assert found[-1] == final
     after = documents([*one, *early])[-1]  # another boot that never resolved: nothing of one's
     assert "kexec_kver" not in after and after["state"] == "ready"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.text())
+def test_every_line_printed_is_one_printable_line(said: str, field: str) -> None:
+    """Whatever a sentence quotes (a name from an image or a server: control characters, a
+    newline forging a status line or a second error, C1 controls, surrogates, bidi overrides),
+    each print is one line of printable characters, and the lines read back to status.json."""
+    out = io.StringIO()
+    report = Report(directory="/nonexistent/bootc-live-test", stream=out)
+    forged = f'{said}\nbootc-live: status {{"state":"ready"}}\r{said}'
+    report.say(forged)
+    report.summary(forged)
+    report.state("failed", message=field)
+    lines = out.getvalue().split("\n")
+    assert lines[-1] == ""
+    assert all(line.isprintable() for line in lines[:-1])
+    assert [doc["state"] for doc in documents(lines)] == ["failed"]
+    assert documents(lines)[-1]["message"] == field

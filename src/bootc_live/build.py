@@ -28,7 +28,7 @@ from .progress import Ticker, bytes_progress, say
 from .runtime import kernels, registry
 from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.cpio import CpioWriter, next_archive
-from .runtime.errors import BootcLiveError, shown
+from .runtime.errors import BootcLiveError, console_line, shown
 from .runtime.handover import (
     OCI_LAYOUT,
     blobs_of,
@@ -590,7 +590,7 @@ def host_kernel(kver: str | None) -> str:
 
 
 def warn(message: str) -> None:
-    print(f"bootc-live: warning: {message}", file=sys.stderr, flush=True)
+    print(console_line(f"bootc-live: warning: {message}"), file=sys.stderr, flush=True)
 
 
 def includes(config: BuildConfig, work: Path) -> list[tuple[Path, str]]:

@@ -35,7 +35,15 @@ from .images import HOST_POLICY, TRANSPORTS, RegistryOptions, SourceRef, UsageEr
 from .progress import Ticker, bytes_progress, say
 from .runtime import cmdline, handover, memory, registry, roots
 from .runtime import run as run_module
-from .runtime.errors import BootcLiveError, ImageError, Stopped, for_host, shown, stopping
+from .runtime.errors import (
+    BootcLiveError,
+    ImageError,
+    Stopped,
+    console_line,
+    for_host,
+    shown,
+    stopping,
+)
 from .runtime.oci import Image, Platform, all_manifests, offered_platforms
 from .runtime.policy import DEFAULT_PATH as POLICY_PATH
 from .runtime.registriesd import DEFAULT_DIR as REGISTRIES_D
@@ -759,7 +767,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
     verdict = result.verdict(args.timeout)
     if verdict is None:
         return 0
-    print(f"bootc-live: {verdict}", file=sys.stderr)
+    print(console_line(f"bootc-live: {verdict}"), file=sys.stderr)
     return 1
 
 
@@ -1206,8 +1214,8 @@ def run_command(args: argparse.Namespace) -> int:
             # repeat for a reason.
             traceback.print_exc(chain=False)
             if isinstance(err, CommandError) and err.command:
-                print(f"bootc-live: the command was: {err.command}", file=sys.stderr)
-        print(f"bootc-live: {error_line(err, args)}", file=sys.stderr)
+                print(console_line(f"bootc-live: the command was: {err.command}"), file=sys.stderr)
+        print(console_line(f"bootc-live: {error_line(err, args)}"), file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1223,7 +1231,10 @@ def run_command(args: argparse.Namespace) -> int:
         ]
         where = f"{' → '.join(names)}: " if names else ""
         print(
-            f"bootc-live: {where}{err.strerror or err}; check the paths given and the space there",
+            console_line(
+                f"bootc-live: {where}{err.strerror or err}; check the paths given and the space "
+                "there"
+            ),
             file=sys.stderr,
         )
         return 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import auth, progress, scratch
 from .runtime import cmdline, http, registry
 from .runtime.blobs import Descriptor
-from .runtime.errors import BootcLiveError, ImageError, for_host, shown
+from .runtime.errors import BootcLiveError, ImageError, console_line, for_host, shown
 from .runtime.oci import (
     Image,
     Platform,
@@ -58,7 +58,7 @@ class RegistryOptions:
 
 def _say(message: str) -> None:
     """What a source says as it goes (the runtime's words: kernel arguments become flags)."""
-    print(f"bootc-live: {for_host(message)}", file=sys.stderr, flush=True)
+    print(console_line(f"bootc-live: {for_host(message)}"), file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

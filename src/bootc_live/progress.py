@@ -13,6 +13,7 @@ import threading
 import time
 from types import TracebackType
 
+from .runtime.errors import console_line
 from .runtime.unpack import Progress
 
 
@@ -26,7 +27,7 @@ def interval(default: float) -> float:
 
 
 def say(message: str) -> None:
-    print(f"bootc-live: {message}", file=sys.stderr, flush=True)
+    print(console_line(f"bootc-live: {message}"), file=sys.stderr, flush=True)
 
 
 class Ticker:

@@ -47,7 +47,7 @@ from . import (
 from . import run as runner
 from .blobs import Descriptor
 from .cmdline import BootSpec
-from .errors import BootcLiveError, Stopped, stopping
+from .errors import BootcLiveError, Stopped, console_line, stopping
 from .oci import Image, resolve
 from .registriesd import RegistriesD
 from .sources import ArchiveSource, ImageSource, LayoutSource
@@ -104,6 +104,7 @@ def _main(argv: list[str], read_spec: Callable[[], BootSpec]) -> int:
         message = f"bootc-live: internal error: {type(err).__name__}: {err}; please report it" + (
             "" if debug else " (bootc.debug=1 shows where it happened)"
         )
+    message = console_line(message)  # one line: dracut's hook reads the file's first
     print(message, file=sys.stderr, flush=True)
     try:
         os.makedirs(STATUS_DIR, exist_ok=True)

@@ -38,6 +38,21 @@ def shown(value: str | bytes, keep: int = SHOWN) -> str:
     return _middle(_one_line(value), keep)
 
 
+CONSOLE_LIMIT = 4000  # characters of a line printed, whatever it says
+STATUS_MARKER = "bootc-live: status "  # status.STATUS_LINE: what programs look for on a line
+
+
+def console_line(text: str) -> str:
+    """A line as every sink prints it (the console, the journal, the host's terminal, the
+    error file dracut's hooks read): printable, one line, capped. Whatever a name quoted into
+    it carries (an escape sequence, a carriage return or newline forging another line, a bidi
+    override) is shown escaped, even where the name was not put in with `shown`. Nor does a
+    quoted status marker make a sentence read as a status line (status.parse_line finds the
+    marker anywhere in a line): its space is shown escaped."""
+    line = _middle(_one_line(text), CONSOLE_LIMIT // 2)
+    return line.replace(STATUS_MARKER, STATUS_MARKER[:-1] + "\\x20")
+
+
 class BootcLiveError(Exception):
     """A failure the user can act on: `str(err)` names the cause, `hint` the next step.
 

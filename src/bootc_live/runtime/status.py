@@ -19,8 +19,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from .errors import STATUS_MARKER, console_line
+
 STATUS_DIR = "/run/bootc-live"
-STATUS_LINE = "bootc-live: status "  # what a program looks for on the console
+STATUS_LINE = STATUS_MARKER  # what a program looks for on the console
 FINAL = ("ready", "failed")
 
 
@@ -69,6 +71,10 @@ class Report:
         self._unwritten = False  # status.json could not be written (said once)
 
     def _print(self, line: str) -> None:
+        """A sentence: one printable line, whatever it quotes, that reads as no status."""
+        self._emit(console_line(line))
+
+    def _emit(self, line: str) -> None:
         print(line, file=self.stream or sys.stderr, flush=True)
 
     def say(self, message: str) -> None:
@@ -103,8 +109,8 @@ class Report:
                 )
         finally:  # the lines are printed even where the file cannot be written
             if not self.quiet or state in FINAL:
-                for line in self._lines():
-                    self._print(line)
+                for line in self._lines():  # ASCII JSON: printable, one line
+                    self._emit(line)
 
     def _write(self) -> None:
         os.makedirs(self.directory, exist_ok=True)

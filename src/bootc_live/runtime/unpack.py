@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .apply import Applier
 from .blobs import VerifyingReader, new_hash, short
 from .decompress import ZSTD_WINDOW_LIMIT, decoded_chunks
-from .errors import LAYER_HINT, BootcLiveError, LayerError, VerificationError
+from .errors import LAYER_HINT, BootcLiveError, LayerError, VerificationError, console_line
 from .oci import Image
 from .streams import END, ChunkStream
 from .tarstream import TarEntry
@@ -64,7 +64,7 @@ class Progress:
         self.total = total
         self.layers = layers
         self.interval = interval
-        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.write = write or (lambda line: print(console_line(line), file=sys.stderr, flush=True))
         self.start = time.monotonic()
         self._last = self.start
 
@@ -247,7 +247,9 @@ def unpack_image(
     live boot planned)."""
     start = time.monotonic()
     applier = Applier(
-        dest, warn or (lambda msg: print(f"bootc-live: {msg}", file=sys.stderr)), observe
+        dest,
+        warn or (lambda msg: print(console_line(f"bootc-live: {msg}"), file=sys.stderr)),
+        observe,
     )
     feeder = _Feeder(image, progress, max_window)
     feeder.start()
