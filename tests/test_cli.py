@@ -720,3 +720,27 @@ def test_inspect_lists_the_platforms_of_the_tag_it_inspects(tmp_path: Path) -> N
     result = bootc_live("inspect", "--platform", "linux/arm64", f"oci:{layout}:solo")
     assert result.returncode == 0, result.stderr
     assert "platforms linux/arm64\n" in result.stdout
+
+
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "LANG": "C"}])
+def test_inspect_on_an_ascii_terminal_escapes_what_it_cannot_encode(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A kernel directory name is the image's, in any characters; `inspect` on a stdout whose
+    encoding lacks them (PYTHONIOENCODING=ascii, as in a minimal container or CI) writes their
+    escapes, as Python does on stderr, instead of ending in a UnicodeEncodeError traceback (the
+    "…" of a shortened name too)."""
+    kver = "6.1.0-\u00e9\u00e9\u00e9" + "x" * 200
+    modules = f"usr/lib/modules/{kver}"
+    build_layout(
+        tmp_path / "img", [layer_tar([d(modules), f(f"{modules}/vmlinuz", b"k")])], tag="v1"
+    )
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1", "--measure", env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    shortened = kver[:60] + "\u2026" + kver[-60:]
+    wanted = (
+        shortened
+        if env.get("LANG") == "C"  # Python's UTF-8 mode: the characters as they are
+        else shortened.encode("ascii", "backslashreplace").decode()
+    )
+    assert f"\nkernels   {wanted}\n" in result.stdout

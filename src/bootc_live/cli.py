@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import io
 import os
 import secrets
 import shutil
@@ -1193,7 +1194,15 @@ def program() -> NoReturn:
     interpreter's finalisation then crashes now and then (SIGSEGV instead of exit 130): with
     such threads left and nothing more to do, the output is flushed and the process ends
     without it.
+
+    A character the terminal's encoding lacks (LANG=C with PYTHONIOENCODING=ascii, a latin-1
+    locale: a kernel's name in `inspect`, the "…" of a shortened one) is written as its escape
+    on stdout too, as Python writes it on stderr: never a UnicodeEncodeError traceback.
     """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
     code = main()
     if threading.active_count() > 1:
         for stream in (sys.stdout, sys.stderr):
