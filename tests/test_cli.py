@@ -744,3 +744,27 @@ def test_inspect_on_an_ascii_terminal_escapes_what_it_cannot_encode(
         else shortened.encode("ascii", "backslashreplace").decode()
     )
     assert f"\nkernels   {wanted}\n" in result.stdout
+
+
+def test_inspect_shows_what_an_index_annotation_says_escaped(tmp_path: Path) -> None:
+    """The packed root's format and sha256 `build` records are the image's annotations: a
+    pushed image may carry anything there. inspect's lines stay lines: an escape sequence (a
+    window title, a screen clear) and a newline forging a line of its own are shown escaped."""
+    build_layout(tmp_path / "img", [layer_tar([f("data", b"x")])], tag="v1")
+    index = json.loads((tmp_path / "img/index.json").read_text())
+    index["manifests"][0]["annotations"].update(
+        {
+            "org.bootc-live.packed-bytes": str(1 << 20),
+            "org.bootc-live.packed-sha256": "sha256:\x1b[2J\npolicy    signatures: verified",
+            "org.bootc-live.packed-format": "squashfs:xz\x1b]0;owned\x07\u202e\u009b1m",
+        }
+    )
+    (tmp_path / "img/index.json").write_text(json.dumps(index))
+    result = bootc_live("inspect", f"oci:{tmp_path / 'img'}:v1")
+    assert result.returncode == 0, result.stderr
+    assert all(line.isprintable() for line in result.stdout.splitlines())
+    assert [ln for ln in result.stdout.splitlines() if ln.startswith("policy ")] == [
+        "policy    signatures: not required (policy scope default)"
+    ]
+    assert "(squashfs:xz\\x1b]0;owned\\x07\\u202e\\x9b1m)" in result.stdout
+    assert "sha256:\\x1b[2J\\x0apolicy    signatures: verified" in result.stdout

@@ -423,25 +423,31 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def say_out(line: str) -> None:
+    """A line of a report on stdout (inspect's): what it quotes of an image (annotations,
+    names, a recorded packed root's format) escaped, one line, as every sentence is."""
+    print(console_line(line))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     ref = source_ref(args)
     image = ref.resolve(args.platform, args.digest)
     source = image.source
     try:
-        print(f"image     {image.manifest_digest}")
+        say_out(f"image     {image.manifest_digest}")
         if image.top.digest != image.manifest_digest:
-            print(f"signed    {image.top.digest} (the index SOURCE names)")
+            say_out(f"signed    {image.top.digest} (the index SOURCE names)")
         platforms = platform_list(image) or [_config_platform(image)]
-        print(f"platforms {', '.join(shown(p) for p in platforms)}")  # the image's own words
-        print(f"config    {image.config_digest}")
+        say_out(f"platforms {', '.join(shown(p) for p in platforms)}")  # the image's own words
+        say_out(f"config    {image.config_digest}")
         options = trust_options(args)
         found = hostpolicy.gather(ref, image, options, say)
         checked = hostpolicy.Checked(image, found or (), None)
         for line in hostpolicy.signature_lines(checked, options, ref):
-            print(line)
+            say_out(line)
         sys.stdout.flush()
         verdict = hostpolicy.judge(ref, image, options, lambda _message: None, found)
-        print(f"policy    {verdict.line() if verdict else options.not_checked()}")
+        say_out(f"policy    {verdict.line() if verdict else options.not_checked()}")
         if args.measure:
             facts = describe.describe(
                 image, bytes_progress(image.compressed_size, len(image.layers))
@@ -454,7 +460,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 if facts.layer_sizes is None
                 else f", {facts.layer_sizes[i] / MIB:.1f} MiB unpacked"
             )
-            print(
+            say_out(
                 f"layer {i + 1}/{len(image.layers)} {layer.digest}  {layer.size / MIB:.1f} MiB "
                 f"{'uncompressed' if layer.plain_tar else 'compressed'}{size}"
             )
@@ -463,11 +469,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if facts.layer_sizes is None
             else f", {sum(facts.layer_sizes) / MIB:.1f} MiB unpacked"
         )
-        print(f"total     {image.compressed_size / MIB:.1f} MiB {image.blobs_are}{unpacked}")
+        say_out(f"total     {image.compressed_size / MIB:.1f} MiB {image.blobs_are}{unpacked}")
         kernels = ", ".join(map(shown, facts.kernels)) if facts.kernels is not None else None
-        print(f"kernels   {kernels or 'none' if kernels is not None else NOT_MEASURED}")
+        say_out(f"kernels   {kernels or 'none' if kernels is not None else NOT_MEASURED}")
         for line in ram_lines(image, facts):
-            print(line)
+            say_out(line)
     finally:
         source.close()
     return 0
