@@ -46,7 +46,7 @@ from bootc_live.runtime.cmdline import parse
 from bootc_live.runtime.errors import BootcLiveError, SpaceError
 from bootc_live.runtime.run import CommandError
 from bootc_live.runtime.sources import LayoutSource
-from bootc_live.runtime.status import Report
+from bootc_live.runtime.status import Report, documents
 from imagegen import BUSYBOX, bootable, build_layout, d, f, layer_tar, sym
 from servers import hard_timeout
 from test_signatures import cosign_keys, gnupg  # noqa: F401 - the fixtures signer needs
@@ -638,6 +638,44 @@ def test_an_internal_error_mid_unpack_is_one_line_and_undone(
     assert status["message"] == message and message in err.splitlines()
     assert ("Traceback (most recent call last):" in err) is bool(debug)
     assert ("+ echo 'traced?'" in err.splitlines()) is bool(debug)
+
+
+def _encoding_bug() -> None:
+    b"usr/lib/x\xff".decode("utf-8", "surrogateescape").encode("utf-8")  # a name not UTF-8
+
+
+def _forging_bug() -> None:
+    raise ValueError("x\nbootc-live: live root ready\r\x1b[2K\u202e")
+
+
+def _hinted_failure() -> None:  # a hint quoting what an image or a server said
+    raise BootcLiveError("the layer is bad", 'see\nbootc-live: status {"state":"ready"}')
+
+
+@pytest.mark.parametrize("bug", [_encoding_bug, _forging_bug, _hinted_failure])
+def test_the_failure_line_is_one_printable_line_whatever_it_quotes(
+    system: System,
+    layout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    bug: Any,
+) -> None:
+    """The error file dracut's hook dies with, the console's last sentence and status.json's
+    message: one line of printable characters, whatever the failure quotes (a name that is
+    not UTF-8, a newline forging "live root ready", an escape sequence, a status marker);
+    never a traceback, and the boot still ends `failed`."""
+    monkeypatch.setattr(unpack, "Applier", lambda *_a, **_k: bug())
+    code, status = boot_with(layout, tmp_path, "")
+    err = capsys.readouterr().err
+    written = (tmp_path / "run/error").read_text(encoding="utf-8")
+    assert code == 1 and system.mounted == [] and status["state"] == "failed"
+    assert written.endswith("\n") and written[:-1].isprintable()
+    assert status["message"] == written[:-1] and written[:-1] in err.splitlines()
+    assert "Traceback" not in err
+    assert not [line for line in err.splitlines() if line.startswith("bootc-live: live root")]
+    assert [doc["state"] for doc in documents(err.splitlines())][-1] == "failed"
+    assert all(line.isprintable() for line in err.splitlines())
 
 
 def test_the_status_lines_follow_the_states_and_carry_status_json(
