@@ -384,9 +384,12 @@ def test_an_auth_file_the_boot_cannot_use_fails_before_any_layer_is_read(
 
     monkeypatch.setattr(build_mod, "unpack_image", unpacked)
     (tmp_path / "helpers.json").write_text('{"credHelpers": {"r.io": "pass"}}')
+    with open(tmp_path / "big.json", "wb") as big:  # sparse: larger than any auth.json
+        big.truncate(1 << 30)
     for given, said in (
         (tmp_path / "missing.json", "is missing; fix --authfile FILE"),
-        (Path("/dev/zero"), "not a valid auth.json (larger than"),
+        (Path("/dev/zero"), "/dev/zero is not a regular file (a character device)"),
+        (tmp_path / "big.json", "is larger than"),
         (tmp_path / "helpers.json", 'has no "auths" object'),
     ):
         source = SourceRef.parse(f"oci:{tmp_path / 'img'}:v1")
@@ -394,7 +397,7 @@ def test_an_auth_file_the_boot_cannot_use_fails_before_any_layer_is_read(
         with pytest.raises(BootcLiveError) as err:
             build_mod.build(config)
         assert said in for_host(err.value.line())
-        assert sorted(os.listdir(tmp_path)) == ["helpers.json", "img"]
+        assert sorted(os.listdir(tmp_path)) == ["big.json", "helpers.json", "img"]
 
 
 def test_a_sha512_image_s_split_layout_unpacks_as_the_kernel_unpacks_it(tmp_path: Path) -> None:
