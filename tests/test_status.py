@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -101,13 +102,19 @@ def test_every_line_printed_is_one_printable_line(said: str, field: str) -> None
     newline forging a status line or a second error, C1 controls, surrogates, bidi overrides),
     each print is one line of printable characters, and the lines read back to status.json."""
     out = io.StringIO()
-    report = Report(directory="/nonexistent/bootc-live-test", stream=out)
-    forged = f'{said}\nbootc-live: status {{"state":"ready"}}\r{said}'
-    report.say(forged)
-    report.summary(forged)
-    report.state("failed", message=field)
+    with tempfile.TemporaryDirectory() as run:  # hypothesis: no function-scoped tmp_path
+        report = Report(directory=run, stream=out)
+        said_lines(report, said, field)
     lines = out.getvalue().split("\n")
     assert lines[-1] == ""
     assert all(line.isprintable() for line in lines[:-1])
     assert [doc["state"] for doc in documents(lines)] == ["failed"]
     assert documents(lines)[-1]["message"] == field
+
+
+def said_lines(report: Report, said: str, field: str) -> None:
+    """`said` said, summarised with a forged status line around it, then the failure."""
+    forged = f'{said}\nbootc-live: status {{"state":"ready"}}\r{said}'
+    report.say(forged)
+    report.summary(forged)
+    report.state("failed", message=field)

@@ -53,6 +53,11 @@ def resolve(root: str, path: str) -> str | None:
     return None if where is None else os.path.join(root, where)
 
 
+def is_directory(path: str | None) -> bool:
+    """Whether `path` (resolve's: None for nothing) is a directory."""
+    return path is not None and os.path.isdir(path)
+
+
 def present(root: str, path: str) -> bool:
     """Whether `path` is in `root` at all, a dangling link too (its directory resolved inside
     `root`)."""
@@ -187,7 +192,7 @@ def check(
     needed: tuple[str, ...] = ("proc", "sys", "dev", "run") if systemd else ("proc", "sys", "dev")
     if systemd and rw:
         needed = ()
-    missing = [d for d in needed if not os.path.isdir(resolve(newroot, d) or "/nonexistent")]
+    missing = [d for d in needed if not is_directory(resolve(newroot, d))]
     if missing:
         raise HandoverError(
             f"the image has no /{', /'.join(missing)}: the initramfs mounts the kernel's "
