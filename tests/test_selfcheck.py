@@ -18,6 +18,7 @@ from bootc_live import dracut, selfcheck
 from bootc_live.build import BuildConfig, build
 from bootc_live.demo import host_kernel
 from bootc_live.images import SourceRef
+from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.selfcheck import SelfCheckError
 from unpackers import REPO, need
 
@@ -255,3 +256,75 @@ def test_a_network_the_images_dracut_configuration_omits_is_not_added(
     said = capsys.readouterr().err
     note = f"the image's userland dracut configuration omits {omitted.strip()}"
     assert (note in said) is bool(omitted), said
+
+
+HOSTILE_MOUNT_POINTS = {
+    "proc-to-top": ("proc", lambda root, host: (root / "proc").symlink_to("/")),
+    "dev-up-and-out": ("dev", lambda root, host: (root / "dev").symlink_to("../../..")),
+    "run-to-the-host": ("run", lambda root, host: (root / "run").symlink_to(host)),
+    "run-dangling": ("run", lambda root, host: (root / "run").symlink_to(host / "new")),
+    "run-a-file": ("run", lambda root, host: (root / "run").write_text("")),
+    "sys-a-fifo": ("sys", lambda root, host: os.mkfifo(root / "sys")),
+    "sys-a-loop": ("sys", lambda root, host: (root / "sys").symlink_to("sys")),
+    "run-into-dev": (
+        "run",
+        lambda root, host: (
+            (root / "dev/shm").mkdir(parents=True),
+            (root / "run").symlink_to("dev/shm"),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_MOUNT_POINTS))
+def test_what_the_image_has_at_dev_proc_sys_run_is_not_followed_out_of_it(
+    tmp_path: Path, shape: str
+) -> None:
+    """/dev, /proc, /sys and /run of the image are where the build mounts the kernel's: a
+    link there was followed on the host's side (/proc -> / and /run -> a host directory had
+    proc and a tmpfs mounted over the host's /, its directory, in the build's namespace), a
+    dangling link, a file or a FIFO was a FileExistsError traceback. Each is refused, named,
+    with the next step, and nothing is made or mounted outside the tree."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    name, make = HOSTILE_MOUNT_POINTS[shape]
+    host = tmp_path / "host"
+    host.mkdir()
+    root = busybox_userland(tmp_path / "image")
+    make(root, host)
+    with pytest.raises(BootcLiveError) as raised:
+        dracut.in_image(root, ["sh", "-c", ":"], hint="h")
+    said = str(raised.value)
+    assert said.startswith(f"the image's /{name} ") and "\n" not in said, said
+    assert "mkdir" in raised.value.hint and "--host" in raised.value.hint
+    assert list(host.iterdir()) == []
+
+
+def debian_var_run() -> str:
+    """Debian's /var/run link (its cached root's, when there is one): /run."""
+    for found in Path("/var/cache/bootc-live-tests/debian-minimal").glob("root-*/root/var/run"):
+        return os.readlink(found)
+    return "/run"
+
+
+@pytest.mark.parametrize("run_is", ["missing", "debian", "a link to /var/run"])
+def test_links_at_the_mount_points_lead_inside_the_image(tmp_path: Path, run_is: str) -> None:
+    """A missing one is made; a link is followed inside the tree, as in the chroot: an image
+    whose /run is a link to /var/run (absolute, the layout before /run) has its tmpfs there,
+    not on the host's /var/run."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    root = busybox_userland(tmp_path / "image")
+    (root / "var/run").mkdir(parents=True)
+    if run_is == "debian":
+        (root / "var/run").rmdir()
+        (root / "var/run").symlink_to(debian_var_run())
+    elif run_is != "missing":
+        (root / "run").symlink_to("/var/run")
+    mounts = dracut.in_image(root, ["cat", "/proc/self/mounts"], hint="h", capture=True)
+    (run,) = [
+        line.split()[1]
+        for line in mounts.splitlines()
+        if line.split()[2] == "tmpfs" and line.split()[1] in ("/run", "/var/run")
+    ]
+    assert run == ("/var/run" if run_is == "a link to /var/run" else "/run")
+    for name in ("dev", "proc", "sys"):
+        assert (root / name).is_dir() and not (root / name).is_symlink()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from . import pack, scratch, toolfiles
-from .runtime.errors import BootcLiveError
+from .runtime.errors import BootcLiveError, shown
+from .runtime.mounts import within
 from .runtime.run import CommandError, run
 
 PACKAGE = Path(__file__).resolve().parent
@@ -314,18 +316,71 @@ def omitted_modules(root: Path) -> set[str]:
     return set(said.split())
 
 
+MOUNT_POINTS = ("dev", "proc", "sys", "run")
+
+
+def mount_points(root: Path) -> list[str]:
+    """Where /dev, /proc, /sys and /run are in the image's tree, relative to `root`: a missing
+    one made (a directory of ours), a link followed inside the tree (as the chroot follows it;
+    var/run -> ../run is the usual shape). What is not a directory of the tree's own there is
+    refused, named: a dangling link, a file, a FIFO, a link to the tree's top or to another of
+    them (/proc -> /, /dev -> ../../..), which were mounted over or made through on the
+    host's side (the link followed outside the tree) or were a traceback."""
+    places: list[str] = []
+    for name in MOUNT_POINTS:
+        path = root / name
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o755)
+        where = within(str(root), name)
+        why = None
+        if where is None:
+            why = f"is a link to nothing in the image ({shown(os.readlink(path))})"
+        elif where == "":
+            why = "is a link to the image's top (/)"
+        elif not os.path.isdir(os.path.join(root, where)):
+            why = f"is not a directory ({kind(os.lstat(os.path.join(root, where)).st_mode)})"
+        elif any(
+            where == other or where.startswith(other + "/") or other.startswith(where + "/")
+            for other in places
+        ):
+            why = f"leads to /{shown(where)}, where another of /dev, /proc, /sys, /run is"
+        if why:
+            raise BootcLiveError(
+                f"the image's /{name} {why}: bootc-live build mounts the kernel's "
+                f"/{name} there to run the image's dracut",
+                f"make /{name} a directory in the image (rm /{name} && mkdir /{name}), "
+                "or build with --host",
+            )
+        assert where is not None
+        places.append(where)
+    return places
+
+
+def kind(mode: int) -> str:
+    """What a file of `mode` is, in words."""
+    for test, word in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return word
+    return "not a directory"
+
+
 def in_image(
     root: Path, argv: Sequence[str], *, hint: str, cwd: str = "/", capture: bool = False
 ) -> str:
     """Run a command in the image's userland: chrooted, in a private mount namespace with
     /dev, /proc, /sys and /run mounted, in the image's environment, from `cwd` inside it;
     what it printed with `capture`."""
-    for name in ("dev", "proc", "sys", "run"):
-        (root / name).mkdir(parents=True, exist_ok=True)
+    dev, proc, sys_, run_ = mount_points(root)
     script = (
-        'set -e; r="$1"; d="$2"; shift 2; '
-        'mount --rbind /dev "$r/dev"; mount -t proc proc "$r/proc"; '
-        'mount -t sysfs sysfs "$r/sys"; mount -t tmpfs tmpfs "$r/run"; '
+        'set -e; r="$1"; d="$2"; '
+        'mount --rbind /dev "$r/$3"; mount -t proc proc "$r/$4"; '
+        'mount -t sysfs sysfs "$r/$5"; mount -t tmpfs tmpfs "$r/$6"; shift 6; '
         'exec chroot "$r" /bin/sh -c \'cd "$1" && shift && exec "$@"\' sh "$d" "$@"'
     )
     # A PID namespace too: when the build is interrupted (unshare killed), its child is
@@ -334,7 +389,7 @@ def in_image(
     namespace = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
     namespace += ["--kill-child"]
     done = run(
-        [*namespace, "sh", "-c", script, "sh", root, cwd, *argv],
+        [*namespace, "sh", "-c", script, "sh", root, cwd, dev, proc, sys_, run_, *argv],
         env=IMAGE_ENV,
         hint=hint,
         capture=capture,
