@@ -19,7 +19,9 @@ from bootc_live.build import BuildConfig, build
 from bootc_live.demo import host_kernel
 from bootc_live.images import SourceRef
 from bootc_live.runtime.errors import BootcLiveError
+from bootc_live.runtime.run import CommandError
 from bootc_live.selfcheck import SelfCheckError
+from debian_image import BOOKWORM_MINIMAL, CACHES, root_key
 from unpackers import REPO, need
 
 pytestmark = pytest.mark.integration
@@ -328,3 +330,23 @@ def test_links_at_the_mount_points_lead_inside_the_image(tmp_path: Path, run_is:
     assert run == ("/var/run" if run_is == "a link to /var/run" else "/run")
     for name in ("dev", "proc", "sys"):
         assert (root / name).is_dir() and not (root / name).is_symlink()
+
+
+def test_the_images_dracut_runs_without_its_var_tmp(tmp_path: Path) -> None:
+    """An image without /var/tmp (left to systemd-tmpfiles at boot) stopped the build at the
+    image's own dracut's "Invalid tmpdir '/var/tmp'" (its TMPDIR): its dracut and every
+    command in the image now have a new directory of ours. The cached Debian root's real
+    dracut, for a kernel it has no modules of, gets past its tmpdir check to that one."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    cached = CACHES / BOOKWORM_MINIMAL.name / f"root-{root_key(BOOKWORM_MINIMAL)}" / "root"
+    need(cached.is_dir(), f"needs the cached Debian root {cached}")
+    root = tmp_path / "root"
+    subprocess.run(["cp", "-a", cached, root], check=True)
+    shutil.rmtree(root / "var/tmp")
+    shutil.rmtree(root / "tmp")
+    with pytest.raises(CommandError) as raised:
+        dracut.build_in_image(root, "0.0-none", "systemd", tmp_path / "initrd.img")
+    assert "tmpdir" not in raised.value.detail
+    assert raised.value.detail == "dracut: and --no-kernel was not specified"  # no modules
+    assert [p.name for p in root.iterdir() if p.name.startswith(".bootc-live")] == []
+    assert not (root / "var/tmp").exists() and not (tmp_path / "initrd.img").exists()

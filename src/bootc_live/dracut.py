@@ -43,7 +43,6 @@ HOST_COMPRESS = "zstd -q -9 -T0"
 # PATH (a venv's) or dracutbasedir mean nothing inside the chroot.
 IMAGE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "TMPDIR": "/var/tmp",
 }
 
 
@@ -275,6 +274,9 @@ def build_in_image(
     argv = dracut_argv(
         kver, flavour, f"{inside}/initrd.img", minimal=False, includes=staged, optional=optional
     )
+    # dracut's own (an image's dracut.conf may name a tmpdir=, missing too): ours
+    (stage / "tmp").mkdir()
+    argv[-1:-1] = ["--tmpdir", f"{inside}/tmp"]
     # Whatever the image has at our modules' names (an older copy, a link) is replaced.
     install = (
         'set -e; d=/usr/lib/dracut/modules.d; mkdir -p "$d"; '
@@ -388,10 +390,17 @@ def in_image(
     # mount namespace alone outlived it (a cp blocked on a FIFO the image planted).
     namespace = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
     namespace += ["--kill-child"]
-    done = run(
-        [*namespace, "sh", "-c", script, "sh", root, cwd, dev, proc, sys_, run_, *argv],
-        env=IMAGE_ENV,
-        hint=hint,
-        capture=capture,
-    )
+    # TMPDIR: a new directory of ours (the image's /var/tmp may be missing, as in images
+    # that leave it to systemd-tmpfiles: dracut's "Invalid tmpdir '/var/tmp'", lsinitrd's
+    # mktemp failed)
+    tmp = new_stage(root)
+    try:
+        done = run(
+            [*namespace, "sh", "-c", script, "sh", root, cwd, dev, proc, sys_, run_, *argv],
+            env={**IMAGE_ENV, "TMPDIR": "/" + tmp.name},
+            hint=hint,
+            capture=capture,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return done.stdout or ""
