@@ -26,10 +26,10 @@ from bootc_live.images import SourceRef
 from bootc_live.runtime import handover, memory
 from bootc_live.runtime.cpio import CpioWriter
 from bootc_live.runtime.errors import BootcLiveError, for_host
-from bootc_live.runtime.oci import resolve
+from bootc_live.runtime.oci import Platform, resolve
 from bootc_live.runtime.sources import ArchiveSource, LayoutSource
 from bootc_live.runtime.unpack import layer_sizes, unpack_image
-from imagegen import build_layout, d, f, layer_tar
+from imagegen import build_layout, d, f, layer_tar, sym
 from unpackers import need
 
 LAYERS = [layer_tar([d("etc"), f("etc/a", b"a" * 5000)]), layer_tar([f("big", os.urandom(70_000))])]
@@ -485,3 +485,76 @@ def test_no_usable_python3_stops_dracut_saying_why(tmp_path: Path) -> None:
         "FATAL: bootc-live: no usable python3 in /usr/bin (none, or a virtual environment's, "
         "not a real interpreter)\n"
     )
+
+
+AARCH64_LIB = Path("/usr/aarch64-linux-gnu/lib")  # libc6-arm64-cross (./setup)
+BUSYBOX = Path("/bin/busybox")  # busybox-static (./setup): static, for this machine
+
+
+def _init_files(case: str) -> list[bytes]:
+    if case == "no init":
+        return []
+    if case == "a dangling init":  # Debian's link, without systemd
+        return [d("sbin"), sym("sbin/init", "/lib/systemd/systemd")]
+    if case == "busybox":
+        return [d("sbin"), f("sbin/init", BUSYBOX.read_bytes(), 0o755)]
+    # libc.so.6 runs as a program (it names its loader, in the image too)
+    libc = (AARCH64_LIB / "libc.so.6").read_bytes()
+    loader = (AARCH64_LIB / "ld-linux-aarch64.so.1").read_bytes()
+    return [
+        d("sbin"),
+        f("sbin/init", libc, 0o755),
+        d("lib"),
+        f("lib/ld-linux-aarch64.so.1", loader, 0o755),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "platform", "said"),
+    [
+        ("no init", "linux/amd64", "the image has no /sbin/init; name the image's init with init="),
+        ("a dangling init", "linux/amd64", "/sbin/init is a link to nothing in the image"),
+        ("aarch64", "linux/amd64", "/sbin/init is an executable for aarch64, not for this x86_64"),
+        ("aarch64", "linux/arm64", None),
+        ("busybox", "linux/amd64", None),
+    ],
+)
+def test_build_says_what_would_stop_the_images_switch_root_before_the_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    platform: str,
+    said: str | None,
+) -> None:
+    """The boot checks that the root can be switched into (initcheck) and stops there with one
+    line; the build, which has the tree, says the same as a warning before building (init=,
+    known at boot only, may name another init). The init's machine is the image's
+    architecture's: an arm64 image built with --platform linux/arm64 is not warned about its
+    arm64 init, an amd64 image is."""
+    need(os.geteuid() == 0, "unpacking sets owners: needs root")
+    need(AARCH64_LIB.is_dir() and BUSYBOX.is_file(), "needs libc6-arm64-cross and busybox-static")
+    tree = [d("usr"), d("usr/lib"), d("usr/lib/modules"), d("usr/lib/modules/6.1.0-1")]
+    tree += [f("usr/lib/modules/6.1.0-1/vmlinuz", b"k"), d("usr/bin"), d("etc")]
+    tree += [f("usr/bin/dracut", b"#!/bin/sh\n", 0o755), f("usr/bin/python3", b"", 0o755)]
+    tree += [f("usr/lib/os-release", b"ID=test\n"), *(d(n) for n in ("proc", "sys", "dev", "run"))]
+    tree += _init_files(case)
+    build_layout(tmp_path / "img", [layer_tar(tree)], tag="v1", platform=tuple(platform.split("/")))
+
+    def dracut_in_image(root: Path, kver: str, flavour: str, output: Path, *_: object) -> None:
+        output.write_bytes(b"initramfs")
+
+    monkeypatch.setattr(build_mod.dracut, "build_in_image", dracut_in_image)
+    monkeypatch.setattr(build_mod, "check", lambda *a: None)
+    source = SourceRef.parse(f"oci:{tmp_path / 'img'}:v1")
+    config = build_mod.BuildConfig(
+        source, tmp_path / "out", pack="none", platform=Platform.parse(platform)
+    )
+    build_mod.build(config)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    if said is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and said in warnings[0], warnings
+        assert warnings[0].endswith("(its boot stops there)")
+        assert str(tmp_path) not in warnings[0]

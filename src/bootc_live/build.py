@@ -25,7 +25,7 @@ from .images import SourceRef
 from .layout import LayoutWriter
 from .pack import Packed, PackFormat
 from .progress import Ticker, bytes_progress, say
-from .runtime import kernels, registry
+from .runtime import initcheck, kernels, registry
 from .runtime.blobs import Descriptor, VerifyingReader
 from .runtime.cpio import CpioWriter, next_archive
 from .runtime.errors import BootcLiveError, console_line, shown
@@ -432,11 +432,7 @@ def make_kernel_and_initramfs(
     kver, kernel = find_kernel(root, config.kver)
     dracut.check_userland(root)
     shutil.copy2(kernel, out / "vmlinuz")
-    if not any(toolfiles.has(root, name) for name in ("usr/lib/os-release", "etc/os-release")):
-        say(
-            "warning: the image has no usr/lib/os-release (nor etc/os-release): systemd's "
-            "switch root refuses a root without one (docs/live-ready.md)"
-        )
+    switchable(root, config.flavour, image.config.get("architecture"))
     # Before dracut writes into the tree (our modules in its modules.d, its own files).
     packed = make_packed(config, image, out, work, kver, root, unpacked_at)
     with Ticker(f"building initrd.img with the image's dracut (kernel {kver})"), dracut_said():
@@ -446,6 +442,21 @@ def make_kernel_and_initramfs(
     check(out / "initrd.img", root, work)
     zram = zramsize.of_tree(root) if zramsize.available() else None
     return kver, Figures(stats.layer_sizes, zram, tmpfs.total), packed
+
+
+def switchable(root: Path, flavour: str, architecture: object) -> None:
+    """What the boot checks before switching root into the image (initcheck: os-release, the
+    init, its loader, the mount points), checked on the unpacked tree, before the work: a
+    warning, not a refusal, as init= (known at boot only) may name another init. The init's
+    machine is checked against the image's architecture (the kernel booting it is the
+    image's own), not when the architecture is one we do not know."""
+    machine = initcheck.OCI_MACHINES.get(architecture) if isinstance(architecture, str) else None
+    try:
+        initcheck.check(
+            str(root), {}, systemd=flavour == "systemd", machine=machine, any_machine=True
+        )
+    except initcheck.HandoverError as err:
+        warn(f"{err.line()} (its boot stops there)")
 
 
 def make_packed(

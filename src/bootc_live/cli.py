@@ -897,7 +897,10 @@ def parser() -> argparse.ArgumentParser:
         "root.oci, cmdline.txt, packed.img, packed.json, cmdline-packed.txt and boot.ipxe into "
         "DIR (atomically; an existing DIR must be a build's output). By default the "
         "initramfs is built by dracut inside the image's own userland, with its "
-        "kernel, modules and Python.",
+        "kernel, modules and Python; before that, the unpacked image is checked as the boot "
+        "checks it before switching root (os-release, the init for the image's architecture, "
+        "its loader, /proc /sys /dev /run) and what would stop its boot is a warning "
+        "(init= on the boot's command line may name another init).",
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("-o", "--output", required=True, metavar="DIR")

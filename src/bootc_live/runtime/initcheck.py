@@ -36,6 +36,9 @@ OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 MAX_SCRIPTS = 5  # nested #! interpreters the kernel follows (exec_binprm: depth > 5 is ELOOP)
 EM_NAMES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64",
             183: "aarch64", 243: "riscv64", 258: "loongarch64"}  # fmt: skip
+# The ELF machine of an OCI image's architecture (the kernel that boots the image is its own)
+OCI_MACHINES = {"amd64": 62, "386": 3, "arm64": 183, "arm": 40, "ppc64le": 21, "ppc64": 21,
+                "s390x": 22, "riscv64": 243, "loong64": 258}  # fmt: skip
 COMPAT = {62: {3}, 183: {40}}  # machines whose kernels usually run another's binaries too
 PT_INTERP = 3
 # What dracut's init.sh takes for the init before /sbin/init, in its order (99base/init.sh)
@@ -170,14 +173,15 @@ def check(
     rw: bool = False,
     systemd: bool | None = None,
     machine: int | None = None,
+    any_machine: bool = False,
 ) -> None:
     """Raise a HandoverError if the root at `newroot` cannot be switched into: `extra` are the
     command line's other options (init=), `rw` whether the root is writable, `systemd`
     whether systemd switches root (default: whether it runs this initramfs), `machine` the
-    ELF machine the kernel runs (default: this interpreter's)."""
+    ELF machine the kernel runs (default: this interpreter's; `any_machine`: not checked)."""
     if systemd is None:
         systemd = os.path.isdir("/run/systemd/system")
-    if machine is None:
+    if machine is None and not any_machine:
         machine = own_machine()
     hint_init = "name the image's init with init=, or install systemd (systemd-sysv) in it"
     if systemd and not any(resolve(newroot, p) for p in OS_RELEASE):
