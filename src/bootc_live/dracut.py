@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import sys
 import tempfile
 from collections.abc import Collection, Sequence
@@ -14,6 +13,7 @@ from . import pack, scratch, toolfiles
 from .runtime.errors import BootcLiveError, shown
 from .runtime.mounts import within
 from .runtime.run import CommandError, run
+from .runtime.sources import kind_of
 
 PACKAGE = Path(__file__).resolve().parent
 MODULES = (
@@ -340,7 +340,7 @@ def mount_points(root: Path) -> list[str]:
         elif where == "":
             why = "is a link to the image's top (/)"
         elif not os.path.isdir(os.path.join(root, where)):
-            why = f"is not a directory ({kind(os.lstat(os.path.join(root, where)).st_mode)})"
+            why = f"is not a directory ({kind_of(os.lstat(os.path.join(root, where)).st_mode)})"
         elif any(
             where == other or where.startswith(other + "/") or other.startswith(where + "/")
             for other in places
@@ -356,20 +356,6 @@ def mount_points(root: Path) -> list[str]:
         assert where is not None
         places.append(where)
     return places
-
-
-def kind(mode: int) -> str:
-    """What a file of `mode` is, in words."""
-    for test, word in (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return word
-    return "not a directory"
 
 
 def in_image(

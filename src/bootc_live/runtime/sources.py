@@ -51,8 +51,9 @@ NOT_A_FILE = "make it a regular file, or name another"  # the next step, by defa
 
 
 def kind_of(mode: int) -> str:
-    """What a file that is not a regular one is, for a message."""
+    """What a file of `mode` is, in words for a message."""
     for test, kind in (
+        (stat.S_ISREG, "a regular file"),
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISCHR, "a character device"),
