@@ -26,7 +26,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagegen import header_block, pax_record
+from imagegen import _gnu_long, _pad, header_block, pax_record
 
 BLOCK = 512
 OBJECTS = "sysroot/ostree/repo/objects"
@@ -35,16 +35,6 @@ REPO_SUBDIRS = (
     "extensions", "refs", "refs/heads", "refs/mirrors", "refs/remotes", "state", "tmp",
     "tmp/cache",
 )  # fmt: skip
-
-
-def _pad(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % BLOCK)
-
-
-def _long(typeflag: bytes, value: bytes) -> bytes:
-    payload = value + b"\0"
-    head = header_block("././@LongLink", typeflag=typeflag, size=len(payload), gnu=True)
-    return head + _pad(payload)
 
 
 def member(
@@ -61,10 +51,10 @@ def member(
     out = b""
     bname, blink = os.fsencode(name), os.fsencode(linkname)
     if len(bname) > 100:
-        out += _long(b"L", bname)
+        out += _gnu_long(b"L", bname)
         bname = bname[:100]
     if len(blink) > 100:
-        out += _long(b"K", blink)
+        out += _gnu_long(b"K", blink)
         blink = blink[:100]
     head = header_block(
         bname, typeflag=typeflag, size=len(data), mode=mode, uid=uid, gid=gid,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,8 +33,7 @@ from bootc_live.runtime.errors import BootcLiveError
 from bootc_live.runtime.oci import Image
 from bootc_live.runtime.sources import LayoutSource
 from servers import hard_timeout
-from test_cmdline import GETARG
-from test_dracut_shell import DRACUT_LIB, DRACUT_UTIL
+from test_cmdline import dracut_getarg
 
 KINDS = {
     "fifo": "a FIFO",
@@ -141,29 +139,8 @@ def test_masked_and_directory_cmdline_files_are_empty_as_to_dracut(tmp_path: Pat
     proc = tmp_path / "proc-cmdline"
     proc.write_text("root=bootc-live:/x.oci\n")
     spec = quietly(lambda: cmdline.read(str(proc), str(conf), str(tmp_path / "etc/cmdline")))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PREFIX": "/nonexistent",
-        "DRACUT_SYSTEMD": "1",
-        "DEBUG_MEM_LEVEL": "0",
-        "DRACUT_LIB": str(DRACUT_LIB),
-        "ROOT": str(tmp_path),
-        "PROC": str(proc),
-    }
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin/dracut-getarg").symlink_to(DRACUT_UTIL)
-    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
-    said = {
-        name: subprocess.run(
-            ["bash", "-c", GETARG, "getarg", name],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.rstrip("\n")
-        for name in ("bootclabel", "root")
-    }
+    getarg = dracut_getarg(tmp_path, proc, said_ok=True)  # bash's read errors: its words
+    said = {name: getarg(name) for name in ("bootclabel", "root")}
     assert said == {"bootclabel": "a", "root": "bootc-live:/x.oci"}
     assert spec.label == "a"
     assert spec.image == ImageLocation("path", "/x.oci")
